@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds CivetWeb 1.15 from Debian's source package (never the binary libcivetweb, which
+# crashes on every HTTPS request with OpenSSL 3). The source is fetched with a private apt
+# configuration under build/apt, so the system's apt sources are never edited.
+# Compiled with the OpenSSL 3 API, OpenSSL linked (not dlopened), no CGI, no file serving.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+out="$top/build/civetweb"
+[ -f "$out/libcivetweb.a" ] && [ -f "$out/civetweb.h" ] && exit 0
+
+apt_dir="$top/build/apt"
+mkdir -p "$apt_dir"/{lists/partial,cache/archives/partial,sources.list.d,preferences.d,src}
+echo "deb-src http://deb.debian.org/debian bookworm main" >"$apt_dir/sources.list"
+apt_opts=(
+	-o "Dir::Etc::SourceList=$apt_dir/sources.list"
+	-o "Dir::Etc::SourceParts=$apt_dir/sources.list.d"
+	-o "Dir::Etc::PreferencesParts=$apt_dir/preferences.d"
+	-o "Dir::State::Lists=$apt_dir/lists"
+	-o "Dir::Cache=$apt_dir/cache"
+	-o "APT::Sandbox::User=root"
+)
+cd "$apt_dir/src"
+# Guard the version: the API and the traps we measured are those of 1.15.
+if ! ls civetweb_1.15*.dsc >/dev/null 2>&1; then
+	echo "civetweb: fetching Debian's source package"
+	apt-get "${apt_opts[@]}" -q update </dev/null >/dev/null
+	apt-get "${apt_opts[@]}" -q source --download-only civetweb </dev/null >/dev/null
+fi
+ls civetweb_1.15*.dsc >/dev/null 2>&1 || { echo "civetweb: Debian no longer serves 1.15" >&2; exit 1; }
+rm -rf tree
+dpkg-source --no-check -x civetweb_1.15*.dsc tree >/dev/null
+
+mkdir -p "$out"
+cc -c -O2 -g -fPIE -fstack-protector-strong -D_FORTIFY_SOURCE=2 \
+	-DOPENSSL_API_3_0 -DNO_SSL_DL -DNO_CGI -DNO_FILES -DNO_CACHING \
+	-Itree/include tree/src/civetweb.c -o "$out/civetweb.o"
+ar rcs "$out/libcivetweb.a" "$out/civetweb.o"
+cp tree/include/civetweb.h "$out/civetweb.h"
+echo "civetweb: built $out/libcivetweb.a"

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the Debian packages listed in mk/packages.txt that are missing, then builds
+# CivetWeb 1.15 from Debian's source package into build/civetweb. Safe to run twice:
+# the second run installs nothing and compiles nothing.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+build="$top/build"
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+while read -r pkg; do
+	case "$pkg" in '' | '#'*) continue ;; esac
+	status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+	[ "$status" = "install ok installed" ] || missing+=("$pkg")
+done <"$here/packages.txt"
+
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "deps: installing ${missing[*]}"
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "deps: missing packages and not root: run 'make deps' as root" >&2
+		exit 1
+	fi
+	apt-get update -q </dev/null
+	apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+fi
+
+"$here/civetweb.sh"
