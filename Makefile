@@ -1,6 +1,7 @@
 # The signing appliance. `make run` and `make test` are the two commands; see README.md.
 #
-# Every C file under hsm/, jose/, appliance/ (but main.c) and api/ goes into one static
+# Every C file under hsm/, jose/, appliance/ (but main.c), api/ and provisioning/ (but
+# provision.c) goes into one static
 # library; each program and each unit test links it. A new module needs no Makefile edit.
 
 CC      ?= cc
@@ -17,7 +18,8 @@ LDFLAGS += -pie -Wl,-z,relro,-z,now
 LDLIBS  := -ljansson -lsqlite3 -lcurl -lssl -lcrypto -lpthread -ldl
 
 LIB_SRC := $(wildcard hsm/*.c jose/*.c api/*.c) \
-           $(filter-out appliance/main.c,$(wildcard appliance/*.c))
+           $(filter-out appliance/main.c,$(wildcard appliance/*.c)) \
+           $(filter-out provisioning/provision.c,$(wildcard provisioning/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LIB     := $(BUILD)/libsignd.a
 CIVETLIB := $(CIVET)/libcivetweb.a
@@ -55,7 +57,7 @@ $(BUILD)/bin/signd: $(BUILD)/obj/appliance/main.o $(LIB) $(CIVETLIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
-$(BUILD)/bin/signd-provision: $(BUILD)/obj/provisioning/provision.o $(BUILD)/obj/provisioning/token.o $(LIB)
+$(BUILD)/bin/signd-provision: $(BUILD)/obj/provisioning/provision.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 

@@ -142,4 +142,12 @@ int hsm_kid_parse(const char *hex, hsm_kid *kid);
  * wiped. Exposed for the provisioning tool. */
 hsm_status hsm_read_pin_file(const char *path, char buf[HSM_PIN_MAX], size_t *len);
 
+/* Initialises a fresh token in the first slot without one, labelled label (at most 32
+ * bytes), with the SO PIN and user PIN read from the two files (same rules as
+ * hsm_read_pin_file), and returns its serial (16 characters, NUL-terminated). Refuses
+ * (HSM_ERR_KEY_EXISTS) when a token with that label is already initialised, so that no
+ * provisioning mistake ever wipes keys. The PINs are wiped before return. */
+hsm_status hsm_init_token(const char *module_path, const char *label, const char *so_pin_file,
+                          const char *user_pin_file, char serial[17]);
+
 #endif

@@ -1,0 +1,989 @@
+/* hsm: the PKCS#11 layer. See hsm.h for what it owns and why it calls the function list. */
+#include "hsm/hsm.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <p11-kit/pkcs11.h>
+
+#define HSM_CACHE_SLOTS 8192 /* power of two; holds HSM_CACHE_MAX keys at < 50 % load */
+#define HSM_CACHE_MAX 4096
+#define HSM_FIND_BATCH 128
+#define HSM_GENERATE_TRIES 3
+#define HSM_URI_MAX 1024
+
+/* One cached key: handles of both halves and the signature size. */
+typedef struct {
+    hsm_kid kid;
+    CK_OBJECT_HANDLE priv;
+    CK_OBJECT_HANDLE pub;
+    unsigned sig_len;
+    uint8_t used; /* 0 empty, 1 live, 2 deleted (tombstone keeps probe chains intact) */
+} hsm_slot;
+
+/* A calling thread's session; linked into the handle's list so hsm_close can find it. */
+typedef struct hsm_tsess {
+    hsm *h;
+    CK_SESSION_HANDLE s;
+    struct hsm_tsess *prev, *next;
+} hsm_tsess;
+
+struct hsm {
+    void *dl;
+    CK_FUNCTION_LIST_PTR f;
+    CK_SLOT_ID slot;
+    CK_SESSION_HANDLE login;
+    pthread_key_t tkey;
+    pthread_mutex_t sess_mu; /* guards the session list and count; never on the sign path */
+    hsm_tsess *sessions;
+    unsigned n_sessions;
+    unsigned max_sessions;
+    pthread_rwlock_t cache_mu; /* readers: sign, public key; writers: generate, destroy */
+    size_t n_cached;
+    hsm_slot cache[HSM_CACHE_SLOTS];
+};
+
+static _Thread_local unsigned long hsm_tl_ckr;
+
+static const struct {
+    const char *name;
+    const char *message;
+} hsm_errors[HSM_ERR_COUNT_] = {
+    [HSM_OK] = {"ok", "success"},
+    [HSM_ERR_MODULE_LOAD] = {"module_not_loadable",
+                             "the PKCS#11 module could not be loaded: check pkcs11_module"},
+    [HSM_ERR_TOKEN_NOT_FOUND] = {"token_not_found",
+                                 "no initialised token matches the configured label or URI"},
+    [HSM_ERR_PIN_FILE] = {"pin_file_unusable",
+                          "the PIN file is missing, empty, a symlink, or readable by group "
+                          "or others (it must be mode 0600)"},
+    [HSM_ERR_PIN_INCORRECT] = {"pin_incorrect", "the token refused the PIN"},
+    [HSM_ERR_PIN_LOCKED] = {"pin_locked",
+                            "the user PIN is locked after too many failures: the security "
+                            "officer must reset it"},
+    [HSM_ERR_KEY_NOT_FOUND] = {"key_not_found", "no key with this kid on the token"},
+    [HSM_ERR_KEY_EXISTS] = {"key_exists", "an object with this identity already exists"},
+    [HSM_ERR_TOKEN_FULL] = {"token_full", "the token has no room for another object"},
+    [HSM_ERR_SESSION_COUNT] = {"session_count",
+                               "the token refused another session: raise its limit or lower "
+                               "worker_threads"},
+    [HSM_ERR_BAD_ARGUMENT] = {"bad_argument", "invalid argument to the PKCS#11 layer"},
+    [HSM_ERR_DEVICE] = {"device_error", "the PKCS#11 module or device failed"},
+};
+
+const char *hsm_status_name(hsm_status s)
+{
+    return (unsigned)s < HSM_ERR_COUNT_ ? hsm_errors[s].name : "unknown";
+}
+
+const char *hsm_strerror(hsm_status s)
+{
+    return (unsigned)s < HSM_ERR_COUNT_ ? hsm_errors[s].message : "unknown error";
+}
+
+unsigned long hsm_last_ckr(void)
+{
+    return hsm_tl_ckr;
+}
+
+/* Records rv for hsm_last_ckr and maps it to our enum. */
+static hsm_status hsm_from_ckr(CK_RV rv)
+{
+    hsm_tl_ckr = rv;
+    switch (rv) {
+    case CKR_OK:
+        return HSM_OK;
+    case CKR_PIN_INCORRECT:
+    case CKR_PIN_INVALID:
+    case CKR_PIN_LEN_RANGE:
+        return HSM_ERR_PIN_INCORRECT;
+    case CKR_PIN_LOCKED:
+    case CKR_PIN_EXPIRED:
+        return HSM_ERR_PIN_LOCKED;
+    case CKR_KEY_HANDLE_INVALID:
+    case CKR_OBJECT_HANDLE_INVALID:
+        return HSM_ERR_KEY_NOT_FOUND;
+    case CKR_DEVICE_MEMORY:
+        return HSM_ERR_TOKEN_FULL;
+    case CKR_SESSION_COUNT:
+        return HSM_ERR_SESSION_COUNT;
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_TOKEN_NOT_RECOGNIZED:
+    case CKR_SLOT_ID_INVALID:
+        return HSM_ERR_TOKEN_NOT_FOUND;
+    case CKR_ARGUMENTS_BAD:
+    case CKR_DATA_LEN_RANGE:
+        return HSM_ERR_BAD_ARGUMENT;
+    default:
+        return HSM_ERR_DEVICE;
+    }
+}
+
+/* ---- kids ---------------------------------------------------------------------------- */
+
+void hsm_kid_hex(const hsm_kid *kid, char hex[2 * HSM_KID_LEN + 1])
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < HSM_KID_LEN; i++) {
+        hex[2 * i] = digits[kid->b[i] >> 4];
+        hex[2 * i + 1] = digits[kid->b[i] & 15];
+    }
+    hex[2 * HSM_KID_LEN] = '\0';
+}
+
+static int hsm_hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+int hsm_kid_parse(const char *hex, hsm_kid *kid)
+{
+    if (hex == NULL || strnlen(hex, 2 * HSM_KID_LEN + 1) != 2 * HSM_KID_LEN)
+        return -1;
+    for (size_t i = 0; i < HSM_KID_LEN; i++) {
+        int hi = hsm_hexval(hex[2 * i]), lo = hsm_hexval(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        kid->b[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+/* ---- PIN files ----------------------------------------------------------------------- */
+
+hsm_status hsm_read_pin_file(const char *path, char buf[HSM_PIN_MAX], size_t *len)
+{
+    hsm_tl_ckr = 0;
+    memset(buf, 0, HSM_PIN_MAX);
+    *len = 0;
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return HSM_ERR_PIN_FILE;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 077) != 0 || st.st_size <= 0 ||
+        st.st_size >= HSM_PIN_MAX) {
+        close(fd);
+        return HSM_ERR_PIN_FILE;
+    }
+    size_t got = 0;
+    while (got < HSM_PIN_MAX - 1) {
+        ssize_t r = read(fd, buf + got, HSM_PIN_MAX - 1 - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            close(fd);
+            explicit_bzero(buf, HSM_PIN_MAX);
+            return HSM_ERR_PIN_FILE;
+        }
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    while (got > 0 && (buf[got - 1] == '\n' || buf[got - 1] == '\r'))
+        buf[--got] = '\0';
+    if (got == 0 || memchr(buf, '\0', got) != NULL) {
+        explicit_bzero(buf, HSM_PIN_MAX);
+        return HSM_ERR_PIN_FILE;
+    }
+    *len = got;
+    return HSM_OK;
+}
+
+/* ---- module and token ---------------------------------------------------------------- */
+
+static hsm_status hsm_load_module(const char *path, void **dl, CK_FUNCTION_LIST_PTR *f)
+{
+    hsm_tl_ckr = 0;
+    /* RTLD_NODELETE: SoftHSM2 registers OpenSSL clean-up that must outlive dlclose. */
+    *dl = dlopen(path ? path : HSM_DEFAULT_MODULE, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+    if (*dl == NULL)
+        return HSM_ERR_MODULE_LOAD;
+    CK_C_GetFunctionList get = (CK_C_GetFunctionList)dlsym(*dl, "C_GetFunctionList");
+    if (get == NULL || get(f) != CKR_OK || *f == NULL) {
+        dlclose(*dl);
+        *dl = NULL;
+        return HSM_ERR_MODULE_LOAD;
+    }
+    CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+    CK_RV rv = (*f)->C_Initialize(&args);
+    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        dlclose(*dl);
+        *dl = NULL;
+        hsm_status st = hsm_from_ckr(rv);
+        return st == HSM_ERR_DEVICE ? HSM_ERR_MODULE_LOAD : st;
+    }
+    return HSM_OK;
+}
+
+/* Blank-padded PKCS#11 text field equals s (s shorter than or as long as the field). */
+static int hsm_field_eq(const unsigned char *field, size_t flen, const char *s)
+{
+    size_t n = strlen(s);
+    if (n > flen || memcmp(field, s, n) != 0)
+        return 0;
+    for (size_t i = n; i < flen; i++)
+        if (field[i] != ' ')
+            return 0;
+    return 1;
+}
+
+/* What a token must match: from a label, or from an RFC 7512 URI's path attributes. */
+typedef struct {
+    char token[33], serial[17], manufacturer[33], model[17];
+} hsm_match;
+
+static int hsm_pct_decode(const char *in, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (o + 1 >= cap)
+            return -1;
+        if (in[i] == '%') {
+            if (i + 2 >= n)
+                return -1;
+            static const char hx[] = "0123456789abcdef0123456789ABCDEF";
+            const char *a = memchr(hx, in[i + 1], 32), *b = memchr(hx, in[i + 2], 32);
+            if (a == NULL || b == NULL)
+                return -1;
+            out[o++] = (char)(((a - hx) % 16) << 4 | ((b - hx) % 16));
+            i += 2;
+        } else {
+            out[o++] = in[i];
+        }
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+static hsm_status hsm_parse_match(const char *spec, hsm_match *m)
+{
+    memset(m, 0, sizeof(*m));
+    if (spec == NULL || *spec == '\0')
+        return HSM_ERR_BAD_ARGUMENT;
+    if (strncmp(spec, "pkcs11:", 7) != 0) {
+        if (strlen(spec) > 32)
+            return HSM_ERR_BAD_ARGUMENT;
+        strcpy(m->token, spec);
+        return HSM_OK;
+    }
+    const char *p = spec + 7;
+    size_t path_len = strcspn(p, "?");
+    if (path_len > HSM_URI_MAX)
+        return HSM_ERR_BAD_ARGUMENT;
+    while (path_len > 0) {
+        size_t alen = strcspn(p, ";?");
+        if (alen > path_len)
+            alen = path_len;
+        const char *eq = memchr(p, '=', alen);
+        if (eq == NULL)
+            return HSM_ERR_BAD_ARGUMENT;
+        size_t klen = (size_t)(eq - p), vlen = alen - klen - 1;
+        char *dst = NULL;
+        size_t cap = 0;
+        if (klen == 5 && memcmp(p, "token", 5) == 0)
+            dst = m->token, cap = sizeof(m->token);
+        else if (klen == 6 && memcmp(p, "serial", 6) == 0)
+            dst = m->serial, cap = sizeof(m->serial);
+        else if (klen == 12 && memcmp(p, "manufacturer", 12) == 0)
+            dst = m->manufacturer, cap = sizeof(m->manufacturer);
+        else if (klen == 5 && memcmp(p, "model", 5) == 0)
+            dst = m->model, cap = sizeof(m->model);
+        /* Object and library attributes (id, object, type, library-*) do not select a
+         * token: they are accepted and ignored. */
+        if (dst != NULL && hsm_pct_decode(eq + 1, vlen, dst, cap) != 0)
+            return HSM_ERR_BAD_ARGUMENT;
+        p += alen;
+        path_len -= alen;
+        if (path_len > 0 && *p == ';')
+            p++, path_len--;
+    }
+    if (!m->token[0] && !m->serial[0] && !m->manufacturer[0] && !m->model[0])
+        return HSM_ERR_BAD_ARGUMENT;
+    return HSM_OK;
+}
+
+static int hsm_token_matches(const CK_TOKEN_INFO *ti, const hsm_match *m)
+{
+    return (!m->token[0] || hsm_field_eq(ti->label, sizeof(ti->label), m->token)) &&
+           (!m->serial[0] || hsm_field_eq(ti->serialNumber, sizeof(ti->serialNumber), m->serial)) &&
+           (!m->manufacturer[0] ||
+            hsm_field_eq(ti->manufacturerID, sizeof(ti->manufacturerID), m->manufacturer)) &&
+           (!m->model[0] || hsm_field_eq(ti->model, sizeof(ti->model), m->model));
+}
+
+/* Finds the first initialised token matching m. */
+static hsm_status hsm_find_slot(CK_FUNCTION_LIST_PTR f, const hsm_match *m, CK_SLOT_ID *slot)
+{
+    CK_ULONG n = 0;
+    CK_RV rv = f->C_GetSlotList(CK_TRUE, NULL, &n);
+    if (rv != CKR_OK)
+        return hsm_from_ckr(rv);
+    if (n == 0)
+        return HSM_ERR_TOKEN_NOT_FOUND;
+    CK_SLOT_ID *ids = calloc(n, sizeof(*ids));
+    if (ids == NULL)
+        return HSM_ERR_DEVICE;
+    rv = f->C_GetSlotList(CK_TRUE, ids, &n);
+    hsm_status st = rv == CKR_OK ? HSM_ERR_TOKEN_NOT_FOUND : hsm_from_ckr(rv);
+    for (CK_ULONG i = 0; rv == CKR_OK && i < n; i++) {
+        CK_TOKEN_INFO ti;
+        if (f->C_GetTokenInfo(ids[i], &ti) != CKR_OK || !(ti.flags & CKF_TOKEN_INITIALIZED))
+            continue;
+        if (hsm_token_matches(&ti, m)) {
+            *slot = ids[i];
+            st = HSM_OK;
+            break;
+        }
+    }
+    free(ids);
+    return st;
+}
+
+/* ---- handle cache -------------------------------------------------------------------- */
+
+static size_t hsm_kid_hash(const hsm_kid *kid)
+{
+    /* kids are 128 random bits: any 8 of them are a good hash. */
+    uint64_t v;
+    memcpy(&v, kid->b, sizeof(v));
+    return (size_t)(v ^ (v >> 29));
+}
+
+/* The slot holding kid, or NULL. Caller holds cache_mu (read or write). */
+static hsm_slot *hsm_cache_find(hsm *h, const hsm_kid *kid)
+{
+    size_t mask = HSM_CACHE_SLOTS - 1;
+    for (size_t i = hsm_kid_hash(kid) & mask, probes = 0; probes < HSM_CACHE_SLOTS;
+         i = (i + 1) & mask, probes++) {
+        hsm_slot *s = &h->cache[i];
+        if (s->used == 0)
+            return NULL;
+        if (s->used == 1 && memcmp(s->kid.b, kid->b, HSM_KID_LEN) == 0)
+            return s;
+    }
+    return NULL;
+}
+
+/* The slot for kid, created if absent. Caller holds cache_mu for writing. */
+static hsm_slot *hsm_cache_put(hsm *h, const hsm_kid *kid)
+{
+    hsm_slot *s = hsm_cache_find(h, kid);
+    if (s != NULL)
+        return s;
+    if (h->n_cached >= HSM_CACHE_MAX)
+        return NULL;
+    size_t mask = HSM_CACHE_SLOTS - 1;
+    for (size_t i = hsm_kid_hash(kid) & mask;; i = (i + 1) & mask) {
+        s = &h->cache[i];
+        if (s->used != 1) {
+            memset(s, 0, sizeof(*s));
+            s->kid = *kid;
+            s->priv = s->pub = CK_INVALID_HANDLE;
+            s->used = 1;
+            h->n_cached++;
+            return s;
+        }
+    }
+}
+
+static void hsm_cache_remove(hsm *h, const hsm_kid *kid)
+{
+    hsm_slot *s = hsm_cache_find(h, kid);
+    if (s != NULL) {
+        s->used = 2;
+        h->n_cached--;
+    }
+}
+
+size_t hsm_cached_keys(hsm *h)
+{
+    pthread_rwlock_rdlock(&h->cache_mu);
+    size_t n = h->n_cached;
+    pthread_rwlock_unlock(&h->cache_mu);
+    return n;
+}
+
+/* ---- sessions ------------------------------------------------------------------------ */
+
+static void hsm_tsess_release(hsm_tsess *t)
+{
+    hsm *h = t->h;
+    pthread_mutex_lock(&h->sess_mu);
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        h->sessions = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    h->n_sessions--;
+    pthread_mutex_unlock(&h->sess_mu);
+    h->f->C_CloseSession(t->s);
+    free(t);
+}
+
+static void hsm_tsess_destructor(void *p)
+{
+    if (p != NULL)
+        hsm_tsess_release(p);
+}
+
+/* The calling thread's session, opened on first use. */
+static hsm_status hsm_session(hsm *h, CK_SESSION_HANDLE *s)
+{
+    hsm_tsess *t = pthread_getspecific(h->tkey);
+    if (t != NULL) {
+        *s = t->s;
+        return HSM_OK;
+    }
+    pthread_mutex_lock(&h->sess_mu);
+    if (h->n_sessions >= h->max_sessions) {
+        pthread_mutex_unlock(&h->sess_mu);
+        hsm_tl_ckr = 0;
+        return HSM_ERR_SESSION_COUNT;
+    }
+    h->n_sessions++;
+    pthread_mutex_unlock(&h->sess_mu);
+
+    t = calloc(1, sizeof(*t));
+    CK_RV rv = CKR_HOST_MEMORY;
+    if (t != NULL)
+        rv = h->f->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &t->s);
+    if (rv != CKR_OK) {
+        free(t);
+        pthread_mutex_lock(&h->sess_mu);
+        h->n_sessions--;
+        pthread_mutex_unlock(&h->sess_mu);
+        return hsm_from_ckr(rv);
+    }
+    t->h = h;
+    pthread_mutex_lock(&h->sess_mu);
+    t->next = h->sessions;
+    if (h->sessions)
+        h->sessions->prev = t;
+    h->sessions = t;
+    pthread_mutex_unlock(&h->sess_mu);
+    pthread_setspecific(h->tkey, t);
+    *s = t->s;
+    return HSM_OK;
+}
+
+/* Drops a session the token no longer knows (device reset), so the next call reopens. */
+static void hsm_session_drop(hsm *h)
+{
+    hsm_tsess *t = pthread_getspecific(h->tkey);
+    if (t != NULL) {
+        pthread_setspecific(h->tkey, NULL);
+        hsm_tsess_release(t);
+    }
+}
+
+void hsm_thread_done(hsm *h)
+{
+    if (h != NULL)
+        hsm_session_drop(h);
+}
+
+unsigned hsm_sessions_open(hsm *h)
+{
+    pthread_mutex_lock(&h->sess_mu);
+    unsigned n = h->n_sessions;
+    pthread_mutex_unlock(&h->sess_mu);
+    return n;
+}
+
+static int hsm_session_lost(CK_RV rv)
+{
+    return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED ||
+           rv == CKR_USER_NOT_LOGGED_IN;
+}
+
+/* ---- finding objects (never on the signing path) --------------------------------------- */
+
+typedef void (*hsm_found_fn)(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg);
+
+/* Runs fn on every object of class cls (and with CKA_ID = kid when kid is non-NULL). */
+static hsm_status hsm_find_each(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
+                                const hsm_kid *kid, hsm_found_fn fn, void *arg)
+{
+    CK_KEY_TYPE kt = CKK_RSA;
+    CK_ATTRIBUTE tmpl[3] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_ID, kid ? (void *)kid->b : NULL, HSM_KID_LEN},
+    };
+    CK_RV rv = h->f->C_FindObjectsInit(s, tmpl, kid ? 3 : 2);
+    if (rv != CKR_OK)
+        return hsm_from_ckr(rv);
+    CK_OBJECT_HANDLE objs[HSM_FIND_BATCH];
+    CK_ULONG n = 0;
+    do {
+        rv = h->f->C_FindObjects(s, objs, HSM_FIND_BATCH, &n);
+        for (CK_ULONG i = 0; rv == CKR_OK && i < n; i++)
+            fn(h, s, objs[i], arg);
+    } while (rv == CKR_OK && n == HSM_FIND_BATCH);
+    CK_RV frv = h->f->C_FindObjectsFinal(s);
+    return hsm_from_ckr(rv != CKR_OK ? rv : frv);
+}
+
+/* Reads a 16-byte CKA_ID (and the modulus length) of an object; 0 when it has one. */
+static int hsm_read_id(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, hsm_kid *kid,
+                       CK_ULONG *mod_len)
+{
+    CK_ATTRIBUTE a[2] = {{CKA_ID, kid->b, HSM_KID_LEN}, {CKA_MODULUS, NULL, 0}};
+    CK_RV rv = h->f->C_GetAttributeValue(s, o, a, 2);
+    if ((rv != CKR_OK && rv != CKR_ATTRIBUTE_SENSITIVE && rv != CKR_ATTRIBUTE_TYPE_INVALID &&
+         rv != CKR_BUFFER_TOO_SMALL) ||
+        a[0].ulValueLen != HSM_KID_LEN)
+        return -1;
+    *mod_len = a[1].ulValueLen == (CK_ULONG)-1 ? 0 : a[1].ulValueLen;
+    return 0;
+}
+
+static void hsm_cache_private(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg)
+{
+    (void)arg;
+    hsm_kid kid;
+    CK_ULONG mod_len = 0;
+    if (hsm_read_id(h, s, o, &kid, &mod_len) != 0 || mod_len == 0 || mod_len > HSM_SIG_MAX)
+        return;
+    hsm_slot *slot = hsm_cache_put(h, &kid);
+    if (slot != NULL) {
+        slot->priv = o;
+        slot->sig_len = (unsigned)mod_len;
+    }
+}
+
+static void hsm_cache_public(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg)
+{
+    (void)arg;
+    hsm_kid kid;
+    CK_ULONG mod_len = 0;
+    if (hsm_read_id(h, s, o, &kid, &mod_len) != 0)
+        return;
+    hsm_slot *slot = hsm_cache_find(h, &kid);
+    if (slot != NULL)
+        slot->pub = o;
+}
+
+/* ---- open and close ------------------------------------------------------------------ */
+
+hsm_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
+{
+    *out = NULL;
+    hsm_tl_ckr = 0;
+    hsm_match m;
+    hsm_status st = hsm_parse_match(cfg->token, &m);
+    if (st != HSM_OK)
+        return st;
+    hsm *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return HSM_ERR_DEVICE;
+    h->max_sessions = cfg->max_sessions ? cfg->max_sessions : 256;
+    h->login = CK_INVALID_HANDLE;
+    pthread_mutex_init(&h->sess_mu, NULL);
+    pthread_rwlock_init(&h->cache_mu, NULL);
+    if (pthread_key_create(&h->tkey, hsm_tsess_destructor) != 0) {
+        free(h);
+        return HSM_ERR_DEVICE;
+    }
+
+    char pin[HSM_PIN_MAX];
+    size_t pin_len = 0;
+    CK_RV rv;
+    st = hsm_load_module(cfg->module_path, &h->dl, &h->f);
+    if (st != HSM_OK)
+        goto fail;
+    st = hsm_find_slot(h->f, &m, &h->slot);
+    if (st != HSM_OK)
+        goto fail;
+    rv = h->f->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h->login);
+    if (rv != CKR_OK) {
+        h->login = CK_INVALID_HANDLE;
+        st = hsm_from_ckr(rv);
+        goto fail;
+    }
+    st = hsm_read_pin_file(cfg->pin_file, pin, &pin_len);
+    if (st != HSM_OK)
+        goto fail;
+    rv = h->f->C_Login(h->login, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
+    explicit_bzero(pin, sizeof(pin));
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+        st = hsm_from_ckr(rv);
+        goto fail;
+    }
+    /* Fill the cache: private halves first (they carry the handle we sign with). */
+    pthread_rwlock_wrlock(&h->cache_mu);
+    st = hsm_find_each(h, h->login, CKO_PRIVATE_KEY, NULL, hsm_cache_private, NULL);
+    if (st == HSM_OK)
+        st = hsm_find_each(h, h->login, CKO_PUBLIC_KEY, NULL, hsm_cache_public, NULL);
+    pthread_rwlock_unlock(&h->cache_mu);
+    if (st != HSM_OK)
+        goto fail;
+    *out = h;
+    return HSM_OK;
+
+fail:
+    explicit_bzero(pin, sizeof(pin));
+    if (ckr != NULL)
+        *ckr = hsm_tl_ckr;
+    hsm_close(h);
+    return st;
+}
+
+void hsm_close(hsm *h)
+{
+    if (h == NULL)
+        return;
+    /* No destructor may run against a freed handle: delete the key before freeing. */
+    pthread_key_delete(h->tkey);
+    if (h->f != NULL) {
+        while (h->sessions != NULL)
+            hsm_tsess_release(h->sessions);
+        if (h->login != CK_INVALID_HANDLE) {
+            h->f->C_Logout(h->login);
+            h->f->C_CloseSession(h->login);
+        }
+        h->f->C_Finalize(NULL);
+    }
+    if (h->dl != NULL)
+        dlclose(h->dl);
+    pthread_rwlock_destroy(&h->cache_mu);
+    pthread_mutex_destroy(&h->sess_mu);
+    free(h);
+}
+
+/* ---- key operations ------------------------------------------------------------------ */
+
+static void hsm_destroy_found(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg)
+{
+    if (h->f->C_DestroyObject(s, o) == CKR_OK)
+        ++*(int *)arg;
+}
+
+/* Destroys every RSA object with CKA_ID = kid found by a scan; returns how many. */
+static int hsm_destroy_by_scan(hsm *h, CK_SESSION_HANDLE s, const hsm_kid *kid, hsm_status *st)
+{
+    int n = 0;
+    *st = hsm_find_each(h, s, CKO_PRIVATE_KEY, kid, hsm_destroy_found, &n);
+    if (*st == HSM_OK)
+        *st = hsm_find_each(h, s, CKO_PUBLIC_KEY, kid, hsm_destroy_found, &n);
+    return n;
+}
+
+hsm_status hsm_generate(hsm *h, const hsm_kid *kid, unsigned bits)
+{
+    if (bits != 2048 && bits != 3072 && bits != 4096)
+        return hsm_tl_ckr = 0, HSM_ERR_BAD_ARGUMENT;
+    CK_SESSION_HANDLE s;
+    hsm_status st = hsm_session(h, &s);
+    if (st != HSM_OK)
+        return st;
+
+    pthread_rwlock_rdlock(&h->cache_mu);
+    int exists = hsm_cache_find(h, kid) != NULL;
+    pthread_rwlock_unlock(&h->cache_mu);
+    if (exists)
+        return hsm_tl_ckr = 0, HSM_ERR_KEY_EXISTS;
+
+    char label[2 * HSM_KID_LEN + 1];
+    hsm_kid_hex(kid, label);
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ULONG mod_bits = bits;
+    CK_BYTE exponent[] = {0x01, 0x00, 0x01};
+    CK_ATTRIBUTE pub[] = {
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &no, sizeof(no)},
+        {CKA_VERIFY, &yes, sizeof(yes)},
+        {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_WRAP, &no, sizeof(no)},
+        {CKA_MODULUS_BITS, &mod_bits, sizeof(mod_bits)},
+        {CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent)},
+        {CKA_ID, (void *)kid->b, HSM_KID_LEN},
+        {CKA_LABEL, label, 2 * HSM_KID_LEN},
+    };
+    CK_ATTRIBUTE priv[] = {
+        {CKA_TOKEN, &yes, sizeof(yes)},      {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},  {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_SIGN, &yes, sizeof(yes)},       {CKA_DECRYPT, &no, sizeof(no)},
+        {CKA_UNWRAP, &no, sizeof(no)},       {CKA_ID, (void *)kid->b, HSM_KID_LEN},
+        {CKA_LABEL, label, 2 * HSM_KID_LEN},
+    };
+    CK_MECHANISM mech = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
+    CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
+    CK_RV rv = CKR_GENERAL_ERROR;
+    /* SoftHSM2 sometimes fails concurrent generation with CKR_GENERAL_ERROR (its #573):
+     * clear whatever a failed attempt left behind and try again. */
+    for (int attempt = 0; attempt < HSM_GENERATE_TRIES; attempt++) {
+        rv = h->f->C_GenerateKeyPair(s, &mech, pub, sizeof(pub) / sizeof(pub[0]), priv,
+                                     sizeof(priv) / sizeof(priv[0]), &hpub, &hpriv);
+        if (rv != CKR_GENERAL_ERROR)
+            break;
+        hsm_status ignored;
+        hsm_destroy_by_scan(h, s, kid, &ignored);
+    }
+    if (rv != CKR_OK) {
+        if (hsm_session_lost(rv))
+            hsm_session_drop(h);
+        return hsm_from_ckr(rv);
+    }
+    pthread_rwlock_wrlock(&h->cache_mu);
+    hsm_slot *slot = hsm_cache_put(h, kid);
+    if (slot != NULL) {
+        slot->priv = hpriv;
+        slot->pub = hpub;
+        slot->sig_len = (bits + 7) / 8;
+    }
+    pthread_rwlock_unlock(&h->cache_mu);
+    if (slot == NULL) {
+        /* Past the cache's bound the key could never sign: do not leave it behind. */
+        h->f->C_DestroyObject(s, hpriv);
+        h->f->C_DestroyObject(s, hpub);
+        return hsm_tl_ckr = 0, HSM_ERR_TOKEN_FULL;
+    }
+    return HSM_OK;
+}
+
+/* Copies the cached handles of kid; HSM_ERR_KEY_NOT_FOUND when absent. */
+static hsm_status hsm_lookup(hsm *h, const hsm_kid *kid, hsm_slot *copy)
+{
+    pthread_rwlock_rdlock(&h->cache_mu);
+    hsm_slot *s = hsm_cache_find(h, kid);
+    if (s != NULL)
+        *copy = *s;
+    pthread_rwlock_unlock(&h->cache_mu);
+    if (s == NULL) {
+        hsm_tl_ckr = 0;
+        return HSM_ERR_KEY_NOT_FOUND;
+    }
+    return HSM_OK;
+}
+
+hsm_status hsm_sign_rs256(hsm *h, const hsm_kid *kid, const void *msg, size_t msg_len,
+                          uint8_t sig[HSM_SIG_MAX], size_t *sig_len)
+{
+    *sig_len = 0;
+    hsm_slot k;
+    hsm_status st = hsm_lookup(h, kid, &k);
+    if (st != HSM_OK)
+        return st;
+    if (k.priv == CK_INVALID_HANDLE)
+        return hsm_tl_ckr = 0, HSM_ERR_KEY_NOT_FOUND;
+    CK_MECHANISM mech = {CKM_SHA256_RSA_PKCS, NULL, 0};
+    for (int attempt = 0; attempt < 2; attempt++) {
+        CK_SESSION_HANDLE s;
+        st = hsm_session(h, &s);
+        if (st != HSM_OK)
+            return st;
+        CK_RV rv = h->f->C_SignInit(s, &mech, k.priv);
+        if (rv == CKR_OK) {
+            CK_ULONG len = HSM_SIG_MAX;
+            rv = h->f->C_Sign(s, (CK_BYTE_PTR)msg, msg_len, sig, &len);
+            if (rv == CKR_OK) {
+                *sig_len = len;
+                return HSM_OK;
+            }
+        }
+        if (!hsm_session_lost(rv))
+            return hsm_from_ckr(rv);
+        hsm_session_drop(h); /* the device forgot our session: reopen once */
+    }
+    return hsm_from_ckr(CKR_SESSION_HANDLE_INVALID);
+}
+
+hsm_status hsm_public_key(hsm *h, const hsm_kid *kid, hsm_pubkey *out)
+{
+    memset(out, 0, sizeof(*out));
+    hsm_slot k;
+    hsm_status st = hsm_lookup(h, kid, &k);
+    if (st != HSM_OK)
+        return st;
+    CK_SESSION_HANDLE s;
+    if ((st = hsm_session(h, &s)) != HSM_OK)
+        return st;
+    CK_ATTRIBUTE a[2] = {{CKA_MODULUS, out->n, sizeof(out->n)},
+                         {CKA_PUBLIC_EXPONENT, out->e, sizeof(out->e)}};
+    /* The modulus and exponent are public on both halves; prefer the public object. */
+    CK_OBJECT_HANDLE o = k.pub != CK_INVALID_HANDLE ? k.pub : k.priv;
+    CK_RV rv = h->f->C_GetAttributeValue(s, o, a, 2);
+    if (rv != CKR_OK)
+        return hsm_from_ckr(rv);
+    out->n_len = a[0].ulValueLen;
+    out->e_len = a[1].ulValueLen;
+    size_t lead = 0;
+    while (lead < out->n_len && out->n[lead] == 0)
+        lead++;
+    out->bits = (unsigned)((out->n_len - lead) * 8);
+    if (lead < out->n_len)
+        for (uint8_t top = out->n[lead]; top < 0x80; top <<= 1)
+            out->bits--;
+    return HSM_OK;
+}
+
+hsm_status hsm_destroy(hsm *h, const hsm_kid *kid)
+{
+    CK_SESSION_HANDLE s;
+    hsm_status st = hsm_session(h, &s);
+    if (st != HSM_OK)
+        return st;
+    /* Out of the cache first, so no new signature starts with a handle about to die. */
+    pthread_rwlock_wrlock(&h->cache_mu);
+    hsm_cache_remove(h, kid);
+    pthread_rwlock_unlock(&h->cache_mu);
+    /* A scan rather than the cached handles: it also finds strays and duplicates. */
+    int n = hsm_destroy_by_scan(h, s, kid, &st);
+    if (st != HSM_OK)
+        return st;
+    return n > 0 ? HSM_OK : (hsm_tl_ckr = 0, HSM_ERR_KEY_NOT_FOUND);
+}
+
+typedef struct {
+    hsm_key_entry *out;
+    size_t cap, count;
+    int is_private;
+} hsm_list_ctx;
+
+static void hsm_list_found(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg)
+{
+    hsm_list_ctx *c = arg;
+    hsm_kid kid;
+    CK_ULONG mod_len;
+    if (hsm_read_id(h, s, o, &kid, &mod_len) != 0)
+        return;
+    size_t seen = c->count < c->cap ? c->count : c->cap;
+    for (size_t i = 0; i < seen; i++) {
+        if (memcmp(c->out[i].kid.b, kid.b, HSM_KID_LEN) == 0) {
+            c->out[i].has_private |= c->is_private;
+            c->out[i].has_public |= !c->is_private;
+            return;
+        }
+    }
+    if (c->count < c->cap) {
+        c->out[c->count].kid = kid;
+        c->out[c->count].has_private = c->is_private;
+        c->out[c->count].has_public = !c->is_private;
+    }
+    c->count++;
+}
+
+hsm_status hsm_list(hsm *h, hsm_key_entry *out, size_t cap, size_t *count)
+{
+    *count = 0;
+    CK_SESSION_HANDLE s;
+    hsm_status st = hsm_session(h, &s);
+    if (st != HSM_OK)
+        return st;
+    hsm_list_ctx c = {.out = out, .cap = cap, .is_private = 1};
+    st = hsm_find_each(h, s, CKO_PRIVATE_KEY, NULL, hsm_list_found, &c);
+    c.is_private = 0;
+    if (st == HSM_OK)
+        st = hsm_find_each(h, s, CKO_PUBLIC_KEY, NULL, hsm_list_found, &c);
+    *count = c.count;
+    return st;
+}
+
+/* ---- token initialisation (provisioning) ---------------------------------------------- */
+
+hsm_status hsm_init_token(const char *module_path, const char *label, const char *so_pin_file,
+                          const char *user_pin_file, char serial[17])
+{
+    serial[0] = '\0';
+    if (label == NULL || *label == '\0' || strlen(label) > 32)
+        return hsm_tl_ckr = 0, HSM_ERR_BAD_ARGUMENT;
+    char so[HSM_PIN_MAX], user[HSM_PIN_MAX];
+    size_t so_len = 0, user_len = 0;
+    void *dl = NULL;
+    CK_FUNCTION_LIST_PTR f = NULL;
+    CK_SLOT_ID *ids = NULL;
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    hsm_match m;
+    memset(&m, 0, sizeof(m));
+    strcpy(m.token, label);
+    CK_SLOT_ID slot;
+    hsm_status st = hsm_read_pin_file(so_pin_file, so, &so_len);
+    if (st == HSM_OK)
+        st = hsm_read_pin_file(user_pin_file, user, &user_len);
+    if (st != HSM_OK)
+        goto out;
+    if ((st = hsm_load_module(module_path, &dl, &f)) != HSM_OK)
+        goto out;
+    if (hsm_find_slot(f, &m, &slot) == HSM_OK) {
+        st = HSM_ERR_KEY_EXISTS;
+        goto out;
+    }
+    /* The first slot whose token is present but not initialised. */
+    CK_ULONG n = 0;
+    CK_RV rv = f->C_GetSlotList(CK_TRUE, NULL, &n);
+    if (rv == CKR_OK && n > 0 && (ids = calloc(n, sizeof(*ids))) != NULL)
+        rv = f->C_GetSlotList(CK_TRUE, ids, &n);
+    st = rv != CKR_OK ? hsm_from_ckr(rv) : HSM_ERR_TOKEN_NOT_FOUND;
+    for (CK_ULONG i = 0; ids != NULL && rv == CKR_OK && i < n; i++) {
+        CK_TOKEN_INFO ti;
+        if (f->C_GetTokenInfo(ids[i], &ti) == CKR_OK && !(ti.flags & CKF_TOKEN_INITIALIZED)) {
+            slot = ids[i];
+            st = HSM_OK;
+            break;
+        }
+    }
+    if (st != HSM_OK)
+        goto out;
+    CK_UTF8CHAR padded[32];
+    memset(padded, ' ', sizeof(padded));
+    memcpy(padded, label, strlen(label));
+    if ((rv = f->C_InitToken(slot, (CK_UTF8CHAR_PTR)so, so_len, padded)) != CKR_OK) {
+        st = hsm_from_ckr(rv);
+        goto out;
+    }
+    /* SoftHSM2 moves a freshly initialised token to a new slot id: look it up again, by
+     * label, after a full re-initialisation of the library. */
+    f->C_Finalize(NULL);
+    CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+    if ((rv = f->C_Initialize(&args)) != CKR_OK) {
+        st = hsm_from_ckr(rv);
+        goto out;
+    }
+    if ((st = hsm_find_slot(f, &m, &slot)) != HSM_OK)
+        goto out;
+    rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+    if (rv == CKR_OK)
+        rv = f->C_Login(s, CKU_SO, (CK_UTF8CHAR_PTR)so, so_len);
+    if (rv == CKR_OK)
+        rv = f->C_InitPIN(s, (CK_UTF8CHAR_PTR)user, user_len);
+    if (rv == CKR_OK)
+        f->C_Logout(s);
+    CK_TOKEN_INFO ti;
+    if (rv == CKR_OK)
+        rv = f->C_GetTokenInfo(slot, &ti);
+    if (rv == CKR_OK) {
+        size_t len = sizeof(ti.serialNumber);
+        while (len > 0 && ti.serialNumber[len - 1] == ' ')
+            len--;
+        memcpy(serial, ti.serialNumber, len);
+        serial[len] = '\0';
+    }
+    st = hsm_from_ckr(rv);
+
+out:
+    explicit_bzero(so, sizeof(so));
+    explicit_bzero(user, sizeof(user));
+    free(ids);
+    if (f != NULL) {
+        if (s != CK_INVALID_HANDLE)
+            f->C_CloseSession(s);
+        f->C_Finalize(NULL);
+    }
+    if (dl != NULL)
+        dlclose(dl);
+    return st;
+}

@@ -1,0 +1,194 @@
+/* prov: token and secret provisioning. See token.h. */
+#include "provisioning/token.h"
+
+#include "hsm/hsm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PROV_PIN_BYTES 24 /* 192 bits, written as 48 hex characters */
+
+static int prov_random(void *buf, size_t n)
+{
+    uint8_t *p = buf;
+    while (n > 0) {
+        ssize_t r = getrandom(p, n, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* Writes len bytes to a new file at path, mode 0600; refuses an existing file. */
+static int prov_write_new(const char *path, const void *data, size_t len)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "cannot create %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    const char *p = data;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t w = write(fd, p + done, len - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0) {
+            fprintf(stderr, "cannot write %s: %s\n", path, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        done += (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        fprintf(stderr, "cannot write %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* A random PIN as lowercase hex into a new 0600 file; the PIN is wiped before return. */
+static int prov_write_pin(const char *path)
+{
+    static const char digits[] = "0123456789abcdef";
+    uint8_t raw[PROV_PIN_BYTES];
+    char text[2 * PROV_PIN_BYTES + 1];
+    int rc = prov_random(raw, sizeof(raw));
+    if (rc == 0) {
+        for (size_t i = 0; i < sizeof(raw); i++) {
+            text[2 * i] = digits[raw[i] >> 4];
+            text[2 * i + 1] = digits[raw[i] & 15];
+        }
+        text[2 * PROV_PIN_BYTES] = '\n';
+        rc = prov_write_new(path, text, sizeof(text));
+    } else {
+        fprintf(stderr, "cannot read random bytes for %s\n", path);
+    }
+    explicit_bzero(raw, sizeof(raw));
+    explicit_bzero(text, sizeof(text));
+    return rc;
+}
+
+int prov_write_secret(const char *path, const char *prefix)
+{
+    static const char alphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    uint8_t raw[43]; /* 43 characters of 6 bits each: 258 bits, at least the 256 asked */
+    char text[128];
+    size_t plen = strlen(prefix);
+    if (plen + sizeof(raw) + 2 > sizeof(text)) {
+        fprintf(stderr, "secret prefix too long\n");
+        return -1;
+    }
+    int rc = prov_random(raw, sizeof(raw));
+    if (rc == 0) {
+        memcpy(text, prefix, plen);
+        for (size_t i = 0; i < sizeof(raw); i++)
+            text[plen + i] = alphabet[raw[i] & 63];
+        text[plen + sizeof(raw)] = '\n';
+        rc = prov_write_new(path, text, plen + sizeof(raw) + 1);
+    } else {
+        fprintf(stderr, "cannot read random bytes for %s\n", path);
+    }
+    explicit_bzero(raw, sizeof(raw));
+    explicit_bzero(text, sizeof(text));
+    return rc;
+}
+
+static int prov_path(char *out, const char *dir, const char *name)
+{
+    int n = snprintf(out, PATH_MAX, "%s/%s", dir, name);
+    if (n < 0 || n >= PATH_MAX) {
+        fprintf(stderr, "path too long: %s/%s\n", dir, name);
+        return -1;
+    }
+    return 0;
+}
+
+/* RFC 7512 percent-encoding of a path attribute value. */
+static void prov_uri_value(FILE *out, const char *v)
+{
+    for (; *v; v++) {
+        unsigned char c = (unsigned char)*v;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+            strchr("-._~", c) != NULL)
+            fputc(c, out);
+        else
+            fprintf(out, "%%%02X", c);
+    }
+}
+
+int prov_token_init(const char *dir, const char *label, const char *module, FILE *out)
+{
+    char abs[PATH_MAX], conf[PATH_MAX], tokdir[PATH_MAX], pin[PATH_MAX], so_pin[PATH_MAX];
+    if (strlen(label) == 0 || strlen(label) > 32) {
+        fprintf(stderr, "token label must be 1 to 32 bytes\n");
+        return -1;
+    }
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "cannot create %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    if (realpath(dir, abs) == NULL) {
+        fprintf(stderr, "cannot resolve %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    if (prov_path(conf, abs, "softhsm2.conf") || prov_path(tokdir, abs, "token") ||
+        prov_path(pin, abs, "pin") || prov_path(so_pin, abs, "so-pin"))
+        return -1;
+    const char *existing[] = {tokdir, conf, pin, so_pin};
+    for (size_t i = 0; i < sizeof(existing) / sizeof(existing[0]); i++) {
+        struct stat st;
+        if (lstat(existing[i], &st) == 0) {
+            fprintf(stderr,
+                    "%s already has a token (%s exists): refusing to touch it, so that no "
+                    "key is lost; use another directory\n",
+                    abs, existing[i]);
+            return -1;
+        }
+    }
+    if (mkdir(tokdir, 0700) != 0) {
+        fprintf(stderr, "cannot create %s: %s\n", tokdir, strerror(errno));
+        return -1;
+    }
+    char text[PATH_MAX + 256];
+    int n = snprintf(text, sizeof(text),
+                     "# SoftHSM2 configuration of this data directory only.\n"
+                     "directories.tokendir = %s\n"
+                     "objectstore.backend = file\n"
+                     "log.level = ERROR\n"
+                     "slots.removable = false\n",
+                     tokdir);
+    if (n < 0 || (size_t)n >= sizeof(text) || prov_write_new(conf, text, (size_t)n) != 0)
+        return -1;
+    if (prov_write_pin(so_pin) != 0 || prov_write_pin(pin) != 0)
+        return -1;
+    /* Our own process only: SoftHSM2 finds its configuration through the environment. */
+    if (setenv("SOFTHSM2_CONF", conf, 1) != 0) {
+        fprintf(stderr, "cannot set SOFTHSM2_CONF\n");
+        return -1;
+    }
+    char serial[17];
+    hsm_status st = hsm_init_token(module, label, so_pin, pin, serial);
+    if (st != HSM_OK) {
+        fprintf(stderr, "cannot initialise the token in %s: %s (CKR 0x%lx)\n", tokdir,
+                hsm_strerror(st), hsm_last_ckr());
+        return -1;
+    }
+    fprintf(out, "label: %s\nserial: %s\nuri: pkcs11:token=", label, serial);
+    prov_uri_value(out, label);
+    fprintf(out, ";serial=");
+    prov_uri_value(out, serial);
+    fprintf(out, "\nsofthsm2_conf: %s\n", conf);
+    return 0;
+}
