@@ -1,0 +1,164 @@
+/*
+ * api: the HTTP API's resources (keys, signing and tokens, publication, health), JSON in
+ * and out. appliance/server.c owns CivetWeb, routing and authentication; it turns each
+ * request into an api_req (body read and bounded, kid parsed) and calls one handler here.
+ *
+ * Errors: every handler returns an api_err. api_err_table() is the one place an error
+ * becomes an HTTP status and a stable snake_case code; handlers only add a message.
+ *
+ * What the module owns: the publication cache (JWKS and revocation documents, rebuilt
+ * once per registry change and served from memory with an ETag). Everything else it
+ * reaches through the registry (reg_) and the keeper (kp_).
+ */
+#ifndef API_API_H
+#define API_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "appliance/config.h"
+#include "appliance/keeper.h"
+#include "appliance/registry.h"
+
+#define API_BODY_MAX (64 * 1024)
+#define API_ERRMSG_MAX 256
+#define API_HEADERS_MAX 512
+
+typedef enum {
+    API_OK = 0,
+    API_ERR_BAD_REQUEST,
+    API_ERR_NOT_FOUND,
+    API_ERR_METHOD_NOT_ALLOWED,
+    API_ERR_UNAUTHORIZED,
+    API_ERR_FORBIDDEN,
+    API_ERR_REQUEST_TIMEOUT,
+    API_ERR_BODY_TOO_LARGE,
+    API_ERR_HEADERS_TOO_LARGE,
+    API_ERR_UNSUPPORTED_MEDIA_TYPE,
+    API_ERR_INVALID_JSON,
+    API_ERR_INVALID_UTF8,
+    API_ERR_DUPLICATE_KEY,
+    API_ERR_NOT_AN_OBJECT,
+    API_ERR_UNKNOWN_FIELD,
+    API_ERR_MISSING_FIELD,
+    API_ERR_WRONG_TYPE,
+    API_ERR_OUT_OF_RANGE,
+    API_ERR_INVALID_KID,
+    API_ERR_INVALID_BASE64URL,
+    API_ERR_INVALID_QUERY,
+    API_ERR_INVALID_LABEL,
+    API_ERR_INVALID_REASON,
+    API_ERR_RESERVED_CLAIM,
+    API_ERR_TTL_OUT_OF_RANGE,
+    API_ERR_KEY_NOT_FOUND,
+    API_ERR_KEY_REVOKED,
+    API_ERR_KEY_BROKEN,
+    API_ERR_KEY_LIMIT_REACHED,
+    API_ERR_NO_ACTIVE_KEY,
+    API_ERR_TOKEN_FULL,
+    API_ERR_HSM_BUSY,
+    API_ERR_HSM_UNAVAILABLE,
+    API_ERR_STORAGE,
+    API_ERR_INTERNAL,
+    API_ERR_UNAVAILABLE,
+    API_ERR_COUNT_
+} api_err;
+
+typedef struct {
+    int http_status;
+    const char *code;
+} api_err_info;
+
+/* The status and code of e (API_ERR_INTERNAL's for out-of-range values). */
+const api_err_info *api_err_table(api_err e);
+
+/* The error for an HTTP status CivetWeb produced itself (malformed request line, headers
+ * too large, timeouts): the inverse of the table, for the statuses it can produce. */
+api_err api_err_from_status(int status);
+
+/* Process-wide state the handlers use; set up once by the server before it serves. */
+typedef struct {
+    const cfg *cfg;
+    reg *reg;
+    kp *kp;
+} api_env;
+
+typedef struct {
+    const api_env *env;
+    const char *method;
+    const char *query; /* after '?', or NULL */
+    hsm_kid kid;       /* valid when has_kid */
+    int has_kid;
+    const char *body; /* NUL-terminated, at most API_BODY_MAX bytes; NULL if none */
+    size_t body_len;
+    const char *if_none_match; /* the header, or NULL */
+    int64_t now;
+} api_req;
+
+typedef struct {
+    int status; /* 2xx/3xx; for errors the server uses api_err_table */
+    char *body; /* malloc'd, or borrowed from doc; api_resp_free releases it */
+    size_t len;
+    void *doc;                     /* a shared cached document body points into, or NULL */
+    char headers[API_HEADERS_MAX]; /* extra header lines, each ending in \r\n */
+    char errmsg[API_ERRMSG_MAX];
+} api_resp;
+
+/* Records a message for the error e and returns e: `return api_fail(r, API_ERR_X, ...)`. */
+api_err api_fail(api_resp *r, api_err e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Sets r's body to the compact serialisation of j (consumed) and status to status. */
+api_err api_json(api_resp *r, int status, json_t *j);
+
+/* Appends one header line ("Name: value") to r. */
+void api_header(api_resp *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Strict body parsing: the body must be a JSON object (duplicate keys, invalid UTF-8 and
+ * trailing bytes rejected) whose every key is in allowed (NULL-terminated). An empty body
+ * gives an empty object when empty_ok. On success *out owns a reference. */
+api_err api_parse_object(const api_req *q, api_resp *r, const char *const allowed[], int empty_ok,
+                         json_t **out);
+
+/* Typed field readers: absent fields keep the default and return API_OK. */
+api_err api_get_int(json_t *o, const char *name, int64_t lo, int64_t hi, int64_t *v, api_resp *r);
+api_err api_get_string(json_t *o, const char *name, size_t max_len, const char **v, api_resp *r);
+
+/* The JSON form of a key row: kid, state, bits, label, created_at, and when revoked
+ * revoked_at and reason, plus the public JWK. */
+json_t *api_key_json(const reg_key *k);
+
+/* API_OK when kid may sign now, else key_not_found, key_revoked or key_broken. */
+api_err api_check_signing_key(const api_req *q, api_resp *r, const hsm_kid *kid);
+
+/* A keeper failure as the API's error (key_not_found, token_full, hsm_busy, ...). */
+api_err api_hsm_error(api_resp *r, hsm_status st);
+
+/* Handlers. Each is called with a parsed request and fills r or returns an error. */
+api_err api_keys_create(const api_req *q, api_resp *r);
+api_err api_keys_list(const api_req *q, api_resp *r);
+api_err api_keys_get(const api_req *q, api_resp *r);
+api_err api_keys_revoke(const api_req *q, api_resp *r);
+api_err api_keys_sign(const api_req *q, api_resp *r);
+api_err api_tokens_mint(const api_req *q, api_resp *r);
+api_err api_jwks(const api_req *q, api_resp *r);
+api_err api_revocations(const api_req *q, api_resp *r);
+api_err api_healthz(const api_req *q, api_resp *r);
+api_err api_readyz(const api_req *q, api_resp *r);
+
+/* Releases r's body (frees it, or drops its reference on a cached document). */
+void api_resp_free(api_resp *r);
+
+/* Publication cache: rebuilds the JWKS and revocation documents from the registry now.
+ * Called after every registry change (create, revoke), so the next reader gets the new
+ * documents; readers also rebuild when they see the registry's generation move. */
+void api_publish_refresh(const api_env *env);
+void api_publish_free(void);
+
+/* Test-only crash points (SIGND_FAULT=after_generate|after_revoke_commit): the process
+ * kills itself with SIGKILL there, so tests can prove reconcile repairs what it left. */
+void api_fault_point(const char *name);
+
+#endif

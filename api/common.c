@@ -1,0 +1,206 @@
+/* api: the error table, strict JSON parsing and response helpers. See api.h. */
+#include "api/api.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const api_err_info api_errors[API_ERR_COUNT_] = {
+    [API_OK] = {200, "ok"},
+    [API_ERR_BAD_REQUEST] = {400, "bad_request"},
+    [API_ERR_NOT_FOUND] = {404, "not_found"},
+    [API_ERR_METHOD_NOT_ALLOWED] = {405, "method_not_allowed"},
+    [API_ERR_UNAUTHORIZED] = {401, "unauthorized"},
+    [API_ERR_FORBIDDEN] = {403, "forbidden"},
+    [API_ERR_REQUEST_TIMEOUT] = {408, "request_timeout"},
+    [API_ERR_BODY_TOO_LARGE] = {413, "body_too_large"},
+    [API_ERR_HEADERS_TOO_LARGE] = {431, "headers_too_large"},
+    [API_ERR_UNSUPPORTED_MEDIA_TYPE] = {415, "unsupported_media_type"},
+    [API_ERR_INVALID_JSON] = {400, "invalid_json"},
+    [API_ERR_INVALID_UTF8] = {400, "invalid_utf8"},
+    [API_ERR_DUPLICATE_KEY] = {400, "duplicate_key"},
+    [API_ERR_NOT_AN_OBJECT] = {400, "not_an_object"},
+    [API_ERR_UNKNOWN_FIELD] = {400, "unknown_field"},
+    [API_ERR_MISSING_FIELD] = {400, "missing_field"},
+    [API_ERR_WRONG_TYPE] = {400, "wrong_type"},
+    [API_ERR_OUT_OF_RANGE] = {400, "out_of_range"},
+    [API_ERR_INVALID_KID] = {400, "invalid_kid"},
+    [API_ERR_INVALID_BASE64URL] = {400, "invalid_base64url"},
+    [API_ERR_INVALID_QUERY] = {400, "invalid_query"},
+    [API_ERR_INVALID_LABEL] = {400, "invalid_label"},
+    [API_ERR_INVALID_REASON] = {400, "invalid_reason"},
+    [API_ERR_RESERVED_CLAIM] = {400, "reserved_claim"},
+    [API_ERR_TTL_OUT_OF_RANGE] = {400, "ttl_out_of_range"},
+    [API_ERR_KEY_NOT_FOUND] = {404, "key_not_found"},
+    [API_ERR_KEY_REVOKED] = {409, "key_revoked"},
+    [API_ERR_KEY_BROKEN] = {409, "key_broken"},
+    [API_ERR_KEY_LIMIT_REACHED] = {409, "key_limit_reached"},
+    [API_ERR_NO_ACTIVE_KEY] = {409, "no_active_key"},
+    [API_ERR_TOKEN_FULL] = {507, "token_full"},
+    [API_ERR_HSM_BUSY] = {503, "hsm_busy"},
+    [API_ERR_HSM_UNAVAILABLE] = {503, "hsm_unavailable"},
+    [API_ERR_STORAGE] = {500, "storage_error"},
+    [API_ERR_INTERNAL] = {500, "internal_error"},
+    [API_ERR_UNAVAILABLE] = {503, "unavailable"},
+};
+
+const api_err_info *api_err_table(api_err e)
+{
+    if ((unsigned)e >= API_ERR_COUNT_ || api_errors[e].code == NULL)
+        e = API_ERR_INTERNAL;
+    return &api_errors[e];
+}
+
+api_err api_err_from_status(int status)
+{
+    /* The first generic entry with this status: the specific ones share statuses. */
+    static const api_err generic[] = {API_ERR_BAD_REQUEST,        API_ERR_UNAUTHORIZED,
+                                      API_ERR_FORBIDDEN,          API_ERR_NOT_FOUND,
+                                      API_ERR_METHOD_NOT_ALLOWED, API_ERR_REQUEST_TIMEOUT,
+                                      API_ERR_BODY_TOO_LARGE,     API_ERR_UNSUPPORTED_MEDIA_TYPE,
+                                      API_ERR_HEADERS_TOO_LARGE,  API_ERR_UNAVAILABLE};
+    for (size_t i = 0; i < sizeof(generic) / sizeof(generic[0]); i++)
+        if (api_errors[generic[i]].http_status == status)
+            return generic[i];
+    return status >= 500 ? API_ERR_INTERNAL : API_ERR_BAD_REQUEST;
+}
+
+api_err api_fail(api_resp *r, api_err e, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->errmsg, sizeof(r->errmsg), fmt, ap);
+    va_end(ap);
+    return e;
+}
+
+api_err api_json(api_resp *r, int status, json_t *j)
+{
+    if (j == NULL)
+        return api_fail(r, API_ERR_INTERNAL, "out of memory");
+    free(r->body);
+    r->body = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (r->body == NULL)
+        return api_fail(r, API_ERR_INTERNAL, "out of memory");
+    r->len = strlen(r->body);
+    r->status = status;
+    return API_OK;
+}
+
+void api_header(api_resp *r, const char *fmt, ...)
+{
+    size_t used = strlen(r->headers);
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(r->headers + used, sizeof(r->headers) - used, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n + 2 >= sizeof(r->headers) - used) {
+        r->headers[used] = '\0'; /* never send half a header */
+        return;
+    }
+    memcpy(r->headers + used + n, "\r\n", 3);
+}
+
+api_err api_parse_object(const api_req *q, api_resp *r, const char *const allowed[], int empty_ok,
+                         json_t **out)
+{
+    *out = NULL;
+    if (q->body == NULL || q->body_len == 0) {
+        if (!empty_ok)
+            return api_fail(r, API_ERR_INVALID_JSON, "a JSON object body is required");
+        *out = json_object();
+        return *out ? API_OK : api_fail(r, API_ERR_INTERNAL, "out of memory");
+    }
+    json_error_t je;
+    json_t *j = json_loadb(q->body, q->body_len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
+    if (j == NULL) {
+        switch (json_error_code(&je)) {
+        case json_error_duplicate_key:
+            return api_fail(r, API_ERR_DUPLICATE_KEY, "duplicate key in JSON body: %s", je.text);
+        case json_error_invalid_utf8:
+            return api_fail(r, API_ERR_INVALID_UTF8, "JSON body is not valid UTF-8");
+        case json_error_null_character:
+        case json_error_null_byte_in_key:
+            return api_fail(r, API_ERR_INVALID_JSON, "NUL bytes are not allowed in JSON");
+        default:
+            return api_fail(r, API_ERR_INVALID_JSON, "invalid JSON at byte %d: %s", je.position,
+                            je.text);
+        }
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        return api_fail(r, API_ERR_NOT_AN_OBJECT, "the body must be a JSON object");
+    }
+    const char *key;
+    json_t *value;
+    json_object_foreach(j, key, value)
+    {
+        size_t i = 0;
+        while (allowed[i] != NULL && strcmp(allowed[i], key) != 0)
+            i++;
+        if (allowed[i] == NULL) {
+            api_err e = api_fail(r, API_ERR_UNKNOWN_FIELD, "unknown field '%.64s'", key);
+            json_decref(j);
+            return e;
+        }
+    }
+    *out = j;
+    return API_OK;
+}
+
+api_err api_get_int(json_t *o, const char *name, int64_t lo, int64_t hi, int64_t *v, api_resp *r)
+{
+    json_t *f = json_object_get(o, name);
+    if (f == NULL)
+        return API_OK;
+    if (!json_is_integer(f))
+        return api_fail(r, API_ERR_WRONG_TYPE, "'%s' must be an integer", name);
+    json_int_t x = json_integer_value(f);
+    if (x < lo || x > hi)
+        return api_fail(r, API_ERR_OUT_OF_RANGE, "'%s' must be between %lld and %lld", name,
+                        (long long)lo, (long long)hi);
+    *v = x;
+    return API_OK;
+}
+
+api_err api_get_string(json_t *o, const char *name, size_t max_len, const char **v, api_resp *r)
+{
+    json_t *f = json_object_get(o, name);
+    if (f == NULL)
+        return API_OK;
+    if (!json_is_string(f))
+        return api_fail(r, API_ERR_WRONG_TYPE, "'%s' must be a string", name);
+    if (json_string_length(f) > max_len)
+        return api_fail(r, API_ERR_OUT_OF_RANGE, "'%s' is longer than %zu bytes", name, max_len);
+    *v = json_string_value(f);
+    return API_OK;
+}
+
+json_t *api_key_json(const reg_key *k)
+{
+    char kid[2 * HSM_KID_LEN + 1];
+    hsm_kid_hex(&k->kid, kid);
+    json_t *j = json_pack("{s:s, s:s, s:i, s:s, s:I, s:{s:s, s:s, s:s, s:s, s:s, s:s}}", "kid", kid,
+                          "state", reg_state_name(k->state), "bits", (int)k->bits, "label",
+                          k->label, "created_at", (json_int_t)k->created_at, "jwk", "kty", "RSA",
+                          "use", "sig", "alg", "RS256", "kid", kid, "n", k->n_b64, "e", k->e_b64);
+    if (j != NULL && k->state == REG_REVOKED) {
+        json_object_set_new(j, "revoked_at", json_integer(k->revoked_at));
+        json_object_set_new(j, "reason", json_string(k->reason));
+        json_object_set_new(j, "revocation_seq", json_integer((json_int_t)k->revocation_seq));
+    }
+    return j;
+}
+
+void api_fault_point(const char *name)
+{
+    const char *want = getenv("SIGND_FAULT");
+    if (want != NULL && strcmp(want, name) == 0) {
+        fprintf(stderr, "signd: fault point %s reached: killing self\n", name);
+        raise(SIGKILL);
+    }
+}

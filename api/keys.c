@@ -1,0 +1,253 @@
+/* api: the key lifecycle (create, list, show, revoke) and raw RS256 signing. */
+#include "api/api.h"
+
+#include "jose/jose.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define API_REASON_DEFAULT "unspecified"
+#define API_LABEL_MAX 128
+#define API_SIGN_PAYLOAD_MAX (48 * 1024) /* decoded bytes; the body bound is 64 KiB */
+#define API_CREATE_TRIES 4
+
+/* Printable ASCII and the space, nothing else: labels and reasons end up in logs and
+ * terminals, where control characters could forge lines. */
+static int api_printable(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e)
+            return 0;
+    return 1;
+}
+
+api_err api_hsm_error(api_resp *r, hsm_status st)
+{
+    api_err e;
+    switch (st) {
+    case HSM_ERR_KEY_NOT_FOUND:
+        e = API_ERR_KEY_NOT_FOUND;
+        break;
+    case HSM_ERR_TOKEN_FULL:
+        e = API_ERR_TOKEN_FULL;
+        break;
+    case HSM_ERR_SESSION_COUNT:
+        e = API_ERR_HSM_BUSY;
+        break;
+    default:
+        e = API_ERR_HSM_UNAVAILABLE;
+    }
+    return api_fail(r, e, "%s", hsm_strerror(st));
+}
+
+api_err api_keys_create(const api_req *q, api_resp *r)
+{
+    static const char *const fields[] = {"bits", "label", NULL};
+    json_t *body;
+    api_err e = api_parse_object(q, r, fields, 1, &body);
+    if (e != API_OK)
+        return e;
+    int64_t bits = q->env->cfg->default_key_bits;
+    const char *label = "";
+    if ((e = api_get_int(body, "bits", 0, INT32_MAX, &bits, r)) != API_OK ||
+        (e = api_get_string(body, "label", API_LABEL_MAX, &label, r)) != API_OK)
+        goto out;
+    if (bits != 2048 && bits != 3072 && bits != 4096) {
+        e = api_fail(r, API_ERR_OUT_OF_RANGE, "'bits' must be 2048, 3072 or 4096");
+        goto out;
+    }
+    if (!api_printable(label)) {
+        e = api_fail(r, API_ERR_INVALID_LABEL, "'label' must be printable ASCII");
+        goto out;
+    }
+    if (reg_reserve(q->env->reg) != REG_OK) {
+        e = api_fail(r, API_ERR_KEY_LIMIT_REACHED, "the appliance holds %u active keys, its limit",
+                     q->env->cfg->max_active_keys);
+        goto out;
+    }
+    reg_key k;
+    memset(&k, 0, sizeof(k));
+    hsm_pubkey pub;
+    hsm_status st = HSM_ERR_KEY_EXISTS;
+    /* A random 128-bit kid collides only by accident of a broken RNG; retry anyway. */
+    for (int i = 0; i < API_CREATE_TRIES && st == HSM_ERR_KEY_EXISTS; i++) {
+        if (getrandom(k.kid.b, sizeof(k.kid.b), 0) != sizeof(k.kid.b))
+            continue;
+        if (reg_get(q->env->reg, &k.kid, &(reg_key){0}) == REG_OK)
+            continue;
+        st = kp_generate(q->env->kp, &k.kid, (unsigned)bits, &pub);
+    }
+    if (st != HSM_OK) {
+        reg_unreserve(q->env->reg);
+        e = api_hsm_error(r, st);
+        goto out;
+    }
+    api_fault_point("after_generate");
+    k.state = REG_ACTIVE;
+    k.bits = pub.bits;
+    k.created_at = q->now;
+    snprintf(k.label, sizeof(k.label), "%s", label);
+    if (jose_b64url_encode(pub.n, pub.n_len, k.n_b64, sizeof(k.n_b64)) == 0 ||
+        jose_b64url_encode(pub.e, pub.e_len, k.e_b64, sizeof(k.e_b64)) == 0) {
+        reg_unreserve(q->env->reg);
+        kp_destroy(q->env->kp, &k.kid);
+        e = api_fail(r, API_ERR_INTERNAL, "public key does not fit");
+        goto out;
+    }
+    if (reg_insert(q->env->reg, &k) != REG_OK) {
+        /* Never acknowledged: the key must not outlive the failed row. */
+        kp_destroy(q->env->kp, &k.kid);
+        e = api_fail(r, API_ERR_STORAGE, "the key registry refused the new key");
+        goto out;
+    }
+    api_publish_refresh(q->env);
+    json_t *j = api_key_json(&k);
+    char *pem = jose_rsa_public_pem(pub.n, pub.n_len, pub.e, pub.e_len);
+    if (j != NULL && pem != NULL)
+        json_object_set_new(j, "pem", json_string(pem));
+    free(pem);
+    char kid[2 * HSM_KID_LEN + 1];
+    hsm_kid_hex(&k.kid, kid);
+    api_header(r, "Location: /v1/keys/%s", kid);
+    e = api_json(r, 201, j);
+out:
+    json_decref(body);
+    return e;
+}
+
+api_err api_keys_list(const api_req *q, api_resp *r)
+{
+    int filter = -1;
+    if (q->query != NULL && q->query[0] != '\0') {
+        reg_state st;
+        if (strncmp(q->query, "state=", 6) != 0 || reg_state_parse(q->query + 6, &st) != 0)
+            return api_fail(r, API_ERR_INVALID_QUERY,
+                            "the only query is state=active|revoked|broken");
+        filter = (int)st;
+    }
+    size_t cap = reg_count(q->env->reg, REG_ACTIVE) + reg_count(q->env->reg, REG_REVOKED) +
+                 reg_count(q->env->reg, REG_BROKEN) + 16;
+    reg_key *keys = calloc(cap, sizeof(*keys));
+    if (keys == NULL)
+        return api_fail(r, API_ERR_INTERNAL, "out of memory");
+    size_t n = reg_list(q->env->reg, filter, keys, cap);
+    if (n > cap)
+        n = cap;
+    json_t *arr = json_array();
+    for (size_t i = 0; arr != NULL && i < n; i++)
+        json_array_append_new(arr, api_key_json(&keys[i]));
+    free(keys);
+    return api_json(r, 200, json_pack("{s:o, s:I}", "keys", arr, "count", (json_int_t)n));
+}
+
+api_err api_keys_get(const api_req *q, api_resp *r)
+{
+    reg_key k;
+    if (reg_get(q->env->reg, &q->kid, &k) != REG_OK)
+        return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
+    return api_json(r, 200, api_key_json(&k));
+}
+
+api_err api_keys_revoke(const api_req *q, api_resp *r)
+{
+    static const char *const fields[] = {"reason", NULL};
+    json_t *body;
+    api_err e = api_parse_object(q, r, fields, 1, &body);
+    if (e != API_OK)
+        return e;
+    const char *reason = API_REASON_DEFAULT;
+    if ((e = api_get_string(body, "reason", REG_REASON_MAX, &reason, r)) != API_OK)
+        goto out;
+    if (reason[0] == '\0' || !api_printable(reason)) {
+        e = api_fail(r, API_ERR_INVALID_REASON, "'reason' must be non-empty printable ASCII");
+        goto out;
+    }
+    /* Durable first, then published, then the private key object destroyed. */
+    reg_key k;
+    reg_status rs = reg_revoke(q->env->reg, &q->kid, reason, q->now, &k);
+    if (rs == REG_ERR_NOT_FOUND) {
+        e = api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
+        goto out;
+    }
+    if (rs != REG_OK) {
+        e = api_fail(r, API_ERR_STORAGE, "the revocation could not be recorded");
+        goto out;
+    }
+    api_publish_refresh(q->env);
+    api_fault_point("after_revoke_commit");
+    hsm_status st = kp_destroy(q->env->kp, &q->kid);
+    if (st != HSM_OK && st != HSM_ERR_KEY_NOT_FOUND) {
+        /* Revoked and published already; reconcile destroys the object on next start. */
+        char kid[2 * HSM_KID_LEN + 1];
+        hsm_kid_hex(&q->kid, kid);
+        fprintf(stderr, "signd: revoked kid %s but could not destroy it yet: %s\n", kid,
+                hsm_strerror(st));
+    }
+    e = api_json(r, 200, api_key_json(&k));
+out:
+    json_decref(body);
+    return e;
+}
+
+/* Is kid allowed to sign? API_OK, or the error that says why not. */
+api_err api_check_signing_key(const api_req *q, api_resp *r, const hsm_kid *kid)
+{
+    reg_key k;
+    if (reg_is_active(q->env->reg, kid))
+        return API_OK;
+    if (reg_get(q->env->reg, kid, &k) != REG_OK)
+        return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
+    if (k.state == REG_REVOKED)
+        return api_fail(r, API_ERR_KEY_REVOKED, "this kid was revoked and can no longer sign");
+    return api_fail(r, API_ERR_KEY_BROKEN, "this kid's key is missing from the token");
+}
+
+api_err api_keys_sign(const api_req *q, api_resp *r)
+{
+    static const char *const fields[] = {"payload", NULL};
+    json_t *body;
+    api_err e = api_parse_object(q, r, fields, 0, &body);
+    if (e != API_OK)
+        return e;
+    const char *payload = NULL;
+    uint8_t *bytes = NULL;
+    if ((e = api_get_string(body, "payload", API_BODY_MAX, &payload, r)) != API_OK)
+        goto out;
+    if (payload == NULL) {
+        e = api_fail(r, API_ERR_MISSING_FIELD, "'payload' (base64url bytes) is required");
+        goto out;
+    }
+    size_t plen = strlen(payload), n = 0;
+    bytes = malloc(plen / 4 * 3 + 3);
+    if (bytes == NULL) {
+        e = api_fail(r, API_ERR_INTERNAL, "out of memory");
+        goto out;
+    }
+    if (jose_b64url_decode(payload, plen, bytes, plen / 4 * 3 + 3, &n) != 0) {
+        e = api_fail(r, API_ERR_INVALID_BASE64URL,
+                     "'payload' must be unpadded base64url (RFC 4648 section 5)");
+        goto out;
+    }
+    if ((e = api_check_signing_key(q, r, &q->kid)) != API_OK)
+        goto out;
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len;
+    hsm_status st = kp_sign(q->env->kp, &q->kid, bytes, n, sig, &sig_len);
+    if (st != HSM_OK) {
+        e = st == HSM_ERR_KEY_NOT_FOUND
+                ? api_fail(r, API_ERR_KEY_REVOKED, "this kid can no longer sign")
+                : api_hsm_error(r, st);
+        goto out;
+    }
+    char sig_b64[HSM_SIG_MAX * 4 / 3 + 4], kid[2 * HSM_KID_LEN + 1];
+    jose_b64url_encode(sig, sig_len, sig_b64, sizeof(sig_b64));
+    hsm_kid_hex(&q->kid, kid);
+    e = api_json(r, 200,
+                 json_pack("{s:s, s:s, s:s}", "kid", kid, "alg", "RS256", "signature", sig_b64));
+out:
+    free(bytes);
+    json_decref(body);
+    return e;
+}

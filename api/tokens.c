@@ -1,0 +1,159 @@
+/* api: JWT minting (POST /v1/tokens). The hot path of the appliance: one JSON parse, one
+ * registry lookup from memory, one signature on this thread's own token session. */
+#include "api/api.h"
+
+#include "jose/jose.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define API_SUB_MAX 256
+#define API_CLAIMS_DEPTH_MAX 16
+#define API_JTI_BYTES 16
+
+/* Claims the appliance sets itself; a caller's claims may not carry them. */
+static const char *const api_reserved_claims[] = {"iss", "sub", "iat", "nbf", "exp", "jti", NULL};
+
+static int api_depth_ok(json_t *j, int depth)
+{
+    if (depth > API_CLAIMS_DEPTH_MAX)
+        return 0;
+    const char *k;
+    json_t *v;
+    size_t i;
+    if (json_is_object(j)) {
+        json_object_foreach(j, k, v) if (!api_depth_ok(v, depth + 1)) return 0;
+    } else if (json_is_array(j)) {
+        json_array_foreach(j, i, v) if (!api_depth_ok(v, depth + 1)) return 0;
+    }
+    return 1;
+}
+
+api_err api_tokens_mint(const api_req *q, api_resp *r)
+{
+    static const char *const fields[] = {"kid", "sub", "ttl", "nbf", "claims", NULL};
+    const cfg *c = q->env->cfg;
+    json_t *body, *payload = NULL;
+    char *payload_text = NULL, *jws = NULL;
+    api_err e = api_parse_object(q, r, fields, 1, &body);
+    if (e != API_OK)
+        return e;
+
+    const char *kid_text = NULL, *sub = NULL;
+    int64_t ttl = c->token_ttl_default, nbf = -1;
+    if ((e = api_get_string(body, "kid", 64, &kid_text, r)) != API_OK ||
+        (e = api_get_string(body, "sub", API_SUB_MAX, &sub, r)) != API_OK ||
+        (e = api_get_int(body, "nbf", 0, INT64_MAX / 2, &nbf, r)) != API_OK)
+        goto out;
+    json_t *ttl_j = json_object_get(body, "ttl");
+    if (ttl_j != NULL && !json_is_integer(ttl_j)) {
+        e = api_fail(r, API_ERR_WRONG_TYPE, "'ttl' must be an integer number of seconds");
+        goto out;
+    }
+    if (ttl_j != NULL)
+        ttl = json_integer_value(ttl_j);
+    if (ttl < c->token_ttl_min || ttl > c->token_ttl_max) {
+        e = api_fail(r, API_ERR_TTL_OUT_OF_RANGE, "'ttl' must be between %u and %u seconds",
+                     (unsigned)c->token_ttl_min, (unsigned)c->token_ttl_max);
+        goto out;
+    }
+    int64_t exp = q->now + ttl;
+    if (nbf >= exp) {
+        e = api_fail(r, API_ERR_OUT_OF_RANGE, "'nbf' must be before the token expires");
+        goto out;
+    }
+    json_t *claims = json_object_get(body, "claims");
+    if (claims != NULL && !json_is_object(claims)) {
+        e = api_fail(r, API_ERR_WRONG_TYPE, "'claims' must be a JSON object");
+        goto out;
+    }
+    if (claims != NULL && !api_depth_ok(claims, 0)) {
+        e = api_fail(r, API_ERR_OUT_OF_RANGE, "'claims' nests deeper than %d levels",
+                     API_CLAIMS_DEPTH_MAX);
+        goto out;
+    }
+    for (size_t i = 0; claims != NULL && api_reserved_claims[i] != NULL; i++) {
+        if (json_object_get(claims, api_reserved_claims[i]) != NULL) {
+            e = api_fail(r, API_ERR_RESERVED_CLAIM,
+                         "claim '%s' is set by the appliance and cannot be given in 'claims'",
+                         api_reserved_claims[i]);
+            goto out;
+        }
+    }
+
+    hsm_kid kid;
+    if (kid_text != NULL) {
+        if (hsm_kid_parse(kid_text, &kid) != 0) {
+            e = api_fail(r, API_ERR_INVALID_KID, "'kid' must be 32 lowercase hex characters");
+            goto out;
+        }
+        if ((e = api_check_signing_key(q, r, &kid)) != API_OK)
+            goto out;
+    } else {
+        reg_key newest;
+        if (reg_newest_active(q->env->reg, &newest) != REG_OK) {
+            e = api_fail(r, API_ERR_NO_ACTIVE_KEY, "no active key to sign with: create one");
+            goto out;
+        }
+        kid = newest.kid;
+    }
+
+    char kid_hex[2 * HSM_KID_LEN + 1], jti[2 * API_JTI_BYTES + 1], header[96];
+    hsm_kid_hex(&kid, kid_hex);
+    if (jose_random_hex(jti, API_JTI_BYTES) != 0) {
+        e = api_fail(r, API_ERR_INTERNAL, "no randomness for jti");
+        goto out;
+    }
+    int hlen = snprintf(header, sizeof(header),
+                        "{\"alg\":\"RS256\",\"typ\":\"JWT\",\"kid\":\"%s\"}", kid_hex);
+
+    payload = json_object();
+    if (c->token_issuer[0] != '\0')
+        json_object_set_new(payload, "iss", json_string(c->token_issuer));
+    if (sub != NULL)
+        json_object_set_new(payload, "sub", json_string(sub));
+    json_object_set_new(payload, "iat", json_integer(q->now));
+    if (nbf >= 0)
+        json_object_set_new(payload, "nbf", json_integer(nbf));
+    json_object_set_new(payload, "exp", json_integer(exp));
+    json_object_set_new(payload, "jti", json_string(jti));
+    if (claims != NULL)
+        json_object_update(payload, claims); /* no reserved name can be overwritten: checked */
+    payload_text = json_dumps(payload, JSON_COMPACT);
+    if (payload_text == NULL) {
+        e = api_fail(r, API_ERR_INTERNAL, "out of memory");
+        goto out;
+    }
+    size_t plen = strlen(payload_text);
+    size_t cap = jose_jws_max_len((size_t)hlen, plen, HSM_SIG_MAX);
+    size_t signing_len, total;
+    jws = malloc(cap);
+    if (jws == NULL ||
+        jose_jws_begin(header, (size_t)hlen, payload_text, plen, jws, cap, &signing_len) != 0) {
+        e = api_fail(r, API_ERR_INTERNAL, "token does not fit");
+        goto out;
+    }
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len;
+    hsm_status st = kp_sign(q->env->kp, &kid, jws, signing_len, sig, &sig_len);
+    if (st != HSM_OK) {
+        e = st == HSM_ERR_KEY_NOT_FOUND
+                ? api_fail(r, API_ERR_KEY_REVOKED, "this kid can no longer sign")
+                : api_hsm_error(r, st);
+        goto out;
+    }
+    if (jose_jws_finish(jws, cap, signing_len, sig, sig_len, &total) != 0) {
+        e = api_fail(r, API_ERR_INTERNAL, "token does not fit");
+        goto out;
+    }
+    e = api_json(r, 200,
+                 json_pack("{s:s, s:s, s:s, s:I, s:I}", "token", jws, "kid", kid_hex, "jti", jti,
+                           "iat", (json_int_t)q->now, "exp", (json_int_t)exp));
+out:
+    free(jws);
+    free(payload_text);
+    json_decref(payload);
+    json_decref(body);
+    return e;
+}

@@ -1,0 +1,80 @@
+/* rec: start-up reconciliation of token and registry. See reconcile.h. */
+#include "appliance/reconcile.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define REC_LIST_MAX 8192
+
+static int rec_kid_cmp(const void *a, const void *b)
+{
+    return memcmp(((const hsm_key_entry *)a)->kid.b, ((const hsm_key_entry *)b)->kid.b,
+                  HSM_KID_LEN);
+}
+
+int rec_run(kp *k, reg *r, FILE *log, rec_report *out)
+{
+    memset(out, 0, sizeof(*out));
+    hsm_key_entry *objs = calloc(REC_LIST_MAX, sizeof(*objs));
+    if (objs == NULL)
+        return -1;
+    size_t n = 0;
+    hsm_status st = kp_list(k, objs, REC_LIST_MAX, &n);
+    if (st != HSM_OK || n > REC_LIST_MAX) {
+        fprintf(log, "signd: reconcile: cannot list the token: %s\n",
+                st != HSM_OK ? hsm_strerror(st) : "more objects than the reconcile bound");
+        free(objs);
+        return -1;
+    }
+    int rc = 0;
+    char hex[2 * HSM_KID_LEN + 1];
+    for (size_t i = 0; i < n; i++) {
+        reg_key row;
+        int known = reg_get(r, &objs[i].kid, &row) == REG_OK;
+        if (known && row.state != REG_REVOKED)
+            continue;
+        hsm_kid_hex(&objs[i].kid, hex);
+        st = kp_destroy(k, &objs[i].kid);
+        if (st != HSM_OK && st != HSM_ERR_KEY_NOT_FOUND) {
+            fprintf(log, "signd: reconcile: cannot destroy kid %s: %s\n", hex, hsm_strerror(st));
+            rc = -1;
+            continue;
+        }
+        if (known) {
+            out->revoked_destroyed++;
+            fprintf(log, "signd: reconcile: destroyed the object of revoked kid %s\n", hex);
+        } else {
+            out->orphans_destroyed++;
+            fprintf(log, "signd: reconcile: destroyed kid %s: on the token, not in the registry\n",
+                    hex);
+        }
+    }
+    /* Active rows whose private half is gone can never sign again. */
+    qsort(objs, n, sizeof(*objs), rec_kid_cmp);
+    size_t cap = reg_count(r, REG_ACTIVE);
+    reg_key *rows = calloc(cap + 1, sizeof(*rows));
+    if (rows == NULL) {
+        free(objs);
+        return -1;
+    }
+    size_t m = reg_list(r, REG_ACTIVE, rows, cap + 1);
+    for (size_t i = 0; i < m && i <= cap; i++) {
+        hsm_key_entry probe = {.kid = rows[i].kid};
+        hsm_key_entry *hit = bsearch(&probe, objs, n, sizeof(*objs), rec_kid_cmp);
+        if (hit != NULL && hit->has_private)
+            continue;
+        hsm_kid_hex(&rows[i].kid, hex);
+        if (reg_mark_broken(r, &rows[i].kid) != REG_OK) {
+            rc = -1;
+            continue;
+        }
+        out->marked_broken++;
+        fprintf(log,
+                "signd: reconcile: kid %s is active but its key is missing from the token: "
+                "marked broken\n",
+                hex);
+    }
+    free(rows);
+    free(objs);
+    return rc;
+}

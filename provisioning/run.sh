@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# `make run`: prepares DATA_DIR (default ./data) and runs the appliance on PORT (8443).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+dir=${DATA_DIR:-./data}
+port=${PORT:-8443}
+"$top/provisioning/init-data-dir.sh" "$dir" "$port"
+dir=$(cd "$dir" && pwd)
+conf="$dir/appliance.conf"
+# The configuration file is the one source of settings; PORT given to make run updates it.
+if ! grep -qE "^port = $port\$" "$conf"; then
+	sed -i -E "s/^port = [0-9]+\$/port = $port/" "$conf"
+	echo "run: set port = $port in $conf"
+fi
+url="https://127.0.0.1:$port"
+# The bearer header is built by bash's printf (a builtin), so the secret never
+# appears in any process's argv.
+auth="-H @<(printf 'Authorization: Bearer %s\\n' \"\$(cat $dir/admin.credential)\")"
+cat <<EOT
+
+The appliance is starting on $url (data in $dir). Try, from another shell (bash):
+
+  # create a key
+  curl --cacert $dir/tls/cert.pem $auth \\
+       -H 'Content-Type: application/json' -d '{"bits":2048,"label":"demo"}' $url/v1/keys
+  # mint a token (newest active key)
+  curl --cacert $dir/tls/cert.pem $auth \\
+       -H 'Content-Type: application/json' -d '{"sub":"video-42","ttl":600,"claims":{"downloadable":false}}' $url/v1/tokens
+  # fetch the JWKS
+  curl --cacert $dir/tls/cert.pem $url/.well-known/jwks.json
+
+Stop it with Ctrl-C.
+EOT
+exec "$top/build/bin/signd" "$conf"

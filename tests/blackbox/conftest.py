@@ -1,0 +1,159 @@
+"""Fixtures for black-box tests: a real appliance over HTTPS on a real SoftHSM2 token.
+
+Each fixture makes its own data directory (token, PINs, certificate, credential,
+configuration) with provisioning/init-data-dir.sh, the same script `make run` uses, picks a
+free port at run time, starts build/bin/signd, and stops it by PID.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+
+TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+SIGND = os.path.join(TOP, "build", "bin", "signd")
+INIT = os.path.join(TOP, "provisioning", "init-data-dir.sh")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Appliance:
+    """One appliance process and its data directory."""
+
+    def __init__(self, data_dir, extra_conf=None):
+        self.dir = data_dir
+        self.port = free_port()
+        subprocess.run([INIT, data_dir, str(self.port)], check=True, stdout=subprocess.DEVNULL)
+        self.conf = os.path.join(data_dir, "appliance.conf")
+        if extra_conf:
+            self.set_conf(extra_conf)
+        self.cacert = os.path.join(data_dir, "tls", "cert.pem")
+        with open(os.path.join(data_dir, "admin.credential")) as f:
+            self.admin = f.read().strip()
+        self.url = "https://127.0.0.1:%d" % self.port
+        self.proc = None
+        self.log_path = os.path.join(data_dir, "signd.log")
+        self.session = requests.Session()
+        self.session.verify = self.cacert
+
+    def set_conf(self, settings):
+        lines = open(self.conf).read().splitlines()
+        for key, value in settings.items():
+            lines = [l for l in lines if not l.startswith(key + " =")]
+            lines.append("%s = %s" % (key, value))
+        with open(self.conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def start(self, env_extra=None, wait=True):
+        env = dict(os.environ)
+        env.pop("SIGND_FAULT", None)
+        if env_extra:
+            env.update(env_extra)
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([SIGND, self.conf], stdout=subprocess.PIPE,
+                                     stderr=self.log, env=env)
+        if wait:
+            line = self.proc.stdout.readline().decode()
+            if "listening" not in line:
+                self.proc.wait(timeout=10)
+                raise RuntimeError("signd did not start: %r\n%s" % (line, self.read_log()))
+        return self
+
+    def read_log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        rc = self.proc.returncode
+        self.proc.stdout.close()
+        self.log.close()
+        self.proc = None
+        self.session.close()
+        self.session = requests.Session()
+        self.session.verify = self.cacert
+        return rc
+
+    def kill9(self):
+        return self.stop(signal.SIGKILL)
+
+    def restart(self, **kw):
+        self.stop()
+        return self.start(**kw)
+
+    # HTTP helpers: every call is a real HTTPS request verified against the data dir's cert.
+    def auth(self, secret=None):
+        return {"Authorization": "Bearer " + (secret or self.admin)}
+
+    def request(self, method, path, auth=True, **kw):
+        headers = kw.pop("headers", {})
+        if auth:
+            headers = {**self.auth(), **headers}
+        # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
+        return self.session.request(method, self.url + path, headers=headers, timeout=60,
+                                    verify=self.cacert, **kw)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        if body is not None:
+            kw["json"] = body
+        return self.request("POST", path, **kw)
+
+    def delete(self, path, body=None, **kw):
+        if body is not None:
+            kw["json"] = body
+        return self.request("DELETE", path, **kw)
+
+    def create_key(self, bits=2048, label="test"):
+        r = self.post("/v1/keys", {"bits": bits, "label": label})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+
+@pytest.fixture
+def make_appliance():
+    """Factory: make_appliance(extra_conf=None) -> a started Appliance; all stopped after."""
+    made = []
+    dirs = []
+
+    def factory(extra_conf=None, start=True):
+        d = tempfile.mkdtemp(prefix="signd-test-")
+        dirs.append(d)
+        a = Appliance(d, extra_conf)
+        made.append(a)
+        return a.start() if start else a
+
+    yield factory
+    for a in made:
+        a.stop()
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def appliance():
+    """One appliance shared by a test module (fresh token and data directory)."""
+    d = tempfile.mkdtemp(prefix="signd-test-")
+    a = Appliance(d).start()
+    yield a
+    a.stop()
+    shutil.rmtree(d, ignore_errors=True)
