@@ -35,6 +35,8 @@ endif
 
 .PHONY: all deps run test test-unit test-blackbox bench bench-hsm clean format
 .DEFAULT_GOAL := all
+# Keep every object file: tests and programs share them.
+.SECONDARY:
 
 all: $(CIVETLIB) $(PROGS) $(UNIT_BIN)
 

@@ -107,6 +107,9 @@ static int srv_send_error(struct mg_connection *c, api_err e, const char *msg, c
     return info->http_status;
 }
 
+static int srv_route_request(struct mg_connection *c, srv *s);
+static void srv_log_request(struct mg_connection *c, int status, const struct timespec *t0);
+
 /* Splits the path into a route and, for /v1/keys/{kid}..., the kid text. */
 static srv_path srv_match(const char *uri, char kid[64])
 {
@@ -170,6 +173,34 @@ static long srv_read_body(struct mg_connection *c, const struct mg_request_info 
 static int srv_dispatch(struct mg_connection *c, void *arg)
 {
     srv *s = arg;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int status = srv_route_request(c, s);
+    if (s->env->cfg->log_requests)
+        srv_log_request(c, status, &t0);
+    return status;
+}
+
+/* One JSON line per request on stderr: never a header, a body or a credential. */
+static void srv_log_request(struct mg_connection *c, int status, const struct timespec *t0)
+{
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+    json_t *j = json_pack("{s:I, s:s, s:s%, s:i, s:f}", "time", (json_int_t)time(NULL), "method",
+                          ri->request_method, "path", ri->local_uri ? ri->local_uri : "",
+                          strnlen(ri->local_uri ? ri->local_uri : "", 128), "status", status,
+                          "latency_ms", ms);
+    char *line = j ? json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+    if (line != NULL)
+        fprintf(stderr, "%s\n", line);
+    free(line);
+    json_decref(j);
+}
+
+static int srv_route_request(struct mg_connection *c, srv *s)
+{
     const struct mg_request_info *ri = mg_get_request_info(c);
     char kid_text[64];
     srv_path path = srv_match(ri->local_uri ? ri->local_uri : "", kid_text);
@@ -243,13 +274,13 @@ static int srv_http_error(struct mg_connection *c, int status, const char *msg)
 
 /* CivetWeb 1.15 wants certificate and key in one file; ours are two (tls/cert.pem and
  * tls/key.pem, so the key keeps its own 0600 file). Load both here and set the policy:
- * TLS 1.2 and up, forward-secret AEAD suites only. Returning 1 tells CivetWeb it is done. */
+ * TLS 1.2 and up. Returning 0 lets CivetWeb go on with the rest of its set-up (the cipher
+ * list, the session id context); with no ssl_certificate option it loads no file itself. */
 static int srv_init_ssl(void *ssl_ctx, void *arg)
 {
     SSL_CTX *ctx = ssl_ctx;
     const cfg *c = ((srv *)arg)->env->cfg;
     if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
-        SSL_CTX_set_cipher_list(ctx, SRV_TLS12_CIPHERS) != 1 ||
         SSL_CTX_use_certificate_chain_file(ctx, c->tls_certificate) != 1 ||
         SSL_CTX_use_PrivateKey_file(ctx, c->tls_private_key, SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(ctx) != 1) {
@@ -257,7 +288,7 @@ static int srv_init_ssl(void *ssl_ctx, void *arg)
                 c->tls_certificate, c->tls_private_key, ERR_reason_error_string(ERR_get_error()));
         return -1;
     }
-    return 1;
+    return 0;
 }
 
 static void srv_exit_thread(const struct mg_context *ctx, int type, void *unused)
@@ -299,6 +330,8 @@ srv *srv_start(const api_env *env, const auth_state *auth, char *err, size_t err
         "listening_ports",
         ports,
         /* 4: no SSLv2/3, TLS 1.0 or 1.1; srv_init_ssl pins the minimum to TLS 1.2 too. */
+        "ssl_cipher_list",
+        SRV_TLS12_CIPHERS,
         "ssl_protocol_version",
         "4",
         "num_threads",

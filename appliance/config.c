@@ -1,0 +1,612 @@
+/*
+ * cfg: the configuration file. See config.h for the format and the contract.
+ *
+ * cfg_settings below is the one table: every setting's name, type, field, default (as it
+ * is written in the file, so defaults go through the same parser as the file does),
+ * bounds, extra check and one-line documentation.
+ */
+#include "appliance/config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+typedef enum {
+    CFG_T_STRING, /* taken as written */
+    CFG_T_PATH,   /* a relative path is resolved against the file's directory */
+    CFG_T_MODULE, /* a path, but a bare file name is left to the dynamic loader */
+    CFG_T_UINT,   /* unsigned decimal within [min, max] */
+    CFG_T_BOOL,   /* true or false */
+} cfg_type;
+
+/* An extra check of a value that passed its type and bounds: NULL when fine, else the
+ * problem, worded to follow the setting's name. */
+typedef const char *(*cfg_check_fn)(const char *text, unsigned num);
+
+typedef struct {
+    const char *name;
+    cfg_type type;
+    size_t offset;
+    size_t size; /* strings: the field's size, with the NUL */
+    const char *def;
+    unsigned min, max; /* integers */
+    bool empty_ok;     /* strings: "" is a meaningful value */
+    cfg_check_fn check;
+    const char *doc; /* one line, written above the setting by cfg_write_defaults */
+} cfg_setting;
+
+static const char *cfg_check_ipv4(const char *text, unsigned num);
+static const char *cfg_check_token(const char *text, unsigned num);
+static const char *cfg_check_key_bits(const char *text, unsigned num);
+static const char *cfg_check_printable(const char *text, unsigned num);
+
+#define CFG_FIELD(f) offsetof(cfg, f), sizeof(((cfg *)0)->f)
+#define CFG_SECONDS_PER_YEAR 31536000u
+
+static const cfg_setting cfg_settings[] = {
+    {"listen_address", CFG_T_STRING, CFG_FIELD(listen_address), "127.0.0.1", 0, 0, false,
+     cfg_check_ipv4, "IPv4 address the HTTPS server listens on"},
+    {"port", CFG_T_UINT, CFG_FIELD(port), "8443", 1, 65535, false, NULL,
+     "TCP port of the HTTPS server"},
+    {"pkcs11_module", CFG_T_MODULE, CFG_FIELD(pkcs11_module), "/usr/lib/softhsm/libsofthsm2.so", 0,
+     0, false, NULL, "PKCS#11 module (shared library) that holds the keys"},
+    {"softhsm2_conf", CFG_T_PATH, CFG_FIELD(softhsm2_conf), "softhsm2.conf", 0, 0, true, NULL,
+     "SoftHSM2 configuration file, set as SOFTHSM2_CONF; empty for a hardware module"},
+    {"token", CFG_T_STRING, CFG_FIELD(token), "signd", 0, 0, false, cfg_check_token,
+     "The token: its label, or an RFC 7512 pkcs11: URI"},
+    {"pin_file", CFG_T_PATH, CFG_FIELD(pin_file), "pin", 0, 0, false, NULL,
+     "File holding the token's user PIN (mode 0600)"},
+    {"tls_certificate", CFG_T_PATH, CFG_FIELD(tls_certificate), "tls/cert.pem", 0, 0, false, NULL,
+     "HTTPS certificate chain, PEM, the server's certificate first"},
+    {"tls_private_key", CFG_T_PATH, CFG_FIELD(tls_private_key), "tls/key.pem", 0, 0, false, NULL,
+     "HTTPS private key, PEM (mode 0600)"},
+    {"database", CFG_T_PATH, CFG_FIELD(database), "appliance.db", 0, 0, false, NULL,
+     "SQLite file: key registry, revocations, credentials, audit trail"},
+    {"admin_credential_file", CFG_T_PATH, CFG_FIELD(admin_credential_file), "admin.credential", 0,
+     0, false, NULL, "File holding the bootstrap admin credential's secret (mode 0600)"},
+    {"worker_threads", CFG_T_UINT, CFG_FIELD(worker_threads), "64", 2, 1024, false, NULL,
+     "HTTPS worker threads, each with its own PKCS#11 session"},
+    {"max_pkcs11_sessions", CFG_T_UINT, CFG_FIELD(max_pkcs11_sessions), "0", 0, 4096, false, NULL,
+     "Most PKCS#11 sessions to open; 0 means worker_threads + 4"},
+    {"request_timeout_ms", CFG_T_UINT, CFG_FIELD(request_timeout_ms), "10000", 100, 600000, false,
+     NULL, "Milliseconds a client has to send a whole request"},
+    {"keep_alive_timeout_ms", CFG_T_UINT, CFG_FIELD(keep_alive_timeout_ms), "30000", 0, 600000,
+     false, NULL, "Milliseconds an idle keep-alive connection stays open"},
+    {"max_active_keys", CFG_T_UINT, CFG_FIELD(max_active_keys), "1000", 1, 1000, false, NULL,
+     "Most active keys at once; can be lowered, never raised above 1000"},
+    {"default_key_bits", CFG_T_UINT, CFG_FIELD(default_key_bits), "2048", 2048, 4096, false,
+     cfg_check_key_bits,
+     "RSA modulus of a new key when the request names none: 2048, 3072 or 4096"},
+    {"token_ttl_default", CFG_T_UINT, CFG_FIELD(token_ttl_default), "3600", 1, CFG_SECONDS_PER_YEAR,
+     false, NULL, "Seconds a token lives when the request names no ttl; min <= default <= max"},
+    {"token_ttl_min", CFG_T_UINT, CFG_FIELD(token_ttl_min), "60", 1, CFG_SECONDS_PER_YEAR, false,
+     NULL, "Shortest ttl a request may ask for, in seconds"},
+    {"token_ttl_max", CFG_T_UINT, CFG_FIELD(token_ttl_max), "2592000", 1, CFG_SECONDS_PER_YEAR,
+     false, NULL, "Longest ttl a request may ask for, in seconds"},
+    {"token_issuer", CFG_T_STRING, CFG_FIELD(token_issuer), "", 0, 0, true, cfg_check_printable,
+     "The iss claim of every token; empty for none"},
+    {"jwks_max_age", CFG_T_UINT, CFG_FIELD(jwks_max_age), "60", 0, 86400, false, NULL,
+     "Cache-Control max-age of the JWKS, in seconds"},
+    {"revocations_max_age", CFG_T_UINT, CFG_FIELD(revocations_max_age), "60", 0, 86400, false, NULL,
+     "Cache-Control max-age of the revocation feed, in seconds"},
+    {"log_requests", CFG_T_BOOL, CFG_FIELD(log_requests), "false", 0, 0, false, NULL,
+     "Log one line per request to stderr (true or false)"},
+};
+
+#define CFG_N_SETTINGS (sizeof(cfg_settings) / sizeof(cfg_settings[0]))
+
+/* ---- checks ---------------------------------------------------------------------------- */
+
+static const char *cfg_check_ipv4(const char *text, unsigned num)
+{
+    (void)num;
+    struct in_addr a;
+    return inet_pton(AF_INET, text, &a) == 1 ? NULL : "must be an IPv4 address such as 127.0.0.1";
+}
+
+static const char *cfg_check_token(const char *text, unsigned num)
+{
+    (void)num;
+    if (strncmp(text, "pkcs11:", 7) == 0)
+        return NULL;
+    return strlen(text) <= CFG_TOKEN_LABEL_MAX
+               ? NULL
+               : "is longer than a token label (32 bytes) and is no pkcs11: URI";
+}
+
+static const char *cfg_check_key_bits(const char *text, unsigned num)
+{
+    (void)text;
+    return num == 2048 || num == 3072 || num == 4096 ? NULL : "must be 2048, 3072 or 4096";
+}
+
+static const char *cfg_check_printable(const char *text, unsigned num)
+{
+    (void)num;
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+        if (*p < 0x20 || *p > 0x7e)
+            return "must be printable ASCII";
+    return NULL;
+}
+
+/* ---- helpers --------------------------------------------------------------------------- */
+
+static void cfg_fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void cfg_fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err == NULL || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static const cfg_setting *cfg_find(const char *name)
+{
+    for (size_t i = 0; i < CFG_N_SETTINGS; i++)
+        if (strcmp(cfg_settings[i].name, name) == 0)
+            return &cfg_settings[i];
+    return NULL;
+}
+
+/* Edit distance of two short names, capped: anything above 3 is 4. */
+static unsigned cfg_distance(const char *a, const char *b)
+{
+    enum { N = 64 };
+    size_t la = strlen(a), lb = strlen(b);
+    if (la >= N || lb >= N)
+        return 4;
+    unsigned row[N], prev;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = (unsigned)j;
+    for (size_t i = 1; i <= la; i++) {
+        prev = row[0];
+        row[0] = (unsigned)i;
+        for (size_t j = 1; j <= lb; j++) {
+            unsigned sub = prev + (a[i - 1] != b[j - 1]);
+            unsigned del = row[j] + 1, ins = row[j - 1] + 1;
+            prev = row[j];
+            row[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+    }
+    return row[lb] > 3 ? 4 : row[lb];
+}
+
+/* The setting whose name is closest to name, if any is within two edits. */
+static const char *cfg_suggest(const char *name)
+{
+    const char *best = NULL;
+    unsigned best_d = 3;
+    for (size_t i = 0; i < CFG_N_SETTINGS; i++) {
+        unsigned d = cfg_distance(name, cfg_settings[i].name);
+        if (d < best_d) {
+            best_d = d;
+            best = cfg_settings[i].name;
+        }
+    }
+    return best;
+}
+
+static int cfg_is_blank(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r';
+}
+
+/* Writes dir/rel into dst (size bytes); -1, and dst untouched, when it does not fit. */
+static int cfg_join(char *dst, size_t size, const char *dir, const char *rel)
+{
+    size_t ld = strlen(dir), lr = strlen(rel);
+    size_t sep = ld > 0 && dir[ld - 1] == '/' ? 0 : 1;
+    if (ld > size || lr > size || ld + sep + lr >= size)
+        return -1;
+    memcpy(dst, dir, ld);
+    if (sep)
+        dst[ld] = '/';
+    memcpy(dst + ld + sep, rel, lr + 1);
+    return 0;
+}
+
+/* A path setting's value that is to be resolved against the file's directory. */
+static int cfg_is_relative(const cfg_setting *s, const char *value)
+{
+    if (s->type == CFG_T_PATH)
+        return value[0] != '\0' && value[0] != '/';
+    if (s->type == CFG_T_MODULE)
+        return value[0] != '/' && strchr(value, '/') != NULL;
+    return 0;
+}
+
+/* Parses value into s's field of c; base_dir ("" or NULL: none) resolves relative paths.
+ * Returns NULL, or the problem (in why, or a constant), worded to follow "'name' ". The
+ * field is unchanged unless it succeeds. */
+static const char *cfg_set(const cfg_setting *s, cfg *c, const char *value, const char *base_dir,
+                           char *why, size_t whylen)
+{
+    char *field = (char *)c + s->offset;
+    unsigned num = 0;
+
+    switch (s->type) {
+    case CFG_T_UINT: {
+        size_t n = strlen(value);
+        if (n == 0 || strspn(value, "0123456789") != n) {
+            snprintf(why, whylen, "must be an unsigned integer, got '%.40s'", value);
+            return why;
+        }
+        errno = 0;
+        unsigned long long v = strtoull(value, NULL, 10);
+        if (errno == ERANGE || v < s->min || v > s->max) {
+            snprintf(why, whylen, "must be between %u and %u, got %.40s", s->min, s->max, value);
+            return why;
+        }
+        num = (unsigned)v;
+        break;
+    }
+    case CFG_T_BOOL:
+        if (strcmp(value, "true") != 0 && strcmp(value, "false") != 0) {
+            snprintf(why, whylen, "must be true or false, got '%.40s'", value);
+            return why;
+        }
+        break;
+    case CFG_T_STRING:
+    case CFG_T_PATH:
+    case CFG_T_MODULE:
+        if (value[0] == '\0' && !s->empty_ok)
+            return "must not be empty";
+        if (strlen(value) >= s->size) {
+            snprintf(why, whylen, "is longer than %zu bytes", s->size - 1);
+            return why;
+        }
+        break;
+    }
+    if (s->check != NULL) {
+        const char *problem = s->check(value, num);
+        if (problem != NULL)
+            return problem;
+    }
+
+    if (s->type == CFG_T_UINT) {
+        memcpy(field, &num, sizeof(num));
+    } else if (s->type == CFG_T_BOOL) {
+        bool b = strcmp(value, "true") == 0;
+        memcpy(field, &b, sizeof(b));
+    } else if (cfg_is_relative(s, value) && base_dir != NULL && base_dir[0] != '\0') {
+        if (cfg_join(field, s->size, base_dir, value) != 0) {
+            snprintf(why, whylen, "is longer than %zu bytes once resolved against %.200s",
+                     s->size - 1, base_dir);
+            return why;
+        }
+    } else {
+        memcpy(field, value, strlen(value) + 1);
+    }
+    return NULL;
+}
+
+static void cfg_defaults_into(cfg *out, const char *base_dir)
+{
+    char why[256];
+    memset(out, 0, sizeof(*out));
+    for (size_t i = 0; i < CFG_N_SETTINGS; i++) {
+        /* Defaults are valid (test_config checks it); only a base_dir too long to join
+         * can fail, and then the path stays relative. */
+        if (cfg_set(&cfg_settings[i], out, cfg_settings[i].def, base_dir, why, sizeof(why)))
+            cfg_set(&cfg_settings[i], out, cfg_settings[i].def, NULL, why, sizeof(why));
+    }
+}
+
+void cfg_defaults(cfg *out, const char *base_dir)
+{
+    cfg_defaults_into(out, base_dir);
+}
+
+unsigned cfg_pkcs11_sessions(const cfg *c)
+{
+    return c->max_pkcs11_sessions != 0 ? c->max_pkcs11_sessions : c->worker_threads + 4;
+}
+
+/* ---- loading --------------------------------------------------------------------------- */
+
+/* Reads the whole file (a regular file of at most CFG_FILE_MAX bytes) into a NUL-terminated
+ * buffer the caller frees. */
+static char *cfg_read_file(const char *path, size_t *len, char *err, size_t errlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        cfg_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        cfg_fail(err, errlen, "%s: not a regular file", path);
+        close(fd);
+        return NULL;
+    }
+    if (st.st_size > CFG_FILE_MAX) {
+        cfg_fail(err, errlen, "%s: larger than %d bytes", path, CFG_FILE_MAX);
+        close(fd);
+        return NULL;
+    }
+    /* One byte more than allowed, to notice a file that grew since fstat. */
+    char *buf = malloc((size_t)CFG_FILE_MAX + 2);
+    if (buf == NULL) {
+        cfg_fail(err, errlen, "%s: out of memory", path);
+        close(fd);
+        return NULL;
+    }
+    size_t n = 0;
+    while (n < (size_t)CFG_FILE_MAX + 1) {
+        ssize_t r = read(fd, buf + n, (size_t)CFG_FILE_MAX + 1 - n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            cfg_fail(err, errlen, "%s: read error: %s", path, strerror(errno));
+            free(buf);
+            close(fd);
+            return NULL;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    close(fd);
+    if (n > CFG_FILE_MAX) {
+        cfg_fail(err, errlen, "%s: larger than %d bytes", path, CFG_FILE_MAX);
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+/* The absolute directory of path, into dir (CFG_PATH_MAX bytes). */
+static int cfg_base_dir(const char *path, char *dir, char *err, size_t errlen)
+{
+    char tmp[CFG_PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL) {
+        snprintf(tmp, sizeof(tmp), ".");
+    } else if (slash == path) {
+        snprintf(tmp, sizeof(tmp), "/");
+    } else {
+        size_t n = (size_t)(slash - path);
+        if (n >= sizeof(tmp)) {
+            cfg_fail(err, errlen, "%s: path too long", path);
+            return -1;
+        }
+        memcpy(tmp, path, n);
+        tmp[n] = '\0';
+    }
+    char resolved[PATH_MAX];
+    if (realpath(tmp, resolved) == NULL || strlen(resolved) >= CFG_PATH_MAX) {
+        cfg_fail(err, errlen, "%s: cannot resolve its directory: %s", path, strerror(errno));
+        return -1;
+    }
+    memcpy(dir, resolved, strlen(resolved) + 1);
+    return 0;
+}
+
+/* Checks that lo <= hi for two integer settings after the whole file was read. */
+static int cfg_check_order(const char *path, const cfg *c, const unsigned *lines, const char *lo,
+                           const char *hi, char *err, size_t errlen)
+{
+    const cfg_setting *a = cfg_find(lo), *b = cfg_find(hi);
+    unsigned va, vb;
+    memcpy(&va, (const char *)c + a->offset, sizeof(va));
+    memcpy(&vb, (const char *)c + b->offset, sizeof(vb));
+    if (va <= vb)
+        return 0;
+    unsigned la = lines[a - cfg_settings], lb = lines[b - cfg_settings];
+    unsigned line = la > lb ? la : lb;
+    if (line > 0)
+        cfg_fail(err, errlen, "%s:%u: %s (%u) must not be greater than %s (%u)", path, line, lo, va,
+                 hi, vb);
+    else
+        cfg_fail(err, errlen, "%s: %s (%u) must not be greater than %s (%u)", path, lo, va, hi, vb);
+    return -1;
+}
+
+/* Parses one line (NUL-terminated, without its line end) into c. */
+static int cfg_parse_line(const char *path, unsigned lineno, char *line, cfg *c, unsigned *lines,
+                          const char *base_dir, char *err, size_t errlen)
+{
+    char *p = line;
+    while (cfg_is_blank(*p))
+        p++;
+    if (*p == '\0' || *p == '#')
+        return 0;
+
+    char *eq = strchr(p, '=');
+    if (eq == NULL) {
+        cfg_fail(err, errlen, "%s:%u: expected 'key = value'", path, lineno);
+        return -1;
+    }
+    char *key_end = eq;
+    while (key_end > p && cfg_is_blank(key_end[-1]))
+        key_end--;
+    *key_end = '\0';
+    if (p[0] == '\0') {
+        cfg_fail(err, errlen, "%s:%u: a setting name is missing before '='", path, lineno);
+        return -1;
+    }
+    size_t klen = strlen(p);
+    if (klen > 64 || strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789_") != klen) {
+        cfg_fail(err, errlen,
+                 "%s:%u: malformed setting name (lowercase letters, digits and '_' only)", path,
+                 lineno);
+        return -1;
+    }
+
+    char *value = eq + 1;
+    while (cfg_is_blank(*value))
+        value++;
+    char *end = value + strlen(value);
+    while (end > value && cfg_is_blank(end[-1]))
+        end--;
+    *end = '\0';
+    for (const unsigned char *q = (const unsigned char *)value; *q; q++) {
+        if (*q < 0x20 || *q == 0x7f) {
+            cfg_fail(err, errlen, "%s:%u: control character in the value of '%s'", path, lineno, p);
+            return -1;
+        }
+        if (*q == '#' && q > (const unsigned char *)value && cfg_is_blank((char)q[-1])) {
+            cfg_fail(err, errlen, "%s:%u: a comment must be on a line of its own ('%s')", path,
+                     lineno, p);
+            return -1;
+        }
+    }
+    if (value[0] == '"' || value[0] == '\'') {
+        cfg_fail(err, errlen, "%s:%u: the value of '%s' is quoted; values are written as is", path,
+                 lineno, p);
+        return -1;
+    }
+
+    const cfg_setting *s = cfg_find(p);
+    if (s == NULL) {
+        const char *hint = cfg_suggest(p);
+        if (hint != NULL)
+            cfg_fail(err, errlen, "%s:%u: unknown setting '%s' (did you mean '%s'?)", path, lineno,
+                     p, hint);
+        else
+            cfg_fail(err, errlen, "%s:%u: unknown setting '%s'", path, lineno, p);
+        return -1;
+    }
+    size_t idx = (size_t)(s - cfg_settings);
+    if (lines[idx] != 0) {
+        cfg_fail(err, errlen, "%s:%u: duplicate setting '%s' (first set on line %u)", path, lineno,
+                 p, lines[idx]);
+        return -1;
+    }
+    lines[idx] = lineno;
+
+    char why[512];
+    const char *problem = cfg_set(s, c, value, base_dir, why, sizeof(why));
+    if (problem != NULL) {
+        cfg_fail(err, errlen, "%s:%u: '%s' %s", path, lineno, s->name, problem);
+        return -1;
+    }
+    return 0;
+}
+
+int cfg_load(const char *path, cfg *out, char *err, size_t errlen)
+{
+    char base_dir[CFG_PATH_MAX];
+    if (cfg_base_dir(path, base_dir, err, errlen) != 0)
+        return -1;
+    size_t len = 0;
+    char *buf = cfg_read_file(path, &len, err, errlen);
+    if (buf == NULL)
+        return -1;
+    cfg *c = malloc(sizeof(*c));
+    if (c == NULL) {
+        cfg_fail(err, errlen, "%s: out of memory", path);
+        free(buf);
+        return -1;
+    }
+    cfg_defaults_into(c, base_dir);
+
+    unsigned lines[CFG_N_SETTINGS] = {0};
+    unsigned lineno = 0;
+    int rc = 0;
+    for (size_t pos = 0; pos < len && rc == 0;) {
+        lineno++;
+        char *line = buf + pos;
+        char *nl = memchr(line, '\n', len - pos);
+        size_t n = nl != NULL ? (size_t)(nl - line) : len - pos;
+        pos += n + (nl != NULL);
+        if (n > CFG_LINE_MAX) {
+            cfg_fail(err, errlen, "%s:%u: line longer than %d bytes", path, lineno, CFG_LINE_MAX);
+            rc = -1;
+            break;
+        }
+        if (memchr(line, '\0', n) != NULL) {
+            cfg_fail(err, errlen, "%s:%u: NUL byte in the line", path, lineno);
+            rc = -1;
+            break;
+        }
+        line[n] = '\0';
+        rc = cfg_parse_line(path, lineno, line, c, lines, base_dir, err, errlen);
+    }
+    if (rc == 0)
+        rc = cfg_check_order(path, c, lines, "token_ttl_min", "token_ttl_default", err, errlen);
+    if (rc == 0)
+        rc = cfg_check_order(path, c, lines, "token_ttl_default", "token_ttl_max", err, errlen);
+    if (rc == 0)
+        memcpy(out, c, sizeof(*c));
+    free(c);
+    free(buf);
+    return rc;
+}
+
+/* ---- writing --------------------------------------------------------------------------- */
+
+int cfg_write_defaults(FILE *f, unsigned port)
+{
+    if (f == NULL || port < 1 || port > 65535)
+        return -1;
+    fprintf(f, "# The signing appliance's configuration, every setting with its default.\n"
+               "# One 'key = value' per line; a line starting with '#' is a comment.\n"
+               "# A relative path is relative to the directory of this file.\n");
+    for (size_t i = 0; i < CFG_N_SETTINGS; i++) {
+        const cfg_setting *s = &cfg_settings[i];
+        fprintf(f, "\n# %s", s->doc);
+        if (s->type == CFG_T_UINT && s->check == NULL)
+            fprintf(f, " (%u to %u)", s->min, s->max);
+        fputc('\n', f);
+        if (strcmp(s->name, "port") == 0)
+            fprintf(f, "%s = %u\n", s->name, port);
+        else if (s->def[0] == '\0')
+            fprintf(f, "%s =\n", s->name);
+        else
+            fprintf(f, "%s = %s\n", s->name, s->def);
+    }
+    return fflush(f) == 0 && !ferror(f) ? 0 : -1;
+}
+
+/* ---- hashing --------------------------------------------------------------------------- */
+
+void cfg_sha256_hex(const char *path, char out[65])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char md[EVP_MAX_MD_SIZE], buf[8192];
+    unsigned int mdlen = 0;
+    out[0] = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+    for (;;) {
+        if (!ok)
+            break;
+        ssize_t r = read(fd, buf, sizeof(buf));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            ok = r == 0;
+            break;
+        }
+        ok = EVP_DigestUpdate(ctx, buf, (size_t)r) == 1;
+    }
+    ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;
+    EVP_MD_CTX_free(ctx);
+    close(fd);
+    if (!ok)
+        return;
+    for (unsigned i = 0; i < 32; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[64] = '\0';
+}

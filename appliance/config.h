@@ -1,0 +1,107 @@
+/*
+ * cfg: the appliance's configuration file (appliance.conf in the data directory).
+ *
+ * What it owns: one table in config.c, which is the only place a setting is named. The
+ * table drives parsing, the defaults, the bounds, the one-line documentation and the file
+ * `make run` writes (cfg_write_defaults). Adding a setting is one row there and one field
+ * here.
+ *
+ * The format, line by line:
+ *   - `key = value`; blanks around the key and the value are ignored, and the value is
+ *     taken literally to the end of the line (no quotes, no escapes);
+ *   - a line whose first non-blank character is `#` is a comment; blank lines are ignored;
+ *     a comment cannot follow a value on the same line (`port = 1 # x` is refused);
+ *   - integers are unsigned decimal; booleans are `true` or `false`;
+ *   - a relative path is relative to the configuration file's directory (made absolute at
+ *     load); pkcs11_module without any `/` is left to the dynamic loader's search;
+ *   - at most CFG_LINE_MAX bytes per line and CFG_FILE_MAX bytes per file; no NUL bytes,
+ *     no control characters in values.
+ * A setting the file does not mention keeps its default. Unknown settings, duplicates,
+ * malformed lines and values out of bounds are refused, each with one message naming the
+ * file, the line and the problem: "data/appliance.conf:12: unknown setting
+ * 'worker_thread' (did you mean 'worker_threads'?)".
+ *
+ * No state, no locks: every function is safe from any thread, and cfg_load leaves *out
+ * untouched unless it succeeds.
+ *
+ *   static cfg c;
+ *   char err[CFG_ERR_MAX];
+ *   if (cfg_load("data/appliance.conf", &c, err, sizeof(err)) != 0)
+ *       fprintf(stderr, "%s\n", err);
+ */
+#ifndef APPLIANCE_CONFIG_H
+#define APPLIANCE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#define CFG_PATH_MAX 4096                /* a path setting after resolution, with the NUL */
+#define CFG_ADDRESS_MAX 16               /* a dotted IPv4 address, with the NUL */
+#define CFG_TOKEN_MAX 1024               /* a token label or a pkcs11: URI, with the NUL */
+#define CFG_TOKEN_LABEL_MAX 32           /* CK_TOKEN_INFO.label is 32 bytes */
+#define CFG_ISSUER_MAX 256               /* the iss claim, with the NUL */
+#define CFG_LINE_MAX 4096                /* bytes per line, without the line end */
+#define CFG_FILE_MAX (1024 * 1024)       /* bytes per file */
+#define CFG_ERR_MAX (CFG_PATH_MAX + 256) /* enough for every message of cfg_load */
+
+/* One field per setting, named as the setting. Paths are absolute after cfg_load (or after
+ * cfg_defaults with a base_dir). */
+typedef struct cfg {
+    char listen_address[CFG_ADDRESS_MAX]; /* IPv4 only: CivetWeb is built without IPv6 */
+    unsigned port;
+    char pkcs11_module[CFG_PATH_MAX];
+    char softhsm2_conf[CFG_PATH_MAX]; /* "": leave SOFTHSM2_CONF alone (a hardware module) */
+    char token[CFG_TOKEN_MAX];        /* a token label or an RFC 7512 pkcs11: URI */
+    char pin_file[CFG_PATH_MAX];
+    char tls_certificate[CFG_PATH_MAX];
+    char tls_private_key[CFG_PATH_MAX];
+    char database[CFG_PATH_MAX];
+    char admin_credential_file[CFG_PATH_MAX];
+    unsigned worker_threads;
+    unsigned max_pkcs11_sessions; /* 0: worker_threads + 4, see cfg_pkcs11_sessions */
+    unsigned request_timeout_ms;
+    unsigned keep_alive_timeout_ms;
+    unsigned max_active_keys;
+    unsigned default_key_bits;  /* 2048, 3072 or 4096 */
+    unsigned token_ttl_default; /* token_ttl_min <= token_ttl_default <= token_ttl_max */
+    unsigned token_ttl_min;
+    unsigned token_ttl_max;
+    char token_issuer[CFG_ISSUER_MAX]; /* "": tokens carry no iss claim */
+    unsigned jwks_max_age;
+    unsigned revocations_max_age;
+    bool log_requests;
+} cfg;
+
+/* Loads the file at path into *out: defaults first, then every line of the file. Returns 0,
+ * or -1 with one message in err (file, line, problem; truncated to errlen) and *out
+ * untouched. The file must be a regular file of at most CFG_FILE_MAX bytes.
+ *
+ *   if (cfg_load(argv[1], &c, err, sizeof(err)) != 0) ... */
+int cfg_load(const char *path, cfg *out, char *err, size_t errlen);
+
+/* Fills *out with every default. Relative default paths are resolved against base_dir
+ * (no trailing slash needed), or left relative when base_dir is NULL or "". A base_dir so
+ * long that a path would not fit leaves that path relative.
+ *
+ *   cfg_defaults(&c, "/var/lib/signd"); -> c.pin_file is "/var/lib/signd/pin" */
+void cfg_defaults(cfg *out, const char *base_dir);
+
+/* Writes every setting with its default, a one-line comment above each, the port given
+ * instead of the default port (1..65535). Paths are written relative, so the data directory
+ * can move. Returns 0, or -1 on a write error or a port out of range (nothing written then).
+ *
+ *   FILE *f = fdopen(fd, "w");
+ *   if (cfg_write_defaults(f, 8443) != 0 || fclose(f) != 0) ... */
+int cfg_write_defaults(FILE *f, unsigned port);
+
+/* The SHA-256 of the file's bytes as 64 lowercase hex digits and a NUL, for the audit
+ * trail (which configuration the appliance started with). out is "" when the file cannot
+ * be read. */
+void cfg_sha256_hex(const char *path, char out[65]);
+
+/* The number of PKCS#11 sessions to allow: max_pkcs11_sessions, or worker_threads + 4
+ * when that is 0. */
+unsigned cfg_pkcs11_sessions(const cfg *c);
+
+#endif

@@ -1,0 +1,1084 @@
+/* reg: the key registry, SQLite behind an in-memory mirror. See registry.h. */
+#include "appliance/registry.h"
+
+#include <sqlite3.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define REG_ERR_MSG_MAX 1024
+#define REG_ROWS_MAX (1u << 24) /* mirror slots are uint32; far above any real registry */
+#define REG_GROW_MIN 64
+#define REG_KID_HEX (2 * HSM_KID_LEN) /* characters, without the NUL */
+
+/* One key as the mirror keeps it: the row plus its insertion order. */
+typedef struct {
+    reg_key k;
+    int64_t id; /* keys.id: breaks created_at ties for reg_newest_active */
+} reg_row;
+
+struct reg {
+    sqlite3 *db; /* under write_mu */
+    char path[PATH_MAX];
+    unsigned max_active;
+
+    pthread_mutex_t write_mu;   /* SQLite and every change; first in the lock order */
+    pthread_rwlock_t mirror_rw; /* everything below up to `generation` */
+    pthread_mutex_t slot_mu;    /* slots_active, slots_reserved; last in the lock order */
+
+    unsigned slots_active;
+    unsigned slots_reserved;
+
+    reg_row *rows; /* n_rows used of cap_rows; a row's slot moves only on delete */
+    size_t n_rows, cap_rows;
+    uint32_t *order;  /* the n_rows slots sorted by (created_at, kid) */
+    uint32_t *index;  /* open addressing, linear probing: slot + 1, 0 empty; load <= 1/2 */
+    size_t index_cap; /* a power of two >= 2 * cap_rows */
+    size_t counts[REG_STATE_COUNT_];
+    long newest; /* slot of the newest active key, -1 if none */
+
+    reg_revocation *revs; /* ascending by seq */
+    size_t n_revs, cap_revs;
+    uint64_t seq_hi; /* the highest seq ever assigned in the file */
+
+    _Atomic uint64_t generation;
+};
+
+static const char *const reg_state_names[REG_STATE_COUNT_] = {
+    [REG_ACTIVE] = "active",
+    [REG_REVOKED] = "revoked",
+    [REG_BROKEN] = "broken",
+};
+
+static const char *const reg_status_names[REG_ERR_COUNT_] = {
+    [REG_OK] = "ok",
+    [REG_ERR_NOT_FOUND] = "no key with this kid",
+    [REG_ERR_EXISTS] = "a key with this kid already exists",
+    [REG_ERR_LIMIT] = "the limit of active keys is reached",
+    [REG_ERR_STATE] = "the key's state does not allow this",
+    [REG_ERR_INVALID] = "invalid argument",
+    [REG_ERR_IO] = "the registry file could not be read or written",
+};
+
+static const char reg_schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS keys ("
+    " id INTEGER PRIMARY KEY,"
+    " kid TEXT NOT NULL UNIQUE CHECK (length(kid) = 32),"
+    " state TEXT NOT NULL," /* no CHECK: new states need no table rebuild */
+    " bits INTEGER NOT NULL,"
+    " label TEXT NOT NULL,"
+    " created_at INTEGER NOT NULL,"
+    " n TEXT NOT NULL,"
+    " e TEXT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS revocations ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " kid TEXT NOT NULL UNIQUE REFERENCES keys(kid),"
+    " revoked_at INTEGER NOT NULL,"
+    " reason TEXT NOT NULL);";
+
+static _Thread_local char reg_errbuf[REG_ERR_MSG_MAX];
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+static reg_status reg_fail(const char *path, reg_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Records a failure for reg_last_error() and stderr, naming the file; returns st. */
+static reg_status reg_fail(const char *path, reg_status st, const char *fmt, ...)
+{
+    int n = snprintf(reg_errbuf, sizeof(reg_errbuf), "registry %s: ", path ? path : "(null)");
+    if (n >= 0 && (size_t)n < sizeof(reg_errbuf)) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(reg_errbuf + n, sizeof(reg_errbuf) - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    fprintf(stderr, "signd: %s\n", reg_errbuf);
+    return st;
+}
+
+/* A failed SQLite step: what we were doing and SQLite's message. */
+static reg_status reg_fail_sql(const reg *r, const char *what)
+{
+    return reg_fail(r->path, REG_ERR_IO, "%s: %s", what, sqlite3_errmsg(r->db));
+}
+
+/* ---- kid <-> hex, the form kids take in SQL -------------------------------------------- */
+
+static void reg_hex(const hsm_kid *kid, char hex[REG_KID_HEX + 1])
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < HSM_KID_LEN; i++) {
+        hex[2 * i] = digits[kid->b[i] >> 4];
+        hex[2 * i + 1] = digits[kid->b[i] & 0xf];
+    }
+    hex[REG_KID_HEX] = '\0';
+}
+
+static int reg_nibble(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* Exactly 32 lowercase hex digits, as reg_hex writes them: 0, else -1. */
+static int reg_unhex(const char *s, size_t len, hsm_kid *kid)
+{
+    if (s == NULL || len != REG_KID_HEX)
+        return -1;
+    for (size_t i = 0; i < HSM_KID_LEN; i++) {
+        int hi = reg_nibble(s[2 * i]), lo = reg_nibble(s[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        kid->b[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+/* ---- the mirror: hash index, order, newest --------------------------------------------- */
+
+static size_t reg_hash(const hsm_kid *kid)
+{
+    uint64_t a, b;
+    memcpy(&a, kid->b, 8);
+    memcpy(&b, kid->b + 8, 8);
+    /* splitmix64's finaliser: kids are random in use, but tests and tools make neat ones. */
+    uint64_t x = a ^ (b * 0x9e3779b97f4a7c15ull);
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    return (size_t)x;
+}
+
+/* The slot holding kid, or -1. Caller holds the read lock or write_mu. */
+static long reg_find(const reg *r, const hsm_kid *kid)
+{
+    if (r->index_cap == 0)
+        return -1;
+    size_t mask = r->index_cap - 1;
+    for (size_t i = reg_hash(kid) & mask;; i = (i + 1) & mask) {
+        uint32_t v = r->index[i];
+        if (v == 0)
+            return -1;
+        if (memcmp(r->rows[v - 1].k.kid.b, kid->b, HSM_KID_LEN) == 0)
+            return (long)v - 1;
+    }
+}
+
+static void reg_index_put(reg *r, size_t slot)
+{
+    size_t mask = r->index_cap - 1;
+    size_t i = reg_hash(&r->rows[slot].k.kid) & mask;
+    while (r->index[i] != 0)
+        i = (i + 1) & mask;
+    r->index[i] = (uint32_t)slot + 1;
+}
+
+/* Refills the index from the rows, in place (no allocation). */
+static void reg_index_refill(reg *r)
+{
+    memset(r->index, 0, r->index_cap * sizeof(*r->index));
+    for (size_t s = 0; s < r->n_rows; s++)
+        reg_index_put(r, s);
+}
+
+/* The list order: created_at, then kid. */
+static int reg_key_cmp(const reg_key *a, const reg_key *b)
+{
+    if (a->created_at != b->created_at)
+        return a->created_at < b->created_at ? -1 : 1;
+    return memcmp(a->kid.b, b->kid.b, HSM_KID_LEN);
+}
+
+static int reg_slot_cmp(const void *a, const void *b, void *ctx)
+{
+    const reg_row *rows = ctx;
+    return reg_key_cmp(&rows[*(const uint32_t *)a].k, &rows[*(const uint32_t *)b].k);
+}
+
+/* The first of the first n order positions whose row is not below k. */
+static size_t reg_order_pos(const reg *r, size_t n, const reg_key *k)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (reg_key_cmp(&r->rows[r->order[mid]].k, k) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Is a newer than b for reg_newest_active: created later, or at the same second inserted
+ * later. */
+static int reg_newer(const reg_row *a, const reg_row *b)
+{
+    if (a->k.created_at != b->k.created_at)
+        return a->k.created_at > b->k.created_at;
+    return a->id > b->id;
+}
+
+static long reg_newest_scan(const reg *r)
+{
+    long best = -1;
+    for (size_t s = 0; s < r->n_rows; s++)
+        if (r->rows[s].k.state == REG_ACTIVE &&
+            (best < 0 || reg_newer(&r->rows[s], &r->rows[best])))
+            best = (long)s;
+    return best;
+}
+
+/* Grows the arrays to hold at least need_rows keys and need_revs revocations. Nothing
+ * changes on failure. Caller holds the write lock (or is reg_open). */
+static reg_status reg_grow(reg *r, size_t need_rows, size_t need_revs)
+{
+    if (need_rows > r->cap_rows) {
+        if (need_rows > REG_ROWS_MAX)
+            return reg_fail(r->path, REG_ERR_IO, "more than %u keys", REG_ROWS_MAX);
+        size_t cap = r->cap_rows ? r->cap_rows : REG_GROW_MIN;
+        while (cap < need_rows)
+            cap *= 2;
+        size_t icap = 16;
+        while (icap < 2 * cap)
+            icap *= 2;
+        reg_row *rows = realloc(r->rows, cap * sizeof(*rows));
+        if (rows == NULL)
+            return reg_fail(r->path, REG_ERR_IO, "out of memory for %zu keys", cap);
+        r->rows = rows;
+        uint32_t *order = realloc(r->order, cap * sizeof(*order));
+        if (order == NULL)
+            return reg_fail(r->path, REG_ERR_IO, "out of memory for %zu keys", cap);
+        r->order = order;
+        uint32_t *index = calloc(icap, sizeof(*index));
+        if (index == NULL)
+            return reg_fail(r->path, REG_ERR_IO, "out of memory for %zu keys", cap);
+        free(r->index);
+        r->index = index;
+        r->index_cap = icap;
+        r->cap_rows = cap;
+        reg_index_refill(r);
+    }
+    if (need_revs > r->cap_revs) {
+        size_t cap = r->cap_revs ? r->cap_revs : REG_GROW_MIN;
+        while (cap < need_revs)
+            cap *= 2;
+        if (cap > SIZE_MAX / sizeof(reg_revocation))
+            return reg_fail(r->path, REG_ERR_IO, "too many revocations");
+        reg_revocation *revs = realloc(r->revs, cap * sizeof(*revs));
+        if (revs == NULL)
+            return reg_fail(r->path, REG_ERR_IO, "out of memory for %zu revocations", cap);
+        r->revs = revs;
+        r->cap_revs = cap;
+    }
+    return REG_OK;
+}
+
+/* Makes room before a commit, so that copying the committed change into the mirror
+ * cannot fail. Caller holds write_mu. */
+static reg_status reg_mirror_room(reg *r, size_t more_rows, size_t more_revs)
+{
+    if (r->n_rows + more_rows <= r->cap_rows && r->n_revs + more_revs <= r->cap_revs)
+        return REG_OK;
+    pthread_rwlock_wrlock(&r->mirror_rw);
+    reg_status st = reg_grow(r, r->n_rows + more_rows, r->n_revs + more_revs);
+    pthread_rwlock_unlock(&r->mirror_rw);
+    return st;
+}
+
+/* Adds a committed row. Caller holds write_mu and the write lock; room was made. */
+static void reg_mirror_add(reg *r, const reg_row *row)
+{
+    size_t slot = r->n_rows;
+    size_t pos = reg_order_pos(r, r->n_rows, &row->k);
+    r->rows[slot] = *row;
+    memmove(r->order + pos + 1, r->order + pos, (r->n_rows - pos) * sizeof(*r->order));
+    r->order[pos] = (uint32_t)slot;
+    r->n_rows++;
+    reg_index_put(r, slot);
+    r->counts[row->k.state]++;
+    if (row->k.state == REG_ACTIVE && (r->newest < 0 || reg_newer(row, &r->rows[r->newest])))
+        r->newest = (long)slot;
+}
+
+/* Removes the row in slot s; the last slot moves into the hole. Same locks as add. */
+static void reg_mirror_remove(reg *r, size_t s)
+{
+    size_t last = r->n_rows - 1;
+    size_t pos = reg_order_pos(r, r->n_rows, &r->rows[s].k);
+    memmove(r->order + pos, r->order + pos + 1, (last - pos) * sizeof(*r->order));
+    r->counts[r->rows[s].k.state]--;
+    if (s != last) {
+        r->order[reg_order_pos(r, last, &r->rows[last].k)] = (uint32_t)s;
+        r->rows[s] = r->rows[last];
+    }
+    r->n_rows--;
+    reg_index_refill(r);
+    if (r->newest == (long)s)
+        r->newest = reg_newest_scan(r);
+    else if (r->newest == (long)last)
+        r->newest = (long)s;
+}
+
+/* Moves slot s to state `to` (the caller fills the revocation fields). Same locks as add. */
+static void reg_mirror_set_state(reg *r, size_t s, reg_state to)
+{
+    r->counts[r->rows[s].k.state]--;
+    r->counts[to]++;
+    r->rows[s].k.state = to;
+    if (r->newest == (long)s && to != REG_ACTIVE)
+        r->newest = reg_newest_scan(r);
+}
+
+static void reg_bump(reg *r)
+{
+    atomic_fetch_add_explicit(&r->generation, 1, memory_order_release);
+}
+
+/* ---- slots ------------------------------------------------------------------------------ */
+
+static void reg_slot_active_gone(reg *r)
+{
+    pthread_mutex_lock(&r->slot_mu);
+    if (r->slots_active > 0)
+        r->slots_active--;
+    pthread_mutex_unlock(&r->slot_mu);
+}
+
+/* For reg_insert: use an outstanding reservation, or take one now if there is room. */
+static reg_status reg_slot_claim(reg *r)
+{
+    reg_status st = REG_OK;
+    pthread_mutex_lock(&r->slot_mu);
+    if (r->slots_reserved == 0) {
+        if (r->slots_active >= r->max_active)
+            st = REG_ERR_LIMIT;
+        else
+            r->slots_reserved++;
+    }
+    pthread_mutex_unlock(&r->slot_mu);
+    return st;
+}
+
+/* Ends a claimed reservation: it becomes an active key, or is given back. */
+static void reg_slot_settle(reg *r, int became_active)
+{
+    pthread_mutex_lock(&r->slot_mu);
+    if (r->slots_reserved > 0)
+        r->slots_reserved--;
+    if (became_active)
+        r->slots_active++;
+    pthread_mutex_unlock(&r->slot_mu);
+}
+
+/* ---- SQLite helpers --------------------------------------------------------------------- */
+
+static reg_status reg_exec(reg *r, const char *sql, const char *what)
+{
+    if (sqlite3_exec(r->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+        return reg_fail_sql(r, what);
+    return REG_OK;
+}
+
+static reg_status reg_prepare(reg *r, const char *sql, sqlite3_stmt **s, const char *what)
+{
+    if (sqlite3_prepare_v2(r->db, sql, -1, s, NULL) != SQLITE_OK)
+        return reg_fail_sql(r, what);
+    return REG_OK;
+}
+
+/* Runs a statement that returns no row, then finalises it. */
+static reg_status reg_step_done(reg *r, sqlite3_stmt *s, const char *what)
+{
+    int rc = sqlite3_step(s);
+    reg_status st = rc == SQLITE_DONE ? REG_OK : reg_fail_sql(r, what);
+    sqlite3_finalize(s);
+    return st;
+}
+
+/* Ends a write transaction: COMMIT when st is REG_OK (fsynced on return), else ROLLBACK.
+ * The error was recorded before the rollback, so SQLite's message is the one that
+ * mattered. */
+static reg_status reg_tx_end(reg *r, reg_status st)
+{
+    if (st == REG_OK && reg_exec(r, "COMMIT", "commit") == REG_OK)
+        return REG_OK;
+    if (!sqlite3_get_autocommit(r->db))
+        sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+    return st == REG_OK ? REG_ERR_IO : st;
+}
+
+/* Copies a text column into dst (cap bytes with the NUL): 0, or -1 if NULL or too long. */
+static int reg_col_text(sqlite3_stmt *s, int col, char *dst, size_t cap)
+{
+    const unsigned char *t = sqlite3_column_text(s, col);
+    int n = sqlite3_column_bytes(s, col);
+    if (t == NULL || n < 0 || (size_t)n >= cap)
+        return -1;
+    memcpy(dst, t, (size_t)n);
+    dst[n] = '\0';
+    return 0;
+}
+
+/* ---- open: pragmas, schema, load -------------------------------------------------------- */
+
+static reg_status reg_pragmas(reg *r)
+{
+    sqlite3_stmt *s;
+    reg_status st = reg_prepare(r, "PRAGMA journal_mode=WAL", &s, "set WAL mode");
+    if (st != REG_OK)
+        return st;
+    int rc = sqlite3_step(s);
+    const unsigned char *mode = rc == SQLITE_ROW ? sqlite3_column_text(s, 0) : NULL;
+    if (rc != SQLITE_ROW)
+        st = reg_fail_sql(r, "set WAL mode");
+    else if (mode == NULL || strcmp((const char *)mode, "wal") != 0)
+        st = reg_fail(r->path, REG_ERR_IO, "journal mode is '%s', not 'wal'",
+                      mode ? (const char *)mode : "?");
+    sqlite3_finalize(s);
+    if (st != REG_OK)
+        return st;
+    if (sqlite3_busy_timeout(r->db, REG_BUSY_TIMEOUT_MS) != SQLITE_OK)
+        return reg_fail_sql(r, "set busy timeout");
+    return reg_exec(r, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON", "set pragmas");
+}
+
+/* Creates the tables when missing and refuses a newer schema. *created is set when the
+ * file was new (user_version 0). */
+static reg_status reg_schema(reg *r, int *created)
+{
+    reg_status st = reg_exec(r, "BEGIN IMMEDIATE", "begin schema transaction");
+    if (st != REG_OK)
+        return st;
+    sqlite3_stmt *s;
+    int version = -1;
+    st = reg_prepare(r, "PRAGMA user_version", &s, "read schema version");
+    if (st == REG_OK) {
+        if (sqlite3_step(s) == SQLITE_ROW)
+            version = sqlite3_column_int(s, 0);
+        else
+            st = reg_fail_sql(r, "read schema version");
+        sqlite3_finalize(s);
+    }
+    if (st == REG_OK && (version < 0 || version > REG_SCHEMA_VERSION))
+        st = reg_fail(r->path, REG_ERR_IO, "schema version %d is not one this build knows (%d)",
+                      version, REG_SCHEMA_VERSION);
+    if (st == REG_OK)
+        st = reg_exec(r, reg_schema_sql, "create tables");
+    if (st == REG_OK && version == 0) {
+        char sql[64];
+        snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", REG_SCHEMA_VERSION);
+        st = reg_exec(r, sql, "set schema version");
+    }
+    *created = version == 0;
+    return reg_tx_end(r, st);
+}
+
+/* One row of the keys LEFT JOIN revocations query into *row; REG_ERR_IO names what is
+ * wrong with it. */
+static reg_status reg_load_key(reg *r, sqlite3_stmt *s, reg_row *row)
+{
+    memset(row, 0, sizeof(*row));
+    row->id = sqlite3_column_int64(s, 0);
+    const char *kid = (const char *)sqlite3_column_text(s, 1);
+    if (reg_unhex(kid, (size_t)sqlite3_column_bytes(s, 1), &row->k.kid) != 0)
+        return reg_fail(r->path, REG_ERR_IO, "key id %lld: kid is not 32 lowercase hex digits",
+                        (long long)row->id);
+    const char *state = (const char *)sqlite3_column_text(s, 2);
+    sqlite3_int64 bits = sqlite3_column_int64(s, 3);
+    if (reg_state_parse(state, &row->k.state) != 0)
+        return reg_fail(r->path, REG_ERR_IO, "kid %s: unknown state '%s'", kid,
+                        state ? state : "NULL");
+    if (bits < 0 || bits > UINT_MAX)
+        return reg_fail(r->path, REG_ERR_IO, "kid %s: bits out of range", kid);
+    row->k.bits = (unsigned)bits;
+    row->k.created_at = sqlite3_column_int64(s, 5);
+    if (reg_col_text(s, 4, row->k.label, sizeof(row->k.label)) != 0 ||
+        reg_col_text(s, 6, row->k.n_b64, sizeof(row->k.n_b64)) != 0 ||
+        reg_col_text(s, 7, row->k.e_b64, sizeof(row->k.e_b64)) != 0)
+        return reg_fail(r->path, REG_ERR_IO, "kid %s: label or public key missing or too long",
+                        kid);
+    int has_rev = sqlite3_column_type(s, 8) != SQLITE_NULL;
+    if (has_rev != (row->k.state == REG_REVOKED))
+        return reg_fail(r->path, REG_ERR_IO,
+                        has_rev ? "kid %s: has a revocation record but is not revoked"
+                                : "kid %s: is revoked but has no revocation record",
+                        kid);
+    if (has_rev) {
+        row->k.revocation_seq = (uint64_t)sqlite3_column_int64(s, 8);
+        row->k.revoked_at = sqlite3_column_int64(s, 9);
+        if (reg_col_text(s, 10, row->k.reason, sizeof(row->k.reason)) != 0)
+            return reg_fail(r->path, REG_ERR_IO, "kid %s: reason missing or too long", kid);
+    }
+    return REG_OK;
+}
+
+static reg_status reg_load_keys(reg *r)
+{
+    sqlite3_stmt *s;
+    reg_status st = reg_prepare(r,
+                                "SELECT k.id, k.kid, k.state, k.bits, k.label, k.created_at, k.n,"
+                                " k.e, v.seq, v.revoked_at, v.reason"
+                                " FROM keys k LEFT JOIN revocations v ON v.kid = k.kid",
+                                &s, "read keys");
+    int rc = SQLITE_DONE;
+    while (st == REG_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        reg_row row;
+        st = reg_load_key(r, s, &row);
+        if (st == REG_OK)
+            st = reg_grow(r, r->n_rows + 1, 0);
+        if (st == REG_OK && reg_find(r, &row.k.kid) >= 0)
+            st = reg_fail(r->path, REG_ERR_IO, "kid %.32s: two rows",
+                          (const char *)sqlite3_column_text(s, 1));
+        if (st == REG_OK) {
+            r->rows[r->n_rows] = row;
+            reg_index_put(r, r->n_rows);
+            r->n_rows++;
+        }
+    }
+    if (st == REG_OK && rc != SQLITE_DONE)
+        st = reg_fail_sql(r, "read keys");
+    sqlite3_finalize(s);
+    if (st != REG_OK)
+        return st;
+    for (size_t i = 0; i < r->n_rows; i++) {
+        r->order[i] = (uint32_t)i;
+        r->counts[r->rows[i].k.state]++;
+    }
+    if (r->n_rows > 0)
+        qsort_r(r->order, r->n_rows, sizeof(*r->order), reg_slot_cmp, r->rows);
+    r->newest = reg_newest_scan(r);
+    return REG_OK;
+}
+
+static reg_status reg_load_revocations(reg *r)
+{
+    sqlite3_stmt *s;
+    reg_status st =
+        reg_prepare(r, "SELECT seq, kid, revoked_at, reason FROM revocations ORDER BY seq", &s,
+                    "read revocations");
+    int rc = SQLITE_DONE;
+    while (st == REG_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        st = reg_grow(r, 0, r->n_revs + 1);
+        if (st != REG_OK)
+            break;
+        reg_revocation *v = &r->revs[r->n_revs];
+        memset(v, 0, sizeof(*v));
+        v->seq = (uint64_t)sqlite3_column_int64(s, 0);
+        v->revoked_at = sqlite3_column_int64(s, 2);
+        if (reg_unhex((const char *)sqlite3_column_text(s, 1), (size_t)sqlite3_column_bytes(s, 1),
+                      &v->kid) != 0 ||
+            reg_col_text(s, 3, v->reason, sizeof(v->reason)) != 0 || v->seq == 0)
+            st = reg_fail(r->path, REG_ERR_IO, "revocation %llu: bad kid, reason or seq",
+                          (unsigned long long)v->seq);
+        else
+            r->n_revs++;
+    }
+    if (st == REG_OK && rc != SQLITE_DONE)
+        st = reg_fail_sql(r, "read revocations");
+    sqlite3_finalize(s);
+    if (st != REG_OK)
+        return st;
+    r->seq_hi = r->n_revs ? r->revs[r->n_revs - 1].seq : 0;
+    /* AUTOINCREMENT's own counter: the highest seq ever handed out, even if deleted since. */
+    st = reg_prepare(r, "SELECT seq FROM sqlite_sequence WHERE name = 'revocations'", &s,
+                     "read revocation counter");
+    if (st != REG_OK)
+        return st;
+    if ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        sqlite3_int64 hi = sqlite3_column_int64(s, 0);
+        if (hi > 0 && (uint64_t)hi > r->seq_hi)
+            r->seq_hi = (uint64_t)hi;
+    } else if (rc != SQLITE_DONE) {
+        st = reg_fail_sql(r, "read revocation counter");
+    }
+    sqlite3_finalize(s);
+    return st;
+}
+
+/* Makes a new file's directory entry durable: SQLite syncs the WAL's directory, not the
+ * database file's own on creation. */
+static reg_status reg_sync_dir(const char *path)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == NULL)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == dir)
+        slash[1] = '\0';
+    else
+        *slash = '\0';
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return reg_fail(path, REG_ERR_IO, "open directory %s: %s", dir, strerror(errno));
+    int rc = fsync(fd);
+    int err = errno;
+    close(fd);
+    if (rc != 0)
+        return reg_fail(path, REG_ERR_IO, "fsync directory %s: %s", dir, strerror(err));
+    return REG_OK;
+}
+
+reg_status reg_open(const char *path, unsigned max_active, reg **out)
+{
+    if (out == NULL)
+        return reg_fail(path, REG_ERR_INVALID, "no handle to return");
+    *out = NULL;
+    if (path == NULL || path[0] == '\0' || strlen(path) >= PATH_MAX)
+        return reg_fail(path, REG_ERR_INVALID, "path missing or too long");
+    if (max_active == 0)
+        return reg_fail(path, REG_ERR_INVALID, "max_active must be at least 1");
+    reg_errbuf[0] = '\0';
+
+    /* Created here, not by SQLite, to get mode 0600 (SQLite gives its -wal and -shm the
+     * same mode) and to refuse a symlink. */
+    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return reg_fail(path, REG_ERR_IO, "open: %s", strerror(errno));
+    struct stat sb;
+    int regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
+    close(fd);
+    if (!regular)
+        return reg_fail(path, REG_ERR_IO, "not a regular file");
+
+    reg *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return reg_fail(path, REG_ERR_IO, "out of memory");
+    snprintf(r->path, sizeof(r->path), "%s", path);
+    r->max_active = max_active;
+    r->newest = -1;
+    atomic_init(&r->generation, 1);
+    pthread_mutex_init(&r->write_mu, NULL);
+    pthread_rwlock_init(&r->mirror_rw, NULL);
+    pthread_mutex_init(&r->slot_mu, NULL);
+
+    reg_status st = REG_OK;
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path, &r->db, flags, NULL) != SQLITE_OK)
+        st = r->db ? reg_fail_sql(r, "open") : reg_fail(path, REG_ERR_IO, "open: out of memory");
+    if (st == REG_OK)
+        sqlite3_extended_result_codes(r->db, 1);
+    int created = 0;
+    if (st == REG_OK)
+        st = reg_pragmas(r);
+    if (st == REG_OK)
+        st = reg_schema(r, &created);
+    if (st == REG_OK)
+        st = reg_load_keys(r);
+    if (st == REG_OK)
+        st = reg_load_revocations(r);
+    if (st == REG_OK && created)
+        st = reg_sync_dir(path);
+    if (st != REG_OK) {
+        reg_close(r);
+        return st;
+    }
+    r->slots_active = (unsigned)r->counts[REG_ACTIVE];
+    *out = r;
+    return REG_OK;
+}
+
+void reg_close(reg *r)
+{
+    if (r == NULL)
+        return;
+    sqlite3_close(r->db); /* checkpoints the WAL; NULL is a no-op */
+    pthread_mutex_destroy(&r->write_mu);
+    pthread_rwlock_destroy(&r->mirror_rw);
+    pthread_mutex_destroy(&r->slot_mu);
+    free(r->rows);
+    free(r->order);
+    free(r->index);
+    free(r->revs);
+    free(r);
+}
+
+/* ---- names and errors ------------------------------------------------------------------- */
+
+const char *reg_state_name(reg_state s)
+{
+    if ((unsigned)s >= REG_STATE_COUNT_)
+        return "unknown";
+    return reg_state_names[s];
+}
+
+int reg_state_parse(const char *s, reg_state *out)
+{
+    if (s == NULL)
+        return -1;
+    for (int i = 0; i < REG_STATE_COUNT_; i++) {
+        if (strcmp(s, reg_state_names[i]) == 0) {
+            *out = (reg_state)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+const char *reg_strerror(reg_status st)
+{
+    if ((unsigned)st >= REG_ERR_COUNT_)
+        return "unknown registry status";
+    return reg_status_names[st];
+}
+
+const char *reg_last_error(void)
+{
+    return reg_errbuf;
+}
+
+/* ---- creates ---------------------------------------------------------------------------- */
+
+reg_status reg_reserve(reg *r)
+{
+    reg_status st = REG_OK;
+    pthread_mutex_lock(&r->slot_mu);
+    if ((unsigned long)r->slots_active + r->slots_reserved >= r->max_active)
+        st = REG_ERR_LIMIT;
+    else
+        r->slots_reserved++;
+    pthread_mutex_unlock(&r->slot_mu);
+    return st;
+}
+
+void reg_unreserve(reg *r)
+{
+    pthread_mutex_lock(&r->slot_mu);
+    if (r->slots_reserved > 0)
+        r->slots_reserved--;
+    pthread_mutex_unlock(&r->slot_mu);
+}
+
+/* Are k's strings terminated within their buffers? */
+static int reg_key_terminated(const reg_key *k)
+{
+    return memchr(k->label, '\0', sizeof(k->label)) != NULL &&
+           memchr(k->n_b64, '\0', sizeof(k->n_b64)) != NULL &&
+           memchr(k->e_b64, '\0', sizeof(k->e_b64)) != NULL;
+}
+
+static reg_status reg_sql_insert(reg *r, const reg_key *k, int64_t *id)
+{
+    char hex[REG_KID_HEX + 1];
+    reg_hex(&k->kid, hex);
+    sqlite3_stmt *s;
+    reg_status st = reg_prepare(r,
+                                "INSERT INTO keys (kid, state, bits, label, created_at, n, e)"
+                                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                &s, "insert key");
+    if (st != REG_OK)
+        return st;
+    sqlite3_bind_text(s, 1, hex, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, reg_state_name(REG_ACTIVE), -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, k->bits);
+    sqlite3_bind_text(s, 4, k->label, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 5, k->created_at);
+    sqlite3_bind_text(s, 6, k->n_b64, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 7, k->e_b64, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE)
+        *id = sqlite3_last_insert_rowid(r->db);
+    else if (rc == SQLITE_CONSTRAINT_UNIQUE || rc == SQLITE_CONSTRAINT_PRIMARYKEY)
+        st = REG_ERR_EXISTS;
+    else
+        st = reg_fail_sql(r, "insert key");
+    sqlite3_finalize(s);
+    return st;
+}
+
+reg_status reg_insert(reg *r, const reg_key *k)
+{
+    if (k == NULL || !reg_key_terminated(k)) {
+        reg_unreserve(r);
+        return REG_ERR_INVALID;
+    }
+    pthread_mutex_lock(&r->write_mu);
+    reg_status st = reg_slot_claim(r);
+    if (st == REG_OK && reg_find(r, &k->kid) >= 0)
+        st = REG_ERR_EXISTS;
+    if (st == REG_OK)
+        st = reg_mirror_room(r, 1, 0);
+    reg_row row = {.k = *k};
+    if (st == REG_OK)
+        st = reg_sql_insert(r, k, &row.id);
+    if (st == REG_OK) {
+        row.k.state = REG_ACTIVE;
+        row.k.revoked_at = 0;
+        row.k.revocation_seq = 0;
+        memset(row.k.reason, 0, sizeof(row.k.reason));
+        pthread_rwlock_wrlock(&r->mirror_rw);
+        reg_mirror_add(r, &row);
+        reg_bump(r);
+        pthread_rwlock_unlock(&r->mirror_rw);
+    }
+    if (st != REG_ERR_LIMIT)
+        reg_slot_settle(r, st == REG_OK);
+    pthread_mutex_unlock(&r->write_mu);
+    return st;
+}
+
+/* ---- changes ---------------------------------------------------------------------------- */
+
+static reg_status reg_sql_revoke(reg *r, const hsm_kid *kid, const char *reason, int64_t now,
+                                 uint64_t *seq)
+{
+    char hex[REG_KID_HEX + 1];
+    reg_hex(kid, hex);
+    reg_status st = reg_exec(r, "BEGIN IMMEDIATE", "begin revocation");
+    if (st != REG_OK)
+        return st;
+    sqlite3_stmt *s;
+    st = reg_prepare(r, "UPDATE keys SET state = ? WHERE kid = ?", &s, "revoke key");
+    if (st == REG_OK) {
+        sqlite3_bind_text(s, 1, reg_state_name(REG_REVOKED), -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, hex, -1, SQLITE_STATIC);
+        st = reg_step_done(r, s, "revoke key");
+    }
+    if (st == REG_OK && sqlite3_changes(r->db) != 1)
+        st = reg_fail(r->path, REG_ERR_IO, "revoke key %s: row missing from the file", hex);
+    if (st == REG_OK)
+        st = reg_prepare(r, "INSERT INTO revocations (kid, revoked_at, reason) VALUES (?, ?, ?)",
+                         &s, "append revocation");
+    if (st == REG_OK) {
+        sqlite3_bind_text(s, 1, hex, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, now);
+        sqlite3_bind_text(s, 3, reason, -1, SQLITE_STATIC);
+        st = reg_step_done(r, s, "append revocation");
+    }
+    if (st == REG_OK)
+        *seq = (uint64_t)sqlite3_last_insert_rowid(r->db);
+    return reg_tx_end(r, st);
+}
+
+reg_status reg_revoke(reg *r, const hsm_kid *kid, const char *reason, int64_t now, reg_key *out)
+{
+    if (kid == NULL)
+        return REG_ERR_INVALID;
+    if (reason == NULL)
+        reason = "";
+    if (strnlen(reason, REG_REASON_MAX + 1) > REG_REASON_MAX)
+        return REG_ERR_INVALID;
+    pthread_mutex_lock(&r->write_mu);
+    long s = reg_find(r, kid);
+    reg_status st = s < 0 ? REG_ERR_NOT_FOUND : REG_OK;
+    if (st == REG_OK && r->rows[s].k.state == REG_REVOKED) {
+        if (out != NULL)
+            *out = r->rows[s].k; /* the first record, untouched */
+        pthread_mutex_unlock(&r->write_mu);
+        return REG_OK;
+    }
+    if (st == REG_OK)
+        st = reg_mirror_room(r, 0, 1);
+    uint64_t seq = 0;
+    if (st == REG_OK)
+        st = reg_sql_revoke(r, kid, reason, now, &seq);
+    if (st == REG_OK) {
+        reg_state was = r->rows[s].k.state;
+        reg_revocation *v = &r->revs[r->n_revs];
+        pthread_rwlock_wrlock(&r->mirror_rw);
+        reg_key *k = &r->rows[s].k;
+        reg_mirror_set_state(r, (size_t)s, REG_REVOKED);
+        k->revoked_at = now;
+        k->revocation_seq = seq;
+        snprintf(k->reason, sizeof(k->reason), "%s", reason);
+        memset(v, 0, sizeof(*v));
+        v->seq = seq;
+        v->kid = *kid;
+        v->revoked_at = now;
+        memcpy(v->reason, k->reason, sizeof(v->reason));
+        r->n_revs++;
+        if (seq > r->seq_hi)
+            r->seq_hi = seq;
+        reg_bump(r);
+        pthread_rwlock_unlock(&r->mirror_rw);
+        if (was == REG_ACTIVE)
+            reg_slot_active_gone(r);
+        if (out != NULL)
+            *out = *k;
+    }
+    pthread_mutex_unlock(&r->write_mu);
+    return st;
+}
+
+reg_status reg_mark_broken(reg *r, const hsm_kid *kid)
+{
+    if (kid == NULL)
+        return REG_ERR_INVALID;
+    pthread_mutex_lock(&r->write_mu);
+    long s = reg_find(r, kid);
+    reg_status st = REG_OK;
+    if (s < 0)
+        st = REG_ERR_NOT_FOUND;
+    else if (r->rows[s].k.state == REG_REVOKED)
+        st = REG_ERR_STATE;
+    if (st != REG_OK || r->rows[s].k.state == REG_BROKEN) {
+        pthread_mutex_unlock(&r->write_mu);
+        return st;
+    }
+    char hex[REG_KID_HEX + 1];
+    reg_hex(kid, hex);
+    sqlite3_stmt *q;
+    st = reg_prepare(r, "UPDATE keys SET state = ? WHERE kid = ?", &q, "mark key broken");
+    if (st == REG_OK) {
+        sqlite3_bind_text(q, 1, reg_state_name(REG_BROKEN), -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, hex, -1, SQLITE_STATIC);
+        st = reg_step_done(r, q, "mark key broken");
+    }
+    if (st == REG_OK) {
+        pthread_rwlock_wrlock(&r->mirror_rw);
+        reg_mirror_set_state(r, (size_t)s, REG_BROKEN);
+        reg_bump(r);
+        pthread_rwlock_unlock(&r->mirror_rw);
+        reg_slot_active_gone(r);
+    }
+    pthread_mutex_unlock(&r->write_mu);
+    return st;
+}
+
+reg_status reg_delete(reg *r, const hsm_kid *kid)
+{
+    if (kid == NULL)
+        return REG_ERR_INVALID;
+    pthread_mutex_lock(&r->write_mu);
+    long s = reg_find(r, kid);
+    reg_status st = REG_OK;
+    if (s < 0)
+        st = REG_ERR_NOT_FOUND;
+    else if (r->rows[s].k.state == REG_REVOKED)
+        st = REG_ERR_STATE;
+    if (st != REG_OK) {
+        pthread_mutex_unlock(&r->write_mu);
+        return st;
+    }
+    char hex[REG_KID_HEX + 1];
+    reg_hex(kid, hex);
+    sqlite3_stmt *q;
+    st = reg_prepare(r, "DELETE FROM keys WHERE kid = ?", &q, "delete key");
+    if (st == REG_OK) {
+        sqlite3_bind_text(q, 1, hex, -1, SQLITE_STATIC);
+        st = reg_step_done(r, q, "delete key");
+    }
+    if (st == REG_OK) {
+        reg_state was = r->rows[s].k.state;
+        pthread_rwlock_wrlock(&r->mirror_rw);
+        reg_mirror_remove(r, (size_t)s);
+        reg_bump(r);
+        pthread_rwlock_unlock(&r->mirror_rw);
+        if (was == REG_ACTIVE)
+            reg_slot_active_gone(r);
+    }
+    pthread_mutex_unlock(&r->write_mu);
+    return st;
+}
+
+/* ---- reads ------------------------------------------------------------------------------ */
+
+reg_status reg_get(reg *r, const hsm_kid *kid, reg_key *out)
+{
+    if (kid == NULL)
+        return REG_ERR_INVALID;
+    pthread_rwlock_rdlock(&r->mirror_rw);
+    long s = reg_find(r, kid);
+    if (s >= 0 && out != NULL)
+        *out = r->rows[s].k;
+    pthread_rwlock_unlock(&r->mirror_rw);
+    return s >= 0 ? REG_OK : REG_ERR_NOT_FOUND;
+}
+
+int reg_is_active(reg *r, const hsm_kid *kid)
+{
+    if (kid == NULL)
+        return 0;
+    pthread_rwlock_rdlock(&r->mirror_rw);
+    long s = reg_find(r, kid);
+    int active = s >= 0 && r->rows[s].k.state == REG_ACTIVE;
+    pthread_rwlock_unlock(&r->mirror_rw);
+    return active;
+}
+
+reg_status reg_newest_active(reg *r, reg_key *out)
+{
+    pthread_rwlock_rdlock(&r->mirror_rw);
+    long s = r->newest;
+    if (s >= 0 && out != NULL)
+        *out = r->rows[s].k;
+    pthread_rwlock_unlock(&r->mirror_rw);
+    return s >= 0 ? REG_OK : REG_ERR_NOT_FOUND;
+}
+
+size_t reg_count(reg *r, reg_state s)
+{
+    if ((unsigned)s >= REG_STATE_COUNT_)
+        return 0;
+    pthread_rwlock_rdlock(&r->mirror_rw);
+    size_t n = r->counts[s];
+    pthread_rwlock_unlock(&r->mirror_rw);
+    return n;
+}
+
+size_t reg_list(reg *r, int state_filter, reg_key *out, size_t cap)
+{
+    if (out == NULL)
+        cap = 0;
+    size_t n = 0;
+    pthread_rwlock_rdlock(&r->mirror_rw);
+    for (size_t i = 0; i < r->n_rows; i++) {
+        const reg_key *k = &r->rows[r->order[i]].k;
+        if (state_filter >= 0 && (int)k->state != state_filter)
+            continue;
+        if (n < cap)
+            out[n] = *k;
+        n++;
+    }
+    pthread_rwlock_unlock(&r->mirror_rw);
+    return n;
+}
+
+uint64_t reg_revocation_seq(reg *r)
+{
+    pthread_rwlock_rdlock(&r->mirror_rw);
+    uint64_t seq = r->seq_hi;
+    pthread_rwlock_unlock(&r->mirror_rw);
+    return seq;
+}
+
+size_t reg_revocations_after(reg *r, uint64_t after, reg_revocation *out, size_t cap)
+{
+    if (out == NULL)
+        cap = 0;
+    pthread_rwlock_rdlock(&r->mirror_rw);
+    size_t lo = 0, hi = r->n_revs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (r->revs[mid].seq <= after)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    size_t n = r->n_revs - lo;
+    size_t m = n < cap ? n : cap;
+    if (m > 0)
+        memcpy(out, r->revs + lo, m * sizeof(*out));
+    pthread_rwlock_unlock(&r->mirror_rw);
+    return n;
+}
+
+uint64_t reg_generation(reg *r)
+{
+    return atomic_load_explicit(&r->generation, memory_order_acquire);
+}

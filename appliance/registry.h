@@ -1,0 +1,209 @@
+/*
+ * reg: the key registry. The appliance's record of every key (kid), its state, and every
+ * revocation, kept in one SQLite file and mirrored in memory so that the request path
+ * never touches SQLite.
+ *
+ * What it owns:
+ *  - one SQLite connection to the file (WAL, synchronous=FULL so a COMMIT is fsynced
+ *    before it returns, foreign_keys=ON, a busy_timeout for other connections to the same
+ *    file), used only by writers and only under the writer mutex. Two tables: `keys` (one
+ *    row per kid, state as TEXT) and `revocations` (one row per revoked kid, `seq` an
+ *    AUTOINCREMENT key, so it rises strictly and is never reused, even after deletes).
+ *    The schema version is PRAGMA user_version (REG_SCHEMA_VERSION); a newer file is
+ *    refused, missing tables are created.
+ *  - an in-memory mirror of every row: keys in an array ordered by (created_at, kid) with
+ *    a hash index kid -> row, the revocations in an array ordered by seq, per-state counts
+ *    and the newest active key. Readers take a pthread rwlock for reading only.
+ *  - the slot count for creates: active keys plus reservations, never above max_active.
+ *
+ * Locks, always taken in this order: the writer mutex (SQLite and every change), then the
+ * mirror rwlock (for writing, only for the moment a committed change is copied into the
+ * mirror), then the slot mutex (reserve/unreserve take only this one). A write commits to
+ * SQLite first and changes the mirror only once the commit returned, so a reader never
+ * sees a change that is not durable.
+ *
+ * Invariants: a row is in state 'revoked' exactly when it has a revocations row; active
+ * keys + outstanding reservations <= max_active; reg_generation() changes after, never
+ * before, the mirror changed. The registry assumes it is the only writer of its two
+ * tables while open (other modules may keep their own tables in the same file).
+ *
+ * Thread safety: every function but reg_open and reg_close may be called from any number
+ * of threads at once. reg_close must run after every other caller has stopped.
+ *
+ * States and their moves: active -> revoked (reg_revoke), active -> broken
+ * (reg_mark_broken), broken -> revoked (reg_revoke: a broken key may still be revoked, so
+ * that verifiers drop it). Revoked is final: marking a revoked key broken is REG_ERR_STATE
+ * (its object is meant to be gone from the token), and a revoked row cannot be deleted
+ * (its revocation is already published).
+ *
+ *   reg *r;
+ *   if (reg_open("data/appliance.db", 1000, &r) != REG_OK)
+ *       fprintf(stderr, "%s\n", reg_last_error());
+ */
+#ifndef APPLIANCE_REGISTRY_H
+#define APPLIANCE_REGISTRY_H
+
+#include "hsm/hsm.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define REG_SCHEMA_VERSION 1
+#define REG_LABEL_MAX 128  /* bytes, without the NUL */
+#define REG_REASON_MAX 256 /* bytes, without the NUL */
+#define REG_N_B64_MAX 700  /* base64url modulus of RSA-4096 is 683 characters, with NUL */
+#define REG_E_B64_MAX 16
+#define REG_BUSY_TIMEOUT_MS 5000
+
+typedef enum {
+    REG_OK = 0,
+    REG_ERR_NOT_FOUND, /* no row with this kid (or no active key at all) */
+    REG_ERR_EXISTS,    /* a row with this kid already exists */
+    REG_ERR_LIMIT,     /* active keys + reservations reached max_active */
+    REG_ERR_STATE,     /* the key's state does not allow this move */
+    REG_ERR_INVALID,   /* a caller error: a string too long or unterminated, a bad argument */
+    REG_ERR_IO,        /* SQLite failed, or the file is not a registry: see reg_last_error() */
+    REG_ERR_COUNT_
+} reg_status;
+
+typedef enum { REG_ACTIVE = 0, REG_REVOKED, REG_BROKEN, REG_STATE_COUNT_ } reg_state;
+
+typedef struct {
+    hsm_kid kid;
+    reg_state state;
+    unsigned bits;
+    char label[REG_LABEL_MAX + 1];
+    int64_t created_at; /* unix seconds */
+    /* Set only when state is REG_REVOKED; 0 and "" otherwise. */
+    int64_t revoked_at; /* unix seconds */
+    char reason[REG_REASON_MAX + 1];
+    uint64_t revocation_seq;
+    /* The public key, base64url without padding, so JWKS needs no token. */
+    char n_b64[REG_N_B64_MAX];
+    char e_b64[REG_E_B64_MAX];
+} reg_key;
+
+typedef struct {
+    uint64_t seq;
+    hsm_kid kid;
+    int64_t revoked_at;
+    char reason[REG_REASON_MAX + 1];
+} reg_revocation;
+
+typedef struct reg reg;
+
+/* "active", "revoked", "broken"; "unknown" for anything else. The same strings are the
+ * state column in SQL. */
+const char *reg_state_name(reg_state s);
+
+/* The inverse of reg_state_name: 0 and *out set, or -1 for any other string (NULL too). */
+int reg_state_parse(const char *s, reg_state *out);
+
+/* A short English phrase for a status, never NULL. */
+const char *reg_strerror(reg_status st);
+
+/* The message of the last REG_ERR_IO (or REG_ERR_INVALID from reg_open) returned to the
+ * calling thread: names the file, the step and SQLite's own message. "" if none. Each
+ * such failure is also written to stderr. Thread-local, so it works for a failed reg_open
+ * too, where there is no handle. */
+const char *reg_last_error(void);
+
+/* Opens (creating if absent, mode 0600, no symlink followed) the registry file at path,
+ * sets WAL / synchronous=FULL / foreign_keys=ON / busy_timeout, creates the tables when
+ * missing, and loads every row into memory (O(n), fine for 10,000+ rows). max_active
+ * (>= 1) bounds the active keys for reg_reserve; rows already above it are loaded anyway.
+ * REG_ERR_IO when the file is not SQLite, holds a newer schema or an inconsistent row;
+ * REG_ERR_INVALID for a NULL or over-long path or max_active 0. *out is NULL on failure.
+ *
+ *   reg *r;
+ *   if (reg_open(path, 1000, &r) != REG_OK) ... reg_last_error() ...
+ */
+reg_status reg_open(const char *path, unsigned max_active, reg **out);
+
+/* Closes the connection and frees the mirror. NULL is a no-op. */
+void reg_close(reg *r);
+
+/* ---- creates: reserve a slot, generate the key (slow, outside any lock), insert ------- */
+
+/* Takes one slot for a key about to be created: REG_OK, or REG_ERR_LIMIT when active keys
+ * + reservations already reach max_active. Exactly max_active of any number of concurrent
+ * reservations succeed. Each REG_OK must be followed by exactly one reg_insert or one
+ * reg_unreserve.
+ *
+ *   if (reg_reserve(r) != REG_OK) return limit_reached;
+ *   if (generate(&k) != 0) { reg_unreserve(r); return failed; }
+ *   st = reg_insert(r, &k);    // the reservation is gone whatever st is
+ */
+reg_status reg_reserve(reg *r);
+
+/* Gives back a slot taken by reg_reserve (a create that failed before reg_insert). */
+void reg_unreserve(reg *r);
+
+/* Inserts k as an active row, durably, and then into the mirror. Uses k's kid, bits,
+ * label, created_at, n_b64, e_b64; state is forced to active and the revocation fields to
+ * zero. Consumes one reservation whatever the result (so a failed insert needs no
+ * unreserve); called with none outstanding it checks the limit itself (REG_ERR_LIMIT).
+ * REG_ERR_EXISTS for a kid already present (in any state), REG_ERR_INVALID for an
+ * unterminated label/n_b64/e_b64, REG_ERR_IO when SQLite fails (nothing changed then). */
+reg_status reg_insert(reg *r, const reg_key *k);
+
+/* ---- changes --------------------------------------------------------------------------- */
+
+/* Revokes kid: in one transaction marks the row revoked and appends a revocations row
+ * with the next seq; fsynced when it returns REG_OK. reason is "" when NULL and at most
+ * REG_REASON_MAX bytes (else REG_ERR_INVALID). Idempotent: an already revoked kid is left
+ * alone and its first record returned (same revoked_at, reason, seq). A broken key may be
+ * revoked. Revoking an active key frees its slot. *out (may be NULL) receives the row as
+ * it stands afterwards. REG_ERR_NOT_FOUND for an unknown kid.
+ *
+ *   reg_key k;
+ *   if (reg_revoke(r, &kid, "compromised", time(NULL), &k) == REG_OK) publish(k.revocation_seq);
+ */
+reg_status reg_revoke(reg *r, const hsm_kid *kid, const char *reason, int64_t now, reg_key *out);
+
+/* active -> broken (its key is missing from the token); frees its slot. Already broken:
+ * REG_OK, nothing changes. Revoked: REG_ERR_STATE. Unknown: REG_ERR_NOT_FOUND. */
+reg_status reg_mark_broken(reg *r, const hsm_kid *kid);
+
+/* Deletes the row of an active or broken kid (undoing a create that failed after
+ * reg_insert); frees its slot if it was active. A revoked row is kept: REG_ERR_STATE. */
+reg_status reg_delete(reg *r, const hsm_kid *kid);
+
+/* ---- reads: from memory only, under the read lock ------------------------------------- */
+
+/* Copies kid's row to *out (out may be NULL: an existence check). REG_ERR_NOT_FOUND. */
+reg_status reg_get(reg *r, const hsm_kid *kid, reg_key *out);
+
+/* 1 when kid exists and is active, else 0. The signing path's check: one hash probe. */
+int reg_is_active(reg *r, const hsm_kid *kid);
+
+/* The active key with the largest created_at (on a tie, the one inserted last), O(1).
+ * REG_ERR_NOT_FOUND when no key is active. */
+reg_status reg_newest_active(reg *r, reg_key *out);
+
+/* How many rows are in state s (0 for an out-of-range s). */
+size_t reg_count(reg *r, reg_state s);
+
+/* Copies the rows in state state_filter (-1: every row) ordered by created_at then kid,
+ * at most cap of them, to out. Returns how many rows match, which may exceed cap (as
+ * snprintf does): the caller sees truncation. out may be NULL when cap is 0.
+ *
+ *   size_t n = reg_count(r, REG_ACTIVE) + 8;    // room for a create racing the count
+ *   reg_key *v = calloc(n, sizeof(*v));
+ *   size_t m = reg_list(r, REG_ACTIVE, v, n);   // m > n: grow and retry
+ */
+size_t reg_list(reg *r, int state_filter, reg_key *out, size_t cap);
+
+/* The highest revocation seq ever assigned in this file, 0 if none. It never goes back,
+ * even if revocation rows were removed from the file outside the registry. */
+uint64_t reg_revocation_seq(reg *r);
+
+/* Copies the revocations with seq > after, ascending by seq, at most cap of them, to out.
+ * Returns how many match (may exceed cap, as reg_list). */
+size_t reg_revocations_after(reg *r, uint64_t after, reg_revocation *out, size_t cap);
+
+/* A counter that changes after every change of the mirror (insert, revoke, mark broken,
+ * delete): rebuild a cached document (JWKS, revocation list) when it moved. No lock. */
+uint64_t reg_generation(reg *r);
+
+#endif

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# `make bench`: the appliance over HTTPS against the raw token, measured side by side.
+#   - signed JWTs/s over HTTPS keep-alive (wrk, 2 threads, 64 connections) vs the raw
+#     2-thread C_SignInit+C_Sign loop on the same token, the ratio (bar >= 0.90), p50/p99;
+#   - JWKS requests/s with 1,000 keys, for 200 and for 304.
+# Raw and HTTPS runs alternate, 3 rounds, medians reported: the machine is shared and noisy.
+#   BENCH_SECONDS=10  length of each measurement
+# The data directory build/bench/appliance (1,000 keys, a few minutes to create the first
+# time) is kept and reused by later runs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+top=$(pwd)
+secs=${BENCH_SECONDS:-10}
+rounds=${BENCH_ROUNDS:-3}
+dir="$top/build/bench/appliance"
+port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p build/bench
+provisioning/init-data-dir.sh "$dir" "$port" >&2
+conf="$dir/appliance.conf"
+sed -i -E "s/^port = [0-9]+\$/port = $port/; s/^worker_threads = [0-9]+\$/worker_threads = 72/" "$conf"
+url="https://127.0.0.1:$port"
+pid=
+start() {
+	build/bin/signd "$conf" >"$dir/stdout.log" 2>>"$dir/signd.log" &
+	pid=$!
+	for _ in $(seq 100); do
+		grep -q listening "$dir/stdout.log" 2>/dev/null && return 0
+		sleep 0.2
+	done
+	echo "bench: signd did not start; see $dir/signd.log" >&2
+	exit 1
+}
+stop() {
+	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+	pid=
+}
+trap stop EXIT
+
+start
+# 1,000 active keys (created once, in parallel).
+SIGND_URL=$url SIGND_DIR=$dir /usr/bin/python3 - <<'PY' >&2
+import concurrent.futures, os, requests
+url, d = os.environ["SIGND_URL"], os.environ["SIGND_DIR"]
+s = requests.Session(); s.verify = d + "/tls/cert.pem"
+s.headers["Authorization"] = "Bearer " + open(d + "/admin.credential").read().strip()
+have = s.get(url + "/v1/keys?state=active").json()["count"]
+need = 1000 - have
+if need > 0:
+    print("bench: creating %d keys (once)" % need, flush=True)
+    with concurrent.futures.ThreadPoolExecutor(8) as p:
+        codes = list(p.map(lambda i: s.post(url + "/v1/keys", json={"label": "bench"}).status_code, range(need)))
+    assert codes.count(201) == need, codes
+PY
+kid=$(SIGND_URL=$url SIGND_DIR=$dir /usr/bin/python3 -c '
+import os, requests
+d = os.environ["SIGND_DIR"]
+r = requests.post(os.environ["SIGND_URL"] + "/v1/tokens", json={"sub": "probe"}, verify=d + "/tls/cert.pem",
+    headers={"Authorization": "Bearer " + open(d + "/admin.credential").read().strip()})
+print(r.json()["kid"])')
+stop
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+raw_runs=() jwt_runs=() p50_runs=() p99_runs=()
+for r in $(seq "$rounds"); do
+	echo "bench: round $r/$rounds: raw C_Sign loop, 2 threads, ${secs}s" >&2
+	raw=$(build/bin/bench-hsm raw "$dir" 2 "$secs" "$kid" | awk '/^raw_sign_per_s:/ {print $2}')
+	raw_runs+=("$raw")
+	start
+	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, wrk -t2 -c64, ${secs}s" >&2
+	out=$(SIGND_CREDENTIAL_FILE="$dir/admin.credential" wrk -t2 -c64 -d"${secs}s" --latency \
+		-s tests/bench/mint.lua "$url")
+	stop
+	echo "$out" | grep -q "Non-2xx" && { echo "bench: non-2xx responses:" >&2; echo "$out" >&2; exit 1; }
+	jwt_runs+=("$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')")
+	p50_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')")
+	p99_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')")
+done
+raw=$(printf '%s\n' "${raw_runs[@]}" | median)
+jwt=$(printf '%s\n' "${jwt_runs[@]}" | median)
+p50=$(printf '%s\n' "${p50_runs[@]}" | median)
+p99=$(printf '%s\n' "${p99_runs[@]}" | median)
+
+start
+etag=$(curl -s --cacert "$dir/tls/cert.pem" -D - -o /dev/null "$url/.well-known/jwks.json" | awk -F': ' 'tolower($1)=="etag" {print $2}' | tr -d '\r')
+jwks_bytes=$(curl -s --cacert "$dir/tls/cert.pem" "$url/.well-known/jwks.json" | wc -c)
+j200=$(wrk -t2 -c64 -d"${secs}s" "$url/.well-known/jwks.json" | awk '/^Requests\/sec:/ {print $2}')
+j304=$(wrk -t2 -c64 -d"${secs}s" -H "If-None-Match: $etag" "$url/.well-known/jwks.json" | awk '/^Requests\/sec:/ {print $2}')
+stop
+
+ratio=$(awk -v a="$jwt" -v b="$raw" 'BEGIN {printf "%.3f", a / b}')
+verdict=$(awk -v r="$ratio" 'BEGIN {print (r >= 0.90) ? "pass" : "FAIL"}')
+{
+	echo "| measure (median of $rounds, ${secs}s each) | value |"
+	echo "| --- | --- |"
+	echo "| raw C_SignInit+C_Sign loop, 2 threads, same token (sig/s) | $raw |"
+	echo "| signed JWTs over HTTPS keep-alive, wrk -t2 -c64 (req/s) | $jwt |"
+	echo "| ratio JWT / raw (bar >= 0.90) | $ratio $verdict |"
+	echo "| JWT latency p50 / p99 (ms) | $p50 / $p99 |"
+	echo "| JWKS, 1,000 keys ($jwks_bytes bytes), 200 (req/s) | $j200 |"
+	echo "| JWKS, 1,000 keys, 304 on If-None-Match (req/s) | $j304 |"
+} | tee build/bench/appliance.txt

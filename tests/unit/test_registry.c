@@ -1,0 +1,837 @@
+/*
+ * test_registry: the key registry on a real SQLite file in a fresh temporary directory per
+ * test. Durability is checked by closing and reopening; the file is edited behind the
+ * registry's back with SQLite directly where a test needs a state the API cannot make.
+ */
+#include "appliance/registry.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define RACE_THREADS 8
+#define RACE_ATTEMPTS_PER_THREAD 130 /* 1,040 creates in all against a limit of 1,000 */
+#define RACE_MAX_ACTIVE 1000
+#define MANY_ROWS 10000
+#define T0 1700000000
+
+typedef struct {
+    char dir[64]; /* "/tmp/signd-reg-XXXXXX" */
+    char db[PATH_MAX];
+} tmpdb;
+
+/* ---- helpers ------------------------------------------------------------------------- */
+
+static int tmp_setup(void **state)
+{
+    tmpdb *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return -1;
+    snprintf(t->dir, sizeof(t->dir), "/tmp/signd-reg-XXXXXX");
+    if (mkdtemp(t->dir) == NULL) {
+        free(t);
+        return -1;
+    }
+    snprintf(t->db, sizeof(t->db), "%s/appliance.db", t->dir);
+    *state = t;
+    return 0;
+}
+
+/* The directory holds only files the test made (the database, its -wal and -shm, a
+ * symlink): remove them all, then the directory. */
+static int tmp_teardown(void **state)
+{
+    tmpdb *t = *state;
+    DIR *d = opendir(t->dir);
+    if (d != NULL) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            char p[PATH_MAX + 256];
+            snprintf(p, sizeof(p), "%s/%s", t->dir, e->d_name);
+            unlink(p);
+        }
+        closedir(d);
+    }
+    int rc = rmdir(t->dir);
+    free(t);
+    return rc;
+}
+
+/* A distinct kid per n; kid_of(a) < kid_of(b) when a < b. */
+static hsm_kid kid_of(unsigned n)
+{
+    hsm_kid k;
+    memset(k.b, 0xa5, sizeof(k.b));
+    k.b[0] = (uint8_t)(n >> 24);
+    k.b[1] = (uint8_t)(n >> 16);
+    k.b[2] = (uint8_t)(n >> 8);
+    k.b[3] = (uint8_t)n;
+    return k;
+}
+
+static void kid_hex(const hsm_kid *k, char hex[2 * HSM_KID_LEN + 1])
+{
+    for (size_t i = 0; i < HSM_KID_LEN; i++)
+        snprintf(hex + 2 * i, 3, "%02x", k->b[i]);
+}
+
+static int kid_eq(const hsm_kid *a, const hsm_kid *b)
+{
+    return memcmp(a->b, b->b, HSM_KID_LEN) == 0;
+}
+
+static reg_key key_of(unsigned n, int64_t created_at)
+{
+    reg_key k;
+    memset(&k, 0, sizeof(k));
+    k.kid = kid_of(n);
+    k.state = REG_ACTIVE;
+    k.bits = 2048;
+    k.created_at = created_at;
+    snprintf(k.label, sizeof(k.label), "key %u", n);
+    snprintf(k.n_b64, sizeof(k.n_b64), "modulus-%u", n);
+    snprintf(k.e_b64, sizeof(k.e_b64), "AQAB");
+    return k;
+}
+
+/* Reserve then insert key n, as a create does. */
+static void add(reg *r, unsigned n, int64_t created_at)
+{
+    reg_key k = key_of(n, created_at);
+    assert_int_equal(reg_reserve(r), REG_OK);
+    assert_int_equal(reg_insert(r, &k), REG_OK);
+}
+
+static reg *open_ok(const tmpdb *t, unsigned max_active)
+{
+    reg *r = NULL;
+    assert_int_equal(reg_open(t->db, max_active, &r), REG_OK);
+    assert_non_null(r);
+    return r;
+}
+
+/* Runs SQL on the file with a connection of its own (the registry closed). */
+static void raw_exec(const tmpdb *t, const char *sql)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(t->db, &db), SQLITE_OK);
+    char *err = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
+    if (rc != SQLITE_OK)
+        fprintf(stderr, "raw_exec: %s\n", err ? err : "?");
+    sqlite3_free(err);
+    sqlite3_close(db);
+    assert_int_equal(rc, SQLITE_OK);
+}
+
+/* ---- tests --------------------------------------------------------------------------- */
+
+static void test_inserted_keys_are_active_and_listed_by_created_at_then_kid(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 3, T0 + 200);
+    add(r, 2, T0 + 100);
+    add(r, 1, T0 + 200);
+
+    for (int pass = 0; pass < 2; pass++) { /* as inserted, then as loaded from the file */
+        reg_key k;
+        hsm_kid one = kid_of(1), unknown = kid_of(99);
+        assert_int_equal(reg_get(r, &one, &k), REG_OK);
+        assert_true(kid_eq(&k.kid, &one));
+        assert_int_equal(k.state, REG_ACTIVE);
+        assert_int_equal(k.bits, 2048);
+        assert_int_equal(k.created_at, T0 + 200);
+        assert_string_equal(k.label, "key 1");
+        assert_string_equal(k.n_b64, "modulus-1");
+        assert_string_equal(k.e_b64, "AQAB");
+        assert_int_equal(k.revoked_at, 0);
+        assert_int_equal(k.revocation_seq, 0);
+        assert_string_equal(k.reason, "");
+        assert_true(reg_is_active(r, &one));
+        assert_false(reg_is_active(r, &unknown));
+        assert_int_equal(reg_get(r, &unknown, &k), REG_ERR_NOT_FOUND);
+        assert_int_equal(reg_count(r, REG_ACTIVE), 3);
+        assert_int_equal(reg_count(r, REG_REVOKED), 0);
+
+        reg_key list[4];
+        assert_int_equal(reg_list(r, -1, list, 4), 3);
+        hsm_kid want[3] = {kid_of(2), kid_of(1), kid_of(3)};
+        for (int i = 0; i < 3; i++)
+            assert_true(kid_eq(&list[i].kid, &want[i]));
+        memset(list, 0, sizeof(list));
+        assert_int_equal(reg_list(r, REG_ACTIVE, list, 2), 3); /* truncated, says so */
+        assert_true(kid_eq(&list[1].kid, &want[1]));
+        assert_int_equal(list[2].bits, 0); /* nothing written past cap */
+        assert_int_equal(reg_list(r, REG_REVOKED, list, 4), 0);
+        assert_int_equal(reg_list(r, -1, NULL, 0), 3);
+
+        reg_close(r);
+        if (pass == 0)
+            r = open_ok(t, 10);
+    }
+}
+
+static void test_reserve_refuses_past_max_active_and_unreserve_frees_a_slot(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(reg_reserve(r), REG_OK);
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    reg_unreserve(r);
+    assert_int_equal(reg_reserve(r), REG_OK);
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+
+    /* Inserts turn the three reservations into three active keys: still full. */
+    for (unsigned n = 1; n <= 3; n++) {
+        reg_key k = key_of(n, T0);
+        assert_int_equal(reg_insert(r, &k), REG_OK);
+    }
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    reg_close(r);
+
+    /* Active keys count against the limit after a restart too. */
+    r = open_ok(t, 3);
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    reg_close(r);
+}
+
+static void test_duplicate_insert_is_refused_and_gives_its_slot_back(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 2);
+    add(r, 1, T0);
+    uint64_t gen = reg_generation(r);
+    reg_key dup = key_of(1, T0 + 5);
+    snprintf(dup.label, sizeof(dup.label), "impostor");
+    assert_int_equal(reg_reserve(r), REG_OK);
+    assert_int_equal(reg_insert(r, &dup), REG_ERR_EXISTS);
+    assert_int_equal(reg_generation(r), gen);
+
+    reg_key k;
+    hsm_kid one = kid_of(1);
+    assert_int_equal(reg_get(r, &one, &k), REG_OK);
+    assert_string_equal(k.label, "key 1");
+    assert_int_equal(reg_count(r, REG_ACTIVE), 1);
+    /* The failed insert consumed its reservation: one slot is left, not zero. */
+    assert_int_equal(reg_reserve(r), REG_OK);
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    reg_close(r);
+}
+
+static void test_insert_without_a_reservation_still_honours_the_limit(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 1);
+    reg_key a = key_of(1, T0), b = key_of(2, T0);
+    assert_int_equal(reg_insert(r, &a), REG_OK);
+    assert_int_equal(reg_insert(r, &b), REG_ERR_LIMIT);
+    assert_int_equal(reg_count(r, REG_ACTIVE), 1);
+    reg_close(r);
+}
+
+typedef struct {
+    reg *r;
+    atomic_uint next_kid;
+    atomic_uint inserted;
+    atomic_uint refused;
+    atomic_uint failed;
+    atomic_int done;
+    atomic_uint reader_violations;
+} race;
+
+static void *race_creator(void *arg)
+{
+    race *x = arg;
+    for (int i = 0; i < RACE_ATTEMPTS_PER_THREAD; i++) {
+        if (reg_reserve(x->r) != REG_OK) {
+            atomic_fetch_add(&x->refused, 1);
+            continue;
+        }
+        unsigned n = atomic_fetch_add(&x->next_kid, 1);
+        reg_key k = key_of(n, T0 + n % 17);
+        if (reg_insert(x->r, &k) == REG_OK)
+            atomic_fetch_add(&x->inserted, 1);
+        else
+            atomic_fetch_add(&x->failed, 1);
+    }
+    return NULL;
+}
+
+/* Reads while the creators write: the count never passes the limit and the newest key
+ * is always active. */
+static void *race_reader(void *arg)
+{
+    race *x = arg;
+    while (!atomic_load(&x->done)) {
+        reg_key k;
+        size_t active = reg_count(x->r, REG_ACTIVE);
+        if (active > RACE_MAX_ACTIVE)
+            atomic_fetch_add(&x->reader_violations, 1);
+        if (reg_newest_active(x->r, &k) == REG_OK && !reg_is_active(x->r, &k.kid))
+            atomic_fetch_add(&x->reader_violations, 1);
+        usleep(100); /* a steady reader, not a spinning one (valgrind serialises threads) */
+    }
+    return NULL;
+}
+
+static void test_thousand_concurrent_creates_fill_exactly_max_active(void **state)
+{
+    tmpdb *t = *state;
+    race x;
+    memset(&x, 0, sizeof(x));
+    x.r = open_ok(t, RACE_MAX_ACTIVE);
+    pthread_t creators[RACE_THREADS], reader;
+    assert_int_equal(pthread_create(&reader, NULL, race_reader, &x), 0);
+    for (int i = 0; i < RACE_THREADS; i++)
+        assert_int_equal(pthread_create(&creators[i], NULL, race_creator, &x), 0);
+    for (int i = 0; i < RACE_THREADS; i++)
+        pthread_join(creators[i], NULL);
+    atomic_store(&x.done, 1);
+    pthread_join(reader, NULL);
+
+    assert_int_equal(atomic_load(&x.inserted), RACE_MAX_ACTIVE);
+    assert_int_equal(atomic_load(&x.failed), 0);
+    assert_int_equal(atomic_load(&x.refused),
+                     RACE_THREADS * RACE_ATTEMPTS_PER_THREAD - RACE_MAX_ACTIVE);
+    assert_int_equal(atomic_load(&x.reader_violations), 0);
+    assert_int_equal(reg_count(x.r, REG_ACTIVE), RACE_MAX_ACTIVE);
+    assert_int_equal(reg_reserve(x.r), REG_ERR_LIMIT); /* the 1,001st */
+    reg_close(x.r);
+
+    reg *r = open_ok(t, RACE_MAX_ACTIVE);
+    assert_int_equal(reg_count(r, REG_ACTIVE), RACE_MAX_ACTIVE);
+    for (unsigned n = 0; n < RACE_MAX_ACTIVE; n++) {
+        hsm_kid kid = kid_of(n);
+        assert_true(reg_is_active(r, &kid));
+    }
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    reg_close(r);
+}
+
+static void test_revocation_survives_close_and_reopen(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 1, T0);
+    add(r, 2, T0 + 1);
+    hsm_kid one = kid_of(1);
+    reg_key out;
+    assert_int_equal(reg_revoke(r, &one, "key compromised", T0 + 60, &out), REG_OK);
+    assert_int_equal(out.state, REG_REVOKED);
+    assert_int_equal(out.revoked_at, T0 + 60);
+    assert_string_equal(out.reason, "key compromised");
+    assert_true(out.revocation_seq > 0);
+    assert_false(reg_is_active(r, &one));
+    uint64_t seq = out.revocation_seq;
+    reg_close(r);
+
+    r = open_ok(t, 10);
+    reg_key k;
+    assert_int_equal(reg_get(r, &one, &k), REG_OK);
+    assert_int_equal(k.state, REG_REVOKED);
+    assert_int_equal(k.revoked_at, T0 + 60);
+    assert_string_equal(k.reason, "key compromised");
+    assert_int_equal(k.revocation_seq, seq);
+    assert_false(reg_is_active(r, &one));
+    assert_int_equal(reg_count(r, REG_REVOKED), 1);
+    assert_int_equal(reg_count(r, REG_ACTIVE), 1);
+    assert_int_equal(reg_revocation_seq(r), seq);
+    reg_revocation v[2];
+    assert_int_equal(reg_revocations_after(r, 0, v, 2), 1);
+    assert_int_equal(v[0].seq, seq);
+    assert_true(kid_eq(&v[0].kid, &one));
+    assert_int_equal(v[0].revoked_at, T0 + 60);
+    assert_string_equal(v[0].reason, "key compromised");
+    reg_close(r);
+}
+
+static void test_revocation_seq_rises_across_reopen_and_is_never_reused(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 10);
+    assert_int_equal(reg_revocation_seq(r), 0);
+    for (unsigned n = 1; n <= 3; n++)
+        add(r, n, T0 + n);
+    hsm_kid k1 = kid_of(1), k2 = kid_of(2), k3 = kid_of(3);
+    reg_key a, b, c;
+    assert_int_equal(reg_revoke(r, &k1, "one", T0 + 10, &a), REG_OK);
+    assert_int_equal(reg_revoke(r, &k2, "two", T0 + 11, &b), REG_OK);
+    assert_true(b.revocation_seq > a.revocation_seq);
+    assert_int_equal(reg_revocation_seq(r), b.revocation_seq);
+    reg_close(r);
+
+    /* Prune the newest revocation and its key behind the registry's back. */
+    char hex[2 * HSM_KID_LEN + 1], sql[256];
+    kid_hex(&k2, hex);
+    snprintf(sql, sizeof(sql),
+             "DELETE FROM revocations WHERE kid = '%s'; DELETE FROM keys WHERE kid = '%s';", hex,
+             hex);
+    raw_exec(t, sql);
+
+    r = open_ok(t, 10);
+    assert_int_equal(reg_get(r, &k2, NULL), REG_ERR_NOT_FOUND);
+    assert_int_equal(reg_revocation_seq(r), b.revocation_seq); /* never goes back */
+    assert_int_equal(reg_revoke(r, &k3, "three", T0 + 12, &c), REG_OK);
+    assert_true(c.revocation_seq > b.revocation_seq); /* b's seq is not handed out again */
+    assert_int_equal(reg_revocation_seq(r), c.revocation_seq);
+    reg_close(r);
+}
+
+static void test_revoke_is_idempotent_and_returns_first_record(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 1, T0);
+    hsm_kid one = kid_of(1);
+    reg_key first, again;
+    assert_int_equal(reg_revoke(r, &one, "first", T0 + 10, &first), REG_OK);
+    uint64_t gen = reg_generation(r);
+    assert_int_equal(reg_revoke(r, &one, "second", T0 + 99, &again), REG_OK);
+    assert_int_equal(again.state, REG_REVOKED);
+    assert_int_equal(again.revoked_at, T0 + 10);
+    assert_string_equal(again.reason, "first");
+    assert_int_equal(again.revocation_seq, first.revocation_seq);
+    assert_int_equal(reg_generation(r), gen);
+    assert_int_equal(reg_revocation_seq(r), first.revocation_seq);
+    assert_int_equal(reg_revocations_after(r, 0, NULL, 0), 1);
+    reg_close(r);
+
+    r = open_ok(t, 10);
+    assert_int_equal(reg_revoke(r, &one, "third", T0 + 500, &again), REG_OK);
+    assert_int_equal(again.revoked_at, T0 + 10);
+    assert_string_equal(again.reason, "first");
+    assert_int_equal(again.revocation_seq, first.revocation_seq);
+    reg_close(r);
+}
+
+static void test_revoking_an_unknown_kid_is_not_found_and_changes_nothing(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 1, T0);
+    uint64_t gen = reg_generation(r);
+    hsm_kid unknown = kid_of(7);
+    assert_int_equal(reg_revoke(r, &unknown, "why", T0, NULL), REG_ERR_NOT_FOUND);
+    assert_int_equal(reg_mark_broken(r, &unknown), REG_ERR_NOT_FOUND);
+    assert_int_equal(reg_delete(r, &unknown), REG_ERR_NOT_FOUND);
+    assert_int_equal(reg_generation(r), gen);
+    assert_int_equal(reg_revocation_seq(r), 0);
+    reg_close(r);
+}
+
+static void test_revoking_an_active_key_frees_its_slot(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 1);
+    add(r, 1, T0);
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    hsm_kid one = kid_of(1);
+    assert_int_equal(reg_revoke(r, &one, "rotated", T0 + 1, NULL), REG_OK);
+    add(r, 2, T0 + 2);
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    reg_close(r);
+}
+
+static void test_revocations_after_returns_later_entries_ascending(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 10);
+    uint64_t seq[5];
+    for (unsigned n = 0; n < 5; n++) {
+        add(r, n, T0 + n);
+        hsm_kid kid = kid_of(n);
+        char reason[32];
+        snprintf(reason, sizeof(reason), "reason %u", n);
+        reg_key out;
+        assert_int_equal(reg_revoke(r, &kid, reason, T0 + 100 + n, &out), REG_OK);
+        seq[n] = out.revocation_seq;
+    }
+    reg_revocation v[5];
+    assert_int_equal(reg_revocations_after(r, 0, v, 5), 5);
+    for (unsigned i = 0; i < 5; i++) {
+        hsm_kid kid = kid_of(i);
+        char reason[32];
+        snprintf(reason, sizeof(reason), "reason %u", i);
+        assert_int_equal(v[i].seq, seq[i]);
+        assert_true(kid_eq(&v[i].kid, &kid));
+        assert_int_equal(v[i].revoked_at, T0 + 100 + i);
+        assert_string_equal(v[i].reason, reason);
+        if (i > 0)
+            assert_true(v[i].seq > v[i - 1].seq);
+    }
+    memset(v, 0, sizeof(v));
+    assert_int_equal(reg_revocations_after(r, seq[2], v, 5), 2);
+    assert_int_equal(v[0].seq, seq[3]);
+    assert_int_equal(v[1].seq, seq[4]);
+    assert_int_equal(reg_revocations_after(r, seq[4], v, 5), 0);
+    assert_int_equal(reg_revocations_after(r, UINT64_MAX, v, 5), 0);
+    memset(v, 0, sizeof(v));
+    assert_int_equal(reg_revocations_after(r, 0, v, 2), 5); /* truncated, says so */
+    assert_int_equal(v[1].seq, seq[1]);
+    assert_int_equal(v[2].seq, 0); /* nothing written past cap */
+    reg_close(r);
+}
+
+static void test_mark_broken_moves_only_active_keys_and_broken_keys_can_be_revoked(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 2);
+    add(r, 1, T0);
+    add(r, 2, T0);
+    hsm_kid one = kid_of(1), two = kid_of(2);
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    assert_int_equal(reg_mark_broken(r, &one), REG_OK);
+    assert_false(reg_is_active(r, &one));
+    assert_int_equal(reg_count(r, REG_BROKEN), 1);
+    assert_int_equal(reg_count(r, REG_ACTIVE), 1);
+    assert_int_equal(reg_reserve(r), REG_OK); /* broken keys take no slot */
+    reg_unreserve(r);
+    uint64_t gen = reg_generation(r);
+    assert_int_equal(reg_mark_broken(r, &one), REG_OK); /* already broken: no change */
+    assert_int_equal(reg_generation(r), gen);
+    reg_close(r);
+
+    r = open_ok(t, 2);
+    reg_key k;
+    assert_int_equal(reg_get(r, &one, &k), REG_OK);
+    assert_int_equal(k.state, REG_BROKEN);
+    assert_int_equal(reg_revoke(r, &one, "missing from token", T0 + 5, &k), REG_OK);
+    assert_int_equal(k.state, REG_REVOKED);
+    assert_int_equal(reg_count(r, REG_BROKEN), 0);
+    assert_int_equal(reg_count(r, REG_REVOKED), 1);
+    assert_int_equal(reg_mark_broken(r, &one), REG_ERR_STATE); /* revoked is final */
+    assert_int_equal(reg_revoke(r, &two, "done", T0 + 6, NULL), REG_OK);
+    assert_int_equal(reg_mark_broken(r, &two), REG_ERR_STATE);
+    assert_int_equal(reg_get(r, &two, &k), REG_OK);
+    assert_int_equal(k.state, REG_REVOKED);
+    reg_close(r);
+}
+
+static void test_newest_active_falls_back_to_the_previous_newest(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 10);
+    reg_key k;
+    assert_int_equal(reg_newest_active(r, &k), REG_ERR_NOT_FOUND);
+    add(r, 1, T0 + 100);
+    add(r, 2, T0 + 200);
+    add(r, 3, T0 + 150);
+    hsm_kid k1 = kid_of(1), k2 = kid_of(2), k3 = kid_of(3);
+    assert_int_equal(reg_newest_active(r, &k), REG_OK);
+    assert_true(kid_eq(&k.kid, &k2));
+    assert_int_equal(reg_revoke(r, &k2, "old", T0 + 300, NULL), REG_OK);
+    assert_int_equal(reg_newest_active(r, &k), REG_OK);
+    assert_true(kid_eq(&k.kid, &k3));
+    assert_int_equal(reg_mark_broken(r, &k3), REG_OK);
+    assert_int_equal(reg_newest_active(r, &k), REG_OK);
+    assert_true(kid_eq(&k.kid, &k1));
+    assert_int_equal(reg_revoke(r, &k1, "old", T0 + 300, NULL), REG_OK);
+    assert_int_equal(reg_newest_active(r, &k), REG_ERR_NOT_FOUND);
+    reg_close(r);
+}
+
+static void test_newest_active_breaks_created_at_ties_by_insertion_order(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 9, T0); /* the larger kid first ... */
+    add(r, 4, T0); /* ... the smaller one last: it wins the tie */
+    hsm_kid k4 = kid_of(4), k9 = kid_of(9);
+    for (int pass = 0; pass < 2; pass++) {
+        reg_key k;
+        assert_int_equal(reg_newest_active(r, &k), REG_OK);
+        assert_true(kid_eq(&k.kid, &k4));
+        reg_close(r);
+        r = open_ok(t, 10);
+    }
+    assert_int_equal(reg_revoke(r, &k4, "x", T0 + 1, NULL), REG_OK);
+    reg_key k;
+    assert_int_equal(reg_newest_active(r, &k), REG_OK);
+    assert_true(kid_eq(&k.kid, &k9));
+    reg_close(r);
+}
+
+static void test_delete_removes_an_unrevoked_row_and_frees_its_slot(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 6);
+    int64_t created[6] = {T0 + 5, T0 + 1, T0 + 3, T0 + 3, T0 + 9, T0 + 2};
+    for (unsigned n = 0; n < 6; n++)
+        add(r, n, created[n]);
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    hsm_kid k2 = kid_of(2), k4 = kid_of(4), k5 = kid_of(5);
+    assert_int_equal(reg_delete(r, &k2), REG_OK); /* a middle row */
+    assert_int_equal(reg_delete(r, &k4), REG_OK); /* the newest */
+    assert_int_equal(reg_mark_broken(r, &k5), REG_OK);
+    assert_int_equal(reg_delete(r, &k5), REG_OK); /* a broken row */
+    assert_int_equal(reg_get(r, &k2, NULL), REG_ERR_NOT_FOUND);
+    for (int i = 0; i < 3; i++) /* k2, k4 deleted; k5's slot went when it broke */
+        assert_int_equal(reg_reserve(r), REG_OK);
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    for (int i = 0; i < 3; i++)
+        reg_unreserve(r);
+
+    hsm_kid k0 = kid_of(0), k1 = kid_of(1), k3 = kid_of(3);
+    assert_int_equal(reg_revoke(r, &k3, "published", T0 + 20, NULL), REG_OK);
+    assert_int_equal(reg_delete(r, &k3), REG_ERR_STATE); /* its revocation stays */
+    for (int pass = 0; pass < 2; pass++) {
+        reg_key list[8], k;
+        assert_int_equal(reg_list(r, -1, list, 8), 3);
+        assert_true(kid_eq(&list[0].kid, &k1)); /* T0+1 */
+        assert_true(kid_eq(&list[1].kid, &k3)); /* T0+3 */
+        assert_true(kid_eq(&list[2].kid, &k0)); /* T0+5 */
+        for (int i = 0; i < 3; i++)
+            assert_int_equal(reg_get(r, &list[i].kid, &k), REG_OK);
+        assert_int_equal(reg_get(r, &k4, NULL), REG_ERR_NOT_FOUND);
+        assert_int_equal(reg_newest_active(r, &k), REG_OK);
+        assert_true(kid_eq(&k.kid, &k0));
+        reg_close(r);
+        r = open_ok(t, 6);
+    }
+    reg_close(r);
+}
+
+static void test_generation_moves_on_every_change_and_only_then(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 10);
+    uint64_t g = reg_generation(r);
+    add(r, 1, T0);
+    add(r, 2, T0);
+    add(r, 3, T0);
+    assert_true(reg_generation(r) > g);
+    g = reg_generation(r);
+    hsm_kid k1 = kid_of(1), k2 = kid_of(2), k3 = kid_of(3);
+    reg_key k;
+    reg_revocation v;
+    assert_int_equal(reg_get(r, &k1, &k), REG_OK);
+    reg_newest_active(r, &k);
+    reg_list(r, -1, &k, 1);
+    reg_revocations_after(r, 0, &v, 1);
+    assert_int_equal(reg_reserve(r), REG_OK);
+    reg_unreserve(r);
+    assert_int_equal(reg_generation(r), g);
+    assert_int_equal(reg_revoke(r, &k1, "x", T0, NULL), REG_OK);
+    assert_true(reg_generation(r) > g);
+    g = reg_generation(r);
+    assert_int_equal(reg_mark_broken(r, &k2), REG_OK);
+    assert_true(reg_generation(r) > g);
+    g = reg_generation(r);
+    assert_int_equal(reg_delete(r, &k3), REG_OK);
+    assert_true(reg_generation(r) > g);
+    reg_close(r);
+}
+
+static void test_non_sqlite_file_fails_with_io_error_and_a_message(void **state)
+{
+    tmpdb *t = *state;
+    FILE *f = fopen(t->db, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 256; i++)
+        fputs("this is not a database, just text. ", f);
+    fclose(f);
+    reg *r = (reg *)1;
+    assert_int_equal(reg_open(t->db, 10, &r), REG_ERR_IO);
+    assert_null(r);
+    const char *msg = reg_last_error();
+    assert_non_null(strstr(msg, t->db));
+    assert_non_null(strstr(msg, "not a database"));
+}
+
+static void test_newer_schema_version_is_refused(void **state)
+{
+    tmpdb *t = *state;
+    reg_close(open_ok(t, 10));
+    raw_exec(t, "PRAGMA user_version = 99");
+    reg *r = NULL;
+    assert_int_equal(reg_open(t->db, 10, &r), REG_ERR_IO);
+    assert_null(r);
+    assert_non_null(strstr(reg_last_error(), "schema version 99"));
+}
+
+static void test_revoked_row_without_revocation_record_is_refused(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 1, T0);
+    reg_close(r);
+    raw_exec(t, "UPDATE keys SET state = 'revoked'");
+    r = NULL;
+    assert_int_equal(reg_open(t->db, 10, &r), REG_ERR_IO);
+    assert_null(r);
+    assert_non_null(strstr(reg_last_error(), "no revocation record"));
+}
+
+static void test_file_is_created_private_and_a_symlink_or_directory_is_refused(void **state)
+{
+    tmpdb *t = *state;
+    reg_close(open_ok(t, 10));
+    struct stat st;
+    assert_int_equal(stat(t->db, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+
+    char link[PATH_MAX + 16];
+    snprintf(link, sizeof(link), "%s/link.db", t->dir);
+    assert_int_equal(symlink(t->db, link), 0);
+    reg *r = NULL;
+    assert_int_equal(reg_open(link, 10, &r), REG_ERR_IO);
+    assert_null(r);
+    assert_int_equal(reg_open(t->dir, 10, &r), REG_ERR_IO); /* not a regular file */
+    assert_null(r);
+}
+
+static void test_bad_arguments_are_refused(void **state)
+{
+    tmpdb *t = *state;
+    reg *r = NULL;
+    assert_int_equal(reg_open(t->db, 0, &r), REG_ERR_INVALID);
+    assert_int_equal(reg_open(NULL, 10, &r), REG_ERR_INVALID);
+    r = open_ok(t, 1);
+
+    reg_key k = key_of(1, T0);
+    memset(k.label, 'x', sizeof(k.label)); /* unterminated */
+    assert_int_equal(reg_reserve(r), REG_OK);
+    assert_int_equal(reg_insert(r, &k), REG_ERR_INVALID);
+    add(r, 1, T0); /* the refused insert gave its slot back */
+
+    char reason[REG_REASON_MAX + 2];
+    memset(reason, 'r', sizeof(reason) - 1);
+    reason[sizeof(reason) - 1] = '\0';
+    hsm_kid one = kid_of(1);
+    assert_int_equal(reg_revoke(r, &one, reason, T0, NULL), REG_ERR_INVALID);
+    assert_true(reg_is_active(r, &one));
+    reason[REG_REASON_MAX] = '\0'; /* exactly the bound is fine */
+    reg_key out;
+    assert_int_equal(reg_revoke(r, &one, reason, T0, &out), REG_OK);
+    assert_int_equal(strlen(out.reason), REG_REASON_MAX);
+    reg_close(r);
+}
+
+static void test_state_names_round_trip(void **state)
+{
+    (void)state;
+    for (int s = 0; s < REG_STATE_COUNT_; s++) {
+        reg_state back;
+        assert_int_equal(reg_state_parse(reg_state_name((reg_state)s), &back), 0);
+        assert_int_equal(back, s);
+    }
+    reg_state back;
+    assert_string_equal(reg_state_name(REG_REVOKED), "revoked");
+    assert_int_equal(reg_state_parse("retiring", &back), -1);
+    assert_int_equal(reg_state_parse("Active", &back), -1);
+    assert_int_equal(reg_state_parse(NULL, &back), -1);
+    assert_string_equal(reg_state_name((reg_state)42), "unknown");
+    assert_non_null(reg_strerror((reg_status)42));
+}
+
+static void test_open_loads_ten_thousand_rows(void **state)
+{
+    tmpdb *t = *state;
+    reg_close(open_ok(t, 10));
+    /* One transaction of raw inserts: 10,000 fsynced creates would take minutes. Every
+     * tenth key is revoked; created_at runs backwards so loading must sort. */
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(t->db, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_stmt *ins, *rev;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "INSERT INTO keys (kid, state, bits, label, created_at, n,"
+                                        " e) VALUES (?, ?, 2048, 'bulk', ?, 'n', 'AQAB')",
+                                        -1, &ins, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "INSERT INTO revocations (kid, revoked_at, reason)"
+                                        " VALUES (?, ?, 'bulk')",
+                                        -1, &rev, NULL),
+                     SQLITE_OK);
+    for (unsigned n = 0; n < MANY_ROWS; n++) {
+        hsm_kid kid = kid_of(n * 2654435761u);
+        char hex[2 * HSM_KID_LEN + 1];
+        kid_hex(&kid, hex);
+        int revoked = n % 10 == 0;
+        sqlite3_bind_text(ins, 1, hex, -1, SQLITE_TRANSIENT);
+        sqlite3_bind_text(ins, 2, revoked ? "revoked" : "active", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(ins, 3, T0 + MANY_ROWS - n);
+        assert_int_equal(sqlite3_step(ins), SQLITE_DONE);
+        sqlite3_reset(ins);
+        if (revoked) {
+            sqlite3_bind_text(rev, 1, hex, -1, SQLITE_TRANSIENT);
+            sqlite3_bind_int64(rev, 2, T0 + 2 * MANY_ROWS);
+            assert_int_equal(sqlite3_step(rev), SQLITE_DONE);
+            sqlite3_reset(rev);
+        }
+    }
+    sqlite3_finalize(ins);
+    sqlite3_finalize(rev);
+    assert_int_equal(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+
+    reg *r = open_ok(t, 2 * MANY_ROWS);
+    assert_int_equal(reg_count(r, REG_REVOKED), MANY_ROWS / 10);
+    assert_int_equal(reg_count(r, REG_ACTIVE), MANY_ROWS - MANY_ROWS / 10);
+    assert_int_equal(reg_revocations_after(r, 0, NULL, 0), MANY_ROWS / 10);
+    for (unsigned n = 0; n < MANY_ROWS; n++) {
+        hsm_kid kid = kid_of(n * 2654435761u);
+        assert_int_equal(reg_is_active(r, &kid), n % 10 != 0);
+    }
+    reg_key *all = calloc(MANY_ROWS, sizeof(*all));
+    assert_non_null(all);
+    assert_int_equal(reg_list(r, -1, all, MANY_ROWS), MANY_ROWS);
+    for (size_t i = 1; i < MANY_ROWS; i++)
+        assert_true(all[i - 1].created_at < all[i].created_at);
+    free(all);
+    reg_key k;
+    assert_int_equal(reg_newest_active(r, &k), REG_OK);
+    assert_int_equal(k.created_at, T0 + MANY_ROWS - 1); /* n = 1: n = 0 is revoked */
+    reg_close(r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+#define T(name) cmocka_unit_test_setup_teardown(name, tmp_setup, tmp_teardown)
+        T(test_inserted_keys_are_active_and_listed_by_created_at_then_kid),
+        T(test_reserve_refuses_past_max_active_and_unreserve_frees_a_slot),
+        T(test_duplicate_insert_is_refused_and_gives_its_slot_back),
+        T(test_insert_without_a_reservation_still_honours_the_limit),
+        T(test_thousand_concurrent_creates_fill_exactly_max_active),
+        T(test_revocation_survives_close_and_reopen),
+        T(test_revocation_seq_rises_across_reopen_and_is_never_reused),
+        T(test_revoke_is_idempotent_and_returns_first_record),
+        T(test_revoking_an_unknown_kid_is_not_found_and_changes_nothing),
+        T(test_revoking_an_active_key_frees_its_slot),
+        T(test_revocations_after_returns_later_entries_ascending),
+        T(test_mark_broken_moves_only_active_keys_and_broken_keys_can_be_revoked),
+        T(test_newest_active_falls_back_to_the_previous_newest),
+        T(test_newest_active_breaks_created_at_ties_by_insertion_order),
+        T(test_delete_removes_an_unrevoked_row_and_frees_its_slot),
+        T(test_generation_moves_on_every_change_and_only_then),
+        T(test_non_sqlite_file_fails_with_io_error_and_a_message),
+        T(test_newer_schema_version_is_refused),
+        T(test_revoked_row_without_revocation_record_is_refused),
+        T(test_file_is_created_private_and_a_symlink_or_directory_is_refused),
+        T(test_bad_arguments_are_refused),
+        T(test_state_names_round_trip),
+        T(test_open_loads_ten_thousand_rows),
+#undef T
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
