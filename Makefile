@@ -33,7 +33,7 @@ ifneq ($(wildcard appliance/main.c),)
 PROGS += $(BUILD)/bin/signd
 endif
 
-.PHONY: all deps run test test-unit test-blackbox bench bench-hsm clean format
+.PHONY: all deps run test test-unit test-blackbox bench bench-hsm clean format docs
 .DEFAULT_GOAL := all
 # Keep every object file: tests and programs share them.
 .SECONDARY:
@@ -96,6 +96,13 @@ bench-hsm: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@tests/bench/bench.sh
+
+# docs/configuration.md is the configuration the provisioning tool writes, verbatim.
+docs: all
+	@tmp=$$(mktemp -d) && $(BUILD)/bin/signd-provision config $$tmp >/dev/null && \
+	  { sed -n '1,/^```$$/p' docs/configuration.md; cat $$tmp/appliance.conf; echo '```'; } \
+	    >docs/configuration.md.new && mv docs/configuration.md.new docs/configuration.md && \
+	  rm -rf $$tmp
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

@@ -67,7 +67,7 @@ int main(int argc, char **argv)
         .max_sessions = cfg_pkcs11_sessions(&c),
     };
     kp *k = NULL;
-    if (kp_open(&hc, &k, err, sizeof(err)) != HSM_OK) {
+    if (kp_open(&hc, c.sign_concurrency, &k, err, sizeof(err)) != HSM_OK) {
         reg_close(rg);
         return die("token", err);
     }
