@@ -58,7 +58,7 @@ int main(int argc, char **argv)
 
     reg *rg = NULL;
     if (reg_open(c.database, c.max_active_keys, &rg) != REG_OK)
-        return die(c.database, "cannot open the key registry");
+        return die(c.database, reg_last_error());
 
     hsm_config hc = {
         .module_path = c.pkcs11_module,

@@ -40,6 +40,11 @@ struct hsm {
     CK_FUNCTION_LIST_PTR f;
     CK_SLOT_ID slot;
     CK_SESSION_HANDLE login;
+    /* What this handle did itself and so must undo: a second handle in the same process
+     * finds the module initialised and the token logged in, and must not finalise or log
+     * out under the first one when it closes (or fails to open). */
+    int initialized;
+    int logged_in;
     pthread_key_t tkey;
     pthread_mutex_t sess_mu; /* guards the session list and count; never on the sign path */
     hsm_tsess *sessions;
@@ -47,6 +52,7 @@ struct hsm {
     unsigned max_sessions;
     pthread_rwlock_t cache_mu; /* readers: sign, public key; writers: generate, destroy */
     size_t n_cached;
+    size_t n_dead; /* tombstones: rehashed away past a quarter of the table */
     hsm_slot cache[HSM_CACHE_SLOTS];
 };
 
@@ -203,9 +209,12 @@ hsm_status hsm_read_pin_file(const char *path, char buf[HSM_PIN_MAX], size_t *le
 
 /* ---- module and token ---------------------------------------------------------------- */
 
-static hsm_status hsm_load_module(const char *path, void **dl, CK_FUNCTION_LIST_PTR *f)
+/* *initialized is 1 when our C_Initialize did it, 0 when the module already was. */
+static hsm_status hsm_load_module(const char *path, void **dl, CK_FUNCTION_LIST_PTR *f,
+                                  int *initialized)
 {
     hsm_tl_ckr = 0;
+    *initialized = 0;
     /* RTLD_NODELETE: SoftHSM2 registers OpenSSL clean-up that must outlive dlclose. */
     *dl = dlopen(path ? path : HSM_DEFAULT_MODULE, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (*dl == NULL)
@@ -224,6 +233,7 @@ static hsm_status hsm_load_module(const char *path, void **dl, CK_FUNCTION_LIST_
         hsm_status st = hsm_from_ckr(rv);
         return st == HSM_ERR_DEVICE ? HSM_ERR_MODULE_LOAD : st;
     }
+    *initialized = rv == CKR_OK;
     return HSM_OK;
 }
 
@@ -388,6 +398,8 @@ static hsm_slot *hsm_cache_put(hsm *h, const hsm_kid *kid)
     for (size_t i = hsm_kid_hash(kid) & mask;; i = (i + 1) & mask) {
         s = &h->cache[i];
         if (s->used != 1) {
+            if (s->used == 2)
+                h->n_dead--;
             memset(s, 0, sizeof(*s));
             s->kid = *kid;
             s->priv = s->pub = CK_INVALID_HANDLE;
@@ -398,12 +410,32 @@ static hsm_slot *hsm_cache_put(hsm *h, const hsm_kid *kid)
     }
 }
 
+/* Rebuilds the table without tombstones, so a miss (an unknown kid) stops at an empty
+ * slot again instead of probing a table full of deleted entries. */
+static void hsm_cache_rehash(hsm *h)
+{
+    hsm_slot *live = malloc(h->n_cached * sizeof(*live) + 1);
+    if (live == NULL)
+        return; /* still correct, only slower */
+    size_t n = 0;
+    for (size_t i = 0; i < HSM_CACHE_SLOTS; i++)
+        if (h->cache[i].used == 1)
+            live[n++] = h->cache[i];
+    memset(h->cache, 0, sizeof(h->cache));
+    h->n_cached = h->n_dead = 0;
+    for (size_t i = 0; i < n; i++)
+        *hsm_cache_put(h, &live[i].kid) = live[i];
+    free(live);
+}
+
 static void hsm_cache_remove(hsm *h, const hsm_kid *kid)
 {
     hsm_slot *s = hsm_cache_find(h, kid);
     if (s != NULL) {
         s->used = 2;
         h->n_cached--;
+        if (++h->n_dead > HSM_CACHE_SLOTS / 4)
+            hsm_cache_rehash(h);
     }
 }
 
@@ -602,7 +634,7 @@ hsm_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
     char pin[HSM_PIN_MAX];
     size_t pin_len = 0;
     CK_RV rv;
-    st = hsm_load_module(cfg->module_path, &h->dl, &h->f);
+    st = hsm_load_module(cfg->module_path, &h->dl, &h->f, &h->initialized);
     if (st != HSM_OK)
         goto fail;
     st = hsm_find_slot(h->f, &m, &h->slot);
@@ -623,6 +655,7 @@ hsm_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
         st = hsm_from_ckr(rv);
         goto fail;
     }
+    h->logged_in = rv == CKR_OK;
     /* Fill the cache: private halves first (they carry the handle we sign with). */
     pthread_rwlock_wrlock(&h->cache_mu);
     st = hsm_find_each(h, h->login, CKO_PRIVATE_KEY, NULL, hsm_cache_private, NULL);
@@ -652,10 +685,12 @@ void hsm_close(hsm *h)
         while (h->sessions != NULL)
             hsm_tsess_release(h->sessions);
         if (h->login != CK_INVALID_HANDLE) {
-            h->f->C_Logout(h->login);
+            if (h->logged_in)
+                h->f->C_Logout(h->login);
             h->f->C_CloseSession(h->login);
         }
-        h->f->C_Finalize(NULL);
+        if (h->initialized)
+            h->f->C_Finalize(NULL);
     }
     if (h->dl != NULL)
         dlclose(h->dl);
@@ -848,10 +883,13 @@ hsm_status hsm_destroy(hsm *h, const hsm_kid *kid)
     return n > 0 ? HSM_OK : (hsm_tl_ckr = 0, HSM_ERR_KEY_NOT_FOUND);
 }
 
+/* Every key seen so far, whole: pairing the two halves needs all of them, not just the
+ * first cap (else a half whose partner did not fit is counted as a second key). */
 typedef struct {
-    hsm_key_entry *out;
-    size_t cap, count;
+    hsm_key_entry *all;
+    size_t count, alloc;
     int is_private;
+    int out_of_memory;
 } hsm_list_ctx;
 
 static void hsm_list_found(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg)
@@ -859,21 +897,29 @@ static void hsm_list_found(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void
     hsm_list_ctx *c = arg;
     hsm_kid kid;
     CK_ULONG mod_len;
-    if (hsm_read_id(h, s, o, &kid, &mod_len) != 0)
+    if (c->out_of_memory || hsm_read_id(h, s, o, &kid, &mod_len) != 0)
         return;
-    size_t seen = c->count < c->cap ? c->count : c->cap;
-    for (size_t i = 0; i < seen; i++) {
-        if (memcmp(c->out[i].kid.b, kid.b, HSM_KID_LEN) == 0) {
-            c->out[i].has_private |= c->is_private;
-            c->out[i].has_public |= !c->is_private;
+    for (size_t i = 0; i < c->count; i++) {
+        if (memcmp(c->all[i].kid.b, kid.b, HSM_KID_LEN) == 0) {
+            c->all[i].has_private |= c->is_private;
+            c->all[i].has_public |= !c->is_private;
             return;
         }
     }
-    if (c->count < c->cap) {
-        c->out[c->count].kid = kid;
-        c->out[c->count].has_private = c->is_private;
-        c->out[c->count].has_public = !c->is_private;
+    if (c->count == c->alloc) {
+        size_t alloc = c->alloc ? 2 * c->alloc : 256;
+        hsm_key_entry *all =
+            alloc > SIZE_MAX / sizeof(*all) ? NULL : realloc(c->all, alloc * sizeof(*all));
+        if (all == NULL) {
+            c->out_of_memory = 1;
+            return;
+        }
+        c->all = all;
+        c->alloc = alloc;
     }
+    c->all[c->count].kid = kid;
+    c->all[c->count].has_private = c->is_private;
+    c->all[c->count].has_public = !c->is_private;
     c->count++;
 }
 
@@ -884,12 +930,19 @@ hsm_status hsm_list(hsm *h, hsm_key_entry *out, size_t cap, size_t *count)
     hsm_status st = hsm_session(h, &s);
     if (st != HSM_OK)
         return st;
-    hsm_list_ctx c = {.out = out, .cap = cap, .is_private = 1};
+    hsm_list_ctx c = {.is_private = 1};
     st = hsm_find_each(h, s, CKO_PRIVATE_KEY, NULL, hsm_list_found, &c);
     c.is_private = 0;
     if (st == HSM_OK)
         st = hsm_find_each(h, s, CKO_PUBLIC_KEY, NULL, hsm_list_found, &c);
-    *count = c.count;
+    if (st == HSM_OK && c.out_of_memory)
+        st = (hsm_tl_ckr = 0, HSM_ERR_DEVICE);
+    if (st == HSM_OK) {
+        if (c.count > 0 && cap > 0)
+            memcpy(out, c.all, (c.count < cap ? c.count : cap) * sizeof(*out));
+        *count = c.count;
+    }
+    free(c.all);
     return st;
 }
 
@@ -907,6 +960,7 @@ hsm_status hsm_init_token(const char *module_path, const char *label, const char
     CK_FUNCTION_LIST_PTR f = NULL;
     CK_SLOT_ID *ids = NULL;
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    int initialized = 0;
     hsm_match m;
     memset(&m, 0, sizeof(m));
     strcpy(m.token, label);
@@ -916,8 +970,14 @@ hsm_status hsm_init_token(const char *module_path, const char *label, const char
         st = hsm_read_pin_file(user_pin_file, user, &user_len);
     if (st != HSM_OK)
         goto out;
-    if ((st = hsm_load_module(module_path, &dl, &f)) != HSM_OK)
+    if ((st = hsm_load_module(module_path, &dl, &f, &initialized)) != HSM_OK)
         goto out;
+    /* Initialising a token means re-initialising the library below (SoftHSM2 shows a new
+     * token only then): never do that under a handle this process still has open. */
+    if (!initialized) {
+        st = HSM_ERR_BAD_ARGUMENT;
+        goto out;
+    }
     if (hsm_find_slot(f, &m, &slot) == HSM_OK) {
         st = HSM_ERR_KEY_EXISTS;
         goto out;
@@ -950,6 +1010,7 @@ hsm_status hsm_init_token(const char *module_path, const char *label, const char
     f->C_Finalize(NULL);
     CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
     if ((rv = f->C_Initialize(&args)) != CKR_OK) {
+        initialized = 0;
         st = hsm_from_ckr(rv);
         goto out;
     }
@@ -981,7 +1042,8 @@ out:
     if (f != NULL) {
         if (s != CK_INVALID_HANDLE)
             f->C_CloseSession(s);
-        f->C_Finalize(NULL);
+        if (initialized)
+            f->C_Finalize(NULL);
     }
     if (dl != NULL)
         dlclose(dl);

@@ -20,6 +20,11 @@
  * The PIN is read from a file (refused if group or others may read it), held in a bounded
  * buffer and wiped right after C_Login, on every path.
  *
+ * One handle per process: PKCS#11 login state belongs to the module instance, so a second
+ * handle on the same token would find the user logged in already and never check its PIN.
+ * (A second handle's failure or close leaves the first working: each handle finalises and
+ * logs out only what it initialised and logged in itself.)
+ *
  * Thread safety: every function but hsm_open and hsm_close may be called from any number
  * of threads at once. hsm_close must run after every other thread has stopped calling in
  * (C_Finalize while another thread is inside SoftHSM2 crashes it).

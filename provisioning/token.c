@@ -12,7 +12,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define PROV_PIN_BYTES 24 /* 192 bits, written as 48 hex characters */
+/* 120 bits as 30 hex characters, no newline: Debian's libp11 0.4.12 engine reads at most
+ * 31 characters from a pin-source file, and newer ones take a newline as part of the PIN. */
+#define PROV_PIN_BYTES 15
 
 static int prov_random(void *buf, size_t n)
 {
@@ -62,14 +64,13 @@ static int prov_write_pin(const char *path)
 {
     static const char digits[] = "0123456789abcdef";
     uint8_t raw[PROV_PIN_BYTES];
-    char text[2 * PROV_PIN_BYTES + 1];
+    char text[2 * PROV_PIN_BYTES];
     int rc = prov_random(raw, sizeof(raw));
     if (rc == 0) {
         for (size_t i = 0; i < sizeof(raw); i++) {
             text[2 * i] = digits[raw[i] >> 4];
             text[2 * i + 1] = digits[raw[i] & 15];
         }
-        text[2 * PROV_PIN_BYTES] = '\n';
         rc = prov_write_new(path, text, sizeof(text));
     } else {
         fprintf(stderr, "cannot read random bytes for %s\n", path);

@@ -1,0 +1,910 @@
+/*
+ * test_hsm: the PKCS#11 layer against a real SoftHSM2 token. Each group runs on a fresh
+ * token made by testenv; signatures are checked with OpenSSL, key attributes by asking the
+ * module directly (the hsm interface exposes no handles, by design).
+ */
+#include "hsm/hsm.h"
+#include "provisioning/token.h"
+#include "tests/unit/testenv.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+
+#include <p11-kit/pkcs11.h>
+
+#define GROUP_KIDS 8
+#define SIGNERS 8
+#define SIGNATURES_PER_SIGNER 200
+#define LIST_CAP 64
+
+/* One group's token and open handle, shared by the group's tests. */
+typedef struct {
+    char dir[PATH_MAX];
+    char pin[PATH_MAX];
+    char serial[17];
+    hsm_config cfg;
+    hsm *h;
+    hsm_kid kids[GROUP_KIDS];
+    unsigned bits[GROUP_KIDS];
+    size_t n_kids;
+} group;
+
+/* ---- helpers ------------------------------------------------------------------------- */
+
+static group *group_new(void)
+{
+    group *g = calloc(1, sizeof(*g));
+    if (g == NULL)
+        return NULL;
+    if (testenv_token_serial(g->dir, g->serial) != 0) {
+        free(g);
+        return NULL;
+    }
+    g->cfg = testenv_config(g->dir, g->pin);
+    unsigned long ckr = 0;
+    hsm_status st = hsm_open(&g->cfg, &g->h, &ckr);
+    if (st != HSM_OK) {
+        fprintf(stderr, "hsm_open: %s (CKR 0x%lx)\n", hsm_status_name(st), ckr);
+        testenv_cleanup(g->dir);
+        free(g);
+        return NULL;
+    }
+    return g;
+}
+
+/* Generates a key of bits into the group's kid list; 0 or -1. */
+static int group_generate(group *g, unsigned bits)
+{
+    if (g->n_kids >= GROUP_KIDS)
+        return -1;
+    hsm_kid kid;
+    testenv_kid(&kid);
+    hsm_status st = hsm_generate(g->h, &kid, bits);
+    if (st != HSM_OK) {
+        fprintf(stderr, "hsm_generate(%u): %s (CKR 0x%lx)\n", bits, hsm_status_name(st),
+                hsm_last_ckr());
+        return -1;
+    }
+    g->kids[g->n_kids] = kid;
+    g->bits[g->n_kids] = bits;
+    g->n_kids++;
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    group *g = *state;
+    if (g != NULL) {
+        hsm_close(g->h);
+        testenv_cleanup(g->dir);
+        free(g);
+    }
+    return 0;
+}
+
+static void group_reopen(group *g)
+{
+    hsm_close(g->h);
+    g->h = NULL;
+    assert_int_equal(hsm_open(&g->cfg, &g->h, NULL), HSM_OK);
+}
+
+/* The RSA public key (n, e) as an OpenSSL key, built from the exported values. */
+static EVP_PKEY *evp_from_pubkey(const hsm_pubkey *pk)
+{
+    EVP_PKEY *key = NULL;
+    BIGNUM *n = BN_bin2bn(pk->n, (int)pk->n_len, NULL);
+    BIGNUM *e = BN_bin2bn(pk->e, (int)pk->e_len, NULL);
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    if (n != NULL && e != NULL && bld != NULL && ctx != NULL &&
+        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) == 1 &&
+        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) == 1 &&
+        (params = OSSL_PARAM_BLD_to_param(bld)) != NULL && EVP_PKEY_fromdata_init(ctx) == 1 &&
+        EVP_PKEY_fromdata(ctx, &key, EVP_PKEY_PUBLIC_KEY, params) != 1)
+        key = NULL;
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    BN_free(n);
+    BN_free(e);
+    return key;
+}
+
+static EVP_PKEY *evp_for_kid(hsm *h, const hsm_kid *kid)
+{
+    hsm_pubkey pk;
+    assert_int_equal(hsm_public_key(h, kid, &pk), HSM_OK);
+    EVP_PKEY *key = evp_from_pubkey(&pk);
+    assert_non_null(key);
+    return key;
+}
+
+/* 1 when sig is a valid RS256 (SHA-256, PKCS#1 v1.5) signature over msg. */
+static int rs256_verifies(EVP_PKEY *key, const void *msg, size_t msg_len, const uint8_t *sig,
+                          size_t sig_len)
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int ok = md != NULL && EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
+             EVP_DigestVerify(md, sig, sig_len, msg, msg_len) == 1;
+    EVP_MD_CTX_free(md);
+    return ok;
+}
+
+/* Signs msg with kid and checks the signature against the exported public key. */
+static void assert_signs_and_verifies(hsm *h, const hsm_kid *kid, const char *msg)
+{
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len = 0;
+    assert_int_equal(hsm_sign_rs256(h, kid, msg, strlen(msg), sig, &sig_len), HSM_OK);
+    EVP_PKEY *key = evp_for_kid(h, kid);
+    assert_true(rs256_verifies(key, msg, strlen(msg), sig, sig_len));
+    EVP_PKEY_free(key);
+}
+
+static const hsm_key_entry *find_entry(const hsm_key_entry *e, size_t n, const hsm_kid *kid)
+{
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(e[i].kid.b, kid->b, HSM_KID_LEN) == 0)
+            return &e[i];
+    return NULL;
+}
+
+/* dir/name of the group's token directory. */
+static void group_path(const group *g, const char *name, char out[PATH_MAX])
+{
+    int n = snprintf(out, PATH_MAX, "%s/%s", g->dir, name);
+    assert_true(n > 0 && n < PATH_MAX);
+}
+
+/* Writes text to a new file at path with mode. */
+static void write_file(const char *path, const char *text, mode_t mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    assert_int_equal(fchmod(fd, mode), 0);
+    assert_int_equal(close(fd), 0);
+}
+
+/* ---- the module itself, for what hsm.h deliberately hides ---------------------------- */
+
+typedef struct {
+    void *dl;
+    CK_FUNCTION_LIST_PTR f;
+    CK_SESSION_HANDLE s;
+} raw_token;
+
+/* Loads the module, initialises it (nothing else may have it open), finds the token by
+ * label and logs in with the PIN from pin_file. */
+static void raw_open(raw_token *r, const char *pin_file)
+{
+    memset(r, 0, sizeof(*r));
+    r->dl = dlopen(HSM_DEFAULT_MODULE, RTLD_NOW | RTLD_LOCAL);
+    assert_non_null(r->dl);
+    CK_C_GetFunctionList get = (CK_C_GetFunctionList)dlsym(r->dl, "C_GetFunctionList");
+    assert_non_null(get);
+    assert_int_equal(get(&r->f), CKR_OK);
+    CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+    assert_int_equal(r->f->C_Initialize(&args), CKR_OK);
+
+    CK_SLOT_ID ids[16];
+    CK_ULONG n = 16;
+    assert_int_equal(r->f->C_GetSlotList(CK_TRUE, ids, &n), CKR_OK);
+    CK_UTF8CHAR want[32];
+    memset(want, ' ', sizeof(want));
+    memcpy(want, TESTENV_LABEL, strlen(TESTENV_LABEL));
+    int found = 0;
+    CK_SLOT_ID slot = 0;
+    for (CK_ULONG i = 0; i < n && !found; i++) {
+        CK_TOKEN_INFO ti;
+        if (r->f->C_GetTokenInfo(ids[i], &ti) == CKR_OK &&
+            memcmp(ti.label, want, sizeof(want)) == 0) {
+            slot = ids[i];
+            found = 1;
+        }
+    }
+    assert_true(found);
+    assert_int_equal(
+        r->f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &r->s), CKR_OK);
+    char pin[HSM_PIN_MAX];
+    size_t pin_len = 0;
+    assert_int_equal(hsm_read_pin_file(pin_file, pin, &pin_len), HSM_OK);
+    CK_RV rv = r->f->C_Login(r->s, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
+    explicit_bzero(pin, sizeof(pin));
+    assert_int_equal(rv, CKR_OK);
+}
+
+static void raw_close(raw_token *r)
+{
+    r->f->C_Logout(r->s);
+    r->f->C_CloseSession(r->s);
+    assert_int_equal(r->f->C_Finalize(NULL), CKR_OK);
+    dlclose(r->dl);
+}
+
+/* The single object of class cls with CKA_ID = kid. */
+static CK_OBJECT_HANDLE raw_find(raw_token *r, CK_OBJECT_CLASS cls, const hsm_kid *kid)
+{
+    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)kid->b, HSM_KID_LEN}};
+    CK_OBJECT_HANDLE objs[2];
+    CK_ULONG n = 0;
+    assert_int_equal(r->f->C_FindObjectsInit(r->s, tmpl, 2), CKR_OK);
+    assert_int_equal(r->f->C_FindObjects(r->s, objs, 2, &n), CKR_OK);
+    assert_int_equal(r->f->C_FindObjectsFinal(r->s), CKR_OK);
+    assert_int_equal(n, 1);
+    return objs[0];
+}
+
+static CK_BBOOL raw_bool(raw_token *r, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type)
+{
+    CK_BBOOL v = 0xAA;
+    CK_ATTRIBUTE a = {type, &v, sizeof(v)};
+    assert_int_equal(r->f->C_GetAttributeValue(r->s, o, &a, 1), CKR_OK);
+    assert_int_equal(a.ulValueLen, sizeof(v));
+    return v;
+}
+
+/* ---- group: keys of every size -------------------------------------------------------- */
+
+static int keys_setup(void **state)
+{
+    group *g = group_new();
+    if (g == NULL)
+        return -1;
+    *state = g;
+    /* 4096-bit generation is slow on SoftHSM2: one key of each size, shared by the tests. */
+    if (group_generate(g, 2048) || group_generate(g, 3072) || group_generate(g, 4096))
+        return -1;
+    return 0;
+}
+
+static void test_signature_from_every_key_size_verifies_with_openssl(void **state)
+{
+    group *g = *state;
+    for (size_t i = 0; i < 3; i++) {
+        hsm_pubkey pk;
+        assert_int_equal(hsm_public_key(g->h, &g->kids[i], &pk), HSM_OK);
+        assert_int_equal(pk.bits, g->bits[i]);
+        assert_int_equal(pk.n_len, g->bits[i] / 8);
+        assert_int_equal(pk.e_len, 3);
+        assert_memory_equal(pk.e, "\x01\x00\x01", 3);
+
+        char msg[64];
+        snprintf(msg, sizeof(msg), "a payload signed by a %u-bit key", g->bits[i]);
+        uint8_t sig[HSM_SIG_MAX];
+        size_t sig_len = 0;
+        assert_int_equal(hsm_sign_rs256(g->h, &g->kids[i], msg, strlen(msg), sig, &sig_len),
+                         HSM_OK);
+        assert_int_equal(sig_len, g->bits[i] / 8);
+        EVP_PKEY *key = evp_from_pubkey(&pk);
+        assert_non_null(key);
+        assert_true(rs256_verifies(key, msg, strlen(msg), sig, sig_len));
+        EVP_PKEY_free(key);
+    }
+}
+
+static void test_flipped_byte_fails_verification(void **state)
+{
+    group *g = *state;
+    for (size_t i = 0; i < 3; i++) {
+        char msg[] = "the bytes the app server asked us to sign";
+        uint8_t sig[HSM_SIG_MAX];
+        size_t sig_len = 0;
+        assert_int_equal(hsm_sign_rs256(g->h, &g->kids[i], msg, strlen(msg), sig, &sig_len),
+                         HSM_OK);
+        EVP_PKEY *key = evp_for_kid(g->h, &g->kids[i]);
+        assert_true(rs256_verifies(key, msg, strlen(msg), sig, sig_len));
+        sig[sig_len / 2] ^= 0x01;
+        assert_false(rs256_verifies(key, msg, strlen(msg), sig, sig_len));
+        sig[sig_len / 2] ^= 0x01;
+        msg[0] ^= 0x01;
+        assert_false(rs256_verifies(key, msg, strlen(msg), sig, sig_len));
+        /* Another key's signature over the same bytes does not verify either. */
+        msg[0] ^= 0x01;
+        EVP_PKEY *other = evp_for_kid(g->h, &g->kids[(i + 1) % 3]);
+        assert_false(rs256_verifies(other, msg, strlen(msg), sig, sig_len));
+        EVP_PKEY_free(other);
+        EVP_PKEY_free(key);
+    }
+}
+
+static void test_signature_is_deterministic_pkcs1_v15(void **state)
+{
+    group *g = *state;
+    const char *msg = "same bytes, same key";
+    uint8_t a[HSM_SIG_MAX], b[HSM_SIG_MAX];
+    size_t a_len = 0, b_len = 0;
+    assert_int_equal(hsm_sign_rs256(g->h, &g->kids[0], msg, strlen(msg), a, &a_len), HSM_OK);
+    assert_int_equal(hsm_sign_rs256(g->h, &g->kids[0], msg, strlen(msg), b, &b_len), HSM_OK);
+    assert_int_equal(a_len, b_len);
+    assert_memory_equal(a, b, a_len);
+}
+
+static void test_private_key_is_sensitive_and_never_extractable(void **state)
+{
+    group *g = *state;
+    const hsm_kid *kid = &g->kids[0];
+    char hex[2 * HSM_KID_LEN + 1];
+    hsm_kid_hex(kid, hex);
+    /* One C_Initialize per process: our handle goes away while we ask the module. */
+    hsm_close(g->h);
+    g->h = NULL;
+
+    raw_token r;
+    raw_open(&r, g->pin);
+    CK_OBJECT_HANDLE priv = raw_find(&r, CKO_PRIVATE_KEY, kid);
+    CK_OBJECT_HANDLE pub = raw_find(&r, CKO_PUBLIC_KEY, kid);
+
+    CK_ATTRIBUTE_TYPE secret[] = {CKA_PRIVATE_EXPONENT, CKA_PRIME_1,    CKA_PRIME_2,
+                                  CKA_EXPONENT_1,       CKA_EXPONENT_2, CKA_COEFFICIENT};
+    for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++) {
+        uint8_t buf[HSM_MODULUS_MAX];
+        CK_ATTRIBUTE a = {secret[i], buf, sizeof(buf)};
+        assert_int_equal(r.f->C_GetAttributeValue(r.s, priv, &a, 1), CKR_ATTRIBUTE_SENSITIVE);
+        assert_true(a.ulValueLen == CK_UNAVAILABLE_INFORMATION);
+    }
+    assert_int_equal(raw_bool(&r, priv, CKA_SENSITIVE), CK_TRUE);
+    assert_int_equal(raw_bool(&r, priv, CKA_ALWAYS_SENSITIVE), CK_TRUE);
+    assert_int_equal(raw_bool(&r, priv, CKA_NEVER_EXTRACTABLE), CK_TRUE);
+    assert_int_equal(raw_bool(&r, priv, CKA_EXTRACTABLE), CK_FALSE);
+    assert_int_equal(raw_bool(&r, priv, CKA_DECRYPT), CK_FALSE);
+    assert_int_equal(raw_bool(&r, priv, CKA_UNWRAP), CK_FALSE);
+    assert_int_equal(raw_bool(&r, priv, CKA_SIGN), CK_TRUE);
+    assert_int_equal(raw_bool(&r, priv, CKA_TOKEN), CK_TRUE);
+    assert_int_equal(raw_bool(&r, priv, CKA_PRIVATE), CK_TRUE);
+    assert_int_equal(raw_bool(&r, pub, CKA_ENCRYPT), CK_FALSE);
+    assert_int_equal(raw_bool(&r, pub, CKA_WRAP), CK_FALSE);
+    assert_int_equal(raw_bool(&r, pub, CKA_VERIFY), CK_TRUE);
+
+    CK_OBJECT_HANDLE halves[2] = {priv, pub};
+    for (size_t i = 0; i < 2; i++) {
+        uint8_t id[64];
+        char label[64];
+        CK_ATTRIBUTE a[2] = {{CKA_ID, id, sizeof(id)}, {CKA_LABEL, label, sizeof(label)}};
+        assert_int_equal(r.f->C_GetAttributeValue(r.s, halves[i], a, 2), CKR_OK);
+        assert_int_equal(a[0].ulValueLen, HSM_KID_LEN);
+        assert_memory_equal(id, kid->b, HSM_KID_LEN);
+        assert_int_equal(a[1].ulValueLen, 2 * HSM_KID_LEN);
+        assert_memory_equal(label, hex, 2 * HSM_KID_LEN);
+    }
+    raw_close(&r);
+
+    group_reopen(g);
+    assert_signs_and_verifies(g->h, kid, "still signs after the inspection");
+}
+
+/* ---- group: life cycle: destroy, reopen, list, provisioning ---------------------------- */
+
+static int lifecycle_setup(void **state)
+{
+    group *g = group_new();
+    if (g == NULL)
+        return -1;
+    *state = g;
+    for (int i = 0; i < 3; i++)
+        if (group_generate(g, 2048) != 0)
+            return -1;
+    return 0;
+}
+
+static void test_destroyed_kid_cannot_sign_and_is_gone_from_list(void **state)
+{
+    group *g = *state;
+    const hsm_kid *doomed = &g->kids[1];
+    assert_int_equal(hsm_cached_keys(g->h), 3);
+    assert_int_equal(hsm_destroy(g->h, doomed), HSM_OK);
+    assert_int_equal(hsm_cached_keys(g->h), 2);
+
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len = 1;
+    assert_int_equal(hsm_sign_rs256(g->h, doomed, "x", 1, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(sig_len, 0);
+    hsm_pubkey pk;
+    assert_int_equal(hsm_public_key(g->h, doomed, &pk), HSM_ERR_KEY_NOT_FOUND);
+    /* Destroying again finds nothing: the caller learns the kid is already gone. */
+    assert_int_equal(hsm_destroy(g->h, doomed), HSM_ERR_KEY_NOT_FOUND);
+
+    hsm_key_entry list[LIST_CAP];
+    size_t n = 0;
+    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), HSM_OK);
+    assert_int_equal(n, 2);
+    assert_null(find_entry(list, n, doomed));
+    assert_non_null(find_entry(list, n, &g->kids[0]));
+    assert_non_null(find_entry(list, n, &g->kids[2]));
+}
+
+static void test_reopen_caches_exactly_the_surviving_keys(void **state)
+{
+    group *g = *state;
+    group_reopen(g);
+    assert_int_equal(hsm_cached_keys(g->h), 2);
+    assert_signs_and_verifies(g->h, &g->kids[0], "survivor one");
+    assert_signs_and_verifies(g->h, &g->kids[2], "survivor two");
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len;
+    assert_int_equal(hsm_sign_rs256(g->h, &g->kids[1], "x", 1, sig, &sig_len),
+                     HSM_ERR_KEY_NOT_FOUND);
+}
+
+static void test_list_reports_private_and_public_halves(void **state)
+{
+    group *g = *state;
+    hsm_key_entry list[LIST_CAP];
+    size_t n = 0;
+    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), HSM_OK);
+    assert_int_equal(n, 2);
+    for (size_t i = 0; i < n; i++) {
+        assert_true(list[i].has_private);
+        assert_true(list[i].has_public);
+    }
+    /* A capacity smaller than the token still reports the full count. */
+    assert_int_equal(hsm_list(g->h, list, 1, &n), HSM_OK);
+    assert_int_equal(n, 2);
+
+    /* A key whose private half vanished (a crash mid-destroy): list shows the lone public
+     * half, the cache does not hold it, and hsm_destroy clears what is left. */
+    assert_int_equal(group_generate(g, 2048), 0);
+    const hsm_kid *half = &g->kids[g->n_kids - 1];
+    hsm_close(g->h);
+    g->h = NULL;
+    raw_token r;
+    raw_open(&r, g->pin);
+    assert_int_equal(r.f->C_DestroyObject(r.s, raw_find(&r, CKO_PRIVATE_KEY, half)), CKR_OK);
+    raw_close(&r);
+    group_reopen(g);
+
+    assert_int_equal(hsm_cached_keys(g->h), 2);
+    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), HSM_OK);
+    assert_int_equal(n, 3);
+    const hsm_key_entry *e = find_entry(list, n, half);
+    assert_non_null(e);
+    assert_false(e->has_private);
+    assert_true(e->has_public);
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len;
+    assert_int_equal(hsm_sign_rs256(g->h, half, "x", 1, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(hsm_destroy(g->h, half), HSM_OK);
+    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), HSM_OK);
+    assert_int_equal(n, 2);
+    assert_null(find_entry(list, n, half));
+}
+
+static void test_token_init_refuses_a_directory_that_has_a_token(void **state)
+{
+    group *g = *state;
+    hsm_pubkey before, after;
+    assert_int_equal(hsm_public_key(g->h, &g->kids[0], &before), HSM_OK);
+    hsm_close(g->h);
+    g->h = NULL;
+
+    FILE *devnull = fopen("/dev/null", "w");
+    assert_non_null(devnull);
+    assert_int_equal(prov_token_init(g->dir, TESTENV_LABEL, HSM_DEFAULT_MODULE, devnull), -1);
+    fclose(devnull);
+
+    group_reopen(g);
+    assert_int_equal(hsm_cached_keys(g->h), 2);
+    assert_int_equal(hsm_public_key(g->h, &g->kids[0], &after), HSM_OK);
+    assert_int_equal(after.n_len, before.n_len);
+    assert_memory_equal(after.n, before.n, before.n_len);
+    assert_signs_and_verifies(g->h, &g->kids[0], "the same key after the refusal");
+}
+
+/* ---- group: errors --------------------------------------------------------------------- */
+
+static int errors_setup(void **state)
+{
+    group *g = group_new();
+    if (g == NULL)
+        return -1;
+    *state = g;
+    return group_generate(g, 2048);
+}
+
+/* hsm_open with cfg fails with want; the group's own handle keeps working meanwhile. */
+static void assert_open_fails(group *g, const hsm_config *cfg, hsm_status want)
+{
+    hsm *h = (hsm *)0x1;
+    assert_int_equal(hsm_open(cfg, &h, NULL), want);
+    assert_null(h);
+    assert_signs_and_verifies(g->h, &g->kids[0], "the open handle is unharmed");
+}
+
+static void test_wrong_pin_is_pin_incorrect(void **state)
+{
+    group *g = *state;
+    char path[PATH_MAX];
+    group_path(g, "wrong-pin", path);
+    write_file(path, "0123456789abcdef0123456789abcdef\n", 0600);
+    hsm_config cfg = g->cfg;
+    cfg.pin_file = path;
+    /* Alone in the process: beside a logged-in handle the token takes no PIN at all. */
+    hsm_close(g->h);
+    g->h = NULL;
+    unsigned long ckr = 0;
+    hsm *h = (hsm *)0x1;
+    assert_int_equal(hsm_open(&cfg, &h, &ckr), HSM_ERR_PIN_INCORRECT);
+    assert_null(h);
+    assert_int_equal(ckr, CKR_PIN_INCORRECT);
+    assert_int_equal(hsm_last_ckr(), CKR_PIN_INCORRECT);
+    group_reopen(g);
+    assert_signs_and_verifies(g->h, &g->kids[0], "the right PIN still opens");
+}
+
+static void test_missing_token_label_is_token_not_found(void **state)
+{
+    group *g = *state;
+    hsm_config cfg = g->cfg;
+    cfg.token = "no-such-token";
+    assert_open_fails(g, &cfg, HSM_ERR_TOKEN_NOT_FOUND);
+}
+
+static void test_non_matching_uri_is_token_not_found(void **state)
+{
+    group *g = *state;
+    hsm_config cfg = g->cfg;
+    char uri[128];
+    snprintf(uri, sizeof(uri), "pkcs11:token=%s;serial=%s", TESTENV_LABEL,
+             strcmp(g->serial, "0000000000000000") ? "0000000000000000" : "1111111111111111");
+    cfg.token = uri;
+    assert_open_fails(g, &cfg, HSM_ERR_TOKEN_NOT_FOUND);
+    cfg.token = "pkcs11:token=other;serial=";
+    assert_open_fails(g, &cfg, HSM_ERR_TOKEN_NOT_FOUND);
+    cfg.token = "pkcs11:model=not%20a%20softhsm";
+    assert_open_fails(g, &cfg, HSM_ERR_TOKEN_NOT_FOUND);
+}
+
+static void test_matching_uri_opens(void **state)
+{
+    group *g = *state;
+    char uri[128];
+    snprintf(uri, sizeof(uri), "pkcs11:token=%s;serial=%s", TESTENV_LABEL, g->serial);
+    hsm_config cfg = g->cfg;
+    cfg.token = uri;
+    hsm *h = NULL;
+    assert_int_equal(hsm_open(&cfg, &h, NULL), HSM_OK);
+    assert_int_equal(hsm_cached_keys(h), 1);
+    assert_signs_and_verifies(h, &g->kids[0], "opened by URI");
+    hsm_close(h);
+    /* A second handle's close neither finalises the module nor logs out the first. */
+    assert_signs_and_verifies(g->h, &g->kids[0], "the first handle outlives the second");
+
+    /* Object and query attributes do not select the token; percent-encoding is decoded. */
+    snprintf(uri, sizeof(uri), "pkcs11:token=%%73ignd;serial=%s;type=private?pin-source=x",
+             g->serial);
+    assert_int_equal(hsm_open(&cfg, &h, NULL), HSM_OK);
+    assert_signs_and_verifies(h, &g->kids[0], "opened by an encoded URI");
+    hsm_close(h);
+    assert_signs_and_verifies(g->h, &g->kids[0], "the first handle outlives the third");
+}
+
+static void test_token_init_refuses_while_a_handle_is_open(void **state)
+{
+    group *g = *state;
+    char serial[17];
+    /* It would have to re-initialise the library under the open handle. */
+    assert_int_equal(hsm_init_token(HSM_DEFAULT_MODULE, "another", g->pin, g->pin, serial),
+                     HSM_ERR_BAD_ARGUMENT);
+    assert_string_equal(serial, "");
+    assert_signs_and_verifies(g->h, &g->kids[0], "the open handle is unharmed");
+}
+
+static void test_missing_module_is_module_load(void **state)
+{
+    group *g = *state;
+    hsm_config cfg = g->cfg;
+    cfg.module_path = "/nonexistent/libnothing-pkcs11.so";
+    assert_open_fails(g, &cfg, HSM_ERR_MODULE_LOAD);
+    cfg.module_path = "libc.so.6"; /* loads, but is no PKCS#11 module */
+    assert_open_fails(g, &cfg, HSM_ERR_MODULE_LOAD);
+}
+
+static void test_pin_file_readable_by_others_is_pin_file(void **state)
+{
+    group *g = *state;
+    char pin[HSM_PIN_MAX], path[PATH_MAX];
+    size_t len = 0;
+    assert_int_equal(hsm_read_pin_file(g->pin, pin, &len), HSM_OK);
+    pin[len] = '\n';
+    pin[len + 1] = '\0';
+    group_path(g, "open-pin", path);
+    write_file(path, pin, 0644);
+    explicit_bzero(pin, sizeof(pin));
+    hsm_config cfg = g->cfg;
+    cfg.pin_file = path;
+    assert_open_fails(g, &cfg, HSM_ERR_PIN_FILE);
+    assert_int_equal(hsm_read_pin_file(path, pin, &len), HSM_ERR_PIN_FILE);
+    assert_int_equal(len, 0);
+
+    cfg.pin_file = "/nonexistent/pin";
+    assert_open_fails(g, &cfg, HSM_ERR_PIN_FILE);
+    group_path(g, "empty-pin", path);
+    write_file(path, "", 0600);
+    cfg.pin_file = path;
+    assert_open_fails(g, &cfg, HSM_ERR_PIN_FILE);
+    group_path(g, "pin-link", path);
+    assert_int_equal(symlink(g->pin, path), 0);
+    assert_open_fails(g, &cfg, HSM_ERR_PIN_FILE);
+}
+
+static void test_unknown_kid_is_key_not_found(void **state)
+{
+    group *g = *state;
+    hsm_kid kid;
+    testenv_kid(&kid);
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len = 1;
+    assert_int_equal(hsm_sign_rs256(g->h, &kid, "x", 1, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(sig_len, 0);
+    hsm_pubkey pk;
+    assert_int_equal(hsm_public_key(g->h, &kid, &pk), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(hsm_destroy(g->h, &kid), HSM_ERR_KEY_NOT_FOUND);
+}
+
+static void test_bad_bits_is_bad_argument(void **state)
+{
+    group *g = *state;
+    unsigned bad[] = {0, 1024, 2047, 2049, 8192};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        hsm_kid kid;
+        testenv_kid(&kid);
+        assert_int_equal(hsm_generate(g->h, &kid, bad[i]), HSM_ERR_BAD_ARGUMENT);
+    }
+    assert_int_equal(hsm_cached_keys(g->h), 1);
+}
+
+static void test_generating_an_existing_kid_is_key_exists(void **state)
+{
+    group *g = *state;
+    hsm_pubkey before, after;
+    assert_int_equal(hsm_public_key(g->h, &g->kids[0], &before), HSM_OK);
+    assert_int_equal(hsm_generate(g->h, &g->kids[0], 2048), HSM_ERR_KEY_EXISTS);
+    assert_int_equal(hsm_public_key(g->h, &g->kids[0], &after), HSM_OK);
+    assert_memory_equal(after.n, before.n, before.n_len);
+    hsm_key_entry list[LIST_CAP];
+    size_t n = 0;
+    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), HSM_OK);
+    assert_int_equal(n, 1);
+}
+
+static void test_every_status_has_a_distinct_name_and_message(void **state)
+{
+    (void)state;
+    for (int a = 0; a < HSM_ERR_COUNT_; a++) {
+        const char *name = hsm_status_name((hsm_status)a), *msg = hsm_strerror((hsm_status)a);
+        assert_non_null(name);
+        assert_non_null(msg);
+        assert_true(name[0] != '\0');
+        assert_true(msg[0] != '\0');
+        assert_string_not_equal(name, "unknown");
+        for (const char *p = name; *p; p++)
+            assert_true((*p >= 'a' && *p <= 'z') || *p == '_');
+        for (int b = 0; b < a; b++) {
+            assert_string_not_equal(name, hsm_status_name((hsm_status)b));
+            assert_string_not_equal(msg, hsm_strerror((hsm_status)b));
+        }
+    }
+    assert_string_equal(hsm_status_name(HSM_ERR_COUNT_), "unknown");
+    assert_string_equal(hsm_status_name(HSM_ERR_PIN_INCORRECT), "pin_incorrect");
+}
+
+static void test_kid_hex_round_trips_and_parse_is_strict(void **state)
+{
+    (void)state;
+    hsm_kid kid, back;
+    testenv_kid(&kid);
+    char hex[2 * HSM_KID_LEN + 1];
+    hsm_kid_hex(&kid, hex);
+    assert_int_equal(strlen(hex), 32);
+    assert_int_equal(hsm_kid_parse(hex, &back), 0);
+    assert_memory_equal(back.b, kid.b, HSM_KID_LEN);
+    assert_int_equal(hsm_kid_parse("0123456789ABCDEF0123456789abcdef", &back), -1);
+    assert_int_equal(hsm_kid_parse("0123456789abcdef0123456789abcde", &back), -1);
+    assert_int_equal(hsm_kid_parse("0123456789abcdef0123456789abcdef0", &back), -1);
+    assert_int_equal(hsm_kid_parse("0123456789abcdef0123456789abcdeg", &back), -1);
+    assert_int_equal(hsm_kid_parse(NULL, &back), -1);
+}
+
+/* ---- group: concurrency ----------------------------------------------------------------- */
+
+static int concurrency_setup(void **state)
+{
+    group *g = group_new();
+    if (g == NULL)
+        return -1;
+    *state = g;
+    return group_generate(g, 2048) || group_generate(g, 2048) ? -1 : 0;
+}
+
+typedef struct {
+    group *g;
+    int index;
+    pthread_barrier_t *signed_all, *may_exit;
+    int signed_ok, verified_ok;
+    hsm_status first_error;
+} signer;
+
+static void *signer_run(void *arg)
+{
+    signer *s = arg;
+    EVP_PKEY *keys[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        hsm_pubkey pk;
+        if (hsm_public_key(s->g->h, &s->g->kids[k], &pk) == HSM_OK)
+            keys[k] = evp_from_pubkey(&pk);
+    }
+    s->first_error = HSM_OK;
+    for (int i = 0; i < SIGNATURES_PER_SIGNER; i++) {
+        char msg[96];
+        int len = snprintf(msg, sizeof(msg), "signer %d, message %d", s->index, i);
+        int k = (i + s->index) % 2;
+        uint8_t sig[HSM_SIG_MAX];
+        size_t sig_len = 0;
+        hsm_status st = hsm_sign_rs256(s->g->h, &s->g->kids[k], msg, (size_t)len, sig, &sig_len);
+        if (st != HSM_OK) {
+            if (s->first_error == HSM_OK)
+                s->first_error = st;
+            continue;
+        }
+        s->signed_ok++;
+        if (keys[k] != NULL && rs256_verifies(keys[k], msg, (size_t)len, sig, sig_len))
+            s->verified_ok++;
+    }
+    EVP_PKEY_free(keys[0]);
+    EVP_PKEY_free(keys[1]);
+    pthread_barrier_wait(s->signed_all);
+    pthread_barrier_wait(s->may_exit);
+    return NULL;
+}
+
+static void test_eight_threads_sign_at_once_and_every_signature_verifies(void **state)
+{
+    group *g = *state;
+    hsm_thread_done(g->h); /* the setup's generate left this thread a session */
+    assert_int_equal(hsm_sessions_open(g->h), 0);
+
+    pthread_barrier_t signed_all, may_exit;
+    pthread_barrier_init(&signed_all, NULL, SIGNERS + 1);
+    pthread_barrier_init(&may_exit, NULL, SIGNERS + 1);
+    signer s[SIGNERS];
+    pthread_t t[SIGNERS];
+    for (int i = 0; i < SIGNERS; i++) {
+        s[i] = (signer){.g = g, .index = i, .signed_all = &signed_all, .may_exit = &may_exit};
+        assert_int_equal(pthread_create(&t[i], NULL, signer_run, &s[i]), 0);
+    }
+    pthread_barrier_wait(&signed_all);
+    unsigned while_alive = hsm_sessions_open(g->h);
+    pthread_barrier_wait(&may_exit);
+    for (int i = 0; i < SIGNERS; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&signed_all);
+    pthread_barrier_destroy(&may_exit);
+
+    for (int i = 0; i < SIGNERS; i++) {
+        assert_int_equal(s[i].first_error, HSM_OK);
+        assert_int_equal(s[i].signed_ok, SIGNATURES_PER_SIGNER);
+        assert_int_equal(s[i].verified_ok, SIGNATURES_PER_SIGNER);
+    }
+    assert_true(while_alive <= SIGNERS);
+    assert_int_equal(while_alive, SIGNERS);       /* one session per signing thread, no more */
+    assert_int_equal(hsm_sessions_open(g->h), 0); /* closed as each thread exited */
+}
+
+typedef struct {
+    group *g;
+    pthread_barrier_t *hold;
+    hsm_status st;
+} holder;
+
+static void *holder_run(void *arg)
+{
+    holder *x = arg;
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len;
+    x->st = hsm_sign_rs256(x->g->h, &x->g->kids[0], "held", 4, sig, &sig_len);
+    pthread_barrier_wait(x->hold); /* every thread keeps its session until all have tried */
+    pthread_barrier_wait(x->hold);
+    return NULL;
+}
+
+static void test_thread_past_max_sessions_gets_session_count(void **state)
+{
+    group *g = *state;
+    hsm_close(g->h);
+    g->h = NULL;
+    hsm_config cfg = g->cfg;
+    cfg.max_sessions = 2;
+    assert_int_equal(hsm_open(&cfg, &g->h, NULL), HSM_OK);
+    assert_int_equal(hsm_sessions_open(g->h), 0);
+
+    pthread_barrier_t hold;
+    pthread_barrier_init(&hold, NULL, 4);
+    holder x[3];
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++) {
+        x[i] = (holder){.g = g, .hold = &hold, .st = HSM_ERR_DEVICE};
+        assert_int_equal(pthread_create(&t[i], NULL, holder_run, &x[i]), 0);
+    }
+    pthread_barrier_wait(&hold);
+    unsigned while_held = hsm_sessions_open(g->h);
+    pthread_barrier_wait(&hold);
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&hold);
+
+    int ok = 0, refused = 0;
+    for (int i = 0; i < 3; i++) {
+        ok += x[i].st == HSM_OK;
+        refused += x[i].st == HSM_ERR_SESSION_COUNT;
+    }
+    assert_int_equal(ok, 2);
+    assert_int_equal(refused, 1);
+    assert_int_equal(while_held, 2);
+    /* Sessions return as threads exit: the bound admits new threads again. */
+    assert_int_equal(hsm_sessions_open(g->h), 0);
+    assert_signs_and_verifies(g->h, &g->kids[0], "a session is free again");
+    hsm_thread_done(g->h);
+    assert_int_equal(hsm_sessions_open(g->h), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest keys[] = {
+        cmocka_unit_test(test_signature_from_every_key_size_verifies_with_openssl),
+        cmocka_unit_test(test_flipped_byte_fails_verification),
+        cmocka_unit_test(test_signature_is_deterministic_pkcs1_v15),
+        cmocka_unit_test(test_private_key_is_sensitive_and_never_extractable),
+    };
+    const struct CMUnitTest lifecycle[] = {
+        cmocka_unit_test(test_destroyed_kid_cannot_sign_and_is_gone_from_list),
+        cmocka_unit_test(test_reopen_caches_exactly_the_surviving_keys),
+        cmocka_unit_test(test_list_reports_private_and_public_halves),
+        cmocka_unit_test(test_token_init_refuses_a_directory_that_has_a_token),
+    };
+    const struct CMUnitTest errors[] = {
+        cmocka_unit_test(test_wrong_pin_is_pin_incorrect),
+        cmocka_unit_test(test_missing_token_label_is_token_not_found),
+        cmocka_unit_test(test_non_matching_uri_is_token_not_found),
+        cmocka_unit_test(test_matching_uri_opens),
+        cmocka_unit_test(test_token_init_refuses_while_a_handle_is_open),
+        cmocka_unit_test(test_missing_module_is_module_load),
+        cmocka_unit_test(test_pin_file_readable_by_others_is_pin_file),
+        cmocka_unit_test(test_unknown_kid_is_key_not_found),
+        cmocka_unit_test(test_bad_bits_is_bad_argument),
+        cmocka_unit_test(test_generating_an_existing_kid_is_key_exists),
+        cmocka_unit_test(test_every_status_has_a_distinct_name_and_message),
+        cmocka_unit_test(test_kid_hex_round_trips_and_parse_is_strict),
+    };
+    const struct CMUnitTest concurrency[] = {
+        cmocka_unit_test(test_eight_threads_sign_at_once_and_every_signature_verifies),
+        cmocka_unit_test(test_thread_past_max_sessions_gets_session_count),
+    };
+    int failed = 0;
+    failed += cmocka_run_group_tests_name("hsm keys", keys, keys_setup, group_teardown);
+    failed +=
+        cmocka_run_group_tests_name("hsm lifecycle", lifecycle, lifecycle_setup, group_teardown);
+    failed += cmocka_run_group_tests_name("hsm errors", errors, errors_setup, group_teardown);
+    failed += cmocka_run_group_tests_name("hsm concurrency", concurrency, concurrency_setup,
+                                          group_teardown);
+    return failed == 0 ? 0 : 1;
+}

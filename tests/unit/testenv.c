@@ -1,0 +1,105 @@
+/* testenv: shared helpers of the C unit tests. See testenv.h. */
+#include "tests/unit/testenv.h"
+
+#include "provisioning/token.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#define TESTENV_OUT_MAX 4096
+
+/* Copies the value of the "serial: " line of prov_token_init's output. */
+static int testenv_parse_serial(const char *out, char serial[17])
+{
+    const char *p = strstr(out, "serial: ");
+    if (p == NULL)
+        return -1;
+    p += strlen("serial: ");
+    size_t n = strcspn(p, "\n");
+    if (n == 0 || n > 16)
+        return -1;
+    memcpy(serial, p, n);
+    serial[n] = '\0';
+    return 0;
+}
+
+int testenv_token_serial(char dir_out[PATH_MAX], char serial_out[17])
+{
+    char tmpl[] = "/tmp/signd-test-XXXXXX";
+    serial_out[0] = '\0';
+    if (mkdtemp(tmpl) == NULL) {
+        fprintf(stderr, "testenv: mkdtemp: %s\n", strerror(errno));
+        return -1;
+    }
+    snprintf(dir_out, PATH_MAX, "%s", tmpl);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    if (out == NULL) {
+        testenv_cleanup(dir_out);
+        return -1;
+    }
+    int rc = prov_token_init(dir_out, TESTENV_LABEL, HSM_DEFAULT_MODULE, out);
+    fclose(out);
+    if (rc == 0 && (text == NULL || testenv_parse_serial(text, serial_out) != 0)) {
+        fprintf(stderr, "testenv: no serial in prov_token_init's output\n");
+        rc = -1;
+    }
+    free(text);
+    if (rc != 0)
+        testenv_cleanup(dir_out);
+    return rc;
+}
+
+int testenv_token(char dir_out[PATH_MAX])
+{
+    char serial[17];
+    return testenv_token_serial(dir_out, serial);
+}
+
+hsm_config testenv_config(const char *dir, char pin_path[PATH_MAX])
+{
+    snprintf(pin_path, PATH_MAX, "%s/pin", dir);
+    hsm_config cfg = {
+        .module_path = HSM_DEFAULT_MODULE,
+        .token = TESTENV_LABEL,
+        .pin_file = pin_path,
+        .max_sessions = 0,
+    };
+    return cfg;
+}
+
+void testenv_kid(hsm_kid *kid)
+{
+    size_t got = 0;
+    while (got < sizeof(kid->b)) {
+        ssize_t r = getrandom(kid->b + got, sizeof(kid->b) - got, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            abort();
+        got += (size_t)r;
+    }
+}
+
+static int testenv_remove_one(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+    (void)st;
+    (void)type;
+    (void)ftw;
+    if (remove(path) != 0)
+        fprintf(stderr, "testenv: cannot remove %s: %s\n", path, strerror(errno));
+    return 0;
+}
+
+void testenv_cleanup(const char *dir)
+{
+    if (dir == NULL || dir[0] == '\0')
+        return;
+    nftw(dir, testenv_remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}
