@@ -19,8 +19,9 @@ int auth_load_admin(auth_state *a, const char *path, char *err, size_t errlen)
                  "%s: admin credential file missing, empty, a symlink, or not mode 0600", path);
         return -1;
     }
+    a->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     unsigned mdlen = 0;
-    int ok = EVP_Digest(secret, len, a->admin_hash, &mdlen, EVP_sha256(), NULL);
+    int ok = a->sha256 != NULL && EVP_Digest(secret, len, a->admin_hash, &mdlen, a->sha256, NULL);
     explicit_bzero(secret, sizeof(secret));
     if (!ok || mdlen != sizeof(a->admin_hash)) {
         snprintf(err, errlen, "%s: cannot hash the admin credential", path);
@@ -39,7 +40,13 @@ int auth_check_bearer(const auth_state *a, const char *authorization)
         return 0;
     uint8_t md[32];
     unsigned mdlen = 0;
-    if (!EVP_Digest(secret, len, md, &mdlen, EVP_sha256(), NULL))
+    if (!EVP_Digest(secret, len, md, &mdlen, a->sha256, NULL))
         return 0;
     return CRYPTO_memcmp(md, a->admin_hash, sizeof(md)) == 0;
+}
+
+void auth_free(auth_state *a)
+{
+    EVP_MD_free(a->sha256);
+    a->sha256 = NULL;
 }

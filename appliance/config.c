@@ -77,8 +77,6 @@ static const cfg_setting cfg_settings[] = {
      "HTTPS worker threads, each with its own PKCS#11 session"},
     {"max_pkcs11_sessions", CFG_T_UINT, CFG_FIELD(max_pkcs11_sessions), "0", 0, 4096, false, NULL,
      "Most PKCS#11 sessions to open; 0 means worker_threads + 4"},
-    {"sign_concurrency", CFG_T_UINT, CFG_FIELD(sign_concurrency), "0", 0, 1024, false, NULL,
-     "Most signatures inside the token at once; 0 means one per CPU"},
     {"request_timeout_ms", CFG_T_UINT, CFG_FIELD(request_timeout_ms), "10000", 100, 600000, false,
      NULL, "Milliseconds a client has to send a whole request"},
     {"keep_alive_timeout_ms", CFG_T_UINT, CFG_FIELD(keep_alive_timeout_ms), "30000", 0, 600000,

@@ -60,7 +60,6 @@ typedef struct cfg {
     char admin_credential_file[CFG_PATH_MAX];
     unsigned worker_threads;
     unsigned max_pkcs11_sessions; /* 0: worker_threads + 4, see cfg_pkcs11_sessions */
-    unsigned sign_concurrency;    /* 0: one per online CPU */
     unsigned request_timeout_ms;
     unsigned keep_alive_timeout_ms;
     unsigned max_active_keys;

@@ -1,19 +1,14 @@
 /* kp: in-process keeper, forwarding to hsm/. See keeper.h. */
 #include "appliance/keeper.h"
 
-#include <errno.h>
-#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <unistd.h>
 
 struct kp {
     hsm *h;
-    sem_t signers; /* free signing slots */
 };
 
-hsm_status kp_open(const hsm_config *hc, unsigned sign_concurrency, kp **out, char *err,
-                   size_t errlen)
+hsm_status kp_open(const hsm_config *hc, kp **out, char *err, size_t errlen)
 {
     *out = NULL;
     kp *k = calloc(1, sizeof(*k));
@@ -30,11 +25,6 @@ hsm_status kp_open(const hsm_config *hc, unsigned sign_concurrency, kp **out, ch
         free(k);
         return st;
     }
-    if (sign_concurrency == 0) {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        sign_concurrency = cpus > 0 ? (unsigned)cpus : 1;
-    }
-    sem_init(&k->signers, 0, sign_concurrency);
     *out = k;
     return HSM_OK;
 }
@@ -44,18 +34,13 @@ void kp_close(kp *k)
     if (k == NULL)
         return;
     hsm_close(k->h);
-    sem_destroy(&k->signers);
     free(k);
 }
 
 hsm_status kp_sign(kp *k, const hsm_kid *kid, const void *msg, size_t len, uint8_t sig[HSM_SIG_MAX],
                    size_t *sig_len)
 {
-    while (sem_wait(&k->signers) != 0 && errno == EINTR)
-        ;
-    hsm_status st = hsm_sign_rs256(k->h, kid, msg, len, sig, sig_len);
-    sem_post(&k->signers);
-    return st;
+    return hsm_sign_rs256(k->h, kid, msg, len, sig, sig_len);
 }
 
 hsm_status kp_generate(kp *k, const hsm_kid *kid, unsigned bits, hsm_pubkey *pub)

@@ -17,12 +17,8 @@
 typedef struct kp kp;
 
 /* Opens the token named by the configuration (module, token, PIN file, session bound).
- * At most sign_concurrency signatures run inside the module at once (0: one per online
- * CPU): SoftHSM2 signs on the CPU, and 64 workers signing at once lose about a tenth of
- * the throughput of 2 to contention inside the module. On failure writes one line naming
- * the problem into err. */
-hsm_status kp_open(const hsm_config *hc, unsigned sign_concurrency, kp **out, char *err,
-                   size_t errlen);
+ * On failure writes one line naming the problem into err. */
+hsm_status kp_open(const hsm_config *hc, kp **out, char *err, size_t errlen);
 void kp_close(kp *k);
 
 hsm_status kp_sign(kp *k, const hsm_kid *kid, const void *msg, size_t len, uint8_t sig[HSM_SIG_MAX],

@@ -67,7 +67,7 @@ int main(int argc, char **argv)
         .max_sessions = cfg_pkcs11_sessions(&c),
     };
     kp *k = NULL;
-    if (kp_open(&hc, c.sign_concurrency, &k, err, sizeof(err)) != HSM_OK) {
+    if (kp_open(&hc, &k, err, sizeof(err)) != HSM_OK) {
         reg_close(rg);
         return die("token", err);
     }
@@ -94,6 +94,7 @@ int main(int argc, char **argv)
     api_publish_refresh(&env);
     srv *s = srv_start(&env, &auth, err, sizeof(err));
     if (s == NULL) {
+        auth_free(&auth);
         kp_close(k);
         reg_close(rg);
         return die("https", err);
@@ -106,6 +107,7 @@ int main(int argc, char **argv)
     sigwait(&sigs, &sig);
     fprintf(stderr, "signd: signal %d: stopping\n", sig);
     srv_stop(s);
+    auth_free(&auth);
     api_publish_free();
     kp_close(k);
     reg_close(rg);

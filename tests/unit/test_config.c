@@ -186,7 +186,6 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "admin_credential_file",
                            "worker_threads",
                            "max_pkcs11_sessions",
-                           "sign_concurrency",
                            "request_timeout_ms",
                            "keep_alive_timeout_ms",
                            "max_active_keys",
