@@ -112,39 +112,12 @@ static reg_status reg_fail_sql(const reg *r, const char *what)
     return reg_fail(r->path, REG_ERR_IO, "%s: %s", what, sqlite3_errmsg(r->db));
 }
 
-/* ---- kid <-> hex, the form kids take in SQL -------------------------------------------- */
+/* ---- kid <-> hex, the form kids take in SQL: hsm_kid_hex and hsm_kid_parse -------------- */
 
-static void reg_hex(const hsm_kid *kid, char hex[REG_KID_HEX + 1])
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < HSM_KID_LEN; i++) {
-        hex[2 * i] = digits[kid->b[i] >> 4];
-        hex[2 * i + 1] = digits[kid->b[i] & 0xf];
-    }
-    hex[REG_KID_HEX] = '\0';
-}
-
-static int reg_nibble(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/* Exactly 32 lowercase hex digits, as reg_hex writes them: 0, else -1. */
+/* Exactly 32 lowercase hex digits: 0, else -1. */
 static int reg_unhex(const char *s, size_t len, hsm_kid *kid)
 {
-    if (s == NULL || len != REG_KID_HEX)
-        return -1;
-    for (size_t i = 0; i < HSM_KID_LEN; i++) {
-        int hi = reg_nibble(s[2 * i]), lo = reg_nibble(s[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return -1;
-        kid->b[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return 0;
+    return len == REG_KID_HEX ? hsm_kid_parse(s, kid) : -1;
 }
 
 /* ---- the mirror: hash index, order, newest --------------------------------------------- */
@@ -775,7 +748,7 @@ static int reg_key_terminated(const reg_key *k)
 static reg_status reg_sql_insert(reg *r, const reg_key *k, int64_t *id)
 {
     char hex[REG_KID_HEX + 1];
-    reg_hex(&k->kid, hex);
+    hsm_kid_hex(&k->kid, hex);
     sqlite3_stmt *s;
     reg_status st = reg_prepare(r,
                                 "INSERT INTO keys (kid, state, bits, label, created_at, n, e)"
@@ -838,7 +811,7 @@ static reg_status reg_sql_revoke(reg *r, const hsm_kid *kid, const char *reason,
                                  uint64_t *seq)
 {
     char hex[REG_KID_HEX + 1];
-    reg_hex(kid, hex);
+    hsm_kid_hex(kid, hex);
     reg_status st = reg_exec(r, "BEGIN IMMEDIATE", "begin revocation");
     if (st != REG_OK)
         return st;
@@ -931,7 +904,7 @@ reg_status reg_mark_broken(reg *r, const hsm_kid *kid)
         return st;
     }
     char hex[REG_KID_HEX + 1];
-    reg_hex(kid, hex);
+    hsm_kid_hex(kid, hex);
     sqlite3_stmt *q;
     st = reg_prepare(r, "UPDATE keys SET state = ? WHERE kid = ?", &q, "mark key broken");
     if (st == REG_OK) {
@@ -966,7 +939,7 @@ reg_status reg_delete(reg *r, const hsm_kid *kid)
         return st;
     }
     char hex[REG_KID_HEX + 1];
-    reg_hex(kid, hex);
+    hsm_kid_hex(kid, hex);
     sqlite3_stmt *q;
     st = reg_prepare(r, "DELETE FROM keys WHERE kid = ?", &q, "delete key");
     if (st == REG_OK) {

@@ -107,9 +107,6 @@ static int srv_send_error(struct mg_connection *c, api_err e, const char *msg, c
     return info->http_status;
 }
 
-static int srv_route_request(struct mg_connection *c, srv *s);
-static void srv_log_request(struct mg_connection *c, int status, const struct timespec *t0);
-
 /* Splits the path into a route and, for /v1/keys/{kid}..., the kid text. */
 static srv_path srv_match(const char *uri, char kid[64])
 {
@@ -168,17 +165,6 @@ static long srv_read_body(struct mg_connection *c, const struct mg_request_info 
     }
     buf[got] = '\0';
     return (long)got;
-}
-
-static int srv_dispatch(struct mg_connection *c, void *arg)
-{
-    srv *s = arg;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    int status = srv_route_request(c, s);
-    if (s->env->cfg->log_requests)
-        srv_log_request(c, status, &t0);
-    return status;
 }
 
 /* One JSON line per request on stderr: never a header, a body or a credential. */
@@ -261,6 +247,18 @@ static int srv_route_request(struct mg_connection *c, srv *s)
         srv_send(c, r.status, r.headers, r.body ? r.body : "", r.body ? r.len : 0, 0);
     }
     api_resp_free(&r);
+    return status;
+}
+
+/* CivetWeb's handler for every path: route, then log. */
+static int srv_dispatch(struct mg_connection *c, void *arg)
+{
+    srv *s = arg;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int status = srv_route_request(c, s);
+    if (s->env->cfg->log_requests)
+        srv_log_request(c, status, &t0);
     return status;
 }
 

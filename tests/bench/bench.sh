@@ -42,6 +42,7 @@ SIGND_URL=$url SIGND_DIR=$dir /usr/bin/python3 - <<'PY' >&2
 import concurrent.futures, os, requests
 url, d = os.environ["SIGND_URL"], os.environ["SIGND_DIR"]
 s = requests.Session(); s.verify = d + "/tls/cert.pem"
+s.trust_env = False  # REQUESTS_CA_BUNDLE would override the session's verify
 s.headers["Authorization"] = "Bearer " + open(d + "/admin.credential").read().strip()
 have = s.get(url + "/v1/keys?state=active").json()["count"]
 need = 1000 - have
@@ -54,7 +55,8 @@ PY
 kid=$(SIGND_URL=$url SIGND_DIR=$dir /usr/bin/python3 -c '
 import os, requests
 d = os.environ["SIGND_DIR"]
-r = requests.post(os.environ["SIGND_URL"] + "/v1/tokens", json={"sub": "probe"}, verify=d + "/tls/cert.pem",
+s = requests.Session(); s.trust_env = False
+r = s.post(os.environ["SIGND_URL"] + "/v1/tokens", json={"sub": "probe"}, verify=d + "/tls/cert.pem",
     headers={"Authorization": "Bearer " + open(d + "/admin.credential").read().strip()})
 print(r.json()["kid"])')
 stop

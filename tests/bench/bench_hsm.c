@@ -19,6 +19,7 @@
  * later runs: generating it takes minutes.
  */
 #include "hsm/hsm.h"
+#include "jose/jose.h"
 #include "provisioning/token.h"
 
 #include <dlfcn.h>
@@ -35,10 +36,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/bn.h>
-#include <openssl/core_names.h>
-#include <openssl/evp.h>
-#include <openssl/param_build.h>
 #include <openssl/pem.h>
 
 #include <p11-kit/pkcs11.h>
@@ -168,28 +165,6 @@ static void new_token(const char *dir)
 
 /* ---- keygen: test tooling for the engine test ---------------------------------------------- */
 
-static EVP_PKEY *evp_from_pubkey(const hsm_pubkey *pk)
-{
-    EVP_PKEY *key = NULL;
-    BIGNUM *n = BN_bin2bn(pk->n, (int)pk->n_len, NULL);
-    BIGNUM *e = BN_bin2bn(pk->e, (int)pk->e_len, NULL);
-    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
-    OSSL_PARAM *params = NULL;
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
-    if (n != NULL && e != NULL && bld != NULL && ctx != NULL &&
-        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) == 1 &&
-        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) == 1 &&
-        (params = OSSL_PARAM_BLD_to_param(bld)) != NULL && EVP_PKEY_fromdata_init(ctx) == 1 &&
-        EVP_PKEY_fromdata(ctx, &key, EVP_PKEY_PUBLIC_KEY, params) != 1)
-        key = NULL;
-    EVP_PKEY_CTX_free(ctx);
-    OSSL_PARAM_free(params);
-    OSSL_PARAM_BLD_free(bld);
-    BN_free(n);
-    BN_free(e);
-    return key;
-}
-
 static int cmd_keygen(const char *dir, const char *kid_hex)
 {
     hsm_kid kid;
@@ -208,13 +183,13 @@ static int cmd_keygen(const char *dir, const char *kid_hex)
     if ((st = hsm_public_key(h, &kid, &pk)) != HSM_OK)
         die_hsm("hsm_public_key", st);
     hsm_close(h);
-    EVP_PKEY *key = evp_from_pubkey(&pk);
+    char *text = jose_rsa_public_pem(pk.n, pk.n_len, pk.e, pk.e_len);
     FILE *f = fopen(pem, "w");
-    if (key == NULL || f == NULL || PEM_write_PUBKEY(f, key) != 1 || fclose(f) != 0) {
+    if (text == NULL || f == NULL || fputs(text, f) < 0 || fclose(f) != 0) {
         fprintf(stderr, "bench-hsm: cannot write %s\n", pem);
         return 1;
     }
-    EVP_PKEY_free(key);
+    free(text);
     printf("%s\n", pem);
     return 0;
 }
