@@ -6,11 +6,18 @@
 
 CC      ?= cc
 BUILD   := build
-CIVET   := $(BUILD)/civetweb
+CIVET   := build/civetweb
 DATA_DIR ?= ./data
 PORT    ?= 8443
 
 HARDEN  := -O2 -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
+# SANITIZE=1 builds into build/asan with AddressSanitizer and UBSan (make test-asan).
+ifeq ($(SANITIZE),1)
+BUILD   := build/asan
+HARDEN  := -O1 -g -fPIE -fsanitize=address,undefined -fno-omit-frame-pointer \
+           -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
 CFLAGS  ?=
 CFLAGS  += -std=c11 -Wall -Wextra -Werror $(HARDEN) -g -D_GNU_SOURCE \
            -I. -I$(CIVET) -I/usr/include/p11-kit-1
@@ -33,7 +40,7 @@ ifneq ($(wildcard appliance/main.c),)
 PROGS += $(BUILD)/bin/signd
 endif
 
-.PHONY: all deps run test test-unit test-blackbox bench bench-hsm clean format docs
+.PHONY: all deps run test test-unit test-blackbox test-asan bench bench-hsm clean format docs
 .DEFAULT_GOAL := all
 # Keep every object file: tests and programs share them.
 .SECONDARY:
@@ -82,6 +89,11 @@ run: deps
 test: deps
 	@$(MAKE) --no-print-directory all
 	@tests/run.sh
+
+# The whole suite against binaries built with AddressSanitizer and UBSan; any report fails.
+test-asan: deps
+	@$(MAKE) --no-print-directory SANITIZE=1 all
+	@SIGND_BUILD=build/asan tests/run.sh
 
 test-unit: all
 	@tests/run.sh unit

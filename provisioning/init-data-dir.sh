@@ -7,7 +7,7 @@
 # Usage: init-data-dir.sh DATA_DIR [PORT]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-bin="$top/build/bin"
+bin="$top/${SIGND_BUILD:-build}/bin"
 dir=${1:?usage: init-data-dir.sh DATA_DIR [PORT]}
 port=${2:-8443}
 umask 077

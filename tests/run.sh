@@ -10,7 +10,7 @@ failed=0
 passed=0
 
 if [ "$what" = all ] || [ "$what" = unit ]; then
-	for t in build/tests/test_*; do
+	for t in "${SIGND_BUILD:-build}"/tests/test_*; do
 		[ -x "$t" ] || continue
 		echo "== $t"
 		if "$t"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $t"; fi

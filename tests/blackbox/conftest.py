@@ -16,7 +16,9 @@ import pytest
 import requests
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-SIGND = os.path.join(TOP, "build", "bin", "signd")
+# SIGND_BUILD=build/asan (make test-asan) runs the same tests against sanitized binaries.
+BUILD = os.environ.get("SIGND_BUILD", "build")
+SIGND = os.path.join(TOP, BUILD, "bin", "signd")
 INIT = os.path.join(TOP, "provisioning", "init-data-dir.sh")
 
 
@@ -75,7 +77,8 @@ class Appliance:
     def stop(self, sig=signal.SIGTERM, timeout=20):
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
+        alive = self.proc.poll() is None
+        if alive:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=timeout)
@@ -89,6 +92,10 @@ class Appliance:
         self.session.close()
         self.session = requests.Session()
         self.session.verify = self.cacert
+        # A clean stop exits 0: a crash on shutdown, or a sanitizer's report (make
+        # test-asan), fails the test that stopped it.
+        if alive and sig == signal.SIGTERM and rc != 0:
+            raise AssertionError("signd exited %s on SIGTERM:\n%s" % (rc, self.read_log()[-4000:]))
         return rc
 
     def kill9(self):

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-PROVISION = ROOT / "build" / "bin" / "signd-provision"
-BENCH_HSM = ROOT / "build" / "bin" / "bench-hsm"
+PROVISION = ROOT / os.environ.get("SIGND_BUILD", "build") / "bin" / "signd-provision"
+BENCH_HSM = ROOT / os.environ.get("SIGND_BUILD", "build") / "bin" / "bench-hsm"
 MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 LABEL = "signd"
 # libp11 0.4.12 (Debian 12) reads at most 31 characters from a pin-source file (its

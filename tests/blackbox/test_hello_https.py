@@ -21,7 +21,7 @@ import pytest
 import requests
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-HELLO = os.path.join(TOP, "build", "bin", "hello-https")
+HELLO = os.path.join(TOP, os.environ.get("SIGND_BUILD", "build"), "bin", "hello-https")
 START_TIMEOUT = 10  # seconds to wait for the "listening" line
 STOP_TIMEOUT = 10  # seconds between SIGTERM and SIGKILL (CivetWeb's mg_stop takes ~2 s)
 
