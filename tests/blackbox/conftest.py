@@ -15,6 +15,8 @@ import time
 import pytest
 import requests
 
+from procs import stop_process
+
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 # SIGND_BUILD=build/asan (make test-asan) runs the same tests against sanitized binaries.
 BUILD = os.environ.get("SIGND_BUILD", "build")
@@ -77,15 +79,7 @@ class Appliance:
     def stop(self, sig=signal.SIGTERM, timeout=20):
         if self.proc is None:
             return None
-        alive = self.proc.poll() is None
-        if alive:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        rc = self.proc.returncode
+        alive, rc = stop_process(self.proc, sig, timeout)
         self.proc.stdout.close()
         self.log.close()
         self.proc = None

@@ -20,6 +20,8 @@ import time
 import pytest
 import requests
 
+from procs import stop_process
+
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HELLO = os.path.join(TOP, os.environ.get("SIGND_BUILD", "build"), "bin", "hello-https")
 START_TIMEOUT = 10  # seconds to wait for the "listening" line
@@ -96,14 +98,7 @@ class Hello:
         """Stops the server by PID; returns its exit status."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        rc = self.proc.returncode
+        rc = stop_process(self.proc, sig, STOP_TIMEOUT)[1]
         self.proc.stdout.close()
         self.log.close()
         self.proc = None
