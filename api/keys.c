@@ -75,7 +75,7 @@ api_err api_keys_create(const api_req *q, api_resp *r)
     for (int i = 0; i < API_CREATE_TRIES && st == HSM_ERR_KEY_EXISTS; i++) {
         if (getrandom(k.kid.b, sizeof(k.kid.b), 0) != sizeof(k.kid.b))
             continue;
-        if (reg_get(q->env->reg, &k.kid, &(reg_key){0}) == REG_OK)
+        if (reg_get(q->env->reg, &k.kid, NULL) == REG_OK)
             continue;
         st = kp_generate(q->env->kp, &k.kid, (unsigned)bits, &pub);
     }
