@@ -523,7 +523,13 @@ cred_status cred_open(const char *db_path, cred_store **out)
         return cred_fail(db_path, CRED_ERR_IO, "out of memory");
     snprintf(cs->path, sizeof(cs->path), "%s", db_path);
     pthread_mutex_init(&cs->write_mu, NULL);
-    pthread_rwlock_init(&cs->mirror_rw, NULL);
+    /* Writer-preferring: glibc's default lets a steady stream of authenticating readers
+     * starve a create or revoke forever. Nonrecursive is fine: no reader re-locks. */
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&cs->mirror_rw, &ra);
+    pthread_rwlockattr_destroy(&ra);
 
     cred_status st = CRED_OK;
     cs->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);

@@ -20,7 +20,8 @@
  *    rwlock for reading only.
  *
  * Locks, in this order: the writer mutex (SQLite and every change), then the mirror
- * rwlock (for writing only while a committed change is copied in). A write commits first
+ * rwlock (writer-preferring; for writing only while a committed change is copied in, so
+ * a stream of readers cannot starve a create or revoke). A write commits first
  * and changes the mirror after, so a reader never sees a change that is not durable.
  * Credentials are never deleted: revoked is final, and a revoked row keeps its first
  * revoked_at.

@@ -625,7 +625,13 @@ hsm_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
     h->max_sessions = cfg->max_sessions ? cfg->max_sessions : 256;
     h->login = CK_INVALID_HANDLE;
     pthread_mutex_init(&h->sess_mu, NULL);
-    pthread_rwlock_init(&h->cache_mu, NULL);
+    /* Writer-preferring: signers hold the read side all the time under load, and a
+     * destroy must not wait for a lull that never comes. No reader re-locks. */
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&h->cache_mu, &ra);
+    pthread_rwlockattr_destroy(&ra);
     if (pthread_key_create(&h->tkey, hsm_tsess_destructor) != 0) {
         free(h);
         return HSM_ERR_DEVICE;
