@@ -12,7 +12,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <dirent.h>
+#include "tests/unit/testenv.h"
+
 #include <limits.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -29,50 +30,9 @@
 #define RACE_WRITES 40
 #define RACE_MIN_AUTHS 500 /* per reader, also after the writer is done */
 
-typedef struct {
-    char dir[64]; /* "/tmp/signd-cred-XXXXXX" */
-    char db[PATH_MAX];
-} tmpdb;
-
 /* ---- helpers ------------------------------------------------------------------------- */
 
-static int tmp_setup(void **state)
-{
-    tmpdb *t = calloc(1, sizeof(*t));
-    if (t == NULL)
-        return -1;
-    snprintf(t->dir, sizeof(t->dir), "/tmp/signd-cred-XXXXXX");
-    if (mkdtemp(t->dir) == NULL) {
-        free(t);
-        return -1;
-    }
-    snprintf(t->db, sizeof(t->db), "%s/appliance.db", t->dir);
-    *state = t;
-    return 0;
-}
-
-/* The directory holds only the database, its -wal and -shm: remove them, then it. */
-static int tmp_teardown(void **state)
-{
-    tmpdb *t = *state;
-    DIR *d = opendir(t->dir);
-    if (d != NULL) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char p[PATH_MAX + 256];
-            snprintf(p, sizeof(p), "%s/%s", t->dir, e->d_name);
-            unlink(p);
-        }
-        closedir(d);
-    }
-    int rc = rmdir(t->dir);
-    free(t);
-    return rc;
-}
-
-static cred_store *open_ok(const tmpdb *t)
+static cred_store *open_ok(const testenv_db *t)
 {
     cred_store *cs = NULL;
     assert_int_equal(cred_open(t->db, &cs), CRED_OK);
@@ -128,7 +88,7 @@ static char *slurp(const char *path, size_t *n)
 }
 
 /* Does needle occur in the database file, its -wal or its -shm? */
-static int db_contains(const tmpdb *t, const char *needle)
+static int db_contains(const testenv_db *t, const char *needle)
 {
     static const char *const suffixes[] = {"", "-wal", "-shm"};
     int found = 0;
@@ -168,7 +128,7 @@ static int is_b64url(char c)
 
 static void test_created_secret_authenticates_and_returns_the_record(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     cred_store *cs = open_ok(t);
     hsm_kid kids[2] = {kid_of(1), kid_of(2)};
     char secret[CRED_SECRET_MAX];
@@ -195,7 +155,7 @@ static void test_created_secret_authenticates_and_returns_the_record(void **stat
 
 static void test_altered_truncated_misprefixed_or_unknown_secrets_are_unknown(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     cred_store *cs = open_ok(t);
     char secret[CRED_SECRET_MAX], bad[CRED_SECRET_MAX + 1];
     cred_record rec;
@@ -233,7 +193,7 @@ static void test_altered_truncated_misprefixed_or_unknown_secrets_are_unknown(vo
 
 static void test_secret_has_the_documented_format_and_is_fresh_each_time(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     cred_store *cs = open_ok(t);
     char a[CRED_SECRET_MAX], b[CRED_SECRET_MAX];
     cred_record ra, rb;
@@ -261,7 +221,7 @@ static void test_secret_has_the_documented_format_and_is_fresh_each_time(void **
 
 static void test_database_holds_the_hash_never_the_secret(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     cred_store *cs = open_ok(t);
     char secret[CRED_SECRET_MAX], hash[65];
     cred_record rec;
@@ -280,7 +240,7 @@ static void test_database_holds_the_hash_never_the_secret(void **state)
 
 static void test_revoked_credential_is_refused_and_revoke_is_idempotent(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     cred_store *cs = open_ok(t);
     char secret[CRED_SECRET_MAX], other[CRED_SECRET_MAX];
     cred_record rec, first, again, got;
@@ -310,7 +270,7 @@ static void test_revoked_credential_is_refused_and_revoke_is_idempotent(void **s
 
 static void test_everything_survives_close_and_reopen(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     cred_store *cs = open_ok(t);
     hsm_kid kids[CRED_KIDS_MAX];
     for (unsigned i = 0; i < CRED_KIDS_MAX; i++)
@@ -352,7 +312,7 @@ static void test_everything_survives_close_and_reopen(void **state)
 
 static void test_may_use_kid_follows_all_kids_and_the_list(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     cred_store *cs = open_ok(t);
     hsm_kid listed[2] = {kid_of(7), kid_of(8)}, unlisted = kid_of(9);
     char secret[CRED_SECRET_MAX];
@@ -374,7 +334,7 @@ static void test_may_use_kid_follows_all_kids_and_the_list(void **state)
 
 static void test_invalid_role_label_or_kids_are_rejected(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     cred_store *cs = open_ok(t);
     hsm_kid kids[CRED_KIDS_MAX + 1];
     for (unsigned i = 0; i <= CRED_KIDS_MAX; i++)
@@ -433,7 +393,7 @@ static void test_invalid_role_label_or_kids_are_rejected(void **state)
 
 static void test_shares_the_registry_file_without_touching_its_schema_version(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     cred_store *cs = open_ok(t);
     reg *r = NULL;
     assert_int_equal(reg_open(t->db, 10, &r), REG_OK);
@@ -459,7 +419,7 @@ static void test_shares_the_registry_file_without_touching_its_schema_version(vo
 
 static void test_open_refuses_a_bad_path_and_a_file_that_is_not_sqlite(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     cred_store *cs = (cred_store *)1;
     assert_int_equal(cred_open(NULL, &cs), CRED_ERR_INVALID);
     assert_null(cs);
@@ -517,7 +477,7 @@ static void *race_writer(void *arg)
 
 static void test_concurrent_authentication_during_creates_and_revokes(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     cred_store *cs = open_ok(t);
     char secrets[RACE_ACTIVE][CRED_SECRET_MAX];
     for (int i = 0; i < RACE_ACTIVE; i++)
@@ -540,7 +500,7 @@ static void test_concurrent_authentication_during_creates_and_revokes(void **sta
     cred_close(cs);
 }
 
-#define T(name) cmocka_unit_test_setup_teardown(name, tmp_setup, tmp_teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, testenv_db_setup, testenv_db_teardown)
 
 int main(void)
 {

@@ -11,7 +11,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include <dirent.h>
+#include "tests/unit/testenv.h"
+
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -29,49 +30,7 @@
 #define MANY_ROWS 10000
 #define T0 1700000000
 
-typedef struct {
-    char dir[64]; /* "/tmp/signd-reg-XXXXXX" */
-    char db[PATH_MAX];
-} tmpdb;
-
 /* ---- helpers ------------------------------------------------------------------------- */
-
-static int tmp_setup(void **state)
-{
-    tmpdb *t = calloc(1, sizeof(*t));
-    if (t == NULL)
-        return -1;
-    snprintf(t->dir, sizeof(t->dir), "/tmp/signd-reg-XXXXXX");
-    if (mkdtemp(t->dir) == NULL) {
-        free(t);
-        return -1;
-    }
-    snprintf(t->db, sizeof(t->db), "%s/appliance.db", t->dir);
-    *state = t;
-    return 0;
-}
-
-/* The directory holds only files the test made (the database, its -wal and -shm, a
- * symlink): remove them all, then the directory. */
-static int tmp_teardown(void **state)
-{
-    tmpdb *t = *state;
-    DIR *d = opendir(t->dir);
-    if (d != NULL) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char p[PATH_MAX + 256];
-            snprintf(p, sizeof(p), "%s/%s", t->dir, e->d_name);
-            unlink(p);
-        }
-        closedir(d);
-    }
-    int rc = rmdir(t->dir);
-    free(t);
-    return rc;
-}
 
 /* A distinct kid per n; kid_of(a) < kid_of(b) when a < b. */
 static hsm_kid kid_of(unsigned n)
@@ -118,7 +77,7 @@ static void add(reg *r, unsigned n, int64_t created_at)
     assert_int_equal(reg_insert(r, &k), REG_OK);
 }
 
-static reg *open_ok(const tmpdb *t, unsigned max_active)
+static reg *open_ok(const testenv_db *t, unsigned max_active)
 {
     reg *r = NULL;
     assert_int_equal(reg_open(t->db, max_active, &r), REG_OK);
@@ -127,7 +86,7 @@ static reg *open_ok(const tmpdb *t, unsigned max_active)
 }
 
 /* Runs SQL on the file with a connection of its own (the registry closed). */
-static void raw_exec(const tmpdb *t, const char *sql)
+static void raw_exec(const testenv_db *t, const char *sql)
 {
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open(t->db, &db), SQLITE_OK);
@@ -144,7 +103,7 @@ static void raw_exec(const tmpdb *t, const char *sql)
 
 static void test_inserted_keys_are_active_and_listed_by_created_at_then_kid(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 10);
     add(r, 3, T0 + 200);
     add(r, 2, T0 + 100);
@@ -190,7 +149,7 @@ static void test_inserted_keys_are_active_and_listed_by_created_at_then_kid(void
 
 static void test_reserve_refuses_past_max_active_and_unreserve_frees_a_slot(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 3);
     for (int i = 0; i < 3; i++)
         assert_int_equal(reg_reserve(r), REG_OK);
@@ -215,7 +174,7 @@ static void test_reserve_refuses_past_max_active_and_unreserve_frees_a_slot(void
 
 static void test_duplicate_insert_is_refused_and_gives_its_slot_back(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 2);
     add(r, 1, T0);
     uint64_t gen = reg_generation(r);
@@ -238,7 +197,7 @@ static void test_duplicate_insert_is_refused_and_gives_its_slot_back(void **stat
 
 static void test_insert_without_a_reservation_still_honours_the_limit(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 1);
     reg_key a = key_of(1, T0), b = key_of(2, T0);
     assert_int_equal(reg_insert(r, &a), REG_OK);
@@ -294,7 +253,7 @@ static void *race_reader(void *arg)
 
 static void test_thousand_concurrent_creates_fill_exactly_max_active(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     race x;
     memset(&x, 0, sizeof(x));
     x.r = open_ok(t, RACE_MAX_ACTIVE);
@@ -328,7 +287,7 @@ static void test_thousand_concurrent_creates_fill_exactly_max_active(void **stat
 
 static void test_revocation_survives_close_and_reopen(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 10);
     add(r, 1, T0);
     add(r, 2, T0 + 1);
@@ -365,7 +324,7 @@ static void test_revocation_survives_close_and_reopen(void **state)
 
 static void test_revocation_seq_rises_across_reopen_and_is_never_reused(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 10);
     assert_int_equal(reg_revocation_seq(r), 0);
     for (unsigned n = 1; n <= 3; n++)
@@ -397,7 +356,7 @@ static void test_revocation_seq_rises_across_reopen_and_is_never_reused(void **s
 
 static void test_revoke_is_idempotent_and_returns_first_record(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 10);
     add(r, 1, T0);
     hsm_kid one = kid_of(1);
@@ -424,7 +383,7 @@ static void test_revoke_is_idempotent_and_returns_first_record(void **state)
 
 static void test_revoking_an_unknown_kid_is_not_found_and_changes_nothing(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 10);
     add(r, 1, T0);
     uint64_t gen = reg_generation(r);
@@ -439,7 +398,7 @@ static void test_revoking_an_unknown_kid_is_not_found_and_changes_nothing(void *
 
 static void test_revoking_an_active_key_frees_its_slot(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 1);
     add(r, 1, T0);
     assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
@@ -452,7 +411,7 @@ static void test_revoking_an_active_key_frees_its_slot(void **state)
 
 static void test_revocations_after_returns_later_entries_ascending(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 10);
     uint64_t seq[5];
     for (unsigned n = 0; n < 5; n++) {
@@ -492,7 +451,7 @@ static void test_revocations_after_returns_later_entries_ascending(void **state)
 
 static void test_mark_broken_moves_only_active_keys_and_broken_keys_can_be_revoked(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 2);
     add(r, 1, T0);
     add(r, 2, T0);
@@ -527,7 +486,7 @@ static void test_mark_broken_moves_only_active_keys_and_broken_keys_can_be_revok
 
 static void test_newest_active_falls_back_to_the_previous_newest(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 10);
     reg_key k;
     assert_int_equal(reg_newest_active(r, &k), REG_ERR_NOT_FOUND);
@@ -550,7 +509,7 @@ static void test_newest_active_falls_back_to_the_previous_newest(void **state)
 
 static void test_newest_active_breaks_created_at_ties_by_insertion_order(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 10);
     add(r, 9, T0); /* the larger kid first ... */
     add(r, 4, T0); /* ... the smaller one last: it wins the tie */
@@ -571,7 +530,7 @@ static void test_newest_active_breaks_created_at_ties_by_insertion_order(void **
 
 static void test_delete_removes_an_unrevoked_row_and_frees_its_slot(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 6);
     int64_t created[6] = {T0 + 5, T0 + 1, T0 + 3, T0 + 3, T0 + 9, T0 + 2};
     for (unsigned n = 0; n < 6; n++)
@@ -611,7 +570,7 @@ static void test_delete_removes_an_unrevoked_row_and_frees_its_slot(void **state
 
 static void test_generation_moves_on_every_change_and_only_then(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 10);
     uint64_t g = reg_generation(r);
     add(r, 1, T0);
@@ -642,7 +601,7 @@ static void test_generation_moves_on_every_change_and_only_then(void **state)
 
 static void test_non_sqlite_file_fails_with_io_error_and_a_message(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     FILE *f = fopen(t->db, "w");
     assert_non_null(f);
     for (int i = 0; i < 256; i++)
@@ -658,7 +617,7 @@ static void test_non_sqlite_file_fails_with_io_error_and_a_message(void **state)
 
 static void test_newer_schema_version_is_refused(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg_close(open_ok(t, 10));
     raw_exec(t, "PRAGMA user_version = 99");
     reg *r = NULL;
@@ -669,7 +628,7 @@ static void test_newer_schema_version_is_refused(void **state)
 
 static void test_revoked_row_without_revocation_record_is_refused(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = open_ok(t, 10);
     add(r, 1, T0);
     reg_close(r);
@@ -682,7 +641,7 @@ static void test_revoked_row_without_revocation_record_is_refused(void **state)
 
 static void test_file_is_created_private_and_a_symlink_or_directory_is_refused(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg_close(open_ok(t, 10));
     struct stat st;
     assert_int_equal(stat(t->db, &st), 0);
@@ -700,7 +659,7 @@ static void test_file_is_created_private_and_a_symlink_or_directory_is_refused(v
 
 static void test_bad_arguments_are_refused(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg *r = NULL;
     assert_int_equal(reg_open(t->db, 0, &r), REG_ERR_INVALID);
     assert_int_equal(reg_open(NULL, 10, &r), REG_ERR_INVALID);
@@ -744,7 +703,7 @@ static void test_state_names_round_trip(void **state)
 
 static void test_open_loads_ten_thousand_rows(void **state)
 {
-    tmpdb *t = *state;
+    testenv_db *t = *state;
     reg_close(open_ok(t, 10));
     /* One transaction of raw inserts: 10,000 fsynced creates would take minutes. Every
      * tenth key is revoked; created_at runs backwards so loading must sort. */
@@ -807,7 +766,7 @@ static void test_open_loads_ten_thousand_rows(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-#define T(name) cmocka_unit_test_setup_teardown(name, tmp_setup, tmp_teardown)
+#define T(name) cmocka_unit_test_setup_teardown(name, testenv_db_setup, testenv_db_teardown)
         T(test_inserted_keys_are_active_and_listed_by_created_at_then_kid),
         T(test_reserve_refuses_past_max_active_and_unreserve_frees_a_slot),
         T(test_duplicate_insert_is_refused_and_gives_its_slot_back),

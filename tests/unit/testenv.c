@@ -103,3 +103,26 @@ void testenv_cleanup(const char *dir)
         return;
     nftw(dir, testenv_remove_one, 16, FTW_DEPTH | FTW_PHYS);
 }
+
+int testenv_db_setup(void **state)
+{
+    testenv_db *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return -1;
+    snprintf(t->dir, sizeof(t->dir), "/tmp/signd-db-XXXXXX");
+    if (mkdtemp(t->dir) == NULL) {
+        free(t);
+        return -1;
+    }
+    snprintf(t->db, sizeof(t->db), "%s/appliance.db", t->dir);
+    *state = t;
+    return 0;
+}
+
+int testenv_db_teardown(void **state)
+{
+    testenv_db *t = *state;
+    testenv_cleanup(t->dir);
+    free(t);
+    return 0;
+}

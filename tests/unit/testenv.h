@@ -37,6 +37,16 @@ hsm_config testenv_config(const char *dir, char pin_path[PATH_MAX]);
 /* 16 random bytes. */
 void testenv_kid(hsm_kid *kid);
 
+/* A temporary directory for a database file: cmocka fixtures for registry-like tests.
+ * testenv_db_setup makes /tmp/signd-db-XXXXXX and sets db to DIR/appliance.db;
+ * testenv_db_teardown removes the directory and everything in it. */
+typedef struct {
+    char dir[64];
+    char db[PATH_MAX];
+} testenv_db;
+int testenv_db_setup(void **state);
+int testenv_db_teardown(void **state);
+
 /* Removes dir and everything under it (no-op for NULL or ""). */
 void testenv_cleanup(const char *dir);
 
