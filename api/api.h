@@ -19,6 +19,7 @@
 #include <jansson.h>
 
 #include "appliance/config.h"
+#include "appliance/credentials.h"
 #include "appliance/keeper.h"
 #include "appliance/registry.h"
 
@@ -63,6 +64,13 @@ typedef enum {
     API_ERR_STORAGE,
     API_ERR_INTERNAL,
     API_ERR_UNAVAILABLE,
+    API_ERR_RATE_LIMITED,
+    API_ERR_TTL_TOO_LONG,
+    API_ERR_KID_NOT_ALLOWED,
+    API_ERR_INVALID_ROLE,
+    API_ERR_INVALID_CREDENTIAL_ID,
+    API_ERR_CREDENTIAL_NOT_FOUND,
+    API_ERR_LAST_ADMIN,
     API_ERR_COUNT_
 } api_err;
 
@@ -83,6 +91,7 @@ typedef struct {
     const cfg *cfg;
     reg *reg;
     kp *kp;
+    cred_store *creds;
 } api_env;
 
 typedef struct {
@@ -91,6 +100,10 @@ typedef struct {
     const char *query; /* after '?', or NULL */
     hsm_kid kid;       /* valid when has_kid */
     int has_kid;
+    const char *id; /* the path's {id} segment (credentials), or NULL */
+    /* The authenticated caller; NULL on public routes. The server has checked its role
+     * against the route; handlers check what depends on the request (kids, max_ttl). */
+    const cred_record *caller;
     const char *body; /* NUL-terminated, at most API_BODY_MAX bytes; NULL if none */
     size_t body_len;
     const char *if_none_match; /* the header, or NULL */
@@ -102,6 +115,7 @@ typedef struct {
     char *body; /* malloc'd, or borrowed from doc; api_resp_free releases it */
     size_t len;
     void *doc;                     /* a shared cached document body points into, or NULL */
+    int wipe;                      /* the body holds a secret: wiped before it is freed */
     char headers[API_HEADERS_MAX]; /* extra header lines, each ending in \r\n */
     char errmsg[API_ERRMSG_MAX];
 } api_resp;
@@ -136,6 +150,10 @@ api_err api_check_signing_key(const api_req *q, api_resp *r, const hsm_kid *kid)
 /* A keeper failure as the API's error (key_not_found, token_full, hsm_busy, ...). */
 api_err api_hsm_error(api_resp *r, hsm_status st);
 
+/* API_OK when the caller may use kid (an admin or auditor reaching a key route, or a
+ * signer whose scope holds kid), else kid_not_allowed (403). */
+api_err api_check_kid_scope(const api_req *q, api_resp *r, const hsm_kid *kid);
+
 /* Handlers. Each is called with a parsed request and fills r or returns an error. */
 api_err api_keys_create(const api_req *q, api_resp *r);
 api_err api_keys_list(const api_req *q, api_resp *r);
@@ -147,6 +165,10 @@ api_err api_jwks(const api_req *q, api_resp *r);
 api_err api_revocations(const api_req *q, api_resp *r);
 api_err api_healthz(const api_req *q, api_resp *r);
 api_err api_readyz(const api_req *q, api_resp *r);
+api_err api_credentials_create(const api_req *q, api_resp *r);
+api_err api_credentials_list(const api_req *q, api_resp *r);
+api_err api_credentials_get(const api_req *q, api_resp *r);
+api_err api_credentials_revoke(const api_req *q, api_resp *r);
 
 /* Releases r's body (frees it, or drops its reference on a cached document). */
 void api_resp_free(api_resp *r);

@@ -45,6 +45,13 @@ static const api_err_info api_errors[API_ERR_COUNT_] = {
     [API_ERR_STORAGE] = {500, "storage_error"},
     [API_ERR_INTERNAL] = {500, "internal_error"},
     [API_ERR_UNAVAILABLE] = {503, "unavailable"},
+    [API_ERR_RATE_LIMITED] = {429, "rate_limited"},
+    [API_ERR_TTL_TOO_LONG] = {400, "ttl_too_long"},
+    [API_ERR_KID_NOT_ALLOWED] = {403, "kid_not_allowed"},
+    [API_ERR_INVALID_ROLE] = {400, "invalid_role"},
+    [API_ERR_INVALID_CREDENTIAL_ID] = {400, "invalid_credential_id"},
+    [API_ERR_CREDENTIAL_NOT_FOUND] = {404, "credential_not_found"},
+    [API_ERR_LAST_ADMIN] = {409, "last_admin"},
 };
 
 const api_err_info *api_err_table(api_err e)

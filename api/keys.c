@@ -192,6 +192,14 @@ out:
 }
 
 /* Is kid allowed to sign? API_OK, or the error that says why not. */
+api_err api_check_kid_scope(const api_req *q, api_resp *r, const hsm_kid *kid)
+{
+    if (q->caller == NULL || q->caller->role != CRED_ROLE_SIGNER ||
+        cred_may_use_kid(q->caller, kid))
+        return API_OK;
+    return api_fail(r, API_ERR_KID_NOT_ALLOWED, "this credential may not use this kid");
+}
+
 api_err api_check_signing_key(const api_req *q, api_resp *r, const hsm_kid *kid)
 {
     reg_key k;
@@ -208,7 +216,9 @@ api_err api_keys_sign(const api_req *q, api_resp *r)
 {
     static const char *const fields[] = {"payload", NULL};
     json_t *body;
-    api_err e = api_parse_object(q, r, fields, 0, &body);
+    api_err e = api_check_kid_scope(q, r, &q->kid);
+    if (e == API_OK)
+        e = api_parse_object(q, r, fields, 0, &body);
     if (e != API_OK)
         return e;
     const char *payload = NULL;

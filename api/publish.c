@@ -3,6 +3,8 @@
  * reference-counted document, so a 1,000-key JWKS is never rebuilt or copied per request. */
 #include "api/api.h"
 
+#include <openssl/crypto.h>
+
 #include <openssl/evp.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -29,10 +31,13 @@ static void api_doc_put(api_doc *d)
 
 void api_resp_free(api_resp *r)
 {
-    if (r->doc != NULL)
+    if (r->doc != NULL) {
         api_doc_put(r->doc);
-    else
+    } else {
+        if (r->wipe && r->body != NULL)
+            OPENSSL_cleanse(r->body, r->len);
         free(r->body);
+    }
     r->doc = NULL;
     r->body = NULL;
 }

@@ -30,6 +30,31 @@ static int api_depth_ok(json_t *j, int depth)
     return 1;
 }
 
+/* The newest active key the caller may use: the registry's newest for an unscoped caller,
+ * else the newest active one of its list (at most CRED_KIDS_MAX lookups in memory). */
+static int api_newest_usable(const api_req *q, hsm_kid *out)
+{
+    reg_key k;
+    if (q->caller == NULL || q->caller->all_kids) {
+        if (reg_newest_active(q->env->reg, &k) != REG_OK)
+            return -1;
+        *out = k.kid;
+        return 0;
+    }
+    int found = 0;
+    int64_t newest = 0;
+    for (size_t i = 0; i < q->caller->n_kids; i++) {
+        if (reg_get(q->env->reg, &q->caller->kids[i], &k) != REG_OK || k.state != REG_ACTIVE)
+            continue;
+        if (!found || k.created_at >= newest) {
+            found = 1;
+            newest = k.created_at;
+            *out = k.kid;
+        }
+    }
+    return found ? 0 : -1;
+}
+
 api_err api_tokens_mint(const api_req *q, api_resp *r)
 {
     static const char *const fields[] = {"kid", "sub", "ttl", "nbf", "claims", NULL};
@@ -46,6 +71,11 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
         (e = api_get_string(body, "sub", API_SUB_MAX, &sub, r)) != API_OK ||
         (e = api_get_int(body, "nbf", 0, INT64_MAX / 2, &nbf, r)) != API_OK)
         goto out;
+    /* A signer with its own max_ttl gets that as its ceiling, and as its default when the
+     * appliance's default is longer: asking for nothing must not be an error. */
+    unsigned own_max = q->caller != NULL ? q->caller->max_ttl : 0;
+    if (own_max != 0 && ttl > own_max)
+        ttl = own_max;
     json_t *ttl_j = json_object_get(body, "ttl");
     if (ttl_j != NULL && !json_is_integer(ttl_j)) {
         e = api_fail(r, API_ERR_WRONG_TYPE, "'ttl' must be an integer number of seconds");
@@ -56,6 +86,11 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
     if (ttl < c->token_ttl_min || ttl > c->token_ttl_max) {
         e = api_fail(r, API_ERR_TTL_OUT_OF_RANGE, "'ttl' must be between %u and %u seconds",
                      (unsigned)c->token_ttl_min, (unsigned)c->token_ttl_max);
+        goto out;
+    }
+    if (own_max != 0 && ttl > own_max) {
+        e = api_fail(r, API_ERR_TTL_TOO_LONG, "this credential may ask for at most %u seconds",
+                     own_max);
         goto out;
     }
     int64_t exp = q->now + ttl;
@@ -88,15 +123,12 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
             e = api_fail(r, API_ERR_INVALID_KID, "'kid' must be 32 lowercase hex characters");
             goto out;
         }
-        if ((e = api_check_signing_key(q, r, &kid)) != API_OK)
+        if ((e = api_check_kid_scope(q, r, &kid)) != API_OK ||
+            (e = api_check_signing_key(q, r, &kid)) != API_OK)
             goto out;
-    } else {
-        reg_key newest;
-        if (reg_newest_active(q->env->reg, &newest) != REG_OK) {
-            e = api_fail(r, API_ERR_NO_ACTIVE_KEY, "no active key to sign with: create one");
-            goto out;
-        }
-        kid = newest.kid;
+    } else if (api_newest_usable(q, &kid) != 0) {
+        e = api_fail(r, API_ERR_NO_ACTIVE_KEY, "no active key this credential may sign with");
+        goto out;
     }
 
     char kid_hex[2 * HSM_KID_LEN + 1], jti[2 * API_JTI_BYTES + 1], header[96];

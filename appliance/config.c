@@ -48,6 +48,8 @@ static const char *cfg_check_ipv4(const char *text, unsigned num);
 static const char *cfg_check_token(const char *text, unsigned num);
 static const char *cfg_check_key_bits(const char *text, unsigned num);
 static const char *cfg_check_printable(const char *text, unsigned num);
+static const char *cfg_check_user(const char *text, unsigned num);
+static const char *cfg_check_tls_version(const char *text, unsigned num);
 
 #define CFG_FIELD(f) offsetof(cfg, f), sizeof(((cfg *)0)->f)
 #define CFG_SECONDS_PER_YEAR 31536000u
@@ -71,8 +73,6 @@ static const cfg_setting cfg_settings[] = {
      "HTTPS private key, PEM (mode 0600)"},
     {"database", CFG_T_PATH, CFG_FIELD(database), "appliance.db", 0, 0, false, NULL,
      "SQLite file: key registry, revocations, credentials, audit trail"},
-    {"admin_credential_file", CFG_T_PATH, CFG_FIELD(admin_credential_file), "admin.credential", 0,
-     0, false, NULL, "File holding the bootstrap admin credential's secret (mode 0600)"},
     {"worker_threads", CFG_T_UINT, CFG_FIELD(worker_threads), "64", 2, 1024, false, NULL,
      "HTTPS worker threads, each with its own PKCS#11 session"},
     {"max_pkcs11_sessions", CFG_T_UINT, CFG_FIELD(max_pkcs11_sessions), "0", 0, 4096, false, NULL,
@@ -100,7 +100,37 @@ static const cfg_setting cfg_settings[] = {
      "Cache-Control max-age of the revocation feed, in seconds"},
     {"log_requests", CFG_T_BOOL, CFG_FIELD(log_requests), "false", 0, 0, false, NULL,
      "Log one line per request to stderr (true or false)"},
+    {"user", CFG_T_STRING, CFG_FIELD(user), "", 0, 0, true, cfg_check_user,
+     "Started as root, switch to this user once the port and files are open; empty: stay"},
+    {"tls_min_version", CFG_T_STRING, CFG_FIELD(tls_min_version), "1.2", 0, 0, false,
+     cfg_check_tls_version, "Oldest TLS version accepted: 1.2 or 1.3"},
+    {"tls_ciphers", CFG_T_STRING, CFG_FIELD(tls_ciphers),
+     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305",
+     0, 0, false, cfg_check_printable,
+     "TLS 1.2 cipher list (OpenSSL syntax); each must be AEAD with ECDHE or DHE"},
+    {"tls_ciphersuites", CFG_T_STRING, CFG_FIELD(tls_ciphersuites),
+     "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256", 0, 0, false,
+     cfg_check_printable, "TLS 1.3 cipher suites (OpenSSL syntax)"},
+    {"tls_client_ca", CFG_T_PATH, CFG_FIELD(tls_client_ca), "", 0, 0, true, NULL,
+     "CA file (PEM): when set, every client must present a certificate it issued"},
+    {"hsts_max_age", CFG_T_UINT, CFG_FIELD(hsts_max_age), "31536000", 0, 2 * CFG_SECONDS_PER_YEAR,
+     false, NULL, "Strict-Transport-Security max-age in seconds; 0 sends no header"},
+    {"rate_limit_per_second", CFG_T_UINT, CFG_FIELD(rate_limit_per_second), "5000", 0, 1000000,
+     false, NULL, "Requests per second each credential may make on average; 0: no limit"},
+    {"rate_limit_burst", CFG_T_UINT, CFG_FIELD(rate_limit_burst), "10000", 1, 1000000, false, NULL,
+     "Requests a credential may make at once before rate_limit_per_second applies"},
+    {"auth_failures_per_minute", CFG_T_UINT, CFG_FIELD(auth_failures_per_minute), "10", 1, 60000,
+     false, NULL, "Bad credentials one client address may present per minute on average"},
+    {"auth_failure_burst", CFG_T_UINT, CFG_FIELD(auth_failure_burst), "10", 1, 10000, false, NULL,
+     "Bad credentials one client address may present at once before it gets 429"},
 };
+
+/* Settings earlier versions wrote that are now accepted and ignored, so an old data
+ * directory still starts. admin_credential_file: the bootstrap credential is an ordinary
+ * credential in the database since the access-control issue; the file is only for the
+ * operator to read. */
+static const char *const cfg_obsolete[] = {"admin_credential_file", NULL};
 
 #define CFG_N_SETTINGS (sizeof(cfg_settings) / sizeof(cfg_settings[0]))
 
@@ -136,6 +166,23 @@ static const char *cfg_check_printable(const char *text, unsigned num)
         if (*p < 0x20 || *p > 0x7e)
             return "must be printable ASCII";
     return NULL;
+}
+
+static const char *cfg_check_user(const char *text, unsigned num)
+{
+    (void)num;
+    size_t n = strlen(text);
+    if (n == 0)
+        return NULL;
+    if (strspn(text, "abcdefghijklmnopqrstuvwxyz0123456789_-.") != n || text[0] == '-')
+        return "must be a user name (lowercase letters, digits, '_', '-', '.')";
+    return NULL;
+}
+
+static const char *cfg_check_tls_version(const char *text, unsigned num)
+{
+    (void)num;
+    return strcmp(text, "1.2") == 0 || strcmp(text, "1.3") == 0 ? NULL : "must be 1.2 or 1.3";
 }
 
 /* ---- helpers --------------------------------------------------------------------------- */
@@ -472,6 +519,9 @@ static int cfg_parse_line(const char *path, unsigned lineno, char *line, cfg *c,
         return -1;
     }
 
+    for (size_t i = 0; cfg_obsolete[i] != NULL; i++)
+        if (strcmp(p, cfg_obsolete[i]) == 0)
+            return 0;
     const cfg_setting *s = cfg_find(p);
     if (s == NULL) {
         const char *hint = cfg_suggest(p);

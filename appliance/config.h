@@ -41,6 +41,8 @@
 #define CFG_TOKEN_MAX 1024               /* a token label or a pkcs11: URI, with the NUL */
 #define CFG_TOKEN_LABEL_MAX 32           /* CK_TOKEN_INFO.label is 32 bytes */
 #define CFG_ISSUER_MAX 256               /* the iss claim, with the NUL */
+#define CFG_USER_MAX 33                  /* a user name, with the NUL */
+#define CFG_CIPHERS_MAX 512              /* an OpenSSL cipher list, with the NUL */
 #define CFG_LINE_MAX 4096                /* bytes per line, without the line end */
 #define CFG_FILE_MAX (1024 * 1024)       /* bytes per file */
 #define CFG_ERR_MAX (CFG_PATH_MAX + 256) /* enough for every message of cfg_load */
@@ -57,7 +59,6 @@ typedef struct cfg {
     char tls_certificate[CFG_PATH_MAX];
     char tls_private_key[CFG_PATH_MAX];
     char database[CFG_PATH_MAX];
-    char admin_credential_file[CFG_PATH_MAX];
     unsigned worker_threads;
     unsigned max_pkcs11_sessions; /* 0: worker_threads + 4, see cfg_pkcs11_sessions */
     unsigned request_timeout_ms;
@@ -71,6 +72,17 @@ typedef struct cfg {
     unsigned jwks_max_age;
     unsigned revocations_max_age;
     bool log_requests;
+    /* Access control and the HTTPS front (the access-control issue). */
+    char user[CFG_USER_MAX]; /* "": keep the user the appliance was started as */
+    char tls_min_version[8]; /* "1.2" or "1.3" */
+    char tls_ciphers[CFG_CIPHERS_MAX];
+    char tls_ciphersuites[CFG_CIPHERS_MAX];
+    char tls_client_ca[CFG_PATH_MAX]; /* "": no client certificates (no mutual TLS) */
+    unsigned hsts_max_age;            /* 0: no Strict-Transport-Security header */
+    unsigned rate_limit_per_second;   /* per credential; 0: no limit */
+    unsigned rate_limit_burst;
+    unsigned auth_failures_per_minute; /* per client address */
+    unsigned auth_failure_burst;
 } cfg;
 
 /* Loads the file at path into *out: defaults first, then every line of the file. Returns 0,

@@ -80,7 +80,8 @@ static const char cred_schema_sql[] =
     " kids TEXT NOT NULL," /* comma-separated lowercase hex kids, "" for none */
     " max_ttl INTEGER NOT NULL,"
     " created_at INTEGER NOT NULL,"
-    " revoked_at INTEGER NOT NULL DEFAULT 0);";
+    " revoked_at INTEGER NOT NULL DEFAULT 0,"
+    " client_subject TEXT NOT NULL DEFAULT '');";
 
 static _Thread_local char cred_errbuf[CRED_ERR_MSG_MAX];
 
@@ -154,18 +155,28 @@ static int cred_secret_parse(const char *p, size_t len, uint64_t *key)
     return 0;
 }
 
-/* NULL or at most CRED_LABEL_MAX bytes of printable ASCII. */
-static int cred_label_ok(const char *label)
+/* NULL or at most max bytes of printable ASCII. */
+static int cred_text_ok(const char *text, size_t max)
 {
-    if (label == NULL)
+    if (text == NULL)
         return 1;
-    size_t n = strnlen(label, CRED_LABEL_MAX + 1);
-    if (n > CRED_LABEL_MAX)
+    size_t n = strnlen(text, max + 1);
+    if (n > max)
         return 0;
     for (size_t i = 0; i < n; i++)
-        if (label[i] < 0x20 || label[i] > 0x7e)
+        if (text[i] < 0x20 || text[i] > 0x7e)
             return 0;
     return 1;
+}
+
+static int cred_label_ok(const char *label)
+{
+    return cred_text_ok(label, CRED_LABEL_MAX);
+}
+
+static int cred_subject_ok(const char *subject)
+{
+    return cred_text_ok(subject, CRED_SUBJECT_MAX);
 }
 
 static void cred_hex(const uint8_t *b, size_t n, char *out)
@@ -425,6 +436,9 @@ static cred_status cred_load_row(cred_store *cs, sqlite3_stmt *s, cred_row *row)
                          role ? role : "NULL");
     if (cred_col_text(s, 2, rec->label, sizeof(rec->label)) != 0 || !cred_label_ok(rec->label))
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: label missing or invalid", rec->id);
+    if (cred_col_text(s, 9, rec->client_subject, sizeof(rec->client_subject)) != 0 ||
+        !cred_subject_ok(rec->client_subject))
+        return cred_fail(cs->path, CRED_ERR_IO, "credential %s: client_subject invalid", rec->id);
     if (cred_unhex((const char *)sqlite3_column_text(s, 3), (size_t)sqlite3_column_bytes(s, 3),
                    row->hash, CRED_HASH_LEN) != 0)
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: secret hash is not 64 hex digits",
@@ -449,7 +463,7 @@ static cred_status cred_load(cred_store *cs)
     sqlite3_stmt *s;
     cred_status st = cred_prepare(cs,
                                   "SELECT id, role, label, secret_sha256, all_kids, kids, max_ttl,"
-                                  " created_at, revoked_at FROM credentials"
+                                  " created_at, revoked_at, client_subject FROM credentials"
                                   " ORDER BY created_at, rowid",
                                   &s, "read credentials");
     int rc = SQLITE_DONE;
@@ -663,8 +677,8 @@ static cred_status cred_sql_insert(cred_store *cs, const cred_row *row)
     sqlite3_stmt *s;
     cred_status st = cred_prepare(cs,
                                   "INSERT INTO credentials (id, role, label, secret_sha256,"
-                                  " all_kids, kids, max_ttl, created_at, revoked_at)"
-                                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                                  " all_kids, kids, max_ttl, created_at, revoked_at,"
+                                  " client_subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
                                   &s, "insert credential");
     if (st == CRED_OK) {
         sqlite3_bind_text(s, 1, row->rec.id, -1, SQLITE_STATIC);
@@ -675,32 +689,35 @@ static cred_status cred_sql_insert(cred_store *cs, const cred_row *row)
         sqlite3_bind_text(s, 6, kids, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s, 7, row->rec.max_ttl);
         sqlite3_bind_int64(s, 8, row->rec.created_at);
+        sqlite3_bind_text(s, 9, row->rec.client_subject, -1, SQLITE_STATIC);
         st = cred_step_done(cs, s, "insert credential");
     }
     OPENSSL_cleanse(hash, sizeof(hash));
     return st;
 }
 
-cred_status cred_create(cred_store *cs, cred_role role, const char *label, const hsm_kid *kids,
-                        size_t n_kids, int all_kids, unsigned max_ttl, int64_t now,
+cred_status cred_create(cred_store *cs, const cred_spec *spec, int64_t now,
                         char secret[CRED_SECRET_MAX], cred_record *out)
 {
     if (secret == NULL)
         return CRED_ERR_INVALID;
     OPENSSL_cleanse(secret, CRED_SECRET_MAX);
-    if (cs == NULL || (unsigned)role >= CRED_ROLE_COUNT_ || !cred_label_ok(label) ||
-        n_kids > CRED_KIDS_MAX || (n_kids > 0 && kids == NULL) || now < 0)
+    if (cs == NULL || spec == NULL || (unsigned)spec->role >= CRED_ROLE_COUNT_ ||
+        !cred_label_ok(spec->label) || !cred_subject_ok(spec->client_subject) ||
+        spec->n_kids > CRED_KIDS_MAX || (spec->n_kids > 0 && spec->kids == NULL) || now < 0)
         return CRED_ERR_INVALID;
 
     cred_row row;
     memset(&row, 0, sizeof(row));
-    row.rec.role = role;
-    snprintf(row.rec.label, sizeof(row.rec.label), "%s", label ? label : "");
-    row.rec.all_kids = all_kids;
-    row.rec.n_kids = n_kids;
-    if (n_kids > 0)
-        memcpy(row.rec.kids, kids, n_kids * sizeof(*kids));
-    row.rec.max_ttl = max_ttl;
+    row.rec.role = spec->role;
+    snprintf(row.rec.label, sizeof(row.rec.label), "%s", spec->label ? spec->label : "");
+    snprintf(row.rec.client_subject, sizeof(row.rec.client_subject), "%s",
+             spec->client_subject ? spec->client_subject : "");
+    row.rec.all_kids = spec->all_kids;
+    row.rec.n_kids = spec->n_kids;
+    if (spec->n_kids > 0)
+        memcpy(row.rec.kids, spec->kids, spec->n_kids * sizeof(*spec->kids));
+    row.rec.max_ttl = spec->max_ttl;
     row.rec.created_at = now;
     if (!cred_scope_ok(&row.rec))
         return CRED_ERR_INVALID;

@@ -34,8 +34,8 @@
  *   cred_record rec;
  *   if (cred_open("data/appliance.db", &cs) != CRED_OK)
  *       fprintf(stderr, "%s\n", cred_last_error());
- *   if (cred_create(cs, CRED_ROLE_SIGNER, "app", NULL, 0, 1, 3600, time(NULL), secret,
- *                   &rec) == CRED_OK)
+ *   cred_spec sp = {.role = CRED_ROLE_SIGNER, .label = "app", .all_kids = 1, .max_ttl = 3600};
+ *   if (cred_create(cs, &sp, time(NULL), secret, &rec) == CRED_OK)
  *       show_once(secret);
  *   explicit_bzero(secret, sizeof(secret));
  */
@@ -56,6 +56,7 @@
 #define CRED_SECRET_MAX (CRED_SECRET_LEN + 1)                                 /* with NUL */
 #define CRED_LABEL_MAX 128 /* bytes, without the NUL; printable ASCII only */
 #define CRED_KIDS_MAX 64
+#define CRED_SUBJECT_MAX 256 /* bytes of a bound certificate subject, without the NUL */
 #define CRED_BUSY_TIMEOUT_MS 5000
 
 typedef enum {
@@ -87,7 +88,22 @@ typedef struct {
     unsigned max_ttl;   /* signers: the longest token lifetime in seconds, 0 = no own limit */
     int64_t created_at; /* unix seconds */
     int64_t revoked_at; /* unix seconds, 0 while active */
+    /* "" when unbound; else the only TLS client certificate subject (RFC 2253, as
+     * tls_peer_subject gives it) this credential is accepted with. */
+    char client_subject[CRED_SUBJECT_MAX + 1];
 } cred_record;
+
+/* What a new credential is: cred_create's input. */
+typedef struct {
+    cred_role role;
+    const char *label; /* NULL: "" */
+    /* Signers only: all_kids = 1 and no list, or all_kids = 0 and 1..CRED_KIDS_MAX kids. */
+    const hsm_kid *kids;
+    size_t n_kids;
+    int all_kids;
+    unsigned max_ttl;           /* signers only; 0 = no own limit */
+    const char *client_subject; /* NULL or "": not bound to a client certificate */
+} cred_spec;
 
 typedef struct cred_store cred_store;
 
@@ -121,19 +137,20 @@ cred_status cred_open(const char *db_path, cred_store **out);
 void cred_close(cred_store *cs);
 
 /* Creates a credential, durably, and writes its secret (CRED_SECRET_LEN characters and a
- * NUL) to the caller's buffer: the only time it exists outside the caller. label is ""
- * when NULL. Signers need all_kids = 1 with n_kids = 0, or all_kids = 0 with 1..
- * CRED_KIDS_MAX distinct kids; admins and auditors take no kids, all_kids 0 and max_ttl
- * 0. Anything else, an unknown role or a label over CRED_LABEL_MAX bytes or with a byte
- * outside printable ASCII is CRED_ERR_INVALID. *out (may be NULL) receives the record. On
- * any failure secret is wiped and holds "".
+ * NUL) to the caller's buffer: the only time it exists outside the caller. Signers need
+ * all_kids = 1 with n_kids = 0, or all_kids = 0 with 1..CRED_KIDS_MAX distinct kids;
+ * admins and auditors take no kids, all_kids 0 and max_ttl 0. Anything else, an unknown
+ * role, a label over CRED_LABEL_MAX bytes or a client_subject over CRED_SUBJECT_MAX, or
+ * either with a byte outside printable ASCII, is CRED_ERR_INVALID. *out (may be NULL)
+ * receives the record. On any failure secret is wiped and holds "".
  *
  *   char secret[CRED_SECRET_MAX];
- *   st = cred_create(cs, CRED_ROLE_SIGNER, "cdn", kids, 2, 0, 600, now, secret, &rec);
+ *   cred_spec sp = {.role = CRED_ROLE_SIGNER, .label = "cdn", .kids = kids, .n_kids = 2,
+ *                   .max_ttl = 600};
+ *   st = cred_create(cs, &sp, now, secret, &rec);
  *   ... show secret once ...; explicit_bzero(secret, sizeof(secret));
  */
-cred_status cred_create(cred_store *cs, cred_role role, const char *label, const hsm_kid *kids,
-                        size_t n_kids, int all_kids, unsigned max_ttl, int64_t now,
+cred_status cred_create(cred_store *cs, const cred_spec *spec, int64_t now,
                         char secret[CRED_SECRET_MAX], cred_record *out);
 
 /* Revokes the credential id, durably (fsynced when it returns CRED_OK). Idempotent: an

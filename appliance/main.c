@@ -4,13 +4,14 @@
  *   signd CONFIG_FILE
  *
  * Everything else comes from the configuration file (see docs/configuration.md). Start-up
- * order: configuration -> registry -> token -> reconcile -> credential -> publication ->
+ * order: configuration -> registry -> token -> reconcile -> credentials -> publication ->
  * HTTPS. Shutdown (SIGTERM, SIGINT): HTTPS stops and its workers finish -> token closed
  * (only after every worker is out of the PKCS#11 module) -> registry closed.
  */
 #include "api/api.h"
-#include "appliance/auth.h"
 #include "appliance/config.h"
+#include "appliance/credentials.h"
+#include "appliance/harden.h"
 #include "appliance/keeper.h"
 #include "appliance/reconcile.h"
 #include "appliance/registry.h"
@@ -20,8 +21,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/resource.h>
 
 static int die(const char *what, const char *msg)
 {
@@ -36,10 +35,8 @@ int main(int argc, char **argv)
         return 2;
     }
     /* Keys live in this process's memory with SoftHSM2, and the PIN passes through it:
-     * no core dumps, no ptrace by other processes of the same user. */
-    struct rlimit no_core = {0, 0};
-    setrlimit(RLIMIT_CORE, &no_core);
-    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+     * no core dumps, no ptrace by other processes of the same user, private files. */
+    hd_early();
 
     static cfg c;
     char err[512];
@@ -83,21 +80,34 @@ int main(int argc, char **argv)
             "%u keys marked broken\n",
             rep.orphans_destroyed, rep.revoked_destroyed, rep.marked_broken);
 
-    static auth_state auth;
-    if (auth_load_admin(&auth, c.admin_credential_file, err, sizeof(err)) != 0) {
+    cred_store *cs = NULL;
+    if (cred_open(c.database, &cs) != CRED_OK) {
         kp_close(k);
         reg_close(rg);
-        return die("credential", err);
+        return die(c.database, cred_last_error());
     }
+    if (cred_count_active(cs, CRED_ROLE_ADMIN) == 0)
+        fprintf(stderr, "signd: warning: no active admin credential; create one offline with "
+                        "`signd-provision admin-credential DATA_DIR`\n");
 
-    api_env env = {.cfg = &c, .reg = rg, .kp = k};
+    api_env env = {.cfg = &c, .reg = rg, .kp = k, .creds = cs};
     api_publish_refresh(&env);
-    srv *s = srv_start(&env, &auth, err, sizeof(err));
+    srv *s = srv_start(&env, err, sizeof(err));
     if (s == NULL) {
-        auth_free(&auth);
+        cred_close(cs);
         kp_close(k);
         reg_close(rg);
         return die("https", err);
+    }
+    /* The port is bound and every secret read: from here on, `user` if set (harden.h). */
+    if (hd_check_data_owner(&c, err, sizeof(err)) != 0 ||
+        hd_drop_user(c.user, err, sizeof(err)) != 0) {
+        srv_stop(s);
+        cred_close(cs);
+        api_publish_free();
+        kp_close(k);
+        reg_close(rg);
+        return die("privileges", err);
     }
     printf("signd: listening on https://%s:%d (%zu active keys)\n", c.listen_address, srv_port(s),
            reg_count(rg, REG_ACTIVE));
@@ -107,7 +117,7 @@ int main(int argc, char **argv)
     sigwait(&sigs, &sig);
     fprintf(stderr, "signd: signal %d: stopping\n", sig);
     srv_stop(s);
-    auth_free(&auth);
+    cred_close(cs);
     api_publish_free();
     kp_close(k);
     reg_close(rg);

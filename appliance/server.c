@@ -1,6 +1,10 @@
 /* srv: CivetWeb, routing, authentication, responses. See server.h. */
 #include "appliance/server.h"
 
+#include "appliance/ratelimit.h"
+#include "appliance/tls.h"
+#include "appliance/tls.h"
+
 #include "civetweb.h"
 
 #include <openssl/err.h>
@@ -12,17 +16,22 @@
 #include <time.h>
 
 #define SRV_HEAD_MAX 1024
-#define SRV_TLS12_CIPHERS                                                                          \
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"     \
-    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 #define SRV_ONE_WRITE_MAX (64 * 1024) /* responses up to this go out in a single write */
 
 struct srv {
     struct mg_context *ctx;
     const api_env *env;
-    const auth_state *auth;
+    rl_table *per_credential; /* requests per credential id */
+    rl_table *per_address;    /* bad credentials per client address */
     int port;
+    char hsts[64]; /* the Strict-Transport-Security header line, or "" */
 };
+
+/* Bearer secrets longer than this are not credentials: refused before hashing. */
+#define SRV_BEARER_MAX 256
+/* Buckets in each rate-limit table: well above the credentials and the addresses active
+ * within one refill period (see ratelimit.h for what eviction costs). */
+#define SRV_RL_SLOTS 65536
 
 typedef enum {
     SRV_P_KEYS,
@@ -33,24 +42,43 @@ typedef enum {
     SRV_P_REVOCATIONS,
     SRV_P_HEALTHZ,
     SRV_P_READYZ,
+    SRV_P_CREDENTIALS,
+    SRV_P_CREDENTIAL,
     SRV_P_NONE
 } srv_path;
+
+/* Role sets: bit r stands for cred_role r. PUBLIC needs no credential at all. */
+#define SRV_PUBLIC 0u
+#define SRV_ADMIN (1u << CRED_ROLE_ADMIN)
+#define SRV_SIGNER (1u << CRED_ROLE_SIGNER)
+#define SRV_AUDITOR (1u << CRED_ROLE_AUDITOR)
 
 typedef struct {
     srv_path path;
     const char *method;
     api_err (*handler)(const api_req *, api_resp *);
-    int needs_auth;
+    unsigned roles; /* who may call it; SRV_PUBLIC: anyone, no credential */
 } srv_route;
 
-/* Every route, its method, and whether it needs the admin credential. Public: JWKS,
- * revocations and health. */
+/* The authorization matrix: every route, its method and the roles that may call it. This
+ * is the only place a role is checked; handlers add only what depends on the request (a
+ * signer's kids and max_ttl). Admins manage keys and credentials but do not sign
+ * (separation of duties: a leaked admin secret mints no tokens); auditors read. */
 static const srv_route srv_routes[] = {
-    {SRV_P_KEYS, "POST", api_keys_create, 1},   {SRV_P_KEYS, "GET", api_keys_list, 1},
-    {SRV_P_KEY, "GET", api_keys_get, 1},        {SRV_P_KEY, "DELETE", api_keys_revoke, 1},
-    {SRV_P_KEY_SIGN, "POST", api_keys_sign, 1}, {SRV_P_TOKENS, "POST", api_tokens_mint, 1},
-    {SRV_P_JWKS, "GET", api_jwks, 0},           {SRV_P_REVOCATIONS, "GET", api_revocations, 0},
-    {SRV_P_HEALTHZ, "GET", api_healthz, 0},     {SRV_P_READYZ, "GET", api_readyz, 0},
+    {SRV_P_KEYS, "POST", api_keys_create, SRV_ADMIN},
+    {SRV_P_KEYS, "GET", api_keys_list, SRV_ADMIN | SRV_AUDITOR},
+    {SRV_P_KEY, "GET", api_keys_get, SRV_ADMIN | SRV_AUDITOR},
+    {SRV_P_KEY, "DELETE", api_keys_revoke, SRV_ADMIN},
+    {SRV_P_KEY_SIGN, "POST", api_keys_sign, SRV_SIGNER},
+    {SRV_P_TOKENS, "POST", api_tokens_mint, SRV_SIGNER},
+    {SRV_P_CREDENTIALS, "POST", api_credentials_create, SRV_ADMIN},
+    {SRV_P_CREDENTIALS, "GET", api_credentials_list, SRV_ADMIN},
+    {SRV_P_CREDENTIAL, "GET", api_credentials_get, SRV_ADMIN},
+    {SRV_P_CREDENTIAL, "DELETE", api_credentials_revoke, SRV_ADMIN},
+    {SRV_P_JWKS, "GET", api_jwks, SRV_PUBLIC},
+    {SRV_P_REVOCATIONS, "GET", api_revocations, SRV_PUBLIC},
+    {SRV_P_HEALTHZ, "GET", api_healthz, SRV_PUBLIC},
+    {SRV_P_READYZ, "GET", api_readyz, SRV_PUBLIC},
 };
 
 static const char *srv_reason(int status)
@@ -60,20 +88,23 @@ static const char *srv_reason(int status)
 }
 
 /* Writes status, headers and body; a single write when it fits in SRV_ONE_WRITE_MAX (with
- * tcp_nodelay a split response costs a packet, without it a 40 ms delayed ACK). */
+ * tcp_nodelay a split response costs a packet, without it a 40 ms delayed ACK). wipe: the
+ * body holds a secret, so the stack copy is wiped after the write. */
 static void srv_send(struct mg_connection *c, int status, const char *extra, const char *body,
-                     size_t len, int close)
+                     size_t len, int close, int wipe)
 {
+    const srv *s = mg_get_user_data(mg_get_context(c));
     char head[SRV_HEAD_MAX];
-    int hlen = snprintf(head, sizeof(head),
-                        "HTTP/1.1 %d %s\r\n"
-                        "Content-Type: application/json\r\n"
-                        "Content-Length: %zu\r\n"
-                        "X-Content-Type-Options: nosniff\r\n"
-                        "%s%s%s\r\n",
-                        status, srv_reason(status), status == 304 ? 0 : len,
-                        strstr(extra, "Cache-Control:") ? "" : "Cache-Control: no-store\r\n",
-                        close ? "Connection: close\r\n" : "", extra);
+    int hlen =
+        snprintf(head, sizeof(head),
+                 "HTTP/1.1 %d %s\r\n"
+                 "Content-Type: application/json\r\n"
+                 "Content-Length: %zu\r\n"
+                 "X-Content-Type-Options: nosniff\r\n"
+                 "%s%s%s%s\r\n",
+                 status, srv_reason(status), status == 304 ? 0 : len, s != NULL ? s->hsts : "",
+                 strstr(extra, "Cache-Control:") ? "" : "Cache-Control: no-store\r\n",
+                 close ? "Connection: close\r\n" : "", extra);
     if (hlen < 0 || hlen >= (int)sizeof(head))
         return;
     if (status == 304 || len == 0) {
@@ -85,6 +116,8 @@ static void srv_send(struct mg_connection *c, int status, const char *extra, con
         memcpy(buf, head, (size_t)hlen);
         memcpy(buf + hlen, body, len);
         mg_write(c, buf, (size_t)hlen + len);
+        if (wipe)
+            OPENSSL_cleanse(buf, (size_t)hlen + len);
     } else {
         mg_write(c, head, (size_t)hlen);
         mg_write(c, body, len);
@@ -102,21 +135,24 @@ static int srv_send_error(struct mg_connection *c, api_err e, const char *msg, c
     json_decref(j);
     const char *fallback = "{\"error\":{\"code\":\"internal_error\",\"message\":\"oom\"}}";
     srv_send(c, info->http_status, extra ? extra : "", body ? body : fallback,
-             strlen(body ? body : fallback), close);
+             strlen(body ? body : fallback), close, 0);
     free(body);
     return info->http_status;
 }
 
-/* Splits the path into a route and, for /v1/keys/{kid}..., the kid text. */
-static srv_path srv_match(const char *uri, char kid[64])
+/* Splits the path into a route and, for /v1/keys/{kid}... and /v1/credentials/{id}, the
+ * segment's text (checked by the caller or the handler; "-" when it is too long to be
+ * anything, so that it fails that check). */
+static srv_path srv_match(const char *uri, char seg_out[64])
 {
-    kid[0] = '\0';
+    seg_out[0] = '\0';
     static const struct {
         const char *path;
         srv_path id;
     } fixed[] = {
         {"/v1/keys", SRV_P_KEYS},
         {"/v1/tokens", SRV_P_TOKENS},
+        {"/v1/credentials", SRV_P_CREDENTIALS},
         {"/.well-known/jwks.json", SRV_P_JWKS},
         {"/v1/revocations", SRV_P_REVOCATIONS},
         {"/healthz", SRV_P_HEALTHZ},
@@ -125,17 +161,29 @@ static srv_path srv_match(const char *uri, char kid[64])
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
         if (strcmp(uri, fixed[i].path) == 0)
             return fixed[i].id;
-    if (strncmp(uri, "/v1/keys/", 9) != 0)
+    const char *seg;
+    int keys;
+    if (strncmp(uri, "/v1/keys/", 9) == 0) {
+        seg = uri + 9;
+        keys = 1;
+    } else if (strncmp(uri, "/v1/credentials/", 16) == 0) {
+        seg = uri + 16;
+        keys = 0;
+    } else {
         return SRV_P_NONE;
-    const char *seg = uri + 9;
+    }
     size_t n = strcspn(seg, "/");
-    if (n == 0 || n >= 64)
-        return n == 0 ? SRV_P_NONE : (snprintf(kid, 64, "%s", "-"), SRV_P_KEY);
-    memcpy(kid, seg, n);
-    kid[n] = '\0';
+    if (n == 0)
+        return SRV_P_NONE;
+    if (n >= 64)
+        snprintf(seg_out, 64, "%s", "-");
+    else {
+        memcpy(seg_out, seg, n);
+        seg_out[n] = '\0';
+    }
     if (seg[n] == '\0')
-        return SRV_P_KEY;
-    if (strcmp(seg + n, "/sign") == 0)
+        return keys ? SRV_P_KEY : SRV_P_CREDENTIAL;
+    if (keys && strcmp(seg + n, "/sign") == 0)
         return SRV_P_KEY_SIGN;
     return SRV_P_NONE;
 }
@@ -167,8 +215,10 @@ static long srv_read_body(struct mg_connection *c, const struct mg_request_info 
     return (long)got;
 }
 
-/* One JSON line per request on stderr: never a header, a body or a credential. */
-static void srv_log_request(struct mg_connection *c, int status, const struct timespec *t0)
+/* One JSON line per request on stderr: never a header, a body or a secret; the caller's
+ * credential id (not secret) when it authenticated. */
+static void srv_log_request(struct mg_connection *c, int status, const struct timespec *t0,
+                            const char *caller_id)
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
     struct timespec t1;
@@ -178,6 +228,8 @@ static void srv_log_request(struct mg_connection *c, int status, const struct ti
                           ri->request_method, "path", ri->local_uri ? ri->local_uri : "",
                           strnlen(ri->local_uri ? ri->local_uri : "", 128), "status", status,
                           "latency_ms", ms);
+    if (j != NULL && caller_id[0] != '\0')
+        json_object_set_new(j, "credential", json_string(caller_id));
     char *line = j ? json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
     if (line != NULL)
         fprintf(stderr, "%s\n", line);
@@ -185,11 +237,67 @@ static void srv_log_request(struct mg_connection *c, int status, const struct ti
     json_decref(j);
 }
 
-static int srv_route_request(struct mg_connection *c, srv *s)
+/* Authenticates the bearer credential and checks it against route: 0 and *caller filled,
+ * or the HTTP status of the error response already sent. Order: an address that has
+ * presented too many bad credentials is refused before its credential is even looked at
+ * (so guessing is slowed down whatever it guesses); then the credential (unknown, revoked,
+ * or bound to another client certificate: one 401, nothing to tell them apart, and one
+ * token from the address's failure bucket); then the role (403); then the credential's
+ * own rate (429). */
+static int srv_authorize(struct mg_connection *c, srv *s, const srv_route *route,
+                         cred_record *caller)
+{
+    static const char bearer_hdr[] = "WWW-Authenticate: Bearer realm=\"signd\"\r\n";
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    const char *addr = ri->remote_addr;
+    size_t addr_len = strnlen(addr, sizeof(ri->remote_addr));
+    char extra[64];
+    uint64_t now = rl_now_ns();
+    unsigned wait = rl_peek(s->per_address, addr, addr_len, now);
+    if (wait != 0) {
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", wait);
+        return srv_send_error(c, API_ERR_RATE_LIMITED,
+                              "too many bad credentials from this address: retry later", extra, 0);
+    }
+    const char *h = mg_get_header(c, "Authorization");
+    if (h == NULL)
+        return srv_send_error(c, API_ERR_UNAUTHORIZED, "a bearer credential is required",
+                              bearer_hdr, 0);
+    const char *secret = strncasecmp(h, "Bearer ", 7) == 0 ? h + 7 : NULL;
+    size_t len = secret != NULL ? strnlen(secret, SRV_BEARER_MAX + 1) : 0;
+    cred_status st = CRED_ERR_UNKNOWN;
+    if (secret != NULL && len <= SRV_BEARER_MAX)
+        st = cred_authenticate(s->env->creds, secret, len, caller);
+    if (st == CRED_OK && caller->client_subject[0] != '\0') {
+        char subject[TLS_SUBJECT_MAX];
+        if (tls_peer_subject(c, subject, sizeof(subject)) != 0 ||
+            strcmp(subject, caller->client_subject) != 0)
+            st = CRED_ERR_UNKNOWN;
+    }
+    if (st != CRED_OK) {
+        rl_take(s->per_address, addr, addr_len, now);
+        return srv_send_error(c, API_ERR_UNAUTHORIZED,
+                              "the credential is unknown, revoked, or not valid with this client "
+                              "certificate",
+                              bearer_hdr, 0);
+    }
+    if (!(route->roles & (1u << caller->role)))
+        return srv_send_error(c, API_ERR_FORBIDDEN,
+                              "this credential's role may not call this route", NULL, 0);
+    wait = rl_take(s->per_credential, caller->id, CRED_ID_LEN, now);
+    if (wait != 0) {
+        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", wait);
+        return srv_send_error(c, API_ERR_RATE_LIMITED,
+                              "this credential is over its request rate: retry later", extra, 0);
+    }
+    return 0;
+}
+
+static int srv_route_request(struct mg_connection *c, srv *s, char caller_id[CRED_ID_LEN + 1])
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
-    char kid_text[64];
-    srv_path path = srv_match(ri->local_uri ? ri->local_uri : "", kid_text);
+    char seg[64];
+    srv_path path = srv_match(ri->local_uri ? ri->local_uri : "", seg);
     if (path == SRV_P_NONE)
         return srv_send_error(c, API_ERR_NOT_FOUND, "no such resource", NULL, 0);
 
@@ -208,19 +316,26 @@ static int srv_route_request(struct mg_connection *c, srv *s)
         strcat(allow, "\r\n");
         return srv_send_error(c, API_ERR_METHOD_NOT_ALLOWED, "method not allowed here", allow, 0);
     }
-    if (route->needs_auth && !auth_check_bearer(s->auth, mg_get_header(c, "Authorization")))
-        return srv_send_error(c, API_ERR_UNAUTHORIZED, "a valid bearer credential is required",
-                              "WWW-Authenticate: Bearer realm=\"signd\"\r\n", 0);
-
     api_req q = {.env = s->env, .method = ri->request_method, .query = ri->query_string};
+    cred_record caller;
+    if (route->roles != SRV_PUBLIC) {
+        int st = srv_authorize(c, s, route, &caller);
+        if (st != 0)
+            return st;
+        q.caller = &caller;
+        memcpy(caller_id, caller.id, sizeof(caller.id));
+    }
+
     q.if_none_match = mg_get_header(c, "If-None-Match");
     q.now = (int64_t)time(NULL);
     if (path == SRV_P_KEY || path == SRV_P_KEY_SIGN) {
-        if (hsm_kid_parse(kid_text, &q.kid) != 0)
+        if (hsm_kid_parse(seg, &q.kid) != 0)
             return srv_send_error(c, API_ERR_INVALID_KID,
                                   "a kid is 32 lowercase hexadecimal characters", NULL, 0);
         q.has_kid = 1;
     }
+    if (path == SRV_P_CREDENTIAL)
+        q.id = seg;
 
     static _Thread_local char body[API_BODY_MAX + 1];
     if (strcmp(ri->request_method, "POST") == 0 || strcmp(ri->request_method, "DELETE") == 0) {
@@ -244,7 +359,7 @@ static int srv_route_request(struct mg_connection *c, srv *s)
         status = srv_send_error(c, e, r.errmsg, r.headers, 0);
     } else {
         status = r.status;
-        srv_send(c, r.status, r.headers, r.body ? r.body : "", r.body ? r.len : 0, 0);
+        srv_send(c, r.status, r.headers, r.body ? r.body : "", r.body ? r.len : 0, 0, r.wipe);
     }
     api_resp_free(&r);
     return status;
@@ -256,9 +371,10 @@ static int srv_dispatch(struct mg_connection *c, void *arg)
     srv *s = arg;
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int status = srv_route_request(c, s);
+    char caller_id[CRED_ID_LEN + 1] = "";
+    int status = srv_route_request(c, s, caller_id);
     if (s->env->cfg->log_requests)
-        srv_log_request(c, status, &t0);
+        srv_log_request(c, status, &t0, caller_id);
     return status;
 }
 
@@ -270,20 +386,16 @@ static int srv_http_error(struct mg_connection *c, int status, const char *msg)
     return 0;
 }
 
-/* CivetWeb 1.15 wants certificate and key in one file; ours are two (tls/cert.pem and
- * tls/key.pem, so the key keeps its own 0600 file). Load both here and set the policy:
- * TLS 1.2 and up. Returning 0 lets CivetWeb go on with the rest of its set-up (the cipher
- * list, the session id context); with no ssl_certificate option it loads no file itself. */
+/* CivetWeb's init_ssl callback: the whole TLS policy (versions, checked cipher lists, the
+ * certificate and the 0600 key, mutual TLS when tls_client_ca is set) is tls_configure's;
+ * see tls.h for what CivetWeb 1.15 does before and after this callback. Returning 0 lets
+ * CivetWeb set the session id context; with no ssl_certificate, ssl_cipher_list or
+ * ssl_verify_peer option it changes nothing tls_configure set. */
 static int srv_init_ssl(void *ssl_ctx, void *arg)
 {
-    SSL_CTX *ctx = ssl_ctx;
-    const cfg *c = ((srv *)arg)->env->cfg;
-    if (SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION) != 1 ||
-        SSL_CTX_use_certificate_chain_file(ctx, c->tls_certificate) != 1 ||
-        SSL_CTX_use_PrivateKey_file(ctx, c->tls_private_key, SSL_FILETYPE_PEM) != 1 ||
-        SSL_CTX_check_private_key(ctx) != 1) {
-        fprintf(stderr, "signd: TLS set-up failed: certificate %s, key %s: %s\n",
-                c->tls_certificate, c->tls_private_key, ERR_reason_error_string(ERR_get_error()));
+    char err[TLS_ERR_MAX];
+    if (tls_configure(ssl_ctx, ((srv *)arg)->env->cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "signd: TLS set-up failed: %s\n", err);
         return -1;
     }
     return 0;
@@ -304,7 +416,14 @@ static int srv_log_message(const struct mg_connection *c, const char *msg)
     return 1;
 }
 
-srv *srv_start(const api_env *env, const auth_state *auth, char *err, size_t errlen)
+static void srv_free(srv *s)
+{
+    rl_free(s->per_credential);
+    rl_free(s->per_address);
+    free(s);
+}
+
+srv *srv_start(const api_env *env, char *err, size_t errlen)
 {
     const cfg *c = env->cfg;
     srv *s = calloc(1, sizeof(*s));
@@ -313,10 +432,22 @@ srv *srv_start(const api_env *env, const auth_state *auth, char *err, size_t err
         return NULL;
     }
     s->env = env;
-    s->auth = auth;
+    if (c->hsts_max_age > 0)
+        snprintf(s->hsts, sizeof(s->hsts), "Strict-Transport-Security: max-age=%u\r\n",
+                 c->hsts_max_age);
+    /* Rate 0 means no limit: rl_new then keeps no buckets and allows everything. */
+    s->per_credential =
+        rl_new(SRV_RL_SLOTS, (double)c->rate_limit_per_second, (double)c->rate_limit_burst);
+    s->per_address = rl_new(SRV_RL_SLOTS, (double)c->auth_failures_per_minute / 60.0,
+                            (double)c->auth_failure_burst);
+    if (s->per_credential == NULL || s->per_address == NULL) {
+        snprintf(err, errlen, "cannot allocate the rate-limit tables");
+        srv_free(s);
+        return NULL;
+    }
     if (!(mg_init_library(MG_FEATURES_TLS) & MG_FEATURES_TLS)) {
         snprintf(err, errlen, "CivetWeb was built without TLS");
-        free(s);
+        srv_free(s);
         return NULL;
     }
     char ports[300], threads[16], req_to[16], ka_to[16];
@@ -327,11 +458,11 @@ srv *srv_start(const api_env *env, const auth_state *auth, char *err, size_t err
     const char *options[] = {
         "listening_ports",
         ports,
-        /* 4: no SSLv2/3, TLS 1.0 or 1.1; srv_init_ssl pins the minimum to TLS 1.2 too. */
-        "ssl_cipher_list",
-        SRV_TLS12_CIPHERS,
+        /* No ssl_cipher_list, ssl_verify_peer or ssl_ca_file: CivetWeb would apply them after
+         * srv_init_ssl, over the checked cipher list and the client CA trust store (tls.h).
+         * The protocol floor is applied before it; tls_configure sets the same one again. */
         "ssl_protocol_version",
-        "4",
+        tls_civetweb_protocol_version(c),
         "num_threads",
         threads,
         "request_timeout_ms",
@@ -361,7 +492,7 @@ srv *srv_start(const api_env *env, const auth_state *auth, char *err, size_t err
     s->ctx = mg_start2(&init, &ed);
     if (s->ctx == NULL) {
         snprintf(err, errlen, "cannot start HTTPS on %s: %s", ports, ebuf);
-        free(s);
+        srv_free(s);
         return NULL;
     }
     mg_set_request_handler(s->ctx, "/", srv_dispatch, s);
@@ -382,5 +513,5 @@ void srv_stop(srv *s)
         return;
     mg_stop(s->ctx);
     mg_exit_library();
-    free(s);
+    srv_free(s);
 }

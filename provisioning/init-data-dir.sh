@@ -3,7 +3,8 @@
 #   softhsm2.conf, token/, pin, so-pin   the embedded SoftHSM2 token (random PINs, 0600)
 #   appliance.conf                       every setting written out with its default
 #   tls/cert.pem, tls/key.pem            a self-signed certificate for localhost/127.0.0.1
-#   admin.credential                     the bootstrap admin credential (0600)
+#   admin.credential                     the bootstrap admin credential's secret (0600); the
+#                                        credential itself is in appliance.db
 # Usage: init-data-dir.sh DATA_DIR [PORT]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +31,13 @@ if [ ! -e "$dir/tls/cert.pem" ]; then
 	chmod 0644 "$dir/tls/cert.pem"
 	echo "init: created a self-signed TLS certificate in $dir/tls"
 fi
+# Before the access-control issue the file held a bare secret (sgd_admin_...) that the
+# appliance read itself; now credentials live in the database, so such a file is retired.
+if [ -e "$dir/admin.credential" ] && grep -q '^sgd_admin_' "$dir/admin.credential"; then
+	mv "$dir/admin.credential" "$dir/admin.credential.retired"
+	echo "init: retired the old-style admin secret to $dir/admin.credential.retired"
+fi
 if [ ! -e "$dir/admin.credential" ]; then
-	"$bin/signd-provision" secret "$dir/admin.credential" sgd_admin_
-	echo "init: wrote the bootstrap admin credential to $dir/admin.credential"
+	"$bin/signd-provision" admin-credential "$dir" --label bootstrap
+	echo "init: the bootstrap admin credential's secret is in $dir/admin.credential"
 fi

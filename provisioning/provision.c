@@ -3,7 +3,7 @@
  *
  *   signd-provision token DIR [--label LABEL] [--module PATH]
  *   signd-provision config DIR [--port PORT]
- *   signd-provision secret FILE PREFIX
+ *   signd-provision admin-credential DIR [--label LABEL] [--out FILE]
  *
  * No PIN or secret ever appears in argv or output: they are generated here and written
  * to 0600 files.
@@ -24,7 +24,7 @@ static int usage(void)
 {
     fprintf(stderr, "usage: signd-provision token DIR [--label LABEL] [--module PATH]\n"
                     "       signd-provision config DIR [--port PORT]\n"
-                    "       signd-provision secret FILE PREFIX\n");
+                    "       signd-provision admin-credential DIR [--label LABEL] [--out FILE]\n");
     return 2;
 }
 
@@ -77,6 +77,20 @@ static int cmd_config(int argc, char **argv)
     return 0;
 }
 
+static int cmd_admin_credential(int argc, char **argv)
+{
+    const char *label = "admin", *out = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--label") == 0 && i + 1 < argc)
+            label = argv[++i];
+        else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
+            out = argv[++i];
+        else
+            return usage();
+    }
+    return prov_admin_credential(argv[0], label, out, stdout) == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3)
@@ -85,7 +99,7 @@ int main(int argc, char **argv)
         return cmd_token(argc - 2, argv + 2);
     if (strcmp(argv[1], "config") == 0)
         return cmd_config(argc - 2, argv + 2);
-    if (strcmp(argv[1], "secret") == 0 && argc == 4)
-        return prov_write_secret(argv[2], argv[3]) == 0 ? 0 : 1;
+    if (strcmp(argv[1], "admin-credential") == 0)
+        return cmd_admin_credential(argc - 2, argv + 2);
     return usage();
 }

@@ -1,7 +1,11 @@
-/* prov: token and secret provisioning. See token.h. */
+/* prov: token and admin-credential provisioning. See token.h. */
 #include "provisioning/token.h"
 
+#include "appliance/config.h"
+#include "appliance/credentials.h"
 #include "hsm/hsm.h"
+
+#include <openssl/crypto.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -10,6 +14,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* 120 bits as 30 hex characters, no newline: Debian's libp11 0.4.12 engine reads at most
@@ -80,30 +85,74 @@ static int prov_write_pin(const char *path)
     return rc;
 }
 
-int prov_write_secret(const char *path, const char *prefix)
+int prov_admin_credential(const char *dir, const char *label, const char *out_path, FILE *out)
 {
-    static const char alphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    uint8_t raw[43]; /* 43 characters of 6 bits each: 258 bits, at least the 256 asked */
-    char text[128];
-    size_t plen = strlen(prefix);
-    if (plen + sizeof(raw) + 2 > sizeof(text)) {
-        fprintf(stderr, "secret prefix too long\n");
+    char conf[PATH_MAX], path[PATH_MAX], err[CFG_ERR_MAX];
+    if (snprintf(conf, sizeof(conf), "%s/appliance.conf", dir) >= (int)sizeof(conf) ||
+        snprintf(path, sizeof(path), "%s/admin.credential", dir) >= (int)sizeof(path)) {
+        fprintf(stderr, "path too long: %s\n", dir);
         return -1;
     }
-    int rc = prov_random(raw, sizeof(raw));
-    if (rc == 0) {
-        memcpy(text, prefix, plen);
-        for (size_t i = 0; i < sizeof(raw); i++)
-            text[plen + i] = alphabet[raw[i] & 63];
-        text[plen + sizeof(raw)] = '\n';
-        rc = prov_write_new(path, text, plen + sizeof(raw) + 1);
-    } else {
-        fprintf(stderr, "cannot read random bytes for %s\n", path);
+    if (out_path != NULL)
+        snprintf(path, sizeof(path), "%s", out_path);
+    static cfg c; /* large; one call per process */
+    if (cfg_load(conf, &c, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return -1;
     }
-    explicit_bzero(raw, sizeof(raw));
-    explicit_bzero(text, sizeof(text));
-    return rc;
+    /* The file first (O_EXCL): a name already taken fails before any credential exists. */
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "cannot create %s: %s%s\n", path, strerror(errno),
+                errno == EEXIST ? " (pass --out FILE to write the new secret elsewhere)" : "");
+        return -1;
+    }
+    cred_store *cs = NULL;
+    if (cred_open(c.database, &cs) != CRED_OK) {
+        fprintf(stderr, "%s: %s\n", c.database, cred_last_error());
+        close(fd);
+        unlink(path);
+        return -1;
+    }
+    char secret[CRED_SECRET_MAX];
+    cred_record rec;
+    cred_spec sp = {.role = CRED_ROLE_ADMIN, .label = label};
+    int rc = -1;
+    cred_status st = cred_create(cs, &sp, (int64_t)time(NULL), secret, &rec);
+    if (st == CRED_ERR_INVALID) {
+        fprintf(stderr, "--label must be printable ASCII, at most %d bytes\n", CRED_LABEL_MAX);
+    } else if (st != CRED_OK) {
+        fprintf(stderr, "cannot create the credential: %s\n", cred_last_error());
+    } else {
+        secret[CRED_SECRET_LEN] = '\n';
+        size_t done = 0;
+        while (done < CRED_SECRET_LEN + 1) {
+            ssize_t w = write(fd, secret + done, CRED_SECRET_LEN + 1 - done);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0)
+                break;
+            done += (size_t)w;
+        }
+        if (done == CRED_SECRET_LEN + 1 && fsync(fd) == 0) {
+            rc = 0;
+        } else {
+            /* A credential whose secret nobody has must not stay usable. */
+            fprintf(stderr, "cannot write %s: %s; credential %s revoked again\n", path,
+                    strerror(errno), rec.id);
+            cred_revoke(cs, rec.id, (int64_t)time(NULL), NULL);
+        }
+    }
+    OPENSSL_cleanse(secret, sizeof(secret));
+    cred_close(cs);
+    if (close(fd) != 0)
+        rc = -1;
+    if (rc != 0) {
+        unlink(path);
+        return -1;
+    }
+    fprintf(out, "admin credential %s written to %s\n", rec.id, path);
+    return 0;
 }
 
 static int prov_path(char *out, const char *dir, const char *name)

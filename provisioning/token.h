@@ -14,8 +14,15 @@
  * or -1 after printing one line naming the problem to stderr. */
 int prov_token_init(const char *dir, const char *label, const char *module, FILE *out);
 
-/* Writes a new random secret to path (O_EXCL, mode 0600) as prefix + 43 base64url
- * characters (256 bits) and a newline. Returns 0 or -1 (message on stderr). */
-int prov_write_secret(const char *path, const char *prefix);
+/* Creates an admin credential (label may be NULL) in the database named by
+ * DIR/appliance.conf and writes its secret and a newline to out_path, or to
+ * DIR/admin.credential when out_path is NULL: a new file (O_EXCL, O_NOFOLLOW, mode 0600),
+ * opened before the credential is made so that a taken name costs nothing. If the secret
+ * cannot be written the credential is revoked at once. Prints "admin credential ID written
+ * to PATH" to out. Returns 0, or -1 after one line naming the problem on stderr.
+ *
+ * Works offline, with data-directory access only: the way back in when every admin
+ * secret is lost. A running appliance sees the new credential after its next start. */
+int prov_admin_credential(const char *dir, const char *label, const char *out_path, FILE *out);
 
 #endif

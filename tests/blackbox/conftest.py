@@ -38,8 +38,12 @@ class Appliance:
         self.port = free_port()
         subprocess.run([INIT, data_dir, str(self.port)], check=True, stdout=subprocess.DEVNULL)
         self.conf = os.path.join(data_dir, "appliance.conf")
+        # Tests present bad credentials on purpose, all from 127.0.0.1: the per-address
+        # throttle would turn later 401s into 429s. Tests of the throttle set it low.
+        self.set_conf({"auth_failure_burst": 10000})
         if extra_conf:
             self.set_conf(extra_conf)
+        self.signer = None
         self.cacert = os.path.join(data_dir, "tls", "cert.pem")
         with open(os.path.join(data_dir, "admin.credential")) as f:
             self.admin = f.read().strip()
@@ -70,6 +74,8 @@ class Appliance:
             if "listening" not in line:
                 self.proc.wait(timeout=10)
                 raise RuntimeError("signd did not start: %r\n%s" % (line, self.read_log()))
+            if self.signer is None:
+                self.signer = self.create_credential("signer", kids="all", label="tests")["secret"]
         return self
 
     def read_log(self):
@@ -104,9 +110,15 @@ class Appliance:
         return {"Authorization": "Bearer " + (secret or self.admin)}
 
     def request(self, method, path, auth=True, **kw):
+        """auth: True for the role the route needs (the test signer, which may use every
+        kid, on /sign and /v1/tokens; the bootstrap admin elsewhere), a secret string for
+        that credential, False for none."""
         headers = kw.pop("headers", {})
+        if auth is True:
+            signer_route = path.startswith("/v1/tokens") or path.split("?")[0].endswith("/sign")
+            auth = self.signer if signer_route else self.admin
         if auth:
-            headers = {**self.auth(), **headers}
+            headers = {**self.auth(auth), **headers}
         # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
         return self.session.request(method, self.url + path, headers=headers, timeout=60,
                                     verify=self.cacert, **kw)
@@ -123,6 +135,13 @@ class Appliance:
         if body is not None:
             kw["json"] = body
         return self.request("DELETE", path, **kw)
+
+    def create_credential(self, role, label="test", **fields):
+        """Creates a credential as the bootstrap admin; returns the response (with secret)."""
+        r = self.post("/v1/credentials", {"role": role, "label": label, **fields},
+                      auth=self.admin)
+        assert r.status_code == 201, r.text
+        return r.json()
 
     def create_key(self, bits=2048, label="test"):
         r = self.post("/v1/keys", {"bits": bits, "label": label})

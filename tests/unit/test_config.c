@@ -115,7 +115,10 @@ static void test_defaults_are_the_documented_values(void **state)
     assert_string_equal(d->tls_certificate, "/data/tls/cert.pem");
     assert_string_equal(d->tls_private_key, "/data/tls/key.pem");
     assert_string_equal(d->database, "/data/appliance.db");
-    assert_string_equal(d->admin_credential_file, "/data/admin.credential");
+    assert_string_equal(d->tls_client_ca, "");
+    assert_string_equal(d->tls_min_version, "1.2");
+    assert_string_equal(d->user, "");
+    assert_int_equal(d->hsts_max_age, 31536000);
     assert_int_equal(d->worker_threads, 64);
     assert_int_equal(d->max_pkcs11_sessions, 0);
     assert_int_equal(d->request_timeout_ms, 10000);
@@ -183,7 +186,6 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "tls_certificate",
                            "tls_private_key",
                            "database",
-                           "admin_credential_file",
                            "worker_threads",
                            "max_pkcs11_sessions",
                            "request_timeout_ms",
@@ -196,7 +198,17 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "token_issuer",
                            "jwks_max_age",
                            "revocations_max_age",
-                           "log_requests"};
+                           "log_requests",
+                           "user",
+                           "tls_min_version",
+                           "tls_ciphers",
+                           "tls_ciphersuites",
+                           "tls_client_ca",
+                           "hsts_max_age",
+                           "rate_limit_per_second",
+                           "rate_limit_burst",
+                           "auth_failures_per_minute",
+                           "auth_failure_burst"};
     size_t settings = 0;
     const char *prev = NULL;
     for (char *line = strtok(buf, "\n"); line != NULL; line = strtok(NULL, "\n")) {
@@ -427,6 +439,16 @@ static void test_strings_are_checked(void **state)
     assert_rejected(fx, "token = a-label-that-is-longer-than-32-bytes\n",
                     "1: 'token' is longer than a token label");
     assert_rejected(fx, "token_issuer = h\xc3\xa9llo\n", "1: 'token_issuer' must be printable");
+    assert_rejected(fx, "tls_min_version = 1.1\n", "1: 'tls_min_version' must be 1.2 or 1.3");
+    assert_rejected(fx, "user = Root\n", "1: 'user' must be a user name");
+    assert_rejected(fx, "user = -x\n", "1: 'user' must be a user name");
+}
+
+static void test_obsolete_admin_credential_file_is_accepted_and_ignored(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(load_text(fx, "admin_credential_file = admin.credential\nport = 9000\n"), 0);
+    assert_int_equal(fx->c.port, 9000);
 }
 
 static void test_ttl_min_default_max_must_be_ordered(void **state)
@@ -567,6 +589,7 @@ int main(void)
         T(test_key_bits_must_be_2048_3072_or_4096),
         T(test_booleans_are_true_or_false_only),
         T(test_strings_are_checked),
+        T(test_obsolete_admin_credential_file_is_accepted_and_ignored),
         T(test_ttl_min_default_max_must_be_ordered),
         T(test_overlong_line_is_rejected),
         T(test_file_larger_than_one_mib_is_rejected),

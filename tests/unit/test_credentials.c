@@ -32,6 +32,20 @@
 
 /* ---- helpers ------------------------------------------------------------------------- */
 
+/* cred_create with its spec spelled out as arguments, to keep the cases one line each. */
+static cred_status create_with(cred_store *cs, cred_role role, const char *label,
+                               const hsm_kid *kids, size_t n_kids, int all_kids, unsigned max_ttl,
+                               int64_t now, char secret[CRED_SECRET_MAX], cred_record *out)
+{
+    cred_spec sp = {.role = role,
+                    .label = label,
+                    .kids = kids,
+                    .n_kids = n_kids,
+                    .all_kids = all_kids,
+                    .max_ttl = max_ttl};
+    return cred_create(cs, &sp, now, secret, out);
+}
+
 static cred_store *open_ok(const testenv_db *t)
 {
     cred_store *cs = NULL;
@@ -53,7 +67,7 @@ static hsm_kid kid_of(unsigned n)
 static void create_ok(cred_store *cs, cred_role role, const hsm_kid *kids, size_t n, int all_kids,
                       unsigned ttl, int64_t now, char secret[CRED_SECRET_MAX], cred_record *rec)
 {
-    assert_int_equal(cred_create(cs, role, "test", kids, n, all_kids, ttl, now, secret, rec),
+    assert_int_equal(create_with(cs, role, "test", kids, n, all_kids, ttl, now, secret, rec),
                      CRED_OK);
 }
 
@@ -68,6 +82,7 @@ static void assert_same_record(const cred_record *a, const cred_record *b)
     assert_int_equal(a->max_ttl, b->max_ttl);
     assert_int_equal(a->created_at, b->created_at);
     assert_int_equal(a->revoked_at, b->revoked_at);
+    assert_string_equal(a->client_subject, b->client_subject);
 }
 
 /* The whole of a file, NUL-terminated (n bytes before it); "" when it does not exist. */
@@ -310,6 +325,29 @@ static void test_everything_survives_close_and_reopen(void **state)
     cred_close(cs);
 }
 
+static void test_client_subject_binding_is_kept_and_bounded(void **state)
+{
+    testenv_db *t = *state;
+    cred_store *cs = open_ok(t);
+    char secret[CRED_SECRET_MAX], too_long[CRED_SUBJECT_MAX + 2];
+    cred_record rec, got;
+    cred_spec sp = {.role = CRED_ROLE_SIGNER, .all_kids = 1, .client_subject = "CN=app1,O=Ex"};
+    assert_int_equal(cred_create(cs, &sp, T0, secret, &rec), CRED_OK);
+    assert_string_equal(rec.client_subject, "CN=app1,O=Ex");
+    memset(too_long, 'a', sizeof(too_long) - 1);
+    too_long[sizeof(too_long) - 1] = '\0';
+    sp.client_subject = too_long;
+    assert_int_equal(cred_create(cs, &sp, T0, secret, NULL), CRED_ERR_INVALID);
+    sp.client_subject = "CN=line\nbreak";
+    assert_int_equal(cred_create(cs, &sp, T0, secret, NULL), CRED_ERR_INVALID);
+    cred_close(cs);
+
+    cs = open_ok(t);
+    assert_int_equal(cred_get(cs, rec.id, &got), CRED_OK);
+    assert_string_equal(got.client_subject, "CN=app1,O=Ex");
+    cred_close(cs);
+}
+
 static void test_may_use_kid_follows_all_kids_and_the_list(void **state)
 {
     testenv_db *t = *state;
@@ -345,39 +383,39 @@ static void test_invalid_role_label_or_kids_are_rejected(void **state)
     long_label[sizeof(long_label) - 1] = '\0';
     hsm_kid dup[2] = {kid_of(1), kid_of(1)};
 
-    assert_int_equal(cred_create(cs, (cred_role)3, "x", NULL, 0, 0, 0, T0, secret, NULL),
+    assert_int_equal(create_with(cs, (cred_role)3, "x", NULL, 0, 0, 0, T0, secret, NULL),
                      CRED_ERR_INVALID);
-    assert_int_equal(cred_create(cs, (cred_role)-1, "x", NULL, 0, 0, 0, T0, secret, NULL),
+    assert_int_equal(create_with(cs, (cred_role)-1, "x", NULL, 0, 0, 0, T0, secret, NULL),
                      CRED_ERR_INVALID);
     assert_string_equal(secret, "");
-    assert_int_equal(cred_create(cs, CRED_ROLE_ADMIN, long_label, NULL, 0, 0, 0, T0, secret, NULL),
+    assert_int_equal(create_with(cs, CRED_ROLE_ADMIN, long_label, NULL, 0, 0, 0, T0, secret, NULL),
                      CRED_ERR_INVALID);
-    assert_int_equal(cred_create(cs, CRED_ROLE_ADMIN, "tab\there", NULL, 0, 0, 0, T0, secret, NULL),
+    assert_int_equal(create_with(cs, CRED_ROLE_ADMIN, "tab\there", NULL, 0, 0, 0, T0, secret, NULL),
                      CRED_ERR_INVALID);
     assert_int_equal(
-        cred_create(cs, CRED_ROLE_ADMIN, "caf\xc3\xa9", NULL, 0, 0, 0, T0, secret, NULL),
+        create_with(cs, CRED_ROLE_ADMIN, "caf\xc3\xa9", NULL, 0, 0, 0, T0, secret, NULL),
         CRED_ERR_INVALID);
     assert_int_equal(
-        cred_create(cs, CRED_ROLE_SIGNER, "x", kids, CRED_KIDS_MAX + 1, 0, 0, T0, secret, NULL),
+        create_with(cs, CRED_ROLE_SIGNER, "x", kids, CRED_KIDS_MAX + 1, 0, 0, T0, secret, NULL),
         CRED_ERR_INVALID);
-    assert_int_equal(cred_create(cs, CRED_ROLE_SIGNER, "x", NULL, 0, 0, 0, T0, secret, NULL),
+    assert_int_equal(create_with(cs, CRED_ROLE_SIGNER, "x", NULL, 0, 0, 0, T0, secret, NULL),
                      CRED_ERR_INVALID); /* a signer with nothing to sign with */
-    assert_int_equal(cred_create(cs, CRED_ROLE_SIGNER, "x", kids, 1, 1, 0, T0, secret, NULL),
+    assert_int_equal(create_with(cs, CRED_ROLE_SIGNER, "x", kids, 1, 1, 0, T0, secret, NULL),
                      CRED_ERR_INVALID); /* both a list and all_kids */
-    assert_int_equal(cred_create(cs, CRED_ROLE_SIGNER, "x", dup, 2, 0, 0, T0, secret, NULL),
+    assert_int_equal(create_with(cs, CRED_ROLE_SIGNER, "x", dup, 2, 0, 0, T0, secret, NULL),
                      CRED_ERR_INVALID);
-    assert_int_equal(cred_create(cs, CRED_ROLE_ADMIN, "x", kids, 1, 0, 0, T0, secret, NULL),
+    assert_int_equal(create_with(cs, CRED_ROLE_ADMIN, "x", kids, 1, 0, 0, T0, secret, NULL),
                      CRED_ERR_INVALID);
-    assert_int_equal(cred_create(cs, CRED_ROLE_AUDITOR, "x", NULL, 0, 1, 0, T0, secret, NULL),
+    assert_int_equal(create_with(cs, CRED_ROLE_AUDITOR, "x", NULL, 0, 1, 0, T0, secret, NULL),
                      CRED_ERR_INVALID);
     assert_int_equal(cred_list(cs, NULL, 0), 0);
 
     /* the limits themselves are fine */
     long_label[CRED_LABEL_MAX] = '\0';
     assert_int_equal(
-        cred_create(cs, CRED_ROLE_SIGNER, long_label, kids, CRED_KIDS_MAX, 0, 0, T0, secret, NULL),
+        create_with(cs, CRED_ROLE_SIGNER, long_label, kids, CRED_KIDS_MAX, 0, 0, T0, secret, NULL),
         CRED_OK);
-    assert_int_equal(cred_create(cs, CRED_ROLE_ADMIN, NULL, NULL, 0, 0, 0, T0, secret, NULL),
+    assert_int_equal(create_with(cs, CRED_ROLE_ADMIN, NULL, NULL, 0, 0, 0, T0, secret, NULL),
                      CRED_OK);
 
     cred_role r;
@@ -464,7 +502,7 @@ static void *race_writer(void *arg)
     for (int i = 0; i < RACE_WRITES; i++) {
         char secret[CRED_SECRET_MAX];
         cred_record rec;
-        if (cred_create(rc->cs, CRED_ROLE_SIGNER, "churn", NULL, 0, 1, 0, T0 + i, secret, &rec) !=
+        if (create_with(rc->cs, CRED_ROLE_SIGNER, "churn", NULL, 0, 1, 0, T0 + i, secret, &rec) !=
                 CRED_OK ||
             cred_authenticate(rc->cs, secret, CRED_SECRET_LEN, NULL) != CRED_OK ||
             cred_revoke(rc->cs, rec.id, T0 + i, NULL) != CRED_OK ||
@@ -512,6 +550,7 @@ int main(void)
         T(test_revoked_credential_is_refused_and_revoke_is_idempotent),
         T(test_everything_survives_close_and_reopen),
         T(test_may_use_kid_follows_all_kids_and_the_list),
+        T(test_client_subject_binding_is_kept_and_bounded),
         T(test_invalid_role_label_or_kids_are_rejected),
         T(test_shares_the_registry_file_without_touching_its_schema_version),
         T(test_open_refuses_a_bad_path_and_a_file_that_is_not_sqlite),

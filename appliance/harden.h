@@ -1,0 +1,62 @@
+/*
+ * hd: process hardening of the appliance daemon.
+ *
+ * Keys live in the process's memory with SoftHSM2, and the PIN and the bearer secrets pass
+ * through it. So: no core dumps, no ptrace or /proc/PID/mem by other processes of the same
+ * user, files created private to the process's user, and, when started as root, the rest of
+ * the run as an unprivileged account (the `user` setting) that cannot regain privileges.
+ *
+ * Order in main:
+ *   hd_early();                                  first thing, before any secret is read
+ *   ... configuration, registry, token, credential, HTTPS (the port is bound) ...
+ *   hd_check_data_owner(&c, err, sizeof(err));   still root: will the user manage?
+ *   hd_drop_user(c.user, err, sizeof(err));      then print "listening"
+ *
+ * The data directory must belong to `user` (chown -R USER DIR) before signd starts: after
+ * the drop, SoftHSM2 opens, creates and deletes object files in the token directory on
+ * every key operation, and SQLite creates and deletes the database's -wal and -journal
+ * files next to the database. What is opened before the drop stays open: the database
+ * connections (registry and credentials; the database file itself may stay root's when
+ * signd created it), the TLS key and CA (loaded by srv_start), the PIN file (read and wiped
+ * by kp_open), the log on stderr. Secret files need not be readable by the user.
+ *
+ * No state: every function may be called from any thread, but hd_drop_user changes the
+ * credentials of every thread of the process (glibc broadcasts set*id to all of them).
+ */
+#ifndef APPLIANCE_HARDEN_H
+#define APPLIANCE_HARDEN_H
+
+#include "appliance/config.h"
+
+#include <stddef.h>
+
+/* RLIMIT_CORE 0 (soft and hard: no core file, not even after a later setrlimit),
+ * PR_SET_DUMPABLE 0 (no core, no ptrace by the same uid, /proc/PID files owned by root),
+ * umask 077 (every file and directory the process creates is private to its owner).
+ * Cannot fail in a way worth stopping for; call it before anything else. */
+void hd_early(void);
+
+/* Refuses, while still root, a data directory the unprivileged user could not manage after
+ * hd_drop_user: every entry under SoftHSM2's directories.tokendir (read from the
+ * softhsm2_conf file; skipped when that setting or the file's line is absent) and the
+ * directory holding the database must belong to c->user. Nothing to check (returns 0) when
+ * c->user is "" or the process is not root. Returns 0, or -1 with one line in err naming
+ * the path, its owner and the fix ("run chown -R signd /var/lib/signd").
+ *
+ *   if (hd_check_data_owner(&c, err, sizeof(err)) != 0) ... */
+int hd_check_data_owner(const cfg *c, char *err, size_t errlen);
+
+/* Becomes `user` for good: user "" does nothing. Not root: when the real and effective
+ * uid are already user's, only the two prctl below and 0; else -1 ("user = X is set but
+ * signd was not started as root").
+ * Root: getpwnam_r (refusing a missing account and uid 0), setgroups to the account's
+ * primary group only, setgid, setuid, then checks that setuid(0) and setgid(0) fail and
+ * that the real and effective ids are the account's; then PR_SET_DUMPABLE 0 again (a
+ * credential change resets it) and PR_SET_NO_NEW_PRIVS 1. Returns 0, or -1 with one line
+ * in err naming the setting and the problem; after -1 the process must exit, its
+ * credentials may be half changed.
+ *
+ *   if (hd_drop_user(c.user, err, sizeof(err)) != 0) ... stop and exit 1 */
+int hd_drop_user(const char *user, char *err, size_t errlen);
+
+#endif
