@@ -16,10 +16,9 @@ static pthread_mutex_t api_admin_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static json_t *api_credential_json(const cred_record *c)
 {
-    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", c->id, "role",
-                          cred_role_name(c->role), "label", c->label, "state",
-                          c->revoked_at ? "revoked" : "active", "created_at",
-                          (json_int_t)c->created_at);
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", c->id, "role", cred_role_name(c->role),
+                          "label", c->label, "state", c->revoked_at ? "revoked" : "active",
+                          "created_at", (json_int_t)c->created_at);
     if (j == NULL)
         return NULL;
     if (c->role == CRED_ROLE_SIGNER) {
@@ -54,8 +53,7 @@ static api_err api_credential_id(const api_req *q, api_resp *r)
 }
 
 /* Reads "kids": "all", or a list of 1..CRED_KIDS_MAX distinct kids this appliance knows. */
-static api_err api_read_kids(const api_req *q, json_t *v, cred_spec *sp, hsm_kid *kids,
-                             api_resp *r)
+static api_err api_read_kids(const api_req *q, json_t *v, cred_spec *sp, hsm_kid *kids, api_resp *r)
 {
     if (json_is_string(v) && strcmp(json_string_value(v), "all") == 0) {
         sp->all_kids = 1;
@@ -160,8 +158,8 @@ static api_err api_created(api_resp *r, const cred_record *rec, const char *secr
 
 api_err api_credentials_create(const api_req *q, api_resp *r)
 {
-    static const char *const fields[] = {"role", "label", "kids", "max_ttl", "client_subject",
-                                         NULL};
+    static const char *const fields[] = {"role",    "label",          "kids",
+                                         "max_ttl", "client_subject", NULL};
     json_t *body;
     api_err e = api_parse_object(q, r, fields, 0, &body);
     if (e != API_OK)

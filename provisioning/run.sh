@@ -16,6 +16,7 @@ url="https://127.0.0.1:$port"
 # The bearer header is built by bash's printf (a builtin), so the secret never
 # appears in any process's argv.
 auth="-H @<(printf 'Authorization: Bearer %s\\n' \"\$(cat $dir/admin.credential)\")"
+signer="-H @<(printf 'Authorization: Bearer %s\\n' \"\$(sed -n 's/.*\"secret\":\"\\([^\"]*\\)\".*/\\1/p' $dir/demo-signer.json)\")"
 cat <<EOT
 
 The appliance is starting on $url (data in $dir). Try, from another shell (bash):
@@ -23,8 +24,13 @@ The appliance is starting on $url (data in $dir). Try, from another shell (bash)
   # create a key
   curl --cacert $dir/tls/cert.pem $auth \\
        -H 'Content-Type: application/json' -d '{"bits":2048,"label":"demo"}' $url/v1/keys
-  # mint a token (newest active key)
-  curl --cacert $dir/tls/cert.pem $auth \\
+  # an app server's credential: a signer for every kid (admins do not sign); the
+  # secret is shown once, so keep the answer in a 0600 file
+  (umask 077; curl --cacert $dir/tls/cert.pem $auth \\
+       -H 'Content-Type: application/json' -d '{"role":"signer","kids":"all","label":"demo"}' \\
+       $url/v1/credentials > $dir/demo-signer.json)
+  # mint a token as that signer (newest active key)
+  curl --cacert $dir/tls/cert.pem $signer \\
        -H 'Content-Type: application/json' -d '{"sub":"video-42","ttl":600,"claims":{"downloadable":false}}' $url/v1/tokens
   # fetch the JWKS
   curl --cacert $dir/tls/cert.pem $url/.well-known/jwks.json

@@ -51,13 +51,21 @@ if need > 0:
     with concurrent.futures.ThreadPoolExecutor(8) as p:
         codes = list(p.map(lambda i: s.post(url + "/v1/keys", json={"label": "bench"}).status_code, range(need)))
     assert codes.count(201) == need, codes
+# The app server's credential: a signer for every kid (admins do not sign), made once.
+signer = d + "/bench-signer.credential"
+if not os.path.exists(signer):
+    r = s.post(url + "/v1/credentials", json={"role": "signer", "kids": "all", "label": "bench"})
+    assert r.status_code == 201, r.text
+    fd = os.open(signer, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, (r.json()["secret"] + "\n").encode())
+    os.close(fd)
 PY
 kid=$(SIGND_URL=$url SIGND_DIR=$dir /usr/bin/python3 -c '
 import os, requests
 d = os.environ["SIGND_DIR"]
 s = requests.Session(); s.trust_env = False
 r = s.post(os.environ["SIGND_URL"] + "/v1/tokens", json={"sub": "probe"}, verify=d + "/tls/cert.pem",
-    headers={"Authorization": "Bearer " + open(d + "/admin.credential").read().strip()})
+    headers={"Authorization": "Bearer " + open(d + "/bench-signer.credential").read().strip()})
 print(r.json()["kid"])')
 stop
 
@@ -69,7 +77,7 @@ for r in $(seq "$rounds"); do
 	raw_runs+=("$raw")
 	start
 	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, wrk -t2 -c64, ${secs}s" >&2
-	out=$(SIGND_CREDENTIAL_FILE="$dir/admin.credential" wrk -t2 -c64 -d"${secs}s" --latency \
+	out=$(SIGND_CREDENTIAL_FILE="$dir/bench-signer.credential" wrk -t2 -c64 -d"${secs}s" --latency \
 		-s tests/bench/mint.lua "$url")
 	stop
 	echo "$out" | grep -q "Non-2xx" && { echo "bench: non-2xx responses:" >&2; echo "$out" >&2; exit 1; }

@@ -44,6 +44,8 @@ class Appliance:
         if extra_conf:
             self.set_conf(extra_conf)
         self.signer = None
+        # (cert.pem, key.pem) presented on every request; needed when tls_client_ca is set.
+        self.client_cert = None
         self.cacert = os.path.join(data_dir, "tls", "cert.pem")
         with open(os.path.join(data_dir, "admin.credential")) as f:
             self.admin = f.read().strip()
@@ -52,6 +54,12 @@ class Appliance:
         self.log_path = os.path.join(data_dir, "signd.log")
         self.session = requests.Session()
         self.session.verify = self.cacert
+
+    def conf_value(self, key):
+        for line in open(self.conf).read().splitlines():
+            if line.startswith(key + " ="):
+                return line.split("=", 1)[1].strip()
+        return None
 
     def set_conf(self, settings):
         lines = open(self.conf).read().splitlines()
@@ -74,7 +82,7 @@ class Appliance:
             if "listening" not in line:
                 self.proc.wait(timeout=10)
                 raise RuntimeError("signd did not start: %r\n%s" % (line, self.read_log()))
-            if self.signer is None:
+            if self.signer is None and (self.client_cert or not self.conf_value("tls_client_ca")):
                 self.signer = self.create_credential("signer", kids="all", label="tests")["secret"]
         return self
 
@@ -120,6 +128,8 @@ class Appliance:
         if auth:
             headers = {**self.auth(auth), **headers}
         # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
+        if self.client_cert and "cert" not in kw:
+            kw["cert"] = self.client_cert
         return self.session.request(method, self.url + path, headers=headers, timeout=60,
                                     verify=self.cacert, **kw)
 
