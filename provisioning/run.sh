@@ -26,7 +26,7 @@ The appliance is starting on $url (data in $dir). Try, from another shell (bash)
        -H 'Content-Type: application/json' -d '{"bits":2048,"label":"demo"}' $url/v1/keys
   # an app server's credential: a signer for every kid (admins do not sign); the
   # secret is shown once, so keep the answer in a 0600 file
-  (umask 077; curl --cacert $dir/tls/cert.pem $auth \\
+  (umask 077; curl -s --cacert $dir/tls/cert.pem $auth \\
        -H 'Content-Type: application/json' -d '{"role":"signer","kids":"all","label":"demo"}' \\
        $url/v1/credentials > $dir/demo-signer.json)
   # mint a token as that signer (newest active key)
