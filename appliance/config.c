@@ -50,6 +50,7 @@ static const char *cfg_check_key_bits(const char *text, unsigned num);
 static const char *cfg_check_printable(const char *text, unsigned num);
 static const char *cfg_check_user(const char *text, unsigned num);
 static const char *cfg_check_tls_version(const char *text, unsigned num);
+static const char *cfg_check_process_model(const char *text, unsigned num);
 
 #define CFG_FIELD(f) offsetof(cfg, f), sizeof(((cfg *)0)->f)
 #define CFG_SECONDS_PER_YEAR 31536000u
@@ -124,6 +125,12 @@ static const cfg_setting cfg_settings[] = {
      false, NULL, "Bad credentials one client address may present per minute on average"},
     {"auth_failure_burst", CFG_T_UINT, CFG_FIELD(auth_failure_burst), "10", 1, 10000, false, NULL,
      "Bad credentials one client address may present at once before it gets 429"},
+    {"process_model", CFG_T_STRING, CFG_FIELD(process_model), "split", 0, 0, false,
+     cfg_check_process_model,
+     "split: a keeper process alone loads the token and PIN, the HTTPS front asks it; single: "
+     "one process (for comparison)"},
+    {"keeper_socket", CFG_T_PATH, CFG_FIELD(keeper_socket), "keeper.sock", 0, 0, false, NULL,
+     "Unix socket between the HTTPS front and the keeper (at most 107 bytes once resolved)"},
 };
 
 /* Settings earlier versions wrote that are now accepted and ignored, so an old data
@@ -183,6 +190,13 @@ static const char *cfg_check_tls_version(const char *text, unsigned num)
 {
     (void)num;
     return strcmp(text, "1.2") == 0 || strcmp(text, "1.3") == 0 ? NULL : "must be 1.2 or 1.3";
+}
+
+static const char *cfg_check_process_model(const char *text, unsigned num)
+{
+    (void)num;
+    return strcmp(text, "split") == 0 || strcmp(text, "single") == 0 ? NULL
+                                                                     : "must be split or single";
 }
 
 /* ---- helpers --------------------------------------------------------------------------- */

@@ -43,6 +43,7 @@
 #define CFG_ISSUER_MAX 256               /* the iss claim, with the NUL */
 #define CFG_USER_MAX 33                  /* a user name, with the NUL */
 #define CFG_CIPHERS_MAX 512              /* an OpenSSL cipher list, with the NUL */
+#define CFG_SOCKET_MAX 108               /* sun_path, with the NUL */
 #define CFG_LINE_MAX 4096                /* bytes per line, without the line end */
 #define CFG_FILE_MAX (1024 * 1024)       /* bytes per file */
 #define CFG_ERR_MAX (CFG_PATH_MAX + 256) /* enough for every message of cfg_load */
@@ -83,6 +84,9 @@ typedef struct cfg {
     unsigned rate_limit_burst;
     unsigned auth_failures_per_minute; /* per client address */
     unsigned auth_failure_burst;
+    /* Privilege separation. */
+    char process_model[8];              /* "split" (keeper process) or "single" */
+    char keeper_socket[CFG_SOCKET_MAX]; /* the keeper's Unix socket (split) */
 } cfg;
 
 /* Loads the file at path into *out: defaults first, then every line of the file. Returns 0,

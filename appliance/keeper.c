@@ -1,12 +1,46 @@
-/* kp: in-process keeper, forwarding to hsm/. See keeper.h. */
+/* kp: the keeper interface, in-process (forwarding to hsm/) or remote (the keeper
+ * protocol to the keeper process). See keeper.h. */
 #include "appliance/keeper.h"
 
+#include "appliance/kproto.h"
+
+#include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* A reply slower than this means the keeper is stuck: the front gives up (503) rather
+ * than hold a worker forever. Generous: an RSA-4096 key generation takes seconds. */
+#define KP_REPLY_TIMEOUT_S 60
+
+/* One thread's connection to the keeper and its message buffers (KPP_MSG_MAX each: too
+ * big for a worker's stack many times over, so on the heap, once per thread). */
+typedef struct {
+    int fd;
+    uint8_t req[KPP_MSG_MAX];
+    uint8_t rep[KPP_MSG_MAX + 1];
+} kp_conn;
 
 struct kp {
-    hsm *h;
+    hsm *h; /* in-process; NULL when remote */
+    struct sockaddr_un addr;
+    pthread_key_t conn_key; /* remote: this thread's kp_conn */
 };
+
+static void kp_conn_free(void *p)
+{
+    kp_conn *c = p;
+    if (c == NULL)
+        return;
+    if (c->fd >= 0)
+        close(c->fd);
+    free(c);
+}
 
 hsm_status kp_open(const hsm_config *hc, kp **out, char *err, size_t errlen)
 {
@@ -29,22 +63,152 @@ hsm_status kp_open(const hsm_config *hc, kp **out, char *err, size_t errlen)
     return HSM_OK;
 }
 
+hsm_status kp_connect(const char *socket_path, kp **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    kp *k = calloc(1, sizeof(*k));
+    if (k == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return HSM_ERR_DEVICE;
+    }
+    k->addr.sun_family = AF_UNIX;
+    if (socket_path == NULL || strlen(socket_path) >= sizeof(k->addr.sun_path)) {
+        snprintf(err, errlen, "keeper socket path missing or longer than %zu bytes",
+                 sizeof(k->addr.sun_path) - 1);
+        free(k);
+        return HSM_ERR_BAD_ARGUMENT;
+    }
+    memcpy(k->addr.sun_path, socket_path, strlen(socket_path) + 1);
+    if (pthread_key_create(&k->conn_key, kp_conn_free) != 0) {
+        snprintf(err, errlen, "pthread_key_create failed");
+        free(k);
+        return HSM_ERR_DEVICE;
+    }
+    *out = k;
+    return HSM_OK;
+}
+
 void kp_close(kp *k)
 {
     if (k == NULL)
         return;
-    hsm_close(k->h);
+    if (k->h != NULL) {
+        hsm_close(k->h);
+    } else {
+        kp_conn_free(pthread_getspecific(k->conn_key));
+        pthread_setspecific(k->conn_key, NULL);
+        pthread_key_delete(k->conn_key);
+    }
     free(k);
 }
+
+/* ---- remote ------------------------------------------------------------------------------ */
+
+/* This thread's connection, connected; NULL when the keeper cannot be reached. */
+static kp_conn *kp_conn_get(kp *k)
+{
+    kp_conn *c = pthread_getspecific(k->conn_key);
+    if (c == NULL) {
+        c = malloc(sizeof(*c));
+        if (c == NULL)
+            return NULL;
+        c->fd = -1;
+        if (pthread_setspecific(k->conn_key, c) != 0) {
+            free(c);
+            return NULL;
+        }
+    }
+    if (c->fd >= 0)
+        return c;
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    struct timeval tv = {.tv_sec = KP_REPLY_TIMEOUT_S};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (connect(fd, (const struct sockaddr *)&k->addr, sizeof(k->addr)) != 0) {
+        close(fd);
+        return NULL;
+    }
+    c->fd = fd;
+    return c;
+}
+
+static void kp_conn_drop(kp_conn *c)
+{
+    close(c->fd);
+    c->fd = -1;
+}
+
+/* Sends c->req (len bytes) and receives the reply for op into *r. A connection that turns
+ * out dead before the request went out (the keeper restarted since its last use) is
+ * replaced once: the request never reached anyone, so resending is safe for every op. */
+static hsm_status kp_call(kp *k, kp_conn *c, size_t len, kpp_op op, kpp_reply *r)
+{
+    for (int attempt = 0;; attempt++) {
+        ssize_t n = send(c->fd, c->req, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n != (ssize_t)len) {
+            int stale = n < 0 && (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN);
+            kp_conn_drop(c);
+            if (attempt == 0 && stale && kp_conn_get(k) == c)
+                continue;
+            return HSM_ERR_DEVICE;
+        }
+        break;
+    }
+    ssize_t got;
+    do
+        got = recv(c->fd, c->rep, sizeof(c->rep), MSG_TRUNC);
+    while (got < 0 && errno == EINTR);
+    if (got <= 0) { /* keeper gone or stuck: the answer is lost, do not guess */
+        kp_conn_drop(c);
+        return HSM_ERR_DEVICE;
+    }
+    if (kpp_decode_reply(c->rep, (size_t)got, op, r) != 0) {
+        kp_conn_drop(c); /* out of step with the keeper: start afresh */
+        return HSM_ERR_DEVICE;
+    }
+    if (r->status == 0)
+        return HSM_OK;
+    /* An hsm_status travels as is; a protocol error means we sent something wrong. */
+    return r->status < HSM_ERR_COUNT_ ? (hsm_status)r->status : HSM_ERR_BAD_ARGUMENT;
+}
+
+/* Runs one request built by the caller into c->req (len 0: the arguments were out of
+ * bounds). */
+#define KP_REMOTE(k, op, build, reply_var)                                                         \
+    kp_conn *c = kp_conn_get(k);                                                                   \
+    if (c == NULL)                                                                                 \
+        return HSM_ERR_DEVICE;                                                                     \
+    size_t req_len = (build);                                                                      \
+    if (req_len == 0)                                                                              \
+        return HSM_ERR_BAD_ARGUMENT;                                                               \
+    kpp_reply reply_var;                                                                           \
+    hsm_status st = kp_call(k, c, req_len, op, &reply_var);                                        \
+    if (st != HSM_OK)                                                                              \
+    return st
+
+/* ---- the interface ----------------------------------------------------------------------- */
 
 hsm_status kp_sign(kp *k, const hsm_kid *kid, const void *msg, size_t len, uint8_t sig[HSM_SIG_MAX],
                    size_t *sig_len)
 {
-    return hsm_sign_rs256(k->h, kid, msg, len, sig, sig_len);
+    if (k->h != NULL)
+        return hsm_sign_rs256(k->h, kid, msg, len, sig, sig_len);
+    if (len > KPP_SIGN_MAX)
+        return HSM_ERR_BAD_ARGUMENT;
+    KP_REMOTE(k, KPP_OP_SIGN, kpp_encode_sign(c->req, sizeof(c->req), kid, msg, len), r);
+    return kpp_reply_sig(&r, sig, sig_len) == 0 ? HSM_OK : HSM_ERR_DEVICE;
 }
 
 hsm_status kp_generate(kp *k, const hsm_kid *kid, unsigned bits, hsm_pubkey *pub)
 {
+    if (k->h == NULL) {
+        KP_REMOTE(k, KPP_OP_GENERATE, kpp_encode_generate(c->req, sizeof(c->req), kid, bits), r);
+        return kpp_reply_pubkey(&r, pub) == 0 ? HSM_OK : HSM_ERR_DEVICE;
+    }
     hsm_status st = hsm_generate(k->h, kid, bits);
     if (st != HSM_OK)
         return st;
@@ -56,21 +220,50 @@ hsm_status kp_generate(kp *k, const hsm_kid *kid, unsigned bits, hsm_pubkey *pub
 
 hsm_status kp_public_key(kp *k, const hsm_kid *kid, hsm_pubkey *pub)
 {
-    return hsm_public_key(k->h, kid, pub);
+    if (k->h != NULL)
+        return hsm_public_key(k->h, kid, pub);
+    KP_REMOTE(k, KPP_OP_PUBLIC_KEY,
+              kpp_encode_kid_op(c->req, sizeof(c->req), KPP_OP_PUBLIC_KEY, kid), r);
+    return kpp_reply_pubkey(&r, pub) == 0 ? HSM_OK : HSM_ERR_DEVICE;
 }
 
 hsm_status kp_destroy(kp *k, const hsm_kid *kid)
 {
-    return hsm_destroy(k->h, kid);
+    if (k->h != NULL)
+        return hsm_destroy(k->h, kid);
+    KP_REMOTE(k, KPP_OP_DESTROY, kpp_encode_kid_op(c->req, sizeof(c->req), KPP_OP_DESTROY, kid), r);
+    (void)r;
+    return HSM_OK;
 }
 
 hsm_status kp_list(kp *k, hsm_key_entry *out, size_t cap, size_t *count)
 {
-    return hsm_list(k->h, out, cap, count);
+    if (k->h != NULL)
+        return hsm_list(k->h, out, cap, count);
+    /* In slices of KPP_LIST_MAX until the keeper's total is reached (or cap is full). */
+    size_t have = 0;
+    uint32_t total = 0;
+    do {
+        KP_REMOTE(k, KPP_OP_LIST, kpp_encode_list(c->req, sizeof(c->req), (uint32_t)have), r);
+        size_t n = 0;
+        if (kpp_reply_list(&r, have < cap ? out + have : NULL, have < cap ? cap - have : 0, &total,
+                           &n) != 0)
+            return HSM_ERR_DEVICE;
+        if (n == 0)
+            break;
+        have += n;
+    } while (have < total);
+    *count = total;
+    return HSM_OK;
 }
 
 hsm_status kp_ping(kp *k, const hsm_kid *probe_kid)
 {
+    if (k->h == NULL) {
+        KP_REMOTE(k, KPP_OP_PING, kpp_encode_ping(c->req, sizeof(c->req), probe_kid), r);
+        (void)r;
+        return HSM_OK;
+    }
     if (probe_kid != NULL) {
         uint8_t sig[HSM_SIG_MAX];
         size_t len;
@@ -83,10 +276,25 @@ hsm_status kp_ping(kp *k, const hsm_kid *probe_kid)
 
 void kp_thread_done(kp *k)
 {
-    hsm_thread_done(k->h);
+    if (k->h != NULL) {
+        hsm_thread_done(k->h);
+        return;
+    }
+    kp_conn_free(pthread_getspecific(k->conn_key));
+    pthread_setspecific(k->conn_key, NULL);
 }
 
 unsigned kp_sessions_open(kp *k)
 {
-    return hsm_sessions_open(k->h);
+    if (k->h != NULL)
+        return hsm_sessions_open(k->h);
+    kp_conn *c = kp_conn_get(k);
+    if (c == NULL)
+        return 0;
+    size_t len = kpp_encode_sessions(c->req, sizeof(c->req));
+    kpp_reply r;
+    uint32_t v = 0;
+    if (len == 0 || kp_call(k, c, len, KPP_OP_SESSIONS, &r) != HSM_OK || kpp_reply_u32(&r, &v) != 0)
+        return 0;
+    return v;
 }

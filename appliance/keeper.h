@@ -2,12 +2,19 @@
  * kp: the one narrow interface through which the HTTP side reaches the token.
  *
  * api/ never calls hsm/ directly: it asks the keeper to sign bytes with a kid, create a
- * key, destroy a kid, export a public key, list keys, or check the token answers. Today
- * the keeper runs in-process and forwards to hsm/; the privilege-separation issue moves it
- * behind a process boundary without touching api/. So every request is fixed-size, every
- * reply is an hsm_status, and nothing points into the token's memory.
+ * key, destroy a kid, export a public key, list keys, or check the token answers. Every
+ * request is fixed-size, every reply is an hsm_status, and nothing points into the token's
+ * memory. Two implementations behind the same functions:
+ *  - kp_open: in-process, forwarding to hsm/ (process_model = single, and the keeper
+ *    process itself);
+ *  - kp_connect: remote, each calling thread with its own SOCK_SEQPACKET connection to the
+ *    keeper process (kproto.h), opened on first use and reopened after the keeper restarts.
+ *    A keeper that is down or dies mid-request gives HSM_ERR_DEVICE (503 hsm_unavailable);
+ *    a request that never reached it (the connection had gone stale) is retried once on a
+ *    fresh connection, so a restarted keeper costs no request.
  *
- * Thread safety: as hsm.h. Each calling thread gets its own token session.
+ * Thread safety: as hsm.h. Each calling thread gets its own token session, in-process or
+ * in the keeper.
  */
 #ifndef APPLIANCE_KEEPER_H
 #define APPLIANCE_KEEPER_H
@@ -19,6 +26,9 @@ typedef struct kp kp;
 /* Opens the token named by the configuration (module, token, PIN file, session bound).
  * On failure writes one line naming the problem into err. */
 hsm_status kp_open(const hsm_config *hc, kp **out, char *err, size_t errlen);
+/* The remote implementation: the keeper listening at socket_path. Connects nothing yet
+ * (the first call of each thread does), so it succeeds while the keeper is down. */
+hsm_status kp_connect(const char *socket_path, kp **out, char *err, size_t errlen);
 void kp_close(kp *k);
 
 hsm_status kp_sign(kp *k, const hsm_kid *kid, const void *msg, size_t len, uint8_t sig[HSM_SIG_MAX],

@@ -3,24 +3,55 @@
  *
  *   signd CONFIG_FILE
  *
- * Everything else comes from the configuration file (see docs/configuration.md). Start-up
- * order: configuration -> registry -> token -> reconcile -> credentials -> publication ->
- * HTTPS. Shutdown (SIGTERM, SIGINT): HTTPS stops and its workers finish -> token closed
- * (only after every worker is out of the PKCS#11 module) -> registry closed.
+ * Everything else comes from the configuration file (see docs/configuration.md).
+ *
+ * process_model = split (the default): three processes.
+ *  - the supervisor (this one): configuration, the data-directory lock, the switch to
+ *    `user`; it then only starts, watches and stops the other two. It never loads the
+ *    PKCS#11 module, so neither does anything forked from it unless it loads it itself.
+ *  - the keeper ("signd: keeper"): loads the module, reads the PIN, logs in, and serves the
+ *    keeper protocol on keeper_socket (keeperd.h). Nothing else touches the token.
+ *  - the front ("signd: front"): registry, credentials, reconcile (through the keeper),
+ *    publication and CivetWeb. No module, no PIN, no descriptor to the token directory;
+ *    PR_SET_NO_NEW_PRIVS. It prints the "listening" line when it serves.
+ *  A front that dies is started again (its state is all in SQLite); a keeper that dies is
+ *  started again while the front answers 503 hsm_unavailable. SIGTERM or SIGINT: the front
+ *  stops first (in-flight requests finish), then the keeper; exit 0 when both exited 0.
+ *
+ * process_model = single: one process does all of it, in the order configuration ->
+ * registry -> token -> reconcile -> credentials -> publication -> HTTPS (kept to measure
+ * what the split costs).
  */
 #include "api/api.h"
 #include "appliance/config.h"
 #include "appliance/credentials.h"
 #include "appliance/harden.h"
 #include "appliance/keeper.h"
+#include "appliance/keeperd.h"
 #include "appliance/reconcile.h"
 #include "appliance/registry.h"
 #include "appliance/server.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* How long a starting keeper or front may take to say it is ready (a token with 1,000
+ * keys opens in well under a second; reconcile lists them once). */
+#define MAIN_READY_TIMEOUT_MS 120000
+/* A child that dies sooner than this after it started is restarted only after this long:
+ * a crash loop must not spin. */
+#define MAIN_RESTART_BACKOFF_MS 1000
 
 static int die(const char *what, const char *msg)
 {
@@ -28,50 +59,35 @@ static int die(const char *what, const char *msg)
     return 1;
 }
 
-int main(int argc, char **argv)
+static char *main_argv0;
+static size_t main_argv0_len;
+
+/* What `ps` shows: the process's name and argv[0], rewritten in place. */
+static void main_set_title(const char *title)
 {
-    if (argc != 2 || argv[1][0] == '-') {
-        fprintf(stderr, "usage: signd CONFIG_FILE\n");
-        return 2;
+    prctl(PR_SET_NAME, title[0] == 's' && strncmp(title, "signd: ", 7) == 0 ? title + 7 : title, 0,
+          0, 0);
+    if (main_argv0 != NULL && main_argv0_len > 0) {
+        size_t n = strlen(title) < main_argv0_len ? strlen(title) : main_argv0_len;
+        memset(main_argv0, 0, main_argv0_len);
+        memcpy(main_argv0, title, n);
     }
-    /* Keys live in this process's memory with SoftHSM2, and the PIN passes through it:
-     * no core dumps, no ptrace by other processes of the same user, private files. */
-    hd_early();
+}
 
-    static cfg c;
+/* ---- the front --------------------------------------------------------------------------- */
+
+/* Serves HTTPS with the token reached through k. announce: print the "listening" line on
+ * stdout (the first start only: nobody reads stdout after that). ready_fd: -1, or where
+ * to write one byte once serving. Returns the exit status. */
+static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, int ready_fd)
+{
     char err[512];
-    if (cfg_load(argv[1], &c, err, sizeof(err)) != 0)
-        return die("configuration", err);
-    if (c.softhsm2_conf[0] != '\0' && setenv("SOFTHSM2_CONF", c.softhsm2_conf, 1) != 0)
-        return die("configuration", "cannot set SOFTHSM2_CONF");
-
-    /* Signals go to sigwait below, never to a worker thread. */
-    sigset_t sigs;
-    sigemptyset(&sigs);
-    sigaddset(&sigs, SIGTERM);
-    sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
     reg *rg = NULL;
-    if (reg_open(c.database, c.max_active_keys, &rg) != REG_OK)
-        return die(c.database, reg_last_error());
-
-    hsm_config hc = {
-        .module_path = c.pkcs11_module,
-        .token = c.token,
-        .pin_file = c.pin_file,
-        .max_sessions = cfg_pkcs11_sessions(&c),
-    };
-    kp *k = NULL;
-    if (kp_open(&hc, &k, err, sizeof(err)) != HSM_OK) {
-        reg_close(rg);
-        return die("token", err);
-    }
+    if (reg_open(c->database, c->max_active_keys, &rg) != REG_OK)
+        return die(c->database, reg_last_error());
 
     rec_report rep;
     if (rec_run(k, rg, stderr, &rep) != 0) {
-        kp_close(k);
         reg_close(rg);
         return die("reconcile", "token and registry could not be made to agree");
     }
@@ -81,45 +97,321 @@ int main(int argc, char **argv)
             rep.orphans_destroyed, rep.revoked_destroyed, rep.marked_broken);
 
     cred_store *cs = NULL;
-    if (cred_open(c.database, &cs) != CRED_OK) {
-        kp_close(k);
+    if (cred_open(c->database, &cs) != CRED_OK) {
         reg_close(rg);
-        return die(c.database, cred_last_error());
+        return die(c->database, cred_last_error());
     }
     if (cred_count_active(cs, CRED_ROLE_ADMIN) == 0)
         fprintf(stderr, "signd: warning: no active admin credential; create one offline with "
                         "`signd-provision admin-credential DATA_DIR`\n");
 
-    api_env env = {.cfg = &c, .reg = rg, .kp = k, .creds = cs};
+    api_env env = {.cfg = c, .reg = rg, .kp = k, .creds = cs};
     api_publish_refresh(&env);
     srv *s = srv_start(&env, err, sizeof(err));
     if (s == NULL) {
         cred_close(cs);
-        kp_close(k);
         reg_close(rg);
         return die("https", err);
     }
-    /* The port is bound and every secret read: from here on, `user` if set (harden.h). */
-    if (hd_check_data_owner(&c, err, sizeof(err)) != 0 ||
-        hd_drop_user(c.user, err, sizeof(err)) != 0) {
-        srv_stop(s);
-        cred_close(cs);
-        api_publish_free();
-        kp_close(k);
-        reg_close(rg);
-        return die("privileges", err);
+    int rc = 0;
+    /* single: the port is bound and every secret read, so from here on `user` if set. In
+     * split the supervisor switched before starting anything. */
+    if (ready_fd < 0 && (hd_check_data_owner(c, err, sizeof(err)) != 0 ||
+                         hd_drop_user(c->user, err, sizeof(err)) != 0)) {
+        rc = die("privileges", err);
+    } else {
+        if (announce) {
+            printf("signd: listening on https://%s:%d (%zu active keys)\n", c->listen_address,
+                   srv_port(s), reg_count(rg, REG_ACTIVE));
+            fflush(stdout);
+        }
+        if (ready_fd >= 0) {
+            (void)!write(ready_fd, "R", 1);
+            close(ready_fd);
+        }
+        int sig = 0;
+        sigwait(sigs, &sig);
+        fprintf(stderr, "signd: signal %d: stopping\n", sig);
     }
-    printf("signd: listening on https://%s:%d (%zu active keys)\n", c.listen_address, srv_port(s),
-           reg_count(rg, REG_ACTIVE));
-    fflush(stdout);
-
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    fprintf(stderr, "signd: signal %d: stopping\n", sig);
     srv_stop(s);
     cred_close(cs);
     api_publish_free();
-    kp_close(k);
     reg_close(rg);
+    return rc;
+}
+
+static int run_single(const cfg *c, const sigset_t *sigs)
+{
+    char err[512];
+    hsm_config hc = {
+        .module_path = c->pkcs11_module,
+        .token = c->token,
+        .pin_file = c->pin_file,
+        .max_sessions = cfg_pkcs11_sessions(c),
+    };
+    kp *k = NULL;
+    if (kp_open(&hc, &k, err, sizeof(err)) != HSM_OK)
+        return die("token", err);
+    int rc = run_front(c, k, sigs, 1, -1);
+    kp_close(k); /* only after every worker is out of the PKCS#11 module */
+    return rc;
+}
+
+/* ---- the keeper -------------------------------------------------------------------------- */
+
+static void *main_keeper_serve(void *arg)
+{
+    kpd_serve(arg);
+    return NULL;
+}
+
+static int run_keeper(const cfg *c, const sigset_t *sigs, int ready_fd)
+{
+    char err[512];
+    kpd *d = NULL;
+    if (kpd_open(c, &d, err, sizeof(err)) != 0)
+        return die("keeper", err);
+    pthread_t t;
+    if (pthread_create(&t, NULL, main_keeper_serve, d) != 0) {
+        kpd_close(d);
+        return die("keeper", "cannot start its thread");
+    }
+    (void)!write(ready_fd, "R", 1);
+    close(ready_fd);
+    int sig = 0;
+    sigwait(sigs, &sig);
+    kpd_stop(d);
+    pthread_join(t, NULL);
+    kpd_close(d);
     return 0;
+}
+
+/* ---- the supervisor ---------------------------------------------------------------------- */
+
+typedef enum { MAIN_KEEPER, MAIN_FRONT } main_role;
+
+typedef struct {
+    pid_t pid;
+    struct timespec started;
+} main_child;
+
+static long main_ms_since(const struct timespec *t)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
+}
+
+/* Forks role and waits until it says it is ready. The child's pid, or -1 when it failed
+ * (it has been reaped then, and its own message is on stderr). */
+static pid_t main_spawn(main_role role, const cfg *c, const sigset_t *sigs, int announce,
+                        main_child *out)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) != 0)
+        return -1;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(p[0]);
+        close(p[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        close(p[0]);
+        /* The supervisor gone (even by SIGKILL), its children follow: nothing may keep
+         * the port or the token without it. */
+        prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+        if (getppid() != parent)
+            _exit(1);
+        int rc;
+        if (role == MAIN_KEEPER) {
+            main_set_title("signd: keeper");
+            if (c->softhsm2_conf[0] != '\0')
+                setenv("SOFTHSM2_CONF", c->softhsm2_conf, 1);
+            rc = run_keeper(c, sigs, p[1]);
+        } else {
+            main_set_title("signd: front");
+            /* It may never gain privileges again (no setuid binary, no file capability). */
+            prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            char err[512];
+            kp *k = NULL;
+            if (kp_connect(c->keeper_socket, &k, err, sizeof(err)) != HSM_OK) {
+                rc = die("keeper", err);
+            } else {
+                rc = run_front(c, k, sigs, announce, p[1]);
+                kp_close(k);
+            }
+        }
+        /* exit, not _exit: stdio flushed, and the sanitizers' leak check runs (make
+         * test-asan) in each child as in a single process. */
+        exit(rc);
+    }
+    close(p[1]);
+    clock_gettime(CLOCK_MONOTONIC, &out->started);
+    struct pollfd pfd = {.fd = p[0], .events = POLLIN};
+    char byte = 0;
+    int ready = 0;
+    if (poll(&pfd, 1, MAIN_READY_TIMEOUT_MS) == 1 && read(p[0], &byte, 1) == 1 && byte == 'R')
+        ready = 1;
+    close(p[0]);
+    if (!ready) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    out->pid = pid;
+    fprintf(stderr, "signd: %s started (pid %d)\n", role == MAIN_KEEPER ? "keeper" : "front",
+            (int)pid);
+    return pid;
+}
+
+static void main_describe(int status, char *buf, size_t len)
+{
+    if (WIFSIGNALED(status))
+        snprintf(buf, len, "killed by signal %d", WTERMSIG(status));
+    else
+        snprintf(buf, len, "exited %d", WEXITSTATUS(status));
+}
+
+/* Starts role again until it is ready, pausing after a quick death. Gives up only on
+ * SIGTERM/SIGINT (returns 0 with *stop set). */
+static void main_restart(main_role role, const cfg *c, const sigset_t *child_sigs,
+                         main_child *child, int *stop)
+{
+    for (;;) {
+        if (main_ms_since(&child->started) < MAIN_RESTART_BACKOFF_MS) {
+            struct timespec ts = {.tv_sec = 0, .tv_nsec = 1000L * 1000 * MAIN_RESTART_BACKOFF_MS};
+            nanosleep(&ts, NULL);
+        }
+        sigset_t pending;
+        if (sigpending(&pending) == 0 &&
+            (sigismember(&pending, SIGTERM) || sigismember(&pending, SIGINT))) {
+            *stop = 1;
+            return;
+        }
+        if (main_spawn(role, c, child_sigs, 0, child) > 0)
+            return;
+        clock_gettime(CLOCK_MONOTONIC, &child->started);
+    }
+}
+
+/* Stops a child with SIGTERM and waits for it: its exit status, -1 if it was gone. */
+static int main_stop_child(main_child *child)
+{
+    if (child->pid <= 0)
+        return 0;
+    kill(child->pid, SIGTERM);
+    int status = 0;
+    while (waitpid(child->pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    child->pid = 0;
+    return status;
+}
+
+static int run_split(const cfg *c, const sigset_t *child_sigs)
+{
+    char err[512];
+    /* One appliance per data directory: a second one would replace the keeper socket and
+     * race the first on the token. */
+    char lock_path[CFG_PATH_MAX + 8];
+    snprintf(lock_path, sizeof(lock_path), "%s.lock", c->database);
+    int lock = open(lock_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (lock < 0 || flock(lock, LOCK_EX | LOCK_NB) != 0)
+        return die(lock_path,
+                   lock < 0 ? strerror(errno) : "another signd is running on this data directory");
+    /* Everything the processes open they open as `user`: switch before starting them. */
+    if (hd_check_data_owner(c, err, sizeof(err)) != 0 ||
+        hd_drop_user(c->user, err, sizeof(err)) != 0)
+        return die("privileges", err);
+
+    /* The registry's schema exists (created or checked) before the keeper reads it. */
+    reg *rg = NULL;
+    if (reg_open(c->database, c->max_active_keys, &rg) != REG_OK)
+        return die(c->database, reg_last_error());
+    reg_close(rg);
+
+    /* The supervisor also waits for SIGCHLD; the children only for SIGTERM and SIGINT. */
+    sigset_t sigs = *child_sigs;
+    sigaddset(&sigs, SIGCHLD);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+
+    main_child keeper = {0}, front = {0};
+    if (main_spawn(MAIN_KEEPER, c, child_sigs, 0, &keeper) < 0)
+        return die("keeper", "did not start (see above)");
+    if (main_spawn(MAIN_FRONT, c, child_sigs, 1, &front) < 0) {
+        main_stop_child(&keeper);
+        return die("front", "did not start (see above)");
+    }
+
+    int stop = 0;
+    while (!stop) {
+        int sig = 0;
+        sigwait(&sigs, &sig);
+        if (sig != SIGCHLD) {
+            fprintf(stderr, "signd: signal %d: stopping\n", sig);
+            break;
+        }
+        int status;
+        pid_t pid;
+        while (!stop && (pid = waitpid(-1, &status, WNOHANG)) > 0) {
+            char how[64];
+            main_describe(status, how, sizeof(how));
+            if (pid == front.pid) {
+                fprintf(stderr, "signd: front (pid %d) %s: restarting it\n", (int)pid, how);
+                front.pid = 0;
+                main_restart(MAIN_FRONT, c, child_sigs, &front, &stop);
+            } else if (pid == keeper.pid) {
+                fprintf(stderr, "signd: keeper (pid %d) %s: restarting it\n", (int)pid, how);
+                keeper.pid = 0;
+                main_restart(MAIN_KEEPER, c, child_sigs, &keeper, &stop);
+            }
+        }
+    }
+    /* Front first, so that in-flight requests finish while the keeper still answers. */
+    int fs = main_stop_child(&front);
+    int ks = main_stop_child(&keeper);
+    close(lock);
+    int clean = WIFEXITED(fs) && WEXITSTATUS(fs) == 0 && WIFEXITED(ks) && WEXITSTATUS(ks) == 0;
+    if (!clean) {
+        char a[64], b[64];
+        main_describe(fs, a, sizeof(a));
+        main_describe(ks, b, sizeof(b));
+        fprintf(stderr, "signd: front %s, keeper %s\n", a, b);
+    }
+    return clean ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2 || argv[1][0] == '-') {
+        fprintf(stderr, "usage: signd CONFIG_FILE\n");
+        return 2;
+    }
+    main_argv0 = argv[0];
+    main_argv0_len = strlen(argv[0]);
+    /* Keys live in the keeper's memory with SoftHSM2, and the PIN passes through it: no
+     * core dumps, no ptrace by other processes of the same user, private files. Inherited
+     * by every process forked from here. */
+    hd_early();
+
+    static cfg c;
+    char err[CFG_ERR_MAX];
+    if (cfg_load(argv[1], &c, err, sizeof(err)) != 0)
+        return die("configuration", err);
+
+    /* Signals go to sigwait, never to a worker thread: blocked before any thread exists. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (strcmp(c.process_model, "single") == 0) {
+        if (c.softhsm2_conf[0] != '\0' && setenv("SOFTHSM2_CONF", c.softhsm2_conf, 1) != 0)
+            return die("configuration", "cannot set SOFTHSM2_CONF");
+        return run_single(&c, &sigs);
+    }
+    return run_split(&c, &sigs);
 }

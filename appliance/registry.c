@@ -1061,3 +1061,119 @@ uint64_t reg_generation(reg *r)
 {
     return atomic_load_explicit(&r->generation, memory_order_acquire);
 }
+
+/* ---- the read-only view ------------------------------------------------------------------ */
+
+struct reg_reader {
+    pthread_mutex_t mu; /* db and q */
+    sqlite3 *db;
+    sqlite3_stmt *q; /* the one lookup, prepared once, reset after every use */
+    char path[PATH_MAX];
+};
+
+static reg_status reg_reader_fail_sql(const reg_reader *rr, const char *what)
+{
+    return reg_fail(rr->path, REG_ERR_IO, "%s: %s", what,
+                    rr->db ? sqlite3_errmsg(rr->db) : "out of memory");
+}
+
+/* The file's schema version must be one this build wrote: 0 is a file reg_open never
+ * finished, above REG_SCHEMA_VERSION one a newer build owns. */
+static reg_status reg_reader_check_schema(reg_reader *rr)
+{
+    sqlite3_stmt *s = NULL;
+    if (sqlite3_prepare_v2(rr->db, "PRAGMA user_version", -1, &s, NULL) != SQLITE_OK)
+        return reg_reader_fail_sql(rr, "read schema version");
+    int rc = sqlite3_step(s);
+    int version = rc == SQLITE_ROW ? sqlite3_column_int(s, 0) : -1;
+    reg_status st = rc == SQLITE_ROW ? REG_OK : reg_reader_fail_sql(rr, "read schema version");
+    sqlite3_finalize(s);
+    if (st == REG_OK && (version < 1 || version > REG_SCHEMA_VERSION))
+        st = reg_fail(rr->path, REG_ERR_IO, "schema version %d is not one this build knows (%d)",
+                      version, REG_SCHEMA_VERSION);
+    return st;
+}
+
+reg_status reg_reader_open(const char *path, reg_reader **out)
+{
+    if (out == NULL)
+        return reg_fail(path, REG_ERR_INVALID, "no handle to return");
+    *out = NULL;
+    if (path == NULL || path[0] == '\0' || strlen(path) >= PATH_MAX)
+        return reg_fail(path, REG_ERR_INVALID, "path missing or too long");
+    reg_errbuf[0] = '\0';
+
+    /* SQLITE_OPEN_NOFOLLOW refuses a symlink too; this also refuses a directory, a FIFO or
+     * a device with a message naming the problem, and a missing file (never created). */
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return reg_fail(path, REG_ERR_IO, "open read-only: %s", strerror(errno));
+    struct stat sb;
+    int regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
+    close(fd);
+    if (!regular)
+        return reg_fail(path, REG_ERR_IO, "not a regular file");
+
+    reg_reader *rr = calloc(1, sizeof(*rr));
+    if (rr == NULL)
+        return reg_fail(path, REG_ERR_IO, "out of memory");
+    snprintf(rr->path, sizeof(rr->path), "%s", path);
+    pthread_mutex_init(&rr->mu, NULL);
+
+    reg_status st = REG_OK;
+    int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path, &rr->db, flags, NULL) != SQLITE_OK)
+        st = reg_reader_fail_sql(rr, "open read-only");
+    if (st == REG_OK) {
+        sqlite3_extended_result_codes(rr->db, 1);
+        if (sqlite3_busy_timeout(rr->db, REG_BUSY_TIMEOUT_MS) != SQLITE_OK)
+            st = reg_reader_fail_sql(rr, "set busy timeout");
+    }
+    if (st == REG_OK)
+        st = reg_reader_check_schema(rr);
+    /* kid is UNIQUE, so this is one probe of its index. */
+    if (st == REG_OK && sqlite3_prepare_v3(rr->db, "SELECT state FROM keys WHERE kid = ?1", -1,
+                                           SQLITE_PREPARE_PERSISTENT, &rr->q, NULL) != SQLITE_OK)
+        st = reg_reader_fail_sql(rr, "prepare the key lookup");
+    if (st != REG_OK) {
+        reg_reader_close(rr);
+        return st;
+    }
+    *out = rr;
+    return REG_OK;
+}
+
+int reg_reader_is_active(reg_reader *rr, const hsm_kid *kid)
+{
+    if (rr == NULL || kid == NULL)
+        return 0;
+    char hex[REG_KID_HEX + 1];
+    hsm_kid_hex(kid, hex);
+    pthread_mutex_lock(&rr->mu);
+    int active = 0;
+    int rc = sqlite3_bind_text(rr->q, 1, hex, REG_KID_HEX, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(rr->q); /* autocommit: a read transaction of its own */
+    if (rc == SQLITE_ROW) {
+        const unsigned char *state = sqlite3_column_text(rr->q, 0);
+        reg_state s;
+        active = reg_state_parse((const char *)state, &s) == 0 && s == REG_ACTIVE;
+    } else if (rc != SQLITE_DONE) {
+        reg_reader_fail_sql(rr, "look up a kid");
+    }
+    /* Ends the read transaction, so the next lookup sees every commit made since. */
+    sqlite3_reset(rr->q);
+    sqlite3_clear_bindings(rr->q);
+    pthread_mutex_unlock(&rr->mu);
+    return active;
+}
+
+void reg_reader_close(reg_reader *rr)
+{
+    if (rr == NULL)
+        return;
+    sqlite3_finalize(rr->q);
+    sqlite3_close(rr->db);
+    pthread_mutex_destroy(&rr->mu);
+    free(rr);
+}

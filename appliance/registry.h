@@ -206,4 +206,32 @@ size_t reg_revocations_after(reg *r, uint64_t after, reg_revocation *out, size_t
  * delete): rebuild a cached document (JWKS, revocation list) when it moved. No lock. */
 uint64_t reg_generation(reg *r);
 
+/* ---- a read-only view for another process ---------------------------------------------- */
+
+/* The keeper's view of the registry file: no mirror, one indexed lookup per question, on
+ * its own read-only connection. It sees what writers have committed (WAL: each lookup is a
+ * read transaction of its own), never an uncommitted change.
+ *
+ *   reg_reader *rr;
+ *   if (reg_reader_open(c.database, &rr) != REG_OK) ... reg_last_error() ...
+ *   if (!reg_reader_is_active(rr, &kid)) refuse();
+ *   reg_reader_close(rr);
+ */
+typedef struct reg_reader reg_reader;
+
+/* Opens the registry file at path read-only (SQLITE_OPEN_READONLY; a symlink, a missing
+ * file, a non-regular file, a newer schema or a file without the keys table is refused),
+ * busy_timeout REG_BUSY_TIMEOUT_MS. Creates nothing but SQLite's own -shm/-wal files.
+ * REG_OK, REG_ERR_INVALID (NULL or over-long path, NULL out) or REG_ERR_IO
+ * (reg_last_error()). *out is NULL on failure. */
+reg_status reg_reader_open(const char *path, reg_reader **out);
+
+/* 1 when kid has a row whose state is active, else 0: unknown, revoked, broken, or any
+ * read error (fail closed; the error goes to reg_last_error() and stderr). Thread-safe:
+ * one connection behind a mutex, its statement prepared once. */
+int reg_reader_is_active(reg_reader *rr, const hsm_kid *kid);
+
+/* Closes the connection. NULL is a no-op. */
+void reg_reader_close(reg_reader *rr);
+
 #endif

@@ -30,6 +30,15 @@ def free_port():
         return s.getsockname()[1]
 
 
+def alive_pid(pid):
+    """True while pid runs (a zombie waiting for init to reap it has stopped running)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class Appliance:
     """One appliance process and its data directory."""
 
@@ -75,8 +84,10 @@ class Appliance:
         if env_extra:
             env.update(env_extra)
         self.log = open(self.log_path, "ab")
+        # Its own process group: kill9 takes the supervisor, the keeper and the front
+        # down at once, as a crash of the machine would.
         self.proc = subprocess.Popen([SIGND, self.conf], stdout=subprocess.PIPE,
-                                     stderr=self.log, env=env)
+                                     stderr=self.log, env=env, start_new_session=True)
         if wait:
             line = self.proc.stdout.readline().decode()
             if "listening" not in line:
@@ -90,9 +101,60 @@ class Appliance:
         with open(self.log_path, "rb") as f:
             return f.read().decode(errors="replace")
 
+    def children(self):
+        """{"keeper": pid, "front": pid} of the running appliance (process_model split;
+        {} for single), read from /proc: the supervisor's children by their names."""
+        found = {}
+        if self.proc is None:
+            return found
+        try:
+            with open("/proc/%d/task/%d/children" % (self.proc.pid, self.proc.pid)) as f:
+                pids = [int(p) for p in f.read().split()]
+        except OSError:
+            return found
+        for pid in pids:
+            try:
+                with open("/proc/%d/comm" % pid) as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            if name in ("keeper", "front"):
+                found[name] = pid
+        return found
+
+    def pids(self):
+        """Every process of the appliance: the supervisor (or the single process) first."""
+        return [self.proc.pid] + sorted(self.children().values())
+
+    def wait_front_restarted(self, old_pid, timeout=60):
+        """Waits until a front other than old_pid serves /healthz; returns its pid."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self.children().get("front")
+            if pid and pid != old_pid:
+                try:
+                    if self.get("/healthz", auth=False).status_code == 200:
+                        return pid
+                except requests.exceptions.ConnectionError:
+                    pass
+            time.sleep(0.1)
+        raise AssertionError("the front was not restarted:\n" + self.read_log()[-3000:])
+
     def stop(self, sig=signal.SIGTERM, timeout=20):
         if self.proc is None:
             return None
+        if sig == signal.SIGKILL:
+            # Every process of the appliance at once, then wait until all are gone so the
+            # data directory (its lock, the port, the token) is free for the next start.
+            group = self.pids()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            for pid in group[1:]:
+                deadline = time.monotonic() + timeout
+                while alive_pid(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
         alive, rc = stop_process(self.proc, sig, timeout)
         self.proc.stdout.close()
         self.log.close()

@@ -17,43 +17,62 @@ def reconcile_counts(log):
     return tuple(int(x) for x in lines[-1])
 
 
-def test_kill_between_generating_and_committing_leaves_no_orphan(make_appliance):
-    a = make_appliance()
-    kept = a.create_key(label="kept")
-    a.restart(env_extra={"SIGND_FAULT": "after_generate"})
+def crash_at(a, fault, request):
+    """Restarts a with the fault point armed, makes request crash the process that serves
+    it, and brings the appliance back. single: the whole appliance dies and is started
+    again; split: only the front dies and the supervisor restarts it. Returns the counts of
+    the reconcile that followed the crash; the appliance is then restarted once more
+    (without the fault), so the caller can check that nothing was left to repair."""
+    a.restart(env_extra={"SIGND_FAULT": fault})
+    front = a.children().get("front")
     with pytest.raises(requests.exceptions.ConnectionError):
-        a.post("/v1/keys", {"label": "never acknowledged"})
-    a.proc.wait(timeout=10)
-    assert a.proc.returncode == -9
-    a.stop()
-    a.start()
-    assert reconcile_counts(a.read_log()) == (1, 0, 0)
+        request()
+    if front is None:
+        a.proc.wait(timeout=10)
+        assert a.proc.returncode == -9
+        a.stop()
+        a.start()
+        counts = reconcile_counts(a.read_log())
+        a.restart()
+        return counts
+    a.wait_front_restarted(front)
+    assert a.proc.poll() is None, "the supervisor must outlive its front"
+    counts = reconcile_counts(a.read_log())
+    a.restart()
+    return counts
+
+
+MODELS = ["split", "single"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_kill_between_generating_and_committing_leaves_no_orphan(make_appliance, model):
+    a = make_appliance({"process_model": model})
+    kept = a.create_key(label="kept")
+    counts = crash_at(a, "after_generate",
+                      lambda: a.post("/v1/keys", {"label": "never acknowledged"}))
+    assert counts == (1, 0, 0)
     keys = a.get("/v1/keys").json()["keys"]
     assert [k["kid"] for k in keys] == [kept["kid"]]
-    # A second start finds nothing left to repair: the orphan is gone from the token.
-    a.restart()
+    # The next start finds nothing left to repair: the orphan is gone from the token.
     assert reconcile_counts(a.read_log()) == (0, 0, 0)
     assert a.post("/v1/keys/%s/sign" % kept["kid"], {"payload": "eA"}).status_code == 200
 
 
-def test_kill_between_committing_revocation_and_destroying_object(make_appliance):
-    a = make_appliance()
+@pytest.mark.parametrize("model", MODELS)
+def test_kill_between_committing_revocation_and_destroying_object(make_appliance, model):
+    a = make_appliance({"process_model": model})
     victim = a.create_key(label="victim")
-    a.restart(env_extra={"SIGND_FAULT": "after_revoke_commit"})
-    with pytest.raises(requests.exceptions.ConnectionError):
-        a.delete("/v1/keys/" + victim["kid"], {"reason": "compromised"})
-    a.proc.wait(timeout=10)
-    a.stop()
-    a.start()
+    counts = crash_at(a, "after_revoke_commit",
+                      lambda: a.delete("/v1/keys/" + victim["kid"], {"reason": "compromised"}))
     # The revocation was durable before the crash: it is in the feed, and reconcile
     # destroyed the object that survived.
-    assert reconcile_counts(a.read_log()) == (0, 1, 0)
+    assert counts == (0, 1, 0)
     assert a.get("/v1/keys/" + victim["kid"]).json()["state"] == "revoked"
     feed = a.get("/v1/revocations", auth=False).json()
     assert [e["kid"] for e in feed["revoked"]] == [victim["kid"]]
     assert victim["kid"] not in a.get("/.well-known/jwks.json", auth=False).text
     assert a.post("/v1/keys/%s/sign" % victim["kid"], {"payload": "eA"}).status_code == 409
-    a.restart()
     assert reconcile_counts(a.read_log()) == (0, 0, 0)
 
 

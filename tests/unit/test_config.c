@@ -208,7 +208,9 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "rate_limit_per_second",
                            "rate_limit_burst",
                            "auth_failures_per_minute",
-                           "auth_failure_burst"};
+                           "auth_failure_burst",
+                           "process_model",
+                           "keeper_socket"};
     size_t settings = 0;
     const char *prev = NULL;
     for (char *line = strtok(buf, "\n"); line != NULL; line = strtok(NULL, "\n")) {

@@ -763,6 +763,162 @@ static void test_open_loads_ten_thousand_rows(void **state)
     reg_close(r);
 }
 
+/* ---- the read-only view (reg_reader) ------------------------------------------------- */
+
+static reg_reader *reader_ok(const testenv_db *t)
+{
+    reg_reader *rr = NULL;
+    assert_int_equal(reg_reader_open(t->db, &rr), REG_OK);
+    assert_non_null(rr);
+    return rr;
+}
+
+static void test_reader_sees_only_active_kids_as_active(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 1, T0);
+    add(r, 2, T0);
+    add(r, 3, T0);
+    reg_reader *rr = reader_ok(t);
+    hsm_kid one = kid_of(1), two = kid_of(2), three = kid_of(3), unknown = kid_of(99);
+
+    assert_int_equal(reg_reader_is_active(rr, &one), 1);
+    assert_int_equal(reg_reader_is_active(rr, &two), 1);
+    assert_int_equal(reg_reader_is_active(rr, &three), 1);
+    assert_int_equal(reg_reader_is_active(rr, &unknown), 0);
+    assert_int_equal(reg_reader_is_active(rr, NULL), 0);
+    assert_int_equal(reg_reader_is_active(NULL, &one), 0);
+    reg_reader_close(rr);
+    reg_reader_close(NULL);
+    reg_close(r);
+}
+
+static void test_reader_already_open_sees_each_committed_change_at_its_next_lookup(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 1, T0);
+    add(r, 2, T0);
+    reg_reader *rr = reader_ok(t);
+    hsm_kid one = kid_of(1), two = kid_of(2), later = kid_of(3);
+    assert_int_equal(reg_reader_is_active(rr, &one), 1);
+    assert_int_equal(reg_reader_is_active(rr, &two), 1);
+    assert_int_equal(reg_reader_is_active(rr, &later), 0);
+
+    assert_int_equal(reg_revoke(r, &one, "compromised", T0 + 1, NULL), REG_OK);
+    assert_int_equal(reg_reader_is_active(rr, &one), 0);
+    assert_int_equal(reg_mark_broken(r, &two), REG_OK);
+    assert_int_equal(reg_reader_is_active(rr, &two), 0);
+    add(r, 3, T0 + 2);
+    assert_int_equal(reg_reader_is_active(rr, &later), 1);
+    assert_int_equal(reg_delete(r, &later), REG_OK);
+    assert_int_equal(reg_reader_is_active(rr, &later), 0);
+
+    /* The writer gone, the reader still answers from the file. */
+    reg_close(r);
+    assert_int_equal(reg_reader_is_active(rr, &one), 0);
+    reg_reader_close(rr);
+    rr = reader_ok(t);
+    assert_int_equal(reg_reader_is_active(rr, &one), 0);
+    assert_int_equal(reg_reader_is_active(rr, &two), 0);
+    reg_reader_close(rr);
+}
+
+static void test_reader_fails_closed_when_the_lookup_cannot_run(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 1, T0);
+    reg_close(r);
+    reg_reader *rr = reader_ok(t);
+    hsm_kid one = kid_of(1);
+    assert_int_equal(reg_reader_is_active(rr, &one), 1);
+    raw_exec(t, "ALTER TABLE keys RENAME TO keys_gone");
+    assert_int_equal(reg_reader_is_active(rr, &one), 0);
+    assert_string_not_equal(reg_last_error(), "");
+    raw_exec(t, "ALTER TABLE keys_gone RENAME TO keys");
+    assert_int_equal(reg_reader_is_active(rr, &one), 1);
+    /* A state this build does not know is not active either. */
+    raw_exec(t, "UPDATE keys SET state = 'retiring'");
+    assert_int_equal(reg_reader_is_active(rr, &one), 0);
+    reg_reader_close(rr);
+}
+
+static void test_reader_refuses_symlinks_missing_files_and_non_registries(void **state)
+{
+    testenv_db *t = *state;
+    reg_reader *rr = NULL;
+    assert_int_equal(reg_reader_open(t->db, &rr), REG_ERR_IO); /* missing: never created */
+    assert_null(rr);
+    assert_int_equal(access(t->db, F_OK), -1);
+    assert_int_equal(reg_reader_open(NULL, &rr), REG_ERR_INVALID);
+    assert_int_equal(reg_reader_open(t->db, NULL), REG_ERR_INVALID);
+
+    reg_close(open_ok(t, 10));
+    char link[PATH_MAX + 16];
+    snprintf(link, sizeof(link), "%s/link.db", t->dir);
+    assert_int_equal(symlink(t->db, link), 0);
+    assert_int_equal(reg_reader_open(link, &rr), REG_ERR_IO);
+    assert_null(rr);
+    assert_int_equal(reg_reader_open(t->dir, &rr), REG_ERR_IO); /* a directory */
+    assert_null(rr);
+
+    char junk[PATH_MAX + 16];
+    snprintf(junk, sizeof(junk), "%s/junk.db", t->dir);
+    FILE *f = fopen(junk, "w");
+    assert_non_null(f);
+    fputs("this is not an SQLite database, not even close to one.............\n", f);
+    fclose(f);
+    assert_int_equal(reg_reader_open(junk, &rr), REG_ERR_IO);
+    assert_null(rr);
+    assert_string_not_equal(reg_last_error(), "");
+
+    raw_exec(t, "PRAGMA user_version = 99");
+    assert_int_equal(reg_reader_open(t->db, &rr), REG_ERR_IO);
+    assert_null(rr);
+}
+
+typedef struct {
+    reg_reader *rr;
+    atomic_int wrong;
+} reader_race;
+
+static void *reader_race_main(void *arg)
+{
+    reader_race *rc = arg;
+    for (unsigned i = 0; i < 500; i++) {
+        unsigned n = i % 20;
+        hsm_kid kid = kid_of(n);
+        int want = n < 10 && n % 2 == 0; /* 0..9 inserted, the odd ones revoked */
+        if (reg_reader_is_active(rc->rr, &kid) != want)
+            atomic_fetch_add(&rc->wrong, 1);
+    }
+    return NULL;
+}
+
+static void test_reader_answers_many_threads_at_once(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 20);
+    for (unsigned n = 0; n < 10; n++)
+        add(r, n, T0);
+    for (unsigned n = 1; n < 10; n += 2) {
+        hsm_kid kid = kid_of(n);
+        assert_int_equal(reg_revoke(r, &kid, "", T0, NULL), REG_OK);
+    }
+    reader_race rc = {.rr = reader_ok(t)};
+    atomic_init(&rc.wrong, 0);
+    pthread_t th[RACE_THREADS];
+    for (int i = 0; i < RACE_THREADS; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, reader_race_main, &rc), 0);
+    for (int i = 0; i < RACE_THREADS; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(atomic_load(&rc.wrong), 0);
+    reg_reader_close(rc.rr);
+    reg_close(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -790,6 +946,11 @@ int main(void)
         T(test_bad_arguments_are_refused),
         T(test_state_names_round_trip),
         T(test_open_loads_ten_thousand_rows),
+        T(test_reader_sees_only_active_kids_as_active),
+        T(test_reader_already_open_sees_each_committed_change_at_its_next_lookup),
+        T(test_reader_fails_closed_when_the_lookup_cannot_run),
+        T(test_reader_refuses_symlinks_missing_files_and_non_registries),
+        T(test_reader_answers_many_threads_at_once),
 #undef T
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

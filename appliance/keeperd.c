@@ -1,0 +1,498 @@
+/* kpd: the keeper process's server. See keeperd.h. */
+#include "appliance/keeperd.h"
+
+#include "appliance/kproto.h"
+#include "appliance/registry.h"
+#include "hsm/hsm.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Entries one LIST scan holds: reconcile's own bound (REC_LIST_MAX), so that whenever the
+ * token holds more, the front learns the real total and refuses to reconcile rather than
+ * act on a partial view. */
+#define KPD_LIST_CAP 8192
+#define KPD_BACKLOG 64
+#define KPD_PROBE "readyz"
+/* How long accept waits after running out of file descriptors or memory. */
+#define KPD_ACCEPT_PAUSE_NS (100 * 1000 * 1000L)
+
+#define KPD_LOG(...) fprintf(stderr, "signd-keeper: " __VA_ARGS__)
+
+/* One accepted connection and the thread serving it. */
+typedef struct kpd_conn {
+    struct kpd *d;
+    int fd;   /* -1 once the thread closed it; under d->mu */
+    int done; /* the thread has finished and may be joined; under d->mu */
+    pthread_t th;
+    struct kpd_conn *next;
+    /* A LIST snapshot: taken at offset 0, served slice by slice, so that the pages of one
+     * listing agree even if keys come and go in between. Thread-private. */
+    hsm_key_entry *list;
+    size_t list_total; /* hsm_list's count, which may exceed KPD_LIST_CAP */
+} kpd_conn;
+
+struct kpd {
+    hsm *h;
+    reg_reader *rr;
+    int listen_fd;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    dev_t sock_dev; /* the socket file we bound, so kpd_close unlinks only that one */
+    ino_t sock_ino;
+    unsigned max_conns;
+
+    atomic_int stopping;
+    pthread_mutex_t mu; /* conns, live, full_logged, every conn's fd and done */
+    kpd_conn *conns;
+    unsigned live;   /* connections whose thread has not finished */
+    int full_logged; /* the limit was logged since a connection last ended */
+};
+
+/* ---- one request ------------------------------------------------------------------------- */
+
+static size_t kpd_list(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size_t cap)
+{
+    kpd *d = cn->d;
+    if (q->offset == 0 || cn->list == NULL) {
+        if (cn->list == NULL) {
+            cn->list = calloc(KPD_LIST_CAP, sizeof(*cn->list));
+            if (cn->list == NULL)
+                return kpp_encode_status(rep, cap, KPP_OP_LIST, HSM_ERR_DEVICE);
+        }
+        hsm_status st = hsm_list(d->h, cn->list, KPD_LIST_CAP, &cn->list_total);
+        if (st != HSM_OK) {
+            free(cn->list);
+            cn->list = NULL;
+            return kpp_encode_status(rep, cap, KPP_OP_LIST, st);
+        }
+    }
+    size_t have = cn->list_total < KPD_LIST_CAP ? cn->list_total : KPD_LIST_CAP;
+    size_t off = q->offset, n = 0;
+    if (off < have)
+        n = have - off < KPP_LIST_MAX ? have - off : KPP_LIST_MAX;
+    uint32_t total = cn->list_total > UINT32_MAX ? UINT32_MAX : (uint32_t)cn->list_total;
+    size_t len = kpp_encode_list_reply(rep, cap, total, n ? cn->list + off : NULL, n);
+    if (off + n >= have) { /* the last page: the snapshot has served its purpose */
+        free(cn->list);
+        cn->list = NULL;
+    }
+    return len;
+}
+
+/* Runs a decoded request and writes its reply into rep: the reply's length, 0 only if no
+ * reply could be encoded at all. */
+static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size_t cap)
+{
+    kpd *d = cn->d;
+    hsm_status st = HSM_ERR_DEVICE;
+    size_t len = 0;
+    switch (q->op) {
+    case KPP_OP_SIGN: {
+        /* The keeper's own check: the front's word is not enough to sign. */
+        if (!reg_reader_is_active(d->rr, &q->kid)) {
+            st = HSM_ERR_KEY_NOT_FOUND;
+            break;
+        }
+        uint8_t sig[HSM_SIG_MAX];
+        size_t sig_len = 0;
+        st = hsm_sign_rs256(d->h, &q->kid, q->msg, q->msg_len, sig, &sig_len);
+        if (st == HSM_OK)
+            len = kpp_encode_sig_reply(rep, cap, sig, sig_len);
+        break;
+    }
+    case KPP_OP_GENERATE: {
+        hsm_pubkey pub;
+        st = hsm_generate(d->h, &q->kid, q->bits);
+        if (st == HSM_OK) {
+            st = hsm_public_key(d->h, &q->kid, &pub);
+            if (st != HSM_OK)
+                hsm_destroy(d->h, &q->kid); /* a key we cannot publish must not stay behind */
+        }
+        if (st == HSM_OK)
+            len = kpp_encode_pubkey_reply(rep, cap, KPP_OP_GENERATE, &pub);
+        break;
+    }
+    case KPP_OP_PUBLIC_KEY: {
+        hsm_pubkey pub;
+        st = hsm_public_key(d->h, &q->kid, &pub);
+        if (st == HSM_OK)
+            len = kpp_encode_pubkey_reply(rep, cap, KPP_OP_PUBLIC_KEY, &pub);
+        break;
+    }
+    case KPP_OP_DESTROY:
+        /* Destroying is for what the registry no longer lists as active (a revoked key, an
+         * orphan of a crash, a key whose row never got written): a front that asks for an
+         * active key is wrong or compromised, and the key stays. */
+        st = reg_reader_is_active(d->rr, &q->kid) ? HSM_ERR_BAD_ARGUMENT
+                                                      : hsm_destroy(d->h, &q->kid);
+        break;
+    case KPP_OP_LIST:
+        return kpd_list(cn, q, rep, cap);
+    case KPP_OP_PING:
+        if (q->has_kid) {
+            uint8_t sig[HSM_SIG_MAX];
+            size_t sig_len;
+            st = hsm_sign_rs256(d->h, &q->kid, KPD_PROBE, strlen(KPD_PROBE), sig, &sig_len);
+        } else {
+            hsm_key_entry e;
+            size_t n;
+            st = hsm_list(d->h, &e, 1, &n);
+        }
+        break;
+    case KPP_OP_SESSIONS:
+        return kpp_encode_u32_reply(rep, cap, KPP_OP_SESSIONS, hsm_sessions_open(d->h));
+    }
+    if (len != 0)
+        return len;
+    /* An error, a success with an empty body (DESTROY, PING), or a reply that would not
+     * encode (never expected: every hsm value fits its field). */
+    if (st == HSM_OK && q->op != KPP_OP_DESTROY && q->op != KPP_OP_PING)
+        st = HSM_ERR_DEVICE;
+    return kpp_encode_status(rep, cap, (uint16_t)q->op, (uint32_t)st);
+}
+
+/* ---- one connection ---------------------------------------------------------------------- */
+
+/* After recv returned 0: has the peer (or kpd_stop) ended the connection? recv returns 0
+ * for an empty datagram too, which is a malformed request (KPP_ERR_SHORT), not the end. */
+static int kpd_hung_up(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN | POLLRDHUP};
+    int n;
+    do
+        n = poll(&p, 1, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return 1;
+    return n == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+static void *kpd_conn_main(void *arg)
+{
+    kpd_conn *cn = arg;
+    kpd *d = cn->d;
+    int fd = cn->fd; /* stays open until this thread closes it below */
+    uint8_t *req = malloc(KPP_MSG_MAX + 1);
+    uint8_t *rep = malloc(KPP_MSG_MAX);
+    while (req != NULL && rep != NULL) {
+        /* MSG_TRUNC: the real datagram length, so an oversized one is seen as such. */
+        ssize_t got = recv(fd, req, KPP_MSG_MAX + 1, MSG_TRUNC);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0 || (got == 0 && kpd_hung_up(fd)))
+            break; /* peer closed, kpd_stop, or a failed connection */
+        kpp_request q;
+        uint16_t echo = 0;
+        uint32_t bad = kpp_decode_request(req, (size_t)got, &q, &echo);
+        size_t len = bad != 0 ? kpp_encode_status(rep, KPP_MSG_MAX, echo, bad)
+                              : kpd_execute(cn, &q, rep, KPP_MSG_MAX);
+        if (len == 0)
+            break;
+        ssize_t sent;
+        do
+            sent = send(fd, rep, len, MSG_NOSIGNAL);
+        while (sent < 0 && errno == EINTR);
+        if (sent != (ssize_t)len)
+            break;
+    }
+    free(req);
+    free(rep);
+    free(cn->list);
+    cn->list = NULL;
+    hsm_thread_done(d->h); /* this thread's token session, before its slot is given back */
+    pthread_mutex_lock(&d->mu);
+    close(cn->fd);
+    cn->fd = -1;
+    cn->done = 1;
+    d->live--;
+    d->full_logged = 0;
+    pthread_mutex_unlock(&d->mu);
+    return NULL;
+}
+
+/* Joins and frees every finished connection (all of them when all is set, waiting for
+ * each). Called by kpd_serve between accepts and by kpd_close. */
+static void kpd_reap(kpd *d, int all)
+{
+    for (;;) {
+        kpd_conn *found = NULL;
+        pthread_mutex_lock(&d->mu);
+        for (kpd_conn **p = &d->conns; *p != NULL; p = &(*p)->next) {
+            if (all || (*p)->done) {
+                found = *p;
+                *p = found->next;
+                break;
+            }
+        }
+        pthread_mutex_unlock(&d->mu);
+        if (found == NULL)
+            return;
+        pthread_join(found->th, NULL);
+        free(found);
+    }
+}
+
+/* Refuses a peer of another uid, and one beyond the connection limit; else starts its
+ * thread. Takes ownership of fd. */
+static void kpd_admit(kpd *d, int fd)
+{
+    struct ucred cred;
+    socklen_t clen = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 || clen != sizeof(cred)) {
+        KPD_LOG("refused a connection: cannot read its credentials: %s\n", strerror(errno));
+        close(fd);
+        return;
+    }
+    if (cred.uid != geteuid()) {
+        KPD_LOG("refused a connection from uid %u (pid %d): not uid %u\n", (unsigned)cred.uid,
+                (int)cred.pid, (unsigned)geteuid());
+        close(fd);
+        return;
+    }
+    pthread_mutex_lock(&d->mu);
+    if (atomic_load(&d->stopping)) {
+        pthread_mutex_unlock(&d->mu);
+        close(fd);
+        return;
+    }
+    if (d->live >= d->max_conns) {
+        if (!d->full_logged)
+            KPD_LOG("connection limit (%u) reached: closing new connections\n", d->max_conns);
+        d->full_logged = 1;
+        pthread_mutex_unlock(&d->mu);
+        close(fd);
+        return;
+    }
+    kpd_conn *cn = calloc(1, sizeof(*cn));
+    int rc = cn == NULL ? ENOMEM : 0;
+    if (cn != NULL) {
+        cn->d = d;
+        cn->fd = fd;
+        rc = pthread_create(&cn->th, NULL, kpd_conn_main, cn);
+    }
+    if (rc != 0) {
+        pthread_mutex_unlock(&d->mu);
+        KPD_LOG("cannot start a connection thread: %s\n", strerror(rc));
+        free(cn);
+        close(fd);
+        return;
+    }
+    cn->next = d->conns;
+    d->conns = cn;
+    d->live++;
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* ---- the interface ----------------------------------------------------------------------- */
+
+static int kpd_fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int kpd_fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (err != NULL && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+/* Makes way for our socket at d->path: nothing there, or a socket file no keeper answers
+ * on (left by a dead one). Anything else is refused, and so is a live keeper's socket. */
+static int kpd_clear_path(kpd *d, const struct sockaddr_un *sa, char *err, size_t errlen)
+{
+    struct stat sb;
+    if (lstat(d->path, &sb) != 0) {
+        if (errno == ENOENT)
+            return 0;
+        return kpd_fail(err, errlen, "keeper socket %s: %s", d->path, strerror(errno));
+    }
+    if (!S_ISSOCK(sb.st_mode))
+        return kpd_fail(err, errlen,
+                        "keeper socket %s: exists and is not a socket: refusing to "
+                        "replace it",
+                        d->path);
+    int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (probe < 0)
+        return kpd_fail(err, errlen, "socket: %s", strerror(errno));
+    int live = connect(probe, (const struct sockaddr *)sa, sizeof(*sa)) == 0;
+    int cerr = errno;
+    close(probe);
+    if (live)
+        return kpd_fail(err, errlen, "keeper socket %s: another keeper is listening on it",
+                        d->path);
+    if (cerr != ECONNREFUSED)
+        return kpd_fail(err, errlen, "keeper socket %s: cannot tell whether it is stale: %s",
+                        d->path, strerror(cerr));
+    if (unlink(d->path) != 0 && errno != ENOENT)
+        return kpd_fail(err, errlen, "keeper socket %s: cannot remove the stale socket: %s",
+                        d->path, strerror(errno));
+    return 0;
+}
+
+static int kpd_listen(kpd *d, char *err, size_t errlen)
+{
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, d->path, strlen(d->path) + 1);
+    if (kpd_clear_path(d, &sa, err, errlen) != 0)
+        return -1;
+    d->listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (d->listen_fd < 0)
+        return kpd_fail(err, errlen, "socket: %s", strerror(errno));
+    /* umask is per process: kpd_open runs at start-up, before any other thread creates
+     * files. The chmod below makes the mode certain whatever the umask was. */
+    mode_t old = umask(077);
+    int rc = bind(d->listen_fd, (const struct sockaddr *)&sa, sizeof(sa));
+    int berr = errno;
+    umask(old);
+    if (rc != 0)
+        return kpd_fail(err, errlen, "keeper socket %s: bind: %s", d->path, strerror(berr));
+    struct stat sb;
+    if (chmod(d->path, 0600) != 0 || lstat(d->path, &sb) != 0 || !S_ISSOCK(sb.st_mode)) {
+        int e = errno;
+        unlink(d->path);
+        return kpd_fail(err, errlen, "keeper socket %s: chmod 0600: %s", d->path, strerror(e));
+    }
+    d->sock_dev = sb.st_dev;
+    d->sock_ino = sb.st_ino;
+    if (listen(d->listen_fd, KPD_BACKLOG) != 0) {
+        int e = errno;
+        unlink(d->path);
+        return kpd_fail(err, errlen, "keeper socket %s: listen: %s", d->path, strerror(e));
+    }
+    return 0;
+}
+
+/* Frees what kpd_open made; the socket file only when it is still ours. */
+static void kpd_free(kpd *d)
+{
+    if (d->listen_fd >= 0) {
+        close(d->listen_fd);
+        struct stat sb;
+        if (lstat(d->path, &sb) == 0 && S_ISSOCK(sb.st_mode) && sb.st_dev == d->sock_dev &&
+            sb.st_ino == d->sock_ino)
+            unlink(d->path);
+    }
+    hsm_close(d->h);
+    reg_reader_close(d->rr);
+    pthread_mutex_destroy(&d->mu);
+    free(d);
+}
+
+int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
+{
+    if (out == NULL || c == NULL)
+        return kpd_fail(err, errlen, "kpd_open: no configuration or no handle to return");
+    *out = NULL;
+    kpd *d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        return kpd_fail(err, errlen, "out of memory");
+    d->listen_fd = -1;
+    d->max_conns = cfg_pkcs11_sessions(c);
+    atomic_init(&d->stopping, 0);
+    pthread_mutex_init(&d->mu, NULL);
+    if (c->keeper_socket[0] == '\0' || strlen(c->keeper_socket) >= sizeof(d->path)) {
+        kpd_free(d);
+        return kpd_fail(err, errlen, "keeper socket path missing or longer than %zu bytes",
+                        sizeof(d->path) - 1);
+    }
+    memcpy(d->path, c->keeper_socket, strlen(c->keeper_socket) + 1);
+    if (d->max_conns == 0) {
+        kpd_free(d);
+        return kpd_fail(err, errlen, "max_pkcs11_sessions allows no connection");
+    }
+
+    /* The socket first: a path we may not take, or another keeper alive on it, is found
+     * before the module is loaded and the PIN read. Connections queue until kpd_serve. */
+    if (kpd_listen(d, err, errlen) != 0) {
+        kpd_free(d);
+        return -1;
+    }
+    hsm_config hc = {
+        .module_path = c->pkcs11_module[0] ? c->pkcs11_module : NULL,
+        .token = c->token,
+        .pin_file = c->pin_file,
+        .max_sessions = d->max_conns,
+    };
+    unsigned long ckr = 0;
+    hsm_status st = hsm_open(&hc, &d->h, &ckr);
+    if (st != HSM_OK) {
+        kpd_fail(err, errlen, "%s: %s (token %s, module %s, PKCS#11 rv 0x%lx)", hsm_status_name(st),
+                 hsm_strerror(st), hc.token, hc.module_path ? hc.module_path : HSM_DEFAULT_MODULE,
+                 ckr);
+        kpd_free(d);
+        return -1;
+    }
+    if (reg_reader_open(c->database, &d->rr) != REG_OK) {
+        kpd_fail(err, errlen, "%s", reg_last_error());
+        kpd_free(d);
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
+int kpd_serve(kpd *d)
+{
+    KPD_LOG("listening on %s (at most %u connections)\n", d->path, d->max_conns);
+    int rc = 0;
+    while (!atomic_load(&d->stopping)) {
+        kpd_reap(d, 0);
+        int fd = accept4(d->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0) {
+            kpd_admit(d, fd);
+            continue;
+        }
+        int e = errno;
+        if (atomic_load(&d->stopping))
+            break; /* kpd_stop's shutdown makes accept fail (EINVAL) */
+        if (e == EINTR || e == ECONNABORTED || e == EPROTO)
+            continue;
+        if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+            struct timespec pause = {.tv_nsec = KPD_ACCEPT_PAUSE_NS};
+            nanosleep(&pause, NULL);
+            continue;
+        }
+        KPD_LOG("accept on %s: %s: no more connections\n", d->path, strerror(e));
+        rc = -1;
+        break;
+    }
+    return rc;
+}
+
+void kpd_stop(kpd *d)
+{
+    if (d == NULL || atomic_exchange(&d->stopping, 1))
+        return;
+    shutdown(d->listen_fd, SHUT_RDWR); /* wakes accept */
+    pthread_mutex_lock(&d->mu);
+    for (kpd_conn *cn = d->conns; cn != NULL; cn = cn->next)
+        if (cn->fd >= 0)
+            shutdown(cn->fd, SHUT_RDWR); /* wakes recv; the thread finishes its request */
+    pthread_mutex_unlock(&d->mu);
+}
+
+void kpd_close(kpd *d)
+{
+    if (d == NULL)
+        return;
+    kpd_stop(d); /* a no-op after kpd_stop; else no thread may linger in the module */
+    kpd_reap(d, 1);
+    kpd_free(d);
+}

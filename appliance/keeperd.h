@@ -1,0 +1,68 @@
+/*
+ * kpd: the keeper process's server. The keeper is the only process of the appliance that
+ * loads the PKCS#11 module, reads the PIN and holds a logged-in token; the HTTP front
+ * reaches it only through the keeper protocol (kproto.h) over a Unix SOCK_SEQPACKET socket
+ * at cfg.keeper_socket.
+ *
+ * What it owns:
+ *  - the listening socket (created mode 0600 under umask 077). A socket file no keeper
+ *    answers on (left by a dead one) is replaced; anything else at the path is refused: a
+ *    regular file, a symlink, a directory, or the socket of a keeper still listening.
+ *  - one thread per accepted connection, at most cfg_pkcs11_sessions(c) at once (each
+ *    thread has its own token session, released when its connection closes); a connection
+ *    beyond the limit, or from another uid (SO_PEERCRED), is closed at once, unanswered;
+ *  - its own view of which kids may sign: before every SIGN it reads the kid's state from
+ *    the registry file itself (reg_reader: read-only SQLite connection, one indexed lookup,
+ *    failing closed), so a revoked, broken or unknown kid cannot sign whatever the front
+ *    asks (HSM_ERR_KEY_NOT_FOUND, the token untouched). PING's probe signature, GENERATE,
+ *    PUBLIC_KEY, DESTROY and LIST do not consult the registry;
+ *  - the hsm handle, opened by kpd_open and closed by kpd_close only after every
+ *    connection thread has left the module (SoftHSM2 crashes on C_Finalize otherwise).
+ *
+ * A request that cannot be decoded (an empty datagram included) gets an error reply
+ * (kpp_status) and the connection keeps serving; only a failed send or recv, or the
+ * peer's close, ends a connection. LIST scans the token at offset 0 (at most 8192 entries,
+ * the reconcile bound; the reply's total is the real count even when larger) and serves
+ * later offsets on the same connection from that snapshot, so one listing is consistent.
+ *
+ * Logging: one line on stderr, prefixed "signd-keeper: ", per notable event (listening,
+ * a peer refused, the connection limit reached — once until a connection ends, accept
+ * failing for good); never one per request.
+ *
+ *   kpd *d;
+ *   if (kpd_open(&c, &d, err, sizeof(err)) != 0) ... one line in err ...
+ *   kpd_serve(d);            // returns after kpd_stop, from a signal handler thread
+ *   kpd_close(d);
+ */
+#ifndef APPLIANCE_KEEPERD_H
+#define APPLIANCE_KEEPERD_H
+
+#include "appliance/config.h"
+
+#include <stddef.h>
+
+typedef struct kpd kpd;
+
+/* Binds and listens on c->keeper_socket (first, so that a path it may not take is found
+ * before the PIN is read), opens the token (module, label or URI, PIN file, session bound
+ * from c) and the registry file read-only (it must exist: the keeper never creates it).
+ * 0, or -1 with one line naming the problem in err and nothing left behind (the socket
+ * file is removed again). Changes the process umask for the moment of bind: call it before
+ * other threads create files. */
+int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen);
+
+/* Accepts and serves connections until kpd_stop. Returns 0, or -1 when accept fails for
+ * good (running out of descriptors or memory is waited out, not fatal). */
+int kpd_serve(kpd *d);
+
+/* Makes kpd_serve return: stops accepting and shuts every connection down (a request
+ * being executed finishes; its reply is lost). Safe from any thread; later calls are
+ * no-ops. NULL is a no-op. */
+void kpd_stop(kpd *d);
+
+/* Stops if kpd_stop was not called, joins every connection thread, closes the token and
+ * the registry, unlinks the socket (only if the file is still the one it bound). Call it
+ * once kpd_serve has returned, or when kpd_serve never ran. NULL is a no-op. */
+void kpd_close(kpd *d);
+
+#endif

@@ -1,0 +1,133 @@
+/*
+ * kpp: the keeper protocol, the only language the HTTP front and the keeper (the process
+ * that loads the PKCS#11 module and holds the PIN) share. Pure encoding and decoding: no
+ * I/O, no allocation, no state, so both sides and the fuzz target use the same code.
+ *
+ * Transport: a Unix SOCK_SEQPACKET connection, one message per send/recv, so a message
+ * never has to be reassembled and its length is the datagram's. Each front worker thread
+ * has its own connection, so signing stays parallel; requests on one connection are
+ * strictly one at a time (request, reply, request, ...).
+ *
+ * A message is a 12-byte header and a body, integers big-endian:
+ *
+ *   offset 0  u8  magic 'K' (0x4b)
+ *   offset 1  u8  version KPP_VERSION
+ *   offset 2  u16 op (kpp_op)
+ *   offset 4  u32 status: 0 in requests; in replies an hsm_status or a kpp_status
+ *   offset 8  u32 body length: exactly the bytes that follow, at most KPP_BODY_MAX
+ *
+ * Bodies (every length is checked against its bound before it is used):
+ *
+ *   op          request body                      reply body (status 0 only)
+ *   SIGN        kid[16] msg[0..KPP_SIGN_MAX]       sig[1..HSM_SIG_MAX]
+ *   GENERATE    kid[16] bits u32 (2048|3072|4096)  pubkey
+ *   PUBLIC_KEY  kid[16]                            pubkey
+ *   DESTROY     kid[16]                            (empty)
+ *   LIST        offset u32                         total u32, n u32, n x (kid[16], flags u8)
+ *   PING        has_kid u8 (0|1), kid[16]          (empty)
+ *   SESSIONS    (empty)                            open u32
+ *
+ *   pubkey = bits u32, n_len u16, n[1..HSM_MODULUS_MAX], e_len u16, e[1..HSM_EXPONENT_MAX]
+ *   LIST flags: bit 0 private half present, bit 1 public half present; n <= KPP_LIST_MAX
+ *
+ * A reply with a nonzero status has an empty body. A request the keeper cannot decode
+ * gets a reply with op echoed (0 when even the header is unreadable) and one of the
+ * kpp_status codes, and the connection stays usable.
+ */
+#ifndef APPLIANCE_KPROTO_H
+#define APPLIANCE_KPROTO_H
+
+#include "hsm/hsm.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KPP_MAGIC 0x4b
+#define KPP_VERSION 1
+#define KPP_HDR_LEN 12
+#define KPP_BODY_MAX (96 * 1024)
+#define KPP_MSG_MAX (KPP_HDR_LEN + KPP_BODY_MAX)
+/* The longest message a SIGN may carry: the JWT signing input of a 64 KiB request body,
+ * base64url-encoded, fits (64 KiB * 4/3 + header). */
+#define KPP_SIGN_MAX (KPP_BODY_MAX - HSM_KID_LEN)
+#define KPP_LIST_MAX 1024 /* entries per LIST reply: 17 bytes each */
+
+typedef enum {
+    KPP_OP_SIGN = 1,
+    KPP_OP_GENERATE = 2,
+    KPP_OP_PUBLIC_KEY = 3,
+    KPP_OP_DESTROY = 4,
+    KPP_OP_LIST = 5,
+    KPP_OP_PING = 6,
+    KPP_OP_SESSIONS = 7,
+} kpp_op;
+
+/* Reply statuses of the protocol itself, above every hsm_status value. */
+typedef enum {
+    KPP_ERR_SHORT = 100,     /* fewer bytes than a header, or than the body length says */
+    KPP_ERR_OVERSIZED = 101, /* longer than KPP_MSG_MAX, or more bytes than it says */
+    KPP_ERR_MAGIC = 102,     /* not a keeper protocol message */
+    KPP_ERR_VERSION = 103,   /* another protocol version */
+    KPP_ERR_UNKNOWN_OP = 104,
+    KPP_ERR_BAD_BODY = 105, /* the body does not have the op's shape or bounds */
+    KPP_ERR_NOT_REQUEST = 106, /* status nonzero in a request */
+} kpp_status;
+
+/* A decoded request. Pointers (msg) point into the buffer that was decoded. */
+typedef struct {
+    kpp_op op;
+    hsm_kid kid;
+    int has_kid;
+    const uint8_t *msg; /* SIGN */
+    size_t msg_len;
+    unsigned bits;   /* GENERATE */
+    uint32_t offset; /* LIST */
+} kpp_request;
+
+/* A decoded reply header: op, status, and the body inside the decoded buffer. */
+typedef struct {
+    kpp_op op;
+    uint32_t status;
+    const uint8_t *body;
+    size_t body_len;
+} kpp_reply;
+
+/* A name for a status, hsm_status or kpp_status ("ok", "key_not_found", "short"...). */
+const char *kpp_status_name(uint32_t status);
+
+/* Decodes a request of len bytes (len may exceed KPP_MSG_MAX: a recv with MSG_TRUNC
+ * reports the real length). 0 and *out filled, or a kpp_status; *op_echo (may be NULL)
+ * receives the op to echo in the error reply (0 when the header is unreadable). */
+uint32_t kpp_decode_request(const uint8_t *buf, size_t len, kpp_request *out, uint16_t *op_echo);
+
+/* Decodes a reply's header and checks that it answers op. 0, or a kpp_status. */
+uint32_t kpp_decode_reply(const uint8_t *buf, size_t len, kpp_op op, kpp_reply *out);
+
+/* Request encoders: write the whole message to buf (KPP_MSG_MAX bytes suffice) and return
+ * its length, or 0 when an argument is out of bounds. */
+size_t kpp_encode_sign(uint8_t *buf, size_t cap, const hsm_kid *kid, const void *msg,
+                       size_t msg_len);
+size_t kpp_encode_generate(uint8_t *buf, size_t cap, const hsm_kid *kid, unsigned bits);
+size_t kpp_encode_kid_op(uint8_t *buf, size_t cap, kpp_op op, const hsm_kid *kid); /* PUBLIC_KEY, DESTROY */
+size_t kpp_encode_list(uint8_t *buf, size_t cap, uint32_t offset);
+size_t kpp_encode_ping(uint8_t *buf, size_t cap, const hsm_kid *kid); /* kid may be NULL */
+size_t kpp_encode_sessions(uint8_t *buf, size_t cap);
+
+/* Reply encoders (keeper side): same conventions. kpp_encode_status writes a reply with an
+ * empty body and any status (errors, and DESTROY/PING successes). */
+size_t kpp_encode_status(uint8_t *buf, size_t cap, uint16_t op, uint32_t status);
+size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, const uint8_t *sig, size_t sig_len);
+size_t kpp_encode_pubkey_reply(uint8_t *buf, size_t cap, kpp_op op, const hsm_pubkey *pub);
+size_t kpp_encode_list_reply(uint8_t *buf, size_t cap, uint32_t total, const hsm_key_entry *e,
+                             size_t n);
+size_t kpp_encode_u32_reply(uint8_t *buf, size_t cap, kpp_op op, uint32_t value);
+
+/* Reply body decoders (front side), on a kpp_reply with status 0: 0, or KPP_ERR_BAD_BODY. */
+uint32_t kpp_reply_sig(const kpp_reply *r, uint8_t sig[HSM_SIG_MAX], size_t *sig_len);
+uint32_t kpp_reply_pubkey(const kpp_reply *r, hsm_pubkey *pub);
+/* Copies up to cap entries; *total is the keeper's count, *n how many this reply holds. */
+uint32_t kpp_reply_list(const kpp_reply *r, hsm_key_entry *out, size_t cap, uint32_t *total,
+                        size_t *n);
+uint32_t kpp_reply_u32(const kpp_reply *r, uint32_t *value);
+
+#endif
