@@ -18,6 +18,7 @@
 
 #include <jansson.h>
 
+#include "appliance/audit.h"
 #include "appliance/config.h"
 #include "appliance/credentials.h"
 #include "appliance/keeper.h"
@@ -92,6 +93,7 @@ typedef struct {
     reg *reg;
     kp *kp;
     cred_store *creds;
+    audit *audit; /* the trail's writer; NULL only in tests that do without */
 } api_env;
 
 typedef struct {
@@ -169,6 +171,9 @@ api_err api_credentials_create(const api_req *q, api_resp *r);
 api_err api_credentials_list(const api_req *q, api_resp *r);
 api_err api_credentials_get(const api_req *q, api_resp *r);
 api_err api_credentials_revoke(const api_req *q, api_resp *r);
+api_err api_audit_list(const api_req *q, api_resp *r);
+api_err api_audit_export(const api_req *q, api_resp *r);
+api_err api_audit_key(const api_req *q, api_resp *r);
 
 /* Releases r's body (frees it, or drops its reference on a cached document). */
 void api_resp_free(api_resp *r);

@@ -254,6 +254,11 @@ api_err api_keys_sign(const api_req *q, api_resp *r)
     char sig_b64[HSM_SIG_MAX * 4 / 3 + 4], kid[2 * HSM_KID_LEN + 1];
     jose_b64url_encode(sig, sig_len, sig_b64, sizeof(sig_b64));
     hsm_kid_hex(&q->kid, kid);
+    if (audit_signature(q->env->audit, kid, q->caller ? q->caller->id : NULL, bytes, n, NULL) !=
+        0) {
+        e = api_fail(r, API_ERR_STORAGE, "the signature could not be recorded in the audit trail");
+        goto out;
+    }
     e = api_json(r, 200,
                  json_pack("{s:s, s:s, s:s}", "kid", kid, "alg", "RS256", "signature", sig_b64));
 out:

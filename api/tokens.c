@@ -179,6 +179,11 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
         e = api_fail(r, API_ERR_INTERNAL, "token does not fit");
         goto out;
     }
+    if (audit_signature(q->env->audit, kid_hex, q->caller ? q->caller->id : NULL, jws, signing_len,
+                        jti) != 0) {
+        e = api_fail(r, API_ERR_STORAGE, "the token could not be recorded in the audit trail");
+        goto out;
+    }
     e = api_json(r, 200,
                  json_pack("{s:s, s:s, s:s, s:I, s:I}", "token", jws, "kid", kid_hex, "jti", jti,
                            "iat", (json_int_t)q->now, "exp", (json_int_t)exp));

@@ -131,6 +131,14 @@ static const cfg_setting cfg_settings[] = {
      "one process (for comparison)"},
     {"keeper_socket", CFG_T_PATH, CFG_FIELD(keeper_socket), "keeper.sock", 0, 0, false, NULL,
      "Unix socket between the HTTPS front and the keeper (at most 107 bytes once resolved)"},
+    {"audit_flush_seconds", CFG_T_UINT, CFG_FIELD(audit_flush_seconds), "10", 1, 3600, false, NULL,
+     "Signature counts and failure events reach the audit trail at most this late"},
+    {"audit_checkpoint_events", CFG_T_UINT, CFG_FIELD(audit_checkpoint_events), "1000", 1, 1000000,
+     false, NULL, "The audit key signs the chain head after this many events..."},
+    {"audit_checkpoint_seconds", CFG_T_UINT, CFG_FIELD(audit_checkpoint_seconds), "300", 1, 86400,
+     false, NULL, "...or this many seconds after the last checkpoint"},
+    {"audit_every_signature", CFG_T_BOOL, CFG_FIELD(audit_every_signature), "false", 0, 0, false,
+     NULL, "Record every signature as its own audit event (group commit), not only counts"},
 };
 
 /* Settings earlier versions wrote that are now accepted and ignored, so an old data

@@ -87,6 +87,11 @@ typedef struct cfg {
     /* Privilege separation. */
     char process_model[8];              /* "split" (keeper process) or "single" */
     char keeper_socket[CFG_SOCKET_MAX]; /* the keeper's Unix socket (split) */
+    /* The audit trail (audit.h). */
+    unsigned audit_flush_seconds;
+    unsigned audit_checkpoint_events;
+    unsigned audit_checkpoint_seconds;
+    bool audit_every_signature;
 } cfg;
 
 /* Loads the file at path into *out: defaults first, then every line of the file. Returns 0,

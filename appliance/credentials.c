@@ -1,6 +1,8 @@
 /* cred: API credentials, SQLite behind an in-memory mirror. See credentials.h. */
 #include "appliance/credentials.h"
 
+#include "appliance/audit.h"
+
 #include "jose/jose.h"
 
 #include <openssl/crypto.h>
@@ -369,6 +371,25 @@ static cred_status cred_exec(cred_store *cs, const char *sql, const char *what)
     return CRED_OK;
 }
 
+/* Ends a write transaction: COMMIT when st is CRED_OK, else ROLLBACK. */
+static cred_status cred_tx_end(cred_store *cs, cred_status st)
+{
+    if (st == CRED_OK && cred_exec(cs, "COMMIT", "commit") == CRED_OK)
+        return CRED_OK;
+    if (!sqlite3_get_autocommit(cs->db))
+        sqlite3_exec(cs->db, "ROLLBACK", NULL, NULL, NULL);
+    return st == CRED_OK ? CRED_ERR_IO : st;
+}
+
+/* The audit event of this transaction's change (audit.h); details is consumed. */
+static cred_status cred_audit_tx(cred_store *cs, int64_t now, const char *action, json_t *details)
+{
+    char err[256];
+    int rc = audit_append_tx(cs->db, now, action, NULL, details, err, sizeof(err));
+    json_decref(details);
+    return rc == 0 ? CRED_OK : cred_fail(cs->path, CRED_ERR_IO, "%s", err);
+}
+
 static cred_status cred_prepare(cred_store *cs, const char *sql, sqlite3_stmt **s, const char *what)
 {
     if (sqlite3_prepare_v2(cs->db, sql, -1, s, NULL) != SQLITE_OK)
@@ -559,6 +580,9 @@ cred_status cred_open(const char *db_path, cred_store **out)
         st = cred_pragmas(cs);
     if (st == CRED_OK)
         st = cred_exec(cs, cred_schema_sql, "create tables");
+    char aerr[256];
+    if (st == CRED_OK && audit_schema(cs->db, aerr, sizeof(aerr)) != 0)
+        st = cred_fail(cs->path, CRED_ERR_IO, "%s", aerr);
     if (st == CRED_OK)
         st = cred_load(cs);
     if (st == CRED_OK && created)
@@ -696,6 +720,30 @@ static cred_status cred_sql_insert(cred_store *cs, const cred_row *row)
     return st;
 }
 
+/* What a credential.created event records: everything but the secret and its hash. */
+static json_t *cred_event_details(const cred_record *rec)
+{
+    json_t *d = json_pack("{s:s, s:s, s:s}", "credential", rec->id, "role",
+                          cred_role_name(rec->role), "label", rec->label);
+    if (d != NULL && rec->role == CRED_ROLE_SIGNER) {
+        if (rec->all_kids) {
+            json_object_set_new(d, "kids", json_string("all"));
+        } else {
+            json_t *kids = json_array();
+            for (size_t i = 0; kids != NULL && i < rec->n_kids; i++) {
+                char hex[2 * HSM_KID_LEN + 1];
+                hsm_kid_hex(&rec->kids[i], hex);
+                json_array_append_new(kids, json_string(hex));
+            }
+            json_object_set_new(d, "kids", kids);
+        }
+        json_object_set_new(d, "max_ttl", json_integer(rec->max_ttl));
+    }
+    if (d != NULL && rec->client_subject[0] != '\0')
+        json_object_set_new(d, "client_subject", json_string(rec->client_subject));
+    return d;
+}
+
 cred_status cred_create(cred_store *cs, const cred_spec *spec, int64_t now,
                         char secret[CRED_SECRET_MAX], cred_record *out)
 {
@@ -732,7 +780,13 @@ cred_status cred_create(cred_store *cs, const cred_spec *spec, int64_t now,
     if (st == CRED_OK)
         st = cred_mint(cs, secret, &row);
     if (st == CRED_OK)
+        st = cred_exec(cs, "BEGIN IMMEDIATE", "begin create");
+    if (st == CRED_OK) {
         st = cred_sql_insert(cs, &row);
+        if (st == CRED_OK)
+            st = cred_audit_tx(cs, now, AUDIT_CRED_CREATED, cred_event_details(&row.rec));
+        st = cred_tx_end(cs, st);
+    }
     if (st == CRED_OK) {
         pthread_rwlock_wrlock(&cs->mirror_rw);
         cred_mirror_add(cs, &row);
@@ -764,16 +818,24 @@ cred_status cred_revoke(cred_store *cs, const char *id, int64_t now, cred_record
     /* 0 means active in the mirror and in the file: a revocation at the epoch is 1. */
     int64_t at = now > 0 ? now : 1;
     sqlite3_stmt *q;
-    cred_status st = cred_prepare(cs, "UPDATE credentials SET revoked_at = ? WHERE id = ?", &q,
-                                  "revoke credential");
+    cred_status st = cred_exec(cs, "BEGIN IMMEDIATE", "begin revoke");
     if (st == CRED_OK) {
-        sqlite3_bind_int64(q, 1, at);
-        sqlite3_bind_text(q, 2, cs->rows[s].rec.id, -1, SQLITE_STATIC);
-        st = cred_step_done(cs, q, "revoke credential");
+        st = cred_prepare(cs, "UPDATE credentials SET revoked_at = ? WHERE id = ?", &q,
+                          "revoke credential");
+        if (st == CRED_OK) {
+            sqlite3_bind_int64(q, 1, at);
+            sqlite3_bind_text(q, 2, cs->rows[s].rec.id, -1, SQLITE_STATIC);
+            st = cred_step_done(cs, q, "revoke credential");
+        }
+        if (st == CRED_OK && sqlite3_changes(cs->db) != 1)
+            st = cred_fail(cs->path, CRED_ERR_IO, "revoke credential %s: row missing from the file",
+                           cs->rows[s].rec.id);
+        if (st == CRED_OK)
+            st = cred_audit_tx(cs, at, AUDIT_CRED_REVOKED,
+                               json_pack("{s:s, s:s}", "credential", cs->rows[s].rec.id, "role",
+                                         cred_role_name(cs->rows[s].rec.role)));
+        st = cred_tx_end(cs, st);
     }
-    if (st == CRED_OK && sqlite3_changes(cs->db) != 1)
-        st = cred_fail(cs->path, CRED_ERR_IO, "revoke credential %s: row missing from the file",
-                       cs->rows[s].rec.id);
     if (st == CRED_OK) {
         pthread_rwlock_wrlock(&cs->mirror_rw);
         cred_record *rec = &cs->rows[s].rec;

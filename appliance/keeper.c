@@ -14,6 +14,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+_Static_assert(sizeof(KP_AUDIT_ID) == HSM_KID_LEN + 1, "KP_AUDIT_ID must be 16 bytes");
+_Static_assert(KP_AUDIT_SIGN_MAX == KPP_AUDIT_SIGN_MAX, "the protocol carries the audit bound");
+_Static_assert(sizeof(KP_AUDIT_HEADER_B64) - 1 == (4 * (sizeof(KP_AUDIT_HEADER) - 1) + 2) / 3,
+               "KP_AUDIT_HEADER_B64 has the length of KP_AUDIT_HEADER's base64url");
+
 /* A reply slower than this means the keeper is stuck: the front gives up (503) rather
  * than hold a worker forever. Generous: an RSA-4096 key generation takes seconds. */
 #define KP_REPLY_TIMEOUT_S 60
@@ -190,11 +195,90 @@ static hsm_status kp_call(kp *k, kp_conn *c, size_t len, kpp_op op, kpp_reply *r
     if (st != HSM_OK)                                                                              \
     return st
 
+/* ---- the audit key: the one policy, for both modes and the keeper ------------------------ */
+
+static hsm_kid kp_audit_kid(void)
+{
+    hsm_kid kid;
+    memcpy(kid.b, KP_AUDIT_ID, HSM_KID_LEN);
+    return kid;
+}
+
+/* Serialises the audit key's creation: one hsm handle per process, so one mutex. */
+static pthread_mutex_t kp_audit_mu = PTHREAD_MUTEX_INITIALIZER;
+
+int kp_is_reserved(const hsm_kid *kid)
+{
+    return kid != NULL && memcmp(kid->b, KP_AUDIT_ID, HSM_KID_LEN) == 0;
+}
+
+static int kp_b64url_char(uint8_t c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_';
+}
+
+int kp_audit_input_ok(const void *msg, size_t len)
+{
+    static const char prefix[] = KP_AUDIT_HEADER_B64 ".";
+    const size_t prefix_len = sizeof(prefix) - 1;
+    const uint8_t *p = msg;
+    if (p == NULL || len <= prefix_len || len > KP_AUDIT_SIGN_MAX ||
+        memcmp(p, prefix, prefix_len) != 0)
+        return 0;
+    /* The payload: base64url only, so no second "." (and no padding, space or NUL). */
+    for (size_t i = prefix_len; i < len; i++)
+        if (!kp_b64url_char(p[i]))
+            return 0;
+    return 1;
+}
+
+hsm_status kp_audit_hsm_public_key(hsm *h, hsm_pubkey *pub)
+{
+    const hsm_kid kid = kp_audit_kid();
+    hsm_status st = hsm_public_key(h, &kid, pub);
+    if (st != HSM_ERR_KEY_NOT_FOUND)
+        return st;
+    /* First use: generate it, once. Under the mutex, look again: another thread may have
+     * generated it while this one waited. */
+    pthread_mutex_lock(&kp_audit_mu);
+    st = hsm_public_key(h, &kid, pub);
+    if (st == HSM_ERR_KEY_NOT_FOUND) {
+        st = hsm_generate(h, &kid, KP_AUDIT_BITS);
+        /* HSM_ERR_KEY_EXISTS: someone else made it first; that key is the audit key. Once
+         * generated, the key stays even if reading its public half fails now: the next
+         * call reads it again (destroying it could destroy a key already in use). */
+        if (st == HSM_OK || st == HSM_ERR_KEY_EXISTS)
+            st = hsm_public_key(h, &kid, pub);
+    }
+    pthread_mutex_unlock(&kp_audit_mu);
+    return st;
+}
+
+hsm_status kp_audit_hsm_sign(hsm *h, const void *msg, size_t len, uint8_t sig[HSM_SIG_MAX],
+                             size_t *sig_len)
+{
+    *sig_len = 0;
+    if (!kp_audit_input_ok(msg, len))
+        return HSM_ERR_BAD_ARGUMENT;
+    const hsm_kid kid = kp_audit_kid();
+    hsm_status st = hsm_sign_rs256(h, &kid, msg, len, sig, sig_len);
+    if (st != HSM_ERR_KEY_NOT_FOUND)
+        return st;
+    hsm_pubkey pub; /* created on first use, whichever comes first */
+    st = kp_audit_hsm_public_key(h, &pub);
+    if (st != HSM_OK)
+        return st;
+    return hsm_sign_rs256(h, &kid, msg, len, sig, sig_len);
+}
+
 /* ---- the interface ----------------------------------------------------------------------- */
 
 hsm_status kp_sign(kp *k, const hsm_kid *kid, const void *msg, size_t len, uint8_t sig[HSM_SIG_MAX],
                    size_t *sig_len)
 {
+    if (kp_is_reserved(kid))
+        return HSM_ERR_KEY_NOT_FOUND; /* the audit key signs through kp_audit_sign only */
     if (k->h != NULL)
         return hsm_sign_rs256(k->h, kid, msg, len, sig, sig_len);
     if (len > KPP_SIGN_MAX)
@@ -205,6 +289,8 @@ hsm_status kp_sign(kp *k, const hsm_kid *kid, const void *msg, size_t len, uint8
 
 hsm_status kp_generate(kp *k, const hsm_kid *kid, unsigned bits, hsm_pubkey *pub)
 {
+    if (kp_is_reserved(kid))
+        return HSM_ERR_BAD_ARGUMENT;
     if (k->h == NULL) {
         KP_REMOTE(k, KPP_OP_GENERATE, kpp_encode_generate(c->req, sizeof(c->req), kid, bits), r);
         return kpp_reply_pubkey(&r, pub) == 0 ? HSM_OK : HSM_ERR_DEVICE;
@@ -229,6 +315,8 @@ hsm_status kp_public_key(kp *k, const hsm_kid *kid, hsm_pubkey *pub)
 
 hsm_status kp_destroy(kp *k, const hsm_kid *kid)
 {
+    if (kp_is_reserved(kid))
+        return HSM_ERR_BAD_ARGUMENT;
     if (k->h != NULL)
         return hsm_destroy(k->h, kid);
     KP_REMOTE(k, KPP_OP_DESTROY, kpp_encode_kid_op(c->req, sizeof(c->req), KPP_OP_DESTROY, kid), r);
@@ -259,6 +347,8 @@ hsm_status kp_list(kp *k, hsm_key_entry *out, size_t cap, size_t *count)
 
 hsm_status kp_ping(kp *k, const hsm_kid *probe_kid)
 {
+    if (kp_is_reserved(probe_kid))
+        return HSM_ERR_KEY_NOT_FOUND; /* its probe signature would be a non-checkpoint */
     if (k->h == NULL) {
         KP_REMOTE(k, KPP_OP_PING, kpp_encode_ping(c->req, sizeof(c->req), probe_kid), r);
         (void)r;
@@ -272,6 +362,27 @@ hsm_status kp_ping(kp *k, const hsm_kid *probe_kid)
     hsm_key_entry e;
     size_t n;
     return hsm_list(k->h, &e, 1, &n);
+}
+
+hsm_status kp_audit_public_key(kp *k, hsm_pubkey *pub)
+{
+    if (k->h != NULL)
+        return kp_audit_hsm_public_key(k->h, pub);
+    KP_REMOTE(k, KPP_OP_AUDIT_PUBKEY, kpp_encode_audit_pubkey(c->req, sizeof(c->req)), r);
+    return kpp_reply_pubkey(&r, pub) == 0 ? HSM_OK : HSM_ERR_DEVICE;
+}
+
+hsm_status kp_audit_sign(kp *k, const void *msg, size_t len, uint8_t sig[HSM_SIG_MAX],
+                         size_t *sig_len)
+{
+    if (k->h != NULL)
+        return kp_audit_hsm_sign(k->h, msg, len, sig, sig_len);
+    *sig_len = 0;
+    /* The keeper applies kp_audit_input_ok itself: its word, not ours, is what counts. */
+    if (msg == NULL || len == 0 || len > KPP_AUDIT_SIGN_MAX)
+        return HSM_ERR_BAD_ARGUMENT;
+    KP_REMOTE(k, KPP_OP_AUDIT_SIGN, kpp_encode_audit_sign(c->req, sizeof(c->req), msg, len), r);
+    return kpp_reply_sig(&r, sig, sig_len) == 0 ? HSM_OK : HSM_ERR_DEVICE;
 }
 
 void kp_thread_done(kp *k)

@@ -1,6 +1,7 @@
 /* kpd: the keeper process's server. See keeperd.h. */
 #include "appliance/keeperd.h"
 
+#include "appliance/keeper.h"
 #include "appliance/kproto.h"
 #include "appliance/registry.h"
 #include "hsm/hsm.h"
@@ -100,6 +101,12 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
     size_t len = 0;
     switch (q->op) {
     case KPP_OP_SIGN: {
+        /* The audit key signs checkpoints only (AUDIT_SIGN), whatever the registry says:
+         * refused before the registry is even asked. */
+        if (kp_is_reserved(&q->kid)) {
+            st = HSM_ERR_KEY_NOT_FOUND;
+            break;
+        }
         /* The keeper's own check: the front's word is not enough to sign. */
         if (!reg_reader_is_active(d->rr, &q->kid)) {
             st = HSM_ERR_KEY_NOT_FOUND;
@@ -109,10 +116,15 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         size_t sig_len = 0;
         st = hsm_sign_rs256(d->h, &q->kid, q->msg, q->msg_len, sig, &sig_len);
         if (st == HSM_OK)
-            len = kpp_encode_sig_reply(rep, cap, sig, sig_len);
+            len = kpp_encode_sig_reply(rep, cap, KPP_OP_SIGN, sig, sig_len);
         break;
     }
     case KPP_OP_GENERATE: {
+        /* The audit key is made by AUDIT_PUBKEY/AUDIT_SIGN, at the keeper's size, only. */
+        if (kp_is_reserved(&q->kid)) {
+            st = HSM_ERR_BAD_ARGUMENT;
+            break;
+        }
         hsm_pubkey pub;
         st = hsm_generate(d->h, &q->kid, q->bits);
         if (st == HSM_OK) {
@@ -134,14 +146,20 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
     case KPP_OP_DESTROY:
         /* Destroying is for what the registry no longer lists as active (a revoked key, an
          * orphan of a crash, a key whose row never got written): a front that asks for an
-         * active key is wrong or compromised, and the key stays. */
-        st = reg_reader_is_active(d->rr, &q->kid) ? HSM_ERR_BAD_ARGUMENT
+         * active key is wrong or compromised, and the key stays. The audit key has no row
+         * and is never destroyed: refused before the registry is asked. */
+        if (kp_is_reserved(&q->kid))
+            st = HSM_ERR_BAD_ARGUMENT;
+        else
+            st = reg_reader_is_active(d->rr, &q->kid) ? HSM_ERR_BAD_ARGUMENT
                                                       : hsm_destroy(d->h, &q->kid);
         break;
     case KPP_OP_LIST:
         return kpd_list(cn, q, rep, cap);
     case KPP_OP_PING:
-        if (q->has_kid) {
+        if (q->has_kid && kp_is_reserved(&q->kid)) {
+            st = HSM_ERR_KEY_NOT_FOUND; /* the probe would be a non-checkpoint signature */
+        } else if (q->has_kid) {
             uint8_t sig[HSM_SIG_MAX];
             size_t sig_len;
             st = hsm_sign_rs256(d->h, &q->kid, KPD_PROBE, strlen(KPD_PROBE), sig, &sig_len);
@@ -153,6 +171,22 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         break;
     case KPP_OP_SESSIONS:
         return kpp_encode_u32_reply(rep, cap, KPP_OP_SESSIONS, hsm_sessions_open(d->h));
+    case KPP_OP_AUDIT_PUBKEY: {
+        hsm_pubkey pub;
+        st = kp_audit_hsm_public_key(d->h, &pub); /* created on first use */
+        if (st == HSM_OK)
+            len = kpp_encode_pubkey_reply(rep, cap, KPP_OP_AUDIT_PUBKEY, &pub);
+        break;
+    }
+    case KPP_OP_AUDIT_SIGN: {
+        /* kp_audit_input_ok, keeper.c's one policy: checkpoint-shaped inputs only. */
+        uint8_t sig[HSM_SIG_MAX];
+        size_t sig_len = 0;
+        st = kp_audit_hsm_sign(d->h, q->msg, q->msg_len, sig, &sig_len);
+        if (st == HSM_OK)
+            len = kpp_encode_sig_reply(rep, cap, KPP_OP_AUDIT_SIGN, sig, sig_len);
+        break;
+    }
     }
     if (len != 0)
         return len;

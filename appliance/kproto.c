@@ -45,7 +45,7 @@ static uint32_t get_u32(const uint8_t *p)
 
 static int op_known(unsigned op)
 {
-    return op >= KPP_OP_SIGN && op <= KPP_OP_SESSIONS;
+    return op >= KPP_OP_FIRST && op <= KPP_OP_LAST;
 }
 
 static int bits_allowed(unsigned bits)
@@ -181,7 +181,14 @@ static uint32_t decode_request_body(const kpp_header *h, kpp_request *r)
             memcpy(r->kid.b, b + 1, HSM_KID_LEN); /* else the kid bytes are ignored */
         return 0;
     case KPP_OP_SESSIONS:
+    case KPP_OP_AUDIT_PUBKEY:
         return h->body_len == 0 ? 0 : KPP_ERR_BAD_BODY;
+    case KPP_OP_AUDIT_SIGN:
+        if (h->body_len == 0 || h->body_len > KPP_AUDIT_SIGN_MAX)
+            return KPP_ERR_BAD_BODY;
+        r->msg = b;
+        r->msg_len = h->body_len;
+        return 0;
     default:
         return KPP_ERR_UNKNOWN_OP; /* not reached: the caller checked op_known */
     }
@@ -277,6 +284,22 @@ size_t kpp_encode_sessions(uint8_t *buf, size_t cap)
     return put_header(buf, cap, KPP_OP_SESSIONS, 0, 0);
 }
 
+size_t kpp_encode_audit_pubkey(uint8_t *buf, size_t cap)
+{
+    return put_header(buf, cap, KPP_OP_AUDIT_PUBKEY, 0, 0);
+}
+
+size_t kpp_encode_audit_sign(uint8_t *buf, size_t cap, const void *msg, size_t msg_len)
+{
+    if (msg == NULL || msg_len == 0 || msg_len > KPP_AUDIT_SIGN_MAX)
+        return 0;
+    size_t n = put_header(buf, cap, KPP_OP_AUDIT_SIGN, 0, msg_len);
+    if (n == 0)
+        return 0;
+    memcpy(buf + KPP_HDR_LEN, msg, msg_len);
+    return n;
+}
+
 /* ---- replies ---------------------------------------------------------------------------- */
 
 uint32_t kpp_decode_reply(const uint8_t *buf, size_t len, kpp_op op, kpp_reply *out)
@@ -309,11 +332,12 @@ size_t kpp_encode_status(uint8_t *buf, size_t cap, uint16_t op, uint32_t status)
     return put_header(buf, cap, op, status, 0);
 }
 
-size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, const uint8_t *sig, size_t sig_len)
+size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, kpp_op op, const uint8_t *sig, size_t sig_len)
 {
-    if (sig == NULL || sig_len == 0 || sig_len > HSM_SIG_MAX)
+    if (sig == NULL || sig_len == 0 || sig_len > HSM_SIG_MAX ||
+        (op != KPP_OP_SIGN && op != KPP_OP_AUDIT_SIGN))
         return 0;
-    size_t n = put_header(buf, cap, KPP_OP_SIGN, 0, sig_len);
+    size_t n = put_header(buf, cap, (uint16_t)op, 0, sig_len);
     if (n == 0)
         return 0;
     memcpy(buf + KPP_HDR_LEN, sig, sig_len);
@@ -322,7 +346,8 @@ size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, const uint8_t *sig, size_t
 
 size_t kpp_encode_pubkey_reply(uint8_t *buf, size_t cap, kpp_op op, const hsm_pubkey *pub)
 {
-    if (pub == NULL || (op != KPP_OP_GENERATE && op != KPP_OP_PUBLIC_KEY))
+    if (pub == NULL ||
+        (op != KPP_OP_GENERATE && op != KPP_OP_PUBLIC_KEY && op != KPP_OP_AUDIT_PUBKEY))
         return 0;
     if (pub->n_len == 0 || pub->n_len > HSM_MODULUS_MAX || pub->e_len == 0 ||
         pub->e_len > HSM_EXPONENT_MAX || pub->bits < KPP_PUBKEY_BITS_MIN ||
@@ -384,7 +409,8 @@ static int reply_ok(const kpp_reply *r, kpp_op op)
 
 uint32_t kpp_reply_sig(const kpp_reply *r, uint8_t sig[HSM_SIG_MAX], size_t *sig_len)
 {
-    if (!reply_ok(r, KPP_OP_SIGN) || r->body_len == 0 || r->body_len > HSM_SIG_MAX)
+    if ((!reply_ok(r, KPP_OP_SIGN) && !reply_ok(r, KPP_OP_AUDIT_SIGN)) || r->body_len == 0 ||
+        r->body_len > HSM_SIG_MAX)
         return KPP_ERR_BAD_BODY;
     if (sig != NULL)
         memcpy(sig, r->body, r->body_len);
@@ -395,7 +421,8 @@ uint32_t kpp_reply_sig(const kpp_reply *r, uint8_t sig[HSM_SIG_MAX], size_t *sig
 
 uint32_t kpp_reply_pubkey(const kpp_reply *r, hsm_pubkey *pub)
 {
-    if (!reply_ok(r, KPP_OP_GENERATE) && !reply_ok(r, KPP_OP_PUBLIC_KEY))
+    if (!reply_ok(r, KPP_OP_GENERATE) && !reply_ok(r, KPP_OP_PUBLIC_KEY) &&
+        !reply_ok(r, KPP_OP_AUDIT_PUBKEY))
         return KPP_ERR_BAD_BODY;
     const uint8_t *p = r->body;
     size_t left = r->body_len;

@@ -18,17 +18,23 @@
  *
  * Bodies (every length is checked against its bound before it is used):
  *
- *   op          request body                      reply body (status 0 only)
- *   SIGN        kid[16] msg[0..KPP_SIGN_MAX]       sig[1..HSM_SIG_MAX]
- *   GENERATE    kid[16] bits u32 (2048|3072|4096)  pubkey
- *   PUBLIC_KEY  kid[16]                            pubkey
- *   DESTROY     kid[16]                            (empty)
- *   LIST        offset u32                         total u32, n u32, n x (kid[16], flags u8)
- *   PING        has_kid u8 (0|1), kid[16]          (empty)
- *   SESSIONS    (empty)                            open u32
+ *   op             request body                      reply body (status 0 only)
+ *   SIGN           kid[16] msg[0..KPP_SIGN_MAX]       sig[1..HSM_SIG_MAX]
+ *   GENERATE       kid[16] bits u32 (2048|3072|4096)  pubkey
+ *   PUBLIC_KEY     kid[16]                            pubkey
+ *   DESTROY        kid[16]                            (empty)
+ *   LIST           offset u32                         total u32, n u32, n x (kid[16], flags u8)
+ *   PING           has_kid u8 (0|1), kid[16]          (empty)
+ *   SESSIONS       (empty)                            open u32
+ *   AUDIT_PUBKEY   (empty)                            pubkey
+ *   AUDIT_SIGN     input[1..KPP_AUDIT_SIGN_MAX]       sig[1..HSM_SIG_MAX]
  *
  *   pubkey = bits u32, n_len u16, n[1..HSM_MODULUS_MAX], e_len u16, e[1..HSM_EXPONENT_MAX]
  *   LIST flags: bit 0 private half present, bit 1 public half present; n <= KPP_LIST_MAX
+ *   AUDIT_*: the audit key (keeper.h), which has no kid on the wire. AUDIT_PUBKEY creates
+ *   it on first use; AUDIT_SIGN's input is a checkpoint's JWS signing input, and the keeper
+ *   refuses (HSM_ERR_BAD_ARGUMENT) any input that is not checkpoint-shaped. The codec
+ *   checks only the bounds; the shape is the keeper's policy (kp_audit_input_ok).
  *
  * A reply with a nonzero status has an empty body. A request the keeper cannot decode
  * gets a reply with op echoed (0 when even the header is unreadable) and one of the
@@ -51,6 +57,9 @@
  * base64url-encoded, fits (64 KiB * 4/3 + header). */
 #define KPP_SIGN_MAX (KPP_BODY_MAX - HSM_KID_LEN)
 #define KPP_LIST_MAX 1024 /* entries per LIST reply: 17 bytes each */
+/* The longest input an AUDIT_SIGN may carry: KP_AUDIT_SIGN_MAX (keeper.h, which keeper.c
+ * checks is the same number at compile time). */
+#define KPP_AUDIT_SIGN_MAX 1024
 
 typedef enum {
     KPP_OP_SIGN = 1,
@@ -60,7 +69,12 @@ typedef enum {
     KPP_OP_LIST = 5,
     KPP_OP_PING = 6,
     KPP_OP_SESSIONS = 7,
+    KPP_OP_AUDIT_PUBKEY = 8,
+    KPP_OP_AUDIT_SIGN = 9,
 } kpp_op;
+/* The ops are numbered without a gap from the first to the last. */
+#define KPP_OP_FIRST KPP_OP_SIGN
+#define KPP_OP_LAST KPP_OP_AUDIT_SIGN
 
 /* Reply statuses of the protocol itself, above every hsm_status value. */
 typedef enum {
@@ -69,7 +83,7 @@ typedef enum {
     KPP_ERR_MAGIC = 102,     /* not a keeper protocol message */
     KPP_ERR_VERSION = 103,   /* another protocol version */
     KPP_ERR_UNKNOWN_OP = 104,
-    KPP_ERR_BAD_BODY = 105, /* the body does not have the op's shape or bounds */
+    KPP_ERR_BAD_BODY = 105,    /* the body does not have the op's shape or bounds */
     KPP_ERR_NOT_REQUEST = 106, /* status nonzero in a request */
 } kpp_status;
 
@@ -78,7 +92,7 @@ typedef struct {
     kpp_op op;
     hsm_kid kid;
     int has_kid;
-    const uint8_t *msg; /* SIGN */
+    const uint8_t *msg; /* SIGN, AUDIT_SIGN */
     size_t msg_len;
     unsigned bits;   /* GENERATE */
     uint32_t offset; /* LIST */
@@ -108,23 +122,31 @@ uint32_t kpp_decode_reply(const uint8_t *buf, size_t len, kpp_op op, kpp_reply *
 size_t kpp_encode_sign(uint8_t *buf, size_t cap, const hsm_kid *kid, const void *msg,
                        size_t msg_len);
 size_t kpp_encode_generate(uint8_t *buf, size_t cap, const hsm_kid *kid, unsigned bits);
-size_t kpp_encode_kid_op(uint8_t *buf, size_t cap, kpp_op op, const hsm_kid *kid); /* PUBLIC_KEY, DESTROY */
+size_t kpp_encode_kid_op(uint8_t *buf, size_t cap, kpp_op op,
+                         const hsm_kid *kid); /* PUBLIC_KEY, DESTROY */
 size_t kpp_encode_list(uint8_t *buf, size_t cap, uint32_t offset);
 size_t kpp_encode_ping(uint8_t *buf, size_t cap, const hsm_kid *kid); /* kid may be NULL */
 size_t kpp_encode_sessions(uint8_t *buf, size_t cap);
+size_t kpp_encode_audit_pubkey(uint8_t *buf, size_t cap);
+/* msg: 1..KPP_AUDIT_SIGN_MAX bytes. */
+size_t kpp_encode_audit_sign(uint8_t *buf, size_t cap, const void *msg, size_t msg_len);
 
 /* Reply encoders (keeper side): same conventions. kpp_encode_status writes a reply with an
  * empty body and any status (errors, and DESTROY/PING successes). */
 size_t kpp_encode_status(uint8_t *buf, size_t cap, uint16_t op, uint32_t status);
-size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, const uint8_t *sig, size_t sig_len);
-size_t kpp_encode_pubkey_reply(uint8_t *buf, size_t cap, kpp_op op, const hsm_pubkey *pub);
+size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, kpp_op op, const uint8_t *sig,
+                            size_t sig_len); /* SIGN, AUDIT_SIGN */
+size_t kpp_encode_pubkey_reply(uint8_t *buf, size_t cap, kpp_op op,
+                               const hsm_pubkey *pub); /* GENERATE, PUBLIC_KEY, AUDIT_PUBKEY */
 size_t kpp_encode_list_reply(uint8_t *buf, size_t cap, uint32_t total, const hsm_key_entry *e,
                              size_t n);
 size_t kpp_encode_u32_reply(uint8_t *buf, size_t cap, kpp_op op, uint32_t value);
 
 /* Reply body decoders (front side), on a kpp_reply with status 0: 0, or KPP_ERR_BAD_BODY. */
-uint32_t kpp_reply_sig(const kpp_reply *r, uint8_t sig[HSM_SIG_MAX], size_t *sig_len);
-uint32_t kpp_reply_pubkey(const kpp_reply *r, hsm_pubkey *pub);
+uint32_t kpp_reply_sig(const kpp_reply *r, uint8_t sig[HSM_SIG_MAX],
+                       size_t *sig_len); /* SIGN, AUDIT_SIGN */
+uint32_t kpp_reply_pubkey(const kpp_reply *r,
+                          hsm_pubkey *pub); /* GENERATE, PUBLIC_KEY, AUDIT_PUBKEY */
 /* Copies up to cap entries; *total is the keeper's count, *n how many this reply holds. */
 uint32_t kpp_reply_list(const kpp_reply *r, hsm_key_entry *out, size_t cap, uint32_t *total,
                         size_t *n);

@@ -23,6 +23,7 @@
  * what the split costs).
  */
 #include "api/api.h"
+#include "appliance/audit.h"
 #include "appliance/config.h"
 #include "appliance/credentials.h"
 #include "appliance/harden.h"
@@ -59,6 +60,7 @@ static int die(const char *what, const char *msg)
     return 1;
 }
 
+static const char *main_conf_path;
 static char *main_argv0;
 static size_t main_argv0_len;
 
@@ -105,10 +107,30 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
         fprintf(stderr, "signd: warning: no active admin credential; create one offline with "
                         "`signd-provision admin-credential DATA_DIR`\n");
 
-    api_env env = {.cfg = c, .reg = rg, .kp = k, .creds = cs};
+    audit_options ao = {.flush_seconds = c->audit_flush_seconds,
+                        .checkpoint_events = c->audit_checkpoint_events,
+                        .checkpoint_seconds = c->audit_checkpoint_seconds,
+                        .every_signature = c->audit_every_signature};
+    audit *au = NULL;
+    if (audit_open(c->database, k, &ao, &au, err, sizeof(err)) != 0) {
+        cred_close(cs);
+        reg_close(rg);
+        return die("audit", err);
+    }
+    /* Which configuration this run started with: its hash, for auditors to compare. */
+    char conf_hash[65];
+    cfg_sha256_hex(main_conf_path, conf_hash);
+    json_t *started =
+        json_pack("{s:s, s:s, s:I}", "config_sha256", conf_hash, "process_model", c->process_model,
+                  "active_keys", (json_int_t)reg_count(rg, REG_ACTIVE));
+    audit_record(au, AUDIT_STARTED, NULL, started);
+    json_decref(started);
+
+    api_env env = {.cfg = c, .reg = rg, .kp = k, .creds = cs, .audit = au};
     api_publish_refresh(&env);
     srv *s = srv_start(&env, err, sizeof(err));
     if (s == NULL) {
+        audit_close(au);
         cred_close(cs);
         reg_close(rg);
         return die("https", err);
@@ -134,6 +156,8 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
         fprintf(stderr, "signd: signal %d: stopping\n", sig);
     }
     srv_stop(s);
+    audit_record(au, AUDIT_STOPPED, NULL, NULL);
+    audit_close(au); /* last flush and checkpoint, while the keeper still answers */
     cred_close(cs);
     api_publish_free();
     reg_close(rg);
@@ -312,14 +336,6 @@ static int main_stop_child(main_child *child)
 static int run_split(const cfg *c, const sigset_t *child_sigs)
 {
     char err[512];
-    /* One appliance per data directory: a second one would replace the keeper socket and
-     * race the first on the token. */
-    char lock_path[CFG_PATH_MAX + 8];
-    snprintf(lock_path, sizeof(lock_path), "%s.lock", c->database);
-    int lock = open(lock_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (lock < 0 || flock(lock, LOCK_EX | LOCK_NB) != 0)
-        return die(lock_path,
-                   lock < 0 ? strerror(errno) : "another signd is running on this data directory");
     /* Everything the processes open they open as `user`: switch before starting them. */
     if (hd_check_data_owner(c, err, sizeof(err)) != 0 ||
         hd_drop_user(c->user, err, sizeof(err)) != 0)
@@ -371,7 +387,6 @@ static int run_split(const cfg *c, const sigset_t *child_sigs)
     /* Front first, so that in-flight requests finish while the keeper still answers. */
     int fs = main_stop_child(&front);
     int ks = main_stop_child(&keeper);
-    close(lock);
     int clean = WIFEXITED(fs) && WEXITSTATUS(fs) == 0 && WIFEXITED(ks) && WEXITSTATUS(ks) == 0;
     if (!clean) {
         char a[64], b[64];
@@ -388,6 +403,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: signd CONFIG_FILE\n");
         return 2;
     }
+    main_conf_path = argv[1];
     main_argv0 = argv[0];
     main_argv0_len = strlen(argv[0]);
     /* Keys live in the keeper's memory with SoftHSM2, and the PIN passes through it: no
@@ -407,6 +423,17 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGINT);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+
+    /* One appliance per data directory, whatever the model: a second one would run
+     * reconcile against the first one's keys in flight (destroying what it has generated
+     * but not yet recorded) and replace its keeper socket. Held for the process's life,
+     * and by the keeper and front too (inherited), so a new start waits for all three. */
+    char lock_path[CFG_PATH_MAX + 8];
+    snprintf(lock_path, sizeof(lock_path), "%s.lock", c.database);
+    int lock = open(lock_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (lock < 0 || flock(lock, LOCK_EX | LOCK_NB) != 0)
+        return die(lock_path,
+                   lock < 0 ? strerror(errno) : "another signd is running on this data directory");
 
     if (strcmp(c.process_model, "single") == 0) {
         if (c.softhsm2_conf[0] != '\0' && setenv("SOFTHSM2_CONF", c.softhsm2_conf, 1) != 0)

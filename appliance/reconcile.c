@@ -29,6 +29,11 @@ int rec_run(kp *k, reg *r, FILE *log, rec_report *out)
     int rc = 0;
     char hex[2 * HSM_KID_LEN + 1];
     for (size_t i = 0; i < n; i++) {
+        /* A reserved kid (the audit key, keeper.h) is the appliance's own and never has a
+         * registry row: it is no orphan, and destroying it would cut the audit trail's
+         * checkpoints off from their key. (The keeper would refuse anyway.) */
+        if (kp_is_reserved(&objs[i].kid))
+            continue;
         reg_key row;
         int known = reg_get(r, &objs[i].kid, &row) == REG_OK;
         if (known && row.state != REG_REVOKED)

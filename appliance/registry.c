@@ -1,6 +1,8 @@
 /* reg: the key registry, SQLite behind an in-memory mirror. See registry.h. */
 #include "appliance/registry.h"
 
+#include "appliance/audit.h"
+
 #include <sqlite3.h>
 
 #include <errno.h>
@@ -12,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -452,6 +455,9 @@ static reg_status reg_schema(reg *r, int *created)
                       version, REG_SCHEMA_VERSION);
     if (st == REG_OK)
         st = reg_exec(r, reg_schema_sql, "create tables");
+    char aerr[256];
+    if (st == REG_OK && audit_schema(r->db, aerr, sizeof(aerr)) != 0)
+        st = reg_fail(r->path, REG_ERR_IO, "%s", aerr);
     if (st == REG_OK && version == 0) {
         char sql[64];
         snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", REG_SCHEMA_VERSION);
@@ -751,6 +757,31 @@ static int reg_key_terminated(const reg_key *k)
            memchr(k->e_b64, '\0', sizeof(k->e_b64)) != NULL;
 }
 
+/* Appends the event that records this transaction's change (audit.h): same transaction,
+ * so there is no change without its event and no event without its change. */
+static reg_status reg_audit_tx(reg *r, int64_t time, const char *action, const hsm_kid *kid,
+                               json_t *details)
+{
+    char hex[REG_KID_HEX + 1], err[256];
+    if (kid != NULL)
+        hsm_kid_hex(kid, hex);
+    int rc = audit_append_tx(r->db, time, action, kid ? hex : NULL, details, err, sizeof(err));
+    json_decref(details);
+    return rc == 0 ? REG_OK : reg_fail(r->path, REG_ERR_IO, "%s", err);
+}
+
+reg_status reg_audit(reg *r, int64_t time, const char *action, const hsm_kid *kid, json_t *details)
+{
+    pthread_mutex_lock(&r->write_mu);
+    reg_status st = reg_exec(r, "BEGIN IMMEDIATE", "begin audit event");
+    if (st == REG_OK)
+        st = reg_tx_end(r, reg_audit_tx(r, time, action, kid, details));
+    else
+        json_decref(details);
+    pthread_mutex_unlock(&r->write_mu);
+    return st;
+}
+
 static reg_status reg_sql_insert(reg *r, const reg_key *k, int64_t *id)
 {
     char hex[REG_KID_HEX + 1];
@@ -793,8 +824,15 @@ reg_status reg_insert(reg *r, const reg_key *k)
     if (st == REG_OK)
         st = reg_mirror_room(r, 1, 0);
     reg_row row = {.k = *k};
-    if (st == REG_OK)
+    if (st == REG_OK && (st = reg_exec(r, "BEGIN IMMEDIATE", "begin insert")) == REG_OK) {
         st = reg_sql_insert(r, k, &row.id);
+        if (st == REG_OK)
+            st = reg_audit_tx(r, k->created_at, AUDIT_KEY_CREATED, &k->kid,
+                              json_pack("{s:i, s:s}", "bits", (int)k->bits, "label", k->label));
+        reg_status end = reg_tx_end(r, st);
+        if (st == REG_OK)
+            st = end;
+    }
     if (st == REG_OK) {
         row.k.state = REG_ACTIVE;
         row.k.revoked_at = 0;
@@ -839,8 +877,12 @@ static reg_status reg_sql_revoke(reg *r, const hsm_kid *kid, const char *reason,
         sqlite3_bind_text(s, 3, reason, -1, SQLITE_STATIC);
         st = reg_step_done(r, s, "append revocation");
     }
-    if (st == REG_OK)
+    if (st == REG_OK) {
         *seq = (uint64_t)sqlite3_last_insert_rowid(r->db);
+        st = reg_audit_tx(
+            r, now, AUDIT_KEY_REVOKED, kid,
+            json_pack("{s:s, s:I}", "reason", reason, "revocation_seq", (json_int_t)*seq));
+    }
     return reg_tx_end(r, st);
 }
 
@@ -912,11 +954,18 @@ reg_status reg_mark_broken(reg *r, const hsm_kid *kid)
     char hex[REG_KID_HEX + 1];
     hsm_kid_hex(kid, hex);
     sqlite3_stmt *q;
-    st = reg_prepare(r, "UPDATE keys SET state = ? WHERE kid = ?", &q, "mark key broken");
+    st = reg_exec(r, "BEGIN IMMEDIATE", "begin mark broken");
     if (st == REG_OK) {
-        sqlite3_bind_text(q, 1, reg_state_name(REG_BROKEN), -1, SQLITE_STATIC);
-        sqlite3_bind_text(q, 2, hex, -1, SQLITE_STATIC);
-        st = reg_step_done(r, q, "mark key broken");
+        st = reg_prepare(r, "UPDATE keys SET state = ? WHERE kid = ?", &q, "mark key broken");
+        if (st == REG_OK) {
+            sqlite3_bind_text(q, 1, reg_state_name(REG_BROKEN), -1, SQLITE_STATIC);
+            sqlite3_bind_text(q, 2, hex, -1, SQLITE_STATIC);
+            st = reg_step_done(r, q, "mark key broken");
+        }
+        if (st == REG_OK)
+            st = reg_audit_tx(r, (int64_t)time(NULL), AUDIT_KEY_BROKEN, kid,
+                              json_pack("{s:s}", "why", "the token has no object for this kid"));
+        st = reg_tx_end(r, st);
     }
     if (st == REG_OK) {
         pthread_rwlock_wrlock(&r->mirror_rw);
@@ -947,10 +996,16 @@ reg_status reg_delete(reg *r, const hsm_kid *kid)
     char hex[REG_KID_HEX + 1];
     hsm_kid_hex(kid, hex);
     sqlite3_stmt *q;
-    st = reg_prepare(r, "DELETE FROM keys WHERE kid = ?", &q, "delete key");
+    st = reg_exec(r, "BEGIN IMMEDIATE", "begin delete");
     if (st == REG_OK) {
-        sqlite3_bind_text(q, 1, hex, -1, SQLITE_STATIC);
-        st = reg_step_done(r, q, "delete key");
+        st = reg_prepare(r, "DELETE FROM keys WHERE kid = ?", &q, "delete key");
+        if (st == REG_OK) {
+            sqlite3_bind_text(q, 1, hex, -1, SQLITE_STATIC);
+            st = reg_step_done(r, q, "delete key");
+        }
+        if (st == REG_OK)
+            st = reg_audit_tx(r, (int64_t)time(NULL), AUDIT_KEY_DELETED, kid, NULL);
+        st = reg_tx_end(r, st);
     }
     if (st == REG_OK) {
         reg_state was = r->rows[s].k.state;

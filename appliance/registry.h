@@ -45,6 +45,7 @@
 
 #include "hsm/hsm.h"
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -173,6 +174,11 @@ reg_status reg_delete(reg *r, const hsm_kid *kid);
 
 /* Copies kid's row to *out (out may be NULL: an existence check). REG_ERR_NOT_FOUND. */
 reg_status reg_get(reg *r, const hsm_kid *kid, reg_key *out);
+
+/* Appends one audit event (audit.h) in its own transaction on the registry's connection,
+ * for what changes the token but no row (reconcile destroying an orphan or a revoked
+ * key's object). details (may be NULL) is consumed. */
+reg_status reg_audit(reg *r, int64_t time, const char *action, const hsm_kid *kid, json_t *details);
 
 /* 1 when kid exists and is active, else 0. The signing path's check: one hash probe. */
 int reg_is_active(reg *r, const hsm_kid *kid);

@@ -9,6 +9,7 @@
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,15 @@ struct srv {
     rl_table *per_address;    /* bad credentials per client address */
     int port;
     char hsts[64]; /* the Strict-Transport-Security header line, or "" */
+    /* Stopping: CivetWeb's mg_stop makes every later write a no-op, so a request still
+     * running would lose its response (its change committed, its caller never told).
+     * srv_stop first refuses new requests and waits for these to reach zero. */
+    atomic_int inflight;
+    atomic_int draining;
 };
+
+/* How long srv_stop waits for requests in flight before it stops anyway. */
+#define SRV_DRAIN_MS 30000
 
 /* Bearer secrets longer than this are not credentials: refused before hashing. */
 #define SRV_BEARER_MAX 256
@@ -44,6 +53,9 @@ typedef enum {
     SRV_P_READYZ,
     SRV_P_CREDENTIALS,
     SRV_P_CREDENTIAL,
+    SRV_P_AUDIT,
+    SRV_P_AUDIT_EXPORT,
+    SRV_P_AUDIT_KEY,
     SRV_P_NONE
 } srv_path;
 
@@ -75,6 +87,9 @@ static const srv_route srv_routes[] = {
     {SRV_P_CREDENTIALS, "GET", api_credentials_list, SRV_ADMIN},
     {SRV_P_CREDENTIAL, "GET", api_credentials_get, SRV_ADMIN},
     {SRV_P_CREDENTIAL, "DELETE", api_credentials_revoke, SRV_ADMIN},
+    {SRV_P_AUDIT, "GET", api_audit_list, SRV_ADMIN | SRV_AUDITOR},
+    {SRV_P_AUDIT_EXPORT, "GET", api_audit_export, SRV_ADMIN | SRV_AUDITOR},
+    {SRV_P_AUDIT_KEY, "GET", api_audit_key, SRV_PUBLIC},
     {SRV_P_JWKS, "GET", api_jwks, SRV_PUBLIC},
     {SRV_P_REVOCATIONS, "GET", api_revocations, SRV_PUBLIC},
     {SRV_P_HEALTHZ, "GET", api_healthz, SRV_PUBLIC},
@@ -95,16 +110,17 @@ static void srv_send(struct mg_connection *c, int status, const char *extra, con
 {
     const srv *s = mg_get_user_data(mg_get_context(c));
     char head[SRV_HEAD_MAX];
-    int hlen =
-        snprintf(head, sizeof(head),
-                 "HTTP/1.1 %d %s\r\n"
-                 "Content-Type: application/json\r\n"
-                 "Content-Length: %zu\r\n"
-                 "X-Content-Type-Options: nosniff\r\n"
-                 "%s%s%s%s\r\n",
-                 status, srv_reason(status), status == 304 ? 0 : len, s != NULL ? s->hsts : "",
-                 strstr(extra, "Cache-Control:") ? "" : "Cache-Control: no-store\r\n",
-                 close ? "Connection: close\r\n" : "", extra);
+    int hlen = snprintf(head, sizeof(head),
+                        "HTTP/1.1 %d %s\r\n"
+                        "%s"
+                        "Content-Length: %zu\r\n"
+                        "X-Content-Type-Options: nosniff\r\n"
+                        "%s%s%s%s\r\n",
+                        status, srv_reason(status),
+                        strstr(extra, "Content-Type:") ? "" : "Content-Type: application/json\r\n",
+                        status == 304 ? 0 : len, s != NULL ? s->hsts : "",
+                        strstr(extra, "Cache-Control:") ? "" : "Cache-Control: no-store\r\n",
+                        close ? "Connection: close\r\n" : "", extra);
     if (hlen < 0 || hlen >= (int)sizeof(head))
         return;
     if (status == 304 || len == 0) {
@@ -153,6 +169,9 @@ static srv_path srv_match(const char *uri, char seg_out[64])
         {"/v1/keys", SRV_P_KEYS},
         {"/v1/tokens", SRV_P_TOKENS},
         {"/v1/credentials", SRV_P_CREDENTIALS},
+        {"/v1/audit", SRV_P_AUDIT},
+        {"/v1/audit/export", SRV_P_AUDIT_EXPORT},
+        {"/v1/audit/key", SRV_P_AUDIT_KEY},
         {"/.well-known/jwks.json", SRV_P_JWKS},
         {"/v1/revocations", SRV_P_REVOCATIONS},
         {"/healthz", SRV_P_HEALTHZ},
@@ -237,6 +256,21 @@ static void srv_log_request(struct mg_connection *c, int status, const struct ti
     json_decref(j);
 }
 
+/* Queues an auth.failed or authz.denied event (audit.h): never waits for the disk, so a
+ * flood of bad requests cannot become a flood of fsyncs. who: the credential when known. */
+static void srv_audit_failure(struct mg_connection *c, srv *s, const char *action,
+                              const cred_record *who, const char *reason)
+{
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    const char *uri = ri->local_uri ? ri->local_uri : "";
+    json_t *d = json_pack("{s:s, s:s%, s:s, s:s}", "method", ri->request_method, "path", uri,
+                          strnlen(uri, 128), "address", ri->remote_addr, "reason", reason);
+    if (d != NULL && who != NULL)
+        json_object_set_new(d, "role", json_string(cred_role_name(who->role)));
+    audit_queue(s->env->audit, action, who ? who->id : NULL, d);
+    json_decref(d);
+}
+
 /* Authenticates the bearer credential and checks it against route: 0 and *caller filled,
  * or the HTTP status of the error response already sent. Order: an address that has
  * presented too many bad credentials is refused before its credential is even looked at
@@ -260,30 +294,40 @@ static int srv_authorize(struct mg_connection *c, srv *s, const srv_route *route
                               "too many bad credentials from this address: retry later", extra, 0);
     }
     const char *h = mg_get_header(c, "Authorization");
-    if (h == NULL)
+    if (h == NULL) {
+        srv_audit_failure(c, s, AUDIT_AUTH_FAILED, NULL, "no credential");
         return srv_send_error(c, API_ERR_UNAUTHORIZED, "a bearer credential is required",
                               bearer_hdr, 0);
+    }
     const char *secret = strncasecmp(h, "Bearer ", 7) == 0 ? h + 7 : NULL;
     size_t len = secret != NULL ? strnlen(secret, SRV_BEARER_MAX + 1) : 0;
     cred_status st = CRED_ERR_UNKNOWN;
     if (secret != NULL && len <= SRV_BEARER_MAX)
         st = cred_authenticate(s->env->creds, secret, len, caller);
+    int wrong_cert = 0;
     if (st == CRED_OK && caller->client_subject[0] != '\0') {
         char subject[TLS_SUBJECT_MAX];
-        if (tls_peer_subject(c, subject, sizeof(subject)) != 0 ||
-            strcmp(subject, caller->client_subject) != 0)
-            st = CRED_ERR_UNKNOWN;
+        wrong_cert = tls_peer_subject(c, subject, sizeof(subject)) != 0 ||
+                     strcmp(subject, caller->client_subject) != 0;
     }
-    if (st != CRED_OK) {
+    if (st != CRED_OK || wrong_cert) {
         rl_take(s->per_address, addr, addr_len, now);
+        /* The id of a revoked or wrongly bound credential is known and not secret; an
+         * unknown one is not recorded (it could be a mistyped secret). */
+        srv_audit_failure(c, s, AUDIT_AUTH_FAILED, st == CRED_ERR_UNKNOWN ? NULL : caller,
+                          st == CRED_ERR_REVOKED ? "revoked credential"
+                          : wrong_cert           ? "client certificate does not match"
+                                                 : "unknown credential");
         return srv_send_error(c, API_ERR_UNAUTHORIZED,
                               "the credential is unknown, revoked, or not valid with this client "
                               "certificate",
                               bearer_hdr, 0);
     }
-    if (!(route->roles & (1u << caller->role)))
+    if (!(route->roles & (1u << caller->role))) {
+        srv_audit_failure(c, s, AUDIT_AUTHZ_DENIED, caller, "role may not call this route");
         return srv_send_error(c, API_ERR_FORBIDDEN,
                               "this credential's role may not call this route", NULL, 0);
+    }
     wait = rl_take(s->per_credential, caller->id, CRED_ID_LEN, now);
     if (wait != 0) {
         snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", wait);
@@ -353,7 +397,12 @@ static int srv_route_request(struct mg_connection *c, srv *s, char caller_id[CRE
 
     api_resp r;
     memset(&r, 0, sizeof(r));
+    /* What the handler changes is recorded with the caller as actor (audit.h). */
+    audit_set_actor(q.caller ? q.caller->id : NULL);
     api_err e = route->handler(&q, &r);
+    audit_set_actor(NULL);
+    if (e == API_ERR_KID_NOT_ALLOWED)
+        srv_audit_failure(c, s, AUDIT_AUTHZ_DENIED, q.caller, "kid outside the credential's scope");
     int status;
     if (e != API_OK) {
         status = srv_send_error(c, e, r.errmsg, r.headers, 0);
@@ -372,7 +421,11 @@ static int srv_dispatch(struct mg_connection *c, void *arg)
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     char caller_id[CRED_ID_LEN + 1] = "";
-    int status = srv_route_request(c, s, caller_id);
+    atomic_fetch_add(&s->inflight, 1);
+    int status = atomic_load(&s->draining)
+                     ? srv_send_error(c, API_ERR_UNAVAILABLE, "the appliance is stopping", NULL, 1)
+                     : srv_route_request(c, s, caller_id);
+    atomic_fetch_sub(&s->inflight, 1);
     if (s->env->cfg->log_requests)
         srv_log_request(c, status, &t0, caller_id);
     return status;
@@ -511,6 +564,11 @@ void srv_stop(srv *s)
 {
     if (s == NULL)
         return;
+    atomic_store(&s->draining, 1);
+    for (int waited = 0; atomic_load(&s->inflight) > 0 && waited < SRV_DRAIN_MS; waited += 10) {
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     mg_stop(s->ctx);
     mg_exit_library();
     srv_free(s);

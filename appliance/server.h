@@ -22,7 +22,8 @@ srv *srv_start(const api_env *env, char *err, size_t errlen);
 /* The port actually bound (useful with port 0). */
 int srv_port(const srv *s);
 
-/* Stops accepting, lets in-flight requests finish, joins every worker. */
+/* Lets in-flight requests finish and answers new ones 503 unavailable meanwhile (at most
+ * 30 s), then stops accepting and joins every worker. */
 void srv_stop(srv *s);
 
 #endif

@@ -4,10 +4,12 @@
  *   signd-provision token DIR [--label LABEL] [--module PATH]
  *   signd-provision config DIR [--port PORT]
  *   signd-provision admin-credential DIR [--label LABEL] [--out FILE]
+ *   signd-provision audit-verify EXPORT PUBKEY_PEM [--anchor SEQ:HASH]
  *
  * No PIN or secret ever appears in argv or output: they are generated here and written
  * to 0600 files.
  */
+#include "appliance/audit.h"
 #include "appliance/config.h"
 #include "hsm/hsm.h"
 #include "provisioning/token.h"
@@ -24,7 +26,8 @@ static int usage(void)
 {
     fprintf(stderr, "usage: signd-provision token DIR [--label LABEL] [--module PATH]\n"
                     "       signd-provision config DIR [--port PORT]\n"
-                    "       signd-provision admin-credential DIR [--label LABEL] [--out FILE]\n");
+                    "       signd-provision admin-credential DIR [--label LABEL] [--out FILE]\n"
+                    "       signd-provision audit-verify EXPORT PUBKEY_PEM [--anchor SEQ:HASH]\n");
     return 2;
 }
 
@@ -91,6 +94,78 @@ static int cmd_admin_credential(int argc, char **argv)
     return prov_admin_credential(argv[0], label, out, stdout) == 0 ? 0 : 1;
 }
 
+/* Reads a whole small file (the audit public key) into a NUL-terminated buffer. */
+static char *read_small(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return NULL;
+    char *buf = calloc(1, 16385);
+    size_t n = buf ? fread(buf, 1, 16384, f) : 0;
+    int ok = buf != NULL && !ferror(f) && feof(f);
+    fclose(f);
+    if (!ok || n == 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+/* Checks an audit export offline with only the audit public key (GET /v1/audit/key's
+ * "pem"); with --anchor, also that the export reaches a checkpoint the auditor kept. Exit
+ * 0 and "verified ..." or exit 1 and the first broken seq. */
+static int cmd_audit_verify(int argc, char **argv)
+{
+    if (argc < 2)
+        return usage();
+    uint64_t anchor_seq = 0;
+    char anchor_hash[AUDIT_HASH_HEX + 1] = "";
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--anchor") == 0 && i + 1 < argc) {
+            const char *a = argv[++i];
+            const char *colon = strchr(a, ':');
+            char *end;
+            errno = 0;
+            unsigned long long seq = strtoull(a, &end, 10);
+            if (colon == NULL || end != colon || errno || seq == 0 ||
+                strlen(colon + 1) != AUDIT_HASH_HEX ||
+                strspn(colon + 1, "0123456789abcdef") != AUDIT_HASH_HEX) {
+                fprintf(stderr,
+                        "--anchor must be SEQ:HASH (a checkpoint's seq and its 64-hex hash)\n");
+                return 2;
+            }
+            anchor_seq = seq;
+            memcpy(anchor_hash, colon + 1, AUDIT_HASH_HEX + 1);
+        } else {
+            return usage();
+        }
+    }
+    char *pem = read_small(argv[1]);
+    if (pem == NULL) {
+        fprintf(stderr, "cannot read the audit public key %s\n", argv[1]);
+        return 2;
+    }
+    FILE *in = strcmp(argv[0], "-") == 0 ? stdin : fopen(argv[0], "re");
+    if (in == NULL) {
+        fprintf(stderr, "cannot open the export %s: %s\n", argv[0], strerror(errno));
+        free(pem);
+        return 2;
+    }
+    audit_verdict v;
+    int rc = audit_verify_export(in, pem, anchor_seq, anchor_hash, &v);
+    if (in != stdin)
+        fclose(in);
+    free(pem);
+    if (rc != 0) {
+        printf("broken at seq %llu: %s\n", (unsigned long long)v.broken_seq, v.why);
+        return 1;
+    }
+    printf("verified %llu events up to seq %llu, last checkpoint at seq %llu\n",
+           (unsigned long long)v.events, (unsigned long long)v.last_seq,
+           (unsigned long long)v.last_checkpoint);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3)
@@ -101,5 +176,7 @@ int main(int argc, char **argv)
         return cmd_config(argc - 2, argv + 2);
     if (strcmp(argv[1], "admin-credential") == 0)
         return cmd_admin_credential(argc - 2, argv + 2);
+    if (strcmp(argv[1], "audit-verify") == 0)
+        return cmd_audit_verify(argc - 2, argv + 2);
     return usage();
 }

@@ -2,8 +2,12 @@
 # `make bench`: the appliance over HTTPS against the raw token, measured side by side.
 #   - signed JWTs/s over HTTPS keep-alive (wrk, 2 threads, 64 connections) vs the raw
 #     2-thread C_SignInit+C_Sign loop on the same token, the ratio (bar >= 0.90), p50/p99;
+#   - the cost of the privilege separation: the same wrk JWT run against process_model =
+#     single (one process, the module loaded in it) right after the split one (the
+#     default), in the same round, and the ratio split / single (bar >= 0.95);
 #   - JWKS requests/s with 1,000 keys, for 200 and for 304.
-# Raw and HTTPS runs alternate, 3 rounds, medians reported: the machine is shared and noisy.
+# Raw, split and single runs alternate, 3 rounds, medians reported: the machine is shared
+# and noisy. The configuration is put back to split after each single run (and on exit).
 #   BENCH_SECONDS=10  length of each measurement
 # The data directory build/bench/appliance (1,000 keys, a few minutes to create the first
 # time) is kept and reused by later runs.
@@ -34,7 +38,14 @@ stop() {
 	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
 	pid=
 }
-trap stop EXIT
+# process_model = split|single in the configuration (the line replaced, or added when the
+# data directory predates the setting).
+set_model() {
+	sed -i -E '/^process_model = /d' "$conf"
+	echo "process_model = $1" >>"$conf"
+}
+trap 'stop; set_model split' EXIT
+set_model split
 
 start
 # 1,000 active keys (created once, in parallel).
@@ -70,25 +81,44 @@ print(r.json()["kid"])')
 stop
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-raw_runs=() jwt_runs=() p50_runs=() p99_runs=()
+raw_runs=() jwt_runs=() p50_runs=() p99_runs=() single_runs=()
+# One wrk JWT measurement against the running appliance: wrk's output, or exit on non-2xx.
+mint_wrk() {
+	local out
+	out=$(SIGND_CREDENTIAL_FILE="$dir/bench-signer.credential" wrk -t2 -c64 -d"${secs}s" --latency \
+		-s tests/bench/mint.lua "$url") || return 1
+	if echo "$out" | grep -q "Non-2xx"; then
+		echo "bench: non-2xx responses:" >&2
+		echo "$out" >&2
+		return 1
+	fi
+	echo "$out"
+}
 for r in $(seq "$rounds"); do
 	echo "bench: round $r/$rounds: raw C_Sign loop, 2 threads, ${secs}s" >&2
 	raw=$(build/bin/bench-hsm raw "$dir" 2 "$secs" "$kid" | awk '/^raw_sign_per_s:/ {print $2}')
 	raw_runs+=("$raw")
 	start
-	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, wrk -t2 -c64, ${secs}s" >&2
-	out=$(SIGND_CREDENTIAL_FILE="$dir/bench-signer.credential" wrk -t2 -c64 -d"${secs}s" --latency \
-		-s tests/bench/mint.lua "$url")
+	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, split, wrk -t2 -c64, ${secs}s" >&2
+	out=$(mint_wrk) || exit 1
 	stop
-	echo "$out" | grep -q "Non-2xx" && { echo "bench: non-2xx responses:" >&2; echo "$out" >&2; exit 1; }
 	jwt_runs+=("$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')")
 	p50_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')")
 	p99_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')")
+	# The same measurement with one process: what the split costs.
+	set_model single
+	start
+	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, single, wrk -t2 -c64, ${secs}s" >&2
+	out=$(mint_wrk) || exit 1
+	stop
+	set_model split
+	single_runs+=("$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')")
 done
 raw=$(printf '%s\n' "${raw_runs[@]}" | median)
 jwt=$(printf '%s\n' "${jwt_runs[@]}" | median)
 p50=$(printf '%s\n' "${p50_runs[@]}" | median)
 p99=$(printf '%s\n' "${p99_runs[@]}" | median)
+single=$(printf '%s\n' "${single_runs[@]}" | median)
 
 start
 etag=$(curl -s --cacert "$dir/tls/cert.pem" -D - -o /dev/null "$url/.well-known/jwks.json" | awk -F': ' 'tolower($1)=="etag" {print $2}' | tr -d '\r')
@@ -99,13 +129,17 @@ stop
 
 ratio=$(awk -v a="$jwt" -v b="$raw" 'BEGIN {printf "%.3f", a / b}')
 verdict=$(awk -v r="$ratio" 'BEGIN {print (r >= 0.90) ? "pass" : "FAIL"}')
+split_ratio=$(awk -v a="$jwt" -v b="$single" 'BEGIN {printf "%.3f", a / b}')
+split_verdict=$(awk -v r="$split_ratio" 'BEGIN {print (r >= 0.95) ? "pass" : "FAIL"}')
 {
 	echo "| measure (median of $rounds, ${secs}s each) | value |"
 	echo "| --- | --- |"
 	echo "| raw C_SignInit+C_Sign loop, 2 threads, same token (sig/s) | $raw |"
-	echo "| signed JWTs over HTTPS keep-alive, wrk -t2 -c64 (req/s) | $jwt |"
+	echo "| signed JWTs over HTTPS keep-alive, wrk -t2 -c64, process_model = split (req/s) | $jwt |"
 	echo "| ratio JWT / raw (bar >= 0.90) | $ratio $verdict |"
 	echo "| JWT latency p50 / p99 (ms) | $p50 / $p99 |"
+	echo "| signed JWTs, same wrk, process_model = single (req/s) | $single |"
+	echo "| ratio split / single, the cost of the split (bar >= 0.95) | $split_ratio $split_verdict |"
 	echo "| JWKS, 1,000 keys ($jwks_bytes bytes), 200 (req/s) | $j200 |"
 	echo "| JWKS, 1,000 keys, 304 on If-None-Match (req/s) | $j304 |"
 } | tee build/bench/appliance.txt

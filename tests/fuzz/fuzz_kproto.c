@@ -1,9 +1,10 @@
 /*
  * fuzz_kproto: libFuzzer target for the keeper protocol decoders (kproto.h). The input is
  * one message as the keeper or the front would receive it. It is decoded as a request and
- * as a reply to every op, each reply through every body decoder; whatever is accepted must
- * re-encode to exactly the input (a kid-less PING excepted: its ignored kid bytes re-encode
- * as zeros). A mismatch aborts. Not built by the Makefile; by hand, from the repository root:
+ * as a reply to every op (KPP_OP_FIRST..KPP_OP_LAST, the audit ops included), each reply
+ * through every body decoder; whatever is accepted must re-encode to exactly the input (a
+ * kid-less PING excepted: its ignored kid bytes re-encode as zeros). A mismatch aborts.
+ * Not built by the Makefile; by hand, from the repository root:
  *
  *   clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -I. \
  *       -I/usr/include/p11-kit-1 tests/fuzz/fuzz_kproto.c appliance/kproto.c hsm/hsm.c \
@@ -66,6 +67,15 @@ static void fuzz_request(const uint8_t *data, size_t size)
     case KPP_OP_SESSIONS:
         n = kpp_encode_sessions(out, sizeof(out));
         break;
+    case KPP_OP_AUDIT_PUBKEY:
+        n = kpp_encode_audit_pubkey(out, sizeof(out));
+        break;
+    case KPP_OP_AUDIT_SIGN:
+        check(r.msg >= data && r.msg + r.msg_len == data + size,
+              "AUDIT_SIGN input outside the input");
+        check(r.msg_len >= 1 && r.msg_len <= KPP_AUDIT_SIGN_MAX, "AUDIT_SIGN input out of bounds");
+        n = kpp_encode_audit_sign(out, sizeof(out), r.msg, r.msg_len);
+        break;
     default:
         check(0, "decoded an unknown op");
     }
@@ -111,7 +121,12 @@ static void fuzz_reply(const uint8_t *data, size_t size, kpp_op op)
 
     size_t n;
     if (ok_sig)
-        n = kpp_encode_sig_reply(out, sizeof(out), sig, sig_len);
+        check(op == KPP_OP_SIGN || op == KPP_OP_AUDIT_SIGN, "a signature answered another op");
+    if (ok_pub)
+        check(op == KPP_OP_GENERATE || op == KPP_OP_PUBLIC_KEY || op == KPP_OP_AUDIT_PUBKEY,
+              "a public key answered another op");
+    if (ok_sig)
+        n = kpp_encode_sig_reply(out, sizeof(out), op, sig, sig_len);
     else if (ok_pub)
         n = kpp_encode_pubkey_reply(out, sizeof(out), op, &pub);
     else if (ok_list)
@@ -126,7 +141,7 @@ static void fuzz_reply(const uint8_t *data, size_t size, kpp_op op)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_request(data, size);
-    for (int op = KPP_OP_SIGN; op <= KPP_OP_SESSIONS; op++)
+    for (int op = KPP_OP_FIRST; op <= KPP_OP_LAST; op++)
         fuzz_reply(data, size, (kpp_op)op);
     /* The same bytes as the head of a truncated datagram (recv with MSG_TRUNC): the real
      * length exceeds KPP_MSG_MAX, so only the header may be read. */

@@ -210,7 +210,11 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "auth_failures_per_minute",
                            "auth_failure_burst",
                            "process_model",
-                           "keeper_socket"};
+                           "keeper_socket",
+                           "audit_flush_seconds",
+                           "audit_checkpoint_events",
+                           "audit_checkpoint_seconds",
+                           "audit_every_signature"};
     size_t settings = 0;
     const char *prev = NULL;
     for (char *line = strtok(buf, "\n"); line != NULL; line = strtok(NULL, "\n")) {

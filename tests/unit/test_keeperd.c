@@ -2,6 +2,9 @@
  * test_keeperd: the keeper server on a real SoftHSM2 token, a real registry file and a
  * real Unix socket, each test with its own. kpd_serve runs in a thread of its own; the
  * tests are the front, speaking the keeper protocol over SOCK_SEQPACKET connections.
+ * The audit key's tests also go through kp_ (keeper.h) in both modes: remote (kp_connect
+ * to the keeper under test) and in-process (kp_open on the fixture's token, no keeper
+ * running: one hsm handle per process), and through reconcile (rec_run).
  */
 #include "appliance/keeperd.h"
 
@@ -12,8 +15,11 @@
 #include <cmocka.h>
 
 #include "appliance/config.h"
+#include "appliance/keeper.h"
 #include "appliance/kproto.h"
+#include "appliance/reconcile.h"
 #include "appliance/registry.h"
+#include "jose/jose.h"
 #include "tests/unit/testenv.h"
 
 #include <errno.h>
@@ -830,6 +836,693 @@ static void test_a_peer_of_another_uid_is_refused(void **state)
     free(b);
 }
 
+/* ---- the audit key ------------------------------------------------------------------- */
+
+#define AUDIT_THREADS 8
+#define CHECKPOINT_MAX (KP_AUDIT_SIGN_MAX + 64)
+
+static hsm_kid audit_kid(void)
+{
+    hsm_kid kid;
+    memcpy(kid.b, KP_AUDIT_ID, HSM_KID_LEN);
+    return kid;
+}
+
+static void assert_same_pubkey(const hsm_pubkey *a, const hsm_pubkey *b)
+{
+    assert_int_equal(a->bits, b->bits);
+    assert_int_equal(a->n_len, b->n_len);
+    assert_memory_equal(a->n, b->n, a->n_len);
+    assert_int_equal(a->e_len, b->e_len);
+    assert_memory_equal(a->e, b->e, a->e_len);
+}
+
+/* The audit key as every caller must see it: RSA-KP_AUDIT_BITS, e = 65537. */
+static void assert_audit_shape(const hsm_pubkey *pub)
+{
+    assert_int_equal(pub->bits, KP_AUDIT_BITS);
+    assert_int_equal(pub->n_len, KP_AUDIT_BITS / 8);
+    assert_int_equal(pub->e_len, 3);
+    assert_memory_equal(pub->e, "\x01\x00\x01", 3);
+}
+
+static uint32_t do_audit_pubkey(int fd, bufs *b, hsm_pubkey *pub)
+{
+    kpp_reply r;
+    size_t len = kpp_encode_audit_pubkey(b->req, sizeof(b->req));
+    uint32_t st = call(fd, b->req, len, KPP_OP_AUDIT_PUBKEY, b->rep, &r);
+    if (st == 0)
+        assert_int_equal(kpp_reply_pubkey(&r, pub), 0);
+    return st;
+}
+
+static uint32_t do_audit_sign(int fd, bufs *b, const void *in, size_t in_len,
+                              uint8_t sig[HSM_SIG_MAX], size_t *sig_len)
+{
+    kpp_reply r;
+    size_t len = kpp_encode_audit_sign(b->req, sizeof(b->req), in, in_len);
+    uint32_t st = call(fd, b->req, len, KPP_OP_AUDIT_SIGN, b->rep, &r);
+    if (st == 0)
+        assert_int_equal(kpp_reply_sig(&r, sig, sig_len), 0);
+    return st;
+}
+
+/* An AUDIT_SIGN of any length, built by hand (the encoder refuses 0 and more than the
+ * bound): the reply's status. */
+static uint32_t raw_audit_sign(int fd, bufs *b, const void *in, size_t in_len)
+{
+    b->req[0] = KPP_MAGIC;
+    b->req[1] = KPP_VERSION;
+    b->req[2] = 0;
+    b->req[3] = KPP_OP_AUDIT_SIGN;
+    memset(b->req + 4, 0, 4);
+    b->req[8] = (uint8_t)(in_len >> 24);
+    b->req[9] = (uint8_t)(in_len >> 16);
+    b->req[10] = (uint8_t)(in_len >> 8);
+    b->req[11] = (uint8_t)in_len;
+    if (in_len)
+        memcpy(b->req + KPP_HDR_LEN, in, in_len);
+    kpp_reply r;
+    return call(fd, b->req, KPP_HDR_LEN + in_len, KPP_OP_AUDIT_SIGN, b->rep, &r);
+}
+
+/* LIST from offset 0 into e (cap entries): the total; *reserved counts the audit key's. */
+static uint32_t do_list(int fd, bufs *b, hsm_key_entry *e, size_t cap, int *reserved)
+{
+    kpp_reply r;
+    uint32_t total = 0;
+    size_t n = 0;
+    size_t len = kpp_encode_list(b->req, sizeof(b->req), 0);
+    assert_int_equal(call(fd, b->req, len, KPP_OP_LIST, b->rep, &r), 0);
+    assert_int_equal(kpp_reply_list(&r, e, cap, &total, &n), 0);
+    *reserved = 0;
+    for (size_t i = 0; i < n && i < cap; i++) {
+        if (kp_is_reserved(&e[i].kid)) {
+            assert_true(e[i].has_private && e[i].has_public);
+            ++*reserved;
+        }
+    }
+    return total;
+}
+
+/* A checkpoint's JWS signing input, as audit.c makes it: KP_AUDIT_HEADER_B64 "."
+ * base64url({"hash":...,"seq":N,"time":T}). Its length. */
+static size_t checkpoint_input(char *out, size_t cap, unsigned seq)
+{
+    char payload[160];
+    int n = snprintf(payload, sizeof(payload), "{\"hash\":\"%064x\",\"seq\":%u,\"time\":%d}", seq,
+                     seq, T0 + (int)seq);
+    assert_true(n > 0 && (size_t)n < sizeof(payload));
+    char b64[256];
+    assert_true(jose_b64url_encode(payload, (size_t)n, b64, sizeof(b64)) > 0);
+    n = snprintf(out, cap, "%s.%s", KP_AUDIT_HEADER_B64, b64);
+    assert_true(n > 0 && (size_t)n < cap);
+    return (size_t)n;
+}
+
+/* An input of exactly len bytes, checkpoint-shaped: the header, ".", then 'A's. */
+static size_t checkpoint_of_length(char *out, size_t len)
+{
+    size_t prefix = strlen(KP_AUDIT_HEADER_B64 ".");
+    assert_true(len > prefix && len < CHECKPOINT_MAX);
+    memcpy(out, KP_AUDIT_HEADER_B64 ".", prefix);
+    memset(out + prefix, 'A', len - prefix);
+    out[len] = '\0';
+    return len;
+}
+
+/* Inputs the audit key must never sign, though each is 1..KP_AUDIT_SIGN_MAX bytes. */
+typedef struct {
+    const char *why;
+    char in[CHECKPOINT_MAX];
+    size_t len;
+} bad_input;
+
+#define BAD_INPUTS_MAX 32
+
+static void bad_add(bad_input *t, size_t *k, const char *why, const void *in, size_t len)
+{
+    assert_true(*k < BAD_INPUTS_MAX && len > 0 && len <= KP_AUDIT_SIGN_MAX);
+    t[*k].why = why;
+    memcpy(t[*k].in, in, len);
+    t[*k].len = len;
+    ++*k;
+}
+
+static size_t bad_inputs(bad_input *t)
+{
+    size_t k = 0;
+    char good[CHECKPOINT_MAX], x[CHECKPOINT_MAX * 2], b64[256];
+    size_t g = checkpoint_input(good, sizeof(good), 7);
+    const char *payload = strchr(good, '.') + 1;
+    const size_t hlen = strlen(KP_AUDIT_HEADER_B64);
+
+    /* Another header: a client token's, or the audit one with another typ or kid. */
+    const char *headers[] = {
+        "{\"alg\":\"RS256\"}",
+        "{\"alg\":\"RS256\",\"kid\":\"signd-audit-v1\",\"typ\":\"JWT\"}",
+        "{\"alg\":\"RS256\",\"kid\":\"00112233445566778899aabbccddeeff\","
+        "\"typ\":\"signd-audit-checkpoint+jwt\"}",
+        "{\"alg\":\"RS256\",\"kid\":\"signd-audit-v1\",\"typ\":\"signd-audit-checkpoint+jwt\"} ",
+    };
+    for (size_t i = 0; i < sizeof(headers) / sizeof(headers[0]); i++) {
+        size_t n = jose_b64url_encode(headers[i], strlen(headers[i]), b64, sizeof(b64));
+        assert_true(n > 0);
+        int len = snprintf(x, sizeof(x), "%s.%s", b64, payload);
+        bad_add(t, &k, "wrong header", x, (size_t)len);
+    }
+    /* The header itself, without the ".", with nothing after it, truncated, preceded. */
+    bad_add(t, &k, "header only", KP_AUDIT_HEADER_B64, hlen);
+    bad_add(t, &k, "empty payload", KP_AUDIT_HEADER_B64 ".", hlen + 1);
+    int len = snprintf(x, sizeof(x), "%s%s", KP_AUDIT_HEADER_B64, payload);
+    bad_add(t, &k, "no dot", x, (size_t)len);
+    len = snprintf(x, sizeof(x), "%.*s.%s", (int)hlen - 1, KP_AUDIT_HEADER_B64, payload);
+    bad_add(t, &k, "header cut short", x, (size_t)len);
+    len = snprintf(x, sizeof(x), "A%s", good);
+    bad_add(t, &k, "a byte before the header", x, (size_t)len);
+    /* Two dots: a whole compact JWS, a trailing dot, a dot inside the payload. */
+    len = snprintf(x, sizeof(x), "%s.c2ln", good);
+    bad_add(t, &k, "two dots (a signature)", x, (size_t)len);
+    len = snprintf(x, sizeof(x), "%s.", good);
+    bad_add(t, &k, "two dots (trailing)", x, (size_t)len);
+    len = snprintf(x, sizeof(x), "%s.ab.cd", KP_AUDIT_HEADER_B64);
+    bad_add(t, &k, "two dots (in the payload)", x, (size_t)len);
+    len = snprintf(x, sizeof(x), "%s..%s", KP_AUDIT_HEADER_B64, payload);
+    bad_add(t, &k, "two dots (adjacent)", x, (size_t)len);
+    /* One byte outside base64url, in the middle of the payload or at its end. */
+    const char odd[] = {'+', '/', '=', ' ', '\n', '\0', '"', '%', (char)0x80, (char)0xff};
+    for (size_t i = 0; i < sizeof(odd); i++) {
+        memcpy(x, good, g);
+        x[g - 5] = odd[i];
+        bad_add(t, &k, "a non-base64url byte in the payload", x, g);
+    }
+    memcpy(x, good, g);
+    x[g] = '=';
+    bad_add(t, &k, "padding", x, g + 1);
+    return k;
+}
+
+static void test_audit_pubkey_creates_the_key_once_and_the_same_key_survives_a_restart(void **state)
+{
+    fixture *fx = *state;
+    start_keeper(fx);
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    hsm_key_entry e[8];
+    int reserved = 0;
+
+    /* KP_AUDIT_HEADER_B64 is KP_AUDIT_HEADER's base64url, byte for byte. */
+    char b64[256];
+    size_t n = jose_b64url_encode(KP_AUDIT_HEADER, strlen(KP_AUDIT_HEADER), b64, sizeof(b64));
+    assert_int_equal(n, strlen(KP_AUDIT_HEADER_B64));
+    assert_string_equal(b64, KP_AUDIT_HEADER_B64);
+    hsm_kid kid = audit_kid();
+    assert_true(kp_is_reserved(&kid));
+    kid.b[HSM_KID_LEN - 1] ^= 1;
+    assert_false(kp_is_reserved(&kid));
+    assert_false(kp_is_reserved(NULL));
+
+    /* A fresh token has no audit key: the first AUDIT_PUBKEY makes it. */
+    assert_int_equal(do_list(fd, b, e, 8, &reserved), 0);
+    hsm_pubkey pub, again;
+    assert_int_equal(do_audit_pubkey(fd, b, &pub), HSM_OK);
+    assert_audit_shape(&pub);
+    assert_int_equal(do_list(fd, b, e, 8, &reserved), 1);
+    assert_int_equal(reserved, 1);
+
+    /* Later calls, on this connection and another, return it and make no other. */
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(do_audit_pubkey(fd, b, &again), HSM_OK);
+        assert_same_pubkey(&again, &pub);
+    }
+    int fd2 = connect_keeper(fx);
+    assert_int_equal(do_audit_pubkey(fd2, b, &again), HSM_OK);
+    assert_same_pubkey(&again, &pub);
+    close(fd2);
+    /* Its public half is public: PUBLIC_KEY with the reserved kid gives the same. */
+    kid = audit_kid();
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_PUBLIC_KEY, &kid, &again), HSM_OK);
+    assert_same_pubkey(&again, &pub);
+    assert_int_equal(do_list(fd, b, e, 8, &reserved), 1);
+    close(fd);
+
+    /* A new keeper on the same token finds the same key, and makes no second one. */
+    stop_keeper(fx);
+    start_keeper(fx);
+    fd = connect_keeper(fx);
+    assert_int_equal(do_audit_pubkey(fd, b, &again), HSM_OK);
+    assert_same_pubkey(&again, &pub);
+    assert_int_equal(do_list(fd, b, e, 8, &reserved), 1);
+    assert_int_equal(reserved, 1);
+    close(fd);
+    free(b);
+}
+
+typedef struct {
+    fixture *fx;
+    pthread_barrier_t *go;
+    int sign; /* first use through AUDIT_SIGN rather than AUDIT_PUBKEY */
+    uint32_t st;
+    hsm_pubkey pub;
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len;
+} first_user;
+
+static void *first_user_main(void *arg)
+{
+    first_user *u = arg;
+    int fd = try_connect(u->fx);
+    bufs *b = malloc(sizeof(*b));
+    pthread_barrier_wait(u->go);
+    u->st = HSM_ERR_DEVICE;
+    if (fd >= 0 && b != NULL) {
+        char in[CHECKPOINT_MAX];
+        size_t len = checkpoint_input(in, sizeof(in), 1);
+        if (u->sign) {
+            size_t elen = kpp_encode_audit_sign(b->req, sizeof(b->req), in, len);
+            ssize_t n = roundtrip(fd, b->req, elen, b->rep);
+            kpp_reply r;
+            if (n > 0 && kpp_decode_reply(b->rep, (size_t)n, KPP_OP_AUDIT_SIGN, &r) == 0)
+                u->st = r.status == 0 && kpp_reply_sig(&r, u->sig, &u->sig_len) != 0
+                            ? HSM_ERR_DEVICE
+                            : r.status;
+        } else {
+            size_t elen = kpp_encode_audit_pubkey(b->req, sizeof(b->req));
+            ssize_t n = roundtrip(fd, b->req, elen, b->rep);
+            kpp_reply r;
+            if (n > 0 && kpp_decode_reply(b->rep, (size_t)n, KPP_OP_AUDIT_PUBKEY, &r) == 0)
+                u->st =
+                    r.status == 0 && kpp_reply_pubkey(&r, &u->pub) != 0 ? HSM_ERR_DEVICE : r.status;
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    free(b);
+    return NULL;
+}
+
+static void test_concurrent_first_uses_make_a_single_audit_key(void **state)
+{
+    fixture *fx = *state;
+    start_keeper(fx);
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, AUDIT_THREADS);
+    static first_user u[AUDIT_THREADS];
+    pthread_t th[AUDIT_THREADS];
+    for (int i = 0; i < AUDIT_THREADS; i++) {
+        memset(&u[i], 0, sizeof(u[i]));
+        u[i].fx = fx;
+        u[i].go = &go;
+        u[i].sign = i % 2;
+        assert_int_equal(pthread_create(&th[i], NULL, first_user_main, &u[i]), 0);
+    }
+    for (int i = 0; i < AUDIT_THREADS; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&go);
+
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    hsm_pubkey pub;
+    assert_int_equal(do_audit_pubkey(fd, b, &pub), HSM_OK);
+    assert_audit_shape(&pub);
+    char in[CHECKPOINT_MAX];
+    size_t len = checkpoint_input(in, sizeof(in), 1);
+    for (int i = 0; i < AUDIT_THREADS; i++) {
+        assert_int_equal(u[i].st, HSM_OK);
+        if (u[i].sign)
+            assert_true(rs256_verifies(&pub, in, len, u[i].sig, u[i].sig_len));
+        else
+            assert_same_pubkey(&u[i].pub, &pub);
+    }
+    hsm_key_entry e[8];
+    int reserved = 0;
+    assert_int_equal(do_list(fd, b, e, 8, &reserved), 1);
+    assert_int_equal(reserved, 1);
+    close(fd);
+    free(b);
+}
+
+static void
+test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input(void **state)
+{
+    fixture *fx = *state;
+    start_keeper(fx);
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    static bad_input bad[BAD_INPUTS_MAX];
+    size_t n_bad = bad_inputs(bad);
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len = 0;
+    hsm_key_entry e[8];
+    int reserved = 0;
+
+    /* Refused inputs never reach the token: not even the key gets made. */
+    for (size_t i = 0; i < n_bad; i++) {
+        uint32_t st = do_audit_sign(fd, b, bad[i].in, bad[i].len, sig, &sig_len);
+        if (st != HSM_ERR_BAD_ARGUMENT)
+            fail_msg("%s (input %zu): status %s", bad[i].why, i, kpp_status_name(st));
+    }
+    assert_int_equal(do_list(fd, b, e, 8, &reserved), 0);
+
+    /* A checkpoint is the first use: the key is made and signs it, RS256. */
+    char in[CHECKPOINT_MAX];
+    size_t len = checkpoint_input(in, sizeof(in), 1);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(sig_len, KP_AUDIT_BITS / 8);
+    hsm_pubkey pub;
+    assert_int_equal(do_audit_pubkey(fd, b, &pub), HSM_OK);
+    assert_audit_shape(&pub);
+    assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
+    assert_false(rs256_verifies(&pub, in, len - 1, sig, sig_len));
+    assert_int_equal(do_list(fd, b, e, 8, &reserved), 1);
+    assert_int_equal(reserved, 1);
+
+    /* The next checkpoint, and the shortest and longest shapes allowed. */
+    len = checkpoint_input(in, sizeof(in), 2);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
+    len = checkpoint_of_length(in, strlen(KP_AUDIT_HEADER_B64 ".") + 1);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
+    len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
+
+    /* Past the bound, or empty: the protocol itself refuses (the encoder too). */
+    len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX + 1);
+    assert_int_equal(kpp_encode_audit_sign(b->req, sizeof(b->req), in, len), 0);
+    assert_int_equal(raw_audit_sign(fd, b, in, len), KPP_ERR_BAD_BODY);
+    assert_int_equal(raw_audit_sign(fd, b, in, 0), KPP_ERR_BAD_BODY);
+
+    /* Every shape refusal again, with the key there, and the connection still serves. */
+    for (size_t i = 0; i < n_bad; i++) {
+        uint32_t st = do_audit_sign(fd, b, bad[i].in, bad[i].len, sig, &sig_len);
+        if (st != HSM_ERR_BAD_ARGUMENT)
+            fail_msg("%s (input %zu): status %s", bad[i].why, i, kpp_status_name(st));
+    }
+    assert_int_equal(do_ping(fd, b, NULL), HSM_OK);
+
+    /* The same through kp_ in remote mode: the keeper's answers, passed on. */
+    kp *k = NULL;
+    char err[256];
+    assert_int_equal(kp_connect(fx->c.keeper_socket, &k, err, sizeof(err)), HSM_OK);
+    hsm_pubkey again;
+    assert_int_equal(kp_audit_public_key(k, &again), HSM_OK);
+    assert_same_pubkey(&again, &pub);
+    len = checkpoint_input(in, sizeof(in), 3);
+    assert_int_equal(kp_audit_sign(k, in, len, sig, &sig_len), HSM_OK);
+    assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
+    for (size_t i = 0; i < n_bad; i++)
+        assert_int_equal(kp_audit_sign(k, bad[i].in, bad[i].len, sig, &sig_len),
+                         HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_audit_sign(k, in, 0, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX + 1);
+    assert_int_equal(kp_audit_sign(k, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    kp_close(k);
+    close(fd);
+    free(b);
+}
+
+static void test_sign_ping_generate_and_destroy_refuse_the_reserved_kid(void **state)
+{
+    fixture *fx = *state;
+    start_keeper(fx);
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    hsm_kid kid = audit_kid();
+    hsm_pubkey pub, again;
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len;
+    hsm_key_entry e[8];
+    int reserved = 0;
+
+    /* GENERATE cannot make the audit key ahead of the keeper, at a size of its choosing. */
+    assert_int_equal(do_generate(fd, b, &kid, 2048, &pub), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_list(fd, b, e, 8, &reserved), 0);
+    assert_int_equal(do_audit_pubkey(fd, b, &pub), HSM_OK);
+    assert_int_equal(do_generate(fd, b, &kid, 4096, &again), HSM_ERR_BAD_ARGUMENT);
+
+    /* Even with an active registry row for the reserved kid (which no create can make),
+     * SIGN refuses it before the registry is asked, and so does the probe. */
+    reg_key row;
+    memset(&row, 0, sizeof(row));
+    row.kid = kid;
+    row.bits = pub.bits;
+    row.created_at = T0;
+    snprintf(row.label, sizeof(row.label), "impostor");
+    snprintf(row.n_b64, sizeof(row.n_b64), "n");
+    snprintf(row.e_b64, sizeof(row.e_b64), "AQAB");
+    assert_int_equal(reg_reserve(fx->r), REG_OK);
+    assert_int_equal(reg_insert(fx->r, &row), REG_OK);
+    char in[CHECKPOINT_MAX];
+    size_t len = checkpoint_input(in, sizeof(in), 1);
+    assert_int_equal(do_sign(fd, b, &kid, in, len, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_sign(fd, b, &kid, "x", 1, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_ping(fd, b, &kid), HSM_ERR_KEY_NOT_FOUND);
+
+    /* DESTROY refuses it whatever the registry says: active, or revoked. */
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kid, NULL), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(reg_revoke(fx->r, &kid, "retired", T0 + 1, NULL), REG_OK);
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kid, NULL), HSM_ERR_BAD_ARGUMENT);
+
+    /* The key survived it all and still signs checkpoints. */
+    assert_int_equal(do_audit_pubkey(fd, b, &again), HSM_OK);
+    assert_same_pubkey(&again, &pub);
+    assert_int_equal(do_list(fd, b, e, 8, &reserved), 1);
+    assert_int_equal(reserved, 1);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
+
+    /* kp_ refuses the same in remote mode before asking the keeper. */
+    kp *k = NULL;
+    char err[256];
+    assert_int_equal(kp_connect(fx->c.keeper_socket, &k, err, sizeof(err)), HSM_OK);
+    assert_int_equal(kp_sign(k, &kid, in, len, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(kp_ping(k, &kid), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(kp_destroy(k, &kid), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_generate(k, &kid, 2048, &again), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_audit_public_key(k, &again), HSM_OK);
+    assert_same_pubkey(&again, &pub);
+    kp_close(k);
+    close(fd);
+    free(b);
+}
+
+/* Runs rec_run and asserts that its log never names the audit key. Its return value. */
+static int reconcile_quietly(kp *k, reg *r, rec_report *rep)
+{
+    char *text = NULL;
+    size_t text_len = 0;
+    FILE *log = open_memstream(&text, &text_len);
+    assert_non_null(log);
+    int rc = rec_run(k, r, log, rep);
+    fclose(log);
+    hsm_kid kid = audit_kid();
+    char hex[2 * HSM_KID_LEN + 1];
+    hsm_kid_hex(&kid, hex);
+    if (text != NULL && strstr(text, hex) != NULL)
+        fail_msg("reconcile logged the audit key: %s", text);
+    free(text);
+    return rc;
+}
+
+static void test_reconcile_through_the_keeper_leaves_the_audit_key_alone(void **state)
+{
+    fixture *fx = *state;
+    start_keeper(fx);
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    hsm_pubkey pub, again, ignored;
+    assert_int_equal(do_audit_pubkey(fd, b, &pub), HSM_OK);
+    hsm_kid orphan, kept;
+    testenv_kid(&orphan);
+    assert_int_equal(do_generate(fd, b, &orphan, 2048, &ignored), HSM_OK);
+    create_key(fx, fd, b, &kept, &ignored);
+
+    kp *k = NULL;
+    char err[256];
+    assert_int_equal(kp_connect(fx->c.keeper_socket, &k, err, sizeof(err)), HSM_OK);
+    rec_report rep;
+    assert_int_equal(reconcile_quietly(k, fx->r, &rep), 0);
+    assert_int_equal(rep.orphans_destroyed, 1); /* the real orphan, not the audit key */
+    assert_int_equal(rep.revoked_destroyed, 0);
+    assert_int_equal(rep.marked_broken, 0);
+    assert_int_equal(reconcile_quietly(k, fx->r, &rep), 0); /* and again: nothing to do */
+    assert_int_equal(rep.orphans_destroyed, 0);
+    kp_close(k);
+
+    hsm_key_entry e[8];
+    int reserved = 0;
+    assert_int_equal(do_list(fd, b, e, 8, &reserved), 2); /* the kept key, the audit key */
+    assert_int_equal(reserved, 1);
+    assert_int_equal(do_audit_pubkey(fd, b, &again), HSM_OK);
+    assert_same_pubkey(&again, &pub);
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_PUBLIC_KEY, &orphan, &ignored), HSM_ERR_KEY_NOT_FOUND);
+    close(fd);
+    free(b);
+}
+
+typedef struct {
+    kp *k;
+    pthread_barrier_t *go;
+    hsm_status st;
+    hsm_pubkey pub;
+} inproc_user;
+
+static void *inproc_user_main(void *arg)
+{
+    inproc_user *u = arg;
+    pthread_barrier_wait(u->go);
+    u->st = kp_audit_public_key(u->k, &u->pub);
+    kp_thread_done(u->k);
+    return NULL;
+}
+
+static kp *open_in_process(fixture *fx)
+{
+    hsm_config hc = {
+        .module_path = HSM_DEFAULT_MODULE,
+        .token = TESTENV_LABEL,
+        .pin_file = fx->c.pin_file,
+        .max_sessions = SESSIONS,
+    };
+    kp *k = NULL;
+    char err[512];
+    err[0] = '\0';
+    hsm_status st = kp_open(&hc, &k, err, sizeof(err));
+    if (st != HSM_OK)
+        fprintf(stderr, "kp_open: %s\n", err);
+    assert_int_equal(st, HSM_OK);
+    assert_non_null(k);
+    return k;
+}
+
+/* No keeper: kp_open in this process, the mode of process_model = single. */
+static void test_in_process_audit_key_signs_checkpoints_only_and_reconcile_keeps_it(void **state)
+{
+    fixture *fx = *state;
+    kp *k = open_in_process(fx);
+    static bad_input bad[BAD_INPUTS_MAX];
+    size_t n_bad = bad_inputs(bad);
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len = 0;
+    char in[CHECKPOINT_MAX];
+    size_t len;
+    hsm_key_entry e[8];
+    size_t count = 0;
+
+    /* Refusals touch nothing. */
+    for (size_t i = 0; i < n_bad; i++) {
+        hsm_status st = kp_audit_sign(k, bad[i].in, bad[i].len, sig, &sig_len);
+        if (st != HSM_ERR_BAD_ARGUMENT)
+            fail_msg("%s (input %zu): status %s", bad[i].why, i, hsm_status_name(st));
+    }
+    assert_int_equal(kp_audit_sign(k, "", 0, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_audit_sign(k, NULL, 0, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX + 1);
+    assert_int_equal(kp_audit_sign(k, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_list(k, e, 8, &count), HSM_OK);
+    assert_int_equal(count, 0);
+
+    /* First use from many threads at once: one key, the same for all. */
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, AUDIT_THREADS);
+    inproc_user u[AUDIT_THREADS];
+    pthread_t th[AUDIT_THREADS];
+    for (int i = 0; i < AUDIT_THREADS; i++) {
+        u[i] = (inproc_user){.k = k, .go = &go, .st = HSM_ERR_DEVICE};
+        assert_int_equal(pthread_create(&th[i], NULL, inproc_user_main, &u[i]), 0);
+    }
+    for (int i = 0; i < AUDIT_THREADS; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&go);
+    hsm_pubkey pub, again;
+    assert_int_equal(kp_audit_public_key(k, &pub), HSM_OK);
+    assert_audit_shape(&pub);
+    for (int i = 0; i < AUDIT_THREADS; i++) {
+        assert_int_equal(u[i].st, HSM_OK);
+        assert_same_pubkey(&u[i].pub, &pub);
+    }
+    assert_int_equal(kp_list(k, e, 8, &count), HSM_OK);
+    assert_int_equal(count, 1);
+    assert_true(kp_is_reserved(&e[0].kid));
+
+    /* Checkpoints sign and verify; everything else is refused, the key there or not. */
+    len = checkpoint_input(in, sizeof(in), 1);
+    assert_int_equal(kp_audit_sign(k, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(sig_len, KP_AUDIT_BITS / 8);
+    assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
+    len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX);
+    assert_int_equal(kp_audit_sign(k, in, len, sig, &sig_len), HSM_OK);
+    assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
+    for (size_t i = 0; i < n_bad; i++)
+        assert_int_equal(kp_audit_sign(k, bad[i].in, bad[i].len, sig, &sig_len),
+                         HSM_ERR_BAD_ARGUMENT);
+
+    /* The reserved kid is nobody's to sign with, probe, make or destroy. */
+    hsm_kid kid = audit_kid();
+    assert_int_equal(kp_sign(k, &kid, in, len, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(kp_ping(k, &kid), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(kp_destroy(k, &kid), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_generate(k, &kid, 2048, &again), HSM_ERR_BAD_ARGUMENT);
+
+    /* Reconcile in-process: the orphan goes, the audit key stays. */
+    hsm_kid orphan;
+    testenv_kid(&orphan);
+    assert_int_equal(kp_generate(k, &orphan, 2048, &again), HSM_OK);
+    rec_report rep;
+    assert_int_equal(reconcile_quietly(k, fx->r, &rep), 0);
+    assert_int_equal(rep.orphans_destroyed, 1);
+    assert_int_equal(kp_list(k, e, 8, &count), HSM_OK);
+    assert_int_equal(count, 1);
+    assert_true(kp_is_reserved(&e[0].kid));
+    kp_close(k);
+
+    /* Reopened (a restart): the same key, found and not made again. */
+    k = open_in_process(fx);
+    assert_int_equal(kp_audit_public_key(k, &again), HSM_OK);
+    assert_same_pubkey(&again, &pub);
+    len = checkpoint_input(in, sizeof(in), 2);
+    assert_int_equal(kp_audit_sign(k, in, len, sig, &sig_len), HSM_OK);
+    assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
+    assert_int_equal(kp_list(k, e, 8, &count), HSM_OK);
+    assert_int_equal(count, 1);
+    kp_close(k);
+}
+
+/* The policy alone, no token: exactly checkpoint-shaped inputs pass. */
+static void test_audit_input_policy_accepts_exactly_checkpoint_shaped_inputs(void **state)
+{
+    (void)state;
+    static bad_input bad[BAD_INPUTS_MAX];
+    size_t n_bad = bad_inputs(bad);
+    for (size_t i = 0; i < n_bad; i++)
+        if (kp_audit_input_ok(bad[i].in, bad[i].len))
+            fail_msg("accepted %s (input %zu)", bad[i].why, i);
+    char in[CHECKPOINT_MAX];
+    for (unsigned seq = 1; seq < 2000; seq += 97) {
+        size_t len = checkpoint_input(in, sizeof(in), seq);
+        assert_true(kp_audit_input_ok(in, len));
+        assert_false(kp_audit_input_ok(in, len - (len - strlen(KP_AUDIT_HEADER_B64 "."))));
+    }
+    size_t prefix = strlen(KP_AUDIT_HEADER_B64 ".");
+    for (size_t len = prefix + 1; len <= KP_AUDIT_SIGN_MAX; len += 61)
+        assert_true(kp_audit_input_ok(in, checkpoint_of_length(in, len)));
+    assert_true(kp_audit_input_ok(in, checkpoint_of_length(in, KP_AUDIT_SIGN_MAX)));
+    assert_false(kp_audit_input_ok(in, checkpoint_of_length(in, KP_AUDIT_SIGN_MAX + 1)));
+    /* Every base64url character is allowed in the payload, and nothing else. */
+    for (int c = 0; c < 256; c++) {
+        size_t len = checkpoint_of_length(in, prefix + 4);
+        in[prefix + 1] = (char)c;
+        int b64 = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                  c == '-' || c == '_';
+        if (kp_audit_input_ok(in, len) != b64)
+            fail_msg("byte 0x%02x in the payload: %s", c, b64 ? "refused" : "accepted");
+    }
+    assert_false(kp_audit_input_ok(NULL, 10));
+    assert_false(kp_audit_input_ok(in, 0));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -847,6 +1540,13 @@ int main(void)
         T(test_open_replaces_a_stale_socket_but_never_a_file_or_a_live_keeper),
         T(test_open_fails_with_one_line_for_a_bad_pin_file_or_a_missing_registry),
         T(test_a_peer_of_another_uid_is_refused),
+        T(test_audit_pubkey_creates_the_key_once_and_the_same_key_survives_a_restart),
+        T(test_concurrent_first_uses_make_a_single_audit_key),
+        T(test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input),
+        T(test_sign_ping_generate_and_destroy_refuse_the_reserved_kid),
+        T(test_reconcile_through_the_keeper_leaves_the_audit_key_alone),
+        T(test_in_process_audit_key_signs_checkpoints_only_and_reconcile_keeps_it),
+        cmocka_unit_test(test_audit_input_policy_accepts_exactly_checkpoint_shaped_inputs),
 #undef T
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -16,8 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ALL_OPS_FIRST KPP_OP_SIGN
-#define ALL_OPS_LAST KPP_OP_SESSIONS
+#define ALL_OPS_FIRST KPP_OP_FIRST
+#define ALL_OPS_LAST KPP_OP_LAST
 
 static uint8_t scratch[KPP_MSG_MAX + 64]; /* encoders' output */
 static uint8_t reenc[KPP_MSG_MAX];        /* re-encodings */
@@ -85,7 +85,7 @@ static uint32_t decode_req(const uint8_t *msg, size_t len, kpp_request *r, uint1
 {
     uint8_t *copy = exact_copy(msg, len);
     uint32_t st = kpp_decode_request(copy, len, r, echo);
-    if (st == 0 && r->op == KPP_OP_SIGN) {
+    if (st == 0 && (r->op == KPP_OP_SIGN || r->op == KPP_OP_AUDIT_SIGN)) {
         /* r->msg points into the copy: rebase it onto msg before the copy goes. */
         r->msg = msg + (r->msg - copy);
     }
@@ -266,6 +266,90 @@ static void test_sessions_request_round_trips_with_an_empty_body(void **state)
     assert_int_equal(decode_req(scratch, n, &r, &echo), 0);
     assert_int_equal(r.op, KPP_OP_SESSIONS);
     assert_int_equal(echo, KPP_OP_SESSIONS);
+}
+
+static void test_audit_pubkey_request_round_trips_with_an_empty_body(void **state)
+{
+    (void)state;
+    size_t n = kpp_encode_audit_pubkey(scratch, sizeof(scratch));
+    assert_int_equal(n, KPP_HDR_LEN);
+    const uint8_t want[] = {0x4b, 0x01, 0x00, 0x08, 0, 0, 0, 0, 0, 0, 0, 0};
+    assert_memory_equal(scratch, want, sizeof(want));
+    kpp_request r;
+    uint16_t echo = 0;
+    assert_int_equal(decode_req(scratch, n, &r, &echo), 0);
+    assert_int_equal(r.op, KPP_OP_AUDIT_PUBKEY);
+    assert_int_equal(echo, KPP_OP_AUDIT_PUBKEY);
+    assert_false(r.has_kid); /* the audit key has no kid on the wire */
+    assert_null(r.msg);
+}
+
+static void test_audit_sign_request_round_trips_the_input(void **state)
+{
+    (void)state;
+    const char *in = "eyJhbGciOiJSUzI1NiJ9.eyJzZXEiOjF9";
+    size_t n = kpp_encode_audit_sign(scratch, sizeof(scratch), in, strlen(in));
+    assert_int_equal(n, KPP_HDR_LEN + strlen(in));
+    const uint8_t want_hdr[] = {0x4b, 0x01, 0x00, 0x09, 0, 0, 0, 0, 0, 0, 0, (uint8_t)strlen(in)};
+    assert_memory_equal(scratch, want_hdr, sizeof(want_hdr));
+    assert_memory_equal(scratch + KPP_HDR_LEN, in, strlen(in)); /* no kid: the input only */
+
+    kpp_request r;
+    uint16_t echo = 0;
+    assert_int_equal(decode_req(scratch, n, &r, &echo), 0);
+    assert_int_equal(r.op, KPP_OP_AUDIT_SIGN);
+    assert_int_equal(echo, KPP_OP_AUDIT_SIGN);
+    assert_false(r.has_kid);
+    assert_int_equal(r.msg_len, strlen(in));
+    assert_memory_equal(r.msg, in, strlen(in));
+    assert_ptr_equal(r.msg, scratch + KPP_HDR_LEN); /* points into the buffer */
+
+    /* The codec bounds the length only; the keeper judges the shape. */
+    n = kpp_encode_audit_sign(scratch, sizeof(scratch), "\0", 1);
+    assert_int_equal(n, KPP_HDR_LEN + 1);
+    assert_int_equal(decode_req(scratch, n, &r, NULL), 0);
+    assert_int_equal(r.msg_len, 1);
+    assert_int_equal(r.msg[0], 0);
+}
+
+static void test_audit_sign_accepts_1_to_KPP_AUDIT_SIGN_MAX_bytes_and_refuses_others(void **state)
+{
+    (void)state;
+    static uint8_t in[KPP_AUDIT_SIGN_MAX + 2];
+    for (size_t i = 0; i < sizeof(in); i++)
+        in[i] = (uint8_t)('A' + i % 26);
+    const size_t good[] = {1, 2, 100, KPP_AUDIT_SIGN_MAX - 1, KPP_AUDIT_SIGN_MAX};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        size_t n = kpp_encode_audit_sign(scratch, sizeof(scratch), in, good[i]);
+        assert_int_equal(n, KPP_HDR_LEN + good[i]);
+        kpp_request r;
+        assert_int_equal(decode_req(scratch, n, &r, NULL), 0);
+        assert_int_equal(r.msg_len, good[i]);
+        assert_memory_equal(r.msg, in, good[i]);
+    }
+    /* The encoder refuses nothing, one byte too many, and no input. */
+    assert_int_equal(kpp_encode_audit_sign(scratch, sizeof(scratch), in, 0), 0);
+    assert_int_equal(kpp_encode_audit_sign(scratch, sizeof(scratch), in, KPP_AUDIT_SIGN_MAX + 1),
+                     0);
+    assert_int_equal(kpp_encode_audit_sign(scratch, sizeof(scratch), in, SIZE_MAX), 0);
+    assert_int_equal(kpp_encode_audit_sign(scratch, sizeof(scratch), NULL, 1), 0);
+    assert_int_equal(kpp_encode_audit_sign(NULL, sizeof(scratch), in, 1), 0);
+
+    /* So does the decoder, given the messages built by hand. */
+    size_t n = raw_message(scratch, KPP_OP_AUDIT_SIGN, 0, NULL, 0);
+    assert_request_refused(scratch, n, KPP_ERR_BAD_BODY, KPP_OP_AUDIT_SIGN);
+    n = raw_message(scratch, KPP_OP_AUDIT_SIGN, 0, in, KPP_AUDIT_SIGN_MAX + 1);
+    assert_request_refused(scratch, n, KPP_ERR_BAD_BODY, KPP_OP_AUDIT_SIGN);
+    n = raw_message(scratch, KPP_OP_AUDIT_SIGN, 0, NULL, KPP_SIGN_MAX);
+    assert_request_refused(scratch, n, KPP_ERR_BAD_BODY, KPP_OP_AUDIT_SIGN);
+    /* Beyond the whole message bound it is oversized, as for every op. */
+    n = raw_message(scratch, KPP_OP_AUDIT_SIGN, 0, NULL, KPP_BODY_MAX + 1);
+    assert_request_refused(scratch, n, KPP_ERR_OVERSIZED, KPP_OP_AUDIT_SIGN);
+    /* And a nonzero status is no request. */
+    n = raw_message(scratch, KPP_OP_AUDIT_SIGN, HSM_ERR_DEVICE, in, 10);
+    assert_request_refused(scratch, n, KPP_ERR_NOT_REQUEST, KPP_OP_AUDIT_SIGN);
+    n = raw_message(scratch, KPP_OP_AUDIT_PUBKEY, 1, NULL, 0);
+    assert_request_refused(scratch, n, KPP_ERR_NOT_REQUEST, KPP_OP_AUDIT_PUBKEY);
 }
 
 static void test_wire_layout_is_big_endian_as_specified(void **state)
@@ -459,7 +543,7 @@ static void test_body_length_above_body_max_is_oversized(void **state)
 static void test_unknown_op_is_refused_and_echoed(void **state)
 {
     (void)state;
-    const uint16_t ops[] = {0, 8, 9, 0x0100, 0xffff};
+    const uint16_t ops[] = {0, KPP_OP_LAST + 1, KPP_OP_LAST + 2, 0x0100, 0xffff};
     for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
         size_t n = raw_message(scratch, ops[i], 0, NULL, 0);
         assert_request_refused(scratch, n, KPP_ERR_UNKNOWN_OP, ops[i]);
@@ -501,8 +585,10 @@ static void test_each_op_refuses_a_body_of_the_wrong_length(void **state)
         {KPP_OP_LIST, 4, {0, 1, 3, 5, 8}, 5},
         {KPP_OP_PING, 17, {0, 1, 16, 18, 33}, 5},
         {KPP_OP_SESSIONS, 0, {1, 4, 16}, 3},
+        {KPP_OP_AUDIT_PUBKEY, 0, {1, 4, 16, 17}, 4},
+        {KPP_OP_AUDIT_SIGN, 16, {0, KPP_AUDIT_SIGN_MAX + 1, KPP_AUDIT_SIGN_MAX + 17}, 3},
     };
-    uint8_t body[128];
+    static uint8_t body[KPP_AUDIT_SIGN_MAX + 17];
     memset(body, 0, sizeof(body));
     put32(body + 16, 2048); /* GENERATE's bits, where a 20-byte body has them */
     for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
@@ -589,26 +675,32 @@ static void test_sig_reply_round_trips_from_1_to_HSM_SIG_MAX_bytes(void **state)
     for (size_t i = 0; i < sizeof(sig); i++)
         sig[i] = (uint8_t)(i ^ 0x5a);
     const size_t lens[] = {1, 256, 384, HSM_SIG_MAX};
-    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
-        size_t n = kpp_encode_sig_reply(scratch, sizeof(scratch), sig, lens[i]);
-        assert_int_equal(n, KPP_HDR_LEN + lens[i]);
-        kpp_reply r;
-        assert_int_equal(decode_rep(scratch, n, KPP_OP_SIGN, &r), 0);
-        assert_int_equal(r.status, 0);
-        uint8_t got[HSM_SIG_MAX];
-        size_t got_len = 0;
-        assert_int_equal(kpp_reply_sig(&r, got, &got_len), 0);
-        assert_int_equal(got_len, lens[i]);
-        assert_memory_equal(got, sig, lens[i]);
+    const kpp_op ops[] = {KPP_OP_SIGN, KPP_OP_AUDIT_SIGN};
+    for (size_t o = 0; o < 2; o++) {
+        for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+            size_t n = kpp_encode_sig_reply(scratch, sizeof(scratch), ops[o], sig, lens[i]);
+            assert_int_equal(n, KPP_HDR_LEN + lens[i]);
+            assert_int_equal((unsigned)scratch[2] << 8 | scratch[3], ops[o]);
+            kpp_reply r;
+            assert_int_equal(decode_rep(scratch, n, ops[o], &r), 0);
+            assert_int_equal(r.status, 0);
+            uint8_t got[HSM_SIG_MAX];
+            size_t got_len = 0;
+            assert_int_equal(kpp_reply_sig(&r, got, &got_len), 0);
+            assert_int_equal(got_len, lens[i]);
+            assert_memory_equal(got, sig, lens[i]);
+            /* A signature answers only the op it was encoded for. */
+            assert_int_equal(decode_rep(scratch, n, ops[1 - o], &r), KPP_ERR_BAD_BODY);
+        }
     }
 }
 
 static void test_pubkey_reply_round_trips_for_generate_and_public_key(void **state)
 {
     (void)state;
-    const kpp_op ops[] = {KPP_OP_GENERATE, KPP_OP_PUBLIC_KEY};
+    const kpp_op ops[] = {KPP_OP_GENERATE, KPP_OP_PUBLIC_KEY, KPP_OP_AUDIT_PUBKEY};
     const unsigned sizes[] = {2048, 3072, 4096};
-    for (size_t o = 0; o < 2; o++) {
+    for (size_t o = 0; o < 3; o++) {
         for (size_t s = 0; s < 3; s++) {
             hsm_pubkey pub = sample_pubkey(sizes[s]);
             size_t n = kpp_encode_pubkey_reply(scratch, sizeof(scratch), ops[o], &pub);
@@ -729,7 +821,7 @@ static void test_reply_header_errors_are_those_of_requests(void **state)
     (void)state;
     kpp_reply r;
     uint8_t sig[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    size_t n = kpp_encode_sig_reply(scratch, sizeof(scratch), sig, sizeof(sig));
+    size_t n = kpp_encode_sig_reply(scratch, sizeof(scratch), KPP_OP_SIGN, sig, sizeof(sig));
 
     for (size_t len = 0; len < KPP_HDR_LEN; len++)
         assert_int_equal(decode_rep(scratch, len, KPP_OP_SIGN, &r), KPP_ERR_SHORT);
@@ -776,8 +868,8 @@ static void test_decoding_a_reply_to_an_unknown_op_is_unknown_op(void **state)
     size_t n = kpp_encode_status(scratch, sizeof(scratch), 0, HSM_OK);
     kpp_reply r;
     assert_int_equal(decode_rep(scratch, n, (kpp_op)0, &r), KPP_ERR_UNKNOWN_OP);
-    n = kpp_encode_status(scratch, sizeof(scratch), 8, HSM_OK);
-    assert_int_equal(decode_rep(scratch, n, (kpp_op)8, &r), KPP_ERR_UNKNOWN_OP);
+    n = kpp_encode_status(scratch, sizeof(scratch), KPP_OP_LAST + 1, HSM_OK);
+    assert_int_equal(decode_rep(scratch, n, (kpp_op)(KPP_OP_LAST + 1), &r), KPP_ERR_UNKNOWN_OP);
 }
 
 static void test_error_reply_keeps_its_status_and_must_have_an_empty_body(void **state)
@@ -861,6 +953,20 @@ static void test_body_decoders_refuse_a_nonzero_status_or_another_op(void **stat
     assert_int_equal(kpp_reply_pubkey(&r, &pub), KPP_ERR_BAD_BODY);
     r.op = KPP_OP_GENERATE;
     r.status = HSM_ERR_KEY_EXISTS;
+    assert_int_equal(kpp_reply_pubkey(&r, &pub), KPP_ERR_BAD_BODY);
+
+    /* The audit ops: AUDIT_SIGN's body is a signature, AUDIT_PUBKEY's a public key. */
+    r = reply_of(KPP_OP_AUDIT_SIGN, 0, body, 4);
+    assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), 0);
+    assert_int_equal(sig_len, 4);
+    assert_int_equal(kpp_reply_pubkey(&r, &pub), KPP_ERR_BAD_BODY);
+    r.status = HSM_ERR_BAD_ARGUMENT;
+    assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
+    r = reply_of(KPP_OP_AUDIT_PUBKEY, 0, scratch + KPP_HDR_LEN, len - KPP_HDR_LEN);
+    assert_int_equal(kpp_reply_pubkey(&r, &pub), 0);
+    assert_int_equal(pub.bits, 2048);
+    assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
+    r.status = HSM_ERR_DEVICE;
     assert_int_equal(kpp_reply_pubkey(&r, &pub), KPP_ERR_BAD_BODY);
 
     assert_int_equal(kpp_reply_sig(NULL, sig, &sig_len), KPP_ERR_BAD_BODY);
@@ -1035,8 +1141,16 @@ static void test_request_encoders_refuse_out_of_bound_arguments(void **state)
         assert_int_equal(kpp_encode_generate(b, cap, &kid, bad_bits[i]), 0);
     assert_int_equal(kpp_encode_generate(b, cap, NULL, 2048), 0);
 
-    const int bad_ops[] = {
-        0, KPP_OP_SIGN, KPP_OP_GENERATE, KPP_OP_LIST, KPP_OP_PING, KPP_OP_SESSIONS, 8, 0xffff};
+    const int bad_ops[] = {0,
+                           KPP_OP_SIGN,
+                           KPP_OP_GENERATE,
+                           KPP_OP_LIST,
+                           KPP_OP_PING,
+                           KPP_OP_SESSIONS,
+                           KPP_OP_AUDIT_PUBKEY,
+                           KPP_OP_AUDIT_SIGN,
+                           KPP_OP_LAST + 1,
+                           0xffff};
     for (size_t i = 0; i < sizeof(bad_ops) / sizeof(bad_ops[0]); i++)
         assert_int_equal(kpp_encode_kid_op(b, cap, (kpp_op)bad_ops[i], &kid), 0);
     assert_int_equal(kpp_encode_kid_op(b, cap, KPP_OP_DESTROY, NULL), 0);
@@ -1044,6 +1158,11 @@ static void test_request_encoders_refuse_out_of_bound_arguments(void **state)
     assert_int_equal(kpp_encode_list(NULL, cap, 0), 0);
     assert_int_equal(kpp_encode_ping(NULL, cap, NULL), 0);
     assert_int_equal(kpp_encode_sessions(NULL, cap), 0);
+    assert_int_equal(kpp_encode_audit_pubkey(NULL, cap), 0);
+    assert_int_equal(kpp_encode_audit_sign(NULL, cap, "x", 1), 0);
+    assert_int_equal(kpp_encode_audit_sign(b, cap, NULL, 1), 0);
+    assert_int_equal(kpp_encode_audit_sign(b, cap, "x", 0), 0);
+    assert_int_equal(kpp_encode_audit_sign(b, cap, "x", KPP_AUDIT_SIGN_MAX + 1), 0);
 }
 
 static void test_reply_encoders_refuse_out_of_bound_arguments(void **state)
@@ -1053,14 +1172,25 @@ static void test_reply_encoders_refuse_out_of_bound_arguments(void **state)
     size_t cap = sizeof(scratch);
     uint8_t sig[HSM_SIG_MAX + 1] = {0};
 
-    assert_int_equal(kpp_encode_sig_reply(b, cap, sig, 0), 0);
-    assert_int_equal(kpp_encode_sig_reply(b, cap, sig, HSM_SIG_MAX + 1), 0);
-    assert_int_equal(kpp_encode_sig_reply(b, cap, NULL, 256), 0);
+    assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_SIGN, sig, 0), 0);
+    assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_SIGN, sig, HSM_SIG_MAX + 1), 0);
+    assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_SIGN, NULL, 256), 0);
+    assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_AUDIT_SIGN, sig, 0), 0);
+    assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_AUDIT_SIGN, sig, HSM_SIG_MAX + 1), 0);
+    assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_AUDIT_SIGN, NULL, 384), 0);
+    /* Only SIGN and AUDIT_SIGN replies carry a signature. */
+    for (int op = 0; op <= ALL_OPS_LAST + 1; op++) {
+        size_t want = op == KPP_OP_SIGN || op == KPP_OP_AUDIT_SIGN ? KPP_HDR_LEN + 256 : 0;
+        assert_int_equal(kpp_encode_sig_reply(b, cap, (kpp_op)op, sig, 256), want);
+    }
 
     hsm_pubkey good = sample_pubkey(2048);
     hsm_pubkey p;
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_SIGN, &good), 0);
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_DESTROY, &good), 0);
+    assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_AUDIT_SIGN, &good), 0);
+    assert_int_equal(kpp_encode_pubkey_reply(b, cap, (kpp_op)(KPP_OP_LAST + 1), &good), 0);
+    assert_int_not_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_AUDIT_PUBKEY, &good), 0);
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_GENERATE, NULL), 0);
     p = good;
     p.n_len = 0;
@@ -1101,7 +1231,7 @@ static void test_encoders_refuse_a_cap_one_byte_too_small(void **state)
     static hsm_key_entry e[KPP_LIST_MAX];
     uint8_t sig[HSM_SIG_MAX] = {0};
 
-    for (int which = 0; which < 12; which++) {
+    for (int which = 0; which < 14; which++) {
         size_t want;
         switch (which) {
         case 0:
@@ -1133,8 +1263,14 @@ static void test_encoders_refuse_a_cap_one_byte_too_small(void **state)
         case 10:
             want = KPP_HDR_LEN + 8 + 17 * KPP_LIST_MAX;
             break;
-        default:
+        case 11:
             want = KPP_HDR_LEN + 4;
+            break;
+        case 12:
+            want = KPP_HDR_LEN;
+            break;
+        default:
+            want = KPP_HDR_LEN + KPP_AUDIT_SIGN_MAX;
             break;
         }
         for (size_t cap = want - 1; cap <= want; cap++) {
@@ -1167,7 +1303,7 @@ static void test_encoders_refuse_a_cap_one_byte_too_small(void **state)
                 n = kpp_encode_status(b, cap, KPP_OP_SIGN, HSM_ERR_DEVICE);
                 break;
             case 8:
-                n = kpp_encode_sig_reply(b, cap, sig, HSM_SIG_MAX);
+                n = kpp_encode_sig_reply(b, cap, KPP_OP_SIGN, sig, HSM_SIG_MAX);
                 break;
             case 9:
                 n = kpp_encode_pubkey_reply(b, cap, KPP_OP_PUBLIC_KEY, &pub);
@@ -1175,8 +1311,14 @@ static void test_encoders_refuse_a_cap_one_byte_too_small(void **state)
             case 10:
                 n = kpp_encode_list_reply(b, cap, 1, e, KPP_LIST_MAX);
                 break;
-            default:
+            case 11:
                 n = kpp_encode_u32_reply(b, cap, KPP_OP_SESSIONS, 9);
+                break;
+            case 12:
+                n = kpp_encode_audit_pubkey(b, cap);
+                break;
+            default:
+                n = kpp_encode_audit_sign(b, cap, msg, KPP_AUDIT_SIGN_MAX);
                 break;
             }
             if (n != (cap == want ? want : 0))
@@ -1260,6 +1402,13 @@ static int request_reencodes(const uint8_t *msg, size_t len)
     case KPP_OP_SESSIONS:
         n = kpp_encode_sessions(reenc, sizeof(reenc));
         break;
+    case KPP_OP_AUDIT_PUBKEY:
+        n = kpp_encode_audit_pubkey(reenc, sizeof(reenc));
+        break;
+    case KPP_OP_AUDIT_SIGN:
+        assert_true(r.msg >= msg && r.msg + r.msg_len == msg + len);
+        n = kpp_encode_audit_sign(reenc, sizeof(reenc), r.msg, r.msg_len);
+        break;
     default:
         fail_msg("decoded an unknown op %d", r.op);
     }
@@ -1306,10 +1455,11 @@ static int reply_reencodes(const uint8_t *msg, size_t len)
         assert_true(ok_sig + ok_pub + ok_list + ok_u32 <= 1);
         size_t n = 0;
         if (ok_sig) {
-            assert_int_equal(op, KPP_OP_SIGN);
-            n = kpp_encode_sig_reply(reenc, sizeof(reenc), sig, sig_len);
+            assert_true(op == KPP_OP_SIGN || op == KPP_OP_AUDIT_SIGN);
+            n = kpp_encode_sig_reply(reenc, sizeof(reenc), (kpp_op)op, sig, sig_len);
         } else if (ok_pub) {
-            assert_true(op == KPP_OP_GENERATE || op == KPP_OP_PUBLIC_KEY);
+            assert_true(op == KPP_OP_GENERATE || op == KPP_OP_PUBLIC_KEY ||
+                        op == KPP_OP_AUDIT_PUBKEY);
             n = kpp_encode_pubkey_reply(reenc, sizeof(reenc), (kpp_op)op, &pub);
         } else if (ok_list) {
             assert_int_equal(op, KPP_OP_LIST);
@@ -1362,14 +1512,22 @@ static size_t build_corpus(corpus_msg *c, size_t *n_small)
     k = add(c, k, scratch, kpp_encode_ping(scratch, sizeof(scratch), &kid));
     k = add(c, k, scratch, kpp_encode_ping(scratch, sizeof(scratch), NULL));
     k = add(c, k, scratch, kpp_encode_sessions(scratch, sizeof(scratch)));
+    k = add(c, k, scratch, kpp_encode_audit_pubkey(scratch, sizeof(scratch)));
+    k = add(c, k, scratch, kpp_encode_audit_sign(scratch, sizeof(scratch), big, 1));
+    k = add(c, k, scratch, kpp_encode_audit_sign(scratch, sizeof(scratch), big, 120));
+    k = add(c, k, scratch,
+            kpp_encode_audit_sign(scratch, sizeof(scratch), big, KPP_AUDIT_SIGN_MAX));
     for (int op = ALL_OPS_FIRST; op <= ALL_OPS_LAST; op++) {
         k = add(c, k, scratch, kpp_encode_status(scratch, sizeof(scratch), (uint16_t)op, 0));
         k = add(c, k, scratch,
                 kpp_encode_status(scratch, sizeof(scratch), (uint16_t)op, HSM_ERR_DEVICE));
     }
-    k = add(c, k, scratch, kpp_encode_sig_reply(scratch, sizeof(scratch), big, 1));
-    k = add(c, k, scratch, kpp_encode_sig_reply(scratch, sizeof(scratch), big, 256));
-    k = add(c, k, scratch, kpp_encode_sig_reply(scratch, sizeof(scratch), big, HSM_SIG_MAX));
+    k = add(c, k, scratch, kpp_encode_sig_reply(scratch, sizeof(scratch), KPP_OP_SIGN, big, 1));
+    k = add(c, k, scratch, kpp_encode_sig_reply(scratch, sizeof(scratch), KPP_OP_SIGN, big, 256));
+    k = add(c, k, scratch,
+            kpp_encode_sig_reply(scratch, sizeof(scratch), KPP_OP_SIGN, big, HSM_SIG_MAX));
+    k = add(c, k, scratch,
+            kpp_encode_sig_reply(scratch, sizeof(scratch), KPP_OP_AUDIT_SIGN, big, 384));
     hsm_pubkey pub = sample_pubkey(2048);
     k = add(c, k, scratch,
             kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_GENERATE, &pub));
@@ -1377,6 +1535,9 @@ static size_t build_corpus(corpus_msg *c, size_t *n_small)
     pub.e_len = 1;
     k = add(c, k, scratch,
             kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_PUBLIC_KEY, &pub));
+    pub = sample_pubkey(3072);
+    k = add(c, k, scratch,
+            kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_AUDIT_PUBKEY, &pub));
     static hsm_key_entry e[KPP_LIST_MAX];
     for (size_t i = 0; i < KPP_LIST_MAX; i++)
         e[i] = (hsm_key_entry){.kid = make_kid((uint8_t)i),
@@ -1507,6 +1668,9 @@ int main(void)
         cmocka_unit_test(test_ping_request_round_trips_with_and_without_a_kid),
         cmocka_unit_test(test_ping_without_a_kid_ignores_the_kid_bytes),
         cmocka_unit_test(test_sessions_request_round_trips_with_an_empty_body),
+        cmocka_unit_test(test_audit_pubkey_request_round_trips_with_an_empty_body),
+        cmocka_unit_test(test_audit_sign_request_round_trips_the_input),
+        cmocka_unit_test(test_audit_sign_accepts_1_to_KPP_AUDIT_SIGN_MAX_bytes_and_refuses_others),
         cmocka_unit_test(test_wire_layout_is_big_endian_as_specified),
         cmocka_unit_test(test_sign_accepts_KPP_SIGN_MAX_bytes_and_refuses_one_more),
         cmocka_unit_test(test_request_shorter_than_a_header_is_short_and_echoes_0),
