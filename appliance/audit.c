@@ -126,9 +126,9 @@ static int audit_details_ok(json_t *j, int depth)
 static char *audit_canonical(uint64_t seq, int64_t time, const char *actor, const char *action,
                              const char *kid, json_t *details)
 {
-    json_t *ev = json_pack("{s:s, s:s, s:O, s:s, s:I, s:I}", "action", action, "actor", actor,
-                           "details", details, "kid", kid, "seq", (json_int_t)seq, "time",
-                           (json_int_t)time);
+    json_t *ev =
+        json_pack("{s:s, s:s, s:O, s:s, s:I, s:I}", "action", action, "actor", actor, "details",
+                  details, "kid", kid, "seq", (json_int_t)seq, "time", (json_int_t)time);
     char *text = ev ? json_dumps(ev, AUDIT_FLAGS) : NULL;
     json_decref(ev);
     return text;
@@ -346,8 +346,8 @@ int audit_checkpoint(audit *a)
     if (rc != 0 || seq == 0 || seq <= a->last_cp_seq)
         return rc;
     int64_t now = audit_now();
-    json_t *p = json_pack("{s:s, s:I, s:I}", "hash", hash, "seq", (json_int_t)seq, "time",
-                          (json_int_t)now);
+    json_t *p =
+        json_pack("{s:s, s:I, s:I}", "hash", hash, "seq", (json_int_t)seq, "time", (json_int_t)now);
     char *payload = p ? json_dumps(p, AUDIT_FLAGS) : NULL;
     json_decref(p);
     if (payload == NULL)
@@ -360,8 +360,8 @@ int audit_checkpoint(audit *a)
     hsm_status st = HSM_ERR_DEVICE;
     rc = -1;
     if (jws != NULL &&
-        jose_jws_begin(KP_AUDIT_HEADER, strlen(KP_AUDIT_HEADER), payload, strlen(payload), jws,
-                       cap, &input_len) == 0 &&
+        jose_jws_begin(KP_AUDIT_HEADER, strlen(KP_AUDIT_HEADER), payload, strlen(payload), jws, cap,
+                       &input_len) == 0 &&
         (st = kp_audit_sign(a->k, jws, input_len, sig, &sig_len)) == HSM_OK &&
         jose_jws_finish(jws, cap, input_len, sig, sig_len, &total) == 0) {
         pthread_mutex_lock(&a->db_mu);
@@ -615,8 +615,8 @@ static void audit_count(json_t *map, const char *key)
         json_object_set_new(map, key, json_integer(1));
 }
 
-int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const void *msg,
-                    size_t len, const char *jti)
+int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const void *msg, size_t len,
+                    const char *jti)
 {
     if (a == NULL)
         return 0;
@@ -677,14 +677,13 @@ static json_t *audit_row_json(sqlite3_stmt *s)
     json_error_t je;
     const char *details = (const char *)sqlite3_column_text(s, 5);
     json_t *d = details ? json_loads(details, JSON_REJECT_DUPLICATES, &je) : NULL;
-    return json_pack("{s:I, s:I, s:s, s:s, s:s, s:o, s:s, s:s}", "seq",
-                     (json_int_t)sqlite3_column_int64(s, 0), "time",
-                     (json_int_t)sqlite3_column_int64(s, 1), "actor",
-                     (const char *)sqlite3_column_text(s, 2), "action",
-                     (const char *)sqlite3_column_text(s, 3), "kid",
-                     (const char *)sqlite3_column_text(s, 4), "details", d ? d : json_object(),
-                     "prev_hash", (const char *)sqlite3_column_text(s, 6), "hash",
-                     (const char *)sqlite3_column_text(s, 7));
+    return json_pack(
+        "{s:I, s:I, s:s, s:s, s:s, s:o, s:s, s:s}", "seq", (json_int_t)sqlite3_column_int64(s, 0),
+        "time", (json_int_t)sqlite3_column_int64(s, 1), "actor",
+        (const char *)sqlite3_column_text(s, 2), "action", (const char *)sqlite3_column_text(s, 3),
+        "kid", (const char *)sqlite3_column_text(s, 4), "details", d ? d : json_object(),
+        "prev_hash", (const char *)sqlite3_column_text(s, 6), "hash",
+        (const char *)sqlite3_column_text(s, 7));
 }
 
 int audit_list(const char *db_path, const audit_query *q, json_t **out, uint64_t *next)
@@ -788,12 +787,12 @@ int audit_export(const char *db_path, uint64_t from_seq, uint64_t to_seq, FILE *
                 json_object_set_new(ev, "type", json_string("event"));
             rc = audit_write_line(out, ev);
             while (rc == 0 && crc == SQLITE_ROW && (uint64_t)sqlite3_column_int64(c, 0) <= seq) {
-                rc = audit_write_line(
-                    out, json_pack("{s:s, s:I, s:s, s:I, s:s}", "type", "checkpoint", "seq",
-                                   (json_int_t)sqlite3_column_int64(c, 0), "hash",
-                                   (const char *)sqlite3_column_text(c, 1), "time",
-                                   (json_int_t)sqlite3_column_int64(c, 2), "jws",
-                                   (const char *)sqlite3_column_text(c, 3)));
+                rc = audit_write_line(out,
+                                      json_pack("{s:s, s:I, s:s, s:I, s:s}", "type", "checkpoint",
+                                                "seq", (json_int_t)sqlite3_column_int64(c, 0),
+                                                "hash", (const char *)sqlite3_column_text(c, 1),
+                                                "time", (json_int_t)sqlite3_column_int64(c, 2),
+                                                "jws", (const char *)sqlite3_column_text(c, 3)));
                 crc = sqlite3_step(c);
             }
         }
@@ -807,7 +806,8 @@ int audit_export(const char *db_path, uint64_t from_seq, uint64_t to_seq, FILE *
     return rc == 0 && fflush(out) == 0 ? 0 : -1;
 }
 
-/* ---- verification ------------------------------------------------------------------------------ */
+/* ---- verification ------------------------------------------------------------------------------
+ */
 
 static int audit_bad(audit_verdict *v, uint64_t seq, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -843,8 +843,8 @@ static int audit_check_cp(EVP_PKEY *pub, json_t *line, char *why, size_t whylen)
     int rc = -1;
     json_error_t je;
     char *header = json_dumps(p.header, JSON_COMPACT);
-    json_t *payload = json_loadb((const char *)p.payload, p.payload_len, JSON_REJECT_DUPLICATES,
-                                 &je);
+    json_t *payload =
+        json_loadb((const char *)p.payload, p.payload_len, JSON_REJECT_DUPLICATES, &je);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     json_t *want_hash = json_object_get(line, "hash"), *want_seq = json_object_get(line, "seq");
     json_t *expected = json_loads(KP_AUDIT_HEADER, 0, &je);
@@ -856,8 +856,7 @@ static int audit_check_cp(EVP_PKEY *pub, json_t *line, char *why, size_t whylen)
                EVP_DigestVerify(ctx, p.sig, p.sig_len, (const unsigned char *)jws,
                                 p.signing_input_len) != 1) {
         snprintf(why, whylen, "checkpoint signature does not verify with the audit key");
-    } else if (payload == NULL ||
-               !json_equal(json_object_get(payload, "hash"), want_hash) ||
+    } else if (payload == NULL || !json_equal(json_object_get(payload, "hash"), want_hash) ||
                !json_equal(json_object_get(payload, "seq"), want_seq)) {
         snprintf(why, whylen, "checkpoint's signed seq or hash differs from its line");
     } else {
@@ -870,8 +869,8 @@ static int audit_check_cp(EVP_PKEY *pub, json_t *line, char *why, size_t whylen)
     return rc;
 }
 
-int audit_verify_export(FILE *in, const char *pub_pem, uint64_t anchor_seq,
-                        const char *anchor_hash, audit_verdict *v)
+int audit_verify_export(FILE *in, const char *pub_pem, uint64_t anchor_seq, const char *anchor_hash,
+                        audit_verdict *v)
 {
     memset(v, 0, sizeof(*v));
     EVP_PKEY *pub = audit_read_pub(pub_pem);
@@ -913,11 +912,11 @@ int audit_verify_export(FILE *in, const char *pub_pem, uint64_t anchor_seq,
             char *canon = NULL;
             char computed[AUDIT_HASH_HEX + 1];
             if (first != 0 && seq != prev_seq + 1) {
-                rc = audit_bad(v, prev_seq + 1,
-                               seq > prev_seq + 1 ? "missing: seq %" PRIu64 " follows %" PRIu64
-                                                  : "out of order: seq %" PRIu64
-                                                    " follows %" PRIu64,
-                               seq, prev_seq);
+                rc =
+                    audit_bad(v, prev_seq + 1,
+                              seq > prev_seq + 1 ? "missing: seq %" PRIu64 " follows %" PRIu64
+                                                 : "out of order: seq %" PRIu64 " follows %" PRIu64,
+                              seq, prev_seq);
             } else if (!actor || !action || !kid || !ph || !h || !json_is_object(details) ||
                        !json_is_integer(t)) {
                 rc = audit_bad(v, seq, "event has a missing or mistyped field");
@@ -951,8 +950,8 @@ int audit_verify_export(FILE *in, const char *pub_pem, uint64_t anchor_seq,
             const char *h = json_string_value(json_object_get(j, "hash"));
             char why[160];
             if (first == 0 || seq < first || seq > prev_seq) {
-                rc = audit_bad(v, seq, "checkpoint for seq %" PRIu64 " has no event before it",
-                               seq);
+                rc =
+                    audit_bad(v, seq, "checkpoint for seq %" PRIu64 " has no event before it", seq);
             } else if (h == NULL || strcmp(h, hashes[seq - first]) != 0) {
                 rc = audit_bad(v, seq, "checkpoint's hash is not the hash of event %" PRIu64, seq);
             } else if (audit_check_cp(pub, j, why, sizeof(why)) != 0) {

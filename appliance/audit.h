@@ -58,8 +58,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define AUDIT_ACTOR_MAX 32   /* "system" or a 16-hex credential id, with room */
-#define AUDIT_ACTION_MAX 48  /* "key.created", "credential.revoked", ... */
+#define AUDIT_ACTOR_MAX 32  /* "system" or a 16-hex credential id, with room */
+#define AUDIT_ACTION_MAX 48 /* "key.created", "credential.revoked", ... */
 #define AUDIT_HASH_HEX 64
 #define AUDIT_DETAILS_MAX 4096 /* bytes of canonical details JSON */
 #define AUDIT_SYSTEM "system"
@@ -122,8 +122,8 @@ void audit_queue(audit *a, const char *action, const char *actor, json_t *detail
 /* One signature by credential cred_id (may be "" ) with kid. Counts it; with
  * every_signature also records a "sign" event with the SHA-256 of msg and jti (may be
  * NULL) and returns only once that event is committed (0), or -1 if it could not be. */
-int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const void *msg,
-                    size_t len, const char *jti);
+int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const void *msg, size_t len,
+                    const char *jti);
 
 /* Signs a checkpoint of the current head now, if there are events since the last one.
  * 0 (done or nothing to do), or -1. */
@@ -132,8 +132,8 @@ int audit_checkpoint(audit *a);
 /* ---- reading, export and verification (the API and the offline CLI) -------------------- */
 
 typedef struct {
-    uint64_t after; /* seq > after */
-    unsigned limit; /* 1..1000 */
+    uint64_t after;                   /* seq > after */
+    unsigned limit;                   /* 1..1000 */
     const char *kid, *action, *actor; /* NULL: any */
     int64_t since, until;             /* time range, inclusive; 0: open */
 } audit_query;
@@ -147,11 +147,11 @@ int audit_list(const char *db_path, const audit_query *q, json_t **out, uint64_t
 int audit_export(const char *db_path, uint64_t from_seq, uint64_t to_seq, FILE *out);
 
 typedef struct {
-    uint64_t events;           /* verified */
-    uint64_t last_seq;         /* of the last event */
-    uint64_t last_checkpoint;  /* seq of the last verified checkpoint, 0 if none */
-    uint64_t broken_seq;       /* the first seq that failed, 0 if none */
-    char why[256];             /* what failed */
+    uint64_t events;          /* verified */
+    uint64_t last_seq;        /* of the last event */
+    uint64_t last_checkpoint; /* seq of the last verified checkpoint, 0 if none */
+    uint64_t broken_seq;      /* the first seq that failed, 0 if none */
+    char why[256];            /* what failed */
 } audit_verdict;
 
 /* Verifies an export read from in: links (each prev_hash is the previous hash, each hash
@@ -159,7 +159,7 @@ typedef struct {
  * (the audit public key, PEM) and that it names an event hash in the export, and, when
  * anchor_seq > 0, that the export holds event anchor_seq with hash anchor_hash. 0 when all
  * holds, else -1 with v->broken_seq and v->why. */
-int audit_verify_export(FILE *in, const char *pub_pem, uint64_t anchor_seq,
-                        const char *anchor_hash, audit_verdict *v);
+int audit_verify_export(FILE *in, const char *pub_pem, uint64_t anchor_seq, const char *anchor_hash,
+                        audit_verdict *v);
 
 #endif

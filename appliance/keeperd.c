@@ -43,11 +43,16 @@ typedef struct kpd_conn {
      * listing agree even if keys come and go in between. Thread-private. */
     hsm_key_entry *list;
     size_t list_total; /* hsm_list's count, which may exceed KPD_LIST_CAP */
+    /* This connection's own read-only view of the registry, opened on first use: one
+     * shared connection behind a mutex became a convoy at 64 signing threads (a holder
+     * preempted mid-lookup stalls every signature). Thread-private. */
+    reg_reader *rr;
 } kpd_conn;
 
 struct kpd {
     hsm *h;
-    reg_reader *rr;
+    reg_reader *rr; /* opened at start to check the registry; connections have their own */
+    char db_path[CFG_PATH_MAX];
     int listen_fd;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     dev_t sock_dev; /* the socket file we bound, so kpd_close unlinks only that one */
@@ -62,6 +67,15 @@ struct kpd {
 };
 
 /* ---- one request ------------------------------------------------------------------------- */
+
+/* 1 when kid is active in the registry, read through this connection's reader; 0 for
+ * anything else, a reader that cannot be opened included (fail closed). */
+static int kpd_is_active(kpd_conn *cn, const hsm_kid *kid)
+{
+    if (cn->rr == NULL && reg_reader_open(cn->d->db_path, &cn->rr) != REG_OK)
+        return 0;
+    return reg_reader_is_active(cn->rr, kid);
+}
 
 static size_t kpd_list(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size_t cap)
 {
@@ -108,7 +122,7 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
             break;
         }
         /* The keeper's own check: the front's word is not enough to sign. */
-        if (!reg_reader_is_active(d->rr, &q->kid)) {
+        if (!kpd_is_active(cn, &q->kid)) {
             st = HSM_ERR_KEY_NOT_FOUND;
             break;
         }
@@ -151,8 +165,7 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         if (kp_is_reserved(&q->kid))
             st = HSM_ERR_BAD_ARGUMENT;
         else
-            st = reg_reader_is_active(d->rr, &q->kid) ? HSM_ERR_BAD_ARGUMENT
-                                                      : hsm_destroy(d->h, &q->kid);
+            st = kpd_is_active(cn, &q->kid) ? HSM_ERR_BAD_ARGUMENT : hsm_destroy(d->h, &q->kid);
         break;
     case KPP_OP_LIST:
         return kpd_list(cn, q, rep, cap);
@@ -245,6 +258,8 @@ static void *kpd_conn_main(void *arg)
     free(rep);
     free(cn->list);
     cn->list = NULL;
+    reg_reader_close(cn->rr);
+    cn->rr = NULL;
     hsm_thread_done(d->h); /* this thread's token session, before its slot is given back */
     pthread_mutex_lock(&d->mu);
     close(cn->fd);
@@ -473,6 +488,7 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         kpd_free(d);
         return -1;
     }
+    snprintf(d->db_path, sizeof(d->db_path), "%s", c->database);
     if (reg_reader_open(c->database, &d->rr) != REG_OK) {
         kpd_fail(err, errlen, "%s", reg_last_error());
         kpd_free(d);

@@ -1,8 +1,11 @@
 /* rec: start-up reconciliation of token and registry. See reconcile.h. */
 #include "appliance/reconcile.h"
 
+#include "appliance/audit.h"
+
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define REC_LIST_MAX 8192
 
@@ -45,13 +48,18 @@ int rec_run(kp *k, reg *r, FILE *log, rec_report *out)
             rc = -1;
             continue;
         }
+        /* The token changed with no row changing: its own event (actor "system"). */
         if (known) {
             out->revoked_destroyed++;
             fprintf(log, "signd: reconcile: destroyed the object of revoked kid %s\n", hex);
+            reg_audit(r, (int64_t)time(NULL), AUDIT_KEY_DESTROYED, &objs[i].kid,
+                      json_pack("{s:s}", "why", "revoked, its object survived a crash"));
         } else {
             out->orphans_destroyed++;
             fprintf(log, "signd: reconcile: destroyed kid %s: on the token, not in the registry\n",
                     hex);
+            reg_audit(r, (int64_t)time(NULL), AUDIT_KEY_ORPHAN, &objs[i].kid,
+                      json_pack("{s:s}", "why", "on the token, never recorded in the registry"));
         }
     }
     /* Active rows whose private half is gone can never sign again. */

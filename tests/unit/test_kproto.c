@@ -1227,7 +1227,7 @@ static void test_encoders_refuse_a_cap_one_byte_too_small(void **state)
     (void)state;
     hsm_kid kid = make_kid(60);
     hsm_pubkey pub = sample_pubkey(4096);
-    static uint8_t msg[1000];
+    static uint8_t msg[KPP_AUDIT_SIGN_MAX]; /* also SIGN's message */
     static hsm_key_entry e[KPP_LIST_MAX];
     uint8_t sig[HSM_SIG_MAX] = {0};
 
