@@ -249,6 +249,8 @@ static pid_t main_spawn(main_role role, const cfg *c, const sigset_t *sigs, int 
         if (getppid() != parent)
             _exit(1);
         int rc;
+        /* Neither may ever gain privileges again (no setuid binary, no file capability). */
+        prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
         if (role == MAIN_KEEPER) {
             main_set_title("signd: keeper");
             if (c->softhsm2_conf[0] != '\0')
@@ -256,8 +258,6 @@ static pid_t main_spawn(main_role role, const cfg *c, const sigset_t *sigs, int 
             rc = run_keeper(c, sigs, p[1]);
         } else {
             main_set_title("signd: front");
-            /* It may never gain privileges again (no setuid binary, no file capability). */
-            prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
             char err[512];
             kp *k = NULL;
             if (kp_connect(c->keeper_socket, &k, err, sizeof(err)) != HSM_OK) {
