@@ -248,6 +248,7 @@ struct audit {
     pthread_cond_t wake, done;
     audit_pending *q;
     size_t n_q, cap_q;
+    size_t n_fail; /* queued failure events (ticket 0): the only ones AUDIT_QUEUE_MAX bounds */
     uint64_t dropped;
     json_t *by_kid, *by_cred; /* signature counts since the last flush */
     uint64_t next_ticket, committed_ticket;
@@ -431,6 +432,7 @@ static void audit_flush(audit *a, int flush_all)
     } else {
         a->q = NULL;
         a->n_q = a->cap_q = 0;
+        a->n_fail = 0;
         by_kid = a->by_kid;
         by_cred = a->by_cred;
         a->by_kid = json_object();
@@ -441,10 +443,14 @@ static void audit_flush(audit *a, int flush_all)
     pthread_mutex_unlock(&a->mu);
 
     int rc = 0;
-    if (n > 0 || (by_kid != NULL && (json_object_size(by_kid) > 0 || dropped > 0)))
-        rc = audit_commit(a, items, n, by_kid ? by_kid : json_object(),
-                          by_cred ? by_cred : json_object(), dropped);
-    (void)rc;
+    if (n > 0 || (by_kid != NULL && (json_object_size(by_kid) > 0 || dropped > 0))) {
+        /* Only the timed flush carries counts; a group commit passes empty maps. */
+        json_t *none_k = by_kid ? NULL : json_object(), *none_c = by_cred ? NULL : json_object();
+        rc = audit_commit(a, items, n, by_kid ? by_kid : none_k, by_cred ? by_cred : none_c,
+                          dropped);
+        json_decref(none_k);
+        json_decref(none_c);
+    }
     for (size_t i = 0; i < n; i++)
         json_decref(items[i].details);
     free(items);
@@ -570,10 +576,12 @@ void audit_close(audit *a)
     free(a);
 }
 
-/* Appends to the queue (caller holds mu). 0, or -1 when full. */
+/* Appends to the queue (caller holds mu). 0, or -1 when full. Failure events are bounded
+ * by AUDIT_QUEUE_MAX (anyone can cause them); signature events are not, since each has a
+ * request waiting for it, so there are at most as many as worker threads. */
 static int audit_push(audit *a, const audit_pending *p)
 {
-    if (a->n_q >= AUDIT_QUEUE_MAX)
+    if (p->ticket == 0 && a->n_fail >= AUDIT_QUEUE_MAX)
         return -1;
     if (a->n_q == a->cap_q) {
         size_t cap = a->cap_q ? a->cap_q * 2 : 64;
@@ -584,6 +592,8 @@ static int audit_push(audit *a, const audit_pending *p)
         a->cap_q = cap;
     }
     a->q[a->n_q++] = *p;
+    if (p->ticket == 0)
+        a->n_fail++;
     return 0;
 }
 

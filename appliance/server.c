@@ -234,6 +234,20 @@ static long srv_read_body(struct mg_connection *c, const struct mg_request_info 
     return (long)got;
 }
 
+#define SRV_PATH_LOG_MAX 128
+
+/* The decoded path as logs and audit events keep it: it may hold any byte, so printable
+ * ASCII or '?', at most SRV_PATH_LOG_MAX bytes (a JSON string must be UTF-8, and a path
+ * that is not must not make the record vanish). */
+static void srv_printable_path(const struct mg_request_info *ri, char out[SRV_PATH_LOG_MAX + 1])
+{
+    const char *uri = ri->local_uri ? ri->local_uri : "";
+    size_t n = 0;
+    for (; uri[n] != '\0' && n < SRV_PATH_LOG_MAX; n++)
+        out[n] = (unsigned char)uri[n] >= 0x20 && (unsigned char)uri[n] < 0x7f ? uri[n] : '?';
+    out[n] = '\0';
+}
+
 /* One JSON line per request on stderr: never a header, a body or a secret; the caller's
  * credential id (not secret) when it authenticated. */
 static void srv_log_request(struct mg_connection *c, int status, const struct timespec *t0,
@@ -243,10 +257,10 @@ static void srv_log_request(struct mg_connection *c, int status, const struct ti
     struct timespec t1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ms = (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
-    json_t *j = json_pack("{s:I, s:s, s:s%, s:i, s:f}", "time", (json_int_t)time(NULL), "method",
-                          ri->request_method, "path", ri->local_uri ? ri->local_uri : "",
-                          strnlen(ri->local_uri ? ri->local_uri : "", 128), "status", status,
-                          "latency_ms", ms);
+    char path[SRV_PATH_LOG_MAX + 1];
+    srv_printable_path(ri, path);
+    json_t *j = json_pack("{s:I, s:s, s:s, s:i, s:f}", "time", (json_int_t)time(NULL), "method",
+                          ri->request_method, "path", path, "status", status, "latency_ms", ms);
     if (j != NULL && caller_id[0] != '\0')
         json_object_set_new(j, "credential", json_string(caller_id));
     char *line = j ? json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
@@ -262,9 +276,10 @@ static void srv_audit_failure(struct mg_connection *c, srv *s, const char *actio
                               const cred_record *who, const char *reason)
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
-    const char *uri = ri->local_uri ? ri->local_uri : "";
-    json_t *d = json_pack("{s:s, s:s%, s:s, s:s}", "method", ri->request_method, "path", uri,
-                          strnlen(uri, 128), "address", ri->remote_addr, "reason", reason);
+    char path[SRV_PATH_LOG_MAX + 1];
+    srv_printable_path(ri, path);
+    json_t *d = json_pack("{s:s, s:s, s:s, s:s}", "method", ri->request_method, "path", path,
+                          "address", ri->remote_addr, "reason", reason);
     if (d != NULL && who != NULL)
         json_object_set_new(d, "role", json_string(cred_role_name(who->role)));
     audit_queue(s->env->audit, action, who ? who->id : NULL, d);

@@ -5,9 +5,14 @@
 #   - the cost of the privilege separation: the same wrk JWT run against process_model =
 #     single (one process, the module loaded in it) right after the split one (the
 #     default), in the same round, and the ratio split / single (bar >= 0.95);
+#   - the cost of per-signature auditing: the same wrk JWT run (split) with
+#     audit_every_signature = true (one "sign" event per token, group-committed before the
+#     response) right after the default run (signatures only counted), in the same round,
+#     its p50/p99 and the ratio per-signature / counts only;
 #   - JWKS requests/s with 1,000 keys, for 200 and for 304.
-# Raw, split and single runs alternate, 3 rounds, medians reported: the machine is shared
-# and noisy. The configuration is put back to split after each single run (and on exit).
+# Raw, split, split with every signature audited, and single runs alternate, 3 rounds,
+# medians reported: the machine is shared and noisy. The configuration is put back to split
+# and audit_every_signature = false after each run that changed it (and on exit).
 #   BENCH_SECONDS=10  length of each measurement
 # The data directory build/bench/appliance (1,000 keys, a few minutes to create the first
 # time) is kept and reused by later runs.
@@ -44,8 +49,14 @@ set_model() {
 	sed -i -E '/^process_model = /d' "$conf"
 	echo "process_model = $1" >>"$conf"
 }
-trap 'stop; set_model split' EXIT
+# audit_every_signature = true|false, the same way.
+set_audit_every() {
+	sed -i -E '/^audit_every_signature = /d' "$conf"
+	echo "audit_every_signature = $1" >>"$conf"
+}
+trap 'stop; set_model split; set_audit_every false' EXIT
 set_model split
+set_audit_every false
 
 start
 # 1,000 active keys (created once, in parallel).
@@ -82,6 +93,7 @@ stop
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 raw_runs=() jwt_runs=() p50_runs=() p99_runs=() single_runs=()
+every_runs=() every_p50_runs=() every_p99_runs=()
 # One wrk JWT measurement against the running appliance: wrk's output, or exit on non-2xx.
 mint_wrk() {
 	local out
@@ -105,6 +117,16 @@ for r in $(seq "$rounds"); do
 	jwt_runs+=("$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')")
 	p50_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')")
 	p99_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')")
+	# The same measurement with one audit event per signature: what that costs.
+	set_audit_every true
+	start
+	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, split, audit_every_signature, wrk -t2 -c64, ${secs}s" >&2
+	out=$(mint_wrk) || exit 1
+	stop
+	set_audit_every false
+	every_runs+=("$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')")
+	every_p50_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')")
+	every_p99_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')")
 	# The same measurement with one process: what the split costs.
 	set_model single
 	start
@@ -119,6 +141,9 @@ jwt=$(printf '%s\n' "${jwt_runs[@]}" | median)
 p50=$(printf '%s\n' "${p50_runs[@]}" | median)
 p99=$(printf '%s\n' "${p99_runs[@]}" | median)
 single=$(printf '%s\n' "${single_runs[@]}" | median)
+every=$(printf '%s\n' "${every_runs[@]}" | median)
+every_p50=$(printf '%s\n' "${every_p50_runs[@]}" | median)
+every_p99=$(printf '%s\n' "${every_p99_runs[@]}" | median)
 
 start
 etag=$(curl -s --cacert "$dir/tls/cert.pem" -D - -o /dev/null "$url/.well-known/jwks.json" | awk -F': ' 'tolower($1)=="etag" {print $2}' | tr -d '\r')
@@ -131,6 +156,7 @@ ratio=$(awk -v a="$jwt" -v b="$raw" 'BEGIN {printf "%.3f", a / b}')
 verdict=$(awk -v r="$ratio" 'BEGIN {print (r >= 0.90) ? "pass" : "FAIL"}')
 split_ratio=$(awk -v a="$jwt" -v b="$single" 'BEGIN {printf "%.3f", a / b}')
 split_verdict=$(awk -v r="$split_ratio" 'BEGIN {print (r >= 0.95) ? "pass" : "FAIL"}')
+every_ratio=$(awk -v a="$every" -v b="$jwt" 'BEGIN {printf "%.3f", a / b}')
 {
 	echo "| measure (median of $rounds, ${secs}s each) | value |"
 	echo "| --- | --- |"
@@ -140,6 +166,9 @@ split_verdict=$(awk -v r="$split_ratio" 'BEGIN {print (r >= 0.95) ? "pass" : "FA
 	echo "| JWT latency p50 / p99 (ms) | $p50 / $p99 |"
 	echo "| signed JWTs, same wrk, process_model = single (req/s) | $single |"
 	echo "| ratio split / single, the cost of the split (bar >= 0.95) | $split_ratio $split_verdict |"
+	echo "| signed JWTs, same wrk, split, audit_every_signature = true (req/s) | $every |"
+	echo "| JWT latency p50 / p99 with audit_every_signature (ms) | $every_p50 / $every_p99 |"
+	echo "| ratio per-signature audit / counts only, the cost of a sign event per token | $every_ratio |"
 	echo "| JWKS, 1,000 keys ($jwks_bytes bytes), 200 (req/s) | $j200 |"
 	echo "| JWKS, 1,000 keys, 304 on If-None-Match (req/s) | $j304 |"
 } | tee build/bench/appliance.txt
