@@ -281,7 +281,8 @@ static double audit_since(const struct timespec *t)
 static int audit_commit(audit *a, audit_pending *items, size_t n, json_t *by_kid, json_t *by_cred,
                         uint64_t dropped)
 {
-    char err[256];
+    char err[256], caller[AUDIT_ACTOR_MAX];
+    snprintf(caller, sizeof(caller), "%s", audit_actor_buf); /* restored before return */
     int rc = 0;
     pthread_mutex_lock(&a->db_mu);
     if (audit_exec(a->db, "BEGIN IMMEDIATE") != 0) {
@@ -303,7 +304,7 @@ static int audit_commit(audit *a, audit_pending *items, size_t n, json_t *by_kid
         rc = audit_append_tx(a->db, audit_now(), AUDIT_SIGN_COUNTS, NULL, d, err, sizeof(err));
         json_decref(d);
     }
-    audit_set_actor(NULL);
+    audit_set_actor(caller);
     if (rc == 0 && audit_exec(a->db, "COMMIT") != 0) {
         snprintf(err, sizeof(err), "commit: %s", sqlite3_errmsg(a->db));
         rc = -1;
@@ -318,22 +319,16 @@ static int audit_commit(audit *a, audit_pending *items, size_t n, json_t *by_kid
 
 int audit_record(audit *a, const char *action, const char *kid_hex, json_t *details)
 {
-    char err[256];
-    pthread_mutex_lock(&a->db_mu);
-    int rc = audit_exec(a->db, "BEGIN IMMEDIATE");
-    if (rc == 0)
-        rc = audit_append_tx(a->db, audit_now(), action, kid_hex, details, err, sizeof(err));
-    else
-        snprintf(err, sizeof(err), "begin: %s", sqlite3_errmsg(a->db));
-    if (rc == 0 && audit_exec(a->db, "COMMIT") != 0) {
-        snprintf(err, sizeof(err), "commit: %s", sqlite3_errmsg(a->db));
-        rc = -1;
-    }
-    if (rc != 0) {
-        audit_exec(a->db, "ROLLBACK");
-        fprintf(stderr, "signd: audit: %s\n", err);
-    }
-    pthread_mutex_unlock(&a->db_mu);
+    audit_pending p;
+    memset(&p, 0, sizeof(p));
+    snprintf(p.action, sizeof(p.action), "%s", action);
+    snprintf(p.actor, sizeof(p.actor), "%s", audit_actor());
+    snprintf(p.kid, sizeof(p.kid), "%s", kid_hex ? kid_hex : "");
+    p.details = details; /* borrowed: audit_commit does not consume items */
+    p.time = audit_now();
+    json_t *none = json_object();
+    int rc = none != NULL ? audit_commit(a, &p, 1, none, none, 0) : -1;
+    json_decref(none);
     return rc;
 }
 

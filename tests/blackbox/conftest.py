@@ -140,6 +140,25 @@ class Appliance:
             time.sleep(0.1)
         raise AssertionError("the front was not restarted:\n" + self.read_log()[-3000:])
 
+    def crash_at(self, fault, request):
+        """Restarts with the fault point armed (SIGND_FAULT), makes request() crash the
+        process that serves it, and waits until the appliance serves again. single: the
+        whole appliance died and is started again (without the fault); split: only the
+        front died and the supervisor restarted it (its reconcile ran; it still has the
+        fault armed, so callers restart before making another change)."""
+        self.restart(env_extra={"SIGND_FAULT": fault})
+        front = self.children().get("front")
+        with pytest.raises(requests.exceptions.ConnectionError):
+            request()
+        if front is None:
+            self.proc.wait(timeout=10)
+            assert self.proc.returncode == -9
+            self.stop()
+            self.start()
+        else:
+            self.wait_front_restarted(front)
+            assert self.proc.poll() is None, "the supervisor must outlive its front"
+
     def stop(self, sig=signal.SIGTERM, timeout=20):
         if self.proc is None:
             return None

@@ -867,21 +867,9 @@ def test_the_audit_key_cannot_be_used_or_managed_through_the_key_api(make_applia
 # ---- crash consistency -----------------------------------------------------------------------
 
 def crash_and_recover(a, fault, request):
-    """Arms the fault point, makes request kill the process that serves it, and brings the
-    appliance back without the fault (single: the whole appliance dies; split: the front
-    dies and the supervisor restarts it, then the appliance is restarted cleanly)."""
-    a.restart(env_extra={"SIGND_FAULT": fault})
-    front = a.children().get("front")
-    with pytest.raises(requests.exceptions.ConnectionError):
-        request()
-    if front is None:
-        a.proc.wait(timeout=10)
-        assert a.proc.returncode == -9
-        a.stop()
-        a.start()
-    else:
-        a.wait_front_restarted(front)
-        a.restart()
+    """crash_at (conftest), then a clean restart without the fault."""
+    a.crash_at(fault, request)
+    a.restart()
 
 
 def assert_no_change_without_its_event(a, tmp_path):

@@ -6,7 +6,6 @@ import re
 import shutil
 
 import pytest
-import requests
 
 
 def reconcile_counts(log):
@@ -18,25 +17,10 @@ def reconcile_counts(log):
 
 
 def crash_at(a, fault, request):
-    """Restarts a with the fault point armed, makes request crash the process that serves
-    it, and brings the appliance back. single: the whole appliance dies and is started
-    again; split: only the front dies and the supervisor restarts it. Returns the counts of
-    the reconcile that followed the crash; the appliance is then restarted once more
-    (without the fault), so the caller can check that nothing was left to repair."""
-    a.restart(env_extra={"SIGND_FAULT": fault})
-    front = a.children().get("front")
-    with pytest.raises(requests.exceptions.ConnectionError):
-        request()
-    if front is None:
-        a.proc.wait(timeout=10)
-        assert a.proc.returncode == -9
-        a.stop()
-        a.start()
-        counts = reconcile_counts(a.read_log())
-        a.restart()
-        return counts
-    a.wait_front_restarted(front)
-    assert a.proc.poll() is None, "the supervisor must outlive its front"
+    """Crashes a at the fault point (conftest's crash_at) and returns the counts of the
+    reconcile that followed; then restarts it once more without the fault, so the caller
+    can check that nothing was left to repair."""
+    a.crash_at(fault, request)
     counts = reconcile_counts(a.read_log())
     a.restart()
     return counts
