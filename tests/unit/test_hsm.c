@@ -107,34 +107,11 @@ static void group_reopen(group *g)
     assert_int_equal(hsm_open(&g->cfg, &g->h, NULL), HSM_OK);
 }
 
-/* The RSA public key (n, e) as an OpenSSL key, built from the exported values. */
-static EVP_PKEY *evp_from_pubkey(const hsm_pubkey *pk)
-{
-    EVP_PKEY *key = NULL;
-    BIGNUM *n = BN_bin2bn(pk->n, (int)pk->n_len, NULL);
-    BIGNUM *e = BN_bin2bn(pk->e, (int)pk->e_len, NULL);
-    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
-    OSSL_PARAM *params = NULL;
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
-    if (n != NULL && e != NULL && bld != NULL && ctx != NULL &&
-        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) == 1 &&
-        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) == 1 &&
-        (params = OSSL_PARAM_BLD_to_param(bld)) != NULL && EVP_PKEY_fromdata_init(ctx) == 1 &&
-        EVP_PKEY_fromdata(ctx, &key, EVP_PKEY_PUBLIC_KEY, params) != 1)
-        key = NULL;
-    EVP_PKEY_CTX_free(ctx);
-    OSSL_PARAM_free(params);
-    OSSL_PARAM_BLD_free(bld);
-    BN_free(n);
-    BN_free(e);
-    return key;
-}
-
 static EVP_PKEY *evp_for_kid(hsm *h, const hsm_kid *kid)
 {
     hsm_pubkey pk;
     assert_int_equal(hsm_public_key(h, kid, &pk), HSM_OK);
-    EVP_PKEY *key = evp_from_pubkey(&pk);
+    EVP_PKEY *key = testenv_evp_from_pubkey(&pk);
     assert_non_null(key);
     return key;
 }
@@ -296,7 +273,7 @@ static void test_signature_from_every_key_size_verifies_with_openssl(void **stat
         assert_int_equal(hsm_sign_rs256(g->h, &g->kids[i], msg, strlen(msg), sig, &sig_len),
                          HSM_OK);
         assert_int_equal(sig_len, g->bits[i] / 8);
-        EVP_PKEY *key = evp_from_pubkey(&pk);
+        EVP_PKEY *key = testenv_evp_from_pubkey(&pk);
         assert_non_null(key);
         assert_true(rs256_verifies(key, msg, strlen(msg), sig, sig_len));
         EVP_PKEY_free(key);
@@ -751,7 +728,7 @@ static void *signer_run(void *arg)
     for (int k = 0; k < 2; k++) {
         hsm_pubkey pk;
         if (hsm_public_key(s->g->h, &s->g->kids[k], &pk) == HSM_OK)
-            keys[k] = evp_from_pubkey(&pk);
+            keys[k] = testenv_evp_from_pubkey(&pk);
     }
     s->first_error = HSM_OK;
     for (int i = 0; i < SIGNATURES_PER_SIGNER; i++) {

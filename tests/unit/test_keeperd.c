@@ -290,32 +290,10 @@ static void assert_error_reply(const uint8_t *rep, ssize_t n, uint16_t op, uint3
 
 /* ---- OpenSSL: the signatures are real RS256 ------------------------------------------ */
 
-static EVP_PKEY *evp_from_pubkey(const hsm_pubkey *pk)
-{
-    EVP_PKEY *key = NULL;
-    BIGNUM *n = BN_bin2bn(pk->n, (int)pk->n_len, NULL);
-    BIGNUM *e = BN_bin2bn(pk->e, (int)pk->e_len, NULL);
-    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
-    OSSL_PARAM *params = NULL;
-    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
-    if (n != NULL && e != NULL && bld != NULL && ctx != NULL &&
-        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) == 1 &&
-        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) == 1 &&
-        (params = OSSL_PARAM_BLD_to_param(bld)) != NULL && EVP_PKEY_fromdata_init(ctx) == 1 &&
-        EVP_PKEY_fromdata(ctx, &key, EVP_PKEY_PUBLIC_KEY, params) != 1)
-        key = NULL;
-    EVP_PKEY_CTX_free(ctx);
-    OSSL_PARAM_free(params);
-    OSSL_PARAM_BLD_free(bld);
-    BN_free(n);
-    BN_free(e);
-    return key;
-}
-
 static int rs256_verifies(const hsm_pubkey *pub, const void *msg, size_t msg_len,
                           const uint8_t *sig, size_t sig_len)
 {
-    EVP_PKEY *key = evp_from_pubkey(pub);
+    EVP_PKEY *key = testenv_evp_from_pubkey(pub);
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     int ok = key != NULL && md != NULL &&
              EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&

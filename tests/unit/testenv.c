@@ -1,5 +1,9 @@
 /* testenv: shared helpers of the C unit tests. See testenv.h. */
 #include "tests/unit/testenv.h"
+#include <openssl/param_build.h>
+#include <openssl/evp.h>
+#include <openssl/core_names.h>
+#include <openssl/bn.h>
 
 #include "provisioning/token.h"
 
@@ -125,4 +129,27 @@ int testenv_db_teardown(void **state)
     testenv_cleanup(t->dir);
     free(t);
     return 0;
+}
+
+/* The RSA public key (n, e) as an OpenSSL key, built from the exported values. */
+EVP_PKEY *testenv_evp_from_pubkey(const hsm_pubkey *pk)
+{
+    EVP_PKEY *key = NULL;
+    BIGNUM *n = BN_bin2bn(pk->n, (int)pk->n_len, NULL);
+    BIGNUM *e = BN_bin2bn(pk->e, (int)pk->e_len, NULL);
+    OSSL_PARAM_BLD *bld = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    if (n != NULL && e != NULL && bld != NULL && ctx != NULL &&
+        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, n) == 1 &&
+        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, e) == 1 &&
+        (params = OSSL_PARAM_BLD_to_param(bld)) != NULL && EVP_PKEY_fromdata_init(ctx) == 1 &&
+        EVP_PKEY_fromdata(ctx, &key, EVP_PKEY_PUBLIC_KEY, params) != 1)
+        key = NULL;
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    BN_free(n);
+    BN_free(e);
+    return key;
 }

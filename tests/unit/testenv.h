@@ -16,6 +16,7 @@
 #ifndef TESTS_UNIT_TESTENV_H
 #define TESTS_UNIT_TESTENV_H
 
+#include <openssl/evp.h>
 #include "hsm/hsm.h"
 
 #include <limits.h>
@@ -49,5 +50,9 @@ int testenv_db_teardown(void **state);
 
 /* Removes dir and everything under it (no-op for NULL or ""). */
 void testenv_cleanup(const char *dir);
+
+/* The RSA public key (n, e) exported from the token as an OpenSSL key, so tests check
+ * signatures with an implementation that is not ours. NULL on failure; EVP_PKEY_free it. */
+EVP_PKEY *testenv_evp_from_pubkey(const hsm_pubkey *pk);
 
 #endif
