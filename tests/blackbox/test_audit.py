@@ -578,7 +578,9 @@ def test_every_event_hash_chains_to_the_previous_as_documented(make_appliance):
         assert re.fullmatch(r"[0-9a-f]{64}", e["hash"])
         prev = e["hash"]
     assert len({e["action"] for e in evs}) >= 7
-    assert any(e["details"].get("path") == "/v1/keys/caf\u00e9\x1f" for e in evs)
+    # A path is kept as printable ASCII ('?' for every other byte), so that a path which is
+    # not UTF-8 cannot make its event lose its details.
+    assert any(e["details"].get("path") == "/v1/keys/caf???" for e in evs)
 
 
 def test_an_export_verifies_offline_with_only_the_audit_public_key(make_appliance, tmp_path):
