@@ -51,7 +51,6 @@ typedef struct kpd_conn {
 
 struct kpd {
     hsm *h;
-    reg_reader *rr; /* opened at start to check the registry; connections have their own */
     char db_path[CFG_PATH_MAX];
     int listen_fd;
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -439,7 +438,6 @@ static void kpd_free(kpd *d)
             unlink(d->path);
     }
     hsm_close(d->h);
-    reg_reader_close(d->rr);
     pthread_mutex_destroy(&d->mu);
     free(d);
 }
@@ -489,11 +487,15 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         return -1;
     }
     snprintf(d->db_path, sizeof(d->db_path), "%s", c->database);
-    if (reg_reader_open(c->database, &d->rr) != REG_OK) {
+    /* The registry must be readable now, not at the first signature; each connection
+     * then opens its own reader (kpd_is_active). */
+    reg_reader *probe = NULL;
+    if (reg_reader_open(c->database, &probe) != REG_OK) {
         kpd_fail(err, errlen, "%s", reg_last_error());
         kpd_free(d);
         return -1;
     }
+    reg_reader_close(probe);
     *out = d;
     return 0;
 }

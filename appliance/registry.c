@@ -936,37 +936,59 @@ reg_status reg_revoke(reg *r, const hsm_kid *kid, const char *reason, int64_t no
     return st;
 }
 
+/* The row of kid, for a change that a revoked key must never undergo (marking broken,
+ * deleting): its index in *row, or REG_ERR_NOT_FOUND / REG_ERR_STATE. Caller holds
+ * write_mu. */
+static reg_status reg_find_unrevoked(reg *r, const hsm_kid *kid, long *row)
+{
+    *row = reg_find(r, kid);
+    if (*row < 0)
+        return REG_ERR_NOT_FOUND;
+    return r->rows[*row].k.state == REG_REVOKED ? REG_ERR_STATE : REG_OK;
+}
+
+/* One statement on kid's row (sql binds the state as ?1 when state is not NULL, the kid
+ * as ?2) and the audit event that records it, in one transaction. details is consumed. */
+static reg_status reg_sql_kid_change(reg *r, const char *sql, const char *state, const hsm_kid *kid,
+                                     const char *action, json_t *details, const char *what)
+{
+    char hex[REG_KID_HEX + 1];
+    hsm_kid_hex(kid, hex);
+    reg_status st = reg_exec(r, "BEGIN IMMEDIATE", what);
+    if (st != REG_OK) {
+        json_decref(details);
+        return st;
+    }
+    sqlite3_stmt *q;
+    st = reg_prepare(r, sql, &q, what);
+    if (st == REG_OK) {
+        if (state != NULL)
+            sqlite3_bind_text(q, 1, state, -1, SQLITE_STATIC);
+        sqlite3_bind_text(q, 2, hex, -1, SQLITE_STATIC);
+        st = reg_step_done(r, q, what);
+    }
+    if (st == REG_OK)
+        st = reg_audit_tx(r, (int64_t)time(NULL), action, kid, details);
+    else
+        json_decref(details);
+    return reg_tx_end(r, st);
+}
+
 reg_status reg_mark_broken(reg *r, const hsm_kid *kid)
 {
     if (kid == NULL)
         return REG_ERR_INVALID;
     pthread_mutex_lock(&r->write_mu);
-    long s = reg_find(r, kid);
-    reg_status st = REG_OK;
-    if (s < 0)
-        st = REG_ERR_NOT_FOUND;
-    else if (r->rows[s].k.state == REG_REVOKED)
-        st = REG_ERR_STATE;
+    long s;
+    reg_status st = reg_find_unrevoked(r, kid, &s);
     if (st != REG_OK || r->rows[s].k.state == REG_BROKEN) {
         pthread_mutex_unlock(&r->write_mu);
         return st;
     }
-    char hex[REG_KID_HEX + 1];
-    hsm_kid_hex(kid, hex);
-    sqlite3_stmt *q;
-    st = reg_exec(r, "BEGIN IMMEDIATE", "begin mark broken");
-    if (st == REG_OK) {
-        st = reg_prepare(r, "UPDATE keys SET state = ? WHERE kid = ?", &q, "mark key broken");
-        if (st == REG_OK) {
-            sqlite3_bind_text(q, 1, reg_state_name(REG_BROKEN), -1, SQLITE_STATIC);
-            sqlite3_bind_text(q, 2, hex, -1, SQLITE_STATIC);
-            st = reg_step_done(r, q, "mark key broken");
-        }
-        if (st == REG_OK)
-            st = reg_audit_tx(r, (int64_t)time(NULL), AUDIT_KEY_BROKEN, kid,
-                              json_pack("{s:s}", "why", "the token has no object for this kid"));
-        st = reg_tx_end(r, st);
-    }
+    st = reg_sql_kid_change(r, "UPDATE keys SET state = ?1 WHERE kid = ?2",
+                            reg_state_name(REG_BROKEN), kid, AUDIT_KEY_BROKEN,
+                            json_pack("{s:s}", "why", "the token has no object for this kid"),
+                            "mark key broken");
     if (st == REG_OK) {
         pthread_rwlock_wrlock(&r->mirror_rw);
         reg_mirror_set_state(r, (size_t)s, REG_BROKEN);
@@ -983,30 +1005,11 @@ reg_status reg_delete(reg *r, const hsm_kid *kid)
     if (kid == NULL)
         return REG_ERR_INVALID;
     pthread_mutex_lock(&r->write_mu);
-    long s = reg_find(r, kid);
-    reg_status st = REG_OK;
-    if (s < 0)
-        st = REG_ERR_NOT_FOUND;
-    else if (r->rows[s].k.state == REG_REVOKED)
-        st = REG_ERR_STATE;
-    if (st != REG_OK) {
-        pthread_mutex_unlock(&r->write_mu);
-        return st;
-    }
-    char hex[REG_KID_HEX + 1];
-    hsm_kid_hex(kid, hex);
-    sqlite3_stmt *q;
-    st = reg_exec(r, "BEGIN IMMEDIATE", "begin delete");
-    if (st == REG_OK) {
-        st = reg_prepare(r, "DELETE FROM keys WHERE kid = ?", &q, "delete key");
-        if (st == REG_OK) {
-            sqlite3_bind_text(q, 1, hex, -1, SQLITE_STATIC);
-            st = reg_step_done(r, q, "delete key");
-        }
-        if (st == REG_OK)
-            st = reg_audit_tx(r, (int64_t)time(NULL), AUDIT_KEY_DELETED, kid, NULL);
-        st = reg_tx_end(r, st);
-    }
+    long s;
+    reg_status st = reg_find_unrevoked(r, kid, &s);
+    if (st == REG_OK)
+        st = reg_sql_kid_change(r, "DELETE FROM keys WHERE kid = ?2", NULL, kid, AUDIT_KEY_DELETED,
+                                NULL, "delete key");
     if (st == REG_OK) {
         reg_state was = r->rows[s].k.state;
         pthread_rwlock_wrlock(&r->mirror_rw);
