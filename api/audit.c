@@ -157,7 +157,7 @@ api_err api_audit_export(const api_req *q, api_resp *r)
 api_err api_audit_key(const api_req *q, api_resp *r)
 {
     hsm_pubkey pub;
-    hsm_status st = kp_audit_public_key(q->env->kp, &pub);
+    hsm_status st = kp_svc_public_key(q->env->kp, KP_SVC_AUDIT, &pub);
     if (st != HSM_OK)
         return api_hsm_error(r, st);
     json_t *jwk = jose_jwk_rsa(pub.n, pub.n_len, pub.e, pub.e_len, KP_AUDIT_KID);

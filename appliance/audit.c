@@ -358,7 +358,7 @@ int audit_checkpoint(audit *a)
     if (jws != NULL &&
         jose_jws_begin(KP_AUDIT_HEADER, strlen(KP_AUDIT_HEADER), payload, strlen(payload), jws, cap,
                        &input_len) == 0 &&
-        (st = kp_audit_sign(a->k, jws, input_len, sig, &sig_len)) == HSM_OK &&
+        (st = kp_svc_sign(a->k, KP_SVC_AUDIT, jws, input_len, sig, &sig_len)) == HSM_OK &&
         jose_jws_finish(jws, cap, input_len, sig, sig_len, &total) == 0) {
         pthread_mutex_lock(&a->db_mu);
         sqlite3_stmt *s;

@@ -18,7 +18,7 @@
  *
  * Checkpoints. Table `audit_checkpoints`: every audit_checkpoint_events events or
  * audit_checkpoint_seconds seconds (configuration), the chain head is signed by the audit
- * key, a key of its own in the token (kp_audit_sign): a compact JWS, header
+ * key, a key of its own in the token (kp_svc_sign): a compact JWS, header
  * {"alg":"RS256","kid":<audit key id>,"typ":"signd-audit-checkpoint+jwt"}, payload
  * {"hash":<head hash>,"seq":<head seq>,"time":T}. The key never signs anything else and is
  * not one of the client keys; its public key is GET /v1/audit/key.

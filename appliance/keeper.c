@@ -18,6 +18,10 @@ _Static_assert(sizeof(KP_AUDIT_ID) == HSM_KID_LEN + 1, "KP_AUDIT_ID must be 16 b
 _Static_assert(KP_AUDIT_SIGN_MAX == KPP_AUDIT_SIGN_MAX, "the protocol carries the audit bound");
 _Static_assert(sizeof(KP_AUDIT_HEADER_B64) - 1 == (4 * (sizeof(KP_AUDIT_HEADER) - 1) + 2) / 3,
                "KP_AUDIT_HEADER_B64 has the length of KP_AUDIT_HEADER's base64url");
+_Static_assert(sizeof(KP_PUBLISH_ID) == HSM_KID_LEN + 1, "KP_PUBLISH_ID must be 16 bytes");
+_Static_assert(sizeof(KP_PUBLISH_HEADER_B64) - 1 == (4 * (sizeof(KP_PUBLISH_HEADER) - 1) + 2) / 3,
+               "KP_PUBLISH_HEADER_B64 has the length of KP_PUBLISH_HEADER's base64url");
+_Static_assert(KP_PUBLISH_SIGN_MAX <= UINT32_MAX, "PUBLISH_SIGN's total is a u32");
 
 /* A reply slower than this means the keeper is stuck: the front gives up (503) rather
  * than hold a worker forever. Generous: an RSA-4096 key generation takes seconds. */
@@ -195,21 +199,43 @@ static hsm_status kp_call(kp *k, kp_conn *c, size_t len, kpp_op op, kpp_reply *r
     if (st != HSM_OK)                                                                              \
     return st
 
-/* ---- the audit key: the one policy, for both modes and the keeper ------------------------ */
+/* ---- the service keys: the one policy, for both modes and the keeper --------------------- */
 
-static hsm_kid kp_audit_kid(void)
+typedef struct {
+    const char *id; /* KP_*_ID, 16 bytes */
+    const char *header_b64;
+    size_t sign_max;
+    unsigned bits;
+} kp_svc_info;
+
+static const kp_svc_info kp_svcs[KP_SVC_COUNT_] = {
+    [KP_SVC_AUDIT] = {KP_AUDIT_ID, KP_AUDIT_HEADER_B64, KP_AUDIT_SIGN_MAX, KP_AUDIT_BITS},
+    [KP_SVC_PUBLISH] = {KP_PUBLISH_ID, KP_PUBLISH_HEADER_B64, KP_PUBLISH_SIGN_MAX, KP_PUBLISH_BITS},
+};
+
+static const kp_svc_info *kp_svc_get(kp_svc s)
+{
+    return (unsigned)s < KP_SVC_COUNT_ ? &kp_svcs[s] : NULL;
+}
+
+static hsm_kid kp_svc_kid(const kp_svc_info *info)
 {
     hsm_kid kid;
-    memcpy(kid.b, KP_AUDIT_ID, HSM_KID_LEN);
+    memcpy(kid.b, info->id, HSM_KID_LEN);
     return kid;
 }
 
-/* Serialises the audit key's creation: one hsm handle per process, so one mutex. */
-static pthread_mutex_t kp_audit_mu = PTHREAD_MUTEX_INITIALIZER;
+/* Serialises the service keys' creation: one hsm handle per process, so one mutex. */
+static pthread_mutex_t kp_svc_mu = PTHREAD_MUTEX_INITIALIZER;
 
 int kp_is_reserved(const hsm_kid *kid)
 {
-    return kid != NULL && memcmp(kid->b, KP_AUDIT_ID, HSM_KID_LEN) == 0;
+    if (kid == NULL)
+        return 0;
+    for (size_t i = 0; i < KP_SVC_COUNT_; i++)
+        if (memcmp(kid->b, kp_svcs[i].id, HSM_KID_LEN) == 0)
+            return 1;
+    return 0;
 }
 
 static int kp_b64url_char(uint8_t c)
@@ -218,55 +244,60 @@ static int kp_b64url_char(uint8_t c)
            c == '_';
 }
 
-int kp_audit_input_ok(const void *msg, size_t len)
+int kp_svc_input_ok(kp_svc s, const void *msg, size_t len)
 {
-    static const char prefix[] = KP_AUDIT_HEADER_B64 ".";
-    const size_t prefix_len = sizeof(prefix) - 1;
+    const kp_svc_info *info = kp_svc_get(s);
     const uint8_t *p = msg;
-    if (p == NULL || len <= prefix_len || len > KP_AUDIT_SIGN_MAX ||
-        memcmp(p, prefix, prefix_len) != 0)
+    if (info == NULL || p == NULL)
+        return 0;
+    const size_t hlen = strlen(info->header_b64);
+    if (len <= hlen + 1 || len > info->sign_max || memcmp(p, info->header_b64, hlen) != 0 ||
+        p[hlen] != '.')
         return 0;
     /* The payload: base64url only, so no second "." (and no padding, space or NUL). */
-    for (size_t i = prefix_len; i < len; i++)
+    for (size_t i = hlen + 1; i < len; i++)
         if (!kp_b64url_char(p[i]))
             return 0;
     return 1;
 }
 
-hsm_status kp_audit_hsm_public_key(hsm *h, hsm_pubkey *pub)
+hsm_status kp_svc_hsm_public_key(hsm *h, kp_svc s, hsm_pubkey *pub)
 {
-    const hsm_kid kid = kp_audit_kid();
+    const kp_svc_info *info = kp_svc_get(s);
+    if (info == NULL)
+        return HSM_ERR_BAD_ARGUMENT;
+    const hsm_kid kid = kp_svc_kid(info);
     hsm_status st = hsm_public_key(h, &kid, pub);
     if (st != HSM_ERR_KEY_NOT_FOUND)
         return st;
     /* First use: generate it, once. Under the mutex, look again: another thread may have
      * generated it while this one waited. */
-    pthread_mutex_lock(&kp_audit_mu);
+    pthread_mutex_lock(&kp_svc_mu);
     st = hsm_public_key(h, &kid, pub);
     if (st == HSM_ERR_KEY_NOT_FOUND) {
-        st = hsm_generate(h, &kid, KP_AUDIT_BITS);
-        /* HSM_ERR_KEY_EXISTS: someone else made it first; that key is the audit key. Once
-         * generated, the key stays even if reading its public half fails now: the next
-         * call reads it again (destroying it could destroy a key already in use). */
+        st = hsm_generate(h, &kid, info->bits);
+        /* HSM_ERR_KEY_EXISTS: someone else made it first; that key is the service key.
+         * Once generated, the key stays even if reading its public half fails now: the
+         * next call reads it again (destroying it could destroy a key already in use). */
         if (st == HSM_OK || st == HSM_ERR_KEY_EXISTS)
             st = hsm_public_key(h, &kid, pub);
     }
-    pthread_mutex_unlock(&kp_audit_mu);
+    pthread_mutex_unlock(&kp_svc_mu);
     return st;
 }
 
-hsm_status kp_audit_hsm_sign(hsm *h, const void *msg, size_t len, uint8_t sig[HSM_SIG_MAX],
-                             size_t *sig_len)
+hsm_status kp_svc_hsm_sign(hsm *h, kp_svc s, const void *msg, size_t len, uint8_t sig[HSM_SIG_MAX],
+                           size_t *sig_len)
 {
     *sig_len = 0;
-    if (!kp_audit_input_ok(msg, len))
+    if (!kp_svc_input_ok(s, msg, len))
         return HSM_ERR_BAD_ARGUMENT;
-    const hsm_kid kid = kp_audit_kid();
+    const hsm_kid kid = kp_svc_kid(kp_svc_get(s));
     hsm_status st = hsm_sign_rs256(h, &kid, msg, len, sig, sig_len);
     if (st != HSM_ERR_KEY_NOT_FOUND)
         return st;
     hsm_pubkey pub; /* created on first use, whichever comes first */
-    st = kp_audit_hsm_public_key(h, &pub);
+    st = kp_svc_hsm_public_key(h, s, &pub);
     if (st != HSM_OK)
         return st;
     return hsm_sign_rs256(h, &kid, msg, len, sig, sig_len);
@@ -278,7 +309,7 @@ hsm_status kp_sign(kp *k, const hsm_kid *kid, const void *msg, size_t len, uint8
                    size_t *sig_len)
 {
     if (kp_is_reserved(kid))
-        return HSM_ERR_KEY_NOT_FOUND; /* the audit key signs through kp_audit_sign only */
+        return HSM_ERR_KEY_NOT_FOUND; /* service keys sign through kp_svc_sign only */
     if (k->h != NULL)
         return hsm_sign_rs256(k->h, kid, msg, len, sig, sig_len);
     if (len > KPP_SIGN_MAX)
@@ -364,23 +395,53 @@ hsm_status kp_ping(kp *k, const hsm_kid *probe_kid)
     return hsm_list(k->h, &e, 1, &n);
 }
 
-hsm_status kp_audit_public_key(kp *k, hsm_pubkey *pub)
+hsm_status kp_svc_public_key(kp *k, kp_svc s, hsm_pubkey *pub)
 {
     if (k->h != NULL)
-        return kp_audit_hsm_public_key(k->h, pub);
-    KP_REMOTE(k, KPP_OP_AUDIT_PUBKEY, kpp_encode_audit_pubkey(c->req, sizeof(c->req)), r);
+        return kp_svc_hsm_public_key(k->h, s, pub);
+    if (kp_svc_get(s) == NULL)
+        return HSM_ERR_BAD_ARGUMENT;
+    kpp_op op = s == KP_SVC_AUDIT ? KPP_OP_AUDIT_PUBKEY : KPP_OP_PUBLISH_PUBKEY;
+    KP_REMOTE(k, op,
+              s == KP_SVC_AUDIT ? kpp_encode_audit_pubkey(c->req, sizeof(c->req))
+                                : kpp_encode_publish_pubkey(c->req, sizeof(c->req)),
+              r);
     return kpp_reply_pubkey(&r, pub) == 0 ? HSM_OK : HSM_ERR_DEVICE;
 }
 
-hsm_status kp_audit_sign(kp *k, const void *msg, size_t len, uint8_t sig[HSM_SIG_MAX],
-                         size_t *sig_len)
+/* A feed's signing input in parts: every part but the last appended by PUBLISH_PART, the
+ * last sent by PUBLISH_SIGN with the total, so a part lost to a reconnect is refused. */
+static hsm_status kp_publish_remote(kp *k, const uint8_t *msg, size_t len, uint8_t sig[HSM_SIG_MAX],
+                                    size_t *sig_len)
+{
+    size_t off = 0;
+    while (len - off > KPP_PART_LAST) {
+        size_t part =
+            len - off - KPP_PART_LAST < KPP_BODY_MAX ? len - off - KPP_PART_LAST : KPP_BODY_MAX;
+        KP_REMOTE(k, KPP_OP_PUBLISH_PART,
+                  kpp_encode_publish_part(c->req, sizeof(c->req), msg + off, part), r);
+        (void)r;
+        off += part;
+    }
+    KP_REMOTE(k, KPP_OP_PUBLISH_SIGN,
+              kpp_encode_publish_sign(c->req, sizeof(c->req), (uint32_t)len, msg + off, len - off),
+              r);
+    return kpp_reply_sig(&r, sig, sig_len) == 0 ? HSM_OK : HSM_ERR_DEVICE;
+}
+
+hsm_status kp_svc_sign(kp *k, kp_svc s, const void *msg, size_t len, uint8_t sig[HSM_SIG_MAX],
+                       size_t *sig_len)
 {
     if (k->h != NULL)
-        return kp_audit_hsm_sign(k->h, msg, len, sig, sig_len);
+        return kp_svc_hsm_sign(k->h, s, msg, len, sig, sig_len);
     *sig_len = 0;
-    /* The keeper applies kp_audit_input_ok itself: its word, not ours, is what counts. */
-    if (msg == NULL || len == 0 || len > KPP_AUDIT_SIGN_MAX)
+    /* The keeper applies kp_svc_input_ok itself: its word, not ours, is what counts. These
+     * are only the bounds the protocol can carry. */
+    const kp_svc_info *info = kp_svc_get(s);
+    if (info == NULL || msg == NULL || len == 0 || len > info->sign_max)
         return HSM_ERR_BAD_ARGUMENT;
+    if (s == KP_SVC_PUBLISH)
+        return kp_publish_remote(k, msg, len, sig, sig_len);
     KP_REMOTE(k, KPP_OP_AUDIT_SIGN, kpp_encode_audit_sign(c->req, sizeof(c->req), msg, len), r);
     return kpp_reply_sig(&r, sig, sig_len) == 0 ? HSM_OK : HSM_ERR_DEVICE;
 }

@@ -47,6 +47,10 @@ typedef struct kpd_conn {
      * shared connection behind a mutex became a convoy at 64 signing threads (a holder
      * preempted mid-lookup stalls every signature). Thread-private. */
     reg_reader *rr;
+    /* A revocation feed's signing input so far (PUBLISH_PART), up to KP_PUBLISH_SIGN_MAX;
+     * PUBLISH_SIGN consumes it. Thread-private. */
+    uint8_t *pending;
+    size_t pending_len;
 } kpd_conn;
 
 struct kpd {
@@ -103,6 +107,33 @@ static size_t kpd_list(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size_t 
         cn->list = NULL;
     }
     return len;
+}
+
+static void kpd_pending_drop(kpd_conn *cn)
+{
+    free(cn->pending);
+    cn->pending = NULL;
+    cn->pending_len = 0;
+}
+
+/* Appends to the pending feed input: 1, or 0 (and the input dropped) past the bound. */
+static int kpd_pending_add(kpd_conn *cn, const uint8_t *part, size_t len)
+{
+    if (len > KP_PUBLISH_SIGN_MAX - cn->pending_len) {
+        kpd_pending_drop(cn);
+        return 0;
+    }
+    if (len == 0)
+        return 1;
+    uint8_t *p = realloc(cn->pending, cn->pending_len + len);
+    if (p == NULL) {
+        kpd_pending_drop(cn);
+        return 0;
+    }
+    memcpy(p + cn->pending_len, part, len);
+    cn->pending = p;
+    cn->pending_len += len;
+    return 1;
 }
 
 /* Runs a decoded request and writes its reply into rep: the reply's length, 0 only if no
@@ -183,20 +214,38 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         break;
     case KPP_OP_SESSIONS:
         return kpp_encode_u32_reply(rep, cap, KPP_OP_SESSIONS, hsm_sessions_open(d->h));
-    case KPP_OP_AUDIT_PUBKEY: {
-        hsm_pubkey pub;
-        st = kp_audit_hsm_public_key(d->h, &pub); /* created on first use */
+    case KPP_OP_AUDIT_PUBKEY:
+    case KPP_OP_PUBLISH_PUBKEY: {
+        hsm_pubkey pub; /* created on first use */
+        st = kp_svc_hsm_public_key(
+            d->h, q->op == KPP_OP_AUDIT_PUBKEY ? KP_SVC_AUDIT : KP_SVC_PUBLISH, &pub);
         if (st == HSM_OK)
-            len = kpp_encode_pubkey_reply(rep, cap, KPP_OP_AUDIT_PUBKEY, &pub);
+            len = kpp_encode_pubkey_reply(rep, cap, q->op, &pub);
         break;
     }
     case KPP_OP_AUDIT_SIGN: {
-        /* kp_audit_input_ok, keeper.c's one policy: checkpoint-shaped inputs only. */
+        /* kp_svc_input_ok, keeper.c's one policy: checkpoint-shaped inputs only. */
         uint8_t sig[HSM_SIG_MAX];
         size_t sig_len = 0;
-        st = kp_audit_hsm_sign(d->h, q->msg, q->msg_len, sig, &sig_len);
+        st = kp_svc_hsm_sign(d->h, KP_SVC_AUDIT, q->msg, q->msg_len, sig, &sig_len);
         if (st == HSM_OK)
             len = kpp_encode_sig_reply(rep, cap, KPP_OP_AUDIT_SIGN, sig, sig_len);
+        break;
+    }
+    case KPP_OP_PUBLISH_PART:
+        st = kpd_pending_add(cn, q->msg, q->msg_len) ? HSM_OK : HSM_ERR_BAD_ARGUMENT;
+        break;
+    case KPP_OP_PUBLISH_SIGN: {
+        /* The whole input or nothing: a part lost on the way (a reconnect) shows as a
+         * total that does not match, and nothing is signed. */
+        uint8_t sig[HSM_SIG_MAX];
+        size_t sig_len = 0;
+        st = HSM_ERR_BAD_ARGUMENT;
+        if (kpd_pending_add(cn, q->msg, q->msg_len) && cn->pending_len == q->total)
+            st = kp_svc_hsm_sign(d->h, KP_SVC_PUBLISH, cn->pending, cn->pending_len, sig, &sig_len);
+        kpd_pending_drop(cn);
+        if (st == HSM_OK)
+            len = kpp_encode_sig_reply(rep, cap, KPP_OP_PUBLISH_SIGN, sig, sig_len);
         break;
     }
     }
@@ -204,7 +253,8 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         return len;
     /* An error, a success with an empty body (DESTROY, PING), or a reply that would not
      * encode (never expected: every hsm value fits its field). */
-    if (st == HSM_OK && q->op != KPP_OP_DESTROY && q->op != KPP_OP_PING)
+    if (st == HSM_OK && q->op != KPP_OP_DESTROY && q->op != KPP_OP_PING &&
+        q->op != KPP_OP_PUBLISH_PART)
         st = HSM_ERR_DEVICE;
     return kpp_encode_status(rep, cap, (uint16_t)q->op, (uint32_t)st);
 }
@@ -257,6 +307,7 @@ static void *kpd_conn_main(void *arg)
     free(rep);
     free(cn->list);
     cn->list = NULL;
+    kpd_pending_drop(cn);
     reg_reader_close(cn->rr);
     cn->rr = NULL;
     hsm_thread_done(d->h); /* this thread's token session, before its slot is given back */

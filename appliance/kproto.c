@@ -182,7 +182,21 @@ static uint32_t decode_request_body(const kpp_header *h, kpp_request *r)
         return 0;
     case KPP_OP_SESSIONS:
     case KPP_OP_AUDIT_PUBKEY:
+    case KPP_OP_PUBLISH_PUBKEY:
         return h->body_len == 0 ? 0 : KPP_ERR_BAD_BODY;
+    case KPP_OP_PUBLISH_PART:
+        if (h->body_len == 0)
+            return KPP_ERR_BAD_BODY;
+        r->msg = b;
+        r->msg_len = h->body_len;
+        return 0;
+    case KPP_OP_PUBLISH_SIGN:
+        if (h->body_len < 4 || get_u32(b) < h->body_len - 4)
+            return KPP_ERR_BAD_BODY;
+        r->total = get_u32(b);
+        r->msg = b + 4;
+        r->msg_len = h->body_len - 4;
+        return 0;
     case KPP_OP_AUDIT_SIGN:
         if (h->body_len == 0 || h->body_len > KPP_AUDIT_SIGN_MAX)
             return KPP_ERR_BAD_BODY;
@@ -289,6 +303,35 @@ size_t kpp_encode_audit_pubkey(uint8_t *buf, size_t cap)
     return put_header(buf, cap, KPP_OP_AUDIT_PUBKEY, 0, 0);
 }
 
+size_t kpp_encode_publish_pubkey(uint8_t *buf, size_t cap)
+{
+    return put_header(buf, cap, KPP_OP_PUBLISH_PUBKEY, 0, 0);
+}
+
+size_t kpp_encode_publish_part(uint8_t *buf, size_t cap, const void *part, size_t part_len)
+{
+    if (part == NULL || part_len == 0)
+        return 0;
+    size_t n = put_header(buf, cap, KPP_OP_PUBLISH_PART, 0, part_len);
+    if (n != 0)
+        memcpy(buf + KPP_HDR_LEN, part, part_len);
+    return n;
+}
+
+size_t kpp_encode_publish_sign(uint8_t *buf, size_t cap, uint32_t total, const void *part,
+                               size_t part_len)
+{
+    if ((part == NULL && part_len != 0) || part_len > KPP_PART_LAST || total < part_len)
+        return 0;
+    size_t n = put_header(buf, cap, KPP_OP_PUBLISH_SIGN, 0, 4 + part_len);
+    if (n == 0)
+        return 0;
+    put_u32(buf + KPP_HDR_LEN, total);
+    if (part_len != 0)
+        memcpy(buf + KPP_HDR_LEN + 4, part, part_len);
+    return n;
+}
+
 size_t kpp_encode_audit_sign(uint8_t *buf, size_t cap, const void *msg, size_t msg_len)
 {
     if (msg == NULL || msg_len == 0 || msg_len > KPP_AUDIT_SIGN_MAX)
@@ -335,7 +378,7 @@ size_t kpp_encode_status(uint8_t *buf, size_t cap, uint16_t op, uint32_t status)
 size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, kpp_op op, const uint8_t *sig, size_t sig_len)
 {
     if (sig == NULL || sig_len == 0 || sig_len > HSM_SIG_MAX ||
-        (op != KPP_OP_SIGN && op != KPP_OP_AUDIT_SIGN))
+        (op != KPP_OP_SIGN && op != KPP_OP_AUDIT_SIGN && op != KPP_OP_PUBLISH_SIGN))
         return 0;
     size_t n = put_header(buf, cap, (uint16_t)op, 0, sig_len);
     if (n == 0)
@@ -346,8 +389,8 @@ size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, kpp_op op, const uint8_t *
 
 size_t kpp_encode_pubkey_reply(uint8_t *buf, size_t cap, kpp_op op, const hsm_pubkey *pub)
 {
-    if (pub == NULL ||
-        (op != KPP_OP_GENERATE && op != KPP_OP_PUBLIC_KEY && op != KPP_OP_AUDIT_PUBKEY))
+    if (pub == NULL || (op != KPP_OP_GENERATE && op != KPP_OP_PUBLIC_KEY &&
+                        op != KPP_OP_AUDIT_PUBKEY && op != KPP_OP_PUBLISH_PUBKEY))
         return 0;
     if (pub->n_len == 0 || pub->n_len > HSM_MODULUS_MAX || pub->e_len == 0 ||
         pub->e_len > HSM_EXPONENT_MAX || pub->bits < KPP_PUBKEY_BITS_MIN ||
@@ -409,8 +452,9 @@ static int reply_ok(const kpp_reply *r, kpp_op op)
 
 uint32_t kpp_reply_sig(const kpp_reply *r, uint8_t sig[HSM_SIG_MAX], size_t *sig_len)
 {
-    if ((!reply_ok(r, KPP_OP_SIGN) && !reply_ok(r, KPP_OP_AUDIT_SIGN)) || r->body_len == 0 ||
-        r->body_len > HSM_SIG_MAX)
+    if ((!reply_ok(r, KPP_OP_SIGN) && !reply_ok(r, KPP_OP_AUDIT_SIGN) &&
+         !reply_ok(r, KPP_OP_PUBLISH_SIGN)) ||
+        r->body_len == 0 || r->body_len > HSM_SIG_MAX)
         return KPP_ERR_BAD_BODY;
     if (sig != NULL)
         memcpy(sig, r->body, r->body_len);
@@ -422,7 +466,7 @@ uint32_t kpp_reply_sig(const kpp_reply *r, uint8_t sig[HSM_SIG_MAX], size_t *sig
 uint32_t kpp_reply_pubkey(const kpp_reply *r, hsm_pubkey *pub)
 {
     if (!reply_ok(r, KPP_OP_GENERATE) && !reply_ok(r, KPP_OP_PUBLIC_KEY) &&
-        !reply_ok(r, KPP_OP_AUDIT_PUBKEY))
+        !reply_ok(r, KPP_OP_AUDIT_PUBKEY) && !reply_ok(r, KPP_OP_PUBLISH_PUBKEY))
         return KPP_ERR_BAD_BODY;
     const uint8_t *p = r->body;
     size_t left = r->body_len;

@@ -28,13 +28,21 @@
  *   SESSIONS       (empty)                            open u32
  *   AUDIT_PUBKEY   (empty)                            pubkey
  *   AUDIT_SIGN     input[1..KPP_AUDIT_SIGN_MAX]       sig[1..HSM_SIG_MAX]
+ *   PUBLISH_PUBKEY (empty)                            pubkey
+ *   PUBLISH_PART   part[1..KPP_BODY_MAX]              (empty)
+ *   PUBLISH_SIGN   total u32, part[0..KPP_PART_LAST]  sig[1..HSM_SIG_MAX]
  *
  *   pubkey = bits u32, n_len u16, n[1..HSM_MODULUS_MAX], e_len u16, e[1..HSM_EXPONENT_MAX]
  *   LIST flags: bit 0 private half present, bit 1 public half present; n <= KPP_LIST_MAX
  *   AUDIT_*: the audit key (keeper.h), which has no kid on the wire. AUDIT_PUBKEY creates
  *   it on first use; AUDIT_SIGN's input is a checkpoint's JWS signing input, and the keeper
  *   refuses (HSM_ERR_BAD_ARGUMENT) any input that is not checkpoint-shaped. The codec
- *   checks only the bounds; the shape is the keeper's policy (kp_audit_input_ok).
+ *   checks only the bounds; the shape is the keeper's policy (kp_svc_input_ok).
+ *   PUBLISH_*: the publication key (keeper.h), which signs revocation feeds. A feed can
+ *   outgrow one message, so its signing input travels in parts: PUBLISH_PARTs append to
+ *   the connection's pending input, and PUBLISH_SIGN appends its last part and signs the
+ *   whole, which must be exactly `total` bytes (a part lost to a reconnect cannot yield a
+ *   signature over less than the front sent) and feed-shaped (kp_svc_input_ok).
  *
  * A reply with a nonzero status has an empty body. A request the keeper cannot decode
  * gets a reply with op echoed (0 when even the header is unreadable) and one of the
@@ -60,6 +68,8 @@
 /* The longest input an AUDIT_SIGN may carry: KP_AUDIT_SIGN_MAX (keeper.h, which keeper.c
  * checks is the same number at compile time). */
 #define KPP_AUDIT_SIGN_MAX 1024
+/* The longest last part a PUBLISH_SIGN carries after its total. */
+#define KPP_PART_LAST (KPP_BODY_MAX - 4)
 
 typedef enum {
     KPP_OP_SIGN = 1,
@@ -71,10 +81,13 @@ typedef enum {
     KPP_OP_SESSIONS = 7,
     KPP_OP_AUDIT_PUBKEY = 8,
     KPP_OP_AUDIT_SIGN = 9,
+    KPP_OP_PUBLISH_PUBKEY = 10,
+    KPP_OP_PUBLISH_PART = 11,
+    KPP_OP_PUBLISH_SIGN = 12,
 } kpp_op;
 /* The ops are numbered without a gap from the first to the last. */
 #define KPP_OP_FIRST KPP_OP_SIGN
-#define KPP_OP_LAST KPP_OP_AUDIT_SIGN
+#define KPP_OP_LAST KPP_OP_PUBLISH_SIGN
 
 /* Reply statuses of the protocol itself, above every hsm_status value. */
 typedef enum {
@@ -92,8 +105,9 @@ typedef struct {
     kpp_op op;
     hsm_kid kid;
     int has_kid;
-    const uint8_t *msg; /* SIGN, AUDIT_SIGN */
+    const uint8_t *msg; /* SIGN, AUDIT_SIGN, PUBLISH_PART, PUBLISH_SIGN */
     size_t msg_len;
+    uint32_t total;  /* PUBLISH_SIGN */
     unsigned bits;   /* GENERATE */
     uint32_t offset; /* LIST */
 } kpp_request;
@@ -130,23 +144,28 @@ size_t kpp_encode_sessions(uint8_t *buf, size_t cap);
 size_t kpp_encode_audit_pubkey(uint8_t *buf, size_t cap);
 /* msg: 1..KPP_AUDIT_SIGN_MAX bytes. */
 size_t kpp_encode_audit_sign(uint8_t *buf, size_t cap, const void *msg, size_t msg_len);
+size_t kpp_encode_publish_pubkey(uint8_t *buf, size_t cap);
+/* part: 1..KPP_BODY_MAX bytes. */
+size_t kpp_encode_publish_part(uint8_t *buf, size_t cap, const void *part, size_t part_len);
+/* part: 0..KPP_PART_LAST bytes; total: the whole input's length, this part included. */
+size_t kpp_encode_publish_sign(uint8_t *buf, size_t cap, uint32_t total, const void *part,
+                               size_t part_len);
 
 /* Reply encoders (keeper side): same conventions. kpp_encode_status writes a reply with an
  * empty body and any status (errors, and DESTROY/PING successes). */
 size_t kpp_encode_status(uint8_t *buf, size_t cap, uint16_t op, uint32_t status);
 size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, kpp_op op, const uint8_t *sig,
-                            size_t sig_len); /* SIGN, AUDIT_SIGN */
+                            size_t sig_len); /* SIGN, AUDIT_SIGN, PUBLISH_SIGN */
 size_t kpp_encode_pubkey_reply(uint8_t *buf, size_t cap, kpp_op op,
-                               const hsm_pubkey *pub); /* GENERATE, PUBLIC_KEY, AUDIT_PUBKEY */
+                               const hsm_pubkey *pub); /* GENERATE, PUBLIC_KEY, *_PUBKEY */
 size_t kpp_encode_list_reply(uint8_t *buf, size_t cap, uint32_t total, const hsm_key_entry *e,
                              size_t n);
 size_t kpp_encode_u32_reply(uint8_t *buf, size_t cap, kpp_op op, uint32_t value);
 
 /* Reply body decoders (front side), on a kpp_reply with status 0: 0, or KPP_ERR_BAD_BODY. */
 uint32_t kpp_reply_sig(const kpp_reply *r, uint8_t sig[HSM_SIG_MAX],
-                       size_t *sig_len); /* SIGN, AUDIT_SIGN */
-uint32_t kpp_reply_pubkey(const kpp_reply *r,
-                          hsm_pubkey *pub); /* GENERATE, PUBLIC_KEY, AUDIT_PUBKEY */
+                       size_t *sig_len);                        /* SIGN, AUDIT_SIGN, PUBLISH_SIGN */
+uint32_t kpp_reply_pubkey(const kpp_reply *r, hsm_pubkey *pub); /* GENERATE, PUBLIC_KEY, *_PUBKEY */
 /* Copies up to cap entries; *total is the keeper's count, *n how many this reply holds. */
 uint32_t kpp_reply_list(const kpp_reply *r, hsm_key_entry *out, size_t cap, uint32_t *total,
                         size_t *n);

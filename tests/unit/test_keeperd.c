@@ -1205,20 +1205,92 @@ test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input(void
     char err[256];
     assert_int_equal(kp_connect(fx->c.keeper_socket, &k, err, sizeof(err)), HSM_OK);
     hsm_pubkey again;
-    assert_int_equal(kp_audit_public_key(k, &again), HSM_OK);
+    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &again), HSM_OK);
     assert_same_pubkey(&again, &pub);
     len = checkpoint_input(in, sizeof(in), 3);
-    assert_int_equal(kp_audit_sign(k, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_OK);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
     for (size_t i = 0; i < n_bad; i++)
-        assert_int_equal(kp_audit_sign(k, bad[i].in, bad[i].len, sig, &sig_len),
+        assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, bad[i].in, bad[i].len, sig, &sig_len),
                          HSM_ERR_BAD_ARGUMENT);
-    assert_int_equal(kp_audit_sign(k, in, 0, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, 0, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
     len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX + 1);
-    assert_int_equal(kp_audit_sign(k, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
     kp_close(k);
     close(fd);
     free(b);
+}
+
+/* A feed-shaped signing input of exactly len bytes (len > the header): the publication
+ * header, ".", then base64url characters. */
+static size_t feed_input(uint8_t *buf, size_t len)
+{
+    static const char hdr[] = KP_PUBLISH_HEADER_B64 ".";
+    memcpy(buf, hdr, sizeof(hdr) - 1);
+    for (size_t i = sizeof(hdr) - 1; i < len; i++)
+        buf[i] =
+            (uint8_t)("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[i % 64]);
+    return len;
+}
+
+static void
+test_publication_key_signs_feeds_of_any_size_in_parts_and_refuses_a_lost_part(void **state)
+{
+    fixture *fx = *state;
+    start_keeper(fx);
+    kp *k = NULL;
+    char err[256];
+    assert_int_equal(kp_connect(fx->c.keeper_socket, &k, err, sizeof(err)), HSM_OK);
+    hsm_pubkey pub, audit;
+    assert_int_equal(kp_svc_public_key(k, KP_SVC_PUBLISH, &pub), HSM_OK);
+    assert_int_equal(pub.bits, KP_PUBLISH_BITS);
+    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &audit), HSM_OK);
+    assert_true(pub.n_len != audit.n_len || memcmp(pub.n, audit.n, pub.n_len) != 0);
+
+    /* One part, several parts, a last part of every edge length: each verifies. */
+    const size_t lens[] = {200,          KPP_PART_LAST,        KPP_PART_LAST + 1,
+                           KPP_BODY_MAX, 2 * KPP_BODY_MAX + 7, 1000 * 1000};
+    uint8_t *in = malloc(1000 * 1000 + 16);
+    assert_non_null(in);
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len = 0;
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        size_t len = feed_input(in, lens[i]);
+        assert_int_equal(kp_svc_sign(k, KP_SVC_PUBLISH, in, len, sig, &sig_len), HSM_OK);
+        assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
+        assert_false(rs256_verifies(&audit, in, len, sig, sig_len));
+    }
+    /* The publication key signs feeds only: a checkpoint or a token is refused. */
+    size_t len = checkpoint_input((char *)in, 1000, 1);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_PUBLISH, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    len = feed_input(in, 300);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    in[250] = '.';
+    assert_int_equal(kp_svc_sign(k, KP_SVC_PUBLISH, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    kp_close(k);
+
+    /* By hand: a part, then a last part whose total says one part is missing. */
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    kpp_reply r;
+    len = feed_input(in, 3000);
+    size_t n = kpp_encode_publish_part(b->req, sizeof(b->req), in, 1000);
+    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_PART, b->rep, &r), HSM_OK);
+    n = kpp_encode_publish_sign(b->req, sizeof(b->req), 3000, in + 2000, 1000);
+    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_SIGN, b->rep, &r), HSM_ERR_BAD_ARGUMENT);
+    /* The pending input went with the refusal: a whole feed after it signs cleanly. */
+    n = kpp_encode_publish_part(b->req, sizeof(b->req), in, 2000);
+    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_PART, b->rep, &r), HSM_OK);
+    n = kpp_encode_publish_sign(b->req, sizeof(b->req), 3000, in + 2000, 1000);
+    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_SIGN, b->rep, &r), HSM_OK);
+    assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), 0);
+    assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
+    /* A middle part alone (its first part lost) is not feed-shaped. */
+    n = kpp_encode_publish_sign(b->req, sizeof(b->req), 1000, in + 1000, 1000);
+    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_SIGN, b->rep, &r), HSM_ERR_BAD_ARGUMENT);
+    close(fd);
+    free(b);
+    free(in);
 }
 
 static void test_sign_ping_generate_and_destroy_refuse_the_reserved_kid(void **state)
@@ -1279,7 +1351,7 @@ static void test_sign_ping_generate_and_destroy_refuse_the_reserved_kid(void **s
     assert_int_equal(kp_ping(k, &kid), HSM_ERR_KEY_NOT_FOUND);
     assert_int_equal(kp_destroy(k, &kid), HSM_ERR_BAD_ARGUMENT);
     assert_int_equal(kp_generate(k, &kid, 2048, &again), HSM_ERR_BAD_ARGUMENT);
-    assert_int_equal(kp_audit_public_key(k, &again), HSM_OK);
+    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &again), HSM_OK);
     assert_same_pubkey(&again, &pub);
     kp_close(k);
     close(fd);
@@ -1351,7 +1423,7 @@ static void *inproc_user_main(void *arg)
 {
     inproc_user *u = arg;
     pthread_barrier_wait(u->go);
-    u->st = kp_audit_public_key(u->k, &u->pub);
+    u->st = kp_svc_public_key(u->k, KP_SVC_AUDIT, &u->pub);
     kp_thread_done(u->k);
     return NULL;
 }
@@ -1391,14 +1463,14 @@ static void test_in_process_audit_key_signs_checkpoints_only_and_reconcile_keeps
 
     /* Refusals touch nothing. */
     for (size_t i = 0; i < n_bad; i++) {
-        hsm_status st = kp_audit_sign(k, bad[i].in, bad[i].len, sig, &sig_len);
+        hsm_status st = kp_svc_sign(k, KP_SVC_AUDIT, bad[i].in, bad[i].len, sig, &sig_len);
         if (st != HSM_ERR_BAD_ARGUMENT)
             fail_msg("%s (input %zu): status %s", bad[i].why, i, hsm_status_name(st));
     }
-    assert_int_equal(kp_audit_sign(k, "", 0, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
-    assert_int_equal(kp_audit_sign(k, NULL, 0, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, "", 0, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, NULL, 0, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
     len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX + 1);
-    assert_int_equal(kp_audit_sign(k, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
     assert_int_equal(kp_list(k, e, 8, &count), HSM_OK);
     assert_int_equal(count, 0);
 
@@ -1415,7 +1487,7 @@ static void test_in_process_audit_key_signs_checkpoints_only_and_reconcile_keeps
         pthread_join(th[i], NULL);
     pthread_barrier_destroy(&go);
     hsm_pubkey pub, again;
-    assert_int_equal(kp_audit_public_key(k, &pub), HSM_OK);
+    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &pub), HSM_OK);
     assert_audit_shape(&pub);
     for (int i = 0; i < AUDIT_THREADS; i++) {
         assert_int_equal(u[i].st, HSM_OK);
@@ -1427,14 +1499,14 @@ static void test_in_process_audit_key_signs_checkpoints_only_and_reconcile_keeps
 
     /* Checkpoints sign and verify; everything else is refused, the key there or not. */
     len = checkpoint_input(in, sizeof(in), 1);
-    assert_int_equal(kp_audit_sign(k, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_OK);
     assert_int_equal(sig_len, KP_AUDIT_BITS / 8);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
     len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX);
-    assert_int_equal(kp_audit_sign(k, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_OK);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
     for (size_t i = 0; i < n_bad; i++)
-        assert_int_equal(kp_audit_sign(k, bad[i].in, bad[i].len, sig, &sig_len),
+        assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, bad[i].in, bad[i].len, sig, &sig_len),
                          HSM_ERR_BAD_ARGUMENT);
 
     /* The reserved kid is nobody's to sign with, probe, make or destroy. */
@@ -1458,10 +1530,10 @@ static void test_in_process_audit_key_signs_checkpoints_only_and_reconcile_keeps
 
     /* Reopened (a restart): the same key, found and not made again. */
     k = open_in_process(fx);
-    assert_int_equal(kp_audit_public_key(k, &again), HSM_OK);
+    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &again), HSM_OK);
     assert_same_pubkey(&again, &pub);
     len = checkpoint_input(in, sizeof(in), 2);
-    assert_int_equal(kp_audit_sign(k, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_OK);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
     assert_int_equal(kp_list(k, e, 8, &count), HSM_OK);
     assert_int_equal(count, 1);
@@ -1475,30 +1547,32 @@ static void test_audit_input_policy_accepts_exactly_checkpoint_shaped_inputs(voi
     static bad_input bad[BAD_INPUTS_MAX];
     size_t n_bad = bad_inputs(bad);
     for (size_t i = 0; i < n_bad; i++)
-        if (kp_audit_input_ok(bad[i].in, bad[i].len))
+        if (kp_svc_input_ok(KP_SVC_AUDIT, bad[i].in, bad[i].len))
             fail_msg("accepted %s (input %zu)", bad[i].why, i);
     char in[CHECKPOINT_MAX];
     for (unsigned seq = 1; seq < 2000; seq += 97) {
         size_t len = checkpoint_input(in, sizeof(in), seq);
-        assert_true(kp_audit_input_ok(in, len));
-        assert_false(kp_audit_input_ok(in, strlen(KP_AUDIT_HEADER_B64 "."))); /* no payload */
+        assert_true(kp_svc_input_ok(KP_SVC_AUDIT, in, len));
+        assert_false(
+            kp_svc_input_ok(KP_SVC_AUDIT, in, strlen(KP_AUDIT_HEADER_B64 "."))); /* no payload */
     }
     size_t prefix = strlen(KP_AUDIT_HEADER_B64 ".");
     for (size_t len = prefix + 1; len <= KP_AUDIT_SIGN_MAX; len += 61)
-        assert_true(kp_audit_input_ok(in, checkpoint_of_length(in, len)));
-    assert_true(kp_audit_input_ok(in, checkpoint_of_length(in, KP_AUDIT_SIGN_MAX)));
-    assert_false(kp_audit_input_ok(in, checkpoint_of_length(in, KP_AUDIT_SIGN_MAX + 1)));
+        assert_true(kp_svc_input_ok(KP_SVC_AUDIT, in, checkpoint_of_length(in, len)));
+    assert_true(kp_svc_input_ok(KP_SVC_AUDIT, in, checkpoint_of_length(in, KP_AUDIT_SIGN_MAX)));
+    assert_false(
+        kp_svc_input_ok(KP_SVC_AUDIT, in, checkpoint_of_length(in, KP_AUDIT_SIGN_MAX + 1)));
     /* Every base64url character is allowed in the payload, and nothing else. */
     for (int c = 0; c < 256; c++) {
         size_t len = checkpoint_of_length(in, prefix + 4);
         in[prefix + 1] = (char)c;
         int b64 = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
                   c == '-' || c == '_';
-        if (kp_audit_input_ok(in, len) != b64)
+        if (kp_svc_input_ok(KP_SVC_AUDIT, in, len) != b64)
             fail_msg("byte 0x%02x in the payload: %s", c, b64 ? "refused" : "accepted");
     }
-    assert_false(kp_audit_input_ok(NULL, 10));
-    assert_false(kp_audit_input_ok(in, 0));
+    assert_false(kp_svc_input_ok(KP_SVC_AUDIT, NULL, 10));
+    assert_false(kp_svc_input_ok(KP_SVC_AUDIT, in, 0));
 }
 
 int main(void)
@@ -1522,6 +1596,7 @@ int main(void)
         T(test_concurrent_first_uses_make_a_single_audit_key),
         T(test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input),
         T(test_sign_ping_generate_and_destroy_refuse_the_reserved_kid),
+        T(test_publication_key_signs_feeds_of_any_size_in_parts_and_refuses_a_lost_part),
         T(test_reconcile_through_the_keeper_leaves_the_audit_key_alone),
         T(test_in_process_audit_key_signs_checkpoints_only_and_reconcile_keeps_it),
         cmocka_unit_test(test_audit_input_policy_accepts_exactly_checkpoint_shaped_inputs),

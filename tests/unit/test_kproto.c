@@ -85,7 +85,7 @@ static uint32_t decode_req(const uint8_t *msg, size_t len, kpp_request *r, uint1
 {
     uint8_t *copy = exact_copy(msg, len);
     uint32_t st = kpp_decode_request(copy, len, r, echo);
-    if (st == 0 && (r->op == KPP_OP_SIGN || r->op == KPP_OP_AUDIT_SIGN)) {
+    if (st == 0 && r->msg != NULL) {
         /* r->msg points into the copy: rebase it onto msg before the copy goes. */
         r->msg = msg + (r->msg - copy);
     }
@@ -310,6 +310,56 @@ static void test_audit_sign_request_round_trips_the_input(void **state)
     assert_int_equal(decode_req(scratch, n, &r, NULL), 0);
     assert_int_equal(r.msg_len, 1);
     assert_int_equal(r.msg[0], 0);
+}
+
+static void test_publish_parts_round_trip_and_a_total_below_the_last_part_is_refused(void **state)
+{
+    (void)state;
+    kpp_request r;
+    size_t n = kpp_encode_publish_pubkey(scratch, sizeof(scratch));
+    assert_int_equal(n, KPP_HDR_LEN);
+    assert_int_equal(decode_req(scratch, n, &r, NULL), 0);
+    assert_int_equal(r.op, KPP_OP_PUBLISH_PUBKEY);
+
+    n = kpp_encode_publish_part(scratch, sizeof(scratch), "abc", 3);
+    assert_int_equal(n, KPP_HDR_LEN + 3);
+    assert_int_equal(decode_req(scratch, n, &r, NULL), 0);
+    assert_int_equal(r.op, KPP_OP_PUBLISH_PART);
+    assert_int_equal(r.msg_len, 3);
+    assert_memory_equal(r.msg, "abc", 3);
+    /* An empty part carries nothing and is refused both ways. */
+    assert_int_equal(kpp_encode_publish_part(scratch, sizeof(scratch), "abc", 0), 0);
+    raw_header(scratch, KPP_MAGIC, KPP_VERSION, KPP_OP_PUBLISH_PART, 0, 0);
+    assert_int_equal(decode_req(scratch, KPP_HDR_LEN, &r, NULL), KPP_ERR_BAD_BODY);
+
+    n = kpp_encode_publish_sign(scratch, sizeof(scratch), 200000, "xyz", 3);
+    assert_int_equal(n, KPP_HDR_LEN + 4 + 3);
+    assert_int_equal(decode_req(scratch, n, &r, NULL), 0);
+    assert_int_equal(r.op, KPP_OP_PUBLISH_SIGN);
+    assert_int_equal(r.total, 200000);
+    assert_int_equal(r.msg_len, 3);
+    assert_memory_equal(r.msg, "xyz", 3);
+    /* The last part may be empty (the parts before it held everything). */
+    n = kpp_encode_publish_sign(scratch, sizeof(scratch), 9, NULL, 0);
+    assert_int_equal(decode_req(scratch, n, &r, NULL), 0);
+    assert_int_equal(r.msg_len, 0);
+    /* A total smaller than the last part alone cannot be true. */
+    assert_int_equal(kpp_encode_publish_sign(scratch, sizeof(scratch), 2, "xyz", 3), 0);
+    n = kpp_encode_publish_sign(scratch, sizeof(scratch), 3, "xyz", 3);
+    scratch[KPP_HDR_LEN + 3] = 2; /* total 3 -> 2 */
+    assert_int_equal(decode_req(scratch, n, &r, NULL), KPP_ERR_BAD_BODY);
+    /* No room for the total at all. */
+    raw_header(scratch, KPP_MAGIC, KPP_VERSION, KPP_OP_PUBLISH_SIGN, 0, 3);
+    assert_int_equal(decode_req(scratch, KPP_HDR_LEN + 3, &r, NULL), KPP_ERR_BAD_BODY);
+    /* The biggest parts fit in one message. */
+    static uint8_t big[KPP_BODY_MAX];
+    assert_int_equal(kpp_encode_publish_part(scratch, sizeof(scratch), big, KPP_BODY_MAX),
+                     KPP_MSG_MAX);
+    assert_int_equal(
+        kpp_encode_publish_sign(scratch, sizeof(scratch), KPP_BODY_MAX, big, KPP_PART_LAST),
+        KPP_MSG_MAX);
+    assert_int_equal(
+        kpp_encode_publish_sign(scratch, sizeof(scratch), KPP_BODY_MAX, big, KPP_PART_LAST + 1), 0);
 }
 
 static void test_audit_sign_accepts_1_to_KPP_AUDIT_SIGN_MAX_bytes_and_refuses_others(void **state)
@@ -1178,9 +1228,11 @@ static void test_reply_encoders_refuse_out_of_bound_arguments(void **state)
     assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_AUDIT_SIGN, sig, 0), 0);
     assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_AUDIT_SIGN, sig, HSM_SIG_MAX + 1), 0);
     assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_AUDIT_SIGN, NULL, 384), 0);
-    /* Only SIGN and AUDIT_SIGN replies carry a signature. */
+    /* Only SIGN, AUDIT_SIGN and PUBLISH_SIGN replies carry a signature. */
     for (int op = 0; op <= ALL_OPS_LAST + 1; op++) {
-        size_t want = op == KPP_OP_SIGN || op == KPP_OP_AUDIT_SIGN ? KPP_HDR_LEN + 256 : 0;
+        size_t want = op == KPP_OP_SIGN || op == KPP_OP_AUDIT_SIGN || op == KPP_OP_PUBLISH_SIGN
+                          ? KPP_HDR_LEN + 256
+                          : 0;
         assert_int_equal(kpp_encode_sig_reply(b, cap, (kpp_op)op, sig, 256), want);
     }
 
@@ -1191,6 +1243,8 @@ static void test_reply_encoders_refuse_out_of_bound_arguments(void **state)
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_AUDIT_SIGN, &good), 0);
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, (kpp_op)(KPP_OP_LAST + 1), &good), 0);
     assert_int_not_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_AUDIT_PUBKEY, &good), 0);
+    assert_int_not_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_PUBLISH_PUBKEY, &good), 0);
+    assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_PUBLISH_PART, &good), 0);
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_GENERATE, NULL), 0);
     p = good;
     p.n_len = 0;
@@ -1409,6 +1463,18 @@ static int request_reencodes(const uint8_t *msg, size_t len)
         assert_true(r.msg >= msg && r.msg + r.msg_len == msg + len);
         n = kpp_encode_audit_sign(reenc, sizeof(reenc), r.msg, r.msg_len);
         break;
+    case KPP_OP_PUBLISH_PUBKEY:
+        n = kpp_encode_publish_pubkey(reenc, sizeof(reenc));
+        break;
+    case KPP_OP_PUBLISH_PART:
+        assert_true(r.msg >= msg && r.msg + r.msg_len == msg + len);
+        n = kpp_encode_publish_part(reenc, sizeof(reenc), r.msg, r.msg_len);
+        break;
+    case KPP_OP_PUBLISH_SIGN:
+        assert_true(r.msg >= msg && r.msg + r.msg_len == msg + len);
+        assert_true(r.total >= r.msg_len);
+        n = kpp_encode_publish_sign(reenc, sizeof(reenc), r.total, r.msg, r.msg_len);
+        break;
     default:
         fail_msg("decoded an unknown op %d", r.op);
     }
@@ -1455,11 +1521,11 @@ static int reply_reencodes(const uint8_t *msg, size_t len)
         assert_true(ok_sig + ok_pub + ok_list + ok_u32 <= 1);
         size_t n = 0;
         if (ok_sig) {
-            assert_true(op == KPP_OP_SIGN || op == KPP_OP_AUDIT_SIGN);
+            assert_true(op == KPP_OP_SIGN || op == KPP_OP_AUDIT_SIGN || op == KPP_OP_PUBLISH_SIGN);
             n = kpp_encode_sig_reply(reenc, sizeof(reenc), (kpp_op)op, sig, sig_len);
         } else if (ok_pub) {
             assert_true(op == KPP_OP_GENERATE || op == KPP_OP_PUBLIC_KEY ||
-                        op == KPP_OP_AUDIT_PUBKEY);
+                        op == KPP_OP_AUDIT_PUBKEY || op == KPP_OP_PUBLISH_PUBKEY);
             n = kpp_encode_pubkey_reply(reenc, sizeof(reenc), (kpp_op)op, &pub);
         } else if (ok_list) {
             assert_int_equal(op, KPP_OP_LIST);
@@ -1513,6 +1579,9 @@ static size_t build_corpus(corpus_msg *c, size_t *n_small)
     k = add(c, k, scratch, kpp_encode_ping(scratch, sizeof(scratch), NULL));
     k = add(c, k, scratch, kpp_encode_sessions(scratch, sizeof(scratch)));
     k = add(c, k, scratch, kpp_encode_audit_pubkey(scratch, sizeof(scratch)));
+    k = add(c, k, scratch, kpp_encode_publish_pubkey(scratch, sizeof(scratch)));
+    k = add(c, k, scratch, kpp_encode_publish_part(scratch, sizeof(scratch), big, 77));
+    k = add(c, k, scratch, kpp_encode_publish_sign(scratch, sizeof(scratch), 300, big, 40));
     k = add(c, k, scratch, kpp_encode_audit_sign(scratch, sizeof(scratch), big, 1));
     k = add(c, k, scratch, kpp_encode_audit_sign(scratch, sizeof(scratch), big, 120));
     k = add(c, k, scratch,
@@ -1671,6 +1740,7 @@ int main(void)
         cmocka_unit_test(test_audit_pubkey_request_round_trips_with_an_empty_body),
         cmocka_unit_test(test_audit_sign_request_round_trips_the_input),
         cmocka_unit_test(test_audit_sign_accepts_1_to_KPP_AUDIT_SIGN_MAX_bytes_and_refuses_others),
+        cmocka_unit_test(test_publish_parts_round_trip_and_a_total_below_the_last_part_is_refused),
         cmocka_unit_test(test_wire_layout_is_big_endian_as_specified),
         cmocka_unit_test(test_sign_accepts_KPP_SIGN_MAX_bytes_and_refuses_one_more),
         cmocka_unit_test(test_request_shorter_than_a_header_is_short_and_echoes_0),
