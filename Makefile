@@ -1,7 +1,7 @@
 # The signing appliance. `make run` and `make test` are the two commands; see README.md.
 #
-# Every C file under hsm/, jose/, appliance/ (but main.c), api/ and provisioning/ (but
-# provision.c) goes into one static
+# Every C file under hsm/, jose/, appliance/ (but main.c), api/, provisioning/ (but
+# provision.c) and verifier/ (but the CLI's signd-verify.c) goes into one static
 # library; each program and each unit test links it. A new module needs no Makefile edit.
 
 CC      ?= cc
@@ -26,7 +26,8 @@ LDLIBS  := -ljansson -lsqlite3 -lcurl -lssl -lcrypto -lpthread -ldl
 
 LIB_SRC := $(wildcard hsm/*.c jose/*.c api/*.c) \
            $(filter-out appliance/main.c,$(wildcard appliance/*.c)) \
-           $(filter-out provisioning/provision.c,$(wildcard provisioning/*.c))
+           $(filter-out provisioning/provision.c,$(wildcard provisioning/*.c)) \
+           $(filter-out verifier/signd-verify.c,$(wildcard verifier/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
 LIB     := $(BUILD)/libsignd.a
 CIVETLIB := $(CIVET)/libcivetweb.a
@@ -35,7 +36,8 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 UNIT_HELP := $(filter-out $(UNIT_SRC),$(wildcard tests/unit/*.c))
 
-PROGS := $(BUILD)/bin/signd-provision $(BUILD)/bin/hello-https $(BUILD)/bin/bench-hsm
+PROGS := $(BUILD)/bin/signd-provision $(BUILD)/bin/hello-https $(BUILD)/bin/bench-hsm \
+         $(BUILD)/bin/signd-verify $(BUILD)/bin/bench-propagation
 ifneq ($(wildcard appliance/main.c),)
 PROGS += $(BUILD)/bin/signd
 endif
@@ -75,6 +77,14 @@ $(BUILD)/bin/hello-https: $(BUILD)/obj/tests/hello/hello_https.o $(CIVETLIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 $(BUILD)/bin/bench-hsm: $(BUILD)/obj/tests/bench/bench_hsm.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/bin/signd-verify: $(BUILD)/obj/verifier/signd-verify.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+$(BUILD)/bin/bench-propagation: $(BUILD)/obj/tests/bench/bench_propagation.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 

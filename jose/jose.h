@@ -134,6 +134,28 @@ char *jose_rsa_public_pem(const uint8_t *n, size_t n_len, const uint8_t *e, size
 int jose_rs256_verify(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len,
                       const void *msg, size_t msg_len, const uint8_t *sig, size_t sig_len);
 
+/* The reverse of jose_jwk_rsa, for verifiers: decodes the "n" and "e" members of an RSA
+ * JWK (strict base64url) into n and e, big-endian with leading zero bytes dropped. Checks
+ * only what the key itself needs (kty "RSA", n and e strings of 1..JOSE_RSA_MAX bytes after
+ * the zeros); use, alg and kid are the caller's to judge. Returns 0 and the lengths, or -1
+ * (lengths set to 0). Both buffers hold JOSE_RSA_MAX bytes.
+ *
+ *   uint8_t n[JOSE_RSA_MAX], e[JOSE_RSA_MAX]; size_t n_len, e_len;
+ *   if (jose_jwk_rsa_decode(jwk, n, &n_len, e, &e_len) != 0) ... skip this key ...
+ */
+int jose_jwk_rsa_decode(const json_t *jwk, uint8_t n[JOSE_RSA_MAX], size_t *n_len,
+                        uint8_t e[JOSE_RSA_MAX], size_t *e_len);
+
+/* The reverse of jose_rsa_public_pem: reads len bytes of one PEM SubjectPublicKeyInfo
+ * ("-----BEGIN PUBLIC KEY-----") holding an RSA key into (n, e) as above. Returns 0, or
+ * -1 (lengths set to 0) when it is not such a PEM, the key is not RSA, or n or e is out of
+ * range. Leaves nothing new on the thread's OpenSSL error queue.
+ *
+ *   if (jose_rsa_public_from_pem(pem, pem_len, n, &n_len, e, &e_len) != 0) ... refuse ...
+ */
+int jose_rsa_public_from_pem(const char *pem, size_t len, uint8_t n[JOSE_RSA_MAX], size_t *n_len,
+                             uint8_t e[JOSE_RSA_MAX], size_t *e_len);
+
 /* ---- JWS compact serialisation --------------------------------------------------------- */
 
 /* Bytes a buffer needs for b64url(header) "." b64url(payload) "." b64url(sig) and the

@@ -1,7 +1,8 @@
-/* jose: an RSA public key (n, e) as a JWK, as a PEM, and as the key that checks an RS256
- * signature. See jose.h for contracts. */
+/* jose: an RSA public key (n, e) as a JWK and as a PEM (both ways), and as the key that
+ * checks an RS256 signature. See jose.h for contracts. */
 #include "jose/jose.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,6 +20,8 @@
 
 static int rsa_trim(const uint8_t **p, size_t *len);
 static EVP_PKEY *rsa_pkey(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len);
+static int jwk_member(const json_t *jwk, const char *name, uint8_t *out, size_t *out_len);
+static int pem_param(const EVP_PKEY *pkey, const char *name, uint8_t *out, size_t *out_len);
 
 /* Drops leading zero bytes; -1 when nothing is left (zero or empty) or too much is. */
 static int rsa_trim(const uint8_t **p, size_t *len)
@@ -127,6 +130,72 @@ int jose_rs256_verify(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e
 out:
     EVP_MD_CTX_free(md);
     EVP_PKEY_free(pkey);
+    ERR_pop_to_mark();
+    return ret;
+}
+
+/* One base64url member of an RSA JWK into out (JOSE_RSA_MAX bytes), leading zeros dropped. */
+static int jwk_member(const json_t *jwk, const char *name, uint8_t *out, size_t *out_len)
+{
+    /* Enough for any base64url text that could decode to JOSE_RSA_MAX bytes plus zeros. */
+    uint8_t buf[JOSE_RSA_MAX * 2];
+    const json_t *v = json_object_get(jwk, name);
+    const char *text = json_string_value(v);
+    size_t len = json_string_length(v), got = 0;
+    if (text == NULL || len == 0 || len / 4 * 3 + 2 > sizeof(buf) ||
+        jose_b64url_decode(text, len, buf, sizeof(buf), &got) != 0)
+        return -1;
+    const uint8_t *p = buf;
+    if (rsa_trim(&p, &got) != 0)
+        return -1;
+    memcpy(out, p, got);
+    *out_len = got;
+    return 0;
+}
+
+int jose_jwk_rsa_decode(const json_t *jwk, uint8_t n[JOSE_RSA_MAX], size_t *n_len,
+                        uint8_t e[JOSE_RSA_MAX], size_t *e_len)
+{
+    *n_len = *e_len = 0;
+    const char *kty = json_string_value(json_object_get(jwk, "kty"));
+    if (!json_is_object(jwk) || kty == NULL || strcmp(kty, "RSA") != 0 ||
+        jwk_member(jwk, "n", n, n_len) != 0 || jwk_member(jwk, "e", e, e_len) != 0) {
+        *n_len = *e_len = 0;
+        return -1;
+    }
+    return 0;
+}
+
+/* A BIGNUM parameter of pkey, big-endian, into out (JOSE_RSA_MAX bytes). */
+static int pem_param(const EVP_PKEY *pkey, const char *name, uint8_t *out, size_t *out_len)
+{
+    BIGNUM *bn = NULL;
+    int ok = EVP_PKEY_get_bn_param(pkey, name, &bn) == 1 && !BN_is_zero(bn) &&
+             BN_num_bytes(bn) <= JOSE_RSA_MAX && BN_bn2bin(bn, out) == BN_num_bytes(bn);
+    if (ok)
+        *out_len = (size_t)BN_num_bytes(bn);
+    BN_free(bn);
+    return ok ? 0 : -1;
+}
+
+int jose_rsa_public_from_pem(const char *pem, size_t len, uint8_t n[JOSE_RSA_MAX], size_t *n_len,
+                             uint8_t e[JOSE_RSA_MAX], size_t *e_len)
+{
+    int ret = -1;
+    *n_len = *e_len = 0;
+    if (pem == NULL || len == 0 || len > INT_MAX)
+        return -1;
+    ERR_set_mark();
+    BIO *mem = BIO_new_mem_buf(pem, (int)len);
+    EVP_PKEY *pkey = mem != NULL ? PEM_read_bio_PUBKEY(mem, NULL, NULL, NULL) : NULL;
+    if (pkey != NULL && EVP_PKEY_is_a(pkey, "RSA") &&
+        pem_param(pkey, OSSL_PKEY_PARAM_RSA_N, n, n_len) == 0 &&
+        pem_param(pkey, OSSL_PKEY_PARAM_RSA_E, e, e_len) == 0)
+        ret = 0;
+    else
+        *n_len = *e_len = 0;
+    EVP_PKEY_free(pkey);
+    BIO_free(mem);
     ERR_pop_to_mark();
     return ret;
 }

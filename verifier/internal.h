@@ -1,0 +1,138 @@
+/*
+ * verifier/internal.h: private to the verifier's C files, not part of the interface (that is
+ * verifier.h). The vfy handle's layout, shared by verifier.c (state, verification), feed.c
+ * (JWS splitting, the pure feed check) and net.c (libcurl, the event stream, the
+ * background thread).
+ *
+ * Locks and what they guard (taken in this order, never the reverse):
+ *   jwks_mu  the JWKS refetch: jwks_curl, last_refetch_ms, refetched
+ *   lock     (rwlock) keys, n_keys, jwks_gen, revoked, n_revoked, seq, iat, exp, ttl
+ *   seq_mu   applied_seq and seq_cv (vfy_wait_seq)
+ * stream_up, stop and the counters are atomics read without a lock. Everything under
+ * "background" belongs to the background thread alone once it runs.
+ */
+#ifndef VERIFIER_INTERNAL_H
+#define VERIFIER_INTERNAL_H
+
+#include "verifier/verifier.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include <curl/curl.h>
+
+#define VFY_SSE_DATA_MAX 4096 /* bytes of data one event may carry: a revocation is ~150 */
+#define VFY_SSE_EVENT_MAX 64  /* bytes of an event type */
+
+/* A compact JWS split into its parts, each decoded. */
+typedef struct {
+    json_t *header;       /* a JSON object */
+    uint8_t *payload_raw; /* decoded payload bytes, malloc'd, NUL after the last */
+    size_t payload_raw_len;
+    json_t *payload;           /* NULL until vfy_jws_payload parsed payload_raw */
+    uint8_t sig[JOSE_SIG_MAX]; /* may be empty: "alg":"none" tokens end in '.' */
+    size_t sig_len;
+    size_t signing_input_len; /* bytes before the second '.' */
+} vfy_jws;
+
+/* Splits len bytes (at most max) of compact JWS: exactly two dots, each part strict
+ * base64url, a header that is a JSON object without duplicate keys, a signature of at most
+ * JOSE_SIG_MAX bytes. The payload is decoded but not parsed, so that a caller may check the
+ * signature before it reads signed data. 0, or -1 with *out zeroed; vfy_jws_free releases
+ * it (also after -1). */
+int vfy_jws_split(const char *s, size_t len, size_t max, vfy_jws *out);
+/* Parses the payload as a JSON object without duplicate keys into j->payload: 0 or -1. */
+int vfy_jws_payload(vfy_jws *j);
+void vfy_jws_free(vfy_jws *j);
+
+/* One RS256 signing key of the JWKS; n and e point into one malloc'd block (ne). */
+typedef struct {
+    char kid[VFY_KID_LEN + 1];
+    uint8_t *ne;
+    size_t n_len, e_len;
+} vfy_key;
+
+/* A growing byte buffer for a response body, refused past max. */
+typedef struct {
+    char *data;
+    size_t len, cap, max;
+    bool overflow;
+} vfy_buf;
+
+/* The event-stream parser (WHATWG Server-Sent Events, the parts we need). */
+typedef struct {
+    char line[VFY_SSE_LINE_MAX];
+    size_t line_len;
+    bool after_cr; /* the last byte was CR: a following LF ends nothing */
+    char event[VFY_SSE_EVENT_MAX];
+    char data[VFY_SSE_DATA_MAX];
+    size_t data_len;
+    bool data_overflow;
+    long retry_ms; /* the server's last retry: field, or -1 */
+} vfy_sse;
+
+struct vfy {
+    vfy_config cfg; /* strings point to the copies below */
+    char *url, *cacert, *feed_key;
+    vfy_pubkey pin;
+    bool offline; /* vfy_open_documents: no network, no thread */
+
+    pthread_rwlock_t lock;
+    vfy_key *keys; /* sorted by kid */
+    size_t n_keys;
+    uint64_t jwks_gen;                /* bumped on every JWKS applied */
+    char (*revoked)[VFY_KID_LEN + 1]; /* sorted, distinct */
+    size_t n_revoked;
+    uint64_t seq;
+    int64_t iat, exp, ttl;
+
+    pthread_mutex_t jwks_mu;
+    CURL *jwks_curl;
+    int64_t last_refetch_ms; /* monotonic ms of the last refetch for an unknown kid */
+    bool refetched;
+
+    pthread_mutex_t seq_mu;
+    pthread_cond_t seq_cv; /* on CLOCK_MONOTONIC */
+    uint64_t applied_seq;
+
+    atomic_bool stream_up;
+    atomic_bool stop;
+    atomic_uint_fast64_t jwks_fetches, feed_fetches, feeds_refused, stream_connects;
+
+    /* background */
+    bool thread_started;
+    pthread_t thread;
+    CURLM *multi;
+    CURL *feed_curl, *stream_curl;
+    struct curl_slist *stream_headers;
+    vfy_buf feed_body;
+    vfy_sse sse;
+    bool feed_active, stream_active;
+    bool stream_ok;       /* this connection answered 200 text/event-stream */
+    bool fetch_soon;      /* an event (or a reconnect) asks for a feed fetch */
+    bool fetch_full;      /* the last delta left a gap: fetch the full list */
+    int64_t next_poll_ms; /* monotonic ms of the next periodic feed fetch */
+    int64_t reconnect_ms; /* monotonic ms of the next stream connection attempt */
+    unsigned stream_backoff_ms, feed_backoff_ms;
+    char curl_err[CURL_ERROR_SIZE];
+};
+
+/* net.c */
+void vfy_net_init(void);
+int64_t vfy_mono_ms(void);
+/* A new easy handle with the TLS policy (https only, TLS 1.2+, peer and host verified
+ * against cfg.cacert), no redirects, no signals; NULL when out of memory. */
+CURL *vfy_curl_new(vfy *v);
+/* GET url+path into out (bounded by VFY_DOC_MAX) on handle c: VFY_E_OK on a 200, else
+ * VFY_E_NET or VFY_E_HTTP with a message. */
+vfy_err vfy_http_get(vfy *v, CURL *c, const char *path, vfy_buf *out, char *err, size_t errlen);
+void vfy_buf_reset(vfy_buf *b);
+void vfy_buf_free(vfy_buf *b);
+size_t vfy_buf_write(char *p, size_t size, size_t nmemb, void *ud);
+int vfy_bg_start(vfy *v);
+void vfy_bg_stop(vfy *v);
+
+/* verifier.c, for net.c */
+uint64_t vfy_current_seq(vfy *v);
+
+#endif

@@ -1,0 +1,229 @@
+/*
+ * signd-verify: the reference verifier on the command line.
+ *
+ *   signd-verify --url URL --cacert FILE --feed-key FILE [--max-feed-age S] [--cooldown S]
+ *                [--leeway S] [--now UNIX] [TOKEN ...]
+ *
+ * With tokens: verifies each once, one line each, exit 0 when all are ok, 1 otherwise.
+ * Without: reads one token a line from stdin and answers each with one line (flushed), stays
+ * subscribed to the revocation stream until EOF, exit 0. The line "#stats" answers
+ * "stats jwks_fetches=N feed_fetches=M stream=up|down seq=S" (and more fields after).
+ * An answer is "ok <claims as compact JSON>" or the stable name of the reason
+ * (vfy_result_name). Setup errors: exit 2 with one line "signd-verify: <what>" on stderr.
+ * It never prompts.
+ */
+#include "verifier/verifier.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CLI_ERR_MAX 512
+#define CLI_LINE_CAP (VFY_TOKEN_MAX + 1)
+
+static void cli_usage(FILE *f);
+static int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int cli_number(const char *text, uint64_t max, uint64_t *out);
+static int cli_answer(vfy *v, const char *token);
+static void cli_stats(vfy *v);
+static int cli_read_line(char *buf, size_t cap, size_t *len, int *bad);
+
+static void cli_usage(FILE *f)
+{
+    fputs("usage: signd-verify --url URL --cacert FILE --feed-key FILE [--max-feed-age S]\n"
+          "                    [--cooldown S] [--leeway S] [--now UNIX] [TOKEN ...]\n"
+          "Verifies RS256 tokens of a signd appliance against its JWKS and its signed\n"
+          "revocation feed (checked with the pinned key in --feed-key). With no TOKEN, reads\n"
+          "one token a line from stdin; the line #stats prints counters.\n",
+          f);
+}
+
+/* One line on stderr, exit status 2. */
+static int cli_fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("signd-verify: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    return 2;
+}
+
+/* A decimal number 0..max, digits only. */
+static int cli_number(const char *text, uint64_t max, uint64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    if (text[0] < '0' || text[0] > '9')
+        return -1;
+    unsigned long long n = strtoull(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || n > max)
+        return -1;
+    *out = n;
+    return 0;
+}
+
+/* Verifies one token and prints its line; 0 when ok. */
+static int cli_answer(vfy *v, const char *token)
+{
+    json_t *claims = NULL;
+    vfy_result r = vfy_verify(v, token, &claims);
+    if (r == VFY_OK) {
+        char *text = json_dumps(claims, JSON_COMPACT);
+        printf("ok %s\n", text != NULL ? text : "{}");
+        free(text);
+        json_decref(claims);
+    } else {
+        printf("%s\n", vfy_result_name(r));
+    }
+    fflush(stdout);
+    return r == VFY_OK ? 0 : 1;
+}
+
+static void cli_stats(vfy *v)
+{
+    struct vfy_stats s;
+    vfy_stats(v, &s);
+    printf("stats jwks_fetches=%" PRIu64 " feed_fetches=%" PRIu64 " stream=%s seq=%" PRIu64
+           " keys=%zu revoked=%zu feeds_refused=%" PRIu64 " stream_connects=%" PRIu64
+           " feed_iat=%" PRId64 " feed_exp=%" PRId64 "\n",
+           s.jwks_fetches, s.feed_fetches, s.stream_up ? "up" : "down", s.seq, s.keys, s.revoked,
+           s.feeds_refused, s.stream_connects, s.feed_iat, s.feed_exp);
+    fflush(stdout);
+}
+
+/* Reads one line of at most cap - 1 bytes (its LF dropped) without ever holding more: the
+ * rest of a longer line is read and thrown away, and *bad set. A NUL in the line sets *bad
+ * too (a token cannot hold one). -1 at end of input with nothing read. */
+static int cli_read_line(char *buf, size_t cap, size_t *len, int *bad)
+{
+    int c, any = 0;
+    *len = 0;
+    *bad = 0;
+    while ((c = getchar()) != EOF) {
+        any = 1;
+        if (c == '\n')
+            break;
+        if (c == '\0')
+            *bad = 1;
+        if (*len + 1 < cap)
+            buf[(*len)++] = (char)c;
+        else
+            *bad = 1;
+    }
+    if (!any)
+        return -1;
+    if (*len > 0 && buf[*len - 1] == '\r')
+        (*len)--;
+    buf[*len] = '\0';
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"url", required_argument, NULL, 'u'},
+        {"cacert", required_argument, NULL, 'c'},
+        {"feed-key", required_argument, NULL, 'k'},
+        {"max-feed-age", required_argument, NULL, 'a'},
+        {"cooldown", required_argument, NULL, 'd'},
+        {"leeway", required_argument, NULL, 'l'},
+        {"now", required_argument, NULL, 'n'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    vfy_config cfg;
+    vfy_config_default(&cfg);
+    int o;
+    uint64_t num;
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'u':
+            cfg.url = optarg;
+            break;
+        case 'c':
+            cfg.cacert = optarg;
+            break;
+        case 'k':
+            cfg.feed_key = optarg;
+            break;
+        case 'a':
+            if (cli_number(optarg, 86400, &num) != 0 || num == 0)
+                return cli_fail("--max-feed-age must be 1..86400 seconds, not %s", optarg);
+            cfg.max_feed_age = (unsigned)num;
+            break;
+        case 'd':
+            if (cli_number(optarg, 3600, &num) != 0)
+                return cli_fail("--cooldown must be 0..3600 seconds, not %s", optarg);
+            cfg.jwks_cooldown = (unsigned)num;
+            break;
+        case 'l':
+            if (cli_number(optarg, 3600, &num) != 0)
+                return cli_fail("--leeway must be 0..3600 seconds, not %s", optarg);
+            cfg.leeway = (unsigned)num;
+            break;
+        case 'n':
+            if (cli_number(optarg, INT64_MAX / 2, &num) != 0 || num == 0)
+                return cli_fail("--now must be a Unix time in seconds, not %s", optarg);
+            cfg.now = (int64_t)num;
+            break;
+        case 'h':
+            cli_usage(stdout);
+            return 0;
+        default:
+            cli_usage(stderr);
+            return cli_fail("unknown option or missing value: %s",
+                            optind > 1 ? argv[optind - 1] : "?");
+        }
+    }
+    if (cfg.url == NULL)
+        return cli_fail("--url is required");
+    if (cfg.cacert == NULL)
+        return cli_fail("--cacert is required");
+    if (cfg.feed_key == NULL)
+        return cli_fail("--feed-key is required (the pinned publication key PEM)");
+    /* A reader that went away must not kill us mid-line; writes then fail instead. */
+    signal(SIGPIPE, SIG_IGN);
+
+    char err[CLI_ERR_MAX];
+    vfy *v = NULL;
+    if (vfy_open(&cfg, &v, err, sizeof(err)) != VFY_E_OK)
+        return cli_fail("%s", err);
+
+    int rc = 0;
+    if (optind < argc) {
+        for (int i = optind; i < argc; i++)
+            if (cli_answer(v, argv[i]) != 0)
+                rc = 1;
+    } else {
+        char *line = malloc(CLI_LINE_CAP);
+        size_t len;
+        int bad;
+        if (line == NULL) {
+            vfy_close(v);
+            return cli_fail("out of memory");
+        }
+        while (cli_read_line(line, CLI_LINE_CAP, &len, &bad) == 0) {
+            if (!bad && strcmp(line, "#stats") == 0) {
+                cli_stats(v);
+            } else if (bad) {
+                printf("%s\n", vfy_result_name(VFY_MALFORMED));
+                fflush(stdout);
+            } else {
+                cli_answer(v, line);
+            }
+            if (ferror(stdout))
+                break;
+        }
+        free(line);
+    }
+    vfy_close(v);
+    return rc;
+}

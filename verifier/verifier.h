@@ -1,0 +1,241 @@
+/*
+ * verifier (prefix vfy_): the reference verifier of the appliance's RS256 tokens. It checks
+ * a compact JWS token against the appliance's JWKS and drops every kid that the SIGNED
+ * revocation feed names. A CDN edge, a player backend or an upload endpoint links it; the
+ * CLI signd-verify (verifier/signd-verify.c) is a thin shell around it.
+ *
+ * What it owns, per vfy handle:
+ *   - the pinned publication key, read once from a PEM file the operator gives: the only
+ *     key a revocation feed is checked with (GET /v1/revocations/key is never trusted at
+ *     run time, so a man in the middle cannot swap the key together with the feed);
+ *   - the client keys of the JWKS (only entries with use "sig" and alg "RS256": the
+ *     publication key can never verify a token), replaced wholesale on each fetch;
+ *   - the revoked kids: the union of every accepted feed (a kid is never un-revoked), and
+ *     the accepted feed's seq, iat, exp and ttl; a feed with a lower seq is a rollback and
+ *     is refused;
+ *   - one background thread (libcurl multi, started by vfy_open, stopped and joined by
+ *     vfy_close) that keeps a Server-Sent Events subscription to /v1/revocations/events
+ *     (reconnects with backoff and Last-Event-ID: <seq>), fetches the signed feed
+ *     (?after=<seq>) when an event says there is news and every poll interval (the feed's
+ *     ttl bounded by poll_min..poll_max, by half its remaining lifetime, and, while the
+ *     stream is down, by a third of max_feed_age) so that iat stays fresh. An event
+ *     only makes it fetch sooner: nothing is revoked on the word of the unsigned stream.
+ *
+ * Threads: vfy_verify, vfy_stats and vfy_wait_seq may be called from any number of threads
+ * at once. The key set, the revoked set and the feed's fields sit behind one rwlock
+ * (writers preferred, so a verification flood cannot starve an update); vfy_verify copies
+ * the key it needs under the read lock and checks the RSA signature outside it. A JWKS
+ * refetch (on an unknown kid) runs in the calling thread under a mutex that also makes
+ * concurrent callers share one fetch; at most one refetch happens per jwks_cooldown
+ * seconds whatever the number of unknown kids.
+ *
+ * Failure modes: setup (vfy_open) fails with a vfy_err and a one-line message when a
+ * setting is wrong, the pinned key is unreadable, or the appliance is unreachable, fails
+ * TLS, or serves a JWKS or a feed that does not check out. After setup it never fails:
+ * network trouble only makes the feed older, and verification fails closed with
+ * VFY_FEED_STALE once now >= the feed's exp, or once its iat is older than max_feed_age
+ * while the stream is down. A refused feed (bad signature, wrong typ, rollback, expired)
+ * is counted and otherwise ignored; a gap (a delta that starts past our seq) makes the
+ * next fetch a full one.
+ *
+ * Bounds: a token is at most VFY_TOKEN_MAX bytes, a JWKS or a feed at most VFY_DOC_MAX
+ * bytes, an SSE line at most VFY_SSE_LINE_MAX bytes; anything longer is refused unread.
+ *
+ *   vfy_config cfg;
+ *   vfy_config_default(&cfg);
+ *   cfg.url = "https://signd.example:8443"; cfg.cacert = "ca.pem"; cfg.feed_key = "pub.pem";
+ *   vfy *v; char err[256];
+ *   if (vfy_open(&cfg, &v, err, sizeof(err)) != VFY_E_OK) ... report err ...
+ *   json_t *claims;
+ *   if (vfy_verify(v, token, &claims) == VFY_OK) { ... json_decref(claims); }
+ *   vfy_close(v);
+ */
+#ifndef VERIFIER_VERIFIER_H
+#define VERIFIER_VERIFIER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "jose/jose.h"
+
+#define VFY_TOKEN_MAX 16384    /* bytes of a token vfy_verify will look at */
+#define VFY_DOC_MAX (8u << 20) /* bytes of a JWKS or a feed document */
+#define VFY_SSE_LINE_MAX 8192  /* bytes of one line of the event stream */
+#define VFY_KID_LEN 32         /* a client kid: 32 lowercase hex characters */
+#define VFY_MIN_RSA_BYTES 256  /* RFC 7518 section 3.3: RS256 keys are 2048 bits or more */
+#define VFY_FEED_TYP "kid-revocation+jwt"
+
+/* ---- results ------------------------------------------------------------------------- */
+
+/* What vfy_verify answers: exactly one, checked in this order (the first that applies). */
+typedef enum {
+    VFY_OK = 0,
+    VFY_MALFORMED,       /* not 3 base64url parts of JSON objects, no kid, exp not a number */
+    VFY_ALG_NOT_ALLOWED, /* header alg is not exactly "RS256" ("none", "HS256", ...) */
+    VFY_FEED_STALE,      /* fail closed: the revocation feed is expired or too old */
+    VFY_UNKNOWN_KID,     /* no RS256 signing key with that kid, even after a JWKS refetch */
+    VFY_REVOKED_KID,     /* the signed feed revokes the kid */
+    VFY_BAD_SIGNATURE,   /* the RS256 signature does not verify under the kid's key */
+    VFY_EXPIRED,         /* now >= exp + leeway */
+    VFY_NOT_YET_VALID,   /* now + leeway < nbf */
+} vfy_result;
+
+/* The stable name of a result: "ok", "malformed", "alg_not_allowed", "feed_stale",
+ * "unknown_kid", "revoked_kid", "bad_signature", "expired", "not_yet_valid" ("invalid"
+ * for a value outside the enum). */
+const char *vfy_result_name(vfy_result r);
+
+/* Why vfy_open (or a loader) failed. */
+typedef enum {
+    VFY_E_OK = 0,
+    VFY_E_CONFIG, /* a setting is missing or out of range, or the URL is not https:// */
+    VFY_E_KEY,    /* the pinned publication key: unreadable file, not an RSA public PEM */
+    VFY_E_NET,    /* the appliance is unreachable, or TLS failed (certificate, version) */
+    VFY_E_HTTP,   /* the appliance answered with a status other than 200 */
+    VFY_E_JWKS,   /* the JWKS is not a {"keys":[...]} document */
+    VFY_E_FEED,   /* the signed feed was refused (see vfy_feed_check) */
+    VFY_E_SYSTEM, /* out of memory, or a thread or lock could not be made */
+} vfy_err;
+
+/* "ok", "config", "key", "network", "http", "jwks", "feed", "system". */
+const char *vfy_err_name(vfy_err e);
+
+/* ---- the pinned publication key --------------------------------------------------------- */
+
+typedef struct {
+    uint8_t n[JOSE_RSA_MAX]; /* big-endian modulus, no leading zero bytes */
+    size_t n_len;
+    uint8_t e[JOSE_RSA_MAX]; /* big-endian public exponent */
+    size_t e_len;
+} vfy_pubkey;
+
+/* Reads the PEM SubjectPublicKeyInfo (RSA, at least 2048 bits) in the file at path, at most
+ * 64 KiB. VFY_E_OK, or VFY_E_KEY with a message naming the file and what is wrong. */
+vfy_err vfy_pubkey_load(const char *path, vfy_pubkey *out, char *err, size_t errlen);
+
+/* ---- the signed revocation feed (pure: no network, no state) ------------------------- */
+
+typedef enum {
+    VFY_FEED_OK = 0,
+    VFY_FEED_MALFORMED,     /* not a compact JWS of JSON objects, or a payload out of shape */
+    VFY_FEED_BAD_HEADER,    /* alg not exactly RS256, or typ not exactly kid-revocation+jwt */
+    VFY_FEED_BAD_SIGNATURE, /* does not verify under the pinned key */
+    VFY_FEED_EXPIRED,       /* now >= exp */
+    VFY_FEED_ROLLBACK,      /* seq below the seq already accepted */
+    VFY_FEED_GAP,           /* a delta whose after is past the seq already accepted */
+} vfy_feed_status;
+
+/* "ok", "malformed", "bad_header", "bad_signature", "expired", "rollback", "gap". */
+const char *vfy_feed_status_name(vfy_feed_status s);
+
+typedef struct {
+    char kid[VFY_KID_LEN + 1];
+    uint64_t seq;
+    int64_t revoked_at;
+} vfy_revocation;
+
+/* A feed that vfy_feed_check accepted. */
+typedef struct {
+    uint64_t seq;   /* highest revocation sequence number, 0 when none */
+    uint64_t after; /* revoked holds every revocation with seq > after; 0: the full list */
+    int64_t iat, exp, ttl;
+    size_t n_revoked;
+    vfy_revocation *revoked; /* n_revoked entries, malloc'd; vfy_feed_free releases them */
+} vfy_feed;
+
+/* Checks len bytes of a feed document (the response body of /v1/revocations/feed) and
+ * parses it into *out. In order: at most VFY_DOC_MAX bytes, a compact JWS whose header is
+ * a JSON object (else MALFORMED); alg exactly "RS256" and typ exactly "kid-revocation+jwt"
+ * (else BAD_HEADER); an RS256 signature under key (else BAD_SIGNATURE); a payload object
+ * with iss (string), seq, after <= seq, iat, exp > iat and ttl (non-negative integers), and
+ * revoked, an array of {seq, kid (32 lowercase hex), revoked_at, reason (string)} whose
+ * seqs are distinct and in (after, seq] (else MALFORMED); now < exp (else EXPIRED);
+ * seq >= current_seq (else ROLLBACK); after <= current_seq (else GAP). Unknown members are
+ * ignored. Only VFY_FEED_OK fills *out; on any other status *out is zeroed (vfy_feed_free
+ * on it is still safe).
+ *
+ *   vfy_feed f;
+ *   if (vfy_feed_check(&pin, body, body_len, time(NULL), my_seq, &f) == VFY_FEED_OK) ...
+ *   vfy_feed_free(&f);
+ */
+vfy_feed_status vfy_feed_check(const vfy_pubkey *key, const char *jws, size_t len, int64_t now,
+                               uint64_t current_seq, vfy_feed *out);
+
+/* Releases what vfy_feed_check allocated and zeroes *f; NULL and twice are fine. */
+void vfy_feed_free(vfy_feed *f);
+
+/* ---- the verifier --------------------------------------------------------------------- */
+
+typedef struct {
+    const char *url;        /* https://host[:port] of the appliance (a trailing '/' is fine) */
+    const char *cacert;     /* CA file (PEM) that the appliance's certificate chains to */
+    const char *feed_key;   /* PEM file: the pinned publication key */
+    unsigned max_feed_age;  /* seconds; a feed older than this is stale while the stream is
+                               down. Default 300, 1..86400 */
+    unsigned jwks_cooldown; /* seconds between two JWKS refetches on unknown kids. 10, 0..3600 */
+    unsigned leeway;        /* seconds of clock skew allowed on exp and nbf. 0, 0..3600 */
+    int64_t now;            /* token clock for exp and nbf (tests); 0: the system clock.
+                               Feed freshness always uses the system clock */
+    unsigned poll_min;      /* bounds on the feed poll interval, seconds. 1 and 300 */
+    unsigned poll_max;
+    unsigned http_timeout; /* seconds for one JWKS or feed request. 10, 1..300 */
+} vfy_config;
+
+/* Fills *cfg with the defaults above and NULL strings. */
+void vfy_config_default(vfy_config *cfg);
+
+typedef struct vfy vfy;
+
+/* Loads the pinned key, fetches the JWKS and the full feed (synchronously, so a verifier
+ * that opened has both), then starts the background thread. The strings of cfg are copied.
+ * VFY_E_OK and *out, or an error, a NUL-terminated message in err (when errlen > 0) and
+ * *out = NULL. Calls curl_global_init once per process (never cleaned up). */
+vfy_err vfy_open(const vfy_config *cfg, vfy **out, char *err, size_t errlen);
+
+/* A verifier without network and without a thread, from documents in memory: a JWKS and a
+ * feed checked against key (cfg->url, cacert and feed_key are ignored). For tests and
+ * offline use: the stream counts as down, unknown kids are never refetched, and new feeds
+ * come only through vfy_apply_feed. Errors as vfy_open. */
+vfy_err vfy_open_documents(const vfy_config *cfg, const vfy_pubkey *key, const char *jwks,
+                           size_t jwks_len, const char *feed, size_t feed_len, vfy **out, char *err,
+                           size_t errlen);
+
+/* Checks a feed document against the pinned key and the current seq (vfy_feed_check with
+ * the system clock) and, when it is accepted, applies it: its kids join the revoked set,
+ * its seq, iat, exp and ttl become current (an older copy of the same seq never lowers iat
+ * or exp), and vfy_wait_seq waiters wake. Returns the check's status. */
+vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len);
+
+/* Stops and joins the background thread (at once: it is woken, not waited for), then frees
+ * everything. No other call on v may be running or follow. NULL is fine. */
+void vfy_close(vfy *v);
+
+/* Verifies a NUL-terminated compact JWS token (see vfy_result for the checks and their
+ * order). On VFY_OK, *claims_out (if claims_out is non-NULL) receives the payload object,
+ * a new reference the caller releases with json_decref; on anything else it is set to NULL.
+ * May refetch the JWKS in the calling thread (bounded by http_timeout) on an unknown kid. */
+vfy_result vfy_verify(vfy *v, const char *token, json_t **claims_out);
+
+/* A snapshot of the verifier's state (struct tag, so the name can also be the function). */
+struct vfy_stats {
+    uint64_t jwks_fetches;    /* JWKS requests made, the one of vfy_open included */
+    uint64_t feed_fetches;    /* feed requests made, the one of vfy_open included */
+    uint64_t feeds_refused;   /* feed documents that did not check out (or gaps) */
+    uint64_t stream_connects; /* event-stream connections that were accepted */
+    bool stream_up;           /* an event stream is connected right now */
+    uint64_t seq;             /* seq of the accepted feed */
+    int64_t feed_iat, feed_exp;
+    size_t keys;    /* RS256 signing keys known from the JWKS */
+    size_t revoked; /* kids in the revoked set */
+};
+
+void vfy_stats(vfy *v, struct vfy_stats *out);
+
+/* Waits until a feed with seq >= seq has been applied, at most timeout_ms milliseconds.
+ * true when it has (at once if it already had), false on timeout. */
+bool vfy_wait_seq(vfy *v, uint64_t seq, unsigned timeout_ms);
+
+#endif
