@@ -27,6 +27,10 @@
 #define API_BODY_MAX (64 * 1024)
 #define API_ERRMSG_MAX 256
 #define API_HEADERS_MAX 512
+/* How many rotations a signer's scope follows (a predecessor's signers may use its
+ * successors): far above any real lineage, and a bound on the walk whatever the file
+ * holds. */
+#define API_LINEAGE_MAX 32
 
 typedef enum {
     API_OK = 0,
@@ -57,6 +61,7 @@ typedef enum {
     API_ERR_KEY_NOT_FOUND,
     API_ERR_KEY_REVOKED,
     API_ERR_KEY_BROKEN,
+    API_ERR_KEY_RETIRING,
     API_ERR_KEY_LIMIT_REACHED,
     API_ERR_NO_ACTIVE_KEY,
     API_ERR_TOKEN_FULL,
@@ -72,6 +77,8 @@ typedef enum {
     API_ERR_INVALID_CREDENTIAL_ID,
     API_ERR_CREDENTIAL_NOT_FOUND,
     API_ERR_LAST_ADMIN,
+    API_ERR_TOO_MANY_SUBSCRIBERS,
+    API_ERR_INVALID_LAST_EVENT_ID,
     API_ERR_COUNT_
 } api_err;
 
@@ -143,17 +150,25 @@ api_err api_get_int(json_t *o, const char *name, int64_t lo, int64_t hi, int64_t
 api_err api_get_string(json_t *o, const char *name, size_t max_len, const char **v, api_resp *r);
 
 /* The JSON form of a key row: kid, state, bits, label, created_at, and when revoked
- * revoked_at and reason, plus the public JWK. */
+ * revoked_at and reason, when retiring retire_at, successor and predecessor when the key
+ * has them, plus the public JWK. */
 json_t *api_key_json(const reg_key *k);
 
-/* API_OK when kid may sign now, else key_not_found, key_revoked or key_broken. */
+/* API_OK when kid may sign now, else key_not_found, key_revoked, key_broken or
+ * key_retiring (rotated: its successor signs now). */
 api_err api_check_signing_key(const api_req *q, api_resp *r, const hsm_kid *kid);
+
+/* kp_sign answered HSM_ERR_KEY_NOT_FOUND for kid: it changed state since
+ * api_check_signing_key (rotated, revoked; the keeper checks the registry itself), or its
+ * object is gone. The state's own 409 (key_retiring, ...), else key_revoked. */
+api_err api_sign_refused(const api_req *q, api_resp *r, const hsm_kid *kid);
 
 /* A keeper failure as the API's error (key_not_found, token_full, hsm_busy, ...). */
 api_err api_hsm_error(api_resp *r, hsm_status st);
 
 /* API_OK when the caller may use kid (an admin or auditor reaching a key route, or a
- * signer whose scope holds kid), else kid_not_allowed (403). */
+ * signer whose scope holds kid or one of kid's predecessors: rotating a key does not lock
+ * out the signers of the key it replaces), else kid_not_allowed (403). */
 api_err api_check_kid_scope(const api_req *q, api_resp *r, const hsm_kid *kid);
 
 /* Handlers. Each is called with a parsed request and fills r or returns an error. */
@@ -161,10 +176,21 @@ api_err api_keys_create(const api_req *q, api_resp *r);
 api_err api_keys_list(const api_req *q, api_resp *r);
 api_err api_keys_get(const api_req *q, api_resp *r);
 api_err api_keys_revoke(const api_req *q, api_resp *r);
+api_err api_keys_rotate(const api_req *q, api_resp *r);
 api_err api_keys_sign(const api_req *q, api_resp *r);
 api_err api_tokens_mint(const api_req *q, api_resp *r);
 api_err api_jwks(const api_req *q, api_resp *r);
 api_err api_revocations(const api_req *q, api_resp *r);
+/* The revocation list as a compact JWS signed by the publication key (keeper.h), for
+ * verifiers that fetch it through caches: header KP_PUBLISH_HEADER, payload {"iss", "seq",
+ * "after", "iat", "exp", "ttl", "revoked"}. Served as API_FEED_MEDIA_TYPE. */
+api_err api_revocations_feed(const api_req *q, api_resp *r);
+/* The publication key: {"kid", "alg", "typ", "jwk", "pem"}, for operators to pin. */
+api_err api_revocations_key(const api_req *q, api_resp *r);
+#define API_FEED_MEDIA_TYPE "application/kid-revocation+jwt"
+#define API_FEED_ISSUER_DEFAULT "signd" /* the feed's iss when token_issuer is empty */
+/* The JWKS `use` of the publication key: its own, so no verifier takes it for a token's. */
+#define API_PUBLICATION_USE "kid-revocation"
 api_err api_healthz(const api_req *q, api_resp *r);
 api_err api_readyz(const api_req *q, api_resp *r);
 api_err api_credentials_create(const api_req *q, api_resp *r);
@@ -182,6 +208,14 @@ void api_resp_free(api_resp *r);
  * Called after every registry change (create, revoke), so the next reader gets the new
  * documents; readers also rebuild when they see the registry's generation move. */
 void api_publish_refresh(const api_env *env);
+
+/* Revokes kid the way DELETE /v1/keys/{kid} does: durable first (reg_revoke, recorded with
+ * the calling thread's audit actor), then published (api_publish_refresh), then the
+ * private key object destroyed (kp_destroy; a failure there is logged and left to
+ * reconcile at the next start). The rotation scheduler revokes a retiring key at its
+ * retire_at through this too. reg_revoke's status; *out (may be NULL) gets the row. */
+reg_status api_revoke_key(const api_env *env, const hsm_kid *kid, const char *reason, int64_t now,
+                          reg_key *out);
 void api_publish_free(void);
 
 /* Test-only crash points (SIGND_FAULT=after_generate|after_revoke_commit): the process

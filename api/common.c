@@ -37,6 +37,7 @@ static const api_err_info api_errors[API_ERR_COUNT_] = {
     [API_ERR_KEY_NOT_FOUND] = {404, "key_not_found"},
     [API_ERR_KEY_REVOKED] = {409, "key_revoked"},
     [API_ERR_KEY_BROKEN] = {409, "key_broken"},
+    [API_ERR_KEY_RETIRING] = {409, "key_retiring"},
     [API_ERR_KEY_LIMIT_REACHED] = {409, "key_limit_reached"},
     [API_ERR_NO_ACTIVE_KEY] = {409, "no_active_key"},
     [API_ERR_TOKEN_FULL] = {507, "token_full"},
@@ -52,6 +53,8 @@ static const api_err_info api_errors[API_ERR_COUNT_] = {
     [API_ERR_INVALID_CREDENTIAL_ID] = {400, "invalid_credential_id"},
     [API_ERR_CREDENTIAL_NOT_FOUND] = {404, "credential_not_found"},
     [API_ERR_LAST_ADMIN] = {409, "last_admin"},
+    [API_ERR_TOO_MANY_SUBSCRIBERS] = {503, "too_many_subscribers"},
+    [API_ERR_INVALID_LAST_EVENT_ID] = {400, "invalid_last_event_id"},
 };
 
 const api_err_info *api_err_table(api_err e)
@@ -199,6 +202,19 @@ json_t *api_key_json(const reg_key *k)
         json_object_set_new(j, "revoked_at", json_integer(k->revoked_at));
         json_object_set_new(j, "reason", json_string(k->reason));
         json_object_set_new(j, "revocation_seq", json_integer((json_int_t)k->revocation_seq));
+    }
+    /* retire_at only while it is a promise: once revoked (at it, or earlier by DELETE) the
+     * revocation fields say what happened. The lineage stays. */
+    if (j != NULL && k->state == REG_RETIRING)
+        json_object_set_new(j, "retire_at", json_integer(k->retire_at));
+    char link[2 * HSM_KID_LEN + 1];
+    if (j != NULL && k->has_successor) {
+        hsm_kid_hex(&k->successor, link);
+        json_object_set_new(j, "successor", json_string(link));
+    }
+    if (j != NULL && k->has_predecessor) {
+        hsm_kid_hex(&k->predecessor, link);
+        json_object_set_new(j, "predecessor", json_string(link));
     }
     return j;
 }

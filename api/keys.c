@@ -1,4 +1,4 @@
-/* api: the key lifecycle (create, list, show, revoke) and raw RS256 signing. */
+/* api: the key lifecycle (create, list, show, rotate, revoke) and raw RS256 signing. */
 #include "api/api.h"
 
 #include "jose/jose.h"
@@ -12,6 +12,10 @@
 #define API_LABEL_MAX 128
 #define API_SIGN_PAYLOAD_MAX (48 * 1024) /* decoded bytes; the body bound is 64 KiB */
 #define API_CREATE_TRIES 4
+/* grace_seconds of a rotation: at most a year, the bound of token_ttl_max and of the
+ * rotation_grace_seconds setting (raw signatures have no exp, so an operator may want the
+ * old key published longer than any token lives). */
+#define API_GRACE_MAX 31536000
 
 /* Printable ASCII and the space, nothing else: labels and reasons end up in logs and
  * terminals, where control characters could forge lines. */
@@ -42,6 +46,60 @@ api_err api_hsm_error(api_resp *r, hsm_status st)
     return api_fail(r, e, "%s", hsm_strerror(st));
 }
 
+/* Reserves a slot and generates a key pair of `bits` under a fresh random kid in the
+ * token, filling *k (kid, state active, bits, label, created_at now, n_b64, e_b64) and
+ * *pub. API_OK with one reservation held and the object in the token: the caller inserts
+ * the row (reg_insert or reg_rotate, which consume the reservation) or destroys the object.
+ * Otherwise nothing is held and the error says why. */
+static api_err api_make_key(const api_req *q, api_resp *r, unsigned bits, const char *label,
+                            reg_key *k, hsm_pubkey *pub)
+{
+    if (reg_reserve(q->env->reg) != REG_OK)
+        return api_fail(r, API_ERR_KEY_LIMIT_REACHED,
+                        "the appliance holds %u keys in the token (active and retiring), its limit",
+                        q->env->cfg->max_active_keys);
+    memset(k, 0, sizeof(*k));
+    hsm_status st = HSM_ERR_KEY_EXISTS;
+    /* A random 128-bit kid collides only by accident of a broken RNG; retry anyway. */
+    for (int i = 0; i < API_CREATE_TRIES && st == HSM_ERR_KEY_EXISTS; i++) {
+        if (getrandom(k->kid.b, sizeof(k->kid.b), 0) != sizeof(k->kid.b))
+            continue;
+        if (reg_get(q->env->reg, &k->kid, NULL) == REG_OK)
+            continue;
+        st = kp_generate(q->env->kp, &k->kid, bits, pub);
+    }
+    if (st != HSM_OK) {
+        reg_unreserve(q->env->reg);
+        return api_hsm_error(r, st);
+    }
+    api_fault_point("after_generate");
+    k->state = REG_ACTIVE;
+    k->bits = pub->bits;
+    k->created_at = q->now;
+    snprintf(k->label, sizeof(k->label), "%s", label);
+    if (jose_b64url_encode(pub->n, pub->n_len, k->n_b64, sizeof(k->n_b64)) == 0 ||
+        jose_b64url_encode(pub->e, pub->e_len, k->e_b64, sizeof(k->e_b64)) == 0) {
+        reg_unreserve(q->env->reg);
+        kp_destroy(q->env->kp, &k->kid);
+        return api_fail(r, API_ERR_INTERNAL, "public key does not fit");
+    }
+    return API_OK;
+}
+
+/* A new key's JSON: the row, its PEM, and Location. */
+static json_t *api_new_key_json(api_resp *r, const reg_key *k, const hsm_pubkey *pub)
+{
+    json_t *j = api_key_json(k);
+    char *pem = jose_rsa_public_pem(pub->n, pub->n_len, pub->e, pub->e_len);
+    if (j != NULL && pem != NULL)
+        json_object_set_new(j, "pem", json_string(pem));
+    free(pem);
+    char kid[2 * HSM_KID_LEN + 1];
+    hsm_kid_hex(&k->kid, kid);
+    api_header(r, "Location: /v1/keys/%s", kid);
+    return j;
+}
+
 api_err api_keys_create(const api_req *q, api_resp *r)
 {
     static const char *const fields[] = {"bits", "label", NULL};
@@ -62,40 +120,10 @@ api_err api_keys_create(const api_req *q, api_resp *r)
         e = api_fail(r, API_ERR_INVALID_LABEL, "'label' must be printable ASCII");
         goto out;
     }
-    if (reg_reserve(q->env->reg) != REG_OK) {
-        e = api_fail(r, API_ERR_KEY_LIMIT_REACHED, "the appliance holds %u active keys, its limit",
-                     q->env->cfg->max_active_keys);
-        goto out;
-    }
     reg_key k;
-    memset(&k, 0, sizeof(k));
     hsm_pubkey pub;
-    hsm_status st = HSM_ERR_KEY_EXISTS;
-    /* A random 128-bit kid collides only by accident of a broken RNG; retry anyway. */
-    for (int i = 0; i < API_CREATE_TRIES && st == HSM_ERR_KEY_EXISTS; i++) {
-        if (getrandom(k.kid.b, sizeof(k.kid.b), 0) != sizeof(k.kid.b))
-            continue;
-        if (reg_get(q->env->reg, &k.kid, NULL) == REG_OK)
-            continue;
-        st = kp_generate(q->env->kp, &k.kid, (unsigned)bits, &pub);
-    }
-    if (st != HSM_OK) {
-        reg_unreserve(q->env->reg);
-        e = api_hsm_error(r, st);
+    if ((e = api_make_key(q, r, (unsigned)bits, label, &k, &pub)) != API_OK)
         goto out;
-    }
-    api_fault_point("after_generate");
-    k.state = REG_ACTIVE;
-    k.bits = pub.bits;
-    k.created_at = q->now;
-    snprintf(k.label, sizeof(k.label), "%s", label);
-    if (jose_b64url_encode(pub.n, pub.n_len, k.n_b64, sizeof(k.n_b64)) == 0 ||
-        jose_b64url_encode(pub.e, pub.e_len, k.e_b64, sizeof(k.e_b64)) == 0) {
-        reg_unreserve(q->env->reg);
-        kp_destroy(q->env->kp, &k.kid);
-        e = api_fail(r, API_ERR_INTERNAL, "public key does not fit");
-        goto out;
-    }
     if (reg_insert(q->env->reg, &k) != REG_OK) {
         /* Never acknowledged: the key must not outlive the failed row. */
         kp_destroy(q->env->kp, &k.kid);
@@ -103,14 +131,87 @@ api_err api_keys_create(const api_req *q, api_resp *r)
         goto out;
     }
     api_publish_refresh(q->env);
-    json_t *j = api_key_json(&k);
-    char *pem = jose_rsa_public_pem(pub.n, pub.n_len, pub.e, pub.e_len);
-    if (j != NULL && pem != NULL)
-        json_object_set_new(j, "pem", json_string(pem));
-    free(pem);
-    char kid[2 * HSM_KID_LEN + 1];
-    hsm_kid_hex(&k.kid, kid);
-    api_header(r, "Location: /v1/keys/%s", kid);
+    e = api_json(r, 201, api_new_key_json(r, &k, &pub));
+out:
+    json_decref(body);
+    return e;
+}
+
+/* Why a key in state s cannot sign or be rotated: the 409 that names its state. */
+static api_err api_state_error(api_resp *r, reg_state s)
+{
+    switch (s) {
+    case REG_REVOKED:
+        return api_fail(r, API_ERR_KEY_REVOKED, "this kid was revoked and can no longer sign");
+    case REG_RETIRING:
+        return api_fail(r, API_ERR_KEY_RETIRING,
+                        "this kid was rotated: it still verifies until its retire_at, but its "
+                        "successor signs now");
+    case REG_BROKEN:
+        return api_fail(r, API_ERR_KEY_BROKEN, "this kid's key is missing from the token");
+    default:
+        return api_fail(r, API_ERR_INTERNAL, "unexpected key state");
+    }
+}
+
+/* The rotation's grace when the request names none: rotation_grace_seconds, whose 0 means
+ * the longest token ttl (every token already out stays verifiable until it expires). */
+static int64_t api_default_grace(const cfg *c)
+{
+    return c->rotation_grace_seconds != 0 ? c->rotation_grace_seconds : c->token_ttl_max;
+}
+
+api_err api_keys_rotate(const api_req *q, api_resp *r)
+{
+    static const char *const fields[] = {"grace_seconds", "label", NULL};
+    json_t *body;
+    api_err e = api_parse_object(q, r, fields, 1, &body);
+    if (e != API_OK)
+        return e;
+    int64_t grace = api_default_grace(q->env->cfg);
+    const char *label = NULL;
+    if ((e = api_get_int(body, "grace_seconds", 0, API_GRACE_MAX, &grace, r)) != API_OK ||
+        (e = api_get_string(body, "label", API_LABEL_MAX, &label, r)) != API_OK)
+        goto out;
+    if (label != NULL && !api_printable(label)) {
+        e = api_fail(r, API_ERR_INVALID_LABEL, "'label' must be printable ASCII");
+        goto out;
+    }
+    /* Checked before generating (a second of token time for RSA-2048), and again by
+     * reg_rotate under the writer lock, since a DELETE or another rotation may win the
+     * race meanwhile. */
+    reg_key old;
+    if (reg_get(q->env->reg, &q->kid, &old) != REG_OK) {
+        e = api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
+        goto out;
+    }
+    if (old.state != REG_ACTIVE) {
+        e = api_state_error(r, old.state);
+        goto out;
+    }
+    reg_key k, was, made;
+    hsm_pubkey pub;
+    if ((e = api_make_key(q, r, old.bits, label != NULL ? label : old.label, &k, &pub)) != API_OK)
+        goto out;
+    reg_status rs = reg_rotate(q->env->reg, &q->kid, &k, q->now + grace, &was, &made);
+    if (rs != REG_OK) {
+        /* Never acknowledged: the successor must not outlive the failed rotation. */
+        kp_destroy(q->env->kp, &k.kid);
+        if (rs == REG_ERR_STATE && reg_get(q->env->reg, &q->kid, &old) == REG_OK)
+            e = api_state_error(r, old.state);
+        else if (rs == REG_ERR_NOT_FOUND)
+            e = api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
+        else if (rs == REG_ERR_LIMIT)
+            e = api_fail(r, API_ERR_KEY_LIMIT_REACHED, "the appliance holds %u keys, its limit",
+                         q->env->cfg->max_active_keys);
+        else
+            e = api_fail(r, API_ERR_STORAGE, "the key registry refused the rotation");
+        goto out;
+    }
+    api_publish_refresh(q->env);
+    json_t *j = api_new_key_json(r, &made, &pub);
+    if (j != NULL)
+        json_object_set_new(j, "predecessor_key", api_key_json(&was));
     e = api_json(r, 201, j);
 out:
     json_decref(body);
@@ -124,11 +225,12 @@ api_err api_keys_list(const api_req *q, api_resp *r)
         reg_state st;
         if (strncmp(q->query, "state=", 6) != 0 || reg_state_parse(q->query + 6, &st) != 0)
             return api_fail(r, API_ERR_INVALID_QUERY,
-                            "the only query is state=active|revoked|broken");
+                            "the only query is state=active|retiring|revoked|broken");
         filter = (int)st;
     }
-    size_t cap = reg_count(q->env->reg, REG_ACTIVE) + reg_count(q->env->reg, REG_REVOKED) +
-                 reg_count(q->env->reg, REG_BROKEN) + 16;
+    size_t cap = 16; /* room for creates racing the counts */
+    for (int s = 0; s < REG_STATE_COUNT_; s++)
+        cap += reg_count(q->env->reg, (reg_state)s);
     reg_key *keys = calloc(cap, sizeof(*keys));
     if (keys == NULL)
         return api_fail(r, API_ERR_INTERNAL, "out of memory");
@@ -164,9 +266,8 @@ api_err api_keys_revoke(const api_req *q, api_resp *r)
         e = api_fail(r, API_ERR_INVALID_REASON, "'reason' must be non-empty printable ASCII");
         goto out;
     }
-    /* Durable first, then published, then the private key object destroyed. */
     reg_key k;
-    reg_status rs = reg_revoke(q->env->reg, &q->kid, reason, q->now, &k);
+    reg_status rs = api_revoke_key(q->env, &q->kid, reason, q->now, &k);
     if (rs == REG_ERR_NOT_FOUND) {
         e = api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
         goto out;
@@ -175,20 +276,30 @@ api_err api_keys_revoke(const api_req *q, api_resp *r)
         e = api_fail(r, API_ERR_STORAGE, "the revocation could not be recorded");
         goto out;
     }
-    api_publish_refresh(q->env);
-    api_fault_point("after_revoke_commit");
-    hsm_status st = kp_destroy(q->env->kp, &q->kid);
-    if (st != HSM_OK && st != HSM_ERR_KEY_NOT_FOUND) {
-        /* Revoked and published already; reconcile destroys the object on next start. */
-        char kid[2 * HSM_KID_LEN + 1];
-        hsm_kid_hex(&q->kid, kid);
-        fprintf(stderr, "signd: revoked kid %s but could not destroy it yet: %s\n", kid,
-                hsm_strerror(st));
-    }
     e = api_json(r, 200, api_key_json(&k));
 out:
     json_decref(body);
     return e;
+}
+
+reg_status api_revoke_key(const api_env *env, const hsm_kid *kid, const char *reason, int64_t now,
+                          reg_key *out)
+{
+    /* Durable first, then published, then the private key object destroyed. */
+    reg_status rs = reg_revoke(env->reg, kid, reason, now, out);
+    if (rs != REG_OK)
+        return rs;
+    api_publish_refresh(env);
+    api_fault_point("after_revoke_commit");
+    hsm_status st = kp_destroy(env->kp, kid);
+    if (st != HSM_OK && st != HSM_ERR_KEY_NOT_FOUND) {
+        /* Revoked and published already; reconcile destroys the object on next start. */
+        char hex[2 * HSM_KID_LEN + 1];
+        hsm_kid_hex(kid, hex);
+        fprintf(stderr, "signd: revoked kid %s but could not destroy it yet: %s\n", hex,
+                hsm_strerror(st));
+    }
+    return REG_OK;
 }
 
 /* Is kid allowed to sign? API_OK, or the error that says why not. */
@@ -197,6 +308,18 @@ api_err api_check_kid_scope(const api_req *q, api_resp *r, const hsm_kid *kid)
     if (q->caller == NULL || q->caller->role != CRED_ROLE_SIGNER ||
         cred_may_use_kid(q->caller, kid))
         return API_OK;
+    /* A successor inherits its predecessors' signers: an admin rotating a key must not cut
+     * off the app servers scoped to it. Only backwards (a credential scoped to the new key
+     * gains nothing on the old one, which signs nothing anyway), and bounded. */
+    reg_key k;
+    hsm_kid cur = *kid;
+    for (int i = 0;
+         i < API_LINEAGE_MAX && reg_get(q->env->reg, &cur, &k) == REG_OK && k.has_predecessor;
+         i++) {
+        if (cred_may_use_kid(q->caller, &k.predecessor))
+            return API_OK;
+        cur = k.predecessor;
+    }
     return api_fail(r, API_ERR_KID_NOT_ALLOWED, "this credential may not use this kid");
 }
 
@@ -207,9 +330,17 @@ api_err api_check_signing_key(const api_req *q, api_resp *r, const hsm_kid *kid)
         return API_OK;
     if (reg_get(q->env->reg, kid, &k) != REG_OK)
         return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
-    if (k.state == REG_REVOKED)
-        return api_fail(r, API_ERR_KEY_REVOKED, "this kid was revoked and can no longer sign");
-    return api_fail(r, API_ERR_KEY_BROKEN, "this kid's key is missing from the token");
+    if (k.state == REG_ACTIVE) /* inserted between the two reads */
+        return API_OK;
+    return api_state_error(r, k.state);
+}
+
+api_err api_sign_refused(const api_req *q, api_resp *r, const hsm_kid *kid)
+{
+    reg_key k;
+    if (reg_get(q->env->reg, kid, &k) == REG_OK && k.state != REG_ACTIVE)
+        return api_state_error(r, k.state);
+    return api_fail(r, API_ERR_KEY_REVOKED, "this kid can no longer sign");
 }
 
 api_err api_keys_sign(const api_req *q, api_resp *r)
@@ -246,9 +377,7 @@ api_err api_keys_sign(const api_req *q, api_resp *r)
     size_t sig_len;
     hsm_status st = kp_sign(q->env->kp, &q->kid, bytes, n, sig, &sig_len);
     if (st != HSM_OK) {
-        e = st == HSM_ERR_KEY_NOT_FOUND
-                ? api_fail(r, API_ERR_KEY_REVOKED, "this kid can no longer sign")
-                : api_hsm_error(r, st);
+        e = st == HSM_ERR_KEY_NOT_FOUND ? api_sign_refused(q, r, &q->kid) : api_hsm_error(r, st);
         goto out;
     }
     char sig_b64[HSM_SIG_MAX * 4 / 3 + 4], kid[2 * HSM_KID_LEN + 1];

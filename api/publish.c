@@ -3,6 +3,8 @@
  * reference-counted document, so a 1,000-key JWKS is never rebuilt or copied per request. */
 #include "api/api.h"
 
+#include "jose/jose.h"
+
 #include <openssl/crypto.h>
 
 #include <openssl/evp.h>
@@ -21,6 +23,7 @@ typedef struct {
 } api_doc;
 
 static pthread_mutex_t api_pub_mu = PTHREAD_MUTEX_INITIALIZER;
+static void api_feed_drop_all(void);
 static api_doc *api_jwks_doc, *api_rev_doc;
 
 static void api_doc_put(api_doc *d)
@@ -42,35 +45,61 @@ void api_resp_free(api_resp *r)
     r->body = NULL;
 }
 
-/* A document from j (consumed), with "<first 128 bits of SHA-256 in hex>" as ETag. */
+/* A document holding a copy of text, with "<first 128 bits of SHA-256 in hex>" as ETag. */
+static api_doc *api_doc_text(const char *text, size_t len, uint64_t generation)
+{
+    api_doc *d = malloc(sizeof(*d) + len + 1);
+    if (d == NULL)
+        return NULL;
+    atomic_init(&d->refs, 1);
+    d->generation = generation;
+    d->len = len;
+    memcpy(d->body, text, len);
+    d->body[len] = '\0';
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    EVP_Digest(text, len, md, &mdlen, EVP_sha256(), NULL);
+    d->etag[0] = '"';
+    for (int i = 0; i < 16; i++)
+        snprintf(d->etag + 1 + 2 * i, 3, "%02x", md[i]);
+    memcpy(d->etag + 33, "\"", 2);
+    return d;
+}
+
+/* A document from j (consumed), compact JSON. */
 static api_doc *api_doc_new(json_t *j, uint64_t generation)
 {
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
     if (text == NULL)
         return NULL;
-    size_t len = strlen(text);
-    api_doc *d = malloc(sizeof(*d) + len + 1);
-    if (d != NULL) {
-        atomic_init(&d->refs, 1);
-        d->generation = generation;
-        d->len = len;
-        memcpy(d->body, text, len + 1);
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned mdlen = 0;
-        EVP_Digest(text, len, md, &mdlen, EVP_sha256(), NULL);
-        d->etag[0] = '"';
-        for (int i = 0; i < 16; i++)
-            snprintf(d->etag + 1 + 2 * i, 3, "%02x", md[i]);
-        memcpy(d->etag + 33, "\"", 2);
-    }
+    api_doc *d = api_doc_text(text, strlen(text), generation);
     free(text);
     return d;
 }
 
+/* The publication key's JWK, fetched from the token once (it never changes while the
+ * token holds it), or NULL while the token cannot say: then the JWKS is built without it
+ * and rebuilt on the next request. A new reference. Caller holds api_pub_mu. */
+static json_t *api_pub_jwk;
+
+static json_t *api_publication_jwk(kp *k)
+{
+    if (api_pub_jwk == NULL && k != NULL) {
+        hsm_pubkey pub;
+        if (kp_svc_public_key(k, KP_SVC_PUBLISH, &pub) == HSM_OK) {
+            api_pub_jwk = jose_jwk_rsa(pub.n, pub.n_len, pub.e, pub.e_len, KP_PUBLISH_KID);
+            /* Its own use: a verifier never takes it for a token's key. */
+            json_object_set_new(api_pub_jwk, "use", json_string(API_PUBLICATION_USE));
+        }
+    }
+    return api_pub_jwk ? json_incref(api_pub_jwk) : NULL;
+}
+
 static json_t *api_jwks_json(reg *rg)
 {
-    size_t cap = reg_count(rg, REG_ACTIVE) + 8;
+    /* Active and retiring keys: a rotated key keeps verifying the tokens already out. */
+    size_t cap = reg_count(rg, REG_ACTIVE) + reg_count(rg, REG_RETIRING) + 8;
     reg_key *keys = calloc(cap, sizeof(*keys));
     json_t *arr = json_array();
     if (keys == NULL || arr == NULL) {
@@ -78,7 +107,7 @@ static json_t *api_jwks_json(reg *rg)
         json_decref(arr);
         return NULL;
     }
-    size_t n = reg_list(rg, REG_ACTIVE, keys, cap);
+    size_t n = reg_list(rg, REG_LIST_LIVE, keys, cap);
     for (size_t i = 0; i < n && i < cap; i++) {
         char kid[2 * HSM_KID_LEN + 1];
         hsm_kid_hex(&keys[i].kid, kid);
@@ -113,13 +142,21 @@ static json_t *api_revocations_json(reg *rg, uint64_t after)
     return json_pack("{s:I, s:o}", "sequence", (json_int_t)top, "revoked", arr);
 }
 
+/* Builds a document's JSON; sets *partial when it lacks something it should hold (the
+ * publication key, while the token cannot be asked), so that it is rebuilt next time. */
+typedef json_t *(*api_doc_build)(const api_env *env, int *partial);
+
 /* The current document in *slot, rebuilt when the registry moved; a new reference. */
-static api_doc *api_doc_get(api_doc **slot, reg *rg, json_t *(*build)(reg *, uint64_t))
+static api_doc *api_doc_get(api_doc **slot, const api_env *env, api_doc_build build)
 {
     pthread_mutex_lock(&api_pub_mu);
-    uint64_t gen = reg_generation(rg);
+    uint64_t gen = reg_generation(env->reg);
     if (*slot == NULL || (*slot)->generation != gen) {
-        api_doc *d = api_doc_new(build(rg, 0), gen);
+        int partial = 0;
+        json_t *j = build(env, &partial);
+        /* Generation 0 is never the registry's (it starts at 1): a partial document is
+         * served now and rebuilt on the next request. */
+        api_doc *d = api_doc_new(j, partial ? 0 : gen);
         if (d != NULL) {
             api_doc_put(*slot);
             *slot = d;
@@ -132,16 +169,29 @@ static api_doc *api_doc_get(api_doc **slot, reg *rg, json_t *(*build)(reg *, uin
     return d;
 }
 
-static json_t *api_jwks_build(reg *rg, uint64_t unused)
+/* Caller holds api_pub_mu (api_doc_get). */
+static json_t *api_jwks_build(const api_env *env, int *partial)
 {
-    (void)unused;
-    return api_jwks_json(rg);
+    json_t *j = api_jwks_json(env->reg);
+    json_t *pub = api_publication_jwk(env->kp);
+    if (pub == NULL)
+        *partial = 1;
+    else if (j != NULL)
+        json_array_append(json_object_get(j, "keys"), pub);
+    json_decref(pub);
+    return j;
+}
+
+static json_t *api_revocations_build(const api_env *env, int *partial)
+{
+    (void)partial;
+    return api_revocations_json(env->reg, 0);
 }
 
 void api_publish_refresh(const api_env *env)
 {
-    api_doc_put(api_doc_get(&api_jwks_doc, env->reg, api_jwks_build));
-    api_doc_put(api_doc_get(&api_rev_doc, env->reg, api_revocations_json));
+    api_doc_put(api_doc_get(&api_jwks_doc, env, api_jwks_build));
+    api_doc_put(api_doc_get(&api_rev_doc, env, api_revocations_build));
 }
 
 void api_publish_free(void)
@@ -150,7 +200,10 @@ void api_publish_free(void)
     api_doc_put(api_jwks_doc);
     api_doc_put(api_rev_doc);
     api_jwks_doc = api_rev_doc = NULL;
+    json_decref(api_pub_jwk);
+    api_pub_jwk = NULL;
     pthread_mutex_unlock(&api_pub_mu);
+    api_feed_drop_all();
 }
 
 /* Does an If-None-Match header name this ETag (or "*")? */
@@ -194,24 +247,207 @@ api_err api_jwks(const api_req *q, api_resp *r)
 {
     if (q->query != NULL && q->query[0] != '\0')
         return api_fail(r, API_ERR_INVALID_QUERY, "the JWKS takes no query");
-    return api_serve_doc(q, r, api_doc_get(&api_jwks_doc, q->env->reg, api_jwks_build),
+    return api_serve_doc(q, r, api_doc_get(&api_jwks_doc, q->env, api_jwks_build),
                          q->env->cfg->jwks_max_age);
+}
+
+/* ?after=SEQ, the only query of the revocation documents: API_OK and *after (0 without a
+ * query), or the error. */
+static api_err api_query_after(const api_req *q, api_resp *r, uint64_t *after)
+{
+    *after = 0;
+    if (q->query == NULL || q->query[0] == '\0')
+        return API_OK;
+    const char *v = q->query + 6;
+    size_t n = strspn(v, "0123456789");
+    if (strncmp(q->query, "after=", 6) != 0 || n == 0 || n > 15 || v[n] != '\0')
+        return api_fail(r, API_ERR_INVALID_QUERY,
+                        "the only query is after=SEQ, a non-negative integer");
+    *after = strtoull(v, NULL, 10);
+    return API_OK;
 }
 
 api_err api_revocations(const api_req *q, api_resp *r)
 {
-    uint64_t after = 0;
-    if (q->query != NULL && q->query[0] != '\0') {
-        const char *v = q->query + 6;
-        size_t n = strspn(v, "0123456789");
-        if (strncmp(q->query, "after=", 6) != 0 || n == 0 || n > 15 || v[n] != '\0')
-            return api_fail(r, API_ERR_INVALID_QUERY,
-                            "the only query is after=SEQ, a non-negative integer");
-        after = strtoull(v, NULL, 10);
-    }
+    uint64_t after;
+    api_err e = api_query_after(q, r, &after);
+    if (e != API_OK)
+        return e;
     unsigned max_age = q->env->cfg->revocations_max_age;
     if (after == 0)
-        return api_serve_doc(q, r, api_doc_get(&api_rev_doc, q->env->reg, api_revocations_json),
+        return api_serve_doc(q, r, api_doc_get(&api_rev_doc, q->env, api_revocations_build),
                              max_age);
     return api_serve_doc(q, r, api_doc_new(api_revocations_json(q->env->reg, after), 0), max_age);
+}
+
+/* ---- the signed feed --------------------------------------------------------------------- */
+
+/* Signed documents are cached per `after`, for one registry generation, and re-signed once
+ * they are older than API_FEED_RESIGN(cfg) so that their iat stays fresh for verifiers that
+ * bound the feed's age. A delta further back than API_FEED_DELTA_MAX revocations is
+ * answered with the full feed instead, and one later than the newest with an empty delta
+ * from the newest: so at most API_FEED_DELTA_MAX + 2 distinct documents exist per
+ * generation, and a client walking every `after` cannot make the token sign more. */
+#define API_FEED_DELTA_MAX 64
+#define API_FEED_SLOTS (API_FEED_DELTA_MAX + 2)
+
+/* Seconds after which a cached signed document is signed again: its max-age (at least
+ * 10 s, so a max-age of 0 cannot make every request a signature), but at most a quarter
+ * of its lifetime, so a copy is never served close to its exp. */
+static int64_t api_feed_resign_after(const cfg *c)
+{
+    int64_t age = c->revocations_max_age > 10 ? c->revocations_max_age : 10;
+    int64_t quarter = (int64_t)c->revocation_feed_lifetime / 4;
+    return age < quarter ? age : quarter;
+}
+
+typedef struct {
+    api_doc *doc; /* NULL: a free slot */
+    uint64_t after;
+    int64_t iat;
+} api_feed_slot;
+
+/* Held while a document is looked up and, if missing, signed: concurrent verifiers asking
+ * for the same delta wait for one signature rather than each asking the token. */
+static pthread_mutex_t api_feed_mu = PTHREAD_MUTEX_INITIALIZER;
+static api_feed_slot api_feed[API_FEED_SLOTS];
+static uint64_t api_feed_gen;
+
+/* Caller holds api_feed_mu. */
+static void api_feed_drop_locked(void)
+{
+    for (size_t i = 0; i < API_FEED_SLOTS; i++) {
+        api_doc_put(api_feed[i].doc);
+        api_feed[i].doc = NULL;
+    }
+}
+
+static void api_feed_drop_all(void)
+{
+    pthread_mutex_lock(&api_feed_mu);
+    api_feed_drop_locked();
+    pthread_mutex_unlock(&api_feed_mu);
+}
+
+/* Signs the feed of the revocations after `after` as of now: a new document, or NULL and
+ * *st set (the token's answer, or HSM_ERR_DEVICE when out of memory). */
+static api_doc *api_feed_sign(const api_env *env, uint64_t after, int64_t now, hsm_status *st)
+{
+    *st = HSM_ERR_DEVICE;
+    json_t *list = api_revocations_json(env->reg, after);
+    json_t *revoked = json_object_get(list, "revoked");
+    const cfg *c = env->cfg;
+    json_t *payload =
+        revoked == NULL
+            ? NULL
+            : json_pack("{s:s, s:O, s:I, s:I, s:I, s:I, s:O}", "iss",
+                        c->token_issuer[0] ? c->token_issuer : API_FEED_ISSUER_DEFAULT, "seq",
+                        json_object_get(list, "sequence"), "after", (json_int_t)after, "iat",
+                        (json_int_t)now, "exp", (json_int_t)(now + c->revocation_feed_lifetime),
+                        "ttl", (json_int_t)c->revocations_max_age, "revoked", revoked);
+    json_decref(list);
+    char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
+    json_decref(payload);
+    if (text == NULL)
+        return NULL;
+    static const char header[] = KP_PUBLISH_HEADER;
+    size_t plen = strlen(text);
+    size_t cap = jose_jws_max_len(sizeof(header) - 1, plen, JOSE_SIG_MAX);
+    char *jws = cap != SIZE_MAX ? malloc(cap) : NULL;
+    size_t input_len = 0, total = 0;
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len = 0;
+    api_doc *d = NULL;
+    if (jws != NULL &&
+        jose_jws_begin(header, sizeof(header) - 1, text, plen, jws, cap, &input_len) == 0) {
+        *st = kp_svc_sign(env->kp, KP_SVC_PUBLISH, jws, input_len, sig, &sig_len);
+        if (*st == HSM_OK) {
+            if (jose_jws_finish(jws, cap, input_len, sig, sig_len, &total) == 0)
+                d = api_doc_text(jws, total, 0);
+            if (d == NULL)
+                *st = HSM_ERR_DEVICE;
+        }
+    }
+    free(jws);
+    free(text);
+    return d;
+}
+
+/* The signed document for `after`, from the cache or signed now; a new reference. */
+static api_doc *api_feed_get(const api_env *env, uint64_t after, int64_t now, hsm_status *st)
+{
+    *st = HSM_OK;
+    pthread_mutex_lock(&api_feed_mu);
+    uint64_t gen = reg_generation(env->reg);
+    if (gen != api_feed_gen) {
+        api_feed_drop_locked();
+        api_feed_gen = gen;
+    }
+    uint64_t top = reg_revocation_seq(env->reg);
+    if (after > top)
+        after = top;
+    if (top - after > API_FEED_DELTA_MAX)
+        after = 0;
+    api_feed_slot *slot = NULL, *oldest = &api_feed[0];
+    for (size_t i = 0; i < API_FEED_SLOTS && slot == NULL; i++) {
+        if (api_feed[i].doc != NULL && api_feed[i].after == after)
+            slot = &api_feed[i];
+        else if (api_feed[i].doc == NULL || api_feed[i].iat < oldest->iat)
+            oldest = &api_feed[i];
+    }
+    if (slot != NULL && now - slot->iat >= api_feed_resign_after(env->cfg)) {
+        api_doc_put(slot->doc);
+        slot->doc = NULL;
+    }
+    if (slot == NULL) {
+        slot = oldest; /* never full within one generation; oldest only as a fallback */
+        api_doc_put(slot->doc);
+        slot->doc = NULL;
+    }
+    if (slot->doc == NULL) {
+        slot->doc = api_feed_sign(env, after, now, st);
+        slot->after = after;
+        slot->iat = now;
+    }
+    api_doc *d = slot->doc;
+    if (d != NULL)
+        atomic_fetch_add(&d->refs, 1);
+    pthread_mutex_unlock(&api_feed_mu);
+    return d;
+}
+
+api_err api_revocations_feed(const api_req *q, api_resp *r)
+{
+    uint64_t after;
+    api_err e = api_query_after(q, r, &after);
+    if (e != API_OK)
+        return e;
+    hsm_status st;
+    api_doc *d = api_feed_get(q->env, after, q->now, &st);
+    if (d == NULL)
+        return st != HSM_OK ? api_hsm_error(r, st)
+                            : api_fail(r, API_ERR_INTERNAL, "the feed could not be built");
+    api_header(r, "Content-Type: " API_FEED_MEDIA_TYPE);
+    return api_serve_doc(q, r, d, q->env->cfg->revocations_max_age);
+}
+
+api_err api_revocations_key(const api_req *q, api_resp *r)
+{
+    hsm_pubkey pub;
+    hsm_status st = kp_svc_public_key(q->env->kp, KP_SVC_PUBLISH, &pub);
+    if (st != HSM_OK)
+        return api_hsm_error(r, st);
+    json_t *jwk = jose_jwk_rsa(pub.n, pub.n_len, pub.e, pub.e_len, KP_PUBLISH_KID);
+    char *pem = jose_rsa_public_pem(pub.n, pub.n_len, pub.e, pub.e_len);
+    if (jwk == NULL || pem == NULL) {
+        json_decref(jwk);
+        free(pem);
+        return api_fail(r, API_ERR_INTERNAL, "out of memory");
+    }
+    json_object_set_new(jwk, "use", json_string(API_PUBLICATION_USE));
+    api_err e = api_json(r, 200,
+                         json_pack("{s:s, s:o, s:s, s:s, s:s}", "kid", KP_PUBLISH_KID, "jwk", jwk,
+                                   "pem", pem, "alg", "RS256", "typ", "kid-revocation+jwt"));
+    free(pem);
+    return e;
 }

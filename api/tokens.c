@@ -31,7 +31,9 @@ static int api_depth_ok(json_t *j, int depth)
 }
 
 /* The newest active key the caller may use: the registry's newest for an unscoped caller,
- * else the newest active one of its list (at most CRED_KIDS_MAX lookups in memory). */
+ * else the newest active one among its list and the list's successors (a kid rotated away
+ * hands its signers to the key that replaced it: api_check_kid_scope). At most
+ * CRED_KIDS_MAX * API_LINEAGE_MAX lookups in memory, one per kid while nothing rotated. */
 static int api_newest_usable(const api_req *q, hsm_kid *out)
 {
     reg_key k;
@@ -44,7 +46,15 @@ static int api_newest_usable(const api_req *q, hsm_kid *out)
     int found = 0;
     int64_t newest = 0;
     for (size_t i = 0; i < q->caller->n_kids; i++) {
-        if (reg_get(q->env->reg, &q->caller->kids[i], &k) != REG_OK || k.state != REG_ACTIVE)
+        if (reg_get(q->env->reg, &q->caller->kids[i], &k) != REG_OK)
+            continue;
+        /* Only the last of a lineage can be active: every key before it was rotated. */
+        for (int d = 0; d < API_LINEAGE_MAX && k.has_successor; d++) {
+            hsm_kid next = k.successor;
+            if (reg_get(q->env->reg, &next, &k) != REG_OK)
+                break;
+        }
+        if (k.state != REG_ACTIVE)
             continue;
         if (!found || k.created_at >= newest) {
             found = 1;
@@ -170,9 +180,7 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
     size_t sig_len;
     hsm_status st = kp_sign(q->env->kp, &kid, jws, signing_len, sig, &sig_len);
     if (st != HSM_OK) {
-        e = st == HSM_ERR_KEY_NOT_FOUND
-                ? api_fail(r, API_ERR_KEY_REVOKED, "this kid can no longer sign")
-                : api_hsm_error(r, st);
+        e = st == HSM_ERR_KEY_NOT_FOUND ? api_sign_refused(q, r, &kid) : api_hsm_error(r, st);
         goto out;
     }
     if (jose_jws_finish(jws, cap, signing_len, sig, sig_len, &total) != 0) {

@@ -69,9 +69,13 @@ typedef struct cfg {
     unsigned token_ttl_default; /* token_ttl_min <= token_ttl_default <= token_ttl_max */
     unsigned token_ttl_min;
     unsigned token_ttl_max;
+    unsigned rotation_grace_seconds;   /* a rotation's default grace; 0: token_ttl_max */
     char token_issuer[CFG_ISSUER_MAX]; /* "": tokens carry no iss claim */
     unsigned jwks_max_age;
     unsigned revocations_max_age;
+    unsigned revocation_feed_lifetime; /* seconds from a signed feed's iat to its exp */
+    unsigned events_max_subscribers;   /* event-stream connections at once */
+    unsigned events_heartbeat_seconds;
     bool log_requests;
     /* Access control and the HTTPS front (the access-control issue). */
     char user[CFG_USER_MAX]; /* "": keep the user the appliance was started as */

@@ -12,15 +12,16 @@
  *  - the keeper ("signd: keeper"): loads the module, reads the PIN, logs in, and serves the
  *    keeper protocol on keeper_socket (keeperd.h). Nothing else touches the token.
  *  - the front ("signd: front"): registry, credentials, reconcile (through the keeper),
- *    publication and CivetWeb. No module, no PIN, no descriptor to the token directory;
- *    PR_SET_NO_NEW_PRIVS. It prints the "listening" line when it serves.
+ *    publication, the rotation scheduler (rotation.h) and CivetWeb. No module, no PIN, no
+ *    descriptor to the token directory; PR_SET_NO_NEW_PRIVS. It prints the "listening"
+ *    line when it serves.
  *  A front that dies is started again (its state is all in SQLite); a keeper that dies is
  *  started again while the front answers 503 hsm_unavailable. SIGTERM or SIGINT: the front
  *  stops first (in-flight requests finish), then the keeper; exit 0 when both exited 0.
  *
  * process_model = single: one process does all of it, in the order configuration ->
- * registry -> token -> reconcile -> credentials -> publication -> HTTPS (kept to measure
- * what the split costs).
+ * registry -> token -> reconcile -> credentials -> publication -> rotation scheduler ->
+ * HTTPS (kept to measure what the split costs).
  */
 #include "api/api.h"
 #include "appliance/audit.h"
@@ -31,6 +32,7 @@
 #include "appliance/keeperd.h"
 #include "appliance/reconcile.h"
 #include "appliance/registry.h"
+#include "appliance/rotation.h"
 #include "appliance/server.h"
 
 #include <errno.h>
@@ -128,8 +130,18 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
 
     api_env env = {.cfg = c, .reg = rg, .kp = k, .creds = cs, .audit = au};
     api_publish_refresh(&env);
+    /* Before serving: a key whose grace ended while the appliance was down is revoked by
+     * rot_start's first pass, so it is never served as retiring again. */
+    rot *rt = NULL;
+    if (rot_start(&env, &rt, err, sizeof(err)) != 0) {
+        audit_close(au);
+        cred_close(cs);
+        reg_close(rg);
+        return die("rotation", err);
+    }
     srv *s = srv_start(&env, err, sizeof(err));
     if (s == NULL) {
+        rot_stop(rt);
         audit_close(au);
         cred_close(cs);
         reg_close(rg);
@@ -155,6 +167,7 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
         sigwait(sigs, &sig);
         fprintf(stderr, "signd: signal %d: stopping\n", sig);
     }
+    rot_stop(rt); /* no scheduled revocation starts once stopping has begun */
     srv_stop(s);
     audit_record(au, AUDIT_STOPPED, NULL, NULL);
     audit_close(au); /* last flush and checkpoint, while the keeper still answers */

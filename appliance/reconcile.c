@@ -62,15 +62,17 @@ int rec_run(kp *k, reg *r, FILE *log, rec_report *out)
                       json_pack("{s:s}", "why", "on the token, never recorded in the registry"));
         }
     }
-    /* Active rows whose private half is gone can never sign again. */
+    /* Active rows whose private half is gone can never sign again; retiring ones too must
+     * hold their object (it is revoked and destroyed at retire_at, not before), so a
+     * missing one is as broken, and leaves the JWKS. */
     qsort(objs, n, sizeof(*objs), rec_kid_cmp);
-    size_t cap = reg_count(r, REG_ACTIVE);
+    size_t cap = reg_count(r, REG_ACTIVE) + reg_count(r, REG_RETIRING);
     reg_key *rows = calloc(cap + 1, sizeof(*rows));
     if (rows == NULL) {
         free(objs);
         return -1;
     }
-    size_t m = reg_list(r, REG_ACTIVE, rows, cap + 1);
+    size_t m = reg_list(r, REG_LIST_LIVE, rows, cap + 1);
     for (size_t i = 0; i < m && i <= cap; i++) {
         hsm_key_entry probe = {.kid = rows[i].kid};
         hsm_key_entry *hit = bsearch(&probe, objs, n, sizeof(*objs), rec_kid_cmp);
@@ -83,9 +85,9 @@ int rec_run(kp *k, reg *r, FILE *log, rec_report *out)
         }
         out->marked_broken++;
         fprintf(log,
-                "signd: reconcile: kid %s is active but its key is missing from the token: "
+                "signd: reconcile: kid %s is %s but its key is missing from the token: "
                 "marked broken\n",
-                hex);
+                hex, reg_state_name(rows[i].state));
     }
     free(rows);
     free(objs);

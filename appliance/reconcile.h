@@ -2,7 +2,9 @@
  * rec: makes the token and the registry agree after a crash, before the appliance serves.
  *  - a key object with no registry row is destroyed (its creation was never acknowledged);
  *  - a revoked row whose object still exists has the object destroyed;
- *  - an active row whose private object is missing is marked broken and reported.
+ *  - an active or retiring row whose private object is missing is marked broken and
+ *    reported (a retiring key holds its object until the rotation scheduler revokes it).
+ *    A retiring row whose object is there is left alone: the scheduler owns it.
  */
 #ifndef APPLIANCE_RECONCILE_H
 #define APPLIANCE_RECONCILE_H

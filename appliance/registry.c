@@ -38,7 +38,7 @@ struct reg {
     pthread_rwlock_t mirror_rw; /* everything below up to `generation` */
     pthread_mutex_t slot_mu;    /* slots_active, slots_reserved; last in the lock order */
 
-    unsigned slots_active;
+    unsigned slots_active; /* active and retiring keys: each holds an object in the token */
     unsigned slots_reserved;
 
     reg_row *rows; /* n_rows used of cap_rows; a row's slot moves only on delete */
@@ -54,12 +54,16 @@ struct reg {
     uint64_t seq_hi; /* the highest seq ever assigned in the file */
 
     _Atomic uint64_t generation;
+    /* Waiters for a change (reg_wait_change): a bump broadcasts under change_mu. */
+    pthread_mutex_t change_mu;
+    pthread_cond_t change_cv;
 };
 
 static const char *const reg_state_names[REG_STATE_COUNT_] = {
     [REG_ACTIVE] = "active",
     [REG_REVOKED] = "revoked",
     [REG_BROKEN] = "broken",
+    [REG_RETIRING] = "retiring",
 };
 
 static const char *const reg_status_names[REG_ERR_COUNT_] = {
@@ -81,7 +85,10 @@ static const char reg_schema_sql[] =
     " label TEXT NOT NULL,"
     " created_at INTEGER NOT NULL,"
     " n TEXT NOT NULL,"
-    " e TEXT NOT NULL);"
+    " e TEXT NOT NULL,"
+    " retire_at INTEGER," /* schema 2, rotation: NULL for a key never rotated */
+    " successor TEXT,"    /* kid hex of the key that replaced this one, or NULL */
+    " predecessor TEXT);" /* kid hex of the key this one replaced, or NULL */
     "CREATE TABLE IF NOT EXISTS revocations ("
     " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
     " kid TEXT NOT NULL UNIQUE REFERENCES keys(kid),"
@@ -322,7 +329,10 @@ static void reg_mirror_set_state(reg *r, size_t s, reg_state to)
 
 static void reg_bump(reg *r)
 {
+    pthread_mutex_lock(&r->change_mu);
     atomic_fetch_add_explicit(&r->generation, 1, memory_order_release);
+    pthread_cond_broadcast(&r->change_cv);
+    pthread_mutex_unlock(&r->change_mu);
 }
 
 /* ---- slots ------------------------------------------------------------------------------ */
@@ -433,8 +443,49 @@ static reg_status reg_pragmas(reg *r)
     return reg_exec(r, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON", "set pragmas");
 }
 
-/* Creates the tables when missing and refuses a newer schema. *created is set when the
- * file was new (user_version 0). */
+/* Sets *has when table `keys` has a column named col. */
+static reg_status reg_keys_has_column(reg *r, const char *col, int *has)
+{
+    sqlite3_stmt *s;
+    reg_status st = reg_prepare(r, "SELECT 1 FROM pragma_table_info('keys') WHERE name = ?", &s,
+                                "read the keys table's columns");
+    if (st != REG_OK)
+        return st;
+    sqlite3_bind_text(s, 1, col, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    *has = rc == SQLITE_ROW;
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        st = reg_fail_sql(r, "read the keys table's columns");
+    sqlite3_finalize(s);
+    return st;
+}
+
+/* Schema 1 -> 2, inside reg_schema's transaction: the rotation columns. Version 1 made
+ * `state` a plain TEXT column (no CHECK), so ADD COLUMN is enough: no table rebuild, every
+ * row keeps its id (the tie-break of reg_newest_active) and the revocations' foreign keys
+ * stay as they are. A column already there (a half-known file) is left alone. */
+static reg_status reg_migrate_v2(reg *r)
+{
+    static const struct {
+        const char *name, *sql;
+    } cols[] = {
+        {"retire_at", "ALTER TABLE keys ADD COLUMN retire_at INTEGER"},
+        {"successor", "ALTER TABLE keys ADD COLUMN successor TEXT"},
+        {"predecessor", "ALTER TABLE keys ADD COLUMN predecessor TEXT"},
+    };
+    for (size_t i = 0; i < sizeof(cols) / sizeof(cols[0]); i++) {
+        int has = 0;
+        reg_status st = reg_keys_has_column(r, cols[i].name, &has);
+        if (st == REG_OK && !has)
+            st = reg_exec(r, cols[i].sql, "migrate schema 1 to 2");
+        if (st != REG_OK)
+            return st;
+    }
+    return REG_OK;
+}
+
+/* Creates the tables when missing, migrates an older schema in place and refuses a newer
+ * one, all in one transaction. *created is set when the file was new (user_version 0). */
 static reg_status reg_schema(reg *r, int *created)
 {
     reg_status st = reg_exec(r, "BEGIN IMMEDIATE", "begin schema transaction");
@@ -455,16 +506,29 @@ static reg_status reg_schema(reg *r, int *created)
                       version, REG_SCHEMA_VERSION);
     if (st == REG_OK)
         st = reg_exec(r, reg_schema_sql, "create tables");
+    if (st == REG_OK && version == 1)
+        st = reg_migrate_v2(r);
     char aerr[256];
     if (st == REG_OK && audit_schema(r->db, aerr, sizeof(aerr)) != 0)
         st = reg_fail(r->path, REG_ERR_IO, "%s", aerr);
-    if (st == REG_OK && version == 0) {
+    if (st == REG_OK && version < REG_SCHEMA_VERSION) {
         char sql[64];
         snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", REG_SCHEMA_VERSION);
         st = reg_exec(r, sql, "set schema version");
     }
     *created = version == 0;
     return reg_tx_end(r, st);
+}
+
+/* An optional kid column (successor, predecessor): *has 0 for NULL, else 1 and *kid set;
+ * -1 when the text is not a kid. */
+static int reg_col_kid(sqlite3_stmt *s, int col, int *has, hsm_kid *kid)
+{
+    *has = sqlite3_column_type(s, col) != SQLITE_NULL;
+    if (!*has)
+        return 0;
+    return reg_unhex((const char *)sqlite3_column_text(s, col),
+                     (size_t)sqlite3_column_bytes(s, col), kid);
 }
 
 /* One row of the keys LEFT JOIN revocations query into *row; REG_ERR_IO names what is
@@ -503,6 +567,16 @@ static reg_status reg_load_key(reg *r, sqlite3_stmt *s, reg_row *row)
         if (reg_col_text(s, 10, row->k.reason, sizeof(row->k.reason)) != 0)
             return reg_fail(r->path, REG_ERR_IO, "kid %s: reason missing or too long", kid);
     }
+    row->k.retire_at = sqlite3_column_int64(s, 11); /* NULL reads as 0 */
+    if (reg_col_kid(s, 12, &row->k.has_successor, &row->k.successor) != 0 ||
+        reg_col_kid(s, 13, &row->k.has_predecessor, &row->k.predecessor) != 0)
+        return reg_fail(r->path, REG_ERR_IO, "kid %s: successor or predecessor is not a kid", kid);
+    /* The scheduler revokes a retiring key at retire_at; without one it would stay
+     * published forever, so such a row is refused like any other inconsistency. */
+    if (row->k.state == REG_RETIRING &&
+        (sqlite3_column_type(s, 11) == SQLITE_NULL || !row->k.has_successor))
+        return reg_fail(r->path, REG_ERR_IO, "kid %s: retiring without retire_at or successor",
+                        kid);
     return REG_OK;
 }
 
@@ -511,7 +585,8 @@ static reg_status reg_load_keys(reg *r)
     sqlite3_stmt *s;
     reg_status st = reg_prepare(r,
                                 "SELECT k.id, k.kid, k.state, k.bits, k.label, k.created_at, k.n,"
-                                " k.e, v.seq, v.revoked_at, v.reason"
+                                " k.e, v.seq, v.revoked_at, v.reason, k.retire_at, k.successor,"
+                                " k.predecessor"
                                 " FROM keys k LEFT JOIN revocations v ON v.kid = k.kid",
                                 &s, "read keys");
     int rc = SQLITE_DONE;
@@ -643,6 +718,12 @@ reg_status reg_open(const char *path, unsigned max_active, reg **out)
     r->newest = -1;
     atomic_init(&r->generation, 1);
     pthread_mutex_init(&r->write_mu, NULL);
+    pthread_mutex_init(&r->change_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&r->change_cv, &ca);
+    pthread_condattr_destroy(&ca);
     /* Writer-preferring: with glibc's default, thousands of signatures a second reading the
      * mirror could starve a revocation's write lock. No reader re-locks, so nonrecursive. */
     pthread_rwlockattr_t ra;
@@ -673,7 +754,8 @@ reg_status reg_open(const char *path, unsigned max_active, reg **out)
         reg_close(r);
         return st;
     }
-    r->slots_active = (unsigned)r->counts[REG_ACTIVE];
+    /* A retiring key still holds its object in the token: it keeps its slot. */
+    r->slots_active = (unsigned)(r->counts[REG_ACTIVE] + r->counts[REG_RETIRING]);
     *out = r;
     return REG_OK;
 }
@@ -686,6 +768,8 @@ void reg_close(reg *r)
     pthread_mutex_destroy(&r->write_mu);
     pthread_rwlock_destroy(&r->mirror_rw);
     pthread_mutex_destroy(&r->slot_mu);
+    pthread_mutex_destroy(&r->change_mu);
+    pthread_cond_destroy(&r->change_cv);
     free(r->rows);
     free(r->order);
     free(r->index);
@@ -782,17 +866,25 @@ reg_status reg_audit(reg *r, int64_t time, const char *action, const hsm_kid *ki
     return st;
 }
 
-static reg_status reg_sql_insert(reg *r, const reg_key *k, int64_t *id)
+/* Inserts k as an active row; predecessor (may be NULL) is the key it replaces. */
+static reg_status reg_sql_insert(reg *r, const reg_key *k, const hsm_kid *predecessor, int64_t *id)
 {
-    char hex[REG_KID_HEX + 1];
+    char hex[REG_KID_HEX + 1], pred[REG_KID_HEX + 1];
     hsm_kid_hex(&k->kid, hex);
+    if (predecessor != NULL)
+        hsm_kid_hex(predecessor, pred);
     sqlite3_stmt *s;
-    reg_status st = reg_prepare(r,
-                                "INSERT INTO keys (kid, state, bits, label, created_at, n, e)"
-                                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                &s, "insert key");
+    reg_status st =
+        reg_prepare(r,
+                    "INSERT INTO keys (kid, state, bits, label, created_at, n, e, predecessor)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    &s, "insert key");
     if (st != REG_OK)
         return st;
+    if (predecessor != NULL)
+        sqlite3_bind_text(s, 8, pred, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(s, 8);
     sqlite3_bind_text(s, 1, hex, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, reg_state_name(REG_ACTIVE), -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 3, k->bits);
@@ -811,6 +903,25 @@ static reg_status reg_sql_insert(reg *r, const reg_key *k, int64_t *id)
     return st;
 }
 
+/* The mirror row of a key just inserted as active: k's own fields, every state-owned
+ * field reset (a caller's stray revocation or rotation fields never reach the mirror). */
+static void reg_row_fresh(reg_row *row, const reg_key *k, const hsm_kid *predecessor)
+{
+    row->k = *k;
+    row->k.state = REG_ACTIVE;
+    row->k.revoked_at = 0;
+    row->k.revocation_seq = 0;
+    memset(row->k.reason, 0, sizeof(row->k.reason));
+    row->k.retire_at = 0;
+    row->k.has_successor = 0;
+    memset(&row->k.successor, 0, sizeof(row->k.successor));
+    row->k.has_predecessor = predecessor != NULL;
+    if (predecessor != NULL)
+        row->k.predecessor = *predecessor;
+    else
+        memset(&row->k.predecessor, 0, sizeof(row->k.predecessor));
+}
+
 reg_status reg_insert(reg *r, const reg_key *k)
 {
     if (k == NULL || !reg_key_terminated(k)) {
@@ -823,9 +934,10 @@ reg_status reg_insert(reg *r, const reg_key *k)
         st = REG_ERR_EXISTS;
     if (st == REG_OK)
         st = reg_mirror_room(r, 1, 0);
-    reg_row row = {.k = *k};
+    reg_row row;
+    reg_row_fresh(&row, k, NULL);
     if (st == REG_OK && (st = reg_exec(r, "BEGIN IMMEDIATE", "begin insert")) == REG_OK) {
-        st = reg_sql_insert(r, k, &row.id);
+        st = reg_sql_insert(r, k, NULL, &row.id);
         if (st == REG_OK)
             st = reg_audit_tx(r, k->created_at, AUDIT_KEY_CREATED, &k->kid,
                               json_pack("{s:i, s:s}", "bits", (int)k->bits, "label", k->label));
@@ -834,15 +946,102 @@ reg_status reg_insert(reg *r, const reg_key *k)
             st = end;
     }
     if (st == REG_OK) {
-        row.k.state = REG_ACTIVE;
-        row.k.revoked_at = 0;
-        row.k.revocation_seq = 0;
-        memset(row.k.reason, 0, sizeof(row.k.reason));
         pthread_rwlock_wrlock(&r->mirror_rw);
         reg_mirror_add(r, &row);
         reg_bump(r);
         pthread_rwlock_unlock(&r->mirror_rw);
     }
+    if (st != REG_ERR_LIMIT)
+        reg_slot_settle(r, st == REG_OK);
+    pthread_mutex_unlock(&r->write_mu);
+    return st;
+}
+
+/* reg_rotate's transaction: the successor's row, the old row's move (only while it is
+ * still active: the mirror said so under write_mu, the WHERE says it again), and both
+ * events. */
+static reg_status reg_sql_rotate(reg *r, const hsm_kid *old_kid, const reg_key *k,
+                                 int64_t retire_at, int64_t *id)
+{
+    char old_hex[REG_KID_HEX + 1], new_hex[REG_KID_HEX + 1];
+    hsm_kid_hex(old_kid, old_hex);
+    hsm_kid_hex(&k->kid, new_hex);
+    reg_status st = reg_exec(r, "BEGIN IMMEDIATE", "begin rotation");
+    if (st != REG_OK)
+        return st;
+    st = reg_sql_insert(r, k, old_kid, id);
+    sqlite3_stmt *s;
+    if (st == REG_OK)
+        st = reg_prepare(r,
+                         "UPDATE keys SET state = ?1, retire_at = ?2, successor = ?3"
+                         " WHERE kid = ?4 AND state = ?5",
+                         &s, "retire key");
+    if (st == REG_OK) {
+        sqlite3_bind_text(s, 1, reg_state_name(REG_RETIRING), -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 2, retire_at);
+        sqlite3_bind_text(s, 3, new_hex, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 4, old_hex, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 5, reg_state_name(REG_ACTIVE), -1, SQLITE_STATIC);
+        st = reg_step_done(r, s, "retire key");
+    }
+    if (st == REG_OK && sqlite3_changes(r->db) != 1)
+        st = reg_fail(r->path, REG_ERR_IO, "rotate key %s: its active row is missing from the file",
+                      old_hex);
+    if (st == REG_OK)
+        st = reg_audit_tx(r, k->created_at, AUDIT_KEY_CREATED, &k->kid,
+                          json_pack("{s:i, s:s, s:s}", "bits", (int)k->bits, "label", k->label,
+                                    "predecessor", old_hex));
+    if (st == REG_OK)
+        st = reg_audit_tx(
+            r, k->created_at, AUDIT_KEY_ROTATED, old_kid,
+            json_pack("{s:s, s:I}", "successor", new_hex, "retire_at", (json_int_t)retire_at));
+    return reg_tx_end(r, st);
+}
+
+reg_status reg_rotate(reg *r, const hsm_kid *old_kid, const reg_key *successor, int64_t retire_at,
+                      reg_key *old_out, reg_key *new_out)
+{
+    if (old_kid == NULL || successor == NULL || !reg_key_terminated(successor)) {
+        reg_unreserve(r);
+        return REG_ERR_INVALID;
+    }
+    pthread_mutex_lock(&r->write_mu);
+    reg_status st = reg_slot_claim(r);
+    long old = -1;
+    if (st == REG_OK) {
+        old = reg_find(r, old_kid);
+        if (old < 0)
+            st = REG_ERR_NOT_FOUND;
+        else if (r->rows[old].k.state != REG_ACTIVE)
+            st = REG_ERR_STATE;
+        else if (reg_find(r, &successor->kid) >= 0)
+            st = REG_ERR_EXISTS;
+    }
+    if (st == REG_OK)
+        st = reg_mirror_room(r, 1, 0);
+    reg_row row;
+    reg_row_fresh(&row, successor, old_kid);
+    if (st == REG_OK)
+        st = reg_sql_rotate(r, old_kid, successor, retire_at, &row.id);
+    if (st == REG_OK) {
+        /* Both halves in one write-locked moment: no reader sees the successor without
+         * the old key retiring, or the other way round. Adding appends a slot, so `old`
+         * stays where it is. */
+        pthread_rwlock_wrlock(&r->mirror_rw);
+        reg_mirror_add(r, &row);
+        reg_key *o = &r->rows[old].k;
+        o->retire_at = retire_at;
+        o->has_successor = 1;
+        o->successor = successor->kid;
+        reg_mirror_set_state(r, (size_t)old, REG_RETIRING);
+        reg_bump(r);
+        if (old_out != NULL)
+            *old_out = *o;
+        if (new_out != NULL)
+            *new_out = row.k;
+        pthread_rwlock_unlock(&r->mirror_rw);
+    }
+    /* The reservation becomes the successor's slot; the old key keeps its own. */
     if (st != REG_ERR_LIMIT)
         reg_slot_settle(r, st == REG_OK);
     pthread_mutex_unlock(&r->write_mu);
@@ -927,7 +1126,7 @@ reg_status reg_revoke(reg *r, const hsm_kid *kid, const char *reason, int64_t no
             r->seq_hi = seq;
         reg_bump(r);
         pthread_rwlock_unlock(&r->mirror_rw);
-        if (was == REG_ACTIVE)
+        if (was == REG_ACTIVE || was == REG_RETIRING)
             reg_slot_active_gone(r);
         if (out != NULL)
             *out = *k;
@@ -1007,6 +1206,10 @@ reg_status reg_delete(reg *r, const hsm_kid *kid)
     pthread_mutex_lock(&r->write_mu);
     long s;
     reg_status st = reg_find_unrevoked(r, kid, &s);
+    /* Either half of a rotation stays: deleting it would leave the other half's link
+     * pointing at nothing (and a rotation never needs undoing: it is one transaction). */
+    if (st == REG_OK && (r->rows[s].k.state == REG_RETIRING || r->rows[s].k.has_predecessor))
+        st = REG_ERR_STATE;
     if (st == REG_OK)
         st = reg_sql_kid_change(r, "DELETE FROM keys WHERE kid = ?2", NULL, kid, AUDIT_KEY_DELETED,
                                 NULL, "delete key");
@@ -1076,13 +1279,40 @@ size_t reg_list(reg *r, int state_filter, reg_key *out, size_t cap)
     pthread_rwlock_rdlock(&r->mirror_rw);
     for (size_t i = 0; i < r->n_rows; i++) {
         const reg_key *k = &r->rows[r->order[i]].k;
-        if (state_filter >= 0 && (int)k->state != state_filter)
+        if (state_filter == REG_LIST_LIVE ? k->state != REG_ACTIVE && k->state != REG_RETIRING
+                                          : state_filter >= 0 && (int)k->state != state_filter)
             continue;
         if (n < cap)
             out[n] = *k;
         n++;
     }
     pthread_rwlock_unlock(&r->mirror_rw);
+    return n;
+}
+
+size_t reg_retiring_due(reg *r, int64_t now, hsm_kid *out, size_t cap, int64_t *next_at)
+{
+    if (out == NULL)
+        cap = 0;
+    size_t n = 0;
+    int64_t next = 0;
+    pthread_rwlock_rdlock(&r->mirror_rw);
+    /* The common case, nothing rotated, costs one read of a count. */
+    for (size_t s = 0; r->counts[REG_RETIRING] > 0 && s < r->n_rows; s++) {
+        const reg_key *k = &r->rows[s].k;
+        if (k->state != REG_RETIRING)
+            continue;
+        if (k->retire_at <= now) {
+            if (n < cap)
+                out[n] = k->kid;
+            n++;
+        } else if (next == 0 || k->retire_at < next) {
+            next = k->retire_at;
+        }
+    }
+    pthread_rwlock_unlock(&r->mirror_rw);
+    if (next_at != NULL)
+        *next_at = next;
     return n;
 }
 
@@ -1118,6 +1348,25 @@ size_t reg_revocations_after(reg *r, uint64_t after, reg_revocation *out, size_t
 uint64_t reg_generation(reg *r)
 {
     return atomic_load_explicit(&r->generation, memory_order_acquire);
+}
+
+uint64_t reg_wait_change(reg *r, uint64_t seen, unsigned timeout_ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&r->change_mu);
+    uint64_t gen;
+    while ((gen = reg_generation(r)) == seen &&
+           pthread_cond_timedwait(&r->change_cv, &r->change_mu, &until) == 0)
+        ;
+    pthread_mutex_unlock(&r->change_mu);
+    return reg_generation(r);
 }
 
 /* ---- the read-only view ------------------------------------------------------------------ */
@@ -1224,6 +1473,78 @@ int reg_reader_is_active(reg_reader *rr, const hsm_kid *kid)
     sqlite3_clear_bindings(rr->q);
     pthread_mutex_unlock(&rr->mu);
     return active;
+}
+
+uint64_t reg_reader_data_version(reg_reader *rr)
+{
+    if (rr == NULL)
+        return 0;
+    pthread_mutex_lock(&rr->mu);
+    uint64_t v = 0;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(rr->db, "PRAGMA data_version", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        v = (uint64_t)sqlite3_column_int64(st, 0);
+    else
+        reg_reader_fail_sql(rr, "read data_version");
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&rr->mu);
+    return v;
+}
+
+static int reg_kid_cmp(const void *a, const void *b)
+{
+    return memcmp(a, b, HSM_KID_LEN);
+}
+
+reg_status reg_reader_active_kids(reg_reader *rr, hsm_kid **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    if (rr == NULL)
+        return REG_ERR_INVALID;
+    pthread_mutex_lock(&rr->mu);
+    reg_status result = REG_OK;
+    sqlite3_stmt *st = NULL;
+    hsm_kid *kids = NULL;
+    size_t have = 0, cap = 0;
+    if (sqlite3_prepare_v2(rr->db, "SELECT kid FROM keys WHERE state = 'active'", -1, &st, NULL) !=
+        SQLITE_OK) {
+        result = reg_reader_fail_sql(rr, "prepare the active listing");
+        goto out;
+    }
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *hex = (const char *)sqlite3_column_text(st, 0);
+        hsm_kid kid;
+        if (hex == NULL || hsm_kid_parse(hex, &kid) != 0)
+            continue; /* not a kid this reader can answer for: never active */
+        if (have == cap) {
+            size_t ncap = cap ? 2 * cap : 1024;
+            hsm_kid *nk = realloc(kids, ncap * sizeof(*nk));
+            if (nk == NULL) {
+                result = reg_fail(rr->path, REG_ERR_IO, "out of memory");
+                goto out;
+            }
+            kids = nk;
+            cap = ncap;
+        }
+        kids[have++] = kid;
+    }
+    if (rc != SQLITE_DONE) {
+        result = reg_reader_fail_sql(rr, "list the active keys");
+        goto out;
+    }
+    if (have > 1)
+        qsort(kids, have, sizeof(*kids), reg_kid_cmp);
+    *out = kids;
+    *n = have;
+    kids = NULL;
+out:
+    free(kids);
+    sqlite3_finalize(st); /* ends the read transaction */
+    pthread_mutex_unlock(&rr->mu);
+    return result;
 }
 
 void reg_reader_close(reg_reader *rr)

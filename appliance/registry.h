@@ -10,11 +10,15 @@
  *    row per kid, state as TEXT) and `revocations` (one row per revoked kid, `seq` an
  *    AUTOINCREMENT key, so it rises strictly and is never reused, even after deletes).
  *    The schema version is PRAGMA user_version (REG_SCHEMA_VERSION); a newer file is
- *    refused, missing tables are created.
+ *    refused, missing tables are created, and an older one is migrated in place inside
+ *    the open's one schema transaction (version 1 -> 2: the rotation columns retire_at,
+ *    successor and predecessor, added with ALTER TABLE: the state column has no CHECK, so
+ *    no table rebuild is needed and every row keeps its id).
  *  - an in-memory mirror of every row: keys in an array ordered by (created_at, kid) with
  *    a hash index kid -> row, the revocations in an array ordered by seq, per-state counts
  *    and the newest active key. Readers take a pthread rwlock for reading only.
- *  - the slot count for creates: active keys plus reservations, never above max_active.
+ *  - the slot count for creates: keys that hold an object in the token (active and
+ *    retiring) plus reservations, never above max_active.
  *
  * Locks, always taken in this order: the writer mutex (SQLite and every change), then the
  * mirror rwlock (for writing, only for the moment a committed change is copied into the
@@ -23,18 +27,35 @@
  * sees a change that is not durable.
  *
  * Invariants: a row is in state 'revoked' exactly when it has a revocations row; active
- * keys + outstanding reservations <= max_active; reg_generation() changes after, never
+ * + retiring keys + outstanding reservations <= max_active (a retiring key still holds
+ * its object in the token); a retiring row has retire_at and a successor; a.successor = b
+ * exactly when b.predecessor = a (both written in one transaction, never cleared); the
+ * newest active key is never a retiring one (retiring is a state of its own: REG_ACTIVE
+ * counts, lists and checks never include it); reg_generation() changes after, never
  * before, the mirror changed. The registry assumes it is the only writer of its two
  * tables while open (other modules may keep their own tables in the same file).
  *
  * Thread safety: every function but reg_open and reg_close may be called from any number
  * of threads at once. reg_close must run after every other caller has stopped.
  *
- * States and their moves: active -> revoked (reg_revoke), active -> broken
- * (reg_mark_broken), broken -> revoked (reg_revoke: a broken key may still be revoked, so
- * that verifiers drop it). Revoked is final: marking a revoked key broken is REG_ERR_STATE
- * (its object is meant to be gone from the token), and a revoked row cannot be deleted
- * (its revocation is already published).
+ * States and their moves:
+ *
+ *              reg_rotate              reg_revoke (the scheduler at retire_at, or DELETE)
+ *   active --------------> retiring -----------------------------------> revoked
+ *     |  \                    |                                           ^  ^
+ *     |   '----------------------------------- reg_revoke ---------------'  |
+ *     |  reg_mark_broken      | reg_mark_broken                              |
+ *     v                       v                                              |
+ *   broken <------------------'                                              |
+ *     '-------------------------------- reg_revoke -------------------------'
+ *
+ * A retiring key was rotated: its successor (a new active row) signs from then on; it
+ * signs nothing more but stays published (its public key verifies the tokens already out)
+ * until retire_at, when the front's rotation scheduler revokes it. Broken: its object is
+ * missing from the token (a broken key may still be revoked, so that verifiers drop it).
+ * Revoked is final: marking a revoked key broken is REG_ERR_STATE (its object is meant to
+ * be gone from the token), and a revoked row cannot be deleted (its revocation is already
+ * published). Only an active key can be rotated (REG_ERR_STATE otherwise).
  *
  *   reg *r;
  *   if (reg_open("data/appliance.db", 1000, &r) != REG_OK)
@@ -49,10 +70,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define REG_SCHEMA_VERSION 1
-#define REG_LABEL_MAX 128  /* bytes, without the NUL */
-#define REG_REASON_MAX 256 /* bytes, without the NUL */
-#define REG_N_B64_MAX 700  /* base64url modulus of RSA-4096 is 683 characters, with NUL */
+#define REG_SCHEMA_VERSION 2 /* 2: rotation (retire_at, successor, predecessor) */
+#define REG_LABEL_MAX 128    /* bytes, without the NUL */
+#define REG_REASON_MAX 256   /* bytes, without the NUL */
+#define REG_N_B64_MAX 700    /* base64url modulus of RSA-4096 is 683 characters, with NUL */
 #define REG_E_B64_MAX 16
 #define REG_BUSY_TIMEOUT_MS 5000
 
@@ -60,14 +81,24 @@ typedef enum {
     REG_OK = 0,
     REG_ERR_NOT_FOUND, /* no row with this kid (or no active key at all) */
     REG_ERR_EXISTS,    /* a row with this kid already exists */
-    REG_ERR_LIMIT,     /* active keys + reservations reached max_active */
+    REG_ERR_LIMIT,     /* active + retiring keys + reservations reached max_active */
     REG_ERR_STATE,     /* the key's state does not allow this move */
     REG_ERR_INVALID,   /* a caller error: a string too long or unterminated, a bad argument */
     REG_ERR_IO,        /* SQLite failed, or the file is not a registry: see reg_last_error() */
     REG_ERR_COUNT_
 } reg_status;
 
-typedef enum { REG_ACTIVE = 0, REG_REVOKED, REG_BROKEN, REG_STATE_COUNT_ } reg_state;
+typedef enum {
+    REG_ACTIVE = 0,
+    REG_REVOKED,
+    REG_BROKEN,
+    REG_RETIRING, /* rotated: published, signs nothing, revoked at retire_at */
+    REG_STATE_COUNT_
+} reg_state;
+
+/* reg_list's filter for the keys verifiers need and the token must hold: active and
+ * retiring (the JWKS, reconcile). */
+#define REG_LIST_LIVE (-2)
 
 typedef struct {
     hsm_kid kid;
@@ -79,6 +110,13 @@ typedef struct {
     int64_t revoked_at; /* unix seconds */
     char reason[REG_REASON_MAX + 1];
     uint64_t revocation_seq;
+    /* Rotation. retire_at: when a retiring key is (or was to be) revoked, unix seconds; 0
+     * for a key never rotated. successor / predecessor: the key that replaced this one /
+     * the one this key replaced, when has_successor / has_predecessor. Kept after the key
+     * leaves retiring, so the lineage stays readable. */
+    int64_t retire_at;
+    int has_successor, has_predecessor;
+    hsm_kid successor, predecessor;
     /* The public key, base64url without padding, so JWKS needs no token. */
     char n_b64[REG_N_B64_MAX];
     char e_b64[REG_E_B64_MAX];
@@ -93,8 +131,8 @@ typedef struct {
 
 typedef struct reg reg;
 
-/* "active", "revoked", "broken"; "unknown" for anything else. The same strings are the
- * state column in SQL. */
+/* "active", "revoked", "broken", "retiring"; "unknown" for anything else. The same strings
+ * are the state column in SQL. */
 const char *reg_state_name(reg_state s);
 
 /* The inverse of reg_state_name: 0 and *out set, or -1 for any other string (NULL too). */
@@ -148,13 +186,33 @@ void reg_unreserve(reg *r);
  * unterminated label/n_b64/e_b64, REG_ERR_IO when SQLite fails (nothing changed then). */
 reg_status reg_insert(reg *r, const reg_key *k);
 
+/* Rotates old_kid to successor in ONE transaction: inserts successor as an active row
+ * whose predecessor is old_kid (as reg_insert: its kid, bits, label, created_at, n_b64,
+ * e_b64 are used, the rest forced), moves old_kid active -> retiring with retire_at and
+ * successor set, and records key.created (the successor) and key.rotated (old_kid, with
+ * the successor and retire_at) in the audit trail; fsynced, then both mirrored at once, so
+ * no reader sees one half. Consumes one reservation whatever the result (as reg_insert);
+ * the old key keeps its slot (it stays in the token until revoked). REG_ERR_NOT_FOUND for
+ * an unknown old_kid, REG_ERR_STATE when it is not active (retiring, revoked, broken: the
+ * caller reads its state for the reason), REG_ERR_EXISTS, REG_ERR_INVALID, REG_ERR_LIMIT
+ * and REG_ERR_IO as reg_insert; nothing changed then. *old_out and *new_out (each may be
+ * NULL) receive both rows as they stand afterwards.
+ *
+ *   if (reg_reserve(r) != REG_OK) return limit_reached;
+ *   generate(&next);           // same bits as the old key
+ *   st = reg_rotate(r, &old, &next, now + grace, &was, &now_active);
+ */
+reg_status reg_rotate(reg *r, const hsm_kid *old_kid, const reg_key *successor, int64_t retire_at,
+                      reg_key *old_out, reg_key *new_out);
+
 /* ---- changes --------------------------------------------------------------------------- */
 
 /* Revokes kid: in one transaction marks the row revoked and appends a revocations row
  * with the next seq; fsynced when it returns REG_OK. reason is "" when NULL and at most
  * REG_REASON_MAX bytes (else REG_ERR_INVALID). Idempotent: an already revoked kid is left
- * alone and its first record returned (same revoked_at, reason, seq). A broken key may be
- * revoked. Revoking an active key frees its slot. *out (may be NULL) receives the row as
+ * alone and its first record returned (same revoked_at, reason, seq). A broken or a
+ * retiring key may be revoked (a retiring one before its retire_at too). Revoking an
+ * active or retiring key frees its slot. *out (may be NULL) receives the row as
  * it stands afterwards. REG_ERR_NOT_FOUND for an unknown kid.
  *
  *   reg_key k;
@@ -162,12 +220,16 @@ reg_status reg_insert(reg *r, const reg_key *k);
  */
 reg_status reg_revoke(reg *r, const hsm_kid *kid, const char *reason, int64_t now, reg_key *out);
 
-/* active -> broken (its key is missing from the token); frees its slot. Already broken:
- * REG_OK, nothing changes. Revoked: REG_ERR_STATE. Unknown: REG_ERR_NOT_FOUND. */
+/* active or retiring -> broken (its key is missing from the token); frees its slot. A
+ * retiring key that breaks is no longer scheduled (it is no longer published either).
+ * Already broken: REG_OK, nothing changes. Revoked: REG_ERR_STATE. Unknown:
+ * REG_ERR_NOT_FOUND. */
 reg_status reg_mark_broken(reg *r, const hsm_kid *kid);
 
 /* Deletes the row of an active or broken kid (undoing a create that failed after
- * reg_insert); frees its slot if it was active. A revoked row is kept: REG_ERR_STATE. */
+ * reg_insert); frees its slot if it was active. A revoked row is kept, and so is either
+ * half of a rotation (a retiring row, a row with a predecessor: the other half points at
+ * it): REG_ERR_STATE. */
 reg_status reg_delete(reg *r, const hsm_kid *kid);
 
 /* ---- reads: from memory only, under the read lock ------------------------------------- */
@@ -187,18 +249,30 @@ int reg_is_active(reg *r, const hsm_kid *kid);
  * REG_ERR_NOT_FOUND when no key is active. */
 reg_status reg_newest_active(reg *r, reg_key *out);
 
-/* How many rows are in state s (0 for an out-of-range s). */
+/* How many rows are in state s (0 for an out-of-range s). REG_ACTIVE never counts a
+ * retiring key: add reg_count(r, REG_RETIRING) for the keys the JWKS lists. */
 size_t reg_count(reg *r, reg_state s);
 
-/* Copies the rows in state state_filter (-1: every row) ordered by created_at then kid,
- * at most cap of them, to out. Returns how many rows match, which may exceed cap (as
- * snprintf does): the caller sees truncation. out may be NULL when cap is 0.
+/* Copies the rows in state state_filter (-1: every row; REG_LIST_LIVE: active and
+ * retiring) ordered by created_at then kid, at most cap of them, to out. Returns how many
+ * rows match, which may exceed cap (as snprintf does): the caller sees truncation. out may
+ * be NULL when cap is 0.
  *
  *   size_t n = reg_count(r, REG_ACTIVE) + 8;    // room for a create racing the count
  *   reg_key *v = calloc(n, sizeof(*v));
  *   size_t m = reg_list(r, REG_ACTIVE, v, n);   // m > n: grow and retry
  */
 size_t reg_list(reg *r, int state_filter, reg_key *out, size_t cap);
+
+/* The rotation scheduler's question, one pass over the mirror under the read lock: copies
+ * to out (at most cap) the kids of the retiring keys whose retire_at <= now, and returns
+ * how many there are (may exceed cap); *next_at (may be NULL) receives the earliest
+ * retire_at of the retiring keys not yet due, 0 when there is none.
+ *
+ *   int64_t next;
+ *   size_t n = reg_retiring_due(r, time(NULL), due, 64, &next);
+ */
+size_t reg_retiring_due(reg *r, int64_t now, hsm_kid *out, size_t cap, int64_t *next_at);
 
 /* The highest revocation seq ever assigned in this file, 0 if none. It never goes back,
  * even if revocation rows were removed from the file outside the registry. */
@@ -208,9 +282,14 @@ uint64_t reg_revocation_seq(reg *r);
  * Returns how many match (may exceed cap, as reg_list). */
 size_t reg_revocations_after(reg *r, uint64_t after, reg_revocation *out, size_t cap);
 
-/* A counter that changes after every change of the mirror (insert, revoke, mark broken,
- * delete): rebuild a cached document (JWKS, revocation list) when it moved. No lock. */
+/* A counter that changes after every change of the mirror (insert, rotate, revoke, mark
+ * broken, delete): rebuild a cached document (JWKS, revocation list) when it moved. No lock. */
 uint64_t reg_generation(reg *r);
+
+/* Waits until reg_generation() differs from seen, or timeout_ms passed; returns the
+ * generation then. For the revocation event stream: one broadcast per change wakes every
+ * subscriber, none polls. */
+uint64_t reg_wait_change(reg *r, uint64_t seen, unsigned timeout_ms);
 
 /* ---- a read-only view for another process ---------------------------------------------- */
 
@@ -238,6 +317,16 @@ reg_status reg_reader_open(const char *path, reg_reader **out);
 int reg_reader_is_active(reg_reader *rr, const hsm_kid *kid);
 
 /* Closes the connection. NULL is a no-op. */
+/* SQLite's data_version on this reader's connection: it differs from the last value
+ * whenever another connection committed to the file in between. Reads no table, so it is
+ * cheap to ask often. 0 on failure (see reg_last_error()). */
+uint64_t reg_reader_data_version(reg_reader *rr);
+
+/* Every kid in state active, sorted by its bytes (for bsearch with memcmp), in a malloc'd
+ * array the caller frees: REG_OK, or REG_ERR_IO with *out NULL and *n 0. One read
+ * transaction, so the list is one consistent moment of the file. */
+reg_status reg_reader_active_kids(reg_reader *rr, hsm_kid **out, size_t *n);
+
 void reg_reader_close(reg_reader *rr);
 
 #endif

@@ -31,6 +31,7 @@ struct srv {
      * srv_stop first refuses new requests and waits for these to reach zero. */
     atomic_int inflight;
     atomic_int draining;
+    atomic_uint subscribers; /* event streams open now, at most events_max_subscribers */
 };
 
 /* How long srv_stop waits for requests in flight before it stops anyway. */
@@ -46,6 +47,7 @@ typedef enum {
     SRV_P_KEYS,
     SRV_P_KEY,
     SRV_P_KEY_SIGN,
+    SRV_P_KEY_ROTATE,
     SRV_P_TOKENS,
     SRV_P_JWKS,
     SRV_P_REVOCATIONS,
@@ -56,6 +58,9 @@ typedef enum {
     SRV_P_AUDIT,
     SRV_P_AUDIT_EXPORT,
     SRV_P_AUDIT_KEY,
+    SRV_P_REVOCATION_FEED,
+    SRV_P_REVOCATION_KEY,
+    SRV_P_REVOCATION_EVENTS,
     SRV_P_NONE
 } srv_path;
 
@@ -70,30 +75,39 @@ typedef struct {
     const char *method;
     api_err (*handler)(const api_req *, api_resp *);
     unsigned roles; /* who may call it; SRV_PUBLIC: anyone, no credential */
+    /* Instead of handler: a response streamed on the connection (the event stream), which
+     * returns the status it sent. */
+    int (*stream)(struct mg_connection *c, srv *s, const api_req *q);
 } srv_route;
+
+static int srv_events(struct mg_connection *c, srv *s, const api_req *q);
 
 /* The authorization matrix: every route, its method and the roles that may call it. This
  * is the only place a role is checked; handlers add only what depends on the request (a
  * signer's kids and max_ttl). Admins manage keys and credentials but do not sign
  * (separation of duties: a leaked admin secret mints no tokens); auditors read. */
 static const srv_route srv_routes[] = {
-    {SRV_P_KEYS, "POST", api_keys_create, SRV_ADMIN},
-    {SRV_P_KEYS, "GET", api_keys_list, SRV_ADMIN | SRV_AUDITOR},
-    {SRV_P_KEY, "GET", api_keys_get, SRV_ADMIN | SRV_AUDITOR},
-    {SRV_P_KEY, "DELETE", api_keys_revoke, SRV_ADMIN},
-    {SRV_P_KEY_SIGN, "POST", api_keys_sign, SRV_SIGNER},
-    {SRV_P_TOKENS, "POST", api_tokens_mint, SRV_SIGNER},
-    {SRV_P_CREDENTIALS, "POST", api_credentials_create, SRV_ADMIN},
-    {SRV_P_CREDENTIALS, "GET", api_credentials_list, SRV_ADMIN},
-    {SRV_P_CREDENTIAL, "GET", api_credentials_get, SRV_ADMIN},
-    {SRV_P_CREDENTIAL, "DELETE", api_credentials_revoke, SRV_ADMIN},
-    {SRV_P_AUDIT, "GET", api_audit_list, SRV_ADMIN | SRV_AUDITOR},
-    {SRV_P_AUDIT_EXPORT, "GET", api_audit_export, SRV_ADMIN | SRV_AUDITOR},
-    {SRV_P_AUDIT_KEY, "GET", api_audit_key, SRV_PUBLIC},
-    {SRV_P_JWKS, "GET", api_jwks, SRV_PUBLIC},
-    {SRV_P_REVOCATIONS, "GET", api_revocations, SRV_PUBLIC},
-    {SRV_P_HEALTHZ, "GET", api_healthz, SRV_PUBLIC},
-    {SRV_P_READYZ, "GET", api_readyz, SRV_PUBLIC},
+    {SRV_P_KEYS, "POST", api_keys_create, SRV_ADMIN, NULL},
+    {SRV_P_KEYS, "GET", api_keys_list, SRV_ADMIN | SRV_AUDITOR, NULL},
+    {SRV_P_KEY, "GET", api_keys_get, SRV_ADMIN | SRV_AUDITOR, NULL},
+    {SRV_P_KEY, "DELETE", api_keys_revoke, SRV_ADMIN, NULL},
+    {SRV_P_KEY_ROTATE, "POST", api_keys_rotate, SRV_ADMIN, NULL},
+    {SRV_P_KEY_SIGN, "POST", api_keys_sign, SRV_SIGNER, NULL},
+    {SRV_P_TOKENS, "POST", api_tokens_mint, SRV_SIGNER, NULL},
+    {SRV_P_CREDENTIALS, "POST", api_credentials_create, SRV_ADMIN, NULL},
+    {SRV_P_CREDENTIALS, "GET", api_credentials_list, SRV_ADMIN, NULL},
+    {SRV_P_CREDENTIAL, "GET", api_credentials_get, SRV_ADMIN, NULL},
+    {SRV_P_CREDENTIAL, "DELETE", api_credentials_revoke, SRV_ADMIN, NULL},
+    {SRV_P_AUDIT, "GET", api_audit_list, SRV_ADMIN | SRV_AUDITOR, NULL},
+    {SRV_P_AUDIT_EXPORT, "GET", api_audit_export, SRV_ADMIN | SRV_AUDITOR, NULL},
+    {SRV_P_AUDIT_KEY, "GET", api_audit_key, SRV_PUBLIC, NULL},
+    {SRV_P_JWKS, "GET", api_jwks, SRV_PUBLIC, NULL},
+    {SRV_P_REVOCATIONS, "GET", api_revocations, SRV_PUBLIC, NULL},
+    {SRV_P_REVOCATION_FEED, "GET", api_revocations_feed, SRV_PUBLIC, NULL},
+    {SRV_P_REVOCATION_KEY, "GET", api_revocations_key, SRV_PUBLIC, NULL},
+    {SRV_P_REVOCATION_EVENTS, "GET", NULL, SRV_PUBLIC, srv_events},
+    {SRV_P_HEALTHZ, "GET", api_healthz, SRV_PUBLIC, NULL},
+    {SRV_P_READYZ, "GET", api_readyz, SRV_PUBLIC, NULL},
 };
 
 static const char *srv_reason(int status)
@@ -174,6 +188,9 @@ static srv_path srv_match(const char *uri, char seg_out[64])
         {"/v1/audit/key", SRV_P_AUDIT_KEY},
         {"/.well-known/jwks.json", SRV_P_JWKS},
         {"/v1/revocations", SRV_P_REVOCATIONS},
+        {"/v1/revocations/feed", SRV_P_REVOCATION_FEED},
+        {"/v1/revocations/key", SRV_P_REVOCATION_KEY},
+        {"/v1/revocations/events", SRV_P_REVOCATION_EVENTS},
         {"/healthz", SRV_P_HEALTHZ},
         {"/readyz", SRV_P_READYZ},
     };
@@ -204,6 +221,8 @@ static srv_path srv_match(const char *uri, char seg_out[64])
         return keys ? SRV_P_KEY : SRV_P_CREDENTIAL;
     if (keys && strcmp(seg + n, "/sign") == 0)
         return SRV_P_KEY_SIGN;
+    if (keys && strcmp(seg + n, "/rotate") == 0)
+        return SRV_P_KEY_ROTATE;
     return SRV_P_NONE;
 }
 
@@ -387,7 +406,7 @@ static int srv_route_request(struct mg_connection *c, srv *s, char caller_id[CRE
 
     q.if_none_match = mg_get_header(c, "If-None-Match");
     q.now = (int64_t)time(NULL);
-    if (path == SRV_P_KEY || path == SRV_P_KEY_SIGN) {
+    if (path == SRV_P_KEY || path == SRV_P_KEY_SIGN || path == SRV_P_KEY_ROTATE) {
         if (hsm_kid_parse(seg, &q.kid) != 0)
             return srv_send_error(c, API_ERR_INVALID_KID,
                                   "a kid is 32 lowercase hexadecimal characters", NULL, 0);
@@ -410,6 +429,9 @@ static int srv_route_request(struct mg_connection *c, srv *s, char caller_id[CRE
         q.body_len = (size_t)n;
     }
 
+    if (route->stream != NULL)
+        return route->stream(c, s, &q);
+
     api_resp r;
     memset(&r, 0, sizeof(r));
     /* What the handler changes is recorded with the caller as actor (audit.h). */
@@ -427,6 +449,129 @@ static int srv_route_request(struct mg_connection *c, srv *s, char caller_id[CRE
     }
     api_resp_free(&r);
     return status;
+}
+
+/* ---- the revocation event stream ------------------------------------------------------- */
+
+/* How long a subscriber sleeps at most before it looks at the stop flag again. */
+#define SRV_EVENTS_WAKE_MS 1000
+/* Revocations read from the registry per batch while catching a subscriber up. */
+#define SRV_EVENTS_BATCH 256
+
+/* Writes one chunk of the chunked response (the stream has no length): 0, or -1 when the
+ * subscriber is gone. */
+static int srv_chunk(struct mg_connection *c, const char *data, size_t len)
+{
+    char buf[SRV_HEAD_MAX + 16];
+    int n = snprintf(buf, sizeof(buf), "%zx\r\n%.*s\r\n", len, (int)len, data);
+    if (n < 0 || n >= (int)sizeof(buf))
+        return -1;
+    return mg_write(c, buf, (size_t)n) == n ? 0 : -1;
+}
+
+/* Sends every revocation after *sent as one event each, advancing *sent: 0, or -1. */
+static int srv_events_send(struct mg_connection *c, reg *rg, uint64_t *sent)
+{
+    reg_revocation batch[SRV_EVENTS_BATCH];
+    for (;;) {
+        size_t n = reg_revocations_after(rg, *sent, batch, SRV_EVENTS_BATCH);
+        size_t m = n < SRV_EVENTS_BATCH ? n : SRV_EVENTS_BATCH;
+        for (size_t i = 0; i < m; i++) {
+            char kid[2 * HSM_KID_LEN + 1];
+            hsm_kid_hex(&batch[i].kid, kid);
+            json_t *j =
+                json_pack("{s:I, s:s, s:I, s:s}", "seq", (json_int_t)batch[i].seq, "kid", kid,
+                          "revoked_at", (json_int_t)batch[i].revoked_at, "reason", batch[i].reason);
+            char *data = j ? json_dumps(j, JSON_COMPACT) : NULL;
+            json_decref(j);
+            char ev[SRV_HEAD_MAX];
+            int len = data ? snprintf(ev, sizeof(ev), "id: %llu\nevent: revocation\ndata: %s\n\n",
+                                      (unsigned long long)batch[i].seq, data)
+                           : -1;
+            free(data);
+            if (len < 0 || len >= (int)sizeof(ev) || srv_chunk(c, ev, (size_t)len) != 0)
+                return -1;
+            *sent = batch[i].seq;
+        }
+        if (n <= SRV_EVENTS_BATCH)
+            return 0;
+    }
+}
+
+/* GET /v1/revocations/events: Server-Sent Events. A subscriber gets a hello with the
+ * newest sequence number, then every revocation after its Last-Event-ID (none without
+ * one), then each new revocation as it is committed, woken by the registry (no polling),
+ * and a comment line every events_heartbeat_seconds so idle proxies keep the stream open.
+ * Each subscriber holds one CivetWeb thread of its own: num_threads is worker_threads +
+ * events_max_subscribers and subscribers past the bound get 503, so the stream can never
+ * take the threads that sign. The stream ends when the subscriber goes or the appliance
+ * stops. The events only tell verifiers to fetch the signed feed sooner: they carry no
+ * signature and are not what a verifier should believe. */
+static int srv_events(struct mg_connection *c, srv *s, const api_req *q)
+{
+    const cfg *cf = s->env->cfg;
+    reg *rg = s->env->reg;
+    if (q->query != NULL && q->query[0] != '\0')
+        return srv_send_error(c, API_ERR_INVALID_QUERY, "the event stream takes no query", NULL, 0);
+    uint64_t top = reg_revocation_seq(rg);
+    uint64_t sent = top;
+    const char *last = mg_get_header(c, "Last-Event-ID");
+    if (last != NULL) {
+        size_t n = strspn(last, "0123456789");
+        if (n == 0 || n > 15 || last[n] != '\0')
+            return srv_send_error(c, API_ERR_INVALID_LAST_EVENT_ID,
+                                  "Last-Event-ID must be a revocation sequence number", NULL, 0);
+        uint64_t v = strtoull(last, NULL, 10);
+        sent = v < top ? v : top; /* from another appliance's numbering: nothing to replay */
+    }
+    if (atomic_fetch_add(&s->subscribers, 1) >= cf->events_max_subscribers) {
+        atomic_fetch_sub(&s->subscribers, 1);
+        return srv_send_error(c, API_ERR_TOO_MANY_SUBSCRIBERS,
+                              "the event stream has all the subscribers it takes; poll "
+                              "/v1/revocations/feed instead",
+                              "Retry-After: 30\r\n", 0);
+    }
+    char head[SRV_HEAD_MAX];
+    int hlen = snprintf(head, sizeof(head),
+                        "HTTP/1.1 200 OK\r\n"
+                        "Content-Type: text/event-stream\r\n"
+                        "Cache-Control: no-store\r\n"
+                        "X-Accel-Buffering: no\r\n"
+                        "X-Content-Type-Options: nosniff\r\n"
+                        "Transfer-Encoding: chunked\r\n"
+                        "%s\r\n",
+                        s->hsts);
+    char hello[128];
+    int blen = snprintf(hello, sizeof(hello), "retry: 1000\nevent: hello\ndata: {\"seq\":%llu}\n\n",
+                        (unsigned long long)top);
+    uint64_t seen = reg_generation(rg);
+    int ok = hlen > 0 && hlen < (int)sizeof(head) && mg_write(c, head, (size_t)hlen) == hlen &&
+             srv_chunk(c, hello, (size_t)blen) == 0 && srv_events_send(c, rg, &sent) == 0;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int64_t beat_ms = (int64_t)cf->events_heartbeat_seconds * 1000;
+    int64_t next_beat = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + beat_ms;
+    while (ok && !atomic_load(&s->draining)) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t now_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+        if (now_ms >= next_beat) {
+            static const char beat[] = ": keepalive\n\n";
+            ok = srv_chunk(c, beat, sizeof(beat) - 1) == 0;
+            next_beat = now_ms + beat_ms;
+            continue;
+        }
+        int64_t wait = next_beat - now_ms;
+        uint64_t gen = reg_wait_change(
+            rg, seen, wait < SRV_EVENTS_WAKE_MS ? (unsigned)wait : SRV_EVENTS_WAKE_MS);
+        if (gen != seen) {
+            seen = gen;
+            ok = srv_events_send(c, rg, &sent) == 0;
+        }
+    }
+    if (ok)
+        mg_write(c, "0\r\n\r\n", 5); /* the end of the chunked body: the connection stays usable */
+    atomic_fetch_sub(&s->subscribers, 1);
+    return 200;
 }
 
 /* CivetWeb's handler for every path: route, then log. */
@@ -520,7 +665,9 @@ srv *srv_start(const api_env *env, char *err, size_t errlen)
     }
     char ports[300], threads[16], req_to[16], ka_to[16];
     snprintf(ports, sizeof(ports), "%s:%us", c->listen_address, (unsigned)c->port);
-    snprintf(threads, sizeof(threads), "%u", (unsigned)c->worker_threads);
+    /* Event-stream subscribers each hold a thread: theirs come on top of the workers'. */
+    snprintf(threads, sizeof(threads), "%u",
+             (unsigned)c->worker_threads + (unsigned)c->events_max_subscribers);
     snprintf(req_to, sizeof(req_to), "%u", (unsigned)c->request_timeout_ms);
     snprintf(ka_to, sizeof(ka_to), "%u", (unsigned)c->keep_alive_timeout_ms);
     const char *options[] = {

@@ -9,6 +9,12 @@
 #     audit_every_signature = true (one "sign" event per token, group-committed before the
 #     response) right after the default run (signatures only counted), in the same round,
 #     its p50/p99 and the ratio per-signature / counts only;
+#   - the cost of 200 revocation event-stream subscribers: the same wrk JWT run (split)
+#     with 200 subscribers connected (tests/bench/subscribers.py), in the same round, and
+#     the ratio with / without (bar >= 0.90);
+#   - revocation propagation: from the 200 of a DELETE to a subscribed verifier (verifier/)
+#     rejecting the kid, over 100 revocations on a fresh data directory: p50 and p99
+#     (bar p99 <= 100 ms);
 #   - JWKS requests/s with 1,000 keys, for 200 and for 304.
 # Raw, split, split with every signature audited, and single runs alternate, 3 rounds,
 # medians reported: the machine is shared and noisy. The configuration is put back to split
@@ -93,7 +99,7 @@ stop
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 raw_runs=() jwt_runs=() p50_runs=() p99_runs=() single_runs=()
-every_runs=() every_p50_runs=() every_p99_runs=()
+every_runs=() every_p50_runs=() every_p99_runs=() sse_runs=()
 # One wrk JWT measurement against the running appliance: wrk's output, or exit on non-2xx.
 mint_wrk() {
 	local out
@@ -117,6 +123,22 @@ for r in $(seq "$rounds"); do
 	jwt_runs+=("$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')")
 	p50_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')")
 	p99_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')")
+	# The same measurement with 200 event-stream subscribers connected: what they cost.
+	start
+	subs_out=$(mktemp)
+	/usr/bin/python3 tests/bench/subscribers.py "$port" "$dir/tls/cert.pem" 200 >"$subs_out" &
+	subs=$!
+	for _ in $(seq 300); do
+		grep -q ready "$subs_out" && break
+		kill -0 "$subs" 2>/dev/null || { echo "bench: subscribers failed" >&2; exit 1; }
+		sleep 0.1
+	done
+	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, split, 200 subscribers, wrk -t2 -c64, ${secs}s" >&2
+	out=$(mint_wrk) || exit 1
+	kill "$subs" 2>/dev/null; wait "$subs" 2>/dev/null || true
+	rm -f "$subs_out"
+	stop
+	sse_runs+=("$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')")
 	# The same measurement with one audit event per signature: what that costs.
 	set_audit_every true
 	start
@@ -144,6 +166,7 @@ single=$(printf '%s\n' "${single_runs[@]}" | median)
 every=$(printf '%s\n' "${every_runs[@]}" | median)
 every_p50=$(printf '%s\n' "${every_p50_runs[@]}" | median)
 every_p99=$(printf '%s\n' "${every_p99_runs[@]}" | median)
+sse=$(printf '%s\n' "${sse_runs[@]}" | median)
 
 start
 etag=$(curl -s --cacert "$dir/tls/cert.pem" -D - -o /dev/null "$url/.well-known/jwks.json" | awk -F': ' 'tolower($1)=="etag" {print $2}' | tr -d '\r')
@@ -157,6 +180,41 @@ verdict=$(awk -v r="$ratio" 'BEGIN {print (r >= 0.90) ? "pass" : "FAIL"}')
 split_ratio=$(awk -v a="$jwt" -v b="$single" 'BEGIN {printf "%.3f", a / b}')
 split_verdict=$(awk -v r="$split_ratio" 'BEGIN {print (r >= 0.95) ? "pass" : "FAIL"}')
 every_ratio=$(awk -v a="$every" -v b="$jwt" 'BEGIN {printf "%.3f", a / b}')
+sse_ratio=$(awk -v a="$sse" -v b="$jwt" 'BEGIN {printf "%.3f", a / b}')
+sse_verdict=$(awk -v r="$sse_ratio" 'BEGIN {print (r >= 0.90) ? "pass" : "FAIL"}')
+
+# Revocation propagation, on a data directory of its own (the bench token is full: 1,000
+# keys), made fresh each run: 100 keys created, each revoked while a verifier listens.
+pdir="$top/build/bench/propagation"
+rm -rf "$pdir"
+pport=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+provisioning/init-data-dir.sh "$pdir" "$pport" >&2
+build/bin/signd "$pdir/appliance.conf" >"$pdir/stdout.log" 2>>"$pdir/signd.log" &
+ppid=$!
+for _ in $(seq 100); do
+	grep -q listening "$pdir/stdout.log" 2>/dev/null && break
+	sleep 0.2
+done
+prop=$(SIGND_URL="https://127.0.0.1:$pport" SIGND_DIR="$pdir" /usr/bin/python3 - <<'PY'
+import os, subprocess, requests
+url, d = os.environ["SIGND_URL"], os.environ["SIGND_DIR"]
+s = requests.Session(); s.verify = d + "/tls/cert.pem"; s.trust_env = False
+s.headers["Authorization"] = "Bearer " + open(d + "/admin.credential").read().strip()
+with open(d + "/publication.pem", "w") as f:
+    f.write(s.get(url + "/v1/revocations/key").json()["pem"])
+r = s.post(url + "/v1/credentials", json={"role": "signer", "kids": "all", "label": "bench"})
+fd = os.open(d + "/signer.credential", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+os.write(fd, (r.json()["secret"] + "\n").encode()); os.close(fd)
+out = subprocess.run(["build/bin/bench-propagation", url, d + "/tls/cert.pem", d + "/publication.pem",
+                      d + "/admin.credential", d + "/signer.credential", "100"],
+                     check=True, stdout=subprocess.PIPE, text=True).stdout
+print(out.strip().splitlines()[-1])
+PY
+)
+kill "$ppid" 2>/dev/null; wait "$ppid" 2>/dev/null || true
+prop_p50=$(echo "$prop" | sed -nE 's/.*p50 ([0-9.]+) ms.*/\1/p')
+prop_p99=$(echo "$prop" | sed -nE 's/.*p99 ([0-9.]+) ms.*/\1/p')
+prop_verdict=$(awk -v p="$prop_p99" 'BEGIN {print (p != "" && p <= 100) ? "pass" : "FAIL"}')
 {
 	echo "| measure (median of $rounds, ${secs}s each) | value |"
 	echo "| --- | --- |"
@@ -169,6 +227,9 @@ every_ratio=$(awk -v a="$every" -v b="$jwt" 'BEGIN {printf "%.3f", a / b}')
 	echo "| signed JWTs, same wrk, split, audit_every_signature = true (req/s) | $every |"
 	echo "| JWT latency p50 / p99 with audit_every_signature (ms) | $every_p50 / $every_p99 |"
 	echo "| ratio per-signature audit / counts only, the cost of a sign event per token | $every_ratio |"
+	echo "| signed JWTs, same wrk, split, 200 event-stream subscribers connected (req/s) | $sse |"
+	echo "| ratio with / without 200 subscribers (bar >= 0.90) | $sse_ratio $sse_verdict |"
+	echo "| revocation propagation, DELETE 200 -> subscribed verifier rejects, 100 revocations: p50 / p99 (ms; bar p99 <= 100) | $prop_p50 / $prop_p99 $prop_verdict |"
 	echo "| JWKS, 1,000 keys ($jwks_bytes bytes), 200 (req/s) | $j200 |"
 	echo "| JWKS, 1,000 keys, 304 on If-None-Match (req/s) | $j304 |"
 } | tee build/bench/appliance.txt

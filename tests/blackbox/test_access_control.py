@@ -61,6 +61,7 @@ MATRIX = [
     ("GET", "/v1/keys", {"admin", "auditor"}),
     ("GET", "/v1/keys/{A}", {"admin", "auditor"}),
     ("DELETE", "/v1/keys/{victim}", {"admin"}),
+    ("POST", "/v1/keys/{victim}/rotate", {"admin"}),
     ("POST", "/v1/keys/{A}/sign", {"signer"}),
     ("POST", "/v1/tokens", {"signer"}),
     ("POST", "/v1/credentials", {"admin"}),
@@ -72,6 +73,9 @@ MATRIX = [
     ("GET", "/v1/audit/key", "public"),
     ("GET", "/.well-known/jwks.json", "public"),
     ("GET", "/v1/revocations", "public"),
+    ("GET", "/v1/revocations/feed", "public"),
+    ("GET", "/v1/revocations/key", "public"),
+    ("GET", "/v1/revocations/events", "public"),
     ("GET", "/healthz", "public"),
     ("GET", "/readyz", "public"),
 ]
@@ -88,6 +92,8 @@ def body_for(method, path):
         return {"label": "matrix"}
     if method == "DELETE" and path.startswith("/v1/keys/"):
         return {"reason": "matrix"}
+    if path.endswith("/rotate"):
+        return {"grace_seconds": 60}
     return None
 
 
@@ -103,13 +109,19 @@ def test_every_role_gets_exactly_the_routes_of_the_matrix(world, who, method, te
     path = template.format(A=world["A"], victim=victim, cred=world["auditor_id"],
                            victim_cred=victim_cred)
     secret = world["creds"][who]
-    r = a.request(method, path, auth=secret if secret else False, json=body_for(method, path))
+    # The event stream never ends by itself: read its status and headers only.
+    stream = template.endswith("/events")
+    r = a.request(method, path, auth=secret if secret else False, json=body_for(method, path),
+                  stream=stream)
+    if stream:
+        r.close()
     if allowed == "public":
         expect = 200
     elif who in ("none", "revoked"):
         expect = 401
     elif who in allowed:
-        expect = 201 if method == "POST" and template in ("/v1/keys", "/v1/credentials") else 200
+        created = ("/v1/keys", "/v1/credentials", "/v1/keys/{victim}/rotate")
+        expect = 201 if method == "POST" and template in created else 200
     else:
         expect = 403
     assert r.status_code == expect, (who, method, path, r.text)

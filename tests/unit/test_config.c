@@ -128,9 +128,13 @@ static void test_defaults_are_the_documented_values(void **state)
     assert_int_equal(d->token_ttl_default, 3600);
     assert_int_equal(d->token_ttl_min, 60);
     assert_int_equal(d->token_ttl_max, 2592000);
+    assert_int_equal(d->rotation_grace_seconds, 0); /* token_ttl_max */
     assert_string_equal(d->token_issuer, "");
     assert_int_equal(d->jwks_max_age, 60);
     assert_int_equal(d->revocations_max_age, 60);
+    assert_int_equal(d->revocation_feed_lifetime, 900);
+    assert_int_equal(d->events_max_subscribers, 256);
+    assert_int_equal(d->events_heartbeat_seconds, 15);
     assert_false(d->log_requests);
 }
 
@@ -195,9 +199,13 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "token_ttl_default",
                            "token_ttl_min",
                            "token_ttl_max",
+                           "rotation_grace_seconds",
                            "token_issuer",
                            "jwks_max_age",
                            "revocations_max_age",
+                           "revocation_feed_lifetime",
+                           "events_max_subscribers",
+                           "events_heartbeat_seconds",
                            "log_requests",
                            "user",
                            "tls_min_version",

@@ -694,7 +694,8 @@ static void test_state_names_round_trip(void **state)
     }
     reg_state back;
     assert_string_equal(reg_state_name(REG_REVOKED), "revoked");
-    assert_int_equal(reg_state_parse("retiring", &back), -1);
+    assert_string_equal(reg_state_name(REG_RETIRING), "retiring");
+    assert_int_equal(reg_state_parse("retired", &back), -1);
     assert_int_equal(reg_state_parse("Active", &back), -1);
     assert_int_equal(reg_state_parse(NULL, &back), -1);
     assert_string_equal(reg_state_name((reg_state)42), "unknown");
@@ -761,6 +762,395 @@ static void test_open_loads_ten_thousand_rows(void **state)
     assert_int_equal(reg_newest_active(r, &k), REG_OK);
     assert_int_equal(k.created_at, T0 + MANY_ROWS - 1); /* n = 1: n = 0 is revoked */
     reg_close(r);
+}
+
+/* ---- rotation ------------------------------------------------------------------------ */
+
+/* Reserve then rotate key old_n to a new key new_n, as POST /v1/keys/{kid}/rotate does. */
+static reg_status rotate(reg *r, unsigned old_n, unsigned new_n, int64_t created_at,
+                         int64_t retire_at, reg_key *was, reg_key *made)
+{
+    hsm_kid old = kid_of(old_n);
+    reg_key next = key_of(new_n, created_at);
+    if (reg_reserve(r) != REG_OK)
+        return REG_ERR_LIMIT;
+    return reg_rotate(r, &old, &next, retire_at, was, made);
+}
+
+/* How many audit events have this action, kid (hex) and a details text containing `has`
+ * (NULL: any). */
+static int audit_events(const testenv_db *t, const char *action, const hsm_kid *kid,
+                        const char *has)
+{
+    char hex[2 * HSM_KID_LEN + 1], like[256];
+    kid_hex(kid, hex);
+    snprintf(like, sizeof(like), "%%%s%%", has ? has : "");
+    sqlite3 *db = NULL;
+    sqlite3_stmt *s = NULL;
+    assert_int_equal(sqlite3_open(t->db, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT count(*) FROM audit WHERE action = ? AND kid = ?"
+                                        " AND details LIKE ?",
+                                        -1, &s, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(s, 1, action, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, hex, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, like, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    int n = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return n;
+}
+
+/* One integer from the file (a count, a pragma), on a connection of its own. */
+static int64_t raw_int(const testenv_db *t, const char *sql)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *s = NULL;
+    assert_int_equal(sqlite3_open(t->db, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return v;
+}
+
+static void
+test_rotate_makes_the_successor_active_and_the_old_key_retiring_in_one_change(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 1, T0);
+    hsm_kid one = kid_of(1), two = kid_of(2);
+    uint64_t gen = reg_generation(r);
+    reg_key was, made;
+    assert_int_equal(rotate(r, 1, 2, T0 + 10, T0 + 3610, &was, &made), REG_OK);
+    assert_int_equal(reg_generation(r), gen + 1); /* one change: readers see both or none */
+    assert_int_equal(was.state, REG_RETIRING);
+    assert_int_equal(was.retire_at, T0 + 3610);
+    assert_true(was.has_successor && kid_eq(&was.successor, &two));
+    assert_false(was.has_predecessor);
+    assert_int_equal(made.state, REG_ACTIVE);
+    assert_true(made.has_predecessor && kid_eq(&made.predecessor, &one));
+    assert_false(made.has_successor);
+    assert_int_equal(made.retire_at, 0);
+    assert_int_equal(made.created_at, T0 + 10);
+    assert_string_equal(made.label, "key 2");
+
+    for (int pass = 0; pass < 2; pass++) { /* as rotated, then as loaded from the file */
+        reg_key k;
+        assert_int_equal(reg_get(r, &one, &k), REG_OK);
+        assert_int_equal(k.state, REG_RETIRING);
+        assert_int_equal(k.retire_at, T0 + 3610);
+        assert_true(k.has_successor && kid_eq(&k.successor, &two));
+        assert_string_equal(k.n_b64, "modulus-1"); /* still published */
+        assert_int_equal(reg_get(r, &two, &k), REG_OK);
+        assert_int_equal(k.state, REG_ACTIVE);
+        assert_true(k.has_predecessor && kid_eq(&k.predecessor, &one));
+        assert_false(reg_is_active(r, &one)); /* a retiring key signs nothing */
+        assert_true(reg_is_active(r, &two));
+        assert_int_equal(reg_newest_active(r, &k), REG_OK);
+        assert_true(kid_eq(&k.kid, &two));
+        assert_int_equal(reg_count(r, REG_ACTIVE), 1);
+        assert_int_equal(reg_count(r, REG_RETIRING), 1);
+        reg_key list[4];
+        assert_int_equal(reg_list(r, REG_ACTIVE, list, 4), 1); /* never the retiring one */
+        assert_true(kid_eq(&list[0].kid, &two));
+        assert_int_equal(reg_list(r, REG_RETIRING, list, 4), 1);
+        assert_true(kid_eq(&list[0].kid, &one));
+        assert_int_equal(reg_list(r, REG_LIST_LIVE, list, 4), 2); /* what the JWKS lists */
+        reg_close(r);
+        r = open_ok(t, 10);
+    }
+    /* The keeper's own check refuses the retiring key too. */
+    reg_reader *rr = NULL;
+    assert_int_equal(reg_reader_open(t->db, &rr), REG_OK);
+    assert_int_equal(reg_reader_is_active(rr, &one), 0);
+    assert_int_equal(reg_reader_is_active(rr, &two), 1);
+    reg_reader_close(rr);
+    reg_close(r);
+    /* Recorded in the same transaction: the successor's creation and the rotation. */
+    assert_int_equal(audit_events(t, "key.created", &two, "\"predecessor\""), 1);
+    char retire[32];
+    snprintf(retire, sizeof(retire), "\"retire_at\":%d", T0 + 3610);
+    assert_int_equal(audit_events(t, "key.rotated", &one, retire), 1);
+}
+
+static void test_a_rotation_that_fails_in_sqlite_leaves_neither_half(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 1, T0);
+    /* Behind the registry's back the old row stops being active in the file only: the
+     * mirror still allows the rotation, the transaction's UPDATE finds no active row and
+     * the successor's INSERT, already done, must be rolled back with it. */
+    raw_exec(t, "UPDATE keys SET state = 'broken'");
+    int64_t events = raw_int(t, "SELECT count(*) FROM audit");
+    hsm_kid one = kid_of(1), two = kid_of(2);
+    uint64_t gen = reg_generation(r);
+    assert_int_equal(rotate(r, 1, 2, T0 + 10, T0 + 100, NULL, NULL), REG_ERR_IO);
+    assert_int_equal(raw_int(t, "SELECT count(*) FROM keys"), 1);
+    assert_int_equal(raw_int(t, "SELECT count(*) FROM audit"), events);
+    assert_int_equal(reg_generation(r), gen);
+    assert_int_equal(reg_get(r, &two, NULL), REG_ERR_NOT_FOUND);
+    reg_key k;
+    assert_int_equal(reg_get(r, &one, &k), REG_OK);
+    assert_int_equal(k.state, REG_ACTIVE);
+    /* The reservation went back: the slots are as before. */
+    for (int i = 0; i < 9; i++)
+        assert_int_equal(reg_reserve(r), REG_OK);
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    reg_close(r);
+}
+
+static void test_retiring_keys_hold_their_slot_so_rotating_at_the_limit_is_refused(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 3);
+    add(r, 1, T0);
+    add(r, 2, T0);
+    assert_int_equal(rotate(r, 1, 3, T0 + 1, T0 + 100, NULL, NULL), REG_OK);
+    /* 1 retiring, 2 and 3 active: three keys in the token, the limit. */
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    assert_int_equal(rotate(r, 2, 4, T0 + 2, T0 + 100, NULL, NULL), REG_ERR_LIMIT);
+    hsm_kid two = kid_of(2), next_kid = kid_of(4), one = kid_of(1);
+    reg_key next = key_of(4, T0 + 2);
+    /* Without a reservation reg_rotate checks the limit itself. */
+    assert_int_equal(reg_rotate(r, &two, &next, T0 + 100, NULL, NULL), REG_ERR_LIMIT);
+    assert_int_equal(reg_get(r, &next_kid, NULL), REG_ERR_NOT_FOUND);
+    assert_true(reg_is_active(r, &two));
+    reg_close(r);
+
+    r = open_ok(t, 3); /* the count is rebuilt from the file: retiring keys count */
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    /* Revoking the retiring key frees its slot. */
+    assert_int_equal(reg_revoke(r, &one, "rotated", T0 + 100, NULL), REG_OK);
+    assert_int_equal(rotate(r, 2, 4, T0 + 3, T0 + 200, NULL, NULL), REG_OK);
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    /* A retiring key that breaks frees its slot too. */
+    assert_int_equal(reg_mark_broken(r, &two), REG_OK);
+    assert_int_equal(reg_reserve(r), REG_OK);
+    reg_unreserve(r);
+    reg_close(r);
+}
+
+static void test_a_retiring_key_is_never_the_newest_active(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 1, T0 + 500); /* the newest by far */
+    add(r, 2, T0 + 100);
+    /* A successor dated before key 2 (a clock that went back): 2 is the newest active. */
+    assert_int_equal(rotate(r, 1, 3, T0 + 50, T0 + 1000, NULL, NULL), REG_OK);
+    hsm_kid one = kid_of(1), two = kid_of(2), three = kid_of(3);
+    for (int pass = 0; pass < 2; pass++) {
+        reg_key k;
+        assert_int_equal(reg_newest_active(r, &k), REG_OK);
+        assert_true(kid_eq(&k.kid, &two));
+        reg_close(r);
+        r = open_ok(t, 10);
+    }
+    reg_key k;
+    assert_int_equal(reg_revoke(r, &two, "x", T0 + 600, NULL), REG_OK);
+    assert_int_equal(reg_newest_active(r, &k), REG_OK);
+    assert_true(kid_eq(&k.kid, &three));
+    assert_int_equal(reg_revoke(r, &three, "x", T0 + 600, NULL), REG_OK);
+    /* Only the retiring key is left: there is no active key at all. */
+    assert_int_equal(reg_newest_active(r, &k), REG_ERR_NOT_FOUND);
+    assert_int_equal(reg_get(r, &one, &k), REG_OK);
+    assert_int_equal(k.state, REG_RETIRING);
+    reg_close(r);
+    r = open_ok(t, 10);
+    assert_int_equal(reg_newest_active(r, &k), REG_ERR_NOT_FOUND);
+    reg_close(r);
+}
+
+static void test_only_an_active_key_rotates_and_retiring_moves_to_revoked_or_broken(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 1, T0);
+    add(r, 2, T0);
+    add(r, 3, T0);
+    hsm_kid one = kid_of(1), two = kid_of(2), three = kid_of(3), unknown = kid_of(99);
+    assert_int_equal(rotate(r, 1, 10, T0 + 1, T0 + 100, NULL, NULL), REG_OK);
+    assert_int_equal(reg_revoke(r, &two, "x", T0 + 1, NULL), REG_OK);
+    assert_int_equal(reg_mark_broken(r, &three), REG_OK);
+
+    /* Retiring, revoked, broken: REG_ERR_STATE; unknown: not found. Each consumes its
+     * reservation, and nothing changes. */
+    uint64_t gen = reg_generation(r);
+    assert_int_equal(rotate(r, 1, 11, T0 + 2, T0 + 100, NULL, NULL), REG_ERR_STATE);
+    assert_int_equal(rotate(r, 2, 11, T0 + 2, T0 + 100, NULL, NULL), REG_ERR_STATE);
+    assert_int_equal(rotate(r, 3, 11, T0 + 2, T0 + 100, NULL, NULL), REG_ERR_STATE);
+    assert_int_equal(rotate(r, 99, 11, T0 + 2, T0 + 100, NULL, NULL), REG_ERR_NOT_FOUND);
+    /* A successor kid that exists already. */
+    assert_int_equal(rotate(r, 10, 2, T0 + 2, T0 + 100, NULL, NULL), REG_ERR_EXISTS);
+    hsm_kid eleven = kid_of(11);
+    assert_int_equal(reg_get(r, &eleven, NULL), REG_ERR_NOT_FOUND);
+    assert_int_equal(reg_generation(r), gen);
+    assert_int_equal(reg_get(r, &unknown, NULL), REG_ERR_NOT_FOUND);
+    for (int i = 0; i < 8; i++) /* 1 retiring and 10 active hold two of ten slots */
+        assert_int_equal(reg_reserve(r), REG_OK);
+    assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
+    for (int i = 0; i < 8; i++)
+        reg_unreserve(r);
+
+    /* Neither half of a rotation can be deleted. */
+    hsm_kid ten = kid_of(10);
+    assert_int_equal(reg_delete(r, &one), REG_ERR_STATE);
+    assert_int_equal(reg_delete(r, &ten), REG_ERR_STATE);
+
+    /* Retiring -> revoked before its retire_at (DELETE at any time): the lineage stays. */
+    reg_key k;
+    assert_int_equal(reg_revoke(r, &one, "compromised", T0 + 5, &k), REG_OK);
+    assert_int_equal(k.state, REG_REVOKED);
+    assert_int_equal(k.revoked_at, T0 + 5);
+    assert_string_equal(k.reason, "compromised");
+    assert_true(k.has_successor && kid_eq(&k.successor, &ten));
+    assert_int_equal(reg_count(r, REG_RETIRING), 0);
+    assert_int_equal(rotate(r, 10, 12, T0 + 6, T0 + 100, NULL, NULL), REG_OK);
+    /* Retiring -> broken (reconcile found its object gone), then revoked. */
+    assert_int_equal(reg_mark_broken(r, &ten), REG_OK);
+    assert_int_equal(reg_get(r, &ten, &k), REG_OK);
+    assert_int_equal(k.state, REG_BROKEN);
+    assert_int_equal(reg_retiring_due(r, T0 + 1000, NULL, 0, NULL), 0); /* not scheduled */
+    assert_int_equal(reg_revoke(r, &ten, "gone", T0 + 7, NULL), REG_OK);
+    reg_close(r);
+    r = open_ok(t, 10);
+    assert_int_equal(reg_get(r, &ten, &k), REG_OK);
+    assert_int_equal(k.state, REG_REVOKED);
+    assert_true(k.has_predecessor && kid_eq(&k.predecessor, &one));
+    assert_true(k.has_successor);
+    reg_close(r);
+}
+
+static void test_retiring_due_names_the_overdue_keys_and_the_next_retire_at(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    int64_t next = -1;
+    hsm_kid due[4];
+    assert_int_equal(reg_retiring_due(r, T0, due, 4, &next), 0);
+    assert_int_equal(next, 0);
+    for (unsigned n = 1; n <= 3; n++) {
+        add(r, n, T0);
+        assert_int_equal(rotate(r, n, 10 + n, T0, T0 + 10 * n, NULL, NULL), REG_OK);
+    }
+    assert_int_equal(reg_retiring_due(r, T0 + 9, due, 4, &next), 0);
+    assert_int_equal(next, T0 + 10);
+    assert_int_equal(reg_retiring_due(r, T0 + 20, due, 4, &next), 2); /* retire_at <= now */
+    assert_int_equal(next, T0 + 30);
+    hsm_kid one = kid_of(1), two = kid_of(2);
+    assert_true((kid_eq(&due[0], &one) && kid_eq(&due[1], &two)) ||
+                (kid_eq(&due[0], &two) && kid_eq(&due[1], &one)));
+    assert_int_equal(reg_retiring_due(r, T0 + 20, due, 1, NULL), 2); /* truncated, says so */
+    assert_int_equal(reg_revoke(r, &one, "rotated", T0 + 20, NULL), REG_OK);
+    assert_int_equal(reg_retiring_due(r, T0 + 20, due, 4, &next), 1);
+    assert_true(kid_eq(&due[0], &two));
+    reg_close(r);
+    r = open_ok(t, 10); /* the schedule is in the file */
+    assert_int_equal(reg_retiring_due(r, T0 + 100, due, 4, &next), 2);
+    assert_int_equal(next, 0);
+    reg_close(r);
+}
+
+/* The schema a version-1 registry file has, exactly as the code before rotation wrote it
+ * (sqlite3 .schema of a file it made). */
+static const char v1_schema[] =
+    "CREATE TABLE keys ( id INTEGER PRIMARY KEY, kid TEXT NOT NULL UNIQUE CHECK (length(kid) ="
+    " 32), state TEXT NOT NULL, bits INTEGER NOT NULL, label TEXT NOT NULL, created_at INTEGER"
+    " NOT NULL, n TEXT NOT NULL, e TEXT NOT NULL);"
+    "CREATE TABLE revocations ( seq INTEGER PRIMARY KEY AUTOINCREMENT, kid TEXT NOT NULL"
+    " UNIQUE REFERENCES keys(kid), revoked_at INTEGER NOT NULL, reason TEXT NOT NULL);"
+    "CREATE TABLE audit ( seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, actor TEXT NOT"
+    " NULL, action TEXT NOT NULL, kid TEXT NOT NULL, details TEXT NOT NULL, prev_hash TEXT NOT"
+    " NULL CHECK (length(prev_hash) = 64), hash TEXT NOT NULL CHECK (length(hash) = 64));"
+    "CREATE INDEX audit_kid ON audit (kid) WHERE kid != '';"
+    "CREATE TABLE audit_checkpoints ( seq INTEGER PRIMARY KEY, hash TEXT NOT NULL CHECK"
+    " (length(hash) = 64), time INTEGER NOT NULL, jws TEXT NOT NULL);"
+    "PRAGMA journal_mode=WAL;";
+
+static void test_a_version_1_file_is_migrated_in_place_and_keeps_every_row(void **state)
+{
+    testenv_db *t = *state;
+    hsm_kid k[4] = {kid_of(1), kid_of(2), kid_of(3), kid_of(4)};
+    char hex[4][2 * HSM_KID_LEN + 1];
+    for (int i = 0; i < 4; i++)
+        kid_hex(&k[i], hex[i]);
+    char sql[2048];
+    raw_exec(t, v1_schema);
+    /* Ids out of order on purpose: the tie-break of the newest active key is the id. */
+    snprintf(sql, sizeof(sql),
+             "BEGIN;"
+             "INSERT INTO keys VALUES (7, '%s', 'active', 2048, 'a', %d, 'n1', 'AQAB');"
+             "INSERT INTO keys VALUES (3, '%s', 'active', 3072, 'b', %d, 'n2', 'AQAB');"
+             "INSERT INTO keys VALUES (5, '%s', 'revoked', 2048, 'c', %d, 'n3', 'AQAB');"
+             "INSERT INTO keys VALUES (9, '%s', 'broken', 4096, 'd', %d, 'n4', 'AQAB');"
+             "INSERT INTO revocations (kid, revoked_at, reason) VALUES ('%s', %d, 'gone');"
+             "PRAGMA user_version = 1;"
+             "COMMIT;",
+             hex[0], T0, hex[1], T0, hex[2], T0 - 10, hex[3], T0 - 20, hex[2], T0 + 1);
+    raw_exec(t, sql);
+
+    reg *r = open_ok(t, 10);
+    assert_int_equal(raw_int(t, "PRAGMA user_version"), REG_SCHEMA_VERSION);
+    assert_int_equal(raw_int(t, "SELECT count(*) FROM pragma_table_info('keys')"
+                                " WHERE name IN ('retire_at', 'successor', 'predecessor')"),
+                     3);
+    assert_int_equal(raw_int(t, "SELECT count(*) FROM keys"), 4);
+    assert_int_equal(raw_int(t, "SELECT sum(id) FROM keys"), 7 + 3 + 5 + 9);
+    assert_int_equal(reg_count(r, REG_ACTIVE), 2);
+    assert_int_equal(reg_count(r, REG_REVOKED), 1);
+    assert_int_equal(reg_count(r, REG_BROKEN), 1);
+    assert_int_equal(reg_count(r, REG_RETIRING), 0);
+    reg_key got;
+    assert_int_equal(reg_get(r, &k[1], &got), REG_OK);
+    assert_int_equal(got.bits, 3072);
+    assert_string_equal(got.label, "b");
+    assert_string_equal(got.n_b64, "n2");
+    assert_false(got.has_successor || got.has_predecessor || got.retire_at);
+    assert_int_equal(reg_get(r, &k[2], &got), REG_OK);
+    assert_int_equal(got.state, REG_REVOKED);
+    assert_int_equal(got.revocation_seq, 1);
+    assert_string_equal(got.reason, "gone");
+    assert_int_equal(reg_newest_active(r, &got), REG_OK); /* same created_at: id 7 wins */
+    assert_true(kid_eq(&got.kid, &k[0]));
+    assert_int_equal(reg_revocation_seq(r), 1);
+
+    /* The migrated file rotates, and the next revocation takes the next seq. */
+    assert_int_equal(rotate(r, 1, 20, T0 + 5, T0 + 50, NULL, NULL), REG_OK);
+    assert_int_equal(reg_revoke(r, &k[0], "rotated", T0 + 50, &got), REG_OK);
+    assert_int_equal(got.revocation_seq, 2);
+    reg_close(r);
+    r = open_ok(t, 10); /* and opens again as a version-2 file */
+    assert_int_equal(reg_count(r, REG_ACTIVE), 2);
+    assert_int_equal(reg_count(r, REG_REVOKED), 2);
+    reg_close(r);
+    /* The keeper's read-only view reads the migrated file. */
+    reg_reader *rr = NULL;
+    assert_int_equal(reg_reader_open(t->db, &rr), REG_OK);
+    assert_int_equal(reg_reader_is_active(rr, &k[1]), 1);
+    reg_reader_close(rr);
+}
+
+static void test_a_retiring_row_without_retire_at_or_successor_is_refused(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 1, T0);
+    add(r, 2, T0);
+    reg_close(r);
+    raw_exec(t, "UPDATE keys SET state = 'retiring' WHERE id = 1");
+    r = NULL;
+    assert_int_equal(reg_open(t->db, 10, &r), REG_ERR_IO);
+    assert_null(r);
+    assert_non_null(strstr(reg_last_error(), "retiring without retire_at or successor"));
+    raw_exec(t, "UPDATE keys SET retire_at = 1, successor = 'zz' WHERE id = 1");
+    assert_int_equal(reg_open(t->db, 10, &r), REG_ERR_IO);
+    assert_non_null(strstr(reg_last_error(), "is not a kid"));
 }
 
 /* ---- the read-only view (reg_reader) ------------------------------------------------- */
@@ -946,6 +1336,14 @@ int main(void)
         T(test_bad_arguments_are_refused),
         T(test_state_names_round_trip),
         T(test_open_loads_ten_thousand_rows),
+        T(test_rotate_makes_the_successor_active_and_the_old_key_retiring_in_one_change),
+        T(test_a_rotation_that_fails_in_sqlite_leaves_neither_half),
+        T(test_retiring_keys_hold_their_slot_so_rotating_at_the_limit_is_refused),
+        T(test_a_retiring_key_is_never_the_newest_active),
+        T(test_only_an_active_key_rotates_and_retiring_moves_to_revoked_or_broken),
+        T(test_retiring_due_names_the_overdue_keys_and_the_next_retire_at),
+        T(test_a_version_1_file_is_migrated_in_place_and_keeps_every_row),
+        T(test_a_retiring_row_without_retire_at_or_successor_is_refused),
         T(test_reader_sees_only_active_kids_as_active),
         T(test_reader_already_open_sees_each_committed_change_at_its_next_lookup),
         T(test_reader_fails_closed_when_the_lookup_cannot_run),
