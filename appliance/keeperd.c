@@ -43,10 +43,6 @@ typedef struct kpd_conn {
      * listing agree even if keys come and go in between. Thread-private. */
     hsm_key_entry *list;
     size_t list_total; /* hsm_list's count, which may exceed KPD_LIST_CAP */
-    /* This connection's own read-only view of the registry, opened on first use: one
-     * shared connection behind a mutex became a convoy at 64 signing threads (a holder
-     * preempted mid-lookup stalls every signature). Thread-private. */
-    reg_reader *rr;
     /* A revocation feed's signing input so far (PUBLISH_PART), up to KP_PUBLISH_SIGN_MAX;
      * PUBLISH_SIGN consumes it. Thread-private. */
     uint8_t *pending;
@@ -67,17 +63,107 @@ struct kpd {
     kpd_conn *conns;
     unsigned live;   /* connections whose thread has not finished */
     int full_logged; /* the limit was logged since a connection last ended */
+
+    /* The active kids, as the registry last said: a sorted array read under active_rw.
+     * A SQLite read transaction per signature cost about a third of what the split costs
+     * (every lookup takes SQLite's process-wide VFS mutex; one shared reader convoyed, one
+     * per connection still cost 3 % of the throughput), so the set is kept in memory and
+     * re-read when the file changed: refresh_mu's holder asks the reader for the file's
+     * data_version at most every KPD_ACTIVE_CHECK_MS, and at once when a kid is not in the
+     * set (a key just created) or is about to be destroyed. */
+    pthread_rwlock_t active_rw;
+    hsm_kid *active; /* sorted by bytes */
+    size_t n_active;
+    pthread_mutex_t refresh_mu; /* reader, data_version, loaded */
+    reg_reader *reader;
+    uint64_t data_version;
+    int loaded;
+    atomic_llong checked_ms; /* CLOCK_MONOTONIC ms of the last data_version check */
 };
 
 /* ---- one request ------------------------------------------------------------------------- */
 
-/* 1 when kid is active in the registry, read through this connection's reader; 0 for
- * anything else, a reader that cannot be opened included (fail closed). */
-static int kpd_is_active(kpd_conn *cn, const hsm_kid *kid)
+static long long kpd_now_ms(void)
 {
-    if (cn->rr == NULL && reg_reader_open(cn->d->db_path, &cn->rr) != REG_OK)
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Re-reads the active set when the file changed since the last look (or was never read).
+ * Caller holds refresh_mu. 0, or -1 when the registry cannot be read: the set is then
+ * emptied, so that the keeper fails closed. */
+static int kpd_active_refresh_locked(kpd *d)
+{
+    atomic_store(&d->checked_ms, kpd_now_ms());
+    if (d->reader == NULL && reg_reader_open(d->db_path, &d->reader) != REG_OK)
+        goto fail;
+    /* The version first: a commit between it and the listing is seen by the listing and
+     * read again next time, never missed. */
+    uint64_t v = reg_reader_data_version(d->reader);
+    if (v == 0)
+        goto fail;
+    if (d->loaded && v == d->data_version)
         return 0;
-    return reg_reader_is_active(cn->rr, kid);
+    hsm_kid *kids = NULL;
+    size_t n = 0;
+    if (reg_reader_active_kids(d->reader, &kids, &n) != REG_OK)
+        goto fail;
+    pthread_rwlock_wrlock(&d->active_rw);
+    hsm_kid *old = d->active;
+    d->active = kids;
+    d->n_active = n;
+    pthread_rwlock_unlock(&d->active_rw);
+    free(old);
+    d->data_version = v;
+    d->loaded = 1;
+    return 0;
+fail:
+    /* A reader that failed once is reopened next time (the file may have been replaced). */
+    reg_reader_close(d->reader);
+    d->reader = NULL;
+    d->loaded = 0;
+    pthread_rwlock_wrlock(&d->active_rw);
+    free(d->active);
+    d->active = NULL;
+    d->n_active = 0;
+    pthread_rwlock_unlock(&d->active_rw);
+    return -1;
+}
+
+static int kpd_kid_cmp(const void *a, const void *b)
+{
+    return memcmp(a, b, HSM_KID_LEN);
+}
+
+static int kpd_active_has(kpd *d, const hsm_kid *kid)
+{
+    pthread_rwlock_rdlock(&d->active_rw);
+    int found = d->n_active > 0 &&
+                bsearch(kid, d->active, d->n_active, sizeof(*d->active), kpd_kid_cmp) != NULL;
+    pthread_rwlock_unlock(&d->active_rw);
+    return found;
+}
+
+/* 1 when kid is active in the registry, 0 for anything else, a registry that cannot be read
+ * included (fail closed). fresh: the answer must hold as of now (a DESTROY); otherwise it
+ * may be up to KPD_ACTIVE_CHECK_MS old for a kid that stopped being active (a revocation:
+ * the front destroys the revoked key's object right after, and a front that skips that
+ * step owns the file anyway, see SECURITY.md), and is always current for a kid that just
+ * became active. */
+static int kpd_is_active(kpd *d, const hsm_kid *kid, int fresh)
+{
+    if (!fresh && kpd_now_ms() - atomic_load(&d->checked_ms) >= KPD_ACTIVE_CHECK_MS &&
+        pthread_mutex_trylock(&d->refresh_mu) == 0) {
+        kpd_active_refresh_locked(d); /* one thread looks; the others keep signing */
+        pthread_mutex_unlock(&d->refresh_mu);
+    }
+    if (!fresh && kpd_active_has(d, kid))
+        return 1;
+    pthread_mutex_lock(&d->refresh_mu);
+    kpd_active_refresh_locked(d);
+    pthread_mutex_unlock(&d->refresh_mu);
+    return kpd_active_has(d, kid);
 }
 
 static size_t kpd_list(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size_t cap)
@@ -152,7 +238,7 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
             break;
         }
         /* The keeper's own check: the front's word is not enough to sign. */
-        if (!kpd_is_active(cn, &q->kid)) {
+        if (!kpd_is_active(d, &q->kid, 0)) {
             st = HSM_ERR_KEY_NOT_FOUND;
             break;
         }
@@ -195,7 +281,7 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         if (kp_is_reserved(&q->kid))
             st = HSM_ERR_BAD_ARGUMENT;
         else
-            st = kpd_is_active(cn, &q->kid) ? HSM_ERR_BAD_ARGUMENT : hsm_destroy(d->h, &q->kid);
+            st = kpd_is_active(d, &q->kid, 1) ? HSM_ERR_BAD_ARGUMENT : hsm_destroy(d->h, &q->kid);
         break;
     case KPP_OP_LIST:
         return kpd_list(cn, q, rep, cap);
@@ -308,8 +394,6 @@ static void *kpd_conn_main(void *arg)
     free(cn->list);
     cn->list = NULL;
     kpd_pending_drop(cn);
-    reg_reader_close(cn->rr);
-    cn->rr = NULL;
     hsm_thread_done(d->h); /* this thread's token session, before its slot is given back */
     pthread_mutex_lock(&d->mu);
     close(cn->fd);
@@ -489,6 +573,10 @@ static void kpd_free(kpd *d)
             unlink(d->path);
     }
     hsm_close(d->h);
+    reg_reader_close(d->reader);
+    free(d->active);
+    pthread_rwlock_destroy(&d->active_rw);
+    pthread_mutex_destroy(&d->refresh_mu);
     pthread_mutex_destroy(&d->mu);
     free(d);
 }
@@ -505,6 +593,9 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
     d->max_conns = cfg_pkcs11_sessions(c);
     atomic_init(&d->stopping, 0);
     pthread_mutex_init(&d->mu, NULL);
+    pthread_rwlock_init(&d->active_rw, NULL);
+    pthread_mutex_init(&d->refresh_mu, NULL);
+    atomic_init(&d->checked_ms, 0);
     if (c->keeper_socket[0] == '\0' || strlen(c->keeper_socket) >= sizeof(d->path)) {
         kpd_free(d);
         return kpd_fail(err, errlen, "keeper socket path missing or longer than %zu bytes",
@@ -538,15 +629,12 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         return -1;
     }
     snprintf(d->db_path, sizeof(d->db_path), "%s", c->database);
-    /* The registry must be readable now, not at the first signature; each connection
-     * then opens its own reader (kpd_is_active). */
-    reg_reader *probe = NULL;
-    if (reg_reader_open(c->database, &probe) != REG_OK) {
+    /* The registry must be readable now, not at the first signature. */
+    if (kpd_active_refresh_locked(d) != 0) {
         kpd_fail(err, errlen, "%s", reg_last_error());
         kpd_free(d);
         return -1;
     }
-    reg_reader_close(probe);
     *out = d;
     return 0;
 }

@@ -11,11 +11,14 @@
  *  - one thread per accepted connection, at most cfg_pkcs11_sessions(c) at once (each
  *    thread has its own token session, released when its connection closes); a connection
  *    beyond the limit, or from another uid (SO_PEERCRED), is closed at once, unanswered;
- *  - its own view of which kids may sign: before every SIGN it reads the kid's state from
- *    the registry file itself (reg_reader: read-only SQLite connection, one indexed lookup,
- *    failing closed), so a revoked, broken or unknown kid cannot sign whatever the front
- *    asks (HSM_ERR_KEY_NOT_FOUND, the token untouched). PING's probe signature, GENERATE,
- *    PUBLIC_KEY, DESTROY and LIST do not consult the registry;
+ *  - its own view of which kids may sign, read from the registry file itself (reg_reader:
+ *    a read-only SQLite connection, failing closed): the set of active kids, kept in
+ *    memory and read again when the file changed (checked at most KPD_ACTIVE_CHECK_MS
+ *    apart, and at once for a kid not in the set). So a revoked, broken or unknown kid
+ *    cannot sign whatever the front asks (HSM_ERR_KEY_NOT_FOUND, the token untouched),
+ *    a revoked one at most KPD_ACTIVE_CHECK_MS after its revocation was committed. DESTROY
+ *    asks the file first and refuses an active kid. PING's probe signature, GENERATE,
+ *    PUBLIC_KEY and LIST do not consult the registry;
  *  - the hsm handle, opened by kpd_open and closed by kpd_close only after every
  *    connection thread has left the module (SoftHSM2 crashes on C_Finalize otherwise).
  *
@@ -40,6 +43,12 @@
 #include "appliance/config.h"
 
 #include <stddef.h>
+
+/* How long a kid may still sign through the keeper after the registry stopped listing it
+ * as active (a revocation committed by the front): the keeper keeps the active kids in
+ * memory and asks the file whether it changed at most this often. A kid that became
+ * active signs at once, and DESTROY always asks the file first. */
+#define KPD_ACTIVE_CHECK_MS 100
 
 typedef struct kpd kpd;
 
