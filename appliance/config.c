@@ -77,7 +77,8 @@ static const cfg_setting cfg_settings[] = {
     {"worker_threads", CFG_T_UINT, CFG_FIELD(worker_threads), "64", 2, 1024, false, NULL,
      "HTTPS worker threads, each with its own PKCS#11 session"},
     {"max_pkcs11_sessions", CFG_T_UINT, CFG_FIELD(max_pkcs11_sessions), "0", 0, 4096, false, NULL,
-     "Most PKCS#11 sessions to open; 0 means worker_threads + 4"},
+     "Most PKCS#11 sessions to open; 0 means worker_threads + events_max_subscribers + 4, "
+     "one for every thread that may sign"},
     {"request_timeout_ms", CFG_T_UINT, CFG_FIELD(request_timeout_ms), "10000", 100, 600000, false,
      NULL, "Milliseconds a client has to send a whole request"},
     {"keep_alive_timeout_ms", CFG_T_UINT, CFG_FIELD(keep_alive_timeout_ms), "30000", 0, 600000,
@@ -394,7 +395,12 @@ void cfg_defaults(cfg *out, const char *base_dir)
 
 unsigned cfg_pkcs11_sessions(const cfg *c)
 {
-    return c->max_pkcs11_sessions != 0 ? c->max_pkcs11_sessions : c->worker_threads + 4;
+    /* CivetWeb runs worker_threads + events_max_subscribers threads and any of them may
+     * serve a request that signs (a subscriber's thread serves other connections after its
+     * stream ends), each with a session (or a keeper connection) of its own: fewer would
+     * turn a busy moment into 503s. */
+    return c->max_pkcs11_sessions != 0 ? c->max_pkcs11_sessions
+                                       : c->worker_threads + c->events_max_subscribers + 4;
 }
 
 /* ---- loading --------------------------------------------------------------------------- */

@@ -61,7 +61,7 @@ typedef struct cfg {
     char tls_private_key[CFG_PATH_MAX];
     char database[CFG_PATH_MAX];
     unsigned worker_threads;
-    unsigned max_pkcs11_sessions; /* 0: worker_threads + 4, see cfg_pkcs11_sessions */
+    unsigned max_pkcs11_sessions; /* 0: one per thread, see cfg_pkcs11_sessions */
     unsigned request_timeout_ms;
     unsigned keep_alive_timeout_ms;
     unsigned max_active_keys;
@@ -125,8 +125,8 @@ int cfg_write_defaults(FILE *f, unsigned port);
  * be read. */
 void cfg_sha256_hex(const char *path, char out[65]);
 
-/* The number of PKCS#11 sessions to allow: max_pkcs11_sessions, or worker_threads + 4
- * when that is 0. */
+/* The number of PKCS#11 sessions to allow: max_pkcs11_sessions, or worker_threads +
+ * events_max_subscribers + 4 when that is 0. */
 unsigned cfg_pkcs11_sessions(const cfg *c);
 
 #endif

@@ -335,3 +335,32 @@ def test_appliance_stops_promptly_and_cleanly_with_subscribers_connected(make_ap
     for s in streams:
         s.wait(lambda st: st.ended)  # the stream was ended, not left hanging
         s.close()
+
+
+@pytest.mark.parametrize("model", ["split", "single"])
+def test_every_thread_may_sign_so_subscriber_threads_never_cause_503(make_appliance, model):
+    # CivetWeb runs worker_threads + events_max_subscribers threads, and any of them may
+    # serve a request that signs: each needs a session (or keeper connection) of its own.
+    # Keep-alive connections held open at once are served by distinct threads: eight of
+    # them (of the ten threads, the fixture's own connection holds one) need eight
+    # sessions, more than worker_threads + 4.
+    a = make_appliance({"process_model": model, "worker_threads": 2,
+                        "events_max_subscribers": 8})
+    kid = a.create_key()["kid"]
+    sessions = []
+    try:
+        for _ in range(8):
+            s = requests.Session()
+            s.verify = a.cacert
+            s.headers["Authorization"] = "Bearer " + a.signer
+            sessions.append(s)
+            r = s.post(a.url + "/v1/tokens", json={"kid": kid, "sub": "t"}, timeout=30,
+                       verify=a.cacert)
+            assert r.status_code == 200, r.text
+        for s in sessions:
+            r = s.post(a.url + "/v1/tokens", json={"kid": kid, "sub": "t"}, timeout=30,
+                       verify=a.cacert)
+            assert r.status_code == 200, r.text
+    finally:
+        for s in sessions:
+            s.close()

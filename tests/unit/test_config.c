@@ -283,10 +283,12 @@ static void test_every_value_kind_is_parsed(void **state)
     assert_string_equal(fx->c.token_issuer, "signd");
 }
 
-static void test_pkcs11_sessions_zero_means_workers_plus_four(void **state)
+static void test_pkcs11_sessions_zero_means_one_per_thread_plus_four(void **state)
 {
     fixture *fx = *state;
     cfg_defaults(&fx->d, NULL);
+    assert_int_equal(cfg_pkcs11_sessions(&fx->d), 64 + 256 + 4); /* workers, subscribers */
+    fx->d.events_max_subscribers = 0;
     assert_int_equal(cfg_pkcs11_sessions(&fx->d), 68);
     fx->d.max_pkcs11_sessions = 16;
     assert_int_equal(cfg_pkcs11_sessions(&fx->d), 16);
@@ -588,7 +590,7 @@ int main(void)
         T(test_unmentioned_settings_keep_their_defaults),
         T(test_comments_blank_lines_and_crlf_line_ends_are_accepted),
         T(test_every_value_kind_is_parsed),
-        T(test_pkcs11_sessions_zero_means_workers_plus_four),
+        T(test_pkcs11_sessions_zero_means_one_per_thread_plus_four),
         T(test_relative_paths_resolve_against_the_config_directory),
         T(test_config_given_by_relative_path_yields_absolute_paths),
         T(test_module_bare_name_is_left_to_the_loader),
