@@ -186,6 +186,10 @@ api_err api_revocations(const api_req *q, api_resp *r);
  * "after", "iat", "exp", "ttl", "revoked"}. Served as API_FEED_MEDIA_TYPE. */
 api_err api_revocations_feed(const api_req *q, api_resp *r);
 /* The publication key: {"kid", "alg", "typ", "jwk", "pem"}, for operators to pin. */
+/* A service key's public half as {"kid", "alg", "jwk" (with use), "pem"} and, when typ is
+ * not NULL, the "typ" of the documents it signs: GET /v1/audit/key, /v1/revocations/key. */
+api_err api_service_key(const api_req *q, api_resp *r, kp_svc svc, const char *kid, const char *use,
+                        const char *typ);
 api_err api_revocations_key(const api_req *q, api_resp *r);
 #define API_FEED_MEDIA_TYPE "application/kid-revocation+jwt"
 #define API_FEED_ISSUER_DEFAULT "signd" /* the feed's iss when token_issuer is empty */

@@ -156,21 +156,5 @@ api_err api_audit_export(const api_req *q, api_resp *r)
 
 api_err api_audit_key(const api_req *q, api_resp *r)
 {
-    hsm_pubkey pub;
-    hsm_status st = kp_svc_public_key(q->env->kp, KP_SVC_AUDIT, &pub);
-    if (st != HSM_OK)
-        return api_hsm_error(r, st);
-    json_t *jwk = jose_jwk_rsa(pub.n, pub.n_len, pub.e, pub.e_len, KP_AUDIT_KID);
-    char *pem = jose_rsa_public_pem(pub.n, pub.n_len, pub.e, pub.e_len);
-    if (jwk == NULL || pem == NULL) {
-        json_decref(jwk);
-        free(pem);
-        return api_fail(r, API_ERR_INTERNAL, "out of memory");
-    }
-    json_object_set_new(jwk, "use", json_string("sig"));
-    api_err e = api_json(r, 200,
-                         json_pack("{s:s, s:o, s:s, s:s}", "kid", KP_AUDIT_KID, "jwk", jwk, "pem",
-                                   pem, "alg", "RS256"));
-    free(pem);
-    return e;
+    return api_service_key(q, r, KP_SVC_AUDIT, KP_AUDIT_KID, "sig", NULL);
 }

@@ -1,6 +1,8 @@
 /* api: the error table, strict JSON parsing and response helpers. See api.h. */
 #include "api/api.h"
 
+#include "jose/jose.h"
+
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -226,4 +228,28 @@ void api_fault_point(const char *name)
         fprintf(stderr, "signd: fault point %s reached: killing self\n", name);
         raise(SIGKILL);
     }
+}
+
+api_err api_service_key(const api_req *q, api_resp *r, kp_svc svc, const char *kid, const char *use,
+                        const char *typ)
+{
+    hsm_pubkey pub;
+    hsm_status st = kp_svc_public_key(q->env->kp, svc, &pub);
+    if (st != HSM_OK)
+        return api_hsm_error(r, st);
+    json_t *jwk = jose_jwk_rsa(pub.n, pub.n_len, pub.e, pub.e_len, kid);
+    char *pem = jose_rsa_public_pem(pub.n, pub.n_len, pub.e, pub.e_len);
+    json_t *doc = jwk && pem ? json_pack("{s:s, s:O, s:s, s:s}", "kid", kid, "jwk", jwk, "pem", pem,
+                                         "alg", "RS256")
+                             : NULL;
+    free(pem);
+    if (doc == NULL) {
+        json_decref(jwk);
+        return api_fail(r, API_ERR_INTERNAL, "out of memory");
+    }
+    json_object_set_new(jwk, "use", json_string(use));
+    json_decref(jwk);
+    if (typ != NULL)
+        json_object_set_new(doc, "typ", json_string(typ));
+    return api_json(r, 200, doc);
 }

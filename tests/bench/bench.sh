@@ -16,7 +16,8 @@
 #     rejecting the kid, over 100 revocations on a fresh data directory: p50 and p99
 #     (bar p99 <= 100 ms);
 #   - JWKS requests/s with 1,000 keys, for 200 and for 304.
-# Raw, split, split with every signature audited, and single runs alternate, 3 rounds,
+# Raw, split, split with subscribers, split with every signature audited, and single runs
+# alternate (their order reversed every other round), 3 rounds,
 # medians reported: the machine is shared and noisy. The configuration is put back to split
 # and audit_every_signature = false after each run that changed it (and on exit).
 #   BENCH_SECONDS=10  length of each measurement
@@ -112,51 +113,59 @@ mint_wrk() {
 	fi
 	echo "$out"
 }
+# One wrk JWT run of a mode against a freshly started appliance: appends req/s (and p50/p99
+# where kept) to that mode's arrays. Modes: split (the default), sse (split with 200
+# event-stream subscribers connected), every (split with audit_every_signature), single.
+run_mode() {
+	local mode=$1 label out subs="" subs_out=""
+	case $mode in
+	split) label="split" ;;
+	sse) label="split, 200 subscribers" ;;
+	every) label="split, audit_every_signature"; set_audit_every true ;;
+	single) label="single"; set_model single ;;
+	esac
+	start
+	if [ "$mode" = sse ]; then
+		subs_out=$(mktemp)
+		/usr/bin/python3 tests/bench/subscribers.py "$port" "$dir/tls/cert.pem" 200 >"$subs_out" &
+		subs=$!
+		for _ in $(seq 300); do
+			grep -q ready "$subs_out" && break
+			kill -0 "$subs" 2>/dev/null || { echo "bench: subscribers failed" >&2; exit 1; }
+			sleep 0.1
+		done
+	fi
+	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, $label, wrk -t2 -c64, ${secs}s" >&2
+	out=$(mint_wrk) || exit 1
+	if [ -n "$subs" ]; then
+		kill "$subs" 2>/dev/null
+		wait "$subs" 2>/dev/null || true
+		rm -f "$subs_out"
+	fi
+	stop
+	set_audit_every false
+	set_model split
+	local rps p50 p99
+	rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
+	p50=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')
+	p99=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')
+	case $mode in
+	split) jwt_runs+=("$rps"); p50_runs+=("$p50"); p99_runs+=("$p99") ;;
+	sse) sse_runs+=("$rps") ;;
+	every) every_runs+=("$rps"); every_p50_runs+=("$p50"); every_p99_runs+=("$p99") ;;
+	single) single_runs+=("$rps") ;;
+	esac
+}
+# Every other round runs the modes in reverse order: on this shared machine the position of
+# a run in its round (what ran just before it) moves its figure by several percent.
 for r in $(seq "$rounds"); do
 	echo "bench: round $r/$rounds: raw C_Sign loop, 2 threads, ${secs}s" >&2
 	raw=$(build/bin/bench-hsm raw "$dir" 2 "$secs" "$kid" | awk '/^raw_sign_per_s:/ {print $2}')
 	raw_runs+=("$raw")
-	start
-	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, split, wrk -t2 -c64, ${secs}s" >&2
-	out=$(mint_wrk) || exit 1
-	stop
-	jwt_runs+=("$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')")
-	p50_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')")
-	p99_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')")
-	# The same measurement with 200 event-stream subscribers connected: what they cost.
-	start
-	subs_out=$(mktemp)
-	/usr/bin/python3 tests/bench/subscribers.py "$port" "$dir/tls/cert.pem" 200 >"$subs_out" &
-	subs=$!
-	for _ in $(seq 300); do
-		grep -q ready "$subs_out" && break
-		kill -0 "$subs" 2>/dev/null || { echo "bench: subscribers failed" >&2; exit 1; }
-		sleep 0.1
+	if [ $((r % 2)) -eq 1 ]; then order="split sse every single"; else order="single every sse split"; fi
+	for mode in $order; do
+		run_mode "$mode"
 	done
-	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, split, 200 subscribers, wrk -t2 -c64, ${secs}s" >&2
-	out=$(mint_wrk) || exit 1
-	kill "$subs" 2>/dev/null; wait "$subs" 2>/dev/null || true
-	rm -f "$subs_out"
-	stop
-	sse_runs+=("$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')")
-	# The same measurement with one audit event per signature: what that costs.
-	set_audit_every true
-	start
-	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, split, audit_every_signature, wrk -t2 -c64, ${secs}s" >&2
-	out=$(mint_wrk) || exit 1
-	stop
-	set_audit_every false
-	every_runs+=("$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')")
-	every_p50_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')")
-	every_p99_runs+=("$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')")
-	# The same measurement with one process: what the split costs.
-	set_model single
-	start
-	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, single, wrk -t2 -c64, ${secs}s" >&2
-	out=$(mint_wrk) || exit 1
-	stop
-	set_model split
-	single_runs+=("$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')")
 done
 raw=$(printf '%s\n' "${raw_runs[@]}" | median)
 jwt=$(printf '%s\n' "${jwt_runs[@]}" | median)
