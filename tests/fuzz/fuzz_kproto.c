@@ -1,7 +1,7 @@
 /*
  * fuzz_kproto: libFuzzer target for the keeper protocol decoders (kproto.h). The input is
  * one message as the keeper or the front would receive it. It is decoded as a request and
- * as a reply to every op (KPP_OP_FIRST..KPP_OP_LAST, the audit ops included), each reply
+ * as a reply to every op (KPP_OP_FIRST..KPP_OP_LAST, the service-key ops included), each reply
  * through every body decoder; whatever is accepted must re-encode to exactly the input (a
  * kid-less PING excepted: its ignored kid bytes re-encode as zeros). A mismatch aborts.
  * Not built by the Makefile; by hand, from the repository root:
@@ -76,6 +76,21 @@ static void fuzz_request(const uint8_t *data, size_t size)
         check(r.msg_len >= 1 && r.msg_len <= KPP_AUDIT_SIGN_MAX, "AUDIT_SIGN input out of bounds");
         n = kpp_encode_audit_sign(out, sizeof(out), r.msg, r.msg_len);
         break;
+    case KPP_OP_PUBLISH_PUBKEY:
+        n = kpp_encode_publish_pubkey(out, sizeof(out));
+        break;
+    case KPP_OP_PUBLISH_PART:
+        check(r.msg >= data && r.msg + r.msg_len == data + size,
+              "PUBLISH_PART input outside the input");
+        check(r.msg_len >= 1 && r.msg_len <= KPP_BODY_MAX, "PUBLISH_PART input out of bounds");
+        n = kpp_encode_publish_part(out, sizeof(out), r.msg, r.msg_len);
+        break;
+    case KPP_OP_PUBLISH_SIGN:
+        check(r.msg + r.msg_len == data + size, "PUBLISH_SIGN input outside the input");
+        check(r.msg_len <= KPP_PART_LAST && r.total >= r.msg_len,
+              "PUBLISH_SIGN part or total out of bounds");
+        n = kpp_encode_publish_sign(out, sizeof(out), r.total, r.msg, r.msg_len);
+        break;
     default:
         check(0, "decoded an unknown op");
     }
@@ -121,9 +136,11 @@ static void fuzz_reply(const uint8_t *data, size_t size, kpp_op op)
 
     size_t n;
     if (ok_sig)
-        check(op == KPP_OP_SIGN || op == KPP_OP_AUDIT_SIGN, "a signature answered another op");
+        check(op == KPP_OP_SIGN || op == KPP_OP_AUDIT_SIGN || op == KPP_OP_PUBLISH_SIGN,
+              "a signature answered another op");
     if (ok_pub)
-        check(op == KPP_OP_GENERATE || op == KPP_OP_PUBLIC_KEY || op == KPP_OP_AUDIT_PUBKEY,
+        check(op == KPP_OP_GENERATE || op == KPP_OP_PUBLIC_KEY || op == KPP_OP_AUDIT_PUBKEY ||
+                  op == KPP_OP_PUBLISH_PUBKEY,
               "a public key answered another op");
     if (ok_sig)
         n = kpp_encode_sig_reply(out, sizeof(out), op, sig, sig_len);
