@@ -72,7 +72,7 @@ struct kpd {
      * data_version at most every KPD_ACTIVE_CHECK_MS, and at once when a kid is not in the
      * set (a key just created) or is about to be destroyed. */
     pthread_rwlock_t active_rw;
-    hsm_kid *active; /* sorted by bytes */
+    hsm_kid *active; /* sorted by hsm_kid_cmp */
     size_t n_active;
     pthread_mutex_t refresh_mu; /* reader, data_version, loaded */
     reg_reader *reader;
@@ -131,16 +131,11 @@ fail:
     return -1;
 }
 
-static int kpd_kid_cmp(const void *a, const void *b)
-{
-    return memcmp(a, b, HSM_KID_LEN);
-}
-
 static int kpd_active_has(kpd *d, const hsm_kid *kid)
 {
     pthread_rwlock_rdlock(&d->active_rw);
     int found = d->n_active > 0 &&
-                bsearch(kid, d->active, d->n_active, sizeof(*d->active), kpd_kid_cmp) != NULL;
+                bsearch(kid, d->active, d->n_active, sizeof(*d->active), hsm_kid_cmp) != NULL;
     pthread_rwlock_unlock(&d->active_rw);
     return found;
 }

@@ -1372,9 +1372,8 @@ uint64_t reg_wait_change(reg *r, uint64_t seen, unsigned timeout_ms)
 /* ---- the read-only view ------------------------------------------------------------------ */
 
 struct reg_reader {
-    pthread_mutex_t mu; /* db and q */
+    pthread_mutex_t mu; /* db: one caller at a time */
     sqlite3 *db;
-    sqlite3_stmt *q; /* the one lookup, prepared once, reset after every use */
     char path[PATH_MAX];
 };
 
@@ -1438,41 +1437,12 @@ reg_status reg_reader_open(const char *path, reg_reader **out)
     }
     if (st == REG_OK)
         st = reg_reader_check_schema(rr);
-    /* kid is UNIQUE, so this is one probe of its index. */
-    if (st == REG_OK && sqlite3_prepare_v3(rr->db, "SELECT state FROM keys WHERE kid = ?1", -1,
-                                           SQLITE_PREPARE_PERSISTENT, &rr->q, NULL) != SQLITE_OK)
-        st = reg_reader_fail_sql(rr, "prepare the key lookup");
     if (st != REG_OK) {
         reg_reader_close(rr);
         return st;
     }
     *out = rr;
     return REG_OK;
-}
-
-int reg_reader_is_active(reg_reader *rr, const hsm_kid *kid)
-{
-    if (rr == NULL || kid == NULL)
-        return 0;
-    char hex[REG_KID_HEX + 1];
-    hsm_kid_hex(kid, hex);
-    pthread_mutex_lock(&rr->mu);
-    int active = 0;
-    int rc = sqlite3_bind_text(rr->q, 1, hex, REG_KID_HEX, SQLITE_STATIC);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(rr->q); /* autocommit: a read transaction of its own */
-    if (rc == SQLITE_ROW) {
-        const unsigned char *state = sqlite3_column_text(rr->q, 0);
-        reg_state s;
-        active = reg_state_parse((const char *)state, &s) == 0 && s == REG_ACTIVE;
-    } else if (rc != SQLITE_DONE) {
-        reg_reader_fail_sql(rr, "look up a kid");
-    }
-    /* Ends the read transaction, so the next lookup sees every commit made since. */
-    sqlite3_reset(rr->q);
-    sqlite3_clear_bindings(rr->q);
-    pthread_mutex_unlock(&rr->mu);
-    return active;
 }
 
 uint64_t reg_reader_data_version(reg_reader *rr)
@@ -1490,11 +1460,6 @@ uint64_t reg_reader_data_version(reg_reader *rr)
     sqlite3_finalize(st);
     pthread_mutex_unlock(&rr->mu);
     return v;
-}
-
-static int reg_kid_cmp(const void *a, const void *b)
-{
-    return memcmp(a, b, HSM_KID_LEN);
 }
 
 reg_status reg_reader_active_kids(reg_reader *rr, hsm_kid **out, size_t *n)
@@ -1536,7 +1501,7 @@ reg_status reg_reader_active_kids(reg_reader *rr, hsm_kid **out, size_t *n)
         goto out;
     }
     if (have > 1)
-        qsort(kids, have, sizeof(*kids), reg_kid_cmp);
+        qsort(kids, have, sizeof(*kids), hsm_kid_cmp);
     *out = kids;
     *n = have;
     kids = NULL;
@@ -1551,7 +1516,6 @@ void reg_reader_close(reg_reader *rr)
 {
     if (rr == NULL)
         return;
-    sqlite3_finalize(rr->q);
     sqlite3_close(rr->db);
     pthread_mutex_destroy(&rr->mu);
     free(rr);

@@ -293,13 +293,16 @@ uint64_t reg_wait_change(reg *r, uint64_t seen, unsigned timeout_ms);
 
 /* ---- a read-only view for another process ---------------------------------------------- */
 
-/* The keeper's view of the registry file: no mirror, one indexed lookup per question, on
- * its own read-only connection. It sees what writers have committed (WAL: each lookup is a
- * read transaction of its own), never an uncommitted change.
+/* The keeper's view of the registry file: no mirror, its own read-only connection. It sees
+ * what writers have committed (WAL: each call is a read transaction of its own), never an
+ * uncommitted change. The keeper lists the active kids once and lists them again when
+ * data_version says the file changed.
  *
  *   reg_reader *rr;
  *   if (reg_reader_open(c.database, &rr) != REG_OK) ... reg_last_error() ...
- *   if (!reg_reader_is_active(rr, &kid)) refuse();
+ *   uint64_t v = reg_reader_data_version(rr);
+ *   if (reg_reader_active_kids(rr, &kids, &n) != REG_OK) refuse_everything();
+ *   ... later: if (reg_reader_data_version(rr) != v) list them again ...
  *   reg_reader_close(rr);
  */
 typedef struct reg_reader reg_reader;
@@ -311,22 +314,17 @@ typedef struct reg_reader reg_reader;
  * (reg_last_error()). *out is NULL on failure. */
 reg_status reg_reader_open(const char *path, reg_reader **out);
 
-/* 1 when kid has a row whose state is active, else 0: unknown, revoked, broken, or any
- * read error (fail closed; the error goes to reg_last_error() and stderr). Thread-safe:
- * one connection behind a mutex, its statement prepared once. */
-int reg_reader_is_active(reg_reader *rr, const hsm_kid *kid);
-
-/* Closes the connection. NULL is a no-op. */
 /* SQLite's data_version on this reader's connection: it differs from the last value
  * whenever another connection committed to the file in between. Reads no table, so it is
  * cheap to ask often. 0 on failure (see reg_last_error()). */
 uint64_t reg_reader_data_version(reg_reader *rr);
 
-/* Every kid in state active, sorted by its bytes (for bsearch with memcmp), in a malloc'd
+/* Every kid in state active, sorted by hsm_kid_cmp (for bsearch), in a malloc'd
  * array the caller frees: REG_OK, or REG_ERR_IO with *out NULL and *n 0. One read
  * transaction, so the list is one consistent moment of the file. */
 reg_status reg_reader_active_kids(reg_reader *rr, hsm_kid **out, size_t *n);
 
+/* Closes the connection. NULL is a no-op. */
 void reg_reader_close(reg_reader *rr);
 
 #endif

@@ -153,6 +153,11 @@ static int hsm_hexval(char c)
     return -1;
 }
 
+int hsm_kid_cmp(const void *a, const void *b)
+{
+    return memcmp(((const hsm_kid *)a)->b, ((const hsm_kid *)b)->b, HSM_KID_LEN);
+}
+
 int hsm_kid_parse(const char *hex, hsm_kid *kid)
 {
     if (hex == NULL || strnlen(hex, 2 * HSM_KID_LEN + 1) != 2 * HSM_KID_LEN)

@@ -141,6 +141,8 @@ const char *hsm_strerror(hsm_status s);
  * 32 lowercase hex digits and returns 0, else -1. */
 void hsm_kid_hex(const hsm_kid *kid, char hex[2 * HSM_KID_LEN + 1]);
 int hsm_kid_parse(const char *hex, hsm_kid *kid);
+/* Orders two hsm_kid by their bytes: a comparator for qsort and bsearch over kid arrays. */
+int hsm_kid_cmp(const void *a, const void *b);
 
 /* Reads a PIN file into buf (at most HSM_PIN_MAX-1 bytes, trailing newline dropped).
  * Refuses symlinks, files group or others may read, and empty files. On failure buf is
