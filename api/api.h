@@ -186,12 +186,29 @@ api_err api_revocations(const api_req *q, api_resp *r);
  * "after", "iat", "exp", "ttl", "revoked"}. Served as API_FEED_MEDIA_TYPE. */
 api_err api_revocations_feed(const api_req *q, api_resp *r);
 /* The publication key: {"kid", "alg", "typ", "jwk", "pem"}, for operators to pin. */
+/* A revocation sequence number as clients send it (?after=, Last-Event-ID): at most this
+ * many decimal digits. */
+#define API_SEQ_DIGITS_MAX 15
+
+/* text is 1..max_digits decimal digits and nothing else: 0 and *out, else -1 (*out
+ * untouched). max_digits <= 18, so the value fits in int64. */
+int api_parse_decimal(const char *text, size_t max_digits, uint64_t *out);
+
+/* One revocation as every document and event carries it: {"seq", "kid", "revoked_at",
+ * "reason"}. A new reference, NULL when out of memory. */
+json_t *api_revocation_json(const reg_revocation *rv);
+
+/* A service key's JWK with its use ("sig" for the audit key, API_PUBLICATION_USE for the
+ * publication key). A new reference, NULL when out of memory. */
+json_t *api_service_jwk(const hsm_pubkey *pub, const char *kid, const char *use);
+
 /* A service key's public half as {"kid", "alg", "jwk" (with use), "pem"} and, when typ is
  * not NULL, the "typ" of the documents it signs: GET /v1/audit/key, /v1/revocations/key. */
 api_err api_service_key(const api_req *q, api_resp *r, kp_svc svc, const char *kid, const char *use,
                         const char *typ);
 api_err api_revocations_key(const api_req *q, api_resp *r);
-#define API_FEED_MEDIA_TYPE "application/kid-revocation+jwt"
+#define API_FEED_TYP "kid-revocation+jwt" /* its JWS typ (KP_PUBLISH_HEADER's) */
+#define API_FEED_MEDIA_TYPE "application/" API_FEED_TYP
 #define API_FEED_ISSUER_DEFAULT "signd" /* the feed's iss when token_issuer is empty */
 /* The JWKS `use` of the publication key: its own, so no verifier takes it for a token's. */
 #define API_PUBLICATION_USE "kid-revocation"

@@ -17,11 +17,7 @@
 /* Unsigned decimal that fits in int64: 0, else -1. */
 static int api_u64(const char *text, uint64_t *out)
 {
-    size_t n = strlen(text);
-    if (n == 0 || n > 18 || strspn(text, "0123456789") != n)
-        return -1;
-    *out = strtoull(text, NULL, 10);
-    return 0;
+    return api_parse_decimal(text, 18, out);
 }
 
 /* Walks "a=1&b=2": for each pair calls set(name, value). Values are taken literally (no

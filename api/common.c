@@ -230,6 +230,23 @@ void api_fault_point(const char *name)
     }
 }
 
+int api_parse_decimal(const char *text, size_t max_digits, uint64_t *out)
+{
+    size_t n = text ? strnlen(text, max_digits + 1) : 0;
+    if (n == 0 || n > max_digits || strspn(text, "0123456789") != n)
+        return -1;
+    *out = strtoull(text, NULL, 10);
+    return 0;
+}
+
+json_t *api_service_jwk(const hsm_pubkey *pub, const char *kid, const char *use)
+{
+    json_t *jwk = jose_jwk_rsa(pub->n, pub->n_len, pub->e, pub->e_len, kid);
+    if (jwk != NULL)
+        json_object_set_new(jwk, "use", json_string(use));
+    return jwk;
+}
+
 api_err api_service_key(const api_req *q, api_resp *r, kp_svc svc, const char *kid, const char *use,
                         const char *typ)
 {
@@ -237,18 +254,15 @@ api_err api_service_key(const api_req *q, api_resp *r, kp_svc svc, const char *k
     hsm_status st = kp_svc_public_key(q->env->kp, svc, &pub);
     if (st != HSM_OK)
         return api_hsm_error(r, st);
-    json_t *jwk = jose_jwk_rsa(pub.n, pub.n_len, pub.e, pub.e_len, kid);
+    json_t *jwk = api_service_jwk(&pub, kid, use);
     char *pem = jose_rsa_public_pem(pub.n, pub.n_len, pub.e, pub.e_len);
     json_t *doc = jwk && pem ? json_pack("{s:s, s:O, s:s, s:s}", "kid", kid, "jwk", jwk, "pem", pem,
                                          "alg", "RS256")
                              : NULL;
-    free(pem);
-    if (doc == NULL) {
-        json_decref(jwk);
-        return api_fail(r, API_ERR_INTERNAL, "out of memory");
-    }
-    json_object_set_new(jwk, "use", json_string(use));
     json_decref(jwk);
+    free(pem);
+    if (doc == NULL)
+        return api_fail(r, API_ERR_INTERNAL, "out of memory");
     if (typ != NULL)
         json_object_set_new(doc, "typ", json_string(typ));
     return api_json(r, 200, doc);

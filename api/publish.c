@@ -87,11 +87,9 @@ static json_t *api_publication_jwk(kp *k)
 {
     if (api_pub_jwk == NULL && k != NULL) {
         hsm_pubkey pub;
-        if (kp_svc_public_key(k, KP_SVC_PUBLISH, &pub) == HSM_OK) {
-            api_pub_jwk = jose_jwk_rsa(pub.n, pub.n_len, pub.e, pub.e_len, KP_PUBLISH_KID);
-            /* Its own use: a verifier never takes it for a token's key. */
-            json_object_set_new(api_pub_jwk, "use", json_string(API_PUBLICATION_USE));
-        }
+        /* Its own use: a verifier never takes it for a token's key. */
+        if (kp_svc_public_key(k, KP_SVC_PUBLISH, &pub) == HSM_OK)
+            api_pub_jwk = api_service_jwk(&pub, KP_PUBLISH_KID, API_PUBLICATION_USE);
     }
     return api_pub_jwk ? json_incref(api_pub_jwk) : NULL;
 }
@@ -119,6 +117,14 @@ static json_t *api_jwks_json(reg *rg)
     return json_pack("{s:o}", "keys", arr);
 }
 
+json_t *api_revocation_json(const reg_revocation *rv)
+{
+    char kid[2 * HSM_KID_LEN + 1];
+    hsm_kid_hex(&rv->kid, kid);
+    return json_pack("{s:I, s:s, s:I, s:s}", "seq", (json_int_t)rv->seq, "kid", kid, "revoked_at",
+                     (json_int_t)rv->revoked_at, "reason", rv->reason);
+}
+
 static json_t *api_revocations_json(reg *rg, uint64_t after)
 {
     uint64_t top = reg_revocation_seq(rg);
@@ -131,13 +137,8 @@ static json_t *api_revocations_json(reg *rg, uint64_t after)
         return NULL;
     }
     size_t n = cap ? reg_revocations_after(rg, after, revs, cap) : 0;
-    for (size_t i = 0; i < n && i < cap; i++) {
-        char kid[2 * HSM_KID_LEN + 1];
-        hsm_kid_hex(&revs[i].kid, kid);
-        json_array_append_new(
-            arr, json_pack("{s:I, s:s, s:I, s:s}", "seq", (json_int_t)revs[i].seq, "kid", kid,
-                           "revoked_at", (json_int_t)revs[i].revoked_at, "reason", revs[i].reason));
-    }
+    for (size_t i = 0; i < n && i < cap; i++)
+        json_array_append_new(arr, api_revocation_json(&revs[i]));
     free(revs);
     return json_pack("{s:I, s:o}", "sequence", (json_int_t)top, "revoked", arr);
 }
@@ -258,12 +259,10 @@ static api_err api_query_after(const api_req *q, api_resp *r, uint64_t *after)
     *after = 0;
     if (q->query == NULL || q->query[0] == '\0')
         return API_OK;
-    const char *v = q->query + 6;
-    size_t n = strspn(v, "0123456789");
-    if (strncmp(q->query, "after=", 6) != 0 || n == 0 || n > 15 || v[n] != '\0')
+    if (strncmp(q->query, "after=", 6) != 0 ||
+        api_parse_decimal(q->query + 6, API_SEQ_DIGITS_MAX, after) != 0)
         return api_fail(r, API_ERR_INVALID_QUERY,
                         "the only query is after=SEQ, a non-negative integer");
-    *after = strtoull(v, NULL, 10);
     return API_OK;
 }
 
@@ -283,7 +282,7 @@ api_err api_revocations(const api_req *q, api_resp *r)
 /* ---- the signed feed --------------------------------------------------------------------- */
 
 /* Signed documents are cached per `after`, for one registry generation, and re-signed once
- * they are older than API_FEED_RESIGN(cfg) so that their iat stays fresh for verifiers that
+ * they are older than api_feed_resign_after(cfg) so that their iat stays fresh for verifiers that
  * bound the feed's age. A delta further back than API_FEED_DELTA_MAX revocations is
  * answered with the full feed instead, and one later than the newest with an empty delta
  * from the newest: so at most API_FEED_DELTA_MAX + 2 distinct documents exist per
@@ -433,6 +432,5 @@ api_err api_revocations_feed(const api_req *q, api_resp *r)
 
 api_err api_revocations_key(const api_req *q, api_resp *r)
 {
-    return api_service_key(q, r, KP_SVC_PUBLISH, KP_PUBLISH_KID, API_PUBLICATION_USE,
-                           "kid-revocation+jwt");
+    return api_service_key(q, r, KP_SVC_PUBLISH, KP_PUBLISH_KID, API_PUBLICATION_USE, API_FEED_TYP);
 }

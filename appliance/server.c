@@ -477,11 +477,7 @@ static int srv_events_send(struct mg_connection *c, reg *rg, uint64_t *sent)
         size_t n = reg_revocations_after(rg, *sent, batch, SRV_EVENTS_BATCH);
         size_t m = n < SRV_EVENTS_BATCH ? n : SRV_EVENTS_BATCH;
         for (size_t i = 0; i < m; i++) {
-            char kid[2 * HSM_KID_LEN + 1];
-            hsm_kid_hex(&batch[i].kid, kid);
-            json_t *j =
-                json_pack("{s:I, s:s, s:I, s:s}", "seq", (json_int_t)batch[i].seq, "kid", kid,
-                          "revoked_at", (json_int_t)batch[i].revoked_at, "reason", batch[i].reason);
+            json_t *j = api_revocation_json(&batch[i]);
             char *data = j ? json_dumps(j, JSON_COMPACT) : NULL;
             json_decref(j);
             char ev[SRV_HEAD_MAX];
@@ -517,11 +513,10 @@ static int srv_events(struct mg_connection *c, srv *s, const api_req *q)
     uint64_t sent = top;
     const char *last = mg_get_header(c, "Last-Event-ID");
     if (last != NULL) {
-        size_t n = strspn(last, "0123456789");
-        if (n == 0 || n > 15 || last[n] != '\0')
+        uint64_t v;
+        if (api_parse_decimal(last, API_SEQ_DIGITS_MAX, &v) != 0)
             return srv_send_error(c, API_ERR_INVALID_LAST_EVENT_ID,
                                   "Last-Event-ID must be a revocation sequence number", NULL, 0);
-        uint64_t v = strtoull(last, NULL, 10);
         sent = v < top ? v : top; /* from another appliance's numbering: nothing to replay */
     }
     if (atomic_fetch_add(&s->subscribers, 1) >= cf->events_max_subscribers) {
