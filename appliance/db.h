@@ -1,0 +1,46 @@
+/*
+ * db: the SQLite plumbing every store of the appliance's one database file needs, written
+ * once. Each store (registry, credentials, audit, token state) keeps its own connection,
+ * its own tables and its own error type; what they share is how the file is opened and
+ * how a failed step is reported.
+ *
+ * Errors are written into a caller's buffer as "<what>: <SQLite's message>", so that each
+ * store can prefix them with its own name and keep its own *_last_error().
+ *
+ *   sqlite3 *db;
+ *   char err[256];
+ *   if (db_open(path, 5000, &db, err, sizeof(err)) != 0)
+ *       return fail("%s", err);
+ */
+#ifndef APPLIANCE_DB_H
+#define APPLIANCE_DB_H
+
+#include <sqlite3.h>
+#include <stddef.h>
+
+/* Opens the database file at path for one store: created here when absent (mode 0600, so
+ * no umask can widen it; never through a symlink; the directory fsynced after a create so
+ * the file survives a crash), a regular file or an error, SQLITE_OPEN_NOMUTEX (each store
+ * serialises its own writers), extended result codes, busy_timeout_ms for the other
+ * stores' connections, WAL (checked: a file that cannot be WAL is refused) and
+ * synchronous=FULL (a COMMIT is on disk before it returns). 0 and *out set, or -1 with
+ * err filled and *out NULL. */
+int db_open(const char *path, int busy_timeout_ms, sqlite3 **out, char *err, size_t errlen);
+
+/* Runs sql (any number of statements returning no rows). 0, or -1 with err "what: msg". */
+int db_exec(sqlite3 *db, const char *sql, const char *what, char *err, size_t errlen);
+
+/* Prepares one statement. 0, or -1 with err "what: msg" and *s NULL. */
+int db_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **s, const char *what, char *err,
+               size_t errlen);
+
+/* Steps a statement that returns no row and finalises it. 0, or -1 with err filled. */
+int db_step_done(sqlite3 *db, sqlite3_stmt *s, const char *what, char *err, size_t errlen);
+
+/* Copies a text column into dst (cap bytes with the NUL): 0, or -1 if NULL or too long. */
+int db_col_text(sqlite3_stmt *s, int col, char *dst, size_t cap);
+
+/* Fills err with "what: msg" from db's last error; returns -1. */
+int db_fail(sqlite3 *db, const char *what, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,647 @@
+/* tks: status lists and redeemed jtis (tokstate.h). */
+#include "appliance/tokstate.h"
+
+#include "appliance/audit.h"
+#include "appliance/db.h"
+#include "hsm/hsm.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TKS_ERR_MSG_MAX 512
+#define TKS_PRUNE_EVERY 60 /* seconds between the prunes redeems do on the side */
+
+static const char tks_schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS token_lists ("
+    " list INTEGER PRIMARY KEY,"
+    " reserved INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS token_revocations ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " list INTEGER NOT NULL,"
+    " idx INTEGER NOT NULL,"
+    " jti TEXT NOT NULL,"
+    " kid TEXT NOT NULL,"
+    " revoked_at INTEGER NOT NULL,"
+    " UNIQUE (list, idx));"
+    "CREATE TABLE IF NOT EXISTS token_redeemed ("
+    " jti TEXT PRIMARY KEY,"
+    " exp INTEGER NOT NULL,"
+    " redeemed_at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS token_redeemed_exp ON token_redeemed (exp);";
+
+static const char *const tks_status_names[TKS_ERR_COUNT_] = {
+    [TKS_OK] = "ok",
+    [TKS_ERR_USED] = "token already redeemed",
+    [TKS_ERR_REVOKED] = "token already revoked",
+    [TKS_ERR_NOT_ISSUED] = "no token was issued with this status index",
+    [TKS_ERR_NOT_FOUND] = "no such status list",
+    [TKS_ERR_FULL] = "every status index is in use",
+    [TKS_ERR_INVALID] = "invalid argument",
+    [TKS_ERR_IO] = "token state storage failed",
+};
+
+typedef struct {
+    uint8_t *bits;     /* TKS_LIST_BYTES */
+    uint32_t reserved; /* end of the last block reserved on disk */
+    uint64_t revoked;
+} tks_list;
+
+/* One redeem waiting for a group commit; lives on its caller's stack until done. */
+typedef struct tks_waiter {
+    const char *jti;
+    const char *kid;
+    int64_t exp;
+    int64_t now;
+    char actor[AUDIT_ACTOR_MAX];
+    tks_status result;
+    int done;
+    struct tks_waiter *next;
+} tks_waiter;
+
+struct tks {
+    char path[PATH_MAX];
+    sqlite3 *db;
+    pthread_mutex_t assign_mu, write_mu, batch_mu;
+    pthread_cond_t batch_cv;
+    pthread_rwlock_t mirror_rw;
+    /* Mirror (mirror_rw). n_lists and a list's reserved change only under assign_mu too,
+     * so tks_assign reads them without the rwlock. */
+    tks_list lists[TKS_LISTS_MAX];
+    uint32_t n_lists;
+    tks_revocation *revs; /* ordered by seq */
+    size_t n_revs, cap_revs;
+    atomic_uint_fast64_t generation;
+    uint32_t next_idx; /* assign_mu: the next index of the last list */
+    /* Group commit (batch_mu). */
+    tks_waiter *queue_head, *queue_tail;
+    int leading;
+    int64_t last_prune; /* write_mu */
+};
+
+static _Thread_local char tks_errbuf[TKS_ERR_MSG_MAX];
+
+static tks_status tks_fail(const char *path, tks_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Records a failure for tks_last_error() and stderr, naming the file; returns st. */
+static tks_status tks_fail(const char *path, tks_status st, const char *fmt, ...)
+{
+    int n = snprintf(tks_errbuf, sizeof(tks_errbuf), "token state %s: ", path ? path : "(null)");
+    if (n >= 0 && (size_t)n < sizeof(tks_errbuf)) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(tks_errbuf + n, sizeof(tks_errbuf) - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    fprintf(stderr, "signd: %s\n", tks_errbuf);
+    return st;
+}
+
+const char *tks_last_error(void)
+{
+    return tks_errbuf;
+}
+
+const char *tks_strerror(tks_status st)
+{
+    return (unsigned)st < TKS_ERR_COUNT_ ? tks_status_names[st] : "unknown token state status";
+}
+
+int tks_jti_ok(const char *jti)
+{
+    if (jti == NULL)
+        return 0;
+    size_t n = 0;
+    for (; jti[n] != '\0'; n++) {
+        char c = jti[n];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '-' || c == '_';
+        if (!ok || n >= TKS_JTI_MAX)
+            return 0;
+    }
+    return n > 0;
+}
+
+static int tks_kid_ok(const char *kid_hex)
+{
+    hsm_kid k;
+    return kid_hex == NULL || hsm_kid_parse(kid_hex, &k) == 0;
+}
+
+static int tks_bit(const tks_list *l, uint32_t idx)
+{
+    return (l->bits[idx / 8u] >> (idx % 8u)) & 1u;
+}
+
+/* ---- open and close --------------------------------------------------------------------- */
+
+static tks_status tks_load_lists(tks *t)
+{
+    char err[256];
+    sqlite3_stmt *s;
+    if (db_prepare(t->db, "SELECT list, reserved FROM token_lists ORDER BY list", &s,
+                   "read token_lists", err, sizeof(err)) != 0)
+        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
+    tks_status st = TKS_OK;
+    int rc;
+    while (st == TKS_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        sqlite3_int64 list = sqlite3_column_int64(s, 0), reserved = sqlite3_column_int64(s, 1);
+        /* Lists are opened in order and never deleted, so the rows are 0, 1, 2, ... */
+        if (list != (sqlite3_int64)t->n_lists || list >= TKS_LISTS_MAX || reserved <= 0 ||
+            reserved > TKS_LIST_SIZE || reserved % TKS_BLOCK != 0) {
+            st = tks_fail(t->path, TKS_ERR_IO, "token_lists row %lld (reserved %lld) is invalid",
+                          (long long)list, (long long)reserved);
+            break;
+        }
+        tks_list *l = &t->lists[t->n_lists];
+        l->bits = calloc(1, TKS_LIST_BYTES);
+        if (l->bits == NULL) {
+            st = tks_fail(t->path, TKS_ERR_IO, "out of memory");
+            break;
+        }
+        l->reserved = (uint32_t)reserved;
+        t->n_lists++;
+    }
+    if (st == TKS_OK && rc != SQLITE_DONE)
+        st = tks_fail(t->path, TKS_ERR_IO, "read token_lists: %s", sqlite3_errmsg(t->db));
+    sqlite3_finalize(s);
+    /* What was reserved but not handed out before the last stop is skipped: nobody knows
+     * how much of it was handed out. */
+    t->next_idx = t->n_lists > 0 ? t->lists[t->n_lists - 1].reserved : 0;
+    return st;
+}
+
+static tks_status tks_push_rev(tks *t, const tks_revocation *r)
+{
+    if (t->n_revs == t->cap_revs) {
+        size_t cap = t->cap_revs ? 2 * t->cap_revs : 64;
+        tks_revocation *n = realloc(t->revs, cap * sizeof(*n));
+        if (n == NULL)
+            return tks_fail(t->path, TKS_ERR_IO, "out of memory");
+        t->revs = n;
+        t->cap_revs = cap;
+    }
+    t->revs[t->n_revs++] = *r;
+    return TKS_OK;
+}
+
+static tks_status tks_load_revocations(tks *t)
+{
+    char err[256];
+    sqlite3_stmt *s;
+    if (db_prepare(
+            t->db,
+            "SELECT seq, list, idx, jti, kid, revoked_at FROM token_revocations ORDER BY seq", &s,
+            "read token_revocations", err, sizeof(err)) != 0)
+        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
+    tks_status st = TKS_OK;
+    int rc;
+    while (st == TKS_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        tks_revocation r = {0};
+        sqlite3_int64 seq = sqlite3_column_int64(s, 0), list = sqlite3_column_int64(s, 1),
+                      idx = sqlite3_column_int64(s, 2);
+        r.revoked_at = sqlite3_column_int64(s, 5);
+        int ok = seq > 0 && list >= 0 && list < (sqlite3_int64)t->n_lists && idx >= 0 &&
+                 idx < (sqlite3_int64)t->lists[list].reserved &&
+                 db_col_text(s, 3, r.jti, sizeof(r.jti)) == 0 && tks_jti_ok(r.jti) &&
+                 db_col_text(s, 4, r.kid, sizeof(r.kid)) == 0 &&
+                 (r.kid[0] == '\0' || tks_kid_ok(r.kid));
+        if (!ok) {
+            st = tks_fail(t->path, TKS_ERR_IO, "token_revocations row %lld is invalid",
+                          (long long)seq);
+            break;
+        }
+        r.seq = (uint64_t)seq;
+        r.ix.list = (uint32_t)list;
+        r.ix.idx = (uint32_t)idx;
+        tks_list *l = &t->lists[list];
+        l->bits[r.ix.idx / 8u] |= (uint8_t)(1u << (r.ix.idx % 8u));
+        l->revoked++;
+        st = tks_push_rev(t, &r);
+    }
+    if (st == TKS_OK && rc != SQLITE_DONE)
+        st = tks_fail(t->path, TKS_ERR_IO, "read token_revocations: %s", sqlite3_errmsg(t->db));
+    sqlite3_finalize(s);
+    return st;
+}
+
+tks_status tks_open(const char *path, tks **out)
+{
+    *out = NULL;
+    tks_errbuf[0] = '\0';
+    if (path == NULL || path[0] == '\0' || strlen(path) >= PATH_MAX)
+        return tks_fail(path, TKS_ERR_INVALID, "path missing or too long");
+    tks *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return tks_fail(path, TKS_ERR_IO, "out of memory");
+    snprintf(t->path, sizeof(t->path), "%s", path);
+    pthread_mutex_init(&t->assign_mu, NULL);
+    pthread_mutex_init(&t->write_mu, NULL);
+    pthread_mutex_init(&t->batch_mu, NULL);
+    pthread_cond_init(&t->batch_cv, NULL);
+    /* Writer-preferring, as in the credential store: a stream of status checks must not
+     * starve a revocation. */
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&t->mirror_rw, &ra);
+    pthread_rwlockattr_destroy(&ra);
+    atomic_init(&t->generation, 1);
+
+    char err[256];
+    tks_status st = TKS_OK;
+    if (db_open(path, TKS_BUSY_TIMEOUT_MS, &t->db, err, sizeof(err)) != 0 ||
+        db_exec(t->db, tks_schema_sql, "create tables", err, sizeof(err)) != 0 ||
+        audit_schema(t->db, err, sizeof(err)) != 0)
+        st = tks_fail(path, TKS_ERR_IO, "%s", err);
+    if (st == TKS_OK)
+        st = tks_load_lists(t);
+    if (st == TKS_OK)
+        st = tks_load_revocations(t);
+    if (st != TKS_OK) {
+        tks_close(t);
+        return st;
+    }
+    *out = t;
+    return TKS_OK;
+}
+
+void tks_close(tks *t)
+{
+    if (t == NULL)
+        return;
+    sqlite3_close(t->db); /* NULL is a no-op */
+    for (uint32_t i = 0; i < t->n_lists; i++)
+        free(t->lists[i].bits);
+    free(t->revs);
+    pthread_mutex_destroy(&t->assign_mu);
+    pthread_mutex_destroy(&t->write_mu);
+    pthread_mutex_destroy(&t->batch_mu);
+    pthread_cond_destroy(&t->batch_cv);
+    pthread_rwlock_destroy(&t->mirror_rw);
+    free(t);
+}
+
+/* ---- status indexes --------------------------------------------------------------------- */
+
+/* Makes [0, end) of list reserved on disk (one autocommit statement: fsynced). */
+static tks_status tks_write_reserved(tks *t, uint32_t list, uint32_t end)
+{
+    char err[256];
+    sqlite3_stmt *s;
+    pthread_mutex_lock(&t->write_mu);
+    int rc = db_prepare(t->db,
+                        "INSERT INTO token_lists (list, reserved) VALUES (?1, ?2) "
+                        "ON CONFLICT (list) DO UPDATE SET reserved = excluded.reserved",
+                        &s, "reserve status indexes", err, sizeof(err));
+    if (rc == 0) {
+        sqlite3_bind_int64(s, 1, list);
+        sqlite3_bind_int64(s, 2, end);
+        rc = db_step_done(t->db, s, "reserve status indexes", err, sizeof(err));
+    }
+    pthread_mutex_unlock(&t->write_mu);
+    return rc == 0 ? TKS_OK : tks_fail(t->path, TKS_ERR_IO, "%s", err);
+}
+
+tks_status tks_assign(tks *t, tks_index *out)
+{
+    pthread_mutex_lock(&t->assign_mu);
+    tks_status st = TKS_OK;
+    uint32_t n = t->n_lists;
+    if (n == 0 || t->next_idx >= t->lists[n - 1].reserved) {
+        int fresh = n == 0 || t->lists[n - 1].reserved >= TKS_LIST_SIZE;
+        uint32_t list = fresh ? n : n - 1;
+        uint32_t end = fresh ? TKS_BLOCK : t->lists[n - 1].reserved + TKS_BLOCK;
+        uint8_t *bits = NULL;
+        if (fresh && list >= TKS_LISTS_MAX)
+            st = TKS_ERR_FULL;
+        else if (fresh && (bits = calloc(1, TKS_LIST_BYTES)) == NULL)
+            st = tks_fail(t->path, TKS_ERR_IO, "out of memory");
+        else
+            st = tks_write_reserved(t, list, end);
+        if (st == TKS_OK) {
+            pthread_rwlock_wrlock(&t->mirror_rw);
+            if (fresh) {
+                t->lists[list].bits = bits;
+                t->n_lists = list + 1;
+                t->next_idx = 0;
+            }
+            t->lists[list].reserved = end;
+            pthread_rwlock_unlock(&t->mirror_rw);
+        } else {
+            free(bits);
+        }
+    }
+    if (st == TKS_OK) {
+        out->list = t->n_lists - 1;
+        out->idx = t->next_idx++;
+    }
+    pthread_mutex_unlock(&t->assign_mu);
+    return st;
+}
+
+/* Under mirror_rw: TKS_OK when ix was handed out, else why not. */
+static tks_status tks_issued(const tks *t, tks_index ix)
+{
+    if (ix.list >= t->n_lists)
+        return TKS_ERR_NOT_FOUND;
+    return ix.idx < t->lists[ix.list].reserved ? TKS_OK : TKS_ERR_NOT_ISSUED;
+}
+
+/* Under mirror_rw: the revocation of ix, which is revoked. Linear, but only a repeated
+ * revocation asks. */
+static void tks_find_rev(const tks *t, tks_index ix, tks_revocation *out)
+{
+    for (size_t i = t->n_revs; i-- > 0;) {
+        if (t->revs[i].ix.list == ix.list && t->revs[i].ix.idx == ix.idx) {
+            *out = t->revs[i];
+            return;
+        }
+    }
+}
+
+/* One transaction: the row and its audit event. */
+static tks_status tks_revoke_tx(tks *t, const tks_revocation *r, uint64_t *seq)
+{
+    char err[256];
+    sqlite3_stmt *s = NULL;
+    if (db_exec(t->db, "BEGIN IMMEDIATE", "begin", err, sizeof(err)) != 0)
+        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
+    int rc = db_prepare(t->db,
+                        "INSERT INTO token_revocations (list, idx, jti, kid, revoked_at) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5)",
+                        &s, "insert token revocation", err, sizeof(err));
+    if (rc == 0) {
+        sqlite3_bind_int64(s, 1, r->ix.list);
+        sqlite3_bind_int64(s, 2, r->ix.idx);
+        sqlite3_bind_text(s, 3, r->jti, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 4, r->kid, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 5, r->revoked_at);
+        rc = db_step_done(t->db, s, "insert token revocation", err, sizeof(err));
+    }
+    if (rc == 0) {
+        *seq = (uint64_t)sqlite3_last_insert_rowid(t->db);
+        json_t *d = json_pack("{s:s, s:I, s:I, s:I}", "jti", r->jti, "list", (json_int_t)r->ix.list,
+                              "idx", (json_int_t)r->ix.idx, "token_seq", (json_int_t)*seq);
+        rc = d == NULL ? -1
+                       : audit_append_tx(t->db, r->revoked_at, "token.revoked",
+                                         r->kid[0] ? r->kid : NULL, d, err, sizeof(err));
+        if (d == NULL)
+            snprintf(err, sizeof(err), "out of memory");
+        json_decref(d);
+    }
+    if (rc == 0)
+        rc = db_exec(t->db, "COMMIT", "commit", err, sizeof(err));
+    if (rc != 0) {
+        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
+        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
+    }
+    return TKS_OK;
+}
+
+tks_status tks_revoke(tks *t, tks_index ix, const char *jti, const char *kid_hex, int64_t now,
+                      tks_revocation *out)
+{
+    if (!tks_jti_ok(jti) || !tks_kid_ok(kid_hex))
+        return TKS_ERR_INVALID;
+    tks_revocation r = {.ix = ix, .revoked_at = now};
+    snprintf(r.jti, sizeof(r.jti), "%s", jti);
+    snprintf(r.kid, sizeof(r.kid), "%s", kid_hex ? kid_hex : "");
+
+    /* Every revocation holds write_mu from its check to its mirror update, so what it
+     * reads here cannot change before it commits. */
+    pthread_mutex_lock(&t->write_mu);
+    pthread_rwlock_rdlock(&t->mirror_rw);
+    tks_status st = tks_issued(t, ix);
+    if (st == TKS_OK && tks_bit(&t->lists[ix.list], ix.idx)) {
+        st = TKS_ERR_REVOKED;
+        if (out != NULL)
+            tks_find_rev(t, ix, out);
+    }
+    pthread_rwlock_unlock(&t->mirror_rw);
+    if (st == TKS_OK)
+        st = tks_revoke_tx(t, &r, &r.seq);
+    if (st == TKS_OK) {
+        pthread_rwlock_wrlock(&t->mirror_rw);
+        tks_list *l = &t->lists[ix.list];
+        l->bits[ix.idx / 8u] |= (uint8_t)(1u << (ix.idx % 8u));
+        l->revoked++;
+        /* Durable already: should the array not grow, the bit is still set and the row is
+         * loaded at the next start; only the event stream's replay misses it until then. */
+        (void)tks_push_rev(t, &r);
+        pthread_rwlock_unlock(&t->mirror_rw);
+        atomic_fetch_add(&t->generation, 1);
+        if (out != NULL)
+            *out = r;
+    }
+    pthread_mutex_unlock(&t->write_mu);
+    return st;
+}
+
+int tks_is_revoked(tks *t, tks_index ix)
+{
+    pthread_rwlock_rdlock(&t->mirror_rw);
+    int r = tks_issued(t, ix) == TKS_OK && tks_bit(&t->lists[ix.list], ix.idx);
+    pthread_rwlock_unlock(&t->mirror_rw);
+    return r;
+}
+
+uint32_t tks_list_count(tks *t)
+{
+    pthread_rwlock_rdlock(&t->mirror_rw);
+    uint32_t n = t->n_lists;
+    pthread_rwlock_unlock(&t->mirror_rw);
+    return n;
+}
+
+tks_status tks_list_copy(tks *t, uint32_t list, uint8_t dst[TKS_LIST_BYTES], uint32_t *reserved,
+                         uint64_t *revoked)
+{
+    pthread_rwlock_rdlock(&t->mirror_rw);
+    tks_status st = list < t->n_lists ? TKS_OK : TKS_ERR_NOT_FOUND;
+    if (st == TKS_OK) {
+        memcpy(dst, t->lists[list].bits, TKS_LIST_BYTES);
+        if (reserved != NULL)
+            *reserved = t->lists[list].reserved;
+        if (revoked != NULL)
+            *revoked = t->lists[list].revoked;
+    }
+    pthread_rwlock_unlock(&t->mirror_rw);
+    return st;
+}
+
+uint64_t tks_generation(tks *t)
+{
+    return atomic_load(&t->generation);
+}
+
+uint64_t tks_seq(tks *t)
+{
+    pthread_rwlock_rdlock(&t->mirror_rw);
+    uint64_t s = t->n_revs > 0 ? t->revs[t->n_revs - 1].seq : 0;
+    pthread_rwlock_unlock(&t->mirror_rw);
+    return s;
+}
+
+size_t tks_revocations_after(tks *t, uint64_t after, tks_revocation *out, size_t max)
+{
+    pthread_rwlock_rdlock(&t->mirror_rw);
+    /* Ordered by seq: binary search for the first above after. */
+    size_t lo = 0, hi = t->n_revs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (t->revs[mid].seq <= after)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    size_t n = t->n_revs - lo < max ? t->n_revs - lo : max;
+    if (n > 0)
+        memcpy(out, &t->revs[lo], n * sizeof(*out));
+    pthread_rwlock_unlock(&t->mirror_rw);
+    return n;
+}
+
+/* ---- redeemed jtis ---------------------------------------------------------------------- */
+
+/* Under write_mu, inside the open transaction. */
+static int tks_prune_tx(tks *t, int64_t now, uint64_t *deleted, char *err, size_t errlen)
+{
+    sqlite3_stmt *s;
+    if (db_prepare(t->db, "DELETE FROM token_redeemed WHERE exp < ?1", &s, "prune redeemed", err,
+                   errlen) != 0)
+        return -1;
+    sqlite3_bind_int64(s, 1, now - TKS_PRUNE_SLACK);
+    if (db_step_done(t->db, s, "prune redeemed", err, errlen) != 0)
+        return -1;
+    if (deleted != NULL)
+        *deleted = (uint64_t)sqlite3_changes(t->db);
+    t->last_prune = now;
+    return 0;
+}
+
+/* Under write_mu, inside the open transaction: one waiter's row, and its event when it is
+ * the first redemption. 0, or -1 with err filled. */
+static int tks_redeem_one(tks *t, sqlite3_stmt *ins, tks_waiter *w, char *err, size_t errlen)
+{
+    sqlite3_reset(ins);
+    sqlite3_bind_text(ins, 1, w->jti, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(ins, 2, w->exp);
+    sqlite3_bind_int64(ins, 3, w->now);
+    if (sqlite3_step(ins) != SQLITE_DONE)
+        return db_fail(t->db, "insert redeemed", err, errlen);
+    if (sqlite3_changes(t->db) == 0) {
+        w->result = TKS_ERR_USED;
+        return 0;
+    }
+    audit_set_actor(w->actor[0] ? w->actor : NULL);
+    json_t *d = json_pack("{s:s, s:I}", "jti", w->jti, "exp", (json_int_t)w->exp);
+    int rc =
+        d == NULL ? -1 : audit_append_tx(t->db, w->now, "token.redeemed", w->kid, d, err, errlen);
+    if (d == NULL)
+        snprintf(err, errlen, "out of memory");
+    json_decref(d);
+    w->result = TKS_OK;
+    return rc;
+}
+
+/* Commits every waiter of the batch in one transaction; sets each one's result. */
+static void tks_commit_batch(tks *t, tks_waiter *batch)
+{
+    char err[256], caller[AUDIT_ACTOR_MAX];
+    const char *cur = audit_actor();
+    snprintf(caller, sizeof(caller), "%s", strcmp(cur, AUDIT_SYSTEM) == 0 ? "" : cur);
+    sqlite3_stmt *ins = NULL;
+    pthread_mutex_lock(&t->write_mu);
+    int rc = db_exec(t->db, "BEGIN IMMEDIATE", "begin", err, sizeof(err));
+    if (rc == 0)
+        rc = db_prepare(t->db,
+                        "INSERT INTO token_redeemed (jti, exp, redeemed_at) VALUES (?1, ?2, ?3) "
+                        "ON CONFLICT (jti) DO NOTHING",
+                        &ins, "insert redeemed", err, sizeof(err));
+    for (tks_waiter *w = batch; rc == 0 && w != NULL; w = w->next)
+        rc = tks_redeem_one(t, ins, w, err, sizeof(err));
+    sqlite3_finalize(ins);
+    if (rc == 0 && batch->now - t->last_prune >= TKS_PRUNE_EVERY)
+        rc = tks_prune_tx(t, batch->now, NULL, err, sizeof(err));
+    if (rc == 0)
+        rc = db_exec(t->db, "COMMIT", "commit", err, sizeof(err));
+    if (rc != 0) {
+        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
+        tks_fail(t->path, TKS_ERR_IO, "%s", err);
+        for (tks_waiter *w = batch; w != NULL; w = w->next)
+            w->result = TKS_ERR_IO;
+    }
+    pthread_mutex_unlock(&t->write_mu);
+    audit_set_actor(caller[0] ? caller : NULL);
+}
+
+tks_status tks_redeem(tks *t, const char *jti, int64_t exp, const char *kid_hex, int64_t now)
+{
+    if (!tks_jti_ok(jti) || !tks_kid_ok(kid_hex) || exp < now)
+        return TKS_ERR_INVALID;
+    tks_waiter w = {.jti = jti, .kid = kid_hex, .exp = exp, .now = now, .result = TKS_ERR_IO};
+    const char *actor = audit_actor();
+    snprintf(w.actor, sizeof(w.actor), "%s", strcmp(actor, AUDIT_SYSTEM) == 0 ? "" : actor);
+
+    pthread_mutex_lock(&t->batch_mu);
+    if (t->queue_tail != NULL)
+        t->queue_tail->next = &w;
+    else
+        t->queue_head = &w;
+    t->queue_tail = &w;
+    while (!w.done) {
+        if (t->leading) {
+            pthread_cond_wait(&t->batch_cv, &t->batch_mu);
+            continue;
+        }
+        /* Lead: take everything queued (this one included) and commit it while the next
+         * arrivals queue up behind. */
+        t->leading = 1;
+        tks_waiter *batch = t->queue_head;
+        t->queue_head = t->queue_tail = NULL;
+        pthread_mutex_unlock(&t->batch_mu);
+        tks_commit_batch(t, batch);
+        pthread_mutex_lock(&t->batch_mu);
+        for (tks_waiter *b = batch, *next; b != NULL; b = next) {
+            next = b->next; /* b's owner may return as soon as done is seen */
+            b->done = 1;
+        }
+        t->leading = 0;
+        pthread_cond_broadcast(&t->batch_cv);
+    }
+    pthread_mutex_unlock(&t->batch_mu);
+    return w.result;
+}
+
+tks_status tks_prune(tks *t, int64_t now, uint64_t *deleted)
+{
+    char err[256];
+    pthread_mutex_lock(&t->write_mu);
+    int rc = tks_prune_tx(t, now, deleted, err, sizeof(err));
+    pthread_mutex_unlock(&t->write_mu);
+    return rc == 0 ? TKS_OK : tks_fail(t->path, TKS_ERR_IO, "%s", err);
+}
+
+tks_status tks_redeemed_count(tks *t, uint64_t *count)
+{
+    char err[256];
+    sqlite3_stmt *s;
+    pthread_mutex_lock(&t->write_mu);
+    int rc = db_prepare(t->db, "SELECT count(*) FROM token_redeemed", &s, "count redeemed", err,
+                        sizeof(err));
+    if (rc == 0) {
+        if (sqlite3_step(s) == SQLITE_ROW)
+            *count = (uint64_t)sqlite3_column_int64(s, 0);
+        else
+            rc = db_fail(t->db, "count redeemed", err, sizeof(err));
+        sqlite3_finalize(s);
+    }
+    pthread_mutex_unlock(&t->write_mu);
+    return rc == 0 ? TKS_OK : tks_fail(t->path, TKS_ERR_IO, "%s", err);
+}

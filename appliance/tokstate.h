@@ -1,0 +1,152 @@
+/*
+ * tks: token-level state, below key revocation: the status lists of revocable tokens and
+ * the redeemed jtis of single-use tokens. Kept in the appliance's SQLite file (its own
+ * connection and tables, like the credential store) and, for the status lists, mirrored
+ * in memory so that minting and checking a status never touches SQLite.
+ *
+ * Status lists (the IETF OAuth Token Status List draft, bits = 1). A revocable token
+ * carries a status index (list, idx); list n holds TKS_LIST_SIZE one-bit statuses, bit i
+ * at byte i / 8, bit i % 8 counted from the least significant bit, 1 = revoked.
+ *  - Minting must not cost a disk write per token, so tks_assign hands indexes out from
+ *    memory and writes only when it opens a new block of TKS_BLOCK: table `token_lists`
+ *    keeps per list the end of the last block ever reserved. After a crash the unused
+ *    rest of that block is skipped, never handed out twice: every index handed out before
+ *    the crash lies below the reserved end, and the next one starts from it.
+ *  - tks_revoke writes one row of `token_revocations` (seq AUTOINCREMENT: rises, never
+ *    reused) and its audit event in one transaction, fsynced before the bit is set in
+ *    memory: a reader never sees a revocation that is not durable. Only an index already
+ *    handed out can be revoked (below its list's reserved end): TKS_ERR_NOT_ISSUED.
+ *
+ * Redeemed jtis (single-use tokens). tks_redeem records (jti, exp) in `token_redeemed`,
+ * durably and exactly once: of any number of concurrent or later calls for one jti,
+ * before or after a restart, exactly one gets TKS_OK and every other TKS_ERR_USED.
+ * Concurrent redeems are group-committed: one thread commits every redeem queued while
+ * the previous commit was on disk, in one transaction (one fsync for the batch), and
+ * each caller returns only once its own row is durable. Rows are pruned once past
+ * exp + TKS_PRUNE_SLACK (a token that old is refused by its exp check before it can be
+ * redeemed), so the table holds at most the single-use tokens still alive.
+ *
+ * Locks, in this order: the assign mutex (tks_assign only), the writer mutex (SQLite and
+ * every change), the mirror rwlock (for writing only while a committed change is copied
+ * in). Redeems take only the batch mutex, and the writer mutex while leading a batch.
+ *
+ * Thread safety: every function but tks_open and tks_close may be called from any number
+ * of threads at once. tks_close must run after every other caller has stopped.
+ *
+ *   tks *t;
+ *   if (tks_open("data/appliance.db", &t) != TKS_OK)
+ *       fprintf(stderr, "%s\n", tks_last_error());
+ *   tks_index ix;
+ *   if (tks_assign(t, &ix) == TKS_OK)
+ *       ... put {"status_list":{"idx":ix.idx,"uri":".../v1/status-lists/<ix.list>"}} ...
+ */
+#ifndef APPLIANCE_TOKSTATE_H
+#define APPLIANCE_TOKSTATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TKS_LIST_SIZE (1u << 20)            /* statuses per list: 128 KiB of bits */
+#define TKS_LIST_BYTES (TKS_LIST_SIZE / 8u) /* one list's bytes, uncompressed */
+#define TKS_LISTS_MAX 1024u                 /* lists, so about a billion revocable tokens */
+#define TKS_BLOCK 1024u                     /* indexes reserved on disk at a time */
+#define TKS_JTI_MAX 64                      /* bytes of a jti, without the NUL */
+#define TKS_PRUNE_SLACK 300                 /* seconds a redeemed jti is kept past its exp */
+#define TKS_BUSY_TIMEOUT_MS 5000
+
+typedef enum {
+    TKS_OK = 0,
+    TKS_ERR_USED,       /* tks_redeem: the jti was redeemed before */
+    TKS_ERR_REVOKED,    /* tks_revoke: the index was revoked before (out holds that one) */
+    TKS_ERR_NOT_ISSUED, /* tks_revoke: no token was ever given this index */
+    TKS_ERR_NOT_FOUND,  /* no such list */
+    TKS_ERR_FULL,       /* every index of TKS_LISTS_MAX lists is handed out */
+    TKS_ERR_INVALID,    /* a caller error: a jti of the wrong form, a bad argument */
+    TKS_ERR_IO,         /* SQLite failed, or the file holds a bad row: see tks_last_error() */
+    TKS_ERR_COUNT_
+} tks_status;
+
+typedef struct {
+    uint32_t list;
+    uint32_t idx;
+} tks_index;
+
+typedef struct {
+    uint64_t seq; /* rises by one per revoked token, never reused */
+    tks_index ix;
+    char jti[TKS_JTI_MAX + 1];
+    char kid[33]; /* hex, "" when not given */
+    int64_t revoked_at;
+} tks_revocation;
+
+typedef struct tks tks;
+
+/* A short English phrase for a status, never NULL. */
+const char *tks_strerror(tks_status st);
+
+/* The message of the last TKS_ERR_IO (or TKS_ERR_INVALID from tks_open) returned to the
+ * calling thread, naming the file and the step; "" if none. Also written to stderr. */
+const char *tks_last_error(void);
+
+/* A jti this module stores: 1..TKS_JTI_MAX characters of [A-Za-z0-9_-]. 1 or 0. */
+int tks_jti_ok(const char *jti);
+
+/* Opens the state in the database file at path (created 0600 when absent), creates the
+ * tables when missing and loads the lists and token revocations into memory.
+ * TKS_ERR_IO for a file that is not SQLite or holds a bad row; *out NULL on failure. */
+tks_status tks_open(const char *path, tks **out);
+
+/* Frees everything. NULL is a no-op. */
+void tks_close(tks *t);
+
+/* Hands out the next free status index: from memory, with one durable write per
+ * TKS_BLOCK indexes. TKS_ERR_FULL when none is left, TKS_ERR_IO when the reservation of a
+ * new block fails (no index is handed out then). */
+tks_status tks_assign(tks *t, tks_index *out);
+
+/* Revokes the token with status index ix, durably, with a "token.revoked" audit event
+ * (the calling thread's actor; details: jti, list, idx) in the same transaction. jti must
+ * pass tks_jti_ok; kid_hex may be NULL. *out (may be NULL) receives the revocation: the
+ * new one, or for TKS_ERR_REVOKED the earlier one. TKS_ERR_NOT_FOUND / TKS_ERR_NOT_ISSUED
+ * for an index never handed out; nothing changed then. */
+tks_status tks_revoke(tks *t, tks_index ix, const char *jti, const char *kid_hex, int64_t now,
+                      tks_revocation *out);
+
+/* 1 when the index is revoked, 0 when not (or never handed out). */
+int tks_is_revoked(tks *t, tks_index ix);
+
+/* The number of lists that exist: lists 0 .. count - 1 (0 before the first tks_assign). */
+uint32_t tks_list_count(tks *t);
+
+/* Copies list's TKS_LIST_BYTES of bits into dst and its state: *reserved (indexes handed
+ * out at most) and *revoked (revocations in it). TKS_ERR_NOT_FOUND for a list that does
+ * not exist. */
+tks_status tks_list_copy(tks *t, uint32_t list, uint8_t dst[TKS_LIST_BYTES], uint32_t *reserved,
+                         uint64_t *revoked);
+
+/* Changes after, never before, every revocation reached memory. */
+uint64_t tks_generation(tks *t);
+
+/* The newest token revocation's seq, 0 when there is none. */
+uint64_t tks_seq(tks *t);
+
+/* Copies up to max revocations with seq > after, oldest first, into out; returns how many
+ * were copied (fewer than max: those were all). */
+size_t tks_revocations_after(tks *t, uint64_t after, tks_revocation *out, size_t max);
+
+/* Consumes a single-use token's jti, durably, with a "token.redeemed" audit event (actor,
+ * details: jti, kid_hex when not NULL) in the same transaction: TKS_OK for the one caller
+ * who redeems it first, TKS_ERR_USED for every other, before or after a restart.
+ * exp: the token's exp (unix seconds), after which the row may be pruned. Also prunes
+ * rows past exp + TKS_PRUNE_SLACK, at most once a minute, in the same transaction.
+ * TKS_ERR_INVALID for a jti that fails tks_jti_ok or an exp before now; TKS_ERR_IO when
+ * the commit failed (nothing was consumed then: the caller may retry). */
+tks_status tks_redeem(tks *t, const char *jti, int64_t exp, const char *kid_hex, int64_t now);
+
+/* Deletes redeemed jtis past exp + TKS_PRUNE_SLACK; *deleted (may be NULL) how many. */
+tks_status tks_prune(tks *t, int64_t now, uint64_t *deleted);
+
+/* Rows in the redeemed table (what pruning bounds). */
+tks_status tks_redeemed_count(tks *t, uint64_t *count);
+
+#endif

@@ -1,0 +1,359 @@
+/*
+ * test_tokstate: status lists and redeemed jtis on a real SQLite file in a fresh temporary
+ * directory per test. Durability is checked by closing and reopening; the audit events by
+ * reading the audit table back with SQLite.
+ */
+#include "appliance/tokstate.h"
+
+#include "appliance/audit.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "tests/unit/testenv.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <sqlite3.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define T0 1700000000
+#define KID "00112233445566778899aabbccddeeff"
+#define RACERS 16
+#define BATCH_THREADS 8
+#define BATCH_EACH 25
+
+static tks *open_ok(const testenv_db *d)
+{
+    tks *t = NULL;
+    assert_int_equal(tks_open(d->db, &t), TKS_OK);
+    assert_non_null(t);
+    return t;
+}
+
+/* Rows of the audit table with this action (and this actor, when not NULL). */
+static int audit_rows(const testenv_db *d, const char *action, const char *actor)
+{
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    assert_int_equal(sqlite3_open_v2(d->db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT count(*) FROM audit WHERE action = ?1 "
+                                        "AND (?2 IS NULL OR actor = ?2)",
+                                        -1, &s, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(s, 1, action, -1, SQLITE_STATIC);
+    if (actor != NULL)
+        sqlite3_bind_text(s, 2, actor, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    int n = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    return n;
+}
+
+static int bit_of(const uint8_t *bits, uint32_t idx)
+{
+    return (bits[idx / 8] >> (idx % 8)) & 1;
+}
+
+/* ---- status indexes ------------------------------------------------------------------ */
+
+static void test_indexes_are_handed_out_in_order_from_list_zero(void **state)
+{
+    tks *t = open_ok(*state);
+    assert_int_equal(tks_list_count(t), 0);
+    for (uint32_t i = 0; i < 3 * TKS_BLOCK + 5; i++) {
+        tks_index ix;
+        assert_int_equal(tks_assign(t, &ix), TKS_OK);
+        assert_int_equal(ix.list, 0);
+        assert_int_equal(ix.idx, i);
+    }
+    assert_int_equal(tks_list_count(t), 1);
+    tks_close(t);
+}
+
+static void test_a_restart_skips_the_rest_of_the_reserved_block(void **state)
+{
+    tks *t = open_ok(*state);
+    tks_index ix;
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    tks_close(t); /* as a crash would: the block's unused 1014 indexes are unknown later */
+    t = open_ok(*state);
+    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    assert_int_equal(ix.list, 0);
+    assert_int_equal(ix.idx, TKS_BLOCK);
+    tks_close(t);
+}
+
+static void test_a_full_list_opens_the_next_one(void **state)
+{
+    tks *t = open_ok(*state);
+    tks_index ix;
+    for (uint32_t i = 0; i < TKS_LIST_SIZE; i++)
+        assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    assert_int_equal(ix.list, 0);
+    assert_int_equal(ix.idx, TKS_LIST_SIZE - 1);
+    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    assert_int_equal(ix.list, 1);
+    assert_int_equal(ix.idx, 0);
+    assert_int_equal(tks_list_count(t), 2);
+    tks_close(t);
+    t = open_ok(*state);
+    assert_int_equal(tks_list_count(t), 2);
+    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    assert_int_equal(ix.list, 1);
+    assert_int_equal(ix.idx, TKS_BLOCK);
+    tks_close(t);
+}
+
+/* ---- token revocation ---------------------------------------------------------------- */
+
+static void test_a_revoked_index_is_set_durably_and_its_sibling_is_not(void **state)
+{
+    tks *t = open_ok(*state);
+    tks_index a, b;
+    assert_int_equal(tks_assign(t, &a), TKS_OK);
+    assert_int_equal(tks_assign(t, &b), TKS_OK);
+    uint64_t gen = tks_generation(t);
+    tks_revocation r;
+    audit_set_actor("0123456789abcdef");
+    assert_int_equal(tks_revoke(t, b, "jti-b", KID, T0, &r), TKS_OK);
+    audit_set_actor(NULL);
+    assert_int_equal(r.seq, 1);
+    assert_true(tks_generation(t) != gen);
+    assert_true(tks_is_revoked(t, b));
+    assert_false(tks_is_revoked(t, a));
+    tks_close(t);
+
+    t = open_ok(*state);
+    assert_true(tks_is_revoked(t, b));
+    assert_false(tks_is_revoked(t, a));
+    static uint8_t bits[TKS_LIST_BYTES];
+    uint32_t reserved;
+    uint64_t revoked;
+    assert_int_equal(tks_list_copy(t, 0, bits, &reserved, &revoked), TKS_OK);
+    assert_int_equal(revoked, 1);
+    assert_int_equal(reserved, TKS_BLOCK);
+    for (uint32_t i = 0; i < 16; i++)
+        assert_int_equal(bit_of(bits, i), i == b.idx);
+    assert_int_equal(bits[0], 0x02); /* index 1 is the second bit from the least significant */
+    assert_int_equal(tks_seq(t), 1);
+    tks_close(t);
+    assert_int_equal(audit_rows(*state, "token.revoked", "0123456789abcdef"), 1);
+}
+
+static void test_revoking_twice_returns_the_first_revocation(void **state)
+{
+    tks *t = open_ok(*state);
+    tks_index ix;
+    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    tks_revocation first, again;
+    assert_int_equal(tks_revoke(t, ix, "jti-1", KID, T0, &first), TKS_OK);
+    assert_int_equal(tks_revoke(t, ix, "jti-1", KID, T0 + 9, &again), TKS_ERR_REVOKED);
+    assert_int_equal(again.seq, first.seq);
+    assert_int_equal(again.revoked_at, T0);
+    assert_int_equal(tks_seq(t), first.seq);
+    tks_close(t);
+    assert_int_equal(audit_rows(*state, "token.revoked", NULL), 1);
+}
+
+static void test_an_index_never_handed_out_cannot_be_revoked(void **state)
+{
+    tks *t = open_ok(*state);
+    tks_index ix;
+    assert_int_equal(tks_revoke(t, (tks_index){0, 0}, "j", NULL, T0, NULL), TKS_ERR_NOT_FOUND);
+    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    assert_int_equal(tks_revoke(t, (tks_index){0, TKS_BLOCK}, "j", NULL, T0, NULL),
+                     TKS_ERR_NOT_ISSUED);
+    assert_int_equal(tks_revoke(t, (tks_index){1, 0}, "j", NULL, T0, NULL), TKS_ERR_NOT_FOUND);
+    assert_int_equal(tks_revoke(t, ix, "bad jti", NULL, T0, NULL), TKS_ERR_INVALID);
+    assert_int_equal(tks_revoke(t, ix, "j", "NOTHEX", T0, NULL), TKS_ERR_INVALID);
+    assert_int_equal(tks_seq(t), 0);
+    tks_close(t);
+}
+
+static void test_revocations_after_a_seq_come_oldest_first(void **state)
+{
+    tks *t = open_ok(*state);
+    tks_index ix[5];
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(tks_assign(t, &ix[i]), TKS_OK);
+        char jti[16];
+        snprintf(jti, sizeof(jti), "j%d", i);
+        assert_int_equal(tks_revoke(t, ix[i], jti, NULL, T0 + i, NULL), TKS_OK);
+    }
+    tks_revocation out[8];
+    assert_int_equal(tks_revocations_after(t, 2, out, 8), 3);
+    assert_int_equal(out[0].seq, 3);
+    assert_string_equal(out[0].jti, "j2");
+    assert_int_equal(out[2].seq, 5);
+    assert_int_equal(tks_revocations_after(t, 0, out, 2), 2);
+    assert_int_equal(out[1].seq, 2);
+    assert_int_equal(tks_revocations_after(t, 5, out, 8), 0);
+    tks_close(t);
+}
+
+static void test_a_bad_row_in_the_file_refuses_to_open(void **state)
+{
+    const testenv_db *d = *state;
+    tks *t = open_ok(d);
+    tks_index ix;
+    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    tks_close(t);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(d->db, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE token_lists SET reserved = 7", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(tks_open(d->db, &t), TKS_ERR_IO);
+    assert_null(t);
+    assert_non_null(strstr(tks_last_error(), "token_lists"));
+}
+
+/* ---- redeemed jtis ------------------------------------------------------------------- */
+
+static void test_a_jti_is_redeemed_once_also_after_a_restart(void **state)
+{
+    tks *t = open_ok(*state);
+    audit_set_actor("fedcba9876543210");
+    assert_int_equal(tks_redeem(t, "upload-1", T0 + 60, KID, T0), TKS_OK);
+    assert_int_equal(tks_redeem(t, "upload-1", T0 + 60, KID, T0 + 1), TKS_ERR_USED);
+    audit_set_actor(NULL);
+    assert_string_equal(audit_actor(), AUDIT_SYSTEM); /* the caller's actor is restored */
+    tks_close(t);
+    t = open_ok(*state);
+    assert_int_equal(tks_redeem(t, "upload-1", T0 + 60, KID, T0 + 2), TKS_ERR_USED);
+    assert_int_equal(tks_redeem(t, "upload-2", T0 + 60, NULL, T0 + 2), TKS_OK);
+    tks_close(t);
+    assert_int_equal(audit_rows(*state, "token.redeemed", "fedcba9876543210"), 1);
+    assert_int_equal(audit_rows(*state, "token.redeemed", NULL), 2);
+}
+
+static void test_bad_redeem_arguments_are_refused(void **state)
+{
+    tks *t = open_ok(*state);
+    assert_int_equal(tks_redeem(t, "", T0 + 1, NULL, T0), TKS_ERR_INVALID);
+    assert_int_equal(tks_redeem(t, "a/b", T0 + 1, NULL, T0), TKS_ERR_INVALID);
+    char long_jti[TKS_JTI_MAX + 2];
+    memset(long_jti, 'a', TKS_JTI_MAX + 1);
+    long_jti[TKS_JTI_MAX + 1] = '\0';
+    assert_int_equal(tks_redeem(t, long_jti, T0 + 1, NULL, T0), TKS_ERR_INVALID);
+    long_jti[TKS_JTI_MAX] = '\0';
+    assert_int_equal(tks_redeem(t, long_jti, T0 + 1, NULL, T0), TKS_OK);
+    assert_int_equal(tks_redeem(t, "expired", T0 - 1, NULL, T0), TKS_ERR_INVALID);
+    tks_close(t);
+}
+
+typedef struct {
+    tks *t;
+    const char *jti; /* NULL: a jti of its own per call */
+    int id;
+    atomic_int *ok, *used, *other;
+    atomic_int *go;
+} racer;
+
+static void *race(void *arg)
+{
+    racer *r = arg;
+    while (!atomic_load(r->go))
+        sched_yield(); /* start together, so the redeems really overlap */
+    int calls = r->jti != NULL ? 1 : BATCH_EACH;
+    for (int i = 0; i < calls; i++) {
+        char own[32];
+        snprintf(own, sizeof(own), "t%d-%d", r->id, i);
+        tks_status st = tks_redeem(r->t, r->jti ? r->jti : own, T0 + 600, NULL, T0);
+        atomic_fetch_add(st == TKS_OK ? r->ok : st == TKS_ERR_USED ? r->used : r->other, 1);
+    }
+    return NULL;
+}
+
+static void run_racers(tks *t, const char *jti, int n, atomic_int *ok, atomic_int *used,
+                       atomic_int *other)
+{
+    pthread_t th[RACERS];
+    racer rs[RACERS];
+    atomic_int go = 0;
+    for (int i = 0; i < n; i++) {
+        rs[i] = (racer){t, jti, i, ok, used, other, &go};
+        assert_int_equal(pthread_create(&th[i], NULL, race, &rs[i]), 0);
+    }
+    atomic_store(&go, 1);
+    for (int i = 0; i < n; i++)
+        pthread_join(th[i], NULL);
+}
+
+static void test_concurrent_redeems_of_one_jti_give_exactly_one_ok(void **state)
+{
+    tks *t = open_ok(*state);
+    atomic_int ok = 0, used = 0, other = 0;
+    run_racers(t, "one-shot", RACERS, &ok, &used, &other);
+    assert_int_equal(ok, 1);
+    assert_int_equal(used, RACERS - 1);
+    assert_int_equal(other, 0);
+    tks_close(t);
+    assert_int_equal(audit_rows(*state, "token.redeemed", NULL), 1);
+}
+
+static void test_concurrent_redeems_of_distinct_jtis_all_succeed(void **state)
+{
+    tks *t = open_ok(*state);
+    atomic_int ok = 0, used = 0, other = 0;
+    run_racers(t, NULL, BATCH_THREADS, &ok, &used, &other);
+    assert_int_equal(ok, BATCH_THREADS * BATCH_EACH);
+    assert_int_equal(used + other, 0);
+    uint64_t n;
+    assert_int_equal(tks_redeemed_count(t, &n), TKS_OK);
+    assert_int_equal(n, BATCH_THREADS * BATCH_EACH);
+    tks_close(t);
+    assert_int_equal(audit_rows(*state, "token.redeemed", NULL), BATCH_THREADS * BATCH_EACH);
+}
+
+static void test_redeemed_jtis_are_pruned_after_their_exp(void **state)
+{
+    tks *t = open_ok(*state);
+    assert_int_equal(tks_redeem(t, "short", T0 + 10, NULL, T0), TKS_OK);
+    assert_int_equal(tks_redeem(t, "long", T0 + 10000, NULL, T0), TKS_OK);
+    uint64_t deleted, n;
+    assert_int_equal(tks_prune(t, T0 + 10 + TKS_PRUNE_SLACK, &deleted), TKS_OK);
+    assert_int_equal(deleted, 0); /* kept through the slack */
+    assert_int_equal(tks_prune(t, T0 + 11 + TKS_PRUNE_SLACK, &deleted), TKS_OK);
+    assert_int_equal(deleted, 1);
+    assert_int_equal(tks_redeemed_count(t, &n), TKS_OK);
+    assert_int_equal(n, 1);
+    /* Redeems prune on the side too, at most once a minute. */
+    assert_int_equal(tks_redeem(t, "later", T0 + 20000, NULL, T0 + 10001 + TKS_PRUNE_SLACK),
+                     TKS_OK);
+    assert_int_equal(tks_redeemed_count(t, &n), TKS_OK);
+    assert_int_equal(n, 1);
+    tks_close(t);
+}
+
+#define T(name) cmocka_unit_test_setup_teardown(name, testenv_db_setup, testenv_db_teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_indexes_are_handed_out_in_order_from_list_zero),
+        T(test_a_restart_skips_the_rest_of_the_reserved_block),
+        T(test_a_full_list_opens_the_next_one),
+        T(test_a_revoked_index_is_set_durably_and_its_sibling_is_not),
+        T(test_revoking_twice_returns_the_first_revocation),
+        T(test_an_index_never_handed_out_cannot_be_revoked),
+        T(test_revocations_after_a_seq_come_oldest_first),
+        T(test_a_bad_row_in_the_file_refuses_to_open),
+        T(test_a_jti_is_redeemed_once_also_after_a_restart),
+        T(test_bad_redeem_arguments_are_refused),
+        T(test_concurrent_redeems_of_one_jti_give_exactly_one_ok),
+        T(test_concurrent_redeems_of_distinct_jtis_all_succeed),
+        T(test_redeemed_jtis_are_pruned_after_their_exp),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
