@@ -2,6 +2,7 @@
 #include "appliance/credentials.h"
 
 #include "appliance/audit.h"
+#include "appliance/db.h"
 
 #include "jose/jose.h"
 
@@ -10,16 +11,12 @@
 #include <openssl/rand.h>
 #include <sqlite3.h>
 
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #define CRED_ERR_MSG_MAX 1024
 #define CRED_ROWS_MAX (1u << 24) /* index slots are uint32; far above any real count */
@@ -406,40 +403,7 @@ static cred_status cred_step_done(cred_store *cs, sqlite3_stmt *s, const char *w
     return st;
 }
 
-/* Copies a text column into dst (cap bytes with the NUL): 0, or -1 if NULL or too long. */
-static int cred_col_text(sqlite3_stmt *s, int col, char *dst, size_t cap)
-{
-    const unsigned char *t = sqlite3_column_text(s, col);
-    int n = sqlite3_column_bytes(s, col);
-    if (t == NULL || n < 0 || (size_t)n >= cap)
-        return -1;
-    memcpy(dst, t, (size_t)n);
-    dst[n] = '\0';
-    return 0;
-}
-
 /* ---- open: pragmas, schema, load -------------------------------------------------------- */
-
-static cred_status cred_pragmas(cred_store *cs)
-{
-    if (sqlite3_busy_timeout(cs->db, CRED_BUSY_TIMEOUT_MS) != SQLITE_OK)
-        return cred_fail_sql(cs, "set busy timeout");
-    sqlite3_stmt *s;
-    cred_status st = cred_prepare(cs, "PRAGMA journal_mode=WAL", &s, "set WAL mode");
-    if (st != CRED_OK)
-        return st;
-    int rc = sqlite3_step(s);
-    const unsigned char *mode = rc == SQLITE_ROW ? sqlite3_column_text(s, 0) : NULL;
-    if (rc != SQLITE_ROW)
-        st = cred_fail_sql(cs, "set WAL mode");
-    else if (mode == NULL || strcmp((const char *)mode, "wal") != 0)
-        st = cred_fail(cs->path, CRED_ERR_IO, "journal mode is '%s', not 'wal'",
-                       mode ? (const char *)mode : "?");
-    sqlite3_finalize(s);
-    if (st != CRED_OK)
-        return st;
-    return cred_exec(cs, "PRAGMA synchronous=FULL", "set pragmas");
-}
 
 /* One row of the load query into *row; CRED_ERR_IO names what is wrong with it. */
 static cred_status cred_load_row(cred_store *cs, sqlite3_stmt *s, cred_row *row)
@@ -455,9 +419,9 @@ static cred_status cred_load_row(cred_store *cs, sqlite3_stmt *s, cred_row *row)
     if (cred_role_parse(role, &rec->role) != 0)
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: unknown role '%s'", rec->id,
                          role ? role : "NULL");
-    if (cred_col_text(s, 2, rec->label, sizeof(rec->label)) != 0 || !cred_label_ok(rec->label))
+    if (db_col_text(s, 2, rec->label, sizeof(rec->label)) != 0 || !cred_label_ok(rec->label))
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: label missing or invalid", rec->id);
-    if (cred_col_text(s, 9, rec->client_subject, sizeof(rec->client_subject)) != 0 ||
+    if (db_col_text(s, 9, rec->client_subject, sizeof(rec->client_subject)) != 0 ||
         !cred_subject_ok(rec->client_subject))
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: client_subject invalid", rec->id);
     if (cred_unhex((const char *)sqlite3_column_text(s, 3), (size_t)sqlite3_column_bytes(s, 3),
@@ -509,30 +473,6 @@ static cred_status cred_load(cred_store *cs)
     return st;
 }
 
-/* Makes a new file's directory entry durable: SQLite syncs the WAL's directory, not the
- * database file's own on creation. */
-static cred_status cred_sync_dir(const char *path)
-{
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == NULL)
-        snprintf(dir, sizeof(dir), ".");
-    else if (slash == dir)
-        slash[1] = '\0';
-    else
-        *slash = '\0';
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return cred_fail(path, CRED_ERR_IO, "open directory %s: %s", dir, strerror(errno));
-    int rc = fsync(fd);
-    int err = errno;
-    close(fd);
-    if (rc != 0)
-        return cred_fail(path, CRED_ERR_IO, "fsync directory %s: %s", dir, strerror(err));
-    return CRED_OK;
-}
-
 cred_status cred_open(const char *db_path, cred_store **out)
 {
     if (out == NULL)
@@ -541,17 +481,6 @@ cred_status cred_open(const char *db_path, cred_store **out)
     if (db_path == NULL || db_path[0] == '\0' || strlen(db_path) >= PATH_MAX)
         return cred_fail(db_path, CRED_ERR_INVALID, "path missing or too long");
     cred_errbuf[0] = '\0';
-
-    /* Created here, not by SQLite, to get mode 0600 and to refuse a symlink. */
-    int fd = open(db_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return cred_fail(db_path, CRED_ERR_IO, "open: %s", strerror(errno));
-    struct stat sb;
-    int regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
-    int created = regular && sb.st_size == 0;
-    close(fd);
-    if (!regular)
-        return cred_fail(db_path, CRED_ERR_IO, "not a regular file");
 
     cred_store *cs = calloc(1, sizeof(*cs));
     if (cs == NULL)
@@ -570,23 +499,15 @@ cred_status cred_open(const char *db_path, cred_store **out)
     cs->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     if (cs->sha256 == NULL)
         st = cred_fail(db_path, CRED_ERR_IO, "OpenSSL has no SHA-256");
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX;
-    if (st == CRED_OK && sqlite3_open_v2(db_path, &cs->db, flags, NULL) != SQLITE_OK)
-        st = cs->db ? cred_fail_sql(cs, "open")
-                    : cred_fail(db_path, CRED_ERR_IO, "open: out of memory");
-    if (st == CRED_OK)
-        sqlite3_extended_result_codes(cs->db, 1);
-    if (st == CRED_OK)
-        st = cred_pragmas(cs);
+    char derr[256];
+    if (st == CRED_OK && db_open(db_path, CRED_BUSY_TIMEOUT_MS, &cs->db, derr, sizeof(derr)) != 0)
+        st = cred_fail(db_path, CRED_ERR_IO, "%s", derr);
     if (st == CRED_OK)
         st = cred_exec(cs, cred_schema_sql, "create tables");
-    char aerr[256];
-    if (st == CRED_OK && audit_schema(cs->db, aerr, sizeof(aerr)) != 0)
-        st = cred_fail(cs->path, CRED_ERR_IO, "%s", aerr);
+    if (st == CRED_OK && audit_schema(cs->db, derr, sizeof(derr)) != 0)
+        st = cred_fail(cs->path, CRED_ERR_IO, "%s", derr);
     if (st == CRED_OK)
         st = cred_load(cs);
-    if (st == CRED_OK && created)
-        st = cred_sync_dir(db_path);
     if (st != CRED_OK) {
         cred_close(cs);
         return st;

@@ -2,6 +2,7 @@
 #include "appliance/registry.h"
 
 #include "appliance/audit.h"
+#include "appliance/db.h"
 
 #include <sqlite3.h>
 
@@ -408,40 +409,7 @@ static reg_status reg_tx_end(reg *r, reg_status st)
     return st == REG_OK ? REG_ERR_IO : st;
 }
 
-/* Copies a text column into dst (cap bytes with the NUL): 0, or -1 if NULL or too long. */
-static int reg_col_text(sqlite3_stmt *s, int col, char *dst, size_t cap)
-{
-    const unsigned char *t = sqlite3_column_text(s, col);
-    int n = sqlite3_column_bytes(s, col);
-    if (t == NULL || n < 0 || (size_t)n >= cap)
-        return -1;
-    memcpy(dst, t, (size_t)n);
-    dst[n] = '\0';
-    return 0;
-}
-
 /* ---- open: pragmas, schema, load -------------------------------------------------------- */
-
-static reg_status reg_pragmas(reg *r)
-{
-    sqlite3_stmt *s;
-    reg_status st = reg_prepare(r, "PRAGMA journal_mode=WAL", &s, "set WAL mode");
-    if (st != REG_OK)
-        return st;
-    int rc = sqlite3_step(s);
-    const unsigned char *mode = rc == SQLITE_ROW ? sqlite3_column_text(s, 0) : NULL;
-    if (rc != SQLITE_ROW)
-        st = reg_fail_sql(r, "set WAL mode");
-    else if (mode == NULL || strcmp((const char *)mode, "wal") != 0)
-        st = reg_fail(r->path, REG_ERR_IO, "journal mode is '%s', not 'wal'",
-                      mode ? (const char *)mode : "?");
-    sqlite3_finalize(s);
-    if (st != REG_OK)
-        return st;
-    if (sqlite3_busy_timeout(r->db, REG_BUSY_TIMEOUT_MS) != SQLITE_OK)
-        return reg_fail_sql(r, "set busy timeout");
-    return reg_exec(r, "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON", "set pragmas");
-}
 
 /* Sets *has when table `keys` has a column named col. */
 static reg_status reg_keys_has_column(reg *r, const char *col, int *has)
@@ -485,8 +453,8 @@ static reg_status reg_migrate_v2(reg *r)
 }
 
 /* Creates the tables when missing, migrates an older schema in place and refuses a newer
- * one, all in one transaction. *created is set when the file was new (user_version 0). */
-static reg_status reg_schema(reg *r, int *created)
+ * one, all in one transaction. */
+static reg_status reg_schema(reg *r)
 {
     reg_status st = reg_exec(r, "BEGIN IMMEDIATE", "begin schema transaction");
     if (st != REG_OK)
@@ -516,7 +484,6 @@ static reg_status reg_schema(reg *r, int *created)
         snprintf(sql, sizeof(sql), "PRAGMA user_version=%d", REG_SCHEMA_VERSION);
         st = reg_exec(r, sql, "set schema version");
     }
-    *created = version == 0;
     return reg_tx_end(r, st);
 }
 
@@ -550,9 +517,9 @@ static reg_status reg_load_key(reg *r, sqlite3_stmt *s, reg_row *row)
         return reg_fail(r->path, REG_ERR_IO, "kid %s: bits out of range", kid);
     row->k.bits = (unsigned)bits;
     row->k.created_at = sqlite3_column_int64(s, 5);
-    if (reg_col_text(s, 4, row->k.label, sizeof(row->k.label)) != 0 ||
-        reg_col_text(s, 6, row->k.n_b64, sizeof(row->k.n_b64)) != 0 ||
-        reg_col_text(s, 7, row->k.e_b64, sizeof(row->k.e_b64)) != 0)
+    if (db_col_text(s, 4, row->k.label, sizeof(row->k.label)) != 0 ||
+        db_col_text(s, 6, row->k.n_b64, sizeof(row->k.n_b64)) != 0 ||
+        db_col_text(s, 7, row->k.e_b64, sizeof(row->k.e_b64)) != 0)
         return reg_fail(r->path, REG_ERR_IO, "kid %s: label or public key missing or too long",
                         kid);
     int has_rev = sqlite3_column_type(s, 8) != SQLITE_NULL;
@@ -564,7 +531,7 @@ static reg_status reg_load_key(reg *r, sqlite3_stmt *s, reg_row *row)
     if (has_rev) {
         row->k.revocation_seq = (uint64_t)sqlite3_column_int64(s, 8);
         row->k.revoked_at = sqlite3_column_int64(s, 9);
-        if (reg_col_text(s, 10, row->k.reason, sizeof(row->k.reason)) != 0)
+        if (db_col_text(s, 10, row->k.reason, sizeof(row->k.reason)) != 0)
             return reg_fail(r->path, REG_ERR_IO, "kid %s: reason missing or too long", kid);
     }
     row->k.retire_at = sqlite3_column_int64(s, 11); /* NULL reads as 0 */
@@ -636,7 +603,7 @@ static reg_status reg_load_revocations(reg *r)
         v->revoked_at = sqlite3_column_int64(s, 2);
         if (reg_unhex((const char *)sqlite3_column_text(s, 1), (size_t)sqlite3_column_bytes(s, 1),
                       &v->kid) != 0 ||
-            reg_col_text(s, 3, v->reason, sizeof(v->reason)) != 0 || v->seq == 0)
+            db_col_text(s, 3, v->reason, sizeof(v->reason)) != 0 || v->seq == 0)
             st = reg_fail(r->path, REG_ERR_IO, "revocation %llu: bad kid, reason or seq",
                           (unsigned long long)v->seq);
         else
@@ -664,30 +631,6 @@ static reg_status reg_load_revocations(reg *r)
     return st;
 }
 
-/* Makes a new file's directory entry durable: SQLite syncs the WAL's directory, not the
- * database file's own on creation. */
-static reg_status reg_sync_dir(const char *path)
-{
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == NULL)
-        snprintf(dir, sizeof(dir), ".");
-    else if (slash == dir)
-        slash[1] = '\0';
-    else
-        *slash = '\0';
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return reg_fail(path, REG_ERR_IO, "open directory %s: %s", dir, strerror(errno));
-    int rc = fsync(fd);
-    int err = errno;
-    close(fd);
-    if (rc != 0)
-        return reg_fail(path, REG_ERR_IO, "fsync directory %s: %s", dir, strerror(err));
-    return REG_OK;
-}
-
 reg_status reg_open(const char *path, unsigned max_active, reg **out)
 {
     if (out == NULL)
@@ -698,17 +641,6 @@ reg_status reg_open(const char *path, unsigned max_active, reg **out)
     if (max_active == 0)
         return reg_fail(path, REG_ERR_INVALID, "max_active must be at least 1");
     reg_errbuf[0] = '\0';
-
-    /* Created here, not by SQLite, to get mode 0600 (SQLite gives its -wal and -shm the
-     * same mode) and to refuse a symlink. */
-    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return reg_fail(path, REG_ERR_IO, "open: %s", strerror(errno));
-    struct stat sb;
-    int regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
-    close(fd);
-    if (!regular)
-        return reg_fail(path, REG_ERR_IO, "not a regular file");
 
     reg *r = calloc(1, sizeof(*r));
     if (r == NULL)
@@ -734,22 +666,18 @@ reg_status reg_open(const char *path, unsigned max_active, reg **out)
     pthread_mutex_init(&r->slot_mu, NULL);
 
     reg_status st = REG_OK;
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX;
-    if (sqlite3_open_v2(path, &r->db, flags, NULL) != SQLITE_OK)
-        st = r->db ? reg_fail_sql(r, "open") : reg_fail(path, REG_ERR_IO, "open: out of memory");
+    char err[256];
+    /* db_open creates the file 0600 (SQLite gives its -wal and -shm the same mode). */
+    if (db_open(path, REG_BUSY_TIMEOUT_MS, &r->db, err, sizeof(err)) != 0)
+        st = reg_fail(path, REG_ERR_IO, "%s", err);
     if (st == REG_OK)
-        sqlite3_extended_result_codes(r->db, 1);
-    int created = 0;
+        st = reg_exec(r, "PRAGMA foreign_keys=ON", "set pragmas");
     if (st == REG_OK)
-        st = reg_pragmas(r);
-    if (st == REG_OK)
-        st = reg_schema(r, &created);
+        st = reg_schema(r);
     if (st == REG_OK)
         st = reg_load_keys(r);
     if (st == REG_OK)
         st = reg_load_revocations(r);
-    if (st == REG_OK && created)
-        st = reg_sync_dir(path);
     if (st != REG_OK) {
         reg_close(r);
         return st;
