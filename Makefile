@@ -3,6 +3,7 @@
 # Every C file under hsm/, jose/, appliance/ (but main.c), api/, provisioning/ (but
 # provision.c) and verifier/ (but the CLI's signd-verify.c) goes into one static
 # library; each program and each unit test links it. A new module needs no Makefile edit.
+# cli/ (signdctl, the operator CLI) is a program of its own, outside the library.
 
 CC      ?= cc
 BUILD   := build
@@ -37,7 +38,7 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 UNIT_HELP := $(filter-out $(UNIT_SRC),$(wildcard tests/unit/*.c))
 
 PROGS := $(BUILD)/bin/signd-provision $(BUILD)/bin/hello-https $(BUILD)/bin/bench-hsm \
-         $(BUILD)/bin/signd-verify $(BUILD)/bin/bench-propagation
+         $(BUILD)/bin/signd-verify $(BUILD)/bin/bench-propagation $(BUILD)/bin/signdctl
 ifneq ($(wildcard appliance/main.c),)
 PROGS += $(BUILD)/bin/signd
 endif
@@ -81,6 +82,12 @@ $(BUILD)/bin/bench-hsm: $(BUILD)/obj/tests/bench/bench_hsm.o $(LIB)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 $(BUILD)/bin/signd-verify: $(BUILD)/obj/verifier/signd-verify.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+# signdctl, the operator CLI: cli/ is its own (not in the library; it links it for audit
+# verification).
+$(BUILD)/bin/signdctl: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard cli/*.c)) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
