@@ -37,18 +37,31 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 UNIT_HELP := $(filter-out $(UNIT_SRC),$(wildcard tests/unit/*.c))
 
+# Fuzzing: every tests/fuzz/fuzz_<name>.c is a libFuzzer target. `make test` links each
+# with tests/fuzz/replay.c into $(BUILD)/tests/test_fuzz_<name> (a unit test that replays
+# its seed corpus and regression inputs); `make fuzz` builds them with clang and libFuzzer
+# into build/fuzz/ and runs each for FUZZ_SECONDS (tests/fuzz/run.sh).
+FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_REPLAY  := $(FUZZ_NAMES:%=$(BUILD)/tests/test_fuzz_%)
+FUZZ_BUILD   := build/fuzz
+FUZZ_CC      := clang
+FUZZ_SECONDS ?= 60
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS  := -std=c11 -Wall -Wextra -Werror -g -O1 -fno-omit-frame-pointer $(FUZZ_SAN) \
+                -fsanitize=fuzzer-no-link -D_GNU_SOURCE -I. -I$(CIVET) -I/usr/include/p11-kit-1
+
 PROGS := $(BUILD)/bin/signd-provision $(BUILD)/bin/hello-https $(BUILD)/bin/bench-hsm \
          $(BUILD)/bin/signd-verify $(BUILD)/bin/bench-propagation $(BUILD)/bin/signdctl
 ifneq ($(wildcard appliance/main.c),)
 PROGS += $(BUILD)/bin/signd
 endif
 
-.PHONY: all deps run test test-unit test-blackbox test-asan bench bench-hsm clean format docs
+.PHONY: all deps run test test-unit test-blackbox test-asan bench bench-hsm clean format docs fuzz hostile valgrind soak
 .DEFAULT_GOAL := all
 # Keep every object file: tests and programs share them.
 .SECONDARY:
 
-all: $(CIVETLIB) $(PROGS) $(UNIT_BIN)
+all: $(CIVETLIB) $(PROGS) $(UNIT_BIN) $(FUZZ_REPLAY)
 
 deps:
 	@mk/deps.sh
@@ -112,6 +125,28 @@ test-asan: deps
 	@$(MAKE) --no-print-directory SANITIZE=1 all
 	@SIGND_BUILD=build/asan tests/run.sh
 
+$(BUILD)/tests/test_fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%.o $(BUILD)/obj/tests/fuzz/replay.o \
+                            $(LIB) $(CIVETLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
+# Every target for FUZZ_SECONDS in turn (make fuzz FUZZ_SECONDS=10 in CI); fails on any
+# finding, whose input is kept under build/fuzz/findings/.
+fuzz: deps
+	@$(MAKE) --no-print-directory $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz_%)
+	@tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BUILD) $(FUZZ_NAMES)
+
+$(FUZZ_BUILD)/obj/%.o: %.c $(CIVET)/civetweb.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
+
+$(FUZZ_BUILD)/libsignd.a: $(LIB_SRC:%.c=$(FUZZ_BUILD)/obj/%.o)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_BUILD)/libsignd.a $(CIVETLIB)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) $^ $(LDLIBS) -o $@
+
 test-unit: all
 	@tests/run.sh unit
 
@@ -125,6 +160,26 @@ bench-hsm: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@tests/bench/bench.sh
+
+# Hostile clients at full scale (1,000 keep-alive connections, 200 slowloris, floods) while
+# well-behaved clients measure their latency; the table in docs/reliability.md.
+hostile: deps
+	@$(MAKE) --no-print-directory all
+	@SIGND_BUILD=$(BUILD) /usr/bin/python3 tests/hostile/hostile.py --scale full
+
+# A scripted session with every process under valgrind memcheck: any invalid read or write
+# or any byte definitely lost fails it.
+valgrind: deps
+	@$(MAKE) --no-print-directory all
+	@SIGND_BUILD=$(BUILD) /usr/bin/python3 tests/valgrind/session.py
+
+# Crash consistency: SOAK_ROUNDS rounds of concurrent clients, a SIGKILL of the front, the
+# keeper, the supervisor or all three at a random moment, and the invariants checked after
+# every restart (tests/soak/soak.py; docs/reliability.md). SOAK_SEED=N replays a run.
+SOAK_ROUNDS ?= 200
+soak: deps
+	@$(MAKE) --no-print-directory all
+	@SIGND_BUILD=$(BUILD) SOAK_ROUNDS=$(SOAK_ROUNDS) /usr/bin/python3 tests/soak/soak.py
 
 # docs/configuration.md is the configuration the provisioning tool writes, verbatim.
 docs: all
@@ -140,3 +195,4 @@ clean:
 	rm -rf $(BUILD)/obj $(BUILD)/bin $(BUILD)/tests $(LIB)
 
 -include $(LIB_OBJ:.o=.d) $(wildcard $(BUILD)/obj/*/*.d $(BUILD)/obj/*/*/*.d)
+-include $(wildcard $(FUZZ_BUILD)/obj/*/*.d $(FUZZ_BUILD)/obj/*/*/*.d)

@@ -25,6 +25,10 @@
 #include "appliance/registry.h"
 
 #define API_BODY_MAX (64 * 1024)
+/* Deepest nesting of [ and { a JSON body may have; deeper is invalid_json before jansson
+ * sees it (its parser recurses per level, and a worker keeps the stack it touched). Above
+ * the claims' own bound (tokens.c) plus the body object around them. */
+#define API_JSON_DEPTH_MAX 32
 #define API_ERRMSG_MAX 256
 #define API_HEADERS_MAX 512
 /* How many rotations a signer's scope follows (a predecessor's signers may use its
@@ -171,6 +175,89 @@ api_err api_hsm_error(api_resp *r, hsm_status st);
  * out the signers of the key it replaces), else kid_not_allowed (403). */
 api_err api_check_kid_scope(const api_req *q, api_resp *r, const hsm_kid *kid);
 
+/* ---- Request bodies: bytes -> validated struct ------------------------------------------
+ * Each handler that takes a body first turns it into one of these, then acts on the struct
+ * alone. A parse reads q->body, q->body_len, q->now, q->caller and q->env->cfg and nothing
+ * else (no registry, keeper, token or audit: tests/fuzz/fuzz_requests.c calls them with
+ * those NULL). API_OK with *out filled, or the error the handler returns as it is (the
+ * message in r); *out is then zeroed and needs no release. A struct that holds a reference
+ * or heap bytes has a _free, safe on a zeroed struct and twice.
+ *
+ *   api_keys_create_body b;
+ *   if ((e = api_keys_create_parse(q, r, &b)) != API_OK)
+ *       return e;
+ *   ... b.bits, b.label ... */
+#define API_LABEL_MAX 128 /* bytes of a key's label, without the NUL */
+#define API_SUB_MAX 256   /* bytes of a token's sub, without the NUL */
+
+/* POST /v1/keys {"bits", "label"}: bits 2048, 3072 or 4096 (default_key_bits when absent),
+ * label printable ASCII ("" when absent). */
+typedef struct {
+    unsigned bits;
+    char label[API_LABEL_MAX + 1];
+} api_keys_create_body;
+api_err api_keys_create_parse(const api_req *q, api_resp *r, api_keys_create_body *out);
+
+/* POST /v1/keys/{kid}/rotate {"grace_seconds", "label"}: grace 0..a year (the configured
+ * default when absent); a printable label, or has_label 0 (the old key's label). */
+typedef struct {
+    int64_t grace;
+    int has_label;
+    char label[API_LABEL_MAX + 1];
+} api_keys_rotate_body;
+api_err api_keys_rotate_parse(const api_req *q, api_resp *r, api_keys_rotate_body *out);
+
+/* DELETE /v1/keys/{kid} {"reason"}: non-empty printable ASCII, "unspecified" when absent. */
+typedef struct {
+    char reason[REG_REASON_MAX + 1];
+} api_keys_revoke_body;
+api_err api_keys_revoke_parse(const api_req *q, api_resp *r, api_keys_revoke_body *out);
+
+/* POST /v1/keys/{kid}/sign {"payload"}: the decoded bytes of the required base64url
+ * payload (len may be 0), malloc'd. */
+typedef struct {
+    uint8_t *bytes;
+    size_t len;
+} api_keys_sign_body;
+api_err api_keys_sign_parse(const api_req *q, api_resp *r, api_keys_sign_body *out);
+void api_keys_sign_body_free(api_keys_sign_body *b);
+
+/* POST /v1/tokens {"kid", "sub", "ttl", "nbf", "claims"}: ttl within the configured bounds
+ * and the caller's max_ttl (the default clipped to it when absent), exp = q->now + ttl,
+ * nbf (-1 when absent) before exp, claims (NULL when absent; a reference) an object of at
+ * most 16 levels naming no reserved claim, kid well formed when given. */
+typedef struct {
+    int has_kid;
+    hsm_kid kid;
+    int has_sub;
+    char sub[API_SUB_MAX + 1];
+    int64_t ttl, nbf, exp;
+    json_t *claims;
+} api_tokens_mint_body;
+api_err api_tokens_mint_parse(const api_req *q, api_resp *r, api_tokens_mint_body *out);
+void api_tokens_mint_body_free(api_tokens_mint_body *b);
+
+/* POST /v1/credentials {"role", "label", "kids", "max_ttl", "client_subject"}: every field
+ * bounded and well formed; kids are distinct but not yet known to exist (the handler asks
+ * the registry). After an error in 'kids', n_kids counts the well-formed kids before the
+ * bad one, so that the handler can still report an unknown kid that comes first in the
+ * list (out is not zeroed then). */
+typedef struct {
+    cred_role role;
+    int has_label, has_subject;
+    char label[CRED_LABEL_MAX + 1];
+    char client_subject[CRED_SUBJECT_MAX + 1];
+    int all_kids;
+    hsm_kid kids[CRED_KIDS_MAX];
+    size_t n_kids;
+    unsigned max_ttl;
+} api_credentials_create_body;
+api_err api_credentials_create_parse(const api_req *q, api_resp *r,
+                                     api_credentials_create_body *out);
+
+/* DELETE /v1/credentials/{id}: no fields, but an empty object or no body at all. */
+api_err api_credentials_revoke_parse(const api_req *q, api_resp *r);
+
 /* Handlers. Each is called with a parsed request and fills r or returns an error. */
 api_err api_keys_create(const api_req *q, api_resp *r);
 api_err api_keys_list(const api_req *q, api_resp *r);
@@ -213,6 +300,9 @@ api_err api_revocations_key(const api_req *q, api_resp *r);
 /* The JWKS `use` of the publication key: its own, so no verifier takes it for a token's. */
 #define API_PUBLICATION_USE "kid-revocation"
 api_err api_healthz(const api_req *q, api_resp *r);
+/* GET /metrics: the Prometheus text exposition (appliance/metrics.h), with the gauges
+ * sampled now (sessions, keys by state, revocation sequence, audit lag). */
+api_err api_metrics(const api_req *q, api_resp *r);
 api_err api_readyz(const api_req *q, api_resp *r);
 api_err api_credentials_create(const api_req *q, api_resp *r);
 api_err api_credentials_list(const api_req *q, api_resp *r);

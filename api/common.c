@@ -117,6 +117,33 @@ void api_header(api_resp *r, const char *fmt, ...)
     memcpy(r->headers + used + n, "\r\n", 3);
 }
 
+/* 1 when text nests [ or { deeper than limit (counted outside strings). jansson refuses
+ * only past 2,048 levels, and its parser recurses once per level: about 250 bytes of stack
+ * each, so a 60 KB body of '[' touched half a megabyte of a worker's stack, pages the
+ * thread keeps for its life (RSS that never came back, measured by tests/hostile). Text
+ * that is not JSON at all is jansson's to refuse. */
+static int api_json_too_deep(const char *text, size_t len, int limit)
+{
+    int depth = 0, in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = text[i];
+        if (in_string) {
+            if (ch == '\\')
+                i++; /* the escaped byte cannot end the string */
+            else if (ch == '"')
+                in_string = 0;
+        } else if (ch == '"') {
+            in_string = 1;
+        } else if (ch == '[' || ch == '{') {
+            if (++depth > limit)
+                return 1;
+        } else if (ch == ']' || ch == '}') {
+            depth--;
+        }
+    }
+    return 0;
+}
+
 api_err api_parse_object(const api_req *q, api_resp *r, const char *const allowed[], int empty_ok,
                          json_t **out)
 {
@@ -127,6 +154,9 @@ api_err api_parse_object(const api_req *q, api_resp *r, const char *const allowe
         *out = json_object();
         return *out ? API_OK : api_fail(r, API_ERR_INTERNAL, "out of memory");
     }
+    if (api_json_too_deep(q->body, q->body_len, API_JSON_DEPTH_MAX))
+        return api_fail(r, API_ERR_INVALID_JSON, "JSON nests deeper than %d levels",
+                        API_JSON_DEPTH_MAX);
     json_error_t je;
     json_t *j = json_loadb(q->body, q->body_len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &je);
     if (j == NULL) {

@@ -52,11 +52,12 @@ static api_err api_credential_id(const api_req *q, api_resp *r)
     return API_OK;
 }
 
-/* Reads "kids": "all", or a list of 1..CRED_KIDS_MAX distinct kids this appliance knows. */
-static api_err api_read_kids(const api_req *q, json_t *v, cred_spec *sp, hsm_kid *kids, api_resp *r)
+/* Reads "kids": "all", or a list of 1..CRED_KIDS_MAX distinct, well-formed kids (whether
+ * this appliance knows them is the handler's question). */
+static api_err api_read_kids(json_t *v, api_credentials_create_body *out, api_resp *r)
 {
     if (json_is_string(v) && strcmp(json_string_value(v), "all") == 0) {
-        sp->all_kids = 1;
+        out->all_kids = 1;
         return API_OK;
     }
     if (!json_is_array(v))
@@ -66,23 +67,19 @@ static api_err api_read_kids(const api_req *q, json_t *v, cred_spec *sp, hsm_kid
         return api_fail(r, API_ERR_OUT_OF_RANGE, "'kids' must list 1 to %d kids", CRED_KIDS_MAX);
     for (size_t i = 0; i < n; i++) {
         const char *text = json_string_value(json_array_get(v, i));
-        if (text == NULL || hsm_kid_parse(text, &kids[i]) != 0)
+        if (text == NULL || hsm_kid_parse(text, &out->kids[i]) != 0)
             return api_fail(r, API_ERR_INVALID_KID,
                             "'kids'[%zu] must be 32 lowercase hexadecimal characters", i);
         for (size_t k = 0; k < i; k++)
-            if (memcmp(&kids[k], &kids[i], sizeof(kids[i])) == 0)
+            if (memcmp(&out->kids[k], &out->kids[i], sizeof(out->kids[i])) == 0)
                 return api_fail(r, API_ERR_INVALID_KID, "'kids' lists %s twice", text);
-        /* A typo would make a credential that can sign nothing: only known kids. */
-        if (reg_get(q->env->reg, &kids[i], NULL) != REG_OK)
-            return api_fail(r, API_ERR_INVALID_KID, "'kids'[%zu] is no key of this appliance", i);
+        out->n_kids = i + 1;
     }
-    sp->kids = kids;
-    sp->n_kids = n;
     return API_OK;
 }
 
-/* Parses and bounds the create body into sp (kids into the caller's array). */
-static api_err api_read_spec(const api_req *q, json_t *body, cred_spec *sp, hsm_kid *kids,
+/* Parses and bounds the create body's fields (body already strict-parsed) into out. */
+static api_err api_read_spec(const api_req *q, json_t *body, api_credentials_create_body *out,
                              api_resp *r)
 {
     const cfg *c = q->env->cfg;
@@ -96,12 +93,13 @@ static api_err api_read_spec(const api_req *q, json_t *body, cred_spec *sp, hsm_
         return e;
     if (role == NULL)
         return api_fail(r, API_ERR_MISSING_FIELD, "'role' (admin, signer or auditor) is required");
-    if (cred_role_parse(role, &sp->role) != 0)
+    if (cred_role_parse(role, &out->role) != 0)
         return api_fail(r, API_ERR_INVALID_ROLE, "'role' must be admin, signer or auditor");
     for (const char *p = label ? label : ""; *p; p++)
         if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
             return api_fail(r, API_ERR_INVALID_LABEL, "'label' must be printable ASCII");
-    sp->label = label;
+    out->has_label = label != NULL;
+    snprintf(out->label, sizeof(out->label), "%s", label != NULL ? label : "");
     if (subject != NULL) {
         if (c->tls_client_ca[0] == '\0')
             return api_fail(r, API_ERR_BAD_REQUEST,
@@ -112,10 +110,11 @@ static api_err api_read_spec(const api_req *q, json_t *body, cred_spec *sp, hsm_
                                 "'client_subject' must be printable ASCII (RFC 2253)");
         if (subject[0] == '\0')
             return api_fail(r, API_ERR_OUT_OF_RANGE, "'client_subject' must not be empty");
-        sp->client_subject = subject;
+        out->has_subject = 1;
+        snprintf(out->client_subject, sizeof(out->client_subject), "%s", subject);
     }
     json_t *kids_j = json_object_get(body, "kids");
-    if (sp->role != CRED_ROLE_SIGNER) {
+    if (out->role != CRED_ROLE_SIGNER) {
         if (kids_j != NULL || json_object_get(body, "max_ttl") != NULL)
             return api_fail(r, API_ERR_OUT_OF_RANGE, "only signers take 'kids' and 'max_ttl'");
         return API_OK;
@@ -127,8 +126,31 @@ static api_err api_read_spec(const api_req *q, json_t *body, cred_spec *sp, hsm_
         return api_fail(r, API_ERR_OUT_OF_RANGE,
                         "'max_ttl' must be 0 (the appliance's limit) or %u to %u seconds",
                         (unsigned)c->token_ttl_min, (unsigned)c->token_ttl_max);
-    sp->max_ttl = (unsigned)max_ttl;
-    return api_read_kids(q, kids_j, sp, kids, r);
+    out->max_ttl = (unsigned)max_ttl;
+    return api_read_kids(kids_j, out, r);
+}
+
+api_err api_credentials_create_parse(const api_req *q, api_resp *r,
+                                     api_credentials_create_body *out)
+{
+    static const char *const fields[] = {"role",    "label",          "kids",
+                                         "max_ttl", "client_subject", NULL};
+    memset(out, 0, sizeof(*out));
+    json_t *body;
+    api_err e = api_parse_object(q, r, fields, 0, &body);
+    if (e != API_OK)
+        return e;
+    e = api_read_spec(q, body, out, r);
+    json_decref(body);
+    if (e != API_OK) {
+        size_t keep = out->n_kids; /* the kids before a bad one, for the handler */
+        hsm_kid kids[CRED_KIDS_MAX];
+        memcpy(kids, out->kids, keep * sizeof(kids[0]));
+        memset(out, 0, sizeof(*out));
+        memcpy(out->kids, kids, keep * sizeof(kids[0]));
+        out->n_kids = keep;
+    }
+    return e;
 }
 
 /* The record as JSON with "secret" appended: built as text so the secret is never inside
@@ -158,29 +180,32 @@ static api_err api_created(api_resp *r, const cred_record *rec, const char *secr
 
 api_err api_credentials_create(const api_req *q, api_resp *r)
 {
-    static const char *const fields[] = {"role",    "label",          "kids",
-                                         "max_ttl", "client_subject", NULL};
-    json_t *body;
-    api_err e = api_parse_object(q, r, fields, 0, &body);
+    api_credentials_create_body b;
+    api_err e = api_credentials_create_parse(q, r, &b);
+    /* A typo would make a credential that can sign nothing: only known kids. In list
+     * order, before the form of a later kid, as one pass over the list would. */
+    for (size_t i = 0; i < b.n_kids; i++)
+        if (reg_get(q->env->reg, &b.kids[i], NULL) != REG_OK)
+            return api_fail(r, API_ERR_INVALID_KID, "'kids'[%zu] is no key of this appliance", i);
     if (e != API_OK)
         return e;
-    cred_spec sp;
-    memset(&sp, 0, sizeof(sp));
-    hsm_kid kids[CRED_KIDS_MAX];
-    e = api_read_spec(q, body, &sp, kids, r);
+    cred_spec sp = {.role = b.role,
+                    .label = b.has_label ? b.label : NULL,
+                    .kids = b.n_kids > 0 ? b.kids : NULL,
+                    .n_kids = b.n_kids,
+                    .all_kids = b.all_kids,
+                    .max_ttl = b.max_ttl,
+                    .client_subject = b.has_subject ? b.client_subject : NULL};
     char secret[CRED_SECRET_MAX];
     cred_record rec;
-    if (e == API_OK) {
-        cred_status st = cred_create(q->env->creds, &sp, q->now, secret, &rec);
-        if (st == CRED_OK)
-            e = api_created(r, &rec, secret);
-        else if (st == CRED_ERR_INVALID)
-            e = api_fail(r, API_ERR_BAD_REQUEST, "the credential is not valid");
-        else
-            e = api_fail(r, API_ERR_STORAGE, "the credential could not be stored");
-    }
+    cred_status st = cred_create(q->env->creds, &sp, q->now, secret, &rec);
+    if (st == CRED_OK)
+        e = api_created(r, &rec, secret);
+    else if (st == CRED_ERR_INVALID)
+        e = api_fail(r, API_ERR_BAD_REQUEST, "the credential is not valid");
+    else
+        e = api_fail(r, API_ERR_STORAGE, "the credential could not be stored");
     OPENSSL_cleanse(secret, sizeof(secret));
-    json_decref(body);
     return e;
 }
 
@@ -213,18 +238,25 @@ api_err api_credentials_get(const api_req *q, api_resp *r)
     return api_json(r, 200, api_credential_json(&rec));
 }
 
+api_err api_credentials_revoke_parse(const api_req *q, api_resp *r)
+{
+    if (q->body_len == 0)
+        return API_OK;
+    /* No fields yet; still refuse what we would ignore. */
+    static const char *const none[] = {NULL};
+    json_t *body;
+    api_err e = api_parse_object(q, r, none, 1, &body);
+    json_decref(body);
+    return e;
+}
+
 api_err api_credentials_revoke(const api_req *q, api_resp *r)
 {
     api_err e = api_credential_id(q, r);
     if (e != API_OK)
         return e;
-    if (q->body_len > 0) { /* no fields yet; still refuse what we would ignore */
-        static const char *const none[] = {NULL};
-        json_t *body;
-        if ((e = api_parse_object(q, r, none, 1, &body)) != API_OK)
-            return e;
-        json_decref(body);
-    }
+    if ((e = api_credentials_revoke_parse(q, r)) != API_OK)
+        return e;
     cred_record rec;
     pthread_mutex_lock(&api_admin_mu);
     cred_status st = cred_get(q->env->creds, q->id, &rec);

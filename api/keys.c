@@ -1,6 +1,7 @@
 /* api: the key lifecycle (create, list, show, rotate, revoke) and raw RS256 signing. */
 #include "api/api.h"
 
+#include "appliance/reconcile.h"
 #include "jose/jose.h"
 
 #include <stdio.h>
@@ -9,7 +10,6 @@
 #include <sys/random.h>
 
 #define API_REASON_DEFAULT "unspecified"
-#define API_LABEL_MAX 128
 #define API_SIGN_PAYLOAD_MAX (48 * 1024) /* decoded bytes; the body bound is 64 KiB */
 #define API_CREATE_TRIES 4
 /* grace_seconds of a rotation: at most a year, the bound of token_ttl_max and of the
@@ -46,6 +46,15 @@ api_err api_hsm_error(api_resp *r, hsm_status st)
     return api_fail(r, e, "%s", hsm_strerror(st));
 }
 
+/* Destroys a generated key whose row was never written; if the keeper cannot do it now,
+ * it is done once the keeper answers again (reconcile.h). */
+static void api_destroy_unrecorded(const api_env *env, const hsm_kid *kid)
+{
+    hsm_status st = kp_destroy(env->kp, kid);
+    if (st != HSM_OK && st != HSM_ERR_KEY_NOT_FOUND)
+        rec_defer_destroy(kid);
+}
+
 /* Reserves a slot and generates a key pair of `bits` under a fresh random kid in the
  * token, filling *k (kid, state active, bits, label, created_at now, n_b64, e_b64) and
  * *pub. API_OK with one reservation held and the object in the token: the caller inserts
@@ -69,6 +78,10 @@ static api_err api_make_key(const api_req *q, api_resp *r, unsigned bits, const 
         st = kp_generate(q->env->kp, &k->kid, bits, pub);
     }
     if (st != HSM_OK) {
+        /* The keeper died or went silent mid-generation: the object may exist, and its
+         * row never will. */
+        if (st == HSM_ERR_DEVICE)
+            rec_defer_destroy(&k->kid);
         reg_unreserve(q->env->reg);
         return api_hsm_error(r, st);
     }
@@ -80,7 +93,7 @@ static api_err api_make_key(const api_req *q, api_resp *r, unsigned bits, const 
     if (jose_b64url_encode(pub->n, pub->n_len, k->n_b64, sizeof(k->n_b64)) == 0 ||
         jose_b64url_encode(pub->e, pub->e_len, k->e_b64, sizeof(k->e_b64)) == 0) {
         reg_unreserve(q->env->reg);
-        kp_destroy(q->env->kp, &k->kid);
+        api_destroy_unrecorded(q->env, &k->kid);
         return api_fail(r, API_ERR_INTERNAL, "public key does not fit");
     }
     return API_OK;
@@ -100,9 +113,10 @@ static json_t *api_new_key_json(api_resp *r, const reg_key *k, const hsm_pubkey 
     return j;
 }
 
-api_err api_keys_create(const api_req *q, api_resp *r)
+api_err api_keys_create_parse(const api_req *q, api_resp *r, api_keys_create_body *out)
 {
     static const char *const fields[] = {"bits", "label", NULL};
+    memset(out, 0, sizeof(*out));
     json_t *body;
     api_err e = api_parse_object(q, r, fields, 1, &body);
     if (e != API_OK)
@@ -120,21 +134,30 @@ api_err api_keys_create(const api_req *q, api_resp *r)
         e = api_fail(r, API_ERR_INVALID_LABEL, "'label' must be printable ASCII");
         goto out;
     }
-    reg_key k;
-    hsm_pubkey pub;
-    if ((e = api_make_key(q, r, (unsigned)bits, label, &k, &pub)) != API_OK)
-        goto out;
-    if (reg_insert(q->env->reg, &k) != REG_OK) {
-        /* Never acknowledged: the key must not outlive the failed row. */
-        kp_destroy(q->env->kp, &k.kid);
-        e = api_fail(r, API_ERR_STORAGE, "the key registry refused the new key");
-        goto out;
-    }
-    api_publish_refresh(q->env);
-    e = api_json(r, 201, api_new_key_json(r, &k, &pub));
+    out->bits = (unsigned)bits;
+    snprintf(out->label, sizeof(out->label), "%s", label);
 out:
     json_decref(body);
     return e;
+}
+
+api_err api_keys_create(const api_req *q, api_resp *r)
+{
+    api_keys_create_body b;
+    api_err e = api_keys_create_parse(q, r, &b);
+    if (e != API_OK)
+        return e;
+    reg_key k;
+    hsm_pubkey pub;
+    if ((e = api_make_key(q, r, b.bits, b.label, &k, &pub)) != API_OK)
+        return e;
+    if (reg_insert(q->env->reg, &k) != REG_OK) {
+        /* Never acknowledged: the key must not outlive the failed row. */
+        kp_destroy(q->env->kp, &k.kid);
+        return api_fail(r, API_ERR_STORAGE, "the key registry refused the new key");
+    }
+    api_publish_refresh(q->env);
+    return api_json(r, 201, api_new_key_json(r, &k, &pub));
 }
 
 /* Why a key in state s cannot sign or be rotated: the 409 that names its state. */
@@ -161,9 +184,10 @@ static int64_t api_default_grace(const cfg *c)
     return c->rotation_grace_seconds != 0 ? c->rotation_grace_seconds : c->token_ttl_max;
 }
 
-api_err api_keys_rotate(const api_req *q, api_resp *r)
+api_err api_keys_rotate_parse(const api_req *q, api_resp *r, api_keys_rotate_body *out)
 {
     static const char *const fields[] = {"grace_seconds", "label", NULL};
+    memset(out, 0, sizeof(*out));
     json_t *body;
     api_err e = api_parse_object(q, r, fields, 1, &body);
     if (e != API_OK)
@@ -177,45 +201,50 @@ api_err api_keys_rotate(const api_req *q, api_resp *r)
         e = api_fail(r, API_ERR_INVALID_LABEL, "'label' must be printable ASCII");
         goto out;
     }
+    out->grace = grace;
+    out->has_label = label != NULL;
+    snprintf(out->label, sizeof(out->label), "%s", label != NULL ? label : "");
+out:
+    json_decref(body);
+    return e;
+}
+
+api_err api_keys_rotate(const api_req *q, api_resp *r)
+{
+    api_keys_rotate_body b;
+    api_err e = api_keys_rotate_parse(q, r, &b);
+    if (e != API_OK)
+        return e;
     /* Checked before generating (a second of token time for RSA-2048), and again by
      * reg_rotate under the writer lock, since a DELETE or another rotation may win the
      * race meanwhile. */
     reg_key old;
-    if (reg_get(q->env->reg, &q->kid, &old) != REG_OK) {
-        e = api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
-        goto out;
-    }
-    if (old.state != REG_ACTIVE) {
-        e = api_state_error(r, old.state);
-        goto out;
-    }
+    if (reg_get(q->env->reg, &q->kid, &old) != REG_OK)
+        return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
+    if (old.state != REG_ACTIVE)
+        return api_state_error(r, old.state);
     reg_key k, was, made;
     hsm_pubkey pub;
-    if ((e = api_make_key(q, r, old.bits, label != NULL ? label : old.label, &k, &pub)) != API_OK)
-        goto out;
-    reg_status rs = reg_rotate(q->env->reg, &q->kid, &k, q->now + grace, &was, &made);
+    if ((e = api_make_key(q, r, old.bits, b.has_label ? b.label : old.label, &k, &pub)) != API_OK)
+        return e;
+    reg_status rs = reg_rotate(q->env->reg, &q->kid, &k, q->now + b.grace, &was, &made);
     if (rs != REG_OK) {
         /* Never acknowledged: the successor must not outlive the failed rotation. */
-        kp_destroy(q->env->kp, &k.kid);
+        api_destroy_unrecorded(q->env, &k.kid);
         if (rs == REG_ERR_STATE && reg_get(q->env->reg, &q->kid, &old) == REG_OK)
-            e = api_state_error(r, old.state);
-        else if (rs == REG_ERR_NOT_FOUND)
-            e = api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
-        else if (rs == REG_ERR_LIMIT)
-            e = api_fail(r, API_ERR_KEY_LIMIT_REACHED, "the appliance holds %u keys, its limit",
-                         q->env->cfg->max_active_keys);
-        else
-            e = api_fail(r, API_ERR_STORAGE, "the key registry refused the rotation");
-        goto out;
+            return api_state_error(r, old.state);
+        if (rs == REG_ERR_NOT_FOUND)
+            return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
+        if (rs == REG_ERR_LIMIT)
+            return api_fail(r, API_ERR_KEY_LIMIT_REACHED, "the appliance holds %u keys, its limit",
+                            q->env->cfg->max_active_keys);
+        return api_fail(r, API_ERR_STORAGE, "the key registry refused the rotation");
     }
     api_publish_refresh(q->env);
     json_t *j = api_new_key_json(r, &made, &pub);
     if (j != NULL)
         json_object_set_new(j, "predecessor_key", api_key_json(&was));
-    e = api_json(r, 201, j);
-out:
-    json_decref(body);
-    return e;
+    return api_json(r, 201, j);
 }
 
 api_err api_keys_list(const api_req *q, api_resp *r)
@@ -252,9 +281,10 @@ api_err api_keys_get(const api_req *q, api_resp *r)
     return api_json(r, 200, api_key_json(&k));
 }
 
-api_err api_keys_revoke(const api_req *q, api_resp *r)
+api_err api_keys_revoke_parse(const api_req *q, api_resp *r, api_keys_revoke_body *out)
 {
     static const char *const fields[] = {"reason", NULL};
+    memset(out, 0, sizeof(*out));
     json_t *body;
     api_err e = api_parse_object(q, r, fields, 1, &body);
     if (e != API_OK)
@@ -266,20 +296,25 @@ api_err api_keys_revoke(const api_req *q, api_resp *r)
         e = api_fail(r, API_ERR_INVALID_REASON, "'reason' must be non-empty printable ASCII");
         goto out;
     }
-    reg_key k;
-    reg_status rs = api_revoke_key(q->env, &q->kid, reason, q->now, &k);
-    if (rs == REG_ERR_NOT_FOUND) {
-        e = api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
-        goto out;
-    }
-    if (rs != REG_OK) {
-        e = api_fail(r, API_ERR_STORAGE, "the revocation could not be recorded");
-        goto out;
-    }
-    e = api_json(r, 200, api_key_json(&k));
+    snprintf(out->reason, sizeof(out->reason), "%s", reason);
 out:
     json_decref(body);
     return e;
+}
+
+api_err api_keys_revoke(const api_req *q, api_resp *r)
+{
+    api_keys_revoke_body b;
+    api_err e = api_keys_revoke_parse(q, r, &b);
+    if (e != API_OK)
+        return e;
+    reg_key k;
+    reg_status rs = api_revoke_key(q->env, &q->kid, b.reason, q->now, &k);
+    if (rs == REG_ERR_NOT_FOUND)
+        return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
+    if (rs != REG_OK)
+        return api_fail(r, API_ERR_STORAGE, "the revocation could not be recorded");
+    return api_json(r, 200, api_key_json(&k));
 }
 
 reg_status api_revoke_key(const api_env *env, const hsm_kid *kid, const char *reason, int64_t now,
@@ -293,7 +328,9 @@ reg_status api_revoke_key(const api_env *env, const hsm_kid *kid, const char *re
     api_fault_point("after_revoke_commit");
     hsm_status st = kp_destroy(env->kp, kid);
     if (st != HSM_OK && st != HSM_ERR_KEY_NOT_FOUND) {
-        /* Revoked and published already; reconcile destroys the object on next start. */
+        /* Revoked and published already (and the keeper signs nothing for it): destroyed
+         * once the keeper answers again, or by reconcile at the next start. */
+        rec_defer_destroy(kid);
         char hex[2 * HSM_KID_LEN + 1];
         hsm_kid_hex(kid, hex);
         fprintf(stderr, "signd: revoked kid %s but could not destroy it yet: %s\n", hex,
@@ -343,24 +380,24 @@ api_err api_sign_refused(const api_req *q, api_resp *r, const hsm_kid *kid)
     return api_fail(r, API_ERR_KEY_REVOKED, "this kid can no longer sign");
 }
 
-api_err api_keys_sign(const api_req *q, api_resp *r)
+api_err api_keys_sign_parse(const api_req *q, api_resp *r, api_keys_sign_body *out)
 {
     static const char *const fields[] = {"payload", NULL};
+    memset(out, 0, sizeof(*out));
     json_t *body;
-    api_err e = api_check_kid_scope(q, r, &q->kid);
-    if (e == API_OK)
-        e = api_parse_object(q, r, fields, 0, &body);
+    api_err e = api_parse_object(q, r, fields, 0, &body);
     if (e != API_OK)
         return e;
     const char *payload = NULL;
     uint8_t *bytes = NULL;
+    size_t n = 0;
     if ((e = api_get_string(body, "payload", API_BODY_MAX, &payload, r)) != API_OK)
         goto out;
     if (payload == NULL) {
         e = api_fail(r, API_ERR_MISSING_FIELD, "'payload' (base64url bytes) is required");
         goto out;
     }
-    size_t plen = strlen(payload), n = 0;
+    size_t plen = strlen(payload);
     bytes = malloc(plen / 4 * 3 + 3);
     if (bytes == NULL) {
         e = api_fail(r, API_ERR_INTERNAL, "out of memory");
@@ -371,11 +408,34 @@ api_err api_keys_sign(const api_req *q, api_resp *r)
                      "'payload' must be unpadded base64url (RFC 4648 section 5)");
         goto out;
     }
+    out->bytes = bytes;
+    out->len = n;
+    bytes = NULL;
+out:
+    free(bytes);
+    json_decref(body);
+    return e;
+}
+
+void api_keys_sign_body_free(api_keys_sign_body *b)
+{
+    free(b->bytes);
+    memset(b, 0, sizeof(*b));
+}
+
+api_err api_keys_sign(const api_req *q, api_resp *r)
+{
+    api_keys_sign_body b;
+    api_err e = api_check_kid_scope(q, r, &q->kid);
+    if (e != API_OK)
+        return e;
+    if ((e = api_keys_sign_parse(q, r, &b)) != API_OK)
+        return e;
     if ((e = api_check_signing_key(q, r, &q->kid)) != API_OK)
         goto out;
     uint8_t sig[HSM_SIG_MAX];
     size_t sig_len;
-    hsm_status st = kp_sign(q->env->kp, &q->kid, bytes, n, sig, &sig_len);
+    hsm_status st = kp_sign(q->env->kp, &q->kid, b.bytes, b.len, sig, &sig_len);
     if (st != HSM_OK) {
         e = st == HSM_ERR_KEY_NOT_FOUND ? api_sign_refused(q, r, &q->kid) : api_hsm_error(r, st);
         goto out;
@@ -383,15 +443,14 @@ api_err api_keys_sign(const api_req *q, api_resp *r)
     char sig_b64[HSM_SIG_MAX * 4 / 3 + 4], kid[2 * HSM_KID_LEN + 1];
     jose_b64url_encode(sig, sig_len, sig_b64, sizeof(sig_b64));
     hsm_kid_hex(&q->kid, kid);
-    if (audit_signature(q->env->audit, kid, q->caller ? q->caller->id : NULL, bytes, n, NULL) !=
-        0) {
+    if (audit_signature(q->env->audit, kid, q->caller ? q->caller->id : NULL, b.bytes, b.len,
+                        NULL) != 0) {
         e = api_fail(r, API_ERR_STORAGE, "the signature could not be recorded in the audit trail");
         goto out;
     }
     e = api_json(r, 200,
                  json_pack("{s:s, s:s, s:s}", "kid", kid, "alg", "RS256", "signature", sig_b64));
 out:
-    free(bytes);
-    json_decref(body);
+    api_keys_sign_body_free(&b);
     return e;
 }

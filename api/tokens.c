@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define API_SUB_MAX 256
 #define API_CLAIMS_DEPTH_MAX 16
 #define API_JTI_BYTES 16
 
@@ -65,12 +64,12 @@ static int api_newest_usable(const api_req *q, hsm_kid *out)
     return found ? 0 : -1;
 }
 
-api_err api_tokens_mint(const api_req *q, api_resp *r)
+api_err api_tokens_mint_parse(const api_req *q, api_resp *r, api_tokens_mint_body *out)
 {
     static const char *const fields[] = {"kid", "sub", "ttl", "nbf", "claims", NULL};
     const cfg *c = q->env->cfg;
-    json_t *body, *payload = NULL;
-    char *payload_text = NULL, *jws = NULL;
+    memset(out, 0, sizeof(*out));
+    json_t *body;
     api_err e = api_parse_object(q, r, fields, 1, &body);
     if (e != API_OK)
         return e;
@@ -126,13 +125,42 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
             goto out;
         }
     }
+    if (kid_text != NULL && hsm_kid_parse(kid_text, &out->kid) != 0) {
+        e = api_fail(r, API_ERR_INVALID_KID, "'kid' must be 32 lowercase hex characters");
+        goto out;
+    }
+    out->has_kid = kid_text != NULL;
+    out->has_sub = sub != NULL;
+    snprintf(out->sub, sizeof(out->sub), "%s", sub != NULL ? sub : "");
+    out->ttl = ttl;
+    out->nbf = nbf;
+    out->exp = exp;
+    out->claims = json_incref(claims);
+out:
+    if (e != API_OK)
+        memset(out, 0, sizeof(*out));
+    json_decref(body);
+    return e;
+}
 
-    hsm_kid kid;
-    if (kid_text != NULL) {
-        if (hsm_kid_parse(kid_text, &kid) != 0) {
-            e = api_fail(r, API_ERR_INVALID_KID, "'kid' must be 32 lowercase hex characters");
-            goto out;
-        }
+void api_tokens_mint_body_free(api_tokens_mint_body *b)
+{
+    json_decref(b->claims);
+    memset(b, 0, sizeof(*b));
+}
+
+api_err api_tokens_mint(const api_req *q, api_resp *r)
+{
+    const cfg *c = q->env->cfg;
+    json_t *payload = NULL;
+    char *payload_text = NULL, *jws = NULL;
+    api_tokens_mint_body b;
+    api_err e = api_tokens_mint_parse(q, r, &b);
+    if (e != API_OK)
+        return e;
+
+    hsm_kid kid = b.kid;
+    if (b.has_kid) {
         if ((e = api_check_kid_scope(q, r, &kid)) != API_OK ||
             (e = api_check_signing_key(q, r, &kid)) != API_OK)
             goto out;
@@ -153,15 +181,15 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
     payload = json_object();
     if (c->token_issuer[0] != '\0')
         json_object_set_new(payload, "iss", json_string(c->token_issuer));
-    if (sub != NULL)
-        json_object_set_new(payload, "sub", json_string(sub));
+    if (b.has_sub)
+        json_object_set_new(payload, "sub", json_string(b.sub));
     json_object_set_new(payload, "iat", json_integer(q->now));
-    if (nbf >= 0)
-        json_object_set_new(payload, "nbf", json_integer(nbf));
-    json_object_set_new(payload, "exp", json_integer(exp));
+    if (b.nbf >= 0)
+        json_object_set_new(payload, "nbf", json_integer(b.nbf));
+    json_object_set_new(payload, "exp", json_integer(b.exp));
     json_object_set_new(payload, "jti", json_string(jti));
-    if (claims != NULL)
-        json_object_update(payload, claims); /* no reserved name can be overwritten: checked */
+    if (b.claims != NULL)
+        json_object_update(payload, b.claims); /* no reserved name can be overwritten: checked */
     payload_text = json_dumps(payload, JSON_COMPACT);
     if (payload_text == NULL) {
         e = api_fail(r, API_ERR_INTERNAL, "out of memory");
@@ -194,11 +222,11 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
     }
     e = api_json(r, 200,
                  json_pack("{s:s, s:s, s:s, s:I, s:I}", "token", jws, "kid", kid_hex, "jti", jti,
-                           "iat", (json_int_t)q->now, "exp", (json_int_t)exp));
+                           "iat", (json_int_t)q->now, "exp", (json_int_t)b.exp));
 out:
     free(jws);
     free(payload_text);
     json_decref(payload);
-    json_decref(body);
+    api_tokens_mint_body_free(&b);
     return e;
 }

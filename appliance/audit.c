@@ -1,6 +1,7 @@
 /* audit: the hash-chained, checkpointed trail. See audit.h. */
 #include "appliance/audit.h"
 
+#include "appliance/jlog.h"
 #include "jose/jose.h"
 
 #include <errno.h>
@@ -10,6 +11,7 @@
 #include <openssl/pem.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -153,6 +155,55 @@ static int audit_hash(const char *prev_hex, const char *canonical, char out[AUDI
     return 0;
 }
 
+/* ---- the JSON log of events (jlog.h) ------------------------------------------------------- */
+
+/* Set by audit_open from audit_options.log_events: process-wide, since the registry's and
+ * the credential store's connections append events too. */
+static atomic_int audit_log_on;
+/* Lines of the events appended by this thread's open transaction: written by the commit
+ * hook of that connection (the transaction commits on the thread that built it), dropped
+ * by its rollback hook, so the log never shows an event the trail does not hold. */
+static _Thread_local json_t *audit_log_staged;
+
+static int audit_log_commit(void *unused)
+{
+    (void)unused;
+    json_t *staged = audit_log_staged;
+    audit_log_staged = NULL;
+    size_t i;
+    json_t *line;
+    json_array_foreach(staged, i, line) jlog_write(json_incref(line));
+    json_decref(staged);
+    return 0; /* never vetoes the commit */
+}
+
+static void audit_log_rollback(void *unused)
+{
+    (void)unused;
+    json_decref(audit_log_staged);
+    audit_log_staged = NULL;
+}
+
+/* Stages event seq's line: {"time","log":"event","event","seq","actor","kid"?,"details"}.
+ * details is what the trail records, which never holds a secret (a credential's id and
+ * role, never its secret). */
+static void audit_log_stage(sqlite3 *db, uint64_t seq, const char *actor, const char *action,
+                            const char *kid, json_t *details)
+{
+    char now[JLOG_TIME_LEN];
+    jlog_time(now);
+    json_t *j = json_pack("{s:s, s:s, s:s, s:I, s:s, s:O}", "time", now, "log", "event", "event",
+                          action, "seq", (json_int_t)seq, "actor", actor, "details", details);
+    if (j != NULL && kid[0] != '\0')
+        json_object_set_new(j, "kid", json_string(kid));
+    if (audit_log_staged == NULL)
+        audit_log_staged = json_array();
+    if (j == NULL || json_array_append_new(audit_log_staged, j) != 0)
+        return;
+    sqlite3_commit_hook(db, audit_log_commit, NULL);
+    sqlite3_rollback_hook(db, audit_log_rollback, NULL);
+}
+
 /* ---- appending ---------------------------------------------------------------------------- */
 
 /* The head (seq 0 and the zero hash when empty). */
@@ -220,6 +271,8 @@ int audit_append_tx(sqlite3 *db, int64_t time, const char *action, const char *k
         }
         if (rc != 0)
             audit_fail(err, errlen, "audit: insert: %s", sqlite3_errmsg(db));
+        else if (atomic_load_explicit(&audit_log_on, memory_order_relaxed))
+            audit_log_stage(db, seq + 1, actor, action, kid, details);
     }
     free(canon);
     free(details_text);
@@ -251,6 +304,8 @@ struct audit {
     size_t n_fail; /* queued failure events (ticket 0): the only ones AUDIT_QUEUE_MAX bounds */
     uint64_t dropped;
     json_t *by_kid, *by_cred; /* signature counts since the last flush */
+    uint64_t counted;         /* signatures in them (audit_lag) */
+    int64_t counted_since;    /* time of the first of them */
     uint64_t next_ticket, committed_ticket;
     uint64_t failed_upto; /* tickets at or below this were in a commit that failed */
     int stop;
@@ -432,6 +487,7 @@ static void audit_flush(audit *a, int flush_all)
         by_cred = a->by_cred;
         a->by_kid = json_object();
         a->by_cred = json_object();
+        a->counted = 0;
         dropped = a->dropped;
         a->dropped = 0;
     }
@@ -504,6 +560,7 @@ int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, 
     }
     a->k = k;
     a->o = *o;
+    atomic_store(&audit_log_on, o->log_events != 0);
     if (a->o.flush_seconds == 0)
         a->o.flush_seconds = 1;
     if (a->o.checkpoint_events == 0)
@@ -610,6 +667,24 @@ void audit_queue(audit *a, const char *action, const char *actor, json_t *detail
     pthread_mutex_unlock(&a->mu);
 }
 
+void audit_lag(audit *a, uint64_t *events, double *oldest_seconds)
+{
+    *events = 0;
+    *oldest_seconds = 0;
+    if (a == NULL)
+        return;
+    pthread_mutex_lock(&a->mu);
+    int64_t oldest = a->counted > 0 ? a->counted_since : INT64_MAX;
+    for (size_t i = 0; i < a->n_q; i++)
+        if (a->q[i].time < oldest)
+            oldest = a->q[i].time;
+    *events = a->n_q + a->counted;
+    pthread_mutex_unlock(&a->mu);
+    int64_t now = audit_now();
+    if (oldest != INT64_MAX && now > oldest)
+        *oldest_seconds = (double)(now - oldest);
+}
+
 static void audit_count(json_t *map, const char *key)
 {
     json_t *v = json_object_get(map, key);
@@ -630,6 +705,8 @@ int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const vo
         pthread_mutex_lock(&a->mu);
         audit_count(a->by_kid, kid_hex);
         audit_count(a->by_cred, cred);
+        if (a->counted++ == 0)
+            a->counted_since = audit_now();
         pthread_mutex_unlock(&a->mu);
         return 0;
     }

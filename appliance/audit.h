@@ -101,6 +101,7 @@ typedef struct {
     unsigned checkpoint_events;  /* a checkpoint after this many events... */
     unsigned checkpoint_seconds; /* ...or this long after the last, when there are new ones */
     int every_signature;         /* one event per signature, group-committed */
+    int log_events;              /* each event also as a JSON log line when it commits (jlog.h) */
 } audit_options;
 
 /* Opens the trail's writer for the appliance (its own SQLite connection to db_path and a
@@ -125,6 +126,10 @@ void audit_queue(audit *a, const char *action, const char *actor, json_t *detail
  * NULL) and returns only once that event is committed (0), or -1 if it could not be. */
 int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const void *msg, size_t len,
                     const char *jti);
+
+/* What has been accepted but is not yet in the trail: queued events and counted
+ * signatures, and the age in seconds of the oldest of them (0 when none). For GET /metrics. */
+void audit_lag(audit *a, uint64_t *events, double *oldest_seconds);
 
 /* Signs a checkpoint of the current head now, if there are events since the last one.
  * 0 (done or nothing to do), or -1. */

@@ -51,6 +51,7 @@ static const char *cfg_check_printable(const char *text, unsigned num);
 static const char *cfg_check_user(const char *text, unsigned num);
 static const char *cfg_check_tls_version(const char *text, unsigned num);
 static const char *cfg_check_process_model(const char *text, unsigned num);
+static const char *cfg_check_credential(const char *text, unsigned num);
 
 #define CFG_FIELD(f) offsetof(cfg, f), sizeof(((cfg *)0)->f)
 #define CFG_SECONDS_PER_YEAR 31536000u
@@ -68,6 +69,10 @@ static const cfg_setting cfg_settings[] = {
      "The token: its label, or an RFC 7512 pkcs11: URI"},
     {"pin_file", CFG_T_PATH, CFG_FIELD(pin_file), "pin", 0, 0, false, NULL,
      "File holding the token's user PIN (mode 0600)"},
+    {"pin_credential", CFG_T_STRING, CFG_FIELD(pin_credential), "", 0, 0, true,
+     cfg_check_credential,
+     "systemd credential holding the PIN (LoadCredential=NAME:...): when set, the PIN is read "
+     "from $CREDENTIALS_DIRECTORY/NAME instead of pin_file; empty: pin_file"},
     {"tls_certificate", CFG_T_PATH, CFG_FIELD(tls_certificate), "tls/cert.pem", 0, 0, false, NULL,
      "HTTPS certificate chain, PEM, the server's certificate first"},
     {"tls_private_key", CFG_T_PATH, CFG_FIELD(tls_private_key), "tls/key.pem", 0, 0, false, NULL,
@@ -114,7 +119,12 @@ static const cfg_setting cfg_settings[] = {
     {"events_heartbeat_seconds", CFG_T_UINT, CFG_FIELD(events_heartbeat_seconds), "15", 1, 300,
      false, NULL, "Seconds between comment lines on an idle event stream, so proxies keep it open"},
     {"log_requests", CFG_T_BOOL, CFG_FIELD(log_requests), "false", 0, 0, false, NULL,
-     "Log one line per request to stderr (true or false)"},
+     "Log one JSON line per request (true or false), to log_file"},
+    {"log_events", CFG_T_BOOL, CFG_FIELD(log_events), "false", 0, 0, false, NULL,
+     "Log one JSON line per audit event as it commits (true or false), to log_file"},
+    {"log_file", CFG_T_PATH, CFG_FIELD(log_file), "", 0, 0, true, NULL,
+     "File the JSON log lines are appended to (created 0600, reopened when logrotate moves "
+     "it); empty: stderr"},
     {"user", CFG_T_STRING, CFG_FIELD(user), "", 0, 0, true, cfg_check_user,
      "Started as root, switch to this user once the port and files are open; empty: stay"},
     {"tls_min_version", CFG_T_STRING, CFG_FIELD(tls_min_version), "1.2", 0, 0, false,
@@ -219,6 +229,18 @@ static const char *cfg_check_process_model(const char *text, unsigned num)
     (void)num;
     return strcmp(text, "split") == 0 || strcmp(text, "single") == 0 ? NULL
                                                                      : "must be split or single";
+}
+
+/* A systemd credential name is a file name inside $CREDENTIALS_DIRECTORY: a '/' or a
+ * ".." would reach outside it. */
+static const char *cfg_check_credential(const char *text, unsigned num)
+{
+    (void)num;
+    if (text[0] == '\0')
+        return NULL;
+    if (strchr(text, '/') != NULL || strcmp(text, ".") == 0 || strcmp(text, "..") == 0)
+        return "must be a credential name (a file name without '/'), such as pin";
+    return cfg_check_printable(text, num);
 }
 
 /* ---- helpers --------------------------------------------------------------------------- */
@@ -590,21 +612,25 @@ static int cfg_parse_line(const char *path, unsigned lineno, char *line, cfg *c,
     return 0;
 }
 
-int cfg_load(const char *path, cfg *out, char *err, size_t errlen)
+int cfg_parse(const char *text, size_t len, const char *name, const char *base_dir, cfg *out,
+              char *err, size_t errlen)
 {
-    char base_dir[CFG_PATH_MAX];
-    if (cfg_base_dir(path, base_dir, err, errlen) != 0)
-        return -1;
-    size_t len = 0;
-    char *buf = cfg_read_file(path, &len, err, errlen);
-    if (buf == NULL)
-        return -1;
-    cfg *c = malloc(sizeof(*c));
-    if (c == NULL) {
-        cfg_fail(err, errlen, "%s: out of memory", path);
-        free(buf);
+    if (len > CFG_FILE_MAX) {
+        cfg_fail(err, errlen, "%s: larger than %d bytes", name, CFG_FILE_MAX);
         return -1;
     }
+    /* A copy: each line is cut at its end in place. */
+    char *buf = malloc(len + 1);
+    cfg *c = malloc(sizeof(*c));
+    if (buf == NULL || c == NULL) {
+        cfg_fail(err, errlen, "%s: out of memory", name);
+        free(buf);
+        free(c);
+        return -1;
+    }
+    if (len > 0)
+        memcpy(buf, text, len);
+    buf[len] = '\0';
     cfg_defaults_into(c, base_dir);
 
     unsigned lines[CFG_N_SETTINGS] = {0};
@@ -617,25 +643,39 @@ int cfg_load(const char *path, cfg *out, char *err, size_t errlen)
         size_t n = nl != NULL ? (size_t)(nl - line) : len - pos;
         pos += n + (nl != NULL);
         if (n > CFG_LINE_MAX) {
-            cfg_fail(err, errlen, "%s:%u: line longer than %d bytes", path, lineno, CFG_LINE_MAX);
+            cfg_fail(err, errlen, "%s:%u: line longer than %d bytes", name, lineno, CFG_LINE_MAX);
             rc = -1;
             break;
         }
         if (memchr(line, '\0', n) != NULL) {
-            cfg_fail(err, errlen, "%s:%u: NUL byte in the line", path, lineno);
+            cfg_fail(err, errlen, "%s:%u: NUL byte in the line", name, lineno);
             rc = -1;
             break;
         }
         line[n] = '\0';
-        rc = cfg_parse_line(path, lineno, line, c, lines, base_dir, err, errlen);
+        rc = cfg_parse_line(name, lineno, line, c, lines, base_dir, err, errlen);
     }
     if (rc == 0)
-        rc = cfg_check_order(path, c, lines, "token_ttl_min", "token_ttl_default", err, errlen);
+        rc = cfg_check_order(name, c, lines, "token_ttl_min", "token_ttl_default", err, errlen);
     if (rc == 0)
-        rc = cfg_check_order(path, c, lines, "token_ttl_default", "token_ttl_max", err, errlen);
+        rc = cfg_check_order(name, c, lines, "token_ttl_default", "token_ttl_max", err, errlen);
     if (rc == 0)
         memcpy(out, c, sizeof(*c));
     free(c);
+    free(buf);
+    return rc;
+}
+
+int cfg_load(const char *path, cfg *out, char *err, size_t errlen)
+{
+    char base_dir[CFG_PATH_MAX];
+    if (cfg_base_dir(path, base_dir, err, errlen) != 0)
+        return -1;
+    size_t len = 0;
+    char *buf = cfg_read_file(path, &len, err, errlen);
+    if (buf == NULL)
+        return -1;
+    int rc = cfg_parse(buf, len, path, base_dir, out, err, errlen);
     free(buf);
     return rc;
 }
@@ -663,6 +703,51 @@ int cfg_write_defaults(FILE *f, unsigned port)
             fprintf(f, "%s = %s\n", s->name, s->def);
     }
     return fflush(f) == 0 && !ferror(f) ? 0 : -1;
+}
+
+/* ---- the PIN's file ------------------------------------------------------------------- */
+
+int cfg_pin_path(const cfg *c, char *out, size_t outlen, char *err, size_t errlen)
+{
+    if (c->pin_credential[0] == '\0') {
+        if (strlen(c->pin_file) >= outlen) {
+            cfg_fail(err, errlen, "pin_file is longer than %zu bytes", outlen - 1);
+            return -1;
+        }
+        if (out != c->pin_file)
+            memcpy(out, c->pin_file, strlen(c->pin_file) + 1);
+        return 0;
+    }
+    const char *dir = getenv("CREDENTIALS_DIRECTORY");
+    if (dir == NULL || dir[0] != '/') {
+        cfg_fail(err, errlen,
+                 "pin_credential = %s: $CREDENTIALS_DIRECTORY is %s; start signd from a systemd "
+                 "unit with LoadCredential=%s:FILE, or set pin_file instead",
+                 c->pin_credential, dir == NULL ? "not set" : "not an absolute path",
+                 c->pin_credential);
+        return -1;
+    }
+    char path[CFG_PATH_MAX];
+    if (cfg_join(path, sizeof(path), dir, c->pin_credential) != 0 || strlen(path) >= outlen) {
+        cfg_fail(err, errlen, "pin_credential = %s: $CREDENTIALS_DIRECTORY/%s is too long",
+                 c->pin_credential, c->pin_credential);
+        return -1;
+    }
+    /* Only that it is there: the PIN itself is read by the process that logs in, with
+     * pin_file's checks (a regular file, no symlink, mode 0600 or stricter). */
+    struct stat st;
+    if (lstat(path, &st) != 0) {
+        cfg_fail(err, errlen, "pin_credential = %s: %s: %s", c->pin_credential, path,
+                 strerror(errno));
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        cfg_fail(err, errlen, "pin_credential = %s: %s is not a regular file", c->pin_credential,
+                 path);
+        return -1;
+    }
+    memcpy(out, path, strlen(path) + 1);
+    return 0;
 }
 
 /* ---- hashing --------------------------------------------------------------------------- */

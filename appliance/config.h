@@ -44,6 +44,7 @@
 #define CFG_USER_MAX 33                  /* a user name, with the NUL */
 #define CFG_CIPHERS_MAX 512              /* an OpenSSL cipher list, with the NUL */
 #define CFG_SOCKET_MAX 108               /* sun_path, with the NUL */
+#define CFG_CREDENTIAL_MAX 256           /* a systemd credential name, with the NUL */
 #define CFG_LINE_MAX 4096                /* bytes per line, without the line end */
 #define CFG_FILE_MAX (1024 * 1024)       /* bytes per file */
 #define CFG_ERR_MAX (CFG_PATH_MAX + 256) /* enough for every message of cfg_load */
@@ -57,6 +58,7 @@ typedef struct cfg {
     char softhsm2_conf[CFG_PATH_MAX]; /* "": leave SOFTHSM2_CONF alone (a hardware module) */
     char token[CFG_TOKEN_MAX];        /* a token label or an RFC 7512 pkcs11: URI */
     char pin_file[CFG_PATH_MAX];
+    char pin_credential[CFG_CREDENTIAL_MAX]; /* "": the PIN is in pin_file */
     char tls_certificate[CFG_PATH_MAX];
     char tls_private_key[CFG_PATH_MAX];
     char database[CFG_PATH_MAX];
@@ -77,6 +79,8 @@ typedef struct cfg {
     unsigned events_max_subscribers;   /* event-stream connections at once */
     unsigned events_heartbeat_seconds;
     bool log_requests;
+    bool log_events;             /* audit events as JSON lines (jlog.h) */
+    char log_file[CFG_PATH_MAX]; /* "": stderr */
     /* Access control and the HTTPS front (the access-control issue). */
     char user[CFG_USER_MAX]; /* "": keep the user the appliance was started as */
     char tls_min_version[8]; /* "1.2" or "1.3" */
@@ -105,6 +109,15 @@ typedef struct cfg {
  *   if (cfg_load(argv[1], &c, err, sizeof(err)) != 0) ... */
 int cfg_load(const char *path, cfg *out, char *err, size_t errlen);
 
+/* What cfg_load does once it has the file's bytes: parses len bytes of text (no NUL
+ * needed; an embedded one is refused), naming the file `name` in messages and resolving
+ * relative paths against base_dir ("" or NULL: they stay relative). Returns as cfg_load
+ * does; reads no file, so tests and tests/fuzz/fuzz_config.c give it any bytes.
+ *
+ *   if (cfg_parse(text, len, "appliance.conf", "/var/lib/signd", &c, err, sizeof(err)) != 0) */
+int cfg_parse(const char *text, size_t len, const char *name, const char *base_dir, cfg *out,
+              char *err, size_t errlen);
+
 /* Fills *out with every default. Relative default paths are resolved against base_dir
  * (no trailing slash needed), or left relative when base_dir is NULL or "". A base_dir so
  * long that a path would not fit leaves that path relative.
@@ -124,6 +137,14 @@ int cfg_write_defaults(FILE *f, unsigned port);
  * trail (which configuration the appliance started with). out is "" when the file cannot
  * be read. */
 void cfg_sha256_hex(const char *path, char out[65]);
+
+/* The file the token's PIN is read from, into out (outlen bytes): pin_file, or with
+ * pin_credential set, $CREDENTIALS_DIRECTORY/pin_credential (systemd's LoadCredential=),
+ * which must then exist as a regular file. Never reads the PIN. 0, or -1 with one line in
+ * err. out may be c->pin_file itself:
+ *
+ *   if (cfg_pin_path(&c, c.pin_file, sizeof(c.pin_file), err, sizeof(err)) != 0) ... */
+int cfg_pin_path(const cfg *c, char *out, size_t outlen, char *err, size_t errlen);
 
 /* The number of PKCS#11 sessions to allow: max_pkcs11_sessions, or worker_threads +
  * events_max_subscribers + 4 when that is 0. */

@@ -3,6 +3,7 @@
 #include "appliance/keeper.h"
 
 #include "appliance/kproto.h"
+#include "appliance/metrics.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -149,6 +150,22 @@ static void kp_conn_drop(kp_conn *c)
     c->fd = -1;
 }
 
+/* Counts a failed token operation for GET /metrics (metrics.h) and returns st. */
+static hsm_status kp_counted(hsm_status st)
+{
+    if (st != HSM_OK)
+        met_pkcs11_error(st);
+    return st;
+}
+
+/* The keeper did not answer (down, restarting, stuck): counted apart from the token's own
+ * failures, which it reports in its replies. */
+static hsm_status kp_unreachable(void)
+{
+    met_pkcs11_error(MET_KEEPER_UNREACHABLE);
+    return HSM_ERR_DEVICE;
+}
+
 /* Sends c->req (len bytes) and receives the reply for op into *r. A connection that turns
  * out dead before the request went out (the keeper restarted since its last use) is
  * replaced once: the request never reached anyone, so resending is safe for every op. */
@@ -163,7 +180,7 @@ static hsm_status kp_call(kp *k, kp_conn *c, size_t len, kpp_op op, kpp_reply *r
             kp_conn_drop(c);
             if (attempt == 0 && stale && kp_conn_get(k) == c)
                 continue;
-            return HSM_ERR_DEVICE;
+            return kp_unreachable();
         }
         break;
     }
@@ -173,16 +190,16 @@ static hsm_status kp_call(kp *k, kp_conn *c, size_t len, kpp_op op, kpp_reply *r
     while (got < 0 && errno == EINTR);
     if (got <= 0) { /* keeper gone or stuck: the answer is lost, do not guess */
         kp_conn_drop(c);
-        return HSM_ERR_DEVICE;
+        return kp_unreachable();
     }
     if (kpp_decode_reply(c->rep, (size_t)got, op, r) != 0) {
         kp_conn_drop(c); /* out of step with the keeper: start afresh */
-        return HSM_ERR_DEVICE;
+        return kp_unreachable();
     }
     if (r->status == 0)
         return HSM_OK;
     /* An hsm_status travels as is; a protocol error means we sent something wrong. */
-    return r->status < HSM_ERR_COUNT_ ? (hsm_status)r->status : HSM_ERR_BAD_ARGUMENT;
+    return kp_counted(r->status < HSM_ERR_COUNT_ ? (hsm_status)r->status : HSM_ERR_BAD_ARGUMENT);
 }
 
 /* Runs one request built by the caller into c->req (len 0: the arguments were out of
@@ -190,7 +207,7 @@ static hsm_status kp_call(kp *k, kp_conn *c, size_t len, kpp_op op, kpp_reply *r
 #define KP_REMOTE(k, op, build, reply_var)                                                         \
     kp_conn *c = kp_conn_get(k);                                                                   \
     if (c == NULL)                                                                                 \
-        return HSM_ERR_DEVICE;                                                                     \
+        return kp_unreachable();                                                                   \
     size_t req_len = (build);                                                                      \
     if (req_len == 0)                                                                              \
         return HSM_ERR_BAD_ARGUMENT;                                                               \
@@ -310,8 +327,9 @@ hsm_status kp_sign(kp *k, const hsm_kid *kid, const void *msg, size_t len, uint8
 {
     if (kp_is_reserved(kid))
         return HSM_ERR_KEY_NOT_FOUND; /* service keys sign through kp_svc_sign only */
+    met_note_kid(kid); /* the request's kid, for its log line and signature counter */
     if (k->h != NULL)
-        return hsm_sign_rs256(k->h, kid, msg, len, sig, sig_len);
+        return kp_counted(hsm_sign_rs256(k->h, kid, msg, len, sig, sig_len));
     if (len > KPP_SIGN_MAX)
         return HSM_ERR_BAD_ARGUMENT;
     KP_REMOTE(k, KPP_OP_SIGN, kpp_encode_sign(c->req, sizeof(c->req), kid, msg, len), r);
@@ -326,7 +344,7 @@ hsm_status kp_generate(kp *k, const hsm_kid *kid, unsigned bits, hsm_pubkey *pub
         KP_REMOTE(k, KPP_OP_GENERATE, kpp_encode_generate(c->req, sizeof(c->req), kid, bits), r);
         return kpp_reply_pubkey(&r, pub) == 0 ? HSM_OK : HSM_ERR_DEVICE;
     }
-    hsm_status st = hsm_generate(k->h, kid, bits);
+    hsm_status st = kp_counted(hsm_generate(k->h, kid, bits));
     if (st != HSM_OK)
         return st;
     st = hsm_public_key(k->h, kid, pub);

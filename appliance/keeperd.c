@@ -381,8 +381,21 @@ static void *kpd_conn_main(void *arg)
         do
             sent = send(fd, rep, len, MSG_NOSIGNAL);
         while (sent < 0 && errno == EINTR);
-        if (sent != (ssize_t)len)
+        if (sent != (ssize_t)len) {
+            /* A key made for a front that is gone (killed mid-request, or it gave up
+             * waiting) will never get its row, and that front's successor may have
+             * reconciled before the key existed: the keeper is the last one who knows. */
+            kpp_reply r;
+            if (bad == 0 && q.op == KPP_OP_GENERATE &&
+                kpp_decode_reply(rep, len, KPP_OP_GENERATE, &r) == 0 && r.status == 0) {
+                char hex[2 * HSM_KID_LEN + 1];
+                hsm_kid_hex(&q.kid, hex);
+                hsm_status st = hsm_destroy(d->h, &q.kid);
+                KPD_LOG("kid %s: generated for a front that did not take the answer: %s\n", hex,
+                        st == HSM_OK ? "destroyed" : hsm_strerror(st));
+            }
             break;
+        }
     }
     free(req);
     free(rep);

@@ -22,6 +22,10 @@
  *  - the hsm handle, opened by kpd_open and closed by kpd_close only after every
  *    connection thread has left the module (SoftHSM2 crashes on C_Finalize otherwise).
  *
+ * A GENERATE whose reply cannot be sent (the front died mid-request, or gave up waiting)
+ * has its new key destroyed at once, with a log line: that front will never record it,
+ * and its successor may have reconciled before the key existed (reconcile.h).
+ *
  * A request that cannot be decoded (an empty datagram included) gets an error reply
  * (kpp_status) and the connection keeps serving; only a failed send or recv, or the
  * peer's close, ends a connection. LIST scans the token at offset 0 (at most 8192 entries,

@@ -2,6 +2,7 @@
  * signd: the signing appliance daemon.
  *
  *   signd CONFIG_FILE
+ *   signd --routes      prints the route table ("METHOD /template roles" lines) and exits
  *
  * Everything else comes from the configuration file (see docs/configuration.md).
  *
@@ -28,6 +29,7 @@
 #include "appliance/config.h"
 #include "appliance/credentials.h"
 #include "appliance/harden.h"
+#include "appliance/jlog.h"
 #include "appliance/keeper.h"
 #include "appliance/keeperd.h"
 #include "appliance/reconcile.h"
@@ -86,6 +88,9 @@ static void main_set_title(const char *title)
 static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, int ready_fd)
 {
     char err[512];
+    /* First: the events reconcile records are logged too (log_events). */
+    if (jlog_open(c->log_file, err, sizeof(err)) != 0)
+        return die("log_file", err);
     reg *rg = NULL;
     if (reg_open(c->database, c->max_active_keys, &rg) != REG_OK)
         return die(c->database, reg_last_error());
@@ -112,7 +117,8 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
     audit_options ao = {.flush_seconds = c->audit_flush_seconds,
                         .checkpoint_events = c->audit_checkpoint_events,
                         .checkpoint_seconds = c->audit_checkpoint_seconds,
-                        .every_signature = c->audit_every_signature};
+                        .every_signature = c->audit_every_signature,
+                        .log_events = c->log_events};
     audit *au = NULL;
     if (audit_open(c->database, k, &ao, &au, err, sizeof(err)) != 0) {
         cred_close(cs);
@@ -412,8 +418,10 @@ static int run_split(const cfg *c, const sigset_t *child_sigs)
 
 int main(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "--routes") == 0)
+        return srv_print_routes(stdout) == 0 ? 0 : 1;
     if (argc != 2 || argv[1][0] == '-') {
-        fprintf(stderr, "usage: signd CONFIG_FILE\n");
+        fprintf(stderr, "usage: signd CONFIG_FILE | signd --routes\n");
         return 2;
     }
     main_conf_path = argv[1];
@@ -427,6 +435,9 @@ int main(int argc, char **argv)
     static cfg c;
     char err[CFG_ERR_MAX];
     if (cfg_load(argv[1], &c, err, sizeof(err)) != 0)
+        return die("configuration", err);
+    /* pin_credential: from here on pin_file names the credential's file (it must exist). */
+    if (cfg_pin_path(&c, c.pin_file, sizeof(c.pin_file), err, sizeof(err)) != 0)
         return die("configuration", err);
 
     /* Signals go to sigwait, never to a worker thread: blocked before any thread exists. */

@@ -3,6 +3,7 @@
 
 #include "appliance/audit.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -92,4 +93,61 @@ int rec_run(kp *k, reg *r, FILE *log, rec_report *out)
     free(rows);
     free(objs);
     return rc;
+}
+
+/* ---- deferred destroys -------------------------------------------------------------------- */
+
+static pthread_mutex_t rec_defer_mu = PTHREAD_MUTEX_INITIALIZER;
+static hsm_kid rec_deferred[REC_DEFER_MAX];
+static size_t rec_deferred_n;
+
+void rec_defer_destroy(const hsm_kid *kid)
+{
+    pthread_mutex_lock(&rec_defer_mu);
+    int known = 0;
+    for (size_t i = 0; i < rec_deferred_n && !known; i++)
+        known = memcmp(rec_deferred[i].b, kid->b, HSM_KID_LEN) == 0;
+    int full = !known && rec_deferred_n == REC_DEFER_MAX;
+    if (!known && !full)
+        rec_deferred[rec_deferred_n++] = *kid;
+    pthread_mutex_unlock(&rec_defer_mu);
+    if (full) {
+        char hex[2 * HSM_KID_LEN + 1];
+        hsm_kid_hex(kid, hex);
+        fprintf(stderr, "signd: kid %s: too many deferred destroys, left to the next start\n", hex);
+    }
+}
+
+size_t rec_retry_deferred(kp *k, FILE *log)
+{
+    /* A copy, so that no keeper round trip runs under the mutex request threads take. */
+    hsm_kid todo[REC_DEFER_MAX];
+    pthread_mutex_lock(&rec_defer_mu);
+    size_t n = rec_deferred_n;
+    memcpy(todo, rec_deferred, n * sizeof(*todo));
+    pthread_mutex_unlock(&rec_defer_mu);
+    if (n == 0)
+        return 0;
+    char hex[2 * HSM_KID_LEN + 1];
+    for (size_t i = 0; i < n; i++) {
+        hsm_status st = kp_destroy(k, &todo[i]);
+        if (st != HSM_OK && st != HSM_ERR_KEY_NOT_FOUND)
+            continue;
+        if (st == HSM_OK) {
+            hsm_kid_hex(&todo[i], hex);
+            fprintf(log, "signd: destroyed kid %s, deferred while the keeper was away\n", hex);
+        }
+        pthread_mutex_lock(&rec_defer_mu);
+        for (size_t j = 0; j < rec_deferred_n; j++) {
+            if (memcmp(rec_deferred[j].b, todo[i].b, HSM_KID_LEN) == 0) {
+                rec_deferred[j] = rec_deferred[--rec_deferred_n];
+                break;
+            }
+        }
+        pthread_mutex_unlock(&rec_defer_mu);
+    }
+    pthread_mutex_lock(&rec_defer_mu);
+    size_t left = rec_deferred_n;
+    pthread_mutex_unlock(&rec_defer_mu);
+    return left;
 }

@@ -1,6 +1,8 @@
 /* srv: CivetWeb, routing, authentication, responses. See server.h. */
 #include "appliance/server.h"
 
+#include "appliance/jlog.h"
+#include "appliance/metrics.h"
 #include "appliance/ratelimit.h"
 #include "appliance/tls.h"
 #include "appliance/tls.h"
@@ -8,6 +10,7 @@
 #include "civetweb.h"
 
 #include <openssl/err.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -32,6 +35,14 @@ struct srv {
     atomic_int inflight;
     atomic_int draining;
     atomic_uint subscribers; /* event streams open now, at most events_max_subscribers */
+    /* CivetWeb gives each connection a thread of its own for its whole life, idle keep-alive
+     * included: past keepalive_max connections on threads, a response closes its connection
+     * (srv_send), so that the connections queued behind them get a thread within a request's
+     * time rather than after keep_alive_timeout_ms. */
+    atomic_int connections;
+    int keepalive_max;
+    char boot_id[9]; /* request ids: "<boot_id>-<n>", unique across restarts */
+    atomic_ullong requests;
 };
 
 /* How long srv_stop waits for requests in flight before it stops anyway. */
@@ -61,6 +72,7 @@ typedef enum {
     SRV_P_REVOCATION_FEED,
     SRV_P_REVOCATION_KEY,
     SRV_P_REVOCATION_EVENTS,
+    SRV_P_METRICS,
     SRV_P_NONE
 } srv_path;
 
@@ -108,12 +120,63 @@ static const srv_route srv_routes[] = {
     {SRV_P_REVOCATION_EVENTS, "GET", NULL, SRV_PUBLIC, srv_events},
     {SRV_P_HEALTHZ, "GET", api_healthz, SRV_PUBLIC, NULL},
     {SRV_P_READYZ, "GET", api_readyz, SRV_PUBLIC, NULL},
+    /* Not public: per-kid signature counts and key states are operational data. Prometheus
+     * scrapes with an auditor credential (bearer_token_file). */
+    {SRV_P_METRICS, "GET", api_metrics, SRV_ADMIN | SRV_AUDITOR, NULL},
 };
+
+#define SRV_N_ROUTES (sizeof(srv_routes) / sizeof(srv_routes[0]))
+_Static_assert(SRV_N_ROUTES < MET_ROUTE_UNMATCHED, "every route has its own metrics index");
+
+/* What srv_route_request learnt about a request, for its metrics and its log line. */
+typedef struct {
+    char caller_id[CRED_ID_LEN + 1]; /* "" when none authenticated */
+    int route;                       /* index in srv_routes, -1 when none matched */
+    hsm_kid kid;                     /* the path's kid, when has_kid */
+    int has_kid;
+    int handled; /* the handler ran and answered result */
+    api_err result;
+} srv_outcome;
 
 static const char *srv_reason(int status)
 {
     const char *r = mg_get_response_code_text(NULL, status);
     return r ? r : "Unknown";
+}
+
+/* What srv_drain reads and drops of a request body left unread, at most. */
+#define SRV_DRAIN_BYTES (1024 * 1024)
+#define SRV_DRAIN_BODY_MS 1000
+
+/* After the response (srv_dispatch, so that its buffer reuses stack the response already
+ * touched rather than adding pages to every worker): reads and drops what is left of the request
+ * body (refused before it was read: 401, 413, ...), so that a client still sending it reads the
+ * response rather than a reset. 0 when the body ended; -1 past SRV_DRAIN_BYTES or SRV_DRAIN_BODY_MS
+ * (plus one read's request_timeout_ms), and the connection is to be closed: left to itself,
+ * CivetWeb reads the whole body however large or slow it is, holding the thread. */
+static int srv_drain(struct mg_connection *c)
+{
+    /* No body announced, or a request CivetWeb could not parse (its headers are reset): a
+     * read would wait for bytes that are not a body. */
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    if (ri == NULL || (ri->content_length <= 0 && mg_get_header(c, "Transfer-Encoding") == NULL))
+        return 0;
+    char buf[8192];
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t dropped = 0;
+    for (;;) {
+        int r = mg_read(c, buf, sizeof(buf));
+        if (r == 0)
+            return 0;
+        if (r < 0)
+            return -1;
+        dropped += (size_t)r;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long ms = (long)(now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
+        if (dropped >= SRV_DRAIN_BYTES || ms > SRV_DRAIN_BODY_MS)
+            return -1;
+    }
 }
 
 /* Writes status, headers and body; a single write when it fits in SRV_ONE_WRITE_MAX (with
@@ -122,7 +185,9 @@ static const char *srv_reason(int status)
 static void srv_send(struct mg_connection *c, int status, const char *extra, const char *body,
                      size_t len, int close, int wipe)
 {
-    const srv *s = mg_get_user_data(mg_get_context(c));
+    srv *s = mg_get_user_data(mg_get_context(c));
+    if (s != NULL && atomic_load(&s->connections) > s->keepalive_max)
+        close = 1;
     char head[SRV_HEAD_MAX];
     int hlen = snprintf(head, sizeof(head),
                         "HTTP/1.1 %d %s\r\n"
@@ -139,9 +204,7 @@ static void srv_send(struct mg_connection *c, int status, const char *extra, con
         return;
     if (status == 304 || len == 0) {
         mg_write(c, head, (size_t)hlen);
-        return;
-    }
-    if ((size_t)hlen + len <= SRV_ONE_WRITE_MAX) {
+    } else if ((size_t)hlen + len <= SRV_ONE_WRITE_MAX) {
         char buf[SRV_ONE_WRITE_MAX];
         memcpy(buf, head, (size_t)hlen);
         memcpy(buf + hlen, body, len);
@@ -152,6 +215,11 @@ static void srv_send(struct mg_connection *c, int status, const char *extra, con
         mg_write(c, head, (size_t)hlen);
         mg_write(c, body, len);
     }
+    /* "Connection: close" alone does not end it: CivetWeb would wait for the next request
+     * on it (a request refused while draining, a CivetWeb error) until keep_alive_timeout_ms,
+     * holding a worker thread for a client that has been told to go. */
+    if (close)
+        mg_disable_connection_keep_alive(c);
 }
 
 /* The JSON error document for e with message msg. */
@@ -170,33 +238,47 @@ static int srv_send_error(struct mg_connection *c, api_err e, const char *msg, c
     return info->http_status;
 }
 
+/* The paths without a parameter, for srv_match and srv_print_routes alike. */
+static const struct {
+    const char *path;
+    srv_path id;
+} srv_fixed[] = {
+    {"/v1/keys", SRV_P_KEYS},
+    {"/v1/tokens", SRV_P_TOKENS},
+    {"/v1/credentials", SRV_P_CREDENTIALS},
+    {"/v1/audit", SRV_P_AUDIT},
+    {"/v1/audit/export", SRV_P_AUDIT_EXPORT},
+    {"/v1/audit/key", SRV_P_AUDIT_KEY},
+    {"/.well-known/jwks.json", SRV_P_JWKS},
+    {"/v1/revocations", SRV_P_REVOCATIONS},
+    {"/v1/revocations/feed", SRV_P_REVOCATION_FEED},
+    {"/v1/revocations/key", SRV_P_REVOCATION_KEY},
+    {"/v1/revocations/events", SRV_P_REVOCATION_EVENTS},
+    {"/healthz", SRV_P_HEALTHZ},
+    {"/readyz", SRV_P_READYZ},
+    {"/metrics", SRV_P_METRICS},
+};
+
+/* The paths with a parameter, as srv_print_routes names them; srv_match parses these. */
+static const struct {
+    const char *path;
+    srv_path id;
+} srv_templates[] = {
+    {"/v1/keys/{kid}", SRV_P_KEY},
+    {"/v1/keys/{kid}/sign", SRV_P_KEY_SIGN},
+    {"/v1/keys/{kid}/rotate", SRV_P_KEY_ROTATE},
+    {"/v1/credentials/{id}", SRV_P_CREDENTIAL},
+};
+
 /* Splits the path into a route and, for /v1/keys/{kid}... and /v1/credentials/{id}, the
  * segment's text (checked by the caller or the handler; "-" when it is too long to be
  * anything, so that it fails that check). */
 static srv_path srv_match(const char *uri, char seg_out[64])
 {
     seg_out[0] = '\0';
-    static const struct {
-        const char *path;
-        srv_path id;
-    } fixed[] = {
-        {"/v1/keys", SRV_P_KEYS},
-        {"/v1/tokens", SRV_P_TOKENS},
-        {"/v1/credentials", SRV_P_CREDENTIALS},
-        {"/v1/audit", SRV_P_AUDIT},
-        {"/v1/audit/export", SRV_P_AUDIT_EXPORT},
-        {"/v1/audit/key", SRV_P_AUDIT_KEY},
-        {"/.well-known/jwks.json", SRV_P_JWKS},
-        {"/v1/revocations", SRV_P_REVOCATIONS},
-        {"/v1/revocations/feed", SRV_P_REVOCATION_FEED},
-        {"/v1/revocations/key", SRV_P_REVOCATION_KEY},
-        {"/v1/revocations/events", SRV_P_REVOCATION_EVENTS},
-        {"/healthz", SRV_P_HEALTHZ},
-        {"/readyz", SRV_P_READYZ},
-    };
-    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
-        if (strcmp(uri, fixed[i].path) == 0)
-            return fixed[i].id;
+    for (size_t i = 0; i < sizeof(srv_fixed) / sizeof(srv_fixed[0]); i++)
+        if (strcmp(uri, srv_fixed[i].path) == 0)
+            return srv_fixed[i].id;
     const char *seg;
     int keys;
     if (strncmp(uri, "/v1/keys/", 9) == 0) {
@@ -224,6 +306,39 @@ static srv_path srv_match(const char *uri, char seg_out[64])
     if (keys && strcmp(seg + n, "/rotate") == 0)
         return SRV_P_KEY_ROTATE;
     return SRV_P_NONE;
+}
+
+/* The template of path p ("/v1/keys/{kid}"), or NULL for one no table names. */
+static const char *srv_template(srv_path p)
+{
+    for (size_t i = 0; i < sizeof(srv_fixed) / sizeof(srv_fixed[0]); i++)
+        if (srv_fixed[i].id == p)
+            return srv_fixed[i].path;
+    for (size_t i = 0; i < sizeof(srv_templates) / sizeof(srv_templates[0]); i++)
+        if (srv_templates[i].id == p)
+            return srv_templates[i].path;
+    return NULL;
+}
+
+int srv_print_routes(FILE *f)
+{
+    for (size_t i = 0; i < sizeof(srv_routes) / sizeof(srv_routes[0]); i++) {
+        const srv_route *r = &srv_routes[i];
+        const char *t = srv_template(r->path);
+        if (t == NULL)
+            return -1; /* a route srv_match can never reach: a bug to report, not to hide */
+        fprintf(f, "%s %s ", r->method, t);
+        if (r->roles == SRV_PUBLIC)
+            fputs("public", f);
+        for (int role = 0, first = 1; role < CRED_ROLE_COUNT_; role++) {
+            if (!(r->roles & (1u << role)))
+                continue;
+            fprintf(f, "%s%s", first ? "" : ",", cred_role_name((cred_role)role));
+            first = 0;
+        }
+        fputc('\n', f);
+    }
+    return fflush(f) == 0 && !ferror(f) ? 0 : -1;
 }
 
 /* Content-Type is application/json, parameters (charset) allowed. */
@@ -267,26 +382,32 @@ static void srv_printable_path(const struct mg_request_info *ri, char out[SRV_PA
     out[n] = '\0';
 }
 
-/* One JSON line per request on stderr: never a header, a body or a secret; the caller's
- * credential id (not secret) when it authenticated. */
-static void srv_log_request(struct mg_connection *c, int status, const struct timespec *t0,
-                            const char *caller_id)
+/* The request log line (jlog.h): never a header, a body or a secret; the caller's
+ * credential id (not secret) when it authenticated, the route's template, and the kid the
+ * request named in its path or signed with. */
+static void srv_log_request(struct mg_connection *c, srv *s, int status, uint64_t ns,
+                            const srv_outcome *o, const hsm_kid *signed_kid)
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
-    struct timespec t1;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double ms = (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
-    char path[SRV_PATH_LOG_MAX + 1];
+    char path[SRV_PATH_LOG_MAX + 1], now[JLOG_TIME_LEN], id[24];
     srv_printable_path(ri, path);
-    json_t *j = json_pack("{s:I, s:s, s:s, s:i, s:f}", "time", (json_int_t)time(NULL), "method",
-                          ri->request_method, "path", path, "status", status, "latency_ms", ms);
-    if (j != NULL && caller_id[0] != '\0')
-        json_object_set_new(j, "credential", json_string(caller_id));
-    char *line = j ? json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
-    if (line != NULL)
-        fprintf(stderr, "%s\n", line);
-    free(line);
-    json_decref(j);
+    jlog_time(now);
+    snprintf(id, sizeof(id), "%s-%llu", s->boot_id,
+             (unsigned long long)atomic_fetch_add(&s->requests, 1) + 1);
+    const char *route = o->route >= 0 ? srv_template(srv_routes[o->route].path) : NULL;
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:f}", "time", now, "log", "request",
+                          "request_id", id, "method", ri->request_method, "route",
+                          route ? route : "unmatched", "path", path, "status", status, "latency_ms",
+                          (double)ns / 1e6);
+    if (j != NULL && o->caller_id[0] != '\0')
+        json_object_set_new(j, "credential", json_string(o->caller_id));
+    const hsm_kid *kid = o->has_kid ? &o->kid : signed_kid;
+    if (j != NULL && kid != NULL) {
+        char hex[2 * HSM_KID_LEN + 1];
+        hsm_kid_hex(kid, hex);
+        json_object_set_new(j, "kid", json_string(hex));
+    }
+    jlog_write(j);
 }
 
 /* Queues an auth.failed or authz.denied event (audit.h): never waits for the disk, so a
@@ -371,7 +492,7 @@ static int srv_authorize(struct mg_connection *c, srv *s, const srv_route *route
     return 0;
 }
 
-static int srv_route_request(struct mg_connection *c, srv *s, char caller_id[CRED_ID_LEN + 1])
+static int srv_route_request(struct mg_connection *c, srv *s, srv_outcome *o)
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
     char seg[64];
@@ -394,6 +515,7 @@ static int srv_route_request(struct mg_connection *c, srv *s, char caller_id[CRE
         strcat(allow, "\r\n");
         return srv_send_error(c, API_ERR_METHOD_NOT_ALLOWED, "method not allowed here", allow, 0);
     }
+    o->route = (int)(route - srv_routes);
     api_req q = {.env = s->env, .method = ri->request_method, .query = ri->query_string};
     cred_record caller;
     if (route->roles != SRV_PUBLIC) {
@@ -401,7 +523,7 @@ static int srv_route_request(struct mg_connection *c, srv *s, char caller_id[CRE
         if (st != 0)
             return st;
         q.caller = &caller;
-        memcpy(caller_id, caller.id, sizeof(caller.id));
+        memcpy(o->caller_id, caller.id, sizeof(caller.id));
     }
 
     q.if_none_match = mg_get_header(c, "If-None-Match");
@@ -411,6 +533,8 @@ static int srv_route_request(struct mg_connection *c, srv *s, char caller_id[CRE
             return srv_send_error(c, API_ERR_INVALID_KID,
                                   "a kid is 32 lowercase hexadecimal characters", NULL, 0);
         q.has_kid = 1;
+        o->kid = q.kid;
+        o->has_kid = 1;
     }
     if (path == SRV_P_CREDENTIAL)
         q.id = seg;
@@ -438,6 +562,8 @@ static int srv_route_request(struct mg_connection *c, srv *s, char caller_id[CRE
     audit_set_actor(q.caller ? q.caller->id : NULL);
     api_err e = route->handler(&q, &r);
     audit_set_actor(NULL);
+    o->handled = 1;
+    o->result = e;
     if (e == API_ERR_KID_NOT_ALLOWED)
         srv_audit_failure(c, s, AUDIT_AUTHZ_DENIED, q.caller, "kid outside the credential's scope");
     int status;
@@ -569,20 +695,57 @@ static int srv_events(struct mg_connection *c, srv *s, const api_req *q)
     return 200;
 }
 
-/* CivetWeb's handler for every path: route, then log. */
+_Static_assert(API_ERR_COUNT_ <= MET_RESULTS_MAX, "every api_err is a signature result");
+
+/* Results that prove the kid names a registry key: only these get a series of their own,
+ * so random kids sent by a client cannot grow the metrics (metrics.h). */
+static int srv_result_names_key(api_err e)
+{
+    return e == API_OK || e == API_ERR_KEY_REVOKED || e == API_ERR_KEY_RETIRING ||
+           e == API_ERR_KEY_BROKEN;
+}
+
+/* Counts the request (metrics.h) and logs it (log_requests). The signing kid of a token
+ * request is the one the keeper was asked to sign with (met_take_kid); a request refused
+ * before that, for a kid named in its body, counts under kid="none". */
+static void srv_account(struct mg_connection *c, srv *s, int status, const struct timespec *t0,
+                        const srv_outcome *o)
+{
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    int64_t d = (int64_t)(t1.tv_sec - t0->tv_sec) * 1000000000 + (t1.tv_nsec - t0->tv_nsec);
+    uint64_t ns = d > 0 ? (uint64_t)d : 0;
+    met_request(o->route >= 0 ? (unsigned)o->route : MET_ROUTE_UNMATCHED, status, ns);
+    hsm_kid signed_kid;
+    int asked = met_take_kid(&signed_kid);
+    if (o->handled && o->route >= 0 &&
+        (srv_routes[o->route].path == SRV_P_KEY_SIGN ||
+         srv_routes[o->route].path == SRV_P_TOKENS)) {
+        const hsm_kid *kid = o->has_kid ? &o->kid : asked ? &signed_kid : NULL;
+        if (!asked && !srv_result_names_key(o->result))
+            kid = NULL;
+        met_signature(kid, (unsigned)o->result);
+    }
+    if (s->env->cfg->log_requests)
+        srv_log_request(c, s, status, ns, o, asked ? &signed_kid : NULL);
+}
+
+/* CivetWeb's handler for every path: route, then count and log. */
 static int srv_dispatch(struct mg_connection *c, void *arg)
 {
     srv *s = arg;
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    char caller_id[CRED_ID_LEN + 1] = "";
+    srv_outcome o = {.route = -1};
+    met_take_kid(NULL); /* nothing left over from another request on this thread */
     atomic_fetch_add(&s->inflight, 1);
     int status = atomic_load(&s->draining)
                      ? srv_send_error(c, API_ERR_UNAVAILABLE, "the appliance is stopping", NULL, 1)
-                     : srv_route_request(c, s, caller_id);
+                     : srv_route_request(c, s, &o);
     atomic_fetch_sub(&s->inflight, 1);
-    if (s->env->cfg->log_requests)
-        srv_log_request(c, status, &t0, caller_id);
+    srv_account(c, s, status, &t0, &o);
+    if (srv_drain(c) != 0)
+        mg_disable_connection_keep_alive(c);
     return status;
 }
 
@@ -617,6 +780,25 @@ static void srv_exit_thread(const struct mg_context *ctx, int type, void *unused
         kp_thread_done(s->env->kp);
 }
 
+/* A connection got a thread and finished its TLS handshake. The mark tells srv_conn_close
+ * that it was counted (CivetWeb also closes connections whose handshake failed). */
+static int srv_conn_open(const struct mg_connection *c, void **conn_data)
+{
+    srv *s = mg_get_user_data(mg_get_context(c));
+    if (s != NULL) {
+        atomic_fetch_add(&s->connections, 1);
+        *conn_data = s;
+    }
+    return 0;
+}
+
+static void srv_conn_close(const struct mg_connection *c)
+{
+    srv *s = mg_get_user_connection_data(c);
+    if (s != NULL)
+        atomic_fetch_sub(&s->connections, 1);
+}
+
 static int srv_log_message(const struct mg_connection *c, const char *msg)
 {
     (void)c;
@@ -640,9 +822,19 @@ srv *srv_start(const api_env *env, char *err, size_t errlen)
         return NULL;
     }
     s->env = env;
+    uint8_t boot[4] = {0};
+    (void)RAND_bytes(boot, sizeof(boot)); /* zeros still give ids unique within the run */
+    snprintf(s->boot_id, sizeof(s->boot_id), "%02x%02x%02x%02x", boot[0], boot[1], boot[2],
+             boot[3]);
+    met_start();
+    for (size_t i = 0; i < SRV_N_ROUTES; i++)
+        met_route((unsigned)i, srv_template(srv_routes[i].path), srv_routes[i].method);
     if (c->hsts_max_age > 0)
         snprintf(s->hsts, sizeof(s->hsts), "Strict-Transport-Security: max-age=%u\r\n",
                  c->hsts_max_age);
+    /* A quarter of the workers (at least 2) is kept for connections still queued. */
+    unsigned reserve = c->worker_threads / 4 > 2 ? c->worker_threads / 4 : 2;
+    s->keepalive_max = (int)(c->worker_threads + c->events_max_subscribers - reserve);
     /* Rate 0 means no limit: rl_new then keeps no buckets and allows everything. */
     s->per_credential =
         rl_new(SRV_RL_SLOTS, (double)c->rate_limit_per_second, (double)c->rate_limit_burst);
@@ -693,6 +885,8 @@ srv *srv_start(const api_env *env, char *err, size_t errlen)
     cb.init_ssl = srv_init_ssl;
     cb.exit_thread = srv_exit_thread;
     cb.log_message = srv_log_message;
+    cb.init_connection = srv_conn_open;
+    cb.connection_close = srv_conn_close;
     struct mg_init_data init = {.callbacks = &cb, .user_data = s, .configuration_options = options};
     struct mg_error_data ed;
     char ebuf[256] = "";

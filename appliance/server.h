@@ -13,11 +13,18 @@
 
 #include "api/api.h"
 
+#include <stdio.h>
+
 typedef struct srv srv;
 
 /* Starts serving. env (with its credential store) must outlive the server. On failure
  * writes one line naming the problem into err and returns NULL. */
 srv *srv_start(const api_env *env, char *err, size_t errlen);
+
+/* Writes the route table, one "METHOD /template roles" line per route (roles: "public",
+ * or role names joined by ','; "GET /v1/keys admin,auditor"), for `signd --routes` and the
+ * test that holds docs/openapi.yaml to it. 0, or -1 on a write error. */
+int srv_print_routes(FILE *f);
 
 /* The port actually bound (useful with port 0). */
 int srv_port(const srv *s);

@@ -5,12 +5,14 @@
  *   signd-provision config DIR [--port PORT]
  *   signd-provision admin-credential DIR [--label LABEL] [--out FILE]
  *   signd-provision audit-verify EXPORT PUBKEY_PEM [--anchor SEQ:HASH]
+ *   signd-provision token-list DIR
  *
  * No PIN or secret ever appears in argv or output: they are generated here and written
  * to 0600 files.
  */
 #include "appliance/audit.h"
 #include "appliance/config.h"
+#include "appliance/keeper.h"
 #include "hsm/hsm.h"
 #include "provisioning/token.h"
 
@@ -27,7 +29,8 @@ static int usage(void)
     fprintf(stderr, "usage: signd-provision token DIR [--label LABEL] [--module PATH]\n"
                     "       signd-provision config DIR [--port PORT]\n"
                     "       signd-provision admin-credential DIR [--label LABEL] [--out FILE]\n"
-                    "       signd-provision audit-verify EXPORT PUBKEY_PEM [--anchor SEQ:HASH]\n");
+                    "       signd-provision audit-verify EXPORT PUBKEY_PEM [--anchor SEQ:HASH]\n"
+                    "       signd-provision token-list DIR\n");
     return 2;
 }
 
@@ -166,6 +169,68 @@ static int cmd_audit_verify(int argc, char **argv)
     return 0;
 }
 
+/* The bound of one listing: reconcile's (appliance/reconcile.c). */
+#define PROV_LIST_MAX 8192
+
+/* Lists the key objects on the token of DIR/appliance.conf, one line per kid: "KID_HEX
+ * private|- public|- [reserved]", sorted by kid. Logs in with the configured PIN file, so
+ * the PIN never reaches argv or the output; an operator (and `make soak`) compares the
+ * token with the registry without stopping the appliance: PKCS#11 login state is per
+ * process, so this login and the keeper's do not disturb each other. Exit 0, or 1 with one
+ * line on stderr. */
+static int cmd_token_list(int argc, char **argv)
+{
+    if (argc != 1)
+        return usage();
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof(path), "%s/appliance.conf", argv[0]) >= (int)sizeof(path)) {
+        fprintf(stderr, "path too long: %s\n", argv[0]);
+        return 1;
+    }
+    static cfg c;
+    char err[CFG_ERR_MAX];
+    if (cfg_load(path, &c, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    if (cfg_pin_path(&c, c.pin_file, sizeof(c.pin_file), err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    if (c.softhsm2_conf[0] != '\0' && setenv("SOFTHSM2_CONF", c.softhsm2_conf, 1) != 0) {
+        fprintf(stderr, "cannot set SOFTHSM2_CONF\n");
+        return 1;
+    }
+    hsm_config hc = {.module_path = c.pkcs11_module, .token = c.token, .pin_file = c.pin_file};
+    hsm *h = NULL;
+    unsigned long ckr = 0;
+    hsm_status st = hsm_open(&hc, &h, &ckr);
+    if (st != HSM_OK) {
+        fprintf(stderr, "token %s: %s (PKCS#11 rv 0x%lx)\n", c.token, hsm_strerror(st), ckr);
+        return 1;
+    }
+    hsm_key_entry *objs = calloc(PROV_LIST_MAX, sizeof(*objs));
+    size_t n = 0;
+    st = objs != NULL ? hsm_list(h, objs, PROV_LIST_MAX, &n) : HSM_ERR_DEVICE;
+    hsm_close(h);
+    if (st != HSM_OK || n > PROV_LIST_MAX) {
+        fprintf(stderr, "cannot list the token: %s\n",
+                st != HSM_OK ? hsm_strerror(st) : "more objects than the listing bound");
+        free(objs);
+        return 1;
+    }
+    qsort(objs, n, sizeof(*objs), hsm_kid_cmp);
+    char hex[2 * HSM_KID_LEN + 1];
+    for (size_t i = 0; i < n; i++) {
+        hsm_kid_hex(&objs[i].kid, hex);
+        printf("%s %s %s%s\n", hex, objs[i].has_private ? "private" : "-",
+               objs[i].has_public ? "public" : "-",
+               kp_is_reserved(&objs[i].kid) ? " reserved" : "");
+    }
+    free(objs);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3)
@@ -178,5 +243,7 @@ int main(int argc, char **argv)
         return cmd_admin_credential(argc - 2, argv + 2);
     if (strcmp(argv[1], "audit-verify") == 0)
         return cmd_audit_verify(argc - 2, argv + 2);
+    if (strcmp(argv[1], "token-list") == 0)
+        return cmd_token_list(argc - 2, argv + 2);
     return usage();
 }

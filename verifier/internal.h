@@ -129,6 +129,11 @@ vfy_err vfy_http_get(vfy *v, CURL *c, const char *path, vfy_buf *out, char *err,
 void vfy_buf_reset(vfy_buf *b);
 void vfy_buf_free(vfy_buf *b);
 size_t vfy_buf_write(char *p, size_t size, size_t nmemb, void *ud);
+/* The event-stream parser: feeds n bytes of the stream (as they arrive, in any pieces) to
+ * v->sse, splitting lines at LF, CR LF or CR; each complete event may set v->fetch_soon,
+ * nothing else. 0, or -1 on a line longer than VFY_SSE_LINE_MAX (the caller drops the
+ * connection). Background thread only (and tests/fuzz/fuzz_sse.c on an offline handle). */
+int vfy_sse_bytes(vfy *v, const char *p, size_t n);
 int vfy_bg_start(vfy *v);
 void vfy_bg_stop(vfy *v);
 

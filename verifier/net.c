@@ -32,7 +32,6 @@ static int bg_stream_start(vfy *v);
 static void bg_stream_done(vfy *v);
 static size_t bg_stream_header(char *p, size_t size, size_t nmemb, void *ud);
 static size_t bg_stream_write(char *p, size_t size, size_t nmemb, void *ud);
-static int sse_bytes(vfy *v, const char *p, size_t n);
 static void sse_line(vfy *v);
 static void sse_dispatch(vfy *v);
 static void *bg_main(void *arg);
@@ -363,15 +362,14 @@ static size_t bg_stream_write(char *p, size_t size, size_t nmemb, void *ud)
 {
     vfy *v = ud;
     size_t n = size * nmemb;
-    if (!v->stream_ok || atomic_load(&v->stop) || sse_bytes(v, p, n) != 0)
+    if (!v->stream_ok || atomic_load(&v->stop) || vfy_sse_bytes(v, p, n) != 0)
         return 0;
     return n;
 }
 
 /* ---- Server-Sent Events ---------------------------------------------------------------- */
 
-/* Splits bytes into lines (LF, CR LF or CR); -1 on a line longer than VFY_SSE_LINE_MAX. */
-static int sse_bytes(vfy *v, const char *p, size_t n)
+int vfy_sse_bytes(vfy *v, const char *p, size_t n)
 {
     vfy_sse *s = &v->sse;
     for (size_t i = 0; i < n; i++) {

@@ -15,6 +15,7 @@ import time
 import pytest
 import requests
 
+import openapi_check
 from procs import stop_process
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -24,6 +25,41 @@ SIGND = os.path.join(TOP, BUILD, "bin", "signd")
 INIT = os.path.join(TOP, "provisioning", "init-data-dir.sh")
 
 
+# Every response from an appliance these tests started is checked against
+# docs/openapi.yaml (openapi_check.py): requests' Session.send is wrapped, which module-level
+# requests.get() goes through too. What differs is collected here, and
+# openapi_conformance fails the test that received it.
+APPLIANCE_PORTS = set()
+OPENAPI_MISMATCHES = []
+_requests_send = requests.Session.send
+
+
+def _send_and_check(self, request, **kw):
+    r = _requests_send(self, request, **kw)
+    parts = requests.utils.urlparse(r.url)
+    if parts.hostname == "127.0.0.1" and parts.port in APPLIANCE_PORTS:
+        body = None if kw.get("stream") else r.content
+        for m in openapi_check.check(request.method, r.url, r.status_code,
+                                     r.headers.get("Content-Type"), body):
+            OPENAPI_MISMATCHES.append("%s %s -> %d: %s" % (request.method, parts.path,
+                                                          r.status_code, m))
+    return r
+
+
+requests.Session.send = _send_and_check
+
+
+@pytest.fixture(autouse=True)
+def openapi_conformance():
+    """Fails a test that received a response docs/openapi.yaml does not describe (or whose
+    module-scoped appliance did, while it was set up for it)."""
+    yield
+    found, OPENAPI_MISMATCHES[:] = list(OPENAPI_MISMATCHES), []
+    if found:
+        pytest.fail("responses that do not match docs/openapi.yaml:\n" + "\n".join(found[:20]),
+                    pytrace=False)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -31,12 +67,21 @@ def free_port():
 
 
 def alive_pid(pid):
-    """True while pid runs (a zombie waiting for init to reap it has stopped running)."""
+    """True while any thread of pid runs (a zombie waiting for init to reap it has stopped
+    running; but a killed process's leader shows as a zombie while its other threads are
+    still exiting and holding its descriptors, the data directory's lock among them)."""
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        tasks = os.listdir("/proc/%d/task" % pid)
     except OSError:
         return False
+    for tid in tasks:
+        try:
+            with open("/proc/%d/task/%s/stat" % (pid, tid)) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 class Appliance:
@@ -45,6 +90,7 @@ class Appliance:
     def __init__(self, data_dir, extra_conf=None):
         self.dir = data_dir
         self.port = free_port()
+        APPLIANCE_PORTS.add(self.port)
         subprocess.run([INIT, data_dir, str(self.port)], check=True, stdout=subprocess.DEVNULL)
         self.conf = os.path.join(data_dir, "appliance.conf")
         # Tests present bad credentials on purpose, all from 127.0.0.1: the per-address

@@ -78,6 +78,7 @@ MATRIX = [
     ("GET", "/v1/revocations/events", "public"),
     ("GET", "/healthz", "public"),
     ("GET", "/readyz", "public"),
+    ("GET", "/metrics", {"admin", "auditor"}),
 ]
 
 

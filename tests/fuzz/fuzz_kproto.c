@@ -4,14 +4,11 @@
  * as a reply to every op (KPP_OP_FIRST..KPP_OP_LAST, the service-key ops included), each reply
  * through every body decoder; whatever is accepted must re-encode to exactly the input (a
  * kid-less PING excepted: its ignored kid bytes re-encode as zeros). A mismatch aborts.
- * Not built by the Makefile; by hand, from the repository root:
  *
- *   clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -I. \
- *       -I/usr/include/p11-kit-1 tests/fuzz/fuzz_kproto.c appliance/kproto.c hsm/hsm.c \
- *       -ldl -lpthread -o build/fuzz_kproto
- *   build/fuzz_kproto -max_len=100000 [corpus-dir]
- *
- * (hsm/hsm.c only for hsm_status_name, which kpp_status_name calls.)
+ * Built and run by `make fuzz` (build/fuzz/fuzz_kproto, seeds tests/fuzz/corpus/kproto/:
+ * one well-formed request per op and replies of each body shape; tests/fuzz/kproto.options
+ * lets inputs grow to a whole message); its seeds and regression inputs are replayed by
+ * `make test` (build/tests/test_fuzz_kproto, tests/fuzz/replay.c).
  */
 #include "appliance/kproto.h"
 

@@ -11,13 +11,11 @@
  * Any crash, sanitizer report or leak is a finding. A feed or token the harness signed is
  * also checked for the one invariant a parser must keep: it never answers OK for what is
  * not a JSON object payload.
- * Not built by the Makefile; by hand, from the repository root:
  *
- *   clang -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -I. \
- *       tests/fuzz/fuzz_verifier.c verifier/verifier.c verifier/feed.c verifier/net.c \
- *       jose/b64url.c jose/jwk.c jose/jws.c -ljansson -lcurl -lssl -lcrypto -lpthread \
- *       -o build/fuzz_verifier
- *   build/fuzz_verifier -max_len=4096 tests/fuzz/corpus/verifier
+ * Built and run by `make fuzz` (build/fuzz/fuzz_verifier, seeds tests/fuzz/corpus/verifier/,
+ * dictionary tests/fuzz/verifier.dict); its seeds and regression inputs are replayed by
+ * `make test` (build/tests/test_fuzz_verifier, tests/fuzz/replay.c). The event-stream
+ * parser has a target of its own, fuzz_sse.
  */
 #include "jose/jose.h"
 #include "verifier/verifier.h"

@@ -187,6 +187,7 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "softhsm2_conf",
                            "token",
                            "pin_file",
+                           "pin_credential",
                            "tls_certificate",
                            "tls_private_key",
                            "database",
@@ -207,6 +208,8 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "events_max_subscribers",
                            "events_heartbeat_seconds",
                            "log_requests",
+                           "log_events",
+                           "log_file",
                            "user",
                            "tls_min_version",
                            "tls_ciphers",
@@ -576,6 +579,47 @@ static void test_sha256_hex_of_an_unreadable_file_is_empty(void **state)
     assert_string_equal(hex, "");
 }
 
+/* ---- parsing from a buffer (cfg_parse, which cfg_load runs on the file's bytes) -------- */
+
+static void test_parse_of_the_bytes_equals_loading_the_file(void **state)
+{
+    fixture *fx = *state;
+    static const char *const texts[] = {
+        "port = 9443\r\n# c\n\npin_file = secrets/pin\ntoken_ttl_max = 7200\n",
+        "port = 9443\nworker_thread = 4\n",
+        "token_ttl_min = 600\ntoken_ttl_max = 60\n",
+    };
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        int rc = load_text(fx, texts[i]);
+        static cfg parsed;
+        char err[CFG_ERR_MAX] = "";
+        memset(&parsed, 0, sizeof(parsed));
+        if (rc != 0)
+            memcpy(&parsed, &fx->c, sizeof(parsed)); /* both leave *out untouched */
+        size_t len = strlen(texts[i]);
+        int parsed_rc = cfg_parse(texts[i], len, fx->path, fx->dir, &parsed, err, sizeof(err));
+        assert_int_equal(parsed_rc, rc);
+        assert_memory_equal(&parsed, &fx->c, sizeof(parsed));
+        assert_string_equal(err, fx->err);
+    }
+}
+
+static void test_parse_reads_len_bytes_and_refuses_more_than_one_mib(void **state)
+{
+    fixture *fx = *state;
+    const char text[] = "port = 9443worker_threads = x";
+    char err[CFG_ERR_MAX];
+    assert_int_equal(cfg_parse(text, 11, "a.conf", NULL, &fx->c, err, sizeof(err)), 0);
+    assert_int_equal(fx->c.port, 9443);
+    assert_string_equal(fx->c.pin_file, "pin"); /* no base directory: relative */
+    assert_int_equal(cfg_parse("port = 1\0\n", 10, "a.conf", NULL, &fx->c, err, sizeof(err)), -1);
+    assert_string_equal(err, "a.conf:1: NUL byte in the line");
+    /* Refused on its length, before a byte is read. */
+    assert_int_equal(cfg_parse(text, CFG_FILE_MAX + 1, "a.conf", NULL, &fx->c, err, sizeof(err)),
+                     -1);
+    assert_non_null(strstr(err, "a.conf: larger than"));
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -615,6 +659,8 @@ int main(void)
         T(test_error_message_is_truncated_to_the_buffer),
         T(test_sha256_hex_is_the_digest_of_the_file_bytes),
         T(test_sha256_hex_of_an_unreadable_file_is_empty),
+        T(test_parse_of_the_bytes_equals_loading_the_file),
+        T(test_parse_reads_len_bytes_and_refuses_more_than_one_mib),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,85 @@
+/*
+ * met: the appliance's counters and their Prometheus text exposition (GET /metrics).
+ *
+ * What it owns: process-wide counters in fixed static arrays, every one a C11 atomic
+ * updated with relaxed ordering. Nothing on the signing path takes a lock, allocates or
+ * makes a system call here:
+ *  - requests: per route (an index the server gives, its template and method registered
+ *    once) a count per HTTP status and a latency histogram with MET_BUCKETS fixed bounds;
+ *  - signatures: per kid and result, in an open-addressed table of MET_KIDS_MAX slots that
+ *    a kid claims once with a compare-and-swap and never gives back. Past that many kids
+ *    the rest count under kid="other"; requests refused before a kid was known count
+ *    under kid="none". Callers pass a kid only for results that prove it names a key of
+ *    the registry, so a client sending random kids cannot fill the table;
+ *  - PKCS#11 failures: per hsm_status, plus MET_KEEPER_UNREACHABLE (the keeper process did
+ *    not answer).
+ * Rendering (met_render) reads those and the gauges the caller samples at scrape time
+ * (sessions, keys by state, revocation sequence, audit lag) and is the only part that
+ * allocates. A histogram's buckets are read one by one while others count, so its _count
+ * is computed from the buckets it printed: +Inf always equals _count.
+ *
+ * Thread safety: every function from any thread; met_route before requests are counted.
+ */
+#ifndef APPLIANCE_METRICS_H
+#define APPLIANCE_METRICS_H
+
+#include "hsm/hsm.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MET_ROUTES_MAX 48 /* route indexes 0..MET_ROUTES_MAX-2; the last is "unmatched" */
+#define MET_ROUTE_UNMATCHED (MET_ROUTES_MAX - 1)
+#define MET_KIDS_MAX 4096  /* distinct kids with series of their own */
+#define MET_RESULTS_MAX 64 /* signature results: 0 is "ok", the rest the API's error codes */
+#define MET_BUCKETS 14     /* latency bounds, seconds, from 0.5 ms to 10 s, then +Inf */
+#define MET_KEEPER_UNREACHABLE HSM_ERR_COUNT_ /* a pkcs11 error code beyond hsm_status */
+
+/* Names route index i (< MET_ROUTE_UNMATCHED): its template ("/v1/keys/{kid}/sign", never
+ * a raw path) and method. Both are kept as pointers: string literals. */
+void met_route(unsigned i, const char *route, const char *method);
+
+/* One request answered: route index (MET_ROUTE_UNMATCHED for paths no route matched),
+ * HTTP status, and its latency in nanoseconds. */
+void met_request(unsigned route, int status, uint64_t ns);
+
+/* One signing request (raw signature or token) that reached its handler: kid NULL when no
+ * key was known, result 0 for a signature made, else an error index < MET_RESULTS_MAX. */
+void met_signature(const hsm_kid *kid, unsigned result);
+
+/* One failed token operation (an hsm_status other than HSM_OK, or MET_KEEPER_UNREACHABLE). */
+void met_pkcs11_error(unsigned code);
+
+/* The calling thread's signing kid: noted by the keeper interface when it is asked to
+ * sign, taken (and cleared) by the server at the end of the request. met_take_kid
+ * returns 1 and fills *out when a kid was noted since the last take. */
+void met_note_kid(const hsm_kid *kid);
+int met_take_kid(hsm_kid *out);
+
+/* What is sampled at scrape time and passed to met_render. */
+#define MET_STATES_MAX 8
+typedef struct {
+    unsigned sessions_in_use, sessions_max;
+    const char *state_name[MET_STATES_MAX]; /* keys by state */
+    uint64_t state_keys[MET_STATES_MAX];
+    size_t n_states;
+    uint64_t revocation_seq;
+    uint64_t audit_lag_events;      /* accepted, not yet committed to the trail */
+    double audit_lag_seconds;       /* age of the oldest of those; 0 when none */
+    unsigned long long log_dropped; /* JSON log lines lost */
+    const char *version;            /* build_info labels */
+    const char *openssl, *sqlite, *jansson;
+} met_gauges;
+
+/* The whole exposition (text/plain; version=0.0.4) as a malloc'd NUL-terminated buffer,
+ * *len its length; NULL when out of memory. result_name(i) names signature result i. */
+char *met_render(const met_gauges *g, const char *(*result_name)(unsigned), size_t *len);
+
+/* The process's start (Unix seconds), set the first time any met_ function is called
+ * or met_start is. */
+void met_start(void);
+
+/* The exposition's content type. */
+#define MET_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+#endif

@@ -1,0 +1,144 @@
+/* Unit tests of reconcile's deferred destroys (reconcile.h) on a real SoftHSM2 token,
+ * in-process (kp_open), and against a keeper that is not there (kp_connect). */
+#include "appliance/keeper.h"
+#include "appliance/reconcile.h"
+#include "tests/unit/testenv.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+typedef struct {
+    char dir[PATH_MAX];
+    char pin[PATH_MAX];
+    kp *k;
+} rec_fixture;
+
+static int setup(void **state)
+{
+    rec_fixture *fx = calloc(1, sizeof(*fx));
+    if (fx == NULL || testenv_token(fx->dir) != 0) {
+        free(fx);
+        return -1;
+    }
+    hsm_config hc = testenv_config(fx->dir, fx->pin);
+    char err[256];
+    if (kp_open(&hc, &fx->k, err, sizeof(err)) != HSM_OK) {
+        fprintf(stderr, "kp_open: %s\n", err);
+        testenv_cleanup(fx->dir);
+        free(fx);
+        return -1;
+    }
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    rec_fixture *fx = *state;
+    /* Nothing deferred may leak into the next test: the set is process-wide. */
+    rec_retry_deferred(fx->k, stderr);
+    kp_close(fx->k);
+    testenv_cleanup(fx->dir);
+    free(fx);
+    return 0;
+}
+
+static int on_token(kp *k, const hsm_kid *kid)
+{
+    hsm_key_entry objs[64];
+    size_t n = 0;
+    assert_int_equal(kp_list(k, objs, 64, &n), HSM_OK);
+    for (size_t i = 0; i < n && i < 64; i++)
+        if (memcmp(objs[i].kid.b, kid->b, HSM_KID_LEN) == 0)
+            return 1;
+    return 0;
+}
+
+static void test_a_deferred_kid_is_destroyed_at_the_next_retry_and_leaves_the_set(void **state)
+{
+    rec_fixture *fx = *state;
+    hsm_kid doomed, kept;
+    hsm_pubkey pub;
+    testenv_kid(&doomed);
+    testenv_kid(&kept);
+    assert_int_equal(kp_generate(fx->k, &doomed, 2048, &pub), HSM_OK);
+    assert_int_equal(kp_generate(fx->k, &kept, 2048, &pub), HSM_OK);
+    rec_defer_destroy(&doomed);
+    rec_defer_destroy(&doomed); /* once in the set, however often deferred */
+    assert_int_equal(rec_retry_deferred(fx->k, stderr), 0);
+    assert_false(on_token(fx->k, &doomed));
+    assert_true(on_token(fx->k, &kept));
+    assert_int_equal(rec_retry_deferred(fx->k, stderr), 0);
+}
+
+static void test_a_deferred_kid_the_token_never_held_leaves_the_set(void **state)
+{
+    rec_fixture *fx = *state;
+    hsm_kid never;
+    testenv_kid(&never);
+    rec_defer_destroy(&never);
+    assert_int_equal(rec_retry_deferred(fx->k, stderr), 0);
+}
+
+static void test_deferred_kids_stay_while_the_keeper_is_away_and_go_once_it_answers(void **state)
+{
+    rec_fixture *fx = *state;
+    char sock[PATH_MAX + 16], err[256];
+    snprintf(sock, sizeof(sock), "%s/no-keeper.sock", fx->dir);
+    kp *away = NULL;
+    assert_int_equal(kp_connect(sock, &away, err, sizeof(err)), HSM_OK);
+    hsm_kid kids[3];
+    hsm_pubkey pub;
+    for (int i = 0; i < 3; i++) {
+        testenv_kid(&kids[i]);
+        assert_int_equal(kp_generate(fx->k, &kids[i], 2048, &pub), HSM_OK);
+        rec_defer_destroy(&kids[i]);
+    }
+    assert_int_equal(rec_retry_deferred(away, stderr), 3);
+    assert_int_equal(rec_retry_deferred(away, stderr), 3);
+    kp_close(away);
+    for (int i = 0; i < 3; i++)
+        assert_true(on_token(fx->k, &kids[i]));
+    assert_int_equal(rec_retry_deferred(fx->k, stderr), 0);
+    for (int i = 0; i < 3; i++)
+        assert_false(on_token(fx->k, &kids[i]));
+}
+
+static void test_the_set_is_bounded_and_keeps_what_it_holds(void **state)
+{
+    rec_fixture *fx = *state;
+    char sock[PATH_MAX + 16], err[256];
+    snprintf(sock, sizeof(sock), "%s/no-keeper.sock", fx->dir);
+    kp *away = NULL;
+    assert_int_equal(kp_connect(sock, &away, err, sizeof(err)), HSM_OK);
+    for (int i = 0; i < REC_DEFER_MAX + 5; i++) {
+        hsm_kid kid;
+        testenv_kid(&kid);
+        rec_defer_destroy(&kid);
+    }
+    assert_int_equal(rec_retry_deferred(away, stderr), REC_DEFER_MAX);
+    kp_close(away);
+    assert_int_equal(rec_retry_deferred(fx->k, stderr), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(
+            test_a_deferred_kid_is_destroyed_at_the_next_retry_and_leaves_the_set, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_deferred_kid_the_token_never_held_leaves_the_set,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_deferred_kids_stay_while_the_keeper_is_away_and_go_once_it_answers, setup,
+            teardown),
+        cmocka_unit_test_setup_teardown(test_the_set_is_bounded_and_keeps_what_it_holds, setup,
+                                        teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
