@@ -125,6 +125,9 @@ void ctl_print_json(const json_t *j);
  * named *_at as UTC times. */
 void ctl_print_fields(const json_t *obj, const char *const names[]);
 
+/* What a command prints of the object it got: the JSON with --json, else its fields. */
+void ctl_print_object(const ctl_ctx *ctx, const json_t *obj, const char *const names[]);
+
 /* argv[0] is the verb ("create", ...). Each returns a ctl_exit. */
 int ctl_cmd_keys(ctl_ctx *ctx, int argc, char **argv);
 int ctl_cmd_credentials(ctl_ctx *ctx, int argc, char **argv);

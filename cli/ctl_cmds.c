@@ -53,6 +53,14 @@ static const char ctl_audit_help[] =
     "instead of fetching one. Prints 'verified N events up to seq S, last checkpoint at seq\n"
     "C' and exits 0, or exits 7 with the first broken seq.\n";
 
+void ctl_print_object(const ctl_ctx *ctx, const json_t *obj, const char *const names[])
+{
+    if (ctx->json)
+        ctl_print_json(obj);
+    else
+        ctl_print_fields(obj, names);
+}
+
 void ctl_print_fields(const json_t *obj, const char *const names[])
 {
     int w = 0;
@@ -266,10 +274,7 @@ static int ctl_cred_revoke(ctl_ctx *ctx, int argc, char **argv)
     json_t *cred = NULL;
     if ((rc = ctl_request(ctx, true, "DELETE", path, NULL, what, &cred)) != CTL_EXIT_OK)
         return rc;
-    if (ctx->json)
-        ctl_print_json(cred);
-    else
-        ctl_print_fields(cred, ctl_cred_fields);
+    ctl_print_object(ctx, cred, ctl_cred_fields);
     json_decref(cred);
     return CTL_EXIT_OK;
 }

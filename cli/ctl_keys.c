@@ -166,10 +166,8 @@ static int ctl_keys_create(ctl_ctx *ctx, int argc, char **argv)
         json_t *body = ctl_create_body((long long)bits, label), *key = NULL;
         rc = ctl_request(ctx, true, "POST", "/v1/keys", body, "create a key", &key);
         json_decref(body);
-        if (rc == CTL_EXIT_OK && ctx->json)
-            ctl_print_json(key);
-        else if (rc == CTL_EXIT_OK)
-            ctl_print_fields(key, ctl_key_fields);
+        if (rc == CTL_EXIT_OK)
+            ctl_print_object(ctx, key, ctl_key_fields);
         json_decref(key);
         return rc;
     }
@@ -449,10 +447,7 @@ static int ctl_keys_show(ctl_ctx *ctx, int argc, char **argv)
     json_t *key = NULL;
     if ((rc = ctl_request(ctx, true, "GET", path, NULL, what, &key)) != CTL_EXIT_OK)
         return rc;
-    if (ctx->json)
-        ctl_print_json(key);
-    else
-        ctl_print_fields(key, ctl_key_fields);
+    ctl_print_object(ctx, key, ctl_key_fields);
     json_decref(key);
     return CTL_EXIT_OK;
 }
@@ -477,10 +472,8 @@ static int ctl_keys_revoke(ctl_ctx *ctx, int argc, char **argv)
     json_t *body = json_pack("{s:s}", "reason", reason), *key = NULL;
     rc = ctl_request(ctx, true, "DELETE", path, body, what, &key);
     json_decref(body);
-    if (rc == CTL_EXIT_OK && ctx->json)
-        ctl_print_json(key);
-    else if (rc == CTL_EXIT_OK)
-        ctl_print_fields(key, ctl_key_fields);
+    if (rc == CTL_EXIT_OK)
+        ctl_print_object(ctx, key, ctl_key_fields);
     json_decref(key);
     return rc;
 }
