@@ -1,6 +1,7 @@
 /* api: the key lifecycle (create, list, show, rotate, revoke) and raw RS256 signing. */
 #include "api/api.h"
 
+#include "appliance/metrics.h"
 #include "appliance/reconcile.h"
 #include "jose/jose.h"
 
@@ -369,6 +370,9 @@ api_err api_check_signing_key(const api_req *q, api_resp *r, const hsm_kid *kid)
         return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
     if (k.state == REG_ACTIVE) /* inserted between the two reads */
         return API_OK;
+    /* A registry key: its refusal is counted under its kid, also for a token request whose
+     * kid came in the body (the server knows only the path's). */
+    met_note_kid(kid);
     return api_state_error(r, k.state);
 }
 

@@ -51,7 +51,8 @@ void met_signature(const hsm_kid *kid, unsigned result);
 void met_pkcs11_error(unsigned code);
 
 /* The calling thread's signing kid: noted by the keeper interface when it is asked to
- * sign, taken (and cleared) by the server at the end of the request. met_take_kid
+ * sign, or by the signing check when it refuses a registry key (revoked, retiring,
+ * broken), taken (and cleared) by the server at the end of the request. met_take_kid
  * returns 1 and fills *out when a kid was noted since the last take. */
 void met_note_kid(const hsm_kid *kid);
 int met_take_kid(hsm_kid *out);

@@ -706,8 +706,8 @@ static int srv_result_names_key(api_err e)
 }
 
 /* Counts the request (metrics.h) and logs it (log_requests). The signing kid of a token
- * request is the one the keeper was asked to sign with (met_take_kid); a request refused
- * before that, for a kid named in its body, counts under kid="none". */
+ * request is the one noted (met_take_kid): asked of the keeper, or refused as a registry
+ * key's state; a kid the registry does not know counts under kid="none". */
 static void srv_account(struct mg_connection *c, srv *s, int status, const struct timespec *t0,
                         const srv_outcome *o)
 {

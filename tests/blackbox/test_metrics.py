@@ -61,6 +61,9 @@ def world(tmp_path_factory):
     for _ in range(2):
         r = a.post("/v1/keys/%s/sign" % key_b, {"payload": b64u(b"x")})
         assert r.status_code == 409 and r.json()["error"]["code"] == "key_revoked", r.text
+    # A token request names its kid in the body, not the path: still counted under B.
+    r = a.post("/v1/tokens", {"kid": key_b, "sub": "video-1", "ttl": 300})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "key_revoked", r.text
     unknown = [os.urandom(16).hex() for _ in range(5)]
     for kid in unknown:
         r = a.post("/v1/keys/%s/sign" % kid, {"payload": b64u(b"x")})
@@ -76,12 +79,12 @@ def test_signature_counters_show_exact_numbers_per_kid_and_result(world):
     f, a_kid, b_kid = world["families"], world["A"], world["B"]
     assert value(f, "signd_signatures", "signd_signatures_total", kid=a_kid, result="ok") == 4
     assert value(f, "signd_signatures", "signd_signatures_total", kid=b_kid,
-                 result="key_revoked") == 2
+                 result="key_revoked") == 3
     assert value(f, "signd_signatures", "signd_signatures_total", kid=b_kid, result="ok") == 0
     assert value(f, "signd_signatures", "signd_signatures_total", kid="none",
                  result="key_not_found") == 5
     total = sum(v for _, v in samples(f, "signd_signatures", "signd_signatures_total"))
-    assert total == 4 + 2 + 5
+    assert total == 4 + 3 + 5
 
 
 def test_kids_that_name_no_key_get_no_series_of_their_own(world):
@@ -207,7 +210,8 @@ def test_every_log_line_is_json_with_the_request_fields(world):
         assert l["kid"] in [world["A"], world["B"]] + world["unknown"]
         assert len(l["credential"]) == 16
     token = [l for l in requests_ if l["route"] == "/v1/tokens"]
-    assert len(token) == 1 and token[0]["kid"] == world["A"]  # the kid it signed with
+    # the kid it signed with, or the registry key it was refused for
+    assert [(l["status"], l["kid"]) for l in token] == [(200, world["A"]), (409, world["B"])]
     scrape_line = [l for l in requests_ if l["route"] == "/metrics"][0]
     assert scrape_line["credential"] == world["auditor"]["id"]
 
