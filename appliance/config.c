@@ -80,7 +80,8 @@ static const cfg_setting cfg_settings[] = {
     {"database", CFG_T_PATH, CFG_FIELD(database), "appliance.db", 0, 0, false, NULL,
      "SQLite file: key registry, revocations, credentials, audit trail"},
     {"worker_threads", CFG_T_UINT, CFG_FIELD(worker_threads), "64", 2, 1024, false, NULL,
-     "HTTPS worker threads, each with its own PKCS#11 session"},
+     "HTTPS worker threads, each with its own PKCS#11 session; an idle keep-alive connection "
+     "holds one, so once only a quarter (at least 2) is free responses close their connection"},
     {"max_pkcs11_sessions", CFG_T_UINT, CFG_FIELD(max_pkcs11_sessions), "0", 0, 4096, false, NULL,
      "Most PKCS#11 sessions to open; 0 means worker_threads + events_max_subscribers + 4, "
      "one for every thread that may sign"},
