@@ -150,19 +150,27 @@ static void kp_conn_drop(kp_conn *c)
     c->fd = -1;
 }
 
-/* Counts a failed token operation for GET /metrics (metrics.h) and returns st. */
-static hsm_status kp_counted(hsm_status st)
+/* Counts a failed token operation for GET /metrics (metrics.h), with the CKR value
+ * behind it (0: none or unknown), and returns st. */
+static hsm_status kp_counted(hsm_status st, unsigned long ckr)
 {
     if (st != HSM_OK)
-        met_pkcs11_error(st);
+        met_pkcs11_error(st, ckr);
     return st;
+}
+
+/* The same in the keeper-less mode: the hsm call that returned st ran on this thread just
+ * now, so hsm_last_ckr is that call's. */
+static hsm_status kp_counted_here(hsm_status st)
+{
+    return kp_counted(st, st != HSM_OK ? hsm_last_ckr() : 0);
 }
 
 /* The keeper did not answer (down, restarting, stuck): counted apart from the token's own
  * failures, which it reports in its replies. */
 static hsm_status kp_unreachable(void)
 {
-    met_pkcs11_error(MET_KEEPER_UNREACHABLE);
+    met_pkcs11_error(MET_KEEPER_UNREACHABLE, 0);
     return HSM_ERR_DEVICE;
 }
 
@@ -198,8 +206,11 @@ static hsm_status kp_call(kp *k, kp_conn *c, size_t len, kpp_op op, kpp_reply *r
     }
     if (r->status == 0)
         return HSM_OK;
-    /* An hsm_status travels as is; a protocol error means we sent something wrong. */
-    return kp_counted(r->status < HSM_ERR_COUNT_ ? (hsm_status)r->status : HSM_ERR_BAD_ARGUMENT);
+    /* An hsm_status travels as is, with the keeper's CKR for it; a protocol error means we
+     * sent something wrong, and no token call is behind it. */
+    if (r->status >= HSM_ERR_COUNT_)
+        return kp_counted(HSM_ERR_BAD_ARGUMENT, 0);
+    return kp_counted((hsm_status)r->status, r->ckr);
 }
 
 /* Runs one request built by the caller into c->req (len 0: the arguments were out of
@@ -329,7 +340,7 @@ hsm_status kp_sign(kp *k, const hsm_kid *kid, const void *msg, size_t len, uint8
         return HSM_ERR_KEY_NOT_FOUND; /* service keys sign through kp_svc_sign only */
     met_note_kid(kid); /* the request's kid, for its log line and signature counter */
     if (k->h != NULL)
-        return kp_counted(hsm_sign_rs256(k->h, kid, msg, len, sig, sig_len));
+        return kp_counted_here(hsm_sign_rs256(k->h, kid, msg, len, sig, sig_len));
     if (len > KPP_SIGN_MAX)
         return HSM_ERR_BAD_ARGUMENT;
     KP_REMOTE(k, KPP_OP_SIGN, kpp_encode_sign(c->req, sizeof(c->req), kid, msg, len), r);
@@ -344,7 +355,7 @@ hsm_status kp_generate(kp *k, const hsm_kid *kid, unsigned bits, hsm_pubkey *pub
         KP_REMOTE(k, KPP_OP_GENERATE, kpp_encode_generate(c->req, sizeof(c->req), kid, bits), r);
         return kpp_reply_pubkey(&r, pub) == 0 ? HSM_OK : HSM_ERR_DEVICE;
     }
-    hsm_status st = kp_counted(hsm_generate(k->h, kid, bits));
+    hsm_status st = kp_counted_here(hsm_generate(k->h, kid, bits));
     if (st != HSM_OK)
         return st;
     st = hsm_public_key(k->h, kid, pub);

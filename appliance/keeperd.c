@@ -161,6 +161,15 @@ static int kpd_is_active(kpd *d, const hsm_kid *kid, int fresh)
     return kpd_active_has(d, kid);
 }
 
+/* The CKR behind st, for an error reply (kproto.h): read right after the hsm call that
+ * returned st, before any other call on this thread overwrites it; 0 for success. */
+static uint32_t kpd_ckr(hsm_status st)
+{
+    /* CKR values are 32-bit in practice (vendor codes start at 0x80000000); a wider one
+     * would be no code a table names, so it is truncated rather than refused. */
+    return st == HSM_OK ? 0 : (uint32_t)hsm_last_ckr();
+}
+
 static size_t kpd_list(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size_t cap)
 {
     kpd *d = cn->d;
@@ -168,13 +177,15 @@ static size_t kpd_list(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size_t 
         if (cn->list == NULL) {
             cn->list = calloc(KPD_LIST_CAP, sizeof(*cn->list));
             if (cn->list == NULL)
-                return kpp_encode_status(rep, cap, KPP_OP_LIST, HSM_ERR_DEVICE);
+                return kpp_encode_error(rep, cap, KPP_OP_LIST, HSM_ERR_DEVICE,
+                                        0); /* not the token */
         }
         hsm_status st = hsm_list(d->h, cn->list, KPD_LIST_CAP, &cn->list_total);
         if (st != HSM_OK) {
+            uint32_t ckr = kpd_ckr(st);
             free(cn->list);
             cn->list = NULL;
-            return kpp_encode_status(rep, cap, KPP_OP_LIST, st);
+            return kpp_encode_error(rep, cap, KPP_OP_LIST, st, ckr);
         }
     }
     size_t have = cn->list_total < KPD_LIST_CAP ? cn->list_total : KPD_LIST_CAP;
@@ -223,6 +234,7 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
 {
     kpd *d = cn->d;
     hsm_status st = HSM_ERR_DEVICE;
+    uint32_t ckr = 0; /* set only right after the hsm call that failed: see kpd_ckr */
     size_t len = 0;
     switch (q->op) {
     case KPP_OP_SIGN: {
@@ -240,6 +252,7 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         uint8_t sig[HSM_SIG_MAX];
         size_t sig_len = 0;
         st = hsm_sign_rs256(d->h, &q->kid, q->msg, q->msg_len, sig, &sig_len);
+        ckr = kpd_ckr(st);
         if (st == HSM_OK)
             len = kpp_encode_sig_reply(rep, cap, KPP_OP_SIGN, sig, sig_len);
         break;
@@ -252,8 +265,10 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         }
         hsm_pubkey pub;
         st = hsm_generate(d->h, &q->kid, q->bits);
+        ckr = kpd_ckr(st);
         if (st == HSM_OK) {
             st = hsm_public_key(d->h, &q->kid, &pub);
+            ckr = kpd_ckr(st); /* the failed call's, not the clean-up's below */
             if (st != HSM_OK)
                 hsm_destroy(d->h, &q->kid); /* a key we cannot publish must not stay behind */
         }
@@ -264,6 +279,7 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
     case KPP_OP_PUBLIC_KEY: {
         hsm_pubkey pub;
         st = hsm_public_key(d->h, &q->kid, &pub);
+        ckr = kpd_ckr(st);
         if (st == HSM_OK)
             len = kpp_encode_pubkey_reply(rep, cap, KPP_OP_PUBLIC_KEY, &pub);
         break;
@@ -273,10 +289,12 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
          * orphan of a crash, a key whose row never got written): a front that asks for an
          * active key is wrong or compromised, and the key stays. The audit key has no row
          * and is never destroyed: refused before the registry is asked. */
-        if (kp_is_reserved(&q->kid))
+        if (kp_is_reserved(&q->kid) || kpd_is_active(d, &q->kid, 1)) {
             st = HSM_ERR_BAD_ARGUMENT;
-        else
-            st = kpd_is_active(d, &q->kid, 1) ? HSM_ERR_BAD_ARGUMENT : hsm_destroy(d->h, &q->kid);
+        } else {
+            st = hsm_destroy(d->h, &q->kid);
+            ckr = kpd_ckr(st);
+        }
         break;
     case KPP_OP_LIST:
         return kpd_list(cn, q, rep, cap);
@@ -287,10 +305,12 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
             uint8_t sig[HSM_SIG_MAX];
             size_t sig_len;
             st = hsm_sign_rs256(d->h, &q->kid, KPD_PROBE, strlen(KPD_PROBE), sig, &sig_len);
+            ckr = kpd_ckr(st);
         } else {
             hsm_key_entry e;
             size_t n;
             st = hsm_list(d->h, &e, 1, &n);
+            ckr = kpd_ckr(st);
         }
         break;
     case KPP_OP_SESSIONS:
@@ -300,6 +320,7 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         hsm_pubkey pub; /* created on first use */
         st = kp_svc_hsm_public_key(
             d->h, q->op == KPP_OP_AUDIT_PUBKEY ? KP_SVC_AUDIT : KP_SVC_PUBLISH, &pub);
+        ckr = kpd_ckr(st); /* a valid kp_svc: every failure is a token call's */
         if (st == HSM_OK)
             len = kpp_encode_pubkey_reply(rep, cap, q->op, &pub);
         break;
@@ -308,7 +329,11 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         /* kp_svc_input_ok, keeper.c's one policy: checkpoint-shaped inputs only. */
         uint8_t sig[HSM_SIG_MAX];
         size_t sig_len = 0;
-        st = kp_svc_hsm_sign(d->h, KP_SVC_AUDIT, q->msg, q->msg_len, sig, &sig_len);
+        st = HSM_ERR_BAD_ARGUMENT; /* a refused input touches no token: its CKR stays 0 */
+        if (kp_svc_input_ok(KP_SVC_AUDIT, q->msg, q->msg_len)) {
+            st = kp_svc_hsm_sign(d->h, KP_SVC_AUDIT, q->msg, q->msg_len, sig, &sig_len);
+            ckr = kpd_ckr(st);
+        }
         if (st == HSM_OK)
             len = kpp_encode_sig_reply(rep, cap, KPP_OP_AUDIT_SIGN, sig, sig_len);
         break;
@@ -322,8 +347,11 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         uint8_t sig[HSM_SIG_MAX];
         size_t sig_len = 0;
         st = HSM_ERR_BAD_ARGUMENT;
-        if (kpd_pending_add(cn, q->msg, q->msg_len) && cn->pending_len == q->total)
+        if (kpd_pending_add(cn, q->msg, q->msg_len) && cn->pending_len == q->total &&
+            kp_svc_input_ok(KP_SVC_PUBLISH, cn->pending, cn->pending_len)) {
             st = kp_svc_hsm_sign(d->h, KP_SVC_PUBLISH, cn->pending, cn->pending_len, sig, &sig_len);
+            ckr = kpd_ckr(st);
+        }
         kpd_pending_drop(cn);
         if (st == HSM_OK)
             len = kpp_encode_sig_reply(rep, cap, KPP_OP_PUBLISH_SIGN, sig, sig_len);
@@ -335,9 +363,13 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
     /* An error, a success with an empty body (DESTROY, PING), or a reply that would not
      * encode (never expected: every hsm value fits its field). */
     if (st == HSM_OK && q->op != KPP_OP_DESTROY && q->op != KPP_OP_PING &&
-        q->op != KPP_OP_PUBLISH_PART)
+        q->op != KPP_OP_PUBLISH_PART) {
         st = HSM_ERR_DEVICE;
-    return kpp_encode_status(rep, cap, (uint16_t)q->op, (uint32_t)st);
+        ckr = 0; /* our own encoding failed, not the token */
+    }
+    if (st == HSM_OK)
+        return kpp_encode_status(rep, cap, (uint16_t)q->op, HSM_OK);
+    return kpp_encode_error(rep, cap, (uint16_t)q->op, (uint32_t)st, ckr);
 }
 
 /* ---- one connection ---------------------------------------------------------------------- */

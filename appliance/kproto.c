@@ -7,6 +7,7 @@
 #define KPP_KID_BODY HSM_KID_LEN            /* PUBLIC_KEY, DESTROY */
 #define KPP_GENERATE_BODY (HSM_KID_LEN + 4) /* kid, bits */
 #define KPP_LIST_BODY 4                     /* offset */
+#define KPP_CKR_BODY 4                      /* an error reply's ckr */
 #define KPP_PING_BODY (1 + HSM_KID_LEN)     /* has_kid, kid */
 #define KPP_ENTRY_LEN (HSM_KID_LEN + 1)     /* LIST reply entry: kid, flags */
 #define KPP_LIST_REPLY_HDR 8                /* total, n */
@@ -358,14 +359,17 @@ uint32_t kpp_decode_reply(const uint8_t *buf, size_t len, kpp_op op, kpp_reply *
         return KPP_ERR_UNKNOWN_OP; /* the caller's own op: no reply can answer it */
     if (h.op != (unsigned)op)
         return KPP_ERR_BAD_BODY;
-    /* An error has an empty body; so has every DESTROY and PING reply. */
-    if (h.body_len != 0 && (h.status != 0 || op == KPP_OP_DESTROY || op == KPP_OP_PING))
+    /* An error has an empty body or its CKR; every DESTROY and PING success has none. */
+    if (h.status != 0 && h.body_len != 0 && h.body_len != KPP_CKR_BODY)
+        return KPP_ERR_BAD_BODY;
+    if (h.status == 0 && h.body_len != 0 && (op == KPP_OP_DESTROY || op == KPP_OP_PING))
         return KPP_ERR_BAD_BODY;
     if (out != NULL) {
         out->op = op;
         out->status = h.status;
         out->body = h.body;
         out->body_len = h.body_len;
+        out->ckr = h.status != 0 && h.body_len == KPP_CKR_BODY ? get_u32(h.body) : 0;
     }
     return 0;
 }
@@ -373,6 +377,16 @@ uint32_t kpp_decode_reply(const uint8_t *buf, size_t len, kpp_op op, kpp_reply *
 size_t kpp_encode_status(uint8_t *buf, size_t cap, uint16_t op, uint32_t status)
 {
     return put_header(buf, cap, op, status, 0);
+}
+
+size_t kpp_encode_error(uint8_t *buf, size_t cap, uint16_t op, uint32_t status, uint32_t ckr)
+{
+    if (status == 0)
+        return 0;
+    size_t n = put_header(buf, cap, op, status, KPP_CKR_BODY);
+    if (n != 0)
+        put_u32(buf + KPP_HDR_LEN, ckr);
+    return n;
 }
 
 size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, kpp_op op, const uint8_t *sig, size_t sig_len)

@@ -44,9 +44,12 @@
  *   whole, which must be exactly `total` bytes (a part lost to a reconnect cannot yield a
  *   signature over less than the front sent) and feed-shaped (kp_svc_input_ok).
  *
- * A reply with a nonzero status has an empty body. A request the keeper cannot decode
- * gets a reply with op echoed (0 when even the header is unreadable) and one of the
- * kpp_status codes, and the connection stays usable.
+ * A reply with a nonzero status has an empty body or a 4-byte one: ckr u32, the PKCS#11
+ * return value (CKR_*) of the token call that failed, 0 when no token call is to blame
+ * (the keeper's own refusal, a bound of ours) or it is unknown. Only the front's metrics
+ * read it: the status alone decides what the front does. Any other error body is refused.
+ * A request the keeper cannot decode gets a reply with op echoed (0 when even the header
+ * is unreadable) and one of the kpp_status codes, and the connection stays usable.
  */
 #ifndef APPLIANCE_KPROTO_H
 #define APPLIANCE_KPROTO_H
@@ -112,12 +115,14 @@ typedef struct {
     uint32_t offset; /* LIST */
 } kpp_request;
 
-/* A decoded reply header: op, status, and the body inside the decoded buffer. */
+/* A decoded reply header: op, status, and the body inside the decoded buffer. ckr: an
+ * error reply's CKR value (its 4-byte body), 0 for an empty body or status 0. */
 typedef struct {
     kpp_op op;
     uint32_t status;
     const uint8_t *body;
     size_t body_len;
+    uint32_t ckr;
 } kpp_reply;
 
 /* A name for a status, hsm_status or kpp_status ("ok", "key_not_found", "short"...). */
@@ -154,6 +159,9 @@ size_t kpp_encode_publish_sign(uint8_t *buf, size_t cap, uint32_t total, const v
 /* Reply encoders (keeper side): same conventions. kpp_encode_status writes a reply with an
  * empty body and any status (errors, and DESTROY/PING successes). */
 size_t kpp_encode_status(uint8_t *buf, size_t cap, uint16_t op, uint32_t status);
+/* An error reply that names the failed call's CKR value (a 4-byte body); 0 when status is
+ * 0, which has no CKR to carry. */
+size_t kpp_encode_error(uint8_t *buf, size_t cap, uint16_t op, uint32_t status, uint32_t ckr);
 size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, kpp_op op, const uint8_t *sig,
                             size_t sig_len); /* SIGN, AUDIT_SIGN, PUBLISH_SIGN */
 size_t kpp_encode_pubkey_reply(uint8_t *buf, size_t cap, kpp_op op,

@@ -9,6 +9,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <p11-kit/pkcs11.h>
+
 _Static_assert((MET_KIDS_MAX & (MET_KIDS_MAX - 1)) == 0, "MET_KIDS_MAX is a power of two");
 
 #define MET_STATUS_FIRST 100
@@ -43,7 +45,18 @@ enum { MET_SLOT_EMPTY = 0, MET_SLOT_CLAIMING, MET_SLOT_READY };
 static met_route_stats met_routes[MET_ROUTES_MAX];
 static met_kid_slot met_kids[MET_KIDS_MAX];
 static met_kid_slot met_kid_none, met_kid_other;
-static atomic_ullong met_hsm_errors[HSM_ERR_COUNT_ + 1];
+/* A CKR value's failures by class. key: 0 while free, else MET_CKR_TAKEN | the value, set
+ * once by a compare-and-swap that claims and names the slot in one step. */
+typedef struct {
+    atomic_ullong key;
+    atomic_ullong n[HSM_ERR_COUNT_];
+} met_ckr_slot;
+
+#define MET_CKR_TAKEN (1ull << 32)
+
+static met_ckr_slot met_ckrs[MET_CKR_MAX];
+static met_ckr_slot met_ckr_other; /* key unused */
+static atomic_ullong met_unreachable;
 static atomic_llong met_started;
 
 static _Thread_local hsm_kid met_tl_kid;
@@ -111,11 +124,82 @@ void met_signature(const hsm_kid *kid, unsigned result)
                               memory_order_relaxed);
 }
 
-void met_pkcs11_error(unsigned code)
+/* The PKCS#11 names of the codes a token is likely to return here; the rest print in hex.
+ * Names, not classes: two codes of one class (CKR_GENERAL_ERROR, CKR_DEVICE_ERROR) tell an
+ * operator different things. */
+static const struct {
+    unsigned long ckr;
+    const char *name;
+} met_ckr_names[] = {
+    {CKR_HOST_MEMORY, "CKR_HOST_MEMORY"},
+    {CKR_SLOT_ID_INVALID, "CKR_SLOT_ID_INVALID"},
+    {CKR_GENERAL_ERROR, "CKR_GENERAL_ERROR"},
+    {CKR_FUNCTION_FAILED, "CKR_FUNCTION_FAILED"},
+    {CKR_ARGUMENTS_BAD, "CKR_ARGUMENTS_BAD"},
+    {CKR_ATTRIBUTE_VALUE_INVALID, "CKR_ATTRIBUTE_VALUE_INVALID"},
+    {CKR_DATA_LEN_RANGE, "CKR_DATA_LEN_RANGE"},
+    {CKR_DEVICE_ERROR, "CKR_DEVICE_ERROR"},
+    {CKR_DEVICE_MEMORY, "CKR_DEVICE_MEMORY"},
+    {CKR_DEVICE_REMOVED, "CKR_DEVICE_REMOVED"},
+    {CKR_FUNCTION_CANCELED, "CKR_FUNCTION_CANCELED"},
+    {CKR_KEY_HANDLE_INVALID, "CKR_KEY_HANDLE_INVALID"},
+    {CKR_KEY_SIZE_RANGE, "CKR_KEY_SIZE_RANGE"},
+    {CKR_MECHANISM_INVALID, "CKR_MECHANISM_INVALID"},
+    {CKR_OBJECT_HANDLE_INVALID, "CKR_OBJECT_HANDLE_INVALID"},
+    {CKR_OPERATION_ACTIVE, "CKR_OPERATION_ACTIVE"},
+    {CKR_PIN_INCORRECT, "CKR_PIN_INCORRECT"},
+    {CKR_PIN_INVALID, "CKR_PIN_INVALID"},
+    {CKR_PIN_LEN_RANGE, "CKR_PIN_LEN_RANGE"},
+    {CKR_PIN_EXPIRED, "CKR_PIN_EXPIRED"},
+    {CKR_PIN_LOCKED, "CKR_PIN_LOCKED"},
+    {CKR_SESSION_CLOSED, "CKR_SESSION_CLOSED"},
+    {CKR_SESSION_COUNT, "CKR_SESSION_COUNT"},
+    {CKR_SESSION_HANDLE_INVALID, "CKR_SESSION_HANDLE_INVALID"},
+    {CKR_TOKEN_NOT_PRESENT, "CKR_TOKEN_NOT_PRESENT"},
+    {CKR_TOKEN_NOT_RECOGNIZED, "CKR_TOKEN_NOT_RECOGNIZED"},
+    {CKR_USER_NOT_LOGGED_IN, "CKR_USER_NOT_LOGGED_IN"},
+    {CKR_BUFFER_TOO_SMALL, "CKR_BUFFER_TOO_SMALL"},
+    {CKR_CRYPTOKI_NOT_INITIALIZED, "CKR_CRYPTOKI_NOT_INITIALIZED"},
+};
+
+const char *met_ckr_name(unsigned long ckr)
 {
-    if (code == HSM_OK || code > MET_KEEPER_UNREACHABLE)
+    if (ckr == 0)
+        return "unknown"; /* CKR_OK never fails: 0 is the keeper's "no CKR to blame" */
+    for (size_t i = 0; i < sizeof(met_ckr_names) / sizeof(met_ckr_names[0]); i++)
+        if (met_ckr_names[i].ckr == ckr)
+            return met_ckr_names[i].name;
+    return NULL;
+}
+
+/* ckr's slot, claimed on first use; met_ckr_other once MET_CKR_MAX values have one (or
+ * for a value wider than 32 bits, which no module returns). Slots fill in index order and
+ * are never freed, so the first free slot ends the search. */
+static met_ckr_slot *met_ckr_slot_of(unsigned long ckr)
+{
+    if ((unsigned long long)ckr >= MET_CKR_TAKEN)
+        return &met_ckr_other;
+    unsigned long long want = MET_CKR_TAKEN | (unsigned long long)ckr;
+    for (size_t i = 0; i < MET_CKR_MAX; i++) {
+        unsigned long long k = atomic_load_explicit(&met_ckrs[i].key, memory_order_relaxed);
+        if (k == 0 && atomic_compare_exchange_strong(&met_ckrs[i].key, &k, want))
+            return &met_ckrs[i];
+        if (k == want) /* already ours, or another thread claimed it for this value first */
+            return &met_ckrs[i];
+    }
+    return &met_ckr_other;
+}
+
+void met_pkcs11_error(unsigned code, unsigned long ckr)
+{
+    if (code == MET_KEEPER_UNREACHABLE) {
+        atomic_fetch_add_explicit(&met_unreachable, 1, memory_order_relaxed);
         return;
-    atomic_fetch_add_explicit(&met_hsm_errors[code], 1, memory_order_relaxed);
+    }
+    if (code == HSM_OK || code >= HSM_ERR_COUNT_ || code == HSM_ERR_KEY_NOT_FOUND ||
+        code == HSM_ERR_KEY_EXISTS)
+        return;
+    atomic_fetch_add_explicit(&met_ckr_slot_of(ckr)->n[code], 1, memory_order_relaxed);
 }
 
 void met_note_kid(const hsm_kid *kid)
@@ -270,18 +354,40 @@ static void met_render_signatures(met_buf *b, const char *(*result_name)(unsigne
     met_render_kid(b, &met_kid_other, "other", result_name);
 }
 
+/* A slot's series: one per class it has counted (a CKR value seen under no class has
+ * none). */
+static void met_render_ckr(met_buf *b, const met_ckr_slot *s, const char *ckr)
+{
+    for (unsigned c = HSM_OK + 1; c < HSM_ERR_COUNT_; c++) {
+        unsigned long long n = atomic_load_explicit(&s->n[c], memory_order_relaxed);
+        if (n != 0)
+            met_put(b, "signd_pkcs11_errors_total{ckr=\"%s\",class=\"%s\"} %llu\n", ckr,
+                    hsm_status_name((hsm_status)c), n);
+    }
+}
+
 static void met_render_pkcs11(met_buf *b, const met_gauges *g)
 {
     met_family(b, "signd_pkcs11_errors_total", "counter",
-               "Failed token operations seen by the HTTPS front, by error class (the keeper "
-               "maps each CKR_ value to one; keeper_unreachable: no answer from the keeper).");
-    for (unsigned c = HSM_OK + 1; c <= MET_KEEPER_UNREACHABLE; c++) {
-        if (c == HSM_ERR_KEY_NOT_FOUND || c == HSM_ERR_KEY_EXISTS)
-            continue; /* ordinary answers (a revoked kid, a kid taken), not failures */
-        met_put(b, "signd_pkcs11_errors_total{ckr=\"%s\"} %llu\n",
-                c == MET_KEEPER_UNREACHABLE ? "keeper_unreachable" : hsm_status_name(c),
-                atomic_load_explicit(&met_hsm_errors[c], memory_order_relaxed));
+               "Failed token operations seen by the HTTPS front, by the PKCS#11 return value "
+               "(ckr: its CKR_ name or hex, unknown, other) and the class the keeper maps it to; "
+               "ckr=\"none\",class=\"keeper_unreachable\": no answer from the keeper.");
+    met_put(b, "signd_pkcs11_errors_total{ckr=\"none\",class=\"keeper_unreachable\"} %llu\n",
+            atomic_load_explicit(&met_unreachable, memory_order_relaxed));
+    for (size_t i = 0; i < MET_CKR_MAX; i++) {
+        unsigned long long k = atomic_load_explicit(&met_ckrs[i].key, memory_order_relaxed);
+        if (k == 0)
+            break; /* slots fill in order: none after the first free one */
+        unsigned long ckr = (unsigned long)(k & (MET_CKR_TAKEN - 1));
+        const char *name = met_ckr_name(ckr);
+        char hex[sizeof("0x") + 8];
+        if (name == NULL) {
+            snprintf(hex, sizeof(hex), "0x%08lx", ckr);
+            name = hex;
+        }
+        met_render_ckr(b, &met_ckrs[i], name);
     }
+    met_render_ckr(b, &met_ckr_other, "other");
     met_family(b, "signd_pkcs11_sessions_in_use", "gauge",
                "PKCS#11 sessions open in the token for worker threads.");
     met_put(b, "signd_pkcs11_sessions_in_use %u\n", g->sessions_in_use);

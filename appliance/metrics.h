@@ -11,8 +11,11 @@
  *    the rest count under kid="other"; requests refused before a kid was known count
  *    under kid="none". Callers pass a kid only for results that prove it names a key of
  *    the registry, so a client sending random kids cannot fill the table;
- *  - PKCS#11 failures: per hsm_status, plus MET_KEEPER_UNREACHABLE (the keeper process did
- *    not answer).
+ *  - PKCS#11 failures: per CKR value and hsm_status (its class), in a table of MET_CKR_MAX
+ *    slots that a CKR value claims once with a compare-and-swap and never gives back; past
+ *    that many values the rest count under ckr="other", so a module returning random
+ *    codes cannot grow the series. MET_KEEPER_UNREACHABLE (the keeper process did not
+ *    answer) is counted apart, with no CKR.
  * Rendering (met_render) reads those and the gauges the caller samples at scrape time
  * (sessions, keys by state, revocation sequence, audit lag) and is the only part that
  * allocates. A histogram's buckets are read one by one while others count, so its _count
@@ -34,6 +37,7 @@
 #define MET_RESULTS_MAX 64 /* signature results: 0 is "ok", the rest the API's error codes */
 #define MET_BUCKETS 14     /* latency bounds, seconds, from 0.5 ms to 10 s, then +Inf */
 #define MET_KEEPER_UNREACHABLE HSM_ERR_COUNT_ /* a pkcs11 error code beyond hsm_status */
+#define MET_CKR_MAX 32                        /* distinct CKR values with series of their own */
 
 /* Names route index i (< MET_ROUTE_UNMATCHED): its template ("/v1/keys/{kid}/sign", never
  * a raw path) and method. Both are kept as pointers: string literals. */
@@ -47,8 +51,19 @@ void met_request(unsigned route, int status, uint64_t ns);
  * key was known, result 0 for a signature made, else an error index < MET_RESULTS_MAX. */
 void met_signature(const hsm_kid *kid, unsigned result);
 
-/* One failed token operation (an hsm_status other than HSM_OK, or MET_KEEPER_UNREACHABLE). */
-void met_pkcs11_error(unsigned code);
+/* One failed token operation: code an hsm_status other than HSM_OK (its class), or
+ * MET_KEEPER_UNREACHABLE; ckr the PKCS#11 return value behind it, 0 when none or unknown
+ * (ignored for MET_KEEPER_UNREACHABLE). Rendered as ckr="CKR_DEVICE_ERROR" for the codes
+ * a fixed table names, "0x%08lx" for the others, "unknown" for 0, "other" past MET_CKR_MAX
+ * distinct values. HSM_ERR_KEY_NOT_FOUND and HSM_ERR_KEY_EXISTS are ordinary answers (a
+ * revoked kid, a kid taken), not failures: not counted, and they claim no slot.
+ *   met_pkcs11_error(HSM_ERR_DEVICE, hsm_last_ckr());
+ *   met_pkcs11_error(MET_KEEPER_UNREACHABLE, 0); */
+void met_pkcs11_error(unsigned code, unsigned long ckr);
+
+/* The label met_pkcs11_error renders for a CKR value (its ckr_name in the table, or NULL
+ * when the table has none: then the hex form). For tests and the docs' table. */
+const char *met_ckr_name(unsigned long ckr);
 
 /* The calling thread's signing kid: noted by the keeper interface when it is asked to
  * sign, or by the signing check when it refuses a registry key (revoked, retiring,

@@ -44,6 +44,9 @@ def hsm_status():
 HSM = hsm_status()
 KEY_NOT_FOUND = HSM["HSM_ERR_KEY_NOT_FOUND"]
 BAD_ARGUMENT = HSM["HSM_ERR_BAD_ARGUMENT"]
+# An hsm error's body: the failed token call's CKR value, u32 big-endian; 0 for the
+# keeper's own refusals (kproto.h).
+NO_CKR = struct.pack(">I", 0)
 
 MAGIC, VERSION, HDR = 0x4B, 1, 12
 OP_SIGN, OP_DESTROY, OP_PING = 1, 4, 6
@@ -268,15 +271,16 @@ def test_keeper_signs_an_active_kid_and_refuses_a_revoked_one(appliance, keeper)
     assert status == 0
     verify_rs256(victim["jwk"], sig, message)
     assert a.delete("/v1/keys/" + victim["kid"], {"reason": "test"}).status_code == 200
+    # The keeper's own refusal: its error body is the CKR value, 0 as no token call failed.
     assert keeper.request(OP_SIGN, bytes.fromhex(victim["kid"]) + message) == \
-        (OP_SIGN, KEY_NOT_FOUND, b"")
+        (OP_SIGN, KEY_NOT_FOUND, NO_CKR)
 
 
 def test_keeper_refuses_to_destroy_an_active_key(appliance, keeper):
     a = appliance
     key = a.create_key(label="not-destroyed")
     assert keeper.request(OP_DESTROY, bytes.fromhex(key["kid"])) == \
-        (OP_DESTROY, BAD_ARGUMENT, b"")
+        (OP_DESTROY, BAD_ARGUMENT, NO_CKR)
     assert a.get("/v1/keys/" + key["kid"]).json()["state"] == "active"
     r = a.post("/v1/keys/%s/sign" % key["kid"], {"payload": b64u(b"still here")})
     assert r.status_code == 200, r.text

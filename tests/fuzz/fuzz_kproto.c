@@ -108,11 +108,16 @@ static void fuzz_reply(const uint8_t *data, size_t size, kpp_op op)
         return;
     check(r.op == op, "reply answers another op");
     check(r.body == data + KPP_HDR_LEN && r.body_len == size - KPP_HDR_LEN, "reply body bounds");
-    check(r.status == 0 || r.body_len == 0, "error reply with a body");
+    check(r.status == 0 || r.body_len == 0 || r.body_len == 4, "error reply with a body");
+    check(r.ckr == 0 || (r.status != 0 && r.body_len == 4), "a ckr outside an error body");
     (void)kpp_status_name(r.status);
     if (r.body_len == 0) {
         size_t n = kpp_encode_status(out, sizeof(out), (uint16_t)op, r.status);
         check(n == size && memcmp(out, data, size) == 0, "status reply re-encodes differently");
+    }
+    if (r.status != 0 && r.body_len == 4) {
+        size_t n = kpp_encode_error(out, sizeof(out), (uint16_t)op, r.status, r.ckr);
+        check(n == size && memcmp(out, data, size) == 0, "error reply re-encodes differently");
     }
 
     uint8_t sig[HSM_SIG_MAX];

@@ -406,6 +406,14 @@ static void test_a_kid_not_active_in_the_registry_is_refused_though_the_token_ha
     testenv_kid(&unknown);
     assert_int_equal(do_sign(fd, b, &unknown, msg, 7, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
     assert_int_equal(do_ping(fd, b, &unknown), HSM_ERR_KEY_NOT_FOUND);
+
+    /* A refusal of the keeper's own (the registry says revoked) blames no token call: the
+     * error carries CKR 0, not whatever the thread's last token call returned. */
+    kpp_reply r;
+    size_t len = kpp_encode_sign(b->req, sizeof(b->req), &revoked, msg, 7);
+    assert_int_equal(call(fd, b->req, len, KPP_OP_SIGN, b->rep, &r), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(r.body_len, 4);
+    assert_int_equal(r.ckr, 0);
     close(fd);
     free(b);
 }

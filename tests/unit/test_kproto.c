@@ -922,7 +922,7 @@ static void test_decoding_a_reply_to_an_unknown_op_is_unknown_op(void **state)
     assert_int_equal(decode_rep(scratch, n, (kpp_op)(KPP_OP_LAST + 1), &r), KPP_ERR_UNKNOWN_OP);
 }
 
-static void test_error_reply_keeps_its_status_and_must_have_an_empty_body(void **state)
+static void test_error_reply_keeps_its_status_and_an_empty_body_has_no_ckr(void **state)
 {
     (void)state;
     size_t n = kpp_encode_status(scratch, sizeof(scratch), KPP_OP_SIGN, HSM_ERR_KEY_NOT_FOUND);
@@ -934,14 +934,54 @@ static void test_error_reply_keeps_its_status_and_must_have_an_empty_body(void *
     size_t sig_len;
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
 
-    uint8_t body[4] = {0, 0, 0, 1};
+    assert_int_equal(r.ckr, 0);
+}
+
+static void test_error_reply_round_trips_its_ckr(void **state)
+{
+    (void)state;
+    const uint32_t ckrs[] = {0, 0x30 /* CKR_DEVICE_ERROR */, 0x80000001u, UINT32_MAX};
+    for (int op = ALL_OPS_FIRST; op <= ALL_OPS_LAST; op++) {
+        for (size_t i = 0; i < sizeof(ckrs) / sizeof(ckrs[0]); i++) {
+            size_t n =
+                kpp_encode_error(scratch, sizeof(scratch), (uint16_t)op, HSM_ERR_DEVICE, ckrs[i]);
+            assert_int_equal(n, KPP_HDR_LEN + 4);
+            kpp_reply r;
+            assert_int_equal(decode_rep(scratch, n, (kpp_op)op, &r), 0);
+            assert_int_equal(r.status, HSM_ERR_DEVICE);
+            assert_int_equal(r.ckr, ckrs[i]);
+            /* The CKR is no body for the body decoders: the reply is still an error. */
+            uint8_t sig[HSM_SIG_MAX];
+            size_t sig_len;
+            uint32_t v;
+            assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
+            assert_int_equal(kpp_reply_u32(&r, &v), KPP_ERR_BAD_BODY);
+        }
+    }
+    /* Big-endian on the wire, like every integer. */
+    size_t n = kpp_encode_error(scratch, sizeof(scratch), KPP_OP_SIGN, HSM_ERR_DEVICE, 0x01020304u);
+    const uint8_t want[] = {0x01, 0x02, 0x03, 0x04};
+    assert_int_equal(n, KPP_HDR_LEN + sizeof(want));
+    assert_memory_equal(scratch + KPP_HDR_LEN, want, sizeof(want));
+    /* Status 0 has no CKR to carry; a buffer too small gets nothing. */
+    assert_int_equal(kpp_encode_error(scratch, sizeof(scratch), KPP_OP_SIGN, 0, 0x30), 0);
+    assert_int_equal(kpp_encode_error(scratch, KPP_HDR_LEN + 3, KPP_OP_SIGN, HSM_ERR_DEVICE, 0x30),
+                     0);
+}
+
+static void test_error_reply_body_other_than_empty_or_a_ckr_is_refused(void **state)
+{
+    (void)state;
+    uint8_t body[16] = {0, 0, 0, 1, 0, 0, 0, 2};
+    const size_t lens[] = {1, 3, 5, 8, 16};
     const uint32_t statuses[] = {HSM_ERR_DEVICE, KPP_ERR_BAD_BODY, UINT32_MAX};
     for (size_t i = 0; i < 3; i++) {
         for (int op = ALL_OPS_FIRST; op <= ALL_OPS_LAST; op++) {
-            n = raw_message(scratch, (uint16_t)op, statuses[i], body, sizeof(body));
-            assert_int_equal(decode_rep(scratch, n, (kpp_op)op, &r), KPP_ERR_BAD_BODY);
-            n = raw_message(scratch, (uint16_t)op, statuses[i], body, 1);
-            assert_int_equal(decode_rep(scratch, n, (kpp_op)op, &r), KPP_ERR_BAD_BODY);
+            for (size_t l = 0; l < sizeof(lens) / sizeof(lens[0]); l++) {
+                kpp_reply r;
+                size_t n = raw_message(scratch, (uint16_t)op, statuses[i], body, lens[l]);
+                assert_int_equal(decode_rep(scratch, n, (kpp_op)op, &r), KPP_ERR_BAD_BODY);
+            }
         }
     }
 }
@@ -1507,7 +1547,14 @@ static int reply_reencodes(const uint8_t *msg, size_t len)
             assert_int_equal(n, len);
             assert_memory_equal(reenc, msg, len);
         }
-        assert_true(r.status == 0 || r.body_len == 0);
+        /* An error's body is empty or its CKR, and only an error has a CKR. */
+        assert_true(r.status == 0 || r.body_len == 0 || r.body_len == 4);
+        assert_true(r.ckr == 0 || (r.status != 0 && r.body_len == 4));
+        if (r.status != 0 && r.body_len == 4) {
+            size_t n = kpp_encode_error(reenc, sizeof(reenc), (uint16_t)op, r.status, r.ckr);
+            assert_int_equal(n, len);
+            assert_memory_equal(reenc, msg, len);
+        }
 
         uint8_t sig[HSM_SIG_MAX];
         size_t sig_len;
@@ -1767,7 +1814,9 @@ int main(void)
         cmocka_unit_test(test_reply_header_errors_are_those_of_requests),
         cmocka_unit_test(test_reply_to_another_op_is_bad_body),
         cmocka_unit_test(test_decoding_a_reply_to_an_unknown_op_is_unknown_op),
-        cmocka_unit_test(test_error_reply_keeps_its_status_and_must_have_an_empty_body),
+        cmocka_unit_test(test_error_reply_keeps_its_status_and_an_empty_body_has_no_ckr),
+        cmocka_unit_test(test_error_reply_round_trips_its_ckr),
+        cmocka_unit_test(test_error_reply_body_other_than_empty_or_a_ckr_is_refused),
         cmocka_unit_test(test_destroy_and_ping_successes_must_have_an_empty_body),
         cmocka_unit_test(test_body_decoders_refuse_a_nonzero_status_or_another_op),
         cmocka_unit_test(test_sig_reply_must_hold_1_to_HSM_SIG_MAX_bytes),

@@ -15,6 +15,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <p11-kit/pkcs11.h>
+
 static const char *result_name(unsigned i)
 {
     static char names[MET_RESULTS_MAX][16];
@@ -163,20 +165,90 @@ static void test_kids_past_the_table_count_as_other_and_none_is_its_own(void **s
     free(text);
 }
 
-static void test_pkcs11_errors_are_counted_by_class(void **state)
+static void test_pkcs11_errors_are_counted_by_ckr_name_and_class(void **state)
 {
     (void)state;
-    met_pkcs11_error(HSM_ERR_SESSION_COUNT);
-    met_pkcs11_error(MET_KEEPER_UNREACHABLE);
-    met_pkcs11_error(MET_KEEPER_UNREACHABLE);
-    met_pkcs11_error(HSM_OK); /* not an error */
-    met_pkcs11_error(100000); /* out of range: ignored */
+    met_pkcs11_error(HSM_ERR_SESSION_COUNT, CKR_SESSION_COUNT);
+    met_pkcs11_error(HSM_ERR_SESSION_COUNT, 0); /* our own session bound: no CKR */
+    met_pkcs11_error(HSM_ERR_DEVICE, CKR_DEVICE_ERROR);
+    met_pkcs11_error(HSM_ERR_DEVICE, CKR_DEVICE_ERROR);
+    met_pkcs11_error(HSM_ERR_DEVICE, CKR_GENERAL_ERROR);
+    met_pkcs11_error(MET_KEEPER_UNREACHABLE, 0);
+    met_pkcs11_error(MET_KEEPER_UNREACHABLE, CKR_DEVICE_ERROR);      /* no CKR when unreachable */
+    met_pkcs11_error(HSM_OK, CKR_DEVICE_ERROR);                      /* not an error */
+    met_pkcs11_error(100000, CKR_DEVICE_ERROR);                      /* out of range: ignored */
+    met_pkcs11_error(HSM_ERR_KEY_NOT_FOUND, CKR_KEY_HANDLE_INVALID); /* an answer, not a failure */
     size_t len;
     char *text = render(&len);
-    assert_int_equal(sample(text, "signd_pkcs11_errors_total{ckr=\"session_count\"}"), 1);
-    assert_int_equal(sample(text, "signd_pkcs11_errors_total{ckr=\"keeper_unreachable\"}"), 2);
-    assert_int_equal(sample(text, "signd_pkcs11_errors_total{ckr=\"device_error\"}"), 0);
-    assert_null(strstr(text, "ckr=\"key_not_found\""));
+    const char *e = "signd_pkcs11_errors_total";
+    char want[160];
+#define CKR_SAMPLE(ckr, cls)                                                                       \
+    (snprintf(want, sizeof(want), "%s{ckr=\"%s\",class=\"%s\"}", e, ckr, cls), sample(text, want))
+    assert_int_equal(CKR_SAMPLE("CKR_SESSION_COUNT", "session_count"), 1);
+    assert_int_equal(CKR_SAMPLE("unknown", "session_count"), 1);
+    assert_int_equal(CKR_SAMPLE("CKR_DEVICE_ERROR", "device_error"), 2);
+    assert_int_equal(CKR_SAMPLE("CKR_GENERAL_ERROR", "device_error"), 1);
+    assert_int_equal(CKR_SAMPLE("none", "keeper_unreachable"), 2);
+    /* A class a CKR value never came under has no series. */
+    assert_int_equal(CKR_SAMPLE("CKR_DEVICE_ERROR", "session_count"), -1);
+#undef CKR_SAMPLE
+    assert_null(strstr(text, "key_not_found"));
+    assert_null(strstr(text, "CKR_KEY_HANDLE_INVALID"));
+    free(text);
+}
+
+static void test_a_ckr_without_a_name_is_rendered_in_hex(void **state)
+{
+    (void)state;
+    assert_string_equal(met_ckr_name(CKR_USER_NOT_LOGGED_IN), "CKR_USER_NOT_LOGGED_IN");
+    assert_string_equal(met_ckr_name(CKR_PIN_INCORRECT), "CKR_PIN_INCORRECT");
+    assert_null(met_ckr_name(CKR_VENDOR_DEFINED | 0x2a));
+    met_pkcs11_error(HSM_ERR_DEVICE, CKR_VENDOR_DEFINED | 0x2a);
+    met_pkcs11_error(HSM_ERR_BAD_ARGUMENT, 0x1b0); /* CKR_RANDOM_SEED_NOT_SUPPORTED: no name */
+    size_t len;
+    char *text = render(&len);
+    assert_int_equal(
+        sample(text, "signd_pkcs11_errors_total{ckr=\"0x8000002a\",class=\"device_error\"}"), 1);
+    assert_int_equal(
+        sample(text, "signd_pkcs11_errors_total{ckr=\"0x000001b0\",class=\"bad_argument\"}"), 1);
+    free(text);
+}
+
+/* The number of signd_pkcs11_errors_total series in text. */
+static size_t pkcs11_series(const char *text)
+{
+    size_t n = 0;
+    for (const char *p = strstr(text, "\nsignd_pkcs11_errors_total{"); p != NULL;
+         p = strstr(p + 1, "\nsignd_pkcs11_errors_total{"))
+        n++;
+    return n;
+}
+
+static void test_ckr_values_past_the_table_count_as_other(void **state)
+{
+    (void)state;
+    /* A module returning a new code on every call: the series stop at the table's size. */
+    for (unsigned long i = 0; i < 10 * MET_CKR_MAX; i++)
+        met_pkcs11_error(HSM_ERR_DEVICE, 0x80001000ul + i);
+    met_pkcs11_error(HSM_ERR_DEVICE, 0x80002000ul);
+    size_t len;
+    char *text = render(&len);
+    /* MET_CKR_MAX values with a class each (earlier tests' values are among them, one with
+     * two classes), the keeper_unreachable line, and other. */
+    assert_true(pkcs11_series(text) <= MET_CKR_MAX + 1 + 1 + 1);
+    long long other =
+        sample(text, "signd_pkcs11_errors_total{ckr=\"other\",class=\"device_error\"}");
+    assert_true(other > 9 * MET_CKR_MAX && other <= 10 * MET_CKR_MAX + 1);
+    assert_int_equal(
+        sample(text, "signd_pkcs11_errors_total{ckr=\"0x80001000\",class=\"device_error\"}"), 1);
+    /* A value that has its slot keeps counting there, full table or not. */
+    free(text);
+    met_pkcs11_error(HSM_ERR_DEVICE, 0x80001000ul);
+    text = render(&len);
+    assert_int_equal(
+        sample(text, "signd_pkcs11_errors_total{ckr=\"0x80001000\",class=\"device_error\"}"), 2);
+    assert_int_equal(
+        sample(text, "signd_pkcs11_errors_total{ckr=\"other\",class=\"device_error\"}"), other);
     free(text);
 }
 
@@ -254,7 +326,9 @@ int main(void)
         cmocka_unit_test(test_unmatched_requests_have_a_route_of_their_own),
         cmocka_unit_test(test_concurrent_counting_loses_nothing),
         cmocka_unit_test(test_kids_past_the_table_count_as_other_and_none_is_its_own),
-        cmocka_unit_test(test_pkcs11_errors_are_counted_by_class),
+        cmocka_unit_test(test_pkcs11_errors_are_counted_by_ckr_name_and_class),
+        cmocka_unit_test(test_a_ckr_without_a_name_is_rendered_in_hex),
+        cmocka_unit_test(test_ckr_values_past_the_table_count_as_other),
         cmocka_unit_test(test_a_noted_kid_is_taken_once),
         cmocka_unit_test(test_jlog_appends_0600_and_follows_a_moved_file),
         cmocka_unit_test(test_jlog_refuses_a_symlink),
