@@ -1,5 +1,6 @@
 """Process helpers shared by the black-box tests: every test stops what it started, by PID."""
 import subprocess
+import time
 
 
 def stop_process(proc, sig, timeout):
@@ -15,3 +16,15 @@ def stop_process(proc, sig, timeout):
             proc.kill()
             proc.wait()
     return alive, proc.returncode
+
+
+def wait_for(what, timeout=20, interval=0.2, message="condition"):
+    """Polls what() until it returns something truthy; returns that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = what()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + message)
+        time.sleep(interval)

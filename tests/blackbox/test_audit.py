@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwcrypto import jwk, jws
 
 from conftest import BUILD, TOP
+from procs import wait_for
 
 PROVISION = os.path.join(TOP, BUILD, "bin", "signd-provision")
 AUDIT_KID = "signd-audit-v1"                    # the checkpoints' JWS kid
@@ -61,18 +62,6 @@ def events(a, auth=None, after=0, **query):
             return out
         assert body["next_after"] == body["events"][-1]["seq"]
         after = body["next_after"]
-
-
-def wait_for(what, timeout=20, interval=0.2, message="condition"):
-    """Polls what() until it returns something truthy; returns that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = what()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + message)
-        time.sleep(interval)
 
 
 def wait_events(a, action, pred=lambda e: True, count=1, **query):

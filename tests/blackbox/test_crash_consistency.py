@@ -12,12 +12,16 @@ Both are checked against the token itself (`signd-provision token-list`)."""
 import os
 import signal
 import subprocess
+import functools
 import threading
-import time
 
 import requests
 
 from conftest import BUILD, TOP, alive_pid
+import procs
+
+# A keeper or front restarting under load (ASan) takes longer than the suite's default.
+wait_for = functools.partial(procs.wait_for, timeout=60, interval=0.1)
 
 PROVISION = os.path.join(TOP, BUILD, "bin", "signd-provision")
 
@@ -33,17 +37,6 @@ def token_kids(a):
         if "reserved" not in f[3:]:
             out[f[0]] = f[1] == "private"
     return out
-
-
-def wait_for(what, timeout=60, message="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = what()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + message)
-        time.sleep(0.1)
 
 
 def sent_to_keeper(front):
