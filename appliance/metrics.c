@@ -278,18 +278,31 @@ static void met_family(met_buf *b, const char *name, const char *type, const cha
     met_put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+#define MET_ROUTE_LABEL_MAX 256 /* escaped, with the NUL */
+#define MET_METHOD_LABEL_MAX 64
+
+/* The escaped route and method labels of route slot i: 1, or 0 for a slot no route uses. */
+static int met_route_labels(size_t i, char route[MET_ROUTE_LABEL_MAX],
+                            char method[MET_METHOD_LABEL_MAX])
+{
+    const met_route_stats *r = &met_routes[i];
+    const char *rt = i == MET_ROUTE_UNMATCHED ? "unmatched" : r->route;
+    if (rt == NULL)
+        return 0;
+    met_escape(rt, route, MET_ROUTE_LABEL_MAX);
+    met_escape(i == MET_ROUTE_UNMATCHED ? "other" : r->method, method, MET_METHOD_LABEL_MAX);
+    return 1;
+}
+
 static void met_render_requests(met_buf *b)
 {
-    char route[256], method[64];
+    char route[MET_ROUTE_LABEL_MAX], method[MET_METHOD_LABEL_MAX];
     met_family(b, "signd_http_requests_total", "counter",
                "HTTP requests answered, by route template, method and status.");
     for (size_t i = 0; i < MET_ROUTES_MAX; i++) {
         const met_route_stats *r = &met_routes[i];
-        const char *rt = i == MET_ROUTE_UNMATCHED ? "unmatched" : r->route;
-        if (rt == NULL)
+        if (!met_route_labels(i, route, method))
             continue;
-        met_escape(rt, route, sizeof(route));
-        met_escape(i == MET_ROUTE_UNMATCHED ? "other" : r->method, method, sizeof(method));
         for (size_t s = 0; s < MET_STATUS_N; s++) {
             unsigned long long n = atomic_load_explicit(&r->status[s], memory_order_relaxed);
             if (n != 0)
@@ -304,11 +317,8 @@ static void met_render_requests(met_buf *b)
                "method.");
     for (size_t i = 0; i < MET_ROUTES_MAX; i++) {
         const met_route_stats *r = &met_routes[i];
-        const char *rt = i == MET_ROUTE_UNMATCHED ? "unmatched" : r->route;
-        if (rt == NULL)
+        if (!met_route_labels(i, route, method))
             continue;
-        met_escape(rt, route, sizeof(route));
-        met_escape(i == MET_ROUTE_UNMATCHED ? "other" : r->method, method, sizeof(method));
         unsigned long long cum = 0;
         for (size_t k = 0; k <= MET_BUCKETS; k++) {
             cum += atomic_load_explicit(&r->bucket[k], memory_order_relaxed);
