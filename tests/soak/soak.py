@@ -257,8 +257,7 @@ class Soak:
         self.ledger = Ledger()
         self.kills = {t: 0 for t in TARGETS}
         self.feed_seq = 0
-        self.publication_pem = None
-        self.audit_pem = None
+        self.pinned = {}  # path -> the service key's PEM, as round 1 saw it
         self.anchor = None
         self.revocations_checked = 0
         self.round = 0
@@ -386,13 +385,16 @@ class Soak:
         lost = sorted(k for k in acked if k not in states)
         check(not lost, "acknowledged", "keys answered 201 but gone: %s" % lost)
 
-    def publication_key(self):
-        r = self.a.get("/v1/revocations/key", auth=False)
-        check(r.status_code == 200, "revocations", "GET /v1/revocations/key: %s" % r.text)
+    def pinned_pem(self, path, invariant, what):
+        """The service key's PEM at path, which must be the one round 1 saw."""
+        r = self.a.get(path, auth=False)
+        check(r.status_code == 200, invariant, "GET %s: %s" % (path, r.text))
         pem = r.json()["pem"]
-        if self.publication_pem is None:
-            self.publication_pem = pem
-        check(pem == self.publication_pem, "revocations", "the publication key changed")
+        check(pem == self.pinned.setdefault(path, pem), invariant, "the %s key changed" % what)
+        return pem
+
+    def publication_key(self):
+        pem = self.pinned_pem("/v1/revocations/key", "revocations", "publication")
         return jwk.JWK.from_pem(pem.encode())
 
     def check_revocations(self, states):
@@ -465,12 +467,7 @@ class Soak:
         self.revocations_checked += len(kids)
 
     def check_audit(self):
-        r = self.a.get("/v1/audit/key", auth=False)
-        check(r.status_code == 200, "audit", "GET /v1/audit/key: %s" % r.text)
-        pem = r.json()["pem"]
-        if self.audit_pem is None:
-            self.audit_pem = pem
-        check(pem == self.audit_pem, "audit", "the audit key changed")
+        pem = self.pinned_pem("/v1/audit/key", "audit", "audit")
         r = self.a.get("/v1/audit/export")
         check(r.status_code == 200, "audit", "GET /v1/audit/export: %d" % r.status_code)
         export = os.path.join(self.dir, "soak-export.jsonl")
