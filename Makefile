@@ -23,7 +23,7 @@ CFLAGS  ?=
 CFLAGS  += -std=c11 -Wall -Wextra -Werror $(HARDEN) -g -D_GNU_SOURCE \
            -I. -I$(CIVET) -I/usr/include/p11-kit-1
 LDFLAGS += -pie -Wl,-z,relro,-z,now
-LDLIBS  := -ljansson -lsqlite3 -lcurl -lssl -lcrypto -lpthread -ldl
+LDLIBS  := -ljansson -lsqlite3 -lcurl -lssl -lcrypto -lz -lpthread -ldl
 
 LIB_SRC := $(wildcard hsm/*.c jose/*.c api/*.c) \
            $(filter-out appliance/main.c,$(wildcard appliance/*.c)) \
@@ -159,7 +159,7 @@ bench-hsm: deps
 
 bench: deps
 	@$(MAKE) --no-print-directory all
-	@tests/bench/bench.sh
+	@SIGND_BUILD=$(BUILD) tests/bench/bench.sh
 
 # Hostile clients at full scale (1,000 keep-alive connections, 200 slowloris, floods) while
 # well-behaved clients measure their latency; the table in docs/reliability.md.

@@ -23,6 +23,7 @@
 #include "appliance/credentials.h"
 #include "appliance/keeper.h"
 #include "appliance/registry.h"
+#include "appliance/tokstate.h"
 
 #define API_BODY_MAX (64 * 1024)
 /* Deepest nesting of [ and { a JSON body may have; deeper is invalid_json before jansson
@@ -83,6 +84,20 @@ typedef enum {
     API_ERR_LAST_ADMIN,
     API_ERR_TOO_MANY_SUBSCRIBERS,
     API_ERR_INVALID_LAST_EVENT_ID,
+    /* Token-level control (single-use and revocable tokens, origin binding). */
+    API_ERR_INVALID_ORIGIN,
+    API_ERR_INVALID_TOKEN,
+    API_ERR_TOKEN_EXPIRED,
+    API_ERR_TOKEN_NOT_YET_VALID,
+    API_ERR_TOKEN_REVOKED,
+    API_ERR_WRONG_ORIGIN,
+    API_ERR_TOKEN_ALREADY_USED,
+    API_ERR_INVALID_JTI,
+    API_ERR_TOKEN_NOT_FOUND,
+    API_ERR_TOKEN_NOT_OWNED,
+    API_ERR_INVALID_STATUS_LIST,
+    API_ERR_STATUS_LIST_NOT_FOUND,
+    API_ERR_STATUS_LISTS_FULL,
     API_ERR_COUNT_
 } api_err;
 
@@ -105,6 +120,7 @@ typedef struct {
     kp *kp;
     cred_store *creds;
     audit *audit; /* the trail's writer; NULL only in tests that do without */
+    tks *tks;     /* status lists and redeemed jtis (tokstate.h) */
 } api_env;
 
 typedef struct {
@@ -113,7 +129,7 @@ typedef struct {
     const char *query; /* after '?', or NULL */
     hsm_kid kid;       /* valid when has_kid */
     int has_kid;
-    const char *id; /* the path's {id} segment (credentials), or NULL */
+    const char *id; /* the path's {id}, {jti} or {n} segment, or NULL */
     /* The authenticated caller; NULL on public routes. The server has checked its role
      * against the route; handlers check what depends on the request (kids, max_ttl). */
     const cred_record *caller;
@@ -222,10 +238,13 @@ typedef struct {
 api_err api_keys_sign_parse(const api_req *q, api_resp *r, api_keys_sign_body *out);
 void api_keys_sign_body_free(api_keys_sign_body *b);
 
-/* POST /v1/tokens {"kid", "sub", "ttl", "nbf", "claims"}: ttl within the configured bounds
- * and the caller's max_ttl (the default clipped to it when absent), exp = q->now + ttl,
- * nbf (-1 when absent) before exp, claims (NULL when absent; a reference) an object of at
- * most 16 levels naming no reserved claim, kid well formed when given. */
+/* POST /v1/tokens {"kid", "sub", "ttl", "nbf", "claims", "single_use", "revocable", "aud",
+ * "origin"}: ttl within the configured bounds and the caller's max_ttl (the default
+ * clipped to it when absent), exp = q->now + ttl, nbf (-1 when absent) before exp, claims
+ * (NULL when absent; a reference) an object of at most 16 levels naming no reserved claim
+ * (nor aud when aud is given), kid well formed when given, aud printable ASCII, origin
+ * passing cfg_origin_ok. */
+#define API_AUD_MAX 256 /* bytes of a token's aud, without the NUL */
 typedef struct {
     int has_kid;
     hsm_kid kid;
@@ -233,9 +252,26 @@ typedef struct {
     char sub[API_SUB_MAX + 1];
     int64_t ttl, nbf, exp;
     json_t *claims;
+    int single_use, revocable;
+    int has_aud, has_origin;
+    char aud[API_AUD_MAX + 1];
+    char origin[CFG_ORIGIN_MAX + 1];
 } api_tokens_mint_body;
 api_err api_tokens_mint_parse(const api_req *q, api_resp *r, api_tokens_mint_body *out);
 void api_tokens_mint_body_free(api_tokens_mint_body *b);
+
+/* POST /v1/tokens/redeem {"token", "origin"}: the token (required) at most API_TOKEN_MAX
+ * bytes, copied; origin passing cfg_origin_ok, or has_origin 0. Nothing about the token
+ * is checked here but its size and type: that needs the registry and the state. */
+#define API_TOKEN_MAX 16384
+typedef struct {
+    char *token; /* malloc'd */
+    size_t token_len;
+    int has_origin;
+    char origin[CFG_ORIGIN_MAX + 1];
+} api_tokens_redeem_body;
+api_err api_tokens_redeem_parse(const api_req *q, api_resp *r, api_tokens_redeem_body *out);
+void api_tokens_redeem_body_free(api_tokens_redeem_body *b);
 
 /* POST /v1/credentials {"role", "label", "kids", "max_ttl", "client_subject"}: every field
  * bounded and well formed; kids are distinct but not yet known to exist (the handler asks
@@ -266,6 +302,23 @@ api_err api_keys_revoke(const api_req *q, api_resp *r);
 api_err api_keys_rotate(const api_req *q, api_resp *r);
 api_err api_keys_sign(const api_req *q, api_resp *r);
 api_err api_tokens_mint(const api_req *q, api_resp *r);
+/* POST /v1/tokens/redeem (redeemer): checks a token online and consumes it when it is
+ * single-use. DELETE /v1/tokens/{jti} (admin, or the signer that minted it): revokes one
+ * revocable token. GET /v1/status-lists/{n}: the signed status list (api/publish.c). */
+api_err api_tokens_redeem(const api_req *q, api_resp *r);
+api_err api_tokens_revoke(const api_req *q, api_resp *r);
+api_err api_status_list(const api_req *q, api_resp *r);
+#define API_STATUS_LIST_TYP "statuslist+jwt"
+#define API_STATUS_LIST_MEDIA_TYPE "application/" API_STATUS_LIST_TYP
+/* The base of every URL the appliance names in what it signs: public_url, else
+ * https://listen_address:port. */
+void api_public_url(const cfg *c, char out[CFG_ORIGIN_MAX + 1]);
+/* The uri of status list n: <api_public_url>/v1/status-lists/<n>. */
+#define API_URI_MAX (CFG_ORIGIN_MAX + 64)
+void api_status_list_uri(const cfg *c, uint32_t list, char out[API_URI_MAX]);
+/* A token revocation as the event stream and DELETE /v1/tokens/{jti} carry it: {"seq",
+ * "jti", "list", "idx", "uri", "revoked_at"}. A new reference, NULL when out of memory. */
+json_t *api_token_revocation_json(const cfg *c, const tks_revocation *rv);
 api_err api_jwks(const api_req *q, api_resp *r);
 api_err api_revocations(const api_req *q, api_resp *r);
 /* The revocation list as a compact JWS signed by the publication key (keeper.h), for

@@ -57,6 +57,19 @@ static const api_err_info api_errors[API_ERR_COUNT_] = {
     [API_ERR_LAST_ADMIN] = {409, "last_admin"},
     [API_ERR_TOO_MANY_SUBSCRIBERS] = {503, "too_many_subscribers"},
     [API_ERR_INVALID_LAST_EVENT_ID] = {400, "invalid_last_event_id"},
+    [API_ERR_INVALID_ORIGIN] = {400, "invalid_origin"},
+    [API_ERR_INVALID_TOKEN] = {400, "invalid_token"},
+    [API_ERR_TOKEN_EXPIRED] = {409, "token_expired"},
+    [API_ERR_TOKEN_NOT_YET_VALID] = {409, "token_not_yet_valid"},
+    [API_ERR_TOKEN_REVOKED] = {409, "token_revoked"},
+    [API_ERR_WRONG_ORIGIN] = {409, "wrong_origin"},
+    [API_ERR_TOKEN_ALREADY_USED] = {409, "token_already_used"},
+    [API_ERR_INVALID_JTI] = {400, "invalid_jti"},
+    [API_ERR_TOKEN_NOT_FOUND] = {404, "token_not_found"},
+    [API_ERR_TOKEN_NOT_OWNED] = {403, "token_not_owned"},
+    [API_ERR_INVALID_STATUS_LIST] = {400, "invalid_status_list"},
+    [API_ERR_STATUS_LIST_NOT_FOUND] = {404, "status_list_not_found"},
+    [API_ERR_STATUS_LISTS_FULL] = {507, "status_lists_full"},
 };
 
 const api_err_info *api_err_table(api_err e)

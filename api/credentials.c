@@ -92,9 +92,11 @@ static api_err api_read_spec(const api_req *q, json_t *body, api_credentials_cre
         (e = api_get_int(body, "max_ttl", 0, c->token_ttl_max, &max_ttl, r)) != API_OK)
         return e;
     if (role == NULL)
-        return api_fail(r, API_ERR_MISSING_FIELD, "'role' (admin, signer or auditor) is required");
+        return api_fail(r, API_ERR_MISSING_FIELD,
+                        "'role' (admin, signer, auditor or redeemer) is required");
     if (cred_role_parse(role, &out->role) != 0)
-        return api_fail(r, API_ERR_INVALID_ROLE, "'role' must be admin, signer or auditor");
+        return api_fail(r, API_ERR_INVALID_ROLE,
+                        "'role' must be admin, signer, auditor or redeemer");
     for (const char *p = label ? label : ""; *p; p++)
         if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
             return api_fail(r, API_ERR_INVALID_LABEL, "'label' must be printable ASCII");

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 typedef struct {
     atomic_int refs;
@@ -24,6 +25,7 @@ typedef struct {
 
 static pthread_mutex_t api_pub_mu = PTHREAD_MUTEX_INITIALIZER;
 static void api_feed_drop_all(void);
+static void api_sl_drop_all(void);
 static api_doc *api_jwks_doc, *api_rev_doc;
 
 static void api_doc_put(api_doc *d)
@@ -205,6 +207,7 @@ void api_publish_free(void)
     api_pub_jwk = NULL;
     pthread_mutex_unlock(&api_pub_mu);
     api_feed_drop_all();
+    api_sl_drop_all();
 }
 
 /* Does an If-None-Match header name this ETag (or "*")? */
@@ -433,4 +436,171 @@ api_err api_revocations_feed(const api_req *q, api_resp *r)
 api_err api_revocations_key(const api_req *q, api_resp *r)
 {
     return api_service_key(q, r, KP_SVC_PUBLISH, KP_PUBLISH_KID, API_PUBLICATION_USE, API_FEED_TYP);
+}
+
+/* ---- token status lists (the IETF OAuth Token Status List draft) ------------------------ */
+
+void api_public_url(const cfg *c, char out[CFG_ORIGIN_MAX + 1])
+{
+    if (c->public_url[0] != '\0')
+        snprintf(out, CFG_ORIGIN_MAX + 1, "%s", c->public_url);
+    else
+        snprintf(out, CFG_ORIGIN_MAX + 1, "https://%s:%u", c->listen_address, c->port);
+}
+
+void api_status_list_uri(const cfg *c, uint32_t list, char out[API_URI_MAX])
+{
+    char base[CFG_ORIGIN_MAX + 1];
+    api_public_url(c, base);
+    snprintf(out, API_URI_MAX, "%s/v1/status-lists/%u", base, list);
+}
+
+/* Signed lists are cached like the feed: per list, for one generation of the token state,
+ * re-signed once older than api_feed_resign_after. A list is 128 KiB of bits but a few
+ * hundred bytes deflated while few of its tokens are revoked. */
+#define API_SL_SLOTS 8
+
+typedef struct {
+    api_doc *doc; /* NULL: a free slot */
+    uint32_t list;
+    uint64_t generation;
+    int64_t iat;
+} api_sl_slot;
+
+static pthread_mutex_t api_sl_mu = PTHREAD_MUTEX_INITIALIZER;
+static api_sl_slot api_sl[API_SL_SLOTS];
+
+/* The list's bits, deflated (zlib format) and base64url'd: a malloc'd string, or NULL. */
+static char *api_sl_lst(tks *t, uint32_t list)
+{
+    uint8_t *bits = malloc(TKS_LIST_BYTES);
+    uLongf zlen = compressBound(TKS_LIST_BYTES);
+    uint8_t *z = malloc(zlen);
+    char *b64 = NULL;
+    uint32_t reserved;
+    uint64_t revoked;
+    if (bits != NULL && z != NULL && tks_list_copy(t, list, bits, &reserved, &revoked) == TKS_OK &&
+        compress2(z, &zlen, bits, TKS_LIST_BYTES, Z_BEST_COMPRESSION) == Z_OK) {
+        size_t cap = jose_b64url_encoded_len(zlen) + 1;
+        b64 = malloc(cap);
+        if (b64 != NULL && jose_b64url_encode(z, zlen, b64, cap) == 0) {
+            free(b64);
+            b64 = NULL;
+        }
+    }
+    free(bits);
+    free(z);
+    return b64;
+}
+
+/* Signs list `list` as of now: a new document, or NULL and *st set. */
+static api_doc *api_sl_sign(const api_env *env, uint32_t list, int64_t now, hsm_status *st)
+{
+    *st = HSM_ERR_DEVICE;
+    const cfg *c = env->cfg;
+    char uri[API_URI_MAX];
+    api_status_list_uri(c, list, uri);
+    char *lst = api_sl_lst(env->tks, list);
+    json_t *payload =
+        lst == NULL
+            ? NULL
+            : json_pack("{s:s, s:s, s:I, s:I, s:I, s:{s:i, s:s}}", "iss",
+                        c->token_issuer[0] ? c->token_issuer : API_FEED_ISSUER_DEFAULT, "sub", uri,
+                        "iat", (json_int_t)now, "exp",
+                        (json_int_t)(now + c->revocation_feed_lifetime), "ttl",
+                        (json_int_t)c->revocations_max_age, "status_list", "bits", 1, "lst", lst);
+    free(lst);
+    char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
+    json_decref(payload);
+    if (text == NULL)
+        return NULL;
+    static const char header[] = KP_STATUS_LIST_HEADER;
+    size_t plen = strlen(text);
+    size_t cap = jose_jws_max_len(sizeof(header) - 1, plen, JOSE_SIG_MAX);
+    char *jws = cap != SIZE_MAX ? malloc(cap) : NULL;
+    size_t input_len = 0, total = 0, sig_len = 0;
+    uint8_t sig[HSM_SIG_MAX];
+    api_doc *d = NULL;
+    if (jws != NULL &&
+        jose_jws_begin(header, sizeof(header) - 1, text, plen, jws, cap, &input_len) == 0) {
+        *st = kp_svc_sign(env->kp, KP_SVC_PUBLISH, jws, input_len, sig, &sig_len);
+        if (*st == HSM_OK) {
+            if (jose_jws_finish(jws, cap, input_len, sig, sig_len, &total) == 0)
+                d = api_doc_text(jws, total, 0);
+            if (d == NULL)
+                *st = HSM_ERR_DEVICE;
+        }
+    }
+    free(jws);
+    free(text);
+    return d;
+}
+
+/* The signed list, from the cache or signed now; a new reference. */
+static api_doc *api_sl_get(const api_env *env, uint32_t list, int64_t now, hsm_status *st)
+{
+    *st = HSM_OK;
+    pthread_mutex_lock(&api_sl_mu);
+    uint64_t gen = tks_generation(env->tks);
+    api_sl_slot *slot = NULL, *oldest = &api_sl[0];
+    for (size_t i = 0; i < API_SL_SLOTS && slot == NULL; i++) {
+        if (api_sl[i].doc != NULL && api_sl[i].list == list)
+            slot = &api_sl[i];
+        else if (api_sl[i].doc == NULL || api_sl[i].iat < oldest->iat)
+            oldest = &api_sl[i];
+    }
+    if (slot != NULL &&
+        (slot->generation != gen || now - slot->iat >= api_feed_resign_after(env->cfg))) {
+        api_doc_put(slot->doc);
+        slot->doc = NULL;
+    }
+    if (slot == NULL) {
+        slot = oldest;
+        api_doc_put(slot->doc);
+        slot->doc = NULL;
+    }
+    if (slot->doc == NULL) {
+        slot->doc = api_sl_sign(env, list, now, st);
+        slot->list = list;
+        slot->generation = gen;
+        slot->iat = now;
+    }
+    api_doc *d = slot->doc;
+    if (d != NULL)
+        atomic_fetch_add(&d->refs, 1);
+    pthread_mutex_unlock(&api_sl_mu);
+    return d;
+}
+
+static void api_sl_drop_all(void)
+{
+    pthread_mutex_lock(&api_sl_mu);
+    for (size_t i = 0; i < API_SL_SLOTS; i++) {
+        api_doc_put(api_sl[i].doc);
+        api_sl[i].doc = NULL;
+    }
+    pthread_mutex_unlock(&api_sl_mu);
+}
+
+api_err api_status_list(const api_req *q, api_resp *r)
+{
+    if (q->query != NULL && q->query[0] != '\0')
+        return api_fail(r, API_ERR_INVALID_QUERY, "a status list takes no query");
+    uint64_t n;
+    const char *text = q->id != NULL ? q->id : "";
+    /* Digits only, no leading zero: one spelling per list, so one cache entry per list. */
+    if (api_parse_decimal(text, 4, &n) != 0 || (text[0] == '0' && text[1] != '\0') ||
+        n >= TKS_LISTS_MAX)
+        return api_fail(r, API_ERR_INVALID_STATUS_LIST,
+                        "a status list is named by its number, 0 to %u", TKS_LISTS_MAX - 1);
+    if (n >= tks_list_count(q->env->tks))
+        return api_fail(r, API_ERR_STATUS_LIST_NOT_FOUND, "status list %u does not exist yet",
+                        (unsigned)n);
+    hsm_status st;
+    api_doc *d = api_sl_get(q->env, (uint32_t)n, q->now, &st);
+    if (d == NULL)
+        return st != HSM_OK ? api_hsm_error(r, st)
+                            : api_fail(r, API_ERR_INTERNAL, "the status list could not be built");
+    api_header(r, "Content-Type: " API_STATUS_LIST_MEDIA_TYPE);
+    return api_serve_doc(q, r, d, q->env->cfg->revocations_max_age);
 }

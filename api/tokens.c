@@ -11,8 +11,43 @@
 #define API_CLAIMS_DEPTH_MAX 16
 #define API_JTI_BYTES 16
 
-/* Claims the appliance sets itself; a caller's claims may not carry them. */
-static const char *const api_reserved_claims[] = {"iss", "sub", "iat", "nbf", "exp", "jti", NULL};
+/* Claims the appliance sets itself; a caller's claims may not carry them (nor "aud" when
+ * the request's own aud is given). */
+static const char *const api_reserved_claims[] = {"iss", "sub",    "iat",        "nbf",    "exp",
+                                                  "jti", "status", "single_use", "origin", NULL};
+
+/* An optional boolean field: API_OK and *v (unchanged when absent), or wrong_type. */
+static api_err api_get_bool(json_t *o, const char *name, int *v, api_resp *r)
+{
+    json_t *j = json_object_get(o, name);
+    if (j == NULL)
+        return API_OK;
+    if (!json_is_boolean(j))
+        return api_fail(r, API_ERR_WRONG_TYPE, "'%s' must be true or false", name);
+    *v = json_is_true(j);
+    return API_OK;
+}
+
+/* An optional origin field: API_OK with out filled and *has set, or invalid_origin. */
+static api_err api_get_origin(json_t *o, char out[CFG_ORIGIN_MAX + 1], int *has, api_resp *r)
+{
+    const char *origin = NULL;
+    api_err e = api_get_string(o, "origin", CFG_ORIGIN_MAX, &origin, r);
+    if (e != API_OK)
+        return e == API_ERR_OUT_OF_RANGE
+                   ? api_fail(r, API_ERR_INVALID_ORIGIN, "'origin' is longer than %d bytes",
+                              CFG_ORIGIN_MAX)
+                   : e;
+    *has = origin != NULL;
+    if (origin == NULL)
+        return API_OK;
+    if (!cfg_origin_ok(origin))
+        return api_fail(r, API_ERR_INVALID_ORIGIN,
+                        "'origin' must be https://host[:port] (or http://), lowercase, with no "
+                        "path, query or trailing slash");
+    snprintf(out, CFG_ORIGIN_MAX + 1, "%s", origin);
+    return API_OK;
+}
 
 static int api_depth_ok(json_t *j, int depth)
 {
@@ -66,7 +101,8 @@ static int api_newest_usable(const api_req *q, hsm_kid *out)
 
 api_err api_tokens_mint_parse(const api_req *q, api_resp *r, api_tokens_mint_body *out)
 {
-    static const char *const fields[] = {"kid", "sub", "ttl", "nbf", "claims", NULL};
+    static const char *const fields[] = {"kid",        "sub",       "ttl", "nbf",    "claims",
+                                         "single_use", "revocable", "aud", "origin", NULL};
     const cfg *c = q->env->cfg;
     memset(out, 0, sizeof(*out));
     json_t *body;
@@ -74,12 +110,26 @@ api_err api_tokens_mint_parse(const api_req *q, api_resp *r, api_tokens_mint_bod
     if (e != API_OK)
         return e;
 
-    const char *kid_text = NULL, *sub = NULL;
+    const char *kid_text = NULL, *sub = NULL, *aud = NULL;
     int64_t ttl = c->token_ttl_default, nbf = -1;
     if ((e = api_get_string(body, "kid", 64, &kid_text, r)) != API_OK ||
         (e = api_get_string(body, "sub", API_SUB_MAX, &sub, r)) != API_OK ||
-        (e = api_get_int(body, "nbf", 0, INT64_MAX / 2, &nbf, r)) != API_OK)
+        (e = api_get_int(body, "nbf", 0, INT64_MAX / 2, &nbf, r)) != API_OK ||
+        (e = api_get_bool(body, "single_use", &out->single_use, r)) != API_OK ||
+        (e = api_get_bool(body, "revocable", &out->revocable, r)) != API_OK ||
+        (e = api_get_string(body, "aud", API_AUD_MAX, &aud, r)) != API_OK ||
+        (e = api_get_origin(body, out->origin, &out->has_origin, r)) != API_OK)
         goto out;
+    for (const char *p = aud; p != NULL && *p != '\0'; p++) {
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e) {
+            e = api_fail(r, API_ERR_OUT_OF_RANGE, "'aud' must be printable ASCII");
+            goto out;
+        }
+    }
+    if (aud != NULL && aud[0] == '\0') {
+        e = api_fail(r, API_ERR_OUT_OF_RANGE, "'aud' must not be empty");
+        goto out;
+    }
     /* A signer with its own max_ttl gets that as its ceiling, and as its default when the
      * appliance's default is longer: asking for nothing must not be an error. */
     unsigned own_max = q->caller != NULL ? q->caller->max_ttl : 0;
@@ -125,6 +175,11 @@ api_err api_tokens_mint_parse(const api_req *q, api_resp *r, api_tokens_mint_bod
             goto out;
         }
     }
+    if (claims != NULL && aud != NULL && json_object_get(claims, "aud") != NULL) {
+        e = api_fail(r, API_ERR_RESERVED_CLAIM,
+                     "claim 'aud' is given as the request's 'aud' and cannot also be in 'claims'");
+        goto out;
+    }
     if (kid_text != NULL && hsm_kid_parse(kid_text, &out->kid) != 0) {
         e = api_fail(r, API_ERR_INVALID_KID, "'kid' must be 32 lowercase hex characters");
         goto out;
@@ -136,6 +191,8 @@ api_err api_tokens_mint_parse(const api_req *q, api_resp *r, api_tokens_mint_bod
     out->nbf = nbf;
     out->exp = exp;
     out->claims = json_incref(claims);
+    out->has_aud = aud != NULL;
+    snprintf(out->aud, sizeof(out->aud), "%s", aud != NULL ? aud : "");
 out:
     if (e != API_OK)
         memset(out, 0, sizeof(*out));
@@ -169,9 +226,25 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
         goto out;
     }
 
-    char kid_hex[2 * HSM_KID_LEN + 1], jti[2 * API_JTI_BYTES + 1], header[96];
+    char kid_hex[2 * HSM_KID_LEN + 1], jti[TKS_JTI_MAX + 1], header[96];
     hsm_kid_hex(&kid, kid_hex);
-    if (jose_random_hex(jti, API_JTI_BYTES) != 0) {
+    /* A revocable token's jti names its status index under a MAC (tks_jti_make): its
+     * revocation needs nothing stored per token. Any other jti is 128 random bits. */
+    tks_index ix = {0, 0};
+    char uri[API_URI_MAX];
+    if (b.revocable) {
+        tks_status ts = tks_assign(q->env->tks, &ix);
+        if (ts == TKS_ERR_FULL) {
+            e = api_fail(r, API_ERR_STATUS_LISTS_FULL, "every status-list index is in use");
+            goto out;
+        }
+        if (ts != TKS_OK ||
+            tks_jti_make(q->env->tks, ix, q->caller ? q->caller->id : NULL, jti) != TKS_OK) {
+            e = api_fail(r, API_ERR_STORAGE, "no status-list index could be reserved");
+            goto out;
+        }
+        api_status_list_uri(c, ix.list, uri);
+    } else if (jose_random_hex(jti, API_JTI_BYTES) != 0) {
         e = api_fail(r, API_ERR_INTERNAL, "no randomness for jti");
         goto out;
     }
@@ -188,6 +261,16 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
         json_object_set_new(payload, "nbf", json_integer(b.nbf));
     json_object_set_new(payload, "exp", json_integer(b.exp));
     json_object_set_new(payload, "jti", json_string(jti));
+    if (b.has_aud)
+        json_object_set_new(payload, "aud", json_string(b.aud));
+    if (b.has_origin)
+        json_object_set_new(payload, "origin", json_string(b.origin));
+    if (b.single_use)
+        json_object_set_new(payload, "single_use", json_true());
+    if (b.revocable)
+        json_object_set_new(
+            payload, "status",
+            json_pack("{s:{s:I, s:s}}", "status_list", "idx", (json_int_t)ix.idx, "uri", uri));
     if (b.claims != NULL)
         json_object_update(payload, b.claims); /* no reserved name can be overwritten: checked */
     payload_text = json_dumps(payload, JSON_COMPACT);
@@ -220,13 +303,240 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
         e = api_fail(r, API_ERR_STORAGE, "the token could not be recorded in the audit trail");
         goto out;
     }
-    e = api_json(r, 200,
-                 json_pack("{s:s, s:s, s:s, s:I, s:I}", "token", jws, "kid", kid_hex, "jti", jti,
-                           "iat", (json_int_t)q->now, "exp", (json_int_t)b.exp));
+    json_t *resp = json_pack("{s:s, s:s, s:s, s:I, s:I, s:b, s:b}", "token", jws, "kid", kid_hex,
+                             "jti", jti, "iat", (json_int_t)q->now, "exp", (json_int_t)b.exp,
+                             "single_use", b.single_use, "revocable", b.revocable);
+    if (resp != NULL && b.revocable)
+        json_object_set_new(resp, "status",
+                            json_pack("{s:I, s:I, s:s}", "list", (json_int_t)ix.list, "idx",
+                                      (json_int_t)ix.idx, "uri", uri));
+    e = api_json(r, 200, resp);
 out:
     free(jws);
     free(payload_text);
     json_decref(payload);
     api_tokens_mint_body_free(&b);
     return e;
+}
+
+/* ---- redeem: a token checked online, a single-use one consumed ------------------------- */
+
+api_err api_tokens_redeem_parse(const api_req *q, api_resp *r, api_tokens_redeem_body *out)
+{
+    static const char *const fields[] = {"token", "origin", NULL};
+    memset(out, 0, sizeof(*out));
+    json_t *body;
+    api_err e = api_parse_object(q, r, fields, 0, &body);
+    if (e != API_OK)
+        return e;
+    const char *token = NULL;
+    if ((e = api_get_string(body, "token", API_TOKEN_MAX, &token, r)) == API_OK &&
+        (e = api_get_origin(body, out->origin, &out->has_origin, r)) == API_OK && token == NULL)
+        e = api_fail(r, API_ERR_MISSING_FIELD, "'token' is required");
+    if (e == API_OK) {
+        out->token_len = strlen(token);
+        out->token = malloc(out->token_len + 1);
+        if (out->token == NULL)
+            e = api_fail(r, API_ERR_INTERNAL, "out of memory");
+        else
+            memcpy(out->token, token, out->token_len + 1);
+    }
+    if (e != API_OK)
+        api_tokens_redeem_body_free(out);
+    json_decref(body);
+    return e;
+}
+
+void api_tokens_redeem_body_free(api_tokens_redeem_body *b)
+{
+    free(b->token);
+    memset(b, 0, sizeof(*b));
+}
+
+/* 1 when the RS256 signature of p (over token's signing input) verifies under k's public
+ * key, else 0. */
+static int api_token_signed_by(const reg_key *k, const char *token, const jose_jws *p)
+{
+    uint8_t n[JOSE_RSA_MAX], e[JOSE_RSA_MAX];
+    size_t n_len = 0, e_len = 0;
+    if (jose_b64url_decode(k->n_b64, strlen(k->n_b64), n, sizeof(n), &n_len) != 0 ||
+        jose_b64url_decode(k->e_b64, strlen(k->e_b64), e, sizeof(e), &e_len) != 0)
+        return 0;
+    return jose_rs256_verify(n, n_len, e, e_len, token, p->signing_input_len, p->sig, p->sig_len) ==
+           1;
+}
+
+/* An optional integer claim: 1 and *v when present and an integer, 0 when absent, -1 when
+ * present but not an integer. */
+static int api_int_claim(json_t *claims, const char *name, int64_t *v)
+{
+    json_t *j = json_object_get(claims, name);
+    if (j == NULL)
+        return 0;
+    if (!json_is_integer(j))
+        return -1;
+    *v = json_integer_value(j);
+    return 1;
+}
+
+/* The checks of POST /v1/tokens/redeem up to (not including) consumption, in the contract's
+ * order: form and signature, key state, time, status, origin. API_OK with *claims (a new
+ * reference), *kid and, for a revocable token, *ix. */
+static api_err api_redeem_check(const api_req *q, api_resp *r, const api_tokens_redeem_body *b,
+                                json_t **claims_out, hsm_kid *kid)
+{
+    *claims_out = NULL;
+    jose_jws p;
+    if (jose_jws_parse(b->token, b->token_len, &p) != 0)
+        return api_fail(r, API_ERR_INVALID_TOKEN, "'token' is not a compact JWS");
+    api_err e = API_OK;
+    json_t *claims = NULL;
+    const char *alg = json_string_value(json_object_get(p.header, "alg"));
+    const char *kid_text = json_string_value(json_object_get(p.header, "kid"));
+    reg_key k;
+    int64_t exp = 0, nbf = 0;
+    if (alg == NULL || strcmp(alg, "RS256") != 0) {
+        e = api_fail(r, API_ERR_INVALID_TOKEN, "the token's alg is not RS256");
+        goto out;
+    }
+    if (kid_text == NULL || hsm_kid_parse(kid_text, kid) != 0) {
+        e = api_fail(r, API_ERR_INVALID_TOKEN, "the token names no kid of this appliance");
+        goto out;
+    }
+    json_error_t je;
+    claims = json_loadb((const char *)p.payload, p.payload_len, JSON_REJECT_DUPLICATES, &je);
+    if (!json_is_object(claims) || api_int_claim(claims, "exp", &exp) != 1 ||
+        api_int_claim(claims, "nbf", &nbf) < 0) {
+        e = api_fail(r, API_ERR_INVALID_TOKEN,
+                     "the token's payload is not a JSON object with an integer exp");
+        goto out;
+    }
+    if (reg_get(q->env->reg, kid, &k) != REG_OK) {
+        e = api_fail(r, API_ERR_INVALID_TOKEN, "the token's kid is not a key of this appliance");
+        goto out;
+    }
+    if (!api_token_signed_by(&k, b->token, &p)) {
+        e = api_fail(r, API_ERR_INVALID_TOKEN, "the token's signature does not verify");
+        goto out;
+    }
+    /* From here on the claims are the appliance's own: it signed them. */
+    if (k.state == REG_REVOKED) {
+        e = api_fail(r, API_ERR_KEY_REVOKED, "the key that signed this token is revoked");
+        goto out;
+    }
+    if (q->now >= exp) {
+        e = api_fail(r, API_ERR_TOKEN_EXPIRED, "the token expired at %lld", (long long)exp);
+        goto out;
+    }
+    if (json_object_get(claims, "nbf") != NULL && q->now < nbf) {
+        e = api_fail(r, API_ERR_TOKEN_NOT_YET_VALID, "the token is not valid before %lld",
+                     (long long)nbf);
+        goto out;
+    }
+    if (json_object_get(claims, "status") != NULL) {
+        /* Where the index is: the jti says it under the appliance's MAC, whatever the uri
+         * (public_url may have changed since). */
+        tks_index ix;
+        char owner[2 * TKS_OWNER_BYTES + 1];
+        const char *jti = json_string_value(json_object_get(claims, "jti"));
+        if (jti == NULL || tks_jti_read(q->env->tks, jti, &ix, owner) != TKS_OK) {
+            e = api_fail(r, API_ERR_INVALID_TOKEN, "the token's status names no index");
+            goto out;
+        }
+        if (tks_is_revoked(q->env->tks, ix)) {
+            e = api_fail(r, API_ERR_TOKEN_REVOKED, "this token was revoked");
+            goto out;
+        }
+    }
+    const char *bound = json_string_value(json_object_get(claims, "origin"));
+    if (b->has_origin && bound != NULL && strcmp(bound, b->origin) != 0) {
+        e = api_fail(r, API_ERR_WRONG_ORIGIN, "this token is bound to another origin");
+        goto out;
+    }
+out:
+    jose_jws_free(&p);
+    if (e == API_OK)
+        *claims_out = claims;
+    else
+        json_decref(claims);
+    return e;
+}
+
+api_err api_tokens_redeem(const api_req *q, api_resp *r)
+{
+    api_tokens_redeem_body b;
+    api_err e = api_tokens_redeem_parse(q, r, &b);
+    if (e != API_OK)
+        return e;
+    json_t *claims = NULL;
+    hsm_kid kid;
+    if ((e = api_redeem_check(q, r, &b, &claims, &kid)) != API_OK) {
+        api_tokens_redeem_body_free(&b);
+        return e;
+    }
+    char kid_hex[2 * HSM_KID_LEN + 1];
+    hsm_kid_hex(&kid, kid_hex);
+    const char *jti = json_string_value(json_object_get(claims, "jti"));
+    int64_t exp = json_integer_value(json_object_get(claims, "exp"));
+    int single = json_is_true(json_object_get(claims, "single_use"));
+    if (single) {
+        tks_status ts =
+            tks_jti_ok(jti) ? tks_redeem(q->env->tks, jti, exp, kid_hex, q->now) : TKS_ERR_INVALID;
+        if (ts == TKS_ERR_USED)
+            e = api_fail(r, API_ERR_TOKEN_ALREADY_USED, "this single-use token was redeemed");
+        else if (ts == TKS_ERR_INVALID)
+            e = api_fail(r, API_ERR_INVALID_TOKEN, "the token's jti cannot be redeemed");
+        else if (ts != TKS_OK)
+            e = api_fail(r, API_ERR_STORAGE, "the redemption could not be recorded");
+    }
+    if (e == API_OK)
+        e = api_json(r, 200,
+                     json_pack("{s:s?, s:s, s:I, s:b, s:b, s:O}", "jti", jti, "kid", kid_hex, "exp",
+                               (json_int_t)exp, "single_use", single, "redeemed", single, "claims",
+                               claims));
+    json_decref(claims);
+    api_tokens_redeem_body_free(&b);
+    return e;
+}
+
+/* ---- revoking one token ----------------------------------------------------------------- */
+
+json_t *api_token_revocation_json(const cfg *c, const tks_revocation *rv)
+{
+    char uri[API_URI_MAX];
+    api_status_list_uri(c, rv->ix.list, uri);
+    return json_pack("{s:I, s:s, s:I, s:I, s:s, s:I}", "seq", (json_int_t)rv->seq, "jti", rv->jti,
+                     "list", (json_int_t)rv->ix.list, "idx", (json_int_t)rv->ix.idx, "uri", uri,
+                     "revoked_at", (json_int_t)rv->revoked_at);
+}
+
+api_err api_tokens_revoke(const api_req *q, api_resp *r)
+{
+    static const char *const none[] = {NULL};
+    json_t *body;
+    api_err e = api_parse_object(q, r, none, 1, &body);
+    if (e != API_OK)
+        return e;
+    json_decref(body);
+    tks_index ix;
+    char owner[2 * TKS_OWNER_BYTES + 1];
+    tks_status ts = tks_jti_read(q->env->tks, q->id, &ix, owner);
+    if (ts == TKS_ERR_INVALID)
+        return api_fail(r, API_ERR_INVALID_JTI, "a jti is 1 to %d characters of A-Z a-z 0-9 _ -",
+                        TKS_JTI_MAX);
+    if (ts != TKS_OK)
+        return api_fail(r, API_ERR_TOKEN_NOT_FOUND, "no revocable token has this jti");
+    /* A signer revokes only what it minted; an admin anything. */
+    if (q->caller != NULL && q->caller->role != CRED_ROLE_ADMIN &&
+        strcmp(owner, q->caller->id) != 0)
+        return api_fail(r, API_ERR_TOKEN_NOT_OWNED, "this token was minted by another credential");
+    tks_revocation rv;
+    ts = tks_revoke(q->env->tks, ix, q->id, NULL, q->now, &rv);
+    if (ts == TKS_ERR_NOT_FOUND || ts == TKS_ERR_NOT_ISSUED)
+        return api_fail(r, API_ERR_TOKEN_NOT_FOUND, "no revocable token has this jti");
+    if (ts != TKS_OK && ts != TKS_ERR_REVOKED)
+        return api_fail(r, API_ERR_STORAGE, "the revocation could not be recorded");
+    if (ts == TKS_OK)
+        reg_poke(q->env->reg); /* the event stream announces it */
+    return api_json(r, 200, api_token_revocation_json(q->env->cfg, &rv));
 }

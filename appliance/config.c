@@ -52,6 +52,7 @@ static const char *cfg_check_user(const char *text, unsigned num);
 static const char *cfg_check_tls_version(const char *text, unsigned num);
 static const char *cfg_check_process_model(const char *text, unsigned num);
 static const char *cfg_check_credential(const char *text, unsigned num);
+static const char *cfg_check_public_url(const char *text, unsigned num);
 
 #define CFG_FIELD(f) offsetof(cfg, f), sizeof(((cfg *)0)->f)
 #define CFG_SECONDS_PER_YEAR 31536000u
@@ -105,6 +106,9 @@ static const cfg_setting cfg_settings[] = {
      "Seconds a rotated key stays in the JWKS before it is revoked; 0 means token_ttl_max"},
     {"token_issuer", CFG_T_STRING, CFG_FIELD(token_issuer), "", 0, 0, true, cfg_check_printable,
      "The iss claim of every token; empty for none"},
+    {"public_url", CFG_T_STRING, CFG_FIELD(public_url), "", 0, 0, true, cfg_check_public_url,
+     "https://host[:port] verifiers reach the appliance at, the base of the status-list uri "
+     "in revocable tokens; empty: https://listen_address:port"},
     {"jwks_max_age", CFG_T_UINT, CFG_FIELD(jwks_max_age), "60", 0, 86400, false, NULL,
      "Cache-Control max-age of the JWKS, in seconds"},
     {"revocations_max_age", CFG_T_UINT, CFG_FIELD(revocations_max_age), "60", 0, 86400, false, NULL,
@@ -206,6 +210,59 @@ static const char *cfg_check_printable(const char *text, unsigned num)
         if (*p < 0x20 || *p > 0x7e)
             return "must be printable ASCII";
     return NULL;
+}
+
+int cfg_origin_ok(const char *s)
+{
+    const char *p;
+    if (s == NULL || strlen(s) > CFG_ORIGIN_MAX)
+        return 0;
+    if (strncmp(s, "https://", 8) == 0)
+        p = s + 8;
+    else if (strncmp(s, "http://", 7) == 0)
+        p = s + 7;
+    else
+        return 0;
+    /* The host: dot-separated labels of [a-z0-9-], none empty, none starting or ending
+     * with '-' (a DNS name; a dotted IPv4 address is one too). */
+    size_t label = 0;
+    for (; *p != '\0' && *p != ':'; p++) {
+        if (*p == '.') {
+            if (label == 0 || p[-1] == '-')
+                return 0;
+            label = 0;
+        } else if ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+                   (*p == '-' && label > 0)) {
+            if (++label > 63)
+                return 0;
+        } else {
+            return 0;
+        }
+    }
+    if (label == 0 || p[-1] == '-')
+        return 0;
+    if (*p == '\0')
+        return 1;
+    /* ":port", 1..65535, no leading zero, and nothing after it. */
+    p++;
+    unsigned port = 0;
+    size_t digits = 0;
+    for (; *p >= '0' && *p <= '9'; p++, digits++) {
+        if (digits == 0 && *p == '0')
+            return 0;
+        port = port * 10 + (unsigned)(*p - '0');
+        if (port > 65535)
+            return 0;
+    }
+    return *p == '\0' && digits > 0;
+}
+
+static const char *cfg_check_public_url(const char *text, unsigned num)
+{
+    (void)num;
+    return text[0] == '\0' || cfg_origin_ok(text)
+               ? NULL
+               : "must be https://host[:port] (or http://), lowercase, with nothing after it";
 }
 
 static const char *cfg_check_user(const char *text, unsigned num)

@@ -47,6 +47,7 @@
 #define CFG_CREDENTIAL_MAX 256           /* a systemd credential name, with the NUL */
 #define CFG_LINE_MAX 4096                /* bytes per line, without the line end */
 #define CFG_FILE_MAX (1024 * 1024)       /* bytes per file */
+#define CFG_ORIGIN_MAX 255               /* bytes of an origin (public_url), without the NUL */
 #define CFG_ERR_MAX (CFG_PATH_MAX + 256) /* enough for every message of cfg_load */
 
 /* One field per setting, named as the setting. Paths are absolute after cfg_load (or after
@@ -71,8 +72,9 @@ typedef struct cfg {
     unsigned token_ttl_default; /* token_ttl_min <= token_ttl_default <= token_ttl_max */
     unsigned token_ttl_min;
     unsigned token_ttl_max;
-    unsigned rotation_grace_seconds;   /* a rotation's default grace; 0: token_ttl_max */
-    char token_issuer[CFG_ISSUER_MAX]; /* "": tokens carry no iss claim */
+    unsigned rotation_grace_seconds;     /* a rotation's default grace; 0: token_ttl_max */
+    char token_issuer[CFG_ISSUER_MAX];   /* "": tokens carry no iss claim */
+    char public_url[CFG_ORIGIN_MAX + 1]; /* "": https://listen_address:port */
     unsigned jwks_max_age;
     unsigned revocations_max_age;
     unsigned revocation_feed_lifetime; /* seconds from a signed feed's iat to its exp */
@@ -132,6 +134,12 @@ void cfg_defaults(cfg *out, const char *base_dir);
  *   FILE *f = fdopen(fd, "w");
  *   if (cfg_write_defaults(f, 8443) != 0 || fclose(f) != 0) ... */
 int cfg_write_defaults(FILE *f, unsigned port);
+
+/* 1 when s is an origin: "https://" or "http://", a lowercase host (DNS labels of
+ * [a-z0-9-] or a dotted IPv4 address), an optional ":port" (1..65535, no leading zero),
+ * nothing after, at most CFG_ORIGIN_MAX bytes; else 0. public_url and the origin a token
+ * is bound to both take this form, compared byte for byte. */
+int cfg_origin_ok(const char *s);
 
 /* The SHA-256 of the file's bytes as 64 lowercase hex digits and a NUL, for the audit
  * trail (which configuration the appliance started with). out is "" when the file cannot

@@ -58,6 +58,7 @@ static const char *const cred_role_names[CRED_ROLE_COUNT_] = {
     [CRED_ROLE_ADMIN] = "admin",
     [CRED_ROLE_SIGNER] = "signer",
     [CRED_ROLE_AUDITOR] = "auditor",
+    [CRED_ROLE_REDEEMER] = "redeemer",
 };
 
 static const char *const cred_status_names[CRED_ERR_COUNT_] = {

@@ -73,6 +73,9 @@ typedef enum {
     CRED_ROLE_ADMIN = 0,
     CRED_ROLE_SIGNER,
     CRED_ROLE_AUDITOR,
+    /* Redeems single-use tokens and checks tokens online (POST /v1/tokens/redeem): an
+     * upload endpoint or a player backend. Mints nothing, reads nothing else. */
+    CRED_ROLE_REDEEMER,
     CRED_ROLE_COUNT_
 } cred_role;
 
@@ -107,7 +110,7 @@ typedef struct {
 
 typedef struct cred_store cred_store;
 
-/* "admin", "signer", "auditor"; "unknown" for anything else. The same strings are the
+/* "admin", "signer", "auditor", "redeemer"; "unknown" for anything else. The same strings are the
  * role column in SQL and the role in the HTTP API. */
 const char *cred_role_name(cred_role r);
 

@@ -232,13 +232,15 @@ static hsm_status kp_call(kp *k, kp_conn *c, size_t len, kpp_op op, kpp_reply *r
 typedef struct {
     const char *id; /* KP_*_ID, 16 bytes */
     const char *header_b64;
+    const char *header2_b64; /* a second document shape the key signs, or NULL */
     size_t sign_max;
     unsigned bits;
 } kp_svc_info;
 
 static const kp_svc_info kp_svcs[KP_SVC_COUNT_] = {
-    [KP_SVC_AUDIT] = {KP_AUDIT_ID, KP_AUDIT_HEADER_B64, KP_AUDIT_SIGN_MAX, KP_AUDIT_BITS},
-    [KP_SVC_PUBLISH] = {KP_PUBLISH_ID, KP_PUBLISH_HEADER_B64, KP_PUBLISH_SIGN_MAX, KP_PUBLISH_BITS},
+    [KP_SVC_AUDIT] = {KP_AUDIT_ID, KP_AUDIT_HEADER_B64, NULL, KP_AUDIT_SIGN_MAX, KP_AUDIT_BITS},
+    [KP_SVC_PUBLISH] = {KP_PUBLISH_ID, KP_PUBLISH_HEADER_B64, KP_STATUS_LIST_HEADER_B64,
+                        KP_PUBLISH_SIGN_MAX, KP_PUBLISH_BITS},
 };
 
 static const kp_svc_info *kp_svc_get(kp_svc s)
@@ -278,9 +280,12 @@ int kp_svc_input_ok(kp_svc s, const void *msg, size_t len)
     const uint8_t *p = msg;
     if (info == NULL || p == NULL)
         return 0;
-    const size_t hlen = strlen(info->header_b64);
-    if (len <= hlen + 1 || len > info->sign_max || memcmp(p, info->header_b64, hlen) != 0 ||
-        p[hlen] != '.')
+    const char *hdr = info->header_b64;
+    if (info->header2_b64 != NULL && len > 0 && strlen(info->header2_b64) < len &&
+        memcmp(p, info->header2_b64, strlen(info->header2_b64)) == 0)
+        hdr = info->header2_b64;
+    const size_t hlen = strlen(hdr);
+    if (len <= hlen + 1 || len > info->sign_max || memcmp(p, hdr, hlen) != 0 || p[hlen] != '.')
         return 0;
     /* The payload: base64url only, so no second "." (and no padding, space or NUL). */
     for (size_t i = hlen + 1; i < len; i++)

@@ -46,8 +46,9 @@ hsm_status kp_ping(kp *k, const hsm_kid *probe_kid);
  * (HSM_ERR_BAD_ARGUMENT)), created on first use, and each signing one shape of document
  * and nothing else:
  *  - KP_SVC_AUDIT signs audit checkpoints (audit.h);
- *  - KP_SVC_PUBLISH signs the revocation feed (api/publish.c), so that a copy served by a
- *    cache can be checked against a pinned key.
+ *  - KP_SVC_PUBLISH signs the revocation feed and the token status lists (api/publish.c,
+ *    api/statuslist.c), so that a copy served by a cache can be checked against a pinned
+ *    key: two headers, told apart by their typ.
  * A front that is compromised can still have them sign a document of their shape with
  * content of its choosing; it cannot have them sign a token or anything else. */
 typedef enum { KP_SVC_AUDIT = 0, KP_SVC_PUBLISH, KP_SVC_COUNT_ } kp_svc;
@@ -72,6 +73,12 @@ typedef enum { KP_SVC_AUDIT = 0, KP_SVC_PUBLISH, KP_SVC_COUNT_ } kp_svc;
 #define KP_PUBLISH_HEADER_B64                                                                      \
     "eyJhbGciOiJSUzI1NiIsImtpZCI6InNpZ25kLXB1YmxpY2F0aW9uLXYxIiwidHlwIjoia2lkLXJldm9jYXRpb24rand0" \
     "In0"
+/* A token status list's header (the IETF OAuth Token Status List draft's typ), signed by
+ * the same key. */
+#define KP_STATUS_LIST_HEADER                                                                      \
+    "{\"alg\":\"RS256\",\"kid\":\"signd-publication-v1\",\"typ\":\"statuslist+jwt\"}"
+#define KP_STATUS_LIST_HEADER_B64                                                                  \
+    "eyJhbGciOiJSUzI1NiIsImtpZCI6InNpZ25kLXB1YmxpY2F0aW9uLXYxIiwidHlwIjoic3RhdHVzbGlzdCtqd3QifQ"
 /* A feed's signing input may be this long: about 100,000 revocations. */
 #define KP_PUBLISH_SIGN_MAX (16u * 1024 * 1024)
 
@@ -86,7 +93,7 @@ hsm_status kp_svc_sign(kp *k, kp_svc s, const void *msg, size_t len, uint8_t sig
                        size_t *sig_len);
 /* A service key's one policy, shared by both modes and the keeper: 1 when msg is
  * document-shaped, i.e. at most the key's bound (KP_AUDIT_SIGN_MAX, KP_PUBLISH_SIGN_MAX),
- * the key's header in base64url, ".", then a non-empty payload of base64url characters
+ * one of the key's headers in base64url, ".", then a non-empty payload of base64url characters
  * only (so exactly one "." in all); else 0. */
 int kp_svc_input_ok(kp_svc s, const void *msg, size_t len);
 /* The same two operations on an hsm handle: what kp_svc_* run in-process and what the

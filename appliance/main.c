@@ -36,6 +36,7 @@
 #include "appliance/registry.h"
 #include "appliance/rotation.h"
 #include "appliance/server.h"
+#include "appliance/tokstate.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -125,6 +126,13 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
         reg_close(rg);
         return die("audit", err);
     }
+    tks *ts = NULL;
+    if (tks_open(c->database, &ts) != TKS_OK) {
+        audit_close(au);
+        cred_close(cs);
+        reg_close(rg);
+        return die(c->database, tks_last_error());
+    }
     /* Which configuration this run started with: its hash, for auditors to compare. */
     char conf_hash[65];
     cfg_sha256_hex(main_conf_path, conf_hash);
@@ -134,12 +142,13 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
     audit_record(au, AUDIT_STARTED, NULL, started);
     json_decref(started);
 
-    api_env env = {.cfg = c, .reg = rg, .kp = k, .creds = cs, .audit = au};
+    api_env env = {.cfg = c, .reg = rg, .kp = k, .creds = cs, .audit = au, .tks = ts};
     api_publish_refresh(&env);
     /* Before serving: a key whose grace ended while the appliance was down is revoked by
      * rot_start's first pass, so it is never served as retiring again. */
     rot *rt = NULL;
     if (rot_start(&env, &rt, err, sizeof(err)) != 0) {
+        tks_close(ts);
         audit_close(au);
         cred_close(cs);
         reg_close(rg);
@@ -148,6 +157,7 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
     srv *s = srv_start(&env, err, sizeof(err));
     if (s == NULL) {
         rot_stop(rt);
+        tks_close(ts);
         audit_close(au);
         cred_close(cs);
         reg_close(rg);
@@ -176,6 +186,7 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
     rot_stop(rt); /* no scheduled revocation starts once stopping has begun */
     srv_stop(s);
     audit_record(au, AUDIT_STOPPED, NULL, NULL);
+    tks_close(ts);   /* after the server: no handler runs any more */
     audit_close(au); /* last flush and checkpoint, while the keeper still answers */
     cred_close(cs);
     api_publish_free();

@@ -55,6 +55,7 @@ struct reg {
     uint64_t seq_hi; /* the highest seq ever assigned in the file */
 
     _Atomic uint64_t generation;
+    _Atomic uint64_t pokes; /* reg_poke: news from outside the registry */
     /* Waiters for a change (reg_wait_change): a bump broadcasts under change_mu. */
     pthread_mutex_t change_mu;
     pthread_cond_t change_cv;
@@ -649,6 +650,7 @@ reg_status reg_open(const char *path, unsigned max_active, reg **out)
     r->max_active = max_active;
     r->newest = -1;
     atomic_init(&r->generation, 1);
+    atomic_init(&r->pokes, 0);
     pthread_mutex_init(&r->write_mu, NULL);
     pthread_mutex_init(&r->change_mu, NULL);
     pthread_condattr_t ca;
@@ -1278,6 +1280,14 @@ uint64_t reg_generation(reg *r)
     return atomic_load_explicit(&r->generation, memory_order_acquire);
 }
 
+void reg_poke(reg *r)
+{
+    pthread_mutex_lock(&r->change_mu);
+    atomic_fetch_add_explicit(&r->pokes, 1, memory_order_release);
+    pthread_cond_broadcast(&r->change_cv);
+    pthread_mutex_unlock(&r->change_mu);
+}
+
 uint64_t reg_wait_change(reg *r, uint64_t seen, unsigned timeout_ms)
 {
     struct timespec until;
@@ -1289,8 +1299,9 @@ uint64_t reg_wait_change(reg *r, uint64_t seen, unsigned timeout_ms)
         until.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&r->change_mu);
-    uint64_t gen;
+    uint64_t gen, pokes = atomic_load_explicit(&r->pokes, memory_order_acquire);
     while ((gen = reg_generation(r)) == seen &&
+           atomic_load_explicit(&r->pokes, memory_order_acquire) == pokes &&
            pthread_cond_timedwait(&r->change_cv, &r->change_mu, &until) == 0)
         ;
     pthread_mutex_unlock(&r->change_mu);

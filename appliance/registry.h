@@ -291,6 +291,12 @@ uint64_t reg_generation(reg *r);
  * subscriber, none polls. */
 uint64_t reg_wait_change(reg *r, uint64_t seen, unsigned timeout_ms);
 
+/* Wakes every reg_wait_change at once without changing the generation: news from outside
+ * the registry the same subscribers carry (a token revocation, tokstate.h). A waiter that
+ * enters after the poke sleeps its timeout: the caller checks for that news before it
+ * waits and after every wake. */
+void reg_poke(reg *r);
+
 /* ---- a read-only view for another process ---------------------------------------------- */
 
 /* The keeper's view of the registry file: no mirror, its own read-only connection. It sees

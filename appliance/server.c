@@ -73,6 +73,9 @@ typedef enum {
     SRV_P_REVOCATION_KEY,
     SRV_P_REVOCATION_EVENTS,
     SRV_P_METRICS,
+    SRV_P_TOKEN_REDEEM,
+    SRV_P_TOKEN,
+    SRV_P_STATUS_LIST,
     SRV_P_NONE
 } srv_path;
 
@@ -81,6 +84,7 @@ typedef enum {
 #define SRV_ADMIN (1u << CRED_ROLE_ADMIN)
 #define SRV_SIGNER (1u << CRED_ROLE_SIGNER)
 #define SRV_AUDITOR (1u << CRED_ROLE_AUDITOR)
+#define SRV_REDEEMER (1u << CRED_ROLE_REDEEMER)
 
 typedef struct {
     srv_path path;
@@ -106,6 +110,10 @@ static const srv_route srv_routes[] = {
     {SRV_P_KEY_ROTATE, "POST", api_keys_rotate, SRV_ADMIN, NULL},
     {SRV_P_KEY_SIGN, "POST", api_keys_sign, SRV_SIGNER, NULL},
     {SRV_P_TOKENS, "POST", api_tokens_mint, SRV_SIGNER, NULL},
+    /* A signer revokes the tokens it minted (checked in the handler), an admin any. */
+    {SRV_P_TOKEN, "DELETE", api_tokens_revoke, SRV_ADMIN | SRV_SIGNER, NULL},
+    {SRV_P_TOKEN_REDEEM, "POST", api_tokens_redeem, SRV_REDEEMER, NULL},
+    {SRV_P_STATUS_LIST, "GET", api_status_list, SRV_PUBLIC, NULL},
     {SRV_P_CREDENTIALS, "POST", api_credentials_create, SRV_ADMIN, NULL},
     {SRV_P_CREDENTIALS, "GET", api_credentials_list, SRV_ADMIN, NULL},
     {SRV_P_CREDENTIAL, "GET", api_credentials_get, SRV_ADMIN, NULL},
@@ -245,6 +253,7 @@ static const struct {
 } srv_fixed[] = {
     {"/v1/keys", SRV_P_KEYS},
     {"/v1/tokens", SRV_P_TOKENS},
+    {"/v1/tokens/redeem", SRV_P_TOKEN_REDEEM},
     {"/v1/credentials", SRV_P_CREDENTIALS},
     {"/v1/audit", SRV_P_AUDIT},
     {"/v1/audit/export", SRV_P_AUDIT_EXPORT},
@@ -268,39 +277,52 @@ static const struct {
     {"/v1/keys/{kid}/sign", SRV_P_KEY_SIGN},
     {"/v1/keys/{kid}/rotate", SRV_P_KEY_ROTATE},
     {"/v1/credentials/{id}", SRV_P_CREDENTIAL},
+    {"/v1/tokens/{jti}", SRV_P_TOKEN},
+    {"/v1/status-lists/{n}", SRV_P_STATUS_LIST},
 };
 
-/* Splits the path into a route and, for /v1/keys/{kid}... and /v1/credentials/{id}, the
- * segment's text (checked by the caller or the handler; "-" when it is too long to be
- * anything, so that it fails that check). */
-static srv_path srv_match(const char *uri, char seg_out[64])
+/* The segment a path parameter may fill: a jti (64) is the longest. */
+#define SRV_SEG_MAX 72
+
+/* Splits the path into a route and, for /v1/keys/{kid}..., /v1/credentials/{id},
+ * /v1/tokens/{jti} and /v1/status-lists/{n}, the segment's text (checked by the caller or
+ * the handler; "!" when it is too long to be anything, so that it fails every check). */
+static srv_path srv_match(const char *uri, char seg_out[SRV_SEG_MAX])
 {
+    static const struct {
+        const char *prefix;
+        srv_path id;
+    } params[] = {{"/v1/keys/", SRV_P_KEY},
+                  {"/v1/credentials/", SRV_P_CREDENTIAL},
+                  {"/v1/tokens/", SRV_P_TOKEN},
+                  {"/v1/status-lists/", SRV_P_STATUS_LIST}};
     seg_out[0] = '\0';
     for (size_t i = 0; i < sizeof(srv_fixed) / sizeof(srv_fixed[0]); i++)
         if (strcmp(uri, srv_fixed[i].path) == 0)
             return srv_fixed[i].id;
-    const char *seg;
-    int keys;
-    if (strncmp(uri, "/v1/keys/", 9) == 0) {
-        seg = uri + 9;
-        keys = 1;
-    } else if (strncmp(uri, "/v1/credentials/", 16) == 0) {
-        seg = uri + 16;
-        keys = 0;
-    } else {
-        return SRV_P_NONE;
+    const char *seg = NULL;
+    srv_path leaf = SRV_P_NONE;
+    for (size_t i = 0; i < sizeof(params) / sizeof(params[0]) && seg == NULL; i++) {
+        size_t plen = strlen(params[i].prefix);
+        if (strncmp(uri, params[i].prefix, plen) == 0) {
+            seg = uri + plen;
+            leaf = params[i].id;
+        }
     }
+    if (seg == NULL)
+        return SRV_P_NONE;
+    int keys = leaf == SRV_P_KEY;
     size_t n = strcspn(seg, "/");
     if (n == 0)
         return SRV_P_NONE;
-    if (n >= 64)
-        snprintf(seg_out, 64, "%s", "-");
+    if (n >= SRV_SEG_MAX)
+        snprintf(seg_out, SRV_SEG_MAX, "%s", "!");
     else {
         memcpy(seg_out, seg, n);
         seg_out[n] = '\0';
     }
     if (seg[n] == '\0')
-        return keys ? SRV_P_KEY : SRV_P_CREDENTIAL;
+        return leaf;
     if (keys && strcmp(seg + n, "/sign") == 0)
         return SRV_P_KEY_SIGN;
     if (keys && strcmp(seg + n, "/rotate") == 0)
@@ -495,7 +517,7 @@ static int srv_authorize(struct mg_connection *c, srv *s, const srv_route *route
 static int srv_route_request(struct mg_connection *c, srv *s, srv_outcome *o)
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
-    char seg[64];
+    char seg[SRV_SEG_MAX];
     srv_path path = srv_match(ri->local_uri ? ri->local_uri : "", seg);
     if (path == SRV_P_NONE)
         return srv_send_error(c, API_ERR_NOT_FOUND, "no such resource", NULL, 0);
@@ -536,7 +558,7 @@ static int srv_route_request(struct mg_connection *c, srv *s, srv_outcome *o)
         o->kid = q.kid;
         o->has_kid = 1;
     }
-    if (path == SRV_P_CREDENTIAL)
+    if (path == SRV_P_CREDENTIAL || path == SRV_P_TOKEN || path == SRV_P_STATUS_LIST)
         q.id = seg;
 
     static _Thread_local char body[API_BODY_MAX + 1];
@@ -583,6 +605,7 @@ static int srv_route_request(struct mg_connection *c, srv *s, srv_outcome *o)
 #define SRV_EVENTS_WAKE_MS 1000
 /* Revocations read from the registry per batch while catching a subscriber up. */
 #define SRV_EVENTS_BATCH 256
+#define SRV_TOKEN_EVENTS_BATCH 64 /* token revocations are larger: ~128 bytes each */
 
 /* Writes one chunk of the chunked response (the stream has no length): 0, or -1 when the
  * subscriber is gone. */
@@ -620,6 +643,31 @@ static int srv_events_send(struct mg_connection *c, reg *rg, uint64_t *sent)
     }
 }
 
+/* Sends every token revocation after *sent as a token-revocation event without an id (the
+ * ids are key-revocation seqs, what Last-Event-ID resumes), advancing *sent: 0, or -1. A
+ * verifier that reconnects refetches the status lists it holds instead of a replay. */
+static int srv_token_events_send(struct mg_connection *c, srv *s, uint64_t *sent)
+{
+    tks_revocation batch[SRV_TOKEN_EVENTS_BATCH];
+    for (;;) {
+        size_t n = tks_revocations_after(s->env->tks, *sent, batch, SRV_TOKEN_EVENTS_BATCH);
+        for (size_t i = 0; i < n; i++) {
+            json_t *j = api_token_revocation_json(s->env->cfg, &batch[i]);
+            char *data = j ? json_dumps(j, JSON_COMPACT) : NULL;
+            json_decref(j);
+            char ev[SRV_HEAD_MAX];
+            int len =
+                data ? snprintf(ev, sizeof(ev), "event: token-revocation\ndata: %s\n\n", data) : -1;
+            free(data);
+            if (len < 0 || len >= (int)sizeof(ev) || srv_chunk(c, ev, (size_t)len) != 0)
+                return -1;
+            *sent = batch[i].seq;
+        }
+        if (n < SRV_TOKEN_EVENTS_BATCH)
+            return 0;
+    }
+}
+
 /* GET /v1/revocations/events: Server-Sent Events. A subscriber gets a hello with the
  * newest sequence number, then every revocation after its Last-Event-ID (none without
  * one), then each new revocation as it is committed, woken by the registry (no polling),
@@ -627,8 +675,10 @@ static int srv_events_send(struct mg_connection *c, reg *rg, uint64_t *sent)
  * Each subscriber holds one CivetWeb thread of its own: num_threads is worker_threads +
  * events_max_subscribers and subscribers past the bound get 503, so the stream can never
  * take the threads that sign. The stream ends when the subscriber goes or the appliance
- * stops. The events only tell verifiers to fetch the signed feed sooner: they carry no
- * signature and are not what a verifier should believe. */
+ * stops. Token revocations (DELETE /v1/tokens/{jti}) ride the same stream as
+ * token-revocation events, woken by reg_poke. The events only tell verifiers to fetch the
+ * signed feed or status list sooner: they carry no signature and are not what a verifier
+ * should believe. */
 static int srv_events(struct mg_connection *c, srv *s, const api_req *q)
 {
     const cfg *cf = s->env->cfg;
@@ -662,9 +712,11 @@ static int srv_events(struct mg_connection *c, srv *s, const api_req *q)
                         "Transfer-Encoding: chunked\r\n"
                         "%s\r\n",
                         s->hsts);
-    char hello[128];
-    int blen = snprintf(hello, sizeof(hello), "retry: 1000\nevent: hello\ndata: {\"seq\":%llu}\n\n",
-                        (unsigned long long)top);
+    uint64_t tsent = tks_seq(s->env->tks);
+    char hello[160];
+    int blen = snprintf(hello, sizeof(hello),
+                        "retry: 1000\nevent: hello\ndata: {\"seq\":%llu,\"token_seq\":%llu}\n\n",
+                        (unsigned long long)top, (unsigned long long)tsent);
     uint64_t seen = reg_generation(rg);
     int ok = hlen > 0 && hlen < (int)sizeof(head) && mg_write(c, head, (size_t)hlen) == hlen &&
              srv_chunk(c, hello, (size_t)blen) == 0 && srv_events_send(c, rg, &sent) == 0;
@@ -688,6 +740,8 @@ static int srv_events(struct mg_connection *c, srv *s, const api_req *q)
             seen = gen;
             ok = srv_events_send(c, rg, &sent) == 0;
         }
+        if (ok && tks_seq(s->env->tks) != tsent)
+            ok = srv_token_events_send(c, s, &tsent) == 0;
     }
     if (ok)
         mg_write(c, "0\r\n\r\n", 5); /* the end of the chunked body: the connection stays usable */

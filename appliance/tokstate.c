@@ -4,6 +4,12 @@
 #include "appliance/audit.h"
 #include "appliance/db.h"
 #include "hsm/hsm.h"
+#include "jose/jose.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #include <limits.h>
 #include <pthread.h>
@@ -32,7 +38,11 @@ static const char tks_schema_sql[] =
     " jti TEXT PRIMARY KEY,"
     " exp INTEGER NOT NULL,"
     " redeemed_at INTEGER NOT NULL) WITHOUT ROWID;"
-    "CREATE INDEX IF NOT EXISTS token_redeemed_exp ON token_redeemed (exp);";
+    "CREATE INDEX IF NOT EXISTS token_redeemed_exp ON token_redeemed (exp);"
+    /* The key of the revocable jtis' MAC: made once, kept with the state it protects. */
+    "CREATE TABLE IF NOT EXISTS token_secret ("
+    " id INTEGER PRIMARY KEY CHECK (id = 1),"
+    " mac_key BLOB NOT NULL);";
 
 static const char *const tks_status_names[TKS_ERR_COUNT_] = {
     [TKS_OK] = "ok",
@@ -80,7 +90,8 @@ struct tks {
     /* Group commit (batch_mu). */
     tks_waiter *queue_head, *queue_tail;
     int leading;
-    int64_t last_prune; /* write_mu */
+    int64_t last_prune;               /* write_mu */
+    uint8_t mac_key[TKS_MAC_KEY_LEN]; /* revocable jtis (tks_jti_make); wiped by tks_close */
 };
 
 static _Thread_local char tks_errbuf[TKS_ERR_MSG_MAX];
@@ -230,6 +241,39 @@ static tks_status tks_load_revocations(tks *t)
     return st;
 }
 
+/* Reads the jti MAC key, making it on first open (INSERT OR IGNORE, then read back: a
+ * second process opening the same new file at once ends up with the same key). */
+static tks_status tks_load_secret(tks *t)
+{
+    char err[256];
+    uint8_t fresh[TKS_MAC_KEY_LEN];
+    if (RAND_bytes(fresh, sizeof(fresh)) != 1)
+        return tks_fail(t->path, TKS_ERR_IO, "no randomness for the jti key");
+    sqlite3_stmt *s;
+    tks_status st = TKS_OK;
+    if (db_prepare(t->db, "INSERT OR IGNORE INTO token_secret (id, mac_key) VALUES (1, ?1)", &s,
+                   "write token_secret", err, sizeof(err)) != 0)
+        st = tks_fail(t->path, TKS_ERR_IO, "%s", err);
+    else {
+        sqlite3_bind_blob(s, 1, fresh, sizeof(fresh), SQLITE_TRANSIENT);
+        if (db_step_done(t->db, s, "write token_secret", err, sizeof(err)) != 0)
+            st = tks_fail(t->path, TKS_ERR_IO, "%s", err);
+    }
+    OPENSSL_cleanse(fresh, sizeof(fresh));
+    if (st != TKS_OK)
+        return st;
+    if (db_prepare(t->db, "SELECT mac_key FROM token_secret WHERE id = 1", &s, "read token_secret",
+                   err, sizeof(err)) != 0)
+        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
+    if (sqlite3_step(s) != SQLITE_ROW || sqlite3_column_bytes(s, 0) != TKS_MAC_KEY_LEN)
+        st =
+            tks_fail(t->path, TKS_ERR_IO, "token_secret holds no key of %d bytes", TKS_MAC_KEY_LEN);
+    else
+        memcpy(t->mac_key, sqlite3_column_blob(s, 0), TKS_MAC_KEY_LEN);
+    sqlite3_finalize(s);
+    return st;
+}
+
 tks_status tks_open(const char *path, tks **out)
 {
     *out = NULL;
@@ -260,6 +304,8 @@ tks_status tks_open(const char *path, tks **out)
         audit_schema(t->db, err, sizeof(err)) != 0)
         st = tks_fail(path, TKS_ERR_IO, "%s", err);
     if (st == TKS_OK)
+        st = tks_load_secret(t);
+    if (st == TKS_OK)
         st = tks_load_lists(t);
     if (st == TKS_OK)
         st = tks_load_revocations(t);
@@ -279,6 +325,7 @@ void tks_close(tks *t)
     for (uint32_t i = 0; i < t->n_lists; i++)
         free(t->lists[i].bits);
     free(t->revs);
+    OPENSSL_cleanse(t->mac_key, sizeof(t->mac_key));
     pthread_mutex_destroy(&t->assign_mu);
     pthread_mutex_destroy(&t->write_mu);
     pthread_mutex_destroy(&t->batch_mu);
@@ -644,4 +691,79 @@ tks_status tks_redeemed_count(tks *t, uint64_t *count)
     }
     pthread_mutex_unlock(&t->write_mu);
     return rc == 0 ? TKS_OK : tks_fail(t->path, TKS_ERR_IO, "%s", err);
+}
+
+/* ---- revocable jtis ------------------------------------------------------------------- */
+
+/* The bytes a revocable jti encodes: list, idx (big-endian) and owner, then their MAC. */
+#define TKS_JTI_BODY (4 + 4 + TKS_OWNER_BYTES)
+#define TKS_JTI_BYTES (TKS_JTI_BODY + TKS_JTI_MAC_LEN)
+
+static void tks_jti_mac(const tks *t, const uint8_t body[TKS_JTI_BODY],
+                        uint8_t mac[TKS_JTI_MAC_LEN])
+{
+    uint8_t full[EVP_MAX_MD_SIZE];
+    unsigned len = 0;
+    HMAC(EVP_sha256(), t->mac_key, sizeof(t->mac_key), body, TKS_JTI_BODY, full, &len);
+    memcpy(mac, full, TKS_JTI_MAC_LEN);
+    OPENSSL_cleanse(full, sizeof(full));
+}
+
+static int tks_hex_nibble(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+tks_status tks_jti_make(tks *t, tks_index ix, const char *owner_hex, char out[TKS_JTI_MAX + 1])
+{
+    uint8_t b[TKS_JTI_BYTES] = {0};
+    if (ix.list >= TKS_LISTS_MAX || ix.idx >= TKS_LIST_SIZE)
+        return TKS_ERR_INVALID;
+    for (int i = 0; i < 4; i++) {
+        b[i] = (uint8_t)(ix.list >> (24 - 8 * i));
+        b[4 + i] = (uint8_t)(ix.idx >> (24 - 8 * i));
+    }
+    if (owner_hex != NULL && owner_hex[0] != '\0') {
+        if (strlen(owner_hex) != 2 * TKS_OWNER_BYTES)
+            return TKS_ERR_INVALID;
+        for (int i = 0; i < TKS_OWNER_BYTES; i++) {
+            int hi = tks_hex_nibble(owner_hex[2 * i]), lo = tks_hex_nibble(owner_hex[2 * i + 1]);
+            if (hi < 0 || lo < 0)
+                return TKS_ERR_INVALID;
+            b[8 + i] = (uint8_t)(hi << 4 | lo);
+        }
+    }
+    tks_jti_mac(t, b, b + TKS_JTI_BODY);
+    out[0] = TKS_JTI_REVOCABLE_PREFIX;
+    if (jose_b64url_encode(b, sizeof(b), out + 1, TKS_JTI_MAX) != TKS_JTI_REVOCABLE_LEN - 1)
+        return TKS_ERR_INVALID;
+    out[TKS_JTI_REVOCABLE_LEN] = '\0';
+    return TKS_OK;
+}
+
+tks_status tks_jti_read(tks *t, const char *jti, tks_index *ix,
+                        char owner_hex[2 * TKS_OWNER_BYTES + 1])
+{
+    if (!tks_jti_ok(jti))
+        return TKS_ERR_INVALID;
+    uint8_t b[TKS_JTI_BYTES + 3];
+    size_t n = 0;
+    if (strlen(jti) != TKS_JTI_REVOCABLE_LEN || jti[0] != TKS_JTI_REVOCABLE_PREFIX ||
+        jose_b64url_decode(jti + 1, TKS_JTI_REVOCABLE_LEN - 1, b, sizeof(b), &n) != 0 ||
+        n != TKS_JTI_BYTES)
+        return TKS_ERR_NOT_FOUND;
+    uint8_t mac[TKS_JTI_MAC_LEN];
+    tks_jti_mac(t, b, mac);
+    if (CRYPTO_memcmp(mac, b + TKS_JTI_BODY, TKS_JTI_MAC_LEN) != 0)
+        return TKS_ERR_NOT_FOUND;
+    ix->list = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+    ix->idx = (uint32_t)b[4] << 24 | (uint32_t)b[5] << 16 | (uint32_t)b[6] << 8 | b[7];
+    int owned = 0;
+    for (int i = 0; i < TKS_OWNER_BYTES; i++) {
+        owned |= b[8 + i];
+        snprintf(owner_hex + 2 * i, 3, "%02x", b[8 + i]);
+    }
+    if (!owned)
+        owner_hex[0] = '\0';
+    return TKS_OK;
 }

@@ -53,6 +53,12 @@
 #define TKS_JTI_MAX 64                      /* bytes of a jti, without the NUL */
 #define TKS_PRUNE_SLACK 300                 /* seconds a redeemed jti is kept past its exp */
 #define TKS_BUSY_TIMEOUT_MS 5000
+/* A revocable token's jti: 'r' then the base64url of (list, idx, owner, MAC): 28 bytes. */
+#define TKS_JTI_REVOCABLE_PREFIX 'r'
+#define TKS_JTI_REVOCABLE_LEN 39
+#define TKS_OWNER_BYTES 8  /* the minting credential's id (16 hex characters) */
+#define TKS_JTI_MAC_LEN 12 /* HMAC-SHA256, truncated: 96 bits against forgery */
+#define TKS_MAC_KEY_LEN 32
 
 typedef enum {
     TKS_OK = 0,
@@ -142,6 +148,19 @@ size_t tks_revocations_after(tks *t, uint64_t after, tks_revocation *out, size_t
  * TKS_ERR_INVALID for a jti that fails tks_jti_ok or an exp before now; TKS_ERR_IO when
  * the commit failed (nothing was consumed then: the caller may retry). */
 tks_status tks_redeem(tks *t, const char *jti, int64_t exp, const char *kid_hex, int64_t now);
+
+/* A revocable token's jti, so that revoking it needs nothing stored per token: the jti
+ * itself says which status index it has and which credential minted it (owner_hex, 16
+ * lowercase hex, or NULL/"" for none), under a MAC whose key the state file keeps (made on
+ * first open): nobody can name another token's index or claim to own it. Writes
+ * TKS_JTI_REVOCABLE_LEN characters and a NUL. TKS_ERR_INVALID for a bad index or owner. */
+tks_status tks_jti_make(tks *t, tks_index ix, const char *owner_hex, char out[TKS_JTI_MAX + 1]);
+
+/* The inverse: TKS_OK with *ix and owner_hex ("" for none) for a jti tks_jti_make made with
+ * this file's key; TKS_ERR_INVALID for a jti that fails tks_jti_ok; TKS_ERR_NOT_FOUND for
+ * any other (a plain token's jti, a forged or altered one). */
+tks_status tks_jti_read(tks *t, const char *jti, tks_index *ix,
+                        char owner_hex[2 * TKS_OWNER_BYTES + 1]);
 
 /* Deletes redeemed jtis past exp + TKS_PRUNE_SLACK; *deleted (may be NULL) how many. */
 tks_status tks_prune(tks *t, int64_t now, uint64_t *deleted);

@@ -17,7 +17,7 @@
 #define CTL_KIDS_MAX 64          /* kids of one signer credential */
 
 static const char ctl_credentials_help[] =
-    "usage: signdctl credentials create --role admin|signer|auditor [--label L]\n"
+    "usage: signdctl credentials create --role admin|signer|auditor|redeemer [--label L]\n"
     "                          [--kids all|KID,KID,...] [--max-ttl SECONDS]\n"
     "                          [--client-subject DN] [--out FILE]\n"
     "       signdctl credentials list\n"
@@ -124,9 +124,9 @@ static int ctl_cred_create(ctl_ctx *ctx, int argc, char **argv)
     int rc, npos;
     if (ctl_parse(ctx, cmd, ctl_credentials_help, argc, argv, opts, NULL, 0, &npos, &rc) != 0)
         return rc;
-    if (role == NULL ||
-        (strcmp(role, "admin") != 0 && strcmp(role, "signer") != 0 && strcmp(role, "auditor") != 0))
-        return ctl_usage(cmd, "--role must be admin, signer or auditor");
+    if (role == NULL || (strcmp(role, "admin") != 0 && strcmp(role, "signer") != 0 &&
+                         strcmp(role, "auditor") != 0 && strcmp(role, "redeemer") != 0))
+        return ctl_usage(cmd, "--role must be admin, signer, auditor or redeemer");
     if (strcmp(role, "signer") == 0 && kids == NULL)
         return ctl_usage(cmd, "a signer needs --kids all or --kids KID,KID,...");
     unsigned long long max_ttl = 0;

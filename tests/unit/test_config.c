@@ -202,6 +202,7 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "token_ttl_max",
                            "rotation_grace_seconds",
                            "token_issuer",
+                           "public_url",
                            "jwks_max_age",
                            "revocations_max_age",
                            "revocation_feed_lifetime",
@@ -463,6 +464,53 @@ static void test_strings_are_checked(void **state)
     assert_rejected(fx, "user = -x\n", "1: 'user' must be a user name");
 }
 
+static void test_an_origin_is_a_scheme_a_lowercase_host_and_a_port_only(void **state)
+{
+    (void)state;
+    const char *good[] = {"https://player.example.com", "http://a.b",      "https://10.0.0.1:8443",
+                          "https://x-y.example:1",      "https://h:65535", NULL};
+    const char *bad[] = {"https://Player.example.com",
+                         "https://a.example/",
+                         "https://a.example/path",
+                         "https://a.example?q",
+                         "ftp://a.example",
+                         "https://user@a.example",
+                         "https://a.example:0",
+                         "https://a.example:65536",
+                         "https://a.example:080",
+                         "https://a.example:",
+                         "https://",
+                         "https://.a",
+                         "https://a..b",
+                         "https://-a.b",
+                         "https://a-.b",
+                         "https://a.b.",
+                         "a.example",
+                         "",
+                         NULL};
+    for (int i = 0; good[i] != NULL; i++)
+        assert_true(cfg_origin_ok(good[i]));
+    for (int i = 0; bad[i] != NULL; i++)
+        assert_false(cfg_origin_ok(bad[i]));
+    assert_false(cfg_origin_ok(NULL));
+    char longest[CFG_ORIGIN_MAX + 2];
+    memcpy(longest, "https://", 8);
+    memset(longest + 8, 'a', sizeof(longest) - 9);
+    longest[sizeof(longest) - 1] = '\0';
+    for (size_t i = 8 + 60; i < sizeof(longest) - 1; i += 61)
+        longest[i] = '.';
+    assert_false(cfg_origin_ok(longest)); /* one byte over */
+    longest[sizeof(longest) - 2] = '\0';
+    assert_true(cfg_origin_ok(longest));
+}
+
+static void test_public_url_must_be_an_origin(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(load_text(fx, "public_url = https://signd.example.com:8443\n"), 0);
+    assert_rejected(fx, "public_url = https://signd.example.com/\n", "1: 'public_url' must be");
+}
+
 static void test_obsolete_admin_credential_file_is_accepted_and_ignored(void **state)
 {
     fixture *fx = *state;
@@ -649,6 +697,8 @@ int main(void)
         T(test_key_bits_must_be_2048_3072_or_4096),
         T(test_booleans_are_true_or_false_only),
         T(test_strings_are_checked),
+        T(test_an_origin_is_a_scheme_a_lowercase_host_and_a_port_only),
+        T(test_public_url_must_be_an_origin),
         T(test_obsolete_admin_credential_file_is_accepted_and_ignored),
         T(test_ttl_min_default_max_must_be_ordered),
         T(test_overlong_line_is_rejected),

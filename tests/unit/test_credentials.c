@@ -383,7 +383,7 @@ static void test_invalid_role_label_or_kids_are_rejected(void **state)
     long_label[sizeof(long_label) - 1] = '\0';
     hsm_kid dup[2] = {kid_of(1), kid_of(1)};
 
-    assert_int_equal(create_with(cs, (cred_role)3, "x", NULL, 0, 0, 0, T0, secret, NULL),
+    assert_int_equal(create_with(cs, CRED_ROLE_COUNT_, "x", NULL, 0, 0, 0, T0, secret, NULL),
                      CRED_ERR_INVALID);
     assert_int_equal(create_with(cs, (cred_role)-1, "x", NULL, 0, 0, 0, T0, secret, NULL),
                      CRED_ERR_INVALID);

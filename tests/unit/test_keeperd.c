@@ -1032,6 +1032,17 @@ static void test_audit_pubkey_creates_the_key_once_and_the_same_key_survives_a_r
     size_t n = jose_b64url_encode(KP_AUDIT_HEADER, strlen(KP_AUDIT_HEADER), b64, sizeof(b64));
     assert_int_equal(n, strlen(KP_AUDIT_HEADER_B64));
     assert_string_equal(b64, KP_AUDIT_HEADER_B64);
+    /* The same for the status list's header; the publication key signs that shape, the
+     * audit key does not. */
+    n = jose_b64url_encode(KP_STATUS_LIST_HEADER, strlen(KP_STATUS_LIST_HEADER), b64, sizeof(b64));
+    assert_string_equal(b64, KP_STATUS_LIST_HEADER_B64);
+    static const char status_list[] = KP_STATUS_LIST_HEADER_B64 ".eyJ4IjoxfQ";
+    assert_true(kp_svc_input_ok(KP_SVC_PUBLISH, status_list, sizeof(status_list) - 1));
+    assert_false(kp_svc_input_ok(KP_SVC_AUDIT, status_list, sizeof(status_list) - 1));
+    assert_false(kp_svc_input_ok(KP_SVC_PUBLISH, KP_STATUS_LIST_HEADER_B64 ".a.b",
+                                 strlen(KP_STATUS_LIST_HEADER_B64 ".a.b")));
+    assert_false(kp_svc_input_ok(KP_SVC_PUBLISH, KP_STATUS_LIST_HEADER_B64,
+                                 strlen(KP_STATUS_LIST_HEADER_B64)));
     hsm_kid kid = audit_kid();
     assert_true(kp_is_reserved(&kid));
     kid.b[HSM_KID_LEN - 1] ^= 1;

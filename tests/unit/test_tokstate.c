@@ -336,6 +336,54 @@ static void test_redeemed_jtis_are_pruned_after_their_exp(void **state)
     tks_close(t);
 }
 
+static void test_a_revocable_jti_round_trips_and_survives_a_restart(void **state)
+{
+    const testenv_db *d = *state;
+    tks *t = open_ok(d);
+    tks_index ix = {3, 70000}, got;
+    char jti[TKS_JTI_MAX + 1], bare[TKS_JTI_MAX + 1], owner[2 * TKS_OWNER_BYTES + 1];
+    assert_int_equal(tks_jti_make(t, ix, "0123456789abcdef", jti), TKS_OK);
+    assert_int_equal(strlen(jti), TKS_JTI_REVOCABLE_LEN);
+    assert_true(tks_jti_ok(jti));
+    assert_int_equal(tks_jti_make(t, ix, NULL, bare), TKS_OK);
+    assert_string_not_equal(jti, bare);
+    tks_close(t);
+    /* The MAC key is in the file: the jti still reads after a restart. */
+    t = open_ok(d);
+    assert_int_equal(tks_jti_read(t, jti, &got, owner), TKS_OK);
+    assert_int_equal(got.list, 3);
+    assert_int_equal(got.idx, 70000);
+    assert_string_equal(owner, "0123456789abcdef");
+    assert_int_equal(tks_jti_read(t, bare, &got, owner), TKS_OK);
+    assert_string_equal(owner, "");
+    tks_close(t);
+}
+
+static void test_a_forged_or_foreign_jti_is_not_found(void **state)
+{
+    const testenv_db *d = *state;
+    tks *t = open_ok(d);
+    tks_index ix = {0, 5}, got;
+    char jti[TKS_JTI_MAX + 1], owner[2 * TKS_OWNER_BYTES + 1];
+    assert_int_equal(tks_jti_make(t, ix, "0123456789abcdef", jti), TKS_OK);
+    /* Every single-character change (another index, another owner, another MAC). */
+    for (size_t i = 1; i < TKS_JTI_REVOCABLE_LEN; i++) {
+        char forged[TKS_JTI_MAX + 1];
+        memcpy(forged, jti, sizeof(forged));
+        forged[i] = forged[i] == 'A' ? 'B' : 'A';
+        assert_int_equal(tks_jti_read(t, forged, &got, owner), TKS_ERR_NOT_FOUND);
+    }
+    assert_int_equal(tks_jti_read(t, "0123456789abcdef0123456789abcdef", &got, owner),
+                     TKS_ERR_NOT_FOUND);
+    assert_int_equal(tks_jti_read(t, "", &got, owner), TKS_ERR_INVALID);
+    assert_int_equal(tks_jti_read(t, "r/../x", &got, owner), TKS_ERR_INVALID);
+    assert_int_equal(tks_jti_make(t, ix, "0123", jti), TKS_ERR_INVALID);
+    assert_int_equal(tks_jti_make(t, ix, "0123456789abcdeZ", jti), TKS_ERR_INVALID);
+    tks_index bad = {TKS_LISTS_MAX, 0};
+    assert_int_equal(tks_jti_make(t, bad, NULL, jti), TKS_ERR_INVALID);
+    tks_close(t);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, testenv_db_setup, testenv_db_teardown)
 
 int main(void)
@@ -354,6 +402,8 @@ int main(void)
         T(test_concurrent_redeems_of_one_jti_give_exactly_one_ok),
         T(test_concurrent_redeems_of_distinct_jtis_all_succeed),
         T(test_redeemed_jtis_are_pruned_after_their_exp),
+        T(test_a_revocable_jti_round_trips_and_survives_a_restart),
+        T(test_a_forged_or_foreign_jti_is_not_found),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
