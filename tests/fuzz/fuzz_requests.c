@@ -5,7 +5,7 @@
  * API_BODY_MAX bytes). The selector's low three bits pick the body:
  *   0 POST /v1/keys        1 POST /v1/keys/{kid}/rotate   2 DELETE /v1/keys/{kid}
  *   3 POST /v1/keys/{kid}/sign   4 POST /v1/tokens   5 POST /v1/credentials
- *   6 DELETE /v1/credentials/{id}   7 POST /v1/tokens again (the hot path gets two)
+ *   6 DELETE /v1/credentials/{id}   7 POST /v1/tokens/redeem
  * bit 3 makes the caller a signer with its own max_ttl (600 s), bit 4 sets tls_client_ca
  * (so client_subject is allowed). The environment has a configuration and nothing else:
  * registry, keeper, credential store and audit are NULL, so a parse that reached for any
@@ -138,8 +138,7 @@ static void fuzz_body(int which, const api_req *q)
         api_keys_sign_body_free(&b);
         break;
     }
-    case 4:
-    case 7: {
+    case 4: {
         api_tokens_mint_body b;
         if ((e = api_tokens_mint_parse(q, &r, &b)) != API_OK) {
             check(all_zero(&b, sizeof(b)), "tokens: refusal left data");
@@ -152,9 +151,16 @@ static void fuzz_body(int which, const api_req *q)
         check(b.has_sub || b.sub[0] == '\0', "tokens: sub");
         check(strnlen(b.sub, sizeof(b.sub)) <= API_SUB_MAX, "tokens: sub length");
         check(b.claims == NULL || json_is_object(b.claims), "tokens: claims");
-        static const char *const reserved[] = {"iss", "sub", "iat", "nbf", "exp", "jti"};
+        static const char *const reserved[] = {"iss", "sub",    "iat",        "nbf",   "exp",
+                                               "jti", "status", "single_use", "origin"};
         for (size_t i = 0; b.claims != NULL && i < sizeof(reserved) / sizeof(reserved[0]); i++)
             check(json_object_get(b.claims, reserved[i]) == NULL, "tokens: reserved claim");
+        check(!b.has_aud || json_object_get(b.claims, "aud") == NULL, "tokens: aud twice");
+        check(b.has_aud ? b.aud[0] != '\0' && printable(b.aud, API_AUD_MAX) : b.aud[0] == '\0',
+              "tokens: aud");
+        check(b.has_origin ? cfg_origin_ok(b.origin) : b.origin[0] == '\0', "tokens: origin");
+        check((b.single_use == 0 || b.single_use == 1) && (b.revocable == 0 || b.revocable == 1),
+              "tokens: flags");
         api_tokens_mint_body_free(&b);
         api_tokens_mint_body_free(&b);
         break;
@@ -169,9 +175,7 @@ static void fuzz_body(int which, const api_req *q)
                   "credentials: refusal left data");
             break;
         }
-        check(b.role == CRED_ROLE_ADMIN || b.role == CRED_ROLE_SIGNER ||
-                  b.role == CRED_ROLE_AUDITOR,
-              "credentials: role");
+        check((unsigned)b.role < CRED_ROLE_COUNT_, "credentials: role");
         check(printable(b.label, CRED_LABEL_MAX) && (b.has_label || b.label[0] == '\0'),
               "credentials: label");
         if (b.has_subject)
@@ -195,9 +199,22 @@ static void fuzz_body(int which, const api_req *q)
               "credentials: max_ttl");
         break;
     }
-    default:
+    case 6:
         e = api_credentials_revoke_parse(q, &r);
         break;
+    default: {
+        api_tokens_redeem_body b;
+        if ((e = api_tokens_redeem_parse(q, &r, &b)) != API_OK) {
+            check(all_zero(&b, sizeof(b)), "redeem: refusal left data");
+            break;
+        }
+        check(b.token != NULL && b.token_len <= API_TOKEN_MAX && strlen(b.token) == b.token_len,
+              "redeem: token");
+        check(b.has_origin ? cfg_origin_ok(b.origin) : b.origin[0] == '\0', "redeem: origin");
+        api_tokens_redeem_body_free(&b);
+        api_tokens_redeem_body_free(&b);
+        break;
+    }
     }
     if (e != API_OK)
         check_refusal(e, &r);
