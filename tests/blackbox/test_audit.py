@@ -1036,3 +1036,33 @@ def test_every_signature_mode_group_commits_concurrent_requests(make_appliance, 
     text = wait_checkpoint(a, head_seq(a))
     n, last, _ = assert_verifies(tmp_path, text, audit_pem(a))
     assert n == last >= before + 64
+
+
+def test_token_mints_are_counted_and_redeems_and_token_revocations_recorded_with_the_actor(
+        make_appliance, tmp_path):
+    """Token-level control in the trail: a revocable or single-use mint is counted like any
+    other token (per kid and credential, not one event each); a redeem and a token
+    revocation are each an event with the calling credential as actor, in the chain that
+    still verifies."""
+    a = make_appliance(FAST)
+    kid = a.create_key()["kid"]
+    redeemer = a.create_credential("redeemer")["secret"]
+    before = head_seq(a)
+    once = a.post("/v1/tokens", {"kid": kid, "single_use": True, "revocable": True})
+    plain = a.post("/v1/tokens", {"kid": kid, "revocable": True})
+    assert once.status_code == 200 and plain.status_code == 200
+    r = a.post("/v1/tokens/redeem", {"token": once.json()["token"]}, auth=redeemer)
+    assert r.status_code == 200 and r.json()["redeemed"] is True, r.text
+    assert a.delete("/v1/tokens/" + plain.json()["jti"]).status_code == 200
+    redeemed = wait_events(a, "token.redeemed", after=before)
+    assert [e["actor"] for e in redeemed] == [cred_id(redeemer)]
+    assert redeemed[0]["kid"] == kid
+    assert redeemed[0]["details"]["jti"] == once.json()["jti"]
+    revoked = wait_events(a, "token.revoked", after=before)
+    assert [e["actor"] for e in revoked] == [cred_id(a.signer)]
+    assert revoked[0]["details"]["jti"] == plain.json()["jti"]
+    want = ({kid: 2}, {cred_id(a.signer): 2})
+    wait_for(lambda: sum_counts(events(a, action="sign.counts", after=before)) == want,
+             message="sign.counts to reach %r" % (want,))
+    text = wait_checkpoint(a, head_seq(a))
+    assert_verifies(tmp_path, text, audit_pem(a))
