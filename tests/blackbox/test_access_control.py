@@ -31,11 +31,16 @@ def world(make_module_appliance):
     }
     auditor = a.create_credential("auditor")
     creds["auditor"] = auditor["secret"]
+    creds["redeemer"] = a.create_credential("redeemer")["secret"]
+    # A plain token to redeem (any number of times) and status list 0 to read.
+    minted = a.post("/v1/tokens", {"kid": key_a, "revocable": True}, auth=creds["signer"])
+    assert minted.status_code == 200, minted.text
     revoked = a.create_credential("signer", kids="all")
     assert a.delete("/v1/credentials/" + revoked["id"]).status_code == 200
     creds["revoked"] = revoked["secret"]
     creds["none"] = None
-    return {"a": a, "A": key_a, "B": key_b, "creds": creds, "auditor_id": auditor["id"]}
+    return {"a": a, "A": key_a, "B": key_b, "creds": creds, "auditor_id": auditor["id"],
+            "token": minted.json()["token"]}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,7 @@ def make_module_appliance(tmp_path_factory):
 
 # The authorization matrix: route -> the roles that get a success; every other role gets
 # 403, no credential and a revoked one 401. Public routes: 200 for everyone.
-ROLES = ["admin", "signer", "auditor"]
+ROLES = ["admin", "signer", "auditor", "redeemer"]
 MATRIX = [
     ("POST", "/v1/keys", {"admin"}),
     ("GET", "/v1/keys", {"admin", "auditor"}),
@@ -64,6 +69,9 @@ MATRIX = [
     ("POST", "/v1/keys/{victim}/rotate", {"admin"}),
     ("POST", "/v1/keys/{A}/sign", {"signer"}),
     ("POST", "/v1/tokens", {"signer"}),
+    ("DELETE", "/v1/tokens/{victim_token}", {"admin", "signer"}),
+    ("POST", "/v1/tokens/redeem", {"redeemer"}),
+    ("GET", "/v1/status-lists/0", "public"),
     ("POST", "/v1/credentials", {"admin"}),
     ("GET", "/v1/credentials", {"admin"}),
     ("GET", "/v1/credentials/{cred}", {"admin"}),
@@ -82,7 +90,9 @@ MATRIX = [
 ]
 
 
-def body_for(method, path):
+def body_for(method, path, world):
+    if path == "/v1/tokens/redeem":
+        return {"token": world["token"]}
     if path.endswith("/sign"):
         return {"payload": b64u(b"matrix")}
     if path == "/v1/tokens":
@@ -107,13 +117,16 @@ def test_every_role_gets_exactly_the_routes_of_the_matrix(world, who, method, te
     victim = a.create_key(label="victim")["kid"] if "{victim}" in template else ZERO_KID
     victim_cred = (a.create_credential("auditor")["id"]
                    if "{victim_cred}" in template else "0" * 16)
+    # A revocable token of the matrix's signer: the signer may revoke what it minted.
+    victim_token = (a.post("/v1/tokens", {"revocable": True}, auth=world["creds"]["signer"])
+                    .json()["jti"] if "{victim_token}" in template else "x")
     path = template.format(A=world["A"], victim=victim, cred=world["auditor_id"],
-                           victim_cred=victim_cred)
+                           victim_cred=victim_cred, victim_token=victim_token)
     secret = world["creds"][who]
     # The event stream never ends by itself: read its status and headers only.
     stream = template.endswith("/events")
-    r = a.request(method, path, auth=secret if secret else False, json=body_for(method, path),
-                  stream=stream)
+    r = a.request(method, path, auth=secret if secret else False,
+                  json=body_for(method, path, world), stream=stream)
     if stream:
         r.close()
     if allowed == "public":
