@@ -28,11 +28,16 @@ static const char ctl_credentials_help[] =
 
 static const char ctl_token_help[] =
     "usage: signdctl token mint [--kid KID] [--sub S] [--ttl SECONDS] [--nbf UNIX]\n"
-    "                           [--claims JSON]\n"
+    "                           [--claims JSON] [--single-use] [--revocable]\n"
+    "                           [--aud AUD] [--origin https://HOST[:PORT]]\n"
+    "       signdctl token revoke JTI\n"
     "\n"
-    "Mints a signed JWT (signer): prints the token, or the API's JSON with --json. Without\n"
-    "--kid the newest active key the credential may use signs. --claims is a JSON object of\n"
-    "extra claims, e.g. '{\"downloadable\":true}'.\n";
+    "mint: a signed JWT (signer): prints the token, or the API's JSON with --json (which\n"
+    "also shows the jti). Without --kid the newest active key the credential may use signs.\n"
+    "--claims is a JSON object of extra claims, e.g. '{\"downloadable\":true}'.\n"
+    "--single-use: redeemable once (POST /v1/tokens/redeem); --revocable: can be revoked\n"
+    "alone by its jti; --origin binds it to one origin.\n"
+    "revoke: revokes one revocable token by its jti (admin, or the signer that minted it).\n";
 
 static const char ctl_sign_help[] =
     "usage: signdctl sign KID [--in FILE]\n"
@@ -299,7 +304,33 @@ int ctl_cmd_credentials(ctl_ctx *ctx, int argc, char **argv)
     return ctl_usage("credentials", "unknown verb '%s' (create, list, revoke)", verb);
 }
 
-/* ---- token mint and sign --------------------------------------------------------------- */
+/* ---- token mint and revoke, sign -------------------------------------------------------- */
+
+static const char *const ctl_token_revocation_fields[] = {"jti", "list",       "idx", "uri",
+                                                          "seq", "revoked_at", NULL};
+
+/* token revoke JTI: the appliance judges the jti (400 invalid_jti, 404 token_not_found);
+ * here only what cannot be a path segment is refused. */
+static int ctl_token_revoke(ctl_ctx *ctx, int argc, char **argv)
+{
+    const char *pos[1];
+    int rc, npos;
+    if (ctl_parse(ctx, "token revoke", ctl_token_help, argc, argv, NULL, pos, 1, &npos, &rc) != 0)
+        return rc;
+    if (npos != 1 || pos[0][0] == '\0' || strlen(pos[0]) > 64 ||
+        strspn(pos[0], "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-") !=
+            strlen(pos[0]))
+        return ctl_usage("token revoke", "give the token's jti (1 to 64 of A-Z a-z 0-9 _ -)");
+    char path[96], what[96];
+    snprintf(path, sizeof(path), "/v1/tokens/%s", pos[0]);
+    snprintf(what, sizeof(what), "revoke token %s", pos[0]);
+    json_t *rv = NULL;
+    if ((rc = ctl_request(ctx, true, "DELETE", path, NULL, what, &rv)) != CTL_EXIT_OK)
+        return rc;
+    ctl_print_object(ctx, rv, ctl_token_revocation_fields);
+    json_decref(rv);
+    return CTL_EXIT_OK;
+}
 
 int ctl_cmd_token(ctl_ctx *ctx, int argc, char **argv)
 {
@@ -307,12 +338,23 @@ int ctl_cmd_token(ctl_ctx *ctx, int argc, char **argv)
         fputs(ctl_token_help, argc == 0 ? stderr : stdout);
         return argc == 0 ? CTL_EXIT_USAGE : CTL_EXIT_OK;
     }
+    if (strcmp(argv[0], "revoke") == 0)
+        return ctl_token_revoke(ctx, argc - 1, argv + 1);
     if (strcmp(argv[0], "mint") != 0)
-        return ctl_usage("token", "unknown verb '%s' (mint)", argv[0]);
+        return ctl_usage("token", "unknown verb '%s' (mint, revoke)", argv[0]);
     const char *kid = NULL, *sub = NULL, *ttl_s = NULL, *nbf_s = NULL, *claims_s = NULL;
-    const ctl_opt opts[] = {{"kid", true, &kid, NULL},         {"sub", true, &sub, NULL},
-                            {"ttl", true, &ttl_s, NULL},       {"nbf", true, &nbf_s, NULL},
-                            {"claims", true, &claims_s, NULL}, {NULL, false, NULL, NULL}};
+    const char *aud = NULL, *origin = NULL;
+    bool single_use = false, revocable = false;
+    const ctl_opt opts[] = {{"kid", true, &kid, NULL},
+                            {"sub", true, &sub, NULL},
+                            {"ttl", true, &ttl_s, NULL},
+                            {"nbf", true, &nbf_s, NULL},
+                            {"claims", true, &claims_s, NULL},
+                            {"aud", true, &aud, NULL},
+                            {"origin", true, &origin, NULL},
+                            {"single-use", false, NULL, &single_use},
+                            {"revocable", false, NULL, &revocable},
+                            {NULL, false, NULL, NULL}};
     const char *cmd = "token mint";
     int rc, npos;
     if (ctl_parse(ctx, cmd, ctl_token_help, argc - 1, argv + 1, opts, NULL, 0, &npos, &rc) != 0)
@@ -345,6 +387,14 @@ int ctl_cmd_token(ctl_ctx *ctx, int argc, char **argv)
         json_object_set_new(body, "nbf", json_integer((json_int_t)nbf));
     if (claims != NULL)
         json_object_set_new(body, "claims", claims);
+    if (aud != NULL)
+        json_object_set_new(body, "aud", json_string(aud));
+    if (origin != NULL)
+        json_object_set_new(body, "origin", json_string(origin));
+    if (single_use)
+        json_object_set_new(body, "single_use", json_true());
+    if (revocable)
+        json_object_set_new(body, "revocable", json_true());
     rc = ctl_request(ctx, true, "POST", "/v1/tokens", body, "mint a token", &tok);
     json_decref(body);
     if (rc == CTL_EXIT_OK && ctx->json) {

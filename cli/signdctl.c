@@ -34,6 +34,8 @@ static const char ctl_main_help[] =
     "  credentials create --role ROLE [--kids ...] [--out FILE]         (admin)\n"
     "  credentials list | credentials revoke ID                         (admin)\n"
     "  token mint [--kid KID] [--sub S] [--ttl SECONDS] [--claims JSON] (signer)\n"
+    "             [--single-use] [--revocable] [--aud A] [--origin O]\n"
+    "  token revoke JTI                                   (admin, the signer that minted it)\n"
     "  sign KID [--in FILE]                                             (signer)\n"
     "  audit export [--out FILE]                                        (admin, auditor)\n"
     "  audit verify [--key PEM] [--anchor SEQ:HASH]                     (admin, auditor)\n"

@@ -462,6 +462,33 @@ def test_token_mint_verifies_with_the_jwks(appliance, signer_file):
     assert r.returncode == EXIT_USAGE
 
 
+def test_token_mint_flags_and_token_revoke_by_its_minter(appliance, signer_file):
+    appliance.create_key(label="revocable")
+    r = ctl(appliance, "--json", "token", "mint", "--single-use", "--revocable", "--aud", "up",
+            "--origin", "https://a.example", cred=signer_file)
+    assert r.returncode == EXIT_OK, r.stderr
+    minted = json.loads(r.stdout)
+    assert minted["single_use"] is True and minted["revocable"] is True
+    claims = json.loads(jwt.JWT(jwt=minted["token"]).token.objects["payload"])
+    assert claims["aud"] == "up" and claims["origin"] == "https://a.example"
+    assert claims["status"]["status_list"]["idx"] == minted["status"]["idx"]
+    first = ctl(appliance, "--json", "token", "revoke", minted["jti"], cred=signer_file)
+    assert first.returncode == EXIT_OK, first.stderr
+    again = ctl(appliance, "--json", "token", "revoke", minted["jti"])  # the admin
+    assert again.returncode == EXIT_OK, again.stderr
+    assert json.loads(first.stdout) == json.loads(again.stdout)
+    assert json.loads(first.stdout)["jti"] == minted["jti"]
+    # Refused before any request: not a jti at all; by the appliance: not one of its own.
+    bad = ctl(appliance, "token", "revoke", "a/b")
+    assert bad.returncode == EXIT_USAGE and "jti" in one_error_line(bad)
+    unknown = ctl(appliance, "token", "revoke", "0" * 32)
+    assert unknown.returncode == EXIT_REFUSED and "token_not_found" in one_error_line(unknown)
+    bad_origin = ctl(appliance, "token", "mint", "--origin", "https://A.example/",
+                     cred=signer_file)
+    assert bad_origin.returncode == EXIT_REFUSED
+    assert "invalid_origin" in one_error_line(bad_origin)
+
+
 def test_sign_verifies_with_the_public_key(appliance, signer_file, tmp):
     key = appliance.create_key(label="raw")
     data = os.urandom(1000)
