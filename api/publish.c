@@ -331,6 +331,37 @@ static void api_feed_drop_all(void)
     pthread_mutex_unlock(&api_feed_mu);
 }
 
+/* A compact JWS of payload (consumed) under header, signed by the publication key: a new
+ * document, or NULL and *st set (the token's answer, or HSM_ERR_DEVICE when out of memory
+ * or when payload is NULL). */
+static api_doc *api_publication_sign(const api_env *env, const char *header, json_t *payload,
+                                     hsm_status *st)
+{
+    *st = HSM_ERR_DEVICE;
+    char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
+    json_decref(payload);
+    if (text == NULL)
+        return NULL;
+    size_t hlen = strlen(header), plen = strlen(text);
+    size_t cap = jose_jws_max_len(hlen, plen, JOSE_SIG_MAX);
+    char *jws = cap != SIZE_MAX ? malloc(cap) : NULL;
+    size_t input_len = 0, total = 0, sig_len = 0;
+    uint8_t sig[HSM_SIG_MAX];
+    api_doc *d = NULL;
+    if (jws != NULL && jose_jws_begin(header, hlen, text, plen, jws, cap, &input_len) == 0) {
+        *st = kp_svc_sign(env->kp, KP_SVC_PUBLISH, jws, input_len, sig, &sig_len);
+        if (*st == HSM_OK) {
+            if (jose_jws_finish(jws, cap, input_len, sig, sig_len, &total) == 0)
+                d = api_doc_text(jws, total, 0);
+            if (d == NULL)
+                *st = HSM_ERR_DEVICE;
+        }
+    }
+    free(jws);
+    free(text);
+    return d;
+}
+
 /* Signs the feed of the revocations after `after` as of now: a new document, or NULL and
  * *st set (the token's answer, or HSM_ERR_DEVICE when out of memory). */
 static api_doc *api_feed_sign(const api_env *env, uint64_t after, int64_t now, hsm_status *st)
@@ -348,31 +379,7 @@ static api_doc *api_feed_sign(const api_env *env, uint64_t after, int64_t now, h
                         (json_int_t)now, "exp", (json_int_t)(now + c->revocation_feed_lifetime),
                         "ttl", (json_int_t)c->revocations_max_age, "revoked", revoked);
     json_decref(list);
-    char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
-    json_decref(payload);
-    if (text == NULL)
-        return NULL;
-    static const char header[] = KP_PUBLISH_HEADER;
-    size_t plen = strlen(text);
-    size_t cap = jose_jws_max_len(sizeof(header) - 1, plen, JOSE_SIG_MAX);
-    char *jws = cap != SIZE_MAX ? malloc(cap) : NULL;
-    size_t input_len = 0, total = 0;
-    uint8_t sig[HSM_SIG_MAX];
-    size_t sig_len = 0;
-    api_doc *d = NULL;
-    if (jws != NULL &&
-        jose_jws_begin(header, sizeof(header) - 1, text, plen, jws, cap, &input_len) == 0) {
-        *st = kp_svc_sign(env->kp, KP_SVC_PUBLISH, jws, input_len, sig, &sig_len);
-        if (*st == HSM_OK) {
-            if (jose_jws_finish(jws, cap, input_len, sig, sig_len, &total) == 0)
-                d = api_doc_text(jws, total, 0);
-            if (d == NULL)
-                *st = HSM_ERR_DEVICE;
-        }
-    }
-    free(jws);
-    free(text);
-    return d;
+    return api_publication_sign(env, KP_PUBLISH_HEADER, payload, st);
 }
 
 /* The signed document for `after`, from the cache or signed now; a new reference. */
@@ -510,30 +517,7 @@ static api_doc *api_sl_sign(const api_env *env, uint32_t list, int64_t now, hsm_
                         (json_int_t)(now + c->revocation_feed_lifetime), "ttl",
                         (json_int_t)c->revocations_max_age, "status_list", "bits", 1, "lst", lst);
     free(lst);
-    char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
-    json_decref(payload);
-    if (text == NULL)
-        return NULL;
-    static const char header[] = KP_STATUS_LIST_HEADER;
-    size_t plen = strlen(text);
-    size_t cap = jose_jws_max_len(sizeof(header) - 1, plen, JOSE_SIG_MAX);
-    char *jws = cap != SIZE_MAX ? malloc(cap) : NULL;
-    size_t input_len = 0, total = 0, sig_len = 0;
-    uint8_t sig[HSM_SIG_MAX];
-    api_doc *d = NULL;
-    if (jws != NULL &&
-        jose_jws_begin(header, sizeof(header) - 1, text, plen, jws, cap, &input_len) == 0) {
-        *st = kp_svc_sign(env->kp, KP_SVC_PUBLISH, jws, input_len, sig, &sig_len);
-        if (*st == HSM_OK) {
-            if (jose_jws_finish(jws, cap, input_len, sig, sig_len, &total) == 0)
-                d = api_doc_text(jws, total, 0);
-            if (d == NULL)
-                *st = HSM_ERR_DEVICE;
-        }
-    }
-    free(jws);
-    free(text);
-    return d;
+    return api_publication_sign(env, KP_STATUS_LIST_HEADER, payload, st);
 }
 
 /* The signed list, from the cache or signed now; a new reference. */

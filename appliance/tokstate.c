@@ -87,6 +87,10 @@ struct tks {
     size_t n_revs, cap_revs;
     atomic_uint_fast64_t generation;
     uint32_t next_idx; /* assign_mu: the next index of the last list */
+    /* assign_mu: a thread is writing the next block's reservation with assign_mu released
+     * (tks_assign reserves ahead); reserve_cv is broadcast when it is done. */
+    int reserving;
+    pthread_cond_t reserve_cv;
     /* Group commit (batch_mu). */
     tks_waiter *queue_head, *queue_tail;
     int leading;
@@ -288,6 +292,7 @@ tks_status tks_open(const char *path, tks **out)
     pthread_mutex_init(&t->write_mu, NULL);
     pthread_mutex_init(&t->batch_mu, NULL);
     pthread_cond_init(&t->batch_cv, NULL);
+    pthread_cond_init(&t->reserve_cv, NULL);
     /* Writer-preferring, as in the credential store: a stream of status checks must not
      * starve a revocation. */
     pthread_rwlockattr_t ra;
@@ -330,6 +335,7 @@ void tks_close(tks *t)
     pthread_mutex_destroy(&t->write_mu);
     pthread_mutex_destroy(&t->batch_mu);
     pthread_cond_destroy(&t->batch_cv);
+    pthread_cond_destroy(&t->reserve_cv);
     pthread_rwlock_destroy(&t->mirror_rw);
     free(t);
 }
@@ -355,11 +361,39 @@ static tks_status tks_write_reserved(tks *t, uint32_t list, uint32_t end)
     return rc == 0 ? TKS_OK : tks_fail(t->path, TKS_ERR_IO, "%s", err);
 }
 
+/* Called with assign_mu held, right after an index was handed out: once half of the last
+ * list's reserved block is gone, writes the next block's end with assign_mu released, so
+ * the fsync stalls only the calling mint, not every other one (they keep handing out the
+ * rest of the block). A failure is left to the next crossing, or to tks_assign's own
+ * reservation when the block runs out. */
+static void tks_reserve_ahead(tks *t)
+{
+    uint32_t list = t->n_lists - 1, reserved = t->lists[list].reserved;
+    if (t->reserving || reserved >= TKS_LIST_SIZE || reserved - t->next_idx > TKS_BLOCK / 2)
+        return;
+    t->reserving = 1;
+    pthread_mutex_unlock(&t->assign_mu);
+    tks_status st = tks_write_reserved(t, list, reserved + TKS_BLOCK);
+    pthread_mutex_lock(&t->assign_mu);
+    if (st == TKS_OK) {
+        pthread_rwlock_wrlock(&t->mirror_rw);
+        t->lists[list].reserved = reserved + TKS_BLOCK;
+        pthread_rwlock_unlock(&t->mirror_rw);
+    }
+    t->reserving = 0;
+    pthread_cond_broadcast(&t->reserve_cv);
+}
+
 tks_status tks_assign(tks *t, tks_index *out)
 {
     pthread_mutex_lock(&t->assign_mu);
     tks_status st = TKS_OK;
     uint32_t n = t->n_lists;
+    /* The block ran out while its successor is being written: wait for that write. */
+    while (t->reserving && n > 0 && t->next_idx >= t->lists[n - 1].reserved) {
+        pthread_cond_wait(&t->reserve_cv, &t->assign_mu);
+        n = t->n_lists;
+    }
     if (n == 0 || t->next_idx >= t->lists[n - 1].reserved) {
         int fresh = n == 0 || t->lists[n - 1].reserved >= TKS_LIST_SIZE;
         uint32_t list = fresh ? n : n - 1;
@@ -387,6 +421,7 @@ tks_status tks_assign(tks *t, tks_index *out)
     if (st == TKS_OK) {
         out->list = t->n_lists - 1;
         out->idx = t->next_idx++;
+        tks_reserve_ahead(t);
     }
     pthread_mutex_unlock(&t->assign_mu);
     return st;

@@ -8,10 +8,13 @@
  * carries a status index (list, idx); list n holds TKS_LIST_SIZE one-bit statuses, bit i
  * at byte i / 8, bit i % 8 counted from the least significant bit, 1 = revoked.
  *  - Minting must not cost a disk write per token, so tks_assign hands indexes out from
- *    memory and writes only when it opens a new block of TKS_BLOCK: table `token_lists`
- *    keeps per list the end of the last block ever reserved. After a crash the unused
- *    rest of that block is skipped, never handed out twice: every index handed out before
- *    the crash lies below the reserved end, and the next one starts from it.
+ *    memory and writes once per block of TKS_BLOCK: table `token_lists` keeps per list
+ *    the end of the last block ever reserved. The next block is reserved ahead, once half
+ *    of the current one is handed out, by the one mint that crossed the half, with the
+ *    assign lock released: the others keep minting from memory during its fsync. After a
+ *    crash the unused rest (at most two blocks) is skipped, never handed out twice: every
+ *    index handed out before the crash lies below the reserved end, and the next one
+ *    starts from it.
  *  - tks_revoke writes one row of `token_revocations` (seq AUTOINCREMENT: rises, never
  *    reused) and its audit event in one transaction, fsynced before the bit is set in
  *    memory: a reader never sees a revocation that is not durable. Only an index already

@@ -93,6 +93,64 @@ static void test_a_restart_skips_the_rest_of_the_reserved_block(void **state)
     tks_close(t);
 }
 
+static void test_the_next_block_is_reserved_once_half_of_one_is_handed_out(void **state)
+{
+    tks *t = open_ok(*state);
+    tks_index ix;
+    for (uint32_t i = 0; i < TKS_BLOCK / 2; i++)
+        assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    tks_close(t); /* reserved ahead by the mint that crossed the half: two blocks */
+    t = open_ok(*state);
+    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    assert_int_equal(ix.idx, 2 * TKS_BLOCK);
+    tks_close(t);
+}
+
+#define ASSIGNERS 8
+#define ASSIGN_EACH 3000
+
+static void *assign_many(void *arg)
+{
+    tks_index *out = ((void **)arg)[1];
+    tks *t = ((void **)arg)[0];
+    for (int i = 0; i < ASSIGN_EACH; i++)
+        if (tks_assign(t, &out[i]) != TKS_OK)
+            out[i].list = UINT32_MAX;
+    return NULL;
+}
+
+static int ix_cmp(const void *a, const void *b)
+{
+    const tks_index *x = a, *y = b;
+    return x->list != y->list ? (x->list < y->list ? -1 : 1)
+                              : (x->idx < y->idx ? -1 : x->idx > y->idx);
+}
+
+static void test_concurrent_mints_get_distinct_indexes_across_reservations(void **state)
+{
+    tks *t = open_ok(*state);
+    tks_index *all = calloc(ASSIGNERS * ASSIGN_EACH, sizeof(*all));
+    assert_non_null(all);
+    pthread_t th[ASSIGNERS];
+    void *args[ASSIGNERS][2];
+    for (int i = 0; i < ASSIGNERS; i++) {
+        args[i][0] = t;
+        args[i][1] = all + i * ASSIGN_EACH;
+        assert_int_equal(pthread_create(&th[i], NULL, assign_many, args[i]), 0);
+    }
+    for (int i = 0; i < ASSIGNERS; i++)
+        pthread_join(th[i], NULL);
+    qsort(all, ASSIGNERS * ASSIGN_EACH, sizeof(*all), ix_cmp);
+    /* Every index from 0 up, once each: nothing lost or given twice while blocks were
+     * reserved ahead with the lock released. */
+    for (uint32_t i = 0; i < ASSIGNERS * ASSIGN_EACH; i++) {
+        assert_int_equal(all[i].list, 0);
+        assert_int_equal(all[i].idx, i);
+    }
+    free(all);
+    tks_close(t);
+}
+
 static void test_a_full_list_opens_the_next_one(void **state)
 {
     tks *t = open_ok(*state);
@@ -391,6 +449,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_indexes_are_handed_out_in_order_from_list_zero),
         T(test_a_restart_skips_the_rest_of_the_reserved_block),
+        T(test_the_next_block_is_reserved_once_half_of_one_is_handed_out),
+        T(test_concurrent_mints_get_distinct_indexes_across_reservations),
         T(test_a_full_list_opens_the_next_one),
         T(test_a_revoked_index_is_set_durably_and_its_sibling_is_not),
         T(test_revoking_twice_returns_the_first_revocation),
