@@ -15,12 +15,20 @@
 #   - revocation propagation: from the 200 of a DELETE to a subscribed verifier (verifier/)
 #     rejecting the kid, over 100 revocations on a fresh data directory: p50 and p99
 #     (bar p99 <= 100 ms);
-#   - JWKS requests/s with 1,000 keys, for 200 and for 304.
+#   - JWKS requests/s with 1,000 keys, for 200 and for 304;
+#   - minting revocable single-use tokens against plain ones, same wrk, same appliance, the
+#     ratio (bar >= 0.95), and durable redeems/s of fresh single-use tokens with p50/p99 at
+#     16 and 64 connections (rounds of their own, last; see tokens_bench below).
 # Raw, split, split with subscribers, split with every signature audited, and single runs
 # alternate (their order reversed every other round), 3 rounds,
 # medians reported: the machine is shared and noisy. The configuration is put back to split
 # and audit_every_signature = false after each run that changed it (and on exit).
 #   BENCH_SECONDS=10  length of each measurement
+#   BENCH_ROUNDS=3    rounds
+#   BENCH_ONLY=tokens only the issue-11 token measurements (mint revocable single-use vs
+#                     plain, redeem/s); with BENCH_SECONDS=3 BENCH_ROUNDS=1, a quick try
+#   SIGND_BUILD=build the build directory (`make bench` passes $(BUILD)): its bin/ is run,
+#                     its bench/ holds the data directories and the table
 # The data directory build/bench/appliance (1,000 keys, a few minutes to create the first
 # time) is kept and reused by later runs.
 set -euo pipefail
@@ -28,16 +36,26 @@ cd "$(dirname "$0")/../.."
 top=$(pwd)
 secs=${BENCH_SECONDS:-10}
 rounds=${BENCH_ROUNDS:-3}
-dir="$top/build/bench/appliance"
+build=${SIGND_BUILD:-build}
+export SIGND_BUILD=$build
+only=${BENCH_ONLY:-}
+case $only in
+"" | tokens) ;;
+*)
+	echo "bench: BENCH_ONLY must be empty or tokens" >&2
+	exit 2
+	;;
+esac
+dir="$top/$build/bench/appliance"
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-mkdir -p build/bench
+mkdir -p "$build/bench"
 provisioning/init-data-dir.sh "$dir" "$port" >&2
 conf="$dir/appliance.conf"
 sed -i -E "s/^port = [0-9]+\$/port = $port/; s/^worker_threads = [0-9]+\$/worker_threads = 72/" "$conf"
 url="https://127.0.0.1:$port"
 pid=
 start() {
-	build/bin/signd "$conf" >"$dir/stdout.log" 2>>"$dir/signd.log" &
+	"$build/bin/signd" "$conf" >"$dir/stdout.log" 2>>"$dir/signd.log" &
 	pid=$!
 	for _ in $(seq 100); do
 		grep -q listening "$dir/stdout.log" 2>/dev/null && return 0
@@ -88,6 +106,14 @@ if not os.path.exists(signer):
     fd = os.open(signer, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, (r.json()["secret"] + "\n").encode())
     os.close(fd)
+# The relying party's credential for POST /v1/tokens/redeem (role redeemer), made once.
+redeemer = d + "/bench-redeemer.credential"
+if not os.path.exists(redeemer):
+    r = s.post(url + "/v1/credentials", json={"role": "redeemer", "label": "bench"})
+    assert r.status_code == 201, r.text
+    fd = os.open(redeemer, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, (r.json()["secret"] + "\n").encode())
+    os.close(fd)
 PY
 kid=$(SIGND_URL=$url SIGND_DIR=$dir /usr/bin/python3 -c '
 import os, requests
@@ -99,6 +125,134 @@ print(r.json()["kid"])')
 stop
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# Issue 11: revocable single-use tokens against plain ones, and redeems/s. One appliance
+# per round: POST /v1/tokens with {} (plain) and with {"revocable":true,"single_use":true},
+# wrk -t2 -c64, one right after the other (order reversed every other round); both runs
+# write the tokens they minted (tests/bench/mint_tokens.lua), the same work for both. The
+# single-use ones, topped up by unmeasured minting to redeem_tokens per redeem run, are then
+# redeemed, each once (a second redeem is a 409), by wrk -t2 at 16 and at 64 connections
+# (tests/bench/redeem.lua, each thread its own slice of them): a run ends when its tokens
+# are spent or after BENCH_SECONDS. Only a 200 saying "redeemed":true counts; any other
+# answer fails the bench. Durable: the appliance answers 200 only once the consumption is
+# fsynced (a group commit shared by concurrent redeems).
+redeem_tokens=${BENCH_REDEEM_TOKENS:-$((secs * 2000))}
+plain_body='{}' su_body='{"revocable":true,"single_use":true}'
+plain_runs=() su_runs=() r16_runs=() r16_p50_runs=() r16_p99_runs=()
+r64_runs=() r64_p50_runs=() r64_p99_runs=()
+# One wrk mint run (body, token file prefix, seconds) against the running appliance: wrk's
+# output, or a message and failure on any answer that is not a token.
+tok_mint() {
+	local body=$1 prefix=$2 t=$3 out minted lines
+	out=$(SIGND_CREDENTIAL_FILE="$dir/bench-signer.credential" SIGND_MINT_BODY="$body" \
+		SIGND_TOKENS_OUT="$prefix" wrk -t2 -c64 -d"${t}s" --latency -s tests/bench/mint_tokens.lua \
+		"$url") || return 1
+	if ! echo "$out" | grep -qE '^bench: minted [0-9]+ bad 0$' || echo "$out" | grep -q "Non-2xx"; then
+		echo "bench: POST /v1/tokens $body answered something other than a token:" >&2
+		echo "$out" >&2
+		return 1
+	fi
+	minted=$(echo "$out" | awk '/^bench: minted/ {print $3}')
+	lines=$(cat "$prefix".* | wc -l)
+	if [ "$lines" -ne "$minted" ]; then
+		echo "bench: $minted tokens minted but $lines written to $prefix.*" >&2
+		return 1
+	fi
+	echo "$out"
+}
+# One wrk redeem run at $1 connections, spending the token slices $2.0 and $2.1: appends its
+# redeems/s and p50/p99 to that connection count's arrays, or fails on any non-200.
+tok_redeem() {
+	local c=$1 slices=$2 out line n bad left span rate p50 p99
+	echo "bench: round $r/$rounds: POST /v1/tokens/redeem, a fresh single-use token each, wrk -t2 -c$c, $(cat "$slices".* | wc -l) tokens or ${secs}s" >&2
+	out=$(SIGND_CREDENTIAL_FILE="$dir/bench-redeemer.credential" SIGND_TOKENS_IN="$slices" \
+		wrk -t2 -c"$c" -d"${secs}s" --latency -s tests/bench/redeem.lua "$url") || exit 1
+	line=$(echo "$out" | grep '^bench: redeemed ') || true
+	read -r _ _ n _ bad _ left _ span _ rate <<<"$line"
+	if [ -z "$line" ] || [ "$bad" != 0 ] || [ "$n" = 0 ] || echo "$out" | grep -q "Non-2xx"; then
+		echo "bench: FAILED: POST /v1/tokens/redeem answered something other than a 200 redeem:" >&2
+		echo "$out" >&2
+		exit 1
+	fi
+	if echo "$out" | grep -q "Socket errors"; then
+		echo "bench: warning: redeem run at -c$c: $(echo "$out" | grep "Socket errors")" >&2
+	fi
+	# A thread that spent its slice stops at once: the redeems it still had in flight (and
+	# the token wrk's request check takes) are not counted, nor is their time.
+	echo "bench: $n redeems counted in ${span}s ($left tokens not sent): $rate/s" >&2
+	p50=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')
+	p99=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')
+	case $c in
+	16) r16_runs+=("$rate"); r16_p50_runs+=("$p50"); r16_p99_runs+=("$p99") ;;
+	64) r64_runs+=("$rate"); r64_p50_runs+=("$p50"); r64_p99_runs+=("$p99") ;;
+	esac
+}
+tokens_bench() {
+	local tmp="$top/$build/bench/tokens" order m body out rps have need t c
+	for r in $(seq "$rounds"); do
+		rm -rf "$tmp"
+		mkdir -p "$tmp"
+		start
+		if [ $((r % 2)) -eq 1 ]; then order="plain su"; else order="su plain"; fi
+		for m in $order; do
+			if [ "$m" = plain ]; then body=$plain_body; else body=$su_body; fi
+			echo "bench: round $r/$rounds: POST /v1/tokens $body, wrk -t2 -c64, ${secs}s" >&2
+			out=$(tok_mint "$body" "$tmp/$m" "$secs") || exit 1
+			rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
+			if [ "$m" = plain ]; then plain_runs+=("$rps"); else su_runs+=("$rps"); fi
+		done
+		cat "$tmp"/su.* >"$tmp/pool"
+		rm -f "$tmp"/su.* "$tmp"/plain.*
+		need=$((2 * redeem_tokens))
+		have=$(wc -l <"$tmp/pool")
+		while [ "$have" -lt "$need" ]; do
+			t=$(awk -v n=$((need - have)) -v r="${su_runs[-1]}" 'BEGIN {t = int(n / (r > 50 ? r : 50)) + 1; print (t > 60 ? 60 : t)}')
+			echo "bench: round $r/$rounds: minting $((need - have)) more single-use tokens for the redeem runs (${t}s, not measured)" >&2
+			tok_mint "$su_body" "$tmp/more" "$t" >/dev/null || exit 1
+			cat "$tmp"/more.* >>"$tmp/pool"
+			rm -f "$tmp"/more.*
+			have=$(wc -l <"$tmp/pool")
+		done
+		# redeem_tokens for each run, dealt alternately to its two wrk threads' slices.
+		awk -v n="$redeem_tokens" -v a="$tmp/r16" -v b="$tmp/r64" \
+			'NR <= 2 * n { print > ((NR <= n ? a : b) "." (NR % 2)) }' "$tmp/pool"
+		rm -f "$tmp/pool"
+		if [ $((r % 2)) -eq 1 ]; then order="16 64"; else order="64 16"; fi
+		for c in $order; do
+			tok_redeem "$c" "$tmp/r$c"
+		done
+		stop
+		rm -rf "$tmp"
+	done
+	plain=$(printf '%s\n' "${plain_runs[@]}" | median)
+	su=$(printf '%s\n' "${su_runs[@]}" | median)
+	su_ratio=$(awk -v a="$su" -v b="$plain" 'BEGIN {printf "%.3f", a / b}')
+	su_verdict=$(awk -v r="$su_ratio" 'BEGIN {print (r >= 0.95) ? "pass" : "FAIL"}')
+	r16=$(printf '%s\n' "${r16_runs[@]}" | median)
+	r16_p50=$(printf '%s\n' "${r16_p50_runs[@]}" | median)
+	r16_p99=$(printf '%s\n' "${r16_p99_runs[@]}" | median)
+	r64=$(printf '%s\n' "${r64_runs[@]}" | median)
+	r64_p50=$(printf '%s\n' "${r64_p50_runs[@]}" | median)
+	r64_p99=$(printf '%s\n' "${r64_p99_runs[@]}" | median)
+}
+token_rows() {
+	echo "| signed JWTs, POST /v1/tokens {} (plain), wrk -t2 -c64, split (req/s) | $plain |"
+	echo "| signed JWTs, same wrk, same appliance, {\"revocable\":true,\"single_use\":true} (req/s) | $su |"
+	echo "| ratio revocable single-use / plain (bar >= 0.95) | $su_ratio $su_verdict |"
+	echo "| redeems/s, POST /v1/tokens/redeem, a fresh single-use token each, durable (each 200 fsynced first), wrk -t2 -c16, up to $redeem_tokens tokens | $r16 |"
+	echo "| redeem latency p50 / p99, -c16 (ms) | $r16_p50 / $r16_p99 |"
+	echo "| redeems/s, same, wrk -t2 -c64 | $r64 |"
+	echo "| redeem latency p50 / p99, -c64 (ms) | $r64_p50 / $r64_p99 |"
+}
+if [ "$only" = tokens ]; then
+	tokens_bench
+	{
+		echo "| measure (median of $rounds, ${secs}s each) | value |"
+		echo "| --- | --- |"
+		token_rows
+	} | tee "$build/bench/tokens.txt"
+	exit 0
+fi
+
 raw_runs=() jwt_runs=() p50_runs=() p99_runs=() single_runs=()
 every_runs=() every_p50_runs=() every_p99_runs=() sse_runs=()
 # One wrk JWT measurement against the running appliance: wrk's output, or exit on non-2xx.
@@ -160,7 +314,7 @@ run_mode() {
 # a run in its round (what ran just before it) moves its figure by several percent.
 for r in $(seq "$rounds"); do
 	echo "bench: round $r/$rounds: raw C_Sign loop, 2 threads, ${secs}s" >&2
-	raw=$(build/bin/bench-hsm raw "$dir" 2 "$secs" "$kid" | awk '/^raw_sign_per_s:/ {print $2}')
+	raw=$("$build/bin/bench-hsm" raw "$dir" 2 "$secs" "$kid" | awk '/^raw_sign_per_s:/ {print $2}')
 	raw_runs+=("$raw")
 	if [ $((r % 2)) -eq 1 ]; then order="split sse every single"; else order="single every sse split"; fi
 	for mode in $order; do
@@ -194,11 +348,11 @@ sse_verdict=$(awk -v r="$sse_ratio" 'BEGIN {print (r >= 0.90) ? "pass" : "FAIL"}
 
 # Revocation propagation, on a data directory of its own (the bench token is full: 1,000
 # keys), made fresh each run: 100 keys created, each revoked while a verifier listens.
-pdir="$top/build/bench/propagation"
+pdir="$top/$build/bench/propagation"
 rm -rf "$pdir"
 pport=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 provisioning/init-data-dir.sh "$pdir" "$pport" >&2
-build/bin/signd "$pdir/appliance.conf" >"$pdir/stdout.log" 2>>"$pdir/signd.log" &
+"$build/bin/signd" "$pdir/appliance.conf" >"$pdir/stdout.log" 2>>"$pdir/signd.log" &
 ppid=$!
 for _ in $(seq 100); do
 	grep -q listening "$pdir/stdout.log" 2>/dev/null && break
@@ -214,7 +368,7 @@ with open(d + "/publication.pem", "w") as f:
 r = s.post(url + "/v1/credentials", json={"role": "signer", "kids": "all", "label": "bench"})
 fd = os.open(d + "/signer.credential", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 os.write(fd, (r.json()["secret"] + "\n").encode()); os.close(fd)
-out = subprocess.run(["build/bin/bench-propagation", url, d + "/tls/cert.pem", d + "/publication.pem",
+out = subprocess.run([os.environ["SIGND_BUILD"] + "/bin/bench-propagation", url, d + "/tls/cert.pem", d + "/publication.pem",
                       d + "/admin.credential", d + "/signer.credential", "100"],
                      check=True, stdout=subprocess.PIPE, text=True).stdout
 print(out.strip().splitlines()[-1])
@@ -224,6 +378,10 @@ kill "$ppid" 2>/dev/null; wait "$ppid" 2>/dev/null || true
 prop_p50=$(echo "$prop" | sed -nE 's/.*p50 ([0-9.]+) ms.*/\1/p')
 prop_p99=$(echo "$prop" | sed -nE 's/.*p99 ([0-9.]+) ms.*/\1/p')
 prop_verdict=$(awk -v p="$prop_p99" 'BEGIN {print (p != "" && p <= 100) ? "pass" : "FAIL"}')
+
+# Mint revocable single-use vs plain, and redeems/s (above), last: their tokens grow the
+# database.
+tokens_bench
 {
 	echo "| measure (median of $rounds, ${secs}s each) | value |"
 	echo "| --- | --- |"
@@ -241,4 +399,5 @@ prop_verdict=$(awk -v p="$prop_p99" 'BEGIN {print (p != "" && p <= 100) ? "pass"
 	echo "| revocation propagation, DELETE 200 -> subscribed verifier rejects, 100 revocations: p50 / p99 (ms; bar p99 <= 100) | $prop_p50 / $prop_p99 $prop_verdict |"
 	echo "| JWKS, 1,000 keys ($jwks_bytes bytes), 200 (req/s) | $j200 |"
 	echo "| JWKS, 1,000 keys, 304 on If-None-Match (req/s) | $j304 |"
-} | tee build/bench/appliance.txt
+	token_rows
+} | tee "$build/bench/appliance.txt"
