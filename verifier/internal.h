@@ -4,9 +4,13 @@
  * (JWS splitting, the pure feed check) and net.c (libcurl, the event stream, the
  * background thread).
  *
- * Locks and what they guard (taken in this order, never the reverse):
+ * Locks and what they guard (taken in this order, never the reverse; jwks_mu and sl_mu are
+ * never held together):
  *   jwks_mu  the JWKS refetch: jwks_curl, last_refetch_ms, refetched
- *   lock     (rwlock) keys, n_keys, jwks_gen, revoked, n_revoked, seq, iat, exp, ttl
+ *   sl_mu    the synchronous status list fetch: sl_curl (one fetch shared by the callers
+ *            that need a list at the same time)
+ *   lock     (rwlock) keys, n_keys, jwks_gen, revoked, n_revoked, seq, iat, exp, ttl,
+ *            slists, n_slists, slist_born (every field of every cached list)
  *   seq_mu   applied_seq and seq_cv (vfy_wait_seq)
  * stream_up, stop and the counters are atomics read without a lock. Everything under
  * "background" belongs to the background thread alone once it runs.
@@ -52,6 +56,20 @@ typedef struct {
     size_t n_len, e_len;
 } vfy_key;
 
+/* One cached status list (verifier/status.c), under lock. */
+typedef struct {
+    char *uri;             /* malloc'd: <url>/v1/status-lists/<n>, checked */
+    uint8_t *bits;         /* VFY_STATUS_LIST_BYTES, malloc'd; NULL until a copy is accepted */
+    int64_t iat, exp, ttl; /* of the newest accepted copy */
+    uint64_t born;         /* order of arrival: the smallest is dropped when the cache is full */
+    int64_t next_ms;       /* monotonic ms of the next background refresh */
+    int64_t failed_ms;     /* monotonic ms of the last fetch that failed; 0: none since */
+    unsigned backoff_ms;   /* the background's delay after failures, doubling */
+    bool refresh;          /* an event (or a stream reconnection) asks for a refresh now */
+} vfy_slist;
+
+#define VFY_SECRET_MAX 256 /* bytes of a redeem credential secret, with its NUL */
+
 /* A growing byte buffer for a response body, refused past max. */
 typedef struct {
     char *data;
@@ -91,13 +109,25 @@ struct vfy {
     int64_t last_refetch_ms; /* monotonic ms of the last refetch for an unknown kid */
     bool refetched;
 
+    vfy_slist slists[VFY_STATUS_CACHE_MAX]; /* n_slists used, in no order */
+    size_t n_slists;
+    uint64_t slist_born;
+
+    pthread_mutex_t sl_mu;
+    CURL *sl_curl;
+
     pthread_mutex_t seq_mu;
     pthread_cond_t seq_cv; /* on CLOCK_MONOTONIC */
     uint64_t applied_seq;
 
+    /* The redeem credential: read once by vfy_open, wiped by vfy_close, never changed. */
+    char secret[VFY_SECRET_MAX];
+    size_t secret_len;
+
     atomic_bool stream_up;
     atomic_bool stop;
     atomic_uint_fast64_t jwks_fetches, feed_fetches, feeds_refused, stream_connects;
+    atomic_uint_fast64_t status_fetches, status_refused;
 
     /* background */
     bool thread_started;
@@ -115,6 +145,10 @@ struct vfy {
     int64_t reconnect_ms; /* monotonic ms of the next stream connection attempt */
     unsigned stream_backoff_ms, feed_backoff_ms;
     char curl_err[CURL_ERROR_SIZE];
+    CURL *sl_bg_curl; /* the background's status list refresh, one at a time */
+    vfy_buf sl_body;
+    char *sl_bg_uri; /* malloc'd copy of the uri being refreshed */
+    bool sl_active;
 };
 
 /* net.c */
@@ -137,7 +171,31 @@ int vfy_sse_bytes(vfy *v, const char *p, size_t n);
 int vfy_bg_start(vfy *v);
 void vfy_bg_stop(vfy *v);
 
+/* How long until a document with this ttl and exp should be fetched again, in ms: ttl
+ * within poll_min..poll_max, at most half its remaining life, and while the stream is
+ * down at most a third of max_feed_age; at least 1 s. */
+int64_t vfy_poll_interval_ms(vfy *v, int64_t ttl, int64_t exp);
+
 /* verifier.c, for net.c */
 uint64_t vfy_current_seq(vfy *v);
+
+/* status.c, for verifier.c and net.c */
+/* Is uri (n bytes) <v->url>/v1/status-lists/<0..1023, no leading zero>? */
+bool vfy_status_uri_ok(const vfy *v, const char *uri, size_t n);
+/* The token's status claim (NULL: none): VFY_OK with *uri (into payload) and *idx set or
+ * left NULL, or VFY_MALFORMED. */
+vfy_result vfy_status_claim(const vfy *v, const json_t *payload, const char **uri, uint32_t *idx);
+/* The bit of idx in the list at uri, fetched in the calling thread when it is missing or
+ * stale: VFY_OK, VFY_REVOKED_TOKEN or VFY_FEED_STALE. */
+vfy_result vfy_status_lookup(vfy *v, const char *uri, uint32_t idx);
+/* Background thread: a refresh to start (a malloc'd uri, or NULL) and when the next one is
+ * due (monotonic ms; INT64_MAX: none); marks every list for a refresh; the answer of one. */
+char *vfy_status_due(vfy *v, int64_t now_ms, int64_t *next_ms);
+void vfy_status_refresh_all(vfy *v);
+void vfy_status_refresh_uri(vfy *v, const char *uri);
+void vfy_status_fetched(vfy *v, const char *uri, bool answered, const char *body, size_t len);
+void vfy_status_free_all(vfy *v);
+/* Reads the redeem credential file into v->secret: VFY_E_OK or VFY_E_CREDENTIAL. */
+vfy_err vfy_secret_load(vfy *v, const char *path, char *err, size_t errlen);
 
 #endif

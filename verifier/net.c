@@ -28,6 +28,8 @@ static int64_t net_poll_interval_ms(vfy *v);
 static int64_t net_jitter(int64_t ms);
 static void bg_feed_start(vfy *v);
 static void bg_feed_done(vfy *v, CURLcode rc);
+static void bg_status_start(vfy *v, char *uri);
+static void bg_status_done(vfy *v, CURLcode rc);
 static int bg_stream_start(vfy *v);
 static void bg_stream_done(vfy *v);
 static size_t bg_stream_header(char *p, size_t size, size_t nmemb, void *ud);
@@ -192,6 +194,12 @@ static int64_t net_poll_interval_ms(vfy *v)
     pthread_rwlock_rdlock(&v->lock);
     int64_t ttl = v->ttl, exp = v->exp;
     pthread_rwlock_unlock(&v->lock);
+    return vfy_poll_interval_ms(v, ttl, exp);
+}
+
+/* The same rule for any signed document: the feed, a status list. */
+int64_t vfy_poll_interval_ms(vfy *v, int64_t ttl, int64_t exp)
+{
     int64_t s = ttl > 0 ? ttl : 60;
     if (s < (int64_t)v->cfg.poll_min)
         s = v->cfg.poll_min;
@@ -268,6 +276,39 @@ static void bg_feed_done(vfy *v, CURLcode rc)
     if (v->feed_backoff_ms > NET_BACKOFF_MAX_MS)
         v->feed_backoff_ms = NET_BACKOFF_MAX_MS;
     v->next_poll_ms = now + (interval < v->feed_backoff_ms ? interval : v->feed_backoff_ms);
+}
+
+/* GET one status list (uri, malloc'd, is ours from now on), refreshing its cache entry. */
+static void bg_status_start(vfy *v, char *uri)
+{
+    char url[VFY_STATUS_URI_MAX + 1];
+    /* vfy_status_due hands out cached uris only: each is <url>/v1/status-lists/<n>. */
+    snprintf(url, sizeof(url), "%s", uri);
+    v->sl_body.max = VFY_STATUS_DOC_MAX;
+    vfy_buf_reset(&v->sl_body);
+    curl_easy_setopt(v->sl_bg_curl, CURLOPT_URL, url);
+    curl_easy_setopt(v->sl_bg_curl, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(v->sl_bg_curl, CURLOPT_WRITEFUNCTION, vfy_buf_write);
+    curl_easy_setopt(v->sl_bg_curl, CURLOPT_WRITEDATA, &v->sl_body);
+    curl_easy_setopt(v->sl_bg_curl, CURLOPT_TIMEOUT, (long)v->cfg.http_timeout);
+    free(v->sl_bg_uri);
+    v->sl_bg_uri = uri;
+    if (curl_multi_add_handle(v->multi, v->sl_bg_curl) != CURLM_OK) {
+        vfy_status_fetched(v, uri, false, NULL, 0);
+        return;
+    }
+    v->sl_active = true;
+    atomic_fetch_add(&v->status_fetches, 1);
+}
+
+static void bg_status_done(vfy *v, CURLcode rc)
+{
+    curl_multi_remove_handle(v->multi, v->sl_bg_curl);
+    v->sl_active = false;
+    long status = 0;
+    curl_easy_getinfo(v->sl_bg_curl, CURLINFO_RESPONSE_CODE, &status);
+    vfy_status_fetched(v, v->sl_bg_uri, rc == CURLE_OK && status == 200, v->sl_body.data,
+                       v->sl_body.len);
 }
 
 /* Connects the event stream, resuming after our seq. 0, or -1 (tried again later). */
@@ -353,8 +394,10 @@ static size_t bg_stream_header(char *p, size_t size, size_t nmemb, void *ud)
     v->stream_ok = true;
     atomic_store(&v->stream_up, true);
     atomic_fetch_add(&v->stream_connects, 1);
-    /* Whatever happened while we were away: the feed says it, not the replay. */
+    /* Whatever happened while we were away: the feed and the lists say it, not the replay
+     * (token revocations carry no id to resume from). */
     v->fetch_soon = true;
+    vfy_status_refresh_all(v);
     return n;
 }
 
@@ -435,10 +478,18 @@ static void sse_line(vfy *v)
 }
 
 /* The end of an event: a revocation, or a hello announcing a seq past ours, asks for the
- * signed feed. The event's own content is never applied. */
+ * signed feed; a token revocation asks for a refresh of the list it names, when we keep
+ * that list. The event's own content is never applied. */
 static void sse_dispatch(vfy *v)
 {
     vfy_sse *s = &v->sse;
+    if (strcmp(s->event, "token-revocation") == 0 && s->data_len > 0 && !s->data_overflow) {
+        json_t *d = json_loadb(s->data, s->data_len - 1, 0, NULL);
+        const char *uri = json_string_value(json_object_get(d, "uri"));
+        if (uri != NULL)
+            vfy_status_refresh_uri(v, uri); /* a list we do not keep: fetched on first need */
+        json_decref(d);
+    }
     bool interesting = strcmp(s->event, "revocation") == 0 || strcmp(s->event, "hello") == 0;
     if (interesting && (s->data_len > 0 || s->data_overflow)) {
         json_t *d = s->data_overflow ? NULL : json_loadb(s->data, s->data_len - 1, 0, NULL);
@@ -465,6 +516,12 @@ static void *bg_main(void *arg)
             v->reconnect_ms = now + NET_BACKOFF_MAX_MS;
         if (!v->feed_active && (v->fetch_soon || v->fetch_full || now >= v->next_poll_ms))
             bg_feed_start(v);
+        int64_t sl_next = INT64_MAX;
+        if (!v->sl_active) {
+            char *uri = vfy_status_due(v, now, &sl_next);
+            if (uri != NULL)
+                bg_status_start(v, uri);
+        }
         int running = 0;
         curl_multi_perform(v->multi, &running);
         CURLMsg *m;
@@ -476,6 +533,8 @@ static void *bg_main(void *arg)
                 bg_feed_done(v, m->data.result);
             else if (m->easy_handle == v->stream_curl)
                 bg_stream_done(v);
+            else if (m->easy_handle == v->sl_bg_curl)
+                bg_status_done(v, m->data.result);
         }
         /* Sleep until the next thing to do, a socket event, or curl_multi_wakeup. */
         now = vfy_mono_ms();
@@ -488,6 +547,8 @@ static void *bg_main(void *arg)
         }
         if (!v->stream_active && v->reconnect_ms - now < wait)
             wait = v->reconnect_ms - now;
+        if (!v->sl_active && sl_next != INT64_MAX && sl_next - now < wait)
+            wait = sl_next - now;
         if (wait > 0)
             curl_multi_poll(v->multi, NULL, 0, (int)wait, NULL);
     }
@@ -495,7 +556,9 @@ static void *bg_main(void *arg)
         curl_multi_remove_handle(v->multi, v->feed_curl);
     if (v->stream_active)
         curl_multi_remove_handle(v->multi, v->stream_curl);
-    v->feed_active = v->stream_active = false;
+    if (v->sl_active)
+        curl_multi_remove_handle(v->multi, v->sl_bg_curl);
+    v->feed_active = v->stream_active = v->sl_active = false;
     atomic_store(&v->stream_up, false);
     return NULL;
 }
@@ -504,7 +567,8 @@ int vfy_bg_start(vfy *v)
 {
     v->multi = curl_multi_init();
     v->stream_curl = vfy_curl_new(v);
-    if (v->multi == NULL || v->stream_curl == NULL)
+    v->sl_bg_curl = vfy_curl_new(v);
+    if (v->multi == NULL || v->stream_curl == NULL || v->sl_bg_curl == NULL)
         goto fail;
     if (pthread_create(&v->thread, NULL, bg_main, v) != 0)
         goto fail;
@@ -513,9 +577,11 @@ int vfy_bg_start(vfy *v)
 fail:
     if (v->stream_curl != NULL)
         curl_easy_cleanup(v->stream_curl);
+    if (v->sl_bg_curl != NULL)
+        curl_easy_cleanup(v->sl_bg_curl);
     if (v->multi != NULL)
         curl_multi_cleanup(v->multi);
-    v->stream_curl = NULL;
+    v->stream_curl = v->sl_bg_curl = NULL;
     v->multi = NULL;
     return -1;
 }
@@ -527,8 +593,13 @@ void vfy_bg_stop(vfy *v)
     pthread_join(v->thread, NULL);
     v->thread_started = false;
     curl_easy_cleanup(v->stream_curl);
+    curl_easy_cleanup(v->sl_bg_curl);
     curl_multi_cleanup(v->multi);
     curl_slist_free_all(v->stream_headers);
+    vfy_buf_free(&v->sl_body);
+    free(v->sl_bg_uri);
+    v->sl_bg_uri = NULL;
+    v->sl_bg_curl = NULL;
     v->stream_curl = NULL;
     v->multi = NULL;
     v->stream_headers = NULL;

@@ -2,9 +2,14 @@
  * signd-verify: the reference verifier on the command line.
  *
  *   signd-verify --url URL --cacert FILE --feed-key FILE [--max-feed-age S] [--cooldown S]
- *                [--leeway S] [--now UNIX] [TOKEN ...]
+ *                [--leeway S] [--now UNIX] [--origin ORIGIN] [--redeem-credential FILE]
+ *                [TOKEN ...]
  *
  * With tokens: verifies each once, one line each, exit 0 when all are ok, 1 otherwise.
+ * --origin: a token bound to another origin is wrong_origin. --redeem-credential: each
+ * token that verifies is then redeemed through the appliance (vfy_redeem; the file holds the
+ * secret of a redeemer credential), so a single-use token is ok once and already_used after;
+ * why a redeem failed goes to stderr.
  * Without: reads one token a line from stdin and answers each with one line (flushed), stays
  * subscribed to the revocation stream until EOF, exit 0. The line "#stats" answers
  * "stats jwks_fetches=N feed_fetches=M stream=up|down seq=S" (and more fields after).
@@ -19,6 +24,7 @@
 #include <inttypes.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,17 +35,25 @@
 static void cli_usage(FILE *f);
 static int cli_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int cli_number(const char *text, uint64_t max, uint64_t *out);
-static int cli_answer(vfy *v, const char *token);
+static int cli_answer(vfy *v, const char *token, const char *origin, bool redeem);
 static void cli_stats(vfy *v);
 static int cli_read_line(char *buf, size_t cap, size_t *len, int *bad);
 
 static void cli_usage(FILE *f)
 {
     fputs("usage: signd-verify --url URL --cacert FILE --feed-key FILE [--max-feed-age S]\n"
-          "                    [--cooldown S] [--leeway S] [--now UNIX] [TOKEN ...]\n"
-          "Verifies RS256 tokens of a signd appliance against its JWKS and its signed\n"
-          "revocation feed (checked with the pinned key in --feed-key). With no TOKEN, reads\n"
-          "one token a line from stdin; the line #stats prints counters.\n",
+          "                    [--cooldown S] [--leeway S] [--now UNIX] [--origin ORIGIN]\n"
+          "                    [--redeem-credential FILE] [TOKEN ...]\n"
+          "Verifies RS256 tokens of a signd appliance against its JWKS, its signed\n"
+          "revocation feed and the signed status list a revocable token names (both checked\n"
+          "with the pinned key in --feed-key). --origin ORIGIN (https://host[:port]) refuses a\n"
+          "token bound to another origin (wrong_origin). --redeem-credential FILE (the secret\n"
+          "of a redeemer credential, never on the command line) also redeems each token\n"
+          "through the appliance: a single-use token is ok once, then already_used. With no\n"
+          "TOKEN, reads one token a line from stdin; the line #stats prints counters.\n"
+          "Answers: ok <claims>, malformed, alg_not_allowed, feed_stale, unknown_kid,\n"
+          "revoked_kid, bad_signature, expired, not_yet_valid, revoked_token, wrong_origin,\n"
+          "already_used, redeem_failed.\n",
           f);
 }
 
@@ -69,11 +83,15 @@ static int cli_number(const char *text, uint64_t max, uint64_t *out)
     return 0;
 }
 
-/* Verifies one token and prints its line; 0 when ok. */
-static int cli_answer(vfy *v, const char *token)
+/* Verifies (and with redeem, redeems) one token and prints its line; 0 when ok. */
+static int cli_answer(vfy *v, const char *token, const char *origin, bool redeem)
 {
     json_t *claims = NULL;
-    vfy_result r = vfy_verify(v, token, &claims);
+    char detail[CLI_ERR_MAX];
+    vfy_result r = redeem ? vfy_redeem(v, token, origin, &claims, detail, sizeof(detail))
+                          : vfy_verify_ex(v, token, origin, &claims);
+    if (r == VFY_REDEEM_FAILED)
+        fprintf(stderr, "signd-verify: redeem failed: %s\n", detail);
     if (r == VFY_OK) {
         char *text = json_dumps(claims, JSON_COMPACT);
         printf("ok %s\n", text != NULL ? text : "{}");
@@ -92,9 +110,11 @@ static void cli_stats(vfy *v)
     vfy_stats(v, &s);
     printf("stats jwks_fetches=%" PRIu64 " feed_fetches=%" PRIu64 " stream=%s seq=%" PRIu64
            " keys=%zu revoked=%zu feeds_refused=%" PRIu64 " stream_connects=%" PRIu64
-           " feed_iat=%" PRId64 " feed_exp=%" PRId64 "\n",
+           " feed_iat=%" PRId64 " feed_exp=%" PRId64 " status_fetches=%" PRIu64
+           " status_refused=%" PRIu64 " status_lists=%zu\n",
            s.jwks_fetches, s.feed_fetches, s.stream_up ? "up" : "down", s.seq, s.keys, s.revoked,
-           s.feeds_refused, s.stream_connects, s.feed_iat, s.feed_exp);
+           s.feeds_refused, s.stream_connects, s.feed_iat, s.feed_exp, s.status_fetches,
+           s.status_refused, s.status_lists);
     fflush(stdout);
 }
 
@@ -135,11 +155,14 @@ int main(int argc, char **argv)
         {"cooldown", required_argument, NULL, 'd'},
         {"leeway", required_argument, NULL, 'l'},
         {"now", required_argument, NULL, 'n'},
+        {"origin", required_argument, NULL, 'o'},
+        {"redeem-credential", required_argument, NULL, 'r'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     vfy_config cfg;
     vfy_config_default(&cfg);
+    const char *origin = NULL;
     int o;
     uint64_t num;
     opterr = 0;
@@ -174,6 +197,16 @@ int main(int argc, char **argv)
                 return cli_fail("--now must be a Unix time in seconds, not %s", optarg);
             cfg.now = (int64_t)num;
             break;
+        case 'o':
+            if (!vfy_origin_ok(optarg))
+                return cli_fail("--origin must be http(s)://host[:port] with a lowercase host "
+                                "and nothing after, not %s",
+                                optarg);
+            origin = optarg;
+            break;
+        case 'r':
+            cfg.redeem_credential = optarg;
+            break;
         case 'h':
             cli_usage(stdout);
             return 0;
@@ -200,7 +233,7 @@ int main(int argc, char **argv)
     int rc = 0;
     if (optind < argc) {
         for (int i = optind; i < argc; i++)
-            if (cli_answer(v, argv[i]) != 0)
+            if (cli_answer(v, argv[i], origin, cfg.redeem_credential != NULL) != 0)
                 rc = 1;
     } else {
         char *line = malloc(CLI_LINE_CAP);
@@ -217,7 +250,7 @@ int main(int argc, char **argv)
                 printf("%s\n", vfy_result_name(VFY_MALFORMED));
                 fflush(stdout);
             } else {
-                cli_answer(v, line);
+                cli_answer(v, line, origin, cfg.redeem_credential != NULL);
             }
             if (ferror(stdout))
                 break;

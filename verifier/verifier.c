@@ -27,7 +27,8 @@ static vfy_err vfy_feed_fetch_full(vfy *v, char *err, size_t errlen);
 static bool vfy_jwks_refetch(vfy *v, uint64_t seen_gen);
 static size_t vfy_merge_kids(char (*dst)[VFY_KID_LEN + 1], char (*a)[VFY_KID_LEN + 1], size_t na,
                              char (*b)[VFY_KID_LEN + 1], size_t nb);
-static vfy_result vfy_token_structure(const char *token, vfy_jws *j, const char **kid);
+static vfy_result vfy_token_structure(const vfy *v, const char *token, vfy_jws *j, const char **kid,
+                                      const char **status_uri, uint32_t *status_idx);
 static vfy_result vfy_token_times(const vfy *v, const json_t *payload);
 static bool vfy_lookup(vfy *v, const char *kid, vfy_key *key_out, uint8_t *ne_buf, bool *revoked,
                        uint64_t *gen, bool *stale);
@@ -56,6 +57,10 @@ const char *vfy_result_name(vfy_result r)
         [VFY_BAD_SIGNATURE] = "bad_signature",
         [VFY_EXPIRED] = "expired",
         [VFY_NOT_YET_VALID] = "not_yet_valid",
+        [VFY_REVOKED_TOKEN] = "revoked_token",
+        [VFY_WRONG_ORIGIN] = "wrong_origin",
+        [VFY_ALREADY_USED] = "already_used",
+        [VFY_REDEEM_FAILED] = "redeem_failed",
     };
     return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "invalid";
 }
@@ -65,7 +70,7 @@ const char *vfy_err_name(vfy_err e)
     static const char *const names[] = {
         [VFY_E_OK] = "ok",       [VFY_E_CONFIG] = "config", [VFY_E_KEY] = "key",
         [VFY_E_NET] = "network", [VFY_E_HTTP] = "http",     [VFY_E_JWKS] = "jwks",
-        [VFY_E_FEED] = "feed",   [VFY_E_SYSTEM] = "system",
+        [VFY_E_FEED] = "feed",   [VFY_E_SYSTEM] = "system", [VFY_E_CREDENTIAL] = "credential",
     };
     return (unsigned)e < sizeof(names) / sizeof(names[0]) ? names[e] : "invalid";
 }
@@ -118,7 +123,7 @@ static vfy *vfy_alloc(const vfy_config *cfg)
     if (v == NULL)
         return NULL;
     v->cfg = *cfg;
-    v->cfg.url = v->cfg.cacert = v->cfg.feed_key = NULL;
+    v->cfg.url = v->cfg.cacert = v->cfg.feed_key = v->cfg.redeem_credential = NULL;
     pthread_rwlockattr_t ra;
     pthread_condattr_t ca;
     int bad = pthread_rwlockattr_init(&ra);
@@ -131,7 +136,7 @@ static vfy *vfy_alloc(const vfy_config *cfg)
     bad = bad || pthread_cond_init(&v->seq_cv, &ca);
     pthread_condattr_destroy(&ca);
     if (bad || pthread_mutex_init(&v->jwks_mu, NULL) != 0 ||
-        pthread_mutex_init(&v->seq_mu, NULL) != 0) {
+        pthread_mutex_init(&v->sl_mu, NULL) != 0 || pthread_mutex_init(&v->seq_mu, NULL) != 0) {
         free(v); /* a failed init only happens on a broken libc: the lock leak is moot */
         return NULL;
     }
@@ -141,6 +146,8 @@ static vfy *vfy_alloc(const vfy_config *cfg)
     atomic_init(&v->feed_fetches, 0);
     atomic_init(&v->feeds_refused, 0);
     atomic_init(&v->stream_connects, 0);
+    atomic_init(&v->status_fetches, 0);
+    atomic_init(&v->status_refused, 0);
     return v;
 }
 
@@ -173,11 +180,14 @@ vfy_err vfy_open(const vfy_config *cfg, vfy **out, char *err, size_t errlen)
     v->cfg.cacert = v->cacert;
     v->cfg.feed_key = v->feed_key;
     e = vfy_pubkey_load(v->feed_key, &v->pin, err, errlen);
+    if (e == VFY_E_OK && cfg->redeem_credential != NULL)
+        e = vfy_secret_load(v, cfg->redeem_credential, err, errlen);
     if (e != VFY_E_OK)
         goto fail;
     v->jwks_curl = vfy_curl_new(v);
     v->feed_curl = vfy_curl_new(v);
-    if (v->jwks_curl == NULL || v->feed_curl == NULL) {
+    v->sl_curl = vfy_curl_new(v);
+    if (v->jwks_curl == NULL || v->feed_curl == NULL || v->sl_curl == NULL) {
         snprintf(err, errlen, "cannot make an HTTP client");
         e = VFY_E_SYSTEM;
         goto fail;
@@ -220,6 +230,18 @@ vfy_err vfy_open_documents(const vfy_config *cfg, const vfy_pubkey *key, const c
     }
     v->offline = true;
     v->pin = *key;
+    /* The url is only the prefix of status list uris here; trimmed as vfy_open trims it. */
+    if (cfg->url != NULL) {
+        v->url = strdup(cfg->url);
+        if (v->url == NULL) {
+            vfy_close(v);
+            snprintf(err, errlen, "out of memory");
+            return VFY_E_SYSTEM;
+        }
+        for (size_t n = strlen(v->url); n > 0 && v->url[n - 1] == '/'; n--)
+            v->url[n - 1] = '\0';
+        v->cfg.url = v->url;
+    }
     e = vfy_jwks_apply(v, jwks, jwks_len, err, errlen);
     if (e == VFY_E_OK) {
         vfy_feed_status st = vfy_apply_feed(v, feed, feed_len);
@@ -246,11 +268,17 @@ void vfy_close(vfy *v)
         curl_easy_cleanup(v->jwks_curl);
     if (v->feed_curl != NULL)
         curl_easy_cleanup(v->feed_curl);
+    if (v->sl_curl != NULL)
+        curl_easy_cleanup(v->sl_curl);
     vfy_buf_free(&v->feed_body);
     vfy_keys_free(v->keys, v->n_keys);
     free(v->revoked);
+    vfy_status_free_all(v);
+    explicit_bzero(v->secret, sizeof(v->secret));
+    v->secret_len = 0;
     pthread_rwlock_destroy(&v->lock);
     pthread_mutex_destroy(&v->jwks_mu);
+    pthread_mutex_destroy(&v->sl_mu);
     pthread_mutex_destroy(&v->seq_mu);
     pthread_cond_destroy(&v->seq_cv);
     free(v->url);
@@ -528,8 +556,10 @@ vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len)
 
 /* ---- verification ---------------------------------------------------------------------- */
 
-/* The checks that need no key: form, then alg. *kid points into j's header. */
-static vfy_result vfy_token_structure(const char *token, vfy_jws *j, const char **kid)
+/* The checks that need no key: form (the status and origin claims included), then alg.
+ * *kid points into j's header, *status_uri (NULL: none) into its payload. */
+static vfy_result vfy_token_structure(const vfy *v, const char *token, vfy_jws *j, const char **kid,
+                                      const char **status_uri, uint32_t *status_idx)
 {
     memset(j, 0, sizeof(*j)); /* freed by the caller on every path */
     size_t len = strnlen(token, VFY_TOKEN_MAX + 1);
@@ -545,6 +575,10 @@ static vfy_result vfy_token_structure(const char *token, vfy_jws *j, const char 
     if (!json_is_string(k) || json_string_length(k) == 0 || json_string_length(k) > VFY_KID_MAX ||
         !json_is_string(alg) || json_object_get(j->header, "crit") != NULL ||
         !json_is_number(exp) || (nbf != NULL && !json_is_number(nbf)))
+        return VFY_MALFORMED;
+    const json_t *origin = json_object_get(j->payload, "origin");
+    if ((origin != NULL && !json_is_string(origin)) ||
+        vfy_status_claim(v, j->payload, status_uri, status_idx) != VFY_OK)
         return VFY_MALFORMED;
     /* Exactly RS256, before any key is looked up: "none", and HS256 keyed with our public
      * key as an HMAC secret, never reach a key. */
@@ -602,13 +636,20 @@ static bool vfy_lookup(vfy *v, const char *kid, vfy_key *key_out, uint8_t *ne_bu
 
 vfy_result vfy_verify(vfy *v, const char *token, json_t **claims_out)
 {
+    return vfy_verify_ex(v, token, NULL, claims_out);
+}
+
+vfy_result vfy_verify_ex(vfy *v, const char *token, const char *expected_origin,
+                         json_t **claims_out)
+{
     if (claims_out != NULL)
         *claims_out = NULL;
     if (v == NULL || token == NULL)
         return VFY_MALFORMED;
     vfy_jws j;
-    const char *kid = NULL;
-    vfy_result r = vfy_token_structure(token, &j, &kid);
+    const char *kid = NULL, *status_uri = NULL;
+    uint32_t status_idx = 0;
+    vfy_result r = vfy_token_structure(v, token, &j, &kid, &status_uri, &status_idx);
     if (r != VFY_OK) {
         vfy_jws_free(&j);
         return r;
@@ -634,6 +675,13 @@ vfy_result vfy_verify(vfy *v, const char *token, json_t **claims_out)
         r = VFY_BAD_SIGNATURE;
     else
         r = vfy_token_times(v, j.payload);
+    /* Signed by the appliance from here on: only such a token can make us fetch its list. */
+    if (r == VFY_OK && status_uri != NULL)
+        r = vfy_status_lookup(v, status_uri, status_idx);
+    const char *origin = json_string_value(json_object_get(j.payload, "origin"));
+    if (r == VFY_OK && expected_origin != NULL && origin != NULL &&
+        strcmp(origin, expected_origin) != 0)
+        r = VFY_WRONG_ORIGIN;
     if (r == VFY_OK && claims_out != NULL)
         *claims_out = json_incref(j.payload);
     vfy_jws_free(&j);
@@ -651,7 +699,10 @@ void vfy_stats(vfy *v, struct vfy_stats *out)
     out->feed_exp = v->exp;
     out->keys = v->n_keys;
     out->revoked = v->n_revoked;
+    out->status_lists = v->n_slists;
     pthread_rwlock_unlock(&v->lock);
+    out->status_fetches = atomic_load(&v->status_fetches);
+    out->status_refused = atomic_load(&v->status_refused);
     out->jwks_fetches = atomic_load(&v->jwks_fetches);
     out->feed_fetches = atomic_load(&v->feed_fetches);
     out->feeds_refused = atomic_load(&v->feeds_refused);

@@ -13,13 +13,22 @@
  *   - the revoked kids: the union of every accepted feed (a kid is never un-revoked), and
  *     the accepted feed's seq, iat, exp and ttl; a feed with a lower seq is a rollback and
  *     is refused;
+ *   - the signed status lists of revocable tokens, cached by uri (at most
+ *     VFY_STATUS_CACHE_MAX, the oldest dropped), checked with the same pinned key; a token
+ *     is only ever checked against <url>/v1/status-lists/<n> of the configured url (a token
+ *     naming any other uri is malformed: no URL a token makes up is fetched), and a list's
+ *     set bits are never cleared (an older copy cannot un-revoke a token);
+ *   - the secret of a redeemer credential (cfg.redeem_credential, read from a file once,
+ *     wiped by vfy_close) for vfy_redeem, which asks the appliance to consume a token;
  *   - one background thread (libcurl multi, started by vfy_open, stopped and joined by
  *     vfy_close) that keeps a Server-Sent Events subscription to /v1/revocations/events
  *     (reconnects with backoff and Last-Event-ID: <seq>), fetches the signed feed
  *     (?after=<seq>) when an event says there is news and every poll interval (the feed's
  *     ttl bounded by poll_min..poll_max, by half its remaining lifetime, and, while the
- *     stream is down, by a third of max_feed_age) so that iat stays fresh. An event
- *     only makes it fetch sooner: nothing is revoked on the word of the unsigned stream.
+ *     stream is down, by a third of max_feed_age) so that iat stays fresh; it refreshes
+ *     each cached status list by the same rule, and at once when a token-revocation event
+ *     names its uri (and all of them after a reconnection). An event only makes it fetch
+ *     sooner: nothing is revoked on the word of the unsigned stream.
  *
  * Threads: vfy_verify, vfy_stats and vfy_wait_seq may be called from any number of threads
  * at once. The key set, the revoked set and the feed's fields sit behind one rwlock
@@ -27,7 +36,10 @@
  * the key it needs under the read lock and checks the RSA signature outside it. A JWKS
  * refetch (on an unknown kid) runs in the calling thread under a mutex that also makes
  * concurrent callers share one fetch; at most one refetch happens per jwks_cooldown
- * seconds whatever the number of unknown kids.
+ * seconds whatever the number of unknown kids. A status list missing or stale when a
+ * token needs it is fetched the same way (its own mutex, one fetch for all waiting
+ * callers, at most one a second per list after a failure). vfy_redeem may be called from
+ * any thread too (one HTTPS request of its own per call).
  *
  * Failure modes: setup (vfy_open) fails with a vfy_err and a one-line message when a
  * setting is wrong, the pinned key is unreadable, or the appliance is unreachable, fails
@@ -36,10 +48,14 @@
  * VFY_FEED_STALE once now >= the feed's exp, or once its iat is older than max_feed_age
  * while the stream is down. A refused feed (bad signature, wrong typ, rollback, expired)
  * is counted and otherwise ignored; a gap (a delta that starts past our seq) makes the
- * next fetch a full one.
+ * next fetch a full one. Status lists fail closed the same way, per token: feed_stale for
+ * a token whose list is past its exp (or too old while the stream is down) and cannot be
+ * fetched again.
  *
  * Bounds: a token is at most VFY_TOKEN_MAX bytes, a JWKS or a feed at most VFY_DOC_MAX
- * bytes, an SSE line at most VFY_SSE_LINE_MAX bytes; anything longer is refused unread.
+ * bytes, a status list document VFY_STATUS_DOC_MAX and its inflated bits exactly
+ * VFY_STATUS_LIST_BYTES, an SSE line at most VFY_SSE_LINE_MAX bytes; anything longer is
+ * refused unread (or, inflating, uninflated).
  *
  *   vfy_config cfg;
  *   vfy_config_default(&cfg);
@@ -48,6 +64,7 @@
  *   if (vfy_open(&cfg, &v, err, sizeof(err)) != VFY_E_OK) ... report err ...
  *   json_t *claims;
  *   if (vfy_verify(v, token, &claims) == VFY_OK) { ... json_decref(claims); }
+ *   if (vfy_verify_ex(v, token, "https://shop.example", NULL) == VFY_WRONG_ORIGIN) ...
  *   vfy_close(v);
  */
 #ifndef VERIFIER_VERIFIER_H
@@ -70,37 +87,49 @@
 
 /* ---- results ------------------------------------------------------------------------- */
 
-/* What vfy_verify answers: exactly one, checked in this order (the first that applies). */
+/* What vfy_verify answers: exactly one, checked in this order (the first that applies).
+ * The token's own status list is looked at only once its signature and times check out:
+ * nothing is fetched on the word of a token the appliance did not sign. */
 typedef enum {
     VFY_OK = 0,
-    VFY_MALFORMED,       /* not 3 base64url parts of JSON objects, no kid, exp not a number */
+    VFY_MALFORMED,       /* not 3 base64url parts of JSON objects, no kid, exp not a number;
+                            an origin that is not a string; a status claim out of shape or
+                            whose uri is not <url>/v1/status-lists/<0..1023> of our url */
     VFY_ALG_NOT_ALLOWED, /* header alg is not exactly "RS256" ("none", "HS256", ...) */
-    VFY_FEED_STALE,      /* fail closed: the revocation feed is expired or too old */
+    VFY_FEED_STALE,      /* fail closed: the revocation feed is expired or too old; or, after
+                            the checks above, the token's status list is (or cannot be had) */
     VFY_UNKNOWN_KID,     /* no RS256 signing key with that kid, even after a JWKS refetch */
     VFY_REVOKED_KID,     /* the signed feed revokes the kid */
     VFY_BAD_SIGNATURE,   /* the RS256 signature does not verify under the kid's key */
     VFY_EXPIRED,         /* now >= exp + leeway */
     VFY_NOT_YET_VALID,   /* now + leeway < nbf */
+    VFY_REVOKED_TOKEN,   /* the token's bit in its signed status list is set */
+    VFY_WRONG_ORIGIN,    /* an expected origin was given and the token's origin differs */
+    VFY_ALREADY_USED,    /* vfy_redeem only: the appliance says the single-use token is spent */
+    VFY_REDEEM_FAILED,   /* vfy_redeem only: the appliance could not be asked, or answered
+                            something else (no credential, 401/403, 5xx, invalid_token) */
 } vfy_result;
 
 /* The stable name of a result: "ok", "malformed", "alg_not_allowed", "feed_stale",
- * "unknown_kid", "revoked_kid", "bad_signature", "expired", "not_yet_valid" ("invalid"
- * for a value outside the enum). */
+ * "unknown_kid", "revoked_kid", "bad_signature", "expired", "not_yet_valid",
+ * "revoked_token", "wrong_origin", "already_used", "redeem_failed" ("invalid" for a value
+ * outside the enum). */
 const char *vfy_result_name(vfy_result r);
 
 /* Why vfy_open (or a loader) failed. */
 typedef enum {
     VFY_E_OK = 0,
-    VFY_E_CONFIG, /* a setting is missing or out of range, or the URL is not https:// */
-    VFY_E_KEY,    /* the pinned publication key: unreadable file, not an RSA public PEM */
-    VFY_E_NET,    /* the appliance is unreachable, or TLS failed (certificate, version) */
-    VFY_E_HTTP,   /* the appliance answered with a status other than 200 */
-    VFY_E_JWKS,   /* the JWKS is not a {"keys":[...]} document */
-    VFY_E_FEED,   /* the signed feed was refused (see vfy_feed_check) */
-    VFY_E_SYSTEM, /* out of memory, or a thread or lock could not be made */
+    VFY_E_CONFIG,     /* a setting is missing or out of range, or the URL is not https:// */
+    VFY_E_KEY,        /* the pinned publication key: unreadable file, not an RSA public PEM */
+    VFY_E_NET,        /* the appliance is unreachable, or TLS failed (certificate, version) */
+    VFY_E_HTTP,       /* the appliance answered with a status other than 200 */
+    VFY_E_JWKS,       /* the JWKS is not a {"keys":[...]} document */
+    VFY_E_FEED,       /* the signed feed was refused (see vfy_feed_check) */
+    VFY_E_SYSTEM,     /* out of memory, or a thread or lock could not be made */
+    VFY_E_CREDENTIAL, /* the redeem credential file: unreadable, empty, too long, not ASCII */
 } vfy_err;
 
-/* "ok", "config", "key", "network", "http", "jwks", "feed", "system". */
+/* "ok", "config", "key", "network", "http", "jwks", "feed", "system", "credential". */
 const char *vfy_err_name(vfy_err e);
 
 /* ---- the pinned publication key --------------------------------------------------------- */
@@ -167,6 +196,51 @@ vfy_feed_status vfy_feed_check(const vfy_pubkey *key, const char *jws, size_t le
 /* Releases what vfy_feed_check allocated and zeroes *f; NULL and twice are fine. */
 void vfy_feed_free(vfy_feed *f);
 
+/* ---- signed token status lists (pure: no network, no state) -------------------------- */
+
+#define VFY_STATUS_LIST_TYP "statuslist+jwt"
+#define VFY_STATUS_LIST_BYTES 131072u /* inflated: one bit for each of 1,048,576 tokens */
+#define VFY_STATUS_DOC_MAX (1u << 20) /* bytes of a status list document */
+#define VFY_STATUS_PATH "/v1/status-lists/"
+#define VFY_STATUS_LIST_NUM_MAX 1023u  /* list numbers the appliance hands out: 0..1023 */
+#define VFY_STATUS_URI_MAX (2048 + 32) /* bytes of a list's uri: the url and the path */
+#define VFY_STATUS_CACHE_MAX 64        /* lists one vfy handle keeps; the oldest goes */
+
+/* A status list that vfy_status_list_check accepted. Bit i (token idx i) is byte i / 8,
+ * bit i % 8 counted from the least significant; set means revoked. */
+typedef struct {
+    char sub[VFY_STATUS_URI_MAX + 1]; /* the uri the list says it is served at */
+    int64_t iat, exp, ttl;
+    uint8_t *bits; /* VFY_STATUS_LIST_BYTES bytes, malloc'd; vfy_status_list_free */
+} vfy_status_list;
+
+/* Checks len bytes of a status list document (the body of GET /v1/status-lists/{n}) and
+ * parses it into *out. In order: at most VFY_STATUS_DOC_MAX bytes, a compact JWS whose
+ * header is a JSON object (else MALFORMED); alg exactly "RS256" and typ exactly
+ * "statuslist+jwt" (else BAD_HEADER); an RS256 signature under key, the pinned publication
+ * key of the feed (else BAD_SIGNATURE); a payload object with sub (string of at most
+ * VFY_STATUS_URI_MAX bytes), iat, exp > iat and ttl (non-negative integers), iss (a string
+ * when present) and status_list {bits: 1, lst: base64url of a zlib stream that inflates to
+ * exactly VFY_STATUS_LIST_BYTES bytes with nothing after the stream} (else MALFORMED: the
+ * inflater writes into one buffer of that size and stops there, so a zip bomb costs no
+ * memory); now < exp (else EXPIRED). Other statuses never come back. The caller checks sub
+ * against the uri it fetched. Only VFY_FEED_OK fills *out; otherwise *out is zeroed.
+ *
+ *   vfy_status_list l;
+ *   if (vfy_status_list_check(&pin, body, len, time(NULL), &l) == VFY_FEED_OK &&
+ *       strcmp(l.sub, uri) == 0) ... vfy_status_list_bit(&l, idx) ...
+ *   vfy_status_list_free(&l);
+ */
+vfy_feed_status vfy_status_list_check(const vfy_pubkey *key, const char *jws, size_t len,
+                                      int64_t now, vfy_status_list *out);
+
+/* Bit idx of an accepted list: 1 revoked, 0 not; -1 when idx is out of range or l has no
+ * bits. */
+int vfy_status_list_bit(const vfy_status_list *l, uint32_t idx);
+
+/* Releases what vfy_status_list_check allocated and zeroes *l; NULL and twice are fine. */
+void vfy_status_list_free(vfy_status_list *l);
+
 /* ---- the verifier --------------------------------------------------------------------- */
 
 typedef struct {
@@ -181,7 +255,9 @@ typedef struct {
                                Feed freshness always uses the system clock */
     unsigned poll_min;      /* bounds on the feed poll interval, seconds. 1 and 300 */
     unsigned poll_max;
-    unsigned http_timeout; /* seconds for one JWKS or feed request. 10, 1..300 */
+    unsigned http_timeout;         /* seconds for one JWKS or feed request. 10, 1..300 */
+    const char *redeem_credential; /* file holding the secret of a redeemer credential, for
+                                      vfy_redeem; NULL: vfy_redeem answers redeem_failed */
 } vfy_config;
 
 /* Fills *cfg with the defaults above and NULL strings. */
@@ -196,9 +272,11 @@ typedef struct vfy vfy;
 vfy_err vfy_open(const vfy_config *cfg, vfy **out, char *err, size_t errlen);
 
 /* A verifier without network and without a thread, from documents in memory: a JWKS and a
- * feed checked against key (cfg->url, cacert and feed_key are ignored). For tests and
- * offline use: the stream counts as down, unknown kids are never refetched, and new feeds
- * come only through vfy_apply_feed. Errors as vfy_open. */
+ * feed checked against key (cfg->cacert, feed_key and redeem_credential are ignored;
+ * cfg->url, when given, is only the prefix a token's status list uri must have). For tests
+ * and offline use: the stream counts as down, unknown kids are never refetched, new feeds
+ * come only through vfy_apply_feed and status lists only through vfy_apply_status_list (a
+ * token whose list is not there is feed_stale). Errors as vfy_open. */
 vfy_err vfy_open_documents(const vfy_config *cfg, const vfy_pubkey *key, const char *jwks,
                            size_t jwks_len, const char *feed, size_t feed_len, vfy **out, char *err,
                            size_t errlen);
@@ -209,15 +287,52 @@ vfy_err vfy_open_documents(const vfy_config *cfg, const vfy_pubkey *key, const c
  * or exp), and vfy_wait_seq waiters wake. Returns the check's status. */
 vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len);
 
+/* Checks a status list document fetched from uri (vfy_status_list_check with the system
+ * clock, and its sub must be uri) and, when accepted, caches it under uri: its set bits
+ * join those already known for uri (a token is never un-revoked, so an older copy from a
+ * cache cannot bring one back), and iat and exp never go down. When the cache is full the
+ * list cached first is dropped. Returns the check's status (MALFORMED also for a sub that
+ * is not uri, or out of memory). */
+vfy_feed_status vfy_apply_status_list(vfy *v, const char *uri, const char *jws, size_t len);
+
 /* Stops and joins the background thread (at once: it is woken, not waited for), then frees
- * everything. No other call on v may be running or follow. NULL is fine. */
+ * everything, the redeem secret wiped. No other call on v may be running or follow. NULL
+ * is fine. */
 void vfy_close(vfy *v);
 
 /* Verifies a NUL-terminated compact JWS token (see vfy_result for the checks and their
  * order). On VFY_OK, *claims_out (if claims_out is non-NULL) receives the payload object,
  * a new reference the caller releases with json_decref; on anything else it is set to NULL.
- * May refetch the JWKS in the calling thread (bounded by http_timeout) on an unknown kid. */
+ * May refetch the JWKS in the calling thread (bounded by http_timeout) on an unknown kid.
+ * Same as vfy_verify_ex(v, token, NULL, claims_out): no origin is checked. */
 vfy_result vfy_verify(vfy *v, const char *token, json_t **claims_out);
+
+/* vfy_verify, and then: a token with a "status" claim is looked up in its status list
+ * (fetched in the calling thread the first time, one fetch shared by concurrent callers,
+ * bounded by http_timeout; kept fresh by the background thread on the poll interval and
+ * at once on a token-revocation event): revoked_token when its bit is set, feed_stale when
+ * the list is past its exp (or older than max_feed_age while the stream is down) and no
+ * fresh copy can be had. Then, when expected_origin is not NULL, a token whose "origin"
+ * claim differs from it byte for byte is wrong_origin (a token without one passes).
+ * "single_use" is not looked at: only the appliance knows whether a token was spent (see
+ * vfy_redeem). */
+vfy_result vfy_verify_ex(vfy *v, const char *token, const char *expected_origin,
+                         json_t **claims_out);
+
+/* Is origin of the form the appliance accepts: http:// or https://, a lowercase host of
+ * [a-z0-9.-], an optional port 1..65535, nothing after, at most 255 bytes? */
+bool vfy_origin_ok(const char *origin);
+
+/* Redeems a token through the appliance: vfy_verify_ex first (a token that fails here is
+ * never sent), then POST <url>/v1/tokens/redeem {"token", "origin" (when not NULL)} with
+ * the secret of cfg.redeem_credential as a Bearer credential, in the calling thread
+ * (bounded by http_timeout). 200 is ok (*claims_out as vfy_verify); 409 token_already_used
+ * already_used, token_revoked revoked_token, wrong_origin wrong_origin, key_revoked
+ * revoked_kid, token_expired expired, token_not_yet_valid not_yet_valid; anything else, or
+ * no answer, is redeem_failed, with a line for a person in detail (when detail_len > 0).
+ * A single-use token answers ok exactly once, whoever asks. */
+vfy_result vfy_redeem(vfy *v, const char *token, const char *origin, json_t **claims_out,
+                      char *detail, size_t detail_len);
 
 /* A snapshot of the verifier's state (struct tag, so the name can also be the function). */
 struct vfy_stats {
@@ -228,8 +343,11 @@ struct vfy_stats {
     bool stream_up;           /* an event stream is connected right now */
     uint64_t seq;             /* seq of the accepted feed */
     int64_t feed_iat, feed_exp;
-    size_t keys;    /* RS256 signing keys known from the JWKS */
-    size_t revoked; /* kids in the revoked set */
+    size_t keys;             /* RS256 signing keys known from the JWKS */
+    size_t revoked;          /* kids in the revoked set */
+    uint64_t status_fetches; /* status list requests made (in callers and in the background) */
+    uint64_t status_refused; /* status list documents that did not check out, or no answer */
+    size_t status_lists;     /* status lists cached */
 };
 
 void vfy_stats(vfy *v, struct vfy_stats *out);

@@ -9,7 +9,8 @@
  *     after either feeding;
  *   - the state stays within its bounds (line, event, data buffers; a NUL-terminated
  *     event type).
- * The handle is a bare struct vfy with its lock and seq set up: the parser touches no
+ * The handle is a bare struct vfy with its lock and seq set up and no status list cached
+ * (a token-revocation event looks its uri up there, under the lock): the parser touches no
  * more of it.
  *
  * Built and run by `make fuzz` (build/fuzz/fuzz_sse, seeds tests/fuzz/corpus/sse/,

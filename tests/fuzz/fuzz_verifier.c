@@ -1,16 +1,23 @@
 /*
  * fuzz_verifier: libFuzzer target for the reference verifier's parsers (verifier.h). Each
- * input is used four ways:
+ * input is used seven ways:
  *   1. as a whole revocation feed document (vfy_feed_check): the JWS splitter and header
  *      checks, which run before any signature;
  *   2. as the payload of a feed this harness signs with the pinned key, so that the payload
  *      parser (behind the signature check) sees arbitrary JSON and bytes too;
  *   3. as a whole token (vfy_verify);
  *   4. as the claims of a token this harness signs with a key of the JWKS, so that the
- *      claims checks (exp, nbf, their types) see arbitrary JSON.
- * Any crash, sanitizer report or leak is a finding. A feed or token the harness signed is
- * also checked for the one invariant a parser must keep: it never answers OK for what is
- * not a JSON object payload.
+ *      claims checks (exp, nbf, origin, the status claim and its uri) see arbitrary JSON
+ *      (the handle's url is set, so a claim naming one of its lists reaches the cache);
+ *   5. as a whole status list document (vfy_status_list_check): splitter and header;
+ *   6. as the zlib stream of a status list (after its first byte): the harness puts it
+ *      into lst and signs the list, so the inflater and its bound see arbitrary streams,
+ *      zip bombs included;
+ *   7. as the payload of a status list the harness signs.
+ * 6 and 7 share one signature: the first input byte picks which (so an input costs three
+ * RSA signatures, not four). Any crash, sanitizer report or leak is a finding. A feed,
+ * list or token the harness signed is also checked for the invariants a parser must keep:
+ * never OK for what is not a JSON object payload, and an accepted list has its bits.
  *
  * Built and run by `make fuzz` (build/fuzz/fuzz_verifier, seeds tests/fuzz/corpus/verifier/,
  * dictionary tests/fuzz/verifier.dict); its seeds and regression inputs are replayed by
@@ -25,6 +32,9 @@
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
 
+#include <zlib.h>
+
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +45,10 @@
 #define FEED_HEADER                                                                                \
     "{\"alg\":\"RS256\",\"kid\":\"signd-publication-v1\",\"typ\":\"kid-revocation+jwt\"}"
 #define TOKEN_HEADER "{\"alg\":\"RS256\",\"typ\":\"JWT\",\"kid\":\"" KID "\"}"
+#define LIST_HEADER                                                                                \
+    "{\"alg\":\"RS256\",\"kid\":\"signd-publication-v1\",\"typ\":\"statuslist+jwt\"}"
+#define BASE_URL "https://signd.fuzz"
+#define LIST_URI BASE_URL "/v1/status-lists/0"
 
 static EVP_PKEY *key;
 static vfy_pubkey pin;
@@ -97,13 +111,57 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     char *feed = sign(FEED_HEADER, (const uint8_t *)payload, (size_t)plen);
     vfy_config cfg;
     vfy_config_default(&cfg);
+    cfg.url = BASE_URL;
+    cfg.max_feed_age = 86400; /* the list stays usable however long the fuzzer runs */
     char err[256];
     if (jwks == NULL || vfy_open_documents(&cfg, &pin, jwks, strlen(jwks), feed, strlen(feed), &v,
                                            err, sizeof(err)) != VFY_E_OK)
         die(err);
     free(jwks);
     free(feed);
+    /* List 0 in the cache, with every bit clear, so that token claims naming it are looked
+     * up (its exp is far: it stays usable while the fuzzer runs). */
+    static uint8_t bits[VFY_STATUS_LIST_BYTES];
+    uLongf zlen = compressBound(sizeof(bits));
+    uint8_t *z = malloc(zlen);
+    char *lst = malloc(jose_b64url_encoded_len(zlen) + 1);
+    if (z == NULL || lst == NULL || compress2(z, &zlen, bits, sizeof(bits), 9) != Z_OK ||
+        jose_b64url_encode(z, zlen, lst, jose_b64url_encoded_len(zlen) + 1) == 0)
+        die("compress");
+    size_t cap = strlen(lst) + 256;
+    char *lp = malloc(cap);
+    if (lp == NULL)
+        die("oom");
+    plen = snprintf(lp, cap,
+                    "{\"sub\":\"" LIST_URI "\",\"iat\":%lld,\"exp\":%lld,\"ttl\":60,"
+                    "\"status_list\":{\"bits\":1,\"lst\":\"%s\"}}",
+                    now, now + 100000000, lst);
+    char *list = sign(LIST_HEADER, (const uint8_t *)lp, (size_t)plen);
+    if (vfy_apply_status_list(v, LIST_URI, list, strlen(list)) != VFY_FEED_OK)
+        die("status list");
+    free(list);
+    free(lp);
+    free(lst);
+    free(z);
     return 0;
+}
+
+/* A signed status list whose lst is the base64url of the n bytes at z. */
+static char *list_around(const uint8_t *z, size_t n, int64_t now)
+{
+    size_t b64 = jose_b64url_encoded_len(n) + 1, cap = b64 + 256;
+    char *p = malloc(cap);
+    if (p == NULL)
+        die("oom");
+    int at = snprintf(p, cap,
+                      "{\"sub\":\"" LIST_URI "\",\"iat\":%lld,\"exp\":%lld,\"ttl\":60,"
+                      "\"status_list\":{\"bits\":1,\"lst\":\"",
+                      (long long)now, (long long)now + 600);
+    at += (int)jose_b64url_encode(z, n, p + at, cap - (size_t)at);
+    at += snprintf(p + at, cap - (size_t)at, "\"}}");
+    char *doc = sign(LIST_HEADER, (const uint8_t *)p, (size_t)at);
+    free(p);
+    return doc;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -139,5 +197,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         json_decref(claims);
     }
     free(tok);
+    /* 5: the whole status list document. */
+    vfy_status_list l;
+    vfy_status_list_check(&pin, (const char *)data, size, now, &l);
+    vfy_status_list_free(&l);
+    /* 6 or 7: a signed list around the input, as its zlib stream or as its payload. */
+    bool as_stream = size > 0 && (data[0] & 1);
+    doc = as_stream ? list_around(data + 1, size - 1, now) : sign(LIST_HEADER, data, size);
+    if (vfy_status_list_check(&pin, doc, strlen(doc), now, &l) == VFY_FEED_OK) {
+        if (l.bits == NULL || vfy_status_list_bit(&l, VFY_STATUS_LIST_BYTES * 8 - 1) < 0)
+            die("a list was accepted without its bits");
+        if (!as_stream && size > 0 && data[0] != '{' && data[0] != ' ' && data[0] != '\t' &&
+            data[0] != '\n' && data[0] != '\r')
+            die("a list whose payload is no JSON object was accepted");
+    }
+    vfy_status_list_free(&l);
+    free(doc);
     return 0;
 }

@@ -3,7 +3,9 @@
  * OpenSSL, tokens and feeds are crafted and signed here (OpenSSL signs, jose only encodes),
  * and a verifier is built from documents (vfy_open_documents), so every answer of
  * vfy_verify and every rule of the signed feed is pinned down directly: the algorithm
- * confusion attacks, tampering, time checks, malformed input, rollback and gaps.
+ * confusion attacks, tampering, time checks, malformed input, rollback and gaps. Status
+ * lists are compressed here with zlib and signed like the feed; their bits, the token's
+ * status and origin claims and the cache are pinned down the same way.
  */
 #include "verifier/verifier.h"
 
@@ -14,6 +16,7 @@
 #include <cmocka.h>
 
 #include <limits.h>
+#include <stdbool.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,11 +31,18 @@
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 
+#include <zlib.h>
+
 #define KID_A "0123456789abcdef0123456789abcdef"
 #define KID_B "fedcba9876543210fedcba9876543210"
 #define KID_C "00000000000000000000000000000001"
 #define KID_ENC "11111111111111111111111111111111"
 #define PUB_KID "signd-publication-v1"
+#define BASE_URL "https://signd.test:8443"
+#define LIST0 BASE_URL "/v1/status-lists/0"
+#define LIST1 BASE_URL "/v1/status-lists/1"
+#define ORIGIN_A "https://a.example"
+#define ORIGIN_B "https://b.example:8080"
 
 /* What the tests share, generated once: two client keys, the publication key, a stranger. */
 static struct {
@@ -186,6 +196,72 @@ static char *feed_make(uint64_t seq, uint64_t after, const char **kids, size_t n
     return f;
 }
 
+/* A status list document: the bytes of bits (len of them, which need not be the right
+ * size: the tests of the bound make it wrong on purpose) zlib-compressed, with sub, iat
+ * and exp, signed by key under typ. extra (or NULL) is raw zlib bytes appended to the
+ * stream. malloc'd. */
+static char *slist_doc(const uint8_t *bits, size_t len, const char *sub, long iat, long exp,
+                       EVP_PKEY *key, const char *typ, const char *extra)
+{
+    uLongf zlen = compressBound((uLong)len) + 16;
+    uint8_t *z = malloc(zlen);
+    assert_non_null(z);
+    assert_int_equal(compress2(z, &zlen, bits, (uLong)len, 9), Z_OK);
+    if (extra != NULL) {
+        memcpy(z + zlen, extra, strlen(extra));
+        zlen += strlen(extra);
+    }
+    char *lst = malloc(jose_b64url_encoded_len(zlen) + 1);
+    assert_non_null(lst);
+    assert_true(jose_b64url_encode(z, zlen, lst, jose_b64url_encoded_len(zlen) + 1) > 0);
+    free(z);
+    json_t *p = json_pack("{s:s, s:s, s:I, s:I, s:I, s:{s:i, s:s}}", "iss", "signd", "sub", sub,
+                          "iat", (json_int_t)iat, "exp", (json_int_t)exp, "ttl", (json_int_t)60,
+                          "status_list", "bits", 1, "lst", lst);
+    free(lst);
+    char *text = json_dumps(p, JSON_COMPACT);
+    json_decref(p);
+    char hdr[256];
+    snprintf(hdr, sizeof(hdr), "{\"alg\":\"RS256\",\"kid\":\"%s\",\"typ\":\"%s\"}", PUB_KID, typ);
+    char *doc = jws_make(hdr, text, key, SIG_RS256);
+    free(text);
+    return doc;
+}
+
+/* A fresh, well-formed list at sub with the given token indexes revoked (n of them). */
+static char *slist_make(const char *sub, const uint32_t *revoked, size_t n)
+{
+    uint8_t *bits = calloc(1, VFY_STATUS_LIST_BYTES);
+    assert_non_null(bits);
+    for (size_t i = 0; i < n; i++)
+        bits[revoked[i] / 8] |= (uint8_t)(1u << (revoked[i] % 8));
+    long now = (long)time(NULL);
+    char *doc = slist_doc(bits, VFY_STATUS_LIST_BYTES, sub, now, now + 900, fx.pub,
+                          VFY_STATUS_LIST_TYP, NULL);
+    free(bits);
+    return doc;
+}
+
+/* An RS256 token by KID_A valid for 10 minutes, with extra claims (JSON members text, may be
+ * empty) after sub, iat and exp. */
+static char *token_with(const char *extra)
+{
+    long now = (long)time(NULL);
+    char claims[1024];
+    snprintf(claims, sizeof(claims), "{\"sub\":\"video-1\",\"iat\":%ld,\"exp\":%ld%s%s}", now,
+             now + 600, extra[0] ? "," : "", extra);
+    return token_make("RS256", KID_A, claims, fx.a, SIG_RS256);
+}
+
+/* A token revocable through entry idx of the list at uri. */
+static char *token_in_list(const char *uri, long idx)
+{
+    char extra[512];
+    snprintf(extra, sizeof(extra), "\"status\":{\"status_list\":{\"idx\":%ld,\"uri\":\"%s\"}}", idx,
+             uri);
+    return token_with(extra);
+}
+
 static vfy *open_with(const vfy_config *cfg, const char *feed)
 {
     vfy *v = NULL;
@@ -194,6 +270,18 @@ static vfy *open_with(const vfy_config *cfg, const char *feed)
                                    err, sizeof(err));
     if (e != VFY_E_OK)
         fail_msg("vfy_open_documents: %s: %s", vfy_err_name(e), err);
+    return v;
+}
+
+/* A verifier whose status lists must live under BASE_URL (none are there yet). */
+static vfy *open_with_lists(void)
+{
+    vfy_config cfg;
+    vfy_config_default(&cfg);
+    cfg.url = BASE_URL "/";
+    char *feed = feed_make(0, 0, NULL, 0);
+    vfy *v = open_with(&cfg, feed);
+    free(feed);
     return v;
 }
 
@@ -780,7 +868,12 @@ static void test_result_names_are_stable(void **state)
     assert_string_equal(vfy_result_name(VFY_BAD_SIGNATURE), "bad_signature");
     assert_string_equal(vfy_result_name(VFY_EXPIRED), "expired");
     assert_string_equal(vfy_result_name(VFY_NOT_YET_VALID), "not_yet_valid");
+    assert_string_equal(vfy_result_name(VFY_REVOKED_TOKEN), "revoked_token");
+    assert_string_equal(vfy_result_name(VFY_WRONG_ORIGIN), "wrong_origin");
+    assert_string_equal(vfy_result_name(VFY_ALREADY_USED), "already_used");
+    assert_string_equal(vfy_result_name(VFY_REDEEM_FAILED), "redeem_failed");
     assert_string_equal(vfy_result_name((vfy_result)99), "invalid");
+    assert_string_equal(vfy_err_name(VFY_E_CREDENTIAL), "credential");
 }
 
 /* ---- the feed, checked alone ------------------------------------------------------------ */
@@ -1108,6 +1201,580 @@ static void test_config_out_of_range_and_documents_are_refused(void **state)
     free(feed);
 }
 
+/* ---- status lists, checked alone -------------------------------------------------------- */
+
+static void test_valid_status_list_is_accepted_and_exposes_its_bits(void **state)
+{
+    (void)state;
+    const uint32_t revoked[] = {0, 9, 4242, VFY_STATUS_LIST_BYTES * 8 - 1};
+    char *doc = slist_make(LIST0, revoked, 4);
+    long now = (long)time(NULL);
+    vfy_status_list l;
+    assert_int_equal(vfy_status_list_check(&fx.pin, doc, strlen(doc), now, &l), VFY_FEED_OK);
+    assert_string_equal(l.sub, LIST0);
+    assert_int_equal(l.iat, now);
+    assert_int_equal(l.exp, now + 900);
+    assert_int_equal(l.ttl, 60);
+    for (size_t i = 0; i < 4; i++)
+        assert_int_equal(vfy_status_list_bit(&l, revoked[i]), 1);
+    /* Bit i is byte i / 8, bit i % 8 from the least significant: 9 is byte 1, bit 1. */
+    assert_int_equal(l.bits[1], 0x02);
+    assert_int_equal(l.bits[0], 0x01);
+    assert_int_equal(vfy_status_list_bit(&l, 1), 0);
+    assert_int_equal(vfy_status_list_bit(&l, 8), 0);
+    assert_int_equal(vfy_status_list_bit(&l, 4243), 0);
+    assert_int_equal(vfy_status_list_bit(&l, VFY_STATUS_LIST_BYTES * 8), -1);
+    vfy_status_list_free(&l);
+    vfy_status_list_free(&l); /* twice is fine */
+    assert_null(l.bits);
+    free(doc);
+}
+
+static void test_status_list_with_wrong_typ_alg_or_key_is_refused(void **state)
+{
+    (void)state;
+    uint8_t *bits = calloc(1, VFY_STATUS_LIST_BYTES);
+    long now = (long)time(NULL);
+    vfy_status_list l;
+    /* The feed's typ, signed by the same key: not a status list. */
+    char *doc =
+        slist_doc(bits, VFY_STATUS_LIST_BYTES, LIST0, now, now + 900, fx.pub, VFY_FEED_TYP, NULL);
+    assert_int_equal(vfy_status_list_check(&fx.pin, doc, strlen(doc), now, &l),
+                     VFY_FEED_BAD_HEADER);
+    assert_null(l.bits);
+    free(doc);
+    /* Nor is a status list a feed. */
+    doc = slist_doc(bits, VFY_STATUS_LIST_BYTES, LIST0, now, now + 900, fx.pub, VFY_STATUS_LIST_TYP,
+                    NULL);
+    vfy_feed f;
+    assert_int_equal(vfy_feed_check(&fx.pin, doc, strlen(doc), now, 0, &f), VFY_FEED_BAD_HEADER);
+    /* Checked under another key. */
+    assert_int_equal(vfy_status_list_check(&fx.other_pin, doc, strlen(doc), now, &l),
+                     VFY_FEED_BAD_SIGNATURE);
+    free(doc);
+    /* Signed by another key. */
+    doc = slist_doc(bits, VFY_STATUS_LIST_BYTES, LIST0, now, now + 900, fx.other,
+                    VFY_STATUS_LIST_TYP, NULL);
+    assert_int_equal(vfy_status_list_check(&fx.pin, doc, strlen(doc), now, &l),
+                     VFY_FEED_BAD_SIGNATURE);
+    free(doc);
+    /* alg none, and a lookalike typ. */
+    const char *payload = "{\"sub\":\"x\",\"iat\":1,\"exp\":2,\"ttl\":1,\"status_list\":{}}";
+    doc = jws_make("{\"alg\":\"none\",\"typ\":\"statuslist+jwt\"}", payload, NULL, SIG_NONE);
+    assert_int_equal(vfy_status_list_check(&fx.pin, doc, strlen(doc), now, &l),
+                     VFY_FEED_BAD_HEADER);
+    free(doc);
+    doc = jws_make("{\"alg\":\"RS256\",\"typ\":\"StatusList+JWT\"}", payload, fx.pub, SIG_RS256);
+    assert_int_equal(vfy_status_list_check(&fx.pin, doc, strlen(doc), now, &l),
+                     VFY_FEED_BAD_HEADER);
+    free(doc);
+    free(bits);
+}
+
+static void test_status_list_that_inflates_to_another_size_is_malformed(void **state)
+{
+    (void)state;
+    long now = (long)time(NULL);
+    vfy_status_list l;
+    /* A zip bomb: 16 MiB of zeros, 16 KiB compressed. The inflater stops at the bound. */
+    size_t big = 16u << 20;
+    uint8_t *bits = calloc(1, big);
+    assert_non_null(bits);
+    const size_t sizes[] = {0, 1, VFY_STATUS_LIST_BYTES - 1, VFY_STATUS_LIST_BYTES + 1, big};
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(*sizes); i++) {
+        char *doc =
+            slist_doc(bits, sizes[i], LIST0, now, now + 900, fx.pub, VFY_STATUS_LIST_TYP, NULL);
+        assert_int_equal(vfy_status_list_check(&fx.pin, doc, strlen(doc), now, &l),
+                         VFY_FEED_MALFORMED);
+        assert_null(l.bits);
+        free(doc);
+    }
+    /* The right size, and bytes after the end of the zlib stream. */
+    char *doc = slist_doc(bits, VFY_STATUS_LIST_BYTES, LIST0, now, now + 900, fx.pub,
+                          VFY_STATUS_LIST_TYP, "junk");
+    assert_int_equal(vfy_status_list_check(&fx.pin, doc, strlen(doc), now, &l), VFY_FEED_MALFORMED);
+    free(doc);
+    free(bits);
+}
+
+static void test_status_list_payload_out_of_shape_is_malformed(void **state)
+{
+    (void)state;
+    long now = (long)time(NULL);
+    /* A good lst to put into payloads that are wrong elsewhere. */
+    uint8_t *bits = calloc(1, VFY_STATUS_LIST_BYTES);
+    uLongf zlen = compressBound(VFY_STATUS_LIST_BYTES);
+    uint8_t *z = malloc(zlen);
+    assert_int_equal(compress2(z, &zlen, bits, VFY_STATUS_LIST_BYTES, 9), Z_OK);
+    char lst[4096];
+    assert_true(jose_b64url_encode(z, zlen, lst, sizeof(lst)) > 0);
+    /* Raw DEFLATE (no zlib header) is not what the appliance sends. */
+    char raw[4096];
+    assert_true(jose_b64url_encode(z + 2, zlen - 6, raw, sizeof(raw)) > 0);
+    free(z);
+    free(bits);
+    char good[8192];
+    snprintf(good, sizeof(good),
+             "{\"sub\":\"%s\",\"iat\":%ld,\"exp\":%ld,\"ttl\":60,"
+             "\"status_list\":{\"bits\":1,\"lst\":\"%s\"}}",
+             LIST0, now, now + 900, lst);
+    char *doc = feed_sign(good, fx.pub, VFY_STATUS_LIST_TYP);
+    vfy_status_list l;
+    assert_int_equal(vfy_status_list_check(&fx.pin, doc, strlen(doc), now, &l), VFY_FEED_OK);
+    vfy_status_list_free(&l);
+    free(doc);
+    char bad[16][8192];
+    int n = 0;
+#define BAD(...) snprintf(bad[n++], sizeof(bad[0]), __VA_ARGS__)
+    BAD("{\"iat\":%ld,\"exp\":%ld,\"ttl\":60,\"status_list\":{\"bits\":1,\"lst\":\"%s\"}}", now,
+        now + 900, lst);
+    BAD("{\"sub\":\"\",\"iat\":%ld,\"exp\":%ld,\"ttl\":60,\"status_list\":{\"bits\":1,\"lst\":"
+        "\"%s\"}}",
+        now, now + 900, lst);
+    BAD("{\"sub\":\"%s\",\"iss\":7,\"iat\":%ld,\"exp\":%ld,\"ttl\":60,\"status_list\":{\"bits\":1,"
+        "\"lst\":\"%s\"}}",
+        LIST0, now, now + 900, lst);
+    BAD("{\"sub\":\"%s\",\"iat\":%ld,\"exp\":%ld,\"ttl\":60,\"status_list\":{\"bits\":2,\"lst\":"
+        "\"%s\"}}",
+        LIST0, now, now + 900, lst);
+    BAD("{\"sub\":\"%s\",\"iat\":%ld,\"exp\":%ld,\"ttl\":60,\"status_list\":{\"lst\":\"%s\"}}",
+        LIST0, now, now + 900, lst);
+    BAD("{\"sub\":\"%s\",\"iat\":%ld,\"exp\":%ld,\"ttl\":60,\"status_list\":{\"bits\":1,\"lst\":"
+        "\"%s=\"}}",
+        LIST0, now, now + 900, lst);
+    BAD("{\"sub\":\"%s\",\"iat\":%ld,\"exp\":%ld,\"ttl\":60,\"status_list\":{\"bits\":1,\"lst\":"
+        "\"%s\"}}",
+        LIST0, now, now + 900, raw);
+    BAD("{\"sub\":\"%s\",\"iat\":%ld,\"exp\":%ld,\"ttl\":60,\"status_list\":{\"bits\":1,\"lst\":"
+        "\"\"}}",
+        LIST0, now, now + 900);
+    BAD("{\"sub\":\"%s\",\"iat\":%ld,\"exp\":%ld,\"ttl\":60,\"status_list\":\"%s\"}", LIST0, now,
+        now + 900, lst);
+    BAD("{\"sub\":\"%s\",\"iat\":%ld,\"exp\":%ld,\"ttl\":60,\"status_list\":{\"bits\":1,\"lst\":"
+        "\"%s\"}}",
+        LIST0, now, now, lst); /* exp == iat */
+    BAD("{\"sub\":\"%s\",\"iat\":%ld,\"exp\":%ld,\"ttl\":-1,\"status_list\":{\"bits\":1,\"lst\":"
+        "\"%s\"}}",
+        LIST0, now, now + 900, lst);
+    BAD("{\"sub\":\"%s\",\"iat\":%ld,\"exp\":%ld.5,\"ttl\":60,\"status_list\":{\"bits\":1,\"lst\":"
+        "\"%s\"}}",
+        LIST0, now, now + 900, lst);
+    BAD("[1,2,3]");
+#undef BAD
+    for (int i = 0; i < n; i++) {
+        doc = feed_sign(bad[i], fx.pub, VFY_STATUS_LIST_TYP);
+        if (vfy_status_list_check(&fx.pin, doc, strlen(doc), now, &l) != VFY_FEED_MALFORMED)
+            fail_msg("accepted: %s", bad[i]);
+        assert_null(l.bits);
+        free(doc);
+    }
+}
+
+static void test_expired_status_list_is_refused(void **state)
+{
+    (void)state;
+    uint8_t *bits = calloc(1, VFY_STATUS_LIST_BYTES);
+    long now = (long)time(NULL);
+    char *doc = slist_doc(bits, VFY_STATUS_LIST_BYTES, LIST0, now - 900, now, fx.pub,
+                          VFY_STATUS_LIST_TYP, NULL);
+    vfy_status_list l;
+    assert_int_equal(vfy_status_list_check(&fx.pin, doc, strlen(doc), now, &l), VFY_FEED_EXPIRED);
+    assert_int_equal(vfy_status_list_check(&fx.pin, doc, strlen(doc), now - 1, &l), VFY_FEED_OK);
+    vfy_status_list_free(&l);
+    free(doc);
+    free(bits);
+}
+
+/* ---- status lists, in the verifier ---------------------------------------------------------- */
+
+static void test_revoked_token_is_revoked_token_and_its_sibling_verifies(void **state)
+{
+    (void)state;
+    vfy *v = open_with_lists();
+    const uint32_t revoked[] = {5};
+    char *doc = slist_make(LIST0, revoked, 1);
+    assert_int_equal(vfy_apply_status_list(v, LIST0, doc, strlen(doc)), VFY_FEED_OK);
+    char *t5 = token_in_list(LIST0, 5), *t6 = token_in_list(LIST0, 6), *plain = token_with("");
+    assert_int_equal(verify_str(v, t5), VFY_REVOKED_TOKEN);
+    assert_int_equal(verify_str(v, t6), VFY_OK);
+    assert_int_equal(verify_str(v, plain), VFY_OK);
+    struct vfy_stats st;
+    vfy_stats(v, &st);
+    assert_int_equal(st.status_lists, 1);
+    assert_int_equal(st.status_refused, 0);
+    free(t5);
+    free(t6);
+    free(plain);
+    free(doc);
+    vfy_close(v);
+}
+
+static void test_token_whose_list_is_missing_or_old_fails_closed(void **state)
+{
+    (void)state;
+    vfy *v = open_with_lists();
+    /* Offline, nothing can fetch list 1: a revocable token cannot be vouched for. */
+    char *t = token_in_list(LIST1, 3);
+    assert_int_equal(verify_str(v, t), VFY_FEED_STALE);
+    /* A list older than max_feed_age (300) without a stream is stale too. */
+    uint8_t *bits = calloc(1, VFY_STATUS_LIST_BYTES);
+    long now = (long)time(NULL);
+    char *doc = slist_doc(bits, VFY_STATUS_LIST_BYTES, LIST1, now - 400, now + 900, fx.pub,
+                          VFY_STATUS_LIST_TYP, NULL);
+    assert_int_equal(vfy_apply_status_list(v, LIST1, doc, strlen(doc)), VFY_FEED_OK);
+    assert_int_equal(verify_str(v, t), VFY_FEED_STALE);
+    free(doc);
+    /* A fresh copy makes it answer. */
+    doc = slist_make(LIST1, NULL, 0);
+    assert_int_equal(vfy_apply_status_list(v, LIST1, doc, strlen(doc)), VFY_FEED_OK);
+    assert_int_equal(verify_str(v, t), VFY_OK);
+    free(doc);
+    free(bits);
+    free(t);
+    vfy_close(v);
+}
+
+static void test_status_uri_outside_the_appliance_is_malformed(void **state)
+{
+    (void)state;
+    vfy *v = open_with_lists();
+    const char *uris[] = {
+        "https://evil.test/v1/status-lists/0",
+        BASE_URL ".evil.test/v1/status-lists/0", /* our url is a prefix of the host only */
+        "http://signd.test:8443/v1/status-lists/0",
+        BASE_URL "/v1/status-lists/",
+        BASE_URL "/v1/status-lists/01",
+        BASE_URL "/v1/status-lists/1024",
+        BASE_URL "/v1/status-lists/-1",
+        BASE_URL "/v1/status-lists/0?x=1",
+        BASE_URL "/v1/status-lists/0/",
+        BASE_URL "/v1/status-lists/../keys",
+        BASE_URL "/v1/status-lists/1%30",
+    };
+    for (size_t i = 0; i < sizeof(uris) / sizeof(*uris); i++) {
+        char *t = token_in_list(uris[i], 1);
+        if (verify_str(v, t) != VFY_MALFORMED)
+            fail_msg("not malformed: %s", uris[i]);
+        free(t);
+    }
+    /* The shape of the claim, and the idx range. */
+    char extra[512];
+    const char *shapes[] = {
+        "\"status\":\"revoked\"",
+        "\"status\":{}",
+        "\"status\":{\"status_list\":{\"uri\":\"" LIST0 "\"}}",
+        "\"status\":{\"status_list\":{\"idx\":\"1\",\"uri\":\"" LIST0 "\"}}",
+        "\"status\":{\"status_list\":{\"idx\":1.5,\"uri\":\"" LIST0 "\"}}",
+        "\"status\":{\"status_list\":{\"idx\":-1,\"uri\":\"" LIST0 "\"}}",
+        "\"status\":{\"status_list\":{\"idx\":1048576,\"uri\":\"" LIST0 "\"}}",
+        "\"status\":{\"status_list\":{\"idx\":1}}",
+        "\"origin\":7",
+    };
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(*shapes); i++) {
+        snprintf(extra, sizeof(extra), "%s", shapes[i]);
+        char *t = token_with(extra);
+        if (verify_str(v, t) != VFY_MALFORMED)
+            fail_msg("not malformed: %s", shapes[i]);
+        free(t);
+    }
+    /* The last index is fine (its list is not there: stale, not malformed). */
+    char *t = token_in_list(LIST0, VFY_STATUS_LIST_BYTES * 8 - 1);
+    assert_int_equal(verify_str(v, t), VFY_FEED_STALE);
+    free(t);
+    vfy_close(v);
+    /* A verifier given no url accepts no status list at all. */
+    v = open_default();
+    t = token_in_list(LIST0, 1);
+    assert_int_equal(verify_str(v, t), VFY_MALFORMED);
+    free(t);
+    vfy_close(v);
+}
+
+static void test_status_list_served_under_another_uri_is_refused(void **state)
+{
+    (void)state;
+    vfy *v = open_with_lists();
+    const uint32_t revoked[] = {2};
+    char *doc0 = slist_make(LIST0, revoked, 1);
+    assert_int_equal(vfy_apply_status_list(v, LIST1, doc0, strlen(doc0)), VFY_FEED_MALFORMED);
+    assert_int_equal(
+        vfy_apply_status_list(v, "https://evil.test/v1/status-lists/0", doc0, strlen(doc0)),
+        VFY_FEED_MALFORMED);
+    struct vfy_stats st;
+    vfy_stats(v, &st);
+    assert_int_equal(st.status_lists, 0);
+    assert_int_equal(st.status_refused, 1);
+    free(doc0);
+    vfy_close(v);
+}
+
+static void test_older_copy_of_a_list_cannot_unrevoke_a_token(void **state)
+{
+    (void)state;
+    vfy *v = open_with_lists();
+    long now = (long)time(NULL);
+    uint8_t *bits = calloc(1, VFY_STATUS_LIST_BYTES);
+    char *older = slist_doc(bits, VFY_STATUS_LIST_BYTES, LIST0, now - 60, now + 840, fx.pub,
+                            VFY_STATUS_LIST_TYP, NULL);
+    bits[0] = 0x10; /* idx 4 */
+    char *newer = slist_doc(bits, VFY_STATUS_LIST_BYTES, LIST0, now, now + 900, fx.pub,
+                            VFY_STATUS_LIST_TYP, NULL);
+    char *t4 = token_in_list(LIST0, 4);
+    assert_int_equal(vfy_apply_status_list(v, LIST0, newer, strlen(newer)), VFY_FEED_OK);
+    assert_int_equal(verify_str(v, t4), VFY_REVOKED_TOKEN);
+    /* A cache hands out the copy from before the revocation: it checks out, and changes
+     * nothing. */
+    assert_int_equal(vfy_apply_status_list(v, LIST0, older, strlen(older)), VFY_FEED_OK);
+    assert_int_equal(verify_str(v, t4), VFY_REVOKED_TOKEN);
+    free(t4);
+    free(older);
+    free(newer);
+    free(bits);
+    vfy_close(v);
+}
+
+static void test_revoked_token_comes_after_the_signature_and_time_checks(void **state)
+{
+    (void)state;
+    vfy *v = open_with_lists();
+    const uint32_t revoked[] = {7};
+    char *doc = slist_make(LIST0, revoked, 1);
+    assert_int_equal(vfy_apply_status_list(v, LIST0, doc, strlen(doc)), VFY_FEED_OK);
+    long now = (long)time(NULL);
+    char claims[512];
+    snprintf(claims, sizeof(claims),
+             "{\"sub\":\"v\",\"exp\":%ld,\"origin\":\"" ORIGIN_A "\","
+             "\"status\":{\"status_list\":{\"idx\":7,\"uri\":\"" LIST0 "\"}}}",
+             now - 1);
+    char *expired = token_make("RS256", KID_A, claims, fx.a, SIG_RS256);
+    assert_int_equal(verify_str(v, expired), VFY_EXPIRED);
+    char *forged = token_make("RS256", KID_A, claims, fx.b, SIG_RS256);
+    assert_int_equal(verify_str(v, forged), VFY_BAD_SIGNATURE);
+    /* Revoked and from elsewhere: revoked first. */
+    snprintf(claims, sizeof(claims),
+             "{\"sub\":\"v\",\"exp\":%ld,\"origin\":\"" ORIGIN_A "\","
+             "\"status\":{\"status_list\":{\"idx\":7,\"uri\":\"" LIST0 "\"}}}",
+             now + 600);
+    char *both = token_make("RS256", KID_A, claims, fx.a, SIG_RS256);
+    assert_int_equal(vfy_verify_ex(v, both, ORIGIN_B, NULL), VFY_REVOKED_TOKEN);
+    free(both);
+    free(forged);
+    free(expired);
+    free(doc);
+    vfy_close(v);
+}
+
+static void test_origin_bound_token_is_wrong_origin_elsewhere(void **state)
+{
+    (void)state;
+    vfy *v = open_default();
+    char *bound = token_with("\"origin\":\"" ORIGIN_A "\"");
+    char *free_token = token_with("");
+    json_t *claims = (json_t *)1;
+    assert_int_equal(vfy_verify_ex(v, bound, ORIGIN_B, &claims), VFY_WRONG_ORIGIN);
+    assert_null(claims);
+    assert_int_equal(vfy_verify_ex(v, bound, ORIGIN_A, &claims), VFY_OK);
+    assert_string_equal(json_string_value(json_object_get(claims, "origin")), ORIGIN_A);
+    json_decref(claims);
+    /* Byte for byte: a trailing '/' or another case is another origin. */
+    assert_int_equal(vfy_verify_ex(v, bound, ORIGIN_A "/", NULL), VFY_WRONG_ORIGIN);
+    assert_int_equal(vfy_verify_ex(v, bound, "https://A.example", NULL), VFY_WRONG_ORIGIN);
+    /* No expected origin: not checked. A token without origin passes anywhere. */
+    assert_int_equal(vfy_verify(v, bound, NULL), VFY_OK);
+    assert_int_equal(vfy_verify_ex(v, free_token, ORIGIN_B, NULL), VFY_OK);
+    free(bound);
+    free(free_token);
+    vfy_close(v);
+}
+
+static void test_origin_form_is_the_appliances(void **state)
+{
+    (void)state;
+    const char *good[] = {"https://a.example", "http://127.0.0.1:8080", "https://x:1",
+                          "https://x:65535", "https://a-b.c.d"};
+    const char *bad[] = {"",
+                         "a.example",
+                         "ftp://a.example",
+                         "https://",
+                         "https://A.example",
+                         "https://a.example/",
+                         "https://a.example/path",
+                         "https://a.example?q",
+                         "https://a.example:",
+                         "https://a.example:0",
+                         "https://a.example:65536",
+                         "https://a.example:080",
+                         "https://a_b.example",
+                         "https://user@a.example",
+                         "https://[::1]:443"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(*good); i++)
+        if (!vfy_origin_ok(good[i]))
+            fail_msg("refused: %s", good[i]);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++)
+        if (vfy_origin_ok(bad[i]))
+            fail_msg("accepted: %s", bad[i]);
+    char longest[300] = "https://";
+    memset(longest + 8, 'a', 247);
+    longest[255] = '\0';
+    assert_true(vfy_origin_ok(longest));
+    longest[255] = 'a';
+    longest[256] = '\0';
+    assert_false(vfy_origin_ok(longest));
+    assert_false(vfy_origin_ok(NULL));
+}
+
+static void test_cache_keeps_the_newest_lists_and_drops_the_oldest(void **state)
+{
+    (void)state;
+    vfy *v = open_with_lists();
+    char uri[128];
+    for (int i = 0; i <= VFY_STATUS_CACHE_MAX; i++) {
+        snprintf(uri, sizeof(uri), BASE_URL "/v1/status-lists/%d", i);
+        char *doc = slist_make(uri, NULL, 0);
+        assert_int_equal(vfy_apply_status_list(v, uri, doc, strlen(doc)), VFY_FEED_OK);
+        free(doc);
+    }
+    struct vfy_stats st;
+    vfy_stats(v, &st);
+    assert_int_equal(st.status_lists, VFY_STATUS_CACHE_MAX);
+    char *first = token_in_list(LIST0, 1);
+    snprintf(uri, sizeof(uri), BASE_URL "/v1/status-lists/%d", VFY_STATUS_CACHE_MAX);
+    char *last = token_in_list(uri, 1), *second = token_in_list(LIST1, 1);
+    assert_int_equal(verify_str(v, first), VFY_FEED_STALE); /* dropped; offline: not refetched */
+    assert_int_equal(verify_str(v, second), VFY_OK);
+    assert_int_equal(verify_str(v, last), VFY_OK);
+    free(first);
+    free(second);
+    free(last);
+    vfy_close(v);
+}
+
+typedef struct {
+    vfy *v;
+    const char *keep, *doomed;
+    int keep_bad;   /* the token never revoked: answers other than ok */
+    int doomed_bad; /* the revoked one: answers other than ok or revoked_token */
+    bool seen_revoked;
+} list_loop;
+
+static void *list_loop_run(void *arg)
+{
+    list_loop *l = arg;
+    for (int i = 0; i < 300; i++) {
+        if (vfy_verify(l->v, l->keep, NULL) != VFY_OK)
+            l->keep_bad++;
+        vfy_result r = vfy_verify(l->v, l->doomed, NULL);
+        /* Once revoked, never ok again: the bits only ever gain. */
+        if (r == VFY_REVOKED_TOKEN)
+            l->seen_revoked = true;
+        else if (r != VFY_OK || l->seen_revoked)
+            l->doomed_bad++;
+    }
+    return NULL;
+}
+
+static void test_concurrent_verification_while_status_lists_apply(void **state)
+{
+    (void)state;
+    vfy *v = open_with_lists();
+    char *first = slist_make(LIST0, NULL, 0);
+    assert_int_equal(vfy_apply_status_list(v, LIST0, first, strlen(first)), VFY_FEED_OK);
+    free(first);
+    char *keep = token_in_list(LIST0, 1), *doomed = token_in_list(LIST0, 2);
+    list_loop loops[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        loops[i] = (list_loop){.v = v, .keep = keep, .doomed = doomed};
+        assert_int_equal(pthread_create(&th[i], NULL, list_loop_run, &loops[i]), 0);
+    }
+    /* Copies of list 0 arrive while they verify: clean ones, then one revoking idx 2, then
+     * clean ones again (an older cache's): idx 2 stays revoked. */
+    const uint32_t revoked[] = {2};
+    for (int i = 0; i < 12; i++) {
+        char *doc = slist_make(LIST0, i == 4 ? revoked : NULL, i == 4 ? 1 : 0);
+        assert_int_equal(vfy_apply_status_list(v, LIST0, doc, strlen(doc)), VFY_FEED_OK);
+        free(doc);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(loops[i].keep_bad, 0);
+        assert_int_equal(loops[i].doomed_bad, 0);
+    }
+    assert_int_equal(verify_str(v, doomed), VFY_REVOKED_TOKEN);
+    assert_int_equal(verify_str(v, keep), VFY_OK);
+    free(keep);
+    free(doomed);
+    vfy_close(v);
+}
+
+static void test_redeem_without_a_credential_or_of_a_refused_token_sends_nothing(void **state)
+{
+    (void)state;
+    vfy *v = open_default();
+    char *tok = token_with("\"single_use\":true,\"origin\":\"" ORIGIN_A "\"");
+    char detail[256];
+    json_t *claims = (json_t *)1;
+    assert_int_equal(vfy_redeem(v, tok, ORIGIN_A, &claims, detail, sizeof(detail)),
+                     VFY_REDEEM_FAILED);
+    assert_null(claims);
+    assert_non_null(strstr(detail, "credential"));
+    /* Refused here first: the local reason, nothing sent. */
+    assert_int_equal(vfy_redeem(v, tok, ORIGIN_B, NULL, detail, sizeof(detail)), VFY_WRONG_ORIGIN);
+    assert_int_equal(vfy_redeem(v, "x.y.z", NULL, NULL, detail, sizeof(detail)), VFY_MALFORMED);
+    free(tok);
+    vfy_close(v);
+}
+
+static void test_redeem_credential_file_is_checked_at_open(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/signd-vfy-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char key[PATH_MAX], cred[PATH_MAX], err[512];
+    snprintf(key, sizeof(key), "%s/pub.pem", dir);
+    snprintf(cred, sizeof(cred), "%s/cred", dir);
+    char *pem = pem_of(fx.pub);
+    FILE *f = fopen(key, "w");
+    fputs(pem, f);
+    fclose(f);
+    free(pem);
+    vfy_config cfg;
+    vfy_config_default(&cfg);
+    cfg.url = "https://127.0.0.1:1";
+    cfg.cacert = key; /* readable: the CA file is only used once a request is made */
+    cfg.feed_key = key;
+    cfg.redeem_credential = cred;
+    vfy *v = (vfy *)1;
+    /* Missing, empty, blank, a space inside, too long: refused before any request. */
+    assert_int_equal(vfy_open(&cfg, &v, err, sizeof(err)), VFY_E_CREDENTIAL);
+    assert_null(v);
+    assert_non_null(strstr(err, cred));
+    const char *bodies[] = {"", "\n", "sgd_abc def\n", "sgd_\x01\n"};
+    for (size_t i = 0; i < sizeof(bodies) / sizeof(*bodies); i++) {
+        f = fopen(cred, "w");
+        fputs(bodies[i], f);
+        fclose(f);
+        assert_int_equal(vfy_open(&cfg, &v, err, sizeof(err)), VFY_E_CREDENTIAL);
+        assert_non_null(strstr(err, cred));
+    }
+    f = fopen(cred, "w");
+    for (int i = 0; i < 300; i++)
+        fputc('a', f);
+    fclose(f);
+    assert_int_equal(vfy_open(&cfg, &v, err, sizeof(err)), VFY_E_CREDENTIAL);
+    assert_non_null(strstr(err, "longer"));
+    /* A good one gets past the credential: the appliance (port 1) is what fails now. */
+    f = fopen(cred, "w");
+    fputs("sgd_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n", f);
+    fclose(f);
+    assert_int_equal(vfy_open(&cfg, &v, err, sizeof(err)), VFY_E_NET);
+    /* Never a secret in the message. */
+    assert_null(strstr(err, "sgd_"));
+    unlink(cred);
+    unlink(key);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tokens[] = {
@@ -1145,6 +1812,25 @@ int main(void)
         cmocka_unit_test(test_delta_starting_past_our_seq_is_a_gap),
         cmocka_unit_test(test_feed_payload_out_of_shape_is_malformed),
     };
+    const struct CMUnitTest lists[] = {
+        cmocka_unit_test(test_valid_status_list_is_accepted_and_exposes_its_bits),
+        cmocka_unit_test(test_status_list_with_wrong_typ_alg_or_key_is_refused),
+        cmocka_unit_test(test_status_list_that_inflates_to_another_size_is_malformed),
+        cmocka_unit_test(test_status_list_payload_out_of_shape_is_malformed),
+        cmocka_unit_test(test_expired_status_list_is_refused),
+        cmocka_unit_test(test_revoked_token_is_revoked_token_and_its_sibling_verifies),
+        cmocka_unit_test(test_token_whose_list_is_missing_or_old_fails_closed),
+        cmocka_unit_test(test_status_uri_outside_the_appliance_is_malformed),
+        cmocka_unit_test(test_status_list_served_under_another_uri_is_refused),
+        cmocka_unit_test(test_older_copy_of_a_list_cannot_unrevoke_a_token),
+        cmocka_unit_test(test_revoked_token_comes_after_the_signature_and_time_checks),
+        cmocka_unit_test(test_origin_bound_token_is_wrong_origin_elsewhere),
+        cmocka_unit_test(test_origin_form_is_the_appliances),
+        cmocka_unit_test(test_cache_keeps_the_newest_lists_and_drops_the_oldest),
+        cmocka_unit_test(test_concurrent_verification_while_status_lists_apply),
+        cmocka_unit_test(test_redeem_without_a_credential_or_of_a_refused_token_sends_nothing),
+        cmocka_unit_test(test_redeem_credential_file_is_checked_at_open),
+    };
     const struct CMUnitTest keys[] = {
         cmocka_unit_test(test_pinned_key_file_is_loaded_and_bad_ones_are_refused),
         cmocka_unit_test(test_jwk_decode_reverses_jose_jwk_rsa),
@@ -1155,6 +1841,7 @@ int main(void)
     int failed = 0;
     failed += cmocka_run_group_tests_name("verifier tokens", tokens, NULL, NULL);
     failed += cmocka_run_group_tests_name("verifier feed", feeds, NULL, NULL);
+    failed += cmocka_run_group_tests_name("verifier status lists", lists, NULL, NULL);
     failed += cmocka_run_group_tests_name("verifier keys", keys, NULL, NULL);
     group_teardown(NULL);
     return failed == 0 ? 0 : 1;
