@@ -248,7 +248,8 @@ def test_event_stream_says_hello_then_sends_one_event_per_revocation_with_its_se
         assert s.headers["Content-Type"] == "text/event-stream"
         assert s.headers["Cache-Control"] == "no-store"
         s.wait(lambda st: len(st.events) >= 1)
-        assert s.events[0]["event"] == "hello" and json.loads(s.events[0]["data"]) == {"seq": 1}
+        assert s.events[0]["event"] == "hello"
+        assert json.loads(s.events[0]["data"]) == {"seq": 1, "token_seq": 0}
         assert "id" not in s.events[0]
         revoke(a, kids[1], "rotated out")
         revoke(a, kids[2])
