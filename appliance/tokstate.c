@@ -65,6 +65,7 @@ typedef struct {
 typedef struct tks_waiter {
     const char *jti;
     const char *kid;
+    char row_key[TKS_KID_HEX + 1 + TKS_JTI_MAX + 1]; /* "<kid>:<jti>", or the jti alone */
     int64_t exp;
     int64_t now;
     char actor[AUDIT_ACTOR_MAX];
@@ -612,7 +613,7 @@ static int tks_prune_tx(tks *t, int64_t now, uint64_t *deleted, char *err, size_
 static int tks_redeem_one(tks *t, sqlite3_stmt *ins, tks_waiter *w, char *err, size_t errlen)
 {
     sqlite3_reset(ins);
-    sqlite3_bind_text(ins, 1, w->jti, -1, SQLITE_STATIC);
+    sqlite3_bind_text(ins, 1, w->row_key, -1, SQLITE_STATIC);
     sqlite3_bind_int64(ins, 2, w->exp);
     sqlite3_bind_int64(ins, 3, w->now);
     if (sqlite3_step(ins) != SQLITE_DONE)
@@ -668,6 +669,12 @@ tks_status tks_redeem(tks *t, const char *jti, int64_t exp, const char *kid_hex,
     if (!tks_jti_ok(jti) || !tks_kid_ok(kid_hex) || exp < now)
         return TKS_ERR_INVALID;
     tks_waiter w = {.jti = jti, .kid = kid_hex, .exp = exp, .now = now, .result = TKS_ERR_IO};
+    /* Scoped by the key: a token signed by one key (crafted through a signer's raw /sign,
+     * say) cannot use up the jti of another key's token. */
+    if (kid_hex != NULL)
+        snprintf(w.row_key, sizeof(w.row_key), "%s:%s", kid_hex, jti);
+    else
+        snprintf(w.row_key, sizeof(w.row_key), "%s", jti);
     const char *actor = audit_actor();
     snprintf(w.actor, sizeof(w.actor), "%s", strcmp(actor, AUDIT_SYSTEM) == 0 ? "" : actor);
 

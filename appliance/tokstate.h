@@ -20,9 +20,12 @@
  *    memory: a reader never sees a revocation that is not durable. Only an index already
  *    handed out can be revoked (below its list's reserved end): TKS_ERR_NOT_ISSUED.
  *
- * Redeemed jtis (single-use tokens). tks_redeem records (jti, exp) in `token_redeemed`,
- * durably and exactly once: of any number of concurrent or later calls for one jti,
- * before or after a restart, exactly one gets TKS_OK and every other TKS_ERR_USED.
+ * Redeemed jtis (single-use tokens). tks_redeem records (kid, jti, exp) in
+ * `token_redeemed`, durably and exactly once: of any number of concurrent or later calls
+ * for one jti of one key, before or after a restart, exactly one gets TKS_OK and every
+ * other TKS_ERR_USED. The same jti under another key is another token: a signer that
+ * crafts a token with a copied jti through its own key's /sign cannot use up another
+ * key's token.
  * Concurrent redeems are group-committed: one thread commits every redeem queued while
  * the previous commit was on disk, in one transaction (one fsync for the batch), and
  * each caller returns only once its own row is durable. Rows are pruned once past
@@ -54,6 +57,7 @@
 #define TKS_LISTS_MAX 1024u                 /* lists, so about a billion revocable tokens */
 #define TKS_BLOCK 1024u                     /* indexes reserved on disk at a time */
 #define TKS_JTI_MAX 64                      /* bytes of a jti, without the NUL */
+#define TKS_KID_HEX 32                      /* a kid in hex, without the NUL */
 #define TKS_PRUNE_SLACK 300                 /* seconds a redeemed jti is kept past its exp */
 #define TKS_BUSY_TIMEOUT_MS 5000
 /* A revocable token's jti: 'r' then the base64url of (list, idx, owner, MAC): 28 bytes. */
@@ -143,11 +147,11 @@ uint64_t tks_seq(tks *t);
  * were copied (fewer than max: those were all). */
 size_t tks_revocations_after(tks *t, uint64_t after, tks_revocation *out, size_t max);
 
-/* Consumes a single-use token's jti, durably, with a "token.redeemed" audit event (actor,
- * details: jti, kid_hex when not NULL) in the same transaction: TKS_OK for the one caller
- * who redeems it first, TKS_ERR_USED for every other, before or after a restart.
- * exp: the token's exp (unix seconds), after which the row may be pruned. Also prunes
- * rows past exp + TKS_PRUNE_SLACK, at most once a minute, in the same transaction.
+/* Consumes a single-use token's jti under its key (kid_hex; NULL: the jti alone), durably, with a
+ * "token.redeemed" audit event (actor, details: jti, kid_hex when not NULL) in the same
+ * transaction: TKS_OK for the one caller who redeems it first, TKS_ERR_USED for every other, before
+ * or after a restart. exp: the token's exp (unix seconds), after which the row may be pruned. Also
+ * prunes rows past exp + TKS_PRUNE_SLACK, at most once a minute, in the same transaction.
  * TKS_ERR_INVALID for a jti that fails tks_jti_ok or an exp before now; TKS_ERR_IO when
  * the commit failed (nothing was consumed then: the caller may retry). */
 tks_status tks_redeem(tks *t, const char *jti, int64_t exp, const char *kid_hex, int64_t now);

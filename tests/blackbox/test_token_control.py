@@ -603,6 +603,21 @@ def test_a_well_formed_token_signed_through_the_sign_route_redeems(world):
     assert r.json()["redeemed"] is True and r.json()["claims"] == claims
 
 
+def test_a_token_crafted_under_another_key_cannot_use_up_a_tokens_jti(world):
+    """Redeemed jtis are kept per key: a signer that copies a single-use token's jti into a
+    document its own key signs (through /sign) spends only that document, not the token."""
+    victim = mint(world, single_use=True)
+    other_kid = world["a"].create_key(label="crafter")["kid"]
+    crafted = appliance_signed(world, {"alg": "RS256", "typ": "JWT", "kid": other_kid},
+                               crafted_claims(single_use=True, jti=victim["jti"]),
+                               kid=other_kid)
+    first = redeem(world, crafted)
+    assert first.status_code == 200 and first.json()["redeemed"] is True, first.text
+    r = redeem(world, victim["token"])
+    assert r.status_code == 200 and r.json()["redeemed"] is True, r.text
+    assert code_of(redeem(world, victim["token"])) == "token_already_used"
+
+
 def test_a_token_past_its_exp_is_expired_and_a_revoked_key_is_answered_first(world):
     a = world["a"]
     now = int(time.time())

@@ -278,7 +278,7 @@ static void test_a_bad_row_in_the_file_refuses_to_open(void **state)
 
 /* ---- redeemed jtis ------------------------------------------------------------------- */
 
-static void test_a_jti_is_redeemed_once_also_after_a_restart(void **state)
+static void test_a_jti_is_redeemed_once_per_key_also_after_a_restart(void **state)
 {
     tks *t = open_ok(*state);
     audit_set_actor("fedcba9876543210");
@@ -290,9 +290,14 @@ static void test_a_jti_is_redeemed_once_also_after_a_restart(void **state)
     t = open_ok(*state);
     assert_int_equal(tks_redeem(t, "upload-1", T0 + 60, KID, T0 + 2), TKS_ERR_USED);
     assert_int_equal(tks_redeem(t, "upload-2", T0 + 60, NULL, T0 + 2), TKS_OK);
+    /* The same jti under another key is another token. */
+    assert_int_equal(tks_redeem(t, "upload-1", T0 + 60, "ffeeddccbbaa99887766554433221100", T0),
+                     TKS_OK);
+    assert_int_equal(tks_redeem(t, "upload-1", T0 + 60, "ffeeddccbbaa99887766554433221100", T0),
+                     TKS_ERR_USED);
     tks_close(t);
     assert_int_equal(audit_rows(*state, "token.redeemed", "fedcba9876543210"), 1);
-    assert_int_equal(audit_rows(*state, "token.redeemed", NULL), 2);
+    assert_int_equal(audit_rows(*state, "token.redeemed", NULL), 3);
 }
 
 static void test_bad_redeem_arguments_are_refused(void **state)
@@ -457,7 +462,7 @@ int main(void)
         T(test_an_index_never_handed_out_cannot_be_revoked),
         T(test_revocations_after_a_seq_come_oldest_first),
         T(test_a_bad_row_in_the_file_refuses_to_open),
-        T(test_a_jti_is_redeemed_once_also_after_a_restart),
+        T(test_a_jti_is_redeemed_once_per_key_also_after_a_restart),
         T(test_bad_redeem_arguments_are_refused),
         T(test_concurrent_redeems_of_one_jti_give_exactly_one_ok),
         T(test_concurrent_redeems_of_distinct_jtis_all_succeed),
