@@ -164,6 +164,28 @@ def session(a, kids):
            400, "deep json")
     expect(a.post("/v1/keys", data=b"x" * (70 * 1024),
                   headers={"Content-Type": "application/json"}), 413, "body too large")
+    # Token-level control: mint with every flag, redeem (once, then refused), revoke one
+    # token, read its signed status list, and the refusals of each route.
+    redeemer = a.create_credential("redeemer", label="vg-redeemer")["secret"]
+    once = expect(a.post("/v1/tokens", {"kid": rot["kid"], "single_use": True, "revocable": True,
+                                        "aud": "uploads", "origin": "https://a.example"},
+                         auth=signer), 200, "mint single-use revocable").json()
+    expect(a.post("/v1/tokens/redeem", {"token": once["token"], "origin": "https://a.example"},
+                  auth=redeemer), 200, "redeem")
+    expect(a.post("/v1/tokens/redeem", {"token": once["token"]}, auth=redeemer), 409,
+           "redeem again")
+    expect(a.post("/v1/tokens/redeem", {"token": once["token"], "origin": "https://b.example"},
+                  auth=redeemer), 409, "wrong origin")
+    expect(a.post("/v1/tokens/redeem", {"token": "a.b.c"}, auth=redeemer), 400, "bad token")
+    expect(a.delete("/v1/tokens/" + once["jti"], auth=signer), 200, "revoke one token")
+    expect(a.delete("/v1/tokens/" + "0" * 32), 404, "not a revocable jti")
+    expect(a.delete("/v1/tokens/bad!jti"), 400, "malformed jti")
+    expect(a.get("/v1/status-lists/%d" % once["status"]["list"], auth=False), 200,
+           "status list")
+    expect(a.get("/v1/status-lists/1023", auth=False), 404, "no such status list")
+    expect(a.post("/v1/tokens", {"origin": "https://A.example/"}, auth=signer), 400,
+           "bad origin")
+    steps += 11
     # The audit trail, read the ways an auditor reads it.
     expect(a.get("/v1/audit", auth=auditor), 200, "audit")
     expect(a.get("/v1/audit?limit=5&after=2", auth=auditor), 200, "audit page")
