@@ -208,27 +208,32 @@ static vfy_feed_status feed_payload(const json_t *p, vfy_feed *f)
     return VFY_FEED_OK;
 }
 
+vfy_feed_status vfy_signed_doc(const vfy_pubkey *key, const char *jws, size_t len, size_t max,
+                               const char *typ, vfy_jws *j)
+{
+    memset(j, 0, sizeof(*j));
+    if (key == NULL || vfy_jws_split(jws, len, max, j) != 0)
+        return VFY_FEED_MALFORMED;
+    const char *alg = json_string_value(json_object_get(j->header, "alg"));
+    const char *got = json_string_value(json_object_get(j->header, "typ"));
+    /* Exact comparisons: json strings may hold no NUL (JSON_ALLOW_NUL is off), so strcmp
+     * sees the whole value; a feed signed by the same key is not a status list. */
+    if (alg == NULL || got == NULL || strcmp(alg, "RS256") != 0 || strcmp(got, typ) != 0)
+        return VFY_FEED_BAD_HEADER;
+    if (jose_rs256_verify(key->n, key->n_len, key->e, key->e_len, jws, j->signing_input_len, j->sig,
+                          j->sig_len) != 1)
+        return VFY_FEED_BAD_SIGNATURE;
+    /* Signed from here on: only now is the payload read. */
+    return vfy_jws_payload(j) != 0 ? VFY_FEED_MALFORMED : VFY_FEED_OK;
+}
+
 vfy_feed_status vfy_feed_check(const vfy_pubkey *key, const char *jws, size_t len, int64_t now,
                                uint64_t current_seq, vfy_feed *out)
 {
     memset(out, 0, sizeof(*out));
     vfy_jws j;
-    if (key == NULL || vfy_jws_split(jws, len, VFY_DOC_MAX, &j) != 0)
-        return VFY_FEED_MALFORMED;
-    vfy_feed_status st = VFY_FEED_OK;
-    const char *alg = json_string_value(json_object_get(j.header, "alg"));
-    const char *typ = json_string_value(json_object_get(j.header, "typ"));
-    /* Exact comparisons: json strings may hold no NUL (JSON_ALLOW_NUL is off), so strcmp
-     * sees the whole value. */
-    if (alg == NULL || typ == NULL || strcmp(alg, "RS256") != 0 || strcmp(typ, VFY_FEED_TYP) != 0)
-        st = VFY_FEED_BAD_HEADER;
-    else if (jose_rs256_verify(key->n, key->n_len, key->e, key->e_len, jws, j.signing_input_len,
-                               j.sig, j.sig_len) != 1)
-        st = VFY_FEED_BAD_SIGNATURE;
-    /* Signed from here on: only now is the payload read. */
-    else if (vfy_jws_payload(&j) != 0)
-        st = VFY_FEED_MALFORMED;
-    else
+    vfy_feed_status st = vfy_signed_doc(key, jws, len, VFY_DOC_MAX, VFY_FEED_TYP, &j);
+    if (st == VFY_FEED_OK)
         st = feed_payload(j.payload, out);
     if (st == VFY_FEED_OK && now >= out->exp)
         st = VFY_FEED_EXPIRED;

@@ -49,6 +49,15 @@ int vfy_jws_split(const char *s, size_t len, size_t max, vfy_jws *out);
 int vfy_jws_payload(vfy_jws *j);
 void vfy_jws_free(vfy_jws *j);
 
+/* The envelope of a document the publication key signs (the feed, a status list): splits
+ * len bytes of jws (at most max) into *j, then checks alg exactly RS256 and typ exactly
+ * typ (else VFY_FEED_BAD_HEADER), the RS256 signature under key (else
+ * VFY_FEED_BAD_SIGNATURE), and only then parses the payload (else VFY_FEED_MALFORMED; also
+ * for a NULL key or a split that fails). VFY_FEED_OK with j->payload set. The caller
+ * releases *j with vfy_jws_free whatever the answer. */
+vfy_feed_status vfy_signed_doc(const vfy_pubkey *key, const char *jws, size_t len, size_t max,
+                               const char *typ, vfy_jws *j);
+
 /* One RS256 signing key of the JWKS; n and e point into one malloc'd block (ne). */
 typedef struct {
     char kid[VFY_KID_LEN + 1];
