@@ -618,6 +618,23 @@ static int srv_chunk(struct mg_connection *c, const char *data, size_t len)
     return mg_write(c, buf, (size_t)n) == n ? 0 : -1;
 }
 
+/* Writes one event: "id: <id>" first when id is not 0, the event's name, and j (consumed)
+ * as its data. 0, or -1 when j is NULL, does not fit, or the subscriber is gone. */
+static int srv_event(struct mg_connection *c, uint64_t id, const char *name, json_t *j)
+{
+    char *data = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    char idline[32] = "";
+    if (id != 0)
+        snprintf(idline, sizeof(idline), "id: %llu\n", (unsigned long long)id);
+    char ev[SRV_HEAD_MAX];
+    int len = data ? snprintf(ev, sizeof(ev), "%sevent: %s\ndata: %s\n\n", idline, name, data) : -1;
+    free(data);
+    if (len < 0 || len >= (int)sizeof(ev))
+        return -1;
+    return srv_chunk(c, ev, (size_t)len);
+}
+
 /* Sends every revocation after *sent as one event each, advancing *sent: 0, or -1. */
 static int srv_events_send(struct mg_connection *c, reg *rg, uint64_t *sent)
 {
@@ -626,15 +643,7 @@ static int srv_events_send(struct mg_connection *c, reg *rg, uint64_t *sent)
         size_t n = reg_revocations_after(rg, *sent, batch, SRV_EVENTS_BATCH);
         size_t m = n < SRV_EVENTS_BATCH ? n : SRV_EVENTS_BATCH;
         for (size_t i = 0; i < m; i++) {
-            json_t *j = api_revocation_json(&batch[i]);
-            char *data = j ? json_dumps(j, JSON_COMPACT) : NULL;
-            json_decref(j);
-            char ev[SRV_HEAD_MAX];
-            int len = data ? snprintf(ev, sizeof(ev), "id: %llu\nevent: revocation\ndata: %s\n\n",
-                                      (unsigned long long)batch[i].seq, data)
-                           : -1;
-            free(data);
-            if (len < 0 || len >= (int)sizeof(ev) || srv_chunk(c, ev, (size_t)len) != 0)
+            if (srv_event(c, batch[i].seq, "revocation", api_revocation_json(&batch[i])) != 0)
                 return -1;
             *sent = batch[i].seq;
         }
@@ -652,14 +661,8 @@ static int srv_token_events_send(struct mg_connection *c, srv *s, uint64_t *sent
     for (;;) {
         size_t n = tks_revocations_after(s->env->tks, *sent, batch, SRV_TOKEN_EVENTS_BATCH);
         for (size_t i = 0; i < n; i++) {
-            json_t *j = api_token_revocation_json(s->env->cfg, &batch[i]);
-            char *data = j ? json_dumps(j, JSON_COMPACT) : NULL;
-            json_decref(j);
-            char ev[SRV_HEAD_MAX];
-            int len =
-                data ? snprintf(ev, sizeof(ev), "event: token-revocation\ndata: %s\n\n", data) : -1;
-            free(data);
-            if (len < 0 || len >= (int)sizeof(ev) || srv_chunk(c, ev, (size_t)len) != 0)
+            if (srv_event(c, 0, "token-revocation",
+                          api_token_revocation_json(s->env->cfg, &batch[i])) != 0)
                 return -1;
             *sent = batch[i].seq;
         }

@@ -147,6 +147,18 @@ static void net_describe(CURLcode rc, const char *url, const char *ebuf, char *e
     }
 }
 
+/* Makes c a GET of url into out (emptied; its max is the caller's), within http_timeout:
+ * what the synchronous fetches and the background ones share. */
+static void net_get_setup(vfy *v, CURL *c, const char *url, vfy_buf *out)
+{
+    vfy_buf_reset(out);
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, vfy_buf_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)v->cfg.http_timeout);
+}
+
 vfy_err vfy_http_get(vfy *v, CURL *c, const char *path, vfy_buf *out, char *err, size_t errlen)
 {
     char ebuf[CURL_ERROR_SIZE] = "";
@@ -157,13 +169,8 @@ vfy_err vfy_http_get(vfy *v, CURL *c, const char *path, vfy_buf *out, char *err,
         return VFY_E_SYSTEM;
     }
     snprintf(url, ulen, "%s%s", v->url, path);
-    vfy_buf_reset(out);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, vfy_buf_write);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, out);
+    net_get_setup(v, c, url, out);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, ebuf);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)v->cfg.http_timeout);
     CURLcode rc = curl_easy_perform(c);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL); /* ebuf dies with this frame */
     vfy_err e = VFY_E_OK;
@@ -232,12 +239,7 @@ static void bg_feed_start(vfy *v)
     else
         snprintf(url, sizeof(url), "%s/v1/revocations/feed?after=%" PRIu64, v->url, after);
     v->feed_body.max = VFY_DOC_MAX;
-    vfy_buf_reset(&v->feed_body);
-    curl_easy_setopt(v->feed_curl, CURLOPT_URL, url);
-    curl_easy_setopt(v->feed_curl, CURLOPT_HTTPGET, 1L);
-    curl_easy_setopt(v->feed_curl, CURLOPT_WRITEFUNCTION, vfy_buf_write);
-    curl_easy_setopt(v->feed_curl, CURLOPT_WRITEDATA, &v->feed_body);
-    curl_easy_setopt(v->feed_curl, CURLOPT_TIMEOUT, (long)v->cfg.http_timeout);
+    net_get_setup(v, v->feed_curl, url, &v->feed_body);
     v->fetch_soon = false;
     v->fetch_full = false;
     if (curl_multi_add_handle(v->multi, v->feed_curl) != CURLM_OK) {
@@ -281,16 +283,10 @@ static void bg_feed_done(vfy *v, CURLcode rc)
 /* GET one status list (uri, malloc'd, is ours from now on), refreshing its cache entry. */
 static void bg_status_start(vfy *v, char *uri)
 {
-    char url[VFY_STATUS_URI_MAX + 1];
-    /* vfy_status_due hands out cached uris only: each is <url>/v1/status-lists/<n>. */
-    snprintf(url, sizeof(url), "%s", uri);
+    /* vfy_status_due hands out cached uris only: each is <url>/v1/status-lists/<n>. libcurl
+     * copies the string, so uri itself is the URL. */
     v->sl_body.max = VFY_STATUS_DOC_MAX;
-    vfy_buf_reset(&v->sl_body);
-    curl_easy_setopt(v->sl_bg_curl, CURLOPT_URL, url);
-    curl_easy_setopt(v->sl_bg_curl, CURLOPT_HTTPGET, 1L);
-    curl_easy_setopt(v->sl_bg_curl, CURLOPT_WRITEFUNCTION, vfy_buf_write);
-    curl_easy_setopt(v->sl_bg_curl, CURLOPT_WRITEDATA, &v->sl_body);
-    curl_easy_setopt(v->sl_bg_curl, CURLOPT_TIMEOUT, (long)v->cfg.http_timeout);
+    net_get_setup(v, v->sl_bg_curl, uri, &v->sl_body);
     free(v->sl_bg_uri);
     v->sl_bg_uri = uri;
     if (curl_multi_add_handle(v->multi, v->sl_bg_curl) != CURLM_OK) {
