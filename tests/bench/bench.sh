@@ -27,6 +27,7 @@
 #   BENCH_ROUNDS=3    rounds
 #   BENCH_ONLY=tokens only the issue-11 token measurements (mint revocable single-use vs
 #                     plain, redeem/s); with BENCH_SECONDS=3 BENCH_ROUNDS=1, a quick try
+#   BENCH_ONLY=jwt    only the raw loop, split and single (issues 3 and 5), a few minutes
 #   SIGND_BUILD=build the build directory (`make bench` passes $(BUILD)): its bin/ is run,
 #                     its bench/ holds the data directories and the table
 # The data directory build/bench/appliance (1,000 keys, a few minutes to create the first
@@ -40,9 +41,9 @@ build=${SIGND_BUILD:-build}
 export SIGND_BUILD=$build
 only=${BENCH_ONLY:-}
 case $only in
-"" | tokens) ;;
+"" | tokens | jwt) ;;
 *)
-	echo "bench: BENCH_ONLY must be empty or tokens" >&2
+	echo "bench: BENCH_ONLY must be empty, tokens or jwt" >&2
 	exit 2
 	;;
 esac
@@ -317,6 +318,9 @@ for r in $(seq "$rounds"); do
 	raw=$("$build/bin/bench-hsm" raw "$dir" 2 "$secs" "$kid" | awk '/^raw_sign_per_s:/ {print $2}')
 	raw_runs+=("$raw")
 	if [ $((r % 2)) -eq 1 ]; then order="split sse every single"; else order="single every sse split"; fi
+	if [ "$only" = jwt ]; then
+		if [ $((r % 2)) -eq 1 ]; then order="split single"; else order="single split"; fi
+	fi
 	for mode in $order; do
 		run_mode "$mode"
 	done
@@ -330,6 +334,20 @@ every=$(printf '%s\n' "${every_runs[@]}" | median)
 every_p50=$(printf '%s\n' "${every_p50_runs[@]}" | median)
 every_p99=$(printf '%s\n' "${every_p99_runs[@]}" | median)
 sse=$(printf '%s\n' "${sse_runs[@]}" | median)
+if [ "$only" = jwt ]; then
+	{
+		echo "| measure (median of $rounds, ${secs}s each) | value |"
+		echo "| --- | --- |"
+		echo "| raw C_SignInit+C_Sign loop, 2 threads, same token (sig/s) | $raw |"
+		echo "| signed JWTs, wrk -t2 -c64, process_model = split (req/s) | $jwt |"
+		echo "| JWT latency p50 / p99, split (ms) | $p50 / $p99 |"
+		echo "| signed JWTs, same wrk, process_model = single (req/s) | $single |"
+		awk -v a="$jwt" -v b="$raw" 'BEGIN {printf "| ratio JWT / raw (bar >= 0.90) | %.3f %s |\n", a / b, (a / b >= 0.90) ? "pass" : "FAIL"}'
+		awk -v a="$jwt" -v b="$single" 'BEGIN {printf "| ratio split / single (bar >= 0.95) | %.3f %s |\n", a / b, (a / b >= 0.95) ? "pass" : "FAIL"}'
+		echo "| runs raw / split / single | ${raw_runs[*]} / ${jwt_runs[*]} / ${single_runs[*]} |"
+	} | tee "$build/bench/jwt.txt"
+	exit 0
+fi
 
 start
 etag=$(curl -s --cacert "$dir/tls/cert.pem" -D - -o /dev/null "$url/.well-known/jwks.json" | awk -F': ' 'tolower($1)=="etag" {print $2}' | tr -d '\r')
