@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
@@ -32,21 +34,28 @@
 
 #define KPD_LOG(...) fprintf(stderr, "signd-keeper: " __VA_ARGS__)
 
-/* One accepted connection and the thread serving it. */
+/* One accepted connection. Its requests are served one at a time, each by whichever pool
+ * thread epoll hands the connection to (EPOLLONESHOT: armed again only once the reply is
+ * sent), or by a thread of its own for a GENERATE. */
 typedef struct kpd_conn {
     struct kpd *d;
-    int fd;   /* -1 once the thread closed it; under d->mu */
-    int done; /* the thread has finished and may be joined; under d->mu */
-    pthread_t th;
-    struct kpd_conn *next;
+    int fd;
+    /* Held while a request is served. Only one thread serves a connection at a time
+     * (EPOLLONESHOT), so it is never contended: it orders list and pending between the
+     * threads that serve the connection in turn, in a way TSan sees (epoll is not). */
+    pthread_mutex_t mu;
+    struct kpd_conn *next; /* d->conns, under d->mu */
     /* A LIST snapshot: taken at offset 0, served slice by slice, so that the pages of one
-     * listing agree even if keys come and go in between. Thread-private. */
+     * listing agree even if keys come and go in between. */
     hsm_key_entry *list;
     size_t list_total; /* hsm_list's count, which may exceed KPD_LIST_CAP */
     /* A revocation feed's signing input so far (PUBLISH_PART), up to KP_PUBLISH_SIGN_MAX;
-     * PUBLISH_SIGN consumes it. Thread-private. */
+     * PUBLISH_SIGN consumes it. */
     uint8_t *pending;
     size_t pending_len;
+    /* The GENERATE request its own thread serves (a copy of the datagram). */
+    uint8_t *gen_req;
+    size_t gen_len;
 } kpd_conn;
 
 struct kpd {
@@ -58,11 +67,25 @@ struct kpd {
     ino_t sock_ino;
     unsigned max_conns;
 
+    /* The pool: n_pool threads wait in epoll_wait on epfd for a connection with a request
+     * (or the end of one) and serve it. One thread per connection cost the split about a
+     * tenth of its throughput: under load every signature woke a sleeping thread, and 64
+     * threads signing at once contend on the module's and OpenSSL's locks. A few busy
+     * threads per CPU find the next request already waiting instead. A GENERATE (hundreds
+     * of milliseconds) gets a thread of its own, so that key creation never stalls
+     * signing. stop_fd (an eventfd, level-triggered) wakes every pool thread to leave. */
+    int epfd;
+    int stop_fd;
+    pthread_t *pool;
+    unsigned n_pool;
+
     atomic_int stopping;
-    pthread_mutex_t mu; /* conns, live, full_logged, every conn's fd and done */
+    pthread_mutex_t mu; /* conns, live, full_logged, gen_running */
+    pthread_cond_t gen_done;
     kpd_conn *conns;
-    unsigned live;   /* connections whose thread has not finished */
-    int full_logged; /* the limit was logged since a connection last ended */
+    unsigned live;        /* connections open */
+    unsigned gen_running; /* GENERATE threads not finished */
+    int full_logged;      /* the limit was logged since a connection last ended */
 
     /* The active kids, as the registry last said: a sorted array read under active_rw.
      * A SQLite read transaction per signature cost about a third of what the split costs
@@ -388,87 +411,215 @@ static int kpd_hung_up(int fd)
     return n == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
-static void *kpd_conn_main(void *arg)
+/* Hands the connection back to the pool for its next request (op: EPOLL_CTL_ADD the first
+ * time, EPOLL_CTL_MOD after). 0, or -1. */
+static int kpd_arm(kpd_conn *cn, int op)
 {
-    kpd_conn *cn = arg;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLONESHOT, .data.ptr = cn};
+    return epoll_ctl(cn->d->epfd, op, cn->fd, &ev);
+}
+
+static void kpd_conn_free(kpd_conn *cn)
+{
+    if (cn->fd >= 0)
+        close(cn->fd); /* also takes it out of the epoll set */
+    free(cn->list);
+    kpd_pending_drop(cn);
+    free(cn->gen_req);
+    pthread_mutex_destroy(&cn->mu);
+    free(cn);
+}
+
+/* Ends a connection: takes it off d->conns (so kpd_stop no longer sees it), closes and
+ * frees it. The caller holds cn->mu and the connection is not armed, so no other thread
+ * can reach it. */
+static void kpd_conn_end(kpd_conn *cn)
+{
     kpd *d = cn->d;
-    int fd = cn->fd; /* stays open until this thread closes it below */
-    uint8_t *req = malloc(KPP_MSG_MAX + 1);
-    uint8_t *rep = malloc(KPP_MSG_MAX);
-    while (req != NULL && rep != NULL) {
-        /* MSG_TRUNC: the real datagram length, so an oversized one is seen as such. */
-        ssize_t got = recv(fd, req, KPP_MSG_MAX + 1, MSG_TRUNC);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0 || (got == 0 && kpd_hung_up(fd)))
-            break; /* peer closed, kpd_stop, or a failed connection */
-        kpp_request q;
-        uint16_t echo = 0;
-        uint32_t bad = kpp_decode_request(req, (size_t)got, &q, &echo);
-        size_t len = bad != 0 ? kpp_encode_status(rep, KPP_MSG_MAX, echo, bad)
-                              : kpd_execute(cn, &q, rep, KPP_MSG_MAX);
-        if (len == 0)
-            break;
-        ssize_t sent;
-        do
-            sent = send(fd, rep, len, MSG_NOSIGNAL);
-        while (sent < 0 && errno == EINTR);
-        if (sent != (ssize_t)len) {
-            /* A key made for a front that is gone (killed mid-request, or it gave up
-             * waiting) will never get its row, and that front's successor may have
-             * reconciled before the key existed: the keeper is the last one who knows. */
-            kpp_reply r;
-            if (bad == 0 && q.op == KPP_OP_GENERATE &&
-                kpp_decode_reply(rep, len, KPP_OP_GENERATE, &r) == 0 && r.status == 0) {
-                char hex[2 * HSM_KID_LEN + 1];
-                hsm_kid_hex(&q.kid, hex);
-                hsm_status st = hsm_destroy(d->h, &q.kid);
-                KPD_LOG("kid %s: generated for a front that did not take the answer: %s\n", hex,
-                        st == HSM_OK ? "destroyed" : hsm_strerror(st));
-            }
+    pthread_mutex_lock(&d->mu);
+    for (kpd_conn **p = &d->conns; *p != NULL; p = &(*p)->next) {
+        if (*p == cn) {
+            *p = cn->next;
             break;
         }
     }
-    free(req);
-    free(rep);
-    free(cn->list);
-    cn->list = NULL;
-    kpd_pending_drop(cn);
-    hsm_thread_done(d->h); /* this thread's token session, before its slot is given back */
-    pthread_mutex_lock(&d->mu);
-    close(cn->fd);
-    cn->fd = -1;
-    cn->done = 1;
     d->live--;
     d->full_logged = 0;
+    pthread_mutex_unlock(&d->mu);
+    pthread_mutex_unlock(&cn->mu);
+    kpd_conn_free(cn);
+}
+
+/* Hands a connection whose request is done back to the pool, or ends it when it cannot be
+ * armed again. The caller holds cn->mu. Armed while still held: the next thread to serve
+ * it takes cn->mu first, so it sees everything this one did in a way TSan sees too (it
+ * does not see through epoll). */
+static void kpd_conn_release(kpd_conn *cn)
+{
+    if (kpd_arm(cn, EPOLL_CTL_MOD) != 0) {
+        kpd_conn_end(cn);
+        return;
+    }
+    pthread_mutex_unlock(&cn->mu);
+}
+
+/* Sends a reply. 1, or 0 when it could not be sent: the connection is then over. */
+static int kpd_reply(kpd_conn *cn, const kpp_request *q, uint32_t bad, const uint8_t *rep,
+                     size_t len)
+{
+    if (len == 0)
+        return 0;
+    ssize_t sent;
+    do
+        sent = send(cn->fd, rep, len, MSG_NOSIGNAL);
+    while (sent < 0 && errno == EINTR);
+    if (sent == (ssize_t)len)
+        return 1;
+    /* A key made for a front that is gone (killed mid-request, or it gave up waiting) will
+     * never get its row, and that front's successor may have reconciled before the key
+     * existed: the keeper is the last one who knows. */
+    kpp_reply r;
+    if (bad == 0 && q->op == KPP_OP_GENERATE &&
+        kpp_decode_reply(rep, len, KPP_OP_GENERATE, &r) == 0 && r.status == 0) {
+        char hex[2 * HSM_KID_LEN + 1];
+        hsm_kid_hex(&q->kid, hex);
+        hsm_status st = hsm_destroy(cn->d->h, &q->kid);
+        KPD_LOG("kid %s: generated for a front that did not take the answer: %s\n", hex,
+                st == HSM_OK ? "destroyed" : hsm_strerror(st));
+    }
+    return 0;
+}
+
+/* A GENERATE's own thread: serves the request saved in gen_req, then hands the connection
+ * back to the pool. Leaves the module (its token session) before it is counted out, so
+ * that kpd_close finalises only after it. */
+static void *kpd_gen_main(void *arg)
+{
+    kpd_conn *cn = arg;
+    kpd *d = cn->d;
+    uint8_t *rep = malloc(KPP_MSG_MAX);
+    pthread_mutex_lock(&cn->mu);
+    kpp_request q;
+    uint16_t echo = 0;
+    uint32_t bad = kpp_decode_request(cn->gen_req, cn->gen_len, &q, &echo);
+    size_t len = 0;
+    if (rep != NULL)
+        len = bad != 0 ? kpp_encode_status(rep, KPP_MSG_MAX, echo, bad)
+                       : kpd_execute(cn, &q, rep, KPP_MSG_MAX);
+    int ok = rep != NULL && kpd_reply(cn, &q, bad, rep, len);
+    free(cn->gen_req);
+    cn->gen_req = NULL;
+    free(rep);
+    if (ok)
+        kpd_conn_release(cn);
+    else
+        kpd_conn_end(cn);
+    hsm_thread_done(d->h);
+    pthread_mutex_lock(&d->mu);
+    d->gen_running--;
+    pthread_cond_broadcast(&d->gen_done);
     pthread_mutex_unlock(&d->mu);
     return NULL;
 }
 
-/* Joins and frees every finished connection (all of them when all is set, waiting for
- * each). Called by kpd_serve between accepts and by kpd_close. */
-static void kpd_reap(kpd *d, int all)
+/* Starts a GENERATE's own thread for the datagram in req. 1, or 0 when no thread could be
+ * started (the caller then serves it itself). Called with cn->mu held, which the new
+ * thread takes once the caller lets it go. */
+static int kpd_gen_start(kpd_conn *cn, const uint8_t *req, size_t len)
 {
-    for (;;) {
-        kpd_conn *found = NULL;
+    kpd *d = cn->d;
+    cn->gen_req = malloc(len);
+    if (cn->gen_req == NULL)
+        return 0;
+    memcpy(cn->gen_req, req, len);
+    cn->gen_len = len;
+    pthread_attr_t a;
+    pthread_t t;
+    int rc = pthread_attr_init(&a);
+    if (rc == 0) {
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
         pthread_mutex_lock(&d->mu);
-        for (kpd_conn **p = &d->conns; *p != NULL; p = &(*p)->next) {
-            if (all || (*p)->done) {
-                found = *p;
-                *p = found->next;
-                break;
-            }
-        }
+        d->gen_running++;
         pthread_mutex_unlock(&d->mu);
-        if (found == NULL)
-            return;
-        pthread_join(found->th, NULL);
-        free(found);
+        rc = pthread_create(&t, &a, kpd_gen_main, cn);
+        pthread_attr_destroy(&a);
+        if (rc != 0) {
+            pthread_mutex_lock(&d->mu);
+            d->gen_running--;
+            pthread_mutex_unlock(&d->mu);
+        }
     }
+    if (rc != 0) {
+        free(cn->gen_req);
+        cn->gen_req = NULL;
+        return 0;
+    }
+    return 1;
 }
 
-/* Refuses a peer of another uid, and one beyond the connection limit; else starts its
- * thread. Takes ownership of fd. */
+/* Serves what epoll found on a connection: one request and its reply, or the end of the
+ * connection. req and rep are the pool thread's buffers. */
+static void kpd_conn_ready(kpd_conn *cn, uint8_t *req, uint8_t *rep)
+{
+    pthread_mutex_lock(&cn->mu);
+    /* MSG_TRUNC: the real datagram length, so an oversized one is seen as such. */
+    ssize_t got;
+    do
+        got = recv(cn->fd, req, KPP_MSG_MAX + 1, MSG_TRUNC | MSG_DONTWAIT);
+    while (got < 0 && errno == EINTR);
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        kpd_conn_release(cn);
+        return;
+    }
+    if (got < 0 || (got == 0 && kpd_hung_up(cn->fd))) {
+        kpd_conn_end(cn); /* peer closed, kpd_stop, or a failed connection */
+        return;
+    }
+    kpp_request q;
+    uint16_t echo = 0;
+    uint32_t bad = kpp_decode_request(req, (size_t)got, &q, &echo);
+    if (bad == 0 && q.op == KPP_OP_GENERATE && (size_t)got <= KPP_MSG_MAX &&
+        kpd_gen_start(cn, req, (size_t)got)) {
+        pthread_mutex_unlock(&cn->mu); /* the GENERATE thread takes it from here */
+        return;
+    }
+    size_t len = bad != 0 ? kpp_encode_status(rep, KPP_MSG_MAX, echo, bad)
+                          : kpd_execute(cn, &q, rep, KPP_MSG_MAX);
+    if (kpd_reply(cn, &q, bad, rep, len))
+        kpd_conn_release(cn);
+    else
+        kpd_conn_end(cn);
+}
+
+static void *kpd_pool_main(void *arg)
+{
+    kpd *d = arg;
+    uint8_t *req = malloc(KPP_MSG_MAX + 1);
+    uint8_t *rep = malloc(KPP_MSG_MAX);
+    while (req != NULL && rep != NULL) {
+        /* One event at a time: each ready connection goes to the first free thread. */
+        struct epoll_event ev;
+        int n = epoll_wait(d->epfd, &ev, 1, -1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            KPD_LOG("epoll_wait: %s: a pool thread stops\n", strerror(errno));
+            break;
+        }
+        if (n == 0)
+            continue;
+        if (ev.data.ptr == NULL)
+            break; /* stop_fd: kpd_stop */
+        kpd_conn_ready(ev.data.ptr, req, rep);
+    }
+    free(req);
+    free(rep);
+    hsm_thread_done(d->h); /* this thread's token session */
+    return NULL;
+}
+
+/* Refuses a peer of another uid, and one beyond the connection limit; else gives it to the
+ * pool. Takes ownership of fd. */
 static void kpd_admit(kpd *d, int fd)
 {
     struct ucred cred;
@@ -484,10 +635,19 @@ static void kpd_admit(kpd *d, int fd)
         close(fd);
         return;
     }
+    kpd_conn *cn = calloc(1, sizeof(*cn));
+    if (cn == NULL) {
+        KPD_LOG("refused a connection: out of memory\n");
+        close(fd);
+        return;
+    }
+    cn->d = d;
+    cn->fd = fd;
+    pthread_mutex_init(&cn->mu, NULL);
     pthread_mutex_lock(&d->mu);
     if (atomic_load(&d->stopping)) {
         pthread_mutex_unlock(&d->mu);
-        close(fd);
+        kpd_conn_free(cn);
         return;
     }
     if (d->live >= d->max_conns) {
@@ -495,27 +655,25 @@ static void kpd_admit(kpd *d, int fd)
             KPD_LOG("connection limit (%u) reached: closing new connections\n", d->max_conns);
         d->full_logged = 1;
         pthread_mutex_unlock(&d->mu);
-        close(fd);
+        kpd_conn_free(cn);
         return;
     }
-    kpd_conn *cn = calloc(1, sizeof(*cn));
-    int rc = cn == NULL ? ENOMEM : 0;
-    if (cn != NULL) {
-        cn->d = d;
-        cn->fd = fd;
-        rc = pthread_create(&cn->th, NULL, kpd_conn_main, cn);
-    }
-    if (rc != 0) {
-        pthread_mutex_unlock(&d->mu);
-        KPD_LOG("cannot start a connection thread: %s\n", strerror(rc));
-        free(cn);
-        close(fd);
-        return;
-    }
+    /* Listed before it is armed: once armed, a pool thread may end it at once. Armed with
+     * cn->mu held, for the reason kpd_conn_release gives (and d->mu not held: the pool
+     * takes them the other way round). */
     cn->next = d->conns;
     d->conns = cn;
     d->live++;
     pthread_mutex_unlock(&d->mu);
+    pthread_mutex_lock(&cn->mu);
+    int rc = kpd_arm(cn, EPOLL_CTL_ADD);
+    int e = errno;
+    pthread_mutex_unlock(&cn->mu);
+    if (rc == 0)
+        return;
+    KPD_LOG("refused a connection: epoll_ctl: %s\n", strerror(e));
+    pthread_mutex_lock(&cn->mu);
+    kpd_conn_end(cn); /* never armed: still ours alone */
 }
 
 /* ---- the interface ----------------------------------------------------------------------- */
@@ -602,7 +760,8 @@ static int kpd_listen(kpd *d, char *err, size_t errlen)
     return 0;
 }
 
-/* Frees what kpd_open made; the socket file only when it is still ours. */
+/* Frees what kpd_open made; the socket file only when it is still ours. The pool threads
+ * have been joined and no GENERATE thread runs. */
 static void kpd_free(kpd *d)
 {
     if (d->listen_fd >= 0) {
@@ -612,13 +771,75 @@ static void kpd_free(kpd *d)
             sb.st_ino == d->sock_ino)
             unlink(d->path);
     }
+    while (d->conns != NULL) {
+        kpd_conn *cn = d->conns;
+        d->conns = cn->next;
+        kpd_conn_free(cn);
+    }
     hsm_close(d->h);
     reg_reader_close(d->reader);
     free(d->active);
+    free(d->pool);
+    if (d->epfd >= 0)
+        close(d->epfd);
+    if (d->stop_fd >= 0)
+        close(d->stop_fd);
     pthread_rwlock_destroy(&d->active_rw);
     pthread_mutex_destroy(&d->refresh_mu);
+    pthread_cond_destroy(&d->gen_done);
     pthread_mutex_destroy(&d->mu);
     free(d);
+}
+
+/* Pool threads: a few per CPU, so that one waiting on the module (a lock, a file) leaves
+ * work for the others, and never more than the token sessions allow. */
+static unsigned kpd_pool_size(unsigned max_sessions)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned n = KPD_POOL_PER_CPU * (unsigned)(cpus > 0 && cpus < 256 ? cpus : 1);
+    if (n > max_sessions)
+        n = max_sessions;
+    return n;
+}
+
+/* Wakes every pool thread to leave (each finishes the request it serves first) and joins
+ * them; then waits for the GENERATE threads. After it no thread of ours is in the module. */
+static void kpd_pool_stop(kpd *d)
+{
+    uint64_t one = 1;
+    if (d->stop_fd >= 0)
+        (void)!write(d->stop_fd, &one, sizeof(one));
+    for (unsigned i = 0; i < d->n_pool; i++)
+        pthread_join(d->pool[i], NULL);
+    d->n_pool = 0;
+    pthread_mutex_lock(&d->mu);
+    while (d->gen_running > 0)
+        pthread_cond_wait(&d->gen_done, &d->mu);
+    pthread_mutex_unlock(&d->mu);
+}
+
+/* Starts the pool. 0, or -1 (nothing started, err set). */
+static int kpd_pool_start(kpd *d, char *err, size_t errlen)
+{
+    d->epfd = epoll_create1(EPOLL_CLOEXEC);
+    d->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (d->epfd < 0 || d->stop_fd < 0)
+        return kpd_fail(err, errlen, "epoll: %s", strerror(errno));
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->stop_fd, &ev) != 0)
+        return kpd_fail(err, errlen, "epoll_ctl: %s", strerror(errno));
+    unsigned want = kpd_pool_size(d->max_conns);
+    d->pool = calloc(want, sizeof(*d->pool));
+    if (d->pool == NULL)
+        return kpd_fail(err, errlen, "out of memory");
+    for (; d->n_pool < want; d->n_pool++) {
+        int rc = pthread_create(&d->pool[d->n_pool], NULL, kpd_pool_main, d);
+        if (rc != 0) {
+            kpd_pool_stop(d);
+            return kpd_fail(err, errlen, "cannot start a keeper thread: %s", strerror(rc));
+        }
+    }
+    return 0;
 }
 
 int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
@@ -630,9 +851,12 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
     if (d == NULL)
         return kpd_fail(err, errlen, "out of memory");
     d->listen_fd = -1;
+    d->epfd = -1;
+    d->stop_fd = -1;
     d->max_conns = cfg_pkcs11_sessions(c);
     atomic_init(&d->stopping, 0);
     pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->gen_done, NULL);
     pthread_rwlock_init(&d->active_rw, NULL);
     pthread_mutex_init(&d->refresh_mu, NULL);
     atomic_init(&d->checked_ms, 0);
@@ -657,7 +881,8 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         .module_path = c->pkcs11_module[0] ? c->pkcs11_module : NULL,
         .token = c->token,
         .pin_file = c->pin_file,
-        .max_sessions = d->max_conns,
+        /* The pool's threads, and a GENERATE thread per connection at most. */
+        .max_sessions = d->max_conns + kpd_pool_size(d->max_conns),
     };
     unsigned long ckr = 0;
     hsm_status st = hsm_open(&hc, &d->h, &ckr);
@@ -675,16 +900,20 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         kpd_free(d);
         return -1;
     }
+    if (kpd_pool_start(d, err, errlen) != 0) {
+        kpd_free(d);
+        return -1;
+    }
     *out = d;
     return 0;
 }
 
 int kpd_serve(kpd *d)
 {
-    KPD_LOG("listening on %s (at most %u connections)\n", d->path, d->max_conns);
+    KPD_LOG("listening on %s (at most %u connections, %u threads)\n", d->path, d->max_conns,
+            d->n_pool);
     int rc = 0;
     while (!atomic_load(&d->stopping)) {
-        kpd_reap(d, 0);
         int fd = accept4(d->listen_fd, NULL, NULL, SOCK_CLOEXEC);
         if (fd >= 0) {
             kpd_admit(d, fd);
@@ -713,9 +942,9 @@ void kpd_stop(kpd *d)
         return;
     shutdown(d->listen_fd, SHUT_RDWR); /* wakes accept */
     pthread_mutex_lock(&d->mu);
+    /* Each connection's pool thread ends it; one serving a request finishes that first. */
     for (kpd_conn *cn = d->conns; cn != NULL; cn = cn->next)
-        if (cn->fd >= 0)
-            shutdown(cn->fd, SHUT_RDWR); /* wakes recv; the thread finishes its request */
+        shutdown(cn->fd, SHUT_RDWR);
     pthread_mutex_unlock(&d->mu);
 }
 
@@ -724,6 +953,6 @@ void kpd_close(kpd *d)
     if (d == NULL)
         return;
     kpd_stop(d); /* a no-op after kpd_stop; else no thread may linger in the module */
-    kpd_reap(d, 1);
+    kpd_pool_stop(d);
     kpd_free(d);
 }

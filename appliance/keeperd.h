@@ -8,9 +8,12 @@
  *  - the listening socket (created mode 0600 under umask 077). A socket file no keeper
  *    answers on (left by a dead one) is replaced; anything else at the path is refused: a
  *    regular file, a symlink, a directory, or the socket of a keeper still listening.
- *  - one thread per accepted connection, at most cfg_pkcs11_sessions(c) at once (each
- *    thread has its own token session, released when its connection closes); a connection
- *    beyond the limit, or from another uid (SO_PEERCRED), is closed at once, unanswered;
+ *  - the accepted connections, at most cfg_pkcs11_sessions(c) at once; a connection beyond
+ *    the limit, or from another uid (SO_PEERCRED), is closed at once, unanswered. They are
+ *    served by a pool of KPD_POOL_PER_CPU threads per CPU through one epoll set, each
+ *    connection by one thread at a time (EPOLLONESHOT, armed again after its reply), each
+ *    thread with its own token session; a GENERATE runs in a thread of its own (and its own
+ *    session, released when it ends), so that key creation never holds up signing;
  *  - its own view of which kids may sign, read from the registry file itself (reg_reader:
  *    a read-only SQLite connection, failing closed): the set of active kids, kept in
  *    memory and read again when the file changed (checked at most KPD_ACTIVE_CHECK_MS
@@ -19,8 +22,8 @@
  *    a revoked one at most KPD_ACTIVE_CHECK_MS after its revocation was committed. DESTROY
  *    asks the file first and refuses an active kid. PING's probe signature, GENERATE,
  *    PUBLIC_KEY and LIST do not consult the registry;
- *  - the hsm handle, opened by kpd_open and closed by kpd_close only after every
- *    connection thread has left the module (SoftHSM2 crashes on C_Finalize otherwise).
+ *  - the hsm handle, opened by kpd_open and closed by kpd_close only after every pool and
+ *    GENERATE thread has left the module (SoftHSM2 crashes on C_Finalize otherwise).
  *
  * A GENERATE whose reply cannot be sent (the front died mid-request, or gave up waiting)
  * has its new key destroyed at once, with a log line: that front will never record it,
@@ -54,6 +57,13 @@
  * active signs at once, and DESTROY always asks the file first. */
 #define KPD_ACTIVE_CHECK_MS 100
 
+/* Pool threads per online CPU (never more than the session bound). One thread per
+ * connection, as before, cost the split up to a tenth of its throughput under load: every
+ * signature woke a sleeping thread, and 64 threads signing at once contend on the
+ * module's and OpenSSL's locks; a few busy threads find the next request waiting. Two per
+ * CPU measured best against one and four (docs/performance.md). */
+#define KPD_POOL_PER_CPU 2
+
 typedef struct kpd kpd;
 
 /* Binds and listens on c->keeper_socket (first, so that a path it may not take is found
@@ -64,8 +74,9 @@ typedef struct kpd kpd;
  * other threads create files. */
 int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen);
 
-/* Accepts and serves connections until kpd_stop. Returns 0, or -1 when accept fails for
- * good (running out of descriptors or memory is waited out, not fatal). */
+/* Accepts connections until kpd_stop (the pool started by kpd_open serves them). Returns
+ * 0, or -1 when accept fails for good (running out of descriptors or memory is waited
+ * out, not fatal). */
 int kpd_serve(kpd *d);
 
 /* Makes kpd_serve return: stops accepting and shuts every connection down (a request
@@ -73,7 +84,8 @@ int kpd_serve(kpd *d);
  * no-ops. NULL is a no-op. */
 void kpd_stop(kpd *d);
 
-/* Stops if kpd_stop was not called, joins every connection thread, closes the token and
+/* Stops if kpd_stop was not called, joins the pool's threads (each finishes the request
+ * it serves) and waits for the GENERATE threads, closes every connection, the token and
  * the registry, unlinks the socket (only if the file is still the one it bound). Call it
  * once kpd_serve has returned, or when kpd_serve never ran. NULL is a no-op. */
 void kpd_close(kpd *d);

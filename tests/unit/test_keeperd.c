@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -573,7 +574,15 @@ static void *signer_main(void *arg)
     return NULL;
 }
 
-static void test_eight_connections_sign_concurrently_and_release_their_sessions(void **state)
+/* The keeper's pool: as many token sessions as pool threads, whatever the connections. */
+static unsigned pool_sessions(void)
+{
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned n = KPD_POOL_PER_CPU * (unsigned)(cpus > 0 && cpus < 256 ? cpus : 1);
+    return n < SESSIONS ? n : SESSIONS;
+}
+
+static void test_eight_connections_sign_concurrently_through_the_pool_sessions(void **state)
 {
     fixture *fx = *state;
     start_keeper(fx);
@@ -583,7 +592,7 @@ static void test_eight_connections_sign_concurrently_and_release_their_sessions(
     hsm_pubkey pubs[2];
     create_key(fx, fd, b, &kids[0], &pubs[0]);
     create_key(fx, fd, b, &kids[1], &pubs[1]);
-    close(fd); /* its session goes too */
+    close(fd);
 
     pthread_barrier_t done;
     pthread_barrier_init(&done, NULL, CONCURRENT + 1);
@@ -603,20 +612,68 @@ static void test_eight_connections_sign_concurrently_and_release_their_sessions(
         assert_int_equal(s[i].ok, SIGNS_PER_THREAD);
     }
     pthread_barrier_destroy(&done);
-    assert_true(open_now >= CONCURRENT);
-    assert_true(open_now <= SESSIONS);
-
-    /* Every signer's connection closed: its thread released its token session. */
-    unsigned left = open_now;
-    for (int attempt = 0; attempt < 500 && left > 0; attempt++) {
-        left = do_sessions(watch, b);
-        if (left > 0) {
-            struct timespec ts = {.tv_nsec = 10 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-        }
-    }
-    assert_int_equal(left, 0);
+    /* Eight connections signed at once, each signature verified, through no more token
+     * sessions than the pool has threads (the GENERATE threads above gave theirs back). */
+    assert_true(open_now >= 1);
+    assert_true(open_now <= pool_sessions());
+    assert_true(do_sessions(watch, b) <= pool_sessions());
     close(watch);
+    free(b);
+}
+
+/* A GENERATE runs in a thread of its own: key creation on more connections than the pool
+ * has threads neither stalls signing nor leaves a token session behind. */
+static void test_generates_run_beside_the_pool_and_release_their_sessions(void **state)
+{
+    enum { GENS = 8 };
+    fixture *fx = *state;
+    start_keeper(fx);
+    bufs *b = bufs_new();
+    int sfd = connect_keeper(fx);
+    hsm_kid skid;
+    hsm_pubkey spub;
+    create_key(fx, sfd, b, &skid, &spub);
+
+    int fds[GENS];
+    for (int i = 0; i < GENS; i++) {
+        fds[i] = connect_keeper(fx);
+        hsm_kid kid;
+        testenv_kid(&kid);
+        size_t len = kpp_encode_generate(b->req, sizeof(b->req), &kid, 2048);
+        assert_int_equal(send(fds[i], b->req, len, MSG_NOSIGNAL), (ssize_t)len);
+    }
+    /* A signature while they run: had the pool's threads served the GENERATEs, it would
+     * wait for as many of them to finish as the pool has threads (each takes tens to
+     * hundreds of milliseconds, a signature about one). */
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len = 0;
+    assert_int_equal(do_sign(sfd, b, &skid, "x", 1, sig, &sig_len), HSM_OK);
+    unsigned finished = 0;
+    for (int i = 0; i < GENS; i++) {
+        struct pollfd p = {.fd = fds[i], .events = POLLIN};
+        finished += poll(&p, 1, 0) == 1;
+    }
+    assert_true(finished < pool_sessions());
+    for (int i = 0; i < GENS; i++) {
+        kpp_reply r;
+        ssize_t n;
+        do
+            n = recv(fds[i], b->rep, KPP_MSG_MAX + 1, MSG_TRUNC);
+        while (n < 0 && errno == EINTR);
+        assert_true(n > 0);
+        assert_int_equal(kpp_decode_reply(b->rep, (size_t)n, KPP_OP_GENERATE, &r), 0);
+        assert_int_equal(r.status, 0);
+        close(fds[i]);
+    }
+    /* Each GENERATE thread gave its session back as it finished. */
+    unsigned left = do_sessions(sfd, b);
+    for (int attempt = 0; attempt < 500 && left > pool_sessions(); attempt++) {
+        struct timespec ts = {.tv_nsec = 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        left = do_sessions(sfd, b);
+    }
+    assert_true(left <= pool_sessions());
+    close(sfd);
     free(b);
 }
 
@@ -1614,7 +1671,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_a_connection_beyond_the_limit_is_closed_and_a_freed_slot_is_reused, setup_limited,
             teardown),
-        T(test_eight_connections_sign_concurrently_and_release_their_sessions),
+        T(test_eight_connections_sign_concurrently_through_the_pool_sessions),
+        T(test_generates_run_beside_the_pool_and_release_their_sessions),
         T(test_list_reports_every_key_with_its_halves_and_destroy_removes_them),
         T(test_stop_with_connections_open_returns_and_close_joins_every_thread),
         T(test_stop_before_serve_makes_serve_return_at_once),
