@@ -32,7 +32,8 @@ dpkg-source --no-check -x civetweb_1.15*.dsc tree >/dev/null
 
 mkdir -p "$out"
 cc -c -O2 -g -fPIE -fstack-protector-strong -D_FORTIFY_SOURCE=2 \
-	-DOPENSSL_API_3_0 -DNO_SSL_DL -DNO_CGI -DNO_FILES -DNO_CACHING \
+	-DOPENSSL_API_3_0 -DNO_SSL_DL -DNO_CGI -DNO_FILES -DNO_FILESYSTEMS -DNO_CACHING \
+	-DMG_EXTERNAL_FUNCTION_mg_cry_internal_impl -DMG_EXTERNAL_FUNCTION_log_access -I"$top/mk/civetweb" \
 	-Itree/include tree/src/civetweb.c -o "$out/civetweb.o"
 ar rcs "$out/libcivetweb.a" "$out/civetweb.o"
 cp tree/include/civetweb.h "$out/civetweb.h"
