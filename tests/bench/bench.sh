@@ -255,12 +255,30 @@ if [ "$only" = tokens ]; then
 fi
 
 raw_runs=() jwt_runs=() p50_runs=() p99_runs=() single_runs=()
+raw_cpu_runs=() cpu_wrk_runs=() cpu_front_runs=() cpu_keeper_runs=()
 every_runs=() every_p50_runs=() every_p99_runs=() sse_runs=()
-# One wrk JWT measurement against the running appliance: wrk's output, or exit on non-2xx.
+# CPU seconds (user + system, every thread) the appliance's process named $1 (keeper,
+# front; the supervisor's child) has used so far; 0 when there is none (single).
+proc_cpu() {
+	local p
+	p=$(pgrep -P "$pid" -x "$1" | head -1)
+	if [ -z "$p" ]; then
+		echo 0
+		return
+	fi
+	sed 's/.*) //' "/proc/$p/stat" | awk -v t="$(getconf CLK_TCK)" '{printf "%.3f\n", ($12 + $13) / t}'
+}
+# One wrk JWT measurement against the running appliance: "bench: wrk_times" and the two
+# lines of `times` (the second, wrk's own user and system time), then wrk's output; or
+# exit on non-2xx.
 mint_wrk() {
 	local out
 	out=$(SIGND_CREDENTIAL_FILE="$dir/bench-signer.credential" wrk -t2 -c64 -d"${secs}s" --latency \
 		-s tests/bench/mint.lua "$url") || return 1
+	# times prints this shell's own times, then its children's (wrk's); not in a pipe or a
+	# substitution, whose fresh process would have no children to count.
+	echo "bench: wrk_times"
+	times
 	if echo "$out" | grep -q "Non-2xx"; then
 		echo "bench: non-2xx responses:" >&2
 		echo "$out" >&2
@@ -291,7 +309,12 @@ run_mode() {
 		done
 	fi
 	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, $label, wrk -t2 -c64, ${secs}s" >&2
+	local k0 f0 k1 f1
+	k0=$(proc_cpu keeper)
+	f0=$(proc_cpu front)
 	out=$(mint_wrk) || exit 1
+	k1=$(proc_cpu keeper)
+	f1=$(proc_cpu front)
 	if [ -n "$subs" ]; then
 		kill "$subs" 2>/dev/null
 		wait "$subs" 2>/dev/null || true
@@ -305,7 +328,18 @@ run_mode() {
 	p50=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')
 	p99=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')
 	case $mode in
-	split) jwt_runs+=("$rps"); p50_runs+=("$p50"); p99_runs+=("$p99") ;;
+	split)
+		jwt_runs+=("$rps"); p50_runs+=("$p50"); p99_runs+=("$p99")
+		# CPU per token, in microseconds, of each party (split only: in single there is no
+		# keeper to tell apart).
+		local n
+		n=$(echo "$out" | awk '/requests in/ {print $1}')
+		cpu_wrk_runs+=("$(echo "$out" | awk -v n="$n" '/^bench: wrk_times/ {at = NR + 2}
+			NR == at {s = 0; for (i = 1; i <= 2; i++) { split($i, b, "m"); sub("s", "", b[2]); s += b[1] * 60 + b[2] }
+				printf "%.1f", s * 1e6 / n}')")
+		cpu_front_runs+=("$(awk -v a="$f0" -v b="$f1" -v n="$n" 'BEGIN {printf "%.1f", (b - a) * 1e6 / n}')")
+		cpu_keeper_runs+=("$(awk -v a="$k0" -v b="$k1" -v n="$n" 'BEGIN {printf "%.1f", (b - a) * 1e6 / n}')")
+		;;
 	sse) sse_runs+=("$rps") ;;
 	every) every_runs+=("$rps"); every_p50_runs+=("$p50"); every_p99_runs+=("$p99") ;;
 	single) single_runs+=("$rps") ;;
@@ -315,8 +349,9 @@ run_mode() {
 # a run in its round (what ran just before it) moves its figure by several percent.
 for r in $(seq "$rounds"); do
 	echo "bench: round $r/$rounds: raw C_Sign loop, 2 threads, ${secs}s" >&2
-	raw=$("$build/bin/bench-hsm" raw "$dir" 2 "$secs" "$kid" | awk '/^raw_sign_per_s:/ {print $2}')
-	raw_runs+=("$raw")
+	raw_out=$("$build/bin/bench-hsm" raw "$dir" 2 "$secs" "$kid")
+	raw_runs+=("$(echo "$raw_out" | awk '/^raw_sign_per_s:/ {print $2}')")
+	raw_cpu_runs+=("$(echo "$raw_out" | awk '/^raw_cpu_us_per_sig:/ {print $2}')")
 	if [ $((r % 2)) -eq 1 ]; then order="split sse every single"; else order="single every sse split"; fi
 	if [ "$only" = jwt ]; then
 		if [ $((r % 2)) -eq 1 ]; then order="split single"; else order="single split"; fi
@@ -334,6 +369,19 @@ every=$(printf '%s\n' "${every_runs[@]}" | median)
 every_p50=$(printf '%s\n' "${every_p50_runs[@]}" | median)
 every_p99=$(printf '%s\n' "${every_p99_runs[@]}" | median)
 sse=$(printf '%s\n' "${sse_runs[@]}" | median)
+raw_cpu=$(printf '%s\n' "${raw_cpu_runs[@]}" | median)
+cpu_wrk=$(printf '%s\n' "${cpu_wrk_runs[@]}" | median)
+cpu_front=$(printf '%s\n' "${cpu_front_runs[@]}" | median)
+cpu_keeper=$(printf '%s\n' "${cpu_keeper_runs[@]}" | median)
+# Where a token's CPU goes, and the most JWT / raw could be on this machine with this
+# client: both CPUs are shared by wrk, the front and the keeper, so with a front that cost
+# nothing and a keeper exactly as cheap as the raw loop, a token would still cost the raw
+# signature plus wrk's share.
+cpu_rows() {
+	echo "| CPU per token, split, in microseconds: wrk / front / keeper (raw loop: per signature) | $cpu_wrk / $cpu_front / $cpu_keeper ($raw_cpu) |"
+	awk -v r="$raw_cpu" -v w="$cpu_wrk" -v f="$cpu_front" -v k="$cpu_keeper" 'BEGIN {
+		printf "| JWT / raw from those CPU figures; ceiling with a front costing nothing and a keeper as cheap as the raw loop | %.3f; %.3f |\n", r / (w + f + k), r / (r + w) }'
+}
 if [ "$only" = jwt ]; then
 	{
 		echo "| measure (median of $rounds, ${secs}s each) | value |"
@@ -344,6 +392,7 @@ if [ "$only" = jwt ]; then
 		echo "| signed JWTs, same wrk, process_model = single (req/s) | $single |"
 		awk -v a="$jwt" -v b="$raw" 'BEGIN {printf "| ratio JWT / raw (bar >= 0.90) | %.3f %s |\n", a / b, (a / b >= 0.90) ? "pass" : "FAIL"}'
 		awk -v a="$jwt" -v b="$single" 'BEGIN {printf "| ratio split / single (bar >= 0.95) | %.3f %s |\n", a / b, (a / b >= 0.95) ? "pass" : "FAIL"}'
+		cpu_rows
 		echo "| runs raw / split / single | ${raw_runs[*]} / ${jwt_runs[*]} / ${single_runs[*]} |"
 	} | tee "$build/bench/jwt.txt"
 	exit 0
@@ -407,6 +456,7 @@ tokens_bench
 	echo "| signed JWTs over HTTPS keep-alive, wrk -t2 -c64, process_model = split (req/s) | $jwt |"
 	echo "| ratio JWT / raw (bar >= 0.90) | $ratio $verdict |"
 	echo "| JWT latency p50 / p99 (ms) | $p50 / $p99 |"
+	cpu_rows
 	echo "| signed JWTs, same wrk, process_model = single (req/s) | $single |"
 	echo "| ratio split / single, the cost of the split (bar >= 0.95) | $split_ratio $split_verdict |"
 	echo "| signed JWTs, same wrk, split, audit_every_signature = true (req/s) | $every |"
