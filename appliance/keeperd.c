@@ -528,33 +528,35 @@ static void *kpd_gen_main(void *arg)
 static int kpd_gen_start(kpd_conn *cn, const uint8_t *req, size_t len)
 {
     kpd *d = cn->d;
-    cn->gen_req = malloc(len);
-    if (cn->gen_req == NULL)
-        return 0;
-    memcpy(cn->gen_req, req, len);
-    cn->gen_len = len;
-    pthread_attr_t a;
-    pthread_t t;
-    int rc = pthread_attr_init(&a);
-    if (rc == 0) {
-        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-        pthread_mutex_lock(&d->mu);
+    /* Every thread holds a token session: past the bound, the pool thread serves the
+     * GENERATE itself (signing on that thread waits; nothing fails). */
+    pthread_mutex_lock(&d->mu);
+    int room = d->n_pool + d->gen_running < d->max_conns;
+    if (room)
         d->gen_running++;
-        pthread_mutex_unlock(&d->mu);
+    pthread_mutex_unlock(&d->mu);
+    if (!room)
+        return 0;
+    int rc = ENOMEM;
+    cn->gen_req = malloc(len);
+    pthread_attr_t a;
+    if (cn->gen_req != NULL && (rc = pthread_attr_init(&a)) == 0) {
+        memcpy(cn->gen_req, req, len);
+        cn->gen_len = len;
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        pthread_t t;
         rc = pthread_create(&t, &a, kpd_gen_main, cn);
         pthread_attr_destroy(&a);
-        if (rc != 0) {
-            pthread_mutex_lock(&d->mu);
-            d->gen_running--;
-            pthread_mutex_unlock(&d->mu);
-        }
     }
-    if (rc != 0) {
-        free(cn->gen_req);
-        cn->gen_req = NULL;
-        return 0;
-    }
-    return 1;
+    if (rc == 0)
+        return 1;
+    free(cn->gen_req);
+    cn->gen_req = NULL;
+    pthread_mutex_lock(&d->mu);
+    d->gen_running--;
+    pthread_cond_broadcast(&d->gen_done);
+    pthread_mutex_unlock(&d->mu);
+    return 0;
 }
 
 /* Serves what epoll found on a connection: one request and its reply, or the end of the
@@ -881,8 +883,8 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         .module_path = c->pkcs11_module[0] ? c->pkcs11_module : NULL,
         .token = c->token,
         .pin_file = c->pin_file,
-        /* The pool's threads, and a GENERATE thread per connection at most. */
-        .max_sessions = d->max_conns + kpd_pool_size(d->max_conns),
+        /* The pool's threads and the GENERATE threads together (kpd_gen_start). */
+        .max_sessions = d->max_conns,
     };
     unsigned long ckr = 0;
     hsm_status st = hsm_open(&hc, &d->h, &ckr);

@@ -13,7 +13,9 @@
  *    served by a pool of KPD_POOL_PER_CPU threads per CPU through one epoll set, each
  *    connection by one thread at a time (EPOLLONESHOT, armed again after its reply), each
  *    thread with its own token session; a GENERATE runs in a thread of its own (and its own
- *    session, released when it ends), so that key creation never holds up signing;
+ *    session, released when it ends), so that key creation never holds up signing, as long
+ *    as the pool's and the GENERATE threads stay within the session bound (past it, the
+ *    pool thread serves the GENERATE itself);
  *  - its own view of which kids may sign, read from the registry file itself (reg_reader:
  *    a read-only SQLite connection, failing closed): the set of active kids, kept in
  *    memory and read again when the file changed (checked at most KPD_ACTIVE_CHECK_MS

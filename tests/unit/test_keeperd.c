@@ -531,6 +531,16 @@ static void test_a_connection_beyond_the_limit_is_closed_and_a_freed_slot_is_reu
         }
     }
     assert_true(served);
+
+    /* The pool's threads use up the session bound: a GENERATE is served by a pool thread
+     * rather than a thread of its own, and the bound holds. */
+    hsm_kid kid;
+    hsm_pubkey pub;
+    create_key(fx, fds[0], b, &kid, &pub);
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len = 0;
+    assert_int_equal(do_sign(fds[1], b, &kid, "x", 1, sig, &sig_len), HSM_OK);
+    assert_true(do_sessions(fds[1], b) <= LIMITED);
     for (int i = 0; i < LIMITED; i++)
         close(fds[i]);
     free(b);
