@@ -2,11 +2,19 @@
 # Builds CivetWeb 1.15 from Debian's source package (never the binary libcivetweb, which
 # crashes on every HTTPS request with OpenSSL 3). The source is fetched with a private apt
 # configuration under build/apt, so the system's apt sources are never edited.
-# Compiled with the OpenSSL 3 API, OpenSSL linked (not dlopened), no CGI, no file serving.
+# Compiled with the OpenSSL 3 API, OpenSSL linked (not dlopened), no CGI, no file serving,
+# and no file system access at all (NO_FILESYSTEMS): without it CivetWeb stats a .htpasswd
+# in the directory of every request's path on the host (/v1/.htpasswd for /v1/tokens),
+# even with NO_FILES and callback handlers, which costs a syscall per request and would let
+# a file dropped there switch on basic authentication. NO_FILESYSTEMS wants the error and
+# access loggers from us: mk/civetweb/*.inl. Rebuilt whenever these flags change.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 out="$top/build/civetweb"
-[ -f "$out/libcivetweb.a" ] && [ -f "$out/civetweb.h" ] && exit 0
+flags="-DOPENSSL_API_3_0 -DNO_SSL_DL -DNO_CGI -DNO_FILES -DNO_FILESYSTEMS -DNO_CACHING
+-DMG_EXTERNAL_FUNCTION_mg_cry_internal_impl -DMG_EXTERNAL_FUNCTION_log_access"
+[ -f "$out/libcivetweb.a" ] && [ -f "$out/civetweb.h" ] &&
+	[ "$(cat "$out/flags" 2>/dev/null)" = "$flags" ] && exit 0
 
 apt_dir="$top/build/apt"
 mkdir -p "$apt_dir"/{lists/partial,cache/archives/partial,sources.list.d,preferences.d,src}
@@ -32,9 +40,9 @@ dpkg-source --no-check -x civetweb_1.15*.dsc tree >/dev/null
 
 mkdir -p "$out"
 cc -c -O2 -g -fPIE -fstack-protector-strong -D_FORTIFY_SOURCE=2 \
-	-DOPENSSL_API_3_0 -DNO_SSL_DL -DNO_CGI -DNO_FILES -DNO_FILESYSTEMS -DNO_CACHING \
-	-DMG_EXTERNAL_FUNCTION_mg_cry_internal_impl -DMG_EXTERNAL_FUNCTION_log_access -I"$top/mk/civetweb" \
+	$flags -I"$top/mk/civetweb" \
 	-Itree/include tree/src/civetweb.c -o "$out/civetweb.o"
 ar rcs "$out/libcivetweb.a" "$out/civetweb.o"
 cp tree/include/civetweb.h "$out/civetweb.h"
+echo "$flags" >"$out/flags"
 echo "civetweb: built $out/libcivetweb.a"

@@ -467,5 +467,6 @@ tokens_bench
 	echo "| revocation propagation, DELETE 200 -> subscribed verifier rejects, 100 revocations: p50 / p99 (ms; bar p99 <= 100) | $prop_p50 / $prop_p99 $prop_verdict |"
 	echo "| JWKS, 1,000 keys ($jwks_bytes bytes), 200 (req/s) | $j200 |"
 	echo "| JWKS, 1,000 keys, 304 on If-None-Match (req/s) | $j304 |"
+	echo "| runs raw / split / single / split with 200 subscribers | ${raw_runs[*]} / ${jwt_runs[*]} / ${single_runs[*]} / ${sse_runs[*]} |"
 	token_rows
 } | tee "$build/bench/appliance.txt"
