@@ -126,6 +126,11 @@ print(r.json()["kid"])')
 stop
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# The median of the array named $1.
+med() {
+	local -n runs=$1
+	printf '%s\n' "${runs[@]}" | median
+}
 # Issue 11: revocable single-use tokens against plain ones, and redeems/s. One appliance
 # per round: POST /v1/tokens with {} (plain) and with {"revocable":true,"single_use":true},
 # wrk -t2 -c64, one right after the other (order reversed every other round); both runs
@@ -224,16 +229,16 @@ tokens_bench() {
 		stop
 		rm -rf "$tmp"
 	done
-	plain=$(printf '%s\n' "${plain_runs[@]}" | median)
-	su=$(printf '%s\n' "${su_runs[@]}" | median)
+	plain=$(med plain_runs)
+	su=$(med su_runs)
 	su_ratio=$(awk -v a="$su" -v b="$plain" 'BEGIN {printf "%.3f", a / b}')
 	su_verdict=$(awk -v r="$su_ratio" 'BEGIN {print (r >= 0.95) ? "pass" : "FAIL"}')
-	r16=$(printf '%s\n' "${r16_runs[@]}" | median)
-	r16_p50=$(printf '%s\n' "${r16_p50_runs[@]}" | median)
-	r16_p99=$(printf '%s\n' "${r16_p99_runs[@]}" | median)
-	r64=$(printf '%s\n' "${r64_runs[@]}" | median)
-	r64_p50=$(printf '%s\n' "${r64_p50_runs[@]}" | median)
-	r64_p99=$(printf '%s\n' "${r64_p99_runs[@]}" | median)
+	r16=$(med r16_runs)
+	r16_p50=$(med r16_p50_runs)
+	r16_p99=$(med r16_p99_runs)
+	r64=$(med r64_runs)
+	r64_p50=$(med r64_p50_runs)
+	r64_p99=$(med r64_p99_runs)
 }
 token_rows() {
 	echo "| signed JWTs, POST /v1/tokens {} (plain), wrk -t2 -c64, split (req/s) | $plain |"
@@ -360,19 +365,19 @@ for r in $(seq "$rounds"); do
 		run_mode "$mode"
 	done
 done
-raw=$(printf '%s\n' "${raw_runs[@]}" | median)
-jwt=$(printf '%s\n' "${jwt_runs[@]}" | median)
-p50=$(printf '%s\n' "${p50_runs[@]}" | median)
-p99=$(printf '%s\n' "${p99_runs[@]}" | median)
-single=$(printf '%s\n' "${single_runs[@]}" | median)
-every=$(printf '%s\n' "${every_runs[@]}" | median)
-every_p50=$(printf '%s\n' "${every_p50_runs[@]}" | median)
-every_p99=$(printf '%s\n' "${every_p99_runs[@]}" | median)
-sse=$(printf '%s\n' "${sse_runs[@]}" | median)
-raw_cpu=$(printf '%s\n' "${raw_cpu_runs[@]}" | median)
-cpu_wrk=$(printf '%s\n' "${cpu_wrk_runs[@]}" | median)
-cpu_front=$(printf '%s\n' "${cpu_front_runs[@]}" | median)
-cpu_keeper=$(printf '%s\n' "${cpu_keeper_runs[@]}" | median)
+raw=$(med raw_runs)
+jwt=$(med jwt_runs)
+p50=$(med p50_runs)
+p99=$(med p99_runs)
+single=$(med single_runs)
+every=$(med every_runs)
+every_p50=$(med every_p50_runs)
+every_p99=$(med every_p99_runs)
+sse=$(med sse_runs)
+raw_cpu=$(med raw_cpu_runs)
+cpu_wrk=$(med cpu_wrk_runs)
+cpu_front=$(med cpu_front_runs)
+cpu_keeper=$(med cpu_keeper_runs)
 # Where a token's CPU goes, and the most JWT / raw could be on this machine with this
 # client: both CPUs are shared by wrk, the front and the keeper, so with a front that cost
 # nothing and a keeper exactly as cheap as the raw loop, a token would still cost the raw
