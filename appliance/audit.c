@@ -80,34 +80,6 @@ const char *audit_actor(void)
 
 /* ---- hashing ------------------------------------------------------------------------------ */
 
-static void audit_hex(const uint8_t *b, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[b[i] >> 4];
-        out[2 * i + 1] = digits[b[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-static int audit_unhex(const char *s, uint8_t out[32])
-{
-    if (s == NULL || strlen(s) != AUDIT_HASH_HEX)
-        return -1;
-    for (size_t i = 0; i < 32; i++) {
-        int v = 0;
-        for (int k = 0; k < 2; k++) {
-            char c = s[2 * i + k];
-            int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-            if (d < 0)
-                return -1;
-            v = v * 16 + d;
-        }
-        out[i] = (uint8_t)v;
-    }
-    return 0;
-}
-
 /* No reals: their text form is not canonical across implementations. */
 static int audit_details_ok(json_t *j, int depth)
 {
@@ -141,7 +113,7 @@ static int audit_hash(const char *prev_hex, const char *canonical, char out[AUDI
 {
     uint8_t prev[32], md[32];
     unsigned int mdlen = 0;
-    if (audit_unhex(prev_hex, prev) != 0)
+    if (prev_hex == NULL || jose_hex_decode(prev_hex, strlen(prev_hex), prev, 32) != 0)
         return -1;
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
@@ -151,7 +123,7 @@ static int audit_hash(const char *prev_hex, const char *canonical, char out[AUDI
     EVP_MD_CTX_free(ctx);
     if (!ok)
         return -1;
-    audit_hex(md, 32, out);
+    jose_hex_encode(md, 32, out);
     return 0;
 }
 
@@ -715,7 +687,7 @@ int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const vo
     unsigned int mdlen = 0;
     if (EVP_Digest(msg, len, md, &mdlen, EVP_sha256(), NULL) != 1)
         return -1;
-    audit_hex(md, 32, digest);
+    jose_hex_encode(md, 32, digest);
     audit_pending p;
     memset(&p, 0, sizeof(p));
     snprintf(p.action, sizeof(p.action), "%s", AUDIT_SIGN);

@@ -112,27 +112,15 @@ static cred_status cred_fail_sql(const cred_store *cs, const char *what)
 
 /* ---- small parsers ---------------------------------------------------------------------- */
 
-static int cred_hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 /* Exactly CRED_ID_LEN lowercase hex digits at s (len bytes): 0 and *key, else -1. */
 static int cred_id_parse(const char *s, size_t len, uint64_t *key)
 {
-    if (s == NULL || len != CRED_ID_LEN)
+    uint8_t b[CRED_ID_LEN / 2];
+    if (jose_hex_decode(s, len, b, sizeof(b)) != 0)
         return -1;
     uint64_t v = 0;
-    for (size_t i = 0; i < CRED_ID_LEN; i++) {
-        int h = cred_hexval((unsigned char)s[i]);
-        if (h < 0)
-            return -1;
-        v = v << 4 | (uint64_t)h;
-    }
+    for (size_t i = 0; i < sizeof(b); i++)
+        v = v << 8 | b[i];
     *key = v;
     return 0;
 }
@@ -179,31 +167,6 @@ static int cred_subject_ok(const char *subject)
     return cred_text_ok(subject, CRED_SUBJECT_MAX);
 }
 
-static void cred_hex(const uint8_t *b, size_t n, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[b[i] >> 4];
-        out[2 * i + 1] = digits[b[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
-/* Exactly 2 * n lowercase hex digits at s: 0, else -1. */
-static int cred_unhex(const char *s, size_t len, uint8_t *out, size_t n)
-{
-    if (s == NULL || len != 2 * n)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        int hi = cred_hexval((unsigned char)s[2 * i]);
-        int lo = cred_hexval((unsigned char)s[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return -1;
-        out[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return 0;
-}
-
 /* The kid list as its column text: "hex,hex,...". out holds CRED_KIDS_TEXT_MAX. */
 static void cred_kids_text(const cred_record *rec, char *out)
 {
@@ -231,7 +194,7 @@ static int cred_kids_parse(const char *s, size_t len, cred_record *rec)
         const char *p = s + i * (CRED_KID_HEX + 1);
         if (i + 1 < n && p[CRED_KID_HEX] != ',')
             return -1;
-        if (cred_unhex(p, CRED_KID_HEX, rec->kids[i].b, HSM_KID_LEN) != 0)
+        if (jose_hex_decode(p, CRED_KID_HEX, rec->kids[i].b, HSM_KID_LEN) != 0)
             return -1;
     }
     rec->n_kids = n;
@@ -425,8 +388,8 @@ static cred_status cred_load_row(cred_store *cs, sqlite3_stmt *s, cred_row *row)
     if (db_col_text(s, 9, rec->client_subject, sizeof(rec->client_subject)) != 0 ||
         !cred_subject_ok(rec->client_subject))
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: client_subject invalid", rec->id);
-    if (cred_unhex((const char *)sqlite3_column_text(s, 3), (size_t)sqlite3_column_bytes(s, 3),
-                   row->hash, CRED_HASH_LEN) != 0)
+    if (jose_hex_decode((const char *)sqlite3_column_text(s, 3), (size_t)sqlite3_column_bytes(s, 3),
+                        row->hash, CRED_HASH_LEN) != 0)
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: secret hash is not 64 hex digits",
                          rec->id);
     sqlite3_int64 all = sqlite3_column_int64(s, 4);
@@ -598,7 +561,7 @@ static cred_status cred_mint(cred_store *cs, char secret[CRED_SECRET_MAX], cred_
     } while (cred_find(cs, row->key) >= 0);
     if (st == CRED_OK) {
         memcpy(secret, CRED_PREFIX, CRED_PREFIX_LEN);
-        cred_hex(rnd, CRED_ID_BYTES, secret + CRED_ID_POS);
+        jose_hex_encode(rnd, CRED_ID_BYTES, secret + CRED_ID_POS);
         secret[CRED_SEP_POS] = '_';
         if (jose_b64url_encode(rnd + CRED_ID_BYTES, CRED_RANDOM_BYTES, secret + CRED_RAND_POS,
                                CRED_SECRET_MAX - CRED_RAND_POS) != CRED_RANDOM_B64)
@@ -618,7 +581,7 @@ static cred_status cred_sql_insert(cred_store *cs, const cred_row *row)
 {
     char hash[CRED_HASH_HEX + 1];
     char kids[CRED_KIDS_TEXT_MAX];
-    cred_hex(row->hash, CRED_HASH_LEN, hash);
+    jose_hex_encode(row->hash, CRED_HASH_LEN, hash);
     cred_kids_text(&row->rec, kids);
     sqlite3_stmt *s;
     cred_status st = cred_prepare(cs,

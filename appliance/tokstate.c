@@ -751,11 +751,6 @@ static void tks_jti_mac(const tks *t, const uint8_t body[TKS_JTI_BODY],
     OPENSSL_cleanse(full, sizeof(full));
 }
 
-static int tks_hex_nibble(char c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 tks_status tks_jti_make(tks *t, tks_index ix, const char *owner_hex, char out[TKS_JTI_MAX + 1])
 {
     uint8_t b[TKS_JTI_BYTES] = {0};
@@ -765,16 +760,9 @@ tks_status tks_jti_make(tks *t, tks_index ix, const char *owner_hex, char out[TK
         b[i] = (uint8_t)(ix.list >> (24 - 8 * i));
         b[4 + i] = (uint8_t)(ix.idx >> (24 - 8 * i));
     }
-    if (owner_hex != NULL && owner_hex[0] != '\0') {
-        if (strlen(owner_hex) != 2 * TKS_OWNER_BYTES)
-            return TKS_ERR_INVALID;
-        for (int i = 0; i < TKS_OWNER_BYTES; i++) {
-            int hi = tks_hex_nibble(owner_hex[2 * i]), lo = tks_hex_nibble(owner_hex[2 * i + 1]);
-            if (hi < 0 || lo < 0)
-                return TKS_ERR_INVALID;
-            b[8 + i] = (uint8_t)(hi << 4 | lo);
-        }
-    }
+    if (owner_hex != NULL && owner_hex[0] != '\0' &&
+        jose_hex_decode(owner_hex, strlen(owner_hex), b + 8, TKS_OWNER_BYTES) != 0)
+        return TKS_ERR_INVALID;
     tks_jti_mac(t, b, b + TKS_JTI_BODY);
     out[0] = TKS_JTI_REVOCABLE_PREFIX;
     if (jose_b64url_encode(b, sizeof(b), out + 1, TKS_JTI_MAX) != TKS_JTI_REVOCABLE_LEN - 1)
