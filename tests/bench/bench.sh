@@ -131,6 +131,13 @@ med() {
 	local -n runs=$1
 	printf '%s\n' "${runs[@]}" | median
 }
+# For each name given, sets the variable of that name to the median of NAME_runs.
+medians() {
+	local v
+	for v; do
+		printf -v "$v" '%s' "$(med "${v}_runs")"
+	done
+}
 # Issue 11: revocable single-use tokens against plain ones, and redeems/s. One appliance
 # per round: POST /v1/tokens with {} (plain) and with {"revocable":true,"single_use":true},
 # wrk -t2 -c64, one right after the other (order reversed every other round); both runs
@@ -229,16 +236,9 @@ tokens_bench() {
 		stop
 		rm -rf "$tmp"
 	done
-	plain=$(med plain_runs)
-	su=$(med su_runs)
+	medians plain su r16 r16_p50 r16_p99 r64 r64_p50 r64_p99
 	su_ratio=$(awk -v a="$su" -v b="$plain" 'BEGIN {printf "%.3f", a / b}')
 	su_verdict=$(awk -v r="$su_ratio" 'BEGIN {print (r >= 0.95) ? "pass" : "FAIL"}')
-	r16=$(med r16_runs)
-	r16_p50=$(med r16_p50_runs)
-	r16_p99=$(med r16_p99_runs)
-	r64=$(med r64_runs)
-	r64_p50=$(med r64_p50_runs)
-	r64_p99=$(med r64_p99_runs)
 }
 token_rows() {
 	echo "| signed JWTs, POST /v1/tokens {} (plain), wrk -t2 -c64, split (req/s) | $plain |"
@@ -365,19 +365,7 @@ for r in $(seq "$rounds"); do
 		run_mode "$mode"
 	done
 done
-raw=$(med raw_runs)
-jwt=$(med jwt_runs)
-p50=$(med p50_runs)
-p99=$(med p99_runs)
-single=$(med single_runs)
-every=$(med every_runs)
-every_p50=$(med every_p50_runs)
-every_p99=$(med every_p99_runs)
-sse=$(med sse_runs)
-raw_cpu=$(med raw_cpu_runs)
-cpu_wrk=$(med cpu_wrk_runs)
-cpu_front=$(med cpu_front_runs)
-cpu_keeper=$(med cpu_keeper_runs)
+medians raw jwt p50 p99 single every every_p50 every_p99 sse raw_cpu cpu_wrk cpu_front cpu_keeper
 # Where a token's CPU goes, and the most JWT / raw could be on this machine with this
 # client: both CPUs are shared by wrk, the front and the keeper, so with a front that cost
 # nothing and a keeper exactly as cheap as the raw loop, a token would still cost the raw
