@@ -1,6 +1,7 @@
 /* audit: the hash-chained, checkpointed trail. See audit.h. */
 #include "appliance/audit.h"
 
+#include "appliance/config.h"
 #include "appliance/jlog.h"
 #include "jose/jose.h"
 
@@ -40,24 +41,11 @@ static const char audit_schema_sql[] =
 static const char audit_zero_hash[AUDIT_HASH_HEX + 1] =
     "0000000000000000000000000000000000000000000000000000000000000000";
 
-static void audit_fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void audit_fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 int audit_schema(sqlite3 *db, char *err, size_t errlen)
 {
     char *msg = NULL;
     if (sqlite3_exec(db, audit_schema_sql, NULL, NULL, &msg) != SQLITE_OK) {
-        audit_fail(err, errlen, "audit schema: %s", msg ? msg : "?");
+        cfg_errorf(err, errlen, "audit schema: %s", msg ? msg : "?");
         sqlite3_free(msg);
         return -1;
     }
@@ -208,7 +196,7 @@ int audit_append_tx(sqlite3 *db, int64_t time, const char *action, const char *k
         details = empty = json_object();
     if (details == NULL || !json_is_object(details) || !audit_details_ok(details, 0)) {
         json_decref(empty);
-        audit_fail(err, errlen, "audit: details must be a JSON object without reals");
+        cfg_errorf(err, errlen, "audit: details must be a JSON object without reals");
         return -1;
     }
     const char *actor = audit_actor();
@@ -218,12 +206,12 @@ int audit_append_tx(sqlite3 *db, int64_t time, const char *action, const char *k
     char *canon = NULL, *details_text = json_dumps(details, AUDIT_FLAGS);
     int rc = -1;
     if (details_text == NULL || strlen(details_text) > AUDIT_DETAILS_MAX) {
-        audit_fail(err, errlen, "audit: details missing or over %d bytes", AUDIT_DETAILS_MAX);
+        cfg_errorf(err, errlen, "audit: details missing or over %d bytes", AUDIT_DETAILS_MAX);
     } else if (audit_head(db, &seq, prev) != 0) {
-        audit_fail(err, errlen, "audit: read head: %s", sqlite3_errmsg(db));
+        cfg_errorf(err, errlen, "audit: read head: %s", sqlite3_errmsg(db));
     } else if ((canon = audit_canonical(seq + 1, time, actor, action, kid, details)) == NULL ||
                audit_hash(prev, canon, hash) != 0) {
-        audit_fail(err, errlen, "audit: hashing failed");
+        cfg_errorf(err, errlen, "audit: hashing failed");
     } else {
         sqlite3_stmt *s;
         if (sqlite3_prepare_v2(db,
@@ -242,7 +230,7 @@ int audit_append_tx(sqlite3 *db, int64_t time, const char *action, const char *k
             sqlite3_finalize(s);
         }
         if (rc != 0)
-            audit_fail(err, errlen, "audit: insert: %s", sqlite3_errmsg(db));
+            cfg_errorf(err, errlen, "audit: insert: %s", sqlite3_errmsg(db));
         else if (atomic_load_explicit(&audit_log_on, memory_order_relaxed))
             audit_log_stage(db, seq + 1, actor, action, kid, details);
     }
@@ -527,7 +515,7 @@ int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, 
     *out = NULL;
     audit *a = calloc(1, sizeof(*a));
     if (a == NULL) {
-        audit_fail(err, errlen, "out of memory");
+        cfg_errorf(err, errlen, "out of memory");
         return -1;
     }
     a->k = k;
@@ -546,7 +534,7 @@ int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, 
         audit_exec(a->db, "PRAGMA synchronous=FULL") != 0 ||
         audit_schema(a->db, err, errlen) != 0) {
         if (err && errlen && err[0] == '\0')
-            audit_fail(err, errlen, "%s: %s", db_path, a->db ? sqlite3_errmsg(a->db) : "?");
+            cfg_errorf(err, errlen, "%s: %s", db_path, a->db ? sqlite3_errmsg(a->db) : "?");
         sqlite3_close(a->db);
         free(a);
         return -1;
@@ -567,7 +555,7 @@ int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, 
     a->by_kid = json_object();
     a->by_cred = json_object();
     if (pthread_create(&a->thread, NULL, audit_main, a) != 0) {
-        audit_fail(err, errlen, "cannot start the audit thread");
+        cfg_errorf(err, errlen, "cannot start the audit thread");
         json_decref(a->by_kid);
         json_decref(a->by_cred);
         sqlite3_close(a->db);

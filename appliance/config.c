@@ -303,17 +303,15 @@ static const char *cfg_check_credential(const char *text, unsigned num)
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
-static void cfg_fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void cfg_fail(char *err, size_t errlen, const char *fmt, ...)
+int cfg_errorf(char *err, size_t errlen, const char *fmt, ...)
 {
     if (err == NULL || errlen == 0)
-        return;
+        return -1;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+    return -1;
 }
 
 static const cfg_setting *cfg_find(const char *name)
@@ -491,24 +489,24 @@ static char *cfg_read_file(const char *path, size_t *len, char *err, size_t errl
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
-        cfg_fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        cfg_errorf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        cfg_fail(err, errlen, "%s: not a regular file", path);
+        cfg_errorf(err, errlen, "%s: not a regular file", path);
         close(fd);
         return NULL;
     }
     if (st.st_size > CFG_FILE_MAX) {
-        cfg_fail(err, errlen, "%s: larger than %d bytes", path, CFG_FILE_MAX);
+        cfg_errorf(err, errlen, "%s: larger than %d bytes", path, CFG_FILE_MAX);
         close(fd);
         return NULL;
     }
     /* One byte more than allowed, to notice a file that grew since fstat. */
     char *buf = malloc((size_t)CFG_FILE_MAX + 2);
     if (buf == NULL) {
-        cfg_fail(err, errlen, "%s: out of memory", path);
+        cfg_errorf(err, errlen, "%s: out of memory", path);
         close(fd);
         return NULL;
     }
@@ -518,7 +516,7 @@ static char *cfg_read_file(const char *path, size_t *len, char *err, size_t errl
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            cfg_fail(err, errlen, "%s: read error: %s", path, strerror(errno));
+            cfg_errorf(err, errlen, "%s: read error: %s", path, strerror(errno));
             free(buf);
             close(fd);
             return NULL;
@@ -529,7 +527,7 @@ static char *cfg_read_file(const char *path, size_t *len, char *err, size_t errl
     }
     close(fd);
     if (n > CFG_FILE_MAX) {
-        cfg_fail(err, errlen, "%s: larger than %d bytes", path, CFG_FILE_MAX);
+        cfg_errorf(err, errlen, "%s: larger than %d bytes", path, CFG_FILE_MAX);
         free(buf);
         return NULL;
     }
@@ -550,7 +548,7 @@ static int cfg_base_dir(const char *path, char *dir, char *err, size_t errlen)
     } else {
         size_t n = (size_t)(slash - path);
         if (n >= sizeof(tmp)) {
-            cfg_fail(err, errlen, "%s: path too long", path);
+            cfg_errorf(err, errlen, "%s: path too long", path);
             return -1;
         }
         memcpy(tmp, path, n);
@@ -558,7 +556,7 @@ static int cfg_base_dir(const char *path, char *dir, char *err, size_t errlen)
     }
     char resolved[PATH_MAX];
     if (realpath(tmp, resolved) == NULL || strlen(resolved) >= CFG_PATH_MAX) {
-        cfg_fail(err, errlen, "%s: cannot resolve its directory: %s", path, strerror(errno));
+        cfg_errorf(err, errlen, "%s: cannot resolve its directory: %s", path, strerror(errno));
         return -1;
     }
     memcpy(dir, resolved, strlen(resolved) + 1);
@@ -578,10 +576,11 @@ static int cfg_check_order(const char *path, const cfg *c, const unsigned *lines
     unsigned la = lines[a - cfg_settings], lb = lines[b - cfg_settings];
     unsigned line = la > lb ? la : lb;
     if (line > 0)
-        cfg_fail(err, errlen, "%s:%u: %s (%u) must not be greater than %s (%u)", path, line, lo, va,
-                 hi, vb);
+        cfg_errorf(err, errlen, "%s:%u: %s (%u) must not be greater than %s (%u)", path, line, lo,
+                   va, hi, vb);
     else
-        cfg_fail(err, errlen, "%s: %s (%u) must not be greater than %s (%u)", path, lo, va, hi, vb);
+        cfg_errorf(err, errlen, "%s: %s (%u) must not be greater than %s (%u)", path, lo, va, hi,
+                   vb);
     return -1;
 }
 
@@ -597,7 +596,7 @@ static int cfg_parse_line(const char *path, unsigned lineno, char *line, cfg *c,
 
     char *eq = strchr(p, '=');
     if (eq == NULL) {
-        cfg_fail(err, errlen, "%s:%u: expected 'key = value'", path, lineno);
+        cfg_errorf(err, errlen, "%s:%u: expected 'key = value'", path, lineno);
         return -1;
     }
     char *key_end = eq;
@@ -605,14 +604,14 @@ static int cfg_parse_line(const char *path, unsigned lineno, char *line, cfg *c,
         key_end--;
     *key_end = '\0';
     if (p[0] == '\0') {
-        cfg_fail(err, errlen, "%s:%u: a setting name is missing before '='", path, lineno);
+        cfg_errorf(err, errlen, "%s:%u: a setting name is missing before '='", path, lineno);
         return -1;
     }
     size_t klen = strlen(p);
     if (klen > 64 || strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789_") != klen) {
-        cfg_fail(err, errlen,
-                 "%s:%u: malformed setting name (lowercase letters, digits and '_' only)", path,
-                 lineno);
+        cfg_errorf(err, errlen,
+                   "%s:%u: malformed setting name (lowercase letters, digits and '_' only)", path,
+                   lineno);
         return -1;
     }
 
@@ -625,18 +624,19 @@ static int cfg_parse_line(const char *path, unsigned lineno, char *line, cfg *c,
     *end = '\0';
     for (const unsigned char *q = (const unsigned char *)value; *q; q++) {
         if (*q < 0x20 || *q == 0x7f) {
-            cfg_fail(err, errlen, "%s:%u: control character in the value of '%s'", path, lineno, p);
+            cfg_errorf(err, errlen, "%s:%u: control character in the value of '%s'", path, lineno,
+                       p);
             return -1;
         }
         if (*q == '#' && q > (const unsigned char *)value && cfg_is_blank((char)q[-1])) {
-            cfg_fail(err, errlen, "%s:%u: a comment must be on a line of its own ('%s')", path,
-                     lineno, p);
+            cfg_errorf(err, errlen, "%s:%u: a comment must be on a line of its own ('%s')", path,
+                       lineno, p);
             return -1;
         }
     }
     if (value[0] == '"' || value[0] == '\'') {
-        cfg_fail(err, errlen, "%s:%u: the value of '%s' is quoted; values are written as is", path,
-                 lineno, p);
+        cfg_errorf(err, errlen, "%s:%u: the value of '%s' is quoted; values are written as is",
+                   path, lineno, p);
         return -1;
     }
 
@@ -647,16 +647,16 @@ static int cfg_parse_line(const char *path, unsigned lineno, char *line, cfg *c,
     if (s == NULL) {
         const char *hint = cfg_suggest(p);
         if (hint != NULL)
-            cfg_fail(err, errlen, "%s:%u: unknown setting '%s' (did you mean '%s'?)", path, lineno,
-                     p, hint);
+            cfg_errorf(err, errlen, "%s:%u: unknown setting '%s' (did you mean '%s'?)", path,
+                       lineno, p, hint);
         else
-            cfg_fail(err, errlen, "%s:%u: unknown setting '%s'", path, lineno, p);
+            cfg_errorf(err, errlen, "%s:%u: unknown setting '%s'", path, lineno, p);
         return -1;
     }
     size_t idx = (size_t)(s - cfg_settings);
     if (lines[idx] != 0) {
-        cfg_fail(err, errlen, "%s:%u: duplicate setting '%s' (first set on line %u)", path, lineno,
-                 p, lines[idx]);
+        cfg_errorf(err, errlen, "%s:%u: duplicate setting '%s' (first set on line %u)", path,
+                   lineno, p, lines[idx]);
         return -1;
     }
     lines[idx] = lineno;
@@ -664,7 +664,7 @@ static int cfg_parse_line(const char *path, unsigned lineno, char *line, cfg *c,
     char why[512];
     const char *problem = cfg_set(s, c, value, base_dir, why, sizeof(why));
     if (problem != NULL) {
-        cfg_fail(err, errlen, "%s:%u: '%s' %s", path, lineno, s->name, problem);
+        cfg_errorf(err, errlen, "%s:%u: '%s' %s", path, lineno, s->name, problem);
         return -1;
     }
     return 0;
@@ -674,14 +674,14 @@ int cfg_parse(const char *text, size_t len, const char *name, const char *base_d
               char *err, size_t errlen)
 {
     if (len > CFG_FILE_MAX) {
-        cfg_fail(err, errlen, "%s: larger than %d bytes", name, CFG_FILE_MAX);
+        cfg_errorf(err, errlen, "%s: larger than %d bytes", name, CFG_FILE_MAX);
         return -1;
     }
     /* A copy: each line is cut at its end in place. */
     char *buf = malloc(len + 1);
     cfg *c = malloc(sizeof(*c));
     if (buf == NULL || c == NULL) {
-        cfg_fail(err, errlen, "%s: out of memory", name);
+        cfg_errorf(err, errlen, "%s: out of memory", name);
         free(buf);
         free(c);
         return -1;
@@ -701,12 +701,12 @@ int cfg_parse(const char *text, size_t len, const char *name, const char *base_d
         size_t n = nl != NULL ? (size_t)(nl - line) : len - pos;
         pos += n + (nl != NULL);
         if (n > CFG_LINE_MAX) {
-            cfg_fail(err, errlen, "%s:%u: line longer than %d bytes", name, lineno, CFG_LINE_MAX);
+            cfg_errorf(err, errlen, "%s:%u: line longer than %d bytes", name, lineno, CFG_LINE_MAX);
             rc = -1;
             break;
         }
         if (memchr(line, '\0', n) != NULL) {
-            cfg_fail(err, errlen, "%s:%u: NUL byte in the line", name, lineno);
+            cfg_errorf(err, errlen, "%s:%u: NUL byte in the line", name, lineno);
             rc = -1;
             break;
         }
@@ -769,7 +769,7 @@ int cfg_pin_path(const cfg *c, char *out, size_t outlen, char *err, size_t errle
 {
     if (c->pin_credential[0] == '\0') {
         if (strlen(c->pin_file) >= outlen) {
-            cfg_fail(err, errlen, "pin_file is longer than %zu bytes", outlen - 1);
+            cfg_errorf(err, errlen, "pin_file is longer than %zu bytes", outlen - 1);
             return -1;
         }
         if (out != c->pin_file)
@@ -778,30 +778,30 @@ int cfg_pin_path(const cfg *c, char *out, size_t outlen, char *err, size_t errle
     }
     const char *dir = getenv("CREDENTIALS_DIRECTORY");
     if (dir == NULL || dir[0] != '/') {
-        cfg_fail(err, errlen,
-                 "pin_credential = %s: $CREDENTIALS_DIRECTORY is %s; start signd from a systemd "
-                 "unit with LoadCredential=%s:FILE, or set pin_file instead",
-                 c->pin_credential, dir == NULL ? "not set" : "not an absolute path",
-                 c->pin_credential);
+        cfg_errorf(err, errlen,
+                   "pin_credential = %s: $CREDENTIALS_DIRECTORY is %s; start signd from a systemd "
+                   "unit with LoadCredential=%s:FILE, or set pin_file instead",
+                   c->pin_credential, dir == NULL ? "not set" : "not an absolute path",
+                   c->pin_credential);
         return -1;
     }
     char path[CFG_PATH_MAX];
     if (cfg_join(path, sizeof(path), dir, c->pin_credential) != 0 || strlen(path) >= outlen) {
-        cfg_fail(err, errlen, "pin_credential = %s: $CREDENTIALS_DIRECTORY/%s is too long",
-                 c->pin_credential, c->pin_credential);
+        cfg_errorf(err, errlen, "pin_credential = %s: $CREDENTIALS_DIRECTORY/%s is too long",
+                   c->pin_credential, c->pin_credential);
         return -1;
     }
     /* Only that it is there: the PIN itself is read by the process that logs in, with
      * pin_file's checks (a regular file, no symlink, mode 0600 or stricter). */
     struct stat st;
     if (lstat(path, &st) != 0) {
-        cfg_fail(err, errlen, "pin_credential = %s: %s: %s", c->pin_credential, path,
-                 strerror(errno));
+        cfg_errorf(err, errlen, "pin_credential = %s: %s: %s", c->pin_credential, path,
+                   strerror(errno));
         return -1;
     }
     if (!S_ISREG(st.st_mode)) {
-        cfg_fail(err, errlen, "pin_credential = %s: %s is not a regular file", c->pin_credential,
-                 path);
+        cfg_errorf(err, errlen, "pin_credential = %s: %s is not a regular file", c->pin_credential,
+                   path);
         return -1;
     }
     memcpy(out, path, strlen(path) + 1);

@@ -158,4 +158,10 @@ int cfg_pin_path(const cfg *c, char *out, size_t outlen, char *err, size_t errle
  * events_max_subscribers + 4 when that is 0. */
 unsigned cfg_pkcs11_sessions(const cfg *c);
 
+/* Writes one message into err (nothing when err is NULL or errlen 0) and returns -1, so
+ * that callers can `return cfg_errorf(err, errlen, ...)`: the one way the appliance's
+ * modules report a set-up failure in a line. */
+int cfg_errorf(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #endif

@@ -6,7 +6,6 @@
 #include <grp.h>
 #include <limits.h>
 #include <pwd.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,19 +13,6 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static void hd_fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void hd_fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err == NULL || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 void hd_early(void)
 {
@@ -44,7 +30,7 @@ static int hd_lookup(const char *user, uid_t *uid, gid_t *gid, char *err, size_t
     for (;;) {
         char *buf = malloc(size);
         if (buf == NULL) {
-            hd_fail(err, errlen, "user = %s: out of memory looking the account up", user);
+            cfg_errorf(err, errlen, "user = %s: out of memory looking the account up", user);
             return -1;
         }
         struct passwd pw, *found = NULL;
@@ -60,18 +46,19 @@ static int hd_lookup(const char *user, uid_t *uid, gid_t *gid, char *err, size_t
         }
         free(buf);
         if (rc != 0) {
-            hd_fail(err, errlen, "user = %s: cannot look the account up: %s", user, strerror(rc));
+            cfg_errorf(err, errlen, "user = %s: cannot look the account up: %s", user,
+                       strerror(rc));
             return -1;
         }
         if (found == NULL) {
-            hd_fail(err, errlen, "user = %s: no such account", user);
+            cfg_errorf(err, errlen, "user = %s: no such account", user);
             return -1;
         }
         if (*uid == 0) {
-            hd_fail(err, errlen,
-                    "user = %s: the account has uid 0; name an unprivileged account "
-                    "(or leave user empty to stay root)",
-                    user);
+            cfg_errorf(err, errlen,
+                       "user = %s: the account has uid 0; name an unprivileged account "
+                       "(or leave user empty to stay root)",
+                       user);
             return -1;
         }
         return 0;
@@ -135,10 +122,10 @@ static int hd_walk_one(const char *path, const struct stat *st, int type, struct
 static int hd_owner_fail(const cfg *c, uid_t uid, const char *path, uid_t owner,
                          const char *fix_dir, char *err, size_t errlen)
 {
-    hd_fail(err, errlen,
-            "user = %s: %s belongs to uid %u, not to %s (uid %u), which must manage it "
-            "after the switch: run chown -R %s %s",
-            c->user, path, (unsigned)owner, c->user, (unsigned)uid, c->user, fix_dir);
+    cfg_errorf(err, errlen,
+               "user = %s: %s belongs to uid %u, not to %s (uid %u), which must manage it "
+               "after the switch: run chown -R %s %s",
+               c->user, path, (unsigned)owner, c->user, (unsigned)uid, c->user, fix_dir);
     return -1;
 }
 
@@ -163,7 +150,7 @@ int hd_check_data_owner(const cfg *c, char *err, size_t errlen)
         *slash = '\0';
     struct stat st;
     if (stat(dbdir, &st) != 0) {
-        hd_fail(err, errlen, "user = %s: cannot check %s: %s", c->user, dbdir, strerror(errno));
+        cfg_errorf(err, errlen, "user = %s: cannot check %s: %s", c->user, dbdir, strerror(errno));
         return -1;
     }
     if (st.st_uid != uid)
@@ -180,13 +167,14 @@ int hd_check_data_owner(const cfg *c, char *err, size_t errlen)
     hd_walk_bad[0] = '\0';
     int rc = nftw(tokendir, hd_walk_one, 16, FTW_PHYS);
     if (rc == 1 && hd_walk_bad_owner == (uid_t)-1) {
-        hd_fail(err, errlen, "user = %s: cannot check %s", c->user, hd_walk_bad);
+        cfg_errorf(err, errlen, "user = %s: cannot check %s", c->user, hd_walk_bad);
         return -1;
     }
     if (rc == 1)
         return hd_owner_fail(c, uid, hd_walk_bad, hd_walk_bad_owner, fix, err, errlen);
     if (rc != 0) {
-        hd_fail(err, errlen, "user = %s: cannot check %s: %s", c->user, tokendir, strerror(errno));
+        cfg_errorf(err, errlen, "user = %s: cannot check %s: %s", c->user, tokendir,
+                   strerror(errno));
         return -1;
     }
     return 0;
@@ -198,11 +186,11 @@ int hd_check_data_owner(const cfg *c, char *err, size_t errlen)
 static int hd_lock(const char *user, char *err, size_t errlen)
 {
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
-        hd_fail(err, errlen, "user = %s: PR_SET_DUMPABLE: %s", user, strerror(errno));
+        cfg_errorf(err, errlen, "user = %s: PR_SET_DUMPABLE: %s", user, strerror(errno));
         return -1;
     }
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-        hd_fail(err, errlen, "user = %s: PR_SET_NO_NEW_PRIVS: %s", user, strerror(errno));
+        cfg_errorf(err, errlen, "user = %s: PR_SET_NO_NEW_PRIVS: %s", user, strerror(errno));
         return -1;
     }
     return 0;
@@ -219,9 +207,9 @@ int hd_drop_user(const char *user, char *err, size_t errlen)
         if (hd_lookup(user, &uid, &gid, ignored, sizeof(ignored)) == 0 && getuid() == uid &&
             geteuid() == uid)
             return hd_lock(user, err, errlen);
-        hd_fail(err, errlen,
-                "user = %s is set but signd was not started as root (it runs as uid %u)", user,
-                (unsigned)geteuid());
+        cfg_errorf(err, errlen,
+                   "user = %s is set but signd was not started as root (it runs as uid %u)", user,
+                   (unsigned)geteuid());
         return -1;
     }
     if (hd_lookup(user, &uid, &gid, err, errlen) != 0)
@@ -229,20 +217,20 @@ int hd_drop_user(const char *user, char *err, size_t errlen)
     /* In this order: supplementary groups and the gid need root, which setuid gives up.
      * glibc applies each of these to every thread of the process. */
     if (setgroups(1, &gid) != 0) {
-        hd_fail(err, errlen, "user = %s: setgroups: %s", user, strerror(errno));
+        cfg_errorf(err, errlen, "user = %s: setgroups: %s", user, strerror(errno));
         return -1;
     }
     if (setgid(gid) != 0) {
-        hd_fail(err, errlen, "user = %s: setgid(%u): %s", user, (unsigned)gid, strerror(errno));
+        cfg_errorf(err, errlen, "user = %s: setgid(%u): %s", user, (unsigned)gid, strerror(errno));
         return -1;
     }
     if (setuid(uid) != 0) {
-        hd_fail(err, errlen, "user = %s: setuid(%u): %s", user, (unsigned)uid, strerror(errno));
+        cfg_errorf(err, errlen, "user = %s: setuid(%u): %s", user, (unsigned)uid, strerror(errno));
         return -1;
     }
     /* Trust, but verify: no way back to root, every id the account's. */
     if (setuid(0) == 0 || setgid(0) == 0) {
-        hd_fail(err, errlen, "user = %s: root could be regained after the switch", user);
+        cfg_errorf(err, errlen, "user = %s: root could be regained after the switch", user);
         return -1;
     }
     uid_t ru, eu, su;
@@ -252,8 +240,8 @@ int hd_drop_user(const char *user, char *err, size_t errlen)
     if (getresuid(&ru, &eu, &su) != 0 || getresgid(&rg, &eg, &sg) != 0 || ru != uid || eu != uid ||
         su != uid || rg != gid || eg != gid || sg != gid || ng < 0 || ng > 1 ||
         (ng == 1 && groups[0] != gid)) {
-        hd_fail(err, errlen, "user = %s: the process's ids are not the account's after the switch",
-                user);
+        cfg_errorf(err, errlen,
+                   "user = %s: the process's ids are not the account's after the switch", user);
         return -1;
     }
     return hd_lock(user, err, errlen);

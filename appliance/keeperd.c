@@ -8,7 +8,6 @@
 
 #include <errno.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -680,20 +679,6 @@ static void kpd_admit(kpd *d, int fd)
 
 /* ---- the interface ----------------------------------------------------------------------- */
 
-static int kpd_fail(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int kpd_fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 /* Makes way for our socket at d->path: nothing there, or a socket file no keeper answers
  * on (left by a dead one). Anything else is refused, and so is a live keeper's socket. */
 static int kpd_clear_path(kpd *d, const struct sockaddr_un *sa, char *err, size_t errlen)
@@ -702,28 +687,28 @@ static int kpd_clear_path(kpd *d, const struct sockaddr_un *sa, char *err, size_
     if (lstat(d->path, &sb) != 0) {
         if (errno == ENOENT)
             return 0;
-        return kpd_fail(err, errlen, "keeper socket %s: %s", d->path, strerror(errno));
+        return cfg_errorf(err, errlen, "keeper socket %s: %s", d->path, strerror(errno));
     }
     if (!S_ISSOCK(sb.st_mode))
-        return kpd_fail(err, errlen,
-                        "keeper socket %s: exists and is not a socket: refusing to "
-                        "replace it",
-                        d->path);
+        return cfg_errorf(err, errlen,
+                          "keeper socket %s: exists and is not a socket: refusing to "
+                          "replace it",
+                          d->path);
     int probe = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (probe < 0)
-        return kpd_fail(err, errlen, "socket: %s", strerror(errno));
+        return cfg_errorf(err, errlen, "socket: %s", strerror(errno));
     int live = connect(probe, (const struct sockaddr *)sa, sizeof(*sa)) == 0;
     int cerr = errno;
     close(probe);
     if (live)
-        return kpd_fail(err, errlen, "keeper socket %s: another keeper is listening on it",
-                        d->path);
+        return cfg_errorf(err, errlen, "keeper socket %s: another keeper is listening on it",
+                          d->path);
     if (cerr != ECONNREFUSED)
-        return kpd_fail(err, errlen, "keeper socket %s: cannot tell whether it is stale: %s",
-                        d->path, strerror(cerr));
+        return cfg_errorf(err, errlen, "keeper socket %s: cannot tell whether it is stale: %s",
+                          d->path, strerror(cerr));
     if (unlink(d->path) != 0 && errno != ENOENT)
-        return kpd_fail(err, errlen, "keeper socket %s: cannot remove the stale socket: %s",
-                        d->path, strerror(errno));
+        return cfg_errorf(err, errlen, "keeper socket %s: cannot remove the stale socket: %s",
+                          d->path, strerror(errno));
     return 0;
 }
 
@@ -737,7 +722,7 @@ static int kpd_listen(kpd *d, char *err, size_t errlen)
         return -1;
     d->listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (d->listen_fd < 0)
-        return kpd_fail(err, errlen, "socket: %s", strerror(errno));
+        return cfg_errorf(err, errlen, "socket: %s", strerror(errno));
     /* umask is per process: kpd_open runs at start-up, before any other thread creates
      * files. The chmod below makes the mode certain whatever the umask was. */
     mode_t old = umask(077);
@@ -745,19 +730,19 @@ static int kpd_listen(kpd *d, char *err, size_t errlen)
     int berr = errno;
     umask(old);
     if (rc != 0)
-        return kpd_fail(err, errlen, "keeper socket %s: bind: %s", d->path, strerror(berr));
+        return cfg_errorf(err, errlen, "keeper socket %s: bind: %s", d->path, strerror(berr));
     struct stat sb;
     if (chmod(d->path, 0600) != 0 || lstat(d->path, &sb) != 0 || !S_ISSOCK(sb.st_mode)) {
         int e = errno;
         unlink(d->path);
-        return kpd_fail(err, errlen, "keeper socket %s: chmod 0600: %s", d->path, strerror(e));
+        return cfg_errorf(err, errlen, "keeper socket %s: chmod 0600: %s", d->path, strerror(e));
     }
     d->sock_dev = sb.st_dev;
     d->sock_ino = sb.st_ino;
     if (listen(d->listen_fd, KPD_BACKLOG) != 0) {
         int e = errno;
         unlink(d->path);
-        return kpd_fail(err, errlen, "keeper socket %s: listen: %s", d->path, strerror(e));
+        return cfg_errorf(err, errlen, "keeper socket %s: listen: %s", d->path, strerror(e));
     }
     return 0;
 }
@@ -826,19 +811,19 @@ static int kpd_pool_start(kpd *d, char *err, size_t errlen)
     d->epfd = epoll_create1(EPOLL_CLOEXEC);
     d->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (d->epfd < 0 || d->stop_fd < 0)
-        return kpd_fail(err, errlen, "epoll: %s", strerror(errno));
+        return cfg_errorf(err, errlen, "epoll: %s", strerror(errno));
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
     if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->stop_fd, &ev) != 0)
-        return kpd_fail(err, errlen, "epoll_ctl: %s", strerror(errno));
+        return cfg_errorf(err, errlen, "epoll_ctl: %s", strerror(errno));
     unsigned want = kpd_pool_size(d->max_conns);
     d->pool = calloc(want, sizeof(*d->pool));
     if (d->pool == NULL)
-        return kpd_fail(err, errlen, "out of memory");
+        return cfg_errorf(err, errlen, "out of memory");
     for (; d->n_pool < want; d->n_pool++) {
         int rc = pthread_create(&d->pool[d->n_pool], NULL, kpd_pool_main, d);
         if (rc != 0) {
             kpd_pool_stop(d);
-            return kpd_fail(err, errlen, "cannot start a keeper thread: %s", strerror(rc));
+            return cfg_errorf(err, errlen, "cannot start a keeper thread: %s", strerror(rc));
         }
     }
     return 0;
@@ -847,11 +832,11 @@ static int kpd_pool_start(kpd *d, char *err, size_t errlen)
 int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
 {
     if (out == NULL || c == NULL)
-        return kpd_fail(err, errlen, "kpd_open: no configuration or no handle to return");
+        return cfg_errorf(err, errlen, "kpd_open: no configuration or no handle to return");
     *out = NULL;
     kpd *d = calloc(1, sizeof(*d));
     if (d == NULL)
-        return kpd_fail(err, errlen, "out of memory");
+        return cfg_errorf(err, errlen, "out of memory");
     d->listen_fd = -1;
     d->epfd = -1;
     d->stop_fd = -1;
@@ -864,13 +849,13 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
     atomic_init(&d->checked_ms, 0);
     if (c->keeper_socket[0] == '\0' || strlen(c->keeper_socket) >= sizeof(d->path)) {
         kpd_free(d);
-        return kpd_fail(err, errlen, "keeper socket path missing or longer than %zu bytes",
-                        sizeof(d->path) - 1);
+        return cfg_errorf(err, errlen, "keeper socket path missing or longer than %zu bytes",
+                          sizeof(d->path) - 1);
     }
     memcpy(d->path, c->keeper_socket, strlen(c->keeper_socket) + 1);
     if (d->max_conns == 0) {
         kpd_free(d);
-        return kpd_fail(err, errlen, "max_pkcs11_sessions allows no connection");
+        return cfg_errorf(err, errlen, "max_pkcs11_sessions allows no connection");
     }
 
     /* The socket first: a path we may not take, or another keeper alive on it, is found
@@ -889,16 +874,16 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
     unsigned long ckr = 0;
     hsm_status st = hsm_open(&hc, &d->h, &ckr);
     if (st != HSM_OK) {
-        kpd_fail(err, errlen, "%s: %s (token %s, module %s, PKCS#11 rv 0x%lx)", hsm_status_name(st),
-                 hsm_strerror(st), hc.token, hc.module_path ? hc.module_path : HSM_DEFAULT_MODULE,
-                 ckr);
+        cfg_errorf(err, errlen, "%s: %s (token %s, module %s, PKCS#11 rv 0x%lx)",
+                   hsm_status_name(st), hsm_strerror(st), hc.token,
+                   hc.module_path ? hc.module_path : HSM_DEFAULT_MODULE, ckr);
         kpd_free(d);
         return -1;
     }
     snprintf(d->db_path, sizeof(d->db_path), "%s", c->database);
     /* The registry must be readable now, not at the first signature. */
     if (kpd_active_refresh_locked(d) != 0) {
-        kpd_fail(err, errlen, "%s", reg_last_error());
+        cfg_errorf(err, errlen, "%s", reg_last_error());
         kpd_free(d);
         return -1;
     }

@@ -10,24 +10,10 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-/* Writes one message into err; always returns -1 so callers can `return tls_fail(...)`. */
-__attribute__((format(printf, 3, 4))) static int tls_fail(char *err, size_t errlen, const char *fmt,
-                                                          ...)
-{
-    if (errlen == 0)
-        return -1;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* The reason of OpenSSL's most recent error ("no error recorded" when none), and an
  * emptied error queue, so nothing stale is blamed on a later failure. */
@@ -60,8 +46,8 @@ static int tls_set_versions(SSL_CTX *ctx, const cfg *c, char *err, size_t errlen
     else if (strcmp(c->tls_min_version, "1.3") == 0)
         min = TLS1_3_VERSION;
     else
-        return tls_fail(err, errlen, "tls_min_version: '%s' is neither 1.2 nor 1.3",
-                        c->tls_min_version);
+        return cfg_errorf(err, errlen, "tls_min_version: '%s' is neither 1.2 nor 1.3",
+                          c->tls_min_version);
     /* The floor and ceiling alone decide: drop CivetWeb's deprecated per-version options
      * (set from ssl_protocol_version before the callback) so the two cannot disagree. */
     SSL_CTX_clear_options(ctx, SSL_OP_NO_SSLv3 | SSL_OP_NO_TLSv1 | SSL_OP_NO_TLSv1_1 |
@@ -69,8 +55,8 @@ static int tls_set_versions(SSL_CTX *ctx, const cfg *c, char *err, size_t errlen
     if (SSL_CTX_set_min_proto_version(ctx, min) != 1 ||
         SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION) != 1) {
         char r[256];
-        return tls_fail(err, errlen, "tls_min_version: cannot set TLS %s to 1.3: %s",
-                        c->tls_min_version, tls_ssl_reason(r, sizeof(r)));
+        return cfg_errorf(err, errlen, "tls_min_version: cannot set TLS %s to 1.3: %s",
+                          c->tls_min_version, tls_ssl_reason(r, sizeof(r)));
     }
     return 0;
 }
@@ -80,11 +66,11 @@ static int tls_set_ciphers(SSL_CTX *ctx, const cfg *c, char *err, size_t errlen)
 {
     char r[256];
     if (SSL_CTX_set_cipher_list(ctx, c->tls_ciphers) != 1)
-        return tls_fail(err, errlen, "tls_ciphers: '%s' enables no TLS 1.2 cipher (%s)",
-                        c->tls_ciphers, tls_ssl_reason(r, sizeof(r)));
+        return cfg_errorf(err, errlen, "tls_ciphers: '%s' enables no TLS 1.2 cipher (%s)",
+                          c->tls_ciphers, tls_ssl_reason(r, sizeof(r)));
     if (SSL_CTX_set_ciphersuites(ctx, c->tls_ciphersuites) != 1)
-        return tls_fail(err, errlen, "tls_ciphersuites: '%s' is not a TLS 1.3 suite list (%s)",
-                        c->tls_ciphersuites, tls_ssl_reason(r, sizeof(r)));
+        return cfg_errorf(err, errlen, "tls_ciphersuites: '%s' is not a TLS 1.3 suite list (%s)",
+                          c->tls_ciphersuites, tls_ssl_reason(r, sizeof(r)));
     /* SSL_CTX_get_ciphers holds both: the TLS 1.3 suites first, then the TLS 1.2 list. */
     STACK_OF(SSL_CIPHER) *all = SSL_CTX_get_ciphers(ctx);
     int n12 = 0, n13 = 0;
@@ -94,23 +80,24 @@ static int tls_set_ciphers(SSL_CTX *ctx, const cfg *c, char *err, size_t errlen)
         int kx = SSL_CIPHER_get_kx_nid(ci);
         if (kx == NID_kx_any) { /* only TLS 1.3 suites leave the key exchange open */
             if (!SSL_CIPHER_is_aead(ci))
-                return tls_fail(err, errlen, "tls_ciphersuites: %s is not an AEAD suite", name);
+                return cfg_errorf(err, errlen, "tls_ciphersuites: %s is not an AEAD suite", name);
             n13++;
             continue;
         }
         if (!SSL_CIPHER_is_aead(ci) || (kx != NID_kx_ecdhe && kx != NID_kx_dhe))
-            return tls_fail(err, errlen,
-                            "tls_ciphers: %s is not an AEAD cipher with forward secrecy", name);
+            return cfg_errorf(err, errlen,
+                              "tls_ciphers: %s is not an AEAD cipher with forward secrecy", name);
         if (SSL_CIPHER_get_auth_nid(ci) == NID_auth_null)
-            return tls_fail(err, errlen, "tls_ciphers: %s is anonymous (no server authentication)",
-                            name);
+            return cfg_errorf(err, errlen,
+                              "tls_ciphers: %s is anonymous (no server authentication)", name);
         n12++;
     }
     if (n12 == 0)
-        return tls_fail(err, errlen, "tls_ciphers: '%s' enables no TLS 1.2 cipher", c->tls_ciphers);
+        return cfg_errorf(err, errlen, "tls_ciphers: '%s' enables no TLS 1.2 cipher",
+                          c->tls_ciphers);
     if (n13 == 0)
-        return tls_fail(err, errlen, "tls_ciphersuites: '%s' enables no TLS 1.3 suite",
-                        c->tls_ciphersuites);
+        return cfg_errorf(err, errlen, "tls_ciphersuites: '%s' enables no TLS 1.3 suite",
+                          c->tls_ciphersuites);
     return 0;
 }
 
@@ -131,46 +118,48 @@ static int tls_load_key(SSL_CTX *ctx, const char *path, char *err, size_t errlen
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ELOOP)
-            return tls_fail(err, errlen,
-                            "tls_private_key: %s is a symbolic link; name the file itself", path);
-        return tls_fail(err, errlen, "tls_private_key: cannot open %s: %s", path, strerror(errno));
+            return cfg_errorf(err, errlen,
+                              "tls_private_key: %s is a symbolic link; name the file itself", path);
+        return cfg_errorf(err, errlen, "tls_private_key: cannot open %s: %s", path,
+                          strerror(errno));
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
         close(fd);
-        return tls_fail(err, errlen, "tls_private_key: cannot stat %s: %s", path, strerror(e));
+        return cfg_errorf(err, errlen, "tls_private_key: cannot stat %s: %s", path, strerror(e));
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return tls_fail(err, errlen, "tls_private_key: %s is not a regular file", path);
+        return cfg_errorf(err, errlen, "tls_private_key: %s is not a regular file", path);
     }
     if ((st.st_mode & 077) != 0) {
         close(fd);
-        return tls_fail(err, errlen,
-                        "tls_private_key: %s has mode %04o (group or others may use it): "
-                        "chmod 600 it",
-                        path, (unsigned)(st.st_mode & 07777));
+        return cfg_errorf(err, errlen,
+                          "tls_private_key: %s has mode %04o (group or others may use it): "
+                          "chmod 600 it",
+                          path, (unsigned)(st.st_mode & 07777));
     }
     FILE *f = fdopen(fd, "r");
     if (f == NULL) {
         int e = errno;
         close(fd);
-        return tls_fail(err, errlen, "tls_private_key: cannot read %s: %s", path, strerror(e));
+        return cfg_errorf(err, errlen, "tls_private_key: cannot read %s: %s", path, strerror(e));
     }
     EVP_PKEY *key = PEM_read_PrivateKey(f, NULL, tls_no_passphrase, NULL);
     fclose(f);
     char r[256];
     if (key == NULL)
-        return tls_fail(err, errlen, "tls_private_key: %s holds no unencrypted PEM key: %s", path,
-                        tls_ssl_reason(r, sizeof(r)));
+        return cfg_errorf(err, errlen, "tls_private_key: %s holds no unencrypted PEM key: %s", path,
+                          tls_ssl_reason(r, sizeof(r)));
     int ok = SSL_CTX_use_PrivateKey(ctx, key);
     EVP_PKEY_free(key);
     if (ok != 1)
-        return tls_fail(err, errlen, "tls_private_key: %s: %s", path, tls_ssl_reason(r, sizeof(r)));
+        return cfg_errorf(err, errlen, "tls_private_key: %s: %s", path,
+                          tls_ssl_reason(r, sizeof(r)));
     if (SSL_CTX_check_private_key(ctx) != 1)
-        return tls_fail(err, errlen, "tls_private_key: %s does not match tls_certificate: %s", path,
-                        tls_ssl_reason(r, sizeof(r)));
+        return cfg_errorf(err, errlen, "tls_private_key: %s does not match tls_certificate: %s",
+                          path, tls_ssl_reason(r, sizeof(r)));
     return 0;
 }
 
@@ -179,13 +168,13 @@ static int tls_require_client_cert(SSL_CTX *ctx, const char *ca, char *err, size
 {
     char r[256];
     if (SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1)
-        return tls_fail(err, errlen, "tls_client_ca: cannot load %s: %s", ca,
-                        tls_ssl_reason(r, sizeof(r)));
+        return cfg_errorf(err, errlen, "tls_client_ca: cannot load %s: %s", ca,
+                          tls_ssl_reason(r, sizeof(r)));
     STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(ca);
     if (names == NULL || sk_X509_NAME_num(names) == 0) {
         sk_X509_NAME_pop_free(names, X509_NAME_free);
-        return tls_fail(err, errlen, "tls_client_ca: %s holds no CA certificate: %s", ca,
-                        tls_ssl_reason(r, sizeof(r)));
+        return cfg_errorf(err, errlen, "tls_client_ca: %s holds no CA certificate: %s", ca,
+                          tls_ssl_reason(r, sizeof(r)));
     }
     SSL_CTX_set_client_CA_list(ctx, names); /* takes names */
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
@@ -203,8 +192,8 @@ int tls_configure(void *ssl_ctx, const cfg *c, char *err, size_t errlen)
         return -1;
     char r[256];
     if (SSL_CTX_use_certificate_chain_file(ctx, c->tls_certificate) != 1)
-        return tls_fail(err, errlen, "tls_certificate: cannot load %s: %s", c->tls_certificate,
-                        tls_ssl_reason(r, sizeof(r)));
+        return cfg_errorf(err, errlen, "tls_certificate: cannot load %s: %s", c->tls_certificate,
+                          tls_ssl_reason(r, sizeof(r)));
     if (tls_load_key(ctx, c->tls_private_key, err, errlen) != 0)
         return -1;
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
