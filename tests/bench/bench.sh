@@ -260,13 +260,14 @@ if [ "$only" = tokens ]; then
 fi
 
 raw_runs=() jwt_runs=() p50_runs=() p99_runs=() single_runs=()
-raw_cpu_runs=() cpu_wrk_runs=() cpu_front_runs=() cpu_keeper_runs=()
+raw_cpu_runs=() cpu_wrk_runs=() cpu_front_runs=() cpu_keeper_runs=() cpu_single_runs=()
 every_runs=() every_p50_runs=() every_p99_runs=() sse_runs=()
 # CPU seconds (user + system, every thread) the appliance's process named $1 (keeper,
-# front; the supervisor's child) has used so far; 0 when there is none (single).
+# front: the supervisor's children; self: signd itself, the whole of single) has used so
+# far; 0 when there is none (keeper and front in single).
 proc_cpu() {
 	local p
-	p=$(pgrep -P "$pid" -x "$1" | head -1)
+	if [ "$1" = self ]; then p=$pid; else p=$(pgrep -P "$pid" -x "$1" | head -1); fi
 	if [ -z "$p" ]; then
 		echo 0
 		return
@@ -314,12 +315,14 @@ run_mode() {
 		done
 	fi
 	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, $label, wrk -t2 -c64, ${secs}s" >&2
-	local k0 f0 k1 f1
+	local k0 f0 s0 k1 f1 s1
 	k0=$(proc_cpu keeper)
 	f0=$(proc_cpu front)
+	s0=$(proc_cpu self)
 	out=$(mint_wrk) || exit 1
 	k1=$(proc_cpu keeper)
 	f1=$(proc_cpu front)
+	s1=$(proc_cpu self)
 	if [ -n "$subs" ]; then
 		kill "$subs" 2>/dev/null
 		wait "$subs" 2>/dev/null || true
@@ -328,17 +331,15 @@ run_mode() {
 	stop
 	set_audit_every false
 	set_model split
-	local rps p50 p99
+	local rps p50 p99 n
 	rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
+	n=$(echo "$out" | awk '/requests in/ {print $1}')
 	p50=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')
 	p99=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')
 	case $mode in
 	split)
 		jwt_runs+=("$rps"); p50_runs+=("$p50"); p99_runs+=("$p99")
-		# CPU per token, in microseconds, of each party (split only: in single there is no
-		# keeper to tell apart).
-		local n
-		n=$(echo "$out" | awk '/requests in/ {print $1}')
+		# CPU per token, in microseconds, of each party.
 		cpu_wrk_runs+=("$(echo "$out" | awk -v n="$n" '/^bench: wrk_times/ {at = NR + 2}
 			NR == at {s = 0; for (i = 1; i <= 2; i++) { split($i, b, "m"); sub("s", "", b[2]); s += b[1] * 60 + b[2] }
 				printf "%.1f", s * 1e6 / n}')")
@@ -347,7 +348,10 @@ run_mode() {
 		;;
 	sse) sse_runs+=("$rps") ;;
 	every) every_runs+=("$rps"); every_p50_runs+=("$p50"); every_p99_runs+=("$p99") ;;
-	single) single_runs+=("$rps") ;;
+	single)
+		single_runs+=("$rps")
+		cpu_single_runs+=("$(awk -v a="$s0" -v b="$s1" -v n="$n" 'BEGIN {printf "%.1f", (b - a) * 1e6 / n}')")
+		;;
 	esac
 }
 # Every other round runs the modes in reverse order: on this shared machine the position of
@@ -365,7 +369,7 @@ for r in $(seq "$rounds"); do
 		run_mode "$mode"
 	done
 done
-medians raw jwt p50 p99 single every every_p50 every_p99 sse raw_cpu cpu_wrk cpu_front cpu_keeper
+medians raw jwt p50 p99 single every every_p50 every_p99 sse raw_cpu cpu_wrk cpu_front cpu_keeper cpu_single
 # Where a token's CPU goes, and the most JWT / raw could be on this machine with this
 # client: both CPUs are shared by wrk, the front and the keeper, so with a front that cost
 # nothing and a keeper exactly as cheap as the raw loop, a token would still cost the raw
@@ -374,6 +378,10 @@ cpu_rows() {
 	echo "| CPU per token, split, in microseconds: wrk / front / keeper (raw loop: per signature) | $cpu_wrk / $cpu_front / $cpu_keeper ($raw_cpu) |"
 	awk -v r="$raw_cpu" -v w="$cpu_wrk" -v f="$cpu_front" -v k="$cpu_keeper" 'BEGIN {
 		printf "| JWT / raw from those CPU figures; ceiling with a front costing nothing and a keeper as cheap as the raw loop | %.3f; %.3f |\n", r / (w + f + k), r / (r + w) }'
+	# The cost of the split in CPU rather than throughput: less moved by what else the machine
+	# runs at the moment than req/s is.
+	awk -v s="$cpu_single" -v f="$cpu_front" -v k="$cpu_keeper" 'BEGIN {
+		printf "| CPU per token, single (us); single / (front + keeper), the cost of the split in CPU | %s; %.3f |\n", s, (f + k > 0) ? s / (f + k) : 0 }'
 }
 if [ "$only" = jwt ]; then
 	{
