@@ -5,8 +5,9 @@
  *
  * Transport: a Unix SOCK_SEQPACKET connection, one message per send/recv, so a message
  * never has to be reassembled and its length is the datagram's. Each front worker thread
- * has its own connection, so signing stays parallel; requests on one connection are
- * strictly one at a time (request, reply, request, ...).
+ * has its own connection, and the keeper serves them all from a pool of threads
+ * (keeperd.h), so signing stays parallel; requests on one connection are strictly one at
+ * a time (request, reply, request, ...).
  *
  * A message is a 12-byte header and a body, integers big-endian:
  *
