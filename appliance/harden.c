@@ -14,6 +14,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/syscall.h>
+
 void hd_early(void)
 {
     struct rlimit no_core = {0, 0};
@@ -245,4 +251,124 @@ int hd_drop_user(const char *user, char *err, size_t errlen)
         return -1;
     }
     return hd_lock(user, err, errlen);
+}
+
+/*
+ * The front's filter. A deny list, not an allow list: the front runs CivetWeb, OpenSSL,
+ * SQLite and glibc, whose exact system calls change with every update, and a missing one
+ * in an allow list would kill the front on a rare path. Instead it refuses, with EPERM,
+ * the calls that turn code execution in the front into more than the front already has:
+ * running another program, reading or writing another process's memory or descriptors
+ * (the keeper's: root has CAP_SYS_PTRACE when `user` is empty), and the kernel interfaces
+ * an exploit reaches for (modules, BPF, io_uring, which would bypass this filter, namespaces,
+ * mounts, keyrings, userfaultfd). Calls from another ABI (i386 through int 0x80, x32) have
+ * other numbers and would walk past the list: a foreign ABI kills the process, an x32 call
+ * gets EPERM.
+ */
+#if defined(__x86_64__)
+#define HD_AUDIT_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define HD_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+static const long hd_denied[] = {
+    SYS_execve,
+    SYS_execveat,
+#if !HD_FILTER_ALLOWS_PTRACE
+    SYS_ptrace,
+#endif
+    SYS_process_vm_readv,
+    SYS_process_vm_writev,
+    SYS_kcmp,
+    SYS_pidfd_getfd,
+    SYS_open_by_handle_at,
+    SYS_name_to_handle_at,
+    SYS_mount,
+    SYS_umount2,
+    SYS_pivot_root,
+    SYS_chroot,
+    SYS_unshare,
+    SYS_setns,
+    SYS_open_tree,
+    SYS_move_mount,
+    SYS_fsopen,
+    SYS_fsconfig,
+    SYS_fsmount,
+    SYS_fspick,
+    SYS_kexec_load,
+    SYS_kexec_file_load,
+    SYS_init_module,
+    SYS_finit_module,
+    SYS_delete_module,
+    SYS_bpf,
+    SYS_perf_event_open,
+    SYS_userfaultfd,
+    SYS_keyctl,
+    SYS_add_key,
+    SYS_request_key,
+    SYS_io_uring_setup,
+    SYS_io_uring_enter,
+    SYS_io_uring_register,
+    SYS_acct,
+    SYS_swapon,
+    SYS_swapoff,
+    SYS_reboot,
+    SYS_settimeofday,
+    SYS_clock_settime,
+    SYS_clock_adjtime,
+    SYS_adjtimex,
+    SYS_syslog,
+    SYS_vhangup,
+    SYS_quotactl,
+    SYS_fanotify_init,
+    SYS_personality,
+#if defined(__x86_64__)
+    SYS_iopl,
+    SYS_ioperm,
+    SYS_uselib,
+#endif
+};
+
+#define HD_N_DENIED (sizeof(hd_denied) / sizeof(hd_denied[0]))
+/* A BPF jump reaches at most 255 instructions ahead. */
+_Static_assert(HD_N_DENIED < 250, "the deny list outgrew the filter's 8-bit jumps");
+
+int hd_front_filter(char *err, size_t errlen)
+{
+#ifndef HD_AUDIT_ARCH
+    cfg_errorf(err, errlen, "seccomp: no filter is defined for this architecture");
+    return -1;
+#else
+    /* arch check (3), nr load (1), x32 check (1, x86_64), one jump per denied call, allow,
+     * deny. */
+    struct sock_filter f[3 + 1 + 1 + HD_N_DENIED + 2];
+    size_t n = 0;
+    f[n++] =
+        (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    f[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, HD_AUDIT_ARCH, 1, 0);
+    f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
+    f[n++] =
+        (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    size_t deny = n + HD_N_DENIED + 1; /* the index of the deny return */
+#if defined(__x86_64__)
+    deny++;
+    f[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u /* x32 */,
+                                        (unsigned char)(deny - n - 1), 0);
+    n++;
+#endif
+    for (size_t i = 0; i < HD_N_DENIED; i++, n++)
+        f[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)hd_denied[i],
+                                            (unsigned char)(deny - n - 1), 0);
+    f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    struct sock_fprog prog = {.len = (unsigned short)n, .filter = f};
+    /* Without NO_NEW_PRIVS an unprivileged process may not install a filter; set it here
+     * too, so the order of the calls does not matter. */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+        prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) {
+        cfg_errorf(err, errlen, "seccomp: cannot install the front's filter: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+#endif
 }

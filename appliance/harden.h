@@ -59,4 +59,29 @@ int hd_check_data_owner(const cfg *c, char *err, size_t errlen);
  *   if (hd_drop_user(c.user, err, sizeof(err)) != 0) ... stop and exit 1 */
 int hd_drop_user(const char *user, char *err, size_t errlen);
 
+/* Installs the front's seccomp filter in the calling process: every thread it starts
+ * afterwards inherits it, and nothing removes it. Call it while the process has one
+ * thread (right after fork). The filter refuses with EPERM what the front never does:
+ * execve and execveat, ptrace, process_vm_readv/writev, pidfd_getfd and kcmp (another
+ * process's memory and descriptors: the keeper's), open_by_handle_at, mounts, namespaces,
+ * chroot, kernel modules, kexec, BPF, perf events, userfaultfd, keyrings, io_uring (which
+ * would bypass the filter), clock and swap changes, reboot, personality; a call through
+ * another ABI kills the process (i386) or gets EPERM (x32). Sets PR_SET_NO_NEW_PRIVS.
+ * Returns 0, or -1 with one line in err (no filter for this architecture, or the kernel
+ * refused it); the caller must not serve without it.
+ *
+ * LeakSanitizer stops the world with ptrace: in an AddressSanitizer or LeakSanitizer build
+ * (make test-asan) ptrace stays allowed, and HD_FILTER_ALLOWS_PTRACE says so. */
+#if defined(__SANITIZE_ADDRESS__)
+#define HD_FILTER_ALLOWS_PTRACE 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(leak_sanitizer)
+#define HD_FILTER_ALLOWS_PTRACE 1
+#endif
+#endif
+#ifndef HD_FILTER_ALLOWS_PTRACE
+#define HD_FILTER_ALLOWS_PTRACE 0
+#endif
+int hd_front_filter(char *err, size_t errlen);
+
 #endif

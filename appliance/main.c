@@ -14,8 +14,9 @@
  *    keeper protocol on keeper_socket (keeperd.h). Nothing else touches the token.
  *  - the front ("signd: front"): registry, credentials, reconcile (through the keeper),
  *    publication, the rotation scheduler (rotation.h) and CivetWeb. No module, no PIN, no
- *    descriptor to the token directory; PR_SET_NO_NEW_PRIVS. It prints the "listening"
- *    line when it serves.
+ *    descriptor to the token directory; PR_SET_NO_NEW_PRIVS and a seccomp filter
+ *    (hd_front_filter: no exec, no ptrace or other process's memory). It prints the
+ *    "listening" line when it serves.
  *  A front that dies is started again (its state is all in SQLite); a keeper that dies is
  *  started again while the front answers 503 hsm_unavailable. SIGTERM or SIGINT: the front
  *  stops first (in-flight requests finish), then the keeper; exit 0 when both exited 0.
@@ -290,7 +291,10 @@ static pid_t main_spawn(main_role role, const cfg *c, const sigset_t *sigs, int 
             main_set_title("signd: front");
             char err[512];
             kp *k = NULL;
-            if (kp_connect(c->keeper_socket, &k, err, sizeof(err)) != HSM_OK) {
+            /* Still one thread: every thread CivetWeb and the front start inherits it. */
+            if (hd_front_filter(err, sizeof(err)) != 0) {
+                rc = die("seccomp", err);
+            } else if (kp_connect(c->keeper_socket, &k, err, sizeof(err)) != HSM_OK) {
                 rc = die("keeper", err);
             } else {
                 rc = run_front(c, k, sigs, announce, p[1]);
