@@ -11,6 +11,8 @@
  *   ... configuration, registry, token, credential, HTTPS (the port is bound) ...
  *   hd_check_data_owner(&c, err, sizeof(err));   still root: will the user manage?
  *   hd_drop_user(c.user, err, sizeof(err));      then print "listening"
+ * and in the front's process (process_model = split), right after its fork:
+ *   hd_front_filter(err, sizeof(err));           before any thread is started
  *
  * The data directory must belong to `user` (chown -R USER DIR) before signd starts: after
  * the drop, SoftHSM2 opens, creates and deletes object files in the token directory on
