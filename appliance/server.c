@@ -45,6 +45,20 @@ struct srv {
     atomic_ullong requests;
 };
 
+/* The id of the request this CivetWeb worker thread is answering: sent back as
+ * X-Request-Id on every response and written as request_id in its log line, so that an app
+ * server can quote the one and an operator find the other. "<boot_id>-<n>": at most 8 + 1 +
+ * 20 characters. A worker answers one request at a time, so a thread-local needs no lock. */
+#define SRV_REQUEST_ID_MAX 32
+static _Thread_local char srv_request_id[SRV_REQUEST_ID_MAX];
+
+/* Gives the request this thread is about to answer the next id. */
+static void srv_next_request_id(srv *s)
+{
+    snprintf(srv_request_id, sizeof(srv_request_id), "%s-%llu", s->boot_id,
+             (unsigned long long)atomic_fetch_add(&s->requests, 1) + 1);
+}
+
 /* How long srv_stop waits for requests in flight before it stops anyway. */
 #define SRV_DRAIN_MS 30000
 
@@ -196,16 +210,19 @@ static void srv_send(struct mg_connection *c, int status, const char *extra, con
     srv *s = mg_get_user_data(mg_get_context(c));
     if (s != NULL && atomic_load(&s->connections) > s->keepalive_max)
         close = 1;
+    char rid[SRV_REQUEST_ID_MAX + 20] = "";
+    if (srv_request_id[0] != '\0')
+        snprintf(rid, sizeof(rid), "X-Request-Id: %s\r\n", srv_request_id);
     char head[SRV_HEAD_MAX];
     int hlen = snprintf(head, sizeof(head),
                         "HTTP/1.1 %d %s\r\n"
                         "%s"
                         "Content-Length: %zu\r\n"
                         "X-Content-Type-Options: nosniff\r\n"
-                        "%s%s%s%s\r\n",
+                        "%s%s%s%s%s\r\n",
                         status, srv_reason(status),
                         strstr(extra, "Content-Type:") ? "" : "Content-Type: application/json\r\n",
-                        status == 304 ? 0 : len, s != NULL ? s->hsts : "",
+                        status == 304 ? 0 : len, rid, s != NULL ? s->hsts : "",
                         strstr(extra, "Cache-Control:") ? "" : "Cache-Control: no-store\r\n",
                         close ? "Connection: close\r\n" : "", extra);
     if (hlen < 0 || hlen >= (int)sizeof(head))
@@ -407,18 +424,16 @@ static void srv_printable_path(const struct mg_request_info *ri, char out[SRV_PA
 /* The request log line (jlog.h): never a header, a body or a secret; the caller's
  * credential id (not secret) when it authenticated, the route's template, and the kid the
  * request named in its path or signed with. */
-static void srv_log_request(struct mg_connection *c, srv *s, int status, uint64_t ns,
-                            const srv_outcome *o, const hsm_kid *signed_kid)
+static void srv_log_request(struct mg_connection *c, int status, uint64_t ns, const srv_outcome *o,
+                            const hsm_kid *signed_kid)
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
-    char path[SRV_PATH_LOG_MAX + 1], now[JLOG_TIME_LEN], id[24];
+    char path[SRV_PATH_LOG_MAX + 1], now[JLOG_TIME_LEN];
     srv_printable_path(ri, path);
     jlog_time(now);
-    snprintf(id, sizeof(id), "%s-%llu", s->boot_id,
-             (unsigned long long)atomic_fetch_add(&s->requests, 1) + 1);
     const char *route = o->route >= 0 ? srv_template(srv_routes[o->route].path) : NULL;
     json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:i, s:f}", "time", now, "log", "request",
-                          "request_id", id, "method", ri->request_method, "route",
+                          "request_id", srv_request_id, "method", ri->request_method, "route",
                           route ? route : "unmatched", "path", path, "status", status, "latency_ms",
                           (double)ns / 1e6);
     if (j != NULL && o->caller_id[0] != '\0')
@@ -712,9 +727,10 @@ static int srv_events(struct mg_connection *c, srv *s, const api_req *q)
                         "Cache-Control: no-store\r\n"
                         "X-Accel-Buffering: no\r\n"
                         "X-Content-Type-Options: nosniff\r\n"
+                        "X-Request-Id: %s\r\n"
                         "Transfer-Encoding: chunked\r\n"
                         "%s\r\n",
-                        s->hsts);
+                        srv_request_id, s->hsts);
     uint64_t tsent = tks_seq(s->env->tks);
     char hello[160];
     int blen = snprintf(hello, sizeof(hello),
@@ -784,7 +800,7 @@ static void srv_account(struct mg_connection *c, srv *s, int status, const struc
         met_signature(kid, (unsigned)o->result);
     }
     if (s->env->cfg->log_requests)
-        srv_log_request(c, s, status, ns, o, asked ? &signed_kid : NULL);
+        srv_log_request(c, status, ns, o, asked ? &signed_kid : NULL);
 }
 
 /* CivetWeb's handler for every path: route, then count and log. */
@@ -794,6 +810,7 @@ static int srv_dispatch(struct mg_connection *c, void *arg)
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     srv_outcome o = {.route = -1};
+    srv_next_request_id(s);
     met_take_kid(NULL); /* nothing left over from another request on this thread */
     atomic_fetch_add(&s->inflight, 1);
     int status = atomic_load(&s->draining)
@@ -810,6 +827,11 @@ static int srv_dispatch(struct mg_connection *c, void *arg)
  * same JSON shape as ours. */
 static int srv_http_error(struct mg_connection *c, int status, const char *msg)
 {
+    srv *s = mg_get_user_data(mg_get_context(c));
+    if (s != NULL)
+        srv_next_request_id(s);
+    else
+        srv_request_id[0] = '\0';
     srv_send_error(c, api_err_from_status(status), msg, NULL, 1);
     return 0;
 }

@@ -7,6 +7,8 @@ import collections
 import json
 import os
 import re
+import socket
+import ssl
 import time
 
 import pytest
@@ -215,6 +217,60 @@ def test_every_log_line_is_json_with_the_request_fields(world):
     assert [(l["status"], l["kid"]) for l in token] == [(200, world["A"]), (409, world["B"])]
     scrape_line = [l for l in requests_ if l["route"] == "/metrics"][0]
     assert scrape_line["credential"] == world["auditor"]["id"]
+
+
+def test_every_response_carries_a_request_id_that_its_log_line_names(world):
+    # Answers of every kind: public, authenticated, refused by authentication, by the
+    # router (404, 405), by the body checks (415), by CivetWeb itself (a bad request line).
+    a = world["a"]
+    responses = [
+        a.get("/healthz", auth=False),
+        a.get("/v1/keys"),
+        a.get("/v1/keys", auth="not-a-credential"),
+        a.get("/no/such/route"),
+        a.request("PUT", "/healthz", auth=False),
+        a.post("/v1/keys", data="{}", headers={"Content-Type": "text/plain"}),
+        a.get("/.well-known/jwks.json", auth=False),
+    ]
+    expected = [200, 200, 401, 404, 405, 415, 200]
+    assert [r.status_code for r in responses] == expected, [r.text for r in responses]
+    ids = [r.headers.get("X-Request-Id") for r in responses]
+    for rid in ids:
+        assert rid is not None and re.fullmatch(r"[0-9a-f]{8}-[1-9][0-9]*", rid), ids
+    assert len(set(ids)) == len(ids), ids
+    # Ids count up within one front: the later request has the larger number.
+    numbers = [int(rid.split("-")[1]) for rid in ids]
+    assert numbers == sorted(numbers), ids
+
+    raw = http_raw(a, b"NOT-HTTP\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 400 "), raw[:200]
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower().split("\r\n")
+    assert any(re.fullmatch(r"x-request-id: [0-9a-f]{8}-[1-9][0-9]*", l) for l in head), head
+
+    _, lines = read_lines(world["log"])
+    logged = {l["request_id"]: l for l in lines if l["log"] == "request"}
+    for rid, r in zip(ids, responses):
+        assert rid in logged, (rid, r.status_code)
+        assert logged[rid]["status"] == r.status_code, (rid, logged[rid])
+
+
+def http_raw(a, data):
+    """Sends data as-is over a fresh TLS connection to the appliance; returns every byte
+    of the answer until the server closes."""
+    ctx = ssl.create_default_context(cafile=a.cacert)
+    with socket.create_connection(("127.0.0.1", a.port), timeout=10) as raw_sock:
+        with ctx.wrap_socket(raw_sock, server_hostname="localhost") as tls:
+            tls.sendall(data)
+            out = b""
+            while True:
+                try:
+                    chunk = tls.recv(65536)
+                except (socket.timeout, ssl.SSLError, ConnectionResetError):
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            return out
 
 
 def test_audit_events_go_to_the_log_as_they_commit(world):
