@@ -28,3 +28,13 @@ def wait_for(what, timeout=20, interval=0.2, message="condition"):
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for " + message)
         time.sleep(interval)
+
+
+def status(pid):
+    """/proc/PID/status as a dict of its fields (text after the colon, stripped)."""
+    fields = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from conftest import SIGND
+from procs import status
 
 ACCOUNT = "signd-test"
 
@@ -46,16 +47,6 @@ def account():
 
 def give_to(path, pw):
     subprocess.run(["chown", "-R", "%d:%d" % (pw.pw_uid, pw.pw_gid), path], check=True)
-
-
-def status(pid):
-    """/proc/PID/status as a dict of its fields (text after the colon, stripped)."""
-    fields = {}
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-    return fields
 
 
 def ids(field):

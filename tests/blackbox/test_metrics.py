@@ -7,10 +7,9 @@ import collections
 import json
 import os
 import re
-import socket
-import ssl
 import time
 
+import conftest
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -242,7 +241,7 @@ def test_every_response_carries_a_request_id_that_its_log_line_names(world):
     numbers = [int(rid.split("-")[1]) for rid in ids]
     assert numbers == sorted(numbers), ids
 
-    raw = http_raw(a, b"NOT-HTTP\r\n\r\n")
+    raw = conftest.raw_tls(a, b"NOT-HTTP\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 400 "), raw[:200]
     head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1").lower().split("\r\n")
     assert any(re.fullmatch(r"x-request-id: [0-9a-f]{8}-[1-9][0-9]*", l) for l in head), head
@@ -252,25 +251,6 @@ def test_every_response_carries_a_request_id_that_its_log_line_names(world):
     for rid, r in zip(ids, responses):
         assert rid in logged, (rid, r.status_code)
         assert logged[rid]["status"] == r.status_code, (rid, logged[rid])
-
-
-def http_raw(a, data):
-    """Sends data as-is over a fresh TLS connection to the appliance; returns every byte
-    of the answer until the server closes."""
-    ctx = ssl.create_default_context(cafile=a.cacert)
-    with socket.create_connection(("127.0.0.1", a.port), timeout=10) as raw_sock:
-        with ctx.wrap_socket(raw_sock, server_hostname="localhost") as tls:
-            tls.sendall(data)
-            out = b""
-            while True:
-                try:
-                    chunk = tls.recv(65536)
-                except (socket.timeout, ssl.SSLError, ConnectionResetError):
-                    break
-                if not chunk:
-                    break
-                out += chunk
-            return out
 
 
 def test_audit_events_go_to_the_log_as_they_commit(world):

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from conftest import SIGND, TOP, alive_pid
+import procs
 
 # ---- helpers ---------------------------------------------------------------------------
 
@@ -226,21 +227,14 @@ def test_front_holds_no_module_no_token_and_no_pin_while_keeper_holds_the_module
     assert b"SOFTHSM2_CONF" not in environ(kids["front"])
 
 
-def seccomp_mode(pid):
-    for line in read_proc(pid, "status").decode().splitlines():
-        if line.startswith("Seccomp:"):
-            return int(line.split()[1])
-    raise AssertionError("no Seccomp line in /proc/%d/status" % pid)
-
-
 def test_front_runs_under_a_seccomp_filter_and_still_serves(appliance):
     # Mode 2 is a filter; which calls it refuses is tests/unit/test_harden.c's subject.
     # The keeper loads whatever PKCS#11 module it is given and stays unfiltered (mode 0),
     # which also shows the check can tell the two apart.
     a = appliance
     kids = a.children()
-    assert seccomp_mode(kids["front"]) == 2
-    assert seccomp_mode(kids["keeper"]) == 0
+    assert procs.status(kids["front"])["Seccomp"] == "2"
+    assert procs.status(kids["keeper"])["Seccomp"] == "0"
     key = a.create_key(label="privsep-seccomp")
     assert mint(a, kid=key["kid"]).status_code == 200
 
