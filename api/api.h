@@ -22,6 +22,7 @@
 #include "appliance/config.h"
 #include "appliance/credentials.h"
 #include "appliance/keeper.h"
+#include "appliance/probe.h"
 #include "appliance/registry.h"
 #include "appliance/tokstate.h"
 
@@ -32,6 +33,9 @@
 #define API_JSON_DEPTH_MAX 32
 #define API_ERRMSG_MAX 256
 #define API_HEADERS_MAX 512
+/* Seconds a 503 of the token's (hsm_busy, hsm_unavailable, hsm_timeout) or of the
+ * database's (storage_unavailable) tells the client to wait before retrying. */
+#define API_HSM_RETRY_AFTER 1
 /* How many rotations a signer's scope follows (a predecessor's signers may use its
  * successors): far above any real lineage, and a bound on the walk whatever the file
  * holds. */
@@ -98,6 +102,8 @@ typedef enum {
     API_ERR_INVALID_STATUS_LIST,
     API_ERR_STATUS_LIST_NOT_FOUND,
     API_ERR_STATUS_LISTS_FULL,
+    API_ERR_HSM_TIMEOUT,         /* the keeper missed keeper_timeout_ms (Retry-After) */
+    API_ERR_STORAGE_UNAVAILABLE, /* the database stayed locked past its busy timeout */
     API_ERR_COUNT_
 } api_err;
 
@@ -121,6 +127,7 @@ typedef struct {
     cred_store *creds;
     audit *audit; /* the trail's writer; NULL only in tests that do without */
     tks *tks;     /* status lists and redeemed jtis (tokstate.h) */
+    prb *probe;   /* readiness (probe.h); NULL: /readyz answers 503 */
 } api_env;
 
 typedef struct {

@@ -1,6 +1,8 @@
 /* api: the error table, strict JSON parsing and response helpers. See api.h. */
 #include "api/api.h"
 
+#include "appliance/db.h"
+
 #include "jose/jose.h"
 
 #include <signal.h>
@@ -70,6 +72,8 @@ static const api_err_info api_errors[API_ERR_COUNT_] = {
     [API_ERR_INVALID_STATUS_LIST] = {400, "invalid_status_list"},
     [API_ERR_STATUS_LIST_NOT_FOUND] = {404, "status_list_not_found"},
     [API_ERR_STATUS_LISTS_FULL] = {507, "status_lists_full"},
+    [API_ERR_HSM_TIMEOUT] = {503, "hsm_timeout"},
+    [API_ERR_STORAGE_UNAVAILABLE] = {503, "storage_unavailable"},
 };
 
 const api_err_info *api_err_table(api_err e)
@@ -99,6 +103,13 @@ api_err api_fail(api_resp *r, api_err e, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(r->errmsg, sizeof(r->errmsg), fmt, ap);
     va_end(ap);
+    /* A store failed because another connection held the database past the busy timeout
+     * (db.h): worth a retry, so 503 with Retry-After rather than 500. */
+    if (e == API_ERR_STORAGE && db_busy_gave_up()) {
+        api_header(r, "Retry-After: %u", API_HSM_RETRY_AFTER);
+        snprintf(r->errmsg, sizeof(r->errmsg), "the database stayed locked: retry later");
+        return API_ERR_STORAGE_UNAVAILABLE;
+    }
     return e;
 }
 

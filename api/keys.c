@@ -41,9 +41,17 @@ api_err api_hsm_error(api_resp *r, hsm_status st)
     case HSM_ERR_SESSION_COUNT:
         e = API_ERR_HSM_BUSY;
         break;
+    case HSM_ERR_TIMEOUT:
+        e = API_ERR_HSM_TIMEOUT;
+        break;
     default:
         e = API_ERR_HSM_UNAVAILABLE;
     }
+    /* Every 503 of the token's is worth retrying: a stall passes, the watchdog restarts a
+     * wedged keeper, a session frees up. A client (or load balancer) told when retries
+     * rather than hammers. */
+    if (api_err_table(e)->http_status == 503)
+        api_header(r, "Retry-After: %u", API_HSM_RETRY_AFTER);
     return api_fail(r, e, "%s", hsm_strerror(st));
 }
 
@@ -79,9 +87,9 @@ static api_err api_make_key(const api_req *q, api_resp *r, unsigned bits, const 
         st = kp_generate(q->env->kp, &k->kid, bits, pub);
     }
     if (st != HSM_OK) {
-        /* The keeper died or went silent mid-generation: the object may exist, and its
-         * row never will. */
-        if (st == HSM_ERR_DEVICE)
+        /* The keeper died or went silent mid-generation (or past its deadline): the object
+         * may exist, and its row never will. */
+        if (st == HSM_ERR_DEVICE || st == HSM_ERR_TIMEOUT)
             rec_defer_destroy(&k->kid);
         reg_unreserve(q->env->reg);
         return api_hsm_error(r, st);
@@ -321,22 +329,17 @@ api_err api_keys_revoke(const api_req *q, api_resp *r)
 reg_status api_revoke_key(const api_env *env, const hsm_kid *kid, const char *reason, int64_t now,
                           reg_key *out)
 {
-    /* Durable first, then published, then the private key object destroyed. */
+    /* Durable first, then published, then the private key object destroyed. The answer
+     * does not wait for the destroy: once the row says revoked the keeper signs nothing
+     * for the kid, so the object is already unusable, and a stalled token must not hold a
+     * revocation's answer. The destroyer (reconcile.h) does it at once, or once the keeper
+     * answers again, or reconcile at the next start. */
     reg_status rs = reg_revoke(env->reg, kid, reason, now, out);
     if (rs != REG_OK)
         return rs;
     api_publish_refresh(env);
     api_fault_point("after_revoke_commit");
-    hsm_status st = kp_destroy(env->kp, kid);
-    if (st != HSM_OK && st != HSM_ERR_KEY_NOT_FOUND) {
-        /* Revoked and published already (and the keeper signs nothing for it): destroyed
-         * once the keeper answers again, or by reconcile at the next start. */
-        rec_defer_destroy(kid);
-        char hex[2 * HSM_KID_LEN + 1];
-        hsm_kid_hex(kid, hex);
-        fprintf(stderr, "signd: revoked kid %s but could not destroy it yet: %s\n", hex,
-                hsm_strerror(st));
-    }
+    rec_defer_destroy(kid);
     return REG_OK;
 }
 

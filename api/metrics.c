@@ -21,8 +21,14 @@ api_err api_metrics(const api_req *q, api_resp *r)
     const api_env *env = q->env;
     if (q->query != NULL && q->query[0] != '\0')
         return api_fail(r, API_ERR_INVALID_QUERY, "/metrics takes no query");
+    /* The keeper's session count as the readiness probe last saw it: a scrape never waits
+     * for the token, so it still answers while the token stalls. */
+    prb_state ps = {0};
+    if (env->probe != NULL)
+        prb_read(env->probe, &ps);
     met_gauges g = {
-        .sessions_in_use = kp_sessions_open(env->kp),
+        .sessions_in_use = ps.sessions,
+        .ready = ps.ready,
         .sessions_max = cfg_pkcs11_sessions(env->cfg),
         .revocation_seq = reg_revocation_seq(env->reg),
         .log_dropped = jlog_dropped(),

@@ -80,6 +80,8 @@
 #define AUDIT_SIGN "sign"
 #define AUDIT_STARTED "appliance.started"
 #define AUDIT_STOPPED "appliance.stopped"
+#define AUDIT_KEEPER_RESTARTED "keeper.restarted" /* the supervisor replaced it: its cause */
+#define AUDIT_FRONT_RESTARTED "front.restarted"   /* recorded by the new front */
 
 /* The schema (both tables, CREATE IF NOT EXISTS), for the registry's schema transaction. */
 int audit_schema(sqlite3 *db, char *err, size_t errlen);

@@ -160,6 +160,18 @@ static const cfg_setting cfg_settings[] = {
      "one process (for comparison)"},
     {"keeper_socket", CFG_T_PATH, CFG_FIELD(keeper_socket), "keeper.sock", 0, 0, false, NULL,
      "Unix socket between the HTTPS front and the keeper (at most 107 bytes once resolved)"},
+    {"keeper_timeout_ms", CFG_T_UINT, CFG_FIELD(keeper_timeout_ms), "2000", 100, 600000, false,
+     NULL,
+     "Longest wait of the HTTPS front for one answer of the keeper (a signature, a feed, a "
+     "destroy); past it 503 hsm_timeout with Retry-After, and a new connection"},
+    {"keeper_generate_timeout_ms", CFG_T_UINT, CFG_FIELD(keeper_generate_timeout_ms), "60000", 1000,
+     600000, false, NULL,
+     "The same for a key generation alone (RSA-4096 takes seconds); at least keeper_timeout_ms"},
+    {"keeper_watchdog_ms", CFG_T_UINT, CFG_FIELD(keeper_watchdog_ms), "10000", 0, 3600000, false,
+     NULL,
+     "The supervisor pings the keeper every second; one that has not answered for this long "
+     "is killed (SIGKILL: a hung module call cannot be interrupted) and started again; 0: no "
+     "watchdog"},
     {"audit_flush_seconds", CFG_T_UINT, CFG_FIELD(audit_flush_seconds), "10", 1, 3600, false, NULL,
      "Signature counts and failure events reach the audit trail at most this late"},
     {"audit_checkpoint_events", CFG_T_UINT, CFG_FIELD(audit_checkpoint_events), "1000", 1, 1000000,

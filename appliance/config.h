@@ -95,8 +95,11 @@ typedef struct cfg {
     unsigned auth_failures_per_minute; /* per client address */
     unsigned auth_failure_burst;
     /* Privilege separation. */
-    char process_model[8];              /* "split" (keeper process) or "single" */
-    char keeper_socket[CFG_SOCKET_MAX]; /* the keeper's Unix socket (split) */
+    char process_model[8];               /* "split" (keeper process) or "single" */
+    char keeper_socket[CFG_SOCKET_MAX];  /* the keeper's Unix socket (split) */
+    unsigned keeper_timeout_ms;          /* the front's deadline per keeper request */
+    unsigned keeper_generate_timeout_ms; /* ... and per key generation */
+    unsigned keeper_watchdog_ms;         /* the supervisor kills a keeper silent this long */
     /* The audit trail (audit.h). */
     unsigned audit_flush_seconds;
     unsigned audit_checkpoint_events;

@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
+#include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -74,9 +76,44 @@ static int db_sync_dir(const char *path, char *err, size_t errlen)
     return 0;
 }
 
+/* Set on the thread whose wait for a lock ran out (db_busy_gave_up). */
+static _Thread_local int db_tl_gave_up;
+
+/* SQLite's busy handler, as sqlite3_busy_timeout's (sleeps growing from 1 ms to 100 ms,
+ * in all at most the connection's timeout), but it notes on the calling thread when it
+ * gives up: the store then reports an ordinary I/O error, and the API can still tell a
+ * lock that outlasted its bound (503, retry) from a broken file (500). */
+static int db_busy(void *arg, int count)
+{
+    static const int delays[] = {1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100};
+    const int n = (int)(sizeof(delays) / sizeof(delays[0]));
+    const long timeout_ms = (long)(intptr_t)arg;
+    long waited = 0;
+    for (int i = 0; i < count; i++)
+        waited += delays[i < n ? i : n - 1];
+    int delay = delays[count < n ? count : n - 1];
+    if (waited + delay > timeout_ms) {
+        delay = (int)(timeout_ms - waited);
+        if (delay <= 0) {
+            db_tl_gave_up = 1;
+            return 0;
+        }
+    }
+    struct timespec ts = {.tv_sec = delay / 1000, .tv_nsec = (long)(delay % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    return 1;
+}
+
+int db_busy_gave_up(void)
+{
+    int was = db_tl_gave_up;
+    db_tl_gave_up = 0;
+    return was;
+}
+
 static int db_pragmas(sqlite3 *db, int busy_timeout_ms, char *err, size_t errlen)
 {
-    if (sqlite3_busy_timeout(db, busy_timeout_ms) != SQLITE_OK)
+    if (sqlite3_busy_handler(db, db_busy, (void *)(intptr_t)busy_timeout_ms) != SQLITE_OK)
         return db_fail(db, "set busy timeout", err, errlen);
     sqlite3_stmt *s;
     if (db_prepare(db, "PRAGMA journal_mode=WAL", &s, "set WAL mode", err, errlen) != 0)

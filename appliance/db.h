@@ -27,6 +27,12 @@
  * err filled and *out NULL. */
 int db_open(const char *path, int busy_timeout_ms, sqlite3 **out, char *err, size_t errlen);
 
+/* 1 when a wait of the calling thread for another connection's lock ran out of its
+ * busy_timeout_ms since the last call (the statement then failed SQLITE_BUSY, which the
+ * stores report as their I/O error), else 0; clears the note. The API's error table turns
+ * such a storage error into 503 storage_unavailable with Retry-After, not 500. */
+int db_busy_gave_up(void);
+
 /* Runs sql (any number of statements returning no rows). 0, or -1 with err "what: msg". */
 int db_exec(sqlite3 *db, const char *sql, const char *what, char *err, size_t errlen);
 

@@ -6,6 +6,7 @@
 #include "appliance/metrics.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 _Static_assert(sizeof(KP_AUDIT_ID) == HSM_KID_LEN + 1, "KP_AUDIT_ID must be 16 bytes");
@@ -23,10 +25,6 @@ _Static_assert(sizeof(KP_PUBLISH_ID) == HSM_KID_LEN + 1, "KP_PUBLISH_ID must be 
 _Static_assert(sizeof(KP_PUBLISH_HEADER_B64) - 1 == (4 * (sizeof(KP_PUBLISH_HEADER) - 1) + 2) / 3,
                "KP_PUBLISH_HEADER_B64 has the length of KP_PUBLISH_HEADER's base64url");
 _Static_assert(KP_PUBLISH_SIGN_MAX <= UINT32_MAX, "PUBLISH_SIGN's total is a u32");
-
-/* A reply slower than this means the keeper is stuck: the front gives up (503) rather
- * than hold a worker forever. Generous: an RSA-4096 key generation takes seconds. */
-#define KP_REPLY_TIMEOUT_S 60
 
 /* One thread's connection to the keeper and its message buffers (KPP_MSG_MAX each: too
  * big for a worker's stack many times over, so on the heap, once per thread). */
@@ -40,6 +38,8 @@ struct kp {
     hsm *h; /* in-process; NULL when remote */
     struct sockaddr_un addr;
     pthread_key_t conn_key; /* remote: this thread's kp_conn */
+    unsigned timeout_ms;    /* remote: the deadline of one request (KP_TIMEOUT_DEFAULT_MS) */
+    unsigned generate_ms;   /* remote: GENERATE's, which takes seconds for RSA-4096 */
 };
 
 static void kp_conn_free(void *p)
@@ -73,7 +73,8 @@ hsm_status kp_open(const hsm_config *hc, kp **out, char *err, size_t errlen)
     return HSM_OK;
 }
 
-hsm_status kp_connect(const char *socket_path, kp **out, char *err, size_t errlen)
+hsm_status kp_connect(const char *socket_path, const kp_deadlines *dl, kp **out, char *err,
+                      size_t errlen)
 {
     *out = NULL;
     kp *k = calloc(1, sizeof(*k));
@@ -89,6 +90,10 @@ hsm_status kp_connect(const char *socket_path, kp **out, char *err, size_t errle
         return HSM_ERR_BAD_ARGUMENT;
     }
     memcpy(k->addr.sun_path, socket_path, strlen(socket_path) + 1);
+    k->timeout_ms = dl != NULL && dl->timeout_ms > 0 ? dl->timeout_ms : KP_TIMEOUT_DEFAULT_MS;
+    k->generate_ms = dl != NULL && dl->generate_ms > 0 ? dl->generate_ms : KP_GENERATE_DEFAULT_MS;
+    if (k->generate_ms < k->timeout_ms)
+        k->generate_ms = k->timeout_ms;
     if (pthread_key_create(&k->conn_key, kp_conn_free) != 0) {
         snprintf(err, errlen, "pthread_key_create failed");
         free(k);
@@ -133,8 +138,10 @@ static kp_conn *kp_conn_get(kp *k)
     int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return NULL;
-    struct timeval tv = {.tv_sec = KP_REPLY_TIMEOUT_S};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    /* Bounds connect (a keeper that stopped accepting: its backlog full) and send (its
+     * socket buffer full) by the request deadline; the reply is bounded by kp_wait. */
+    struct timeval tv = {.tv_sec = k->timeout_ms / 1000,
+                         .tv_usec = (suseconds_t)(k->timeout_ms % 1000) * 1000};
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     if (connect(fd, (const struct sockaddr *)&k->addr, sizeof(k->addr)) != 0) {
         close(fd);
@@ -174,9 +181,44 @@ static hsm_status kp_unreachable(void)
     return HSM_ERR_DEVICE;
 }
 
-/* Sends c->req (len bytes) and receives the reply for op into *r. A connection that turns
- * out dead before the request went out (the keeper restarted since its last use) is
- * replaced once: the request never reached anyone, so resending is safe for every op. */
+/* The keeper took longer than its deadline: counted apart from an absent keeper. */
+static hsm_status kp_timed_out(void)
+{
+    met_pkcs11_error(MET_KEEPER_TIMEOUT, 0);
+    return HSM_ERR_TIMEOUT;
+}
+
+static uint64_t kp_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Waits until fd has something to read, at most ms: 1, or 0 on the deadline, -1 on error.
+ * poll, not SO_RCVTIMEO: one absolute deadline whatever signals interrupt the wait. */
+static int kp_wait(int fd, unsigned ms)
+{
+    const uint64_t until = kp_mono_ms() + ms;
+    for (;;) {
+        uint64_t now = kp_mono_ms();
+        if (now >= until)
+            return 0;
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int n = poll(&p, 1, (int)(until - now));
+        if (n > 0)
+            return 1;
+        if (n < 0 && errno != EINTR)
+            return -1;
+    }
+}
+
+/* Sends c->req (len bytes) and receives the reply for op into *r, waiting at most the
+ * op's deadline. A connection that turns out dead before the request went out (the keeper
+ * restarted since its last use) is replaced once: the request never reached anyone, so
+ * resending is safe for every op. Past the deadline the connection is dropped (its late
+ * reply must never be read as the answer to a later request) and HSM_ERR_TIMEOUT returned:
+ * the worker is free again, and its next call connects afresh. */
 static hsm_status kp_call(kp *k, kp_conn *c, size_t len, kpp_op op, kpp_reply *r)
 {
     for (int attempt = 0;; attempt++) {
@@ -185,17 +227,28 @@ static hsm_status kp_call(kp *k, kp_conn *c, size_t len, kpp_op op, kpp_reply *r
             continue;
         if (n != (ssize_t)len) {
             int stale = n < 0 && (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN);
+            int full = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
             kp_conn_drop(c);
             if (attempt == 0 && stale && kp_conn_get(k) == c)
                 continue;
-            return kp_unreachable();
+            return full ? kp_timed_out() : kp_unreachable();
         }
         break;
     }
-    ssize_t got;
-    do
-        got = recv(c->fd, c->rep, sizeof(c->rep), MSG_TRUNC);
-    while (got < 0 && errno == EINTR);
+    /* Generating takes seconds: a key's, and a service key's on its first use (the front
+     * asks for both service keys' public halves before it serves, so their signatures
+     * never wait for a generation). */
+    int slow = op == KPP_OP_GENERATE || op == KPP_OP_AUDIT_PUBKEY || op == KPP_OP_PUBLISH_PUBKEY;
+    int ready = kp_wait(c->fd, slow ? k->generate_ms : k->timeout_ms);
+    if (ready == 0) {
+        kp_conn_drop(c);
+        return kp_timed_out();
+    }
+    ssize_t got = -1;
+    if (ready > 0)
+        do
+            got = recv(c->fd, c->rep, sizeof(c->rep), MSG_TRUNC | MSG_DONTWAIT);
+        while (got < 0 && errno == EINTR);
     if (got <= 0) { /* keeper gone or stuck: the answer is lost, do not guess */
         kp_conn_drop(c);
         return kp_unreachable();

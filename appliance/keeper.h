@@ -9,7 +9,8 @@
  *    process itself);
  *  - kp_connect: remote, each calling thread with its own SOCK_SEQPACKET connection to the
  *    keeper process (kproto.h), opened on first use and reopened after the keeper restarts.
- *    A keeper that is down or dies mid-request gives HSM_ERR_DEVICE (503 hsm_unavailable);
+ *    A keeper that is down or dies mid-request gives HSM_ERR_DEVICE (503 hsm_unavailable),
+ *    one that does not answer within its deadline HSM_ERR_TIMEOUT (503 hsm_timeout);
  *    a request that never reached it (the connection had gone stale) is retried once on a
  *    fresh connection, so a restarted keeper costs no request.
  *
@@ -26,9 +27,23 @@ typedef struct kp kp;
 /* Opens the token named by the configuration (module, token, PIN file, session bound).
  * On failure writes one line naming the problem into err. */
 hsm_status kp_open(const hsm_config *hc, kp **out, char *err, size_t errlen);
+/* How long the remote implementation waits for one reply (0: the default). A request past
+ * its deadline answers HSM_ERR_TIMEOUT (503 hsm_timeout) and its connection is dropped: a
+ * stalled token (a wedged module call, a keeper stopped) holds no caller longer than
+ * this. generate_ms bounds GENERATE alone (RSA-4096 takes seconds); it is never shorter
+ * than timeout_ms; the service keys' public halves (created on first use) take it too. */
+typedef struct {
+    unsigned timeout_ms;  /* keeper_timeout_ms */
+    unsigned generate_ms; /* keeper_generate_timeout_ms */
+} kp_deadlines;
+#define KP_TIMEOUT_DEFAULT_MS 2000
+#define KP_GENERATE_DEFAULT_MS 60000
+
 /* The remote implementation: the keeper listening at socket_path. Connects nothing yet
- * (the first call of each thread does), so it succeeds while the keeper is down. */
-hsm_status kp_connect(const char *socket_path, kp **out, char *err, size_t errlen);
+ * (the first call of each thread does), so it succeeds while the keeper is down. dl: NULL
+ * for the defaults. */
+hsm_status kp_connect(const char *socket_path, const kp_deadlines *dl, kp **out, char *err,
+                      size_t errlen);
 void kp_close(kp *k);
 
 hsm_status kp_sign(kp *k, const hsm_kid *kid, const void *msg, size_t len, uint8_t sig[HSM_SIG_MAX],

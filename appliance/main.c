@@ -33,6 +33,7 @@
 #include "appliance/jlog.h"
 #include "appliance/keeper.h"
 #include "appliance/keeperd.h"
+#include "appliance/probe.h"
 #include "appliance/reconcile.h"
 #include "appliance/registry.h"
 #include "appliance/rotation.h"
@@ -65,6 +66,12 @@ static int die(const char *what, const char *msg)
     fprintf(stderr, "signd: %s: %s\n", what, msg);
     return 1;
 }
+
+/* The supervisor's restart events for the front (probe.h): [0] the front reads, [1] the
+ * supervisor writes, non-blocking both. Made once, before the first front, and held by the
+ * supervisor for its life, so an event written while no front runs waits in the pipe for
+ * the next one. -1 in process_model = single. */
+static int main_events[2] = {-1, -1};
 
 static const char *main_conf_path;
 static char *main_argv0;
@@ -107,6 +114,17 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
             "%u keys marked broken\n",
             rep.orphans_destroyed, rep.revoked_destroyed, rep.marked_broken);
 
+    /* The service keys exist before anything is served (made now on a new token, under the
+     * generation's deadline): a checkpoint or a feed then waits for a signature only, which
+     * keeper_timeout_ms bounds. */
+    for (kp_svc svc = 0; svc < KP_SVC_COUNT_; svc++) {
+        hsm_pubkey pub;
+        hsm_status st = kp_svc_public_key(k, svc, &pub);
+        if (st != HSM_OK)
+            fprintf(stderr, "signd: warning: service key %d not ready: %s\n", (int)svc,
+                    hsm_strerror(st));
+    }
+
     cred_store *cs = NULL;
     if (cred_open(c->database, &cs) != CRED_OK) {
         reg_close(rg);
@@ -143,12 +161,34 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
     audit_record(au, AUDIT_STARTED, NULL, started);
     json_decref(started);
 
-    api_env env = {.cfg = c, .reg = rg, .kp = k, .creds = cs, .audit = au, .tks = ts};
+    /* Destroys revoked keys' objects as the keeper allows, never holding a request. */
+    rec_worker *destroyer = NULL;
+    if (rec_worker_start(k, stderr, &destroyer) != 0) {
+        tks_close(ts);
+        audit_close(au);
+        cred_close(cs);
+        reg_close(rg);
+        return die("reconcile", "cannot start the destroyer thread");
+    }
+    prb *probe = NULL;
+    prb_options po = {.kp = k, .reg = rg, .audit = au, .events_fd = main_events[0]};
+    if (prb_start(&po, &probe, err, sizeof(err)) != 0) {
+        rec_worker_stop(destroyer);
+        tks_close(ts);
+        audit_close(au);
+        cred_close(cs);
+        reg_close(rg);
+        return die("readiness", err);
+    }
+    api_env env = {
+        .cfg = c, .reg = rg, .kp = k, .creds = cs, .audit = au, .tks = ts, .probe = probe};
     api_publish_refresh(&env);
     /* Before serving: a key whose grace ended while the appliance was down is revoked by
      * rot_start's first pass, so it is never served as retiring again. */
     rot *rt = NULL;
     if (rot_start(&env, &rt, err, sizeof(err)) != 0) {
+        prb_stop(probe);
+        rec_worker_stop(destroyer);
         tks_close(ts);
         audit_close(au);
         cred_close(cs);
@@ -158,6 +198,8 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
     srv *s = srv_start(&env, err, sizeof(err));
     if (s == NULL) {
         rot_stop(rt);
+        prb_stop(probe);
+        rec_worker_stop(destroyer);
         tks_close(ts);
         audit_close(au);
         cred_close(cs);
@@ -186,6 +228,8 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
     }
     rot_stop(rt); /* no scheduled revocation starts once stopping has begun */
     srv_stop(s);
+    prb_stop(probe);
+    rec_worker_stop(destroyer); /* what it could not destroy yet is the next start's */
     audit_record(au, AUDIT_STOPPED, NULL, NULL);
     tks_close(ts);   /* after the server: no handler runs any more */
     audit_close(au); /* last flush and checkpoint, while the keeper still answers */
@@ -283,18 +327,28 @@ static pid_t main_spawn(main_role role, const cfg *c, const sigset_t *sigs, int 
         /* Neither may ever gain privileges again (no setuid binary, no file capability). */
         prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
         if (role == MAIN_KEEPER) {
+            /* The keeper has no business with the front's events. */
+            if (main_events[0] >= 0)
+                close(main_events[0]);
+            if (main_events[1] >= 0)
+                close(main_events[1]);
             main_set_title("signd: keeper");
             if (c->softhsm2_conf[0] != '\0')
                 setenv("SOFTHSM2_CONF", c->softhsm2_conf, 1);
             rc = run_keeper(c, sigs, p[1]);
         } else {
             main_set_title("signd: front");
+            if (main_events[1] >= 0)
+                close(main_events[1]); /* it reads; only the supervisor writes */
             char err[512];
             kp *k = NULL;
             /* Still one thread: every thread CivetWeb and the front start inherits it. */
             if (hd_front_filter(err, sizeof(err)) != 0) {
                 rc = die("seccomp", err);
-            } else if (kp_connect(c->keeper_socket, &k, err, sizeof(err)) != HSM_OK) {
+            } else if (kp_connect(c->keeper_socket,
+                                  &(kp_deadlines){.timeout_ms = c->keeper_timeout_ms,
+                                                  .generate_ms = c->keeper_generate_timeout_ms},
+                                  &k, err, sizeof(err)) != HSM_OK) {
                 rc = die("keeper", err);
             } else {
                 rc = run_front(c, k, sigs, announce, p[1]);
@@ -354,6 +408,76 @@ static void main_restart(main_role role, const cfg *c, const sigset_t *child_sig
     }
 }
 
+/* Tells the front (the running one, or the next) that role was replaced, and why. Never
+ * blocks: with the pipe full (64 KiB of events no front read) the event is dropped, and
+ * the log line below still says it. */
+static void main_tell(prb_role role, prb_cause cause, pid_t pid, int64_t detail)
+{
+    prb_event ev = {.magic = PRB_EVENT_MAGIC,
+                    .role = role,
+                    .cause = cause,
+                    .pid = (int32_t)pid,
+                    .detail = detail};
+    if (main_events[1] >= 0)
+        (void)!write(main_events[1], &ev, sizeof(ev));
+}
+
+/* The cause of a child's end, as the front records it. */
+static void main_tell_status(prb_role role, pid_t pid, int status, int watchdog_killed,
+                             long silent_ms)
+{
+    if (watchdog_killed)
+        main_tell(role, PRB_CAUSE_WATCHDOG, pid, silent_ms);
+    else if (WIFSIGNALED(status))
+        main_tell(role, PRB_CAUSE_SIGNAL, pid, WTERMSIG(status));
+    else
+        main_tell(role, PRB_CAUSE_EXITED, pid, WEXITSTATUS(status));
+}
+
+/* ---- the watchdog ------------------------------------------------------------------------ */
+
+/* How often the supervisor pings the keeper, and how long one ping may take: the
+ * supervisor's loop waits for signals between pings, so a ping holds it at most this long. */
+#define MAIN_PING_MS 1000
+
+typedef struct {
+    kp *k;                 /* the supervisor's own keeper connection */
+    struct timespec ok;    /* the last answer (or the keeper's start) */
+    struct timespec asked; /* the last ping */
+    pid_t killed;          /* the keeper pid the watchdog killed, until it is reaped */
+    long silent_ms;        /* how long it had been silent then */
+} main_dog;
+
+/* Pings the keeper once a MAIN_PING_MS; kills it (SIGKILL: a module call that hangs cannot
+ * be interrupted any other way) once it has not answered for keeper_watchdog_ms. Its
+ * SIGCHLD then restarts it as for a crash. */
+static void main_watch(main_dog *dog, const cfg *c, const main_child *keeper)
+{
+    if (c->keeper_watchdog_ms == 0 || dog->k == NULL || keeper->pid <= 0 ||
+        dog->killed == keeper->pid || main_ms_since(&dog->asked) < MAIN_PING_MS)
+        return;
+    clock_gettime(CLOCK_MONOTONIC, &dog->asked);
+    if (kp_ping(dog->k, NULL) == HSM_OK) {
+        dog->ok = dog->asked;
+        return;
+    }
+    long silent = main_ms_since(&dog->ok);
+    if (silent < (long)c->keeper_watchdog_ms)
+        return;
+    fprintf(stderr, "signd: watchdog: keeper (pid %d) has not answered for %ld ms: killing it\n",
+            (int)keeper->pid, silent);
+    kill(keeper->pid, SIGKILL);
+    dog->killed = keeper->pid;
+    dog->silent_ms = silent;
+}
+
+/* Closes the watchdog's connection before a fork: it is opened again by the next ping. */
+static void main_dog_hang_up(main_dog *dog)
+{
+    if (dog->k != NULL)
+        kp_thread_done(dog->k);
+}
+
 /* Stops a child with SIGTERM and waits for it: its exit status, -1 if it was gone. */
 static int main_stop_child(main_child *child)
 {
@@ -386,18 +510,36 @@ static int run_split(const cfg *c, const sigset_t *child_sigs)
     sigaddset(&sigs, SIGCHLD);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
+    if (pipe2(main_events, O_CLOEXEC | O_NONBLOCK) != 0)
+        return die("supervisor", "cannot make the event pipe");
+    main_dog dog = {0};
+    if (c->keeper_watchdog_ms > 0 &&
+        kp_connect(c->keeper_socket, &(kp_deadlines){.timeout_ms = MAIN_PING_MS}, &dog.k, err,
+                   sizeof(err)) != HSM_OK)
+        return die("watchdog", err);
+
     main_child keeper = {0}, front = {0};
-    if (main_spawn(MAIN_KEEPER, c, child_sigs, 0, &keeper) < 0)
+    if (main_spawn(MAIN_KEEPER, c, child_sigs, 0, &keeper) < 0) {
+        kp_close(dog.k);
         return die("keeper", "did not start (see above)");
+    }
     if (main_spawn(MAIN_FRONT, c, child_sigs, 1, &front) < 0) {
         main_stop_child(&keeper);
+        kp_close(dog.k);
         return die("front", "did not start (see above)");
     }
+    dog.ok = keeper.started;
 
     int stop = 0;
     while (!stop) {
-        int sig = 0;
-        sigwait(&sigs, &sig);
+        /* Woken by a signal, or each MAIN_PING_MS for the watchdog. */
+        struct timespec tick = {.tv_sec = MAIN_PING_MS / 1000,
+                                .tv_nsec = (MAIN_PING_MS % 1000) * 1000000L};
+        int sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig < 0) {
+            main_watch(&dog, c, &keeper);
+            continue;
+        }
         if (sig != SIGCHLD) {
             fprintf(stderr, "signd: signal %d: stopping\n", sig);
             break;
@@ -410,14 +552,24 @@ static int run_split(const cfg *c, const sigset_t *child_sigs)
             if (pid == front.pid) {
                 fprintf(stderr, "signd: front (pid %d) %s: restarting it\n", (int)pid, how);
                 front.pid = 0;
+                main_tell_status(PRB_ROLE_FRONT, pid, status, 0, 0);
+                main_dog_hang_up(&dog); /* no child inherits the watchdog's connection */
                 main_restart(MAIN_FRONT, c, child_sigs, &front, &stop);
             } else if (pid == keeper.pid) {
-                fprintf(stderr, "signd: keeper (pid %d) %s: restarting it\n", (int)pid, how);
+                int by_dog = dog.killed == pid;
+                fprintf(stderr, "signd: keeper (pid %d) %s%s: restarting it\n", (int)pid, how,
+                        by_dog ? " by the watchdog" : "");
                 keeper.pid = 0;
+                main_tell_status(PRB_ROLE_KEEPER, pid, status, by_dog, dog.silent_ms);
+                dog.killed = 0;
+                main_dog_hang_up(&dog);
                 main_restart(MAIN_KEEPER, c, child_sigs, &keeper, &stop);
+                dog.ok = keeper.started; /* a new keeper gets the whole bound again */
             }
         }
+        main_watch(&dog, c, &keeper);
     }
+    kp_close(dog.k); /* with this (the only) thread's connection */
     /* Front first, so that in-flight requests finish while the keeper still answers. */
     int fs = main_stop_child(&front);
     int ks = main_stop_child(&keeper);

@@ -57,6 +57,10 @@ typedef struct {
 static met_ckr_slot met_ckrs[MET_CKR_MAX];
 static met_ckr_slot met_ckr_other; /* key unused */
 static atomic_ullong met_unreachable;
+static atomic_ullong met_timeouts;
+static const char *const met_restart_causes[] = {"exited", "signal", "watchdog"};
+#define MET_RESTART_CAUSES (sizeof(met_restart_causes) / sizeof(met_restart_causes[0]))
+static atomic_ullong met_restarts[2][MET_RESTART_CAUSES]; /* [keeper][cause] */
 static atomic_llong met_started;
 
 static _Thread_local hsm_kid met_tl_kid;
@@ -192,14 +196,22 @@ static met_ckr_slot *met_ckr_slot_of(unsigned long ckr)
 
 void met_pkcs11_error(unsigned code, unsigned long ckr)
 {
-    if (code == MET_KEEPER_UNREACHABLE) {
-        atomic_fetch_add_explicit(&met_unreachable, 1, memory_order_relaxed);
+    if (code == MET_KEEPER_UNREACHABLE || code == MET_KEEPER_TIMEOUT) {
+        atomic_fetch_add_explicit(code == MET_KEEPER_TIMEOUT ? &met_timeouts : &met_unreachable, 1,
+                                  memory_order_relaxed);
         return;
     }
     if (code == HSM_OK || code >= HSM_ERR_COUNT_ || code == HSM_ERR_KEY_NOT_FOUND ||
         code == HSM_ERR_KEY_EXISTS)
         return;
     atomic_fetch_add_explicit(&met_ckr_slot_of(ckr)->n[code], 1, memory_order_relaxed);
+}
+
+void met_restart(int keeper, const char *cause)
+{
+    for (size_t i = 0; i < MET_RESTART_CAUSES; i++)
+        if (cause != NULL && strcmp(cause, met_restart_causes[i]) == 0)
+            atomic_fetch_add_explicit(&met_restarts[keeper != 0][i], 1, memory_order_relaxed);
 }
 
 void met_note_kid(const hsm_kid *kid)
@@ -381,9 +393,12 @@ static void met_render_pkcs11(met_buf *b, const met_gauges *g)
     met_family(b, "signd_pkcs11_errors_total", "counter",
                "Failed token operations seen by the HTTPS front, by the PKCS#11 return value "
                "(ckr: its CKR_ name or hex, unknown, other) and the class the keeper maps it to; "
-               "ckr=\"none\",class=\"keeper_unreachable\": no answer from the keeper.");
+               "ckr=\"none\",class=\"keeper_unreachable\": no answer from the keeper; "
+               "class=\"keeper_timeout\": no answer within keeper_timeout_ms.");
     met_put(b, "signd_pkcs11_errors_total{ckr=\"none\",class=\"keeper_unreachable\"} %llu\n",
             atomic_load_explicit(&met_unreachable, memory_order_relaxed));
+    met_put(b, "signd_pkcs11_errors_total{ckr=\"none\",class=\"keeper_timeout\"} %llu\n",
+            atomic_load_explicit(&met_timeouts, memory_order_relaxed));
     for (size_t i = 0; i < MET_CKR_MAX; i++) {
         unsigned long long k = atomic_load_explicit(&met_ckrs[i].key, memory_order_relaxed);
         if (k == 0)
@@ -406,6 +421,19 @@ static void met_render_pkcs11(met_buf *b, const met_gauges *g)
     met_put(b, "signd_pkcs11_sessions_max %u\n", g->sessions_max);
 }
 
+static void met_render_restarts(met_buf *b)
+{
+    met_family(b, "signd_restarts_total", "counter",
+               "Processes the supervisor started again, by process (keeper, front) and cause: "
+               "exited, signal (a crash, or a kill from outside), watchdog (a keeper that "
+               "missed its pings for keeper_watchdog_ms, killed by the supervisor).");
+    for (int k = 1; k >= 0; k--)
+        for (size_t i = 0; i < MET_RESTART_CAUSES; i++)
+            met_put(b, "signd_restarts_total{process=\"%s\",cause=\"%s\"} %llu\n",
+                    k ? "keeper" : "front", met_restart_causes[i],
+                    atomic_load_explicit(&met_restarts[k][i], memory_order_relaxed));
+}
+
 static void met_render_state(met_buf *b, const met_gauges *g)
 {
     char v[4][128];
@@ -426,6 +454,10 @@ static void met_render_state(met_buf *b, const met_gauges *g)
     met_family(b, "signd_revocation_seq", "gauge",
                "Sequence number of the newest revocation (the signed feed's seq).");
     met_put(b, "signd_revocation_seq %llu\n", (unsigned long long)g->revocation_seq);
+    met_family(b, "signd_ready", "gauge",
+               "1 when the last readiness probe had the token sign in time (GET /readyz 200), "
+               "else 0.");
+    met_put(b, "signd_ready %d\n", g->ready != 0);
     met_family(b, "signd_audit_lag_events", "gauge",
                "Audit events and counted signatures accepted but not yet committed to the "
                "trail.");
@@ -450,6 +482,7 @@ char *met_render(const met_gauges *g, const char *(*result_name)(unsigned), size
     met_render_requests(&b);
     met_render_signatures(&b, result_name);
     met_render_pkcs11(&b, g);
+    met_render_restarts(&b);
     if (b.failed) {
         free(b.p);
         return NULL;

@@ -36,8 +36,9 @@
 #define MET_KIDS_MAX 4096  /* distinct kids with series of their own */
 #define MET_RESULTS_MAX 64 /* signature results: 0 is "ok", the rest the API's error codes */
 #define MET_BUCKETS 14     /* latency bounds, seconds, from 0.5 ms to 10 s, then +Inf */
-#define MET_KEEPER_UNREACHABLE HSM_ERR_COUNT_ /* a pkcs11 error code beyond hsm_status */
-#define MET_CKR_MAX 32                        /* distinct CKR values with series of their own */
+#define MET_KEEPER_UNREACHABLE HSM_ERR_COUNT_   /* a pkcs11 error code beyond hsm_status */
+#define MET_KEEPER_TIMEOUT (HSM_ERR_COUNT_ + 1) /* the keeper missed its deadline */
+#define MET_CKR_MAX 32                          /* distinct CKR values with series of their own */
 
 /* Names route index i (< MET_ROUTE_UNMATCHED): its template ("/v1/keys/{kid}/sign", never
  * a raw path) and method. Both are kept as pointers: string literals. */
@@ -58,8 +59,14 @@ void met_signature(const hsm_kid *kid, unsigned result);
  * distinct values. HSM_ERR_KEY_NOT_FOUND and HSM_ERR_KEY_EXISTS are ordinary answers (a
  * revoked kid, a kid taken), not failures: not counted, and they claim no slot.
  *   met_pkcs11_error(HSM_ERR_DEVICE, hsm_last_ckr());
- *   met_pkcs11_error(MET_KEEPER_UNREACHABLE, 0); */
+ *   met_pkcs11_error(MET_KEEPER_UNREACHABLE, 0);
+ * MET_KEEPER_TIMEOUT: a reply that missed keeper_timeout_ms, ckr="none",class="keeper_timeout". */
 void met_pkcs11_error(unsigned code, unsigned long ckr);
+
+/* Counts a restart of the keeper (keeper 1) or the front (0) by the supervisor, by cause
+ * ("exited", "signal", "watchdog"; anything else is not counted):
+ * signd_restarts_total{process,cause}. Told by the supervisor (probe.h). */
+void met_restart(int keeper, const char *cause);
 
 /* The label met_pkcs11_error renders for a CKR value (its ckr_name in the table, or NULL
  * when the table has none: then the hex form). For tests and the docs' table. */
@@ -80,6 +87,7 @@ typedef struct {
     uint64_t state_keys[MET_STATES_MAX];
     size_t n_states;
     uint64_t revocation_seq;
+    int ready;                      /* the readiness probe's answer (probe.h) */
     uint64_t audit_lag_events;      /* accepted, not yet committed to the trail */
     double audit_lag_seconds;       /* age of the oldest of those; 0 when none */
     unsigned long long log_dropped; /* JSON log lines lost */

@@ -98,7 +98,9 @@ int rec_run(kp *k, reg *r, FILE *log, rec_report *out)
 /* ---- deferred destroys -------------------------------------------------------------------- */
 
 static pthread_mutex_t rec_defer_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t rec_defer_cv = PTHREAD_COND_INITIALIZER;
 static hsm_kid rec_deferred[REC_DEFER_MAX];
+static unsigned rec_deferred_tries[REC_DEFER_MAX]; /* failed attempts of rec_deferred[i] */
 static size_t rec_deferred_n;
 
 void rec_defer_destroy(const hsm_kid *kid)
@@ -108,8 +110,11 @@ void rec_defer_destroy(const hsm_kid *kid)
     for (size_t i = 0; i < rec_deferred_n && !known; i++)
         known = memcmp(rec_deferred[i].b, kid->b, HSM_KID_LEN) == 0;
     int full = !known && rec_deferred_n == REC_DEFER_MAX;
-    if (!known && !full)
+    if (!known && !full) {
+        rec_deferred_tries[rec_deferred_n] = 0;
         rec_deferred[rec_deferred_n++] = *kid;
+    }
+    pthread_cond_broadcast(&rec_defer_cv); /* the destroyer, if one runs, tries at once */
     pthread_mutex_unlock(&rec_defer_mu);
     if (full) {
         char hex[2 * HSM_KID_LEN + 1];
@@ -118,36 +123,115 @@ void rec_defer_destroy(const hsm_kid *kid)
     }
 }
 
+/* Caller holds rec_defer_mu. The slot of kid, or rec_deferred_n. */
+static size_t rec_deferred_find(const hsm_kid *kid)
+{
+    size_t j = 0;
+    while (j < rec_deferred_n && memcmp(rec_deferred[j].b, kid->b, HSM_KID_LEN) != 0)
+        j++;
+    return j;
+}
+
 size_t rec_retry_deferred(kp *k, FILE *log)
 {
     /* A copy, so that no keeper round trip runs under the mutex request threads take. */
     hsm_kid todo[REC_DEFER_MAX];
+    unsigned tries[REC_DEFER_MAX];
     pthread_mutex_lock(&rec_defer_mu);
     size_t n = rec_deferred_n;
     memcpy(todo, rec_deferred, n * sizeof(*todo));
+    memcpy(tries, rec_deferred_tries, n * sizeof(*tries));
     pthread_mutex_unlock(&rec_defer_mu);
     if (n == 0)
         return 0;
     char hex[2 * HSM_KID_LEN + 1];
     for (size_t i = 0; i < n; i++) {
         hsm_status st = kp_destroy(k, &todo[i]);
-        if (st != HSM_OK && st != HSM_ERR_KEY_NOT_FOUND)
-            continue;
-        if (st == HSM_OK) {
-            hsm_kid_hex(&todo[i], hex);
-            fprintf(log, "signd: destroyed kid %s, deferred while the keeper was away\n", hex);
-        }
+        hsm_kid_hex(&todo[i], hex);
         pthread_mutex_lock(&rec_defer_mu);
-        for (size_t j = 0; j < rec_deferred_n; j++) {
-            if (memcmp(rec_deferred[j].b, todo[i].b, HSM_KID_LEN) == 0) {
-                rec_deferred[j] = rec_deferred[--rec_deferred_n];
-                break;
-            }
+        size_t j = rec_deferred_find(&todo[i]);
+        if (st != HSM_OK && st != HSM_ERR_KEY_NOT_FOUND) {
+            if (j < rec_deferred_n)
+                rec_deferred_tries[j]++;
+            pthread_mutex_unlock(&rec_defer_mu);
+            /* Said once per kid, not once a second while the keeper is away. */
+            if (tries[i] == 0)
+                fprintf(log, "signd: revoked kid %s but could not destroy it yet: %s\n", hex,
+                        hsm_strerror(st));
+            continue;
+        }
+        if (j < rec_deferred_n) {
+            rec_deferred[j] = rec_deferred[rec_deferred_n - 1];
+            rec_deferred_tries[j] = rec_deferred_tries[rec_deferred_n - 1];
+            rec_deferred_n--;
         }
         pthread_mutex_unlock(&rec_defer_mu);
+        if (st == HSM_OK && tries[i] > 0)
+            fprintf(log, "signd: destroyed kid %s, deferred while the keeper was away\n", hex);
+        else if (tries[i] > 0) /* a try that timed out reached the keeper after all */
+            fprintf(log, "signd: kid %s: no object left to destroy once the keeper answered\n",
+                    hex);
     }
     pthread_mutex_lock(&rec_defer_mu);
     size_t left = rec_deferred_n;
     pthread_mutex_unlock(&rec_defer_mu);
     return left;
+}
+
+/* ---- the destroyer thread ------------------------------------------------------------------ */
+
+struct rec_worker {
+    kp *k;
+    FILE *log;
+    pthread_t thread;
+    int stop; /* under rec_defer_mu */
+};
+
+static void *rec_worker_main(void *arg)
+{
+    rec_worker *w = arg;
+    for (;;) {
+        rec_retry_deferred(w->k, w->log);
+        pthread_mutex_lock(&rec_defer_mu);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += REC_RETRY_SECONDS;
+        /* Woken by a new kid; otherwise the ones left are tried again every few seconds. */
+        if (!w->stop)
+            pthread_cond_timedwait(&rec_defer_cv, &rec_defer_mu, &until);
+        int stop = w->stop;
+        pthread_mutex_unlock(&rec_defer_mu);
+        if (stop)
+            break;
+    }
+    kp_thread_done(w->k);
+    return NULL;
+}
+
+int rec_worker_start(kp *k, FILE *log, rec_worker **out)
+{
+    *out = NULL;
+    rec_worker *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return -1;
+    w->k = k;
+    w->log = log;
+    if (pthread_create(&w->thread, NULL, rec_worker_main, w) != 0) {
+        free(w);
+        return -1;
+    }
+    *out = w;
+    return 0;
+}
+
+void rec_worker_stop(rec_worker *w)
+{
+    if (w == NULL)
+        return;
+    pthread_mutex_lock(&rec_defer_mu);
+    w->stop = 1;
+    pthread_cond_broadcast(&rec_defer_cv);
+    pthread_mutex_unlock(&rec_defer_mu);
+    pthread_join(w->thread, NULL);
+    free(w);
 }

@@ -1,8 +1,6 @@
 /* rot: the retirement scheduler. See rotation.h. */
 #include "appliance/rotation.h"
 
-#include "appliance/reconcile.h"
-
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -105,7 +103,6 @@ static void *rot_main(void *arg)
     audit_set_actor(ROT_ACTOR);
     for (;;) {
         int64_t next = rot_pass(t);
-        rec_retry_deferred(t->env->kp, stderr);
         pthread_mutex_lock(&t->mu);
         if (!t->first_done) {
             t->first_done = 1;

@@ -1,10 +1,10 @@
 /* srv: CivetWeb, routing, authentication, responses. See server.h. */
 #include "appliance/server.h"
 
+#include "appliance/db.h"
 #include "appliance/jlog.h"
 #include "appliance/metrics.h"
 #include "appliance/ratelimit.h"
-#include "appliance/tls.h"
 #include "appliance/tls.h"
 
 #include "civetweb.h"
@@ -597,6 +597,7 @@ static int srv_route_request(struct mg_connection *c, srv *s, srv_outcome *o)
     memset(&r, 0, sizeof(r));
     /* What the handler changes is recorded with the caller as actor (audit.h). */
     audit_set_actor(q.caller ? q.caller->id : NULL);
+    (void)db_busy_gave_up(); /* an earlier request's lock wait on this thread is not ours */
     api_err e = route->handler(&q, &r);
     audit_set_actor(NULL);
     o->handled = 1;

@@ -82,6 +82,7 @@ static const struct {
                                "worker_threads"},
     [HSM_ERR_BAD_ARGUMENT] = {"bad_argument", "invalid argument to the PKCS#11 layer"},
     [HSM_ERR_DEVICE] = {"device_error", "the PKCS#11 module or device failed"},
+    [HSM_ERR_TIMEOUT] = {"timeout", "the token did not answer within keeper_timeout_ms"},
 };
 
 const char *hsm_status_name(hsm_status s)

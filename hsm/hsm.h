@@ -58,6 +58,7 @@ typedef enum {
     HSM_ERR_SESSION_COUNT,   /* the token or our bound refused another session */
     HSM_ERR_BAD_ARGUMENT,    /* a caller error: size, length or URI out of range */
     HSM_ERR_DEVICE,          /* any other failure of the module or the device */
+    HSM_ERR_TIMEOUT,         /* the keeper did not answer within its deadline (keeper.h) */
     HSM_ERR_COUNT_
 } hsm_status;
 

@@ -280,7 +280,8 @@ class Appliance:
         # verify per request: requests lets REQUESTS_CA_BUNDLE override a session's verify.
         if self.client_cert and "cert" not in kw:
             kw["cert"] = self.client_cert
-        return self.session.request(method, self.url + path, headers=headers, timeout=60,
+        kw.setdefault("timeout", 60)
+        return self.session.request(method, self.url + path, headers=headers,
                                     verify=self.cacert, **kw)
 
     def get(self, path, **kw):

@@ -165,7 +165,7 @@ def test_sessions_build_info_start_time_and_pkcs11_errors(world):
               for l, v in samples(f, "signd_pkcs11_errors", "signd_pkcs11_errors_total")}
     # Only the keeper's own line is there before anything failed: a CKR value gets its
     # series when it first happens. A revoked kid is an answer, not a failure.
-    assert errors == {("none", "keeper_unreachable"): 0}, errors
+    assert errors == {("none", "keeper_unreachable"): 0, ("none", "keeper_timeout"): 0}, errors
     assert value(f, "signd_log_lines_dropped", "signd_log_lines_dropped_total") == 0
 
 
@@ -341,7 +341,14 @@ def test_a_dead_keeper_is_counted_apart_from_token_failures(make_appliance):
         wait_state(keeper, ("Z", None))
         r = a.post("/v1/keys/%s/sign" % kid, {"payload": b64u(b"during")})
         assert r.status_code == 503 and r.json()["error"]["code"] == "hsm_unavailable", r.text
-        during, _ = scrape(a, a.admin)
+        # The readiness probe (every 200 ms while unready) sees it too; the scrape reads
+        # the probe's answer, never the keeper.
+        deadline = time.monotonic() + 10
+        while True:
+            during, _ = scrape(a, a.admin)
+            if value(during, "signd_ready") == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     finally:
         os.kill(supervisor, signal.SIGCONT)
     # The supervisor restarts the keeper (a clean stop at teardown needs one running).
@@ -360,7 +367,10 @@ def test_a_dead_keeper_is_counted_apart_from_token_failures(make_appliance):
     assert value(during, "signd_signatures", sig, kid=kid, result="hsm_unavailable") == 1
     errors = {(l["ckr"], l["class"]): v for l, v in samples(during, "signd_pkcs11_errors",
                                                             "signd_pkcs11_errors_total")}
-    # The refused signature (the scrape's own session count finds no keeper and says 0);
-    # no token call failed, so no CKR value has a series.
-    assert errors == {("none", "keeper_unreachable"): 1}, errors
+    # The refused signature, and the readiness probe's tries (the probe then says 0
+    # sessions); no token call failed, so no CKR value has a series, and no call timed out.
+    assert set(errors) == {("none", "keeper_unreachable"), ("none", "keeper_timeout")}, errors
+    assert errors[("none", "keeper_unreachable")] >= 1, errors
+    assert errors[("none", "keeper_timeout")] == 0, errors
+    assert value(during, "signd_ready") == 0
     assert value(during, "signd_pkcs11_sessions_in_use") == 0

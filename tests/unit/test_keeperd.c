@@ -1299,7 +1299,7 @@ test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input(void
     /* The same through kp_ in remote mode: the keeper's answers, passed on. */
     kp *k = NULL;
     char err[256];
-    assert_int_equal(kp_connect(fx->c.keeper_socket, &k, err, sizeof(err)), HSM_OK);
+    assert_int_equal(kp_connect(fx->c.keeper_socket, NULL, &k, err, sizeof(err)), HSM_OK);
     hsm_pubkey again;
     assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &again), HSM_OK);
     assert_same_pubkey(&again, &pub);
@@ -1336,7 +1336,7 @@ test_publication_key_signs_feeds_of_any_size_in_parts_and_refuses_a_lost_part(vo
     start_keeper(fx);
     kp *k = NULL;
     char err[256];
-    assert_int_equal(kp_connect(fx->c.keeper_socket, &k, err, sizeof(err)), HSM_OK);
+    assert_int_equal(kp_connect(fx->c.keeper_socket, NULL, &k, err, sizeof(err)), HSM_OK);
     hsm_pubkey pub, audit;
     assert_int_equal(kp_svc_public_key(k, KP_SVC_PUBLISH, &pub), HSM_OK);
     assert_int_equal(pub.bits, KP_PUBLISH_BITS);
@@ -1442,7 +1442,7 @@ static void test_sign_ping_generate_and_destroy_refuse_the_reserved_kid(void **s
     /* kp_ refuses the same in remote mode before asking the keeper. */
     kp *k = NULL;
     char err[256];
-    assert_int_equal(kp_connect(fx->c.keeper_socket, &k, err, sizeof(err)), HSM_OK);
+    assert_int_equal(kp_connect(fx->c.keeper_socket, NULL, &k, err, sizeof(err)), HSM_OK);
     assert_int_equal(kp_sign(k, &kid, in, len, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
     assert_int_equal(kp_ping(k, &kid), HSM_ERR_KEY_NOT_FOUND);
     assert_int_equal(kp_destroy(k, &kid), HSM_ERR_BAD_ARGUMENT);
@@ -1487,7 +1487,7 @@ static void test_reconcile_through_the_keeper_leaves_the_audit_key_alone(void **
 
     kp *k = NULL;
     char err[256];
-    assert_int_equal(kp_connect(fx->c.keeper_socket, &k, err, sizeof(err)), HSM_OK);
+    assert_int_equal(kp_connect(fx->c.keeper_socket, NULL, &k, err, sizeof(err)), HSM_OK);
     rec_report rep;
     assert_int_equal(reconcile_quietly(k, fx->r, &rep), 0);
     assert_int_equal(rep.orphans_destroyed, 1); /* the real orphan, not the audit key */

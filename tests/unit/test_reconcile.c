@@ -92,7 +92,7 @@ static void test_deferred_kids_stay_while_the_keeper_is_away_and_go_once_it_answ
     char sock[PATH_MAX + 16], err[256];
     snprintf(sock, sizeof(sock), "%s/no-keeper.sock", fx->dir);
     kp *away = NULL;
-    assert_int_equal(kp_connect(sock, &away, err, sizeof(err)), HSM_OK);
+    assert_int_equal(kp_connect(sock, NULL, &away, err, sizeof(err)), HSM_OK);
     hsm_kid kids[3];
     hsm_pubkey pub;
     for (int i = 0; i < 3; i++) {
@@ -116,7 +116,7 @@ static void test_the_set_is_bounded_and_keeps_what_it_holds(void **state)
     char sock[PATH_MAX + 16], err[256];
     snprintf(sock, sizeof(sock), "%s/no-keeper.sock", fx->dir);
     kp *away = NULL;
-    assert_int_equal(kp_connect(sock, &away, err, sizeof(err)), HSM_OK);
+    assert_int_equal(kp_connect(sock, NULL, &away, err, sizeof(err)), HSM_OK);
     for (int i = 0; i < REC_DEFER_MAX + 5; i++) {
         hsm_kid kid;
         testenv_kid(&kid);
