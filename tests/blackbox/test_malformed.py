@@ -122,3 +122,198 @@ def test_oversized_content_length_is_refused_without_reading_it(appliance):
               + b"\r\nContent-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{")
     assert out.startswith(b"HTTP/1.1 413"), out[:100]
     assert b"body_too_large" in out
+
+
+# ---- HTTP framing (RFC 9112 sections 6 and 7) -------------------------------------------------
+#
+# With a load balancer in front, any byte the appliance frames differently from the balancer is
+# a smuggled request. Every framing error gets 400 bad_framing and the connection closed (so no
+# byte after it is ever read as a request), before the request reaches a handler: no key is
+# created, whatever the route.
+
+def exchange(appliance, data, half_close=False, timeout=10):
+    """Sends raw bytes over TLS and reads until the server closes: (first response, the bytes
+    after it, closed). half_close: shuts the sending side after data (an early end of body)."""
+    import socket
+    import ssl
+
+    import openapi_check
+    ctx = ssl.create_default_context(cafile=appliance.cacert)
+    with socket.create_connection(("127.0.0.1", appliance.port), timeout=timeout) as s:
+        with ctx.wrap_socket(s, server_hostname="localhost") as t:
+            t.sendall(data)
+            if half_close:  # the TCP half only: SSLSocket.shutdown would drop the TLS layer
+                socket.socket.shutdown(t, socket.SHUT_WR)
+            out, closed = b"", False
+            try:
+                while True:
+                    chunk = t.recv(65536)
+                    if not chunk:
+                        closed = True
+                        break
+                    out += chunk
+            except (socket.timeout, ssl.SSLError, ConnectionResetError) as e:
+                closed = isinstance(e, (ConnectionResetError, ssl.SSLError))
+    head, _, rest = out.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    first, after = out[:len(head) + 4 + length], rest[length:]
+    conftest.OPENAPI_MISMATCHES.extend(openapi_check.check_raw(data, first))
+    return first, after, closed
+
+
+def admin_post(appliance, path, framing, body=b""):
+    return (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + appliance.admin.encode() + b"\r\nContent-Type: application/json\r\n" + framing
+            + b"\r\n" + body)
+
+
+def key_count(appliance):
+    return appliance.get("/v1/keys").json()["count"]
+
+
+def assert_refused(appliance, data, status, code, half_close=False, timeout=10):
+    first, after, closed = exchange(appliance, data, half_close=half_close, timeout=timeout)
+    assert first.startswith(b"HTTP/1.1 %d " % status), first[:200]
+    assert b'"code":"%s"' % code.encode() in first, first
+    assert b"Connection: close" in first, first
+    assert closed, "the connection stayed open after %r" % first[:60]
+    assert after == b"", "a second response came back: %r" % after[:200]
+
+
+# A body that would create a key if it were ever read as one.
+KEY_BODY = b'{"label":"smuggled"}'
+
+
+def chunked(size_line, data=KEY_BODY, end=b"0\r\n\r\n"):
+    return size_line + b"\r\n" + data + b"\r\n" + end
+
+
+def test_chunk_size_that_is_not_hex_is_400_and_closes(appliance):
+    before = key_count(appliance)
+    for size in (b"ZZ", b"0x14", b" 14", b"-14", b"14 14", b"1" * 70):
+        assert_refused(appliance, admin_post(appliance, "/v1/keys", b"Transfer-Encoding: chunked\r\n",
+                                             chunked(size)), 400, "bad_framing")
+    assert key_count(appliance) == before, "a malformed chunked body created a key"
+
+
+def test_chunk_that_does_not_end_in_crlf_is_400_and_closes(appliance):
+    before = key_count(appliance)
+    body = b"%x\r\n" % len(KEY_BODY) + KEY_BODY + b"XX0\r\n\r\n"
+    assert_refused(appliance, admin_post(appliance, "/v1/keys", b"Transfer-Encoding: chunked\r\n",
+                                         body), 400, "bad_framing")
+    assert key_count(appliance) == before
+
+
+def test_malformed_chunk_extension_is_400_and_closes(appliance):
+    before = key_count(appliance)
+    for ext in (b";", b";=x", b"; a=\"unterminated", b";a b", b";a=b c"):
+        size = b"%x" % len(KEY_BODY) + ext
+        assert_refused(appliance, admin_post(appliance, "/v1/keys", b"Transfer-Encoding: chunked\r\n",
+                                             chunked(size)), 400, "bad_framing")
+    assert key_count(appliance) == before
+
+
+def test_content_length_with_transfer_encoding_is_400_and_closes(appliance):
+    before = key_count(appliance)
+    body = chunked(b"%x" % len(KEY_BODY))
+    for framing in (b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n" % len(body),
+                    b"Transfer-Encoding: chunked\r\nContent-Length: 0\r\n"):
+        assert_refused(appliance, admin_post(appliance, "/v1/keys", framing, body), 400, "bad_framing")
+    assert key_count(appliance) == before
+
+
+def test_transfer_encoding_other_than_chunked_is_400_and_closes(appliance):
+    before = key_count(appliance)
+    body = chunked(b"%x" % len(KEY_BODY))
+    for te in (b"Transfer-Encoding: identity\r\nContent-Length: %d\r\n" % len(KEY_BODY),
+               b"Transfer-Encoding: gzip\r\n", b"Transfer-Encoding: gzip, chunked\r\n",
+               b"Transfer-Encoding: chunked, chunked\r\n", b"Transfer-Encoding: chunked;x=1\r\n",
+               b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+               b"Transfer-Encoding: \r\n", b"Transfer-Encoding: xchunked\r\n"):
+        assert_refused(appliance, admin_post(appliance, "/v1/keys", te, body), 400, "bad_framing")
+    assert key_count(appliance) == before
+
+
+def test_transfer_encoding_in_http_1_0_is_400_and_closes(appliance):
+    before = key_count(appliance)
+    data = admin_post(appliance, "/v1/keys", b"Transfer-Encoding: chunked\r\n",
+                      chunked(b"%x" % len(KEY_BODY))).replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    assert_refused(appliance, data, 400, "bad_framing")
+    assert key_count(appliance) == before
+
+
+def test_duplicate_or_non_numeric_content_length_is_400_and_closes(appliance):
+    before = key_count(appliance)
+    n = len(KEY_BODY)
+    for cl in (b"Content-Length: %d\r\nContent-Length: %d\r\n" % (n, n),
+               b"Content-Length: %d\r\nContent-Length: %d\r\n" % (n, n + 1),
+               b"Content-Length: %d, %d\r\n" % (n, n), b"Content-Length: %dx\r\n" % n,
+               b"Content-Length: +%d\r\n" % n, b"Content-Length: -1\r\n",
+               b"Content-Length: \r\n", b"Content-Length: 0x14\r\n"):
+        assert_refused(appliance, admin_post(appliance, "/v1/keys", cl, KEY_BODY), 400, "bad_framing")
+    assert key_count(appliance) == before
+
+
+def test_body_shorter_than_its_content_length_is_400_and_closes(appliance):
+    # CivetWeb ends the read at request_timeout_ms with what came: never a body to serve.
+    before = key_count(appliance)
+    data = admin_post(appliance, "/v1/keys", b"Content-Length: %d\r\n" % (len(KEY_BODY) + 10),
+                      KEY_BODY)
+    timeout = int(appliance.conf_value("request_timeout_ms") or 10000) / 1000
+    assert_refused(appliance, data, 400, "bad_framing", timeout=timeout + 20)
+    assert key_count(appliance) == before
+
+
+def test_body_on_get_is_400_and_closes(appliance):
+    get = b"GET /v1/revocations HTTP/1.1\r\nHost: x\r\n"
+    for framing, body in ((b"Content-Length: 5\r\n", b"GET /"),
+                          (b"Transfer-Encoding: chunked\r\n", b"5\r\nGET /\r\n0\r\n\r\n")):
+        assert_refused(appliance, get + framing + b"\r\n" + body, 400, "bad_framing")
+    # An empty body is no body.
+    first, _, _ = exchange(appliance, get + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 "), first[:200]
+
+
+def test_unsupported_http_version_is_505_and_closes(appliance):
+    for version in (b"HTTP/2.0", b"HTTP/1.2", b"HTTP/3.0", b"HTTP/0.9"):
+        assert_refused(appliance, b"GET /healthz " + version + b"\r\nHost: x\r\n\r\n", 505,
+                       "http_version_not_supported")
+
+
+def test_malformed_http_version_is_400_and_closes(appliance):
+    for version in (b"HTTP/x.y", b"HTTP/1.1.1", b"HTTP/11", b"HTTP/"):
+        assert_refused(appliance, b"GET /healthz " + version + b"\r\nHost: x\r\n\r\n", 400,
+                       "bad_request")
+
+
+def test_content_encoding_other_than_identity_is_415(appliance):
+    before = key_count(appliance)
+    for ce in (b"gzip", b"deflate", b"br", b"identity, gzip", b"x-unknown", b""):
+        data = admin_post(appliance, "/v1/keys", b"Content-Encoding: %s\r\nContent-Length: %d\r\n"
+                          % (ce, len(KEY_BODY)), KEY_BODY)
+        first, _, _ = exchange(appliance, data)
+        assert first.startswith(b"HTTP/1.1 415 "), (ce, first[:200])
+        assert b'"code":"unsupported_content_encoding"' in first, first
+    assert key_count(appliance) == before
+    # identity is no coding at all: the body reaches the handler.
+    body = b'{"bits":1024}'
+    first, _, _ = exchange(appliance, admin_post(
+        appliance, "/v1/keys", b"Content-Encoding: Identity\r\nContent-Length: %d\r\n"
+        b"Connection: close\r\n" % len(body), body))
+    assert b'"code":"out_of_range"' in first, first
+
+
+def test_no_framing_error_gets_a_5xx_and_the_appliance_stays_healthy(appliance):
+    # The classes above, on a public route and an unrouted path: never a 5xx but 505.
+    for path in ("/healthz", "/nope"):
+        for framing in (b"Transfer-Encoding: gzip\r\n", b"Content-Length: 1\r\nContent-Length: 2\r\n",
+                        b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n"):
+            first, _, _ = exchange(appliance, b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                                   + framing + b"\r\n{}")
+            assert first.startswith(b"HTTP/1.1 4"), (path, framing, first[:200])
+    assert appliance.get("/healthz", auth=False).status_code == 200
+    assert appliance.get("/readyz", auth=False).status_code == 200
