@@ -498,19 +498,30 @@ static int srv_content_coding_ok(const struct mg_request_info *ri)
 /* What the whole request's head says, before anything else looks at it: its framing; a body on
  * GET or HEAD, which the appliance never reads (RFC 9110 section 9.3.1 names it a smuggling
  * risk); and, for the methods whose body it reads, the content coding. */
-static srv_refusal srv_request_check(struct mg_connection *c, const struct mg_request_info *ri)
+static srv_refusal srv_request_check(const struct mg_request_info *ri)
 {
     srv_refusal f = srv_framing_check(ri);
     if (f.err != API_OK)
         return f;
     const char *m = ri->request_method ? ri->request_method : "";
-    int body = ri->content_length > 0 || mg_get_header(c, "Transfer-Encoding") != NULL;
-    if (body && (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0))
+    int chunked = 0;
+    for (int i = 0; i < ri->num_headers; i++)
+        if (ri->http_headers[i].name != NULL &&
+            strcasecmp(ri->http_headers[i].name, "Transfer-Encoding") == 0)
+            chunked = 1;
+    if ((ri->content_length > 0 || chunked) && (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0))
         return (srv_refusal){API_ERR_BAD_FRAMING, "a GET or HEAD request carries no body"};
     if ((strcmp(m, "POST") == 0 || strcmp(m, "DELETE") == 0) && !srv_content_coding_ok(ri))
         return (srv_refusal){API_ERR_UNSUPPORTED_CONTENT_ENCODING,
                              "the appliance decodes no Content-Encoding but identity"};
     return (srv_refusal){API_OK, NULL};
+}
+
+api_err srv_check_head(const struct mg_request_info *ri, const char **msg)
+{
+    srv_refusal r = srv_request_check(ri);
+    *msg = r.msg;
+    return r.err;
 }
 
 /* The error for a status CivetWeb raises itself. Its 400 and 411 for a request whose head it
@@ -1011,7 +1022,7 @@ static int srv_framing_gate(struct mg_connection *c)
     const struct mg_request_info *ri = mg_get_request_info(c);
     if (s == NULL || ri == NULL)
         return 0;
-    srv_refusal r = srv_request_check(c, ri);
+    srv_refusal r = srv_request_check(ri);
     if (r.err == API_OK)
         return 0;
     struct timespec t0;
