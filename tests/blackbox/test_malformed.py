@@ -256,6 +256,17 @@ def test_well_formed_chunked_body_with_extension_and_trailer_is_read(appliance):
         assert after.startswith(b"HTTP/1.1 200 ") and after.endswith(b'{"status":"ok"}'), after
 
 
+def test_malformed_chunked_body_after_an_early_answer_closes_and_answers_nothing_more(appliance):
+    # 401 comes before the body is read; the body, read only to drop it, is malformed: the
+    # connection closes there, and the request hidden after it is never answered.
+    data = (b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunked(b"ZZ")
+            + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    first, after, closed = exchange(appliance, data)
+    assert first.startswith(b"HTTP/1.1 401 "), first[:200]
+    assert closed and after == b"", after[:200]
+
+
 def test_content_length_with_transfer_encoding_is_400_and_closes(appliance):
     before = key_count(appliance)
     body = chunked(b"%x" % len(KEY_BODY))
