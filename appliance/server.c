@@ -1029,6 +1029,7 @@ static int srv_framing_gate(struct mg_connection *c)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     srv_outcome o = {.route = -1};
     srv_next_request_id(s);
+    met_take_kid(NULL); /* as srv_dispatch: no kid left over on this thread is logged */
     int status = srv_send_error(c, r.err, r.msg, NULL, 1);
     srv_account(c, s, status, &t0, &o);
     return status;

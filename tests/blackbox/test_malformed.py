@@ -380,3 +380,24 @@ def test_no_framing_error_gets_a_5xx_and_the_appliance_stays_healthy(appliance):
             assert first.startswith(b"HTTP/1.1 4"), (path, framing, first[:200])
     assert appliance.get("/healthz", auth=False).status_code == 200
     assert appliance.get("/readyz", auth=False).status_code == 200
+
+
+def test_framing_refusals_are_counted_as_unmatched_requests(appliance):
+    # An operator sees smuggling attempts in /metrics: signd_http_requests_total, route
+    # "unmatched", by status.
+    import re
+
+    def counted(status):
+        text = appliance.get("/metrics").text
+        m = re.search(r'^signd_http_requests_total\{route="unmatched",method="other",'
+                      r'status="%d"\} (\d+)$' % status, text, re.M)
+        return int(m.group(1)) if m else 0
+
+    before400, before415 = counted(400), counted(415)
+    assert_refused(appliance, admin_post(appliance, "/v1/keys",
+                                         b"Content-Length: 2\r\nContent-Length: 2\r\n", b"{}"),
+                   400, "bad_framing")
+    exchange(appliance, admin_post(appliance, "/v1/keys",
+                                   b"Content-Encoding: gzip\r\nContent-Length: 2\r\n", b"{}"))
+    assert counted(400) == before400 + 1
+    assert counted(415) == before415 + 1
