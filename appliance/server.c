@@ -570,8 +570,8 @@ static long srv_read_body(struct mg_connection *c, const struct mg_request_info 
     return (long)got;
 }
 
-/* The error for srv_read_body's failure. Both close the connection: the rest of the body is
- * not read (srv_drain stops at once after a framing error). */
+/* The error for srv_read_body's failure. Both close the connection; after a framing error
+ * srv_drain reads nothing more (after a 413 it still drops up to SRV_DRAIN_BYTES). */
 static int srv_send_body_error(struct mg_connection *c, long failure)
 {
     if (failure == SRV_BODY_TOO_LARGE)
