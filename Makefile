@@ -67,7 +67,11 @@ deps:
 	@mk/deps.sh
 
 # CivetWeb is built by mk/civetweb.sh (called by deps); building without it fails with a hint.
-$(CIVETLIB) $(CIVET)/civetweb.h:
+# Its patches are prerequisites, so that changing one rebuilds it (the script checks its stamp);
+# the header hangs off the library so that make -j runs the script once.
+$(CIVETLIB): $(wildcard mk/civetweb/*.patch)
+	@mk/civetweb.sh
+$(CIVET)/civetweb.h: $(CIVETLIB)
 	@mk/civetweb.sh
 
 $(BUILD)/obj/%.o: %.c $(CIVET)/civetweb.h

@@ -23,6 +23,9 @@ static const api_err_info api_errors[API_ERR_COUNT_] = {
     [API_ERR_BODY_TOO_LARGE] = {413, "body_too_large"},
     [API_ERR_HEADERS_TOO_LARGE] = {431, "headers_too_large"},
     [API_ERR_UNSUPPORTED_MEDIA_TYPE] = {415, "unsupported_media_type"},
+    [API_ERR_BAD_FRAMING] = {400, "bad_framing"},
+    [API_ERR_HTTP_VERSION_NOT_SUPPORTED] = {505, "http_version_not_supported"},
+    [API_ERR_UNSUPPORTED_CONTENT_ENCODING] = {415, "unsupported_content_encoding"},
     [API_ERR_INVALID_JSON] = {400, "invalid_json"},
     [API_ERR_INVALID_UTF8] = {400, "invalid_utf8"},
     [API_ERR_DUPLICATE_KEY] = {400, "duplicate_key"},
@@ -94,6 +97,8 @@ api_err api_err_from_status(int status)
     for (size_t i = 0; i < sizeof(generic) / sizeof(generic[0]); i++)
         if (api_errors[generic[i]].http_status == status)
             return generic[i];
+    if (status == 505) /* CivetWeb's answer to any HTTP version but 1.0 and 1.1 */
+        return API_ERR_HTTP_VERSION_NOT_SUPPORTED;
     return status >= 500 ? API_ERR_INTERNAL : API_ERR_BAD_REQUEST;
 }
 

@@ -166,6 +166,9 @@ static const char *srv_reason(int status)
     return r ? r : "Unknown";
 }
 
+/* A body read failed on its framing (srv_send_body_error): srv_drain must not read on. */
+static _Thread_local int srv_body_unframed;
+
 /* What srv_drain reads and drops of a request body left unread, at most. */
 #define SRV_DRAIN_BYTES (1024 * 1024)
 #define SRV_DRAIN_BODY_MS 1000
@@ -178,6 +181,10 @@ static const char *srv_reason(int status)
  * CivetWeb reads the whole body however large or slow it is, holding the thread. */
 static int srv_drain(struct mg_connection *c)
 {
+    if (srv_body_unframed) { /* nothing after a malformed body is a body: close */
+        srv_body_unframed = 0;
+        return -1;
+    }
     /* No body announced, or a request CivetWeb could not parse (its headers are reset): a
      * read would wait for bytes that are not a body. */
     const struct mg_request_info *ri = mg_get_request_info(c);
@@ -389,22 +396,192 @@ static int srv_is_json(const char *ct)
     return n == 16 && strncasecmp(ct, "application/json", 16) == 0;
 }
 
-/* Reads the body into buf (API_BODY_MAX + 1 bytes); -1 when it exceeds the bound. */
+/* ---- HTTP framing ------------------------------------------------------------------------ */
+
+/* With a load balancer in front, a request the appliance frames differently from the balancer
+ * leaves bytes that one of them reads as another request (request smuggling). CivetWeb 1.15 is
+ * lenient: it takes the first of several Content-Length headers, reads "2x" as 2, lets
+ * Transfer-Encoding: chunked override a Content-Length, and reads Transfer-Encoding: identity
+ * as none. So the front accepts exactly one framing per request (RFC 9112 section 6.3): no
+ * body, one Content-Length of plain digits, or one Transfer-Encoding that is exactly chunked,
+ * never both; anything else is 400 bad_framing and the connection is closed, since no byte
+ * after it can be trusted to start a request. SECURITY.md, "HTTP framing", lists it all. */
+
+/* A refusal: the error and its message, or API_OK. */
+typedef struct {
+    api_err err;
+    const char *msg;
+} srv_refusal;
+
+/* v is the token want, in any case, followed by nothing but the whitespace CivetWeb leaves at
+ * the end of a value (it drops the leading). */
+static int srv_value_is(const char *v, const char *want)
+{
+    size_t n = strlen(want);
+    if (v == NULL || strncasecmp(v, want, n) != 0)
+        return 0;
+    v += n;
+    v += strspn(v, " \t");
+    return *v == '\0';
+}
+
+/* RFC 9110 section 8.6: Content-Length = 1*DIGIT. No sign, no list, no "0x". */
+static int srv_is_content_length(const char *v)
+{
+    size_t n = strspn(v, "0123456789");
+    if (n == 0)
+        return 0;
+    v += n;
+    v += strspn(v, " \t");
+    return *v == '\0';
+}
+
+/* RFC 9112 section 2.3: HTTP-version's number is DIGIT "." DIGIT. */
+static int srv_is_http_version(const char *v)
+{
+    return v != NULL && v[0] >= '0' && v[0] <= '9' && v[1] == '.' && v[2] >= '0' && v[2] <= '9' &&
+           v[3] == '\0';
+}
+
+/* The framing of the request's headers: Content-Length and Transfer-Encoding. */
+static srv_refusal srv_framing_check(const struct mg_request_info *ri)
+{
+    int cl = 0, te = 0;
+    const char *cl_value = NULL, *te_value = NULL;
+    for (int i = 0; i < ri->num_headers; i++) {
+        const char *name = ri->http_headers[i].name;
+        if (name != NULL && strcasecmp(name, "Content-Length") == 0) {
+            cl++;
+            cl_value = ri->http_headers[i].value;
+        } else if (name != NULL && strcasecmp(name, "Transfer-Encoding") == 0) {
+            te++;
+            te_value = ri->http_headers[i].value;
+        }
+    }
+    /* Even two equal ones: a balancer that joins them reads "5, 5", which is no length. */
+    if (cl > 1)
+        return (srv_refusal){API_ERR_BAD_FRAMING, "Content-Length is given more than once"};
+    if (cl == 1 && !srv_is_content_length(cl_value))
+        return (srv_refusal){API_ERR_BAD_FRAMING, "Content-Length is not a decimal number"};
+    if (cl > 0 && te > 0)
+        return (srv_refusal){API_ERR_BAD_FRAMING,
+                             "a request has Content-Length or Transfer-Encoding, not both"};
+    /* Two headers make one list ("chunked, chunked" or "chunked, gzip"): chunked must be the
+     * only coding and come once. */
+    if (te > 1)
+        return (srv_refusal){API_ERR_BAD_FRAMING, "Transfer-Encoding is given more than once"};
+    /* 400 rather than RFC 9112's 501 for a coding it does not know: a client must not be able
+     * to make the appliance answer 5xx at will (a balancer counts 5xx against the backend,
+     * and may retry a request it thinks failed there). */
+    if (te == 1 && !srv_value_is(te_value, "chunked"))
+        return (srv_refusal){API_ERR_BAD_FRAMING, "the only transfer coding accepted is chunked"};
+    /* RFC 9112 section 6.1: HTTP/1.0 has no transfer coding; its framing is to be treated as
+     * faulty. */
+    if (te == 1 && ri->http_version != NULL && strcmp(ri->http_version, "1.0") == 0)
+        return (srv_refusal){API_ERR_BAD_FRAMING, "HTTP/1.0 has no Transfer-Encoding"};
+    return (srv_refusal){API_OK, NULL};
+}
+
+/* The appliance decodes no content coding: a body whose Content-Encoding is anything but
+ * identity would be parsed as the wrong bytes, so it is refused rather than ignored. */
+static int srv_content_coding_ok(const struct mg_request_info *ri)
+{
+    for (int i = 0; i < ri->num_headers; i++) {
+        const char *name = ri->http_headers[i].name;
+        if (name != NULL && strcasecmp(name, "Content-Encoding") == 0 &&
+            !srv_value_is(ri->http_headers[i].value, "identity"))
+            return 0;
+    }
+    return 1;
+}
+
+/* What the whole request's head says, before anything else looks at it: its framing; a body on
+ * GET or HEAD, which the appliance never reads (RFC 9110 section 9.3.1 names it a smuggling
+ * risk); and, for the methods whose body it reads, the content coding. */
+static srv_refusal srv_request_check(const struct mg_request_info *ri)
+{
+    srv_refusal f = srv_framing_check(ri);
+    if (f.err != API_OK)
+        return f;
+    const char *m = ri->request_method ? ri->request_method : "";
+    int chunked = 0;
+    for (int i = 0; i < ri->num_headers; i++)
+        if (ri->http_headers[i].name != NULL &&
+            strcasecmp(ri->http_headers[i].name, "Transfer-Encoding") == 0)
+            chunked = 1;
+    if ((ri->content_length > 0 || chunked) && (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0))
+        return (srv_refusal){API_ERR_BAD_FRAMING, "a GET or HEAD request carries no body"};
+    if ((strcmp(m, "POST") == 0 || strcmp(m, "DELETE") == 0) && !srv_content_coding_ok(ri))
+        return (srv_refusal){API_ERR_UNSUPPORTED_CONTENT_ENCODING,
+                             "the appliance decodes no Content-Encoding but identity"};
+    return (srv_refusal){API_OK, NULL};
+}
+
+api_err srv_check_head(const struct mg_request_info *ri, const char **msg)
+{
+    srv_refusal r = srv_request_check(ri);
+    *msg = r.msg;
+    return r.err;
+}
+
+/* The error for a status CivetWeb raises itself. Its 400 and 411 for a request whose head it
+ * parsed may be framing it refused (a Transfer-Encoding other than chunked, a Content-Length it
+ * cannot read): bad_framing says which. Its 505 is for any version but 1.0 and 1.1, a malformed
+ * one included, which is a bad request rather than an unsupported version. */
+static srv_refusal srv_civetweb_refusal(struct mg_connection *c, int status, const char *msg)
+{
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    if (ri != NULL && status == 505 && !srv_is_http_version(ri->http_version))
+        return (srv_refusal){API_ERR_BAD_REQUEST, "the HTTP version is malformed"};
+    if (ri != NULL && (status == 400 || status == 411)) {
+        srv_refusal f = srv_framing_check(ri);
+        if (f.err != API_OK)
+            return f;
+    }
+    return (srv_refusal){api_err_from_status(status), msg};
+}
+
+/* How srv_read_body fails. */
+#define SRV_BODY_TOO_LARGE (-1)
+#define SRV_BODY_UNFRAMED (-2) /* a chunk or trailer is malformed, or the body ended early */
+
+/* Reads the body into buf (API_BODY_MAX + 1 bytes): its length, or SRV_BODY_TOO_LARGE past the
+ * bound, or SRV_BODY_UNFRAMED. CivetWeb's mg_read answers -1 for a malformed chunked body and
+ * 0 for a Content-Length body cut short: taking either as the end of the body would serve
+ * what came so far (an empty body creates a key). */
 static long srv_read_body(struct mg_connection *c, const struct mg_request_info *ri, char *buf)
 {
     if (ri->content_length > API_BODY_MAX)
-        return -1;
+        return SRV_BODY_TOO_LARGE;
     size_t got = 0;
     for (;;) {
         int r = mg_read(c, buf + got, API_BODY_MAX + 1 - got);
-        if (r <= 0)
+        if (r < 0)
+            return SRV_BODY_UNFRAMED;
+        if (r == 0)
             break;
         got += (size_t)r;
         if (got > API_BODY_MAX)
-            return -1;
+            return SRV_BODY_TOO_LARGE;
     }
+    if (ri->content_length >= 0 && (long long)got != ri->content_length)
+        return SRV_BODY_UNFRAMED;
     buf[got] = '\0';
     return (long)got;
+}
+
+/* The error for srv_read_body's failure. Both close the connection; after a framing error
+ * srv_drain reads nothing more (after a 413 it still drops up to SRV_DRAIN_BYTES). */
+static int srv_send_body_error(struct mg_connection *c, long failure)
+{
+    if (failure == SRV_BODY_TOO_LARGE)
+        return srv_send_error(c, API_ERR_BODY_TOO_LARGE, "request bodies are limited to 64 KiB",
+                              NULL, 1);
+    srv_body_unframed = 1;
+    return srv_send_error(c, API_ERR_BAD_FRAMING,
+                          "the body's framing is malformed: a chunk size, chunk extension or "
+                          "trailer, or a body that ended before its Content-Length",
+                          NULL, 1);
 }
 
 #define SRV_PATH_LOG_MAX 128
@@ -580,8 +757,7 @@ static int srv_route_request(struct mg_connection *c, srv *s, srv_outcome *o)
     if (strcmp(ri->request_method, "POST") == 0 || strcmp(ri->request_method, "DELETE") == 0) {
         long n = srv_read_body(c, ri, body);
         if (n < 0)
-            return srv_send_error(c, API_ERR_BODY_TOO_LARGE, "request bodies are limited to 64 KiB",
-                                  NULL, 1);
+            return srv_send_body_error(c, n);
         if (n > 0 && !srv_is_json(mg_get_header(c, "Content-Type")))
             return srv_send_error(c, API_ERR_UNSUPPORTED_MEDIA_TYPE,
                                   "the body must be sent as Content-Type: application/json", NULL,
@@ -833,8 +1009,31 @@ static int srv_http_error(struct mg_connection *c, int status, const char *msg)
         srv_next_request_id(s);
     else
         srv_request_id[0] = '\0';
-    srv_send_error(c, api_err_from_status(status), msg, NULL, 1);
+    srv_refusal r = srv_civetweb_refusal(c, status, msg);
+    srv_send_error(c, r.err, r.msg, NULL, 1);
     return 0;
+}
+
+/* CivetWeb's begin_request callback: every request whose head CivetWeb accepted, before any
+ * route, credential or body. A refusal (srv_request_check) closes the connection, so CivetWeb
+ * reads nothing more of it, and is counted and logged as an unmatched request. */
+static int srv_framing_gate(struct mg_connection *c)
+{
+    srv *s = mg_get_user_data(mg_get_context(c));
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    if (s == NULL || ri == NULL)
+        return 0;
+    srv_refusal r = srv_request_check(ri);
+    if (r.err == API_OK)
+        return 0;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    srv_outcome o = {.route = -1};
+    srv_next_request_id(s);
+    met_take_kid(NULL); /* as srv_dispatch: no kid left over on this thread is logged */
+    int status = srv_send_error(c, r.err, r.msg, NULL, 1);
+    srv_account(c, s, status, &t0, &o);
+    return status;
 }
 
 /* CivetWeb's init_ssl callback: the whole TLS policy (versions, checked cipher lists, the
@@ -962,6 +1161,7 @@ srv *srv_start(const api_env *env, char *err, size_t errlen)
     struct mg_callbacks cb;
     memset(&cb, 0, sizeof(cb));
     cb.http_error = srv_http_error;
+    cb.begin_request = srv_framing_gate;
     cb.init_ssl = srv_init_ssl;
     cb.exit_thread = srv_exit_thread;
     cb.log_message = srv_log_message;

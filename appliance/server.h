@@ -26,6 +26,14 @@ srv *srv_start(const api_env *env, char *err, size_t errlen);
  * test that holds docs/openapi.yaml to it. 0, or -1 on a write error. */
 int srv_print_routes(FILE *f);
 
+struct mg_request_info;
+
+/* The front's verdict on a request's head, before any route, credential or body (SECURITY.md,
+ * "HTTP framing"): API_OK, or API_ERR_BAD_FRAMING (Content-Length, Transfer-Encoding, a body
+ * on GET or HEAD) or API_ERR_UNSUPPORTED_CONTENT_ENCODING, with *msg saying why. Reads only
+ * ri's request_method, http_version, content_length and headers. For tests/fuzz. */
+api_err srv_check_head(const struct mg_request_info *ri, const char **msg);
+
 /* The port actually bound (useful with port 0). */
 int srv_port(const srv *s);
 

@@ -7,14 +7,19 @@
 # in the directory of every request's path on the host (/v1/.htpasswd for /v1/tokens),
 # even with NO_FILES and callback handlers, which costs a syscall per request and would let
 # a file dropped there switch on basic authentication. NO_FILESYSTEMS wants the error and
-# access loggers from us: mk/civetweb/*.inl. Rebuilt whenever these flags change.
+# access loggers from us: mk/civetweb/*.inl. mk/civetweb/*.patch are applied to the source
+# (strict-framing.patch: what the appliance cannot check from its callbacks, see its head).
+# Rebuilt whenever these flags or the patches change (the stamp holds their hash).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 out="$top/build/civetweb"
 flags="-DOPENSSL_API_3_0 -DNO_SSL_DL -DNO_CGI -DNO_FILES -DNO_FILESYSTEMS -DNO_CACHING
 -DMG_EXTERNAL_FUNCTION_mg_cry_internal_impl -DMG_EXTERNAL_FUNCTION_log_access"
+patches=$(cat "$top"/mk/civetweb/*.patch | sha256sum | cut -c1-16)
+stamp="$flags
+patches $patches"
 [ -f "$out/libcivetweb.a" ] && [ -f "$out/civetweb.h" ] &&
-	[ "$(cat "$out/flags" 2>/dev/null)" = "$flags" ] && exit 0
+	[ "$(cat "$out/flags" 2>/dev/null)" = "$stamp" ] && exit 0
 
 apt_dir="$top/build/apt"
 mkdir -p "$apt_dir"/{lists/partial,cache/archives/partial,sources.list.d,preferences.d,src}
@@ -37,6 +42,9 @@ fi
 ls civetweb_1.15*.dsc >/dev/null 2>&1 || { echo "civetweb: Debian no longer serves 1.15" >&2; exit 1; }
 rm -rf tree
 dpkg-source --no-check -x civetweb_1.15*.dsc tree >/dev/null
+for p in "$top"/mk/civetweb/*.patch; do
+	patch -d tree -p1 --forward --quiet <"$p" || { echo "civetweb: $p does not apply" >&2; exit 1; }
+done
 
 mkdir -p "$out"
 cc -c -O2 -g -fPIE -fstack-protector-strong -D_FORTIFY_SOURCE=2 \
@@ -44,5 +52,5 @@ cc -c -O2 -g -fPIE -fstack-protector-strong -D_FORTIFY_SOURCE=2 \
 	-Itree/include tree/src/civetweb.c -o "$out/civetweb.o"
 ar rcs "$out/libcivetweb.a" "$out/civetweb.o"
 cp tree/include/civetweb.h "$out/civetweb.h"
-echo "$flags" >"$out/flags"
+echo "$stamp" >"$out/flags"
 echo "civetweb: built $out/libcivetweb.a"

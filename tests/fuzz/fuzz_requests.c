@@ -7,10 +7,13 @@
  *   3 POST /v1/keys/{kid}/sign   4 POST /v1/tokens   5 POST /v1/credentials
  *   6 DELETE /v1/credentials/{id}   7 POST /v1/tokens/redeem
  * bit 3 makes the caller a signer with its own max_ttl (600 s), bit 4 sets tls_client_ca
- * (so client_subject is allowed). The environment has a configuration and nothing else:
- * registry, keeper, credential store and audit are NULL, so a parse that reached for any
- * of them would crash here.
- * Invariants, beyond the sanitizers:
+ * (so client_subject is allowed). Bit 5 instead makes the input a request head for the front's
+ * framing check (srv_check_head, SECURITY.md "HTTP framing"): one line each, the method, the
+ * HTTP version ("1.1"), then "name: value" fields, split as CivetWeb splits them. The environment
+ * has a configuration and nothing else: registry, keeper, credential store and audit are NULL, so a
+ * parse that reached for any of them would crash here. Invariants, beyond the sanitizers (a head:
+ * an acceptance has exactly one framing, no body on GET or HEAD, and no content coding on POST or
+ * DELETE; a refusal is 400 bad_framing or 415 unsupported_content_encoding with a message):
  *   - a refusal is an error of the table with a message, a 4xx (or internal_error, which
  *     only running out of memory gives), and leaves the struct zeroed (credentials: but for
  *     the well-formed kids before a bad one);
@@ -22,10 +25,14 @@
  * `make test` (build/tests/test_fuzz_requests, tests/fuzz/replay.c).
  */
 #include "api/api.h"
+#include "appliance/server.h"
 #include "jose/jose.h"
+
+#include "civetweb.h"
 
 #include <stdint.h>
 #include <stdio.h>
+#include <strings.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -237,6 +244,71 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+/* v is want (any case) then only spaces and tabs. */
+static int head_value_is(const char *v, const char *want)
+{
+    size_t n = strlen(want);
+    return strncasecmp(v, want, n) == 0 && v[n + strspn(v + n, " \t")] == '\0';
+}
+
+/* The framing check on a head (text: NUL-terminated, changed in place), held to RFC 9112's
+ * rules as SECURITY.md states them, counted here independently of server.c. */
+static void fuzz_head(char *text)
+{
+    struct mg_request_info ri;
+    memset(&ri, 0, sizeof(ri));
+    ri.content_length = -1;
+    char *save = NULL;
+    char *line = strtok_r(text, "\n", &save);
+    ri.request_method = line ? line : "";
+    line = strtok_r(NULL, "\n", &save);
+    ri.http_version = line ? line : "1.1";
+    while ((line = strtok_r(NULL, "\n", &save)) != NULL && ri.num_headers < MG_MAX_HEADERS) {
+        char *colon = strchr(line, ':');
+        const char *value = "";
+        if (colon != NULL) {
+            *colon = '\0';
+            value = colon + 1 + strspn(colon + 1, " \t"); /* CivetWeb drops leading OWS */
+        }
+        ri.http_headers[ri.num_headers].name = line;
+        ri.http_headers[ri.num_headers].value = value;
+        ri.num_headers++;
+    }
+    int cl = 0, te = 0, coded = 0, te_chunked = 0, cl_digits = 0;
+    for (int i = 0; i < ri.num_headers; i++) {
+        const char *n = ri.http_headers[i].name, *v = ri.http_headers[i].value;
+        if (strcasecmp(n, "Content-Length") == 0) {
+            size_t d = strspn(v, "0123456789");
+            cl_digits = d > 0 && v[d + strspn(v + d, " \t")] == '\0';
+            if (cl++ == 0 && cl_digits) /* as CivetWeb: the first one's value */
+                ri.content_length = strtoll(v, NULL, 10);
+        } else if (strcasecmp(n, "Transfer-Encoding") == 0) {
+            te++;
+            te_chunked = head_value_is(v, "chunked");
+        } else if (strcasecmp(n, "Content-Encoding") == 0 && !head_value_is(v, "identity")) {
+            coded = 1;
+        }
+    }
+    const char *msg = NULL;
+    api_err e = srv_check_head(&ri, &msg);
+    if (e != API_OK) {
+        check(e == API_ERR_BAD_FRAMING || e == API_ERR_UNSUPPORTED_CONTENT_ENCODING,
+              "head: refused with another error");
+        check(msg != NULL && msg[0] != '\0', "head: a refusal without a message");
+        check(api_err_table(e)->http_status / 100 == 4, "head: a refusal that is not a 4xx");
+        return;
+    }
+    const char *m = ri.request_method;
+    check(cl <= 1 && te <= 1 && !(cl && te), "head: accepted more than one framing");
+    check(!cl || cl_digits, "head: accepted a Content-Length that is not digits");
+    check(!te || te_chunked, "head: accepted a transfer coding other than chunked");
+    check(!te || strcmp(ri.http_version, "1.0") != 0, "head: accepted chunked in HTTP/1.0");
+    check((strcmp(m, "GET") != 0 && strcmp(m, "HEAD") != 0) || (!te && ri.content_length <= 0),
+          "head: accepted a body on GET or HEAD");
+    check((strcmp(m, "POST") != 0 && strcmp(m, "DELETE") != 0) || !coded,
+          "head: accepted a content coding");
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1 || size - 1 > API_BODY_MAX)
@@ -256,7 +328,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     q.body = body;
     q.body_len = len;
     q.now = NOW;
-    fuzz_body(sel & 7, &q);
+    if (sel & 0x20)
+        fuzz_head(body);
+    else
+        fuzz_body(sel & 7, &q);
     free(body);
     return 0;
 }
