@@ -258,3 +258,27 @@ def test_nothing_acknowledged_is_lost_across_stalls_of_the_keeper_and_the_front(
     listed = [e["kid"] for e in a.get("/v1/revocations", auth=False).json()["revoked"]]
     assert set(revoked) <= set(listed)
     assert a.children()["front"] == front  # stopped and continued, never replaced
+
+
+def test_a_database_locked_past_its_busy_timeout_answers_503_storage_unavailable(make_appliance):
+    """Another process holds the database's write lock longer than the stores wait for it
+    (5 s): a change answers 503 storage_unavailable with Retry-After, never hangs, and
+    succeeds once the lock is gone; reads (WAL) go on meanwhile."""
+    import sqlite3
+
+    a = make_appliance()
+    db = sqlite3.connect(os.path.join(a.dir, a.conf_value("database") or "appliance.db"),
+                         isolation_level=None, timeout=1)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        r, took = timed(lambda: a.post("/v1/credentials", {"role": "auditor", "label": "x"},
+                                       timeout=30))
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "storage_unavailable"
+        assert r.headers["Retry-After"] == "1"
+        assert 4 <= took < 5 + SLACK_S, took
+        assert a.get("/v1/keys").status_code == 200
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert a.post("/v1/credentials", {"role": "auditor", "label": "x"}).status_code == 201

@@ -9,6 +9,16 @@ short time, then SIGKILLs one target at a random moment:
   group       the supervisor, keeper and front at once; the soak starts signd again
   supervisor  the supervisor alone; its children get SIGTERM (PR_SET_PDEATHSIG) and stop,
               the soak starts signd again
+or, in a share of the rounds, stops one with SIGSTOP instead (a hang, not a crash):
+  stall-keeper           the keeper, for 0.5 to 3 s (a module call that does not return),
+                         then SIGCONT: requests that need the token answer 503 hsm_timeout
+                         within keeper_timeout_ms, the rest as usual; the same keeper goes on
+  stall-keeper-watchdog  the keeper, until the supervisor's watchdog kills it
+                         (keeper_watchdog_ms, 4 s here) and starts another
+  stall-front            the front, for 0.5 to 3 s, then SIGCONT
+  while a watcher asks /readyz and /healthz every 100 ms; every answer's latency during a
+  stall is recorded, and the end prints the table of docs/reliability.md (status, p50 /
+  p99 / max per request, and the time back to ready);
 and, once the appliance serves again, checks with no client running:
   token_registry   every active or retiring kid in GET /v1/keys has its private key on the
                    token, and no object on the token (but the appliance's service keys) has
@@ -37,6 +47,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -52,10 +63,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from conftest import BUILD, TOP, Appliance  # noqa: E402
 
 PROVISION = os.path.join(TOP, BUILD, "bin", "signd-provision")
-TARGETS = ("front", "keeper", "group", "supervisor")
-TARGET_WEIGHTS = (3, 3, 3, 1)
-# Audit checkpoints often enough that every round has some to anchor the next one on.
-CONF = {"audit_flush_seconds": 1, "audit_checkpoint_events": 20, "audit_checkpoint_seconds": 1}
+TARGETS = ("front", "keeper", "group", "supervisor", "stall-keeper", "stall-keeper-watchdog",
+           "stall-front")
+TARGET_WEIGHTS = (3, 3, 3, 1, 2, 1, 1)
+STALLS = [t for t in TARGETS if t.startswith("stall-")]
+# Audit checkpoints often enough that every round has some to anchor the next one on. The
+# keeper's deadline is the default; the watchdog's is short so that a stall past it fits a
+# round.
+WATCHDOG_MS = 4000
+CONF = {"audit_flush_seconds": 1, "audit_checkpoint_events": 20, "audit_checkpoint_seconds": 1,
+        "keeper_timeout_ms": 2000, "keeper_watchdog_ms": WATCHDOG_MS}
 LIVE_TARGET = 12  # creators pause above this many live keys, revokers below a few
 OLD_REVOKED_SAMPLE = 10
 REQUEST_TIMEOUT = 60
@@ -106,6 +123,17 @@ class Ledger:
         self.late_signatures = []  # (kid, route): a signature asked for after its revocation
         self.counts = {k: 0 for k in ("created", "rotated", "revoked", "signed", "minted",
                                       "unknown", "refused", "unavailable")}
+        self.phase = None  # the stall under way (a STALLS name), or None
+        self.latencies = {}  # (stall, "METHOD /template", status or "no answer") -> [s]
+
+    def note_latency(self, method, path, status, seconds):
+        """Records one answer's latency while a stall is under way."""
+        with self.lock:
+            if self.phase is None:
+                return
+            route = re.sub(r"[0-9a-f]{32}", "{kid}", path.split("?")[0])
+            key = (self.phase, "%s %s" % (method, route), status)
+            self.latencies.setdefault(key, []).append(seconds)
 
     def count(self, what, n=1):
         with self.lock:
@@ -127,12 +155,15 @@ class Clients:
 
     def call(self, s, method, path, secret, body):
         """The response, or None when the outcome is unknown (connection lost)."""
+        t0 = time.monotonic()
         try:
             # verify per request: REQUESTS_CA_BUNDLE would override a session's.
-            return s.request(method, self.a.url + path, json=body, timeout=REQUEST_TIMEOUT,
-                             headers={"Authorization": "Bearer " + secret},
-                             verify=self.a.cacert)
+            r = s.request(method, self.a.url + path, json=body, timeout=REQUEST_TIMEOUT,
+                          headers={"Authorization": "Bearer " + secret}, verify=self.a.cacert)
+            self.ledger.note_latency(method, path, r.status_code, time.monotonic() - t0)
+            return r
         except requests.exceptions.ConnectionError:
+            self.ledger.note_latency(method, path, "no answer", time.monotonic() - t0)
             self.ledger.count("unknown")
             self.stop.wait(0.1)  # the front is down: do not spin until it is back
             return None
@@ -231,9 +262,23 @@ class Clients:
             else:
                 self.tally(r, 200)
 
+    def watcher(self):
+        """What a load balancer and a liveness check see: /readyz and /healthz every 100 ms
+        (their latencies are recorded while a stall is under way)."""
+        s = self.session()
+        while not self.stop.wait(0.1):
+            for path in ("/readyz", "/healthz"):
+                t0 = time.monotonic()
+                try:
+                    r = s.get(self.a.url + path, timeout=REQUEST_TIMEOUT, verify=self.a.cacert)
+                    status = r.status_code
+                except requests.exceptions.RequestException:
+                    status = "no answer"
+                self.ledger.note_latency("GET", path, status, time.monotonic() - t0)
+
     def start(self):
         plan = [self.creator, self.creator, self.revoker, self.rotator,
-                lambda: self.signer("sign"), lambda: self.signer("token")]
+                lambda: self.signer("sign"), lambda: self.signer("token"), self.watcher]
         for f in plan:
             t = threading.Thread(target=f, daemon=True)
             t.start()
@@ -262,6 +307,7 @@ class Soak:
         self.revocations_checked = 0
         self.round = 0
         self.target = None
+        self.back_to_ready = {}  # stall -> [seconds from its end to /readyz 200]
 
     # ---- the appliance ---------------------------------------------------------------
 
@@ -299,8 +345,44 @@ class Soak:
         finally:
             os.close(fd)  # releases the lock at once
 
+    def stall(self, target):
+        """SIGSTOP the keeper or the front (a module call that never returns, a wedged
+        process) while the clients run; SIGCONT it, or let the watchdog kill it
+        (stall-keeper-watchdog). Returns the seconds from the end of the stall (SIGCONT, or
+        the watchdog's restart) to /readyz 200."""
+        a = self.a
+        role = "front" if target == "stall-front" else "keeper"
+        pid = a.children()[role]
+        with self.ledger.lock:
+            self.ledger.phase = target
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            if target == "stall-keeper-watchdog":
+                self.wait_child_replaced("keeper", pid)
+            else:
+                # Below the watchdog's bound: the same keeper goes on.
+                time.sleep(self.rng.uniform(0.5, min(3.0, WATCHDOG_MS / 1000 - 1)))
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        t = time.monotonic()
+        self.wait_ready()
+        back = time.monotonic() - t
+        with self.ledger.lock:
+            self.ledger.phase = None
+        if target != "stall-keeper-watchdog":
+            check(a.children().get(role) == pid, "restart",
+                  "the %s was replaced during a stall shorter than the watchdog's" % role)
+        self.back_to_ready.setdefault(target, []).append(back)
+        return back
+
     def kill(self, target):
         a = self.a
+        if target in STALLS:
+            self.stall(target)
+            return
         kids = a.children()
         if target in ("front", "keeper"):
             os.kill(kids[target], signal.SIGKILL)
@@ -557,8 +639,28 @@ class Soak:
                  ", ".join("%s %d" % kv for kv in self.kills.items()), c["created"],
                  c["rotated"], c["revoked"], c["signed"], c["minted"], c["unknown"],
                  c["unavailable"], self.revocations_checked, self.feed_seq), flush=True)
+        self.report_stalls()
         shutil.rmtree(self.dir, ignore_errors=True)
         return 0
+
+    def report_stalls(self):
+        """The table of docs/reliability.md: for each stall, what clients saw (status,
+        p50 / p99 / max latency in ms, how many) and the time back to ready."""
+        def pct(xs, p):
+            xs = sorted(xs)
+            return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000
+
+        print("soak: stalls (latencies in ms while stalled; back to ready after it ended)")
+        print("| stall | request | status | n | p50 | p99 | max |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for key in sorted(self.ledger.latencies, key=str):
+            xs = self.ledger.latencies[key]
+            print("| %s | %s | %s | %d | %.0f | %.0f | %.0f |"
+                  % (key[0], key[1], key[2], len(xs), pct(xs, 0.5), pct(xs, 0.99),
+                     max(xs) * 1000))
+        for target, xs in sorted(self.back_to_ready.items()):
+            print("soak: %s: %d stalls, back to ready p50 %.2f s, max %.2f s"
+                  % (target, len(xs), pct(xs, 0.5) / 1000, max(xs)))
 
     def stop_quietly(self):
         try:
