@@ -80,22 +80,6 @@ static api_doc *api_doc_new(json_t *j, uint64_t generation)
     return d;
 }
 
-/* The publication key's JWK, fetched from the token once (it never changes while the
- * token holds it), or NULL while the token cannot say: then the JWKS is built without it
- * and rebuilt on the next request. A new reference. Caller holds api_pub_mu. */
-static json_t *api_pub_jwk;
-
-static json_t *api_publication_jwk(kp *k)
-{
-    if (api_pub_jwk == NULL && k != NULL) {
-        hsm_pubkey pub;
-        /* Its own use: a verifier never takes it for a token's key. */
-        if (kp_svc_public_key(k, KP_SVC_PUBLISH, &pub) == HSM_OK)
-            api_pub_jwk = api_service_jwk(&pub, KP_PUBLISH_KID, API_PUBLICATION_USE);
-    }
-    return api_pub_jwk ? json_incref(api_pub_jwk) : NULL;
-}
-
 static json_t *api_jwks_json(reg *rg)
 {
     /* Active and retiring keys: a rotated key keeps verifying the tokens already out. */
@@ -145,9 +129,8 @@ static json_t *api_revocations_json(reg *rg, uint64_t after)
     return json_pack("{s:I, s:o}", "sequence", (json_int_t)top, "revoked", arr);
 }
 
-/* Builds a document's JSON; sets *partial when it lacks something it should hold (the
- * publication key, while the token cannot be asked), so that it is rebuilt next time. */
-typedef json_t *(*api_doc_build)(const api_env *env, int *partial);
+/* Builds a document's JSON: a new reference, or NULL when out of memory. */
+typedef json_t *(*api_doc_build)(const api_env *env);
 
 /* The current document in *slot, rebuilt when the registry moved; a new reference. */
 static api_doc *api_doc_get(api_doc **slot, const api_env *env, api_doc_build build)
@@ -155,11 +138,7 @@ static api_doc *api_doc_get(api_doc **slot, const api_env *env, api_doc_build bu
     pthread_mutex_lock(&api_pub_mu);
     uint64_t gen = reg_generation(env->reg);
     if (*slot == NULL || (*slot)->generation != gen) {
-        int partial = 0;
-        json_t *j = build(env, &partial);
-        /* Generation 0 is never the registry's (it starts at 1): a partial document is
-         * served now and rebuilt on the next request. */
-        api_doc *d = api_doc_new(j, partial ? 0 : gen);
+        api_doc *d = api_doc_new(build(env), gen);
         if (d != NULL) {
             api_doc_put(*slot);
             *slot = d;
@@ -172,22 +151,17 @@ static api_doc *api_doc_get(api_doc **slot, const api_env *env, api_doc_build bu
     return d;
 }
 
-/* Caller holds api_pub_mu (api_doc_get). */
-static json_t *api_jwks_build(const api_env *env, int *partial)
+/* Client keys only. The publication key is served at GET /v1/revocations/key and never
+ * here: a relying party that picks a key by kid and checks neither `use` nor `typ` would
+ * otherwise take the signed feed (a JWS with iss and a fresh exp) or a status list for a
+ * valid token. */
+static json_t *api_jwks_build(const api_env *env)
 {
-    json_t *j = api_jwks_json(env->reg);
-    json_t *pub = api_publication_jwk(env->kp);
-    if (pub == NULL)
-        *partial = 1;
-    else if (j != NULL)
-        json_array_append(json_object_get(j, "keys"), pub);
-    json_decref(pub);
-    return j;
+    return api_jwks_json(env->reg);
 }
 
-static json_t *api_revocations_build(const api_env *env, int *partial)
+static json_t *api_revocations_build(const api_env *env)
 {
-    (void)partial;
     return api_revocations_json(env->reg, 0);
 }
 
@@ -203,8 +177,6 @@ void api_publish_free(void)
     api_doc_put(api_jwks_doc);
     api_doc_put(api_rev_doc);
     api_jwks_doc = api_rev_doc = NULL;
-    json_decref(api_pub_jwk);
-    api_pub_jwk = NULL;
     pthread_mutex_unlock(&api_pub_mu);
     api_feed_drop_all();
     api_sl_drop_all();

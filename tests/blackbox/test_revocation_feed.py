@@ -5,8 +5,10 @@ against the key from /v1/revocations/key, never with the appliance's own code.
 """
 import base64
 import json
+import os
 import socket
 import ssl
+import subprocess
 import threading
 import time
 
@@ -145,19 +147,77 @@ def test_feed_is_a_jws_signed_by_the_publication_key_with_the_documented_claims(
     assert r.headers["Cache-Control"] == "public, max-age=30"
 
 
-def test_publication_key_is_in_the_jwks_with_its_own_use_and_is_no_client_kid(make_appliance):
+def test_publication_key_is_served_only_at_its_own_route_and_is_no_client_kid(make_appliance):
     a = make_appliance()
     k = a.create_key()
-    jwks = a.get("/.well-known/jwks.json", auth=False).json()["keys"]
-    by_kid = {j["kid"]: j for j in jwks}
-    assert by_kid[PUB_KID]["use"] == "kid-revocation"
-    assert by_kid[PUB_KID]["n"] == publication_key(a)["jwk"]["n"]
-    assert by_kid[k["kid"]]["use"] == "sig"
-    assert [j["kid"] for j in jwks if j["use"] == "sig"] == [k["kid"]]
+    jwks = a.get("/.well-known/jwks.json", auth=False)
+    # Only the client key: the publication key is not in the JWKS under any kid or use.
+    assert [(j["kid"], j["use"]) for j in jwks.json()["keys"]] == [(k["kid"], "sig")]
+    assert PUB_KID not in jwks.text and publication_key(a)["jwk"]["n"] not in jwks.text
     # Not a client key: not listed, not signable, not revocable through the key routes.
     assert PUB_KID not in [x["kid"] for x in a.get("/v1/keys").json()["keys"]]
     assert a.delete("/v1/keys/" + PUB_KID).status_code == 400
     assert a.post("/v1/tokens", {"kid": PUB_KID, "sub": "x"}).status_code == 400
+
+
+NODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
+
+
+def node_jose_verdict(jwks_path, token):
+    """node's jose (tests/blackbox/node, installed with npm ci when missing): "accepted" or
+    "refused <code>"."""
+    if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "jose")):
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--prefix", NODE_DIR],
+                       check=True, capture_output=True, timeout=300)
+    out = subprocess.run(["node", os.path.join(NODE_DIR, "verify_as_token.mjs"), jwks_path,
+                          token], check=True, capture_output=True, text=True, timeout=60)
+    return out.stdout.strip()
+
+
+def pyjwt_verdict(jwks, token):
+    """PyJWT (python3-jwt) as a relying party uses it: the JWKS key whose kid the header
+    names, RS256; neither use nor typ looked at."""
+    import jwt
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = next(k for k in jwt.PyJWKSet.from_dict(jwks).keys if k.key_id == kid)
+        jwt.decode(token, key.key, algorithms=["RS256"])
+        return "accepted"
+    except (StopIteration, jwt.PyJWTError) as e:
+        return "refused " + type(e).__name__
+
+
+def jwcrypto_verdict(jwks, token):
+    from jwcrypto import jwk as cjwk, jwt as cjwt
+    try:
+        cjwt.JWT(jwt=token, key=cjwk.JWKSet.from_json(json.dumps(jwks)), algs=["RS256"])
+        return "accepted"
+    except Exception as e:  # jwcrypto raises a family of unrelated types
+        return "refused " + type(e).__name__
+
+
+def test_jose_libraries_refuse_the_feed_and_a_status_list_as_tokens_under_the_jwks(
+        make_appliance, tmp_path):
+    """Issue 22 (2): a relying party that picks a JWKS key by kid and checks neither use nor
+    typ must not take a publication document (a JWS with iss and a fresh exp) for a token."""
+    a = make_appliance()
+    k = a.create_key()
+    revoke(a, a.create_key()["kid"])
+    tok = a.post("/v1/tokens", {"kid": k["kid"], "sub": "x", "revocable": True}).json()
+    assert a.delete("/v1/tokens/" + tok["jti"]).status_code == 200
+    feed = a.get("/v1/revocations/feed", auth=False).text
+    slist = a.get("/v1/status-lists/%d" % tok["status"]["list"], auth=False).text
+    jwks = a.get("/.well-known/jwks.json", auth=False).json()
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks))
+    # The libraries do accept this appliance's real tokens under the same JWKS.
+    assert pyjwt_verdict(jwks, tok["token"]) == "accepted"
+    assert jwcrypto_verdict(jwks, tok["token"]) == "accepted"
+    assert node_jose_verdict(str(path), tok["token"]) == "accepted"
+    for doc in (feed, slist):
+        assert pyjwt_verdict(jwks, doc).startswith("refused"), doc
+        assert jwcrypto_verdict(jwks, doc).startswith("refused"), doc
+        assert node_jose_verdict(str(path), doc).startswith("refused"), doc
 
 
 def test_feed_seq_rises_by_one_per_revocation_and_a_delta_holds_only_later_ones(make_appliance):
