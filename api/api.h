@@ -98,6 +98,8 @@ typedef enum {
     API_ERR_INVALID_STATUS_LIST,
     API_ERR_STATUS_LIST_NOT_FOUND,
     API_ERR_STATUS_LISTS_FULL,
+    /* Public routes that make the token sign (the feed, status lists) are budgeted. */
+    API_ERR_SIGNING_BUDGET_EXHAUSTED,
     API_ERR_COUNT_
 } api_err;
 

@@ -18,6 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from procs import wait_for
+
 PUB_KID = "signd-publication-v1"
 
 
@@ -425,3 +427,73 @@ def test_every_thread_may_sign_so_subscriber_threads_never_cause_503(make_applia
     finally:
         for s in sessions:
             s.close()
+
+
+def test_while_the_keeper_cannot_sign_the_feed_and_a_status_list_serve_their_last_signed_copy(
+        make_appliance):
+    """Issue 22 (1), the appliance's side: a revocation while the keeper is stopped. The
+    request that asks for the new feed (or list) waits for the keeper; every other one is
+    served the last signed copy at once (valid: before its exp), not a 503; once the keeper
+    answers, the new copy is signed."""
+    from test_verifier import StoppedKeeper, in_background
+    a = make_appliance()
+    key = publication_key(a)
+    k = a.create_key()
+    tok = a.post("/v1/tokens", {"kid": k["kid"], "sub": "x", "revocable": True}).json()
+    sl_path = "/v1/status-lists/%d" % tok["status"]["list"]
+    _, before, r0 = open_feed(a, key=key)
+    assert before["seq"] == 0
+    l0 = a.get(sl_path, auth=False)
+    assert l0.status_code == 200
+    with StoppedKeeper(a):
+        deleted = in_background(a.delete, "/v1/keys/" + k["kid"], {"reason": "compromised"})
+        assert a.delete("/v1/tokens/" + tok["jti"]).status_code == 200  # no keeper needed
+        wait_for(lambda: a.get("/v1/revocations", auth=False).json()["sequence"] == 1,
+                 message="the revocation to commit")
+        signing = in_background(open_feed, a, "", key)  # waits for the keeper
+        signing_list = in_background(lambda: a.get(sl_path, auth=False))
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        _, held, r = open_feed(a, key=key)
+        assert held["seq"] == 0 and r.headers["ETag"] == r0.headers["ETag"]
+        r = a.get(sl_path, auth=False)
+        assert r.status_code == 200 and r.headers["ETag"] == l0.headers["ETag"]
+        assert time.monotonic() - t0 < 5  # served at once, not after the keeper's deadline
+    _, after, _ = signing()
+    assert after["seq"] in (0, 1)  # 0 when it gave up on the keeper before SIGCONT
+    signing_list()
+    assert deleted().status_code == 200
+    wait_for(lambda: open_feed(a, key=key)[1]["seq"] == 1, timeout=30,
+             message="the new feed once the keeper answers")
+    wait_for(lambda: a.get(sl_path, auth=False).headers["ETag"] != l0.headers["ETag"],
+             timeout=30, message="the new status list once the keeper answers")
+
+
+def test_public_signing_past_the_budget_serves_copies_or_503_with_retry_after(make_appliance):
+    """Issue 22 (3): publication_signs_per_second bounds what unauthenticated requests make
+    the token sign. A document with a valid copy is served from it whatever the budget; one
+    with none, once the budget is spent, gets 503 signing_budget_exhausted with
+    Retry-After."""
+    a = make_appliance({"publication_signs_per_second": 1})
+    k = a.create_key()
+    tok = a.post("/v1/tokens", {"kid": k["kid"], "sub": "x", "revocable": True}).json()
+    sl_path = "/v1/status-lists/%d" % tok["status"]["list"]
+    time.sleep(1.2)  # a full bucket: one signature
+    t0 = time.monotonic()
+    assert a.get("/v1/revocations/feed", auth=False).status_code == 200  # signs: the budget
+    r = a.get(sl_path, auth=False)  # no copy yet, no budget left
+    took = time.monotonic() - t0
+    if took < 0.9:  # the bucket earns one signature a second
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "signing_budget_exhausted"
+        assert int(r.headers["Retry-After"]) >= 1
+    time.sleep(1.2)
+    first = a.get(sl_path, auth=False)
+    assert first.status_code == 200, first.text
+    # Served from the copy from now on, however often and whatever the budget.
+    for _ in range(30):
+        r = a.get(sl_path, auth=False)
+        assert r.status_code == 200 and r.headers["ETag"] == first.headers["ETag"]
+    for n in range(30):
+        r = a.get("/v1/revocations/feed?after=%d" % n, auth=False)
+        assert r.status_code == 200, r.text
