@@ -333,7 +333,10 @@ class StoppedKeeper:
         return self
 
     def __exit__(self, *exc):
-        os.kill(self.pid, signal.SIGCONT)
+        try:
+            os.kill(self.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # a supervisor that restarts a stuck keeper replaced it: as good
 
 
 def in_background(fn, *args):
