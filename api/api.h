@@ -108,6 +108,8 @@ typedef enum {
     API_ERR_STATUS_LISTS_FULL,
     API_ERR_HSM_TIMEOUT,         /* the keeper missed keeper_timeout_ms (Retry-After) */
     API_ERR_STORAGE_UNAVAILABLE, /* the database stayed locked past its busy timeout */
+    /* Public routes that make the token sign (the feed, status lists) are budgeted. */
+    API_ERR_SIGNING_BUDGET_EXHAUSTED,
     API_ERR_COUNT_
 } api_err;
 

@@ -1,8 +1,13 @@
-/* api: publication. The JWKS and the full revocation list are built once per registry
- * change and served from memory with a strong ETag; readers share one immutable,
- * reference-counted document, so a 1,000-key JWKS is never rebuilt or copied per request. */
+/* api: publication. The JWKS and the revocation lists are built once per registry change
+ * and served from memory with a strong ETag; readers share one immutable,
+ * reference-counted document, so a 1,000-key JWKS is never rebuilt or copied per request.
+ * The signed feed and the status lists are kept the same way until their content changes
+ * or they age out, and what public requests may make the token sign is budgeted (see
+ * "signed documents" below). */
 #include "api/api.h"
 
+#include "appliance/pubcache.h"
+#include "appliance/ratelimit.h"
 #include "jose/jose.h"
 
 #include <openssl/crypto.h>
@@ -13,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <zlib.h>
 
 typedef struct {
@@ -24,8 +30,6 @@ typedef struct {
 } api_doc;
 
 static pthread_mutex_t api_pub_mu = PTHREAD_MUTEX_INITIALIZER;
-static void api_feed_drop_all(void);
-static void api_sl_drop_all(void);
 static api_doc *api_jwks_doc, *api_rev_doc;
 
 static void api_doc_put(api_doc *d)
@@ -80,22 +84,6 @@ static api_doc *api_doc_new(json_t *j, uint64_t generation)
     return d;
 }
 
-/* The publication key's JWK, fetched from the token once (it never changes while the
- * token holds it), or NULL while the token cannot say: then the JWKS is built without it
- * and rebuilt on the next request. A new reference. Caller holds api_pub_mu. */
-static json_t *api_pub_jwk;
-
-static json_t *api_publication_jwk(kp *k)
-{
-    if (api_pub_jwk == NULL && k != NULL) {
-        hsm_pubkey pub;
-        /* Its own use: a verifier never takes it for a token's key. */
-        if (kp_svc_public_key(k, KP_SVC_PUBLISH, &pub) == HSM_OK)
-            api_pub_jwk = api_service_jwk(&pub, KP_PUBLISH_KID, API_PUBLICATION_USE);
-    }
-    return api_pub_jwk ? json_incref(api_pub_jwk) : NULL;
-}
-
 static json_t *api_jwks_json(reg *rg)
 {
     /* Active and retiring keys: a rotated key keeps verifying the tokens already out. */
@@ -145,9 +133,8 @@ static json_t *api_revocations_json(reg *rg, uint64_t after)
     return json_pack("{s:I, s:o}", "sequence", (json_int_t)top, "revoked", arr);
 }
 
-/* Builds a document's JSON; sets *partial when it lacks something it should hold (the
- * publication key, while the token cannot be asked), so that it is rebuilt next time. */
-typedef json_t *(*api_doc_build)(const api_env *env, int *partial);
+/* Builds a document's JSON: a new reference, or NULL when out of memory. */
+typedef json_t *(*api_doc_build)(const api_env *env);
 
 /* The current document in *slot, rebuilt when the registry moved; a new reference. */
 static api_doc *api_doc_get(api_doc **slot, const api_env *env, api_doc_build build)
@@ -155,11 +142,7 @@ static api_doc *api_doc_get(api_doc **slot, const api_env *env, api_doc_build bu
     pthread_mutex_lock(&api_pub_mu);
     uint64_t gen = reg_generation(env->reg);
     if (*slot == NULL || (*slot)->generation != gen) {
-        int partial = 0;
-        json_t *j = build(env, &partial);
-        /* Generation 0 is never the registry's (it starts at 1): a partial document is
-         * served now and rebuilt on the next request. */
-        api_doc *d = api_doc_new(j, partial ? 0 : gen);
+        api_doc *d = api_doc_new(build(env), gen);
         if (d != NULL) {
             api_doc_put(*slot);
             *slot = d;
@@ -172,22 +155,17 @@ static api_doc *api_doc_get(api_doc **slot, const api_env *env, api_doc_build bu
     return d;
 }
 
-/* Caller holds api_pub_mu (api_doc_get). */
-static json_t *api_jwks_build(const api_env *env, int *partial)
+/* Client keys only. The publication key is served at GET /v1/revocations/key and never
+ * here: a relying party that picks a key by kid and checks neither `use` nor `typ` would
+ * otherwise take the signed feed (a JWS with iss and a fresh exp) or a status list for a
+ * valid token. */
+static json_t *api_jwks_build(const api_env *env)
 {
-    json_t *j = api_jwks_json(env->reg);
-    json_t *pub = api_publication_jwk(env->kp);
-    if (pub == NULL)
-        *partial = 1;
-    else if (j != NULL)
-        json_array_append(json_object_get(j, "keys"), pub);
-    json_decref(pub);
-    return j;
+    return api_jwks_json(env->reg);
 }
 
-static json_t *api_revocations_build(const api_env *env, int *partial)
+static json_t *api_revocations_build(const api_env *env)
 {
-    (void)partial;
     return api_revocations_json(env->reg, 0);
 }
 
@@ -195,19 +173,6 @@ void api_publish_refresh(const api_env *env)
 {
     api_doc_put(api_doc_get(&api_jwks_doc, env, api_jwks_build));
     api_doc_put(api_doc_get(&api_rev_doc, env, api_revocations_build));
-}
-
-void api_publish_free(void)
-{
-    pthread_mutex_lock(&api_pub_mu);
-    api_doc_put(api_jwks_doc);
-    api_doc_put(api_rev_doc);
-    api_jwks_doc = api_rev_doc = NULL;
-    json_decref(api_pub_jwk);
-    api_pub_jwk = NULL;
-    pthread_mutex_unlock(&api_pub_mu);
-    api_feed_drop_all();
-    api_sl_drop_all();
 }
 
 /* Does an If-None-Match header name this ETag (or "*")? */
@@ -269,6 +234,60 @@ static api_err api_query_after(const api_req *q, api_resp *r, uint64_t *after)
     return API_OK;
 }
 
+/* The delta of the revocation documents for ?after=A when the newest revocation is top:
+ * A itself, or top when A is above it (an empty delta from the newest), or 0 (the full
+ * list) when A is further back than API_FEED_DELTA_MAX revocations. A delta may cover more
+ * than was asked, never less: at most API_FEED_SLOTS distinct documents per change,
+ * whatever clients ask. */
+#define API_FEED_DELTA_MAX 64
+#define API_FEED_SLOTS (API_FEED_DELTA_MAX + 2)
+
+static uint64_t api_delta_after(uint64_t after, uint64_t top)
+{
+    if (after > top)
+        after = top;
+    return top - after > API_FEED_DELTA_MAX ? 0 : after;
+}
+
+/* The cache slot of a clamped after: the API_FEED_DELTA_MAX + 1 afters from top - 64 to
+ * top fall in distinct slots (after mod 65), and the full list, once top is past 64, in
+ * the last. Fixed slots: a slot never moves while a request signs into it. */
+static size_t api_delta_slot(uint64_t after, uint64_t top)
+{
+    if (after == 0 && top > API_FEED_DELTA_MAX)
+        return API_FEED_SLOTS - 1;
+    return (size_t)(after % (API_FEED_DELTA_MAX + 1));
+}
+
+/* Unsigned deltas, built once per change and per after (api_pub_mu). A document's
+ * generation is the newest revocation it holds. */
+static api_doc *api_rev_delta[API_FEED_SLOTS];
+static uint64_t api_rev_delta_after[API_FEED_SLOTS];
+
+static api_doc *api_rev_delta_get(const api_env *env, uint64_t after)
+{
+    pthread_mutex_lock(&api_pub_mu);
+    uint64_t top = reg_revocation_seq(env->reg);
+    after = api_delta_after(after, top);
+    size_t i = api_delta_slot(after, top);
+    if (api_rev_delta[i] == NULL || api_rev_delta_after[i] != after ||
+        api_rev_delta[i]->generation != top) {
+        json_t *j = api_revocations_json(env->reg, after);
+        uint64_t seq = (uint64_t)json_integer_value(json_object_get(j, "sequence"));
+        api_doc *d = api_doc_new(j, seq);
+        if (d != NULL) {
+            api_doc_put(api_rev_delta[i]);
+            api_rev_delta[i] = d;
+            api_rev_delta_after[i] = after;
+        }
+    }
+    api_doc *d = api_rev_delta_after[i] == after ? api_rev_delta[i] : NULL;
+    if (d != NULL)
+        atomic_fetch_add(&d->refs, 1);
+    pthread_mutex_unlock(&api_pub_mu);
+    return d;
+}
+
 api_err api_revocations(const api_req *q, api_resp *r)
 {
     uint64_t after;
@@ -279,56 +298,159 @@ api_err api_revocations(const api_req *q, api_resp *r)
     if (after == 0)
         return api_serve_doc(q, r, api_doc_get(&api_rev_doc, q->env, api_revocations_build),
                              max_age);
-    return api_serve_doc(q, r, api_doc_new(api_revocations_json(q->env->reg, after), 0), max_age);
+    return api_serve_doc(q, r, api_rev_delta_get(q->env, after), max_age);
 }
 
-/* ---- the signed feed --------------------------------------------------------------------- */
+/* ---- signed documents: cached, budgeted, kept through a keeper outage ------------------ */
 
-/* Signed documents are cached per `after`, for one registry generation, and re-signed once
- * they are older than api_feed_resign_after(cfg) so that their iat stays fresh for verifiers that
- * bound the feed's age. A delta further back than API_FEED_DELTA_MAX revocations is
- * answered with the full feed instead, and one later than the newest with an empty delta
- * from the newest: so at most API_FEED_DELTA_MAX + 2 distinct documents exist per
- * generation, and a client walking every `after` cannot make the token sign more. */
-#define API_FEED_DELTA_MAX 64
-#define API_FEED_SLOTS (API_FEED_DELTA_MAX + 2)
+/* The signed feed and the status lists cost the token an RSA-3072 signature each (and a
+ * list 128 KiB of deflate first), on requests nobody authenticates. So every signed copy
+ * is kept until its content changes or it is api_resign_after old; public requests may
+ * make the token sign at most publication_signs_per_second times a second (a token bucket
+ * of that rate and burst); and while the keeper cannot sign, or the budget is spent, the
+ * newest copy is served for as long as it is valid (before its exp). pc_decide
+ * (appliance/pubcache.h) is the rule; this is the bookkeeping around it.
+ *
+ * A copy is signed by the request that finds it missing or out of date, with the lock
+ * released: concurrent requests for it are served the copy held meanwhile, or wait for
+ * the signature when none is valid. After a failed signature no request asks the keeper
+ * again for a second (they get the copy held, or 503), nor while a signature has been
+ * waiting for the keeper for two seconds or more: a stuck keeper holds up about one
+ * request per second, not every worker thread. We chose this retry on the next request
+ * over a background re-signer because it signs only what someone asks for: a background
+ * thread would either re-sign all 1,024 lists or need this same bookkeeping to know which
+ * are wanted. */
 
-/* Seconds after which a cached signed document is signed again: its max-age (at least
+typedef struct {
+    api_doc *doc; /* the newest signed copy; NULL: none yet */
+    uint64_t key; /* what doc answers: the feed's after, or a list's number */
+    pc_entry pc;  /* doc's version, iat, exp; whether a request is signing into this slot */
+} api_signed;
+
+/* Signs a copy of key's document as of now: a new document and the version of the content
+ * it holds, or NULL and *st set. Called without any lock held. */
+typedef api_doc *(*api_sign_fn)(const api_env *env, uint64_t key, int64_t now, uint64_t *version,
+                                hsm_status *st);
+
+/* Why api_signed_get served nothing. */
+typedef struct {
+    api_err err;          /* API_ERR_SIGNING_BUDGET_EXHAUSTED, or 0: see st */
+    hsm_status st;        /* the keeper's last failure */
+    unsigned retry_after; /* seconds, for the budget */
+} api_signed_why;
+
+/* Guards every api_signed, the budget and the keeper's last failure. */
+static pthread_mutex_t api_signed_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t api_signed_cv = PTHREAD_COND_INITIALIZER; /* a signature ended */
+static rl_table *api_budget;                                    /* made on first use */
+static int64_t api_keeper_failed_at = INT64_MIN; /* Unix second of the last failure */
+static hsm_status api_keeper_failed_st = HSM_ERR_DEVICE;
+static unsigned api_in_flight;   /* signatures asked of the keeper, not yet answered */
+static int64_t api_in_flight_at; /* Unix second the keeper last had none, or answered one */
+#define API_BUDGET_KEY "publication"
+
+/* Seconds after which a copy of unchanged content is signed again: its max-age (at least
  * 10 s, so a max-age of 0 cannot make every request a signature), but at most a quarter
  * of its lifetime, so a copy is never served close to its exp. */
-static int64_t api_feed_resign_after(const cfg *c)
+static int64_t api_resign_after(const cfg *c)
 {
     int64_t age = c->revocations_max_age > 10 ? c->revocations_max_age : 10;
     int64_t quarter = (int64_t)c->revocation_feed_lifetime / 4;
     return age < quarter ? age : quarter;
 }
 
-typedef struct {
-    api_doc *doc; /* NULL: a free slot */
-    uint64_t after;
-    int64_t iat;
-} api_feed_slot;
-
-/* Held while a document is looked up and, if missing, signed: concurrent verifiers asking
- * for the same delta wait for one signature rather than each asking the token. */
-static pthread_mutex_t api_feed_mu = PTHREAD_MUTEX_INITIALIZER;
-static api_feed_slot api_feed[API_FEED_SLOTS];
-static uint64_t api_feed_gen;
-
-/* Caller holds api_feed_mu. */
-static void api_feed_drop_locked(void)
+/* The document for key whose content is now at version, from e or signed into it; a new
+ * reference, or NULL and *why. Caller holds api_signed_mu (released while signing). */
+static api_doc *api_signed_get(const api_env *env, api_signed *e, uint64_t key, uint64_t version,
+                               int64_t now, api_sign_fn sign, api_signed_why *why)
 {
-    for (size_t i = 0; i < API_FEED_SLOTS; i++) {
-        api_doc_put(api_feed[i].doc);
-        api_feed[i].doc = NULL;
+    const cfg *c = env->cfg;
+    if (api_budget == NULL) {
+        double rate = c->publication_signs_per_second;
+        api_budget = rl_new(RL_SLOTS_MIN, rate, rate);
+    }
+    for (;;) {
+        pc_entry pe = e->pc;
+        pe.has = e->doc != NULL && e->key == key; /* another key's copy answers nothing here */
+        bool keeper_ok =
+            now - api_keeper_failed_at >= 1 && (api_in_flight == 0 || now - api_in_flight_at < 2);
+        uint64_t ns = rl_now_ns();
+        const char *bk = API_BUDGET_KEY;
+        bool budget_ok = rl_peek(api_budget, bk, strlen(bk), ns) == 0;
+        pc_action a = pc_decide(&pe, version, now, api_resign_after(c), keeper_ok, budget_ok);
+        if (a == PC_SIGN && rl_take(api_budget, bk, strlen(bk), ns) != 0)
+            a = pc_decide(&pe, version, now, api_resign_after(c), keeper_ok, false);
+        if (a == PC_SERVE || a == PC_SERVE_OLD) {
+            atomic_fetch_add(&e->doc->refs, 1);
+            return e->doc;
+        }
+        if (a == PC_WAIT) {
+            pthread_cond_wait(&api_signed_cv, &api_signed_mu);
+            continue;
+        }
+        if (a == PC_REFUSE_BUDGET) {
+            unsigned wait = rl_peek(api_budget, bk, strlen(bk), rl_now_ns());
+            why->err = API_ERR_SIGNING_BUDGET_EXHAUSTED;
+            why->retry_after = wait > 0 ? wait : 1;
+            return NULL;
+        }
+        if (a == PC_REFUSE_KEEPER) {
+            why->err = API_OK;
+            why->st = api_keeper_failed_st;
+            return NULL;
+        }
+        /* PC_SIGN. The slot keeps its old key and copy until the new one is in: requests
+         * for the old key are still served from it, those for this key wait. */
+        e->pc.signing = true;
+        if (api_in_flight++ == 0)
+            api_in_flight_at = now;
+        pthread_mutex_unlock(&api_signed_mu);
+        uint64_t signed_version = 0;
+        hsm_status st = HSM_OK;
+        api_doc *d = sign(env, key, now, &signed_version, &st);
+        pthread_mutex_lock(&api_signed_mu);
+        /* The clock now, not the request's: the keeper may have taken its whole deadline. */
+        int64_t done = (int64_t)time(NULL);
+        e->pc.signing = false;
+        api_in_flight--;
+        api_in_flight_at = done; /* the keeper answered, or gave up: not stuck since */
+        pthread_cond_broadcast(&api_signed_cv);
+        if (d != NULL) {
+            api_doc_put(e->doc);
+            e->doc = d;
+            e->key = key;
+            e->pc.has = true;
+            e->pc.version = signed_version;
+            e->pc.iat = now;
+            e->pc.exp = now + (int64_t)c->revocation_feed_lifetime;
+            atomic_fetch_add(&d->refs, 1);
+            return d;
+        }
+        /* Decided again without the keeper: the copy held, if still valid, or 503. */
+        api_keeper_failed_at = done;
+        api_keeper_failed_st = st != HSM_OK ? st : HSM_ERR_DEVICE;
     }
 }
 
-static void api_feed_drop_all(void)
+static void api_signed_drop(api_signed *slots, size_t n)
 {
-    pthread_mutex_lock(&api_feed_mu);
-    api_feed_drop_locked();
-    pthread_mutex_unlock(&api_feed_mu);
+    for (size_t i = 0; i < n; i++) {
+        api_doc_put(slots[i].doc);
+        memset(&slots[i], 0, sizeof(slots[i]));
+    }
+}
+
+/* The answer when api_signed_get served nothing. */
+static api_err api_signed_fail(api_resp *r, const api_signed_why *why, const char *what)
+{
+    if (why->err == API_ERR_SIGNING_BUDGET_EXHAUSTED) {
+        api_header(r, "Retry-After: %u", why->retry_after);
+        return api_fail(r, why->err,
+                        "public requests made the token sign its budget for now, and %s has no "
+                        "valid signed copy yet",
+                        what);
+    }
+    return api_hsm_error(r, why->st);
 }
 
 /* A compact JWS of payload (consumed) under header, signed by the publication key: a new
@@ -362,14 +484,21 @@ static api_doc *api_publication_sign(const api_env *env, const char *header, jso
     return d;
 }
 
-/* Signs the feed of the revocations after `after` as of now: a new document, or NULL and
- * *st set (the token's answer, or HSM_ERR_DEVICE when out of memory). */
-static api_doc *api_feed_sign(const api_env *env, uint64_t after, int64_t now, hsm_status *st)
+/* ---- the signed feed --------------------------------------------------------------------- */
+
+/* Per clamped after (api_delta_slot); version: the newest revocation a copy holds. A key
+ * creation changes nothing here: only a revocation makes a new feed. */
+static api_signed api_feed[API_FEED_SLOTS];
+
+/* Signs the feed of the revocations after `after` as of now (an api_sign_fn). */
+static api_doc *api_feed_sign(const api_env *env, uint64_t after, int64_t now, uint64_t *version,
+                              hsm_status *st)
 {
     *st = HSM_ERR_DEVICE;
     json_t *list = api_revocations_json(env->reg, after);
     json_t *revoked = json_object_get(list, "revoked");
     const cfg *c = env->cfg;
+    *version = (uint64_t)json_integer_value(json_object_get(list, "sequence"));
     json_t *payload =
         revoked == NULL
             ? NULL
@@ -382,46 +511,21 @@ static api_doc *api_feed_sign(const api_env *env, uint64_t after, int64_t now, h
     return api_publication_sign(env, KP_PUBLISH_HEADER, payload, st);
 }
 
-/* The signed document for `after`, from the cache or signed now; a new reference. */
-static api_doc *api_feed_get(const api_env *env, uint64_t after, int64_t now, hsm_status *st)
+/* The signed document for `after`; a new reference, or NULL and *why. A delta that cannot
+ * be had falls back on a valid copy of the full feed, which covers it. */
+static api_doc *api_feed_get(const api_env *env, uint64_t after, int64_t now, api_signed_why *why)
 {
-    *st = HSM_OK;
-    pthread_mutex_lock(&api_feed_mu);
-    uint64_t gen = reg_generation(env->reg);
-    if (gen != api_feed_gen) {
-        api_feed_drop_locked();
-        api_feed_gen = gen;
-    }
+    pthread_mutex_lock(&api_signed_mu);
     uint64_t top = reg_revocation_seq(env->reg);
-    if (after > top)
-        after = top;
-    if (top - after > API_FEED_DELTA_MAX)
-        after = 0;
-    api_feed_slot *slot = NULL, *oldest = &api_feed[0];
-    for (size_t i = 0; i < API_FEED_SLOTS && slot == NULL; i++) {
-        if (api_feed[i].doc != NULL && api_feed[i].after == after)
-            slot = &api_feed[i];
-        else if (api_feed[i].doc == NULL || api_feed[i].iat < oldest->iat)
-            oldest = &api_feed[i];
-    }
-    if (slot != NULL && now - slot->iat >= api_feed_resign_after(env->cfg)) {
-        api_doc_put(slot->doc);
-        slot->doc = NULL;
-    }
-    if (slot == NULL) {
-        slot = oldest; /* never full within one generation; oldest only as a fallback */
-        api_doc_put(slot->doc);
-        slot->doc = NULL;
-    }
-    if (slot->doc == NULL) {
-        slot->doc = api_feed_sign(env, after, now, st);
-        slot->after = after;
-        slot->iat = now;
-    }
-    api_doc *d = slot->doc;
-    if (d != NULL)
+    after = api_delta_after(after, top);
+    api_doc *d = api_signed_get(env, &api_feed[api_delta_slot(after, top)], after, top, now,
+                                api_feed_sign, why);
+    api_signed *full = &api_feed[api_delta_slot(0, top)];
+    if (d == NULL && after != 0 && full->doc != NULL && full->key == 0 && now < full->pc.exp) {
+        d = full->doc;
         atomic_fetch_add(&d->refs, 1);
-    pthread_mutex_unlock(&api_feed_mu);
+    }
+    pthread_mutex_unlock(&api_signed_mu);
     return d;
 }
 
@@ -431,11 +535,10 @@ api_err api_revocations_feed(const api_req *q, api_resp *r)
     api_err e = api_query_after(q, r, &after);
     if (e != API_OK)
         return e;
-    hsm_status st;
-    api_doc *d = api_feed_get(q->env, after, q->now, &st);
+    api_signed_why why = {0};
+    api_doc *d = api_feed_get(q->env, after, q->now, &why);
     if (d == NULL)
-        return st != HSM_OK ? api_hsm_error(r, st)
-                            : api_fail(r, API_ERR_INTERNAL, "the feed could not be built");
+        return api_signed_fail(r, &why, "the feed");
     api_header(r, "Content-Type: " API_FEED_MEDIA_TYPE);
     return api_serve_doc(q, r, d, q->env->cfg->revocations_max_age);
 }
@@ -462,31 +565,17 @@ void api_status_list_uri(const cfg *c, uint32_t list, char out[API_URI_MAX])
     snprintf(out, API_URI_MAX, "%s/v1/status-lists/%u", base, list);
 }
 
-/* Signed lists are cached like the feed: per list, for one generation of the token state,
- * re-signed once older than api_feed_resign_after. A list is 128 KiB of bits but a few
- * hundred bytes deflated while few of its tokens are revoked. */
-#define API_SL_SLOTS 8
-
-typedef struct {
-    api_doc *doc; /* NULL: a free slot */
-    uint32_t list;
-    uint64_t generation;
-    int64_t iat;
-} api_sl_slot;
-
-static pthread_mutex_t api_sl_mu = PTHREAD_MUTEX_INITIALIZER;
-static api_sl_slot api_sl[API_SL_SLOTS];
-
-/* The list's bits, deflated (zlib format) and base64url'd: a malloc'd string, or NULL. */
-static char *api_sl_lst(tks *t, uint32_t list)
+/* The list's bits, deflated (zlib format) and base64url'd: a malloc'd string, or NULL;
+ * *revoked_out gets the list's revocation count as of that copy of its bits. */
+static char *api_sl_lst(tks *t, uint32_t list, uint64_t *revoked_out)
 {
     uint8_t *bits = malloc(TKS_LIST_BYTES);
     uLongf zlen = compressBound(TKS_LIST_BYTES);
     uint8_t *z = malloc(zlen);
     char *b64 = NULL;
     uint32_t reserved;
-    uint64_t revoked;
-    if (bits != NULL && z != NULL && tks_list_copy(t, list, bits, &reserved, &revoked) == TKS_OK &&
+    if (bits != NULL && z != NULL &&
+        tks_list_copy(t, list, bits, &reserved, revoked_out) == TKS_OK &&
         compress2(z, &zlen, bits, TKS_LIST_BYTES, Z_BEST_COMPRESSION) == Z_OK) {
         size_t cap = jose_b64url_encoded_len(zlen) + 1;
         b64 = malloc(cap);
@@ -500,14 +589,20 @@ static char *api_sl_lst(tks *t, uint32_t list)
     return b64;
 }
 
-/* Signs list `list` as of now: a new document, or NULL and *st set. */
-static api_doc *api_sl_sign(const api_env *env, uint32_t list, int64_t now, hsm_status *st)
+/* Every list's newest signed copy, by list number; version: the list's revocation count
+ * (tks_list_revoked), so a revocation makes only its own list out of date. A copy is a few
+ * hundred bytes while few of its tokens are revoked. */
+static api_signed api_sl[TKS_LISTS_MAX];
+
+/* Signs list `list` as of now (an api_sign_fn). */
+static api_doc *api_sl_sign(const api_env *env, uint64_t list, int64_t now, uint64_t *version,
+                            hsm_status *st)
 {
     *st = HSM_ERR_DEVICE;
     const cfg *c = env->cfg;
     char uri[API_URI_MAX];
-    api_status_list_uri(c, list, uri);
-    char *lst = api_sl_lst(env->tks, list);
+    api_status_list_uri(c, (uint32_t)list, uri);
+    char *lst = api_sl_lst(env->tks, (uint32_t)list, version);
     json_t *payload =
         lst == NULL
             ? NULL
@@ -518,52 +613,6 @@ static api_doc *api_sl_sign(const api_env *env, uint32_t list, int64_t now, hsm_
                         (json_int_t)c->revocations_max_age, "status_list", "bits", 1, "lst", lst);
     free(lst);
     return api_publication_sign(env, KP_STATUS_LIST_HEADER, payload, st);
-}
-
-/* The signed list, from the cache or signed now; a new reference. */
-static api_doc *api_sl_get(const api_env *env, uint32_t list, int64_t now, hsm_status *st)
-{
-    *st = HSM_OK;
-    pthread_mutex_lock(&api_sl_mu);
-    uint64_t gen = tks_generation(env->tks);
-    api_sl_slot *slot = NULL, *oldest = &api_sl[0];
-    for (size_t i = 0; i < API_SL_SLOTS && slot == NULL; i++) {
-        if (api_sl[i].doc != NULL && api_sl[i].list == list)
-            slot = &api_sl[i];
-        else if (api_sl[i].doc == NULL || api_sl[i].iat < oldest->iat)
-            oldest = &api_sl[i];
-    }
-    if (slot != NULL &&
-        (slot->generation != gen || now - slot->iat >= api_feed_resign_after(env->cfg))) {
-        api_doc_put(slot->doc);
-        slot->doc = NULL;
-    }
-    if (slot == NULL) {
-        slot = oldest;
-        api_doc_put(slot->doc);
-        slot->doc = NULL;
-    }
-    if (slot->doc == NULL) {
-        slot->doc = api_sl_sign(env, list, now, st);
-        slot->list = list;
-        slot->generation = gen;
-        slot->iat = now;
-    }
-    api_doc *d = slot->doc;
-    if (d != NULL)
-        atomic_fetch_add(&d->refs, 1);
-    pthread_mutex_unlock(&api_sl_mu);
-    return d;
-}
-
-static void api_sl_drop_all(void)
-{
-    pthread_mutex_lock(&api_sl_mu);
-    for (size_t i = 0; i < API_SL_SLOTS; i++) {
-        api_doc_put(api_sl[i].doc);
-        api_sl[i].doc = NULL;
-    }
-    pthread_mutex_unlock(&api_sl_mu);
 }
 
 api_err api_status_list(const api_req *q, api_resp *r)
@@ -580,11 +629,33 @@ api_err api_status_list(const api_req *q, api_resp *r)
     if (n >= tks_list_count(q->env->tks))
         return api_fail(r, API_ERR_STATUS_LIST_NOT_FOUND, "status list %u does not exist yet",
                         (unsigned)n);
-    hsm_status st;
-    api_doc *d = api_sl_get(q->env, (uint32_t)n, q->now, &st);
+    api_signed_why why = {0};
+    pthread_mutex_lock(&api_signed_mu);
+    api_doc *d = api_signed_get(q->env, &api_sl[n], n, tks_list_revoked(q->env->tks, (uint32_t)n),
+                                q->now, api_sl_sign, &why);
+    pthread_mutex_unlock(&api_signed_mu);
     if (d == NULL)
-        return st != HSM_OK ? api_hsm_error(r, st)
-                            : api_fail(r, API_ERR_INTERNAL, "the status list could not be built");
+        return api_signed_fail(r, &why, "this list");
     api_header(r, "Content-Type: " API_STATUS_LIST_MEDIA_TYPE);
     return api_serve_doc(q, r, d, q->env->cfg->revocations_max_age);
+}
+
+void api_publish_free(void)
+{
+    pthread_mutex_lock(&api_pub_mu);
+    api_doc_put(api_jwks_doc);
+    api_doc_put(api_rev_doc);
+    api_jwks_doc = api_rev_doc = NULL;
+    for (size_t i = 0; i < API_FEED_SLOTS; i++) {
+        api_doc_put(api_rev_delta[i]);
+        api_rev_delta[i] = NULL;
+    }
+    pthread_mutex_unlock(&api_pub_mu);
+    pthread_mutex_lock(&api_signed_mu);
+    api_signed_drop(api_feed, API_FEED_SLOTS);
+    api_signed_drop(api_sl, TKS_LISTS_MAX);
+    rl_free(api_budget);
+    api_budget = NULL;
+    api_keeper_failed_at = INT64_MIN;
+    pthread_mutex_unlock(&api_signed_mu);
 }

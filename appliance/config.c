@@ -117,6 +117,11 @@ static const cfg_setting cfg_settings[] = {
      7 * 86400, false, NULL,
      "Seconds a signed revocation feed stays valid (its exp - iat): verifiers fail closed "
      "once a copy is this old; it is re-signed at least every quarter of it"},
+    {"publication_signs_per_second", CFG_T_UINT, CFG_FIELD(publication_signs_per_second), "20", 1,
+     10000, false, NULL,
+     "Signatures per second (and in a burst) that unauthenticated requests for the signed "
+     "feed and the status lists may make the token compute; past it the last signed copy is "
+     "served while valid, else 503 signing_budget_exhausted"},
     {"events_max_subscribers", CFG_T_UINT, CFG_FIELD(events_max_subscribers), "256", 0, 4096, false,
      NULL,
      "Most revocation event-stream subscribers at once, each holding a thread of its own on "

@@ -77,8 +77,9 @@ typedef struct cfg {
     char public_url[CFG_ORIGIN_MAX + 1]; /* "": https://listen_address:port */
     unsigned jwks_max_age;
     unsigned revocations_max_age;
-    unsigned revocation_feed_lifetime; /* seconds from a signed feed's iat to its exp */
-    unsigned events_max_subscribers;   /* event-stream connections at once */
+    unsigned revocation_feed_lifetime;     /* seconds from a signed feed's iat to its exp */
+    unsigned publication_signs_per_second; /* signatures public routes may cause (api/publish.c) */
+    unsigned events_max_subscribers;       /* event-stream connections at once */
     unsigned events_heartbeat_seconds;
     bool log_requests;
     bool log_events;             /* audit events as JSON lines (jlog.h) */

@@ -34,7 +34,7 @@
 #define MET_ROUTES_MAX 48 /* route indexes 0..MET_ROUTES_MAX-2; the last is "unmatched" */
 #define MET_ROUTE_UNMATCHED (MET_ROUTES_MAX - 1)
 #define MET_KIDS_MAX 4096  /* distinct kids with series of their own */
-#define MET_RESULTS_MAX 64 /* signature results: 0 is "ok", the rest the API's error codes */
+#define MET_RESULTS_MAX 80 /* signature results: 0 is "ok", the rest the API's error codes */
 #define MET_BUCKETS 14     /* latency bounds, seconds, from 0.5 ms to 10 s, then +Inf */
 #define MET_KEEPER_UNREACHABLE HSM_ERR_COUNT_   /* a pkcs11 error code beyond hsm_status */
 #define MET_KEEPER_TIMEOUT (HSM_ERR_COUNT_ + 1) /* the keeper missed its deadline */

@@ -558,6 +558,14 @@ tks_status tks_list_copy(tks *t, uint32_t list, uint8_t dst[TKS_LIST_BYTES], uin
     return st;
 }
 
+uint64_t tks_list_revoked(tks *t, uint32_t list)
+{
+    pthread_rwlock_rdlock(&t->mirror_rw);
+    uint64_t n = list < t->n_lists ? t->lists[list].revoked : 0;
+    pthread_rwlock_unlock(&t->mirror_rw);
+    return n;
+}
+
 uint64_t tks_generation(tks *t)
 {
     return atomic_load(&t->generation);

@@ -137,6 +137,10 @@ uint32_t tks_list_count(tks *t);
 tks_status tks_list_copy(tks *t, uint32_t list, uint8_t dst[TKS_LIST_BYTES], uint32_t *reserved,
                          uint64_t *revoked);
 
+/* How many tokens of list are revoked (0 for a list that does not exist): rises with each
+ * revocation in that list and only then, so it is the list's version (a cached copy of it
+ * signed at another count is out of date). */
+uint64_t tks_list_revoked(tks *t, uint32_t list);
 /* Changes after, never before, every revocation reached memory. */
 uint64_t tks_generation(tks *t);
 

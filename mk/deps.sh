@@ -26,3 +26,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 "$here/civetweb.sh"
+
+# node's jose for tests/blackbox (a third JOSE library the publication documents are tried
+# against), at the version package-lock.json pins. Debian's nodejs ships without npm.
+node_dir="$top/tests/blackbox/node"
+if [ ! -d "$node_dir/node_modules/jose" ]; then
+	if ! command -v npm >/dev/null; then
+		[ "$(id -u)" -eq 0 ] || { echo "deps: npm missing and not root: run 'make deps' as root" >&2; exit 1; }
+		apt-get update -q </dev/null
+		apt-get install -y -q --no-install-recommends npm </dev/null
+	fi
+	npm ci --no-audit --no-fund --prefix "$node_dir"
+fi

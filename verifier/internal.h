@@ -10,7 +10,8 @@
  *   sl_mu    the synchronous status list fetch: sl_curl (one fetch shared by the callers
  *            that need a list at the same time)
  *   lock     (rwlock) keys, n_keys, jwks_gen, revoked, n_revoked, seq, iat, exp, ttl,
- *            slists, n_slists, slist_born (every field of every cached list)
+ *            announced_seq, behind_ms, slists, n_slists, slist_born (every field of every
+ *            cached list)
  *   seq_mu   applied_seq and seq_cv (vfy_wait_seq)
  * stream_up, stop and the counters are atomics read without a lock. Everything under
  * "background" belongs to the background thread alone once it runs.
@@ -27,6 +28,7 @@
 
 #define VFY_SSE_DATA_MAX 4096 /* bytes of data one event may carry: a revocation is ~150 */
 #define VFY_SSE_EVENT_MAX 64  /* bytes of an event type */
+#define VFY_SL_PENDING_MAX 16 /* announced status bits remembered per list; more: by time */
 
 /* A compact JWS split into its parts, each decoded. */
 typedef struct {
@@ -75,6 +77,13 @@ typedef struct {
     int64_t failed_ms;     /* monotonic ms of the last fetch that failed; 0: none since */
     unsigned backoff_ms;   /* the background's delay after failures, doubling */
     bool refresh;          /* an event (or a stream reconnection) asks for a refresh now */
+    /* Bits a token-revocation event announced that no accepted copy has set yet; while
+     * any is pending past behind_grace, the list answers feed_stale. */
+    uint32_t pending[VFY_SL_PENDING_MAX];
+    size_t n_pending;
+    int64_t pending_overflow_at; /* more than fit: revoked_at of the newest, cleared by a
+                                    copy signed after it; 0: none */
+    int64_t behind_ms;           /* monotonic ms of the oldest pending announcement; 0: none */
 } vfy_slist;
 
 #define VFY_SECRET_MAX 256 /* bytes of a redeem credential secret, with its NUL */
@@ -112,6 +121,8 @@ struct vfy {
     size_t n_revoked;
     uint64_t seq;
     int64_t iat, exp, ttl;
+    uint64_t announced_seq; /* highest seq the stream announced */
+    int64_t behind_ms;      /* monotonic ms since announced_seq > seq; 0: not behind */
 
     pthread_mutex_t jwks_mu;
     CURL *jwks_curl;
@@ -187,6 +198,14 @@ int64_t vfy_poll_interval_ms(vfy *v, int64_t ttl, int64_t exp);
 
 /* verifier.c, for net.c */
 uint64_t vfy_current_seq(vfy *v);
+/* The stream announced seq (a revocation, or a hello): when it is above the feed's, the
+ * verifier is behind from now (unless it already was) until a feed reaching it is
+ * accepted. */
+void vfy_announce_seq(vfy *v, uint64_t seq);
+/* Is the verifier behind (an announced seq above its feed's)? */
+bool vfy_behind(vfy *v);
+/* Has it been behind for behind_grace or longer, at monotonic now_ms? Under lock. */
+bool vfy_behind_too_long(const vfy *v, int64_t since_ms, int64_t now_ms);
 
 /* status.c, for verifier.c and net.c */
 /* Is uri (n bytes) <v->url>/v1/status-lists/<0..1023, no leading zero>? */
@@ -201,7 +220,10 @@ vfy_result vfy_status_lookup(vfy *v, const char *uri, uint32_t idx);
  * due (monotonic ms; INT64_MAX: none); marks every list for a refresh; the answer of one. */
 char *vfy_status_due(vfy *v, int64_t now_ms, int64_t *next_ms);
 void vfy_status_refresh_all(vfy *v);
-void vfy_status_refresh_uri(vfy *v, const char *uri);
+/* A token-revocation event named uri and (when has_idx) bit idx, revoked at revoked_at: a
+ * kept list is refreshed now and, until a copy with that bit set is accepted, counts as
+ * behind (see vfy_slist). A list not kept is fetched on first need anyway. */
+void vfy_status_announce(vfy *v, const char *uri, bool has_idx, uint32_t idx, int64_t revoked_at);
 void vfy_status_fetched(vfy *v, const char *uri, bool answered, const char *body, size_t len);
 void vfy_status_free_all(vfy *v);
 /* Reads the redeem credential file into v->secret: VFY_E_OK or VFY_E_CREDENTIAL. */

@@ -19,6 +19,7 @@
 #define NET_BACKOFF_MAX_MS 30000     /* reconnection and refetch delays stop growing here */
 #define NET_FEED_BACKOFF_BASE_MS 500 /* first retry of a failed feed fetch */
 #define NET_STREAM_IDLE_S 45L        /* no byte for this long (3 heartbeats): reconnect */
+#define NET_BEHIND_RETRY_MAX_MS 2000 /* feed retries while behind an announced seq */
 
 static pthread_once_t net_once = PTHREAD_ONCE_INIT;
 
@@ -262,7 +263,7 @@ static void bg_feed_done(vfy *v, CURLcode rc)
     else
         atomic_fetch_add(&v->feeds_refused, 1); /* no document counts as a refused one */
     int64_t now = vfy_mono_ms(), interval = net_poll_interval_ms(v);
-    if (st == VFY_FEED_OK) {
+    if (st == VFY_FEED_OK && !vfy_behind(v)) {
         v->feed_backoff_ms = 0;
         v->next_poll_ms = now + interval;
         return;
@@ -271,12 +272,16 @@ static void bg_feed_done(vfy *v, CURLcode rc)
         v->fetch_full = true; /* at once: the delta skipped revocations we never saw */
         return;
     }
-    /* Unreachable, refused or rolled back (a stale cache, say): try again sooner than the
-     * poll interval, backing off. */
+    /* Unreachable, refused, rolled back (a stale cache, say), or accepted but still below
+     * the seq the stream announced (an older copy served while the appliance cannot sign):
+     * try again sooner than the poll interval, backing off; behind, at most every
+     * NET_BEHIND_RETRY_MAX_MS, so that the announced revocation lands soon after the
+     * appliance can sign again. */
     v->feed_backoff_ms =
         v->feed_backoff_ms == 0 ? NET_FEED_BACKOFF_BASE_MS : v->feed_backoff_ms * 2;
-    if (v->feed_backoff_ms > NET_BACKOFF_MAX_MS)
-        v->feed_backoff_ms = NET_BACKOFF_MAX_MS;
+    unsigned cap = vfy_behind(v) ? NET_BEHIND_RETRY_MAX_MS : NET_BACKOFF_MAX_MS;
+    if (v->feed_backoff_ms > cap)
+        v->feed_backoff_ms = cap;
     v->next_poll_ms = now + (interval < v->feed_backoff_ms ? interval : v->feed_backoff_ms);
 }
 
@@ -482,18 +487,29 @@ static void sse_dispatch(vfy *v)
     if (strcmp(s->event, "token-revocation") == 0 && s->data_len > 0 && !s->data_overflow) {
         json_t *d = json_loadb(s->data, s->data_len - 1, 0, NULL);
         const char *uri = json_string_value(json_object_get(d, "uri"));
+        const json_t *idx = json_object_get(d, "idx"), *at = json_object_get(d, "revoked_at");
+        bool has_idx = json_is_integer(idx) && json_integer_value(idx) >= 0 &&
+                       json_integer_value(idx) < (json_int_t)VFY_STATUS_LIST_BYTES * 8;
+        /* A list we do not keep is fetched on first need; one we keep is refreshed now and
+         * counts as behind until a copy has the announced bit. */
         if (uri != NULL)
-            vfy_status_refresh_uri(v, uri); /* a list we do not keep: fetched on first need */
+            vfy_status_announce(v, uri, has_idx, has_idx ? (uint32_t)json_integer_value(idx) : 0,
+                                json_is_integer(at) ? (int64_t)json_integer_value(at) : 0);
         json_decref(d);
     }
     bool interesting = strcmp(s->event, "revocation") == 0 || strcmp(s->event, "hello") == 0;
     if (interesting && (s->data_len > 0 || s->data_overflow)) {
         json_t *d = s->data_overflow ? NULL : json_loadb(s->data, s->data_len - 1, 0, NULL);
         json_t *seq = json_object_get(d, "seq");
-        /* Unreadable or past our seq: fetch. A hello at or below our seq says nothing new. */
-        if (!json_is_integer(seq) || json_integer_value(seq) < 0 ||
-            (uint64_t)json_integer_value(seq) > vfy_current_seq(v))
+        /* Unreadable or past our seq: fetch. A hello at or below our seq says nothing new.
+         * Past our seq, we are behind until a feed reaching it is accepted (and fail closed
+         * after behind_grace without one). */
+        if (!json_is_integer(seq) || json_integer_value(seq) < 0)
             v->fetch_soon = true;
+        else if ((uint64_t)json_integer_value(seq) > vfy_current_seq(v)) {
+            vfy_announce_seq(v, (uint64_t)json_integer_value(seq));
+            v->fetch_soon = true;
+        }
         json_decref(d);
     }
     s->event[0] = '\0';

@@ -2,8 +2,8 @@
  * signd-verify: the reference verifier on the command line.
  *
  *   signd-verify --url URL --cacert FILE --feed-key FILE [--max-feed-age S] [--cooldown S]
- *                [--leeway S] [--now UNIX] [--origin ORIGIN] [--redeem-credential FILE]
- *                [TOKEN ...]
+ *                [--behind-grace S] [--leeway S] [--now UNIX] [--origin ORIGIN]
+ *                [--redeem-credential FILE] [TOKEN ...]
  *
  * With tokens: verifies each once, one line each, exit 0 when all are ok, 1 otherwise.
  * --origin: a token bound to another origin is wrong_origin. --redeem-credential: each
@@ -42,8 +42,8 @@ static int cli_read_line(char *buf, size_t cap, size_t *len, int *bad);
 static void cli_usage(FILE *f)
 {
     fputs("usage: signd-verify --url URL --cacert FILE --feed-key FILE [--max-feed-age S]\n"
-          "                    [--cooldown S] [--leeway S] [--now UNIX] [--origin ORIGIN]\n"
-          "                    [--redeem-credential FILE] [TOKEN ...]\n"
+          "                    [--cooldown S] [--behind-grace S] [--leeway S] [--now UNIX]\n"
+          "                    [--origin ORIGIN] [--redeem-credential FILE] [TOKEN ...]\n"
           "Verifies RS256 tokens of a signd appliance against its JWKS, its signed\n"
           "revocation feed and the signed status list a revocable token names (both checked\n"
           "with the pinned key in --feed-key). --origin ORIGIN (https://host[:port]) refuses a\n"
@@ -51,6 +51,8 @@ static void cli_usage(FILE *f)
           "of a redeemer credential, never on the command line) also redeems each token\n"
           "through the appliance: a single-use token is ok once, then already_used. With no\n"
           "TOKEN, reads one token a line from stdin; the line #stats prints counters.\n"
+          "--behind-grace S (default 5): told by the stream of a revocation it cannot fetch\n"
+          "the signed copy of within S seconds, it answers feed_stale until it can.\n"
           "Answers: ok <claims>, malformed, alg_not_allowed, feed_stale, unknown_kid,\n"
           "revoked_kid, bad_signature, expired, not_yet_valid, revoked_token, wrong_origin,\n"
           "already_used, redeem_failed.\n",
@@ -111,10 +113,10 @@ static void cli_stats(vfy *v)
     printf("stats jwks_fetches=%" PRIu64 " feed_fetches=%" PRIu64 " stream=%s seq=%" PRIu64
            " keys=%zu revoked=%zu feeds_refused=%" PRIu64 " stream_connects=%" PRIu64
            " feed_iat=%" PRId64 " feed_exp=%" PRId64 " status_fetches=%" PRIu64
-           " status_refused=%" PRIu64 " status_lists=%zu\n",
+           " status_refused=%" PRIu64 " status_lists=%zu announced_seq=%" PRIu64 " behind=%d\n",
            s.jwks_fetches, s.feed_fetches, s.stream_up ? "up" : "down", s.seq, s.keys, s.revoked,
            s.feeds_refused, s.stream_connects, s.feed_iat, s.feed_exp, s.status_fetches,
-           s.status_refused, s.status_lists);
+           s.status_refused, s.status_lists, s.announced_seq, s.behind ? 1 : 0);
     fflush(stdout);
 }
 
@@ -153,6 +155,7 @@ int main(int argc, char **argv)
         {"feed-key", required_argument, NULL, 'k'},
         {"max-feed-age", required_argument, NULL, 'a'},
         {"cooldown", required_argument, NULL, 'd'},
+        {"behind-grace", required_argument, NULL, 'b'},
         {"leeway", required_argument, NULL, 'l'},
         {"now", required_argument, NULL, 'n'},
         {"origin", required_argument, NULL, 'o'},
@@ -186,6 +189,11 @@ int main(int argc, char **argv)
             if (cli_number(optarg, 3600, &num) != 0)
                 return cli_fail("--cooldown must be 0..3600 seconds, not %s", optarg);
             cfg.jwks_cooldown = (unsigned)num;
+            break;
+        case 'b':
+            if (cli_number(optarg, 3600, &num) != 0 || num == 0)
+                return cli_fail("--behind-grace must be 1..3600 seconds, not %s", optarg);
+            cfg.behind_grace = (unsigned)num;
             break;
         case 'l':
             if (cli_number(optarg, 3600, &num) != 0)

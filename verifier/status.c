@@ -17,6 +17,7 @@
                                    sooner than this: the background keeps trying */
 #define SL_BACKOFF_BASE_MS 500  /* first background retry of a failed refresh */
 #define SL_BACKOFF_MAX_MS 30000 /* background retries stop growing here */
+#define SL_BEHIND_RETRY_MS 1000 /* refetch of a list behind an announced revocation */
 
 static int sl_time(const json_t *o, const char *name, int64_t *out);
 static int sl_inflate(const uint8_t *z, size_t n, uint8_t *out);
@@ -201,12 +202,30 @@ static vfy_slist *sl_slot(vfy *v, const char *uri)
     return e;
 }
 
-/* Can e answer now? The feed's rule: not past exp, and not older than max_feed_age while
- * the stream, which would announce a revocation at once, is down. Under lock. */
+/* Can e answer now? The feed's rule: not past exp, not older than max_feed_age while
+ * the stream, which would announce a revocation at once, is down, and not behind an
+ * announced revocation for behind_grace or longer. Under lock. */
 static bool sl_usable(vfy *v, const vfy_slist *e, int64_t now)
 {
     return e != NULL && e->bits != NULL && now < e->exp &&
-           (now - e->iat <= (int64_t)v->cfg.max_feed_age || atomic_load(&v->stream_up));
+           (now - e->iat <= (int64_t)v->cfg.max_feed_age || atomic_load(&v->stream_up)) &&
+           !vfy_behind_too_long(v, e->behind_ms, vfy_mono_ms());
+}
+
+/* After a copy was accepted into e: the announced bits it has set are no longer pending,
+ * nor what overflowed when the copy was signed after the newest of them. Under the write
+ * lock. */
+static void sl_settle(vfy_slist *e)
+{
+    size_t w = 0;
+    for (size_t i = 0; i < e->n_pending; i++)
+        if (!((e->bits[e->pending[i] / 8] >> (e->pending[i] % 8)) & 1))
+            e->pending[w++] = e->pending[i];
+    e->n_pending = w;
+    if (e->pending_overflow_at != 0 && e->iat > e->pending_overflow_at)
+        e->pending_overflow_at = 0;
+    if (e->n_pending == 0 && e->pending_overflow_at == 0)
+        e->behind_ms = 0;
 }
 
 /* The answer from the cache alone; *usable false when it has none. */
@@ -234,8 +253,9 @@ static void sl_failed(vfy *v, const char *uri, bool background)
         e->failed_ms = now;
         if (background || e->next_ms == 0) {
             e->backoff_ms = e->backoff_ms == 0 ? SL_BACKOFF_BASE_MS : e->backoff_ms * 2;
-            if (e->backoff_ms > SL_BACKOFF_MAX_MS)
-                e->backoff_ms = SL_BACKOFF_MAX_MS;
+            unsigned cap = e->behind_ms != 0 ? 2 * SL_BEHIND_RETRY_MS : SL_BACKOFF_MAX_MS;
+            if (e->backoff_ms > cap)
+                e->backoff_ms = cap;
             e->next_ms = now + e->backoff_ms;
         }
     }
@@ -272,6 +292,11 @@ vfy_feed_status vfy_apply_status_list(vfy *v, const char *uri, const char *jws, 
             e->failed_ms = 0;
             e->backoff_ms = 0;
             e->next_ms = vfy_mono_ms() + vfy_poll_interval_ms(v, e->ttl, e->exp);
+            sl_settle(e);
+            /* Still behind (the appliance serves the copy it signed before the
+             * announcement while it cannot sign): keep asking, soon. */
+            if (e->behind_ms != 0)
+                e->next_ms = vfy_mono_ms() + SL_BEHIND_RETRY_MS;
         }
         pthread_rwlock_unlock(&v->lock);
     }
@@ -295,8 +320,11 @@ vfy_result vfy_status_lookup(vfy *v, const char *uri, uint32_t idx)
         pthread_rwlock_rdlock(&v->lock);
         const vfy_slist *e = sl_find(v, uri);
         bool recent = e != NULL && e->failed_ms != 0 && vfy_mono_ms() - e->failed_ms < SL_RETRY_MS;
+        /* Behind an announced revocation: the background refetches it every second or two
+         * already; a caller waiting here up to http_timeout would only answer later. */
+        bool behind = e != NULL && e->behind_ms != 0;
         pthread_rwlock_unlock(&v->lock);
-        if (!recent) {
+        if (!recent && !behind) {
             vfy_buf b = {.max = VFY_STATUS_DOC_MAX};
             atomic_fetch_add(&v->status_fetches, 1);
             /* uri is <url>/v1/status-lists/<n> (vfy_status_uri_ok): its path is all we send. */
@@ -346,12 +374,31 @@ void vfy_status_refresh_all(vfy *v)
     pthread_rwlock_unlock(&v->lock);
 }
 
-void vfy_status_refresh_uri(vfy *v, const char *uri)
+void vfy_status_announce(vfy *v, const char *uri, bool has_idx, uint32_t idx, int64_t revoked_at)
 {
     pthread_rwlock_wrlock(&v->lock);
     vfy_slist *e = sl_find(v, uri);
-    if (e != NULL)
+    if (e != NULL) {
         e->refresh = true;
+        bool known = has_idx && idx / 8 < VFY_STATUS_LIST_BYTES && e->bits != NULL &&
+                     ((e->bits[idx / 8] >> (idx % 8)) & 1);
+        bool pending = false;
+        for (size_t i = 0; has_idx && i < e->n_pending; i++)
+            pending = pending || e->pending[i] == idx;
+        if (!known && !pending) {
+            if (has_idx && idx / 8 < VFY_STATUS_LIST_BYTES && e->n_pending < VFY_SL_PENDING_MAX)
+                e->pending[e->n_pending++] = idx;
+            else {
+                /* No bit to look for, or too many to remember: cleared by a copy signed
+                 * after the newest such revocation. */
+                int64_t at = revoked_at > 0 ? revoked_at : (int64_t)time(NULL);
+                if (at > e->pending_overflow_at)
+                    e->pending_overflow_at = at;
+            }
+            if (e->behind_ms == 0)
+                e->behind_ms = vfy_mono_ms();
+        }
+    }
     pthread_rwlock_unlock(&v->lock);
 }
 

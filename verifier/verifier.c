@@ -43,6 +43,7 @@ void vfy_config_default(vfy_config *cfg)
     cfg->poll_min = 1;
     cfg->poll_max = 300;
     cfg->http_timeout = 10;
+    cfg->behind_grace = 5;
 }
 
 const char *vfy_result_name(vfy_result r)
@@ -86,10 +87,11 @@ static vfy_err vfy_config_check(const vfy_config *c, bool net, char *err, size_t
     }
     if (c->max_feed_age < 1 || c->max_feed_age > 86400 || c->jwks_cooldown > 3600 ||
         c->leeway > 3600 || c->now < 0 || c->poll_min < 1 || c->poll_max < c->poll_min ||
-        c->poll_max > 86400 || c->http_timeout < 1 || c->http_timeout > 300) {
+        c->poll_max > 86400 || c->http_timeout < 1 || c->http_timeout > 300 ||
+        c->behind_grace < 1 || c->behind_grace > 3600) {
         snprintf(err, errlen,
                  "a setting is out of range (max-feed-age 1..86400, cooldown 0..3600, "
-                 "leeway 0..3600, now >= 0)");
+                 "leeway 0..3600, behind-grace 1..3600, now >= 0)");
         return VFY_E_CONFIG;
     }
     if (!net)
@@ -470,6 +472,33 @@ uint64_t vfy_current_seq(vfy *v)
     return seq;
 }
 
+void vfy_announce_seq(vfy *v, uint64_t seq)
+{
+    pthread_rwlock_wrlock(&v->lock);
+    if (seq > v->seq) {
+        if (seq > v->announced_seq)
+            v->announced_seq = seq;
+        /* The grace runs from the first announcement we could not catch up with: later
+         * ones while still behind do not extend it. */
+        if (v->behind_ms == 0)
+            v->behind_ms = vfy_mono_ms();
+    }
+    pthread_rwlock_unlock(&v->lock);
+}
+
+bool vfy_behind(vfy *v)
+{
+    pthread_rwlock_rdlock(&v->lock);
+    bool behind = v->behind_ms != 0;
+    pthread_rwlock_unlock(&v->lock);
+    return behind;
+}
+
+bool vfy_behind_too_long(const vfy *v, int64_t since_ms, int64_t now_ms)
+{
+    return since_ms != 0 && now_ms - since_ms >= (int64_t)v->cfg.behind_grace * 1000;
+}
+
 /* Merges two sorted, distinct kid lists into dst (room for na + nb); returns its length. */
 static size_t vfy_merge_kids(char (*dst)[VFY_KID_LEN + 1], char (*a)[VFY_KID_LEN + 1], size_t na,
                              char (*b)[VFY_KID_LEN + 1], size_t nb)
@@ -538,6 +567,10 @@ vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len)
             v->ttl = f.ttl;
         }
         v->seq = f.seq;
+        /* Caught up with what the stream announced; a feed below it (an older copy the
+         * appliance still serves while it cannot sign) leaves us behind. */
+        if (v->seq >= v->announced_seq)
+            v->behind_ms = 0;
     }
     pthread_rwlock_unlock(&v->lock);
     free(add);
@@ -612,9 +645,11 @@ static bool vfy_lookup(vfy *v, const char *kid, vfy_key *key_out, uint8_t *ne_bu
     bool found = false;
     pthread_rwlock_rdlock(&v->lock);
     /* Fail closed: past exp the feed proves nothing; without a stream, an old feed may
-     * hide revocations we were never told about. */
+     * hide revocations we were never told about; told of a newer seq, what we hold is
+     * known to miss a revocation once we could not fetch it within behind_grace. */
     *stale = now >= v->exp ||
-             (now - v->iat > (int64_t)v->cfg.max_feed_age && !atomic_load(&v->stream_up));
+             (now - v->iat > (int64_t)v->cfg.max_feed_age && !atomic_load(&v->stream_up)) ||
+             vfy_behind_too_long(v, v->behind_ms, vfy_mono_ms());
     *revoked = kid != NULL && v->n_revoked > 0 &&
                bsearch(kid, v->revoked, v->n_revoked, sizeof(*v->revoked), vfy_kid_cmp) != NULL;
     vfy_key probe;
@@ -695,6 +730,10 @@ void vfy_stats(vfy *v, struct vfy_stats *out)
     memset(out, 0, sizeof(*out));
     pthread_rwlock_rdlock(&v->lock);
     out->seq = v->seq;
+    out->announced_seq = v->announced_seq > v->seq ? v->announced_seq : 0;
+    out->behind = v->behind_ms != 0;
+    for (size_t i = 0; i < v->n_slists; i++)
+        out->behind = out->behind || v->slists[i].behind_ms != 0;
     out->feed_iat = v->iat;
     out->feed_exp = v->exp;
     out->keys = v->n_keys;

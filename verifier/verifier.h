@@ -46,11 +46,15 @@
  * TLS, or serves a JWKS or a feed that does not check out. After setup it never fails:
  * network trouble only makes the feed older, and verification fails closed with
  * VFY_FEED_STALE once now >= the feed's exp, or once its iat is older than max_feed_age
- * while the stream is down. A refused feed (bad signature, wrong typ, rollback, expired)
+ * while the stream is down, or once the stream announced a seq above the feed's (a
+ * revocation or a hello) and behind_grace seconds passed without a feed that reaches it
+ * (the feed unfetchable: the appliance's keeper down, or someone resetting only the feed's
+ * connections). A refused feed (bad signature, wrong typ, rollback, expired)
  * is counted and otherwise ignored; a gap (a delta that starts past our seq) makes the
  * next fetch a full one. Status lists fail closed the same way, per token: feed_stale for
  * a token whose list is past its exp (or too old while the stream is down) and cannot be
- * fetched again.
+ * fetched again, or whose list a token-revocation event named behind_grace seconds ago
+ * without a copy having the announced bit set since.
  *
  * Bounds: a token is at most VFY_TOKEN_MAX bytes, a JWKS or a feed at most VFY_DOC_MAX
  * bytes, a status list document VFY_STATUS_DOC_MAX and its inflated bits exactly
@@ -256,6 +260,11 @@ typedef struct {
     unsigned poll_min;      /* bounds on the feed poll interval, seconds. 1 and 300 */
     unsigned poll_max;
     unsigned http_timeout;         /* seconds for one JWKS or feed request. 10, 1..300 */
+    unsigned behind_grace;         /* seconds a verifier told of a newer revocation (by the
+                                      stream: a revocation or hello with a higher seq, a
+                                      token-revocation for a list it keeps) may go on answering
+                                      from what it holds while it fetches the signed copy; past
+                                      it, feed_stale until it has that copy. 5, 1..3600 */
     const char *redeem_credential; /* file holding the secret of a redeemer credential, for
                                       vfy_redeem; NULL: vfy_redeem answers redeem_failed */
 } vfy_config;
@@ -342,6 +351,8 @@ struct vfy_stats {
     uint64_t stream_connects; /* event-stream connections that were accepted */
     bool stream_up;           /* an event stream is connected right now */
     uint64_t seq;             /* seq of the accepted feed */
+    uint64_t announced_seq;   /* highest seq the stream announced (0: none above seq) */
+    bool behind;              /* told of a newer seq or status bit than it holds */
     int64_t feed_iat, feed_exp;
     size_t keys;             /* RS256 signing keys known from the JWKS */
     size_t revoked;          /* kids in the revoked set */

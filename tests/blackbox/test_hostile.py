@@ -179,3 +179,18 @@ def test_json_nesting_limit_is_32_levels_of_the_whole_body(target):
     # 32 levels parse: what refuses them is the claims' own, smaller bound.
     r = target.post("/v1/tokens", data=body(32), headers=headers)
     assert r.status_code == 400 and r.json()["error"]["code"] == "out_of_range", r.text
+
+
+def test_public_routes_that_sign_are_served_from_their_cache_within_the_signing_budget(target):
+    """Issue 22 (3): cycling status list numbers, the feed's and the list's after= makes
+    the token sign only what changed: the feed after 0, the empty delta from the newest
+    and status list 0, once each (a few more only if a copy ages out during the run)."""
+    outcomes = hostile.run_attacker({"case": "public_signing", **SCALE["public_signing"],
+                                     "port": target.port, "cacert": target.cacert,
+                                     "secret": target.attacker_secret, "kid": target.hostile_kid},
+                                    120)
+    only(outcomes["outcomes"], r"200|404")
+    assert outcomes["outcomes"].get("200", 0) > 0
+    assert outcomes["signed copies served"] <= 5, outcomes
+    # And the attack left the well-behaved clients and the processes as every other does.
+    attack(target, "public_signing")

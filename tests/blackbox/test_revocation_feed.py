@@ -5,8 +5,10 @@ against the key from /v1/revocations/key, never with the appliance's own code.
 """
 import base64
 import json
+import os
 import socket
 import ssl
+import subprocess
 import threading
 import time
 
@@ -15,6 +17,8 @@ import requests
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
+
+from procs import wait_for
 
 PUB_KID = "signd-publication-v1"
 
@@ -145,19 +149,77 @@ def test_feed_is_a_jws_signed_by_the_publication_key_with_the_documented_claims(
     assert r.headers["Cache-Control"] == "public, max-age=30"
 
 
-def test_publication_key_is_in_the_jwks_with_its_own_use_and_is_no_client_kid(make_appliance):
+def test_publication_key_is_served_only_at_its_own_route_and_is_no_client_kid(make_appliance):
     a = make_appliance()
     k = a.create_key()
-    jwks = a.get("/.well-known/jwks.json", auth=False).json()["keys"]
-    by_kid = {j["kid"]: j for j in jwks}
-    assert by_kid[PUB_KID]["use"] == "kid-revocation"
-    assert by_kid[PUB_KID]["n"] == publication_key(a)["jwk"]["n"]
-    assert by_kid[k["kid"]]["use"] == "sig"
-    assert [j["kid"] for j in jwks if j["use"] == "sig"] == [k["kid"]]
+    jwks = a.get("/.well-known/jwks.json", auth=False)
+    # Only the client key: the publication key is not in the JWKS under any kid or use.
+    assert [(j["kid"], j["use"]) for j in jwks.json()["keys"]] == [(k["kid"], "sig")]
+    assert PUB_KID not in jwks.text and publication_key(a)["jwk"]["n"] not in jwks.text
     # Not a client key: not listed, not signable, not revocable through the key routes.
     assert PUB_KID not in [x["kid"] for x in a.get("/v1/keys").json()["keys"]]
     assert a.delete("/v1/keys/" + PUB_KID).status_code == 400
     assert a.post("/v1/tokens", {"kid": PUB_KID, "sub": "x"}).status_code == 400
+
+
+NODE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
+
+
+def node_jose_verdict(jwks_path, token):
+    """node's jose (tests/blackbox/node, installed with npm ci when missing): "accepted" or
+    "refused <code>"."""
+    if not os.path.isdir(os.path.join(NODE_DIR, "node_modules", "jose")):
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--prefix", NODE_DIR],
+                       check=True, capture_output=True, timeout=300)
+    out = subprocess.run(["node", os.path.join(NODE_DIR, "verify_as_token.mjs"), jwks_path,
+                          token], check=True, capture_output=True, text=True, timeout=60)
+    return out.stdout.strip()
+
+
+def pyjwt_verdict(jwks, token):
+    """PyJWT (python3-jwt) as a relying party uses it: the JWKS key whose kid the header
+    names, RS256; neither use nor typ looked at."""
+    import jwt
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = next(k for k in jwt.PyJWKSet.from_dict(jwks).keys if k.key_id == kid)
+        jwt.decode(token, key.key, algorithms=["RS256"])
+        return "accepted"
+    except (StopIteration, jwt.PyJWTError) as e:
+        return "refused " + type(e).__name__
+
+
+def jwcrypto_verdict(jwks, token):
+    from jwcrypto import jwk as cjwk, jwt as cjwt
+    try:
+        cjwt.JWT(jwt=token, key=cjwk.JWKSet.from_json(json.dumps(jwks)), algs=["RS256"])
+        return "accepted"
+    except Exception as e:  # jwcrypto raises a family of unrelated types
+        return "refused " + type(e).__name__
+
+
+def test_jose_libraries_refuse_the_feed_and_a_status_list_as_tokens_under_the_jwks(
+        make_appliance, tmp_path):
+    """Issue 22 (2): a relying party that picks a JWKS key by kid and checks neither use nor
+    typ must not take a publication document (a JWS with iss and a fresh exp) for a token."""
+    a = make_appliance()
+    k = a.create_key()
+    revoke(a, a.create_key()["kid"])
+    tok = a.post("/v1/tokens", {"kid": k["kid"], "sub": "x", "revocable": True}).json()
+    assert a.delete("/v1/tokens/" + tok["jti"]).status_code == 200
+    feed = a.get("/v1/revocations/feed", auth=False).text
+    slist = a.get("/v1/status-lists/%d" % tok["status"]["list"], auth=False).text
+    jwks = a.get("/.well-known/jwks.json", auth=False).json()
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks))
+    # The libraries do accept this appliance's real tokens under the same JWKS.
+    assert pyjwt_verdict(jwks, tok["token"]) == "accepted"
+    assert jwcrypto_verdict(jwks, tok["token"]) == "accepted"
+    assert node_jose_verdict(str(path), tok["token"]) == "accepted"
+    for doc in (feed, slist):
+        assert pyjwt_verdict(jwks, doc).startswith("refused"), doc
+        assert jwcrypto_verdict(jwks, doc).startswith("refused"), doc
+        assert node_jose_verdict(str(path), doc).startswith("refused"), doc
 
 
 def test_feed_seq_rises_by_one_per_revocation_and_a_delta_holds_only_later_ones(make_appliance):
@@ -236,6 +298,14 @@ def test_a_delta_further_back_than_64_revocations_is_answered_with_the_full_feed
     assert far["after"] == 0 and len(far["revoked"]) == 66 and far["seq"] == 66
     _, near, _ = open_feed(a, "?after=2", key=key)
     assert near["after"] == 2 and len(near["revoked"]) == 64
+    # The unsigned list follows the same rule, and is built once per change and after:
+    # the same document (ETag) however often it is asked for.
+    plain = a.get("/v1/revocations?after=1", auth=False)
+    assert len(plain.json()["revoked"]) == 66 and plain.json()["sequence"] == 66
+    again = a.get("/v1/revocations?after=2", auth=False)
+    assert len(again.json()["revoked"]) == 64
+    assert a.get("/v1/revocations?after=2", auth=False).headers["ETag"] == again.headers["ETag"]
+    assert a.get("/v1/revocations?after=99", auth=False).json() == {"sequence": 66, "revoked": []}
 
 
 def test_event_stream_says_hello_then_sends_one_event_per_revocation_with_its_seq(make_appliance):
@@ -365,3 +435,73 @@ def test_every_thread_may_sign_so_subscriber_threads_never_cause_503(make_applia
     finally:
         for s in sessions:
             s.close()
+
+
+def test_while_the_keeper_cannot_sign_the_feed_and_a_status_list_serve_their_last_signed_copy(
+        make_appliance):
+    """Issue 22 (1), the appliance's side: a revocation while the keeper is stopped. The
+    request that asks for the new feed (or list) waits for the keeper; every other one is
+    served the last signed copy at once (valid: before its exp), not a 503; once the keeper
+    answers, the new copy is signed."""
+    from test_verifier import StoppedKeeper, in_background
+    a = make_appliance()
+    key = publication_key(a)
+    k = a.create_key()
+    tok = a.post("/v1/tokens", {"kid": k["kid"], "sub": "x", "revocable": True}).json()
+    sl_path = "/v1/status-lists/%d" % tok["status"]["list"]
+    _, before, r0 = open_feed(a, key=key)
+    assert before["seq"] == 0
+    l0 = a.get(sl_path, auth=False)
+    assert l0.status_code == 200
+    with StoppedKeeper(a):
+        deleted = in_background(a.delete, "/v1/keys/" + k["kid"], {"reason": "compromised"})
+        assert a.delete("/v1/tokens/" + tok["jti"]).status_code == 200  # no keeper needed
+        wait_for(lambda: a.get("/v1/revocations", auth=False).json()["sequence"] == 1,
+                 message="the revocation to commit")
+        signing = in_background(open_feed, a, "", key)  # waits for the keeper
+        signing_list = in_background(lambda: a.get(sl_path, auth=False))
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        _, held, r = open_feed(a, key=key)
+        assert held["seq"] == 0 and r.headers["ETag"] == r0.headers["ETag"]
+        r = a.get(sl_path, auth=False)
+        assert r.status_code == 200 and r.headers["ETag"] == l0.headers["ETag"]
+        assert time.monotonic() - t0 < 5  # served at once, not after the keeper's deadline
+    _, after, _ = signing()
+    assert after["seq"] in (0, 1)  # 0 when it gave up on the keeper before SIGCONT
+    signing_list()
+    assert deleted().status_code == 200
+    wait_for(lambda: open_feed(a, key=key)[1]["seq"] == 1, timeout=30,
+             message="the new feed once the keeper answers")
+    wait_for(lambda: a.get(sl_path, auth=False).headers["ETag"] != l0.headers["ETag"],
+             timeout=30, message="the new status list once the keeper answers")
+
+
+def test_public_signing_past_the_budget_serves_copies_or_503_with_retry_after(make_appliance):
+    """Issue 22 (3): publication_signs_per_second bounds what unauthenticated requests make
+    the token sign. A document with a valid copy is served from it whatever the budget; one
+    with none, once the budget is spent, gets 503 signing_budget_exhausted with
+    Retry-After."""
+    a = make_appliance({"publication_signs_per_second": 1})
+    k = a.create_key()
+    tok = a.post("/v1/tokens", {"kid": k["kid"], "sub": "x", "revocable": True}).json()
+    sl_path = "/v1/status-lists/%d" % tok["status"]["list"]
+    time.sleep(1.2)  # a full bucket: one signature
+    t0 = time.monotonic()
+    assert a.get("/v1/revocations/feed", auth=False).status_code == 200  # signs: the budget
+    r = a.get(sl_path, auth=False)  # no copy yet, no budget left
+    took = time.monotonic() - t0
+    if took < 0.9:  # the bucket earns one signature a second
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "signing_budget_exhausted"
+        assert int(r.headers["Retry-After"]) >= 1
+    time.sleep(1.2)
+    first = a.get(sl_path, auth=False)
+    assert first.status_code == 200, first.text
+    # Served from the copy from now on, however often and whatever the budget.
+    for _ in range(30):
+        r = a.get(sl_path, auth=False)
+        assert r.status_code == 200 and r.headers["ETag"] == first.headers["ETag"]
+    for n in range(30):
+        r = a.get("/v1/revocations/feed?after=%d" % n, auth=False)
+        assert r.status_code == 200, r.text

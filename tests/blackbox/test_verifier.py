@@ -15,6 +15,7 @@ import os
 import queue
 import re
 import secrets
+import signal
 import socket
 import ssl
 import subprocess
@@ -312,6 +313,117 @@ def test_stream_down_and_feed_older_than_max_feed_age_fails_closed_then_recovers
         a.start()
         answer, took = v.wait_for(token, "ok", timeout=60)
         assert answer.startswith("ok "), answer
+        assert v.close() == 0
+
+
+# ---- told of a revocation it cannot fetch -----------------------------------------------------
+
+BEHIND_GRACE = 2
+
+
+class StoppedKeeper:
+    """SIGSTOPs the appliance's keeper ("signd: keeper"), so that nothing can be signed,
+    and SIGCONTs it on exit whatever happened."""
+
+    def __init__(self, a):
+        self.pid = a.children()["keeper"]
+
+    def __enter__(self):
+        os.kill(self.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            os.kill(self.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass  # a supervisor that restarts a stuck keeper replaced it: as good
+
+
+def in_background(fn, *args):
+    """Runs fn(*args) in a thread (a request the stopped keeper holds up); join() returns
+    its result."""
+    box = {}
+
+    def run():
+        box["result"] = fn(*args)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def join(timeout=90):
+        t.join(timeout)
+        assert not t.is_alive(), "the request did not end"
+        return box["result"]
+
+    return join
+
+
+def wait_stream_up(v):
+    deadline = time.monotonic() + 10
+    while v.stats()["stream"] != "up":
+        assert time.monotonic() < deadline, "the event stream did not come up"
+        time.sleep(0.05)
+
+
+def test_verifier_fails_closed_when_told_of_a_newer_seq_it_cannot_fetch(make_appliance, tmp_path):
+    """Issue 22 (1): the stream announces a revocation, the signed feed cannot be had (the
+    keeper is stopped: the appliance cannot sign it). The verifier must not go on answering
+    ok for the revoked kid until the old feed's exp: feed_stale once --behind-grace has
+    passed, revoked_kid once the keeper answers again."""
+    a = make_appliance()
+    keyfile = pin_publication_key(a, str(tmp_path))
+    kid = a.create_key()["kid"]
+    token = mint(a, kid)
+    with Verifier(a, keyfile, "--behind-grace", str(BEHIND_GRACE)) as v:
+        assert v.ask(token).startswith("ok ")
+        wait_stream_up(v)
+        seq = v.stats()["seq"]
+        with StoppedKeeper(a):
+            # The revocation commits and is announced; destroying the key waits for the
+            # keeper, so the DELETE answers only after SIGCONT.
+            t0 = time.monotonic()
+            deleted = in_background(a.delete, "/v1/keys/" + kid, {"reason": "compromised"})
+            answer, _ = v.wait_for(token, "feed_stale", timeout=BEHIND_GRACE + 10)
+            took = time.monotonic() - t0
+            assert answer == "feed_stale", answer
+            # Within the bound (plus the time the event takes to arrive), never at the old
+            # feed's exp (900 s away).
+            assert took < BEHIND_GRACE + 3, took
+            st = v.stats()
+            assert st["seq"] == seq and st["announced_seq"] == seq + 1 and st["behind"] == 1
+        answer, took = v.wait_for(token, "revoked_kid", timeout=60)
+        assert answer == "revoked_kid", "still %r %.1fs after SIGCONT" % (answer, took)
+        assert v.stats()["behind"] == 0
+        assert deleted().status_code == 200
+        assert v.close() == 0
+
+
+def test_verifier_fails_closed_when_told_of_a_token_revocation_it_cannot_fetch(make_appliance,
+                                                                               tmp_path):
+    """The status-list twin: a token-revocation event names a list the verifier holds; the
+    list cannot be signed again. feed_stale for that list's tokens past --behind-grace,
+    revoked_token once the keeper answers."""
+    a = make_appliance()
+    keyfile = pin_publication_key(a, str(tmp_path))
+    kid = a.create_key()["kid"]
+    r = a.post("/v1/tokens", {"kid": kid, "sub": "video-1", "revocable": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    token = body["token"]
+    with Verifier(a, keyfile, "--behind-grace", str(BEHIND_GRACE)) as v:
+        assert v.ask(token).startswith("ok ")  # the list is fetched and kept
+        wait_stream_up(v)
+        with StoppedKeeper(a):
+            t0 = time.monotonic()
+            r = a.delete("/v1/tokens/" + body["jti"])  # SQLite only: answers at once
+            assert r.status_code == 200, r.text
+            answer, _ = v.wait_for(token, "feed_stale", timeout=BEHIND_GRACE + 10)
+            took = time.monotonic() - t0
+            assert answer == "feed_stale", answer
+            assert took < BEHIND_GRACE + 3, took
+            assert v.stats()["behind"] == 1
+        answer, took = v.wait_for(token, "revoked_token", timeout=60)
+        assert answer == "revoked_token", "still %r %.1fs after SIGCONT" % (answer, took)
         assert v.close() == 0
 
 

@@ -60,6 +60,7 @@ SCALES = {
         "json_bad_strings": {"threads": 8, "duration": 15},
         "json_deep": {"threads": 8, "duration": 15},
         "pipelined_garbage": {"threads": 8, "duration": 15, "pipelined": 50},
+        "public_signing": {"threads": 8, "duration": 15, "pipelined": 50},
     },
     # The black-box test's scale: the same cases, small and quick (request_timeout_ms short
     # so that slowloris is cut within the run).
@@ -76,6 +77,7 @@ SCALES = {
         "json_bad_strings": {"threads": 2, "duration": 1},
         "json_deep": {"threads": 2, "duration": 1},
         "pipelined_garbage": {"threads": 2, "duration": 1, "pipelined": 20},
+        "public_signing": {"threads": 2, "duration": 3, "pipelined": 20},
     },
 }
 
@@ -95,6 +97,9 @@ DESCRIPTIONS = {
                  "nested claims), for {duration} s",
     "pipelined_garbage": "{threads} threads x {pipelined} pipelined GETs then garbage; random "
                          "bytes instead of a ClientHello, for {duration} s",
+    "public_signing": "{threads} threads x {pipelined} pipelined unauthenticated GETs of what "
+                      "the token signs (every status list number, the signed feed and the "
+                      "unsigned list after every seq), for {duration} s",
 }
 
 
@@ -494,6 +499,47 @@ def attack_pipelined_garbage(target, p):
     return flood(target, p, one)
 
 
+def attack_public_signing(target, p):
+    """What made the token sign per request before issue 22: status lists cycled past the
+    cache, the feed and the revocation list after every seq. The extra figure is how many
+    distinct signed copies (ETags of the feed and the lists) the attacker was served: the
+    signatures its requests caused, at most the budget (publication_signs_per_second)."""
+    seen, lock = set(), threading.Lock()
+
+    def one(target, i):
+        paths = []
+        for k in range(p["pipelined"]):
+            n = random.randrange(0, 80)
+            paths.append(("/v1/status-lists/%d" % (n % 8), "/v1/revocations/feed?after=%d" % n,
+                          "/v1/revocations?after=%d" % n)[k % 3])
+        with target.tls(20) as t:
+            t.sendall(b"".join(request_bytes("GET", path) for path in paths)
+                      + request_bytes("GET", "/healthz", extra=b"Connection: close\r\n"))
+            buf = b""
+            try:
+                while True:
+                    chunk = t.recv(65536)
+                    if not chunk:
+                        break
+                    buf += chunk
+            except Exception:  # noqa: BLE001 - what was read is what counts
+                pass
+        heads = re.findall(rb"HTTP/1\.1 (\d{3}) [^\r]*\r\n((?:[^\r]+\r\n)*)\r\n", buf)
+        codes = []
+        for status, head in heads:
+            m = re.search(rb"(?i)^content-type: application/(kid-revocation|statuslist)\+jwt\r?$",
+                          head, re.M)
+            tag = re.search(rb"(?i)^etag: (\S+)\r?$", head, re.M)
+            if m and tag:
+                with lock:
+                    seen.add(tag.group(1))
+            codes.append(status.decode())
+        return codes[:-1] if codes[-1:] == ["200"] else codes + ["cut short"]
+
+    out = flood(target, p, one)
+    return out, {"signed copies served": len(seen)}
+
+
 ATTACKS = {
     "baseline": attack_baseline,
     "keepalive": attack_keepalive,
@@ -505,6 +551,7 @@ ATTACKS = {
     "json_bad_strings": attack_json_bad_strings,
     "json_deep": attack_json_deep,
     "pipelined_garbage": attack_pipelined_garbage,
+    "public_signing": attack_public_signing,
 }
 
 
@@ -605,9 +652,14 @@ def tolerance_kb(before):
 
 
 def setup(a):
-    """A key, the well-behaved client's signer and the attacker's own signer."""
+    """A key, the well-behaved client's signer and the attacker's own signer; a revoked key
+    and a revoked token, so that the feed and status list 0 have something to sign."""
     a.hostile_kid = a.create_key(label="hostile-target")["kid"]
     a.attacker_secret = a.create_credential("signer", kids="all", label="attacker")["secret"]
+    assert a.delete("/v1/keys/" + a.create_key(label="revoked")["kid"]).status_code == 200
+    r = a.post("/v1/tokens", {"kid": a.hostile_kid, "sub": "hostile", "revocable": True})
+    assert r.status_code == 200, r.text
+    assert a.delete("/v1/tokens/" + r.json()["jti"]).status_code == 200
 
 
 def warm_up(a, n):

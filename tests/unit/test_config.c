@@ -133,6 +133,7 @@ static void test_defaults_are_the_documented_values(void **state)
     assert_int_equal(d->jwks_max_age, 60);
     assert_int_equal(d->revocations_max_age, 60);
     assert_int_equal(d->revocation_feed_lifetime, 900);
+    assert_int_equal(d->publication_signs_per_second, 20);
     assert_int_equal(d->events_max_subscribers, 256);
     assert_int_equal(d->events_heartbeat_seconds, 15);
     assert_false(d->log_requests);
@@ -206,6 +207,7 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "jwks_max_age",
                            "revocations_max_age",
                            "revocation_feed_lifetime",
+                           "publication_signs_per_second",
                            "events_max_subscribers",
                            "events_heartbeat_seconds",
                            "log_requests",

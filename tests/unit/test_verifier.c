@@ -8,6 +8,7 @@
  * status and origin claims and the cache are pinned down the same way.
  */
 #include "verifier/verifier.h"
+#include "verifier/internal.h" /* vfy_sse_bytes: the stream's events, without a network */
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -792,6 +793,59 @@ static void test_feed_past_its_exp_fails_closed(void **state)
     vfy_close(v);
 }
 
+/* Feeds one Server-Sent Event to v's parser, as the background thread would. */
+static void sse_event(vfy *v, const char *event, const char *data)
+{
+    char text[512];
+    snprintf(text, sizeof(text), "event: %s\ndata: %s\n\n", event, data);
+    assert_int_equal(vfy_sse_bytes(v, text, strlen(text)), 0);
+}
+
+static void test_verifier_fails_closed_when_told_of_a_newer_seq_it_cannot_fetch(void **state)
+{
+    (void)state;
+    vfy_config cfg;
+    vfy_config_default(&cfg);
+    cfg.behind_grace = 1;
+    char *f0 = feed_make(0, 0, NULL, 0);
+    vfy *v = open_with(&cfg, f0);
+    char *tok = token_timed(KID_A, fx.a, 600, 0);
+    /* A hello at our own seq says nothing new. */
+    sse_event(v, "hello", "{\"seq\":0}");
+    struct vfy_stats s;
+    vfy_stats(v, &s);
+    assert_false(s.behind);
+    /* Told of seq 1: within the grace the feed we hold still answers... */
+    sse_event(v, "revocation", "{\"seq\":1,\"kid\":\"" KID_A "\"}");
+    vfy_stats(v, &s);
+    assert_true(s.behind);
+    assert_int_equal(s.announced_seq, 1);
+    assert_int_equal(verify_str(v, tok), VFY_OK);
+    /* ...past it, nothing does, whatever the old feed's exp says. */
+    usleep(1100 * 1000);
+    assert_int_equal(verify_str(v, tok), VFY_FEED_STALE);
+    /* A copy of the old seq (what the appliance serves while it cannot sign) is accepted
+     * and changes nothing. */
+    char *f0b = feed_make(0, 0, NULL, 0);
+    assert_int_equal(vfy_apply_feed(v, f0b, strlen(f0b)), VFY_FEED_OK);
+    assert_int_equal(verify_str(v, tok), VFY_FEED_STALE);
+    /* The feed that reaches the announced seq ends it. */
+    const char *k1[] = {KID_A};
+    char *f1 = feed_make(1, 0, k1, 1);
+    assert_int_equal(vfy_apply_feed(v, f1, strlen(f1)), VFY_FEED_OK);
+    vfy_stats(v, &s);
+    assert_false(s.behind);
+    assert_int_equal(verify_str(v, tok), VFY_REVOKED_KID);
+    char *tb = token_timed(KID_B, fx.b, 600, 0);
+    assert_int_equal(verify_str(v, tb), VFY_OK);
+    free(tb);
+    free(f1);
+    free(f0b);
+    free(f0);
+    free(tok);
+    vfy_close(v);
+}
+
 static void test_wait_seq_returns_once_the_feed_is_applied(void **state)
 {
     (void)state;
@@ -1533,6 +1587,45 @@ static void test_older_copy_of_a_list_cannot_unrevoke_a_token(void **state)
     vfy_close(v);
 }
 
+static void test_verifier_fails_closed_when_told_of_a_token_revocation_it_cannot_fetch(void **state)
+{
+    (void)state;
+    vfy_config cfg;
+    vfy_config_default(&cfg);
+    cfg.url = BASE_URL "/";
+    cfg.behind_grace = 1;
+    char *feed = feed_make(0, 0, NULL, 0);
+    vfy *v = open_with(&cfg, feed);
+    char *doc = slist_make(LIST0, NULL, 0);
+    char *t4 = token_in_list(LIST0, 4), *t5 = token_in_list(LIST0, 5);
+    assert_int_equal(vfy_apply_status_list(v, LIST0, doc, strlen(doc)), VFY_FEED_OK);
+    assert_int_equal(verify_str(v, t4), VFY_OK);
+    /* Told that idx 4 of the list we keep was revoked: within the grace the list we hold
+     * still answers; past it, no token of that list does. */
+    sse_event(v, "token-revocation", "{\"seq\":1,\"list\":0,\"idx\":4,\"uri\":\"" LIST0 "\"}");
+    assert_int_equal(verify_str(v, t4), VFY_OK);
+    usleep(1100 * 1000);
+    assert_int_equal(verify_str(v, t4), VFY_FEED_STALE);
+    assert_int_equal(verify_str(v, t5), VFY_FEED_STALE);
+    /* A copy without the bit (signed before the revocation) leaves it behind. */
+    char *again = slist_make(LIST0, NULL, 0);
+    assert_int_equal(vfy_apply_status_list(v, LIST0, again, strlen(again)), VFY_FEED_OK);
+    assert_int_equal(verify_str(v, t5), VFY_FEED_STALE);
+    /* The copy with the announced bit ends it. */
+    const uint32_t revoked[] = {4};
+    char *after = slist_make(LIST0, revoked, 1);
+    assert_int_equal(vfy_apply_status_list(v, LIST0, after, strlen(after)), VFY_FEED_OK);
+    assert_int_equal(verify_str(v, t4), VFY_REVOKED_TOKEN);
+    assert_int_equal(verify_str(v, t5), VFY_OK);
+    free(after);
+    free(again);
+    free(t4);
+    free(t5);
+    free(doc);
+    free(feed);
+    vfy_close(v);
+}
+
 static void test_revoked_token_comes_after_the_signature_and_time_checks(void **state)
 {
     (void)state;
@@ -1797,6 +1890,7 @@ int main(void)
         cmocka_unit_test(test_delta_feed_adds_to_the_revoked_set),
         cmocka_unit_test(test_rollback_and_gap_are_refused_by_a_running_verifier),
         cmocka_unit_test(test_feed_older_than_max_age_without_stream_is_feed_stale),
+        cmocka_unit_test(test_verifier_fails_closed_when_told_of_a_newer_seq_it_cannot_fetch),
         cmocka_unit_test(test_feed_past_its_exp_fails_closed),
         cmocka_unit_test(test_wait_seq_returns_once_the_feed_is_applied),
         cmocka_unit_test(test_concurrent_verification_while_feeds_apply),
@@ -1823,6 +1917,8 @@ int main(void)
         cmocka_unit_test(test_status_uri_outside_the_appliance_is_malformed),
         cmocka_unit_test(test_status_list_served_under_another_uri_is_refused),
         cmocka_unit_test(test_older_copy_of_a_list_cannot_unrevoke_a_token),
+        cmocka_unit_test(
+            test_verifier_fails_closed_when_told_of_a_token_revocation_it_cannot_fetch),
         cmocka_unit_test(test_revoked_token_comes_after_the_signature_and_time_checks),
         cmocka_unit_test(test_origin_bound_token_is_wrong_origin_elsewhere),
         cmocka_unit_test(test_origin_form_is_the_appliances),
