@@ -441,30 +441,63 @@ static void main_tell_status(prb_role role, pid_t pid, int status, int watchdog_
 #define MAIN_PING_MS 1000
 
 typedef struct {
-    kp *k;                 /* the supervisor's own keeper connection */
-    struct timespec ok;    /* the last answer (or the keeper's start) */
-    struct timespec asked; /* the last ping */
-    pid_t killed;          /* the keeper pid the watchdog killed, until it is reaped */
-    long silent_ms;        /* how long it had been silent then */
+    kp *k;                  /* the supervisor's own keeper connection */
+    struct timespec ok;     /* the last sign of life: an answer, CPU used, or its start */
+    unsigned long long cpu; /* the keeper's utime + stime at the last ping, in ticks */
+    struct timespec asked;  /* the last ping */
+    pid_t killed;           /* the keeper pid the watchdog killed, until it is reaped */
+    long silent_ms;         /* how long it had been silent then */
 } main_dog;
 
+/* The CPU time pid has used, all its threads (utime + stime of /proc/PID/stat, in clock
+ * ticks), or 0 when it cannot be read. */
+static unsigned long long main_cpu_ticks(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    /* After the command's closing parenthesis (the name may hold spaces): state is field
+     * 3, utime 14, stime 15. */
+    const char *p = strrchr(buf, ')');
+    unsigned long long utime = 0, stime = 0;
+    if (p == NULL || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                            &stime) != 2)
+        return 0;
+    return utime + stime;
+}
+
 /* Pings the keeper once a MAIN_PING_MS; kills it (SIGKILL: a module call that hangs cannot
- * be interrupted any other way) once it has not answered for keeper_watchdog_ms. Its
- * SIGCHLD then restarts it as for a crash. */
+ * be interrupted any other way) once it has shown no sign of life for keeper_watchdog_ms:
+ * no ping answered and no CPU used. A keeper whose every thread is busy (a burst of key
+ * generations on a token of 1,000 keys kept pings waiting for over 10 s here) uses CPU
+ * and is left alone; one that is stopped, or waits on a module call that never returns,
+ * uses none. Its SIGCHLD then restarts it as for a crash. */
 static void main_watch(main_dog *dog, const cfg *c, const main_child *keeper)
 {
     if (c->keeper_watchdog_ms == 0 || dog->k == NULL || keeper->pid <= 0 ||
         dog->killed == keeper->pid || main_ms_since(&dog->asked) < MAIN_PING_MS)
         return;
     clock_gettime(CLOCK_MONOTONIC, &dog->asked);
-    if (kp_ping(dog->k, NULL) == HSM_OK) {
+    unsigned long long cpu = main_cpu_ticks(keeper->pid);
+    int worked = cpu != dog->cpu;
+    dog->cpu = cpu;
+    if (worked || kp_ping(dog->k, NULL) == HSM_OK) {
         dog->ok = dog->asked;
         return;
     }
     long silent = main_ms_since(&dog->ok);
     if (silent < (long)c->keeper_watchdog_ms)
         return;
-    fprintf(stderr, "signd: watchdog: keeper (pid %d) has not answered for %ld ms: killing it\n",
+    fprintf(stderr,
+            "signd: watchdog: keeper (pid %d) has not answered or used CPU for %ld ms: "
+            "killing it\n",
             (int)keeper->pid, silent);
     kill(keeper->pid, SIGKILL);
     dog->killed = keeper->pid;
@@ -565,6 +598,7 @@ static int run_split(const cfg *c, const sigset_t *child_sigs)
                 main_dog_hang_up(&dog);
                 main_restart(MAIN_KEEPER, c, child_sigs, &keeper, &stop);
                 dog.ok = keeper.started; /* a new keeper gets the whole bound again */
+                dog.cpu = 0;
             }
         }
         main_watch(&dog, c, &keeper);

@@ -156,7 +156,7 @@ size_t rec_retry_deferred(kp *k, FILE *log)
             pthread_mutex_unlock(&rec_defer_mu);
             /* Said once per kid, not once a second while the keeper is away. */
             if (tries[i] == 0)
-                fprintf(log, "signd: revoked kid %s but could not destroy it yet: %s\n", hex,
+                fprintf(log, "signd: kid %s: could not destroy it yet: %s\n", hex,
                         hsm_strerror(st));
             continue;
         }
