@@ -40,6 +40,12 @@ struct kp {
     pthread_key_t conn_key; /* remote: this thread's kp_conn */
     unsigned timeout_ms;    /* remote: the deadline of one request (KP_TIMEOUT_DEFAULT_MS) */
     unsigned generate_ms;   /* remote: GENERATE's, which takes seconds for RSA-4096 */
+    /* The service keys' public halves, once read: they never change, and a public route
+     * that shows them (GET /v1/audit/key, /v1/revocations/key) must not wait for a stalled
+     * token. Under svc_mu. */
+    pthread_mutex_t svc_mu;
+    int svc_have[KP_SVC_COUNT_];
+    hsm_pubkey svc_pub[KP_SVC_COUNT_];
 };
 
 static void kp_conn_free(void *p)
@@ -60,6 +66,7 @@ hsm_status kp_open(const hsm_config *hc, kp **out, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return HSM_ERR_DEVICE;
     }
+    pthread_mutex_init(&k->svc_mu, NULL);
     unsigned long ckr = 0;
     hsm_status st = hsm_open(hc, &k->h, &ckr);
     if (st != HSM_OK) {
@@ -82,6 +89,7 @@ hsm_status kp_connect(const char *socket_path, const kp_deadlines *dl, kp **out,
         snprintf(err, errlen, "out of memory");
         return HSM_ERR_DEVICE;
     }
+    pthread_mutex_init(&k->svc_mu, NULL);
     k->addr.sun_family = AF_UNIX;
     if (socket_path == NULL || strlen(socket_path) >= sizeof(k->addr.sun_path)) {
         snprintf(err, errlen, "keeper socket path missing or longer than %zu bytes",
@@ -114,6 +122,7 @@ void kp_close(kp *k)
         pthread_setspecific(k->conn_key, NULL);
         pthread_key_delete(k->conn_key);
     }
+    pthread_mutex_destroy(&k->svc_mu);
     free(k);
 }
 
@@ -482,18 +491,37 @@ hsm_status kp_ping(kp *k, const hsm_kid *probe_kid)
     return hsm_list(k->h, &e, 1, &n);
 }
 
-hsm_status kp_svc_public_key(kp *k, kp_svc s, hsm_pubkey *pub)
+static hsm_status kp_svc_public_key_asked(kp *k, kp_svc s, hsm_pubkey *pub)
 {
     if (k->h != NULL)
         return kp_svc_hsm_public_key(k->h, s, pub);
-    if (kp_svc_get(s) == NULL)
-        return HSM_ERR_BAD_ARGUMENT;
     kpp_op op = s == KP_SVC_AUDIT ? KPP_OP_AUDIT_PUBKEY : KPP_OP_PUBLISH_PUBKEY;
     KP_REMOTE(k, op,
               s == KP_SVC_AUDIT ? kpp_encode_audit_pubkey(c->req, sizeof(c->req))
                                 : kpp_encode_publish_pubkey(c->req, sizeof(c->req)),
               r);
     return kpp_reply_pubkey(&r, pub) == 0 ? HSM_OK : HSM_ERR_DEVICE;
+}
+
+hsm_status kp_svc_public_key(kp *k, kp_svc s, hsm_pubkey *pub)
+{
+    if (kp_svc_get(s) == NULL)
+        return HSM_ERR_BAD_ARGUMENT;
+    pthread_mutex_lock(&k->svc_mu);
+    int have = k->svc_have[s];
+    if (have)
+        *pub = k->svc_pub[s];
+    pthread_mutex_unlock(&k->svc_mu);
+    if (have)
+        return HSM_OK;
+    hsm_status st = kp_svc_public_key_asked(k, s, pub);
+    if (st == HSM_OK) {
+        pthread_mutex_lock(&k->svc_mu);
+        k->svc_pub[s] = *pub;
+        k->svc_have[s] = 1;
+        pthread_mutex_unlock(&k->svc_mu);
+    }
+    return st;
 }
 
 /* A feed's signing input in parts: every part but the last appended by PUBLISH_PART, the

@@ -100,7 +100,8 @@ typedef enum { KP_SVC_AUDIT = 0, KP_SVC_PUBLISH, KP_SVC_COUNT_ } kp_svc;
 /* 1 when kid is a service key's id, else 0. */
 int kp_is_reserved(const hsm_kid *kid);
 /* The service key's public half, the key pair being generated (RSA-3072) when the token
- * has none yet. */
+ * has none yet. Read once per handle, then answered from memory: a public route showing it
+ * never waits for the token. */
 hsm_status kp_svc_public_key(kp *k, kp_svc s, hsm_pubkey *pub);
 /* RS256 over a document's JWS signing input with the service key (created if missing).
  * HSM_ERR_BAD_ARGUMENT, the token untouched, unless kp_svc_input_ok(s, msg, len). */

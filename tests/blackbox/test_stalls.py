@@ -105,7 +105,8 @@ def test_what_needs_no_token_answers_as_usual_while_the_keeper_is_stalled(stalle
     for path, auth in (("/healthz", False), ("/.well-known/jwks.json", False),
                        ("/v1/revocations", False), ("/v1/keys", True),
                        ("/v1/keys/" + kid, True), ("/v1/audit?limit=5", True),
-                       ("/metrics", True)):
+                       ("/metrics", True), ("/v1/revocations/key", False),
+                       ("/v1/audit/key", False)):
         r, took = timed(lambda: a.get(path, auth=auth, timeout=SLACK_S))
         assert r.status_code == 200, (path, r.status_code, r.text[:200])
         # Well under the keeper's deadline: none of them asked the keeper.
