@@ -65,12 +65,14 @@ int hd_drop_user(const char *user, char *err, size_t errlen);
  * afterwards inherits it, and nothing removes it. Call it while the process has one
  * thread (right after fork). The filter refuses with EPERM what the front never does:
  * execve and execveat, ptrace, process_vm_readv/writev, pidfd_getfd and kcmp (another
- * process's memory and descriptors: the keeper's), open_by_handle_at, mounts, namespaces,
- * chroot, kernel modules, kexec, BPF, perf events, userfaultfd, keyrings, io_uring (which
- * would bypass the filter), clock and swap changes, reboot, personality; a call through
- * another ABI kills the process (i386) or gets EPERM (x32). Sets PR_SET_NO_NEW_PRIVS.
- * Returns 0, or -1 with one line in err (no filter for this architecture, or the kernel
- * refused it); the caller must not serve without it.
+ * process's memory and descriptors: the keeper's), open_by_handle_at, mounts, namespaces
+ * (unshare, setns, and clone with any CLONE_NEW* flag), chroot, kernel modules, kexec,
+ * BPF, perf events, userfaultfd, keyrings, io_uring (which would bypass the filter), clock
+ * and swap changes, reboot, personality; clone3 gets ENOSYS (its flags cannot be
+ * inspected; glibc then creates threads with clone); a call through another ABI kills the
+ * process (i386) or gets EPERM (x32). Sets PR_SET_NO_NEW_PRIVS. Returns 0, or -1 with one
+ * line in err (no filter for this architecture, or the kernel refused it); the caller must
+ * not serve without it.
  *
  * LeakSanitizer stops the world with ptrace: in an AddressSanitizer or LeakSanitizer build
  * (make test-asan) ptrace stays allowed, and HD_FILTER_ALLOWS_PTRACE says so. */
@@ -85,5 +87,15 @@ int hd_drop_user(const char *user, char *err, size_t errlen);
 #define HD_FILTER_ALLOWS_PTRACE 0
 #endif
 int hd_front_filter(char *err, size_t errlen);
+
+/* The keeper's filter, installed like the front's (one thread, before kpd_open loads the
+ * module). The same list but what a vendor PKCS#11 module may need: keyrings, io_uring
+ * (a network HSM's client), personality and name_to_handle_at stay allowed. Everything
+ * else the front's filter refuses, the keeper's refuses too: no exec, ptrace or other
+ * process's memory, no mount or namespace (clone with CLONE_NEW*, unshare, setns; clone3
+ * ENOSYS), no module, kexec, BPF, perf events, userfaultfd, clock or swap change. A module
+ * that needs one of those cannot work under it: the keeper then fails at kpd_open with the
+ * module's own error. Returns as hd_front_filter. */
+int hd_keeper_filter(char *err, size_t errlen);
 
 #endif

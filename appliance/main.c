@@ -15,7 +15,9 @@
  *  - the front ("signd: front"): registry, credentials, reconcile (through the keeper),
  *    publication, the rotation scheduler (rotation.h) and CivetWeb. No module, no PIN, no
  *    descriptor to the token directory; PR_SET_NO_NEW_PRIVS and a seccomp filter
- *    (hd_front_filter: no exec, no ptrace or other process's memory). It prints the
+ *    (hd_front_filter: no exec, no ptrace or other process's memory, no namespace). The
+ *    keeper has a filter of its own (hd_keeper_filter), looser only where a vendor
+ *    module may need it. The front prints the
  *    "listening" line when it serves.
  *  A front that dies is started again (its state is all in SQLite); a keeper that dies is
  *  started again while the front answers 503 hsm_unavailable. SIGTERM or SIGINT: the front
@@ -286,7 +288,13 @@ static pid_t main_spawn(main_role role, const cfg *c, const sigset_t *sigs, int 
             main_set_title("signd: keeper");
             if (c->softhsm2_conf[0] != '\0')
                 setenv("SOFTHSM2_CONF", c->softhsm2_conf, 1);
-            rc = run_keeper(c, sigs, p[1]);
+            char err[512];
+            /* Before the module is loaded: nothing it or a bug in it runs escapes the
+             * filter. */
+            if (hd_keeper_filter(err, sizeof(err)) != 0)
+                rc = die("seccomp", err);
+            else
+                rc = run_keeper(c, sigs, p[1]);
         } else {
             main_set_title("signd: front");
             char err[512];

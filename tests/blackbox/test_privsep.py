@@ -227,14 +227,14 @@ def test_front_holds_no_module_no_token_and_no_pin_while_keeper_holds_the_module
     assert b"SOFTHSM2_CONF" not in environ(kids["front"])
 
 
-def test_front_runs_under_a_seccomp_filter_and_still_serves(appliance):
-    # Mode 2 is a filter; which calls it refuses is tests/unit/test_harden.c's subject.
-    # The keeper loads whatever PKCS#11 module it is given and stays unfiltered (mode 0),
-    # which also shows the check can tell the two apart.
+def test_front_and_keeper_run_under_seccomp_filters_and_still_serve(appliance):
+    # Mode 2 is a filter; which calls each refuses is tests/unit/test_harden.c's subject.
+    # The supervisor stays unfiltered (mode 0), which shows the check can tell them apart.
     a = appliance
     kids = a.children()
     assert procs.status(kids["front"])["Seccomp"] == "2"
-    assert procs.status(kids["keeper"])["Seccomp"] == "0"
+    assert procs.status(kids["keeper"])["Seccomp"] == "2"
+    assert procs.status(a.proc.pid)["Seccomp"] == "0"
     key = a.create_key(label="privsep-seccomp")
     assert mint(a, kid=key["kid"]).status_code == 200
 
