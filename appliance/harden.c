@@ -29,15 +29,16 @@ void hd_early(void)
     umask(077);
 }
 
-/* The account's uid and primary gid. -1 with one line in err when it is missing, cannot be
- * looked up, or is uid 0. */
-static int hd_lookup(const char *user, uid_t *uid, gid_t *gid, char *err, size_t errlen)
+/* The account's uid and primary gid. -1 with one line in err, naming the setting, when it
+ * is missing, cannot be looked up, or is uid 0. */
+static int hd_lookup_as(const char *setting, const char *user, uid_t *uid, gid_t *gid, char *err,
+                        size_t errlen)
 {
     size_t size = 4096;
     for (;;) {
         char *buf = malloc(size);
         if (buf == NULL) {
-            cfg_errorf(err, errlen, "user = %s: out of memory looking the account up", user);
+            cfg_errorf(err, errlen, "%s = %s: out of memory looking the account up", setting, user);
             return -1;
         }
         struct passwd pw, *found = NULL;
@@ -53,23 +54,28 @@ static int hd_lookup(const char *user, uid_t *uid, gid_t *gid, char *err, size_t
         }
         free(buf);
         if (rc != 0) {
-            cfg_errorf(err, errlen, "user = %s: cannot look the account up: %s", user,
+            cfg_errorf(err, errlen, "%s = %s: cannot look the account up: %s", setting, user,
                        strerror(rc));
             return -1;
         }
         if (found == NULL) {
-            cfg_errorf(err, errlen, "user = %s: no such account", user);
+            cfg_errorf(err, errlen, "%s = %s: no such account", setting, user);
             return -1;
         }
         if (*uid == 0) {
             cfg_errorf(err, errlen,
-                       "user = %s: the account has uid 0; name an unprivileged account "
-                       "(or leave user empty to stay root)",
-                       user);
+                       "%s = %s: the account has uid 0; name an unprivileged account "
+                       "(or leave %s empty to stay root)",
+                       setting, user, setting);
             return -1;
         }
         return 0;
     }
+}
+
+static int hd_lookup(const char *user, uid_t *uid, gid_t *gid, char *err, size_t errlen)
+{
+    return hd_lookup_as("user", user, uid, gid, err, errlen);
 }
 
 /* ---- the data directory's owner ------------------------------------------------------ */
@@ -190,17 +196,63 @@ int hd_check_data_owner(const cfg *c, char *err, size_t errlen)
 /* ---- the switch ------------------------------------------------------------------------ */
 
 /* After the credentials are final: no core, no ptrace, no way back through execve. */
-static int hd_lock(const char *user, char *err, size_t errlen)
+static int hd_lock(const char *setting, const char *user, char *err, size_t errlen)
 {
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
-        cfg_errorf(err, errlen, "user = %s: PR_SET_DUMPABLE: %s", user, strerror(errno));
+        cfg_errorf(err, errlen, "%s = %s: PR_SET_DUMPABLE: %s", setting, user, strerror(errno));
         return -1;
     }
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-        cfg_errorf(err, errlen, "user = %s: PR_SET_NO_NEW_PRIVS: %s", user, strerror(errno));
+        cfg_errorf(err, errlen, "%s = %s: PR_SET_NO_NEW_PRIVS: %s", setting, user, strerror(errno));
         return -1;
     }
     return 0;
+}
+
+/* Root only: becomes uid/gid with exactly the supplementary groups given, for good, and
+ * checks it. */
+static int hd_switch(const char *setting, const char *user, uid_t uid, gid_t gid,
+                     const gid_t *groups, int ngroups, char *err, size_t errlen)
+{
+    /* In this order: supplementary groups and the gid need root, which setuid gives up.
+     * glibc applies each of these to every thread of the process. */
+    if (setgroups((size_t)ngroups, groups) != 0) {
+        cfg_errorf(err, errlen, "%s = %s: setgroups: %s", setting, user, strerror(errno));
+        return -1;
+    }
+    if (setgid(gid) != 0) {
+        cfg_errorf(err, errlen, "%s = %s: setgid(%u): %s", setting, user, (unsigned)gid,
+                   strerror(errno));
+        return -1;
+    }
+    if (setuid(uid) != 0) {
+        cfg_errorf(err, errlen, "%s = %s: setuid(%u): %s", setting, user, (unsigned)uid,
+                   strerror(errno));
+        return -1;
+    }
+    /* Trust, but verify: no way back to root, every id the account's. */
+    if (setuid(0) == 0 || setgid(0) == 0) {
+        cfg_errorf(err, errlen, "%s = %s: root could be regained after the switch", setting, user);
+        return -1;
+    }
+    uid_t ru, eu, su;
+    gid_t rg, eg, sg;
+    gid_t now[HD_GROUPS_MAX + 1];
+    int ng = getgroups(HD_GROUPS_MAX + 1, now);
+    int same = ng == ngroups;
+    for (int i = 0; same && i < ng; i++) {
+        int found = 0;
+        for (int j = 0; j < ngroups; j++)
+            found |= now[i] == groups[j];
+        same = found;
+    }
+    if (getresuid(&ru, &eu, &su) != 0 || getresgid(&rg, &eg, &sg) != 0 || ru != uid || eu != uid ||
+        su != uid || rg != gid || eg != gid || sg != gid || !same) {
+        cfg_errorf(err, errlen, "%s = %s: the process's ids are not the account's after the switch",
+                   setting, user);
+        return -1;
+    }
+    return hd_lock(setting, user, err, errlen);
 }
 
 int hd_drop_user(const char *user, char *err, size_t errlen)
@@ -213,7 +265,7 @@ int hd_drop_user(const char *user, char *err, size_t errlen)
         char ignored[8];
         if (hd_lookup(user, &uid, &gid, ignored, sizeof(ignored)) == 0 && getuid() == uid &&
             geteuid() == uid)
-            return hd_lock(user, err, errlen);
+            return hd_lock("user", user, err, errlen);
         cfg_errorf(err, errlen,
                    "user = %s is set but signd was not started as root (it runs as uid %u)", user,
                    (unsigned)geteuid());
@@ -221,37 +273,93 @@ int hd_drop_user(const char *user, char *err, size_t errlen)
     }
     if (hd_lookup(user, &uid, &gid, err, errlen) != 0)
         return -1;
-    /* In this order: supplementary groups and the gid need root, which setuid gives up.
-     * glibc applies each of these to every thread of the process. */
-    if (setgroups(1, &gid) != 0) {
-        cfg_errorf(err, errlen, "user = %s: setgroups: %s", user, strerror(errno));
+    /* The primary group only: one account for every process, nothing shared to reach. */
+    return hd_switch("user", user, uid, gid, &gid, 1, err, errlen);
+}
+
+/* ---- one account per role (process_model = split) --------------------------------------- */
+
+int hd_account_lookup(const char *setting, const char *name, hd_account *out, char *err,
+                      size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    if (name == NULL || name[0] == '\0')
+        return 0;
+    if (strlen(name) >= sizeof(out->name))
+        return cfg_errorf(err, errlen, "%s = %s: name too long", setting, name);
+    if (hd_lookup_as(setting, name, &out->uid, &out->gid, err, errlen) != 0)
         return -1;
+    /* The account's groups as /etc/group lists them (initgroups' list): the shared data
+     * group is how the keeper reads the registry and the front reaches the keeper's
+     * socket. */
+    out->ngroups = HD_GROUPS_MAX;
+    if (getgrouplist(name, out->gid, out->groups, &out->ngroups) < 0)
+        return cfg_errorf(err, errlen, "%s = %s: in more than %d groups", setting, name,
+                          HD_GROUPS_MAX);
+    snprintf(out->setting, sizeof(out->setting), "%s", setting);
+    memcpy(out->name, name, strlen(name) + 1);
+    return 0;
+}
+
+int hd_become(const hd_account *a, char *err, size_t errlen)
+{
+    if (a->name[0] == '\0')
+        return 0;
+    if (geteuid() != 0)
+        return cfg_errorf(err, errlen, "%s = %s: switching needs root (it runs as uid %u)",
+                          a->setting, a->name, (unsigned)geteuid());
+    return hd_switch(a->setting, a->name, a->uid, a->gid, a->groups, a->ngroups, err, errlen);
+}
+
+/* path must belong to uid: -1 with the fix in err when it does not (a missing path is for
+ * the process that opens it to report). */
+static int hd_owned(const hd_account *a, const char *path, char *err, size_t errlen)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0
+                               : cfg_errorf(err, errlen, "%s = %s: cannot check %s: %s", a->setting,
+                                            a->name, path, strerror(errno));
+    if (st.st_uid == a->uid)
+        return 0;
+    return cfg_errorf(err, errlen,
+                      "%s = %s: %s belongs to uid %u, not to %s (uid %u), which must use it: run "
+                      "chown %s %s (provisioning/init-data-dir.sh sets every owner of a data "
+                      "directory)",
+                      a->setting, a->name, path, (unsigned)st.st_uid, a->name, (unsigned)a->uid,
+                      a->name, path);
+}
+
+int hd_check_role_owners(const cfg *c, const hd_account *keeper, const hd_account *front, char *err,
+                         size_t errlen)
+{
+    if (geteuid() != 0)
+        return 0;
+    if (keeper->name[0] != '\0') {
+        if (hd_owned(keeper, c->pin_file, err, errlen) != 0)
+            return -1;
+        if (c->softhsm2_conf[0] != '\0') {
+            if (hd_owned(keeper, c->softhsm2_conf, err, errlen) != 0)
+                return -1;
+            char tokendir[CFG_PATH_MAX];
+            if (hd_tokendir(c->softhsm2_conf, tokendir) == 0) {
+                hd_walk_uid = keeper->uid;
+                hd_walk_bad[0] = '\0';
+                int rc = nftw(tokendir, hd_walk_one, 16, FTW_PHYS);
+                if (rc == 1 && hd_walk_bad_owner != (uid_t)-1)
+                    return hd_owned(keeper, hd_walk_bad, err, errlen);
+                if (rc != 0)
+                    return cfg_errorf(err, errlen, "%s = %s: cannot check %s", keeper->setting,
+                                      keeper->name, rc == 1 ? hd_walk_bad : tokendir);
+            }
+        }
     }
-    if (setgid(gid) != 0) {
-        cfg_errorf(err, errlen, "user = %s: setgid(%u): %s", user, (unsigned)gid, strerror(errno));
-        return -1;
+    if (front->name[0] != '\0') {
+        if (hd_owned(front, c->database, err, errlen) != 0 ||
+            hd_owned(front, c->tls_private_key, err, errlen) != 0)
+            return -1;
     }
-    if (setuid(uid) != 0) {
-        cfg_errorf(err, errlen, "user = %s: setuid(%u): %s", user, (unsigned)uid, strerror(errno));
-        return -1;
-    }
-    /* Trust, but verify: no way back to root, every id the account's. */
-    if (setuid(0) == 0 || setgid(0) == 0) {
-        cfg_errorf(err, errlen, "user = %s: root could be regained after the switch", user);
-        return -1;
-    }
-    uid_t ru, eu, su;
-    gid_t rg, eg, sg;
-    gid_t groups[2];
-    int ng = getgroups(2, groups);
-    if (getresuid(&ru, &eu, &su) != 0 || getresgid(&rg, &eg, &sg) != 0 || ru != uid || eu != uid ||
-        su != uid || rg != gid || eg != gid || sg != gid || ng < 0 || ng > 1 ||
-        (ng == 1 && groups[0] != gid)) {
-        cfg_errorf(err, errlen,
-                   "user = %s: the process's ids are not the account's after the switch", user);
-        return -1;
-    }
-    return hd_lock(user, err, errlen);
+    return 0;
 }
 
 /*

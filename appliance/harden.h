@@ -4,7 +4,10 @@
  * Keys live in the process's memory with SoftHSM2, and the PIN and the bearer secrets pass
  * through it. So: no core dumps, no ptrace or /proc/PID/mem by other processes of the same
  * user, files created private to the process's user, and, when started as root, the rest of
- * the run as an unprivileged account (the `user` setting) that cannot regain privileges.
+ * the run as unprivileged accounts that cannot regain privileges: one per process by
+ * default (keeper_user, front_user: hd_account_lookup, hd_check_role_owners, hd_become in
+ * each child right after its fork; the supervisor stays root to start them again), or the
+ * one `user` for every process (hd_check_data_owner, hd_drop_user, below).
  *
  * Order in main:
  *   hd_early();                                  first thing, before any secret is read
@@ -31,6 +34,7 @@
 #include "appliance/config.h"
 
 #include <stddef.h>
+#include <sys/types.h>
 
 /* RLIMIT_CORE 0 (soft and hard: no core file, not even after a later setrlimit),
  * PR_SET_DUMPABLE 0 (no core, no ptrace by the same uid, /proc/PID files owned by root),
@@ -60,6 +64,38 @@ int hd_check_data_owner(const cfg *c, char *err, size_t errlen);
  *
  *   if (hd_drop_user(c.user, err, sizeof(err)) != 0) ... stop and exit 1 */
 int hd_drop_user(const char *user, char *err, size_t errlen);
+
+/* One account per role: process_model = split, started as root with `user` empty, the
+ * keeper runs as keeper_user and the front as front_user (each "" stays root). */
+#define HD_GROUPS_MAX 64
+typedef struct {
+    char setting[16];        /* "keeper_user" or "front_user", for messages */
+    char name[CFG_USER_MAX]; /* "": no switch */
+    uid_t uid;
+    gid_t gid;                   /* primary group */
+    gid_t groups[HD_GROUPS_MAX]; /* every group of the account, the primary one included */
+    int ngroups;
+} hd_account;
+
+/* Looks name up for setting (in the supervisor, while root: the children then need no
+ * /etc/passwd). name "" fills an account that hd_become ignores. A missing account and uid
+ * 0 are refused as for `user`. Returns 0, or -1 with one line in err. */
+int hd_account_lookup(const char *setting, const char *name, hd_account *out, char *err,
+                      size_t errlen);
+
+/* Becomes a for good, with the account's supplementary groups (those /etc/group gives it;
+ * the data group is how keeper and front share the registry and the keeper's socket), then
+ * PR_SET_DUMPABLE 0 and PR_SET_NO_NEW_PRIVS 1 as hd_drop_user. a->name "" does nothing.
+ * Needs root. Call it first thing in a forked child, while it has one thread. */
+int hd_become(const hd_account *a, char *err, size_t errlen);
+
+/* While root, refuses a data directory the role accounts could not use: pin_file,
+ * softhsm2_conf and every entry of the token directory must belong to the keeper account,
+ * the database and tls_private_key to the front account (a missing file is left for the
+ * process that opens it). Returns 0 (also when not root), or -1 with one line in err naming
+ * the path and the fix. */
+int hd_check_role_owners(const cfg *c, const hd_account *keeper, const hd_account *front, char *err,
+                         size_t errlen);
 
 /* Installs the front's seccomp filter in the calling process: every thread it starts
  * afterwards inherits it, and nothing removes it. Call it while the process has one

@@ -83,6 +83,25 @@ def raw_tls(appliance, data, timeout=10):
             return out
 
 
+def reachable(path):
+    """Returns path, after giving every directory above it, below the temporary directory,
+    the right to be entered (o+x, not listed) when the tests run as root: signd's keeper
+    and front then run as accounts of their own (signd-keeper, signd-front), which must
+    reach their data directory and files such as tls_client_ca, and pytest makes its
+    tmp_path directories (and /tmp/pytest-of-root) 0700. Never above the temporary
+    directory: not /root, not the clone."""
+    if os.geteuid() != 0:
+        return path
+    tmp = os.path.realpath(tempfile.gettempdir())
+    d = os.path.dirname(os.path.realpath(str(path)))
+    while d.startswith(tmp + "/"):
+        mode = os.stat(d).st_mode & 0o7777
+        if not mode & 0o001:
+            os.chmod(d, mode | 0o001)
+        d = os.path.dirname(d)
+    return path
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,7 +130,7 @@ class Appliance:
     """One appliance process and its data directory."""
 
     def __init__(self, data_dir, extra_conf=None):
-        self.dir = data_dir
+        self.dir = reachable(data_dir)
         self.port = free_port()
         APPLIANCE_PORTS.add(self.port)
         subprocess.run([INIT, data_dir, str(self.port)], check=True, stdout=subprocess.DEVNULL)
