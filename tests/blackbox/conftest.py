@@ -4,6 +4,7 @@ Each fixture makes its own data directory (token, PINs, certificate, credential,
 configuration) with provisioning/init-data-dir.sh, the same script `make run` uses, picks a
 free port at run time, starts build/bin/signd, and stops it by PID.
 """
+import atexit
 import os
 import shutil
 import signal
@@ -100,6 +101,27 @@ def reachable(path):
             os.chmod(d, mode | 0o001)
         d = os.path.dirname(d)
     return path
+
+
+_SIGND_COPY = []
+
+
+def signd_for_any_user():
+    """The signd binary as a path every account may execute: SIGND itself when not root;
+    as root, a copy in a root-owned directory of mode 0755 under the temporary directory
+    (made once per run), because the clone may sit in a directory only root may enter
+    (/root is 0700) and some tests start signd as an unprivileged user."""
+    if os.geteuid() != 0:
+        return SIGND
+    if not _SIGND_COPY:
+        d = tempfile.mkdtemp(prefix="signd-bin-")
+        os.chmod(d, 0o755)
+        copy = os.path.join(d, "signd")
+        shutil.copy2(SIGND, copy)
+        os.chmod(copy, 0o755)
+        _SIGND_COPY.append(copy)
+        atexit.register(shutil.rmtree, d, True)
+    return _SIGND_COPY[0]
 
 
 def free_port():

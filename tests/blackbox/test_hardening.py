@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from conftest import SIGND
+from conftest import signd_for_any_user
 from procs import status
 
 ACCOUNT = "signd-test"
@@ -184,8 +184,8 @@ def test_user_set_but_started_as_another_unprivileged_user_refuses(make_applianc
     give_to(a.dir, pw)
     log = open(a.log_path, "ab")
     try:
-        proc = subprocess.Popen([SIGND, a.conf], stdout=subprocess.PIPE, stderr=log,
-                                user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+        proc = subprocess.Popen([signd_for_any_user(), a.conf], stdout=subprocess.PIPE,
+                                stderr=log, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
         out = proc.stdout.read().decode()
         rc = proc.wait(timeout=30)
         proc.stdout.close()
@@ -202,8 +202,8 @@ def test_user_set_and_already_running_as_it_starts(make_appliance):
     a = make_appliance(extra_conf={"user": ACCOUNT}, start=False)
     give_to(a.dir, pw)
     log = open(a.log_path, "ab")
-    proc = subprocess.Popen([SIGND, a.conf], stdout=subprocess.PIPE, stderr=log,
-                            user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+    proc = subprocess.Popen([signd_for_any_user(), a.conf], stdout=subprocess.PIPE,
+                            stderr=log, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
     try:
         line = proc.stdout.readline().decode()
         assert "listening" in line, (line, a.read_log())
