@@ -77,8 +77,9 @@ typedef struct kpd kpd;
  * other threads create files. */
 int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen);
 
-/* The front runs as an account of its own (hd_become): admits connections from uid too
- * (besides the keeper's own), and makes the socket file 0660 so the group the two
+/* The front runs as an account of its own (hd_become): admits connections from uid and
+ * from root too (besides the keeper's own uid: root could read the token files anyway, and
+ * the supervisor stays root then), and makes the socket file 0660 so the group the two
  * accounts share may connect to it. Call it between kpd_open and kpd_serve. 0, or -1 with
  * one line in err. */
 int kpd_allow_peer(kpd *d, uid_t uid, char *err, size_t errlen);

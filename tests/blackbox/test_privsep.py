@@ -632,3 +632,19 @@ def test_only_the_fronts_account_may_connect_to_the_keeper(appliance):
                 s.connect(path)
     finally:
         s.close()
+    # An account let through the file's mode (put in the group) is still refused by the
+    # keeper itself (SO_PEERCRED): closed unanswered.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(10)
+    try:
+        with as_ids(nobody[0], nobody[1], [st.st_gid]):
+            s.connect(path)
+        try:
+            s.send(Keeper.message(OP_PING, b"\0" * 17))
+            reply = s.recv(4096)
+        except OSError:
+            reply = b""
+        assert reply == b"", reply
+    finally:
+        s.close()
+    assert "refused a connection from uid %d" % nobody[0] in a.read_log()
