@@ -216,6 +216,32 @@ def test_user_set_and_already_running_as_it_starts(make_appliance):
         log.close()
 
 
+# ---- one account per process (user empty) -----------------------------------------------
+
+@needs_root
+def test_a_token_file_not_the_keepers_stops_signd_naming_the_chown(make_appliance):
+    a = make_appliance(start=False)
+    tokdir = os.path.join(a.dir, "token")
+    victim = next(os.path.join(d, f) for d, _, files in os.walk(tokdir) for f in files)
+    os.chown(victim, 0, 0)  # as a `cp` by root into the token would leave it
+    last = wait_refused(a)
+    assert "keeper_user = signd-keeper" in last and victim in last, last
+    assert "chown signd-keeper %s" % victim in last, last
+    # The fix the message names (init-data-dir.sh does it for the whole directory) works.
+    subprocess.run(["chown", "signd-keeper:", victim], check=True)
+    a.start()
+    assert status(a.children()["keeper"])["Uid"].split()[0] == \
+        str(pwd.getpwnam("signd-keeper").pw_uid)
+
+
+@needs_root
+def test_one_account_for_keeper_and_front_is_refused_unless_user_says_so(make_appliance):
+    a = make_appliance(extra_conf={"front_user": "signd-keeper"}, start=False)
+    last = wait_refused(a)
+    assert "keeper_user = signd-keeper and front_user = signd-keeper are the same account" \
+        in last, last
+
+
 # ---- private files ---------------------------------------------------------------------
 
 def private_files_of(a):

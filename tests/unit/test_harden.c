@@ -1,6 +1,6 @@
 /*
  * test_harden: the front's and the keeper's seccomp filters (hd_front_filter,
- * hd_keeper_filter). Each test runs in a forked
+ * hd_keeper_filter), and the switch to a role's account (hd_account_lookup, hd_become). Each test runs in a forked
  * child, because the filter cannot be removed once installed, and checks every refused call
  * twice: once before the filter, where it works or fails for another reason (so the check
  * can fail), and once after, where it gets EPERM. The child reports the first broken
@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -420,6 +421,53 @@ static void test_keeper_cannot_exec_trace_or_make_namespaces_but_keeps_module_ca
     assert_child_ok(keeper_body);
 }
 
+/* ---- one account per role ------------------------------------------------------------------ */
+
+static void test_role_account_lookup_refuses_root_and_a_missing_account(void **state)
+{
+    (void)state;
+    hd_account a;
+    char err[256];
+    assert_int_equal(hd_account_lookup("keeper_user", "root", &a, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "keeper_user = root"));
+    assert_non_null(strstr(err, "uid 0"));
+    assert_int_equal(hd_account_lookup("front_user", "signd-no-such-account", &a, err, sizeof(err)),
+                     -1);
+    assert_non_null(strstr(err, "front_user = signd-no-such-account: no such account"));
+    /* "" is no account: hd_become then leaves the ids alone. */
+    assert_int_equal(hd_account_lookup("front_user", "", &a, err, sizeof(err)), 0);
+    assert_string_equal(a.name, "");
+    assert_int_equal(hd_become(&a, err, sizeof(err)), 0);
+}
+
+/* As root: nobody's ids and groups for good, not dumpable, no_new_privs. */
+static void become_body(void)
+{
+    hd_account a;
+    char err[256];
+    EXPECT(hd_account_lookup("keeper_user", "nobody", &a, err, sizeof(err)) == 0, "lookup: %s",
+           err);
+    EXPECT(a.ngroups >= 1, "nobody has %d groups", a.ngroups);
+    EXPECT(hd_become(&a, err, sizeof(err)) == 0, "hd_become: %s", err);
+    EXPECT(getuid() == a.uid && geteuid() == a.uid && getgid() == a.gid, "ids after the switch");
+    gid_t groups[HD_GROUPS_MAX];
+    int n = getgroups(HD_GROUPS_MAX, groups);
+    EXPECT(n == a.ngroups, "%d groups after the switch, want %d", n, a.ngroups);
+    EXPECT(setuid(0) != 0 && setgid(0) != 0, "root regained");
+    EXPECT(prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0, "dumpable after the switch");
+    EXPECT(prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1, "no_new_privs not set");
+    EXPECT(hd_become(&a, err, sizeof(err)) == -1 && strstr(err, "needs root") != NULL,
+           "a second switch: %s", err);
+}
+
+static void test_become_takes_the_account_for_good_with_its_groups(void **state)
+{
+    (void)state;
+    if (geteuid() != 0)
+        skip();
+    assert_child_ok(become_body);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -431,6 +479,8 @@ int main(void)
         cmocka_unit_test(test_front_cannot_clone_into_a_new_namespace_and_clone3_is_enosys),
         cmocka_unit_test(test_threads_and_fork_still_work_with_clone3_enosys),
         cmocka_unit_test(test_keeper_cannot_exec_trace_or_make_namespaces_but_keeps_module_calls),
+        cmocka_unit_test(test_role_account_lookup_refuses_root_and_a_missing_account),
+        cmocka_unit_test(test_become_takes_the_account_for_good_with_its_groups),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
