@@ -235,8 +235,11 @@ static int run_keeper(const cfg *c, const sigset_t *sigs, int ready_fd)
     kpd *d = NULL;
     if (kpd_open(c, &d, err, sizeof(err)) != 0)
         return die("keeper", err);
-    if (main_front_acct.name[0] != '\0' && main_front_acct.uid != geteuid() &&
-        kpd_allow_peer(d, main_front_acct.uid, err, sizeof(err)) != 0) {
+    /* One account per role: the front runs as its account, or stays root (the roles have
+     * accounts only when the supervisor is root) when front_user is empty. */
+    uid_t front_uid = main_front_acct.name[0] != '\0' ? main_front_acct.uid : 0;
+    if ((main_keeper_acct.name[0] != '\0' || main_front_acct.name[0] != '\0') &&
+        front_uid != geteuid() && kpd_allow_peer(d, front_uid, err, sizeof(err)) != 0) {
         kpd_close(d);
         return die("keeper", err);
     }
