@@ -8,7 +8,9 @@
 CC      ?= cc
 BUILD   := build
 CIVET   := build/civetweb
-DATA_DIR ?= ./data
+# Empty: provisioning/run.sh picks ./data, or /var/lib/signd when run as root from a clone
+# in a directory the appliance's accounts cannot enter (README.md).
+DATA_DIR ?=
 PORT    ?= 8443
 
 HARDEN  := -O2 -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE

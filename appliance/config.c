@@ -136,7 +136,19 @@ static const cfg_setting cfg_settings[] = {
      "File the JSON log lines are appended to (created 0600, reopened when logrotate moves "
      "it); empty: stderr"},
     {"user", CFG_T_STRING, CFG_FIELD(user), "", 0, 0, true, cfg_check_user,
-     "Started as root, switch to this user once the port and files are open; empty: stay"},
+     "Started as root, every process switches to this one account once the port and files are "
+     "open, and keeper_user and front_user are ignored (the front can then open the token and "
+     "PIN files by name); empty: one account per process, below"},
+    {"keeper_user", CFG_T_STRING, CFG_FIELD(keeper_user), "signd-keeper", 0, 0, true,
+     cfg_check_user,
+     "split, started as root, user empty: the keeper runs as this account, which must own "
+     "pin_file, softhsm2_conf and the token directory; empty: the keeper stays root; ignored "
+     "when not started as root"},
+    {"front_user", CFG_T_STRING, CFG_FIELD(front_user), "signd-front", 0, 0, true, cfg_check_user,
+     "split, started as root, user empty: the front runs as this account, which must own the "
+     "database and tls_private_key and share a group with keeper_user (that group owns the "
+     "data directory, the database and the keeper socket); empty: the front stays root; "
+     "ignored when not started as root"},
     {"tls_min_version", CFG_T_STRING, CFG_FIELD(tls_min_version), "1.2", 0, 0, false,
      cfg_check_tls_version, "Oldest TLS version accepted: 1.2 or 1.3"},
     {"tls_ciphers", CFG_T_STRING, CFG_FIELD(tls_ciphers),

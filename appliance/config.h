@@ -86,6 +86,10 @@ typedef struct cfg {
     char log_file[CFG_PATH_MAX]; /* "": stderr */
     /* Access control and the HTTPS front (the access-control issue). */
     char user[CFG_USER_MAX]; /* "": keep the user the appliance was started as */
+    /* split, started as root, user "": the keeper's and the front's own accounts ("": that
+     * process stays root). */
+    char keeper_user[CFG_USER_MAX];
+    char front_user[CFG_USER_MAX];
     char tls_min_version[8]; /* "1.2" or "1.3" */
     char tls_ciphers[CFG_CIPHERS_MAX];
     char tls_ciphersuites[CFG_CIPHERS_MAX];

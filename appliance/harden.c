@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <linux/audit.h>
+#include <linux/sched.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
@@ -28,15 +29,16 @@ void hd_early(void)
     umask(077);
 }
 
-/* The account's uid and primary gid. -1 with one line in err when it is missing, cannot be
- * looked up, or is uid 0. */
-static int hd_lookup(const char *user, uid_t *uid, gid_t *gid, char *err, size_t errlen)
+/* The account's uid and primary gid. -1 with one line in err, naming the setting, when it
+ * is missing, cannot be looked up, or is uid 0. */
+static int hd_lookup_as(const char *setting, const char *user, uid_t *uid, gid_t *gid, char *err,
+                        size_t errlen)
 {
     size_t size = 4096;
     for (;;) {
         char *buf = malloc(size);
         if (buf == NULL) {
-            cfg_errorf(err, errlen, "user = %s: out of memory looking the account up", user);
+            cfg_errorf(err, errlen, "%s = %s: out of memory looking the account up", setting, user);
             return -1;
         }
         struct passwd pw, *found = NULL;
@@ -52,23 +54,28 @@ static int hd_lookup(const char *user, uid_t *uid, gid_t *gid, char *err, size_t
         }
         free(buf);
         if (rc != 0) {
-            cfg_errorf(err, errlen, "user = %s: cannot look the account up: %s", user,
+            cfg_errorf(err, errlen, "%s = %s: cannot look the account up: %s", setting, user,
                        strerror(rc));
             return -1;
         }
         if (found == NULL) {
-            cfg_errorf(err, errlen, "user = %s: no such account", user);
+            cfg_errorf(err, errlen, "%s = %s: no such account", setting, user);
             return -1;
         }
         if (*uid == 0) {
             cfg_errorf(err, errlen,
-                       "user = %s: the account has uid 0; name an unprivileged account "
-                       "(or leave user empty to stay root)",
-                       user);
+                       "%s = %s: the account has uid 0; name an unprivileged account "
+                       "(or leave %s empty to stay root)",
+                       setting, user, setting);
             return -1;
         }
         return 0;
     }
+}
+
+static int hd_lookup(const char *user, uid_t *uid, gid_t *gid, char *err, size_t errlen)
+{
+    return hd_lookup_as("user", user, uid, gid, err, errlen);
 }
 
 /* ---- the data directory's owner ------------------------------------------------------ */
@@ -189,17 +196,63 @@ int hd_check_data_owner(const cfg *c, char *err, size_t errlen)
 /* ---- the switch ------------------------------------------------------------------------ */
 
 /* After the credentials are final: no core, no ptrace, no way back through execve. */
-static int hd_lock(const char *user, char *err, size_t errlen)
+static int hd_lock(const char *setting, const char *user, char *err, size_t errlen)
 {
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
-        cfg_errorf(err, errlen, "user = %s: PR_SET_DUMPABLE: %s", user, strerror(errno));
+        cfg_errorf(err, errlen, "%s = %s: PR_SET_DUMPABLE: %s", setting, user, strerror(errno));
         return -1;
     }
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-        cfg_errorf(err, errlen, "user = %s: PR_SET_NO_NEW_PRIVS: %s", user, strerror(errno));
+        cfg_errorf(err, errlen, "%s = %s: PR_SET_NO_NEW_PRIVS: %s", setting, user, strerror(errno));
         return -1;
     }
     return 0;
+}
+
+/* Root only: becomes uid/gid with exactly the supplementary groups given, for good, and
+ * checks it. */
+static int hd_switch(const char *setting, const char *user, uid_t uid, gid_t gid,
+                     const gid_t *groups, int ngroups, char *err, size_t errlen)
+{
+    /* In this order: supplementary groups and the gid need root, which setuid gives up.
+     * glibc applies each of these to every thread of the process. */
+    if (setgroups((size_t)ngroups, groups) != 0) {
+        cfg_errorf(err, errlen, "%s = %s: setgroups: %s", setting, user, strerror(errno));
+        return -1;
+    }
+    if (setgid(gid) != 0) {
+        cfg_errorf(err, errlen, "%s = %s: setgid(%u): %s", setting, user, (unsigned)gid,
+                   strerror(errno));
+        return -1;
+    }
+    if (setuid(uid) != 0) {
+        cfg_errorf(err, errlen, "%s = %s: setuid(%u): %s", setting, user, (unsigned)uid,
+                   strerror(errno));
+        return -1;
+    }
+    /* Trust, but verify: no way back to root, every id the account's. */
+    if (setuid(0) == 0 || setgid(0) == 0) {
+        cfg_errorf(err, errlen, "%s = %s: root could be regained after the switch", setting, user);
+        return -1;
+    }
+    uid_t ru, eu, su;
+    gid_t rg, eg, sg;
+    gid_t now[HD_GROUPS_MAX + 1];
+    int ng = getgroups(HD_GROUPS_MAX + 1, now);
+    int same = ng == ngroups;
+    for (int i = 0; same && i < ng; i++) {
+        int found = 0;
+        for (int j = 0; j < ngroups; j++)
+            found |= now[i] == groups[j];
+        same = found;
+    }
+    if (getresuid(&ru, &eu, &su) != 0 || getresgid(&rg, &eg, &sg) != 0 || ru != uid || eu != uid ||
+        su != uid || rg != gid || eg != gid || sg != gid || !same) {
+        cfg_errorf(err, errlen, "%s = %s: the process's ids are not the account's after the switch",
+                   setting, user);
+        return -1;
+    }
+    return hd_lock(setting, user, err, errlen);
 }
 
 int hd_drop_user(const char *user, char *err, size_t errlen)
@@ -212,7 +265,7 @@ int hd_drop_user(const char *user, char *err, size_t errlen)
         char ignored[8];
         if (hd_lookup(user, &uid, &gid, ignored, sizeof(ignored)) == 0 && getuid() == uid &&
             geteuid() == uid)
-            return hd_lock(user, err, errlen);
+            return hd_lock("user", user, err, errlen);
         cfg_errorf(err, errlen,
                    "user = %s is set but signd was not started as root (it runs as uid %u)", user,
                    (unsigned)geteuid());
@@ -220,50 +273,110 @@ int hd_drop_user(const char *user, char *err, size_t errlen)
     }
     if (hd_lookup(user, &uid, &gid, err, errlen) != 0)
         return -1;
-    /* In this order: supplementary groups and the gid need root, which setuid gives up.
-     * glibc applies each of these to every thread of the process. */
-    if (setgroups(1, &gid) != 0) {
-        cfg_errorf(err, errlen, "user = %s: setgroups: %s", user, strerror(errno));
+    /* The primary group only: one account for every process, nothing shared to reach. */
+    return hd_switch("user", user, uid, gid, &gid, 1, err, errlen);
+}
+
+/* ---- one account per role (process_model = split) --------------------------------------- */
+
+int hd_account_lookup(const char *setting, const char *name, hd_account *out, char *err,
+                      size_t errlen)
+{
+    memset(out, 0, sizeof(*out));
+    if (name == NULL || name[0] == '\0')
+        return 0;
+    if (strlen(name) >= sizeof(out->name))
+        return cfg_errorf(err, errlen, "%s = %s: name too long", setting, name);
+    if (hd_lookup_as(setting, name, &out->uid, &out->gid, err, errlen) != 0)
         return -1;
+    /* The account's groups as /etc/group lists them (initgroups' list): the shared data
+     * group is how the keeper reads the registry and the front reaches the keeper's
+     * socket. */
+    out->ngroups = HD_GROUPS_MAX;
+    if (getgrouplist(name, out->gid, out->groups, &out->ngroups) < 0)
+        return cfg_errorf(err, errlen, "%s = %s: in more than %d groups", setting, name,
+                          HD_GROUPS_MAX);
+    snprintf(out->setting, sizeof(out->setting), "%s", setting);
+    memcpy(out->name, name, strlen(name) + 1);
+    return 0;
+}
+
+int hd_become(const hd_account *a, char *err, size_t errlen)
+{
+    if (a->name[0] == '\0')
+        return 0;
+    if (geteuid() != 0)
+        return cfg_errorf(err, errlen, "%s = %s: switching needs root (it runs as uid %u)",
+                          a->setting, a->name, (unsigned)geteuid());
+    return hd_switch(a->setting, a->name, a->uid, a->gid, a->groups, a->ngroups, err, errlen);
+}
+
+/* path must belong to uid: -1 with the fix in err when it does not (a missing path is for
+ * the process that opens it to report). */
+static int hd_owned(const hd_account *a, const char *path, char *err, size_t errlen)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return errno == ENOENT ? 0
+                               : cfg_errorf(err, errlen, "%s = %s: cannot check %s: %s", a->setting,
+                                            a->name, path, strerror(errno));
+    if (st.st_uid == a->uid)
+        return 0;
+    return cfg_errorf(err, errlen,
+                      "%s = %s: %s belongs to uid %u, not to %s (uid %u), which must use it: run "
+                      "chown %s %s (provisioning/init-data-dir.sh sets every owner of a data "
+                      "directory)",
+                      a->setting, a->name, path, (unsigned)st.st_uid, a->name, (unsigned)a->uid,
+                      a->name, path);
+}
+
+int hd_check_role_owners(const cfg *c, const hd_account *keeper, const hd_account *front, char *err,
+                         size_t errlen)
+{
+    if (geteuid() != 0)
+        return 0;
+    if (keeper->name[0] != '\0') {
+        if (hd_owned(keeper, c->pin_file, err, errlen) != 0)
+            return -1;
+        if (c->softhsm2_conf[0] != '\0') {
+            if (hd_owned(keeper, c->softhsm2_conf, err, errlen) != 0)
+                return -1;
+            char tokendir[CFG_PATH_MAX];
+            if (hd_tokendir(c->softhsm2_conf, tokendir) == 0) {
+                hd_walk_uid = keeper->uid;
+                hd_walk_bad[0] = '\0';
+                int rc = nftw(tokendir, hd_walk_one, 16, FTW_PHYS);
+                if (rc == 1 && hd_walk_bad_owner != (uid_t)-1)
+                    return hd_owned(keeper, hd_walk_bad, err, errlen);
+                if (rc != 0)
+                    return cfg_errorf(err, errlen, "%s = %s: cannot check %s", keeper->setting,
+                                      keeper->name, rc == 1 ? hd_walk_bad : tokendir);
+            }
+        }
     }
-    if (setgid(gid) != 0) {
-        cfg_errorf(err, errlen, "user = %s: setgid(%u): %s", user, (unsigned)gid, strerror(errno));
-        return -1;
+    if (front->name[0] != '\0') {
+        if (hd_owned(front, c->database, err, errlen) != 0 ||
+            hd_owned(front, c->tls_private_key, err, errlen) != 0)
+            return -1;
     }
-    if (setuid(uid) != 0) {
-        cfg_errorf(err, errlen, "user = %s: setuid(%u): %s", user, (unsigned)uid, strerror(errno));
-        return -1;
-    }
-    /* Trust, but verify: no way back to root, every id the account's. */
-    if (setuid(0) == 0 || setgid(0) == 0) {
-        cfg_errorf(err, errlen, "user = %s: root could be regained after the switch", user);
-        return -1;
-    }
-    uid_t ru, eu, su;
-    gid_t rg, eg, sg;
-    gid_t groups[2];
-    int ng = getgroups(2, groups);
-    if (getresuid(&ru, &eu, &su) != 0 || getresgid(&rg, &eg, &sg) != 0 || ru != uid || eu != uid ||
-        su != uid || rg != gid || eg != gid || sg != gid || ng < 0 || ng > 1 ||
-        (ng == 1 && groups[0] != gid)) {
-        cfg_errorf(err, errlen,
-                   "user = %s: the process's ids are not the account's after the switch", user);
-        return -1;
-    }
-    return hd_lock(user, err, errlen);
+    return 0;
 }
 
 /*
- * The front's filter. A deny list, not an allow list: the front runs CivetWeb, OpenSSL,
- * SQLite and glibc, whose exact system calls change with every update, and a missing one
- * in an allow list would kill the front on a rare path. Instead it refuses, with EPERM,
- * the calls that turn code execution in the front into more than the front already has:
- * running another program, reading or writing another process's memory or descriptors
- * (the keeper's: root has CAP_SYS_PTRACE when `user` is empty), and the kernel interfaces
- * an exploit reaches for (modules, BPF, io_uring, which would bypass this filter, namespaces,
- * mounts, keyrings, userfaultfd). Calls from another ABI (i386 through int 0x80, x32) have
- * other numbers and would walk past the list: a foreign ABI kills the process, an x32 call
- * gets EPERM.
+ * The filters. Deny lists, not allow lists: the front runs CivetWeb, OpenSSL, SQLite and
+ * glibc, and the keeper whatever PKCS#11 module it is given (a vendor's, closed source),
+ * whose exact system calls change with every update; a missing one in an allow list would
+ * kill a process on a rare path. Instead each refuses, with EPERM, the calls that turn code
+ * execution in it into more than it already has: running another program, reading or
+ * writing another process's memory or descriptors, and the kernel interfaces an exploit
+ * reaches for (modules, BPF, namespaces, mounts). Calls from another ABI (i386 through int
+ * 0x80, x32) have other numbers and would walk past the list: a foreign ABI kills the
+ * process, an x32 call gets EPERM.
+ *
+ * Namespaces: unshare and setns are on the list, and clone is allowed only without a
+ * CLONE_NEW* flag (its first argument is inspected; glibc's fork and pthread_create never
+ * set one). clone3 passes its flags in memory, which a filter cannot read: it gets ENOSYS,
+ * which glibc takes as "an older kernel" and falls back to clone for threads.
  */
 #if defined(__x86_64__)
 #define HD_AUDIT_ARCH AUDIT_ARCH_X86_64
@@ -271,7 +384,8 @@ int hd_drop_user(const char *user, char *err, size_t errlen)
 #define HD_AUDIT_ARCH AUDIT_ARCH_AARCH64
 #endif
 
-static const long hd_denied[] = {
+/* Refused in both processes. */
+static const long hd_denied_common[] = {
     SYS_execve,
     SYS_execveat,
 #if !HD_FILTER_ALLOWS_PTRACE
@@ -282,7 +396,6 @@ static const long hd_denied[] = {
     SYS_kcmp,
     SYS_pidfd_getfd,
     SYS_open_by_handle_at,
-    SYS_name_to_handle_at,
     SYS_mount,
     SYS_umount2,
     SYS_pivot_root,
@@ -303,12 +416,6 @@ static const long hd_denied[] = {
     SYS_bpf,
     SYS_perf_event_open,
     SYS_userfaultfd,
-    SYS_keyctl,
-    SYS_add_key,
-    SYS_request_key,
-    SYS_io_uring_setup,
-    SYS_io_uring_enter,
-    SYS_io_uring_register,
     SYS_acct,
     SYS_swapon,
     SYS_swapoff,
@@ -321,7 +428,6 @@ static const long hd_denied[] = {
     SYS_vhangup,
     SYS_quotactl,
     SYS_fanotify_init,
-    SYS_personality,
 #if defined(__x86_64__)
     SYS_iopl,
     SYS_ioperm,
@@ -329,19 +435,52 @@ static const long hd_denied[] = {
 #endif
 };
 
-#define HD_N_DENIED (sizeof(hd_denied) / sizeof(hd_denied[0]))
-/* A BPF jump reaches at most 255 instructions ahead. */
-_Static_assert(HD_N_DENIED < 250, "the deny list outgrew the filter's 8-bit jumps");
+/* Refused in the front only: a vendor PKCS#11 module may use the kernel keyring for its
+ * own secrets, io_uring to reach a network HSM, or set a personality; the front's own
+ * libraries do none of it (and io_uring would carry calls past its filter). */
+static const long hd_denied_front_only[] = {
+    SYS_name_to_handle_at, SYS_keyctl,         SYS_add_key,           SYS_request_key,
+    SYS_io_uring_setup,    SYS_io_uring_enter, SYS_io_uring_register, SYS_personality,
+};
 
-int hd_front_filter(char *err, size_t errlen)
+#define HD_N(a) (sizeof(a) / sizeof((a)[0]))
+#define HD_N_MAX (HD_N(hd_denied_common) + HD_N(hd_denied_front_only))
+/* A BPF jump reaches at most 255 instructions ahead. */
+_Static_assert(HD_N_MAX < 240, "the deny list outgrew the filter's 8-bit jumps");
+
+/* Every namespace a clone flag can create. CLONE_NEWTIME (0x80) shares its bit with the
+ * exit signal in clone's first argument, where a value of 128 or more is no signal and
+ * the kernel refuses it anyway, so including it refuses nothing valid. */
+#define HD_CLONE_NS_FLAGS                                                                          \
+    (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID |  \
+     CLONE_NEWNET | CLONE_NEWTIME)
+
+/* The low 32 bits of a system call's argument (all the clone flags live there). */
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define HD_ARG_LO(i) (offsetof(struct seccomp_data, args) + (i) * sizeof(__u64))
+#else
+#define HD_ARG_LO(i) (offsetof(struct seccomp_data, args) + (i) * sizeof(__u64) + sizeof(__u32))
+#endif
+
+/* Builds and installs the filter denying lists[0..nlists-1]; who names the process in err. */
+static int hd_install(const long *const *lists, const size_t *lens, size_t nlists, const char *who,
+                      char *err, size_t errlen)
 {
 #ifndef HD_AUDIT_ARCH
-    cfg_errorf(err, errlen, "seccomp: no filter is defined for this architecture");
+    (void)lists;
+    (void)lens;
+    (void)nlists;
+    cfg_errorf(err, errlen, "seccomp: no %s filter is defined for this architecture", who);
     return -1;
 #else
-    /* arch check (3), nr load (1), x32 check (1, x86_64), one jump per denied call, allow,
-     * deny. */
-    struct sock_filter f[3 + 1 + 1 + HD_N_DENIED + 2];
+    size_t ndenied = 0;
+    for (size_t l = 0; l < nlists; l++)
+        ndenied += lens[l];
+    /* arch check (3), nr load (1), x32 check (1, x86_64), one jump per denied call, the
+     * clone3 and clone checks (4), allow, deny, ENOSYS. */
+    struct sock_filter f[3 + 1 + 1 + HD_N_MAX + 4 + 3];
+    if (ndenied > HD_N_MAX)
+        return cfg_errorf(err, errlen, "seccomp: the %s deny list is too long", who);
     size_t n = 0;
     f[n++] =
         (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
@@ -349,26 +488,57 @@ int hd_front_filter(char *err, size_t errlen)
     f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS);
     f[n++] =
         (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
-    size_t deny = n + HD_N_DENIED + 1; /* the index of the deny return */
+    /* The indices of the three returns at the end. */
+    size_t allow = n + ndenied + 4;
 #if defined(__x86_64__)
-    deny++;
+    allow++;
+#endif
+    size_t deny = allow + 1, enosys = allow + 2;
+#if defined(__x86_64__)
     f[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u /* x32 */,
                                         (unsigned char)(deny - n - 1), 0);
     n++;
 #endif
-    for (size_t i = 0; i < HD_N_DENIED; i++, n++)
-        f[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)hd_denied[i],
-                                            (unsigned char)(deny - n - 1), 0);
+    for (size_t l = 0; l < nlists; l++)
+        for (size_t i = 0; i < lens[l]; i++, n++)
+            f[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)lists[l][i],
+                                                (unsigned char)(deny - n - 1), 0);
+    f[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)SYS_clone3,
+                                        (unsigned char)(enosys - n - 1), 0);
+    n++;
+    /* Not clone: straight to allow; clone: its flags decide. */
+    f[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)SYS_clone, 0,
+                                        (unsigned char)(allow - n - 1));
+    n++;
+    f[n++] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, HD_ARG_LO(0));
+    f[n] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, HD_CLONE_NS_FLAGS,
+                                        (unsigned char)(deny - n - 1), 0);
+    n++;
     f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
     f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM);
+    f[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS);
     struct sock_fprog prog = {.len = (unsigned short)n, .filter = f};
     /* Without NO_NEW_PRIVS an unprivileged process may not install a filter; set it here
      * too, so the order of the calls does not matter. */
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
         prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) {
-        cfg_errorf(err, errlen, "seccomp: cannot install the front's filter: %s", strerror(errno));
+        cfg_errorf(err, errlen, "seccomp: cannot install the %s filter: %s", who, strerror(errno));
         return -1;
     }
     return 0;
 #endif
+}
+
+int hd_front_filter(char *err, size_t errlen)
+{
+    const long *const lists[] = {hd_denied_common, hd_denied_front_only};
+    const size_t lens[] = {HD_N(hd_denied_common), HD_N(hd_denied_front_only)};
+    return hd_install(lists, lens, 2, "front's", err, errlen);
+}
+
+int hd_keeper_filter(char *err, size_t errlen)
+{
+    const long *const lists[] = {hd_denied_common};
+    const size_t lens[] = {HD_N(hd_denied_common)};
+    return hd_install(lists, lens, 1, "keeper's", err, errlen);
 }

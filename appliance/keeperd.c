@@ -65,6 +65,9 @@ struct kpd {
     dev_t sock_dev; /* the socket file we bound, so kpd_close unlinks only that one */
     ino_t sock_ino;
     unsigned max_conns;
+    /* The front's account when it has its own (kpd_allow_peer); else only our own uid. */
+    uid_t peer_uid;
+    int has_peer;
 
     /* The pool: n_pool threads wait in epoll_wait on epfd for a connection with a request
      * (or the end of one) and serve it. One thread per connection cost the split about a
@@ -630,9 +633,11 @@ static void kpd_admit(kpd *d, int fd)
         close(fd);
         return;
     }
-    if (cred.uid != geteuid()) {
+    /* With a peer account: it, and root, which could read the token files anyway (the
+     * supervisor runs as root then, and may ask the keeper how it is). */
+    if (cred.uid != geteuid() && !(d->has_peer && (cred.uid == d->peer_uid || cred.uid == 0))) {
         KPD_LOG("refused a connection from uid %u (pid %d): not uid %u\n", (unsigned)cred.uid,
-                (int)cred.pid, (unsigned)geteuid());
+                (int)cred.pid, d->has_peer ? (unsigned)d->peer_uid : (unsigned)geteuid());
         close(fd);
         return;
     }
@@ -942,4 +947,17 @@ void kpd_close(kpd *d)
     kpd_stop(d); /* a no-op after kpd_stop; else no thread may linger in the module */
     kpd_pool_stop(d);
     kpd_free(d);
+}
+
+int kpd_allow_peer(kpd *d, uid_t uid, char *err, size_t errlen)
+{
+    /* Before kpd_serve: admission reads these without a lock. The socket file's group is
+     * its directory's (the data directory is setgid to the group both accounts share), so
+     * 0660 lets exactly the two accounts connect, and SO_PEERCRED then the front's. */
+    d->peer_uid = uid;
+    d->has_peer = 1;
+    if (chmod(d->path, 0660) != 0)
+        return cfg_errorf(err, errlen, "keeper socket %s: chmod 0660: %s", d->path,
+                          strerror(errno));
+    return 0;
 }

@@ -52,6 +52,7 @@
 #include "appliance/config.h"
 
 #include <stddef.h>
+#include <sys/types.h>
 
 /* How long a kid may still sign through the keeper after the registry stopped listing it
  * as active (a revocation committed by the front): the keeper keeps the active kids in
@@ -75,6 +76,13 @@ typedef struct kpd kpd;
  * file is removed again). Changes the process umask for the moment of bind: call it before
  * other threads create files. */
 int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen);
+
+/* The front runs as an account of its own (hd_become): admits connections from uid and
+ * from root too (besides the keeper's own uid: root could read the token files anyway, and
+ * the supervisor stays root then), and makes the socket file 0660 so the group the two
+ * accounts share may connect to it. Call it between kpd_open and kpd_serve. 0, or -1 with
+ * one line in err. */
+int kpd_allow_peer(kpd *d, uid_t uid, char *err, size_t errlen);
 
 /* Accepts connections until kpd_stop (the pool started by kpd_open serves them). Returns
  * 0, or -1 when accept fails for good (running out of descriptors or memory is waited

@@ -8,14 +8,19 @@
  *
  * process_model = split (the default): three processes.
  *  - the supervisor (this one): configuration, the data-directory lock, the switch to
- *    `user`; it then only starts, watches and stops the other two. It never loads the
+ *    `user` when set; it then only starts, watches and stops the other two. Started as
+ *    root with `user` empty it stays root, and each child becomes its own account right
+ *    after its fork (keeper_user, front_user), so the front cannot open the keeper's token
+ *    and PIN files nor its /proc files. It never loads the
  *    PKCS#11 module, so neither does anything forked from it unless it loads it itself.
  *  - the keeper ("signd: keeper"): loads the module, reads the PIN, logs in, and serves the
  *    keeper protocol on keeper_socket (keeperd.h). Nothing else touches the token.
  *  - the front ("signd: front"): registry, credentials, reconcile (through the keeper),
  *    publication, the rotation scheduler (rotation.h) and CivetWeb. No module, no PIN, no
  *    descriptor to the token directory; PR_SET_NO_NEW_PRIVS and a seccomp filter
- *    (hd_front_filter: no exec, no ptrace or other process's memory). It prints the
+ *    (hd_front_filter: no exec, no ptrace or other process's memory, no namespace). The
+ *    keeper has a filter of its own (hd_keeper_filter), looser only where a vendor
+ *    module may need it. The front prints the
  *    "listening" line when it serves.
  *  A front that dies is started again (its state is all in SQLite); a keeper that dies is
  *  started again while the front answers 503 hsm_unavailable. SIGTERM or SIGINT: the front
@@ -74,6 +79,12 @@ static int die(const char *what, const char *msg)
 static int main_events[2] = {-1, -1};
 
 static const char *main_conf_path;
+/* The configuration's SHA-256, read while the supervisor can (the front, under its own
+ * account, cannot read appliance.conf). */
+static char main_conf_hash[65];
+/* process_model = split, started as root, user empty: the keeper's and the front's own
+ * accounts (main_role_accounts); name "" for a role that keeps the supervisor's ids. */
+static hd_account main_keeper_acct, main_front_acct;
 static char *main_argv0;
 static size_t main_argv0_len;
 
@@ -153,11 +164,9 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
         return die(c->database, tks_last_error());
     }
     /* Which configuration this run started with: its hash, for auditors to compare. */
-    char conf_hash[65];
-    cfg_sha256_hex(main_conf_path, conf_hash);
     json_t *started =
-        json_pack("{s:s, s:s, s:I}", "config_sha256", conf_hash, "process_model", c->process_model,
-                  "active_keys", (json_int_t)reg_count(rg, REG_ACTIVE));
+        json_pack("{s:s, s:s, s:I}", "config_sha256", main_conf_hash, "process_model",
+                  c->process_model, "active_keys", (json_int_t)reg_count(rg, REG_ACTIVE));
     audit_record(au, AUDIT_STARTED, NULL, started);
     json_decref(started);
 
@@ -270,6 +279,14 @@ static int run_keeper(const cfg *c, const sigset_t *sigs, int ready_fd)
     kpd *d = NULL;
     if (kpd_open(c, &d, err, sizeof(err)) != 0)
         return die("keeper", err);
+    /* One account per role: the front runs as its account, or stays root (the roles have
+     * accounts only when the supervisor is root) when front_user is empty. */
+    uid_t front_uid = main_front_acct.name[0] != '\0' ? main_front_acct.uid : 0;
+    if ((main_keeper_acct.name[0] != '\0' || main_front_acct.name[0] != '\0') &&
+        front_uid != geteuid() && kpd_allow_peer(d, front_uid, err, sizeof(err)) != 0) {
+        kpd_close(d);
+        return die("keeper", err);
+    }
     pthread_t t;
     if (pthread_create(&t, NULL, main_keeper_serve, d) != 0) {
         kpd_close(d);
@@ -301,6 +318,40 @@ static long main_ms_since(const struct timespec *t)
     return (long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
 }
 
+/* In a child just forked: becomes the role's account (nothing when it has none). 0, or -1
+ * after saying why on stderr. */
+static int main_become(main_role role)
+{
+    char err[512];
+    if (hd_become(role == MAIN_KEEPER ? &main_keeper_acct : &main_front_acct, err, sizeof(err)) !=
+        0) {
+        die("privileges", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Started as root with `user` empty (split): looks up keeper_user and front_user and checks
+ * that the data directory is theirs. The supervisor itself stays root, to start each child
+ * again under its account. 0, or -1 with one line in err. With `user` set, or not root,
+ * there is nothing to do: every process keeps the supervisor's ids (hd_drop_user). */
+static int main_role_accounts(const cfg *c, char *err, size_t errlen)
+{
+    if (c->user[0] != '\0' || geteuid() != 0)
+        return 0;
+    if (hd_account_lookup("keeper_user", c->keeper_user, &main_keeper_acct, err, errlen) != 0 ||
+        hd_account_lookup("front_user", c->front_user, &main_front_acct, err, errlen) != 0)
+        return -1;
+    if (main_keeper_acct.name[0] != '\0' && main_front_acct.name[0] != '\0' &&
+        main_keeper_acct.uid == main_front_acct.uid)
+        return cfg_errorf(err, errlen,
+                          "keeper_user = %s and front_user = %s are the same account: the "
+                          "front could then open the token and PIN files; name two accounts "
+                          "(or set user for one account on purpose)",
+                          c->keeper_user, c->front_user);
+    return hd_check_role_owners(c, &main_keeper_acct, &main_front_acct, err, errlen);
+}
+
 /* Forks role and waits until it says it is ready. The child's pid, or -1 when it failed
  * (it has been reaped then, and its own message is on stderr). */
 static pid_t main_spawn(main_role role, const cfg *c, const sigset_t *sigs, int announce,
@@ -318,6 +369,11 @@ static pid_t main_spawn(main_role role, const cfg *c, const sigset_t *sigs, int 
     }
     if (pid == 0) {
         close(p[0]);
+        /* Its own account before anything is opened (the keeper's token and PIN are the
+         * keeper account's alone). First, because a change of ids clears the death signal
+         * set below. */
+        if (main_become(role) != 0)
+            exit(1);
         /* The supervisor gone (even by SIGKILL), its children follow: nothing may keep
          * the port or the token without it. */
         prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
@@ -335,7 +391,13 @@ static pid_t main_spawn(main_role role, const cfg *c, const sigset_t *sigs, int 
             main_set_title("signd: keeper");
             if (c->softhsm2_conf[0] != '\0')
                 setenv("SOFTHSM2_CONF", c->softhsm2_conf, 1);
-            rc = run_keeper(c, sigs, p[1]);
+            char err[512];
+            /* Before the module is loaded: nothing it or a bug in it runs escapes the
+             * filter. */
+            if (hd_keeper_filter(err, sizeof(err)) != 0)
+                rc = die("seccomp", err);
+            else
+                rc = run_keeper(c, sigs, p[1]);
         } else {
             main_set_title("signd: front");
             if (main_events[1] >= 0)
@@ -527,9 +589,11 @@ static int main_stop_child(main_child *child)
 static int run_split(const cfg *c, const sigset_t *child_sigs)
 {
     char err[512];
-    /* Everything the processes open they open as `user`: switch before starting them. */
+    /* Everything the processes open they open as `user`: switch before starting them. Or,
+     * with user empty and started as root, each child becomes its own account. */
     if (hd_check_data_owner(c, err, sizeof(err)) != 0 ||
-        hd_drop_user(c->user, err, sizeof(err)) != 0)
+        hd_drop_user(c->user, err, sizeof(err)) != 0 ||
+        main_role_accounts(c, err, sizeof(err)) != 0)
         return die("privileges", err);
 
     /* The registry's schema exists (created or checked) before the keeper reads it. */
@@ -626,6 +690,7 @@ int main(int argc, char **argv)
         return 2;
     }
     main_conf_path = argv[1];
+    cfg_sha256_hex(main_conf_path, main_conf_hash);
     main_argv0 = argv[0];
     main_argv0_len = strlen(argv[0]);
     /* Keys live in the keeper's memory with SoftHSM2, and the PIN passes through it: no

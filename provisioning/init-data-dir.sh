@@ -5,6 +5,17 @@
 #   tls/cert.pem, tls/key.pem            a self-signed certificate for localhost/127.0.0.1
 #   admin.credential                     the bootstrap admin credential's secret (0600); the
 #                                        credential itself is in appliance.db
+# Run as root (and `user` not set in appliance.conf), it also gives the keeper and the front
+# system accounts of their own (keeper_user, front_user: signd-keeper and signd-front by
+# default, both in the group signd-data) and the data directory to them, every time:
+#   DIR                          root:signd-data 3770 (setgid: new files get the group;
+#                                sticky: neither account can remove or rename the other's)
+#   token/, softhsm2.conf, pin   the keeper's alone (0700/0600)
+#   tls/                         the front's alone (key.pem 0600; cert.pem 0644)
+#   appliance.db and its -wal,   the front's, group signd-data, 0660: the keeper reads the
+#   -shm, -journal               registry (SQLite copies the mode to the -wal and -shm)
+#   so-pin, admin.credential,    root's (0600): no process of the appliance needs them
+#   appliance.conf
 # Usage: init-data-dir.sh DATA_DIR [PORT]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,4 +51,38 @@ fi
 if [ ! -e "$dir/admin.credential" ]; then
 	"$bin/signd-provision" admin-credential "$dir" --label bootstrap
 	echo "init: the bootstrap admin credential's secret is in $dir/admin.credential"
+fi
+
+# One account per process (process_model = split, started as root): the front's account
+# cannot open the token or the PIN. Skipped when appliance.conf names one `user` for all.
+conf_value() { sed -n "s/^$1 = *//p" "$dir/appliance.conf" | tail -n 1; }
+if [ "$(id -u)" = 0 ] && [ -z "$(conf_value user)" ]; then
+	group=signd-data
+	keeper=$(conf_value keeper_user)
+	front=$(conf_value front_user)
+	# 9: created meanwhile by another run.
+	getent group "$group" >/dev/null || groupadd --system "$group" || [ $? = 9 ]
+	for account in $keeper $front; do
+		if ! id -u "$account" >/dev/null 2>&1; then
+			useradd --system --no-create-home --home-dir /nonexistent \
+				--shell /usr/sbin/nologin --groups "$group" "$account" || [ $? = 9 ]
+			echo "init: created the system account $account"
+		elif ! id -nG "$account" | tr ' ' '\n' | grep -qx "$group"; then
+			usermod -a -G "$group" "$account"
+		fi
+	done
+	chown root:"$group" "$dir"
+	chmod 3770 "$dir"
+	if [ -n "$keeper" ]; then
+		chown -R "$keeper:$(id -gn "$keeper")" "$dir/token"
+		chown "$keeper:$(id -gn "$keeper")" "$dir/softhsm2.conf"
+		[ ! -e "$dir/pin" ] || chown "$keeper:$(id -gn "$keeper")" "$dir/pin"
+	fi
+	if [ -n "$front" ]; then
+		chown -R "$front:$(id -gn "$front")" "$dir/tls"
+		for f in "$dir/appliance.db" "$dir/appliance.db-wal" "$dir/appliance.db-shm" \
+			"$dir/appliance.db-journal"; do
+			[ ! -e "$f" ] || { chown "$front:$group" "$f" && chmod 0660 "$f"; }
+		done
+	fi
 fi

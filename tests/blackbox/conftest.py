@@ -4,6 +4,7 @@ Each fixture makes its own data directory (token, PINs, certificate, credential,
 configuration) with provisioning/init-data-dir.sh, the same script `make run` uses, picks a
 free port at run time, starts build/bin/signd, and stops it by PID.
 """
+import atexit
 import os
 import shutil
 import signal
@@ -83,6 +84,46 @@ def raw_tls(appliance, data, timeout=10):
             return out
 
 
+def reachable(path):
+    """Returns path, after giving every directory above it, below the temporary directory,
+    the right to be entered (o+x, not listed) when the tests run as root: signd's keeper
+    and front then run as accounts of their own (signd-keeper, signd-front), which must
+    reach their data directory and files such as tls_client_ca, and pytest makes its
+    tmp_path directories (and /tmp/pytest-of-root) 0700. Never above the temporary
+    directory: not /root, not the clone."""
+    if os.geteuid() != 0:
+        return path
+    tmp = os.path.realpath(tempfile.gettempdir())
+    d = os.path.dirname(os.path.realpath(str(path)))
+    while d.startswith(tmp + "/"):
+        mode = os.stat(d).st_mode & 0o7777
+        if not mode & 0o001:
+            os.chmod(d, mode | 0o001)
+        d = os.path.dirname(d)
+    return path
+
+
+_SIGND_COPY = []
+
+
+def signd_for_any_user():
+    """The signd binary as a path every account may execute: SIGND itself when not root;
+    as root, a copy in a root-owned directory of mode 0755 under the temporary directory
+    (made once per run), because the clone may sit in a directory only root may enter
+    (/root is 0700) and some tests start signd as an unprivileged user."""
+    if os.geteuid() != 0:
+        return SIGND
+    if not _SIGND_COPY:
+        d = tempfile.mkdtemp(prefix="signd-bin-")
+        os.chmod(d, 0o755)
+        copy = os.path.join(d, "signd")
+        shutil.copy2(SIGND, copy)
+        os.chmod(copy, 0o755)
+        _SIGND_COPY.append(copy)
+        atexit.register(shutil.rmtree, d, True)
+    return _SIGND_COPY[0]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,7 +152,7 @@ class Appliance:
     """One appliance process and its data directory."""
 
     def __init__(self, data_dir, extra_conf=None):
-        self.dir = data_dir
+        self.dir = reachable(data_dir)
         self.port = free_port()
         APPLIANCE_PORTS.add(self.port)
         subprocess.run([INIT, data_dir, str(self.port)], check=True, stdout=subprocess.DEVNULL)

@@ -1,4 +1,6 @@
 """Process helpers shared by the black-box tests: every test stops what it started, by PID."""
+import os
+import shutil
 import subprocess
 import time
 
@@ -38,3 +40,15 @@ def status(pid):
             key, _, value = line.partition(":")
             fields[key] = value.strip()
     return fields
+
+
+def restore_tree(snapshot, path):
+    """Replaces the directory path by snapshot (a copy the test made as root), owned as
+    path was: started as root, the token directory is the keeper account's, and signd
+    refuses one that is not (as an operator restoring a backup must chown it)."""
+    owner = os.stat(path)
+    shutil.rmtree(path)
+    shutil.move(snapshot, path)
+    for d, _, files in os.walk(path):
+        for p in [d] + [os.path.join(d, n) for n in files]:
+            os.chown(p, owner.st_uid, owner.st_gid)

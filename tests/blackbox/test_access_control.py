@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from conftest import TOP, BUILD
+from conftest import TOP, BUILD, reachable
 
 PROVISION = os.path.join(TOP, BUILD, "bin", "signd-provision")
 ZERO_KID = "0" * 32
@@ -329,6 +329,7 @@ def client_pki(tmp_path_factory):
                 cwd=d)
         openssl("x509", "-req", "-in", cn + ".csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                 "-CAcreateserial", "-days", "2", "-out", cn + ".pem", cwd=d)
+    reachable(d / "ca.pem")  # the front's account reads it (conftest.reachable)
     return {n: str(d / n) for n in ("ca.pem", "app1.pem", "app1.key", "app2.pem", "app2.key")}
 
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwcrypto import jwk, jws
 
 from conftest import BUILD, TOP
-from procs import wait_for
+from procs import restore_tree, wait_for
 
 PROVISION = os.path.join(TOP, BUILD, "bin", "signd-provision")
 AUDIT_KID = "signd-audit-v1"                    # the checkpoints' JWS kid
@@ -392,8 +392,7 @@ def test_reconcile_records_a_missing_active_key_as_broken(make_appliance, tmp_pa
     lost = a.create_key(label="lost")["kid"]
     a.stop()
     # The token goes back to before "lost" existed; the registry still says active.
-    shutil.rmtree(os.path.join(a.dir, "token"))
-    shutil.move(snapshot, os.path.join(a.dir, "token"))
+    restore_tree(snapshot, os.path.join(a.dir, "token"))
     a.start()
     assert a.get("/v1/keys/" + lost).json()["state"] == "broken"
     evs = events(a)

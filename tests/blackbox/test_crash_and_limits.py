@@ -7,6 +7,8 @@ import shutil
 
 import pytest
 
+from procs import restore_tree
+
 
 def reconcile_counts(log):
     """The numbers from the last reconcile summary line of the log."""
@@ -70,8 +72,7 @@ def test_active_key_missing_from_token_is_marked_broken(make_appliance):
     lost = a.create_key(label="lost")
     a.stop()
     # The token goes back to before "lost" existed; the registry still says active.
-    shutil.rmtree(os.path.join(a.dir, "token"))
-    shutil.move(snapshot, os.path.join(a.dir, "token"))
+    restore_tree(snapshot, os.path.join(a.dir, "token"))
     a.start()
     assert reconcile_counts(a.read_log()) == (0, 0, 1)
     assert a.get("/v1/keys/" + lost["kid"]).json()["state"] == "broken"

@@ -152,13 +152,45 @@ def revocation_feed(a):
 # ---- the keeper protocol, spoken raw -----------------------------------------------------
 
 
+def ids_of(pid):
+    """(uid, gid, [groups]) of a running process, from /proc/PID/status."""
+    st = procs.status(pid)
+    return (int(st["Uid"].split()[0]), int(st["Gid"].split()[0]),
+            [int(g) for g in st["Groups"].split()])
+
+
+class as_ids:
+    """Within the block, this process's effective ids are (uid, gid, groups): what the
+    kernel checks on open and connect, and what SO_PEERCRED reports."""
+
+    def __init__(self, uid, gid, groups):
+        self.ids = (uid, gid, groups)
+
+    def __enter__(self):
+        self.saved = (os.geteuid(), os.getegid(), os.getgroups())
+        uid, gid, groups = self.ids
+        if uid != self.saved[0]:
+            os.setgroups(groups)
+            os.setegid(gid)
+            os.seteuid(uid)
+        return self
+
+    def __exit__(self, *exc):
+        if os.geteuid() != self.saved[0]:
+            os.seteuid(self.saved[0])
+            os.setegid(self.saved[1])
+            os.setgroups(self.saved[2])
+
+
 class Keeper:
-    """A raw SOCK_SEQPACKET connection to DATA_DIR/keeper.sock: one message per send."""
+    """A raw SOCK_SEQPACKET connection to DATA_DIR/keeper.sock: one message per send, made
+    with the front's ids (the keeper admits no other account)."""
 
     def __init__(self, a):
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.s.settimeout(30)
-        self.s.connect(os.path.join(a.dir, "keeper.sock"))
+        with as_ids(*ids_of(a.children()["front"])):
+            self.s.connect(os.path.join(a.dir, "keeper.sock"))
 
     def close(self):
         self.s.close()
@@ -227,14 +259,14 @@ def test_front_holds_no_module_no_token_and_no_pin_while_keeper_holds_the_module
     assert b"SOFTHSM2_CONF" not in environ(kids["front"])
 
 
-def test_front_runs_under_a_seccomp_filter_and_still_serves(appliance):
-    # Mode 2 is a filter; which calls it refuses is tests/unit/test_harden.c's subject.
-    # The keeper loads whatever PKCS#11 module it is given and stays unfiltered (mode 0),
-    # which also shows the check can tell the two apart.
+def test_front_and_keeper_run_under_seccomp_filters_and_still_serve(appliance):
+    # Mode 2 is a filter; which calls each refuses is tests/unit/test_harden.c's subject.
+    # The supervisor stays unfiltered (mode 0), which shows the check can tell them apart.
     a = appliance
     kids = a.children()
     assert procs.status(kids["front"])["Seccomp"] == "2"
-    assert procs.status(kids["keeper"])["Seccomp"] == "0"
+    assert procs.status(kids["keeper"])["Seccomp"] == "2"
+    assert procs.status(a.proc.pid)["Seccomp"] == "0"
     key = a.create_key(label="privsep-seccomp")
     assert mint(a, kid=key["kid"]).status_code == 200
 
@@ -483,3 +515,136 @@ def test_sigterm_lets_the_request_in_flight_finish_and_stops_every_process(make_
     # And its client was told so.
     assert answer[0] == 201, answer
     assert json.loads(answer[1])["kid"] in {k["kid"] for k in made}
+
+
+# ---- one account per process (started as root, user empty) ------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="the processes switch accounts only when started as root")
+
+# Run with a process's ids: tries to open each path (listing a directory) and prints, per
+# path, "ok" or the errno's name.
+PROBE = """
+import errno, os, sys
+for path in sys.argv[1:]:
+    try:
+        if os.path.isdir(path):
+            os.listdir(path)
+        else:
+            with open(path, "rb") as f:
+                f.read(1)
+        print("ok")
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, str(e.errno)))
+"""
+
+
+def probe(pid, paths):
+    """{path: "ok" or errno name} for paths opened with pid's uid, gid and groups."""
+    uid, gid, groups = ids_of(pid)
+    r = subprocess.run(["/usr/bin/python3", "-c", PROBE] + paths, capture_output=True,
+                       text=True, timeout=30, user=uid, group=gid, extra_groups=groups,
+                       cwd="/")
+    assert r.returncode == 0, r.stderr
+    return dict(zip(paths, r.stdout.split()))
+
+
+def account_ids(name):
+    import pwd
+    pw = pwd.getpwnam(name)
+    return pw.pw_uid, pw.pw_gid
+
+
+@needs_root
+def test_keeper_and_front_run_as_their_own_accounts_and_the_keeper_still_signs(appliance):
+    import grp
+    a = appliance
+    kids = a.children()
+    shared = grp.getgrnam("signd-data").gr_gid
+    for role, pid in kids.items():
+        uid, gid = account_ids("signd-" + role)
+        st = procs.status(pid)
+        assert [int(x) for x in st["Uid"].split()] == [uid] * 4, (role, st["Uid"])
+        assert [int(x) for x in st["Gid"].split()] == [gid] * 4, (role, st["Gid"])
+        assert shared in ids_of(pid)[2], (role, st["Groups"])
+        assert st["NoNewPrivs"] == "1", role
+        for field in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+            assert int(st[field], 16) == 0, (role, field, st[field])
+        # Every thread (CivetWeb's workers, the keeper's pool) runs as the account.
+        for tid in os.listdir("/proc/%d/task" % pid):
+            assert procs.status(int(tid))["Uid"].split()[0] == str(uid), (role, tid)
+    assert ids_of(kids["keeper"])[0] != ids_of(kids["front"])[0]
+    # The supervisor stays root, to start each again under its account.
+    assert ids_of(a.proc.pid)[0] == 0
+    key = a.create_key(label="own-accounts")
+    message = b"signed by a keeper of its own account"
+    r = a.post("/v1/keys/%s/sign" % key["kid"], {"payload": b64u(message)})
+    assert r.status_code == 200, r.text
+    verify_rs256(key["jwk"], unb64u(r.json()["signature"]), message)
+
+
+@needs_root
+def test_front_cannot_open_the_pin_a_token_file_or_the_keepers_memory(appliance):
+    a = appliance
+    a.create_key(label="a-token-file")
+    kids = a.children()
+    data = os.path.realpath(a.dir)
+    token_dir = os.path.join(data, "token")
+    token_file = next(os.path.join(d, f) for d, _, files in os.walk(token_dir) for f in files)
+    keeper_only = [os.path.join(data, "pin"), os.path.join(data, "softhsm2.conf"), token_dir,
+                   token_file, "/proc/%d/mem" % kids["keeper"],
+                   "/proc/%d/environ" % kids["keeper"]]
+    root_only = [os.path.join(data, "so-pin"), os.path.join(data, "admin.credential"),
+                 os.path.join(data, "appliance.conf")]
+    front_files = [os.path.join(data, "tls", "key.pem"), os.path.join(data, "appliance.db")]
+
+    as_front = probe(kids["front"], keeper_only + root_only + front_files)
+    assert {p: as_front[p] for p in keeper_only + root_only} == \
+        {p: "EACCES" for p in keeper_only + root_only}, as_front
+    # What the front needs, it opens: the probe can tell the two apart.
+    assert {p: as_front[p] for p in front_files} == {p: "ok" for p in front_files}, as_front
+
+    # The keeper opens its files (so the refusals above are the accounts', not the probe's);
+    # not the front's TLS key.
+    as_keeper = probe(kids["keeper"], keeper_only[:4] + front_files)
+    assert [as_keeper[p] for p in keeper_only[:4]] == ["ok"] * 4, as_keeper
+    assert as_keeper[front_files[0]] == "EACCES", as_keeper
+
+
+@needs_root
+def test_only_the_fronts_account_may_connect_to_the_keeper(appliance):
+    a = appliance
+    path = os.path.join(a.dir, "keeper.sock")
+    st = os.stat(path)
+    assert st.st_mode & 0o777 == 0o660, oct(st.st_mode)
+    import grp
+    assert st.st_gid == grp.getgrnam("signd-data").gr_gid
+    k = Keeper(a)  # as the front: served
+    try:
+        assert k.ping()[1] == 0
+    finally:
+        k.close()
+    nobody = account_ids("nobody")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        with as_ids(nobody[0], nobody[1], []):
+            with pytest.raises(PermissionError):
+                s.connect(path)
+    finally:
+        s.close()
+    # An account let through the file's mode (put in the group) is still refused by the
+    # keeper itself (SO_PEERCRED): closed unanswered.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(10)
+    try:
+        with as_ids(nobody[0], nobody[1], [st.st_gid]):
+            s.connect(path)
+        try:
+            s.send(Keeper.message(OP_PING, b"\0" * 17))
+            reply = s.recv(4096)
+        except OSError:
+            reply = b""
+        assert reply == b"", reply
+    finally:
+        s.close()
+    assert "refused a connection from uid %d" % nobody[0] in a.read_log()

@@ -5,9 +5,12 @@ running under the kernel's own write-xor-execute rule (what MemoryDenyWriteExecu
 it)."""
 import ctypes
 import os
+import pathlib
+import pwd
 import re
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -51,12 +54,33 @@ def unit_settings():
     return out
 
 
+CREDENTIAL_DIRS = []
+
+
+@pytest.fixture(autouse=True)
+def remove_credential_dirs():
+    yield
+    while CREDENTIAL_DIRS:
+        shutil.rmtree(CREDENTIAL_DIRS.pop(), ignore_errors=True)
+
+
 def credential_dir(tmp_path, pin_source, name="pin"):
-    """A 0700 directory holding the PIN as systemd lays a credential out (0400)."""
-    d = tmp_path / "credentials"
-    d.mkdir(mode=0o700)
+    """A 0700 directory holding the PIN as systemd lays a credential out (0400), owned by
+    the account that reads it, as systemd gives it to the service's user: started as root,
+    the keeper runs as signd-keeper, which must reach it (so not under pytest's root-only
+    tmp_path)."""
+    if os.geteuid() == 0:
+        d = pathlib.Path(tempfile.mkdtemp(prefix="signd-creds-"))
+        CREDENTIAL_DIRS.append(str(d))
+    else:
+        d = tmp_path / "credentials"
+        d.mkdir(mode=0o700)
     shutil.copyfile(pin_source, d / name)
     os.chmod(d / name, 0o400)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("signd-keeper")
+        for path in (d, d / name):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
     return str(d)
 
 

@@ -13,6 +13,8 @@ import subprocess
 import pytest
 import requests
 
+from conftest import reachable
+
 TIMEOUT = 20  # seconds for one openssl command or one request
 MISSING = object()
 
@@ -87,6 +89,7 @@ def pki(tmp_path):
     """CA A with client app1, CA B with a client of the very same subject."""
     d = str(tmp_path)
     ca_a, _ = make_ca(d, "ca-a")
+    reachable(ca_a)  # the front's account reads it (conftest.reachable)
     make_ca(d, "ca-b")
     return {
         "ca_a": ca_a,
@@ -294,5 +297,6 @@ def test_mutual_tls_works_with_tls_1_3_only(make_appliance, pki):
 def test_a_client_ca_file_without_certificates_stops_signd(make_appliance, tmp_path):
     empty = tmp_path / "empty-ca.pem"
     empty.write_text("not a certificate\n")
+    os.chmod(reachable(empty), 0o644)  # refused for its content, not for want of access
     a = make_appliance({"tls_client_ca": str(empty)}, start=False)
     assert_refuses_to_start(a, "tls_client_ca:", str(empty))

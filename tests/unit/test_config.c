@@ -118,6 +118,8 @@ static void test_defaults_are_the_documented_values(void **state)
     assert_string_equal(d->tls_client_ca, "");
     assert_string_equal(d->tls_min_version, "1.2");
     assert_string_equal(d->user, "");
+    assert_string_equal(d->keeper_user, "signd-keeper");
+    assert_string_equal(d->front_user, "signd-front");
     assert_int_equal(d->hsts_max_age, 31536000);
     assert_int_equal(d->worker_threads, 64);
     assert_int_equal(d->max_pkcs11_sessions, 0);
@@ -214,6 +216,8 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "log_events",
                            "log_file",
                            "user",
+                           "keeper_user",
+                           "front_user",
                            "tls_min_version",
                            "tls_ciphers",
                            "tls_ciphersuites",
@@ -467,6 +471,8 @@ static void test_strings_are_checked(void **state)
     assert_rejected(fx, "tls_min_version = 1.1\n", "1: 'tls_min_version' must be 1.2 or 1.3");
     assert_rejected(fx, "user = Root\n", "1: 'user' must be a user name");
     assert_rejected(fx, "user = -x\n", "1: 'user' must be a user name");
+    assert_rejected(fx, "keeper_user = Root\n", "1: 'keeper_user' must be a user name");
+    assert_rejected(fx, "front_user = a b\n", "1: 'front_user' must be a user name");
 }
 
 static void test_an_origin_is_a_scheme_a_lowercase_host_and_a_port_only(void **state)

@@ -212,6 +212,9 @@ def main():
         print("valgrind is missing: apt-get install valgrind (mk/packages.txt lists it)")
         return 2
     work = tempfile.mkdtemp(prefix="signd-valgrind-")
+    # Entered, not listed, by the keeper's and the front's accounts (started as root they
+    # run as signd-keeper and signd-front), which must reach the data directory in it.
+    os.chmod(work, 0o711)
     data, logs = os.path.join(work, "data"), os.path.join(work, "vg")
     os.makedirs(logs)
     # Few threads (each one is slow to start under memcheck); checkpoints and flushes
