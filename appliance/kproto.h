@@ -37,8 +37,11 @@
  *   LIST flags: bit 0 private half present, bit 1 public half present; n <= KPP_LIST_MAX
  *   AUDIT_*: the audit key (keeper.h), which has no kid on the wire. AUDIT_PUBKEY creates
  *   it on first use; AUDIT_SIGN's input is a checkpoint's JWS signing input, and the keeper
- *   refuses (HSM_ERR_BAD_ARGUMENT) any input that is not checkpoint-shaped. The codec
- *   checks only the bounds; the shape is the keeper's policy (kp_svc_input_ok).
+ *   refuses (HSM_ERR_BAD_ARGUMENT) any input that is not checkpoint-shaped, or not a
+ *   checkpoint of the audit chain as the keeper computes it (keeperd.h). The codec checks
+ *   only the bounds; the rest is the keeper's policy (kp_svc_input_ok, keeperd.c).
+ *   GENERATE: the keeper refuses a kid the registry does not hold as pending
+ *   (HSM_ERR_BAD_ARGUMENT) and one that ever existed (HSM_ERR_KEY_EXISTS), keeperd.h.
  *   PUBLISH_*: the publication key (keeper.h), which signs revocation feeds. A feed can
  *   outgrow one message, so its signing input travels in parts: PUBLISH_PARTs append to
  *   the connection's pending input, and PUBLISH_SIGN appends its last part and signs the
