@@ -88,9 +88,12 @@ struct kpd {
     pthread_mutex_t mu; /* conns, live, full_logged, gen_running */
     pthread_cond_t gen_done;
     kpd_conn *conns;
-    unsigned live;        /* connections open */
-    unsigned gen_running; /* GENERATE threads not finished */
-    int full_logged;      /* the limit was logged since a connection last ended */
+    unsigned live;               /* connections open */
+    unsigned gen_running;        /* GENERATE threads not finished */
+    int full_logged;             /* the limit was logged since a connection last ended */
+    long long proto_window_ms;   /* start of the second protocol errors are counted in */
+    unsigned proto_logged;       /* lines logged in it */
+    unsigned long proto_dropped; /* errors not logged in it */
 
     /* The active kids, as the registry last said: a sorted array read under active_rw.
      * A SQLite read transaction per signature cost about a third of what the split costs
@@ -687,6 +690,36 @@ static int kpd_gen_start(kpd_conn *cn, const uint8_t *req, size_t len)
     return 0;
 }
 
+/* A request the keeper could not decode is a security event: the front never sends one,
+ * so whoever did is broken or hostile. One line naming the peer's pid, within
+ * KPD_PROTO_LOG_PER_S: a peer that floods malformed requests must not flood the log, so
+ * the excess is counted and the count logged with the first error of a later second. */
+static void kpd_log_protocol_error(kpd_conn *cn, uint32_t status, uint16_t op, size_t len)
+{
+    kpd *d = cn->d;
+    long long now = kpd_now_ms();
+    unsigned long dropped = 0;
+    pthread_mutex_lock(&d->mu);
+    if (now - d->proto_window_ms >= 1000) {
+        dropped = d->proto_dropped;
+        d->proto_window_ms = now;
+        d->proto_logged = 0;
+        d->proto_dropped = 0;
+    }
+    int log = d->proto_logged < KPD_PROTO_LOG_PER_S;
+    if (log)
+        d->proto_logged++;
+    else
+        d->proto_dropped++;
+    pthread_mutex_unlock(&d->mu);
+    if (dropped > 0)
+        KPD_LOG("security: %lu more keeper protocol errors were not logged (over %d a second)\n",
+                dropped, KPD_PROTO_LOG_PER_S);
+    if (log)
+        KPD_LOG("security: keeper protocol error from pid %d: %s (op %u, %zu bytes)\n",
+                (int)cn->peer_pid, kpp_status_name(status), (unsigned)op, len);
+}
+
 /* Serves what epoll found on a connection: one request and its reply, or the end of the
  * connection. req and rep are the pool thread's buffers. */
 static void kpd_conn_ready(kpd_conn *cn, uint8_t *req, uint8_t *rep)
@@ -708,6 +741,8 @@ static void kpd_conn_ready(kpd_conn *cn, uint8_t *req, uint8_t *rep)
     kpp_request q;
     uint16_t echo = 0;
     uint32_t bad = kpp_decode_request(req, (size_t)got, &q, &echo);
+    if (bad != 0)
+        kpd_log_protocol_error(cn, bad, echo, (size_t)got);
     if (bad == 0 && q.op == KPP_OP_GENERATE && (size_t)got <= KPP_MSG_MAX &&
         kpd_gen_start(cn, req, (size_t)got)) {
         pthread_mutex_unlock(&cn->mu); /* the GENERATE thread takes it from here */

@@ -49,7 +49,9 @@
  * a peer refused, the connection limit reached — once until a connection ends, accept
  * failing for good); never one per request that is served. A request the keeper refuses
  * as a policy matter (a checkpoint not of the chain, a GENERATE under a kid not pending)
- * is a security event: "signd-keeper: security: ..." naming the peer's pid (SO_PEERCRED).
+ * is a security event: "signd-keeper: security: ..." naming the peer's pid (SO_PEERCRED);
+ * so is every request that cannot be decoded (a protocol error: the front never sends
+ * one), at most KPD_PROTO_LOG_PER_S lines a second, the excess counted in one line.
  *
  *   kpd *d;
  *   if (kpd_open(&c, &d, err, sizeof(err)) != 0) ... one line in err ...
@@ -75,6 +77,9 @@
  * module's and OpenSSL's locks; a few busy threads find the next request waiting. Two per
  * CPU measured best against one and four (docs/performance.md). */
 #define KPD_POOL_PER_CPU 2
+
+/* Protocol errors logged per second at most (see Logging above). */
+#define KPD_PROTO_LOG_PER_S 10
 
 typedef struct kpd kpd;
 

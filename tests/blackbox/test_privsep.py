@@ -251,7 +251,8 @@ def test_children_show_their_role_in_ps(appliance):
 # ---- the keeper protocol -----------------------------------------------------------------
 
 
-def test_keeper_answers_each_malformed_request_with_an_error_and_keeps_serving(keeper):
+def test_keeper_answers_each_malformed_request_with_an_error_and_keeps_serving(appliance,
+                                                                               keeper):
     assert keeper.ping()[1] == 0
     oversized = Keeper.message(OP_PING, b"\0" * (100 * 1024 + 100 - HDR))
     assert len(oversized) == 100 * 1024 + 100
@@ -269,6 +270,14 @@ def test_keeper_answers_each_malformed_request_with_an_error_and_keeps_serving(k
         # The same connection still serves.
         op, status, body = keeper.ping()
         assert (op, status, body) == (OP_PING, 0, b""), what
+    # Each is a security event in the keeper's log, naming the peer: this process.
+    line = "signd-keeper: security: keeper protocol error from pid %d: " % os.getpid()
+    wait_for_log = time.monotonic() + 10
+    while appliance.read_log().count(line) < len(cases) and time.monotonic() < wait_for_log:
+        time.sleep(0.1)
+    log = appliance.read_log()
+    for name in ("short", "oversized", "unknown_op", "bad_version", "bad_body"):
+        assert line + name in log, name
 
 
 def test_keeper_signs_an_active_kid_and_refuses_a_revoked_one(appliance, keeper):

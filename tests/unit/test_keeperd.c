@@ -1609,6 +1609,80 @@ static void test_a_new_keeper_state_learns_every_kid_the_registry_holds(void **s
     free(b);
 }
 
+/* Runs the keeper with stderr (its log) going to DIR/keeper.log; restore_log puts stderr
+ * back and returns the log's text (malloc'd). */
+static int log_to_file(fixture *fx, char *path, size_t cap)
+{
+    fflush(stderr);
+    int saved = dup(2);
+    assert_true(saved >= 0);
+    path_in(path, cap, fx->dir, "keeper.log");
+    int f = open(path, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0600);
+    assert_true(f >= 0);
+    assert_true(dup2(f, 2) == 2);
+    close(f);
+    return saved;
+}
+
+static char *restore_log(int saved, const char *path)
+{
+    fflush(stderr);
+    assert_true(dup2(saved, 2) == 2);
+    close(saved);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char *text = calloc(1, 1 << 16);
+    assert_non_null(text);
+    size_t n = fread(text, 1, (1 << 16) - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    return text;
+}
+
+static unsigned count_of(const char *text, const char *needle)
+{
+    unsigned n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+static void test_each_protocol_error_is_logged_as_a_security_event_with_the_peer_pid(void **state)
+{
+    fixture *fx = *state;
+    char path[PATH_MAX + 16], want[128];
+    int saved = log_to_file(fx, path, sizeof(path));
+    start_keeper(fx);
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    /* A short one and an unknown op; the connection still serves after each. */
+    malformed(fd, b, "K\x01\x00", 3, 0, KPP_ERR_SHORT);
+    size_t len = kpp_encode_sessions(b->req, sizeof(b->req));
+    b->req[3] = 99;
+    malformed(fd, b, b->req, len, 99, KPP_ERR_UNKNOWN_OP);
+    sleep_ms(1100); /* a new second: the flood below starts with a full allowance */
+    /* A flood: logged within the bound, and the excess counted, not dropped silently. */
+    for (int i = 0; i < 40; i++)
+        malformed(fd, b, "K\x01\x00", 3, 0, KPP_ERR_SHORT);
+    sleep_ms(1100);
+    malformed(fd, b, "K\x01\x00", 3, 0, KPP_ERR_SHORT);
+    close(fd);
+    free(b);
+    stop_keeper(fx);
+    char *log = restore_log(saved, path);
+    snprintf(want, sizeof(want), "signd-keeper: security: keeper protocol error from pid %d: short",
+             (int)getpid());
+    assert_non_null(strstr(log, want));
+    snprintf(want, sizeof(want),
+             "signd-keeper: security: keeper protocol error from pid %d: unknown_op (op 99",
+             (int)getpid());
+    assert_non_null(strstr(log, want));
+    unsigned lines = count_of(log, "keeper protocol error from pid");
+    assert_true(lines >= 2 + 10 + 1 && lines <= 2 + 2 * 10 + 1);
+    assert_non_null(strstr(log, "security: 30 more keeper protocol errors were not logged"));
+    free(log);
+}
+
 /* A feed-shaped signing input of exactly len bytes (len > the header): the publication
  * header, ".", then base64url characters. */
 static size_t feed_input(uint8_t *buf, size_t len)
@@ -1992,6 +2066,7 @@ int main(void)
         cmocka_unit_test(test_audit_input_policy_accepts_exactly_checkpoint_shaped_inputs),
         T(test_keeper_refuses_to_sign_a_checkpoint_of_a_rewritten_history),
         T(test_keeper_refuses_to_generate_under_a_revoked_kid),
+        T(test_each_protocol_error_is_logged_as_a_security_event_with_the_peer_pid),
         T(test_a_new_keeper_state_learns_every_kid_the_registry_holds),
         T(test_checkpoints_are_checked_from_the_last_one_signed_not_from_seq_1),
 #undef T
