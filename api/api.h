@@ -98,6 +98,7 @@ typedef enum {
     API_ERR_INVALID_STATUS_LIST,
     API_ERR_STATUS_LIST_NOT_FOUND,
     API_ERR_STATUS_LISTS_FULL,
+    API_ERR_TOKEN_TOO_LARGE, /* the token's signing input exceeds KP_SIGN_MAX */
     API_ERR_COUNT_
 } api_err;
 

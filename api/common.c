@@ -70,6 +70,7 @@ static const api_err_info api_errors[API_ERR_COUNT_] = {
     [API_ERR_INVALID_STATUS_LIST] = {400, "invalid_status_list"},
     [API_ERR_STATUS_LIST_NOT_FOUND] = {404, "status_list_not_found"},
     [API_ERR_STATUS_LISTS_FULL] = {507, "status_lists_full"},
+    [API_ERR_TOKEN_TOO_LARGE] = {400, "token_too_large"},
 };
 
 const api_err_info *api_err_table(api_err e)

@@ -17,6 +17,7 @@
 
 _Static_assert(sizeof(KP_AUDIT_ID) == HSM_KID_LEN + 1, "KP_AUDIT_ID must be 16 bytes");
 _Static_assert(KP_AUDIT_SIGN_MAX == KPP_AUDIT_SIGN_MAX, "the protocol carries the audit bound");
+_Static_assert(KP_SIGN_MAX == KPP_SIGN_MAX, "the protocol carries the signing bound");
 _Static_assert(sizeof(KP_AUDIT_HEADER_B64) - 1 == (4 * (sizeof(KP_AUDIT_HEADER) - 1) + 2) / 3,
                "KP_AUDIT_HEADER_B64 has the length of KP_AUDIT_HEADER's base64url");
 _Static_assert(sizeof(KP_PUBLISH_ID) == HSM_KID_LEN + 1, "KP_PUBLISH_ID must be 16 bytes");
