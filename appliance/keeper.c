@@ -370,15 +370,6 @@ hsm_status kp_generate(kp *k, const hsm_kid *kid, unsigned bits, hsm_pubkey *pub
     return st;
 }
 
-hsm_status kp_public_key(kp *k, const hsm_kid *kid, hsm_pubkey *pub)
-{
-    if (k->h != NULL)
-        return hsm_public_key(k->h, kid, pub);
-    KP_REMOTE(k, KPP_OP_PUBLIC_KEY,
-              kpp_encode_kid_op(c->req, sizeof(c->req), KPP_OP_PUBLIC_KEY, kid), r);
-    return kpp_reply_pubkey(&r, pub) == 0 ? HSM_OK : HSM_ERR_DEVICE;
-}
-
 hsm_status kp_destroy(kp *k, const hsm_kid *kid)
 {
     if (kp_is_reserved(kid))

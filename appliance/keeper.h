@@ -39,7 +39,6 @@ hsm_status kp_sign(kp *k, const hsm_kid *kid, const void *msg, size_t len, uint8
                    size_t *sig_len);
 /* Generates a key pair and returns its public half. */
 hsm_status kp_generate(kp *k, const hsm_kid *kid, unsigned bits, hsm_pubkey *pub);
-hsm_status kp_public_key(kp *k, const hsm_kid *kid, hsm_pubkey *pub);
 hsm_status kp_destroy(kp *k, const hsm_kid *kid);
 hsm_status kp_list(kp *k, hsm_key_entry *out, size_t cap, size_t *count);
 /* The token answers: a key it holds signs a probe, or, with no key, it lists. */

@@ -426,14 +426,6 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
             len = kpp_encode_pubkey_reply(rep, cap, KPP_OP_GENERATE, &pub);
         break;
     }
-    case KPP_OP_PUBLIC_KEY: {
-        hsm_pubkey pub;
-        st = hsm_public_key(d->h, &q->kid, &pub);
-        ckr = kpd_ckr(st);
-        if (st == HSM_OK)
-            len = kpp_encode_pubkey_reply(rep, cap, KPP_OP_PUBLIC_KEY, &pub);
-        break;
-    }
     case KPP_OP_DESTROY:
         /* Destroying is for what the registry no longer lists as active (a revoked key, an
          * orphan of a crash, a key whose row never got written): a front that asks for an

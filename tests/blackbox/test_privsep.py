@@ -260,6 +260,8 @@ def test_keeper_answers_each_malformed_request_with_an_error_and_keeps_serving(a
         ("3 bytes", b"K\x01\x00", ST_SHORT),
         ("100 KiB + 100", oversized, ST_OVERSIZED),
         ("unknown op", Keeper.message(99, b""), ST_UNKNOWN_OP),
+        # Op 3 was PUBLIC_KEY, which nothing called: retired, its number never reused.
+        ("retired op 3", Keeper.message(3, b"\0" * 16), ST_UNKNOWN_OP),
         ("version 2", Keeper.message(OP_PING, b"\0" * 17, version=2), ST_VERSION),
         ("PING with has_kid 7", Keeper.message(OP_PING, b"\x07" + b"\0" * 16), ST_BAD_BODY),
         ("SIGN shorter than a kid", Keeper.message(OP_SIGN, b"\0" * 5), ST_BAD_BODY),
