@@ -233,7 +233,7 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
     tks_index ix = {0, 0};
     char uri[API_URI_MAX];
     if (b.revocable) {
-        tks_status ts = tks_assign(q->env->tks, &ix);
+        tks_status ts = tks_assign(q->env->tks, q->now, b.exp, &ix);
         if (ts == TKS_ERR_FULL) {
             e = api_fail(r, API_ERR_STATUS_LISTS_FULL, "every status-list index is in use");
             goto out;
