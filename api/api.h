@@ -110,6 +110,7 @@ typedef enum {
     API_ERR_STORAGE_UNAVAILABLE, /* the database stayed locked past its busy timeout */
     /* Public routes that make the token sign (the feed, status lists) are budgeted. */
     API_ERR_SIGNING_BUDGET_EXHAUSTED,
+    API_ERR_TOKEN_TOO_LARGE, /* the token's signing input exceeds KP_SIGN_MAX */
     API_ERR_COUNT_
 } api_err;
 

@@ -78,6 +78,7 @@ static const api_err_info api_errors[API_ERR_COUNT_] = {
     [API_ERR_HSM_TIMEOUT] = {503, "hsm_timeout"},
     [API_ERR_STORAGE_UNAVAILABLE] = {503, "storage_unavailable"},
     [API_ERR_SIGNING_BUDGET_EXHAUSTED] = {503, "signing_budget_exhausted"},
+    [API_ERR_TOKEN_TOO_LARGE] = {400, "token_too_large"},
 };
 
 const api_err_info *api_err_table(api_err e)

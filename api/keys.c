@@ -59,6 +59,7 @@ api_err api_hsm_error(api_resp *r, hsm_status st)
  * it is done once the keeper answers again (reconcile.h). */
 static void api_destroy_unrecorded(const api_env *env, const hsm_kid *kid)
 {
+    reg_pending_drop(env->reg, kid);
     hsm_status st = kp_destroy(env->kp, kid);
     if (st != HSM_OK && st != HSM_ERR_KEY_NOT_FOUND)
         rec_defer_destroy(kid);
@@ -82,9 +83,18 @@ static api_err api_make_key(const api_req *q, api_resp *r, unsigned bits, const 
     for (int i = 0; i < API_CREATE_TRIES && st == HSM_ERR_KEY_EXISTS; i++) {
         if (getrandom(k->kid.b, sizeof(k->kid.b), 0) != sizeof(k->kid.b))
             continue;
-        if (reg_get(q->env->reg, &k->kid, NULL) == REG_OK)
+        /* Pending first: the keeper generates only under a kid the registry holds as
+         * pending (keeperd.h), and never under one that ever had a row. */
+        reg_status ps = reg_pending_add(q->env->reg, &k->kid, q->now);
+        if (ps == REG_ERR_EXISTS)
             continue;
+        if (ps != REG_OK) {
+            reg_unreserve(q->env->reg);
+            return api_fail(r, API_ERR_STORAGE, "the key registry refused the new kid");
+        }
         st = kp_generate(q->env->kp, &k->kid, bits, pub);
+        if (st != HSM_OK)
+            reg_pending_drop(q->env->reg, &k->kid);
     }
     if (st != HSM_OK) {
         /* The keeper died or went silent mid-generation (or past its deadline): the object
@@ -162,6 +172,7 @@ api_err api_keys_create(const api_req *q, api_resp *r)
         return e;
     if (reg_insert(q->env->reg, &k) != REG_OK) {
         /* Never acknowledged: the key must not outlive the failed row. */
+        reg_pending_drop(q->env->reg, &k.kid);
         kp_destroy(q->env->kp, &k.kid);
         return api_fail(r, API_ERR_STORAGE, "the key registry refused the new key");
     }

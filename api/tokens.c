@@ -233,7 +233,7 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
     tks_index ix = {0, 0};
     char uri[API_URI_MAX];
     if (b.revocable) {
-        tks_status ts = tks_assign(q->env->tks, &ix);
+        tks_status ts = tks_assign(q->env->tks, q->now, b.exp, &ix);
         if (ts == TKS_ERR_FULL) {
             e = api_fail(r, API_ERR_STATUS_LISTS_FULL, "every status-list index is in use");
             goto out;
@@ -285,6 +285,16 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
     if (jws == NULL ||
         jose_jws_begin(header, (size_t)hlen, payload_text, plen, jws, cap, &signing_len) != 0) {
         e = api_fail(r, API_ERR_INTERNAL, "token does not fit");
+        goto out;
+    }
+    /* The body bound (64 KiB) does not bound the token: claims come back re-serialised
+     * (1e9 as 1000000000.0) and base64url adds a third. The caller's to fix, not the
+     * token's failure. */
+    if (signing_len > KP_SIGN_MAX) {
+        e = api_fail(r, API_ERR_TOKEN_TOO_LARGE,
+                     "the token's signing input is %zu bytes, over the %u the appliance signs: "
+                     "shorten 'claims'",
+                     signing_len, (unsigned)KP_SIGN_MAX);
         goto out;
     }
     uint8_t sig[HSM_SIG_MAX];

@@ -96,12 +96,18 @@ static char *audit_canonical(uint64_t seq, int64_t time, const char *actor, cons
     return text;
 }
 
-/* hash = SHA-256(prev (32 bytes) || canonical), as hex into out. */
-static int audit_hash(const char *prev_hex, const char *canonical, char out[AUDIT_HASH_HEX + 1])
+int audit_chain_hash(const char *prev_hex, uint64_t seq, int64_t time, const char *actor,
+                     const char *action, const char *kid, json_t *details,
+                     char out[AUDIT_HASH_HEX + 1])
 {
     uint8_t prev[32], md[32];
     unsigned int mdlen = 0;
-    if (prev_hex == NULL || jose_hex_decode(prev_hex, strlen(prev_hex), prev, 32) != 0)
+    if (prev_hex == NULL || strlen(prev_hex) != AUDIT_HASH_HEX ||
+        jose_hex_decode(prev_hex, AUDIT_HASH_HEX, prev, 32) != 0 || actor == NULL ||
+        action == NULL || kid == NULL || !json_is_object(details))
+        return -1;
+    char *canonical = audit_canonical(seq, time, actor, action, kid, details);
+    if (canonical == NULL)
         return -1;
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
@@ -109,6 +115,7 @@ static int audit_hash(const char *prev_hex, const char *canonical, char out[AUDI
              EVP_DigestUpdate(ctx, canonical, strlen(canonical)) == 1 &&
              EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;
     EVP_MD_CTX_free(ctx);
+    free(canonical);
     if (!ok)
         return -1;
     jose_hex_encode(md, 32, out);
@@ -203,14 +210,13 @@ int audit_append_tx(sqlite3 *db, int64_t time, const char *action, const char *k
     const char *kid = kid_hex ? kid_hex : "";
     uint64_t seq;
     char prev[AUDIT_HASH_HEX + 1], hash[AUDIT_HASH_HEX + 1];
-    char *canon = NULL, *details_text = json_dumps(details, AUDIT_FLAGS);
+    char *details_text = json_dumps(details, AUDIT_FLAGS);
     int rc = -1;
     if (details_text == NULL || strlen(details_text) > AUDIT_DETAILS_MAX) {
         cfg_errorf(err, errlen, "audit: details missing or over %d bytes", AUDIT_DETAILS_MAX);
     } else if (audit_head(db, &seq, prev) != 0) {
         cfg_errorf(err, errlen, "audit: read head: %s", sqlite3_errmsg(db));
-    } else if ((canon = audit_canonical(seq + 1, time, actor, action, kid, details)) == NULL ||
-               audit_hash(prev, canon, hash) != 0) {
+    } else if (audit_chain_hash(prev, seq + 1, time, actor, action, kid, details, hash) != 0) {
         cfg_errorf(err, errlen, "audit: hashing failed");
     } else {
         sqlite3_stmt *s;
@@ -234,7 +240,6 @@ int audit_append_tx(sqlite3 *db, int64_t time, const char *action, const char *k
         else if (atomic_load_explicit(&audit_log_on, memory_order_relaxed))
             audit_log_stage(db, seq + 1, actor, action, kid, details);
     }
-    free(canon);
     free(details_text);
     json_decref(empty);
     return rc;
@@ -848,6 +853,97 @@ int audit_export(const char *db_path, uint64_t from_seq, uint64_t to_seq, FILE *
     return rc == 0 && fflush(out) == 0 ? 0 : -1;
 }
 
+/* ---- the keeper's walk along the chain --------------------------------------------------- */
+
+int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_hash, uint64_t to_seq,
+                     char out[AUDIT_HASH_HEX + 1], char *why, size_t whylen)
+{
+    if (from_seq == 0)
+        from_hash = audit_zero_hash;
+    if (db_path == NULL || from_hash == NULL || strlen(from_hash) != AUDIT_HASH_HEX ||
+        to_seq < from_seq || to_seq > INT64_MAX) {
+        cfg_errorf(why, whylen, "audit chain: bad arguments");
+        return -1;
+    }
+    char running[AUDIT_HASH_HEX + 1];
+    memcpy(running, from_hash, AUDIT_HASH_HEX + 1);
+    if (to_seq == from_seq) {
+        memcpy(out, running, AUDIT_HASH_HEX + 1);
+        return 0;
+    }
+    sqlite3 *db = audit_open_ro(db_path);
+    if (db == NULL) {
+        cfg_errorf(why, whylen, "audit chain: cannot open %s", db_path);
+        return -1;
+    }
+    sqlite3_stmt *s = NULL;
+    int rc = -1;
+    uint64_t seq = from_seq;
+    /* One read transaction: the rows of one moment of the file. */
+    if (audit_exec(db, "BEGIN") != 0 ||
+        sqlite3_prepare_v2(db,
+                           "SELECT seq, time, actor, action, kid, details, prev_hash, hash"
+                           " FROM audit WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+                           -1, &s, NULL) != SQLITE_OK) {
+        cfg_errorf(why, whylen, "audit chain: %s", sqlite3_errmsg(db));
+        goto out;
+    }
+    sqlite3_bind_int64(s, 1, (sqlite3_int64)from_seq);
+    sqlite3_bind_int64(s, 2, (sqlite3_int64)to_seq);
+    int step;
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        uint64_t row = (uint64_t)sqlite3_column_int64(s, 0);
+        const char *actor = (const char *)sqlite3_column_text(s, 2);
+        const char *action = (const char *)sqlite3_column_text(s, 3);
+        const char *kid = (const char *)sqlite3_column_text(s, 4);
+        const char *details = (const char *)sqlite3_column_text(s, 5);
+        const char *ph = (const char *)sqlite3_column_text(s, 6);
+        const char *h = (const char *)sqlite3_column_text(s, 7);
+        char computed[AUDIT_HASH_HEX + 1];
+        json_error_t je;
+        json_t *d = details ? json_loads(details, JSON_REJECT_DUPLICATES, &je) : NULL;
+        int ok = 0;
+        if (row != seq + 1)
+            cfg_errorf(why, whylen, "audit chain: seq %" PRIu64 " is missing", seq + 1);
+        else if (ph == NULL || strcmp(ph, running) != 0)
+            cfg_errorf(why, whylen,
+                       "audit chain: seq %" PRIu64 "'s prev_hash is not the hash of "
+                       "seq %" PRIu64,
+                       row, seq);
+        else if (d == NULL || !audit_details_ok(d, 0) ||
+                 audit_chain_hash(running, row, (int64_t)sqlite3_column_int64(s, 1), actor, action,
+                                  kid, d, computed) != 0 ||
+                 h == NULL || strcmp(h, computed) != 0)
+            cfg_errorf(why, whylen,
+                       "audit chain: seq %" PRIu64 "'s hash does not match its "
+                       "contents",
+                       row);
+        else
+            ok = 1;
+        json_decref(d);
+        if (!ok)
+            goto out;
+        memcpy(running, computed, AUDIT_HASH_HEX + 1);
+        seq = row;
+    }
+    if (step != SQLITE_DONE) {
+        cfg_errorf(why, whylen, "audit chain: %s", sqlite3_errmsg(db));
+        goto out;
+    }
+    if (seq != to_seq) {
+        cfg_errorf(why, whylen, "audit chain: ends at seq %" PRIu64 ", before %" PRIu64, seq,
+                   to_seq);
+        goto out;
+    }
+    memcpy(out, running, AUDIT_HASH_HEX + 1);
+    rc = 0;
+out:
+    sqlite3_finalize(s);
+    audit_exec(db, "COMMIT");
+    sqlite3_close(db);
+    return rc;
+}
+
 /* ---- verification ------------------------------------------------------------------------------
  */
 
@@ -951,7 +1047,6 @@ int audit_verify_export(FILE *in, const char *pub_pem, uint64_t anchor_seq, cons
             const char *h = json_string_value(json_object_get(j, "hash"));
             json_t *details = json_object_get(j, "details");
             json_t *t = json_object_get(j, "time");
-            char *canon = NULL;
             char computed[AUDIT_HASH_HEX + 1];
             if (first != 0 && seq != prev_seq + 1) {
                 rc =
@@ -964,9 +1059,9 @@ int audit_verify_export(FILE *in, const char *pub_pem, uint64_t anchor_seq, cons
                 rc = audit_bad(v, seq, "event has a missing or mistyped field");
             } else if (first != 0 && strcmp(ph, prev_hash) != 0) {
                 rc = audit_bad(v, seq, "prev_hash is not the hash of seq %" PRIu64, prev_seq);
-            } else if ((canon = audit_canonical(seq, json_integer_value(t), actor, action, kid,
-                                                details)) == NULL ||
-                       audit_hash(ph, canon, computed) != 0 || strcmp(computed, h) != 0) {
+            } else if (audit_chain_hash(ph, seq, json_integer_value(t), actor, action, kid, details,
+                                        computed) != 0 ||
+                       strcmp(computed, h) != 0) {
                 rc = audit_bad(v, seq, "hash does not match the event's contents");
             } else {
                 if (first == 0)
@@ -987,7 +1082,6 @@ int audit_verify_export(FILE *in, const char *pub_pem, uint64_t anchor_seq, cons
                     v->last_seq = seq;
                 }
             }
-            free(canon);
         } else if (strcmp(type, "checkpoint") == 0) {
             const char *h = json_string_value(json_object_get(j, "hash"));
             char why[160];

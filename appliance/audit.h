@@ -83,6 +83,24 @@
 #define AUDIT_KEEPER_RESTARTED "keeper.restarted" /* the supervisor replaced it: its cause */
 #define AUDIT_FRONT_RESTARTED "front.restarted"   /* recorded by the new front */
 
+/* The chain's one hash rule (the writer, audit_verify_export and the keeper all use it):
+ * SHA-256(prev_hex as 32 bytes || canonical(event)) as 64 lowercase hex into out. details
+ * (a JSON object) is borrowed. 0, or -1 (prev_hex not 64 hex digits, a missing field, out
+ * of memory). */
+int audit_chain_hash(const char *prev_hex, uint64_t seq, int64_t time, const char *actor,
+                     const char *action, const char *kid, json_t *details,
+                     char out[AUDIT_HASH_HEX + 1]);
+
+/* The keeper's check of a checkpoint (keeperd.c), on its own read-only connection to
+ * db_path: walks the rows from_seq + 1 .. to_seq of `audit` in one read transaction,
+ * starting from from_hash (the hash the caller already verified at from_seq; ignored, the
+ * zero hash, when from_seq is 0), and requires every seq present, every prev_hash the hash
+ * computed for the row before, and every stored hash the one audit_chain_hash gives for
+ * the row's contents. 0 with the hash at to_seq in out, or -1 with why (one line). So the
+ * cost is the rows since the caller's last verified point, not the whole chain. */
+int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_hash, uint64_t to_seq,
+                     char out[AUDIT_HASH_HEX + 1], char *why, size_t whylen);
+
 /* The schema (both tables, CREATE IF NOT EXISTS), for the registry's schema transaction. */
 int audit_schema(sqlite3 *db, char *err, size_t errlen);
 

@@ -19,6 +19,7 @@
 
 _Static_assert(sizeof(KP_AUDIT_ID) == HSM_KID_LEN + 1, "KP_AUDIT_ID must be 16 bytes");
 _Static_assert(KP_AUDIT_SIGN_MAX == KPP_AUDIT_SIGN_MAX, "the protocol carries the audit bound");
+_Static_assert(KP_SIGN_MAX == KPP_SIGN_MAX, "the protocol carries the signing bound");
 _Static_assert(sizeof(KP_AUDIT_HEADER_B64) - 1 == (4 * (sizeof(KP_AUDIT_HEADER) - 1) + 2) / 3,
                "KP_AUDIT_HEADER_B64 has the length of KP_AUDIT_HEADER's base64url");
 _Static_assert(sizeof(KP_PUBLISH_ID) == HSM_KID_LEN + 1, "KP_PUBLISH_ID must be 16 bytes");
@@ -429,15 +430,6 @@ hsm_status kp_generate(kp *k, const hsm_kid *kid, unsigned bits, hsm_pubkey *pub
     if (st != HSM_OK)
         hsm_destroy(k->h, kid); /* a key we cannot publish must not stay behind */
     return st;
-}
-
-hsm_status kp_public_key(kp *k, const hsm_kid *kid, hsm_pubkey *pub)
-{
-    if (k->h != NULL)
-        return hsm_public_key(k->h, kid, pub);
-    KP_REMOTE(k, KPP_OP_PUBLIC_KEY,
-              kpp_encode_kid_op(c->req, sizeof(c->req), KPP_OP_PUBLIC_KEY, kid), r);
-    return kpp_reply_pubkey(&r, pub) == 0 ? HSM_OK : HSM_ERR_DEVICE;
 }
 
 hsm_status kp_destroy(kp *k, const hsm_kid *kid)

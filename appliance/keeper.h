@@ -46,11 +46,14 @@ hsm_status kp_connect(const char *socket_path, const kp_deadlines *dl, kp **out,
                       size_t errlen);
 void kp_close(kp *k);
 
+/* The longest message one keeper SIGN carries (KPP_SIGN_MAX, kproto.h; keeper.c checks
+ * they agree): remote kp_sign refuses longer (HSM_ERR_BAD_ARGUMENT), and POST /v1/tokens
+ * holds both modes to it (400 token_too_large). */
+#define KP_SIGN_MAX (96 * 1024 - HSM_KID_LEN)
 hsm_status kp_sign(kp *k, const hsm_kid *kid, const void *msg, size_t len, uint8_t sig[HSM_SIG_MAX],
                    size_t *sig_len);
 /* Generates a key pair and returns its public half. */
 hsm_status kp_generate(kp *k, const hsm_kid *kid, unsigned bits, hsm_pubkey *pub);
-hsm_status kp_public_key(kp *k, const hsm_kid *kid, hsm_pubkey *pub);
 hsm_status kp_destroy(kp *k, const hsm_kid *kid);
 hsm_status kp_list(kp *k, hsm_key_entry *out, size_t cap, size_t *count);
 /* The token answers: a key it holds signs a probe, or, with no key, it lists. */

@@ -1,12 +1,17 @@
 /* kpd: the keeper process's server. See keeperd.h. */
 #include "appliance/keeperd.h"
 
+#include "appliance/audit.h"
 #include "appliance/keeper.h"
 #include "appliance/kproto.h"
+#include "appliance/kstate.h"
 #include "appliance/registry.h"
 #include "hsm/hsm.h"
+#include "jose/jose.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -39,6 +44,7 @@
 typedef struct kpd_conn {
     struct kpd *d;
     int fd;
+    pid_t peer_pid; /* SO_PEERCRED at accept: named in the log of each refusal */
     /* Held while a request is served. Only one thread serves a connection at a time
      * (EPOLLONESHOT), so it is never contended: it orders list and pending between the
      * threads that serve the connection in turn, in a way TSan sees (epoll is not). */
@@ -85,9 +91,12 @@ struct kpd {
     pthread_mutex_t mu; /* conns, live, full_logged, gen_running */
     pthread_cond_t gen_done;
     kpd_conn *conns;
-    unsigned live;        /* connections open */
-    unsigned gen_running; /* GENERATE threads not finished */
-    int full_logged;      /* the limit was logged since a connection last ended */
+    unsigned live;               /* connections open */
+    unsigned gen_running;        /* GENERATE threads not finished */
+    int full_logged;             /* the limit was logged since a connection last ended */
+    long long proto_window_ms;   /* start of the second protocol errors are counted in */
+    unsigned proto_logged;       /* lines logged in it */
+    unsigned long proto_dropped; /* errors not logged in it */
 
     /* The active kids, as the registry last said: a sorted array read under active_rw.
      * A SQLite read transaction per signature cost about a third of what the split costs
@@ -104,6 +113,14 @@ struct kpd {
     uint64_t data_version;
     int loaded;
     atomic_llong checked_ms; /* CLOCK_MONOTONIC ms of the last data_version check */
+
+    /* The keeper's own memory (kstate.h), and the newest point of the audit chain it
+     * verified and signed: the next checkpoint is checked from there (audit_chain_walk),
+     * under cp_mu, so one checkpoint at a time walks. */
+    kst *st;
+    pthread_mutex_t cp_mu;
+    uint64_t cp_seq;
+    char cp_hash[AUDIT_HASH_HEX + 1];
 };
 
 /* ---- one request ------------------------------------------------------------------------- */
@@ -253,6 +270,109 @@ static int kpd_pending_add(kpd_conn *cn, const uint8_t *part, size_t len)
     return 1;
 }
 
+/* The audit key's second check, after kp_svc_input_ok's shape: a checkpoint names the
+ * chain's own head as the keeper computes it from the audit table, and never contradicts
+ * a checkpoint the keeper signed before. The payload must be {"hash","seq","time"} (hash
+ * 64 lowercase hex, seq >= 1, time an integer, nothing else); then either (seq, hash) is
+ * one the keeper signed already (a retry: signed again), or seq is past the newest one it
+ * signed and hash is what audit_chain_walk computes from there. A front that rewrote the
+ * table and recomputed every hash gets a chain that no longer runs from what the keeper
+ * signed, and nothing signed. 1 (recorded in kstate before the caller signs), or 0 with
+ * why. */
+static int kpd_checkpoint_ok(kpd *d, const uint8_t *msg, size_t len, char *why, size_t whylen)
+{
+    const uint8_t *dot = memchr(msg, '.', len);
+    if (dot == NULL) /* kp_svc_input_ok saw to it; checked again rather than assumed */
+        return !cfg_errorf(why, whylen, "not a JWS signing input");
+    const char *b64 = (const char *)dot + 1;
+    size_t b64_len = len - (size_t)(b64 - (const char *)msg);
+    uint8_t payload[KP_AUDIT_SIGN_MAX];
+    size_t plen = 0;
+    if (jose_b64url_decode(b64, b64_len, payload, sizeof(payload), &plen) != 0)
+        return !cfg_errorf(why, whylen, "payload is not base64url");
+    json_error_t je;
+    json_t *p = json_loadb((const char *)payload, plen, JSON_REJECT_DUPLICATES, &je);
+    json_t *hj = json_object_get(p, "hash"), *sj = json_object_get(p, "seq"),
+           *tj = json_object_get(p, "time");
+    const char *hash = json_string_value(hj);
+    int shape = json_is_object(p) && json_object_size(p) == 3 && hash != NULL &&
+                strlen(hash) == AUDIT_HASH_HEX &&
+                strspn(hash, "0123456789abcdef") == AUDIT_HASH_HEX && json_is_integer(sj) &&
+                json_integer_value(sj) >= 1 && json_is_integer(tj);
+    uint64_t seq = shape ? (uint64_t)json_integer_value(sj) : 0;
+    char want[AUDIT_HASH_HEX + 1];
+    if (shape)
+        memcpy(want, hash, AUDIT_HASH_HEX + 1);
+    json_decref(p);
+    if (!shape)
+        return !cfg_errorf(why, whylen, "payload is not {\"hash\",\"seq\",\"time\"}");
+
+    int ok = 0;
+    char signed_hash[AUDIT_HASH_HEX + 1], computed[AUDIT_HASH_HEX + 1];
+    pthread_mutex_lock(&d->cp_mu);
+    int had = kst_checkpoint_at(d->st, seq, signed_hash);
+    if (had < 0) {
+        cfg_errorf(why, whylen, "keeper state unreadable");
+    } else if (had == 1) {
+        ok = strcmp(signed_hash, want) == 0;
+        if (!ok)
+            cfg_errorf(why, whylen, "seq %" PRIu64 " was signed before with another hash", seq);
+    } else if (seq <= d->cp_seq) {
+        cfg_errorf(why, whylen,
+                   "seq %" PRIu64 " is behind the newest checkpoint signed (%" PRIu64 ")", seq,
+                   d->cp_seq);
+    } else if (audit_chain_walk(d->db_path, d->cp_seq, d->cp_hash, seq, computed, why, whylen) !=
+               0) {
+        /* why says where the chain broke */
+    } else if (strcmp(computed, want) != 0) {
+        cfg_errorf(why, whylen, "hash is not the chain's at seq %" PRIu64, seq);
+    } else if (kst_checkpoint_add(d->st, seq, want) != 0) {
+        cfg_errorf(why, whylen, "cannot record the checkpoint in the keeper state");
+    } else {
+        d->cp_seq = seq;
+        memcpy(d->cp_hash, want, sizeof(d->cp_hash));
+        ok = 1;
+    }
+    pthread_mutex_unlock(&d->cp_mu);
+    return ok;
+}
+
+/* May the keeper generate under kid? Only when the registry holds it as pending (a create
+ * or rotation reserved it, and it has no row in any state) and the keeper never generated
+ * under it nor saw it in the registry (kstate.h): so a revoked, broken or active kid, or
+ * one whose row a front deleted, is never made again. The kid is recorded before the
+ * caller generates. HSM_OK, or the refusal (KEY_EXISTS for a kid that existed,
+ * BAD_ARGUMENT for one not pending, DEVICE when a file cannot be read) with why. */
+static hsm_status kpd_generate_allowed(kpd *d, const hsm_kid *kid, char *why, size_t whylen)
+{
+    int known = kst_kid_known(d->st, kid);
+    if (known != 0) {
+        cfg_errorf(why, whylen,
+                   known > 0 ? "the keeper generated under it before, or the "
+                               "registry held it"
+                             : "keeper state unreadable");
+        return known > 0 ? HSM_ERR_KEY_EXISTS : HSM_ERR_DEVICE;
+    }
+    pthread_mutex_lock(&d->refresh_mu);
+    reg_status rs = REG_ERR_IO;
+    if (d->reader != NULL || reg_reader_open(d->db_path, &d->reader) == REG_OK)
+        rs = reg_reader_pending(d->reader, kid);
+    pthread_mutex_unlock(&d->refresh_mu);
+    if (rs == REG_ERR_EXISTS) {
+        cfg_errorf(why, whylen, "the registry has a row for it");
+        return HSM_ERR_KEY_EXISTS;
+    }
+    if (rs == REG_ERR_NOT_FOUND) {
+        cfg_errorf(why, whylen, "not pending in the registry");
+        return HSM_ERR_BAD_ARGUMENT;
+    }
+    if (rs != REG_OK || kst_kid_add(d->st, kid) != 0) {
+        cfg_errorf(why, whylen, "registry or keeper state unreadable");
+        return HSM_ERR_DEVICE;
+    }
+    return HSM_OK;
+}
+
 /* Runs a decoded request and writes its reply into rep: the reply's length, 0 only if no
  * reply could be encoded at all. */
 static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size_t cap)
@@ -288,6 +408,14 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
             st = HSM_ERR_BAD_ARGUMENT;
             break;
         }
+        char why[96];
+        if ((st = kpd_generate_allowed(d, &q->kid, why, sizeof(why))) != HSM_OK) {
+            char hex[2 * HSM_KID_LEN + 1];
+            hsm_kid_hex(&q->kid, hex);
+            KPD_LOG("security: refused to generate kid %s for pid %d: %s\n", hex, (int)cn->peer_pid,
+                    why);
+            break;
+        }
         hsm_pubkey pub;
         st = hsm_generate(d->h, &q->kid, q->bits);
         ckr = kpd_ckr(st);
@@ -299,14 +427,6 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         }
         if (st == HSM_OK)
             len = kpp_encode_pubkey_reply(rep, cap, KPP_OP_GENERATE, &pub);
-        break;
-    }
-    case KPP_OP_PUBLIC_KEY: {
-        hsm_pubkey pub;
-        st = hsm_public_key(d->h, &q->kid, &pub);
-        ckr = kpd_ckr(st);
-        if (st == HSM_OK)
-            len = kpp_encode_pubkey_reply(rep, cap, KPP_OP_PUBLIC_KEY, &pub);
         break;
     }
     case KPP_OP_DESTROY:
@@ -355,10 +475,14 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         uint8_t sig[HSM_SIG_MAX];
         size_t sig_len = 0;
         st = HSM_ERR_BAD_ARGUMENT; /* a refused input touches no token: its CKR stays 0 */
-        if (kp_svc_input_ok(KP_SVC_AUDIT, q->msg, q->msg_len)) {
+        char why[192] = "not checkpoint-shaped";
+        if (kp_svc_input_ok(KP_SVC_AUDIT, q->msg, q->msg_len) &&
+            kpd_checkpoint_ok(d, q->msg, q->msg_len, why, sizeof(why))) {
             st = kp_svc_hsm_sign(d->h, KP_SVC_AUDIT, q->msg, q->msg_len, sig, &sig_len);
             ckr = kpd_ckr(st);
-        }
+        } else
+            KPD_LOG("security: refused an audit checkpoint from pid %d: %s\n", (int)cn->peer_pid,
+                    why);
         if (st == HSM_OK)
             len = kpp_encode_sig_reply(rep, cap, KPP_OP_AUDIT_SIGN, sig, sig_len);
         break;
@@ -561,6 +685,36 @@ static int kpd_gen_start(kpd_conn *cn, const uint8_t *req, size_t len)
     return 0;
 }
 
+/* A request the keeper could not decode is a security event: the front never sends one,
+ * so whoever did is broken or hostile. One line naming the peer's pid, within
+ * KPD_PROTO_LOG_PER_S: a peer that floods malformed requests must not flood the log, so
+ * the excess is counted and the count logged with the first error of a later second. */
+static void kpd_log_protocol_error(kpd_conn *cn, uint32_t status, uint16_t op, size_t len)
+{
+    kpd *d = cn->d;
+    long long now = kpd_now_ms();
+    unsigned long dropped = 0;
+    pthread_mutex_lock(&d->mu);
+    if (now - d->proto_window_ms >= 1000) {
+        dropped = d->proto_dropped;
+        d->proto_window_ms = now;
+        d->proto_logged = 0;
+        d->proto_dropped = 0;
+    }
+    int log = d->proto_logged < KPD_PROTO_LOG_PER_S;
+    if (log)
+        d->proto_logged++;
+    else
+        d->proto_dropped++;
+    pthread_mutex_unlock(&d->mu);
+    if (dropped > 0)
+        KPD_LOG("security: %lu more keeper protocol errors were not logged (over %d a second)\n",
+                dropped, KPD_PROTO_LOG_PER_S);
+    if (log)
+        KPD_LOG("security: keeper protocol error from pid %d: %s (op %u, %zu bytes)\n",
+                (int)cn->peer_pid, kpp_status_name(status), (unsigned)op, len);
+}
+
 /* Serves what epoll found on a connection: one request and its reply, or the end of the
  * connection. req and rep are the pool thread's buffers. */
 static void kpd_conn_ready(kpd_conn *cn, uint8_t *req, uint8_t *rep)
@@ -582,6 +736,8 @@ static void kpd_conn_ready(kpd_conn *cn, uint8_t *req, uint8_t *rep)
     kpp_request q;
     uint16_t echo = 0;
     uint32_t bad = kpp_decode_request(req, (size_t)got, &q, &echo);
+    if (bad != 0)
+        kpd_log_protocol_error(cn, bad, echo, (size_t)got);
     if (bad == 0 && q.op == KPP_OP_GENERATE && (size_t)got <= KPP_MSG_MAX &&
         kpd_gen_start(cn, req, (size_t)got)) {
         pthread_mutex_unlock(&cn->mu); /* the GENERATE thread takes it from here */
@@ -649,6 +805,7 @@ static void kpd_admit(kpd *d, int fd)
     }
     cn->d = d;
     cn->fd = fd;
+    cn->peer_pid = cred.pid;
     pthread_mutex_init(&cn->mu, NULL);
     pthread_mutex_lock(&d->mu);
     if (atomic_load(&d->stopping)) {
@@ -770,6 +927,8 @@ static void kpd_free(kpd *d)
     }
     hsm_close(d->h);
     reg_reader_close(d->reader);
+    kst_close(d->st);
+    pthread_mutex_destroy(&d->cp_mu);
     free(d->active);
     free(d->pool);
     if (d->epfd >= 0)
@@ -851,6 +1010,7 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
     pthread_cond_init(&d->gen_done, NULL);
     pthread_rwlock_init(&d->active_rw, NULL);
     pthread_mutex_init(&d->refresh_mu, NULL);
+    pthread_mutex_init(&d->cp_mu, NULL);
     atomic_init(&d->checked_ms, 0);
     if (c->keeper_socket[0] == '\0' || strlen(c->keeper_socket) >= sizeof(d->path)) {
         kpd_free(d);
@@ -891,6 +1051,29 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         cfg_errorf(err, errlen, "%s", reg_last_error());
         kpd_free(d);
         return -1;
+    }
+    /* The keeper's own memory: what it signed and generated (kstate.h). */
+    int fresh = 0;
+    if (kst_open(c->database, &d->st, &fresh, err, errlen) != 0 ||
+        kst_last_checkpoint(d->st, &d->cp_seq, d->cp_hash) != 0) {
+        if (d->st != NULL)
+            cfg_errorf(err, errlen, "keeper state: cannot read the last checkpoint");
+        kpd_free(d);
+        return -1;
+    }
+    /* A new state file learns every kid the registry holds now, so that no kid made
+     * before the keeper kept its own list is ever made again either. */
+    if (fresh) {
+        hsm_kid *all = NULL;
+        size_t n = 0;
+        int ok =
+            reg_reader_all_kids(d->reader, &all, &n) == REG_OK && kst_kids_add(d->st, all, n) == 0;
+        free(all);
+        if (!ok) {
+            cfg_errorf(err, errlen, "keeper state: cannot seed the kids from the registry");
+            kpd_free(d);
+            return -1;
+        }
     }
     if (kpd_pool_start(d, err, errlen) != 0) {
         kpd_free(d);

@@ -22,8 +22,16 @@
  *    apart, and at once for a kid not in the set). So a revoked, broken or unknown kid
  *    cannot sign whatever the front asks (HSM_ERR_KEY_NOT_FOUND, the token untouched),
  *    a revoked one at most KPD_ACTIVE_CHECK_MS after its revocation was committed. DESTROY
- *    asks the file first and refuses an active kid. PING's probe signature, GENERATE,
- *    PUBLIC_KEY and LIST do not consult the registry;
+ *    asks the file first and refuses an active kid. GENERATE asks it whether the kid is
+ *    pending (reg_reader_pending: reserved by a create or rotation, no row in any state)
+ *    and refuses any other. PING's probe signature and LIST do not consult the registry;
+ *  - its own memory (kstate.h, DATA_DIR/keeper/state.db, made by kpd_open): the kids it
+ *    generated under (seeded with every kid the registry holds when the file is new), so
+ *    that GENERATE never makes a key under a kid that existed, whatever the registry says
+ *    now; and the audit checkpoints it signed, so that AUDIT_SIGN signs a checkpoint only
+ *    when its seq and hash are the chain's as the keeper computes them from the audit
+ *    table, walked onward from the last one signed (audit_chain_walk), and never a second
+ *    hash for a seq;
  *  - the hsm handle, opened by kpd_open and closed by kpd_close only after every pool and
  *    GENERATE thread has left the module (SoftHSM2 crashes on C_Finalize otherwise).
  *
@@ -39,7 +47,11 @@
  *
  * Logging: one line on stderr, prefixed "signd-keeper: ", per notable event (listening,
  * a peer refused, the connection limit reached — once until a connection ends, accept
- * failing for good); never one per request.
+ * failing for good); never one per request that is served. A request the keeper refuses
+ * as a policy matter (a checkpoint not of the chain, a GENERATE under a kid not pending)
+ * is a security event: "signd-keeper: security: ..." naming the peer's pid (SO_PEERCRED);
+ * so is every request that cannot be decoded (a protocol error: the front never sends
+ * one), at most KPD_PROTO_LOG_PER_S lines a second, the excess counted in one line.
  *
  *   kpd *d;
  *   if (kpd_open(&c, &d, err, sizeof(err)) != 0) ... one line in err ...
@@ -67,11 +79,15 @@
  * CPU measured best against one and four (docs/performance.md). */
 #define KPD_POOL_PER_CPU 2
 
+/* Protocol errors logged per second at most (see Logging above). */
+#define KPD_PROTO_LOG_PER_S 10
+
 typedef struct kpd kpd;
 
 /* Binds and listens on c->keeper_socket (first, so that a path it may not take is found
  * before the PIN is read), opens the token (module, label or URI, PIN file, session bound
- * from c) and the registry file read-only (it must exist: the keeper never creates it).
+ * from c), the registry file read-only (it must exist: the keeper never creates it) and
+ * its own state (kst_open next to c->database, created when missing).
  * 0, or -1 with one line naming the problem in err and nothing left behind (the socket
  * file is removed again). Changes the process umask for the moment of bind: call it before
  * other threads create files. */

@@ -4,7 +4,7 @@
 #include <string.h>
 
 /* Body sizes of the fixed-shape bodies. */
-#define KPP_KID_BODY HSM_KID_LEN            /* PUBLIC_KEY, DESTROY */
+#define KPP_KID_BODY HSM_KID_LEN            /* DESTROY */
 #define KPP_GENERATE_BODY (HSM_KID_LEN + 4) /* kid, bits */
 #define KPP_LIST_BODY 4                     /* offset */
 #define KPP_CKR_BODY 4                      /* an error reply's ckr */
@@ -46,7 +46,7 @@ static uint32_t get_u32(const uint8_t *p)
 
 static int op_known(unsigned op)
 {
-    return op >= KPP_OP_FIRST && op <= KPP_OP_LAST;
+    return op >= KPP_OP_FIRST && op <= KPP_OP_LAST && op != KPP_OP_RETIRED;
 }
 
 static int bits_allowed(unsigned bits)
@@ -162,7 +162,6 @@ static uint32_t decode_request_body(const kpp_header *h, kpp_request *r)
         r->bits = bits;
         return 0;
     }
-    case KPP_OP_PUBLIC_KEY:
     case KPP_OP_DESTROY:
         if (h->body_len != KPP_KID_BODY)
             return KPP_ERR_BAD_BODY;
@@ -263,7 +262,7 @@ size_t kpp_encode_generate(uint8_t *buf, size_t cap, const hsm_kid *kid, unsigne
 
 size_t kpp_encode_kid_op(uint8_t *buf, size_t cap, kpp_op op, const hsm_kid *kid)
 {
-    if (kid == NULL || (op != KPP_OP_PUBLIC_KEY && op != KPP_OP_DESTROY))
+    if (kid == NULL || op != KPP_OP_DESTROY)
         return 0;
     size_t n = put_header(buf, cap, (uint16_t)op, 0, KPP_KID_BODY);
     if (n == 0)
@@ -403,8 +402,8 @@ size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, kpp_op op, const uint8_t *
 
 size_t kpp_encode_pubkey_reply(uint8_t *buf, size_t cap, kpp_op op, const hsm_pubkey *pub)
 {
-    if (pub == NULL || (op != KPP_OP_GENERATE && op != KPP_OP_PUBLIC_KEY &&
-                        op != KPP_OP_AUDIT_PUBKEY && op != KPP_OP_PUBLISH_PUBKEY))
+    if (pub == NULL ||
+        (op != KPP_OP_GENERATE && op != KPP_OP_AUDIT_PUBKEY && op != KPP_OP_PUBLISH_PUBKEY))
         return 0;
     if (pub->n_len == 0 || pub->n_len > HSM_MODULUS_MAX || pub->e_len == 0 ||
         pub->e_len > HSM_EXPONENT_MAX || pub->bits < KPP_PUBKEY_BITS_MIN ||
@@ -479,8 +478,8 @@ uint32_t kpp_reply_sig(const kpp_reply *r, uint8_t sig[HSM_SIG_MAX], size_t *sig
 
 uint32_t kpp_reply_pubkey(const kpp_reply *r, hsm_pubkey *pub)
 {
-    if (!reply_ok(r, KPP_OP_GENERATE) && !reply_ok(r, KPP_OP_PUBLIC_KEY) &&
-        !reply_ok(r, KPP_OP_AUDIT_PUBKEY) && !reply_ok(r, KPP_OP_PUBLISH_PUBKEY))
+    if (!reply_ok(r, KPP_OP_GENERATE) && !reply_ok(r, KPP_OP_AUDIT_PUBKEY) &&
+        !reply_ok(r, KPP_OP_PUBLISH_PUBKEY))
         return KPP_ERR_BAD_BODY;
     const uint8_t *p = r->body;
     size_t left = r->body_len;

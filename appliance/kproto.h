@@ -22,7 +22,6 @@
  *   op             request body                      reply body (status 0 only)
  *   SIGN           kid[16] msg[0..KPP_SIGN_MAX]       sig[1..HSM_SIG_MAX]
  *   GENERATE       kid[16] bits u32 (2048|3072|4096)  pubkey
- *   PUBLIC_KEY     kid[16]                            pubkey
  *   DESTROY        kid[16]                            (empty)
  *   LIST           offset u32                         total u32, n u32, n x (kid[16], flags u8)
  *   PING           has_kid u8 (0|1), kid[16]          (empty)
@@ -33,12 +32,18 @@
  *   PUBLISH_PART   part[1..KPP_BODY_MAX]              (empty)
  *   PUBLISH_SIGN   total u32, part[0..KPP_PART_LAST]  sig[1..HSM_SIG_MAX]
  *
+ *   Op 3 was PUBLIC_KEY (a kid's public key), which nothing called: it is retired
+ *   (KPP_OP_RETIRED), never reused, and refused as KPP_ERR_UNKNOWN_OP both ways.
+ *
  *   pubkey = bits u32, n_len u16, n[1..HSM_MODULUS_MAX], e_len u16, e[1..HSM_EXPONENT_MAX]
  *   LIST flags: bit 0 private half present, bit 1 public half present; n <= KPP_LIST_MAX
  *   AUDIT_*: the audit key (keeper.h), which has no kid on the wire. AUDIT_PUBKEY creates
  *   it on first use; AUDIT_SIGN's input is a checkpoint's JWS signing input, and the keeper
- *   refuses (HSM_ERR_BAD_ARGUMENT) any input that is not checkpoint-shaped. The codec
- *   checks only the bounds; the shape is the keeper's policy (kp_svc_input_ok).
+ *   refuses (HSM_ERR_BAD_ARGUMENT) any input that is not checkpoint-shaped, or not a
+ *   checkpoint of the audit chain as the keeper computes it (keeperd.h). The codec checks
+ *   only the bounds; the rest is the keeper's policy (kp_svc_input_ok, keeperd.c).
+ *   GENERATE: the keeper refuses a kid the registry does not hold as pending
+ *   (HSM_ERR_BAD_ARGUMENT) and one that ever existed (HSM_ERR_KEY_EXISTS), keeperd.h.
  *   PUBLISH_*: the publication key (keeper.h), which signs revocation feeds. A feed can
  *   outgrow one message, so its signing input travels in parts: PUBLISH_PARTs append to
  *   the connection's pending input, and PUBLISH_SIGN appends its last part and signs the
@@ -78,7 +83,7 @@
 typedef enum {
     KPP_OP_SIGN = 1,
     KPP_OP_GENERATE = 2,
-    KPP_OP_PUBLIC_KEY = 3,
+    /* 3: retired (KPP_OP_RETIRED) */
     KPP_OP_DESTROY = 4,
     KPP_OP_LIST = 5,
     KPP_OP_PING = 6,
@@ -89,9 +94,11 @@ typedef enum {
     KPP_OP_PUBLISH_PART = 11,
     KPP_OP_PUBLISH_SIGN = 12,
 } kpp_op;
-/* The ops are numbered without a gap from the first to the last. */
+/* The ops are numbered from the first to the last without a gap but KPP_OP_RETIRED: the
+ * number of PUBLIC_KEY, removed, kept so that no op's number moved. */
 #define KPP_OP_FIRST KPP_OP_SIGN
 #define KPP_OP_LAST KPP_OP_PUBLISH_SIGN
+#define KPP_OP_RETIRED 3
 
 /* Reply statuses of the protocol itself, above every hsm_status value. */
 typedef enum {
@@ -142,8 +149,7 @@ uint32_t kpp_decode_reply(const uint8_t *buf, size_t len, kpp_op op, kpp_reply *
 size_t kpp_encode_sign(uint8_t *buf, size_t cap, const hsm_kid *kid, const void *msg,
                        size_t msg_len);
 size_t kpp_encode_generate(uint8_t *buf, size_t cap, const hsm_kid *kid, unsigned bits);
-size_t kpp_encode_kid_op(uint8_t *buf, size_t cap, kpp_op op,
-                         const hsm_kid *kid); /* PUBLIC_KEY, DESTROY */
+size_t kpp_encode_kid_op(uint8_t *buf, size_t cap, kpp_op op, const hsm_kid *kid); /* DESTROY */
 size_t kpp_encode_list(uint8_t *buf, size_t cap, uint32_t offset);
 size_t kpp_encode_ping(uint8_t *buf, size_t cap, const hsm_kid *kid); /* kid may be NULL */
 size_t kpp_encode_sessions(uint8_t *buf, size_t cap);
@@ -166,7 +172,7 @@ size_t kpp_encode_error(uint8_t *buf, size_t cap, uint16_t op, uint32_t status, 
 size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, kpp_op op, const uint8_t *sig,
                             size_t sig_len); /* SIGN, AUDIT_SIGN, PUBLISH_SIGN */
 size_t kpp_encode_pubkey_reply(uint8_t *buf, size_t cap, kpp_op op,
-                               const hsm_pubkey *pub); /* GENERATE, PUBLIC_KEY, *_PUBKEY */
+                               const hsm_pubkey *pub); /* GENERATE, *_PUBKEY */
 size_t kpp_encode_list_reply(uint8_t *buf, size_t cap, uint32_t total, const hsm_key_entry *e,
                              size_t n);
 size_t kpp_encode_u32_reply(uint8_t *buf, size_t cap, kpp_op op, uint32_t value);
@@ -174,7 +180,7 @@ size_t kpp_encode_u32_reply(uint8_t *buf, size_t cap, kpp_op op, uint32_t value)
 /* Reply body decoders (front side), on a kpp_reply with status 0: 0, or KPP_ERR_BAD_BODY. */
 uint32_t kpp_reply_sig(const kpp_reply *r, uint8_t sig[HSM_SIG_MAX],
                        size_t *sig_len);                        /* SIGN, AUDIT_SIGN, PUBLISH_SIGN */
-uint32_t kpp_reply_pubkey(const kpp_reply *r, hsm_pubkey *pub); /* GENERATE, PUBLIC_KEY, *_PUBKEY */
+uint32_t kpp_reply_pubkey(const kpp_reply *r, hsm_pubkey *pub); /* GENERATE, *_PUBKEY */
 /* Copies up to cap entries; *total is the keeper's count, *n how many this reply holds. */
 uint32_t kpp_reply_list(const kpp_reply *r, hsm_key_entry *out, size_t cap, uint32_t *total,
                         size_t *n);

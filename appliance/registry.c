@@ -95,7 +95,12 @@ static const char reg_schema_sql[] =
     " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
     " kid TEXT NOT NULL UNIQUE REFERENCES keys(kid),"
     " revoked_at INTEGER NOT NULL,"
-    " reason TEXT NOT NULL);";
+    " reason TEXT NOT NULL);"
+    /* A kid reserved by a create or rotation before the keeper generates under it: the
+     * keeper generates for a pending kid only (keeperd.c). Emptied at every open. */
+    "CREATE TABLE IF NOT EXISTS pending_keys ("
+    " kid TEXT PRIMARY KEY CHECK (length(kid) = 32),"
+    " created_at INTEGER NOT NULL);";
 
 static _Thread_local char reg_errbuf[REG_ERR_MSG_MAX];
 
@@ -477,6 +482,11 @@ static reg_status reg_schema(reg *r)
         st = reg_exec(r, reg_schema_sql, "create tables");
     if (st == REG_OK && version == 1)
         st = reg_migrate_v2(r);
+    /* A kid still pending was reserved by a create that never finished: its object, if
+     * the keeper made one, is an orphan for reconcile, and the keeper never generates
+     * under that kid again (kstate.h). */
+    if (st == REG_OK)
+        st = reg_exec(r, "DELETE FROM pending_keys", "clear pending kids");
     char aerr[256];
     if (st == REG_OK && audit_schema(r->db, aerr, sizeof(aerr)) != 0)
         st = reg_fail(r->path, REG_ERR_IO, "%s", aerr);
@@ -830,6 +840,13 @@ static reg_status reg_sql_insert(reg *r, const reg_key *k, const hsm_kid *predec
     else
         st = reg_fail_sql(r, "insert key");
     sqlite3_finalize(s);
+    /* The kid is a key now, no longer pending: in the same transaction. */
+    if (st == REG_OK)
+        st = reg_prepare(r, "DELETE FROM pending_keys WHERE kid = ?", &s, "unpend kid");
+    if (st == REG_OK) {
+        sqlite3_bind_text(s, 1, hex, -1, SQLITE_STATIC);
+        st = reg_step_done(r, s, "unpend kid");
+    }
     return st;
 }
 
@@ -1156,6 +1173,49 @@ reg_status reg_delete(reg *r, const hsm_kid *kid)
     return st;
 }
 
+/* ---- pending kids ------------------------------------------------------------------------ */
+
+reg_status reg_pending_add(reg *r, const hsm_kid *kid, int64_t now)
+{
+    if (kid == NULL)
+        return REG_ERR_INVALID;
+    char hex[REG_KID_HEX + 1];
+    hsm_kid_hex(kid, hex);
+    pthread_mutex_lock(&r->write_mu);
+    reg_status st = reg_find(r, kid) >= 0 ? REG_ERR_EXISTS : REG_OK;
+    sqlite3_stmt *s;
+    if (st == REG_OK && (st = reg_exec(r, "BEGIN IMMEDIATE", "begin pending kid")) == REG_OK) {
+        st = reg_prepare(r, "INSERT OR IGNORE INTO pending_keys (kid, created_at) VALUES (?, ?)",
+                         &s, "pend kid");
+        if (st == REG_OK) {
+            sqlite3_bind_text(s, 1, hex, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(s, 2, now);
+            st = reg_step_done(r, s, "pend kid");
+        }
+        if (st == REG_OK && sqlite3_changes(r->db) != 1)
+            st = REG_ERR_EXISTS;
+        st = reg_tx_end(r, st);
+    }
+    pthread_mutex_unlock(&r->write_mu);
+    return st;
+}
+
+void reg_pending_drop(reg *r, const hsm_kid *kid)
+{
+    if (kid == NULL)
+        return;
+    char hex[REG_KID_HEX + 1];
+    hsm_kid_hex(kid, hex);
+    pthread_mutex_lock(&r->write_mu);
+    sqlite3_stmt *s;
+    if (reg_prepare(r, "DELETE FROM pending_keys WHERE kid = ?", &s, "drop pending kid") ==
+        REG_OK) {
+        sqlite3_bind_text(s, 1, hex, -1, SQLITE_STATIC);
+        reg_step_done(r, s, "drop pending kid");
+    }
+    pthread_mutex_unlock(&r->write_mu);
+}
+
 /* ---- reads ------------------------------------------------------------------------------ */
 
 reg_status reg_get(reg *r, const hsm_kid *kid, reg_key *out)
@@ -1401,7 +1461,8 @@ uint64_t reg_reader_data_version(reg_reader *rr)
     return v;
 }
 
-reg_status reg_reader_active_kids(reg_reader *rr, hsm_kid **out, size_t *n)
+/* The kids a query's first column names, sorted. */
+static reg_status reg_reader_kids(reg_reader *rr, const char *sql, hsm_kid **out, size_t *n)
 {
     *out = NULL;
     *n = 0;
@@ -1412,8 +1473,7 @@ reg_status reg_reader_active_kids(reg_reader *rr, hsm_kid **out, size_t *n)
     sqlite3_stmt *st = NULL;
     hsm_kid *kids = NULL;
     size_t have = 0, cap = 0;
-    if (sqlite3_prepare_v2(rr->db, "SELECT kid FROM keys WHERE state = 'active'", -1, &st, NULL) !=
-        SQLITE_OK) {
+    if (sqlite3_prepare_v2(rr->db, sql, -1, &st, NULL) != SQLITE_OK) {
         result = reg_reader_fail_sql(rr, "prepare the active listing");
         goto out;
     }
@@ -1447,6 +1507,45 @@ reg_status reg_reader_active_kids(reg_reader *rr, hsm_kid **out, size_t *n)
 out:
     free(kids);
     sqlite3_finalize(st); /* ends the read transaction */
+    pthread_mutex_unlock(&rr->mu);
+    return result;
+}
+
+reg_status reg_reader_active_kids(reg_reader *rr, hsm_kid **out, size_t *n)
+{
+    return reg_reader_kids(rr, "SELECT kid FROM keys WHERE state = 'active'", out, n);
+}
+
+reg_status reg_reader_all_kids(reg_reader *rr, hsm_kid **out, size_t *n)
+{
+    return reg_reader_kids(rr, "SELECT kid FROM keys", out, n);
+}
+
+reg_status reg_reader_pending(reg_reader *rr, const hsm_kid *kid)
+{
+    if (rr == NULL || kid == NULL)
+        return REG_ERR_INVALID;
+    char hex[REG_KID_HEX + 1];
+    hsm_kid_hex(kid, hex);
+    pthread_mutex_lock(&rr->mu);
+    sqlite3_stmt *st = NULL;
+    reg_status result;
+    /* One statement, one read transaction: both answers of the same moment. */
+    if (sqlite3_prepare_v2(rr->db,
+                           "SELECT (SELECT COUNT(*) FROM pending_keys WHERE kid = ?1),"
+                           " (SELECT COUNT(*) FROM keys WHERE kid = ?1)",
+                           -1, &st, NULL) != SQLITE_OK) {
+        result = reg_reader_fail_sql(rr, "prepare the pending check");
+    } else {
+        sqlite3_bind_text(st, 1, hex, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_ROW)
+            result = reg_reader_fail_sql(rr, "read the pending check");
+        else if (sqlite3_column_int64(st, 1) != 0)
+            result = REG_ERR_EXISTS;
+        else
+            result = sqlite3_column_int64(st, 0) != 0 ? REG_OK : REG_ERR_NOT_FOUND;
+    }
+    sqlite3_finalize(st);
     pthread_mutex_unlock(&rr->mu);
     return result;
 }

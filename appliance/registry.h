@@ -205,6 +205,17 @@ reg_status reg_insert(reg *r, const reg_key *k);
 reg_status reg_rotate(reg *r, const hsm_kid *old_kid, const reg_key *successor, int64_t retire_at,
                       reg_key *old_out, reg_key *new_out);
 
+/* ---- pending kids: what the keeper may generate under ---------------------------------- */
+
+/* Records kid as pending (table pending_keys), durably, before a create or rotation asks
+ * the keeper to generate under it: the keeper generates only for a pending kid that has
+ * no row (keeperd.h). reg_insert and reg_rotate remove it in their own transaction;
+ * reg_open empties the table. REG_ERR_EXISTS when kid has a row or is pending already,
+ * REG_ERR_IO when SQLite fails. Takes no slot: reg_reserve does. */
+reg_status reg_pending_add(reg *r, const hsm_kid *kid, int64_t now);
+/* Removes kid from the pending ones (a create that failed before its row). */
+void reg_pending_drop(reg *r, const hsm_kid *kid);
+
 /* ---- changes --------------------------------------------------------------------------- */
 
 /* Revokes kid: in one transaction marks the row revoked and appends a revocations row
@@ -329,6 +340,15 @@ uint64_t reg_reader_data_version(reg_reader *rr);
  * array the caller frees: REG_OK, or REG_ERR_IO with *out NULL and *n 0. One read
  * transaction, so the list is one consistent moment of the file. */
 reg_status reg_reader_active_kids(reg_reader *rr, hsm_kid **out, size_t *n);
+
+/* Every kid with a row, whatever its state, as reg_reader_active_kids (the keeper's seed
+ * of the kids it must never generate under, kstate.h). */
+reg_status reg_reader_all_kids(reg_reader *rr, hsm_kid **out, size_t *n);
+
+/* Whether the keeper may generate under kid: REG_OK when it is pending and has no row,
+ * REG_ERR_EXISTS when it has a row (any state), REG_ERR_NOT_FOUND when it is not pending,
+ * REG_ERR_IO (reg_last_error()). */
+reg_status reg_reader_pending(reg_reader *rr, const hsm_kid *kid);
 
 /* Closes the connection. NULL is a no-op. */
 void reg_reader_close(reg_reader *rr);

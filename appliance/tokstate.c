@@ -21,11 +21,19 @@
 
 #define TKS_ERR_MSG_MAX 512
 #define TKS_PRUNE_EVERY 60 /* seconds between the prunes redeems do on the side */
+/* A list's expires is written ahead by this much when a token outlives it, so that minting
+ * costs an fsync at most once an hour per list for that. */
+#define TKS_EXPIRES_STEP 3600
+/* Lists made before their expiry was recorded: no token lives longer than a year
+ * (token_ttl_max's bound), so they are reclaimable a year and a day after the upgrade. */
+#define TKS_EXPIRES_UNKNOWN (366 * 86400)
 
 static const char tks_schema_sql[] =
     "CREATE TABLE IF NOT EXISTS token_lists ("
     " list INTEGER PRIMARY KEY,"
-    " reserved INTEGER NOT NULL);"
+    " reserved INTEGER NOT NULL,"
+    " expires INTEGER NOT NULL DEFAULT 0," /* no token handed out from it lives past this */
+    " epoch INTEGER NOT NULL DEFAULT 0);"  /* times the list was reclaimed */
     "CREATE TABLE IF NOT EXISTS token_revocations ("
     " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
     " list INTEGER NOT NULL,"
@@ -59,6 +67,8 @@ typedef struct {
     uint8_t *bits;     /* TKS_LIST_BYTES */
     uint32_t reserved; /* end of the last block reserved on disk */
     uint64_t revoked;
+    int64_t expires; /* on disk: every token handed out from the list expires by then */
+    uint32_t epoch;  /* on disk: reclaims so far; in the MAC of the list's jtis */
 } tks_list;
 
 /* One redeem waiting for a group commit; lives on its caller's stack until done. */
@@ -87,7 +97,8 @@ struct tks {
     tks_revocation *revs; /* ordered by seq */
     size_t n_revs, cap_revs;
     atomic_uint_fast64_t generation;
-    uint32_t next_idx; /* assign_mu: the next index of the last list */
+    uint32_t cur;      /* assign_mu: the list indexes are handed out from */
+    uint32_t next_idx; /* assign_mu: the next index of list cur */
     /* assign_mu: a thread is writing the next block's reservation with assign_mu released
      * (tks_assign reserves ahead); reserve_cv is broadcast when it is done. */
     int reserving;
@@ -156,12 +167,39 @@ static int tks_bit(const tks_list *l, uint32_t idx)
 
 /* ---- open and close --------------------------------------------------------------------- */
 
+/* A file from before reclaiming: token_lists gets expires and epoch, the old lists an
+ * expiry no token of theirs can outlive. */
+static tks_status tks_migrate_lists(tks *t)
+{
+    char err[256];
+    sqlite3_stmt *s = NULL;
+    if (sqlite3_prepare_v2(t->db, "SELECT expires, epoch FROM token_lists LIMIT 0", -1, &s, NULL) ==
+        SQLITE_OK) {
+        sqlite3_finalize(s);
+        return TKS_OK;
+    }
+    sqlite3_finalize(s);
+    char sql[256];
+    snprintf(sql, sizeof(sql),
+             "BEGIN IMMEDIATE;"
+             "ALTER TABLE token_lists ADD COLUMN expires INTEGER NOT NULL DEFAULT 0;"
+             "ALTER TABLE token_lists ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;"
+             "UPDATE token_lists SET expires = %lld;"
+             "COMMIT;",
+             (long long)time(NULL) + TKS_EXPIRES_UNKNOWN);
+    if (db_exec(t->db, sql, "add expires and epoch to token_lists", err, sizeof(err)) != 0) {
+        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
+        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
+    }
+    return TKS_OK;
+}
+
 static tks_status tks_load_lists(tks *t)
 {
     char err[256];
     sqlite3_stmt *s;
-    if (db_prepare(t->db, "SELECT list, reserved FROM token_lists ORDER BY list", &s,
-                   "read token_lists", err, sizeof(err)) != 0)
+    if (db_prepare(t->db, "SELECT list, reserved, expires, epoch FROM token_lists ORDER BY list",
+                   &s, "read token_lists", err, sizeof(err)) != 0)
         return tks_fail(t->path, TKS_ERR_IO, "%s", err);
     tks_status st = TKS_OK;
     int rc;
@@ -181,6 +219,8 @@ static tks_status tks_load_lists(tks *t)
             break;
         }
         l->reserved = (uint32_t)reserved;
+        l->expires = sqlite3_column_int64(s, 2);
+        l->epoch = (uint32_t)sqlite3_column_int64(s, 3);
         t->n_lists++;
     }
     if (st == TKS_OK && rc != SQLITE_DONE)
@@ -188,7 +228,8 @@ static tks_status tks_load_lists(tks *t)
     sqlite3_finalize(s);
     /* What was reserved but not handed out before the last stop is skipped: nobody knows
      * how much of it was handed out. */
-    t->next_idx = t->n_lists > 0 ? t->lists[t->n_lists - 1].reserved : 0;
+    t->cur = t->n_lists > 0 ? t->n_lists - 1 : 0;
+    t->next_idx = t->n_lists > 0 ? t->lists[t->cur].reserved : 0;
     return st;
 }
 
@@ -310,6 +351,8 @@ tks_status tks_open(const char *path, tks **out)
         audit_schema(t->db, err, sizeof(err)) != 0)
         st = tks_fail(path, TKS_ERR_IO, "%s", err);
     if (st == TKS_OK)
+        st = tks_migrate_lists(t);
+    if (st == TKS_OK)
         st = tks_load_secret(t);
     if (st == TKS_OK)
         st = tks_load_lists(t);
@@ -343,19 +386,24 @@ void tks_close(tks *t)
 
 /* ---- status indexes --------------------------------------------------------------------- */
 
-/* Makes [0, end) of list reserved on disk (one autocommit statement: fsynced). */
-static tks_status tks_write_reserved(tks *t, uint32_t list, uint32_t end)
+/* Makes [0, end) of list reserved on disk, every token from it expiring by expires (one
+ * autocommit statement: fsynced). Both only grow (max): a reservation written ahead with
+ * assign_mu released and an expiry written meanwhile cannot undo each other. */
+static tks_status tks_write_reserved(tks *t, uint32_t list, uint32_t end, int64_t expires)
 {
     char err[256];
     sqlite3_stmt *s;
     pthread_mutex_lock(&t->write_mu);
     int rc = db_prepare(t->db,
-                        "INSERT INTO token_lists (list, reserved) VALUES (?1, ?2) "
-                        "ON CONFLICT (list) DO UPDATE SET reserved = excluded.reserved",
+                        "INSERT INTO token_lists (list, reserved, expires) VALUES (?1, ?2, ?3) "
+                        "ON CONFLICT (list) DO UPDATE SET"
+                        " reserved = max(reserved, excluded.reserved),"
+                        " expires = max(expires, excluded.expires)",
                         &s, "reserve status indexes", err, sizeof(err));
     if (rc == 0) {
         sqlite3_bind_int64(s, 1, list);
         sqlite3_bind_int64(s, 2, end);
+        sqlite3_bind_int64(s, 3, expires);
         rc = db_step_done(t->db, s, "reserve status indexes", err, sizeof(err));
     }
     pthread_mutex_unlock(&t->write_mu);
@@ -369,12 +417,14 @@ static tks_status tks_write_reserved(tks *t, uint32_t list, uint32_t end)
  * reservation when the block runs out. */
 static void tks_reserve_ahead(tks *t)
 {
-    uint32_t list = t->n_lists - 1, reserved = t->lists[list].reserved;
+    uint32_t list = t->cur, reserved = t->lists[list].reserved;
     if (t->reserving || reserved >= TKS_LIST_SIZE || reserved - t->next_idx > TKS_BLOCK / 2)
         return;
     t->reserving = 1;
+    int64_t expires = t->lists[list].expires; /* changes only under assign_mu, with no
+                                                 reservation running */
     pthread_mutex_unlock(&t->assign_mu);
-    tks_status st = tks_write_reserved(t, list, reserved + TKS_BLOCK);
+    tks_status st = tks_write_reserved(t, list, reserved + TKS_BLOCK, expires);
     pthread_mutex_lock(&t->assign_mu);
     if (st == TKS_OK) {
         pthread_rwlock_wrlock(&t->mirror_rw);
@@ -385,42 +435,104 @@ static void tks_reserve_ahead(tks *t)
     pthread_cond_broadcast(&t->reserve_cv);
 }
 
-tks_status tks_assign(tks *t, tks_index *out)
+/* Reclaims list i, every token of which has expired: in one transaction its revocations
+ * go and it starts again at epoch + 1 with one block reserved, expiring by expires; then
+ * the mirror. The epoch is in the MAC of its jtis (tks_jti_make), so an old token's jti no
+ * longer names the index a new token holds. Caller holds assign_mu, no reservation runs. */
+static tks_status tks_reclaim(tks *t, uint32_t i, int64_t expires)
+{
+    char err[256], sql[256];
+    snprintf(sql, sizeof(sql),
+             "BEGIN IMMEDIATE;"
+             "DELETE FROM token_revocations WHERE list = %u;"
+             "UPDATE token_lists SET reserved = %u, expires = %lld, epoch = epoch + 1"
+             " WHERE list = %u;"
+             "COMMIT;",
+             i, TKS_BLOCK, (long long)expires, i);
+    pthread_mutex_lock(&t->write_mu);
+    int rc = db_exec(t->db, sql, "reclaim a status list", err, sizeof(err));
+    if (rc != 0)
+        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
+    pthread_mutex_unlock(&t->write_mu);
+    if (rc != 0)
+        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
+    pthread_rwlock_wrlock(&t->mirror_rw);
+    tks_list *l = &t->lists[i];
+    memset(l->bits, 0, TKS_LIST_BYTES);
+    l->revoked = 0;
+    l->reserved = TKS_BLOCK;
+    l->expires = expires;
+    l->epoch++;
+    size_t keep = 0;
+    for (size_t k = 0; k < t->n_revs; k++)
+        if (t->revs[k].ix.list != i)
+            t->revs[keep++] = t->revs[k];
+    t->n_revs = keep;
+    t->cur = i;
+    t->next_idx = 0;
+    atomic_fetch_add(&t->generation, 1);
+    pthread_rwlock_unlock(&t->mirror_rw);
+    return TKS_OK;
+}
+
+tks_status tks_assign(tks *t, int64_t now, int64_t exp, tks_index *out)
 {
     pthread_mutex_lock(&t->assign_mu);
     tks_status st = TKS_OK;
     uint32_t n = t->n_lists;
     /* The block ran out while its successor is being written: wait for that write. */
-    while (t->reserving && n > 0 && t->next_idx >= t->lists[n - 1].reserved) {
+    while (t->reserving && n > 0 && t->next_idx >= t->lists[t->cur].reserved) {
         pthread_cond_wait(&t->reserve_cv, &t->assign_mu);
         n = t->n_lists;
     }
-    if (n == 0 || t->next_idx >= t->lists[n - 1].reserved) {
-        int fresh = n == 0 || t->lists[n - 1].reserved >= TKS_LIST_SIZE;
-        uint32_t list = fresh ? n : n - 1;
-        uint32_t end = fresh ? TKS_BLOCK : t->lists[n - 1].reserved + TKS_BLOCK;
+    int64_t expires = exp + TKS_EXPIRES_STEP;
+    if (n == 0 || t->next_idx >= t->lists[t->cur].reserved) {
+        int fresh = n == 0 || t->lists[t->cur].reserved >= TKS_LIST_SIZE;
+        uint32_t list = fresh ? n : t->cur;
+        uint32_t end = fresh ? TKS_BLOCK : t->lists[list].reserved + TKS_BLOCK;
         uint8_t *bits = NULL;
-        if (fresh && list >= TKS_LISTS_MAX)
+        if (fresh && list >= TKS_LISTS_MAX) {
+            /* Every list exists: reuse the first whose tokens have all expired. */
             st = TKS_ERR_FULL;
-        else if (fresh && (bits = calloc(1, TKS_LIST_BYTES)) == NULL)
+            for (uint32_t i = 0; i < n && st == TKS_ERR_FULL; i++)
+                if (t->lists[i].expires + TKS_RECLAIM_SLACK < now)
+                    st = tks_reclaim(t, i, expires);
+            fresh = 0;
+        } else if (fresh && (bits = calloc(1, TKS_LIST_BYTES)) == NULL) {
             st = tks_fail(t->path, TKS_ERR_IO, "out of memory");
-        else
-            st = tks_write_reserved(t, list, end);
+        } else {
+            int64_t e =
+                fresh || t->lists[list].expires < expires ? expires : t->lists[list].expires;
+            st = tks_write_reserved(t, list, end, e);
+            if (st == TKS_OK) {
+                pthread_rwlock_wrlock(&t->mirror_rw);
+                if (fresh) {
+                    t->lists[list].bits = bits;
+                    t->lists[list].epoch = 0;
+                    t->n_lists = list + 1;
+                    t->cur = list;
+                    t->next_idx = 0;
+                    bits = NULL;
+                }
+                t->lists[list].reserved = end;
+                t->lists[list].expires = e;
+                pthread_rwlock_unlock(&t->mirror_rw);
+            }
+        }
+        free(bits);
+    }
+    /* The list must not be reclaimed before this token expires: its expiry on disk covers
+     * exp before the index is handed out. */
+    if (st == TKS_OK && exp > t->lists[t->cur].expires) {
+        st = tks_write_reserved(t, t->cur, t->lists[t->cur].reserved, expires);
         if (st == TKS_OK) {
             pthread_rwlock_wrlock(&t->mirror_rw);
-            if (fresh) {
-                t->lists[list].bits = bits;
-                t->n_lists = list + 1;
-                t->next_idx = 0;
-            }
-            t->lists[list].reserved = end;
+            t->lists[t->cur].expires = expires;
             pthread_rwlock_unlock(&t->mirror_rw);
-        } else {
-            free(bits);
         }
     }
     if (st == TKS_OK) {
-        out->list = t->n_lists - 1;
+        out->list = t->cur;
         out->idx = t->next_idx++;
         tks_reserve_ahead(t);
     }
@@ -745,16 +857,32 @@ tks_status tks_redeemed_count(tks *t, uint64_t *count)
 
 /* ---- revocable jtis ------------------------------------------------------------------- */
 
+/* The epoch of list (0 for one that does not exist). */
+static uint32_t tks_epoch(tks *t, uint32_t list)
+{
+    pthread_rwlock_rdlock(&t->mirror_rw);
+    uint32_t e = list < t->n_lists ? t->lists[list].epoch : 0;
+    pthread_rwlock_unlock(&t->mirror_rw);
+    return e;
+}
+
 /* The bytes a revocable jti encodes: list, idx (big-endian) and owner, then their MAC. */
 #define TKS_JTI_BODY (4 + 4 + TKS_OWNER_BYTES)
 #define TKS_JTI_BYTES (TKS_JTI_BODY + TKS_JTI_MAC_LEN)
 
-static void tks_jti_mac(const tks *t, const uint8_t body[TKS_JTI_BODY],
+/* The MAC of a jti's body, under the epoch of its list: after a reclaim (tks_reclaim) the
+ * jtis of the list's earlier tokens no longer verify. Epoch 0 is the body alone, as before
+ * lists were reclaimed, so those jtis stay valid. */
+static void tks_jti_mac(const tks *t, const uint8_t body[TKS_JTI_BODY], uint32_t epoch,
                         uint8_t mac[TKS_JTI_MAC_LEN])
 {
-    uint8_t full[EVP_MAX_MD_SIZE];
+    uint8_t full[EVP_MAX_MD_SIZE], in[TKS_JTI_BODY + 4];
     unsigned len = 0;
-    HMAC(EVP_sha256(), t->mac_key, sizeof(t->mac_key), body, TKS_JTI_BODY, full, &len);
+    memcpy(in, body, TKS_JTI_BODY);
+    for (int i = 0; i < 4; i++)
+        in[TKS_JTI_BODY + i] = (uint8_t)(epoch >> (24 - 8 * i));
+    HMAC(EVP_sha256(), t->mac_key, sizeof(t->mac_key), in, TKS_JTI_BODY + (epoch ? 4 : 0), full,
+         &len);
     memcpy(mac, full, TKS_JTI_MAC_LEN);
     OPENSSL_cleanse(full, sizeof(full));
 }
@@ -771,7 +899,7 @@ tks_status tks_jti_make(tks *t, tks_index ix, const char *owner_hex, char out[TK
     if (owner_hex != NULL && owner_hex[0] != '\0' &&
         jose_hex_decode(owner_hex, strlen(owner_hex), b + 8, TKS_OWNER_BYTES) != 0)
         return TKS_ERR_INVALID;
-    tks_jti_mac(t, b, b + TKS_JTI_BODY);
+    tks_jti_mac(t, b, tks_epoch(t, ix.list), b + TKS_JTI_BODY);
     out[0] = TKS_JTI_REVOCABLE_PREFIX;
     if (jose_b64url_encode(b, sizeof(b), out + 1, TKS_JTI_MAX) != TKS_JTI_REVOCABLE_LEN - 1)
         return TKS_ERR_INVALID;
@@ -791,7 +919,8 @@ tks_status tks_jti_read(tks *t, const char *jti, tks_index *ix,
         n != TKS_JTI_BYTES)
         return TKS_ERR_NOT_FOUND;
     uint8_t mac[TKS_JTI_MAC_LEN];
-    tks_jti_mac(t, b, mac);
+    uint32_t list = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+    tks_jti_mac(t, b, tks_epoch(t, list), mac);
     if (CRYPTO_memcmp(mac, b + TKS_JTI_BODY, TKS_JTI_MAC_LEN) != 0)
         return TKS_ERR_NOT_FOUND;
     ix->list = (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];

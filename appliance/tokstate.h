@@ -15,6 +15,13 @@
  *    crash the unused rest (at most two blocks) is skipped, never handed out twice: every
  *    index handed out before the crash lies below the reserved end, and the next one
  *    starts from it.
+ *  - Lists are reused: `token_lists` also keeps per list an expiry no token given one of
+ *    its indexes outlives (raised, an hour ahead, before an index goes to a token expiring
+ *    later) and an epoch. Once TKS_LISTS_MAX lists exist and the current one is used up,
+ *    tks_assign reclaims the first list whose expiry passed more than TKS_RECLAIM_SLACK
+ *    ago: its revocations are deleted and its epoch rises in one transaction, then its
+ *    bits are cleared in memory. The epoch is in the MAC of revocable jtis, so an expired
+ *    token's jti does not name the index a new token holds.
  *  - tks_revoke writes one row of `token_revocations` (seq AUTOINCREMENT: rises, never
  *    reused) and its audit event in one transaction, fsynced before the bit is set in
  *    memory: a reader never sees a revocation that is not durable. Only an index already
@@ -59,6 +66,9 @@
 #define TKS_JTI_MAX 64                      /* bytes of a jti, without the NUL */
 #define TKS_KID_HEX 32                      /* a kid in hex, without the NUL */
 #define TKS_PRUNE_SLACK 300                 /* seconds a redeemed jti is kept past its exp */
+/* A list whose tokens all expired more than this many seconds ago may be reclaimed:
+ * verifiers' clock leeway. */
+#define TKS_RECLAIM_SLACK 300
 #define TKS_BUSY_TIMEOUT_MS 5000
 /* A revocable token's jti: 'r' then the base64url of (list, idx, owner, MAC): 28 bytes. */
 #define TKS_JTI_REVOCABLE_PREFIX 'r'
@@ -112,10 +122,15 @@ tks_status tks_open(const char *path, tks **out);
 /* Frees everything. NULL is a no-op. */
 void tks_close(tks *t);
 
-/* Hands out the next free status index: from memory, with one durable write per
- * TKS_BLOCK indexes. TKS_ERR_FULL when none is left, TKS_ERR_IO when the reservation of a
- * new block fails (no index is handed out then). */
-tks_status tks_assign(tks *t, tks_index *out);
+/* Hands out the next free status index for a token expiring at exp (unix seconds): from
+ * memory, with one durable write per TKS_BLOCK indexes, and one when exp passes the
+ * list's recorded expiry (written an hour ahead). When the current list is used up it
+ * opens the next; once TKS_LISTS_MAX lists exist, it reclaims the first whose every token
+ * expired more than 5 minutes before now: its revocations are deleted, its bits cleared,
+ * and its epoch (in its jtis' MAC) moves on, so an expired token's jti no longer names
+ * the index. TKS_ERR_FULL only when no list is reclaimable, TKS_ERR_IO when a write fails
+ * (no index is handed out then). */
+tks_status tks_assign(tks *t, int64_t now, int64_t exp, tks_index *out);
 
 /* Revokes the token with status index ix, durably, with a "token.revoked" audit event
  * (the calling thread's actor; details: jti, list, idx) in the same transaction. jti must

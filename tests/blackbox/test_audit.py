@@ -1064,3 +1064,40 @@ def test_token_mints_are_counted_and_redeems_and_token_revocations_recorded_with
              message="sign.counts to reach %r" % (want,))
     text = wait_checkpoint(a, head_seq(a))
     assert_verifies(tmp_path, text, audit_pem(a))
+
+
+def test_the_keeper_refuses_to_sign_a_checkpoint_over_a_rewritten_history(make_appliance):
+    """Anything that reaches keeper.sock (the front, or another process of its account) can
+    rewrite the table and rehash the chain; the keeper walks the chain itself from the last
+    checkpoint it signed, so it signs no checkpoint of the rewritten head."""
+    from test_privsep import BAD_ARGUMENT, NO_CKR, Keeper
+    a = make_appliance(FAST)
+    keys = [a.create_key(label="rewrite-%d" % i)["kid"] for i in range(3)]
+    wait_checkpoint(a, head_seq(a))
+    target = seq_where(a, "key.created", keys[1])
+    with db(a) as c:
+        rows = c.execute("SELECT seq, time, actor, action, kid, details, prev_hash FROM audit"
+                         " WHERE seq >= ? ORDER BY seq", (target,)).fetchall()
+        prev = rows[0][6]
+        for seq, t, actor, action, kid, details, _ in rows:
+            d = json.loads(details)
+            if seq == target:
+                d["label"] = "innocent"
+            new = chain_hash(prev, {"seq": seq, "time": t, "actor": actor, "action": action,
+                                    "kid": kid, "details": d})
+            c.execute("UPDATE audit SET details = ?, prev_hash = ?, hash = ? WHERE seq = ?",
+                      (json.dumps(d, sort_keys=True, separators=(",", ":")), prev, new, seq))
+            prev = new
+        head = c.execute("SELECT MAX(seq) FROM audit").fetchone()[0]
+        assert head == rows[-1][0]
+    payload = json.dumps({"hash": prev, "seq": head, "time": int(time.time())},
+                         separators=(",", ":")).encode()
+    header = b64u(b'{"alg":"RS256","kid":"signd-audit-v1","typ":"signd-audit-checkpoint+jwt"}')
+    k = Keeper(a)
+    try:
+        assert k.request(9, (header + "." + b64u(payload)).encode()) == (9, BAD_ARGUMENT, NO_CKR)
+    finally:
+        k.close()
+    # The refusal is a security event in the keeper's log, naming the peer: this process.
+    wait_for(lambda: "security: refused an audit checkpoint from pid %d" % os.getpid()
+             in a.read_log(), message="the keeper's log line")

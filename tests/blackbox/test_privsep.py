@@ -50,7 +50,7 @@ BAD_ARGUMENT = HSM["HSM_ERR_BAD_ARGUMENT"]
 NO_CKR = struct.pack(">I", 0)
 
 MAGIC, VERSION, HDR = 0x4B, 1, 12
-OP_SIGN, OP_DESTROY, OP_PING = 1, 4, 6
+OP_SIGN, OP_GENERATE, OP_DESTROY, OP_PING = 1, 2, 4, 6
 ST_SHORT, ST_OVERSIZED, ST_VERSION, ST_UNKNOWN_OP, ST_BAD_BODY = 100, 101, 103, 104, 105
 
 
@@ -283,7 +283,8 @@ def test_children_show_their_role_in_ps(appliance):
 # ---- the keeper protocol -----------------------------------------------------------------
 
 
-def test_keeper_answers_each_malformed_request_with_an_error_and_keeps_serving(keeper):
+def test_keeper_answers_each_malformed_request_with_an_error_and_keeps_serving(appliance,
+                                                                               keeper):
     assert keeper.ping()[1] == 0
     oversized = Keeper.message(OP_PING, b"\0" * (100 * 1024 + 100 - HDR))
     assert len(oversized) == 100 * 1024 + 100
@@ -291,6 +292,8 @@ def test_keeper_answers_each_malformed_request_with_an_error_and_keeps_serving(k
         ("3 bytes", b"K\x01\x00", ST_SHORT),
         ("100 KiB + 100", oversized, ST_OVERSIZED),
         ("unknown op", Keeper.message(99, b""), ST_UNKNOWN_OP),
+        # Op 3 was PUBLIC_KEY, which nothing called: retired, its number never reused.
+        ("retired op 3", Keeper.message(3, b"\0" * 16), ST_UNKNOWN_OP),
         ("version 2", Keeper.message(OP_PING, b"\0" * 17, version=2), ST_VERSION),
         ("PING with has_kid 7", Keeper.message(OP_PING, b"\x07" + b"\0" * 16), ST_BAD_BODY),
         ("SIGN shorter than a kid", Keeper.message(OP_SIGN, b"\0" * 5), ST_BAD_BODY),
@@ -301,6 +304,14 @@ def test_keeper_answers_each_malformed_request_with_an_error_and_keeps_serving(k
         # The same connection still serves.
         op, status, body = keeper.ping()
         assert (op, status, body) == (OP_PING, 0, b""), what
+    # Each is a security event in the keeper's log, naming the peer: this process.
+    line = "signd-keeper: security: keeper protocol error from pid %d: " % os.getpid()
+    wait_for_log = time.monotonic() + 10
+    while appliance.read_log().count(line) < len(cases) and time.monotonic() < wait_for_log:
+        time.sleep(0.1)
+    log = appliance.read_log()
+    for name in ("short", "oversized", "unknown_op", "bad_version", "bad_body"):
+        assert line + name in log, name
 
 
 def test_keeper_signs_an_active_kid_and_refuses_a_revoked_one(appliance, keeper):
@@ -319,6 +330,30 @@ def test_keeper_signs_an_active_kid_and_refuses_a_revoked_one(appliance, keeper)
     # The keeper's own refusal: its error body is the CKR value, 0 as no token call failed.
     assert keeper.request(OP_SIGN, bytes.fromhex(victim["kid"]) + message) == \
         (OP_SIGN, KEY_NOT_FOUND, NO_CKR)
+
+
+def test_keeper_refuses_to_generate_under_a_revoked_kid(appliance, keeper):
+    """A front in an attacker's hands cannot make a revoked kid's key again (and then mark
+    its row active): the keeper generates only under a kid the registry holds as pending,
+    never under one that existed. Each refusal is logged with the peer's pid."""
+    a = appliance
+    victim = a.create_key(label="raw-regenerate")["kid"]
+    assert a.delete("/v1/keys/" + victim, {"reason": "test"}).status_code == 200
+    bits = struct.pack(">I", 2048)
+    key_exists = HSM["HSM_ERR_KEY_EXISTS"]
+    assert keeper.request(OP_GENERATE, bytes.fromhex(victim) + bits) == \
+        (OP_GENERATE, key_exists, NO_CKR)
+    # A kid no create reserved: refused too, nothing made.
+    stranger = os.urandom(16)
+    assert keeper.request(OP_GENERATE, stranger + bits) == (OP_GENERATE, BAD_ARGUMENT, NO_CKR)
+    assert keeper.request(OP_PING, b"\x01" + stranger)[1] == KEY_NOT_FOUND
+    line = "security: refused to generate kid %s for pid %d" % (victim, os.getpid())
+    deadline = time.monotonic() + 10
+    while line not in a.read_log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert line in a.read_log()
+    # Creating keys through the API still works.
+    assert a.create_key(label="after")["state"] == "active"
 
 
 def test_keeper_refuses_to_destroy_an_active_key(appliance, keeper):

@@ -728,3 +728,19 @@ def test_a_list_not_created_yet_is_not_found_and_a_query_is_invalid(world):
     path = urlsplit(body["status"]["uri"]).path
     assert_error(a.get(path + "?x=1", auth=False), 400, "invalid_query")
     assert a.get(path, auth=False).status_code == 200
+
+
+def test_claims_that_grow_past_the_signing_bound_get_400_token_too_large(world):
+    """A body under 64 KiB whose claims jansson writes back longer (1e9 becomes
+    1000000000.0) would exceed what the keeper signs: the caller's error, not 503."""
+    a = world["a"]
+    numbers = ",".join(["1e9"] * 15000)  # about 60 KB here, about 195 KB re-serialised
+    body = '{"kid":"%s","sub":"big","claims":{"n":[%s]}}' % (world["kid"], numbers)
+    assert len(body) < 64 * 1024
+    r = a.post("/v1/tokens", auth=world["signer"], data=body,
+               headers={"Content-Type": "application/json"})
+    assert_error(r, 400, "token_too_large")
+    assert "claims" in r.json()["error"]["message"]
+    # Large claims that stay under the bound still sign.
+    ok = mint(world, claims={"s": "x" * 40000})
+    assert len(payload_of(ok["token"])["s"]) == 40000

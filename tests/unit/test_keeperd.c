@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "appliance/audit.h"
 #include "appliance/config.h"
 #include "appliance/keeper.h"
 #include "appliance/kproto.h"
@@ -27,6 +28,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -242,10 +244,8 @@ static uint32_t do_kid_op(int fd, bufs *b, kpp_op op, const hsm_kid *kid, hsm_pu
 {
     kpp_reply r;
     size_t len = kpp_encode_kid_op(b->req, sizeof(b->req), op, kid);
-    uint32_t st = call(fd, b->req, len, op, b->rep, &r);
-    if (st == 0 && op == KPP_OP_PUBLIC_KEY)
-        assert_int_equal(kpp_reply_pubkey(&r, pub), 0);
-    return st;
+    (void)pub; /* DESTROY's reply has no body */
+    return call(fd, b->req, len, op, b->rep, &r);
 }
 
 static unsigned do_sessions(int fd, bufs *b)
@@ -258,10 +258,17 @@ static unsigned do_sessions(int fd, bufs *b)
     return v;
 }
 
-/* A key the way a create makes it: generated through the keeper, then inserted. */
+/* A kid reserved the way a create reserves it: the keeper generates only under these. */
+static void pend(fixture *fx, const hsm_kid *kid)
+{
+    assert_int_equal(reg_pending_add(fx->r, kid, T0), REG_OK);
+}
+
+/* A key the way a create makes it: pending, generated through the keeper, inserted. */
 static void create_key(fixture *fx, int fd, bufs *b, hsm_kid *kid, hsm_pubkey *pub)
 {
     testenv_kid(kid);
+    pend(fx, kid);
     assert_int_equal(do_generate(fd, b, kid, 2048, pub), HSM_OK);
     reg_key k;
     memset(&k, 0, sizeof(k));
@@ -319,13 +326,10 @@ test_a_generated_key_signs_through_the_socket_and_verifies_with_its_public_key(v
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
     hsm_kid kid;
-    hsm_pubkey pub, again;
+    hsm_pubkey pub;
     create_key(fx, fd, b, &kid, &pub);
     assert_int_equal(pub.bits, 2048);
-    assert_int_equal(do_kid_op(fd, b, KPP_OP_PUBLIC_KEY, &kid, &again), HSM_OK);
-    assert_int_equal(again.n_len, pub.n_len);
-    assert_memory_equal(again.n, pub.n, pub.n_len);
-    assert_memory_equal(again.e, pub.e, pub.e_len);
+    assert_int_equal(do_ping(fd, b, &kid), HSM_OK);
 
     uint8_t sig[HSM_SIG_MAX];
     size_t sig_len = 0;
@@ -380,6 +384,7 @@ static void test_a_kid_not_active_in_the_registry_is_refused_though_the_token_ha
     hsm_kid never;
     hsm_pubkey pub;
     testenv_kid(&never);
+    pend(fx, &never);
     assert_int_equal(do_generate(fd, b, &never, 2048, &pub), HSM_OK);
     assert_int_equal(do_sign(fd, b, &never, msg, 7, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
     /* The token has it: the probe (no registry check) signs with it. */
@@ -478,9 +483,14 @@ test_malformed_requests_get_an_error_reply_and_the_connection_keeps_serving(void
     /* An empty datagram is a short message, not the end of the connection. */
     malformed(fd, b, "", 0, 0, KPP_ERR_SHORT);
 
+    /* Op 3, PUBLIC_KEY until it was removed, is retired: an unknown op. */
+    uint8_t retired[KPP_HDR_LEN + HSM_KID_LEN] = {
+        KPP_MAGIC, KPP_VERSION, 0, KPP_OP_RETIRED, 0, 0, 0, 0, 0, 0, 0, HSM_KID_LEN};
+    memcpy(retired + KPP_HDR_LEN, kid.b, HSM_KID_LEN);
+    malformed(fd, b, retired, sizeof(retired), KPP_OP_RETIRED, KPP_ERR_UNKNOWN_OP);
+
     /* None of it touched the token: the kid was never generated. */
-    hsm_pubkey pub;
-    assert_int_equal(do_kid_op(fd, b, KPP_OP_PUBLIC_KEY, &kid, &pub), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_ping(fd, b, &kid), HSM_ERR_KEY_NOT_FOUND);
     close(fd);
     free(b);
 }
@@ -649,6 +659,7 @@ static void test_generates_run_beside_the_pool_and_release_their_sessions(void *
         fds[i] = connect_keeper(fx);
         hsm_kid kid;
         testenv_kid(&kid);
+        pend(fx, &kid);
         size_t len = kpp_encode_generate(b->req, sizeof(b->req), &kid, 2048);
         assert_int_equal(send(fds[i], b->req, len, MSG_NOSIGNAL), (ssize_t)len);
     }
@@ -724,11 +735,11 @@ static void test_list_reports_every_key_with_its_halves_and_destroy_removes_them
 
     /* An active key is never destroyed, whatever the front asks; once revoked it is. */
     assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kids[1], NULL), HSM_ERR_BAD_ARGUMENT);
-    assert_int_equal(do_kid_op(fd, b, KPP_OP_PUBLIC_KEY, &kids[1], &pub), HSM_OK);
+    assert_int_equal(do_ping(fd, b, &kids[1]), HSM_OK);
     assert_int_equal(reg_revoke(fx->r, &kids[1], "retired", T0 + 1, NULL), REG_OK);
     assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kids[1], NULL), HSM_OK);
     assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kids[1], NULL), HSM_ERR_KEY_NOT_FOUND);
-    assert_int_equal(do_kid_op(fd, b, KPP_OP_PUBLIC_KEY, &kids[1], &pub), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_ping(fd, b, &kids[1]), HSM_ERR_KEY_NOT_FOUND);
     len = kpp_encode_list(b->req, sizeof(b->req), 0);
     assert_int_equal(call(fd, b->req, len, KPP_OP_LIST, b->rep, &r), 0);
     assert_int_equal(kpp_reply_list(&r, e, 8, &total, &n), 0);
@@ -1003,6 +1014,47 @@ static size_t checkpoint_input(char *out, size_t cap, unsigned seq)
     return (size_t)n;
 }
 
+/* The audit chain's hash at seq in the fixture's registry file, events being appended
+ * (as reconcile would, through the registry) until the chain reaches seq. */
+static void chain_hash_at(fixture *fx, unsigned seq, char hash[AUDIT_HASH_HEX + 1])
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(fx->c.database, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    for (;;) {
+        sqlite3_stmt *s;
+        assert_int_equal(
+            sqlite3_prepare_v2(db, "SELECT hash FROM audit WHERE seq = ?", -1, &s, NULL),
+            SQLITE_OK);
+        sqlite3_bind_int(s, 1, (int)seq);
+        int rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW) {
+            snprintf(hash, AUDIT_HASH_HEX + 1, "%s", (const char *)sqlite3_column_text(s, 0));
+            sqlite3_finalize(s);
+            break;
+        }
+        sqlite3_finalize(s);
+        assert_int_equal(rc, SQLITE_DONE);
+        assert_int_equal(
+            reg_audit(fx->r, T0, AUDIT_STARTED, NULL, json_pack("{s:s}", "why", "test")), REG_OK);
+    }
+    sqlite3_close(db);
+}
+
+/* A checkpoint of the fixture's real chain at seq, as audit.c makes it. */
+static size_t real_checkpoint(fixture *fx, char *out, size_t cap, unsigned seq)
+{
+    char hash[AUDIT_HASH_HEX + 1], payload[160], b64[256];
+    chain_hash_at(fx, seq, hash);
+    int n = snprintf(payload, sizeof(payload), "{\"hash\":\"%s\",\"seq\":%u,\"time\":%d}", hash,
+                     seq, T0 + (int)seq);
+    assert_true(n > 0 && (size_t)n < sizeof(payload));
+    assert_true(jose_b64url_encode(payload, (size_t)n, b64, sizeof(b64)) > 0);
+    n = snprintf(out, cap, "%s.%s", KP_AUDIT_HEADER_B64, b64);
+    assert_true(n > 0 && (size_t)n < cap);
+    return (size_t)n;
+}
+
 /* An input of exactly len bytes, checkpoint-shaped: the header, ".", then 'A's. */
 static size_t checkpoint_of_length(char *out, size_t len)
 {
@@ -1133,10 +1185,6 @@ static void test_audit_pubkey_creates_the_key_once_and_the_same_key_survives_a_r
     assert_int_equal(do_audit_pubkey(fd2, b, &again), HSM_OK);
     assert_same_pubkey(&again, &pub);
     close(fd2);
-    /* Its public half is public: PUBLIC_KEY with the reserved kid gives the same. */
-    kid = audit_kid();
-    assert_int_equal(do_kid_op(fd, b, KPP_OP_PUBLIC_KEY, &kid, &again), HSM_OK);
-    assert_same_pubkey(&again, &pub);
     assert_int_equal(do_list(fd, b, e, 8, &reserved), 1);
     close(fd);
 
@@ -1171,7 +1219,7 @@ static void *first_user_main(void *arg)
     u->st = HSM_ERR_DEVICE;
     if (fd >= 0 && b != NULL) {
         char in[CHECKPOINT_MAX];
-        size_t len = checkpoint_input(in, sizeof(in), 1);
+        size_t len = real_checkpoint(u->fx, in, sizeof(in), 1);
         if (u->sign) {
             size_t elen = kpp_encode_audit_sign(b->req, sizeof(b->req), in, len);
             ssize_t n = roundtrip(fd, b->req, elen, b->rep);
@@ -1199,6 +1247,8 @@ static void test_concurrent_first_uses_make_a_single_audit_key(void **state)
 {
     fixture *fx = *state;
     start_keeper(fx);
+    char in[CHECKPOINT_MAX];
+    size_t len = real_checkpoint(fx, in, sizeof(in), 1); /* the event, before the threads */
     pthread_barrier_t go;
     pthread_barrier_init(&go, NULL, AUDIT_THREADS);
     static first_user u[AUDIT_THREADS];
@@ -1219,8 +1269,6 @@ static void test_concurrent_first_uses_make_a_single_audit_key(void **state)
     hsm_pubkey pub;
     assert_int_equal(do_audit_pubkey(fd, b, &pub), HSM_OK);
     assert_audit_shape(&pub);
-    char in[CHECKPOINT_MAX];
-    size_t len = checkpoint_input(in, sizeof(in), 1);
     for (int i = 0; i < AUDIT_THREADS; i++) {
         assert_int_equal(u[i].st, HSM_OK);
         if (u[i].sign)
@@ -1260,7 +1308,7 @@ test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input(void
 
     /* A checkpoint is the first use: the key is made and signs it, RS256. */
     char in[CHECKPOINT_MAX];
-    size_t len = checkpoint_input(in, sizeof(in), 1);
+    size_t len = real_checkpoint(fx, in, sizeof(in), 1);
     assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
     assert_int_equal(sig_len, KP_AUDIT_BITS / 8);
     hsm_pubkey pub;
@@ -1271,16 +1319,19 @@ test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input(void
     assert_int_equal(do_list(fd, b, e, 8, &reserved), 1);
     assert_int_equal(reserved, 1);
 
-    /* The next checkpoint, and the shortest and longest shapes allowed. */
-    len = checkpoint_input(in, sizeof(in), 2);
+    /* The next checkpoint signs; the shortest and longest shapes pass the shape check but
+     * are no checkpoint of the chain, and a made-up hash is not the chain's: refused. */
+    len = real_checkpoint(fx, in, sizeof(in), 2);
     assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
     len = checkpoint_of_length(in, strlen(KP_AUDIT_HEADER_B64 ".") + 1);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
-    assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
     len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
-    assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    char head[AUDIT_HASH_HEX + 1];
+    chain_hash_at(fx, 3, head);
+    len = checkpoint_input(in, sizeof(in), 3);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
 
     /* Past the bound, or empty: the protocol itself refuses (the encoder too). */
     len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX + 1);
@@ -1303,7 +1354,7 @@ test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input(void
     hsm_pubkey again;
     assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &again), HSM_OK);
     assert_same_pubkey(&again, &pub);
-    len = checkpoint_input(in, sizeof(in), 3);
+    len = real_checkpoint(fx, in, sizeof(in), 3);
     assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_OK);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
     for (size_t i = 0; i < n_bad; i++)
@@ -1315,6 +1366,317 @@ test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input(void
     kp_close(k);
     close(fd);
     free(b);
+}
+
+/* What a front that owns appliance.db can do: edit event `from` and recompute the hash of
+ * every event from there to the head with the chain's own rule, so the table is a whole
+ * chain again (an export of it verifies link by link). */
+static void rewrite_history(fixture *fx, unsigned from)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(fx->c.database, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    char sql[128];
+    snprintf(sql, sizeof(sql), "UPDATE audit SET details = '{\"forged\":1}' WHERE seq = %u", from);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_stmt *s;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT seq, time, actor, action, kid, details, prev_hash"
+                                        " FROM audit WHERE seq >= ? ORDER BY seq",
+                                        -1, &s, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_int(s, 1, (int)from);
+    char prev[AUDIT_HASH_HEX + 1] = "";
+    unsigned n = 0;
+    struct {
+        int64_t seq;
+        char prev[AUDIT_HASH_HEX + 1], hash[AUDIT_HASH_HEX + 1];
+    } rows[64];
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        assert_true(n < 64);
+        if (prev[0] == '\0')
+            snprintf(prev, sizeof(prev), "%s", (const char *)sqlite3_column_text(s, 6));
+        json_t *d = json_loads((const char *)sqlite3_column_text(s, 5), 0, NULL);
+        rows[n].seq = sqlite3_column_int64(s, 0);
+        memcpy(rows[n].prev, prev, sizeof(prev));
+        assert_int_equal(audit_chain_hash(prev, (uint64_t)rows[n].seq, sqlite3_column_int64(s, 1),
+                                          (const char *)sqlite3_column_text(s, 2),
+                                          (const char *)sqlite3_column_text(s, 3),
+                                          (const char *)sqlite3_column_text(s, 4), d, rows[n].hash),
+                         0);
+        json_decref(d);
+        memcpy(prev, rows[n].hash, sizeof(prev));
+        n++;
+    }
+    sqlite3_finalize(s);
+    assert_true(n > 0);
+    for (unsigned i = 0; i < n; i++) {
+        assert_int_equal(
+            sqlite3_prepare_v2(db, "UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", -1, &s,
+                               NULL),
+            SQLITE_OK);
+        sqlite3_bind_text(s, 1, rows[i].prev, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, rows[i].hash, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 3, rows[i].seq);
+        assert_int_equal(sqlite3_step(s), SQLITE_DONE);
+        sqlite3_finalize(s);
+    }
+    sqlite3_close(db);
+}
+
+/* A checkpoint naming any hash at seq. */
+static size_t checkpoint_naming(char *out, size_t cap, unsigned seq, const char *hash)
+{
+    char payload[160], b64[256];
+    int n = snprintf(payload, sizeof(payload), "{\"hash\":\"%s\",\"seq\":%u,\"time\":%d}", hash,
+                     seq, T0 + (int)seq);
+    assert_true(n > 0 && (size_t)n < sizeof(payload));
+    assert_true(jose_b64url_encode(payload, (size_t)n, b64, sizeof(b64)) > 0);
+    n = snprintf(out, cap, "%s.%s", KP_AUDIT_HEADER_B64, b64);
+    assert_true(n > 0 && (size_t)n < cap);
+    return (size_t)n;
+}
+
+static void test_keeper_refuses_to_sign_a_checkpoint_of_a_rewritten_history(void **state)
+{
+    fixture *fx = *state;
+    start_keeper(fx);
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len = 0;
+    char in[CHECKPOINT_MAX], was5[AUDIT_HASH_HEX + 1], now5[AUDIT_HASH_HEX + 1];
+
+    /* The honest trail: checkpoints at 3 and 5 sign. */
+    size_t len = real_checkpoint(fx, in, sizeof(in), 3);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    len = real_checkpoint(fx, in, sizeof(in), 5);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    chain_hash_at(fx, 5, was5);
+
+    /* Event 2 rewritten and the whole chain rehashed, then new events on top. */
+    rewrite_history(fx, 2);
+    chain_hash_at(fx, 5, now5);
+    assert_string_not_equal(now5, was5);
+    len = real_checkpoint(fx, in, sizeof(in), 7);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    /* Nor the rewritten hash at a seq signed before, nor a seq behind it; the same
+     * statement as before is signed again (a retry). */
+    len = checkpoint_naming(in, sizeof(in), 5, now5);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    len = real_checkpoint(fx, in, sizeof(in), 4);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    len = checkpoint_naming(in, sizeof(in), 5, was5);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    close(fd);
+
+    /* A restarted keeper remembers: its state is its own file, not appliance.db. */
+    stop_keeper(fx);
+    char path[PATH_MAX + 32];
+    struct stat sb;
+    snprintf(path, sizeof(path), "%s/keeper", fx->dir);
+    assert_int_equal(lstat(path, &sb), 0);
+    assert_true(S_ISDIR(sb.st_mode) && (sb.st_mode & 0777) == 0700);
+    snprintf(path, sizeof(path), "%s/keeper/state.db", fx->dir);
+    assert_int_equal(lstat(path, &sb), 0);
+    assert_true(S_ISREG(sb.st_mode) && (sb.st_mode & 077) == 0);
+    start_keeper(fx);
+    fd = connect_keeper(fx);
+    len = real_checkpoint(fx, in, sizeof(in), 8);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_ping(fd, b, NULL), HSM_OK);
+    close(fd);
+    free(b);
+}
+
+/* The walk starts at the newest checkpoint signed: rows before it are not read again (here
+ * they are gone, as a pruned trail's would be), so a checkpoint costs the events since. */
+static void test_checkpoints_are_checked_from_the_last_one_signed_not_from_seq_1(void **state)
+{
+    fixture *fx = *state;
+    start_keeper(fx);
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    uint8_t sig[HSM_SIG_MAX];
+    size_t sig_len = 0;
+    char in[CHECKPOINT_MAX];
+    size_t len = real_checkpoint(fx, in, sizeof(in), 5);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(fx->c.database, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "DELETE FROM audit WHERE seq < 5", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    len = real_checkpoint(fx, in, sizeof(in), 9);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    close(fd);
+    free(b);
+}
+
+/* What a front that owns appliance.db can do to bring a kid back: forget its row and its
+ * revocation, and mark it pending. */
+static void forge_pending(fixture *fx, const hsm_kid *kid, int drop_row)
+{
+    char hex[2 * HSM_KID_LEN + 1], sql[256];
+    hsm_kid_hex(kid, hex);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open_v2(fx->c.database, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(db, 5000);
+    if (drop_row) {
+        snprintf(sql, sizeof(sql),
+                 "DELETE FROM revocations WHERE kid = '%s'; DELETE FROM keys WHERE kid = '%s';",
+                 hex, hex);
+        assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    }
+    snprintf(sql, sizeof(sql),
+             "INSERT OR IGNORE INTO pending_keys (kid, created_at) VALUES ('%s', 0)", hex);
+    assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static void test_keeper_refuses_to_generate_under_a_revoked_kid(void **state)
+{
+    fixture *fx = *state;
+    start_keeper(fx);
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    hsm_kid kid, stranger;
+    hsm_pubkey pub;
+
+    /* A kid the registry never reserved: refused, nothing made. */
+    testenv_kid(&stranger);
+    assert_int_equal(do_generate(fd, b, &stranger, 2048, &pub), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_ping(fd, b, &stranger), HSM_ERR_KEY_NOT_FOUND);
+
+    /* A key made, revoked, its object destroyed. */
+    create_key(fx, fd, b, &kid, &pub);
+    assert_int_equal(reg_revoke(fx->r, &kid, "compromised", T0 + 1, NULL), REG_OK);
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kid, NULL), HSM_OK);
+    /* The registry will not mark it pending; forged as pending beside its revoked row, or
+     * with its row and revocation deleted, the keeper still refuses. */
+    assert_int_equal(reg_pending_add(fx->r, &kid, T0), REG_ERR_EXISTS);
+    forge_pending(fx, &kid, 0);
+    assert_int_equal(do_generate(fd, b, &kid, 2048, &pub), HSM_ERR_KEY_EXISTS);
+    forge_pending(fx, &kid, 1);
+    assert_int_equal(do_generate(fd, b, &kid, 2048, &pub), HSM_ERR_KEY_EXISTS);
+    assert_int_equal(do_ping(fd, b, &kid), HSM_ERR_KEY_NOT_FOUND);
+    close(fd);
+
+    /* A restarted keeper remembers. */
+    stop_keeper(fx);
+    start_keeper(fx);
+    fd = connect_keeper(fx);
+    assert_int_equal(do_generate(fd, b, &kid, 2048, &pub), HSM_ERR_KEY_EXISTS);
+    /* A kid pending and fresh is made once, and only once. */
+    hsm_kid fresh;
+    testenv_kid(&fresh);
+    pend(fx, &fresh);
+    assert_int_equal(do_generate(fd, b, &fresh, 2048, &pub), HSM_OK);
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &fresh, NULL), HSM_OK);
+    assert_int_equal(do_generate(fd, b, &fresh, 2048, &pub), HSM_ERR_KEY_EXISTS);
+    close(fd);
+    free(b);
+}
+
+/* Kids the registry held before the keeper kept its own list (an upgrade): its new state
+ * file learns them, so a revoked one is not made again either. */
+static void test_a_new_keeper_state_learns_every_kid_the_registry_holds(void **state)
+{
+    fixture *fx = *state;
+    hsm_kid old;
+    testenv_kid(&old);
+    reg_key k;
+    memset(&k, 0, sizeof(k));
+    k.kid = old;
+    k.bits = 2048;
+    k.created_at = T0;
+    snprintf(k.n_b64, sizeof(k.n_b64), "n");
+    snprintf(k.e_b64, sizeof(k.e_b64), "AQAB");
+    assert_int_equal(reg_reserve(fx->r), REG_OK);
+    assert_int_equal(reg_insert(fx->r, &k), REG_OK);
+    assert_int_equal(reg_revoke(fx->r, &old, "old", T0 + 1, NULL), REG_OK);
+    start_keeper(fx);
+    forge_pending(fx, &old, 1);
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    hsm_pubkey pub;
+    assert_int_equal(do_generate(fd, b, &old, 2048, &pub), HSM_ERR_KEY_EXISTS);
+    close(fd);
+    free(b);
+}
+
+/* Runs the keeper with stderr (its log) going to DIR/keeper.log; restore_log puts stderr
+ * back and returns the log's text (malloc'd). */
+static int log_to_file(fixture *fx, char *path, size_t cap)
+{
+    fflush(stderr);
+    int saved = dup(2);
+    assert_true(saved >= 0);
+    path_in(path, cap, fx->dir, "keeper.log");
+    int f = open(path, O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0600);
+    assert_true(f >= 0);
+    assert_true(dup2(f, 2) == 2);
+    close(f);
+    return saved;
+}
+
+static char *restore_log(int saved, const char *path)
+{
+    fflush(stderr);
+    assert_true(dup2(saved, 2) == 2);
+    close(saved);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char *text = calloc(1, 1 << 16);
+    assert_non_null(text);
+    size_t n = fread(text, 1, (1 << 16) - 1, f);
+    text[n] = '\0';
+    fclose(f);
+    return text;
+}
+
+static unsigned count_of(const char *text, const char *needle)
+{
+    unsigned n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+static void test_each_protocol_error_is_logged_as_a_security_event_with_the_peer_pid(void **state)
+{
+    fixture *fx = *state;
+    char path[PATH_MAX + 16], want[128];
+    int saved = log_to_file(fx, path, sizeof(path));
+    start_keeper(fx);
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    /* A short one and an unknown op; the connection still serves after each. */
+    malformed(fd, b, "K\x01\x00", 3, 0, KPP_ERR_SHORT);
+    size_t len = kpp_encode_sessions(b->req, sizeof(b->req));
+    b->req[3] = 99;
+    malformed(fd, b, b->req, len, 99, KPP_ERR_UNKNOWN_OP);
+    sleep_ms(1100); /* a new second: the flood below starts with a full allowance */
+    /* A flood: logged within the bound, and the excess counted, not dropped silently. */
+    for (int i = 0; i < 40; i++)
+        malformed(fd, b, "K\x01\x00", 3, 0, KPP_ERR_SHORT);
+    sleep_ms(1100);
+    malformed(fd, b, "K\x01\x00", 3, 0, KPP_ERR_SHORT);
+    close(fd);
+    free(b);
+    stop_keeper(fx);
+    char *log = restore_log(saved, path);
+    snprintf(want, sizeof(want), "signd-keeper: security: keeper protocol error from pid %d: short",
+             (int)getpid());
+    assert_non_null(strstr(log, want));
+    snprintf(want, sizeof(want),
+             "signd-keeper: security: keeper protocol error from pid %d: unknown_op (op 99",
+             (int)getpid());
+    assert_non_null(strstr(log, want));
+    unsigned lines = count_of(log, "keeper protocol error from pid");
+    assert_true(lines >= 2 + 10 + 1 && lines <= 2 + 2 * 10 + 1);
+    assert_non_null(strstr(log, "security: 30 more keeper protocol errors were not logged"));
+    free(log);
 }
 
 /* A feed-shaped signing input of exactly len bytes (len > the header): the publication
@@ -1421,7 +1783,7 @@ static void test_sign_ping_generate_and_destroy_refuse_the_reserved_kid(void **s
     assert_int_equal(reg_reserve(fx->r), REG_OK);
     assert_int_equal(reg_insert(fx->r, &row), REG_OK);
     char in[CHECKPOINT_MAX];
-    size_t len = checkpoint_input(in, sizeof(in), 1);
+    size_t len = real_checkpoint(fx, in, sizeof(in), 1);
     assert_int_equal(do_sign(fd, b, &kid, in, len, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
     assert_int_equal(do_sign(fd, b, &kid, "x", 1, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
     assert_int_equal(do_ping(fd, b, &kid), HSM_ERR_KEY_NOT_FOUND);
@@ -1482,6 +1844,7 @@ static void test_reconcile_through_the_keeper_leaves_the_audit_key_alone(void **
     assert_int_equal(do_audit_pubkey(fd, b, &pub), HSM_OK);
     hsm_kid orphan, kept;
     testenv_kid(&orphan);
+    pend(fx, &orphan);
     assert_int_equal(do_generate(fd, b, &orphan, 2048, &ignored), HSM_OK);
     create_key(fx, fd, b, &kept, &ignored);
 
@@ -1503,7 +1866,7 @@ static void test_reconcile_through_the_keeper_leaves_the_audit_key_alone(void **
     assert_int_equal(reserved, 1);
     assert_int_equal(do_audit_pubkey(fd, b, &again), HSM_OK);
     assert_same_pubkey(&again, &pub);
-    assert_int_equal(do_kid_op(fd, b, KPP_OP_PUBLIC_KEY, &orphan, &ignored), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_ping(fd, b, &orphan), HSM_ERR_KEY_NOT_FOUND);
     close(fd);
     free(b);
 }
@@ -1697,6 +2060,11 @@ int main(void)
         T(test_reconcile_through_the_keeper_leaves_the_audit_key_alone),
         T(test_in_process_audit_key_signs_checkpoints_only_and_reconcile_keeps_it),
         cmocka_unit_test(test_audit_input_policy_accepts_exactly_checkpoint_shaped_inputs),
+        T(test_keeper_refuses_to_sign_a_checkpoint_of_a_rewritten_history),
+        T(test_keeper_refuses_to_generate_under_a_revoked_kid),
+        T(test_each_protocol_error_is_logged_as_a_security_event_with_the_peer_pid),
+        T(test_a_new_keeper_state_learns_every_kid_the_registry_holds),
+        T(test_checkpoints_are_checked_from_the_last_one_signed_not_from_seq_1),
 #undef T
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

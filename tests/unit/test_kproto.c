@@ -186,11 +186,19 @@ static void test_generate_request_round_trips_each_allowed_size(void **state)
     }
 }
 
-static void test_public_key_and_destroy_requests_round_trip_the_kid(void **state)
+static void test_destroy_requests_round_trip_the_kid_and_the_retired_op_3_is_unknown(void **state)
 {
     (void)state;
-    const kpp_op ops[] = {KPP_OP_PUBLIC_KEY, KPP_OP_DESTROY};
-    for (size_t i = 0; i < 2; i++) {
+    const kpp_op ops[] = {KPP_OP_DESTROY};
+    /* Op 3 (PUBLIC_KEY until it was removed): no encoder makes it, no decoder takes it. */
+    hsm_kid k3 = make_kid(3);
+    assert_int_equal(kpp_encode_kid_op(scratch, sizeof(scratch), (kpp_op)KPP_OP_RETIRED, &k3), 0);
+    size_t n3 = raw_message(scratch, KPP_OP_RETIRED, 0, k3.b, HSM_KID_LEN);
+    assert_request_refused(scratch, n3, KPP_ERR_UNKNOWN_OP, KPP_OP_RETIRED);
+    kpp_reply r3;
+    n3 = kpp_encode_status(scratch, sizeof(scratch), KPP_OP_RETIRED, 0);
+    assert_int_equal(decode_rep(scratch, n3, (kpp_op)KPP_OP_RETIRED, &r3), KPP_ERR_UNKNOWN_OP);
+    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
         hsm_kid kid = make_kid((uint8_t)(20 + i));
         size_t n = kpp_encode_kid_op(scratch, sizeof(scratch), ops[i], &kid);
         assert_int_equal(n, KPP_HDR_LEN + HSM_KID_LEN);
@@ -552,15 +560,15 @@ static void test_body_length_beyond_the_bytes_is_short(void **state)
 {
     (void)state;
     hsm_kid kid = make_kid(3);
-    size_t n = kpp_encode_kid_op(scratch, sizeof(scratch), KPP_OP_PUBLIC_KEY, &kid);
+    size_t n = kpp_encode_kid_op(scratch, sizeof(scratch), KPP_OP_DESTROY, &kid);
     /* Truncated: the field says 16, fewer bytes follow. */
     for (size_t len = KPP_HDR_LEN; len < n; len++)
-        assert_request_refused(scratch, len, KPP_ERR_SHORT, KPP_OP_PUBLIC_KEY);
+        assert_request_refused(scratch, len, KPP_ERR_SHORT, KPP_OP_DESTROY);
     /* Or the field says more than there is. */
     put32(scratch + 8, HSM_KID_LEN + 1);
-    assert_request_refused(scratch, n, KPP_ERR_SHORT, KPP_OP_PUBLIC_KEY);
+    assert_request_refused(scratch, n, KPP_ERR_SHORT, KPP_OP_DESTROY);
     put32(scratch + 8, KPP_BODY_MAX);
-    assert_request_refused(scratch, n, KPP_ERR_SHORT, KPP_OP_PUBLIC_KEY);
+    assert_request_refused(scratch, n, KPP_ERR_SHORT, KPP_OP_DESTROY);
 }
 
 static void test_body_length_short_of_the_bytes_is_oversized(void **state)
@@ -593,7 +601,7 @@ static void test_body_length_above_body_max_is_oversized(void **state)
 static void test_unknown_op_is_refused_and_echoed(void **state)
 {
     (void)state;
-    const uint16_t ops[] = {0, KPP_OP_LAST + 1, KPP_OP_LAST + 2, 0x0100, 0xffff};
+    const uint16_t ops[] = {0, KPP_OP_RETIRED, KPP_OP_LAST + 1, KPP_OP_LAST + 2, 0x0100, 0xffff};
     for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
         size_t n = raw_message(scratch, ops[i], 0, NULL, 0);
         assert_request_refused(scratch, n, KPP_ERR_UNKNOWN_OP, ops[i]);
@@ -630,7 +638,6 @@ static void test_each_op_refuses_a_body_of_the_wrong_length(void **state)
     } cases[] = {
         {KPP_OP_SIGN, 16, {0, 1, 15}, 3},
         {KPP_OP_GENERATE, 20, {0, 16, 19, 21, 24, 100}, 6},
-        {KPP_OP_PUBLIC_KEY, 16, {0, 1, 15, 17, 32}, 5},
         {KPP_OP_DESTROY, 16, {0, 1, 15, 17, 32}, 5},
         {KPP_OP_LIST, 4, {0, 1, 3, 5, 8}, 5},
         {KPP_OP_PING, 17, {0, 1, 16, 18, 33}, 5},
@@ -702,6 +709,8 @@ static void test_status_reply_round_trips_any_op_and_status(void **state)
     const uint32_t statuses[] = {HSM_OK, HSM_ERR_KEY_NOT_FOUND, HSM_ERR_DEVICE, KPP_ERR_BAD_BODY,
                                  UINT32_MAX};
     for (int op = ALL_OPS_FIRST; op <= ALL_OPS_LAST; op++) {
+        if (op == KPP_OP_RETIRED)
+            continue;
         for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++) {
             size_t n = kpp_encode_status(scratch, sizeof(scratch), (uint16_t)op, statuses[i]);
             assert_int_equal(n, KPP_HDR_LEN);
@@ -745,10 +754,10 @@ static void test_sig_reply_round_trips_from_1_to_HSM_SIG_MAX_bytes(void **state)
     }
 }
 
-static void test_pubkey_reply_round_trips_for_generate_and_public_key(void **state)
+static void test_pubkey_reply_round_trips_for_generate_and_the_service_keys(void **state)
 {
     (void)state;
-    const kpp_op ops[] = {KPP_OP_GENERATE, KPP_OP_PUBLIC_KEY, KPP_OP_AUDIT_PUBKEY};
+    const kpp_op ops[] = {KPP_OP_GENERATE, KPP_OP_PUBLISH_PUBKEY, KPP_OP_AUDIT_PUBKEY};
     const unsigned sizes[] = {2048, 3072, 4096};
     for (size_t o = 0; o < 3; o++) {
         for (size_t s = 0; s < 3; s++) {
@@ -775,10 +784,10 @@ static void test_pubkey_reply_round_trips_for_generate_and_public_key(void **sta
     pub.n[0] = 0x7f;
     pub.e_len = HSM_EXPONENT_MAX;
     memset(pub.e, 0x11, HSM_EXPONENT_MAX);
-    size_t n = kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_PUBLIC_KEY, &pub);
+    size_t n = kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_GENERATE, &pub);
     assert_int_not_equal(n, 0);
     kpp_reply r;
-    assert_int_equal(decode_rep(scratch, n, KPP_OP_PUBLIC_KEY, &r), 0);
+    assert_int_equal(decode_rep(scratch, n, KPP_OP_GENERATE, &r), 0);
     hsm_pubkey got;
     assert_int_equal(kpp_reply_pubkey(&r, &got), 0);
     assert_int_equal(got.n_len, 1);
@@ -901,6 +910,8 @@ static void test_reply_to_another_op_is_bad_body(void **state)
     for (int sent = 0; sent <= ALL_OPS_LAST + 1; sent++) {
         size_t n = kpp_encode_status(scratch, sizeof(scratch), (uint16_t)sent, HSM_OK);
         for (int want = ALL_OPS_FIRST; want <= ALL_OPS_LAST; want++) {
+            if (want == KPP_OP_RETIRED)
+                continue;
             kpp_reply r;
             uint32_t st = decode_rep(scratch, n, (kpp_op)want, &r);
             assert_int_equal(st, sent == want ? 0 : KPP_ERR_BAD_BODY);
@@ -942,6 +953,8 @@ static void test_error_reply_round_trips_its_ckr(void **state)
     (void)state;
     const uint32_t ckrs[] = {0, 0x30 /* CKR_DEVICE_ERROR */, 0x80000001u, UINT32_MAX};
     for (int op = ALL_OPS_FIRST; op <= ALL_OPS_LAST; op++) {
+        if (op == KPP_OP_RETIRED)
+            continue;
         for (size_t i = 0; i < sizeof(ckrs) / sizeof(ckrs[0]); i++) {
             size_t n =
                 kpp_encode_error(scratch, sizeof(scratch), (uint16_t)op, HSM_ERR_DEVICE, ckrs[i]);
@@ -977,6 +990,8 @@ static void test_error_reply_body_other_than_empty_or_a_ckr_is_refused(void **st
     const uint32_t statuses[] = {HSM_ERR_DEVICE, KPP_ERR_BAD_BODY, UINT32_MAX};
     for (size_t i = 0; i < 3; i++) {
         for (int op = ALL_OPS_FIRST; op <= ALL_OPS_LAST; op++) {
+            if (op == KPP_OP_RETIRED)
+                continue;
             for (size_t l = 0; l < sizeof(lens) / sizeof(lens[0]); l++) {
                 kpp_reply r;
                 size_t n = raw_message(scratch, (uint16_t)op, statuses[i], body, lens[l]);
@@ -1016,7 +1031,7 @@ static void test_body_decoders_refuse_a_nonzero_status_or_another_op(void **stat
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), 0);
     r.status = HSM_ERR_DEVICE;
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
-    r = reply_of(KPP_OP_PUBLIC_KEY, 0, body, 4);
+    r = reply_of(KPP_OP_GENERATE, 0, body, 4);
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
 
     r = reply_of(KPP_OP_SESSIONS, 0, body, 4);
@@ -1037,8 +1052,10 @@ static void test_body_decoders_refuse_a_nonzero_status_or_another_op(void **stat
     size_t len = kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_GENERATE, &good);
     r = reply_of(KPP_OP_GENERATE, 0, scratch + KPP_HDR_LEN, len - KPP_HDR_LEN);
     assert_int_equal(kpp_reply_pubkey(&r, &pub), 0);
-    r.op = KPP_OP_PUBLIC_KEY;
+    r.op = KPP_OP_PUBLISH_PUBKEY;
     assert_int_equal(kpp_reply_pubkey(&r, &pub), 0);
+    r.op = (kpp_op)KPP_OP_RETIRED;
+    assert_int_equal(kpp_reply_pubkey(&r, &pub), KPP_ERR_BAD_BODY);
     r.op = KPP_OP_SIGN;
     assert_int_equal(kpp_reply_pubkey(&r, &pub), KPP_ERR_BAD_BODY);
     r.op = KPP_OP_GENERATE;
@@ -1113,7 +1130,7 @@ static void test_pubkey_reply_refuses_each_field_out_of_bounds(void **state)
     do {                                                                                           \
         len = pubkey_body(b, bits, n_len, n_have, e_len, e_have, extra);                           \
         uint8_t *copy_ = exact_copy(b, len);                                                       \
-        r = reply_of(KPP_OP_PUBLIC_KEY, 0, copy_, len);                                            \
+        r = reply_of(KPP_OP_GENERATE, 0, copy_, len);                                              \
         uint32_t st_ = kpp_reply_pubkey(&r, &pub);                                                 \
         free(copy_);                                                                               \
         if (st_ != (uint32_t)(want))                                                               \
@@ -1379,7 +1396,7 @@ static void test_encoders_refuse_a_cap_one_byte_too_small(void **state)
                 n = kpp_encode_generate(b, cap, &kid, 4096);
                 break;
             case 2:
-                n = kpp_encode_kid_op(b, cap, KPP_OP_PUBLIC_KEY, &kid);
+                n = kpp_encode_kid_op(b, cap, KPP_OP_DESTROY, &kid);
                 break;
             case 3:
                 n = kpp_encode_list(b, cap, 3);
@@ -1400,7 +1417,7 @@ static void test_encoders_refuse_a_cap_one_byte_too_small(void **state)
                 n = kpp_encode_sig_reply(b, cap, KPP_OP_SIGN, sig, HSM_SIG_MAX);
                 break;
             case 9:
-                n = kpp_encode_pubkey_reply(b, cap, KPP_OP_PUBLIC_KEY, &pub);
+                n = kpp_encode_pubkey_reply(b, cap, KPP_OP_GENERATE, &pub);
                 break;
             case 10:
                 n = kpp_encode_list_reply(b, cap, 1, e, KPP_LIST_MAX);
@@ -1483,7 +1500,6 @@ static int request_reencodes(const uint8_t *msg, size_t len)
     case KPP_OP_GENERATE:
         n = kpp_encode_generate(reenc, sizeof(reenc), &r.kid, r.bits);
         break;
-    case KPP_OP_PUBLIC_KEY:
     case KPP_OP_DESTROY:
         n = kpp_encode_kid_op(reenc, sizeof(reenc), r.op, &r.kid);
         break;
@@ -1571,8 +1587,8 @@ static int reply_reencodes(const uint8_t *msg, size_t len)
             assert_true(op == KPP_OP_SIGN || op == KPP_OP_AUDIT_SIGN || op == KPP_OP_PUBLISH_SIGN);
             n = kpp_encode_sig_reply(reenc, sizeof(reenc), (kpp_op)op, sig, sig_len);
         } else if (ok_pub) {
-            assert_true(op == KPP_OP_GENERATE || op == KPP_OP_PUBLIC_KEY ||
-                        op == KPP_OP_AUDIT_PUBKEY || op == KPP_OP_PUBLISH_PUBKEY);
+            assert_true(op == KPP_OP_GENERATE || op == KPP_OP_AUDIT_PUBKEY ||
+                        op == KPP_OP_PUBLISH_PUBKEY);
             n = kpp_encode_pubkey_reply(reenc, sizeof(reenc), (kpp_op)op, &pub);
         } else if (ok_list) {
             assert_int_equal(op, KPP_OP_LIST);
@@ -1619,7 +1635,7 @@ static size_t build_corpus(corpus_msg *c, size_t *n_small)
         k = add(c, k, scratch, kpp_encode_sign(scratch, sizeof(scratch), &kid, big, sign_lens[i]));
     k = add(c, k, scratch, kpp_encode_generate(scratch, sizeof(scratch), &kid, 2048));
     k = add(c, k, scratch, kpp_encode_generate(scratch, sizeof(scratch), &kid, 4096));
-    k = add(c, k, scratch, kpp_encode_kid_op(scratch, sizeof(scratch), KPP_OP_PUBLIC_KEY, &kid));
+    k = add(c, k, scratch, kpp_encode_kid_op(scratch, sizeof(scratch), KPP_OP_DESTROY, &kid));
     k = add(c, k, scratch, kpp_encode_kid_op(scratch, sizeof(scratch), KPP_OP_DESTROY, &kid));
     k = add(c, k, scratch, kpp_encode_list(scratch, sizeof(scratch), 1000));
     k = add(c, k, scratch, kpp_encode_ping(scratch, sizeof(scratch), &kid));
@@ -1650,7 +1666,7 @@ static size_t build_corpus(corpus_msg *c, size_t *n_small)
     pub.n_len = 3;
     pub.e_len = 1;
     k = add(c, k, scratch,
-            kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_PUBLIC_KEY, &pub));
+            kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_PUBLISH_PUBKEY, &pub));
     pub = sample_pubkey(3072);
     k = add(c, k, scratch,
             kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_AUDIT_PUBKEY, &pub));
@@ -1779,7 +1795,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sign_request_round_trips_kid_and_message),
         cmocka_unit_test(test_generate_request_round_trips_each_allowed_size),
-        cmocka_unit_test(test_public_key_and_destroy_requests_round_trip_the_kid),
+        cmocka_unit_test(test_destroy_requests_round_trip_the_kid_and_the_retired_op_3_is_unknown),
         cmocka_unit_test(test_list_request_round_trips_the_offset),
         cmocka_unit_test(test_ping_request_round_trips_with_and_without_a_kid),
         cmocka_unit_test(test_ping_without_a_kid_ignores_the_kid_bytes),
@@ -1807,7 +1823,7 @@ int main(void)
         cmocka_unit_test(test_failed_request_decode_leaves_the_output_zeroed),
         cmocka_unit_test(test_status_reply_round_trips_any_op_and_status),
         cmocka_unit_test(test_sig_reply_round_trips_from_1_to_HSM_SIG_MAX_bytes),
-        cmocka_unit_test(test_pubkey_reply_round_trips_for_generate_and_public_key),
+        cmocka_unit_test(test_pubkey_reply_round_trips_for_generate_and_the_service_keys),
         cmocka_unit_test(test_list_reply_round_trips_entries_flags_and_total),
         cmocka_unit_test(test_list_reply_copies_at_most_cap_entries_and_reports_the_count),
         cmocka_unit_test(test_u32_reply_round_trips_the_sessions_count),

@@ -528,6 +528,42 @@ static void test_newest_active_breaks_created_at_ties_by_insertion_order(void **
     reg_close(r);
 }
 
+/* The keeper generates only under a pending kid with no row (keeperd.h): the registry
+ * pends a fresh kid once, never one with a row, and a kid stops being pending when its row
+ * is written, when the create gives up, and at the next open. */
+static void test_a_kid_is_pending_until_its_row_is_written_and_never_once_it_has_one(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    hsm_kid k1 = kid_of(1), k2 = kid_of(2), k3 = kid_of(3);
+    reg_reader *rr = NULL;
+    assert_int_equal(reg_reader_open(t->db, &rr), REG_OK);
+    assert_int_equal(reg_reader_pending(rr, &k1), REG_ERR_NOT_FOUND);
+    assert_int_equal(reg_pending_add(r, &k1, T0), REG_OK);
+    assert_int_equal(reg_pending_add(r, &k1, T0), REG_ERR_EXISTS);
+    assert_int_equal(reg_reader_pending(rr, &k1), REG_OK);
+    add(r, 1, T0); /* its row: no longer pending, and never again */
+    assert_int_equal(reg_reader_pending(rr, &k1), REG_ERR_EXISTS);
+    assert_int_equal(reg_pending_add(r, &k1, T0), REG_ERR_EXISTS);
+    assert_int_equal(reg_revoke(r, &k1, "gone", T0 + 1, NULL), REG_OK);
+    assert_int_equal(reg_pending_add(r, &k1, T0), REG_ERR_EXISTS);
+    assert_int_equal(reg_pending_add(r, &k2, T0), REG_OK);
+    reg_pending_drop(r, &k2);
+    assert_int_equal(reg_reader_pending(rr, &k2), REG_ERR_NOT_FOUND);
+    assert_int_equal(reg_pending_add(r, &k3, T0), REG_OK);
+    reg_close(r);
+    r = open_ok(t, 10); /* a create the crash cut short: no longer pending */
+    assert_int_equal(reg_reader_pending(rr, &k3), REG_ERR_NOT_FOUND);
+    hsm_kid *all = NULL;
+    size_t n = 0;
+    assert_int_equal(reg_reader_all_kids(rr, &all, &n), REG_OK);
+    assert_int_equal(n, 1); /* the revoked one */
+    assert_true(kid_eq(&all[0], &k1));
+    free(all);
+    reg_reader_close(rr);
+    reg_close(r);
+}
+
 static void test_delete_removes_an_unrevoked_row_and_frees_its_slot(void **state)
 {
     testenv_db *t = *state;
@@ -1332,6 +1368,7 @@ int main(void)
         T(test_insert_without_a_reservation_still_honours_the_limit),
         T(test_thousand_concurrent_creates_fill_exactly_max_active),
         T(test_revocation_survives_close_and_reopen),
+        T(test_a_kid_is_pending_until_its_row_is_written_and_never_once_it_has_one),
         T(test_revocation_seq_rises_across_reopen_and_is_never_reused),
         T(test_revoke_is_idempotent_and_returns_first_record),
         T(test_revoking_an_unknown_kid_is_not_found_and_changes_nothing),

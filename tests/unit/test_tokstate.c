@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define T0 1700000000
 #define KID "00112233445566778899aabbccddeeff"
@@ -71,7 +72,7 @@ static void test_indexes_are_handed_out_in_order_from_list_zero(void **state)
     assert_int_equal(tks_list_count(t), 0);
     for (uint32_t i = 0; i < 3 * TKS_BLOCK + 5; i++) {
         tks_index ix;
-        assert_int_equal(tks_assign(t, &ix), TKS_OK);
+        assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_OK);
         assert_int_equal(ix.list, 0);
         assert_int_equal(ix.idx, i);
     }
@@ -84,10 +85,10 @@ static void test_a_restart_skips_the_rest_of_the_reserved_block(void **state)
     tks *t = open_ok(*state);
     tks_index ix;
     for (int i = 0; i < 10; i++)
-        assert_int_equal(tks_assign(t, &ix), TKS_OK);
+        assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_OK);
     tks_close(t); /* as a crash would: the block's unused 1014 indexes are unknown later */
     t = open_ok(*state);
-    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_OK);
     assert_int_equal(ix.list, 0);
     assert_int_equal(ix.idx, TKS_BLOCK);
     tks_close(t);
@@ -98,10 +99,10 @@ static void test_the_next_block_is_reserved_once_half_of_one_is_handed_out(void 
     tks *t = open_ok(*state);
     tks_index ix;
     for (uint32_t i = 0; i < TKS_BLOCK / 2; i++)
-        assert_int_equal(tks_assign(t, &ix), TKS_OK);
+        assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_OK);
     tks_close(t); /* reserved ahead by the mint that crossed the half: two blocks */
     t = open_ok(*state);
-    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_OK);
     assert_int_equal(ix.idx, 2 * TKS_BLOCK);
     tks_close(t);
 }
@@ -114,7 +115,7 @@ static void *assign_many(void *arg)
     tks_index *out = ((void **)arg)[1];
     tks *t = ((void **)arg)[0];
     for (int i = 0; i < ASSIGN_EACH; i++)
-        if (tks_assign(t, &out[i]) != TKS_OK)
+        if (tks_assign(t, T0, T0 + 600, &out[i]) != TKS_OK)
             out[i].list = UINT32_MAX;
     return NULL;
 }
@@ -156,17 +157,17 @@ static void test_a_full_list_opens_the_next_one(void **state)
     tks *t = open_ok(*state);
     tks_index ix;
     for (uint32_t i = 0; i < TKS_LIST_SIZE; i++)
-        assert_int_equal(tks_assign(t, &ix), TKS_OK);
+        assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_OK);
     assert_int_equal(ix.list, 0);
     assert_int_equal(ix.idx, TKS_LIST_SIZE - 1);
-    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_OK);
     assert_int_equal(ix.list, 1);
     assert_int_equal(ix.idx, 0);
     assert_int_equal(tks_list_count(t), 2);
     tks_close(t);
     t = open_ok(*state);
     assert_int_equal(tks_list_count(t), 2);
-    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_OK);
     assert_int_equal(ix.list, 1);
     assert_int_equal(ix.idx, TKS_BLOCK);
     tks_close(t);
@@ -178,8 +179,8 @@ static void test_a_revoked_index_is_set_durably_and_its_sibling_is_not(void **st
 {
     tks *t = open_ok(*state);
     tks_index a, b;
-    assert_int_equal(tks_assign(t, &a), TKS_OK);
-    assert_int_equal(tks_assign(t, &b), TKS_OK);
+    assert_int_equal(tks_assign(t, T0, T0 + 600, &a), TKS_OK);
+    assert_int_equal(tks_assign(t, T0, T0 + 600, &b), TKS_OK);
     uint64_t gen = tks_generation(t);
     tks_revocation r;
     audit_set_actor("0123456789abcdef");
@@ -212,7 +213,7 @@ static void test_revoking_twice_returns_the_first_revocation(void **state)
 {
     tks *t = open_ok(*state);
     tks_index ix;
-    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_OK);
     tks_revocation first, again;
     assert_int_equal(tks_revoke(t, ix, "jti-1", KID, T0, &first), TKS_OK);
     assert_int_equal(tks_revoke(t, ix, "jti-1", KID, T0 + 9, &again), TKS_ERR_REVOKED);
@@ -228,7 +229,7 @@ static void test_an_index_never_handed_out_cannot_be_revoked(void **state)
     tks *t = open_ok(*state);
     tks_index ix;
     assert_int_equal(tks_revoke(t, (tks_index){0, 0}, "j", NULL, T0, NULL), TKS_ERR_NOT_FOUND);
-    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_OK);
     assert_int_equal(tks_revoke(t, (tks_index){0, TKS_BLOCK}, "j", NULL, T0, NULL),
                      TKS_ERR_NOT_ISSUED);
     assert_int_equal(tks_revoke(t, (tks_index){1, 0}, "j", NULL, T0, NULL), TKS_ERR_NOT_FOUND);
@@ -243,7 +244,7 @@ static void test_revocations_after_a_seq_come_oldest_first(void **state)
     tks *t = open_ok(*state);
     tks_index ix[5];
     for (int i = 0; i < 5; i++) {
-        assert_int_equal(tks_assign(t, &ix[i]), TKS_OK);
+        assert_int_equal(tks_assign(t, T0, T0 + 600, &ix[i]), TKS_OK);
         char jti[16];
         snprintf(jti, sizeof(jti), "j%d", i);
         assert_int_equal(tks_revoke(t, ix[i], jti, NULL, T0 + i, NULL), TKS_OK);
@@ -264,7 +265,7 @@ static void test_a_bad_row_in_the_file_refuses_to_open(void **state)
     const testenv_db *d = *state;
     tks *t = open_ok(d);
     tks_index ix;
-    assert_int_equal(tks_assign(t, &ix), TKS_OK);
+    assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_OK);
     tks_close(t);
     sqlite3 *db;
     assert_int_equal(sqlite3_open(d->db, &db), SQLITE_OK);
@@ -447,6 +448,142 @@ static void test_a_forged_or_foreign_jti_is_not_found(void **state)
     tks_close(t);
 }
 
+/* SQL on the file with a connection of its own (the state closed). */
+static void raw_sql(const testenv_db *d, const char *sql)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(d->db, &db), SQLITE_OK);
+    char *err = NULL;
+    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
+    if (rc != SQLITE_OK)
+        fprintf(stderr, "raw_sql: %s\n", err ? err : "?");
+    sqlite3_free(err);
+    sqlite3_close(db);
+    assert_int_equal(rc, SQLITE_OK);
+}
+
+/* Every one of the TKS_LISTS_MAX lists used up, as a billion revocable tokens would leave
+ * them: each expiring at expires[i] (list 5 at e5, every other at e_rest), with a
+ * revocation in list 5 (idx 7) and one in list 6 (idx 9). */
+static void fill_every_list(const testenv_db *d, int64_t e5, int64_t e_rest)
+{
+    tks *t = open_ok(d); /* the schema */
+    tks_close(t);
+    size_t cap = 200 * TKS_LISTS_MAX + 512;
+    char *sql = malloc(cap);
+    assert_non_null(sql);
+    size_t n = (size_t)snprintf(sql, cap, "BEGIN;");
+    for (unsigned i = 0; i < TKS_LISTS_MAX; i++)
+        n += (size_t)snprintf(sql + n, cap - n,
+                              "INSERT INTO token_lists (list, reserved, expires) VALUES "
+                              "(%u, %u, %lld);",
+                              i, TKS_LIST_SIZE, (long long)(i == 5 ? e5 : e_rest));
+    snprintf(sql + n, cap - n,
+             "INSERT INTO token_revocations (list, idx, jti, kid, revoked_at) VALUES "
+             "(5, 7, 'old-5-7', '', %d), (6, 9, 'old-6-9', '', %d); COMMIT;",
+             T0 - 2000, T0 - 2000);
+    raw_sql(d, sql);
+    free(sql);
+}
+
+static void test_a_status_list_whose_tokens_all_expired_is_reclaimed_instead_of_full(void **state)
+{
+    const testenv_db *d = *state;
+    fill_every_list(d, T0 - 1000, T0 + 100000);
+    tks *t = open_ok(d);
+    assert_int_equal(tks_list_count(t), TKS_LISTS_MAX);
+    tks_index old = {5, 7}, other = {6, 9}, ix;
+    char old_jti[TKS_JTI_MAX + 1], jti[TKS_JTI_MAX + 1], owner[2 * TKS_OWNER_BYTES + 1];
+    assert_int_equal(tks_jti_make(t, old, NULL, old_jti), TKS_OK);
+    assert_true(tks_is_revoked(t, old) && tks_is_revoked(t, other));
+    uint64_t gen = tks_generation(t);
+
+    /* Every list is used up, list 5's tokens all expired: it is the one reused. */
+    assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_OK);
+    assert_int_equal(ix.list, 5);
+    assert_int_equal(ix.idx, 0);
+    assert_false(tks_is_revoked(t, old));
+    assert_true(tks_is_revoked(t, other));
+    assert_int_not_equal(tks_generation(t), gen);
+    tks_revocation revs[4];
+    assert_int_equal(tks_revocations_after(t, 0, revs, 4), 1);
+    assert_int_equal(revs[0].ix.list, 6);
+    /* An expired token's jti no longer names the index a new token holds. */
+    tks_index got;
+    assert_int_equal(tks_jti_read(t, old_jti, &got, owner), TKS_ERR_NOT_FOUND);
+    assert_int_equal(tks_jti_make(t, ix, NULL, jti), TKS_OK);
+    assert_int_equal(tks_jti_read(t, jti, &got, owner), TKS_OK);
+    assert_true(got.list == ix.list && got.idx == ix.idx);
+    assert_int_equal(tks_revoke(t, ix, jti, NULL, T0, NULL), TKS_OK);
+    tks_index next;
+    assert_int_equal(tks_assign(t, T0, T0 + 600, &next), TKS_OK);
+    assert_true(next.list == 5 && next.idx == 1);
+    tks_close(t);
+
+    /* All of it durable. */
+    t = open_ok(d);
+    assert_true(tks_is_revoked(t, ix));
+    assert_false(tks_is_revoked(t, old));
+    assert_int_equal(tks_jti_read(t, old_jti, &got, owner), TKS_ERR_NOT_FOUND);
+    assert_int_equal(tks_jti_read(t, jti, &got, owner), TKS_OK);
+    tks_close(t);
+}
+
+static void
+test_with_every_list_used_up_and_none_expired_assign_is_full_until_one_expires(void **state)
+{
+    const testenv_db *d = *state;
+    fill_every_list(d, T0 + 100000, T0 + 200000);
+    tks *t = open_ok(d);
+    tks_index ix;
+    assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_ERR_FULL);
+    /* Within the 5 minutes' leeway after list 5's last token expired: still full. */
+    assert_int_equal(tks_assign(t, T0 + 100000 + 10, T0 + 100600, &ix), TKS_ERR_FULL);
+    assert_int_equal(tks_assign(t, T0 + 100000 + 301, T0 + 100901, &ix), TKS_OK);
+    assert_int_equal(ix.list, 5);
+    /* A token that outlives what the list recorded pushes its expiry (durably) before it
+     * gets an index, so the list is not reclaimed under it. */
+    assert_int_equal(tks_assign(t, T0 + 100000 + 301, T0 + 900000, &ix), TKS_OK);
+    tks_close(t);
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    assert_int_equal(sqlite3_open(d->db, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "SELECT expires FROM token_lists WHERE list = 5", -1, &s, NULL),
+        SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_true(sqlite3_column_int64(s, 0) >= T0 + 900000);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+}
+
+/* A file from before lists were reclaimed: its lists get an expiry no old token can
+ * outlive, and epoch 0 (their jtis stay valid). */
+static void test_a_file_from_before_reclaiming_keeps_its_lists_and_jtis(void **state)
+{
+    const testenv_db *d = *state;
+    raw_sql(d, "CREATE TABLE token_lists (list INTEGER PRIMARY KEY, reserved INTEGER NOT NULL);"
+               "INSERT INTO token_lists VALUES (0, 2048);");
+    tks *t = open_ok(d);
+    tks_index ix = {0, 3}, got;
+    char jti[TKS_JTI_MAX + 1], owner[2 * TKS_OWNER_BYTES + 1];
+    assert_int_equal(tks_jti_make(t, ix, NULL, jti), TKS_OK);
+    assert_int_equal(tks_jti_read(t, jti, &got, owner), TKS_OK);
+    assert_int_equal(tks_revoke(t, ix, jti, NULL, T0, NULL), TKS_OK);
+    tks_close(t);
+    sqlite3 *db;
+    sqlite3_stmt *s;
+    assert_int_equal(sqlite3_open(d->db, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT expires, epoch FROM token_lists WHERE list = 0",
+                                        -1, &s, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
+    assert_true(sqlite3_column_int64(s, 0) > (sqlite3_int64)time(NULL) + 365 * 86400);
+    assert_int_equal(sqlite3_column_int64(s, 1), 0);
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, testenv_db_setup, testenv_db_teardown)
 
 int main(void)
@@ -468,6 +605,9 @@ int main(void)
         T(test_concurrent_redeems_of_distinct_jtis_all_succeed),
         T(test_redeemed_jtis_are_pruned_after_their_exp),
         T(test_a_revocable_jti_round_trips_and_survives_a_restart),
+        T(test_a_status_list_whose_tokens_all_expired_is_reclaimed_instead_of_full),
+        T(test_with_every_list_used_up_and_none_expired_assign_is_full_until_one_expires),
+        T(test_a_file_from_before_reclaiming_keeps_its_lists_and_jtis),
         T(test_a_forged_or_foreign_jti_is_not_found),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
