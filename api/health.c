@@ -8,7 +8,7 @@ api_err api_healthz(const api_req *q, api_resp *r)
 }
 
 /* Ready when the last background probe had the token sign with the newest active key (or,
- * with no key yet, answer a listing) and no probe is late (probe.h): a logged-out,
+ * with no key yet, answer a session query, logged in) and no probe is late (probe.h): a logged-out,
  * unplugged or stalled token makes the appliance unready. Never waits for the token, so a
  * load balancer's check always gets an answer at once. */
 api_err api_readyz(const api_req *q, api_resp *r)

@@ -478,9 +478,7 @@ hsm_status kp_ping(kp *k, const hsm_kid *probe_kid)
         size_t len;
         return hsm_sign_rs256(k->h, probe_kid, "readyz", 6, sig, &len);
     }
-    hsm_key_entry e;
-    size_t n;
-    return hsm_list(k->h, &e, 1, &n);
+    return hsm_ping(k->h);
 }
 
 static hsm_status kp_svc_public_key_asked(kp *k, kp_svc s, hsm_pubkey *pub)

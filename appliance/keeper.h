@@ -56,7 +56,8 @@ hsm_status kp_sign(kp *k, const hsm_kid *kid, const void *msg, size_t len, uint8
 hsm_status kp_generate(kp *k, const hsm_kid *kid, unsigned bits, hsm_pubkey *pub);
 hsm_status kp_destroy(kp *k, const hsm_kid *kid);
 hsm_status kp_list(kp *k, hsm_key_entry *out, size_t cap, size_t *count);
-/* The token answers: a key it holds signs a probe, or, with no key, it lists. */
+/* The token answers: a key it holds signs a probe, or, with no key, the token answers a
+ * session query and the session is logged in (hsm_ping: cheap however many keys). */
 hsm_status kp_ping(kp *k, const hsm_kid *probe_kid);
 /* Service keys: the appliance's own keys in the token, each with a reserved CKA_ID (never
  * a client kid: reconcile leaves them alone, and the kp_ functions and the keeper refuse

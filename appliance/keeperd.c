@@ -452,9 +452,8 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
             st = hsm_sign_rs256(d->h, &q->kid, KPD_PROBE, strlen(KPD_PROBE), sig, &sig_len);
             ckr = kpd_ckr(st);
         } else {
-            hsm_key_entry e;
-            size_t n;
-            st = hsm_list(d->h, &e, 1, &n);
+            /* Cheap whatever the token holds: the supervisor's watchdog asks every second. */
+            st = hsm_ping(d->h);
             ckr = kpd_ckr(st);
         }
         break;

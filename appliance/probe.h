@@ -3,12 +3,12 @@
  * whatever the token does.
  *
  * One thread asks the keeper, every PRB_INTERVAL_MS (PRB_RETRY_MS while unready), for what
- * /readyz once asked inline: a signature with the newest active key (a listing when there
- * is none), and the keeper's session count for GET /metrics. prb_read reports ready when
- * the last probe succeeded and no probe has been waiting longer than PRB_DEADLINE_MS: a
- * stalled token makes the appliance unready within PRB_DEADLINE_MS even before the
- * keeper's own deadline (keeper_timeout_ms) ends the call, and in process_model = single,
- * where a module call cannot be abandoned, even if the call never returns. After a stall
+ * /readyz once asked inline: a signature with the newest active key (when there is none, a
+ * session query that must find the session logged in), and the keeper's session count for GET
+ * /metrics. prb_read reports ready when the last probe succeeded and no probe has been waiting
+ * longer than PRB_DEADLINE_MS: a stalled token makes the appliance unready within PRB_DEADLINE_MS
+ * even before the keeper's own deadline (keeper_timeout_ms) ends the call, and in process_model =
+ * single, where a module call cannot be abandoned, even if the call never returns. After a stall
  * the next probe (PRB_RETRY_MS later at most, once the stalled one gave up) makes it ready
  * again.
  *

@@ -935,6 +935,22 @@ static void hsm_list_found(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void
     c->count++;
 }
 
+hsm_status hsm_ping(hsm *h)
+{
+    CK_SESSION_HANDLE s;
+    hsm_status st = hsm_session(h, &s);
+    if (st != HSM_OK)
+        return st;
+    CK_SESSION_INFO info;
+    CK_RV rv = h->f->C_GetSessionInfo(s, &info);
+    if (rv != CKR_OK)
+        return hsm_from_ckr(rv);
+    /* Answering is not enough: a token that logged us out signs nothing. */
+    if (info.state != CKS_RW_USER_FUNCTIONS && info.state != CKS_RO_USER_FUNCTIONS)
+        return hsm_from_ckr(CKR_USER_NOT_LOGGED_IN);
+    return HSM_OK;
+}
+
 hsm_status hsm_list(hsm *h, hsm_key_entry *out, size_t cap, size_t *count)
 {
     *count = 0;

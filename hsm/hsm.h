@@ -122,6 +122,10 @@ hsm_status hsm_destroy(hsm *h, const hsm_kid *kid);
  * for reconcile, never for the request path). Fills up to cap entries; *count receives
  * the number found, which may exceed cap. */
 hsm_status hsm_list(hsm *h, hsm_key_entry *out, size_t cap, size_t *count);
+/* The token answers a cheap call (C_GetSessionInfo on this thread's session) and the session
+ * is logged in: what a liveness ping asks, at a cost that does not grow with the number of
+ * objects (hsm_list reads every one of them with SoftHSM2). */
+hsm_status hsm_ping(hsm *h);
 
 /* Number of keys in the handle cache, and of per-thread sessions open now. */
 size_t hsm_cached_keys(hsm *h);
