@@ -373,7 +373,7 @@ static api_doc *api_signed_get(const api_env *env, api_signed *e, uint64_t key, 
         pc_entry pe = e->pc;
         pe.has = e->doc != NULL && e->key == key; /* another key's copy answers nothing here */
         bool keeper_ok =
-            now - api_keeper_failed_at >= 1 && (api_in_flight == 0 || now - api_in_flight_at < 2);
+            now > api_keeper_failed_at && (api_in_flight == 0 || now - api_in_flight_at < 2);
         uint64_t ns = rl_now_ns();
         const char *bk = API_BUDGET_KEY;
         bool budget_ok = rl_peek(api_budget, bk, strlen(bk), ns) == 0;
