@@ -42,10 +42,12 @@
 #define VSV_URI_MAX (VFY_TOKEN_MAX + 4096) /* bytes of the original URI: a token and a path */
 /* CivetWeb's max_request_size: the request line and X-Original-URI may each hold a URI. */
 #define VSV_REQUEST_MAX (2 * VSV_URI_MAX + 8192)
-#define VSV_ORIGIN_MAX 255           /* bytes of an origin, as vfy_origin_ok */
-#define VSV_ADDR_MAX 64              /* bytes of the --serve address */
-#define VSV_SEGMENT_MAX 32           /* --sub-from-path: 1..32 */
-#define VSV_THREADS_DEFAULT 8        /* worker threads: each answers one request at a time */
+#define VSV_ORIGIN_MAX 255 /* bytes of an origin, as vfy_origin_ok */
+#define VSV_ADDR_MAX 64    /* bytes of the --serve address */
+#define VSV_SEGMENT_MAX 32 /* --sub-from-path: 1..32 */
+/* Threads: CivetWeb holds one per open connection, kept-alive ones included, so this must
+ * be above the connections the proxy keeps open to it (nginx: upstream keepalive). */
+#define VSV_THREADS_DEFAULT 32
 #define VSV_THREADS_MAX 256          /* --serve-threads: 1..256 */
 #define VSV_HEADER_VALUE_MAX 512     /* bytes of one X-Signd-* value */
 #define VSV_REQUEST_TIMEOUT_MS 10000 /* a proxy on loopback sends its headers at once */

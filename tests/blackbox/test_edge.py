@@ -85,6 +85,7 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
+{extra}
     }}
 }}
 """
@@ -127,7 +128,9 @@ class Sidecar:
 class Nginx:
     """nginx -p DIR in the foreground, everything of it under DIR; stopped by its PID."""
 
-    def __init__(self, directory, verify_port):
+    def __init__(self, directory, verify_port, extra=""):
+        """extra: more of the server block (tests/bench/edge.py adds a location with no
+        check)."""
         self.dir = str(directory)
         self.port = unused_port()
         os.makedirs(os.path.join(self.dir, "tmp"), exist_ok=True)
@@ -144,7 +147,7 @@ class Nginx:
         self.conf = os.path.join(self.dir, "nginx.conf")
         with open(self.conf, "w") as f:
             f.write(NGINX_CONF.format(dir=self.dir, port=self.port, verify_port=verify_port,
-                                      user=user))
+                                      user=user, extra=extra.replace("DIR", self.dir)))
         self.proc = subprocess.Popen([NGINX, "-p", self.dir, "-c", self.conf],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
