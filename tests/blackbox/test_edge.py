@@ -109,9 +109,10 @@ class Sidecar:
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("serving 127.0.0.1:%d" % self.port):
+            stop_process(self.proc, signal.SIGTERM, 10)
+            why = self.proc.stderr.read()
             self.close()
-            raise AssertionError("signd-verify --serve did not start: %r %s"
-                                 % (line, self.proc.stderr.read()))
+            raise AssertionError("signd-verify --serve did not start: %r %s" % (line, why))
         self.url = "http://127.0.0.1:%d" % self.port
 
     def ask(self, uri, **headers):
