@@ -384,3 +384,52 @@ def test_appliance_stopped_still_plays_until_the_feed_ages_out_then_refuses(make
     finally:
         ngx.close()
         assert side.close() == 0
+
+
+def test_origin_option_stands_in_for_a_request_with_neither_origin_nor_referer(edge, tmp_path):
+    a, side, ngx, kids = edge
+    keyfile = pin_publication_key(a, str(tmp_path))
+    token = mint(a, kids["edge"], sub="video-123", origin=ORIGIN_A)
+    uri = "/%s/video-123/seg0.ts" % token
+    fallback = Sidecar(a, keyfile, "--sub-from-path", "1", "--origin", ORIGIN_A)
+    try:
+        assert fallback.ask(uri).status_code == 200
+        # The request's own origin still wins over the fallback.
+        r = fallback.ask(uri, Origin=ORIGIN_B)
+        assert (r.status_code, reason(r)) == (403, "wrong_origin")
+    finally:
+        assert fallback.close() == 0
+
+
+def test_uri_beyond_its_bound_gets_403_bad_uri_and_a_huge_head_is_refused(edge):
+    a, side, ngx, kids = edge
+    token = mint(a, kids["edge"], sub="video-123")
+    long_uri = "/%s/video-123/%s" % (token, "a" * (16384 + 4096))
+    r = side.ask(long_uri)
+    assert (r.status_code, reason(r)) == (403, "bad_uri")
+    # Beyond CivetWeb's max_request_size the head is not read at all: never a 200.
+    r = requests.get(side.url + "/auth", timeout=30,
+                     headers={"X-Original-URI": "/%s/video-123/seg0.ts" % token,
+                              "X-Padding": "p" * 60000})
+    assert r.status_code >= 400
+    # And the daemon still answers afterwards.
+    assert side.ask("/%s/video-123/seg0.ts" % token).status_code == 200
+
+
+def test_serve_options_that_cannot_work_are_setup_errors(edge, tmp_path):
+    a, side, ngx, kids = edge
+    base = [VERIFY, "--url", a.url, "--cacert", a.cacert, "--feed-key",
+            pin_publication_key(a, str(tmp_path))]
+    secret = tmp_path / "redeemer.secret"
+    secret.write_text("not-used\n")
+    for extra, why in ((["--serve", "8081"], "--serve"),
+                       (["--serve", "127.0.0.1:443s"], "--serve"),
+                       (["--sub-from-path", "1"], "need --serve"),
+                       (["--serve", "127.0.0.1:1", "--sub-from-path", "0"], "--sub-from-path"),
+                       (["--serve", "127.0.0.1:1", "--serve-threads", "257"], "--serve-threads"),
+                       (["--serve", "127.0.0.1:1", "--redeem-credential", str(secret)],
+                        "--redeem-credential"),
+                       (["--serve", "127.0.0.1:1", "some.token.here"], "TOKEN")):
+        p = subprocess.run(base + extra, capture_output=True, text=True, timeout=30,
+                           stdin=subprocess.DEVNULL)
+        assert p.returncode == 2 and p.stdout == "" and why in p.stderr, (extra, p.stderr)
