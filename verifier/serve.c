@@ -225,8 +225,9 @@ int vsv_status(const char *reason)
     static const char *const unauthorized[] = {"missing_token", "malformed",     "alg_not_allowed",
                                                "unknown_kid",   "bad_signature", "expired",
                                                "not_yet_valid"};
-    static const char *const forbidden[] = {"revoked_kid",    "revoked_token", "wrong_origin",
-                                            "wrong_resource", "bad_uri",       "already_used"};
+    static const char *const forbidden[] = {"revoked_kid",    "revoked_token",   "revoked_subject",
+                                            "wrong_origin",   "origin_required", "wrong_audience",
+                                            "wrong_resource", "bad_uri",         "already_used"};
     if (strcmp(reason, "ok") == 0)
         return 200;
     for (size_t i = 0; i < sizeof(unauthorized) / sizeof(unauthorized[0]); i++)
@@ -265,11 +266,12 @@ vsv_answer vsv_check(vfy *v, const vsv_policy *p, const char *uri, size_t uri_le
     vfy_result r = vfy_verify_ex(v, token, origin, &claims);
     if (r != VFY_OK)
         return vsv_refuse(vfy_result_name(r), claims);
-    /* The library lets any origin through when none is expected; here a bound token must
-     * be checked against the request's, so a request with none cannot use it. */
+    /* A bound token must be checked against the request's origin, so a request with none
+     * cannot use it: origin_required, the name the library gives this case where it checks
+     * it itself (a library that lets it through is not trusted to here). */
     if (origin == NULL &&
         (json_object_get(claims, "origin") != NULL || json_object_get(claims, "origins") != NULL))
-        return vsv_refuse("wrong_origin", claims);
+        return vsv_refuse("origin_required", claims);
     if (p->sub_segment > 0) {
         const char *seg;
         size_t seg_len;

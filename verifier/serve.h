@@ -21,7 +21,7 @@
  *   4. The request's origin: the Origin header, else the scheme://host[:port] of the Referer,
  *      else the --origin fallback, else none. The library compares it with the token's
  *      origin claim; a token bound to an origin asked for with no origin at all is
- *      wrong_origin (fail closed: the binding cannot be checked).
+ *      origin_required (fail closed: the binding cannot be checked).
  *   5. vfy_verify_ex, then, with sub_segment N > 0, the token's sub must equal segment N
  *      (1-based) of the resource path byte for byte (wrong_resource otherwise).
  *
@@ -95,9 +95,10 @@ typedef struct {
 
 /* The HTTP status of a reason: 200 ok; 401 missing_token, malformed, alg_not_allowed,
  * unknown_kid, bad_signature, expired, not_yet_valid (no valid token: get a new one); 403
- * revoked_kid, revoked_token, wrong_origin, wrong_resource, bad_uri, already_used (a valid
- * token, refused here); 503 feed_stale, redeem_failed and anything else (the verifier cannot
- * decide; fail closed). */
+ * revoked_kid, revoked_token, revoked_subject, wrong_origin, origin_required, wrong_audience,
+ * wrong_resource, bad_uri, already_used (a valid token, refused here; revoked_subject,
+ * wrong_audience and origin_required are names the library may give too); 503 feed_stale,
+ * redeem_failed and anything else (the verifier cannot decide; fail closed). */
 int vsv_status(const char *reason);
 
 typedef struct {

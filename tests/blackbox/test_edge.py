@@ -324,7 +324,7 @@ def test_origin_bound_token_is_403_wrong_origin_from_another_origin(edge):
     assert (r.status_code, reason(r)) == (403, "wrong_origin")
     # Neither header: the binding cannot be checked, so it is refused.
     r = ngx.get(path)
-    assert (r.status_code, reason(r)) == (403, "wrong_origin")
+    assert (r.status_code, reason(r)) == (403, "origin_required")
     # A token bound to no origin plays from anywhere.
     assert ngx.get("/%s/video-123/seg0.ts" % mint(a, kid, sub="video-123"),
                    Origin=ORIGIN_B).status_code == 200

@@ -215,8 +215,9 @@ static void test_each_reason_has_its_status(void **state)
                                                "not_yet_valid"};
     for (size_t i = 0; i < sizeof(unauthorized) / sizeof(unauthorized[0]); i++)
         assert_int_equal(vsv_status(unauthorized[i]), 401);
-    static const char *const forbidden[] = {"revoked_kid",    "revoked_token", "wrong_origin",
-                                            "wrong_resource", "bad_uri",       "already_used"};
+    static const char *const forbidden[] = {"revoked_kid",    "revoked_token",   "revoked_subject",
+                                            "wrong_origin",   "origin_required", "wrong_audience",
+                                            "wrong_resource", "bad_uri",         "already_used"};
     for (size_t i = 0; i < sizeof(forbidden) / sizeof(forbidden[0]); i++)
         assert_int_equal(vsv_status(forbidden[i]), 403);
     assert_int_equal(vsv_status("feed_stale"), 503);
@@ -412,7 +413,8 @@ static void test_bound_token_needs_a_matching_request_origin(void **state)
     assert_string_equal(check_reason(t, rest, 1, NULL, ORIGIN_B, NULL, &st), "wrong_origin");
     assert_int_equal(st, 403);
     /* No origin at all: the binding cannot be checked, so it is refused... */
-    assert_string_equal(check_reason(t, rest, 1, NULL, NULL, NULL, &st), "wrong_origin");
+    assert_string_equal(check_reason(t, rest, 1, NULL, NULL, NULL, &st), "origin_required");
+    assert_int_equal(st, 403);
     /* ... unless the fallback stands in, which the request's own origin still overrides. */
     assert_string_equal(check_reason(t, rest, 1, ORIGIN_A, NULL, NULL, &st), "ok");
     assert_string_equal(check_reason(t, rest, 1, ORIGIN_A, ORIGIN_B, NULL, &st), "wrong_origin");
