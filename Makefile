@@ -100,7 +100,7 @@ $(BUILD)/bin/bench-hsm: $(BUILD)/obj/tests/bench/bench_hsm.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
-$(BUILD)/bin/signd-verify: $(BUILD)/obj/verifier/signd-verify.o $(LIB)
+$(BUILD)/bin/signd-verify: $(BUILD)/obj/verifier/signd-verify.o $(LIB) $(CIVETLIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 

@@ -4,6 +4,7 @@
  *   signd-verify --url URL --cacert FILE --feed-key FILE [--max-feed-age S] [--cooldown S]
  *                [--behind-grace S] [--leeway S] [--now UNIX] [--origin ORIGIN]
  *                [--redeem-credential FILE] [TOKEN ...]
+ *   signd-verify ... --serve HOST:PORT [--sub-from-path N] [--serve-threads N]
  *
  * With tokens: verifies each once, one line each, exit 0 when all are ok, 1 otherwise.
  * --origin: a token bound to another origin is wrong_origin. --redeem-credential: each
@@ -16,7 +17,10 @@
  * An answer is "ok <claims as compact JSON>" or the stable name of the reason
  * (vfy_result_name). Setup errors: exit 2 with one line "signd-verify: <what>" on stderr.
  * It never prompts.
+ * --serve: the same verifier as an HTTP daemon for a web server's sub-request
+ * authentication (verifier/serve.h); it answers until SIGTERM or SIGINT, exit 0.
  */
+#include "verifier/serve.h"
 #include "verifier/verifier.h"
 
 #include <errno.h>
@@ -44,6 +48,7 @@ static void cli_usage(FILE *f)
     fputs("usage: signd-verify --url URL --cacert FILE --feed-key FILE [--max-feed-age S]\n"
           "                    [--cooldown S] [--behind-grace S] [--leeway S] [--now UNIX]\n"
           "                    [--origin ORIGIN] [--redeem-credential FILE] [TOKEN ...]\n"
+          "       signd-verify ... --serve HOST:PORT [--sub-from-path N] [--serve-threads N]\n"
           "Verifies RS256 tokens of a signd appliance against its JWKS, its signed\n"
           "revocation feed and the signed status list a revocable token names (both checked\n"
           "with the pinned key in --feed-key). --origin ORIGIN (https://host[:port]) refuses a\n"
@@ -55,7 +60,12 @@ static void cli_usage(FILE *f)
           "the signed copy of within S seconds, it answers feed_stale until it can.\n"
           "Answers: ok <claims>, malformed, alg_not_allowed, feed_stale, unknown_kid,\n"
           "revoked_kid, bad_signature, expired, not_yet_valid, revoked_token, wrong_origin,\n"
-          "already_used, redeem_failed.\n",
+          "already_used, redeem_failed.\n"
+          "--serve HOST:PORT answers HTTP sub-requests (nginx auth_request) on any path: the\n"
+          "token from the first segment of X-Original-URI or its token parameter, the origin\n"
+          "from Origin or Referer (--origin: for requests with neither); 200 with X-Signd-Sub,\n"
+          "-Jti, -Exp, or 401/403/503 with X-Signd-Reason. --sub-from-path N (1..32): the\n"
+          "token's sub must be segment N of the path after the token (wrong_resource).\n",
           f);
 }
 
@@ -160,12 +170,17 @@ int main(int argc, char **argv)
         {"now", required_argument, NULL, 'n'},
         {"origin", required_argument, NULL, 'o'},
         {"redeem-credential", required_argument, NULL, 'r'},
+        {"serve", required_argument, NULL, 'S'},
+        {"sub-from-path", required_argument, NULL, 'P'},
+        {"serve-threads", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     vfy_config cfg;
     vfy_config_default(&cfg);
     const char *origin = NULL;
+    vsv_config serve = {.addr = NULL, .threads = VSV_THREADS_DEFAULT};
+    bool serve_only = false; /* an option that means nothing without --serve was given */
     int o;
     uint64_t num;
     opterr = 0;
@@ -215,6 +230,23 @@ int main(int argc, char **argv)
         case 'r':
             cfg.redeem_credential = optarg;
             break;
+        case 'S':
+            if (!vsv_addr_ok(optarg))
+                return cli_fail("--serve must be HOST:PORT (IPv4 or [IPv6]), not %s", optarg);
+            serve.addr = optarg;
+            break;
+        case 'P':
+            if (cli_number(optarg, VSV_SEGMENT_MAX, &num) != 0 || num == 0)
+                return cli_fail("--sub-from-path must be 1..%d, not %s", VSV_SEGMENT_MAX, optarg);
+            serve.policy.sub_segment = (unsigned)num;
+            serve_only = true;
+            break;
+        case 'T':
+            if (cli_number(optarg, VSV_THREADS_MAX, &num) != 0 || num == 0)
+                return cli_fail("--serve-threads must be 1..%d, not %s", VSV_THREADS_MAX, optarg);
+            serve.threads = (unsigned)num;
+            serve_only = true;
+            break;
         case 'h':
             cli_usage(stdout);
             return 0;
@@ -230,10 +262,24 @@ int main(int argc, char **argv)
         return cli_fail("--cacert is required");
     if (cfg.feed_key == NULL)
         return cli_fail("--feed-key is required (the pinned publication key PEM)");
+    if (serve_only && serve.addr == NULL)
+        return cli_fail("--sub-from-path and --serve-threads need --serve");
     /* A reader that went away must not kill us mid-line; writes then fail instead. */
     signal(SIGPIPE, SIG_IGN);
 
     char err[CLI_ERR_MAX];
+    if (serve.addr != NULL) {
+        /* A daemon redeeming would spend a single-use token on its first segment, and make
+         * a network call per request: not offered. */
+        if (cfg.redeem_credential != NULL)
+            return cli_fail("--redeem-credential cannot be used with --serve");
+        if (optind < argc)
+            return cli_fail("--serve takes no TOKEN arguments");
+        serve.policy.fallback = origin;
+        if (vsv_run(&cfg, &serve, err, sizeof(err)) != 0)
+            return cli_fail("%s", err);
+        return 0;
+    }
     vfy *v = NULL;
     if (vfy_open(&cfg, &v, err, sizeof(err)) != VFY_E_OK)
         return cli_fail("%s", err);

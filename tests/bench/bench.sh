@@ -18,7 +18,10 @@
 #   - JWKS requests/s with 1,000 keys, for 200 and for 304;
 #   - minting revocable single-use tokens against plain ones, same wrk, same appliance, the
 #     ratio (bar >= 0.95), and durable redeems/s of fresh single-use tokens with p50/p99 at
-#     16 and 64 connections (rounds of their own, last; see tokens_bench below).
+#     16 and 64 connections (rounds of their own, last; see tokens_bench below);
+#   - the edge: an HLS segment through nginx auth_request and signd-verify --serve, one
+#     cached token, against nginx serving it with no check, the ratio (goal >= 0.5) and
+#     p50/p99 (tests/bench/edge.py, an appliance, sidecar and nginx of its own).
 # Raw, split, split with subscribers, split with every signature audited, and single runs
 # alternate (their order reversed every other round), 3 rounds,
 # medians reported: the machine is shared and noisy. The configuration is put back to split
@@ -28,6 +31,7 @@
 #   BENCH_ONLY=tokens only the issue-11 token measurements (mint revocable single-use vs
 #                     plain, redeem/s); with BENCH_SECONDS=3 BENCH_ROUNDS=1, a quick try
 #   BENCH_ONLY=jwt    only the raw loop, split and single (issues 3 and 5), a few minutes
+#   BENCH_ONLY=edge   only the edge rows (issue 24), about a minute
 #   SIGND_BUILD=build the build directory (`make bench` passes $(BUILD)): its bin/ is run,
 #                     its bench/ holds the data directories and the table
 # The data directory build/bench/appliance (1,000 keys, a few minutes to create the first
@@ -41,12 +45,21 @@ build=${SIGND_BUILD:-build}
 export SIGND_BUILD=$build
 only=${BENCH_ONLY:-}
 case $only in
-"" | tokens | jwt) ;;
+"" | tokens | jwt | edge) ;;
 *)
-	echo "bench: BENCH_ONLY must be empty, tokens or jwt" >&2
+	echo "bench: BENCH_ONLY must be empty, tokens, jwt or edge" >&2
 	exit 2
 	;;
 esac
+mkdir -p "$build/bench"
+if [ "$only" = edge ]; then
+	{
+		echo "| measure (median of $rounds, ${secs}s each) | value |"
+		echo "| --- | --- |"
+		/usr/bin/python3 tests/bench/edge.py "$secs" "$rounds"
+	} | tee "$build/bench/edge.txt"
+	exit "${PIPESTATUS[0]}"
+fi
 dir="$top/$build/bench/appliance"
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$build/bench"
@@ -451,6 +464,9 @@ prop_p50=$(echo "$prop" | sed -nE 's/.*p50 ([0-9.]+) ms.*/\1/p')
 prop_p99=$(echo "$prop" | sed -nE 's/.*p99 ([0-9.]+) ms.*/\1/p')
 prop_verdict=$(awk -v p="$prop_p99" 'BEGIN {print (p != "" && p <= 100) ? "pass" : "FAIL"}')
 
+# The edge (issue 24): nginx auth_request through signd-verify --serve, its own appliance.
+edge_rows=$(/usr/bin/python3 tests/bench/edge.py "$secs" "$rounds")
+
 # Mint revocable single-use vs plain, and redeems/s (above), last: their tokens grow the
 # database.
 tokens_bench
@@ -474,4 +490,5 @@ tokens_bench
 	echo "| JWKS, 1,000 keys, 304 on If-None-Match (req/s) | $j304 |"
 	echo "| runs raw / split / single / split with 200 subscribers | ${raw_runs[*]} / ${jwt_runs[*]} / ${single_runs[*]} / ${sse_runs[*]} |"
 	token_rows
+	echo "$edge_rows"
 } | tee "$build/bench/appliance.txt"
