@@ -110,6 +110,7 @@ typedef struct {
 struct vfy {
     vfy_config cfg; /* strings point to the copies below */
     char *url, *cacert, *feed_key;
+    char aud[VFY_AUD_MAX + 1]; /* cfg.aud's copy; cfg.aud points here when it was given */
     vfy_pubkey pin;
     bool offline; /* vfy_open_documents: no network, no thread */
 

@@ -62,6 +62,8 @@ const char *vfy_result_name(vfy_result r)
         [VFY_WRONG_ORIGIN] = "wrong_origin",
         [VFY_ALREADY_USED] = "already_used",
         [VFY_REDEEM_FAILED] = "redeem_failed",
+        [VFY_ORIGIN_REQUIRED] = "origin_required",
+        [VFY_WRONG_AUDIENCE] = "wrong_audience",
     };
     return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "invalid";
 }
@@ -93,6 +95,17 @@ static vfy_err vfy_config_check(const vfy_config *c, bool net, char *err, size_t
                  "a setting is out of range (max-feed-age 1..86400, cooldown 0..3600, "
                  "leeway 0..3600, behind-grace 1..3600, now >= 0)");
         return VFY_E_CONFIG;
+    }
+    if (c->aud != NULL) {
+        size_t n = strnlen(c->aud, VFY_AUD_MAX + 1);
+        bool printable = n >= 1 && n <= VFY_AUD_MAX;
+        for (size_t i = 0; printable && i < n; i++)
+            printable = (unsigned char)c->aud[i] >= 0x20 && (unsigned char)c->aud[i] <= 0x7e;
+        if (!printable) {
+            snprintf(err, errlen, "the audience must be 1 to %d printable ASCII characters",
+                     VFY_AUD_MAX);
+            return VFY_E_CONFIG;
+        }
     }
     if (!net)
         return VFY_E_OK;
@@ -126,6 +139,11 @@ static vfy *vfy_alloc(const vfy_config *cfg)
         return NULL;
     v->cfg = *cfg;
     v->cfg.url = v->cfg.cacert = v->cfg.feed_key = v->cfg.redeem_credential = NULL;
+    /* Checked by vfy_config_check: it fits. */
+    if (cfg->aud != NULL) {
+        snprintf(v->aud, sizeof(v->aud), "%s", cfg->aud);
+        v->cfg.aud = v->aud;
+    }
     pthread_rwlockattr_t ra;
     pthread_condattr_t ca;
     int bad = pthread_rwlockattr_init(&ra);
@@ -589,6 +607,57 @@ vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len)
 
 /* ---- verification ---------------------------------------------------------------------- */
 
+/* The "origins" claim: absent, or an array of 1..VFY_ORIGINS_MAX strings, and never next to
+ * "origin" (which of the two binds would be a guess). */
+static bool vfy_origins_claim_ok(const json_t *payload)
+{
+    const json_t *list = json_object_get(payload, "origins");
+    if (list == NULL)
+        return true;
+    if (!json_is_array(list) || json_array_size(list) < 1 ||
+        json_array_size(list) > VFY_ORIGINS_MAX || json_object_get(payload, "origin") != NULL)
+        return false;
+    size_t i;
+    const json_t *o;
+    json_array_foreach(list, i, o) if (!json_is_string(o)) return false;
+    return true;
+}
+
+/* The origin check of a signed token: a bound token needs an expected origin, and it must
+ * be one it is bound to. */
+static vfy_result vfy_token_origin(const json_t *payload, const char *expected)
+{
+    const json_t *one = json_object_get(payload, "origin");
+    const json_t *list = json_object_get(payload, "origins");
+    if (one == NULL && list == NULL)
+        return VFY_OK;
+    if (expected == NULL)
+        return VFY_ORIGIN_REQUIRED;
+    if (one != NULL)
+        return strcmp(json_string_value(one), expected) == 0 ? VFY_OK : VFY_WRONG_ORIGIN;
+    size_t i;
+    const json_t *o;
+    json_array_foreach(list, i, o) if (strcmp(json_string_value(o), expected) == 0) return VFY_OK;
+    return VFY_WRONG_ORIGIN;
+}
+
+/* The audience check, only when the verifier was told its own: aud a string equal to it or
+ * an array holding it (RFC 7519 section 4.1.3); absent or anything else is refused. */
+static vfy_result vfy_token_audience(const json_t *payload, const char *mine)
+{
+    if (mine == NULL)
+        return VFY_OK;
+    const json_t *aud = json_object_get(payload, "aud");
+    if (json_is_string(aud))
+        return strcmp(json_string_value(aud), mine) == 0 ? VFY_OK : VFY_WRONG_AUDIENCE;
+    size_t i;
+    const json_t *a;
+    if (json_is_array(aud))
+        json_array_foreach(aud, i, a) if (json_is_string(a) &&
+                                          strcmp(json_string_value(a), mine) == 0) return VFY_OK;
+    return VFY_WRONG_AUDIENCE;
+}
+
 /* The checks that need no key: form (the status and origin claims included), then alg.
  * *kid points into j's header, *status_uri (NULL: none) into its payload. */
 static vfy_result vfy_token_structure(const vfy *v, const char *token, vfy_jws *j, const char **kid,
@@ -610,7 +679,7 @@ static vfy_result vfy_token_structure(const vfy *v, const char *token, vfy_jws *
         !json_is_number(exp) || (nbf != NULL && !json_is_number(nbf)))
         return VFY_MALFORMED;
     const json_t *origin = json_object_get(j->payload, "origin");
-    if ((origin != NULL && !json_is_string(origin)) ||
+    if ((origin != NULL && !json_is_string(origin)) || !vfy_origins_claim_ok(j->payload) ||
         vfy_status_claim(v, j->payload, status_uri, status_idx) != VFY_OK)
         return VFY_MALFORMED;
     /* Exactly RS256, before any key is looked up: "none", and HS256 keyed with our public
@@ -713,10 +782,10 @@ vfy_result vfy_verify_ex(vfy *v, const char *token, const char *expected_origin,
     /* Signed by the appliance from here on: only such a token can make us fetch its list. */
     if (r == VFY_OK && status_uri != NULL)
         r = vfy_status_lookup(v, status_uri, status_idx);
-    const char *origin = json_string_value(json_object_get(j.payload, "origin"));
-    if (r == VFY_OK && expected_origin != NULL && origin != NULL &&
-        strcmp(origin, expected_origin) != 0)
-        r = VFY_WRONG_ORIGIN;
+    if (r == VFY_OK)
+        r = vfy_token_origin(j.payload, expected_origin);
+    if (r == VFY_OK)
+        r = vfy_token_audience(j.payload, v->cfg.aud);
     if (r == VFY_OK && claims_out != NULL)
         *claims_out = json_incref(j.payload);
     vfy_jws_free(&j);

@@ -88,6 +88,8 @@
 #define VFY_KID_LEN 32         /* a client kid: 32 lowercase hex characters */
 #define VFY_MIN_RSA_BYTES 256  /* RFC 7518 section 3.3: RS256 keys are 2048 bits or more */
 #define VFY_FEED_TYP "kid-revocation+jwt"
+#define VFY_ORIGINS_MAX 16 /* origins one token may be bound to (claim "origins") */
+#define VFY_AUD_MAX 256    /* bytes of cfg.aud, as the appliance bounds a minted aud */
 
 /* ---- results ------------------------------------------------------------------------- */
 
@@ -112,12 +114,18 @@ typedef enum {
     VFY_ALREADY_USED,    /* vfy_redeem only: the appliance says the single-use token is spent */
     VFY_REDEEM_FAILED,   /* vfy_redeem only: the appliance could not be asked, or answered
                             something else (no credential, 401/403, 5xx, invalid_token) */
+    /* Appended, not inserted, so the values above keep their numbers. In the check order
+     * they come with wrong_origin: origin_required and wrong_origin, then wrong_audience. */
+    VFY_ORIGIN_REQUIRED, /* the token is bound to an origin (or origins) and the check named
+                            none: fail closed, a bound token is not valid from anywhere */
+    VFY_WRONG_AUDIENCE,  /* cfg.aud is set and the token's aud is not it (nor an array
+                            holding it), or the token has no aud */
 } vfy_result;
 
 /* The stable name of a result: "ok", "malformed", "alg_not_allowed", "feed_stale",
  * "unknown_kid", "revoked_kid", "bad_signature", "expired", "not_yet_valid",
- * "revoked_token", "wrong_origin", "already_used", "redeem_failed" ("invalid" for a value
- * outside the enum). */
+ * "revoked_token", "wrong_origin", "already_used", "redeem_failed", "origin_required",
+ * "wrong_audience" ("invalid" for a value outside the enum). */
 const char *vfy_result_name(vfy_result r);
 
 /* Why vfy_open (or a loader) failed. */
@@ -267,6 +275,9 @@ typedef struct {
                                       it, feed_stale until it has that copy. 5, 1..3600 */
     const char *redeem_credential; /* file holding the secret of a redeemer credential, for
                                       vfy_redeem; NULL: vfy_redeem answers redeem_failed */
+    const char *aud; /* the audience this verifier is: a token whose aud is not it (a string
+                        equal to it, or an array holding it) is wrong_audience, one without
+                        aud too. NULL: aud is not looked at. 1..256 printable ASCII */
 } vfy_config;
 
 /* Fills *cfg with the defaults above and NULL strings. */
@@ -321,8 +332,11 @@ vfy_result vfy_verify(vfy *v, const char *token, json_t **claims_out);
  * bounded by http_timeout; kept fresh by the background thread on the poll interval and
  * at once on a token-revocation event): revoked_token when its bit is set, feed_stale when
  * the list is past its exp (or older than max_feed_age while the stream is down) and no
- * fresh copy can be had. Then, when expected_origin is not NULL, a token whose "origin"
- * claim differs from it byte for byte is wrong_origin (a token without one passes).
+ * fresh copy can be had. Then the origin: a token bound to one ("origin", a string) or to
+ * several ("origins", an array of 1..16 strings) is origin_required when expected_origin
+ * is NULL (fail closed: vfy_verify never passes a bound token), wrong_origin when
+ * expected_origin is none of them byte for byte; a token bound to none passes anywhere.
+ * Then, with cfg.aud set, the audience (wrong_audience).
  * "single_use" is not looked at: only the appliance knows whether a token was spent (see
  * vfy_redeem). */
 vfy_result vfy_verify_ex(vfy *v, const char *token, const char *expected_origin,

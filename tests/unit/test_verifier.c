@@ -1672,12 +1672,106 @@ static void test_origin_bound_token_is_wrong_origin_elsewhere(void **state)
     /* Byte for byte: a trailing '/' or another case is another origin. */
     assert_int_equal(vfy_verify_ex(v, bound, ORIGIN_A "/", NULL), VFY_WRONG_ORIGIN);
     assert_int_equal(vfy_verify_ex(v, bound, "https://A.example", NULL), VFY_WRONG_ORIGIN);
-    /* No expected origin: not checked. A token without origin passes anywhere. */
-    assert_int_equal(vfy_verify(v, bound, NULL), VFY_OK);
+    /* A token without origin passes anywhere, and with no origin named. */
     assert_int_equal(vfy_verify_ex(v, free_token, ORIGIN_B, NULL), VFY_OK);
+    assert_int_equal(vfy_verify(v, free_token, NULL), VFY_OK);
     free(bound);
     free(free_token);
     vfy_close(v);
+}
+
+/* The fail-closed fix: a check that names no origin used to pass a bound token. */
+static void test_an_origin_bound_token_checked_without_an_origin_is_origin_required(void **state)
+{
+    (void)state;
+    vfy *v = open_default();
+    char *bound = token_with("\"origin\":\"" ORIGIN_A "\"");
+    char *bound_many = token_with("\"origins\":[\"" ORIGIN_B "\",\"" ORIGIN_A "\"]");
+    json_t *claims = (json_t *)1;
+    assert_int_equal(vfy_verify(v, bound, &claims), VFY_ORIGIN_REQUIRED);
+    assert_null(claims);
+    assert_int_equal(vfy_verify_ex(v, bound, NULL, NULL), VFY_ORIGIN_REQUIRED);
+    assert_int_equal(vfy_verify(v, bound_many, NULL), VFY_ORIGIN_REQUIRED);
+    /* vfy_redeem checks first: nothing is sent for it either. */
+    char detail[128];
+    assert_int_equal(vfy_redeem(v, bound, NULL, NULL, detail, sizeof(detail)), VFY_ORIGIN_REQUIRED);
+    assert_string_equal(vfy_result_name(VFY_ORIGIN_REQUIRED), "origin_required");
+    free(bound);
+    free(bound_many);
+    vfy_close(v);
+}
+
+static void test_a_token_bound_to_origins_passes_from_each_and_no_other(void **state)
+{
+    (void)state;
+    vfy *v = open_default();
+    char *bound = token_with("\"origins\":[\"" ORIGIN_B "\",\"" ORIGIN_A "\"]");
+    assert_int_equal(vfy_verify_ex(v, bound, ORIGIN_A, NULL), VFY_OK);
+    assert_int_equal(vfy_verify_ex(v, bound, ORIGIN_B, NULL), VFY_OK);
+    assert_int_equal(vfy_verify_ex(v, bound, "https://c.example", NULL), VFY_WRONG_ORIGIN);
+    assert_int_equal(vfy_verify_ex(v, bound, ORIGIN_A "/", NULL), VFY_WRONG_ORIGIN);
+    /* Out of shape: empty, not strings, more than 16, or next to "origin". */
+    const char *bad[] = {
+        "\"origins\":[]",
+        "\"origins\":\"" ORIGIN_A "\"",
+        "\"origins\":[7]",
+        "\"origins\":[\"" ORIGIN_A "\"],\"origin\":\"" ORIGIN_A "\"",
+        "\"origins\":[\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\","
+        "\"a\",\"a\",\"a\",\"a\",\"a\",\"a\"]",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+        char *t = token_with(bad[i]);
+        if (vfy_verify_ex(v, t, ORIGIN_A, NULL) != VFY_MALFORMED)
+            fail_msg("not malformed: %s", bad[i]);
+        free(t);
+    }
+    free(bound);
+    vfy_close(v);
+}
+
+static void test_a_token_for_another_audience_is_wrong_audience(void **state)
+{
+    (void)state;
+    vfy_config cfg;
+    vfy_config_default(&cfg);
+    cfg.aud = "player";
+    char *feed = feed_make(0, 0, NULL, 0);
+    vfy *v = open_with(&cfg, feed);
+    char *mine = token_with("\"aud\":\"player\"");
+    char *in_list = token_with("\"aud\":[\"upload\",\"player\"]");
+    char *other = token_with("\"aud\":\"upload\"");
+    char *other_list = token_with("\"aud\":[\"upload\"]");
+    char *none = token_with("");
+    char *odd = token_with("\"aud\":7");
+    assert_int_equal(verify_str(v, mine), VFY_OK);
+    assert_int_equal(verify_str(v, in_list), VFY_OK);
+    assert_int_equal(verify_str(v, other), VFY_WRONG_AUDIENCE);
+    assert_int_equal(verify_str(v, other_list), VFY_WRONG_AUDIENCE);
+    assert_int_equal(verify_str(v, none), VFY_WRONG_AUDIENCE);
+    assert_int_equal(verify_str(v, odd), VFY_WRONG_AUDIENCE);
+    assert_string_equal(vfy_result_name(VFY_WRONG_AUDIENCE), "wrong_audience");
+    vfy_close(v);
+    /* Without an audience of its own, aud is not looked at. */
+    v = open_default();
+    assert_int_equal(verify_str(v, other), VFY_OK);
+    vfy_close(v);
+    /* The setting is bounded like a minted aud. */
+    char err[256];
+    const char *bad[] = {"", "bad\x01"};
+    for (size_t i = 0; i < 2; i++) {
+        cfg.aud = bad[i];
+        assert_int_equal(vfy_open_documents(&cfg, &fx.pin, fx.jwks, strlen(fx.jwks), feed,
+                                            strlen(feed), &v, err, sizeof(err)),
+                         VFY_E_CONFIG);
+        assert_null(v);
+    }
+    free(feed);
+    free(mine);
+    free(in_list);
+    free(other);
+    free(other_list);
+    free(none);
+    free(odd);
 }
 
 static void test_origin_form_is_the_appliances(void **state)
@@ -1921,6 +2015,9 @@ int main(void)
             test_verifier_fails_closed_when_told_of_a_token_revocation_it_cannot_fetch),
         cmocka_unit_test(test_revoked_token_comes_after_the_signature_and_time_checks),
         cmocka_unit_test(test_origin_bound_token_is_wrong_origin_elsewhere),
+        cmocka_unit_test(test_an_origin_bound_token_checked_without_an_origin_is_origin_required),
+        cmocka_unit_test(test_a_token_bound_to_origins_passes_from_each_and_no_other),
+        cmocka_unit_test(test_a_token_for_another_audience_is_wrong_audience),
         cmocka_unit_test(test_origin_form_is_the_appliances),
         cmocka_unit_test(test_cache_keeps_the_newest_lists_and_drops_the_oldest),
         cmocka_unit_test(test_concurrent_verification_while_status_lists_apply),
