@@ -116,6 +116,7 @@ typedef enum {
     API_ERR_NBF_OUT_OF_RANGE,   /* nbf before now - API_NBF_LEEWAY, or not before exp */
     API_ERR_ORIGIN_REQUIRED,    /* redeem: the token is origin-bound and no origin was given */
     API_ERR_WRONG_AUDIENCE,     /* redeem: aud given and the token is for another (or none) */
+    API_ERR_SUBJECT_REVOKED,    /* redeem: a subject revocation covers the token's sub and iat */
     API_ERR_COUNT_
 } api_err;
 
@@ -300,6 +301,14 @@ typedef struct {
 api_err api_tokens_redeem_parse(const api_req *q, api_resp *r, api_tokens_redeem_body *out);
 void api_tokens_redeem_body_free(api_tokens_redeem_body *b);
 
+/* POST /v1/subjects/revoke {"sub", "before"}: sub 1 to API_SUB_MAX bytes (required),
+ * before a Unix time 1..q->now (q->now when absent: every token of sub minted until now). */
+typedef struct {
+    char sub[API_SUB_MAX + 1];
+    int64_t before;
+} api_subjects_revoke_body;
+api_err api_subjects_revoke_parse(const api_req *q, api_resp *r, api_subjects_revoke_body *out);
+
 /* POST /v1/credentials {"role", "label", "kids", "max_ttl", "client_subject"}: every field
  * bounded and well formed; kids are distinct but not yet known to exist (the handler asks
  * the registry). After an error in 'kids', n_kids counts the well-formed kids before the
@@ -334,6 +343,7 @@ api_err api_tokens_mint(const api_req *q, api_resp *r);
  * revocable token. GET /v1/status-lists/{n}: the signed status list (api/publish.c). */
 api_err api_tokens_redeem(const api_req *q, api_resp *r);
 api_err api_tokens_revoke(const api_req *q, api_resp *r);
+api_err api_subjects_revoke(const api_req *q, api_resp *r);
 api_err api_status_list(const api_req *q, api_resp *r);
 #define API_STATUS_LIST_TYP "statuslist+jwt"
 #define API_STATUS_LIST_MEDIA_TYPE "application/" API_STATUS_LIST_TYP
@@ -364,6 +374,10 @@ int api_parse_decimal(const char *text, size_t max_digits, uint64_t *out);
 /* One revocation as every document and event carries it: {"seq", "kid", "revoked_at",
  * "reason"}. A new reference, NULL when out of memory. */
 json_t *api_revocation_json(const reg_revocation *rv);
+
+/* One subject revocation as the feed, GET /v1/revocations and the event stream carry it:
+ * {"seq", "sub", "before"}. A new reference, NULL when out of memory. */
+json_t *api_subject_json(const reg_subject *s);
 
 /* A service key's JWK with its use ("sig" for the audit key, API_PUBLICATION_USE for the
  * publication key). A new reference, NULL when out of memory. */

@@ -82,6 +82,7 @@ static const api_err_info api_errors[API_ERR_COUNT_] = {
     [API_ERR_NBF_OUT_OF_RANGE] = {400, "nbf_out_of_range"},
     [API_ERR_ORIGIN_REQUIRED] = {409, "origin_required"},
     [API_ERR_WRONG_AUDIENCE] = {409, "wrong_audience"},
+    [API_ERR_SUBJECT_REVOKED] = {409, "subject_revoked"},
     [API_ERR_TOKEN_TOO_LARGE] = {400, "token_too_large"},
 };
 

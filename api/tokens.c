@@ -496,8 +496,8 @@ static int api_aud_names(const json_t *aud, const char *want)
 }
 
 /* The checks of POST /v1/tokens/redeem up to (not including) consumption, in the contract's
- * order: form and signature, key state, time, status, origin, audience. API_OK with *claims (a new
- * reference), *kid and, for a revocable token, *ix. */
+ * order: form and signature, key state, time, subject, status, origin, audience. API_OK with
+ * *claims (a new reference), *kid and, for a revocable token, *ix. */
 static api_err api_redeem_check(const api_req *q, api_resp *r, const api_tokens_redeem_body *b,
                                 json_t **claims_out, hsm_kid *kid)
 {
@@ -547,6 +547,15 @@ static api_err api_redeem_check(const api_req *q, api_resp *r, const api_tokens_
     if (json_object_get(claims, "nbf") != NULL && q->now < nbf) {
         e = api_fail(r, API_ERR_TOKEN_NOT_YET_VALID, "the token is not valid before %lld",
                      (long long)nbf);
+        goto out;
+    }
+    /* A subject revocation covers every token of its sub minted before its `before`; a
+     * token without an integer iat cannot show it came after, so it is covered too. */
+    const char *sub = json_string_value(json_object_get(claims, "sub"));
+    int64_t iat = 0;
+    if (sub != NULL &&
+        (api_int_claim(claims, "iat", &iat) != 1 || reg_subject_revokes(q->env->reg, sub, iat))) {
+        e = api_fail(r, API_ERR_SUBJECT_REVOKED, "the tokens of this subject were revoked");
         goto out;
     }
     if (json_object_get(claims, "status") != NULL) {

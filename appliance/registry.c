@@ -1494,6 +1494,16 @@ size_t reg_subjects_live(reg *r, int64_t expired_before, reg_subject *out, size_
     return n;
 }
 
+int reg_subject_revokes(reg *r, const char *sub, int64_t iat)
+{
+    int hit = 0;
+    pthread_rwlock_rdlock(&r->mirror_rw);
+    for (size_t i = 0; i < r->n_subs && !hit; i++)
+        hit = iat < r->subs[i].before && strcmp(r->subs[i].sub, sub) == 0;
+    pthread_rwlock_unlock(&r->mirror_rw);
+    return hit;
+}
+
 size_t reg_subjects_after(reg *r, uint64_t after, reg_subject *out, size_t cap)
 {
     if (out == NULL)

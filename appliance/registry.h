@@ -262,6 +262,10 @@ reg_status reg_revoke_subject(reg *r, const char *sub, int64_t before, int64_t n
  * the next reg_revoke_subject; they are never returned. */
 size_t reg_subjects_live(reg *r, int64_t expired_before, reg_subject *out, size_t cap);
 
+/* 1 when a subject revocation of sub has before > iat (the token sub/iat is revoked),
+ * else 0. One pass over the mirror under the read lock: the redeem path's check. */
+int reg_subject_revokes(reg *r, const char *sub, int64_t iat);
+
 /* The subject revocations with seq > after, ascending by seq (the event stream's replay),
  * at most cap, to out; returns how many match (may exceed cap). */
 size_t reg_subjects_after(reg *r, uint64_t after, reg_subject *out, size_t cap);

@@ -120,6 +120,8 @@ struct vfy {
     uint64_t jwks_gen;                /* bumped on every JWKS applied */
     char (*revoked)[VFY_KID_LEN + 1]; /* sorted, distinct */
     size_t n_revoked;
+    vfy_subject *subjects; /* the accepted feed's, sorted by sub, one per sub (latest before) */
+    size_t n_subjects;
     uint64_t seq;
     int64_t iat, exp, ttl;
     uint64_t announced_seq; /* highest seq the stream announced */

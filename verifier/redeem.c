@@ -112,6 +112,7 @@ static vfy_result rd_map(long status, const char *code)
         {"wrong_origin", VFY_WRONG_ORIGIN},       {"key_revoked", VFY_REVOKED_KID},
         {"token_expired", VFY_EXPIRED},           {"token_not_yet_valid", VFY_NOT_YET_VALID},
         {"origin_required", VFY_ORIGIN_REQUIRED}, {"wrong_audience", VFY_WRONG_AUDIENCE},
+        {"subject_revoked", VFY_REVOKED_SUBJECT},
     };
     if (status == 200)
         return VFY_OK;

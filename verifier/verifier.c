@@ -64,6 +64,7 @@ const char *vfy_result_name(vfy_result r)
         [VFY_REDEEM_FAILED] = "redeem_failed",
         [VFY_ORIGIN_REQUIRED] = "origin_required",
         [VFY_WRONG_AUDIENCE] = "wrong_audience",
+        [VFY_REVOKED_SUBJECT] = "revoked_subject",
     };
     return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "invalid";
 }
@@ -293,6 +294,7 @@ void vfy_close(vfy *v)
     vfy_buf_free(&v->feed_body);
     vfy_keys_free(v->keys, v->n_keys);
     free(v->revoked);
+    free(v->subjects);
     vfy_status_free_all(v);
     explicit_bzero(v->secret, sizeof(v->secret));
     v->secret_len = 0;
@@ -533,6 +535,39 @@ static size_t vfy_merge_kids(char (*dst)[VFY_KID_LEN + 1], char (*a)[VFY_KID_LEN
     return n;
 }
 
+static int vfy_subject_cmp(const void *a, const void *b)
+{
+    return strcmp(((const vfy_subject *)a)->sub, ((const vfy_subject *)b)->sub);
+}
+
+/* The feed's subjects sorted by sub, one entry per sub with its latest before (any of them
+ * revokes what the latest does not: an earlier before covers less). *out NULL when n is 0;
+ * -1 when out of memory. */
+static int vfy_subjects_index(const vfy_feed *f, vfy_subject **out, size_t *n_out)
+{
+    *out = NULL;
+    *n_out = 0;
+    if (f->n_subjects == 0)
+        return 0;
+    vfy_subject *s = malloc(f->n_subjects * sizeof(*s));
+    if (s == NULL)
+        return -1;
+    memcpy(s, f->subjects, f->n_subjects * sizeof(*s));
+    qsort(s, f->n_subjects, sizeof(*s), vfy_subject_cmp);
+    size_t n = 0;
+    for (size_t i = 0; i < f->n_subjects; i++) {
+        if (n > 0 && strcmp(s[n - 1].sub, s[i].sub) == 0) {
+            if (s[i].before > s[n - 1].before)
+                s[n - 1] = s[i];
+        } else {
+            s[n++] = s[i];
+        }
+    }
+    *out = s;
+    *n_out = n;
+    return 0;
+}
+
 vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len)
 {
     vfy_feed f;
@@ -554,6 +589,10 @@ vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len)
                     memmove(add[n_add++], add[i], VFY_KID_LEN + 1);
         }
     }
+    vfy_subject *subjects = NULL;
+    size_t n_subjects = 0;
+    if (st == VFY_FEED_OK && vfy_subjects_index(&f, &subjects, &n_subjects) != 0)
+        st = VFY_FEED_MALFORMED; /* out of memory: refuse rather than half-apply */
     if (st != VFY_FEED_OK) {
         atomic_fetch_add(&v->feeds_refused, 1);
         free(add);
@@ -578,6 +617,12 @@ vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len)
         }
     }
     if (st == VFY_FEED_OK) {
+        /* Each copy carries every subject revocation that still matters: replaced, not
+         * merged, so the set shrinks as they expire. */
+        vfy_subject *old = v->subjects;
+        v->subjects = subjects;
+        v->n_subjects = n_subjects;
+        subjects = old;
         /* A cached older copy of the same seq says nothing new: it must not age us. */
         if (f.seq > v->seq || f.iat >= v->iat) {
             v->iat = f.iat;
@@ -592,6 +637,7 @@ vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len)
     }
     pthread_rwlock_unlock(&v->lock);
     free(add);
+    free(subjects); /* the set replaced, or the one not applied */
     if (st == VFY_FEED_OK) {
         pthread_mutex_lock(&v->seq_mu);
         if (f.seq > v->applied_seq)
@@ -704,6 +750,28 @@ static vfy_result vfy_token_times(const vfy *v, const json_t *payload)
     return VFY_OK;
 }
 
+/* Is the token's subject revoked for its iat? A token with a revoked sub and no numeric
+ * iat cannot show it came after the revocation: revoked too. */
+static bool vfy_subject_revoked(vfy *v, const json_t *payload)
+{
+    const char *sub = json_string_value(json_object_get(payload, "sub"));
+    if (sub == NULL || strlen(sub) > VFY_SUB_MAX)
+        return false; /* longer than any the feed can name */
+    const json_t *iat = json_object_get(payload, "iat");
+    vfy_subject probe;
+    memset(&probe, 0, sizeof(probe));
+    memcpy(probe.sub, sub, strlen(sub) + 1);
+    bool revoked = false;
+    pthread_rwlock_rdlock(&v->lock);
+    const vfy_subject *hit = v->n_subjects > 0 ? bsearch(&probe, v->subjects, v->n_subjects,
+                                                         sizeof(*v->subjects), vfy_subject_cmp)
+                                               : NULL;
+    if (hit != NULL)
+        revoked = !json_is_number(iat) || json_number_value(iat) < (double)hit->before;
+    pthread_rwlock_unlock(&v->lock);
+    return revoked;
+}
+
 /* Under the read lock: is the feed stale, is kid revoked, and its key (copied into key_out,
  * n and e into ne_buf of 2 * JOSE_RSA_MAX bytes) when the key set has it. Returns whether
  * it has; *gen gets the key set's generation. kid NULL: the staleness alone. */
@@ -779,6 +847,8 @@ vfy_result vfy_verify_ex(vfy *v, const char *token, const char *expected_origin,
         r = VFY_BAD_SIGNATURE;
     else
         r = vfy_token_times(v, j.payload);
+    if (r == VFY_OK && vfy_subject_revoked(v, j.payload))
+        r = VFY_REVOKED_SUBJECT;
     /* Signed by the appliance from here on: only such a token can make us fetch its list. */
     if (r == VFY_OK && status_uri != NULL)
         r = vfy_status_lookup(v, status_uri, status_idx);

@@ -120,12 +120,15 @@ typedef enum {
                             none: fail closed, a bound token is not valid from anywhere */
     VFY_WRONG_AUDIENCE,  /* cfg.aud is set and the token's aud is not it (nor an array
                             holding it), or the token has no aud */
+    VFY_REVOKED_SUBJECT, /* the signed feed revokes the token's sub for tokens with an iat
+                            before a time, and its iat is before it (or not a number). In
+                            the check order: after not_yet_valid, before revoked_token */
 } vfy_result;
 
 /* The stable name of a result: "ok", "malformed", "alg_not_allowed", "feed_stale",
  * "unknown_kid", "revoked_kid", "bad_signature", "expired", "not_yet_valid",
  * "revoked_token", "wrong_origin", "already_used", "redeem_failed", "origin_required",
- * "wrong_audience" ("invalid" for a value outside the enum). */
+ * "wrong_audience", "revoked_subject" ("invalid" for a value outside the enum). */
 const char *vfy_result_name(vfy_result r);
 
 /* Why vfy_open (or a loader) failed. */
@@ -178,6 +181,15 @@ typedef struct {
     int64_t revoked_at;
 } vfy_revocation;
 
+#define VFY_SUB_MAX 256 /* bytes of a subject in the feed (the appliance's bound on sub) */
+
+/* A subject revocation: tokens with this sub and an iat before `before` are revoked. */
+typedef struct {
+    char sub[VFY_SUB_MAX + 1];
+    int64_t before;
+    uint64_t seq; /* from the same sequence as the key revocations */
+} vfy_subject;
+
 /* A feed that vfy_feed_check accepted. */
 typedef struct {
     uint64_t seq;   /* highest revocation sequence number, 0 when none */
@@ -185,6 +197,11 @@ typedef struct {
     int64_t iat, exp, ttl;
     size_t n_revoked;
     vfy_revocation *revoked; /* n_revoked entries, malloc'd; vfy_feed_free releases them */
+    /* Every subject revocation still able to match a live token, whatever `after` (the
+     * appliance drops one once before + its token_ttl_max has passed); empty for a feed
+     * without "subjects" (an appliance from before them). Malloc'd; vfy_feed_free. */
+    size_t n_subjects;
+    vfy_subject *subjects;
 } vfy_feed;
 
 /* Checks len bytes of a feed document (the response body of /v1/revocations/feed) and
@@ -193,7 +210,9 @@ typedef struct {
  * (else BAD_HEADER); an RS256 signature under key (else BAD_SIGNATURE); a payload object
  * with iss (string), seq, after <= seq, iat, exp > iat and ttl (non-negative integers), and
  * revoked, an array of {seq, kid (32 lowercase hex), revoked_at, reason (string)} whose
- * seqs are distinct and in (after, seq] (else MALFORMED); now < exp (else EXPIRED);
+ * seqs are distinct and in (after, seq], and, when present, subjects, an array of {seq,
+ * sub (1..VFY_SUB_MAX bytes), before (non-negative integer)} whose seqs are distinct and
+ * in [1, seq] (else MALFORMED); now < exp (else EXPIRED);
  * seq >= current_seq (else ROLLBACK); after <= current_seq (else GAP). Unknown members are
  * ignored. Only VFY_FEED_OK fills *out; on any other status *out is zeroed (vfy_feed_free
  * on it is still safe).
@@ -304,7 +323,8 @@ vfy_err vfy_open_documents(const vfy_config *cfg, const vfy_pubkey *key, const c
 /* Checks a feed document against the pinned key and the current seq (vfy_feed_check with
  * the system clock) and, when it is accepted, applies it: its kids join the revoked set,
  * its seq, iat, exp and ttl become current (an older copy of the same seq never lowers iat
- * or exp), and vfy_wait_seq waiters wake. Returns the check's status. */
+ * or exp), its subjects replace those held (each copy carries all that still matter), and
+ * vfy_wait_seq waiters wake. Returns the check's status. */
 vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len);
 
 /* Checks a status list document fetched from uri (vfy_status_list_check with the system

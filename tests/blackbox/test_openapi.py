@@ -151,6 +151,8 @@ def test_every_operation_answers_as_the_spec_says(make_appliance):
         ("POST", "/v1/tokens/redeem", {"auth": redeemer, "json": {"token": minted["token"], "origin": "https://a.example",
                                     "aud": "openapi"}}),
         ("DELETE", "/v1/tokens/" + minted["jti"], {"auth": a.admin}),
+        ("POST", "/v1/subjects/revoke", {"json": {"sub": "openapi", "before": minted["iat"]},
+                                         "auth": a.admin}),
         ("POST", "/v1/keys/%s/rotate" % other, {"json": {"grace_seconds": 600}}),
         ("GET", "/v1/keys/" + other, {}),
         ("DELETE", "/v1/keys/" + kid, {"json": {"reason": "openapi test"}}),

@@ -197,6 +197,23 @@ static char *feed_make(uint64_t seq, uint64_t after, const char **kids, size_t n
     return f;
 }
 
+/* A fresh feed at seq, full (after 0), revoking no kid, with subjects_json (raw JSON, or
+ * NULL for a feed without the member) as its "subjects". */
+static char *feed_with_subjects(uint64_t seq, const char *subjects_json)
+{
+    long now = (long)time(NULL);
+    char *p = feed_payload(seq, 0, now, now + 900, NULL, 0);
+    json_t *j = json_loads(p, 0, NULL);
+    free(p);
+    if (subjects_json != NULL)
+        json_object_set_new(j, "subjects", json_loads(subjects_json, JSON_DECODE_ANY, NULL));
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    char *f = feed_sign(text, fx.pub, VFY_FEED_TYP);
+    free(text);
+    return f;
+}
+
 /* A status list document: the bytes of bits (len of them, which need not be the right
  * size: the tests of the bound make it wrong on purpose) zlib-compressed, with sub, iat
  * and exp, signed by key under typ. extra (or NULL) is raw zlib bytes appended to the
@@ -1774,6 +1791,100 @@ static void test_a_token_for_another_audience_is_wrong_audience(void **state)
     free(odd);
 }
 
+static void test_a_token_minted_before_a_subject_revocation_is_revoked_subject(void **state)
+{
+    (void)state;
+    long now = (long)time(NULL);
+    char subjects[256];
+    snprintf(subjects, sizeof(subjects),
+             "[{\"seq\":1,\"sub\":\"video-123\",\"before\":%ld},"
+             "{\"seq\":2,\"sub\":\"video-123\",\"before\":%ld}]",
+             now - 100, now);
+    char *feed = feed_with_subjects(2, subjects);
+    vfy_config cfg;
+    vfy_config_default(&cfg);
+    vfy *v = open_with(&cfg, feed);
+    char claims[256];
+    snprintf(claims, sizeof(claims), "{\"sub\":\"video-123\",\"iat\":%ld,\"exp\":%ld}", now - 1,
+             now + 600);
+    char *old = token_make("RS256", KID_A, claims, fx.a, SIG_RS256);
+    /* Minted at or after `before`: the new tokens of the rotated video pass at once. */
+    snprintf(claims, sizeof(claims), "{\"sub\":\"video-123\",\"iat\":%ld,\"exp\":%ld}", now,
+             now + 600);
+    char *fresh = token_make("RS256", KID_A, claims, fx.a, SIG_RS256);
+    snprintf(claims, sizeof(claims), "{\"sub\":\"video-124\",\"iat\":%ld,\"exp\":%ld}", now - 1,
+             now + 600);
+    char *other = token_make("RS256", KID_A, claims, fx.a, SIG_RS256);
+    /* No iat: it cannot show it came after the revocation. */
+    snprintf(claims, sizeof(claims), "{\"sub\":\"video-123\",\"exp\":%ld}", now + 600);
+    char *no_iat = token_make("RS256", KID_A, claims, fx.a, SIG_RS256);
+    /* Forged or expired first: the subject is looked at only for a good token in time. */
+    snprintf(claims, sizeof(claims), "{\"sub\":\"video-123\",\"iat\":%ld,\"exp\":%ld}", now - 90,
+             now - 1);
+    char *expired = token_make("RS256", KID_A, claims, fx.a, SIG_RS256);
+    char *forged = token_make(
+        "RS256", KID_A, "{\"sub\":\"video-123\",\"iat\":1,\"exp\":9999999999}", fx.b, SIG_RS256);
+    assert_int_equal(verify_str(v, old), VFY_REVOKED_SUBJECT);
+    assert_int_equal(verify_str(v, fresh), VFY_OK);
+    assert_int_equal(verify_str(v, other), VFY_OK);
+    assert_int_equal(verify_str(v, no_iat), VFY_REVOKED_SUBJECT);
+    assert_int_equal(verify_str(v, expired), VFY_EXPIRED);
+    assert_int_equal(verify_str(v, forged), VFY_BAD_SIGNATURE);
+    assert_string_equal(vfy_result_name(VFY_REVOKED_SUBJECT), "revoked_subject");
+    /* A later feed without the revocation (it expired at the appliance) lets the set go:
+     * each copy carries every subject that still matters. */
+    char *later = feed_with_subjects(3, "[]");
+    assert_int_equal(vfy_apply_feed(v, later, strlen(later)), VFY_FEED_OK);
+    assert_int_equal(verify_str(v, old), VFY_OK);
+    vfy_close(v);
+    free(later);
+    free(old);
+    free(fresh);
+    free(other);
+    free(no_iat);
+    free(expired);
+    free(forged);
+    free(feed);
+}
+
+static void test_a_feed_without_subjects_still_parses_and_bad_subjects_are_malformed(void **state)
+{
+    (void)state;
+    int64_t now = (int64_t)time(NULL);
+    vfy_feed f;
+    char *plain = feed_with_subjects(3, NULL);
+    assert_int_equal(vfy_feed_check(&fx.pin, plain, strlen(plain), now, 0, &f), VFY_FEED_OK);
+    assert_int_equal(f.n_subjects, 0);
+    vfy_feed_free(&f);
+    char *good = feed_with_subjects(3, "[{\"seq\":3,\"sub\":\"v\",\"before\":5},"
+                                       "{\"seq\":1,\"sub\":\"w\",\"before\":7}]");
+    assert_int_equal(vfy_feed_check(&fx.pin, good, strlen(good), now, 0, &f), VFY_FEED_OK);
+    assert_int_equal(f.n_subjects, 2);
+    assert_int_equal(f.subjects[0].seq, 1);
+    assert_string_equal(f.subjects[0].sub, "w");
+    assert_int_equal(f.subjects[1].before, 5);
+    vfy_feed_free(&f);
+    const char *bad[] = {
+        "{}",
+        "[{\"seq\":4,\"sub\":\"v\",\"before\":5}]", /* above the feed's seq */
+        "[{\"seq\":0,\"sub\":\"v\",\"before\":5}]",
+        "[{\"seq\":1,\"sub\":\"\",\"before\":5}]",
+        "[{\"seq\":1,\"sub\":7,\"before\":5}]",
+        "[{\"seq\":1,\"sub\":\"v\",\"before\":-5}]",
+        "[{\"seq\":1,\"sub\":\"v\"}]",
+        "[{\"seq\":1,\"sub\":\"v\",\"before\":5},{\"seq\":1,\"sub\":\"w\",\"before\":5}]",
+        "[1,2,3,4]", /* more entries than seqs */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+        char *doc = feed_with_subjects(3, bad[i]);
+        if (vfy_feed_check(&fx.pin, doc, strlen(doc), now, 0, &f) != VFY_FEED_MALFORMED)
+            fail_msg("accepted: %s", bad[i]);
+        free(doc);
+    }
+    free(plain);
+    free(good);
+}
+
 static void test_origin_form_is_the_appliances(void **state)
 {
     (void)state;
@@ -2018,6 +2129,8 @@ int main(void)
         cmocka_unit_test(test_an_origin_bound_token_checked_without_an_origin_is_origin_required),
         cmocka_unit_test(test_a_token_bound_to_origins_passes_from_each_and_no_other),
         cmocka_unit_test(test_a_token_for_another_audience_is_wrong_audience),
+        cmocka_unit_test(test_a_token_minted_before_a_subject_revocation_is_revoked_subject),
+        cmocka_unit_test(test_a_feed_without_subjects_still_parses_and_bad_subjects_are_malformed),
         cmocka_unit_test(test_origin_form_is_the_appliances),
         cmocka_unit_test(test_cache_keeps_the_newest_lists_and_drops_the_oldest),
         cmocka_unit_test(test_concurrent_verification_while_status_lists_apply),
