@@ -13,6 +13,8 @@
  *   - the revoked kids: the union of every accepted feed (a kid is never un-revoked), and
  *     the accepted feed's seq, iat, exp and ttl; a feed with a lower seq is a rollback and
  *     is refused;
+ *   - the subject revocations of the accepted feed (sub, before), replaced by each feed
+ *     accepted (every copy carries all those that can still match a live token);
  *   - the signed status lists of revocable tokens, cached by uri (at most
  *     VFY_STATUS_CACHE_MAX, the oldest dropped), checked with the same pinned key; a token
  *     is only ever checked against <url>/v1/status-lists/<n> of the configured url (a token
