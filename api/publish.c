@@ -115,10 +115,12 @@ json_t *api_revocation_json(const reg_revocation *rv)
                      (json_int_t)rv->revoked_at, "reason", rv->reason);
 }
 
-/* Every subject revocation that may still match a live token (before + token_ttl_max >
- * now), whatever `after`: the list is bounded by that horizon and a verifier replaces its
- * own with it, so a delta needs no merge. NULL when out of memory. */
-static json_t *api_subjects_json(reg *rg, const cfg *c, int64_t now)
+/* Every subject revocation up to seq top that may still match a live token (before +
+ * token_ttl_max > now), whatever `after`: the list is bounded by that horizon and a
+ * verifier replaces its own with it, so a delta needs no merge. One committed after top
+ * was read is left for the next document: this one's seq does not cover it (and a
+ * verifier refuses an entry above the seq). NULL when out of memory. */
+static json_t *api_subjects_json(reg *rg, const cfg *c, int64_t now, uint64_t top)
 {
     int64_t horizon = now - (int64_t)c->token_ttl_max;
     size_t cap = reg_subjects_live(rg, horizon, NULL, 0) + 8; /* room for one racing it */
@@ -131,17 +133,18 @@ static json_t *api_subjects_json(reg *rg, const cfg *c, int64_t now)
     }
     size_t n = reg_subjects_live(rg, horizon, subs, cap);
     for (size_t i = 0; i < n && i < cap; i++)
-        json_array_append_new(arr, api_subject_json(&subs[i]));
+        if (subs[i].seq <= top)
+            json_array_append_new(arr, api_subject_json(&subs[i]));
     free(subs);
     return arr;
 }
 
 static json_t *api_revocations_json(reg *rg, const cfg *c, uint64_t after)
 {
-    /* Before the sequence: a subject revoked between the two reads is then covered by a
-     * seq the document names, never missing from one that claims it. */
-    json_t *subjects = api_subjects_json(rg, c, (int64_t)time(NULL));
+    /* The sequence first, then the subjects up to it: a subject revoked between the two
+     * reads is in neither, never missing from a document whose seq claims it. */
     uint64_t top = reg_revocation_seq(rg);
+    json_t *subjects = api_subjects_json(rg, c, (int64_t)time(NULL), top);
     size_t cap = top > after ? (size_t)(top - after) : 0;
     reg_revocation *revs = cap ? calloc(cap, sizeof(*revs)) : NULL;
     json_t *arr = json_array();
