@@ -27,14 +27,15 @@ static const char ctl_credentials_help[] =
     "to FILE (created, mode 0600, never overwritten) and not printed. Signers need --kids.\n";
 
 static const char ctl_token_help[] =
-    "usage: signdctl token mint [--kid KID] [--sub S] [--ttl SECONDS] [--nbf UNIX]\n"
-    "                           [--claims JSON] [--single-use] [--revocable]\n"
+    "usage: signdctl token mint [--kid KID] [--sub S] [--ttl SECONDS | --exp UNIX]\n"
+    "                           [--nbf UNIX] [--claims JSON] [--single-use] [--revocable]\n"
     "                           [--aud AUD] [--origin https://HOST[:PORT]]\n"
     "       signdctl token revoke JTI\n"
     "\n"
     "mint: a signed JWT (signer): prints the token, or the API's JSON with --json (which\n"
     "also shows the jti). Without --kid the newest active key the credential may use signs.\n"
     "--claims is a JSON object of extra claims, e.g. '{\"downloadable\":true}'.\n"
+    "--exp gives the expiry as a Unix time instead of --ttl (the same bounds apply).\n"
     "--single-use: redeemable once (POST /v1/tokens/redeem); --revocable: can be revoked\n"
     "alone by its jti; --origin binds it to one origin.\n"
     "revoke: revokes one revocable token by its jti (admin, or the signer that minted it).\n";
@@ -352,12 +353,14 @@ int ctl_cmd_token(ctl_ctx *ctx, int argc, char **argv)
     if (strcmp(argv[0], "mint") != 0)
         return ctl_usage("token", "unknown verb '%s' (mint, revoke)", argv[0]);
     const char *kid = NULL, *sub = NULL, *ttl_s = NULL, *nbf_s = NULL, *claims_s = NULL;
+    const char *exp_s = NULL;
     const char *aud = NULL, *origin = NULL;
     bool single_use = false, revocable = false;
     const ctl_opt opts[] = {{"kid", true, &kid, NULL},
                             {"sub", true, &sub, NULL},
                             {"ttl", true, &ttl_s, NULL},
                             {"nbf", true, &nbf_s, NULL},
+                            {"exp", true, &exp_s, NULL},
                             {"claims", true, &claims_s, NULL},
                             {"aud", true, &aud, NULL},
                             {"origin", true, &origin, NULL},
@@ -375,6 +378,11 @@ int ctl_cmd_token(ctl_ctx *ctx, int argc, char **argv)
         return ctl_usage(cmd, "--ttl must be 1 to 31536000 seconds");
     if (nbf_s != NULL && ctl_parse_uint(nbf_s, 0, 1ULL << 40, &nbf) != 0)
         return ctl_usage(cmd, "--nbf must be Unix seconds");
+    unsigned long long exp = 0;
+    if (exp_s != NULL && ctl_parse_uint(exp_s, 1, 1ULL << 40, &exp) != 0)
+        return ctl_usage(cmd, "--exp must be Unix seconds");
+    if (exp_s != NULL && ttl_s != NULL)
+        return ctl_usage(cmd, "give --ttl or --exp, not both");
     json_t *claims = NULL;
     if (claims_s != NULL) {
         json_error_t je;
@@ -394,6 +402,8 @@ int ctl_cmd_token(ctl_ctx *ctx, int argc, char **argv)
         json_object_set_new(body, "ttl", json_integer((json_int_t)ttl));
     if (nbf_s != NULL)
         json_object_set_new(body, "nbf", json_integer((json_int_t)nbf));
+    if (exp_s != NULL)
+        json_object_set_new(body, "exp", json_integer((json_int_t)exp));
     if (claims != NULL)
         json_object_set_new(body, "claims", claims);
     if (aud != NULL)

@@ -573,3 +573,15 @@ def test_subjects_revoke_revokes_a_subjects_earlier_tokens(appliance, signer_fil
     assert r.returncode == EXIT_REFUSED and "out_of_range" in one_error_line(r)
     r = ctl(a, "subjects", "revoke", "--help", cred=False)
     assert r.returncode == EXIT_OK and r.stdout.decode().startswith("usage: signdctl subjects")
+
+
+def test_token_mint_takes_exp_as_a_unix_time_instead_of_ttl(appliance, signer_file):
+    appliance.create_key(label="exp")
+    exp = int(time.time()) + 900
+    r = ctl(appliance, "--json", "token", "mint", "--exp", str(exp), cred=signer_file)
+    assert r.returncode == EXIT_OK, r.stderr
+    assert json.loads(r.stdout)["exp"] == exp
+    r = ctl(appliance, "token", "mint", "--exp", str(exp), "--ttl", "60", cred=signer_file)
+    assert r.returncode == EXIT_USAGE and "--exp" in one_error_line(r)
+    r = ctl(appliance, "token", "mint", "--exp", str(int(time.time()) - 5), cred=signer_file)
+    assert r.returncode == EXIT_REFUSED and "ttl_out_of_range" in one_error_line(r)
