@@ -784,6 +784,8 @@ static int srv_route_request(struct mg_connection *c, srv *s, srv_outcome *o)
     o->result = e;
     if (e == API_ERR_KID_NOT_ALLOWED)
         srv_audit_failure(c, s, AUDIT_AUTHZ_DENIED, q.caller, "kid outside the credential's scope");
+    else if (e == API_ERR_FORBIDDEN) /* a handler's own refusal: a scoped signer revoking a sub */
+        srv_audit_failure(c, s, AUDIT_AUTHZ_DENIED, q.caller, "scope does not reach every kid");
     int status;
     if (e != API_OK) {
         status = srv_send_error(c, e, r.errmsg, r.headers, 0);

@@ -204,3 +204,20 @@ def test_the_verifier_answers_revoked_subject_as_soon_as_the_stream_announces_it
     # A verifier that starts now reads it from the full feed.
     rc, out, err = run_once(a, keyfile, old, other)
     assert (rc, [x.split(" ", 1)[0] for x in out]) == (1, ["revoked_subject", "ok"]), err
+
+
+def test_a_scoped_signer_revoking_a_subject_is_recorded_as_authz_denied(make_appliance):
+    a = make_appliance({"audit_flush_seconds": 1})
+    kid = a.create_key()["kid"]
+    scoped = a.create_credential("signer", kids=[kid], label="scoped")
+    r = a.post("/v1/subjects/revoke", {"sub": "not-mine"}, auth=scoped["secret"])
+    assert (r.status_code, code_of(r)) == (403, "forbidden"), r.text
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        evs = a.get("/v1/audit?action=authz.denied&actor=" + scoped["id"]).json()["events"]
+        if evs:
+            break
+        time.sleep(0.2)
+    assert [(e["details"]["path"], e["details"]["reason"]) for e in evs] == [
+        ("/v1/subjects/revoke", "scope does not reach every kid")]
+    assert a.get("/v1/audit?action=subject.revoked").json()["events"] == []
