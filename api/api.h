@@ -110,7 +110,13 @@ typedef enum {
     API_ERR_STORAGE_UNAVAILABLE, /* the database stayed locked past its busy timeout */
     /* Public routes that make the token sign (the feed, status lists) are budgeted. */
     API_ERR_SIGNING_BUDGET_EXHAUSTED,
-    API_ERR_TOKEN_TOO_LARGE, /* the token's signing input exceeds KP_SIGN_MAX */
+    API_ERR_TOKEN_TOO_LARGE,    /* the token's signing input exceeds KP_SIGN_MAX */
+    API_ERR_CONFLICTING_FIELDS, /* two fields that exclude each other: origin and origins,
+                                   ttl and exp */
+    API_ERR_NBF_OUT_OF_RANGE,   /* nbf before now - API_NBF_LEEWAY, or not before exp */
+    API_ERR_ORIGIN_REQUIRED,    /* redeem: the token is origin-bound and no origin was given */
+    API_ERR_WRONG_AUDIENCE,     /* redeem: aud given and the token is for another (or none) */
+    API_ERR_SUBJECT_REVOKED,    /* redeem: a subject revocation covers the token's sub and iat */
     API_ERR_COUNT_
 } api_err;
 
@@ -252,13 +258,17 @@ typedef struct {
 api_err api_keys_sign_parse(const api_req *q, api_resp *r, api_keys_sign_body *out);
 void api_keys_sign_body_free(api_keys_sign_body *b);
 
-/* POST /v1/tokens {"kid", "sub", "ttl", "nbf", "claims", "single_use", "revocable", "aud",
- * "origin"}: ttl within the configured bounds and the caller's max_ttl (the default
- * clipped to it when absent), exp = q->now + ttl, nbf (-1 when absent) before exp, claims
- * (NULL when absent; a reference) an object of at most 16 levels naming no reserved claim
- * (nor aud when aud is given), kid well formed when given, aud printable ASCII, origin
- * passing cfg_origin_ok. */
-#define API_AUD_MAX 256 /* bytes of a token's aud, without the NUL */
+/* POST /v1/tokens {"kid", "sub", "ttl", "exp", "nbf", "claims", "single_use", "revocable",
+ * "aud", "origin", "origins"}: at most one of ttl and exp (exp a Unix time: ttl = exp -
+ * q->now); ttl within the configured bounds and the caller's max_ttl (the default clipped
+ * to it when absent), exp = q->now + ttl, nbf (-1 when absent) in [q->now -
+ * API_NBF_LEEWAY, exp), claims (NULL when absent; a reference) an object of at most 16
+ * levels naming no reserved claim (nor aud when aud is given), kid well formed when
+ * given, aud printable ASCII, origin passing cfg_origin_ok, or instead of it origins: 1 to
+ * API_ORIGINS_MAX distinct origins each passing it (n_origins 0 when absent). */
+#define API_AUD_MAX 256    /* bytes of a token's aud, without the NUL */
+#define API_ORIGINS_MAX 16 /* origins one token may be bound to */
+#define API_NBF_LEEWAY 300 /* seconds an nbf may lie in the past: callers' clock skew */
 typedef struct {
     int has_kid;
     hsm_kid kid;
@@ -270,22 +280,34 @@ typedef struct {
     int has_aud, has_origin;
     char aud[API_AUD_MAX + 1];
     char origin[CFG_ORIGIN_MAX + 1];
+    size_t n_origins;
+    char origins[API_ORIGINS_MAX][CFG_ORIGIN_MAX + 1];
 } api_tokens_mint_body;
 api_err api_tokens_mint_parse(const api_req *q, api_resp *r, api_tokens_mint_body *out);
 void api_tokens_mint_body_free(api_tokens_mint_body *b);
 
-/* POST /v1/tokens/redeem {"token", "origin"}: the token (required) at most API_TOKEN_MAX
- * bytes, copied; origin passing cfg_origin_ok, or has_origin 0. Nothing about the token
+/* POST /v1/tokens/redeem {"token", "origin", "aud"}: the token (required) at most
+ * API_TOKEN_MAX bytes, copied; origin passing cfg_origin_ok, or has_origin 0; aud 1 to
+ * API_AUD_MAX printable ASCII, or has_aud 0. Nothing about the token
  * is checked here but its size and type: that needs the registry and the state. */
 #define API_TOKEN_MAX 16384
 typedef struct {
     char *token; /* malloc'd */
     size_t token_len;
-    int has_origin;
+    int has_origin, has_aud;
     char origin[CFG_ORIGIN_MAX + 1];
+    char aud[API_AUD_MAX + 1];
 } api_tokens_redeem_body;
 api_err api_tokens_redeem_parse(const api_req *q, api_resp *r, api_tokens_redeem_body *out);
 void api_tokens_redeem_body_free(api_tokens_redeem_body *b);
+
+/* POST /v1/subjects/revoke {"sub", "before"}: sub 1 to API_SUB_MAX bytes (required),
+ * before a Unix time 1..q->now (q->now when absent: every token of sub minted until now). */
+typedef struct {
+    char sub[API_SUB_MAX + 1];
+    int64_t before;
+} api_subjects_revoke_body;
+api_err api_subjects_revoke_parse(const api_req *q, api_resp *r, api_subjects_revoke_body *out);
 
 /* POST /v1/credentials {"role", "label", "kids", "max_ttl", "client_subject"}: every field
  * bounded and well formed; kids are distinct but not yet known to exist (the handler asks
@@ -321,6 +343,7 @@ api_err api_tokens_mint(const api_req *q, api_resp *r);
  * revocable token. GET /v1/status-lists/{n}: the signed status list (api/publish.c). */
 api_err api_tokens_redeem(const api_req *q, api_resp *r);
 api_err api_tokens_revoke(const api_req *q, api_resp *r);
+api_err api_subjects_revoke(const api_req *q, api_resp *r);
 api_err api_status_list(const api_req *q, api_resp *r);
 #define API_STATUS_LIST_TYP "statuslist+jwt"
 #define API_STATUS_LIST_MEDIA_TYPE "application/" API_STATUS_LIST_TYP
@@ -351,6 +374,10 @@ int api_parse_decimal(const char *text, size_t max_digits, uint64_t *out);
 /* One revocation as every document and event carries it: {"seq", "kid", "revoked_at",
  * "reason"}. A new reference, NULL when out of memory. */
 json_t *api_revocation_json(const reg_revocation *rv);
+
+/* One subject revocation as the feed, GET /v1/revocations and the event stream carry it:
+ * {"seq", "sub", "before"}. A new reference, NULL when out of memory. */
+json_t *api_subject_json(const reg_subject *s);
 
 /* A service key's JWK with its use ("sig" for the audit key, API_PUBLICATION_USE for the
  * publication key). A new reference, NULL when out of memory. */

@@ -78,6 +78,11 @@ static const api_err_info api_errors[API_ERR_COUNT_] = {
     [API_ERR_HSM_TIMEOUT] = {503, "hsm_timeout"},
     [API_ERR_STORAGE_UNAVAILABLE] = {503, "storage_unavailable"},
     [API_ERR_SIGNING_BUDGET_EXHAUSTED] = {503, "signing_budget_exhausted"},
+    [API_ERR_CONFLICTING_FIELDS] = {400, "conflicting_fields"},
+    [API_ERR_NBF_OUT_OF_RANGE] = {400, "nbf_out_of_range"},
+    [API_ERR_ORIGIN_REQUIRED] = {409, "origin_required"},
+    [API_ERR_WRONG_AUDIENCE] = {409, "wrong_audience"},
+    [API_ERR_SUBJECT_REVOKED] = {409, "subject_revoked"},
     [API_ERR_TOKEN_TOO_LARGE] = {400, "token_too_large"},
 };
 

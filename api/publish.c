@@ -115,22 +115,51 @@ json_t *api_revocation_json(const reg_revocation *rv)
                      (json_int_t)rv->revoked_at, "reason", rv->reason);
 }
 
-static json_t *api_revocations_json(reg *rg, uint64_t after)
+/* Every subject revocation up to seq top that may still match a live token (before +
+ * token_ttl_max > now), whatever `after`: the list is bounded by that horizon and a
+ * verifier replaces its own with it, so a delta needs no merge. One committed after top
+ * was read is left for the next document: this one's seq does not cover it (and a
+ * verifier refuses an entry above the seq). NULL when out of memory. */
+static json_t *api_subjects_json(reg *rg, const cfg *c, int64_t now, uint64_t top)
 {
+    int64_t horizon = now - (int64_t)c->token_ttl_max;
+    size_t cap = reg_subjects_live(rg, horizon, NULL, 0) + 8; /* room for one racing it */
+    reg_subject *subs = calloc(cap, sizeof(*subs));
+    json_t *arr = json_array();
+    if (subs == NULL || arr == NULL) {
+        free(subs);
+        json_decref(arr);
+        return NULL;
+    }
+    size_t n = reg_subjects_live(rg, horizon, subs, cap);
+    for (size_t i = 0; i < n && i < cap; i++)
+        if (subs[i].seq <= top)
+            json_array_append_new(arr, api_subject_json(&subs[i]));
+    free(subs);
+    return arr;
+}
+
+static json_t *api_revocations_json(reg *rg, const cfg *c, uint64_t after)
+{
+    /* The sequence first, then the subjects up to it: a subject revoked between the two
+     * reads is in neither, never missing from a document whose seq claims it. */
     uint64_t top = reg_revocation_seq(rg);
+    json_t *subjects = api_subjects_json(rg, c, (int64_t)time(NULL), top);
     size_t cap = top > after ? (size_t)(top - after) : 0;
     reg_revocation *revs = cap ? calloc(cap, sizeof(*revs)) : NULL;
     json_t *arr = json_array();
-    if ((cap && revs == NULL) || arr == NULL) {
+    if ((cap && revs == NULL) || arr == NULL || subjects == NULL) {
         free(revs);
         json_decref(arr);
+        json_decref(subjects);
         return NULL;
     }
     size_t n = cap ? reg_revocations_after(rg, after, revs, cap) : 0;
     for (size_t i = 0; i < n && i < cap; i++)
         json_array_append_new(arr, api_revocation_json(&revs[i]));
     free(revs);
-    return json_pack("{s:I, s:o}", "sequence", (json_int_t)top, "revoked", arr);
+    return json_pack("{s:I, s:o, s:o}", "sequence", (json_int_t)top, "revoked", arr, "subjects",
+                     subjects);
 }
 
 /* Builds a document's JSON: a new reference, or NULL when out of memory. */
@@ -166,7 +195,7 @@ static json_t *api_jwks_build(const api_env *env)
 
 static json_t *api_revocations_build(const api_env *env)
 {
-    return api_revocations_json(env->reg, 0);
+    return api_revocations_json(env->reg, env->cfg, 0);
 }
 
 void api_publish_refresh(const api_env *env)
@@ -272,7 +301,7 @@ static api_doc *api_rev_delta_get(const api_env *env, uint64_t after)
     size_t i = api_delta_slot(after, top);
     if (api_rev_delta[i] == NULL || api_rev_delta_after[i] != after ||
         api_rev_delta[i]->generation != top) {
-        json_t *j = api_revocations_json(env->reg, after);
+        json_t *j = api_revocations_json(env->reg, env->cfg, after);
         uint64_t seq = (uint64_t)json_integer_value(json_object_get(j, "sequence"));
         api_doc *d = api_doc_new(j, seq);
         if (d != NULL) {
@@ -495,18 +524,20 @@ static api_doc *api_feed_sign(const api_env *env, uint64_t after, int64_t now, u
                               hsm_status *st)
 {
     *st = HSM_ERR_DEVICE;
-    json_t *list = api_revocations_json(env->reg, after);
+    json_t *list = api_revocations_json(env->reg, env->cfg, after);
     json_t *revoked = json_object_get(list, "revoked");
+    json_t *subjects = json_object_get(list, "subjects");
     const cfg *c = env->cfg;
     *version = (uint64_t)json_integer_value(json_object_get(list, "sequence"));
     json_t *payload =
         revoked == NULL
             ? NULL
-            : json_pack("{s:s, s:O, s:I, s:I, s:I, s:I, s:O}", "iss",
+            : json_pack("{s:s, s:O, s:I, s:I, s:I, s:I, s:O, s:O}", "iss",
                         c->token_issuer[0] ? c->token_issuer : API_FEED_ISSUER_DEFAULT, "seq",
                         json_object_get(list, "sequence"), "after", (json_int_t)after, "iat",
                         (json_int_t)now, "exp", (json_int_t)(now + c->revocation_feed_lifetime),
-                        "ttl", (json_int_t)c->revocations_max_age, "revoked", revoked);
+                        "ttl", (json_int_t)c->revocations_max_age, "revoked", revoked, "subjects",
+                        subjects);
     json_decref(list);
     return api_publication_sign(env, KP_PUBLISH_HEADER, payload, st);
 }

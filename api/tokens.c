@@ -13,8 +13,8 @@
 
 /* Claims the appliance sets itself; a caller's claims may not carry them (nor "aud" when
  * the request's own aud is given). */
-static const char *const api_reserved_claims[] = {"iss", "sub",    "iat",        "nbf",    "exp",
-                                                  "jti", "status", "single_use", "origin", NULL};
+static const char *const api_reserved_claims[] = {
+    "iss", "sub", "iat", "nbf", "exp", "jti", "status", "single_use", "origin", "origins", NULL};
 
 /* An optional boolean field: API_OK and *v (unchanged when absent), or wrong_type. */
 static api_err api_get_bool(json_t *o, const char *name, int *v, api_resp *r)
@@ -46,6 +46,55 @@ static api_err api_get_origin(json_t *o, char out[CFG_ORIGIN_MAX + 1], int *has,
                         "'origin' must be https://host[:port] (or http://), lowercase, with no "
                         "path, query or trailing slash");
     snprintf(out, CFG_ORIGIN_MAX + 1, "%s", origin);
+    return API_OK;
+}
+
+/* An optional "origins" field: 1 to API_ORIGINS_MAX distinct origins, each as "origin" is
+ * checked. API_OK with out and *n filled (0 when absent), or the first error. */
+static api_err api_get_origins(json_t *o, char out[API_ORIGINS_MAX][CFG_ORIGIN_MAX + 1], size_t *n,
+                               api_resp *r)
+{
+    *n = 0;
+    json_t *list = json_object_get(o, "origins");
+    if (list == NULL)
+        return API_OK;
+    if (!json_is_array(list))
+        return api_fail(r, API_ERR_WRONG_TYPE, "'origins' must be an array of origins");
+    if (json_array_size(list) < 1 || json_array_size(list) > API_ORIGINS_MAX)
+        return api_fail(r, API_ERR_OUT_OF_RANGE, "'origins' must hold 1 to %d origins",
+                        API_ORIGINS_MAX);
+    size_t i;
+    json_t *v;
+    json_array_foreach(list, i, v)
+    {
+        if (!json_is_string(v))
+            return api_fail(r, API_ERR_WRONG_TYPE, "'origins' must be an array of strings");
+        const char *origin = json_string_value(v);
+        if (json_string_length(v) > CFG_ORIGIN_MAX || !cfg_origin_ok(origin))
+            return api_fail(r, API_ERR_INVALID_ORIGIN,
+                            "'origins'[%zu] must be https://host[:port] (or http://), "
+                            "lowercase, with no path, query or trailing slash",
+                            i);
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(out[k], origin) == 0)
+                return api_fail(r, API_ERR_INVALID_ORIGIN, "'origins'[%zu] repeats an origin", i);
+        snprintf(out[i], CFG_ORIGIN_MAX + 1, "%s", origin);
+    }
+    *n = json_array_size(list);
+    return API_OK;
+}
+
+/* An optional aud field: 1 to API_AUD_MAX printable ASCII. */
+static api_err api_get_aud(json_t *o, const char **aud, api_resp *r)
+{
+    api_err e = api_get_string(o, "aud", API_AUD_MAX, aud, r);
+    if (e != API_OK || *aud == NULL)
+        return e;
+    for (const char *p = *aud; *p != '\0'; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+            return api_fail(r, API_ERR_OUT_OF_RANGE, "'aud' must be printable ASCII");
+    if ((*aud)[0] == '\0')
+        return api_fail(r, API_ERR_OUT_OF_RANGE, "'aud' must not be empty");
     return API_OK;
 }
 
@@ -101,8 +150,9 @@ static int api_newest_usable(const api_req *q, hsm_kid *out)
 
 api_err api_tokens_mint_parse(const api_req *q, api_resp *r, api_tokens_mint_body *out)
 {
-    static const char *const fields[] = {"kid",        "sub",       "ttl", "nbf",    "claims",
-                                         "single_use", "revocable", "aud", "origin", NULL};
+    static const char *const fields[] = {"kid", "sub",    "ttl",        "exp",
+                                         "nbf", "claims", "single_use", "revocable",
+                                         "aud", "origin", "origins",    NULL};
     const cfg *c = q->env->cfg;
     memset(out, 0, sizeof(*out));
     json_t *body;
@@ -117,17 +167,18 @@ api_err api_tokens_mint_parse(const api_req *q, api_resp *r, api_tokens_mint_bod
         (e = api_get_int(body, "nbf", 0, INT64_MAX / 2, &nbf, r)) != API_OK ||
         (e = api_get_bool(body, "single_use", &out->single_use, r)) != API_OK ||
         (e = api_get_bool(body, "revocable", &out->revocable, r)) != API_OK ||
-        (e = api_get_string(body, "aud", API_AUD_MAX, &aud, r)) != API_OK ||
-        (e = api_get_origin(body, out->origin, &out->has_origin, r)) != API_OK)
+        (e = api_get_aud(body, &aud, r)) != API_OK ||
+        (e = api_get_origin(body, out->origin, &out->has_origin, r)) != API_OK ||
+        (e = api_get_origins(body, out->origins, &out->n_origins, r)) != API_OK)
         goto out;
-    for (const char *p = aud; p != NULL && *p != '\0'; p++) {
-        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e) {
-            e = api_fail(r, API_ERR_OUT_OF_RANGE, "'aud' must be printable ASCII");
-            goto out;
-        }
+    /* One binding: with both, which one holds would be the verifier's guess. */
+    if (out->has_origin && out->n_origins > 0) {
+        e = api_fail(r, API_ERR_CONFLICTING_FIELDS, "give 'origin' or 'origins', not both");
+        goto out;
     }
-    if (aud != NULL && aud[0] == '\0') {
-        e = api_fail(r, API_ERR_OUT_OF_RANGE, "'aud' must not be empty");
+    json_t *exp_j = json_object_get(body, "exp");
+    if (exp_j != NULL && json_object_get(body, "ttl") != NULL) {
+        e = api_fail(r, API_ERR_CONFLICTING_FIELDS, "give 'ttl' or 'exp', not both");
         goto out;
     }
     /* A signer with its own max_ttl gets that as its ceiling, and as its default when the
@@ -142,19 +193,38 @@ api_err api_tokens_mint_parse(const api_req *q, api_resp *r, api_tokens_mint_bod
     }
     if (ttl_j != NULL)
         ttl = json_integer_value(ttl_j);
+    /* An absolute exp (as Cloudflare's signing utility takes it) is a ttl from now, held to
+     * the same bounds: it buys no longer token than ttl would. */
+    if (exp_j != NULL && !json_is_integer(exp_j)) {
+        e = api_fail(r, API_ERR_WRONG_TYPE, "'exp' must be an integer Unix time");
+        goto out;
+    }
+    if (exp_j != NULL) {
+        json_int_t x = json_integer_value(exp_j);
+        /* Clamped so that a huge exp cannot overflow the subtraction. */
+        ttl = x < q->now ? -1 : x - q->now > INT32_MAX ? INT32_MAX : x - q->now;
+    }
     if (ttl < c->token_ttl_min || ttl > c->token_ttl_max) {
-        e = api_fail(r, API_ERR_TTL_OUT_OF_RANGE, "'ttl' must be between %u and %u seconds",
+        e = api_fail(r, API_ERR_TTL_OUT_OF_RANGE,
+                     exp_j != NULL ? "'exp' must be between now + %u and now + %u seconds"
+                                   : "'ttl' must be between %u and %u seconds",
                      (unsigned)c->token_ttl_min, (unsigned)c->token_ttl_max);
         goto out;
     }
     if (own_max != 0 && ttl > own_max) {
-        e = api_fail(r, API_ERR_TTL_TOO_LONG, "this credential may ask for at most %u seconds",
+        e = api_fail(r, API_ERR_TTL_TOO_LONG,
+                     exp_j != NULL ? "this credential may ask for an 'exp' at most %u seconds "
+                                     "from now"
+                                   : "this credential may ask for at most %u seconds",
                      own_max);
         goto out;
     }
     int64_t exp = q->now + ttl;
-    if (nbf >= exp) {
-        e = api_fail(r, API_ERR_OUT_OF_RANGE, "'nbf' must be before the token expires");
+    if (nbf >= 0 && (nbf >= exp || nbf < q->now - API_NBF_LEEWAY)) {
+        e = api_fail(r, API_ERR_NBF_OUT_OF_RANGE,
+                     "'nbf' must be at least now - %d seconds and before the token expires "
+                     "(%lld)",
+                     API_NBF_LEEWAY, (long long)exp);
         goto out;
     }
     json_t *claims = json_object_get(body, "claims");
@@ -265,6 +335,12 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
         json_object_set_new(payload, "aud", json_string(b.aud));
     if (b.has_origin)
         json_object_set_new(payload, "origin", json_string(b.origin));
+    if (b.n_origins > 0) {
+        json_t *list = json_array();
+        for (size_t i = 0; i < b.n_origins; i++)
+            json_array_append_new(list, json_string(b.origins[i]));
+        json_object_set_new(payload, "origins", list);
+    }
     if (b.single_use)
         json_object_set_new(payload, "single_use", json_true());
     if (b.revocable)
@@ -333,16 +409,21 @@ out:
 
 api_err api_tokens_redeem_parse(const api_req *q, api_resp *r, api_tokens_redeem_body *out)
 {
-    static const char *const fields[] = {"token", "origin", NULL};
+    static const char *const fields[] = {"token", "origin", "aud", NULL};
     memset(out, 0, sizeof(*out));
     json_t *body;
     api_err e = api_parse_object(q, r, fields, 0, &body);
     if (e != API_OK)
         return e;
-    const char *token = NULL;
+    const char *token = NULL, *aud = NULL;
     if ((e = api_get_string(body, "token", API_TOKEN_MAX, &token, r)) == API_OK &&
-        (e = api_get_origin(body, out->origin, &out->has_origin, r)) == API_OK && token == NULL)
+        (e = api_get_origin(body, out->origin, &out->has_origin, r)) == API_OK &&
+        (e = api_get_aud(body, &aud, r)) == API_OK && token == NULL)
         e = api_fail(r, API_ERR_MISSING_FIELD, "'token' is required");
+    if (e == API_OK && aud != NULL) {
+        out->has_aud = 1;
+        snprintf(out->aud, sizeof(out->aud), "%s", aud);
+    }
     if (e == API_OK) {
         out->token_len = strlen(token);
         out->token = malloc(out->token_len + 1);
@@ -389,9 +470,34 @@ static int api_int_claim(json_t *claims, const char *name, int64_t *v)
     return 1;
 }
 
+/* 1 when origin is the token's "origin" claim or one of its "origins" (claims the
+ * appliance signed: a string, an array of strings). */
+static int api_origin_bound(const json_t *one, const json_t *list, const char *origin)
+{
+    if (json_is_string(one))
+        return strcmp(json_string_value(one), origin) == 0;
+    size_t i;
+    const json_t *o;
+    json_array_foreach(list, i, o) if (json_is_string(o) &&
+                                       strcmp(json_string_value(o), origin) == 0) return 1;
+    return 0;
+}
+
+/* 1 when aud (a claim: a string, or an array of strings as RFC 7519 allows) names want. */
+static int api_aud_names(const json_t *aud, const char *want)
+{
+    if (json_is_string(aud))
+        return strcmp(json_string_value(aud), want) == 0;
+    size_t i;
+    const json_t *a;
+    json_array_foreach(aud, i, a) if (json_is_string(a) &&
+                                      strcmp(json_string_value(a), want) == 0) return 1;
+    return 0;
+}
+
 /* The checks of POST /v1/tokens/redeem up to (not including) consumption, in the contract's
- * order: form and signature, key state, time, status, origin. API_OK with *claims (a new
- * reference), *kid and, for a revocable token, *ix. */
+ * order: form and signature, key state, time, subject, status, origin, audience. API_OK with
+ * *claims (a new reference), *kid and, for a revocable token, *ix. */
 static api_err api_redeem_check(const api_req *q, api_resp *r, const api_tokens_redeem_body *b,
                                 json_t **claims_out, hsm_kid *kid)
 {
@@ -443,6 +549,15 @@ static api_err api_redeem_check(const api_req *q, api_resp *r, const api_tokens_
                      (long long)nbf);
         goto out;
     }
+    /* A subject revocation covers every token of its sub minted before its `before`; a
+     * token without an integer iat cannot show it came after, so it is covered too. */
+    const char *sub = json_string_value(json_object_get(claims, "sub"));
+    int64_t iat = 0;
+    if (sub != NULL &&
+        (api_int_claim(claims, "iat", &iat) != 1 || reg_subject_revokes(q->env->reg, sub, iat))) {
+        e = api_fail(r, API_ERR_SUBJECT_REVOKED, "the tokens of this subject were revoked");
+        goto out;
+    }
     if (json_object_get(claims, "status") != NULL) {
         /* Where the index is: the jti says it under the appliance's MAC, whatever the uri
          * (public_url may have changed since). */
@@ -458,9 +573,21 @@ static api_err api_redeem_check(const api_req *q, api_resp *r, const api_tokens_
             goto out;
         }
     }
-    const char *bound = json_string_value(json_object_get(claims, "origin"));
-    if (b->has_origin && bound != NULL && strcmp(bound, b->origin) != 0) {
+    /* Fail closed: a bound token redeemed without an origin is refused, or binding would
+     * be up to whoever calls. */
+    const json_t *one = json_object_get(claims, "origin"),
+                 *list = json_object_get(claims, "origins");
+    if ((one != NULL || list != NULL) && !b->has_origin) {
+        e = api_fail(r, API_ERR_ORIGIN_REQUIRED,
+                     "this token is bound to an origin: give the 'origin' it is used from");
+        goto out;
+    }
+    if ((one != NULL || list != NULL) && !api_origin_bound(one, list, b->origin)) {
         e = api_fail(r, API_ERR_WRONG_ORIGIN, "this token is bound to another origin");
+        goto out;
+    }
+    if (b->has_aud && !api_aud_names(json_object_get(claims, "aud"), b->aud)) {
+        e = api_fail(r, API_ERR_WRONG_AUDIENCE, "this token is not for audience '%s'", b->aud);
         goto out;
     }
 out:

@@ -72,6 +72,7 @@
 #define AUDIT_KEY_ORPHAN "key.orphan_destroyed" /* reconcile: an object without a row */
 #define AUDIT_KEY_DELETED "key.deleted"         /* a row whose key was never made */
 #define AUDIT_KEY_ROTATED "key.rotated"         /* active -> retiring, with its successor */
+#define AUDIT_SUBJECT_REVOKED "subject.revoked" /* a subject's tokens before a time */
 #define AUDIT_CRED_CREATED "credential.created"
 #define AUDIT_CRED_REVOKED "credential.revoked"
 #define AUDIT_AUTH_FAILED "auth.failed"   /* 401: unknown, revoked or unbound credential */

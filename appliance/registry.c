@@ -52,6 +52,8 @@ struct reg {
 
     reg_revocation *revs; /* ascending by seq */
     size_t n_revs, cap_revs;
+    reg_subject *subs; /* ascending by seq; rows expired are dropped by reg_revoke_subject */
+    size_t n_subs, cap_subs;
     uint64_t seq_hi; /* the highest seq ever assigned in the file */
 
     _Atomic uint64_t generation;
@@ -98,6 +100,15 @@ static const char reg_schema_sql[] =
     " reason TEXT NOT NULL);"
     /* A kid reserved by a create or rotation before the keeper generates under it: the
      * keeper generates for a pending kid only (keeperd.c). Emptied at every open. */
+    /* Subject revocations (issue 24): no AUTOINCREMENT of their own, seq is taken from
+     * the revocations' counter (sqlite_sequence), which reg_revoke_subject advances, so
+     * both kinds share one sequence. Created when missing: no schema version bump, and an
+     * older build ignores the table and still numbers key revocations above it. */
+    "CREATE TABLE IF NOT EXISTS subject_revocations ("
+    " seq INTEGER PRIMARY KEY,"
+    " sub TEXT NOT NULL CHECK (length(sub) BETWEEN 1 AND 256),"
+    " before INTEGER NOT NULL,"
+    " revoked_at INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS pending_keys ("
     " kid TEXT PRIMARY KEY CHECK (length(kid) = 32),"
     " created_at INTEGER NOT NULL);";
@@ -642,6 +653,50 @@ static reg_status reg_load_revocations(reg *r)
     return st;
 }
 
+/* Room for one more subject in the mirror. Caller holds write_mu. */
+static reg_status reg_subs_room(reg *r)
+{
+    if (r->n_subs < r->cap_subs)
+        return REG_OK;
+    size_t cap = r->cap_subs ? 2 * r->cap_subs : REG_GROW_MIN;
+    reg_subject *v = realloc(r->subs, cap * sizeof(*v));
+    if (v == NULL)
+        return reg_fail(r->path, REG_ERR_IO, "out of memory");
+    r->subs = v;
+    r->cap_subs = cap;
+    return REG_OK;
+}
+
+static reg_status reg_load_subjects(reg *r)
+{
+    sqlite3_stmt *s;
+    reg_status st =
+        reg_prepare(r, "SELECT seq, sub, before, revoked_at FROM subject_revocations ORDER BY seq",
+                    &s, "read subject revocations");
+    int rc = SQLITE_DONE;
+    while (st == REG_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if ((st = reg_subs_room(r)) != REG_OK)
+            break;
+        reg_subject *v = &r->subs[r->n_subs];
+        memset(v, 0, sizeof(*v));
+        v->seq = (uint64_t)sqlite3_column_int64(s, 0);
+        v->before = sqlite3_column_int64(s, 2);
+        v->revoked_at = sqlite3_column_int64(s, 3);
+        if (db_col_text(s, 1, v->sub, sizeof(v->sub)) != 0 || v->sub[0] == '\0' || v->seq == 0)
+            st = reg_fail(r->path, REG_ERR_IO, "subject revocation %llu: bad sub or seq",
+                          (unsigned long long)v->seq);
+        else
+            r->n_subs++;
+    }
+    if (st == REG_OK && rc != SQLITE_DONE)
+        st = reg_fail_sql(r, "read subject revocations");
+    sqlite3_finalize(s);
+    /* The counter is advanced with each row, but a row is the proof: never below it. */
+    if (st == REG_OK && r->n_subs > 0 && r->subs[r->n_subs - 1].seq > r->seq_hi)
+        r->seq_hi = r->subs[r->n_subs - 1].seq;
+    return st;
+}
+
 reg_status reg_open(const char *path, unsigned max_active, reg **out)
 {
     if (out == NULL)
@@ -690,6 +745,8 @@ reg_status reg_open(const char *path, unsigned max_active, reg **out)
         st = reg_load_keys(r);
     if (st == REG_OK)
         st = reg_load_revocations(r);
+    if (st == REG_OK)
+        st = reg_load_subjects(r);
     if (st != REG_OK) {
         reg_close(r);
         return st;
@@ -714,6 +771,7 @@ void reg_close(reg *r)
     free(r->order);
     free(r->index);
     free(r->revs);
+    free(r->subs);
     free(r);
 }
 
@@ -1082,6 +1140,90 @@ reg_status reg_revoke(reg *r, const hsm_kid *kid, const char *reason, int64_t no
     return st;
 }
 
+/* The SQL half of reg_revoke_subject: the row, the shared counter moved to its seq, the
+ * expired rows gone and the audit event, in one transaction. */
+static reg_status reg_sql_revoke_subject(reg *r, const reg_subject *v, int64_t expired_before)
+{
+    reg_status st = reg_exec(r, "BEGIN IMMEDIATE", "begin subject revocation");
+    if (st != REG_OK)
+        return st;
+    sqlite3_stmt *s;
+    st = reg_prepare(r,
+                     "INSERT INTO subject_revocations (seq, sub, before, revoked_at) "
+                     "VALUES (?, ?, ?, ?)",
+                     &s, "append subject revocation");
+    if (st == REG_OK) {
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)v->seq);
+        sqlite3_bind_text(s, 2, v->sub, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s, 3, v->before);
+        sqlite3_bind_int64(s, 4, v->revoked_at);
+        st = reg_step_done(r, s, "append subject revocation");
+    }
+    /* AUTOINCREMENT takes max(counter, largest seq) + 1 for the next key revocation: moving
+     * the counter here is what makes the sequence one. The table exists (revocations is
+     * AUTOINCREMENT) but has no row before the first revocation. */
+    if (st == REG_OK)
+        st = reg_prepare(r, "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'revocations'", &s,
+                         "advance revocation counter");
+    if (st == REG_OK) {
+        sqlite3_bind_int64(s, 1, (sqlite3_int64)v->seq);
+        st = reg_step_done(r, s, "advance revocation counter");
+    }
+    if (st == REG_OK && sqlite3_changes(r->db) == 0) {
+        st = reg_prepare(r, "INSERT INTO sqlite_sequence (name, seq) VALUES ('revocations', ?1)",
+                         &s, "start revocation counter");
+        if (st == REG_OK) {
+            sqlite3_bind_int64(s, 1, (sqlite3_int64)v->seq);
+            st = reg_step_done(r, s, "start revocation counter");
+        }
+    }
+    if (st == REG_OK)
+        st = reg_prepare(r, "DELETE FROM subject_revocations WHERE before <= ?", &s,
+                         "drop expired subject revocations");
+    if (st == REG_OK) {
+        sqlite3_bind_int64(s, 1, expired_before);
+        st = reg_step_done(r, s, "drop expired subject revocations");
+    }
+    if (st == REG_OK)
+        st = reg_audit_tx(r, v->revoked_at, AUDIT_SUBJECT_REVOKED, NULL,
+                          json_pack("{s:s, s:I, s:I}", "sub", v->sub, "before",
+                                    (json_int_t)v->before, "revocation_seq", (json_int_t)v->seq));
+    return reg_tx_end(r, st);
+}
+
+reg_status reg_revoke_subject(reg *r, const char *sub, int64_t before, int64_t now,
+                              int64_t expired_before, reg_subject *out)
+{
+    if (sub == NULL || sub[0] == '\0' || strnlen(sub, REG_SUB_MAX + 1) > REG_SUB_MAX)
+        return REG_ERR_INVALID;
+    pthread_mutex_lock(&r->write_mu);
+    reg_subject v;
+    memset(&v, 0, sizeof(v));
+    v.seq = r->seq_hi + 1; /* seq_hi changes only under write_mu */
+    snprintf(v.sub, sizeof(v.sub), "%s", sub);
+    v.before = before;
+    v.revoked_at = now;
+    reg_status st = reg_subs_room(r);
+    if (st == REG_OK)
+        st = reg_sql_revoke_subject(r, &v, expired_before);
+    if (st == REG_OK) {
+        pthread_rwlock_wrlock(&r->mirror_rw);
+        size_t kept = 0;
+        for (size_t i = 0; i < r->n_subs; i++)
+            if (r->subs[i].before > expired_before)
+                r->subs[kept++] = r->subs[i];
+        r->n_subs = kept;
+        r->subs[r->n_subs++] = v; /* room: reg_subs_room, and nothing grew since */
+        r->seq_hi = v.seq;
+        reg_bump(r);
+        pthread_rwlock_unlock(&r->mirror_rw);
+        if (out != NULL)
+            *out = v;
+    }
+    pthread_mutex_unlock(&r->write_mu);
+    return st;
+}
+
 /* The row of kid, for a change that a revoked key must never undergo (marking broken,
  * deleting): its index in *row, or REG_ERR_NOT_FOUND / REG_ERR_STATE. Caller holds
  * write_mu. */
@@ -1331,6 +1473,50 @@ size_t reg_revocations_after(reg *r, uint64_t after, reg_revocation *out, size_t
     size_t m = n < cap ? n : cap;
     if (m > 0)
         memcpy(out, r->revs + lo, m * sizeof(*out));
+    pthread_rwlock_unlock(&r->mirror_rw);
+    return n;
+}
+
+size_t reg_subjects_live(reg *r, int64_t expired_before, reg_subject *out, size_t cap)
+{
+    if (out == NULL)
+        cap = 0;
+    size_t n = 0;
+    pthread_rwlock_rdlock(&r->mirror_rw);
+    for (size_t i = 0; i < r->n_subs; i++) {
+        if (r->subs[i].before <= expired_before)
+            continue;
+        if (n < cap)
+            out[n] = r->subs[i];
+        n++;
+    }
+    pthread_rwlock_unlock(&r->mirror_rw);
+    return n;
+}
+
+int reg_subject_revokes(reg *r, const char *sub, int64_t iat)
+{
+    int hit = 0;
+    pthread_rwlock_rdlock(&r->mirror_rw);
+    for (size_t i = 0; i < r->n_subs && !hit; i++)
+        hit = iat < r->subs[i].before && strcmp(r->subs[i].sub, sub) == 0;
+    pthread_rwlock_unlock(&r->mirror_rw);
+    return hit;
+}
+
+size_t reg_subjects_after(reg *r, uint64_t after, reg_subject *out, size_t cap)
+{
+    if (out == NULL)
+        cap = 0;
+    size_t n = 0;
+    pthread_rwlock_rdlock(&r->mirror_rw);
+    for (size_t i = 0; i < r->n_subs; i++) {
+        if (r->subs[i].seq <= after)
+            continue;
+        if (n < cap)
+            out[n] = r->subs[i];
+        n++;
+    }
     pthread_rwlock_unlock(&r->mirror_rw);
     return n;
 }

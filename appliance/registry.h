@@ -129,6 +129,17 @@ typedef struct {
     char reason[REG_REASON_MAX + 1];
 } reg_revocation;
 
+/* A subject revocation: every token with this sub and an iat before `before` is revoked.
+ * Its seq is taken from the same sequence as the key revocations (reg_revocation_seq), so
+ * the feed's seq and the event stream's ids cover both. */
+#define REG_SUB_MAX 256 /* bytes of a subject, without the NUL (a token's sub, API_SUB_MAX) */
+typedef struct {
+    uint64_t seq;
+    char sub[REG_SUB_MAX + 1];
+    int64_t before;     /* unix seconds: tokens with iat < before are revoked */
+    int64_t revoked_at; /* unix seconds */
+} reg_subject;
+
 typedef struct reg reg;
 
 /* "active", "revoked", "broken", "retiring"; "unknown" for anything else. The same strings
@@ -231,6 +242,34 @@ void reg_pending_drop(reg *r, const hsm_kid *kid);
  */
 reg_status reg_revoke(reg *r, const hsm_kid *kid, const char *reason, int64_t now, reg_key *out);
 
+/* Revokes every token of subject sub with an iat before `before`: in one transaction
+ * appends a subject_revocations row with the next revocation seq (shared with reg_revoke),
+ * records subject.revoked (sub, before, revocation_seq) in the audit trail, and deletes the
+ * rows whose before <= expired_before (no token they match is still alive: the caller
+ * passes now - token_ttl_max); fsynced when it returns REG_OK, then mirrored. sub is 1 to
+ * REG_SUB_MAX bytes (else REG_ERR_INVALID). Not idempotent: each call is a revocation of
+ * its own, with its own seq. *out (may be NULL) receives the new row.
+ *
+ *   reg_subject s;
+ *   if (reg_revoke_subject(r, "video-123", now, now, now - ttl_max, &s) == REG_OK) ...
+ */
+reg_status reg_revoke_subject(reg *r, const char *sub, int64_t before, int64_t now,
+                              int64_t expired_before, reg_subject *out);
+
+/* Copies the subject revocations whose before > expired_before (those that may still match
+ * a live token), ascending by seq, at most cap of them, to out; returns how many match (may
+ * exceed cap, as reg_list). Rows at or below expired_before may linger in the file until
+ * the next reg_revoke_subject; they are never returned. */
+size_t reg_subjects_live(reg *r, int64_t expired_before, reg_subject *out, size_t cap);
+
+/* 1 when a subject revocation of sub has before > iat (the token sub/iat is revoked),
+ * else 0. One pass over the mirror under the read lock: the redeem path's check. */
+int reg_subject_revokes(reg *r, const char *sub, int64_t iat);
+
+/* The subject revocations with seq > after, ascending by seq (the event stream's replay),
+ * at most cap, to out; returns how many match (may exceed cap). */
+size_t reg_subjects_after(reg *r, uint64_t after, reg_subject *out, size_t cap);
+
 /* active or retiring -> broken (its key is missing from the token); frees its slot. A
  * retiring key that breaks is no longer scheduled (it is no longer published either).
  * Already broken: REG_OK, nothing changes. Revoked: REG_ERR_STATE. Unknown:
@@ -285,8 +324,9 @@ size_t reg_list(reg *r, int state_filter, reg_key *out, size_t cap);
  */
 size_t reg_retiring_due(reg *r, int64_t now, hsm_kid *out, size_t cap, int64_t *next_at);
 
-/* The highest revocation seq ever assigned in this file, 0 if none. It never goes back,
- * even if revocation rows were removed from the file outside the registry. */
+/* The highest revocation seq ever assigned in this file (key or subject revocation), 0 if
+ * none. It never goes back, even if revocation rows were removed from the file outside the
+ * registry or subject revocations expired. */
 uint64_t reg_revocation_seq(reg *r);
 
 /* Copies the revocations with seq > after, ascending by seq, at most cap of them, to out.

@@ -88,6 +88,7 @@ typedef enum {
     SRV_P_REVOCATION_EVENTS,
     SRV_P_METRICS,
     SRV_P_TOKEN_REDEEM,
+    SRV_P_SUBJECT_REVOKE,
     SRV_P_TOKEN,
     SRV_P_STATUS_LIST,
     SRV_P_NONE
@@ -127,6 +128,8 @@ static const srv_route srv_routes[] = {
     /* A signer revokes the tokens it minted (checked in the handler), an admin any. */
     {SRV_P_TOKEN, "DELETE", api_tokens_revoke, SRV_ADMIN | SRV_SIGNER, NULL},
     {SRV_P_TOKEN_REDEEM, "POST", api_tokens_redeem, SRV_REDEEMER, NULL},
+    /* A signer only when its kids are "all" (checked in the handler), an admin always. */
+    {SRV_P_SUBJECT_REVOKE, "POST", api_subjects_revoke, SRV_ADMIN | SRV_SIGNER, NULL},
     {SRV_P_STATUS_LIST, "GET", api_status_list, SRV_PUBLIC, NULL},
     {SRV_P_CREDENTIALS, "POST", api_credentials_create, SRV_ADMIN, NULL},
     {SRV_P_CREDENTIALS, "GET", api_credentials_list, SRV_ADMIN, NULL},
@@ -278,6 +281,7 @@ static const struct {
     {"/v1/keys", SRV_P_KEYS},
     {"/v1/tokens", SRV_P_TOKENS},
     {"/v1/tokens/redeem", SRV_P_TOKEN_REDEEM},
+    {"/v1/subjects/revoke", SRV_P_SUBJECT_REVOKE},
     {"/v1/credentials", SRV_P_CREDENTIALS},
     {"/v1/audit", SRV_P_AUDIT},
     {"/v1/audit/export", SRV_P_AUDIT_EXPORT},
@@ -780,6 +784,8 @@ static int srv_route_request(struct mg_connection *c, srv *s, srv_outcome *o)
     o->result = e;
     if (e == API_ERR_KID_NOT_ALLOWED)
         srv_audit_failure(c, s, AUDIT_AUTHZ_DENIED, q.caller, "kid outside the credential's scope");
+    else if (e == API_ERR_FORBIDDEN) /* a handler's own refusal: a scoped signer revoking a sub */
+        srv_audit_failure(c, s, AUDIT_AUTHZ_DENIED, q.caller, "scope does not reach every kid");
     int status;
     if (e != API_OK) {
         status = srv_send_error(c, e, r.errmsg, r.headers, 0);
@@ -797,7 +803,8 @@ static int srv_route_request(struct mg_connection *c, srv *s, srv_outcome *o)
 #define SRV_EVENTS_WAKE_MS 1000
 /* Revocations read from the registry per batch while catching a subscriber up. */
 #define SRV_EVENTS_BATCH 256
-#define SRV_TOKEN_EVENTS_BATCH 64 /* token revocations are larger: ~128 bytes each */
+#define SRV_TOKEN_EVENTS_BATCH 64   /* token revocations are larger: ~128 bytes each */
+#define SRV_SUBJECT_EVENTS_BATCH 16 /* a reg_subject holds a 257-byte sub: kept off the stack */
 
 /* Writes one chunk of the chunked response (the stream has no length): 0, or -1 when the
  * subscriber is gone. */
@@ -827,19 +834,35 @@ static int srv_event(struct mg_connection *c, uint64_t id, const char *name, jso
     return srv_chunk(c, ev, (size_t)len);
 }
 
-/* Sends every revocation after *sent as one event each, advancing *sent: 0, or -1. */
+/* Sends every revocation after *sent as one event each, in seq order, advancing *sent: 0,
+ * or -1. Key and subject revocations share the sequence, so the ids interleave: each
+ * round sends the two batches merged and stops at the end of a batch that was cut. */
 static int srv_events_send(struct mg_connection *c, reg *rg, uint64_t *sent)
 {
     reg_revocation batch[SRV_EVENTS_BATCH];
+    reg_subject subs[SRV_SUBJECT_EVENTS_BATCH];
     for (;;) {
         size_t n = reg_revocations_after(rg, *sent, batch, SRV_EVENTS_BATCH);
+        size_t ns = reg_subjects_after(rg, *sent, subs, SRV_SUBJECT_EVENTS_BATCH);
         size_t m = n < SRV_EVENTS_BATCH ? n : SRV_EVENTS_BATCH;
-        for (size_t i = 0; i < m; i++) {
-            if (srv_event(c, batch[i].seq, "revocation", api_revocation_json(&batch[i])) != 0)
+        size_t ms = ns < SRV_SUBJECT_EVENTS_BATCH ? ns : SRV_SUBJECT_EVENTS_BATCH;
+        size_t i = 0, j = 0;
+        while (i < m || j < ms) {
+            /* A batch that was cut may hide a lower seq than the other's next: refetch. */
+            if ((i == m && n > m) || (j == ms && ns > ms))
+                break;
+            int err;
+            if (j == ms || (i < m && batch[i].seq < subs[j].seq)) {
+                err = srv_event(c, batch[i].seq, "revocation", api_revocation_json(&batch[i]));
+                *sent = batch[i++].seq;
+            } else {
+                err = srv_event(c, subs[j].seq, "subject-revocation", api_subject_json(&subs[j]));
+                *sent = subs[j++].seq;
+            }
+            if (err != 0)
                 return -1;
-            *sent = batch[i].seq;
         }
-        if (n <= SRV_EVENTS_BATCH)
+        if (n <= m && ns <= ms)
             return 0;
     }
 }

@@ -132,6 +132,7 @@ void ctl_print_object(const ctl_ctx *ctx, const json_t *obj, const char *const n
 int ctl_cmd_keys(ctl_ctx *ctx, int argc, char **argv);
 int ctl_cmd_credentials(ctl_ctx *ctx, int argc, char **argv);
 int ctl_cmd_token(ctl_ctx *ctx, int argc, char **argv);
+int ctl_cmd_subjects(ctl_ctx *ctx, int argc, char **argv);
 int ctl_cmd_sign(ctl_ctx *ctx, int argc, char **argv);
 int ctl_cmd_audit(ctl_ctx *ctx, int argc, char **argv);
 

@@ -1,7 +1,7 @@
 /*
  * signdctl: the operator's client of the appliance (see docs/cli.md).
  *
- *   signdctl [GLOBAL OPTIONS] keys|credentials|token|sign|audit VERB [ARGS] [OPTIONS]
+ *   signdctl [GLOBAL OPTIONS] keys|credentials|token|subjects|sign|audit VERB [ARGS] [OPTIONS]
  *
  * This file holds main, the global options and the option parser every command uses. The
  * credential's secret is never an argument: there is no option that takes one, and an
@@ -36,6 +36,7 @@ static const char ctl_main_help[] =
     "  token mint [--kid KID] [--sub S] [--ttl SECONDS] [--claims JSON] (signer)\n"
     "             [--single-use] [--revocable] [--aud A] [--origin O]\n"
     "  token revoke JTI                                   (admin, the signer that minted it)\n"
+    "  subjects revoke SUB [--before UNIX]                (admin, a signer of every kid)\n"
     "  sign KID [--in FILE]                                             (signer)\n"
     "  audit export [--out FILE]                                        (admin, auditor)\n"
     "  audit verify [--key PEM] [--anchor SEQ:HASH]                     (admin, auditor)\n"
@@ -297,6 +298,8 @@ int main(int argc, char **argv)
         rc = ctl_cmd_credentials(&ctx, argc - 1, argv + 1);
     else if (strcmp(cmd, "token") == 0)
         rc = ctl_cmd_token(&ctx, argc - 1, argv + 1);
+    else if (strcmp(cmd, "subjects") == 0)
+        rc = ctl_cmd_subjects(&ctx, argc - 1, argv + 1);
     else if (strcmp(cmd, "sign") == 0)
         rc = ctl_cmd_sign(&ctx, argc - 1, argv + 1);
     else if (strcmp(cmd, "audit") == 0)
@@ -305,7 +308,10 @@ int main(int argc, char **argv)
         fputs(ctl_main_help, stdout);
         rc = CTL_EXIT_OK;
     } else
-        rc = ctl_usage("", "unknown command '%s' (keys, credentials, token, sign, audit)", cmd);
+        rc = ctl_usage("",
+                       "unknown command '%s' (keys, credentials, token, subjects, sign, "
+                       "audit)",
+                       cmd);
     ctl_ctx_wipe(&ctx);
     if (fflush(stdout) != 0 && rc == CTL_EXIT_OK) {
         ctl_err("cannot write the output: %s", strerror(errno));

@@ -170,6 +170,46 @@ static int feed_seq_cmp(const void *a, const void *b)
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
+static int feed_subject_seq_cmp(const void *a, const void *b)
+{
+    const vfy_subject *x = a, *y = b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* The optional subjects array into *f (malloc'd): 0, or -1 when it is out of shape. Not a
+ * delta: every entry has a seq in [1, seq], each its own. */
+static int feed_subjects(const json_t *p, vfy_feed *f)
+{
+    const json_t *subjects = json_object_get(p, "subjects");
+    if (subjects == NULL)
+        return 0; /* an appliance from before subject revocations */
+    if (!json_is_array(subjects) || json_array_size(subjects) > f->seq)
+        return -1;
+    size_t n = json_array_size(subjects);
+    if (n == 0)
+        return 0;
+    f->subjects = calloc(n, sizeof(*f->subjects));
+    if (f->subjects == NULL)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *s = json_array_get(subjects, i);
+        const json_t *sub = json_object_get(s, "sub");
+        vfy_subject *out = &f->subjects[i];
+        if (!json_is_object(s) || feed_uint(s, "seq", &out->seq) != 0 ||
+            feed_time(s, "before", &out->before) != 0 || !json_is_string(sub) ||
+            json_string_length(sub) < 1 || json_string_length(sub) > VFY_SUB_MAX || out->seq < 1 ||
+            out->seq > f->seq)
+            return -1;
+        memcpy(out->sub, json_string_value(sub), json_string_length(sub) + 1);
+        f->n_subjects = i + 1;
+    }
+    qsort(f->subjects, n, sizeof(*f->subjects), feed_subject_seq_cmp);
+    for (size_t i = 1; i < n; i++)
+        if (f->subjects[i].seq == f->subjects[i - 1].seq)
+            return -1;
+    return 0;
+}
+
 /* The payload's shape into *f (its revoked array malloc'd): OK or MALFORMED. */
 static vfy_feed_status feed_payload(const json_t *p, vfy_feed *f)
 {
@@ -181,7 +221,7 @@ static vfy_feed_status feed_payload(const json_t *p, vfy_feed *f)
         return VFY_FEED_MALFORMED;
     size_t n = json_array_size(revoked);
     /* Each entry has its own seq in (after, seq]: there cannot be more of them. */
-    if (n > f->seq - f->after)
+    if (n > f->seq - f->after || feed_subjects(p, f) != 0)
         return VFY_FEED_MALFORMED;
     if (n == 0)
         return VFY_FEED_OK;
@@ -252,6 +292,7 @@ void vfy_feed_free(vfy_feed *f)
     if (f == NULL)
         return;
     free(f->revoked);
+    free(f->subjects);
     memset(f, 0, sizeof(*f));
 }
 

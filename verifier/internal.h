@@ -110,6 +110,7 @@ typedef struct {
 struct vfy {
     vfy_config cfg; /* strings point to the copies below */
     char *url, *cacert, *feed_key;
+    char aud[VFY_AUD_MAX + 1]; /* cfg.aud's copy; cfg.aud points here when it was given */
     vfy_pubkey pin;
     bool offline; /* vfy_open_documents: no network, no thread */
 
@@ -119,6 +120,8 @@ struct vfy {
     uint64_t jwks_gen;                /* bumped on every JWKS applied */
     char (*revoked)[VFY_KID_LEN + 1]; /* sorted, distinct */
     size_t n_revoked;
+    vfy_subject *subjects; /* the accepted feed's, sorted by sub, one per sub (latest before) */
+    size_t n_subjects;
     uint64_t seq;
     int64_t iat, exp, ttl;
     uint64_t announced_seq; /* highest seq the stream announced */

@@ -497,7 +497,9 @@ static void sse_dispatch(vfy *v)
                                 json_is_integer(at) ? (int64_t)json_integer_value(at) : 0);
         json_decref(d);
     }
-    bool interesting = strcmp(s->event, "revocation") == 0 || strcmp(s->event, "hello") == 0;
+    /* A subject revocation takes a seq of the same sequence: it is news like a key's. */
+    bool interesting = strcmp(s->event, "revocation") == 0 || strcmp(s->event, "hello") == 0 ||
+                       strcmp(s->event, "subject-revocation") == 0;
     if (interesting && (s->data_len > 0 || s->data_overflow)) {
         json_t *d = s->data_overflow ? NULL : json_loadb(s->data, s->data_len - 1, 0, NULL);
         json_t *seq = json_object_get(d, "seq");

@@ -111,6 +111,8 @@ static vfy_result rd_map(long status, const char *code)
         {"token_already_used", VFY_ALREADY_USED}, {"token_revoked", VFY_REVOKED_TOKEN},
         {"wrong_origin", VFY_WRONG_ORIGIN},       {"key_revoked", VFY_REVOKED_KID},
         {"token_expired", VFY_EXPIRED},           {"token_not_yet_valid", VFY_NOT_YET_VALID},
+        {"origin_required", VFY_ORIGIN_REQUIRED}, {"wrong_audience", VFY_WRONG_AUDIENCE},
+        {"subject_revoked", VFY_REVOKED_SUBJECT},
     };
     if (status == 200)
         return VFY_OK;
@@ -138,7 +140,9 @@ vfy_result vfy_redeem(vfy *v, const char *token, const char *origin, json_t **cl
         snprintf(detail, detail_len, "no redeem credential was given");
         return VFY_REDEEM_FAILED;
     }
-    json_t *req = json_pack("{s:s, s:s*}", "token", token, "origin", origin);
+    /* The appliance checks the audience too, so an appliance-side answer cannot differ. */
+    json_t *req =
+        json_pack("{s:s, s:s*, s:s*}", "token", token, "origin", origin, "aud", v->cfg.aud);
     char *body = req != NULL ? json_dumps(req, JSON_COMPACT) : NULL;
     json_decref(req);
     CURL *c = body != NULL ? vfy_curl_new(v) : NULL;

@@ -3,11 +3,13 @@
  *
  *   signd-verify --url URL --cacert FILE --feed-key FILE [--max-feed-age S] [--cooldown S]
  *                [--behind-grace S] [--leeway S] [--now UNIX] [--origin ORIGIN]
- *                [--redeem-credential FILE] [TOKEN ...]
+ *                [--aud AUDIENCE] [--redeem-credential FILE] [TOKEN ...]
  *   signd-verify ... --serve HOST:PORT [--sub-from-path N] [--serve-threads N]
  *
  * With tokens: verifies each once, one line each, exit 0 when all are ok, 1 otherwise.
- * --origin: a token bound to another origin is wrong_origin. --redeem-credential: each
+ * --origin: a token bound to another origin is wrong_origin; without it, a token bound to
+ * any origin is origin_required. --aud: a token for another audience (or none) is
+ * wrong_audience. --redeem-credential: each
  * token that verifies is then redeemed through the appliance (vfy_redeem; the file holds the
  * secret of a redeemer credential), so a single-use token is ok once and already_used after;
  * why a redeem failed goes to stderr.
@@ -47,12 +49,15 @@ static void cli_usage(FILE *f)
 {
     fputs("usage: signd-verify --url URL --cacert FILE --feed-key FILE [--max-feed-age S]\n"
           "                    [--cooldown S] [--behind-grace S] [--leeway S] [--now UNIX]\n"
-          "                    [--origin ORIGIN] [--redeem-credential FILE] [TOKEN ...]\n"
+          "                    [--origin ORIGIN] [--aud AUDIENCE] [--redeem-credential FILE]\n"
+          "                    [TOKEN ...]\n"
           "       signd-verify ... --serve HOST:PORT [--sub-from-path N] [--serve-threads N]\n"
           "Verifies RS256 tokens of a signd appliance against its JWKS, its signed\n"
           "revocation feed and the signed status list a revocable token names (both checked\n"
           "with the pinned key in --feed-key). --origin ORIGIN (https://host[:port]) refuses a\n"
-          "token bound to another origin (wrong_origin). --redeem-credential FILE (the secret\n"
+          "token bound to another origin (wrong_origin); without it a token bound to any\n"
+          "origin is origin_required. --aud AUDIENCE refuses a token whose aud is not it\n"
+          "(wrong_audience). --redeem-credential FILE (the secret\n"
           "of a redeemer credential, never on the command line) also redeems each token\n"
           "through the appliance: a single-use token is ok once, then already_used. With no\n"
           "TOKEN, reads one token a line from stdin; the line #stats prints counters.\n"
@@ -60,7 +65,7 @@ static void cli_usage(FILE *f)
           "the signed copy of within S seconds, it answers feed_stale until it can.\n"
           "Answers: ok <claims>, malformed, alg_not_allowed, feed_stale, unknown_kid,\n"
           "revoked_kid, bad_signature, expired, not_yet_valid, revoked_token, wrong_origin,\n"
-          "already_used, redeem_failed.\n"
+          "already_used, redeem_failed, origin_required, wrong_audience, revoked_subject.\n"
           "--serve HOST:PORT answers HTTP sub-requests (nginx auth_request) on any path: the\n"
           "token from the first segment of X-Original-URI or its token parameter, the origin\n"
           "from Origin or Referer (--origin: for requests with neither); 200 with X-Signd-Sub,\n"
@@ -169,6 +174,7 @@ int main(int argc, char **argv)
         {"leeway", required_argument, NULL, 'l'},
         {"now", required_argument, NULL, 'n'},
         {"origin", required_argument, NULL, 'o'},
+        {"aud", required_argument, NULL, 'A'},
         {"redeem-credential", required_argument, NULL, 'r'},
         {"serve", required_argument, NULL, 'S'},
         {"sub-from-path", required_argument, NULL, 'P'},
@@ -226,6 +232,9 @@ int main(int argc, char **argv)
                                 "and nothing after, not %s",
                                 optarg);
             origin = optarg;
+            break;
+        case 'A': /* checked with the rest of the settings by vfy_open */
+            cfg.aud = optarg;
             break;
         case 'r':
             cfg.redeem_credential = optarg;

@@ -62,6 +62,9 @@ const char *vfy_result_name(vfy_result r)
         [VFY_WRONG_ORIGIN] = "wrong_origin",
         [VFY_ALREADY_USED] = "already_used",
         [VFY_REDEEM_FAILED] = "redeem_failed",
+        [VFY_ORIGIN_REQUIRED] = "origin_required",
+        [VFY_WRONG_AUDIENCE] = "wrong_audience",
+        [VFY_REVOKED_SUBJECT] = "revoked_subject",
     };
     return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "invalid";
 }
@@ -93,6 +96,17 @@ static vfy_err vfy_config_check(const vfy_config *c, bool net, char *err, size_t
                  "a setting is out of range (max-feed-age 1..86400, cooldown 0..3600, "
                  "leeway 0..3600, behind-grace 1..3600, now >= 0)");
         return VFY_E_CONFIG;
+    }
+    if (c->aud != NULL) {
+        size_t n = strnlen(c->aud, VFY_AUD_MAX + 1);
+        bool printable = n >= 1 && n <= VFY_AUD_MAX;
+        for (size_t i = 0; printable && i < n; i++)
+            printable = (unsigned char)c->aud[i] >= 0x20 && (unsigned char)c->aud[i] <= 0x7e;
+        if (!printable) {
+            snprintf(err, errlen, "the audience must be 1 to %d printable ASCII characters",
+                     VFY_AUD_MAX);
+            return VFY_E_CONFIG;
+        }
     }
     if (!net)
         return VFY_E_OK;
@@ -126,6 +140,11 @@ static vfy *vfy_alloc(const vfy_config *cfg)
         return NULL;
     v->cfg = *cfg;
     v->cfg.url = v->cfg.cacert = v->cfg.feed_key = v->cfg.redeem_credential = NULL;
+    /* Checked by vfy_config_check: it fits. */
+    if (cfg->aud != NULL) {
+        snprintf(v->aud, sizeof(v->aud), "%s", cfg->aud);
+        v->cfg.aud = v->aud;
+    }
     pthread_rwlockattr_t ra;
     pthread_condattr_t ca;
     int bad = pthread_rwlockattr_init(&ra);
@@ -275,6 +294,7 @@ void vfy_close(vfy *v)
     vfy_buf_free(&v->feed_body);
     vfy_keys_free(v->keys, v->n_keys);
     free(v->revoked);
+    free(v->subjects);
     vfy_status_free_all(v);
     explicit_bzero(v->secret, sizeof(v->secret));
     v->secret_len = 0;
@@ -515,6 +535,39 @@ static size_t vfy_merge_kids(char (*dst)[VFY_KID_LEN + 1], char (*a)[VFY_KID_LEN
     return n;
 }
 
+static int vfy_subject_cmp(const void *a, const void *b)
+{
+    return strcmp(((const vfy_subject *)a)->sub, ((const vfy_subject *)b)->sub);
+}
+
+/* The feed's subjects sorted by sub, one entry per sub with its latest before (any of them
+ * revokes what the latest does not: an earlier before covers less). *out NULL when n is 0;
+ * -1 when out of memory. */
+static int vfy_subjects_index(const vfy_feed *f, vfy_subject **out, size_t *n_out)
+{
+    *out = NULL;
+    *n_out = 0;
+    if (f->n_subjects == 0)
+        return 0;
+    vfy_subject *s = malloc(f->n_subjects * sizeof(*s));
+    if (s == NULL)
+        return -1;
+    memcpy(s, f->subjects, f->n_subjects * sizeof(*s));
+    qsort(s, f->n_subjects, sizeof(*s), vfy_subject_cmp);
+    size_t n = 0;
+    for (size_t i = 0; i < f->n_subjects; i++) {
+        if (n > 0 && strcmp(s[n - 1].sub, s[i].sub) == 0) {
+            if (s[i].before > s[n - 1].before)
+                s[n - 1] = s[i];
+        } else {
+            s[n++] = s[i];
+        }
+    }
+    *out = s;
+    *n_out = n;
+    return 0;
+}
+
 vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len)
 {
     vfy_feed f;
@@ -536,6 +589,10 @@ vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len)
                     memmove(add[n_add++], add[i], VFY_KID_LEN + 1);
         }
     }
+    vfy_subject *subjects = NULL;
+    size_t n_subjects = 0;
+    if (st == VFY_FEED_OK && vfy_subjects_index(&f, &subjects, &n_subjects) != 0)
+        st = VFY_FEED_MALFORMED; /* out of memory: refuse rather than half-apply */
     if (st != VFY_FEED_OK) {
         atomic_fetch_add(&v->feeds_refused, 1);
         free(add);
@@ -560,6 +617,12 @@ vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len)
         }
     }
     if (st == VFY_FEED_OK) {
+        /* Each copy carries every subject revocation that still matters: replaced, not
+         * merged, so the set shrinks as they expire. */
+        vfy_subject *old = v->subjects;
+        v->subjects = subjects;
+        v->n_subjects = n_subjects;
+        subjects = old;
         /* A cached older copy of the same seq says nothing new: it must not age us. */
         if (f.seq > v->seq || f.iat >= v->iat) {
             v->iat = f.iat;
@@ -574,6 +637,7 @@ vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len)
     }
     pthread_rwlock_unlock(&v->lock);
     free(add);
+    free(subjects); /* the set replaced, or the one not applied */
     if (st == VFY_FEED_OK) {
         pthread_mutex_lock(&v->seq_mu);
         if (f.seq > v->applied_seq)
@@ -588,6 +652,57 @@ vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len)
 }
 
 /* ---- verification ---------------------------------------------------------------------- */
+
+/* The "origins" claim: absent, or an array of 1..VFY_ORIGINS_MAX strings, and never next to
+ * "origin" (which of the two binds would be a guess). */
+static bool vfy_origins_claim_ok(const json_t *payload)
+{
+    const json_t *list = json_object_get(payload, "origins");
+    if (list == NULL)
+        return true;
+    if (!json_is_array(list) || json_array_size(list) < 1 ||
+        json_array_size(list) > VFY_ORIGINS_MAX || json_object_get(payload, "origin") != NULL)
+        return false;
+    size_t i;
+    const json_t *o;
+    json_array_foreach(list, i, o) if (!json_is_string(o)) return false;
+    return true;
+}
+
+/* The origin check of a signed token: a bound token needs an expected origin, and it must
+ * be one it is bound to. */
+static vfy_result vfy_token_origin(const json_t *payload, const char *expected)
+{
+    const json_t *one = json_object_get(payload, "origin");
+    const json_t *list = json_object_get(payload, "origins");
+    if (one == NULL && list == NULL)
+        return VFY_OK;
+    if (expected == NULL)
+        return VFY_ORIGIN_REQUIRED;
+    if (one != NULL)
+        return strcmp(json_string_value(one), expected) == 0 ? VFY_OK : VFY_WRONG_ORIGIN;
+    size_t i;
+    const json_t *o;
+    json_array_foreach(list, i, o) if (strcmp(json_string_value(o), expected) == 0) return VFY_OK;
+    return VFY_WRONG_ORIGIN;
+}
+
+/* The audience check, only when the verifier was told its own: aud a string equal to it or
+ * an array holding it (RFC 7519 section 4.1.3); absent or anything else is refused. */
+static vfy_result vfy_token_audience(const json_t *payload, const char *mine)
+{
+    if (mine == NULL)
+        return VFY_OK;
+    const json_t *aud = json_object_get(payload, "aud");
+    if (json_is_string(aud))
+        return strcmp(json_string_value(aud), mine) == 0 ? VFY_OK : VFY_WRONG_AUDIENCE;
+    size_t i;
+    const json_t *a;
+    if (json_is_array(aud))
+        json_array_foreach(aud, i, a) if (json_is_string(a) &&
+                                          strcmp(json_string_value(a), mine) == 0) return VFY_OK;
+    return VFY_WRONG_AUDIENCE;
+}
 
 /* The checks that need no key: form (the status and origin claims included), then alg.
  * *kid points into j's header, *status_uri (NULL: none) into its payload. */
@@ -610,7 +725,7 @@ static vfy_result vfy_token_structure(const vfy *v, const char *token, vfy_jws *
         !json_is_number(exp) || (nbf != NULL && !json_is_number(nbf)))
         return VFY_MALFORMED;
     const json_t *origin = json_object_get(j->payload, "origin");
-    if ((origin != NULL && !json_is_string(origin)) ||
+    if ((origin != NULL && !json_is_string(origin)) || !vfy_origins_claim_ok(j->payload) ||
         vfy_status_claim(v, j->payload, status_uri, status_idx) != VFY_OK)
         return VFY_MALFORMED;
     /* Exactly RS256, before any key is looked up: "none", and HS256 keyed with our public
@@ -633,6 +748,28 @@ static vfy_result vfy_token_times(const vfy *v, const json_t *payload)
     if (nbf != NULL && now + leeway < json_number_value(nbf))
         return VFY_NOT_YET_VALID;
     return VFY_OK;
+}
+
+/* Is the token's subject revoked for its iat? A token with a revoked sub and no numeric
+ * iat cannot show it came after the revocation: revoked too. */
+static bool vfy_subject_revoked(vfy *v, const json_t *payload)
+{
+    const char *sub = json_string_value(json_object_get(payload, "sub"));
+    if (sub == NULL || strlen(sub) > VFY_SUB_MAX)
+        return false; /* longer than any the feed can name */
+    const json_t *iat = json_object_get(payload, "iat");
+    vfy_subject probe;
+    memset(&probe, 0, sizeof(probe));
+    memcpy(probe.sub, sub, strlen(sub) + 1);
+    bool revoked = false;
+    pthread_rwlock_rdlock(&v->lock);
+    const vfy_subject *hit = v->n_subjects > 0 ? bsearch(&probe, v->subjects, v->n_subjects,
+                                                         sizeof(*v->subjects), vfy_subject_cmp)
+                                               : NULL;
+    if (hit != NULL)
+        revoked = !json_is_number(iat) || json_number_value(iat) < (double)hit->before;
+    pthread_rwlock_unlock(&v->lock);
+    return revoked;
 }
 
 /* Under the read lock: is the feed stale, is kid revoked, and its key (copied into key_out,
@@ -710,13 +847,15 @@ vfy_result vfy_verify_ex(vfy *v, const char *token, const char *expected_origin,
         r = VFY_BAD_SIGNATURE;
     else
         r = vfy_token_times(v, j.payload);
+    if (r == VFY_OK && vfy_subject_revoked(v, j.payload))
+        r = VFY_REVOKED_SUBJECT;
     /* Signed by the appliance from here on: only such a token can make us fetch its list. */
     if (r == VFY_OK && status_uri != NULL)
         r = vfy_status_lookup(v, status_uri, status_idx);
-    const char *origin = json_string_value(json_object_get(j.payload, "origin"));
-    if (r == VFY_OK && expected_origin != NULL && origin != NULL &&
-        strcmp(origin, expected_origin) != 0)
-        r = VFY_WRONG_ORIGIN;
+    if (r == VFY_OK)
+        r = vfy_token_origin(j.payload, expected_origin);
+    if (r == VFY_OK)
+        r = vfy_token_audience(j.payload, v->cfg.aud);
     if (r == VFY_OK && claims_out != NULL)
         *claims_out = json_incref(j.payload);
     vfy_jws_free(&j);

@@ -13,6 +13,8 @@
  *   - the revoked kids: the union of every accepted feed (a kid is never un-revoked), and
  *     the accepted feed's seq, iat, exp and ttl; a feed with a lower seq is a rollback and
  *     is refused;
+ *   - the subject revocations of the accepted feed (sub, before), replaced by each feed
+ *     accepted (every copy carries all those that can still match a live token);
  *   - the signed status lists of revocable tokens, cached by uri (at most
  *     VFY_STATUS_CACHE_MAX, the oldest dropped), checked with the same pinned key; a token
  *     is only ever checked against <url>/v1/status-lists/<n> of the configured url (a token
@@ -88,6 +90,8 @@
 #define VFY_KID_LEN 32         /* a client kid: 32 lowercase hex characters */
 #define VFY_MIN_RSA_BYTES 256  /* RFC 7518 section 3.3: RS256 keys are 2048 bits or more */
 #define VFY_FEED_TYP "kid-revocation+jwt"
+#define VFY_ORIGINS_MAX 16 /* origins one token may be bound to (claim "origins") */
+#define VFY_AUD_MAX 256    /* bytes of cfg.aud, as the appliance bounds a minted aud */
 
 /* ---- results ------------------------------------------------------------------------- */
 
@@ -112,12 +116,21 @@ typedef enum {
     VFY_ALREADY_USED,    /* vfy_redeem only: the appliance says the single-use token is spent */
     VFY_REDEEM_FAILED,   /* vfy_redeem only: the appliance could not be asked, or answered
                             something else (no credential, 401/403, 5xx, invalid_token) */
+    /* Appended, not inserted, so the values above keep their numbers. In the check order
+     * they come with wrong_origin: origin_required and wrong_origin, then wrong_audience. */
+    VFY_ORIGIN_REQUIRED, /* the token is bound to an origin (or origins) and the check named
+                            none: fail closed, a bound token is not valid from anywhere */
+    VFY_WRONG_AUDIENCE,  /* cfg.aud is set and the token's aud is not it (nor an array
+                            holding it), or the token has no aud */
+    VFY_REVOKED_SUBJECT, /* the signed feed revokes the token's sub for tokens with an iat
+                            before a time, and its iat is before it (or not a number). In
+                            the check order: after not_yet_valid, before revoked_token */
 } vfy_result;
 
 /* The stable name of a result: "ok", "malformed", "alg_not_allowed", "feed_stale",
  * "unknown_kid", "revoked_kid", "bad_signature", "expired", "not_yet_valid",
- * "revoked_token", "wrong_origin", "already_used", "redeem_failed" ("invalid" for a value
- * outside the enum). */
+ * "revoked_token", "wrong_origin", "already_used", "redeem_failed", "origin_required",
+ * "wrong_audience", "revoked_subject" ("invalid" for a value outside the enum). */
 const char *vfy_result_name(vfy_result r);
 
 /* Why vfy_open (or a loader) failed. */
@@ -170,6 +183,15 @@ typedef struct {
     int64_t revoked_at;
 } vfy_revocation;
 
+#define VFY_SUB_MAX 256 /* bytes of a subject in the feed (the appliance's bound on sub) */
+
+/* A subject revocation: tokens with this sub and an iat before `before` are revoked. */
+typedef struct {
+    char sub[VFY_SUB_MAX + 1];
+    int64_t before;
+    uint64_t seq; /* from the same sequence as the key revocations */
+} vfy_subject;
+
 /* A feed that vfy_feed_check accepted. */
 typedef struct {
     uint64_t seq;   /* highest revocation sequence number, 0 when none */
@@ -177,6 +199,11 @@ typedef struct {
     int64_t iat, exp, ttl;
     size_t n_revoked;
     vfy_revocation *revoked; /* n_revoked entries, malloc'd; vfy_feed_free releases them */
+    /* Every subject revocation still able to match a live token, whatever `after` (the
+     * appliance drops one once before + its token_ttl_max has passed); empty for a feed
+     * without "subjects" (an appliance from before them). Malloc'd; vfy_feed_free. */
+    size_t n_subjects;
+    vfy_subject *subjects;
 } vfy_feed;
 
 /* Checks len bytes of a feed document (the response body of /v1/revocations/feed) and
@@ -185,7 +212,9 @@ typedef struct {
  * (else BAD_HEADER); an RS256 signature under key (else BAD_SIGNATURE); a payload object
  * with iss (string), seq, after <= seq, iat, exp > iat and ttl (non-negative integers), and
  * revoked, an array of {seq, kid (32 lowercase hex), revoked_at, reason (string)} whose
- * seqs are distinct and in (after, seq] (else MALFORMED); now < exp (else EXPIRED);
+ * seqs are distinct and in (after, seq], and, when present, subjects, an array of {seq,
+ * sub (1..VFY_SUB_MAX bytes), before (non-negative integer)} whose seqs are distinct and
+ * in [1, seq] (else MALFORMED); now < exp (else EXPIRED);
  * seq >= current_seq (else ROLLBACK); after <= current_seq (else GAP). Unknown members are
  * ignored. Only VFY_FEED_OK fills *out; on any other status *out is zeroed (vfy_feed_free
  * on it is still safe).
@@ -267,6 +296,9 @@ typedef struct {
                                       it, feed_stale until it has that copy. 5, 1..3600 */
     const char *redeem_credential; /* file holding the secret of a redeemer credential, for
                                       vfy_redeem; NULL: vfy_redeem answers redeem_failed */
+    const char *aud; /* the audience this verifier is: a token whose aud is not it (a string
+                        equal to it, or an array holding it) is wrong_audience, one without
+                        aud too. NULL: aud is not looked at. 1..256 printable ASCII */
 } vfy_config;
 
 /* Fills *cfg with the defaults above and NULL strings. */
@@ -293,7 +325,8 @@ vfy_err vfy_open_documents(const vfy_config *cfg, const vfy_pubkey *key, const c
 /* Checks a feed document against the pinned key and the current seq (vfy_feed_check with
  * the system clock) and, when it is accepted, applies it: its kids join the revoked set,
  * its seq, iat, exp and ttl become current (an older copy of the same seq never lowers iat
- * or exp), and vfy_wait_seq waiters wake. Returns the check's status. */
+ * or exp), its subjects replace those held (each copy carries all that still matter), and
+ * vfy_wait_seq waiters wake. Returns the check's status. */
 vfy_feed_status vfy_apply_feed(vfy *v, const char *jws, size_t len);
 
 /* Checks a status list document fetched from uri (vfy_status_list_check with the system
@@ -321,8 +354,11 @@ vfy_result vfy_verify(vfy *v, const char *token, json_t **claims_out);
  * bounded by http_timeout; kept fresh by the background thread on the poll interval and
  * at once on a token-revocation event): revoked_token when its bit is set, feed_stale when
  * the list is past its exp (or older than max_feed_age while the stream is down) and no
- * fresh copy can be had. Then, when expected_origin is not NULL, a token whose "origin"
- * claim differs from it byte for byte is wrong_origin (a token without one passes).
+ * fresh copy can be had. Then the origin: a token bound to one ("origin", a string) or to
+ * several ("origins", an array of 1..16 strings) is origin_required when expected_origin
+ * is NULL (fail closed: vfy_verify never passes a bound token), wrong_origin when
+ * expected_origin is none of them byte for byte; a token bound to none passes anywhere.
+ * Then, with cfg.aud set, the audience (wrong_audience).
  * "single_use" is not looked at: only the appliance knows whether a token was spent (see
  * vfy_redeem). */
 vfy_result vfy_verify_ex(vfy *v, const char *token, const char *expected_origin,

@@ -71,6 +71,7 @@ MATRIX = [
     ("POST", "/v1/tokens", {"signer"}),
     ("DELETE", "/v1/tokens/{victim_token}", {"admin", "signer"}),
     ("POST", "/v1/tokens/redeem", {"redeemer"}),
+    ("POST", "/v1/subjects/revoke", {"admin", "signer"}),
     ("GET", "/v1/status-lists/0", "public"),
     ("POST", "/v1/credentials", {"admin"}),
     ("GET", "/v1/credentials", {"admin"}),
@@ -93,6 +94,8 @@ MATRIX = [
 def body_for(method, path, world):
     if path == "/v1/tokens/redeem":
         return {"token": world["token"]}
+    if path == "/v1/subjects/revoke":
+        return {"sub": "matrix"}
     if path.endswith("/sign"):
         return {"payload": b64u(b"matrix")}
     if path == "/v1/tokens":

@@ -101,7 +101,7 @@ def test_help_documents_every_exit_code_and_each_verb_has_help(appliance):
         assert re.search(r"^\s+%s" % code, text, re.M), code
     for verb in (["keys", "create"], ["keys", "list"], ["keys", "show"], ["keys", "revoke"],
                  ["keys", "rotate"], ["credentials", "create"], ["token", "mint"], ["sign"],
-                 ["audit", "export"], ["audit", "verify"]):
+                 ["audit", "export"], ["audit", "verify"], ["subjects", "revoke"]):
         r = ctl(appliance, *verb, "--help", cred=False)
         assert r.returncode == EXIT_OK, verb
         assert r.stdout.decode().startswith("usage: signdctl " + verb[0]), verb
@@ -542,3 +542,46 @@ def test_audit_export_and_verify(appliance, tmp):
     assert r.returncode == EXIT_OK and r.stdout.startswith(b'{"action"')
     r = ctl(appliance, "keys", "create", cred=aud)
     assert r.returncode == EXIT_AUTH
+
+
+def test_subjects_revoke_revokes_a_subjects_earlier_tokens(appliance, signer_file):
+    a = appliance
+    a.create_key(label="subjects")
+    r = ctl(a, "--json", "token", "mint", "--sub", "video-cli", cred=signer_file)
+    assert r.returncode == EXIT_OK, r.stderr
+    old = json.loads(r.stdout)
+    while time.time() < old["iat"] + 2:  # iat has a one-second resolution
+        time.sleep(0.05)
+    r = ctl(a, "--json", "subjects", "revoke", "video-cli")  # the admin
+    assert r.returncode == EXIT_OK, r.stderr
+    rec = json.loads(r.stdout)
+    assert rec["sub"] == "video-cli" and rec["before"] > old["iat"] and rec["seq"] >= 1
+    got = a.post("/v1/tokens/redeem", {"token": old["token"]},
+                 auth=a.create_credential("redeemer")["secret"])
+    assert got.status_code == 409 and got.json()["error"]["code"] == "subject_revoked"
+    # The table form, with an explicit --before; a signer of every kid may too.
+    r = ctl(a, "subjects", "revoke", "video-cli2", "--before", str(old["iat"]), cred=signer_file)
+    assert r.returncode == EXIT_OK, r.stderr
+    assert re.search(r"^sub\s+video-cli2$", r.stdout.decode(), re.M), r.stdout
+    assert re.search(r"^before\s+", r.stdout.decode(), re.M), r.stdout
+    # Refused before any request, and by the appliance.
+    r = ctl(a, "subjects", "revoke")
+    assert r.returncode == EXIT_USAGE and "subject" in one_error_line(r)
+    r = ctl(a, "subjects", "revoke", "v", "--before", "soon")
+    assert r.returncode == EXIT_USAGE and "--before" in one_error_line(r)
+    r = ctl(a, "subjects", "revoke", "v", "--before", str(int(time.time()) + 3600))
+    assert r.returncode == EXIT_REFUSED and "out_of_range" in one_error_line(r)
+    r = ctl(a, "subjects", "revoke", "--help", cred=False)
+    assert r.returncode == EXIT_OK and r.stdout.decode().startswith("usage: signdctl subjects")
+
+
+def test_token_mint_takes_exp_as_a_unix_time_instead_of_ttl(appliance, signer_file):
+    appliance.create_key(label="exp")
+    exp = int(time.time()) + 900
+    r = ctl(appliance, "--json", "token", "mint", "--exp", str(exp), cred=signer_file)
+    assert r.returncode == EXIT_OK, r.stderr
+    assert json.loads(r.stdout)["exp"] == exp
+    r = ctl(appliance, "token", "mint", "--exp", str(exp), "--ttl", "60", cred=signer_file)
+    assert r.returncode == EXIT_USAGE and "--exp" in one_error_line(r)
+    r = ctl(appliance, "token", "mint", "--exp", str(int(time.time()) - 5), cred=signer_file)
+    assert r.returncode == EXIT_REFUSED and "ttl_out_of_range" in one_error_line(r)

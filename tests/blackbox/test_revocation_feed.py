@@ -139,7 +139,8 @@ def test_feed_is_a_jws_signed_by_the_publication_key_with_the_documented_claims(
     revoke(a, k["kid"], "compromised")
     header, payload, r = open_feed(a, key=key)
     assert header == {"alg": "RS256", "kid": PUB_KID, "typ": "kid-revocation+jwt"}
-    assert set(payload) == {"iss", "seq", "after", "iat", "exp", "ttl", "revoked"}
+    assert set(payload) == {"iss", "seq", "after", "iat", "exp", "ttl", "revoked",
+                            "subjects"}
     assert payload["iss"] == "https://signd.example"
     assert payload["seq"] == 1 and payload["after"] == 0
     assert payload["exp"] - payload["iat"] == 600 and payload["ttl"] == 30
@@ -305,7 +306,8 @@ def test_a_delta_further_back_than_64_revocations_is_answered_with_the_full_feed
     again = a.get("/v1/revocations?after=2", auth=False)
     assert len(again.json()["revoked"]) == 64
     assert a.get("/v1/revocations?after=2", auth=False).headers["ETag"] == again.headers["ETag"]
-    assert a.get("/v1/revocations?after=99", auth=False).json() == {"sequence": 66, "revoked": []}
+    assert a.get("/v1/revocations?after=99", auth=False).json() == {"sequence": 66, "revoked": [],
+                                                                 "subjects": []}
 
 
 def test_event_stream_says_hello_then_sends_one_event_per_revocation_with_its_seq(make_appliance):

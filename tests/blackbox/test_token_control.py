@@ -76,10 +76,12 @@ def mint(w, auth=None, **fields):
     return r.json()
 
 
-def redeem(w, token, origin=None, auth=None):
+def redeem(w, token, origin=None, auth=None, aud=None):
     body = {"token": token}
     if origin is not None:
         body["origin"] = origin
+    if aud is not None:
+        body["aud"] = aud
     return w["a"].post("/v1/tokens/redeem", body, auth=auth or w["redeemer"])
 
 
@@ -382,10 +384,110 @@ def test_a_token_bound_to_an_origin_redeems_only_from_it(world):
     assert_error(redeem(world, body["token"], origin="https://a.example:8443"), 409,
                  "wrong_origin")
     assert_error(redeem(world, body["token"], origin="http://a.example"), 409, "wrong_origin")
-    # A caller that names no origin is not checked; a token without one is valid anywhere.
-    assert redeem(world, body["token"]).status_code == 200
+    # A token without one is valid anywhere, named or not.
     anywhere = mint(world)
     assert redeem(world, anywhere["token"], origin="https://b.example").status_code == 200
+    assert redeem(world, anywhere["token"]).status_code == 200
+
+
+def test_a_bound_token_redeemed_without_an_origin_is_origin_required(world):
+    # The fail-closed fix: a redeem that named no origin used to pass a bound token.
+    one = mint(world, origin="https://a.example", single_use=True)
+    assert_error(redeem(world, one["token"]), 409, "origin_required")
+    many = mint(world, origins=["https://a.example", "https://b.example"])
+    assert_error(redeem(world, many["token"]), 409, "origin_required")
+    # Refused, not consumed: the single-use token still redeems once from its origin.
+    r = redeem(world, one["token"], origin="https://a.example")
+    assert r.status_code == 200 and r.json()["redeemed"] is True, r.text
+
+
+def test_a_token_bound_to_origins_redeems_from_each_of_them_and_no_other(world):
+    origins = ["https://a.example", "https://b.example:8443", "http://10.0.0.1"]
+    body = mint(world, origins=origins)
+    claims = payload_of(body["token"])
+    assert claims["origins"] == origins and "origin" not in claims
+    for origin in origins:
+        r = redeem(world, body["token"], origin=origin)
+        assert r.status_code == 200 and r.json()["claims"]["origins"] == origins, r.text
+    assert_error(redeem(world, body["token"], origin="https://b.example"), 409, "wrong_origin")
+    assert mint(world, origins=["https://x%d.example" % i for i in range(16)])["token"]
+
+
+@pytest.mark.parametrize("fields,code", [
+    ({"origin": "https://a.example", "origins": ["https://b.example"]}, "conflicting_fields"),
+    ({"origins": []}, "out_of_range"),
+    ({"origins": ["https://x%d.example" % i for i in range(17)]}, "out_of_range"),
+    ({"origins": "https://a.example"}, "wrong_type"),
+    ({"origins": [5]}, "wrong_type"),
+    ({"origins": ["https://a.example/"]}, "invalid_origin"),
+    ({"origins": ["https://a.example", "https://a.example"]}, "invalid_origin"),
+    ({"claims": {"origins": ["https://a.example"]}}, "reserved_claim"),
+])
+def test_a_malformed_origins_request_gets_its_code(world, fields, code):
+    r = world["a"].post("/v1/tokens", {"kid": world["kid"], **fields}, auth=world["signer"])
+    assert_error(r, 400, code)
+
+
+def test_a_redeem_naming_an_audience_refuses_a_token_for_another(world):
+    cdn = mint(world, aud="cdn")
+    assert redeem(world, cdn["token"], aud="cdn").status_code == 200
+    assert_error(redeem(world, cdn["token"], aud="player"), 409, "wrong_audience")
+    listed = mint(world, claims={"aud": ["cdn", "player"]})
+    assert redeem(world, listed["token"], aud="player").status_code == 200
+    # A token without aud is for no audience in particular: refused when one is named.
+    assert_error(redeem(world, mint(world)["token"], aud="cdn"), 409, "wrong_audience")
+    # Not named: aud is not looked at.
+    assert redeem(world, cdn["token"]).status_code == 200
+    for bad, code in ((5, "wrong_type"), ("", "out_of_range"), ("x" * 257, "out_of_range")):
+        r = world["a"].post("/v1/tokens/redeem", {"token": cdn["token"], "aud": bad},
+                            auth=world["redeemer"])
+        assert_error(r, 400, code)
+
+
+def test_exp_as_a_unix_time_sets_the_tokens_exp_within_the_ttl_bounds(world):
+    now = int(time.time())
+    body = mint(world, exp=now + 1200)
+    claims = payload_of(body["token"])
+    assert claims["exp"] == body["exp"] == now + 1200
+    assert abs(claims["exp"] - claims["iat"] - 1200) <= 2
+    nbf = now + 60
+    body = mint(world, exp=now + 1200, nbf=nbf)
+    assert payload_of(body["token"])["nbf"] == nbf
+    # Within the seconds-long skew the appliance tolerates, a past nbf is fine.
+    assert payload_of(mint(world, nbf=now - 120)["token"])["nbf"] == now - 120
+
+
+@pytest.mark.parametrize("fields,code", [
+    ({"ttl": 600, "exp": "NOW+600"}, "conflicting_fields"),
+    ({"exp": "NOW-10"}, "ttl_out_of_range"),
+    ({"exp": "NOW+0"}, "ttl_out_of_range"),
+    ({"exp": "NOW+999999999"}, "ttl_out_of_range"),
+    ({"exp": 99999999999999999}, "ttl_out_of_range"),
+    ({"exp": "1e9"}, "wrong_type"),
+    ({"exp": 1.5}, "wrong_type"),
+    ({"exp": "NOW+600", "nbf": "NOW+600"}, "nbf_out_of_range"),
+    ({"exp": "NOW+600", "nbf": "NOW+900"}, "nbf_out_of_range"),
+    ({"nbf": "NOW-3600"}, "nbf_out_of_range"),
+    ({"nbf": 0}, "nbf_out_of_range"),
+])
+def test_a_malformed_exp_or_nbf_gets_its_code(world, fields, code):
+    now = int(time.time())
+    body = {}
+    for k, v in fields.items():
+        if isinstance(v, str) and v.startswith("NOW"):
+            v = now + int(v[3:])
+        body[k] = v
+    r = world["a"].post("/v1/tokens", {"kid": world["kid"], **body}, auth=world["signer"])
+    assert_error(r, 400, code)
+
+
+def test_a_signer_with_a_max_ttl_cannot_ask_for_a_later_exp(world):
+    a = world["a"]
+    short = a.create_credential("signer", kids="all", max_ttl=600, label="short")["secret"]
+    now = int(time.time())
+    r = a.post("/v1/tokens", {"kid": world["kid"], "exp": now + 3000}, auth=short)
+    assert_error(r, 400, "ttl_too_long")
+    assert mint(world, auth=short, exp=now + 500)["exp"] == now + 500
 
 
 def test_a_token_before_its_nbf_is_not_yet_valid(world):

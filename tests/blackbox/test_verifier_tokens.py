@@ -92,7 +92,7 @@ def test_single_use_token_redeemed_twice_is_ok_then_already_used(appliance, tmp_
     rc, out, err = run_once(appliance, keyfile, once, extra=extra)
     assert (rc, out) == (1, ["already_used"]), err
     # Verified without redeeming, it still checks out: only the appliance knows it is spent.
-    rc, out, err = run_once(appliance, keyfile, once)
+    rc, out, err = run_once(appliance, keyfile, once, extra=["--origin", ORIGIN_A])
     assert rc == 0 and answer_word(out[0]) == "ok", err
     # A plain token redeems any number of times.
     plain = mint(appliance, kid)
@@ -145,3 +145,49 @@ def test_token_naming_a_status_list_elsewhere_than_the_verifiers_url_is_malforme
         assert answer_word(v.ask(plain)) == "ok"
         assert v.stats()["status_fetches"] == 0
         assert v.close() == 0
+
+
+def test_an_origin_bound_token_checked_without_origin_is_origin_required(appliance, tmp_path):
+    # The fail-closed fix: signd-verify without --origin used to answer ok for a bound token.
+    keyfile = pin_publication_key(appliance, str(tmp_path))
+    kid = appliance.create_key()["kid"]
+    bound = mint(appliance, kid, origin=ORIGIN_A)
+    bound_many = mint(appliance, kid, origins=[ORIGIN_B, ORIGIN_A])
+    unbound = mint(appliance, kid)
+    rc, out, err = run_once(appliance, keyfile, bound, bound_many, unbound)
+    assert (rc, [answer_word(x) for x in out]) == (
+        1, ["origin_required", "origin_required", "ok"]), err
+    rc, out, err = run_once(appliance, keyfile, bound_many, extra=["--origin", ORIGIN_A])
+    assert rc == 0 and json.loads(out[0].split(" ", 1)[1])["origins"] == [ORIGIN_B, ORIGIN_A]
+    rc, out, err = run_once(appliance, keyfile, bound_many,
+                            extra=["--origin", "https://c.example"])
+    assert (rc, out) == (1, ["wrong_origin"]), err
+
+
+def test_a_verifier_with_an_audience_refuses_tokens_for_another(appliance, tmp_path):
+    keyfile = pin_publication_key(appliance, str(tmp_path))
+    kid = appliance.create_key()["kid"]
+    player = mint(appliance, kid, aud="player")
+    upload = mint(appliance, kid, aud="upload")
+    none = mint(appliance, kid)
+    rc, out, err = run_once(appliance, keyfile, player, upload, none, extra=["--aud", "player"])
+    assert (rc, [answer_word(x) for x in out]) == (
+        1, ["ok", "wrong_audience", "wrong_audience"]), err
+    # Without --aud the audience is not looked at.
+    rc, out, err = run_once(appliance, keyfile, upload, none)
+    assert rc == 0, (out, err)
+    rc, out, err = run_once(appliance, keyfile, player, extra=["--aud", ""])
+    assert rc == 2 and out == [] and "audience" in err, err
+
+
+def test_a_redeem_through_the_verifier_sends_its_audience(appliance, tmp_path):
+    keyfile = pin_publication_key(appliance, str(tmp_path))
+    cred, _ = redeem_credential(appliance, str(tmp_path))
+    kid = appliance.create_key()["kid"]
+    once = mint(appliance, kid, single_use=True, aud="player")
+    rc, out, err = run_once(appliance, keyfile, once,
+                            extra=["--redeem-credential", cred, "--aud", "player"])
+    assert rc == 0 and json.loads(out[0].split(" ", 1)[1])["aud"] == "player", (out, err)
+    rc, out, err = run_once(appliance, keyfile, once,
+                            extra=["--redeem-credential", cred, "--aud", "player"])
+    assert (rc, out) == (1, ["already_used"]), err

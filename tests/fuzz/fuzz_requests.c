@@ -5,7 +5,8 @@
  * API_BODY_MAX bytes). The selector's low three bits pick the body:
  *   0 POST /v1/keys        1 POST /v1/keys/{kid}/rotate   2 DELETE /v1/keys/{kid}
  *   3 POST /v1/keys/{kid}/sign   4 POST /v1/tokens   5 POST /v1/credentials
- *   6 DELETE /v1/credentials/{id}   7 POST /v1/tokens/redeem
+ *   6 DELETE /v1/credentials/{id}   7 POST /v1/tokens/redeem, or with bit 6 set
+ *   POST /v1/subjects/revoke
  * bit 3 makes the caller a signer with its own max_ttl (600 s), bit 4 sets tls_client_ca
  * (so client_subject is allowed). Bit 5 instead makes the input a request head for the front's
  * framing check (srv_check_head, SECURITY.md "HTTP framing"): one line each, the method, the
@@ -155,11 +156,19 @@ static void fuzz_body(int which, const api_req *q)
         check(b.ttl >= c->token_ttl_min && b.ttl <= c->token_ttl_max, "tokens: ttl bounds");
         check(own == 0 || b.ttl <= own, "tokens: ttl above the caller's max_ttl");
         check(b.exp == q->now + b.ttl && b.nbf >= -1 && b.nbf < b.exp, "tokens: nbf, exp");
+        check(b.nbf == -1 || b.nbf >= q->now - API_NBF_LEEWAY, "tokens: nbf in the past");
+        check(!(b.has_origin && b.n_origins > 0) && b.n_origins <= API_ORIGINS_MAX,
+              "tokens: origin and origins");
+        for (size_t i = 0; i < b.n_origins; i++) {
+            check(cfg_origin_ok(b.origins[i]), "tokens: origins");
+            for (size_t k = 0; k < i; k++)
+                check(strcmp(b.origins[i], b.origins[k]) != 0, "tokens: an origin twice");
+        }
         check(b.has_sub || b.sub[0] == '\0', "tokens: sub");
         check(strnlen(b.sub, sizeof(b.sub)) <= API_SUB_MAX, "tokens: sub length");
         check(b.claims == NULL || json_is_object(b.claims), "tokens: claims");
-        static const char *const reserved[] = {"iss", "sub",    "iat",        "nbf",   "exp",
-                                               "jti", "status", "single_use", "origin"};
+        static const char *const reserved[] = {"iss", "sub",    "iat",        "nbf",    "exp",
+                                               "jti", "status", "single_use", "origin", "origins"};
         for (size_t i = 0; b.claims != NULL && i < sizeof(reserved) / sizeof(reserved[0]); i++)
             check(json_object_get(b.claims, reserved[i]) == NULL, "tokens: reserved claim");
         check(!b.has_aud || json_object_get(b.claims, "aud") == NULL, "tokens: aud twice");
@@ -209,6 +218,16 @@ static void fuzz_body(int which, const api_req *q)
     case 6:
         e = api_credentials_revoke_parse(q, &r);
         break;
+    case 8: {
+        api_subjects_revoke_body b;
+        if ((e = api_subjects_revoke_parse(q, &r, &b)) != API_OK) {
+            check(all_zero(&b, sizeof(b)), "subjects: refusal left data");
+            break;
+        }
+        check(b.sub[0] != '\0' && strnlen(b.sub, sizeof(b.sub)) <= API_SUB_MAX, "subjects: sub");
+        check(b.before >= 1 && b.before <= q->now, "subjects: before");
+        break;
+    }
     default: {
         api_tokens_redeem_body b;
         if ((e = api_tokens_redeem_parse(q, &r, &b)) != API_OK) {
@@ -218,6 +237,8 @@ static void fuzz_body(int which, const api_req *q)
         check(b.token != NULL && b.token_len <= API_TOKEN_MAX && strlen(b.token) == b.token_len,
               "redeem: token");
         check(b.has_origin ? cfg_origin_ok(b.origin) : b.origin[0] == '\0', "redeem: origin");
+        check(b.has_aud ? b.aud[0] != '\0' && printable(b.aud, API_AUD_MAX) : b.aud[0] == '\0',
+              "redeem: aud");
         api_tokens_redeem_body_free(&b);
         api_tokens_redeem_body_free(&b);
         break;
@@ -331,7 +352,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (sel & 0x20)
         fuzz_head(body);
     else
-        fuzz_body(sel & 7, &q);
+        /* 7 with bit 6: the subject revocation body (added after the seeds were made). */
+        fuzz_body((sel & 7) == 7 && (sel & 0x40) ? 8 : sel & 7, &q);
     free(body);
     return 0;
 }

@@ -1358,6 +1358,85 @@ static void test_reader_answers_many_threads_at_once(void **state)
     reg_close(r);
 }
 
+/* ---- subject revocations ------------------------------------------------------------------ */
+
+static void test_subject_revocations_share_the_key_revocation_sequence_across_reopen(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    for (unsigned n = 1; n <= 2; n++)
+        add(r, n, T0 + n);
+    hsm_kid k1 = kid_of(1), k2 = kid_of(2);
+    reg_key a, c;
+    reg_subject s;
+    uint64_t gen = reg_generation(r);
+    /* The first revocation of the file is a subject's: the counter starts with it. */
+    assert_int_equal(reg_revoke_subject(r, "video-123", T0 + 5, T0 + 5, T0 - 3600, &s), REG_OK);
+    assert_int_equal(s.seq, 1);
+    assert_string_equal(s.sub, "video-123");
+    assert_int_equal(s.before, T0 + 5);
+    assert_true(reg_generation(r) != gen);
+    assert_int_equal(reg_revoke(r, &k1, "one", T0 + 10, &a), REG_OK);
+    assert_int_equal(a.revocation_seq, 2);
+    assert_int_equal(reg_revocation_seq(r), 2);
+    reg_close(r);
+    r = open_ok(t, 10);
+    assert_int_equal(reg_revocation_seq(r), 2);
+    assert_int_equal(reg_revoke_subject(r, "video-9", T0 + 20, T0 + 20, T0 - 3600, &s), REG_OK);
+    assert_int_equal(s.seq, 3);
+    assert_int_equal(reg_revoke(r, &k2, "two", T0 + 21, &c), REG_OK);
+    assert_int_equal(c.revocation_seq, 4); /* AUTOINCREMENT continues above the subject's */
+    reg_subject live[4];
+    assert_int_equal(reg_subjects_live(r, T0 - 3600, live, 4), 2);
+    assert_int_equal(live[0].seq, 1);
+    assert_int_equal(live[1].seq, 3);
+    assert_int_equal(reg_subjects_after(r, 1, live, 4), 1);
+    assert_string_equal(live[0].sub, "video-9");
+    assert_int_equal(raw_int(t, "SELECT count(*) FROM audit WHERE action = 'subject.revoked'"), 2);
+    reg_close(r);
+}
+
+static void
+test_a_subject_revocation_past_its_horizon_leaves_the_live_list_and_the_file(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    reg_subject s, live[4];
+    const int64_t ttl_max = 600;
+    assert_int_equal(reg_revoke_subject(r, "old", T0, T0, T0 - ttl_max, &s), REG_OK);
+    assert_int_equal(reg_subjects_live(r, T0 - ttl_max, live, 4), 1);
+    /* At before + ttl_max no token it could match is alive: not listed any more. */
+    assert_int_equal(reg_subjects_live(r, T0 + ttl_max - ttl_max - 1, live, 4), 1);
+    assert_int_equal(reg_subjects_live(r, T0 + ttl_max - ttl_max, live, 4), 0);
+    /* The next revocation removes the row from the file too; its seq is not reused. */
+    assert_int_equal(reg_revoke_subject(r, "new", T0 + ttl_max, T0 + ttl_max, T0, &s), REG_OK);
+    assert_int_equal(s.seq, 2);
+    assert_int_equal(raw_int(t, "SELECT count(*) FROM subject_revocations"), 1);
+    assert_int_equal(reg_subjects_live(r, T0, live, 4), 1);
+    assert_string_equal(live[0].sub, "new");
+    reg_close(r);
+    r = open_ok(t, 10);
+    assert_int_equal(reg_revocation_seq(r), 2);
+    assert_int_equal(reg_subjects_after(r, 0, live, 4), 1);
+    reg_close(r);
+}
+
+static void test_a_subject_that_is_empty_or_too_long_is_refused_and_changes_nothing(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    char longest[REG_SUB_MAX + 2];
+    memset(longest, 's', sizeof(longest));
+    longest[REG_SUB_MAX + 1] = '\0';
+    assert_int_equal(reg_revoke_subject(r, longest, T0, T0, 0, NULL), REG_ERR_INVALID);
+    assert_int_equal(reg_revoke_subject(r, "", T0, T0, 0, NULL), REG_ERR_INVALID);
+    assert_int_equal(reg_revoke_subject(r, NULL, T0, T0, 0, NULL), REG_ERR_INVALID);
+    assert_int_equal(reg_revocation_seq(r), 0);
+    longest[REG_SUB_MAX] = '\0';
+    assert_int_equal(reg_revoke_subject(r, longest, T0, T0, 0, NULL), REG_OK);
+    reg_close(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1399,6 +1478,9 @@ int main(void)
         T(test_reader_fails_closed_when_the_lookup_cannot_run),
         T(test_reader_refuses_symlinks_missing_files_and_non_registries),
         T(test_reader_answers_many_threads_at_once),
+        T(test_subject_revocations_share_the_key_revocation_sequence_across_reopen),
+        T(test_a_subject_revocation_past_its_horizon_leaves_the_live_list_and_the_file),
+        T(test_a_subject_that_is_empty_or_too_long_is_refused_and_changes_nothing),
 #undef T
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -197,6 +197,23 @@ static char *feed_make(uint64_t seq, uint64_t after, const char **kids, size_t n
     return f;
 }
 
+/* A fresh feed at seq, full (after 0), revoking no kid, with subjects_json (raw JSON, or
+ * NULL for a feed without the member) as its "subjects". */
+static char *feed_with_subjects(uint64_t seq, const char *subjects_json)
+{
+    long now = (long)time(NULL);
+    char *p = feed_payload(seq, 0, now, now + 900, NULL, 0);
+    json_t *j = json_loads(p, 0, NULL);
+    free(p);
+    if (subjects_json != NULL)
+        json_object_set_new(j, "subjects", json_loads(subjects_json, JSON_DECODE_ANY, NULL));
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    char *f = feed_sign(text, fx.pub, VFY_FEED_TYP);
+    free(text);
+    return f;
+}
+
 /* A status list document: the bytes of bits (len of them, which need not be the right
  * size: the tests of the bound make it wrong on purpose) zlib-compressed, with sub, iat
  * and exp, signed by key under typ. extra (or NULL) is raw zlib bytes appended to the
@@ -1672,12 +1689,200 @@ static void test_origin_bound_token_is_wrong_origin_elsewhere(void **state)
     /* Byte for byte: a trailing '/' or another case is another origin. */
     assert_int_equal(vfy_verify_ex(v, bound, ORIGIN_A "/", NULL), VFY_WRONG_ORIGIN);
     assert_int_equal(vfy_verify_ex(v, bound, "https://A.example", NULL), VFY_WRONG_ORIGIN);
-    /* No expected origin: not checked. A token without origin passes anywhere. */
-    assert_int_equal(vfy_verify(v, bound, NULL), VFY_OK);
+    /* A token without origin passes anywhere, and with no origin named. */
     assert_int_equal(vfy_verify_ex(v, free_token, ORIGIN_B, NULL), VFY_OK);
+    assert_int_equal(vfy_verify(v, free_token, NULL), VFY_OK);
     free(bound);
     free(free_token);
     vfy_close(v);
+}
+
+/* The fail-closed fix: a check that names no origin used to pass a bound token. */
+static void test_an_origin_bound_token_checked_without_an_origin_is_origin_required(void **state)
+{
+    (void)state;
+    vfy *v = open_default();
+    char *bound = token_with("\"origin\":\"" ORIGIN_A "\"");
+    char *bound_many = token_with("\"origins\":[\"" ORIGIN_B "\",\"" ORIGIN_A "\"]");
+    json_t *claims = (json_t *)1;
+    assert_int_equal(vfy_verify(v, bound, &claims), VFY_ORIGIN_REQUIRED);
+    assert_null(claims);
+    assert_int_equal(vfy_verify_ex(v, bound, NULL, NULL), VFY_ORIGIN_REQUIRED);
+    assert_int_equal(vfy_verify(v, bound_many, NULL), VFY_ORIGIN_REQUIRED);
+    /* vfy_redeem checks first: nothing is sent for it either. */
+    char detail[128];
+    assert_int_equal(vfy_redeem(v, bound, NULL, NULL, detail, sizeof(detail)), VFY_ORIGIN_REQUIRED);
+    assert_string_equal(vfy_result_name(VFY_ORIGIN_REQUIRED), "origin_required");
+    free(bound);
+    free(bound_many);
+    vfy_close(v);
+}
+
+static void test_a_token_bound_to_origins_passes_from_each_and_no_other(void **state)
+{
+    (void)state;
+    vfy *v = open_default();
+    char *bound = token_with("\"origins\":[\"" ORIGIN_B "\",\"" ORIGIN_A "\"]");
+    assert_int_equal(vfy_verify_ex(v, bound, ORIGIN_A, NULL), VFY_OK);
+    assert_int_equal(vfy_verify_ex(v, bound, ORIGIN_B, NULL), VFY_OK);
+    assert_int_equal(vfy_verify_ex(v, bound, "https://c.example", NULL), VFY_WRONG_ORIGIN);
+    assert_int_equal(vfy_verify_ex(v, bound, ORIGIN_A "/", NULL), VFY_WRONG_ORIGIN);
+    /* Out of shape: empty, not strings, more than 16, or next to "origin". */
+    const char *bad[] = {
+        "\"origins\":[]",
+        "\"origins\":\"" ORIGIN_A "\"",
+        "\"origins\":[7]",
+        "\"origins\":[\"" ORIGIN_A "\"],\"origin\":\"" ORIGIN_A "\"",
+        "\"origins\":[\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\","
+        "\"a\",\"a\",\"a\",\"a\",\"a\",\"a\"]",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+        char *t = token_with(bad[i]);
+        if (vfy_verify_ex(v, t, ORIGIN_A, NULL) != VFY_MALFORMED)
+            fail_msg("not malformed: %s", bad[i]);
+        free(t);
+    }
+    free(bound);
+    vfy_close(v);
+}
+
+static void test_a_token_for_another_audience_is_wrong_audience(void **state)
+{
+    (void)state;
+    vfy_config cfg;
+    vfy_config_default(&cfg);
+    cfg.aud = "player";
+    char *feed = feed_make(0, 0, NULL, 0);
+    vfy *v = open_with(&cfg, feed);
+    char *mine = token_with("\"aud\":\"player\"");
+    char *in_list = token_with("\"aud\":[\"upload\",\"player\"]");
+    char *other = token_with("\"aud\":\"upload\"");
+    char *other_list = token_with("\"aud\":[\"upload\"]");
+    char *none = token_with("");
+    char *odd = token_with("\"aud\":7");
+    assert_int_equal(verify_str(v, mine), VFY_OK);
+    assert_int_equal(verify_str(v, in_list), VFY_OK);
+    assert_int_equal(verify_str(v, other), VFY_WRONG_AUDIENCE);
+    assert_int_equal(verify_str(v, other_list), VFY_WRONG_AUDIENCE);
+    assert_int_equal(verify_str(v, none), VFY_WRONG_AUDIENCE);
+    assert_int_equal(verify_str(v, odd), VFY_WRONG_AUDIENCE);
+    assert_string_equal(vfy_result_name(VFY_WRONG_AUDIENCE), "wrong_audience");
+    vfy_close(v);
+    /* Without an audience of its own, aud is not looked at. */
+    v = open_default();
+    assert_int_equal(verify_str(v, other), VFY_OK);
+    vfy_close(v);
+    /* The setting is bounded like a minted aud. */
+    char err[256];
+    const char *bad[] = {"", "bad\x01"};
+    for (size_t i = 0; i < 2; i++) {
+        cfg.aud = bad[i];
+        assert_int_equal(vfy_open_documents(&cfg, &fx.pin, fx.jwks, strlen(fx.jwks), feed,
+                                            strlen(feed), &v, err, sizeof(err)),
+                         VFY_E_CONFIG);
+        assert_null(v);
+    }
+    free(feed);
+    free(mine);
+    free(in_list);
+    free(other);
+    free(other_list);
+    free(none);
+    free(odd);
+}
+
+static void test_a_token_minted_before_a_subject_revocation_is_revoked_subject(void **state)
+{
+    (void)state;
+    long now = (long)time(NULL);
+    char subjects[256];
+    snprintf(subjects, sizeof(subjects),
+             "[{\"seq\":1,\"sub\":\"video-123\",\"before\":%ld},"
+             "{\"seq\":2,\"sub\":\"video-123\",\"before\":%ld}]",
+             now - 100, now);
+    char *feed = feed_with_subjects(2, subjects);
+    vfy_config cfg;
+    vfy_config_default(&cfg);
+    vfy *v = open_with(&cfg, feed);
+    char claims[256];
+    snprintf(claims, sizeof(claims), "{\"sub\":\"video-123\",\"iat\":%ld,\"exp\":%ld}", now - 1,
+             now + 600);
+    char *old = token_make("RS256", KID_A, claims, fx.a, SIG_RS256);
+    /* Minted at or after `before`: the new tokens of the rotated video pass at once. */
+    snprintf(claims, sizeof(claims), "{\"sub\":\"video-123\",\"iat\":%ld,\"exp\":%ld}", now,
+             now + 600);
+    char *fresh = token_make("RS256", KID_A, claims, fx.a, SIG_RS256);
+    snprintf(claims, sizeof(claims), "{\"sub\":\"video-124\",\"iat\":%ld,\"exp\":%ld}", now - 1,
+             now + 600);
+    char *other = token_make("RS256", KID_A, claims, fx.a, SIG_RS256);
+    /* No iat: it cannot show it came after the revocation. */
+    snprintf(claims, sizeof(claims), "{\"sub\":\"video-123\",\"exp\":%ld}", now + 600);
+    char *no_iat = token_make("RS256", KID_A, claims, fx.a, SIG_RS256);
+    /* Forged or expired first: the subject is looked at only for a good token in time. */
+    snprintf(claims, sizeof(claims), "{\"sub\":\"video-123\",\"iat\":%ld,\"exp\":%ld}", now - 90,
+             now - 1);
+    char *expired = token_make("RS256", KID_A, claims, fx.a, SIG_RS256);
+    char *forged = token_make(
+        "RS256", KID_A, "{\"sub\":\"video-123\",\"iat\":1,\"exp\":9999999999}", fx.b, SIG_RS256);
+    assert_int_equal(verify_str(v, old), VFY_REVOKED_SUBJECT);
+    assert_int_equal(verify_str(v, fresh), VFY_OK);
+    assert_int_equal(verify_str(v, other), VFY_OK);
+    assert_int_equal(verify_str(v, no_iat), VFY_REVOKED_SUBJECT);
+    assert_int_equal(verify_str(v, expired), VFY_EXPIRED);
+    assert_int_equal(verify_str(v, forged), VFY_BAD_SIGNATURE);
+    assert_string_equal(vfy_result_name(VFY_REVOKED_SUBJECT), "revoked_subject");
+    /* A later feed without the revocation (it expired at the appliance) lets the set go:
+     * each copy carries every subject that still matters. */
+    char *later = feed_with_subjects(3, "[]");
+    assert_int_equal(vfy_apply_feed(v, later, strlen(later)), VFY_FEED_OK);
+    assert_int_equal(verify_str(v, old), VFY_OK);
+    vfy_close(v);
+    free(later);
+    free(old);
+    free(fresh);
+    free(other);
+    free(no_iat);
+    free(expired);
+    free(forged);
+    free(feed);
+}
+
+static void test_a_feed_without_subjects_still_parses_and_bad_subjects_are_malformed(void **state)
+{
+    (void)state;
+    int64_t now = (int64_t)time(NULL);
+    vfy_feed f;
+    char *plain = feed_with_subjects(3, NULL);
+    assert_int_equal(vfy_feed_check(&fx.pin, plain, strlen(plain), now, 0, &f), VFY_FEED_OK);
+    assert_int_equal(f.n_subjects, 0);
+    vfy_feed_free(&f);
+    char *good = feed_with_subjects(3, "[{\"seq\":3,\"sub\":\"v\",\"before\":5},"
+                                       "{\"seq\":1,\"sub\":\"w\",\"before\":7}]");
+    assert_int_equal(vfy_feed_check(&fx.pin, good, strlen(good), now, 0, &f), VFY_FEED_OK);
+    assert_int_equal(f.n_subjects, 2);
+    assert_int_equal(f.subjects[0].seq, 1);
+    assert_string_equal(f.subjects[0].sub, "w");
+    assert_int_equal(f.subjects[1].before, 5);
+    vfy_feed_free(&f);
+    const char *bad[] = {
+        "{}",
+        "[{\"seq\":4,\"sub\":\"v\",\"before\":5}]", /* above the feed's seq */
+        "[{\"seq\":0,\"sub\":\"v\",\"before\":5}]",
+        "[{\"seq\":1,\"sub\":\"\",\"before\":5}]",
+        "[{\"seq\":1,\"sub\":7,\"before\":5}]",
+        "[{\"seq\":1,\"sub\":\"v\",\"before\":-5}]",
+        "[{\"seq\":1,\"sub\":\"v\"}]",
+        "[{\"seq\":1,\"sub\":\"v\",\"before\":5},{\"seq\":1,\"sub\":\"w\",\"before\":5}]",
+        "[1,2,3,4]", /* more entries than seqs */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+        char *doc = feed_with_subjects(3, bad[i]);
+        if (vfy_feed_check(&fx.pin, doc, strlen(doc), now, 0, &f) != VFY_FEED_MALFORMED)
+            fail_msg("accepted: %s", bad[i]);
+        free(doc);
+    }
+    free(plain);
+    free(good);
 }
 
 static void test_origin_form_is_the_appliances(void **state)
@@ -1921,6 +2126,11 @@ int main(void)
             test_verifier_fails_closed_when_told_of_a_token_revocation_it_cannot_fetch),
         cmocka_unit_test(test_revoked_token_comes_after_the_signature_and_time_checks),
         cmocka_unit_test(test_origin_bound_token_is_wrong_origin_elsewhere),
+        cmocka_unit_test(test_an_origin_bound_token_checked_without_an_origin_is_origin_required),
+        cmocka_unit_test(test_a_token_bound_to_origins_passes_from_each_and_no_other),
+        cmocka_unit_test(test_a_token_for_another_audience_is_wrong_audience),
+        cmocka_unit_test(test_a_token_minted_before_a_subject_revocation_is_revoked_subject),
+        cmocka_unit_test(test_a_feed_without_subjects_still_parses_and_bad_subjects_are_malformed),
         cmocka_unit_test(test_origin_form_is_the_appliances),
         cmocka_unit_test(test_cache_keeps_the_newest_lists_and_drops_the_oldest),
         cmocka_unit_test(test_concurrent_verification_while_status_lists_apply),
