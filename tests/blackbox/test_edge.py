@@ -27,6 +27,7 @@ ORIGIN_B = "https://b.example"
 VIDEOS = {
     "video-123": {"index.m3u8": None, "seg0.ts": b"\x47" * 188 * 4, "seg1.ts": b"\x47\x01" * 94},
     "video-456": {"index.m3u8": None, "seg0.ts": b"\x47\x02" * 94},
+    "video-789": {"index.m3u8": None, "seg0.ts": b"\x47\x03" * 94},
 }
 
 pytestmark = pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed "
@@ -353,6 +354,25 @@ def test_revoked_token_gets_403_revoked_token_while_its_sibling_plays(edge):
     assert refused(ngx, path, 15, "the token revocation to reach the sidecar") == \
         (403, "revoked_token")
     assert ngx.get("/%s/video-123/seg1.ts" % sibling).status_code == 200
+
+
+def test_a_revoked_subject_gets_403_revoked_subject_and_a_new_token_plays(edge):
+    """AVCaption's rotate: every token of one video dies at once, the video's later tokens
+    and other videos' tokens play."""
+    a, side, ngx, kids = edge
+    kid = kids["edge"]
+    old = mint(a, kid, sub="video-789")
+    other = mint(a, kid, sub="video-123")
+    assert ngx.get("/%s/video-789/seg0.ts" % old).status_code == 200
+    time.sleep(1.1)  # iat has whole seconds: the revocation's default before is now
+    r = a.post("/v1/subjects/revoke", {"sub": "video-789"})
+    assert r.status_code == 200, r.text
+    assert refused(ngx, "/%s/video-789/seg0.ts" % old, 15,
+                   "the subject revocation to reach the sidecar") == (403, "revoked_subject")
+    assert ngx.get("/%s/video-123/seg0.ts" % other).status_code == 200
+    time.sleep(1.1)
+    new = mint(a, kid, sub="video-789")
+    assert ngx.get("/%s/video-789/seg0.ts" % new).status_code == 200
 
 
 def test_appliance_stopped_still_plays_until_the_feed_ages_out_then_refuses(make_appliance,
