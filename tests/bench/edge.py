@@ -4,7 +4,10 @@ with auth_request asking the sidecar about one cached token (/<token>/video-123/
 a location with no check (/plain/video-123/seg0.ts), and with the same auth_request asking an
 upstream that answers 200 at once (/ceiling/...: the most any authenticator could get). The
 runs alternate (order reversed every other round); medians of req/s and of wrk's p50/p99 are
-printed as table rows, with the ratio checked / unchecked (goal >= 0.5). Any answer that is not 2xx fails the bench. The appliance,
+printed as table rows, with the ratio checked / unchecked (goal >= 0.5). Any answer that is
+not 2xx fails the bench. Then the sidecar alone, per core: wrk straight at it (the token in
+X-Original-URI, no nginx), its CPU time read from /proc, against signd-verify's in-process
+loop (the same token on stdin, LOOP_TOKENS times), its CPU time from wait4. The appliance,
 the sidecar and nginx are those of tests/blackbox/test_edge.py, in a temporary directory,
 stopped by their PID.
 
@@ -23,7 +26,7 @@ sys.path.insert(0, os.path.join(TOP, "tests", "blackbox"))
 
 from conftest import Appliance  # noqa: E402
 from test_edge import Nginx, Sidecar  # noqa: E402
-from test_verifier import mint, pin_publication_key, unused_port  # noqa: E402
+from test_verifier import VERIFY, mint, pin_publication_key, unused_port  # noqa: E402
 
 # Added to test_edge.py's server block: /plain/ serves the files with no check, and
 # /ceiling/ asks, through the same auth_request set-up, an upstream that answers 200 at once
@@ -56,6 +59,51 @@ PLAIN = """
         location / { return 200; }
 """
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+LOOP_TOKENS = 20000
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """utime + stime of pid, every thread, in seconds (/proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def sidecar_alone(side, token, seconds):
+    """(checks/s, checks per CPU-second of the sidecar): wrk at the sidecar itself."""
+    before = cpu_seconds(side.proc.pid)
+    out = subprocess.run(["wrk", "-t2", "-c64", "-d%ds" % seconds, "-H",
+                          "X-Original-URI: /%s/video-123/seg0.ts" % token, side.url + "/auth"],
+                         check=True, stdout=subprocess.PIPE, text=True).stdout
+    used = cpu_seconds(side.proc.pid) - before
+    if "Non-2xx or 3xx responses" in out or "Socket errors" in out:
+        sys.exit("bench edge: wrk saw errors against the sidecar:\n%s" % out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"^Requests/sec:\s+([0-9.]+)", out, re.M).group(1))
+    return rps, total / used if used > 0 else float("inf")
+
+
+def in_process(a, keyfile, token, top):
+    """(checks/s, checks per CPU-second): signd-verify's stdin loop over LOOP_TOKENS copies
+    of the token (its set-up, one JWKS and feed fetch, included), its CPU from wait4."""
+    import time
+    src, dst = os.path.join(top, "tokens.txt"), os.path.join(top, "answers.txt")
+    with open(src, "w") as f:
+        f.write((token + "\n") * LOOP_TOKENS)
+    t0 = time.monotonic()
+    pid = os.posix_spawn(VERIFY, [VERIFY, "--url", a.url, "--cacert", a.cacert, "--feed-key",
+                                  keyfile], dict(os.environ), file_actions=[
+        (os.POSIX_SPAWN_OPEN, 0, src, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+        (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)])
+    _, _, usage = os.wait4(pid, 0)
+    wall = time.monotonic() - t0
+    with open(dst) as f:
+        ok = sum(1 for line in f if line.startswith("ok "))
+    if ok != LOOP_TOKENS:
+        sys.exit("bench edge: the in-process loop answered %d ok of %d" % (ok, LOOP_TOKENS))
+    return LOOP_TOKENS / wall, LOOP_TOKENS / (usage.ru_utime + usage.ru_stime)
 
 
 def wrk(url, seconds):
@@ -103,6 +151,10 @@ def main():
                 print("bench: round %d/%d: a segment through nginx, %s, wrk -t2 -c64, %ds"
                       % (r + 1, rounds, name, seconds), file=sys.stderr)
                 runs[name].append(wrk(urls[name], seconds))
+        print("bench: the sidecar alone, wrk -t2 -c64, %ds; the in-process loop, %d tokens"
+              % (seconds, LOOP_TOKENS), file=sys.stderr)
+        alone = sidecar_alone(side, token, seconds)
+        loop = in_process(a, keyfile, token, top)
     finally:
         if ngx is not None:
             ngx.close()
@@ -126,6 +178,11 @@ def main():
     print("| latency p50 / p99 checked; unchecked; ceiling (ms) | %.2f / %.2f; %.2f / %.2f; "
           "%.2f / %.2f |" % (med("checked", 1), med("checked", 2), med("plain", 1),
                              med("plain", 2), med("ceiling", 1), med("ceiling", 2)))
+    print("| the sidecar alone, wrk at it (checks/s; per CPU-second of the sidecar) | %.0f; %.0f |"
+          % alone)
+    print("| signd-verify's in-process loop, the same token (checks/s; per CPU-second) | "
+          "%.0f; %.0f |" % loop)
+    print("| the sidecar's checks per core / the in-process loop's | %.3f |" % (alone[1] / loop[1]))
     print("| runs checked / unchecked / ceiling (req/s) | %s |"
           % " / ".join(" ".join("%.0f" % x[0] for x in runs[n])
                        for n in ("checked", "plain", "ceiling")))
