@@ -328,8 +328,13 @@ def test_keeper_signs_an_active_kid_and_refuses_a_revoked_one(appliance, keeper)
     verify_rs256(victim["jwk"], sig, message)
     assert a.delete("/v1/keys/" + victim["kid"], {"reason": "test"}).status_code == 200
     # The keeper's own refusal: its error body is the CKR value, 0 as no token call failed.
-    assert keeper.request(OP_SIGN, bytes.fromhex(victim["kid"]) + message) == \
-        (OP_SIGN, KEY_NOT_FOUND, NO_CKR)
+    # The revocation answers without waiting for the token (the destroy follows in the
+    # background), so the keeper refuses once it has seen the registry change: at most
+    # KPD_ACTIVE_CHECK_MS (100 ms) after the commit, or at once when the object is gone.
+    refused = procs.wait_for(lambda: (lambda r: r if r[1] != 0 else None)(
+        keeper.request(OP_SIGN, bytes.fromhex(victim["kid"]) + message)),
+        timeout=10, interval=0.02, message="the keeper to refuse the revoked kid")
+    assert refused == (OP_SIGN, KEY_NOT_FOUND, NO_CKR)
 
 
 def test_keeper_refuses_to_generate_under_a_revoked_kid(appliance, keeper):
