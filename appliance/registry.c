@@ -1477,21 +1477,33 @@ size_t reg_revocations_after(reg *r, uint64_t after, reg_revocation *out, size_t
     return n;
 }
 
-size_t reg_subjects_live(reg *r, int64_t expired_before, reg_subject *out, size_t cap)
+/* Copies into out (up to cap) the mirrored subject revocations whose `field` is above
+ * floor, returns how many there are: the one filter reg_subjects_live and
+ * reg_subjects_after share. */
+typedef enum { REG_SUB_BY_BEFORE, REG_SUB_BY_SEQ } reg_sub_field;
+
+static size_t reg_subjects_above(reg *r, reg_sub_field field, int64_t floor_before,
+                                 uint64_t floor_seq, reg_subject *out, size_t cap)
 {
     if (out == NULL)
         cap = 0;
     size_t n = 0;
     pthread_rwlock_rdlock(&r->mirror_rw);
     for (size_t i = 0; i < r->n_subs; i++) {
-        if (r->subs[i].before <= expired_before)
+        const reg_subject *e = &r->subs[i];
+        if (field == REG_SUB_BY_BEFORE ? e->before <= floor_before : e->seq <= floor_seq)
             continue;
         if (n < cap)
-            out[n] = r->subs[i];
+            out[n] = *e;
         n++;
     }
     pthread_rwlock_unlock(&r->mirror_rw);
     return n;
+}
+
+size_t reg_subjects_live(reg *r, int64_t expired_before, reg_subject *out, size_t cap)
+{
+    return reg_subjects_above(r, REG_SUB_BY_BEFORE, expired_before, 0, out, cap);
 }
 
 int reg_subject_revokes(reg *r, const char *sub, int64_t iat)
@@ -1506,19 +1518,7 @@ int reg_subject_revokes(reg *r, const char *sub, int64_t iat)
 
 size_t reg_subjects_after(reg *r, uint64_t after, reg_subject *out, size_t cap)
 {
-    if (out == NULL)
-        cap = 0;
-    size_t n = 0;
-    pthread_rwlock_rdlock(&r->mirror_rw);
-    for (size_t i = 0; i < r->n_subs; i++) {
-        if (r->subs[i].seq <= after)
-            continue;
-        if (n < cap)
-            out[n] = r->subs[i];
-        n++;
-    }
-    pthread_rwlock_unlock(&r->mirror_rw);
-    return n;
+    return reg_subjects_above(r, REG_SUB_BY_SEQ, 0, after, out, cap);
 }
 
 uint64_t reg_generation(reg *r)
