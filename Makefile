@@ -27,8 +27,8 @@ CFLAGS  += -std=c11 -Wall -Wextra -Werror $(HARDEN) -g -D_GNU_SOURCE \
 LDFLAGS += -pie -Wl,-z,relro,-z,now
 LDLIBS  := -ljansson -lsqlite3 -lcurl -lssl -lcrypto -lz -lpthread -ldl
 
-LIB_SRC := $(wildcard hsm/*.c jose/*.c api/*.c) \
-           $(filter-out appliance/main.c,$(wildcard appliance/*.c)) \
+LIB_SRC := $(wildcard base/*.c hsm/*.c jose/*.c api/*.c) \
+           $(filter-out appliance/supervisor/main.c,$(wildcard appliance/*/*.c)) \
            $(filter-out provisioning/provision.c,$(wildcard provisioning/*.c)) \
            $(filter-out verifier/signd-verify.c,$(wildcard verifier/*.c))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
@@ -54,7 +54,7 @@ FUZZ_CFLAGS  := -std=c11 -Wall -Wextra -Werror -g -O1 -fno-omit-frame-pointer $(
 
 PROGS := $(BUILD)/bin/signd-provision $(BUILD)/bin/hello-https $(BUILD)/bin/bench-hsm \
          $(BUILD)/bin/signd-verify $(BUILD)/bin/bench-propagation $(BUILD)/bin/signdctl
-ifneq ($(wildcard appliance/main.c),)
+ifneq ($(wildcard appliance/supervisor/main.c),)
 PROGS += $(BUILD)/bin/signd
 endif
 
@@ -84,7 +84,7 @@ $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/bin/signd: $(BUILD)/obj/appliance/main.o $(LIB) $(CIVETLIB)
+$(BUILD)/bin/signd: $(BUILD)/obj/appliance/supervisor/main.o $(LIB) $(CIVETLIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
@@ -200,5 +200,5 @@ format:
 clean:
 	rm -rf $(BUILD)/obj $(BUILD)/bin $(BUILD)/tests $(LIB)
 
--include $(LIB_OBJ:.o=.d) $(wildcard $(BUILD)/obj/*/*.d $(BUILD)/obj/*/*/*.d)
--include $(wildcard $(FUZZ_BUILD)/obj/*/*.d $(FUZZ_BUILD)/obj/*/*/*.d)
+-include $(LIB_OBJ:.o=.d) $(wildcard $(BUILD)/obj/*/*.d $(BUILD)/obj/*/*/*.d $(BUILD)/obj/*/*/*/*.d)
+-include $(wildcard $(FUZZ_BUILD)/obj/*/*.d $(FUZZ_BUILD)/obj/*/*/*.d $(FUZZ_BUILD)/obj/*/*/*/*.d)

@@ -1,6 +1,6 @@
 /*
  * api: the HTTP API's resources (keys, signing and tokens, publication, health), JSON in
- * and out. appliance/server.c owns CivetWeb, routing and authentication; it turns each
+ * and out. appliance/front/server.c owns CivetWeb, routing and authentication; it turns each
  * request into an api_req (body read and bounded, kid parsed) and calls one handler here.
  *
  * Errors: every handler returns an api_err. api_err_table() is the one place an error
@@ -18,13 +18,13 @@
 
 #include <jansson.h>
 
-#include "appliance/audit.h"
-#include "appliance/config.h"
-#include "appliance/credentials.h"
-#include "appliance/keeper.h"
-#include "appliance/probe.h"
-#include "appliance/registry.h"
-#include "appliance/tokstate.h"
+#include "appliance/core/audit.h"
+#include "appliance/common/config.h"
+#include "appliance/store/credentials.h"
+#include "appliance/kproto/keeper.h"
+#include "appliance/core/probe.h"
+#include "appliance/store/registry.h"
+#include "appliance/store/tokstate.h"
 
 #define API_BODY_MAX (64 * 1024)
 /* Deepest nesting of [ and { a JSON body may have; deeper is invalid_json before jansson
@@ -147,7 +147,7 @@ typedef struct {
     const api_env *env;
     const char *method;
     const char *query; /* after '?', or NULL */
-    hsm_kid kid;       /* valid when has_kid */
+    sk_kid kid;        /* valid when has_kid */
     int has_kid;
     const char *id; /* the path's {id}, {jti} or {n} segment, or NULL */
     /* The authenticated caller; NULL on public routes. The server has checked its role
@@ -196,20 +196,20 @@ json_t *api_key_json(const reg_key *k);
 
 /* API_OK when kid may sign now, else key_not_found, key_revoked, key_broken or
  * key_retiring (rotated: its successor signs now). */
-api_err api_check_signing_key(const api_req *q, api_resp *r, const hsm_kid *kid);
+api_err api_check_signing_key(const api_req *q, api_resp *r, const sk_kid *kid);
 
-/* kp_sign answered HSM_ERR_KEY_NOT_FOUND for kid: it changed state since
+/* kp_sign answered SK_ERR_KEY_NOT_FOUND for kid: it changed state since
  * api_check_signing_key (rotated, revoked; the keeper checks the registry itself), or its
  * object is gone. The state's own 409 (key_retiring, ...), else key_revoked. */
-api_err api_sign_refused(const api_req *q, api_resp *r, const hsm_kid *kid);
+api_err api_sign_refused(const api_req *q, api_resp *r, const sk_kid *kid);
 
 /* A keeper failure as the API's error (key_not_found, token_full, hsm_busy, ...). */
-api_err api_hsm_error(api_resp *r, hsm_status st);
+api_err api_hsm_error(api_resp *r, sk_status st);
 
 /* API_OK when the caller may use kid (an admin or auditor reaching a key route, or a
  * signer whose scope holds kid or one of kid's predecessors: rotating a key does not lock
  * out the signers of the key it replaces), else kid_not_allowed (403). */
-api_err api_check_kid_scope(const api_req *q, api_resp *r, const hsm_kid *kid);
+api_err api_check_kid_scope(const api_req *q, api_resp *r, const sk_kid *kid);
 
 /* ---- Request bodies: bytes -> validated struct ------------------------------------------
  * Each handler that takes a body first turns it into one of these, then acts on the struct
@@ -271,7 +271,7 @@ void api_keys_sign_body_free(api_keys_sign_body *b);
 #define API_NBF_LEEWAY 300 /* seconds an nbf may lie in the past: callers' clock skew */
 typedef struct {
     int has_kid;
-    hsm_kid kid;
+    sk_kid kid;
     int has_sub;
     char sub[API_SUB_MAX + 1];
     int64_t ttl, nbf, exp;
@@ -320,7 +320,7 @@ typedef struct {
     char label[CRED_LABEL_MAX + 1];
     char client_subject[CRED_SUBJECT_MAX + 1];
     int all_kids;
-    hsm_kid kids[CRED_KIDS_MAX];
+    sk_kid kids[CRED_KIDS_MAX];
     size_t n_kids;
     unsigned max_ttl;
 } api_credentials_create_body;
@@ -381,7 +381,7 @@ json_t *api_subject_json(const reg_subject *s);
 
 /* A service key's JWK with its use ("sig" for the audit key, API_PUBLICATION_USE for the
  * publication key). A new reference, NULL when out of memory. */
-json_t *api_service_jwk(const hsm_pubkey *pub, const char *kid, const char *use);
+json_t *api_service_jwk(const sk_pubkey *pub, const char *kid, const char *use);
 
 /* A service key's public half as {"kid", "alg", "jwk" (with use), "pem"} and, when typ is
  * not NULL, the "typ" of the documents it signs: GET /v1/audit/key, /v1/revocations/key. */
@@ -394,7 +394,7 @@ api_err api_revocations_key(const api_req *q, api_resp *r);
 /* The JWKS `use` of the publication key: its own, so no verifier takes it for a token's. */
 #define API_PUBLICATION_USE "kid-revocation"
 api_err api_healthz(const api_req *q, api_resp *r);
-/* GET /metrics: the Prometheus text exposition (appliance/metrics.h), with the gauges
+/* GET /metrics: the Prometheus text exposition (appliance/common/metrics.h), with the gauges
  * sampled now (sessions, keys by state, revocation sequence, audit lag). */
 api_err api_metrics(const api_req *q, api_resp *r);
 api_err api_readyz(const api_req *q, api_resp *r);
@@ -419,7 +419,7 @@ void api_publish_refresh(const api_env *env);
  * private key object destroyed (kp_destroy; a failure there is logged and left to
  * reconcile at the next start). The rotation scheduler revokes a retiring key at its
  * retire_at through this too. reg_revoke's status; *out (may be NULL) gets the row. */
-reg_status api_revoke_key(const api_env *env, const hsm_kid *kid, const char *reason, int64_t now,
+reg_status api_revoke_key(const api_env *env, const sk_kid *kid, const char *reason, int64_t now,
                           reg_key *out);
 void api_publish_free(void);
 

@@ -103,8 +103,8 @@ api_err api_audit_list(const api_req *q, api_resp *r)
     api_err e = api_query_each(q, r, &p, api_audit_set);
     if (e != API_OK)
         return e;
-    hsm_kid kid;
-    if (p.kid[0] && hsm_kid_parse(p.kid, &kid) != 0)
+    sk_kid kid;
+    if (p.kid[0] && sk_kid_parse(p.kid, &kid) != 0)
         return api_fail(r, API_ERR_INVALID_KID, "'kid' must be 32 lowercase hex characters");
     p.aq.kid = p.kid[0] ? p.kid : NULL;
     p.aq.action = p.action[0] ? p.action : NULL;

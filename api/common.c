@@ -1,7 +1,7 @@
 /* api: the error table, strict JSON parsing and response helpers. See api.h. */
 #include "api/api.h"
 
-#include "appliance/db.h"
+#include "appliance/store/db.h"
 
 #include "jose/jose.h"
 
@@ -260,8 +260,8 @@ api_err api_get_string(json_t *o, const char *name, size_t max_len, const char *
 
 json_t *api_key_json(const reg_key *k)
 {
-    char kid[2 * HSM_KID_LEN + 1];
-    hsm_kid_hex(&k->kid, kid);
+    char kid[2 * SK_KID_LEN + 1];
+    sk_kid_hex(&k->kid, kid);
     json_t *j = json_pack("{s:s, s:s, s:i, s:s, s:I, s:{s:s, s:s, s:s, s:s, s:s, s:s}}", "kid", kid,
                           "state", reg_state_name(k->state), "bits", (int)k->bits, "label",
                           k->label, "created_at", (json_int_t)k->created_at, "jwk", "kty", "RSA",
@@ -275,13 +275,13 @@ json_t *api_key_json(const reg_key *k)
      * revocation fields say what happened. The lineage stays. */
     if (j != NULL && k->state == REG_RETIRING)
         json_object_set_new(j, "retire_at", json_integer(k->retire_at));
-    char link[2 * HSM_KID_LEN + 1];
+    char link[2 * SK_KID_LEN + 1];
     if (j != NULL && k->has_successor) {
-        hsm_kid_hex(&k->successor, link);
+        sk_kid_hex(&k->successor, link);
         json_object_set_new(j, "successor", json_string(link));
     }
     if (j != NULL && k->has_predecessor) {
-        hsm_kid_hex(&k->predecessor, link);
+        sk_kid_hex(&k->predecessor, link);
         json_object_set_new(j, "predecessor", json_string(link));
     }
     return j;
@@ -305,7 +305,7 @@ int api_parse_decimal(const char *text, size_t max_digits, uint64_t *out)
     return 0;
 }
 
-json_t *api_service_jwk(const hsm_pubkey *pub, const char *kid, const char *use)
+json_t *api_service_jwk(const sk_pubkey *pub, const char *kid, const char *use)
 {
     json_t *jwk = jose_jwk_rsa(pub->n, pub->n_len, pub->e, pub->e_len, kid);
     if (jwk != NULL)
@@ -316,9 +316,9 @@ json_t *api_service_jwk(const hsm_pubkey *pub, const char *kid, const char *use)
 api_err api_service_key(const api_req *q, api_resp *r, kp_svc svc, const char *kid, const char *use,
                         const char *typ)
 {
-    hsm_pubkey pub;
-    hsm_status st = kp_svc_public_key(q->env->kp, svc, &pub);
-    if (st != HSM_OK)
+    sk_pubkey pub;
+    sk_status st = kp_svc_public_key(q->env->kp, svc, &pub);
+    if (st != SK_OK)
         return api_hsm_error(r, st);
     json_t *jwk = api_service_jwk(&pub, kid, use);
     char *pem = jose_rsa_public_pem(pub.n, pub.n_len, pub.e, pub.e_len);

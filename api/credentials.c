@@ -27,8 +27,8 @@ static json_t *api_credential_json(const cred_record *c)
         } else {
             json_t *kids = json_array();
             for (size_t i = 0; kids != NULL && i < c->n_kids; i++) {
-                char hex[2 * HSM_KID_LEN + 1];
-                hsm_kid_hex(&c->kids[i], hex);
+                char hex[2 * SK_KID_LEN + 1];
+                sk_kid_hex(&c->kids[i], hex);
                 json_array_append_new(kids, json_string(hex));
             }
             json_object_set_new(j, "kids", kids);
@@ -67,7 +67,7 @@ static api_err api_read_kids(json_t *v, api_credentials_create_body *out, api_re
         return api_fail(r, API_ERR_OUT_OF_RANGE, "'kids' must list 1 to %d kids", CRED_KIDS_MAX);
     for (size_t i = 0; i < n; i++) {
         const char *text = json_string_value(json_array_get(v, i));
-        if (text == NULL || hsm_kid_parse(text, &out->kids[i]) != 0)
+        if (text == NULL || sk_kid_parse(text, &out->kids[i]) != 0)
             return api_fail(r, API_ERR_INVALID_KID,
                             "'kids'[%zu] must be 32 lowercase hexadecimal characters", i);
         for (size_t k = 0; k < i; k++)
@@ -146,7 +146,7 @@ api_err api_credentials_create_parse(const api_req *q, api_resp *r,
     json_decref(body);
     if (e != API_OK) {
         size_t keep = out->n_kids; /* the kids before a bad one, for the handler */
-        hsm_kid kids[CRED_KIDS_MAX];
+        sk_kid kids[CRED_KIDS_MAX];
         memcpy(kids, out->kids, keep * sizeof(kids[0]));
         memset(out, 0, sizeof(*out));
         memcpy(out->kids, kids, keep * sizeof(kids[0]));

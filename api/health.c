@@ -19,9 +19,9 @@ api_err api_readyz(const api_req *q, api_resp *r)
     prb_read(q->env->probe, &ps);
     if (!ps.ready) {
         api_header(r, "Retry-After: %u", API_HSM_RETRY_AFTER);
-        return api_fail(
-            r, ps.status == HSM_ERR_TIMEOUT ? API_ERR_HSM_TIMEOUT : API_ERR_HSM_UNAVAILABLE,
-            "token not ready: %s", hsm_strerror(ps.status));
+        return api_fail(r,
+                        ps.status == SK_ERR_TIMEOUT ? API_ERR_HSM_TIMEOUT : API_ERR_HSM_UNAVAILABLE,
+                        "token not ready: %s", sk_strerror(ps.status));
     }
     return api_json(r, 200,
                     json_pack("{s:s, s:I}", "status", "ready", "active_keys",

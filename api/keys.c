@@ -1,8 +1,8 @@
 /* api: the key lifecycle (create, list, show, rotate, revoke) and raw RS256 signing. */
 #include "api/api.h"
 
-#include "appliance/metrics.h"
-#include "appliance/reconcile.h"
+#include "appliance/common/metrics.h"
+#include "appliance/core/reconcile.h"
 #include "jose/jose.h"
 
 #include <stdio.h>
@@ -28,20 +28,20 @@ static int api_printable(const char *s)
     return 1;
 }
 
-api_err api_hsm_error(api_resp *r, hsm_status st)
+api_err api_hsm_error(api_resp *r, sk_status st)
 {
     api_err e;
     switch (st) {
-    case HSM_ERR_KEY_NOT_FOUND:
+    case SK_ERR_KEY_NOT_FOUND:
         e = API_ERR_KEY_NOT_FOUND;
         break;
-    case HSM_ERR_TOKEN_FULL:
+    case SK_ERR_TOKEN_FULL:
         e = API_ERR_TOKEN_FULL;
         break;
-    case HSM_ERR_SESSION_COUNT:
+    case SK_ERR_SESSION_COUNT:
         e = API_ERR_HSM_BUSY;
         break;
-    case HSM_ERR_TIMEOUT:
+    case SK_ERR_TIMEOUT:
         e = API_ERR_HSM_TIMEOUT;
         break;
     default:
@@ -52,16 +52,16 @@ api_err api_hsm_error(api_resp *r, hsm_status st)
      * rather than hammers. */
     if (api_err_table(e)->http_status == 503)
         api_header(r, "Retry-After: %u", API_HSM_RETRY_AFTER);
-    return api_fail(r, e, "%s", hsm_strerror(st));
+    return api_fail(r, e, "%s", sk_strerror(st));
 }
 
 /* Destroys a generated key whose row was never written; if the keeper cannot do it now,
  * it is done once the keeper answers again (reconcile.h). */
-static void api_destroy_unrecorded(const api_env *env, const hsm_kid *kid)
+static void api_destroy_unrecorded(const api_env *env, const sk_kid *kid)
 {
     reg_pending_drop(env->reg, kid);
-    hsm_status st = kp_destroy(env->kp, kid);
-    if (st != HSM_OK && st != HSM_ERR_KEY_NOT_FOUND)
+    sk_status st = kp_destroy(env->kp, kid);
+    if (st != SK_OK && st != SK_ERR_KEY_NOT_FOUND)
         rec_defer_destroy(kid);
 }
 
@@ -71,16 +71,16 @@ static void api_destroy_unrecorded(const api_env *env, const hsm_kid *kid)
  * the row (reg_insert or reg_rotate, which consume the reservation) or destroys the object.
  * Otherwise nothing is held and the error says why. */
 static api_err api_make_key(const api_req *q, api_resp *r, unsigned bits, const char *label,
-                            reg_key *k, hsm_pubkey *pub)
+                            reg_key *k, sk_pubkey *pub)
 {
     if (reg_reserve(q->env->reg) != REG_OK)
         return api_fail(r, API_ERR_KEY_LIMIT_REACHED,
                         "the appliance holds %u keys in the token (active and retiring), its limit",
                         q->env->cfg->max_active_keys);
     memset(k, 0, sizeof(*k));
-    hsm_status st = HSM_ERR_KEY_EXISTS;
+    sk_status st = SK_ERR_KEY_EXISTS;
     /* A random 128-bit kid collides only by accident of a broken RNG; retry anyway. */
-    for (int i = 0; i < API_CREATE_TRIES && st == HSM_ERR_KEY_EXISTS; i++) {
+    for (int i = 0; i < API_CREATE_TRIES && st == SK_ERR_KEY_EXISTS; i++) {
         if (getrandom(k->kid.b, sizeof(k->kid.b), 0) != sizeof(k->kid.b))
             continue;
         /* Pending first: the keeper generates only under a kid the registry holds as
@@ -93,13 +93,13 @@ static api_err api_make_key(const api_req *q, api_resp *r, unsigned bits, const 
             return api_fail(r, API_ERR_STORAGE, "the key registry refused the new kid");
         }
         st = kp_generate(q->env->kp, &k->kid, bits, pub);
-        if (st != HSM_OK)
+        if (st != SK_OK)
             reg_pending_drop(q->env->reg, &k->kid);
     }
-    if (st != HSM_OK) {
+    if (st != SK_OK) {
         /* The keeper died or went silent mid-generation (or past its deadline): the object
          * may exist, and its row never will. */
-        if (st == HSM_ERR_DEVICE || st == HSM_ERR_TIMEOUT)
+        if (st == SK_ERR_DEVICE || st == SK_ERR_TIMEOUT)
             rec_defer_destroy(&k->kid);
         reg_unreserve(q->env->reg);
         return api_hsm_error(r, st);
@@ -119,15 +119,15 @@ static api_err api_make_key(const api_req *q, api_resp *r, unsigned bits, const 
 }
 
 /* A new key's JSON: the row, its PEM, and Location. */
-static json_t *api_new_key_json(api_resp *r, const reg_key *k, const hsm_pubkey *pub)
+static json_t *api_new_key_json(api_resp *r, const reg_key *k, const sk_pubkey *pub)
 {
     json_t *j = api_key_json(k);
     char *pem = jose_rsa_public_pem(pub->n, pub->n_len, pub->e, pub->e_len);
     if (j != NULL && pem != NULL)
         json_object_set_new(j, "pem", json_string(pem));
     free(pem);
-    char kid[2 * HSM_KID_LEN + 1];
-    hsm_kid_hex(&k->kid, kid);
+    char kid[2 * SK_KID_LEN + 1];
+    sk_kid_hex(&k->kid, kid);
     api_header(r, "Location: /v1/keys/%s", kid);
     return j;
 }
@@ -167,7 +167,7 @@ api_err api_keys_create(const api_req *q, api_resp *r)
     if (e != API_OK)
         return e;
     reg_key k;
-    hsm_pubkey pub;
+    sk_pubkey pub;
     if ((e = api_make_key(q, r, b.bits, b.label, &k, &pub)) != API_OK)
         return e;
     if (reg_insert(q->env->reg, &k) != REG_OK) {
@@ -244,7 +244,7 @@ api_err api_keys_rotate(const api_req *q, api_resp *r)
     if (old.state != REG_ACTIVE)
         return api_state_error(r, old.state);
     reg_key k, was, made;
-    hsm_pubkey pub;
+    sk_pubkey pub;
     if ((e = api_make_key(q, r, old.bits, b.has_label ? b.label : old.label, &k, &pub)) != API_OK)
         return e;
     reg_status rs = reg_rotate(q->env->reg, &q->kid, &k, q->now + b.grace, &was, &made);
@@ -337,7 +337,7 @@ api_err api_keys_revoke(const api_req *q, api_resp *r)
     return api_json(r, 200, api_key_json(&k));
 }
 
-reg_status api_revoke_key(const api_env *env, const hsm_kid *kid, const char *reason, int64_t now,
+reg_status api_revoke_key(const api_env *env, const sk_kid *kid, const char *reason, int64_t now,
                           reg_key *out)
 {
     /* Durable first, then published, then the private key object destroyed. The answer
@@ -355,7 +355,7 @@ reg_status api_revoke_key(const api_env *env, const hsm_kid *kid, const char *re
 }
 
 /* Is kid allowed to sign? API_OK, or the error that says why not. */
-api_err api_check_kid_scope(const api_req *q, api_resp *r, const hsm_kid *kid)
+api_err api_check_kid_scope(const api_req *q, api_resp *r, const sk_kid *kid)
 {
     if (q->caller == NULL || q->caller->role != CRED_ROLE_SIGNER ||
         cred_may_use_kid(q->caller, kid))
@@ -364,7 +364,7 @@ api_err api_check_kid_scope(const api_req *q, api_resp *r, const hsm_kid *kid)
      * off the app servers scoped to it. Only backwards (a credential scoped to the new key
      * gains nothing on the old one, which signs nothing anyway), and bounded. */
     reg_key k;
-    hsm_kid cur = *kid;
+    sk_kid cur = *kid;
     for (int i = 0;
          i < API_LINEAGE_MAX && reg_get(q->env->reg, &cur, &k) == REG_OK && k.has_predecessor;
          i++) {
@@ -375,7 +375,7 @@ api_err api_check_kid_scope(const api_req *q, api_resp *r, const hsm_kid *kid)
     return api_fail(r, API_ERR_KID_NOT_ALLOWED, "this credential may not use this kid");
 }
 
-api_err api_check_signing_key(const api_req *q, api_resp *r, const hsm_kid *kid)
+api_err api_check_signing_key(const api_req *q, api_resp *r, const sk_kid *kid)
 {
     reg_key k;
     if (reg_is_active(q->env->reg, kid))
@@ -390,7 +390,7 @@ api_err api_check_signing_key(const api_req *q, api_resp *r, const hsm_kid *kid)
     return api_state_error(r, k.state);
 }
 
-api_err api_sign_refused(const api_req *q, api_resp *r, const hsm_kid *kid)
+api_err api_sign_refused(const api_req *q, api_resp *r, const sk_kid *kid)
 {
     reg_key k;
     if (reg_get(q->env->reg, kid, &k) == REG_OK && k.state != REG_ACTIVE)
@@ -451,16 +451,16 @@ api_err api_keys_sign(const api_req *q, api_resp *r)
         return e;
     if ((e = api_check_signing_key(q, r, &q->kid)) != API_OK)
         goto out;
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len;
-    hsm_status st = kp_sign(q->env->kp, &q->kid, b.bytes, b.len, sig, &sig_len);
-    if (st != HSM_OK) {
-        e = st == HSM_ERR_KEY_NOT_FOUND ? api_sign_refused(q, r, &q->kid) : api_hsm_error(r, st);
+    sk_status st = kp_sign(q->env->kp, &q->kid, b.bytes, b.len, sig, &sig_len);
+    if (st != SK_OK) {
+        e = st == SK_ERR_KEY_NOT_FOUND ? api_sign_refused(q, r, &q->kid) : api_hsm_error(r, st);
         goto out;
     }
-    char sig_b64[HSM_SIG_MAX * 4 / 3 + 4], kid[2 * HSM_KID_LEN + 1];
+    char sig_b64[SK_SIG_MAX * 4 / 3 + 4], kid[2 * SK_KID_LEN + 1];
     jose_b64url_encode(sig, sig_len, sig_b64, sizeof(sig_b64));
-    hsm_kid_hex(&q->kid, kid);
+    sk_kid_hex(&q->kid, kid);
     if (audit_signature(q->env->audit, kid, q->caller ? q->caller->id : NULL, b.bytes, b.len,
                         NULL) != 0) {
         e = api_fail(r, API_ERR_STORAGE, "the signature could not be recorded in the audit trail");

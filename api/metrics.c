@@ -1,8 +1,8 @@
-/* api: GET /metrics, the Prometheus text exposition. See api.h and appliance/metrics.h. */
+/* api: GET /metrics, the Prometheus text exposition. See api.h and appliance/common/metrics.h. */
 #include "api/api.h"
 
-#include "appliance/jlog.h"
-#include "appliance/metrics.h"
+#include "appliance/common/jlog.h"
+#include "appliance/common/metrics.h"
 
 #include <openssl/crypto.h>
 #include <sqlite3.h>

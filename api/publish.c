@@ -6,8 +6,8 @@
  * "signed documents" below). */
 #include "api/api.h"
 
-#include "appliance/pubcache.h"
-#include "appliance/ratelimit.h"
+#include "appliance/core/pubcache.h"
+#include "appliance/front/ratelimit.h"
 #include "jose/jose.h"
 
 #include <openssl/crypto.h>
@@ -97,8 +97,8 @@ static json_t *api_jwks_json(reg *rg)
     }
     size_t n = reg_list(rg, REG_LIST_LIVE, keys, cap);
     for (size_t i = 0; i < n && i < cap; i++) {
-        char kid[2 * HSM_KID_LEN + 1];
-        hsm_kid_hex(&keys[i].kid, kid);
+        char kid[2 * SK_KID_LEN + 1];
+        sk_kid_hex(&keys[i].kid, kid);
         json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "kty", "RSA", "use",
                                              "sig", "alg", "RS256", "kid", kid, "n", keys[i].n_b64,
                                              "e", keys[i].e_b64));
@@ -109,8 +109,8 @@ static json_t *api_jwks_json(reg *rg)
 
 json_t *api_revocation_json(const reg_revocation *rv)
 {
-    char kid[2 * HSM_KID_LEN + 1];
-    hsm_kid_hex(&rv->kid, kid);
+    char kid[2 * SK_KID_LEN + 1];
+    sk_kid_hex(&rv->kid, kid);
     return json_pack("{s:I, s:s, s:I, s:s}", "seq", (json_int_t)rv->seq, "kid", kid, "revoked_at",
                      (json_int_t)rv->revoked_at, "reason", rv->reason);
 }
@@ -338,7 +338,7 @@ api_err api_revocations(const api_req *q, api_resp *r)
  * make the token sign at most publication_signs_per_second times a second (a token bucket
  * of that rate and burst); and while the keeper cannot sign, or the budget is spent, the
  * newest copy is served for as long as it is valid (before its exp). pc_decide
- * (appliance/pubcache.h) is the rule; this is the bookkeeping around it.
+ * (appliance/core/pubcache.h) is the rule; this is the bookkeeping around it.
  *
  * A copy is signed by the request that finds it missing or out of date, with the lock
  * released: concurrent requests for it are served the copy held meanwhile, or wait for
@@ -359,12 +359,12 @@ typedef struct {
 /* Signs a copy of key's document as of now: a new document and the version of the content
  * it holds, or NULL and *st set. Called without any lock held. */
 typedef api_doc *(*api_sign_fn)(const api_env *env, uint64_t key, int64_t now, uint64_t *version,
-                                hsm_status *st);
+                                sk_status *st);
 
 /* Why api_signed_get served nothing. */
 typedef struct {
     api_err err;          /* API_ERR_SIGNING_BUDGET_EXHAUSTED, or 0: see st */
-    hsm_status st;        /* the keeper's last failure */
+    sk_status st;         /* the keeper's last failure */
     unsigned retry_after; /* seconds, for the budget */
 } api_signed_why;
 
@@ -373,7 +373,7 @@ static pthread_mutex_t api_signed_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t api_signed_cv = PTHREAD_COND_INITIALIZER; /* a signature ended */
 static rl_table *api_budget;                                    /* made on first use */
 static int64_t api_keeper_failed_at = INT64_MIN; /* Unix second of the last failure */
-static hsm_status api_keeper_failed_st = HSM_ERR_DEVICE;
+static sk_status api_keeper_failed_st = SK_ERR_DEVICE;
 static unsigned api_in_flight;   /* signatures asked of the keeper, not yet answered */
 static int64_t api_in_flight_at; /* Unix second the keeper last had none, or answered one */
 #define API_BUDGET_KEY "publication"
@@ -435,7 +435,7 @@ static api_doc *api_signed_get(const api_env *env, api_signed *e, uint64_t key, 
             api_in_flight_at = now;
         pthread_mutex_unlock(&api_signed_mu);
         uint64_t signed_version = 0;
-        hsm_status st = HSM_OK;
+        sk_status st = SK_OK;
         api_doc *d = sign(env, key, now, &signed_version, &st);
         pthread_mutex_lock(&api_signed_mu);
         /* The clock now, not the request's: the keeper may have taken its whole deadline. */
@@ -457,7 +457,7 @@ static api_doc *api_signed_get(const api_env *env, api_signed *e, uint64_t key, 
         }
         /* Decided again without the keeper: the copy held, if still valid, or 503. */
         api_keeper_failed_at = done;
-        api_keeper_failed_st = st != HSM_OK ? st : HSM_ERR_DEVICE;
+        api_keeper_failed_st = st != SK_OK ? st : SK_ERR_DEVICE;
     }
 }
 
@@ -483,12 +483,12 @@ static api_err api_signed_fail(api_resp *r, const api_signed_why *why, const cha
 }
 
 /* A compact JWS of payload (consumed) under header, signed by the publication key: a new
- * document, or NULL and *st set (the token's answer, or HSM_ERR_DEVICE when out of memory
+ * document, or NULL and *st set (the token's answer, or SK_ERR_DEVICE when out of memory
  * or when payload is NULL). */
 static api_doc *api_publication_sign(const api_env *env, const char *header, json_t *payload,
-                                     hsm_status *st)
+                                     sk_status *st)
 {
-    *st = HSM_ERR_DEVICE;
+    *st = SK_ERR_DEVICE;
     char *text = payload ? json_dumps(payload, JSON_COMPACT) : NULL;
     json_decref(payload);
     if (text == NULL)
@@ -497,15 +497,15 @@ static api_doc *api_publication_sign(const api_env *env, const char *header, jso
     size_t cap = jose_jws_max_len(hlen, plen, JOSE_SIG_MAX);
     char *jws = cap != SIZE_MAX ? malloc(cap) : NULL;
     size_t input_len = 0, total = 0, sig_len = 0;
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     api_doc *d = NULL;
     if (jws != NULL && jose_jws_begin(header, hlen, text, plen, jws, cap, &input_len) == 0) {
         *st = kp_svc_sign(env->kp, KP_SVC_PUBLISH, jws, input_len, sig, &sig_len);
-        if (*st == HSM_OK) {
+        if (*st == SK_OK) {
             if (jose_jws_finish(jws, cap, input_len, sig, sig_len, &total) == 0)
                 d = api_doc_text(jws, total, 0);
             if (d == NULL)
-                *st = HSM_ERR_DEVICE;
+                *st = SK_ERR_DEVICE;
         }
     }
     free(jws);
@@ -521,9 +521,9 @@ static api_signed api_feed[API_FEED_SLOTS];
 
 /* Signs the feed of the revocations after `after` as of now (an api_sign_fn). */
 static api_doc *api_feed_sign(const api_env *env, uint64_t after, int64_t now, uint64_t *version,
-                              hsm_status *st)
+                              sk_status *st)
 {
-    *st = HSM_ERR_DEVICE;
+    *st = SK_ERR_DEVICE;
     json_t *list = api_revocations_json(env->reg, env->cfg, after);
     json_t *revoked = json_object_get(list, "revoked");
     json_t *subjects = json_object_get(list, "subjects");
@@ -627,9 +627,9 @@ static api_signed api_sl[TKS_LISTS_MAX];
 
 /* Signs list `list` as of now (an api_sign_fn). */
 static api_doc *api_sl_sign(const api_env *env, uint64_t list, int64_t now, uint64_t *version,
-                            hsm_status *st)
+                            sk_status *st)
 {
-    *st = HSM_ERR_DEVICE;
+    *st = SK_ERR_DEVICE;
     const cfg *c = env->cfg;
     char uri[API_URI_MAX];
     api_status_list_uri(c, (uint32_t)list, uri);

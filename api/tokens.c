@@ -117,7 +117,7 @@ static int api_depth_ok(json_t *j, int depth)
  * else the newest active one among its list and the list's successors (a kid rotated away
  * hands its signers to the key that replaced it: api_check_kid_scope). At most
  * CRED_KIDS_MAX * API_LINEAGE_MAX lookups in memory, one per kid while nothing rotated. */
-static int api_newest_usable(const api_req *q, hsm_kid *out)
+static int api_newest_usable(const api_req *q, sk_kid *out)
 {
     reg_key k;
     if (q->caller == NULL || q->caller->all_kids) {
@@ -133,7 +133,7 @@ static int api_newest_usable(const api_req *q, hsm_kid *out)
             continue;
         /* Only the last of a lineage can be active: every key before it was rotated. */
         for (int d = 0; d < API_LINEAGE_MAX && k.has_successor; d++) {
-            hsm_kid next = k.successor;
+            sk_kid next = k.successor;
             if (reg_get(q->env->reg, &next, &k) != REG_OK)
                 break;
         }
@@ -250,7 +250,7 @@ api_err api_tokens_mint_parse(const api_req *q, api_resp *r, api_tokens_mint_bod
                      "claim 'aud' is given as the request's 'aud' and cannot also be in 'claims'");
         goto out;
     }
-    if (kid_text != NULL && hsm_kid_parse(kid_text, &out->kid) != 0) {
+    if (kid_text != NULL && sk_kid_parse(kid_text, &out->kid) != 0) {
         e = api_fail(r, API_ERR_INVALID_KID, "'kid' must be 32 lowercase hex characters");
         goto out;
     }
@@ -286,7 +286,7 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
     if (e != API_OK)
         return e;
 
-    hsm_kid kid = b.kid;
+    sk_kid kid = b.kid;
     if (b.has_kid) {
         if ((e = api_check_kid_scope(q, r, &kid)) != API_OK ||
             (e = api_check_signing_key(q, r, &kid)) != API_OK)
@@ -296,8 +296,8 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
         goto out;
     }
 
-    char kid_hex[2 * HSM_KID_LEN + 1], jti[TKS_JTI_MAX + 1], header[96];
-    hsm_kid_hex(&kid, kid_hex);
+    char kid_hex[2 * SK_KID_LEN + 1], jti[TKS_JTI_MAX + 1], header[96];
+    sk_kid_hex(&kid, kid_hex);
     /* A revocable token's jti names its status index under a MAC (tks_jti_make): its
      * revocation needs nothing stored per token. Any other jti is 128 random bits. */
     tks_index ix = {0, 0};
@@ -355,7 +355,7 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
         goto out;
     }
     size_t plen = strlen(payload_text);
-    size_t cap = jose_jws_max_len((size_t)hlen, plen, HSM_SIG_MAX);
+    size_t cap = jose_jws_max_len((size_t)hlen, plen, SK_SIG_MAX);
     size_t signing_len, total;
     jws = malloc(cap);
     if (jws == NULL ||
@@ -373,11 +373,11 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
                      signing_len, (unsigned)KP_SIGN_MAX);
         goto out;
     }
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len;
-    hsm_status st = kp_sign(q->env->kp, &kid, jws, signing_len, sig, &sig_len);
-    if (st != HSM_OK) {
-        e = st == HSM_ERR_KEY_NOT_FOUND ? api_sign_refused(q, r, &kid) : api_hsm_error(r, st);
+    sk_status st = kp_sign(q->env->kp, &kid, jws, signing_len, sig, &sig_len);
+    if (st != SK_OK) {
+        e = st == SK_ERR_KEY_NOT_FOUND ? api_sign_refused(q, r, &kid) : api_hsm_error(r, st);
         goto out;
     }
     if (jose_jws_finish(jws, cap, signing_len, sig, sig_len, &total) != 0) {
@@ -499,7 +499,7 @@ static int api_aud_names(const json_t *aud, const char *want)
  * order: form and signature, key state, time, subject, status, origin, audience. API_OK with
  * *claims (a new reference), *kid and, for a revocable token, *ix. */
 static api_err api_redeem_check(const api_req *q, api_resp *r, const api_tokens_redeem_body *b,
-                                json_t **claims_out, hsm_kid *kid)
+                                json_t **claims_out, sk_kid *kid)
 {
     *claims_out = NULL;
     jose_jws p;
@@ -515,7 +515,7 @@ static api_err api_redeem_check(const api_req *q, api_resp *r, const api_tokens_
         e = api_fail(r, API_ERR_INVALID_TOKEN, "the token's alg is not RS256");
         goto out;
     }
-    if (kid_text == NULL || hsm_kid_parse(kid_text, kid) != 0) {
+    if (kid_text == NULL || sk_kid_parse(kid_text, kid) != 0) {
         e = api_fail(r, API_ERR_INVALID_TOKEN, "the token names no kid of this appliance");
         goto out;
     }
@@ -606,13 +606,13 @@ api_err api_tokens_redeem(const api_req *q, api_resp *r)
     if (e != API_OK)
         return e;
     json_t *claims = NULL;
-    hsm_kid kid;
+    sk_kid kid;
     if ((e = api_redeem_check(q, r, &b, &claims, &kid)) != API_OK) {
         api_tokens_redeem_body_free(&b);
         return e;
     }
-    char kid_hex[2 * HSM_KID_LEN + 1];
-    hsm_kid_hex(&kid, kid_hex);
+    char kid_hex[2 * SK_KID_LEN + 1];
+    sk_kid_hex(&kid, kid_hex);
     const char *jti = json_string_value(json_object_get(claims, "jti"));
     int64_t exp = json_integer_value(json_object_get(claims, "exp"));
     int single = json_is_true(json_object_get(claims, "single_use"));

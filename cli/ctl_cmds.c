@@ -3,7 +3,7 @@
  * (audit_verify_export), the code `signd-provision audit-verify` runs. See ctl.h. */
 #include "cli/ctl.h"
 
-#include "appliance/audit.h"
+#include "appliance/core/audit.h"
 #include "jose/jose.h"
 
 #include <errno.h>

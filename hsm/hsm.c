@@ -21,7 +21,7 @@
 
 /* One cached key: handles of both halves and the signature size. */
 typedef struct {
-    hsm_kid kid;
+    sk_kid kid;
     CK_OBJECT_HANDLE priv;
     CK_OBJECT_HANDLE pub;
     unsigned sig_len;
@@ -58,135 +58,59 @@ struct hsm {
 
 static _Thread_local unsigned long hsm_tl_ckr;
 
-static const struct {
-    const char *name;
-    const char *message;
-} hsm_errors[HSM_ERR_COUNT_] = {
-    [HSM_OK] = {"ok", "success"},
-    [HSM_ERR_MODULE_LOAD] = {"module_not_loadable",
-                             "the PKCS#11 module could not be loaded: check pkcs11_module"},
-    [HSM_ERR_TOKEN_NOT_FOUND] = {"token_not_found",
-                                 "no initialised token matches the configured label or URI"},
-    [HSM_ERR_PIN_FILE] = {"pin_file_unusable",
-                          "the PIN file is missing, empty, a symlink, or readable by group "
-                          "or others (it must be mode 0600)"},
-    [HSM_ERR_PIN_INCORRECT] = {"pin_incorrect", "the token refused the PIN"},
-    [HSM_ERR_PIN_LOCKED] = {"pin_locked",
-                            "the user PIN is locked after too many failures: the security "
-                            "officer must reset it"},
-    [HSM_ERR_KEY_NOT_FOUND] = {"key_not_found", "no key with this kid on the token"},
-    [HSM_ERR_KEY_EXISTS] = {"key_exists", "an object with this identity already exists"},
-    [HSM_ERR_TOKEN_FULL] = {"token_full", "the token has no room for another object"},
-    [HSM_ERR_SESSION_COUNT] = {"session_count",
-                               "the token refused another session: raise its limit or lower "
-                               "worker_threads"},
-    [HSM_ERR_BAD_ARGUMENT] = {"bad_argument", "invalid argument to the PKCS#11 layer"},
-    [HSM_ERR_DEVICE] = {"device_error", "the PKCS#11 module or device failed"},
-    [HSM_ERR_TIMEOUT] = {"timeout", "the token did not answer within keeper_timeout_ms"},
-};
-
-const char *hsm_status_name(hsm_status s)
-{
-    return (unsigned)s < HSM_ERR_COUNT_ ? hsm_errors[s].name : "unknown";
-}
-
-const char *hsm_strerror(hsm_status s)
-{
-    return (unsigned)s < HSM_ERR_COUNT_ ? hsm_errors[s].message : "unknown error";
-}
-
 unsigned long hsm_last_ckr(void)
 {
     return hsm_tl_ckr;
 }
 
 /* Records rv for hsm_last_ckr and maps it to our enum. */
-static hsm_status hsm_from_ckr(CK_RV rv)
+static sk_status hsm_from_ckr(CK_RV rv)
 {
     hsm_tl_ckr = rv;
     switch (rv) {
     case CKR_OK:
-        return HSM_OK;
+        return SK_OK;
     case CKR_PIN_INCORRECT:
     case CKR_PIN_INVALID:
     case CKR_PIN_LEN_RANGE:
-        return HSM_ERR_PIN_INCORRECT;
+        return SK_ERR_PIN_INCORRECT;
     case CKR_PIN_LOCKED:
     case CKR_PIN_EXPIRED:
-        return HSM_ERR_PIN_LOCKED;
+        return SK_ERR_PIN_LOCKED;
     case CKR_KEY_HANDLE_INVALID:
     case CKR_OBJECT_HANDLE_INVALID:
-        return HSM_ERR_KEY_NOT_FOUND;
+        return SK_ERR_KEY_NOT_FOUND;
     case CKR_DEVICE_MEMORY:
-        return HSM_ERR_TOKEN_FULL;
+        return SK_ERR_TOKEN_FULL;
     case CKR_SESSION_COUNT:
-        return HSM_ERR_SESSION_COUNT;
+        return SK_ERR_SESSION_COUNT;
     case CKR_TOKEN_NOT_PRESENT:
     case CKR_TOKEN_NOT_RECOGNIZED:
     case CKR_SLOT_ID_INVALID:
-        return HSM_ERR_TOKEN_NOT_FOUND;
+        return SK_ERR_TOKEN_NOT_FOUND;
     case CKR_ARGUMENTS_BAD:
     case CKR_DATA_LEN_RANGE:
-        return HSM_ERR_BAD_ARGUMENT;
+        return SK_ERR_BAD_ARGUMENT;
     default:
-        return HSM_ERR_DEVICE;
+        return SK_ERR_DEVICE;
     }
-}
-
-/* ---- kids ---------------------------------------------------------------------------- */
-
-void hsm_kid_hex(const hsm_kid *kid, char hex[2 * HSM_KID_LEN + 1])
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < HSM_KID_LEN; i++) {
-        hex[2 * i] = digits[kid->b[i] >> 4];
-        hex[2 * i + 1] = digits[kid->b[i] & 15];
-    }
-    hex[2 * HSM_KID_LEN] = '\0';
-}
-
-static int hsm_hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-int hsm_kid_cmp(const void *a, const void *b)
-{
-    return memcmp(((const hsm_kid *)a)->b, ((const hsm_kid *)b)->b, HSM_KID_LEN);
-}
-
-int hsm_kid_parse(const char *hex, hsm_kid *kid)
-{
-    if (hex == NULL || strnlen(hex, 2 * HSM_KID_LEN + 1) != 2 * HSM_KID_LEN)
-        return -1;
-    for (size_t i = 0; i < HSM_KID_LEN; i++) {
-        int hi = hsm_hexval(hex[2 * i]), lo = hsm_hexval(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return -1;
-        kid->b[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return 0;
 }
 
 /* ---- PIN files ----------------------------------------------------------------------- */
 
-hsm_status hsm_read_pin_file(const char *path, char buf[HSM_PIN_MAX], size_t *len)
+sk_status hsm_read_pin_file(const char *path, char buf[HSM_PIN_MAX], size_t *len)
 {
     hsm_tl_ckr = 0;
     memset(buf, 0, HSM_PIN_MAX);
     *len = 0;
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
-        return HSM_ERR_PIN_FILE;
+        return SK_ERR_PIN_FILE;
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 077) != 0 || st.st_size <= 0 ||
         st.st_size >= HSM_PIN_MAX) {
         close(fd);
-        return HSM_ERR_PIN_FILE;
+        return SK_ERR_PIN_FILE;
     }
     size_t got = 0;
     while (got < HSM_PIN_MAX - 1) {
@@ -196,7 +120,7 @@ hsm_status hsm_read_pin_file(const char *path, char buf[HSM_PIN_MAX], size_t *le
         if (r < 0) {
             close(fd);
             explicit_bzero(buf, HSM_PIN_MAX);
-            return HSM_ERR_PIN_FILE;
+            return SK_ERR_PIN_FILE;
         }
         if (r == 0)
             break;
@@ -207,40 +131,40 @@ hsm_status hsm_read_pin_file(const char *path, char buf[HSM_PIN_MAX], size_t *le
         buf[--got] = '\0';
     if (got == 0 || memchr(buf, '\0', got) != NULL) {
         explicit_bzero(buf, HSM_PIN_MAX);
-        return HSM_ERR_PIN_FILE;
+        return SK_ERR_PIN_FILE;
     }
     *len = got;
-    return HSM_OK;
+    return SK_OK;
 }
 
 /* ---- module and token ---------------------------------------------------------------- */
 
 /* *initialized is 1 when our C_Initialize did it, 0 when the module already was. */
-static hsm_status hsm_load_module(const char *path, void **dl, CK_FUNCTION_LIST_PTR *f,
-                                  int *initialized)
+static sk_status hsm_load_module(const char *path, void **dl, CK_FUNCTION_LIST_PTR *f,
+                                 int *initialized)
 {
     hsm_tl_ckr = 0;
     *initialized = 0;
     /* RTLD_NODELETE: SoftHSM2 registers OpenSSL clean-up that must outlive dlclose. */
     *dl = dlopen(path ? path : HSM_DEFAULT_MODULE, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (*dl == NULL)
-        return HSM_ERR_MODULE_LOAD;
+        return SK_ERR_MODULE_LOAD;
     CK_C_GetFunctionList get = (CK_C_GetFunctionList)dlsym(*dl, "C_GetFunctionList");
     if (get == NULL || get(f) != CKR_OK || *f == NULL) {
         dlclose(*dl);
         *dl = NULL;
-        return HSM_ERR_MODULE_LOAD;
+        return SK_ERR_MODULE_LOAD;
     }
     CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
     CK_RV rv = (*f)->C_Initialize(&args);
     if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
         dlclose(*dl);
         *dl = NULL;
-        hsm_status st = hsm_from_ckr(rv);
-        return st == HSM_ERR_DEVICE ? HSM_ERR_MODULE_LOAD : st;
+        sk_status st = hsm_from_ckr(rv);
+        return st == SK_ERR_DEVICE ? SK_ERR_MODULE_LOAD : st;
     }
     *initialized = rv == CKR_OK;
-    return HSM_OK;
+    return SK_OK;
 }
 
 /* Blank-padded PKCS#11 text field equals s (s shorter than or as long as the field). */
@@ -283,28 +207,28 @@ static int hsm_pct_decode(const char *in, size_t n, char *out, size_t cap)
     return 0;
 }
 
-static hsm_status hsm_parse_match(const char *spec, hsm_match *m)
+static sk_status hsm_parse_match(const char *spec, hsm_match *m)
 {
     memset(m, 0, sizeof(*m));
     if (spec == NULL || *spec == '\0')
-        return HSM_ERR_BAD_ARGUMENT;
+        return SK_ERR_BAD_ARGUMENT;
     if (strncmp(spec, "pkcs11:", 7) != 0) {
         if (strlen(spec) > 32)
-            return HSM_ERR_BAD_ARGUMENT;
+            return SK_ERR_BAD_ARGUMENT;
         strcpy(m->token, spec);
-        return HSM_OK;
+        return SK_OK;
     }
     const char *p = spec + 7;
     size_t path_len = strcspn(p, "?");
     if (path_len > HSM_URI_MAX)
-        return HSM_ERR_BAD_ARGUMENT;
+        return SK_ERR_BAD_ARGUMENT;
     while (path_len > 0) {
         size_t alen = strcspn(p, ";?");
         if (alen > path_len)
             alen = path_len;
         const char *eq = memchr(p, '=', alen);
         if (eq == NULL)
-            return HSM_ERR_BAD_ARGUMENT;
+            return SK_ERR_BAD_ARGUMENT;
         size_t klen = (size_t)(eq - p), vlen = alen - klen - 1;
         char *dst = NULL;
         size_t cap = 0;
@@ -319,15 +243,15 @@ static hsm_status hsm_parse_match(const char *spec, hsm_match *m)
         /* Object and library attributes (id, object, type, library-*) do not select a
          * token: they are accepted and ignored. */
         if (dst != NULL && hsm_pct_decode(eq + 1, vlen, dst, cap) != 0)
-            return HSM_ERR_BAD_ARGUMENT;
+            return SK_ERR_BAD_ARGUMENT;
         p += alen;
         path_len -= alen;
         if (path_len > 0 && *p == ';')
             p++, path_len--;
     }
     if (!m->token[0] && !m->serial[0] && !m->manufacturer[0] && !m->model[0])
-        return HSM_ERR_BAD_ARGUMENT;
-    return HSM_OK;
+        return SK_ERR_BAD_ARGUMENT;
+    return SK_OK;
 }
 
 static int hsm_token_matches(const CK_TOKEN_INFO *ti, const hsm_match *m)
@@ -340,26 +264,26 @@ static int hsm_token_matches(const CK_TOKEN_INFO *ti, const hsm_match *m)
 }
 
 /* Finds the first initialised token matching m. */
-static hsm_status hsm_find_slot(CK_FUNCTION_LIST_PTR f, const hsm_match *m, CK_SLOT_ID *slot)
+static sk_status hsm_find_slot(CK_FUNCTION_LIST_PTR f, const hsm_match *m, CK_SLOT_ID *slot)
 {
     CK_ULONG n = 0;
     CK_RV rv = f->C_GetSlotList(CK_TRUE, NULL, &n);
     if (rv != CKR_OK)
         return hsm_from_ckr(rv);
     if (n == 0)
-        return HSM_ERR_TOKEN_NOT_FOUND;
+        return SK_ERR_TOKEN_NOT_FOUND;
     CK_SLOT_ID *ids = calloc(n, sizeof(*ids));
     if (ids == NULL)
-        return HSM_ERR_DEVICE;
+        return SK_ERR_DEVICE;
     rv = f->C_GetSlotList(CK_TRUE, ids, &n);
-    hsm_status st = rv == CKR_OK ? HSM_ERR_TOKEN_NOT_FOUND : hsm_from_ckr(rv);
+    sk_status st = rv == CKR_OK ? SK_ERR_TOKEN_NOT_FOUND : hsm_from_ckr(rv);
     for (CK_ULONG i = 0; rv == CKR_OK && i < n; i++) {
         CK_TOKEN_INFO ti;
         if (f->C_GetTokenInfo(ids[i], &ti) != CKR_OK || !(ti.flags & CKF_TOKEN_INITIALIZED))
             continue;
         if (hsm_token_matches(&ti, m)) {
             *slot = ids[i];
-            st = HSM_OK;
+            st = SK_OK;
             break;
         }
     }
@@ -369,7 +293,7 @@ static hsm_status hsm_find_slot(CK_FUNCTION_LIST_PTR f, const hsm_match *m, CK_S
 
 /* ---- handle cache -------------------------------------------------------------------- */
 
-static size_t hsm_kid_hash(const hsm_kid *kid)
+static size_t hsm_kid_hash(const sk_kid *kid)
 {
     /* kids are 128 random bits: any 8 of them are a good hash. */
     uint64_t v;
@@ -378,7 +302,7 @@ static size_t hsm_kid_hash(const hsm_kid *kid)
 }
 
 /* The slot holding kid, or NULL. Caller holds cache_mu (read or write). */
-static hsm_slot *hsm_cache_find(hsm *h, const hsm_kid *kid)
+static hsm_slot *hsm_cache_find(hsm *h, const sk_kid *kid)
 {
     size_t mask = HSM_CACHE_SLOTS - 1;
     for (size_t i = hsm_kid_hash(kid) & mask, probes = 0; probes < HSM_CACHE_SLOTS;
@@ -386,14 +310,14 @@ static hsm_slot *hsm_cache_find(hsm *h, const hsm_kid *kid)
         hsm_slot *s = &h->cache[i];
         if (s->used == 0)
             return NULL;
-        if (s->used == 1 && memcmp(s->kid.b, kid->b, HSM_KID_LEN) == 0)
+        if (s->used == 1 && memcmp(s->kid.b, kid->b, SK_KID_LEN) == 0)
             return s;
     }
     return NULL;
 }
 
 /* The slot for kid, created if absent. Caller holds cache_mu for writing. */
-static hsm_slot *hsm_cache_put(hsm *h, const hsm_kid *kid)
+static hsm_slot *hsm_cache_put(hsm *h, const sk_kid *kid)
 {
     hsm_slot *s = hsm_cache_find(h, kid);
     if (s != NULL)
@@ -434,7 +358,7 @@ static void hsm_cache_rehash(hsm *h)
     free(live);
 }
 
-static void hsm_cache_remove(hsm *h, const hsm_kid *kid)
+static void hsm_cache_remove(hsm *h, const sk_kid *kid)
 {
     hsm_slot *s = hsm_cache_find(h, kid);
     if (s != NULL) {
@@ -478,18 +402,18 @@ static void hsm_tsess_destructor(void *p)
 }
 
 /* The calling thread's session, opened on first use. */
-static hsm_status hsm_session(hsm *h, CK_SESSION_HANDLE *s)
+static sk_status hsm_session(hsm *h, CK_SESSION_HANDLE *s)
 {
     hsm_tsess *t = pthread_getspecific(h->tkey);
     if (t != NULL) {
         *s = t->s;
-        return HSM_OK;
+        return SK_OK;
     }
     pthread_mutex_lock(&h->sess_mu);
     if (h->n_sessions >= h->max_sessions) {
         pthread_mutex_unlock(&h->sess_mu);
         hsm_tl_ckr = 0;
-        return HSM_ERR_SESSION_COUNT;
+        return SK_ERR_SESSION_COUNT;
     }
     h->n_sessions++;
     pthread_mutex_unlock(&h->sess_mu);
@@ -514,7 +438,7 @@ static hsm_status hsm_session(hsm *h, CK_SESSION_HANDLE *s)
     pthread_mutex_unlock(&h->sess_mu);
     pthread_setspecific(h->tkey, t);
     *s = t->s;
-    return HSM_OK;
+    return SK_OK;
 }
 
 /* Drops a session the token no longer knows (device reset), so the next call reopens. */
@@ -552,14 +476,14 @@ static int hsm_session_lost(CK_RV rv)
 typedef void (*hsm_found_fn)(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg);
 
 /* Runs fn on every object of class cls (and with CKA_ID = kid when kid is non-NULL). */
-static hsm_status hsm_find_each(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls,
-                                const hsm_kid *kid, hsm_found_fn fn, void *arg)
+static sk_status hsm_find_each(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, const sk_kid *kid,
+                               hsm_found_fn fn, void *arg)
 {
     CK_KEY_TYPE kt = CKK_RSA;
     CK_ATTRIBUTE tmpl[3] = {
         {CKA_CLASS, &cls, sizeof(cls)},
         {CKA_KEY_TYPE, &kt, sizeof(kt)},
-        {CKA_ID, kid ? (void *)kid->b : NULL, HSM_KID_LEN},
+        {CKA_ID, kid ? (void *)kid->b : NULL, SK_KID_LEN},
     };
     CK_RV rv = h->f->C_FindObjectsInit(s, tmpl, kid ? 3 : 2);
     if (rv != CKR_OK)
@@ -576,14 +500,14 @@ static hsm_status hsm_find_each(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls
 }
 
 /* Reads a 16-byte CKA_ID (and the modulus length) of an object; 0 when it has one. */
-static int hsm_read_id(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, hsm_kid *kid,
+static int hsm_read_id(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, sk_kid *kid,
                        CK_ULONG *mod_len)
 {
-    CK_ATTRIBUTE a[2] = {{CKA_ID, kid->b, HSM_KID_LEN}, {CKA_MODULUS, NULL, 0}};
+    CK_ATTRIBUTE a[2] = {{CKA_ID, kid->b, SK_KID_LEN}, {CKA_MODULUS, NULL, 0}};
     CK_RV rv = h->f->C_GetAttributeValue(s, o, a, 2);
     if ((rv != CKR_OK && rv != CKR_ATTRIBUTE_SENSITIVE && rv != CKR_ATTRIBUTE_TYPE_INVALID &&
          rv != CKR_BUFFER_TOO_SMALL) ||
-        a[0].ulValueLen != HSM_KID_LEN)
+        a[0].ulValueLen != SK_KID_LEN)
         return -1;
     *mod_len = a[1].ulValueLen == (CK_ULONG)-1 ? 0 : a[1].ulValueLen;
     return 0;
@@ -592,9 +516,9 @@ static int hsm_read_id(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, hsm_kid 
 static void hsm_cache_private(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg)
 {
     (void)arg;
-    hsm_kid kid;
+    sk_kid kid;
     CK_ULONG mod_len = 0;
-    if (hsm_read_id(h, s, o, &kid, &mod_len) != 0 || mod_len == 0 || mod_len > HSM_SIG_MAX)
+    if (hsm_read_id(h, s, o, &kid, &mod_len) != 0 || mod_len == 0 || mod_len > SK_SIG_MAX)
         return;
     hsm_slot *slot = hsm_cache_put(h, &kid);
     if (slot != NULL) {
@@ -606,7 +530,7 @@ static void hsm_cache_private(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, v
 static void hsm_cache_public(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg)
 {
     (void)arg;
-    hsm_kid kid;
+    sk_kid kid;
     CK_ULONG mod_len = 0;
     if (hsm_read_id(h, s, o, &kid, &mod_len) != 0)
         return;
@@ -617,17 +541,17 @@ static void hsm_cache_public(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, vo
 
 /* ---- open and close ------------------------------------------------------------------ */
 
-hsm_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
+sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
 {
     *out = NULL;
     hsm_tl_ckr = 0;
     hsm_match m;
-    hsm_status st = hsm_parse_match(cfg->token, &m);
-    if (st != HSM_OK)
+    sk_status st = hsm_parse_match(cfg->token, &m);
+    if (st != SK_OK)
         return st;
     hsm *h = calloc(1, sizeof(*h));
     if (h == NULL)
-        return HSM_ERR_DEVICE;
+        return SK_ERR_DEVICE;
     h->max_sessions = cfg->max_sessions ? cfg->max_sessions : 256;
     h->login = CK_INVALID_HANDLE;
     pthread_mutex_init(&h->sess_mu, NULL);
@@ -640,17 +564,17 @@ hsm_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
     pthread_rwlockattr_destroy(&ra);
     if (pthread_key_create(&h->tkey, hsm_tsess_destructor) != 0) {
         free(h);
-        return HSM_ERR_DEVICE;
+        return SK_ERR_DEVICE;
     }
 
     char pin[HSM_PIN_MAX];
     size_t pin_len = 0;
     CK_RV rv;
     st = hsm_load_module(cfg->module_path, &h->dl, &h->f, &h->initialized);
-    if (st != HSM_OK)
+    if (st != SK_OK)
         goto fail;
     st = hsm_find_slot(h->f, &m, &h->slot);
-    if (st != HSM_OK)
+    if (st != SK_OK)
         goto fail;
     rv = h->f->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h->login);
     if (rv != CKR_OK) {
@@ -659,7 +583,7 @@ hsm_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
         goto fail;
     }
     st = hsm_read_pin_file(cfg->pin_file, pin, &pin_len);
-    if (st != HSM_OK)
+    if (st != SK_OK)
         goto fail;
     rv = h->f->C_Login(h->login, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
     explicit_bzero(pin, sizeof(pin));
@@ -671,13 +595,13 @@ hsm_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
     /* Fill the cache: private halves first (they carry the handle we sign with). */
     pthread_rwlock_wrlock(&h->cache_mu);
     st = hsm_find_each(h, h->login, CKO_PRIVATE_KEY, NULL, hsm_cache_private, NULL);
-    if (st == HSM_OK)
+    if (st == SK_OK)
         st = hsm_find_each(h, h->login, CKO_PUBLIC_KEY, NULL, hsm_cache_public, NULL);
     pthread_rwlock_unlock(&h->cache_mu);
-    if (st != HSM_OK)
+    if (st != SK_OK)
         goto fail;
     *out = h;
-    return HSM_OK;
+    return SK_OK;
 
 fail:
     explicit_bzero(pin, sizeof(pin));
@@ -720,32 +644,32 @@ static void hsm_destroy_found(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, v
 }
 
 /* Destroys every RSA object with CKA_ID = kid found by a scan; returns how many. */
-static int hsm_destroy_by_scan(hsm *h, CK_SESSION_HANDLE s, const hsm_kid *kid, hsm_status *st)
+static int hsm_destroy_by_scan(hsm *h, CK_SESSION_HANDLE s, const sk_kid *kid, sk_status *st)
 {
     int n = 0;
     *st = hsm_find_each(h, s, CKO_PRIVATE_KEY, kid, hsm_destroy_found, &n);
-    if (*st == HSM_OK)
+    if (*st == SK_OK)
         *st = hsm_find_each(h, s, CKO_PUBLIC_KEY, kid, hsm_destroy_found, &n);
     return n;
 }
 
-hsm_status hsm_generate(hsm *h, const hsm_kid *kid, unsigned bits)
+sk_status hsm_generate(hsm *h, const sk_kid *kid, unsigned bits)
 {
     if (bits != 2048 && bits != 3072 && bits != 4096)
-        return hsm_tl_ckr = 0, HSM_ERR_BAD_ARGUMENT;
+        return hsm_tl_ckr = 0, SK_ERR_BAD_ARGUMENT;
     CK_SESSION_HANDLE s;
-    hsm_status st = hsm_session(h, &s);
-    if (st != HSM_OK)
+    sk_status st = hsm_session(h, &s);
+    if (st != SK_OK)
         return st;
 
     pthread_rwlock_rdlock(&h->cache_mu);
     int exists = hsm_cache_find(h, kid) != NULL;
     pthread_rwlock_unlock(&h->cache_mu);
     if (exists)
-        return hsm_tl_ckr = 0, HSM_ERR_KEY_EXISTS;
+        return hsm_tl_ckr = 0, SK_ERR_KEY_EXISTS;
 
-    char label[2 * HSM_KID_LEN + 1];
-    hsm_kid_hex(kid, label);
+    char label[2 * SK_KID_LEN + 1];
+    sk_kid_hex(kid, label);
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
     CK_ULONG mod_bits = bits;
     CK_BYTE exponent[] = {0x01, 0x00, 0x01};
@@ -757,15 +681,15 @@ hsm_status hsm_generate(hsm *h, const hsm_kid *kid, unsigned bits)
         {CKA_WRAP, &no, sizeof(no)},
         {CKA_MODULUS_BITS, &mod_bits, sizeof(mod_bits)},
         {CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent)},
-        {CKA_ID, (void *)kid->b, HSM_KID_LEN},
-        {CKA_LABEL, label, 2 * HSM_KID_LEN},
+        {CKA_ID, (void *)kid->b, SK_KID_LEN},
+        {CKA_LABEL, label, 2 * SK_KID_LEN},
     };
     CK_ATTRIBUTE priv[] = {
-        {CKA_TOKEN, &yes, sizeof(yes)},      {CKA_PRIVATE, &yes, sizeof(yes)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)},  {CKA_EXTRACTABLE, &no, sizeof(no)},
-        {CKA_SIGN, &yes, sizeof(yes)},       {CKA_DECRYPT, &no, sizeof(no)},
-        {CKA_UNWRAP, &no, sizeof(no)},       {CKA_ID, (void *)kid->b, HSM_KID_LEN},
-        {CKA_LABEL, label, 2 * HSM_KID_LEN},
+        {CKA_TOKEN, &yes, sizeof(yes)},     {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_SIGN, &yes, sizeof(yes)},      {CKA_DECRYPT, &no, sizeof(no)},
+        {CKA_UNWRAP, &no, sizeof(no)},      {CKA_ID, (void *)kid->b, SK_KID_LEN},
+        {CKA_LABEL, label, 2 * SK_KID_LEN},
     };
     CK_MECHANISM mech = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
     CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
@@ -777,7 +701,7 @@ hsm_status hsm_generate(hsm *h, const hsm_kid *kid, unsigned bits)
                                      sizeof(priv) / sizeof(priv[0]), &hpub, &hpriv);
         if (rv != CKR_GENERAL_ERROR)
             break;
-        hsm_status ignored;
+        sk_status ignored;
         hsm_destroy_by_scan(h, s, kid, &ignored);
     }
     if (rv != CKR_OK) {
@@ -797,13 +721,13 @@ hsm_status hsm_generate(hsm *h, const hsm_kid *kid, unsigned bits)
         /* Past the cache's bound the key could never sign: do not leave it behind. */
         h->f->C_DestroyObject(s, hpriv);
         h->f->C_DestroyObject(s, hpub);
-        return hsm_tl_ckr = 0, HSM_ERR_TOKEN_FULL;
+        return hsm_tl_ckr = 0, SK_ERR_TOKEN_FULL;
     }
-    return HSM_OK;
+    return SK_OK;
 }
 
-/* Copies the cached handles of kid; HSM_ERR_KEY_NOT_FOUND when absent. */
-static hsm_status hsm_lookup(hsm *h, const hsm_kid *kid, hsm_slot *copy)
+/* Copies the cached handles of kid; SK_ERR_KEY_NOT_FOUND when absent. */
+static sk_status hsm_lookup(hsm *h, const sk_kid *kid, hsm_slot *copy)
 {
     pthread_rwlock_rdlock(&h->cache_mu);
     hsm_slot *s = hsm_cache_find(h, kid);
@@ -812,34 +736,34 @@ static hsm_status hsm_lookup(hsm *h, const hsm_kid *kid, hsm_slot *copy)
     pthread_rwlock_unlock(&h->cache_mu);
     if (s == NULL) {
         hsm_tl_ckr = 0;
-        return HSM_ERR_KEY_NOT_FOUND;
+        return SK_ERR_KEY_NOT_FOUND;
     }
-    return HSM_OK;
+    return SK_OK;
 }
 
-hsm_status hsm_sign_rs256(hsm *h, const hsm_kid *kid, const void *msg, size_t msg_len,
-                          uint8_t sig[HSM_SIG_MAX], size_t *sig_len)
+sk_status hsm_sign_rs256(hsm *h, const sk_kid *kid, const void *msg, size_t msg_len,
+                         uint8_t sig[SK_SIG_MAX], size_t *sig_len)
 {
     *sig_len = 0;
     hsm_slot k;
-    hsm_status st = hsm_lookup(h, kid, &k);
-    if (st != HSM_OK)
+    sk_status st = hsm_lookup(h, kid, &k);
+    if (st != SK_OK)
         return st;
     if (k.priv == CK_INVALID_HANDLE)
-        return hsm_tl_ckr = 0, HSM_ERR_KEY_NOT_FOUND;
+        return hsm_tl_ckr = 0, SK_ERR_KEY_NOT_FOUND;
     CK_MECHANISM mech = {CKM_SHA256_RSA_PKCS, NULL, 0};
     for (int attempt = 0; attempt < 2; attempt++) {
         CK_SESSION_HANDLE s;
         st = hsm_session(h, &s);
-        if (st != HSM_OK)
+        if (st != SK_OK)
             return st;
         CK_RV rv = h->f->C_SignInit(s, &mech, k.priv);
         if (rv == CKR_OK) {
-            CK_ULONG len = HSM_SIG_MAX;
+            CK_ULONG len = SK_SIG_MAX;
             rv = h->f->C_Sign(s, (CK_BYTE_PTR)msg, msg_len, sig, &len);
             if (rv == CKR_OK) {
                 *sig_len = len;
-                return HSM_OK;
+                return SK_OK;
             }
         }
         if (!hsm_session_lost(rv))
@@ -849,15 +773,15 @@ hsm_status hsm_sign_rs256(hsm *h, const hsm_kid *kid, const void *msg, size_t ms
     return hsm_from_ckr(CKR_SESSION_HANDLE_INVALID);
 }
 
-hsm_status hsm_public_key(hsm *h, const hsm_kid *kid, hsm_pubkey *out)
+sk_status hsm_public_key(hsm *h, const sk_kid *kid, sk_pubkey *out)
 {
     memset(out, 0, sizeof(*out));
     hsm_slot k;
-    hsm_status st = hsm_lookup(h, kid, &k);
-    if (st != HSM_OK)
+    sk_status st = hsm_lookup(h, kid, &k);
+    if (st != SK_OK)
         return st;
     CK_SESSION_HANDLE s;
-    if ((st = hsm_session(h, &s)) != HSM_OK)
+    if ((st = hsm_session(h, &s)) != SK_OK)
         return st;
     CK_ATTRIBUTE a[2] = {{CKA_MODULUS, out->n, sizeof(out->n)},
                          {CKA_PUBLIC_EXPONENT, out->e, sizeof(out->e)}};
@@ -875,14 +799,14 @@ hsm_status hsm_public_key(hsm *h, const hsm_kid *kid, hsm_pubkey *out)
     if (lead < out->n_len)
         for (uint8_t top = out->n[lead]; top < 0x80; top <<= 1)
             out->bits--;
-    return HSM_OK;
+    return SK_OK;
 }
 
-hsm_status hsm_destroy(hsm *h, const hsm_kid *kid)
+sk_status hsm_destroy(hsm *h, const sk_kid *kid)
 {
     CK_SESSION_HANDLE s;
-    hsm_status st = hsm_session(h, &s);
-    if (st != HSM_OK)
+    sk_status st = hsm_session(h, &s);
+    if (st != SK_OK)
         return st;
     /* Out of the cache first, so no new signature starts with a handle about to die. */
     pthread_rwlock_wrlock(&h->cache_mu);
@@ -890,15 +814,15 @@ hsm_status hsm_destroy(hsm *h, const hsm_kid *kid)
     pthread_rwlock_unlock(&h->cache_mu);
     /* A scan rather than the cached handles: it also finds strays and duplicates. */
     int n = hsm_destroy_by_scan(h, s, kid, &st);
-    if (st != HSM_OK)
+    if (st != SK_OK)
         return st;
-    return n > 0 ? HSM_OK : (hsm_tl_ckr = 0, HSM_ERR_KEY_NOT_FOUND);
+    return n > 0 ? SK_OK : (hsm_tl_ckr = 0, SK_ERR_KEY_NOT_FOUND);
 }
 
 /* Every key seen so far, whole: pairing the two halves needs all of them, not just the
  * first cap (else a half whose partner did not fit is counted as a second key). */
 typedef struct {
-    hsm_key_entry *all;
+    sk_key_entry *all;
     size_t count, alloc;
     int is_private;
     int out_of_memory;
@@ -907,12 +831,12 @@ typedef struct {
 static void hsm_list_found(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg)
 {
     hsm_list_ctx *c = arg;
-    hsm_kid kid;
+    sk_kid kid;
     CK_ULONG mod_len;
     if (c->out_of_memory || hsm_read_id(h, s, o, &kid, &mod_len) != 0)
         return;
     for (size_t i = 0; i < c->count; i++) {
-        if (memcmp(c->all[i].kid.b, kid.b, HSM_KID_LEN) == 0) {
+        if (memcmp(c->all[i].kid.b, kid.b, SK_KID_LEN) == 0) {
             c->all[i].has_private |= c->is_private;
             c->all[i].has_public |= !c->is_private;
             return;
@@ -920,7 +844,7 @@ static void hsm_list_found(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void
     }
     if (c->count == c->alloc) {
         size_t alloc = c->alloc ? 2 * c->alloc : 256;
-        hsm_key_entry *all =
+        sk_key_entry *all =
             alloc > SIZE_MAX / sizeof(*all) ? NULL : realloc(c->all, alloc * sizeof(*all));
         if (all == NULL) {
             c->out_of_memory = 1;
@@ -935,11 +859,11 @@ static void hsm_list_found(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void
     c->count++;
 }
 
-hsm_status hsm_ping(hsm *h)
+sk_status hsm_ping(hsm *h)
 {
     CK_SESSION_HANDLE s;
-    hsm_status st = hsm_session(h, &s);
-    if (st != HSM_OK)
+    sk_status st = hsm_session(h, &s);
+    if (st != SK_OK)
         return st;
     CK_SESSION_INFO info;
     CK_RV rv = h->f->C_GetSessionInfo(s, &info);
@@ -948,24 +872,24 @@ hsm_status hsm_ping(hsm *h)
     /* Answering is not enough: a token that logged us out signs nothing. */
     if (info.state != CKS_RW_USER_FUNCTIONS && info.state != CKS_RO_USER_FUNCTIONS)
         return hsm_from_ckr(CKR_USER_NOT_LOGGED_IN);
-    return HSM_OK;
+    return SK_OK;
 }
 
-hsm_status hsm_list(hsm *h, hsm_key_entry *out, size_t cap, size_t *count)
+sk_status hsm_list(hsm *h, sk_key_entry *out, size_t cap, size_t *count)
 {
     *count = 0;
     CK_SESSION_HANDLE s;
-    hsm_status st = hsm_session(h, &s);
-    if (st != HSM_OK)
+    sk_status st = hsm_session(h, &s);
+    if (st != SK_OK)
         return st;
     hsm_list_ctx c = {.is_private = 1};
     st = hsm_find_each(h, s, CKO_PRIVATE_KEY, NULL, hsm_list_found, &c);
     c.is_private = 0;
-    if (st == HSM_OK)
+    if (st == SK_OK)
         st = hsm_find_each(h, s, CKO_PUBLIC_KEY, NULL, hsm_list_found, &c);
-    if (st == HSM_OK && c.out_of_memory)
-        st = (hsm_tl_ckr = 0, HSM_ERR_DEVICE);
-    if (st == HSM_OK) {
+    if (st == SK_OK && c.out_of_memory)
+        st = (hsm_tl_ckr = 0, SK_ERR_DEVICE);
+    if (st == SK_OK) {
         if (c.count > 0 && cap > 0)
             memcpy(out, c.all, (c.count < cap ? c.count : cap) * sizeof(*out));
         *count = c.count;
@@ -976,12 +900,12 @@ hsm_status hsm_list(hsm *h, hsm_key_entry *out, size_t cap, size_t *count)
 
 /* ---- token initialisation (provisioning) ---------------------------------------------- */
 
-hsm_status hsm_init_token(const char *module_path, const char *label, const char *so_pin_file,
-                          const char *user_pin_file, char serial[17])
+sk_status hsm_init_token(const char *module_path, const char *label, const char *so_pin_file,
+                         const char *user_pin_file, char serial[17])
 {
     serial[0] = '\0';
     if (label == NULL || *label == '\0' || strlen(label) > 32)
-        return hsm_tl_ckr = 0, HSM_ERR_BAD_ARGUMENT;
+        return hsm_tl_ckr = 0, SK_ERR_BAD_ARGUMENT;
     char so[HSM_PIN_MAX], user[HSM_PIN_MAX];
     size_t so_len = 0, user_len = 0;
     void *dl = NULL;
@@ -993,21 +917,21 @@ hsm_status hsm_init_token(const char *module_path, const char *label, const char
     memset(&m, 0, sizeof(m));
     strcpy(m.token, label);
     CK_SLOT_ID slot;
-    hsm_status st = hsm_read_pin_file(so_pin_file, so, &so_len);
-    if (st == HSM_OK)
+    sk_status st = hsm_read_pin_file(so_pin_file, so, &so_len);
+    if (st == SK_OK)
         st = hsm_read_pin_file(user_pin_file, user, &user_len);
-    if (st != HSM_OK)
+    if (st != SK_OK)
         goto out;
-    if ((st = hsm_load_module(module_path, &dl, &f, &initialized)) != HSM_OK)
+    if ((st = hsm_load_module(module_path, &dl, &f, &initialized)) != SK_OK)
         goto out;
     /* Initialising a token means re-initialising the library below (SoftHSM2 shows a new
      * token only then): never do that under a handle this process still has open. */
     if (!initialized) {
-        st = HSM_ERR_BAD_ARGUMENT;
+        st = SK_ERR_BAD_ARGUMENT;
         goto out;
     }
-    if (hsm_find_slot(f, &m, &slot) == HSM_OK) {
-        st = HSM_ERR_KEY_EXISTS;
+    if (hsm_find_slot(f, &m, &slot) == SK_OK) {
+        st = SK_ERR_KEY_EXISTS;
         goto out;
     }
     /* The first slot whose token is present but not initialised. */
@@ -1015,16 +939,16 @@ hsm_status hsm_init_token(const char *module_path, const char *label, const char
     CK_RV rv = f->C_GetSlotList(CK_TRUE, NULL, &n);
     if (rv == CKR_OK && n > 0 && (ids = calloc(n, sizeof(*ids))) != NULL)
         rv = f->C_GetSlotList(CK_TRUE, ids, &n);
-    st = rv != CKR_OK ? hsm_from_ckr(rv) : HSM_ERR_TOKEN_NOT_FOUND;
+    st = rv != CKR_OK ? hsm_from_ckr(rv) : SK_ERR_TOKEN_NOT_FOUND;
     for (CK_ULONG i = 0; ids != NULL && rv == CKR_OK && i < n; i++) {
         CK_TOKEN_INFO ti;
         if (f->C_GetTokenInfo(ids[i], &ti) == CKR_OK && !(ti.flags & CKF_TOKEN_INITIALIZED)) {
             slot = ids[i];
-            st = HSM_OK;
+            st = SK_OK;
             break;
         }
     }
-    if (st != HSM_OK)
+    if (st != SK_OK)
         goto out;
     CK_UTF8CHAR padded[32];
     memset(padded, ' ', sizeof(padded));
@@ -1042,7 +966,7 @@ hsm_status hsm_init_token(const char *module_path, const char *label, const char
         st = hsm_from_ckr(rv);
         goto out;
     }
-    if ((st = hsm_find_slot(f, &m, &slot)) != HSM_OK)
+    if ((st = hsm_find_slot(f, &m, &slot)) != SK_OK)
         goto out;
     rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
     if (rv == CKR_OK)

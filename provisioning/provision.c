@@ -10,9 +10,9 @@
  * No PIN or secret ever appears in argv or output: they are generated here and written
  * to 0600 files.
  */
-#include "appliance/audit.h"
-#include "appliance/config.h"
-#include "appliance/keeper.h"
+#include "appliance/core/audit.h"
+#include "appliance/common/config.h"
+#include "appliance/kproto/keeper.h"
 #include "hsm/hsm.h"
 #include "provisioning/token.h"
 
@@ -169,7 +169,7 @@ static int cmd_audit_verify(int argc, char **argv)
     return 0;
 }
 
-/* The bound of one listing: reconcile's (appliance/reconcile.c). */
+/* The bound of one listing: reconcile's (appliance/core/reconcile.c). */
 #define PROV_LIST_MAX 8192
 
 /* Lists the key objects on the token of DIR/appliance.conf, one line per kid: "KID_HEX
@@ -204,25 +204,25 @@ static int cmd_token_list(int argc, char **argv)
     hsm_config hc = {.module_path = c.pkcs11_module, .token = c.token, .pin_file = c.pin_file};
     hsm *h = NULL;
     unsigned long ckr = 0;
-    hsm_status st = hsm_open(&hc, &h, &ckr);
-    if (st != HSM_OK) {
-        fprintf(stderr, "token %s: %s (PKCS#11 rv 0x%lx)\n", c.token, hsm_strerror(st), ckr);
+    sk_status st = hsm_open(&hc, &h, &ckr);
+    if (st != SK_OK) {
+        fprintf(stderr, "token %s: %s (PKCS#11 rv 0x%lx)\n", c.token, sk_strerror(st), ckr);
         return 1;
     }
-    hsm_key_entry *objs = calloc(PROV_LIST_MAX, sizeof(*objs));
+    sk_key_entry *objs = calloc(PROV_LIST_MAX, sizeof(*objs));
     size_t n = 0;
-    st = objs != NULL ? hsm_list(h, objs, PROV_LIST_MAX, &n) : HSM_ERR_DEVICE;
+    st = objs != NULL ? hsm_list(h, objs, PROV_LIST_MAX, &n) : SK_ERR_DEVICE;
     hsm_close(h);
-    if (st != HSM_OK || n > PROV_LIST_MAX) {
+    if (st != SK_OK || n > PROV_LIST_MAX) {
         fprintf(stderr, "cannot list the token: %s\n",
-                st != HSM_OK ? hsm_strerror(st) : "more objects than the listing bound");
+                st != SK_OK ? sk_strerror(st) : "more objects than the listing bound");
         free(objs);
         return 1;
     }
-    qsort(objs, n, sizeof(*objs), hsm_kid_cmp);
-    char hex[2 * HSM_KID_LEN + 1];
+    qsort(objs, n, sizeof(*objs), sk_kid_cmp);
+    char hex[2 * SK_KID_LEN + 1];
     for (size_t i = 0; i < n; i++) {
-        hsm_kid_hex(&objs[i].kid, hex);
+        sk_kid_hex(&objs[i].kid, hex);
         printf("%s %s %s%s\n", hex, objs[i].has_private ? "private" : "-",
                objs[i].has_public ? "public" : "-",
                kp_is_reserved(&objs[i].kid) ? " reserved" : "");

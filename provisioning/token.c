@@ -1,8 +1,8 @@
 /* prov: token and admin-credential provisioning. See token.h. */
 #include "provisioning/token.h"
 
-#include "appliance/config.h"
-#include "appliance/credentials.h"
+#include "appliance/common/config.h"
+#include "appliance/store/credentials.h"
 #include "hsm/hsm.h"
 
 #include <openssl/crypto.h>
@@ -229,10 +229,10 @@ int prov_token_init(const char *dir, const char *label, const char *module, FILE
         return -1;
     }
     char serial[17];
-    hsm_status st = hsm_init_token(module, label, so_pin, pin, serial);
-    if (st != HSM_OK) {
+    sk_status st = hsm_init_token(module, label, so_pin, pin, serial);
+    if (st != SK_OK) {
         fprintf(stderr, "cannot initialise the token in %s: %s (CKR 0x%lx)\n", tokdir,
-                hsm_strerror(st), hsm_last_ckr());
+                sk_strerror(st), hsm_last_ckr());
         return -1;
     }
     fprintf(out, "label: %s\nserial: %s\nuri: pkcs11:token=", label, serial);

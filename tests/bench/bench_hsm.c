@@ -60,9 +60,9 @@ static void die(const char *what)
     exit(1);
 }
 
-static void die_hsm(const char *what, hsm_status st)
+static void die_hsm(const char *what, sk_status st)
 {
-    fprintf(stderr, "bench-hsm: %s: %s (CKR 0x%lx)\n", what, hsm_status_name(st), hsm_last_ckr());
+    fprintf(stderr, "bench-hsm: %s: %s (CKR 0x%lx)\n", what, sk_status_name(st), hsm_last_ckr());
     exit(1);
 }
 
@@ -80,7 +80,7 @@ static void path_join(char out[PATH_MAX], const char *dir, const char *name)
         die("path too long");
 }
 
-static void random_kid(hsm_kid *kid)
+static void random_kid(sk_kid *kid)
 {
     if (getrandom(kid->b, sizeof(kid->b), 0) != (ssize_t)sizeof(kid->b))
         die("getrandom failed");
@@ -143,10 +143,10 @@ static hsm *open_dir(const char *dir, char pin_path[PATH_MAX], unsigned max_sess
                       .max_sessions = max_sessions};
     hsm *h = NULL;
     unsigned long ckr = 0;
-    hsm_status st = hsm_open(&cfg, &h, &ckr);
-    if (st != HSM_OK) {
+    sk_status st = hsm_open(&cfg, &h, &ckr);
+    if (st != SK_OK) {
         fprintf(stderr, "bench-hsm: cannot open the token in %s: %s (CKR 0x%lx)\n", dir,
-                hsm_strerror(st), ckr);
+                sk_strerror(st), ckr);
         exit(1);
     }
     return h;
@@ -167,8 +167,8 @@ static void new_token(const char *dir)
 
 static int cmd_keygen(const char *dir, const char *kid_hex)
 {
-    hsm_kid kid;
-    if (hsm_kid_parse(kid_hex, &kid) != 0) {
+    sk_kid kid;
+    if (sk_kid_parse(kid_hex, &kid) != 0) {
         fprintf(stderr, "bench-hsm: KIDHEX must be 32 lowercase hex digits\n");
         return 2;
     }
@@ -176,11 +176,11 @@ static int cmd_keygen(const char *dir, const char *kid_hex)
     snprintf(name, sizeof(name), "%s.pub.pem", kid_hex);
     path_join(pem, dir, name);
     hsm *h = open_dir(dir, pin, 0);
-    hsm_status st = hsm_generate(h, &kid, 2048);
-    if (st != HSM_OK)
+    sk_status st = hsm_generate(h, &kid, 2048);
+    if (st != SK_OK)
         die_hsm("hsm_generate", st);
-    hsm_pubkey pk;
-    if ((st = hsm_public_key(h, &kid, &pk)) != HSM_OK)
+    sk_pubkey pk;
+    if ((st = hsm_public_key(h, &kid, &pk)) != SK_OK)
         die_hsm("hsm_public_key", st);
     hsm_close(h);
     char *text = jose_rsa_public_pem(pk.n, pk.n_len, pk.e, pk.e_len);
@@ -232,7 +232,7 @@ typedef struct {
 
 /* Attaches to the module hsm_open already initialised and finds kid's private key once.
  * The token is logged in for the whole application by hsm's own session. */
-static void raw_attach(raw_module *r, const hsm_kid *kid)
+static void raw_attach(raw_module *r, const sk_kid *kid)
 {
     memset(r, 0, sizeof(*r));
     r->dl = dlopen(HSM_DEFAULT_MODULE, RTLD_NOW | RTLD_LOCAL);
@@ -268,7 +268,7 @@ static void raw_attach(raw_module *r, const hsm_kid *kid)
     if (r->f->C_OpenSession(r->slot, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK)
         die("C_OpenSession failed");
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
-    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)kid->b, HSM_KID_LEN}};
+    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)kid->b, SK_KID_LEN}};
     CK_ULONG got = 0;
     if (r->f->C_FindObjectsInit(s, tmpl, 2) != CKR_OK ||
         r->f->C_FindObjects(s, &r->key, 1, &got) != CKR_OK || got != 1)
@@ -282,7 +282,7 @@ static void raw_attach(raw_module *r, const hsm_kid *kid)
 typedef struct {
     int use_hsm;
     hsm *h;
-    const hsm_kid *kid;
+    const sk_kid *kid;
     const raw_module *raw;
     const uint8_t *msg;
     pthread_barrier_t start;
@@ -299,10 +299,10 @@ typedef struct {
 /* One signature, through the layer or straight through the function list. */
 static int sign_once(sign_run *run, CK_SESSION_HANDLE s)
 {
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     if (run->use_hsm) {
         size_t len;
-        return hsm_sign_rs256(run->h, run->kid, run->msg, BENCH_MSG_LEN, sig, &len) == HSM_OK;
+        return hsm_sign_rs256(run->h, run->kid, run->msg, BENCH_MSG_LEN, sig, &len) == SK_OK;
     }
     CK_MECHANISM mech = {CKM_SHA256_RSA_PKCS, NULL, 0};
     CK_ULONG len = sizeof(sig);
@@ -386,9 +386,9 @@ static void *gen_thread(void *arg)
 {
     gen_worker *w = arg;
     for (unsigned i = 0; i < w->count; i++) {
-        hsm_kid kid;
+        sk_kid kid;
         random_kid(&kid);
-        if (hsm_generate(w->h, &kid, 2048) != HSM_OK) {
+        if (hsm_generate(w->h, &kid, 2048) != SK_OK) {
             w->failed++;
             continue;
         }
@@ -466,10 +466,10 @@ static void bench_signing(results *res)
         die("cannot create a temporary token directory under " BENCH_DIR);
     new_token(tmpl);
     hsm *h = open_dir(tmpl, pin, 0);
-    hsm_kid kid;
+    sk_kid kid;
     random_kid(&kid);
-    hsm_status st = hsm_generate(h, &kid, 2048);
-    if (st != HSM_OK)
+    sk_status st = hsm_generate(h, &kid, 2048);
+    if (st != SK_OK)
         die_hsm("hsm_generate", st);
     hsm_thread_done(h);
 
@@ -608,9 +608,9 @@ static int cmd_raw(const char *dir, const char *threads_text, const char *second
                    const char *kid_hex)
 {
     unsigned threads = (unsigned)atoi(threads_text), seconds = (unsigned)atoi(seconds_text);
-    hsm_kid kid;
+    sk_kid kid;
     if (threads < 1 || threads > BENCH_MAX_THREADS || seconds < 1 || seconds > 600 ||
-        hsm_kid_parse(kid_hex, &kid) != 0) {
+        sk_kid_parse(kid_hex, &kid) != 0) {
         fprintf(stderr, "bench-hsm raw: THREADS 1..%d, SECONDS 1..600, KIDHEX 32 hex digits\n",
                 BENCH_MAX_THREADS);
         return 2;

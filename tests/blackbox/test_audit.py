@@ -1,4 +1,4 @@
-"""The audit trail, black-box over HTTPS (appliance/audit.h is the contract): every change
+"""The audit trail, black-box over HTTPS (appliance/core/audit.h is the contract): every change
 leaves its event with the caller as actor, in the change's own transaction; failures and
 signature counts arrive batched; the hash chain and the checkpoints signed by the audit key
 verify offline with `signd-provision audit-verify` and only the audit public key; editing,

@@ -4,10 +4,10 @@ Found by `make soak` (tests/soak/soak.py): reconcile runs when a front starts, s
 of key object outlived a crash of one process until the next start of the front:
  - a key the keeper generated for a front that was killed mid-request: the restarted
    front reconciled before the key existed, so nobody destroyed it. The keeper now
-   destroys a generated key whose answer it could not deliver (appliance/keeperd.c);
+   destroys a generated key whose answer it could not deliver (appliance/keeper/keeperd.c);
  - a key whose destroy failed because the keeper was down (a revoked key, or a generated
    one whose answer was lost with the keeper): the front now defers it and destroys it
-   once the keeper answers again (rec_defer_destroy, appliance/reconcile.h).
+   once the keeper answers again (rec_defer_destroy, appliance/core/reconcile.h).
 Both are checked against the token itself (`signd-provision token-list`)."""
 import os
 import signal

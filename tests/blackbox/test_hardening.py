@@ -1,4 +1,4 @@
-"""Process hardening of the appliance (appliance/harden.h): no core dumps, not dumpable,
+"""Process hardening of the appliance (appliance/common/harden.h): no core dumps, not dumpable,
 private files, the switch from root to the `user` account, and no secret in the process's
 command line, environment or log.
 

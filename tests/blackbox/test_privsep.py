@@ -3,7 +3,7 @@ the keeper protocol as an untrusted peer speaks it, and what happens when a proc
 or the appliance is stopped.
 
   supervisor  the process the tests start: no PKCS#11 module
-  keeper      "signd: keeper": the module, the PIN, keeper.sock (appliance/kproto.h)
+  keeper      "signd: keeper": the module, the PIN, keeper.sock (appliance/kproto/kproto.h)
   front       "signd: front": HTTPS, registry, credentials; no module, no PIN, no token
 """
 import base64
@@ -32,19 +32,19 @@ import procs
 
 
 def hsm_status():
-    """{name: value} of the hsm_status enum, read from hsm/hsm.h (statuses travel on the
-    keeper protocol as these numbers)."""
-    with open(os.path.join(TOP, "hsm", "hsm.h")) as f:
+    """{name: value} of the sk_status enum, read from base/signkey.h (statuses travel on
+    the keeper protocol as these numbers)."""
+    with open(os.path.join(TOP, "base", "signkey.h")) as f:
         text = f.read()
-    body = re.search(r"typedef enum \{(.*?)\} hsm_status;", text, re.S).group(1)
-    names = re.findall(r"^\s*(HSM_[A-Z_]+)\b", body, re.M)
-    assert names[0] == "HSM_OK", names
+    body = re.search(r"typedef enum \{(.*?)\} sk_status;", text, re.S).group(1)
+    names = re.findall(r"^\s*(SK_[A-Z_]+)\b", body, re.M)
+    assert names[0] == "SK_OK", names
     return {name: i for i, name in enumerate(names)}
 
 
 HSM = hsm_status()
-KEY_NOT_FOUND = HSM["HSM_ERR_KEY_NOT_FOUND"]
-BAD_ARGUMENT = HSM["HSM_ERR_BAD_ARGUMENT"]
+KEY_NOT_FOUND = HSM["SK_ERR_KEY_NOT_FOUND"]
+BAD_ARGUMENT = HSM["SK_ERR_BAD_ARGUMENT"]
 # An hsm error's body: the failed token call's CKR value, u32 big-endian; 0 for the
 # keeper's own refusals (kproto.h).
 NO_CKR = struct.pack(">I", 0)
@@ -345,7 +345,7 @@ def test_keeper_refuses_to_generate_under_a_revoked_kid(appliance, keeper):
     victim = a.create_key(label="raw-regenerate")["kid"]
     assert a.delete("/v1/keys/" + victim, {"reason": "test"}).status_code == 200
     bits = struct.pack(">I", 2048)
-    key_exists = HSM["HSM_ERR_KEY_EXISTS"]
+    key_exists = HSM["SK_ERR_KEY_EXISTS"]
     assert keeper.request(OP_GENERATE, bytes.fromhex(victim) + bits) == \
         (OP_GENERATE, key_exists, NO_CKR)
     # A kid no create reserved: refused too, nothing made.

@@ -1,4 +1,4 @@
-"""Black-box tests of the appliance's TLS policy (appliance/tls.c) against a real signd.
+"""Black-box tests of the appliance's TLS policy (appliance/front/tls.c) against a real signd.
 
 Handshakes are made with the openssl CLI (s_client), always to 127.0.0.1 with SNI
 "localhost", stdin from /dev/null and a timeout; requests over HTTPS use `requests`. Client

@@ -1,6 +1,6 @@
 /*
  * fuzz_config: libFuzzer target for the configuration parser (cfg_parse in
- * appliance/config.h, what cfg_load runs on the file's bytes). The input is the file.
+ * appliance/common/config.h, what cfg_load runs on the file's bytes). The input is the file.
  * Invariants checked, beyond the sanitizers:
  *   - a refusal leaves *out untouched and says why in one message that names the file;
  *   - an acceptance holds only values the table allows: every string NUL-terminated inside
@@ -13,7 +13,7 @@
  * dictionary tests/fuzz/config.dict); its seeds and regression inputs are replayed by
  * `make test` (build/tests/test_fuzz_config, tests/fuzz/replay.c).
  */
-#include "appliance/config.h"
+#include "appliance/common/config.h"
 
 #include <arpa/inet.h>
 #include <stdint.h>

@@ -11,7 +11,7 @@
  * lets inputs grow to a whole message); its seeds and regression inputs are replayed by
  * `make test` (build/tests/test_fuzz_kproto, tests/fuzz/replay.c).
  */
-#include "appliance/kproto.h"
+#include "appliance/kproto/kproto.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -100,7 +100,7 @@ static void fuzz_request(const uint8_t *data, size_t size)
 
 static void fuzz_reply(const uint8_t *data, size_t size, kpp_op op)
 {
-    static hsm_key_entry entries[KPP_LIST_MAX];
+    static sk_key_entry entries[KPP_LIST_MAX];
     kpp_reply r;
     uint32_t st = kpp_decode_reply(data, size, op, &r);
     check(kpp_status_name(st) != NULL, "status without a name");
@@ -121,9 +121,9 @@ static void fuzz_reply(const uint8_t *data, size_t size, kpp_op op)
         check(n == size && memcmp(out, data, size) == 0, "error reply re-encodes differently");
     }
 
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 0, count = 0;
-    hsm_pubkey pub;
+    sk_pubkey pub;
     uint32_t total = 0, v = 0;
     int ok_sig = kpp_reply_sig(&r, sig, &sig_len) == 0;
     int ok_pub = kpp_reply_pubkey(&r, &pub) == 0;
@@ -132,7 +132,7 @@ static void fuzz_reply(const uint8_t *data, size_t size, kpp_op op)
     check(ok_sig + ok_pub + ok_list + ok_u32 <= 1, "two body decoders accepted one body");
 
     /* A small cap must copy no more than it allows. */
-    hsm_key_entry two[2];
+    sk_key_entry two[2];
     size_t count2 = 0;
     if (kpp_reply_list(&r, two, 2, &total, &count2) == 0)
         check(ok_list && count2 == count, "list result depends on cap");

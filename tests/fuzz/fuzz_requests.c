@@ -26,7 +26,7 @@
  * `make test` (build/tests/test_fuzz_requests, tests/fuzz/replay.c).
  */
 #include "api/api.h"
-#include "appliance/server.h"
+#include "appliance/front/server.h"
 #include "jose/jose.h"
 
 #include "civetweb.h"

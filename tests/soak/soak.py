@@ -335,7 +335,7 @@ class Soak:
         raise InvariantFailed("restart", "the supervisor did not restart its %s" % role)
 
     def lock_free(self):
-        """True when no process holds the data directory's lock (appliance/main.c)."""
+        """True when no process holds the data directory's lock (appliance/supervisor/main.c)."""
         fd = os.open(os.path.join(self.dir, "appliance.db.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -431,7 +431,7 @@ class Soak:
         # The rotation scheduler may revoke a retiring key between the two reads: read the
         # registry before and after the token, and judge only a stable picture.
         # A destroy the front deferred while the keeper was away runs at the rotation
-        # scheduler's next tick (appliance/reconcile.h): settle for a few ticks, no more.
+        # scheduler's next tick (appliance/core/reconcile.h): settle for a few ticks, no more.
         settle = time.monotonic() + SETTLE_SECONDS
         while True:
             before = self.keys()

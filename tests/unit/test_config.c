@@ -2,7 +2,7 @@
  * test_config: appliance.conf, as cfg_load reads it and cfg_write_defaults writes it. Each
  * test writes its file into a fresh temporary directory.
  */
-#include "appliance/config.h"
+#include "appliance/common/config.h"
 
 #include <stdarg.h>
 #include <stddef.h>

@@ -3,8 +3,8 @@
  * per test. Durability is checked by closing and reopening; the file's bytes (and its
  * -wal) are read back to check that no secret ever reaches them.
  */
-#include "appliance/credentials.h"
-#include "appliance/registry.h"
+#include "appliance/store/credentials.h"
+#include "appliance/store/registry.h"
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -34,7 +34,7 @@
 
 /* cred_create with its spec spelled out as arguments, to keep the cases one line each. */
 static cred_status create_with(cred_store *cs, cred_role role, const char *label,
-                               const hsm_kid *kids, size_t n_kids, int all_kids, unsigned max_ttl,
+                               const sk_kid *kids, size_t n_kids, int all_kids, unsigned max_ttl,
                                int64_t now, char secret[CRED_SECRET_MAX], cred_record *out)
 {
     cred_spec sp = {.role = role,
@@ -55,16 +55,16 @@ static cred_store *open_ok(const testenv_db *t)
 }
 
 /* A distinct kid per n. */
-static hsm_kid kid_of(unsigned n)
+static sk_kid kid_of(unsigned n)
 {
-    hsm_kid k;
+    sk_kid k;
     memset(k.b, 0x5a, sizeof(k.b));
     k.b[0] = (uint8_t)(n >> 8);
     k.b[1] = (uint8_t)n;
     return k;
 }
 
-static void create_ok(cred_store *cs, cred_role role, const hsm_kid *kids, size_t n, int all_kids,
+static void create_ok(cred_store *cs, cred_role role, const sk_kid *kids, size_t n, int all_kids,
                       unsigned ttl, int64_t now, char secret[CRED_SECRET_MAX], cred_record *rec)
 {
     assert_int_equal(create_with(cs, role, "test", kids, n, all_kids, ttl, now, secret, rec),
@@ -78,7 +78,7 @@ static void assert_same_record(const cred_record *a, const cred_record *b)
     assert_string_equal(a->label, b->label);
     assert_int_equal(a->all_kids, b->all_kids);
     assert_int_equal(a->n_kids, b->n_kids);
-    assert_memory_equal(a->kids, b->kids, a->n_kids * sizeof(hsm_kid));
+    assert_memory_equal(a->kids, b->kids, a->n_kids * sizeof(sk_kid));
     assert_int_equal(a->max_ttl, b->max_ttl);
     assert_int_equal(a->created_at, b->created_at);
     assert_int_equal(a->revoked_at, b->revoked_at);
@@ -145,7 +145,7 @@ static void test_created_secret_authenticates_and_returns_the_record(void **stat
 {
     testenv_db *t = *state;
     cred_store *cs = open_ok(t);
-    hsm_kid kids[2] = {kid_of(1), kid_of(2)};
+    sk_kid kids[2] = {kid_of(1), kid_of(2)};
     char secret[CRED_SECRET_MAX];
     cred_record made, got;
     create_ok(cs, CRED_ROLE_SIGNER, kids, 2, 0, 600, T0, secret, &made);
@@ -287,7 +287,7 @@ static void test_everything_survives_close_and_reopen(void **state)
 {
     testenv_db *t = *state;
     cred_store *cs = open_ok(t);
-    hsm_kid kids[CRED_KIDS_MAX];
+    sk_kid kids[CRED_KIDS_MAX];
     for (unsigned i = 0; i < CRED_KIDS_MAX; i++)
         kids[i] = kid_of(i);
     char s[4][CRED_SECRET_MAX];
@@ -352,7 +352,7 @@ static void test_may_use_kid_follows_all_kids_and_the_list(void **state)
 {
     testenv_db *t = *state;
     cred_store *cs = open_ok(t);
-    hsm_kid listed[2] = {kid_of(7), kid_of(8)}, unlisted = kid_of(9);
+    sk_kid listed[2] = {kid_of(7), kid_of(8)}, unlisted = kid_of(9);
     char secret[CRED_SECRET_MAX];
     cred_record some, all, admin;
     create_ok(cs, CRED_ROLE_SIGNER, listed, 2, 0, 0, T0, secret, &some);
@@ -374,14 +374,14 @@ static void test_invalid_role_label_or_kids_are_rejected(void **state)
 {
     testenv_db *t = *state;
     cred_store *cs = open_ok(t);
-    hsm_kid kids[CRED_KIDS_MAX + 1];
+    sk_kid kids[CRED_KIDS_MAX + 1];
     for (unsigned i = 0; i <= CRED_KIDS_MAX; i++)
         kids[i] = kid_of(i);
     char secret[CRED_SECRET_MAX];
     char long_label[CRED_LABEL_MAX + 2];
     memset(long_label, 'x', sizeof(long_label) - 1);
     long_label[sizeof(long_label) - 1] = '\0';
-    hsm_kid dup[2] = {kid_of(1), kid_of(1)};
+    sk_kid dup[2] = {kid_of(1), kid_of(1)};
 
     assert_int_equal(create_with(cs, CRED_ROLE_COUNT_, "x", NULL, 0, 0, 0, T0, secret, NULL),
                      CRED_ERR_INVALID);

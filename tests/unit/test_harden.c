@@ -1,16 +1,16 @@
 /*
  * test_harden: the front's and the keeper's seccomp filters (hd_front_filter,
- * hd_keeper_filter), and the switch to a role's account (hd_account_lookup, hd_become). Each test runs in a forked
- * child, because the filter cannot be removed once installed, and checks every refused call
- * twice: once before the filter, where it works or fails for another reason (so the check
- * can fail), and once after, where it gets EPERM. The child reports the first broken
+ * hd_keeper_filter), and the switch to a role's account (hd_account_lookup, hd_become). Each test
+ * runs in a forked child, because the filter cannot be removed once installed, and checks every
+ * refused call twice: once before the filter, where it works or fails for another reason (so the
+ * check can fail), and once after, where it gets EPERM. The child reports the first broken
  * expectation through a pipe.
  *
  * Not tested: that an i386 call (int 0x80) kills the process. Kernels built or booted
  * without IA32 emulation, this one among them, answer int 0x80 with SIGSEGV whether a
  * filter is there or not, so such a test could not tell the filter's work from the kernel's.
  */
-#include "appliance/harden.h"
+#include "appliance/common/harden.h"
 
 #include <stdarg.h>
 #include <stddef.h>

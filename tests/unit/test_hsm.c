@@ -42,7 +42,7 @@ typedef struct {
     char serial[17];
     hsm_config cfg;
     hsm *h;
-    hsm_kid kids[GROUP_KIDS];
+    sk_kid kids[GROUP_KIDS];
     unsigned bits[GROUP_KIDS];
     size_t n_kids;
 } group;
@@ -60,9 +60,9 @@ static group *group_new(void)
     }
     g->cfg = testenv_config(g->dir, g->pin);
     unsigned long ckr = 0;
-    hsm_status st = hsm_open(&g->cfg, &g->h, &ckr);
-    if (st != HSM_OK) {
-        fprintf(stderr, "hsm_open: %s (CKR 0x%lx)\n", hsm_status_name(st), ckr);
+    sk_status st = hsm_open(&g->cfg, &g->h, &ckr);
+    if (st != SK_OK) {
+        fprintf(stderr, "hsm_open: %s (CKR 0x%lx)\n", sk_status_name(st), ckr);
         testenv_cleanup(g->dir);
         free(g);
         return NULL;
@@ -75,11 +75,11 @@ static int group_generate(group *g, unsigned bits)
 {
     if (g->n_kids >= GROUP_KIDS)
         return -1;
-    hsm_kid kid;
+    sk_kid kid;
     testenv_kid(&kid);
-    hsm_status st = hsm_generate(g->h, &kid, bits);
-    if (st != HSM_OK) {
-        fprintf(stderr, "hsm_generate(%u): %s (CKR 0x%lx)\n", bits, hsm_status_name(st),
+    sk_status st = hsm_generate(g->h, &kid, bits);
+    if (st != SK_OK) {
+        fprintf(stderr, "hsm_generate(%u): %s (CKR 0x%lx)\n", bits, sk_status_name(st),
                 hsm_last_ckr());
         return -1;
     }
@@ -104,13 +104,13 @@ static void group_reopen(group *g)
 {
     hsm_close(g->h);
     g->h = NULL;
-    assert_int_equal(hsm_open(&g->cfg, &g->h, NULL), HSM_OK);
+    assert_int_equal(hsm_open(&g->cfg, &g->h, NULL), SK_OK);
 }
 
-static EVP_PKEY *evp_for_kid(hsm *h, const hsm_kid *kid)
+static EVP_PKEY *evp_for_kid(hsm *h, const sk_kid *kid)
 {
-    hsm_pubkey pk;
-    assert_int_equal(hsm_public_key(h, kid, &pk), HSM_OK);
+    sk_pubkey pk;
+    assert_int_equal(hsm_public_key(h, kid, &pk), SK_OK);
     EVP_PKEY *key = testenv_evp_from_pubkey(&pk);
     assert_non_null(key);
     return key;
@@ -128,20 +128,20 @@ static int rs256_verifies(EVP_PKEY *key, const void *msg, size_t msg_len, const 
 }
 
 /* Signs msg with kid and checks the signature against the exported public key. */
-static void assert_signs_and_verifies(hsm *h, const hsm_kid *kid, const char *msg)
+static void assert_signs_and_verifies(hsm *h, const sk_kid *kid, const char *msg)
 {
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 0;
-    assert_int_equal(hsm_sign_rs256(h, kid, msg, strlen(msg), sig, &sig_len), HSM_OK);
+    assert_int_equal(hsm_sign_rs256(h, kid, msg, strlen(msg), sig, &sig_len), SK_OK);
     EVP_PKEY *key = evp_for_kid(h, kid);
     assert_true(rs256_verifies(key, msg, strlen(msg), sig, sig_len));
     EVP_PKEY_free(key);
 }
 
-static const hsm_key_entry *find_entry(const hsm_key_entry *e, size_t n, const hsm_kid *kid)
+static const sk_key_entry *find_entry(const sk_key_entry *e, size_t n, const sk_kid *kid)
 {
     for (size_t i = 0; i < n; i++)
-        if (memcmp(e[i].kid.b, kid->b, HSM_KID_LEN) == 0)
+        if (memcmp(e[i].kid.b, kid->b, SK_KID_LEN) == 0)
             return &e[i];
     return NULL;
 }
@@ -205,7 +205,7 @@ static void raw_open(raw_token *r, const char *pin_file)
         r->f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &r->s), CKR_OK);
     char pin[HSM_PIN_MAX];
     size_t pin_len = 0;
-    assert_int_equal(hsm_read_pin_file(pin_file, pin, &pin_len), HSM_OK);
+    assert_int_equal(hsm_read_pin_file(pin_file, pin, &pin_len), SK_OK);
     CK_RV rv = r->f->C_Login(r->s, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
     explicit_bzero(pin, sizeof(pin));
     assert_int_equal(rv, CKR_OK);
@@ -220,9 +220,9 @@ static void raw_close(raw_token *r)
 }
 
 /* The single object of class cls with CKA_ID = kid. */
-static CK_OBJECT_HANDLE raw_find(raw_token *r, CK_OBJECT_CLASS cls, const hsm_kid *kid)
+static CK_OBJECT_HANDLE raw_find(raw_token *r, CK_OBJECT_CLASS cls, const sk_kid *kid)
 {
-    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)kid->b, HSM_KID_LEN}};
+    CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &cls, sizeof(cls)}, {CKA_ID, (void *)kid->b, SK_KID_LEN}};
     CK_OBJECT_HANDLE objs[2];
     CK_ULONG n = 0;
     assert_int_equal(r->f->C_FindObjectsInit(r->s, tmpl, 2), CKR_OK);
@@ -259,8 +259,8 @@ static void test_signature_from_every_key_size_verifies_with_openssl(void **stat
 {
     group *g = *state;
     for (size_t i = 0; i < 3; i++) {
-        hsm_pubkey pk;
-        assert_int_equal(hsm_public_key(g->h, &g->kids[i], &pk), HSM_OK);
+        sk_pubkey pk;
+        assert_int_equal(hsm_public_key(g->h, &g->kids[i], &pk), SK_OK);
         assert_int_equal(pk.bits, g->bits[i]);
         assert_int_equal(pk.n_len, g->bits[i] / 8);
         assert_int_equal(pk.e_len, 3);
@@ -268,10 +268,9 @@ static void test_signature_from_every_key_size_verifies_with_openssl(void **stat
 
         char msg[64];
         snprintf(msg, sizeof(msg), "a payload signed by a %u-bit key", g->bits[i]);
-        uint8_t sig[HSM_SIG_MAX];
+        uint8_t sig[SK_SIG_MAX];
         size_t sig_len = 0;
-        assert_int_equal(hsm_sign_rs256(g->h, &g->kids[i], msg, strlen(msg), sig, &sig_len),
-                         HSM_OK);
+        assert_int_equal(hsm_sign_rs256(g->h, &g->kids[i], msg, strlen(msg), sig, &sig_len), SK_OK);
         assert_int_equal(sig_len, g->bits[i] / 8);
         EVP_PKEY *key = testenv_evp_from_pubkey(&pk);
         assert_non_null(key);
@@ -285,10 +284,9 @@ static void test_flipped_byte_fails_verification(void **state)
     group *g = *state;
     for (size_t i = 0; i < 3; i++) {
         char msg[] = "the bytes the app server asked us to sign";
-        uint8_t sig[HSM_SIG_MAX];
+        uint8_t sig[SK_SIG_MAX];
         size_t sig_len = 0;
-        assert_int_equal(hsm_sign_rs256(g->h, &g->kids[i], msg, strlen(msg), sig, &sig_len),
-                         HSM_OK);
+        assert_int_equal(hsm_sign_rs256(g->h, &g->kids[i], msg, strlen(msg), sig, &sig_len), SK_OK);
         EVP_PKEY *key = evp_for_kid(g->h, &g->kids[i]);
         assert_true(rs256_verifies(key, msg, strlen(msg), sig, sig_len));
         sig[sig_len / 2] ^= 0x01;
@@ -309,10 +307,10 @@ static void test_signature_is_deterministic_pkcs1_v15(void **state)
 {
     group *g = *state;
     const char *msg = "same bytes, same key";
-    uint8_t a[HSM_SIG_MAX], b[HSM_SIG_MAX];
+    uint8_t a[SK_SIG_MAX], b[SK_SIG_MAX];
     size_t a_len = 0, b_len = 0;
-    assert_int_equal(hsm_sign_rs256(g->h, &g->kids[0], msg, strlen(msg), a, &a_len), HSM_OK);
-    assert_int_equal(hsm_sign_rs256(g->h, &g->kids[0], msg, strlen(msg), b, &b_len), HSM_OK);
+    assert_int_equal(hsm_sign_rs256(g->h, &g->kids[0], msg, strlen(msg), a, &a_len), SK_OK);
+    assert_int_equal(hsm_sign_rs256(g->h, &g->kids[0], msg, strlen(msg), b, &b_len), SK_OK);
     assert_int_equal(a_len, b_len);
     assert_memory_equal(a, b, a_len);
 }
@@ -320,9 +318,9 @@ static void test_signature_is_deterministic_pkcs1_v15(void **state)
 static void test_private_key_is_sensitive_and_never_extractable(void **state)
 {
     group *g = *state;
-    const hsm_kid *kid = &g->kids[0];
-    char hex[2 * HSM_KID_LEN + 1];
-    hsm_kid_hex(kid, hex);
+    const sk_kid *kid = &g->kids[0];
+    char hex[2 * SK_KID_LEN + 1];
+    sk_kid_hex(kid, hex);
     /* One C_Initialize per process: our handle goes away while we ask the module. */
     hsm_close(g->h);
     g->h = NULL;
@@ -335,7 +333,7 @@ static void test_private_key_is_sensitive_and_never_extractable(void **state)
     CK_ATTRIBUTE_TYPE secret[] = {CKA_PRIVATE_EXPONENT, CKA_PRIME_1,    CKA_PRIME_2,
                                   CKA_EXPONENT_1,       CKA_EXPONENT_2, CKA_COEFFICIENT};
     for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++) {
-        uint8_t buf[HSM_MODULUS_MAX];
+        uint8_t buf[SK_MODULUS_MAX];
         CK_ATTRIBUTE a = {secret[i], buf, sizeof(buf)};
         assert_int_equal(r.f->C_GetAttributeValue(r.s, priv, &a, 1), CKR_ATTRIBUTE_SENSITIVE);
         assert_true(a.ulValueLen == CK_UNAVAILABLE_INFORMATION);
@@ -359,10 +357,10 @@ static void test_private_key_is_sensitive_and_never_extractable(void **state)
         char label[64];
         CK_ATTRIBUTE a[2] = {{CKA_ID, id, sizeof(id)}, {CKA_LABEL, label, sizeof(label)}};
         assert_int_equal(r.f->C_GetAttributeValue(r.s, halves[i], a, 2), CKR_OK);
-        assert_int_equal(a[0].ulValueLen, HSM_KID_LEN);
-        assert_memory_equal(id, kid->b, HSM_KID_LEN);
-        assert_int_equal(a[1].ulValueLen, 2 * HSM_KID_LEN);
-        assert_memory_equal(label, hex, 2 * HSM_KID_LEN);
+        assert_int_equal(a[0].ulValueLen, SK_KID_LEN);
+        assert_memory_equal(id, kid->b, SK_KID_LEN);
+        assert_int_equal(a[1].ulValueLen, 2 * SK_KID_LEN);
+        assert_memory_equal(label, hex, 2 * SK_KID_LEN);
     }
     raw_close(&r);
 
@@ -387,23 +385,23 @@ static int lifecycle_setup(void **state)
 static void test_destroyed_kid_cannot_sign_and_is_gone_from_list(void **state)
 {
     group *g = *state;
-    const hsm_kid *doomed = &g->kids[1];
+    const sk_kid *doomed = &g->kids[1];
     assert_int_equal(hsm_cached_keys(g->h), 3);
-    assert_int_equal(hsm_destroy(g->h, doomed), HSM_OK);
+    assert_int_equal(hsm_destroy(g->h, doomed), SK_OK);
     assert_int_equal(hsm_cached_keys(g->h), 2);
 
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 1;
-    assert_int_equal(hsm_sign_rs256(g->h, doomed, "x", 1, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(hsm_sign_rs256(g->h, doomed, "x", 1, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
     assert_int_equal(sig_len, 0);
-    hsm_pubkey pk;
-    assert_int_equal(hsm_public_key(g->h, doomed, &pk), HSM_ERR_KEY_NOT_FOUND);
+    sk_pubkey pk;
+    assert_int_equal(hsm_public_key(g->h, doomed, &pk), SK_ERR_KEY_NOT_FOUND);
     /* Destroying again finds nothing: the caller learns the kid is already gone. */
-    assert_int_equal(hsm_destroy(g->h, doomed), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(hsm_destroy(g->h, doomed), SK_ERR_KEY_NOT_FOUND);
 
-    hsm_key_entry list[LIST_CAP];
+    sk_key_entry list[LIST_CAP];
     size_t n = 0;
-    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), HSM_OK);
+    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), SK_OK);
     assert_int_equal(n, 2);
     assert_null(find_entry(list, n, doomed));
     assert_non_null(find_entry(list, n, &g->kids[0]));
@@ -417,31 +415,31 @@ static void test_reopen_caches_exactly_the_surviving_keys(void **state)
     assert_int_equal(hsm_cached_keys(g->h), 2);
     assert_signs_and_verifies(g->h, &g->kids[0], "survivor one");
     assert_signs_and_verifies(g->h, &g->kids[2], "survivor two");
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len;
     assert_int_equal(hsm_sign_rs256(g->h, &g->kids[1], "x", 1, sig, &sig_len),
-                     HSM_ERR_KEY_NOT_FOUND);
+                     SK_ERR_KEY_NOT_FOUND);
 }
 
 static void test_list_reports_private_and_public_halves(void **state)
 {
     group *g = *state;
-    hsm_key_entry list[LIST_CAP];
+    sk_key_entry list[LIST_CAP];
     size_t n = 0;
-    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), HSM_OK);
+    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), SK_OK);
     assert_int_equal(n, 2);
     for (size_t i = 0; i < n; i++) {
         assert_true(list[i].has_private);
         assert_true(list[i].has_public);
     }
     /* A capacity smaller than the token still reports the full count. */
-    assert_int_equal(hsm_list(g->h, list, 1, &n), HSM_OK);
+    assert_int_equal(hsm_list(g->h, list, 1, &n), SK_OK);
     assert_int_equal(n, 2);
 
     /* A key whose private half vanished (a crash mid-destroy): list shows the lone public
      * half, the cache does not hold it, and hsm_destroy clears what is left. */
     assert_int_equal(group_generate(g, 2048), 0);
-    const hsm_kid *half = &g->kids[g->n_kids - 1];
+    const sk_kid *half = &g->kids[g->n_kids - 1];
     hsm_close(g->h);
     g->h = NULL;
     raw_token r;
@@ -451,17 +449,17 @@ static void test_list_reports_private_and_public_halves(void **state)
     group_reopen(g);
 
     assert_int_equal(hsm_cached_keys(g->h), 2);
-    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), HSM_OK);
+    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), SK_OK);
     assert_int_equal(n, 3);
-    const hsm_key_entry *e = find_entry(list, n, half);
+    const sk_key_entry *e = find_entry(list, n, half);
     assert_non_null(e);
     assert_false(e->has_private);
     assert_true(e->has_public);
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len;
-    assert_int_equal(hsm_sign_rs256(g->h, half, "x", 1, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
-    assert_int_equal(hsm_destroy(g->h, half), HSM_OK);
-    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), HSM_OK);
+    assert_int_equal(hsm_sign_rs256(g->h, half, "x", 1, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(hsm_destroy(g->h, half), SK_OK);
+    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), SK_OK);
     assert_int_equal(n, 2);
     assert_null(find_entry(list, n, half));
 }
@@ -469,8 +467,8 @@ static void test_list_reports_private_and_public_halves(void **state)
 static void test_token_init_refuses_a_directory_that_has_a_token(void **state)
 {
     group *g = *state;
-    hsm_pubkey before, after;
-    assert_int_equal(hsm_public_key(g->h, &g->kids[0], &before), HSM_OK);
+    sk_pubkey before, after;
+    assert_int_equal(hsm_public_key(g->h, &g->kids[0], &before), SK_OK);
     hsm_close(g->h);
     g->h = NULL;
 
@@ -481,7 +479,7 @@ static void test_token_init_refuses_a_directory_that_has_a_token(void **state)
 
     group_reopen(g);
     assert_int_equal(hsm_cached_keys(g->h), 2);
-    assert_int_equal(hsm_public_key(g->h, &g->kids[0], &after), HSM_OK);
+    assert_int_equal(hsm_public_key(g->h, &g->kids[0], &after), SK_OK);
     assert_int_equal(after.n_len, before.n_len);
     assert_memory_equal(after.n, before.n, before.n_len);
     assert_signs_and_verifies(g->h, &g->kids[0], "the same key after the refusal");
@@ -499,7 +497,7 @@ static int errors_setup(void **state)
 }
 
 /* hsm_open with cfg fails with want; the group's own handle keeps working meanwhile. */
-static void assert_open_fails(group *g, const hsm_config *cfg, hsm_status want)
+static void assert_open_fails(group *g, const hsm_config *cfg, sk_status want)
 {
     hsm *h = (hsm *)0x1;
     assert_int_equal(hsm_open(cfg, &h, NULL), want);
@@ -520,7 +518,7 @@ static void test_wrong_pin_is_pin_incorrect(void **state)
     g->h = NULL;
     unsigned long ckr = 0;
     hsm *h = (hsm *)0x1;
-    assert_int_equal(hsm_open(&cfg, &h, &ckr), HSM_ERR_PIN_INCORRECT);
+    assert_int_equal(hsm_open(&cfg, &h, &ckr), SK_ERR_PIN_INCORRECT);
     assert_null(h);
     assert_int_equal(ckr, CKR_PIN_INCORRECT);
     assert_int_equal(hsm_last_ckr(), CKR_PIN_INCORRECT);
@@ -533,7 +531,7 @@ static void test_missing_token_label_is_token_not_found(void **state)
     group *g = *state;
     hsm_config cfg = g->cfg;
     cfg.token = "no-such-token";
-    assert_open_fails(g, &cfg, HSM_ERR_TOKEN_NOT_FOUND);
+    assert_open_fails(g, &cfg, SK_ERR_TOKEN_NOT_FOUND);
 }
 
 static void test_non_matching_uri_is_token_not_found(void **state)
@@ -544,11 +542,11 @@ static void test_non_matching_uri_is_token_not_found(void **state)
     snprintf(uri, sizeof(uri), "pkcs11:token=%s;serial=%s", TESTENV_LABEL,
              strcmp(g->serial, "0000000000000000") ? "0000000000000000" : "1111111111111111");
     cfg.token = uri;
-    assert_open_fails(g, &cfg, HSM_ERR_TOKEN_NOT_FOUND);
+    assert_open_fails(g, &cfg, SK_ERR_TOKEN_NOT_FOUND);
     cfg.token = "pkcs11:token=other;serial=";
-    assert_open_fails(g, &cfg, HSM_ERR_TOKEN_NOT_FOUND);
+    assert_open_fails(g, &cfg, SK_ERR_TOKEN_NOT_FOUND);
     cfg.token = "pkcs11:model=not%20a%20softhsm";
-    assert_open_fails(g, &cfg, HSM_ERR_TOKEN_NOT_FOUND);
+    assert_open_fails(g, &cfg, SK_ERR_TOKEN_NOT_FOUND);
 }
 
 static void test_matching_uri_opens(void **state)
@@ -559,7 +557,7 @@ static void test_matching_uri_opens(void **state)
     hsm_config cfg = g->cfg;
     cfg.token = uri;
     hsm *h = NULL;
-    assert_int_equal(hsm_open(&cfg, &h, NULL), HSM_OK);
+    assert_int_equal(hsm_open(&cfg, &h, NULL), SK_OK);
     assert_int_equal(hsm_cached_keys(h), 1);
     assert_signs_and_verifies(h, &g->kids[0], "opened by URI");
     hsm_close(h);
@@ -569,7 +567,7 @@ static void test_matching_uri_opens(void **state)
     /* Object and query attributes do not select the token; percent-encoding is decoded. */
     snprintf(uri, sizeof(uri), "pkcs11:token=%%73ignd;serial=%s;type=private?pin-source=x",
              g->serial);
-    assert_int_equal(hsm_open(&cfg, &h, NULL), HSM_OK);
+    assert_int_equal(hsm_open(&cfg, &h, NULL), SK_OK);
     assert_signs_and_verifies(h, &g->kids[0], "opened by an encoded URI");
     hsm_close(h);
     assert_signs_and_verifies(g->h, &g->kids[0], "the first handle outlives the third");
@@ -581,7 +579,7 @@ static void test_token_init_refuses_while_a_handle_is_open(void **state)
     char serial[17];
     /* It would have to re-initialise the library under the open handle. */
     assert_int_equal(hsm_init_token(HSM_DEFAULT_MODULE, "another", g->pin, g->pin, serial),
-                     HSM_ERR_BAD_ARGUMENT);
+                     SK_ERR_BAD_ARGUMENT);
     assert_string_equal(serial, "");
     assert_signs_and_verifies(g->h, &g->kids[0], "the open handle is unharmed");
 }
@@ -591,9 +589,9 @@ static void test_missing_module_is_module_load(void **state)
     group *g = *state;
     hsm_config cfg = g->cfg;
     cfg.module_path = "/nonexistent/libnothing-pkcs11.so";
-    assert_open_fails(g, &cfg, HSM_ERR_MODULE_LOAD);
+    assert_open_fails(g, &cfg, SK_ERR_MODULE_LOAD);
     cfg.module_path = "libc.so.6"; /* loads, but is no PKCS#11 module */
-    assert_open_fails(g, &cfg, HSM_ERR_MODULE_LOAD);
+    assert_open_fails(g, &cfg, SK_ERR_MODULE_LOAD);
 }
 
 static void test_pin_file_readable_by_others_is_pin_file(void **state)
@@ -601,7 +599,7 @@ static void test_pin_file_readable_by_others_is_pin_file(void **state)
     group *g = *state;
     char pin[HSM_PIN_MAX], path[PATH_MAX];
     size_t len = 0;
-    assert_int_equal(hsm_read_pin_file(g->pin, pin, &len), HSM_OK);
+    assert_int_equal(hsm_read_pin_file(g->pin, pin, &len), SK_OK);
     pin[len] = '\n';
     pin[len + 1] = '\0';
     group_path(g, "open-pin", path);
@@ -609,33 +607,33 @@ static void test_pin_file_readable_by_others_is_pin_file(void **state)
     explicit_bzero(pin, sizeof(pin));
     hsm_config cfg = g->cfg;
     cfg.pin_file = path;
-    assert_open_fails(g, &cfg, HSM_ERR_PIN_FILE);
-    assert_int_equal(hsm_read_pin_file(path, pin, &len), HSM_ERR_PIN_FILE);
+    assert_open_fails(g, &cfg, SK_ERR_PIN_FILE);
+    assert_int_equal(hsm_read_pin_file(path, pin, &len), SK_ERR_PIN_FILE);
     assert_int_equal(len, 0);
 
     cfg.pin_file = "/nonexistent/pin";
-    assert_open_fails(g, &cfg, HSM_ERR_PIN_FILE);
+    assert_open_fails(g, &cfg, SK_ERR_PIN_FILE);
     group_path(g, "empty-pin", path);
     write_file(path, "", 0600);
     cfg.pin_file = path;
-    assert_open_fails(g, &cfg, HSM_ERR_PIN_FILE);
+    assert_open_fails(g, &cfg, SK_ERR_PIN_FILE);
     group_path(g, "pin-link", path);
     assert_int_equal(symlink(g->pin, path), 0);
-    assert_open_fails(g, &cfg, HSM_ERR_PIN_FILE);
+    assert_open_fails(g, &cfg, SK_ERR_PIN_FILE);
 }
 
 static void test_unknown_kid_is_key_not_found(void **state)
 {
     group *g = *state;
-    hsm_kid kid;
+    sk_kid kid;
     testenv_kid(&kid);
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 1;
-    assert_int_equal(hsm_sign_rs256(g->h, &kid, "x", 1, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(hsm_sign_rs256(g->h, &kid, "x", 1, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
     assert_int_equal(sig_len, 0);
-    hsm_pubkey pk;
-    assert_int_equal(hsm_public_key(g->h, &kid, &pk), HSM_ERR_KEY_NOT_FOUND);
-    assert_int_equal(hsm_destroy(g->h, &kid), HSM_ERR_KEY_NOT_FOUND);
+    sk_pubkey pk;
+    assert_int_equal(hsm_public_key(g->h, &kid, &pk), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(hsm_destroy(g->h, &kid), SK_ERR_KEY_NOT_FOUND);
 }
 
 static void test_bad_bits_is_bad_argument(void **state)
@@ -643,9 +641,9 @@ static void test_bad_bits_is_bad_argument(void **state)
     group *g = *state;
     unsigned bad[] = {0, 1024, 2047, 2049, 8192};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        hsm_kid kid;
+        sk_kid kid;
         testenv_kid(&kid);
-        assert_int_equal(hsm_generate(g->h, &kid, bad[i]), HSM_ERR_BAD_ARGUMENT);
+        assert_int_equal(hsm_generate(g->h, &kid, bad[i]), SK_ERR_BAD_ARGUMENT);
     }
     assert_int_equal(hsm_cached_keys(g->h), 1);
 }
@@ -653,22 +651,22 @@ static void test_bad_bits_is_bad_argument(void **state)
 static void test_generating_an_existing_kid_is_key_exists(void **state)
 {
     group *g = *state;
-    hsm_pubkey before, after;
-    assert_int_equal(hsm_public_key(g->h, &g->kids[0], &before), HSM_OK);
-    assert_int_equal(hsm_generate(g->h, &g->kids[0], 2048), HSM_ERR_KEY_EXISTS);
-    assert_int_equal(hsm_public_key(g->h, &g->kids[0], &after), HSM_OK);
+    sk_pubkey before, after;
+    assert_int_equal(hsm_public_key(g->h, &g->kids[0], &before), SK_OK);
+    assert_int_equal(hsm_generate(g->h, &g->kids[0], 2048), SK_ERR_KEY_EXISTS);
+    assert_int_equal(hsm_public_key(g->h, &g->kids[0], &after), SK_OK);
     assert_memory_equal(after.n, before.n, before.n_len);
-    hsm_key_entry list[LIST_CAP];
+    sk_key_entry list[LIST_CAP];
     size_t n = 0;
-    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), HSM_OK);
+    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), SK_OK);
     assert_int_equal(n, 1);
 }
 
 static void test_every_status_has_a_distinct_name_and_message(void **state)
 {
     (void)state;
-    for (int a = 0; a < HSM_ERR_COUNT_; a++) {
-        const char *name = hsm_status_name((hsm_status)a), *msg = hsm_strerror((hsm_status)a);
+    for (int a = 0; a < SK_ERR_COUNT_; a++) {
+        const char *name = sk_status_name((sk_status)a), *msg = sk_strerror((sk_status)a);
         assert_non_null(name);
         assert_non_null(msg);
         assert_true(name[0] != '\0');
@@ -677,29 +675,29 @@ static void test_every_status_has_a_distinct_name_and_message(void **state)
         for (const char *p = name; *p; p++)
             assert_true((*p >= 'a' && *p <= 'z') || *p == '_');
         for (int b = 0; b < a; b++) {
-            assert_string_not_equal(name, hsm_status_name((hsm_status)b));
-            assert_string_not_equal(msg, hsm_strerror((hsm_status)b));
+            assert_string_not_equal(name, sk_status_name((sk_status)b));
+            assert_string_not_equal(msg, sk_strerror((sk_status)b));
         }
     }
-    assert_string_equal(hsm_status_name(HSM_ERR_COUNT_), "unknown");
-    assert_string_equal(hsm_status_name(HSM_ERR_PIN_INCORRECT), "pin_incorrect");
+    assert_string_equal(sk_status_name(SK_ERR_COUNT_), "unknown");
+    assert_string_equal(sk_status_name(SK_ERR_PIN_INCORRECT), "pin_incorrect");
 }
 
 static void test_kid_hex_round_trips_and_parse_is_strict(void **state)
 {
     (void)state;
-    hsm_kid kid, back;
+    sk_kid kid, back;
     testenv_kid(&kid);
-    char hex[2 * HSM_KID_LEN + 1];
-    hsm_kid_hex(&kid, hex);
+    char hex[2 * SK_KID_LEN + 1];
+    sk_kid_hex(&kid, hex);
     assert_int_equal(strlen(hex), 32);
-    assert_int_equal(hsm_kid_parse(hex, &back), 0);
-    assert_memory_equal(back.b, kid.b, HSM_KID_LEN);
-    assert_int_equal(hsm_kid_parse("0123456789ABCDEF0123456789abcdef", &back), -1);
-    assert_int_equal(hsm_kid_parse("0123456789abcdef0123456789abcde", &back), -1);
-    assert_int_equal(hsm_kid_parse("0123456789abcdef0123456789abcdef0", &back), -1);
-    assert_int_equal(hsm_kid_parse("0123456789abcdef0123456789abcdeg", &back), -1);
-    assert_int_equal(hsm_kid_parse(NULL, &back), -1);
+    assert_int_equal(sk_kid_parse(hex, &back), 0);
+    assert_memory_equal(back.b, kid.b, SK_KID_LEN);
+    assert_int_equal(sk_kid_parse("0123456789ABCDEF0123456789abcdef", &back), -1);
+    assert_int_equal(sk_kid_parse("0123456789abcdef0123456789abcde", &back), -1);
+    assert_int_equal(sk_kid_parse("0123456789abcdef0123456789abcdef0", &back), -1);
+    assert_int_equal(sk_kid_parse("0123456789abcdef0123456789abcdeg", &back), -1);
+    assert_int_equal(sk_kid_parse(NULL, &back), -1);
 }
 
 /* ---- group: concurrency ----------------------------------------------------------------- */
@@ -718,7 +716,7 @@ typedef struct {
     int index;
     pthread_barrier_t *signed_all, *may_exit;
     int signed_ok, verified_ok;
-    hsm_status first_error;
+    sk_status first_error;
 } signer;
 
 static void *signer_run(void *arg)
@@ -726,20 +724,20 @@ static void *signer_run(void *arg)
     signer *s = arg;
     EVP_PKEY *keys[2] = {NULL, NULL};
     for (int k = 0; k < 2; k++) {
-        hsm_pubkey pk;
-        if (hsm_public_key(s->g->h, &s->g->kids[k], &pk) == HSM_OK)
+        sk_pubkey pk;
+        if (hsm_public_key(s->g->h, &s->g->kids[k], &pk) == SK_OK)
             keys[k] = testenv_evp_from_pubkey(&pk);
     }
-    s->first_error = HSM_OK;
+    s->first_error = SK_OK;
     for (int i = 0; i < SIGNATURES_PER_SIGNER; i++) {
         char msg[96];
         int len = snprintf(msg, sizeof(msg), "signer %d, message %d", s->index, i);
         int k = (i + s->index) % 2;
-        uint8_t sig[HSM_SIG_MAX];
+        uint8_t sig[SK_SIG_MAX];
         size_t sig_len = 0;
-        hsm_status st = hsm_sign_rs256(s->g->h, &s->g->kids[k], msg, (size_t)len, sig, &sig_len);
-        if (st != HSM_OK) {
-            if (s->first_error == HSM_OK)
+        sk_status st = hsm_sign_rs256(s->g->h, &s->g->kids[k], msg, (size_t)len, sig, &sig_len);
+        if (st != SK_OK) {
+            if (s->first_error == SK_OK)
                 s->first_error = st;
             continue;
         }
@@ -778,7 +776,7 @@ static void test_eight_threads_sign_at_once_and_every_signature_verifies(void **
     pthread_barrier_destroy(&may_exit);
 
     for (int i = 0; i < SIGNERS; i++) {
-        assert_int_equal(s[i].first_error, HSM_OK);
+        assert_int_equal(s[i].first_error, SK_OK);
         assert_int_equal(s[i].signed_ok, SIGNATURES_PER_SIGNER);
         assert_int_equal(s[i].verified_ok, SIGNATURES_PER_SIGNER);
     }
@@ -790,13 +788,13 @@ static void test_eight_threads_sign_at_once_and_every_signature_verifies(void **
 typedef struct {
     group *g;
     pthread_barrier_t *hold;
-    hsm_status st;
+    sk_status st;
 } holder;
 
 static void *holder_run(void *arg)
 {
     holder *x = arg;
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len;
     x->st = hsm_sign_rs256(x->g->h, &x->g->kids[0], "held", 4, sig, &sig_len);
     pthread_barrier_wait(x->hold); /* every thread keeps its session until all have tried */
@@ -811,7 +809,7 @@ static void test_thread_past_max_sessions_gets_session_count(void **state)
     g->h = NULL;
     hsm_config cfg = g->cfg;
     cfg.max_sessions = 2;
-    assert_int_equal(hsm_open(&cfg, &g->h, NULL), HSM_OK);
+    assert_int_equal(hsm_open(&cfg, &g->h, NULL), SK_OK);
     assert_int_equal(hsm_sessions_open(g->h), 0);
 
     pthread_barrier_t hold;
@@ -819,7 +817,7 @@ static void test_thread_past_max_sessions_gets_session_count(void **state)
     holder x[3];
     pthread_t t[3];
     for (int i = 0; i < 3; i++) {
-        x[i] = (holder){.g = g, .hold = &hold, .st = HSM_ERR_DEVICE};
+        x[i] = (holder){.g = g, .hold = &hold, .st = SK_ERR_DEVICE};
         assert_int_equal(pthread_create(&t[i], NULL, holder_run, &x[i]), 0);
     }
     pthread_barrier_wait(&hold);
@@ -831,8 +829,8 @@ static void test_thread_past_max_sessions_gets_session_count(void **state)
 
     int ok = 0, refused = 0;
     for (int i = 0; i < 3; i++) {
-        ok += x[i].st == HSM_OK;
-        refused += x[i].st == HSM_ERR_SESSION_COUNT;
+        ok += x[i].st == SK_OK;
+        refused += x[i].st == SK_ERR_SESSION_COUNT;
     }
     assert_int_equal(ok, 2);
     assert_int_equal(refused, 1);

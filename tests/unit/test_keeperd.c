@@ -6,7 +6,7 @@
  * to the keeper under test) and in-process (kp_open on the fixture's token, no keeper
  * running: one hsm handle per process), and through reconcile (rec_run).
  */
-#include "appliance/keeperd.h"
+#include "appliance/keeper/keeperd.h"
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,12 +14,12 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "appliance/audit.h"
-#include "appliance/config.h"
-#include "appliance/keeper.h"
-#include "appliance/kproto.h"
-#include "appliance/reconcile.h"
-#include "appliance/registry.h"
+#include "appliance/core/audit.h"
+#include "appliance/common/config.h"
+#include "appliance/kproto/keeper.h"
+#include "appliance/kproto/kproto.h"
+#include "appliance/core/reconcile.h"
+#include "appliance/store/registry.h"
 #include "jose/jose.h"
 #include "tests/unit/testenv.h"
 
@@ -212,7 +212,7 @@ static bufs *bufs_new(void)
     return b;
 }
 
-static uint32_t do_generate(int fd, bufs *b, const hsm_kid *kid, unsigned bits, hsm_pubkey *pub)
+static uint32_t do_generate(int fd, bufs *b, const sk_kid *kid, unsigned bits, sk_pubkey *pub)
 {
     kpp_reply r;
     size_t len = kpp_encode_generate(b->req, sizeof(b->req), kid, bits);
@@ -222,8 +222,8 @@ static uint32_t do_generate(int fd, bufs *b, const hsm_kid *kid, unsigned bits, 
     return st;
 }
 
-static uint32_t do_sign(int fd, bufs *b, const hsm_kid *kid, const void *msg, size_t msg_len,
-                        uint8_t sig[HSM_SIG_MAX], size_t *sig_len)
+static uint32_t do_sign(int fd, bufs *b, const sk_kid *kid, const void *msg, size_t msg_len,
+                        uint8_t sig[SK_SIG_MAX], size_t *sig_len)
 {
     kpp_reply r;
     size_t len = kpp_encode_sign(b->req, sizeof(b->req), kid, msg, msg_len);
@@ -233,14 +233,14 @@ static uint32_t do_sign(int fd, bufs *b, const hsm_kid *kid, const void *msg, si
     return st;
 }
 
-static uint32_t do_ping(int fd, bufs *b, const hsm_kid *kid)
+static uint32_t do_ping(int fd, bufs *b, const sk_kid *kid)
 {
     kpp_reply r;
     size_t len = kpp_encode_ping(b->req, sizeof(b->req), kid);
     return call(fd, b->req, len, KPP_OP_PING, b->rep, &r);
 }
 
-static uint32_t do_kid_op(int fd, bufs *b, kpp_op op, const hsm_kid *kid, hsm_pubkey *pub)
+static uint32_t do_kid_op(int fd, bufs *b, kpp_op op, const sk_kid *kid, sk_pubkey *pub)
 {
     kpp_reply r;
     size_t len = kpp_encode_kid_op(b->req, sizeof(b->req), op, kid);
@@ -259,17 +259,17 @@ static unsigned do_sessions(int fd, bufs *b)
 }
 
 /* A kid reserved the way a create reserves it: the keeper generates only under these. */
-static void pend(fixture *fx, const hsm_kid *kid)
+static void pend(fixture *fx, const sk_kid *kid)
 {
     assert_int_equal(reg_pending_add(fx->r, kid, T0), REG_OK);
 }
 
 /* A key the way a create makes it: pending, generated through the keeper, inserted. */
-static void create_key(fixture *fx, int fd, bufs *b, hsm_kid *kid, hsm_pubkey *pub)
+static void create_key(fixture *fx, int fd, bufs *b, sk_kid *kid, sk_pubkey *pub)
 {
     testenv_kid(kid);
     pend(fx, kid);
-    assert_int_equal(do_generate(fd, b, kid, 2048, pub), HSM_OK);
+    assert_int_equal(do_generate(fd, b, kid, 2048, pub), SK_OK);
     reg_key k;
     memset(&k, 0, sizeof(k));
     k.kid = *kid;
@@ -298,8 +298,8 @@ static void assert_error_reply(const uint8_t *rep, ssize_t n, uint16_t op, uint3
 
 /* ---- OpenSSL: the signatures are real RS256 ------------------------------------------ */
 
-static int rs256_verifies(const hsm_pubkey *pub, const void *msg, size_t msg_len,
-                          const uint8_t *sig, size_t sig_len)
+static int rs256_verifies(const sk_pubkey *pub, const void *msg, size_t msg_len, const uint8_t *sig,
+                          size_t sig_len)
 {
     EVP_PKEY *key = testenv_evp_from_pubkey(pub);
     EVP_MD_CTX *md = EVP_MD_CTX_new();
@@ -325,16 +325,16 @@ test_a_generated_key_signs_through_the_socket_and_verifies_with_its_public_key(v
 
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    hsm_kid kid;
-    hsm_pubkey pub;
+    sk_kid kid;
+    sk_pubkey pub;
     create_key(fx, fd, b, &kid, &pub);
     assert_int_equal(pub.bits, 2048);
-    assert_int_equal(do_ping(fd, b, &kid), HSM_OK);
+    assert_int_equal(do_ping(fd, b, &kid), SK_OK);
 
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 0;
     const char *msg = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0ZXN0In0";
-    assert_int_equal(do_sign(fd, b, &kid, msg, strlen(msg), sig, &sig_len), HSM_OK);
+    assert_int_equal(do_sign(fd, b, &kid, msg, strlen(msg), sig, &sig_len), SK_OK);
     assert_int_equal(sig_len, 256);
     assert_true(rs256_verifies(&pub, msg, strlen(msg), sig, sig_len));
     assert_false(rs256_verifies(&pub, "other", 5, sig, sig_len));
@@ -344,18 +344,18 @@ test_a_generated_key_signs_through_the_socket_and_verifies_with_its_public_key(v
     assert_non_null(big);
     for (size_t i = 0; i < KPP_SIGN_MAX; i++)
         big[i] = (uint8_t)(i * 31 + 7);
-    assert_int_equal(do_sign(fd, b, &kid, big, KPP_SIGN_MAX, sig, &sig_len), HSM_OK);
+    assert_int_equal(do_sign(fd, b, &kid, big, KPP_SIGN_MAX, sig, &sig_len), SK_OK);
     assert_true(rs256_verifies(&pub, big, KPP_SIGN_MAX, sig, sig_len));
     free(big);
-    assert_int_equal(do_sign(fd, b, &kid, "", 0, sig, &sig_len), HSM_OK);
+    assert_int_equal(do_sign(fd, b, &kid, "", 0, sig, &sig_len), SK_OK);
     assert_true(rs256_verifies(&pub, "", 0, sig, sig_len));
 
     /* A second key on a second connection signs too, with its own key. */
     int fd2 = connect_keeper(fx);
-    hsm_kid kid2;
-    hsm_pubkey pub2;
+    sk_kid kid2;
+    sk_pubkey pub2;
     create_key(fx, fd2, b, &kid2, &pub2);
-    assert_int_equal(do_sign(fd2, b, &kid2, msg, strlen(msg), sig, &sig_len), HSM_OK);
+    assert_int_equal(do_sign(fd2, b, &kid2, msg, strlen(msg), sig, &sig_len), SK_OK);
     assert_true(rs256_verifies(&pub2, msg, strlen(msg), sig, sig_len));
     assert_false(rs256_verifies(&pub, msg, strlen(msg), sig, sig_len));
     close(fd2);
@@ -376,48 +376,48 @@ static void test_a_kid_not_active_in_the_registry_is_refused_though_the_token_ha
     start_keeper(fx);
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len;
     const char *msg = "payload";
 
     /* Generated on the token, never inserted in the registry. */
-    hsm_kid never;
-    hsm_pubkey pub;
+    sk_kid never;
+    sk_pubkey pub;
     testenv_kid(&never);
     pend(fx, &never);
-    assert_int_equal(do_generate(fd, b, &never, 2048, &pub), HSM_OK);
-    assert_int_equal(do_sign(fd, b, &never, msg, 7, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_generate(fd, b, &never, 2048, &pub), SK_OK);
+    assert_int_equal(do_sign(fd, b, &never, msg, 7, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
     /* The token has it: the probe (no registry check) signs with it. */
-    assert_int_equal(do_ping(fd, b, &never), HSM_OK);
+    assert_int_equal(do_ping(fd, b, &never), SK_OK);
 
     /* Active, then revoked through the registry's own handle. */
-    hsm_kid revoked;
+    sk_kid revoked;
     create_key(fx, fd, b, &revoked, &pub);
-    assert_int_equal(do_sign(fd, b, &revoked, msg, 7, sig, &sig_len), HSM_OK);
+    assert_int_equal(do_sign(fd, b, &revoked, msg, 7, sig, &sig_len), SK_OK);
     assert_int_equal(reg_revoke(fx->r, &revoked, "compromised", T0 + 1, NULL), REG_OK);
     /* The keeper's view may lag the file by KPD_ACTIVE_CHECK_MS, never more. */
     sleep_ms(KPD_ACTIVE_CHECK_MS + 20);
-    assert_int_equal(do_sign(fd, b, &revoked, msg, 7, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
-    assert_int_equal(do_ping(fd, b, &revoked), HSM_OK);
+    assert_int_equal(do_sign(fd, b, &revoked, msg, 7, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_ping(fd, b, &revoked), SK_OK);
 
     /* Active, then broken. */
-    hsm_kid broken;
+    sk_kid broken;
     create_key(fx, fd, b, &broken, &pub);
     assert_int_equal(reg_mark_broken(fx->r, &broken), REG_OK);
     sleep_ms(KPD_ACTIVE_CHECK_MS + 20);
-    assert_int_equal(do_sign(fd, b, &broken, msg, 7, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_sign(fd, b, &broken, msg, 7, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
 
     /* Neither on the token nor in the registry. */
-    hsm_kid unknown;
+    sk_kid unknown;
     testenv_kid(&unknown);
-    assert_int_equal(do_sign(fd, b, &unknown, msg, 7, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
-    assert_int_equal(do_ping(fd, b, &unknown), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_sign(fd, b, &unknown, msg, 7, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_ping(fd, b, &unknown), SK_ERR_KEY_NOT_FOUND);
 
     /* A refusal of the keeper's own (the registry says revoked) blames no token call: the
      * error carries CKR 0, not whatever the thread's last token call returned. */
     kpp_reply r;
     size_t len = kpp_encode_sign(b->req, sizeof(b->req), &revoked, msg, 7);
-    assert_int_equal(call(fd, b->req, len, KPP_OP_SIGN, b->rep, &r), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(call(fd, b->req, len, KPP_OP_SIGN, b->rep, &r), SK_ERR_KEY_NOT_FOUND);
     assert_int_equal(r.body_len, 4);
     assert_int_equal(r.ckr, 0);
     close(fd);
@@ -429,7 +429,7 @@ static void malformed(int fd, bufs *b, const void *req, size_t len, uint16_t op,
 {
     ssize_t n = roundtrip(fd, req, len, b->rep);
     assert_error_reply(b->rep, n, op, status);
-    assert_int_equal(do_ping(fd, b, NULL), HSM_OK);
+    assert_int_equal(do_ping(fd, b, NULL), SK_OK);
 }
 
 static void
@@ -439,7 +439,7 @@ test_malformed_requests_get_an_error_reply_and_the_connection_keeps_serving(void
     start_keeper(fx);
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    hsm_kid kid;
+    sk_kid kid;
     testenv_kid(&kid);
 
     malformed(fd, b, "K\x01\x00", 3, 0, KPP_ERR_SHORT);
@@ -484,13 +484,13 @@ test_malformed_requests_get_an_error_reply_and_the_connection_keeps_serving(void
     malformed(fd, b, "", 0, 0, KPP_ERR_SHORT);
 
     /* Op 3, PUBLIC_KEY until it was removed, is retired: an unknown op. */
-    uint8_t retired[KPP_HDR_LEN + HSM_KID_LEN] = {
-        KPP_MAGIC, KPP_VERSION, 0, KPP_OP_RETIRED, 0, 0, 0, 0, 0, 0, 0, HSM_KID_LEN};
-    memcpy(retired + KPP_HDR_LEN, kid.b, HSM_KID_LEN);
+    uint8_t retired[KPP_HDR_LEN + SK_KID_LEN] = {
+        KPP_MAGIC, KPP_VERSION, 0, KPP_OP_RETIRED, 0, 0, 0, 0, 0, 0, 0, SK_KID_LEN};
+    memcpy(retired + KPP_HDR_LEN, kid.b, SK_KID_LEN);
     malformed(fd, b, retired, sizeof(retired), KPP_OP_RETIRED, KPP_ERR_UNKNOWN_OP);
 
     /* None of it touched the token: the kid was never generated. */
-    assert_int_equal(do_ping(fd, b, &kid), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_ping(fd, b, &kid), SK_ERR_KEY_NOT_FOUND);
     close(fd);
     free(b);
 }
@@ -511,14 +511,14 @@ static void test_a_connection_beyond_the_limit_is_closed_and_a_freed_slot_is_reu
     int fds[LIMITED];
     for (int i = 0; i < LIMITED; i++) {
         fds[i] = connect_keeper(fx);
-        assert_int_equal(do_ping(fds[i], b, NULL), HSM_OK); /* admitted and served */
+        assert_int_equal(do_ping(fds[i], b, NULL), SK_OK); /* admitted and served */
     }
     int extra = connect_keeper(fx); /* the backlog takes it; the keeper closes it */
     assert_true(closed_by_keeper(extra, b));
     close(extra);
     /* The admitted ones are untouched. */
     for (int i = 0; i < LIMITED; i++)
-        assert_int_equal(do_ping(fds[i], b, NULL), HSM_OK);
+        assert_int_equal(do_ping(fds[i], b, NULL), SK_OK);
     assert_true(do_sessions(fds[0], b) <= LIMITED);
 
     /* A connection that ends gives its slot back (its thread finishes first: retry). */
@@ -531,7 +531,7 @@ static void test_a_connection_beyond_the_limit_is_closed_and_a_freed_slot_is_reu
         if (n > 0) {
             kpp_reply r;
             assert_int_equal(kpp_decode_reply(b->rep, (size_t)n, KPP_OP_PING, &r), 0);
-            assert_int_equal(r.status, HSM_OK);
+            assert_int_equal(r.status, SK_OK);
             served = 1;
             fds[0] = fd;
         } else {
@@ -544,12 +544,12 @@ static void test_a_connection_beyond_the_limit_is_closed_and_a_freed_slot_is_reu
 
     /* The pool's threads use up the session bound: a GENERATE is served by a pool thread
      * rather than a thread of its own, and the bound holds. */
-    hsm_kid kid;
-    hsm_pubkey pub;
+    sk_kid kid;
+    sk_pubkey pub;
     create_key(fx, fds[0], b, &kid, &pub);
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 0;
-    assert_int_equal(do_sign(fds[1], b, &kid, "x", 1, sig, &sig_len), HSM_OK);
+    assert_int_equal(do_sign(fds[1], b, &kid, "x", 1, sig, &sig_len), SK_OK);
     assert_true(do_sessions(fds[1], b) <= LIMITED);
     for (int i = 0; i < LIMITED; i++)
         close(fds[i]);
@@ -558,8 +558,8 @@ static void test_a_connection_beyond_the_limit_is_closed_and_a_freed_slot_is_reu
 
 typedef struct {
     fixture *fx;
-    const hsm_kid *kid;
-    const hsm_pubkey *pub;
+    const sk_kid *kid;
+    const sk_pubkey *pub;
     int index;
     int ok; /* signatures that verified */
     pthread_barrier_t *done;
@@ -577,7 +577,7 @@ static void *signer_main(void *arg)
             size_t elen = kpp_encode_sign(b->req, sizeof(b->req), s->kid, msg, (size_t)len);
             ssize_t n = roundtrip(fd, b->req, elen, b->rep);
             kpp_reply r;
-            uint8_t sig[HSM_SIG_MAX];
+            uint8_t sig[SK_SIG_MAX];
             size_t sig_len;
             if (n > 0 && kpp_decode_reply(b->rep, (size_t)n, KPP_OP_SIGN, &r) == 0 &&
                 r.status == 0 && kpp_reply_sig(&r, sig, &sig_len) == 0 &&
@@ -608,8 +608,8 @@ static void test_eight_connections_sign_concurrently_through_the_pool_sessions(v
     start_keeper(fx);
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    hsm_kid kids[2];
-    hsm_pubkey pubs[2];
+    sk_kid kids[2];
+    sk_pubkey pubs[2];
     create_key(fx, fd, b, &kids[0], &pubs[0]);
     create_key(fx, fd, b, &kids[1], &pubs[1]);
     close(fd);
@@ -650,14 +650,14 @@ static void test_generates_run_beside_the_pool_and_release_their_sessions(void *
     start_keeper(fx);
     bufs *b = bufs_new();
     int sfd = connect_keeper(fx);
-    hsm_kid skid;
-    hsm_pubkey spub;
+    sk_kid skid;
+    sk_pubkey spub;
     create_key(fx, sfd, b, &skid, &spub);
 
     int fds[GENS];
     for (int i = 0; i < GENS; i++) {
         fds[i] = connect_keeper(fx);
-        hsm_kid kid;
+        sk_kid kid;
         testenv_kid(&kid);
         pend(fx, &kid);
         size_t len = kpp_encode_generate(b->req, sizeof(b->req), &kid, 2048);
@@ -666,9 +666,9 @@ static void test_generates_run_beside_the_pool_and_release_their_sessions(void *
     /* A signature while they run: had the pool's threads served the GENERATEs, it would
      * wait for as many of them to finish as the pool has threads (each takes tens to
      * hundreds of milliseconds, a signature about one). */
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 0;
-    assert_int_equal(do_sign(sfd, b, &skid, "x", 1, sig, &sig_len), HSM_OK);
+    assert_int_equal(do_sign(sfd, b, &skid, "x", 1, sig, &sig_len), SK_OK);
     unsigned finished = 0;
     for (int i = 0; i < GENS; i++) {
         struct pollfd p = {.fd = fds[i], .events = POLLIN};
@@ -704,13 +704,13 @@ static void test_list_reports_every_key_with_its_halves_and_destroy_removes_them
     start_keeper(fx);
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    hsm_kid kids[3];
-    hsm_pubkey pub;
+    sk_kid kids[3];
+    sk_pubkey pub;
     for (int i = 0; i < 3; i++)
         create_key(fx, fd, b, &kids[i], &pub);
 
     kpp_reply r;
-    hsm_key_entry e[8];
+    sk_key_entry e[8];
     uint32_t total = 0;
     size_t n = 0;
     size_t len = kpp_encode_list(b->req, sizeof(b->req), 0);
@@ -721,7 +721,7 @@ static void test_list_reports_every_key_with_its_halves_and_destroy_removes_them
     for (int i = 0; i < 3; i++) {
         int found = 0;
         for (size_t j = 0; j < n; j++)
-            if (memcmp(e[j].kid.b, kids[i].b, HSM_KID_LEN) == 0 && e[j].has_private &&
+            if (memcmp(e[j].kid.b, kids[i].b, SK_KID_LEN) == 0 && e[j].has_private &&
                 e[j].has_public)
                 found = 1;
         assert_true(found);
@@ -734,21 +734,21 @@ static void test_list_reports_every_key_with_its_halves_and_destroy_removes_them
     assert_int_equal(n, 0);
 
     /* An active key is never destroyed, whatever the front asks; once revoked it is. */
-    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kids[1], NULL), HSM_ERR_BAD_ARGUMENT);
-    assert_int_equal(do_ping(fd, b, &kids[1]), HSM_OK);
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kids[1], NULL), SK_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_ping(fd, b, &kids[1]), SK_OK);
     assert_int_equal(reg_revoke(fx->r, &kids[1], "retired", T0 + 1, NULL), REG_OK);
-    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kids[1], NULL), HSM_OK);
-    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kids[1], NULL), HSM_ERR_KEY_NOT_FOUND);
-    assert_int_equal(do_ping(fd, b, &kids[1]), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kids[1], NULL), SK_OK);
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kids[1], NULL), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_ping(fd, b, &kids[1]), SK_ERR_KEY_NOT_FOUND);
     len = kpp_encode_list(b->req, sizeof(b->req), 0);
     assert_int_equal(call(fd, b->req, len, KPP_OP_LIST, b->rep, &r), 0);
     assert_int_equal(kpp_reply_list(&r, e, 8, &total, &n), 0);
     assert_int_equal(total, 2);
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len;
-    assert_int_equal(do_sign(fd, b, &kids[1], "m", 1, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_sign(fd, b, &kids[1], "m", 1, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
     /* A kid that exists cannot be generated again. */
-    assert_int_equal(do_generate(fd, b, &kids[0], 2048, &pub), HSM_ERR_KEY_EXISTS);
+    assert_int_equal(do_generate(fd, b, &kids[0], 2048, &pub), SK_ERR_KEY_EXISTS);
     close(fd);
     free(b);
 }
@@ -761,7 +761,7 @@ static void test_stop_with_connections_open_returns_and_close_joins_every_thread
     int fds[3];
     for (int i = 0; i < 3; i++) {
         fds[i] = connect_keeper(fx);
-        assert_int_equal(do_ping(fds[i], b, NULL), HSM_OK);
+        assert_int_equal(do_ping(fds[i], b, NULL), SK_OK);
     }
     kpd_stop(fx->d);
     pthread_join(fx->serve_th, NULL);
@@ -836,14 +836,14 @@ static void test_open_replaces_a_stale_socket_but_never_a_file_or_a_live_keeper(
     start_keeper(fx);
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    assert_int_equal(do_ping(fd, b, NULL), HSM_OK);
+    assert_int_equal(do_ping(fd, b, NULL), SK_OK);
 
     /* A live keeper's socket is not taken over (refused before the token is opened). */
     err[0] = '\0';
     assert_int_equal(kpd_open(&fx->c, &d, err, sizeof(err)), -1);
     assert_null(d);
     assert_non_null(strstr(err, "another keeper"));
-    assert_int_equal(do_ping(fd, b, NULL), HSM_OK); /* the first one is untouched */
+    assert_int_equal(do_ping(fd, b, NULL), SK_OK); /* the first one is untouched */
     close(fd);
     free(b);
 }
@@ -905,7 +905,7 @@ static void test_a_peer_of_another_uid_is_refused(void **state)
     /* Our own uid is still served. */
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    assert_int_equal(do_ping(fd, b, NULL), HSM_OK);
+    assert_int_equal(do_ping(fd, b, NULL), SK_OK);
     close(fd);
     free(b);
 }
@@ -915,14 +915,14 @@ static void test_a_peer_of_another_uid_is_refused(void **state)
 #define AUDIT_THREADS 8
 #define CHECKPOINT_MAX (KP_AUDIT_SIGN_MAX + 64)
 
-static hsm_kid audit_kid(void)
+static sk_kid audit_kid(void)
 {
-    hsm_kid kid;
-    memcpy(kid.b, KP_AUDIT_ID, HSM_KID_LEN);
+    sk_kid kid;
+    memcpy(kid.b, KP_AUDIT_ID, SK_KID_LEN);
     return kid;
 }
 
-static void assert_same_pubkey(const hsm_pubkey *a, const hsm_pubkey *b)
+static void assert_same_pubkey(const sk_pubkey *a, const sk_pubkey *b)
 {
     assert_int_equal(a->bits, b->bits);
     assert_int_equal(a->n_len, b->n_len);
@@ -932,7 +932,7 @@ static void assert_same_pubkey(const hsm_pubkey *a, const hsm_pubkey *b)
 }
 
 /* The audit key as every caller must see it: RSA-KP_AUDIT_BITS, e = 65537. */
-static void assert_audit_shape(const hsm_pubkey *pub)
+static void assert_audit_shape(const sk_pubkey *pub)
 {
     assert_int_equal(pub->bits, KP_AUDIT_BITS);
     assert_int_equal(pub->n_len, KP_AUDIT_BITS / 8);
@@ -940,7 +940,7 @@ static void assert_audit_shape(const hsm_pubkey *pub)
     assert_memory_equal(pub->e, "\x01\x00\x01", 3);
 }
 
-static uint32_t do_audit_pubkey(int fd, bufs *b, hsm_pubkey *pub)
+static uint32_t do_audit_pubkey(int fd, bufs *b, sk_pubkey *pub)
 {
     kpp_reply r;
     size_t len = kpp_encode_audit_pubkey(b->req, sizeof(b->req));
@@ -951,7 +951,7 @@ static uint32_t do_audit_pubkey(int fd, bufs *b, hsm_pubkey *pub)
 }
 
 static uint32_t do_audit_sign(int fd, bufs *b, const void *in, size_t in_len,
-                              uint8_t sig[HSM_SIG_MAX], size_t *sig_len)
+                              uint8_t sig[SK_SIG_MAX], size_t *sig_len)
 {
     kpp_reply r;
     size_t len = kpp_encode_audit_sign(b->req, sizeof(b->req), in, in_len);
@@ -981,7 +981,7 @@ static uint32_t raw_audit_sign(int fd, bufs *b, const void *in, size_t in_len)
 }
 
 /* LIST from offset 0 into e (cap entries): the total; *reserved counts the audit key's. */
-static uint32_t do_list(int fd, bufs *b, hsm_key_entry *e, size_t cap, int *reserved)
+static uint32_t do_list(int fd, bufs *b, sk_key_entry *e, size_t cap, int *reserved)
 {
     kpp_reply r;
     uint32_t total = 0;
@@ -1143,7 +1143,7 @@ static void test_audit_pubkey_creates_the_key_once_and_the_same_key_survives_a_r
     start_keeper(fx);
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    hsm_key_entry e[8];
+    sk_key_entry e[8];
     int reserved = 0;
 
     /* KP_AUDIT_HEADER_B64 is KP_AUDIT_HEADER's base64url, byte for byte. */
@@ -1162,27 +1162,27 @@ static void test_audit_pubkey_creates_the_key_once_and_the_same_key_survives_a_r
                                  strlen(KP_STATUS_LIST_HEADER_B64 ".a.b")));
     assert_false(kp_svc_input_ok(KP_SVC_PUBLISH, KP_STATUS_LIST_HEADER_B64,
                                  strlen(KP_STATUS_LIST_HEADER_B64)));
-    hsm_kid kid = audit_kid();
+    sk_kid kid = audit_kid();
     assert_true(kp_is_reserved(&kid));
-    kid.b[HSM_KID_LEN - 1] ^= 1;
+    kid.b[SK_KID_LEN - 1] ^= 1;
     assert_false(kp_is_reserved(&kid));
     assert_false(kp_is_reserved(NULL));
 
     /* A fresh token has no audit key: the first AUDIT_PUBKEY makes it. */
     assert_int_equal(do_list(fd, b, e, 8, &reserved), 0);
-    hsm_pubkey pub, again;
-    assert_int_equal(do_audit_pubkey(fd, b, &pub), HSM_OK);
+    sk_pubkey pub, again;
+    assert_int_equal(do_audit_pubkey(fd, b, &pub), SK_OK);
     assert_audit_shape(&pub);
     assert_int_equal(do_list(fd, b, e, 8, &reserved), 1);
     assert_int_equal(reserved, 1);
 
     /* Later calls, on this connection and another, return it and make no other. */
     for (int i = 0; i < 3; i++) {
-        assert_int_equal(do_audit_pubkey(fd, b, &again), HSM_OK);
+        assert_int_equal(do_audit_pubkey(fd, b, &again), SK_OK);
         assert_same_pubkey(&again, &pub);
     }
     int fd2 = connect_keeper(fx);
-    assert_int_equal(do_audit_pubkey(fd2, b, &again), HSM_OK);
+    assert_int_equal(do_audit_pubkey(fd2, b, &again), SK_OK);
     assert_same_pubkey(&again, &pub);
     close(fd2);
     assert_int_equal(do_list(fd, b, e, 8, &reserved), 1);
@@ -1192,7 +1192,7 @@ static void test_audit_pubkey_creates_the_key_once_and_the_same_key_survives_a_r
     stop_keeper(fx);
     start_keeper(fx);
     fd = connect_keeper(fx);
-    assert_int_equal(do_audit_pubkey(fd, b, &again), HSM_OK);
+    assert_int_equal(do_audit_pubkey(fd, b, &again), SK_OK);
     assert_same_pubkey(&again, &pub);
     assert_int_equal(do_list(fd, b, e, 8, &reserved), 1);
     assert_int_equal(reserved, 1);
@@ -1205,8 +1205,8 @@ typedef struct {
     pthread_barrier_t *go;
     int sign; /* first use through AUDIT_SIGN rather than AUDIT_PUBKEY */
     uint32_t st;
-    hsm_pubkey pub;
-    uint8_t sig[HSM_SIG_MAX];
+    sk_pubkey pub;
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len;
 } first_user;
 
@@ -1216,7 +1216,7 @@ static void *first_user_main(void *arg)
     int fd = try_connect(u->fx);
     bufs *b = malloc(sizeof(*b));
     pthread_barrier_wait(u->go);
-    u->st = HSM_ERR_DEVICE;
+    u->st = SK_ERR_DEVICE;
     if (fd >= 0 && b != NULL) {
         char in[CHECKPOINT_MAX];
         size_t len = real_checkpoint(u->fx, in, sizeof(in), 1);
@@ -1225,16 +1225,15 @@ static void *first_user_main(void *arg)
             ssize_t n = roundtrip(fd, b->req, elen, b->rep);
             kpp_reply r;
             if (n > 0 && kpp_decode_reply(b->rep, (size_t)n, KPP_OP_AUDIT_SIGN, &r) == 0)
-                u->st = r.status == 0 && kpp_reply_sig(&r, u->sig, &u->sig_len) != 0
-                            ? HSM_ERR_DEVICE
-                            : r.status;
+                u->st = r.status == 0 && kpp_reply_sig(&r, u->sig, &u->sig_len) != 0 ? SK_ERR_DEVICE
+                                                                                     : r.status;
         } else {
             size_t elen = kpp_encode_audit_pubkey(b->req, sizeof(b->req));
             ssize_t n = roundtrip(fd, b->req, elen, b->rep);
             kpp_reply r;
             if (n > 0 && kpp_decode_reply(b->rep, (size_t)n, KPP_OP_AUDIT_PUBKEY, &r) == 0)
                 u->st =
-                    r.status == 0 && kpp_reply_pubkey(&r, &u->pub) != 0 ? HSM_ERR_DEVICE : r.status;
+                    r.status == 0 && kpp_reply_pubkey(&r, &u->pub) != 0 ? SK_ERR_DEVICE : r.status;
         }
     }
     if (fd >= 0)
@@ -1266,17 +1265,17 @@ static void test_concurrent_first_uses_make_a_single_audit_key(void **state)
 
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    hsm_pubkey pub;
-    assert_int_equal(do_audit_pubkey(fd, b, &pub), HSM_OK);
+    sk_pubkey pub;
+    assert_int_equal(do_audit_pubkey(fd, b, &pub), SK_OK);
     assert_audit_shape(&pub);
     for (int i = 0; i < AUDIT_THREADS; i++) {
-        assert_int_equal(u[i].st, HSM_OK);
+        assert_int_equal(u[i].st, SK_OK);
         if (u[i].sign)
             assert_true(rs256_verifies(&pub, in, len, u[i].sig, u[i].sig_len));
         else
             assert_same_pubkey(&u[i].pub, &pub);
     }
-    hsm_key_entry e[8];
+    sk_key_entry e[8];
     int reserved = 0;
     assert_int_equal(do_list(fd, b, e, 8, &reserved), 1);
     assert_int_equal(reserved, 1);
@@ -1293,15 +1292,15 @@ test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input(void
     bufs *b = bufs_new();
     static bad_input bad[BAD_INPUTS_MAX];
     size_t n_bad = bad_inputs(bad);
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 0;
-    hsm_key_entry e[8];
+    sk_key_entry e[8];
     int reserved = 0;
 
     /* Refused inputs never reach the token: not even the key gets made. */
     for (size_t i = 0; i < n_bad; i++) {
         uint32_t st = do_audit_sign(fd, b, bad[i].in, bad[i].len, sig, &sig_len);
-        if (st != HSM_ERR_BAD_ARGUMENT)
+        if (st != SK_ERR_BAD_ARGUMENT)
             fail_msg("%s (input %zu): status %s", bad[i].why, i, kpp_status_name(st));
     }
     assert_int_equal(do_list(fd, b, e, 8, &reserved), 0);
@@ -1309,10 +1308,10 @@ test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input(void
     /* A checkpoint is the first use: the key is made and signs it, RS256. */
     char in[CHECKPOINT_MAX];
     size_t len = real_checkpoint(fx, in, sizeof(in), 1);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_OK);
     assert_int_equal(sig_len, KP_AUDIT_BITS / 8);
-    hsm_pubkey pub;
-    assert_int_equal(do_audit_pubkey(fd, b, &pub), HSM_OK);
+    sk_pubkey pub;
+    assert_int_equal(do_audit_pubkey(fd, b, &pub), SK_OK);
     assert_audit_shape(&pub);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
     assert_false(rs256_verifies(&pub, in, len - 1, sig, sig_len));
@@ -1322,16 +1321,16 @@ test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input(void
     /* The next checkpoint signs; the shortest and longest shapes pass the shape check but
      * are no checkpoint of the chain, and a made-up hash is not the chain's: refused. */
     len = real_checkpoint(fx, in, sizeof(in), 2);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_OK);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
     len = checkpoint_of_length(in, strlen(KP_AUDIT_HEADER_B64 ".") + 1);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
     len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
     char head[AUDIT_HASH_HEX + 1];
     chain_hash_at(fx, 3, head);
     len = checkpoint_input(in, sizeof(in), 3);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
 
     /* Past the bound, or empty: the protocol itself refuses (the encoder too). */
     len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX + 1);
@@ -1342,27 +1341,27 @@ test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input(void
     /* Every shape refusal again, with the key there, and the connection still serves. */
     for (size_t i = 0; i < n_bad; i++) {
         uint32_t st = do_audit_sign(fd, b, bad[i].in, bad[i].len, sig, &sig_len);
-        if (st != HSM_ERR_BAD_ARGUMENT)
+        if (st != SK_ERR_BAD_ARGUMENT)
             fail_msg("%s (input %zu): status %s", bad[i].why, i, kpp_status_name(st));
     }
-    assert_int_equal(do_ping(fd, b, NULL), HSM_OK);
+    assert_int_equal(do_ping(fd, b, NULL), SK_OK);
 
     /* The same through kp_ in remote mode: the keeper's answers, passed on. */
     kp *k = NULL;
     char err[256];
-    assert_int_equal(kp_connect(fx->c.keeper_socket, NULL, &k, err, sizeof(err)), HSM_OK);
-    hsm_pubkey again;
-    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &again), HSM_OK);
+    assert_int_equal(kp_connect(fx->c.keeper_socket, NULL, &k, err, sizeof(err)), SK_OK);
+    sk_pubkey again;
+    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &again), SK_OK);
     assert_same_pubkey(&again, &pub);
     len = real_checkpoint(fx, in, sizeof(in), 3);
-    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), SK_OK);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
     for (size_t i = 0; i < n_bad; i++)
         assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, bad[i].in, bad[i].len, sig, &sig_len),
-                         HSM_ERR_BAD_ARGUMENT);
-    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, 0, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+                         SK_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, 0, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
     len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX + 1);
-    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
     kp_close(k);
     close(fd);
     free(b);
@@ -1443,15 +1442,15 @@ static void test_keeper_refuses_to_sign_a_checkpoint_of_a_rewritten_history(void
     start_keeper(fx);
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 0;
     char in[CHECKPOINT_MAX], was5[AUDIT_HASH_HEX + 1], now5[AUDIT_HASH_HEX + 1];
 
     /* The honest trail: checkpoints at 3 and 5 sign. */
     size_t len = real_checkpoint(fx, in, sizeof(in), 3);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_OK);
     len = real_checkpoint(fx, in, sizeof(in), 5);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_OK);
     chain_hash_at(fx, 5, was5);
 
     /* Event 2 rewritten and the whole chain rehashed, then new events on top. */
@@ -1459,15 +1458,15 @@ static void test_keeper_refuses_to_sign_a_checkpoint_of_a_rewritten_history(void
     chain_hash_at(fx, 5, now5);
     assert_string_not_equal(now5, was5);
     len = real_checkpoint(fx, in, sizeof(in), 7);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
     /* Nor the rewritten hash at a seq signed before, nor a seq behind it; the same
      * statement as before is signed again (a retry). */
     len = checkpoint_naming(in, sizeof(in), 5, now5);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
     len = real_checkpoint(fx, in, sizeof(in), 4);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
     len = checkpoint_naming(in, sizeof(in), 5, was5);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_OK);
     close(fd);
 
     /* A restarted keeper remembers: its state is its own file, not appliance.db. */
@@ -1483,8 +1482,8 @@ static void test_keeper_refuses_to_sign_a_checkpoint_of_a_rewritten_history(void
     start_keeper(fx);
     fd = connect_keeper(fx);
     len = real_checkpoint(fx, in, sizeof(in), 8);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
-    assert_int_equal(do_ping(fd, b, NULL), HSM_OK);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_ping(fd, b, NULL), SK_OK);
     close(fd);
     free(b);
 }
@@ -1497,28 +1496,28 @@ static void test_checkpoints_are_checked_from_the_last_one_signed_not_from_seq_1
     start_keeper(fx);
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 0;
     char in[CHECKPOINT_MAX];
     size_t len = real_checkpoint(fx, in, sizeof(in), 5);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_OK);
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open_v2(fx->c.database, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_exec(db, "DELETE FROM audit WHERE seq < 5", NULL, NULL, NULL),
                      SQLITE_OK);
     sqlite3_close(db);
     len = real_checkpoint(fx, in, sizeof(in), 9);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_OK);
     close(fd);
     free(b);
 }
 
 /* What a front that owns appliance.db can do to bring a kid back: forget its row and its
  * revocation, and mark it pending. */
-static void forge_pending(fixture *fx, const hsm_kid *kid, int drop_row)
+static void forge_pending(fixture *fx, const sk_kid *kid, int drop_row)
 {
-    char hex[2 * HSM_KID_LEN + 1], sql[256];
-    hsm_kid_hex(kid, hex);
+    char hex[2 * SK_KID_LEN + 1], sql[256];
+    sk_kid_hex(kid, hex);
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open_v2(fx->c.database, &db, SQLITE_OPEN_READWRITE, NULL), SQLITE_OK);
     sqlite3_busy_timeout(db, 5000);
@@ -1540,40 +1539,40 @@ static void test_keeper_refuses_to_generate_under_a_revoked_kid(void **state)
     start_keeper(fx);
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    hsm_kid kid, stranger;
-    hsm_pubkey pub;
+    sk_kid kid, stranger;
+    sk_pubkey pub;
 
     /* A kid the registry never reserved: refused, nothing made. */
     testenv_kid(&stranger);
-    assert_int_equal(do_generate(fd, b, &stranger, 2048, &pub), HSM_ERR_BAD_ARGUMENT);
-    assert_int_equal(do_ping(fd, b, &stranger), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_generate(fd, b, &stranger, 2048, &pub), SK_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_ping(fd, b, &stranger), SK_ERR_KEY_NOT_FOUND);
 
     /* A key made, revoked, its object destroyed. */
     create_key(fx, fd, b, &kid, &pub);
     assert_int_equal(reg_revoke(fx->r, &kid, "compromised", T0 + 1, NULL), REG_OK);
-    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kid, NULL), HSM_OK);
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kid, NULL), SK_OK);
     /* The registry will not mark it pending; forged as pending beside its revoked row, or
      * with its row and revocation deleted, the keeper still refuses. */
     assert_int_equal(reg_pending_add(fx->r, &kid, T0), REG_ERR_EXISTS);
     forge_pending(fx, &kid, 0);
-    assert_int_equal(do_generate(fd, b, &kid, 2048, &pub), HSM_ERR_KEY_EXISTS);
+    assert_int_equal(do_generate(fd, b, &kid, 2048, &pub), SK_ERR_KEY_EXISTS);
     forge_pending(fx, &kid, 1);
-    assert_int_equal(do_generate(fd, b, &kid, 2048, &pub), HSM_ERR_KEY_EXISTS);
-    assert_int_equal(do_ping(fd, b, &kid), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_generate(fd, b, &kid, 2048, &pub), SK_ERR_KEY_EXISTS);
+    assert_int_equal(do_ping(fd, b, &kid), SK_ERR_KEY_NOT_FOUND);
     close(fd);
 
     /* A restarted keeper remembers. */
     stop_keeper(fx);
     start_keeper(fx);
     fd = connect_keeper(fx);
-    assert_int_equal(do_generate(fd, b, &kid, 2048, &pub), HSM_ERR_KEY_EXISTS);
+    assert_int_equal(do_generate(fd, b, &kid, 2048, &pub), SK_ERR_KEY_EXISTS);
     /* A kid pending and fresh is made once, and only once. */
-    hsm_kid fresh;
+    sk_kid fresh;
     testenv_kid(&fresh);
     pend(fx, &fresh);
-    assert_int_equal(do_generate(fd, b, &fresh, 2048, &pub), HSM_OK);
-    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &fresh, NULL), HSM_OK);
-    assert_int_equal(do_generate(fd, b, &fresh, 2048, &pub), HSM_ERR_KEY_EXISTS);
+    assert_int_equal(do_generate(fd, b, &fresh, 2048, &pub), SK_OK);
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &fresh, NULL), SK_OK);
+    assert_int_equal(do_generate(fd, b, &fresh, 2048, &pub), SK_ERR_KEY_EXISTS);
     close(fd);
     free(b);
 }
@@ -1583,7 +1582,7 @@ static void test_keeper_refuses_to_generate_under_a_revoked_kid(void **state)
 static void test_a_new_keeper_state_learns_every_kid_the_registry_holds(void **state)
 {
     fixture *fx = *state;
-    hsm_kid old;
+    sk_kid old;
     testenv_kid(&old);
     reg_key k;
     memset(&k, 0, sizeof(k));
@@ -1599,8 +1598,8 @@ static void test_a_new_keeper_state_learns_every_kid_the_registry_holds(void **s
     forge_pending(fx, &old, 1);
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    hsm_pubkey pub;
-    assert_int_equal(do_generate(fd, b, &old, 2048, &pub), HSM_ERR_KEY_EXISTS);
+    sk_pubkey pub;
+    assert_int_equal(do_generate(fd, b, &old, 2048, &pub), SK_ERR_KEY_EXISTS);
     close(fd);
     free(b);
 }
@@ -1698,11 +1697,11 @@ test_publication_key_signs_feeds_of_any_size_in_parts_and_refuses_a_lost_part(vo
     start_keeper(fx);
     kp *k = NULL;
     char err[256];
-    assert_int_equal(kp_connect(fx->c.keeper_socket, NULL, &k, err, sizeof(err)), HSM_OK);
-    hsm_pubkey pub, audit;
-    assert_int_equal(kp_svc_public_key(k, KP_SVC_PUBLISH, &pub), HSM_OK);
+    assert_int_equal(kp_connect(fx->c.keeper_socket, NULL, &k, err, sizeof(err)), SK_OK);
+    sk_pubkey pub, audit;
+    assert_int_equal(kp_svc_public_key(k, KP_SVC_PUBLISH, &pub), SK_OK);
     assert_int_equal(pub.bits, KP_PUBLISH_BITS);
-    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &audit), HSM_OK);
+    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &audit), SK_OK);
     assert_true(pub.n_len != audit.n_len || memcmp(pub.n, audit.n, pub.n_len) != 0);
 
     /* One part, several parts, a last part of every edge length: each verifies. */
@@ -1710,21 +1709,21 @@ test_publication_key_signs_feeds_of_any_size_in_parts_and_refuses_a_lost_part(vo
                            KPP_BODY_MAX, 2 * KPP_BODY_MAX + 7, 1000 * 1000};
     uint8_t *in = malloc(1000 * 1000 + 16);
     assert_non_null(in);
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 0;
     for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
         size_t len = feed_input(in, lens[i]);
-        assert_int_equal(kp_svc_sign(k, KP_SVC_PUBLISH, in, len, sig, &sig_len), HSM_OK);
+        assert_int_equal(kp_svc_sign(k, KP_SVC_PUBLISH, in, len, sig, &sig_len), SK_OK);
         assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
         assert_false(rs256_verifies(&audit, in, len, sig, sig_len));
     }
     /* The publication key signs feeds only: a checkpoint or a token is refused. */
     size_t len = checkpoint_input((char *)in, 1000, 1);
-    assert_int_equal(kp_svc_sign(k, KP_SVC_PUBLISH, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_PUBLISH, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
     len = feed_input(in, 300);
-    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
     in[250] = '.';
-    assert_int_equal(kp_svc_sign(k, KP_SVC_PUBLISH, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_PUBLISH, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
     kp_close(k);
 
     /* By hand: a part, then a last part whose total says one part is missing. */
@@ -1733,19 +1732,19 @@ test_publication_key_signs_feeds_of_any_size_in_parts_and_refuses_a_lost_part(vo
     kpp_reply r;
     len = feed_input(in, 3000);
     size_t n = kpp_encode_publish_part(b->req, sizeof(b->req), in, 1000);
-    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_PART, b->rep, &r), HSM_OK);
+    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_PART, b->rep, &r), SK_OK);
     n = kpp_encode_publish_sign(b->req, sizeof(b->req), 3000, in + 2000, 1000);
-    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_SIGN, b->rep, &r), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_SIGN, b->rep, &r), SK_ERR_BAD_ARGUMENT);
     /* The pending input went with the refusal: a whole feed after it signs cleanly. */
     n = kpp_encode_publish_part(b->req, sizeof(b->req), in, 2000);
-    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_PART, b->rep, &r), HSM_OK);
+    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_PART, b->rep, &r), SK_OK);
     n = kpp_encode_publish_sign(b->req, sizeof(b->req), 3000, in + 2000, 1000);
-    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_SIGN, b->rep, &r), HSM_OK);
+    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_SIGN, b->rep, &r), SK_OK);
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), 0);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
     /* A middle part alone (its first part lost) is not feed-shaped. */
     n = kpp_encode_publish_sign(b->req, sizeof(b->req), 1000, in + 1000, 1000);
-    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_SIGN, b->rep, &r), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(call(fd, b->req, n, KPP_OP_PUBLISH_SIGN, b->rep, &r), SK_ERR_BAD_ARGUMENT);
     close(fd);
     free(b);
     free(in);
@@ -1757,18 +1756,18 @@ static void test_sign_ping_generate_and_destroy_refuse_the_reserved_kid(void **s
     start_keeper(fx);
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    hsm_kid kid = audit_kid();
-    hsm_pubkey pub, again;
-    uint8_t sig[HSM_SIG_MAX];
+    sk_kid kid = audit_kid();
+    sk_pubkey pub, again;
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len;
-    hsm_key_entry e[8];
+    sk_key_entry e[8];
     int reserved = 0;
 
     /* GENERATE cannot make the audit key ahead of the keeper, at a size of its choosing. */
-    assert_int_equal(do_generate(fd, b, &kid, 2048, &pub), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_generate(fd, b, &kid, 2048, &pub), SK_ERR_BAD_ARGUMENT);
     assert_int_equal(do_list(fd, b, e, 8, &reserved), 0);
-    assert_int_equal(do_audit_pubkey(fd, b, &pub), HSM_OK);
-    assert_int_equal(do_generate(fd, b, &kid, 4096, &again), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_audit_pubkey(fd, b, &pub), SK_OK);
+    assert_int_equal(do_generate(fd, b, &kid, 4096, &again), SK_ERR_BAD_ARGUMENT);
 
     /* Even with an active registry row for the reserved kid (which no create can make),
      * SIGN refuses it before the registry is asked, and so does the probe. */
@@ -1784,32 +1783,32 @@ static void test_sign_ping_generate_and_destroy_refuse_the_reserved_kid(void **s
     assert_int_equal(reg_insert(fx->r, &row), REG_OK);
     char in[CHECKPOINT_MAX];
     size_t len = real_checkpoint(fx, in, sizeof(in), 1);
-    assert_int_equal(do_sign(fd, b, &kid, in, len, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
-    assert_int_equal(do_sign(fd, b, &kid, "x", 1, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
-    assert_int_equal(do_ping(fd, b, &kid), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_sign(fd, b, &kid, in, len, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_sign(fd, b, &kid, "x", 1, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_ping(fd, b, &kid), SK_ERR_KEY_NOT_FOUND);
 
     /* DESTROY refuses it whatever the registry says: active, or revoked. */
-    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kid, NULL), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kid, NULL), SK_ERR_BAD_ARGUMENT);
     assert_int_equal(reg_revoke(fx->r, &kid, "retired", T0 + 1, NULL), REG_OK);
-    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kid, NULL), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_DESTROY, &kid, NULL), SK_ERR_BAD_ARGUMENT);
 
     /* The key survived it all and still signs checkpoints. */
-    assert_int_equal(do_audit_pubkey(fd, b, &again), HSM_OK);
+    assert_int_equal(do_audit_pubkey(fd, b, &again), SK_OK);
     assert_same_pubkey(&again, &pub);
     assert_int_equal(do_list(fd, b, e, 8, &reserved), 1);
     assert_int_equal(reserved, 1);
-    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_OK);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
 
     /* kp_ refuses the same in remote mode before asking the keeper. */
     kp *k = NULL;
     char err[256];
-    assert_int_equal(kp_connect(fx->c.keeper_socket, NULL, &k, err, sizeof(err)), HSM_OK);
-    assert_int_equal(kp_sign(k, &kid, in, len, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
-    assert_int_equal(kp_ping(k, &kid), HSM_ERR_KEY_NOT_FOUND);
-    assert_int_equal(kp_destroy(k, &kid), HSM_ERR_BAD_ARGUMENT);
-    assert_int_equal(kp_generate(k, &kid, 2048, &again), HSM_ERR_BAD_ARGUMENT);
-    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &again), HSM_OK);
+    assert_int_equal(kp_connect(fx->c.keeper_socket, NULL, &k, err, sizeof(err)), SK_OK);
+    assert_int_equal(kp_sign(k, &kid, in, len, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(kp_ping(k, &kid), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(kp_destroy(k, &kid), SK_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_generate(k, &kid, 2048, &again), SK_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &again), SK_OK);
     assert_same_pubkey(&again, &pub);
     kp_close(k);
     close(fd);
@@ -1825,9 +1824,9 @@ static int reconcile_quietly(kp *k, reg *r, rec_report *rep)
     assert_non_null(log);
     int rc = rec_run(k, r, log, rep);
     fclose(log);
-    hsm_kid kid = audit_kid();
-    char hex[2 * HSM_KID_LEN + 1];
-    hsm_kid_hex(&kid, hex);
+    sk_kid kid = audit_kid();
+    char hex[2 * SK_KID_LEN + 1];
+    sk_kid_hex(&kid, hex);
     if (text != NULL && strstr(text, hex) != NULL)
         fail_msg("reconcile logged the audit key: %s", text);
     free(text);
@@ -1840,17 +1839,17 @@ static void test_reconcile_through_the_keeper_leaves_the_audit_key_alone(void **
     start_keeper(fx);
     int fd = connect_keeper(fx);
     bufs *b = bufs_new();
-    hsm_pubkey pub, again, ignored;
-    assert_int_equal(do_audit_pubkey(fd, b, &pub), HSM_OK);
-    hsm_kid orphan, kept;
+    sk_pubkey pub, again, ignored;
+    assert_int_equal(do_audit_pubkey(fd, b, &pub), SK_OK);
+    sk_kid orphan, kept;
     testenv_kid(&orphan);
     pend(fx, &orphan);
-    assert_int_equal(do_generate(fd, b, &orphan, 2048, &ignored), HSM_OK);
+    assert_int_equal(do_generate(fd, b, &orphan, 2048, &ignored), SK_OK);
     create_key(fx, fd, b, &kept, &ignored);
 
     kp *k = NULL;
     char err[256];
-    assert_int_equal(kp_connect(fx->c.keeper_socket, NULL, &k, err, sizeof(err)), HSM_OK);
+    assert_int_equal(kp_connect(fx->c.keeper_socket, NULL, &k, err, sizeof(err)), SK_OK);
     rec_report rep;
     assert_int_equal(reconcile_quietly(k, fx->r, &rep), 0);
     assert_int_equal(rep.orphans_destroyed, 1); /* the real orphan, not the audit key */
@@ -1860,13 +1859,13 @@ static void test_reconcile_through_the_keeper_leaves_the_audit_key_alone(void **
     assert_int_equal(rep.orphans_destroyed, 0);
     kp_close(k);
 
-    hsm_key_entry e[8];
+    sk_key_entry e[8];
     int reserved = 0;
     assert_int_equal(do_list(fd, b, e, 8, &reserved), 2); /* the kept key, the audit key */
     assert_int_equal(reserved, 1);
-    assert_int_equal(do_audit_pubkey(fd, b, &again), HSM_OK);
+    assert_int_equal(do_audit_pubkey(fd, b, &again), SK_OK);
     assert_same_pubkey(&again, &pub);
-    assert_int_equal(do_ping(fd, b, &orphan), HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(do_ping(fd, b, &orphan), SK_ERR_KEY_NOT_FOUND);
     close(fd);
     free(b);
 }
@@ -1874,8 +1873,8 @@ static void test_reconcile_through_the_keeper_leaves_the_audit_key_alone(void **
 typedef struct {
     kp *k;
     pthread_barrier_t *go;
-    hsm_status st;
-    hsm_pubkey pub;
+    sk_status st;
+    sk_pubkey pub;
 } inproc_user;
 
 static void *inproc_user_main(void *arg)
@@ -1898,10 +1897,10 @@ static kp *open_in_process(fixture *fx)
     kp *k = NULL;
     char err[512];
     err[0] = '\0';
-    hsm_status st = kp_open(&hc, &k, err, sizeof(err));
-    if (st != HSM_OK)
+    sk_status st = kp_open(&hc, &k, err, sizeof(err));
+    if (st != SK_OK)
         fprintf(stderr, "kp_open: %s\n", err);
-    assert_int_equal(st, HSM_OK);
+    assert_int_equal(st, SK_OK);
     assert_non_null(k);
     return k;
 }
@@ -1913,24 +1912,24 @@ static void test_in_process_audit_key_signs_checkpoints_only_and_reconcile_keeps
     kp *k = open_in_process(fx);
     static bad_input bad[BAD_INPUTS_MAX];
     size_t n_bad = bad_inputs(bad);
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 0;
     char in[CHECKPOINT_MAX];
     size_t len;
-    hsm_key_entry e[8];
+    sk_key_entry e[8];
     size_t count = 0;
 
     /* Refusals touch nothing. */
     for (size_t i = 0; i < n_bad; i++) {
-        hsm_status st = kp_svc_sign(k, KP_SVC_AUDIT, bad[i].in, bad[i].len, sig, &sig_len);
-        if (st != HSM_ERR_BAD_ARGUMENT)
-            fail_msg("%s (input %zu): status %s", bad[i].why, i, hsm_status_name(st));
+        sk_status st = kp_svc_sign(k, KP_SVC_AUDIT, bad[i].in, bad[i].len, sig, &sig_len);
+        if (st != SK_ERR_BAD_ARGUMENT)
+            fail_msg("%s (input %zu): status %s", bad[i].why, i, sk_status_name(st));
     }
-    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, "", 0, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
-    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, NULL, 0, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, "", 0, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, NULL, 0, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
     len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX + 1);
-    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_ERR_BAD_ARGUMENT);
-    assert_int_equal(kp_list(k, e, 8, &count), HSM_OK);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_list(k, e, 8, &count), SK_OK);
     assert_int_equal(count, 0);
 
     /* First use from many threads at once: one key, the same for all. */
@@ -1939,62 +1938,62 @@ static void test_in_process_audit_key_signs_checkpoints_only_and_reconcile_keeps
     inproc_user u[AUDIT_THREADS];
     pthread_t th[AUDIT_THREADS];
     for (int i = 0; i < AUDIT_THREADS; i++) {
-        u[i] = (inproc_user){.k = k, .go = &go, .st = HSM_ERR_DEVICE};
+        u[i] = (inproc_user){.k = k, .go = &go, .st = SK_ERR_DEVICE};
         assert_int_equal(pthread_create(&th[i], NULL, inproc_user_main, &u[i]), 0);
     }
     for (int i = 0; i < AUDIT_THREADS; i++)
         pthread_join(th[i], NULL);
     pthread_barrier_destroy(&go);
-    hsm_pubkey pub, again;
-    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &pub), HSM_OK);
+    sk_pubkey pub, again;
+    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &pub), SK_OK);
     assert_audit_shape(&pub);
     for (int i = 0; i < AUDIT_THREADS; i++) {
-        assert_int_equal(u[i].st, HSM_OK);
+        assert_int_equal(u[i].st, SK_OK);
         assert_same_pubkey(&u[i].pub, &pub);
     }
-    assert_int_equal(kp_list(k, e, 8, &count), HSM_OK);
+    assert_int_equal(kp_list(k, e, 8, &count), SK_OK);
     assert_int_equal(count, 1);
     assert_true(kp_is_reserved(&e[0].kid));
 
     /* Checkpoints sign and verify; everything else is refused, the key there or not. */
     len = checkpoint_input(in, sizeof(in), 1);
-    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), SK_OK);
     assert_int_equal(sig_len, KP_AUDIT_BITS / 8);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
     len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX);
-    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), SK_OK);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
     for (size_t i = 0; i < n_bad; i++)
         assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, bad[i].in, bad[i].len, sig, &sig_len),
-                         HSM_ERR_BAD_ARGUMENT);
+                         SK_ERR_BAD_ARGUMENT);
 
     /* The reserved kid is nobody's to sign with, probe, make or destroy. */
-    hsm_kid kid = audit_kid();
-    assert_int_equal(kp_sign(k, &kid, in, len, sig, &sig_len), HSM_ERR_KEY_NOT_FOUND);
-    assert_int_equal(kp_ping(k, &kid), HSM_ERR_KEY_NOT_FOUND);
-    assert_int_equal(kp_destroy(k, &kid), HSM_ERR_BAD_ARGUMENT);
-    assert_int_equal(kp_generate(k, &kid, 2048, &again), HSM_ERR_BAD_ARGUMENT);
+    sk_kid kid = audit_kid();
+    assert_int_equal(kp_sign(k, &kid, in, len, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(kp_ping(k, &kid), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(kp_destroy(k, &kid), SK_ERR_BAD_ARGUMENT);
+    assert_int_equal(kp_generate(k, &kid, 2048, &again), SK_ERR_BAD_ARGUMENT);
 
     /* Reconcile in-process: the orphan goes, the audit key stays. */
-    hsm_kid orphan;
+    sk_kid orphan;
     testenv_kid(&orphan);
-    assert_int_equal(kp_generate(k, &orphan, 2048, &again), HSM_OK);
+    assert_int_equal(kp_generate(k, &orphan, 2048, &again), SK_OK);
     rec_report rep;
     assert_int_equal(reconcile_quietly(k, fx->r, &rep), 0);
     assert_int_equal(rep.orphans_destroyed, 1);
-    assert_int_equal(kp_list(k, e, 8, &count), HSM_OK);
+    assert_int_equal(kp_list(k, e, 8, &count), SK_OK);
     assert_int_equal(count, 1);
     assert_true(kp_is_reserved(&e[0].kid));
     kp_close(k);
 
     /* Reopened (a restart): the same key, found and not made again. */
     k = open_in_process(fx);
-    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &again), HSM_OK);
+    assert_int_equal(kp_svc_public_key(k, KP_SVC_AUDIT, &again), SK_OK);
     assert_same_pubkey(&again, &pub);
     len = checkpoint_input(in, sizeof(in), 2);
-    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), HSM_OK);
+    assert_int_equal(kp_svc_sign(k, KP_SVC_AUDIT, in, len, sig, &sig_len), SK_OK);
     assert_true(rs256_verifies(&pub, in, len, sig, sig_len));
-    assert_int_equal(kp_list(k, e, 8, &count), HSM_OK);
+    assert_int_equal(kp_list(k, e, 8, &count), SK_OK);
     assert_int_equal(count, 1);
     kp_close(k);
 }

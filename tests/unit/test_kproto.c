@@ -4,7 +4,7 @@
  * so under the ASan build (make SANITIZE=1 build/asan/tests/test_kproto) a read one byte
  * past a message fails the test. The randomized test uses a fixed seed: a failure repeats.
  */
-#include "appliance/kproto.h"
+#include "appliance/kproto/kproto.h"
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -24,10 +24,10 @@ static uint8_t reenc[KPP_MSG_MAX];        /* re-encodings */
 
 /* ---- helpers ---------------------------------------------------------------------------- */
 
-static hsm_kid make_kid(uint8_t seed)
+static sk_kid make_kid(uint8_t seed)
 {
-    hsm_kid k;
-    for (int i = 0; i < HSM_KID_LEN; i++)
+    sk_kid k;
+    for (int i = 0; i < SK_KID_LEN; i++)
         k.b[i] = (uint8_t)(seed * 31 + i * 7 + 1);
     return k;
 }
@@ -124,9 +124,9 @@ static kpp_reply reply_of(kpp_op op, uint32_t status, const uint8_t *body, size_
     return r;
 }
 
-static hsm_pubkey sample_pubkey(unsigned bits)
+static sk_pubkey sample_pubkey(unsigned bits)
 {
-    hsm_pubkey p;
+    sk_pubkey p;
     memset(&p, 0, sizeof(p));
     p.bits = bits;
     p.n_len = bits / 8;
@@ -144,10 +144,10 @@ static hsm_pubkey sample_pubkey(unsigned bits)
 static void test_sign_request_round_trips_kid_and_message(void **state)
 {
     (void)state;
-    hsm_kid kid = make_kid(1);
+    sk_kid kid = make_kid(1);
     const char *msg = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0";
     size_t n = kpp_encode_sign(scratch, sizeof(scratch), &kid, msg, strlen(msg));
-    assert_int_equal(n, KPP_HDR_LEN + HSM_KID_LEN + strlen(msg));
+    assert_int_equal(n, KPP_HDR_LEN + SK_KID_LEN + strlen(msg));
 
     kpp_request r;
     uint16_t echo = 0;
@@ -155,18 +155,18 @@ static void test_sign_request_round_trips_kid_and_message(void **state)
     assert_int_equal(r.op, KPP_OP_SIGN);
     assert_int_equal(echo, KPP_OP_SIGN);
     assert_true(r.has_kid);
-    assert_memory_equal(r.kid.b, kid.b, HSM_KID_LEN);
+    assert_memory_equal(r.kid.b, kid.b, SK_KID_LEN);
     assert_int_equal(r.msg_len, strlen(msg));
     assert_memory_equal(r.msg, msg, strlen(msg));
-    assert_ptr_equal(r.msg, scratch + KPP_HDR_LEN + HSM_KID_LEN); /* points into the buffer */
+    assert_ptr_equal(r.msg, scratch + KPP_HDR_LEN + SK_KID_LEN); /* points into the buffer */
 
     /* An empty message is a valid SIGN (and msg may then be NULL). */
     n = kpp_encode_sign(scratch, sizeof(scratch), &kid, NULL, 0);
-    assert_int_equal(n, KPP_HDR_LEN + HSM_KID_LEN);
+    assert_int_equal(n, KPP_HDR_LEN + SK_KID_LEN);
     assert_int_equal(decode_req(scratch, n, &r, NULL), 0);
     assert_int_equal(r.op, KPP_OP_SIGN);
     assert_int_equal(r.msg_len, 0);
-    assert_memory_equal(r.kid.b, kid.b, HSM_KID_LEN);
+    assert_memory_equal(r.kid.b, kid.b, SK_KID_LEN);
 }
 
 static void test_generate_request_round_trips_each_allowed_size(void **state)
@@ -174,7 +174,7 @@ static void test_generate_request_round_trips_each_allowed_size(void **state)
     (void)state;
     const unsigned sizes[] = {2048, 3072, 4096};
     for (size_t i = 0; i < 3; i++) {
-        hsm_kid kid = make_kid((uint8_t)(10 + i));
+        sk_kid kid = make_kid((uint8_t)(10 + i));
         size_t n = kpp_encode_generate(scratch, sizeof(scratch), &kid, sizes[i]);
         assert_int_equal(n, KPP_HDR_LEN + 20);
         kpp_request r;
@@ -182,7 +182,7 @@ static void test_generate_request_round_trips_each_allowed_size(void **state)
         assert_int_equal(r.op, KPP_OP_GENERATE);
         assert_int_equal(r.bits, sizes[i]);
         assert_true(r.has_kid);
-        assert_memory_equal(r.kid.b, kid.b, HSM_KID_LEN);
+        assert_memory_equal(r.kid.b, kid.b, SK_KID_LEN);
     }
 }
 
@@ -191,24 +191,24 @@ static void test_destroy_requests_round_trip_the_kid_and_the_retired_op_3_is_unk
     (void)state;
     const kpp_op ops[] = {KPP_OP_DESTROY};
     /* Op 3 (PUBLIC_KEY until it was removed): no encoder makes it, no decoder takes it. */
-    hsm_kid k3 = make_kid(3);
+    sk_kid k3 = make_kid(3);
     assert_int_equal(kpp_encode_kid_op(scratch, sizeof(scratch), (kpp_op)KPP_OP_RETIRED, &k3), 0);
-    size_t n3 = raw_message(scratch, KPP_OP_RETIRED, 0, k3.b, HSM_KID_LEN);
+    size_t n3 = raw_message(scratch, KPP_OP_RETIRED, 0, k3.b, SK_KID_LEN);
     assert_request_refused(scratch, n3, KPP_ERR_UNKNOWN_OP, KPP_OP_RETIRED);
     kpp_reply r3;
     n3 = kpp_encode_status(scratch, sizeof(scratch), KPP_OP_RETIRED, 0);
     assert_int_equal(decode_rep(scratch, n3, (kpp_op)KPP_OP_RETIRED, &r3), KPP_ERR_UNKNOWN_OP);
     for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
-        hsm_kid kid = make_kid((uint8_t)(20 + i));
+        sk_kid kid = make_kid((uint8_t)(20 + i));
         size_t n = kpp_encode_kid_op(scratch, sizeof(scratch), ops[i], &kid);
-        assert_int_equal(n, KPP_HDR_LEN + HSM_KID_LEN);
+        assert_int_equal(n, KPP_HDR_LEN + SK_KID_LEN);
         kpp_request r;
         uint16_t echo = 0;
         assert_int_equal(decode_req(scratch, n, &r, &echo), 0);
         assert_int_equal(r.op, ops[i]);
         assert_int_equal(echo, ops[i]);
         assert_true(r.has_kid);
-        assert_memory_equal(r.kid.b, kid.b, HSM_KID_LEN);
+        assert_memory_equal(r.kid.b, kid.b, SK_KID_LEN);
     }
 }
 
@@ -230,24 +230,24 @@ static void test_list_request_round_trips_the_offset(void **state)
 static void test_ping_request_round_trips_with_and_without_a_kid(void **state)
 {
     (void)state;
-    hsm_kid kid = make_kid(30);
+    sk_kid kid = make_kid(30);
     size_t n = kpp_encode_ping(scratch, sizeof(scratch), &kid);
     assert_int_equal(n, KPP_HDR_LEN + 17);
     kpp_request r;
     assert_int_equal(decode_req(scratch, n, &r, NULL), 0);
     assert_int_equal(r.op, KPP_OP_PING);
     assert_int_equal(r.has_kid, 1);
-    assert_memory_equal(r.kid.b, kid.b, HSM_KID_LEN);
+    assert_memory_equal(r.kid.b, kid.b, SK_KID_LEN);
 
     n = kpp_encode_ping(scratch, sizeof(scratch), NULL);
     assert_int_equal(n, KPP_HDR_LEN + 17);
     assert_int_equal(scratch[KPP_HDR_LEN], 0);
-    static const uint8_t zero[HSM_KID_LEN];
-    assert_memory_equal(scratch + KPP_HDR_LEN + 1, zero, HSM_KID_LEN);
+    static const uint8_t zero[SK_KID_LEN];
+    assert_memory_equal(scratch + KPP_HDR_LEN + 1, zero, SK_KID_LEN);
     assert_int_equal(decode_req(scratch, n, &r, NULL), 0);
     assert_int_equal(r.op, KPP_OP_PING);
     assert_int_equal(r.has_kid, 0);
-    assert_memory_equal(r.kid.b, zero, HSM_KID_LEN);
+    assert_memory_equal(r.kid.b, zero, SK_KID_LEN);
 }
 
 static void test_ping_without_a_kid_ignores_the_kid_bytes(void **state)
@@ -260,8 +260,8 @@ static void test_ping_without_a_kid_ignores_the_kid_bytes(void **state)
     kpp_request r;
     assert_int_equal(decode_req(scratch, n, &r, NULL), 0);
     assert_int_equal(r.has_kid, 0);
-    static const uint8_t zero[HSM_KID_LEN];
-    assert_memory_equal(r.kid.b, zero, HSM_KID_LEN);
+    static const uint8_t zero[SK_KID_LEN];
+    assert_memory_equal(r.kid.b, zero, SK_KID_LEN);
 }
 
 static void test_sessions_request_round_trips_with_an_empty_body(void **state)
@@ -404,7 +404,7 @@ static void test_audit_sign_accepts_1_to_KPP_AUDIT_SIGN_MAX_bytes_and_refuses_ot
     n = raw_message(scratch, KPP_OP_AUDIT_SIGN, 0, NULL, KPP_BODY_MAX + 1);
     assert_request_refused(scratch, n, KPP_ERR_OVERSIZED, KPP_OP_AUDIT_SIGN);
     /* And a nonzero status is no request. */
-    n = raw_message(scratch, KPP_OP_AUDIT_SIGN, HSM_ERR_DEVICE, in, 10);
+    n = raw_message(scratch, KPP_OP_AUDIT_SIGN, SK_ERR_DEVICE, in, 10);
     assert_request_refused(scratch, n, KPP_ERR_NOT_REQUEST, KPP_OP_AUDIT_SIGN);
     n = raw_message(scratch, KPP_OP_AUDIT_PUBKEY, 1, NULL, 0);
     assert_request_refused(scratch, n, KPP_ERR_NOT_REQUEST, KPP_OP_AUDIT_PUBKEY);
@@ -413,8 +413,8 @@ static void test_audit_sign_accepts_1_to_KPP_AUDIT_SIGN_MAX_bytes_and_refuses_ot
 static void test_wire_layout_is_big_endian_as_specified(void **state)
 {
     (void)state;
-    hsm_kid kid;
-    for (int i = 0; i < HSM_KID_LEN; i++)
+    sk_kid kid;
+    for (int i = 0; i < SK_KID_LEN; i++)
         kid.b[i] = (uint8_t)i;
     size_t n = kpp_encode_generate(scratch, sizeof(scratch), &kid, 3072);
     const uint8_t want[] = {0x4b, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
@@ -429,7 +429,7 @@ static void test_wire_layout_is_big_endian_as_specified(void **state)
     assert_int_equal(n, sizeof(want_status));
     assert_memory_equal(scratch, want_status, sizeof(want_status));
 
-    hsm_key_entry e = {.kid = kid, .has_private = 1, .has_public = 1};
+    sk_key_entry e = {.kid = kid, .has_private = 1, .has_public = 1};
     n = kpp_encode_list_reply(scratch, sizeof(scratch), 0x0a0b0c0du, &e, 1);
     assert_int_equal(n, KPP_HDR_LEN + 8 + 17);
     const uint8_t want_list_head[] = {0x00, 0x00, 0x00, 0x19, 0x0a, 0x0b,
@@ -441,7 +441,7 @@ static void test_wire_layout_is_big_endian_as_specified(void **state)
 static void test_sign_accepts_KPP_SIGN_MAX_bytes_and_refuses_one_more(void **state)
 {
     (void)state;
-    hsm_kid kid = make_kid(40);
+    sk_kid kid = make_kid(40);
     uint8_t *msg = malloc(KPP_SIGN_MAX + 1);
     assert_non_null(msg);
     for (size_t i = 0; i < KPP_SIGN_MAX + 1; i++)
@@ -458,7 +458,7 @@ static void test_sign_accepts_KPP_SIGN_MAX_bytes_and_refuses_one_more(void **sta
     assert_int_equal(kpp_encode_sign(scratch, sizeof(scratch), &kid, msg, KPP_SIGN_MAX + 1), 0);
 
     /* And so does the decoder, given the message built by hand. */
-    n = raw_message(scratch, KPP_OP_SIGN, 0, NULL, HSM_KID_LEN + KPP_SIGN_MAX + 1);
+    n = raw_message(scratch, KPP_OP_SIGN, 0, NULL, SK_KID_LEN + KPP_SIGN_MAX + 1);
     assert_int_equal(n, KPP_MSG_MAX + 1);
     assert_request_refused(scratch, n, KPP_ERR_OVERSIZED, KPP_OP_SIGN);
     free(msg);
@@ -469,7 +469,7 @@ static void test_sign_accepts_KPP_SIGN_MAX_bytes_and_refuses_one_more(void **sta
 static void test_request_shorter_than_a_header_is_short_and_echoes_0(void **state)
 {
     (void)state;
-    size_t full = kpp_encode_generate(scratch, sizeof(scratch), &(hsm_kid){{0}}, 2048);
+    size_t full = kpp_encode_generate(scratch, sizeof(scratch), &(sk_kid){{0}}, 2048);
     assert_int_not_equal(full, 0);
     for (size_t len = 0; len < KPP_HDR_LEN; len++)
         assert_request_refused(scratch, len, KPP_ERR_SHORT, 0);
@@ -546,7 +546,7 @@ static void test_bad_version_is_refused_and_echoes_the_op(void **state)
     (void)state;
     const uint8_t versions[] = {0, 2, 0x81, 0xff};
     for (size_t i = 0; i < sizeof(versions); i++) {
-        hsm_kid kid = make_kid(2);
+        sk_kid kid = make_kid(2);
         size_t n = kpp_encode_kid_op(scratch, sizeof(scratch), KPP_OP_DESTROY, &kid);
         scratch[1] = versions[i];
         assert_request_refused(scratch, n, KPP_ERR_VERSION, KPP_OP_DESTROY);
@@ -559,13 +559,13 @@ static void test_bad_version_is_refused_and_echoes_the_op(void **state)
 static void test_body_length_beyond_the_bytes_is_short(void **state)
 {
     (void)state;
-    hsm_kid kid = make_kid(3);
+    sk_kid kid = make_kid(3);
     size_t n = kpp_encode_kid_op(scratch, sizeof(scratch), KPP_OP_DESTROY, &kid);
     /* Truncated: the field says 16, fewer bytes follow. */
     for (size_t len = KPP_HDR_LEN; len < n; len++)
         assert_request_refused(scratch, len, KPP_ERR_SHORT, KPP_OP_DESTROY);
     /* Or the field says more than there is. */
-    put32(scratch + 8, HSM_KID_LEN + 1);
+    put32(scratch + 8, SK_KID_LEN + 1);
     assert_request_refused(scratch, n, KPP_ERR_SHORT, KPP_OP_DESTROY);
     put32(scratch + 8, KPP_BODY_MAX);
     assert_request_refused(scratch, n, KPP_ERR_SHORT, KPP_OP_DESTROY);
@@ -578,9 +578,9 @@ static void test_body_length_short_of_the_bytes_is_oversized(void **state)
     scratch[n] = 0;
     assert_request_refused(scratch, n + 1, KPP_ERR_OVERSIZED, KPP_OP_SESSIONS);
 
-    hsm_kid kid = make_kid(4);
+    sk_kid kid = make_kid(4);
     n = kpp_encode_kid_op(scratch, sizeof(scratch), KPP_OP_DESTROY, &kid);
-    put32(scratch + 8, HSM_KID_LEN - 1);
+    put32(scratch + 8, SK_KID_LEN - 1);
     assert_request_refused(scratch, n, KPP_ERR_OVERSIZED, KPP_OP_DESTROY);
     put32(scratch + 8, 0);
     assert_request_refused(scratch, n, KPP_ERR_OVERSIZED, KPP_OP_DESTROY);
@@ -591,7 +591,7 @@ static void test_body_length_above_body_max_is_oversized(void **state)
     (void)state;
     const uint32_t lens[] = {KPP_BODY_MAX + 1, 0x7fffffffu, UINT32_MAX};
     for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
-        hsm_kid kid = make_kid(5);
+        sk_kid kid = make_kid(5);
         size_t n = kpp_encode_sign(scratch, sizeof(scratch), &kid, "abc", 3);
         put32(scratch + 8, lens[i]);
         assert_request_refused(scratch, n, KPP_ERR_OVERSIZED, KPP_OP_SIGN);
@@ -616,7 +616,7 @@ static void test_unknown_op_is_refused_and_echoed(void **state)
 static void test_nonzero_status_in_a_request_is_not_a_request(void **state)
 {
     (void)state;
-    const uint32_t statuses[] = {1, HSM_ERR_KEY_NOT_FOUND, KPP_ERR_SHORT, 0x80000000u, UINT32_MAX};
+    const uint32_t statuses[] = {1, SK_ERR_KEY_NOT_FOUND, KPP_ERR_SHORT, 0x80000000u, UINT32_MAX};
     for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++) {
         size_t n = kpp_encode_list(scratch, sizeof(scratch), 0);
         put32(scratch + 4, statuses[i]);
@@ -698,7 +698,7 @@ static void test_failed_request_decode_leaves_the_output_zeroed(void **state)
     assert_int_equal(r.op, 0);
     assert_int_equal(r.has_kid, 0);
     assert_null(r.msg);
-    assert_memory_equal(r.kid.b, zero.kid.b, HSM_KID_LEN);
+    assert_memory_equal(r.kid.b, zero.kid.b, SK_KID_LEN);
 }
 
 /* ---- reply round trips ------------------------------------------------------------------ */
@@ -706,7 +706,7 @@ static void test_failed_request_decode_leaves_the_output_zeroed(void **state)
 static void test_status_reply_round_trips_any_op_and_status(void **state)
 {
     (void)state;
-    const uint32_t statuses[] = {HSM_OK, HSM_ERR_KEY_NOT_FOUND, HSM_ERR_DEVICE, KPP_ERR_BAD_BODY,
+    const uint32_t statuses[] = {SK_OK, SK_ERR_KEY_NOT_FOUND, SK_ERR_DEVICE, KPP_ERR_BAD_BODY,
                                  UINT32_MAX};
     for (int op = ALL_OPS_FIRST; op <= ALL_OPS_LAST; op++) {
         if (op == KPP_OP_RETIRED)
@@ -730,10 +730,10 @@ static void test_status_reply_round_trips_any_op_and_status(void **state)
 static void test_sig_reply_round_trips_from_1_to_HSM_SIG_MAX_bytes(void **state)
 {
     (void)state;
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     for (size_t i = 0; i < sizeof(sig); i++)
         sig[i] = (uint8_t)(i ^ 0x5a);
-    const size_t lens[] = {1, 256, 384, HSM_SIG_MAX};
+    const size_t lens[] = {1, 256, 384, SK_SIG_MAX};
     const kpp_op ops[] = {KPP_OP_SIGN, KPP_OP_AUDIT_SIGN};
     for (size_t o = 0; o < 2; o++) {
         for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
@@ -743,7 +743,7 @@ static void test_sig_reply_round_trips_from_1_to_HSM_SIG_MAX_bytes(void **state)
             kpp_reply r;
             assert_int_equal(decode_rep(scratch, n, ops[o], &r), 0);
             assert_int_equal(r.status, 0);
-            uint8_t got[HSM_SIG_MAX];
+            uint8_t got[SK_SIG_MAX];
             size_t got_len = 0;
             assert_int_equal(kpp_reply_sig(&r, got, &got_len), 0);
             assert_int_equal(got_len, lens[i]);
@@ -761,12 +761,12 @@ static void test_pubkey_reply_round_trips_for_generate_and_the_service_keys(void
     const unsigned sizes[] = {2048, 3072, 4096};
     for (size_t o = 0; o < 3; o++) {
         for (size_t s = 0; s < 3; s++) {
-            hsm_pubkey pub = sample_pubkey(sizes[s]);
+            sk_pubkey pub = sample_pubkey(sizes[s]);
             size_t n = kpp_encode_pubkey_reply(scratch, sizeof(scratch), ops[o], &pub);
             assert_int_equal(n, KPP_HDR_LEN + 4 + 2 + pub.n_len + 2 + pub.e_len);
             kpp_reply r;
             assert_int_equal(decode_rep(scratch, n, ops[o], &r), 0);
-            hsm_pubkey got;
+            sk_pubkey got;
             memset(&got, 0xee, sizeof(got));
             assert_int_equal(kpp_reply_pubkey(&r, &got), 0);
             assert_int_equal(got.bits, pub.bits);
@@ -777,29 +777,29 @@ static void test_pubkey_reply_round_trips_for_generate_and_the_service_keys(void
         }
     }
     /* The extremes of the bounds: a 1-byte modulus and an 8-byte exponent. */
-    hsm_pubkey pub;
+    sk_pubkey pub;
     memset(&pub, 0, sizeof(pub));
     pub.bits = 4096;
     pub.n_len = 1;
     pub.n[0] = 0x7f;
-    pub.e_len = HSM_EXPONENT_MAX;
-    memset(pub.e, 0x11, HSM_EXPONENT_MAX);
+    pub.e_len = SK_EXPONENT_MAX;
+    memset(pub.e, 0x11, SK_EXPONENT_MAX);
     size_t n = kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_GENERATE, &pub);
     assert_int_not_equal(n, 0);
     kpp_reply r;
     assert_int_equal(decode_rep(scratch, n, KPP_OP_GENERATE, &r), 0);
-    hsm_pubkey got;
+    sk_pubkey got;
     assert_int_equal(kpp_reply_pubkey(&r, &got), 0);
     assert_int_equal(got.n_len, 1);
-    assert_int_equal(got.e_len, HSM_EXPONENT_MAX);
-    assert_memory_equal(got.e, pub.e, HSM_EXPONENT_MAX);
+    assert_int_equal(got.e_len, SK_EXPONENT_MAX);
+    assert_memory_equal(got.e, pub.e, SK_EXPONENT_MAX);
 }
 
 static void test_list_reply_round_trips_entries_flags_and_total(void **state)
 {
     (void)state;
-    static hsm_key_entry e[KPP_LIST_MAX];
-    static hsm_key_entry got[KPP_LIST_MAX];
+    static sk_key_entry e[KPP_LIST_MAX];
+    static sk_key_entry got[KPP_LIST_MAX];
     for (size_t i = 0; i < KPP_LIST_MAX; i++) {
         e[i].kid = make_kid((uint8_t)i);
         e[i].kid.b[0] = (uint8_t)(i >> 8);
@@ -819,13 +819,13 @@ static void test_list_reply_round_trips_entries_flags_and_total(void **state)
         assert_int_equal(total, total_in);
         assert_int_equal(got_n, counts[c]);
         for (size_t i = 0; i < got_n; i++) {
-            assert_memory_equal(got[i].kid.b, e[i].kid.b, HSM_KID_LEN);
+            assert_memory_equal(got[i].kid.b, e[i].kid.b, SK_KID_LEN);
             assert_int_equal(got[i].has_private, e[i].has_private);
             assert_int_equal(got[i].has_public, e[i].has_public);
         }
     }
     /* Any nonzero has_private/has_public encodes as the flag. */
-    hsm_key_entry odd = {.kid = make_kid(9), .has_private = 42, .has_public = -1};
+    sk_key_entry odd = {.kid = make_kid(9), .has_private = 42, .has_public = -1};
     size_t n = kpp_encode_list_reply(scratch, sizeof(scratch), 1, &odd, 1);
     assert_int_equal(scratch[n - 1], 0x03);
 }
@@ -833,16 +833,16 @@ static void test_list_reply_round_trips_entries_flags_and_total(void **state)
 static void test_list_reply_copies_at_most_cap_entries_and_reports_the_count(void **state)
 {
     (void)state;
-    hsm_key_entry e[10];
+    sk_key_entry e[10];
     for (size_t i = 0; i < 10; i++)
-        e[i] = (hsm_key_entry){.kid = make_kid((uint8_t)i), .has_private = 1, .has_public = 1};
+        e[i] = (sk_key_entry){.kid = make_kid((uint8_t)i), .has_private = 1, .has_public = 1};
     size_t n = kpp_encode_list_reply(scratch, sizeof(scratch), 10, e, 10);
     kpp_reply r;
     assert_int_equal(decode_rep(scratch, n, KPP_OP_LIST, &r), 0);
 
-    hsm_key_entry got[5];
+    sk_key_entry got[5];
     memset(got, 0xcc, sizeof(got));
-    hsm_key_entry untouched;
+    sk_key_entry untouched;
     memset(&untouched, 0xcc, sizeof(untouched));
     uint32_t total = 0;
     size_t got_n = 0;
@@ -850,7 +850,7 @@ static void test_list_reply_copies_at_most_cap_entries_and_reports_the_count(voi
     assert_int_equal(total, 10);
     assert_int_equal(got_n, 10); /* what the reply holds; only 4 were copied */
     for (size_t i = 0; i < 4; i++)
-        assert_memory_equal(got[i].kid.b, e[i].kid.b, HSM_KID_LEN);
+        assert_memory_equal(got[i].kid.b, e[i].kid.b, SK_KID_LEN);
     assert_memory_equal(&got[4], &untouched, sizeof(untouched));
 
     /* cap 0 and a NULL array: counts only. */
@@ -908,7 +908,7 @@ static void test_reply_to_another_op_is_bad_body(void **state)
 {
     (void)state;
     for (int sent = 0; sent <= ALL_OPS_LAST + 1; sent++) {
-        size_t n = kpp_encode_status(scratch, sizeof(scratch), (uint16_t)sent, HSM_OK);
+        size_t n = kpp_encode_status(scratch, sizeof(scratch), (uint16_t)sent, SK_OK);
         for (int want = ALL_OPS_FIRST; want <= ALL_OPS_LAST; want++) {
             if (want == KPP_OP_RETIRED)
                 continue;
@@ -926,22 +926,22 @@ static void test_reply_to_another_op_is_bad_body(void **state)
 static void test_decoding_a_reply_to_an_unknown_op_is_unknown_op(void **state)
 {
     (void)state;
-    size_t n = kpp_encode_status(scratch, sizeof(scratch), 0, HSM_OK);
+    size_t n = kpp_encode_status(scratch, sizeof(scratch), 0, SK_OK);
     kpp_reply r;
     assert_int_equal(decode_rep(scratch, n, (kpp_op)0, &r), KPP_ERR_UNKNOWN_OP);
-    n = kpp_encode_status(scratch, sizeof(scratch), KPP_OP_LAST + 1, HSM_OK);
+    n = kpp_encode_status(scratch, sizeof(scratch), KPP_OP_LAST + 1, SK_OK);
     assert_int_equal(decode_rep(scratch, n, (kpp_op)(KPP_OP_LAST + 1), &r), KPP_ERR_UNKNOWN_OP);
 }
 
 static void test_error_reply_keeps_its_status_and_an_empty_body_has_no_ckr(void **state)
 {
     (void)state;
-    size_t n = kpp_encode_status(scratch, sizeof(scratch), KPP_OP_SIGN, HSM_ERR_KEY_NOT_FOUND);
+    size_t n = kpp_encode_status(scratch, sizeof(scratch), KPP_OP_SIGN, SK_ERR_KEY_NOT_FOUND);
     kpp_reply r;
     assert_int_equal(decode_rep(scratch, n, KPP_OP_SIGN, &r), 0);
-    assert_int_equal(r.status, HSM_ERR_KEY_NOT_FOUND);
+    assert_int_equal(r.status, SK_ERR_KEY_NOT_FOUND);
     assert_int_equal(r.body_len, 0);
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len;
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
 
@@ -957,14 +957,14 @@ static void test_error_reply_round_trips_its_ckr(void **state)
             continue;
         for (size_t i = 0; i < sizeof(ckrs) / sizeof(ckrs[0]); i++) {
             size_t n =
-                kpp_encode_error(scratch, sizeof(scratch), (uint16_t)op, HSM_ERR_DEVICE, ckrs[i]);
+                kpp_encode_error(scratch, sizeof(scratch), (uint16_t)op, SK_ERR_DEVICE, ckrs[i]);
             assert_int_equal(n, KPP_HDR_LEN + 4);
             kpp_reply r;
             assert_int_equal(decode_rep(scratch, n, (kpp_op)op, &r), 0);
-            assert_int_equal(r.status, HSM_ERR_DEVICE);
+            assert_int_equal(r.status, SK_ERR_DEVICE);
             assert_int_equal(r.ckr, ckrs[i]);
             /* The CKR is no body for the body decoders: the reply is still an error. */
-            uint8_t sig[HSM_SIG_MAX];
+            uint8_t sig[SK_SIG_MAX];
             size_t sig_len;
             uint32_t v;
             assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
@@ -972,13 +972,13 @@ static void test_error_reply_round_trips_its_ckr(void **state)
         }
     }
     /* Big-endian on the wire, like every integer. */
-    size_t n = kpp_encode_error(scratch, sizeof(scratch), KPP_OP_SIGN, HSM_ERR_DEVICE, 0x01020304u);
+    size_t n = kpp_encode_error(scratch, sizeof(scratch), KPP_OP_SIGN, SK_ERR_DEVICE, 0x01020304u);
     const uint8_t want[] = {0x01, 0x02, 0x03, 0x04};
     assert_int_equal(n, KPP_HDR_LEN + sizeof(want));
     assert_memory_equal(scratch + KPP_HDR_LEN, want, sizeof(want));
     /* Status 0 has no CKR to carry; a buffer too small gets nothing. */
     assert_int_equal(kpp_encode_error(scratch, sizeof(scratch), KPP_OP_SIGN, 0, 0x30), 0);
-    assert_int_equal(kpp_encode_error(scratch, KPP_HDR_LEN + 3, KPP_OP_SIGN, HSM_ERR_DEVICE, 0x30),
+    assert_int_equal(kpp_encode_error(scratch, KPP_HDR_LEN + 3, KPP_OP_SIGN, SK_ERR_DEVICE, 0x30),
                      0);
 }
 
@@ -987,7 +987,7 @@ static void test_error_reply_body_other_than_empty_or_a_ckr_is_refused(void **st
     (void)state;
     uint8_t body[16] = {0, 0, 0, 1, 0, 0, 0, 2};
     const size_t lens[] = {1, 3, 5, 8, 16};
-    const uint32_t statuses[] = {HSM_ERR_DEVICE, KPP_ERR_BAD_BODY, UINT32_MAX};
+    const uint32_t statuses[] = {SK_ERR_DEVICE, KPP_ERR_BAD_BODY, UINT32_MAX};
     for (size_t i = 0; i < 3; i++) {
         for (int op = ALL_OPS_FIRST; op <= ALL_OPS_LAST; op++) {
             if (op == KPP_OP_RETIRED)
@@ -1019,17 +1019,17 @@ static void test_destroy_and_ping_successes_must_have_an_empty_body(void **state
 static void test_body_decoders_refuse_a_nonzero_status_or_another_op(void **state)
 {
     (void)state;
-    uint8_t body[HSM_KID_LEN + 8 + 17] = {0};
-    uint8_t sig[HSM_SIG_MAX];
+    uint8_t body[SK_KID_LEN + 8 + 17] = {0};
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len;
-    hsm_pubkey pub;
-    hsm_key_entry e[1];
+    sk_pubkey pub;
+    sk_key_entry e[1];
     uint32_t total, v;
     size_t n;
 
     kpp_reply r = reply_of(KPP_OP_SIGN, 0, body, 4);
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), 0);
-    r.status = HSM_ERR_DEVICE;
+    r.status = SK_ERR_DEVICE;
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
     r = reply_of(KPP_OP_GENERATE, 0, body, 4);
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
@@ -1048,7 +1048,7 @@ static void test_body_decoders_refuse_a_nonzero_status_or_another_op(void **stat
     r = reply_of(KPP_OP_SESSIONS, 0, body, 8);
     assert_int_equal(kpp_reply_list(&r, e, 1, &total, &n), KPP_ERR_BAD_BODY);
 
-    hsm_pubkey good = sample_pubkey(2048);
+    sk_pubkey good = sample_pubkey(2048);
     size_t len = kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_GENERATE, &good);
     r = reply_of(KPP_OP_GENERATE, 0, scratch + KPP_HDR_LEN, len - KPP_HDR_LEN);
     assert_int_equal(kpp_reply_pubkey(&r, &pub), 0);
@@ -1059,7 +1059,7 @@ static void test_body_decoders_refuse_a_nonzero_status_or_another_op(void **stat
     r.op = KPP_OP_SIGN;
     assert_int_equal(kpp_reply_pubkey(&r, &pub), KPP_ERR_BAD_BODY);
     r.op = KPP_OP_GENERATE;
-    r.status = HSM_ERR_KEY_EXISTS;
+    r.status = SK_ERR_KEY_EXISTS;
     assert_int_equal(kpp_reply_pubkey(&r, &pub), KPP_ERR_BAD_BODY);
 
     /* The audit ops: AUDIT_SIGN's body is a signature, AUDIT_PUBKEY's a public key. */
@@ -1067,13 +1067,13 @@ static void test_body_decoders_refuse_a_nonzero_status_or_another_op(void **stat
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), 0);
     assert_int_equal(sig_len, 4);
     assert_int_equal(kpp_reply_pubkey(&r, &pub), KPP_ERR_BAD_BODY);
-    r.status = HSM_ERR_BAD_ARGUMENT;
+    r.status = SK_ERR_BAD_ARGUMENT;
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
     r = reply_of(KPP_OP_AUDIT_PUBKEY, 0, scratch + KPP_HDR_LEN, len - KPP_HDR_LEN);
     assert_int_equal(kpp_reply_pubkey(&r, &pub), 0);
     assert_int_equal(pub.bits, 2048);
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
-    r.status = HSM_ERR_DEVICE;
+    r.status = SK_ERR_DEVICE;
     assert_int_equal(kpp_reply_pubkey(&r, &pub), KPP_ERR_BAD_BODY);
 
     assert_int_equal(kpp_reply_sig(NULL, sig, &sig_len), KPP_ERR_BAD_BODY);
@@ -1085,19 +1085,19 @@ static void test_body_decoders_refuse_a_nonzero_status_or_another_op(void **stat
 static void test_sig_reply_must_hold_1_to_HSM_SIG_MAX_bytes(void **state)
 {
     (void)state;
-    static uint8_t body[HSM_SIG_MAX + 1];
-    uint8_t sig[HSM_SIG_MAX];
+    static uint8_t body[SK_SIG_MAX + 1];
+    uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 0;
     kpp_reply r = reply_of(KPP_OP_SIGN, 0, body, 0);
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
-    r.body_len = HSM_SIG_MAX + 1;
+    r.body_len = SK_SIG_MAX + 1;
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
-    r.body_len = HSM_SIG_MAX;
+    r.body_len = SK_SIG_MAX;
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), 0);
-    assert_int_equal(sig_len, HSM_SIG_MAX);
+    assert_int_equal(sig_len, SK_SIG_MAX);
 
     /* The same through the wire. */
-    size_t n = raw_message(scratch, KPP_OP_SIGN, 0, body, HSM_SIG_MAX + 1);
+    size_t n = raw_message(scratch, KPP_OP_SIGN, 0, body, SK_SIG_MAX + 1);
     assert_int_equal(decode_rep(scratch, n, KPP_OP_SIGN, &r), 0);
     assert_int_equal(kpp_reply_sig(&r, sig, &sig_len), KPP_ERR_BAD_BODY);
 }
@@ -1122,7 +1122,7 @@ static void test_pubkey_reply_refuses_each_field_out_of_bounds(void **state)
 {
     (void)state;
     static uint8_t b[1200];
-    hsm_pubkey pub;
+    sk_pubkey pub;
     kpp_reply r;
     size_t len;
 
@@ -1140,20 +1140,20 @@ static void test_pubkey_reply_refuses_each_field_out_of_bounds(void **state)
     } while (0)
 
     PUBKEY_IS(0, 2048, 256, 256, 3, 3, 0);
-    PUBKEY_IS(0, 4096, HSM_MODULUS_MAX, HSM_MODULUS_MAX, HSM_EXPONENT_MAX, HSM_EXPONENT_MAX, 0);
+    PUBKEY_IS(0, 4096, SK_MODULUS_MAX, SK_MODULUS_MAX, SK_EXPONENT_MAX, SK_EXPONENT_MAX, 0);
     /* bits 2048..4096 inclusive, not tied to n_len. */
     PUBKEY_IS(0, 2500, 1, 1, 1, 1, 0);
     PUBKEY_IS(KPP_ERR_BAD_BODY, 2047, 256, 256, 3, 3, 0);
     PUBKEY_IS(KPP_ERR_BAD_BODY, 4097, 256, 256, 3, 3, 0);
     PUBKEY_IS(KPP_ERR_BAD_BODY, 0, 256, 256, 3, 3, 0);
     PUBKEY_IS(KPP_ERR_BAD_BODY, UINT32_MAX, 256, 256, 3, 3, 0);
-    /* n_len 1..HSM_MODULUS_MAX */
+    /* n_len 1..SK_MODULUS_MAX */
     PUBKEY_IS(KPP_ERR_BAD_BODY, 2048, 0, 0, 3, 3, 0);
-    PUBKEY_IS(KPP_ERR_BAD_BODY, 4096, HSM_MODULUS_MAX + 1, HSM_MODULUS_MAX + 1, 3, 3, 0);
+    PUBKEY_IS(KPP_ERR_BAD_BODY, 4096, SK_MODULUS_MAX + 1, SK_MODULUS_MAX + 1, 3, 3, 0);
     PUBKEY_IS(KPP_ERR_BAD_BODY, 4096, 0xffff, 600, 3, 3, 0);
-    /* e_len 1..HSM_EXPONENT_MAX */
+    /* e_len 1..SK_EXPONENT_MAX */
     PUBKEY_IS(KPP_ERR_BAD_BODY, 2048, 256, 256, 0, 0, 0);
-    PUBKEY_IS(KPP_ERR_BAD_BODY, 2048, 256, 256, HSM_EXPONENT_MAX + 1, HSM_EXPONENT_MAX + 1, 0);
+    PUBKEY_IS(KPP_ERR_BAD_BODY, 2048, 256, 256, SK_EXPONENT_MAX + 1, SK_EXPONENT_MAX + 1, 0);
     PUBKEY_IS(KPP_ERR_BAD_BODY, 2048, 256, 256, 0xffff, 3, 0);
     /* Lengths that disagree with the bytes present, either way. */
     PUBKEY_IS(KPP_ERR_BAD_BODY, 2048, 256, 256, 3, 3, 1);
@@ -1176,7 +1176,7 @@ static void test_list_reply_refuses_bad_counts_lengths_and_flags(void **state)
 {
     (void)state;
     static uint8_t b[8 + 17 * (KPP_LIST_MAX + 1) + 1];
-    hsm_key_entry e[4];
+    sk_key_entry e[4];
     uint32_t total;
     size_t n;
     kpp_reply r;
@@ -1234,7 +1234,7 @@ static void test_u32_reply_must_be_exactly_4_bytes(void **state)
 static void test_request_encoders_refuse_out_of_bound_arguments(void **state)
 {
     (void)state;
-    hsm_kid kid = make_kid(50);
+    sk_kid kid = make_kid(50);
     uint8_t *b = scratch;
     size_t cap = sizeof(scratch);
 
@@ -1277,13 +1277,13 @@ static void test_reply_encoders_refuse_out_of_bound_arguments(void **state)
     (void)state;
     uint8_t *b = scratch;
     size_t cap = sizeof(scratch);
-    uint8_t sig[HSM_SIG_MAX + 1] = {0};
+    uint8_t sig[SK_SIG_MAX + 1] = {0};
 
     assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_SIGN, sig, 0), 0);
-    assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_SIGN, sig, HSM_SIG_MAX + 1), 0);
+    assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_SIGN, sig, SK_SIG_MAX + 1), 0);
     assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_SIGN, NULL, 256), 0);
     assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_AUDIT_SIGN, sig, 0), 0);
-    assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_AUDIT_SIGN, sig, HSM_SIG_MAX + 1), 0);
+    assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_AUDIT_SIGN, sig, SK_SIG_MAX + 1), 0);
     assert_int_equal(kpp_encode_sig_reply(b, cap, KPP_OP_AUDIT_SIGN, NULL, 384), 0);
     /* Only SIGN, AUDIT_SIGN and PUBLISH_SIGN replies carry a signature. */
     for (int op = 0; op <= ALL_OPS_LAST + 1; op++) {
@@ -1293,8 +1293,8 @@ static void test_reply_encoders_refuse_out_of_bound_arguments(void **state)
         assert_int_equal(kpp_encode_sig_reply(b, cap, (kpp_op)op, sig, 256), want);
     }
 
-    hsm_pubkey good = sample_pubkey(2048);
-    hsm_pubkey p;
+    sk_pubkey good = sample_pubkey(2048);
+    sk_pubkey p;
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_SIGN, &good), 0);
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_DESTROY, &good), 0);
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_AUDIT_SIGN, &good), 0);
@@ -1306,12 +1306,12 @@ static void test_reply_encoders_refuse_out_of_bound_arguments(void **state)
     p = good;
     p.n_len = 0;
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_GENERATE, &p), 0);
-    p.n_len = HSM_MODULUS_MAX + 1;
+    p.n_len = SK_MODULUS_MAX + 1;
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_GENERATE, &p), 0);
     p = good;
     p.e_len = 0;
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_GENERATE, &p), 0);
-    p.e_len = HSM_EXPONENT_MAX + 1;
+    p.e_len = SK_EXPONENT_MAX + 1;
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_GENERATE, &p), 0);
     p = good;
     p.bits = 2047;
@@ -1319,7 +1319,7 @@ static void test_reply_encoders_refuse_out_of_bound_arguments(void **state)
     p.bits = 4097;
     assert_int_equal(kpp_encode_pubkey_reply(b, cap, KPP_OP_GENERATE, &p), 0);
 
-    hsm_key_entry e[1] = {{.kid = make_kid(1)}};
+    sk_key_entry e[1] = {{.kid = make_kid(1)}};
     assert_int_equal(kpp_encode_list_reply(b, cap, 0, NULL, 1), 0);
     assert_int_equal(kpp_encode_list_reply(b, cap, 0, e, KPP_LIST_MAX + 1), 0);
     assert_int_equal(kpp_encode_list_reply(b, cap, 0, NULL, 0), KPP_HDR_LEN + 8);
@@ -1336,11 +1336,11 @@ static void test_reply_encoders_refuse_out_of_bound_arguments(void **state)
 static void test_encoders_refuse_a_cap_one_byte_too_small(void **state)
 {
     (void)state;
-    hsm_kid kid = make_kid(60);
-    hsm_pubkey pub = sample_pubkey(4096);
+    sk_kid kid = make_kid(60);
+    sk_pubkey pub = sample_pubkey(4096);
     static uint8_t msg[KPP_AUDIT_SIGN_MAX]; /* also SIGN's message */
-    static hsm_key_entry e[KPP_LIST_MAX];
-    uint8_t sig[HSM_SIG_MAX] = {0};
+    static sk_key_entry e[KPP_LIST_MAX];
+    uint8_t sig[SK_SIG_MAX] = {0};
 
     for (int which = 0; which < 14; which++) {
         size_t want;
@@ -1366,7 +1366,7 @@ static void test_encoders_refuse_a_cap_one_byte_too_small(void **state)
             want = KPP_HDR_LEN;
             break;
         case 8:
-            want = KPP_HDR_LEN + HSM_SIG_MAX;
+            want = KPP_HDR_LEN + SK_SIG_MAX;
             break;
         case 9:
             want = KPP_HDR_LEN + 4 + 2 + 512 + 2 + 3;
@@ -1411,10 +1411,10 @@ static void test_encoders_refuse_a_cap_one_byte_too_small(void **state)
                 n = kpp_encode_sessions(b, cap);
                 break;
             case 7:
-                n = kpp_encode_status(b, cap, KPP_OP_SIGN, HSM_ERR_DEVICE);
+                n = kpp_encode_status(b, cap, KPP_OP_SIGN, SK_ERR_DEVICE);
                 break;
             case 8:
-                n = kpp_encode_sig_reply(b, cap, KPP_OP_SIGN, sig, HSM_SIG_MAX);
+                n = kpp_encode_sig_reply(b, cap, KPP_OP_SIGN, sig, SK_SIG_MAX);
                 break;
             case 9:
                 n = kpp_encode_pubkey_reply(b, cap, KPP_OP_GENERATE, &pub);
@@ -1449,10 +1449,10 @@ static void test_encoders_refuse_a_cap_one_byte_too_small(void **state)
 static void test_status_names_cover_hsm_and_kpp_statuses(void **state)
 {
     (void)state;
-    assert_string_equal(kpp_status_name(HSM_OK), "ok");
-    assert_string_equal(kpp_status_name(HSM_ERR_KEY_NOT_FOUND), "key_not_found");
-    for (uint32_t s = 0; s < HSM_ERR_COUNT_; s++)
-        assert_string_equal(kpp_status_name(s), hsm_status_name((hsm_status)s));
+    assert_string_equal(kpp_status_name(SK_OK), "ok");
+    assert_string_equal(kpp_status_name(SK_ERR_KEY_NOT_FOUND), "key_not_found");
+    for (uint32_t s = 0; s < SK_ERR_COUNT_; s++)
+        assert_string_equal(kpp_status_name(s), sk_status_name((sk_status)s));
     assert_string_equal(kpp_status_name(KPP_ERR_SHORT), "short");
     assert_string_equal(kpp_status_name(KPP_ERR_OVERSIZED), "oversized");
     assert_string_equal(kpp_status_name(KPP_ERR_MAGIC), "bad_magic");
@@ -1460,7 +1460,7 @@ static void test_status_names_cover_hsm_and_kpp_statuses(void **state)
     assert_string_equal(kpp_status_name(KPP_ERR_UNKNOWN_OP), "unknown_op");
     assert_string_equal(kpp_status_name(KPP_ERR_BAD_BODY), "bad_body");
     assert_string_equal(kpp_status_name(KPP_ERR_NOT_REQUEST), "not_a_request");
-    const uint32_t unknown[] = {HSM_ERR_COUNT_, 50, 99, 107, 0x10000u, UINT32_MAX};
+    const uint32_t unknown[] = {SK_ERR_COUNT_, 50, 99, 107, 0x10000u, UINT32_MAX};
     for (size_t i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++)
         assert_string_equal(kpp_status_name(unknown[i]), "unknown");
 }
@@ -1549,7 +1549,7 @@ static int request_reencodes(const uint8_t *msg, size_t len)
  * accepted re-encodes to msg. Returns how many (op, decoder) pairs accepted. */
 static int reply_reencodes(const uint8_t *msg, size_t len)
 {
-    static hsm_key_entry entries[KPP_LIST_MAX];
+    static sk_key_entry entries[KPP_LIST_MAX];
     int accepted = 0;
     for (int op = ALL_OPS_FIRST; op <= ALL_OPS_LAST; op++) {
         kpp_reply r;
@@ -1572,9 +1572,9 @@ static int reply_reencodes(const uint8_t *msg, size_t len)
             assert_memory_equal(reenc, msg, len);
         }
 
-        uint8_t sig[HSM_SIG_MAX];
+        uint8_t sig[SK_SIG_MAX];
         size_t sig_len;
-        hsm_pubkey pub;
+        sk_pubkey pub;
         uint32_t total, v;
         size_t count;
         int ok_sig = kpp_reply_sig(&r, sig, &sig_len) == 0;
@@ -1626,7 +1626,7 @@ static size_t add(corpus_msg *c, size_t k, const uint8_t *b, size_t len)
 static size_t build_corpus(corpus_msg *c, size_t *n_small)
 {
     size_t k = 0;
-    hsm_kid kid = make_kid(77);
+    sk_kid kid = make_kid(77);
     static uint8_t big[KPP_SIGN_MAX];
     for (size_t i = 0; i < sizeof(big); i++)
         big[i] = (uint8_t)rng();
@@ -1652,15 +1652,15 @@ static size_t build_corpus(corpus_msg *c, size_t *n_small)
     for (int op = ALL_OPS_FIRST; op <= ALL_OPS_LAST; op++) {
         k = add(c, k, scratch, kpp_encode_status(scratch, sizeof(scratch), (uint16_t)op, 0));
         k = add(c, k, scratch,
-                kpp_encode_status(scratch, sizeof(scratch), (uint16_t)op, HSM_ERR_DEVICE));
+                kpp_encode_status(scratch, sizeof(scratch), (uint16_t)op, SK_ERR_DEVICE));
     }
     k = add(c, k, scratch, kpp_encode_sig_reply(scratch, sizeof(scratch), KPP_OP_SIGN, big, 1));
     k = add(c, k, scratch, kpp_encode_sig_reply(scratch, sizeof(scratch), KPP_OP_SIGN, big, 256));
     k = add(c, k, scratch,
-            kpp_encode_sig_reply(scratch, sizeof(scratch), KPP_OP_SIGN, big, HSM_SIG_MAX));
+            kpp_encode_sig_reply(scratch, sizeof(scratch), KPP_OP_SIGN, big, SK_SIG_MAX));
     k = add(c, k, scratch,
             kpp_encode_sig_reply(scratch, sizeof(scratch), KPP_OP_AUDIT_SIGN, big, 384));
-    hsm_pubkey pub = sample_pubkey(2048);
+    sk_pubkey pub = sample_pubkey(2048);
     k = add(c, k, scratch,
             kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_GENERATE, &pub));
     pub.n_len = 3;
@@ -1670,11 +1670,11 @@ static size_t build_corpus(corpus_msg *c, size_t *n_small)
     pub = sample_pubkey(3072);
     k = add(c, k, scratch,
             kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_AUDIT_PUBKEY, &pub));
-    static hsm_key_entry e[KPP_LIST_MAX];
+    static sk_key_entry e[KPP_LIST_MAX];
     for (size_t i = 0; i < KPP_LIST_MAX; i++)
-        e[i] = (hsm_key_entry){.kid = make_kid((uint8_t)i),
-                               .has_private = (int)(i & 1),
-                               .has_public = (int)((i >> 1) & 1)};
+        e[i] = (sk_key_entry){.kid = make_kid((uint8_t)i),
+                              .has_private = (int)(i & 1),
+                              .has_public = (int)((i >> 1) & 1)};
     k = add(c, k, scratch, kpp_encode_list_reply(scratch, sizeof(scratch), 0, e, 0));
     k = add(c, k, scratch, kpp_encode_list_reply(scratch, sizeof(scratch), 3, e, 3));
     k = add(c, k, scratch, kpp_encode_list_reply(scratch, sizeof(scratch), 40, e, 12));

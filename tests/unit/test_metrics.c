@@ -1,7 +1,7 @@
 /* met: counters and their exposition, and jlog's rotation. The counters are process-wide,
  * so each test uses its own route indexes and kids. */
-#include "appliance/jlog.h"
-#include "appliance/metrics.h"
+#include "appliance/common/jlog.h"
+#include "appliance/common/metrics.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -38,9 +38,9 @@ static char *render(size_t *len)
     return text;
 }
 
-static hsm_kid kid_of(unsigned n)
+static sk_kid kid_of(unsigned n)
 {
-    hsm_kid k;
+    sk_kid k;
     memset(&k, 0, sizeof(k));
     memcpy(k.b, &n, sizeof(n));
     k.b[15] = 0xa5;
@@ -118,7 +118,7 @@ static void test_unmatched_requests_have_a_route_of_their_own(void **state)
 static void *hammer(void *arg)
 {
     (void)arg;
-    hsm_kid k = kid_of(777);
+    sk_kid k = kid_of(777);
     for (int i = 0; i < PER_THREAD; i++) {
         met_request(2, 200, 1000);
         met_signature(&k, 0);
@@ -137,9 +137,9 @@ static void test_concurrent_counting_loses_nothing(void **state)
         pthread_join(t[i], NULL);
     size_t len;
     char *text = render(&len);
-    hsm_kid k = kid_of(777);
-    char hex[2 * HSM_KID_LEN + 1], key[128];
-    hsm_kid_hex(&k, hex);
+    sk_kid k = kid_of(777);
+    char hex[2 * SK_KID_LEN + 1], key[128];
+    sk_kid_hex(&k, hex);
     snprintf(key, sizeof(key), "signd_signatures_total{kid=\"%s\",result=\"ok\"}", hex);
     assert_int_equal(sample(text, key), THREADS * PER_THREAD);
     assert_int_equal(
@@ -153,7 +153,7 @@ static void test_kids_past_the_table_count_as_other_and_none_is_its_own(void **s
     (void)state;
     met_signature(NULL, 5);
     for (unsigned i = 0; i < MET_KIDS_MAX + 10; i++) {
-        hsm_kid k = kid_of(100000 + i);
+        sk_kid k = kid_of(100000 + i);
         met_signature(&k, 1);
     }
     size_t len;
@@ -168,16 +168,16 @@ static void test_kids_past_the_table_count_as_other_and_none_is_its_own(void **s
 static void test_pkcs11_errors_are_counted_by_ckr_name_and_class(void **state)
 {
     (void)state;
-    met_pkcs11_error(HSM_ERR_SESSION_COUNT, CKR_SESSION_COUNT);
-    met_pkcs11_error(HSM_ERR_SESSION_COUNT, 0); /* our own session bound: no CKR */
-    met_pkcs11_error(HSM_ERR_DEVICE, CKR_DEVICE_ERROR);
-    met_pkcs11_error(HSM_ERR_DEVICE, CKR_DEVICE_ERROR);
-    met_pkcs11_error(HSM_ERR_DEVICE, CKR_GENERAL_ERROR);
+    met_pkcs11_error(SK_ERR_SESSION_COUNT, CKR_SESSION_COUNT);
+    met_pkcs11_error(SK_ERR_SESSION_COUNT, 0); /* our own session bound: no CKR */
+    met_pkcs11_error(SK_ERR_DEVICE, CKR_DEVICE_ERROR);
+    met_pkcs11_error(SK_ERR_DEVICE, CKR_DEVICE_ERROR);
+    met_pkcs11_error(SK_ERR_DEVICE, CKR_GENERAL_ERROR);
     met_pkcs11_error(MET_KEEPER_UNREACHABLE, 0);
-    met_pkcs11_error(MET_KEEPER_UNREACHABLE, CKR_DEVICE_ERROR);      /* no CKR when unreachable */
-    met_pkcs11_error(HSM_OK, CKR_DEVICE_ERROR);                      /* not an error */
-    met_pkcs11_error(100000, CKR_DEVICE_ERROR);                      /* out of range: ignored */
-    met_pkcs11_error(HSM_ERR_KEY_NOT_FOUND, CKR_KEY_HANDLE_INVALID); /* an answer, not a failure */
+    met_pkcs11_error(MET_KEEPER_UNREACHABLE, CKR_DEVICE_ERROR);     /* no CKR when unreachable */
+    met_pkcs11_error(SK_OK, CKR_DEVICE_ERROR);                      /* not an error */
+    met_pkcs11_error(100000, CKR_DEVICE_ERROR);                     /* out of range: ignored */
+    met_pkcs11_error(SK_ERR_KEY_NOT_FOUND, CKR_KEY_HANDLE_INVALID); /* an answer, not a failure */
     size_t len;
     char *text = render(&len);
     const char *e = "signd_pkcs11_errors_total";
@@ -203,8 +203,8 @@ static void test_a_ckr_without_a_name_is_rendered_in_hex(void **state)
     assert_string_equal(met_ckr_name(CKR_USER_NOT_LOGGED_IN), "CKR_USER_NOT_LOGGED_IN");
     assert_string_equal(met_ckr_name(CKR_PIN_INCORRECT), "CKR_PIN_INCORRECT");
     assert_null(met_ckr_name(CKR_VENDOR_DEFINED | 0x2a));
-    met_pkcs11_error(HSM_ERR_DEVICE, CKR_VENDOR_DEFINED | 0x2a);
-    met_pkcs11_error(HSM_ERR_BAD_ARGUMENT, 0x1b0); /* CKR_RANDOM_SEED_NOT_SUPPORTED: no name */
+    met_pkcs11_error(SK_ERR_DEVICE, CKR_VENDOR_DEFINED | 0x2a);
+    met_pkcs11_error(SK_ERR_BAD_ARGUMENT, 0x1b0); /* CKR_RANDOM_SEED_NOT_SUPPORTED: no name */
     size_t len;
     char *text = render(&len);
     assert_int_equal(
@@ -229,8 +229,8 @@ static void test_ckr_values_past_the_table_count_as_other(void **state)
     (void)state;
     /* A module returning a new code on every call: the series stop at the table's size. */
     for (unsigned long i = 0; i < 10 * MET_CKR_MAX; i++)
-        met_pkcs11_error(HSM_ERR_DEVICE, 0x80001000ul + i);
-    met_pkcs11_error(HSM_ERR_DEVICE, 0x80002000ul);
+        met_pkcs11_error(SK_ERR_DEVICE, 0x80001000ul + i);
+    met_pkcs11_error(SK_ERR_DEVICE, 0x80002000ul);
     size_t len;
     char *text = render(&len);
     /* MET_CKR_MAX values with a class each (earlier tests' values are among them, one with
@@ -243,7 +243,7 @@ static void test_ckr_values_past_the_table_count_as_other(void **state)
         sample(text, "signd_pkcs11_errors_total{ckr=\"0x80001000\",class=\"device_error\"}"), 1);
     /* A value that has its slot keeps counting there, full table or not. */
     free(text);
-    met_pkcs11_error(HSM_ERR_DEVICE, 0x80001000ul);
+    met_pkcs11_error(SK_ERR_DEVICE, 0x80001000ul);
     text = render(&len);
     assert_int_equal(
         sample(text, "signd_pkcs11_errors_total{ckr=\"0x80001000\",class=\"device_error\"}"), 2);
@@ -255,11 +255,11 @@ static void test_ckr_values_past_the_table_count_as_other(void **state)
 static void test_a_noted_kid_is_taken_once(void **state)
 {
     (void)state;
-    hsm_kid k = kid_of(5), out;
+    sk_kid k = kid_of(5), out;
     assert_int_equal(met_take_kid(&out), 0);
     met_note_kid(&k);
     assert_int_equal(met_take_kid(&out), 1);
-    assert_memory_equal(out.b, k.b, HSM_KID_LEN);
+    assert_memory_equal(out.b, k.b, SK_KID_LEN);
     assert_int_equal(met_take_kid(&out), 0);
 }
 

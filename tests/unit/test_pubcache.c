@@ -1,9 +1,9 @@
 /*
  * test_pubcache: the rule that decides, for one cached signed public document (the feed, a
  * status list), whether a request is served from the copy, signs a new one, or is refused
- * (appliance/pubcache.h). Pure: times and versions are given, nothing signs.
+ * (appliance/core/pubcache.h). Pure: times and versions are given, nothing signs.
  */
-#include "appliance/pubcache.h"
+#include "appliance/core/pubcache.h"
 
 #include <stdarg.h>
 #include <stddef.h>

@@ -1,7 +1,7 @@
 /* Unit tests of reconcile's deferred destroys (reconcile.h) on a real SoftHSM2 token,
  * in-process (kp_open), and against a keeper that is not there (kp_connect). */
-#include "appliance/keeper.h"
-#include "appliance/reconcile.h"
+#include "appliance/kproto/keeper.h"
+#include "appliance/core/reconcile.h"
 #include "tests/unit/testenv.h"
 
 #include <setjmp.h>
@@ -28,7 +28,7 @@ static int setup(void **state)
     }
     hsm_config hc = testenv_config(fx->dir, fx->pin);
     char err[256];
-    if (kp_open(&hc, &fx->k, err, sizeof(err)) != HSM_OK) {
+    if (kp_open(&hc, &fx->k, err, sizeof(err)) != SK_OK) {
         fprintf(stderr, "kp_open: %s\n", err);
         testenv_cleanup(fx->dir);
         free(fx);
@@ -49,13 +49,13 @@ static int teardown(void **state)
     return 0;
 }
 
-static int on_token(kp *k, const hsm_kid *kid)
+static int on_token(kp *k, const sk_kid *kid)
 {
-    hsm_key_entry objs[64];
+    sk_key_entry objs[64];
     size_t n = 0;
-    assert_int_equal(kp_list(k, objs, 64, &n), HSM_OK);
+    assert_int_equal(kp_list(k, objs, 64, &n), SK_OK);
     for (size_t i = 0; i < n && i < 64; i++)
-        if (memcmp(objs[i].kid.b, kid->b, HSM_KID_LEN) == 0)
+        if (memcmp(objs[i].kid.b, kid->b, SK_KID_LEN) == 0)
             return 1;
     return 0;
 }
@@ -63,12 +63,12 @@ static int on_token(kp *k, const hsm_kid *kid)
 static void test_a_deferred_kid_is_destroyed_at_the_next_retry_and_leaves_the_set(void **state)
 {
     rec_fixture *fx = *state;
-    hsm_kid doomed, kept;
-    hsm_pubkey pub;
+    sk_kid doomed, kept;
+    sk_pubkey pub;
     testenv_kid(&doomed);
     testenv_kid(&kept);
-    assert_int_equal(kp_generate(fx->k, &doomed, 2048, &pub), HSM_OK);
-    assert_int_equal(kp_generate(fx->k, &kept, 2048, &pub), HSM_OK);
+    assert_int_equal(kp_generate(fx->k, &doomed, 2048, &pub), SK_OK);
+    assert_int_equal(kp_generate(fx->k, &kept, 2048, &pub), SK_OK);
     rec_defer_destroy(&doomed);
     rec_defer_destroy(&doomed); /* once in the set, however often deferred */
     assert_int_equal(rec_retry_deferred(fx->k, stderr), 0);
@@ -80,7 +80,7 @@ static void test_a_deferred_kid_is_destroyed_at_the_next_retry_and_leaves_the_se
 static void test_a_deferred_kid_the_token_never_held_leaves_the_set(void **state)
 {
     rec_fixture *fx = *state;
-    hsm_kid never;
+    sk_kid never;
     testenv_kid(&never);
     rec_defer_destroy(&never);
     assert_int_equal(rec_retry_deferred(fx->k, stderr), 0);
@@ -92,12 +92,12 @@ static void test_deferred_kids_stay_while_the_keeper_is_away_and_go_once_it_answ
     char sock[PATH_MAX + 16], err[256];
     snprintf(sock, sizeof(sock), "%s/no-keeper.sock", fx->dir);
     kp *away = NULL;
-    assert_int_equal(kp_connect(sock, NULL, &away, err, sizeof(err)), HSM_OK);
-    hsm_kid kids[3];
-    hsm_pubkey pub;
+    assert_int_equal(kp_connect(sock, NULL, &away, err, sizeof(err)), SK_OK);
+    sk_kid kids[3];
+    sk_pubkey pub;
     for (int i = 0; i < 3; i++) {
         testenv_kid(&kids[i]);
-        assert_int_equal(kp_generate(fx->k, &kids[i], 2048, &pub), HSM_OK);
+        assert_int_equal(kp_generate(fx->k, &kids[i], 2048, &pub), SK_OK);
         rec_defer_destroy(&kids[i]);
     }
     assert_int_equal(rec_retry_deferred(away, stderr), 3);
@@ -116,9 +116,9 @@ static void test_the_set_is_bounded_and_keeps_what_it_holds(void **state)
     char sock[PATH_MAX + 16], err[256];
     snprintf(sock, sizeof(sock), "%s/no-keeper.sock", fx->dir);
     kp *away = NULL;
-    assert_int_equal(kp_connect(sock, NULL, &away, err, sizeof(err)), HSM_OK);
+    assert_int_equal(kp_connect(sock, NULL, &away, err, sizeof(err)), SK_OK);
     for (int i = 0; i < REC_DEFER_MAX + 5; i++) {
-        hsm_kid kid;
+        sk_kid kid;
         testenv_kid(&kid);
         rec_defer_destroy(&kid);
     }

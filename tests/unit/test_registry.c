@@ -3,7 +3,7 @@
  * test. Durability is checked by closing and reopening; the file is edited behind the
  * registry's back with SQLite directly where a test needs a state the API cannot make.
  */
-#include "appliance/registry.h"
+#include "appliance/store/registry.h"
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -33,9 +33,9 @@
 /* ---- helpers ------------------------------------------------------------------------- */
 
 /* A distinct kid per n; kid_of(a) < kid_of(b) when a < b. */
-static hsm_kid kid_of(unsigned n)
+static sk_kid kid_of(unsigned n)
 {
-    hsm_kid k;
+    sk_kid k;
     memset(k.b, 0xa5, sizeof(k.b));
     k.b[0] = (uint8_t)(n >> 24);
     k.b[1] = (uint8_t)(n >> 16);
@@ -44,15 +44,15 @@ static hsm_kid kid_of(unsigned n)
     return k;
 }
 
-static void kid_hex(const hsm_kid *k, char hex[2 * HSM_KID_LEN + 1])
+static void kid_hex(const sk_kid *k, char hex[2 * SK_KID_LEN + 1])
 {
-    for (size_t i = 0; i < HSM_KID_LEN; i++)
+    for (size_t i = 0; i < SK_KID_LEN; i++)
         snprintf(hex + 2 * i, 3, "%02x", k->b[i]);
 }
 
-static int kid_eq(const hsm_kid *a, const hsm_kid *b)
+static int kid_eq(const sk_kid *a, const sk_kid *b)
 {
-    return memcmp(a->b, b->b, HSM_KID_LEN) == 0;
+    return memcmp(a->b, b->b, SK_KID_LEN) == 0;
 }
 
 static reg_key key_of(unsigned n, int64_t created_at)
@@ -111,7 +111,7 @@ static void test_inserted_keys_are_active_and_listed_by_created_at_then_kid(void
 
     for (int pass = 0; pass < 2; pass++) { /* as inserted, then as loaded from the file */
         reg_key k;
-        hsm_kid one = kid_of(1), unknown = kid_of(99);
+        sk_kid one = kid_of(1), unknown = kid_of(99);
         assert_int_equal(reg_get(r, &one, &k), REG_OK);
         assert_true(kid_eq(&k.kid, &one));
         assert_int_equal(k.state, REG_ACTIVE);
@@ -131,7 +131,7 @@ static void test_inserted_keys_are_active_and_listed_by_created_at_then_kid(void
 
         reg_key list[4];
         assert_int_equal(reg_list(r, -1, list, 4), 3);
-        hsm_kid want[3] = {kid_of(2), kid_of(1), kid_of(3)};
+        sk_kid want[3] = {kid_of(2), kid_of(1), kid_of(3)};
         for (int i = 0; i < 3; i++)
             assert_true(kid_eq(&list[i].kid, &want[i]));
         memset(list, 0, sizeof(list));
@@ -185,7 +185,7 @@ static void test_duplicate_insert_is_refused_and_gives_its_slot_back(void **stat
     assert_int_equal(reg_generation(r), gen);
 
     reg_key k;
-    hsm_kid one = kid_of(1);
+    sk_kid one = kid_of(1);
     assert_int_equal(reg_get(r, &one, &k), REG_OK);
     assert_string_equal(k.label, "key 1");
     assert_int_equal(reg_count(r, REG_ACTIVE), 1);
@@ -278,7 +278,7 @@ static void test_thousand_concurrent_creates_fill_exactly_max_active(void **stat
     reg *r = open_ok(t, RACE_MAX_ACTIVE);
     assert_int_equal(reg_count(r, REG_ACTIVE), RACE_MAX_ACTIVE);
     for (unsigned n = 0; n < RACE_MAX_ACTIVE; n++) {
-        hsm_kid kid = kid_of(n);
+        sk_kid kid = kid_of(n);
         assert_true(reg_is_active(r, &kid));
     }
     assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
@@ -291,7 +291,7 @@ static void test_revocation_survives_close_and_reopen(void **state)
     reg *r = open_ok(t, 10);
     add(r, 1, T0);
     add(r, 2, T0 + 1);
-    hsm_kid one = kid_of(1);
+    sk_kid one = kid_of(1);
     reg_key out;
     assert_int_equal(reg_revoke(r, &one, "key compromised", T0 + 60, &out), REG_OK);
     assert_int_equal(out.state, REG_REVOKED);
@@ -329,7 +329,7 @@ static void test_revocation_seq_rises_across_reopen_and_is_never_reused(void **s
     assert_int_equal(reg_revocation_seq(r), 0);
     for (unsigned n = 1; n <= 3; n++)
         add(r, n, T0 + n);
-    hsm_kid k1 = kid_of(1), k2 = kid_of(2), k3 = kid_of(3);
+    sk_kid k1 = kid_of(1), k2 = kid_of(2), k3 = kid_of(3);
     reg_key a, b, c;
     assert_int_equal(reg_revoke(r, &k1, "one", T0 + 10, &a), REG_OK);
     assert_int_equal(reg_revoke(r, &k2, "two", T0 + 11, &b), REG_OK);
@@ -338,7 +338,7 @@ static void test_revocation_seq_rises_across_reopen_and_is_never_reused(void **s
     reg_close(r);
 
     /* Prune the newest revocation and its key behind the registry's back. */
-    char hex[2 * HSM_KID_LEN + 1], sql[256];
+    char hex[2 * SK_KID_LEN + 1], sql[256];
     kid_hex(&k2, hex);
     snprintf(sql, sizeof(sql),
              "DELETE FROM revocations WHERE kid = '%s'; DELETE FROM keys WHERE kid = '%s';", hex,
@@ -359,7 +359,7 @@ static void test_revoke_is_idempotent_and_returns_first_record(void **state)
     testenv_db *t = *state;
     reg *r = open_ok(t, 10);
     add(r, 1, T0);
-    hsm_kid one = kid_of(1);
+    sk_kid one = kid_of(1);
     reg_key first, again;
     assert_int_equal(reg_revoke(r, &one, "first", T0 + 10, &first), REG_OK);
     uint64_t gen = reg_generation(r);
@@ -387,7 +387,7 @@ static void test_revoking_an_unknown_kid_is_not_found_and_changes_nothing(void *
     reg *r = open_ok(t, 10);
     add(r, 1, T0);
     uint64_t gen = reg_generation(r);
-    hsm_kid unknown = kid_of(7);
+    sk_kid unknown = kid_of(7);
     assert_int_equal(reg_revoke(r, &unknown, "why", T0, NULL), REG_ERR_NOT_FOUND);
     assert_int_equal(reg_mark_broken(r, &unknown), REG_ERR_NOT_FOUND);
     assert_int_equal(reg_delete(r, &unknown), REG_ERR_NOT_FOUND);
@@ -402,7 +402,7 @@ static void test_revoking_an_active_key_frees_its_slot(void **state)
     reg *r = open_ok(t, 1);
     add(r, 1, T0);
     assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
-    hsm_kid one = kid_of(1);
+    sk_kid one = kid_of(1);
     assert_int_equal(reg_revoke(r, &one, "rotated", T0 + 1, NULL), REG_OK);
     add(r, 2, T0 + 2);
     assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
@@ -416,7 +416,7 @@ static void test_revocations_after_returns_later_entries_ascending(void **state)
     uint64_t seq[5];
     for (unsigned n = 0; n < 5; n++) {
         add(r, n, T0 + n);
-        hsm_kid kid = kid_of(n);
+        sk_kid kid = kid_of(n);
         char reason[32];
         snprintf(reason, sizeof(reason), "reason %u", n);
         reg_key out;
@@ -426,7 +426,7 @@ static void test_revocations_after_returns_later_entries_ascending(void **state)
     reg_revocation v[5];
     assert_int_equal(reg_revocations_after(r, 0, v, 5), 5);
     for (unsigned i = 0; i < 5; i++) {
-        hsm_kid kid = kid_of(i);
+        sk_kid kid = kid_of(i);
         char reason[32];
         snprintf(reason, sizeof(reason), "reason %u", i);
         assert_int_equal(v[i].seq, seq[i]);
@@ -455,7 +455,7 @@ static void test_mark_broken_moves_only_active_keys_and_broken_keys_can_be_revok
     reg *r = open_ok(t, 2);
     add(r, 1, T0);
     add(r, 2, T0);
-    hsm_kid one = kid_of(1), two = kid_of(2);
+    sk_kid one = kid_of(1), two = kid_of(2);
     assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
     assert_int_equal(reg_mark_broken(r, &one), REG_OK);
     assert_false(reg_is_active(r, &one));
@@ -493,7 +493,7 @@ static void test_newest_active_falls_back_to_the_previous_newest(void **state)
     add(r, 1, T0 + 100);
     add(r, 2, T0 + 200);
     add(r, 3, T0 + 150);
-    hsm_kid k1 = kid_of(1), k2 = kid_of(2), k3 = kid_of(3);
+    sk_kid k1 = kid_of(1), k2 = kid_of(2), k3 = kid_of(3);
     assert_int_equal(reg_newest_active(r, &k), REG_OK);
     assert_true(kid_eq(&k.kid, &k2));
     assert_int_equal(reg_revoke(r, &k2, "old", T0 + 300, NULL), REG_OK);
@@ -513,7 +513,7 @@ static void test_newest_active_breaks_created_at_ties_by_insertion_order(void **
     reg *r = open_ok(t, 10);
     add(r, 9, T0); /* the larger kid first ... */
     add(r, 4, T0); /* ... the smaller one last: it wins the tie */
-    hsm_kid k4 = kid_of(4), k9 = kid_of(9);
+    sk_kid k4 = kid_of(4), k9 = kid_of(9);
     for (int pass = 0; pass < 2; pass++) {
         reg_key k;
         assert_int_equal(reg_newest_active(r, &k), REG_OK);
@@ -535,7 +535,7 @@ static void test_a_kid_is_pending_until_its_row_is_written_and_never_once_it_has
 {
     testenv_db *t = *state;
     reg *r = open_ok(t, 10);
-    hsm_kid k1 = kid_of(1), k2 = kid_of(2), k3 = kid_of(3);
+    sk_kid k1 = kid_of(1), k2 = kid_of(2), k3 = kid_of(3);
     reg_reader *rr = NULL;
     assert_int_equal(reg_reader_open(t->db, &rr), REG_OK);
     assert_int_equal(reg_reader_pending(rr, &k1), REG_ERR_NOT_FOUND);
@@ -554,7 +554,7 @@ static void test_a_kid_is_pending_until_its_row_is_written_and_never_once_it_has
     reg_close(r);
     r = open_ok(t, 10); /* a create the crash cut short: no longer pending */
     assert_int_equal(reg_reader_pending(rr, &k3), REG_ERR_NOT_FOUND);
-    hsm_kid *all = NULL;
+    sk_kid *all = NULL;
     size_t n = 0;
     assert_int_equal(reg_reader_all_kids(rr, &all, &n), REG_OK);
     assert_int_equal(n, 1); /* the revoked one */
@@ -572,7 +572,7 @@ static void test_delete_removes_an_unrevoked_row_and_frees_its_slot(void **state
     for (unsigned n = 0; n < 6; n++)
         add(r, n, created[n]);
     assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
-    hsm_kid k2 = kid_of(2), k4 = kid_of(4), k5 = kid_of(5);
+    sk_kid k2 = kid_of(2), k4 = kid_of(4), k5 = kid_of(5);
     assert_int_equal(reg_delete(r, &k2), REG_OK); /* a middle row */
     assert_int_equal(reg_delete(r, &k4), REG_OK); /* the newest */
     assert_int_equal(reg_mark_broken(r, &k5), REG_OK);
@@ -584,7 +584,7 @@ static void test_delete_removes_an_unrevoked_row_and_frees_its_slot(void **state
     for (int i = 0; i < 3; i++)
         reg_unreserve(r);
 
-    hsm_kid k0 = kid_of(0), k1 = kid_of(1), k3 = kid_of(3);
+    sk_kid k0 = kid_of(0), k1 = kid_of(1), k3 = kid_of(3);
     assert_int_equal(reg_revoke(r, &k3, "published", T0 + 20, NULL), REG_OK);
     assert_int_equal(reg_delete(r, &k3), REG_ERR_STATE); /* its revocation stays */
     for (int pass = 0; pass < 2; pass++) {
@@ -614,7 +614,7 @@ static void test_generation_moves_on_every_change_and_only_then(void **state)
     add(r, 3, T0);
     assert_true(reg_generation(r) > g);
     g = reg_generation(r);
-    hsm_kid k1 = kid_of(1), k2 = kid_of(2), k3 = kid_of(3);
+    sk_kid k1 = kid_of(1), k2 = kid_of(2), k3 = kid_of(3);
     reg_key k;
     reg_revocation v;
     assert_int_equal(reg_get(r, &k1, &k), REG_OK);
@@ -710,7 +710,7 @@ static void test_bad_arguments_are_refused(void **state)
     char reason[REG_REASON_MAX + 2];
     memset(reason, 'r', sizeof(reason) - 1);
     reason[sizeof(reason) - 1] = '\0';
-    hsm_kid one = kid_of(1);
+    sk_kid one = kid_of(1);
     assert_int_equal(reg_revoke(r, &one, reason, T0, NULL), REG_ERR_INVALID);
     assert_true(reg_is_active(r, &one));
     reason[REG_REASON_MAX] = '\0'; /* exactly the bound is fine */
@@ -759,8 +759,8 @@ static void test_open_loads_ten_thousand_rows(void **state)
                                         -1, &rev, NULL),
                      SQLITE_OK);
     for (unsigned n = 0; n < MANY_ROWS; n++) {
-        hsm_kid kid = kid_of(n * 2654435761u);
-        char hex[2 * HSM_KID_LEN + 1];
+        sk_kid kid = kid_of(n * 2654435761u);
+        char hex[2 * SK_KID_LEN + 1];
         kid_hex(&kid, hex);
         int revoked = n % 10 == 0;
         sqlite3_bind_text(ins, 1, hex, -1, SQLITE_TRANSIENT);
@@ -785,7 +785,7 @@ static void test_open_loads_ten_thousand_rows(void **state)
     assert_int_equal(reg_count(r, REG_ACTIVE), MANY_ROWS - MANY_ROWS / 10);
     assert_int_equal(reg_revocations_after(r, 0, NULL, 0), MANY_ROWS / 10);
     for (unsigned n = 0; n < MANY_ROWS; n++) {
-        hsm_kid kid = kid_of(n * 2654435761u);
+        sk_kid kid = kid_of(n * 2654435761u);
         assert_int_equal(reg_is_active(r, &kid), n % 10 != 0);
     }
     reg_key *all = calloc(MANY_ROWS, sizeof(*all));
@@ -806,7 +806,7 @@ static void test_open_loads_ten_thousand_rows(void **state)
 static reg_status rotate(reg *r, unsigned old_n, unsigned new_n, int64_t created_at,
                          int64_t retire_at, reg_key *was, reg_key *made)
 {
-    hsm_kid old = kid_of(old_n);
+    sk_kid old = kid_of(old_n);
     reg_key next = key_of(new_n, created_at);
     if (reg_reserve(r) != REG_OK)
         return REG_ERR_LIMIT;
@@ -815,10 +815,9 @@ static reg_status rotate(reg *r, unsigned old_n, unsigned new_n, int64_t created
 
 /* How many audit events have this action, kid (hex) and a details text containing `has`
  * (NULL: any). */
-static int audit_events(const testenv_db *t, const char *action, const hsm_kid *kid,
-                        const char *has)
+static int audit_events(const testenv_db *t, const char *action, const sk_kid *kid, const char *has)
 {
-    char hex[2 * HSM_KID_LEN + 1], like[256];
+    char hex[2 * SK_KID_LEN + 1], like[256];
     kid_hex(kid, hex);
     snprintf(like, sizeof(like), "%%%s%%", has ? has : "");
     sqlite3 *db = NULL;
@@ -855,13 +854,13 @@ static int64_t raw_int(const testenv_db *t, const char *sql)
 
 /* The keeper's question (keeperd.c): is kid in the reader's active set? 0 for a NULL
  * reader or kid and for a read error, as the keeper fails closed. */
-static int reader_active(reg_reader *rr, const hsm_kid *kid)
+static int reader_active(reg_reader *rr, const sk_kid *kid)
 {
-    hsm_kid *kids = NULL;
+    sk_kid *kids = NULL;
     size_t n = 0;
     if (kid == NULL || reg_reader_active_kids(rr, &kids, &n) != REG_OK)
         return 0;
-    int found = n > 0 && bsearch(kid, kids, n, sizeof(*kids), hsm_kid_cmp) != NULL;
+    int found = n > 0 && bsearch(kid, kids, n, sizeof(*kids), sk_kid_cmp) != NULL;
     free(kids);
     return found;
 }
@@ -872,7 +871,7 @@ test_rotate_makes_the_successor_active_and_the_old_key_retiring_in_one_change(vo
     testenv_db *t = *state;
     reg *r = open_ok(t, 10);
     add(r, 1, T0);
-    hsm_kid one = kid_of(1), two = kid_of(2);
+    sk_kid one = kid_of(1), two = kid_of(2);
     uint64_t gen = reg_generation(r);
     reg_key was, made;
     assert_int_equal(rotate(r, 1, 2, T0 + 10, T0 + 3610, &was, &made), REG_OK);
@@ -937,7 +936,7 @@ static void test_a_rotation_that_fails_in_sqlite_leaves_neither_half(void **stat
      * the successor's INSERT, already done, must be rolled back with it. */
     raw_exec(t, "UPDATE keys SET state = 'broken'");
     int64_t events = raw_int(t, "SELECT count(*) FROM audit");
-    hsm_kid one = kid_of(1), two = kid_of(2);
+    sk_kid one = kid_of(1), two = kid_of(2);
     uint64_t gen = reg_generation(r);
     assert_int_equal(rotate(r, 1, 2, T0 + 10, T0 + 100, NULL, NULL), REG_ERR_IO);
     assert_int_equal(raw_int(t, "SELECT count(*) FROM keys"), 1);
@@ -964,7 +963,7 @@ static void test_retiring_keys_hold_their_slot_so_rotating_at_the_limit_is_refus
     /* 1 retiring, 2 and 3 active: three keys in the token, the limit. */
     assert_int_equal(reg_reserve(r), REG_ERR_LIMIT);
     assert_int_equal(rotate(r, 2, 4, T0 + 2, T0 + 100, NULL, NULL), REG_ERR_LIMIT);
-    hsm_kid two = kid_of(2), next_kid = kid_of(4), one = kid_of(1);
+    sk_kid two = kid_of(2), next_kid = kid_of(4), one = kid_of(1);
     reg_key next = key_of(4, T0 + 2);
     /* Without a reservation reg_rotate checks the limit itself. */
     assert_int_equal(reg_rotate(r, &two, &next, T0 + 100, NULL, NULL), REG_ERR_LIMIT);
@@ -993,7 +992,7 @@ static void test_a_retiring_key_is_never_the_newest_active(void **state)
     add(r, 2, T0 + 100);
     /* A successor dated before key 2 (a clock that went back): 2 is the newest active. */
     assert_int_equal(rotate(r, 1, 3, T0 + 50, T0 + 1000, NULL, NULL), REG_OK);
-    hsm_kid one = kid_of(1), two = kid_of(2), three = kid_of(3);
+    sk_kid one = kid_of(1), two = kid_of(2), three = kid_of(3);
     for (int pass = 0; pass < 2; pass++) {
         reg_key k;
         assert_int_equal(reg_newest_active(r, &k), REG_OK);
@@ -1023,7 +1022,7 @@ static void test_only_an_active_key_rotates_and_retiring_moves_to_revoked_or_bro
     add(r, 1, T0);
     add(r, 2, T0);
     add(r, 3, T0);
-    hsm_kid one = kid_of(1), two = kid_of(2), three = kid_of(3), unknown = kid_of(99);
+    sk_kid one = kid_of(1), two = kid_of(2), three = kid_of(3), unknown = kid_of(99);
     assert_int_equal(rotate(r, 1, 10, T0 + 1, T0 + 100, NULL, NULL), REG_OK);
     assert_int_equal(reg_revoke(r, &two, "x", T0 + 1, NULL), REG_OK);
     assert_int_equal(reg_mark_broken(r, &three), REG_OK);
@@ -1037,7 +1036,7 @@ static void test_only_an_active_key_rotates_and_retiring_moves_to_revoked_or_bro
     assert_int_equal(rotate(r, 99, 11, T0 + 2, T0 + 100, NULL, NULL), REG_ERR_NOT_FOUND);
     /* A successor kid that exists already. */
     assert_int_equal(rotate(r, 10, 2, T0 + 2, T0 + 100, NULL, NULL), REG_ERR_EXISTS);
-    hsm_kid eleven = kid_of(11);
+    sk_kid eleven = kid_of(11);
     assert_int_equal(reg_get(r, &eleven, NULL), REG_ERR_NOT_FOUND);
     assert_int_equal(reg_generation(r), gen);
     assert_int_equal(reg_get(r, &unknown, NULL), REG_ERR_NOT_FOUND);
@@ -1048,7 +1047,7 @@ static void test_only_an_active_key_rotates_and_retiring_moves_to_revoked_or_bro
         reg_unreserve(r);
 
     /* Neither half of a rotation can be deleted. */
-    hsm_kid ten = kid_of(10);
+    sk_kid ten = kid_of(10);
     assert_int_equal(reg_delete(r, &one), REG_ERR_STATE);
     assert_int_equal(reg_delete(r, &ten), REG_ERR_STATE);
 
@@ -1081,7 +1080,7 @@ static void test_retiring_due_names_the_overdue_keys_and_the_next_retire_at(void
     testenv_db *t = *state;
     reg *r = open_ok(t, 10);
     int64_t next = -1;
-    hsm_kid due[4];
+    sk_kid due[4];
     assert_int_equal(reg_retiring_due(r, T0, due, 4, &next), 0);
     assert_int_equal(next, 0);
     for (unsigned n = 1; n <= 3; n++) {
@@ -1092,7 +1091,7 @@ static void test_retiring_due_names_the_overdue_keys_and_the_next_retire_at(void
     assert_int_equal(next, T0 + 10);
     assert_int_equal(reg_retiring_due(r, T0 + 20, due, 4, &next), 2); /* retire_at <= now */
     assert_int_equal(next, T0 + 30);
-    hsm_kid one = kid_of(1), two = kid_of(2);
+    sk_kid one = kid_of(1), two = kid_of(2);
     assert_true((kid_eq(&due[0], &one) && kid_eq(&due[1], &two)) ||
                 (kid_eq(&due[0], &two) && kid_eq(&due[1], &one)));
     assert_int_equal(reg_retiring_due(r, T0 + 20, due, 1, NULL), 2); /* truncated, says so */
@@ -1125,8 +1124,8 @@ static const char v1_schema[] =
 static void test_a_version_1_file_is_migrated_in_place_and_keeps_every_row(void **state)
 {
     testenv_db *t = *state;
-    hsm_kid k[4] = {kid_of(1), kid_of(2), kid_of(3), kid_of(4)};
-    char hex[4][2 * HSM_KID_LEN + 1];
+    sk_kid k[4] = {kid_of(1), kid_of(2), kid_of(3), kid_of(4)};
+    char hex[4][2 * SK_KID_LEN + 1];
     for (int i = 0; i < 4; i++)
         kid_hex(&k[i], hex[i]);
     char sql[2048];
@@ -1220,7 +1219,7 @@ static void test_reader_sees_only_active_kids_as_active(void **state)
     add(r, 2, T0);
     add(r, 3, T0);
     reg_reader *rr = reader_ok(t);
-    hsm_kid one = kid_of(1), two = kid_of(2), three = kid_of(3), unknown = kid_of(99);
+    sk_kid one = kid_of(1), two = kid_of(2), three = kid_of(3), unknown = kid_of(99);
 
     assert_int_equal(reader_active(rr, &one), 1);
     assert_int_equal(reader_active(rr, &two), 1);
@@ -1240,7 +1239,7 @@ static void test_reader_already_open_sees_each_committed_change_at_its_next_look
     add(r, 1, T0);
     add(r, 2, T0);
     reg_reader *rr = reader_ok(t);
-    hsm_kid one = kid_of(1), two = kid_of(2), later = kid_of(3);
+    sk_kid one = kid_of(1), two = kid_of(2), later = kid_of(3);
     assert_int_equal(reader_active(rr, &one), 1);
     assert_int_equal(reader_active(rr, &two), 1);
     assert_int_equal(reader_active(rr, &later), 0);
@@ -1271,7 +1270,7 @@ static void test_reader_fails_closed_when_the_lookup_cannot_run(void **state)
     add(r, 1, T0);
     reg_close(r);
     reg_reader *rr = reader_ok(t);
-    hsm_kid one = kid_of(1);
+    sk_kid one = kid_of(1);
     assert_int_equal(reader_active(rr, &one), 1);
     raw_exec(t, "ALTER TABLE keys RENAME TO keys_gone");
     assert_int_equal(reader_active(rr, &one), 0);
@@ -1328,7 +1327,7 @@ static void *reader_race_main(void *arg)
     reader_race *rc = arg;
     for (unsigned i = 0; i < 500; i++) {
         unsigned n = i % 20;
-        hsm_kid kid = kid_of(n);
+        sk_kid kid = kid_of(n);
         int want = n < 10 && n % 2 == 0; /* 0..9 inserted, the odd ones revoked */
         if (reader_active(rc->rr, &kid) != want)
             atomic_fetch_add(&rc->wrong, 1);
@@ -1343,7 +1342,7 @@ static void test_reader_answers_many_threads_at_once(void **state)
     for (unsigned n = 0; n < 10; n++)
         add(r, n, T0);
     for (unsigned n = 1; n < 10; n += 2) {
-        hsm_kid kid = kid_of(n);
+        sk_kid kid = kid_of(n);
         assert_int_equal(reg_revoke(r, &kid, "", T0, NULL), REG_OK);
     }
     reader_race rc = {.rr = reader_ok(t)};
@@ -1366,7 +1365,7 @@ static void test_subject_revocations_share_the_key_revocation_sequence_across_re
     reg *r = open_ok(t, 10);
     for (unsigned n = 1; n <= 2; n++)
         add(r, n, T0 + n);
-    hsm_kid k1 = kid_of(1), k2 = kid_of(2);
+    sk_kid k1 = kid_of(1), k2 = kid_of(2);
     reg_key a, c;
     reg_subject s;
     uint64_t gen = reg_generation(r);

@@ -5,9 +5,9 @@
  * answers: from the front's side, exactly what a keeper whose module call never returns
  * (or a keeper stopped by SIGSTOP) looks like. The probe's ready case runs on a real
  * SoftHSM2 token in-process (kp_open) and a real registry file. */
-#include "appliance/keeper.h"
-#include "appliance/probe.h"
-#include "appliance/registry.h"
+#include "appliance/kproto/keeper.h"
+#include "appliance/core/probe.h"
+#include "appliance/store/registry.h"
 #include "tests/unit/testenv.h"
 
 #include <errno.h>
@@ -140,7 +140,7 @@ static kp *connect_mute(mute_keeper *m, unsigned timeout_ms)
     kp *k = NULL;
     char err[256];
     kp_deadlines dl = {.timeout_ms = timeout_ms};
-    assert_int_equal(kp_connect(m->sock, &dl, &k, err, sizeof(err)), HSM_OK);
+    assert_int_equal(kp_connect(m->sock, &dl, &k, err, sizeof(err)), SK_OK);
     return k;
 }
 
@@ -148,17 +148,17 @@ static void test_a_keeper_that_never_answers_gives_hsm_timeout_after_the_deadlin
 {
     mute_keeper *m = *state;
     kp *k = connect_mute(m, DEADLINE_MS);
-    hsm_kid kid = {{1, 2, 3}};
-    uint8_t sig[HSM_SIG_MAX];
+    sk_kid kid = {{1, 2, 3}};
+    uint8_t sig[SK_SIG_MAX];
     size_t len = 0;
     uint64_t t0 = now_ms();
-    assert_int_equal(kp_sign(k, &kid, "msg", 3, sig, &len), HSM_ERR_TIMEOUT);
+    assert_int_equal(kp_sign(k, &kid, "msg", 3, sig, &len), SK_ERR_TIMEOUT);
     uint64_t took = now_ms() - t0;
     /* It waited for the keeper (the lower bound is exact), and returned (not a hang: the
      * upper bound is loose, the machine is shared). */
     assert_true(took >= DEADLINE_MS);
     assert_true(took < 20 * DEADLINE_MS);
-    assert_int_equal(kp_ping(k, NULL), HSM_ERR_TIMEOUT);
+    assert_int_equal(kp_ping(k, NULL), SK_ERR_TIMEOUT);
     kp_close(k);
 }
 
@@ -166,12 +166,12 @@ static void test_a_timed_out_connection_is_dropped_and_the_next_call_opens_anoth
 {
     mute_keeper *m = *state;
     kp *k = connect_mute(m, DEADLINE_MS);
-    assert_int_equal(kp_ping(k, NULL), HSM_ERR_TIMEOUT);
+    assert_int_equal(kp_ping(k, NULL), SK_ERR_TIMEOUT);
     /* Its late answer must never be read as the answer to a later request: closed. */
     for (int i = 0; i < 200 && count(m, &m->closed) < 1; i++)
         usleep(10000);
     assert_int_equal(count(m, &m->closed), 1);
-    assert_int_equal(kp_ping(k, NULL), HSM_ERR_TIMEOUT);
+    assert_int_equal(kp_ping(k, NULL), SK_ERR_TIMEOUT);
     assert_int_equal(count(m, &m->accepted), 2);
     kp_close(k);
 }
@@ -182,11 +182,11 @@ static void test_generation_waits_its_own_longer_deadline(void **state)
     kp *k = NULL;
     char err[256];
     kp_deadlines dl = {.timeout_ms = 100, .generate_ms = 3 * DEADLINE_MS};
-    assert_int_equal(kp_connect(m->sock, &dl, &k, err, sizeof(err)), HSM_OK);
-    hsm_kid kid = {{9}};
-    hsm_pubkey pub;
+    assert_int_equal(kp_connect(m->sock, &dl, &k, err, sizeof(err)), SK_OK);
+    sk_kid kid = {{9}};
+    sk_pubkey pub;
     uint64_t t0 = now_ms();
-    assert_int_equal(kp_generate(k, &kid, 2048, &pub), HSM_ERR_TIMEOUT);
+    assert_int_equal(kp_generate(k, &kid, 2048, &pub), SK_ERR_TIMEOUT);
     assert_true(now_ms() - t0 >= 3 * DEADLINE_MS);
     kp_close(k);
 }
@@ -216,7 +216,7 @@ static void test_probe_of_a_stalled_keeper_is_unready_with_hsm_timeout(void **st
     prb_read(p, &s);
     assert_true(now_ms() - t0 < 100); /* never waits for the token */
     assert_false(s.ready);
-    assert_int_equal(s.status, HSM_ERR_TIMEOUT);
+    assert_int_equal(s.status, SK_ERR_TIMEOUT);
     prb_stop(p);
     reg_close(r);
     kp_close(k);
@@ -235,7 +235,7 @@ static void test_probe_of_a_token_that_answers_is_ready_with_its_sessions(void *
     assert_int_equal(testenv_token(dir), 0);
     hsm_config hc = testenv_config(dir, pin);
     kp *k = NULL;
-    assert_int_equal(kp_open(&hc, &k, err, sizeof(err)), HSM_OK);
+    assert_int_equal(kp_open(&hc, &k, err, sizeof(err)), SK_OK);
     char db[PATH_MAX + 16];
     snprintf(db, sizeof(db), "%s/appliance.db", dir);
     reg *r = NULL;
@@ -246,7 +246,7 @@ static void test_probe_of_a_token_that_answers_is_ready_with_its_sessions(void *
     prb_state s;
     prb_read(p, &s);
     assert_true(s.ready);
-    assert_int_equal(s.status, HSM_OK);
+    assert_int_equal(s.status, SK_OK);
     assert_true(s.sessions >= 1);
     prb_stop(p);
     reg_close(r);

@@ -3,9 +3,9 @@
  * directory per test. Durability is checked by closing and reopening; the audit events by
  * reading the audit table back with SQLite.
  */
-#include "appliance/tokstate.h"
+#include "appliance/store/tokstate.h"
 
-#include "appliance/audit.h"
+#include "appliance/core/audit.h"
 
 #include <stdarg.h>
 #include <stddef.h>

@@ -78,7 +78,7 @@ hsm_config testenv_config(const char *dir, char pin_path[PATH_MAX])
     return cfg;
 }
 
-void testenv_kid(hsm_kid *kid)
+void testenv_kid(sk_kid *kid)
 {
     size_t got = 0;
     while (got < sizeof(kid->b)) {
@@ -132,7 +132,7 @@ int testenv_db_teardown(void **state)
 }
 
 /* The RSA public key (n, e) as an OpenSSL key, built from the exported values. */
-EVP_PKEY *testenv_evp_from_pubkey(const hsm_pubkey *pk)
+EVP_PKEY *testenv_evp_from_pubkey(const sk_pubkey *pk)
 {
     EVP_PKEY *key = NULL;
     BIGNUM *n = BN_bin2bn(pk->n, (int)pk->n_len, NULL);

@@ -36,7 +36,7 @@ int testenv_token_serial(char dir_out[PATH_MAX], char serial_out[17]);
 hsm_config testenv_config(const char *dir, char pin_path[PATH_MAX]);
 
 /* 16 random bytes. */
-void testenv_kid(hsm_kid *kid);
+void testenv_kid(sk_kid *kid);
 
 /* A temporary directory for a database file: cmocka fixtures for registry-like tests.
  * testenv_db_setup makes /tmp/signd-db-XXXXXX and sets db to DIR/appliance.db;
@@ -53,6 +53,6 @@ void testenv_cleanup(const char *dir);
 
 /* The RSA public key (n, e) exported from the token as an OpenSSL key, so tests check
  * signatures with an implementation that is not ours. NULL on failure; EVP_PKEY_free it. */
-EVP_PKEY *testenv_evp_from_pubkey(const hsm_pubkey *pk);
+EVP_PKEY *testenv_evp_from_pubkey(const sk_pubkey *pk);
 
 #endif

@@ -1,0 +1,1119 @@
+/* audit: the hash-chained, checkpointed trail. See audit.h. */
+#include "appliance/core/audit.h"
+
+#include "appliance/common/config.h"
+#include "appliance/common/jlog.h"
+#include "jose/jose.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define AUDIT_FLAGS (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)
+#define AUDIT_BUSY_MS 10000
+#define AUDIT_LINE_MAX (64 * 1024)
+
+static const char audit_schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS audit ("
+    " seq INTEGER PRIMARY KEY,"
+    " time INTEGER NOT NULL,"
+    " actor TEXT NOT NULL,"
+    " action TEXT NOT NULL,"
+    " kid TEXT NOT NULL,"
+    " details TEXT NOT NULL,"
+    " prev_hash TEXT NOT NULL CHECK (length(prev_hash) = 64),"
+    " hash TEXT NOT NULL CHECK (length(hash) = 64));"
+    "CREATE INDEX IF NOT EXISTS audit_kid ON audit (kid) WHERE kid != '';"
+    "CREATE TABLE IF NOT EXISTS audit_checkpoints ("
+    " seq INTEGER PRIMARY KEY,"
+    " hash TEXT NOT NULL CHECK (length(hash) = 64),"
+    " time INTEGER NOT NULL,"
+    " jws TEXT NOT NULL);";
+
+static const char audit_zero_hash[AUDIT_HASH_HEX + 1] =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+int audit_schema(sqlite3 *db, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db, audit_schema_sql, NULL, NULL, &msg) != SQLITE_OK) {
+        cfg_errorf(err, errlen, "audit schema: %s", msg ? msg : "?");
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the actor ---------------------------------------------------------------------------- */
+
+static _Thread_local char audit_actor_buf[AUDIT_ACTOR_MAX];
+
+void audit_set_actor(const char *actor)
+{
+    snprintf(audit_actor_buf, sizeof(audit_actor_buf), "%s", actor ? actor : "");
+}
+
+const char *audit_actor(void)
+{
+    return audit_actor_buf[0] ? audit_actor_buf : AUDIT_SYSTEM;
+}
+
+/* ---- hashing ------------------------------------------------------------------------------ */
+
+/* No reals: their text form is not canonical across implementations. */
+static int audit_details_ok(json_t *j, int depth)
+{
+    if (depth > 8 || json_is_real(j))
+        return 0;
+    const char *k;
+    json_t *v;
+    size_t i;
+    if (json_is_object(j)) {
+        json_object_foreach(j, k, v) if (!audit_details_ok(v, depth + 1)) return 0;
+    } else if (json_is_array(j)) {
+        json_array_foreach(j, i, v) if (!audit_details_ok(v, depth + 1)) return 0;
+    }
+    return 1;
+}
+
+/* canonical(event) as malloc'd text. details is borrowed. */
+static char *audit_canonical(uint64_t seq, int64_t time, const char *actor, const char *action,
+                             const char *kid, json_t *details)
+{
+    json_t *ev =
+        json_pack("{s:s, s:s, s:O, s:s, s:I, s:I}", "action", action, "actor", actor, "details",
+                  details, "kid", kid, "seq", (json_int_t)seq, "time", (json_int_t)time);
+    char *text = ev ? json_dumps(ev, AUDIT_FLAGS) : NULL;
+    json_decref(ev);
+    return text;
+}
+
+int audit_chain_hash(const char *prev_hex, uint64_t seq, int64_t time, const char *actor,
+                     const char *action, const char *kid, json_t *details,
+                     char out[AUDIT_HASH_HEX + 1])
+{
+    uint8_t prev[32], md[32];
+    unsigned int mdlen = 0;
+    if (prev_hex == NULL || strlen(prev_hex) != AUDIT_HASH_HEX ||
+        jose_hex_decode(prev_hex, AUDIT_HASH_HEX, prev, 32) != 0 || actor == NULL ||
+        action == NULL || kid == NULL || !json_is_object(details))
+        return -1;
+    char *canonical = audit_canonical(seq, time, actor, action, kid, details);
+    if (canonical == NULL)
+        return -1;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+             EVP_DigestUpdate(ctx, prev, sizeof(prev)) == 1 &&
+             EVP_DigestUpdate(ctx, canonical, strlen(canonical)) == 1 &&
+             EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;
+    EVP_MD_CTX_free(ctx);
+    free(canonical);
+    if (!ok)
+        return -1;
+    jose_hex_encode(md, 32, out);
+    return 0;
+}
+
+/* ---- the JSON log of events (jlog.h) ------------------------------------------------------- */
+
+/* Set by audit_open from audit_options.log_events: process-wide, since the registry's and
+ * the credential store's connections append events too. */
+static atomic_int audit_log_on;
+/* Lines of the events appended by this thread's open transaction: written by the commit
+ * hook of that connection (the transaction commits on the thread that built it), dropped
+ * by its rollback hook, so the log never shows an event the trail does not hold. */
+static _Thread_local json_t *audit_log_staged;
+
+static int audit_log_commit(void *unused)
+{
+    (void)unused;
+    json_t *staged = audit_log_staged;
+    audit_log_staged = NULL;
+    size_t i;
+    json_t *line;
+    json_array_foreach(staged, i, line) jlog_write(json_incref(line));
+    json_decref(staged);
+    return 0; /* never vetoes the commit */
+}
+
+static void audit_log_rollback(void *unused)
+{
+    (void)unused;
+    json_decref(audit_log_staged);
+    audit_log_staged = NULL;
+}
+
+/* Stages event seq's line: {"time","log":"event","event","seq","actor","kid"?,"details"}.
+ * details is what the trail records, which never holds a secret (a credential's id and
+ * role, never its secret). */
+static void audit_log_stage(sqlite3 *db, uint64_t seq, const char *actor, const char *action,
+                            const char *kid, json_t *details)
+{
+    char now[JLOG_TIME_LEN];
+    jlog_time(now);
+    json_t *j = json_pack("{s:s, s:s, s:s, s:I, s:s, s:O}", "time", now, "log", "event", "event",
+                          action, "seq", (json_int_t)seq, "actor", actor, "details", details);
+    if (j != NULL && kid[0] != '\0')
+        json_object_set_new(j, "kid", json_string(kid));
+    if (audit_log_staged == NULL)
+        audit_log_staged = json_array();
+    if (j == NULL || json_array_append_new(audit_log_staged, j) != 0)
+        return;
+    sqlite3_commit_hook(db, audit_log_commit, NULL);
+    sqlite3_rollback_hook(db, audit_log_rollback, NULL);
+}
+
+/* ---- appending ---------------------------------------------------------------------------- */
+
+/* The head (seq 0 and the zero hash when empty). */
+static int audit_head(sqlite3 *db, uint64_t *seq, char hash[AUDIT_HASH_HEX + 1])
+{
+    sqlite3_stmt *s;
+    *seq = 0;
+    memcpy(hash, audit_zero_hash, sizeof(audit_zero_hash));
+    if (sqlite3_prepare_v2(db, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", -1, &s,
+                           NULL) != SQLITE_OK)
+        return -1;
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        *seq = (uint64_t)sqlite3_column_int64(s, 0);
+        const char *h = (const char *)sqlite3_column_text(s, 1);
+        if (h == NULL || strlen(h) != AUDIT_HASH_HEX)
+            rc = SQLITE_CORRUPT;
+        else
+            memcpy(hash, h, AUDIT_HASH_HEX + 1);
+    }
+    sqlite3_finalize(s);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
+}
+
+int audit_append_tx(sqlite3 *db, int64_t time, const char *action, const char *kid_hex,
+                    json_t *details, char *err, size_t errlen)
+{
+    json_t *empty = NULL;
+    if (details == NULL)
+        details = empty = json_object();
+    if (details == NULL || !json_is_object(details) || !audit_details_ok(details, 0)) {
+        json_decref(empty);
+        cfg_errorf(err, errlen, "audit: details must be a JSON object without reals");
+        return -1;
+    }
+    const char *actor = audit_actor();
+    const char *kid = kid_hex ? kid_hex : "";
+    uint64_t seq;
+    char prev[AUDIT_HASH_HEX + 1], hash[AUDIT_HASH_HEX + 1];
+    char *details_text = json_dumps(details, AUDIT_FLAGS);
+    int rc = -1;
+    if (details_text == NULL || strlen(details_text) > AUDIT_DETAILS_MAX) {
+        cfg_errorf(err, errlen, "audit: details missing or over %d bytes", AUDIT_DETAILS_MAX);
+    } else if (audit_head(db, &seq, prev) != 0) {
+        cfg_errorf(err, errlen, "audit: read head: %s", sqlite3_errmsg(db));
+    } else if (audit_chain_hash(prev, seq + 1, time, actor, action, kid, details, hash) != 0) {
+        cfg_errorf(err, errlen, "audit: hashing failed");
+    } else {
+        sqlite3_stmt *s;
+        if (sqlite3_prepare_v2(db,
+                               "INSERT INTO audit (seq, time, actor, action, kid, details,"
+                               " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                               -1, &s, NULL) == SQLITE_OK) {
+            sqlite3_bind_int64(s, 1, (sqlite3_int64)(seq + 1));
+            sqlite3_bind_int64(s, 2, time);
+            sqlite3_bind_text(s, 3, actor, -1, SQLITE_STATIC);
+            sqlite3_bind_text(s, 4, action, -1, SQLITE_STATIC);
+            sqlite3_bind_text(s, 5, kid, -1, SQLITE_STATIC);
+            sqlite3_bind_text(s, 6, details_text, -1, SQLITE_STATIC);
+            sqlite3_bind_text(s, 7, prev, -1, SQLITE_STATIC);
+            sqlite3_bind_text(s, 8, hash, -1, SQLITE_STATIC);
+            rc = sqlite3_step(s) == SQLITE_DONE ? 0 : -1;
+            sqlite3_finalize(s);
+        }
+        if (rc != 0)
+            cfg_errorf(err, errlen, "audit: insert: %s", sqlite3_errmsg(db));
+        else if (atomic_load_explicit(&audit_log_on, memory_order_relaxed))
+            audit_log_stage(db, seq + 1, actor, action, kid, details);
+    }
+    free(details_text);
+    json_decref(empty);
+    return rc;
+}
+
+/* ---- the writer ----------------------------------------------------------------------------- */
+
+typedef struct {
+    char action[AUDIT_ACTION_MAX];
+    char actor[AUDIT_ACTOR_MAX];
+    char kid[2 * SK_KID_LEN + 1];
+    json_t *details;
+    int64_t time;
+    uint64_t ticket; /* every_signature: who waits for it; 0 for queued failures */
+} audit_pending;
+
+struct audit {
+    sqlite3 *db;
+    kp *k;
+    audit_options o;
+    pthread_mutex_t db_mu; /* the connection: one transaction at a time */
+
+    pthread_mutex_t mu; /* everything below */
+    pthread_cond_t wake, done;
+    audit_pending *q;
+    size_t n_q, cap_q;
+    size_t n_fail; /* queued failure events (ticket 0): the only ones AUDIT_QUEUE_MAX bounds */
+    uint64_t dropped;
+    json_t *by_kid, *by_cred; /* signature counts since the last flush */
+    uint64_t counted;         /* signatures in them (audit_lag) */
+    int64_t counted_since;    /* time of the first of them */
+    uint64_t next_ticket, committed_ticket;
+    uint64_t failed_upto; /* tickets at or below this were in a commit that failed */
+    int stop;
+    pthread_t thread;
+
+    uint64_t last_cp_seq; /* seq of the last checkpoint */
+    struct timespec last_cp, last_flush;
+};
+
+static int audit_exec(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+}
+
+static int64_t audit_now(void)
+{
+    return (int64_t)time(NULL);
+}
+
+static double audit_since(const struct timespec *t)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) / 1e9;
+}
+
+/* Commits the pending events (and the counts when with_counts) in one transaction. */
+static int audit_commit(audit *a, audit_pending *items, size_t n, json_t *by_kid, json_t *by_cred,
+                        uint64_t dropped)
+{
+    char err[256], caller[AUDIT_ACTOR_MAX];
+    snprintf(caller, sizeof(caller), "%s", audit_actor_buf); /* restored before return */
+    int rc = 0;
+    pthread_mutex_lock(&a->db_mu);
+    if (audit_exec(a->db, "BEGIN IMMEDIATE") != 0) {
+        pthread_mutex_unlock(&a->db_mu);
+        fprintf(stderr, "signd: audit: begin: %s\n", sqlite3_errmsg(a->db));
+        return -1;
+    }
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        audit_set_actor(items[i].actor);
+        rc = audit_append_tx(a->db, items[i].time, items[i].action,
+                             items[i].kid[0] ? items[i].kid : NULL, items[i].details, err,
+                             sizeof(err));
+    }
+    if (rc == 0 && (json_object_size(by_kid) > 0 || dropped > 0)) {
+        audit_set_actor(NULL);
+        json_t *d = json_pack("{s:O, s:O}", "by_kid", by_kid, "by_credential", by_cred);
+        if (dropped > 0)
+            json_object_set_new(d, "failure_events_dropped", json_integer((json_int_t)dropped));
+        rc = audit_append_tx(a->db, audit_now(), AUDIT_SIGN_COUNTS, NULL, d, err, sizeof(err));
+        json_decref(d);
+    }
+    audit_set_actor(caller);
+    if (rc == 0 && audit_exec(a->db, "COMMIT") != 0) {
+        snprintf(err, sizeof(err), "commit: %s", sqlite3_errmsg(a->db));
+        rc = -1;
+    }
+    if (rc != 0) {
+        audit_exec(a->db, "ROLLBACK");
+        fprintf(stderr, "signd: audit: %s\n", err);
+    }
+    pthread_mutex_unlock(&a->db_mu);
+    return rc;
+}
+
+int audit_record(audit *a, const char *action, const char *kid_hex, json_t *details)
+{
+    audit_pending p;
+    memset(&p, 0, sizeof(p));
+    snprintf(p.action, sizeof(p.action), "%s", action);
+    snprintf(p.actor, sizeof(p.actor), "%s", audit_actor());
+    snprintf(p.kid, sizeof(p.kid), "%s", kid_hex ? kid_hex : "");
+    p.details = details; /* borrowed: audit_commit does not consume items */
+    p.time = audit_now();
+    json_t *none = json_object();
+    int rc = none != NULL ? audit_commit(a, &p, 1, none, none, 0) : -1;
+    json_decref(none);
+    return rc;
+}
+
+int audit_checkpoint(audit *a)
+{
+    uint64_t seq;
+    char hash[AUDIT_HASH_HEX + 1];
+    pthread_mutex_lock(&a->db_mu);
+    int rc = audit_head(a->db, &seq, hash);
+    pthread_mutex_unlock(&a->db_mu);
+    if (rc != 0 || seq == 0 || seq <= a->last_cp_seq)
+        return rc;
+    int64_t now = audit_now();
+    json_t *p =
+        json_pack("{s:s, s:I, s:I}", "hash", hash, "seq", (json_int_t)seq, "time", (json_int_t)now);
+    char *payload = p ? json_dumps(p, AUDIT_FLAGS) : NULL;
+    json_decref(p);
+    if (payload == NULL)
+        return -1;
+    size_t cap = jose_jws_max_len(strlen(KP_AUDIT_HEADER), strlen(payload), SK_SIG_MAX);
+    char *jws = malloc(cap);
+    size_t input_len = 0, total = 0;
+    uint8_t sig[SK_SIG_MAX];
+    size_t sig_len = 0;
+    sk_status st = SK_ERR_DEVICE;
+    rc = -1;
+    if (jws != NULL &&
+        jose_jws_begin(KP_AUDIT_HEADER, strlen(KP_AUDIT_HEADER), payload, strlen(payload), jws, cap,
+                       &input_len) == 0 &&
+        (st = kp_svc_sign(a->k, KP_SVC_AUDIT, jws, input_len, sig, &sig_len)) == SK_OK &&
+        jose_jws_finish(jws, cap, input_len, sig, sig_len, &total) == 0) {
+        pthread_mutex_lock(&a->db_mu);
+        sqlite3_stmt *s;
+        if (sqlite3_prepare_v2(a->db,
+                               "INSERT OR IGNORE INTO audit_checkpoints (seq, hash, time, jws)"
+                               " VALUES (?, ?, ?, ?)",
+                               -1, &s, NULL) == SQLITE_OK) {
+            sqlite3_bind_int64(s, 1, (sqlite3_int64)seq);
+            sqlite3_bind_text(s, 2, hash, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(s, 3, now);
+            sqlite3_bind_text(s, 4, jws, (int)total, SQLITE_STATIC);
+            rc = sqlite3_step(s) == SQLITE_DONE ? 0 : -1;
+            sqlite3_finalize(s);
+        }
+        pthread_mutex_unlock(&a->db_mu);
+    }
+    if (rc == 0) {
+        a->last_cp_seq = seq;
+        clock_gettime(CLOCK_MONOTONIC, &a->last_cp);
+    } else {
+        fprintf(stderr, "signd: audit: checkpoint at seq %" PRIu64 " failed (%s)\n", seq,
+                st == SK_OK ? "storage" : sk_status_name(st));
+    }
+    free(jws);
+    free(payload);
+    return rc;
+}
+
+/* Events since the last checkpoint (0 when that cannot be read). */
+static uint64_t audit_unsigned(audit *a)
+{
+    uint64_t seq;
+    char hash[AUDIT_HASH_HEX + 1];
+    pthread_mutex_lock(&a->db_mu);
+    int rc = audit_head(a->db, &seq, hash);
+    pthread_mutex_unlock(&a->db_mu);
+    return rc == 0 && seq > a->last_cp_seq ? seq - a->last_cp_seq : 0;
+}
+
+/* Takes what is pending (all of it, or only the signature events when !flush_all). */
+static void audit_flush(audit *a, int flush_all)
+{
+    pthread_mutex_lock(&a->mu);
+    audit_pending *items = a->q;
+    size_t n = a->n_q;
+    uint64_t upto = a->next_ticket;
+    json_t *by_kid = NULL, *by_cred = NULL;
+    uint64_t dropped = 0;
+    if (!flush_all) {
+        /* keep queued failures for the timed flush: move only ticketed ones */
+        size_t keep = 0, take = 0;
+        audit_pending *taken = malloc(sizeof(*taken) * (n ? n : 1));
+        for (size_t i = 0; taken != NULL && i < n; i++) {
+            if (a->q[i].ticket)
+                taken[take++] = a->q[i];
+            else
+                a->q[keep++] = a->q[i];
+        }
+        if (taken == NULL) {
+            pthread_mutex_unlock(&a->mu);
+            return;
+        }
+        a->n_q = keep;
+        items = taken;
+        n = take;
+    } else {
+        a->q = NULL;
+        a->n_q = a->cap_q = 0;
+        a->n_fail = 0;
+        by_kid = a->by_kid;
+        by_cred = a->by_cred;
+        a->by_kid = json_object();
+        a->by_cred = json_object();
+        a->counted = 0;
+        dropped = a->dropped;
+        a->dropped = 0;
+    }
+    pthread_mutex_unlock(&a->mu);
+
+    int rc = 0;
+    if (n > 0 || (by_kid != NULL && (json_object_size(by_kid) > 0 || dropped > 0))) {
+        /* Only the timed flush carries counts; a group commit passes empty maps. */
+        json_t *none_k = by_kid ? NULL : json_object(), *none_c = by_cred ? NULL : json_object();
+        rc = audit_commit(a, items, n, by_kid ? by_kid : none_k, by_cred ? by_cred : none_c,
+                          dropped);
+        json_decref(none_k);
+        json_decref(none_c);
+    }
+    for (size_t i = 0; i < n; i++)
+        json_decref(items[i].details);
+    free(items);
+    json_decref(by_kid);
+    json_decref(by_cred);
+    pthread_mutex_lock(&a->mu);
+    if (upto > a->committed_ticket)
+        a->committed_ticket = upto;
+    if (rc != 0)
+        a->failed_upto = upto;
+    pthread_cond_broadcast(&a->done);
+    pthread_mutex_unlock(&a->mu);
+}
+
+static void *audit_main(void *arg)
+{
+    audit *a = arg;
+    for (;;) {
+        pthread_mutex_lock(&a->mu);
+        int has_tickets = 0;
+        for (size_t i = 0; i < a->n_q && !has_tickets; i++)
+            has_tickets = a->q[i].ticket != 0;
+        if (!has_tickets && !a->stop) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            until.tv_sec += 1;
+            pthread_cond_timedwait(&a->wake, &a->mu, &until);
+        }
+        int stop = a->stop;
+        pthread_mutex_unlock(&a->mu);
+
+        audit_flush(a, 0); /* signature events: group commit, now */
+        if (stop || audit_since(&a->last_flush) >= a->o.flush_seconds) {
+            audit_flush(a, 1);
+            clock_gettime(CLOCK_MONOTONIC, &a->last_flush);
+        }
+        uint64_t pending = audit_unsigned(a);
+        if (pending > 0 && (stop || pending >= a->o.checkpoint_events ||
+                            audit_since(&a->last_cp) >= a->o.checkpoint_seconds))
+            audit_checkpoint(a);
+        if (stop)
+            break;
+    }
+    kp_thread_done(a->k);
+    return NULL;
+}
+
+int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, char *err,
+               size_t errlen)
+{
+    *out = NULL;
+    audit *a = calloc(1, sizeof(*a));
+    if (a == NULL) {
+        cfg_errorf(err, errlen, "out of memory");
+        return -1;
+    }
+    a->k = k;
+    a->o = *o;
+    atomic_store(&audit_log_on, o->log_events != 0);
+    if (a->o.flush_seconds == 0)
+        a->o.flush_seconds = 1;
+    if (a->o.checkpoint_events == 0)
+        a->o.checkpoint_events = 1;
+    if (a->o.checkpoint_seconds == 0)
+        a->o.checkpoint_seconds = 1;
+    if (sqlite3_open_v2(db_path, &a->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, NULL) !=
+            SQLITE_OK ||
+        sqlite3_busy_timeout(a->db, AUDIT_BUSY_MS) != SQLITE_OK ||
+        audit_exec(a->db, "PRAGMA journal_mode=WAL") != 0 ||
+        audit_exec(a->db, "PRAGMA synchronous=FULL") != 0 ||
+        audit_schema(a->db, err, errlen) != 0) {
+        if (err && errlen && err[0] == '\0')
+            cfg_errorf(err, errlen, "%s: %s", db_path, a->db ? sqlite3_errmsg(a->db) : "?");
+        sqlite3_close(a->db);
+        free(a);
+        return -1;
+    }
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(a->db, "SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints", -1, &s,
+                           NULL) == SQLITE_OK) {
+        if (sqlite3_step(s) == SQLITE_ROW)
+            a->last_cp_seq = (uint64_t)sqlite3_column_int64(s, 0);
+        sqlite3_finalize(s);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &a->last_cp);
+    a->last_flush = a->last_cp;
+    pthread_mutex_init(&a->db_mu, NULL);
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->wake, NULL);
+    pthread_cond_init(&a->done, NULL);
+    a->by_kid = json_object();
+    a->by_cred = json_object();
+    if (pthread_create(&a->thread, NULL, audit_main, a) != 0) {
+        cfg_errorf(err, errlen, "cannot start the audit thread");
+        json_decref(a->by_kid);
+        json_decref(a->by_cred);
+        sqlite3_close(a->db);
+        free(a);
+        return -1;
+    }
+    *out = a;
+    return 0;
+}
+
+void audit_close(audit *a)
+{
+    if (a == NULL)
+        return;
+    pthread_mutex_lock(&a->mu);
+    a->stop = 1;
+    pthread_cond_broadcast(&a->wake);
+    pthread_mutex_unlock(&a->mu);
+    pthread_join(a->thread, NULL);
+    for (size_t i = 0; i < a->n_q; i++)
+        json_decref(a->q[i].details);
+    free(a->q);
+    json_decref(a->by_kid);
+    json_decref(a->by_cred);
+    sqlite3_close(a->db);
+    pthread_mutex_destroy(&a->db_mu);
+    pthread_mutex_destroy(&a->mu);
+    pthread_cond_destroy(&a->wake);
+    pthread_cond_destroy(&a->done);
+    free(a);
+}
+
+/* Appends to the queue (caller holds mu). 0, or -1 when full. Failure events are bounded
+ * by AUDIT_QUEUE_MAX (anyone can cause them); signature events are not, since each has a
+ * request waiting for it, so there are at most as many as worker threads. */
+static int audit_push(audit *a, const audit_pending *p)
+{
+    if (p->ticket == 0 && a->n_fail >= AUDIT_QUEUE_MAX)
+        return -1;
+    if (a->n_q == a->cap_q) {
+        size_t cap = a->cap_q ? a->cap_q * 2 : 64;
+        audit_pending *q = realloc(a->q, cap * sizeof(*q));
+        if (q == NULL)
+            return -1;
+        a->q = q;
+        a->cap_q = cap;
+    }
+    a->q[a->n_q++] = *p;
+    if (p->ticket == 0)
+        a->n_fail++;
+    return 0;
+}
+
+void audit_queue(audit *a, const char *action, const char *actor, json_t *details)
+{
+    if (a == NULL)
+        return;
+    audit_pending p;
+    memset(&p, 0, sizeof(p));
+    snprintf(p.action, sizeof(p.action), "%s", action);
+    snprintf(p.actor, sizeof(p.actor), "%s", actor && actor[0] ? actor : AUDIT_SYSTEM);
+    p.details = details ? json_deep_copy(details) : json_object();
+    p.time = audit_now();
+    pthread_mutex_lock(&a->mu);
+    if (p.details == NULL || audit_push(a, &p) != 0) {
+        a->dropped++;
+        json_decref(p.details);
+    }
+    pthread_mutex_unlock(&a->mu);
+}
+
+void audit_lag(audit *a, uint64_t *events, double *oldest_seconds)
+{
+    *events = 0;
+    *oldest_seconds = 0;
+    if (a == NULL)
+        return;
+    pthread_mutex_lock(&a->mu);
+    int64_t oldest = a->counted > 0 ? a->counted_since : INT64_MAX;
+    for (size_t i = 0; i < a->n_q; i++)
+        if (a->q[i].time < oldest)
+            oldest = a->q[i].time;
+    *events = a->n_q + a->counted;
+    pthread_mutex_unlock(&a->mu);
+    int64_t now = audit_now();
+    if (oldest != INT64_MAX && now > oldest)
+        *oldest_seconds = (double)(now - oldest);
+}
+
+static void audit_count(json_t *map, const char *key)
+{
+    json_t *v = json_object_get(map, key);
+    json_int_t n = v ? json_integer_value(v) : 0;
+    if (v != NULL)
+        json_integer_set(v, n + 1);
+    else
+        json_object_set_new(map, key, json_integer(1));
+}
+
+int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const void *msg, size_t len,
+                    const char *jti)
+{
+    if (a == NULL)
+        return 0;
+    const char *cred = cred_id && cred_id[0] ? cred_id : AUDIT_SYSTEM;
+    if (!a->o.every_signature) {
+        pthread_mutex_lock(&a->mu);
+        audit_count(a->by_kid, kid_hex);
+        audit_count(a->by_cred, cred);
+        if (a->counted++ == 0)
+            a->counted_since = audit_now();
+        pthread_mutex_unlock(&a->mu);
+        return 0;
+    }
+    uint8_t md[32];
+    char digest[65];
+    unsigned int mdlen = 0;
+    if (EVP_Digest(msg, len, md, &mdlen, EVP_sha256(), NULL) != 1)
+        return -1;
+    jose_hex_encode(md, 32, digest);
+    audit_pending p;
+    memset(&p, 0, sizeof(p));
+    snprintf(p.action, sizeof(p.action), "%s", AUDIT_SIGN);
+    snprintf(p.actor, sizeof(p.actor), "%s", cred);
+    snprintf(p.kid, sizeof(p.kid), "%s", kid_hex);
+    p.details = json_pack("{s:s}", "sha256", digest);
+    if (p.details != NULL && jti != NULL)
+        json_object_set_new(p.details, "jti", json_string(jti));
+    p.time = audit_now();
+    pthread_mutex_lock(&a->mu);
+    p.ticket = ++a->next_ticket;
+    if (p.details == NULL || audit_push(a, &p) != 0) {
+        pthread_mutex_unlock(&a->mu);
+        json_decref(p.details);
+        return -1;
+    }
+    pthread_cond_signal(&a->wake);
+    while (a->committed_ticket < p.ticket)
+        pthread_cond_wait(&a->done, &a->mu);
+    int failed = p.ticket <= a->failed_upto;
+    pthread_mutex_unlock(&a->mu);
+    return failed ? -1 : 0;
+}
+
+/* ---- reading -------------------------------------------------------------------------------- */
+
+static sqlite3 *audit_open_ro(const char *path)
+{
+    sqlite3 *db = NULL;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL) !=
+        SQLITE_OK) {
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, AUDIT_BUSY_MS);
+    return db;
+}
+
+static json_t *audit_row_json(sqlite3_stmt *s)
+{
+    json_error_t je;
+    const char *details = (const char *)sqlite3_column_text(s, 5);
+    json_t *d = details ? json_loads(details, JSON_REJECT_DUPLICATES, &je) : NULL;
+    return json_pack(
+        "{s:I, s:I, s:s, s:s, s:s, s:o, s:s, s:s}", "seq", (json_int_t)sqlite3_column_int64(s, 0),
+        "time", (json_int_t)sqlite3_column_int64(s, 1), "actor",
+        (const char *)sqlite3_column_text(s, 2), "action", (const char *)sqlite3_column_text(s, 3),
+        "kid", (const char *)sqlite3_column_text(s, 4), "details", d ? d : json_object(),
+        "prev_hash", (const char *)sqlite3_column_text(s, 6), "hash",
+        (const char *)sqlite3_column_text(s, 7));
+}
+
+int audit_list(const char *db_path, const audit_query *q, json_t **out, uint64_t *next)
+{
+    *out = NULL;
+    *next = 0;
+    sqlite3 *db = audit_open_ro(db_path);
+    if (db == NULL)
+        return -1;
+    unsigned limit = q->limit < 1 ? 1 : q->limit > 1000 ? 1000 : q->limit;
+    sqlite3_stmt *s;
+    int rc = sqlite3_prepare_v2(db,
+                                "SELECT seq, time, actor, action, kid, details, prev_hash, hash"
+                                " FROM audit WHERE seq > ?1"
+                                " AND (?2 IS NULL OR kid = ?2)"
+                                " AND (?3 IS NULL OR action = ?3)"
+                                " AND (?4 IS NULL OR actor = ?4)"
+                                " AND (?5 = 0 OR time >= ?5)"
+                                " AND (?6 = 0 OR time <= ?6)"
+                                " ORDER BY seq LIMIT ?7",
+                                -1, &s, NULL);
+    if (rc != SQLITE_OK) {
+        sqlite3_close(db);
+        return -1;
+    }
+    sqlite3_bind_int64(s, 1, (sqlite3_int64)q->after);
+    if (q->kid)
+        sqlite3_bind_text(s, 2, q->kid, -1, SQLITE_STATIC);
+    if (q->action)
+        sqlite3_bind_text(s, 3, q->action, -1, SQLITE_STATIC);
+    if (q->actor)
+        sqlite3_bind_text(s, 4, q->actor, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 5, q->since);
+    sqlite3_bind_int64(s, 6, q->until);
+    sqlite3_bind_int(s, 7, (int)limit + 1);
+    json_t *arr = json_array();
+    unsigned n = 0;
+    uint64_t last = 0;
+    while (arr != NULL && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (n == limit) { /* one more exists: there is a next page */
+            *next = last;
+            break;
+        }
+        last = (uint64_t)sqlite3_column_int64(s, 0);
+        json_array_append_new(arr, audit_row_json(s));
+        n++;
+    }
+    int ok = rc == SQLITE_ROW || rc == SQLITE_DONE;
+    sqlite3_finalize(s);
+    sqlite3_close(db);
+    if (!ok || arr == NULL) {
+        json_decref(arr);
+        return -1;
+    }
+    *out = arr;
+    return 0;
+}
+
+static int audit_write_line(FILE *out, json_t *j)
+{
+    char *text = j ? json_dumps(j, AUDIT_FLAGS) : NULL;
+    int rc = text != NULL && fprintf(out, "%s\n", text) > 0 ? 0 : -1;
+    free(text);
+    json_decref(j);
+    return rc;
+}
+
+int audit_export(const char *db_path, uint64_t from_seq, uint64_t to_seq, FILE *out)
+{
+    sqlite3 *db = audit_open_ro(db_path);
+    if (db == NULL)
+        return -1;
+    if (to_seq == 0)
+        to_seq = INT64_MAX;
+    if (from_seq == 0)
+        from_seq = 1;
+    /* One read transaction: events and checkpoints from the same snapshot. */
+    sqlite3_stmt *e = NULL, *c = NULL;
+    int rc = audit_exec(db, "BEGIN") == 0 &&
+                     sqlite3_prepare_v2(db,
+                                        "SELECT seq, time, actor, action, kid, details, prev_hash,"
+                                        " hash FROM audit WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+                                        -1, &e, NULL) == SQLITE_OK &&
+                     sqlite3_prepare_v2(db,
+                                        "SELECT seq, hash, time, jws FROM audit_checkpoints"
+                                        " WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+                                        -1, &c, NULL) == SQLITE_OK
+                 ? 0
+                 : -1;
+    if (rc == 0) {
+        sqlite3_bind_int64(e, 1, (sqlite3_int64)from_seq);
+        sqlite3_bind_int64(e, 2, (sqlite3_int64)to_seq);
+        sqlite3_bind_int64(c, 1, (sqlite3_int64)from_seq);
+        sqlite3_bind_int64(c, 2, (sqlite3_int64)to_seq);
+        int crc = sqlite3_step(c);
+        int erc;
+        while (rc == 0 && (erc = sqlite3_step(e)) == SQLITE_ROW) {
+            uint64_t seq = (uint64_t)sqlite3_column_int64(e, 0);
+            json_t *ev = audit_row_json(e);
+            if (ev != NULL)
+                json_object_set_new(ev, "type", json_string("event"));
+            rc = audit_write_line(out, ev);
+            while (rc == 0 && crc == SQLITE_ROW && (uint64_t)sqlite3_column_int64(c, 0) <= seq) {
+                rc = audit_write_line(out,
+                                      json_pack("{s:s, s:I, s:s, s:I, s:s}", "type", "checkpoint",
+                                                "seq", (json_int_t)sqlite3_column_int64(c, 0),
+                                                "hash", (const char *)sqlite3_column_text(c, 1),
+                                                "time", (json_int_t)sqlite3_column_int64(c, 2),
+                                                "jws", (const char *)sqlite3_column_text(c, 3)));
+                crc = sqlite3_step(c);
+            }
+        }
+        if (rc == 0 && erc != SQLITE_DONE)
+            rc = -1;
+    }
+    sqlite3_finalize(e);
+    sqlite3_finalize(c);
+    audit_exec(db, "COMMIT");
+    sqlite3_close(db);
+    return rc == 0 && fflush(out) == 0 ? 0 : -1;
+}
+
+/* ---- the keeper's walk along the chain --------------------------------------------------- */
+
+int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_hash, uint64_t to_seq,
+                     char out[AUDIT_HASH_HEX + 1], char *why, size_t whylen)
+{
+    if (from_seq == 0)
+        from_hash = audit_zero_hash;
+    if (db_path == NULL || from_hash == NULL || strlen(from_hash) != AUDIT_HASH_HEX ||
+        to_seq < from_seq || to_seq > INT64_MAX) {
+        cfg_errorf(why, whylen, "audit chain: bad arguments");
+        return -1;
+    }
+    char running[AUDIT_HASH_HEX + 1];
+    memcpy(running, from_hash, AUDIT_HASH_HEX + 1);
+    if (to_seq == from_seq) {
+        memcpy(out, running, AUDIT_HASH_HEX + 1);
+        return 0;
+    }
+    sqlite3 *db = audit_open_ro(db_path);
+    if (db == NULL) {
+        cfg_errorf(why, whylen, "audit chain: cannot open %s", db_path);
+        return -1;
+    }
+    sqlite3_stmt *s = NULL;
+    int rc = -1;
+    uint64_t seq = from_seq;
+    /* One read transaction: the rows of one moment of the file. */
+    if (audit_exec(db, "BEGIN") != 0 ||
+        sqlite3_prepare_v2(db,
+                           "SELECT seq, time, actor, action, kid, details, prev_hash, hash"
+                           " FROM audit WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+                           -1, &s, NULL) != SQLITE_OK) {
+        cfg_errorf(why, whylen, "audit chain: %s", sqlite3_errmsg(db));
+        goto out;
+    }
+    sqlite3_bind_int64(s, 1, (sqlite3_int64)from_seq);
+    sqlite3_bind_int64(s, 2, (sqlite3_int64)to_seq);
+    int step;
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        uint64_t row = (uint64_t)sqlite3_column_int64(s, 0);
+        const char *actor = (const char *)sqlite3_column_text(s, 2);
+        const char *action = (const char *)sqlite3_column_text(s, 3);
+        const char *kid = (const char *)sqlite3_column_text(s, 4);
+        const char *details = (const char *)sqlite3_column_text(s, 5);
+        const char *ph = (const char *)sqlite3_column_text(s, 6);
+        const char *h = (const char *)sqlite3_column_text(s, 7);
+        char computed[AUDIT_HASH_HEX + 1];
+        json_error_t je;
+        json_t *d = details ? json_loads(details, JSON_REJECT_DUPLICATES, &je) : NULL;
+        int ok = 0;
+        if (row != seq + 1)
+            cfg_errorf(why, whylen, "audit chain: seq %" PRIu64 " is missing", seq + 1);
+        else if (ph == NULL || strcmp(ph, running) != 0)
+            cfg_errorf(why, whylen,
+                       "audit chain: seq %" PRIu64 "'s prev_hash is not the hash of "
+                       "seq %" PRIu64,
+                       row, seq);
+        else if (d == NULL || !audit_details_ok(d, 0) ||
+                 audit_chain_hash(running, row, (int64_t)sqlite3_column_int64(s, 1), actor, action,
+                                  kid, d, computed) != 0 ||
+                 h == NULL || strcmp(h, computed) != 0)
+            cfg_errorf(why, whylen,
+                       "audit chain: seq %" PRIu64 "'s hash does not match its "
+                       "contents",
+                       row);
+        else
+            ok = 1;
+        json_decref(d);
+        if (!ok)
+            goto out;
+        memcpy(running, computed, AUDIT_HASH_HEX + 1);
+        seq = row;
+    }
+    if (step != SQLITE_DONE) {
+        cfg_errorf(why, whylen, "audit chain: %s", sqlite3_errmsg(db));
+        goto out;
+    }
+    if (seq != to_seq) {
+        cfg_errorf(why, whylen, "audit chain: ends at seq %" PRIu64 ", before %" PRIu64, seq,
+                   to_seq);
+        goto out;
+    }
+    memcpy(out, running, AUDIT_HASH_HEX + 1);
+    rc = 0;
+out:
+    sqlite3_finalize(s);
+    audit_exec(db, "COMMIT");
+    sqlite3_close(db);
+    return rc;
+}
+
+/* ---- verification ------------------------------------------------------------------------------
+ */
+
+static int audit_bad(audit_verdict *v, uint64_t seq, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int audit_bad(audit_verdict *v, uint64_t seq, const char *fmt, ...)
+{
+    v->broken_seq = seq;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(v->why, sizeof(v->why), fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static EVP_PKEY *audit_read_pub(const char *pem)
+{
+    BIO *b = BIO_new_mem_buf(pem, -1);
+    EVP_PKEY *k = b ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    return k;
+}
+
+/* The checkpoint's JWS is by the audit key over {hash, seq, time} equal to the line's. */
+static int audit_check_cp(EVP_PKEY *pub, json_t *line, char *why, size_t whylen)
+{
+    const char *jws = json_string_value(json_object_get(line, "jws"));
+    jose_jws p;
+    memset(&p, 0, sizeof(p));
+    if (jws == NULL || jose_jws_parse(jws, strlen(jws), &p) != 0) {
+        snprintf(why, whylen, "checkpoint is not a compact JWS");
+        return -1;
+    }
+    int rc = -1;
+    json_error_t je;
+    char *header = json_dumps(p.header, JSON_COMPACT);
+    json_t *payload =
+        json_loadb((const char *)p.payload, p.payload_len, JSON_REJECT_DUPLICATES, &je);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    json_t *want_hash = json_object_get(line, "hash"), *want_seq = json_object_get(line, "seq");
+    json_t *expected = json_loads(KP_AUDIT_HEADER, 0, &je);
+    int header_ok = header != NULL && expected != NULL && json_equal(p.header, expected);
+    json_decref(expected);
+    if (!header_ok) {
+        snprintf(why, whylen, "checkpoint header is not the audit key's");
+    } else if (ctx == NULL || EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, pub) != 1 ||
+               EVP_DigestVerify(ctx, p.sig, p.sig_len, (const unsigned char *)jws,
+                                p.signing_input_len) != 1) {
+        snprintf(why, whylen, "checkpoint signature does not verify with the audit key");
+    } else if (payload == NULL || !json_equal(json_object_get(payload, "hash"), want_hash) ||
+               !json_equal(json_object_get(payload, "seq"), want_seq)) {
+        snprintf(why, whylen, "checkpoint's signed seq or hash differs from its line");
+    } else {
+        rc = 0;
+    }
+    EVP_MD_CTX_free(ctx);
+    free(header);
+    json_decref(payload);
+    jose_jws_free(&p);
+    return rc;
+}
+
+int audit_verify_export(FILE *in, const char *pub_pem, uint64_t anchor_seq, const char *anchor_hash,
+                        audit_verdict *v)
+{
+    memset(v, 0, sizeof(*v));
+    EVP_PKEY *pub = audit_read_pub(pub_pem);
+    if (pub == NULL)
+        return audit_bad(v, 0, "the audit public key is not a PEM public key");
+    char *line = malloc(AUDIT_LINE_MAX + 2);
+    /* Hashes by seq, for checkpoints and the anchor. */
+    size_t cap = 1024, n = 0;
+    char(*hashes)[AUDIT_HASH_HEX + 1] = malloc(cap * sizeof(*hashes));
+    uint64_t first = 0, prev_seq = 0;
+    char prev_hash[AUDIT_HASH_HEX + 1] = "";
+    int rc = line && hashes ? 0 : audit_bad(v, 0, "out of memory");
+    unsigned long lineno = 0;
+    while (rc == 0 && fgets(line, AUDIT_LINE_MAX + 2, in) != NULL) {
+        lineno++;
+        size_t len = strlen(line);
+        if (len > AUDIT_LINE_MAX) {
+            rc = audit_bad(v, prev_seq + 1, "line %lu is longer than %d bytes", lineno,
+                           AUDIT_LINE_MAX);
+            break;
+        }
+        json_error_t je;
+        json_t *j = json_loads(line, JSON_REJECT_DUPLICATES, &je);
+        const char *type = json_string_value(json_object_get(j, "type"));
+        json_t *seqj = json_object_get(j, "seq");
+        uint64_t seq = json_is_integer(seqj) && json_integer_value(seqj) > 0
+                           ? (uint64_t)json_integer_value(seqj)
+                           : 0;
+        if (j == NULL || type == NULL || seq == 0) {
+            rc = audit_bad(v, prev_seq + 1, "line %lu is not an export line", lineno);
+        } else if (strcmp(type, "event") == 0) {
+            const char *actor = json_string_value(json_object_get(j, "actor"));
+            const char *action = json_string_value(json_object_get(j, "action"));
+            const char *kid = json_string_value(json_object_get(j, "kid"));
+            const char *ph = json_string_value(json_object_get(j, "prev_hash"));
+            const char *h = json_string_value(json_object_get(j, "hash"));
+            json_t *details = json_object_get(j, "details");
+            json_t *t = json_object_get(j, "time");
+            char computed[AUDIT_HASH_HEX + 1];
+            if (first != 0 && seq != prev_seq + 1) {
+                rc =
+                    audit_bad(v, prev_seq + 1,
+                              seq > prev_seq + 1 ? "missing: seq %" PRIu64 " follows %" PRIu64
+                                                 : "out of order: seq %" PRIu64 " follows %" PRIu64,
+                              seq, prev_seq);
+            } else if (!actor || !action || !kid || !ph || !h || !json_is_object(details) ||
+                       !json_is_integer(t)) {
+                rc = audit_bad(v, seq, "event has a missing or mistyped field");
+            } else if (first != 0 && strcmp(ph, prev_hash) != 0) {
+                rc = audit_bad(v, seq, "prev_hash is not the hash of seq %" PRIu64, prev_seq);
+            } else if (audit_chain_hash(ph, seq, json_integer_value(t), actor, action, kid, details,
+                                        computed) != 0 ||
+                       strcmp(computed, h) != 0) {
+                rc = audit_bad(v, seq, "hash does not match the event's contents");
+            } else {
+                if (first == 0)
+                    first = seq;
+                if (n == cap) {
+                    cap *= 2;
+                    void *grown = realloc(hashes, cap * sizeof(*hashes));
+                    if (grown == NULL)
+                        rc = audit_bad(v, seq, "out of memory");
+                    else
+                        hashes = grown;
+                }
+                if (rc == 0) {
+                    memcpy(hashes[n++], h, AUDIT_HASH_HEX + 1);
+                    memcpy(prev_hash, h, AUDIT_HASH_HEX + 1);
+                    prev_seq = seq;
+                    v->events++;
+                    v->last_seq = seq;
+                }
+            }
+        } else if (strcmp(type, "checkpoint") == 0) {
+            const char *h = json_string_value(json_object_get(j, "hash"));
+            char why[160];
+            if (first == 0 || seq < first || seq > prev_seq) {
+                rc =
+                    audit_bad(v, seq, "checkpoint for seq %" PRIu64 " has no event before it", seq);
+            } else if (h == NULL || strcmp(h, hashes[seq - first]) != 0) {
+                rc = audit_bad(v, seq, "checkpoint's hash is not the hash of event %" PRIu64, seq);
+            } else if (audit_check_cp(pub, j, why, sizeof(why)) != 0) {
+                rc = audit_bad(v, seq, "%s", why);
+            } else {
+                v->last_checkpoint = seq;
+            }
+        } else {
+            rc = audit_bad(v, prev_seq + 1, "line %lu has an unknown type", lineno);
+        }
+        json_decref(j);
+    }
+    if (rc == 0 && anchor_seq > 0) {
+        if (first == 0 || anchor_seq < first || anchor_seq > prev_seq)
+            rc = audit_bad(v, anchor_seq,
+                           "truncated: the export ends at seq %" PRIu64
+                           " but the anchor checkpoint is at seq %" PRIu64,
+                           prev_seq, anchor_seq);
+        else if (anchor_hash == NULL || strcmp(hashes[anchor_seq - first], anchor_hash) != 0)
+            rc = audit_bad(v, anchor_seq, "event %" PRIu64 " is not the one the anchor names",
+                           anchor_seq);
+    }
+    if (rc == 0 && v->events == 0)
+        rc = audit_bad(v, 0, "the export holds no event");
+    free(line);
+    free(hashes);
+    EVP_PKEY_free(pub);
+    return rc;
+}

@@ -1,0 +1,192 @@
+/*
+ * audit: the tamper-evident trail of every key event, for auditors who must not have to
+ * trust the appliance's word.
+ *
+ * The chain. Table `audit` in the registry's SQLite file: seq (1, 2, ...), time, actor (a
+ * credential id, or "system"), action, kid ("" when none), details (a JSON object),
+ * prev_hash and hash, both 64 lowercase hex. hash = SHA-256(prev_hash as 32 bytes ||
+ * canonical(event)), where canonical(event) is the compact JSON object
+ *   {"action":...,"actor":...,"details":{...},"kid":...,"seq":N,"time":T}
+ * with keys sorted at every level, no spaces, non-ASCII escaped (\uXXXX) — jansson's
+ * JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII — and prev_hash of seq 1 is 64 zeros.
+ * Editing, deleting or reordering a row breaks the link at that seq.
+ *
+ * The same transaction. A change and its event commit together: the registry and the
+ * credential store call audit_append_tx inside their own write transaction (BEGIN
+ * IMMEDIATE, so the chain head cannot move between reading it and appending). No change
+ * without its event, no event without its change.
+ *
+ * Checkpoints. Table `audit_checkpoints`: every audit_checkpoint_events events or
+ * audit_checkpoint_seconds seconds (configuration), the chain head is signed by the audit
+ * key, a key of its own in the token (kp_svc_sign): a compact JWS, header
+ * {"alg":"RS256","kid":<audit key id>,"typ":"signd-audit-checkpoint+jwt"}, payload
+ * {"hash":<head hash>,"seq":<head seq>,"time":T}. The key never signs anything else and is
+ * not one of the client keys; its public key is GET /v1/audit/key.
+ *
+ * Batched events. Signing is counted, not logged one by one: per kid and per credential,
+ * flushed as one "sign.counts" event every audit_flush_seconds. Authentication and
+ * authorization failures are queued and flushed the same way (a flood of bad credentials
+ * must not become a flood of fsyncs). With audit_every_signature, each signature is its own
+ * "sign" event (kid, credential, SHA-256 of the signed bytes, jti for tokens) and the
+ * request waits until its event is committed; concurrent requests share one commit (group
+ * commit).
+ *
+ * The actor. Each thread has a current actor (audit_set_actor), "system" by default: the
+ * server sets the caller's credential id before a handler runs and clears it after, so the
+ * registry and the credential store record who asked without every call carrying it.
+ *
+ * Export and verification. audit_export writes JSON Lines: one {"type":"event",...} per
+ * event (every column) and one {"type":"checkpoint","seq","hash","time","jws"} per
+ * checkpoint in the range. audit_verify_export checks every link and every checkpoint
+ * signature with only the audit public key, and optionally an anchor (a checkpoint the
+ * auditor kept): the export must reach the anchor's seq with the anchor's hash, so cutting
+ * the tail back past it is detected. Truncation after the newest checkpoint the verifier
+ * holds cannot be detected from the export alone: an external witness of the head (a
+ * checkpoint copied elsewhere) closes that gap.
+ *
+ * Thread safety: audit_append_tx runs under its caller's transaction; every other function
+ * but audit_open/audit_close may be called from any thread.
+ */
+#ifndef APPLIANCE_AUDIT_H
+#define APPLIANCE_AUDIT_H
+
+#include "appliance/kproto/keeper.h"
+
+#include <jansson.h>
+#include <sqlite3.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define AUDIT_ACTOR_MAX 32  /* "system" or a 16-hex credential id, with room */
+#define AUDIT_ACTION_MAX 48 /* "key.created", "credential.revoked", ... */
+#define AUDIT_HASH_HEX 64
+#define AUDIT_DETAILS_MAX 4096 /* bytes of canonical details JSON */
+#define AUDIT_SYSTEM "system"
+
+/* Actions (the stable names auditors filter on). */
+#define AUDIT_KEY_CREATED "key.created"
+#define AUDIT_KEY_REVOKED "key.revoked"
+#define AUDIT_KEY_DESTROYED "key.destroyed"     /* reconcile: a revoked key's object */
+#define AUDIT_KEY_BROKEN "key.broken"           /* reconcile: an active key's object is gone */
+#define AUDIT_KEY_ORPHAN "key.orphan_destroyed" /* reconcile: an object without a row */
+#define AUDIT_KEY_DELETED "key.deleted"         /* a row whose key was never made */
+#define AUDIT_KEY_ROTATED "key.rotated"         /* active -> retiring, with its successor */
+#define AUDIT_SUBJECT_REVOKED "subject.revoked" /* a subject's tokens before a time */
+#define AUDIT_CRED_CREATED "credential.created"
+#define AUDIT_CRED_REVOKED "credential.revoked"
+#define AUDIT_AUTH_FAILED "auth.failed"   /* 401: unknown, revoked or unbound credential */
+#define AUDIT_AUTHZ_DENIED "authz.denied" /* 403: role or kid scope */
+#define AUDIT_SIGN_COUNTS "sign.counts"
+#define AUDIT_SIGN "sign"
+#define AUDIT_STARTED "appliance.started"
+#define AUDIT_STOPPED "appliance.stopped"
+#define AUDIT_KEEPER_RESTARTED "keeper.restarted" /* the supervisor replaced it: its cause */
+#define AUDIT_FRONT_RESTARTED "front.restarted"   /* recorded by the new front */
+
+/* The chain's one hash rule (the writer, audit_verify_export and the keeper all use it):
+ * SHA-256(prev_hex as 32 bytes || canonical(event)) as 64 lowercase hex into out. details
+ * (a JSON object) is borrowed. 0, or -1 (prev_hex not 64 hex digits, a missing field, out
+ * of memory). */
+int audit_chain_hash(const char *prev_hex, uint64_t seq, int64_t time, const char *actor,
+                     const char *action, const char *kid, json_t *details,
+                     char out[AUDIT_HASH_HEX + 1]);
+
+/* The keeper's check of a checkpoint (keeperd.c), on its own read-only connection to
+ * db_path: walks the rows from_seq + 1 .. to_seq of `audit` in one read transaction,
+ * starting from from_hash (the hash the caller already verified at from_seq; ignored, the
+ * zero hash, when from_seq is 0), and requires every seq present, every prev_hash the hash
+ * computed for the row before, and every stored hash the one audit_chain_hash gives for
+ * the row's contents. 0 with the hash at to_seq in out, or -1 with why (one line). So the
+ * cost is the rows since the caller's last verified point, not the whole chain. */
+int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_hash, uint64_t to_seq,
+                     char out[AUDIT_HASH_HEX + 1], char *why, size_t whylen);
+
+/* The schema (both tables, CREATE IF NOT EXISTS), for the registry's schema transaction. */
+int audit_schema(sqlite3 *db, char *err, size_t errlen);
+
+/* The calling thread's actor: a credential id, or NULL/"" for "system". */
+void audit_set_actor(const char *actor);
+const char *audit_actor(void);
+
+/* Appends one event inside the caller's open write transaction on db: reads the head,
+ * computes the hash, inserts. details may be NULL ({}); it is not consumed. kid may be
+ * NULL. The actor is the thread's. 0, or -1 (the caller rolls back) with err filled. */
+int audit_append_tx(sqlite3 *db, int64_t time, const char *action, const char *kid_hex,
+                    json_t *details, char *err, size_t errlen);
+
+typedef struct audit audit;
+
+typedef struct {
+    unsigned flush_seconds;      /* batched events and counts: at most this old */
+    unsigned checkpoint_events;  /* a checkpoint after this many events... */
+    unsigned checkpoint_seconds; /* ...or this long after the last, when there are new ones */
+    int every_signature;         /* one event per signature, group-committed */
+    int log_events;              /* each event also as a JSON log line when it commits (jlog.h) */
+} audit_options;
+
+/* Opens the trail's writer for the appliance (its own SQLite connection to db_path and a
+ * flusher thread), signing checkpoints through k. 0, or -1 with err filled. */
+int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, char *err,
+               size_t errlen);
+
+/* Flushes what is pending, writes a last checkpoint, stops the thread, closes. */
+void audit_close(audit *a);
+
+/* Appends one event now, in its own transaction (start, stop, reconcile summaries). */
+int audit_record(audit *a, const char *action, const char *kid_hex, json_t *details);
+
+/* Queues a failure event (auth.failed, authz.denied) for the next flush; never blocks on
+ * the disk. details is not consumed. Bounded: past AUDIT_QUEUE_MAX queued events the
+ * excess is counted and recorded as one "dropped" number in the next flush. */
+#define AUDIT_QUEUE_MAX 10000
+void audit_queue(audit *a, const char *action, const char *actor, json_t *details);
+
+/* One signature by credential cred_id (may be "" ) with kid. Counts it; with
+ * every_signature also records a "sign" event with the SHA-256 of msg and jti (may be
+ * NULL) and returns only once that event is committed (0), or -1 if it could not be. */
+int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const void *msg, size_t len,
+                    const char *jti);
+
+/* What has been accepted but is not yet in the trail: queued events and counted
+ * signatures, and the age in seconds of the oldest of them (0 when none). For GET /metrics. */
+void audit_lag(audit *a, uint64_t *events, double *oldest_seconds);
+
+/* Signs a checkpoint of the current head now, if there are events since the last one.
+ * 0 (done or nothing to do), or -1. */
+int audit_checkpoint(audit *a);
+
+/* ---- reading, export and verification (the API and the offline CLI) -------------------- */
+
+typedef struct {
+    uint64_t after;                   /* seq > after */
+    unsigned limit;                   /* 1..1000 */
+    const char *kid, *action, *actor; /* NULL: any */
+    int64_t since, until;             /* time range, inclusive; 0: open */
+} audit_query;
+
+/* Events matching q as a JSON array (each with every column), into *out (owned by the
+ * caller); *next is the seq to pass as `after` for the next page (0 when no more). */
+int audit_list(const char *db_path, const audit_query *q, json_t **out, uint64_t *next);
+
+/* JSON Lines of events from_seq..to_seq (to_seq 0: to the head) and the checkpoints
+ * within, in seq order (a checkpoint after the event it covers). 0, or -1. */
+int audit_export(const char *db_path, uint64_t from_seq, uint64_t to_seq, FILE *out);
+
+typedef struct {
+    uint64_t events;          /* verified */
+    uint64_t last_seq;        /* of the last event */
+    uint64_t last_checkpoint; /* seq of the last verified checkpoint, 0 if none */
+    uint64_t broken_seq;      /* the first seq that failed, 0 if none */
+    char why[256];            /* what failed */
+} audit_verdict;
+
+/* Verifies an export read from in: links (each prev_hash is the previous hash, each hash
+ * recomputed, seqs consecutive from the first), every checkpoint's signature with pub_pem
+ * (the audit public key, PEM) and that it names an event hash in the export, and, when
+ * anchor_seq > 0, that the export holds event anchor_seq with hash anchor_hash. 0 when all
+ * holds, else -1 with v->broken_seq and v->why. */
+int audit_verify_export(FILE *in, const char *pub_pem, uint64_t anchor_seq, const char *anchor_hash,
+                        audit_verdict *v);
+
+#endif

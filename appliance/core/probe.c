@@ -1,0 +1,180 @@
+/* prb: readiness from a background probe, and the supervisor's restart events. See
+ * probe.h. */
+#include "appliance/core/probe.h"
+
+#include "appliance/common/metrics.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+struct prb {
+    prb_options o;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* CLOCK_MONOTONIC: wakes the thread to stop */
+    /* Under mu: */
+    int stop, first_done;
+    sk_status status;
+    unsigned sessions;
+    uint64_t done_ms;    /* monotonic ms the last probe finished, 0: none yet */
+    uint64_t started_ms; /* monotonic ms the probe in flight began, 0: none in flight */
+};
+
+static uint64_t prb_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+const char *prb_cause_name(prb_cause c)
+{
+    static const char *const names[PRB_CAUSE_COUNT_] = {
+        [PRB_CAUSE_EXITED] = "exited",
+        [PRB_CAUSE_SIGNAL] = "signal",
+        [PRB_CAUSE_WATCHDOG] = "watchdog",
+    };
+    return (unsigned)c < PRB_CAUSE_COUNT_ && names[c] != NULL ? names[c] : "unknown";
+}
+
+/* Records every whole event waiting in the pipe. A short read cannot happen for writes of
+ * at most PIPE_BUF bytes; anything malformed is dropped, never trusted. */
+static void prb_drain_events(prb *p)
+{
+    if (p->o.events_fd < 0)
+        return;
+    prb_event ev;
+    ssize_t n;
+    while ((n = read(p->o.events_fd, &ev, sizeof(ev))) == (ssize_t)sizeof(ev)) {
+        if (ev.magic != PRB_EVENT_MAGIC ||
+            (ev.role != PRB_ROLE_KEEPER && ev.role != PRB_ROLE_FRONT))
+            continue;
+        const char *role = ev.role == PRB_ROLE_KEEPER ? "keeper" : "front";
+        const char *cause = prb_cause_name((prb_cause)ev.cause);
+        met_restart(ev.role == PRB_ROLE_KEEPER, cause);
+        if (p->o.audit == NULL)
+            continue;
+        json_t *d = json_pack("{s:s, s:i, s:I}", "cause", cause, "pid", (int)ev.pid,
+                              ev.cause == PRB_CAUSE_EXITED   ? "exit_status"
+                              : ev.cause == PRB_CAUSE_SIGNAL ? "signal"
+                                                             : "silent_ms",
+                              (json_int_t)ev.detail);
+        audit_record(p->o.audit,
+                     ev.role == PRB_ROLE_KEEPER ? AUDIT_KEEPER_RESTARTED : AUDIT_FRONT_RESTARTED,
+                     NULL, d);
+        json_decref(d);
+        fprintf(stderr, "signd: %s pid %d was replaced (%s)\n", role, (int)ev.pid, cause);
+    }
+}
+
+/* One probe: the same question /readyz used to ask inline. */
+static void prb_probe(prb *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->started_ms = prb_now_ms();
+    pthread_mutex_unlock(&p->mu);
+
+    reg_key newest;
+    int have = reg_newest_active(p->o.reg, &newest) == REG_OK;
+    sk_status st = kp_ping(p->o.kp, have ? &newest.kid : NULL);
+    unsigned sessions = st == SK_OK ? kp_sessions_open(p->o.kp) : 0;
+
+    pthread_mutex_lock(&p->mu);
+    p->status = st;
+    p->sessions = sessions; /* 0 while the keeper does not answer, as it holds none for us */
+    p->done_ms = prb_now_ms();
+    p->started_ms = 0;
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void *prb_main(void *arg)
+{
+    prb *p = arg;
+    for (;;) {
+        prb_drain_events(p);
+        prb_probe(p);
+        pthread_mutex_lock(&p->mu);
+        if (!p->first_done) {
+            p->first_done = 1;
+            pthread_cond_broadcast(&p->cv);
+        }
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        long ms = p->status == SK_OK ? PRB_INTERVAL_MS : PRB_RETRY_MS;
+        until.tv_nsec += ms * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        while (!p->stop && pthread_cond_timedwait(&p->cv, &p->mu, &until) != ETIMEDOUT)
+            ;
+        int stop = p->stop;
+        pthread_mutex_unlock(&p->mu);
+        if (stop)
+            break;
+    }
+    kp_thread_done(p->o.kp); /* this thread's keeper connection or token session */
+    return NULL;
+}
+
+int prb_start(const prb_options *o, prb **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    prb *p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        snprintf(err, errlen, "readiness probe: out of memory");
+        return -1;
+    }
+    p->o = *o;
+    p->status = SK_ERR_DEVICE;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    int rc = pthread_create(&p->thread, NULL, prb_main, p);
+    if (rc != 0) {
+        snprintf(err, errlen, "readiness probe: cannot start its thread: %s", strerror(rc));
+        pthread_cond_destroy(&p->cv);
+        pthread_mutex_destroy(&p->mu);
+        free(p);
+        return -1;
+    }
+    pthread_mutex_lock(&p->mu);
+    while (!p->first_done)
+        pthread_cond_wait(&p->cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    *out = p;
+    return 0;
+}
+
+void prb_stop(prb *p)
+{
+    if (p == NULL)
+        return;
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->thread, NULL);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+void prb_read(prb *p, prb_state *out)
+{
+    pthread_mutex_lock(&p->mu);
+    uint64_t now = prb_now_ms();
+    int late = p->started_ms != 0 && now - p->started_ms > PRB_DEADLINE_MS;
+    out->status = late ? SK_ERR_TIMEOUT : p->status;
+    out->ready = !late && p->status == SK_OK && p->done_ms != 0;
+    out->sessions = p->sessions;
+    out->checked_ms = p->done_ms != 0 ? now - p->done_ms : UINT64_MAX;
+    pthread_mutex_unlock(&p->mu);
+}

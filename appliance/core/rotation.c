@@ -1,0 +1,168 @@
+/* rot: the retirement scheduler. See rotation.h. */
+#include "appliance/core/rotation.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* Wakes this long after a retire_at's second has begun, so that time() reads it. */
+#define ROT_MARGIN_MS 5
+
+struct rot {
+    const api_env *env;
+    pthread_t thread;
+    pthread_mutex_t mu; /* stop, first_done */
+    pthread_cond_t cv;  /* CLOCK_MONOTONIC: stop, and the end of the first pass */
+    int stop;
+    int first_done;
+};
+
+static int rot_stopping(rot *t)
+{
+    pthread_mutex_lock(&t->mu);
+    int stop = t->stop;
+    pthread_mutex_unlock(&t->mu);
+    return stop;
+}
+
+/* Revokes kid if it is still retiring (a DELETE may have come first: then it is left as
+ * that DELETE made it). */
+static void rot_retire(rot *t, const sk_kid *kid, int64_t now)
+{
+    char hex[2 * SK_KID_LEN + 1];
+    sk_kid_hex(kid, hex);
+    reg_key k;
+    if (reg_get(t->env->reg, kid, &k) != REG_OK || k.state != REG_RETIRING)
+        return;
+    if (api_revoke_key(t->env, kid, ROT_REASON, now, &k) != REG_OK) {
+        fprintf(stderr, "signd: rotation: could not revoke kid %s yet (retry in %d ms): %s\n", hex,
+                ROT_TICK_MS, reg_last_error());
+        return;
+    }
+    fprintf(stderr, "signd: rotation: kid %s revoked at the end of its grace (retire_at %lld)\n",
+            hex, (long long)k.retire_at);
+}
+
+/* One look at the schedule: revokes every retiring key due now. Returns the earliest
+ * retire_at still ahead, 0 when none. */
+static int64_t rot_pass(rot *t)
+{
+    sk_kid due[ROT_BATCH];
+    int64_t next = 0;
+    size_t before = SIZE_MAX;
+    for (;;) {
+        int64_t now = (int64_t)time(NULL);
+        size_t n = reg_retiring_due(t->env->reg, now, due, ROT_BATCH, &next);
+        /* Nothing due, or the last batch revoked nothing (the registry failed): the next
+         * tick tries again. */
+        if (n == 0 || n >= before)
+            break;
+        before = n;
+        for (size_t i = 0; i < n && i < ROT_BATCH; i++) {
+            if (rot_stopping(t)) /* SIGTERM: the rest stays due for the next start */
+                return 0;
+            rot_retire(t, &due[i], now);
+        }
+        if (n <= ROT_BATCH) /* else more than a batch was due: look again */
+            break;
+    }
+    return next;
+}
+
+/* The monotonic deadline of the next look: next (unix seconds, 0: none) or a tick. */
+static struct timespec rot_deadline(int64_t next)
+{
+    int64_t ms = ROT_TICK_MS;
+    if (next > 0) {
+        struct timespec wall;
+        clock_gettime(CLOCK_REALTIME, &wall);
+        int64_t ahead =
+            (next - (int64_t)wall.tv_sec) * 1000 - wall.tv_nsec / 1000000 + ROT_MARGIN_MS;
+        if (ahead < ms)
+            ms = ahead > ROT_MARGIN_MS ? ahead : ROT_MARGIN_MS;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+static void *rot_main(void *arg)
+{
+    rot *t = arg;
+    /* Every revocation this thread makes is the scheduler's, not a credential's. */
+    audit_set_actor(ROT_ACTOR);
+    for (;;) {
+        int64_t next = rot_pass(t);
+        pthread_mutex_lock(&t->mu);
+        if (!t->first_done) {
+            t->first_done = 1;
+            pthread_cond_broadcast(&t->cv);
+        }
+        struct timespec until = rot_deadline(next);
+        while (!t->stop && pthread_cond_timedwait(&t->cv, &t->mu, &until) != ETIMEDOUT)
+            ;
+        int stop = t->stop;
+        pthread_mutex_unlock(&t->mu);
+        if (stop)
+            break;
+    }
+    audit_set_actor(NULL);
+    kp_thread_done(t->env->kp); /* this thread's token session (or keeper connection) */
+    return NULL;
+}
+
+int rot_start(const api_env *env, rot **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    rot *t = calloc(1, sizeof(*t));
+    if (t == NULL) {
+        snprintf(err, errlen, "rotation scheduler: out of memory");
+        return -1;
+    }
+    t->env = env;
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&t->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    int rc = pthread_create(&t->thread, NULL, rot_main, t);
+    if (rc != 0) {
+        snprintf(err, errlen, "rotation scheduler: cannot start its thread: %s", strerror(rc));
+        pthread_cond_destroy(&t->cv);
+        pthread_mutex_destroy(&t->mu);
+        free(t);
+        return -1;
+    }
+    /* What fell due while the appliance was down is revoked before anything is served. */
+    pthread_mutex_lock(&t->mu);
+    while (!t->first_done)
+        pthread_cond_wait(&t->cv, &t->mu);
+    pthread_mutex_unlock(&t->mu);
+    *out = t;
+    return 0;
+}
+
+void rot_stop(rot *t)
+{
+    if (t == NULL)
+        return;
+    pthread_mutex_lock(&t->mu);
+    t->stop = 1;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    pthread_join(t->thread, NULL);
+    pthread_cond_destroy(&t->cv);
+    pthread_mutex_destroy(&t->mu);
+    free(t);
+}

@@ -1,0 +1,66 @@
+/*
+ * signkey: the vocabulary every layer shares about a signing key held by the token: its
+ * 16-byte kid, its public half, and the status of an operation on it. The front, the API
+ * and the store speak it without seeing PKCS#11 (hsm/ is the only code that does); the
+ * keeper protocol carries these statuses as their numbers (kproto.h), so the enum's
+ * order is part of that protocol.
+ */
+#ifndef BASE_SIGNKEY_H
+#define BASE_SIGNKEY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SK_KID_LEN 16
+#define SK_SIG_MAX 512 /* RSA-4096 */
+#define SK_MODULUS_MAX 512
+#define SK_EXPONENT_MAX 8
+
+typedef enum {
+    SK_OK = 0,
+    SK_ERR_MODULE_LOAD,     /* module file missing or not a PKCS#11 module */
+    SK_ERR_TOKEN_NOT_FOUND, /* no initialised token matches the label or URI */
+    SK_ERR_PIN_FILE,        /* PIN file missing, unreadable, too open, or empty */
+    SK_ERR_PIN_INCORRECT,   /* the token refused the PIN */
+    SK_ERR_PIN_LOCKED,      /* too many wrong PINs: the SO must unlock the token */
+    SK_ERR_KEY_NOT_FOUND,   /* no key with this kid on the token */
+    SK_ERR_KEY_EXISTS,      /* a key with this kid already exists */
+    SK_ERR_TOKEN_FULL,      /* the token has no room for another object */
+    SK_ERR_SESSION_COUNT,   /* the token or our bound refused another session */
+    SK_ERR_BAD_ARGUMENT,    /* a caller error: size, length or URI out of range */
+    SK_ERR_DEVICE,          /* any other failure of the module or the device */
+    SK_ERR_TIMEOUT, /* the keeper did not answer within its deadline (appliance/kproto/keeper.h) */
+    SK_ERR_COUNT_
+} sk_status;
+
+typedef struct {
+    uint8_t b[SK_KID_LEN];
+} sk_kid;
+
+typedef struct {
+    uint8_t n[SK_MODULUS_MAX];
+    size_t n_len;
+    uint8_t e[SK_EXPONENT_MAX];
+    size_t e_len;
+    unsigned bits;
+} sk_pubkey;
+
+/* One key found on the token by hsm_list: which halves of the pair are present. */
+typedef struct {
+    sk_kid kid;
+    int has_private;
+    int has_public;
+} sk_key_entry;
+
+/* A stable snake_case name ("pin_incorrect") and a sentence an operator can act on. */
+const char *sk_status_name(sk_status s);
+const char *sk_strerror(sk_status s);
+
+/* kid <-> 32 lowercase hex characters. hex needs 33 bytes. sk_kid_parse accepts exactly
+ * 32 lowercase hex digits and returns 0, else -1. */
+void sk_kid_hex(const sk_kid *kid, char hex[2 * SK_KID_LEN + 1]);
+int sk_kid_parse(const char *hex, sk_kid *kid);
+/* Orders two sk_kid by their bytes: a comparator for qsort and bsearch over kid arrays. */
+int sk_kid_cmp(const void *a, const void *b);
+
+#endif
