@@ -18,19 +18,15 @@
 #include <cmocka.h>
 
 #include <curl/curl.h>
-#include <fcntl.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "appliance/front/tls.h"
 #include "civetweb.h"
+#include "tests/unit/testcert.h"
 #include "tests/unit/testenv.h"
 
 #define ZERO_KID "00000000000000000000000000000000"
@@ -235,7 +231,8 @@ static void test_every_error_has_its_own_snake_case_code_and_an_error_status(voi
         if (e != API_ERR_INTERNAL && strcmp(info->code, "internal_error") == 0)
             fail_msg("api_err %d has no entry in the table", e);
         assert_true(info->http_status >= 400 && info->http_status <= 599);
-        assert_int_equal(strspn(info->code, "abcdefghijklmnopqrstuvwxyz0123456789_"), strlen(info->code));
+        assert_int_equal(strspn(info->code, "abcdefghijklmnopqrstuvwxyz0123456789_"),
+                         strlen(info->code));
         for (int o = 1; o < e; o++)
             if (strcmp(api_err_table((api_err)o)->code, info->code) == 0)
                 fail_msg("api_err %d and %d share the code %s", o, e, info->code);
@@ -483,39 +480,6 @@ typedef struct {
     char secret[WHO_N][CRED_SECRET_MAX];
 } world;
 
-/* A self-signed P-256 certificate for CN=localhost in dir/cert.pem and its key (0600) in
- * dir/key.pem. */
-static void make_certificate(const char *dir, cfg *c)
-{
-    EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    assert_non_null(key);
-    X509 *x = X509_new();
-    assert_non_null(x);
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_gmtime_adj(X509_getm_notBefore(x), -60);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-    X509_set_pubkey(x, key);
-    X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1, -1,
-                               0);
-    X509_set_issuer_name(x, name);
-    assert_true(X509_sign(x, key, EVP_sha256()) > 0);
-    snprintf(c->tls_certificate, sizeof(c->tls_certificate), "%s/cert.pem", dir);
-    snprintf(c->tls_private_key, sizeof(c->tls_private_key), "%s/key.pem", dir);
-    FILE *f = fopen(c->tls_certificate, "w");
-    assert_non_null(f);
-    assert_true(PEM_write_X509(f, x));
-    fclose(f);
-    int fd = open(c->tls_private_key, O_WRONLY | O_CREAT | O_EXCL, 0600);
-    assert_true(fd >= 0);
-    f = fdopen(fd, "w");
-    assert_true(PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL));
-    fclose(f);
-    X509_free(x);
-    EVP_PKEY_free(key);
-}
-
 static void make_credential(world *w, int who, cred_role role)
 {
     cred_spec sp = {.role = role, .all_kids = role == CRED_ROLE_SIGNER};
@@ -544,7 +508,8 @@ static int world_setup(void **state)
     w->c.rate_limit_per_second = 0;
     w->c.auth_failures_per_minute = 0;
     snprintf(w->c.database, sizeof(w->c.database), "%s/appliance.db", w->dir);
-    make_certificate(w->dir, &w->c);
+    testcert_make(w->dir, "server", "/CN=localhost", NULL, NULL, 0, w->c.tls_certificate,
+                  w->c.tls_private_key);
     assert_int_equal(reg_open(w->c.database, w->c.max_active_keys, &w->rg), REG_OK);
     assert_int_equal(cred_open(w->c.database, &w->cs), CRED_OK);
     assert_int_equal(tks_open(w->c.database, &w->ts), TKS_OK);
