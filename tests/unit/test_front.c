@@ -177,6 +177,11 @@ static void test_another_method_on_a_known_path_is_405_naming_the_methods_it_tak
     assert_string_equal(lk.allow, "GET");
     /* Methods are case-sensitive (RFC 9110 section 9.1). */
     assert_int_equal(srv_lookup("get", "/healthz", &lk), API_ERR_METHOD_NOT_ALLOWED);
+    assert_int_equal(srv_lookup("DELETE", "/v1/tokens", &lk), API_ERR_METHOD_NOT_ALLOWED);
+    assert_string_equal(lk.allow, "POST");
+    assert_int_equal(srv_lookup("POST", "/.well-known/jwks.json", &lk), API_ERR_METHOD_NOT_ALLOWED);
+    assert_string_equal(lk.allow, "GET");
+    assert_int_equal(srv_lookup("PATCH", "/v1/keys/" ZERO_KID, &lk), API_ERR_METHOD_NOT_ALLOWED);
     assert_int_equal(srv_lookup("DELETE", "/v1/credentials/abc", &lk), API_OK);
     assert_string_equal(lk.allow, "GET, DELETE");
 }
@@ -716,8 +721,73 @@ static void test_a_malformed_kid_is_invalid_kid_after_authorization(void **state
     call(w, "GET", "/v1/keys/NOT-A-KID", NULL, NULL, 0, NULL, &a);
     assert_int_equal(a.status, 401);
     answer_free(&a);
-    call(w, "POST", "/v1/keys/" ZERO_KID "0/sign", w->secret[WHO_SIGNER], "{}", 2, NULL, &a);
-    assert_string_equal(a.code, "invalid_kid");
+    /* 32 lowercase hex characters, nothing else, on every route that takes a kid. */
+    static const char *const bad[][2] = {
+        {"GET", "/v1/keys/XYZ"},
+        {"GET", "/v1/keys/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"},
+        {"GET", "/v1/keys/0000000000000000000000000000000"},
+        {"GET", "/v1/keys/000000000000000000000000000000000"},
+        {"DELETE", "/v1/keys/0123456789abcdef0123456789abcdeF"},
+        {"POST", "/v1/keys/gggggggggggggggggggggggggggggggg/sign"},
+        {"POST", "/v1/keys/" ZERO_KID "0/rotate"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        int who = strstr(bad[i][1], "/sign") ? WHO_SIGNER : WHO_ADMIN;
+        call(w, bad[i][0], bad[i][1], w->secret[who], strcmp(bad[i][0], "GET") ? "{}" : NULL, 2,
+             NULL, &a);
+        if (a.status != 400 || strcmp(a.code, "invalid_kid") != 0)
+            fail_msg("%s %s: %ld %s", bad[i][0], bad[i][1], a.status, a.code);
+        answer_free(&a);
+    }
+}
+
+/* A role refused on a route is refused before its handler: with a well-formed body that the
+ * handler would act on, nothing changes (a leaked signer's or auditor's secret manages no
+ * credential and no key). */
+static void test_a_refused_role_changes_nothing(void **state)
+{
+    world *w = *state;
+    answer a;
+    call(w, "POST", "/v1/keys", w->secret[WHO_ADMIN], "{\"label\":\"victim\"}", 18, NULL, &a);
+    assert_int_equal(a.status, 201);
+    json_t *key = json_loads(a.body, 0, NULL);
+    char victim[256];
+    snprintf(victim, sizeof(victim), "/v1/keys/%s", json_string_value(json_object_get(key, "kid")));
+    json_decref(key);
+    answer_free(&a);
+    size_t creds = cred_list(w->cs, NULL, 0), active = reg_count(w->rg, REG_ACTIVE);
+    static const char *const tries[][3] = {
+        {"POST", "/v1/credentials", "{\"role\":\"admin\"}"},
+        {"POST", "/v1/credentials", "{\"role\":\"signer\",\"kids\":\"all\"}"},
+        {"GET", "/v1/credentials", NULL},
+        {"DELETE", "/v1/credentials/0000000000000000", NULL},
+        {"POST", "/v1/keys", "{}"},
+        {"DELETE", "victim", "{\"reason\":\"leak\"}"},
+        {"POST", "victim/rotate", "{}"},
+    };
+    for (int who = WHO_SIGNER; who <= WHO_AUDITOR; who++) {
+        for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
+            char path[300];
+            if (strncmp(tries[i][1], "victim", 6) == 0)
+                snprintf(path, sizeof(path), "%s%s", victim, tries[i][1] + 6);
+            else
+                snprintf(path, sizeof(path), "%s", tries[i][1]);
+            const char *body = tries[i][2];
+            call(w, tries[i][0], path, w->secret[who], body, body ? strlen(body) : 0, NULL, &a);
+            if (a.status != 403 || strcmp(a.code, "forbidden") != 0)
+                fail_msg("%s %s as %s: %ld %s", tries[i][0], path, who_name[who], a.status, a.code);
+            answer_free(&a);
+        }
+    }
+    /* An auditor signs nothing either. */
+    call(w, "POST", "/v1/tokens", w->secret[WHO_AUDITOR], "{}", 2, NULL, &a);
+    assert_int_equal(a.status, 403);
+    answer_free(&a);
+    assert_int_equal(cred_list(w->cs, NULL, 0), creds);
+    assert_int_equal(reg_count(w->rg, REG_ACTIVE), active);
+    call(w, "GET", victim, w->secret[WHO_AUDITOR], NULL, 0, NULL, &a);
+    assert_int_equal(a.status, 200);
+    assert_non_null(strstr(a.body, "\"state\":\"active\""));
     answer_free(&a);
 }
 
@@ -785,6 +855,7 @@ int main(void)
         cmocka_unit_test(test_a_path_no_route_has_is_a_404_error_document),
         cmocka_unit_test(test_another_method_is_405_with_the_allow_header),
         cmocka_unit_test(test_a_malformed_kid_is_invalid_kid_after_authorization),
+        cmocka_unit_test(test_a_refused_role_changes_nothing),
         cmocka_unit_test(test_a_body_not_sent_as_json_is_415),
         cmocka_unit_test(test_a_body_over_64_kib_is_413),
     };
