@@ -545,7 +545,6 @@ static int world_teardown(void **state)
     tks_close(w->ts);
     cred_close(w->cs);
     reg_close(w->rg);
-    api_publish_free();
     kp_close(w->k);
     testenv_cleanup(w->dir);
     testenv_cleanup(w->token_dir);
