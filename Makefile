@@ -118,6 +118,13 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(UNIT_HELP:%.c=$(BUILD)/obj/%.o) 
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -lcmocka $(LDLIBS) -o $@
 
+# test_cli drives signdctl through ctl_main: every object of cli/ but main.c's.
+CLI_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out cli/main.c,$(wildcard cli/*.c)))
+$(BUILD)/tests/test_cli: $(BUILD)/obj/tests/unit/test_cli.o $(UNIT_HELP:%.c=$(BUILD)/obj/%.o) \
+                         $(CLI_OBJ) $(LIB) $(CIVETLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -lcmocka $(LDLIBS) -o $@
+
 run: deps
 	@$(MAKE) --no-print-directory all
 	@DATA_DIR="$(DATA_DIR)" PORT="$(PORT)" provisioning/run.sh

@@ -138,6 +138,12 @@ int ctl_cmd_audit(ctl_ctx *ctx, int argc, char **argv);
 
 /* ---- options (signdctl.c) -------------------------------------------------------------- */
 
+/* The whole of signdctl but the process set-up in cli/main.c: parses argv (argv[0] the
+ * program) into the global options, the command and its verb's options, runs it and returns
+ * its ctl_exit, every failure one line on stderr. Callable again in the same process (each
+ * call starts from no options), so tests drive it as a user does. */
+int ctl_main(int argc, char **argv);
+
 typedef struct {
     const char *name; /* without the leading "--" */
     bool has_arg;

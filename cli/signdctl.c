@@ -3,7 +3,8 @@
  *
  *   signdctl [GLOBAL OPTIONS] keys|credentials|token|subjects|sign|audit VERB [ARGS] [OPTIONS]
  *
- * This file holds main, the global options and the option parser every command uses. The
+ * This file holds ctl_main (cli/main.c's whole body), the global options and the option parser
+ * every command uses. The
  * credential's secret is never an argument: there is no option that takes one, and an
  * option that looks like one is refused with a line that says where secrets go.
  */
@@ -13,7 +14,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #define CTL_DEFAULT_URL "https://127.0.0.1:8443"
@@ -274,21 +274,24 @@ int ctl_parse(ctl_ctx *ctx, const char *cmd, const char *help, int argc, char **
     return 0;
 }
 
-int main(int argc, char **argv)
+int ctl_main(int argc, char **argv)
 {
-    /* No core dump, and /proc/PID/environ and mem readable by root only: this process
-     * holds a credential's secret. */
-    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     ctl_init();
     static ctl_ctx ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    g_url = g_cacert = g_pin = g_cred_file = g_cred_env = g_timeout = NULL;
+    g_json = false;
     int rc = CTL_EXIT_USAGE, used = 0;
     if (ctl_parse_ex("", ctl_main_help, argc - 1, argv + 1, NULL, NULL, 0, NULL, &rc, true,
-                     &used) != 0)
+                     &used) != 0) {
+        curl_global_cleanup();
         return rc;
+    }
     argc -= 1 + used;
     argv += 1 + used;
     if (argc == 0) {
         fputs(ctl_main_help, stderr);
+        curl_global_cleanup();
         return CTL_EXIT_USAGE;
     }
     const char *cmd = argv[0];

@@ -257,15 +257,22 @@ static void srv_send(struct mg_connection *c, int status, const char *extra, con
         mg_disable_connection_keep_alive(c);
 }
 
-/* The JSON error document for e with message msg. */
-static int srv_send_error(struct mg_connection *c, api_err e, const char *msg, const char *extra,
-                          int close)
+char *srv_error_body(api_err e, const char *msg)
 {
     const api_err_info *info = api_err_table(e);
     json_t *j = json_pack("{s:{s:s, s:s}}", "error", "code", info->code, "message",
                           msg && *msg ? msg : info->code);
     char *body = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
+    return body;
+}
+
+/* The JSON error document for e with message msg. */
+static int srv_send_error(struct mg_connection *c, api_err e, const char *msg, const char *extra,
+                          int close)
+{
+    const api_err_info *info = api_err_table(e);
+    char *body = srv_error_body(e, msg);
     const char *fallback = "{\"error\":{\"code\":\"internal_error\",\"message\":\"oom\"}}";
     srv_send(c, info->http_status, extra ? extra : "", body ? body : fallback,
              strlen(body ? body : fallback), close, 0);
@@ -308,9 +315,6 @@ static const struct {
     {"/v1/tokens/{jti}", SRV_P_TOKEN},
     {"/v1/status-lists/{n}", SRV_P_STATUS_LIST},
 };
-
-/* The segment a path parameter may fill: a jti (64) is the longest. */
-#define SRV_SEG_MAX 72
 
 /* Splits the path into a route and, for /v1/keys/{kid}..., /v1/credentials/{id},
  * /v1/tokens/{jti} and /v1/status-lists/{n}, the segment's text (checked by the caller or
@@ -370,6 +374,33 @@ static const char *srv_template(srv_path p)
     return NULL;
 }
 
+api_err srv_lookup(const char *method, const char *uri, srv_lookup_result *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->route = -1;
+    srv_path path = srv_match(uri, out->seg);
+    if (path == SRV_P_NONE)
+        return API_ERR_NOT_FOUND;
+    for (size_t i = 0; i < SRV_N_ROUTES; i++) {
+        if (srv_routes[i].path != path)
+            continue;
+        if (strcmp(srv_routes[i].method, method) == 0) {
+            out->route = (int)i;
+            out->roles = srv_routes[i].roles;
+            out->template = srv_template(path);
+        }
+        if (out->allow[0] != '\0')
+            strcat(out->allow, ", ");
+        strcat(out->allow, srv_routes[i].method);
+    }
+    return out->route >= 0 ? API_OK : API_ERR_METHOD_NOT_ALLOWED;
+}
+
+int srv_roles_allow(unsigned roles, cred_role role)
+{
+    return (unsigned)role < CRED_ROLE_COUNT_ && (roles & (1u << role)) != 0;
+}
+
 int srv_print_routes(FILE *f)
 {
     for (size_t i = 0; i < sizeof(srv_routes) / sizeof(srv_routes[0]); i++) {
@@ -391,8 +422,7 @@ int srv_print_routes(FILE *f)
     return fflush(f) == 0 && !ferror(f) ? 0 : -1;
 }
 
-/* Content-Type is application/json, parameters (charset) allowed. */
-static int srv_is_json(const char *ct)
+int srv_is_json(const char *ct)
 {
     if (ct == NULL)
         return 0;
@@ -696,7 +726,7 @@ static int srv_authorize(struct mg_connection *c, srv *s, const srv_route *route
                               "certificate",
                               bearer_hdr, 0);
     }
-    if (!(route->roles & (1u << caller->role))) {
+    if (!srv_roles_allow(route->roles, caller->role)) {
         srv_audit_failure(c, s, AUDIT_AUTHZ_DENIED, caller, "role may not call this route");
         return srv_send_error(c, API_ERR_FORBIDDEN,
                               "this credential's role may not call this route", NULL, 0);
@@ -713,27 +743,19 @@ static int srv_authorize(struct mg_connection *c, srv *s, const srv_route *route
 static int srv_route_request(struct mg_connection *c, srv *s, srv_outcome *o)
 {
     const struct mg_request_info *ri = mg_get_request_info(c);
-    char seg[SRV_SEG_MAX];
-    srv_path path = srv_match(ri->local_uri ? ri->local_uri : "", seg);
-    if (path == SRV_P_NONE)
+    srv_lookup_result lk;
+    api_err found = srv_lookup(ri->request_method, ri->local_uri ? ri->local_uri : "", &lk);
+    if (found == API_ERR_NOT_FOUND)
         return srv_send_error(c, API_ERR_NOT_FOUND, "no such resource", NULL, 0);
-
-    const srv_route *route = NULL;
-    char allow[128] = "Allow: ";
-    for (size_t i = 0; i < sizeof(srv_routes) / sizeof(srv_routes[0]); i++) {
-        if (srv_routes[i].path != path)
-            continue;
-        if (strcmp(srv_routes[i].method, ri->request_method) == 0)
-            route = &srv_routes[i];
-        if (strlen(allow) > 7)
-            strcat(allow, ", ");
-        strcat(allow, srv_routes[i].method);
-    }
-    if (route == NULL) {
-        strcat(allow, "\r\n");
+    if (found != API_OK) {
+        char allow[sizeof(lk.allow) + 16];
+        snprintf(allow, sizeof(allow), "Allow: %s\r\n", lk.allow);
         return srv_send_error(c, API_ERR_METHOD_NOT_ALLOWED, "method not allowed here", allow, 0);
     }
-    o->route = (int)(route - srv_routes);
+    const srv_route *route = &srv_routes[lk.route];
+    srv_path path = route->path;
+    const char *seg = lk.seg;
+    o->route = lk.route;
     api_req q = {.env = s->env, .method = ri->request_method, .query = ri->query_string};
     cred_record caller;
     if (route->roles != SRV_PUBLIC) {

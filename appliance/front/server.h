@@ -34,6 +34,33 @@ struct mg_request_info;
  * ri's request_method, http_version, content_length and headers. For tests/fuzz. */
 api_err srv_check_head(const struct mg_request_info *ri, const char **msg);
 
+/* ---- The route table and the error document, for tests ---------------------------------- */
+
+/* The text a path parameter may hold: a jti (64) is the longest. */
+#define SRV_SEG_MAX 72
+
+typedef struct {
+    int route;             /* the route's line in srv_print_routes' order; -1 when none */
+    const char *template;  /* "/v1/keys/{kid}"; NULL when none */
+    unsigned roles;        /* bit r: cred_role r may call it; 0: public, no credential */
+    char seg[SRV_SEG_MAX]; /* the path parameter as sent, "" when none, "!" when too long */
+    char allow[128];       /* the methods the path takes, "GET, POST" (the Allow header) */
+} srv_lookup_result;
+
+/* The route of method on uri (the decoded path, no query): API_OK; API_ERR_NOT_FOUND when no
+ * route has that path; API_ERR_METHOD_NOT_ALLOWED when it has, for other methods (allow). */
+api_err srv_lookup(const char *method, const char *uri, srv_lookup_result *out);
+
+/* 1 when a route of roles (srv_lookup_result.roles) admits a credential of role. */
+int srv_roles_allow(unsigned roles, cred_role role);
+
+/* The error document {"error":{"code","message"}} of e (message msg, or the code when msg is
+ * NULL or ""), compact, malloc'd; NULL when out of memory. Its status: api_err_table(e). */
+char *srv_error_body(api_err e, const char *msg);
+
+/* 1 when a Content-Type value is application/json (any case, parameters allowed). */
+int srv_is_json(const char *content_type);
+
 /* The port actually bound (useful with port 0). */
 int srv_port(const srv *s);
 

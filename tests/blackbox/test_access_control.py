@@ -35,9 +35,6 @@ def world(make_module_appliance):
     # A plain token to redeem (any number of times) and status list 0 to read.
     minted = a.post("/v1/tokens", {"kid": key_a, "revocable": True}, auth=creds["signer"])
     assert minted.status_code == 200, minted.text
-    revoked = a.create_credential("signer", kids="all")
-    assert a.delete("/v1/credentials/" + revoked["id"]).status_code == 200
-    creds["revoked"] = revoked["secret"]
     creds["none"] = None
     return {"a": a, "A": key_a, "B": key_b, "creds": creds, "auditor_id": auditor["id"],
             "token": minted.json()["token"]}
@@ -58,9 +55,10 @@ def make_module_appliance(tmp_path_factory):
         ap.stop()
 
 
-# The authorization matrix: route -> the roles that get a success; every other role gets
-# 403, no credential and a revoked one 401. Public routes: 200 for everyone.
-ROLES = ["admin", "signer", "auditor", "redeemer"]
+# The authorization matrix: route -> the roles that get a success. Every other role's 403,
+# the 401 of no credential, an unknown or a revoked one, and public routes taking anyone are
+# the front's decisions, pinned by tests/unit/test_front.c against the real server; here each
+# allowed role shows the whole appliance serving the route to it.
 MATRIX = [
     ("POST", "/v1/keys", {"admin"}),
     ("GET", "/v1/keys", {"admin", "auditor"}),
@@ -111,10 +109,13 @@ def body_for(method, path, world):
     return None
 
 
-@pytest.mark.parametrize("method,template,allowed", MATRIX,
-                         ids=["%s %s" % (m, p) for m, p, _ in MATRIX])
-@pytest.mark.parametrize("who", ROLES + ["none", "revoked"])
-def test_every_role_gets_exactly_the_routes_of_the_matrix(world, who, method, template, allowed):
+SERVED = [(m, p, who) for m, p, allowed in MATRIX
+          for who in (["none"] if allowed == "public" else sorted(allowed))]
+
+
+@pytest.mark.parametrize("method,template,who", SERVED,
+                         ids=["%s %s %s" % case for case in SERVED])
+def test_every_allowed_role_is_served_the_routes_of_the_matrix(world, who, method, template):
     a = world["a"]
     # Victims are fresh for each call that may succeed, so a DELETE really deletes.
     victim = a.create_key(label="victim")["kid"] if "{victim}" in template else ZERO_KID
@@ -132,36 +133,9 @@ def test_every_role_gets_exactly_the_routes_of_the_matrix(world, who, method, te
                   json=body_for(method, path, world), stream=stream)
     if stream:
         r.close()
-    if allowed == "public":
-        expect = 200
-    elif who in ("none", "revoked"):
-        expect = 401
-    elif who in allowed:
-        created = ("/v1/keys", "/v1/credentials", "/v1/keys/{victim}/rotate")
-        expect = 201 if method == "POST" and template in created else 200
-    else:
-        expect = 403
+    created = ("/v1/keys", "/v1/credentials", "/v1/keys/{victim}/rotate")
+    expect = 201 if method == "POST" and template in created else 200
     assert r.status_code == expect, (who, method, path, r.text)
-    if expect in (401, 403):
-        assert r.json()["error"]["code"] == {401: "unauthorized", 403: "forbidden"}[expect]
-    if expect == 401:
-        assert r.headers["WWW-Authenticate"].startswith("Bearer")
-
-
-def test_a_leaked_signer_credential_cannot_manage_credentials_or_keys(world):
-    a, signer = world["a"], world["creds"]["signer"]
-    attempts = [
-        ("POST", "/v1/credentials", {"role": "admin"}),
-        ("POST", "/v1/credentials", {"role": "signer", "kids": "all"}),
-        ("GET", "/v1/credentials", None),
-        ("DELETE", "/v1/credentials/" + "0" * 16, None),
-        ("POST", "/v1/keys", {}),
-        ("DELETE", "/v1/keys/" + world["B"], {"reason": "leak"}),
-    ]
-    for method, path, body in attempts:
-        r = a.request(method, path, auth=signer, json=body)
-        assert r.status_code == 403, (method, path, r.text)
-    assert a.get("/v1/keys/" + world["B"]).json()["state"] == "active"
 
 
 def test_a_signer_scoped_to_one_kid_gets_403_on_another(world):
@@ -188,18 +162,6 @@ def test_a_signer_asking_past_its_max_ttl_gets_ttl_too_long(world):
     # Asking for nothing gets the credential's own ceiling, not an error.
     r = a.post("/v1/tokens", {}, auth=capped["secret"])
     assert r.status_code == 200 and r.json()["exp"] - r.json()["iat"] == 600
-
-
-def test_an_auditor_reads_keys_and_changes_nothing(world):
-    a, auditor = world["a"], world["creds"]["auditor"]
-    assert a.get("/v1/keys", auth=auditor).status_code == 200
-    before = a.get("/v1/keys").json()
-    for method, path, body in [("POST", "/v1/keys", {}),
-                               ("DELETE", "/v1/keys/" + world["A"], {"reason": "x"}),
-                               ("POST", "/v1/tokens", {}),
-                               ("POST", "/v1/credentials", {"role": "auditor"})]:
-        assert a.request(method, path, auth=auditor, json=body).status_code == 403
-    assert a.get("/v1/keys").json() == before
 
 
 def test_created_secret_is_shown_once_prefixed_and_never_stored(world):

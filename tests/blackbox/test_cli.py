@@ -4,6 +4,8 @@ Driven the way a script drives it (--json, exit codes, stdout and stderr apart) 
 way a person does (through a pseudo-terminal, where keys create --count draws a progress
 bar). Every result is checked against the appliance's own API (and tokens with jwcrypto),
 not against what the CLI says about itself. Every process a test starts is stopped by PID.
+Argument handling that needs no appliance (help, usage errors, exit 2 and 3, where the
+secret may come from) is tests/unit/test_cli.c's.
 """
 import base64
 import json
@@ -12,7 +14,6 @@ import pty
 import re
 import select
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -31,12 +32,6 @@ CTL = os.path.join(TOP, BUILD, "bin", "signdctl")
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_CONNECT, EXIT_AUTH = 0, 1, 2, 3, 4
 EXIT_LIMIT, EXIT_AUDIT, EXIT_INTERRUPTED = 6, 7, 130
 KID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def unused_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_secret(directory, name, secret):
@@ -93,20 +88,6 @@ def signer_file(appliance, tmp):
 # ---- the way a script drives it: --json and exit codes -------------------------------------
 
 
-def test_help_documents_every_exit_code_and_each_verb_has_help(appliance):
-    r = ctl(appliance, "--help", cred=False)
-    assert r.returncode == EXIT_OK
-    text = r.stdout.decode()
-    for code in ("0 ", "1 ", "2 ", "3 ", "4 ", "5 ", "6 ", "7 ", "130 "):
-        assert re.search(r"^\s+%s" % code, text, re.M), code
-    for verb in (["keys", "create"], ["keys", "list"], ["keys", "show"], ["keys", "revoke"],
-                 ["keys", "rotate"], ["credentials", "create"], ["token", "mint"], ["sign"],
-                 ["audit", "export"], ["audit", "verify"], ["subjects", "revoke"]):
-        r = ctl(appliance, *verb, "--help", cred=False)
-        assert r.returncode == EXIT_OK, verb
-        assert r.stdout.decode().startswith("usage: signdctl " + verb[0]), verb
-
-
 def test_keys_create_json_is_the_created_key(appliance):
     r = ctl(appliance, "--json", "keys", "create", "--label", "json-one")
     assert r.returncode == EXIT_OK, r.stderr
@@ -153,22 +134,6 @@ def test_unknown_kid_exits_1_with_the_api_code(appliance):
     assert "key_not_found" in line and "keys list" in line
 
 
-def test_malformed_kid_is_a_usage_error_before_any_request(appliance):
-    r = ctl(appliance, "keys", "show", "not-a-kid")
-    assert r.returncode == EXIT_USAGE
-    assert "not a kid" in one_error_line(r)
-
-
-def test_unknown_option_and_missing_argument_exit_2(appliance):
-    r = ctl(appliance, "keys", "list", "--colour")
-    assert r.returncode == EXIT_USAGE
-    assert "--colour" in one_error_line(r)
-    r = ctl(appliance, "keys", "create", "--count", "1001")
-    assert r.returncode == EXIT_USAGE
-    r = ctl(appliance, "keys", "revoke", appliance.create_key()["kid"])
-    assert r.returncode == EXIT_USAGE and "--reason" in one_error_line(r)
-
-
 def test_bad_credential_exits_4(appliance, tmp):
     wrong = write_secret(tmp, "wrong.credential", "sgd_0123456789abcdef_" + "A" * 43)
     r = ctl(appliance, "keys", "list", cred=wrong)
@@ -180,18 +145,6 @@ def test_signer_cannot_create_keys_exits_4(appliance, signer_file):
     r = ctl(appliance, "keys", "create", cred=signer_file)
     assert r.returncode == EXIT_AUTH
     assert "forbidden" in one_error_line(r)
-
-
-def test_no_credential_is_a_usage_error(appliance):
-    r = ctl(appliance, "keys", "list", cred=False)
-    assert r.returncode == EXIT_USAGE
-    assert "--credential-file" in one_error_line(r)
-
-
-def test_unreachable_appliance_exits_3(appliance):
-    r = ctl(appliance, "--url", "https://127.0.0.1:%d" % unused_port(), "keys", "list")
-    assert r.returncode == EXIT_CONNECT
-    assert "cannot reach" in one_error_line(r)
 
 
 def test_certificate_from_another_ca_exits_3(appliance, tmp):
@@ -241,16 +194,6 @@ def test_pin_and_cacert_must_both_hold(appliance):
 # ---- the credential never on the command line -----------------------------------------------
 
 
-@pytest.mark.parametrize("flag", ["--credential", "--secret", "--password", "--token-secret"])
-def test_a_secret_option_is_refused(appliance, flag):
-    secret = appliance.admin
-    r = ctl(appliance, flag, secret, "keys", "list", cred=False)
-    assert r.returncode == EXIT_USAGE
-    line = one_error_line(r)
-    assert "--credential-file" in line and "--credential-env" in line
-    assert secret not in r.stderr.decode() and secret not in r.stdout.decode()
-
-
 def test_credential_from_env_is_not_in_cmdline_or_environ(appliance):
     """While signdctl works, neither /proc/PID/cmdline nor /proc/PID/environ holds the
     secret: it came from a variable, which signdctl wiped once it had copied it."""
@@ -273,13 +216,6 @@ def test_credential_from_env_is_not_in_cmdline_or_environ(appliance):
     assert proc.returncode == EXIT_OK
     assert len(out.split()) == 4
     assert len(keys_by_label(appliance, "env-cred")) == 4
-
-
-def test_unset_credential_variable_is_a_usage_error(appliance, tmp):
-    """--credential-env beats SIGND_CREDENTIAL_FILE: an unset variable is an error, not a fallback."""
-    r = ctl(appliance, "--credential-env", "NOT_SET_ANYWHERE", "keys", "list")
-    assert r.returncode == EXIT_USAGE
-    assert "NOT_SET_ANYWHERE" in one_error_line(r)
 
 
 # ---- bulk provisioning ------------------------------------------------------------------------
