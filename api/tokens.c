@@ -301,7 +301,7 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
     /* A revocable token's jti names its status index under a MAC (tks_jti_make): its
      * revocation needs nothing stored per token. Any other jti is 128 random bits. */
     tks_index ix = {0, 0};
-    char uri[API_URI_MAX];
+    char uri[PUB_URI_MAX];
     if (b.revocable) {
         tks_status ts = tks_assign(q->env->tks, q->now, b.exp, &ix);
         if (ts == TKS_ERR_FULL) {
@@ -313,7 +313,7 @@ api_err api_tokens_mint(const api_req *q, api_resp *r)
             e = api_fail(r, API_ERR_STORAGE, "no status-list index could be reserved");
             goto out;
         }
-        api_status_list_uri(c, ix.list, uri);
+        pub_status_list_uri(c, ix.list, uri);
     } else if (jose_random_hex(jti, API_JTI_BYTES) != 0) {
         e = api_fail(r, API_ERR_INTERNAL, "no randomness for jti");
         goto out;
@@ -640,8 +640,8 @@ api_err api_tokens_redeem(const api_req *q, api_resp *r)
 
 json_t *api_token_revocation_json(const cfg *c, const tks_revocation *rv)
 {
-    char uri[API_URI_MAX];
-    api_status_list_uri(c, rv->ix.list, uri);
+    char uri[PUB_URI_MAX];
+    pub_status_list_uri(c, rv->ix.list, uri);
     return json_pack("{s:I, s:s, s:I, s:I, s:s, s:I}", "seq", (json_int_t)rv->seq, "jti", rv->jti,
                      "list", (json_int_t)rv->ix.list, "idx", (json_int_t)rv->ix.idx, "uri", uri,
                      "revoked_at", (json_int_t)rv->revoked_at);
