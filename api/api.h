@@ -19,14 +19,17 @@
 
 #include <jansson.h>
 
-#include "appliance/core/audit.h"
 #include "appliance/common/config.h"
 #include "appliance/store/credentials.h"
 #include "appliance/kproto/keeper.h"
-#include "appliance/core/probe.h"
 #include "appliance/core/publish.h"
 #include "appliance/store/registry.h"
 #include "appliance/store/tokstate.h"
+
+/* The audit writer and the readiness probe are only handed through api_env here; the
+ * handlers that call them include their headers (core/audit.h, core/probe.h). */
+typedef struct audit audit;
+typedef struct prb prb;
 
 #define API_BODY_MAX (64 * 1024)
 /* Deepest nesting of [ and { a JSON body may have; deeper is invalid_json before jansson

@@ -2,6 +2,7 @@
 #include "api/api.h"
 
 #include "appliance/common/metrics.h"
+#include "appliance/core/audit.h"
 #include "appliance/core/keys.h"
 #include "jose/jose.h"
 

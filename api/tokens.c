@@ -2,6 +2,7 @@
  * registry lookup from memory, one signature on this thread's own token session. */
 #include "api/api.h"
 
+#include "appliance/core/audit.h"
 #include "jose/jose.h"
 
 #include <stdio.h>

@@ -5,6 +5,7 @@
 #include "appliance/common/jlog.h"
 #include "appliance/common/metrics.h"
 #include "appliance/front/ratelimit.h"
+#include "appliance/core/audit.h"
 #include "appliance/core/publish.h"
 #include "appliance/front/tls.h"
 
