@@ -397,6 +397,31 @@ static void test_a_rotation_needs_a_free_slot(void **state)
         reg_unreserve(fx->rg);
 }
 
+static void test_retiring_keys_count_toward_the_key_limit(void **state)
+{
+    fixture *fx = *state;
+    for (int i = 0; i < LIMIT - 2; i++)
+        assert_int_equal(reg_reserve(fx->rg), REG_OK);
+    reg_key k1 = create_ok(fx, "", T0, NULL), k2 = create_ok(fx, "", T0, NULL);
+    reg_key was, made, k;
+    sk_pubkey pub;
+    ck_fail why;
+    assert_int_equal(ck_rotate(&fx->e, &k1.kid, NULL, T0, T0 + 600, &was, &made, &pub, &why),
+                     CK_ERR_NO_SLOT);
+    assert_true(reg_is_active(fx->rg, &k1.kid));
+    assert_int_equal(ck_revoke(&fx->e, &k2.kid, "x", T0, NULL), CK_OK);
+    assert_int_equal(ck_rotate(&fx->e, &k1.kid, NULL, T0, T0 + 600, &was, &made, &pub, &why),
+                     CK_OK);
+    /* The retiring key still holds its object in the token: the limit is reached. */
+    assert_int_equal(ck_create(&fx->e, 2048, "", T0, &k, &pub, &why), CK_ERR_NO_SLOT);
+    /* Revoking it early frees its slot, and leaves its successor active. */
+    assert_int_equal(ck_revoke(&fx->e, &k1.kid, "early", T0, NULL), CK_OK);
+    create_ok(fx, "", T0, NULL);
+    assert_true(reg_is_active(fx->rg, &made.kid));
+    for (int i = 0; i < LIMIT - 2; i++)
+        reg_unreserve(fx->rg);
+}
+
 static void test_the_scheduler_revokes_a_key_whose_grace_ended(void **state)
 {
     fixture *fx = *state;
@@ -438,6 +463,7 @@ int main(void)
         T(test_a_rotation_makes_a_successor_and_leaves_the_old_key_retiring),
         T(test_only_an_active_key_rotates_and_a_refusal_generates_nothing),
         T(test_a_rotation_needs_a_free_slot),
+        T(test_retiring_keys_count_toward_the_key_limit),
         T(test_the_scheduler_revokes_a_key_whose_grace_ended),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

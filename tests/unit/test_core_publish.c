@@ -259,6 +259,58 @@ static void test_the_revocation_list_counts_every_revocation_in_order(void **sta
     json_decref(j);
 }
 
+/* A revoked row made straight in the registry: what publication reads is the registry,
+ * so a long revocation history needs no token objects. */
+static void revoked_row(fixture *fx)
+{
+    reg_key k;
+    memset(&k, 0, sizeof(k));
+    testenv_kid(&k.kid);
+    k.bits = 2048;
+    k.created_at = T0;
+    snprintf(k.n_b64, sizeof(k.n_b64), "AQAB");
+    snprintf(k.e_b64, sizeof(k.e_b64), "AQAB");
+    assert_int_equal(reg_insert(fx->rg, &k), REG_OK);
+    assert_int_equal(ck_revoke(&fx->e, &k.kid, "x", T0, NULL), CK_OK);
+}
+
+/* Bounds what a client walking every `after` can make the appliance build and the token
+ * sign: at most 66 documents per registry change. */
+static void test_a_delta_further_back_than_64_revocations_is_the_full_list(void **state)
+{
+    fixture *fx = *state;
+    for (int i = 0; i < 66; i++)
+        revoked_row(fx);
+    rec_retry_deferred(fx->k, stderr);
+    int64_t now = (int64_t)time(NULL);
+    pub_why why = {0};
+    json_t *j = signed_payload(fx, pub_feed(fx->p, 1, now, &why), KP_PUBLISH_HEADER);
+    assert_int_equal(int_of(j, "after"), 0);
+    assert_int_equal(int_of(j, "seq"), 66);
+    assert_int_equal(json_array_size(json_object_get(j, "revoked")), 66);
+    json_decref(j);
+    j = signed_payload(fx, pub_feed(fx->p, 2, now, &why), KP_PUBLISH_HEADER);
+    assert_int_equal(int_of(j, "after"), 2);
+    assert_int_equal(json_array_size(json_object_get(j, "revoked")), 64);
+    json_decref(j);
+    /* The unsigned list follows the same rule, built once per change and after. */
+    j = doc_json(pub_revocations(fx->p, 1));
+    assert_int_equal(int_of(j, "sequence"), 66);
+    assert_int_equal(json_array_size(json_object_get(j, "revoked")), 66);
+    json_decref(j);
+    pub_doc *d1 = pub_revocations(fx->p, 2), *d2 = pub_revocations(fx->p, 2);
+    assert_ptr_equal(d1, d2);
+    pub_doc_put(d2);
+    j = doc_json(d1);
+    assert_int_equal(json_array_size(json_object_get(j, "revoked")), 64);
+    json_decref(j);
+    j = doc_json(pub_revocations(fx->p, 99));
+    json_t *want = json_pack("{s:i, s:[], s:[]}", "sequence", 66, "revoked", "subjects");
+    assert_true(json_equal(j, want));
+    json_decref(want);
+    json_decref(j);
+}
+
 /* ---- the signed feed --------------------------------------------------------------------- */
 
 static void test_the_feed_is_signed_by_the_publication_key_and_follows_the_sequence(void **state)
@@ -430,6 +482,7 @@ int main(void)
         T(test_the_jwks_follows_create_rotate_and_revoke),
         T(test_the_jwks_etag_moves_with_its_content_only),
         T(test_the_revocation_list_counts_every_revocation_in_order),
+        T(test_a_delta_further_back_than_64_revocations_is_the_full_list),
         T(test_the_feed_is_signed_by_the_publication_key_and_follows_the_sequence),
         T(test_a_spent_budget_serves_the_copy_held_and_refuses_what_has_none),
         T(test_a_keeper_that_cannot_sign_is_reported),
