@@ -20,6 +20,7 @@
 #include <jansson.h>
 
 #include "appliance/common/config.h"
+#include "appliance/core/keys.h"
 #include "appliance/store/credentials.h"
 #include "appliance/kproto/keeper.h"
 #include "appliance/core/publish.h"
@@ -41,10 +42,6 @@ typedef struct prb prb;
 /* Seconds a 503 of the token's (hsm_busy, hsm_unavailable, hsm_timeout) or of the
  * database's (storage_unavailable) tells the client to wait before retrying. */
 #define API_HSM_RETRY_AFTER 1
-/* How many rotations a signer's scope follows (a predecessor's signers may use its
- * successors): far above any real lineage, and a bound on the walk whatever the file
- * holds. */
-#define API_LINEAGE_MAX 32
 
 typedef enum {
     API_OK = 0,
@@ -204,6 +201,14 @@ json_t *api_key_json(const reg_key *k);
  * key_retiring (rotated: its successor signs now). */
 api_err api_check_signing_key(const api_req *q, api_resp *r, const sk_kid *kid);
 
+/* The answer to ck_signing_state's cs and state for kid (keys.h): API_OK, key_not_found,
+ * or the state's 409 (counted under kid in the metrics). */
+api_err api_signing_refusal(api_resp *r, const sk_kid *kid, ck_status cs, reg_state state);
+
+/* Why a key in state s cannot sign or be rotated: the 409 that names its state
+ * (key_revoked, key_retiring, key_broken). */
+api_err api_key_state_error(api_resp *r, reg_state s);
+
 /* kp_sign answered SK_ERR_KEY_NOT_FOUND for kid: it changed state since
  * api_check_signing_key (rotated, revoked; the keeper checks the registry itself), or its
  * object is gone. The state's own 409 (key_retiring, ...), else key_revoked. */
@@ -212,9 +217,9 @@ api_err api_sign_refused(const api_req *q, api_resp *r, const sk_kid *kid);
 /* A keeper failure as the API's error (key_not_found, token_full, hsm_busy, ...). */
 api_err api_hsm_error(api_resp *r, sk_status st);
 
-/* API_OK when the caller may use kid (an admin or auditor reaching a key route, or a
- * signer whose scope holds kid or one of kid's predecessors: rotating a key does not lock
- * out the signers of the key it replaces), else kid_not_allowed (403). */
+/* API_OK when the caller may use kid (ck_may_use: an admin or auditor reaching a key
+ * route, or a signer whose scope holds kid or one of kid's predecessors), else
+ * kid_not_allowed (403). */
 api_err api_check_kid_scope(const api_req *q, api_resp *r, const sk_kid *kid);
 
 /* ---- Request bodies: bytes -> validated struct ------------------------------------------

@@ -60,8 +60,7 @@ static ck_env api_ck(const api_env *env)
     return (ck_env){.reg = env->reg, .kp = env->kp, .pub = env->pub};
 }
 
-/* Why a key in state s cannot sign or be rotated: the 409 that names its state. */
-static api_err api_state_error(api_resp *r, reg_state s)
+api_err api_key_state_error(api_resp *r, reg_state s)
 {
     switch (s) {
     case REG_REVOKED:
@@ -87,7 +86,7 @@ static api_err api_ck_error(const api_req *q, api_resp *r, ck_status cs, const c
     case CK_ERR_NOT_FOUND:
         return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
     case CK_ERR_STATE:
-        return api_state_error(r, why->state);
+        return api_key_state_error(r, why->state);
     case CK_ERR_NO_SLOT:
         return api_fail(r, API_ERR_KEY_LIMIT_REACHED,
                         "the appliance holds %u keys in the token (active and retiring), its limit",
@@ -287,47 +286,36 @@ api_err api_keys_revoke(const api_req *q, api_resp *r)
     return api_json(r, 200, api_key_json(&k));
 }
 
-/* Is kid allowed to sign? API_OK, or the error that says why not. */
 api_err api_check_kid_scope(const api_req *q, api_resp *r, const sk_kid *kid)
 {
-    if (q->caller == NULL || q->caller->role != CRED_ROLE_SIGNER ||
-        cred_may_use_kid(q->caller, kid))
+    if (ck_may_use(q->env->reg, q->caller, kid))
         return API_OK;
-    /* A successor inherits its predecessors' signers: an admin rotating a key must not cut
-     * off the app servers scoped to it. Only backwards (a credential scoped to the new key
-     * gains nothing on the old one, which signs nothing anyway), and bounded. */
-    reg_key k;
-    sk_kid cur = *kid;
-    for (int i = 0;
-         i < API_LINEAGE_MAX && reg_get(q->env->reg, &cur, &k) == REG_OK && k.has_predecessor;
-         i++) {
-        if (cred_may_use_kid(q->caller, &k.predecessor))
-            return API_OK;
-        cur = k.predecessor;
-    }
     return api_fail(r, API_ERR_KID_NOT_ALLOWED, "this credential may not use this kid");
+}
+
+api_err api_signing_refusal(api_resp *r, const sk_kid *kid, ck_status cs, reg_state state)
+{
+    if (cs == CK_OK)
+        return API_OK;
+    if (cs != CK_ERR_STATE)
+        return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
+    /* A registry key: its refusal is counted under its kid, also for a token request whose
+     * kid came in the body (the server knows only the path's). */
+    met_note_kid(kid);
+    return api_key_state_error(r, state);
 }
 
 api_err api_check_signing_key(const api_req *q, api_resp *r, const sk_kid *kid)
 {
-    reg_key k;
-    if (reg_is_active(q->env->reg, kid))
-        return API_OK;
-    if (reg_get(q->env->reg, kid, &k) != REG_OK)
-        return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
-    if (k.state == REG_ACTIVE) /* inserted between the two reads */
-        return API_OK;
-    /* A registry key: its refusal is counted under its kid, also for a token request whose
-     * kid came in the body (the server knows only the path's). */
-    met_note_kid(kid);
-    return api_state_error(r, k.state);
+    reg_state state = REG_ACTIVE;
+    return api_signing_refusal(r, kid, ck_signing_state(q->env->reg, kid, &state), state);
 }
 
 api_err api_sign_refused(const api_req *q, api_resp *r, const sk_kid *kid)
 {
     reg_key k;
     if (reg_get(q->env->reg, kid, &k) == REG_OK && k.state != REG_ACTIVE)
-        return api_state_error(r, k.state);
+        return api_key_state_error(r, k.state);
     return api_fail(r, API_ERR_KEY_REVOKED, "this kid can no longer sign");
 }
 

@@ -159,3 +159,67 @@ ck_status ck_revoke(const ck_env *e, const sk_kid *kid, const char *reason, int6
     rec_defer_destroy(kid);
     return CK_OK;
 }
+
+int ck_may_use(reg *rg, const cred_record *caller, const sk_kid *kid)
+{
+    if (caller == NULL || caller->role != CRED_ROLE_SIGNER || cred_may_use_kid(caller, kid))
+        return 1;
+    /* A successor inherits its predecessors' signers: an admin rotating a key must not cut
+     * off the app servers scoped to it. Only backwards (a credential scoped to the new key
+     * gains nothing on the old one, which signs nothing anyway), and bounded. */
+    reg_key k;
+    sk_kid cur = *kid;
+    for (int i = 0; i < CK_LINEAGE_MAX && reg_get(rg, &cur, &k) == REG_OK && k.has_predecessor;
+         i++) {
+        if (cred_may_use_kid(caller, &k.predecessor))
+            return 1;
+        cur = k.predecessor;
+    }
+    return 0;
+}
+
+/* At most CRED_KIDS_MAX * CK_LINEAGE_MAX lookups in memory, one per kid while nothing
+ * rotated. */
+int ck_newest_usable(reg *rg, const cred_record *caller, sk_kid *out)
+{
+    reg_key k;
+    if (caller == NULL || caller->all_kids) {
+        if (reg_newest_active(rg, &k) != REG_OK)
+            return -1;
+        *out = k.kid;
+        return 0;
+    }
+    int found = 0;
+    int64_t newest = 0;
+    for (size_t i = 0; i < caller->n_kids; i++) {
+        if (reg_get(rg, &caller->kids[i], &k) != REG_OK)
+            continue;
+        /* Only the last of a lineage can be active: every key before it was rotated. */
+        for (int d = 0; d < CK_LINEAGE_MAX && k.has_successor; d++) {
+            sk_kid next = k.successor;
+            if (reg_get(rg, &next, &k) != REG_OK)
+                break;
+        }
+        if (k.state != REG_ACTIVE)
+            continue;
+        if (!found || k.created_at >= newest) {
+            found = 1;
+            newest = k.created_at;
+            *out = k.kid;
+        }
+    }
+    return found ? 0 : -1;
+}
+
+ck_status ck_signing_state(reg *rg, const sk_kid *kid, reg_state *state)
+{
+    reg_key k;
+    if (reg_is_active(rg, kid))
+        return CK_OK;
+    if (reg_get(rg, kid, &k) != REG_OK)
+        return CK_ERR_NOT_FOUND;
+    if (k.state == REG_ACTIVE) /* inserted between the two reads */
+        return CK_OK;
+    *state = k.state;
+    return CK_ERR_STATE;
+}

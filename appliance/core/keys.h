@@ -28,10 +28,16 @@
 
 #include "appliance/core/publish.h"
 #include "appliance/kproto/keeper.h"
+#include "appliance/store/credentials.h"
 #include "appliance/store/registry.h"
 #include "base/signkey.h"
 
 #include <stdint.h>
+
+/* How many rotations a signer's scope follows (a predecessor's signers may use its
+ * successors): far above any real lineage, and a bound on the walk whatever the file
+ * holds. */
+#define CK_LINEAGE_MAX 32
 
 /* What the lifecycle works on (borrowed). pub may be NULL: nothing is published. */
 typedef struct {
@@ -77,5 +83,21 @@ ck_status ck_rotate(const ck_env *e, const sk_kid *kid, const char *label, int64
  * revoked key answers its row as it is. */
 ck_status ck_revoke(const ck_env *e, const sk_kid *kid, const char *reason, int64_t now,
                     reg_key *out);
+
+/* ---- who signs with what ----------------------------------------------------------------- */
+
+/* 1 when caller may use kid: no caller, a caller that is not a signer, or a signer whose
+ * scope holds kid or one of kid's predecessors (rotating a key does not lock out the
+ * signers of the key it replaces); else 0. */
+int ck_may_use(reg *rg, const cred_record *caller, const sk_kid *kid);
+
+/* The newest active key caller may use: the registry's newest for no caller or an
+ * unscoped one, else the newest active one among its kids and their successors. 0 and
+ * *out, or -1 when there is none. */
+int ck_newest_usable(reg *rg, const cred_record *caller, sk_kid *out);
+
+/* Whether kid may sign now: CK_OK (active), CK_ERR_NOT_FOUND, or CK_ERR_STATE with *state
+ * (revoked, retiring, broken). */
+ck_status ck_signing_state(reg *rg, const sk_kid *kid, reg_state *state);
 
 #endif
