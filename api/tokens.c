@@ -1,8 +1,8 @@
-/* api: JWT minting (POST /v1/tokens). The hot path of the appliance: one JSON parse, one
- * registry lookup from memory, one signature on this thread's own token session. */
+/* api: JWT minting (POST /v1/tokens), redemption and token revocation. Minting is the hot
+ * path of the appliance: one JSON parse here, then appliance/core/mint.h (one registry
+ * lookup from memory, one signature on this thread's own token session). */
 #include "api/api.h"
 
-#include "appliance/core/audit.h"
 #include "appliance/core/mint.h"
 #include "jose/jose.h"
 
