@@ -308,7 +308,8 @@ api_err api_signing_refusal(api_resp *r, const sk_kid *kid, ck_status cs, reg_st
 api_err api_check_signing_key(const api_req *q, api_resp *r, const sk_kid *kid)
 {
     reg_state state = REG_ACTIVE;
-    return api_signing_refusal(r, kid, ck_signing_state(q->env->reg, kid, &state), state);
+    ck_status cs = ck_signing_state(q->env->reg, kid, &state); /* before state is read */
+    return api_signing_refusal(r, kid, cs, state);
 }
 
 api_err api_sign_refused(const api_req *q, api_resp *r, const sk_kid *kid)
