@@ -6,9 +6,10 @@
  * Errors: every handler returns an api_err. api_err_table() is the one place an error
  * becomes an HTTP status and a stable snake_case code; handlers only add a message.
  *
- * What the module owns: the publication cache (JWKS and revocation documents, rebuilt
- * once per registry change and served from memory with an ETag). Everything else it
- * reaches through the registry (reg_) and the keeper (kp_).
+ * What the module owns: nothing but the answers. Key lifecycle is appliance/core/keys.h
+ * (ck_), publication appliance/core/publish.h (pub_, a handle in api_env); the rest is
+ * reached through the registry (reg_), the credentials (cred_), the token state (tks_) and
+ * the keeper (kp_).
  */
 #ifndef API_API_H
 #define API_API_H
@@ -18,13 +19,18 @@
 
 #include <jansson.h>
 
-#include "appliance/core/audit.h"
 #include "appliance/common/config.h"
+#include "appliance/core/keys.h"
 #include "appliance/store/credentials.h"
 #include "appliance/kproto/keeper.h"
-#include "appliance/core/probe.h"
+#include "appliance/core/publish.h"
 #include "appliance/store/registry.h"
 #include "appliance/store/tokstate.h"
+
+/* The audit writer and the readiness probe are only handed through api_env here; the
+ * handlers that call them include their headers (core/audit.h, core/probe.h). */
+typedef struct audit audit;
+typedef struct prb prb;
 
 #define API_BODY_MAX (64 * 1024)
 /* Deepest nesting of [ and { a JSON body may have; deeper is invalid_json before jansson
@@ -36,10 +42,6 @@
 /* Seconds a 503 of the token's (hsm_busy, hsm_unavailable, hsm_timeout) or of the
  * database's (storage_unavailable) tells the client to wait before retrying. */
 #define API_HSM_RETRY_AFTER 1
-/* How many rotations a signer's scope follows (a predecessor's signers may use its
- * successors): far above any real lineage, and a bound on the walk whatever the file
- * holds. */
-#define API_LINEAGE_MAX 32
 
 typedef enum {
     API_OK = 0,
@@ -141,6 +143,7 @@ typedef struct {
     audit *audit; /* the trail's writer; NULL only in tests that do without */
     tks *tks;     /* status lists and redeemed jtis (tokstate.h) */
     prb *probe;   /* readiness (probe.h); NULL: /readyz answers 503 */
+    pub *pub;     /* the published documents (publish.h); NULL only where no route serves them */
 } api_env;
 
 typedef struct {
@@ -198,6 +201,14 @@ json_t *api_key_json(const reg_key *k);
  * key_retiring (rotated: its successor signs now). */
 api_err api_check_signing_key(const api_req *q, api_resp *r, const sk_kid *kid);
 
+/* The answer to ck_signing_state's cs and state for kid (keys.h): API_OK, key_not_found,
+ * or the state's 409 (counted under kid in the metrics). */
+api_err api_signing_refusal(api_resp *r, const sk_kid *kid, ck_status cs, reg_state state);
+
+/* Why a key in state s cannot sign or be rotated: the 409 that names its state
+ * (key_revoked, key_retiring, key_broken). */
+api_err api_key_state_error(api_resp *r, reg_state s);
+
 /* kp_sign answered SK_ERR_KEY_NOT_FOUND for kid: it changed state since
  * api_check_signing_key (rotated, revoked; the keeper checks the registry itself), or its
  * object is gone. The state's own 409 (key_retiring, ...), else key_revoked. */
@@ -206,9 +217,9 @@ api_err api_sign_refused(const api_req *q, api_resp *r, const sk_kid *kid);
 /* A keeper failure as the API's error (key_not_found, token_full, hsm_busy, ...). */
 api_err api_hsm_error(api_resp *r, sk_status st);
 
-/* API_OK when the caller may use kid (an admin or auditor reaching a key route, or a
- * signer whose scope holds kid or one of kid's predecessors: rotating a key does not lock
- * out the signers of the key it replaces), else kid_not_allowed (403). */
+/* API_OK when the caller may use kid (ck_may_use: an admin or auditor reaching a key
+ * route, or a signer whose scope holds kid or one of kid's predecessors), else
+ * kid_not_allowed (403). */
 api_err api_check_kid_scope(const api_req *q, api_resp *r, const sk_kid *kid);
 
 /* ---- Request bodies: bytes -> validated struct ------------------------------------------
@@ -347,12 +358,6 @@ api_err api_subjects_revoke(const api_req *q, api_resp *r);
 api_err api_status_list(const api_req *q, api_resp *r);
 #define API_STATUS_LIST_TYP "statuslist+jwt"
 #define API_STATUS_LIST_MEDIA_TYPE "application/" API_STATUS_LIST_TYP
-/* The base of every URL the appliance names in what it signs: public_url, else
- * https://listen_address:port. */
-void api_public_url(const cfg *c, char out[CFG_ORIGIN_MAX + 1]);
-/* The uri of status list n: <api_public_url>/v1/status-lists/<n>. */
-#define API_URI_MAX (CFG_ORIGIN_MAX + 64)
-void api_status_list_uri(const cfg *c, uint32_t list, char out[API_URI_MAX]);
 /* A token revocation as the event stream and DELETE /v1/tokens/{jti} carry it: {"seq",
  * "jti", "list", "idx", "uri", "revoked_at"}. A new reference, NULL when out of memory. */
 json_t *api_token_revocation_json(const cfg *c, const tks_revocation *rv);
@@ -371,14 +376,6 @@ api_err api_revocations_feed(const api_req *q, api_resp *r);
  * untouched). max_digits <= 18, so the value fits in int64. */
 int api_parse_decimal(const char *text, size_t max_digits, uint64_t *out);
 
-/* One revocation as every document and event carries it: {"seq", "kid", "revoked_at",
- * "reason"}. A new reference, NULL when out of memory. */
-json_t *api_revocation_json(const reg_revocation *rv);
-
-/* One subject revocation as the feed, GET /v1/revocations and the event stream carry it:
- * {"seq", "sub", "before"}. A new reference, NULL when out of memory. */
-json_t *api_subject_json(const reg_subject *s);
-
 /* A service key's JWK with its use ("sig" for the audit key, API_PUBLICATION_USE for the
  * publication key). A new reference, NULL when out of memory. */
 json_t *api_service_jwk(const sk_pubkey *pub, const char *kid, const char *use);
@@ -390,7 +387,6 @@ api_err api_service_key(const api_req *q, api_resp *r, kp_svc svc, const char *k
 api_err api_revocations_key(const api_req *q, api_resp *r);
 #define API_FEED_TYP "kid-revocation+jwt" /* its JWS typ (KP_PUBLISH_HEADER's) */
 #define API_FEED_MEDIA_TYPE "application/" API_FEED_TYP
-#define API_FEED_ISSUER_DEFAULT "signd" /* the feed's iss when token_issuer is empty */
 /* The JWKS `use` of the publication key: its own, so no verifier takes it for a token's. */
 #define API_PUBLICATION_USE "kid-revocation"
 api_err api_healthz(const api_req *q, api_resp *r);
@@ -408,23 +404,5 @@ api_err api_audit_key(const api_req *q, api_resp *r);
 
 /* Releases r's body (frees it, or drops its reference on a cached document). */
 void api_resp_free(api_resp *r);
-
-/* Publication cache: rebuilds the JWKS and revocation documents from the registry now.
- * Called after every registry change (create, revoke), so the next reader gets the new
- * documents; readers also rebuild when they see the registry's generation move. */
-void api_publish_refresh(const api_env *env);
-
-/* Revokes kid the way DELETE /v1/keys/{kid} does: durable first (reg_revoke, recorded with
- * the calling thread's audit actor), then published (api_publish_refresh), then the
- * private key object destroyed (kp_destroy; a failure there is logged and left to
- * reconcile at the next start). The rotation scheduler revokes a retiring key at its
- * retire_at through this too. reg_revoke's status; *out (may be NULL) gets the row. */
-reg_status api_revoke_key(const api_env *env, const sk_kid *kid, const char *reason, int64_t now,
-                          reg_key *out);
-void api_publish_free(void);
-
-/* Test-only crash points (SIGND_FAULT=after_generate|after_revoke_commit): the process
- * kills itself with SIGKILL there, so tests can prove reconcile repairs what it left. */
-void api_fault_point(const char *name);
 
 #endif

@@ -2,6 +2,7 @@
  * (GET /v1/audit/key). Reads go to SQLite through audit.h, never through the writer. */
 #include "api/api.h"
 
+#include "appliance/core/audit.h"
 #include "jose/jose.h"
 
 #include <errno.h>

@@ -5,7 +5,6 @@
 
 #include "jose/jose.h"
 
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -285,15 +284,6 @@ json_t *api_key_json(const reg_key *k)
         json_object_set_new(j, "predecessor", json_string(link));
     }
     return j;
-}
-
-void api_fault_point(const char *name)
-{
-    const char *want = getenv("SIGND_FAULT");
-    if (want != NULL && strcmp(want, name) == 0) {
-        fprintf(stderr, "signd: fault point %s reached: killing self\n", name);
-        raise(SIGKILL);
-    }
 }
 
 int api_parse_decimal(const char *text, size_t max_digits, uint64_t *out)

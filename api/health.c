@@ -1,6 +1,8 @@
 /* api: liveness and readiness. */
 #include "api/api.h"
 
+#include "appliance/core/probe.h"
+
 api_err api_healthz(const api_req *q, api_resp *r)
 {
     (void)q;

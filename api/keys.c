@@ -2,17 +2,16 @@
 #include "api/api.h"
 
 #include "appliance/common/metrics.h"
-#include "appliance/core/reconcile.h"
+#include "appliance/core/audit.h"
+#include "appliance/core/keys.h"
 #include "jose/jose.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #define API_REASON_DEFAULT "unspecified"
 #define API_SIGN_PAYLOAD_MAX (48 * 1024) /* decoded bytes; the body bound is 64 KiB */
-#define API_CREATE_TRIES 4
 /* grace_seconds of a rotation: at most a year, the bound of token_ttl_max and of the
  * rotation_grace_seconds setting (raw signatures have no exp, so an operator may want the
  * old key published longer than any token lives). */
@@ -55,67 +54,55 @@ api_err api_hsm_error(api_resp *r, sk_status st)
     return api_fail(r, e, "%s", sk_strerror(st));
 }
 
-/* Destroys a generated key whose row was never written; if the keeper cannot do it now,
- * it is done once the keeper answers again (reconcile.h). */
-static void api_destroy_unrecorded(const api_env *env, const sk_kid *kid)
+/* The lifecycle's view of the appliance (appliance/core/keys.h). */
+static ck_env api_ck(const api_env *env)
 {
-    reg_pending_drop(env->reg, kid);
-    sk_status st = kp_destroy(env->kp, kid);
-    if (st != SK_OK && st != SK_ERR_KEY_NOT_FOUND)
-        rec_defer_destroy(kid);
+    return (ck_env){.reg = env->reg, .kp = env->kp, .pub = env->pub};
 }
 
-/* Reserves a slot and generates a key pair of `bits` under a fresh random kid in the
- * token, filling *k (kid, state active, bits, label, created_at now, n_b64, e_b64) and
- * *pub. API_OK with one reservation held and the object in the token: the caller inserts
- * the row (reg_insert or reg_rotate, which consume the reservation) or destroys the object.
- * Otherwise nothing is held and the error says why. */
-static api_err api_make_key(const api_req *q, api_resp *r, unsigned bits, const char *label,
-                            reg_key *k, sk_pubkey *pub)
+api_err api_key_state_error(api_resp *r, reg_state s)
 {
-    if (reg_reserve(q->env->reg) != REG_OK)
+    switch (s) {
+    case REG_REVOKED:
+        return api_fail(r, API_ERR_KEY_REVOKED, "this kid was revoked and can no longer sign");
+    case REG_RETIRING:
+        return api_fail(r, API_ERR_KEY_RETIRING,
+                        "this kid was rotated: it still verifies until its retire_at, but its "
+                        "successor signs now");
+    case REG_BROKEN:
+        return api_fail(r, API_ERR_KEY_BROKEN, "this kid's key is missing from the token");
+    default:
+        return api_fail(r, API_ERR_INTERNAL, "unexpected key state");
+    }
+}
+
+/* A failed create or rotate as its answer; what is the registry's refusal of the final
+ * row ("the new key", "the rotation"). */
+static api_err api_ck_error(const api_req *q, api_resp *r, ck_status cs, const ck_fail *why,
+                            const char *what)
+{
+    unsigned max = q->env->cfg->max_active_keys;
+    switch (cs) {
+    case CK_ERR_NOT_FOUND:
+        return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
+    case CK_ERR_STATE:
+        return api_key_state_error(r, why->state);
+    case CK_ERR_NO_SLOT:
         return api_fail(r, API_ERR_KEY_LIMIT_REACHED,
                         "the appliance holds %u keys in the token (active and retiring), its limit",
-                        q->env->cfg->max_active_keys);
-    memset(k, 0, sizeof(*k));
-    sk_status st = SK_ERR_KEY_EXISTS;
-    /* A random 128-bit kid collides only by accident of a broken RNG; retry anyway. */
-    for (int i = 0; i < API_CREATE_TRIES && st == SK_ERR_KEY_EXISTS; i++) {
-        if (getrandom(k->kid.b, sizeof(k->kid.b), 0) != sizeof(k->kid.b))
-            continue;
-        /* Pending first: the keeper generates only under a kid the registry holds as
-         * pending (keeperd.h), and never under one that ever had a row. */
-        reg_status ps = reg_pending_add(q->env->reg, &k->kid, q->now);
-        if (ps == REG_ERR_EXISTS)
-            continue;
-        if (ps != REG_OK) {
-            reg_unreserve(q->env->reg);
-            return api_fail(r, API_ERR_STORAGE, "the key registry refused the new kid");
-        }
-        st = kp_generate(q->env->kp, &k->kid, bits, pub);
-        if (st != SK_OK)
-            reg_pending_drop(q->env->reg, &k->kid);
-    }
-    if (st != SK_OK) {
-        /* The keeper died or went silent mid-generation (or past its deadline): the object
-         * may exist, and its row never will. */
-        if (st == SK_ERR_DEVICE || st == SK_ERR_TIMEOUT)
-            rec_defer_destroy(&k->kid);
-        reg_unreserve(q->env->reg);
-        return api_hsm_error(r, st);
-    }
-    api_fault_point("after_generate");
-    k->state = REG_ACTIVE;
-    k->bits = pub->bits;
-    k->created_at = q->now;
-    snprintf(k->label, sizeof(k->label), "%s", label);
-    if (jose_b64url_encode(pub->n, pub->n_len, k->n_b64, sizeof(k->n_b64)) == 0 ||
-        jose_b64url_encode(pub->e, pub->e_len, k->e_b64, sizeof(k->e_b64)) == 0) {
-        reg_unreserve(q->env->reg);
-        api_destroy_unrecorded(q->env, &k->kid);
+                        max);
+    case CK_ERR_LIMIT:
+        return api_fail(r, API_ERR_KEY_LIMIT_REACHED, "the appliance holds %u keys, its limit",
+                        max);
+    case CK_ERR_KID:
+        return api_fail(r, API_ERR_STORAGE, "the key registry refused the new kid");
+    case CK_ERR_TOKEN:
+        return api_hsm_error(r, why->st);
+    case CK_ERR_INTERNAL:
         return api_fail(r, API_ERR_INTERNAL, "public key does not fit");
+    default:
+        return api_fail(r, API_ERR_STORAGE, "the key registry refused %s", what);
     }
-    return API_OK;
 }
 
 /* A new key's JSON: the row, its PEM, and Location. */
@@ -166,35 +153,14 @@ api_err api_keys_create(const api_req *q, api_resp *r)
     api_err e = api_keys_create_parse(q, r, &b);
     if (e != API_OK)
         return e;
+    ck_env ce = api_ck(q->env);
     reg_key k;
     sk_pubkey pub;
-    if ((e = api_make_key(q, r, b.bits, b.label, &k, &pub)) != API_OK)
-        return e;
-    if (reg_insert(q->env->reg, &k) != REG_OK) {
-        /* Never acknowledged: the key must not outlive the failed row. */
-        reg_pending_drop(q->env->reg, &k.kid);
-        kp_destroy(q->env->kp, &k.kid);
-        return api_fail(r, API_ERR_STORAGE, "the key registry refused the new key");
-    }
-    api_publish_refresh(q->env);
+    ck_fail why;
+    ck_status cs = ck_create(&ce, b.bits, b.label, q->now, &k, &pub, &why);
+    if (cs != CK_OK)
+        return api_ck_error(q, r, cs, &why, "the new key");
     return api_json(r, 201, api_new_key_json(r, &k, &pub));
-}
-
-/* Why a key in state s cannot sign or be rotated: the 409 that names its state. */
-static api_err api_state_error(api_resp *r, reg_state s)
-{
-    switch (s) {
-    case REG_REVOKED:
-        return api_fail(r, API_ERR_KEY_REVOKED, "this kid was revoked and can no longer sign");
-    case REG_RETIRING:
-        return api_fail(r, API_ERR_KEY_RETIRING,
-                        "this kid was rotated: it still verifies until its retire_at, but its "
-                        "successor signs now");
-    case REG_BROKEN:
-        return api_fail(r, API_ERR_KEY_BROKEN, "this kid's key is missing from the token");
-    default:
-        return api_fail(r, API_ERR_INTERNAL, "unexpected key state");
-    }
 }
 
 /* The rotation's grace when the request names none: rotation_grace_seconds, whose 0 means
@@ -235,32 +201,14 @@ api_err api_keys_rotate(const api_req *q, api_resp *r)
     api_err e = api_keys_rotate_parse(q, r, &b);
     if (e != API_OK)
         return e;
-    /* Checked before generating (a second of token time for RSA-2048), and again by
-     * reg_rotate under the writer lock, since a DELETE or another rotation may win the
-     * race meanwhile. */
-    reg_key old;
-    if (reg_get(q->env->reg, &q->kid, &old) != REG_OK)
-        return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
-    if (old.state != REG_ACTIVE)
-        return api_state_error(r, old.state);
-    reg_key k, was, made;
+    ck_env ce = api_ck(q->env);
+    reg_key was, made;
     sk_pubkey pub;
-    if ((e = api_make_key(q, r, old.bits, b.has_label ? b.label : old.label, &k, &pub)) != API_OK)
-        return e;
-    reg_status rs = reg_rotate(q->env->reg, &q->kid, &k, q->now + b.grace, &was, &made);
-    if (rs != REG_OK) {
-        /* Never acknowledged: the successor must not outlive the failed rotation. */
-        api_destroy_unrecorded(q->env, &k.kid);
-        if (rs == REG_ERR_STATE && reg_get(q->env->reg, &q->kid, &old) == REG_OK)
-            return api_state_error(r, old.state);
-        if (rs == REG_ERR_NOT_FOUND)
-            return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
-        if (rs == REG_ERR_LIMIT)
-            return api_fail(r, API_ERR_KEY_LIMIT_REACHED, "the appliance holds %u keys, its limit",
-                            q->env->cfg->max_active_keys);
-        return api_fail(r, API_ERR_STORAGE, "the key registry refused the rotation");
-    }
-    api_publish_refresh(q->env);
+    ck_fail why;
+    ck_status cs = ck_rotate(&ce, &q->kid, b.has_label ? b.label : NULL, q->now, q->now + b.grace,
+                             &was, &made, &pub, &why);
+    if (cs != CK_OK)
+        return api_ck_error(q, r, cs, &why, "the rotation");
     json_t *j = api_new_key_json(r, &made, &pub);
     if (j != NULL)
         json_object_set_new(j, "predecessor_key", api_key_json(&was));
@@ -328,73 +276,47 @@ api_err api_keys_revoke(const api_req *q, api_resp *r)
     api_err e = api_keys_revoke_parse(q, r, &b);
     if (e != API_OK)
         return e;
+    ck_env ce = api_ck(q->env);
     reg_key k;
-    reg_status rs = api_revoke_key(q->env, &q->kid, b.reason, q->now, &k);
-    if (rs == REG_ERR_NOT_FOUND)
+    ck_status cs = ck_revoke(&ce, &q->kid, b.reason, q->now, &k);
+    if (cs == CK_ERR_NOT_FOUND)
         return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
-    if (rs != REG_OK)
+    if (cs != CK_OK)
         return api_fail(r, API_ERR_STORAGE, "the revocation could not be recorded");
     return api_json(r, 200, api_key_json(&k));
 }
 
-reg_status api_revoke_key(const api_env *env, const sk_kid *kid, const char *reason, int64_t now,
-                          reg_key *out)
-{
-    /* Durable first, then published, then the private key object destroyed. The answer
-     * does not wait for the destroy: once the row says revoked the keeper signs nothing
-     * for the kid, so the object is already unusable, and a stalled token must not hold a
-     * revocation's answer. The destroyer (reconcile.h) does it at once, or once the keeper
-     * answers again, or reconcile at the next start. */
-    reg_status rs = reg_revoke(env->reg, kid, reason, now, out);
-    if (rs != REG_OK)
-        return rs;
-    api_publish_refresh(env);
-    api_fault_point("after_revoke_commit");
-    rec_defer_destroy(kid);
-    return REG_OK;
-}
-
-/* Is kid allowed to sign? API_OK, or the error that says why not. */
 api_err api_check_kid_scope(const api_req *q, api_resp *r, const sk_kid *kid)
 {
-    if (q->caller == NULL || q->caller->role != CRED_ROLE_SIGNER ||
-        cred_may_use_kid(q->caller, kid))
+    if (ck_may_use(q->env->reg, q->caller, kid))
         return API_OK;
-    /* A successor inherits its predecessors' signers: an admin rotating a key must not cut
-     * off the app servers scoped to it. Only backwards (a credential scoped to the new key
-     * gains nothing on the old one, which signs nothing anyway), and bounded. */
-    reg_key k;
-    sk_kid cur = *kid;
-    for (int i = 0;
-         i < API_LINEAGE_MAX && reg_get(q->env->reg, &cur, &k) == REG_OK && k.has_predecessor;
-         i++) {
-        if (cred_may_use_kid(q->caller, &k.predecessor))
-            return API_OK;
-        cur = k.predecessor;
-    }
     return api_fail(r, API_ERR_KID_NOT_ALLOWED, "this credential may not use this kid");
+}
+
+api_err api_signing_refusal(api_resp *r, const sk_kid *kid, ck_status cs, reg_state state)
+{
+    if (cs == CK_OK)
+        return API_OK;
+    if (cs != CK_ERR_STATE)
+        return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
+    /* A registry key: its refusal is counted under its kid, also for a token request whose
+     * kid came in the body (the server knows only the path's). */
+    met_note_kid(kid);
+    return api_key_state_error(r, state);
 }
 
 api_err api_check_signing_key(const api_req *q, api_resp *r, const sk_kid *kid)
 {
-    reg_key k;
-    if (reg_is_active(q->env->reg, kid))
-        return API_OK;
-    if (reg_get(q->env->reg, kid, &k) != REG_OK)
-        return api_fail(r, API_ERR_KEY_NOT_FOUND, "no key with this kid");
-    if (k.state == REG_ACTIVE) /* inserted between the two reads */
-        return API_OK;
-    /* A registry key: its refusal is counted under its kid, also for a token request whose
-     * kid came in the body (the server knows only the path's). */
-    met_note_kid(kid);
-    return api_state_error(r, k.state);
+    reg_state state = REG_ACTIVE;
+    ck_status cs = ck_signing_state(q->env->reg, kid, &state); /* before state is read */
+    return api_signing_refusal(r, kid, cs, state);
 }
 
 api_err api_sign_refused(const api_req *q, api_resp *r, const sk_kid *kid)
 {
     reg_key k;
     if (reg_get(q->env->reg, kid, &k) == REG_OK && k.state != REG_ACTIVE)
-        return api_state_error(r, k.state);
+        return api_key_state_error(r, k.state);
     return api_fail(r, API_ERR_KEY_REVOKED, "this kid can no longer sign");
 }
 

@@ -3,6 +3,8 @@
 
 #include "appliance/common/jlog.h"
 #include "appliance/common/metrics.h"
+#include "appliance/core/audit.h"
+#include "appliance/core/probe.h"
 
 #include <openssl/crypto.h>
 #include <sqlite3.h>

@@ -33,12 +33,6 @@ api_err api_subjects_revoke_parse(const api_req *q, api_resp *r, api_subjects_re
     return e;
 }
 
-json_t *api_subject_json(const reg_subject *s)
-{
-    return json_pack("{s:I, s:s, s:I}", "seq", (json_int_t)s->seq, "sub", s->sub, "before",
-                     (json_int_t)s->before);
-}
-
 api_err api_subjects_revoke(const api_req *q, api_resp *r)
 {
     /* A subject is not tied to a kid (nothing is stored per token), so a signer scoped to
@@ -58,7 +52,7 @@ api_err api_subjects_revoke(const api_req *q, api_resp *r)
     if (st != REG_OK)
         return api_fail(r, API_ERR_STORAGE, "the subject revocation could not be recorded");
     /* Committed (fsynced) above; the feed and the stream see it through the generation. */
-    json_t *j = api_subject_json(&s);
+    json_t *j = pub_subject_json(&s);
     if (j != NULL) {
         json_object_set_new(j, "revoked_at", json_integer(s.revoked_at));
         json_object_set_new(j, "expires_at", json_integer(s.before + ttl_max));

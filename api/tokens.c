@@ -1,7 +1,9 @@
-/* api: JWT minting (POST /v1/tokens). The hot path of the appliance: one JSON parse, one
- * registry lookup from memory, one signature on this thread's own token session. */
+/* api: JWT minting (POST /v1/tokens), redemption and token revocation. Minting is the hot
+ * path of the appliance: one JSON parse here, then appliance/core/mint.h (one registry
+ * lookup from memory, one signature on this thread's own token session). */
 #include "api/api.h"
 
+#include "appliance/core/mint.h"
 #include "jose/jose.h"
 
 #include <stdio.h>
@@ -9,7 +11,6 @@
 #include <string.h>
 
 #define API_CLAIMS_DEPTH_MAX 16
-#define API_JTI_BYTES 16
 
 /* Claims the appliance sets itself; a caller's claims may not carry them (nor "aud" when
  * the request's own aud is given). */
@@ -111,41 +112,6 @@ static int api_depth_ok(json_t *j, int depth)
         json_array_foreach(j, i, v) if (!api_depth_ok(v, depth + 1)) return 0;
     }
     return 1;
-}
-
-/* The newest active key the caller may use: the registry's newest for an unscoped caller,
- * else the newest active one among its list and the list's successors (a kid rotated away
- * hands its signers to the key that replaced it: api_check_kid_scope). At most
- * CRED_KIDS_MAX * API_LINEAGE_MAX lookups in memory, one per kid while nothing rotated. */
-static int api_newest_usable(const api_req *q, sk_kid *out)
-{
-    reg_key k;
-    if (q->caller == NULL || q->caller->all_kids) {
-        if (reg_newest_active(q->env->reg, &k) != REG_OK)
-            return -1;
-        *out = k.kid;
-        return 0;
-    }
-    int found = 0;
-    int64_t newest = 0;
-    for (size_t i = 0; i < q->caller->n_kids; i++) {
-        if (reg_get(q->env->reg, &q->caller->kids[i], &k) != REG_OK)
-            continue;
-        /* Only the last of a lineage can be active: every key before it was rotated. */
-        for (int d = 0; d < API_LINEAGE_MAX && k.has_successor; d++) {
-            sk_kid next = k.successor;
-            if (reg_get(q->env->reg, &next, &k) != REG_OK)
-                break;
-        }
-        if (k.state != REG_ACTIVE)
-            continue;
-        if (!found || k.created_at >= newest) {
-            found = 1;
-            newest = k.created_at;
-            *out = k.kid;
-        }
-    }
-    return found ? 0 : -1;
 }
 
 api_err api_tokens_mint_parse(const api_req *q, api_resp *r, api_tokens_mint_body *out)
@@ -276,131 +242,83 @@ void api_tokens_mint_body_free(api_tokens_mint_body *b)
     memset(b, 0, sizeof(*b));
 }
 
+/* A refused mint as its answer. */
+static api_err api_mint_error(api_resp *r, mint_status ms, const mint_fail *why)
+{
+    switch (ms) {
+    case MINT_ERR_KID_NOT_ALLOWED:
+        return api_fail(r, API_ERR_KID_NOT_ALLOWED, "this credential may not use this kid");
+    case MINT_ERR_KEY:
+        return api_signing_refusal(r, &why->kid, why->cs, why->state);
+    case MINT_ERR_NO_ACTIVE_KEY:
+        return api_fail(r, API_ERR_NO_ACTIVE_KEY, "no active key this credential may sign with");
+    case MINT_ERR_LISTS_FULL:
+        return api_fail(r, API_ERR_STATUS_LISTS_FULL, "every status-list index is in use");
+    case MINT_ERR_STATUS_INDEX:
+        return api_fail(r, API_ERR_STORAGE, "no status-list index could be reserved");
+    case MINT_ERR_RANDOM:
+        return api_fail(r, API_ERR_INTERNAL, "no randomness for jti");
+    case MINT_ERR_NO_MEMORY:
+        return api_fail(r, API_ERR_INTERNAL, "out of memory");
+    case MINT_ERR_TOO_LARGE:
+        return api_fail(r, API_ERR_TOKEN_TOO_LARGE,
+                        "the token's signing input is %zu bytes, over the %u the appliance signs: "
+                        "shorten 'claims'",
+                        why->signing_len, (unsigned)KP_SIGN_MAX);
+    case MINT_ERR_SIGN_REFUSED:
+        if (why->has_state)
+            return api_key_state_error(r, why->state);
+        return api_fail(r, API_ERR_KEY_REVOKED, "this kid can no longer sign");
+    case MINT_ERR_TOKEN:
+        return api_hsm_error(r, why->st);
+    case MINT_ERR_AUDIT:
+        return api_fail(r, API_ERR_STORAGE, "the token could not be recorded in the audit trail");
+    default:
+        return api_fail(r, API_ERR_INTERNAL, "token does not fit");
+    }
+}
+
 api_err api_tokens_mint(const api_req *q, api_resp *r)
 {
-    const cfg *c = q->env->cfg;
-    json_t *payload = NULL;
-    char *payload_text = NULL, *jws = NULL;
     api_tokens_mint_body b;
     api_err e = api_tokens_mint_parse(q, r, &b);
     if (e != API_OK)
         return e;
-
-    sk_kid kid = b.kid;
-    if (b.has_kid) {
-        if ((e = api_check_kid_scope(q, r, &kid)) != API_OK ||
-            (e = api_check_signing_key(q, r, &kid)) != API_OK)
-            goto out;
-    } else if (api_newest_usable(q, &kid) != 0) {
-        e = api_fail(r, API_ERR_NO_ACTIVE_KEY, "no active key this credential may sign with");
+    const api_env *env = q->env;
+    mint_env me = {
+        .cfg = env->cfg, .reg = env->reg, .kp = env->kp, .tks = env->tks, .audit = env->audit};
+    mint_req m = {.caller = q->caller,
+                  .has_kid = b.has_kid,
+                  .kid = b.kid,
+                  .sub = b.has_sub ? b.sub : NULL,
+                  .iat = q->now,
+                  .nbf = b.nbf,
+                  .exp = b.exp,
+                  .claims = b.claims,
+                  .single_use = b.single_use,
+                  .revocable = b.revocable,
+                  .aud = b.has_aud ? b.aud : NULL,
+                  .origin = b.has_origin ? b.origin : NULL,
+                  .n_origins = b.n_origins,
+                  .origins = b.origins};
+    mint_token t;
+    mint_fail why;
+    mint_status ms = mint_make(&me, &m, &t, &why);
+    if (ms != MINT_OK) {
+        e = api_mint_error(r, ms, &why);
         goto out;
     }
-
-    char kid_hex[2 * SK_KID_LEN + 1], jti[TKS_JTI_MAX + 1], header[96];
-    sk_kid_hex(&kid, kid_hex);
-    /* A revocable token's jti names its status index under a MAC (tks_jti_make): its
-     * revocation needs nothing stored per token. Any other jti is 128 random bits. */
-    tks_index ix = {0, 0};
-    char uri[API_URI_MAX];
-    if (b.revocable) {
-        tks_status ts = tks_assign(q->env->tks, q->now, b.exp, &ix);
-        if (ts == TKS_ERR_FULL) {
-            e = api_fail(r, API_ERR_STATUS_LISTS_FULL, "every status-list index is in use");
-            goto out;
-        }
-        if (ts != TKS_OK ||
-            tks_jti_make(q->env->tks, ix, q->caller ? q->caller->id : NULL, jti) != TKS_OK) {
-            e = api_fail(r, API_ERR_STORAGE, "no status-list index could be reserved");
-            goto out;
-        }
-        api_status_list_uri(c, ix.list, uri);
-    } else if (jose_random_hex(jti, API_JTI_BYTES) != 0) {
-        e = api_fail(r, API_ERR_INTERNAL, "no randomness for jti");
-        goto out;
-    }
-    int hlen = snprintf(header, sizeof(header),
-                        "{\"alg\":\"RS256\",\"typ\":\"JWT\",\"kid\":\"%s\"}", kid_hex);
-
-    payload = json_object();
-    if (c->token_issuer[0] != '\0')
-        json_object_set_new(payload, "iss", json_string(c->token_issuer));
-    if (b.has_sub)
-        json_object_set_new(payload, "sub", json_string(b.sub));
-    json_object_set_new(payload, "iat", json_integer(q->now));
-    if (b.nbf >= 0)
-        json_object_set_new(payload, "nbf", json_integer(b.nbf));
-    json_object_set_new(payload, "exp", json_integer(b.exp));
-    json_object_set_new(payload, "jti", json_string(jti));
-    if (b.has_aud)
-        json_object_set_new(payload, "aud", json_string(b.aud));
-    if (b.has_origin)
-        json_object_set_new(payload, "origin", json_string(b.origin));
-    if (b.n_origins > 0) {
-        json_t *list = json_array();
-        for (size_t i = 0; i < b.n_origins; i++)
-            json_array_append_new(list, json_string(b.origins[i]));
-        json_object_set_new(payload, "origins", list);
-    }
-    if (b.single_use)
-        json_object_set_new(payload, "single_use", json_true());
-    if (b.revocable)
-        json_object_set_new(
-            payload, "status",
-            json_pack("{s:{s:I, s:s}}", "status_list", "idx", (json_int_t)ix.idx, "uri", uri));
-    if (b.claims != NULL)
-        json_object_update(payload, b.claims); /* no reserved name can be overwritten: checked */
-    payload_text = json_dumps(payload, JSON_COMPACT);
-    if (payload_text == NULL) {
-        e = api_fail(r, API_ERR_INTERNAL, "out of memory");
-        goto out;
-    }
-    size_t plen = strlen(payload_text);
-    size_t cap = jose_jws_max_len((size_t)hlen, plen, SK_SIG_MAX);
-    size_t signing_len, total;
-    jws = malloc(cap);
-    if (jws == NULL ||
-        jose_jws_begin(header, (size_t)hlen, payload_text, plen, jws, cap, &signing_len) != 0) {
-        e = api_fail(r, API_ERR_INTERNAL, "token does not fit");
-        goto out;
-    }
-    /* The body bound (64 KiB) does not bound the token: claims come back re-serialised
-     * (1e9 as 1000000000.0) and base64url adds a third. The caller's to fix, not the
-     * token's failure. */
-    if (signing_len > KP_SIGN_MAX) {
-        e = api_fail(r, API_ERR_TOKEN_TOO_LARGE,
-                     "the token's signing input is %zu bytes, over the %u the appliance signs: "
-                     "shorten 'claims'",
-                     signing_len, (unsigned)KP_SIGN_MAX);
-        goto out;
-    }
-    uint8_t sig[SK_SIG_MAX];
-    size_t sig_len;
-    sk_status st = kp_sign(q->env->kp, &kid, jws, signing_len, sig, &sig_len);
-    if (st != SK_OK) {
-        e = st == SK_ERR_KEY_NOT_FOUND ? api_sign_refused(q, r, &kid) : api_hsm_error(r, st);
-        goto out;
-    }
-    if (jose_jws_finish(jws, cap, signing_len, sig, sig_len, &total) != 0) {
-        e = api_fail(r, API_ERR_INTERNAL, "token does not fit");
-        goto out;
-    }
-    if (audit_signature(q->env->audit, kid_hex, q->caller ? q->caller->id : NULL, jws, signing_len,
-                        jti) != 0) {
-        e = api_fail(r, API_ERR_STORAGE, "the token could not be recorded in the audit trail");
-        goto out;
-    }
-    json_t *resp = json_pack("{s:s, s:s, s:s, s:I, s:I, s:b, s:b}", "token", jws, "kid", kid_hex,
-                             "jti", jti, "iat", (json_int_t)q->now, "exp", (json_int_t)b.exp,
-                             "single_use", b.single_use, "revocable", b.revocable);
+    json_t *resp =
+        json_pack("{s:s, s:s, s:s, s:I, s:I, s:b, s:b}", "token", t.token, "kid", t.kid_hex, "jti",
+                  t.jti, "iat", (json_int_t)q->now, "exp", (json_int_t)b.exp, "single_use",
+                  b.single_use, "revocable", b.revocable);
     if (resp != NULL && b.revocable)
         json_object_set_new(resp, "status",
-                            json_pack("{s:I, s:I, s:s}", "list", (json_int_t)ix.list, "idx",
-                                      (json_int_t)ix.idx, "uri", uri));
+                            json_pack("{s:I, s:I, s:s}", "list", (json_int_t)t.ix.list, "idx",
+                                      (json_int_t)t.ix.idx, "uri", t.uri));
     e = api_json(r, 200, resp);
+    mint_token_free(&t);
 out:
-    free(jws);
-    free(payload_text);
-    json_decref(payload);
     api_tokens_mint_body_free(&b);
     return e;
 }
@@ -640,8 +558,8 @@ api_err api_tokens_redeem(const api_req *q, api_resp *r)
 
 json_t *api_token_revocation_json(const cfg *c, const tks_revocation *rv)
 {
-    char uri[API_URI_MAX];
-    api_status_list_uri(c, rv->ix.list, uri);
+    char uri[PUB_URI_MAX];
+    pub_status_list_uri(c, rv->ix.list, uri);
     return json_pack("{s:I, s:s, s:I, s:I, s:s, s:I}", "seq", (json_int_t)rv->seq, "jti", rv->jti,
                      "list", (json_int_t)rv->ix.list, "idx", (json_int_t)rv->ix.idx, "uri", uri,
                      "revoked_at", (json_int_t)rv->revoked_at);

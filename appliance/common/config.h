@@ -78,7 +78,7 @@ typedef struct cfg {
     unsigned jwks_max_age;
     unsigned revocations_max_age;
     unsigned revocation_feed_lifetime;     /* seconds from a signed feed's iat to its exp */
-    unsigned publication_signs_per_second; /* signatures public routes may cause (api/publish.c) */
+    unsigned publication_signs_per_second; /* signatures public routes may cause (core/publish.c) */
     unsigned events_max_subscribers;       /* event-stream connections at once */
     unsigned events_heartbeat_seconds;
     bool log_requests;

@@ -3,7 +3,7 @@
  * status lists are signed in the token by the publication key (RSA-3072, and a list is
  * 128 KiB to deflate first), on requests nobody authenticates. This module is the one
  * rule that decides, for one cached copy, whether a request is served from it, signs a
- * new one, or is refused; the caller (api/publish.c) keeps the copies, the budget and the
+ * new one, or is refused; the caller (core/publish.c) keeps the copies, the budget and the
  * signing. Pure: no clock, no lock, no allocation, so the rule is unit-tested alone
  * (tests/unit/test_pubcache.c).
  *

@@ -1,6 +1,8 @@
 /* rot: the retirement scheduler. See rotation.h. */
 #include "appliance/core/rotation.h"
 
+#include "appliance/core/audit.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -13,7 +15,7 @@
 #define ROT_MARGIN_MS 5
 
 struct rot {
-    const api_env *env;
+    ck_env env;
     pthread_t thread;
     pthread_mutex_t mu; /* stop, first_done */
     pthread_cond_t cv;  /* CLOCK_MONOTONIC: stop, and the end of the first pass */
@@ -36,9 +38,9 @@ static void rot_retire(rot *t, const sk_kid *kid, int64_t now)
     char hex[2 * SK_KID_LEN + 1];
     sk_kid_hex(kid, hex);
     reg_key k;
-    if (reg_get(t->env->reg, kid, &k) != REG_OK || k.state != REG_RETIRING)
+    if (reg_get(t->env.reg, kid, &k) != REG_OK || k.state != REG_RETIRING)
         return;
-    if (api_revoke_key(t->env, kid, ROT_REASON, now, &k) != REG_OK) {
+    if (ck_revoke(&t->env, kid, ROT_REASON, now, &k) != CK_OK) {
         fprintf(stderr, "signd: rotation: could not revoke kid %s yet (retry in %d ms): %s\n", hex,
                 ROT_TICK_MS, reg_last_error());
         return;
@@ -56,7 +58,7 @@ static int64_t rot_pass(rot *t)
     size_t before = SIZE_MAX;
     for (;;) {
         int64_t now = (int64_t)time(NULL);
-        size_t n = reg_retiring_due(t->env->reg, now, due, ROT_BATCH, &next);
+        size_t n = reg_retiring_due(t->env.reg, now, due, ROT_BATCH, &next);
         /* Nothing due, or the last batch revoked nothing (the registry failed): the next
          * tick tries again. */
         if (n == 0 || n >= before)
@@ -117,11 +119,11 @@ static void *rot_main(void *arg)
             break;
     }
     audit_set_actor(NULL);
-    kp_thread_done(t->env->kp); /* this thread's token session (or keeper connection) */
+    kp_thread_done(t->env.kp); /* this thread's token session (or keeper connection) */
     return NULL;
 }
 
-int rot_start(const api_env *env, rot **out, char *err, size_t errlen)
+int rot_start(const ck_env *env, rot **out, char *err, size_t errlen)
 {
     *out = NULL;
     rot *t = calloc(1, sizeof(*t));
@@ -129,7 +131,7 @@ int rot_start(const api_env *env, rot **out, char *err, size_t errlen)
         snprintf(err, errlen, "rotation scheduler: out of memory");
         return -1;
     }
-    t->env = env;
+    t->env = *env;
     pthread_mutex_init(&t->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);

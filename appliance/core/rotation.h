@@ -2,8 +2,8 @@
  * rot: the retirement scheduler. POST /v1/keys/{kid}/rotate leaves the old key retiring:
  * published (its public key verifies the tokens already out) but signing nothing, until
  * its retire_at. This module revokes it then, exactly as DELETE /v1/keys/{kid} would
- * (api_revoke_key: durable first, then published, then the private key destroyed), with
- * reason ROT_REASON and audit actor ROT_ACTOR.
+ * (ck_revoke, keys.h: durable first, then published, then the private key destroyed),
+ * with reason ROT_REASON and audit actor ROT_ACTOR.
  *
  * What it owns: one thread in the front process (the process with the registry's writer
  * and the publication cache; process_model single: the one process), its mutex, condition
@@ -22,14 +22,14 @@
  * Thread safety: rot_start and rot_stop from one thread (the front's main thread).
  *
  *   rot *rt;
- *   if (rot_start(&env, &rt, err, sizeof(err)) != 0) ... err ...
+ *   if (rot_start(&ce, &rt, err, sizeof(err)) != 0) ... err ...
  *   ... serve ...
  *   rot_stop(rt);   // before the registry, the keeper and the audit trail close
  */
 #ifndef APPLIANCE_ROTATION_H
 #define APPLIANCE_ROTATION_H
 
-#include "api/api.h"
+#include "appliance/core/keys.h"
 
 #include <stddef.h>
 
@@ -40,9 +40,10 @@
 
 typedef struct rot rot;
 
-/* Revokes what is due now, then starts the thread. env (registry, keeper, configuration)
- * must outlive rot_stop. 0 and *out set, or -1 with one line in err and *out NULL. */
-int rot_start(const api_env *env, rot **out, char *err, size_t errlen);
+/* Revokes what is due now, then starts the thread. What env names (registry, keeper,
+ * publication) must outlive rot_stop; env itself is copied. 0 and *out set, or -1 with one
+ * line in err and *out NULL. */
+int rot_start(const ck_env *env, rot **out, char *err, size_t errlen);
 
 /* Wakes the thread, lets it finish the revocation it may be in, joins it and frees t.
  * NULL is a no-op. */

@@ -5,6 +5,8 @@
 #include "appliance/common/jlog.h"
 #include "appliance/common/metrics.h"
 #include "appliance/front/ratelimit.h"
+#include "appliance/core/audit.h"
+#include "appliance/core/publish.h"
 #include "appliance/front/tls.h"
 
 #include "civetweb.h"
@@ -875,10 +877,10 @@ static int srv_events_send(struct mg_connection *c, reg *rg, uint64_t *sent)
                 break;
             int err;
             if (j == ms || (i < m && batch[i].seq < subs[j].seq)) {
-                err = srv_event(c, batch[i].seq, "revocation", api_revocation_json(&batch[i]));
+                err = srv_event(c, batch[i].seq, "revocation", pub_revocation_json(&batch[i]));
                 *sent = batch[i++].seq;
             } else {
-                err = srv_event(c, subs[j].seq, "subject-revocation", api_subject_json(&subs[j]));
+                err = srv_event(c, subs[j].seq, "subject-revocation", pub_subject_json(&subs[j]));
                 *sent = subs[j++].seq;
             }
             if (err != 0)

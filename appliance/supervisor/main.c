@@ -189,13 +189,24 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
         reg_close(rg);
         return die("readiness", err);
     }
+    pub *pb = pub_new(c, rg, k, ts);
+    if (pb == NULL) {
+        prb_stop(probe);
+        rec_worker_stop(destroyer);
+        tks_close(ts);
+        audit_close(au);
+        cred_close(cs);
+        reg_close(rg);
+        return die("publication", "out of memory");
+    }
     api_env env = {
         .cfg = c, .reg = rg, .kp = k, .creds = cs, .audit = au, .tks = ts, .probe = probe};
-    api_publish_refresh(&env);
+    env.pub = pb;
+    pub_refresh(pb);
     /* Before serving: a key whose grace ended while the appliance was down is revoked by
      * rot_start's first pass, so it is never served as retiring again. */
     rot *rt = NULL;
-    if (rot_start(&env, &rt, err, sizeof(err)) != 0) {
+    if (rot_start(&(ck_env){.reg = rg, .kp = k, .pub = pb}, &rt, err, sizeof(err)) != 0) {
         prb_stop(probe);
         rec_worker_stop(destroyer);
         tks_close(ts);
@@ -243,7 +254,7 @@ static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, in
     tks_close(ts);   /* after the server: no handler runs any more */
     audit_close(au); /* last flush and checkpoint, while the keeper still answers */
     cred_close(cs);
-    api_publish_free();
+    pub_free(pb);
     reg_close(rg);
     return rc;
 }

@@ -288,28 +288,6 @@ def test_a_tampered_feed_no_longer_verifies(make_appliance):
         pub.verify(unb64u(s), (h + "." + forged).encode(), padding.PKCS1v15(), hashes.SHA256())
 
 
-def test_a_delta_further_back_than_64_revocations_is_answered_with_the_full_feed(make_appliance):
-    # Bounds what a client walking every `after` can make the token sign: at most 66
-    # documents per registry change.
-    a = make_appliance()
-    key = publication_key(a)
-    for _ in range(66):
-        revoke(a, a.create_key()["kid"])
-    _, far, _ = open_feed(a, "?after=1", key=key)
-    assert far["after"] == 0 and len(far["revoked"]) == 66 and far["seq"] == 66
-    _, near, _ = open_feed(a, "?after=2", key=key)
-    assert near["after"] == 2 and len(near["revoked"]) == 64
-    # The unsigned list follows the same rule, and is built once per change and after:
-    # the same document (ETag) however often it is asked for.
-    plain = a.get("/v1/revocations?after=1", auth=False)
-    assert len(plain.json()["revoked"]) == 66 and plain.json()["sequence"] == 66
-    again = a.get("/v1/revocations?after=2", auth=False)
-    assert len(again.json()["revoked"]) == 64
-    assert a.get("/v1/revocations?after=2", auth=False).headers["ETag"] == again.headers["ETag"]
-    assert a.get("/v1/revocations?after=99", auth=False).json() == {"sequence": 66, "revoked": [],
-                                                                 "subjects": []}
-
-
 def test_event_stream_says_hello_then_sends_one_event_per_revocation_with_its_seq(make_appliance):
     a = make_appliance()
     kids = [a.create_key()["kid"] for _ in range(3)]
