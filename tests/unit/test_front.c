@@ -24,6 +24,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "appliance/core/audit.h"
+#include "appliance/core/publish.h"
 #include "appliance/front/tls.h"
 #include "civetweb.h"
 #include "tests/unit/testcert.h"
@@ -529,6 +531,8 @@ static int world_setup(void **state)
              "sgd_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
     w->env = (api_env){
         .cfg = &w->c, .reg = w->rg, .kp = w->k, .creds = w->cs, .audit = w->au, .tks = w->ts};
+    w->env.pub = pub_new(&w->c, w->rg, w->k, w->ts);
+    assert_non_null(w->env.pub);
     w->s = srv_start(&w->env, err, sizeof(err));
     if (w->s == NULL)
         fail_msg("srv_start: %s", err);
@@ -541,6 +545,7 @@ static int world_teardown(void **state)
 {
     world *w = *state;
     srv_stop(w->s);
+    pub_free(w->env.pub);
     audit_close(w->au);
     tks_close(w->ts);
     cred_close(w->cs);
