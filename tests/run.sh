@@ -34,8 +34,14 @@ if [ "$what" = all ] || [ "$what" = blackbox ]; then
 			echo "python3-pytest-xdist is missing (make deps installs it): running serially" >&2
 		fi
 	fi
-	/usr/bin/python3 -m pytest -q -p no:cacheprovider "${parallel[@]}" tests/blackbox
+	# A base directory of the run's own: pytest makes /tmp/pytest-of-root 0700 again at
+	# every session start, which would shut the appliance's accounts out of the tmp_path
+	# files conftest.reachable() opened to them if another session started meanwhile.
+	base=$(mktemp -d "${TMPDIR:-/tmp}/signd-blackbox-XXXXXX")
+	/usr/bin/python3 -m pytest -q -p no:cacheprovider --basetemp="$base/t" "${parallel[@]}" \
+		tests/blackbox
 	rc=$?
+	rm -rf "$base"
 	# pytest exits 5 when it collected nothing: that is a failure of the suite, not a pass.
 	if [ $rc -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 fi
