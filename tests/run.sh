@@ -5,10 +5,11 @@
 # sees python3-requests and python3-jwcrypto.
 #
 # The black-box files run in parallel (python3-pytest-xdist, one file per worker, so a
-# module's appliance stays in one process): SIGND_TEST_JOBS workers, by default 6 (3 under
+# module's appliance stays in one process): SIGND_TEST_JOBS workers, by default 4 (3 under
 # AddressSanitizer, whose processes are several times bigger and slower). The tests mostly
-# wait on processes and timeouts, so more workers than cores pays. SIGND_TEST_JOBS=0 runs
-# them one after the other.
+# wait on processes and timeouts, so more workers than cores pays, up to the point where key
+# generation and TLS make them CPU-bound: on 2 cores 3 to 4 workers did as well as 6 or 8.
+# SIGND_TEST_JOBS=0 runs them one after the other.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -25,7 +26,7 @@ fi
 
 if [ "$what" = all ] || [ "$what" = blackbox ]; then
 	echo "== tests/blackbox"
-	case "${SIGND_BUILD:-build}" in *asan*) jobs=${SIGND_TEST_JOBS:-3} ;; *) jobs=${SIGND_TEST_JOBS:-6} ;; esac
+	case "${SIGND_BUILD:-build}" in *asan*) jobs=${SIGND_TEST_JOBS:-3} ;; *) jobs=${SIGND_TEST_JOBS:-4} ;; esac
 	parallel=()
 	if [ "$jobs" -gt 0 ]; then
 		if /usr/bin/python3 -c 'import xdist' 2>/dev/null; then
