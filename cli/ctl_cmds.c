@@ -1,9 +1,9 @@
 /* ctl: `signdctl credentials|token|sign|audit ...`, and the field printer the key commands
  * share. `audit verify` checks the export with the library's own verifier
- * (audit_verify_export), the code `signd-provision audit-verify` runs. See ctl.h. */
+ * (av_verify_export), the code `signd-provision audit-verify` runs. See ctl.h. */
 #include "cli/ctl.h"
 
-#include "appliance/core/audit.h"
+#include "appliance/core/auditverify.h"
 #include "jose/jose.h"
 
 #include <errno.h>
@@ -621,23 +621,13 @@ static int ctl_audit_verify(ctl_ctx *ctx, int argc, char **argv)
     int rc, npos;
     if (ctl_parse(ctx, cmd, ctl_audit_help, argc, argv, opts, NULL, 0, &npos, &rc) != 0)
         return rc;
-    unsigned long long from, to, anchor_seq = 0;
+    unsigned long long from, to;
     if ((rc = ctl_audit_range(cmd, from_s, to_s, &from, &to)) != CTL_EXIT_OK)
         return rc;
-    char anchor_hash[AUDIT_HASH_HEX + 1] = "";
-    if (anchor != NULL) {
-        const char *colon = strchr(anchor, ':');
-        char seq[24];
-        size_t sl = colon ? (size_t)(colon - anchor) : 0;
-        if (colon == NULL || sl == 0 || sl >= sizeof(seq) || !ctl_is_hex(colon + 1, AUDIT_HASH_HEX))
-            return ctl_usage(cmd, "--anchor must be SEQ:HASH (a checkpoint's seq and its 64-hex "
-                                  "hash)");
-        memcpy(seq, anchor, sl);
-        seq[sl] = '\0';
-        if (ctl_parse_uint(seq, 1, 1ULL << 62, &anchor_seq) != 0)
-            return ctl_usage(cmd, "--anchor must be SEQ:HASH with SEQ 1 or more");
-        memcpy(anchor_hash, colon + 1, AUDIT_HASH_HEX + 1);
-    }
+    av_anchor anchor_at;
+    av_anchor_err ae = anchor != NULL ? av_anchor_parse(anchor, &anchor_at) : AV_ANCHOR_OK;
+    if (ae != AV_ANCHOR_OK)
+        return ctl_usage(cmd, "--anchor must be %s", av_anchor_strerror(ae));
 
     char *pem = NULL;
     if (key_path != NULL) {
@@ -682,8 +672,8 @@ static int ctl_audit_verify(ctl_ctx *ctx, int argc, char **argv)
         }
         rewind(in);
     }
-    audit_verdict v;
-    int bad = audit_verify_export(in, pem, anchor_seq, anchor_hash, &v);
+    av_verdict v;
+    int bad = av_verify_export(in, pem, anchor != NULL ? &anchor_at : NULL, &v);
     fclose(in);
     free(pem);
     if (ctx->json) {

@@ -10,7 +10,7 @@
  * No PIN or secret ever appears in argv or output: they are generated here and written
  * to 0600 files.
  */
-#include "appliance/core/audit.h"
+#include "appliance/core/auditverify.h"
 #include "appliance/common/config.h"
 #include "appliance/kproto/keeper.h"
 #include "hsm/hsm.h"
@@ -121,24 +121,16 @@ static int cmd_audit_verify(int argc, char **argv)
 {
     if (argc < 2)
         return usage();
-    uint64_t anchor_seq = 0;
-    char anchor_hash[AUDIT_HASH_HEX + 1] = "";
+    av_anchor anchor;
+    const av_anchor *anchored = NULL;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--anchor") == 0 && i + 1 < argc) {
-            const char *a = argv[++i];
-            const char *colon = strchr(a, ':');
-            char *end;
-            errno = 0;
-            unsigned long long seq = strtoull(a, &end, 10);
-            if (colon == NULL || end != colon || errno || seq == 0 ||
-                strlen(colon + 1) != AUDIT_HASH_HEX ||
-                strspn(colon + 1, "0123456789abcdef") != AUDIT_HASH_HEX) {
-                fprintf(stderr,
-                        "--anchor must be SEQ:HASH (a checkpoint's seq and its 64-hex hash)\n");
+            av_anchor_err e = av_anchor_parse(argv[++i], &anchor);
+            if (e != AV_ANCHOR_OK) {
+                fprintf(stderr, "--anchor must be %s\n", av_anchor_strerror(e));
                 return 2;
             }
-            anchor_seq = seq;
-            memcpy(anchor_hash, colon + 1, AUDIT_HASH_HEX + 1);
+            anchored = &anchor;
         } else {
             return usage();
         }
@@ -154,8 +146,8 @@ static int cmd_audit_verify(int argc, char **argv)
         free(pem);
         return 2;
     }
-    audit_verdict v;
-    int rc = audit_verify_export(in, pem, anchor_seq, anchor_hash, &v);
+    av_verdict v;
+    int rc = av_verify_export(in, pem, anchored, &v);
     if (in != stdin)
         fclose(in);
     free(pem);

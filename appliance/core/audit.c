@@ -7,11 +7,8 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <openssl/bio.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,7 +16,6 @@
 
 #define AUDIT_FLAGS (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)
 #define AUDIT_BUSY_MS 10000
-#define AUDIT_LINE_MAX (64 * 1024)
 
 static const char audit_schema_sql[] =
     "CREATE TABLE IF NOT EXISTS audit ("
@@ -64,62 +60,6 @@ void audit_set_actor(const char *actor)
 const char *audit_actor(void)
 {
     return audit_actor_buf[0] ? audit_actor_buf : AUDIT_SYSTEM;
-}
-
-/* ---- hashing ------------------------------------------------------------------------------ */
-
-/* No reals: their text form is not canonical across implementations. */
-static int audit_details_ok(json_t *j, int depth)
-{
-    if (depth > 8 || json_is_real(j))
-        return 0;
-    const char *k;
-    json_t *v;
-    size_t i;
-    if (json_is_object(j)) {
-        json_object_foreach(j, k, v) if (!audit_details_ok(v, depth + 1)) return 0;
-    } else if (json_is_array(j)) {
-        json_array_foreach(j, i, v) if (!audit_details_ok(v, depth + 1)) return 0;
-    }
-    return 1;
-}
-
-/* canonical(event) as malloc'd text. details is borrowed. */
-static char *audit_canonical(uint64_t seq, int64_t time, const char *actor, const char *action,
-                             const char *kid, json_t *details)
-{
-    json_t *ev =
-        json_pack("{s:s, s:s, s:O, s:s, s:I, s:I}", "action", action, "actor", actor, "details",
-                  details, "kid", kid, "seq", (json_int_t)seq, "time", (json_int_t)time);
-    char *text = ev ? json_dumps(ev, AUDIT_FLAGS) : NULL;
-    json_decref(ev);
-    return text;
-}
-
-int audit_chain_hash(const char *prev_hex, uint64_t seq, int64_t time, const char *actor,
-                     const char *action, const char *kid, json_t *details,
-                     char out[AUDIT_HASH_HEX + 1])
-{
-    uint8_t prev[32], md[32];
-    unsigned int mdlen = 0;
-    if (prev_hex == NULL || strlen(prev_hex) != AUDIT_HASH_HEX ||
-        jose_hex_decode(prev_hex, AUDIT_HASH_HEX, prev, 32) != 0 || actor == NULL ||
-        action == NULL || kid == NULL || !json_is_object(details))
-        return -1;
-    char *canonical = audit_canonical(seq, time, actor, action, kid, details);
-    if (canonical == NULL)
-        return -1;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
-             EVP_DigestUpdate(ctx, prev, sizeof(prev)) == 1 &&
-             EVP_DigestUpdate(ctx, canonical, strlen(canonical)) == 1 &&
-             EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;
-    EVP_MD_CTX_free(ctx);
-    free(canonical);
-    if (!ok)
-        return -1;
-    jose_hex_encode(md, 32, out);
-    return 0;
 }
 
 /* ---- the JSON log of events (jlog.h) ------------------------------------------------------- */
@@ -201,7 +141,7 @@ int audit_append_tx(sqlite3 *db, int64_t time, const char *action, const char *k
     json_t *empty = NULL;
     if (details == NULL)
         details = empty = json_object();
-    if (details == NULL || !json_is_object(details) || !audit_details_ok(details, 0)) {
+    if (details == NULL || !json_is_object(details) || !av_details_ok(details)) {
         json_decref(empty);
         cfg_errorf(err, errlen, "audit: details must be a JSON object without reals");
         return -1;
@@ -216,7 +156,7 @@ int audit_append_tx(sqlite3 *db, int64_t time, const char *action, const char *k
         cfg_errorf(err, errlen, "audit: details missing or over %d bytes", AUDIT_DETAILS_MAX);
     } else if (audit_head(db, &seq, prev) != 0) {
         cfg_errorf(err, errlen, "audit: read head: %s", sqlite3_errmsg(db));
-    } else if (audit_chain_hash(prev, seq + 1, time, actor, action, kid, details, hash) != 0) {
+    } else if (av_chain_hash(prev, seq + 1, time, actor, action, kid, details, hash) != 0) {
         cfg_errorf(err, errlen, "audit: hashing failed");
     } else {
         sqlite3_stmt *s;
@@ -910,9 +850,9 @@ int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_ha
                        "audit chain: seq %" PRIu64 "'s prev_hash is not the hash of "
                        "seq %" PRIu64,
                        row, seq);
-        else if (d == NULL || !audit_details_ok(d, 0) ||
-                 audit_chain_hash(running, row, (int64_t)sqlite3_column_int64(s, 1), actor, action,
-                                  kid, d, computed) != 0 ||
+        else if (d == NULL || !av_details_ok(d) ||
+                 av_chain_hash(running, row, (int64_t)sqlite3_column_int64(s, 1), actor, action,
+                               kid, d, computed) != 0 ||
                  h == NULL || strcmp(h, computed) != 0)
             cfg_errorf(why, whylen,
                        "audit chain: seq %" PRIu64 "'s hash does not match its "
@@ -941,179 +881,5 @@ out:
     sqlite3_finalize(s);
     audit_exec(db, "COMMIT");
     sqlite3_close(db);
-    return rc;
-}
-
-/* ---- verification ------------------------------------------------------------------------------
- */
-
-static int audit_bad(audit_verdict *v, uint64_t seq, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int audit_bad(audit_verdict *v, uint64_t seq, const char *fmt, ...)
-{
-    v->broken_seq = seq;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(v->why, sizeof(v->why), fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
-static EVP_PKEY *audit_read_pub(const char *pem)
-{
-    BIO *b = BIO_new_mem_buf(pem, -1);
-    EVP_PKEY *k = b ? PEM_read_bio_PUBKEY(b, NULL, NULL, NULL) : NULL;
-    BIO_free(b);
-    return k;
-}
-
-/* The checkpoint's JWS is by the audit key over {hash, seq, time} equal to the line's. */
-static int audit_check_cp(EVP_PKEY *pub, json_t *line, char *why, size_t whylen)
-{
-    const char *jws = json_string_value(json_object_get(line, "jws"));
-    jose_jws p;
-    memset(&p, 0, sizeof(p));
-    if (jws == NULL || jose_jws_parse(jws, strlen(jws), &p) != 0) {
-        snprintf(why, whylen, "checkpoint is not a compact JWS");
-        return -1;
-    }
-    int rc = -1;
-    json_error_t je;
-    char *header = json_dumps(p.header, JSON_COMPACT);
-    json_t *payload =
-        json_loadb((const char *)p.payload, p.payload_len, JSON_REJECT_DUPLICATES, &je);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    json_t *want_hash = json_object_get(line, "hash"), *want_seq = json_object_get(line, "seq");
-    json_t *expected = json_loads(KP_AUDIT_HEADER, 0, &je);
-    int header_ok = header != NULL && expected != NULL && json_equal(p.header, expected);
-    json_decref(expected);
-    if (!header_ok) {
-        snprintf(why, whylen, "checkpoint header is not the audit key's");
-    } else if (ctx == NULL || EVP_DigestVerifyInit(ctx, NULL, EVP_sha256(), NULL, pub) != 1 ||
-               EVP_DigestVerify(ctx, p.sig, p.sig_len, (const unsigned char *)jws,
-                                p.signing_input_len) != 1) {
-        snprintf(why, whylen, "checkpoint signature does not verify with the audit key");
-    } else if (payload == NULL || !json_equal(json_object_get(payload, "hash"), want_hash) ||
-               !json_equal(json_object_get(payload, "seq"), want_seq)) {
-        snprintf(why, whylen, "checkpoint's signed seq or hash differs from its line");
-    } else {
-        rc = 0;
-    }
-    EVP_MD_CTX_free(ctx);
-    free(header);
-    json_decref(payload);
-    jose_jws_free(&p);
-    return rc;
-}
-
-int audit_verify_export(FILE *in, const char *pub_pem, uint64_t anchor_seq, const char *anchor_hash,
-                        audit_verdict *v)
-{
-    memset(v, 0, sizeof(*v));
-    EVP_PKEY *pub = audit_read_pub(pub_pem);
-    if (pub == NULL)
-        return audit_bad(v, 0, "the audit public key is not a PEM public key");
-    char *line = malloc(AUDIT_LINE_MAX + 2);
-    /* Hashes by seq, for checkpoints and the anchor. */
-    size_t cap = 1024, n = 0;
-    char(*hashes)[AUDIT_HASH_HEX + 1] = malloc(cap * sizeof(*hashes));
-    uint64_t first = 0, prev_seq = 0;
-    char prev_hash[AUDIT_HASH_HEX + 1] = "";
-    int rc = line && hashes ? 0 : audit_bad(v, 0, "out of memory");
-    unsigned long lineno = 0;
-    while (rc == 0 && fgets(line, AUDIT_LINE_MAX + 2, in) != NULL) {
-        lineno++;
-        size_t len = strlen(line);
-        if (len > AUDIT_LINE_MAX) {
-            rc = audit_bad(v, prev_seq + 1, "line %lu is longer than %d bytes", lineno,
-                           AUDIT_LINE_MAX);
-            break;
-        }
-        json_error_t je;
-        json_t *j = json_loads(line, JSON_REJECT_DUPLICATES, &je);
-        const char *type = json_string_value(json_object_get(j, "type"));
-        json_t *seqj = json_object_get(j, "seq");
-        uint64_t seq = json_is_integer(seqj) && json_integer_value(seqj) > 0
-                           ? (uint64_t)json_integer_value(seqj)
-                           : 0;
-        if (j == NULL || type == NULL || seq == 0) {
-            rc = audit_bad(v, prev_seq + 1, "line %lu is not an export line", lineno);
-        } else if (strcmp(type, "event") == 0) {
-            const char *actor = json_string_value(json_object_get(j, "actor"));
-            const char *action = json_string_value(json_object_get(j, "action"));
-            const char *kid = json_string_value(json_object_get(j, "kid"));
-            const char *ph = json_string_value(json_object_get(j, "prev_hash"));
-            const char *h = json_string_value(json_object_get(j, "hash"));
-            json_t *details = json_object_get(j, "details");
-            json_t *t = json_object_get(j, "time");
-            char computed[AUDIT_HASH_HEX + 1];
-            if (first != 0 && seq != prev_seq + 1) {
-                rc =
-                    audit_bad(v, prev_seq + 1,
-                              seq > prev_seq + 1 ? "missing: seq %" PRIu64 " follows %" PRIu64
-                                                 : "out of order: seq %" PRIu64 " follows %" PRIu64,
-                              seq, prev_seq);
-            } else if (!actor || !action || !kid || !ph || !h || !json_is_object(details) ||
-                       !json_is_integer(t)) {
-                rc = audit_bad(v, seq, "event has a missing or mistyped field");
-            } else if (first != 0 && strcmp(ph, prev_hash) != 0) {
-                rc = audit_bad(v, seq, "prev_hash is not the hash of seq %" PRIu64, prev_seq);
-            } else if (audit_chain_hash(ph, seq, json_integer_value(t), actor, action, kid, details,
-                                        computed) != 0 ||
-                       strcmp(computed, h) != 0) {
-                rc = audit_bad(v, seq, "hash does not match the event's contents");
-            } else {
-                if (first == 0)
-                    first = seq;
-                if (n == cap) {
-                    cap *= 2;
-                    void *grown = realloc(hashes, cap * sizeof(*hashes));
-                    if (grown == NULL)
-                        rc = audit_bad(v, seq, "out of memory");
-                    else
-                        hashes = grown;
-                }
-                if (rc == 0) {
-                    memcpy(hashes[n++], h, AUDIT_HASH_HEX + 1);
-                    memcpy(prev_hash, h, AUDIT_HASH_HEX + 1);
-                    prev_seq = seq;
-                    v->events++;
-                    v->last_seq = seq;
-                }
-            }
-        } else if (strcmp(type, "checkpoint") == 0) {
-            const char *h = json_string_value(json_object_get(j, "hash"));
-            char why[160];
-            if (first == 0 || seq < first || seq > prev_seq) {
-                rc =
-                    audit_bad(v, seq, "checkpoint for seq %" PRIu64 " has no event before it", seq);
-            } else if (h == NULL || strcmp(h, hashes[seq - first]) != 0) {
-                rc = audit_bad(v, seq, "checkpoint's hash is not the hash of event %" PRIu64, seq);
-            } else if (audit_check_cp(pub, j, why, sizeof(why)) != 0) {
-                rc = audit_bad(v, seq, "%s", why);
-            } else {
-                v->last_checkpoint = seq;
-            }
-        } else {
-            rc = audit_bad(v, prev_seq + 1, "line %lu has an unknown type", lineno);
-        }
-        json_decref(j);
-    }
-    if (rc == 0 && anchor_seq > 0) {
-        if (first == 0 || anchor_seq < first || anchor_seq > prev_seq)
-            rc = audit_bad(v, anchor_seq,
-                           "truncated: the export ends at seq %" PRIu64
-                           " but the anchor checkpoint is at seq %" PRIu64,
-                           prev_seq, anchor_seq);
-        else if (anchor_hash == NULL || strcmp(hashes[anchor_seq - first], anchor_hash) != 0)
-            rc = audit_bad(v, anchor_seq, "event %" PRIu64 " is not the one the anchor names",
-                           anchor_seq);
-    }
-    if (rc == 0 && v->events == 0)
-        rc = audit_bad(v, 0, "the export holds no event");
-    free(line);
-    free(hashes);
-    EVP_PKEY_free(pub);
     return rc;
 }

@@ -4,11 +4,7 @@
  *
  * The chain. Table `audit` in the registry's SQLite file: seq (1, 2, ...), time, actor (a
  * credential id, or "system"), action, kid ("" when none), details (a JSON object),
- * prev_hash and hash, both 64 lowercase hex. hash = SHA-256(prev_hash as 32 bytes ||
- * canonical(event)), where canonical(event) is the compact JSON object
- *   {"action":...,"actor":...,"details":{...},"kid":...,"seq":N,"time":T}
- * with keys sorted at every level, no spaces, non-ASCII escaped (\uXXXX) — jansson's
- * JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII — and prev_hash of seq 1 is 64 zeros.
+ * prev_hash and hash, both 64 lowercase hex, hashed by auditverify.h's rule (av_chain_hash).
  * Editing, deleting or reordering a row breaks the link at that seq.
  *
  * The same transaction. A change and its event commit together: the registry and the
@@ -37,7 +33,8 @@
  *
  * Export and verification. audit_export writes JSON Lines: one {"type":"event",...} per
  * event (every column) and one {"type":"checkpoint","seq","hash","time","jws"} per
- * checkpoint in the range. audit_verify_export checks every link and every checkpoint
+ * checkpoint in the range. av_verify_export (auditverify.h, a pure module that signdctl and
+ * signd-provision link without this writer) checks every link and every checkpoint
  * signature with only the audit public key, and optionally an anchor (a checkpoint the
  * auditor kept): the export must reach the anchor's seq with the anchor's hash, so cutting
  * the tail back past it is detected. Truncation after the newest checkpoint the verifier
@@ -50,6 +47,7 @@
 #ifndef APPLIANCE_AUDIT_H
 #define APPLIANCE_AUDIT_H
 
+#include "appliance/core/auditverify.h"
 #include "appliance/kproto/keeper.h"
 
 #include <jansson.h>
@@ -60,7 +58,7 @@
 
 #define AUDIT_ACTOR_MAX 32  /* "system" or a 16-hex credential id, with room */
 #define AUDIT_ACTION_MAX 48 /* "key.created", "credential.revoked", ... */
-#define AUDIT_HASH_HEX 64
+#define AUDIT_HASH_HEX AV_HASH_HEX
 #define AUDIT_DETAILS_MAX 4096 /* bytes of canonical details JSON */
 #define AUDIT_SYSTEM "system"
 
@@ -84,19 +82,11 @@
 #define AUDIT_KEEPER_RESTARTED "keeper.restarted" /* the supervisor replaced it: its cause */
 #define AUDIT_FRONT_RESTARTED "front.restarted"   /* recorded by the new front */
 
-/* The chain's one hash rule (the writer, audit_verify_export and the keeper all use it):
- * SHA-256(prev_hex as 32 bytes || canonical(event)) as 64 lowercase hex into out. details
- * (a JSON object) is borrowed. 0, or -1 (prev_hex not 64 hex digits, a missing field, out
- * of memory). */
-int audit_chain_hash(const char *prev_hex, uint64_t seq, int64_t time, const char *actor,
-                     const char *action, const char *kid, json_t *details,
-                     char out[AUDIT_HASH_HEX + 1]);
-
 /* The keeper's check of a checkpoint (keeperd.c), on its own read-only connection to
  * db_path: walks the rows from_seq + 1 .. to_seq of `audit` in one read transaction,
  * starting from from_hash (the hash the caller already verified at from_seq; ignored, the
  * zero hash, when from_seq is 0), and requires every seq present, every prev_hash the hash
- * computed for the row before, and every stored hash the one audit_chain_hash gives for
+ * computed for the row before, and every stored hash the one av_chain_hash gives for
  * the row's contents. 0 with the hash at to_seq in out, or -1 with why (one line). So the
  * cost is the rows since the caller's last verified point, not the whole chain. */
 int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_hash, uint64_t to_seq,
@@ -156,7 +146,7 @@ void audit_lag(audit *a, uint64_t *events, double *oldest_seconds);
  * 0 (done or nothing to do), or -1. */
 int audit_checkpoint(audit *a);
 
-/* ---- reading, export and verification (the API and the offline CLI) -------------------- */
+/* ---- reading and export (the API) --------------------------------------------------------- */
 
 typedef struct {
     uint64_t after;                   /* seq > after */
@@ -172,21 +162,5 @@ int audit_list(const char *db_path, const audit_query *q, json_t **out, uint64_t
 /* JSON Lines of events from_seq..to_seq (to_seq 0: to the head) and the checkpoints
  * within, in seq order (a checkpoint after the event it covers). 0, or -1. */
 int audit_export(const char *db_path, uint64_t from_seq, uint64_t to_seq, FILE *out);
-
-typedef struct {
-    uint64_t events;          /* verified */
-    uint64_t last_seq;        /* of the last event */
-    uint64_t last_checkpoint; /* seq of the last verified checkpoint, 0 if none */
-    uint64_t broken_seq;      /* the first seq that failed, 0 if none */
-    char why[256];            /* what failed */
-} audit_verdict;
-
-/* Verifies an export read from in: links (each prev_hash is the previous hash, each hash
- * recomputed, seqs consecutive from the first), every checkpoint's signature with pub_pem
- * (the audit public key, PEM) and that it names an event hash in the export, and, when
- * anchor_seq > 0, that the export holds event anchor_seq with hash anchor_hash. 0 when all
- * holds, else -1 with v->broken_seq and v->why. */
-int audit_verify_export(FILE *in, const char *pub_pem, uint64_t anchor_seq, const char *anchor_hash,
-                        audit_verdict *v);
 
 #endif

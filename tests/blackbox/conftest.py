@@ -3,8 +3,16 @@
 Each fixture makes its own data directory (token, PINs, certificate, credential,
 configuration) with provisioning/init-data-dir.sh, the same script `make run` uses, picks a
 free port at run time, starts build/bin/signd, and stops it by PID.
+
+The suite runs in parallel (tests/run.sh: pytest-xdist, one file per worker): ports come
+from a range of the worker's own, and what changes the machine (system accounts) runs under
+machine_lock().
 """
 import atexit
+import contextlib
+import fcntl
+import itertools
+import random
 import os
 import shutil
 import signal
@@ -49,6 +57,16 @@ def _send_and_check(self, request, **kw):
 
 
 requests.Session.send = _send_and_check
+
+
+# Files that start first: under xdist (--dist loadfile) a file runs on one worker from its
+# first test to its last, so the one with the 1,000-key test (minutes of key generation)
+# would set the wall time of the run if it started late.
+RUN_FIRST = ("test_crash_and_limits.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: os.path.basename(str(item.fspath)) not in RUN_FIRST)
 
 
 @pytest.fixture(autouse=True)
@@ -124,10 +142,46 @@ def signd_for_any_user():
     return _SIGND_COPY[0]
 
 
+# Ports below the kernel's ephemeral range (32768 and up on Linux), PORT_SPAN of them per
+# xdist worker (gw0, gw1, ...): a port one worker picked and closed cannot be handed to
+# another worker's bind(0) or to an outgoing connection before its appliance binds it.
+PORT_BASE, PORT_SPAN = 20000, 760
+
+
+def _worker_index():
+    w = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(w[2:]) % 16 if w.startswith("gw") and w[2:].isdigit() else 0
+
+
+_PORTS = itertools.cycle(range(PORT_SPAN))
+for _ in range(random.randrange(PORT_SPAN)):
+    next(_PORTS)
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port of this worker's range that nothing listens on now."""
+    base = PORT_BASE + _worker_index() * PORT_SPAN
+    for _ in range(PORT_SPAN):
+        port = base + next(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in %d..%d" % (base, base + PORT_SPAN - 1))
+
+
+@contextlib.contextmanager
+def machine_lock():
+    """Held while a test changes the machine (useradd, groupadd, usermod): workers running
+    at once would otherwise race on /etc/passwd (useradd fails when another holds its lock)."""
+    with open(os.path.join(tempfile.gettempdir(), "signd-blackbox-machine.lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def alive_pid(pid):
@@ -155,7 +209,10 @@ class Appliance:
         self.dir = reachable(data_dir)
         self.port = free_port()
         APPLIANCE_PORTS.add(self.port)
-        subprocess.run([INIT, data_dir, str(self.port)], check=True, stdout=subprocess.DEVNULL)
+        # As root the script creates the appliance's system accounts when missing.
+        with machine_lock() if os.geteuid() == 0 else contextlib.nullcontext():
+            subprocess.run([INIT, data_dir, str(self.port)], check=True,
+                           stdout=subprocess.DEVNULL)
         self.conf = os.path.join(data_dir, "appliance.conf")
         # Tests present bad credentials on purpose, all from 127.0.0.1: the per-address
         # throttle would turn later 401s into 429s. Tests of the throttle set it low.

@@ -458,6 +458,16 @@ def test_audit_export_and_verify(appliance, tmp):
     r = ctl(appliance, "--json", "audit", "verify", "--key", keyfile, "--export", export)
     assert r.returncode == EXIT_OK
     assert json.loads(r.stdout)["last_seq"] == events[-1]["seq"]
+    # --anchor: an event the export holds verifies; a malformed one is a usage error, parsed
+    # by the one anchor parser signd-provision uses too (its cases: test_audit_verify.c).
+    good = "%d:%s" % (events[-1]["seq"], events[-1]["hash"])
+    r = ctl(appliance, "audit", "verify", "--key", keyfile, "--export", export, "--anchor", good)
+    assert r.returncode == EXIT_OK, r.stderr
+    for bad in ("12", "0:" + "0" * 64, "-1:" + "0" * 64, "3:" + "A" * 64):
+        r = ctl(appliance, "audit", "verify", "--key", keyfile, "--export", export,
+                "--anchor", bad)
+        assert r.returncode == EXIT_USAGE and "--anchor must be SEQ:HASH" in r.stderr.decode(), \
+            (bad, r.stderr)
     # One edited event breaks the chain at its seq.
     victim = next(e for e in events if e["action"] == "key.created")
     tampered = os.path.join(tmp, "tampered.jsonl")

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from conftest import signd_for_any_user
+from conftest import machine_lock, signd_for_any_user
 from procs import status
 
 ACCOUNT = "signd-test"
@@ -34,15 +34,16 @@ def unb64u(text):
 
 def account():
     """The unprivileged test account (created when missing) as a pwd entry."""
-    try:
+    with machine_lock():
+        try:
+            return pwd.getpwnam(ACCOUNT)
+        except KeyError:
+            pass
+        r = subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                            "/usr/sbin/nologin", ACCOUNT], capture_output=True, text=True)
+        # 9: created meanwhile by another run; anything else is a real failure.
+        assert r.returncode in (0, 9), r.stderr
         return pwd.getpwnam(ACCOUNT)
-    except KeyError:
-        pass
-    r = subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
-                        "/usr/sbin/nologin", ACCOUNT], capture_output=True, text=True)
-    # 9: created meanwhile by another run; anything else is a real failure.
-    assert r.returncode in (0, 9), r.stderr
-    return pwd.getpwnam(ACCOUNT)
 
 
 def give_to(path, pw):

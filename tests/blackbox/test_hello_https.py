@@ -20,18 +20,13 @@ import time
 import pytest
 import requests
 
+from conftest import free_port
 from procs import stop_process
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HELLO = os.path.join(TOP, os.environ.get("SIGND_BUILD", "build"), "bin", "hello-https")
 START_TIMEOUT = 10  # seconds to wait for the "listening" line
 STOP_TIMEOUT = 10  # seconds between SIGTERM and SIGKILL (CivetWeb's mg_stop takes ~2 s)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_cert(d):

@@ -1398,10 +1398,10 @@ static void rewrite_history(fixture *fx, unsigned from)
         json_t *d = json_loads((const char *)sqlite3_column_text(s, 5), 0, NULL);
         rows[n].seq = sqlite3_column_int64(s, 0);
         memcpy(rows[n].prev, prev, sizeof(prev));
-        assert_int_equal(audit_chain_hash(prev, (uint64_t)rows[n].seq, sqlite3_column_int64(s, 1),
-                                          (const char *)sqlite3_column_text(s, 2),
-                                          (const char *)sqlite3_column_text(s, 3),
-                                          (const char *)sqlite3_column_text(s, 4), d, rows[n].hash),
+        assert_int_equal(av_chain_hash(prev, (uint64_t)rows[n].seq, sqlite3_column_int64(s, 1),
+                                       (const char *)sqlite3_column_text(s, 2),
+                                       (const char *)sqlite3_column_text(s, 3),
+                                       (const char *)sqlite3_column_text(s, 4), d, rows[n].hash),
                          0);
         json_decref(d);
         memcpy(prev, rows[n].hash, sizeof(prev));
