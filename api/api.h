@@ -424,7 +424,9 @@ reg_status api_revoke_key(const api_env *env, const sk_kid *kid, const char *rea
 void api_publish_free(void);
 
 /* Test-only crash points (SIGND_FAULT=after_generate|after_revoke_commit): the process
- * kills itself with SIGKILL there, so tests can prove reconcile repairs what it left. */
+ * kills itself with SIGKILL there, so tests can prove reconcile repairs what it left.
+ * Compiled in only with -DSIGND_TEST_HOOKS (the test build, $(BUILD)/testbin); elsewhere
+ * it does nothing. */
 void api_fault_point(const char *name);
 
 #endif

@@ -1,9 +1,8 @@
 #!/usr/bin/python3
 """A scripted session with signd under valgrind memcheck (make valgrind).
 
-Starts signd (process_model split: the supervisor, the keeper and the front all run under
-memcheck; they are forked, not exec'd, and valgrind follows forks; --trace-children=yes
-would also follow an exec) on a fresh SoftHSM2 token, drives a realistic session over
+Starts signd (the supervisor, and signd-keeper and signd-front, which it forks and
+executes: all three run under memcheck, --trace-children=yes following the execs) on a fresh SoftHSM2 token, drives a realistic session over
 HTTPS (credentials, keys, raw signatures, JWTs, rotation, revocation, the feed, the event
 stream, the audit trail, refused requests), then stops it with SIGTERM and reads
 valgrind's log of every process. Fails (exit 1) on any invalid read or write, use of
