@@ -234,6 +234,11 @@ test-unit: all
 test-blackbox: all
 	@tests/run.sh blackbox
 
+# The layers: what each program links (from the binaries) and which folder includes which
+# (from the sources). One line per violation; fails on any.
+layers: all
+	@BUILD=$(BUILD) mk/layers.sh
+
 bench-hsm: deps
 	@$(MAKE) --no-print-directory all
 	@tests/bench/bench-hsm.sh
