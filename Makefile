@@ -5,7 +5,8 @@
 # program's main goes into it, so a new module needs no Makefile edit. Each program lists
 # the archives it may use, and nothing else is linked into it:
 #   signd         the supervisor: no hsm/, no CivetWeb (appliance/supervisor/main.c)
-#   signd-keeper  the only program linked with hsm/ (appliance/keeper/main.c)
+#   signd-keeper  the only appliance program linked with hsm/ (appliance/keeper/main.c;
+#                 signd-provision, the offline tool, links it too)
 #   signd-front   HTTPS: no hsm/, no keeper/, no -ldl (appliance/front/main.c)
 #   signdctl, signd-verify   no keeper/, kproto/ or store/ code
 # Sections are collected (--gc-sections), so an archive member brings only the functions
