@@ -1,9 +1,18 @@
 # The signing appliance. `make run` and `make test` are the two commands; see README.md.
 #
-# Every C file under hsm/, jose/, appliance/ (but main.c), api/, provisioning/ (but
-# provision.c) and verifier/ (but the CLI's signd-verify.c) goes into one static
-# library; each program and each unit test links it. A new module needs no Makefile edit.
-# cli/ (signdctl, the operator CLI) is a program of its own, outside the library.
+# One static archive per folder (layer): base, jose, hsm, verifier, provisioning, api and
+# appliance/{common,kproto,keeper,store,core,front}; every C file of the folder but a
+# program's main goes into it, so a new module needs no Makefile edit. Each program lists
+# the archives it may use, and nothing else is linked into it:
+#   signd         the supervisor: no hsm/, no CivetWeb (appliance/supervisor/main.c)
+#   signd-keeper  the only appliance program linked with hsm/ (appliance/keeper/main.c;
+#                 signd-provision, the offline tool, links it too)
+#   signd-front   HTTPS: no hsm/, no keeper/, no -ldl (appliance/front/main.c)
+#   signdctl, signd-verify   no keeper/, kproto/ or store/ code
+# Sections are collected (--gc-sections), so an archive member brings only the functions
+# a program reaches. `make layers` (mk/layers.sh, in CI) checks all of it on the binaries
+# and on the include graph. $(BUILD)/testbin holds the three appliance programs again with
+# -DSIGND_TEST_HOOKS (the SIGND_FAULT crash points), for the black-box tests only.
 
 CC      ?= cc
 BUILD   := build
@@ -23,17 +32,42 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 CFLAGS  ?=
 CFLAGS  += -std=c11 -Wall -Wextra -Werror $(HARDEN) -g -D_GNU_SOURCE \
-           -I. -I$(CIVET) -I/usr/include/p11-kit-1
-LDFLAGS += -pie -Wl,-z,relro,-z,now
-LDLIBS  := -ljansson -lsqlite3 -lcurl -lssl -lcrypto -lz -lpthread -ldl
+           -ffunction-sections -fdata-sections -I. -I$(CIVET) -I/usr/include/p11-kit-1
+LDFLAGS += -pie -Wl,-z,relro,-z,now -Wl,--gc-sections
+LDLIBS_BASE := -ljansson -lsqlite3 -lcurl -lssl -lcrypto -lz -lpthread
+LDLIBS  := $(LDLIBS_BASE) -ldl
 
-LIB_SRC := $(wildcard base/*.c hsm/*.c jose/*.c api/*.c) \
-           $(filter-out appliance/supervisor/main.c,$(wildcard appliance/*/*.c)) \
-           $(filter-out provisioning/provision.c,$(wildcard provisioning/*.c)) \
-           $(filter-out verifier/signd-verify.c,$(wildcard verifier/*.c))
+# The folders (layers), each one archive $(BUILD)/lib/lib<name>.a of its .c files but the
+# programs' mains.
+MAINS   := appliance/supervisor/main.c appliance/keeper/main.c appliance/front/main.c \
+           provisioning/provision.c verifier/signd-verify.c
+LAYER_DIRS := base jose hsm verifier provisioning api appliance/common appliance/kproto \
+              appliance/keeper appliance/store appliance/core appliance/front
+layer_name = $(notdir $(1))
+layer_lib  = $(BUILD)/lib/lib$(call layer_name,$(1)).a
+layer_obj  = $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out $(MAINS),$(wildcard $(1)/*.c)))
+LIB_SRC := $(filter-out $(MAINS),$(foreach d,$(LAYER_DIRS),$(wildcard $(d)/*.c)))
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/obj/%.o)
-LIB     := $(BUILD)/libsignd.a
+L        = $(BUILD)/lib/lib$(1).a
+# Every archive, for the unit tests, the fuzz replays, the bench and the provisioning tool
+# (grouped: the layers still have edges both ways that `make layers` lists as exceptions).
+ALL_LIBS := $(foreach d,$(LAYER_DIRS),$(call layer_lib,$(d)))
+group    = -Wl,--start-group $(1) -Wl,--end-group
 CIVETLIB := $(CIVET)/libcivetweb.a
+
+# What each program may link (make layers checks the result).
+SUPERVISOR_LIBS := $(call L,store) $(call L,core) $(call L,kproto) $(call L,common) \
+                   $(call L,jose) $(call L,base)
+KEEPER_LIBS     := $(call L,keeper) $(call L,hsm) $(call L,core) $(call L,store) \
+                   $(call L,kproto) $(call L,common) $(call L,jose) $(call L,base)
+FRONT_LIBS      := $(call L,front) $(call L,api) $(call L,core) $(call L,store) \
+                   $(call L,kproto) $(call L,common) $(call L,jose) $(call L,base)
+VERIFY_LIBS     := $(call L,verifier) $(call L,jose) $(call L,base)
+# signdctl: of core/ only the pure audit-chain verifier (auditverify.o), for audit verify.
+CTL_LIBS        := $(call L,jose) $(call L,base)
+PROV_LIBS       := $(call L,provisioning) $(call L,keeper) $(call L,hsm) $(call L,core) \
+                   $(call L,store) $(call L,kproto) $(call L,common) $(call L,jose) \
+                   $(call L,base)
 
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
@@ -54,11 +88,10 @@ FUZZ_CFLAGS  := -std=c11 -Wall -Wextra -Werror -g -O1 -fno-omit-frame-pointer $(
 
 PROGS := $(BUILD)/bin/signd-provision $(BUILD)/bin/hello-https $(BUILD)/bin/bench-hsm \
          $(BUILD)/bin/signd-verify $(BUILD)/bin/bench-propagation $(BUILD)/bin/signdctl
-ifneq ($(wildcard appliance/supervisor/main.c),)
-PROGS += $(BUILD)/bin/signd
-endif
+APPLIANCE := signd signd-keeper signd-front
+PROGS += $(APPLIANCE:%=$(BUILD)/bin/%) $(APPLIANCE:%=$(BUILD)/testbin/%)
 
-.PHONY: all deps run test test-unit test-blackbox test-asan bench bench-hsm clean format docs fuzz hostile valgrind soak
+.PHONY: all deps run test test-unit test-blackbox test-asan bench bench-hsm clean format docs fuzz hostile valgrind soak layers
 .DEFAULT_GOAL := all
 # Keep every object file: tests and programs share them.
 .SECONDARY:
@@ -80,50 +113,90 @@ $(BUILD)/obj/%.o: %.c $(CIVET)/civetweb.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(LIB): $(LIB_OBJ)
+define layer_rule
+$(call layer_lib,$(1)): $(call layer_obj,$(1))
+	@mkdir -p $$(dir $$@)
+	@rm -f $$@
+	ar rcs $$@ $$^
+endef
+$(foreach d,$(LAYER_DIRS),$(eval $(call layer_rule,$(d))))
+
+# The test build: the same objects but these two, compiled with the crash points.
+TEST_HOOK_SRC := appliance/core/keys.c appliance/supervisor/main.c
+$(BUILD)/obj-test/%.o: %.c $(CIVET)/civetweb.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DSIGND_TEST_HOOKS -MMD -MP -c $< -o $@
+$(BUILD)/lib-test/libcore.a: $(filter-out $(BUILD)/obj/appliance/core/keys.o,$(call layer_obj,appliance/core)) \
+                             $(BUILD)/obj-test/appliance/core/keys.o
+	@mkdir -p $(dir $@)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/bin/signd: $(BUILD)/obj/appliance/supervisor/main.o $(LIB) $(CIVETLIB)
+$(BUILD)/bin/signd: $(BUILD)/obj/appliance/supervisor/main.o $(SUPERVISOR_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $< $(call group,$(SUPERVISOR_LIBS)) $(LDLIBS_BASE) -o $@
 
-$(BUILD)/bin/signd-provision: $(BUILD)/obj/provisioning/provision.o $(LIB)
+$(BUILD)/bin/signd-keeper: $(BUILD)/obj/appliance/keeper/main.o $(KEEPER_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $< $(call group,$(KEEPER_LIBS)) $(LDLIBS) -o $@
+
+$(BUILD)/bin/signd-front: $(BUILD)/obj/appliance/front/main.o $(FRONT_LIBS) $(CIVETLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< $(call group,$(FRONT_LIBS)) $(CIVETLIB) $(LDLIBS_BASE) -o $@
+
+$(BUILD)/testbin/signd: $(BUILD)/obj-test/appliance/supervisor/main.o $(SUPERVISOR_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< $(call group,$(SUPERVISOR_LIBS)) $(LDLIBS_BASE) -o $@
+
+# The production keeper itself (it has no crash point); renamed into place, so that a
+# running copy is never written over.
+$(BUILD)/testbin/signd-keeper: $(BUILD)/bin/signd-keeper
+	@mkdir -p $(dir $@)
+	cp $< $@.tmp && mv -f $@.tmp $@
+
+$(BUILD)/testbin/signd-front: $(BUILD)/obj/appliance/front/main.o \
+                              $(subst $(call L,core),$(BUILD)/lib-test/libcore.a,$(FRONT_LIBS)) \
+                              $(CIVETLIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< $(call group,$(filter %.a,$(wordlist 2,99,$^))) $(LDLIBS_BASE) -o $@
+
+$(BUILD)/bin/signd-provision: $(BUILD)/obj/provisioning/provision.o $(PROV_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $< $(call group,$(PROV_LIBS)) $(LDLIBS) -o $@
 
 $(BUILD)/bin/hello-https: $(BUILD)/obj/tests/hello/hello_https.o $(CIVETLIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
-$(BUILD)/bin/bench-hsm: $(BUILD)/obj/tests/bench/bench_hsm.o $(LIB)
+$(BUILD)/bin/bench-hsm: $(BUILD)/obj/tests/bench/bench_hsm.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $< $(call group,$(ALL_LIBS)) $(LDLIBS) -o $@
 
-$(BUILD)/bin/signd-verify: $(BUILD)/obj/verifier/signd-verify.o $(LIB) $(CIVETLIB)
+$(BUILD)/bin/signd-verify: $(BUILD)/obj/verifier/signd-verify.o $(VERIFY_LIBS) $(CIVETLIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $< $(call group,$(VERIFY_LIBS)) $(CIVETLIB) $(LDLIBS_BASE) -o $@
 
-# signdctl, the operator CLI: cli/ is its own (not in the library; it links it for audit
-# verification).
-$(BUILD)/bin/signdctl: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard cli/*.c)) $(LIB)
+# signdctl, the operator CLI: cli/ is its own folder, linked into no archive.
+$(BUILD)/bin/signdctl: $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard cli/*.c)) \
+                       $(BUILD)/obj/appliance/core/auditverify.o $(CTL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $(filter %.o,$^) $(call group,$(CTL_LIBS)) $(LDLIBS_BASE) -o $@
 
-$(BUILD)/bin/bench-propagation: $(BUILD)/obj/tests/bench/bench_propagation.o $(LIB)
+$(BUILD)/bin/bench-propagation: $(BUILD)/obj/tests/bench/bench_propagation.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $< $(call group,$(ALL_LIBS)) $(LDLIBS) -o $@
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(UNIT_HELP:%.c=$(BUILD)/obj/%.o) $(LIB) $(CIVETLIB)
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(UNIT_HELP:%.c=$(BUILD)/obj/%.o) $(ALL_LIBS) \
+                  $(CIVETLIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ -lcmocka $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $(filter %.o,$^) $(call group,$(ALL_LIBS)) $(CIVETLIB) -lcmocka $(LDLIBS) -o $@
 
 # test_cli drives signdctl through ctl_main: every object of cli/ but main.c's.
 CLI_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(filter-out cli/main.c,$(wildcard cli/*.c)))
 $(BUILD)/tests/test_cli: $(BUILD)/obj/tests/unit/test_cli.o $(UNIT_HELP:%.c=$(BUILD)/obj/%.o) \
-                         $(CLI_OBJ) $(LIB) $(CIVETLIB)
+                         $(CLI_OBJ) $(ALL_LIBS) $(CIVETLIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ -lcmocka $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $(filter %.o,$^) $(call group,$(ALL_LIBS)) $(CIVETLIB) -lcmocka $(LDLIBS) -o $@
 
 run: deps
 	@$(MAKE) --no-print-directory all
@@ -139,9 +212,9 @@ test-asan: deps
 	@SIGND_BUILD=build/asan tests/run.sh
 
 $(BUILD)/tests/test_fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%.o $(BUILD)/obj/tests/fuzz/replay.o \
-                            $(LIB) $(CIVETLIB)
+                            $(ALL_LIBS) $(CIVETLIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $(filter %.o,$^) $(call group,$(ALL_LIBS)) $(CIVETLIB) $(LDLIBS) -o $@
 
 # Every target for FUZZ_SECONDS in turn (make fuzz FUZZ_SECONDS=10 in CI); fails on any
 # finding, whose input is kept under build/fuzz/findings/.
@@ -158,13 +231,19 @@ $(FUZZ_BUILD)/libsignd.a: $(LIB_SRC:%.c=$(FUZZ_BUILD)/obj/%.o)
 	ar rcs $@ $^
 
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_BUILD)/libsignd.a $(CIVETLIB)
-	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) $^ $(LDLIBS) -o $@
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) $< $(call group,$(FUZZ_BUILD)/libsignd.a $(CIVETLIB)) \
+	    $(LDLIBS) -o $@
 
 test-unit: all
 	@tests/run.sh unit
 
 test-blackbox: all
 	@tests/run.sh blackbox
+
+# The layers: what each program links (from the binaries) and which folder includes which
+# (from the sources). One line per violation; fails on any.
+layers: all
+	@BUILD=$(BUILD) mk/layers.sh
 
 bench-hsm: deps
 	@$(MAKE) --no-print-directory all
@@ -205,7 +284,9 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf $(BUILD)/obj $(BUILD)/bin $(BUILD)/tests $(LIB)
+	rm -rf $(BUILD)/obj $(BUILD)/obj-test $(BUILD)/bin $(BUILD)/testbin $(BUILD)/tests \
+	       $(BUILD)/lib $(BUILD)/lib-test
 
 -include $(LIB_OBJ:.o=.d) $(wildcard $(BUILD)/obj/*/*.d $(BUILD)/obj/*/*/*.d $(BUILD)/obj/*/*/*/*.d)
+-include $(wildcard $(BUILD)/obj-test/*/*.d $(BUILD)/obj-test/*/*/*.d)
 -include $(wildcard $(FUZZ_BUILD)/obj/*/*.d $(FUZZ_BUILD)/obj/*/*/*.d $(FUZZ_BUILD)/obj/*/*/*/*.d)

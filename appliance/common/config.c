@@ -173,8 +173,8 @@ static const cfg_setting cfg_settings[] = {
      "Bad credentials one client address may present at once before it gets 429"},
     {"process_model", CFG_T_STRING, CFG_FIELD(process_model), "split", 0, 0, false,
      cfg_check_process_model,
-     "split: a keeper process alone loads the token and PIN, the HTTPS front asks it; single: "
-     "one process (for comparison)"},
+     "split (the only model): a keeper process alone loads the token and PIN, the HTTPS front "
+     "asks it"},
     {"keeper_socket", CFG_T_PATH, CFG_FIELD(keeper_socket), "keeper.sock", 0, 0, false, NULL,
      "Unix socket between the HTTPS front and the keeper (at most 107 bytes once resolved)"},
     {"keeper_timeout_ms", CFG_T_UINT, CFG_FIELD(keeper_timeout_ms), "2000", 100, 600000, false,
@@ -311,11 +311,15 @@ static const char *cfg_check_tls_version(const char *text, unsigned num)
     return strcmp(text, "1.2") == 0 || strcmp(text, "1.3") == 0 ? NULL : "must be 1.2 or 1.3";
 }
 
+/* The key stays (existing files name it), but split is the only model: the supervisor,
+ * signd-keeper and signd-front, one program per privilege. */
 static const char *cfg_check_process_model(const char *text, unsigned num)
 {
     (void)num;
-    return strcmp(text, "split") == 0 || strcmp(text, "single") == 0 ? NULL
-                                                                     : "must be split or single";
+    return strcmp(text, "split") == 0
+               ? NULL
+               : "must be split: only split exists (the keeper and the front are programs of "
+                 "their own; single was removed)";
 }
 
 /* A systemd credential name is a file name inside $CREDENTIALS_DIRECTORY: a '/' or a
@@ -514,7 +518,7 @@ unsigned cfg_pkcs11_sessions(const cfg *c)
 
 /* Reads the whole file (a regular file of at most CFG_FILE_MAX bytes) into a NUL-terminated
  * buffer the caller frees. */
-static char *cfg_read_file(const char *path, size_t *len, char *err, size_t errlen)
+char *cfg_read_file(const char *path, size_t *len, char *err, size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
@@ -753,6 +757,15 @@ int cfg_parse(const char *text, size_t len, const char *name, const char *base_d
     return rc;
 }
 
+int cfg_load_text(const char *path, const char *text, size_t len, cfg *out, char *err,
+                  size_t errlen)
+{
+    char base_dir[CFG_PATH_MAX];
+    if (cfg_base_dir(path, base_dir, err, errlen) != 0)
+        return -1;
+    return cfg_parse(text, len, path, base_dir, out, err, errlen);
+}
+
 int cfg_load(const char *path, cfg *out, char *err, size_t errlen)
 {
     char base_dir[CFG_PATH_MAX];
@@ -839,9 +852,27 @@ int cfg_pin_path(const cfg *c, char *out, size_t outlen, char *err, size_t errle
 
 /* ---- hashing --------------------------------------------------------------------------- */
 
-void cfg_sha256_hex(const char *path, char out[65])
+static void cfg_hex32(const unsigned char md[32], char out[65])
 {
     static const char hex[] = "0123456789abcdef";
+    for (unsigned i = 0; i < 32; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[64] = '\0';
+}
+
+void cfg_sha256_hex_bytes(const void *p, size_t len, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    out[0] = '\0';
+    if (EVP_Digest(p, len, md, &mdlen, EVP_sha256(), NULL) == 1 && mdlen == 32)
+        cfg_hex32(md, out);
+}
+
+void cfg_sha256_hex(const char *path, char out[65])
+{
     unsigned char md[EVP_MAX_MD_SIZE], buf[8192];
     unsigned int mdlen = 0;
     out[0] = '\0';
@@ -865,11 +896,6 @@ void cfg_sha256_hex(const char *path, char out[65])
     ok = ok && EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;
     EVP_MD_CTX_free(ctx);
     close(fd);
-    if (!ok)
-        return;
-    for (unsigned i = 0; i < 32; i++) {
-        out[2 * i] = hex[md[i] >> 4];
-        out[2 * i + 1] = hex[md[i] & 15];
-    }
-    out[64] = '\0';
+    if (ok)
+        cfg_hex32(md, out);
 }

@@ -100,7 +100,7 @@ typedef struct cfg {
     unsigned auth_failures_per_minute; /* per client address */
     unsigned auth_failure_burst;
     /* Privilege separation. */
-    char process_model[8];               /* "split" (keeper process) or "single" */
+    char process_model[8];               /* "split", the only model */
     char keeper_socket[CFG_SOCKET_MAX];  /* the keeper's Unix socket (split) */
     unsigned keeper_timeout_ms;          /* the front's deadline per keeper request */
     unsigned keeper_generate_timeout_ms; /* ... and per key generation */
@@ -118,6 +118,16 @@ typedef struct cfg {
  *
  *   if (cfg_load(argv[1], &c, err, sizeof(err)) != 0) ... */
 int cfg_load(const char *path, cfg *out, char *err, size_t errlen);
+
+/* cfg_load over bytes already read from path (cfg_read_file): the supervisor reads the
+ * file once and the keeper and the front, which may not be able to open it under their
+ * own accounts, parse the same bytes (appliance/common/spawn.h). path names messages and
+ * the directory relative paths resolve against. */
+int cfg_load_text(const char *path, const char *text, size_t len, cfg *out, char *err,
+                  size_t errlen);
+/* Reads the whole file (a regular file of at most CFG_FILE_MAX bytes) into a NUL-terminated
+ * buffer the caller frees, its length in *len; NULL with one line in err. */
+char *cfg_read_file(const char *path, size_t *len, char *err, size_t errlen);
 
 /* What cfg_load does once it has the file's bytes: parses len bytes of text (no NUL
  * needed; an embedded one is refused), naming the file `name` in messages and resolving
@@ -153,6 +163,8 @@ int cfg_origin_ok(const char *s);
  * trail (which configuration the appliance started with). out is "" when the file cannot
  * be read. */
 void cfg_sha256_hex(const char *path, char out[65]);
+/* The same over len bytes in memory. */
+void cfg_sha256_hex_bytes(const void *p, size_t len, char out[65]);
 
 /* The file the token's PIN is read from, into out (outlen bytes): pin_file, or with
  * pin_credential set, $CREDENTIALS_DIRECTORY/pin_credential (systemd's LoadCredential=),

@@ -277,7 +277,7 @@ int hd_drop_user(const char *user, char *err, size_t errlen)
     return hd_switch("user", user, uid, gid, &gid, 1, err, errlen);
 }
 
-/* ---- one account per role (process_model = split) --------------------------------------- */
+/* ---- one account per role ---------------------------------------------------------------- */
 
 int hd_account_lookup(const char *setting, const char *name, hd_account *out, char *err,
                       size_t errlen)

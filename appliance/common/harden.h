@@ -6,7 +6,8 @@
  * user, files created private to the process's user, and, when started as root, the rest of
  * the run as unprivileged accounts that cannot regain privileges: one per process by
  * default (keeper_user, front_user: hd_account_lookup, hd_check_role_owners, hd_become in
- * each child right after its fork; the supervisor stays root to start them again), or the
+ * each child right after its fork, before it executes its program; the supervisor stays
+ * root to start them again), or the
  * one `user` for every process (hd_check_data_owner, hd_drop_user, below).
  *
  * Order in main:
@@ -14,8 +15,10 @@
  *   ... configuration, registry, token, credential, HTTPS (the port is bound) ...
  *   hd_check_data_owner(&c, err, sizeof(err));   still root: will the user manage?
  *   hd_drop_user(c.user, err, sizeof(err));      then print "listening"
- * and in the front's process (process_model = split), right after its fork:
+ * and first thing in signd-front and signd-keeper (after spn_begin, which calls hd_early
+ * again: an execve makes a process dumpable again):
  *   hd_front_filter(err, sizeof(err));           before any thread is started
+ *   hd_keeper_filter(err, sizeof(err));          before the module is loaded
  *
  * The data directory must belong to `user` (chown -R USER DIR) before signd starts: after
  * the drop, SoftHSM2 opens, creates and deletes object files in the token directory on
@@ -65,7 +68,7 @@ int hd_check_data_owner(const cfg *c, char *err, size_t errlen);
  *   if (hd_drop_user(c.user, err, sizeof(err)) != 0) ... stop and exit 1 */
 int hd_drop_user(const char *user, char *err, size_t errlen);
 
-/* One account per role: process_model = split, started as root with `user` empty, the
+/* One account per role: started as root with `user` empty, the
  * keeper runs as keeper_user and the front as front_user (each "" stays root). */
 #define HD_GROUPS_MAX 64
 typedef struct {
@@ -99,7 +102,7 @@ int hd_check_role_owners(const cfg *c, const hd_account *keeper, const hd_accoun
 
 /* Installs the front's seccomp filter in the calling process: every thread it starts
  * afterwards inherits it, and nothing removes it. Call it while the process has one
- * thread (right after fork). The filter refuses with EPERM what the front never does:
+ * thread (first thing in signd-front). The filter refuses with EPERM what the front never does:
  * execve and execveat, ptrace, process_vm_readv/writev, pidfd_getfd and kcmp (another
  * process's memory and descriptors: the keeper's), open_by_handle_at, mounts, namespaces
  * (unshare, setns, and clone with any CLONE_NEW* flag), chroot, kernel modules, kexec,

@@ -7,14 +7,15 @@
  * session query that must find the session logged in), and the keeper's session count for GET
  * /metrics. prb_read reports ready when the last probe succeeded and no probe has been waiting
  * longer than PRB_DEADLINE_MS: a stalled token makes the appliance unready within PRB_DEADLINE_MS
- * even before the keeper's own deadline (keeper_timeout_ms) ends the call, and in process_model =
- * single, where a module call cannot be abandoned, even if the call never returns. After a stall
+ * even before the keeper's own deadline (keeper_timeout_ms) ends the call, and with an
+ * in-process keeper (kp_open), where a module call cannot be abandoned, even if the call never
+ * returns. After a stall
  * the next probe (PRB_RETRY_MS later at most, once the stalled one gave up) makes it ready
  * again.
  *
  * The same thread drains the supervisor's event pipe (prb_event, written by main.c when it
- * restarts the keeper or the front) into the audit trail ("keeper.restarted",
- * "front.restarted", with the cause) and the restart metric.
+ * restarts the keeper or the front; spawn.h passes it to signd-front) into the audit trail
+ * ("keeper.restarted", "front.restarted", with the cause) and the restart metric.
  *
  * State: one probe per front, its fields under its own mutex; prb_read is safe from any
  * thread.

@@ -2,7 +2,7 @@
 #include "appliance/core/publish.h"
 
 #include "appliance/core/pubcache.h"
-#include "appliance/front/ratelimit.h"
+#include "appliance/common/ratelimit.h"
 #include "jose/jose.h"
 
 #include <openssl/evp.h>

@@ -6,7 +6,7 @@
  * with reason ROT_REASON and audit actor ROT_ACTOR.
  *
  * What it owns: one thread in the front process (the process with the registry's writer
- * and the publication cache; process_model single: the one process), its mutex, condition
+ * and the publication cache), its mutex, condition
  * variable and stop flag. The schedule itself is the registry's retire_at column, nothing
  * here: it survives a restart and a front crash. Keys that fell due while the appliance
  * was down are revoked by the first pass, which rot_start waits for, so a start never

@@ -4,7 +4,7 @@
 #include "appliance/store/db.h"
 #include "appliance/common/jlog.h"
 #include "appliance/common/metrics.h"
-#include "appliance/front/ratelimit.h"
+#include "appliance/common/ratelimit.h"
 #include "appliance/core/audit.h"
 #include "appliance/core/publish.h"
 #include "appliance/front/tls.h"

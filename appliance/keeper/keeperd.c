@@ -2,6 +2,7 @@
 #include "appliance/keeper/keeperd.h"
 
 #include "appliance/core/audit.h"
+#include "appliance/keeper/inproc.h"
 #include "appliance/kproto/keeper.h"
 #include "appliance/kproto/kproto.h"
 #include "appliance/keeper/kstate.h"

@@ -1,5 +1,6 @@
-/* kp: the keeper interface, in-process (forwarding to hsm/) or remote (the keeper
- * protocol to the keeper process). See keeper.h. */
+/* kp: the keeper interface, remote (the keeper protocol to the keeper process) or over an
+ * in-process implementation plugged in by kp_wrap_local (appliance/keeper/inproc.c). See
+ * keeper.h. */
 #include "appliance/kproto/keeper.h"
 
 #include "appliance/kproto/kproto.h"
@@ -36,7 +37,8 @@ typedef struct {
 } kp_conn;
 
 struct kp {
-    hsm *h; /* in-process; NULL when remote */
+    const kp_local_ops *local; /* in-process; NULL when remote */
+    void *ctx;                 /* local's */
     struct sockaddr_un addr;
     pthread_key_t conn_key; /* remote: this thread's kp_conn */
     unsigned timeout_ms;    /* remote: the deadline of one request (KP_TIMEOUT_DEFAULT_MS) */
@@ -59,24 +61,15 @@ static void kp_conn_free(void *p)
     free(c);
 }
 
-sk_status kp_open(const hsm_config *hc, kp **out, char *err, size_t errlen)
+sk_status kp_wrap_local(const kp_local_ops *ops, void *ctx, kp **out)
 {
     *out = NULL;
     kp *k = calloc(1, sizeof(*k));
-    if (k == NULL) {
-        snprintf(err, errlen, "out of memory");
+    if (k == NULL)
         return SK_ERR_DEVICE;
-    }
     pthread_mutex_init(&k->svc_mu, NULL);
-    unsigned long ckr = 0;
-    sk_status st = hsm_open(hc, &k->h, &ckr);
-    if (st != SK_OK) {
-        snprintf(err, errlen, "%s: %s (token %s, module %s, PKCS#11 rv 0x%lx)", sk_status_name(st),
-                 sk_strerror(st), hc->token, hc->module_path ? hc->module_path : HSM_DEFAULT_MODULE,
-                 ckr);
-        free(k);
-        return st;
-    }
+    k->local = ops;
+    k->ctx = ctx;
     *out = k;
     return SK_OK;
 }
@@ -116,8 +109,8 @@ void kp_close(kp *k)
 {
     if (k == NULL)
         return;
-    if (k->h != NULL) {
-        hsm_close(k->h);
+    if (k->local != NULL) {
+        k->local->close(k->ctx);
     } else {
         kp_conn_free(pthread_getspecific(k->conn_key));
         pthread_setspecific(k->conn_key, NULL);
@@ -174,13 +167,6 @@ static sk_status kp_counted(sk_status st, unsigned long ckr)
     if (st != SK_OK)
         met_pkcs11_error(st, ckr);
     return st;
-}
-
-/* The same in the keeper-less mode: the hsm call that returned st ran on this thread just
- * now, so hsm_last_ckr is that call's. */
-static sk_status kp_counted_here(sk_status st)
-{
-    return kp_counted(st, st != SK_OK ? hsm_last_ckr() : 0);
 }
 
 /* The keeper did not answer (down, restarting, stuck): counted apart from the token's own
@@ -318,9 +304,6 @@ static sk_kid kp_svc_kid(const kp_svc_info *info)
     return kid;
 }
 
-/* Serialises the service keys' creation: one hsm handle per process, so one mutex. */
-static pthread_mutex_t kp_svc_mu = PTHREAD_MUTEX_INITIALIZER;
-
 int kp_is_reserved(const sk_kid *kid)
 {
     if (kid == NULL)
@@ -357,46 +340,14 @@ int kp_svc_input_ok(kp_svc s, const void *msg, size_t len)
     return 1;
 }
 
-sk_status kp_svc_hsm_public_key(hsm *h, kp_svc s, sk_pubkey *pub)
+sk_status kp_svc_params(kp_svc s, sk_kid *kid, unsigned *bits)
 {
     const kp_svc_info *info = kp_svc_get(s);
     if (info == NULL)
         return SK_ERR_BAD_ARGUMENT;
-    const sk_kid kid = kp_svc_kid(info);
-    sk_status st = hsm_public_key(h, &kid, pub);
-    if (st != SK_ERR_KEY_NOT_FOUND)
-        return st;
-    /* First use: generate it, once. Under the mutex, look again: another thread may have
-     * generated it while this one waited. */
-    pthread_mutex_lock(&kp_svc_mu);
-    st = hsm_public_key(h, &kid, pub);
-    if (st == SK_ERR_KEY_NOT_FOUND) {
-        st = hsm_generate(h, &kid, info->bits);
-        /* SK_ERR_KEY_EXISTS: someone else made it first; that key is the service key.
-         * Once generated, the key stays even if reading its public half fails now: the
-         * next call reads it again (destroying it could destroy a key already in use). */
-        if (st == SK_OK || st == SK_ERR_KEY_EXISTS)
-            st = hsm_public_key(h, &kid, pub);
-    }
-    pthread_mutex_unlock(&kp_svc_mu);
-    return st;
-}
-
-sk_status kp_svc_hsm_sign(hsm *h, kp_svc s, const void *msg, size_t len, uint8_t sig[SK_SIG_MAX],
-                          size_t *sig_len)
-{
-    *sig_len = 0;
-    if (!kp_svc_input_ok(s, msg, len))
-        return SK_ERR_BAD_ARGUMENT;
-    const sk_kid kid = kp_svc_kid(kp_svc_get(s));
-    sk_status st = hsm_sign_rs256(h, &kid, msg, len, sig, sig_len);
-    if (st != SK_ERR_KEY_NOT_FOUND)
-        return st;
-    sk_pubkey pub; /* created on first use, whichever comes first */
-    st = kp_svc_hsm_public_key(h, s, &pub);
-    if (st != SK_OK)
-        return st;
-    return hsm_sign_rs256(h, &kid, msg, len, sig, sig_len);
+    *kid = kp_svc_kid(info);
+    *bits = info->bits;
+    return SK_OK;
 }
 
 /* ---- the interface ----------------------------------------------------------------------- */
@@ -407,8 +358,8 @@ sk_status kp_sign(kp *k, const sk_kid *kid, const void *msg, size_t len, uint8_t
     if (kp_is_reserved(kid))
         return SK_ERR_KEY_NOT_FOUND; /* service keys sign through kp_svc_sign only */
     met_note_kid(kid);               /* the request's kid, for its log line and signature counter */
-    if (k->h != NULL)
-        return kp_counted_here(hsm_sign_rs256(k->h, kid, msg, len, sig, sig_len));
+    if (k->local != NULL)
+        return k->local->sign(k->ctx, kid, msg, len, sig, sig_len);
     if (len > KPP_SIGN_MAX)
         return SK_ERR_BAD_ARGUMENT;
     KP_REMOTE(k, KPP_OP_SIGN, kpp_encode_sign(c->req, sizeof(c->req), kid, msg, len), r);
@@ -419,25 +370,18 @@ sk_status kp_generate(kp *k, const sk_kid *kid, unsigned bits, sk_pubkey *pub)
 {
     if (kp_is_reserved(kid))
         return SK_ERR_BAD_ARGUMENT;
-    if (k->h == NULL) {
-        KP_REMOTE(k, KPP_OP_GENERATE, kpp_encode_generate(c->req, sizeof(c->req), kid, bits), r);
-        return kpp_reply_pubkey(&r, pub) == 0 ? SK_OK : SK_ERR_DEVICE;
-    }
-    sk_status st = kp_counted_here(hsm_generate(k->h, kid, bits));
-    if (st != SK_OK)
-        return st;
-    st = hsm_public_key(k->h, kid, pub);
-    if (st != SK_OK)
-        hsm_destroy(k->h, kid); /* a key we cannot publish must not stay behind */
-    return st;
+    if (k->local != NULL)
+        return k->local->generate(k->ctx, kid, bits, pub);
+    KP_REMOTE(k, KPP_OP_GENERATE, kpp_encode_generate(c->req, sizeof(c->req), kid, bits), r);
+    return kpp_reply_pubkey(&r, pub) == 0 ? SK_OK : SK_ERR_DEVICE;
 }
 
 sk_status kp_destroy(kp *k, const sk_kid *kid)
 {
     if (kp_is_reserved(kid))
         return SK_ERR_BAD_ARGUMENT;
-    if (k->h != NULL)
-        return hsm_destroy(k->h, kid);
+    if (k->local != NULL)
+        return k->local->destroy(k->ctx, kid);
     KP_REMOTE(k, KPP_OP_DESTROY, kpp_encode_kid_op(c->req, sizeof(c->req), KPP_OP_DESTROY, kid), r);
     (void)r;
     return SK_OK;
@@ -445,8 +389,8 @@ sk_status kp_destroy(kp *k, const sk_kid *kid)
 
 sk_status kp_list(kp *k, sk_key_entry *out, size_t cap, size_t *count)
 {
-    if (k->h != NULL)
-        return hsm_list(k->h, out, cap, count);
+    if (k->local != NULL)
+        return k->local->list(k->ctx, out, cap, count);
     /* In slices of KPP_LIST_MAX until the keeper's total is reached (or cap is full). */
     size_t have = 0;
     uint32_t total = 0;
@@ -468,23 +412,17 @@ sk_status kp_ping(kp *k, const sk_kid *probe_kid)
 {
     if (kp_is_reserved(probe_kid))
         return SK_ERR_KEY_NOT_FOUND; /* its probe signature would be a non-checkpoint */
-    if (k->h == NULL) {
-        KP_REMOTE(k, KPP_OP_PING, kpp_encode_ping(c->req, sizeof(c->req), probe_kid), r);
-        (void)r;
-        return SK_OK;
-    }
-    if (probe_kid != NULL) {
-        uint8_t sig[SK_SIG_MAX];
-        size_t len;
-        return hsm_sign_rs256(k->h, probe_kid, "readyz", 6, sig, &len);
-    }
-    return hsm_ping(k->h);
+    if (k->local != NULL)
+        return k->local->ping(k->ctx, probe_kid);
+    KP_REMOTE(k, KPP_OP_PING, kpp_encode_ping(c->req, sizeof(c->req), probe_kid), r);
+    (void)r;
+    return SK_OK;
 }
 
 static sk_status kp_svc_public_key_asked(kp *k, kp_svc s, sk_pubkey *pub)
 {
-    if (k->h != NULL)
-        return kp_svc_hsm_public_key(k->h, s, pub);
+    if (k->local != NULL)
+        return k->local->svc_public_key(k->ctx, s, pub);
     kpp_op op = s == KP_SVC_AUDIT ? KPP_OP_AUDIT_PUBKEY : KPP_OP_PUBLISH_PUBKEY;
     KP_REMOTE(k, op,
               s == KP_SVC_AUDIT ? kpp_encode_audit_pubkey(c->req, sizeof(c->req))
@@ -537,8 +475,8 @@ static sk_status kp_publish_remote(kp *k, const uint8_t *msg, size_t len, uint8_
 sk_status kp_svc_sign(kp *k, kp_svc s, const void *msg, size_t len, uint8_t sig[SK_SIG_MAX],
                       size_t *sig_len)
 {
-    if (k->h != NULL)
-        return kp_svc_hsm_sign(k->h, s, msg, len, sig, sig_len);
+    if (k->local != NULL)
+        return k->local->svc_sign(k->ctx, s, msg, len, sig, sig_len);
     *sig_len = 0;
     /* The keeper applies kp_svc_input_ok itself: its word, not ours, is what counts. These
      * are only the bounds the protocol can carry. */
@@ -553,8 +491,8 @@ sk_status kp_svc_sign(kp *k, kp_svc s, const void *msg, size_t len, uint8_t sig[
 
 void kp_thread_done(kp *k)
 {
-    if (k->h != NULL) {
-        hsm_thread_done(k->h);
+    if (k->local != NULL) {
+        k->local->thread_done(k->ctx);
         return;
     }
     kp_conn_free(pthread_getspecific(k->conn_key));
@@ -563,8 +501,8 @@ void kp_thread_done(kp *k)
 
 unsigned kp_sessions_open(kp *k)
 {
-    if (k->h != NULL)
-        return hsm_sessions_open(k->h);
+    if (k->local != NULL)
+        return k->local->sessions_open(k->ctx);
     kp_conn *c = kp_conn_get(k);
     if (c == NULL)
         return 0;

@@ -5,8 +5,9 @@
  * key, destroy a kid, export a public key, list keys, or check the token answers. Every
  * request is fixed-size, every reply is an sk_status, and nothing points into the token's
  * memory. Two implementations behind the same functions:
- *  - kp_open: in-process, forwarding to hsm/ (process_model = single, and the keeper
- *    process itself);
+ *  - kp_open (appliance/keeper/inproc.h): in-process, forwarding to hsm/; only the keeper
+ *    program, the unit tests and the bench link it, through kp_wrap_local below, so this
+ *    header and the front see no hsm/ header;
  *  - kp_connect: remote, each calling thread with its own SOCK_SEQPACKET connection to the
  *    keeper process (kproto.h), opened on first use and reopened after the keeper restarts.
  *    A keeper that is down or dies mid-request gives SK_ERR_DEVICE (503 hsm_unavailable),
@@ -20,13 +21,13 @@
 #ifndef APPLIANCE_KEEPER_H
 #define APPLIANCE_KEEPER_H
 
-#include "hsm/hsm.h"
+#include "base/signkey.h"
+
+#include <stddef.h>
+#include <stdint.h>
 
 typedef struct kp kp;
 
-/* Opens the token named by the configuration (module, token, PIN file, session bound).
- * On failure writes one line naming the problem into err. */
-sk_status kp_open(const hsm_config *hc, kp **out, char *err, size_t errlen);
 /* How long the remote implementation waits for one reply (0: the default). A request past
  * its deadline answers SK_ERR_TIMEOUT (503 hsm_timeout) and its connection is dropped: a
  * stalled token (a wedged module call, a keeper stopped) holds no caller longer than
@@ -116,13 +117,30 @@ sk_status kp_svc_sign(kp *k, kp_svc s, const void *msg, size_t len, uint8_t sig[
  * one of the key's headers in base64url, ".", then a non-empty payload of base64url characters
  * only (so exactly one "." in all); else 0. */
 int kp_svc_input_ok(kp_svc s, const void *msg, size_t len);
-/* The same two operations on an hsm handle: what kp_svc_* run in-process and what the
- * keeper (keeperd.c) runs for the AUDIT_* and PUBLISH_* ops. Creation is serialised by a
- * process-wide mutex (one hsm handle per process, hsm.h); when hsm_generate answers
- * SK_ERR_KEY_EXISTS, someone made the key first, and that key is the one used. */
-sk_status kp_svc_hsm_public_key(hsm *h, kp_svc s, sk_pubkey *pub);
-sk_status kp_svc_hsm_sign(hsm *h, kp_svc s, const void *msg, size_t len, uint8_t sig[SK_SIG_MAX],
+/* A service key's reserved id and its size in bits: what the in-process implementation
+ * (inproc.h) and the keeper create it with. SK_ERR_BAD_ARGUMENT for an unknown s. */
+sk_status kp_svc_params(kp_svc s, sk_kid *kid, unsigned *bits);
+
+/* The in-process implementation's operations (appliance/keeper/inproc.c): kp_wrap_local
+ * makes a handle whose kp_ functions call them on ctx, after the checks every mode
+ * shares (reserved kids, kp_svc_input_ok, the service keys' cache). Each counts its own
+ * failures for GET /metrics. close releases ctx (kp_close). */
+typedef struct {
+    sk_status (*sign)(void *ctx, const sk_kid *kid, const void *msg, size_t len,
+                      uint8_t sig[SK_SIG_MAX], size_t *sig_len);
+    sk_status (*generate)(void *ctx, const sk_kid *kid, unsigned bits, sk_pubkey *pub);
+    sk_status (*destroy)(void *ctx, const sk_kid *kid);
+    sk_status (*list)(void *ctx, sk_key_entry *out, size_t cap, size_t *count);
+    sk_status (*ping)(void *ctx, const sk_kid *probe_kid);
+    sk_status (*svc_public_key)(void *ctx, kp_svc s, sk_pubkey *pub);
+    sk_status (*svc_sign)(void *ctx, kp_svc s, const void *msg, size_t len, uint8_t sig[SK_SIG_MAX],
                           size_t *sig_len);
+    void (*thread_done)(void *ctx);
+    unsigned (*sessions_open)(void *ctx);
+    void (*close)(void *ctx);
+} kp_local_ops;
+/* A handle over ops and ctx. SK_ERR_DEVICE (out of memory; ctx left to the caller). */
+sk_status kp_wrap_local(const kp_local_ops *ops, void *ctx, kp **out);
 /* Releases the calling thread's session (CivetWeb's exit_thread). */
 void kp_thread_done(kp *k);
 unsigned kp_sessions_open(kp *k);

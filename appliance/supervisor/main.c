@@ -1,52 +1,46 @@
 /*
- * signd: the signing appliance daemon.
+ * signd: the signing appliance's supervisor, the one program an operator starts.
  *
  *   signd CONFIG_FILE
  *   signd --routes      prints the route table ("METHOD /template roles" lines) and exits
+ *                       (signd-front prints it: the router is linked there)
  *
  * Everything else comes from the configuration file (see docs/configuration.md).
  *
- * process_model = split (the default): three processes.
- *  - the supervisor (this one): configuration, the data-directory lock, the switch to
- *    `user` when set; it then only starts, watches and stops the other two. Started as
- *    root with `user` empty it stays root, and each child becomes its own account right
- *    after its fork (keeper_user, front_user), so the front cannot open the keeper's token
- *    and PIN files nor its /proc files. It never loads the
- *    PKCS#11 module, so neither does anything forked from it unless it loads it itself.
- *  - the keeper ("signd: keeper"): loads the module, reads the PIN, logs in, and serves the
- *    keeper protocol on keeper_socket (keeperd.h). Nothing else touches the token.
- *  - the front ("signd: front"): registry, credentials, reconcile (through the keeper),
- *    publication, the rotation scheduler (rotation.h) and CivetWeb. No module, no PIN, no
- *    descriptor to the token directory; PR_SET_NO_NEW_PRIVS and a seccomp filter
- *    (hd_front_filter: no exec, no ptrace or other process's memory, no namespace). The
- *    keeper has a filter of its own (hd_keeper_filter), looser only where a vendor
- *    module may need it. The front prints the
- *    "listening" line when it serves.
+ * One program per privilege, as OpenSSH's sshd-session: this one and the two it executes,
+ * found next to its own executable (/proc/self/exe, never PATH) and opened once at start.
+ *  - signd (this one): configuration, the data-directory lock, the switch to `user` when
+ *    set; it then only starts, watches (a watchdog pings the keeper) and stops the other
+ *    two. Started as root with `user` empty it stays root, and each child becomes its own
+ *    account (keeper_user, front_user) after its fork and before its execve, so the front
+ *    cannot open the keeper's token and PIN files nor its /proc files. It is linked with
+ *    no hsm/ and no CivetWeb code and never loads the PKCS#11 module.
+ *  - signd-keeper ("signd: keeper", appliance/keeper/main.c): loads the module, reads the
+ *    PIN, logs in, and serves the keeper protocol on keeper_socket (keeperd.h). Nothing
+ *    else touches the token.
+ *  - signd-front ("signd: front", appliance/front/main.c): registry, credentials,
+ *    reconcile (through the keeper), publication, the rotation scheduler and CivetWeb; no
+ *    PKCS#11 code at all. It prints the "listening" line when it serves.
+ *  Each child gets a fresh address space, an environment of the few variables it needs (no
+ *  secret) and on its command line the configuration's path and the numbers of the
+ *  descriptors it inherits (spawn.h): the configuration as this process read it, the ready
+ *  pipe, the lock, and for the front the restart events. PR_SET_PDEATHSIG and
+ *  PR_SET_NO_NEW_PRIVS are set before the execve and survive it; each program installs
+ *  its own seccomp filter.
  *  A front that dies is started again (its state is all in SQLite); a keeper that dies is
  *  started again while the front answers 503 hsm_unavailable. SIGTERM or SIGINT: the front
  *  stops first (in-flight requests finish), then the keeper; exit 0 when both exited 0.
- *
- * process_model = single: one process does all of it, in the order configuration ->
- * registry -> token -> reconcile -> credentials -> publication -> rotation scheduler ->
- * HTTPS (kept to measure what the split costs).
  */
-#include "api/api.h"
-#include "appliance/core/audit.h"
 #include "appliance/common/config.h"
-#include "appliance/store/credentials.h"
 #include "appliance/common/harden.h"
-#include "appliance/common/jlog.h"
-#include "appliance/kproto/keeper.h"
-#include "appliance/keeper/keeperd.h"
+#include "appliance/common/spawn.h"
 #include "appliance/core/probe.h"
-#include "appliance/core/reconcile.h"
+#include "appliance/kproto/keeper.h"
 #include "appliance/store/registry.h"
-#include "appliance/core/rotation.h"
-#include "appliance/front/server.h"
-#include "appliance/store/tokstate.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -55,6 +49,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -75,243 +70,22 @@ static int die(const char *what, const char *msg)
 /* The supervisor's restart events for the front (probe.h): [0] the front reads, [1] the
  * supervisor writes, non-blocking both. Made once, before the first front, and held by the
  * supervisor for its life, so an event written while no front runs waits in the pipe for
- * the next one. -1 in process_model = single. */
+ * the next one. */
 static int main_events[2] = {-1, -1};
 
-static const char *main_conf_path;
-/* The configuration's SHA-256, read while the supervisor can (the front, under its own
- * account, cannot read appliance.conf). */
-static char main_conf_hash[65];
-/* process_model = split, started as root, user empty: the keeper's and the front's own
- * accounts (main_role_accounts); name "" for a role that keeps the supervisor's ids. */
+/* The configuration's path (absolute) and the sealed copy of its bytes that the children
+ * parse (spawn.h); the data directory's lock, which they hold too. */
+static char main_conf_path[PATH_MAX];
+static int main_conf_fd = -1;
+static int main_lock_fd = -1;
+/* The two programs, opened next to this one's executable at start: a later change of the
+ * installed files, or a directory above them the children's accounts cannot enter, does not
+ * change what runs. */
+static int main_prog_fd[2] = {-1, -1};
+static char main_prog_path[2][PATH_MAX];
+/* Started as root, user empty: the keeper's and the front's own accounts
+ * (main_role_accounts); name "" for a role that keeps the supervisor's ids. */
 static hd_account main_keeper_acct, main_front_acct;
-static char *main_argv0;
-static size_t main_argv0_len;
-
-/* What `ps` shows: the process's name and argv[0], rewritten in place. */
-static void main_set_title(const char *title)
-{
-    prctl(PR_SET_NAME, title[0] == 's' && strncmp(title, "signd: ", 7) == 0 ? title + 7 : title, 0,
-          0, 0);
-    if (main_argv0 != NULL && main_argv0_len > 0) {
-        size_t n = strlen(title) < main_argv0_len ? strlen(title) : main_argv0_len;
-        memset(main_argv0, 0, main_argv0_len);
-        memcpy(main_argv0, title, n);
-    }
-}
-
-/* ---- the front --------------------------------------------------------------------------- */
-
-/* Serves HTTPS with the token reached through k. announce: print the "listening" line on
- * stdout (the first start only: nobody reads stdout after that). ready_fd: -1, or where
- * to write one byte once serving. Returns the exit status. */
-static int run_front(const cfg *c, kp *k, const sigset_t *sigs, int announce, int ready_fd)
-{
-    char err[512];
-    /* First: the events reconcile records are logged too (log_events). */
-    if (jlog_open(c->log_file, err, sizeof(err)) != 0)
-        return die("log_file", err);
-    reg *rg = NULL;
-    if (reg_open(c->database, c->max_active_keys, &rg) != REG_OK)
-        return die(c->database, reg_last_error());
-
-    rec_report rep;
-    if (rec_run(k, rg, stderr, &rep) != 0) {
-        reg_close(rg);
-        return die("reconcile", "token and registry could not be made to agree");
-    }
-    fprintf(stderr,
-            "signd: reconcile: %u orphan objects destroyed, %u revoked objects destroyed, "
-            "%u keys marked broken\n",
-            rep.orphans_destroyed, rep.revoked_destroyed, rep.marked_broken);
-
-    /* The service keys exist before anything is served (made now on a new token, under the
-     * generation's deadline): a checkpoint or a feed then waits for a signature only, which
-     * keeper_timeout_ms bounds. */
-    for (kp_svc svc = 0; svc < KP_SVC_COUNT_; svc++) {
-        sk_pubkey pub;
-        sk_status st = kp_svc_public_key(k, svc, &pub);
-        if (st != SK_OK)
-            fprintf(stderr, "signd: warning: service key %d not ready: %s\n", (int)svc,
-                    sk_strerror(st));
-    }
-
-    cred_store *cs = NULL;
-    if (cred_open(c->database, &cs) != CRED_OK) {
-        reg_close(rg);
-        return die(c->database, cred_last_error());
-    }
-    if (cred_count_active(cs, CRED_ROLE_ADMIN) == 0)
-        fprintf(stderr, "signd: warning: no active admin credential; create one offline with "
-                        "`signd-provision admin-credential DATA_DIR`\n");
-
-    audit_options ao = {.flush_seconds = c->audit_flush_seconds,
-                        .checkpoint_events = c->audit_checkpoint_events,
-                        .checkpoint_seconds = c->audit_checkpoint_seconds,
-                        .every_signature = c->audit_every_signature,
-                        .log_events = c->log_events};
-    audit *au = NULL;
-    if (audit_open(c->database, k, &ao, &au, err, sizeof(err)) != 0) {
-        cred_close(cs);
-        reg_close(rg);
-        return die("audit", err);
-    }
-    tks *ts = NULL;
-    if (tks_open(c->database, &ts) != TKS_OK) {
-        audit_close(au);
-        cred_close(cs);
-        reg_close(rg);
-        return die(c->database, tks_last_error());
-    }
-    /* Which configuration this run started with: its hash, for auditors to compare. */
-    json_t *started =
-        json_pack("{s:s, s:s, s:I}", "config_sha256", main_conf_hash, "process_model",
-                  c->process_model, "active_keys", (json_int_t)reg_count(rg, REG_ACTIVE));
-    audit_record(au, AUDIT_STARTED, NULL, started);
-    json_decref(started);
-
-    /* Destroys revoked keys' objects as the keeper allows, never holding a request. */
-    rec_worker *destroyer = NULL;
-    if (rec_worker_start(k, stderr, &destroyer) != 0) {
-        tks_close(ts);
-        audit_close(au);
-        cred_close(cs);
-        reg_close(rg);
-        return die("reconcile", "cannot start the destroyer thread");
-    }
-    prb *probe = NULL;
-    prb_options po = {.kp = k, .reg = rg, .audit = au, .events_fd = main_events[0]};
-    if (prb_start(&po, &probe, err, sizeof(err)) != 0) {
-        rec_worker_stop(destroyer);
-        tks_close(ts);
-        audit_close(au);
-        cred_close(cs);
-        reg_close(rg);
-        return die("readiness", err);
-    }
-    pub *pb = pub_new(c, rg, k, ts);
-    if (pb == NULL) {
-        prb_stop(probe);
-        rec_worker_stop(destroyer);
-        tks_close(ts);
-        audit_close(au);
-        cred_close(cs);
-        reg_close(rg);
-        return die("publication", "out of memory");
-    }
-    api_env env = {
-        .cfg = c, .reg = rg, .kp = k, .creds = cs, .audit = au, .tks = ts, .probe = probe};
-    env.pub = pb;
-    pub_refresh(pb);
-    /* Before serving: a key whose grace ended while the appliance was down is revoked by
-     * rot_start's first pass, so it is never served as retiring again. */
-    rot *rt = NULL;
-    if (rot_start(&(ck_env){.reg = rg, .kp = k, .pub = pb}, &rt, err, sizeof(err)) != 0) {
-        prb_stop(probe);
-        rec_worker_stop(destroyer);
-        tks_close(ts);
-        audit_close(au);
-        cred_close(cs);
-        reg_close(rg);
-        return die("rotation", err);
-    }
-    srv *s = srv_start(&env, err, sizeof(err));
-    if (s == NULL) {
-        rot_stop(rt);
-        prb_stop(probe);
-        rec_worker_stop(destroyer);
-        tks_close(ts);
-        audit_close(au);
-        cred_close(cs);
-        reg_close(rg);
-        return die("https", err);
-    }
-    int rc = 0;
-    /* single: the port is bound and every secret read, so from here on `user` if set. In
-     * split the supervisor switched before starting anything. */
-    if (ready_fd < 0 && (hd_check_data_owner(c, err, sizeof(err)) != 0 ||
-                         hd_drop_user(c->user, err, sizeof(err)) != 0)) {
-        rc = die("privileges", err);
-    } else {
-        if (announce) {
-            printf("signd: listening on https://%s:%d (%zu active keys)\n", c->listen_address,
-                   srv_port(s), reg_count(rg, REG_ACTIVE));
-            fflush(stdout);
-        }
-        if (ready_fd >= 0) {
-            (void)!write(ready_fd, "R", 1);
-            close(ready_fd);
-        }
-        int sig = 0;
-        sigwait(sigs, &sig);
-        fprintf(stderr, "signd: signal %d: stopping\n", sig);
-    }
-    rot_stop(rt); /* no scheduled revocation starts once stopping has begun */
-    srv_stop(s);
-    prb_stop(probe);
-    rec_worker_stop(destroyer); /* what it could not destroy yet is the next start's */
-    audit_record(au, AUDIT_STOPPED, NULL, NULL);
-    tks_close(ts);   /* after the server: no handler runs any more */
-    audit_close(au); /* last flush and checkpoint, while the keeper still answers */
-    cred_close(cs);
-    pub_free(pb);
-    reg_close(rg);
-    return rc;
-}
-
-static int run_single(const cfg *c, const sigset_t *sigs)
-{
-    char err[512];
-    hsm_config hc = {
-        .module_path = c->pkcs11_module,
-        .token = c->token,
-        .pin_file = c->pin_file,
-        .max_sessions = cfg_pkcs11_sessions(c),
-    };
-    kp *k = NULL;
-    if (kp_open(&hc, &k, err, sizeof(err)) != SK_OK)
-        return die("token", err);
-    int rc = run_front(c, k, sigs, 1, -1);
-    kp_close(k); /* only after every worker is out of the PKCS#11 module */
-    return rc;
-}
-
-/* ---- the keeper -------------------------------------------------------------------------- */
-
-static void *main_keeper_serve(void *arg)
-{
-    kpd_serve(arg);
-    return NULL;
-}
-
-static int run_keeper(const cfg *c, const sigset_t *sigs, int ready_fd)
-{
-    char err[512];
-    kpd *d = NULL;
-    if (kpd_open(c, &d, err, sizeof(err)) != 0)
-        return die("keeper", err);
-    /* One account per role: the front runs as its account, or stays root (the roles have
-     * accounts only when the supervisor is root) when front_user is empty. */
-    uid_t front_uid = main_front_acct.name[0] != '\0' ? main_front_acct.uid : 0;
-    if ((main_keeper_acct.name[0] != '\0' || main_front_acct.name[0] != '\0') &&
-        front_uid != geteuid() && kpd_allow_peer(d, front_uid, err, sizeof(err)) != 0) {
-        kpd_close(d);
-        return die("keeper", err);
-    }
-    pthread_t t;
-    if (pthread_create(&t, NULL, main_keeper_serve, d) != 0) {
-        kpd_close(d);
-        return die("keeper", "cannot start its thread");
-    }
-    (void)!write(ready_fd, "R", 1);
-    close(ready_fd);
-    int sig = 0;
-    sigwait(sigs, &sig);
-    kpd_stop(d);
-    pthread_join(t, NULL);
-    kpd_close(d);
-    return 0;
-}
 
 /* ---- the supervisor ---------------------------------------------------------------------- */
 
@@ -363,10 +137,55 @@ static int main_role_accounts(const cfg *c, char *err, size_t errlen)
     return hd_check_role_owners(c, &main_keeper_acct, &main_front_acct, err, errlen);
 }
 
-/* Forks role and waits until it says it is ready. The child's pid, or -1 when it failed
- * (it has been reaped then, and its own message is on stderr). */
-static pid_t main_spawn(main_role role, const cfg *c, const sigset_t *sigs, int announce,
-                        main_child *out)
+/* Finds the two programs next to this one's executable and opens them (O_PATH). 0, or
+ * -1 after saying which is missing. */
+static int main_find_programs(void)
+{
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n <= 0)
+        return die("/proc/self/exe", strerror(errno)), -1;
+    self[n] = '\0';
+    char *slash = strrchr(self, '/');
+    if (slash == NULL)
+        return die("/proc/self/exe", "not an absolute path"), -1;
+    *slash = '\0';
+    const char *names[2] = {[MAIN_KEEPER] = SPN_KEEPER_PROGRAM, [MAIN_FRONT] = SPN_FRONT_PROGRAM};
+    for (int r = 0; r < 2; r++) {
+        if ((size_t)snprintf(main_prog_path[r], sizeof(main_prog_path[r]), "%s/%s", self,
+                             names[r]) >= sizeof(main_prog_path[r]))
+            return die(names[r], "path too long"), -1;
+        main_prog_fd[r] = open(main_prog_path[r], O_PATH | O_CLOEXEC);
+        if (main_prog_fd[r] < 0) {
+            char msg[PATH_MAX + 128];
+            snprintf(msg, sizeof(msg), "%s: %s (it is installed next to signd)", main_prog_path[r],
+                     strerror(errno));
+            return die(names[r], msg), -1;
+        }
+    }
+    return 0;
+}
+
+/* Runs the program of role with argv and envp: by its descriptor (execveat), so that no
+ * directory above it need be open to the child's account, or by its path where the kernel
+ * or a tool in between (valgrind) has no execveat. Returns only on failure. */
+static void main_exec(main_role role, char *const argv[], char *const envp[])
+{
+    syscall(SYS_execveat, main_prog_fd[role], "", argv, envp, AT_EMPTY_PATH);
+    if (errno == ENOSYS)
+        execve(main_prog_path[role], argv, envp);
+}
+
+/* Keeps fd open across the execve (every descriptor of this process is close-on-exec). */
+static int main_inherit(int fd)
+{
+    return fd < 0 ? 0 : fcntl(fd, F_SETFD, 0);
+}
+
+/* Forks role, makes the child its account and executes the role's program, then waits
+ * until it says it is ready. The child's pid, or -1 when it failed (it has been reaped
+ * then, and its own message is on stderr). */
+static pid_t main_spawn(main_role role, const cfg *c, int announce, main_child *out)
 {
     int p[2];
     if (pipe2(p, O_CLOEXEC) != 0)
@@ -384,53 +203,76 @@ static pid_t main_spawn(main_role role, const cfg *c, const sigset_t *sigs, int 
          * keeper account's alone). First, because a change of ids clears the death signal
          * set below. */
         if (main_become(role) != 0)
-            exit(1);
+            _exit(1);
         /* The supervisor gone (even by SIGKILL), its children follow: nothing may keep
-         * the port or the token without it. */
+         * the port or the token without it. Kept across the execve (not set-user-ID). */
         prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
         if (getppid() != parent)
             _exit(1);
-        int rc;
         /* Neither may ever gain privileges again (no setuid binary, no file capability). */
         prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        spn_args a = {.config_path = main_conf_path,
+                      .config_fd = main_conf_fd,
+                      .ready_fd = p[1],
+                      .lock_fd = main_lock_fd,
+                      .events_fd = role == MAIN_FRONT ? main_events[0] : -1,
+                      .announce = role == MAIN_FRONT && announce,
+                      .peer_uid = -1};
         if (role == MAIN_KEEPER) {
-            /* The keeper has no business with the front's events. */
-            if (main_events[0] >= 0)
-                close(main_events[0]);
-            if (main_events[1] >= 0)
-                close(main_events[1]);
-            main_set_title("signd: keeper");
-            if (c->softhsm2_conf[0] != '\0')
-                setenv("SOFTHSM2_CONF", c->softhsm2_conf, 1);
-            char err[512];
-            /* Before the module is loaded: nothing it or a bug in it runs escapes the
-             * filter. */
-            if (hd_keeper_filter(err, sizeof(err)) != 0)
-                rc = die("seccomp", err);
-            else
-                rc = run_keeper(c, sigs, p[1]);
-        } else {
-            main_set_title("signd: front");
-            if (main_events[1] >= 0)
-                close(main_events[1]); /* it reads; only the supervisor writes */
-            char err[512];
-            kp *k = NULL;
-            /* Still one thread: every thread CivetWeb and the front start inherits it. */
-            if (hd_front_filter(err, sizeof(err)) != 0) {
-                rc = die("seccomp", err);
-            } else if (kp_connect(c->keeper_socket,
-                                  &(kp_deadlines){.timeout_ms = c->keeper_timeout_ms,
-                                                  .generate_ms = c->keeper_generate_timeout_ms},
-                                  &k, err, sizeof(err)) != SK_OK) {
-                rc = die("keeper", err);
-            } else {
-                rc = run_front(c, k, sigs, announce, p[1]);
-                kp_close(k);
+            /* One account per role: the front runs as its account, or stays root (the
+             * roles have accounts only when the supervisor is root) when front_user is
+             * empty. */
+            uid_t front_uid = main_front_acct.name[0] != '\0' ? main_front_acct.uid : 0;
+            if ((main_keeper_acct.name[0] != '\0' || main_front_acct.name[0] != '\0') &&
+                front_uid != geteuid())
+                a.peer_uid = (long)front_uid;
+        }
+        if (main_inherit(a.config_fd) != 0 || main_inherit(a.ready_fd) != 0 ||
+            main_inherit(a.lock_fd) != 0 || main_inherit(a.events_fd) != 0)
+            _exit(1);
+        /* A fixed environment: nothing of the supervisor's own but what the program needs
+         * (paths, never a secret). */
+        static char env_store[4][CFG_PATH_MAX + 32];
+        char *envp[8];
+        size_t ne = 0;
+        const char *creds = getenv("CREDENTIALS_DIRECTORY");
+        if (role == MAIN_KEEPER && c->softhsm2_conf[0] != '\0') {
+            snprintf(env_store[ne], sizeof(env_store[ne]), "SOFTHSM2_CONF=%s", c->softhsm2_conf);
+            envp[ne] = env_store[ne], ne++;
+        }
+        if (role == MAIN_KEEPER && creds != NULL && strlen(creds) < sizeof(env_store[0]) - 32) {
+            snprintf(env_store[ne], sizeof(env_store[ne]), "CREDENTIALS_DIRECTORY=%s", creds);
+            envp[ne] = env_store[ne], ne++;
+        }
+#ifdef SIGND_TEST_HOOKS
+        /* Test builds only: the front's crash points (api/common.c). */
+        const char *fault = getenv("SIGND_FAULT");
+        if (role == MAIN_FRONT && fault != NULL && strlen(fault) < 64) {
+            snprintf(env_store[ne], sizeof(env_store[ne]), "SIGND_FAULT=%s", fault);
+            envp[ne] = env_store[ne], ne++;
+        }
+#endif
+#if HD_FILTER_ALLOWS_PTRACE
+        /* Sanitizer builds (make test-asan): their options reach every process. */
+        static const char *const san[] = {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"};
+        for (size_t i = 0; i < sizeof(san) / sizeof(san[0]) && ne < 7; i++) {
+            const char *v = getenv(san[i]);
+            if (v != NULL && strlen(v) < CFG_PATH_MAX) {
+                static char san_store[3][CFG_PATH_MAX + 32];
+                snprintf(san_store[i], sizeof(san_store[i]), "%s=%s", san[i], v);
+                envp[ne++] = san_store[i];
             }
         }
-        /* exit, not _exit: stdio flushed, and the sanitizers' leak check runs (make
-         * test-asan) in each child as in a single process. */
-        exit(rc);
+#endif
+        envp[ne] = NULL;
+        spn_argv_store store;
+        char *argv[SPN_ARGV_MAX];
+        if (spn_argv(role == MAIN_KEEPER ? "signd: keeper" : "signd: front", &a, &store, argv,
+                     SPN_ARGV_MAX) == 0)
+            _exit(1);
+        main_exec(role, argv, envp);
+        die(main_prog_path[role], strerror(errno));
+        _exit(1);
     }
     close(p[1]);
     clock_gettime(CLOCK_MONOTONIC, &out->started);
@@ -461,8 +303,7 @@ static void main_describe(int status, char *buf, size_t len)
 
 /* Starts role again until it is ready, pausing after a quick death. Gives up only on
  * SIGTERM/SIGINT (returns 0 with *stop set). */
-static void main_restart(main_role role, const cfg *c, const sigset_t *child_sigs,
-                         main_child *child, int *stop)
+static void main_restart(main_role role, const cfg *c, main_child *child, int *stop)
 {
     for (;;) {
         if (main_ms_since(&child->started) < MAIN_RESTART_BACKOFF_MS) {
@@ -475,7 +316,7 @@ static void main_restart(main_role role, const cfg *c, const sigset_t *child_sig
             *stop = 1;
             return;
         }
-        if (main_spawn(role, c, child_sigs, 0, child) > 0)
+        if (main_spawn(role, c, 0, child) > 0)
             return;
         clock_gettime(CLOCK_MONOTONIC, &child->started);
     }
@@ -597,7 +438,7 @@ static int main_stop_child(main_child *child)
     return status;
 }
 
-static int run_split(const cfg *c, const sigset_t *child_sigs)
+static int main_supervise(const cfg *c, const sigset_t *stop_sigs)
 {
     char err[512];
     /* Everything the processes open they open as `user`: switch before starting them. Or,
@@ -614,7 +455,7 @@ static int run_split(const cfg *c, const sigset_t *child_sigs)
     reg_close(rg);
 
     /* The supervisor also waits for SIGCHLD; the children only for SIGTERM and SIGINT. */
-    sigset_t sigs = *child_sigs;
+    sigset_t sigs = *stop_sigs;
     sigaddset(&sigs, SIGCHLD);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 
@@ -627,11 +468,11 @@ static int run_split(const cfg *c, const sigset_t *child_sigs)
         return die("watchdog", err);
 
     main_child keeper = {0}, front = {0};
-    if (main_spawn(MAIN_KEEPER, c, child_sigs, 0, &keeper) < 0) {
+    if (main_spawn(MAIN_KEEPER, c, 0, &keeper) < 0) {
         kp_close(dog.k);
         return die("keeper", "did not start (see above)");
     }
-    if (main_spawn(MAIN_FRONT, c, child_sigs, 1, &front) < 0) {
+    if (main_spawn(MAIN_FRONT, c, 1, &front) < 0) {
         main_stop_child(&keeper);
         kp_close(dog.k);
         return die("front", "did not start (see above)");
@@ -662,7 +503,7 @@ static int run_split(const cfg *c, const sigset_t *child_sigs)
                 front.pid = 0;
                 main_tell_status(PRB_ROLE_FRONT, pid, status, 0, 0);
                 main_dog_hang_up(&dog); /* no child inherits the watchdog's connection */
-                main_restart(MAIN_FRONT, c, child_sigs, &front, &stop);
+                main_restart(MAIN_FRONT, c, &front, &stop);
             } else if (pid == keeper.pid) {
                 int by_dog = dog.killed == pid;
                 fprintf(stderr, "signd: keeper (pid %d) %s%s: restarting it\n", (int)pid, how,
@@ -671,7 +512,7 @@ static int run_split(const cfg *c, const sigset_t *child_sigs)
                 main_tell_status(PRB_ROLE_KEEPER, pid, status, by_dog, dog.silent_ms);
                 dog.killed = 0;
                 main_dog_hang_up(&dog);
-                main_restart(MAIN_KEEPER, c, child_sigs, &keeper, &stop);
+                main_restart(MAIN_KEEPER, c, &keeper, &stop);
                 dog.ok = keeper.started; /* a new keeper gets the whole bound again */
                 dog.cpu = 0;
             }
@@ -694,26 +535,35 @@ static int run_split(const cfg *c, const sigset_t *child_sigs)
 
 int main(int argc, char **argv)
 {
-    if (argc == 2 && strcmp(argv[1], "--routes") == 0)
-        return srv_print_routes(stdout) == 0 ? 0 : 1;
+    if (argc == 2 && strcmp(argv[1], "--routes") == 0) {
+        /* The router is the front's: it prints the table. */
+        if (main_find_programs() != 0)
+            return 1;
+        char *const av[] = {SPN_FRONT_PROGRAM, "--routes", NULL};
+        extern char **environ;
+        main_exec(MAIN_FRONT, av, environ);
+        return die(main_prog_path[MAIN_FRONT], strerror(errno));
+    }
     if (argc != 2 || argv[1][0] == '-') {
         fprintf(stderr, "usage: signd CONFIG_FILE | signd --routes\n");
         return 2;
     }
-    main_conf_path = argv[1];
-    cfg_sha256_hex(main_conf_path, main_conf_hash);
-    main_argv0 = argv[0];
-    main_argv0_len = strlen(argv[0]);
     /* Keys live in the keeper's memory with SoftHSM2, and the PIN passes through it: no
-     * core dumps, no ptrace by other processes of the same user, private files. Inherited
-     * by every process forked from here. */
+     * core dumps, no ptrace by other processes of the same user, private files. Each
+     * program calls it again after its execve (spawn.h). */
     hd_early();
+    if (main_find_programs() != 0)
+        return 1;
+    if (realpath(argv[1], main_conf_path) == NULL)
+        return die(argv[1], strerror(errno));
 
     static cfg c;
     char err[CFG_ERR_MAX];
-    if (cfg_load(argv[1], &c, err, sizeof(err)) != 0)
+    char conf_hash[65];
+    /* Read once: the children parse these bytes (spawn.h). */
+    if (spn_config_snapshot(main_conf_path, &main_conf_fd, &c, conf_hash, err, sizeof(err)) != 0)
         return die("configuration", err);
-    /* pin_credential: from here on pin_file names the credential's file (it must exist). */
+    /* pin_credential: checked here, before anything starts (the keeper resolves it too). */
     if (cfg_pin_path(&c, c.pin_file, sizeof(c.pin_file), err, sizeof(err)) != 0)
         return die("configuration", err);
 
@@ -725,21 +575,15 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    /* One appliance per data directory, whatever the model: a second one would run
-     * reconcile against the first one's keys in flight (destroying what it has generated
-     * but not yet recorded) and replace its keeper socket. Held for the process's life,
-     * and by the keeper and front too (inherited), so a new start waits for all three. */
+    /* One appliance per data directory: a second one would run reconcile against the
+     * first one's keys in flight (destroying what it has generated but not yet recorded)
+     * and replace its keeper socket. Held for the process's life, and by the keeper and
+     * front too (passed to them, spawn.h), so a new start waits for all three. */
     char lock_path[CFG_PATH_MAX + 8];
     snprintf(lock_path, sizeof(lock_path), "%s.lock", c.database);
-    int lock = open(lock_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (lock < 0 || flock(lock, LOCK_EX | LOCK_NB) != 0)
-        return die(lock_path,
-                   lock < 0 ? strerror(errno) : "another signd is running on this data directory");
-
-    if (strcmp(c.process_model, "single") == 0) {
-        if (c.softhsm2_conf[0] != '\0' && setenv("SOFTHSM2_CONF", c.softhsm2_conf, 1) != 0)
-            return die("configuration", "cannot set SOFTHSM2_CONF");
-        return run_single(&c, &sigs);
-    }
-    return run_split(&c, &sigs);
+    main_lock_fd = open(lock_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (main_lock_fd < 0 || flock(main_lock_fd, LOCK_EX | LOCK_NB) != 0)
+        return die(lock_path, main_lock_fd < 0 ? strerror(errno)
+                                               : "another signd is running on this data directory");
+    return main_supervise(&c, &sigs);
 }

@@ -2,9 +2,8 @@
 # `make bench`: the appliance over HTTPS against the raw token, measured side by side.
 #   - signed JWTs/s over HTTPS keep-alive (wrk, 2 threads, 64 connections) vs the raw
 #     2-thread C_SignInit+C_Sign loop on the same token, the ratio (bar >= 0.90), p50/p99;
-#   - the cost of the privilege separation: the same wrk JWT run against process_model =
-#     single (one process, the module loaded in it) right after the split one (the
-#     default), in the same round, and the ratio split / single (bar >= 0.95);
+#   - the cost of the privilege separation in CPU per token (front + keeper against the
+#     raw loop); the in-process comparison (process_model = single) left with issue 23;
 #   - the cost of per-signature auditing: the same wrk JWT run (split) with
 #     audit_every_signature = true (one "sign" event per token, group-committed before the
 #     response) right after the default run (signatures only counted), in the same round,
@@ -22,7 +21,7 @@
 #   - the edge: an HLS segment through nginx auth_request and signd-verify --serve, one
 #     cached token, against nginx serving it with no check, the ratio (goal >= 0.5) and
 #     p50/p99 (tests/bench/edge.py, an appliance, sidecar and nginx of its own).
-# Raw, split, split with subscribers, split with every signature audited, and single runs
+# Raw, split, split with subscribers, and split with every signature audited runs
 # alternate (their order reversed every other round), 3 rounds,
 # medians reported: the machine is shared and noisy. The configuration is put back to split
 # and audit_every_signature = false after each run that changed it (and on exit).
@@ -30,7 +29,7 @@
 #   BENCH_ROUNDS=3    rounds
 #   BENCH_ONLY=tokens only the issue-11 token measurements (mint revocable single-use vs
 #                     plain, redeem/s); with BENCH_SECONDS=3 BENCH_ROUNDS=1, a quick try
-#   BENCH_ONLY=jwt    only the raw loop, split and single (issues 3 and 5), a few minutes
+#   BENCH_ONLY=jwt    only the raw loop and split (issues 3 and 5), a few minutes
 #   BENCH_ONLY=edge   only the edge rows (issue 24), about a minute
 #   SIGND_BUILD=build the build directory (`make bench` passes $(BUILD)): its bin/ is run,
 #                     its bench/ holds the data directories and the table
@@ -86,8 +85,8 @@ stop() {
 	[ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
 	pid=
 }
-# process_model = split|single in the configuration (the line replaced, or added when the
-# data directory predates the setting).
+# process_model = split, the only model, in the configuration (the line replaced, or added
+# when the data directory predates the setting or still names single).
 set_model() {
 	sed -i -E '/^process_model = /d' "$conf"
 	echo "process_model = $1" >>"$conf"
@@ -276,15 +275,14 @@ if [ "$only" = tokens ]; then
 	exit 0
 fi
 
-raw_runs=() jwt_runs=() p50_runs=() p99_runs=() single_runs=()
-raw_cpu_runs=() cpu_wrk_runs=() cpu_front_runs=() cpu_keeper_runs=() cpu_single_runs=()
+raw_runs=() jwt_runs=() p50_runs=() p99_runs=()
+raw_cpu_runs=() cpu_wrk_runs=() cpu_front_runs=() cpu_keeper_runs=()
 every_runs=() every_p50_runs=() every_p99_runs=() sse_runs=()
 # CPU seconds (user + system, every thread) the appliance's process named $1 (keeper,
-# front: the supervisor's children; self: signd itself, the whole of single) has used so
-# far; 0 when there is none (keeper and front in single).
+# front: the supervisor's children) has used so far; 0 when there is none.
 proc_cpu() {
 	local p
-	if [ "$1" = self ]; then p=$pid; else p=$(pgrep -P "$pid" -x "$1" | head -1); fi
+	p=$(pgrep -P "$pid" -x "$1" | head -1)
 	if [ -z "$p" ]; then
 		echo 0
 		return
@@ -311,14 +309,13 @@ mint_wrk() {
 }
 # One wrk JWT run of a mode against a freshly started appliance: appends req/s (and p50/p99
 # where kept) to that mode's arrays. Modes: split (the default), sse (split with 200
-# event-stream subscribers connected), every (split with audit_every_signature), single.
+# event-stream subscribers connected), every (split with audit_every_signature).
 run_mode() {
 	local mode=$1 label out subs="" subs_out=""
 	case $mode in
 	split) label="split" ;;
 	sse) label="split, 200 subscribers" ;;
 	every) label="split, audit_every_signature"; set_audit_every true ;;
-	single) label="single"; set_model single ;;
 	esac
 	start
 	if [ "$mode" = sse ]; then
@@ -332,14 +329,12 @@ run_mode() {
 		done
 	fi
 	echo "bench: round $r/$rounds: POST /v1/tokens over HTTPS, $label, wrk -t2 -c64, ${secs}s" >&2
-	local k0 f0 s0 k1 f1 s1
+	local k0 f0 k1 f1
 	k0=$(proc_cpu keeper)
 	f0=$(proc_cpu front)
-	s0=$(proc_cpu self)
 	out=$(mint_wrk) || exit 1
 	k1=$(proc_cpu keeper)
 	f1=$(proc_cpu front)
-	s1=$(proc_cpu self)
 	if [ -n "$subs" ]; then
 		kill "$subs" 2>/dev/null
 		wait "$subs" 2>/dev/null || true
@@ -365,10 +360,6 @@ run_mode() {
 		;;
 	sse) sse_runs+=("$rps") ;;
 	every) every_runs+=("$rps"); every_p50_runs+=("$p50"); every_p99_runs+=("$p99") ;;
-	single)
-		single_runs+=("$rps")
-		cpu_single_runs+=("$(awk -v a="$s0" -v b="$s1" -v n="$n" 'BEGIN {printf "%.1f", (b - a) * 1e6 / n}')")
-		;;
 	esac
 }
 # Every other round runs the modes in reverse order: on this shared machine the position of
@@ -378,15 +369,15 @@ for r in $(seq "$rounds"); do
 	raw_out=$("$build/bin/bench-hsm" raw "$dir" 2 "$secs" "$kid")
 	raw_runs+=("$(echo "$raw_out" | awk '/^raw_sign_per_s:/ {print $2}')")
 	raw_cpu_runs+=("$(echo "$raw_out" | awk '/^raw_cpu_us_per_sig:/ {print $2}')")
-	if [ $((r % 2)) -eq 1 ]; then order="split sse every single"; else order="single every sse split"; fi
+	if [ $((r % 2)) -eq 1 ]; then order="split sse every"; else order="every sse split"; fi
 	if [ "$only" = jwt ]; then
-		if [ $((r % 2)) -eq 1 ]; then order="split single"; else order="single split"; fi
+		order="split"
 	fi
 	for mode in $order; do
 		run_mode "$mode"
 	done
 done
-medians raw jwt p50 p99 single every every_p50 every_p99 sse raw_cpu cpu_wrk cpu_front cpu_keeper cpu_single
+medians raw jwt p50 p99 every every_p50 every_p99 sse raw_cpu cpu_wrk cpu_front cpu_keeper
 # Where a token's CPU goes, and the most JWT / raw could be on this machine with this
 # client: both CPUs are shared by wrk, the front and the keeper, so with a front that cost
 # nothing and a keeper exactly as cheap as the raw loop, a token would still cost the raw
@@ -395,10 +386,6 @@ cpu_rows() {
 	echo "| CPU per token, split, in microseconds: wrk / front / keeper (raw loop: per signature) | $cpu_wrk / $cpu_front / $cpu_keeper ($raw_cpu) |"
 	awk -v r="$raw_cpu" -v w="$cpu_wrk" -v f="$cpu_front" -v k="$cpu_keeper" 'BEGIN {
 		printf "| JWT / raw from those CPU figures; ceiling with a front costing nothing and a keeper as cheap as the raw loop | %.3f; %.3f |\n", r / (w + f + k), r / (r + w) }'
-	# The cost of the split in CPU rather than throughput: less moved by what else the machine
-	# runs at the moment than req/s is.
-	awk -v s="$cpu_single" -v f="$cpu_front" -v k="$cpu_keeper" 'BEGIN {
-		printf "| CPU per token, single (us); single / (front + keeper), the cost of the split in CPU | %s; %.3f |\n", s, (f + k > 0) ? s / (f + k) : 0 }'
 }
 if [ "$only" = jwt ]; then
 	{
@@ -407,11 +394,9 @@ if [ "$only" = jwt ]; then
 		echo "| raw C_SignInit+C_Sign loop, 2 threads, same token (sig/s) | $raw |"
 		echo "| signed JWTs, wrk -t2 -c64, process_model = split (req/s) | $jwt |"
 		echo "| JWT latency p50 / p99, split (ms) | $p50 / $p99 |"
-		echo "| signed JWTs, same wrk, process_model = single (req/s) | $single |"
 		awk -v a="$jwt" -v b="$raw" 'BEGIN {printf "| ratio JWT / raw (bar >= 0.90) | %.3f %s |\n", a / b, (a / b >= 0.90) ? "pass" : "FAIL"}'
-		awk -v a="$jwt" -v b="$single" 'BEGIN {printf "| ratio split / single (bar >= 0.95) | %.3f %s |\n", a / b, (a / b >= 0.95) ? "pass" : "FAIL"}'
 		cpu_rows
-		echo "| runs raw / split / single | ${raw_runs[*]} / ${jwt_runs[*]} / ${single_runs[*]} |"
+		echo "| runs raw / split | ${raw_runs[*]} / ${jwt_runs[*]} |"
 	} | tee "$build/bench/jwt.txt"
 	exit 0
 fi
@@ -425,8 +410,6 @@ stop
 
 ratio=$(awk -v a="$jwt" -v b="$raw" 'BEGIN {printf "%.3f", a / b}')
 verdict=$(awk -v r="$ratio" 'BEGIN {print (r >= 0.90) ? "pass" : "FAIL"}')
-split_ratio=$(awk -v a="$jwt" -v b="$single" 'BEGIN {printf "%.3f", a / b}')
-split_verdict=$(awk -v r="$split_ratio" 'BEGIN {print (r >= 0.95) ? "pass" : "FAIL"}')
 every_ratio=$(awk -v a="$every" -v b="$jwt" 'BEGIN {printf "%.3f", a / b}')
 sse_ratio=$(awk -v a="$sse" -v b="$jwt" 'BEGIN {printf "%.3f", a / b}')
 sse_verdict=$(awk -v r="$sse_ratio" 'BEGIN {print (r >= 0.90) ? "pass" : "FAIL"}')
@@ -478,8 +461,6 @@ tokens_bench
 	echo "| ratio JWT / raw (bar >= 0.90) | $ratio $verdict |"
 	echo "| JWT latency p50 / p99 (ms) | $p50 / $p99 |"
 	cpu_rows
-	echo "| signed JWTs, same wrk, process_model = single (req/s) | $single |"
-	echo "| ratio split / single, the cost of the split (bar >= 0.95) | $split_ratio $split_verdict |"
 	echo "| signed JWTs, same wrk, split, audit_every_signature = true (req/s) | $every |"
 	echo "| JWT latency p50 / p99 with audit_every_signature (ms) | $every_p50 / $every_p99 |"
 	echo "| ratio per-signature audit / counts only, the cost of a sign event per token | $every_ratio |"
@@ -488,7 +469,7 @@ tokens_bench
 	echo "| revocation propagation, DELETE 200 -> subscribed verifier rejects, 100 revocations: p50 / p99 (ms; bar p99 <= 100) | $prop_p50 / $prop_p99 $prop_verdict |"
 	echo "| JWKS, 1,000 keys ($jwks_bytes bytes), 200 (req/s) | $j200 |"
 	echo "| JWKS, 1,000 keys, 304 on If-None-Match (req/s) | $j304 |"
-	echo "| runs raw / split / single / split with 200 subscribers | ${raw_runs[*]} / ${jwt_runs[*]} / ${single_runs[*]} / ${sse_runs[*]} |"
+	echo "| runs raw / split / split with 200 subscribers | ${raw_runs[*]} / ${jwt_runs[*]} / ${sse_runs[*]} |"
 	token_rows
 	echo "$edge_rows"
 } | tee "$build/bench/appliance.txt"

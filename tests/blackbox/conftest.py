@@ -2,7 +2,9 @@
 
 Each fixture makes its own data directory (token, PINs, certificate, credential,
 configuration) with provisioning/init-data-dir.sh, the same script `make run` uses, picks a
-free port at run time, starts build/bin/signd, and stops it by PID.
+free port at run time, starts build/testbin/signd (the supervisor, which executes the
+signd-keeper and signd-front next to it: the test build, with the SIGND_FAULT crash points),
+and stops it by PID.
 
 The suite runs in parallel (tests/run.sh: pytest-xdist, one file per worker): ports come
 from a range of the worker's own, and what changes the machine (system accounts) runs under
@@ -31,7 +33,9 @@ from procs import stop_process
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 # SIGND_BUILD=build/asan (make test-asan) runs the same tests against sanitized binaries.
 BUILD = os.environ.get("SIGND_BUILD", "build")
-SIGND = os.path.join(TOP, BUILD, "bin", "signd")
+# The test build of the three appliance programs (Makefile: -DSIGND_TEST_HOOKS); every
+# other program comes from BUILD/bin.
+SIGND = os.path.join(TOP, BUILD, "testbin", "signd")
 INIT = os.path.join(TOP, "provisioning", "init-data-dir.sh")
 
 
@@ -126,18 +130,20 @@ _SIGND_COPY = []
 
 def signd_for_any_user():
     """The signd binary as a path every account may execute: SIGND itself when not root;
-    as root, a copy in a root-owned directory of mode 0755 under the temporary directory
-    (made once per run), because the clone may sit in a directory only root may enter
-    (/root is 0700) and some tests start signd as an unprivileged user."""
+    as root, a copy (with signd-keeper and signd-front, which it executes from its own
+    directory) in a root-owned directory of mode 0755 under the temporary directory (made
+    once per run), because the clone may sit in a directory only root may enter (/root is
+    0700) and some tests start signd as an unprivileged user."""
     if os.geteuid() != 0:
         return SIGND
     if not _SIGND_COPY:
         d = tempfile.mkdtemp(prefix="signd-bin-")
         os.chmod(d, 0o755)
-        copy = os.path.join(d, "signd")
-        shutil.copy2(SIGND, copy)
-        os.chmod(copy, 0o755)
-        _SIGND_COPY.append(copy)
+        for name in ("signd", "signd-keeper", "signd-front"):
+            copy = os.path.join(d, name)
+            shutil.copy2(os.path.join(os.path.dirname(SIGND), name), copy)
+            os.chmod(copy, 0o755)
+        _SIGND_COPY.append(os.path.join(d, "signd"))
         atexit.register(shutil.rmtree, d, True)
     return _SIGND_COPY[0]
 
@@ -269,8 +275,8 @@ class Appliance:
             return f.read().decode(errors="replace")
 
     def children(self):
-        """{"keeper": pid, "front": pid} of the running appliance (process_model split;
-        {} for single), read from /proc: the supervisor's children by their names."""
+        """{"keeper": pid, "front": pid} of the running appliance, read from /proc: the
+        supervisor's children by their names (each program sets its comm)."""
         found = {}
         if self.proc is None:
             return found
@@ -290,7 +296,7 @@ class Appliance:
         return found
 
     def pids(self):
-        """Every process of the appliance: the supervisor (or the single process) first."""
+        """Every process of the appliance: the supervisor first."""
         return [self.proc.pid] + sorted(self.children().values())
 
     def wait_front_restarted(self, old_pid, timeout=60):
@@ -309,22 +315,16 @@ class Appliance:
 
     def crash_at(self, fault, request):
         """Restarts with the fault point armed (SIGND_FAULT), makes request() crash the
-        process that serves it, and waits until the appliance serves again. single: the
-        whole appliance died and is started again (without the fault); split: only the
-        front died and the supervisor restarted it (its reconcile ran; it still has the
-        fault armed, so callers restart before making another change)."""
+        process that serves it, and waits until the appliance serves again: only the front
+        died and the supervisor restarted it (its reconcile ran; it still has the fault
+        armed, so callers restart before making another change)."""
         self.restart(env_extra={"SIGND_FAULT": fault})
         front = self.children().get("front")
+        assert front is not None, "no front to crash"
         with pytest.raises(requests.exceptions.ConnectionError):
             request()
-        if front is None:
-            self.proc.wait(timeout=10)
-            assert self.proc.returncode == -9
-            self.stop()
-            self.start()
-        else:
-            self.wait_front_restarted(front)
-            assert self.proc.poll() is None, "the supervisor must outlive its front"
+        self.wait_front_restarted(front)
+        assert self.proc.poll() is None, "the supervisor must outlive its front"
 
     def stop(self, sig=signal.SIGTERM, timeout=20):
         if self.proc is None:

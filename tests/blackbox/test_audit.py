@@ -354,10 +354,8 @@ def test_signatures_are_counted_per_kid_and_per_credential(make_appliance):
     assert sum_counts(events(a, action="sign.counts", after=before)) == want
 
 
-@pytest.mark.parametrize("model", ["split", "single"])
-def test_start_records_the_configuration_hash_and_a_restart_records_the_stop(make_appliance,
-                                                                             model):
-    a = make_appliance({**FAST, "process_model": model})
+def test_start_records_the_configuration_hash_and_a_restart_records_the_stop(make_appliance):
+    a = make_appliance(FAST)
 
     def conf_sha256():
         with open(a.conf, "rb") as f:
@@ -365,7 +363,7 @@ def test_start_records_the_configuration_hash_and_a_restart_records_the_stop(mak
 
     [started] = events(a, action="appliance.started")
     assert started["actor"] == "system"
-    assert started["details"] == {"config_sha256": conf_sha256(), "process_model": model,
+    assert started["details"] == {"config_sha256": conf_sha256(), "process_model": "split",
                                   "active_keys": 0}
     a.create_key()
     a.stop()
@@ -798,10 +796,9 @@ def assert_no_change_without_its_event(a, tmp_path):
     return keys
 
 
-@pytest.mark.parametrize("model", ["split", "single"])
 def test_a_kill_between_generating_and_committing_a_key_leaves_no_event_and_a_whole_chain(
-        make_appliance, tmp_path, model):
-    a = make_appliance({**FAST, "process_model": model})
+        make_appliance, tmp_path):
+    a = make_appliance(FAST)
     kept = a.create_key(label="kept")["kid"]
     crash_and_recover(a, "after_generate",
                       lambda: a.post("/v1/keys", {"label": "never acknowledged"}))
@@ -820,9 +817,8 @@ def test_a_kill_between_generating_and_committing_a_key_leaves_no_event_and_a_wh
     assert [e for e in evs if e["action"] == "key.destroyed"] == []
 
 
-@pytest.mark.parametrize("model", ["split", "single"])
-def test_a_kill_after_a_revocation_commits_keeps_its_event(make_appliance, tmp_path, model):
-    a = make_appliance({**FAST, "process_model": model})
+def test_a_kill_after_a_revocation_commits_keeps_its_event(make_appliance, tmp_path):
+    a = make_appliance(FAST)
     victim = a.create_key(label="victim")["kid"]
     crash_and_recover(a, "after_revoke_commit",
                       lambda: a.delete("/v1/keys/" + victim, {"reason": "compromised"}))

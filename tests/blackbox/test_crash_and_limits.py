@@ -55,12 +55,8 @@ def test_thousand_active_keys_then_the_next_is_refused(make_appliance):
     assert reconcile_counts(a.read_log()) == (0, 0, 0)
 
 
-MODELS = ["split", "single"]
-
-
-@pytest.mark.parametrize("model", MODELS)
-def test_kill_between_generating_and_committing_leaves_no_orphan(make_appliance, model):
-    a = make_appliance({"process_model": model})
+def test_kill_between_generating_and_committing_leaves_no_orphan(make_appliance):
+    a = make_appliance()
     kept = a.create_key(label="kept")
     counts = crash_at(a, "after_generate",
                       lambda: a.post("/v1/keys", {"label": "never acknowledged"}))
@@ -72,9 +68,8 @@ def test_kill_between_generating_and_committing_leaves_no_orphan(make_appliance,
     assert a.post("/v1/keys/%s/sign" % kept["kid"], {"payload": "eA"}).status_code == 200
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_kill_between_committing_revocation_and_destroying_object(make_appliance, model):
-    a = make_appliance({"process_model": model})
+def test_kill_between_committing_revocation_and_destroying_object(make_appliance):
+    a = make_appliance()
     victim = a.create_key(label="victim")
     counts = crash_at(a, "after_revoke_commit",
                       lambda: a.delete("/v1/keys/" + victim["kid"], {"reason": "compromised"}))

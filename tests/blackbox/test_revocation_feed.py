@@ -374,9 +374,8 @@ def test_subscribers_past_the_bound_get_503_and_signing_keeps_its_threads(make_a
     assert ok
 
 
-@pytest.mark.parametrize("model", ["split", "single"])
-def test_appliance_stops_promptly_and_cleanly_with_subscribers_connected(make_appliance, model):
-    a = make_appliance({"process_model": model})
+def test_appliance_stops_promptly_and_cleanly_with_subscribers_connected(make_appliance):
+    a = make_appliance()
     streams = [Stream(a) for _ in range(5)]
     for s in streams:
         s.wait(lambda st: len(st.events) >= 1)
@@ -388,14 +387,13 @@ def test_appliance_stops_promptly_and_cleanly_with_subscribers_connected(make_ap
         s.close()
 
 
-@pytest.mark.parametrize("model", ["split", "single"])
-def test_every_thread_may_sign_so_subscriber_threads_never_cause_503(make_appliance, model):
+def test_every_thread_may_sign_so_subscriber_threads_never_cause_503(make_appliance):
     # CivetWeb runs worker_threads + events_max_subscribers threads, and any of them may
     # serve a request that signs: each needs a session (or keeper connection) of its own.
     # Keep-alive connections held open at once are served by distinct threads: eight of
     # them (of the ten threads, the fixture's own connection holds one) need eight
     # sessions, more than worker_threads + 4.
-    a = make_appliance({"process_model": model, "worker_threads": 2,
+    a = make_appliance({"worker_threads": 2,
                         "events_max_subscribers": 8})
     kid = a.create_key()["kid"]
     sessions = []

@@ -11,9 +11,6 @@ import time
 import pytest
 from jwcrypto import jwk, jwt
 
-MODELS = ["split", "single"]
-
-
 def b64u(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -160,10 +157,8 @@ def test_at_the_end_of_the_grace_the_old_kid_is_revoked_published_and_destroyed(
     assert state_of(a, old["kid"])["state"] == "revoked"
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_a_grace_that_ends_while_the_appliance_is_down_is_revoked_on_start(make_appliance,
-                                                                           model):
-    a = make_appliance({"process_model": model})
+def test_a_grace_that_ends_while_the_appliance_is_down_is_revoked_on_start(make_appliance):
+    a = make_appliance()
     old = a.create_key()
     new = rotated(a, old["kid"], grace_seconds=4)
     retire_at = new["predecessor_key"]["retire_at"]
@@ -183,10 +178,8 @@ def test_a_grace_that_ends_while_the_appliance_is_down_is_revoked_on_start(make_
     assert state_of(a, new["kid"])["state"] == "active"
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_a_restart_during_the_grace_keeps_the_key_retiring_until_its_retire_at(make_appliance,
-                                                                              model):
-    a = make_appliance({"process_model": model})
+def test_a_restart_during_the_grace_keeps_the_key_retiring_until_its_retire_at(make_appliance):
+    a = make_appliance()
     old = a.create_key()
     new = rotated(a, old["kid"], grace_seconds=10)
     retire_at = new["predecessor_key"]["retire_at"]

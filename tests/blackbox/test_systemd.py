@@ -104,13 +104,16 @@ def test_pin_is_read_from_the_systemd_credential(make_appliance, tmp_path):
     assert r.status_code == 200, r.text
 
 
-def test_pin_credential_works_in_the_single_process_model(make_appliance, tmp_path):
+def test_the_single_process_model_is_refused_in_one_line(make_appliance):
+    # process_model = single left production: the key still loads with split (every other
+    # test), and single stops the start with one line naming the setting.
     a = make_appliance({"process_model": "single"}, start=False)
-    creds = credential_dir(tmp_path, os.path.join(a.dir, "pin"), name="signd-pin")
-    os.unlink(os.path.join(a.dir, "pin"))
-    a.set_conf({"pin_credential": "signd-pin"})
-    a.start(env_extra={"CREDENTIALS_DIRECTORY": creds})
-    assert a.get("/readyz", auth=False).status_code == 200
+    rc, out, err = start_failing(a, {})
+    assert rc != 0
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "process_model" in lines[0] and "only split exists" in lines[0], err
 
 
 def test_missing_credential_is_one_line_and_a_failed_start(make_appliance, tmp_path):

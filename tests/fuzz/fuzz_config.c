@@ -58,8 +58,7 @@ static void check_accepted(const cfg *c)
           "default_key_bits");
     check(strcmp(c->tls_min_version, "1.2") == 0 || strcmp(c->tls_min_version, "1.3") == 0,
           "tls_min_version");
-    check(strcmp(c->process_model, "split") == 0 || strcmp(c->process_model, "single") == 0,
-          "process_model");
+    check(strcmp(c->process_model, "split") == 0, "process_model");
     check_path(c->pin_file, 0, "pin_file not resolved");
     check_path(c->tls_certificate, 0, "tls_certificate not resolved");
     check_path(c->tls_private_key, 0, "tls_private_key not resolved");

@@ -469,6 +469,13 @@ static void test_strings_are_checked(void **state)
                     "1: 'token' is longer than a token label");
     assert_rejected(fx, "token_issuer = h\xc3\xa9llo\n", "1: 'token_issuer' must be printable");
     assert_rejected(fx, "tls_min_version = 1.1\n", "1: 'tls_min_version' must be 1.2 or 1.3");
+    /* process_model: the key still loads with split, the only model left. */
+    assert_rejected(fx, "process_model = single\n", "1: 'process_model' must be split: only split");
+    assert_rejected(fx, "process_model = other\n", "1: 'process_model' must be split: only split");
+    char err[CFG_ERR_MAX];
+    assert_int_equal(
+        cfg_parse("process_model = split\n", 22, "a.conf", NULL, &fx->c, err, sizeof(err)), 0);
+    assert_string_equal(fx->c.process_model, "split");
     assert_rejected(fx, "user = Root\n", "1: 'user' must be a user name");
     assert_rejected(fx, "user = -x\n", "1: 'user' must be a user name");
     assert_rejected(fx, "keeper_user = Root\n", "1: 'keeper_user' must be a user name");

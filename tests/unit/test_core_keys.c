@@ -12,6 +12,7 @@
 #include "appliance/core/reconcile.h"
 #include "appliance/core/rotation.h"
 #include "jose/jose.h"
+#include "appliance/keeper/inproc.h"
 #include "tests/unit/testenv.h"
 
 #include <setjmp.h>

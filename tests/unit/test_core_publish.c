@@ -11,6 +11,7 @@
 #include "appliance/core/keys.h"
 #include "appliance/core/reconcile.h"
 #include "jose/jose.h"
+#include "appliance/keeper/inproc.h"
 #include "tests/unit/testenv.h"
 
 #include <setjmp.h>

@@ -29,6 +29,7 @@
 #include "appliance/front/tls.h"
 #include "civetweb.h"
 #include "tests/unit/testcert.h"
+#include "appliance/keeper/inproc.h"
 #include "tests/unit/testenv.h"
 
 #define ZERO_KID "00000000000000000000000000000000"

@@ -16,6 +16,7 @@
 
 #include "appliance/core/audit.h"
 #include "appliance/common/config.h"
+#include "appliance/keeper/inproc.h"
 #include "appliance/kproto/keeper.h"
 #include "appliance/kproto/kproto.h"
 #include "appliance/core/reconcile.h"

@@ -3,7 +3,7 @@
  * so nothing depends on the clock or on timing; the table's random hash seed is the only
  * chance, and no test depends on where a key lands.
  */
-#include "appliance/front/ratelimit.h"
+#include "appliance/common/ratelimit.h"
 
 #include <stdarg.h>
 #include <stddef.h>

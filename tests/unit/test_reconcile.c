@@ -1,5 +1,6 @@
 /* Unit tests of reconcile's deferred destroys (reconcile.h) on a real SoftHSM2 token,
  * in-process (kp_open), and against a keeper that is not there (kp_connect). */
+#include "appliance/keeper/inproc.h"
 #include "appliance/kproto/keeper.h"
 #include "appliance/core/reconcile.h"
 #include "tests/unit/testenv.h"

@@ -5,6 +5,7 @@
  * answers: from the front's side, exactly what a keeper whose module call never returns
  * (or a keeper stopped by SIGSTOP) looks like. The probe's ready case runs on a real
  * SoftHSM2 token in-process (kp_open) and a real registry file. */
+#include "appliance/keeper/inproc.h"
 #include "appliance/kproto/keeper.h"
 #include "appliance/core/probe.h"
 #include "appliance/store/registry.h"

@@ -1,9 +1,8 @@
 #!/usr/bin/python3
 """A scripted session with signd under valgrind memcheck (make valgrind).
 
-Starts signd (process_model split: the supervisor, the keeper and the front all run under
-memcheck; they are forked, not exec'd, and valgrind follows forks; --trace-children=yes
-would also follow an exec) on a fresh SoftHSM2 token, drives a realistic session over
+Starts signd (the supervisor, and signd-keeper and signd-front, which it forks and
+executes: all three run under memcheck, --trace-children=yes following the execs) on a fresh SoftHSM2 token, drives a realistic session over
 HTTPS (credentials, keys, raw signatures, JWTs, rotation, revocation, the feed, the event
 stream, the audit trail, refused requests), then stops it with SIGTERM and reads
 valgrind's log of every process. Fails (exit 1) on any invalid read or write, use of
@@ -32,7 +31,10 @@ VG_ERROR_EXIT = 99
 VALGRIND = [
     "valgrind", "--tool=memcheck", "--leak-check=full", "--show-leak-kinds=definite",
     "--errors-for-leak-kinds=definite", "--error-exitcode=%d" % VG_ERROR_EXIT,
-    "--trace-children=yes", "--child-silent-after-fork=no", "--track-origins=yes",
+    # A forked child runs a few lines and executes signd-keeper or signd-front, whose own
+    # memcheck then writes vg.PID.log as the child's account: the forked one, silent, must
+    # not have created that file first (as root), nor vgdb's files in /tmp (no gdbserver).
+    "--trace-children=yes", "--child-silent-after-fork=yes", "--vgdb=no", "--track-origins=yes",
     "--num-callers=30",
 ]
 # Under memcheck everything runs 20 to 50 times slower: generous bounds, never a bar.
@@ -217,6 +219,9 @@ def main():
     os.chmod(work, 0o711)
     data, logs = os.path.join(work, "data"), os.path.join(work, "vg")
     os.makedirs(logs)
+    # signd-keeper and signd-front are executed after their switch of accounts, so the
+    # memcheck that follows each exec opens its log as that account: sticky, writable by all.
+    os.chmod(logs, 0o1733)
     # Few threads (each one is slow to start under memcheck); checkpoints and flushes
     # often, so the audit key signs during the session; every signature audited.
     # The keeper's deadlines at their longest: memcheck's pace is not a stalled token (and

@@ -1,5 +1,5 @@
 /* rl: token buckets in a fixed set-associative table. See ratelimit.h. */
-#include "appliance/front/ratelimit.h"
+#include "appliance/common/ratelimit.h"
 
 #include <errno.h>
 #include <float.h>
