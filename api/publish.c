@@ -9,6 +9,7 @@
 #include "appliance/core/pubcache.h"
 #include "appliance/front/ratelimit.h"
 #include "jose/jose.h"
+#include "base/clock.h"
 
 #include <openssl/crypto.h>
 
@@ -403,7 +404,7 @@ static api_doc *api_signed_get(const api_env *env, api_signed *e, uint64_t key, 
         pe.has = e->doc != NULL && e->key == key; /* another key's copy answers nothing here */
         bool keeper_ok =
             now > api_keeper_failed_at && (api_in_flight == 0 || now - api_in_flight_at < 2);
-        uint64_t ns = rl_now_ns();
+        uint64_t ns = (uint64_t)clk_now_ns();
         const char *bk = API_BUDGET_KEY;
         bool budget_ok = rl_peek(api_budget, bk, strlen(bk), ns) == 0;
         pc_action a = pc_decide(&pe, version, now, api_resign_after(c), keeper_ok, budget_ok);
@@ -418,7 +419,7 @@ static api_doc *api_signed_get(const api_env *env, api_signed *e, uint64_t key, 
             continue;
         }
         if (a == PC_REFUSE_BUDGET) {
-            unsigned wait = rl_peek(api_budget, bk, strlen(bk), rl_now_ns());
+            unsigned wait = rl_peek(api_budget, bk, strlen(bk), (uint64_t)clk_now_ns());
             why->err = API_ERR_SIGNING_BUDGET_EXHAUSTED;
             why->retry_after = wait > 0 ? wait : 1;
             return NULL;

@@ -160,9 +160,6 @@ int ctl_usage(const char *cmd, const char *fmt, ...) __attribute__((format(print
 int ctl_parse_uint(const char *s, unsigned long long min, unsigned long long max,
                    unsigned long long *out);
 
-/* 1 when s is n lowercase hex characters. */
-bool ctl_is_hex(const char *s, size_t n);
-
 /* Unix seconds as "2026-11-23T16:40:00Z" into buf (at least 21 bytes). */
 void ctl_time(long long t, char *buf, size_t cap);
 

@@ -5,6 +5,7 @@
 
 #include "appliance/core/audit.h"
 #include "jose/jose.h"
+#include "base/hex.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -173,7 +174,7 @@ static int ctl_cred_create(ctl_ctx *ctx, int argc, char **argv)
             }
             memcpy(kid, p, n);
             kid[n] = '\0';
-            if (!ctl_is_hex(kid, CTL_KID_HEX)) {
+            if (!hex_string(kid, CTL_KID_HEX)) {
                 json_decref(arr);
                 json_decref(body);
                 return ctl_usage(cmd, "'%s' in --kids is not a kid (32 lowercase hex)", kid);
@@ -279,7 +280,7 @@ static int ctl_cred_revoke(ctl_ctx *ctx, int argc, char **argv)
     if (ctl_parse(ctx, "credentials revoke", ctl_credentials_help, argc, argv, NULL, pos, 1, &npos,
                   &rc) != 0)
         return rc;
-    if (npos != 1 || !ctl_is_hex(pos[0], CTL_CRED_ID_HEX))
+    if (npos != 1 || !hex_string(pos[0], CTL_CRED_ID_HEX))
         return ctl_usage("credentials revoke",
                          "give the credential's id (16 lowercase hex, as 'signdctl credentials "
                          "list' shows it)");
@@ -371,7 +372,7 @@ int ctl_cmd_token(ctl_ctx *ctx, int argc, char **argv)
     int rc, npos;
     if (ctl_parse(ctx, cmd, ctl_token_help, argc - 1, argv + 1, opts, NULL, 0, &npos, &rc) != 0)
         return rc;
-    if (kid != NULL && !ctl_is_hex(kid, CTL_KID_HEX))
+    if (kid != NULL && !hex_string(kid, CTL_KID_HEX))
         return ctl_usage(cmd, "--kid '%s' is not a kid (32 lowercase hex)", kid);
     unsigned long long ttl = 0, nbf = 0;
     if (ttl_s != NULL && ctl_parse_uint(ttl_s, 1, 31536000, &ttl) != 0)
@@ -474,7 +475,7 @@ int ctl_cmd_sign(ctl_ctx *ctx, int argc, char **argv)
     int rc, npos;
     if (ctl_parse(ctx, "sign", ctl_sign_help, argc, argv, opts, pos, 1, &npos, &rc) != 0)
         return rc;
-    if (npos != 1 || !ctl_is_hex(pos[0], CTL_KID_HEX))
+    if (npos != 1 || !hex_string(pos[0], CTL_KID_HEX))
         return ctl_usage("sign", "give the kid that signs (32 lowercase hex)");
     FILE *in = in_path == NULL || strcmp(in_path, "-") == 0 ? stdin : fopen(in_path, "rbe");
     if (in == NULL)
@@ -629,7 +630,7 @@ static int ctl_audit_verify(ctl_ctx *ctx, int argc, char **argv)
         const char *colon = strchr(anchor, ':');
         char seq[24];
         size_t sl = colon ? (size_t)(colon - anchor) : 0;
-        if (colon == NULL || sl == 0 || sl >= sizeof(seq) || !ctl_is_hex(colon + 1, AUDIT_HASH_HEX))
+        if (colon == NULL || sl == 0 || sl >= sizeof(seq) || !hex_string(colon + 1, AUDIT_HASH_HEX))
             return ctl_usage(cmd, "--anchor must be SEQ:HASH (a checkpoint's seq and its 64-hex "
                                   "hash)");
         memcpy(seq, anchor, sl);

@@ -2,6 +2,7 @@
  * header, bounded answers, and the one place where a failed request becomes an exit code
  * and a line a person can act on. See ctl.h. */
 #include "cli/ctl.h"
+#include "base/text.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -97,16 +98,13 @@ static int ctl_secret_check(ctl_ctx *ctx)
                 from);
         return CTL_EXIT_USAGE;
     }
-    for (size_t i = 0; i < ctx->secret_len; i++) {
-        unsigned char ch = (unsigned char)ctx->secret[i];
-        if (ch <= 0x20 || ch >= 0x7f) {
-            explicit_bzero(ctx->secret, sizeof(ctx->secret));
-            ctx->secret_len = 0;
-            ctl_err("credential %s holds a byte that is not printable ASCII; it must hold the "
-                    "secret alone, on one line",
-                    from);
-            return CTL_EXIT_USAGE;
-        }
+    if (!txt_visible(ctx->secret, ctx->secret_len)) {
+        explicit_bzero(ctx->secret, sizeof(ctx->secret));
+        ctx->secret_len = 0;
+        ctl_err("credential %s holds a byte that is not printable ASCII; it must hold the "
+                "secret alone, on one line",
+                from);
+        return CTL_EXIT_USAGE;
     }
     return CTL_EXIT_OK;
 }
@@ -378,23 +376,16 @@ static int ctl_transport_line(const ctl_conn *c, CURLcode rc, const char *ebuf, 
     }
 }
 
-/* Printable ASCII only: a server's message goes to a terminal. */
-static void ctl_copy_printable(char *dst, size_t cap, const char *src)
-{
-    size_t n = 0;
-    for (; src != NULL && *src != '\0' && n + 1 < cap; src++)
-        dst[n++] = ((unsigned char)*src >= 0x20 && (unsigned char)*src < 0x7f) ? *src : '?';
-    dst[n] = '\0';
-}
-
 /* A non-2xx answer: its code (from the API's error object) decides the exit code. */
 static int ctl_answer_line(ctl_resp *r, const char *what, char *line, size_t cap)
 {
     json_t *j = r->body ? json_loadb(r->body, r->len, 0, NULL) : NULL;
     json_t *err = json_object_get(j, "error");
-    ctl_copy_printable(r->code, sizeof(r->code), json_string_value(json_object_get(err, "code")));
-    ctl_copy_printable(r->message, sizeof(r->message),
-                       json_string_value(json_object_get(err, "message")));
+    /* Printable ASCII only: a server's message goes to a terminal. */
+    txt_copy_printable(r->code, sizeof(r->code), json_string_value(json_object_get(err, "code")),
+                       sizeof(r->code));
+    txt_copy_printable(r->message, sizeof(r->message),
+                       json_string_value(json_object_get(err, "message")), sizeof(r->message));
     json_decref(j);
     int rc;
     if (r->status == 401 || r->status == 403)

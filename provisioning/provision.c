@@ -15,6 +15,7 @@
 #include "appliance/kproto/keeper.h"
 #include "hsm/hsm.h"
 #include "provisioning/token.h"
+#include "base/hex.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -131,8 +132,7 @@ static int cmd_audit_verify(int argc, char **argv)
             errno = 0;
             unsigned long long seq = strtoull(a, &end, 10);
             if (colon == NULL || end != colon || errno || seq == 0 ||
-                strlen(colon + 1) != AUDIT_HASH_HEX ||
-                strspn(colon + 1, "0123456789abcdef") != AUDIT_HASH_HEX) {
+                !hex_string(colon + 1, AUDIT_HASH_HEX)) {
                 fprintf(stderr,
                         "--anchor must be SEQ:HASH (a checkpoint's seq and its 64-hex hash)\n");
                 return 2;

@@ -2,6 +2,7 @@
  * signed revocation feed. No network and no state here: every function may run in any
  * thread. See verifier.h for contracts. */
 #include "verifier/internal.h"
+#include "base/hex.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -156,12 +157,7 @@ static int feed_time(const json_t *o, const char *name, int64_t *out)
 /* Is kid exactly 32 lowercase hex characters? */
 static int feed_kid_ok(const char *kid, size_t len)
 {
-    if (kid == NULL || len != VFY_KID_LEN)
-        return 0;
-    for (size_t i = 0; i < len; i++)
-        if (!((kid[i] >= '0' && kid[i] <= '9') || (kid[i] >= 'a' && kid[i] <= 'f')))
-            return 0;
-    return 1;
+    return kid != NULL && len == VFY_KID_LEN && hex_digits(kid, len);
 }
 
 static int feed_seq_cmp(const void *a, const void *b)

@@ -176,7 +176,6 @@ struct vfy {
 
 /* net.c */
 void vfy_net_init(void);
-int64_t vfy_mono_ms(void);
 /* A new easy handle with the TLS policy (https only, TLS 1.2+, peer and host verified
  * against cfg.cacert), no redirects, no signals; NULL when out of memory. */
 CURL *vfy_curl_new(vfy *v);

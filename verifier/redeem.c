@@ -4,6 +4,7 @@
  * only into the one request header that carries it, and every copy is wiped. See
  * verifier.h for contracts. */
 #include "verifier/internal.h"
+#include "base/text.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -79,9 +80,8 @@ vfy_err vfy_secret_load(vfy *v, const char *path, char *err, size_t errlen)
         n--;
     if (why == NULL && n == 0)
         why = "is empty";
-    for (size_t i = 0; why == NULL && i < n; i++)
-        if ((unsigned char)v->secret[i] <= 0x20 || (unsigned char)v->secret[i] >= 0x7f)
-            why = "holds a byte that is not printable ASCII (it must hold the secret alone)";
+    if (why == NULL && !txt_visible(v->secret, n))
+        why = "holds a byte that is not printable ASCII (it must hold the secret alone)";
     if (why != NULL) {
         explicit_bzero(v->secret, sizeof(v->secret));
         v->secret_len = 0;

@@ -6,6 +6,8 @@
  * bounds, extra check and one-line documentation.
  */
 #include "appliance/common/config.h"
+#include "base/hex.h"
+#include "base/text.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -235,10 +237,7 @@ static const char *cfg_check_key_bits(const char *text, unsigned num)
 static const char *cfg_check_printable(const char *text, unsigned num)
 {
     (void)num;
-    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
-        if (*p < 0x20 || *p > 0x7e)
-            return "must be printable ASCII";
-    return NULL;
+    return txt_printable_str(text) ? NULL : "must be printable ASCII";
 }
 
 int cfg_origin_ok(const char *s)
@@ -841,7 +840,6 @@ int cfg_pin_path(const cfg *c, char *out, size_t outlen, char *err, size_t errle
 
 void cfg_sha256_hex(const char *path, char out[65])
 {
-    static const char hex[] = "0123456789abcdef";
     unsigned char md[EVP_MAX_MD_SIZE], buf[8192];
     unsigned int mdlen = 0;
     out[0] = '\0';
@@ -867,9 +865,5 @@ void cfg_sha256_hex(const char *path, char out[65])
     close(fd);
     if (!ok)
         return;
-    for (unsigned i = 0; i < 32; i++) {
-        out[2 * i] = hex[md[i] >> 4];
-        out[2 * i + 1] = hex[md[i] & 15];
-    }
-    out[64] = '\0';
+    hex_encode(md, 32, out);
 }

@@ -4,6 +4,8 @@
 #include "appliance/common/config.h"
 #include "appliance/common/jlog.h"
 #include "jose/jose.h"
+#include "base/hex.h"
+#include "base/clock.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -103,8 +105,8 @@ int audit_chain_hash(const char *prev_hex, uint64_t seq, int64_t time, const cha
     uint8_t prev[32], md[32];
     unsigned int mdlen = 0;
     if (prev_hex == NULL || strlen(prev_hex) != AUDIT_HASH_HEX ||
-        jose_hex_decode(prev_hex, AUDIT_HASH_HEX, prev, 32) != 0 || actor == NULL ||
-        action == NULL || kid == NULL || !json_is_object(details))
+        hex_decode(prev_hex, AUDIT_HASH_HEX, prev, 32) != 0 || actor == NULL || action == NULL ||
+        kid == NULL || !json_is_object(details))
         return -1;
     char *canonical = audit_canonical(seq, time, actor, action, kid, details);
     if (canonical == NULL)
@@ -118,7 +120,7 @@ int audit_chain_hash(const char *prev_hex, uint64_t seq, int64_t time, const cha
     free(canonical);
     if (!ok)
         return -1;
-    jose_hex_encode(md, 32, out);
+    hex_encode(md, 32, out);
     return 0;
 }
 
@@ -276,8 +278,8 @@ struct audit {
     int stop;
     pthread_t thread;
 
-    uint64_t last_cp_seq; /* seq of the last checkpoint */
-    struct timespec last_cp, last_flush;
+    uint64_t last_cp_seq;        /* seq of the last checkpoint */
+    int64_t last_cp, last_flush; /* clk_now_ms */
 };
 
 static int audit_exec(sqlite3 *db, const char *sql)
@@ -288,13 +290,6 @@ static int audit_exec(sqlite3 *db, const char *sql)
 static int64_t audit_now(void)
 {
     return (int64_t)time(NULL);
-}
-
-static double audit_since(const struct timespec *t)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) / 1e9;
 }
 
 /* Commits the pending events (and the counts when with_counts) in one transaction. */
@@ -397,7 +392,7 @@ int audit_checkpoint(audit *a)
     }
     if (rc == 0) {
         a->last_cp_seq = seq;
-        clock_gettime(CLOCK_MONOTONIC, &a->last_cp);
+        a->last_cp = clk_now_ms();
     } else {
         fprintf(stderr, "signd: audit: checkpoint at seq %" PRIu64 " failed (%s)\n", seq,
                 st == SK_OK ? "storage" : sk_status_name(st));
@@ -490,22 +485,20 @@ static void *audit_main(void *arg)
         for (size_t i = 0; i < a->n_q && !has_tickets; i++)
             has_tickets = a->q[i].ticket != 0;
         if (!has_tickets && !a->stop) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += 1;
+            struct timespec until = clk_deadline(1000);
             pthread_cond_timedwait(&a->wake, &a->mu, &until);
         }
         int stop = a->stop;
         pthread_mutex_unlock(&a->mu);
 
         audit_flush(a, 0); /* signature events: group commit, now */
-        if (stop || audit_since(&a->last_flush) >= a->o.flush_seconds) {
+        if (stop || clk_ms_since(a->last_flush) >= (int64_t)a->o.flush_seconds * 1000) {
             audit_flush(a, 1);
-            clock_gettime(CLOCK_MONOTONIC, &a->last_flush);
+            a->last_flush = clk_now_ms();
         }
         uint64_t pending = audit_unsigned(a);
         if (pending > 0 && (stop || pending >= a->o.checkpoint_events ||
-                            audit_since(&a->last_cp) >= a->o.checkpoint_seconds))
+                            clk_ms_since(a->last_cp) >= (int64_t)a->o.checkpoint_seconds * 1000))
             audit_checkpoint(a);
         if (stop)
             break;
@@ -551,11 +544,11 @@ int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, 
             a->last_cp_seq = (uint64_t)sqlite3_column_int64(s, 0);
         sqlite3_finalize(s);
     }
-    clock_gettime(CLOCK_MONOTONIC, &a->last_cp);
+    a->last_cp = clk_now_ms();
     a->last_flush = a->last_cp;
     pthread_mutex_init(&a->db_mu, NULL);
     pthread_mutex_init(&a->mu, NULL);
-    pthread_cond_init(&a->wake, NULL);
+    clk_cond_init(&a->wake);
     pthread_cond_init(&a->done, NULL);
     a->by_kid = json_object();
     a->by_cred = json_object();
@@ -680,7 +673,7 @@ int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const vo
     unsigned int mdlen = 0;
     if (EVP_Digest(msg, len, md, &mdlen, EVP_sha256(), NULL) != 1)
         return -1;
-    jose_hex_encode(md, 32, digest);
+    hex_encode(md, 32, digest);
     audit_pending p;
     memset(&p, 0, sizeof(p));
     snprintf(p.action, sizeof(p.action), "%s", AUDIT_SIGN);

@@ -5,6 +5,8 @@
 #include "appliance/store/db.h"
 
 #include "jose/jose.h"
+#include "base/hex.h"
+#include "base/text.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -116,7 +118,7 @@ static cred_status cred_fail_sql(const cred_store *cs, const char *what)
 static int cred_id_parse(const char *s, size_t len, uint64_t *key)
 {
     uint8_t b[CRED_ID_LEN / 2];
-    if (jose_hex_decode(s, len, b, sizeof(b)) != 0)
+    if (hex_decode(s, len, b, sizeof(b)) != 0)
         return -1;
     uint64_t v = 0;
     for (size_t i = 0; i < sizeof(b); i++)
@@ -149,12 +151,7 @@ static int cred_text_ok(const char *text, size_t max)
     if (text == NULL)
         return 1;
     size_t n = strnlen(text, max + 1);
-    if (n > max)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (text[i] < 0x20 || text[i] > 0x7e)
-            return 0;
-    return 1;
+    return n <= max && txt_printable(text, n);
 }
 
 static int cred_label_ok(const char *label)
@@ -194,7 +191,7 @@ static int cred_kids_parse(const char *s, size_t len, cred_record *rec)
         const char *p = s + i * (CRED_KID_HEX + 1);
         if (i + 1 < n && p[CRED_KID_HEX] != ',')
             return -1;
-        if (jose_hex_decode(p, CRED_KID_HEX, rec->kids[i].b, SK_KID_LEN) != 0)
+        if (sk_kid_parse_n(p, CRED_KID_HEX, &rec->kids[i]) != 0)
             return -1;
     }
     rec->n_kids = n;
@@ -388,8 +385,8 @@ static cred_status cred_load_row(cred_store *cs, sqlite3_stmt *s, cred_row *row)
     if (db_col_text(s, 9, rec->client_subject, sizeof(rec->client_subject)) != 0 ||
         !cred_subject_ok(rec->client_subject))
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: client_subject invalid", rec->id);
-    if (jose_hex_decode((const char *)sqlite3_column_text(s, 3), (size_t)sqlite3_column_bytes(s, 3),
-                        row->hash, CRED_HASH_LEN) != 0)
+    if (hex_decode((const char *)sqlite3_column_text(s, 3), (size_t)sqlite3_column_bytes(s, 3),
+                   row->hash, CRED_HASH_LEN) != 0)
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: secret hash is not 64 hex digits",
                          rec->id);
     sqlite3_int64 all = sqlite3_column_int64(s, 4);
@@ -561,7 +558,7 @@ static cred_status cred_mint(cred_store *cs, char secret[CRED_SECRET_MAX], cred_
     } while (cred_find(cs, row->key) >= 0);
     if (st == CRED_OK) {
         memcpy(secret, CRED_PREFIX, CRED_PREFIX_LEN);
-        jose_hex_encode(rnd, CRED_ID_BYTES, secret + CRED_ID_POS);
+        hex_encode(rnd, CRED_ID_BYTES, secret + CRED_ID_POS);
         secret[CRED_SEP_POS] = '_';
         if (jose_b64url_encode(rnd + CRED_ID_BYTES, CRED_RANDOM_BYTES, secret + CRED_RAND_POS,
                                CRED_SECRET_MAX - CRED_RAND_POS) != CRED_RANDOM_B64)
@@ -581,7 +578,7 @@ static cred_status cred_sql_insert(cred_store *cs, const cred_row *row)
 {
     char hash[CRED_HASH_HEX + 1];
     char kids[CRED_KIDS_TEXT_MAX];
-    jose_hex_encode(row->hash, CRED_HASH_LEN, hash);
+    hex_encode(row->hash, CRED_HASH_LEN, hash);
     cred_kids_text(&row->rec, kids);
     sqlite3_stmt *s;
     cred_status st = cred_prepare(cs,

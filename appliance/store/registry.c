@@ -3,6 +3,7 @@
 
 #include "appliance/core/audit.h"
 #include "appliance/store/db.h"
+#include "base/clock.h"
 
 #include <sqlite3.h>
 
@@ -138,14 +139,6 @@ static reg_status reg_fail(const char *path, reg_status st, const char *fmt, ...
 static reg_status reg_fail_sql(const reg *r, const char *what)
 {
     return reg_fail(r->path, REG_ERR_IO, "%s: %s", what, sqlite3_errmsg(r->db));
-}
-
-/* ---- kid <-> hex, the form kids take in SQL: sk_kid_hex and sk_kid_parse -------------- */
-
-/* Exactly 32 lowercase hex digits: 0, else -1. */
-static int reg_unhex(const char *s, size_t len, sk_kid *kid)
-{
-    return len == REG_KID_HEX ? sk_kid_parse(s, kid) : -1;
 }
 
 /* ---- the mirror: hash index, order, newest --------------------------------------------- */
@@ -516,8 +509,8 @@ static int reg_col_kid(sqlite3_stmt *s, int col, int *has, sk_kid *kid)
     *has = sqlite3_column_type(s, col) != SQLITE_NULL;
     if (!*has)
         return 0;
-    return reg_unhex((const char *)sqlite3_column_text(s, col),
-                     (size_t)sqlite3_column_bytes(s, col), kid);
+    return sk_kid_parse_n((const char *)sqlite3_column_text(s, col),
+                          (size_t)sqlite3_column_bytes(s, col), kid);
 }
 
 /* One row of the keys LEFT JOIN revocations query into *row; REG_ERR_IO names what is
@@ -527,7 +520,7 @@ static reg_status reg_load_key(reg *r, sqlite3_stmt *s, reg_row *row)
     memset(row, 0, sizeof(*row));
     row->id = sqlite3_column_int64(s, 0);
     const char *kid = (const char *)sqlite3_column_text(s, 1);
-    if (reg_unhex(kid, (size_t)sqlite3_column_bytes(s, 1), &row->k.kid) != 0)
+    if (sk_kid_parse_n(kid, (size_t)sqlite3_column_bytes(s, 1), &row->k.kid) != 0)
         return reg_fail(r->path, REG_ERR_IO, "key id %lld: kid is not 32 lowercase hex digits",
                         (long long)row->id);
     const char *state = (const char *)sqlite3_column_text(s, 2);
@@ -623,8 +616,8 @@ static reg_status reg_load_revocations(reg *r)
         memset(v, 0, sizeof(*v));
         v->seq = (uint64_t)sqlite3_column_int64(s, 0);
         v->revoked_at = sqlite3_column_int64(s, 2);
-        if (reg_unhex((const char *)sqlite3_column_text(s, 1), (size_t)sqlite3_column_bytes(s, 1),
-                      &v->kid) != 0 ||
+        if (sk_kid_parse_n((const char *)sqlite3_column_text(s, 1),
+                           (size_t)sqlite3_column_bytes(s, 1), &v->kid) != 0 ||
             db_col_text(s, 3, v->reason, sizeof(v->reason)) != 0 || v->seq == 0)
             st = reg_fail(r->path, REG_ERR_IO, "revocation %llu: bad kid, reason or seq",
                           (unsigned long long)v->seq);
@@ -718,11 +711,7 @@ reg_status reg_open(const char *path, unsigned max_active, reg **out)
     atomic_init(&r->pokes, 0);
     pthread_mutex_init(&r->write_mu, NULL);
     pthread_mutex_init(&r->change_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&r->change_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    clk_cond_init(&r->change_cv);
     /* Writer-preferring: with glibc's default, thousands of signatures a second reading the
      * mirror could starve a revocation's write lock. No reader re-locks, so nonrecursive. */
     pthread_rwlockattr_t ra;
@@ -1536,14 +1525,7 @@ void reg_poke(reg *r)
 
 uint64_t reg_wait_change(reg *r, uint64_t seen, unsigned timeout_ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = clk_deadline(timeout_ms);
     pthread_mutex_lock(&r->change_mu);
     uint64_t gen, pokes = atomic_load_explicit(&r->pokes, memory_order_acquire);
     while ((gen = reg_generation(r)) == seen &&

@@ -5,6 +5,7 @@
 #include "appliance/store/db.h"
 #include "base/signkey.h"
 #include "jose/jose.h"
+#include "base/hex.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -897,7 +898,7 @@ tks_status tks_jti_make(tks *t, tks_index ix, const char *owner_hex, char out[TK
         b[4 + i] = (uint8_t)(ix.idx >> (24 - 8 * i));
     }
     if (owner_hex != NULL && owner_hex[0] != '\0' &&
-        jose_hex_decode(owner_hex, strlen(owner_hex), b + 8, TKS_OWNER_BYTES) != 0)
+        hex_decode(owner_hex, strlen(owner_hex), b + 8, TKS_OWNER_BYTES) != 0)
         return TKS_ERR_INVALID;
     tks_jti_mac(t, b, tks_epoch(t, ix.list), b + TKS_JTI_BODY);
     out[0] = TKS_JTI_REVOCABLE_PREFIX;
