@@ -7,6 +7,8 @@
 #include "jose/jose.h"
 #include "base/hex.h"
 #include "base/text.h"
+#include "base/errbuf.h"
+#include "base/names.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -95,14 +97,10 @@ static cred_status cred_fail(const char *path, cred_status st, const char *fmt, 
 /* Records a failure for cred_last_error() and stderr, naming the file; returns st. */
 static cred_status cred_fail(const char *path, cred_status st, const char *fmt, ...)
 {
-    int n = snprintf(cred_errbuf, sizeof(cred_errbuf), "credentials %s: ", path ? path : "(null)");
-    if (n >= 0 && (size_t)n < sizeof(cred_errbuf)) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(cred_errbuf + n, sizeof(cred_errbuf) - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    fprintf(stderr, "signd: %s\n", cred_errbuf);
+    va_list ap;
+    va_start(ap, fmt);
+    eb_vset(cred_errbuf, sizeof(cred_errbuf), "credentials", path, fmt, ap);
+    va_end(ap);
     return st;
 }
 
@@ -496,29 +494,21 @@ void cred_close(cred_store *cs)
 
 const char *cred_role_name(cred_role r)
 {
-    if ((unsigned)r >= CRED_ROLE_COUNT_)
-        return "unknown";
-    return cred_role_names[r];
+    return nm_name(cred_role_names, CRED_ROLE_COUNT_, (unsigned)r, "unknown");
 }
 
 int cred_role_parse(const char *s, cred_role *out)
 {
-    if (s == NULL)
+    int i = nm_find(cred_role_names, CRED_ROLE_COUNT_, s);
+    if (i < 0)
         return -1;
-    for (int i = 0; i < CRED_ROLE_COUNT_; i++) {
-        if (strcmp(s, cred_role_names[i]) == 0) {
-            *out = (cred_role)i;
-            return 0;
-        }
-    }
-    return -1;
+    *out = (cred_role)i;
+    return 0;
 }
 
 const char *cred_strerror(cred_status st)
 {
-    if ((unsigned)st >= CRED_ERR_COUNT_)
-        return "unknown credentials status";
-    return cred_status_names[st];
+    return nm_name(cred_status_names, CRED_ERR_COUNT_, (unsigned)st, "unknown credentials status");
 }
 
 const char *cred_last_error(void)

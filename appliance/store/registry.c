@@ -4,6 +4,8 @@
 #include "appliance/core/audit.h"
 #include "appliance/store/db.h"
 #include "base/clock.h"
+#include "base/errbuf.h"
+#include "base/names.h"
 
 #include <sqlite3.h>
 
@@ -124,14 +126,10 @@ static reg_status reg_fail(const char *path, reg_status st, const char *fmt, ...
 /* Records a failure for reg_last_error() and stderr, naming the file; returns st. */
 static reg_status reg_fail(const char *path, reg_status st, const char *fmt, ...)
 {
-    int n = snprintf(reg_errbuf, sizeof(reg_errbuf), "registry %s: ", path ? path : "(null)");
-    if (n >= 0 && (size_t)n < sizeof(reg_errbuf)) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(reg_errbuf + n, sizeof(reg_errbuf) - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    fprintf(stderr, "signd: %s\n", reg_errbuf);
+    va_list ap;
+    va_start(ap, fmt);
+    eb_vset(reg_errbuf, sizeof(reg_errbuf), "registry", path, fmt, ap);
+    va_end(ap);
     return st;
 }
 
@@ -768,29 +766,21 @@ void reg_close(reg *r)
 
 const char *reg_state_name(reg_state s)
 {
-    if ((unsigned)s >= REG_STATE_COUNT_)
-        return "unknown";
-    return reg_state_names[s];
+    return nm_name(reg_state_names, REG_STATE_COUNT_, (unsigned)s, "unknown");
 }
 
 int reg_state_parse(const char *s, reg_state *out)
 {
-    if (s == NULL)
+    int i = nm_find(reg_state_names, REG_STATE_COUNT_, s);
+    if (i < 0)
         return -1;
-    for (int i = 0; i < REG_STATE_COUNT_; i++) {
-        if (strcmp(s, reg_state_names[i]) == 0) {
-            *out = (reg_state)i;
-            return 0;
-        }
-    }
-    return -1;
+    *out = (reg_state)i;
+    return 0;
 }
 
 const char *reg_strerror(reg_status st)
 {
-    if ((unsigned)st >= REG_ERR_COUNT_)
-        return "unknown registry status";
-    return reg_status_names[st];
+    return nm_name(reg_status_names, REG_ERR_COUNT_, (unsigned)st, "unknown registry status");
 }
 
 const char *reg_last_error(void)

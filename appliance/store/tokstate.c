@@ -6,6 +6,7 @@
 #include "base/signkey.h"
 #include "jose/jose.h"
 #include "base/hex.h"
+#include "base/errbuf.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -119,14 +120,10 @@ static tks_status tks_fail(const char *path, tks_status st, const char *fmt, ...
 /* Records a failure for tks_last_error() and stderr, naming the file; returns st. */
 static tks_status tks_fail(const char *path, tks_status st, const char *fmt, ...)
 {
-    int n = snprintf(tks_errbuf, sizeof(tks_errbuf), "token state %s: ", path ? path : "(null)");
-    if (n >= 0 && (size_t)n < sizeof(tks_errbuf)) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(tks_errbuf + n, sizeof(tks_errbuf) - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    fprintf(stderr, "signd: %s\n", tks_errbuf);
+    va_list ap;
+    va_start(ap, fmt);
+    eb_vset(tks_errbuf, sizeof(tks_errbuf), "token state", path, fmt, ap);
+    va_end(ap);
     return st;
 }
 

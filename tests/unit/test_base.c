@@ -1,11 +1,12 @@
 /*
  * test_base: the small primitives every layer shares (base/): hex, kids, printable text,
- * the monotonic clock and the stores' error buffer. Pure functions but the clock, which
- * is read for real (no test depends on how long a step takes, only on its order).
+ * the monotonic clock, the stores' error buffer and name tables. Pure functions but the clock,
+ * which is read for real (no test depends on how long a step takes, only on its order).
  */
 #include "base/clock.h"
 #include "base/errbuf.h"
 #include "base/hex.h"
+#include "base/names.h"
 #include "base/signkey.h"
 #include "base/text.h"
 
@@ -233,6 +234,24 @@ static void test_errbuf_names_the_store_and_the_file_and_truncates(void **state)
     assert_memory_equal(small, "registry /a/ver", 15);
 }
 
+/* ---- name tables ------------------------------------------------------------------------ */
+
+static void test_names_look_up_both_ways_within_the_table(void **state)
+{
+    (void)state;
+    static const char *const names[3] = {"active", "retiring", "revoked"};
+    assert_string_equal(nm_name(names, 3, 0, "unknown"), "active");
+    assert_string_equal(nm_name(names, 3, 2, "unknown"), "revoked");
+    assert_string_equal(nm_name(names, 3, 3, "unknown"), "unknown");
+    assert_string_equal(nm_name(names, 3, (unsigned)-1, "unknown"), "unknown");
+    assert_int_equal(nm_find(names, 3, "retiring"), 1);
+    assert_int_equal(nm_find(names, 3, "Retiring"), -1);
+    assert_int_equal(nm_find(names, 3, "retiring "), -1);
+    assert_int_equal(nm_find(names, 3, ""), -1);
+    assert_int_equal(nm_find(names, 3, NULL), -1);
+    assert_int_equal(nm_find(names, 2, "revoked"), -1); /* outside the bound given */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -247,6 +266,7 @@ int main(void)
         cmocka_unit_test(test_deadline_is_normalised_and_never_in_the_past),
         cmocka_unit_test(test_cond_waits_on_the_monotonic_clock),
         cmocka_unit_test(test_errbuf_names_the_store_and_the_file_and_truncates),
+        cmocka_unit_test(test_names_look_up_both_ways_within_the_table),
     };
     return cmocka_run_group_tests_name("base", tests, NULL, NULL);
 }
