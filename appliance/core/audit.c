@@ -6,6 +6,7 @@
 #include "jose/jose.h"
 #include "base/hex.h"
 #include "base/clock.h"
+#include "appliance/store/db.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -525,14 +526,15 @@ int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, 
         a->o.checkpoint_events = 1;
     if (a->o.checkpoint_seconds == 0)
         a->o.checkpoint_seconds = 1;
-    if (sqlite3_open_v2(db_path, &a->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, NULL) !=
-            SQLITE_OK ||
-        sqlite3_busy_timeout(a->db, AUDIT_BUSY_MS) != SQLITE_OK ||
-        audit_exec(a->db, "PRAGMA journal_mode=WAL") != 0 ||
-        audit_exec(a->db, "PRAGMA synchronous=FULL") != 0 ||
-        audit_schema(a->db, err, errlen) != 0) {
+    char derr[256];
+    if (db_open(db_path, AUDIT_BUSY_MS, &a->db, derr, sizeof(derr)) != 0) {
+        cfg_errorf(err, errlen, "%s: %s", db_path, derr);
+        free(a);
+        return -1;
+    }
+    if (audit_schema(a->db, err, errlen) != 0) {
         if (err && errlen && err[0] == '\0')
-            cfg_errorf(err, errlen, "%s: %s", db_path, a->db ? sqlite3_errmsg(a->db) : "?");
+            cfg_errorf(err, errlen, "%s: %s", db_path, sqlite3_errmsg(a->db));
         sqlite3_close(a->db);
         free(a);
         return -1;
@@ -703,13 +705,8 @@ int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const vo
 static sqlite3 *audit_open_ro(const char *path)
 {
     sqlite3 *db = NULL;
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL) !=
-        SQLITE_OK) {
-        sqlite3_close(db);
-        return NULL;
-    }
-    sqlite3_busy_timeout(db, AUDIT_BUSY_MS);
-    return db;
+    char err[256];
+    return db_open_ro(path, AUDIT_BUSY_MS, &db, err, sizeof(err)) == 0 ? db : NULL;
 }
 
 static json_t *audit_row_json(sqlite3_stmt *s)

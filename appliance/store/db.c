@@ -131,6 +131,45 @@ static int db_pragmas(sqlite3 *db, int busy_timeout_ms, char *err, size_t errlen
     return ret == 0 ? db_exec(db, "PRAGMA synchronous=FULL", "set pragmas", err, errlen) : -1;
 }
 
+int db_open_ro(const char *path, int busy_timeout_ms, sqlite3 **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (path == NULL || path[0] == '\0' || strlen(path) >= PATH_MAX) {
+        snprintf(err, errlen, "path missing or too long");
+        return -1;
+    }
+    /* SQLITE_OPEN_NOFOLLOW refuses a symlink too; this also refuses a directory, a FIFO or
+     * a device with a message naming the problem, and a missing file (never created). */
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "open read-only: %s", strerror(errno));
+        return -1;
+    }
+    struct stat sb;
+    int regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
+    close(fd);
+    if (!regular) {
+        snprintf(err, errlen, "not a regular file");
+        return -1;
+    }
+    sqlite3 *db = NULL;
+    int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX;
+    int rc = sqlite3_open_v2(path, &db, flags, NULL) == SQLITE_OK
+                 ? 0
+                 : db_fail(db, "open read-only", err, errlen);
+    if (rc == 0)
+        sqlite3_extended_result_codes(db, 1);
+    if (rc == 0 &&
+        sqlite3_busy_handler(db, db_busy, (void *)(intptr_t)busy_timeout_ms) != SQLITE_OK)
+        rc = db_fail(db, "set busy timeout", err, errlen);
+    if (rc != 0) {
+        sqlite3_close(db);
+        return -1;
+    }
+    *out = db;
+    return 0;
+}
+
 int db_open(const char *path, int busy_timeout_ms, sqlite3 **out, char *err, size_t errlen)
 {
     *out = NULL;

@@ -10,7 +10,6 @@
 #include <sqlite3.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -19,7 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define REG_ERR_MSG_MAX 1024
@@ -1566,34 +1564,19 @@ reg_status reg_reader_open(const char *path, reg_reader **out)
         return reg_fail(path, REG_ERR_INVALID, "path missing or too long");
     reg_errbuf[0] = '\0';
 
-    /* SQLITE_OPEN_NOFOLLOW refuses a symlink too; this also refuses a directory, a FIFO or
-     * a device with a message naming the problem, and a missing file (never created). */
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return reg_fail(path, REG_ERR_IO, "open read-only: %s", strerror(errno));
-    struct stat sb;
-    int regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
-    close(fd);
-    if (!regular)
-        return reg_fail(path, REG_ERR_IO, "not a regular file");
-
+    char err[256];
+    sqlite3 *db = NULL;
+    if (db_open_ro(path, REG_BUSY_TIMEOUT_MS, &db, err, sizeof(err)) != 0)
+        return reg_fail(path, REG_ERR_IO, "%s", err);
     reg_reader *rr = calloc(1, sizeof(*rr));
-    if (rr == NULL)
+    if (rr == NULL) {
+        sqlite3_close(db);
         return reg_fail(path, REG_ERR_IO, "out of memory");
+    }
+    rr->db = db;
     snprintf(rr->path, sizeof(rr->path), "%s", path);
     pthread_mutex_init(&rr->mu, NULL);
-
-    reg_status st = REG_OK;
-    int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX;
-    if (sqlite3_open_v2(path, &rr->db, flags, NULL) != SQLITE_OK)
-        st = reg_reader_fail_sql(rr, "open read-only");
-    if (st == REG_OK) {
-        sqlite3_extended_result_codes(rr->db, 1);
-        if (sqlite3_busy_timeout(rr->db, REG_BUSY_TIMEOUT_MS) != SQLITE_OK)
-            st = reg_reader_fail_sql(rr, "set busy timeout");
-    }
-    if (st == REG_OK)
-        st = reg_reader_check_schema(rr);
+    reg_status st = reg_reader_check_schema(rr);
     if (st != REG_OK) {
         reg_reader_close(rr);
         return st;
