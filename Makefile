@@ -25,7 +25,7 @@ CFLAGS  ?=
 CFLAGS  += -std=c11 -Wall -Wextra -Werror $(HARDEN) -g -D_GNU_SOURCE \
            -I. -I$(CIVET) -I/usr/include/p11-kit-1
 LDFLAGS += -pie -Wl,-z,relro,-z,now
-LDLIBS  := -ljansson -lsqlite3 -lcurl -lssl -lcrypto -lz -lpthread -ldl
+LDLIBS  := -ljansson -lsqlite3 -lcurl -lssl -lcrypto -lz -lpthread -ldl -lp11-kit
 
 LIB_SRC := $(wildcard base/*.c hsm/*.c jose/*.c api/*.c) \
            $(filter-out appliance/supervisor/main.c,$(wildcard appliance/*/*.c)) \
