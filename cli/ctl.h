@@ -7,7 +7,7 @@
  * from argv. The secret has one owner (ctl_ctx.secret), is wiped by ctl_ctx_wipe on every
  * way out of main, and its Authorization header lives only in a ctl_conn, whose close
  * wipes it. Response bodies are wiped when freed (a credential's secret comes back in
- * one), and jansson's allocations are wiped on free (ctl_json_wiping).
+ * one), and jansson's allocations are wiped on free (ctl_wiping_free).
  *
  * Exit codes are a ctl_exit; every failure is one line on stderr,
  *   signdctl: <what failed>: <server code> (<message>); <what to do>

@@ -76,7 +76,7 @@ CURL *vfy_curl_new(vfy *v)
 
 /* ---- buffers and synchronous GETs ------------------------------------------------------ */
 
-void vfy_buf_reset(vfy_buf *b)
+static void vfy_buf_reset(vfy_buf *b)
 {
     b->len = 0;
     b->overflow = false;

@@ -122,7 +122,8 @@ void vfy_status_list_free(vfy_status_list *l)
 
 /* ---- the token's claim ------------------------------------------------------------------ */
 
-bool vfy_status_uri_ok(const vfy *v, const char *uri, size_t n)
+/* Is uri (n bytes) <v->url>/v1/status-lists/<0..1023, no leading zero>? */
+static bool vfy_status_uri_ok(const vfy *v, const char *uri, size_t n)
 {
     const char *base = v->cfg.url;
     if (base == NULL || uri == NULL)

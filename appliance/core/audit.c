@@ -348,7 +348,9 @@ int audit_record(audit *a, const char *action, const char *kid_hex, json_t *deta
     return rc;
 }
 
-int audit_checkpoint(audit *a)
+/* Signs a checkpoint of the current head now, if there are events since the last one.
+ * 0 (done or nothing to do), or -1. */
+static int audit_checkpoint(audit *a)
 {
     uint64_t seq;
     char hash[AUDIT_HASH_HEX + 1];

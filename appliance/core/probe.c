@@ -27,7 +27,8 @@ struct prb {
     uint64_t started_ms; /* monotonic ms the probe in flight began, 0: none in flight */
 };
 
-const char *prb_cause_name(prb_cause c)
+/* "exited", "signal", "watchdog"; "unknown" out of range. */
+static const char *prb_cause_name(prb_cause c)
 {
     static const char *const names[PRB_CAUSE_COUNT_] = {
         [PRB_CAUSE_EXITED] = "exited",

@@ -65,9 +65,9 @@ sk_status kp_ping(kp *k, const sk_kid *probe_kid);
  * (SK_ERR_BAD_ARGUMENT)), created on first use, and each signing one shape of document
  * and nothing else:
  *  - KP_SVC_AUDIT signs audit checkpoints (audit.h);
- *  - KP_SVC_PUBLISH signs the revocation feed and the token status lists (api/publish.c,
- *    api/statuslist.c), so that a copy served by a cache can be checked against a pinned
- *    key: two headers, told apart by their typ.
+ *  - KP_SVC_PUBLISH signs the revocation feed and the token status lists (api/publish.c),
+ *    so that a copy served by a cache can be checked against a pinned key: two headers,
+ *    told apart by their typ.
  * A front that is compromised can still have them sign a document of their shape with
  * content of its choosing; it cannot have them sign a token or anything else. */
 typedef enum { KP_SVC_AUDIT = 0, KP_SVC_PUBLISH, KP_SVC_COUNT_ } kp_svc;

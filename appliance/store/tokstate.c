@@ -54,17 +54,6 @@ static const char tks_schema_sql[] =
     " id INTEGER PRIMARY KEY CHECK (id = 1),"
     " mac_key BLOB NOT NULL);";
 
-static const char *const tks_status_names[TKS_ERR_COUNT_] = {
-    [TKS_OK] = "ok",
-    [TKS_ERR_USED] = "token already redeemed",
-    [TKS_ERR_REVOKED] = "token already revoked",
-    [TKS_ERR_NOT_ISSUED] = "no token was issued with this status index",
-    [TKS_ERR_NOT_FOUND] = "no such status list",
-    [TKS_ERR_FULL] = "every status index is in use",
-    [TKS_ERR_INVALID] = "invalid argument",
-    [TKS_ERR_IO] = "token state storage failed",
-};
-
 typedef struct {
     uint8_t *bits;     /* TKS_LIST_BYTES */
     uint32_t reserved; /* end of the last block reserved on disk */
@@ -130,11 +119,6 @@ static tks_status tks_fail(const char *path, tks_status st, const char *fmt, ...
 const char *tks_last_error(void)
 {
     return tks_errbuf;
-}
-
-const char *tks_strerror(tks_status st)
-{
-    return (unsigned)st < TKS_ERR_COUNT_ ? tks_status_names[st] : "unknown token state status";
 }
 
 int tks_jti_ok(const char *jti)
