@@ -6,6 +6,7 @@
 #include "appliance/core/audit.h"
 #include "jose/jose.h"
 #include "base/hex.h"
+#include "base/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -595,14 +596,11 @@ static int ctl_audit_export(ctl_ctx *ctx, int argc, char **argv)
 /* Reads a whole small file into a NUL-terminated buffer (the audit public key). */
 static char *ctl_read_small(const char *path)
 {
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
+    char *buf;
+    size_t n;
+    if (file_read_alloc(path, 0, CTL_PEM_MAX, &buf, &n) != FILE_OK)
         return NULL;
-    char *buf = calloc(1, CTL_PEM_MAX + 1);
-    size_t n = buf ? fread(buf, 1, CTL_PEM_MAX, f) : 0;
-    bool ok = buf != NULL && !ferror(f) && feof(f) && n > 0;
-    fclose(f);
-    if (!ok) {
+    if (n == 0) {
         free(buf);
         return NULL;
     }

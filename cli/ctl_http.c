@@ -3,14 +3,13 @@
  * and a line a person can act on. See ctl.h. */
 #include "cli/ctl.h"
 #include "base/text.h"
+#include "base/file.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <malloc.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -144,31 +143,17 @@ int ctl_secret_load(ctl_ctx *ctx)
                 "--credential-env NAME");
         return CTL_EXIT_USAGE;
     }
-    int fd = open(ctx->cred_file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        int err = fd < 0 ? errno : EINVAL;
-        if (fd >= 0)
-            close(fd);
+    size_t n = 0;
+    unsigned mode = 0;
+    file_status fs =
+        file_read(ctx->cred_file, FILE_REGULAR, ctx->secret, sizeof(ctx->secret), &n, &mode);
+    if (fs != FILE_OK && fs != FILE_ERR_TOO_LARGE) {
         ctl_err("cannot read the credential file %s: %s; give the file that holds the secret",
-                ctx->cred_file, err == EINVAL ? "not a regular file" : strerror(err));
+                ctx->cred_file,
+                fs == FILE_ERR_NOT_REGULAR ? "not a regular file" : strerror(errno));
         return CTL_EXIT_USAGE;
     }
-    size_t n = 0;
-    for (;;) {
-        ssize_t got = read(fd, ctx->secret + n, sizeof(ctx->secret) - 1 - n);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            break;
-        n += (size_t)got;
-        if (n == sizeof(ctx->secret) - 1)
-            break;
-    }
-    char extra;
-    ssize_t more = n == sizeof(ctx->secret) - 1 ? read(fd, &extra, 1) : 0;
-    close(fd);
-    if (more > 0) {
+    if (fs == FILE_ERR_TOO_LARGE) {
         explicit_bzero(ctx->secret, sizeof(ctx->secret));
         ctl_err("the credential file %s is longer than %d bytes; it must hold the secret alone",
                 ctx->cred_file, CTL_SECRET_MAX - 1);
@@ -176,7 +161,7 @@ int ctl_secret_load(ctl_ctx *ctx)
     }
     ctx->secret[n] = '\0';
     ctx->secret_len = n;
-    if ((st.st_mode & 0077) != 0)
+    if ((mode & 0077) != 0)
         fprintf(stderr, "signdctl: warning: %s can be read by other users; chmod 600 it\n",
                 ctx->cred_file);
     return ctl_secret_check(ctx);

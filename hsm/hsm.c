@@ -1,5 +1,6 @@
 /* hsm: the PKCS#11 layer. See hsm.h for what it owns and why it calls the function list. */
 #include "hsm/hsm.h"
+#include "base/file.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -104,30 +105,10 @@ sk_status hsm_read_pin_file(const char *path, char buf[HSM_PIN_MAX], size_t *len
     hsm_tl_ckr = 0;
     memset(buf, 0, HSM_PIN_MAX);
     *len = 0;
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return SK_ERR_PIN_FILE;
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 077) != 0 || st.st_size <= 0 ||
-        st.st_size >= HSM_PIN_MAX) {
-        close(fd);
-        return SK_ERR_PIN_FILE;
-    }
     size_t got = 0;
-    while (got < HSM_PIN_MAX - 1) {
-        ssize_t r = read(fd, buf + got, HSM_PIN_MAX - 1 - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            close(fd);
-            explicit_bzero(buf, HSM_PIN_MAX);
-            return SK_ERR_PIN_FILE;
-        }
-        if (r == 0)
-            break;
-        got += (size_t)r;
-    }
-    close(fd);
+    if (file_read(path, FILE_REGULAR | FILE_NOFOLLOW | FILE_PRIVATE, buf, HSM_PIN_MAX, &got,
+                  NULL) != FILE_OK)
+        return SK_ERR_PIN_FILE;
     while (got > 0 && (buf[got - 1] == '\n' || buf[got - 1] == '\r'))
         buf[--got] = '\0';
     if (got == 0 || memchr(buf, '\0', got) != NULL) {

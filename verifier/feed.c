@@ -3,6 +3,7 @@
  * thread. See verifier.h for contracts. */
 #include "verifier/internal.h"
 #include "base/hex.h"
+#include "base/file.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -102,24 +103,21 @@ vfy_err vfy_pubkey_load(const char *path, vfy_pubkey *out, char *err, size_t err
         snprintf(err, errlen, "no publication key file given");
         return VFY_E_KEY;
     }
-    FILE *f = fopen(path, "rbe");
-    if (f == NULL) {
-        snprintf(err, errlen, "cannot read publication key %s: %s", path, strerror(errno));
-        return VFY_E_KEY;
-    }
-    char *pem = malloc(VFY_PEM_MAX + 1);
-    size_t len = pem != NULL ? fread(pem, 1, VFY_PEM_MAX + 1, f) : 0;
-    int rerr = ferror(f);
-    fclose(f);
+    char *pem = NULL;
+    size_t len = 0;
+    file_status fs = file_read_alloc(path, 0, VFY_PEM_MAX, &pem, &len);
     vfy_err e = VFY_E_OK;
-    if (pem == NULL) {
+    if (fs == FILE_ERR_NOMEM) {
         snprintf(err, errlen, "out of memory");
         e = VFY_E_SYSTEM;
-    } else if (rerr) {
-        snprintf(err, errlen, "cannot read publication key %s", path);
+    } else if (fs == FILE_ERR_OPEN) {
+        snprintf(err, errlen, "cannot read publication key %s: %s", path, strerror(errno));
         e = VFY_E_KEY;
-    } else if (len > VFY_PEM_MAX) {
+    } else if (fs == FILE_ERR_TOO_LARGE) {
         snprintf(err, errlen, "publication key %s is larger than %d bytes", path, VFY_PEM_MAX);
+        e = VFY_E_KEY;
+    } else if (fs != FILE_OK) {
+        snprintf(err, errlen, "cannot read publication key %s", path);
         e = VFY_E_KEY;
     } else if (jose_rsa_public_from_pem(pem, len, out->n, &out->n_len, out->e, &out->e_len) != 0) {
         snprintf(err, errlen, "publication key %s is not an RSA public key PEM", path);

@@ -8,6 +8,7 @@
 #include "appliance/common/config.h"
 #include "base/hex.h"
 #include "base/text.h"
+#include "base/file.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -515,53 +516,27 @@ unsigned cfg_pkcs11_sessions(const cfg *c)
  * buffer the caller frees. */
 static char *cfg_read_file(const char *path, size_t *len, char *err, size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
+    char *buf;
+    switch (file_read_alloc(path, FILE_REGULAR, CFG_FILE_MAX, &buf, len)) {
+    case FILE_OK:
+        return buf;
+    case FILE_ERR_OPEN:
         cfg_errorf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        break;
+    case FILE_ERR_NOT_REGULAR:
         cfg_errorf(err, errlen, "%s: not a regular file", path);
-        close(fd);
-        return NULL;
-    }
-    if (st.st_size > CFG_FILE_MAX) {
+        break;
+    case FILE_ERR_TOO_LARGE:
         cfg_errorf(err, errlen, "%s: larger than %d bytes", path, CFG_FILE_MAX);
-        close(fd);
-        return NULL;
-    }
-    /* One byte more than allowed, to notice a file that grew since fstat. */
-    char *buf = malloc((size_t)CFG_FILE_MAX + 2);
-    if (buf == NULL) {
+        break;
+    case FILE_ERR_NOMEM:
         cfg_errorf(err, errlen, "%s: out of memory", path);
-        close(fd);
-        return NULL;
+        break;
+    default:
+        cfg_errorf(err, errlen, "%s: read error: %s", path, strerror(errno));
+        break;
     }
-    size_t n = 0;
-    while (n < (size_t)CFG_FILE_MAX + 1) {
-        ssize_t r = read(fd, buf + n, (size_t)CFG_FILE_MAX + 1 - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            cfg_errorf(err, errlen, "%s: read error: %s", path, strerror(errno));
-            free(buf);
-            close(fd);
-            return NULL;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-    }
-    close(fd);
-    if (n > CFG_FILE_MAX) {
-        cfg_errorf(err, errlen, "%s: larger than %d bytes", path, CFG_FILE_MAX);
-        free(buf);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
+    return NULL;
 }
 
 /* The absolute directory of path, into dir (CFG_PATH_MAX bytes). */

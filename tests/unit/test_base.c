@@ -1,10 +1,12 @@
 /*
  * test_base: the small primitives every layer shares (base/): hex, kids, printable text,
- * the monotonic clock, the stores' error buffer and name tables. Pure functions but the clock,
+ * the monotonic clock, the stores' error buffer, name tables and small-file reads (on real
+ * files in a fresh temporary directory). Pure functions but the clock,
  * which is read for real (no test depends on how long a step takes, only on its order).
  */
 #include "base/clock.h"
 #include "base/errbuf.h"
+#include "base/file.h"
 #include "base/hex.h"
 #include "base/names.h"
 #include "base/signkey.h"
@@ -17,6 +19,10 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -252,6 +258,100 @@ static void test_names_look_up_both_ways_within_the_table(void **state)
     assert_int_equal(nm_find(names, 2, "revoked"), -1); /* outside the bound given */
 }
 
+/* ---- small files ------------------------------------------------------------------------ */
+
+static void put(const char *dir, const char *name, const char *text, mode_t mode, char *path)
+{
+    snprintf(path, 512, "%s/%s", dir, name);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    assert_int_equal(fchmod(fd, mode), 0);
+    close(fd);
+}
+
+static int file_setup(void **state)
+{
+    char *dir = malloc(64);
+    snprintf(dir, 64, "/tmp/test_base.XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    *state = dir;
+    return 0;
+}
+
+static int file_teardown(void **state)
+{
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", (char *)*state);
+    int rc = system(cmd);
+    free(*state);
+    return rc == 0 ? 0 : -1;
+}
+
+static void test_file_read_takes_up_to_the_bound_and_refuses_one_byte_more(void **state)
+{
+    const char *dir = *state;
+    char path[512], buf[8];
+    size_t len = 99;
+    unsigned mode = 0;
+    put(dir, "seven", "1234567", 0640, path);
+    assert_int_equal(file_read(path, FILE_REGULAR, buf, sizeof(buf), &len, &mode), FILE_OK);
+    assert_int_equal(len, 7);
+    assert_string_equal(buf, "1234567");
+    assert_int_equal(mode, 0640);
+    put(dir, "eight", "12345678", 0600, path);
+    assert_int_equal(file_read(path, 0, buf, sizeof(buf), &len, NULL), FILE_ERR_TOO_LARGE);
+    assert_int_equal(len, 0);
+    static const char zeros[sizeof(buf)];
+    assert_memory_equal(buf, zeros, sizeof(buf)); /* wiped: it may have been a secret */
+    put(dir, "empty", "", 0600, path);
+    assert_int_equal(file_read(path, 0, buf, sizeof(buf), &len, NULL), FILE_OK);
+    assert_int_equal(len, 0);
+    assert_string_equal(buf, "");
+}
+
+static void test_file_read_checks_the_file_it_opened(void **state)
+{
+    const char *dir = *state;
+    char path[512], link[512], buf[64];
+    size_t len;
+    snprintf(path, sizeof(path), "%s/missing", dir);
+    errno = 0;
+    assert_int_equal(file_read(path, 0, buf, sizeof(buf), &len, NULL), FILE_ERR_OPEN);
+    assert_int_equal(errno, ENOENT);
+    /* A directory, and a FIFO that no one writes to: refused at once, not waited on. */
+    assert_int_equal(file_read(dir, FILE_REGULAR, buf, sizeof(buf), &len, NULL),
+                     FILE_ERR_NOT_REGULAR);
+    snprintf(path, sizeof(path), "%s/fifo", dir);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    assert_int_equal(file_read(path, FILE_REGULAR, buf, sizeof(buf), &len, NULL),
+                     FILE_ERR_NOT_REGULAR);
+    put(dir, "pin", "0000\n", 0640, path);
+    assert_int_equal(file_read(path, FILE_PRIVATE, buf, sizeof(buf), &len, NULL), FILE_ERR_MODE);
+    assert_int_equal(chmod(path, 0600), 0);
+    assert_int_equal(file_read(path, FILE_PRIVATE, buf, sizeof(buf), &len, NULL), FILE_OK);
+    snprintf(link, sizeof(link), "%s/link", dir);
+    assert_int_equal(symlink(path, link), 0);
+    assert_int_equal(file_read(link, 0, buf, sizeof(buf), &len, NULL), FILE_OK);
+    errno = 0;
+    assert_int_equal(file_read(link, FILE_NOFOLLOW, buf, sizeof(buf), &len, NULL), FILE_ERR_OPEN);
+    assert_int_equal(errno, ELOOP);
+}
+
+static void test_file_read_alloc_returns_a_terminated_copy(void **state)
+{
+    const char *dir = *state;
+    char path[512], *text = (char *)1;
+    size_t len;
+    put(dir, "key.pem", "-----BEGIN-----\n", 0644, path);
+    assert_int_equal(file_read_alloc(path, 0, 16, &text, &len), FILE_OK);
+    assert_int_equal(len, 16);
+    assert_string_equal(text, "-----BEGIN-----\n");
+    free(text);
+    assert_int_equal(file_read_alloc(path, 0, 15, &text, &len), FILE_ERR_TOO_LARGE);
+    assert_null(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -268,5 +368,12 @@ int main(void)
         cmocka_unit_test(test_errbuf_names_the_store_and_the_file_and_truncates),
         cmocka_unit_test(test_names_look_up_both_ways_within_the_table),
     };
-    return cmocka_run_group_tests_name("base", tests, NULL, NULL);
+    const struct CMUnitTest files[] = {
+        cmocka_unit_test(test_file_read_takes_up_to_the_bound_and_refuses_one_byte_more),
+        cmocka_unit_test(test_file_read_checks_the_file_it_opened),
+        cmocka_unit_test(test_file_read_alloc_returns_a_terminated_copy),
+    };
+    int failed = cmocka_run_group_tests_name("base", tests, NULL, NULL);
+    failed += cmocka_run_group_tests_name("base files", files, file_setup, file_teardown);
+    return failed == 0 ? 0 : 1;
 }
