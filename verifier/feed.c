@@ -4,6 +4,7 @@
 #include "verifier/internal.h"
 #include "base/hex.h"
 #include "base/file.h"
+#include "base/names.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -301,5 +302,5 @@ const char *vfy_feed_status_name(vfy_feed_status s)
         [VFY_FEED_ROLLBACK] = "rollback",
         [VFY_FEED_GAP] = "gap",
     };
-    return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "invalid";
+    return nm_name(names, sizeof(names) / sizeof(names[0]), (unsigned)s, "invalid");
 }

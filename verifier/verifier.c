@@ -5,6 +5,7 @@
 #include "base/hex.h"
 #include "base/text.h"
 #include "base/clock.h"
+#include "base/names.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -69,7 +70,7 @@ const char *vfy_result_name(vfy_result r)
         [VFY_WRONG_AUDIENCE] = "wrong_audience",
         [VFY_REVOKED_SUBJECT] = "revoked_subject",
     };
-    return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "invalid";
+    return nm_name(names, sizeof(names) / sizeof(names[0]), (unsigned)r, "invalid");
 }
 
 const char *vfy_err_name(vfy_err e)
@@ -79,7 +80,7 @@ const char *vfy_err_name(vfy_err e)
         [VFY_E_NET] = "network", [VFY_E_HTTP] = "http",     [VFY_E_JWKS] = "jwks",
         [VFY_E_FEED] = "feed",   [VFY_E_SYSTEM] = "system", [VFY_E_CREDENTIAL] = "credential",
     };
-    return (unsigned)e < sizeof(names) / sizeof(names[0]) ? names[e] : "invalid";
+    return nm_name(names, sizeof(names) / sizeof(names[0]), (unsigned)e, "invalid");
 }
 
 /* ---- set-up ---------------------------------------------------------------------------- */

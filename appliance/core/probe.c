@@ -4,6 +4,7 @@
 
 #include "appliance/common/metrics.h"
 #include "base/clock.h"
+#include "base/names.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -35,7 +36,7 @@ static const char *prb_cause_name(prb_cause c)
         [PRB_CAUSE_SIGNAL] = "signal",
         [PRB_CAUSE_WATCHDOG] = "watchdog",
     };
-    return (unsigned)c < PRB_CAUSE_COUNT_ && names[c] != NULL ? names[c] : "unknown";
+    return nm_name(names, PRB_CAUSE_COUNT_, (unsigned)c, "unknown");
 }
 
 /* Records every whole event waiting in the pipe. A short read cannot happen for writes of
