@@ -1,6 +1,7 @@
 /* hsm: the PKCS#11 layer. See hsm.h for what it owns and why it calls the function list. */
 #include "hsm/hsm.h"
 #include "base/file.h"
+#include "base/lock.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -520,12 +521,8 @@ sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
     h->login = CK_INVALID_HANDLE;
     pthread_mutex_init(&h->sess_mu, NULL);
     /* Writer-preferring: signers hold the read side all the time under load, and a
-     * destroy must not wait for a lull that never comes. No reader re-locks. */
-    pthread_rwlockattr_t ra;
-    pthread_rwlockattr_init(&ra);
-    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&h->cache_mu, &ra);
-    pthread_rwlockattr_destroy(&ra);
+     * destroy must not wait for a lull that never comes. */
+    lk_rwlock_init(&h->cache_mu);
     if (pthread_key_create(&h->tkey, hsm_tsess_destructor) != 0) {
         hsm_match_free(m);
         free(h);

@@ -6,6 +6,7 @@
 #include "base/text.h"
 #include "base/clock.h"
 #include "base/names.h"
+#include "base/lock.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -146,12 +147,8 @@ static vfy *vfy_alloc(const vfy_config *cfg)
         snprintf(v->aud, sizeof(v->aud), "%s", cfg->aud);
         v->cfg.aud = v->aud;
     }
-    pthread_rwlockattr_t ra;
-    int bad = pthread_rwlockattr_init(&ra);
     /* Writers first: a steady stream of vfy_verify readers must not hold a new feed off. */
-    bad = bad || pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    bad = bad || pthread_rwlock_init(&v->lock, &ra);
-    pthread_rwlockattr_destroy(&ra);
+    int bad = lk_rwlock_init(&v->lock) != 0;
     bad = bad || clk_cond_init(&v->seq_cv) != 0;
     if (bad || pthread_mutex_init(&v->jwks_mu, NULL) != 0 ||
         pthread_mutex_init(&v->sl_mu, NULL) != 0 || pthread_mutex_init(&v->seq_mu, NULL) != 0) {

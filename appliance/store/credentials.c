@@ -9,6 +9,7 @@
 #include "base/text.h"
 #include "base/errbuf.h"
 #include "base/names.h"
+#include "base/lock.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -446,13 +447,8 @@ cred_status cred_open(const char *db_path, cred_store **out)
         return cred_fail(db_path, CRED_ERR_IO, "out of memory");
     snprintf(cs->path, sizeof(cs->path), "%s", db_path);
     pthread_mutex_init(&cs->write_mu, NULL);
-    /* Writer-preferring: glibc's default lets a steady stream of authenticating readers
-     * starve a create or revoke forever. Nonrecursive is fine: no reader re-locks. */
-    pthread_rwlockattr_t ra;
-    pthread_rwlockattr_init(&ra);
-    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&cs->mirror_rw, &ra);
-    pthread_rwlockattr_destroy(&ra);
+    /* Writer-preferring: a stream of authentications must not starve a create or revoke. */
+    lk_rwlock_init(&cs->mirror_rw);
 
     cred_status st = CRED_OK;
     cs->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);

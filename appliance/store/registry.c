@@ -6,6 +6,7 @@
 #include "base/clock.h"
 #include "base/errbuf.h"
 #include "base/names.h"
+#include "base/lock.h"
 
 #include <sqlite3.h>
 
@@ -708,13 +709,9 @@ reg_status reg_open(const char *path, unsigned max_active, reg **out)
     pthread_mutex_init(&r->write_mu, NULL);
     pthread_mutex_init(&r->change_mu, NULL);
     clk_cond_init(&r->change_cv);
-    /* Writer-preferring: with glibc's default, thousands of signatures a second reading the
-     * mirror could starve a revocation's write lock. No reader re-locks, so nonrecursive. */
-    pthread_rwlockattr_t ra;
-    pthread_rwlockattr_init(&ra);
-    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&r->mirror_rw, &ra);
-    pthread_rwlockattr_destroy(&ra);
+    /* Writer-preferring: thousands of signatures a second reading the mirror must not
+     * starve a revocation's write lock. */
+    lk_rwlock_init(&r->mirror_rw);
     pthread_mutex_init(&r->slot_mu, NULL);
 
     reg_status st = REG_OK;

@@ -7,6 +7,7 @@
 #include "jose/jose.h"
 #include "base/hex.h"
 #include "base/errbuf.h"
+#include "base/lock.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -317,13 +318,8 @@ tks_status tks_open(const char *path, tks **out)
     pthread_mutex_init(&t->batch_mu, NULL);
     pthread_cond_init(&t->batch_cv, NULL);
     pthread_cond_init(&t->reserve_cv, NULL);
-    /* Writer-preferring, as in the credential store: a stream of status checks must not
-     * starve a revocation. */
-    pthread_rwlockattr_t ra;
-    pthread_rwlockattr_init(&ra);
-    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&t->mirror_rw, &ra);
-    pthread_rwlockattr_destroy(&ra);
+    /* Writer-preferring: a stream of status checks must not starve a revocation. */
+    lk_rwlock_init(&t->mirror_rw);
     atomic_init(&t->generation, 1);
 
     char err[256];

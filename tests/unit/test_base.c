@@ -1,13 +1,14 @@
 /*
  * test_base: the small primitives every layer shares (base/): hex, kids, printable text,
- * the monotonic clock, the stores' error buffer, name tables and small-file reads (on real
- * files in a fresh temporary directory). Pure functions but the clock,
- * which is read for real (no test depends on how long a step takes, only on its order).
+ * the monotonic clock, the stores' error buffer, name tables, the read-write lock and small-file
+ * reads (on real files in a fresh temporary directory). Pure functions but the clock, which is read
+ * for real (no test depends on how long a step takes, only on its order).
  */
 #include "base/clock.h"
 #include "base/errbuf.h"
 #include "base/file.h"
 #include "base/hex.h"
+#include "base/lock.h"
 #include "base/names.h"
 #include "base/signkey.h"
 #include "base/text.h"
@@ -258,6 +259,41 @@ static void test_names_look_up_both_ways_within_the_table(void **state)
     assert_int_equal(nm_find(names, 2, "revoked"), -1); /* outside the bound given */
 }
 
+/* ---- the read-write lock ---------------------------------------------------------------- */
+
+static void *take_write(void *arg)
+{
+    pthread_rwlock_t *l = arg;
+    pthread_rwlock_wrlock(l);
+    pthread_rwlock_unlock(l);
+    return NULL;
+}
+
+/* A writer waiting holds new readers off (glibc's default would let them in forever). */
+static void test_rwlock_lets_a_waiting_writer_go_before_new_readers(void **state)
+{
+    (void)state;
+    pthread_rwlock_t l;
+    assert_int_equal(lk_rwlock_init(&l), 0);
+    assert_int_equal(pthread_rwlock_rdlock(&l), 0);
+    pthread_t w;
+    assert_int_equal(pthread_create(&w, NULL, take_write, &l), 0);
+    int held_off = 0;
+    for (int i = 0; i < 400 && !held_off; i++) {
+        if (pthread_rwlock_tryrdlock(&l) == 0) {
+            pthread_rwlock_unlock(&l); /* the writer has not queued yet */
+            struct timespec nap = {.tv_sec = 0, .tv_nsec = 5 * 1000 * 1000};
+            nanosleep(&nap, NULL);
+        } else {
+            held_off = 1;
+        }
+    }
+    assert_true(held_off);
+    pthread_rwlock_unlock(&l);
+    pthread_join(w, NULL);
+    pthread_rwlock_destroy(&l);
+}
+
 /* ---- small files ------------------------------------------------------------------------ */
 
 static void put(const char *dir, const char *name, const char *text, mode_t mode, char *path)
@@ -367,6 +403,7 @@ int main(void)
         cmocka_unit_test(test_cond_waits_on_the_monotonic_clock),
         cmocka_unit_test(test_errbuf_names_the_store_and_the_file_and_truncates),
         cmocka_unit_test(test_names_look_up_both_ways_within_the_table),
+        cmocka_unit_test(test_rwlock_lets_a_waiting_writer_go_before_new_readers),
     };
     const struct CMUnitTest files[] = {
         cmocka_unit_test(test_file_read_takes_up_to_the_bound_and_refuses_one_byte_more),
