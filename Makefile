@@ -35,7 +35,8 @@ CFLAGS  += -std=c11 -Wall -Wextra -Werror $(HARDEN) -g -D_GNU_SOURCE \
            -ffunction-sections -fdata-sections -I. -I$(CIVET) -I/usr/include/p11-kit-1
 LDFLAGS += -pie -Wl,-z,relro,-z,now -Wl,--gc-sections
 LDLIBS_BASE := -ljansson -lsqlite3 -lcurl -lssl -lcrypto -lz -lpthread
-LDLIBS  := $(LDLIBS_BASE) -ldl
+# hsm/ (the keeper, the provisioning tool, the tests) loads modules and parses RFC 7512 URIs.
+LDLIBS  := $(LDLIBS_BASE) -ldl -lp11-kit
 
 # The folders (layers), each one archive $(BUILD)/lib/lib<name>.a of its .c files but the
 # programs' mains.

@@ -4,6 +4,7 @@
 
 #include "appliance/core/audit.h"
 #include "jose/jose.h"
+#include "base/text.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -40,9 +41,8 @@ static api_err api_query_each(const api_req *q, api_resp *r, void *ctx, api_quer
         name[nl] = '\0';
         memcpy(value, eq + 1, vl);
         value[vl] = '\0';
-        for (size_t i = 0; i < vl; i++)
-            if ((unsigned char)value[i] <= 0x20 || (unsigned char)value[i] > 0x7e)
-                return api_fail(r, API_ERR_INVALID_QUERY, "'%s' has a byte outside ASCII", name);
+        if (!txt_visible(value, vl))
+            return api_fail(r, API_ERR_INVALID_QUERY, "'%s' has a byte outside ASCII", name);
         if (set(ctx, name, value) != 0)
             return api_fail(r, API_ERR_INVALID_QUERY, "unknown query parameter or bad value: %s",
                             name);

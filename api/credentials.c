@@ -3,6 +3,8 @@
  * cred_create and the response write: it never goes into a json_t (jansson frees without
  * wiping), only into the response body, which is marked to be wiped when freed. */
 #include "api/api.h"
+#include "base/hex.h"
+#include "base/text.h"
 
 #include <openssl/crypto.h>
 #include <pthread.h>
@@ -46,7 +48,7 @@ static json_t *api_credential_json(const cred_record *c)
 static api_err api_credential_id(const api_req *q, api_resp *r)
 {
     const char *id = q->id ? q->id : "";
-    if (strlen(id) != CRED_ID_LEN || strspn(id, "0123456789abcdef") != CRED_ID_LEN)
+    if (!hex_string(id, CRED_ID_LEN))
         return api_fail(r, API_ERR_INVALID_CREDENTIAL_ID,
                         "a credential id is 16 lowercase hexadecimal characters");
     return API_OK;
@@ -97,19 +99,17 @@ static api_err api_read_spec(const api_req *q, json_t *body, api_credentials_cre
     if (cred_role_parse(role, &out->role) != 0)
         return api_fail(r, API_ERR_INVALID_ROLE,
                         "'role' must be admin, signer, auditor or redeemer");
-    for (const char *p = label ? label : ""; *p; p++)
-        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-            return api_fail(r, API_ERR_INVALID_LABEL, "'label' must be printable ASCII");
+    if (!txt_printable_str(label))
+        return api_fail(r, API_ERR_INVALID_LABEL, "'label' must be printable ASCII");
     out->has_label = label != NULL;
     snprintf(out->label, sizeof(out->label), "%s", label != NULL ? label : "");
     if (subject != NULL) {
         if (c->tls_client_ca[0] == '\0')
             return api_fail(r, API_ERR_BAD_REQUEST,
                             "'client_subject' needs mutual TLS: set tls_client_ca first");
-        for (const char *p = subject; *p; p++)
-            if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-                return api_fail(r, API_ERR_OUT_OF_RANGE,
-                                "'client_subject' must be printable ASCII (RFC 2253)");
+        if (!txt_printable_str(subject))
+            return api_fail(r, API_ERR_OUT_OF_RANGE,
+                            "'client_subject' must be printable ASCII (RFC 2253)");
         if (subject[0] == '\0')
             return api_fail(r, API_ERR_OUT_OF_RANGE, "'client_subject' must not be empty");
         out->has_subject = 1;

@@ -5,6 +5,7 @@
 #include "appliance/core/audit.h"
 #include "appliance/core/keys.h"
 #include "jose/jose.h"
+#include "base/text.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,16 +17,6 @@
  * rotation_grace_seconds setting (raw signatures have no exp, so an operator may want the
  * old key published longer than any token lives). */
 #define API_GRACE_MAX 31536000
-
-/* Printable ASCII and the space, nothing else: labels and reasons end up in logs and
- * terminals, where control characters could forge lines. */
-static int api_printable(const char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e)
-            return 0;
-    return 1;
-}
 
 api_err api_hsm_error(api_resp *r, sk_status st)
 {
@@ -136,7 +127,7 @@ api_err api_keys_create_parse(const api_req *q, api_resp *r, api_keys_create_bod
         e = api_fail(r, API_ERR_OUT_OF_RANGE, "'bits' must be 2048, 3072 or 4096");
         goto out;
     }
-    if (!api_printable(label)) {
+    if (!txt_printable_str(label)) {
         e = api_fail(r, API_ERR_INVALID_LABEL, "'label' must be printable ASCII");
         goto out;
     }
@@ -183,7 +174,7 @@ api_err api_keys_rotate_parse(const api_req *q, api_resp *r, api_keys_rotate_bod
     if ((e = api_get_int(body, "grace_seconds", 0, API_GRACE_MAX, &grace, r)) != API_OK ||
         (e = api_get_string(body, "label", API_LABEL_MAX, &label, r)) != API_OK)
         goto out;
-    if (label != NULL && !api_printable(label)) {
+    if (label != NULL && !txt_printable_str(label)) {
         e = api_fail(r, API_ERR_INVALID_LABEL, "'label' must be printable ASCII");
         goto out;
     }
@@ -260,7 +251,7 @@ api_err api_keys_revoke_parse(const api_req *q, api_resp *r, api_keys_revoke_bod
     const char *reason = API_REASON_DEFAULT;
     if ((e = api_get_string(body, "reason", REG_REASON_MAX, &reason, r)) != API_OK)
         goto out;
-    if (reason[0] == '\0' || !api_printable(reason)) {
+    if (reason[0] == '\0' || !txt_printable_str(reason)) {
         e = api_fail(r, API_ERR_INVALID_REASON, "'reason' must be non-empty printable ASCII");
         goto out;
     }

@@ -5,6 +5,7 @@
 
 #include "appliance/core/mint.h"
 #include "jose/jose.h"
+#include "base/text.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,9 +92,8 @@ static api_err api_get_aud(json_t *o, const char **aud, api_resp *r)
     api_err e = api_get_string(o, "aud", API_AUD_MAX, aud, r);
     if (e != API_OK || *aud == NULL)
         return e;
-    for (const char *p = *aud; *p != '\0'; p++)
-        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-            return api_fail(r, API_ERR_OUT_OF_RANGE, "'aud' must be printable ASCII");
+    if (!txt_printable_str(*aud))
+        return api_fail(r, API_ERR_OUT_OF_RANGE, "'aud' must be printable ASCII");
     if ((*aud)[0] == '\0')
         return api_fail(r, API_ERR_OUT_OF_RANGE, "'aud' must not be empty");
     return API_OK;

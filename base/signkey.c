@@ -1,5 +1,7 @@
 #include "base/signkey.h"
 
+#include "base/hex.h"
+
 #include <string.h>
 
 static const struct {
@@ -43,21 +45,7 @@ const char *sk_strerror(sk_status s)
 
 void sk_kid_hex(const sk_kid *kid, char hex[2 * SK_KID_LEN + 1])
 {
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < SK_KID_LEN; i++) {
-        hex[2 * i] = digits[kid->b[i] >> 4];
-        hex[2 * i + 1] = digits[kid->b[i] & 15];
-    }
-    hex[2 * SK_KID_LEN] = '\0';
-}
-
-static int sk_hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
+    hex_encode(kid->b, SK_KID_LEN, hex);
 }
 
 int sk_kid_cmp(const void *a, const void *b)
@@ -65,15 +53,12 @@ int sk_kid_cmp(const void *a, const void *b)
     return memcmp(((const sk_kid *)a)->b, ((const sk_kid *)b)->b, SK_KID_LEN);
 }
 
+int sk_kid_parse_n(const char *hex, size_t len, sk_kid *kid)
+{
+    return hex_decode(hex, len, kid->b, SK_KID_LEN);
+}
+
 int sk_kid_parse(const char *hex, sk_kid *kid)
 {
-    if (hex == NULL || strnlen(hex, 2 * SK_KID_LEN + 1) != 2 * SK_KID_LEN)
-        return -1;
-    for (size_t i = 0; i < SK_KID_LEN; i++) {
-        int hi = sk_hexval(hex[2 * i]), lo = sk_hexval(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return -1;
-        kid->b[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return 0;
+    return hex == NULL ? -1 : sk_kid_parse_n(hex, strnlen(hex, 2 * SK_KID_LEN + 1), kid);
 }

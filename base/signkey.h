@@ -60,6 +60,8 @@ const char *sk_strerror(sk_status s);
  * 32 lowercase hex digits and returns 0, else -1. */
 void sk_kid_hex(const sk_kid *kid, char hex[2 * SK_KID_LEN + 1]);
 int sk_kid_parse(const char *hex, sk_kid *kid);
+/* The same over len bytes that need no NUL (a kid inside a list, a SQLite column). */
+int sk_kid_parse_n(const char *hex, size_t len, sk_kid *kid);
 /* Orders two sk_kid by their bytes: a comparator for qsort and bsearch over kid arrays. */
 int sk_kid_cmp(const void *a, const void *b);
 

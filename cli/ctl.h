@@ -7,7 +7,7 @@
  * from argv. The secret has one owner (ctl_ctx.secret), is wiped by ctl_ctx_wipe on every
  * way out of main, and its Authorization header lives only in a ctl_conn, whose close
  * wipes it. Response bodies are wiped when freed (a credential's secret comes back in
- * one), and jansson's allocations are wiped on free (ctl_json_wiping).
+ * one), and jansson's allocations are wiped on free (ctl_wiping_free).
  *
  * Exit codes are a ctl_exit; every failure is one line on stderr,
  *   signdctl: <what failed>: <server code> (<message>); <what to do>
@@ -165,9 +165,6 @@ int ctl_usage(const char *cmd, const char *fmt, ...) __attribute__((format(print
 /* Strict decimal in [min, max] into *out: 0, or -1. */
 int ctl_parse_uint(const char *s, unsigned long long min, unsigned long long max,
                    unsigned long long *out);
-
-/* 1 when s is n lowercase hex characters. */
-bool ctl_is_hex(const char *s, size_t n);
 
 /* Unix seconds as "2026-11-23T16:40:00Z" into buf (at least 21 bytes). */
 void ctl_time(long long t, char *buf, size_t cap);

@@ -5,6 +5,8 @@
 
 #include "appliance/core/auditverify.h"
 #include "jose/jose.h"
+#include "base/hex.h"
+#include "base/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -173,7 +175,7 @@ static int ctl_cred_create(ctl_ctx *ctx, int argc, char **argv)
             }
             memcpy(kid, p, n);
             kid[n] = '\0';
-            if (!ctl_is_hex(kid, CTL_KID_HEX)) {
+            if (!hex_string(kid, CTL_KID_HEX)) {
                 json_decref(arr);
                 json_decref(body);
                 return ctl_usage(cmd, "'%s' in --kids is not a kid (32 lowercase hex)", kid);
@@ -279,7 +281,7 @@ static int ctl_cred_revoke(ctl_ctx *ctx, int argc, char **argv)
     if (ctl_parse(ctx, "credentials revoke", ctl_credentials_help, argc, argv, NULL, pos, 1, &npos,
                   &rc) != 0)
         return rc;
-    if (npos != 1 || !ctl_is_hex(pos[0], CTL_CRED_ID_HEX))
+    if (npos != 1 || !hex_string(pos[0], CTL_CRED_ID_HEX))
         return ctl_usage("credentials revoke",
                          "give the credential's id (16 lowercase hex, as 'signdctl credentials "
                          "list' shows it)");
@@ -371,7 +373,7 @@ int ctl_cmd_token(ctl_ctx *ctx, int argc, char **argv)
     int rc, npos;
     if (ctl_parse(ctx, cmd, ctl_token_help, argc - 1, argv + 1, opts, NULL, 0, &npos, &rc) != 0)
         return rc;
-    if (kid != NULL && !ctl_is_hex(kid, CTL_KID_HEX))
+    if (kid != NULL && !hex_string(kid, CTL_KID_HEX))
         return ctl_usage(cmd, "--kid '%s' is not a kid (32 lowercase hex)", kid);
     unsigned long long ttl = 0, nbf = 0;
     if (ttl_s != NULL && ctl_parse_uint(ttl_s, 1, 31536000, &ttl) != 0)
@@ -474,7 +476,7 @@ int ctl_cmd_sign(ctl_ctx *ctx, int argc, char **argv)
     int rc, npos;
     if (ctl_parse(ctx, "sign", ctl_sign_help, argc, argv, opts, pos, 1, &npos, &rc) != 0)
         return rc;
-    if (npos != 1 || !ctl_is_hex(pos[0], CTL_KID_HEX))
+    if (npos != 1 || !hex_string(pos[0], CTL_KID_HEX))
         return ctl_usage("sign", "give the kid that signs (32 lowercase hex)");
     FILE *in = in_path == NULL || strcmp(in_path, "-") == 0 ? stdin : fopen(in_path, "rbe");
     if (in == NULL)
@@ -594,14 +596,11 @@ static int ctl_audit_export(ctl_ctx *ctx, int argc, char **argv)
 /* Reads a whole small file into a NUL-terminated buffer (the audit public key). */
 static char *ctl_read_small(const char *path)
 {
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
+    char *buf;
+    size_t n;
+    if (file_read_alloc(path, 0, CTL_PEM_MAX, &buf, &n) != FILE_OK)
         return NULL;
-    char *buf = calloc(1, CTL_PEM_MAX + 1);
-    size_t n = buf ? fread(buf, 1, CTL_PEM_MAX, f) : 0;
-    bool ok = buf != NULL && !ferror(f) && feof(f) && n > 0;
-    fclose(f);
-    if (!ok) {
+    if (n == 0) {
         free(buf);
         return NULL;
     }

@@ -2,14 +2,14 @@
  * header, bounded answers, and the one place where a failed request becomes an exit code
  * and a line a person can act on. See ctl.h. */
 #include "cli/ctl.h"
+#include "base/text.h"
+#include "base/file.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <malloc.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -97,16 +97,13 @@ static int ctl_secret_check(ctl_ctx *ctx)
                 from);
         return CTL_EXIT_USAGE;
     }
-    for (size_t i = 0; i < ctx->secret_len; i++) {
-        unsigned char ch = (unsigned char)ctx->secret[i];
-        if (ch <= 0x20 || ch >= 0x7f) {
-            explicit_bzero(ctx->secret, sizeof(ctx->secret));
-            ctx->secret_len = 0;
-            ctl_err("credential %s holds a byte that is not printable ASCII; it must hold the "
-                    "secret alone, on one line",
-                    from);
-            return CTL_EXIT_USAGE;
-        }
+    if (!txt_visible(ctx->secret, ctx->secret_len)) {
+        explicit_bzero(ctx->secret, sizeof(ctx->secret));
+        ctx->secret_len = 0;
+        ctl_err("credential %s holds a byte that is not printable ASCII; it must hold the "
+                "secret alone, on one line",
+                from);
+        return CTL_EXIT_USAGE;
     }
     return CTL_EXIT_OK;
 }
@@ -146,31 +143,17 @@ int ctl_secret_load(ctl_ctx *ctx)
                 "--credential-env NAME");
         return CTL_EXIT_USAGE;
     }
-    int fd = open(ctx->cred_file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        int err = fd < 0 ? errno : EINVAL;
-        if (fd >= 0)
-            close(fd);
+    size_t n = 0;
+    unsigned mode = 0;
+    file_status fs =
+        file_read(ctx->cred_file, FILE_REGULAR, ctx->secret, sizeof(ctx->secret), &n, &mode);
+    if (fs != FILE_OK && fs != FILE_ERR_TOO_LARGE) {
         ctl_err("cannot read the credential file %s: %s; give the file that holds the secret",
-                ctx->cred_file, err == EINVAL ? "not a regular file" : strerror(err));
+                ctx->cred_file,
+                fs == FILE_ERR_NOT_REGULAR ? "not a regular file" : strerror(errno));
         return CTL_EXIT_USAGE;
     }
-    size_t n = 0;
-    for (;;) {
-        ssize_t got = read(fd, ctx->secret + n, sizeof(ctx->secret) - 1 - n);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            break;
-        n += (size_t)got;
-        if (n == sizeof(ctx->secret) - 1)
-            break;
-    }
-    char extra;
-    ssize_t more = n == sizeof(ctx->secret) - 1 ? read(fd, &extra, 1) : 0;
-    close(fd);
-    if (more > 0) {
+    if (fs == FILE_ERR_TOO_LARGE) {
         explicit_bzero(ctx->secret, sizeof(ctx->secret));
         ctl_err("the credential file %s is longer than %d bytes; it must hold the secret alone",
                 ctx->cred_file, CTL_SECRET_MAX - 1);
@@ -178,7 +161,7 @@ int ctl_secret_load(ctl_ctx *ctx)
     }
     ctx->secret[n] = '\0';
     ctx->secret_len = n;
-    if ((st.st_mode & 0077) != 0)
+    if ((mode & 0077) != 0)
         fprintf(stderr, "signdctl: warning: %s can be read by other users; chmod 600 it\n",
                 ctx->cred_file);
     return ctl_secret_check(ctx);
@@ -378,23 +361,16 @@ static int ctl_transport_line(const ctl_conn *c, CURLcode rc, const char *ebuf, 
     }
 }
 
-/* Printable ASCII only: a server's message goes to a terminal. */
-static void ctl_copy_printable(char *dst, size_t cap, const char *src)
-{
-    size_t n = 0;
-    for (; src != NULL && *src != '\0' && n + 1 < cap; src++)
-        dst[n++] = ((unsigned char)*src >= 0x20 && (unsigned char)*src < 0x7f) ? *src : '?';
-    dst[n] = '\0';
-}
-
 /* A non-2xx answer: its code (from the API's error object) decides the exit code. */
 static int ctl_answer_line(ctl_resp *r, const char *what, char *line, size_t cap)
 {
     json_t *j = r->body ? json_loadb(r->body, r->len, 0, NULL) : NULL;
     json_t *err = json_object_get(j, "error");
-    ctl_copy_printable(r->code, sizeof(r->code), json_string_value(json_object_get(err, "code")));
-    ctl_copy_printable(r->message, sizeof(r->message),
-                       json_string_value(json_object_get(err, "message")));
+    /* Printable ASCII only: a server's message goes to a terminal. */
+    txt_copy_printable(r->code, sizeof(r->code), json_string_value(json_object_get(err, "code")),
+                       sizeof(r->code));
+    txt_copy_printable(r->message, sizeof(r->message),
+                       json_string_value(json_object_get(err, "message")), sizeof(r->message));
     json_decref(j);
     int rc;
     if (r->status == 401 || r->status == 403)

@@ -1,6 +1,7 @@
 /* ctl: `signdctl keys ...`: create (one, or N in parallel with a progress bar), list,
  * show, revoke, rotate. See ctl.h and docs/cli.md. */
 #include "cli/ctl.h"
+#include "base/hex.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -121,7 +122,7 @@ int ctl_cmd_keys(ctl_ctx *ctx, int argc, char **argv)
 /* A kid argument, checked before anything is sent. */
 static int ctl_kid_arg(const char *cmd, const char *kid)
 {
-    if (ctl_is_hex(kid, CTL_KID_HEX))
+    if (hex_string(kid, CTL_KID_HEX))
         return CTL_EXIT_OK;
     return ctl_usage(cmd,
                      "'%s' is not a kid (32 lowercase hex characters, as 'signdctl keys list' "
@@ -343,7 +344,7 @@ static void *ctl_bulk_worker(void *arg)
         if (rc == CTL_EXIT_OK) {
             key = json_loadb(r.body ? r.body : "", r.len, 0, NULL);
             kid = json_string_value(json_object_get(key, "kid"));
-            if (!ctl_is_hex(kid, CTL_KID_HEX)) {
+            if (!hex_string(kid, CTL_KID_HEX)) {
                 rc = CTL_EXIT_SERVER;
                 snprintf(line, sizeof(line),
                          "create a key: the answer holds no kid; check that --url points at signd");

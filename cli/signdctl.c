@@ -9,6 +9,7 @@
  * option that looks like one is refused with a line that says where secrets go.
  */
 #include "cli/ctl.h"
+#include "base/text.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -118,11 +119,6 @@ int ctl_parse_uint(const char *s, unsigned long long min, unsigned long long max
     return 0;
 }
 
-bool ctl_is_hex(const char *s, size_t n)
-{
-    return s != NULL && strlen(s) == n && strspn(s, "0123456789abcdef") == n;
-}
-
 static const ctl_opt *ctl_find(const ctl_opt *opts, const char *name, size_t len)
 {
     for (size_t i = 0; opts != NULL && opts[i].name != NULL; i++)
@@ -221,8 +217,7 @@ static int ctl_globals_apply(ctl_ctx *ctx, const char *cmd)
         return ctl_usage(cmd, "--url must be https://HOST:PORT (at most %d bytes), not '%s'",
                          CTL_URL_MAX - 1, url);
     for (size_t i = 0; i < ulen; i++)
-        if ((unsigned char)url[i] <= 0x20 || (unsigned char)url[i] >= 0x7f || url[i] == '?' ||
-            url[i] == '#')
+        if (!txt_is_visible(url[i]) || url[i] == '?' || url[i] == '#')
             return ctl_usage(cmd, "--url must be https://HOST:PORT without spaces, query or "
                                   "fragment");
     memcpy(ctx->url, url, ulen);

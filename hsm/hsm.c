@@ -1,5 +1,7 @@
 /* hsm: the PKCS#11 layer. See hsm.h for what it owns and why it calls the function list. */
 #include "hsm/hsm.h"
+#include "base/file.h"
+#include "base/lock.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -12,6 +14,7 @@
 #include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
+#include <p11-kit/uri.h>
 
 #define HSM_CACHE_SLOTS 8192 /* power of two; holds HSM_CACHE_MAX keys at < 50 % load */
 #define HSM_CACHE_MAX 4096
@@ -103,30 +106,10 @@ sk_status hsm_read_pin_file(const char *path, char buf[HSM_PIN_MAX], size_t *len
     hsm_tl_ckr = 0;
     memset(buf, 0, HSM_PIN_MAX);
     *len = 0;
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0)
-        return SK_ERR_PIN_FILE;
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 077) != 0 || st.st_size <= 0 ||
-        st.st_size >= HSM_PIN_MAX) {
-        close(fd);
-        return SK_ERR_PIN_FILE;
-    }
     size_t got = 0;
-    while (got < HSM_PIN_MAX - 1) {
-        ssize_t r = read(fd, buf + got, HSM_PIN_MAX - 1 - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            close(fd);
-            explicit_bzero(buf, HSM_PIN_MAX);
-            return SK_ERR_PIN_FILE;
-        }
-        if (r == 0)
-            break;
-        got += (size_t)r;
-    }
-    close(fd);
+    if (file_read(path, FILE_REGULAR | FILE_NOFOLLOW | FILE_PRIVATE, buf, HSM_PIN_MAX, &got,
+                  NULL) != FILE_OK)
+        return SK_ERR_PIN_FILE;
     while (got > 0 && (buf[got - 1] == '\n' || buf[got - 1] == '\r'))
         buf[--got] = '\0';
     if (got == 0 || memchr(buf, '\0', got) != NULL) {
@@ -167,104 +150,84 @@ static sk_status hsm_load_module(const char *path, void **dl, CK_FUNCTION_LIST_P
     return SK_OK;
 }
 
-/* Blank-padded PKCS#11 text field equals s (s shorter than or as long as the field). */
-static int hsm_field_eq(const unsigned char *field, size_t flen, const char *s)
+/* Which token to use: a URI of p11-kit's whose token fields (label, manufacturer, model,
+ * serial) are those the configuration gave; a field left zero matches any token, so every
+ * field given must match (p11_kit_uri_match_token_info). */
+typedef P11KitUri *hsm_match;
+
+/* A field p11-kit filled with blanks only (an empty "serial=") selects nothing, as the
+ * label or URI gives no value for it: zero it, so it matches any token. */
+static int hsm_field_given(unsigned char *field, size_t len)
 {
-    size_t n = strlen(s);
-    if (n > flen || memcmp(field, s, n) != 0)
-        return 0;
-    for (size_t i = n; i < flen; i++)
-        if (field[i] != ' ')
-            return 0;
-    return 1;
+    size_t i = 0;
+    while (i < len && field[i] == ' ')
+        i++;
+    if (i == len)
+        memset(field, 0, len);
+    return field[0] != 0;
 }
 
-/* What a token must match: from a label, or from an RFC 7512 URI's path attributes. */
-typedef struct {
-    char token[33], serial[17], manufacturer[33], model[17];
-} hsm_match;
-
-static int hsm_pct_decode(const char *in, size_t n, char *out, size_t cap)
+/* The token whose label is label (1 to 32 bytes, blank-padded as PKCS#11 keeps it). */
+static sk_status hsm_match_label(const char *label, hsm_match *m)
 {
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (o + 1 >= cap)
-            return -1;
-        if (in[i] == '%') {
-            if (i + 2 >= n)
-                return -1;
-            static const char hx[] = "0123456789abcdef0123456789ABCDEF";
-            const char *a = memchr(hx, in[i + 1], 32), *b = memchr(hx, in[i + 2], 32);
-            if (a == NULL || b == NULL)
-                return -1;
-            out[o++] = (char)(((a - hx) % 16) << 4 | ((b - hx) % 16));
-            i += 2;
-        } else {
-            out[o++] = in[i];
-        }
-    }
-    out[o] = '\0';
-    return 0;
-}
-
-static sk_status hsm_parse_match(const char *spec, hsm_match *m)
-{
-    memset(m, 0, sizeof(*m));
-    if (spec == NULL || *spec == '\0')
+    *m = NULL;
+    size_t n = label != NULL ? strlen(label) : 0;
+    if (n == 0 || n > 32)
         return SK_ERR_BAD_ARGUMENT;
-    if (strncmp(spec, "pkcs11:", 7) != 0) {
-        if (strlen(spec) > 32)
-            return SK_ERR_BAD_ARGUMENT;
-        strcpy(m->token, spec);
-        return SK_OK;
-    }
-    const char *p = spec + 7;
-    size_t path_len = strcspn(p, "?");
-    if (path_len > HSM_URI_MAX)
-        return SK_ERR_BAD_ARGUMENT;
-    while (path_len > 0) {
-        size_t alen = strcspn(p, ";?");
-        if (alen > path_len)
-            alen = path_len;
-        const char *eq = memchr(p, '=', alen);
-        if (eq == NULL)
-            return SK_ERR_BAD_ARGUMENT;
-        size_t klen = (size_t)(eq - p), vlen = alen - klen - 1;
-        char *dst = NULL;
-        size_t cap = 0;
-        if (klen == 5 && memcmp(p, "token", 5) == 0)
-            dst = m->token, cap = sizeof(m->token);
-        else if (klen == 6 && memcmp(p, "serial", 6) == 0)
-            dst = m->serial, cap = sizeof(m->serial);
-        else if (klen == 12 && memcmp(p, "manufacturer", 12) == 0)
-            dst = m->manufacturer, cap = sizeof(m->manufacturer);
-        else if (klen == 5 && memcmp(p, "model", 5) == 0)
-            dst = m->model, cap = sizeof(m->model);
-        /* Object and library attributes (id, object, type, library-*) do not select a
-         * token: they are accepted and ignored. */
-        if (dst != NULL && hsm_pct_decode(eq + 1, vlen, dst, cap) != 0)
-            return SK_ERR_BAD_ARGUMENT;
-        p += alen;
-        path_len -= alen;
-        if (path_len > 0 && *p == ';')
-            p++, path_len--;
-    }
-    if (!m->token[0] && !m->serial[0] && !m->manufacturer[0] && !m->model[0])
-        return SK_ERR_BAD_ARGUMENT;
+    P11KitUri *uri = p11_kit_uri_new();
+    if (uri == NULL)
+        return SK_ERR_DEVICE;
+    CK_TOKEN_INFO *ti = p11_kit_uri_get_token_info(uri);
+    memset(ti->label, ' ', sizeof(ti->label));
+    memcpy(ti->label, label, n);
+    *m = uri;
     return SK_OK;
 }
 
-static int hsm_token_matches(const CK_TOKEN_INFO *ti, const hsm_match *m)
+/* spec: a token label (at most 32 bytes) or an RFC 7512 "pkcs11:" URI. *m is freed by
+ * p11_kit_uri_free. SK_ERR_BAD_ARGUMENT for a URI that does not parse, names an attribute
+ * p11-kit does not know, has a value too long for its field, or selects no token field. */
+static sk_status hsm_parse_match(const char *spec, hsm_match *m)
 {
-    return (!m->token[0] || hsm_field_eq(ti->label, sizeof(ti->label), m->token)) &&
-           (!m->serial[0] || hsm_field_eq(ti->serialNumber, sizeof(ti->serialNumber), m->serial)) &&
-           (!m->manufacturer[0] ||
-            hsm_field_eq(ti->manufacturerID, sizeof(ti->manufacturerID), m->manufacturer)) &&
-           (!m->model[0] || hsm_field_eq(ti->model, sizeof(ti->model), m->model));
+    *m = NULL;
+    if (spec == NULL || *spec == '\0')
+        return SK_ERR_BAD_ARGUMENT;
+    if (strncmp(spec, "pkcs11:", 7) != 0)
+        return hsm_match_label(spec, m);
+    P11KitUri *uri = p11_kit_uri_new();
+    if (uri == NULL)
+        return SK_ERR_DEVICE;
+    /* p11-kit stops reading the path at an empty attribute (";;"): what follows would be
+     * dropped and the match widened, so such a URI is refused. */
+    const char *path = spec + 7;
+    size_t path_len = strcspn(path, "?");
+    int ok = path_len <= HSM_URI_MAX && path[0] != ';' && memmem(path, path_len, ";;", 2) == NULL &&
+             p11_kit_uri_parse(spec, P11_KIT_URI_FOR_ANY, uri) == P11_KIT_URI_OK &&
+             !p11_kit_uri_any_unrecognized(uri);
+    if (ok) {
+        CK_TOKEN_INFO *ti = p11_kit_uri_get_token_info(uri);
+        int given = hsm_field_given(ti->label, sizeof(ti->label));
+        given |= hsm_field_given(ti->manufacturerID, sizeof(ti->manufacturerID));
+        given |= hsm_field_given(ti->model, sizeof(ti->model));
+        given |= hsm_field_given(ti->serialNumber, sizeof(ti->serialNumber));
+        ok = given;
+    }
+    if (!ok) {
+        p11_kit_uri_free(uri);
+        return SK_ERR_BAD_ARGUMENT;
+    }
+    *m = uri;
+    return SK_OK;
+}
+
+static void hsm_match_free(hsm_match m)
+{
+    if (m != NULL)
+        p11_kit_uri_free(m);
 }
 
 /* Finds the first initialised token matching m. */
-static sk_status hsm_find_slot(CK_FUNCTION_LIST_PTR f, const hsm_match *m, CK_SLOT_ID *slot)
+static sk_status hsm_find_slot(CK_FUNCTION_LIST_PTR f, hsm_match m, CK_SLOT_ID *slot)
 {
     CK_ULONG n = 0;
     CK_RV rv = f->C_GetSlotList(CK_TRUE, NULL, &n);
@@ -281,7 +244,7 @@ static sk_status hsm_find_slot(CK_FUNCTION_LIST_PTR f, const hsm_match *m, CK_SL
         CK_TOKEN_INFO ti;
         if (f->C_GetTokenInfo(ids[i], &ti) != CKR_OK || !(ti.flags & CKF_TOKEN_INITIALIZED))
             continue;
-        if (hsm_token_matches(&ti, m)) {
+        if (p11_kit_uri_match_token_info(m, &ti)) {
             *slot = ids[i];
             st = SK_OK;
             break;
@@ -550,19 +513,18 @@ sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
     if (st != SK_OK)
         return st;
     hsm *h = calloc(1, sizeof(*h));
-    if (h == NULL)
+    if (h == NULL) {
+        hsm_match_free(m);
         return SK_ERR_DEVICE;
+    }
     h->max_sessions = cfg->max_sessions ? cfg->max_sessions : 256;
     h->login = CK_INVALID_HANDLE;
     pthread_mutex_init(&h->sess_mu, NULL);
     /* Writer-preferring: signers hold the read side all the time under load, and a
-     * destroy must not wait for a lull that never comes. No reader re-locks. */
-    pthread_rwlockattr_t ra;
-    pthread_rwlockattr_init(&ra);
-    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&h->cache_mu, &ra);
-    pthread_rwlockattr_destroy(&ra);
+     * destroy must not wait for a lull that never comes. */
+    lk_rwlock_init(&h->cache_mu);
     if (pthread_key_create(&h->tkey, hsm_tsess_destructor) != 0) {
+        hsm_match_free(m);
         free(h);
         return SK_ERR_DEVICE;
     }
@@ -573,7 +535,9 @@ sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
     st = hsm_load_module(cfg->module_path, &h->dl, &h->f, &h->initialized);
     if (st != SK_OK)
         goto fail;
-    st = hsm_find_slot(h->f, &m, &h->slot);
+    st = hsm_find_slot(h->f, m, &h->slot);
+    hsm_match_free(m);
+    m = NULL;
     if (st != SK_OK)
         goto fail;
     rv = h->f->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h->login);
@@ -604,6 +568,7 @@ sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
     return SK_OK;
 
 fail:
+    hsm_match_free(m);
     explicit_bzero(pin, sizeof(pin));
     if (ckr != NULL)
         *ckr = hsm_tl_ckr;
@@ -913,11 +878,11 @@ sk_status hsm_init_token(const char *module_path, const char *label, const char 
     CK_SLOT_ID *ids = NULL;
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     int initialized = 0;
-    hsm_match m;
-    memset(&m, 0, sizeof(m));
-    strcpy(m.token, label);
+    hsm_match m = NULL;
     CK_SLOT_ID slot;
-    sk_status st = hsm_read_pin_file(so_pin_file, so, &so_len);
+    sk_status st = hsm_match_label(label, &m);
+    if (st == SK_OK)
+        st = hsm_read_pin_file(so_pin_file, so, &so_len);
     if (st == SK_OK)
         st = hsm_read_pin_file(user_pin_file, user, &user_len);
     if (st != SK_OK)
@@ -930,7 +895,7 @@ sk_status hsm_init_token(const char *module_path, const char *label, const char 
         st = SK_ERR_BAD_ARGUMENT;
         goto out;
     }
-    if (hsm_find_slot(f, &m, &slot) == SK_OK) {
+    if (hsm_find_slot(f, m, &slot) == SK_OK) {
         st = SK_ERR_KEY_EXISTS;
         goto out;
     }
@@ -966,7 +931,7 @@ sk_status hsm_init_token(const char *module_path, const char *label, const char 
         st = hsm_from_ckr(rv);
         goto out;
     }
-    if ((st = hsm_find_slot(f, &m, &slot)) != SK_OK)
+    if ((st = hsm_find_slot(f, m, &slot)) != SK_OK)
         goto out;
     rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
     if (rv == CKR_OK)
@@ -988,6 +953,7 @@ sk_status hsm_init_token(const char *module_path, const char *label, const char 
     st = hsm_from_ckr(rv);
 
 out:
+    hsm_match_free(m);
     explicit_bzero(so, sizeof(so));
     explicit_bzero(user, sizeof(user));
     free(ids);

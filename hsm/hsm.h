@@ -45,8 +45,11 @@
 
 typedef struct {
     const char *module_path; /* NULL: HSM_DEFAULT_MODULE */
-    /* Either a token label or an RFC 7512 URI ("pkcs11:token=...;serial=..."). A URI
-     * may name token, serial, manufacturer and model; every attribute given must match. */
+    /* Either a token label or an RFC 7512 URI ("pkcs11:token=...;serial=..."), parsed by
+     * p11-kit. A URI may name token, serial, manufacturer and model; every attribute given
+     * must match. Object, library, slot and query attributes are read and select nothing;
+     * an attribute p11-kit does not know, or a value too long for its field, makes the URI
+     * a bad argument. */
     const char *token;
     const char *pin_file;
     unsigned max_sessions; /* per-thread sessions; 0: 256 */

@@ -1,5 +1,6 @@
 /* jose: unpadded base64url, strict decoding, and random text. See jose.h for contracts. */
 #include "jose/jose.h"
+#include "base/hex.h"
 
 #include <string.h>
 
@@ -120,34 +121,6 @@ int jose_b64url_decode(const char *in, size_t n, uint8_t *out, size_t out_cap, s
     return 0;
 }
 
-void jose_hex_encode(const uint8_t *in, size_t n, char *out)
-{
-    static const char digits[16] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 0x0f];
-    }
-    out[2 * n] = '\0';
-}
-
-static int jose_hex_digit(char c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
-int jose_hex_decode(const char *in, size_t len, uint8_t *out, size_t n)
-{
-    if (in == NULL || len != 2 * n)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        int hi = jose_hex_digit(in[2 * i]), lo = jose_hex_digit(in[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return -1;
-        out[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return 0;
-}
-
 int jose_random_hex(char *out, size_t nbytes)
 {
     uint8_t buf[JOSE_RANDOM_MAX];
@@ -158,7 +131,7 @@ int jose_random_hex(char *out, size_t nbytes)
         out[0] = '\0';
         return -1;
     }
-    jose_hex_encode(buf, nbytes, out);
+    hex_encode(buf, nbytes, out);
     OPENSSL_cleanse(buf, nbytes);
     return 0;
 }

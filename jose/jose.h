@@ -72,16 +72,6 @@ size_t jose_b64url_encode(const void *in, size_t n, char *out, size_t out_cap);
  */
 int jose_b64url_decode(const char *in, size_t n, uint8_t *out, size_t out_cap, size_t *out_len);
 
-/* ---- hex: the one spelling of ids, kids and hashes ------------------------------------- */
-
-/* Writes the 2*n lowercase hex digits of in[0..n) and a NUL: out holds 2*n + 1 bytes. */
-void jose_hex_encode(const uint8_t *in, size_t n, char *out);
-
-/* Decodes exactly 2*n lowercase hex digits (len must be 2*n; no NUL needed) into out[0..n).
- * 0, or -1 for any other length or character, uppercase included: each value has one
- * spelling, so the same id never reads as two. out may be partly written on failure. */
-int jose_hex_decode(const char *in, size_t len, uint8_t *out, size_t n);
-
 /* ---- randomness (OpenSSL RAND_bytes) --------------------------------------------------- */
 
 /* Writes 2*nbytes lowercase hex characters of fresh randomness and a NUL to out, which

@@ -15,6 +15,8 @@
 #include "appliance/kproto/keeper.h"
 #include "hsm/hsm.h"
 #include "provisioning/token.h"
+#include "base/hex.h"
+#include "base/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -100,14 +102,11 @@ static int cmd_admin_credential(int argc, char **argv)
 /* Reads a whole small file (the audit public key) into a NUL-terminated buffer. */
 static char *read_small(const char *path)
 {
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
+    char *buf;
+    size_t n;
+    if (file_read_alloc(path, 0, 16384, &buf, &n) != FILE_OK)
         return NULL;
-    char *buf = calloc(1, 16385);
-    size_t n = buf ? fread(buf, 1, 16384, f) : 0;
-    int ok = buf != NULL && !ferror(f) && feof(f);
-    fclose(f);
-    if (!ok || n == 0) {
+    if (n == 0) {
         free(buf);
         return NULL;
     }

@@ -4,6 +4,7 @@
 #include "appliance/common/config.h"
 #include "appliance/store/credentials.h"
 #include "hsm/hsm.h"
+#include "base/hex.h"
 
 #include <openssl/crypto.h>
 
@@ -67,16 +68,12 @@ static int prov_write_new(const char *path, const void *data, size_t len)
 /* A random PIN as lowercase hex into a new 0600 file; the PIN is wiped before return. */
 static int prov_write_pin(const char *path)
 {
-    static const char digits[] = "0123456789abcdef";
     uint8_t raw[PROV_PIN_BYTES];
-    char text[2 * PROV_PIN_BYTES];
+    char text[2 * PROV_PIN_BYTES + 1];
     int rc = prov_random(raw, sizeof(raw));
     if (rc == 0) {
-        for (size_t i = 0; i < sizeof(raw); i++) {
-            text[2 * i] = digits[raw[i] >> 4];
-            text[2 * i + 1] = digits[raw[i] & 15];
-        }
-        rc = prov_write_new(path, text, sizeof(text));
+        hex_encode(raw, sizeof(raw), text);
+        rc = prov_write_new(path, text, 2 * PROV_PIN_BYTES);
     } else {
         fprintf(stderr, "cannot read random bytes for %s\n", path);
     }

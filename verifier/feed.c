@@ -2,6 +2,9 @@
  * signed revocation feed. No network and no state here: every function may run in any
  * thread. See verifier.h for contracts. */
 #include "verifier/internal.h"
+#include "base/hex.h"
+#include "base/file.h"
+#include "base/names.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -101,24 +104,21 @@ vfy_err vfy_pubkey_load(const char *path, vfy_pubkey *out, char *err, size_t err
         snprintf(err, errlen, "no publication key file given");
         return VFY_E_KEY;
     }
-    FILE *f = fopen(path, "rbe");
-    if (f == NULL) {
-        snprintf(err, errlen, "cannot read publication key %s: %s", path, strerror(errno));
-        return VFY_E_KEY;
-    }
-    char *pem = malloc(VFY_PEM_MAX + 1);
-    size_t len = pem != NULL ? fread(pem, 1, VFY_PEM_MAX + 1, f) : 0;
-    int rerr = ferror(f);
-    fclose(f);
+    char *pem = NULL;
+    size_t len = 0;
+    file_status fs = file_read_alloc(path, 0, VFY_PEM_MAX, &pem, &len);
     vfy_err e = VFY_E_OK;
-    if (pem == NULL) {
+    if (fs == FILE_ERR_NOMEM) {
         snprintf(err, errlen, "out of memory");
         e = VFY_E_SYSTEM;
-    } else if (rerr) {
-        snprintf(err, errlen, "cannot read publication key %s", path);
+    } else if (fs == FILE_ERR_OPEN) {
+        snprintf(err, errlen, "cannot read publication key %s: %s", path, strerror(errno));
         e = VFY_E_KEY;
-    } else if (len > VFY_PEM_MAX) {
+    } else if (fs == FILE_ERR_TOO_LARGE) {
         snprintf(err, errlen, "publication key %s is larger than %d bytes", path, VFY_PEM_MAX);
+        e = VFY_E_KEY;
+    } else if (fs != FILE_OK) {
+        snprintf(err, errlen, "cannot read publication key %s", path);
         e = VFY_E_KEY;
     } else if (jose_rsa_public_from_pem(pem, len, out->n, &out->n_len, out->e, &out->e_len) != 0) {
         snprintf(err, errlen, "publication key %s is not an RSA public key PEM", path);
@@ -156,12 +156,7 @@ static int feed_time(const json_t *o, const char *name, int64_t *out)
 /* Is kid exactly 32 lowercase hex characters? */
 static int feed_kid_ok(const char *kid, size_t len)
 {
-    if (kid == NULL || len != VFY_KID_LEN)
-        return 0;
-    for (size_t i = 0; i < len; i++)
-        if (!((kid[i] >= '0' && kid[i] <= '9') || (kid[i] >= 'a' && kid[i] <= 'f')))
-            return 0;
-    return 1;
+    return kid != NULL && len == VFY_KID_LEN && hex_digits(kid, len);
 }
 
 static int feed_seq_cmp(const void *a, const void *b)
@@ -307,5 +302,5 @@ const char *vfy_feed_status_name(vfy_feed_status s)
         [VFY_FEED_ROLLBACK] = "rollback",
         [VFY_FEED_GAP] = "gap",
     };
-    return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "invalid";
+    return nm_name(names, sizeof(names) / sizeof(names[0]), (unsigned)s, "invalid");
 }

@@ -176,14 +176,12 @@ struct vfy {
 
 /* net.c */
 void vfy_net_init(void);
-int64_t vfy_mono_ms(void);
 /* A new easy handle with the TLS policy (https only, TLS 1.2+, peer and host verified
  * against cfg.cacert), no redirects, no signals; NULL when out of memory. */
 CURL *vfy_curl_new(vfy *v);
 /* GET url+path into out (bounded by VFY_DOC_MAX) on handle c: VFY_E_OK on a 200, else
  * VFY_E_NET or VFY_E_HTTP with a message. */
 vfy_err vfy_http_get(vfy *v, CURL *c, const char *path, vfy_buf *out, char *err, size_t errlen);
-void vfy_buf_reset(vfy_buf *b);
 void vfy_buf_free(vfy_buf *b);
 size_t vfy_buf_write(char *p, size_t size, size_t nmemb, void *ud);
 /* The event-stream parser: feeds n bytes of the stream (as they arrive, in any pieces) to
@@ -211,8 +209,6 @@ bool vfy_behind(vfy *v);
 bool vfy_behind_too_long(const vfy *v, int64_t since_ms, int64_t now_ms);
 
 /* status.c, for verifier.c and net.c */
-/* Is uri (n bytes) <v->url>/v1/status-lists/<0..1023, no leading zero>? */
-bool vfy_status_uri_ok(const vfy *v, const char *uri, size_t n);
 /* The token's status claim (NULL: none): VFY_OK with *uri (into payload) and *idx set or
  * left NULL, or VFY_MALFORMED. */
 vfy_result vfy_status_claim(const vfy *v, const json_t *payload, const char **uri, uint32_t *idx);

@@ -3,6 +3,7 @@
  * handle that drives the event stream and the feed fetches, woken by curl_multi_wakeup
  * when vfy_close wants it gone. See verifier.h and internal.h. */
 #include "verifier/internal.h"
+#include "base/clock.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -49,13 +50,6 @@ void vfy_net_init(void)
     pthread_once(&net_once, net_global_init);
 }
 
-int64_t vfy_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 CURL *vfy_curl_new(vfy *v)
 {
     CURL *c = curl_easy_init();
@@ -82,7 +76,7 @@ CURL *vfy_curl_new(vfy *v)
 
 /* ---- buffers and synchronous GETs ------------------------------------------------------ */
 
-void vfy_buf_reset(vfy_buf *b)
+static void vfy_buf_reset(vfy_buf *b)
 {
     b->len = 0;
     b->overflow = false;
@@ -244,7 +238,7 @@ static void bg_feed_start(vfy *v)
     v->fetch_soon = false;
     v->fetch_full = false;
     if (curl_multi_add_handle(v->multi, v->feed_curl) != CURLM_OK) {
-        v->next_poll_ms = vfy_mono_ms() + NET_BACKOFF_MAX_MS;
+        v->next_poll_ms = clk_now_ms() + NET_BACKOFF_MAX_MS;
         return;
     }
     v->feed_active = true;
@@ -262,7 +256,7 @@ static void bg_feed_done(vfy *v, CURLcode rc)
         st = vfy_apply_feed(v, v->feed_body.data, v->feed_body.len);
     else
         atomic_fetch_add(&v->feeds_refused, 1); /* no document counts as a refused one */
-    int64_t now = vfy_mono_ms(), interval = net_poll_interval_ms(v);
+    int64_t now = clk_now_ms(), interval = net_poll_interval_ms(v);
     if (st == VFY_FEED_OK && !vfy_behind(v)) {
         v->feed_backoff_ms = 0;
         v->next_poll_ms = now + interval;
@@ -369,7 +363,7 @@ static void bg_stream_done(vfy *v)
         v->stream_backoff_ms *= 2;
     if (v->stream_backoff_ms > NET_BACKOFF_MAX_MS)
         v->stream_backoff_ms = NET_BACKOFF_MAX_MS;
-    int64_t now = vfy_mono_ms();
+    int64_t now = clk_now_ms();
     v->reconnect_ms = now + net_jitter(v->stream_backoff_ms);
     /* Down, the feed is all we have: poll at the stream-down interval from now. */
     int64_t next = now + net_poll_interval_ms(v);
@@ -522,10 +516,10 @@ static void sse_dispatch(vfy *v)
 static void *bg_main(void *arg)
 {
     vfy *v = arg;
-    v->next_poll_ms = vfy_mono_ms() + net_poll_interval_ms(v);
+    v->next_poll_ms = clk_now_ms() + net_poll_interval_ms(v);
     v->reconnect_ms = 0;
     while (!atomic_load(&v->stop)) {
-        int64_t now = vfy_mono_ms();
+        int64_t now = clk_now_ms();
         if (!v->stream_active && now >= v->reconnect_ms && bg_stream_start(v) != 0)
             v->reconnect_ms = now + NET_BACKOFF_MAX_MS;
         if (!v->feed_active && (v->fetch_soon || v->fetch_full || now >= v->next_poll_ms))
@@ -551,7 +545,7 @@ static void *bg_main(void *arg)
                 bg_status_done(v, m->data.result);
         }
         /* Sleep until the next thing to do, a socket event, or curl_multi_wakeup. */
-        now = vfy_mono_ms();
+        now = clk_now_ms();
         int64_t wait = NET_WAIT_MAX_MS;
         if (!v->feed_active) {
             if (v->fetch_soon || v->fetch_full)

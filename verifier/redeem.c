@@ -4,13 +4,13 @@
  * only into the one request header that carries it, and every copy is wiped. See
  * verifier.h for contracts. */
 #include "verifier/internal.h"
+#include "base/text.h"
+#include "base/file.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define RD_ORIGIN_MAX 255          /* bytes of an origin, as the appliance bounds it */
@@ -48,40 +48,26 @@ bool vfy_origin_ok(const char *origin)
 
 vfy_err vfy_secret_load(vfy *v, const char *path, char *err, size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        int e = fd < 0 ? errno : EINVAL;
-        if (fd >= 0)
-            close(fd);
+    size_t n = 0;
+    file_status fs =
+        file_read(path, FILE_REGULAR | FILE_NOFOLLOW, v->secret, sizeof(v->secret), &n, NULL);
+    if (fs == FILE_ERR_OPEN || fs == FILE_ERR_NOT_REGULAR) {
         snprintf(err, errlen, "cannot read the redeem credential file %s: %s", path,
-                 e == EINVAL ? "not a regular file" : strerror(e));
+                 fs == FILE_ERR_NOT_REGULAR ? "not a regular file" : strerror(errno));
         return VFY_E_CREDENTIAL;
     }
-    /* One byte more than fits: a longer file is refused, not cut. */
-    size_t n = 0;
-    for (;;) {
-        ssize_t got = read(fd, v->secret + n, sizeof(v->secret) - n);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0)
-            break;
-        n += (size_t)got;
-        if (n == sizeof(v->secret))
-            break;
-    }
-    close(fd);
     const char *why = NULL;
-    if (n == sizeof(v->secret))
+    if (fs == FILE_ERR_TOO_LARGE)
         why = "is longer than a credential secret";
+    else if (fs != FILE_OK)
+        why = "cannot be read";
     while (why == NULL && n > 0 &&
            (v->secret[n - 1] == '\n' || v->secret[n - 1] == '\r' || v->secret[n - 1] == ' '))
         n--;
     if (why == NULL && n == 0)
         why = "is empty";
-    for (size_t i = 0; why == NULL && i < n; i++)
-        if ((unsigned char)v->secret[i] <= 0x20 || (unsigned char)v->secret[i] >= 0x7f)
-            why = "holds a byte that is not printable ASCII (it must hold the secret alone)";
+    if (why == NULL && !txt_visible(v->secret, n))
+        why = "holds a byte that is not printable ASCII (it must hold the secret alone)";
     if (why != NULL) {
         explicit_bzero(v->secret, sizeof(v->secret));
         v->secret_len = 0;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "civetweb.h"
+#include "base/text.h"
 
 #define VSV_TOKEN_PARAM "token="
 
@@ -61,7 +62,7 @@ static bool vsv_path_canonical(const char *p, size_t len)
     for (size_t i = 0; i <= len; i++) {
         if (i < len) {
             unsigned char c = (unsigned char)p[i];
-            if (c <= 0x20 || c >= 0x7f || c == '\\')
+            if (!txt_is_visible((char)c) || c == '\\')
                 return false;
             if (c == '%') {
                 if (i + 2 >= len)
@@ -212,9 +213,8 @@ bool vsv_claim_header(const json_t *claims, const char *name, char *buf, size_t 
     size_t n = json_string_length(c);
     if (n == 0 || n > max)
         return false;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] >= 0x7f)
-            return false;
+    if (!txt_printable(s, n))
+        return false;
     memcpy(buf, s, n);
     buf[n] = '\0';
     return true;

@@ -4,6 +4,7 @@
  * sl_mu), refreshed by the background thread (net.c asks vfy_status_due what is due). See
  * verifier.h for contracts and internal.h for the locks. */
 #include "verifier/internal.h"
+#include "base/clock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -121,7 +122,8 @@ void vfy_status_list_free(vfy_status_list *l)
 
 /* ---- the token's claim ------------------------------------------------------------------ */
 
-bool vfy_status_uri_ok(const vfy *v, const char *uri, size_t n)
+/* Is uri (n bytes) <v->url>/v1/status-lists/<0..1023, no leading zero>? */
+static bool vfy_status_uri_ok(const vfy *v, const char *uri, size_t n)
 {
     const char *base = v->cfg.url;
     if (base == NULL || uri == NULL)
@@ -209,7 +211,7 @@ static bool sl_usable(vfy *v, const vfy_slist *e, int64_t now)
 {
     return e != NULL && e->bits != NULL && now < e->exp &&
            (now - e->iat <= (int64_t)v->cfg.max_feed_age || atomic_load(&v->stream_up)) &&
-           !vfy_behind_too_long(v, e->behind_ms, vfy_mono_ms());
+           !vfy_behind_too_long(v, e->behind_ms, clk_now_ms());
 }
 
 /* After a copy was accepted into e: the announced bits it has set are no longer pending,
@@ -246,7 +248,7 @@ static vfy_result sl_answer(vfy *v, const char *uri, uint32_t idx, bool *usable)
  * and in the background back off. */
 static void sl_failed(vfy *v, const char *uri, bool background)
 {
-    int64_t now = vfy_mono_ms();
+    int64_t now = clk_now_ms();
     pthread_rwlock_wrlock(&v->lock);
     vfy_slist *e = sl_slot(v, uri);
     if (e != NULL) {
@@ -291,12 +293,12 @@ vfy_feed_status vfy_apply_status_list(vfy *v, const char *uri, const char *jws, 
             }
             e->failed_ms = 0;
             e->backoff_ms = 0;
-            e->next_ms = vfy_mono_ms() + vfy_poll_interval_ms(v, e->ttl, e->exp);
+            e->next_ms = clk_now_ms() + vfy_poll_interval_ms(v, e->ttl, e->exp);
             sl_settle(e);
             /* Still behind (the appliance serves the copy it signed before the
              * announcement while it cannot sign): keep asking, soon. */
             if (e->behind_ms != 0)
-                e->next_ms = vfy_mono_ms() + SL_BEHIND_RETRY_MS;
+                e->next_ms = clk_now_ms() + SL_BEHIND_RETRY_MS;
         }
         pthread_rwlock_unlock(&v->lock);
     }
@@ -319,7 +321,7 @@ vfy_result vfy_status_lookup(vfy *v, const char *uri, uint32_t idx)
     if (!usable) {
         pthread_rwlock_rdlock(&v->lock);
         const vfy_slist *e = sl_find(v, uri);
-        bool recent = e != NULL && e->failed_ms != 0 && vfy_mono_ms() - e->failed_ms < SL_RETRY_MS;
+        bool recent = e != NULL && e->failed_ms != 0 && clk_now_ms() - e->failed_ms < SL_RETRY_MS;
         /* Behind an announced revocation: the background refetches it every second or two
          * already; a caller waiting here up to http_timeout would only answer later. */
         bool behind = e != NULL && e->behind_ms != 0;
@@ -396,7 +398,7 @@ void vfy_status_announce(vfy *v, const char *uri, bool has_idx, uint32_t idx, in
                     e->pending_overflow_at = at;
             }
             if (e->behind_ms == 0)
-                e->behind_ms = vfy_mono_ms();
+                e->behind_ms = clk_now_ms();
         }
     }
     pthread_rwlock_unlock(&v->lock);

@@ -2,6 +2,11 @@
  * network side (libcurl, the event stream, the background thread) is net.c; the pure feed
  * check is feed.c. See verifier.h for contracts and internal.h for the locks. */
 #include "verifier/internal.h"
+#include "base/hex.h"
+#include "base/text.h"
+#include "base/clock.h"
+#include "base/names.h"
+#include "base/lock.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -66,7 +71,7 @@ const char *vfy_result_name(vfy_result r)
         [VFY_WRONG_AUDIENCE] = "wrong_audience",
         [VFY_REVOKED_SUBJECT] = "revoked_subject",
     };
-    return (unsigned)r < sizeof(names) / sizeof(names[0]) ? names[r] : "invalid";
+    return nm_name(names, sizeof(names) / sizeof(names[0]), (unsigned)r, "invalid");
 }
 
 const char *vfy_err_name(vfy_err e)
@@ -76,7 +81,7 @@ const char *vfy_err_name(vfy_err e)
         [VFY_E_NET] = "network", [VFY_E_HTTP] = "http",     [VFY_E_JWKS] = "jwks",
         [VFY_E_FEED] = "feed",   [VFY_E_SYSTEM] = "system", [VFY_E_CREDENTIAL] = "credential",
     };
-    return (unsigned)e < sizeof(names) / sizeof(names[0]) ? names[e] : "invalid";
+    return nm_name(names, sizeof(names) / sizeof(names[0]), (unsigned)e, "invalid");
 }
 
 /* ---- set-up ---------------------------------------------------------------------------- */
@@ -99,10 +104,7 @@ static vfy_err vfy_config_check(const vfy_config *c, bool net, char *err, size_t
     }
     if (c->aud != NULL) {
         size_t n = strnlen(c->aud, VFY_AUD_MAX + 1);
-        bool printable = n >= 1 && n <= VFY_AUD_MAX;
-        for (size_t i = 0; printable && i < n; i++)
-            printable = (unsigned char)c->aud[i] >= 0x20 && (unsigned char)c->aud[i] <= 0x7e;
-        if (!printable) {
+        if (n < 1 || n > VFY_AUD_MAX || !txt_printable(c->aud, n)) {
             snprintf(err, errlen, "the audience must be 1 to %d printable ASCII characters",
                      VFY_AUD_MAX);
             return VFY_E_CONFIG;
@@ -145,17 +147,9 @@ static vfy *vfy_alloc(const vfy_config *cfg)
         snprintf(v->aud, sizeof(v->aud), "%s", cfg->aud);
         v->cfg.aud = v->aud;
     }
-    pthread_rwlockattr_t ra;
-    pthread_condattr_t ca;
-    int bad = pthread_rwlockattr_init(&ra);
     /* Writers first: a steady stream of vfy_verify readers must not hold a new feed off. */
-    bad = bad || pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    bad = bad || pthread_rwlock_init(&v->lock, &ra);
-    pthread_rwlockattr_destroy(&ra);
-    bad = bad || pthread_condattr_init(&ca);
-    bad = bad || pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    bad = bad || pthread_cond_init(&v->seq_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    int bad = lk_rwlock_init(&v->lock) != 0;
+    bad = bad || clk_cond_init(&v->seq_cv) != 0;
     if (bad || pthread_mutex_init(&v->jwks_mu, NULL) != 0 ||
         pthread_mutex_init(&v->sl_mu, NULL) != 0 || pthread_mutex_init(&v->seq_mu, NULL) != 0) {
         free(v); /* a failed init only happens on a broken libc: the lock leak is moot */
@@ -324,11 +318,7 @@ static int vfy_kid_cmp(const void *a, const void *b)
 /* Is kid a client kid (32 lowercase hex)? Anything else can never be in our key set. */
 static int vfy_hex_kid(const char *kid)
 {
-    size_t i = 0;
-    for (; kid[i] != '\0' && i <= VFY_KID_LEN; i++)
-        if (!((kid[i] >= '0' && kid[i] <= '9') || (kid[i] >= 'a' && kid[i] <= 'f')))
-            return 0;
-    return i == VFY_KID_LEN;
+    return hex_string(kid, VFY_KID_LEN);
 }
 
 static void vfy_keys_free(vfy_key *keys, size_t n)
@@ -470,7 +460,7 @@ static bool vfy_jwks_refetch(vfy *v, uint64_t seen_gen)
     pthread_rwlock_rdlock(&v->lock);
     uint64_t gen = v->jwks_gen;
     pthread_rwlock_unlock(&v->lock);
-    int64_t now = vfy_mono_ms();
+    int64_t now = clk_now_ms();
     if (gen != seen_gen) {
         changed = true; /* another caller fetched while we waited for the mutex */
     } else if (!v->refetched || now - v->last_refetch_ms >= (int64_t)v->cfg.jwks_cooldown * 1000) {
@@ -501,7 +491,7 @@ void vfy_announce_seq(vfy *v, uint64_t seq)
         /* The grace runs from the first announcement we could not catch up with: later
          * ones while still behind do not extend it. */
         if (v->behind_ms == 0)
-            v->behind_ms = vfy_mono_ms();
+            v->behind_ms = clk_now_ms();
     }
     pthread_rwlock_unlock(&v->lock);
 }
@@ -786,7 +776,7 @@ static bool vfy_lookup(vfy *v, const char *kid, vfy_key *key_out, uint8_t *ne_bu
      * known to miss a revocation once we could not fetch it within behind_grace. */
     *stale = now >= v->exp ||
              (now - v->iat > (int64_t)v->cfg.max_feed_age && !atomic_load(&v->stream_up)) ||
-             vfy_behind_too_long(v, v->behind_ms, vfy_mono_ms());
+             vfy_behind_too_long(v, v->behind_ms, clk_now_ms());
     *revoked = kid != NULL && v->n_revoked > 0 &&
                bsearch(kid, v->revoked, v->n_revoked, sizeof(*v->revoked), vfy_kid_cmp) != NULL;
     vfy_key probe;
@@ -890,14 +880,7 @@ void vfy_stats(vfy *v, struct vfy_stats *out)
 
 bool vfy_wait_seq(vfy *v, uint64_t seq, unsigned timeout_ms)
 {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    struct timespec deadline = clk_deadline(timeout_ms);
     pthread_mutex_lock(&v->seq_mu);
     while (v->applied_seq < seq)
         if (pthread_cond_timedwait(&v->seq_cv, &v->seq_mu, &deadline) == ETIMEDOUT)

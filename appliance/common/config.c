@@ -6,6 +6,9 @@
  * bounds, extra check and one-line documentation.
  */
 #include "appliance/common/config.h"
+#include "base/hex.h"
+#include "base/text.h"
+#include "base/file.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -235,10 +238,7 @@ static const char *cfg_check_key_bits(const char *text, unsigned num)
 static const char *cfg_check_printable(const char *text, unsigned num)
 {
     (void)num;
-    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
-        if (*p < 0x20 || *p > 0x7e)
-            return "must be printable ASCII";
-    return NULL;
+    return txt_printable_str(text) ? NULL : "must be printable ASCII";
 }
 
 int cfg_origin_ok(const char *s)
@@ -520,53 +520,27 @@ unsigned cfg_pkcs11_sessions(const cfg *c)
  * buffer the caller frees. */
 char *cfg_read_file(const char *path, size_t *len, char *err, size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
+    char *buf;
+    switch (file_read_alloc(path, FILE_REGULAR, CFG_FILE_MAX, &buf, len)) {
+    case FILE_OK:
+        return buf;
+    case FILE_ERR_OPEN:
         cfg_errorf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        break;
+    case FILE_ERR_NOT_REGULAR:
         cfg_errorf(err, errlen, "%s: not a regular file", path);
-        close(fd);
-        return NULL;
-    }
-    if (st.st_size > CFG_FILE_MAX) {
+        break;
+    case FILE_ERR_TOO_LARGE:
         cfg_errorf(err, errlen, "%s: larger than %d bytes", path, CFG_FILE_MAX);
-        close(fd);
-        return NULL;
-    }
-    /* One byte more than allowed, to notice a file that grew since fstat. */
-    char *buf = malloc((size_t)CFG_FILE_MAX + 2);
-    if (buf == NULL) {
+        break;
+    case FILE_ERR_NOMEM:
         cfg_errorf(err, errlen, "%s: out of memory", path);
-        close(fd);
-        return NULL;
+        break;
+    default:
+        cfg_errorf(err, errlen, "%s: read error: %s", path, strerror(errno));
+        break;
     }
-    size_t n = 0;
-    while (n < (size_t)CFG_FILE_MAX + 1) {
-        ssize_t r = read(fd, buf + n, (size_t)CFG_FILE_MAX + 1 - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            cfg_errorf(err, errlen, "%s: read error: %s", path, strerror(errno));
-            free(buf);
-            close(fd);
-            return NULL;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-    }
-    close(fd);
-    if (n > CFG_FILE_MAX) {
-        cfg_errorf(err, errlen, "%s: larger than %d bytes", path, CFG_FILE_MAX);
-        free(buf);
-        return NULL;
-    }
-    buf[n] = '\0';
-    *len = n;
-    return buf;
+    return NULL;
 }
 
 /* The absolute directory of path, into dir (CFG_PATH_MAX bytes). */
@@ -852,23 +826,13 @@ int cfg_pin_path(const cfg *c, char *out, size_t outlen, char *err, size_t errle
 
 /* ---- hashing --------------------------------------------------------------------------- */
 
-static void cfg_hex32(const unsigned char md[32], char out[65])
-{
-    static const char hex[] = "0123456789abcdef";
-    for (unsigned i = 0; i < 32; i++) {
-        out[2 * i] = hex[md[i] >> 4];
-        out[2 * i + 1] = hex[md[i] & 15];
-    }
-    out[64] = '\0';
-}
-
 void cfg_sha256_hex_bytes(const void *p, size_t len, char out[65])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     out[0] = '\0';
     if (EVP_Digest(p, len, md, &mdlen, EVP_sha256(), NULL) == 1 && mdlen == 32)
-        cfg_hex32(md, out);
+        hex_encode(md, 32, out);
 }
 
 void cfg_sha256_hex(const char *path, char out[65])
@@ -897,5 +861,5 @@ void cfg_sha256_hex(const char *path, char out[65])
     EVP_MD_CTX_free(ctx);
     close(fd);
     if (ok)
-        cfg_hex32(md, out);
+        hex_encode(md, 32, out);
 }

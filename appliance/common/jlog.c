@@ -2,6 +2,7 @@
 #include "appliance/common/jlog.h"
 
 #include "appliance/common/config.h"
+#include "base/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,13 +21,6 @@ static int jlog_fd = -1; /* -1: stderr */
 static char jlog_path[CFG_PATH_MAX];
 static atomic_llong jlog_next_check; /* monotonic ns; claimed by one writer at a time */
 static atomic_ullong jlog_lost;
-
-static long long jlog_mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 static int jlog_open_path(const char *path)
 {
@@ -54,7 +48,7 @@ int jlog_open(const char *path, char *err, size_t errlen)
     jlog_close();
     memcpy(jlog_path, path, strlen(path) + 1);
     jlog_fd = fd;
-    atomic_store(&jlog_next_check, jlog_mono_ns() + JLOG_CHECK_NS);
+    atomic_store(&jlog_next_check, clk_now_ns() + JLOG_CHECK_NS);
     return 0;
 }
 
@@ -70,7 +64,7 @@ void jlog_close(void)
  * the path is opened again and takes the descriptor's place. */
 static void jlog_follow_rotation(int fd)
 {
-    long long now = jlog_mono_ns();
+    long long now = clk_now_ns();
     long long due = atomic_load_explicit(&jlog_next_check, memory_order_relaxed);
     if (now < due || !atomic_compare_exchange_strong(&jlog_next_check, &due, now + JLOG_CHECK_NS))
         return;

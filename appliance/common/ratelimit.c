@@ -209,13 +209,6 @@ size_t rl_used(rl_table *t)
     return n;
 }
 
-uint64_t rl_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* The set's way holding key, or -1. Under the set's mutex. */
 static int rl_find(const rl_set *s, uint64_t h, const char *key, size_t keylen)
 {

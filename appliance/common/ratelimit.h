@@ -18,9 +18,9 @@
  * requests, so an abuser that keeps sending stays limited. Size the table well above the
  * number of keys expected to be active within one refill period.
  *
- * Time is the caller's: every call takes a CLOCK_MONOTONIC time in nanoseconds (rl_now_ns
- * gives one), which makes the module testable. Time going backwards (two threads racing
- * with their clock readings) never adds tokens. Keys are ids and addresses, not secrets:
+ * Time is the caller's: every call takes a CLOCK_MONOTONIC time in nanoseconds (clk_now_ns,
+ * base/clock.h, gives one), which makes the module testable. Time going backwards (two threads
+ * racing with their clock readings) never adds tokens. Keys are ids and addresses, not secrets:
  * nothing is wiped.
  *
  * Thread safety: rl_take, rl_peek, rl_used and rl_capacity may be called from any number
@@ -30,7 +30,7 @@
  *
  *   rl_table *per_ip = rl_new(65536, 10.0, 20.0); // 10 requests/s, bursts of 20
  *   if (per_ip == NULL) ... fail startup ...
- *   unsigned wait = rl_take(per_ip, addr, strlen(addr), rl_now_ns());
+ *   unsigned wait = rl_take(per_ip, addr, strlen(addr), (uint64_t)clk_now_ns());
  *   if (wait != 0)
  *       ... reply 429 with "Retry-After: <wait>" ...
  *   rl_free(per_ip);
@@ -69,9 +69,6 @@ unsigned rl_take(rl_table *t, const char *key, size_t keylen, uint64_t now_ns);
 /* Like rl_take but changes nothing (neither tokens nor recency, and an unknown key is not
  * added): 0 when a token is available now, else the seconds to wait. */
 unsigned rl_peek(rl_table *t, const char *key, size_t keylen, uint64_t now_ns);
-
-/* Monotonic now in nanoseconds (CLOCK_MONOTONIC), for callers. */
-uint64_t rl_now_ns(void);
 
 /* How many buckets the table has (slots after rounding); 0 for an unlimited table or
  * NULL. Fixed for the table's life. */

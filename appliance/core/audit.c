@@ -4,6 +4,9 @@
 #include "appliance/common/config.h"
 #include "appliance/common/jlog.h"
 #include "jose/jose.h"
+#include "base/hex.h"
+#include "base/clock.h"
+#include "appliance/store/db.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -216,8 +219,8 @@ struct audit {
     int stop;
     pthread_t thread;
 
-    uint64_t last_cp_seq; /* seq of the last checkpoint */
-    struct timespec last_cp, last_flush;
+    uint64_t last_cp_seq;        /* seq of the last checkpoint */
+    int64_t last_cp, last_flush; /* clk_now_ms */
 };
 
 static int audit_exec(sqlite3 *db, const char *sql)
@@ -228,13 +231,6 @@ static int audit_exec(sqlite3 *db, const char *sql)
 static int64_t audit_now(void)
 {
     return (int64_t)time(NULL);
-}
-
-static double audit_since(const struct timespec *t)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (double)(now.tv_sec - t->tv_sec) + (double)(now.tv_nsec - t->tv_nsec) / 1e9;
 }
 
 /* Commits the pending events (and the counts when with_counts) in one transaction. */
@@ -292,7 +288,9 @@ int audit_record(audit *a, const char *action, const char *kid_hex, json_t *deta
     return rc;
 }
 
-int audit_checkpoint(audit *a)
+/* Signs a checkpoint of the current head now, if there are events since the last one.
+ * 0 (done or nothing to do), or -1. */
+static int audit_checkpoint(audit *a)
 {
     uint64_t seq;
     char hash[AUDIT_HASH_HEX + 1];
@@ -337,7 +335,7 @@ int audit_checkpoint(audit *a)
     }
     if (rc == 0) {
         a->last_cp_seq = seq;
-        clock_gettime(CLOCK_MONOTONIC, &a->last_cp);
+        a->last_cp = clk_now_ms();
     } else {
         fprintf(stderr, "signd: audit: checkpoint at seq %" PRIu64 " failed (%s)\n", seq,
                 st == SK_OK ? "storage" : sk_status_name(st));
@@ -430,22 +428,20 @@ static void *audit_main(void *arg)
         for (size_t i = 0; i < a->n_q && !has_tickets; i++)
             has_tickets = a->q[i].ticket != 0;
         if (!has_tickets && !a->stop) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += 1;
+            struct timespec until = clk_deadline(1000);
             pthread_cond_timedwait(&a->wake, &a->mu, &until);
         }
         int stop = a->stop;
         pthread_mutex_unlock(&a->mu);
 
         audit_flush(a, 0); /* signature events: group commit, now */
-        if (stop || audit_since(&a->last_flush) >= a->o.flush_seconds) {
+        if (stop || clk_ms_since(a->last_flush) >= (int64_t)a->o.flush_seconds * 1000) {
             audit_flush(a, 1);
-            clock_gettime(CLOCK_MONOTONIC, &a->last_flush);
+            a->last_flush = clk_now_ms();
         }
         uint64_t pending = audit_unsigned(a);
         if (pending > 0 && (stop || pending >= a->o.checkpoint_events ||
-                            audit_since(&a->last_cp) >= a->o.checkpoint_seconds))
+                            clk_ms_since(a->last_cp) >= (int64_t)a->o.checkpoint_seconds * 1000))
             audit_checkpoint(a);
         if (stop)
             break;
@@ -472,14 +468,15 @@ int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, 
         a->o.checkpoint_events = 1;
     if (a->o.checkpoint_seconds == 0)
         a->o.checkpoint_seconds = 1;
-    if (sqlite3_open_v2(db_path, &a->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW, NULL) !=
-            SQLITE_OK ||
-        sqlite3_busy_timeout(a->db, AUDIT_BUSY_MS) != SQLITE_OK ||
-        audit_exec(a->db, "PRAGMA journal_mode=WAL") != 0 ||
-        audit_exec(a->db, "PRAGMA synchronous=FULL") != 0 ||
-        audit_schema(a->db, err, errlen) != 0) {
+    char derr[256];
+    if (db_open(db_path, AUDIT_BUSY_MS, &a->db, derr, sizeof(derr)) != 0) {
+        cfg_errorf(err, errlen, "%s: %s", db_path, derr);
+        free(a);
+        return -1;
+    }
+    if (audit_schema(a->db, err, errlen) != 0) {
         if (err && errlen && err[0] == '\0')
-            cfg_errorf(err, errlen, "%s: %s", db_path, a->db ? sqlite3_errmsg(a->db) : "?");
+            cfg_errorf(err, errlen, "%s: %s", db_path, sqlite3_errmsg(a->db));
         sqlite3_close(a->db);
         free(a);
         return -1;
@@ -491,11 +488,11 @@ int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, 
             a->last_cp_seq = (uint64_t)sqlite3_column_int64(s, 0);
         sqlite3_finalize(s);
     }
-    clock_gettime(CLOCK_MONOTONIC, &a->last_cp);
+    a->last_cp = clk_now_ms();
     a->last_flush = a->last_cp;
     pthread_mutex_init(&a->db_mu, NULL);
     pthread_mutex_init(&a->mu, NULL);
-    pthread_cond_init(&a->wake, NULL);
+    clk_cond_init(&a->wake);
     pthread_cond_init(&a->done, NULL);
     a->by_kid = json_object();
     a->by_cred = json_object();
@@ -620,7 +617,7 @@ int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const vo
     unsigned int mdlen = 0;
     if (EVP_Digest(msg, len, md, &mdlen, EVP_sha256(), NULL) != 1)
         return -1;
-    jose_hex_encode(md, 32, digest);
+    hex_encode(md, 32, digest);
     audit_pending p;
     memset(&p, 0, sizeof(p));
     snprintf(p.action, sizeof(p.action), "%s", AUDIT_SIGN);
@@ -650,13 +647,8 @@ int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const vo
 static sqlite3 *audit_open_ro(const char *path)
 {
     sqlite3 *db = NULL;
-    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL) !=
-        SQLITE_OK) {
-        sqlite3_close(db);
-        return NULL;
-    }
-    sqlite3_busy_timeout(db, AUDIT_BUSY_MS);
-    return db;
+    char err[256];
+    return db_open_ro(path, AUDIT_BUSY_MS, &db, err, sizeof(err)) == 0 ? db : NULL;
 }
 
 static json_t *audit_row_json(sqlite3_stmt *s)

@@ -142,10 +142,6 @@ int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const vo
  * signatures, and the age in seconds of the oldest of them (0 when none). For GET /metrics. */
 void audit_lag(audit *a, uint64_t *events, double *oldest_seconds);
 
-/* Signs a checkpoint of the current head now, if there are events since the last one.
- * 0 (done or nothing to do), or -1. */
-int audit_checkpoint(audit *a);
-
 /* ---- reading and export (the API) --------------------------------------------------------- */
 
 typedef struct {

@@ -2,6 +2,7 @@
  * auditverify.h. */
 #include "appliance/core/auditverify.h"
 
+#include "base/hex.h"
 #include "jose/jose.h"
 
 #include <inttypes.h>
@@ -55,7 +56,7 @@ int av_chain_hash(const char *prev_hex, uint64_t seq, int64_t time, const char *
     uint8_t prev[32], md[32];
     unsigned int mdlen = 0;
     if (prev_hex == NULL || strlen(prev_hex) != AV_HASH_HEX ||
-        jose_hex_decode(prev_hex, AV_HASH_HEX, prev, 32) != 0 || actor == NULL || action == NULL ||
+        hex_decode(prev_hex, AV_HASH_HEX, prev, 32) != 0 || actor == NULL || action == NULL ||
         kid == NULL || !json_is_object(details))
         return -1;
     char *canonical = av_canonical(seq, time, actor, action, kid, details);
@@ -70,7 +71,7 @@ int av_chain_hash(const char *prev_hex, uint64_t seq, int64_t time, const char *
     free(canonical);
     if (!ok)
         return -1;
-    jose_hex_encode(md, 32, out);
+    hex_encode(md, 32, out);
     return 0;
 }
 
@@ -84,7 +85,7 @@ av_anchor_err av_anchor_parse(const char *text, av_anchor *out)
     const char *colon = text ? strchr(text, ':') : NULL;
     size_t digits = colon ? (size_t)(colon - text) : 0;
     if (colon == NULL || digits == 0 || strspn(text, "0123456789") != digits ||
-        strlen(colon + 1) != AV_HASH_HEX || strspn(colon + 1, "0123456789abcdef") != AV_HASH_HEX)
+        !hex_string(colon + 1, AV_HASH_HEX))
         return AV_ANCHOR_FORM;
     if (digits > 19)
         return AV_ANCHOR_SEQ;

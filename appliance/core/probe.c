@@ -3,6 +3,8 @@
 #include "appliance/core/probe.h"
 
 #include "appliance/common/metrics.h"
+#include "base/clock.h"
+#include "base/names.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -26,21 +28,15 @@ struct prb {
     uint64_t started_ms; /* monotonic ms the probe in flight began, 0: none in flight */
 };
 
-static uint64_t prb_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-const char *prb_cause_name(prb_cause c)
+/* "exited", "signal", "watchdog"; "unknown" out of range. */
+static const char *prb_cause_name(prb_cause c)
 {
     static const char *const names[PRB_CAUSE_COUNT_] = {
         [PRB_CAUSE_EXITED] = "exited",
         [PRB_CAUSE_SIGNAL] = "signal",
         [PRB_CAUSE_WATCHDOG] = "watchdog",
     };
-    return (unsigned)c < PRB_CAUSE_COUNT_ && names[c] != NULL ? names[c] : "unknown";
+    return nm_name(names, PRB_CAUSE_COUNT_, (unsigned)c, "unknown");
 }
 
 /* Records every whole event waiting in the pipe. A short read cannot happen for writes of
@@ -77,7 +73,7 @@ static void prb_drain_events(prb *p)
 static void prb_probe(prb *p)
 {
     pthread_mutex_lock(&p->mu);
-    p->started_ms = prb_now_ms();
+    p->started_ms = (uint64_t)clk_now_ms();
     pthread_mutex_unlock(&p->mu);
 
     reg_key newest;
@@ -88,7 +84,7 @@ static void prb_probe(prb *p)
     pthread_mutex_lock(&p->mu);
     p->status = st;
     p->sessions = sessions; /* 0 while the keeper does not answer, as it holds none for us */
-    p->done_ms = prb_now_ms();
+    p->done_ms = (uint64_t)clk_now_ms();
     p->started_ms = 0;
     pthread_mutex_unlock(&p->mu);
 }
@@ -104,12 +100,7 @@ static void *prb_main(void *arg)
             p->first_done = 1;
             pthread_cond_broadcast(&p->cv);
         }
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        long ms = p->status == SK_OK ? PRB_INTERVAL_MS : PRB_RETRY_MS;
-        until.tv_nsec += ms * 1000000L;
-        until.tv_sec += until.tv_nsec / 1000000000L;
-        until.tv_nsec %= 1000000000L;
+        struct timespec until = clk_deadline(p->status == SK_OK ? PRB_INTERVAL_MS : PRB_RETRY_MS);
         while (!p->stop && pthread_cond_timedwait(&p->cv, &p->mu, &until) != ETIMEDOUT)
             ;
         int stop = p->stop;
@@ -132,11 +123,7 @@ int prb_start(const prb_options *o, prb **out, char *err, size_t errlen)
     p->o = *o;
     p->status = SK_ERR_DEVICE;
     pthread_mutex_init(&p->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&p->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    clk_cond_init(&p->cv);
     int rc = pthread_create(&p->thread, NULL, prb_main, p);
     if (rc != 0) {
         snprintf(err, errlen, "readiness probe: cannot start its thread: %s", strerror(rc));
@@ -170,7 +157,7 @@ void prb_stop(prb *p)
 void prb_read(prb *p, prb_state *out)
 {
     pthread_mutex_lock(&p->mu);
-    uint64_t now = prb_now_ms();
+    uint64_t now = (uint64_t)clk_now_ms();
     int late = p->started_ms != 0 && now - p->started_ms > PRB_DEADLINE_MS;
     out->status = late ? SK_ERR_TIMEOUT : p->status;
     out->ready = !late && p->status == SK_OK && p->done_ms != 0;

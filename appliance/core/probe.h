@@ -51,9 +51,6 @@ typedef struct {
 } prb_event;
 #define PRB_EVENT_MAGIC 0x73696764u
 
-/* "exited", "signal", "watchdog"; "unknown" out of range. */
-const char *prb_cause_name(prb_cause c);
-
 typedef struct {
     kp *kp;
     reg *reg;

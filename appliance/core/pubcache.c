@@ -1,5 +1,6 @@
 /* pc: when to sign a public document again. See pubcache.h. */
 #include "appliance/core/pubcache.h"
+#include "base/names.h"
 
 pc_action pc_decide(const pc_entry *e, uint64_t version, int64_t now, int64_t resign_after,
                     bool keeper_ok, bool budget_ok)
@@ -26,5 +27,5 @@ const char *pc_action_name(pc_action a)
         [PC_REFUSE_BUDGET] = "refuse_budget",
         [PC_REFUSE_KEEPER] = "refuse_keeper",
     };
-    return (unsigned)a < sizeof(names) / sizeof(names[0]) ? names[a] : "invalid";
+    return nm_name(names, sizeof(names) / sizeof(names[0]), (unsigned)a, "invalid");
 }

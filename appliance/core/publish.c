@@ -3,6 +3,7 @@
 
 #include "appliance/core/pubcache.h"
 #include "appliance/common/ratelimit.h"
+#include "base/clock.h"
 #include "jose/jose.h"
 
 #include <openssl/evp.h>
@@ -384,7 +385,7 @@ static pub_doc *pub_signed_get(pub *p, pub_signed *e, uint64_t key, uint64_t ver
         pe.has = e->doc != NULL && e->key == key; /* another key's copy answers nothing here */
         bool keeper_ok =
             now > p->keeper_failed_at && (p->in_flight == 0 || now - p->in_flight_at < 2);
-        uint64_t ns = rl_now_ns();
+        uint64_t ns = (uint64_t)clk_now_ns();
         const char *bk = PUB_BUDGET_KEY;
         bool budget_ok = rl_peek(p->budget, bk, strlen(bk), ns) == 0;
         pc_action a = pc_decide(&pe, version, now, pub_resign_after(c), keeper_ok, budget_ok);
@@ -399,7 +400,7 @@ static pub_doc *pub_signed_get(pub *p, pub_signed *e, uint64_t key, uint64_t ver
             continue;
         }
         if (a == PC_REFUSE_BUDGET) {
-            unsigned wait = rl_peek(p->budget, bk, strlen(bk), rl_now_ns());
+            unsigned wait = rl_peek(p->budget, bk, strlen(bk), (uint64_t)clk_now_ns());
             why->budget = 1;
             why->retry_after = wait > 0 ? wait : 1;
             return NULL;

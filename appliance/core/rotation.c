@@ -1,5 +1,6 @@
 /* rot: the retirement scheduler. See rotation.h. */
 #include "appliance/core/rotation.h"
+#include "base/clock.h"
 
 #include "appliance/core/audit.h"
 
@@ -87,15 +88,7 @@ static struct timespec rot_deadline(int64_t next)
         if (ahead < ms)
             ms = ahead > ROT_MARGIN_MS ? ahead : ROT_MARGIN_MS;
     }
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
+    return clk_deadline(ms);
 }
 
 static void *rot_main(void *arg)
@@ -133,11 +126,7 @@ int rot_start(const ck_env *env, rot **out, char *err, size_t errlen)
     }
     t->env = *env;
     pthread_mutex_init(&t->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&t->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    clk_cond_init(&t->cv);
     int rc = pthread_create(&t->thread, NULL, rot_main, t);
     if (rc != 0) {
         snprintf(err, errlen, "rotation scheduler: cannot start its thread: %s", strerror(rc));

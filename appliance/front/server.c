@@ -10,6 +10,8 @@
 #include "appliance/front/tls.h"
 
 #include "civetweb.h"
+#include "base/text.h"
+#include "base/clock.h"
 
 #include <openssl/err.h>
 #include <openssl/rand.h>
@@ -196,8 +198,7 @@ static int srv_drain(struct mg_connection *c)
     if (ri == NULL || (ri->content_length <= 0 && mg_get_header(c, "Transfer-Encoding") == NULL))
         return 0;
     char buf[8192];
-    struct timespec t0, now;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t t0 = clk_now_ms();
     size_t dropped = 0;
     for (;;) {
         int r = mg_read(c, buf, sizeof(buf));
@@ -206,9 +207,7 @@ static int srv_drain(struct mg_connection *c)
         if (r < 0)
             return -1;
         dropped += (size_t)r;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long ms = (long)(now.tv_sec - t0.tv_sec) * 1000 + (now.tv_nsec - t0.tv_nsec) / 1000000;
-        if (dropped >= SRV_DRAIN_BYTES || ms > SRV_DRAIN_BODY_MS)
+        if (dropped >= SRV_DRAIN_BYTES || clk_ms_since(t0) > SRV_DRAIN_BODY_MS)
             return -1;
     }
 }
@@ -627,11 +626,7 @@ static int srv_send_body_error(struct mg_connection *c, long failure)
  * that is not must not make the record vanish). */
 static void srv_printable_path(const struct mg_request_info *ri, char out[SRV_PATH_LOG_MAX + 1])
 {
-    const char *uri = ri->local_uri ? ri->local_uri : "";
-    size_t n = 0;
-    for (; uri[n] != '\0' && n < SRV_PATH_LOG_MAX; n++)
-        out[n] = (unsigned char)uri[n] >= 0x20 && (unsigned char)uri[n] < 0x7f ? uri[n] : '?';
-    out[n] = '\0';
+    txt_copy_printable(out, SRV_PATH_LOG_MAX + 1, ri->local_uri, SRV_PATH_LOG_MAX);
 }
 
 /* The request log line (jlog.h): never a header, a body or a secret; the caller's
@@ -691,7 +686,7 @@ static int srv_authorize(struct mg_connection *c, srv *s, const srv_route *route
     const char *addr = ri->remote_addr;
     size_t addr_len = strnlen(addr, sizeof(ri->remote_addr));
     char extra[64];
-    uint64_t now = rl_now_ns();
+    uint64_t now = (uint64_t)clk_now_ns();
     unsigned wait = rl_peek(s->per_address, addr, addr_len, now);
     if (wait != 0) {
         snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", wait);
@@ -963,13 +958,10 @@ static int srv_events(struct mg_connection *c, srv *s, const api_req *q)
     uint64_t seen = reg_generation(rg);
     int ok = hlen > 0 && hlen < (int)sizeof(head) && mg_write(c, head, (size_t)hlen) == hlen &&
              srv_chunk(c, hello, (size_t)blen) == 0 && srv_events_send(c, rg, &sent) == 0;
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
     int64_t beat_ms = (int64_t)cf->events_heartbeat_seconds * 1000;
-    int64_t next_beat = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 + beat_ms;
+    int64_t next_beat = clk_now_ms() + beat_ms;
     while (ok && !atomic_load(&s->draining)) {
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        int64_t now_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+        int64_t now_ms = clk_now_ms();
         if (now_ms >= next_beat) {
             static const char beat[] = ": keepalive\n\n";
             ok = srv_chunk(c, beat, sizeof(beat) - 1) == 0;
@@ -1005,12 +997,10 @@ static int srv_result_names_key(api_err e)
 /* Counts the request (metrics.h) and logs it (log_requests). The signing kid of a token
  * request is the one noted (met_take_kid): asked of the keeper, or refused as a registry
  * key's state; a kid the registry does not know counts under kid="none". */
-static void srv_account(struct mg_connection *c, srv *s, int status, const struct timespec *t0,
+static void srv_account(struct mg_connection *c, srv *s, int status, int64_t t0_ns,
                         const srv_outcome *o)
 {
-    struct timespec t1;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    int64_t d = (int64_t)(t1.tv_sec - t0->tv_sec) * 1000000000 + (t1.tv_nsec - t0->tv_nsec);
+    int64_t d = clk_now_ns() - t0_ns;
     uint64_t ns = d > 0 ? (uint64_t)d : 0;
     met_request(o->route >= 0 ? (unsigned)o->route : MET_ROUTE_UNMATCHED, status, ns);
     sk_kid signed_kid;
@@ -1031,8 +1021,7 @@ static void srv_account(struct mg_connection *c, srv *s, int status, const struc
 static int srv_dispatch(struct mg_connection *c, void *arg)
 {
     srv *s = arg;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t t0 = clk_now_ns();
     srv_outcome o = {.route = -1};
     srv_next_request_id(s);
     met_take_kid(NULL); /* nothing left over from another request on this thread */
@@ -1041,7 +1030,7 @@ static int srv_dispatch(struct mg_connection *c, void *arg)
                      ? srv_send_error(c, API_ERR_UNAVAILABLE, "the appliance is stopping", NULL, 1)
                      : srv_route_request(c, s, &o);
     atomic_fetch_sub(&s->inflight, 1);
-    srv_account(c, s, status, &t0, &o);
+    srv_account(c, s, status, t0, &o);
     if (srv_drain(c) != 0)
         mg_disable_connection_keep_alive(c);
     return status;
@@ -1073,13 +1062,12 @@ static int srv_framing_gate(struct mg_connection *c)
     srv_refusal r = srv_request_check(ri);
     if (r.err == API_OK)
         return 0;
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t t0 = clk_now_ns();
     srv_outcome o = {.route = -1};
     srv_next_request_id(s);
     met_take_kid(NULL); /* as srv_dispatch: no kid left over on this thread is logged */
     int status = srv_send_error(c, r.err, r.msg, NULL, 1);
-    srv_account(c, s, status, &t0, &o);
+    srv_account(c, s, status, t0, &o);
     return status;
 }
 

@@ -9,6 +9,8 @@
 #include "appliance/store/registry.h"
 #include "hsm/hsm.h"
 #include "jose/jose.h"
+#include "base/hex.h"
+#include "base/clock.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -126,19 +128,12 @@ struct kpd {
 
 /* ---- one request ------------------------------------------------------------------------- */
 
-static long long kpd_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Re-reads the active set when the file changed since the last look (or was never read).
  * Caller holds refresh_mu. 0, or -1 when the registry cannot be read: the set is then
  * emptied, so that the keeper fails closed. */
 static int kpd_active_refresh_locked(kpd *d)
 {
-    atomic_store(&d->checked_ms, kpd_now_ms());
+    atomic_store(&d->checked_ms, clk_now_ms());
     if (d->reader == NULL && reg_reader_open(d->db_path, &d->reader) != REG_OK)
         goto fail;
     /* The version first: a commit between it and the listing is seen by the listing and
@@ -191,7 +186,7 @@ static int kpd_active_has(kpd *d, const sk_kid *kid)
  * became active. */
 static int kpd_is_active(kpd *d, const sk_kid *kid, int fresh)
 {
-    if (!fresh && kpd_now_ms() - atomic_load(&d->checked_ms) >= KPD_ACTIVE_CHECK_MS &&
+    if (!fresh && clk_now_ms() - atomic_load(&d->checked_ms) >= KPD_ACTIVE_CHECK_MS &&
         pthread_mutex_trylock(&d->refresh_mu) == 0) {
         kpd_active_refresh_locked(d); /* one thread looks; the others keep signing */
         pthread_mutex_unlock(&d->refresh_mu);
@@ -296,10 +291,8 @@ static int kpd_checkpoint_ok(kpd *d, const uint8_t *msg, size_t len, char *why, 
     json_t *hj = json_object_get(p, "hash"), *sj = json_object_get(p, "seq"),
            *tj = json_object_get(p, "time");
     const char *hash = json_string_value(hj);
-    int shape = json_is_object(p) && json_object_size(p) == 3 && hash != NULL &&
-                strlen(hash) == AUDIT_HASH_HEX &&
-                strspn(hash, "0123456789abcdef") == AUDIT_HASH_HEX && json_is_integer(sj) &&
-                json_integer_value(sj) >= 1 && json_is_integer(tj);
+    int shape = json_is_object(p) && json_object_size(p) == 3 && hex_string(hash, AUDIT_HASH_HEX) &&
+                json_is_integer(sj) && json_integer_value(sj) >= 1 && json_is_integer(tj);
     uint64_t seq = shape ? (uint64_t)json_integer_value(sj) : 0;
     char want[AUDIT_HASH_HEX + 1];
     if (shape)
@@ -692,7 +685,7 @@ static int kpd_gen_start(kpd_conn *cn, const uint8_t *req, size_t len)
 static void kpd_log_protocol_error(kpd_conn *cn, uint32_t status, uint16_t op, size_t len)
 {
     kpd *d = cn->d;
-    long long now = kpd_now_ms();
+    long long now = clk_now_ms();
     unsigned long dropped = 0;
     pthread_mutex_lock(&d->mu);
     if (now - d->proto_window_ms >= 1000) {

@@ -2,6 +2,7 @@
 #include "appliance/keeper/kstate.h"
 
 #include "appliance/common/config.h"
+#include "appliance/store/db.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -68,23 +69,18 @@ int kst_open(const char *db_path, kst **out, int *fresh, char *err, size_t errle
     if (kst_dir_ready(dir, err, errlen) != 0)
         return -1;
     snprintf(file, sizeof(file), "%s/%s", dir, KST_FILE);
-    struct stat sb;
-    if (lstat(file, &sb) == 0 && !S_ISREG(sb.st_mode))
-        return cfg_errorf(err, errlen, "keeper state %s: not a regular file", file);
     kst *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return cfg_errorf(err, errlen, "out of memory");
-    /* umask 077 is the process's (main.c); the file is private whatever it is. */
-    mode_t old = umask(077);
-    int rc = sqlite3_open_v2(file, &s->db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW |
-                                 SQLITE_OPEN_FULLMUTEX,
-                             NULL);
-    umask(old);
-    if (rc != SQLITE_OK || sqlite3_busy_timeout(s->db, KST_BUSY_MS) != SQLITE_OK ||
-        kst_exec(s->db, "PRAGMA journal_mode=WAL") != 0 ||
-        kst_exec(s->db, "PRAGMA synchronous=FULL") != 0 || kst_exec(s->db, kst_schema) != 0) {
-        cfg_errorf(err, errlen, "keeper state %s: %s", file, s->db ? sqlite3_errmsg(s->db) : "?");
+    /* db_open creates the file 0600 and refuses anything but a regular file. */
+    char derr[256];
+    if (db_open(file, KST_BUSY_MS, &s->db, derr, sizeof(derr)) != 0) {
+        cfg_errorf(err, errlen, "keeper state %s: %s", file, derr);
+        free(s);
+        return -1;
+    }
+    if (kst_exec(s->db, kst_schema) != 0) {
+        cfg_errorf(err, errlen, "keeper state %s: %s", file, sqlite3_errmsg(s->db));
         sqlite3_close(s->db);
         free(s);
         return -1;

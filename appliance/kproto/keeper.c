@@ -5,6 +5,7 @@
 
 #include "appliance/kproto/kproto.h"
 #include "appliance/common/metrics.h"
+#include "base/clock.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -184,20 +185,13 @@ static sk_status kp_timed_out(void)
     return SK_ERR_TIMEOUT;
 }
 
-static uint64_t kp_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* Waits until fd has something to read, at most ms: 1, or 0 on the deadline, -1 on error.
  * poll, not SO_RCVTIMEO: one absolute deadline whatever signals interrupt the wait. */
 static int kp_wait(int fd, unsigned ms)
 {
-    const uint64_t until = kp_mono_ms() + ms;
+    const int64_t until = clk_now_ms() + ms;
     for (;;) {
-        uint64_t now = kp_mono_ms();
+        int64_t now = clk_now_ms();
         if (now >= until)
             return 0;
         struct pollfd p = {.fd = fd, .events = POLLIN};

@@ -5,6 +5,11 @@
 #include "appliance/store/db.h"
 
 #include "jose/jose.h"
+#include "base/hex.h"
+#include "base/text.h"
+#include "base/errbuf.h"
+#include "base/names.h"
+#include "base/lock.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -93,14 +98,10 @@ static cred_status cred_fail(const char *path, cred_status st, const char *fmt, 
 /* Records a failure for cred_last_error() and stderr, naming the file; returns st. */
 static cred_status cred_fail(const char *path, cred_status st, const char *fmt, ...)
 {
-    int n = snprintf(cred_errbuf, sizeof(cred_errbuf), "credentials %s: ", path ? path : "(null)");
-    if (n >= 0 && (size_t)n < sizeof(cred_errbuf)) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(cred_errbuf + n, sizeof(cred_errbuf) - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    fprintf(stderr, "signd: %s\n", cred_errbuf);
+    va_list ap;
+    va_start(ap, fmt);
+    eb_vset(cred_errbuf, sizeof(cred_errbuf), "credentials", path, fmt, ap);
+    va_end(ap);
     return st;
 }
 
@@ -116,7 +117,7 @@ static cred_status cred_fail_sql(const cred_store *cs, const char *what)
 static int cred_id_parse(const char *s, size_t len, uint64_t *key)
 {
     uint8_t b[CRED_ID_LEN / 2];
-    if (jose_hex_decode(s, len, b, sizeof(b)) != 0)
+    if (hex_decode(s, len, b, sizeof(b)) != 0)
         return -1;
     uint64_t v = 0;
     for (size_t i = 0; i < sizeof(b); i++)
@@ -149,12 +150,7 @@ static int cred_text_ok(const char *text, size_t max)
     if (text == NULL)
         return 1;
     size_t n = strnlen(text, max + 1);
-    if (n > max)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (text[i] < 0x20 || text[i] > 0x7e)
-            return 0;
-    return 1;
+    return n <= max && txt_printable(text, n);
 }
 
 static int cred_label_ok(const char *label)
@@ -194,7 +190,7 @@ static int cred_kids_parse(const char *s, size_t len, cred_record *rec)
         const char *p = s + i * (CRED_KID_HEX + 1);
         if (i + 1 < n && p[CRED_KID_HEX] != ',')
             return -1;
-        if (jose_hex_decode(p, CRED_KID_HEX, rec->kids[i].b, SK_KID_LEN) != 0)
+        if (sk_kid_parse_n(p, CRED_KID_HEX, &rec->kids[i]) != 0)
             return -1;
     }
     rec->n_kids = n;
@@ -388,8 +384,8 @@ static cred_status cred_load_row(cred_store *cs, sqlite3_stmt *s, cred_row *row)
     if (db_col_text(s, 9, rec->client_subject, sizeof(rec->client_subject)) != 0 ||
         !cred_subject_ok(rec->client_subject))
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: client_subject invalid", rec->id);
-    if (jose_hex_decode((const char *)sqlite3_column_text(s, 3), (size_t)sqlite3_column_bytes(s, 3),
-                        row->hash, CRED_HASH_LEN) != 0)
+    if (hex_decode((const char *)sqlite3_column_text(s, 3), (size_t)sqlite3_column_bytes(s, 3),
+                   row->hash, CRED_HASH_LEN) != 0)
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: secret hash is not 64 hex digits",
                          rec->id);
     sqlite3_int64 all = sqlite3_column_int64(s, 4);
@@ -451,13 +447,8 @@ cred_status cred_open(const char *db_path, cred_store **out)
         return cred_fail(db_path, CRED_ERR_IO, "out of memory");
     snprintf(cs->path, sizeof(cs->path), "%s", db_path);
     pthread_mutex_init(&cs->write_mu, NULL);
-    /* Writer-preferring: glibc's default lets a steady stream of authenticating readers
-     * starve a create or revoke forever. Nonrecursive is fine: no reader re-locks. */
-    pthread_rwlockattr_t ra;
-    pthread_rwlockattr_init(&ra);
-    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&cs->mirror_rw, &ra);
-    pthread_rwlockattr_destroy(&ra);
+    /* Writer-preferring: a stream of authentications must not starve a create or revoke. */
+    lk_rwlock_init(&cs->mirror_rw);
 
     cred_status st = CRED_OK;
     cs->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
@@ -499,29 +490,21 @@ void cred_close(cred_store *cs)
 
 const char *cred_role_name(cred_role r)
 {
-    if ((unsigned)r >= CRED_ROLE_COUNT_)
-        return "unknown";
-    return cred_role_names[r];
+    return nm_name(cred_role_names, CRED_ROLE_COUNT_, (unsigned)r, "unknown");
 }
 
 int cred_role_parse(const char *s, cred_role *out)
 {
-    if (s == NULL)
+    int i = nm_find(cred_role_names, CRED_ROLE_COUNT_, s);
+    if (i < 0)
         return -1;
-    for (int i = 0; i < CRED_ROLE_COUNT_; i++) {
-        if (strcmp(s, cred_role_names[i]) == 0) {
-            *out = (cred_role)i;
-            return 0;
-        }
-    }
-    return -1;
+    *out = (cred_role)i;
+    return 0;
 }
 
 const char *cred_strerror(cred_status st)
 {
-    if ((unsigned)st >= CRED_ERR_COUNT_)
-        return "unknown credentials status";
-    return cred_status_names[st];
+    return nm_name(cred_status_names, CRED_ERR_COUNT_, (unsigned)st, "unknown credentials status");
 }
 
 const char *cred_last_error(void)
@@ -561,7 +544,7 @@ static cred_status cred_mint(cred_store *cs, char secret[CRED_SECRET_MAX], cred_
     } while (cred_find(cs, row->key) >= 0);
     if (st == CRED_OK) {
         memcpy(secret, CRED_PREFIX, CRED_PREFIX_LEN);
-        jose_hex_encode(rnd, CRED_ID_BYTES, secret + CRED_ID_POS);
+        hex_encode(rnd, CRED_ID_BYTES, secret + CRED_ID_POS);
         secret[CRED_SEP_POS] = '_';
         if (jose_b64url_encode(rnd + CRED_ID_BYTES, CRED_RANDOM_BYTES, secret + CRED_RAND_POS,
                                CRED_SECRET_MAX - CRED_RAND_POS) != CRED_RANDOM_B64)
@@ -581,7 +564,7 @@ static cred_status cred_sql_insert(cred_store *cs, const cred_row *row)
 {
     char hash[CRED_HASH_HEX + 1];
     char kids[CRED_KIDS_TEXT_MAX];
-    jose_hex_encode(row->hash, CRED_HASH_LEN, hash);
+    hex_encode(row->hash, CRED_HASH_LEN, hash);
     cred_kids_text(&row->rec, kids);
     sqlite3_stmt *s;
     cred_status st = cred_prepare(cs,

@@ -131,41 +131,73 @@ static int db_pragmas(sqlite3 *db, int busy_timeout_ms, char *err, size_t errlen
     return ret == 0 ? db_exec(db, "PRAGMA synchronous=FULL", "set pragmas", err, errlen) : -1;
 }
 
-int db_open(const char *path, int busy_timeout_ms, sqlite3 **out, char *err, size_t errlen)
+/* The checks and the SQLite open that db_open (rw) and db_open_ro share. The file is
+ * opened here first, not by SQLite: to create it with mode 0600 whatever the umask (rw
+ * only; read-only never creates), to refuse a symlink, and to name a directory, a FIFO or
+ * a device as what it is. *created: rw, and the file was empty (new). */
+static int db_open_file(const char *path, int rw, sqlite3 **out, int *created, char *err,
+                        size_t errlen)
 {
     *out = NULL;
+    *created = 0;
+    const char *what = rw ? "open" : "open read-only";
     if (path == NULL || path[0] == '\0' || strlen(path) >= PATH_MAX) {
         snprintf(err, errlen, "path missing or too long");
         return -1;
     }
-    /* Created here, not by SQLite, to get mode 0600 and to refuse a symlink. */
-    int fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+    int fd = rw ? open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600)
+                : open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
-        snprintf(err, errlen, "open: %s", strerror(errno));
+        snprintf(err, errlen, "%s: %s", what, strerror(errno));
         return -1;
     }
     struct stat sb;
     int regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
-    int created = regular && sb.st_size == 0;
+    *created = rw && regular && sb.st_size == 0;
     close(fd);
     if (!regular) {
         snprintf(err, errlen, "not a regular file");
         return -1;
     }
     sqlite3 *db = NULL;
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX;
-    int rc =
-        sqlite3_open_v2(path, &db, flags, NULL) == SQLITE_OK ? 0 : db_fail(db, "open", err, errlen);
-    if (rc == 0)
-        sqlite3_extended_result_codes(db, 1);
-    if (rc == 0)
-        rc = db_pragmas(db, busy_timeout_ms, err, errlen);
-    if (rc == 0 && created)
-        rc = db_sync_dir(path, err, errlen);
-    if (rc != 0) {
+    int flags = (rw ? SQLITE_OPEN_READWRITE : SQLITE_OPEN_READONLY) | SQLITE_OPEN_NOFOLLOW |
+                SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path, &db, flags, NULL) != SQLITE_OK) {
+        db_fail(db, what, err, errlen);
         sqlite3_close(db); /* NULL is a no-op */
         return -1;
     }
+    sqlite3_extended_result_codes(db, 1);
     *out = db;
+    return 0;
+}
+
+int db_open_ro(const char *path, int busy_timeout_ms, sqlite3 **out, char *err, size_t errlen)
+{
+    int created;
+    if (db_open_file(path, 0, out, &created, err, errlen) != 0)
+        return -1;
+    if (sqlite3_busy_handler(*out, db_busy, (void *)(intptr_t)busy_timeout_ms) != SQLITE_OK) {
+        db_fail(*out, "set busy timeout", err, errlen);
+        sqlite3_close(*out);
+        *out = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+int db_open(const char *path, int busy_timeout_ms, sqlite3 **out, char *err, size_t errlen)
+{
+    int created;
+    if (db_open_file(path, 1, out, &created, err, errlen) != 0)
+        return -1;
+    int rc = db_pragmas(*out, busy_timeout_ms, err, errlen);
+    if (rc == 0 && created)
+        rc = db_sync_dir(path, err, errlen);
+    if (rc != 0) {
+        sqlite3_close(*out);
+        *out = NULL;
+        return -1;
+    }
     return 0;
 }

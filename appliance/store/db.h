@@ -27,6 +27,14 @@
  * err filled and *out NULL. */
 int db_open(const char *path, int busy_timeout_ms, sqlite3 **out, char *err, size_t errlen);
 
+/* Opens an existing database file read-only, for a reader beside the stores (the
+ * registry's reader in other processes, the audit log's queries): never created, never
+ * through a symlink, a regular file or an error; SQLITE_OPEN_NOMUTEX, extended result
+ * codes and the same busy handler as db_open with busy_timeout_ms. No pragma is set: WAL
+ * and synchronous belong to the writer. 0 and *out set, or -1 with err filled and *out
+ * NULL. */
+int db_open_ro(const char *path, int busy_timeout_ms, sqlite3 **out, char *err, size_t errlen);
+
 /* 1 when a wait of the calling thread for another connection's lock ran out of its
  * busy_timeout_ms since the last call (the statement then failed SQLITE_BUSY, which the
  * stores report as their I/O error), else 0; clears the note. The API's error table turns

@@ -3,11 +3,14 @@
 
 #include "appliance/core/audit.h"
 #include "appliance/store/db.h"
+#include "base/clock.h"
+#include "base/errbuf.h"
+#include "base/names.h"
+#include "base/lock.h"
 
 #include <sqlite3.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -16,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #define REG_ERR_MSG_MAX 1024
@@ -123,14 +125,10 @@ static reg_status reg_fail(const char *path, reg_status st, const char *fmt, ...
 /* Records a failure for reg_last_error() and stderr, naming the file; returns st. */
 static reg_status reg_fail(const char *path, reg_status st, const char *fmt, ...)
 {
-    int n = snprintf(reg_errbuf, sizeof(reg_errbuf), "registry %s: ", path ? path : "(null)");
-    if (n >= 0 && (size_t)n < sizeof(reg_errbuf)) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(reg_errbuf + n, sizeof(reg_errbuf) - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    fprintf(stderr, "signd: %s\n", reg_errbuf);
+    va_list ap;
+    va_start(ap, fmt);
+    eb_vset(reg_errbuf, sizeof(reg_errbuf), "registry", path, fmt, ap);
+    va_end(ap);
     return st;
 }
 
@@ -138,14 +136,6 @@ static reg_status reg_fail(const char *path, reg_status st, const char *fmt, ...
 static reg_status reg_fail_sql(const reg *r, const char *what)
 {
     return reg_fail(r->path, REG_ERR_IO, "%s: %s", what, sqlite3_errmsg(r->db));
-}
-
-/* ---- kid <-> hex, the form kids take in SQL: sk_kid_hex and sk_kid_parse -------------- */
-
-/* Exactly 32 lowercase hex digits: 0, else -1. */
-static int reg_unhex(const char *s, size_t len, sk_kid *kid)
-{
-    return len == REG_KID_HEX ? sk_kid_parse(s, kid) : -1;
 }
 
 /* ---- the mirror: hash index, order, newest --------------------------------------------- */
@@ -516,8 +506,8 @@ static int reg_col_kid(sqlite3_stmt *s, int col, int *has, sk_kid *kid)
     *has = sqlite3_column_type(s, col) != SQLITE_NULL;
     if (!*has)
         return 0;
-    return reg_unhex((const char *)sqlite3_column_text(s, col),
-                     (size_t)sqlite3_column_bytes(s, col), kid);
+    return sk_kid_parse_n((const char *)sqlite3_column_text(s, col),
+                          (size_t)sqlite3_column_bytes(s, col), kid);
 }
 
 /* One row of the keys LEFT JOIN revocations query into *row; REG_ERR_IO names what is
@@ -527,7 +517,7 @@ static reg_status reg_load_key(reg *r, sqlite3_stmt *s, reg_row *row)
     memset(row, 0, sizeof(*row));
     row->id = sqlite3_column_int64(s, 0);
     const char *kid = (const char *)sqlite3_column_text(s, 1);
-    if (reg_unhex(kid, (size_t)sqlite3_column_bytes(s, 1), &row->k.kid) != 0)
+    if (sk_kid_parse_n(kid, (size_t)sqlite3_column_bytes(s, 1), &row->k.kid) != 0)
         return reg_fail(r->path, REG_ERR_IO, "key id %lld: kid is not 32 lowercase hex digits",
                         (long long)row->id);
     const char *state = (const char *)sqlite3_column_text(s, 2);
@@ -623,8 +613,8 @@ static reg_status reg_load_revocations(reg *r)
         memset(v, 0, sizeof(*v));
         v->seq = (uint64_t)sqlite3_column_int64(s, 0);
         v->revoked_at = sqlite3_column_int64(s, 2);
-        if (reg_unhex((const char *)sqlite3_column_text(s, 1), (size_t)sqlite3_column_bytes(s, 1),
-                      &v->kid) != 0 ||
+        if (sk_kid_parse_n((const char *)sqlite3_column_text(s, 1),
+                           (size_t)sqlite3_column_bytes(s, 1), &v->kid) != 0 ||
             db_col_text(s, 3, v->reason, sizeof(v->reason)) != 0 || v->seq == 0)
             st = reg_fail(r->path, REG_ERR_IO, "revocation %llu: bad kid, reason or seq",
                           (unsigned long long)v->seq);
@@ -718,18 +708,10 @@ reg_status reg_open(const char *path, unsigned max_active, reg **out)
     atomic_init(&r->pokes, 0);
     pthread_mutex_init(&r->write_mu, NULL);
     pthread_mutex_init(&r->change_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&r->change_cv, &ca);
-    pthread_condattr_destroy(&ca);
-    /* Writer-preferring: with glibc's default, thousands of signatures a second reading the
-     * mirror could starve a revocation's write lock. No reader re-locks, so nonrecursive. */
-    pthread_rwlockattr_t ra;
-    pthread_rwlockattr_init(&ra);
-    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&r->mirror_rw, &ra);
-    pthread_rwlockattr_destroy(&ra);
+    clk_cond_init(&r->change_cv);
+    /* Writer-preferring: thousands of signatures a second reading the mirror must not
+     * starve a revocation's write lock. */
+    lk_rwlock_init(&r->mirror_rw);
     pthread_mutex_init(&r->slot_mu, NULL);
 
     reg_status st = REG_OK;
@@ -779,29 +761,21 @@ void reg_close(reg *r)
 
 const char *reg_state_name(reg_state s)
 {
-    if ((unsigned)s >= REG_STATE_COUNT_)
-        return "unknown";
-    return reg_state_names[s];
+    return nm_name(reg_state_names, REG_STATE_COUNT_, (unsigned)s, "unknown");
 }
 
 int reg_state_parse(const char *s, reg_state *out)
 {
-    if (s == NULL)
+    int i = nm_find(reg_state_names, REG_STATE_COUNT_, s);
+    if (i < 0)
         return -1;
-    for (int i = 0; i < REG_STATE_COUNT_; i++) {
-        if (strcmp(s, reg_state_names[i]) == 0) {
-            *out = (reg_state)i;
-            return 0;
-        }
-    }
-    return -1;
+    *out = (reg_state)i;
+    return 0;
 }
 
 const char *reg_strerror(reg_status st)
 {
-    if ((unsigned)st >= REG_ERR_COUNT_)
-        return "unknown registry status";
-    return reg_status_names[st];
+    return nm_name(reg_status_names, REG_ERR_COUNT_, (unsigned)st, "unknown registry status");
 }
 
 const char *reg_last_error(void)
@@ -1536,14 +1510,7 @@ void reg_poke(reg *r)
 
 uint64_t reg_wait_change(reg *r, uint64_t seen, unsigned timeout_ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_MONOTONIC, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = clk_deadline(timeout_ms);
     pthread_mutex_lock(&r->change_mu);
     uint64_t gen, pokes = atomic_load_explicit(&r->pokes, memory_order_acquire);
     while ((gen = reg_generation(r)) == seen &&
@@ -1594,34 +1561,19 @@ reg_status reg_reader_open(const char *path, reg_reader **out)
         return reg_fail(path, REG_ERR_INVALID, "path missing or too long");
     reg_errbuf[0] = '\0';
 
-    /* SQLITE_OPEN_NOFOLLOW refuses a symlink too; this also refuses a directory, a FIFO or
-     * a device with a message naming the problem, and a missing file (never created). */
-    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0)
-        return reg_fail(path, REG_ERR_IO, "open read-only: %s", strerror(errno));
-    struct stat sb;
-    int regular = fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode);
-    close(fd);
-    if (!regular)
-        return reg_fail(path, REG_ERR_IO, "not a regular file");
-
+    char err[256];
+    sqlite3 *db = NULL;
+    if (db_open_ro(path, REG_BUSY_TIMEOUT_MS, &db, err, sizeof(err)) != 0)
+        return reg_fail(path, REG_ERR_IO, "%s", err);
     reg_reader *rr = calloc(1, sizeof(*rr));
-    if (rr == NULL)
+    if (rr == NULL) {
+        sqlite3_close(db);
         return reg_fail(path, REG_ERR_IO, "out of memory");
+    }
+    rr->db = db;
     snprintf(rr->path, sizeof(rr->path), "%s", path);
     pthread_mutex_init(&rr->mu, NULL);
-
-    reg_status st = REG_OK;
-    int flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX;
-    if (sqlite3_open_v2(path, &rr->db, flags, NULL) != SQLITE_OK)
-        st = reg_reader_fail_sql(rr, "open read-only");
-    if (st == REG_OK) {
-        sqlite3_extended_result_codes(rr->db, 1);
-        if (sqlite3_busy_timeout(rr->db, REG_BUSY_TIMEOUT_MS) != SQLITE_OK)
-            st = reg_reader_fail_sql(rr, "set busy timeout");
-    }
-    if (st == REG_OK)
-        st = reg_reader_check_schema(rr);
+    reg_status st = reg_reader_check_schema(rr);
     if (st != REG_OK) {
         reg_reader_close(rr);
         return st;

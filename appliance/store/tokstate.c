@@ -5,6 +5,9 @@
 #include "appliance/store/db.h"
 #include "base/signkey.h"
 #include "jose/jose.h"
+#include "base/hex.h"
+#include "base/errbuf.h"
+#include "base/lock.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -51,17 +54,6 @@ static const char tks_schema_sql[] =
     "CREATE TABLE IF NOT EXISTS token_secret ("
     " id INTEGER PRIMARY KEY CHECK (id = 1),"
     " mac_key BLOB NOT NULL);";
-
-static const char *const tks_status_names[TKS_ERR_COUNT_] = {
-    [TKS_OK] = "ok",
-    [TKS_ERR_USED] = "token already redeemed",
-    [TKS_ERR_REVOKED] = "token already revoked",
-    [TKS_ERR_NOT_ISSUED] = "no token was issued with this status index",
-    [TKS_ERR_NOT_FOUND] = "no such status list",
-    [TKS_ERR_FULL] = "every status index is in use",
-    [TKS_ERR_INVALID] = "invalid argument",
-    [TKS_ERR_IO] = "token state storage failed",
-};
 
 typedef struct {
     uint8_t *bits;     /* TKS_LIST_BYTES */
@@ -118,25 +110,16 @@ static tks_status tks_fail(const char *path, tks_status st, const char *fmt, ...
 /* Records a failure for tks_last_error() and stderr, naming the file; returns st. */
 static tks_status tks_fail(const char *path, tks_status st, const char *fmt, ...)
 {
-    int n = snprintf(tks_errbuf, sizeof(tks_errbuf), "token state %s: ", path ? path : "(null)");
-    if (n >= 0 && (size_t)n < sizeof(tks_errbuf)) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(tks_errbuf + n, sizeof(tks_errbuf) - (size_t)n, fmt, ap);
-        va_end(ap);
-    }
-    fprintf(stderr, "signd: %s\n", tks_errbuf);
+    va_list ap;
+    va_start(ap, fmt);
+    eb_vset(tks_errbuf, sizeof(tks_errbuf), "token state", path, fmt, ap);
+    va_end(ap);
     return st;
 }
 
 const char *tks_last_error(void)
 {
     return tks_errbuf;
-}
-
-const char *tks_strerror(tks_status st)
-{
-    return (unsigned)st < TKS_ERR_COUNT_ ? tks_status_names[st] : "unknown token state status";
 }
 
 int tks_jti_ok(const char *jti)
@@ -335,13 +318,8 @@ tks_status tks_open(const char *path, tks **out)
     pthread_mutex_init(&t->batch_mu, NULL);
     pthread_cond_init(&t->batch_cv, NULL);
     pthread_cond_init(&t->reserve_cv, NULL);
-    /* Writer-preferring, as in the credential store: a stream of status checks must not
-     * starve a revocation. */
-    pthread_rwlockattr_t ra;
-    pthread_rwlockattr_init(&ra);
-    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&t->mirror_rw, &ra);
-    pthread_rwlockattr_destroy(&ra);
+    /* Writer-preferring: a stream of status checks must not starve a revocation. */
+    lk_rwlock_init(&t->mirror_rw);
     atomic_init(&t->generation, 1);
 
     char err[256];
@@ -897,7 +875,7 @@ tks_status tks_jti_make(tks *t, tks_index ix, const char *owner_hex, char out[TK
         b[4 + i] = (uint8_t)(ix.idx >> (24 - 8 * i));
     }
     if (owner_hex != NULL && owner_hex[0] != '\0' &&
-        jose_hex_decode(owner_hex, strlen(owner_hex), b + 8, TKS_OWNER_BYTES) != 0)
+        hex_decode(owner_hex, strlen(owner_hex), b + 8, TKS_OWNER_BYTES) != 0)
         return TKS_ERR_INVALID;
     tks_jti_mac(t, b, tks_epoch(t, ix.list), b + TKS_JTI_BODY);
     out[0] = TKS_JTI_REVOCABLE_PREFIX;

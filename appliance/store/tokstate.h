@@ -104,9 +104,6 @@ typedef struct {
 
 typedef struct tks tks;
 
-/* A short English phrase for a status, never NULL. */
-const char *tks_strerror(tks_status st);
-
 /* The message of the last TKS_ERR_IO (or TKS_ERR_INVALID from tks_open) returned to the
  * calling thread, naming the file and the step; "" if none. Also written to stderr. */
 const char *tks_last_error(void);

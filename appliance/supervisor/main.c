@@ -37,6 +37,7 @@
 #include "appliance/core/probe.h"
 #include "appliance/kproto/keeper.h"
 #include "appliance/store/registry.h"
+#include "base/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -93,15 +94,8 @@ typedef enum { MAIN_KEEPER, MAIN_FRONT } main_role;
 
 typedef struct {
     pid_t pid;
-    struct timespec started;
+    int64_t started; /* clk_now_ms */
 } main_child;
-
-static long main_ms_since(const struct timespec *t)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (long)(now.tv_sec - t->tv_sec) * 1000 + (now.tv_nsec - t->tv_nsec) / 1000000;
-}
 
 /* In a child just forked: becomes the role's account (nothing when it has none). 0, or -1
  * after saying why on stderr. */
@@ -275,7 +269,7 @@ static pid_t main_spawn(main_role role, const cfg *c, int announce, main_child *
         _exit(1);
     }
     close(p[1]);
-    clock_gettime(CLOCK_MONOTONIC, &out->started);
+    out->started = clk_now_ms();
     struct pollfd pfd = {.fd = p[0], .events = POLLIN};
     char byte = 0;
     int ready = 0;
@@ -306,7 +300,7 @@ static void main_describe(int status, char *buf, size_t len)
 static void main_restart(main_role role, const cfg *c, main_child *child, int *stop)
 {
     for (;;) {
-        if (main_ms_since(&child->started) < MAIN_RESTART_BACKOFF_MS) {
+        if (clk_ms_since(child->started) < MAIN_RESTART_BACKOFF_MS) {
             struct timespec ts = {.tv_sec = 0, .tv_nsec = 1000L * 1000 * MAIN_RESTART_BACKOFF_MS};
             nanosleep(&ts, NULL);
         }
@@ -318,7 +312,7 @@ static void main_restart(main_role role, const cfg *c, main_child *child, int *s
         }
         if (main_spawn(role, c, 0, child) > 0)
             return;
-        clock_gettime(CLOCK_MONOTONIC, &child->started);
+        child->started = clk_now_ms();
     }
 }
 
@@ -355,10 +349,10 @@ static void main_tell_status(prb_role role, pid_t pid, int status, int watchdog_
 #define MAIN_PING_MS 1000
 
 typedef struct {
-    kp *k;                  /* the supervisor's own keeper connection */
-    struct timespec ok;     /* the last sign of life: an answer, CPU used, or its start */
+    kp *k;      /* the supervisor's own keeper connection */
+    int64_t ok; /* clk_now_ms: the last sign of life: an answer, CPU used, or its start */
     unsigned long long cpu; /* the keeper's utime + stime at the last ping, in ticks */
-    struct timespec asked;  /* the last ping */
+    int64_t asked;          /* clk_now_ms: the last ping */
     pid_t killed;           /* the keeper pid the watchdog killed, until it is reaped */
     long silent_ms;         /* how long it had been silent then */
 } main_dog;
@@ -396,9 +390,9 @@ static unsigned long long main_cpu_ticks(pid_t pid)
 static void main_watch(main_dog *dog, const cfg *c, const main_child *keeper)
 {
     if (c->keeper_watchdog_ms == 0 || dog->k == NULL || keeper->pid <= 0 ||
-        dog->killed == keeper->pid || main_ms_since(&dog->asked) < MAIN_PING_MS)
+        dog->killed == keeper->pid || clk_ms_since(dog->asked) < MAIN_PING_MS)
         return;
-    clock_gettime(CLOCK_MONOTONIC, &dog->asked);
+    dog->asked = clk_now_ms();
     unsigned long long cpu = main_cpu_ticks(keeper->pid);
     int worked = cpu != dog->cpu;
     dog->cpu = cpu;
@@ -406,7 +400,7 @@ static void main_watch(main_dog *dog, const cfg *c, const main_child *keeper)
         dog->ok = dog->asked;
         return;
     }
-    long silent = main_ms_since(&dog->ok);
+    long silent = (long)clk_ms_since(dog->ok);
     if (silent < (long)c->keeper_watchdog_ms)
         return;
     fprintf(stderr,

@@ -21,6 +21,7 @@
 #include "hsm/hsm.h"
 #include "jose/jose.h"
 #include "provisioning/token.h"
+#include "base/clock.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -68,9 +69,7 @@ static void die_hsm(const char *what, sk_status st)
 
 static double now_s(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return (double)clk_now_ns() / 1e9;
 }
 
 static void path_join(char out[PATH_MAX], const char *dir, const char *name)

@@ -573,6 +573,54 @@ static void test_matching_uri_opens(void **state)
     assert_signs_and_verifies(g->h, &g->kids[0], "the first handle outlives the third");
 }
 
+/* The URI is p11-kit's to parse (p11_kit_uri_parse); what it cannot read, or reads only in
+ * part, selects no token and is refused as a bad argument before the module is loaded. */
+static void test_malformed_uri_is_bad_argument(void **state)
+{
+    group *g = *state;
+    hsm_config cfg = g->cfg;
+    static const char *const bad[] = {
+        "pkcs11:",                                        /* no token attribute */
+        "pkcs11:id=%01;type=private",                     /* object attributes only */
+        "pkcs11:token",                                   /* no '=' */
+        "pkcs11:token=sig%zznd",                          /* bad escape */
+        "pkcs11:token=signd%4",                           /* cut escape */
+        "pkcs11:token=abcdefghijabcdefghijabcdefghijabc", /* 33 bytes: no label is that long */
+        "pkcs11:serial=00000000000000000",                /* 17 bytes */
+        "pkcs11:token=signd;;serial=0000000000000000",    /* p11-kit would drop the serial */
+        "pkcs11:;token=signd",                            /* an empty attribute first */
+        "pkcs11:token=signd;no-such-attribute=1",         /* RFC 7512: unknown, never matches */
+        "abcdefghijabcdefghijabcdefghijabc",              /* a label of 33 bytes */
+        "",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cfg.token = bad[i];
+        print_message("token = %s\n", bad[i]);
+        assert_open_fails(g, &cfg, SK_ERR_BAD_ARGUMENT);
+    }
+}
+
+static void test_uri_fields_given_must_all_match_and_empty_ones_select_nothing(void **state)
+{
+    group *g = *state;
+    hsm_config cfg = g->cfg;
+    char uri[256];
+    hsm *h = NULL;
+    /* SoftHSM2's manufacturer and model, percent-encoded; "serial=" gives no serial. */
+    snprintf(uri, sizeof(uri),
+             "pkcs11:manufacturer=SoftHSM%%20project;model=SoftHSM%%20v2;token=%s;serial=",
+             TESTENV_LABEL);
+    cfg.token = uri;
+    assert_int_equal(hsm_open(&cfg, &h, NULL), SK_OK);
+    assert_signs_and_verifies(h, &g->kids[0], "opened by manufacturer, model and label");
+    hsm_close(h);
+    snprintf(uri, sizeof(uri), "pkcs11:manufacturer=SoftHSM%%20project;token=%s%%20x",
+             TESTENV_LABEL);
+    assert_open_fails(g, &cfg, SK_ERR_TOKEN_NOT_FOUND); /* one field off is no match */
+    snprintf(uri, sizeof(uri), "pkcs11:manufacturer=SoftHSM;token=%s", TESTENV_LABEL);
+    assert_open_fails(g, &cfg, SK_ERR_TOKEN_NOT_FOUND); /* a prefix is no match */
+}
+
 static void test_token_init_refuses_while_a_handle_is_open(void **state)
 {
     group *g = *state;
@@ -861,6 +909,8 @@ int main(void)
         cmocka_unit_test(test_missing_token_label_is_token_not_found),
         cmocka_unit_test(test_non_matching_uri_is_token_not_found),
         cmocka_unit_test(test_matching_uri_opens),
+        cmocka_unit_test(test_malformed_uri_is_bad_argument),
+        cmocka_unit_test(test_uri_fields_given_must_all_match_and_empty_ones_select_nothing),
         cmocka_unit_test(test_token_init_refuses_while_a_handle_is_open),
         cmocka_unit_test(test_missing_module_is_module_load),
         cmocka_unit_test(test_pin_file_readable_by_others_is_pin_file),

@@ -346,42 +346,6 @@ static void test_b64url_decode_refuses_too_small_output(void **state)
     assert_int_equal(jose_b64url_decode("Zg", 2, NULL, 0, &len), -1);
 }
 
-/* ---- hex ------------------------------------------------------------------------------- */
-
-static void test_hex_round_trips_every_byte_in_lowercase(void **state)
-{
-    (void)state;
-    uint8_t all[256], back[256];
-    char hex[2 * 256 + 1];
-    for (int i = 0; i < 256; i++)
-        all[i] = (uint8_t)i;
-    jose_hex_encode(all, sizeof(all), hex);
-    assert_int_equal(strlen(hex), 512);
-    assert_int_equal(strspn(hex, "0123456789abcdef"), 512);
-    assert_memory_equal(hex, "000102", 6);
-    assert_string_equal(hex + 508, "feff");
-    assert_int_equal(jose_hex_decode(hex, 512, back, sizeof(back)), 0);
-    assert_memory_equal(back, all, sizeof(all));
-    jose_hex_encode(all, 0, hex);
-    assert_string_equal(hex, "");
-}
-
-static void test_hex_decode_wants_exactly_twice_the_bytes_in_lowercase(void **state)
-{
-    (void)state;
-    uint8_t out[2];
-    assert_int_equal(jose_hex_decode("0aff", 4, out, 2), 0);
-    assert_int_equal(out[0], 0x0a);
-    assert_int_equal(out[1], 0xff);
-    assert_int_equal(jose_hex_decode("0aFF", 4, out, 2), -1); /* one spelling only */
-    assert_int_equal(jose_hex_decode("0af", 3, out, 2), -1);
-    assert_int_equal(jose_hex_decode("0aff0", 5, out, 2), -1);
-    assert_int_equal(jose_hex_decode("0ag0", 4, out, 2), -1);
-    assert_int_equal(jose_hex_decode("0a f", 4, out, 2), -1);
-    assert_int_equal(jose_hex_decode("0a\0f", 4, out, 2), -1);
-    assert_int_equal(jose_hex_decode(NULL, 4, out, 2), -1);
-}
-
 /* ---- randomness ------------------------------------------------------------------------ */
 
 static void test_random_hex_is_lowercase_hex_of_twice_the_bytes(void **state)
@@ -902,8 +866,6 @@ int main(void)
         cmocka_unit_test(test_b64url_decode_rejects_length_one_mod_four),
         cmocka_unit_test(test_b64url_decode_rejects_nonzero_unused_trailing_bits),
         cmocka_unit_test(test_b64url_decode_refuses_too_small_output),
-        cmocka_unit_test(test_hex_round_trips_every_byte_in_lowercase),
-        cmocka_unit_test(test_hex_decode_wants_exactly_twice_the_bytes_in_lowercase),
         cmocka_unit_test(test_random_hex_is_lowercase_hex_of_twice_the_bytes),
         cmocka_unit_test(test_random_b64url_fills_exactly_and_refuses_small_buffer),
         cmocka_unit_test(test_random_refuses_more_than_random_max),

@@ -10,6 +10,7 @@
 #include "appliance/core/probe.h"
 #include "appliance/store/registry.h"
 #include "tests/unit/testenv.h"
+#include "base/clock.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -123,9 +124,7 @@ static int teardown(void **state)
 
 static uint64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return (uint64_t)clk_now_ms();
 }
 
 static int count(mute_keeper *m, int *field)
