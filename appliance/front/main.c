@@ -42,6 +42,19 @@ static int die(const char *what, const char *msg)
     return 1;
 }
 
+/* A start-up failure, kept until what was started is unwound: its message may live in
+ * a buffer (err) or a store's last-error text that the unwinding would not keep. */
+typedef struct {
+    const char *what;
+    char msg[512];
+} front_fail;
+
+static void front_fail_set(front_fail *f, const char *what, const char *msg)
+{
+    f->what = what;
+    snprintf(f->msg, sizeof(f->msg), "%s", msg);
+}
+
 /* Serves HTTPS with the token reached through k. announce: print the "listening" line on
  * stdout (the first start only: nobody reads stdout after that). ready_fd: where to write
  * one byte once serving. Returns the exit status. */
@@ -56,10 +69,22 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
     if (reg_open(c->database, c->max_active_keys, &rg) != REG_OK)
         return die(c->database, reg_last_error());
 
+    /* One way out: whatever was started is stopped and closed in the order the normal stop
+     * uses (each of these takes NULL), then the failure, if any, is reported. */
+    front_fail f = {0};
+    cred_store *cs = NULL;
+    audit *au = NULL;
+    tks *ts = NULL;
+    rec_worker *destroyer = NULL;
+    prb *probe = NULL;
+    pub *pb = NULL;
+    rot *rt = NULL;
+    srv *s = NULL;
+
     rec_report rep;
     if (rec_run(k, rg, stderr, &rep) != 0) {
-        reg_close(rg);
-        return die("reconcile", "token and registry could not be made to agree");
+        front_fail_set(&f, "reconcile", "token and registry could not be made to agree");
+        goto out;
     }
     fprintf(stderr,
             "signd: reconcile: %u orphan objects destroyed, %u revoked objects destroyed, "
@@ -77,10 +102,9 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
                     sk_strerror(st));
     }
 
-    cred_store *cs = NULL;
     if (cred_open(c->database, &cs) != CRED_OK) {
-        reg_close(rg);
-        return die(c->database, cred_last_error());
+        front_fail_set(&f, c->database, cred_last_error());
+        goto out;
     }
     if (cred_count_active(cs, CRED_ROLE_ADMIN) == 0)
         fprintf(stderr, "signd: warning: no active admin credential; create one offline with "
@@ -91,18 +115,13 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
                         .checkpoint_seconds = c->audit_checkpoint_seconds,
                         .every_signature = c->audit_every_signature,
                         .log_events = c->log_events};
-    audit *au = NULL;
     if (audit_open(c->database, k, &ao, &au, err, sizeof(err)) != 0) {
-        cred_close(cs);
-        reg_close(rg);
-        return die("audit", err);
+        front_fail_set(&f, "audit", err);
+        goto out;
     }
-    tks *ts = NULL;
     if (tks_open(c->database, &ts) != TKS_OK) {
-        audit_close(au);
-        cred_close(cs);
-        reg_close(rg);
-        return die(c->database, tks_last_error());
+        front_fail_set(&f, c->database, tks_last_error());
+        goto out;
     }
     /* Which configuration this run started with: its hash, for auditors to compare. */
     json_t *started =
@@ -112,33 +131,19 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
     json_decref(started);
 
     /* Destroys revoked keys' objects as the keeper allows, never holding a request. */
-    rec_worker *destroyer = NULL;
     if (rec_worker_start(k, stderr, &destroyer) != 0) {
-        tks_close(ts);
-        audit_close(au);
-        cred_close(cs);
-        reg_close(rg);
-        return die("reconcile", "cannot start the destroyer thread");
+        front_fail_set(&f, "reconcile", "cannot start the destroyer thread");
+        goto out;
     }
-    prb *probe = NULL;
     prb_options po = {.kp = k, .reg = rg, .audit = au, .events_fd = a->events_fd};
     if (prb_start(&po, &probe, err, sizeof(err)) != 0) {
-        rec_worker_stop(destroyer);
-        tks_close(ts);
-        audit_close(au);
-        cred_close(cs);
-        reg_close(rg);
-        return die("readiness", err);
+        front_fail_set(&f, "readiness", err);
+        goto out;
     }
-    pub *pb = pub_new(c, rg, k, ts);
+    pb = pub_new(c, rg, k, ts);
     if (pb == NULL) {
-        prb_stop(probe);
-        rec_worker_stop(destroyer);
-        tks_close(ts);
-        audit_close(au);
-        cred_close(cs);
-        reg_close(rg);
-        return die("publication", "out of memory");
+        front_fail_set(&f, "publication", "out of memory");
+        goto out;
     }
     api_env env = {.cfg = c,
                    .reg = rg,
@@ -151,28 +156,14 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
     pub_refresh(pb);
     /* Before serving: a key whose grace ended while the appliance was down is revoked by
      * rot_start's first pass, so it is never served as retiring again. */
-    rot *rt = NULL;
     if (rot_start(&(ck_env){.reg = rg, .kp = k, .pub = pb}, &rt, err, sizeof(err)) != 0) {
-        pub_free(pb);
-        prb_stop(probe);
-        rec_worker_stop(destroyer);
-        tks_close(ts);
-        audit_close(au);
-        cred_close(cs);
-        reg_close(rg);
-        return die("rotation", err);
+        front_fail_set(&f, "rotation", err);
+        goto out;
     }
-    srv *s = srv_start(&env, err, sizeof(err));
+    s = srv_start(&env, err, sizeof(err));
     if (s == NULL) {
-        rot_stop(rt);
-        prb_stop(probe);
-        rec_worker_stop(destroyer);
-        tks_close(ts);
-        audit_close(au);
-        cred_close(cs);
-        pub_free(pb);
-        reg_close(rg);
-        return die("https", err);
+        front_fail_set(&f, "https", err);
+        goto out;
     }
     if (a->announce) {
         printf("signd: listening on https://%s:%d (%zu active keys)\n", c->listen_address,
@@ -184,17 +175,19 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
     int sig = 0;
     sigwait(sigs, &sig);
     fprintf(stderr, "signd: signal %d: stopping\n", sig);
+out:
     rot_stop(rt); /* no scheduled revocation starts once stopping has begun */
     srv_stop(s);
     prb_stop(probe);
     rec_worker_stop(destroyer); /* what it could not destroy yet is the next start's */
-    audit_record(au, AUDIT_STOPPED, NULL, NULL);
+    if (s != NULL)
+        audit_record(au, AUDIT_STOPPED, NULL, NULL);
     tks_close(ts);   /* after the server: no handler runs any more */
     audit_close(au); /* last flush and checkpoint, while the keeper still answers */
     cred_close(cs);
     pub_free(pb);
     reg_close(rg);
-    return 0;
+    return f.what != NULL ? die(f.what, f.msg) : 0;
 }
 
 int main(int argc, char **argv)
