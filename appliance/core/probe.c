@@ -5,6 +5,7 @@
 #include "appliance/common/metrics.h"
 #include "base/clock.h"
 #include "base/names.h"
+#include "base/tick.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -17,11 +18,9 @@
 
 struct prb {
     prb_options o;
-    pthread_t thread;
+    tick tk;
     pthread_mutex_t mu;
-    pthread_cond_t cv; /* CLOCK_MONOTONIC: wakes the thread to stop */
     /* Under mu: */
-    int stop, first_done;
     sk_status status;
     unsigned sessions;
     uint64_t done_ms;    /* monotonic ms the last probe finished, 0: none yet */
@@ -69,8 +68,8 @@ static void prb_drain_events(prb *p)
     }
 }
 
-/* One probe: the same question /readyz used to ask inline. */
-static void prb_probe(prb *p)
+/* One probe: the same question /readyz used to ask inline. Returns its status. */
+static sk_status prb_probe(prb *p)
 {
     pthread_mutex_lock(&p->mu);
     p->started_ms = (uint64_t)clk_now_ms();
@@ -87,30 +86,25 @@ static void prb_probe(prb *p)
     p->done_ms = (uint64_t)clk_now_ms();
     p->started_ms = 0;
     pthread_mutex_unlock(&p->mu);
+    return st;
 }
 
-static void *prb_main(void *arg)
+/* A failing token is looked at again sooner. */
+static int64_t prb_tick(void *ctx, tick *tk)
 {
-    prb *p = arg;
-    for (;;) {
-        prb_drain_events(p);
-        prb_probe(p);
-        pthread_mutex_lock(&p->mu);
-        if (!p->first_done) {
-            p->first_done = 1;
-            pthread_cond_broadcast(&p->cv);
-        }
-        struct timespec until = clk_deadline(p->status == SK_OK ? PRB_INTERVAL_MS : PRB_RETRY_MS);
-        while (!p->stop && pthread_cond_timedwait(&p->cv, &p->mu, &until) != ETIMEDOUT)
-            ;
-        int stop = p->stop;
-        pthread_mutex_unlock(&p->mu);
-        if (stop)
-            break;
-    }
-    kp_thread_done(p->o.kp); /* this thread's keeper connection or token session */
-    return NULL;
+    (void)tk;
+    prb *p = ctx;
+    prb_drain_events(p);
+    return prb_probe(p) == SK_OK ? PRB_INTERVAL_MS : PRB_RETRY_MS;
 }
+
+static void prb_leave(void *ctx)
+{
+    prb *p = ctx;
+    kp_thread_done(p->o.kp); /* this thread's keeper connection or token session */
+}
+
+static const tick_ops prb_ops = {.pass = prb_tick, .leave = prb_leave};
 
 int prb_start(const prb_options *o, prb **out, char *err, size_t errlen)
 {
@@ -123,19 +117,13 @@ int prb_start(const prb_options *o, prb **out, char *err, size_t errlen)
     p->o = *o;
     p->status = SK_ERR_DEVICE;
     pthread_mutex_init(&p->mu, NULL);
-    clk_cond_init(&p->cv);
-    int rc = pthread_create(&p->thread, NULL, prb_main, p);
+    int rc = tick_start(&p->tk, &prb_ops, p);
     if (rc != 0) {
         snprintf(err, errlen, "readiness probe: cannot start its thread: %s", strerror(rc));
-        pthread_cond_destroy(&p->cv);
         pthread_mutex_destroy(&p->mu);
         free(p);
         return -1;
     }
-    pthread_mutex_lock(&p->mu);
-    while (!p->first_done)
-        pthread_cond_wait(&p->cv, &p->mu);
-    pthread_mutex_unlock(&p->mu);
     *out = p;
     return 0;
 }
@@ -144,12 +132,7 @@ void prb_stop(prb *p)
 {
     if (p == NULL)
         return;
-    pthread_mutex_lock(&p->mu);
-    p->stop = 1;
-    pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    pthread_join(p->thread, NULL);
-    pthread_cond_destroy(&p->cv);
+    tick_stop(&p->tk);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }

@@ -1,6 +1,6 @@
 /* rot: the retirement scheduler. See rotation.h. */
 #include "appliance/core/rotation.h"
-#include "base/clock.h"
+#include "base/tick.h"
 
 #include "appliance/core/audit.h"
 
@@ -17,19 +17,12 @@
 
 struct rot {
     ck_env env;
-    pthread_t thread;
-    pthread_mutex_t mu; /* stop, first_done */
-    pthread_cond_t cv;  /* CLOCK_MONOTONIC: stop, and the end of the first pass */
-    int stop;
-    int first_done;
+    tick tk;
 };
 
 static int rot_stopping(rot *t)
 {
-    pthread_mutex_lock(&t->mu);
-    int stop = t->stop;
-    pthread_mutex_unlock(&t->mu);
-    return stop;
+    return tick_stopping(&t->tk);
 }
 
 /* Revokes kid if it is still retiring (a DELETE may have come first: then it is left as
@@ -76,8 +69,8 @@ static int64_t rot_pass(rot *t)
     return next;
 }
 
-/* The monotonic deadline of the next look: next (unix seconds, 0: none) or a tick. */
-static struct timespec rot_deadline(int64_t next)
+/* Milliseconds to the next look: at next (unix seconds, 0: none) or a tick. */
+static int64_t rot_wait_ms(int64_t next)
 {
     int64_t ms = ROT_TICK_MS;
     if (next > 0) {
@@ -88,33 +81,30 @@ static struct timespec rot_deadline(int64_t next)
         if (ahead < ms)
             ms = ahead > ROT_MARGIN_MS ? ahead : ROT_MARGIN_MS;
     }
-    return clk_deadline(ms);
+    return ms;
 }
 
-static void *rot_main(void *arg)
+/* Every revocation this thread makes is the scheduler's, not a credential's. */
+static void rot_enter(void *ctx)
 {
-    rot *t = arg;
-    /* Every revocation this thread makes is the scheduler's, not a credential's. */
+    (void)ctx;
     audit_set_actor(ROT_ACTOR);
-    for (;;) {
-        int64_t next = rot_pass(t);
-        pthread_mutex_lock(&t->mu);
-        if (!t->first_done) {
-            t->first_done = 1;
-            pthread_cond_broadcast(&t->cv);
-        }
-        struct timespec until = rot_deadline(next);
-        while (!t->stop && pthread_cond_timedwait(&t->cv, &t->mu, &until) != ETIMEDOUT)
-            ;
-        int stop = t->stop;
-        pthread_mutex_unlock(&t->mu);
-        if (stop)
-            break;
-    }
+}
+
+static int64_t rot_tick(void *ctx, tick *tk)
+{
+    (void)tk;
+    return rot_wait_ms(rot_pass(ctx));
+}
+
+static void rot_leave(void *ctx)
+{
+    rot *t = ctx;
     audit_set_actor(NULL);
     kp_thread_done(t->env.kp); /* this thread's token session (or keeper connection) */
-    return NULL;
 }
+
+static const tick_ops rot_ops = {.enter = rot_enter, .pass = rot_tick, .leave = rot_leave};
 
 int rot_start(const ck_env *env, rot **out, char *err, size_t errlen)
 {
@@ -125,21 +115,14 @@ int rot_start(const ck_env *env, rot **out, char *err, size_t errlen)
         return -1;
     }
     t->env = *env;
-    pthread_mutex_init(&t->mu, NULL);
-    clk_cond_init(&t->cv);
-    int rc = pthread_create(&t->thread, NULL, rot_main, t);
+    /* What fell due while the appliance was down is revoked before anything is served:
+     * tick_start returns after the first pass. */
+    int rc = tick_start(&t->tk, &rot_ops, t);
     if (rc != 0) {
         snprintf(err, errlen, "rotation scheduler: cannot start its thread: %s", strerror(rc));
-        pthread_cond_destroy(&t->cv);
-        pthread_mutex_destroy(&t->mu);
         free(t);
         return -1;
     }
-    /* What fell due while the appliance was down is revoked before anything is served. */
-    pthread_mutex_lock(&t->mu);
-    while (!t->first_done)
-        pthread_cond_wait(&t->cv, &t->mu);
-    pthread_mutex_unlock(&t->mu);
     *out = t;
     return 0;
 }
@@ -148,12 +131,6 @@ void rot_stop(rot *t)
 {
     if (t == NULL)
         return;
-    pthread_mutex_lock(&t->mu);
-    t->stop = 1;
-    pthread_cond_broadcast(&t->cv);
-    pthread_mutex_unlock(&t->mu);
-    pthread_join(t->thread, NULL);
-    pthread_cond_destroy(&t->cv);
-    pthread_mutex_destroy(&t->mu);
+    tick_stop(&t->tk);
     free(t);
 }
