@@ -25,14 +25,7 @@
 #include <time.h>
 
 typedef struct {
-    char dir[PATH_MAX];
-    char pin[PATH_MAX];
-    char db[PATH_MAX + 32];
-    cfg c;
-    kp *k;
-    reg *rg;
-    tks *ts;
-    audit *au;
+    testenv_world w;
     ck_env e;
     mint_env me;
     int64_t now;
@@ -41,27 +34,19 @@ typedef struct {
 static int setup(void **state)
 {
     fixture *fx = calloc(1, sizeof(*fx));
-    if (fx == NULL || testenv_token(fx->dir) != 0) {
-        free(fx);
-        return -1;
-    }
-    hsm_config hc = testenv_config(fx->dir, fx->pin);
-    char err[256] = "";
-    snprintf(fx->db, sizeof(fx->db), "%s/appliance.db", fx->dir);
-    cfg_defaults(&fx->c, fx->dir);
-    snprintf(fx->c.token_issuer, sizeof(fx->c.token_issuer), "https://issuer.example");
     audit_options ao = {.flush_seconds = 1,
                         .checkpoint_events = 1000,
                         .checkpoint_seconds = 3600,
                         .every_signature = 1};
-    if (kp_open(&hc, &fx->k, err, sizeof(err)) != SK_OK ||
-        reg_open(fx->db, 1000, &fx->rg) != REG_OK || tks_open(fx->db, &fx->ts) != TKS_OK ||
-        audit_open(fx->db, fx->k, &ao, &fx->au, err, sizeof(err)) != 0) {
-        fprintf(stderr, "setup: %s / %s\n", err, reg_last_error());
+    if (fx == NULL ||
+        testenv_world_open(&fx->w, TESTENV_REG | TESTENV_TKS | TESTENV_AUDIT, &ao) != 0) {
+        free(fx);
         return -1;
     }
-    fx->e = (ck_env){.reg = fx->rg, .kp = fx->k};
-    fx->me = (mint_env){.cfg = &fx->c, .reg = fx->rg, .kp = fx->k, .tks = fx->ts, .audit = fx->au};
+    testenv_world *w = &fx->w;
+    snprintf(w->c.token_issuer, sizeof(w->c.token_issuer), "https://issuer.example");
+    fx->e = (ck_env){.reg = w->rg, .kp = w->k};
+    fx->me = (mint_env){.cfg = &w->c, .reg = w->rg, .kp = w->k, .tks = w->ts, .audit = w->au};
     fx->now = (int64_t)time(NULL);
     *state = fx;
     return 0;
@@ -70,12 +55,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *fx = *state;
-    rec_retry_deferred(fx->k, stderr); /* the destroy set is process-wide */
-    audit_close(fx->au);
-    tks_close(fx->ts);
-    reg_close(fx->rg);
-    kp_close(fx->k);
-    testenv_cleanup(fx->dir);
+    testenv_world_close(&fx->w);
     free(fx);
     return 0;
 }
@@ -125,7 +105,7 @@ static int sign_events(const fixture *fx, const char *kid_hex, const char *jti)
 {
     sqlite3 *db;
     sqlite3_stmt *s;
-    assert_int_equal(sqlite3_open_v2(fx->db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_open_v2(fx->w.db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_prepare_v2(db,
                                         "SELECT count(*) FROM audit WHERE action = 'sign' AND "
                                         "kid = ?1 AND json_extract(details, '$.jti') = ?2",
@@ -202,7 +182,7 @@ static void test_a_revocable_token_names_its_status_index_and_list(void **state)
     /* The jti names the index (under the MAC), so a revocation needs nothing stored. */
     tks_index back;
     char owner[2 * TKS_OWNER_BYTES + 1];
-    assert_int_equal(tks_jti_read(fx->ts, t1.jti, &back, owner), TKS_OK);
+    assert_int_equal(tks_jti_read(fx->w.ts, t1.jti, &back, owner), TKS_OK);
     assert_int_equal(back.idx, t1.ix.idx);
     assert_string_equal(owner, "");
     mint_token_free(&t1);

@@ -14,24 +14,12 @@
 
 #include <cmocka.h>
 
-typedef struct {
-    char dir[PATH_MAX];
-    char pin[PATH_MAX];
-    kp *k;
-} rec_fixture;
+typedef testenv_world rec_fixture; /* the token and its in-process keeper only */
 
 static int setup(void **state)
 {
     rec_fixture *fx = calloc(1, sizeof(*fx));
-    if (fx == NULL || testenv_token(fx->dir) != 0) {
-        free(fx);
-        return -1;
-    }
-    hsm_config hc = testenv_config(fx->dir, fx->pin);
-    char err[256];
-    if (kp_open(&hc, &fx->k, err, sizeof(err)) != SK_OK) {
-        fprintf(stderr, "kp_open: %s\n", err);
-        testenv_cleanup(fx->dir);
+    if (fx == NULL || testenv_world_open(fx, 0, NULL) != 0) {
         free(fx);
         return -1;
     }
@@ -42,10 +30,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     rec_fixture *fx = *state;
-    /* Nothing deferred may leak into the next test: the set is process-wide. */
-    rec_retry_deferred(fx->k, stderr);
-    kp_close(fx->k);
-    testenv_cleanup(fx->dir);
+    testenv_world_close(fx); /* first the deferred destroys: the set is process-wide */
     free(fx);
     return 0;
 }

@@ -5,7 +5,12 @@
 #include <openssl/core_names.h>
 #include <openssl/bn.h>
 
+#include "appliance/core/reconcile.h"
+#include "appliance/keeper/inproc.h"
 #include "provisioning/token.h"
+
+#include <sqlite3.h>
+#include <stdarg.h>
 
 #include <errno.h>
 #include <ftw.h>
@@ -68,7 +73,9 @@ int testenv_token(char dir_out[PATH_MAX])
 
 hsm_config testenv_config(const char *dir, char pin_path[PATH_MAX])
 {
-    snprintf(pin_path, PATH_MAX, "%s/pin", dir);
+    /* dir comes from testenv_token: far shorter than PATH_MAX */
+    if (snprintf(pin_path, PATH_MAX, "%s/pin", dir) >= PATH_MAX)
+        pin_path[0] = '\0';
     hsm_config cfg = {
         .module_path = HSM_DEFAULT_MODULE,
         .token = TESTENV_LABEL,
@@ -152,4 +159,80 @@ EVP_PKEY *testenv_evp_from_pubkey(const sk_pubkey *pk)
     BN_free(n);
     BN_free(e);
     return key;
+}
+
+int testenv_world_open(testenv_world *w, unsigned parts, const audit_options *ao)
+{
+    memset(w, 0, sizeof(*w));
+    if (testenv_token(w->dir) != 0)
+        return -1;
+    hsm_config hc = testenv_config(w->dir, w->pin);
+    char err[256] = "";
+    snprintf(w->db, sizeof(w->db), "%s/appliance.db", w->dir);
+    cfg_defaults(&w->c, w->dir);
+    if (kp_open(&hc, &w->k, err, sizeof(err)) != SK_OK) {
+        fprintf(stderr, "testenv: kp_open: %s\n", err);
+        goto fail;
+    }
+    if ((parts & TESTENV_REG) && reg_open(w->db, w->c.max_active_keys, &w->rg) != REG_OK) {
+        fprintf(stderr, "testenv: reg_open: %s\n", reg_last_error());
+        goto fail;
+    }
+    if ((parts & TESTENV_TKS) && tks_open(w->db, &w->ts) != TKS_OK) {
+        fprintf(stderr, "testenv: tks_open: %s\n", tks_last_error());
+        goto fail;
+    }
+    if ((parts & TESTENV_AUDIT) && audit_open(w->db, w->k, ao, &w->au, err, sizeof(err)) != 0) {
+        fprintf(stderr, "testenv: audit_open: %s\n", err);
+        goto fail;
+    }
+    if ((parts & TESTENV_PUB) && (w->p = pub_new(&w->c, w->rg, w->k, w->ts)) == NULL) {
+        fprintf(stderr, "testenv: pub_new failed\n");
+        goto fail;
+    }
+    return 0;
+fail:
+    testenv_world_close(w);
+    return -1;
+}
+
+void testenv_world_close(testenv_world *w)
+{
+    if (w->k != NULL)
+        rec_retry_deferred(w->k, stderr);
+    pub_free(w->p);
+    audit_close(w->au);
+    tks_close(w->ts);
+    reg_close(w->rg);
+    kp_close(w->k);
+    testenv_cleanup(w->dir);
+    memset(w, 0, sizeof(*w));
+}
+
+long long testenv_sql_int(const char *db, const char *sql, int n, ...)
+{
+    sqlite3 *c = NULL;
+    sqlite3_stmt *s = NULL;
+    long long v = -1;
+    if (sqlite3_open_v2(db, &c, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(c, sql, -1, &s, NULL) != SQLITE_OK) {
+        fprintf(stderr, "testenv: %s: %s\n", sql, c ? sqlite3_errmsg(c) : "out of memory");
+        goto out;
+    }
+    va_list ap;
+    va_start(ap, n);
+    for (int i = 1; i <= n; i++) {
+        const char *t = va_arg(ap, const char *);
+        if (t != NULL)
+            sqlite3_bind_text(s, i, t, -1, SQLITE_TRANSIENT);
+    }
+    va_end(ap);
+    if (sqlite3_step(s) == SQLITE_ROW)
+        v = sqlite3_column_int64(s, 0);
+    else
+        fprintf(stderr, "testenv: %s: no row: %s\n", sql, sqlite3_errmsg(c));
+out:
+    sqlite3_finalize(s);
+    sqlite3_close(c);
+    return v;
 }

@@ -19,6 +19,13 @@
 #include <openssl/evp.h>
 #include "hsm/hsm.h"
 
+#include "appliance/common/config.h"
+#include "appliance/core/audit.h"
+#include "appliance/core/publish.h"
+#include "appliance/kproto/keeper.h"
+#include "appliance/store/registry.h"
+#include "appliance/store/tokstate.h"
+
 #include <limits.h>
 
 #define TESTENV_LABEL "signd"
@@ -47,6 +54,48 @@ typedef struct {
 } testenv_db;
 int testenv_db_setup(void **state);
 int testenv_db_teardown(void **state);
+
+/* The appliance's pieces below HTTP, on a fresh token: the in-process keeper (kp_open)
+ * always, and the parts asked for, each on the one SQLite file db = dir/appliance.db. c is
+ * cfg_defaults(dir); a test changes it after testenv_world_open (the publication handle
+ * keeps &c, so the world stays where it was opened).
+ *
+ *   testenv_world w;
+ *   assert_int_equal(testenv_world_open(&w, TESTENV_REG | TESTENV_TKS, NULL), 0);
+ *   ... ck_create(&(ck_env){.reg = w.rg, .kp = w.k}, ...) ...
+ *   testenv_world_close(&w);
+ */
+typedef enum {
+    TESTENV_REG = 1u << 0,   /* rg: the registry, at c.max_active_keys */
+    TESTENV_TKS = 1u << 1,   /* ts: token state */
+    TESTENV_AUDIT = 1u << 2, /* au: the audit writer, with the options given */
+    TESTENV_PUB = 1u << 3,   /* p: the publication handle (with TESTENV_REG and TESTENV_TKS) */
+} testenv_part;
+
+typedef struct {
+    char dir[PATH_MAX];
+    char pin[PATH_MAX];
+    char db[PATH_MAX + 32];
+    cfg c;
+    kp *k;
+    reg *rg;
+    tks *ts;
+    audit *au;
+    pub *p;
+} testenv_world;
+
+/* Opens w with the parts (testenv_part bits); ao: the audit writer's options (with
+ * TESTENV_AUDIT). 0; -1 (message on stderr, nothing left open or on disk) on failure. */
+int testenv_world_open(testenv_world *w, unsigned parts, const audit_options *ao);
+
+/* Retries the deferred destroys first (reconcile's set is process-wide: nothing may leak
+ * into the next test), then closes what is open and removes the directory. */
+void testenv_world_close(testenv_world *w);
+
+/* The first column of the first row of sql on a read-only connection of its own to the
+ * file db, with ?1..?n bound to the n texts that follow (a NULL text stays NULL). -1 (message
+ * on stderr) when the file, the statement or the row is not there. */
+long long testenv_sql_int(const char *db, const char *sql, int n, ...);
 
 /* Removes dir and everything under it (no-op for NULL or ""). */
 void testenv_cleanup(const char *dir);
