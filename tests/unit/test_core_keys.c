@@ -95,38 +95,15 @@ static int audit_rows(const fixture *fx, const char *action, const sk_kid *kid, 
     char hex[2 * SK_KID_LEN + 1] = "";
     if (kid != NULL)
         sk_kid_hex(kid, hex);
-    sqlite3 *db;
-    sqlite3_stmt *s;
-    assert_int_equal(sqlite3_open_v2(fx->w.db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(
-        sqlite3_prepare_v2(db,
-                           "SELECT count(*) FROM audit WHERE action = ?1 "
-                           "AND (?2 IS NULL OR kid = ?2) AND (?3 IS NULL OR actor = ?3)",
-                           -1, &s, NULL),
-        SQLITE_OK);
-    sqlite3_bind_text(s, 1, action, -1, SQLITE_STATIC);
-    if (kid != NULL)
-        sqlite3_bind_text(s, 2, hex, -1, SQLITE_STATIC);
-    if (actor != NULL)
-        sqlite3_bind_text(s, 3, actor, -1, SQLITE_STATIC);
-    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-    int n = sqlite3_column_int(s, 0);
-    sqlite3_finalize(s);
-    sqlite3_close(db);
-    return n;
+    return (int)testenv_sql_int(fx->w.db,
+                                "SELECT count(*) FROM audit WHERE action = ?1 "
+                                "AND (?2 IS NULL OR kid = ?2) AND (?3 IS NULL OR actor = ?3)",
+                                3, action, kid != NULL ? hex : NULL, actor);
 }
 
 static int audit_total(const fixture *fx)
 {
-    sqlite3 *db;
-    sqlite3_stmt *s;
-    assert_int_equal(sqlite3_open_v2(fx->w.db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM audit", -1, &s, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-    int n = sqlite3_column_int(s, 0);
-    sqlite3_finalize(s);
-    sqlite3_close(db);
-    return n;
+    return (int)testenv_sql_int(fx->w.db, "SELECT count(*) FROM audit", 0);
 }
 
 static reg_key create_ok(fixture *fx, const char *label, int64_t now, sk_pubkey *pub)

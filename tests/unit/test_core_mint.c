@@ -103,21 +103,10 @@ static json_t *verified_payload(const mint_token *t, const sk_pubkey *pub)
 
 static int sign_events(const fixture *fx, const char *kid_hex, const char *jti)
 {
-    sqlite3 *db;
-    sqlite3_stmt *s;
-    assert_int_equal(sqlite3_open_v2(fx->w.db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db,
-                                        "SELECT count(*) FROM audit WHERE action = 'sign' AND "
-                                        "kid = ?1 AND json_extract(details, '$.jti') = ?2",
-                                        -1, &s, NULL),
-                     SQLITE_OK);
-    sqlite3_bind_text(s, 1, kid_hex, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, jti, -1, SQLITE_STATIC);
-    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-    int n = sqlite3_column_int(s, 0);
-    sqlite3_finalize(s);
-    sqlite3_close(db);
-    return n;
+    return (int)testenv_sql_int(fx->w.db,
+                                "SELECT count(*) FROM audit WHERE action = 'sign' AND "
+                                "kid = ?1 AND json_extract(details, '$.jti') = ?2",
+                                2, kid_hex, jti);
 }
 
 static void test_a_token_is_signed_by_the_kid_asked_for_with_its_claims_in_order(void **state)

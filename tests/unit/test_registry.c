@@ -820,36 +820,16 @@ static int audit_events(const testenv_db *t, const char *action, const sk_kid *k
     char hex[2 * SK_KID_LEN + 1], like[256];
     kid_hex(kid, hex);
     snprintf(like, sizeof(like), "%%%s%%", has ? has : "");
-    sqlite3 *db = NULL;
-    sqlite3_stmt *s = NULL;
-    assert_int_equal(sqlite3_open(t->db, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db,
-                                        "SELECT count(*) FROM audit WHERE action = ? AND kid = ?"
-                                        " AND details LIKE ?",
-                                        -1, &s, NULL),
-                     SQLITE_OK);
-    sqlite3_bind_text(s, 1, action, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, hex, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 3, like, -1, SQLITE_STATIC);
-    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-    int n = sqlite3_column_int(s, 0);
-    sqlite3_finalize(s);
-    sqlite3_close(db);
-    return n;
+    return (int)testenv_sql_int(t->db,
+                                "SELECT count(*) FROM audit WHERE action = ? AND kid = ?"
+                                " AND details LIKE ?",
+                                3, action, hex, like);
 }
 
 /* One integer from the file (a count, a pragma), on a connection of its own. */
 static int64_t raw_int(const testenv_db *t, const char *sql)
 {
-    sqlite3 *db = NULL;
-    sqlite3_stmt *s = NULL;
-    assert_int_equal(sqlite3_open(t->db, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &s, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-    int64_t v = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    sqlite3_close(db);
-    return v;
+    return testenv_sql_int(t->db, sql, 0);
 }
 
 /* The keeper's question (keeperd.c): is kid in the reader's active set? 0 for a NULL

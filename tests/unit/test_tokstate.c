@@ -41,22 +41,10 @@ static tks *open_ok(const testenv_db *d)
 /* Rows of the audit table with this action (and this actor, when not NULL). */
 static int audit_rows(const testenv_db *d, const char *action, const char *actor)
 {
-    sqlite3 *db;
-    sqlite3_stmt *s;
-    assert_int_equal(sqlite3_open_v2(d->db, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db,
-                                        "SELECT count(*) FROM audit WHERE action = ?1 "
-                                        "AND (?2 IS NULL OR actor = ?2)",
-                                        -1, &s, NULL),
-                     SQLITE_OK);
-    sqlite3_bind_text(s, 1, action, -1, SQLITE_STATIC);
-    if (actor != NULL)
-        sqlite3_bind_text(s, 2, actor, -1, SQLITE_STATIC);
-    assert_int_equal(sqlite3_step(s), SQLITE_ROW);
-    int n = sqlite3_column_int(s, 0);
-    sqlite3_finalize(s);
-    sqlite3_close(db);
-    return n;
+    return (int)testenv_sql_int(d->db,
+                                "SELECT count(*) FROM audit WHERE action = ?1 "
+                                "AND (?2 IS NULL OR actor = ?2)",
+                                2, action, actor);
 }
 
 static int bit_of(const uint8_t *bits, uint32_t idx)
