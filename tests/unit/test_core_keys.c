@@ -32,37 +32,25 @@
 #define T0 1700000000
 #define LIMIT 1000 /* max_active_keys' default, the limit the appliance ships with */
 
-typedef struct {
-    testenv_world w;
-    ck_env e;
-} fixture;
+typedef testenv_world fixture;
 
 static int setup(void **state)
 {
-    fixture *fx = calloc(1, sizeof(*fx));
-    if (fx == NULL ||
-        testenv_world_open(&fx->w, TESTENV_REG | TESTENV_TKS | TESTENV_PUB, NULL) != 0) {
-        free(fx);
-        return -1;
-    }
-    if (fx->w.c.max_active_keys != LIMIT) {
+    fixture *fx = testenv_world_new(TESTENV_REG | TESTENV_TKS | TESTENV_PUB, NULL);
+    if (fx != NULL && fx->c.max_active_keys != LIMIT) {
         fprintf(stderr, "setup: max_active_keys' default is %u, not %d\n",
-                (unsigned)fx->w.c.max_active_keys, LIMIT);
-        testenv_world_close(&fx->w);
-        free(fx);
-        return -1;
+                (unsigned)fx->c.max_active_keys, LIMIT);
+        testenv_world_free(fx);
+        fx = NULL;
     }
-    fx->e = (ck_env){.reg = fx->w.rg, .kp = fx->w.k, .pub = fx->w.p};
     *state = fx;
-    return 0;
+    return fx != NULL ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
-    fixture *fx = *state;
     audit_set_actor(NULL);
-    testenv_world_close(&fx->w); /* first the deferred destroys: the set is process-wide */
-    free(fx);
+    testenv_world_free(*state); /* first the deferred destroys: the set is process-wide */
     return 0;
 }
 
@@ -95,7 +83,7 @@ static int audit_rows(const fixture *fx, const char *action, const sk_kid *kid, 
     char hex[2 * SK_KID_LEN + 1] = "";
     if (kid != NULL)
         sk_kid_hex(kid, hex);
-    return (int)testenv_sql_int(fx->w.db,
+    return (int)testenv_sql_int(fx->db,
                                 "SELECT count(*) FROM audit WHERE action = ?1 "
                                 "AND (?2 IS NULL OR kid = ?2) AND (?3 IS NULL OR actor = ?3)",
                                 3, action, kid != NULL ? hex : NULL, actor);
@@ -103,7 +91,7 @@ static int audit_rows(const fixture *fx, const char *action, const sk_kid *kid, 
 
 static int audit_total(const fixture *fx)
 {
-    return (int)testenv_sql_int(fx->w.db, "SELECT count(*) FROM audit", 0);
+    return (int)testenv_sql_int(fx->db, "SELECT count(*) FROM audit", 0);
 }
 
 static reg_key create_ok(fixture *fx, const char *label, int64_t now, sk_pubkey *pub)
@@ -129,10 +117,10 @@ static void test_a_created_key_is_an_active_row_with_its_object_in_the_token(voi
     assert_string_equal(k.label, "billing");
     assert_int_equal(k.created_at, T0);
     assert_false(kp_is_reserved(&k.kid));
-    assert_true(on_token(fx->w.k, &k.kid));
+    assert_true(on_token(fx->k, &k.kid));
     /* The row is durable and carries the public key the token made. */
     reg_key row;
-    assert_int_equal(reg_get(fx->w.rg, &k.kid, &row), REG_OK);
+    assert_int_equal(reg_get(fx->rg, &k.kid, &row), REG_OK);
     assert_int_equal(row.state, REG_ACTIVE);
     assert_string_equal(row.n_b64, k.n_b64);
     char n_b64[REG_N_B64_MAX];
@@ -141,7 +129,7 @@ static void test_a_created_key_is_an_active_row_with_its_object_in_the_token(voi
     /* The key signs, and what it signs verifies under the published modulus. */
     uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 0;
-    assert_int_equal(kp_sign(fx->w.k, &k.kid, "x", 1, sig, &sig_len), SK_OK);
+    assert_int_equal(kp_sign(fx->k, &k.kid, "x", 1, sig, &sig_len), SK_OK);
     assert_int_equal(jose_rs256_verify(pub.n, pub.n_len, pub.e, pub.e_len, "x", 1, sig, sig_len),
                      1);
     /* One key.created, under the calling thread's actor. */
@@ -155,8 +143,8 @@ static void test_each_create_makes_a_new_kid(void **state)
     reg_key a = create_ok(fx, "", T0, NULL);
     reg_key b = create_ok(fx, "", T0, NULL);
     assert_memory_not_equal(a.kid.b, b.kid.b, SK_KID_LEN);
-    assert_int_equal(reg_count(fx->w.rg, REG_ACTIVE), 2);
-    assert_int_equal(on_token_count(fx->w.k), 2);
+    assert_int_equal(reg_count(fx->rg, REG_ACTIVE), 2);
+    assert_int_equal(on_token_count(fx->k), 2);
 }
 
 static void test_the_thousandth_key_is_made_and_the_next_is_refused(void **state)
@@ -165,7 +153,7 @@ static void test_the_thousandth_key_is_made_and_the_next_is_refused(void **state
     /* 998 slots held as by creates in flight: the next create is the 999th key, then the
      * 1,000th; the limit counts reservations and rows alike. */
     for (int i = 0; i < LIMIT - 2; i++)
-        assert_int_equal(reg_reserve(fx->w.rg), REG_OK);
+        assert_int_equal(reg_reserve(fx->rg), REG_OK);
     reg_key a = create_ok(fx, "", T0, NULL);
     reg_key b = create_ok(fx, "", T0, NULL);
     int events = audit_total(fx);
@@ -174,8 +162,8 @@ static void test_the_thousandth_key_is_made_and_the_next_is_refused(void **state
     ck_fail why;
     assert_int_equal(ck_create(&fx->e, 2048, "", T0, &k, &pub, &why), CK_ERR_NO_SLOT);
     /* Refused before the token is asked: no object, no row, no event. */
-    assert_int_equal(on_token_count(fx->w.k), 2);
-    assert_int_equal(reg_count(fx->w.rg, REG_ACTIVE), 2);
+    assert_int_equal(on_token_count(fx->k), 2);
+    assert_int_equal(reg_count(fx->rg, REG_ACTIVE), 2);
     assert_int_equal(audit_total(fx), events);
     /* A revocation frees its slot. */
     assert_int_equal(ck_revoke(&fx->e, &a.kid, "done", T0, NULL), CK_OK);
@@ -183,7 +171,7 @@ static void test_the_thousandth_key_is_made_and_the_next_is_refused(void **state
     assert_int_equal(ck_create(&fx->e, 2048, "", T0, &k, &pub, &why), CK_ERR_NO_SLOT);
     (void)b;
     for (int i = 0; i < LIMIT - 2; i++)
-        reg_unreserve(fx->w.rg);
+        reg_unreserve(fx->rg);
 }
 
 static void test_a_size_the_token_refuses_leaves_nothing_held(void **state)
@@ -193,25 +181,25 @@ static void test_a_size_the_token_refuses_leaves_nothing_held(void **state)
     sk_pubkey pub;
     ck_fail why;
     for (int i = 0; i < LIMIT - 1; i++)
-        assert_int_equal(reg_reserve(fx->w.rg), REG_OK);
+        assert_int_equal(reg_reserve(fx->rg), REG_OK);
     assert_int_equal(ck_create(&fx->e, 1024, "", T0, &k, &pub, &why), CK_ERR_TOKEN);
     assert_int_equal(why.st, SK_ERR_BAD_ARGUMENT);
-    assert_int_equal(on_token_count(fx->w.k), 0);
+    assert_int_equal(on_token_count(fx->k), 0);
     assert_int_equal(audit_total(fx), 0);
     /* The one slot left was given back: the next create takes it. */
     create_ok(fx, "", T0, NULL);
     for (int i = 0; i < LIMIT - 1; i++)
-        reg_unreserve(fx->w.rg);
+        reg_unreserve(fx->rg);
 }
 
 static void test_a_keeper_that_is_gone_leaves_its_kid_to_the_destroyer(void **state)
 {
     fixture *fx = *state;
     char sock[PATH_MAX + 16], err[256];
-    snprintf(sock, sizeof(sock), "%s/no-keeper.sock", fx->w.dir);
+    snprintf(sock, sizeof(sock), "%s/no-keeper.sock", fx->dir);
     kp *away = NULL;
     assert_int_equal(kp_connect(sock, NULL, &away, err, sizeof(err)), SK_OK);
-    ck_env e = {.reg = fx->w.rg, .kp = away, .pub = fx->w.p};
+    ck_env e = {.reg = fx->rg, .kp = away, .pub = fx->p};
     reg_key k;
     sk_pubkey pub;
     ck_fail why;
@@ -221,9 +209,9 @@ static void test_a_keeper_that_is_gone_leaves_its_kid_to_the_destroyer(void **st
      * destroyer, while no row was written. */
     assert_int_equal(rec_retry_deferred(away, stderr), 1);
     kp_close(away);
-    assert_int_equal(reg_count(fx->w.rg, REG_ACTIVE), 0);
+    assert_int_equal(reg_count(fx->rg, REG_ACTIVE), 0);
     assert_int_equal(audit_total(fx), 0);
-    assert_int_equal(rec_retry_deferred(fx->w.k, stderr), 0);
+    assert_int_equal(rec_retry_deferred(fx->k, stderr), 0);
 }
 
 /* ---- revoke ------------------------------------------------------------------------------ */
@@ -239,16 +227,16 @@ static void test_a_revocation_is_durable_then_the_object_goes(void **state)
     assert_string_equal(out.reason, "compromised");
     assert_int_equal(out.revoked_at, T0 + 5);
     assert_int_equal(out.revocation_seq, 1);
-    assert_int_equal(reg_revocation_seq(fx->w.rg), 1);
+    assert_int_equal(reg_revocation_seq(fx->rg), 1);
     assert_int_equal(audit_rows(fx, AUDIT_KEY_REVOKED, &k.kid, "c0ffee0000000002"), 1);
     /* The keeper signs nothing for it any more... */
     uint8_t sig[SK_SIG_MAX];
     size_t sig_len;
-    assert_false(reg_is_active(fx->w.rg, &k.kid));
+    assert_false(reg_is_active(fx->rg, &k.kid));
     /* ...and its object is the destroyer's, which the next pass removes. */
-    assert_int_equal(rec_retry_deferred(fx->w.k, stderr), 0);
-    assert_false(on_token(fx->w.k, &k.kid));
-    assert_int_equal(kp_sign(fx->w.k, &k.kid, "x", 1, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(rec_retry_deferred(fx->k, stderr), 0);
+    assert_false(on_token(fx->k, &k.kid));
+    assert_int_equal(kp_sign(fx->k, &k.kid, "x", 1, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
 }
 
 static void test_revoking_twice_answers_the_first_revocation(void **state)
@@ -261,7 +249,7 @@ static void test_revoking_twice_answers_the_first_revocation(void **state)
     assert_string_equal(again.reason, "first");
     assert_int_equal(again.revoked_at, T0 + 1);
     assert_int_equal(again.revocation_seq, first.revocation_seq);
-    assert_int_equal(reg_revocation_seq(fx->w.rg), 1);
+    assert_int_equal(reg_revocation_seq(fx->rg), 1);
     assert_int_equal(audit_rows(fx, AUDIT_KEY_REVOKED, &k.kid, NULL), 1);
 }
 
@@ -273,7 +261,7 @@ static void test_revoking_an_unknown_kid_changes_nothing(void **state)
     testenv_kid(&never);
     int events = audit_total(fx);
     assert_int_equal(ck_revoke(&fx->e, &never, "x", T0, NULL), CK_ERR_NOT_FOUND);
-    assert_int_equal(reg_revocation_seq(fx->w.rg), 0);
+    assert_int_equal(reg_revocation_seq(fx->rg), 0);
     assert_int_equal(audit_total(fx), events);
 }
 
@@ -299,8 +287,8 @@ static void test_a_rotation_makes_a_successor_and_leaves_the_old_key_retiring(vo
     assert_string_equal(made.label, "orders"); /* none given: the old key's */
     assert_int_equal(made.created_at, T0 + 10);
     /* Both objects stay: the old key verifies the tokens already out until retire_at. */
-    assert_true(on_token(fx->w.k, &old.kid));
-    assert_true(on_token(fx->w.k, &made.kid));
+    assert_true(on_token(fx->k, &old.kid));
+    assert_true(on_token(fx->k, &made.kid));
     assert_int_equal(audit_rows(fx, AUDIT_KEY_CREATED, &made.kid, NULL), 1);
     assert_int_equal(audit_rows(fx, AUDIT_KEY_ROTATED, &old.kid, NULL), 1);
     /* A label given is the successor's. */
@@ -320,7 +308,7 @@ static void test_only_an_active_key_rotates_and_a_refusal_generates_nothing(void
     ck_fail why;
     assert_int_equal(ck_rotate(&fx->e, &old.kid, NULL, T0, T0 + 100, &was, &made, &pub, &why),
                      CK_OK);
-    size_t objects = on_token_count(fx->w.k);
+    size_t objects = on_token_count(fx->k);
     int events = audit_total(fx);
     reg_key w2, m2;
     assert_int_equal(ck_rotate(&fx->e, &old.kid, NULL, T0, T0 + 100, &w2, &m2, &pub, &why),
@@ -328,8 +316,8 @@ static void test_only_an_active_key_rotates_and_a_refusal_generates_nothing(void
     assert_int_equal(why.state, REG_RETIRING);
     assert_int_equal(ck_revoke(&fx->e, &made.kid, "x", T0, NULL), CK_OK);
     events = audit_total(fx);
-    assert_int_equal(rec_retry_deferred(fx->w.k, stderr), 0);
-    objects = on_token_count(fx->w.k);
+    assert_int_equal(rec_retry_deferred(fx->k, stderr), 0);
+    objects = on_token_count(fx->k);
     assert_int_equal(ck_rotate(&fx->e, &made.kid, NULL, T0, T0 + 100, &w2, &m2, &pub, &why),
                      CK_ERR_STATE);
     assert_int_equal(why.state, REG_REVOKED);
@@ -337,7 +325,7 @@ static void test_only_an_active_key_rotates_and_a_refusal_generates_nothing(void
     testenv_kid(&never);
     assert_int_equal(ck_rotate(&fx->e, &never, NULL, T0, T0 + 100, &w2, &m2, &pub, &why),
                      CK_ERR_NOT_FOUND);
-    assert_int_equal(on_token_count(fx->w.k), objects);
+    assert_int_equal(on_token_count(fx->k), objects);
     assert_int_equal(audit_total(fx), events);
 }
 
@@ -346,32 +334,32 @@ static void test_a_rotation_needs_a_free_slot(void **state)
     fixture *fx = *state;
     reg_key old = create_ok(fx, "", T0, NULL);
     for (int i = 0; i < LIMIT - 1; i++)
-        assert_int_equal(reg_reserve(fx->w.rg), REG_OK);
+        assert_int_equal(reg_reserve(fx->rg), REG_OK);
     reg_key was, made;
     sk_pubkey pub;
     ck_fail why;
     assert_int_equal(ck_rotate(&fx->e, &old.kid, NULL, T0, T0 + 100, &was, &made, &pub, &why),
                      CK_ERR_NO_SLOT);
-    assert_int_equal(on_token_count(fx->w.k), 1);
+    assert_int_equal(on_token_count(fx->k), 1);
     reg_key row;
-    assert_int_equal(reg_get(fx->w.rg, &old.kid, &row), REG_OK);
+    assert_int_equal(reg_get(fx->rg, &old.kid, &row), REG_OK);
     assert_int_equal(row.state, REG_ACTIVE);
     for (int i = 0; i < LIMIT - 1; i++)
-        reg_unreserve(fx->w.rg);
+        reg_unreserve(fx->rg);
 }
 
 static void test_retiring_keys_count_toward_the_key_limit(void **state)
 {
     fixture *fx = *state;
     for (int i = 0; i < LIMIT - 2; i++)
-        assert_int_equal(reg_reserve(fx->w.rg), REG_OK);
+        assert_int_equal(reg_reserve(fx->rg), REG_OK);
     reg_key k1 = create_ok(fx, "", T0, NULL), k2 = create_ok(fx, "", T0, NULL);
     reg_key was, made, k;
     sk_pubkey pub;
     ck_fail why;
     assert_int_equal(ck_rotate(&fx->e, &k1.kid, NULL, T0, T0 + 600, &was, &made, &pub, &why),
                      CK_ERR_NO_SLOT);
-    assert_true(reg_is_active(fx->w.rg, &k1.kid));
+    assert_true(reg_is_active(fx->rg, &k1.kid));
     assert_int_equal(ck_revoke(&fx->e, &k2.kid, "x", T0, NULL), CK_OK);
     assert_int_equal(ck_rotate(&fx->e, &k1.kid, NULL, T0, T0 + 600, &was, &made, &pub, &why),
                      CK_OK);
@@ -380,9 +368,9 @@ static void test_retiring_keys_count_toward_the_key_limit(void **state)
     /* Revoking it early frees its slot, and leaves its successor active. */
     assert_int_equal(ck_revoke(&fx->e, &k1.kid, "early", T0, NULL), CK_OK);
     create_ok(fx, "", T0, NULL);
-    assert_true(reg_is_active(fx->w.rg, &made.kid));
+    assert_true(reg_is_active(fx->rg, &made.kid));
     for (int i = 0; i < LIMIT - 2; i++)
-        reg_unreserve(fx->w.rg);
+        reg_unreserve(fx->rg);
 }
 
 static void test_the_scheduler_revokes_a_key_whose_grace_ended(void **state)
@@ -400,15 +388,15 @@ static void test_the_scheduler_revokes_a_key_whose_grace_ended(void **state)
     char err[256];
     assert_int_equal(rot_start(&fx->e, &rt, err, sizeof(err)), 0);
     reg_key row;
-    assert_int_equal(reg_get(fx->w.rg, &old.kid, &row), REG_OK);
+    assert_int_equal(reg_get(fx->rg, &old.kid, &row), REG_OK);
     assert_int_equal(row.state, REG_REVOKED);
     assert_string_equal(row.reason, ROT_REASON);
     assert_int_equal(audit_rows(fx, AUDIT_KEY_REVOKED, &old.kid, ROT_ACTOR), 1);
-    assert_true(reg_is_active(fx->w.rg, &made.kid));
+    assert_true(reg_is_active(fx->rg, &made.kid));
     rot_stop(rt);
-    assert_int_equal(rec_retry_deferred(fx->w.k, stderr), 0);
-    assert_false(on_token(fx->w.k, &old.kid));
-    assert_true(on_token(fx->w.k, &made.kid));
+    assert_int_equal(rec_retry_deferred(fx->k, stderr), 0);
+    assert_false(on_token(fx->k, &old.kid));
+    assert_true(on_token(fx->k, &made.kid));
 }
 
 int main(void)

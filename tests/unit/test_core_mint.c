@@ -26,7 +26,6 @@
 
 typedef struct {
     testenv_world w;
-    ck_env e;
     mint_env me;
     int64_t now;
 } fixture;
@@ -45,7 +44,6 @@ static int setup(void **state)
     }
     testenv_world *w = &fx->w;
     snprintf(w->c.token_issuer, sizeof(w->c.token_issuer), "https://issuer.example");
-    fx->e = (ck_env){.reg = w->rg, .kp = w->k};
     fx->me = (mint_env){.cfg = &w->c, .reg = w->rg, .kp = w->k, .tks = w->ts, .audit = w->au};
     fx->now = (int64_t)time(NULL);
     *state = fx;
@@ -65,7 +63,8 @@ static reg_key create_ok(fixture *fx, int64_t created_at, sk_pubkey *pub)
     reg_key k;
     sk_pubkey local;
     ck_fail why;
-    assert_int_equal(ck_create(&fx->e, 2048, "", created_at, &k, pub ? pub : &local, &why), CK_OK);
+    assert_int_equal(ck_create(&fx->w.e, 2048, "", created_at, &k, pub ? pub : &local, &why),
+                     CK_OK);
     return k;
 }
 
@@ -199,7 +198,7 @@ static void test_without_a_kid_the_newest_key_the_caller_may_use_signs(void **st
     sk_pubkey pub;
     ck_fail cf;
     assert_int_equal(
-        ck_rotate(&fx->e, &old.kid, NULL, fx->now, fx->now + 60, &was, &made, &pub, &cf), CK_OK);
+        ck_rotate(&fx->w.e, &old.kid, NULL, fx->now, fx->now + 60, &was, &made, &pub, &cf), CK_OK);
     assert_int_equal(mint_make(&fx->me, &m, &t, &why), MINT_OK);
     assert_memory_equal(t.kid.b, made.kid.b, SK_KID_LEN);
     mint_token_free(&t);
@@ -220,8 +219,8 @@ static void test_a_kid_that_cannot_sign_is_refused_with_its_state(void **state)
     reg_key was, made;
     sk_pubkey pub;
     ck_fail cf;
-    assert_int_equal(ck_rotate(&fx->e, &k.kid, NULL, fx->now, fx->now + 60, &was, &made, &pub, &cf),
-                     CK_OK);
+    assert_int_equal(
+        ck_rotate(&fx->w.e, &k.kid, NULL, fx->now, fx->now + 60, &was, &made, &pub, &cf), CK_OK);
     mint_req m = {.has_kid = 1, .kid = k.kid, .iat = fx->now, .nbf = -1, .exp = fx->now + 60};
     mint_token t;
     mint_fail why;
@@ -229,7 +228,7 @@ static void test_a_kid_that_cannot_sign_is_refused_with_its_state(void **state)
     assert_int_equal(why.cs, CK_ERR_STATE);
     assert_int_equal(why.state, REG_RETIRING);
     assert_memory_equal(why.kid.b, k.kid.b, SK_KID_LEN);
-    assert_int_equal(ck_revoke(&fx->e, &made.kid, "x", fx->now, NULL), CK_OK);
+    assert_int_equal(ck_revoke(&fx->w.e, &made.kid, "x", fx->now, NULL), CK_OK);
     m.kid = made.kid;
     assert_int_equal(mint_make(&fx->me, &m, &t, &why), MINT_ERR_KEY);
     assert_int_equal(why.state, REG_REVOKED);

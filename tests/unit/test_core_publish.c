@@ -29,29 +29,17 @@
 
 #define T0 1700000000
 
-typedef struct {
-    testenv_world w;
-    ck_env e;
-} fixture;
+typedef testenv_world fixture;
 
 static int setup(void **state)
 {
-    fixture *fx = calloc(1, sizeof(*fx));
-    if (fx == NULL ||
-        testenv_world_open(&fx->w, TESTENV_REG | TESTENV_TKS | TESTENV_PUB, NULL) != 0) {
-        free(fx);
-        return -1;
-    }
-    fx->e = (ck_env){.reg = fx->w.rg, .kp = fx->w.k, .pub = fx->w.p};
-    *state = fx;
-    return 0;
+    *state = testenv_world_new(TESTENV_REG | TESTENV_TKS | TESTENV_PUB, NULL);
+    return *state != NULL ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
-    fixture *fx = *state;
-    testenv_world_close(&fx->w);
-    free(fx);
+    testenv_world_free(*state);
     return 0;
 }
 
@@ -80,7 +68,7 @@ static json_t *doc_json(pub_doc *d)
 /* The JWKS's kids, as hex, in *kids (n of them). */
 static size_t jwks_kids(fixture *fx, char kids[8][2 * SK_KID_LEN + 1])
 {
-    json_t *j = doc_json(pub_jwks(fx->w.p));
+    json_t *j = doc_json(pub_jwks(fx->p));
     json_t *keys = json_object_get(j, "keys");
     assert_true(json_is_array(keys));
     size_t n = json_array_size(keys);
@@ -121,7 +109,7 @@ static json_t *signed_payload(fixture *fx, pub_doc *d, const char *header)
     assert_true(json_equal(p.header, want));
     json_decref(want);
     sk_pubkey pk;
-    assert_int_equal(kp_svc_public_key(fx->w.k, KP_SVC_PUBLISH, &pk), SK_OK);
+    assert_int_equal(kp_svc_public_key(fx->k, KP_SVC_PUBLISH, &pk), SK_OK);
     assert_int_equal(jose_rs256_verify(pk.n, pk.n_len, pk.e, pk.e_len, body, p.signing_input_len,
                                        p.sig, p.sig_len),
                      1);
@@ -173,7 +161,7 @@ static void test_the_jwks_etag_moves_with_its_content_only(void **state)
 {
     fixture *fx = *state;
     create_ok(fx);
-    pub_doc *d1 = pub_jwks(fx->w.p), *d2 = pub_jwks(fx->w.p);
+    pub_doc *d1 = pub_jwks(fx->p), *d2 = pub_jwks(fx->p);
     /* Unchanged: one shared document, not a copy per reader. */
     assert_ptr_equal(d1, d2);
     char etag[64];
@@ -182,7 +170,7 @@ static void test_the_jwks_etag_moves_with_its_content_only(void **state)
     assert_true(etag[0] == '"' && etag[33] == '"');
     pub_doc_put(d1);
     create_ok(fx);
-    pub_doc *d3 = pub_jwks(fx->w.p);
+    pub_doc *d3 = pub_jwks(fx->p);
     assert_string_not_equal(pub_doc_etag(d3), etag);
     /* A reader keeps its copy across a refresh. */
     size_t len;
@@ -197,7 +185,7 @@ static void test_the_revocation_list_counts_every_revocation_in_order(void **sta
 {
     fixture *fx = *state;
     reg_key a = create_ok(fx), b = create_ok(fx);
-    json_t *j = doc_json(pub_revocations(fx->w.p, 0));
+    json_t *j = doc_json(pub_revocations(fx->p, 0));
     assert_int_equal(int_of(j, "sequence"), 0);
     assert_int_equal(json_array_size(json_object_get(j, "revoked")), 0);
     json_decref(j);
@@ -205,8 +193,8 @@ static void test_the_revocation_list_counts_every_revocation_in_order(void **sta
     assert_int_equal(ck_revoke(&fx->e, &b.kid, "two", T0 + 2, NULL), CK_OK);
     reg_subject s;
     int64_t now = (int64_t)time(NULL);
-    assert_int_equal(reg_revoke_subject(fx->w.rg, "user-7", now, now, 0, &s), REG_OK);
-    j = doc_json(pub_revocations(fx->w.p, 0));
+    assert_int_equal(reg_revoke_subject(fx->rg, "user-7", now, now, 0, &s), REG_OK);
+    j = doc_json(pub_revocations(fx->p, 0));
     assert_int_equal(int_of(j, "sequence"), 3);
     json_t *rev = json_object_get(j, "revoked");
     assert_int_equal(json_array_size(rev), 2);
@@ -225,7 +213,7 @@ static void test_the_revocation_list_counts_every_revocation_in_order(void **sta
     assert_int_equal(int_of(json_array_get(subs, 0), "seq"), 3);
     json_decref(j);
     /* A delta holds what came after, and the subjects whatever the after. */
-    j = doc_json(pub_revocations(fx->w.p, 1));
+    j = doc_json(pub_revocations(fx->p, 1));
     assert_int_equal(int_of(j, "sequence"), 3);
     rev = json_object_get(j, "revoked");
     assert_int_equal(json_array_size(rev), 1);
@@ -233,7 +221,7 @@ static void test_the_revocation_list_counts_every_revocation_in_order(void **sta
     assert_int_equal(json_array_size(json_object_get(j, "subjects")), 1);
     json_decref(j);
     /* An after beyond the newest is an empty delta from it. */
-    j = doc_json(pub_revocations(fx->w.p, 1000));
+    j = doc_json(pub_revocations(fx->p, 1000));
     assert_int_equal(int_of(j, "sequence"), 3);
     assert_int_equal(json_array_size(json_object_get(j, "revoked")), 0);
     json_decref(j);
@@ -250,7 +238,7 @@ static void revoked_row(fixture *fx)
     k.created_at = T0;
     snprintf(k.n_b64, sizeof(k.n_b64), "AQAB");
     snprintf(k.e_b64, sizeof(k.e_b64), "AQAB");
-    assert_int_equal(reg_insert(fx->w.rg, &k), REG_OK);
+    assert_int_equal(reg_insert(fx->rg, &k), REG_OK);
     assert_int_equal(ck_revoke(&fx->e, &k.kid, "x", T0, NULL), CK_OK);
 }
 
@@ -261,30 +249,30 @@ static void test_a_delta_further_back_than_64_revocations_is_the_full_list(void 
     fixture *fx = *state;
     for (int i = 0; i < 66; i++)
         revoked_row(fx);
-    rec_retry_deferred(fx->w.k, stderr);
+    rec_retry_deferred(fx->k, stderr);
     int64_t now = (int64_t)time(NULL);
     pub_why why = {0};
-    json_t *j = signed_payload(fx, pub_feed(fx->w.p, 1, now, &why), KP_PUBLISH_HEADER);
+    json_t *j = signed_payload(fx, pub_feed(fx->p, 1, now, &why), KP_PUBLISH_HEADER);
     assert_int_equal(int_of(j, "after"), 0);
     assert_int_equal(int_of(j, "seq"), 66);
     assert_int_equal(json_array_size(json_object_get(j, "revoked")), 66);
     json_decref(j);
-    j = signed_payload(fx, pub_feed(fx->w.p, 2, now, &why), KP_PUBLISH_HEADER);
+    j = signed_payload(fx, pub_feed(fx->p, 2, now, &why), KP_PUBLISH_HEADER);
     assert_int_equal(int_of(j, "after"), 2);
     assert_int_equal(json_array_size(json_object_get(j, "revoked")), 64);
     json_decref(j);
     /* The unsigned list follows the same rule, built once per change and after. */
-    j = doc_json(pub_revocations(fx->w.p, 1));
+    j = doc_json(pub_revocations(fx->p, 1));
     assert_int_equal(int_of(j, "sequence"), 66);
     assert_int_equal(json_array_size(json_object_get(j, "revoked")), 66);
     json_decref(j);
-    pub_doc *d1 = pub_revocations(fx->w.p, 2), *d2 = pub_revocations(fx->w.p, 2);
+    pub_doc *d1 = pub_revocations(fx->p, 2), *d2 = pub_revocations(fx->p, 2);
     assert_ptr_equal(d1, d2);
     pub_doc_put(d2);
     j = doc_json(d1);
     assert_int_equal(json_array_size(json_object_get(j, "revoked")), 64);
     json_decref(j);
-    j = doc_json(pub_revocations(fx->w.p, 99));
+    j = doc_json(pub_revocations(fx->p, 99));
     json_t *want = json_pack("{s:i, s:[], s:[]}", "sequence", 66, "revoked", "subjects");
     assert_true(json_equal(j, want));
     json_decref(want);
@@ -299,27 +287,27 @@ static void test_the_feed_is_signed_by_the_publication_key_and_follows_the_seque
     reg_key a = create_ok(fx), b = create_ok(fx);
     int64_t now = (int64_t)time(NULL);
     pub_why why = {0};
-    json_t *j = signed_payload(fx, pub_feed(fx->w.p, 0, now, &why), KP_PUBLISH_HEADER);
+    json_t *j = signed_payload(fx, pub_feed(fx->p, 0, now, &why), KP_PUBLISH_HEADER);
     assert_string_equal(json_string_value(json_object_get(j, "iss")), PUB_FEED_ISSUER_DEFAULT);
     assert_int_equal(int_of(j, "seq"), 0);
     assert_int_equal(int_of(j, "after"), 0);
     assert_int_equal(int_of(j, "iat"), now);
-    assert_int_equal(int_of(j, "exp"), now + fx->w.c.revocation_feed_lifetime);
-    assert_int_equal(int_of(j, "ttl"), fx->w.c.revocations_max_age);
+    assert_int_equal(int_of(j, "exp"), now + fx->c.revocation_feed_lifetime);
+    assert_int_equal(int_of(j, "ttl"), fx->c.revocations_max_age);
     assert_int_equal(json_array_size(json_object_get(j, "revoked")), 0);
     json_decref(j);
     /* Unchanged content within its re-sign age: the same copy, not a new signature. */
-    pub_doc *d1 = pub_feed(fx->w.p, 0, now, &why), *d2 = pub_feed(fx->w.p, 0, now + 1, &why);
+    pub_doc *d1 = pub_feed(fx->p, 0, now, &why), *d2 = pub_feed(fx->p, 0, now + 1, &why);
     assert_ptr_equal(d1, d2);
     pub_doc_put(d1);
     pub_doc_put(d2);
     assert_int_equal(ck_revoke(&fx->e, &a.kid, "one", T0, NULL), CK_OK);
     assert_int_equal(ck_revoke(&fx->e, &b.kid, "two", T0, NULL), CK_OK);
-    j = signed_payload(fx, pub_feed(fx->w.p, 0, now + 1, &why), KP_PUBLISH_HEADER);
+    j = signed_payload(fx, pub_feed(fx->p, 0, now + 1, &why), KP_PUBLISH_HEADER);
     assert_int_equal(int_of(j, "seq"), 2);
     assert_int_equal(json_array_size(json_object_get(j, "revoked")), 2);
     json_decref(j);
-    j = signed_payload(fx, pub_feed(fx->w.p, 1, now + 1, &why), KP_PUBLISH_HEADER);
+    j = signed_payload(fx, pub_feed(fx->p, 1, now + 1, &why), KP_PUBLISH_HEADER);
     assert_int_equal(int_of(j, "seq"), 2);
     assert_int_equal(int_of(j, "after"), 1);
     json_t *rev = json_object_get(j, "revoked");
@@ -331,31 +319,31 @@ static void test_the_feed_is_signed_by_the_publication_key_and_follows_the_seque
 static void test_a_spent_budget_serves_the_copy_held_and_refuses_what_has_none(void **state)
 {
     fixture *fx = *state;
-    pub_free(fx->w.p);
-    fx->w.c.publication_signs_per_second = 1;
-    fx->w.p = pub_new(&fx->w.c, fx->w.rg, fx->w.k, fx->w.ts);
-    fx->e.pub = fx->w.p;
+    pub_free(fx->p);
+    fx->c.publication_signs_per_second = 1;
+    fx->p = pub_new(&fx->c, fx->rg, fx->k, fx->ts);
+    fx->e.pub = fx->p;
     reg_key a = create_ok(fx);
     int64_t now = (int64_t)time(NULL);
     tks_index ix;
-    assert_int_equal(tks_assign(fx->w.ts, now, now + 60, &ix), TKS_OK);
+    assert_int_equal(tks_assign(fx->ts, now, now + 60, &ix), TKS_OK);
     /* The publication key made beforehand: what follows is within the bucket's second. */
     sk_pubkey pk;
-    assert_int_equal(kp_svc_public_key(fx->w.k, KP_SVC_PUBLISH, &pk), SK_OK);
+    assert_int_equal(kp_svc_public_key(fx->k, KP_SVC_PUBLISH, &pk), SK_OK);
     pub_why why = {0};
-    json_t *j = signed_payload(fx, pub_feed(fx->w.p, 0, now, &why), KP_PUBLISH_HEADER);
+    json_t *j = signed_payload(fx, pub_feed(fx->p, 0, now, &why), KP_PUBLISH_HEADER);
     assert_int_equal(int_of(j, "seq"), 0);
     json_decref(j);
     /* The one signature a second is spent, and the list has no copy yet: refused, with
      * when to retry. */
     memset(&why, 0, sizeof(why));
-    assert_null(pub_status_list(fx->w.p, ix.list, now, &why));
+    assert_null(pub_status_list(fx->p, ix.list, now, &why));
     assert_true(why.budget);
     assert_true(why.retry_after >= 1);
     /* The feed's content moves: the copy held, still valid, is served rather than
      * nothing. */
     assert_int_equal(ck_revoke(&fx->e, &a.kid, "x", T0, NULL), CK_OK);
-    j = signed_payload(fx, pub_feed(fx->w.p, 0, now, &why), KP_PUBLISH_HEADER);
+    j = signed_payload(fx, pub_feed(fx->p, 0, now, &why), KP_PUBLISH_HEADER);
     assert_int_equal(int_of(j, "seq"), 0);
     json_decref(j);
 }
@@ -364,10 +352,10 @@ static void test_a_keeper_that_cannot_sign_is_reported(void **state)
 {
     fixture *fx = *state;
     char sock[PATH_MAX + 16], err[256];
-    snprintf(sock, sizeof(sock), "%s/no-keeper.sock", fx->w.dir);
+    snprintf(sock, sizeof(sock), "%s/no-keeper.sock", fx->dir);
     kp *away = NULL;
     assert_int_equal(kp_connect(sock, NULL, &away, err, sizeof(err)), SK_OK);
-    pub *p = pub_new(&fx->w.c, fx->w.rg, away, fx->w.ts);
+    pub *p = pub_new(&fx->c, fx->rg, away, fx->ts);
     assert_non_null(p);
     pub_why why = {0};
     int64_t now = (int64_t)time(NULL);
@@ -411,19 +399,19 @@ static void test_a_status_list_has_the_bit_of_each_revoked_token(void **state)
     int64_t now = (int64_t)time(NULL);
     tks_index ix[3];
     for (int i = 0; i < 3; i++)
-        assert_int_equal(tks_assign(fx->w.ts, now, now + 600, &ix[i]), TKS_OK);
+        assert_int_equal(tks_assign(fx->ts, now, now + 600, &ix[i]), TKS_OK);
     assert_int_equal(ix[0].list, ix[2].list);
-    assert_int_equal(tks_revoke(fx->w.ts, ix[1], "jti-1", NULL, now, NULL), TKS_OK);
+    assert_int_equal(tks_revoke(fx->ts, ix[1], "jti-1", NULL, now, NULL), TKS_OK);
     pub_why why = {0};
-    pub_doc *d = pub_status_list(fx->w.p, ix[0].list, now, &why);
+    pub_doc *d = pub_status_list(fx->p, ix[0].list, now, &why);
     char etag[64];
     snprintf(etag, sizeof(etag), "%s", pub_doc_etag(d));
     json_t *j = signed_payload(fx, d, KP_STATUS_LIST_HEADER);
     char uri[PUB_URI_MAX];
-    pub_status_list_uri(&fx->w.c, ix[0].list, uri);
+    pub_status_list_uri(&fx->c, ix[0].list, uri);
     assert_string_equal(json_string_value(json_object_get(j, "sub")), uri);
     assert_string_equal(uri, "https://127.0.0.1:8443/v1/status-lists/0");
-    assert_int_equal(int_of(j, "exp"), now + fx->w.c.revocation_feed_lifetime);
+    assert_int_equal(int_of(j, "exp"), now + fx->c.revocation_feed_lifetime);
     uint8_t *bits = malloc(TKS_LIST_BYTES);
     assert_non_null(bits);
     list_bits(j, bits);
@@ -432,11 +420,11 @@ static void test_a_status_list_has_the_bit_of_each_revoked_token(void **state)
     assert_true(bit_of(bits, ix[1].idx));
     assert_false(bit_of(bits, ix[2].idx));
     /* Its own revocation makes a new copy; until then the one held is served. */
-    d = pub_status_list(fx->w.p, ix[0].list, now + 1, &why);
+    d = pub_status_list(fx->p, ix[0].list, now + 1, &why);
     assert_string_equal(pub_doc_etag(d), etag);
     pub_doc_put(d);
-    assert_int_equal(tks_revoke(fx->w.ts, ix[2], "jti-2", NULL, now, NULL), TKS_OK);
-    j = signed_payload(fx, pub_status_list(fx->w.p, ix[0].list, now + 1, &why),
+    assert_int_equal(tks_revoke(fx->ts, ix[2], "jti-2", NULL, now, NULL), TKS_OK);
+    j = signed_payload(fx, pub_status_list(fx->p, ix[0].list, now + 1, &why),
                        KP_STATUS_LIST_HEADER);
     list_bits(j, bits);
     json_decref(j);
@@ -450,8 +438,8 @@ static void test_the_public_url_names_the_status_lists(void **state)
 {
     fixture *fx = *state;
     char uri[PUB_URI_MAX];
-    snprintf(fx->w.c.public_url, sizeof(fx->w.c.public_url), "https://signd.example");
-    pub_status_list_uri(&fx->w.c, 7, uri);
+    snprintf(fx->c.public_url, sizeof(fx->c.public_url), "https://signd.example");
+    pub_status_list_uri(&fx->c, 7, uri);
     assert_string_equal(uri, "https://signd.example/v1/status-lists/7");
 }
 

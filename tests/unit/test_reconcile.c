@@ -18,20 +18,13 @@ typedef testenv_world rec_fixture; /* the token and its in-process keeper only *
 
 static int setup(void **state)
 {
-    rec_fixture *fx = calloc(1, sizeof(*fx));
-    if (fx == NULL || testenv_world_open(fx, 0, NULL) != 0) {
-        free(fx);
-        return -1;
-    }
-    *state = fx;
-    return 0;
+    *state = testenv_world_new(0, NULL);
+    return *state != NULL ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
-    rec_fixture *fx = *state;
-    testenv_world_close(fx); /* first the deferred destroys: the set is process-wide */
-    free(fx);
+    testenv_world_free(*state); /* first the deferred destroys: the set is process-wide */
     return 0;
 }
 

@@ -190,6 +190,7 @@ int testenv_world_open(testenv_world *w, unsigned parts, const audit_options *ao
         fprintf(stderr, "testenv: pub_new failed\n");
         goto fail;
     }
+    w->e = (ck_env){.reg = w->rg, .kp = w->k, .pub = w->p};
     return 0;
 fail:
     testenv_world_close(w);
@@ -207,6 +208,24 @@ void testenv_world_close(testenv_world *w)
     kp_close(w->k);
     testenv_cleanup(w->dir);
     memset(w, 0, sizeof(*w));
+}
+
+testenv_world *testenv_world_new(unsigned parts, const audit_options *ao)
+{
+    testenv_world *w = calloc(1, sizeof(*w));
+    if (w == NULL || testenv_world_open(w, parts, ao) != 0) {
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+void testenv_world_free(testenv_world *w)
+{
+    if (w == NULL)
+        return;
+    testenv_world_close(w);
+    free(w);
 }
 
 long long testenv_sql_int(const char *db, const char *sql, int n, ...)

@@ -21,6 +21,7 @@
 
 #include "appliance/common/config.h"
 #include "appliance/core/audit.h"
+#include "appliance/core/keys.h"
 #include "appliance/core/publish.h"
 #include "appliance/kproto/keeper.h"
 #include "appliance/store/registry.h"
@@ -82,11 +83,18 @@ typedef struct {
     tks *ts;
     audit *au;
     pub *p;
+    ck_env e; /* key lifecycle's view: reg, kp and (with TESTENV_PUB) pub */
 } testenv_world;
 
 /* Opens w with the parts (testenv_part bits); ao: the audit writer's options (with
  * TESTENV_AUDIT). 0; -1 (message on stderr, nothing left open or on disk) on failure. */
 int testenv_world_open(testenv_world *w, unsigned parts, const audit_options *ao);
+
+/* As testenv_world_open, on the heap, for a cmocka state: NULL on failure. */
+testenv_world *testenv_world_new(unsigned parts, const audit_options *ao);
+
+/* testenv_world_close, then frees w (NULL: nothing). */
+void testenv_world_free(testenv_world *w);
 
 /* Retries the deferred destroys first (reconcile's set is process-wide: nothing may leak
  * into the next test), then closes what is open and removes the directory. */
