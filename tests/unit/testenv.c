@@ -228,6 +228,21 @@ void testenv_world_free(testenv_world *w)
     free(w);
 }
 
+int testenv_on_token(kp *k, const sk_kid *kid)
+{
+    sk_key_entry objs[64];
+    size_t n = 0;
+    sk_status st = kp_list(k, objs, 64, &n);
+    if (st != SK_OK) {
+        fprintf(stderr, "testenv: kp_list: %s\n", sk_strerror(st));
+        return -1;
+    }
+    for (size_t i = 0; i < n && i < 64; i++)
+        if (memcmp(objs[i].kid.b, kid->b, SK_KID_LEN) == 0)
+            return 1;
+    return 0;
+}
+
 long long testenv_sql_int(const char *db, const char *sql, int n, ...)
 {
     sqlite3 *c = NULL;

@@ -100,6 +100,10 @@ void testenv_world_free(testenv_world *w);
  * into the next test), then closes what is open and removes the directory. */
 void testenv_world_close(testenv_world *w);
 
+/* Whether kid's object is in the token k reaches: 1 or 0, -1 (message on stderr) when the
+ * token cannot be listed. Looks at the first 64 objects, more than any test makes. */
+int testenv_on_token(kp *k, const sk_kid *kid);
+
 /* The first column of the first row of sql on a read-only connection of its own to the
  * file db, with ?1..?n bound to the n texts that follow (a NULL text stays NULL). -1 (message
  * on stderr) when the file, the statement or the row is not there. */
