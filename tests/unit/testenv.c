@@ -222,9 +222,8 @@ testenv_world *testenv_world_new(unsigned parts, const audit_options *ao)
 
 void testenv_world_free(testenv_world *w)
 {
-    if (w == NULL)
-        return;
-    testenv_world_close(w);
+    if (w != NULL)
+        testenv_world_close(w);
     free(w);
 }
 
