@@ -96,9 +96,6 @@ ALLOWED = {
 # Edges that exist today and are not in ALLOWED: each is named, with why it is still here.
 # Remove a line when its edge is gone (a stale line fails too).
 EXCEPTIONS = {
-    # store/{registry,credentials,tokstate}.c append to the audit chain (core/audit.h); the
-    # chain's storage is moving into store/ (issue 23, the store/core helpers).
-    ("store", "core"): "store appends audit events through core/audit.h",
     # core/rotation.h takes api/api.h: rotation revokes through api_revoke_key; key
     # lifecycle is moving out of api/keys.c into core/ (issue 23).
     ("core", "api"): "rotation calls api_revoke_key (key lifecycle moving into core/)",

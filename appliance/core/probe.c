@@ -62,8 +62,8 @@ static void prb_drain_events(prb *p)
                                                              : "silent_ms",
                               (json_int_t)ev.detail);
         audit_record(p->o.audit,
-                     ev.role == PRB_ROLE_KEEPER ? AUDIT_KEEPER_RESTARTED : AUDIT_FRONT_RESTARTED,
-                     NULL, d);
+                     ev.role == PRB_ROLE_KEEPER ? CHN_KEEPER_RESTARTED : CHN_FRONT_RESTARTED, NULL,
+                     d);
         json_decref(d);
         fprintf(stderr, "signd: %s pid %d was replaced (%s)\n", role, (int)ev.pid, cause);
     }

@@ -95,7 +95,7 @@ static void *rot_main(void *arg)
 {
     rot *t = arg;
     /* Every revocation this thread makes is the scheduler's, not a credential's. */
-    audit_set_actor(ROT_ACTOR);
+    chn_set_actor(ROT_ACTOR);
     for (;;) {
         int64_t next = rot_pass(t);
         pthread_mutex_lock(&t->mu);
@@ -111,7 +111,7 @@ static void *rot_main(void *arg)
         if (stop)
             break;
     }
-    audit_set_actor(NULL);
+    chn_set_actor(NULL);
     kp_thread_done(t->env.kp); /* this thread's token session (or keeper connection) */
     return NULL;
 }
