@@ -113,7 +113,6 @@ EXCEPTIONS = {
     # the restart events the front's readiness probe reads (prb_event, core/probe.h).
     ("supervisor", "kproto"): "the watchdog's kp_ping",
     ("supervisor", "store"): "reg_open creates the schema before the keeper starts",
-    ("supervisor", "core"): "prb_event, the restart record the supervisor writes",
 }
 
 ROOTS = ["base", "jose", "hsm", "verifier", "cli", "api", "provisioning", "appliance"]
