@@ -57,7 +57,7 @@ group    = -Wl,--start-group $(1) -Wl,--end-group
 CIVETLIB := $(CIVET)/libcivetweb.a
 
 # What each program may link (make layers checks the result).
-SUPERVISOR_LIBS := $(call L,store) $(call L,core) $(call L,kproto) $(call L,common) \
+SUPERVISOR_LIBS := $(call L,store) $(call L,kproto) $(call L,common) \
                    $(call L,jose) $(call L,base)
 KEEPER_LIBS     := $(call L,keeper) $(call L,hsm) $(call L,core) $(call L,store) \
                    $(call L,kproto) $(call L,common) $(call L,jose) $(call L,base)

@@ -2,7 +2,6 @@
 #include "appliance/core/audit.h"
 
 #include "appliance/common/config.h"
-#include "appliance/common/jlog.h"
 #include "jose/jose.h"
 #include "base/hex.h"
 #include "base/clock.h"
@@ -12,187 +11,18 @@
 #include <inttypes.h>
 #include <openssl/evp.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#define AUDIT_FLAGS (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)
+#define AUDIT_FLAGS CHASH_JSON_FLAGS
 #define AUDIT_BUSY_MS 10000
-
-static const char audit_schema_sql[] =
-    "CREATE TABLE IF NOT EXISTS audit ("
-    " seq INTEGER PRIMARY KEY,"
-    " time INTEGER NOT NULL,"
-    " actor TEXT NOT NULL,"
-    " action TEXT NOT NULL,"
-    " kid TEXT NOT NULL,"
-    " details TEXT NOT NULL,"
-    " prev_hash TEXT NOT NULL CHECK (length(prev_hash) = 64),"
-    " hash TEXT NOT NULL CHECK (length(hash) = 64));"
-    "CREATE INDEX IF NOT EXISTS audit_kid ON audit (kid) WHERE kid != '';"
-    "CREATE TABLE IF NOT EXISTS audit_checkpoints ("
-    " seq INTEGER PRIMARY KEY,"
-    " hash TEXT NOT NULL CHECK (length(hash) = 64),"
-    " time INTEGER NOT NULL,"
-    " jws TEXT NOT NULL);";
-
-static const char audit_zero_hash[AUDIT_HASH_HEX + 1] =
-    "0000000000000000000000000000000000000000000000000000000000000000";
-
-int audit_schema(sqlite3 *db, char *err, size_t errlen)
-{
-    char *msg = NULL;
-    if (sqlite3_exec(db, audit_schema_sql, NULL, NULL, &msg) != SQLITE_OK) {
-        cfg_errorf(err, errlen, "audit schema: %s", msg ? msg : "?");
-        sqlite3_free(msg);
-        return -1;
-    }
-    return 0;
-}
-
-/* ---- the actor ---------------------------------------------------------------------------- */
-
-static _Thread_local char audit_actor_buf[AUDIT_ACTOR_MAX];
-
-void audit_set_actor(const char *actor)
-{
-    snprintf(audit_actor_buf, sizeof(audit_actor_buf), "%s", actor ? actor : "");
-}
-
-const char *audit_actor(void)
-{
-    return audit_actor_buf[0] ? audit_actor_buf : AUDIT_SYSTEM;
-}
-
-/* ---- the JSON log of events (jlog.h) ------------------------------------------------------- */
-
-/* Set by audit_open from audit_options.log_events: process-wide, since the registry's and
- * the credential store's connections append events too. */
-static atomic_int audit_log_on;
-/* Lines of the events appended by this thread's open transaction: written by the commit
- * hook of that connection (the transaction commits on the thread that built it), dropped
- * by its rollback hook, so the log never shows an event the trail does not hold. */
-static _Thread_local json_t *audit_log_staged;
-
-static int audit_log_commit(void *unused)
-{
-    (void)unused;
-    json_t *staged = audit_log_staged;
-    audit_log_staged = NULL;
-    size_t i;
-    json_t *line;
-    json_array_foreach(staged, i, line) jlog_write(json_incref(line));
-    json_decref(staged);
-    return 0; /* never vetoes the commit */
-}
-
-static void audit_log_rollback(void *unused)
-{
-    (void)unused;
-    json_decref(audit_log_staged);
-    audit_log_staged = NULL;
-}
-
-/* Stages event seq's line: {"time","log":"event","event","seq","actor","kid"?,"details"}.
- * details is what the trail records, which never holds a secret (a credential's id and
- * role, never its secret). */
-static void audit_log_stage(sqlite3 *db, uint64_t seq, const char *actor, const char *action,
-                            const char *kid, json_t *details)
-{
-    char now[JLOG_TIME_LEN];
-    jlog_time(now);
-    json_t *j = json_pack("{s:s, s:s, s:s, s:I, s:s, s:O}", "time", now, "log", "event", "event",
-                          action, "seq", (json_int_t)seq, "actor", actor, "details", details);
-    if (j != NULL && kid[0] != '\0')
-        json_object_set_new(j, "kid", json_string(kid));
-    if (audit_log_staged == NULL)
-        audit_log_staged = json_array();
-    if (j == NULL || json_array_append_new(audit_log_staged, j) != 0)
-        return;
-    sqlite3_commit_hook(db, audit_log_commit, NULL);
-    sqlite3_rollback_hook(db, audit_log_rollback, NULL);
-}
-
-/* ---- appending ---------------------------------------------------------------------------- */
-
-/* The head (seq 0 and the zero hash when empty). */
-static int audit_head(sqlite3 *db, uint64_t *seq, char hash[AUDIT_HASH_HEX + 1])
-{
-    sqlite3_stmt *s;
-    *seq = 0;
-    memcpy(hash, audit_zero_hash, sizeof(audit_zero_hash));
-    if (sqlite3_prepare_v2(db, "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", -1, &s,
-                           NULL) != SQLITE_OK)
-        return -1;
-    int rc = sqlite3_step(s);
-    if (rc == SQLITE_ROW) {
-        *seq = (uint64_t)sqlite3_column_int64(s, 0);
-        const char *h = (const char *)sqlite3_column_text(s, 1);
-        if (h == NULL || strlen(h) != AUDIT_HASH_HEX)
-            rc = SQLITE_CORRUPT;
-        else
-            memcpy(hash, h, AUDIT_HASH_HEX + 1);
-    }
-    sqlite3_finalize(s);
-    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
-}
-
-int audit_append_tx(sqlite3 *db, int64_t time, const char *action, const char *kid_hex,
-                    json_t *details, char *err, size_t errlen)
-{
-    json_t *empty = NULL;
-    if (details == NULL)
-        details = empty = json_object();
-    if (details == NULL || !json_is_object(details) || !av_details_ok(details)) {
-        json_decref(empty);
-        cfg_errorf(err, errlen, "audit: details must be a JSON object without reals");
-        return -1;
-    }
-    const char *actor = audit_actor();
-    const char *kid = kid_hex ? kid_hex : "";
-    uint64_t seq;
-    char prev[AUDIT_HASH_HEX + 1], hash[AUDIT_HASH_HEX + 1];
-    char *details_text = json_dumps(details, AUDIT_FLAGS);
-    int rc = -1;
-    if (details_text == NULL || strlen(details_text) > AUDIT_DETAILS_MAX) {
-        cfg_errorf(err, errlen, "audit: details missing or over %d bytes", AUDIT_DETAILS_MAX);
-    } else if (audit_head(db, &seq, prev) != 0) {
-        cfg_errorf(err, errlen, "audit: read head: %s", sqlite3_errmsg(db));
-    } else if (av_chain_hash(prev, seq + 1, time, actor, action, kid, details, hash) != 0) {
-        cfg_errorf(err, errlen, "audit: hashing failed");
-    } else {
-        sqlite3_stmt *s;
-        if (sqlite3_prepare_v2(db,
-                               "INSERT INTO audit (seq, time, actor, action, kid, details,"
-                               " prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                               -1, &s, NULL) == SQLITE_OK) {
-            sqlite3_bind_int64(s, 1, (sqlite3_int64)(seq + 1));
-            sqlite3_bind_int64(s, 2, time);
-            sqlite3_bind_text(s, 3, actor, -1, SQLITE_STATIC);
-            sqlite3_bind_text(s, 4, action, -1, SQLITE_STATIC);
-            sqlite3_bind_text(s, 5, kid, -1, SQLITE_STATIC);
-            sqlite3_bind_text(s, 6, details_text, -1, SQLITE_STATIC);
-            sqlite3_bind_text(s, 7, prev, -1, SQLITE_STATIC);
-            sqlite3_bind_text(s, 8, hash, -1, SQLITE_STATIC);
-            rc = sqlite3_step(s) == SQLITE_DONE ? 0 : -1;
-            sqlite3_finalize(s);
-        }
-        if (rc != 0)
-            cfg_errorf(err, errlen, "audit: insert: %s", sqlite3_errmsg(db));
-        else if (atomic_load_explicit(&audit_log_on, memory_order_relaxed))
-            audit_log_stage(db, seq + 1, actor, action, kid, details);
-    }
-    free(details_text);
-    json_decref(empty);
-    return rc;
-}
 
 /* ---- the writer ----------------------------------------------------------------------------- */
 
 typedef struct {
-    char action[AUDIT_ACTION_MAX];
-    char actor[AUDIT_ACTOR_MAX];
+    char action[CHN_ACTION_MAX];
+    char actor[CHN_ACTOR_MAX];
     char kid[2 * SK_KID_LEN + 1];
     json_t *details;
     int64_t time;
@@ -237,8 +67,8 @@ static int64_t audit_now(void)
 static int audit_commit(audit *a, audit_pending *items, size_t n, json_t *by_kid, json_t *by_cred,
                         uint64_t dropped)
 {
-    char err[256], caller[AUDIT_ACTOR_MAX];
-    snprintf(caller, sizeof(caller), "%s", audit_actor_buf); /* restored before return */
+    char err[256], caller[CHN_ACTOR_MAX];
+    snprintf(caller, sizeof(caller), "%s", chn_actor()); /* restored before return */
     int rc = 0;
     pthread_mutex_lock(&a->db_mu);
     if (audit_exec(a->db, "BEGIN IMMEDIATE") != 0) {
@@ -247,20 +77,20 @@ static int audit_commit(audit *a, audit_pending *items, size_t n, json_t *by_kid
         return -1;
     }
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        audit_set_actor(items[i].actor);
-        rc = audit_append_tx(a->db, items[i].time, items[i].action,
-                             items[i].kid[0] ? items[i].kid : NULL, items[i].details, err,
-                             sizeof(err));
+        chn_set_actor(items[i].actor);
+        rc = chn_append_tx(a->db, items[i].time, items[i].action,
+                           items[i].kid[0] ? items[i].kid : NULL, items[i].details, err,
+                           sizeof(err));
     }
     if (rc == 0 && (json_object_size(by_kid) > 0 || dropped > 0)) {
-        audit_set_actor(NULL);
+        chn_set_actor(NULL);
         json_t *d = json_pack("{s:O, s:O}", "by_kid", by_kid, "by_credential", by_cred);
         if (dropped > 0)
             json_object_set_new(d, "failure_events_dropped", json_integer((json_int_t)dropped));
-        rc = audit_append_tx(a->db, audit_now(), AUDIT_SIGN_COUNTS, NULL, d, err, sizeof(err));
+        rc = chn_append_tx(a->db, audit_now(), CHN_SIGN_COUNTS, NULL, d, err, sizeof(err));
         json_decref(d);
     }
-    audit_set_actor(caller);
+    chn_set_actor(caller);
     if (rc == 0 && audit_exec(a->db, "COMMIT") != 0) {
         snprintf(err, sizeof(err), "commit: %s", sqlite3_errmsg(a->db));
         rc = -1;
@@ -278,7 +108,7 @@ int audit_record(audit *a, const char *action, const char *kid_hex, json_t *deta
     audit_pending p;
     memset(&p, 0, sizeof(p));
     snprintf(p.action, sizeof(p.action), "%s", action);
-    snprintf(p.actor, sizeof(p.actor), "%s", audit_actor());
+    snprintf(p.actor, sizeof(p.actor), "%s", chn_actor());
     snprintf(p.kid, sizeof(p.kid), "%s", kid_hex ? kid_hex : "");
     p.details = details; /* borrowed: audit_commit does not consume items */
     p.time = audit_now();
@@ -293,9 +123,9 @@ int audit_record(audit *a, const char *action, const char *kid_hex, json_t *deta
 static int audit_checkpoint(audit *a)
 {
     uint64_t seq;
-    char hash[AUDIT_HASH_HEX + 1];
+    char hash[CHN_HASH_HEX + 1];
     pthread_mutex_lock(&a->db_mu);
-    int rc = audit_head(a->db, &seq, hash);
+    int rc = chn_head(a->db, &seq, hash);
     pthread_mutex_unlock(&a->db_mu);
     if (rc != 0 || seq == 0 || seq <= a->last_cp_seq)
         return rc;
@@ -349,9 +179,9 @@ static int audit_checkpoint(audit *a)
 static uint64_t audit_unsigned(audit *a)
 {
     uint64_t seq;
-    char hash[AUDIT_HASH_HEX + 1];
+    char hash[CHN_HASH_HEX + 1];
     pthread_mutex_lock(&a->db_mu);
-    int rc = audit_head(a->db, &seq, hash);
+    int rc = chn_head(a->db, &seq, hash);
     pthread_mutex_unlock(&a->db_mu);
     return rc == 0 && seq > a->last_cp_seq ? seq - a->last_cp_seq : 0;
 }
@@ -461,7 +291,7 @@ int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, 
     }
     a->k = k;
     a->o = *o;
-    atomic_store(&audit_log_on, o->log_events != 0);
+    chn_log_events(o->log_events != 0);
     if (a->o.flush_seconds == 0)
         a->o.flush_seconds = 1;
     if (a->o.checkpoint_events == 0)
@@ -474,7 +304,7 @@ int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, 
         free(a);
         return -1;
     }
-    if (audit_schema(a->db, err, errlen) != 0) {
+    if (chn_schema(a->db, err, errlen) != 0) {
         if (err && errlen && err[0] == '\0')
             cfg_errorf(err, errlen, "%s: %s", db_path, sqlite3_errmsg(a->db));
         sqlite3_close(a->db);
@@ -558,7 +388,7 @@ void audit_queue(audit *a, const char *action, const char *actor, json_t *detail
     audit_pending p;
     memset(&p, 0, sizeof(p));
     snprintf(p.action, sizeof(p.action), "%s", action);
-    snprintf(p.actor, sizeof(p.actor), "%s", actor && actor[0] ? actor : AUDIT_SYSTEM);
+    snprintf(p.actor, sizeof(p.actor), "%s", actor && actor[0] ? actor : CHN_SYSTEM);
     p.details = details ? json_deep_copy(details) : json_object();
     p.time = audit_now();
     pthread_mutex_lock(&a->mu);
@@ -602,7 +432,7 @@ int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const vo
 {
     if (a == NULL)
         return 0;
-    const char *cred = cred_id && cred_id[0] ? cred_id : AUDIT_SYSTEM;
+    const char *cred = cred_id && cred_id[0] ? cred_id : CHN_SYSTEM;
     if (!a->o.every_signature) {
         pthread_mutex_lock(&a->mu);
         audit_count(a->by_kid, kid_hex);
@@ -620,7 +450,7 @@ int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const vo
     hex_encode(md, 32, digest);
     audit_pending p;
     memset(&p, 0, sizeof(p));
-    snprintf(p.action, sizeof(p.action), "%s", AUDIT_SIGN);
+    snprintf(p.action, sizeof(p.action), "%s", CHN_SIGN);
     snprintf(p.actor, sizeof(p.actor), "%s", cred);
     snprintf(p.kid, sizeof(p.kid), "%s", kid_hex);
     p.details = json_pack("{s:s}", "sha256", digest);
@@ -788,19 +618,19 @@ int audit_export(const char *db_path, uint64_t from_seq, uint64_t to_seq, FILE *
 /* ---- the keeper's walk along the chain --------------------------------------------------- */
 
 int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_hash, uint64_t to_seq,
-                     char out[AUDIT_HASH_HEX + 1], char *why, size_t whylen)
+                     char out[CHN_HASH_HEX + 1], char *why, size_t whylen)
 {
     if (from_seq == 0)
-        from_hash = audit_zero_hash;
-    if (db_path == NULL || from_hash == NULL || strlen(from_hash) != AUDIT_HASH_HEX ||
+        from_hash = CHN_ZERO_HASH;
+    if (db_path == NULL || from_hash == NULL || strlen(from_hash) != CHN_HASH_HEX ||
         to_seq < from_seq || to_seq > INT64_MAX) {
         cfg_errorf(why, whylen, "audit chain: bad arguments");
         return -1;
     }
-    char running[AUDIT_HASH_HEX + 1];
-    memcpy(running, from_hash, AUDIT_HASH_HEX + 1);
+    char running[CHN_HASH_HEX + 1];
+    memcpy(running, from_hash, CHN_HASH_HEX + 1);
     if (to_seq == from_seq) {
-        memcpy(out, running, AUDIT_HASH_HEX + 1);
+        memcpy(out, running, CHN_HASH_HEX + 1);
         return 0;
     }
     sqlite3 *db = audit_open_ro(db_path);
@@ -831,7 +661,7 @@ int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_ha
         const char *details = (const char *)sqlite3_column_text(s, 5);
         const char *ph = (const char *)sqlite3_column_text(s, 6);
         const char *h = (const char *)sqlite3_column_text(s, 7);
-        char computed[AUDIT_HASH_HEX + 1];
+        char computed[CHN_HASH_HEX + 1];
         json_error_t je;
         json_t *d = details ? json_loads(details, JSON_REJECT_DUPLICATES, &je) : NULL;
         int ok = 0;
@@ -842,9 +672,9 @@ int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_ha
                        "audit chain: seq %" PRIu64 "'s prev_hash is not the hash of "
                        "seq %" PRIu64,
                        row, seq);
-        else if (d == NULL || !av_details_ok(d) ||
-                 av_chain_hash(running, row, (int64_t)sqlite3_column_int64(s, 1), actor, action,
-                               kid, d, computed) != 0 ||
+        else if (d == NULL || !chash_details_ok(d) ||
+                 chash_event(running, row, (int64_t)sqlite3_column_int64(s, 1), actor, action, kid,
+                             d, computed) != 0 ||
                  h == NULL || strcmp(h, computed) != 0)
             cfg_errorf(why, whylen,
                        "audit chain: seq %" PRIu64 "'s hash does not match its "
@@ -855,7 +685,7 @@ int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_ha
         json_decref(d);
         if (!ok)
             goto out;
-        memcpy(running, computed, AUDIT_HASH_HEX + 1);
+        memcpy(running, computed, CHN_HASH_HEX + 1);
         seq = row;
     }
     if (step != SQLITE_DONE) {
@@ -867,7 +697,7 @@ int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_ha
                    to_seq);
         goto out;
     }
-    memcpy(out, running, AUDIT_HASH_HEX + 1);
+    memcpy(out, running, CHN_HASH_HEX + 1);
     rc = 0;
 out:
     sqlite3_finalize(s);

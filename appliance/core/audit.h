@@ -2,15 +2,10 @@
  * audit: the tamper-evident trail of every key event, for auditors who must not have to
  * trust the appliance's word.
  *
- * The chain. Table `audit` in the registry's SQLite file: seq (1, 2, ...), time, actor (a
- * credential id, or "system"), action, kid ("" when none), details (a JSON object),
- * prev_hash and hash, both 64 lowercase hex, hashed by auditverify.h's rule (av_chain_hash).
- * Editing, deleting or reordering a row breaks the link at that seq.
- *
- * The same transaction. A change and its event commit together: the registry and the
- * credential store call audit_append_tx inside their own write transaction (BEGIN
- * IMMEDIATE, so the chain head cannot move between reading it and appending). No change
- * without its event, no event without its change.
+ * The chain, its actor and the same-transaction rule are the store's (appliance/store/
+ * chain.h: the tables, chn_append_tx inside a store's write transaction, the thread's
+ * actor); the hash is base/chainhash.h's rule. This module is what needs the keeper and
+ * threads: checkpoints, batched events, reading and export for the API.
  *
  * Checkpoints. Table `audit_checkpoints`: every audit_checkpoint_events events or
  * audit_checkpoint_seconds seconds (configuration), the chain head is signed by the audit
@@ -27,10 +22,6 @@
  * request waits until its event is committed; concurrent requests share one commit (group
  * commit).
  *
- * The actor. Each thread has a current actor (audit_set_actor), "system" by default: the
- * server sets the caller's credential id before a handler runs and clears it after, so the
- * registry and the credential store record who asked without every call carrying it.
- *
  * Export and verification. audit_export writes JSON Lines: one {"type":"event",...} per
  * event (every column) and one {"type":"checkpoint","seq","hash","time","jws"} per
  * checkpoint in the range. av_verify_export (auditverify.h, a pure module that signdctl and
@@ -41,14 +32,14 @@
  * holds cannot be detected from the export alone: an external witness of the head (a
  * checkpoint copied elsewhere) closes that gap.
  *
- * Thread safety: audit_append_tx runs under its caller's transaction; every other function
- * but audit_open/audit_close may be called from any thread.
+ * Thread safety: every function but audit_open/audit_close may be called from any thread.
  */
 #ifndef APPLIANCE_AUDIT_H
 #define APPLIANCE_AUDIT_H
 
 #include "appliance/core/auditverify.h"
 #include "appliance/kproto/keeper.h"
+#include "appliance/store/chain.h"
 
 #include <jansson.h>
 #include <sqlite3.h>
@@ -56,54 +47,15 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define AUDIT_ACTOR_MAX 32  /* "system" or a 16-hex credential id, with room */
-#define AUDIT_ACTION_MAX 48 /* "key.created", "credential.revoked", ... */
-#define AUDIT_HASH_HEX AV_HASH_HEX
-#define AUDIT_DETAILS_MAX 4096 /* bytes of canonical details JSON */
-#define AUDIT_SYSTEM "system"
-
-/* Actions (the stable names auditors filter on). */
-#define AUDIT_KEY_CREATED "key.created"
-#define AUDIT_KEY_REVOKED "key.revoked"
-#define AUDIT_KEY_DESTROYED "key.destroyed"     /* reconcile: a revoked key's object */
-#define AUDIT_KEY_BROKEN "key.broken"           /* reconcile: an active key's object is gone */
-#define AUDIT_KEY_ORPHAN "key.orphan_destroyed" /* reconcile: an object without a row */
-#define AUDIT_KEY_DELETED "key.deleted"         /* a row whose key was never made */
-#define AUDIT_KEY_ROTATED "key.rotated"         /* active -> retiring, with its successor */
-#define AUDIT_SUBJECT_REVOKED "subject.revoked" /* a subject's tokens before a time */
-#define AUDIT_CRED_CREATED "credential.created"
-#define AUDIT_CRED_REVOKED "credential.revoked"
-#define AUDIT_AUTH_FAILED "auth.failed"   /* 401: unknown, revoked or unbound credential */
-#define AUDIT_AUTHZ_DENIED "authz.denied" /* 403: role or kid scope */
-#define AUDIT_SIGN_COUNTS "sign.counts"
-#define AUDIT_SIGN "sign"
-#define AUDIT_STARTED "appliance.started"
-#define AUDIT_STOPPED "appliance.stopped"
-#define AUDIT_KEEPER_RESTARTED "keeper.restarted" /* the supervisor replaced it: its cause */
-#define AUDIT_FRONT_RESTARTED "front.restarted"   /* recorded by the new front */
-
 /* The keeper's check of a checkpoint (keeperd.c), on its own read-only connection to
  * db_path: walks the rows from_seq + 1 .. to_seq of `audit` in one read transaction,
  * starting from from_hash (the hash the caller already verified at from_seq; ignored, the
  * zero hash, when from_seq is 0), and requires every seq present, every prev_hash the hash
- * computed for the row before, and every stored hash the one av_chain_hash gives for
+ * computed for the row before, and every stored hash the one chash_event gives for
  * the row's contents. 0 with the hash at to_seq in out, or -1 with why (one line). So the
  * cost is the rows since the caller's last verified point, not the whole chain. */
 int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_hash, uint64_t to_seq,
-                     char out[AUDIT_HASH_HEX + 1], char *why, size_t whylen);
-
-/* The schema (both tables, CREATE IF NOT EXISTS), for the registry's schema transaction. */
-int audit_schema(sqlite3 *db, char *err, size_t errlen);
-
-/* The calling thread's actor: a credential id, or NULL/"" for "system". */
-void audit_set_actor(const char *actor);
-const char *audit_actor(void);
-
-/* Appends one event inside the caller's open write transaction on db: reads the head,
- * computes the hash, inserts. details may be NULL ({}); it is not consumed. kid may be
- * NULL. The actor is the thread's. 0, or -1 (the caller rolls back) with err filled. */
-int audit_append_tx(sqlite3 *db, int64_t time, const char *action, const char *kid_hex,
-                    json_t *details, char *err, size_t errlen);
+                     char out[CHN_HASH_HEX + 1], char *why, size_t whylen);
 
 typedef struct audit audit;
 

@@ -1,7 +1,7 @@
-/* auditverify: the chain's hash rule, the export's verifier and the anchor parser. See
- * auditverify.h. */
+/* auditverify: the export's verifier and the anchor parser. See auditverify.h. */
 #include "appliance/core/auditverify.h"
 
+#include "base/chainhash.h"
 #include "base/hex.h"
 #include "jose/jose.h"
 
@@ -12,68 +12,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define AV_FLAGS (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)
-
-/* ---- hashing ------------------------------------------------------------------------------ */
-
-/* No reals: their text form is not canonical across implementations. */
-static int av_details_walk(json_t *j, int depth)
-{
-    if (depth > 8 || json_is_real(j))
-        return 0;
-    const char *k;
-    json_t *v;
-    size_t i;
-    if (json_is_object(j)) {
-        json_object_foreach(j, k, v) if (!av_details_walk(v, depth + 1)) return 0;
-    } else if (json_is_array(j)) {
-        json_array_foreach(j, i, v) if (!av_details_walk(v, depth + 1)) return 0;
-    }
-    return 1;
-}
-
-int av_details_ok(json_t *details)
-{
-    return av_details_walk(details, 0);
-}
-
-/* canonical(event) as malloc'd text. details is borrowed. */
-static char *av_canonical(uint64_t seq, int64_t time, const char *actor, const char *action,
-                          const char *kid, json_t *details)
-{
-    json_t *ev =
-        json_pack("{s:s, s:s, s:O, s:s, s:I, s:I}", "action", action, "actor", actor, "details",
-                  details, "kid", kid, "seq", (json_int_t)seq, "time", (json_int_t)time);
-    char *text = ev ? json_dumps(ev, AV_FLAGS) : NULL;
-    json_decref(ev);
-    return text;
-}
-
-int av_chain_hash(const char *prev_hex, uint64_t seq, int64_t time, const char *actor,
-                  const char *action, const char *kid, json_t *details, char out[AV_HASH_HEX + 1])
-{
-    uint8_t prev[32], md[32];
-    unsigned int mdlen = 0;
-    if (prev_hex == NULL || strlen(prev_hex) != AV_HASH_HEX ||
-        hex_decode(prev_hex, AV_HASH_HEX, prev, 32) != 0 || actor == NULL || action == NULL ||
-        kid == NULL || !json_is_object(details))
-        return -1;
-    char *canonical = av_canonical(seq, time, actor, action, kid, details);
-    if (canonical == NULL)
-        return -1;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
-             EVP_DigestUpdate(ctx, prev, sizeof(prev)) == 1 &&
-             EVP_DigestUpdate(ctx, canonical, strlen(canonical)) == 1 &&
-             EVP_DigestFinal_ex(ctx, md, &mdlen) == 1 && mdlen == 32;
-    EVP_MD_CTX_free(ctx);
-    free(canonical);
-    if (!ok)
-        return -1;
-    hex_encode(md, 32, out);
-    return 0;
-}
 
 /* ---- the anchor -------------------------------------------------------------------------- */
 
@@ -223,8 +161,8 @@ int av_verify_export(FILE *in, const char *pub_pem, const av_anchor *anchor, av_
                 rc = av_bad(v, seq, "event has a missing or mistyped field");
             } else if (first != 0 && strcmp(ph, prev_hash) != 0) {
                 rc = av_bad(v, seq, "prev_hash is not the hash of seq %" PRIu64, prev_seq);
-            } else if (av_chain_hash(ph, seq, json_integer_value(t), actor, action, kid, details,
-                                     computed) != 0 ||
+            } else if (chash_event(ph, seq, json_integer_value(t), actor, action, kid, details,
+                                   computed) != 0 ||
                        strcmp(computed, h) != 0) {
                 rc = av_bad(v, seq, "hash does not match the event's contents");
             } else {

@@ -1,14 +1,9 @@
 /*
  * auditverify: the audit chain's rules as pure functions (no SQLite, no keeper, no token):
- * the hash of one event, the check of an exported trail with only the audit public key,
- * and the one parser of an auditor's anchor that every front end (signdctl audit verify,
- * signd-provision audit-verify) uses. audit.h (the writer) and the keeper hash with it too.
- *
- * The chain. hash = SHA-256(prev_hash as 32 bytes || canonical(event)), where
- * canonical(event) is the compact JSON object
- *   {"action":...,"actor":...,"details":{...},"kid":...,"seq":N,"time":T}
- * with keys sorted at every level, no spaces, non-ASCII escaped (\uXXXX) — jansson's
- * JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII — and prev_hash of seq 1 is 64 zeros.
+ * the check of an exported trail with only the audit public key, and the one parser of an
+ * auditor's anchor that every front end (signdctl audit verify, signd-provision
+ * audit-verify) uses. The hash of one event is base/chainhash.h's chash_event, the rule the
+ * chain's storage (appliance/store/chain.h) and the keeper hash with too.
  *
  * The export (audit.h's audit_export): JSON Lines, one {"type":"event",...} per event
  * (every column) and one {"type":"checkpoint","seq","hash","time","jws"} per checkpoint,
@@ -25,27 +20,19 @@
 #ifndef APPLIANCE_AUDITVERIFY_H
 #define APPLIANCE_AUDITVERIFY_H
 
+#include "base/chainhash.h"
+
 #include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 
-#define AV_HASH_HEX 64
+#define AV_HASH_HEX CHASH_HEX
 #define AV_LINE_MAX (64 * 1024) /* bytes of one export line */
 /* The compact JWS header of every checkpoint: the keeper signs only input under this
  * header (KP_AUDIT_HEADER in kproto/keeper.h; test_audit_verify checks both are one). */
 #define AV_CHECKPOINT_HEADER                                                                       \
     "{\"alg\":\"RS256\",\"kid\":\"signd-audit-v1\",\"typ\":\"signd-audit-checkpoint+jwt\"}"
 #define AV_ANCHOR_SEQ_MAX (1ULL << 62)
-
-/* Whether details may be hashed: nested at most 8 deep and without reals (their text form
- * is not canonical across implementations). 1 or 0. */
-int av_details_ok(json_t *details);
-
-/* The chain's one hash rule: SHA-256(prev_hex as 32 bytes || canonical(event)) as 64
- * lowercase hex into out. details (a JSON object) is borrowed. 0, or -1 (prev_hex not 64
- * hex digits, a missing field, out of memory). */
-int av_chain_hash(const char *prev_hex, uint64_t seq, int64_t time, const char *actor,
-                  const char *action, const char *kid, json_t *details, char out[AV_HASH_HEX + 1]);
 
 /* An auditor's anchor: a checkpoint's seq and hash, kept outside the appliance. */
 typedef struct {

@@ -2,6 +2,7 @@
  * probe.h. */
 #include "appliance/core/probe.h"
 
+#include "appliance/common/events.h"
 #include "appliance/common/metrics.h"
 #include "base/clock.h"
 #include "base/names.h"
@@ -27,42 +28,27 @@ struct prb {
     uint64_t started_ms; /* monotonic ms the probe in flight began, 0: none in flight */
 };
 
-/* "exited", "signal", "watchdog"; "unknown" out of range. */
-static const char *prb_cause_name(prb_cause c)
-{
-    static const char *const names[PRB_CAUSE_COUNT_] = {
-        [PRB_CAUSE_EXITED] = "exited",
-        [PRB_CAUSE_SIGNAL] = "signal",
-        [PRB_CAUSE_WATCHDOG] = "watchdog",
-    };
-    return nm_name(names, PRB_CAUSE_COUNT_, (unsigned)c, "unknown");
-}
-
-/* Records every whole event waiting in the pipe. A short read cannot happen for writes of
- * at most PIPE_BUF bytes; anything malformed is dropped, never trusted. */
+/* Records every whole event waiting in the pipe; anything malformed is dropped, never
+ * trusted. */
 static void prb_drain_events(prb *p)
 {
-    if (p->o.events_fd < 0)
-        return;
-    prb_event ev;
-    ssize_t n;
-    while ((n = read(p->o.events_fd, &ev, sizeof(ev))) == (ssize_t)sizeof(ev)) {
-        if (ev.magic != PRB_EVENT_MAGIC ||
-            (ev.role != PRB_ROLE_KEEPER && ev.role != PRB_ROLE_FRONT))
+    evt_restart ev;
+    while (evt_recv(p->o.events_fd, &ev)) {
+        if (!evt_valid(&ev))
             continue;
-        const char *role = ev.role == PRB_ROLE_KEEPER ? "keeper" : "front";
-        const char *cause = prb_cause_name((prb_cause)ev.cause);
-        met_restart(ev.role == PRB_ROLE_KEEPER, cause);
+        const char *role = ev.role == EVT_ROLE_KEEPER ? "keeper" : "front";
+        const char *cause = evt_cause_name((evt_cause)ev.cause);
+        met_restart(ev.role == EVT_ROLE_KEEPER, cause);
         if (p->o.audit == NULL)
             continue;
         json_t *d = json_pack("{s:s, s:i, s:I}", "cause", cause, "pid", (int)ev.pid,
-                              ev.cause == PRB_CAUSE_EXITED   ? "exit_status"
-                              : ev.cause == PRB_CAUSE_SIGNAL ? "signal"
+                              ev.cause == EVT_CAUSE_EXITED   ? "exit_status"
+                              : ev.cause == EVT_CAUSE_SIGNAL ? "signal"
                                                              : "silent_ms",
                               (json_int_t)ev.detail);
         audit_record(p->o.audit,
-                     ev.role == PRB_ROLE_KEEPER ? AUDIT_KEEPER_RESTARTED : AUDIT_FRONT_RESTARTED,
-                     NULL, d);
+                     ev.role == EVT_ROLE_KEEPER ? CHN_KEEPER_RESTARTED : CHN_FRONT_RESTARTED, NULL,
+                     d);
         json_decref(d);
         fprintf(stderr, "signd: %s pid %d was replaced (%s)\n", role, (int)ev.pid, cause);
     }

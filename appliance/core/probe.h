@@ -13,8 +13,8 @@
  * the next probe (PRB_RETRY_MS later at most, once the stalled one gave up) makes it ready
  * again.
  *
- * The same thread drains the supervisor's event pipe (prb_event, written by main.c when it
- * restarts the keeper or the front; spawn.h passes it to signd-front) into the audit trail
+ * The same thread drains the supervisor's event pipe (common/events.h, written by main.c when
+ * it restarts the keeper or the front; spawn.h passes it to signd-front) into the audit trail
  * ("keeper.restarted", "front.restarted", with the cause) and the restart metric.
  *
  * State: one probe per front, its fields under its own mutex; prb_read is safe from any
@@ -32,24 +32,6 @@
 #define PRB_INTERVAL_MS 500
 #define PRB_RETRY_MS 200
 #define PRB_DEADLINE_MS 800
-
-/* What the supervisor tells the front, one fixed-size write to a pipe each (atomic below
- * PIPE_BUF). */
-typedef enum { PRB_ROLE_KEEPER = 1, PRB_ROLE_FRONT } prb_role;
-typedef enum {
-    PRB_CAUSE_EXITED = 1, /* detail: the exit status */
-    PRB_CAUSE_SIGNAL,     /* detail: the signal that killed it */
-    PRB_CAUSE_WATCHDOG,   /* detail: ms since the keeper last answered a ping */
-    PRB_CAUSE_COUNT_
-} prb_cause;
-typedef struct {
-    uint32_t magic; /* PRB_EVENT_MAGIC */
-    uint32_t role;  /* prb_role */
-    uint32_t cause; /* prb_cause */
-    int32_t pid;    /* the process that was replaced */
-    int64_t detail;
-} prb_event;
-#define PRB_EVENT_MAGIC 0x73696764u
 
 typedef struct {
     kp *kp;

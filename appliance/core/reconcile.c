@@ -52,13 +52,13 @@ int rec_run(kp *k, reg *r, FILE *log, rec_report *out)
         if (known) {
             out->revoked_destroyed++;
             fprintf(log, "signd: reconcile: destroyed the object of revoked kid %s\n", hex);
-            reg_audit(r, (int64_t)time(NULL), AUDIT_KEY_DESTROYED, &objs[i].kid,
+            reg_audit(r, (int64_t)time(NULL), CHN_KEY_DESTROYED, &objs[i].kid,
                       json_pack("{s:s}", "why", "revoked, its object survived a crash"));
         } else {
             out->orphans_destroyed++;
             fprintf(log, "signd: reconcile: destroyed kid %s: on the token, not in the registry\n",
                     hex);
-            reg_audit(r, (int64_t)time(NULL), AUDIT_KEY_ORPHAN, &objs[i].kid,
+            reg_audit(r, (int64_t)time(NULL), CHN_KEY_ORPHAN, &objs[i].kid,
                       json_pack("{s:s}", "why", "on the token, never recorded in the registry"));
         }
     }

@@ -88,7 +88,7 @@ static int64_t rot_wait_ms(int64_t next)
 static void rot_enter(void *ctx)
 {
     (void)ctx;
-    audit_set_actor(ROT_ACTOR);
+    chn_set_actor(ROT_ACTOR);
 }
 
 static int64_t rot_tick(void *ctx, tick *tk)
@@ -100,7 +100,7 @@ static int64_t rot_tick(void *ctx, tick *tk)
 static void rot_leave(void *ctx)
 {
     rot *t = ctx;
-    audit_set_actor(NULL);
+    chn_set_actor(NULL);
     kp_thread_done(t->env.kp); /* this thread's token session (or keeper connection) */
 }
 

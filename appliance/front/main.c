@@ -127,7 +127,7 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
     json_t *started =
         json_pack("{s:s, s:s, s:I}", "config_sha256", conf_hash, "process_model", c->process_model,
                   "active_keys", (json_int_t)reg_count(rg, REG_ACTIVE));
-    audit_record(au, AUDIT_STARTED, NULL, started);
+    audit_record(au, CHN_STARTED, NULL, started);
     json_decref(started);
 
     /* Destroys revoked keys' objects as the keeper allows, never holding a request. */
@@ -181,7 +181,7 @@ out:
     prb_stop(probe);
     rec_worker_stop(destroyer); /* what it could not destroy yet is the next start's */
     if (s != NULL)
-        audit_record(au, AUDIT_STOPPED, NULL, NULL);
+        audit_record(au, CHN_STOPPED, NULL, NULL);
     tks_close(ts);   /* after the server: no handler runs any more */
     audit_close(au); /* last flush and checkpoint, while the keeper still answers */
     cred_close(cs);

@@ -695,7 +695,7 @@ static int srv_authorize(struct mg_connection *c, srv *s, const srv_route *route
     }
     const char *h = mg_get_header(c, "Authorization");
     if (h == NULL) {
-        srv_audit_failure(c, s, AUDIT_AUTH_FAILED, NULL, "no credential");
+        srv_audit_failure(c, s, CHN_AUTH_FAILED, NULL, "no credential");
         return srv_send_error(c, API_ERR_UNAUTHORIZED, "a bearer credential is required",
                               bearer_hdr, 0);
     }
@@ -714,7 +714,7 @@ static int srv_authorize(struct mg_connection *c, srv *s, const srv_route *route
         rl_take(s->per_address, addr, addr_len, now);
         /* The id of a revoked or wrongly bound credential is known and not secret; an
          * unknown one is not recorded (it could be a mistyped secret). */
-        srv_audit_failure(c, s, AUDIT_AUTH_FAILED, st == CRED_ERR_UNKNOWN ? NULL : caller,
+        srv_audit_failure(c, s, CHN_AUTH_FAILED, st == CRED_ERR_UNKNOWN ? NULL : caller,
                           st == CRED_ERR_REVOKED ? "revoked credential"
                           : wrong_cert           ? "client certificate does not match"
                                                  : "unknown credential");
@@ -724,7 +724,7 @@ static int srv_authorize(struct mg_connection *c, srv *s, const srv_route *route
                               bearer_hdr, 0);
     }
     if (!srv_roles_allow(route->roles, caller->role)) {
-        srv_audit_failure(c, s, AUDIT_AUTHZ_DENIED, caller, "role may not call this route");
+        srv_audit_failure(c, s, CHN_AUTHZ_DENIED, caller, "role may not call this route");
         return srv_send_error(c, API_ERR_FORBIDDEN,
                               "this credential's role may not call this route", NULL, 0);
     }
@@ -795,16 +795,16 @@ static int srv_route_request(struct mg_connection *c, srv *s, srv_outcome *o)
     api_resp r;
     memset(&r, 0, sizeof(r));
     /* What the handler changes is recorded with the caller as actor (audit.h). */
-    audit_set_actor(q.caller ? q.caller->id : NULL);
+    chn_set_actor(q.caller ? q.caller->id : NULL);
     (void)db_busy_gave_up(); /* an earlier request's lock wait on this thread is not ours */
     api_err e = route->handler(&q, &r);
-    audit_set_actor(NULL);
+    chn_set_actor(NULL);
     o->handled = 1;
     o->result = e;
     if (e == API_ERR_KID_NOT_ALLOWED)
-        srv_audit_failure(c, s, AUDIT_AUTHZ_DENIED, q.caller, "kid outside the credential's scope");
+        srv_audit_failure(c, s, CHN_AUTHZ_DENIED, q.caller, "kid outside the credential's scope");
     else if (e == API_ERR_FORBIDDEN) /* a handler's own refusal: a scoped signer revoking a sub */
-        srv_audit_failure(c, s, AUDIT_AUTHZ_DENIED, q.caller, "scope does not reach every kid");
+        srv_audit_failure(c, s, CHN_AUTHZ_DENIED, q.caller, "scope does not reach every kid");
     int status;
     if (e != API_OK) {
         status = srv_send_error(c, e, r.errmsg, r.headers, 0);

@@ -123,7 +123,7 @@ struct kpd {
     kst *st;
     pthread_mutex_t cp_mu;
     uint64_t cp_seq;
-    char cp_hash[AUDIT_HASH_HEX + 1];
+    char cp_hash[CHN_HASH_HEX + 1];
 };
 
 /* ---- one request ------------------------------------------------------------------------- */
@@ -291,18 +291,18 @@ static int kpd_checkpoint_ok(kpd *d, const uint8_t *msg, size_t len, char *why, 
     json_t *hj = json_object_get(p, "hash"), *sj = json_object_get(p, "seq"),
            *tj = json_object_get(p, "time");
     const char *hash = json_string_value(hj);
-    int shape = json_is_object(p) && json_object_size(p) == 3 && hex_string(hash, AUDIT_HASH_HEX) &&
+    int shape = json_is_object(p) && json_object_size(p) == 3 && hex_string(hash, CHN_HASH_HEX) &&
                 json_is_integer(sj) && json_integer_value(sj) >= 1 && json_is_integer(tj);
     uint64_t seq = shape ? (uint64_t)json_integer_value(sj) : 0;
-    char want[AUDIT_HASH_HEX + 1];
+    char want[CHN_HASH_HEX + 1];
     if (shape)
-        memcpy(want, hash, AUDIT_HASH_HEX + 1);
+        memcpy(want, hash, CHN_HASH_HEX + 1);
     json_decref(p);
     if (!shape)
         return !cfg_errorf(why, whylen, "payload is not {\"hash\",\"seq\",\"time\"}");
 
     int ok = 0;
-    char signed_hash[AUDIT_HASH_HEX + 1], computed[AUDIT_HASH_HEX + 1];
+    char signed_hash[CHN_HASH_HEX + 1], computed[CHN_HASH_HEX + 1];
     pthread_mutex_lock(&d->cp_mu);
     int had = kst_checkpoint_at(d->st, seq, signed_hash);
     if (had < 0) {

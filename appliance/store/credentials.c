@@ -1,7 +1,7 @@
 /* cred: API credentials, SQLite behind an in-memory mirror. See credentials.h. */
 #include "appliance/store/credentials.h"
 
-#include "appliance/core/audit.h"
+#include "appliance/store/chain.h"
 #include "appliance/store/db.h"
 
 #include "jose/jose.h"
@@ -342,7 +342,7 @@ static cred_status cred_tx_end(cred_store *cs, cred_status st)
 static cred_status cred_audit_tx(cred_store *cs, int64_t now, const char *action, json_t *details)
 {
     char err[256];
-    int rc = audit_append_tx(cs->db, now, action, NULL, details, err, sizeof(err));
+    int rc = chn_append_tx(cs->db, now, action, NULL, details, err, sizeof(err));
     json_decref(details);
     return rc == 0 ? CRED_OK : cred_fail(cs->path, CRED_ERR_IO, "%s", err);
 }
@@ -459,7 +459,7 @@ cred_status cred_open(const char *db_path, cred_store **out)
         st = cred_fail(db_path, CRED_ERR_IO, "%s", derr);
     if (st == CRED_OK)
         st = cred_exec(cs, cred_schema_sql, "create tables");
-    if (st == CRED_OK && audit_schema(cs->db, derr, sizeof(derr)) != 0)
+    if (st == CRED_OK && chn_schema(cs->db, derr, sizeof(derr)) != 0)
         st = cred_fail(cs->path, CRED_ERR_IO, "%s", derr);
     if (st == CRED_OK)
         st = cred_load(cs);
@@ -652,7 +652,7 @@ cred_status cred_create(cred_store *cs, const cred_spec *spec, int64_t now,
     if (st == CRED_OK) {
         st = cred_sql_insert(cs, &row);
         if (st == CRED_OK)
-            st = cred_audit_tx(cs, now, AUDIT_CRED_CREATED, cred_event_details(&row.rec));
+            st = cred_audit_tx(cs, now, CHN_CRED_CREATED, cred_event_details(&row.rec));
         st = cred_tx_end(cs, st);
     }
     if (st == CRED_OK) {
@@ -699,7 +699,7 @@ cred_status cred_revoke(cred_store *cs, const char *id, int64_t now, cred_record
             st = cred_fail(cs->path, CRED_ERR_IO, "revoke credential %s: row missing from the file",
                            cs->rows[s].rec.id);
         if (st == CRED_OK)
-            st = cred_audit_tx(cs, at, AUDIT_CRED_REVOKED,
+            st = cred_audit_tx(cs, at, CHN_CRED_REVOKED,
                                json_pack("{s:s, s:s}", "credential", cs->rows[s].rec.id, "role",
                                          cred_role_name(cs->rows[s].rec.role)));
         st = cred_tx_end(cs, st);

@@ -1,7 +1,7 @@
 /* reg: the key registry, SQLite behind an in-memory mirror. See registry.h. */
 #include "appliance/store/registry.h"
 
-#include "appliance/core/audit.h"
+#include "appliance/store/chain.h"
 #include "appliance/store/db.h"
 #include "base/clock.h"
 #include "base/errbuf.h"
@@ -489,7 +489,7 @@ static reg_status reg_schema(reg *r)
     if (st == REG_OK)
         st = reg_exec(r, "DELETE FROM pending_keys", "clear pending kids");
     char aerr[256];
-    if (st == REG_OK && audit_schema(r->db, aerr, sizeof(aerr)) != 0)
+    if (st == REG_OK && chn_schema(r->db, aerr, sizeof(aerr)) != 0)
         st = reg_fail(r->path, REG_ERR_IO, "%s", aerr);
     if (st == REG_OK && version < REG_SCHEMA_VERSION) {
         char sql[64];
@@ -821,7 +821,7 @@ static reg_status reg_audit_tx(reg *r, int64_t time, const char *action, const s
     char hex[REG_KID_HEX + 1], err[256];
     if (kid != NULL)
         sk_kid_hex(kid, hex);
-    int rc = audit_append_tx(r->db, time, action, kid ? hex : NULL, details, err, sizeof(err));
+    int rc = chn_append_tx(r->db, time, action, kid ? hex : NULL, details, err, sizeof(err));
     json_decref(details);
     return rc == 0 ? REG_OK : reg_fail(r->path, REG_ERR_IO, "%s", err);
 }
@@ -918,7 +918,7 @@ reg_status reg_insert(reg *r, const reg_key *k)
     if (st == REG_OK && (st = reg_exec(r, "BEGIN IMMEDIATE", "begin insert")) == REG_OK) {
         st = reg_sql_insert(r, k, NULL, &row.id);
         if (st == REG_OK)
-            st = reg_audit_tx(r, k->created_at, AUDIT_KEY_CREATED, &k->kid,
+            st = reg_audit_tx(r, k->created_at, CHN_KEY_CREATED, &k->kid,
                               json_pack("{s:i, s:s}", "bits", (int)k->bits, "label", k->label));
         reg_status end = reg_tx_end(r, st);
         if (st == REG_OK)
@@ -967,12 +967,12 @@ static reg_status reg_sql_rotate(reg *r, const sk_kid *old_kid, const reg_key *k
         st = reg_fail(r->path, REG_ERR_IO, "rotate key %s: its active row is missing from the file",
                       old_hex);
     if (st == REG_OK)
-        st = reg_audit_tx(r, k->created_at, AUDIT_KEY_CREATED, &k->kid,
+        st = reg_audit_tx(r, k->created_at, CHN_KEY_CREATED, &k->kid,
                           json_pack("{s:i, s:s, s:s}", "bits", (int)k->bits, "label", k->label,
                                     "predecessor", old_hex));
     if (st == REG_OK)
         st = reg_audit_tx(
-            r, k->created_at, AUDIT_KEY_ROTATED, old_kid,
+            r, k->created_at, CHN_KEY_ROTATED, old_kid,
             json_pack("{s:s, s:I}", "successor", new_hex, "retire_at", (json_int_t)retire_at));
     return reg_tx_end(r, st);
 }
@@ -1058,7 +1058,7 @@ static reg_status reg_sql_revoke(reg *r, const sk_kid *kid, const char *reason, 
     if (st == REG_OK) {
         *seq = (uint64_t)sqlite3_last_insert_rowid(r->db);
         st = reg_audit_tx(
-            r, now, AUDIT_KEY_REVOKED, kid,
+            r, now, CHN_KEY_REVOKED, kid,
             json_pack("{s:s, s:I}", "reason", reason, "revocation_seq", (json_int_t)*seq));
     }
     return reg_tx_end(r, st);
@@ -1159,7 +1159,7 @@ static reg_status reg_sql_revoke_subject(reg *r, const reg_subject *v, int64_t e
         st = reg_step_done(r, s, "drop expired subject revocations");
     }
     if (st == REG_OK)
-        st = reg_audit_tx(r, v->revoked_at, AUDIT_SUBJECT_REVOKED, NULL,
+        st = reg_audit_tx(r, v->revoked_at, CHN_SUBJECT_REVOKED, NULL,
                           json_pack("{s:s, s:I, s:I}", "sub", v->sub, "before",
                                     (json_int_t)v->before, "revocation_seq", (json_int_t)v->seq));
     return reg_tx_end(r, st);
@@ -1248,7 +1248,7 @@ reg_status reg_mark_broken(reg *r, const sk_kid *kid)
         return st;
     }
     st = reg_sql_kid_change(r, "UPDATE keys SET state = ?1 WHERE kid = ?2",
-                            reg_state_name(REG_BROKEN), kid, AUDIT_KEY_BROKEN,
+                            reg_state_name(REG_BROKEN), kid, CHN_KEY_BROKEN,
                             json_pack("{s:s}", "why", "the token has no object for this kid"),
                             "mark key broken");
     if (st == REG_OK) {
@@ -1274,7 +1274,7 @@ reg_status reg_delete(reg *r, const sk_kid *kid)
     if (st == REG_OK && (r->rows[s].k.state == REG_RETIRING || r->rows[s].k.has_predecessor))
         st = REG_ERR_STATE;
     if (st == REG_OK)
-        st = reg_sql_kid_change(r, "DELETE FROM keys WHERE kid = ?2", NULL, kid, AUDIT_KEY_DELETED,
+        st = reg_sql_kid_change(r, "DELETE FROM keys WHERE kid = ?2", NULL, kid, CHN_KEY_DELETED,
                                 NULL, "delete key");
     if (st == REG_OK) {
         reg_state was = r->rows[s].k.state;

@@ -1,7 +1,7 @@
 /* tks: status lists and redeemed jtis (tokstate.h). */
 #include "appliance/store/tokstate.h"
 
-#include "appliance/core/audit.h"
+#include "appliance/store/chain.h"
 #include "appliance/store/db.h"
 #include "base/signkey.h"
 #include "jose/jose.h"
@@ -70,7 +70,7 @@ typedef struct tks_waiter {
     char row_key[TKS_KID_HEX + 1 + TKS_JTI_MAX + 1]; /* "<kid>:<jti>", or the jti alone */
     int64_t exp;
     int64_t now;
-    char actor[AUDIT_ACTOR_MAX];
+    char actor[CHN_ACTOR_MAX];
     tks_status result;
     int done;
     struct tks_waiter *next;
@@ -326,7 +326,7 @@ tks_status tks_open(const char *path, tks **out)
     tks_status st = TKS_OK;
     if (db_open(path, TKS_BUSY_TIMEOUT_MS, &t->db, err, sizeof(err)) != 0 ||
         db_exec(t->db, tks_schema_sql, "create tables", err, sizeof(err)) != 0 ||
-        audit_schema(t->db, err, sizeof(err)) != 0)
+        chn_schema(t->db, err, sizeof(err)) != 0)
         st = tks_fail(path, TKS_ERR_IO, "%s", err);
     if (st == TKS_OK)
         st = tks_migrate_lists(t);
@@ -562,8 +562,8 @@ static tks_status tks_revoke_tx(tks *t, const tks_revocation *r, uint64_t *seq)
         json_t *d = json_pack("{s:s, s:I, s:I, s:I}", "jti", r->jti, "list", (json_int_t)r->ix.list,
                               "idx", (json_int_t)r->ix.idx, "token_seq", (json_int_t)*seq);
         rc = d == NULL ? -1
-                       : audit_append_tx(t->db, r->revoked_at, "token.revoked",
-                                         r->kid[0] ? r->kid : NULL, d, err, sizeof(err));
+                       : chn_append_tx(t->db, r->revoked_at, "token.revoked",
+                                       r->kid[0] ? r->kid : NULL, d, err, sizeof(err));
         if (d == NULL)
             snprintf(err, sizeof(err), "out of memory");
         json_decref(d);
@@ -720,10 +720,10 @@ static int tks_redeem_one(tks *t, sqlite3_stmt *ins, tks_waiter *w, char *err, s
         w->result = TKS_ERR_USED;
         return 0;
     }
-    audit_set_actor(w->actor[0] ? w->actor : NULL);
+    chn_set_actor(w->actor[0] ? w->actor : NULL);
     json_t *d = json_pack("{s:s, s:I}", "jti", w->jti, "exp", (json_int_t)w->exp);
     int rc =
-        d == NULL ? -1 : audit_append_tx(t->db, w->now, "token.redeemed", w->kid, d, err, errlen);
+        d == NULL ? -1 : chn_append_tx(t->db, w->now, "token.redeemed", w->kid, d, err, errlen);
     if (d == NULL)
         snprintf(err, errlen, "out of memory");
     json_decref(d);
@@ -734,9 +734,9 @@ static int tks_redeem_one(tks *t, sqlite3_stmt *ins, tks_waiter *w, char *err, s
 /* Commits every waiter of the batch in one transaction; sets each one's result. */
 static void tks_commit_batch(tks *t, tks_waiter *batch)
 {
-    char err[256], caller[AUDIT_ACTOR_MAX];
-    const char *cur = audit_actor();
-    snprintf(caller, sizeof(caller), "%s", strcmp(cur, AUDIT_SYSTEM) == 0 ? "" : cur);
+    char err[256], caller[CHN_ACTOR_MAX];
+    const char *cur = chn_actor();
+    snprintf(caller, sizeof(caller), "%s", strcmp(cur, CHN_SYSTEM) == 0 ? "" : cur);
     sqlite3_stmt *ins = NULL;
     pthread_mutex_lock(&t->write_mu);
     int rc = db_exec(t->db, "BEGIN IMMEDIATE", "begin", err, sizeof(err));
@@ -759,7 +759,7 @@ static void tks_commit_batch(tks *t, tks_waiter *batch)
             w->result = TKS_ERR_IO;
     }
     pthread_mutex_unlock(&t->write_mu);
-    audit_set_actor(caller[0] ? caller : NULL);
+    chn_set_actor(caller[0] ? caller : NULL);
 }
 
 tks_status tks_redeem(tks *t, const char *jti, int64_t exp, const char *kid_hex, int64_t now)
@@ -773,8 +773,8 @@ tks_status tks_redeem(tks *t, const char *jti, int64_t exp, const char *kid_hex,
         snprintf(w.row_key, sizeof(w.row_key), "%s:%s", kid_hex, jti);
     else
         snprintf(w.row_key, sizeof(w.row_key), "%s", jti);
-    const char *actor = audit_actor();
-    snprintf(w.actor, sizeof(w.actor), "%s", strcmp(actor, AUDIT_SYSTEM) == 0 ? "" : actor);
+    const char *actor = chn_actor();
+    snprintf(w.actor, sizeof(w.actor), "%s", strcmp(actor, CHN_SYSTEM) == 0 ? "" : actor);
 
     pthread_mutex_lock(&t->batch_mu);
     if (t->queue_tail != NULL)

@@ -32,9 +32,9 @@
  *  stops first (in-flight requests finish), then the keeper; exit 0 when both exited 0.
  */
 #include "appliance/common/config.h"
+#include "appliance/common/events.h"
 #include "appliance/common/harden.h"
 #include "appliance/common/spawn.h"
-#include "appliance/core/probe.h"
 #include "appliance/kproto/keeper.h"
 #include "appliance/store/registry.h"
 #include "base/clock.h"
@@ -319,27 +319,21 @@ static void main_restart(main_role role, const cfg *c, main_child *child, int *s
 /* Tells the front (the running one, or the next) that role was replaced, and why. Never
  * blocks: with the pipe full (64 KiB of events no front read) the event is dropped, and
  * the log line below still says it. */
-static void main_tell(prb_role role, prb_cause cause, pid_t pid, int64_t detail)
+static void main_tell(evt_role role, evt_cause cause, pid_t pid, int64_t detail)
 {
-    prb_event ev = {.magic = PRB_EVENT_MAGIC,
-                    .role = role,
-                    .cause = cause,
-                    .pid = (int32_t)pid,
-                    .detail = detail};
-    if (main_events[1] >= 0)
-        (void)!write(main_events[1], &ev, sizeof(ev));
+    evt_send(main_events[1], role, cause, pid, detail);
 }
 
 /* The cause of a child's end, as the front records it. */
-static void main_tell_status(prb_role role, pid_t pid, int status, int watchdog_killed,
+static void main_tell_status(evt_role role, pid_t pid, int status, int watchdog_killed,
                              long silent_ms)
 {
     if (watchdog_killed)
-        main_tell(role, PRB_CAUSE_WATCHDOG, pid, silent_ms);
+        main_tell(role, EVT_CAUSE_WATCHDOG, pid, silent_ms);
     else if (WIFSIGNALED(status))
-        main_tell(role, PRB_CAUSE_SIGNAL, pid, WTERMSIG(status));
+        main_tell(role, EVT_CAUSE_SIGNAL, pid, WTERMSIG(status));
     else
-        main_tell(role, PRB_CAUSE_EXITED, pid, WEXITSTATUS(status));
+        main_tell(role, EVT_CAUSE_EXITED, pid, WEXITSTATUS(status));
 }
 
 /* ---- the watchdog ------------------------------------------------------------------------ */
@@ -495,7 +489,7 @@ static int main_supervise(const cfg *c, const sigset_t *stop_sigs)
             if (pid == front.pid) {
                 fprintf(stderr, "signd: front (pid %d) %s: restarting it\n", (int)pid, how);
                 front.pid = 0;
-                main_tell_status(PRB_ROLE_FRONT, pid, status, 0, 0);
+                main_tell_status(EVT_ROLE_FRONT, pid, status, 0, 0);
                 main_dog_hang_up(&dog); /* no child inherits the watchdog's connection */
                 main_restart(MAIN_FRONT, c, &front, &stop);
             } else if (pid == keeper.pid) {
@@ -503,7 +497,7 @@ static int main_supervise(const cfg *c, const sigset_t *stop_sigs)
                 fprintf(stderr, "signd: keeper (pid %d) %s%s: restarting it\n", (int)pid, how,
                         by_dog ? " by the watchdog" : "");
                 keeper.pid = 0;
-                main_tell_status(PRB_ROLE_KEEPER, pid, status, by_dog, dog.silent_ms);
+                main_tell_status(EVT_ROLE_KEEPER, pid, status, by_dog, dog.silent_ms);
                 dog.killed = 0;
                 main_dog_hang_up(&dog);
                 main_restart(MAIN_KEEPER, c, &keeper, &stop);

@@ -49,7 +49,7 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    audit_set_actor(NULL);
+    chn_set_actor(NULL);
     testenv_world_free(*state); /* first the deferred destroys: the set is process-wide */
     return 0;
 }
@@ -97,7 +97,7 @@ static reg_key create_ok(fixture *fx, const char *label, int64_t now, sk_pubkey 
 static void test_a_created_key_is_an_active_row_with_its_object_in_the_token(void **state)
 {
     fixture *fx = *state;
-    audit_set_actor("c0ffee0000000001");
+    chn_set_actor("c0ffee0000000001");
     sk_pubkey pub;
     reg_key k = create_ok(fx, "billing", T0, &pub);
     assert_int_equal(k.state, REG_ACTIVE);
@@ -122,7 +122,7 @@ static void test_a_created_key_is_an_active_row_with_its_object_in_the_token(voi
     assert_int_equal(jose_rs256_verify(pub.n, pub.n_len, pub.e, pub.e_len, "x", 1, sig, sig_len),
                      1);
     /* One key.created, under the calling thread's actor. */
-    assert_int_equal(audit_rows(fx, AUDIT_KEY_CREATED, &k.kid, "c0ffee0000000001"), 1);
+    assert_int_equal(audit_rows(fx, CHN_KEY_CREATED, &k.kid, "c0ffee0000000001"), 1);
     assert_int_equal(audit_total(fx), 1);
 }
 
@@ -209,7 +209,7 @@ static void test_a_revocation_is_durable_then_the_object_goes(void **state)
 {
     fixture *fx = *state;
     reg_key k = create_ok(fx, "", T0, NULL);
-    audit_set_actor("c0ffee0000000002");
+    chn_set_actor("c0ffee0000000002");
     reg_key out;
     assert_int_equal(ck_revoke(&fx->e, &k.kid, "compromised", T0 + 5, &out), CK_OK);
     assert_int_equal(out.state, REG_REVOKED);
@@ -217,7 +217,7 @@ static void test_a_revocation_is_durable_then_the_object_goes(void **state)
     assert_int_equal(out.revoked_at, T0 + 5);
     assert_int_equal(out.revocation_seq, 1);
     assert_int_equal(reg_revocation_seq(fx->rg), 1);
-    assert_int_equal(audit_rows(fx, AUDIT_KEY_REVOKED, &k.kid, "c0ffee0000000002"), 1);
+    assert_int_equal(audit_rows(fx, CHN_KEY_REVOKED, &k.kid, "c0ffee0000000002"), 1);
     /* The keeper signs nothing for it any more... */
     uint8_t sig[SK_SIG_MAX];
     size_t sig_len;
@@ -239,7 +239,7 @@ static void test_revoking_twice_answers_the_first_revocation(void **state)
     assert_int_equal(again.revoked_at, T0 + 1);
     assert_int_equal(again.revocation_seq, first.revocation_seq);
     assert_int_equal(reg_revocation_seq(fx->rg), 1);
-    assert_int_equal(audit_rows(fx, AUDIT_KEY_REVOKED, &k.kid, NULL), 1);
+    assert_int_equal(audit_rows(fx, CHN_KEY_REVOKED, &k.kid, NULL), 1);
 }
 
 static void test_revoking_an_unknown_kid_changes_nothing(void **state)
@@ -278,8 +278,8 @@ static void test_a_rotation_makes_a_successor_and_leaves_the_old_key_retiring(vo
     /* Both objects stay: the old key verifies the tokens already out until retire_at. */
     assert_int_equal(testenv_on_token(fx->k, &old.kid), 1);
     assert_int_equal(testenv_on_token(fx->k, &made.kid), 1);
-    assert_int_equal(audit_rows(fx, AUDIT_KEY_CREATED, &made.kid, NULL), 1);
-    assert_int_equal(audit_rows(fx, AUDIT_KEY_ROTATED, &old.kid, NULL), 1);
+    assert_int_equal(audit_rows(fx, CHN_KEY_CREATED, &made.kid, NULL), 1);
+    assert_int_equal(audit_rows(fx, CHN_KEY_ROTATED, &old.kid, NULL), 1);
     /* A label given is the successor's. */
     reg_key was2, made2;
     assert_int_equal(
@@ -380,7 +380,7 @@ static void test_the_scheduler_revokes_a_key_whose_grace_ended(void **state)
     assert_int_equal(reg_get(fx->rg, &old.kid, &row), REG_OK);
     assert_int_equal(row.state, REG_REVOKED);
     assert_string_equal(row.reason, ROT_REASON);
-    assert_int_equal(audit_rows(fx, AUDIT_KEY_REVOKED, &old.kid, ROT_ACTOR), 1);
+    assert_int_equal(audit_rows(fx, CHN_KEY_REVOKED, &old.kid, ROT_ACTOR), 1);
     assert_true(reg_is_active(fx->rg, &made.kid));
     rot_stop(rt);
     assert_int_equal(rec_retry_deferred(fx->k, stderr), 0);

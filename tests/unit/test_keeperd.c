@@ -1017,7 +1017,7 @@ static size_t checkpoint_input(char *out, size_t cap, unsigned seq)
 
 /* The audit chain's hash at seq in the fixture's registry file, events being appended
  * (as reconcile would, through the registry) until the chain reaches seq. */
-static void chain_hash_at(fixture *fx, unsigned seq, char hash[AUDIT_HASH_HEX + 1])
+static void chain_hash_at(fixture *fx, unsigned seq, char hash[CHN_HASH_HEX + 1])
 {
     sqlite3 *db = NULL;
     assert_int_equal(sqlite3_open_v2(fx->c.database, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
@@ -1030,14 +1030,14 @@ static void chain_hash_at(fixture *fx, unsigned seq, char hash[AUDIT_HASH_HEX + 
         sqlite3_bind_int(s, 1, (int)seq);
         int rc = sqlite3_step(s);
         if (rc == SQLITE_ROW) {
-            snprintf(hash, AUDIT_HASH_HEX + 1, "%s", (const char *)sqlite3_column_text(s, 0));
+            snprintf(hash, CHN_HASH_HEX + 1, "%s", (const char *)sqlite3_column_text(s, 0));
             sqlite3_finalize(s);
             break;
         }
         sqlite3_finalize(s);
         assert_int_equal(rc, SQLITE_DONE);
-        assert_int_equal(
-            reg_audit(fx->r, T0, AUDIT_STARTED, NULL, json_pack("{s:s}", "why", "test")), REG_OK);
+        assert_int_equal(reg_audit(fx->r, T0, CHN_STARTED, NULL, json_pack("{s:s}", "why", "test")),
+                         REG_OK);
     }
     sqlite3_close(db);
 }
@@ -1045,7 +1045,7 @@ static void chain_hash_at(fixture *fx, unsigned seq, char hash[AUDIT_HASH_HEX + 
 /* A checkpoint of the fixture's real chain at seq, as audit.c makes it. */
 static size_t real_checkpoint(fixture *fx, char *out, size_t cap, unsigned seq)
 {
-    char hash[AUDIT_HASH_HEX + 1], payload[160], b64[256];
+    char hash[CHN_HASH_HEX + 1], payload[160], b64[256];
     chain_hash_at(fx, seq, hash);
     int n = snprintf(payload, sizeof(payload), "{\"hash\":\"%s\",\"seq\":%u,\"time\":%d}", hash,
                      seq, T0 + (int)seq);
@@ -1328,7 +1328,7 @@ test_audit_sign_signs_checkpoints_that_verify_and_refuses_every_other_input(void
     assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
     len = checkpoint_of_length(in, KP_AUDIT_SIGN_MAX);
     assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
-    char head[AUDIT_HASH_HEX + 1];
+    char head[CHN_HASH_HEX + 1];
     chain_hash_at(fx, 3, head);
     len = checkpoint_input(in, sizeof(in), 3);
     assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
@@ -1386,11 +1386,11 @@ static void rewrite_history(fixture *fx, unsigned from)
                                         -1, &s, NULL),
                      SQLITE_OK);
     sqlite3_bind_int(s, 1, (int)from);
-    char prev[AUDIT_HASH_HEX + 1] = "";
+    char prev[CHN_HASH_HEX + 1] = "";
     unsigned n = 0;
     struct {
         int64_t seq;
-        char prev[AUDIT_HASH_HEX + 1], hash[AUDIT_HASH_HEX + 1];
+        char prev[CHN_HASH_HEX + 1], hash[CHN_HASH_HEX + 1];
     } rows[64];
     while (sqlite3_step(s) == SQLITE_ROW) {
         assert_true(n < 64);
@@ -1399,10 +1399,10 @@ static void rewrite_history(fixture *fx, unsigned from)
         json_t *d = json_loads((const char *)sqlite3_column_text(s, 5), 0, NULL);
         rows[n].seq = sqlite3_column_int64(s, 0);
         memcpy(rows[n].prev, prev, sizeof(prev));
-        assert_int_equal(av_chain_hash(prev, (uint64_t)rows[n].seq, sqlite3_column_int64(s, 1),
-                                       (const char *)sqlite3_column_text(s, 2),
-                                       (const char *)sqlite3_column_text(s, 3),
-                                       (const char *)sqlite3_column_text(s, 4), d, rows[n].hash),
+        assert_int_equal(chash_event(prev, (uint64_t)rows[n].seq, sqlite3_column_int64(s, 1),
+                                     (const char *)sqlite3_column_text(s, 2),
+                                     (const char *)sqlite3_column_text(s, 3),
+                                     (const char *)sqlite3_column_text(s, 4), d, rows[n].hash),
                          0);
         json_decref(d);
         memcpy(prev, rows[n].hash, sizeof(prev));
@@ -1445,7 +1445,7 @@ static void test_keeper_refuses_to_sign_a_checkpoint_of_a_rewritten_history(void
     bufs *b = bufs_new();
     uint8_t sig[SK_SIG_MAX];
     size_t sig_len = 0;
-    char in[CHECKPOINT_MAX], was5[AUDIT_HASH_HEX + 1], now5[AUDIT_HASH_HEX + 1];
+    char in[CHECKPOINT_MAX], was5[CHN_HASH_HEX + 1], now5[CHN_HASH_HEX + 1];
 
     /* The honest trail: checkpoints at 3 and 5 sign. */
     size_t len = real_checkpoint(fx, in, sizeof(in), 3);

@@ -1,8 +1,10 @@
 /*
  * test_spawn: the supervisor's hand-over to signd-keeper and signd-front (spawn.h): the
  * command line spn_argv writes is the one spn_parse reads, and the configuration the
- * children parse from the sealed copy is the file's, hash included.
+ * children parse from the sealed copy is the file's, hash included; and the restart events
+ * (events.h) the supervisor writes on the pipe it hands the front.
  */
+#include "appliance/common/events.h"
 #include "appliance/common/spawn.h"
 
 #include <stdarg.h>
@@ -117,12 +119,49 @@ static void test_snapshot_is_the_file_sealed_and_hashed_as_the_file(void **state
     rmdir(dir);
 }
 
+static void test_restart_events_cross_the_pipe_whole_and_bad_ones_are_refused(void **state)
+{
+    (void)state;
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    assert_int_equal(fcntl(p[0], F_SETFL, O_NONBLOCK), 0);
+    evt_send(p[1], EVT_ROLE_KEEPER, EVT_CAUSE_WATCHDOG, 4242, 3100);
+    evt_restart bad = {.magic = EVT_MAGIC ^ 1u, .role = EVT_ROLE_FRONT};
+    assert_int_equal(write(p[1], &bad, sizeof(bad)), (ssize_t)sizeof(bad));
+    bad.magic = EVT_MAGIC;
+    bad.role = 7; /* no such role */
+    assert_int_equal(write(p[1], &bad, sizeof(bad)), (ssize_t)sizeof(bad));
+    evt_send(-1, EVT_ROLE_FRONT, EVT_CAUSE_EXITED, 1, 0); /* no pipe: nothing, no crash */
+
+    evt_restart ev;
+    assert_int_equal(evt_recv(p[0], &ev), 1);
+    assert_true(evt_valid(&ev));
+    assert_int_equal(ev.role, EVT_ROLE_KEEPER);
+    assert_int_equal(ev.cause, EVT_CAUSE_WATCHDOG);
+    assert_int_equal(ev.pid, 4242);
+    assert_int_equal(ev.detail, 3100);
+    assert_string_equal(evt_cause_name((evt_cause)ev.cause), "watchdog");
+    assert_int_equal(evt_recv(p[0], &ev), 1);
+    assert_false(evt_valid(&ev)); /* wrong magic */
+    assert_int_equal(evt_recv(p[0], &ev), 1);
+    assert_false(evt_valid(&ev));             /* unknown role */
+    assert_int_equal(evt_recv(p[0], &ev), 0); /* empty */
+    assert_int_equal(evt_recv(-1, &ev), 0);
+    assert_string_equal(evt_cause_name(EVT_CAUSE_EXITED), "exited");
+    assert_string_equal(evt_cause_name(EVT_CAUSE_SIGNAL), "signal");
+    assert_string_equal(evt_cause_name((evt_cause)99), "unknown");
+    assert_string_equal(evt_cause_name((evt_cause)0), "unknown");
+    close(p[0]);
+    close(p[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_argv_round_trips_through_parse),
         cmocka_unit_test(test_parse_refuses_closed_descriptors_and_unknown_arguments),
         cmocka_unit_test(test_snapshot_is_the_file_sealed_and_hashed_as_the_file),
+        cmocka_unit_test(test_restart_events_cross_the_pipe_whole_and_bad_ones_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -171,9 +171,9 @@ static void test_a_revoked_index_is_set_durably_and_its_sibling_is_not(void **st
     assert_int_equal(tks_assign(t, T0, T0 + 600, &b), TKS_OK);
     uint64_t gen = tks_generation(t);
     tks_revocation r;
-    audit_set_actor("0123456789abcdef");
+    chn_set_actor("0123456789abcdef");
     assert_int_equal(tks_revoke(t, b, "jti-b", KID, T0, &r), TKS_OK);
-    audit_set_actor(NULL);
+    chn_set_actor(NULL);
     assert_int_equal(r.seq, 1);
     assert_true(tks_generation(t) != gen);
     assert_true(tks_is_revoked(t, b));
@@ -270,11 +270,11 @@ static void test_a_bad_row_in_the_file_refuses_to_open(void **state)
 static void test_a_jti_is_redeemed_once_per_key_also_after_a_restart(void **state)
 {
     tks *t = open_ok(*state);
-    audit_set_actor("fedcba9876543210");
+    chn_set_actor("fedcba9876543210");
     assert_int_equal(tks_redeem(t, "upload-1", T0 + 60, KID, T0), TKS_OK);
     assert_int_equal(tks_redeem(t, "upload-1", T0 + 60, KID, T0 + 1), TKS_ERR_USED);
-    audit_set_actor(NULL);
-    assert_string_equal(audit_actor(), AUDIT_SYSTEM); /* the caller's actor is restored */
+    chn_set_actor(NULL);
+    assert_string_equal(chn_actor(), CHN_SYSTEM); /* the caller's actor is restored */
     tks_close(t);
     t = open_ok(*state);
     assert_int_equal(tks_redeem(t, "upload-1", T0 + 60, KID, T0 + 2), TKS_ERR_USED);
