@@ -42,10 +42,17 @@ def stalled(make_appliance):
     stopped = []
 
     def stop_keeper():
-        pid = a.children()["keeper"]
-        os.kill(pid, signal.SIGSTOP)
-        stopped.append(pid)
-        return pid
+        # Every child named keeper (there is one; a second would be a bug, which the
+        # assertion after the stall would then name), each until /proc shows it stopped:
+        # the stall is in place before the first request is sent.
+        pids = keepers(a)
+        assert pids, "no keeper among the supervisor's children"
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+        wait_for(lambda: all(proc_state(pid) in ("T", "t") for pid in pids), timeout=10,
+                 interval=0.01, message="keeper stopped")
+        return pids[0]
 
     def cont():
         while stopped:
@@ -57,6 +64,32 @@ def stalled(make_appliance):
     a.stop_keeper, a.cont_keeper = stop_keeper, cont
     yield a
     cont()
+
+
+def proc_state(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+def keepers(a):
+    """The pids of the supervisor's children named keeper, read from /proc."""
+    try:
+        with open("/proc/%d/task/%d/children" % (a.proc.pid, a.proc.pid)) as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+    out = []
+    for pid in pids:
+        try:
+            with open("/proc/%d/comm" % pid) as f:
+                if f.read().strip() == "keeper":
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
 
 
 def timed(call):
@@ -82,7 +115,7 @@ def test_a_stalled_keeper_makes_token_requests_answer_503_hsm_timeout_with_retry
     for call in (lambda: mint(a, kid, timeout=SLACK_S),
                  lambda: a.post("/v1/keys/%s/sign" % kid, {"payload": "aGk"}, timeout=SLACK_S)):
         r, took = timed(call)
-        assert r.status_code == 503, r.text
+        assert r.status_code == 503, (r.text, [(p, proc_state(p)) for p in keepers(a)])
         assert r.json()["error"]["code"] == "hsm_timeout"
         assert r.headers["Retry-After"] == "1"
         assert took >= TIMEOUT_MS / 1000 * 0.9  # it did wait for the token, then gave up
