@@ -239,7 +239,7 @@ static pid_t main_spawn(main_role role, const cfg *c, int announce, main_child *
             envp[ne] = env_store[ne], ne++;
         }
 #ifdef SIGND_TEST_HOOKS
-        /* Test builds only: the front's crash points (api/common.c). */
+        /* Test builds only: the front's crash points (core/keys.c). */
         const char *fault = getenv("SIGND_FAULT");
         if (role == MAIN_FRONT && fault != NULL && strlen(fault) < 64) {
             snprintf(env_store[ne], sizeof(env_store[ne]), "SIGND_FAULT=%s", fault);
