@@ -28,7 +28,7 @@ import pytest
 import requests
 
 import openapi_check
-from procs import stop_process
+from procs import status, stop_process
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 # SIGND_BUILD=build/asan (make test-asan) runs the same tests against sanitized binaries.
@@ -274,25 +274,34 @@ class Appliance:
         with open(self.log_path, "rb") as f:
             return f.read().decode(errors="replace")
 
-    def children(self):
-        """{"keeper": pid, "front": pid} of the running appliance, read from /proc: the
-        supervisor's children by their names (each program sets its comm)."""
-        found = {}
+    def living(self, name):
+        """The pids of the supervisor's living children named name ("keeper", "front"),
+        read from /proc (each program sets its comm). A child that died and awaits its
+        reaping is a zombie still bearing the name: it serves nothing, so it is left out."""
         if self.proc is None:
-            return found
+            return []
         try:
             with open("/proc/%d/task/%d/children" % (self.proc.pid, self.proc.pid)) as f:
                 pids = [int(p) for p in f.read().split()]
         except OSError:
-            return found
+            return []
+        found = []
         for pid in pids:
             try:
-                with open("/proc/%d/comm" % pid) as f:
-                    name = f.read().strip()
+                st = status(pid)
             except OSError:
                 continue
-            if name in ("keeper", "front"):
-                found[name] = pid
+            if st.get("Name") == name and not st.get("State", "").startswith(("Z", "X")):
+                found.append(pid)
+        return found
+
+    def children(self):
+        """{"keeper": pid, "front": pid} of the running appliance (living children only)."""
+        found = {}
+        for name in ("keeper", "front"):
+            pids = self.living(name)
+            if pids:
+                found[name] = pids[-1]
         return found
 
     def pids(self):

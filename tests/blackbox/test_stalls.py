@@ -25,7 +25,7 @@ import time
 import pytest
 import requests
 
-from procs import wait_for
+from procs import status, wait_for
 
 # A short deadline keeps the tests quick; the default (2,000 ms) is the same code.
 TIMEOUT_MS = 500
@@ -42,10 +42,10 @@ def stalled(make_appliance):
     stopped = []
 
     def stop_keeper():
-        # Every child named keeper (there is one; a second would be a bug, which the
-        # assertion after the stall would then name), each until /proc shows it stopped:
-        # the stall is in place before the first request is sent.
-        pids = keepers(a)
+        # Every living keeper (there is one; a second would be a bug, which the assertion
+        # after the stall would then name), each until /proc shows it stopped: the stall is
+        # in place before the first request is sent.
+        pids = a.living("keeper")
         assert pids, "no keeper among the supervisor's children"
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
@@ -68,29 +68,9 @@ def stalled(make_appliance):
 
 def proc_state(pid):
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
+        return status(pid)["State"].split()[0]
     except OSError:
         return "gone"
-
-
-def keepers(a):
-    """The pids of the supervisor's living children named keeper, read from /proc (a keeper
-    that died and awaits its reaping is a zombie still named keeper: it serves nothing)."""
-    try:
-        with open("/proc/%d/task/%d/children" % (a.proc.pid, a.proc.pid)) as f:
-            pids = [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-    out = []
-    for pid in pids:
-        try:
-            with open("/proc/%d/comm" % pid) as f:
-                if f.read().strip() == "keeper" and proc_state(pid) not in ("Z", "X", "gone"):
-                    out.append(pid)
-        except OSError:
-            pass
-    return out
 
 
 def timed(call):
@@ -116,7 +96,7 @@ def test_a_stalled_keeper_makes_token_requests_answer_503_hsm_timeout_with_retry
     for call in (lambda: mint(a, kid, timeout=SLACK_S),
                  lambda: a.post("/v1/keys/%s/sign" % kid, {"payload": "aGk"}, timeout=SLACK_S)):
         r, took = timed(call)
-        assert r.status_code == 503, (r.text, [(p, proc_state(p)) for p in keepers(a)],
+        assert r.status_code == 503, (r.text, [(p, proc_state(p)) for p in a.living("keeper")],
                                       re.findall(r"signd_restarts_total\S* \d+",
                                                  a.get("/metrics").text))
         assert r.json()["error"]["code"] == "hsm_timeout"
