@@ -74,7 +74,7 @@ int spn_config_load(int fd, const char *path, cfg *c, char sha256_hex[65], char 
         cfg_errorf(err, errlen, "%s: the supervisor's copy cannot be read", path);
     else if (cfg_load_text(path, text, len, c, err, errlen) == 0)
         rc = 0;
-    if (rc == 0)
+    if (rc == 0 && sha256_hex != NULL)
         cfg_sha256_hex_bytes(text, len, sha256_hex);
     free(text);
     return rc;

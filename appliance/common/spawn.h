@@ -38,11 +38,13 @@ typedef struct {
 } spn_args;
 
 /* The supervisor: reads path (cfg_read_file) into a new sealed, close-on-exec memory
- * file, *fd, and parses it as spn_config_load does. 0, or -1 with one line in err. */
+ * file, *fd, and parses it as spn_config_load does (sha256_hex may be NULL likewise).
+ * 0, or -1 with one line in err. */
 int spn_config_snapshot(const char *path, int *fd, cfg *c, char sha256_hex[65], char *err,
                         size_t errlen);
 /* Parses the configuration in the memory file fd (named path) into *c, and its SHA-256
- * into sha256_hex. 0, or -1 with one line in err. */
+ * into sha256_hex (NULL: not computed; only the front records it). 0, or -1 with one line
+ * in err. */
 int spn_config_load(int fd, const char *path, cfg *c, char sha256_hex[65], char *err,
                     size_t errlen);
 

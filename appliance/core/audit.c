@@ -118,15 +118,22 @@ int audit_record(audit *a, const char *action, const char *kid_hex, json_t *deta
     return rc;
 }
 
+/* The chain's head (chn_head) read on the writer's connection, under its lock. */
+static int audit_head(audit *a, uint64_t *seq, char hash[CHN_HASH_HEX + 1])
+{
+    pthread_mutex_lock(&a->db_mu);
+    int rc = chn_head(a->db, seq, hash);
+    pthread_mutex_unlock(&a->db_mu);
+    return rc;
+}
+
 /* Signs a checkpoint of the current head now, if there are events since the last one.
  * 0 (done or nothing to do), or -1. */
 static int audit_checkpoint(audit *a)
 {
     uint64_t seq;
     char hash[CHN_HASH_HEX + 1];
-    pthread_mutex_lock(&a->db_mu);
-    int rc = chn_head(a->db, &seq, hash);
-    pthread_mutex_unlock(&a->db_mu);
+    int rc = audit_head(a, &seq, hash);
     if (rc != 0 || seq == 0 || seq <= a->last_cp_seq)
         return rc;
     int64_t now = audit_now();
@@ -180,9 +187,7 @@ static uint64_t audit_unsigned(audit *a)
 {
     uint64_t seq;
     char hash[CHN_HASH_HEX + 1];
-    pthread_mutex_lock(&a->db_mu);
-    int rc = chn_head(a->db, &seq, hash);
-    pthread_mutex_unlock(&a->db_mu);
+    int rc = audit_head(a, &seq, hash);
     return rc == 0 && seq > a->last_cp_seq ? seq - a->last_cp_seq : 0;
 }
 

@@ -70,8 +70,7 @@ int main(int argc, char **argv)
     if (spn_parse(argc, argv, &a, err, sizeof(err)) != 0)
         return die("signd-keeper", err);
     static cfg c;
-    char conf_hash[65];
-    if (spn_config_load(a.config_fd, a.config_path, &c, conf_hash, err, sizeof(err)) != 0)
+    if (spn_config_load(a.config_fd, a.config_path, &c, NULL, err, sizeof(err)) != 0)
         return die("configuration", err);
     close(a.config_fd);
     /* pin_credential: from here on pin_file names the credential's file. */

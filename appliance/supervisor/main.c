@@ -547,9 +547,8 @@ int main(int argc, char **argv)
 
     static cfg c;
     char err[CFG_ERR_MAX];
-    char conf_hash[65];
     /* Read once: the children parse these bytes (spawn.h). */
-    if (spn_config_snapshot(main_conf_path, &main_conf_fd, &c, conf_hash, err, sizeof(err)) != 0)
+    if (spn_config_snapshot(main_conf_path, &main_conf_fd, &c, NULL, err, sizeof(err)) != 0)
         return die("configuration", err);
     /* pin_credential: checked here, before anything starts (the keeper resolves it too). */
     if (cfg_pin_path(&c, c.pin_file, sizeof(c.pin_file), err, sizeof(err)) != 0)
