@@ -32,9 +32,9 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 CFLAGS  ?=
 CFLAGS  += -std=c11 -Wall -Wextra -Werror $(HARDEN) -g -D_GNU_SOURCE \
-           -ffunction-sections -fdata-sections -I. -I$(CIVET) -I/usr/include/p11-kit-1
+           -ffunction-sections -fdata-sections -I. -I$(CIVET) -I/usr/include/p11-kit-1 -I/usr/include/postgresql
 LDFLAGS += -pie -Wl,-z,relro,-z,now -Wl,--gc-sections
-LDLIBS_BASE := -ljansson -lsqlite3 -lcurl -lssl -lcrypto -lz -lpthread
+LDLIBS_BASE := -ljansson -lsqlite3 -lpq -lcurl -lssl -lcrypto -lz -lpthread
 # hsm/ (the keeper, the provisioning tool, the tests) loads modules and parses RFC 7512 URIs.
 LDLIBS  := $(LDLIBS_BASE) -ldl -lp11-kit
 
@@ -85,7 +85,7 @@ FUZZ_CC      := clang
 FUZZ_SECONDS ?= 60
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS  := -std=c11 -Wall -Wextra -Werror -g -O1 -fno-omit-frame-pointer $(FUZZ_SAN) \
-                -fsanitize=fuzzer-no-link -D_GNU_SOURCE -I. -I$(CIVET) -I/usr/include/p11-kit-1
+                -fsanitize=fuzzer-no-link -D_GNU_SOURCE -I. -I$(CIVET) -I/usr/include/p11-kit-1 -I/usr/include/postgresql
 
 PROGS := $(BUILD)/bin/signd-provision $(BUILD)/bin/hello-https $(BUILD)/bin/bench-hsm \
          $(BUILD)/bin/signd-verify $(BUILD)/bin/bench-propagation $(BUILD)/bin/signdctl
