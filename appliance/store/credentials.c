@@ -1,8 +1,9 @@
-/* cred: API credentials, SQLite behind an in-memory mirror. See credentials.h. */
+/* cred: API credentials, the store (sdb.h) behind an in-memory mirror. See credentials.h. */
 #include "appliance/store/credentials.h"
 
 #include "appliance/store/chain.h"
-#include "appliance/store/db.h"
+#include "appliance/store/sdb.h"
+#include "appliance/store/sdb_impl.h" /* the chain bridge, see cred_audit_tx */
 
 #include "jose/jose.h"
 #include "base/hex.h"
@@ -14,7 +15,6 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <sqlite3.h>
 
 #include <limits.h>
 #include <pthread.h>
@@ -45,7 +45,7 @@ typedef struct {
 } cred_row;
 
 struct cred_store {
-    sqlite3 *db; /* under write_mu */
+    sdb *db; /* under write_mu */
     char path[PATH_MAX];
     EVP_MD *sha256; /* fetched once: the implicit fetch takes global locks on every call */
 
@@ -75,7 +75,7 @@ static const char *const cred_status_names[CRED_ERR_COUNT_] = {
     [CRED_ERR_IO] = "the credentials could not be read or written",
 };
 
-static const char cred_schema_sql[] =
+static const char cred_schema_lite[] =
     "CREATE TABLE IF NOT EXISTS credentials ("
     " id TEXT PRIMARY KEY CHECK (length(id) = 16),"
     " role TEXT NOT NULL," /* no CHECK: new roles need no table rebuild */
@@ -87,6 +87,26 @@ static const char cred_schema_sql[] =
     " created_at INTEGER NOT NULL,"
     " revoked_at INTEGER NOT NULL DEFAULT 0,"
     " client_subject TEXT NOT NULL DEFAULT '');";
+
+/* The same table on PostgreSQL, shared by every node. ord replaces SQLite's rowid as the
+ * tie-break of the order (credentials are never deleted, and inserts run under
+ * SDB_LOCK_CREDENTIALS, so max(ord) + 1 is unique and in commit order). */
+static const char cred_schema_pg[] =
+    "CREATE TABLE IF NOT EXISTS schema_versions (store TEXT PRIMARY KEY, version BIGINT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS credentials ("
+    " id TEXT PRIMARY KEY CHECK (length(id) = 16),"
+    " role TEXT NOT NULL,"
+    " label TEXT NOT NULL,"
+    " secret_sha256 TEXT NOT NULL CHECK (length(secret_sha256) = 64),"
+    " all_kids BIGINT NOT NULL,"
+    " kids TEXT NOT NULL,"
+    " max_ttl BIGINT NOT NULL,"
+    " created_at BIGINT NOT NULL,"
+    " revoked_at BIGINT NOT NULL DEFAULT 0,"
+    " client_subject TEXT NOT NULL DEFAULT '',"
+    " ord BIGINT NOT NULL);"
+    "INSERT INTO schema_versions (store, version) VALUES ('credentials', 1)"
+    " ON CONFLICT (store) DO NOTHING;";
 
 static _Thread_local char cred_errbuf[CRED_ERR_MSG_MAX];
 
@@ -105,10 +125,10 @@ static cred_status cred_fail(const char *path, cred_status st, const char *fmt, 
     return st;
 }
 
-/* A failed SQLite step: what we were doing and SQLite's message. */
-static cred_status cred_fail_sql(const cred_store *cs, const char *what)
+/* A failed store call: err holds "what: the backend's message". */
+static cred_status cred_fail_db(const cred_store *cs, const char *err)
 {
-    return cred_fail(cs->path, CRED_ERR_IO, "%s: %s", what, sqlite3_errmsg(cs->db));
+    return cred_fail(cs->path, CRED_ERR_IO, "%s", err);
 }
 
 /* ---- small parsers ---------------------------------------------------------------------- */
@@ -319,100 +339,127 @@ static void cred_mirror_add(cred_store *cs, const cred_row *row)
         cs->active[row->rec.role]++;
 }
 
-/* ---- SQLite helpers --------------------------------------------------------------------- */
+/* ---- store helpers ---------------------------------------------------------------------- */
 
-static cred_status cred_exec(cred_store *cs, const char *sql, const char *what)
+static cred_status cred_begin(cred_store *cs)
 {
-    if (sqlite3_exec(cs->db, sql, NULL, NULL, NULL) != SQLITE_OK)
-        return cred_fail_sql(cs, what);
-    return CRED_OK;
+    char err[256];
+    return sdb_begin_write(cs->db, SDB_LOCK_CREDENTIALS, err, sizeof(err)) == SDB_OK
+               ? CRED_OK
+               : cred_fail_db(cs, err);
 }
 
 /* Ends a write transaction: COMMIT when st is CRED_OK, else ROLLBACK. */
 static cred_status cred_tx_end(cred_store *cs, cred_status st)
 {
-    if (st == CRED_OK && cred_exec(cs, "COMMIT", "commit") == CRED_OK)
-        return CRED_OK;
-    if (!sqlite3_get_autocommit(cs->db))
-        sqlite3_exec(cs->db, "ROLLBACK", NULL, NULL, NULL);
-    return st == CRED_OK ? CRED_ERR_IO : st;
+    char err[256];
+    if (st == CRED_OK) {
+        if (sdb_commit(cs->db, err, sizeof(err)) == SDB_OK)
+            return CRED_OK;
+        return cred_fail_db(cs, err); /* sdb_commit rolled back */
+    }
+    sdb_rollback(cs->db);
+    return st;
 }
 
-/* The audit event of this transaction's change (audit.h); details is consumed. */
+/* The audit event of this transaction's change (audit.h); details is consumed.
+ * The chain (chain.h) still takes SQLite's handle: until it takes an sdb, the event is
+ * appended through the connection's SQLite handle, and PostgreSQL has no chain yet. */
 static cred_status cred_audit_tx(cred_store *cs, int64_t now, const char *action, json_t *details)
 {
     char err[256];
-    int rc = chn_append_tx(cs->db, now, action, NULL, details, err, sizeof(err));
+    int rc = -1;
+    if (sdb_kind_of(cs->db) == SDB_SQLITE)
+        rc = chn_append_tx(cs->db->lite, now, action, NULL, details, err, sizeof(err));
+    else
+        snprintf(err, sizeof(err), "audit: the chain has no PostgreSQL backend yet");
     json_decref(details);
     return rc == 0 ? CRED_OK : cred_fail(cs->path, CRED_ERR_IO, "%s", err);
 }
 
-static cred_status cred_prepare(cred_store *cs, const char *sql, sqlite3_stmt **s, const char *what)
+/* A change other nodes must see: a note on "signd_credentials" with the id, sent at COMMIT
+ * (dropped on ROLLBACK); their watcher calls cred_refresh. */
+static cred_status cred_notify_tx(cred_store *cs, const char *id)
 {
-    if (sqlite3_prepare_v2(cs->db, sql, -1, s, NULL) != SQLITE_OK)
-        return cred_fail_sql(cs, what);
+    char err[256];
+    return sdb_notify(cs->db, CRED_NOTIFY_CHANNEL, id, err, sizeof(err)) == SDB_OK
+               ? CRED_OK
+               : cred_fail_db(cs, err);
+}
+
+static cred_status cred_prepare(cred_store *cs, const char *sql, sdb_stmt **s, const char *what)
+{
+    char err[256];
+    if (sdb_prepare(cs->db, sql, s, what, err, sizeof(err)) != SDB_OK)
+        return cred_fail_db(cs, err);
     return CRED_OK;
 }
 
 /* Runs a statement that returns no row, then finalises it. */
-static cred_status cred_step_done(cred_store *cs, sqlite3_stmt *s, const char *what)
+static cred_status cred_step_done(cred_store *cs, sdb_stmt *s, const char *what)
 {
-    int rc = sqlite3_step(s);
-    cred_status st = rc == SQLITE_DONE ? CRED_OK : cred_fail_sql(cs, what);
-    sqlite3_finalize(s);
-    return st;
+    char err[256];
+    return sdb_step_done(s, what, err, sizeof(err)) == SDB_OK ? CRED_OK : cred_fail_db(cs, err);
 }
 
 /* ---- open: pragmas, schema, load -------------------------------------------------------- */
 
 /* One row of the load query into *row; CRED_ERR_IO names what is wrong with it. */
-static cred_status cred_load_row(cred_store *cs, sqlite3_stmt *s, cred_row *row)
+static cred_status cred_load_row(cred_store *cs, sdb_stmt *s, cred_row *row)
 {
     memset(row, 0, sizeof(*row));
     cred_record *rec = &row->rec;
-    const char *id = (const char *)sqlite3_column_text(s, 0);
-    if (cred_id_parse(id, (size_t)sqlite3_column_bytes(s, 0), &row->key) != 0)
+    const char *id = sdb_column_text(s, 0);
+    if (id == NULL || cred_id_parse(id, sdb_column_bytes(s, 0), &row->key) != 0)
         return cred_fail(cs->path, CRED_ERR_IO, "a credential id is not 16 lowercase hex digits");
     memcpy(rec->id, id, CRED_ID_LEN);
     rec->id[CRED_ID_LEN] = '\0';
-    const char *role = (const char *)sqlite3_column_text(s, 1);
+    const char *role = sdb_column_text(s, 1);
     if (cred_role_parse(role, &rec->role) != 0)
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: unknown role '%s'", rec->id,
                          role ? role : "NULL");
-    if (db_col_text(s, 2, rec->label, sizeof(rec->label)) != 0 || !cred_label_ok(rec->label))
+    if (sdb_column_copy(s, 2, rec->label, sizeof(rec->label)) != 0 || !cred_label_ok(rec->label))
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: label missing or invalid", rec->id);
-    if (db_col_text(s, 9, rec->client_subject, sizeof(rec->client_subject)) != 0 ||
+    if (sdb_column_copy(s, 9, rec->client_subject, sizeof(rec->client_subject)) != 0 ||
         !cred_subject_ok(rec->client_subject))
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: client_subject invalid", rec->id);
-    if (hex_decode((const char *)sqlite3_column_text(s, 3), (size_t)sqlite3_column_bytes(s, 3),
-                   row->hash, CRED_HASH_LEN) != 0)
+    const char *hash = sdb_column_text(s, 3);
+    if (hash == NULL || hex_decode(hash, sdb_column_bytes(s, 3), row->hash, CRED_HASH_LEN) != 0)
         return cred_fail(cs->path, CRED_ERR_IO, "credential %s: secret hash is not 64 hex digits",
                          rec->id);
-    sqlite3_int64 all = sqlite3_column_int64(s, 4);
-    sqlite3_int64 ttl = sqlite3_column_int64(s, 6);
+    int64_t all = sdb_column_int64(s, 4);
+    int64_t ttl = sdb_column_int64(s, 6);
     rec->all_kids = all == 1;
     rec->max_ttl = ttl >= 0 && ttl <= UINT_MAX ? (unsigned)ttl : 0;
-    rec->created_at = sqlite3_column_int64(s, 7);
-    rec->revoked_at = sqlite3_column_int64(s, 8);
+    rec->created_at = sdb_column_int64(s, 7);
+    rec->revoked_at = sdb_column_int64(s, 8);
     if ((all != 0 && all != 1) || ttl < 0 || ttl > UINT_MAX || rec->revoked_at < 0 ||
-        cred_kids_parse((const char *)sqlite3_column_text(s, 5), (size_t)sqlite3_column_bytes(s, 5),
-                        rec) != 0 ||
+        sdb_column_text(s, 5) == NULL ||
+        cred_kids_parse(sdb_column_text(s, 5), sdb_column_bytes(s, 5), rec) != 0 ||
         !cred_scope_ok(rec))
         return cred_fail(cs->path, CRED_ERR_IO,
                          "credential %s: kids, all_kids, max_ttl or revoked_at invalid", rec->id);
     return CRED_OK;
 }
 
+/* Loads every row into cs's (empty) mirror. cs may be a scratch store that shares the
+ * connection (cred_refresh). Caller holds write_mu, or is cred_open. */
 static cred_status cred_load(cred_store *cs)
 {
-    sqlite3_stmt *s;
+    sdb_stmt *s;
     cred_status st = cred_prepare(cs,
-                                  "SELECT id, role, label, secret_sha256, all_kids, kids, max_ttl,"
-                                  " created_at, revoked_at, client_subject FROM credentials"
-                                  " ORDER BY created_at, rowid",
+                                  sdb_kind_of(cs->db) == SDB_POSTGRES
+                                      ? "SELECT id, role, label, secret_sha256, all_kids, kids,"
+                                        " max_ttl, created_at, revoked_at, client_subject"
+                                        " FROM credentials ORDER BY created_at, ord"
+                                      : "SELECT id, role, label, secret_sha256, all_kids, kids,"
+                                        " max_ttl, created_at, revoked_at, client_subject"
+                                        " FROM credentials ORDER BY created_at, rowid",
                                   &s, "read credentials");
-    int rc = SQLITE_DONE;
-    while (st == CRED_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    if (st != CRED_OK)
+        return st;
+    sdb_status rc = SDB_DONE;
+    while (st == CRED_OK && (rc = sdb_step(s)) == SDB_ROW) {
         cred_row row;
         st = cred_load_row(cs, s, &row);
         if (st == CRED_OK)
@@ -427,10 +474,31 @@ static cred_status cred_load(cred_store *cs)
         }
         OPENSSL_cleanse(&row, sizeof(row));
     }
-    if (st == CRED_OK && rc != SQLITE_DONE)
-        st = cred_fail_sql(cs, "read credentials");
-    sqlite3_finalize(s);
+    if (st == CRED_OK && rc != SDB_DONE)
+        st = cred_fail(cs->path, CRED_ERR_IO, "read credentials: %s", sdb_stmt_error(s));
+    sdb_finalize(s);
     return st;
+}
+
+/* Creates the table when missing. On PostgreSQL under SDB_LOCK_SCHEMA: nodes starting at
+ * once would race on CREATE TABLE IF NOT EXISTS. The audit tables belong to the chain. */
+static cred_status cred_schema(cred_store *cs)
+{
+    char err[256];
+    if (sdb_kind_of(cs->db) == SDB_SQLITE) {
+        if (sdb_exec(cs->db, cred_schema_lite, "create tables", err, sizeof(err)) != SDB_OK ||
+            chn_schema(cs->db->lite, err, sizeof(err)) != 0)
+            return cred_fail_db(cs, err);
+        return CRED_OK;
+    }
+    if (sdb_begin_write(cs->db, SDB_LOCK_SCHEMA, err, sizeof(err)) != SDB_OK)
+        return cred_fail_db(cs, err);
+    if (sdb_exec(cs->db, cred_schema_pg, "create tables", err, sizeof(err)) != SDB_OK ||
+        sdb_commit(cs->db, err, sizeof(err)) != SDB_OK) {
+        sdb_rollback(cs->db);
+        return cred_fail_db(cs, err);
+    }
+    return CRED_OK;
 }
 
 cred_status cred_open(const char *db_path, cred_store **out)
@@ -455,12 +523,11 @@ cred_status cred_open(const char *db_path, cred_store **out)
     if (cs->sha256 == NULL)
         st = cred_fail(db_path, CRED_ERR_IO, "OpenSSL has no SHA-256");
     char derr[256];
-    if (st == CRED_OK && db_open(db_path, CRED_BUSY_TIMEOUT_MS, &cs->db, derr, sizeof(derr)) != 0)
+    if (st == CRED_OK && sdb_open(db_path, SDB_OPEN_CREATE, CRED_BUSY_TIMEOUT_MS, &cs->db, derr,
+                                  sizeof(derr)) != SDB_OK)
         st = cred_fail(db_path, CRED_ERR_IO, "%s", derr);
     if (st == CRED_OK)
-        st = cred_exec(cs, cred_schema_sql, "create tables");
-    if (st == CRED_OK && chn_schema(cs->db, derr, sizeof(derr)) != 0)
-        st = cred_fail(cs->path, CRED_ERR_IO, "%s", derr);
+        st = cred_schema(cs);
     if (st == CRED_OK)
         st = cred_load(cs);
     if (st != CRED_OK) {
@@ -471,19 +538,63 @@ cred_status cred_open(const char *db_path, cred_store **out)
     return CRED_OK;
 }
 
-void cred_close(cred_store *cs)
+/* Frees a mirror's arrays, wiping the hashes. */
+static void cred_free_mirror(cred_store *cs)
 {
-    if (cs == NULL)
-        return;
-    sqlite3_close(cs->db); /* NULL is a no-op */
-    EVP_MD_free(cs->sha256);
-    pthread_mutex_destroy(&cs->write_mu);
-    pthread_rwlock_destroy(&cs->mirror_rw);
     if (cs->rows != NULL)
         OPENSSL_cleanse(cs->rows, cs->cap_rows * sizeof(*cs->rows));
     free(cs->rows);
     free(cs->index);
+    cs->rows = NULL;
+    cs->index = NULL;
+}
+
+void cred_close(cred_store *cs)
+{
+    if (cs == NULL)
+        return;
+    sdb_close(cs->db); /* NULL is a no-op */
+    EVP_MD_free(cs->sha256);
+    pthread_mutex_destroy(&cs->write_mu);
+    pthread_rwlock_destroy(&cs->mirror_rw);
+    cred_free_mirror(cs);
     free(cs);
+}
+
+cred_status cred_refresh(cred_store *cs)
+{
+    if (cs == NULL)
+        return CRED_ERR_INVALID;
+    /* The table is read into a scratch mirror on the same connection, then swapped in under
+     * the write lock: readers see the old table or the new one, never a half. write_mu keeps
+     * this node's own creates and revokes out meanwhile. */
+    cred_store *fresh = calloc(1, sizeof(*fresh));
+    if (fresh == NULL)
+        return cred_fail(cs->path, CRED_ERR_IO, "out of memory");
+    memcpy(fresh->path, cs->path, sizeof(fresh->path));
+    pthread_mutex_lock(&cs->write_mu);
+    fresh->db = cs->db;
+    cred_status st = cred_load(fresh);
+    if (st == CRED_OK) {
+        pthread_rwlock_wrlock(&cs->mirror_rw);
+        cred_row *old_rows = cs->rows;
+        size_t old_cap = cs->cap_rows;
+        uint32_t *old_index = cs->index;
+        cs->rows = fresh->rows;
+        cs->n_rows = fresh->n_rows;
+        cs->cap_rows = fresh->cap_rows;
+        cs->index = fresh->index;
+        cs->index_cap = fresh->index_cap;
+        memcpy(cs->active, fresh->active, sizeof(cs->active));
+        pthread_rwlock_unlock(&cs->mirror_rw);
+        fresh->rows = old_rows;
+        fresh->cap_rows = old_cap;
+        fresh->index = old_index;
+    }
+    pthread_mutex_unlock(&cs->write_mu);
+    cred_free_mirror(fresh);
+    free(fresh);
+    return st;
 }
 
 /* ---- names and errors ------------------------------------------------------------------- */
@@ -566,22 +677,27 @@ static cred_status cred_sql_insert(cred_store *cs, const cred_row *row)
     char kids[CRED_KIDS_TEXT_MAX];
     hex_encode(row->hash, CRED_HASH_LEN, hash);
     cred_kids_text(&row->rec, kids);
-    sqlite3_stmt *s;
-    cred_status st = cred_prepare(cs,
-                                  "INSERT INTO credentials (id, role, label, secret_sha256,"
-                                  " all_kids, kids, max_ttl, created_at, revoked_at,"
-                                  " client_subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
-                                  &s, "insert credential");
+    sdb_stmt *s;
+    cred_status st = cred_prepare(
+        cs,
+        sdb_kind_of(cs->db) == SDB_POSTGRES
+            ? "INSERT INTO credentials (id, role, label, secret_sha256, all_kids, kids, max_ttl,"
+              " created_at, revoked_at, client_subject, ord) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7,"
+              " ?8, 0, ?9, coalesce(max(ord), 0) + 1 FROM credentials"
+            : "INSERT INTO credentials (id, role, label, secret_sha256, all_kids, kids, max_ttl,"
+              " created_at, revoked_at, client_subject) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
+              " 0, ?9)",
+        &s, "insert credential");
     if (st == CRED_OK) {
-        sqlite3_bind_text(s, 1, row->rec.id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 2, cred_role_name(row->rec.role), -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 3, row->rec.label, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 4, hash, -1, SQLITE_STATIC);
-        sqlite3_bind_int(s, 5, row->rec.all_kids);
-        sqlite3_bind_text(s, 6, kids, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 7, row->rec.max_ttl);
-        sqlite3_bind_int64(s, 8, row->rec.created_at);
-        sqlite3_bind_text(s, 9, row->rec.client_subject, -1, SQLITE_STATIC);
+        sdb_bind_text(s, 1, row->rec.id, -1);
+        sdb_bind_text(s, 2, cred_role_name(row->rec.role), -1);
+        sdb_bind_text(s, 3, row->rec.label, -1);
+        sdb_bind_text(s, 4, hash, -1);
+        sdb_bind_int64(s, 5, row->rec.all_kids);
+        sdb_bind_text(s, 6, kids, -1);
+        sdb_bind_int64(s, 7, row->rec.max_ttl);
+        sdb_bind_int64(s, 8, row->rec.created_at);
+        sdb_bind_text(s, 9, row->rec.client_subject, -1);
         st = cred_step_done(cs, s, "insert credential");
     }
     OPENSSL_cleanse(hash, sizeof(hash));
@@ -648,11 +764,13 @@ cred_status cred_create(cred_store *cs, const cred_spec *spec, int64_t now,
     if (st == CRED_OK)
         st = cred_mint(cs, secret, &row);
     if (st == CRED_OK)
-        st = cred_exec(cs, "BEGIN IMMEDIATE", "begin create");
+        st = cred_begin(cs);
     if (st == CRED_OK) {
         st = cred_sql_insert(cs, &row);
         if (st == CRED_OK)
             st = cred_audit_tx(cs, now, CHN_CRED_CREATED, cred_event_details(&row.rec));
+        if (st == CRED_OK)
+            st = cred_notify_tx(cs, row.rec.id);
         st = cred_tx_end(cs, st);
     }
     if (st == CRED_OK) {
@@ -671,6 +789,26 @@ cred_status cred_create(cred_store *cs, const cred_spec *spec, int64_t now,
 
 /* ---- revoke ----------------------------------------------------------------------------- */
 
+/* Inside the revoke transaction: the revoked_at the database holds for id (another node's
+ * revocation this one has not refreshed yet), into *at. */
+static cred_status cred_sql_revoked_at(cred_store *cs, const char *id, int64_t *at)
+{
+    sdb_stmt *q;
+    cred_status st =
+        cred_prepare(cs, "SELECT revoked_at FROM credentials WHERE id = ?1", &q, "read credential");
+    if (st != CRED_OK)
+        return st;
+    sdb_bind_text(q, 1, id, -1);
+    sdb_status rc = sdb_step(q);
+    if (rc == SDB_ROW)
+        *at = sdb_column_int64(q, 0);
+    else
+        st = cred_fail(cs->path, CRED_ERR_IO, "read credential %s: %s", id,
+                       rc == SDB_DONE ? "row missing from the database" : sdb_stmt_error(q));
+    sdb_finalize(q);
+    return st;
+}
+
 cred_status cred_revoke(cred_store *cs, const char *id, int64_t now, cred_record *out)
 {
     if (cs == NULL || id == NULL || now < 0)
@@ -683,25 +821,33 @@ cred_status cred_revoke(cred_store *cs, const char *id, int64_t now, cred_record
         pthread_mutex_unlock(&cs->write_mu);
         return s < 0 ? CRED_ERR_NOT_FOUND : CRED_OK;
     }
-    /* 0 means active in the mirror and in the file: a revocation at the epoch is 1. */
+    /* 0 means active in the mirror and in the database: a revocation at the epoch is 1. */
     int64_t at = now > 0 ? now : 1;
-    sqlite3_stmt *q;
-    cred_status st = cred_exec(cs, "BEGIN IMMEDIATE", "begin revoke");
+    sdb_stmt *q;
+    cred_status st = cred_begin(cs);
     if (st == CRED_OK) {
-        st = cred_prepare(cs, "UPDATE credentials SET revoked_at = ? WHERE id = ?", &q,
-                          "revoke credential");
+        /* Only an active row: another node may have revoked it first, and its revoked_at
+         * stays the first one. */
+        st = cred_prepare(cs,
+                          "UPDATE credentials SET revoked_at = ?1 WHERE id = ?2 AND revoked_at = 0",
+                          &q, "revoke credential");
         if (st == CRED_OK) {
-            sqlite3_bind_int64(q, 1, at);
-            sqlite3_bind_text(q, 2, cs->rows[s].rec.id, -1, SQLITE_STATIC);
+            sdb_bind_int64(q, 1, at);
+            sdb_bind_text(q, 2, cs->rows[s].rec.id, -1);
             st = cred_step_done(cs, q, "revoke credential");
         }
-        if (st == CRED_OK && sqlite3_changes(cs->db) != 1)
-            st = cred_fail(cs->path, CRED_ERR_IO, "revoke credential %s: row missing from the file",
+        int first = st == CRED_OK && sdb_changes(cs->db) == 1;
+        if (st == CRED_OK && !first)
+            st = cred_sql_revoked_at(cs, cs->rows[s].rec.id, &at);
+        if (st == CRED_OK && at <= 0)
+            st = cred_fail(cs->path, CRED_ERR_IO, "revoke credential %s: row not updated",
                            cs->rows[s].rec.id);
-        if (st == CRED_OK)
+        if (st == CRED_OK && first)
             st = cred_audit_tx(cs, at, CHN_CRED_REVOKED,
                                json_pack("{s:s, s:s}", "credential", cs->rows[s].rec.id, "role",
                                          cred_role_name(cs->rows[s].rec.role)));
+        if (st == CRED_OK && first)
+            st = cred_notify_tx(cs, cs->rows[s].rec.id);
         st = cred_tx_end(cs, st);
     }
     if (st == CRED_OK) {

@@ -1,7 +1,7 @@
 /*
- * cred: API credentials for the appliance's three roles (admin, signer, auditor), kept in
- * the registry's SQLite file and mirrored in memory so that authenticating a request
- * never touches SQLite.
+ * cred: API credentials for the appliance's roles (admin, signer, auditor, redeemer), kept
+ * in the appliance's database (sdb.h: the SQLite file, or the cluster's PostgreSQL) and
+ * mirrored in memory so that authenticating a request never touches the database.
  *
  * A secret is shown once, at creation: "sgd_" + 16 lowercase hex (the credential's id) +
  * "_" + 43 base64url characters (32 random bytes), CRED_SECRET_LEN characters in all. The
@@ -10,21 +10,25 @@
  * reaches the file, and every copy this module makes is wiped before it returns.
  *
  * What it owns:
- *  - its own SQLite connection to the file (WAL, synchronous=FULL, a busy_timeout, since
- *    the registry writes the same file through its own connection), used only by writers
- *    and only under the writer mutex. One table, `credentials` (created when missing),
- *    the allowed kids a comma-separated hex list in a column. PRAGMA user_version belongs
- *    to the registry and is never read or written here.
+ *  - its own connection (sdb_open), used only by writers, cred_refresh and only under the
+ *    writer mutex; every write transaction holds SDB_LOCK_CREDENTIALS. One table,
+ *    `credentials` (created when missing; on PostgreSQL under SDB_LOCK_SCHEMA, with a
+ *    schema_versions row 'credentials'), the allowed kids a comma-separated hex list in a
+ *    column. PRAGMA user_version belongs to the registry and is never read or written here.
  *  - an in-memory mirror of every row, ordered by (created_at, insertion), with a hash
  *    index id -> row and per-role counts of active credentials. Readers take a pthread
  *    rwlock for reading only.
  *
- * Locks, in this order: the writer mutex (SQLite and every change), then the mirror
+ * Locks, in this order: the writer mutex (the connection and every change), then the mirror
  * rwlock (writer-preferring; for writing only while a committed change is copied in, so
  * a stream of readers cannot starve a create or revoke). A write commits first
  * and changes the mirror after, so a reader never sees a change that is not durable.
  * Credentials are never deleted: revoked is final, and a revoked row keeps its first
  * revoked_at.
+ *
+ * Cluster mode (several nodes on one PostgreSQL): a create or revoke sends the note
+ * CRED_NOTIFY_CHANNEL (payload: the id) in its transaction; each node's watcher, on a note
+ * (or a resync), calls cred_refresh, which reloads the mirror from the database.
  *
  * Thread safety: every function but cred_open and cred_close may be called from any
  * number of threads at once. cred_close must run after every other caller has stopped.
@@ -58,6 +62,8 @@
 #define CRED_KIDS_MAX 64
 #define CRED_SUBJECT_MAX 256 /* bytes of a bound certificate subject, without the NUL */
 #define CRED_BUSY_TIMEOUT_MS 5000
+/* The change note of a create or revoke (sdb_notify; payload: the credential id). */
+#define CRED_NOTIFY_CHANNEL "signd_credentials"
 
 typedef enum {
     CRED_OK = 0,
@@ -65,7 +71,7 @@ typedef enum {
     CRED_ERR_UNKNOWN,   /* authentication failed: malformed, unknown id or wrong secret */
     CRED_ERR_REVOKED,   /* authentication with the right secret of a revoked credential */
     CRED_ERR_INVALID,   /* a caller error: bad role, label, kid list, max_ttl, argument */
-    CRED_ERR_IO,        /* SQLite or randomness failed, or a bad row: see cred_last_error() */
+    CRED_ERR_IO,        /* the database or randomness failed, or a bad row: cred_last_error() */
     CRED_ERR_COUNT_
 } cred_status;
 
@@ -121,15 +127,15 @@ int cred_role_parse(const char *s, cred_role *out);
 const char *cred_strerror(cred_status st);
 
 /* The message of the last CRED_ERR_IO (or CRED_ERR_INVALID from cred_open) returned to
- * the calling thread: names the file, the step and SQLite's message. "" if none. Each such
+ * the calling thread: names the database, the step and the backend's message. "" if none. Each such
  * failure is also written to stderr. Thread-local, so it works for a failed cred_open. */
 const char *cred_last_error(void);
 
-/* Opens (creating if absent, mode 0600, no symlink followed) the database file at
- * db_path, sets WAL / synchronous=FULL / busy_timeout, creates the credentials table when
- * missing and loads every row into memory. CRED_ERR_IO when the file is not SQLite or
- * holds a bad row; CRED_ERR_INVALID for a NULL, empty or over-long path or a NULL out.
- * *out is NULL on failure.
+/* Opens the database db_path (sdb_open: a SQLite file, created if absent, mode 0600, no
+ * symlink followed; or a postgresql:// URI), creates the credentials table when missing
+ * and loads every row into memory. CRED_ERR_IO when the file is not SQLite, the server
+ * cannot be reached, or a row is bad; CRED_ERR_INVALID for a NULL, empty or over-long path or a
+ * NULL out. *out is NULL on failure.
  *
  *   cred_store *cs;
  *   if (cred_open(path, &cs) != CRED_OK) ... cred_last_error() ...
@@ -138,6 +144,13 @@ cred_status cred_open(const char *db_path, cred_store **out);
 
 /* Closes the connection and frees the mirror. NULL is a no-op. */
 void cred_close(cred_store *cs);
+
+/* Reloads the mirror from the database: what other nodes created or revoked since. The
+ * new table replaces the old one at once under the mirror's write lock, so a reader sees
+ * one or the other; once it returns CRED_OK, a credential revoked anywhere before the call
+ * began fails cred_authenticate (CRED_ERR_REVOKED) here. On failure (CRED_ERR_IO) the old
+ * mirror stays. Safe beside every other call but cred_open/cred_close. */
+cred_status cred_refresh(cred_store *cs);
 
 /* Creates a credential, durably, and writes its secret (CRED_SECRET_LEN characters and a
  * NUL) to the caller's buffer: the only time it exists outside the caller. Signers need
@@ -179,7 +192,7 @@ size_t cred_count_active(cred_store *cs, cred_role role);
  * CRED_ERR_REVOKED (and *out filled) when it is exactly the secret of a revoked one;
  * CRED_ERR_UNKNOWN for everything else (malformed, unknown id, wrong secret), with
  * nothing to tell these apart. The hash compare is constant time; the request path: one
- * SHA-256, one hash probe under the read lock, no SQLite, no allocation by this module. */
+ * SHA-256, one hash probe under the read lock, no database, no allocation by this module. */
 cred_status cred_authenticate(cred_store *cs, const char *presented, size_t len, cred_record *out);
 
 /* 1 when rec is an active signer allowed to use kid (all_kids, or kid in its list), else
