@@ -2,7 +2,8 @@
 #include "appliance/store/tokstate.h"
 
 #include "appliance/store/chain.h"
-#include "appliance/store/db.h"
+#include "appliance/store/sdb.h"
+#include "appliance/store/sdb_impl.h" /* the chain bridge, see tks_audit_tx */
 #include "base/signkey.h"
 #include "jose/jose.h"
 #include "base/hex.h"
@@ -31,7 +32,7 @@
  * (token_ttl_max's bound), so they are reclaimable a year and a day after the upgrade. */
 #define TKS_EXPIRES_UNKNOWN (366 * 86400)
 
-static const char tks_schema_sql[] =
+static const char tks_schema_lite[] =
     "CREATE TABLE IF NOT EXISTS token_lists ("
     " list INTEGER PRIMARY KEY,"
     " reserved INTEGER NOT NULL,"
@@ -55,15 +56,53 @@ static const char tks_schema_sql[] =
     " id INTEGER PRIMARY KEY CHECK (id = 1),"
     " mac_key BLOB NOT NULL);";
 
+/* The same tables on PostgreSQL, shared by every node. The revocation seq comes from the
+ * counter row token_counters('revocation_seq'), raised under SDB_LOCK_TOKENS: no gap, no
+ * reuse, in commit order. */
+static const char tks_schema_pg[] =
+    "CREATE TABLE IF NOT EXISTS schema_versions (store TEXT PRIMARY KEY, version BIGINT NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS token_lists ("
+    " list BIGINT PRIMARY KEY,"
+    " reserved BIGINT NOT NULL,"
+    " expires BIGINT NOT NULL DEFAULT 0,"
+    " epoch BIGINT NOT NULL DEFAULT 0);"
+    "CREATE TABLE IF NOT EXISTS token_revocations ("
+    " seq BIGINT PRIMARY KEY,"
+    " list BIGINT NOT NULL,"
+    " idx BIGINT NOT NULL,"
+    " jti TEXT NOT NULL,"
+    " kid TEXT NOT NULL,"
+    " revoked_at BIGINT NOT NULL,"
+    " UNIQUE (list, idx));"
+    "CREATE TABLE IF NOT EXISTS token_redeemed ("
+    " jti TEXT PRIMARY KEY,"
+    " exp BIGINT NOT NULL,"
+    " redeemed_at BIGINT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS token_redeemed_exp ON token_redeemed (exp);"
+    "CREATE TABLE IF NOT EXISTS token_secret ("
+    " id BIGINT PRIMARY KEY CHECK (id = 1),"
+    " mac_key BYTEA NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS token_counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);"
+    "INSERT INTO token_counters (name, value) VALUES ('revocation_seq', 0)"
+    " ON CONFLICT (name) DO NOTHING;"
+    "INSERT INTO schema_versions (store, version) VALUES ('tokstate', 1)"
+    " ON CONFLICT (store) DO NOTHING;";
+
 typedef struct {
     uint8_t *bits;     /* TKS_LIST_BYTES */
-    uint32_t reserved; /* end of the last block reserved on disk */
+    uint32_t reserved; /* in the database: end of the last block any node reserved */
     uint64_t revoked;
     int64_t expires; /* on disk: every token handed out from the list expires by then */
     uint32_t epoch;  /* on disk: reclaims so far; in the MAC of the list's jtis */
 } tks_list;
 
 /* One redeem waiting for a group commit; lives on its caller's stack until done. */
+/* A block of status indexes this node hands out from memory: [next, end) of list, reserved
+ * in the database at the list's epoch. Empty when next == end. */
+typedef struct {
+    uint32_t list, next, end, epoch;
+} tks_block;
+
 typedef struct tks_waiter {
     const char *jti;
     const char *kid;
@@ -78,21 +117,23 @@ typedef struct tks_waiter {
 
 struct tks {
     char path[PATH_MAX];
-    sqlite3 *db;
+    sdb *db; /* write_mu */
     pthread_mutex_t assign_mu, write_mu, batch_mu;
     pthread_cond_t batch_cv;
     pthread_rwlock_t mirror_rw;
-    /* Mirror (mirror_rw). n_lists and a list's reserved change only under assign_mu too,
-     * so tks_assign reads them without the rwlock. */
+    /* Mirror (mirror_rw, changed only with write_mu held too): the database's lists and
+     * revocations, as of this node's last transaction on them or tks_refresh. */
     tks_list lists[TKS_LISTS_MAX];
     uint32_t n_lists;
     tks_revocation *revs; /* ordered by seq */
     size_t n_revs, cap_revs;
     atomic_uint_fast64_t generation;
-    uint32_t cur;      /* assign_mu: the list indexes are handed out from */
-    uint32_t next_idx; /* assign_mu: the next index of list cur */
-    /* assign_mu: a thread is writing the next block's reservation with assign_mu released
-     * (tks_assign reserves ahead); reserve_cv is broadcast when it is done. */
+    /* assign_mu: this node's own blocks, the one indexes are handed out from and the next,
+     * reserved ahead (tks_reserve_ahead). Other nodes have theirs: blocks are reserved in
+     * the database under SDB_LOCK_TOKENS, so no two overlap. */
+    tks_block blk, ahead;
+    /* assign_mu: a thread is reserving the next block with assign_mu released;
+     * reserve_cv is broadcast when it is done. */
     int reserving;
     pthread_cond_t reserve_cv;
     /* Group commit (batch_mu). */
@@ -148,20 +189,61 @@ static int tks_bit(const tks_list *l, uint32_t idx)
     return (l->bits[idx / 8u] >> (idx % 8u)) & 1u;
 }
 
+/* ---- store helpers ---------------------------------------------------------------------- */
+
+/* A store failure: err is "what: the backend's message". */
+static tks_status tks_fail_db(const tks *t, const char *err)
+{
+    return tks_fail(t->path, TKS_ERR_IO, "%s", err);
+}
+
+/* Begins a write transaction under SDB_LOCK_TOKENS: every node's token-state writers
+ * take turns. Caller holds write_mu. */
+static tks_status tks_begin(tks *t)
+{
+    char err[256];
+    return sdb_begin_write(t->db, SDB_LOCK_TOKENS, err, sizeof(err)) == SDB_OK
+               ? TKS_OK
+               : tks_fail_db(t, err);
+}
+
+/* Ends the transaction: COMMIT when st is TKS_OK, else ROLLBACK; returns the outcome. */
+static tks_status tks_end(tks *t, tks_status st)
+{
+    char err[256];
+    if (st != TKS_OK) {
+        sdb_rollback(t->db);
+        return st;
+    }
+    return sdb_commit(t->db, err, sizeof(err)) == SDB_OK ? TKS_OK : tks_fail_db(t, err);
+}
+
+/* Appends an audit event inside the open transaction. The chain (chain.h) still takes
+ * SQLite's handle: until it takes an sdb, events go through the connection's SQLite
+ * handle, and PostgreSQL has no chain yet. 0, or -1 with err filled. */
+static int tks_audit_tx(tks *t, int64_t time, const char *action, const char *kid, json_t *d,
+                        char *err, size_t errlen)
+{
+    if (sdb_kind_of(t->db) != SDB_SQLITE) {
+        snprintf(err, errlen, "audit: the chain has no PostgreSQL backend yet");
+        return -1;
+    }
+    return chn_append_tx(t->db->lite, time, action, kid, d, err, errlen);
+}
+
 /* ---- open and close --------------------------------------------------------------------- */
 
 /* A file from before reclaiming: token_lists gets expires and epoch, the old lists an
- * expiry no token of theirs can outlive. */
+ * expiry no token of theirs can outlive. SQLite only: PostgreSQL tables are born new. */
 static tks_status tks_migrate_lists(tks *t)
 {
     char err[256];
-    sqlite3_stmt *s = NULL;
-    if (sqlite3_prepare_v2(t->db, "SELECT expires, epoch FROM token_lists LIMIT 0", -1, &s, NULL) ==
-        SQLITE_OK) {
-        sqlite3_finalize(s);
+    sdb_stmt *s = NULL;
+    if (sdb_prepare(t->db, "SELECT expires, epoch FROM token_lists LIMIT 0", &s, "probe", err,
+                    sizeof(err)) == SDB_OK) {
+        sdb_finalize(s);
         return TKS_OK;
     }
-    sqlite3_finalize(s);
     char sql[256];
     snprintf(sql, sizeof(sql),
              "BEGIN IMMEDIATE;"
@@ -170,50 +252,32 @@ static tks_status tks_migrate_lists(tks *t)
              "UPDATE token_lists SET expires = %lld;"
              "COMMIT;",
              (long long)time(NULL) + TKS_EXPIRES_UNKNOWN);
-    if (db_exec(t->db, sql, "add expires and epoch to token_lists", err, sizeof(err)) != 0) {
-        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
-        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
+    if (sdb_exec(t->db, sql, "add expires and epoch to token_lists", err, sizeof(err)) != SDB_OK) {
+        sdb_rollback(t->db);
+        return tks_fail_db(t, err);
     }
     return TKS_OK;
 }
 
-static tks_status tks_load_lists(tks *t)
+/* Creates the tables when missing: SQLite as it always did (and its migration), PostgreSQL
+ * under SDB_LOCK_SCHEMA, since nodes starting at once race on CREATE TABLE IF NOT EXISTS. */
+static tks_status tks_schema(tks *t)
 {
     char err[256];
-    sqlite3_stmt *s;
-    if (db_prepare(t->db, "SELECT list, reserved, expires, epoch FROM token_lists ORDER BY list",
-                   &s, "read token_lists", err, sizeof(err)) != 0)
-        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
-    tks_status st = TKS_OK;
-    int rc;
-    while (st == TKS_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        sqlite3_int64 list = sqlite3_column_int64(s, 0), reserved = sqlite3_column_int64(s, 1);
-        /* Lists are opened in order and never deleted, so the rows are 0, 1, 2, ... */
-        if (list != (sqlite3_int64)t->n_lists || list >= TKS_LISTS_MAX || reserved <= 0 ||
-            reserved > TKS_LIST_SIZE || reserved % TKS_BLOCK != 0) {
-            st = tks_fail(t->path, TKS_ERR_IO, "token_lists row %lld (reserved %lld) is invalid",
-                          (long long)list, (long long)reserved);
-            break;
-        }
-        tks_list *l = &t->lists[t->n_lists];
-        l->bits = calloc(1, TKS_LIST_BYTES);
-        if (l->bits == NULL) {
-            st = tks_fail(t->path, TKS_ERR_IO, "out of memory");
-            break;
-        }
-        l->reserved = (uint32_t)reserved;
-        l->expires = sqlite3_column_int64(s, 2);
-        l->epoch = (uint32_t)sqlite3_column_int64(s, 3);
-        t->n_lists++;
+    if (sdb_kind_of(t->db) == SDB_SQLITE) {
+        if (sdb_exec(t->db, tks_schema_lite, "create tables", err, sizeof(err)) != SDB_OK ||
+            chn_schema(t->db->lite, err, sizeof(err)) != 0)
+            return tks_fail_db(t, err);
+        return tks_migrate_lists(t);
     }
-    if (st == TKS_OK && rc != SQLITE_DONE)
-        st = tks_fail(t->path, TKS_ERR_IO, "read token_lists: %s", sqlite3_errmsg(t->db));
-    sqlite3_finalize(s);
-    /* What was reserved but not handed out before the last stop is skipped: nobody knows
-     * how much of it was handed out. */
-    t->cur = t->n_lists > 0 ? t->n_lists - 1 : 0;
-    t->next_idx = t->n_lists > 0 ? t->lists[t->cur].reserved : 0;
-    return st;
+    if (sdb_begin_write(t->db, SDB_LOCK_SCHEMA, err, sizeof(err)) != SDB_OK)
+        return tks_fail_db(t, err);
+    if (sdb_exec(t->db, tks_schema_pg, "create tables", err, sizeof(err)) != SDB_OK ||
+        sdb_commit(t->db, err, sizeof(err)) != SDB_OK) {
+        sdb_rollback(t->db);
+        return tks_fail_db(t, err);
+    }
+    return TKS_OK;
 }
 
 static tks_status tks_push_rev(tks *t, const tks_revocation *r)
@@ -230,26 +294,72 @@ static tks_status tks_push_rev(tks *t, const tks_revocation *r)
     return TKS_OK;
 }
 
-static tks_status tks_load_revocations(tks *t)
+/* One row of token_lists as read by tks_sync_tx. */
+typedef struct {
+    uint32_t reserved, epoch;
+    int64_t expires;
+} tks_list_row;
+
+/* Reads token_lists into rows (TKS_LISTS_MAX of them); *n how many. Lists are opened in
+ * order and never deleted, so the rows are 0, 1, 2, ... */
+static tks_status tks_read_lists(tks *t, tks_list_row *rows, uint32_t *n)
 {
     char err[256];
-    sqlite3_stmt *s;
-    if (db_prepare(
-            t->db,
-            "SELECT seq, list, idx, jti, kid, revoked_at FROM token_revocations ORDER BY seq", &s,
-            "read token_revocations", err, sizeof(err)) != 0)
-        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
+    sdb_stmt *s;
+    if (sdb_prepare(t->db, "SELECT list, reserved, expires, epoch FROM token_lists ORDER BY list",
+                    &s, "read token_lists", err, sizeof(err)) != SDB_OK)
+        return tks_fail_db(t, err);
     tks_status st = TKS_OK;
-    int rc;
-    while (st == TKS_OK && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    sdb_status rc;
+    *n = 0;
+    while ((rc = sdb_step(s)) == SDB_ROW) {
+        int64_t list = sdb_column_int64(s, 0), reserved = sdb_column_int64(s, 1),
+                epoch = sdb_column_int64(s, 3);
+        if (list != (int64_t)*n || list >= TKS_LISTS_MAX || reserved <= 0 ||
+            reserved > TKS_LIST_SIZE || reserved % TKS_BLOCK != 0 || epoch < 0 ||
+            epoch > UINT32_MAX) {
+            st = tks_fail(t->path, TKS_ERR_IO, "token_lists row %lld (reserved %lld) is invalid",
+                          (long long)list, (long long)reserved);
+            break;
+        }
+        rows[*n].reserved = (uint32_t)reserved;
+        rows[*n].expires = sdb_column_int64(s, 2);
+        rows[*n].epoch = (uint32_t)epoch;
+        (*n)++;
+    }
+    if (st == TKS_OK && rc != SDB_DONE)
+        st = tks_fail(t->path, TKS_ERR_IO, "read token_lists: %s", sdb_stmt_error(s));
+    sdb_finalize(s);
+    return st;
+}
+
+/* Reads the token_revocations rows with seq > after, oldest first, into a malloc'd *out
+ * (*n of them), checked against the lists read in the same transaction. */
+static tks_status tks_read_revocations(tks *t, uint64_t after, const tks_list_row *lists,
+                                       uint32_t n_lists, tks_revocation **out, size_t *n)
+{
+    char err[256];
+    sdb_stmt *s;
+    *out = NULL;
+    *n = 0;
+    if (sdb_prepare(t->db,
+                    "SELECT seq, list, idx, jti, kid, revoked_at FROM token_revocations"
+                    " WHERE seq > ?1 ORDER BY seq",
+                    &s, "read token_revocations", err, sizeof(err)) != SDB_OK)
+        return tks_fail_db(t, err);
+    sdb_bind_int64(s, 1, (int64_t)after);
+    tks_status st = TKS_OK;
+    size_t cap = 0;
+    sdb_status rc;
+    while ((rc = sdb_step(s)) == SDB_ROW) {
         tks_revocation r = {0};
-        sqlite3_int64 seq = sqlite3_column_int64(s, 0), list = sqlite3_column_int64(s, 1),
-                      idx = sqlite3_column_int64(s, 2);
-        r.revoked_at = sqlite3_column_int64(s, 5);
-        int ok = seq > 0 && list >= 0 && list < (sqlite3_int64)t->n_lists && idx >= 0 &&
-                 idx < (sqlite3_int64)t->lists[list].reserved &&
-                 db_col_text(s, 3, r.jti, sizeof(r.jti)) == 0 && tks_jti_ok(r.jti) &&
-                 db_col_text(s, 4, r.kid, sizeof(r.kid)) == 0 &&
+        int64_t seq = sdb_column_int64(s, 0), list = sdb_column_int64(s, 1),
+                idx = sdb_column_int64(s, 2);
+        r.revoked_at = sdb_column_int64(s, 5);
+        int ok = seq > 0 && list >= 0 && list < (int64_t)n_lists && idx >= 0 &&
+                 idx < (int64_t)lists[list].reserved &&
+                 sdb_column_copy(s, 3, r.jti, sizeof(r.jti)) == 0 && tks_jti_ok(r.jti) &&
+                 sdb_column_copy(s, 4, r.kid, sizeof(r.kid)) == 0 &&
                  (r.kid[0] == '\0' || tks_kid_ok(r.kid));
         if (!ok) {
             st = tks_fail(t->path, TKS_ERR_IO, "token_revocations row %lld is invalid",
@@ -259,48 +369,177 @@ static tks_status tks_load_revocations(tks *t)
         r.seq = (uint64_t)seq;
         r.ix.list = (uint32_t)list;
         r.ix.idx = (uint32_t)idx;
-        tks_list *l = &t->lists[list];
-        l->bits[r.ix.idx / 8u] |= (uint8_t)(1u << (r.ix.idx % 8u));
-        l->revoked++;
-        st = tks_push_rev(t, &r);
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 64;
+            tks_revocation *g = realloc(*out, cap * sizeof(*g));
+            if (g == NULL) {
+                st = tks_fail(t->path, TKS_ERR_IO, "out of memory");
+                break;
+            }
+            *out = g;
+        }
+        (*out)[(*n)++] = r;
     }
-    if (st == TKS_OK && rc != SQLITE_DONE)
-        st = tks_fail(t->path, TKS_ERR_IO, "read token_revocations: %s", sqlite3_errmsg(t->db));
-    sqlite3_finalize(s);
+    if (st == TKS_OK && rc != SDB_DONE)
+        st = tks_fail(t->path, TKS_ERR_IO, "read token_revocations: %s", sdb_stmt_error(s));
+    sdb_finalize(s);
+    if (st != TKS_OK) {
+        free(*out);
+        *out = NULL;
+        *n = 0;
+    }
     return st;
 }
 
-/* Reads the jti MAC key, making it on first open (INSERT OR IGNORE, then read back: a
- * second process opening the same new file at once ends up with the same key). */
+static void tks_set_bit(tks_list *l, uint32_t idx)
+{
+    l->bits[idx / 8u] |= (uint8_t)(1u << (idx % 8u));
+    l->revoked++;
+}
+
+/* Brings the mirror up to the database: new lists, every list's reserved end, expiry and
+ * epoch, and the revocations it does not have yet (seq above its newest; seqs are handed
+ * out under SDB_LOCK_TOKENS, so in commit order and none is missed). A list whose epoch
+ * moved was reclaimed by another node: then every revocation is read again. Everything is
+ * read and checked first, so a bad row leaves the mirror as it was. Caller holds write_mu,
+ * inside a transaction (one consistent moment). *changed (may be NULL): whether a bit, a
+ * list or an epoch changed; the generation moves then. */
+static tks_status tks_sync_tx(tks *t, int *changed)
+{
+    tks_list_row *rows = malloc(TKS_LISTS_MAX * sizeof(*rows));
+    uint8_t *fresh[TKS_LISTS_MAX];
+    uint32_t n = 0, n_fresh = 0;
+    if (rows == NULL)
+        return tks_fail(t->path, TKS_ERR_IO, "out of memory");
+    tks_status st = tks_read_lists(t, rows, &n);
+    /* n_lists and the epochs change only under write_mu, which the caller holds. */
+    int full = t->n_lists == 0 || n < t->n_lists;
+    for (uint32_t i = 0; st == TKS_OK && i < n && i < t->n_lists; i++)
+        if (rows[i].epoch != t->lists[i].epoch)
+            full = 1;
+    for (uint32_t i = t->n_lists; st == TKS_OK && i < n; i++, n_fresh++)
+        if ((fresh[n_fresh] = calloc(1, TKS_LIST_BYTES)) == NULL)
+            st = tks_fail(t->path, TKS_ERR_IO, "out of memory");
+    if (st == TKS_OK && n < t->n_lists)
+        st = tks_fail(t->path, TKS_ERR_IO, "token_lists lost lists (%u, had %u)", n, t->n_lists);
+    tks_revocation *revs = NULL;
+    size_t n_revs = 0;
+    uint64_t after = full || t->n_revs == 0 ? 0 : t->revs[t->n_revs - 1].seq;
+    if (st == TKS_OK)
+        st = tks_read_revocations(t, after, rows, n, &revs, &n_revs);
+    if (st == TKS_OK && full && n_revs > t->cap_revs) {
+        tks_revocation *g = realloc(t->revs, n_revs * sizeof(*g));
+        if (g == NULL)
+            st = tks_fail(t->path, TKS_ERR_IO, "out of memory");
+        else {
+            t->revs = g;
+            t->cap_revs = n_revs;
+        }
+    }
+    if (st != TKS_OK) {
+        for (uint32_t i = 0; i < n_fresh; i++)
+            free(fresh[i]);
+        free(rows);
+        free(revs);
+        return st;
+    }
+
+    int moved = n != t->n_lists || n_revs > 0;
+    pthread_rwlock_wrlock(&t->mirror_rw);
+    for (uint32_t i = 0; i < n; i++) {
+        tks_list *l = &t->lists[i];
+        if (i >= t->n_lists)
+            l->bits = fresh[i - t->n_lists];
+        moved |= l->epoch != rows[i].epoch;
+        l->reserved = rows[i].reserved;
+        l->expires = rows[i].expires;
+        l->epoch = rows[i].epoch;
+        if (full) {
+            memset(l->bits, 0, TKS_LIST_BYTES);
+            l->revoked = 0;
+        }
+    }
+    t->n_lists = n;
+    if (full)
+        t->n_revs = 0;
+    for (size_t k = 0; k < n_revs; k++) {
+        tks_list *l = &t->lists[revs[k].ix.list];
+        if (!tks_bit(l, revs[k].ix.idx))
+            tks_set_bit(l, revs[k].ix.idx);
+        /* Durable already: should the array not grow, the bit is still set; only the event
+         * stream's replay misses the row until the next full read. */
+        (void)tks_push_rev(t, &revs[k]);
+    }
+    pthread_rwlock_unlock(&t->mirror_rw);
+    if (moved)
+        atomic_fetch_add(&t->generation, 1);
+    if (changed != NULL)
+        *changed = moved;
+    free(rows);
+    free(revs);
+    return TKS_OK;
+}
+
+/* Reads the jti MAC key, making it when there is none: INSERT ... ON CONFLICT DO NOTHING,
+ * then read back, in one transaction under SDB_LOCK_TOKENS. Of any number of processes or
+ * nodes opening a new database at once, one key is written and every one reads that one. */
 static tks_status tks_load_secret(tks *t)
 {
     char err[256];
     uint8_t fresh[TKS_MAC_KEY_LEN];
     if (RAND_bytes(fresh, sizeof(fresh)) != 1)
         return tks_fail(t->path, TKS_ERR_IO, "no randomness for the jti key");
-    sqlite3_stmt *s;
-    tks_status st = TKS_OK;
-    if (db_prepare(t->db, "INSERT OR IGNORE INTO token_secret (id, mac_key) VALUES (1, ?1)", &s,
-                   "write token_secret", err, sizeof(err)) != 0)
-        st = tks_fail(t->path, TKS_ERR_IO, "%s", err);
-    else {
-        sqlite3_bind_blob(s, 1, fresh, sizeof(fresh), SQLITE_TRANSIENT);
-        if (db_step_done(t->db, s, "write token_secret", err, sizeof(err)) != 0)
-            st = tks_fail(t->path, TKS_ERR_IO, "%s", err);
+    sdb_stmt *s = NULL;
+    tks_status st = tks_begin(t);
+    if (st == TKS_OK) {
+        if (sdb_prepare(t->db,
+                        "INSERT INTO token_secret (id, mac_key) VALUES (1, ?1)"
+                        " ON CONFLICT (id) DO NOTHING",
+                        &s, "write token_secret", err, sizeof(err)) != SDB_OK)
+            st = tks_fail_db(t, err);
+        else {
+            sdb_bind_blob(s, 1, fresh, sizeof(fresh));
+            if (sdb_step_done(s, "write token_secret", err, sizeof(err)) != SDB_OK)
+                st = tks_fail_db(t, err);
+        }
     }
     OPENSSL_cleanse(fresh, sizeof(fresh));
-    if (st != TKS_OK)
-        return st;
-    if (db_prepare(t->db, "SELECT mac_key FROM token_secret WHERE id = 1", &s, "read token_secret",
-                   err, sizeof(err)) != 0)
-        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
-    if (sqlite3_step(s) != SQLITE_ROW || sqlite3_column_bytes(s, 0) != TKS_MAC_KEY_LEN)
-        st =
-            tks_fail(t->path, TKS_ERR_IO, "token_secret holds no key of %d bytes", TKS_MAC_KEY_LEN);
-    else
-        memcpy(t->mac_key, sqlite3_column_blob(s, 0), TKS_MAC_KEY_LEN);
-    sqlite3_finalize(s);
+    if (st == TKS_OK) {
+        if (sdb_prepare(t->db, "SELECT mac_key FROM token_secret WHERE id = 1", &s,
+                        "read token_secret", err, sizeof(err)) != SDB_OK)
+            st = tks_fail_db(t, err);
+        else {
+            if (sdb_step(s) != SDB_ROW || sdb_column_bytes(s, 0) != TKS_MAC_KEY_LEN ||
+                sdb_column_blob(s, 0) == NULL)
+                st = tks_fail(t->path, TKS_ERR_IO, "token_secret holds no key of %d bytes",
+                              TKS_MAC_KEY_LEN);
+            else
+                memcpy(t->mac_key, sdb_column_blob(s, 0), TKS_MAC_KEY_LEN);
+            sdb_finalize(s);
+        }
+    }
+    if (st == TKS_OK || sdb_in_transaction(t->db))
+        st = tks_end(t, st);
     return st;
+}
+
+/* The first load: one read transaction. */
+static tks_status tks_load(tks *t)
+{
+    char err[256];
+    if (sdb_begin_read(t->db, err, sizeof(err)) != SDB_OK)
+        return tks_fail_db(t, err);
+    tks_status st = tks_sync_tx(t, NULL);
+    if (st != TKS_OK) {
+        sdb_rollback(t->db);
+        return st;
+    }
+    if (sdb_commit(t->db, err, sizeof(err)) != SDB_OK)
+        return tks_fail_db(t, err);
+    /* What was reserved but not handed out before the last stop is skipped: nobody knows
+     * how much of it was handed out. The next block comes from the last list first. */
+    t->blk.list = t->ahead.list = t->n_lists > 0 ? t->n_lists - 1 : 0;
+    return TKS_OK;
 }
 
 tks_status tks_open(const char *path, tks **out)
@@ -324,18 +563,14 @@ tks_status tks_open(const char *path, tks **out)
 
     char err[256];
     tks_status st = TKS_OK;
-    if (db_open(path, TKS_BUSY_TIMEOUT_MS, &t->db, err, sizeof(err)) != 0 ||
-        db_exec(t->db, tks_schema_sql, "create tables", err, sizeof(err)) != 0 ||
-        chn_schema(t->db, err, sizeof(err)) != 0)
+    if (sdb_open(path, SDB_OPEN_CREATE, TKS_BUSY_TIMEOUT_MS, &t->db, err, sizeof(err)) != SDB_OK)
         st = tks_fail(path, TKS_ERR_IO, "%s", err);
     if (st == TKS_OK)
-        st = tks_migrate_lists(t);
+        st = tks_schema(t);
     if (st == TKS_OK)
         st = tks_load_secret(t);
     if (st == TKS_OK)
-        st = tks_load_lists(t);
-    if (st == TKS_OK)
-        st = tks_load_revocations(t);
+        st = tks_load(t);
     if (st != TKS_OK) {
         tks_close(t);
         return st;
@@ -348,7 +583,7 @@ void tks_close(tks *t)
 {
     if (t == NULL)
         return;
-    sqlite3_close(t->db); /* NULL is a no-op */
+    sdb_close(t->db); /* NULL is a no-op */
     for (uint32_t i = 0; i < t->n_lists; i++)
         free(t->lists[i].bits);
     free(t->revs);
@@ -362,157 +597,240 @@ void tks_close(tks *t)
     free(t);
 }
 
-/* ---- status indexes --------------------------------------------------------------------- */
-
-/* Makes [0, end) of list reserved on disk, every token from it expiring by expires (one
- * autocommit statement: fsynced). Both only grow (max): a reservation written ahead with
- * assign_mu released and an expiry written meanwhile cannot undo each other. */
-static tks_status tks_write_reserved(tks *t, uint32_t list, uint32_t end, int64_t expires)
+tks_status tks_refresh(tks *t)
 {
     char err[256];
-    sqlite3_stmt *s;
     pthread_mutex_lock(&t->write_mu);
-    int rc = db_prepare(t->db,
-                        "INSERT INTO token_lists (list, reserved, expires) VALUES (?1, ?2, ?3) "
-                        "ON CONFLICT (list) DO UPDATE SET"
-                        " reserved = max(reserved, excluded.reserved),"
-                        " expires = max(expires, excluded.expires)",
-                        &s, "reserve status indexes", err, sizeof(err));
-    if (rc == 0) {
-        sqlite3_bind_int64(s, 1, list);
-        sqlite3_bind_int64(s, 2, end);
-        sqlite3_bind_int64(s, 3, expires);
-        rc = db_step_done(t->db, s, "reserve status indexes", err, sizeof(err));
+    tks_status st = TKS_OK;
+    if (sdb_begin_read(t->db, err, sizeof(err)) != SDB_OK)
+        st = tks_fail_db(t, err);
+    if (st == TKS_OK) {
+        st = tks_sync_tx(t, NULL);
+        if (st != TKS_OK)
+            sdb_rollback(t->db);
+        else if (sdb_commit(t->db, err, sizeof(err)) != SDB_OK)
+            st = tks_fail_db(t, err);
     }
     pthread_mutex_unlock(&t->write_mu);
-    return rc == 0 ? TKS_OK : tks_fail(t->path, TKS_ERR_IO, "%s", err);
+    return st;
 }
 
-/* Called with assign_mu held, right after an index was handed out: once half of the last
- * list's reserved block is gone, writes the next block's end with assign_mu released, so
- * the fsync stalls only the calling mint, not every other one (they keep handing out the
- * rest of the block). A failure is left to the next crossing, or to tks_assign's own
- * reservation when the block runs out. */
-static void tks_reserve_ahead(tks *t)
+/* ---- status indexes --------------------------------------------------------------------- */
+
+/* Runs one statement with integer parameters inside the open transaction. */
+static tks_status tks_exec_ints(tks *t, const char *sql, const char *what, int n, const int64_t *v)
 {
-    uint32_t list = t->cur, reserved = t->lists[list].reserved;
-    if (t->reserving || reserved >= TKS_LIST_SIZE || reserved - t->next_idx > TKS_BLOCK / 2)
-        return;
-    t->reserving = 1;
-    int64_t expires = t->lists[list].expires; /* changes only under assign_mu, with no
-                                                 reservation running */
-    pthread_mutex_unlock(&t->assign_mu);
-    tks_status st = tks_write_reserved(t, list, reserved + TKS_BLOCK, expires);
-    pthread_mutex_lock(&t->assign_mu);
+    char err[256];
+    sdb_stmt *s;
+    if (sdb_prepare(t->db, sql, &s, what, err, sizeof(err)) != SDB_OK)
+        return tks_fail_db(t, err);
+    for (int i = 0; i < n; i++)
+        sdb_bind_int64(s, i + 1, v[i]);
+    return sdb_step_done(s, what, err, sizeof(err)) == SDB_OK ? TKS_OK : tks_fail_db(t, err);
+}
+
+/* Reserves this node's next block, in one transaction under SDB_LOCK_TOKENS that reads the
+ * lists as the database holds them (tks_sync_tx), so no index is handed out twice by any
+ * two nodes. Where from, in this order: the list prefer, while it has room; the first list
+ * with room; a new list; once TKS_LISTS_MAX exist, the first list whose every token expired
+ * more than TKS_RECLAIM_SLACK before now, reclaimed: its revocations deleted, its epoch
+ * (in its jtis' MAC) moved on, one block reserved. Every token from the block expires by
+ * expires (the list's expiry only grows). TKS_ERR_FULL when no list has room or is
+ * reclaimable. Caller holds neither lock but may hold assign_mu. */
+static tks_status tks_reserve(tks *t, uint32_t prefer, int64_t now, int64_t expires, tks_block *b)
+{
+    uint8_t *bits = calloc(1, TKS_LIST_BYTES); /* for a new list; before, not after, the commit */
+    if (bits == NULL)
+        return tks_fail(t->path, TKS_ERR_IO, "out of memory");
+    pthread_mutex_lock(&t->write_mu);
+    tks_status st = tks_begin(t);
+    if (st == TKS_OK)
+        st = tks_sync_tx(t, NULL);
+    enum { TKS_GROW, TKS_NEW, TKS_RECLAIM } how = TKS_GROW;
+    uint32_t list = 0, n = t->n_lists;
+    if (st == TKS_OK) {
+        if (prefer < n && t->lists[prefer].reserved < TKS_LIST_SIZE) {
+            list = prefer;
+        } else {
+            list = n;
+            for (uint32_t i = 0; i < n && list == n; i++)
+                if (t->lists[i].reserved < TKS_LIST_SIZE)
+                    list = i;
+            if (list == n && n < TKS_LISTS_MAX) {
+                how = TKS_NEW;
+            } else if (list == n) {
+                how = TKS_RECLAIM;
+                st = TKS_ERR_FULL;
+                for (uint32_t i = 0; i < n && st == TKS_ERR_FULL; i++)
+                    if (t->lists[i].expires + TKS_RECLAIM_SLACK < now) {
+                        list = i;
+                        st = TKS_OK;
+                    }
+            }
+        }
+    }
+    int64_t e = 0;
+    if (st == TKS_OK) {
+        tks_list *l = &t->lists[list];
+        e = how == TKS_GROW && l->expires > expires ? l->expires : expires;
+        b->list = list;
+        uint32_t start = how == TKS_GROW ? l->reserved : 0;
+        b->next = start;
+        b->end = start + TKS_BLOCK;
+        b->epoch = how == TKS_GROW ? l->epoch : how == TKS_NEW ? 0 : l->epoch + 1;
+        if (how == TKS_GROW) {
+            int64_t v[3] = {b->end, e, list};
+            st = tks_exec_ints(t,
+                               "UPDATE token_lists SET reserved = ?1, expires = ?2 WHERE list = ?3",
+                               "reserve status indexes", 3, v);
+        } else if (how == TKS_NEW) {
+            int64_t v[3] = {list, b->end, e};
+            st = tks_exec_ints(t,
+                               "INSERT INTO token_lists (list, reserved, expires, epoch)"
+                               " VALUES (?1, ?2, ?3, 0)",
+                               "open a status list", 3, v);
+        } else {
+            int64_t v1[1] = {list}, v3[3] = {b->end, e, list};
+            st = tks_exec_ints(t, "DELETE FROM token_revocations WHERE list = ?1",
+                               "reclaim a status list", 1, v1);
+            if (st == TKS_OK)
+                st = tks_exec_ints(t,
+                                   "UPDATE token_lists SET reserved = ?1, expires = ?2,"
+                                   " epoch = epoch + 1 WHERE list = ?3",
+                                   "reclaim a status list", 3, v3);
+        }
+    }
+    if (sdb_in_transaction(t->db))
+        st = tks_end(t, st);
     if (st == TKS_OK) {
         pthread_rwlock_wrlock(&t->mirror_rw);
-        t->lists[list].reserved = reserved + TKS_BLOCK;
+        tks_list *l = &t->lists[list];
+        if (how == TKS_NEW) {
+            l->bits = bits;
+            bits = NULL;
+            l->epoch = 0;
+            l->revoked = 0;
+            t->n_lists = list + 1;
+        } else if (how == TKS_RECLAIM) {
+            memset(l->bits, 0, TKS_LIST_BYTES);
+            l->revoked = 0;
+            l->epoch++;
+            size_t keep = 0;
+            for (size_t k = 0; k < t->n_revs; k++)
+                if (t->revs[k].ix.list != list)
+                    t->revs[keep++] = t->revs[k];
+            t->n_revs = keep;
+        }
+        l->reserved = b->end;
+        l->expires = e;
         pthread_rwlock_unlock(&t->mirror_rw);
+        if (how != TKS_GROW) /* a list appeared, or its bits were cleared */
+            atomic_fetch_add(&t->generation, 1);
     }
-    t->reserving = 0;
-    pthread_cond_broadcast(&t->reserve_cv);
+    pthread_mutex_unlock(&t->write_mu);
+    free(bits);
+    return st;
 }
 
-/* Reclaims list i, every token of which has expired: in one transaction its revocations
- * go and it starts again at epoch + 1 with one block reserved, expiring by expires; then
- * the mirror. The epoch is in the MAC of its jtis (tks_jti_make), so an old token's jti no
- * longer names the index a new token holds. Caller holds assign_mu, no reservation runs. */
-static tks_status tks_reclaim(tks *t, uint32_t i, int64_t expires)
+/* Raises the expiry of the block's list to expires, durably, before an index goes to a
+ * token expiring after what the list recorded (so the list is not reclaimed under it).
+ * Only at the block's epoch: TKS_ERR_NOT_FOUND when another node reclaimed the list since
+ * this node reserved the block (its tokens had all expired; the block is void). */
+static tks_status tks_write_expires(tks *t, const tks_block *b, int64_t expires)
 {
-    char err[256], sql[256];
-    snprintf(sql, sizeof(sql),
-             "BEGIN IMMEDIATE;"
-             "DELETE FROM token_revocations WHERE list = %u;"
-             "UPDATE token_lists SET reserved = %u, expires = %lld, epoch = epoch + 1"
-             " WHERE list = %u;"
-             "COMMIT;",
-             i, TKS_BLOCK, (long long)expires, i);
     pthread_mutex_lock(&t->write_mu);
-    int rc = db_exec(t->db, sql, "reclaim a status list", err, sizeof(err));
-    if (rc != 0)
-        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
+    tks_status st = tks_begin(t);
+    if (st == TKS_OK) {
+        int64_t v[3] = {expires, b->list, b->epoch};
+        st = tks_exec_ints(t,
+                           "UPDATE token_lists SET expires = CASE WHEN expires < ?1 THEN ?1"
+                           " ELSE expires END WHERE list = ?2 AND epoch = ?3",
+                           "record a status list's expiry", 3, v);
+        if (st == TKS_OK && sdb_changes(t->db) != 1)
+            st = TKS_ERR_NOT_FOUND;
+        st = tks_end(t, st);
+    }
+    if (st == TKS_OK) {
+        pthread_rwlock_wrlock(&t->mirror_rw);
+        if (t->lists[b->list].expires < expires)
+            t->lists[b->list].expires = expires;
+        pthread_rwlock_unlock(&t->mirror_rw);
+    }
     pthread_mutex_unlock(&t->write_mu);
-    if (rc != 0)
-        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
-    pthread_rwlock_wrlock(&t->mirror_rw);
-    tks_list *l = &t->lists[i];
-    memset(l->bits, 0, TKS_LIST_BYTES);
-    l->revoked = 0;
-    l->reserved = TKS_BLOCK;
-    l->expires = expires;
-    l->epoch++;
-    size_t keep = 0;
-    for (size_t k = 0; k < t->n_revs; k++)
-        if (t->revs[k].ix.list != i)
-            t->revs[keep++] = t->revs[k];
-    t->n_revs = keep;
-    t->cur = i;
-    t->next_idx = 0;
-    atomic_fetch_add(&t->generation, 1);
+    return st;
+}
+
+/* Called with assign_mu held, right after an index was handed out: once half of the block
+ * is gone, reserves the next one with assign_mu released, so the commit stalls only the
+ * calling mint, not every other one (they keep handing out the rest of the block). A
+ * failure is left to the next crossing, or to tks_assign's own reservation when the block
+ * runs out. */
+static void tks_reserve_ahead(tks *t, int64_t now)
+{
+    tks_block *b = &t->blk;
+    if (t->reserving || t->ahead.next < t->ahead.end || b->end - b->next > TKS_BLOCK / 2)
+        return;
+    t->reserving = 1;
+    uint32_t prefer = b->list;
+    pthread_rwlock_rdlock(&t->mirror_rw);
+    int64_t expires = t->lists[prefer].expires;
     pthread_rwlock_unlock(&t->mirror_rw);
-    return TKS_OK;
+    pthread_mutex_unlock(&t->assign_mu);
+    tks_block next;
+    tks_status st = tks_reserve(t, prefer, now, expires, &next);
+    pthread_mutex_lock(&t->assign_mu);
+    if (st == TKS_OK)
+        t->ahead = next;
+    t->reserving = 0;
+    pthread_cond_broadcast(&t->reserve_cv);
 }
 
 tks_status tks_assign(tks *t, int64_t now, int64_t exp, tks_index *out)
 {
     pthread_mutex_lock(&t->assign_mu);
     tks_status st = TKS_OK;
-    uint32_t n = t->n_lists;
-    /* The block ran out while its successor is being written: wait for that write. */
-    while (t->reserving && n > 0 && t->next_idx >= t->lists[t->cur].reserved) {
-        pthread_cond_wait(&t->reserve_cv, &t->assign_mu);
-        n = t->n_lists;
-    }
     int64_t expires = exp + TKS_EXPIRES_STEP;
-    if (n == 0 || t->next_idx >= t->lists[t->cur].reserved) {
-        int fresh = n == 0 || t->lists[t->cur].reserved >= TKS_LIST_SIZE;
-        uint32_t list = fresh ? n : t->cur;
-        uint32_t end = fresh ? TKS_BLOCK : t->lists[list].reserved + TKS_BLOCK;
-        uint8_t *bits = NULL;
-        if (fresh && list >= TKS_LISTS_MAX) {
-            /* Every list exists: reuse the first whose tokens have all expired. */
-            st = TKS_ERR_FULL;
-            for (uint32_t i = 0; i < n && st == TKS_ERR_FULL; i++)
-                if (t->lists[i].expires + TKS_RECLAIM_SLACK < now)
-                    st = tks_reclaim(t, i, expires);
-            fresh = 0;
-        } else if (fresh && (bits = calloc(1, TKS_LIST_BYTES)) == NULL) {
-            st = tks_fail(t->path, TKS_ERR_IO, "out of memory");
-        } else {
-            int64_t e =
-                fresh || t->lists[list].expires < expires ? expires : t->lists[list].expires;
-            st = tks_write_reserved(t, list, end, e);
-            if (st == TKS_OK) {
-                pthread_rwlock_wrlock(&t->mirror_rw);
-                if (fresh) {
-                    t->lists[list].bits = bits;
-                    t->lists[list].epoch = 0;
-                    t->n_lists = list + 1;
-                    t->cur = list;
-                    t->next_idx = 0;
-                    bits = NULL;
-                }
-                t->lists[list].reserved = end;
-                t->lists[list].expires = e;
-                pthread_rwlock_unlock(&t->mirror_rw);
+    for (int tries = 0;; tries++) {
+        /* The block ran out while its successor is being reserved: wait for that. */
+        while (t->reserving && t->blk.next >= t->blk.end && t->ahead.next >= t->ahead.end)
+            pthread_cond_wait(&t->reserve_cv, &t->assign_mu);
+        if (t->blk.next >= t->blk.end) {
+            if (t->ahead.next < t->ahead.end) {
+                t->blk = t->ahead;
+                t->ahead.next = t->ahead.end;
+            } else {
+                tks_block b;
+                st = tks_reserve(t, t->blk.list, now, expires, &b);
+                if (st != TKS_OK)
+                    break;
+                t->blk = b;
             }
         }
-        free(bits);
+        /* The list must not be reclaimed before this token expires: its expiry in the
+         * database covers exp before the index is handed out. */
+        pthread_rwlock_rdlock(&t->mirror_rw);
+        int64_t recorded = t->lists[t->blk.list].expires;
+        uint32_t epoch = t->lists[t->blk.list].epoch;
+        pthread_rwlock_unlock(&t->mirror_rw);
+        if (exp <= recorded && epoch == t->blk.epoch)
+            break;
+        st = tks_write_expires(t, &t->blk, expires);
+        if (st != TKS_ERR_NOT_FOUND || tries >= 2)
+            break;
+        /* Another node reclaimed the list under this block: drop it (and what was
+         * reserved ahead in the same list) and reserve anew. */
+        if (t->ahead.list == t->blk.list)
+            t->ahead.next = t->ahead.end;
+        t->blk.next = t->blk.end;
+        st = TKS_OK;
     }
-    /* The list must not be reclaimed before this token expires: its expiry on disk covers
-     * exp before the index is handed out. */
-    if (st == TKS_OK && exp > t->lists[t->cur].expires) {
-        st = tks_write_reserved(t, t->cur, t->lists[t->cur].reserved, expires);
-        if (st == TKS_OK) {
-            pthread_rwlock_wrlock(&t->mirror_rw);
-            t->lists[t->cur].expires = expires;
-            pthread_rwlock_unlock(&t->mirror_rw);
-        }
-    }
+    if (st == TKS_ERR_NOT_FOUND)
+        st =
+            tks_fail(t->path, TKS_ERR_IO, "status list %u was reclaimed while in use", t->blk.list);
     if (st == TKS_OK) {
-        out->list = t->cur;
-        out->idx = t->next_idx++;
-        tks_reserve_ahead(t);
+        out->list = t->blk.list;
+        out->idx = t->blk.next++;
+        tks_reserve_ahead(t, now);
     }
     pthread_mutex_unlock(&t->assign_mu);
     return st;
@@ -538,42 +856,72 @@ static void tks_find_rev(const tks *t, tks_index ix, tks_revocation *out)
     }
 }
 
-/* One transaction: the row and its audit event. */
-static tks_status tks_revoke_tx(tks *t, const tks_revocation *r, uint64_t *seq)
+/* Inside the revoke transaction: the row, its seq (SQLite: AUTOINCREMENT; PostgreSQL: the
+ * counter row, under SDB_LOCK_TOKENS), its audit event and the note to the other nodes. */
+static tks_status tks_revoke_rows(tks *t, tks_revocation *r)
 {
     char err[256];
-    sqlite3_stmt *s = NULL;
-    if (db_exec(t->db, "BEGIN IMMEDIATE", "begin", err, sizeof(err)) != 0)
-        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
-    int rc = db_prepare(t->db,
-                        "INSERT INTO token_revocations (list, idx, jti, kid, revoked_at) "
-                        "VALUES (?1, ?2, ?3, ?4, ?5)",
-                        &s, "insert token revocation", err, sizeof(err));
-    if (rc == 0) {
-        sqlite3_bind_int64(s, 1, r->ix.list);
-        sqlite3_bind_int64(s, 2, r->ix.idx);
-        sqlite3_bind_text(s, 3, r->jti, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 4, r->kid, -1, SQLITE_STATIC);
-        sqlite3_bind_int64(s, 5, r->revoked_at);
-        rc = db_step_done(t->db, s, "insert token revocation", err, sizeof(err));
+    sdb_stmt *s = NULL;
+    int pg = sdb_kind_of(t->db) == SDB_POSTGRES;
+    int64_t seq = 0;
+    sdb_status rc = SDB_OK;
+    if (pg) {
+        rc = sdb_prepare(t->db,
+                         "UPDATE token_counters SET value = value + 1"
+                         " WHERE name = 'revocation_seq' RETURNING value",
+                         &s, "next token revocation seq", err, sizeof(err));
+        if (rc == SDB_OK) {
+            if (sdb_step(s) == SDB_ROW)
+                seq = sdb_column_int64(s, 0);
+            else
+                snprintf(err, sizeof(err), "next token revocation seq: %s", sdb_stmt_error(s));
+            sdb_finalize(s);
+            if (seq <= 0)
+                rc = SDB_ERR;
+        }
     }
-    if (rc == 0) {
-        *seq = (uint64_t)sqlite3_last_insert_rowid(t->db);
-        json_t *d = json_pack("{s:s, s:I, s:I, s:I}", "jti", r->jti, "list", (json_int_t)r->ix.list,
-                              "idx", (json_int_t)r->ix.idx, "token_seq", (json_int_t)*seq);
-        rc = d == NULL ? -1
-                       : chn_append_tx(t->db, r->revoked_at, "token.revoked",
-                                       r->kid[0] ? r->kid : NULL, d, err, sizeof(err));
-        if (d == NULL)
-            snprintf(err, sizeof(err), "out of memory");
-        json_decref(d);
+    if (rc == SDB_OK)
+        rc = sdb_prepare(t->db,
+                         pg ? "INSERT INTO token_revocations (list, idx, jti, kid, revoked_at, seq)"
+                              " VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING seq"
+                            : "INSERT INTO token_revocations (list, idx, jti, kid, revoked_at)"
+                              " VALUES (?1, ?2, ?3, ?4, ?5) RETURNING seq",
+                         &s, "insert token revocation", err, sizeof(err));
+    if (rc == SDB_OK) {
+        sdb_bind_int64(s, 1, r->ix.list);
+        sdb_bind_int64(s, 2, r->ix.idx);
+        sdb_bind_text(s, 3, r->jti, -1);
+        sdb_bind_text(s, 4, r->kid, -1);
+        sdb_bind_int64(s, 5, r->revoked_at);
+        if (pg)
+            sdb_bind_int64(s, 6, seq);
+        if (sdb_step(s) == SDB_ROW) {
+            seq = sdb_column_int64(s, 0);
+            rc = sdb_step(s) == SDB_DONE && seq > 0 ? SDB_OK : SDB_ERR;
+        } else {
+            rc = SDB_ERR;
+        }
+        if (rc != SDB_OK)
+            snprintf(err, sizeof(err), "insert token revocation: %s", sdb_stmt_error(s));
+        sdb_finalize(s);
     }
-    if (rc == 0)
-        rc = db_exec(t->db, "COMMIT", "commit", err, sizeof(err));
-    if (rc != 0) {
-        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
-        return tks_fail(t->path, TKS_ERR_IO, "%s", err);
-    }
+    if (rc != SDB_OK)
+        return tks_fail_db(t, err);
+    r->seq = (uint64_t)seq;
+    json_t *d = json_pack("{s:s, s:I, s:I, s:I}", "jti", r->jti, "list", (json_int_t)r->ix.list,
+                          "idx", (json_int_t)r->ix.idx, "token_seq", (json_int_t)seq);
+    int arc = d == NULL ? -1
+                        : tks_audit_tx(t, r->revoked_at, "token.revoked", r->kid[0] ? r->kid : NULL,
+                                       d, err, sizeof(err));
+    if (d == NULL)
+        snprintf(err, sizeof(err), "out of memory");
+    json_decref(d);
+    if (arc != 0)
+        return tks_fail_db(t, err);
+    char note[32];
+    snprintf(note, sizeof(note), "%u/%u", r->ix.list, r->ix.idx);
+    if (sdb_notify(t->db, TKS_NOTIFY_CHANNEL, note, err, sizeof(err)) != SDB_OK)
+        return tks_fail_db(t, err);
     return TKS_OK;
 }
 
@@ -586,24 +934,31 @@ tks_status tks_revoke(tks *t, tks_index ix, const char *jti, const char *kid_hex
     snprintf(r.jti, sizeof(r.jti), "%s", jti);
     snprintf(r.kid, sizeof(r.kid), "%s", kid_hex ? kid_hex : "");
 
-    /* Every revocation holds write_mu from its check to its mirror update, so what it
-     * reads here cannot change before it commits. */
+    /* Every revocation holds write_mu from its check to its mirror update, and the check
+     * runs inside the transaction under SDB_LOCK_TOKENS after the mirror was brought up
+     * to the database (another node's reservations and revocations included): what it
+     * reads cannot change before it commits, on this node or any other. */
     pthread_mutex_lock(&t->write_mu);
-    pthread_rwlock_rdlock(&t->mirror_rw);
-    tks_status st = tks_issued(t, ix);
-    if (st == TKS_OK && tks_bit(&t->lists[ix.list], ix.idx)) {
-        st = TKS_ERR_REVOKED;
-        if (out != NULL)
-            tks_find_rev(t, ix, out);
-    }
-    pthread_rwlock_unlock(&t->mirror_rw);
+    tks_status st = tks_begin(t);
     if (st == TKS_OK)
-        st = tks_revoke_tx(t, &r, &r.seq);
+        st = tks_sync_tx(t, NULL);
+    if (st == TKS_OK) {
+        pthread_rwlock_rdlock(&t->mirror_rw);
+        st = tks_issued(t, ix);
+        if (st == TKS_OK && tks_bit(&t->lists[ix.list], ix.idx)) {
+            st = TKS_ERR_REVOKED;
+            if (out != NULL)
+                tks_find_rev(t, ix, out);
+        }
+        pthread_rwlock_unlock(&t->mirror_rw);
+    }
+    if (st == TKS_OK)
+        st = tks_revoke_rows(t, &r);
+    if (sdb_in_transaction(t->db))
+        st = tks_end(t, st);
     if (st == TKS_OK) {
         pthread_rwlock_wrlock(&t->mirror_rw);
-        tks_list *l = &t->lists[ix.list];
-        l->bits[ix.idx / 8u] |= (uint8_t)(1u << (ix.idx % 8u));
-        l->revoked++;
+        tks_set_bit(&t->lists[ix.list], ix.idx);
         /* Durable already: should the array not grow, the bit is still set and the row is
          * loaded at the next start; only the event stream's replay misses it until then. */
         (void)tks_push_rev(t, &r);
@@ -693,37 +1048,40 @@ size_t tks_revocations_after(tks *t, uint64_t after, tks_revocation *out, size_t
 /* Under write_mu, inside the open transaction. */
 static int tks_prune_tx(tks *t, int64_t now, uint64_t *deleted, char *err, size_t errlen)
 {
-    sqlite3_stmt *s;
-    if (db_prepare(t->db, "DELETE FROM token_redeemed WHERE exp < ?1", &s, "prune redeemed", err,
-                   errlen) != 0)
+    sdb_stmt *s;
+    if (sdb_prepare(t->db, "DELETE FROM token_redeemed WHERE exp < ?1", &s, "prune redeemed", err,
+                    errlen) != SDB_OK)
         return -1;
-    sqlite3_bind_int64(s, 1, now - TKS_PRUNE_SLACK);
-    if (db_step_done(t->db, s, "prune redeemed", err, errlen) != 0)
+    sdb_bind_int64(s, 1, now - TKS_PRUNE_SLACK);
+    if (sdb_step_done(s, "prune redeemed", err, errlen) != SDB_OK)
         return -1;
     if (deleted != NULL)
-        *deleted = (uint64_t)sqlite3_changes(t->db);
+        *deleted = (uint64_t)sdb_changes(t->db);
     t->last_prune = now;
     return 0;
 }
 
 /* Under write_mu, inside the open transaction: one waiter's row, and its event when it is
  * the first redemption. 0, or -1 with err filled. */
-static int tks_redeem_one(tks *t, sqlite3_stmt *ins, tks_waiter *w, char *err, size_t errlen)
+static int tks_redeem_one(tks *t, sdb_stmt *ins, tks_waiter *w, char *err, size_t errlen)
 {
-    sqlite3_reset(ins);
-    sqlite3_bind_text(ins, 1, w->row_key, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(ins, 2, w->exp);
-    sqlite3_bind_int64(ins, 3, w->now);
-    if (sqlite3_step(ins) != SQLITE_DONE)
-        return db_fail(t->db, "insert redeemed", err, errlen);
-    if (sqlite3_changes(t->db) == 0) {
+    sdb_reset(ins);
+    sdb_bind_text(ins, 1, w->row_key, -1);
+    sdb_bind_int64(ins, 2, w->exp);
+    sdb_bind_int64(ins, 3, w->now);
+    if (sdb_step(ins) != SDB_DONE) {
+        snprintf(err, errlen, "insert redeemed: %s", sdb_stmt_error(ins));
+        return -1;
+    }
+    /* The one winner, on every node at once: the database's primary key decides, not this
+     * node's memory. */
+    if (sdb_changes(t->db) == 0) {
         w->result = TKS_ERR_USED;
         return 0;
     }
     chn_set_actor(w->actor[0] ? w->actor : NULL);
     json_t *d = json_pack("{s:s, s:I}", "jti", w->jti, "exp", (json_int_t)w->exp);
-    int rc =
-        d == NULL ? -1 : chn_append_tx(t->db, w->now, "token.redeemed", w->kid, d, err, errlen);
+    int rc = d == NULL ? -1 : tks_audit_tx(t, w->now, "token.redeemed", w->kid, d, err, errlen);
     if (d == NULL)
         snprintf(err, errlen, "out of memory");
     json_decref(d);
@@ -737,23 +1095,25 @@ static void tks_commit_batch(tks *t, tks_waiter *batch)
     char err[256], caller[CHN_ACTOR_MAX];
     const char *cur = chn_actor();
     snprintf(caller, sizeof(caller), "%s", strcmp(cur, CHN_SYSTEM) == 0 ? "" : cur);
-    sqlite3_stmt *ins = NULL;
+    sdb_stmt *ins = NULL;
     pthread_mutex_lock(&t->write_mu);
-    int rc = db_exec(t->db, "BEGIN IMMEDIATE", "begin", err, sizeof(err));
+    int rc = sdb_begin_write(t->db, SDB_LOCK_TOKENS, err, sizeof(err)) == SDB_OK ? 0 : -1;
     if (rc == 0)
-        rc = db_prepare(t->db,
-                        "INSERT INTO token_redeemed (jti, exp, redeemed_at) VALUES (?1, ?2, ?3) "
-                        "ON CONFLICT (jti) DO NOTHING",
-                        &ins, "insert redeemed", err, sizeof(err));
+        rc = sdb_prepare(t->db,
+                         "INSERT INTO token_redeemed (jti, exp, redeemed_at) VALUES (?1, ?2, ?3) "
+                         "ON CONFLICT (jti) DO NOTHING",
+                         &ins, "insert redeemed", err, sizeof(err)) == SDB_OK
+                 ? 0
+                 : -1;
     for (tks_waiter *w = batch; rc == 0 && w != NULL; w = w->next)
         rc = tks_redeem_one(t, ins, w, err, sizeof(err));
-    sqlite3_finalize(ins);
+    sdb_finalize(ins);
     if (rc == 0 && batch->now - t->last_prune >= TKS_PRUNE_EVERY)
         rc = tks_prune_tx(t, batch->now, NULL, err, sizeof(err));
     if (rc == 0)
-        rc = db_exec(t->db, "COMMIT", "commit", err, sizeof(err));
+        rc = sdb_commit(t->db, err, sizeof(err)) == SDB_OK ? 0 : -1;
     if (rc != 0) {
-        sqlite3_exec(t->db, "ROLLBACK", NULL, NULL, NULL);
+        sdb_rollback(t->db);
         tks_fail(t->path, TKS_ERR_IO, "%s", err);
         for (tks_waiter *w = batch; w != NULL; w = w->next)
             w->result = TKS_ERR_IO;
@@ -810,7 +1170,13 @@ tks_status tks_prune(tks *t, int64_t now, uint64_t *deleted)
 {
     char err[256];
     pthread_mutex_lock(&t->write_mu);
-    int rc = tks_prune_tx(t, now, deleted, err, sizeof(err));
+    int rc = sdb_begin_write(t->db, SDB_LOCK_TOKENS, err, sizeof(err)) == SDB_OK ? 0 : -1;
+    if (rc == 0)
+        rc = tks_prune_tx(t, now, deleted, err, sizeof(err));
+    if (rc == 0)
+        rc = sdb_commit(t->db, err, sizeof(err)) == SDB_OK ? 0 : -1;
+    if (rc != 0)
+        sdb_rollback(t->db);
     pthread_mutex_unlock(&t->write_mu);
     return rc == 0 ? TKS_OK : tks_fail(t->path, TKS_ERR_IO, "%s", err);
 }
@@ -818,16 +1184,20 @@ tks_status tks_prune(tks *t, int64_t now, uint64_t *deleted)
 tks_status tks_redeemed_count(tks *t, uint64_t *count)
 {
     char err[256];
-    sqlite3_stmt *s;
+    sdb_stmt *s;
     pthread_mutex_lock(&t->write_mu);
-    int rc = db_prepare(t->db, "SELECT count(*) FROM token_redeemed", &s, "count redeemed", err,
-                        sizeof(err));
+    int rc = sdb_prepare(t->db, "SELECT count(*) FROM token_redeemed", &s, "count redeemed", err,
+                         sizeof(err)) == SDB_OK
+                 ? 0
+                 : -1;
     if (rc == 0) {
-        if (sqlite3_step(s) == SQLITE_ROW)
-            *count = (uint64_t)sqlite3_column_int64(s, 0);
-        else
-            rc = db_fail(t->db, "count redeemed", err, sizeof(err));
-        sqlite3_finalize(s);
+        if (sdb_step(s) == SDB_ROW)
+            *count = (uint64_t)sdb_column_int64(s, 0);
+        else {
+            snprintf(err, sizeof(err), "count redeemed: %s", sdb_stmt_error(s));
+            rc = -1;
+        }
+        sdb_finalize(s);
     }
     pthread_mutex_unlock(&t->write_mu);
     return rc == 0 ? TKS_OK : tks_fail(t->path, TKS_ERR_IO, "%s", err);

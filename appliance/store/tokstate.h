@@ -1,8 +1,9 @@
 /*
  * tks: token-level state, below key revocation: the status lists of revocable tokens and
- * the redeemed jtis of single-use tokens. Kept in the appliance's SQLite file (its own
- * connection and tables, like the credential store) and, for the status lists, mirrored
- * in memory so that minting and checking a status never touches SQLite.
+ * the redeemed jtis of single-use tokens. Kept in the appliance's database (sdb.h: the
+ * SQLite file, or the cluster's PostgreSQL; its own connection and tables, like the
+ * credential store; every write transaction under SDB_LOCK_TOKENS) and, for the status
+ * lists, mirrored in memory so that minting and checking a status never touches it.
  *
  * Status lists (the IETF OAuth Token Status List draft, bits = 1). A revocable token
  * carries a status index (list, idx); list n holds TKS_LIST_SIZE one-bit statuses, bit i
@@ -39,9 +40,25 @@
  * exp + TKS_PRUNE_SLACK (a token that old is refused by its exp check before it can be
  * redeemed), so the table holds at most the single-use tokens still alive.
  *
- * Locks, in this order: the assign mutex (tks_assign only), the writer mutex (SQLite and
- * every change), the mirror rwlock (for writing only while a committed change is copied
- * in). Redeems take only the batch mutex, and the writer mutex while leading a batch.
+ * Cluster mode (several nodes on one PostgreSQL; the same holds for two handles on one
+ * SQLite file):
+ *  - a redeem's winner is decided by the database (INSERT ... ON CONFLICT DO NOTHING on
+ *    the jti's primary key), so of all redeems on all nodes exactly one gets TKS_OK;
+ *  - each node hands indexes out from its own block in memory; a block is reserved in a
+ *    transaction under SDB_LOCK_TOKENS that reads token_lists as the database holds it, so
+ *    no two nodes' blocks overlap; nothing per minted token touches the database;
+ *  - tks_revoke checks and writes under SDB_LOCK_TOKENS and sends the note
+ *    TKS_NOTIFY_CHANNEL (payload "list/idx"); another node's watcher then calls
+ *    tks_refresh, which reads the revocations (and lists, epochs) it lacks: the bit is set
+ *    there, tks_list_revoked(list) rises (the publication cache re-signs that list) and
+ *    tks_generation() moves;
+ *  - the jti MAC key is written once (INSERT ... ON CONFLICT DO NOTHING, read back, under
+ *    SDB_LOCK_TOKENS): every node that opens the database ends up with the same key.
+ *
+ * Locks, in this order: the assign mutex (tks_assign only), the writer mutex (the
+ * connection and every change), the mirror rwlock (for writing only while a committed
+ * change is copied in). Redeems take only the batch mutex, and the writer mutex while
+ * leading a batch.
  *
  * Thread safety: every function but tks_open and tks_close may be called from any number
  * of threads at once. tks_close must run after every other caller has stopped.
@@ -76,6 +93,8 @@
 #define TKS_OWNER_BYTES 8  /* the minting credential's id (16 hex characters) */
 #define TKS_JTI_MAC_LEN 12 /* HMAC-SHA256, truncated: 96 bits against forgery */
 #define TKS_MAC_KEY_LEN 32
+/* The change note of a token revocation (sdb_notify; payload "list/idx"). */
+#define TKS_NOTIFY_CHANNEL "signd_tokens"
 
 typedef enum {
     TKS_OK = 0,
@@ -119,6 +138,14 @@ tks_status tks_open(const char *path, tks **out);
 /* Frees everything. NULL is a no-op. */
 void tks_close(tks *t);
 
+/* Brings the in-memory state up to the database: lists other nodes opened or reclaimed
+ * (their reserved ends, expiries, epochs) and the token revocations they wrote. Once it
+ * returns TKS_OK, a token revoked on any node before the call began is set here
+ * (tks_is_revoked, tks_list_copy), its list's tks_list_revoked count has risen, and
+ * tks_generation() has moved (it moves only when something differed). TKS_ERR_IO leaves
+ * the state as it was. Safe beside every other call but tks_open/tks_close. */
+tks_status tks_refresh(tks *t);
+
 /* Hands out the next free status index for a token expiring at exp (unix seconds): from
  * memory, with one durable write per TKS_BLOCK indexes, and one when exp passes the
  * list's recorded expiry (written an hour ahead). When the current list is used up it
@@ -153,7 +180,8 @@ tks_status tks_list_copy(tks *t, uint32_t list, uint8_t dst[TKS_LIST_BYTES], uin
  * revocation in that list and only then, so it is the list's version (a cached copy of it
  * signed at another count is out of date). */
 uint64_t tks_list_revoked(tks *t, uint32_t list);
-/* Changes after, never before, every revocation reached memory. */
+/* Changes after, never before, every revocation, list opened or list reclaimed reached
+ * memory (this node's own, or another node's through tks_refresh). */
 uint64_t tks_generation(tks *t);
 
 /* The newest token revocation's seq, 0 when there is none. */
