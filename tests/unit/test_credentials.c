@@ -5,6 +5,7 @@
  */
 #include "appliance/store/credentials.h"
 #include "appliance/store/registry.h"
+#include "appliance/store/sdb.h"
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -236,6 +237,9 @@ static void test_secret_has_the_documented_format_and_is_fresh_each_time(void **
 
 static void test_database_holds_the_hash_never_the_secret(void **state)
 {
+    /* Reads or writes the SQLite file behind the store's back. */
+    if (sdb_is_postgres(((testenv_db *)*state)->db))
+        skip();
     testenv_db *t = *state;
     cred_store *cs = open_ok(t);
     char secret[CRED_SECRET_MAX], hash[65];
@@ -431,6 +435,9 @@ static void test_invalid_role_label_or_kids_are_rejected(void **state)
 
 static void test_shares_the_registry_file_without_touching_its_schema_version(void **state)
 {
+    /* Reads or writes the SQLite file behind the store's back. */
+    if (sdb_is_postgres(((testenv_db *)*state)->db))
+        skip();
     testenv_db *t = *state;
     cred_store *cs = open_ok(t);
     reg *r = NULL;
@@ -457,6 +464,9 @@ static void test_shares_the_registry_file_without_touching_its_schema_version(vo
 
 static void test_open_refuses_a_bad_path_and_a_file_that_is_not_sqlite(void **state)
 {
+    /* Reads or writes the SQLite file behind the store's back. */
+    if (sdb_is_postgres(((testenv_db *)*state)->db))
+        skip();
     testenv_db *t = *state;
     cred_store *cs = (cred_store *)1;
     assert_int_equal(cred_open(NULL, &cs), CRED_ERR_INVALID);
@@ -538,6 +548,98 @@ static void test_concurrent_authentication_during_creates_and_revokes(void **sta
     cred_close(cs);
 }
 
+/* ---- two nodes on one database ------------------------------------------------------- */
+
+static void
+test_a_credential_revoked_on_one_node_stops_authenticating_on_another_after_refresh(void **state)
+{
+    testenv_db *t = *state;
+    cred_store *a = open_ok(t), *b = open_ok(t);
+    char secret[CRED_SECRET_MAX], late[CRED_SECRET_MAX];
+    cred_record rec, got;
+    create_ok(a, CRED_ROLE_SIGNER, NULL, 0, 1, 0, T0, secret, &rec);
+    /* Created on A: B knows it once it has refreshed. */
+    assert_int_equal(cred_authenticate(b, secret, CRED_SECRET_LEN, NULL), CRED_ERR_UNKNOWN);
+    assert_int_equal(cred_refresh(b), CRED_OK);
+    assert_int_equal(cred_authenticate(b, secret, CRED_SECRET_LEN, &got), CRED_OK);
+    assert_string_equal(got.id, rec.id);
+    assert_int_equal(cred_count_active(b, CRED_ROLE_SIGNER), 1);
+
+    /* Revoked on A: B's mirror still has it active until the refresh, then refuses it. */
+    assert_int_equal(cred_revoke(a, rec.id, T0 + 5, NULL), CRED_OK);
+    assert_int_equal(cred_authenticate(b, secret, CRED_SECRET_LEN, NULL), CRED_OK);
+    assert_int_equal(cred_refresh(b), CRED_OK);
+    assert_int_equal(cred_authenticate(b, secret, CRED_SECRET_LEN, &got), CRED_ERR_REVOKED);
+    assert_int_equal(got.revoked_at, T0 + 5);
+    assert_int_equal(cred_count_active(b, CRED_ROLE_SIGNER), 0);
+
+    /* A revoke on a node that has not seen another's keeps the first revoked_at. */
+    create_ok(b, CRED_ROLE_AUDITOR, NULL, 0, 0, 0, T0 + 6, late, &rec);
+    assert_int_equal(cred_refresh(a), CRED_OK);
+    assert_int_equal(cred_revoke(b, rec.id, T0 + 7, NULL), CRED_OK);
+    assert_int_equal(cred_revoke(a, rec.id, T0 + 9, &got), CRED_OK);
+    assert_int_equal(got.revoked_at, T0 + 7);
+    assert_int_equal(cred_authenticate(a, late, CRED_SECRET_LEN, NULL), CRED_ERR_REVOKED);
+    assert_int_equal(cred_list(a, NULL, 0), 2);
+    cred_close(a);
+    cred_close(b);
+}
+
+typedef struct {
+    cred_store *cs;
+    const char *secret;
+    atomic_int *stop;
+    atomic_int bad;
+    atomic_long auths;
+} refresh_race;
+
+/* Authenticates a credential that stays active throughout: never refused, whatever the
+ * refreshes swap in beneath. */
+static void *refresh_reader(void *arg)
+{
+    refresh_race *r = arg;
+    while (!atomic_load(r->stop)) {
+        if (cred_authenticate(r->cs, r->secret, CRED_SECRET_LEN, NULL) != CRED_OK)
+            atomic_fetch_add(&r->bad, 1);
+        atomic_fetch_add(&r->auths, 1);
+    }
+    return NULL;
+}
+
+static void test_refresh_is_safe_beside_readers(void **state)
+{
+    testenv_db *t = *state;
+    cred_store *a = open_ok(t), *b = open_ok(t);
+    char keep[CRED_SECRET_MAX], secret[CRED_SECRET_MAX];
+    create_ok(a, CRED_ROLE_ADMIN, NULL, 0, 0, 0, T0, keep, NULL);
+    assert_int_equal(cred_refresh(b), CRED_OK);
+    atomic_int stop = 0;
+    refresh_race r = {.cs = b, .secret = keep, .stop = &stop};
+    atomic_init(&r.bad, 0);
+    atomic_init(&r.auths, 0);
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, refresh_reader, &r), 0);
+    for (int i = 0; i < 30; i++) {
+        cred_record rec;
+        create_ok(a, CRED_ROLE_SIGNER, NULL, 0, 1, 0, T0 + i, secret, &rec);
+        assert_int_equal(cred_refresh(b), CRED_OK);
+        assert_int_equal(cred_authenticate(b, secret, CRED_SECRET_LEN, NULL), CRED_OK);
+        assert_int_equal(cred_revoke(a, rec.id, T0 + i, NULL), CRED_OK);
+        assert_int_equal(cred_refresh(b), CRED_OK);
+        assert_int_equal(cred_authenticate(b, secret, CRED_SECRET_LEN, NULL), CRED_ERR_REVOKED);
+    }
+    atomic_store(&stop, 1);
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(atomic_load(&r.bad), 0);
+    assert_true(atomic_load(&r.auths) > 0);
+    assert_int_equal(cred_list(b, NULL, 0), 31);
+    assert_int_equal(cred_count_active(b, CRED_ROLE_ADMIN), 1);
+    cred_close(a);
+    cred_close(b);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, testenv_db_setup, testenv_db_teardown)
 
 int main(void)
@@ -555,6 +657,8 @@ int main(void)
         T(test_shares_the_registry_file_without_touching_its_schema_version),
         T(test_open_refuses_a_bad_path_and_a_file_that_is_not_sqlite),
         T(test_concurrent_authentication_during_creates_and_revokes),
+        T(test_a_credential_revoked_on_one_node_stops_authenticating_on_another_after_refresh),
+        T(test_refresh_is_safe_beside_readers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
