@@ -6,6 +6,7 @@
 #include "appliance/store/tokstate.h"
 
 #include "appliance/core/audit.h"
+#include "appliance/store/sdb.h"
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -103,6 +104,19 @@ static void *assign_many(void *arg)
     tks_index *out = ((void **)arg)[1];
     tks *t = ((void **)arg)[0];
     for (int i = 0; i < ASSIGN_EACH; i++)
+        if (tks_assign(t, T0, T0 + 600, &out[i]) != TKS_OK)
+            out[i].list = UINT32_MAX;
+    return NULL;
+}
+
+#define NODE_ASSIGNERS 4 /* per node */
+#define NODE_ASSIGN_EACH 2500
+
+static void *assign_many_n(void *arg)
+{
+    tks_index *out = ((void **)arg)[1];
+    tks *t = ((void **)arg)[0];
+    for (int i = 0; i < NODE_ASSIGN_EACH; i++)
         if (tks_assign(t, T0, T0 + 600, &out[i]) != TKS_OK)
             out[i].list = UINT32_MAX;
     return NULL;
@@ -250,6 +264,9 @@ static void test_revocations_after_a_seq_come_oldest_first(void **state)
 
 static void test_a_bad_row_in_the_file_refuses_to_open(void **state)
 {
+    /* Writes the SQLite file behind the store's back. */
+    if (sdb_is_postgres(((const testenv_db *)*state)->db))
+        skip();
     const testenv_db *d = *state;
     tks *t = open_ok(d);
     tks_index ix;
@@ -476,6 +493,9 @@ static void fill_every_list(const testenv_db *d, int64_t e5, int64_t e_rest)
 
 static void test_a_status_list_whose_tokens_all_expired_is_reclaimed_instead_of_full(void **state)
 {
+    /* Writes the SQLite file behind the store's back. */
+    if (sdb_is_postgres(((const testenv_db *)*state)->db))
+        skip();
     const testenv_db *d = *state;
     fill_every_list(d, T0 - 1000, T0 + 100000);
     tks *t = open_ok(d);
@@ -520,6 +540,9 @@ static void test_a_status_list_whose_tokens_all_expired_is_reclaimed_instead_of_
 static void
 test_with_every_list_used_up_and_none_expired_assign_is_full_until_one_expires(void **state)
 {
+    /* Writes the SQLite file behind the store's back. */
+    if (sdb_is_postgres(((const testenv_db *)*state)->db))
+        skip();
     const testenv_db *d = *state;
     fill_every_list(d, T0 + 100000, T0 + 200000);
     tks *t = open_ok(d);
@@ -549,6 +572,9 @@ test_with_every_list_used_up_and_none_expired_assign_is_full_until_one_expires(v
  * outlive, and epoch 0 (their jtis stay valid). */
 static void test_a_file_from_before_reclaiming_keeps_its_lists_and_jtis(void **state)
 {
+    /* Writes the SQLite file behind the store's back. */
+    if (sdb_is_postgres(((const testenv_db *)*state)->db))
+        skip();
     const testenv_db *d = *state;
     raw_sql(d, "CREATE TABLE token_lists (list INTEGER PRIMARY KEY, reserved INTEGER NOT NULL);"
                "INSERT INTO token_lists VALUES (0, 2048);");
@@ -570,6 +596,182 @@ static void test_a_file_from_before_reclaiming_keeps_its_lists_and_jtis(void **s
     assert_int_equal(sqlite3_column_int64(s, 1), 0);
     sqlite3_finalize(s);
     sqlite3_close(db);
+}
+
+/* ---- two nodes on one database -------------------------------------------------------- */
+
+#define NODE_REDEEMERS 50
+
+typedef struct {
+    tks *t;
+    atomic_int *go, *ok, *used, *other;
+} node_racer;
+
+static void *node_redeem(void *arg)
+{
+    node_racer *r = arg;
+    while (!atomic_load(r->go))
+        sched_yield();
+    tks_status st = tks_redeem(r->t, "cluster-once", T0 + 600, KID, T0);
+    atomic_fetch_add(st == TKS_OK ? r->ok : st == TKS_ERR_USED ? r->used : r->other, 1);
+    return NULL;
+}
+
+static void test_two_nodes_redeem_one_jti_exactly_once(void **state)
+{
+    const testenv_db *d = *state;
+    tks *a = open_ok(d), *b = open_ok(d);
+    atomic_int go = 0, ok = 0, used = 0, other = 0;
+    pthread_t th[NODE_REDEEMERS];
+    node_racer rs[NODE_REDEEMERS];
+    for (int i = 0; i < NODE_REDEEMERS; i++) {
+        rs[i] = (node_racer){i % 2 ? a : b, &go, &ok, &used, &other};
+        assert_int_equal(pthread_create(&th[i], NULL, node_redeem, &rs[i]), 0);
+    }
+    atomic_store(&go, 1);
+    for (int i = 0; i < NODE_REDEEMERS; i++)
+        pthread_join(th[i], NULL);
+    assert_int_equal(other, 0);
+    assert_int_equal(ok, 1);
+    assert_int_equal(used, NODE_REDEEMERS - 1);
+    /* Also on a node opened afterwards (a restart). */
+    tks_close(a);
+    a = open_ok(d);
+    assert_int_equal(tks_redeem(a, "cluster-once", T0 + 600, KID, T0 + 1), TKS_ERR_USED);
+    tks_close(a);
+    tks_close(b);
+}
+
+static void test_two_nodes_never_hand_out_one_index_twice(void **state)
+{
+    const testenv_db *d = *state;
+    tks *nodes[2] = {open_ok(d), open_ok(d)};
+    size_t total = 2 * NODE_ASSIGNERS * NODE_ASSIGN_EACH;
+    tks_index *all = calloc(total, sizeof(*all));
+    assert_non_null(all);
+    pthread_t th[2 * NODE_ASSIGNERS];
+    void *args[2 * NODE_ASSIGNERS][2];
+    for (int i = 0; i < 2 * NODE_ASSIGNERS; i++) {
+        args[i][0] = nodes[i % 2];
+        args[i][1] = all + (size_t)i * NODE_ASSIGN_EACH;
+        assert_int_equal(pthread_create(&th[i], NULL, assign_many_n, args[i]), 0);
+    }
+    for (int i = 0; i < 2 * NODE_ASSIGNERS; i++)
+        pthread_join(th[i], NULL);
+    qsort(all, total, sizeof(*all), ix_cmp);
+    for (size_t i = 0; i < total; i++) {
+        assert_int_not_equal(all[i].list, UINT32_MAX);
+        if (i > 0)
+            assert_true(ix_cmp(&all[i - 1], &all[i]) < 0); /* no index twice */
+    }
+    /* Each node's indexes come from whole blocks of its own: at most two blocks per node
+     * are left unused, nothing more is skipped. */
+    assert_int_equal(all[0].list, 0);
+    assert_true(all[total - 1].idx < total + 4 * TKS_BLOCK);
+    /* And a third node, opened now, starts above everything reserved. */
+    tks *c = open_ok(d);
+    tks_index ix;
+    assert_int_equal(tks_assign(c, T0, T0 + 600, &ix), TKS_OK);
+    assert_true(ix.idx > all[total - 1].idx);
+    tks_close(c);
+    free(all);
+    tks_close(nodes[0]);
+    tks_close(nodes[1]);
+}
+
+static void test_a_token_revoked_on_one_node_is_set_on_another_after_refresh(void **state)
+{
+    const testenv_db *d = *state;
+    tks *a = open_ok(d), *b = open_ok(d);
+    tks_index ix, other;
+    assert_int_equal(tks_assign(a, T0, T0 + 600, &ix), TKS_OK);
+    assert_int_equal(tks_assign(b, T0, T0 + 600, &other), TKS_OK);
+    assert_true(ix.list != other.list || ix.idx != other.idx);
+    assert_int_equal(tks_refresh(b), TKS_OK);
+    uint64_t gen = tks_generation(b), count = tks_list_revoked(b, ix.list);
+    /* Nothing differs: the generation stays. */
+    assert_int_equal(tks_refresh(b), TKS_OK);
+    assert_int_equal(tks_generation(b), gen);
+
+    tks_revocation r;
+    assert_int_equal(tks_revoke(a, ix, "jti-a", KID, T0, &r), TKS_OK);
+    assert_false(tks_is_revoked(b, ix)); /* not before the refresh */
+    assert_int_equal(tks_refresh(b), TKS_OK);
+    assert_true(tks_is_revoked(b, ix));
+    assert_false(tks_is_revoked(b, other));
+    assert_int_not_equal(tks_generation(b), gen);
+    assert_int_equal(tks_list_revoked(b, ix.list), count + 1); /* the publication's version */
+    static uint8_t bits[TKS_LIST_BYTES];
+    assert_int_equal(tks_list_copy(b, ix.list, bits, NULL, NULL), TKS_OK);
+    assert_int_equal(bit_of(bits, ix.idx), 1);
+    tks_revocation seen[4];
+    assert_int_equal(tks_revocations_after(b, 0, seen, 4), 1);
+    assert_int_equal(seen[0].seq, r.seq);
+    assert_string_equal(seen[0].jti, "jti-a");
+
+    /* B revokes A's token again: refused with A's revocation, though B never refreshed
+     * since; and B revokes its own: the next seq, no gap. */
+    assert_int_equal(tks_revoke(b, ix, "jti-a", KID, T0 + 5, &seen[1]), TKS_ERR_REVOKED);
+    assert_int_equal(seen[1].seq, r.seq);
+    tks_index late;
+    assert_int_equal(tks_assign(a, T0, T0 + 600, &late), TKS_OK);
+    /* An index another node handed out is revocable here without a refresh first. */
+    assert_int_equal(tks_revoke(b, late, "jti-late", NULL, T0, &seen[2]), TKS_OK);
+    assert_int_equal(seen[2].seq, r.seq + 1);
+    assert_int_equal(tks_revoke(a, other, "jti-b", NULL, T0, &seen[3]), TKS_OK);
+    assert_int_equal(seen[3].seq, r.seq + 2);
+    assert_int_equal(tks_refresh(b), TKS_OK);
+    assert_int_equal(tks_seq(b), r.seq + 2);
+    assert_int_equal(tks_revocations_after(b, r.seq, seen, 4), 2);
+    assert_int_equal(seen[0].seq, r.seq + 1);
+    assert_int_equal(seen[1].seq, r.seq + 2);
+    tks_close(a);
+    tks_close(b);
+}
+
+typedef struct {
+    const char *db;
+    atomic_int *go;
+    tks *t;
+} opener;
+
+static void *open_at_once(void *arg)
+{
+    opener *o = arg;
+    while (!atomic_load(o->go))
+        sched_yield();
+    if (tks_open(o->db, &o->t) != TKS_OK)
+        o->t = NULL;
+    return NULL;
+}
+
+#define OPENERS 6
+
+static void test_nodes_opening_an_empty_database_at_once_share_one_jti_key(void **state)
+{
+    const testenv_db *d = *state;
+    atomic_int go = 0;
+    opener os[OPENERS];
+    pthread_t th[OPENERS];
+    for (int i = 0; i < OPENERS; i++) {
+        os[i] = (opener){d->db, &go, NULL};
+        assert_int_equal(pthread_create(&th[i], NULL, open_at_once, &os[i]), 0);
+    }
+    atomic_store(&go, 1);
+    for (int i = 0; i < OPENERS; i++)
+        pthread_join(th[i], NULL);
+    tks_index ix = {0, 17}, got;
+    char first[TKS_JTI_MAX + 1], jti[TKS_JTI_MAX + 1], owner[2 * TKS_OWNER_BYTES + 1];
+    for (int i = 0; i < OPENERS; i++) {
+        assert_non_null(os[i].t);
+        assert_int_equal(tks_jti_make(os[i].t, ix, "0123456789abcdef", jti), TKS_OK);
+        if (i == 0)
+            memcpy(first, jti, sizeof(first));
+        assert_string_equal(jti, first); /* the same key: the same MAC */
+        assert_int_equal(tks_jti_read(os[i].t, first, &got, owner), TKS_OK);
+    }
+    for (int i = 0; i < OPENERS; i++)
+        tks_close(os[i].t);
 }
 
 #define T(name) cmocka_unit_test_setup_teardown(name, testenv_db_setup, testenv_db_teardown)
@@ -597,6 +799,10 @@ int main(void)
         T(test_with_every_list_used_up_and_none_expired_assign_is_full_until_one_expires),
         T(test_a_file_from_before_reclaiming_keeps_its_lists_and_jtis),
         T(test_a_forged_or_foreign_jti_is_not_found),
+        T(test_two_nodes_redeem_one_jti_exactly_once),
+        T(test_two_nodes_never_hand_out_one_index_twice),
+        T(test_a_token_revoked_on_one_node_is_set_on_another_after_refresh),
+        T(test_nodes_opening_an_empty_database_at_once_share_one_jti_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
