@@ -10,9 +10,10 @@
  * at byte i / 8, bit i % 8 counted from the least significant bit, 1 = revoked.
  *  - Minting must not cost a disk write per token, so tks_assign hands indexes out from
  *    memory and writes once per block of TKS_BLOCK: table `token_lists` keeps per list
- *    the end of the last block ever reserved. The next block is reserved ahead, once half
- *    of the current one is handed out, by the one mint that crossed the half, with the
- *    assign lock released: the others keep minting from memory during its fsync. After a
+ *    the end of the last block any node ever reserved, and a block is [that end, + BLOCK)
+ *    read and raised in one transaction. The next block is reserved ahead, once half of
+ *    the current one is handed out, by the one mint that crossed the half, with the
+ *    assign lock released: the others keep minting from memory during its commit. After a
  *    crash the unused rest (at most two blocks) is skipped, never handed out twice: every
  *    index handed out before the crash lies below the reserved end, and the next one
  *    starts from it.
@@ -23,10 +24,11 @@
  *    ago: its revocations are deleted and its epoch rises in one transaction, then its
  *    bits are cleared in memory. The epoch is in the MAC of revocable jtis, so an expired
  *    token's jti does not name the index a new token holds.
- *  - tks_revoke writes one row of `token_revocations` (seq AUTOINCREMENT: rises, never
- *    reused) and its audit event in one transaction, fsynced before the bit is set in
- *    memory: a reader never sees a revocation that is not durable. Only an index already
- *    handed out can be revoked (below its list's reserved end): TKS_ERR_NOT_ISSUED.
+ *  - tks_revoke writes one row of `token_revocations` (seq: SQLite's AUTOINCREMENT, or a
+ *    counter row on PostgreSQL; rises, never reused) and its audit event in one transaction,
+ * fsynced before the bit is set in memory: a reader never sees a revocation that is not durable.
+ * Only an index already handed out can be revoked (below its list's reserved end):
+ * TKS_ERR_NOT_ISSUED.
  *
  * Redeemed jtis (single-use tokens). tks_redeem records (kid, jti, exp) in
  * `token_redeemed`, durably and exactly once: of any number of concurrent or later calls
@@ -104,7 +106,7 @@ typedef enum {
     TKS_ERR_NOT_FOUND,  /* no such list */
     TKS_ERR_FULL,       /* every index of TKS_LISTS_MAX lists is handed out */
     TKS_ERR_INVALID,    /* a caller error: a jti of the wrong form, a bad argument */
-    TKS_ERR_IO,         /* SQLite failed, or the file holds a bad row: see tks_last_error() */
+    TKS_ERR_IO,         /* the database failed or holds a bad row: see tks_last_error() */
     TKS_ERR_COUNT_
 } tks_status;
 
@@ -130,9 +132,10 @@ const char *tks_last_error(void);
 /* A jti this module stores: 1..TKS_JTI_MAX characters of [A-Za-z0-9_-]. 1 or 0. */
 int tks_jti_ok(const char *jti);
 
-/* Opens the state in the database file at path (created 0600 when absent), creates the
- * tables when missing and loads the lists and token revocations into memory.
- * TKS_ERR_IO for a file that is not SQLite or holds a bad row; *out NULL on failure. */
+/* Opens the state in the database path (sdb_open: a SQLite file, created 0600 when absent,
+ * or a postgresql:// URI), creates the tables when missing, reads (or makes, once) the jti
+ * key and loads the lists and token revocations into memory. TKS_ERR_IO for a file that
+ * is not SQLite, a server out of reach, or a bad row; *out NULL on failure. */
 tks_status tks_open(const char *path, tks **out);
 
 /* Frees everything. NULL is a no-op. */
