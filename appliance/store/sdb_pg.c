@@ -27,6 +27,8 @@
 #include <string.h>
 
 #define PG_BYTEA_OID 17
+#define PG_TEXT_OID 25
+#define PG_MAX_PARAM 32766
 /* pg_advisory_xact_lock takes one bigint: the high 32 bits ("SIGN") keep our lock numbers
  * apart from any other application's advisory locks on the same database. */
 #define PG_LOCK_NAMESPACE 0x5349474ELL
@@ -359,7 +361,7 @@ static void pg_drop_result(pgstmt *q)
 /* SQLite's parameters to PostgreSQL's: `?N` is $N, a bare `?` one more than the largest
  * number so far (SQLite's rule). Quoted text ('...', "...") and -- comments stay as they
  * are. Returns the new text (malloc) and the number of parameters, or NULL. */
-static char *pg_rewrite(const char *sql, int *nparams)
+static char *pg_rewrite(const char *sql, int *nparams, unsigned char used[])
 {
     size_t n = strlen(sql);
     char *out = malloc(n * 7 + 16); /* "?" -> "$32766" at worst */
@@ -397,7 +399,7 @@ static char *pg_rewrite(const char *sql, int *nparams)
             char *end;
             num = strtol(sql + i + 1, &end, 10);
             i = (size_t)(end - sql) - 1;
-            if (num < 1 || num > 32766) {
+            if (num < 1 || num > PG_MAX_PARAM) {
                 free(out);
                 return NULL;
             }
@@ -406,6 +408,7 @@ static char *pg_rewrite(const char *sql, int *nparams)
         }
         if (num > maxn)
             maxn = (int)num;
+        used[num] = 1;
         if (n * 7 + 16 - o < 8) {
             free(out);
             return NULL;
@@ -425,8 +428,10 @@ sdb_status sdbpg_prepare(sdb_stmt *s, const char *sql)
         return SDB_ERR;
     }
     s->pg = q;
-    q->sql = pg_rewrite(sql, &q->nparams);
+    unsigned char *used = calloc(PG_MAX_PARAM + 1, 1);
+    q->sql = used != NULL ? pg_rewrite(sql, &q->nparams, used) : NULL;
     if (q->sql == NULL) {
+        free(used);
         pg_set_msg(s->db, "bad parameter number or out of memory");
         return SDB_ERR;
     }
@@ -436,10 +441,17 @@ sdb_status sdbpg_prepare(sdb_stmt *s, const char *sql)
         q->fmts = calloc((size_t)q->nparams, sizeof(*q->fmts));
         q->types = calloc((size_t)q->nparams, sizeof(*q->types));
         if (q->vals == NULL || q->lens == NULL || q->fmts == NULL || q->types == NULL) {
+            free(used);
             pg_set_msg(s->db, "out of memory");
             return SDB_ERR;
         }
+        /* SQLite lets a statement skip a number (?2 without ?1); PostgreSQL cannot type a
+         * parameter the text never names: such a one is a NULL text, whatever is bound. */
+        for (int i = 0; i < q->nparams; i++)
+            if (!used[i + 1])
+                q->types[i] = PG_TEXT_OID;
     }
+    free(used);
     return SDB_OK;
 }
 
@@ -449,6 +461,8 @@ void sdbpg_bind(sdb_stmt *s, int idx, const void *v, size_t len, int is_blob, in
     if (idx < 1 || idx > q->nparams)
         return; /* as SQLite: out of range, ignored */
     int i = idx - 1;
+    if (q->types[i] == PG_TEXT_OID)
+        return; /* not in the text */
     free(q->vals[i]);
     q->vals[i] = NULL;
     q->lens[i] = 0;

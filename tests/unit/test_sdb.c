@@ -143,6 +143,14 @@ static void test_placeholders(void **state)
     assert_string_equal(k, "b?aac");
     assert_int_equal(sdb_column_copy(s, 0, k, 5), -1);
     sdb_finalize(s);
+    /* a number skipped (?1 never named), a '?' in a comment */
+    s = prep(db, "SELECT k FROM t WHERE i = ?2 -- which one?\n AND k = ?3");
+    sdb_bind_text(s, 1, "unused", -1);
+    sdb_bind_int64(s, 2, 7);
+    sdb_bind_text(s, 3, "b?aac", -1);
+    assert_int_equal(sdb_step(s), SDB_ROW);
+    assert_string_equal(sdb_column_text(s, 0), "b?aac");
+    sdb_finalize(s);
     sdb_close(db);
 }
 
