@@ -238,7 +238,7 @@ static void test_secret_has_the_documented_format_and_is_fresh_each_time(void **
 static void test_database_holds_the_hash_never_the_secret(void **state)
 {
     /* Reads or writes the SQLite file behind the store's back. */
-    if (sdb_is_postgres(((testenv_db *)*state)->db))
+    if (testenv_backend_is_postgres())
         skip();
     testenv_db *t = *state;
     cred_store *cs = open_ok(t);
@@ -436,7 +436,7 @@ static void test_invalid_role_label_or_kids_are_rejected(void **state)
 static void test_shares_the_registry_file_without_touching_its_schema_version(void **state)
 {
     /* Reads or writes the SQLite file behind the store's back. */
-    if (sdb_is_postgres(((testenv_db *)*state)->db))
+    if (testenv_backend_is_postgres())
         skip();
     testenv_db *t = *state;
     cred_store *cs = open_ok(t);
@@ -465,7 +465,7 @@ static void test_shares_the_registry_file_without_touching_its_schema_version(vo
 static void test_open_refuses_a_bad_path_and_a_file_that_is_not_sqlite(void **state)
 {
     /* Reads or writes the SQLite file behind the store's back. */
-    if (sdb_is_postgres(((testenv_db *)*state)->db))
+    if (testenv_backend_is_postgres())
         skip();
     testenv_db *t = *state;
     cred_store *cs = (cred_store *)1;

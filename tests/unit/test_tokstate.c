@@ -265,7 +265,7 @@ static void test_revocations_after_a_seq_come_oldest_first(void **state)
 static void test_a_bad_row_in_the_file_refuses_to_open(void **state)
 {
     /* Writes the SQLite file behind the store's back. */
-    if (sdb_is_postgres(((const testenv_db *)*state)->db))
+    if (testenv_backend_is_postgres())
         skip();
     const testenv_db *d = *state;
     tks *t = open_ok(d);
@@ -494,7 +494,7 @@ static void fill_every_list(const testenv_db *d, int64_t e5, int64_t e_rest)
 static void test_a_status_list_whose_tokens_all_expired_is_reclaimed_instead_of_full(void **state)
 {
     /* Writes the SQLite file behind the store's back. */
-    if (sdb_is_postgres(((const testenv_db *)*state)->db))
+    if (testenv_backend_is_postgres())
         skip();
     const testenv_db *d = *state;
     fill_every_list(d, T0 - 1000, T0 + 100000);
@@ -541,7 +541,7 @@ static void
 test_with_every_list_used_up_and_none_expired_assign_is_full_until_one_expires(void **state)
 {
     /* Writes the SQLite file behind the store's back. */
-    if (sdb_is_postgres(((const testenv_db *)*state)->db))
+    if (testenv_backend_is_postgres())
         skip();
     const testenv_db *d = *state;
     fill_every_list(d, T0 + 100000, T0 + 200000);
@@ -573,7 +573,7 @@ test_with_every_list_used_up_and_none_expired_assign_is_full_until_one_expires(v
 static void test_a_file_from_before_reclaiming_keeps_its_lists_and_jtis(void **state)
 {
     /* Writes the SQLite file behind the store's back. */
-    if (sdb_is_postgres(((const testenv_db *)*state)->db))
+    if (testenv_backend_is_postgres())
         skip();
     const testenv_db *d = *state;
     raw_sql(d, "CREATE TABLE token_lists (list INTEGER PRIMARY KEY, reserved INTEGER NOT NULL);"
