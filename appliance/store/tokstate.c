@@ -987,6 +987,13 @@ uint32_t tks_list_count(tks *t)
     return n;
 }
 
+/* A reclaimed list's count starts again from 0: the epoch above it keeps the version
+ * rising, so a copy signed before the reclaim at the same count is not taken for current. */
+static uint64_t tks_version(const tks_list *l)
+{
+    return (uint64_t)l->epoch << 32 | l->revoked;
+}
+
 tks_status tks_list_copy(tks *t, uint32_t list, uint8_t dst[TKS_LIST_BYTES], uint32_t *reserved,
                          uint64_t *revoked)
 {
@@ -997,7 +1004,7 @@ tks_status tks_list_copy(tks *t, uint32_t list, uint8_t dst[TKS_LIST_BYTES], uin
         if (reserved != NULL)
             *reserved = t->lists[list].reserved;
         if (revoked != NULL)
-            *revoked = t->lists[list].revoked;
+            *revoked = tks_version(&t->lists[list]);
     }
     pthread_rwlock_unlock(&t->mirror_rw);
     return st;
@@ -1006,7 +1013,7 @@ tks_status tks_list_copy(tks *t, uint32_t list, uint8_t dst[TKS_LIST_BYTES], uin
 uint64_t tks_list_revoked(tks *t, uint32_t list)
 {
     pthread_rwlock_rdlock(&t->mirror_rw);
-    uint64_t n = list < t->n_lists ? t->lists[list].revoked : 0;
+    uint64_t n = list < t->n_lists ? tks_version(&t->lists[list]) : 0;
     pthread_rwlock_unlock(&t->mirror_rw);
     return n;
 }

@@ -174,14 +174,16 @@ int tks_is_revoked(tks *t, tks_index ix);
 uint32_t tks_list_count(tks *t);
 
 /* Copies list's TKS_LIST_BYTES of bits into dst and its state: *reserved (indexes handed
- * out at most) and *revoked (revocations in it). TKS_ERR_NOT_FOUND for a list that does
- * not exist. */
+ * out at most) and *revoked (its version as of this copy, as tks_list_revoked gives it).
+ * TKS_ERR_NOT_FOUND for a list that does not exist. */
 tks_status tks_list_copy(tks *t, uint32_t list, uint8_t dst[TKS_LIST_BYTES], uint32_t *reserved,
                          uint64_t *revoked);
 
-/* How many tokens of list are revoked (0 for a list that does not exist): rises with each
- * revocation in that list and only then, so it is the list's version (a cached copy of it
- * signed at another count is out of date). */
+/* The list's version (0 for a list that does not exist): how many of its tokens are
+ * revoked, plus its epoch times 2^32. It rises with each revocation in that list, and
+ * with a reclaim (which clears the bits and starts the count again), and only then: a
+ * cached copy of the list signed at another version is out of date. At epoch 0, the
+ * count itself. */
 uint64_t tks_list_revoked(tks *t, uint32_t list);
 /* Changes after, never before, every revocation, list opened or list reclaimed reached
  * memory (this node's own, or another node's through tks_refresh). */

@@ -505,7 +505,8 @@ static void test_a_status_list_whose_tokens_all_expired_is_reclaimed_instead_of_
     char old_jti[TKS_JTI_MAX + 1], jti[TKS_JTI_MAX + 1], owner[2 * TKS_OWNER_BYTES + 1];
     assert_int_equal(tks_jti_make(t, old, NULL, old_jti), TKS_OK);
     assert_true(tks_is_revoked(t, old) && tks_is_revoked(t, other));
-    uint64_t gen = tks_generation(t);
+    uint64_t gen = tks_generation(t), version = tks_list_revoked(t, 5);
+    assert_int_equal(version, 1);
 
     /* Every list is used up, list 5's tokens all expired: it is the one reused. */
     assert_int_equal(tks_assign(t, T0, T0 + 600, &ix), TKS_OK);
@@ -524,6 +525,9 @@ static void test_a_status_list_whose_tokens_all_expired_is_reclaimed_instead_of_
     assert_int_equal(tks_jti_read(t, jti, &got, owner), TKS_OK);
     assert_true(got.list == ix.list && got.idx == ix.idx);
     assert_int_equal(tks_revoke(t, ix, jti, NULL, T0, NULL), TKS_OK);
+    /* One revocation again, but not the list signed before the reclaim: another version. */
+    assert_int_not_equal(tks_list_revoked(t, 5), version);
+    assert_true(tks_list_revoked(t, 5) > version);
     tks_index next;
     assert_int_equal(tks_assign(t, T0, T0 + 600, &next), TKS_OK);
     assert_true(next.list == 5 && next.idx == 1);
