@@ -18,9 +18,9 @@
 #            a PostgreSQL cluster in PGDIR/data owned by the server's account (signd-pg, or
 #            the caller when not root), its socket in PGDIR, peer authentication with every
 #            ACCOUNT mapped to the role signd; the files are rewritten every time
-#        cluster.sh pg-db PGDIR
-#            waits for the server on PGDIR's socket, then creates the role and the database
-#            signd when missing
+#        cluster.sh pg-db PGDIR [PID]
+#            waits for the server on PGDIR's socket (fails at once if PID has exited), then
+#            creates the role and the database signd when missing
 #        cluster.sh node DATA_DIR N PORT PGDIR [PUBLIC_URL]
 #            the shared token and certificate when missing, node N's directory and
 #            configuration, and the admin credential when missing (the server must run)
@@ -78,6 +78,11 @@ cmd_pg_init() {
 	fi
 	mkdir -p "$pgdir"
 	pgdir=$(cd "$pgdir" && pwd)
+	# A Unix socket's path holds at most 107 bytes.
+	if [ ${#pgdir} -gt $((107 - 17)) ]; then
+		echo "cluster: $pgdir/.s.PGSQL.5432 is longer than a Unix socket path may be (107 bytes): pick a shorter DATA_DIR" >&2
+		return 1
+	fi
 	if [ "$(id -u)" = 0 ]; then
 		chown "$owner:" "$pgdir"
 	fi
@@ -125,14 +130,19 @@ EOF
 }
 
 cmd_pg_db() {
-	local pgdir i
+	local pgdir pid=${2:-} i
 	pgdir=$(cd "$1" && pwd)
 	for ((i = 0; i < 300; i++)); do
 		pg_isready -q -h "$pgdir" -d postgres && break
+		if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+			echo "cluster: PostgreSQL (pid $pid) exited; the end of $pgdir/postgres.log:" >&2
+			tail -n 20 "$pgdir/postgres.log" >&2 || true
+			return 1
+		fi
 		sleep 0.1
 	done
 	pg_isready -q -h "$pgdir" -d postgres || {
-		echo "cluster: PostgreSQL does not answer on $pgdir" >&2
+		echo "cluster: PostgreSQL does not answer on $pgdir (see $pgdir/postgres.log, $pgdir/data/log)" >&2
 		return 1
 	}
 	(as_pg "$pgdir" psql -X -q -v ON_ERROR_STOP=1 -h "$pgdir" -U "$(pg_owner)" -d postgres <<'EOF'
@@ -273,12 +283,21 @@ stop_all() {
 	trap '' INT TERM
 	echo
 	echo "cluster: stopping"
-	local i
+	local i t
 	# The load balancer first, then the nodes, the database last (the nodes write to it as
 	# they stop).
 	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
 		kill -0 "${pids[i]}" 2>/dev/null || continue
 		case "${names[i]}" in postgres) kill -INT "${pids[i]}" ;; *) kill -TERM "${pids[i]}" ;; esac
+		# At most 30 s each; then SIGKILL (a node's keeper and front follow their supervisor).
+		for ((t = 0; t < 300; t++)); do
+			kill -0 "${pids[i]}" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "${pids[i]}" 2>/dev/null; then
+			kill -KILL "${pids[i]}" 2>/dev/null || true
+			echo "cluster: ${names[i]} (pid ${pids[i]}) did not stop within 30 s: killed" >&2
+		fi
 		wait "${pids[i]}" 2>/dev/null || true
 		echo "cluster: ${names[i]} (pid ${pids[i]}) stopped"
 	done
@@ -340,7 +359,7 @@ cmd_run() {
 	(as_pg "$pgdir" "$pgbin/postgres" -D "$pgdir/data" >>"$pgdir/postgres.log" 2>&1) &
 	pids+=($!)
 	names+=(postgres)
-	cmd_pg_db "$pgdir"
+	cmd_pg_db "$pgdir" "${pids[0]}"
 	echo "cluster: PostgreSQL (pid ${pids[0]}) on $pgdir/.s.PGSQL.5432"
 
 	for ((n = 1; n <= nodes; n++)); do
@@ -418,7 +437,7 @@ haproxy-cfg) shift && cmd_haproxy_cfg "$@" ;;
 node) shift && cmd_node "$@" ;;
 '') cmd_run ;;
 *)
-	echo "usage: cluster.sh [pg-init PGDIR ACCOUNT... | pg-db PGDIR | node DATA_DIR N PORT PGDIR [PUBLIC_URL] | haproxy-cfg DATA_DIR PORT NODE_PORT...]" >&2
+	echo "usage: cluster.sh [pg-init PGDIR ACCOUNT... | pg-db PGDIR [PID] | node DATA_DIR N PORT PGDIR [PUBLIC_URL] | haproxy-cfg DATA_DIR PORT NODE_PORT...]" >&2
 	exit 2
 	;;
 esac

@@ -88,7 +88,7 @@ class Postgres:
             self.proc = subprocess.Popen(argv, cwd=self.dir, stdout=log, stderr=log,
                                          start_new_session=True)
         # Waits for the socket; makes the role and the database the first time.
-        _run_script("pg-db", self.dir)
+        _run_script("pg-db", self.dir, str(self.proc.pid))
         return self
 
     def stop(self, sig=signal.SIGINT, timeout=30):
