@@ -1,10 +1,10 @@
 /*
  * sdb_pg: the PostgreSQL backend of sdb.h (sdb_impl.h), on libpq.
  *
- * Every call runs synchronously (PQexec / PQexecParams) with parameters and results in
- * text format, but for blobs, sent as binary bytea parameters; a bytea column comes back
- * as `\x<hex>` text and is decoded on demand. SQL written for SQLite (`?`, `?N`) is
- * rewritten once, at prepare, to `$N`.
+ * Every call runs synchronously (pg_exec: PQsendQuery / PQsendQueryParams, waited for) with
+ * parameters and results in text format, but for blobs, sent as binary bytea parameters; a bytea
+ * column comes back as `\x<hex>` text and is decoded on demand. SQL written for SQLite (`?`, `?N`)
+ * is rewritten once, at prepare, to `$N`.
  *
  * No call can hang: the connection is opened with connect_timeout, and the session's
  * lock_timeout, statement_timeout and idle_in_transaction_session_timeout bound the
@@ -25,6 +25,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 
 #define PG_BYTEA_OID 17
 #define PG_TEXT_OID 25
@@ -37,8 +39,9 @@ typedef struct {
     PGconn *c;
     int timeout_ms;
     unsigned flags;
-    int resync;   /* reset since the last sdbpg_wait */
-    char **chans; /* channels listened to, for re-LISTEN after a reset */
+    int resync;    /* reset since the last sdbpg_wait */
+    int timed_out; /* the last pg_exec gave the server up (db->msg says so) */
+    char **chans;  /* channels listened to, for re-LISTEN after a reset */
     int nchans;
 } pgdb;
 
@@ -93,6 +96,8 @@ static sdb_status pg_fail(sdb *db, PGresult *r)
 {
     const char *state = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     const char *primary = r != NULL ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (r == NULL && P(db)->timed_out)
+        return SDB_ERR_UNAVAILABLE;
     if (primary != NULL)
         pg_set_msg(db, primary);
     else
@@ -113,10 +118,92 @@ static sdb_status pg_fail(sdb *db, PGresult *r)
     return SDB_ERR;
 }
 
+static long long pg_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits for the socket (POLLIN or POLLOUT) until the deadline: 1 ready, 0 timed out. */
+static int pg_poll(PGconn *c, short events, long long deadline)
+{
+    for (;;) {
+        long long left = deadline - pg_now_ms();
+        if (left <= 0)
+            return 0;
+        struct pollfd pfd = {.fd = PQsocket(c), .events = events};
+        int rc = poll(&pfd, 1, left > 60000 ? 60000 : (int)left);
+        if (rc > 0)
+            return 1;
+        if (rc < 0 && errno != EINTR)
+            return 1; /* let libpq find what is wrong */
+    }
+}
+
+/* PQexec / PQexecParams, but bounded on our side too: statement_timeout is the server's,
+ * and a server that stalls (stopped, a partition that drops packets, a Unix socket whose
+ * backend hangs) answers nothing at all. Past 4 x the timeout + 2 s the connection is
+ * given up (its socket shut down, so libpq marks it bad and the next call resets it).
+ * sql with n < 0: the simple protocol (several statements allowed). Returns the first
+ * failed result, else the last one; NULL when nothing came (PQerrorMessage says why). */
+static PGresult *pg_exec(sdb *db, const char *sql, int n, const Oid *types, const char *const *vals,
+                         const int *lens, const int *fmts)
+{
+    pgdb *p = P(db);
+    PGconn *c = p->c;
+    p->timed_out = 0;
+    int sent =
+        n < 0 ? PQsendQuery(c, sql) : PQsendQueryParams(c, sql, n, types, vals, lens, fmts, 0);
+    if (!sent)
+        return NULL;
+    long t = p->timeout_ms > 0 ? p->timeout_ms : 1;
+    long long deadline = pg_now_ms() + 4LL * t + 2000;
+    int late = 0;
+    while (PQflush(c) == 1)
+        if (!pg_poll(c, POLLOUT, deadline)) {
+            late = 1;
+            break;
+        }
+    PGresult *keep = NULL, *r;
+    int keep_failed = 0;
+    for (;;) {
+        /* every result waited for under the deadline: PQgetResult would block */
+        while (!late && PQisBusy(c)) {
+            if (!pg_poll(c, POLLIN, deadline))
+                late = 1;
+            else if (!PQconsumeInput(c))
+                break;
+        }
+        if (late && PQstatus(c) == CONNECTION_OK) {
+            shutdown(PQsocket(c), SHUT_RDWR);
+            PQconsumeInput(c); /* reads the end: the connection is bad from now on */
+        }
+        if ((r = PQgetResult(c)) == NULL)
+            break;
+        ExecStatusType st = PQresultStatus(r);
+        if (keep_failed) {
+            PQclear(r); /* the first failure is the one to tell */
+            continue;
+        }
+        PQclear(keep);
+        keep = r;
+        keep_failed = st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY;
+    }
+    if (late) {
+        PQclear(keep);
+        p->timed_out = 1;
+        snprintf(db->msg, sizeof(db->msg), "the server did not answer within %lld ms",
+                 4LL * t + 2000);
+        return NULL;
+    }
+    return keep;
+}
+
 /* Runs sql that returns no rows (or rows we do not read). */
 static sdb_status pg_run(sdb *db, const char *sql)
 {
-    PGresult *r = PQexec(P(db)->c, sql);
+    PGresult *r = pg_exec(db, sql, -1, NULL, NULL, NULL, NULL);
     ExecStatusType t = PQresultStatus(r);
     sdb_status st = SDB_OK;
     if (t != PGRES_COMMAND_OK && t != PGRES_TUPLES_OK)
@@ -266,8 +353,8 @@ sdb_status sdbpg_begin_write(sdb *db, int lock)
     char key[32];
     snprintf(key, sizeof(key), "%lld", (long long)((PG_LOCK_NAMESPACE << 32) | (uint32_t)lock));
     const char *vals[] = {key};
-    PGresult *r = PQexecParams(P(db)->c, "SELECT pg_advisory_xact_lock($1::bigint)", 1, NULL, vals,
-                               NULL, NULL, 0);
+    PGresult *r =
+        pg_exec(db, "SELECT pg_advisory_xact_lock($1::bigint)", 1, NULL, vals, NULL, NULL);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         st = pg_fail(db, r);
         PQclear(r);
@@ -292,7 +379,7 @@ sdb_status sdbpg_commit(sdb *db)
     sdb_status st = pg_ready(db);
     if (st != SDB_OK)
         return st;
-    PGresult *r = PQexec(P(db)->c, "COMMIT");
+    PGresult *r = pg_exec(db, "COMMIT", -1, NULL, NULL, NULL, NULL);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         st = pg_fail(db, r);
     } else if (strcmp(PQcmdStatus(r), "COMMIT") != 0) {
@@ -311,7 +398,7 @@ void sdbpg_rollback(sdb *db)
         return; /* the transaction went with the connection; the next call resets it */
     if (PQtransactionStatus(p->c) == PQTRANS_IDLE)
         return;
-    PGresult *r = PQexec(p->c, "ROLLBACK");
+    PGresult *r = pg_exec(db, "ROLLBACK", -1, NULL, NULL, NULL, NULL);
     int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     if (!ok) {
@@ -492,8 +579,8 @@ sdb_status sdbpg_step(sdb_stmt *s)
         sdb_status st = pg_ready(db);
         if (st != SDB_OK)
             return st;
-        q->res = PQexecParams(P(db)->c, q->sql, q->nparams, q->types, (const char *const *)q->vals,
-                              q->lens, q->fmts, 0);
+        q->res = pg_exec(db, q->sql, q->nparams, q->types, (const char *const *)q->vals, q->lens,
+                         q->fmts);
         ExecStatusType t = PQresultStatus(q->res);
         if (t != PGRES_TUPLES_OK && t != PGRES_COMMAND_OK) {
             st = pg_fail(db, q->res);
@@ -632,7 +719,7 @@ sdb_status sdbpg_notify(sdb *db, const char *channel, const char *payload)
     if (st != SDB_OK)
         return st;
     const char *vals[] = {channel, payload};
-    PGresult *r = PQexecParams(P(db)->c, "SELECT pg_notify($1, $2)", 2, NULL, vals, NULL, NULL, 0);
+    PGresult *r = pg_exec(db, "SELECT pg_notify($1, $2)", 2, NULL, vals, NULL, NULL);
     st = PQresultStatus(r) == PGRES_TUPLES_OK ? SDB_OK : pg_fail(db, r);
     PQclear(r);
     return st;

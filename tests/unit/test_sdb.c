@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -413,6 +414,45 @@ static void test_pg_uri_secret_not_echoed(void **state)
     assert_true(strlen(err) > 6);
 }
 
+/* PostgreSQL: what bounds a call. statement_timeout (4 x the timeout) ends a long
+ * statement, the connection stays; a backend that answers nothing at all (stopped) is
+ * given up on our side, and the next call resets the connection. */
+static void test_pg_bounds(void **state)
+{
+    fx *f = *state;
+    sdb *db = open_db(f, 100);
+    char err[256] = "";
+    sdb_gave_up();
+    assert_int_equal(sdb_exec(db, "SELECT pg_sleep(3)", "sleep", err, sizeof(err)),
+                     SDB_ERR_UNAVAILABLE);
+    assert_int_equal(sdb_gave_up(), 1);
+    exec_ok(db, "SELECT 1");
+
+    sdb_stmt *s = prep(db, "SELECT pg_backend_pid()");
+    assert_int_equal(sdb_step(s), SDB_ROW);
+    pid_t backend = (pid_t)sdb_column_int64(s, 0);
+    sdb_finalize(s);
+    assert_true(backend > 0);
+    assert_int_equal(kill(backend, SIGSTOP), 0);
+    double t0 = now_s();
+    sdb_status st = sdb_exec(db, "SELECT 1", "stalled", err, sizeof(err));
+    double took = now_s() - t0;
+    kill(backend, SIGCONT);
+    fprintf(stderr, "stalled backend: %d in %.3f s (%s)\n", st, took, err);
+    assert_int_equal(st, SDB_ERR_UNAVAILABLE);
+    assert_true(took >= 0.3 && took < 10);
+    exec_ok(db, "SELECT 1"); /* a new connection */
+    assert_int_equal(sdb_changed(db), SDB_RESYNC);
+    sdb_close(db);
+
+    /* read-only: a write is refused */
+    assert_int_equal(sdb_open(f->loc, SDB_OPEN_READONLY, 1000, &db, err, sizeof(err)), SDB_OK);
+    exec_ok(db, "SELECT 1");
+    assert_int_equal(sdb_exec(db, "CREATE TABLE ro (x BIGINT)", "create", err, sizeof(err)),
+                     SDB_ERR);
+    sdb_close(db);
+}
+
 /* PostgreSQL: the server stops; calls fail SDB_ERR_UNAVAILABLE in bounded time, then the
  * connection comes back by itself once the server is up, and a listener hears RESYNC. */
 static void test_pg_server_restart(void **state)
@@ -439,6 +479,9 @@ static void test_pg_server_restart(void **state)
     t0 = now_s();
     assert_int_equal(sdb_wait(l, 200), SDB_ERR_UNAVAILABLE);
     assert_true(now_s() - t0 < 10);
+    sdb *down = NULL;
+    assert_int_equal(sdb_open(f->loc, 0, 2000, &down, err, sizeof(err)), SDB_ERR_UNAVAILABLE);
+    assert_null(down);
 
     assert_int_equal(testdb_pg_start(), 0);
     exec_ok(a, "INSERT INTO u (x) VALUES (1)");
@@ -481,6 +524,7 @@ int main(void)
         BOTH(test_notes),
         BOTH(test_exec_many_and_version),
         cmocka_unit_test(test_pg_uri_secret_not_echoed),
+        cmocka_unit_test_setup_teardown(test_pg_bounds, setup_pg, teardown),
         /* last: it stops and starts this process's server */
         cmocka_unit_test_setup_teardown(test_pg_server_restart, setup_pg, teardown),
     };
