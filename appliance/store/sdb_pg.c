@@ -304,8 +304,17 @@ sdb_status sdbpg_open(sdb *db, const char *uri, unsigned flags, int timeout_ms)
         secs = 1;
     char ct[16];
     snprintf(ct, sizeof(ct), "%d", secs);
-    const char *keys[] = {"dbname", "connect_timeout", NULL};
-    const char *vals[] = {uri, ct, NULL};
+    /* TCP keepalives first (the URI may set its own): a peer gone without a word (a
+     * partition, a powered-off host) is found within about 25 s even by a listener that
+     * only waits. connect_timeout last: ours bounds the connect whatever the URI says. */
+    const char *keys[] = {"keepalives",
+                          "keepalives_idle",
+                          "keepalives_interval",
+                          "keepalives_count",
+                          "dbname",
+                          "connect_timeout",
+                          NULL};
+    const char *vals[] = {"1", "10", "5", "3", uri, ct, NULL};
     p->c = PQconnectdbParams(keys, vals, 1);
     if (p->c == NULL) {
         pg_set_msg(db, "out of memory");
@@ -447,7 +456,8 @@ static void pg_drop_result(pgstmt *q)
 
 /* SQLite's parameters to PostgreSQL's: `?N` is $N, a bare `?` one more than the largest
  * number so far (SQLite's rule). Quoted text ('...', "...") and -- comments stay as they
- * are. Returns the new text (malloc) and the number of parameters, or NULL. */
+ * are; the stores use neither E'...' escapes nor $$ quoting, which this does not know. Returns the
+ * new text (malloc) and the number of parameters, or NULL. */
 static char *pg_rewrite(const char *sql, int *nparams, unsigned char used[])
 {
     size_t n = strlen(sql);
