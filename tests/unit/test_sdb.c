@@ -396,6 +396,10 @@ static void test_exec_many_and_version(void **state)
                 "INSERT INTO a (x) VALUES ('1;2'); INSERT INTO b (y) VALUES ('x')");
     exec_ok(db, "CREATE TABLE IF NOT EXISTS a (x TEXT)"); /* a NOTICE on PostgreSQL */
     assert_int_equal(count(db, "a") + count(db, "b"), 2);
+    /* testenv's own connections, on either backend */
+    assert_int_equal(testenv_sql_exec(f->loc, "INSERT INTO a (x) VALUES ('2')"), 0);
+    assert_int_equal(testenv_sql_int(f->loc, "SELECT COUNT(*) FROM a WHERE x <> ?1", 1, "z"), 2);
+    assert_int_equal(testenv_sql_exec(f->loc, "SELEKT"), -1);
     assert_true(strncmp(sdb_version(db), f->pg ? "postgresql " : "sqlite ", f->pg ? 11 : 7) == 0);
     sdb_close(db);
 }
