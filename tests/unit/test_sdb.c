@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -353,6 +354,64 @@ static void test_begin_write_excludes(void **state)
     sdb_close(a);
 }
 
+/* Read-then-write under the store's lock is serial: threads, each on its own connection,
+ * read a counter and write it back plus one; no increment is lost. */
+static void *incrementer(void *arg)
+{
+    writer_arg *a = arg;
+    sdb *db = NULL;
+    char err[256];
+    a->st = sdb_open(a->f->loc, 0, 10000, &db, err, sizeof(err));
+    for (int i = 0; a->st == SDB_OK && i < 15; i++) {
+        if ((a->st = sdb_begin_write(db, SDB_LOCK_AUDIT, err, sizeof(err))) != SDB_OK)
+            break;
+        sdb_stmt *s = NULL;
+        a->st = sdb_prepare(db, "SELECT x FROM u", &s, "read", err, sizeof(err));
+        int64_t v = a->st == SDB_OK && sdb_step(s) == SDB_ROW ? sdb_column_int64(s, 0) : -1;
+        sdb_finalize(s);
+        if (a->st == SDB_OK && v >= 0 &&
+            sdb_prepare(db, "UPDATE u SET x = ?1", &s, "write", err, sizeof(err)) == SDB_OK) {
+            sched_yield();
+            sdb_bind_int64(s, 1, v + 1);
+            a->st = sdb_step_done(s, "write", err, sizeof(err));
+        } else {
+            a->st = SDB_ERR;
+        }
+        if (a->st == SDB_OK)
+            a->st = sdb_commit(db, err, sizeof(err));
+        else
+            sdb_rollback(db);
+    }
+    if (a->st != SDB_OK)
+        fprintf(stderr, "incrementer: %s\n", err);
+    sdb_close(db);
+    return NULL;
+}
+
+static void test_writers_are_serial(void **state)
+{
+    fx *f = *state;
+    sdb *db = open_db(f, 2000);
+    make_table(f, db);
+    exec_ok(db, "INSERT INTO u (x) VALUES (0)");
+    enum { N = 4 };
+    pthread_t th[N];
+    writer_arg a[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = (writer_arg){.f = f};
+        assert_int_equal(pthread_create(&th[i], NULL, incrementer, &a[i]), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(a[i].st, SDB_OK);
+    }
+    sdb_stmt *s = prep(db, "SELECT x FROM u");
+    assert_int_equal(sdb_step(s), SDB_ROW);
+    assert_int_equal(sdb_column_int64(s, 0), N * 15);
+    sdb_finalize(s);
+    sdb_close(db);
+}
+
 static void test_notes(void **state)
 {
     fx *f = *state;
@@ -525,6 +584,7 @@ int main(void)
         BOTH(test_constraint_and_errors),
         BOTH(test_rollback_discards),
         BOTH(test_begin_write_excludes),
+        BOTH(test_writers_are_serial),
         BOTH(test_notes),
         BOTH(test_exec_many_and_version),
         cmocka_unit_test(test_pg_uri_secret_not_echoed),
