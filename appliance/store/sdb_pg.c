@@ -13,6 +13,10 @@
  * says SDB_RESYNC, since notes sent meanwhile are lost); inside a transaction the call
  * fails SDB_ERR_UNAVAILABLE, as the transaction went with the connection.
  *
+ * A call the server never answered (pg_exec's own deadline) fails SDB_ERR_UNAVAILABLE; for
+ * a COMMIT that means "unknown", as with any client whose server went away at that moment:
+ * a store that must know reads its row again once the server is back.
+ *
  * The URI is handed to libpq and never copied into a message: libpq's own messages name
  * the host or socket, never a password.
  */
