@@ -356,6 +356,19 @@ sdb_status sdbpg_exec(sdb *db, const char *sql)
     return st != SDB_OK ? st : pg_run(db, sql);
 }
 
+/* Takes the transaction-scoped advisory lock numbered lock (waits at most lock_timeout). */
+static sdb_status pg_xact_lock(sdb *db, int lock)
+{
+    char key[32];
+    snprintf(key, sizeof(key), "%lld", (long long)((PG_LOCK_NAMESPACE << 32) | (uint32_t)lock));
+    const char *vals[] = {key};
+    PGresult *r =
+        pg_exec(db, "SELECT pg_advisory_xact_lock($1::bigint)", 1, NULL, vals, NULL, NULL);
+    sdb_status st = PQresultStatus(r) == PGRES_TUPLES_OK ? SDB_OK : pg_fail(db, r);
+    PQclear(r);
+    return st;
+}
+
 sdb_status sdbpg_begin_write(sdb *db, int lock)
 {
     sdb_status st = pg_ready(db);
@@ -363,22 +376,21 @@ sdb_status sdbpg_begin_write(sdb *db, int lock)
         return st;
     if ((st = pg_run(db, "BEGIN")) != SDB_OK)
         return st;
-    char key[32];
-    snprintf(key, sizeof(key), "%lld", (long long)((PG_LOCK_NAMESPACE << 32) | (uint32_t)lock));
-    const char *vals[] = {key};
-    PGresult *r =
-        pg_exec(db, "SELECT pg_advisory_xact_lock($1::bigint)", 1, NULL, vals, NULL, NULL);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        st = pg_fail(db, r);
-        PQclear(r);
+    if ((st = pg_xact_lock(db, lock)) != SDB_OK) {
         char keep[SDB_ERRMSG_MAX];
         memcpy(keep, db->msg, sizeof(keep));
         sdbpg_rollback(db);
         memcpy(db->msg, keep, sizeof(keep));
-        return st;
     }
-    PQclear(r);
-    return SDB_OK;
+    return st;
+}
+
+/* A second store's lock inside a write transaction (sdb_lock); the caller rolls back on
+ * failure. */
+sdb_status sdbpg_lock(sdb *db, int lock)
+{
+    sdb_status st = pg_ready(db);
+    return st != SDB_OK ? st : pg_xact_lock(db, lock);
 }
 
 sdb_status sdbpg_begin_read(sdb *db)
