@@ -34,6 +34,7 @@
 
 #define PG_BYTEA_OID 17
 #define PG_TEXT_OID 25
+#define PG_INT8_OID 20
 #define PG_MAX_PARAM 32766
 /* pg_advisory_xact_lock takes one bigint: the high 32 bits ("SIGN") keep our lock numbers
  * apart from any other application's advisory locks on the same database. */
@@ -568,6 +569,12 @@ sdb_status sdbpg_prepare(sdb_stmt *s, const char *sql)
     return SDB_OK;
 }
 
+/* is_blob: 0 text, 1 blob (sent binary, typed bytea), 2 an int64's decimal text (typed
+ * bigint: left to the server, `?5 = 0` would type it integer, too small for times in ms).
+ * Text and NULL are left for the server to type from where it first meets them: so a
+ * parameter tested with IS NULL must be typed there first, `(kid = ?2 OR ?2 IS NULL)` or
+ * `CAST(?2 AS TEXT) IS NULL`, not `?2 IS NULL OR kid = ?2` ("could not determine data
+ * type"). */
 void sdbpg_bind(sdb_stmt *s, int idx, const void *v, size_t len, int is_blob, int is_null)
 {
     pgstmt *q = S(s);
@@ -590,9 +597,11 @@ void sdbpg_bind(sdb_stmt *s, int idx, const void *v, size_t len, int is_blob, in
         memcpy(q->vals[i], v, len);
     q->vals[i][len] = '\0';
     q->lens[i] = (int)len;
-    if (is_blob) {
+    if (is_blob == 1) {
         q->fmts[i] = 1;
         q->types[i] = PG_BYTEA_OID;
+    } else if (is_blob == 2) {
+        q->types[i] = PG_INT8_OID;
     }
 }
 

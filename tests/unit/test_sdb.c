@@ -145,6 +145,25 @@ static void test_placeholders(void **state)
     assert_string_equal(k, "b?aac");
     assert_int_equal(sdb_column_copy(s, 0, k, 5), -1);
     sdb_finalize(s);
+    /* the parameter patterns the stores use, typed alike on both: an int64 beside a small
+     * literal (a time in ms past 2^31), an optional filter that may be NULL */
+    const char *filters[] = {"SELECT COUNT(*) FROM t WHERE (?1 = 0 OR i <= ?1)"
+                             " AND (k = ?2 OR ?2 IS NULL)",
+                             "SELECT COUNT(*) FROM t WHERE (?1 = 0 OR i <= ?1)"
+                             " AND (CAST(?2 AS TEXT) IS NULL OR k = ?2)"};
+    for (int i = 0; i < 2; i++) {
+        s = prep(db, filters[i]);
+        sdb_bind_int64(s, 1, 1700000000000LL);
+        sdb_bind_null(s, 2);
+        assert_int_equal(sdb_step(s), SDB_ROW);
+        assert_int_equal(sdb_column_int64(s, 0), 1);
+        sdb_reset(s);
+        sdb_bind_int64(s, 1, 0);
+        sdb_bind_text(s, 2, "nope", -1);
+        assert_int_equal(sdb_step(s), SDB_ROW);
+        assert_int_equal(sdb_column_int64(s, 0), 0);
+        sdb_finalize(s);
+    }
     /* a number skipped (?1 never named), a '?' in a comment */
     s = prep(db, "SELECT k FROM t WHERE i = ?2 -- which one?\n AND k = ?3");
     sdb_bind_text(s, 1, "unused", -1);
