@@ -24,11 +24,13 @@
 
 #include <libpq-fe.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -57,6 +59,7 @@ typedef struct {
     int *lens;
     int *fmts;
     Oid *types;
+    unsigned char *pflags; /* per parameter: pg_rewrite's used[] */
     PGresult *res;
     int started;
     int row;
@@ -475,6 +478,23 @@ static void pg_drop_result(pgstmt *q)
  * number so far (SQLite's rule). Quoted text ('...', "...") and -- comments stay as they
  * are; the stores use neither E'...' escapes nor $$ quoting, which this does not know. Returns the
  * new text (malloc) and the number of parameters, or NULL. */
+/* Whether text starts with (blanks) IS [NOT] NULL. */
+static int pg_null_test(const char *t)
+{
+    static const char *const words[] = {"IS", "NOT", "NULL"};
+    for (int w = 0; w < 3; w++) {
+        while (*t == ' ' || *t == '\t' || *t == '\n' || *t == '\r')
+            t++;
+        size_t n = strlen(words[w]);
+        if (strncasecmp(t, words[w], n) == 0 && !(t[n] == '_' || isalnum((unsigned char)t[n])))
+            t += n;
+        else if (w != 1) /* NOT is optional */
+            return 0;
+    }
+    return 1;
+}
+
+/* used[N]: 0 never named, 1 named, 3 named first in `?N IS [NOT] NULL`. */
 static char *pg_rewrite(const char *sql, int *nparams, unsigned char used[])
 {
     size_t n = strlen(sql);
@@ -522,7 +542,8 @@ static char *pg_rewrite(const char *sql, int *nparams, unsigned char used[])
         }
         if (num > maxn)
             maxn = (int)num;
-        used[num] = 1;
+        if (used[num] == 0)
+            used[num] = pg_null_test(sql + i + 1) ? 3 : 1;
         if (n * 7 + 16 - o < 8) {
             free(out);
             return NULL;
@@ -561,9 +582,17 @@ sdb_status sdbpg_prepare(sdb_stmt *s, const char *sql)
         }
         /* SQLite lets a statement skip a number (?2 without ?1); PostgreSQL cannot type a
          * parameter the text never names: such a one is a NULL text, whatever is bound. */
-        for (int i = 0; i < q->nparams; i++)
+        q->pflags = calloc((size_t)q->nparams, 1);
+        if (q->pflags == NULL) {
+            free(used);
+            pg_set_msg(s->db, "out of memory");
+            return SDB_ERR;
+        }
+        for (int i = 0; i < q->nparams; i++) {
+            q->pflags[i] = used[i + 1];
             if (!used[i + 1])
                 q->types[i] = PG_TEXT_OID;
+        }
     }
     free(used);
     return SDB_OK;
@@ -571,23 +600,25 @@ sdb_status sdbpg_prepare(sdb_stmt *s, const char *sql)
 
 /* is_blob: 0 text, 1 blob (sent binary, typed bytea), 2 an int64's decimal text (typed
  * bigint: left to the server, `?5 = 0` would type it integer, too small for times in ms).
- * Text and NULL are left for the server to type from where it first meets them: so a
- * parameter tested with IS NULL must be typed there first, `(kid = ?2 OR ?2 IS NULL)` or
- * `CAST(?2 AS TEXT) IS NULL`, not `?2 IS NULL OR kid = ?2` ("could not determine data
- * type"). */
+ * Text and NULL are left for the server to type from where it first meets them, but for
+ * a parameter first met in `?N IS [NOT] NULL`, where it cannot: text. So an optional
+ * filter `(?2 IS NULL OR kid = ?2)` runs on a text column as it is; on a bigint column
+ * with NULL bound it needs `CAST(?2 AS BIGINT) IS NULL`. */
 void sdbpg_bind(sdb_stmt *s, int idx, const void *v, size_t len, int is_blob, int is_null)
 {
     pgstmt *q = S(s);
     if (idx < 1 || idx > q->nparams)
         return; /* as SQLite: out of range, ignored */
     int i = idx - 1;
-    if (q->types[i] == PG_TEXT_OID)
+    if (q->pflags[i] == 0)
         return; /* not in the text */
     free(q->vals[i]);
     q->vals[i] = NULL;
     q->lens[i] = 0;
     q->fmts[i] = 0;
-    q->types[i] = 0;
+    /* first met in `?N IS NULL`, the server cannot type it: text then (an optional filter
+     * on a text column, the stores' one such use); an int64 is typed below */
+    q->types[i] = q->pflags[i] == 3 ? PG_TEXT_OID : 0;
     if (is_null)
         return;
     q->vals[i] = malloc(len + 1);
@@ -741,6 +772,7 @@ void sdbpg_finalize(sdb_stmt *s)
     free(q->lens);
     free(q->fmts);
     free(q->types);
+    free(q->pflags);
     free(q->sql);
     free(q);
     s->pg = NULL;

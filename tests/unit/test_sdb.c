@@ -150,8 +150,12 @@ static void test_placeholders(void **state)
     const char *filters[] = {"SELECT COUNT(*) FROM t WHERE (?1 = 0 OR i <= ?1)"
                              " AND (k = ?2 OR ?2 IS NULL)",
                              "SELECT COUNT(*) FROM t WHERE (?1 = 0 OR i <= ?1)"
-                             " AND (CAST(?2 AS TEXT) IS NULL OR k = ?2)"};
-    for (int i = 0; i < 2; i++) {
+                             " AND (CAST(?2 AS TEXT) IS NULL OR k = ?2)",
+                             "SELECT COUNT(*) FROM t WHERE (?1 = 0 OR i <= ?1)"
+                             " AND (?2 is  not\n null AND k = ?2 OR ?2 IS NULL)",
+                             "SELECT COUNT(*) FROM t WHERE (?1 = 0 OR i <= ?1)"
+                             " AND (?2 IS NULL OR k = ?2)"};
+    for (int i = 0; i < 4; i++) {
         s = prep(db, filters[i]);
         sdb_bind_int64(s, 1, 1700000000000LL);
         sdb_bind_null(s, 2);
