@@ -334,7 +334,7 @@ void sdb_bind_int64(sdb_stmt *s, int idx, int64_t v)
     if (s->db->kind == SDB_POSTGRES) {
         char t[24];
         int n = snprintf(t, sizeof(t), "%lld", (long long)v);
-        sdbpg_bind(s, idx, t, (size_t)n, 0, 0);
+        sdbpg_bind(s, idx, t, (size_t)n, 2, 0); /* 2: typed bigint (sdb_pg.c) */
     } else {
         sqlite3_bind_int64(s->lite, idx, v);
     }

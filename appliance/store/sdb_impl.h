@@ -45,6 +45,7 @@ void sdbpg_close(sdb *db);
 sdb_status sdbpg_exec(sdb *db, const char *sql);
 sdb_status sdbpg_begin_write(sdb *db, int lock);
 sdb_status sdbpg_begin_read(sdb *db);
+sdb_status sdbpg_lock(sdb *db, int lock); /* inside a write transaction */
 sdb_status sdbpg_commit(sdb *db);
 void sdbpg_rollback(sdb *db);
 sdb_status sdbpg_prepare(sdb_stmt *s, const char *sql);
