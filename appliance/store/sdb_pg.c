@@ -28,6 +28,11 @@ sdb_status sdbpg_begin_write(sdb *db, int lock)
     (void)lock;
     return pg_absent(db);
 }
+sdb_status sdbpg_lock(sdb *db, int lock)
+{
+    (void)lock;
+    return pg_absent(db);
+}
 sdb_status sdbpg_begin_read(sdb *db)
 {
     return pg_absent(db);
