@@ -556,13 +556,15 @@ int audit_list(const char *db_path, const audit_query *q, json_t **out, uint64_t
     if (sdb_prepare(db,
                     "SELECT seq, time, actor, action, kid, details, prev_hash, hash"
                     " FROM audit WHERE seq > ?1"
-                    " AND (?2 IS NULL OR kid = ?2)"
-                    " AND (?3 IS NULL OR action = ?3)"
-                    " AND (?4 IS NULL OR actor = ?4)"
-                    " AND (?5 = 0 OR time >= ?5)"
-                    " AND (?6 = 0 OR time <= ?6)"
+                    /* Typed: PostgreSQL cannot tell a NULL's type from IS NULL. */
+                    " AND (CAST(?2 AS TEXT) IS NULL OR kid = ?2)"
+                    " AND (CAST(?3 AS TEXT) IS NULL OR action = ?3)"
+                    " AND (CAST(?4 AS TEXT) IS NULL OR actor = ?4)"
+                    " AND (CAST(?5 AS BIGINT) = 0 OR time >= ?5)"
+                    " AND (CAST(?6 AS BIGINT) = 0 OR time <= ?6)"
                     " ORDER BY seq LIMIT ?7",
                     &s, "audit list", err, sizeof(err)) != SDB_OK) {
+        fprintf(stderr, "signd: audit: %s\n", err);
         sdb_close(db);
         return -1;
     }
@@ -591,6 +593,8 @@ int audit_list(const char *db_path, const audit_query *q, json_t **out, uint64_t
         n++;
     }
     int ok = rc == SDB_ROW || rc == SDB_DONE;
+    if (!ok)
+        fprintf(stderr, "signd: audit: list: %s\n", sdb_stmt_error(s));
     sdb_finalize(s);
     sdb_close(db);
     if (!ok || arr == NULL) {

@@ -7,6 +7,7 @@
  * their own connections make one unbroken chain; two audit writers (core/audit.h) on one
  * database write one trail whose export verifies with the audit key alone.
  */
+#include "appliance/common/jlog.h"
 #include "appliance/core/audit.h"
 #include "appliance/store/chain.h"
 #include "appliance/store/sdb.h"
@@ -194,6 +195,39 @@ static void test_every_event_names_the_node_and_the_hash_covers_it(void **state)
     sdb_close(db);
 }
 
+/* With log_events, a line per event once its transaction commits; none for one that
+ * rolled back (the log never shows an event the trail lacks). */
+static void test_event_lines_are_logged_at_commit_and_dropped_at_rollback(void **state)
+{
+    testenv_db *t = *state;
+    sdb *db = open_chain(state);
+    char log[PATH_MAX + 16], err[256];
+    snprintf(log, sizeof(log), "%s/events.log", t->dir);
+    assert_int_equal(jlog_open(log, err, sizeof(err)), 0);
+    chn_log_events(1);
+    begin(db, SDB_LOCK_TOKENS);
+    assert_int_equal(chn_append_tx(db, 1, "token.redeemed", NULL, NULL, err, sizeof(err)), 0);
+    sdb_rollback(db);
+    begin(db, SDB_LOCK_TOKENS);
+    assert_int_equal(chn_append_tx(db, 2, CHN_KEY_REVOKED, NULL, NULL, err, sizeof(err)), 0);
+    commit(db);
+    chn_log_events(0);
+    jlog_close();
+
+    FILE *f = fopen(log, "r");
+    assert_non_null(f);
+    char line[1024];
+    int lines = 0;
+    while (fgets(line, sizeof(line), f) != NULL) {
+        lines++;
+        assert_non_null(strstr(line, "\"event\":\"key.revoked\""));
+        assert_non_null(strstr(line, "\"seq\":1"));
+    }
+    fclose(f);
+    assert_int_equal(lines, 1);
+    sdb_close(db);
+}
+
 /* ---- two nodes at once -------------------------------------------------------------------- */
 
 #define NODE_EVENTS 150
@@ -367,6 +401,9 @@ int main(void)
                                         testenv_db_setup, testenv_db_teardown),
         cmocka_unit_test_setup_teardown(test_every_event_names_the_node_and_the_hash_covers_it,
                                         testenv_db_setup, testenv_db_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_event_lines_are_logged_at_commit_and_dropped_at_rollback, testenv_db_setup,
+            testenv_db_teardown),
         cmocka_unit_test_setup_teardown(test_two_nodes_appending_at_once_make_one_unbroken_chain,
                                         testenv_db_setup, testenv_db_teardown),
         cmocka_unit_test(test_two_audit_writers_write_one_trail_that_verifies),
