@@ -18,6 +18,8 @@ struct sdb {
     int64_t changes;
     char msg[SDB_ERRMSG_MAX]; /* the backend's last message */
     char version[48];
+    void (*end_fn)(void *arg, int committed); /* sdb_on_end */
+    void *end_arg;
     /* SQLite */
     sqlite3 *lite;
     int64_t data_version; /* for sdb_changed */
