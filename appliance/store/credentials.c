@@ -3,7 +3,6 @@
 
 #include "appliance/store/chain.h"
 #include "appliance/store/sdb.h"
-#include "appliance/store/sdb_impl.h" /* the chain bridge, see cred_audit_tx */
 
 #include "jose/jose.h"
 #include "base/hex.h"
@@ -362,17 +361,11 @@ static cred_status cred_tx_end(cred_store *cs, cred_status st)
     return st;
 }
 
-/* The audit event of this transaction's change (audit.h); details is consumed.
- * The chain (chain.h) still takes SQLite's handle: until it takes an sdb, the event is
- * appended through the connection's SQLite handle, and PostgreSQL has no chain yet. */
+/* The audit event of this transaction's change (audit.h); details is consumed. */
 static cred_status cred_audit_tx(cred_store *cs, int64_t now, const char *action, json_t *details)
 {
     char err[256];
-    int rc = -1;
-    if (sdb_kind_of(cs->db) == SDB_SQLITE)
-        rc = chn_append_tx(cs->db->lite, now, action, NULL, details, err, sizeof(err));
-    else
-        snprintf(err, sizeof(err), "audit: the chain has no PostgreSQL backend yet");
+    int rc = chn_append_tx(cs->db, now, action, NULL, details, err, sizeof(err));
     json_decref(details);
     return rc == 0 ? CRED_OK : cred_fail(cs->path, CRED_ERR_IO, "%s", err);
 }
@@ -481,19 +474,20 @@ static cred_status cred_load(cred_store *cs)
 }
 
 /* Creates the table when missing. On PostgreSQL under SDB_LOCK_SCHEMA: nodes starting at
- * once would race on CREATE TABLE IF NOT EXISTS. The audit tables belong to the chain. */
+ * once would race on CREATE TABLE IF NOT EXISTS. The audit tables come from the chain. */
 static cred_status cred_schema(cred_store *cs)
 {
     char err[256];
     if (sdb_kind_of(cs->db) == SDB_SQLITE) {
         if (sdb_exec(cs->db, cred_schema_lite, "create tables", err, sizeof(err)) != SDB_OK ||
-            chn_schema(cs->db->lite, err, sizeof(err)) != 0)
+            chn_schema(cs->db, err, sizeof(err)) != 0)
             return cred_fail_db(cs, err);
         return CRED_OK;
     }
     if (sdb_begin_write(cs->db, SDB_LOCK_SCHEMA, err, sizeof(err)) != SDB_OK)
         return cred_fail_db(cs, err);
     if (sdb_exec(cs->db, cred_schema_pg, "create tables", err, sizeof(err)) != SDB_OK ||
+        chn_schema(cs->db, err, sizeof(err)) != 0 ||
         sdb_commit(cs->db, err, sizeof(err)) != SDB_OK) {
         sdb_rollback(cs->db);
         return cred_fail_db(cs, err);

@@ -3,7 +3,6 @@
 
 #include "appliance/store/chain.h"
 #include "appliance/store/sdb.h"
-#include "appliance/store/sdb_impl.h" /* the chain bridge, see tks_audit_tx */
 #include "base/signkey.h"
 #include "jose/jose.h"
 #include "base/hex.h"
@@ -218,17 +217,12 @@ static tks_status tks_end(tks *t, tks_status st)
     return sdb_commit(t->db, err, sizeof(err)) == SDB_OK ? TKS_OK : tks_fail_db(t, err);
 }
 
-/* Appends an audit event inside the open transaction. The chain (chain.h) still takes
- * SQLite's handle: until it takes an sdb, events go through the connection's SQLite
- * handle, and PostgreSQL has no chain yet. 0, or -1 with err filled. */
+/* Appends an audit event inside the open transaction (chain.h: under SDB_LOCK_AUDIT,
+ * after this store's SDB_LOCK_TOKENS). 0, or -1 with err filled. */
 static int tks_audit_tx(tks *t, int64_t time, const char *action, const char *kid, json_t *d,
                         char *err, size_t errlen)
 {
-    if (sdb_kind_of(t->db) != SDB_SQLITE) {
-        snprintf(err, errlen, "audit: the chain has no PostgreSQL backend yet");
-        return -1;
-    }
-    return chn_append_tx(t->db->lite, time, action, kid, d, err, errlen);
+    return chn_append_tx(t->db, time, action, kid, d, err, errlen);
 }
 
 /* ---- open and close --------------------------------------------------------------------- */
@@ -266,14 +260,14 @@ static tks_status tks_schema(tks *t)
     char err[256];
     if (sdb_kind_of(t->db) == SDB_SQLITE) {
         if (sdb_exec(t->db, tks_schema_lite, "create tables", err, sizeof(err)) != SDB_OK ||
-            chn_schema(t->db->lite, err, sizeof(err)) != 0)
+            chn_schema(t->db, err, sizeof(err)) != 0)
             return tks_fail_db(t, err);
         return tks_migrate_lists(t);
     }
     if (sdb_begin_write(t->db, SDB_LOCK_SCHEMA, err, sizeof(err)) != SDB_OK)
         return tks_fail_db(t, err);
     if (sdb_exec(t->db, tks_schema_pg, "create tables", err, sizeof(err)) != SDB_OK ||
-        sdb_commit(t->db, err, sizeof(err)) != SDB_OK) {
+        chn_schema(t->db, err, sizeof(err)) != 0 || sdb_commit(t->db, err, sizeof(err)) != SDB_OK) {
         sdb_rollback(t->db);
         return tks_fail_db(t, err);
     }
