@@ -16,11 +16,40 @@ what=${1:-all}
 failed=0
 passed=0
 
+# The suites of the stores and what sits on them run a second time on PostgreSQL
+# (SIGND_TEST_BACKEND=postgres: tests/unit/testdb.c starts a server per test process).
+# test_sdb is not among them: it runs every test on both backends by itself.
+STORE_SUITES="test_registry test_credentials test_tokstate test_chain test_core_keys
+	test_core_mint test_core_publish test_reconcile test_keeperd"
+# Those whose store is not ported to sdb yet (issue 20): skipped on PostgreSQL, named in
+# the output; SIGND_TEST_PENDING=1 runs them anyway (their failures then count).
+PENDING_ON_POSTGRES="test_registry test_credentials test_tokstate test_chain test_core_keys
+	test_core_mint test_core_publish"
+
 if [ "$what" = all ] || [ "$what" = unit ]; then
 	for t in "${SIGND_BUILD:-build}"/tests/test_*; do
 		[ -x "$t" ] || continue
 		echo "== $t"
 		if "$t"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $t"; fi
+	done
+	for name in $STORE_SUITES; do
+		t="${SIGND_BUILD:-build}/tests/$name"
+		[ -x "$t" ] || continue
+		case " $(echo $PENDING_ON_POSTGRES) " in
+		*" $name "*)
+			if [ "${SIGND_TEST_PENDING:-0}" != 1 ]; then
+				echo "== $t on postgres: pending (its store is not ported to sdb yet)"
+				continue
+			fi
+			;;
+		esac
+		echo "== $t on postgres"
+		if SIGND_TEST_BACKEND=postgres "$t"; then
+			passed=$((passed + 1))
+		else
+			failed=$((failed + 1))
+			echo "FAILED: $t on postgres"
+		fi
 	done
 fi
 

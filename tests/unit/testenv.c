@@ -7,9 +7,10 @@
 
 #include "appliance/core/reconcile.h"
 #include "appliance/keeper/inproc.h"
+#include "appliance/store/sdb.h"
 #include "provisioning/token.h"
+#include "tests/unit/testdb.h"
 
-#include <sqlite3.h>
 #include <stdarg.h>
 
 #include <errno.h>
@@ -125,7 +126,11 @@ int testenv_db_setup(void **state)
         free(t);
         return -1;
     }
-    snprintf(t->db, sizeof(t->db), "%s/appliance.db", t->dir);
+    if (testdb_locator(t->dir, t->db, sizeof(t->db)) != 0) {
+        testenv_cleanup(t->dir);
+        free(t);
+        return -1;
+    }
     *state = t;
     return 0;
 }
@@ -168,7 +173,10 @@ int testenv_world_open(testenv_world *w, unsigned parts, const audit_options *ao
         return -1;
     hsm_config hc = testenv_config(w->dir, w->pin);
     char err[256] = "";
-    snprintf(w->db, sizeof(w->db), "%s/appliance.db", w->dir);
+    if (testdb_locator(w->dir, w->db, sizeof(w->db)) != 0) {
+        fprintf(stderr, "testenv: no database\n");
+        goto fail;
+    }
     cfg_defaults(&w->c, w->dir);
     if (kp_open(&hc, &w->k, err, sizeof(err)) != SK_OK) {
         fprintf(stderr, "testenv: kp_open: %s\n", err);
@@ -242,14 +250,20 @@ int testenv_on_token(kp *k, const sk_kid *kid)
     return 0;
 }
 
+int testenv_backend_is_postgres(void)
+{
+    return testdb_backend_is_postgres();
+}
+
 long long testenv_sql_int(const char *db, const char *sql, int n, ...)
 {
-    sqlite3 *c = NULL;
-    sqlite3_stmt *s = NULL;
+    sdb *c = NULL;
+    sdb_stmt *s = NULL;
     long long v = -1;
-    if (sqlite3_open_v2(db, &c, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(c, sql, -1, &s, NULL) != SQLITE_OK) {
-        fprintf(stderr, "testenv: %s: %s\n", sql, c ? sqlite3_errmsg(c) : "out of memory");
+    char err[512] = "";
+    if (sdb_open(db, SDB_OPEN_READONLY, 5000, &c, err, sizeof(err)) != SDB_OK ||
+        sdb_prepare(c, sql, &s, "prepare", err, sizeof(err)) != SDB_OK) {
+        fprintf(stderr, "testenv: %s: %s\n", sql, err);
         goto out;
     }
     va_list ap;
@@ -257,15 +271,18 @@ long long testenv_sql_int(const char *db, const char *sql, int n, ...)
     for (int i = 1; i <= n; i++) {
         const char *t = va_arg(ap, const char *);
         if (t != NULL)
-            sqlite3_bind_text(s, i, t, -1, SQLITE_TRANSIENT);
+            sdb_bind_text(s, i, t, -1);
+        else
+            sdb_bind_null(s, i);
     }
     va_end(ap);
-    if (sqlite3_step(s) == SQLITE_ROW)
-        v = sqlite3_column_int64(s, 0);
+    sdb_status st = sdb_step(s);
+    if (st == SDB_ROW)
+        v = sdb_column_int64(s, 0);
     else
-        fprintf(stderr, "testenv: %s: no row: %s\n", sql, sqlite3_errmsg(c));
+        fprintf(stderr, "testenv: %s: no row: %s\n", sql, sdb_stmt_error(s));
 out:
-    sqlite3_finalize(s);
-    sqlite3_close(c);
+    sdb_finalize(s);
+    sdb_close(c);
     return v;
 }

@@ -46,8 +46,13 @@ hsm_config testenv_config(const char *dir, char pin_path[PATH_MAX]);
 /* 16 random bytes. */
 void testenv_kid(sk_kid *kid);
 
-/* A temporary directory for a database file: cmocka fixtures for registry-like tests.
- * testenv_db_setup makes /tmp/signd-db-XXXXXX and sets db to DIR/appliance.db;
+/* 1 when the tests run on PostgreSQL (SIGND_TEST_BACKEND=postgres, see testdb.h): a test
+ * that edits the SQLite file behind a store's back skips then. */
+int testenv_backend_is_postgres(void);
+
+/* A temporary directory and a database: cmocka fixtures for registry-like tests.
+ * testenv_db_setup makes /tmp/signd-db-XXXXXX and sets db to the database's locator
+ * (testdb_locator: DIR/appliance.db, or a fresh PostgreSQL database);
  * testenv_db_teardown removes the directory and everything in it. */
 typedef struct {
     char dir[64];
@@ -57,7 +62,8 @@ int testenv_db_setup(void **state);
 int testenv_db_teardown(void **state);
 
 /* The appliance's pieces below HTTP, on a fresh token: the in-process keeper (kp_open)
- * always, and the parts asked for, each on the one SQLite file db = dir/appliance.db. c is
+ * always, and the parts asked for, each on the one database db (testdb_locator: the SQLite
+ * file dir/appliance.db, or a fresh PostgreSQL database). c is
  * cfg_defaults(dir); a test changes it after testenv_world_open (the publication handle
  * keeps &c, so the world stays where it was opened).
  *
@@ -105,8 +111,9 @@ void testenv_world_close(testenv_world *w);
 int testenv_on_token(kp *k, const sk_kid *kid);
 
 /* The first column of the first row of sql on a read-only connection of its own to the
- * file db, with ?1..?n bound to the n texts that follow (a NULL text stays NULL). -1 (message
- * on stderr) when the file, the statement or the row is not there. */
+ * database db (sdb, either backend), with ?1..?n bound to the n texts that follow (a NULL
+ * text stays NULL). -1 (message on stderr) when the database, the statement or the row is
+ * not there. */
 long long testenv_sql_int(const char *db, const char *sql, int n, ...);
 
 /* Removes dir and everything under it (no-op for NULL or ""). */
