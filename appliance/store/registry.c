@@ -939,7 +939,10 @@ reg_status reg_open(const char *path, unsigned max_active, reg **out)
     snprintf(r->path, sizeof(r->path), "%s", path);
     r->max_active = max_active;
     r->newest = -1;
-    r->started_ms = reg_wall_ms();
+    /* A millisecond ahead: a record an earlier run of this node wrote in the same
+     * millisecond is still from before this start (reg_kid_orphan), and this run's own
+     * records are stamped at least started_ms (reg_sql_pending_add). */
+    r->started_ms = reg_wall_ms() + 1;
     reg_node_default(r->node);
     atomic_init(&r->generation, 1);
     atomic_init(&r->pokes, 0);
@@ -1834,7 +1837,8 @@ static reg_status reg_sql_pending_add(reg *r, const char *hex, int64_t now)
         sdb_bind_text(s, 1, hex, -1);
         sdb_bind_int64(s, 2, now);
         sdb_bind_text(s, 3, r->node, -1);
-        sdb_bind_int64(s, 4, reg_wall_ms());
+        int64_t now_ms = reg_wall_ms();
+        sdb_bind_int64(s, 4, now_ms > r->started_ms ? now_ms : r->started_ms);
         st = reg_step_done(r, s, "pend kid");
     }
     if (st == REG_OK && sdb_changes(r->db) != 1)

@@ -86,18 +86,34 @@ static reg *open_ok(const testenv_db *t, unsigned max_active)
     return r;
 }
 
-/* Runs SQL on the file with a connection of its own (the registry closed). */
+/* Runs SQL on the database with a connection of its own (sdb, either backend), behind the
+ * registry's back: as an operator, a crash or another node would. */
 static void raw_exec(const testenv_db *t, const char *sql)
 {
-    sqlite3 *db = NULL;
-    assert_int_equal(sqlite3_open(t->db, &db), SQLITE_OK);
-    char *err = NULL;
-    int rc = sqlite3_exec(db, sql, NULL, NULL, &err);
-    if (rc != SQLITE_OK)
-        fprintf(stderr, "raw_exec: %s\n", err ? err : "?");
-    sqlite3_free(err);
-    sqlite3_close(db);
-    assert_int_equal(rc, SQLITE_OK);
+    sdb *db = NULL;
+    char err[512];
+    sdb_status st = sdb_open(t->db, SDB_OPEN_CREATE, 5000, &db, err, sizeof(err));
+    if (st == SDB_OK)
+        st = sdb_exec(db, sql, "raw_exec", err, sizeof(err));
+    if (st != SDB_OK)
+        fprintf(stderr, "raw_exec: %s\n", err);
+    sdb_close(db);
+    assert_int_equal(st, SDB_OK);
+}
+
+/* The SQLite file itself (its format, its PRAGMAs, the file system): skipped on
+ * PostgreSQL. */
+#define SQLITE_ONLY()                                                                              \
+    do {                                                                                           \
+        if (testenv_backend_is_postgres())                                                         \
+            skip();                                                                                \
+    } while (0)
+
+/* The audit chain's storage (chain.h) takes an sdb only once its port lands: until then
+ * the registry records no event on PostgreSQL, and tests check the events on SQLite. */
+static int audit_checked(void)
+{
+    return !testenv_backend_is_postgres();
 }
 
 /* ---- tests --------------------------------------------------------------------------- */
@@ -553,7 +569,14 @@ static void test_a_kid_is_pending_until_its_row_is_written_and_never_once_it_has
     assert_int_equal(reg_reader_pending(rr, &k2), REG_ERR_NOT_FOUND);
     assert_int_equal(reg_pending_add(r, &k3, T0), REG_OK);
     reg_close(r);
-    r = open_ok(t, 10); /* a create the crash cut short: no longer pending */
+    r = open_ok(t, 10); /* a create the crash cut short */
+    if (testenv_backend_is_postgres()) {
+        /* Kept (other nodes' creates may be under way), but this node's own record from
+         * before its start: reconcile takes it for an orphan. */
+        assert_int_equal(reg_reader_pending(rr, &k3), REG_OK);
+        assert_int_equal(reg_kid_orphan(r, &k3, (int64_t)time(NULL) * 1000), REG_OK);
+        reg_pending_drop(r, &k3);
+    }
     assert_int_equal(reg_reader_pending(rr, &k3), REG_ERR_NOT_FOUND);
     sk_kid *all = NULL;
     size_t n = 0;
@@ -639,6 +662,7 @@ static void test_generation_moves_on_every_change_and_only_then(void **state)
 static void test_non_sqlite_file_fails_with_io_error_and_a_message(void **state)
 {
     testenv_db *t = *state;
+    SQLITE_ONLY();
     FILE *f = fopen(t->db, "w");
     assert_non_null(f);
     for (int i = 0; i < 256; i++)
@@ -656,7 +680,9 @@ static void test_newer_schema_version_is_refused(void **state)
 {
     testenv_db *t = *state;
     reg_close(open_ok(t, 10));
-    raw_exec(t, "PRAGMA user_version = 99");
+    raw_exec(t, testenv_backend_is_postgres()
+                    ? "UPDATE schema_versions SET version = 99 WHERE store = 'registry'"
+                    : "PRAGMA user_version = 99");
     reg *r = NULL;
     assert_int_equal(reg_open(t->db, 10, &r), REG_ERR_IO);
     assert_null(r);
@@ -679,6 +705,7 @@ static void test_revoked_row_without_revocation_record_is_refused(void **state)
 static void test_file_is_created_private_and_a_symlink_or_directory_is_refused(void **state)
 {
     testenv_db *t = *state;
+    SQLITE_ONLY();
     reg_close(open_ok(t, 10));
     struct stat st;
     assert_int_equal(stat(t->db, &st), 0);
@@ -742,6 +769,7 @@ static void test_state_names_round_trip(void **state)
 static void test_open_loads_ten_thousand_rows(void **state)
 {
     testenv_db *t = *state;
+    SQLITE_ONLY();
     reg_close(open_ok(t, 10));
     /* One transaction of raw inserts: 10,000 fsynced creates would take minutes. Every
      * tenth key is revoked; created_at runs backwards so loading must sort. */
@@ -901,6 +929,8 @@ test_rotate_makes_the_successor_active_and_the_old_key_retiring_in_one_change(vo
     reg_reader_close(rr);
     reg_close(r);
     /* Recorded in the same transaction: the successor's creation and the rotation. */
+    if (!audit_checked())
+        return;
     assert_int_equal(audit_events(t, "key.created", &two, "\"predecessor\""), 1);
     char retire[32];
     snprintf(retire, sizeof(retire), "\"retire_at\":%d", T0 + 3610);
@@ -910,8 +940,6 @@ test_rotate_makes_the_successor_active_and_the_old_key_retiring_in_one_change(vo
 static void test_a_rotation_the_database_refuses_leaves_neither_half_and_refreshes(void **state)
 {
     testenv_db *t = *state;
-    if (sdb_is_postgres(t->db))
-        skip(); /* edits the SQLite file behind the store's back */
     reg *r = open_ok(t, 10);
     add(r, 1, T0);
     /* Behind the registry's back (as another node would) the old row stops being active
@@ -1108,6 +1136,7 @@ static const char v1_schema[] =
 static void test_a_version_1_file_is_migrated_in_place_and_keeps_every_row(void **state)
 {
     testenv_db *t = *state;
+    SQLITE_ONLY();
     sk_kid k[4] = {kid_of(1), kid_of(2), kid_of(3), kid_of(4)};
     char hex[4][2 * SK_KID_LEN + 1];
     for (int i = 0; i < 4; i++)
@@ -1270,6 +1299,7 @@ static void test_reader_fails_closed_when_the_lookup_cannot_run(void **state)
 static void test_reader_refuses_symlinks_missing_files_and_non_registries(void **state)
 {
     testenv_db *t = *state;
+    SQLITE_ONLY();
     reg_reader *rr = NULL;
     assert_int_equal(reg_reader_open(t->db, &rr), REG_ERR_IO); /* missing: never created */
     assert_null(rr);
@@ -1375,7 +1405,9 @@ static void test_subject_revocations_share_the_key_revocation_sequence_across_re
     assert_int_equal(live[1].seq, 3);
     assert_int_equal(reg_subjects_after(r, 1, live, 4), 1);
     assert_string_equal(live[0].sub, "video-9");
-    assert_int_equal(raw_int(t, "SELECT count(*) FROM audit WHERE action = 'subject.revoked'"), 2);
+    if (audit_checked())
+        assert_int_equal(raw_int(t, "SELECT count(*) FROM audit WHERE action = 'subject.revoked'"),
+                         2);
     reg_close(r);
 }
 
@@ -1591,10 +1623,10 @@ test_two_nodes_revoking_at_once_share_one_sequence_without_gap_or_duplicate(void
         assert_int_equal(all[i], i + 1);
     /* And what the database holds: the same. */
     assert_int_equal(raw_int(t, "SELECT count(*) FROM (SELECT seq FROM revocations UNION ALL"
-                                " SELECT seq FROM subject_revocations)"),
+                                " SELECT seq FROM subject_revocations) AS u"),
                      (int64_t)n);
     assert_int_equal(raw_int(t, "SELECT max(seq) FROM (SELECT seq FROM revocations UNION ALL"
-                                " SELECT seq FROM subject_revocations)"),
+                                " SELECT seq FROM subject_revocations) AS u"),
                      (int64_t)n);
     /* Every node's mirror, refreshed, lists all of them in order. */
     assert_int_equal(reg_refresh(a), REG_OK);
