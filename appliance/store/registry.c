@@ -4,9 +4,11 @@
 
 #include "appliance/store/chain.h"
 #include "appliance/store/sdb.h"
+#ifndef chn_append_tx
 /* The audit chain's storage (chain.h) still takes SQLite's own handle: reg_chain_db hands
- * it the connection's until chain.h takes an sdb. */
+ * it the connection's until chain.h takes an sdb (its transition macro is defined then). */
 #include "appliance/store/sdb_impl.h"
+#endif
 #include "base/clock.h"
 #include "base/errbuf.h"
 #include "base/names.h"
@@ -521,12 +523,22 @@ static reg_status reg_notify(reg *r, const sk_kid *kid)
     return REG_OK;
 }
 
-/* The audit chain's handle (see the includes). On PostgreSQL there is none until chain.h
- * takes an sdb: the events are then not written (reg_chain_db NULL). */
-static sqlite3 *reg_chain_db(reg *r)
+/* The audit chain's handle: the registry's connection, in the registry's transaction.
+ * Built against a chain.h that still takes SQLite's handle, there is none on PostgreSQL:
+ * the events are then not written (reg_chain_db NULL). */
+#ifdef chn_append_tx
+typedef sdb reg_chain_handle;
+static reg_chain_handle *reg_chain_db(reg *r)
+{
+    return r->db;
+}
+#else
+typedef sqlite3 reg_chain_handle;
+static reg_chain_handle *reg_chain_db(reg *r)
 {
     return sdb_kind_of(r->db) == SDB_SQLITE ? r->db->lite : NULL;
 }
+#endif
 
 /* A text column into dst, as db_col_text was: 0, or -1 when NULL or too long. */
 static int reg_col_text(sdb_stmt *s, int col, char *dst, size_t cap)
@@ -596,7 +608,7 @@ static reg_status reg_version_check(reg *r, int64_t version)
 static reg_status reg_chain_schema(reg *r)
 {
     char aerr[256];
-    sqlite3 *c = reg_chain_db(r);
+    reg_chain_handle *c = reg_chain_db(r);
     if (c != NULL && chn_schema(c, aerr, sizeof(aerr)) != 0)
         return reg_fail(r->path, REG_ERR_IO, "%s", aerr);
     return REG_OK;
@@ -1190,7 +1202,7 @@ static int reg_key_terminated(const reg_key *k)
 static reg_status reg_audit_tx(reg *r, int64_t time, const char *action, const sk_kid *kid,
                                json_t *details)
 {
-    sqlite3 *c = reg_chain_db(r);
+    reg_chain_handle *c = reg_chain_db(r);
     if (c == NULL) {
         json_decref(details);
         return REG_OK;
