@@ -92,7 +92,7 @@ PROGS := $(BUILD)/bin/signd-provision $(BUILD)/bin/hello-https $(BUILD)/bin/benc
 APPLIANCE := signd signd-keeper signd-front
 PROGS += $(APPLIANCE:%=$(BUILD)/bin/%) $(APPLIANCE:%=$(BUILD)/testbin/%)
 
-.PHONY: all deps run test test-unit test-blackbox test-asan bench bench-hsm clean format docs fuzz hostile valgrind soak layers
+.PHONY: all deps run cluster test test-unit test-blackbox test-asan bench bench-hsm clean format docs fuzz hostile valgrind soak layers
 .DEFAULT_GOAL := all
 # Keep every object file: tests and programs share them.
 .SECONDARY:
@@ -202,6 +202,14 @@ $(BUILD)/tests/test_cli: $(BUILD)/obj/tests/unit/test_cli.o $(UNIT_HELP:%.c=$(BU
 run: deps
 	@$(MAKE) --no-print-directory all
 	@DATA_DIR="$(DATA_DIR)" PORT="$(PORT)" provisioning/run.sh
+
+# NODES nodes on one PostgreSQL and one token behind HAProxy on PORT, the nodes on
+# PORT+1...PORT+NODES, all kept in DATA_DIR (default ./cluster; provisioning/cluster.sh,
+# docs/cluster.md). Ctrl-C stops everything.
+NODES ?= 3
+cluster: deps
+	@$(MAKE) --no-print-directory all
+	@DATA_DIR="$(DATA_DIR)" PORT="$(PORT)" NODES="$(NODES)" provisioning/cluster.sh
 
 test: deps
 	@$(MAKE) --no-print-directory all

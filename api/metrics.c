@@ -7,7 +7,6 @@
 #include "appliance/core/probe.h"
 
 #include <openssl/crypto.h>
-#include <sqlite3.h>
 
 #ifndef SIGND_VERSION
 #define SIGND_VERSION "dev"
@@ -36,7 +35,7 @@ api_err api_metrics(const api_req *q, api_resp *r)
         .log_dropped = jlog_dropped(),
         .version = SIGND_VERSION,
         .openssl = OpenSSL_version(OPENSSL_VERSION_STRING),
-        .sqlite = sqlite3_libversion(),
+        .sqlite = audit_backend_version(env->audit),
         .jansson = jansson_version_str(),
     };
     for (int s = 0; s < REG_STATE_COUNT_ && s < MET_STATES_MAX; s++) {

@@ -19,6 +19,7 @@
 # Usage: init-data-dir.sh DATA_DIR [PORT]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
+. "$top/provisioning/lib.sh"
 bin="$top/${SIGND_BUILD:-build}/bin"
 dir=${1:?usage: init-data-dir.sh DATA_DIR [PORT]}
 port=${2:-8443}
@@ -34,14 +35,7 @@ if [ ! -e "$dir/appliance.conf" ]; then
 	"$bin/signd-provision" config "$dir" --port "$port" >/dev/null
 	echo "init: wrote $dir/appliance.conf"
 fi
-if [ ! -e "$dir/tls/cert.pem" ]; then
-	mkdir -p "$dir/tls"
-	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 \
-		-subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-		-keyout "$dir/tls/key.pem" -out "$dir/tls/cert.pem" 2>/dev/null
-	chmod 0644 "$dir/tls/cert.pem"
-	echo "init: created a self-signed TLS certificate in $dir/tls"
-fi
+prov_tls_cert "$dir"
 # Before the access-control issue the file held a bare secret (sgd_admin_...) that the
 # appliance read itself; now credentials live in the database, so such a file is retired.
 if [ -e "$dir/admin.credential" ] && grep -q '^sgd_admin_' "$dir/admin.credential"; then
@@ -55,22 +49,12 @@ fi
 
 # One account per process (process_model = split, started as root): the front's account
 # cannot open the token or the PIN. Skipped when appliance.conf names one `user` for all.
-conf_value() { sed -n "s/^$1 = *//p" "$dir/appliance.conf" | tail -n 1; }
+conf_value() { prov_conf_value "$dir/appliance.conf" "$1"; }
 if [ "$(id -u)" = 0 ] && [ -z "$(conf_value user)" ]; then
 	group=signd-data
 	keeper=$(conf_value keeper_user)
 	front=$(conf_value front_user)
-	# 9: created meanwhile by another run.
-	getent group "$group" >/dev/null || groupadd --system "$group" || [ $? = 9 ]
-	for account in $keeper $front; do
-		if ! id -u "$account" >/dev/null 2>&1; then
-			useradd --system --no-create-home --home-dir /nonexistent \
-				--shell /usr/sbin/nologin --groups "$group" "$account" || [ $? = 9 ]
-			echo "init: created the system account $account"
-		elif ! id -nG "$account" | tr ' ' '\n' | grep -qx "$group"; then
-			usermod -a -G "$group" "$account"
-		fi
-	done
+	prov_accounts "$group" $keeper $front
 	chown root:"$group" "$dir"
 	chmod 3770 "$dir"
 	if [ -n "$keeper" ]; then

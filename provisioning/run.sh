@@ -5,34 +5,20 @@
 # (signd-keeper, signd-front), which must reach their data directory.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
+. "$top/provisioning/lib.sh"
 port=${PORT:-8443}
-
-# The first directory above $1 (which need not exist yet) that others may not enter, or
-# nothing: the accounts are neither owner nor group of such a directory.
-closed_above() {
-	local d
-	d=$(realpath -m "$1")
-	while [ "$d" != / ]; do
-		d=$(dirname "$d")
-		if [ -e "$d" ] && [ "$(stat -L -c %A "$d" | cut -c10)" != x ] &&
-			[ "$(stat -L -c %A "$d" | cut -c10)" != t ]; then
-			echo "$d"
-			return
-		fi
-	done
-}
 
 dir=${DATA_DIR:-}
 if [ "$(id -u)" = 0 ]; then
 	if [ -z "$dir" ]; then
 		dir=./data
-		closed=$(closed_above "$dir")
+		closed=$(prov_closed_above "$dir")
 		if [ -n "$closed" ]; then
 			dir=/var/lib/signd
 			echo "run: $closed is closed to others, so signd-keeper and signd-front could not reach ./data: using $dir"
 		fi
 	else
-		closed=$(closed_above "$dir")
+		closed=$(prov_closed_above "$dir")
 		if [ -n "$closed" ]; then
 			echo "run: $closed is closed to others, so signd-keeper and signd-front cannot reach $dir; pick a DATA_DIR they can reach (make run DATA_DIR=/var/lib/signd)" >&2
 			exit 1

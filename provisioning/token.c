@@ -2,6 +2,7 @@
 #include "provisioning/token.h"
 
 #include "appliance/common/config.h"
+#include "appliance/store/chain.h"
 #include "appliance/store/credentials.h"
 #include "hsm/hsm.h"
 #include "base/hex.h"
@@ -97,6 +98,10 @@ int prov_admin_credential(const char *dir, const char *label, const char *out_pa
         fprintf(stderr, "%s\n", err);
         return -1;
     }
+    /* Its credential.created event names this node, as the server's events do. */
+    char node[CFG_NODE_MAX];
+    if (cfg_node_name(&c, node) == 0)
+        chn_set_node(node);
     /* The file first (O_EXCL): a name already taken fails before any credential exists. */
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {

@@ -56,6 +56,7 @@ static const char *cfg_check_tls_version(const char *text, unsigned num);
 static const char *cfg_check_process_model(const char *text, unsigned num);
 static const char *cfg_check_credential(const char *text, unsigned num);
 static const char *cfg_check_public_url(const char *text, unsigned num);
+static const char *cfg_check_node_name(const char *text, unsigned num);
 
 #define CFG_FIELD(f) offsetof(cfg, f), sizeof(((cfg *)0)->f)
 #define CFG_SECONDS_PER_YEAR 31536000u
@@ -82,7 +83,15 @@ static const cfg_setting cfg_settings[] = {
     {"tls_private_key", CFG_T_PATH, CFG_FIELD(tls_private_key), "tls/key.pem", 0, 0, false, NULL,
      "HTTPS private key, PEM (mode 0600)"},
     {"database", CFG_T_PATH, CFG_FIELD(database), "appliance.db", 0, 0, false, NULL,
-     "SQLite file: key registry, revocations, credentials, audit trail"},
+     "Key registry, revocations, credentials, audit trail: a SQLite file, or a PostgreSQL "
+     "URI (postgresql://... or postgres://..., never with a password in it: passfile= or "
+     "the Unix socket's peer) that several nodes share (cluster mode)"},
+    {"state_directory", CFG_T_PATH, CFG_FIELD(state_directory), "", 0, 0, true, NULL,
+     "This node's own files, never shared (the keeper's state in keeper/); empty: the "
+     "directory of database, which must then be a file (required with a PostgreSQL URI)"},
+    {"node_name", CFG_T_STRING, CFG_FIELD(node_name), "", 0, 0, true, cfg_check_node_name,
+     "This node's name in the audit trail's events ([A-Za-z0-9._-], 1 to 63 bytes); empty: "
+     "the host name"},
     {"worker_threads", CFG_T_UINT, CFG_FIELD(worker_threads), "64", 2, 1024, false, NULL,
      "HTTPS worker threads, each with its own PKCS#11 session; an idle keep-alive connection "
      "holds one, so once only a quarter (at least 2) is free responses close their connection"},
@@ -294,6 +303,26 @@ static const char *cfg_check_public_url(const char *text, unsigned num)
                : "must be https://host[:port] (or http://), lowercase, with nothing after it";
 }
 
+static const char *cfg_check_node_name(const char *text, unsigned num)
+{
+    (void)num;
+    return cfg_node_name_ok(text) || text[0] == '\0'
+               ? NULL
+               : "must be 1 to 63 of the characters A-Z a-z 0-9 . _ -";
+}
+
+int cfg_node_name_ok(const char *s)
+{
+    size_t n = s != NULL ? strlen(s) : 0;
+    return n >= 1 && n < CFG_NODE_MAX &&
+           strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == n;
+}
+
+int cfg_database_is_uri(const char *database)
+{
+    return strncmp(database, "postgresql://", 13) == 0 || strncmp(database, "postgres://", 11) == 0;
+}
+
 static const char *cfg_check_user(const char *text, unsigned num)
 {
     (void)num;
@@ -412,11 +441,13 @@ static int cfg_join(char *dst, size_t size, const char *dir, const char *rel)
     return 0;
 }
 
-/* A path setting's value that is to be resolved against the file's directory. */
+/* A path setting's value that is to be resolved against the file's directory. A
+ * database that is a PostgreSQL URI is no path. */
 static int cfg_is_relative(const cfg_setting *s, const char *value)
 {
     if (s->type == CFG_T_PATH)
-        return value[0] != '\0' && value[0] != '/';
+        return value[0] != '\0' && value[0] != '/' &&
+               !(s->offset == offsetof(cfg, database) && cfg_database_is_uri(value));
     if (s->type == CFG_T_MODULE)
         return value[0] != '/' && strchr(value, '/') != NULL;
     return 0;
@@ -724,6 +755,13 @@ int cfg_parse(const char *text, size_t len, const char *name, const char *base_d
         rc = cfg_check_order(name, c, lines, "token_ttl_min", "token_ttl_default", err, errlen);
     if (rc == 0)
         rc = cfg_check_order(name, c, lines, "token_ttl_default", "token_ttl_max", err, errlen);
+    if (rc == 0 && cfg_database_is_uri(c->database) && c->state_directory[0] == '\0') {
+        cfg_errorf(err, errlen,
+                   "%s: state_directory must be set when database is a PostgreSQL URI (this "
+                   "node's own files, the keeper's state, live there; they are never shared)",
+                   name);
+        rc = -1;
+    }
     if (rc == 0)
         memcpy(out, c, sizeof(*c));
     free(c);
@@ -777,6 +815,56 @@ int cfg_write_defaults(FILE *f, unsigned port)
             fprintf(f, "%s = %s\n", s->name, s->def);
     }
     return fflush(f) == 0 && !ferror(f) ? 0 : -1;
+}
+
+/* ---- this node -------------------------------------------------------------------------- */
+
+int cfg_state_dir(const cfg *c, char *out, size_t cap)
+{
+    const char *from = c->state_directory;
+    size_t n = strlen(from);
+    if (n == 0) {
+        if (cfg_database_is_uri(c->database))
+            return -1;
+        /* The database file's directory: "." for a bare name, "/" for one in the root. */
+        from = c->database;
+        const char *slash = strrchr(from, '/');
+        if (slash == NULL) {
+            from = ".";
+            n = 1;
+        } else {
+            n = slash == from ? 1 : (size_t)(slash - from);
+        }
+    }
+    if (n >= cap)
+        return -1;
+    memcpy(out, from, n);
+    out[n] = '\0';
+    return 0;
+}
+
+static int cfg_node_char(char ch)
+{
+    return (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+           ch == '.' || ch == '_' || ch == '-';
+}
+
+int cfg_node_name(const cfg *c, char out[CFG_NODE_MAX])
+{
+    if (c->node_name[0] != '\0') {
+        snprintf(out, CFG_NODE_MAX, "%s", c->node_name);
+        return 0;
+    }
+    char host[256];
+    if (gethostname(host, sizeof(host)) != 0)
+        return -1;
+    host[sizeof(host) - 1] = '\0';
+    /* A host name is [A-Za-z0-9.-] already; anything else becomes '_', the rest is cut. */
+    size_t n = 0;
+    for (; host[n] != '\0' && n < CFG_NODE_MAX - 1; n++)
+        out[n] = cfg_node_char(host[n]) ? host[n] : '_';
+    out[n] = '\0';
+    return n > 0 ? 0 : -1;
 }
 
 /* ---- the PIN's file ------------------------------------------------------------------- */

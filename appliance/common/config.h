@@ -13,7 +13,8 @@
  *     a comment cannot follow a value on the same line (`port = 1 # x` is refused);
  *   - integers are unsigned decimal; booleans are `true` or `false`;
  *   - a relative path is relative to the configuration file's directory (made absolute at
- *     load); pkcs11_module without any `/` is left to the dynamic loader's search;
+ *     load); pkcs11_module without any `/` is left to the dynamic loader's search; a
+ *     database that is a PostgreSQL URI (postgresql:// or postgres://) is taken as is;
  *   - at most CFG_LINE_MAX bytes per line and CFG_FILE_MAX bytes per file; no NUL bytes,
  *     no control characters in values.
  * A setting the file does not mention keeps its default. Unknown settings, duplicates,
@@ -48,6 +49,7 @@
 #define CFG_LINE_MAX 4096                /* bytes per line, without the line end */
 #define CFG_FILE_MAX (1024 * 1024)       /* bytes per file */
 #define CFG_ORIGIN_MAX 255               /* bytes of an origin (public_url), without the NUL */
+#define CFG_NODE_MAX 64                  /* a node name, with the NUL */
 #define CFG_ERR_MAX (CFG_PATH_MAX + 256) /* enough for every message of cfg_load */
 
 /* One field per setting, named as the setting. Paths are absolute after cfg_load (or after
@@ -62,7 +64,11 @@ typedef struct cfg {
     char pin_credential[CFG_CREDENTIAL_MAX]; /* "": the PIN is in pin_file */
     char tls_certificate[CFG_PATH_MAX];
     char tls_private_key[CFG_PATH_MAX];
-    char database[CFG_PATH_MAX];
+    char database[CFG_PATH_MAX]; /* a SQLite file, or a PostgreSQL URI (cluster mode) */
+    /* This node's own files (the keeper's state); "": database's directory (cfg_state_dir).
+     * Required when database is a URI. */
+    char state_directory[CFG_PATH_MAX];
+    char node_name[CFG_NODE_MAX]; /* "": the host name (cfg_node_name) */
     unsigned worker_threads;
     unsigned max_pkcs11_sessions; /* 0: one per thread, see cfg_pkcs11_sessions */
     unsigned request_timeout_ms;
@@ -177,6 +183,21 @@ int cfg_pin_path(const cfg *c, char *out, size_t outlen, char *err, size_t errle
 /* The number of PKCS#11 sessions to allow: max_pkcs11_sessions, or worker_threads +
  * events_max_subscribers + 4 when that is 0. */
 unsigned cfg_pkcs11_sessions(const cfg *c);
+
+/* 1 when database names a PostgreSQL server (postgresql:// or postgres://), else 0. */
+int cfg_database_is_uri(const char *database);
+
+/* This node's state directory into out (cap bytes): state_directory, or when it is empty
+ * the database file's directory. 0, or -1 when it does not fit or database is a URI and
+ * state_directory is empty (cfg_load refuses that). */
+int cfg_state_dir(const cfg *c, char *out, size_t cap);
+
+/* 1 when s is a node name: 1 to 63 of [A-Za-z0-9._-], else 0. */
+int cfg_node_name_ok(const char *s);
+
+/* This node's name for the audit trail: node_name, or when it is empty the host name
+ * (characters outside [A-Za-z0-9._-] as '_', cut to 63 bytes). 0, or -1. */
+int cfg_node_name(const cfg *c, char out[CFG_NODE_MAX]);
 
 /* Writes one message into err (nothing when err is NULL or errlen 0) and returns -1, so
  * that callers can `return cfg_errorf(err, errlen, ...)`: the one way the appliance's

@@ -151,16 +151,23 @@ int hd_check_data_owner(const cfg *c, char *err, size_t errlen)
     if (hd_lookup(c->user, &uid, &gid, err, errlen) != 0)
         return -1;
 
-    /* The database's directory: SQLite creates and deletes its -wal and -journal there. */
+    /* The database's directory: SQLite creates and deletes its -wal and -journal there.
+     * A PostgreSQL database has none here; the node's state directory is checked instead
+     * (the keeper's state lives in it). */
     char dbdir[CFG_PATH_MAX];
-    snprintf(dbdir, sizeof(dbdir), "%s", c->database);
-    char *slash = strrchr(dbdir, '/');
-    if (slash == NULL)
-        snprintf(dbdir, sizeof(dbdir), ".");
-    else if (slash == dbdir)
-        slash[1] = '\0';
-    else
-        *slash = '\0';
+    if (cfg_database_is_uri(c->database)) {
+        if (cfg_state_dir(c, dbdir, sizeof(dbdir)) != 0)
+            return cfg_errorf(err, errlen, "state_directory is not set");
+    } else {
+        snprintf(dbdir, sizeof(dbdir), "%s", c->database);
+        char *slash = strrchr(dbdir, '/');
+        if (slash == NULL)
+            snprintf(dbdir, sizeof(dbdir), ".");
+        else if (slash == dbdir)
+            slash[1] = '\0';
+        else
+            *slash = '\0';
+    }
     struct stat st;
     if (stat(dbdir, &st) != 0) {
         cfg_errorf(err, errlen, "user = %s: cannot check %s: %s", c->user, dbdir, strerror(errno));
@@ -357,7 +364,7 @@ int hd_check_role_owners(const cfg *c, const hd_account *keeper, const hd_accoun
         }
     }
     if (front->name[0] != '\0') {
-        if (hd_owned(front, c->database, err, errlen) != 0 ||
+        if ((!cfg_database_is_uri(c->database) && hd_owned(front, c->database, err, errlen) != 0) ||
             hd_owned(front, c->tls_private_key, err, errlen) != 0)
             return -1;
     }

@@ -5,7 +5,7 @@
 #include "jose/jose.h"
 #include "base/hex.h"
 #include "base/clock.h"
-#include "appliance/store/db.h"
+#include "appliance/store/sdb.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -30,10 +30,11 @@ typedef struct {
 } audit_pending;
 
 struct audit {
-    sqlite3 *db;
+    sdb *db;
     kp *k;
     audit_options o;
-    pthread_mutex_t db_mu; /* the connection: one transaction at a time */
+    char node[CHN_NODE_MAX]; /* o.node's copy; "": the process's */
+    pthread_mutex_t db_mu;   /* the connection: one transaction at a time */
 
     pthread_mutex_t mu; /* everything below */
     pthread_cond_t wake, done;
@@ -49,18 +50,23 @@ struct audit {
     int stop;
     pthread_t thread;
 
-    uint64_t last_cp_seq;        /* seq of the last checkpoint */
+    /* The newest checkpoint in the table, whichever node signed it, and when this writer
+     * first saw it: with several nodes on one chain, a checkpoint another node signed
+     * counts as this one's (no node signs the same stretch again). */
+    uint64_t last_cp_seq;
     int64_t last_cp, last_flush; /* clk_now_ms */
 };
-
-static int audit_exec(sqlite3 *db, const char *sql)
-{
-    return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
-}
 
 static int64_t audit_now(void)
 {
     return (int64_t)time(NULL);
+}
+
+/* The database as a message names it: a file's path, or "the PostgreSQL database" (a URI
+ * may carry a user name and options that have no place in a log). */
+static const char *audit_where(const char *db_path)
+{
+    return sdb_is_postgres(db_path) ? "the PostgreSQL database" : db_path;
 }
 
 /* Commits the pending events (and the counts when with_counts) in one transaction. */
@@ -70,10 +76,12 @@ static int audit_commit(audit *a, audit_pending *items, size_t n, json_t *by_kid
     char err[256], caller[CHN_ACTOR_MAX];
     snprintf(caller, sizeof(caller), "%s", chn_actor()); /* restored before return */
     int rc = 0;
+    if (a->node[0] != '\0')
+        chn_set_thread_node(a->node);
     pthread_mutex_lock(&a->db_mu);
-    if (audit_exec(a->db, "BEGIN IMMEDIATE") != 0) {
+    if (sdb_begin_write(a->db, SDB_LOCK_AUDIT, err, sizeof(err)) != SDB_OK) {
         pthread_mutex_unlock(&a->db_mu);
-        fprintf(stderr, "signd: audit: begin: %s\n", sqlite3_errmsg(a->db));
+        fprintf(stderr, "signd: audit: %s\n", err);
         return -1;
     }
     for (size_t i = 0; rc == 0 && i < n; i++) {
@@ -91,14 +99,14 @@ static int audit_commit(audit *a, audit_pending *items, size_t n, json_t *by_kid
         json_decref(d);
     }
     chn_set_actor(caller);
-    if (rc == 0 && audit_exec(a->db, "COMMIT") != 0) {
-        snprintf(err, sizeof(err), "commit: %s", sqlite3_errmsg(a->db));
+    if (a->node[0] != '\0')
+        chn_set_thread_node(NULL);
+    if (rc == 0 && sdb_commit(a->db, err, sizeof(err)) != SDB_OK)
         rc = -1;
-    }
-    if (rc != 0) {
-        audit_exec(a->db, "ROLLBACK");
+    else if (rc != 0)
+        sdb_rollback(a->db);
+    if (rc != 0)
         fprintf(stderr, "signd: audit: %s\n", err);
-    }
     pthread_mutex_unlock(&a->db_mu);
     return rc;
 }
@@ -118,11 +126,35 @@ int audit_record(audit *a, const char *action, const char *kid_hex, json_t *deta
     return rc;
 }
 
-/* The chain's head (chn_head) read on the writer's connection, under its lock. */
+/* The newest checkpoint's seq in the table (0 when none), on the writer's connection
+ * (caller holds db_mu). 0, or -1. */
+static int audit_cp_newest(audit *a, uint64_t *seq)
+{
+    sdb_stmt *s;
+    char err[256];
+    *seq = 0;
+    if (sdb_prepare(a->db, "SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints", &s,
+                    "audit checkpoints", err, sizeof(err)) != SDB_OK)
+        return -1;
+    sdb_status st = sdb_step(s);
+    if (st == SDB_ROW)
+        *seq = (uint64_t)sdb_column_int64(s, 0);
+    sdb_finalize(s);
+    return st == SDB_ROW ? 0 : -1;
+}
+
+/* The chain's head (chn_head) read on the writer's connection, under its lock, and the
+ * newest checkpoint any node signed: one that moved past last_cp_seq restarts the
+ * checkpoint clock (audit_checkpoint_seconds counts from the cluster's last checkpoint). */
 static int audit_head(audit *a, uint64_t *seq, char hash[CHN_HASH_HEX + 1])
 {
+    uint64_t cp = 0;
     pthread_mutex_lock(&a->db_mu);
     int rc = chn_head(a->db, seq, hash);
+    if (rc == 0 && audit_cp_newest(a, &cp) == 0 && cp > a->last_cp_seq) {
+        a->last_cp_seq = cp;
+        a->last_cp = clk_now_ms();
+    }
     pthread_mutex_unlock(&a->db_mu);
     return rc;
 }
@@ -155,23 +187,32 @@ static int audit_checkpoint(audit *a)
                        &input_len) == 0 &&
         (st = kp_svc_sign(a->k, KP_SVC_AUDIT, jws, input_len, sig, &sig_len)) == SK_OK &&
         jose_jws_finish(jws, cap, input_len, sig, sig_len, &total) == 0) {
+        /* Another node may have signed the same head first: one row per seq, theirs kept
+         * (the same hash: one chain). */
+        char err[256];
         pthread_mutex_lock(&a->db_mu);
-        sqlite3_stmt *s;
-        if (sqlite3_prepare_v2(a->db,
-                               "INSERT OR IGNORE INTO audit_checkpoints (seq, hash, time, jws)"
-                               " VALUES (?, ?, ?, ?)",
-                               -1, &s, NULL) == SQLITE_OK) {
-            sqlite3_bind_int64(s, 1, (sqlite3_int64)seq);
-            sqlite3_bind_text(s, 2, hash, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(s, 3, now);
-            sqlite3_bind_text(s, 4, jws, (int)total, SQLITE_STATIC);
-            rc = sqlite3_step(s) == SQLITE_DONE ? 0 : -1;
-            sqlite3_finalize(s);
+        sdb_stmt *s;
+        if (sdb_begin_write(a->db, SDB_LOCK_AUDIT, err, sizeof(err)) == SDB_OK) {
+            if (sdb_prepare(a->db,
+                            "INSERT INTO audit_checkpoints (seq, hash, time, jws)"
+                            " VALUES (?, ?, ?, ?) ON CONFLICT (seq) DO NOTHING",
+                            &s, "audit checkpoint", err, sizeof(err)) == SDB_OK) {
+                sdb_bind_int64(s, 1, (int64_t)seq);
+                sdb_bind_text(s, 2, hash, -1);
+                sdb_bind_int64(s, 3, now);
+                sdb_bind_text(s, 4, jws, (int)total);
+                rc = sdb_step_done(s, "audit checkpoint", err, sizeof(err)) == SDB_OK ? 0 : -1;
+            }
+            if (rc == 0)
+                rc = sdb_commit(a->db, err, sizeof(err)) == SDB_OK ? 0 : -1;
+            else
+                sdb_rollback(a->db);
         }
         pthread_mutex_unlock(&a->db_mu);
     }
     if (rc == 0) {
-        a->last_cp_seq = seq;
+        if (seq > a->last_cp_seq)
+            a->last_cp_seq = seq;
         a->last_cp = clk_now_ms();
     } else {
         fprintf(stderr, "signd: audit: checkpoint at seq %" PRIu64 " failed (%s)\n", seq,
@@ -296,6 +337,8 @@ int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, 
     }
     a->k = k;
     a->o = *o;
+    snprintf(a->node, sizeof(a->node), "%s", o->node ? o->node : "");
+    a->o.node = NULL;
     chn_log_events(o->log_events != 0);
     if (a->o.flush_seconds == 0)
         a->o.flush_seconds = 1;
@@ -304,25 +347,18 @@ int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, 
     if (a->o.checkpoint_seconds == 0)
         a->o.checkpoint_seconds = 1;
     char derr[256];
-    if (db_open(db_path, AUDIT_BUSY_MS, &a->db, derr, sizeof(derr)) != 0) {
-        cfg_errorf(err, errlen, "%s: %s", db_path, derr);
+    if (sdb_open(db_path, SDB_OPEN_CREATE, AUDIT_BUSY_MS, &a->db, derr, sizeof(derr)) != SDB_OK) {
+        cfg_errorf(err, errlen, "%s: %s", audit_where(db_path), derr);
         free(a);
         return -1;
     }
-    if (chn_schema(a->db, err, errlen) != 0) {
-        if (err && errlen && err[0] == '\0')
-            cfg_errorf(err, errlen, "%s: %s", db_path, sqlite3_errmsg(a->db));
-        sqlite3_close(a->db);
+    if (chn_schema(a->db, derr, sizeof(derr)) != 0) {
+        cfg_errorf(err, errlen, "%s: %s", audit_where(db_path), derr);
+        sdb_close(a->db);
         free(a);
         return -1;
     }
-    sqlite3_stmt *s;
-    if (sqlite3_prepare_v2(a->db, "SELECT COALESCE(MAX(seq), 0) FROM audit_checkpoints", -1, &s,
-                           NULL) == SQLITE_OK) {
-        if (sqlite3_step(s) == SQLITE_ROW)
-            a->last_cp_seq = (uint64_t)sqlite3_column_int64(s, 0);
-        sqlite3_finalize(s);
-    }
+    (void)audit_cp_newest(a, &a->last_cp_seq);
     a->last_cp = clk_now_ms();
     a->last_flush = a->last_cp;
     pthread_mutex_init(&a->db_mu, NULL);
@@ -335,7 +371,7 @@ int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, 
         cfg_errorf(err, errlen, "cannot start the audit thread");
         json_decref(a->by_kid);
         json_decref(a->by_cred);
-        sqlite3_close(a->db);
+        sdb_close(a->db);
         free(a);
         return -1;
     }
@@ -357,7 +393,7 @@ void audit_close(audit *a)
     free(a->q);
     json_decref(a->by_kid);
     json_decref(a->by_cred);
-    sqlite3_close(a->db);
+    sdb_close(a->db);
     pthread_mutex_destroy(&a->db_mu);
     pthread_mutex_destroy(&a->mu);
     pthread_cond_destroy(&a->wake);
@@ -479,75 +515,88 @@ int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const vo
 
 /* ---- reading -------------------------------------------------------------------------------- */
 
-static sqlite3 *audit_open_ro(const char *path)
+/* A read-only connection of its own, for a reader beside the writer (the API's queries,
+ * the keeper's walk): on PostgreSQL the cluster's one chain, whichever node wrote it. */
+static sdb *audit_open_ro(const char *path, char *err, size_t errlen)
 {
-    sqlite3 *db = NULL;
-    char err[256];
-    return db_open_ro(path, AUDIT_BUSY_MS, &db, err, sizeof(err)) == 0 ? db : NULL;
+    sdb *db = NULL;
+    return sdb_open(path, SDB_OPEN_READONLY, AUDIT_BUSY_MS, &db, err, errlen) == SDB_OK ? db : NULL;
 }
 
-static json_t *audit_row_json(sqlite3_stmt *s)
+static json_t *audit_row_json(sdb_stmt *s)
 {
     json_error_t je;
-    const char *details = (const char *)sqlite3_column_text(s, 5);
+    const char *details = sdb_column_text(s, 5);
     json_t *d = details ? json_loads(details, JSON_REJECT_DUPLICATES, &je) : NULL;
-    return json_pack(
-        "{s:I, s:I, s:s, s:s, s:s, s:o, s:s, s:s}", "seq", (json_int_t)sqlite3_column_int64(s, 0),
-        "time", (json_int_t)sqlite3_column_int64(s, 1), "actor",
-        (const char *)sqlite3_column_text(s, 2), "action", (const char *)sqlite3_column_text(s, 3),
-        "kid", (const char *)sqlite3_column_text(s, 4), "details", d ? d : json_object(),
-        "prev_hash", (const char *)sqlite3_column_text(s, 6), "hash",
-        (const char *)sqlite3_column_text(s, 7));
+    json_t *j = json_pack("{s:I, s:I}", "seq", (json_int_t)sdb_column_int64(s, 0), "time",
+                          (json_int_t)sdb_column_int64(s, 1));
+    static const char *const text_cols[] = {"actor", "action", "kid"};
+    for (int c = 0; j != NULL && c < 3; c++)
+        json_object_set_new(j, text_cols[c], json_string(sdb_column_text(s, 2 + c)));
+    if (j != NULL) {
+        json_object_set_new(j, "details", d ? d : json_object());
+        json_object_set_new(j, "prev_hash", json_string(sdb_column_text(s, 6)));
+        json_object_set_new(j, "hash", json_string(sdb_column_text(s, 7)));
+    } else {
+        json_decref(d);
+    }
+    return j;
 }
 
 int audit_list(const char *db_path, const audit_query *q, json_t **out, uint64_t *next)
 {
     *out = NULL;
     *next = 0;
-    sqlite3 *db = audit_open_ro(db_path);
+    char err[256];
+    sdb *db = audit_open_ro(db_path, err, sizeof(err));
     if (db == NULL)
         return -1;
     unsigned limit = q->limit < 1 ? 1 : q->limit > 1000 ? 1000 : q->limit;
-    sqlite3_stmt *s;
-    int rc = sqlite3_prepare_v2(db,
-                                "SELECT seq, time, actor, action, kid, details, prev_hash, hash"
-                                " FROM audit WHERE seq > ?1"
-                                " AND (?2 IS NULL OR kid = ?2)"
-                                " AND (?3 IS NULL OR action = ?3)"
-                                " AND (?4 IS NULL OR actor = ?4)"
-                                " AND (?5 = 0 OR time >= ?5)"
-                                " AND (?6 = 0 OR time <= ?6)"
-                                " ORDER BY seq LIMIT ?7",
-                                -1, &s, NULL);
-    if (rc != SQLITE_OK) {
-        sqlite3_close(db);
+    sdb_stmt *s;
+    if (sdb_prepare(db,
+                    "SELECT seq, time, actor, action, kid, details, prev_hash, hash"
+                    " FROM audit WHERE seq > ?1"
+                    /* Typed: PostgreSQL cannot tell a NULL's type from IS NULL. */
+                    " AND (CAST(?2 AS TEXT) IS NULL OR kid = ?2)"
+                    " AND (CAST(?3 AS TEXT) IS NULL OR action = ?3)"
+                    " AND (CAST(?4 AS TEXT) IS NULL OR actor = ?4)"
+                    " AND (CAST(?5 AS BIGINT) = 0 OR time >= ?5)"
+                    " AND (CAST(?6 AS BIGINT) = 0 OR time <= ?6)"
+                    " ORDER BY seq LIMIT ?7",
+                    &s, "audit list", err, sizeof(err)) != SDB_OK) {
+        fprintf(stderr, "signd: audit: %s\n", err);
+        sdb_close(db);
         return -1;
     }
-    sqlite3_bind_int64(s, 1, (sqlite3_int64)q->after);
-    if (q->kid)
-        sqlite3_bind_text(s, 2, q->kid, -1, SQLITE_STATIC);
-    if (q->action)
-        sqlite3_bind_text(s, 3, q->action, -1, SQLITE_STATIC);
-    if (q->actor)
-        sqlite3_bind_text(s, 4, q->actor, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(s, 5, q->since);
-    sqlite3_bind_int64(s, 6, q->until);
-    sqlite3_bind_int(s, 7, (int)limit + 1);
+    sdb_bind_int64(s, 1, (int64_t)q->after);
+    const char *texts[3] = {q->kid, q->action, q->actor};
+    for (int i = 0; i < 3; i++) {
+        if (texts[i] != NULL)
+            sdb_bind_text(s, 2 + i, texts[i], -1);
+        else
+            sdb_bind_null(s, 2 + i);
+    }
+    sdb_bind_int64(s, 5, q->since);
+    sdb_bind_int64(s, 6, q->until);
+    sdb_bind_int64(s, 7, (int64_t)limit + 1);
     json_t *arr = json_array();
     unsigned n = 0;
     uint64_t last = 0;
-    while (arr != NULL && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+    sdb_status rc = SDB_DONE;
+    while (arr != NULL && (rc = sdb_step(s)) == SDB_ROW) {
         if (n == limit) { /* one more exists: there is a next page */
             *next = last;
             break;
         }
-        last = (uint64_t)sqlite3_column_int64(s, 0);
+        last = (uint64_t)sdb_column_int64(s, 0);
         json_array_append_new(arr, audit_row_json(s));
         n++;
     }
-    int ok = rc == SQLITE_ROW || rc == SQLITE_DONE;
-    sqlite3_finalize(s);
-    sqlite3_close(db);
+    int ok = rc == SDB_ROW || rc == SDB_DONE;
+    if (!ok)
+        fprintf(stderr, "signd: audit: list: %s\n", sdb_stmt_error(s));
+    sdb_finalize(s);
+    sdb_close(db);
     if (!ok || arr == NULL) {
         json_decref(arr);
         return -1;
@@ -567,56 +616,58 @@ static int audit_write_line(FILE *out, json_t *j)
 
 int audit_export(const char *db_path, uint64_t from_seq, uint64_t to_seq, FILE *out)
 {
-    sqlite3 *db = audit_open_ro(db_path);
+    char err[256];
+    sdb *db = audit_open_ro(db_path, err, sizeof(err));
     if (db == NULL)
         return -1;
-    if (to_seq == 0)
+    if (to_seq == 0 || to_seq > INT64_MAX)
         to_seq = INT64_MAX;
     if (from_seq == 0)
         from_seq = 1;
     /* One read transaction: events and checkpoints from the same snapshot. */
-    sqlite3_stmt *e = NULL, *c = NULL;
-    int rc = audit_exec(db, "BEGIN") == 0 &&
-                     sqlite3_prepare_v2(db,
-                                        "SELECT seq, time, actor, action, kid, details, prev_hash,"
-                                        " hash FROM audit WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
-                                        -1, &e, NULL) == SQLITE_OK &&
-                     sqlite3_prepare_v2(db,
-                                        "SELECT seq, hash, time, jws FROM audit_checkpoints"
-                                        " WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
-                                        -1, &c, NULL) == SQLITE_OK
+    sdb_stmt *e = NULL, *c = NULL;
+    int rc = sdb_begin_read(db, err, sizeof(err)) == SDB_OK &&
+                     sdb_prepare(db,
+                                 "SELECT seq, time, actor, action, kid, details, prev_hash,"
+                                 " hash FROM audit WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+                                 &e, "audit export", err, sizeof(err)) == SDB_OK &&
+                     sdb_prepare(db,
+                                 "SELECT seq, hash, time, jws FROM audit_checkpoints"
+                                 " WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+                                 &c, "audit export", err, sizeof(err)) == SDB_OK
                  ? 0
                  : -1;
     if (rc == 0) {
-        sqlite3_bind_int64(e, 1, (sqlite3_int64)from_seq);
-        sqlite3_bind_int64(e, 2, (sqlite3_int64)to_seq);
-        sqlite3_bind_int64(c, 1, (sqlite3_int64)from_seq);
-        sqlite3_bind_int64(c, 2, (sqlite3_int64)to_seq);
-        int crc = sqlite3_step(c);
-        int erc;
-        while (rc == 0 && (erc = sqlite3_step(e)) == SQLITE_ROW) {
-            uint64_t seq = (uint64_t)sqlite3_column_int64(e, 0);
+        sdb_bind_int64(e, 1, (int64_t)from_seq);
+        sdb_bind_int64(e, 2, (int64_t)to_seq);
+        sdb_bind_int64(c, 1, (int64_t)from_seq);
+        sdb_bind_int64(c, 2, (int64_t)to_seq);
+        sdb_status crc = sdb_step(c);
+        sdb_status erc = SDB_DONE;
+        while (rc == 0 && (erc = sdb_step(e)) == SDB_ROW) {
+            uint64_t seq = (uint64_t)sdb_column_int64(e, 0);
             json_t *ev = audit_row_json(e);
             if (ev != NULL)
                 json_object_set_new(ev, "type", json_string("event"));
             rc = audit_write_line(out, ev);
-            while (rc == 0 && crc == SQLITE_ROW && (uint64_t)sqlite3_column_int64(c, 0) <= seq) {
+            while (rc == 0 && crc == SDB_ROW && (uint64_t)sdb_column_int64(c, 0) <= seq) {
                 rc = audit_write_line(out,
                                       json_pack("{s:s, s:I, s:s, s:I, s:s}", "type", "checkpoint",
-                                                "seq", (json_int_t)sqlite3_column_int64(c, 0),
-                                                "hash", (const char *)sqlite3_column_text(c, 1),
-                                                "time", (json_int_t)sqlite3_column_int64(c, 2),
-                                                "jws", (const char *)sqlite3_column_text(c, 3)));
-                crc = sqlite3_step(c);
+                                                "seq", (json_int_t)sdb_column_int64(c, 0), "hash",
+                                                sdb_column_text(c, 1), "time",
+                                                (json_int_t)sdb_column_int64(c, 2), "jws",
+                                                sdb_column_text(c, 3)));
+                crc = sdb_step(c);
             }
         }
-        if (rc == 0 && erc != SQLITE_DONE)
+        if (rc == 0 && (erc != SDB_DONE || (crc != SDB_ROW && crc != SDB_DONE)))
             rc = -1;
     }
-    sqlite3_finalize(e);
-    sqlite3_finalize(c);
-    audit_exec(db, "COMMIT");
-    sqlite3_close(db);
+    sdb_finalize(e);
+    sdb_finalize(c);
+    if (sdb_in_transaction(db))
+        sdb_rollback(db); /* read only: nothing to keep */
+    sdb_close(db);
     return rc == 0 && fflush(out) == 0 ? 0 : -1;
 }
 
@@ -638,34 +689,36 @@ int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_ha
         memcpy(out, running, CHN_HASH_HEX + 1);
         return 0;
     }
-    sqlite3 *db = audit_open_ro(db_path);
+    char err[256];
+    sdb *db = audit_open_ro(db_path, err, sizeof(err));
     if (db == NULL) {
-        cfg_errorf(why, whylen, "audit chain: cannot open %s", db_path);
+        cfg_errorf(why, whylen, "audit chain: cannot open %s: %s", audit_where(db_path), err);
         return -1;
     }
-    sqlite3_stmt *s = NULL;
+    sdb_stmt *s = NULL;
     int rc = -1;
     uint64_t seq = from_seq;
-    /* One read transaction: the rows of one moment of the file. */
-    if (audit_exec(db, "BEGIN") != 0 ||
-        sqlite3_prepare_v2(db,
-                           "SELECT seq, time, actor, action, kid, details, prev_hash, hash"
-                           " FROM audit WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
-                           -1, &s, NULL) != SQLITE_OK) {
-        cfg_errorf(why, whylen, "audit chain: %s", sqlite3_errmsg(db));
+    /* One read transaction: the rows of one moment of the chain. Rows past to_seq that
+     * other nodes append meanwhile are not read: the walk ends at the seq asked for. */
+    if (sdb_begin_read(db, err, sizeof(err)) != SDB_OK ||
+        sdb_prepare(db,
+                    "SELECT seq, time, actor, action, kid, details, prev_hash, hash"
+                    " FROM audit WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+                    &s, "audit chain", err, sizeof(err)) != SDB_OK) {
+        cfg_errorf(why, whylen, "audit chain: %s", err);
         goto out;
     }
-    sqlite3_bind_int64(s, 1, (sqlite3_int64)from_seq);
-    sqlite3_bind_int64(s, 2, (sqlite3_int64)to_seq);
-    int step;
-    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-        uint64_t row = (uint64_t)sqlite3_column_int64(s, 0);
-        const char *actor = (const char *)sqlite3_column_text(s, 2);
-        const char *action = (const char *)sqlite3_column_text(s, 3);
-        const char *kid = (const char *)sqlite3_column_text(s, 4);
-        const char *details = (const char *)sqlite3_column_text(s, 5);
-        const char *ph = (const char *)sqlite3_column_text(s, 6);
-        const char *h = (const char *)sqlite3_column_text(s, 7);
+    sdb_bind_int64(s, 1, (int64_t)from_seq);
+    sdb_bind_int64(s, 2, (int64_t)to_seq);
+    sdb_status step;
+    while ((step = sdb_step(s)) == SDB_ROW) {
+        uint64_t row = (uint64_t)sdb_column_int64(s, 0);
+        const char *actor = sdb_column_text(s, 2);
+        const char *action = sdb_column_text(s, 3);
+        const char *kid = sdb_column_text(s, 4);
+        const char *details = sdb_column_text(s, 5);
+        const char *ph = sdb_column_text(s, 6);
+        const char *h = sdb_column_text(s, 7);
         char computed[CHN_HASH_HEX + 1];
         json_error_t je;
         json_t *d = details ? json_loads(details, JSON_REJECT_DUPLICATES, &je) : NULL;
@@ -678,8 +731,8 @@ int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_ha
                        "seq %" PRIu64,
                        row, seq);
         else if (d == NULL || !chash_details_ok(d) ||
-                 chash_event(running, row, (int64_t)sqlite3_column_int64(s, 1), actor, action, kid,
-                             d, computed) != 0 ||
+                 chash_event(running, row, sdb_column_int64(s, 1), actor, action, kid, d,
+                             computed) != 0 ||
                  h == NULL || strcmp(h, computed) != 0)
             cfg_errorf(why, whylen,
                        "audit chain: seq %" PRIu64 "'s hash does not match its "
@@ -693,8 +746,8 @@ int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_ha
         memcpy(running, computed, CHN_HASH_HEX + 1);
         seq = row;
     }
-    if (step != SQLITE_DONE) {
-        cfg_errorf(why, whylen, "audit chain: %s", sqlite3_errmsg(db));
+    if (step != SDB_DONE) {
+        cfg_errorf(why, whylen, "audit chain: %s", sdb_stmt_error(s));
         goto out;
     }
     if (seq != to_seq) {
@@ -705,8 +758,14 @@ int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_ha
     memcpy(out, running, CHN_HASH_HEX + 1);
     rc = 0;
 out:
-    sqlite3_finalize(s);
-    audit_exec(db, "COMMIT");
-    sqlite3_close(db);
+    sdb_finalize(s);
+    if (sdb_in_transaction(db))
+        sdb_rollback(db);
+    sdb_close(db);
     return rc;
+}
+
+const char *audit_backend_version(audit *a)
+{
+    return a != NULL ? sdb_version(a->db) : "";
 }

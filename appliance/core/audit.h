@@ -42,18 +42,17 @@
 #include "appliance/store/chain.h"
 
 #include <jansson.h>
-#include <sqlite3.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
 /* The keeper's check of a checkpoint (keeperd.c), on its own read-only connection to
- * db_path: walks the rows from_seq + 1 .. to_seq of `audit` in one read transaction,
- * starting from from_hash (the hash the caller already verified at from_seq; ignored, the
- * zero hash, when from_seq is 0), and requires every seq present, every prev_hash the hash
- * computed for the row before, and every stored hash the one chash_event gives for
- * the row's contents. 0 with the hash at to_seq in out, or -1 with why (one line). So the
- * cost is the rows since the caller's last verified point, not the whole chain. */
+ * db_path (a file or a PostgreSQL URI, sdb.h): walks the rows from_seq + 1 .. to_seq of `audit` in
+ * one read transaction, starting from from_hash (the hash the caller already verified at from_seq;
+ * ignored, the zero hash, when from_seq is 0), and requires every seq present, every prev_hash the
+ * hash computed for the row before, and every stored hash the one chash_event gives for the row's
+ * contents. 0 with the hash at to_seq in out, or -1 with why (one line). So the cost is the rows
+ * since the caller's last verified point, not the whole chain. */
 int audit_chain_walk(const char *db_path, uint64_t from_seq, const char *from_hash, uint64_t to_seq,
                      char out[CHN_HASH_HEX + 1], char *why, size_t whylen);
 
@@ -65,10 +64,19 @@ typedef struct {
     unsigned checkpoint_seconds; /* ...or this long after the last, when there are new ones */
     int every_signature;         /* one event per signature, group-committed */
     int log_events;              /* each event also as a JSON log line when it commits (jlog.h) */
+    const char *node; /* the node its events name (chain.h); NULL: the process's (chn_set_node) */
 } audit_options;
 
-/* Opens the trail's writer for the appliance (its own SQLite connection to db_path and a
- * flusher thread), signing checkpoints through k. 0, or -1 with err filled. */
+/* Opens the trail's writer for the appliance (its own connection to db_path, a file or a
+ * PostgreSQL URI, and a flusher thread), signing checkpoints through k. 0, or -1 with err
+ * filled.
+ *
+ * Several nodes on one database (cluster mode) share one chain: every append reads the
+ * head in its locked transaction (chain.h), and a node signs a checkpoint only when the
+ * head is past the newest checkpoint in the table, whichever node signed that one (its
+ * audit_checkpoint_seconds clock restarts when it sees another node's), so the nodes do
+ * not sign the same stretch over again. Each node's keeper checks what it signs from its
+ * own newest checkpoint (kstate.h), across the events every node appended since. */
 int audit_open(const char *db_path, kp *k, const audit_options *o, audit **out, char *err,
                size_t errlen);
 
@@ -93,6 +101,9 @@ int audit_signature(audit *a, const char *kid_hex, const char *cred_id, const vo
 /* What has been accepted but is not yet in the trail: queued events and counted
  * signatures, and the age in seconds of the oldest of them (0 when none). For GET /metrics. */
 void audit_lag(audit *a, uint64_t *events, double *oldest_seconds);
+
+/* The backend's version ("sqlite 3.40.1", "postgresql 150008"), for /metrics. */
+const char *audit_backend_version(audit *a);
 
 /* ---- reading and export (the API) --------------------------------------------------------- */
 

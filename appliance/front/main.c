@@ -65,6 +65,11 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
     /* First: the events reconcile records are logged too (log_events). */
     if (jlog_open(c->log_file, err, sizeof(err)) != 0)
         return die("log_file", err);
+    /* Every event this node appends names it (one chain for a cluster's nodes). */
+    char node[CFG_NODE_MAX];
+    if (cfg_node_name(c, node) != 0)
+        return die("node_name", "empty, and the host name cannot be read");
+    chn_set_node(node);
     reg *rg = NULL;
     if (reg_open(c->database, c->max_active_keys, &rg) != REG_OK)
         return die(c->database, reg_last_error());

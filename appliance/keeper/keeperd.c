@@ -1047,7 +1047,13 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
     }
     /* The keeper's own memory: what it signed and generated (kstate.h). */
     int fresh = 0;
-    if (kst_open(c->database, &d->st, &fresh, err, errlen) != 0 ||
+    char state_dir[CFG_PATH_MAX];
+    if (cfg_state_dir(c, state_dir, sizeof(state_dir)) != 0) {
+        cfg_errorf(err, errlen, "keeper state: state_directory is not set or too long");
+        kpd_free(d);
+        return -1;
+    }
+    if (kst_open(state_dir, &d->st, &fresh, err, errlen) != 0 ||
         kst_last_checkpoint(d->st, &d->cp_seq, d->cp_hash) != 0) {
         if (d->st != NULL)
             cfg_errorf(err, errlen, "keeper state: cannot read the last checkpoint");

@@ -25,7 +25,8 @@
  *    asks the file first and refuses an active kid. GENERATE asks it whether the kid is
  *    pending (reg_reader_pending: reserved by a create or rotation, no row in any state)
  *    and refuses any other. PING's probe signature and LIST do not consult the registry;
- *  - its own memory (kstate.h, DATA_DIR/keeper/state.db, made by kpd_open): the kids it
+ *  - its own memory (kstate.h, STATE_DIR/keeper/state.db, made by kpd_open; STATE_DIR is
+ *    state_directory, by default DATA_DIR): the kids it
  *    generated under (seeded with every kid the registry holds when the file is new), so
  *    that GENERATE never makes a key under a kid that existed, whatever the registry says
  *    now; and the audit checkpoints it signed, so that AUDIT_SIGN signs a checkpoint only
@@ -87,7 +88,7 @@ typedef struct kpd kpd;
 /* Binds and listens on c->keeper_socket (first, so that a path it may not take is found
  * before the PIN is read), opens the token (module, label or URI, PIN file, session bound
  * from c), the registry file read-only (it must exist: the keeper never creates it) and
- * its own state (kst_open next to c->database, created when missing).
+ * its own state (kst_open in cfg_state_dir(c), created when missing).
  * 0, or -1 with one line naming the problem in err and nothing left behind (the socket
  * file is removed again). Changes the process umask for the moment of bind: call it before
  * other threads create files. */

@@ -2,12 +2,11 @@
 #include "appliance/keeper/kstate.h"
 
 #include "appliance/common/config.h"
-#include "appliance/store/db.h"
+#include "appliance/store/sdb.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,15 +23,14 @@ static const char kst_schema[] =
 
 struct kst {
     pthread_mutex_t mu;
-    sqlite3 *db;
+    sdb *db;
 };
 
-/* dir of db_path + "/" KST_DIR: 0, or -1 when it does not fit. */
-static int kst_dir_of(const char *db_path, char *out, size_t cap)
+/* state_dir + "/" KST_DIR: 0, or -1 when it does not fit. */
+static int kst_dir_of(const char *state_dir, char *out, size_t cap)
 {
-    const char *slash = strrchr(db_path, '/');
-    int n = slash == NULL ? snprintf(out, cap, "%s", KST_DIR)
-                          : snprintf(out, cap, "%.*s/%s", (int)(slash - db_path), db_path, KST_DIR);
+    int n = state_dir[0] == '\0' ? snprintf(out, cap, "%s", KST_DIR)
+                                 : snprintf(out, cap, "%s/%s", state_dir, KST_DIR);
     return n > 0 && (size_t)n < cap ? 0 : -1;
 }
 
@@ -53,18 +51,13 @@ static int kst_dir_ready(const char *dir, char *err, size_t errlen)
     return 0;
 }
 
-static int kst_exec(sqlite3 *db, const char *sql)
-{
-    return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
-}
-
-int kst_open(const char *db_path, kst **out, int *fresh, char *err, size_t errlen)
+int kst_open(const char *state_dir, kst **out, int *fresh, char *err, size_t errlen)
 {
     *out = NULL;
     if (fresh != NULL)
         *fresh = 0;
     char dir[CFG_PATH_MAX], file[CFG_PATH_MAX + 16];
-    if (db_path == NULL || kst_dir_of(db_path, dir, sizeof(dir)) != 0)
+    if (state_dir == NULL || kst_dir_of(state_dir, dir, sizeof(dir)) != 0)
         return cfg_errorf(err, errlen, "keeper state: path too long");
     if (kst_dir_ready(dir, err, errlen) != 0)
         return -1;
@@ -72,32 +65,38 @@ int kst_open(const char *db_path, kst **out, int *fresh, char *err, size_t errle
     kst *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return cfg_errorf(err, errlen, "out of memory");
-    /* db_open creates the file 0600 and refuses anything but a regular file. */
-    char derr[256];
-    if (db_open(file, KST_BUSY_MS, &s->db, derr, sizeof(derr)) != 0) {
+    /* Always a SQLite file of this node's, whatever the appliance's database is: the
+     * keeper's memory is its own, never shared. sdb_open creates the file 0600 and
+     * refuses anything but a regular file (a PostgreSQL URI cannot get here: file is a
+     * path under state_dir). */
+    char derr[256] = "not a file";
+    if (sdb_is_postgres(file) ||
+        sdb_open(file, SDB_OPEN_CREATE, KST_BUSY_MS, &s->db, derr, sizeof(derr)) != SDB_OK) {
         cfg_errorf(err, errlen, "keeper state %s: %s", file, derr);
         free(s);
         return -1;
     }
-    if (kst_exec(s->db, kst_schema) != 0) {
-        cfg_errorf(err, errlen, "keeper state %s: %s", file, sqlite3_errmsg(s->db));
-        sqlite3_close(s->db);
+    if (sdb_exec(s->db, kst_schema, "schema", derr, sizeof(derr)) != SDB_OK) {
+        cfg_errorf(err, errlen, "keeper state %s: %s", file, derr);
+        sdb_close(s->db);
         free(s);
         return -1;
     }
     pthread_mutex_init(&s->mu, NULL);
     /* Fresh: no kid recorded yet. So a seed that failed half-way (rolled back) is tried
      * again at the next start, and an empty registry costs nothing to seed again. */
-    sqlite3_stmt *st;
+    sdb_stmt *st;
     int empty = -1;
-    if (sqlite3_prepare_v2(s->db, "SELECT NOT EXISTS (SELECT 1 FROM kids)", -1, &st, NULL) ==
-        SQLITE_OK) {
-        if (sqlite3_step(st) == SQLITE_ROW)
-            empty = sqlite3_column_int(st, 0);
-        sqlite3_finalize(st);
+    if (sdb_prepare(s->db, "SELECT NOT EXISTS (SELECT 1 FROM kids)", &st, "read kids", derr,
+                    sizeof(derr)) == SDB_OK) {
+        if (sdb_step(st) == SDB_ROW)
+            empty = (int)sdb_column_int64(st, 0);
+        else
+            snprintf(derr, sizeof(derr), "read kids: %s", sdb_stmt_error(st));
+        sdb_finalize(st);
     }
     if (empty < 0) {
-        cfg_errorf(err, errlen, "keeper state %s: %s", file, sqlite3_errmsg(s->db));
+        cfg_errorf(err, errlen, "keeper state %s: %s", file, derr);
         kst_close(s);
         return -1;
     }
@@ -111,24 +110,31 @@ void kst_close(kst *s)
 {
     if (s == NULL)
         return;
-    sqlite3_close(s->db);
+    sdb_close(s->db);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }
 
 /* One row's hash column into hash: 1, 0 for no row, -1 on failure. Caller holds mu. */
-static int kst_hash_row(sqlite3_stmt *st, uint64_t *seq, char hash[KST_HASH_HEX + 1])
+static int kst_hash_row(sdb_stmt *st, uint64_t *seq, char hash[KST_HASH_HEX + 1])
 {
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE)
+    sdb_status rc = sdb_step(st);
+    if (rc == SDB_DONE)
         return 0;
-    const char *h = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 1) : NULL;
-    if (h == NULL || strlen(h) != KST_HASH_HEX)
+    if (rc != SDB_ROW || sdb_column_copy(st, 1, hash, KST_HASH_HEX + 1) != 0 ||
+        strlen(hash) != KST_HASH_HEX)
         return -1;
     if (seq != NULL)
-        *seq = (uint64_t)sqlite3_column_int64(st, 0);
-    memcpy(hash, h, KST_HASH_HEX + 1);
+        *seq = (uint64_t)sdb_column_int64(st, 0);
     return 1;
+}
+
+/* Prepares sql on s's connection (caller holds mu): the statement, or NULL. */
+static sdb_stmt *kst_prepare(kst *s, const char *sql)
+{
+    sdb_stmt *st = NULL;
+    char err[256];
+    return sdb_prepare(s->db, sql, &st, "keeper state", err, sizeof(err)) == SDB_OK ? st : NULL;
 }
 
 int kst_last_checkpoint(kst *s, uint64_t *seq, char hash[KST_HASH_HEX + 1])
@@ -136,12 +142,11 @@ int kst_last_checkpoint(kst *s, uint64_t *seq, char hash[KST_HASH_HEX + 1])
     *seq = 0;
     hash[0] = '\0';
     pthread_mutex_lock(&s->mu);
-    sqlite3_stmt *st;
     int rc = -1;
-    if (sqlite3_prepare_v2(s->db, "SELECT seq, hash FROM checkpoints ORDER BY seq DESC LIMIT 1", -1,
-                           &st, NULL) == SQLITE_OK) {
+    sdb_stmt *st = kst_prepare(s, "SELECT seq, hash FROM checkpoints ORDER BY seq DESC LIMIT 1");
+    if (st != NULL) {
         rc = kst_hash_row(st, seq, hash) < 0 ? -1 : 0;
-        sqlite3_finalize(st);
+        sdb_finalize(st);
     }
     pthread_mutex_unlock(&s->mu);
     return rc;
@@ -150,23 +155,14 @@ int kst_last_checkpoint(kst *s, uint64_t *seq, char hash[KST_HASH_HEX + 1])
 int kst_checkpoint_at(kst *s, uint64_t seq, char hash[KST_HASH_HEX + 1])
 {
     pthread_mutex_lock(&s->mu);
-    sqlite3_stmt *st;
     int rc = -1;
-    if (sqlite3_prepare_v2(s->db, "SELECT seq, hash FROM checkpoints WHERE seq = ?", -1, &st,
-                           NULL) == SQLITE_OK) {
-        sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+    sdb_stmt *st = kst_prepare(s, "SELECT seq, hash FROM checkpoints WHERE seq = ?");
+    if (st != NULL) {
+        sdb_bind_int64(st, 1, (int64_t)seq);
         rc = kst_hash_row(st, NULL, hash);
-        sqlite3_finalize(st);
+        sdb_finalize(st);
     }
     pthread_mutex_unlock(&s->mu);
-    return rc;
-}
-
-/* Runs one INSERT OR IGNORE prepared from sql with its binding done by the caller. */
-static int kst_step_done(sqlite3_stmt *st)
-{
-    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
-    sqlite3_finalize(st);
     return rc;
 }
 
@@ -175,14 +171,14 @@ int kst_checkpoint_add(kst *s, uint64_t seq, const char *hash)
     if (hash == NULL || strlen(hash) != KST_HASH_HEX)
         return -1;
     pthread_mutex_lock(&s->mu);
-    sqlite3_stmt *st;
+    char err[256];
     int rc = -1;
     /* Plain INSERT: a second hash for a seq is a constraint failure, never a replacement. */
-    if (sqlite3_prepare_v2(s->db, "INSERT INTO checkpoints (seq, hash) VALUES (?, ?)", -1, &st,
-                           NULL) == SQLITE_OK) {
-        sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
-        sqlite3_bind_text(st, 2, hash, -1, SQLITE_STATIC);
-        rc = kst_step_done(st);
+    sdb_stmt *st = kst_prepare(s, "INSERT INTO checkpoints (seq, hash) VALUES (?, ?)");
+    if (st != NULL) {
+        sdb_bind_int64(st, 1, (int64_t)seq);
+        sdb_bind_text(st, 2, hash, -1);
+        rc = sdb_step_done(st, "record checkpoint", err, sizeof(err)) == SDB_OK ? 0 : -1;
     }
     pthread_mutex_unlock(&s->mu);
     return rc;
@@ -191,13 +187,13 @@ int kst_checkpoint_add(kst *s, uint64_t seq, const char *hash)
 int kst_kid_known(kst *s, const sk_kid *kid)
 {
     pthread_mutex_lock(&s->mu);
-    sqlite3_stmt *st;
     int rc = -1;
-    if (sqlite3_prepare_v2(s->db, "SELECT 1 FROM kids WHERE kid = ?", -1, &st, NULL) == SQLITE_OK) {
-        sqlite3_bind_blob(st, 1, kid->b, SK_KID_LEN, SQLITE_STATIC);
-        int step = sqlite3_step(st);
-        rc = step == SQLITE_ROW ? 1 : step == SQLITE_DONE ? 0 : -1;
-        sqlite3_finalize(st);
+    sdb_stmt *st = kst_prepare(s, "SELECT 1 FROM kids WHERE kid = ?");
+    if (st != NULL) {
+        sdb_bind_blob(st, 1, kid->b, SK_KID_LEN);
+        sdb_status step = sdb_step(st);
+        rc = step == SDB_ROW ? 1 : step == SDB_DONE ? 0 : -1;
+        sdb_finalize(st);
     }
     pthread_mutex_unlock(&s->mu);
     return rc;
@@ -206,23 +202,26 @@ int kst_kid_known(kst *s, const sk_kid *kid)
 int kst_kids_add(kst *s, const sk_kid *kids, size_t n)
 {
     pthread_mutex_lock(&s->mu);
-    sqlite3_stmt *st = NULL;
-    /* One transaction (one fsync) for a seed of a thousand kids. */
-    int rc = kst_exec(s->db, "BEGIN IMMEDIATE") == 0 &&
-                     sqlite3_prepare_v2(s->db, "INSERT OR IGNORE INTO kids (kid) VALUES (?)", -1,
-                                        &st, NULL) == SQLITE_OK
+    char err[256];
+    sdb_stmt *st = NULL;
+    /* One transaction (one fsync) for a seed of a thousand kids. The lock number is
+     * nominal: this file has one writer, the keeper. */
+    int rc = sdb_begin_write(s->db, SDB_LOCK_SCHEMA, err, sizeof(err)) == SDB_OK &&
+                     (st = kst_prepare(s, "INSERT INTO kids (kid) VALUES (?)"
+                                          " ON CONFLICT (kid) DO NOTHING")) != NULL
                  ? 0
                  : -1;
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        sqlite3_bind_blob(st, 1, kids[i].b, SK_KID_LEN, SQLITE_STATIC);
-        rc = sqlite3_step(st) == SQLITE_DONE ? 0 : -1;
-        sqlite3_reset(st);
+        sdb_bind_blob(st, 1, kids[i].b, SK_KID_LEN);
+        sdb_status step = sdb_step(st);
+        rc = step == SDB_DONE ? 0 : -1;
+        sdb_reset(st);
     }
-    sqlite3_finalize(st);
-    if (rc == 0 && kst_exec(s->db, "COMMIT") != 0)
+    sdb_finalize(st);
+    if (rc == 0 && sdb_commit(s->db, err, sizeof(err)) != SDB_OK)
         rc = -1;
-    if (rc != 0 && !sqlite3_get_autocommit(s->db))
-        kst_exec(s->db, "ROLLBACK");
+    else if (rc != 0 && sdb_in_transaction(s->db))
+        sdb_rollback(s->db);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }

@@ -190,6 +190,15 @@ static sdb_status sdb_fail(sdb *db, sdb_status st, const char *what, char *err, 
     return st;
 }
 
+/* Fires the sdb_on_end hook, once. */
+static void sdb_end(sdb *db, int committed)
+{
+    void (*fn)(void *, int) = db->end_fn;
+    db->end_fn = NULL;
+    if (fn != NULL)
+        fn(db->end_arg, committed);
+}
+
 sdb_status sdb_open(const char *database, unsigned flags, int busy_timeout_ms, sdb **out, char *err,
                     size_t errlen)
 {
@@ -225,6 +234,7 @@ void sdb_close(sdb *db)
 {
     if (db == NULL)
         return;
+    sdb_end(db, 0); /* a transaction left open rolls back with the connection */
     if (db->kind == SDB_POSTGRES)
         sdbpg_close(db);
     else
@@ -286,6 +296,7 @@ sdb_status sdb_commit(sdb *db, char *err, size_t errlen)
         return st;
     }
     db->in_tx = 0;
+    sdb_end(db, 1);
     return SDB_OK;
 }
 
@@ -296,6 +307,23 @@ void sdb_rollback(sdb *db)
     else if (!sqlite3_get_autocommit(db->lite))
         sqlite3_exec(db->lite, "ROLLBACK", NULL, NULL, NULL);
     db->in_tx = 0;
+    sdb_end(db, 0);
+}
+
+sdb_status sdb_lock(sdb *db, int lock, char *err, size_t errlen)
+{
+    if (!db->in_tx) {
+        snprintf(db->msg, sizeof(db->msg), "not inside a write transaction");
+        return sdb_fail(db, SDB_ERR_INVALID, "lock", err, errlen);
+    }
+    sdb_status st = db->kind == SDB_POSTGRES ? sdbpg_lock(db, lock) : SDB_OK;
+    return st == SDB_OK ? SDB_OK : sdb_fail(db, st, "lock", err, errlen);
+}
+
+void sdb_on_end(sdb *db, void (*fn)(void *arg, int committed), void *arg)
+{
+    db->end_fn = fn;
+    db->end_arg = arg;
 }
 
 int sdb_in_transaction(const sdb *db)
@@ -334,7 +362,7 @@ void sdb_bind_int64(sdb_stmt *s, int idx, int64_t v)
     if (s->db->kind == SDB_POSTGRES) {
         char t[24];
         int n = snprintf(t, sizeof(t), "%lld", (long long)v);
-        sdbpg_bind(s, idx, t, (size_t)n, 0, 0);
+        sdbpg_bind(s, idx, t, (size_t)n, 2, 0); /* 2: typed bigint (sdb_pg.c) */
     } else {
         sqlite3_bind_int64(s->lite, idx, v);
     }

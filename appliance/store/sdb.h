@@ -120,6 +120,19 @@ sdb_status sdb_commit(sdb *db, char *err, size_t errlen);
 void sdb_rollback(sdb *db);
 /* 1 inside a transaction begun by sdb_begin_*, else 0. */
 int sdb_in_transaction(const sdb *db);
+/* Inside a write transaction, also takes lock (another store's SDB_LOCK_*) until the
+ * transaction ends: a store's write that appends to the audit chain takes SDB_LOCK_AUDIT
+ * so, and the chain's head is as serial as the audit writer's own appends. Locks are taken
+ * in one order only, the store's own at sdb_begin_write and then SDB_LOCK_AUDIT, never the
+ * other way round, so no two transactions wait for each other. SQLite: nothing to do (the
+ * transaction holds the file's one write lock already). SDB_OK, or an error (the caller
+ * rolls back). */
+sdb_status sdb_lock(sdb *db, int lock, char *err, size_t errlen);
+/* Calls fn(arg, committed) once, when the current transaction ends: committed 1 after its
+ * COMMIT succeeded, 0 after a rollback or a failed commit. One hook per transaction (a
+ * second call replaces the first); cleared once it fired. The audit chain's JSON log lines
+ * (chain.h) are written this way, so the log never shows an event the trail lacks. */
+void sdb_on_end(sdb *db, void (*fn)(void *arg, int committed), void *arg);
 
 /* Statements. Parameters are numbered from 1, columns from 0. A text or blob bound is
  * copied (the caller's buffer may go at once). len -1: text up to its NUL. */

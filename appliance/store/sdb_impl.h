@@ -18,6 +18,8 @@ struct sdb {
     int64_t changes;
     char msg[SDB_ERRMSG_MAX]; /* the backend's last message */
     char version[48];
+    void (*end_fn)(void *arg, int committed); /* sdb_on_end */
+    void *end_arg;
     /* SQLite */
     sqlite3 *lite;
     int64_t data_version; /* for sdb_changed */
@@ -45,6 +47,7 @@ void sdbpg_close(sdb *db);
 sdb_status sdbpg_exec(sdb *db, const char *sql);
 sdb_status sdbpg_begin_write(sdb *db, int lock);
 sdb_status sdbpg_begin_read(sdb *db);
+sdb_status sdbpg_lock(sdb *db, int lock); /* inside a write transaction */
 sdb_status sdbpg_commit(sdb *db);
 void sdbpg_rollback(sdb *db);
 sdb_status sdbpg_prepare(sdb_stmt *s, const char *sql);

@@ -1,10 +1,10 @@
 /*
  * sdb_pg: the PostgreSQL backend of sdb.h (sdb_impl.h), on libpq.
  *
- * Every call runs synchronously (PQexec / PQexecParams) with parameters and results in
- * text format, but for blobs, sent as binary bytea parameters; a bytea column comes back
- * as `\x<hex>` text and is decoded on demand. SQL written for SQLite (`?`, `?N`) is
- * rewritten once, at prepare, to `$N`.
+ * Every call runs synchronously (pg_exec: PQsendQuery / PQsendQueryParams, waited for) with
+ * parameters and results in text format, but for blobs, sent as binary bytea parameters; a bytea
+ * column comes back as `\x<hex>` text and is decoded on demand. SQL written for SQLite (`?`, `?N`)
+ * is rewritten once, at prepare, to `$N`.
  *
  * No call can hang: the connection is opened with connect_timeout, and the session's
  * lock_timeout, statement_timeout and idle_in_transaction_session_timeout bound the
@@ -13,6 +13,10 @@
  * says SDB_RESYNC, since notes sent meanwhile are lost); inside a transaction the call
  * fails SDB_ERR_UNAVAILABLE, as the transaction went with the connection.
  *
+ * A call the server never answered (pg_exec's own deadline) fails SDB_ERR_UNAVAILABLE; for
+ * a COMMIT that means "unknown", as with any client whose server went away at that moment:
+ * a store that must know reads its row again once the server is back.
+ *
  * The URI is handed to libpq and never copied into a message: libpq's own messages name
  * the host or socket, never a password.
  */
@@ -20,14 +24,19 @@
 
 #include <libpq-fe.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
 
 #define PG_BYTEA_OID 17
 #define PG_TEXT_OID 25
+#define PG_INT8_OID 20
 #define PG_MAX_PARAM 32766
 /* pg_advisory_xact_lock takes one bigint: the high 32 bits ("SIGN") keep our lock numbers
  * apart from any other application's advisory locks on the same database. */
@@ -37,8 +46,9 @@ typedef struct {
     PGconn *c;
     int timeout_ms;
     unsigned flags;
-    int resync;   /* reset since the last sdbpg_wait */
-    char **chans; /* channels listened to, for re-LISTEN after a reset */
+    int resync;    /* reset since the last sdbpg_wait */
+    int timed_out; /* the last pg_exec gave the server up (db->msg says so) */
+    char **chans;  /* channels listened to, for re-LISTEN after a reset */
     int nchans;
 } pgdb;
 
@@ -49,6 +59,7 @@ typedef struct {
     int *lens;
     int *fmts;
     Oid *types;
+    unsigned char *pflags; /* per parameter: pg_rewrite's used[] */
     PGresult *res;
     int started;
     int row;
@@ -93,6 +104,8 @@ static sdb_status pg_fail(sdb *db, PGresult *r)
 {
     const char *state = r != NULL ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
     const char *primary = r != NULL ? PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+    if (r == NULL && P(db)->timed_out)
+        return SDB_ERR_UNAVAILABLE;
     if (primary != NULL)
         pg_set_msg(db, primary);
     else
@@ -113,10 +126,92 @@ static sdb_status pg_fail(sdb *db, PGresult *r)
     return SDB_ERR;
 }
 
+static long long pg_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits for the socket (POLLIN or POLLOUT) until the deadline: 1 ready, 0 timed out. */
+static int pg_poll(PGconn *c, short events, long long deadline)
+{
+    for (;;) {
+        long long left = deadline - pg_now_ms();
+        if (left <= 0)
+            return 0;
+        struct pollfd pfd = {.fd = PQsocket(c), .events = events};
+        int rc = poll(&pfd, 1, left > 60000 ? 60000 : (int)left);
+        if (rc > 0)
+            return 1;
+        if (rc < 0 && errno != EINTR)
+            return 1; /* let libpq find what is wrong */
+    }
+}
+
+/* PQexec / PQexecParams, but bounded on our side too: statement_timeout is the server's,
+ * and a server that stalls (stopped, a partition that drops packets, a Unix socket whose
+ * backend hangs) answers nothing at all. Past 4 x the timeout + 2 s the connection is
+ * given up (its socket shut down, so libpq marks it bad and the next call resets it).
+ * sql with n < 0: the simple protocol (several statements allowed). Returns the first
+ * failed result, else the last one; NULL when nothing came (PQerrorMessage says why). */
+static PGresult *pg_exec(sdb *db, const char *sql, int n, const Oid *types, const char *const *vals,
+                         const int *lens, const int *fmts)
+{
+    pgdb *p = P(db);
+    PGconn *c = p->c;
+    p->timed_out = 0;
+    int sent =
+        n < 0 ? PQsendQuery(c, sql) : PQsendQueryParams(c, sql, n, types, vals, lens, fmts, 0);
+    if (!sent)
+        return NULL;
+    long t = p->timeout_ms > 0 ? p->timeout_ms : 1;
+    long long deadline = pg_now_ms() + 4LL * t + 2000;
+    int late = 0;
+    while (PQflush(c) == 1)
+        if (!pg_poll(c, POLLOUT, deadline)) {
+            late = 1;
+            break;
+        }
+    PGresult *keep = NULL, *r;
+    int keep_failed = 0;
+    for (;;) {
+        /* every result waited for under the deadline: PQgetResult would block */
+        while (!late && PQisBusy(c)) {
+            if (!pg_poll(c, POLLIN, deadline))
+                late = 1;
+            else if (!PQconsumeInput(c))
+                break;
+        }
+        if (late && PQstatus(c) == CONNECTION_OK) {
+            shutdown(PQsocket(c), SHUT_RDWR);
+            PQconsumeInput(c); /* reads the end: the connection is bad from now on */
+        }
+        if ((r = PQgetResult(c)) == NULL)
+            break;
+        ExecStatusType st = PQresultStatus(r);
+        if (keep_failed) {
+            PQclear(r); /* the first failure is the one to tell */
+            continue;
+        }
+        PQclear(keep);
+        keep = r;
+        keep_failed = st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_EMPTY_QUERY;
+    }
+    if (late) {
+        PQclear(keep);
+        p->timed_out = 1;
+        snprintf(db->msg, sizeof(db->msg), "the server did not answer within %lld ms",
+                 4LL * t + 2000);
+        return NULL;
+    }
+    return keep;
+}
+
 /* Runs sql that returns no rows (or rows we do not read). */
 static sdb_status pg_run(sdb *db, const char *sql)
 {
-    PGresult *r = PQexec(P(db)->c, sql);
+    PGresult *r = pg_exec(db, sql, -1, NULL, NULL, NULL, NULL);
     ExecStatusType t = PQresultStatus(r);
     sdb_status st = SDB_OK;
     if (t != PGRES_COMMAND_OK && t != PGRES_TUPLES_OK)
@@ -217,8 +312,17 @@ sdb_status sdbpg_open(sdb *db, const char *uri, unsigned flags, int timeout_ms)
         secs = 1;
     char ct[16];
     snprintf(ct, sizeof(ct), "%d", secs);
-    const char *keys[] = {"dbname", "connect_timeout", NULL};
-    const char *vals[] = {uri, ct, NULL};
+    /* TCP keepalives first (the URI may set its own): a peer gone without a word (a
+     * partition, a powered-off host) is found within about 25 s even by a listener that
+     * only waits. connect_timeout last: ours bounds the connect whatever the URI says. */
+    const char *keys[] = {"keepalives",
+                          "keepalives_idle",
+                          "keepalives_interval",
+                          "keepalives_count",
+                          "dbname",
+                          "connect_timeout",
+                          NULL};
+    const char *vals[] = {"1", "10", "5", "3", uri, ct, NULL};
     p->c = PQconnectdbParams(keys, vals, 1);
     if (p->c == NULL) {
         pg_set_msg(db, "out of memory");
@@ -256,6 +360,19 @@ sdb_status sdbpg_exec(sdb *db, const char *sql)
     return st != SDB_OK ? st : pg_run(db, sql);
 }
 
+/* Takes the transaction-scoped advisory lock numbered lock (waits at most lock_timeout). */
+static sdb_status pg_xact_lock(sdb *db, int lock)
+{
+    char key[32];
+    snprintf(key, sizeof(key), "%lld", (long long)((PG_LOCK_NAMESPACE << 32) | (uint32_t)lock));
+    const char *vals[] = {key};
+    PGresult *r =
+        pg_exec(db, "SELECT pg_advisory_xact_lock($1::bigint)", 1, NULL, vals, NULL, NULL);
+    sdb_status st = PQresultStatus(r) == PGRES_TUPLES_OK ? SDB_OK : pg_fail(db, r);
+    PQclear(r);
+    return st;
+}
+
 sdb_status sdbpg_begin_write(sdb *db, int lock)
 {
     sdb_status st = pg_ready(db);
@@ -263,22 +380,21 @@ sdb_status sdbpg_begin_write(sdb *db, int lock)
         return st;
     if ((st = pg_run(db, "BEGIN")) != SDB_OK)
         return st;
-    char key[32];
-    snprintf(key, sizeof(key), "%lld", (long long)((PG_LOCK_NAMESPACE << 32) | (uint32_t)lock));
-    const char *vals[] = {key};
-    PGresult *r = PQexecParams(P(db)->c, "SELECT pg_advisory_xact_lock($1::bigint)", 1, NULL, vals,
-                               NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        st = pg_fail(db, r);
-        PQclear(r);
+    if ((st = pg_xact_lock(db, lock)) != SDB_OK) {
         char keep[SDB_ERRMSG_MAX];
         memcpy(keep, db->msg, sizeof(keep));
         sdbpg_rollback(db);
         memcpy(db->msg, keep, sizeof(keep));
-        return st;
     }
-    PQclear(r);
-    return SDB_OK;
+    return st;
+}
+
+/* A second store's lock inside a write transaction (sdb_lock); the caller rolls back on
+ * failure. */
+sdb_status sdbpg_lock(sdb *db, int lock)
+{
+    sdb_status st = pg_ready(db);
+    return st != SDB_OK ? st : pg_xact_lock(db, lock);
 }
 
 sdb_status sdbpg_begin_read(sdb *db)
@@ -292,7 +408,7 @@ sdb_status sdbpg_commit(sdb *db)
     sdb_status st = pg_ready(db);
     if (st != SDB_OK)
         return st;
-    PGresult *r = PQexec(P(db)->c, "COMMIT");
+    PGresult *r = pg_exec(db, "COMMIT", -1, NULL, NULL, NULL, NULL);
     if (PQresultStatus(r) != PGRES_COMMAND_OK) {
         st = pg_fail(db, r);
     } else if (strcmp(PQcmdStatus(r), "COMMIT") != 0) {
@@ -311,7 +427,7 @@ void sdbpg_rollback(sdb *db)
         return; /* the transaction went with the connection; the next call resets it */
     if (PQtransactionStatus(p->c) == PQTRANS_IDLE)
         return;
-    PGresult *r = PQexec(p->c, "ROLLBACK");
+    PGresult *r = pg_exec(db, "ROLLBACK", -1, NULL, NULL, NULL, NULL);
     int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
     if (!ok) {
@@ -360,7 +476,25 @@ static void pg_drop_result(pgstmt *q)
 
 /* SQLite's parameters to PostgreSQL's: `?N` is $N, a bare `?` one more than the largest
  * number so far (SQLite's rule). Quoted text ('...', "...") and -- comments stay as they
- * are. Returns the new text (malloc) and the number of parameters, or NULL. */
+ * are; the stores use neither E'...' escapes nor $$ quoting, which this does not know. Returns the
+ * new text (malloc) and the number of parameters, or NULL. */
+/* Whether text starts with (blanks) IS [NOT] NULL. */
+static int pg_null_test(const char *t)
+{
+    static const char *const words[] = {"IS", "NOT", "NULL"};
+    for (int w = 0; w < 3; w++) {
+        while (*t == ' ' || *t == '\t' || *t == '\n' || *t == '\r')
+            t++;
+        size_t n = strlen(words[w]);
+        if (strncasecmp(t, words[w], n) == 0 && !(t[n] == '_' || isalnum((unsigned char)t[n])))
+            t += n;
+        else if (w != 1) /* NOT is optional */
+            return 0;
+    }
+    return 1;
+}
+
+/* used[N]: 0 never named, 1 named, 3 named first in `?N IS [NOT] NULL`. */
 static char *pg_rewrite(const char *sql, int *nparams, unsigned char used[])
 {
     size_t n = strlen(sql);
@@ -408,7 +542,8 @@ static char *pg_rewrite(const char *sql, int *nparams, unsigned char used[])
         }
         if (num > maxn)
             maxn = (int)num;
-        used[num] = 1;
+        if (used[num] == 0)
+            used[num] = pg_null_test(sql + i + 1) ? 3 : 1;
         if (n * 7 + 16 - o < 8) {
             free(out);
             return NULL;
@@ -447,27 +582,43 @@ sdb_status sdbpg_prepare(sdb_stmt *s, const char *sql)
         }
         /* SQLite lets a statement skip a number (?2 without ?1); PostgreSQL cannot type a
          * parameter the text never names: such a one is a NULL text, whatever is bound. */
-        for (int i = 0; i < q->nparams; i++)
+        q->pflags = calloc((size_t)q->nparams, 1);
+        if (q->pflags == NULL) {
+            free(used);
+            pg_set_msg(s->db, "out of memory");
+            return SDB_ERR;
+        }
+        for (int i = 0; i < q->nparams; i++) {
+            q->pflags[i] = used[i + 1];
             if (!used[i + 1])
                 q->types[i] = PG_TEXT_OID;
+        }
     }
     free(used);
     return SDB_OK;
 }
 
+/* is_blob: 0 text, 1 blob (sent binary, typed bytea), 2 an int64's decimal text (typed
+ * bigint: left to the server, `?5 = 0` would type it integer, too small for times in ms).
+ * Text and NULL are left for the server to type from where it first meets them, but for
+ * a parameter first met in `?N IS [NOT] NULL`, where it cannot: text. So an optional
+ * filter `(?2 IS NULL OR kid = ?2)` runs on a text column as it is; on a bigint column
+ * with NULL bound it needs `CAST(?2 AS BIGINT) IS NULL`. */
 void sdbpg_bind(sdb_stmt *s, int idx, const void *v, size_t len, int is_blob, int is_null)
 {
     pgstmt *q = S(s);
     if (idx < 1 || idx > q->nparams)
         return; /* as SQLite: out of range, ignored */
     int i = idx - 1;
-    if (q->types[i] == PG_TEXT_OID)
+    if (q->pflags[i] == 0)
         return; /* not in the text */
     free(q->vals[i]);
     q->vals[i] = NULL;
     q->lens[i] = 0;
     q->fmts[i] = 0;
-    q->types[i] = 0;
+    /* first met in `?N IS NULL`, the server cannot type it: text then (an optional filter
+     * on a text column, the stores' one such use); an int64 is typed below */
+    q->types[i] = q->pflags[i] == 3 ? PG_TEXT_OID : 0;
     if (is_null)
         return;
     q->vals[i] = malloc(len + 1);
@@ -477,9 +628,11 @@ void sdbpg_bind(sdb_stmt *s, int idx, const void *v, size_t len, int is_blob, in
         memcpy(q->vals[i], v, len);
     q->vals[i][len] = '\0';
     q->lens[i] = (int)len;
-    if (is_blob) {
+    if (is_blob == 1) {
         q->fmts[i] = 1;
         q->types[i] = PG_BYTEA_OID;
+    } else if (is_blob == 2) {
+        q->types[i] = PG_INT8_OID;
     }
 }
 
@@ -492,8 +645,8 @@ sdb_status sdbpg_step(sdb_stmt *s)
         sdb_status st = pg_ready(db);
         if (st != SDB_OK)
             return st;
-        q->res = PQexecParams(P(db)->c, q->sql, q->nparams, q->types, (const char *const *)q->vals,
-                              q->lens, q->fmts, 0);
+        q->res = pg_exec(db, q->sql, q->nparams, q->types, (const char *const *)q->vals, q->lens,
+                         q->fmts);
         ExecStatusType t = PQresultStatus(q->res);
         if (t != PGRES_TUPLES_OK && t != PGRES_COMMAND_OK) {
             st = pg_fail(db, q->res);
@@ -619,6 +772,7 @@ void sdbpg_finalize(sdb_stmt *s)
     free(q->lens);
     free(q->fmts);
     free(q->types);
+    free(q->pflags);
     free(q->sql);
     free(q);
     s->pg = NULL;
@@ -632,7 +786,7 @@ sdb_status sdbpg_notify(sdb *db, const char *channel, const char *payload)
     if (st != SDB_OK)
         return st;
     const char *vals[] = {channel, payload};
-    PGresult *r = PQexecParams(P(db)->c, "SELECT pg_notify($1, $2)", 2, NULL, vals, NULL, NULL, 0);
+    PGresult *r = pg_exec(db, "SELECT pg_notify($1, $2)", 2, NULL, vals, NULL, NULL);
     st = PQresultStatus(r) == PGRES_TUPLES_OK ? SDB_OK : pg_fail(db, r);
     PQclear(r);
     return st;

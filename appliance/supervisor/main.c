@@ -566,8 +566,16 @@ int main(int argc, char **argv)
      * first one's keys in flight (destroying what it has generated but not yet recorded)
      * and replace its keeper socket. Held for the process's life, and by the keeper and
      * front too (passed to them, spawn.h), so a new start waits for all three. */
-    char lock_path[CFG_PATH_MAX + 8];
-    snprintf(lock_path, sizeof(lock_path), "%s.lock", c.database);
+    char lock_path[CFG_PATH_MAX + 16];
+    if (cfg_database_is_uri(c.database)) {
+        /* A shared database: the lock is this node's, in its own state directory. */
+        char dir[CFG_PATH_MAX];
+        if (cfg_state_dir(&c, dir, sizeof(dir)) != 0)
+            return die("state_directory", "not set or too long");
+        snprintf(lock_path, sizeof(lock_path), "%s/signd.lock", dir);
+    } else {
+        snprintf(lock_path, sizeof(lock_path), "%s.lock", c.database);
+    }
     main_lock_fd = open(lock_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (main_lock_fd < 0 || flock(main_lock_fd, LOCK_EX | LOCK_NB) != 0)
         return die(lock_path, main_lock_fd < 0 ? strerror(errno)

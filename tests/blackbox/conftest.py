@@ -215,10 +215,7 @@ class Appliance:
         self.dir = reachable(data_dir)
         self.port = free_port()
         APPLIANCE_PORTS.add(self.port)
-        # As root the script creates the appliance's system accounts when missing.
-        with machine_lock() if os.geteuid() == 0 else contextlib.nullcontext():
-            subprocess.run([INIT, data_dir, str(self.port)], check=True,
-                           stdout=subprocess.DEVNULL)
+        admin_file = self.provision(data_dir)
         self.conf = os.path.join(data_dir, "appliance.conf")
         # Tests present bad credentials on purpose, all from 127.0.0.1: the per-address
         # throttle would turn later 401s into 429s. Tests of the throttle set it low.
@@ -228,14 +225,24 @@ class Appliance:
         self.signer = None
         # (cert.pem, key.pem) presented on every request; needed when tls_client_ca is set.
         self.client_cert = None
-        self.cacert = os.path.join(data_dir, "tls", "cert.pem")
-        with open(os.path.join(data_dir, "admin.credential")) as f:
+        # The certificate the configuration names (a cluster's nodes share one).
+        self.cacert = os.path.join(data_dir, self.conf_value("tls_certificate"))
+        with open(admin_file) as f:
             self.admin = f.read().strip()
         self.url = "https://127.0.0.1:%d" % self.port
         self.proc = None
         self.log_path = os.path.join(data_dir, "signd.log")
         self.session = requests.Session()
         self.session.verify = self.cacert
+
+    def provision(self, data_dir):
+        """Creates what data_dir lacks, as make run does (provisioning/init-data-dir.sh);
+        returns the path of the bootstrap admin's secret. cluster.py's nodes override it."""
+        # As root the script creates the appliance's system accounts when missing.
+        with machine_lock() if os.geteuid() == 0 else contextlib.nullcontext():
+            subprocess.run([INIT, data_dir, str(self.port)], check=True,
+                           stdout=subprocess.DEVNULL)
+        return os.path.join(data_dir, "admin.credential")
 
     def conf_value(self, key):
         for line in open(self.conf).read().splitlines():
@@ -261,13 +268,17 @@ class Appliance:
         # down at once, as a crash of the machine would.
         self.proc = subprocess.Popen([SIGND, self.conf], stdout=subprocess.PIPE,
                                      stderr=self.log, env=env, start_new_session=True)
-        if wait:
-            line = self.proc.stdout.readline().decode()
-            if "listening" not in line:
-                self.proc.wait(timeout=10)
-                raise RuntimeError("signd did not start: %r\n%s" % (line, self.read_log()))
-            if self.signer is None and (self.client_cert or not self.conf_value("tls_client_ca")):
-                self.signer = self.create_credential("signer", kids="all", label="tests")["secret"]
+        return self.wait_started() if wait else self
+
+    def wait_started(self):
+        """After start(wait=False): waits for the supervisor's "listening" line (a
+        RuntimeError with the log if it exits instead), then makes the test signer."""
+        line = self.proc.stdout.readline().decode()
+        if "listening" not in line:
+            self.proc.wait(timeout=10)
+            raise RuntimeError("signd did not start: %r\n%s" % (line, self.read_log()))
+        if self.signer is None and (self.client_cert or not self.conf_value("tls_client_ca")):
+            self.signer = self.create_credential("signer", kids="all", label="tests")["secret"]
         return self
 
     def read_log(self):

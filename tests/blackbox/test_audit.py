@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -36,10 +37,21 @@ PROVISION = os.path.join(TOP, BUILD, "bin", "signd-provision")
 AUDIT_KID = "signd-audit-v1"                    # the checkpoints' JWS kid
 AUDIT_KID_HEX = b"signd-audit-v1\0\0".hex()     # its CKA_ID on the token, as a kid
 ZERO_HASH = "0" * 64
+# The node every event the server appends names (node_name unset: the host name, with
+# characters outside [A-Za-z0-9._-] as '_', at most 63 bytes).
+NODE = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:63]
 # Counts and failures flushed every second, a checkpoint every 5 events or every second.
 FAST = {"audit_flush_seconds": 1, "audit_checkpoint_events": 5, "audit_checkpoint_seconds": 1}
 VERIFIED = re.compile(r"verified (\d+) events up to seq (\d+), last checkpoint at seq (\d+)")
 BROKEN = re.compile(r"broken at seq (\d+): (.+)")
+
+
+def bare(details):
+    """details without its "node", which must be this host's when there (an event written
+    offline, by signd-provision, names none)."""
+    d = dict(details)
+    assert d.pop("node", NODE) == NODE, details
+    return d
 
 
 def b64u(data):
@@ -198,7 +210,8 @@ def test_key_creation_and_revocation_are_recorded_at_once_with_the_admin_as_acto
     # Same transaction as the row: visible as soon as the 201 is, no flush to wait for.
     [created] = events(a, kid=kid)
     assert created["action"] == "key.created" and created["actor"] == admin
-    assert created["details"] == {"bits": 2048, "label": "audited"}
+    assert bare(created["details"]) == {"bits": 2048, "label": "audited"}
+    assert created["details"]["node"] == NODE  # one chain for a cluster: which node wrote it
     assert t0 <= created["time"] <= int(time.time())
     r = a.delete("/v1/keys/" + kid, {"reason": "rotated"})
     assert r.status_code == 200, r.text
@@ -206,7 +219,7 @@ def test_key_creation_and_revocation_are_recorded_at_once_with_the_admin_as_acto
     assert [e["action"] for e in evs] == ["key.created", "key.revoked"]
     revoked = evs[1]
     assert revoked["actor"] == admin
-    assert revoked["details"] == {"reason": "rotated",
+    assert bare(revoked["details"]) == {"reason": "rotated",
                                   "revocation_seq": r.json()["revocation_seq"]}
     # A second DELETE changes nothing, so it records nothing (no event without its change).
     assert a.delete("/v1/keys/" + kid, {"reason": "again"}).status_code == 200
@@ -237,9 +250,9 @@ def test_credential_creation_and_revocation_are_recorded_with_the_calling_admin(
         ("credential.created", second["id"], made["id"]),
         ("credential.revoked", second["id"], made["id"]),
     ]
-    assert evs[1]["details"] == {"credential": made["id"], "role": "signer", "label": "edge",
+    assert bare(evs[1]["details"]) == {"credential": made["id"], "role": "signer", "label": "edge",
                                  "kids": [kid], "max_ttl": 0}
-    assert evs[2]["details"] == {"credential": made["id"], "role": "signer"}
+    assert bare(evs[2]["details"]) == {"credential": made["id"], "role": "signer"}
     # Revoking again changes nothing and records nothing.
     assert a.delete("/v1/credentials/" + made["id"]).status_code == 200
     assert len(events(a, action="credential.revoked")) == 1
@@ -262,7 +275,7 @@ def test_bad_credentials_are_recorded_as_auth_failed(make_appliance):
     unknown = by_reason["unknown credential"]
     # An unknown secret may be a mistyped one: its id is not recorded, the actor is system.
     assert unknown["actor"] == "system" and unknown["kid"] == ""
-    assert unknown["details"] == {"method": "GET", "path": "/v1/keys", "address": "127.0.0.1",
+    assert bare(unknown["details"]) == {"method": "GET", "path": "/v1/keys", "address": "127.0.0.1",
                                   "reason": "unknown credential"}
     assert "0123456789abcdef" not in json.dumps(evs)
     none = by_reason["no credential"]
@@ -363,7 +376,7 @@ def test_start_records_the_configuration_hash_and_a_restart_records_the_stop(mak
 
     [started] = events(a, action="appliance.started")
     assert started["actor"] == "system"
-    assert started["details"] == {"config_sha256": conf_sha256(), "process_model": "split",
+    assert bare(started["details"]) == {"config_sha256": conf_sha256(), "process_model": "split",
                                   "active_keys": 0}
     a.create_key()
     a.stop()
@@ -372,7 +385,7 @@ def test_start_records_the_configuration_hash_and_a_restart_records_the_stop(mak
     evs = events(a)
     stopped = [e for e in evs if e["action"] == "appliance.stopped"]
     assert len(stopped) == 1 and stopped[0]["actor"] == "system"
-    assert stopped[0]["details"] == {}
+    assert bare(stopped[0]["details"]) == {}
     restarted = [e for e in evs if e["action"] == "appliance.started"][-1]
     assert restarted["seq"] > stopped[0]["seq"]
     assert restarted["details"]["config_sha256"] == conf_sha256() != started["details"][
@@ -399,7 +412,7 @@ def test_reconcile_records_a_missing_active_key_as_broken(make_appliance, tmp_pa
     evs = events(a)
     [broken] = [e for e in evs if e["action"] == "key.broken"]
     assert broken["kid"] == lost and broken["actor"] == "system"
-    assert broken["details"] == {"why": "the token has no object for this kid"}
+    assert bare(broken["details"]) == {"why": "the token has no object for this kid"}
     # Reconcile runs before this run's start is recorded: after the last stop, before it.
     last_stop = [e["seq"] for e in evs if e["action"] == "appliance.stopped"][-1]
     last_start = [e["seq"] for e in evs if e["action"] == "appliance.started"][-1]
@@ -810,7 +823,7 @@ def test_a_kill_between_generating_and_committing_a_key_leaves_no_event_and_a_wh
     evs = events(a)
     [orphan] = [e for e in evs if e["action"] == "key.orphan_destroyed"]
     assert orphan["actor"] == "system" and orphan["kid"] not in (kept, "")
-    assert orphan["details"] == {"why": "on the token, never recorded in the registry"}
+    assert bare(orphan["details"]) == {"why": "on the token, never recorded in the registry"}
     assert events(a, kid=orphan["kid"]) == [orphan]
     later = [e["action"] for e in evs if e["seq"] > orphan["seq"]]
     assert later[0] == "appliance.started"
@@ -831,7 +844,7 @@ def test_a_kill_after_a_revocation_commits_keeps_its_event(make_appliance, tmp_p
     evs = events(a, kid=victim)
     assert [e["action"] for e in evs] == ["key.created", "key.revoked", "key.destroyed"]
     assert evs[2]["actor"] == "system"
-    assert evs[2]["details"] == {"why": "revoked, its object survived a crash"}
+    assert bare(evs[2]["details"]) == {"why": "revoked, its object survived a crash"}
     assert events(a, action="key.orphan_destroyed") == []
 
 
@@ -904,14 +917,14 @@ def test_every_signature_mode_records_each_token_before_answering(make_appliance
         last = events(a, action="sign")[-1]
         assert last["kid"] == kid and last["actor"] == signer
         signing_input = tok["token"].rsplit(".", 1)[0].encode()
-        assert last["details"] == {"sha256": hashlib.sha256(signing_input).hexdigest(),
+        assert bare(last["details"]) == {"sha256": hashlib.sha256(signing_input).hexdigest(),
                                    "jti": tok["jti"]}
     assert len(events(a, action="sign")) == 3
     # A raw signature: the SHA-256 of the signed bytes, no jti.
     data = b"raw bytes to sign"
     assert a.post("/v1/keys/%s/sign" % kid, {"payload": b64u(data)}).status_code == 200
     last = events(a, action="sign")[-1]
-    assert last["details"] == {"sha256": hashlib.sha256(data).hexdigest()}
+    assert bare(last["details"]) == {"sha256": hashlib.sha256(data).hexdigest()}
     assert last["actor"] == signer and last["kid"] == kid
     text = wait_checkpoint(a, head_seq(a))
     assert_verifies(tmp_path, text, audit_pem(a))

@@ -123,6 +123,11 @@ static void rehash(json_t *e, const char *prev)
     json_object_set_new(e, "hash", json_string(h));
 }
 
+/* chain(): from this seq on (0: never), events name the node that appended them in their
+ * details, as a cluster's nodes do ("node-a" and "node-b" in turn), where older events of
+ * the same trail name none. */
+static unsigned node_from;
+
 /* Events 1..n of a bit of everything (keys, credentials, failures, counts, non-ASCII), a
  * checkpoint after every cp_every-th and after the last, as audit_export writes them. */
 static json_t *chain(unsigned n, unsigned cp_every)
@@ -161,6 +166,8 @@ static json_t *chain(unsigned n, unsigned cp_every)
             details = json_pack("{s:s, s:i}", "reason", "rotated", "revocation_seq", (int)seq);
             break;
         }
+        if (node_from != 0 && seq >= node_from)
+            json_object_set_new(details, "node", json_string(seq % 2 ? "node-a" : "node-b"));
         json_t *e = json_pack("{s:s, s:I, s:I, s:s, s:s, s:s, s:o}", "type", "event", "seq",
                               (json_int_t)seq, "time", (json_int_t)(T0 + seq), "actor", actor,
                               "action", action, "kid", kid, "details", details);
@@ -298,6 +305,29 @@ static void test_a_whole_export_verifies_with_only_the_audit_public_key(void **s
     av_anchor a = {.seq = 10};
     snprintf(a.hash, sizeof(a.hash), "%s", hash_at(lines, 10));
     assert_int_equal(verify(lines, audit_pem, &a, &v), 0);
+    json_decref(lines);
+}
+
+/* A trail from before cluster mode goes on in one: events without "node" and events with
+ * it verify alike (the node is in the hashed details; the hash rule is unchanged), and a
+ * node name changed afterwards is found at its seq. */
+static void test_events_without_and_with_their_node_verify_in_one_export(void **state)
+{
+    (void)state;
+    node_from = 7;
+    json_t *lines = chain(12, 5);
+    node_from = 0;
+    assert_null(json_object_get(json_object_get(event_at(lines, 6), "details"), "node"));
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(event_at(lines, 9), "details"), "node")),
+        "node-a");
+    av_verdict v;
+    assert_int_equal(verify(lines, audit_pem, NULL, &v), 0);
+    assert_int_equal(v.events, 12);
+    assert_int_equal(v.last_checkpoint, 12);
+    json_object_set_new(json_object_get(event_at(lines, 9), "details"), "node",
+                        json_string("node-b"));
+    assert_broken(lines, audit_pem, NULL, 9, "hash");
     json_decref(lines);
 }
 
@@ -608,6 +638,7 @@ int main(void)
         cmocka_unit_test(test_the_hash_rule_is_the_documented_one),
         cmocka_unit_test(test_the_checkpoint_header_is_the_one_the_keeper_signs_under),
         cmocka_unit_test(test_a_whole_export_verifies_with_only_the_audit_public_key),
+        cmocka_unit_test(test_events_without_and_with_their_node_verify_in_one_export),
         cmocka_unit_test(test_a_part_of_the_trail_verifies_on_its_own),
         cmocka_unit_test(
             test_an_export_without_its_oldest_events_verifies_with_fewer_events_than_seqs),

@@ -115,6 +115,8 @@ static void test_defaults_are_the_documented_values(void **state)
     assert_string_equal(d->tls_certificate, "/data/tls/cert.pem");
     assert_string_equal(d->tls_private_key, "/data/tls/key.pem");
     assert_string_equal(d->database, "/data/appliance.db");
+    assert_string_equal(d->state_directory, "");
+    assert_string_equal(d->node_name, "");
     assert_string_equal(d->tls_client_ca, "");
     assert_string_equal(d->tls_min_version, "1.2");
     assert_string_equal(d->user, "");
@@ -194,6 +196,8 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "tls_certificate",
                            "tls_private_key",
                            "database",
+                           "state_directory",
+                           "node_name",
                            "worker_threads",
                            "max_pkcs11_sessions",
                            "request_timeout_ms",
@@ -342,6 +346,68 @@ static void test_config_given_by_relative_path_yields_absolute_paths(void **stat
     char want[PATH_MAX + 16];
     snprintf(want, sizeof(want), "%s/pin", sub);
     assert_string_equal(fx->c.pin_file, want);
+}
+
+static void test_a_postgresql_database_is_a_uri_and_needs_a_state_directory(void **state)
+{
+    fixture *fx = *state;
+    const char *uris[] = {"postgresql://signd@/signd?host=/run/postgresql",
+                          "postgres://db.example/signd?passfile=/etc/signd/pgpass"};
+    for (size_t i = 0; i < 2; i++) {
+        char text[512];
+        snprintf(text, sizeof(text), "database = %s\nstate_directory = node\n", uris[i]);
+        assert_int_equal(load_text(fx, text), 0);
+        assert_string_equal(fx->c.database, uris[i]); /* not resolved as a path */
+        char want[PATH_MAX + 64], got[CFG_PATH_MAX];
+        snprintf(want, sizeof(want), "%s/node", fx->dir);
+        assert_string_equal(fx->c.state_directory, want);
+        assert_int_equal(cfg_state_dir(&fx->c, got, sizeof(got)), 0);
+        assert_string_equal(got, want);
+        assert_true(cfg_database_is_uri(fx->c.database));
+    }
+    /* Without state_directory: the node's own files would have nowhere to go. */
+    assert_int_equal(load_text(fx, "database = postgresql://signd@/signd\n"), -1);
+    assert_non_null(strstr(fx->err, "state_directory must be set"));
+    /* A file's state directory is its directory, as before. */
+    assert_int_equal(load_text(fx, "database = /var/lib/signd/appliance.db\n"), 0);
+    char got[CFG_PATH_MAX];
+    assert_int_equal(cfg_state_dir(&fx->c, got, sizeof(got)), 0);
+    assert_string_equal(got, "/var/lib/signd");
+    assert_false(cfg_database_is_uri(fx->c.database));
+    assert_int_equal(load_text(fx, "database = /appliance.db\n"), 0);
+    assert_int_equal(cfg_state_dir(&fx->c, got, sizeof(got)), 0);
+    assert_string_equal(got, "/");
+    /* A relative name that merely starts like one is a path. */
+    assert_int_equal(load_text(fx, "database = postgresql.db\n"), 0);
+    char want[PATH_MAX + 64];
+    snprintf(want, sizeof(want), "%s/postgresql.db", fx->dir);
+    assert_string_equal(fx->c.database, want);
+}
+
+static void test_node_name_is_checked_and_defaults_to_the_host_name(void **state)
+{
+    fixture *fx = *state;
+    char node[CFG_NODE_MAX];
+    assert_int_equal(load_text(fx, "node_name = node-1.eu_west\n"), 0);
+    assert_int_equal(cfg_node_name(&fx->c, node), 0);
+    assert_string_equal(node, "node-1.eu_west");
+    char long_name[80];
+    memset(long_name, 'n', 63);
+    long_name[63] = '\0';
+    char text[128];
+    snprintf(text, sizeof(text), "node_name = %s\n", long_name);
+    assert_int_equal(load_text(fx, text), 0);
+    assert_rejected(fx, "node_name = a b\n", "1: 'node_name' must be 1 to 63");
+    assert_rejected(fx, "node_name = n/1\n", "1: 'node_name' must be 1 to 63");
+    snprintf(text, sizeof(text), "node_name = %sn\n", long_name);
+    assert_int_equal(load_text(fx, text), -1);
+    assert_int_equal(load_text(fx, "worker_threads = 8\n"), 0);
+    assert_int_equal(cfg_node_name(&fx->c, node), 0);
+    char host[256];
+    assert_int_equal(gethostname(host, sizeof(host)), 0);
+    host[63] = '\0';
+    assert_true(cfg_node_name_ok(node));
+    assert_int_equal(strncmp(node, host, strlen(node)), 0);
 }
 
 static void test_module_bare_name_is_left_to_the_loader(void **state)
@@ -703,6 +769,8 @@ int main(void)
         T(test_pkcs11_sessions_zero_means_one_per_thread_plus_four),
         T(test_relative_paths_resolve_against_the_config_directory),
         T(test_config_given_by_relative_path_yields_absolute_paths),
+        T(test_a_postgresql_database_is_a_uri_and_needs_a_state_directory),
+        T(test_node_name_is_checked_and_defaults_to_the_host_name),
         T(test_module_bare_name_is_left_to_the_loader),
         T(test_empty_softhsm2_conf_stays_empty_for_a_hardware_module),
         T(test_path_too_long_once_resolved_is_rejected),

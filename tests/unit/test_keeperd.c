@@ -1513,6 +1513,55 @@ static void test_checkpoints_are_checked_from_the_last_one_signed_not_from_seq_1
     free(b);
 }
 
+/* Cluster mode: each node's keeper has its own state (state_directory) and signs
+ * checkpoints on the one shared chain. A keeper whose newest checkpoint is behind those
+ * another node's keeper signed since still signs: it walks from its own newest one across
+ * every event appended meanwhile, whichever node appended it. */
+static void test_a_keeper_signs_after_another_nodes_keeper_signed_later_checkpoints(void **state)
+{
+    fixture *fx = *state;
+    bufs *b = bufs_new();
+    uint8_t sig[SK_SIG_MAX];
+    size_t sig_len = 0;
+    char in[CHECKPOINT_MAX], node_b[CFG_PATH_MAX], path[CFG_PATH_MAX + 32];
+    struct stat sb;
+
+    /* Node a's keeper signs at 3. */
+    start_keeper(fx);
+    int fd = connect_keeper(fx);
+    size_t len = real_checkpoint(fx, in, sizeof(in), 3);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_OK);
+    close(fd);
+    stop_keeper(fx);
+
+    /* Node b's keeper, its state elsewhere, signs at 5 and 9 on the same chain. */
+    path_in(node_b, sizeof(node_b), fx->dir, "node-b");
+    assert_int_equal(mkdir(node_b, 0700), 0);
+    snprintf(fx->c.state_directory, sizeof(fx->c.state_directory), "%s", node_b);
+    start_keeper(fx);
+    fd = connect_keeper(fx);
+    len = real_checkpoint(fx, in, sizeof(in), 5);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_OK);
+    len = real_checkpoint(fx, in, sizeof(in), 9);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_OK);
+    close(fd);
+    stop_keeper(fx);
+    snprintf(path, sizeof(path), "%s/keeper/state.db", node_b);
+    assert_int_equal(lstat(path, &sb), 0);
+
+    /* Node a's keeper again: its newest is 3, the chain's 9; 12 signs, walked from 3. */
+    fx->c.state_directory[0] = '\0';
+    start_keeper(fx);
+    fd = connect_keeper(fx);
+    len = real_checkpoint(fx, in, sizeof(in), 12);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_OK);
+    /* And its own rules still hold: nothing behind its own newest (12). */
+    len = real_checkpoint(fx, in, sizeof(in), 10);
+    assert_int_equal(do_audit_sign(fd, b, in, len, sig, &sig_len), SK_ERR_BAD_ARGUMENT);
+    close(fd);
+    free(b);
+}
+
 /* What a front that owns appliance.db can do to bring a kid back: forget its row and its
  * revocation, and mark it pending. */
 static void forge_pending(fixture *fx, const sk_kid *kid, int drop_row)
@@ -2068,6 +2117,7 @@ int main(void)
         T(test_each_protocol_error_is_logged_as_a_security_event_with_the_peer_pid),
         T(test_a_new_keeper_state_learns_every_kid_the_registry_holds),
         T(test_checkpoints_are_checked_from_the_last_one_signed_not_from_seq_1),
+        T(test_a_keeper_signs_after_another_nodes_keeper_signed_later_checkpoints),
 #undef T
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

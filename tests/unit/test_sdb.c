@@ -13,6 +13,8 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,6 +145,29 @@ static void test_placeholders(void **state)
     assert_string_equal(k, "b?aac");
     assert_int_equal(sdb_column_copy(s, 0, k, 5), -1);
     sdb_finalize(s);
+    /* the parameter patterns the stores use, typed alike on both: an int64 beside a small
+     * literal (a time in ms past 2^31), an optional filter that may be NULL */
+    const char *filters[] = {"SELECT COUNT(*) FROM t WHERE (?1 = 0 OR i <= ?1)"
+                             " AND (k = ?2 OR ?2 IS NULL)",
+                             "SELECT COUNT(*) FROM t WHERE (?1 = 0 OR i <= ?1)"
+                             " AND (CAST(?2 AS TEXT) IS NULL OR k = ?2)",
+                             "SELECT COUNT(*) FROM t WHERE (?1 = 0 OR i <= ?1)"
+                             " AND (?2 is  not\n null AND k = ?2 OR ?2 IS NULL)",
+                             "SELECT COUNT(*) FROM t WHERE (?1 = 0 OR i <= ?1)"
+                             " AND (?2 IS NULL OR k = ?2)"};
+    for (int i = 0; i < 4; i++) {
+        s = prep(db, filters[i]);
+        sdb_bind_int64(s, 1, 1700000000000LL);
+        sdb_bind_null(s, 2);
+        assert_int_equal(sdb_step(s), SDB_ROW);
+        assert_int_equal(sdb_column_int64(s, 0), 1);
+        sdb_reset(s);
+        sdb_bind_int64(s, 1, 0);
+        sdb_bind_text(s, 2, "nope", -1);
+        assert_int_equal(sdb_step(s), SDB_ROW);
+        assert_int_equal(sdb_column_int64(s, 0), 0);
+        sdb_finalize(s);
+    }
     /* a number skipped (?1 never named), a '?' in a comment */
     s = prep(db, "SELECT k FROM t WHERE i = ?2 -- which one?\n AND k = ?3");
     sdb_bind_text(s, 1, "unused", -1);
@@ -352,6 +377,64 @@ static void test_begin_write_excludes(void **state)
     sdb_close(a);
 }
 
+/* Read-then-write under the store's lock is serial: threads, each on its own connection,
+ * read a counter and write it back plus one; no increment is lost. */
+static void *incrementer(void *arg)
+{
+    writer_arg *a = arg;
+    sdb *db = NULL;
+    char err[256];
+    a->st = sdb_open(a->f->loc, 0, 10000, &db, err, sizeof(err));
+    for (int i = 0; a->st == SDB_OK && i < 15; i++) {
+        if ((a->st = sdb_begin_write(db, SDB_LOCK_AUDIT, err, sizeof(err))) != SDB_OK)
+            break;
+        sdb_stmt *s = NULL;
+        a->st = sdb_prepare(db, "SELECT x FROM u", &s, "read", err, sizeof(err));
+        int64_t v = a->st == SDB_OK && sdb_step(s) == SDB_ROW ? sdb_column_int64(s, 0) : -1;
+        sdb_finalize(s);
+        if (a->st == SDB_OK && v >= 0 &&
+            sdb_prepare(db, "UPDATE u SET x = ?1", &s, "write", err, sizeof(err)) == SDB_OK) {
+            sched_yield();
+            sdb_bind_int64(s, 1, v + 1);
+            a->st = sdb_step_done(s, "write", err, sizeof(err));
+        } else {
+            a->st = SDB_ERR;
+        }
+        if (a->st == SDB_OK)
+            a->st = sdb_commit(db, err, sizeof(err));
+        else
+            sdb_rollback(db);
+    }
+    if (a->st != SDB_OK)
+        fprintf(stderr, "incrementer: %s\n", err);
+    sdb_close(db);
+    return NULL;
+}
+
+static void test_writers_are_serial(void **state)
+{
+    fx *f = *state;
+    sdb *db = open_db(f, 2000);
+    make_table(f, db);
+    exec_ok(db, "INSERT INTO u (x) VALUES (0)");
+    enum { N = 4 };
+    pthread_t th[N];
+    writer_arg a[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = (writer_arg){.f = f};
+        assert_int_equal(pthread_create(&th[i], NULL, incrementer, &a[i]), 0);
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(a[i].st, SDB_OK);
+    }
+    sdb_stmt *s = prep(db, "SELECT x FROM u");
+    assert_int_equal(sdb_step(s), SDB_ROW);
+    assert_int_equal(sdb_column_int64(s, 0), N * 15);
+    sdb_finalize(s);
+    sdb_close(db);
+}
+
 static void test_notes(void **state)
 {
     fx *f = *state;
@@ -395,6 +478,10 @@ static void test_exec_many_and_version(void **state)
                 "INSERT INTO a (x) VALUES ('1;2'); INSERT INTO b (y) VALUES ('x')");
     exec_ok(db, "CREATE TABLE IF NOT EXISTS a (x TEXT)"); /* a NOTICE on PostgreSQL */
     assert_int_equal(count(db, "a") + count(db, "b"), 2);
+    /* testenv's own connections, on either backend */
+    assert_int_equal(testenv_sql_exec(f->loc, "INSERT INTO a (x) VALUES ('2')"), 0);
+    assert_int_equal(testenv_sql_int(f->loc, "SELECT COUNT(*) FROM a WHERE x <> ?1", 1, "z"), 2);
+    assert_int_equal(testenv_sql_exec(f->loc, "SELEKT"), -1);
     assert_true(strncmp(sdb_version(db), f->pg ? "postgresql " : "sqlite ", f->pg ? 11 : 7) == 0);
     sdb_close(db);
 }
@@ -411,6 +498,45 @@ static void test_pg_uri_secret_not_echoed(void **state)
     assert_null(db);
     assert_null(strstr(err, "S3cretPW"));
     assert_true(strlen(err) > 6);
+}
+
+/* PostgreSQL: what bounds a call. statement_timeout (4 x the timeout) ends a long
+ * statement, the connection stays; a backend that answers nothing at all (stopped) is
+ * given up on our side, and the next call resets the connection. */
+static void test_pg_bounds(void **state)
+{
+    fx *f = *state;
+    sdb *db = open_db(f, 100);
+    char err[256] = "";
+    sdb_gave_up();
+    assert_int_equal(sdb_exec(db, "SELECT pg_sleep(3)", "sleep", err, sizeof(err)),
+                     SDB_ERR_UNAVAILABLE);
+    assert_int_equal(sdb_gave_up(), 1);
+    exec_ok(db, "SELECT 1");
+
+    sdb_stmt *s = prep(db, "SELECT pg_backend_pid()");
+    assert_int_equal(sdb_step(s), SDB_ROW);
+    pid_t backend = (pid_t)sdb_column_int64(s, 0);
+    sdb_finalize(s);
+    assert_true(backend > 0);
+    assert_int_equal(kill(backend, SIGSTOP), 0);
+    double t0 = now_s();
+    sdb_status st = sdb_exec(db, "SELECT 1", "stalled", err, sizeof(err));
+    double took = now_s() - t0;
+    kill(backend, SIGCONT);
+    fprintf(stderr, "stalled backend: %d in %.3f s (%s)\n", st, took, err);
+    assert_int_equal(st, SDB_ERR_UNAVAILABLE);
+    assert_true(took >= 0.3 && took < 10);
+    exec_ok(db, "SELECT 1"); /* a new connection */
+    assert_int_equal(sdb_changed(db), SDB_RESYNC);
+    sdb_close(db);
+
+    /* read-only: a write is refused */
+    assert_int_equal(sdb_open(f->loc, SDB_OPEN_READONLY, 1000, &db, err, sizeof(err)), SDB_OK);
+    exec_ok(db, "SELECT 1");
+    assert_int_equal(sdb_exec(db, "CREATE TABLE ro (x BIGINT)", "create", err, sizeof(err)),
+                     SDB_ERR);
+    sdb_close(db);
 }
 
 /* PostgreSQL: the server stops; calls fail SDB_ERR_UNAVAILABLE in bounded time, then the
@@ -439,6 +565,9 @@ static void test_pg_server_restart(void **state)
     t0 = now_s();
     assert_int_equal(sdb_wait(l, 200), SDB_ERR_UNAVAILABLE);
     assert_true(now_s() - t0 < 10);
+    sdb *down = NULL;
+    assert_int_equal(sdb_open(f->loc, 0, 2000, &down, err, sizeof(err)), SDB_ERR_UNAVAILABLE);
+    assert_null(down);
 
     assert_int_equal(testdb_pg_start(), 0);
     exec_ok(a, "INSERT INTO u (x) VALUES (1)");
@@ -478,9 +607,11 @@ int main(void)
         BOTH(test_constraint_and_errors),
         BOTH(test_rollback_discards),
         BOTH(test_begin_write_excludes),
+        BOTH(test_writers_are_serial),
         BOTH(test_notes),
         BOTH(test_exec_many_and_version),
         cmocka_unit_test(test_pg_uri_secret_not_echoed),
+        cmocka_unit_test_setup_teardown(test_pg_bounds, setup_pg, teardown),
         /* last: it stops and starts this process's server */
         cmocka_unit_test_setup_teardown(test_pg_server_restart, setup_pg, teardown),
     };

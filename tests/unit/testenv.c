@@ -255,6 +255,20 @@ int testenv_backend_is_postgres(void)
     return testdb_backend_is_postgres();
 }
 
+int testenv_sql_exec(const char *db, const char *sql)
+{
+    sdb *c = NULL;
+    char err[512] = "";
+    int rc = sdb_open(db, 0, 5000, &c, err, sizeof(err)) == SDB_OK &&
+                     sdb_exec(c, sql, "exec", err, sizeof(err)) == SDB_OK
+                 ? 0
+                 : -1;
+    if (rc != 0)
+        fprintf(stderr, "testenv: %s: %s\n", sql, err);
+    sdb_close(c);
+    return rc;
+}
+
 long long testenv_sql_int(const char *db, const char *sql, int n, ...)
 {
     sdb *c = NULL;

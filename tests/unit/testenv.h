@@ -116,6 +116,11 @@ int testenv_on_token(kp *k, const sk_kid *kid);
  * not there. */
 long long testenv_sql_int(const char *db, const char *sql, int n, ...);
 
+/* Runs sql (one or more statements, no rows) on a connection of its own to the database db
+ * (either backend): what a test changes behind a store's back. 0, or -1 (message on
+ * stderr). */
+int testenv_sql_exec(const char *db, const char *sql);
+
 /* Removes dir and everything under it (no-op for NULL or ""). */
 void testenv_cleanup(const char *dir);
 

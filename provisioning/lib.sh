@@ -1,0 +1,66 @@
+# Shell functions shared by the provisioning scripts (sourced by init-data-dir.sh, run.sh
+# and cluster.sh; not a program of its own).
+
+# The first directory above $1 (which need not exist yet) that others may not enter, or
+# nothing: the appliance's accounts are neither owner nor group of such a directory.
+prov_closed_above() {
+	local d
+	d=$(realpath -m "$1")
+	while [ "$d" != / ]; do
+		d=$(dirname "$d")
+		if [ -e "$d" ] && [ "$(stat -L -c %A "$d" | cut -c10)" != x ] &&
+			[ "$(stat -L -c %A "$d" | cut -c10)" != t ]; then
+			echo "$d"
+			return
+		fi
+	done
+}
+
+# A self-signed certificate for localhost and 127.0.0.1 in DIR/tls (cert.pem 0644,
+# key.pem 0600) when DIR/tls/cert.pem is missing.
+prov_tls_cert() {
+	local dir=$1
+	[ ! -e "$dir/tls/cert.pem" ] || return 0
+	mkdir -p "$dir/tls"
+	(umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 \
+		-subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+		-keyout "$dir/tls/key.pem" -out "$dir/tls/cert.pem" 2>/dev/null)
+	chmod 0644 "$dir/tls/cert.pem"
+	echo "init: created a self-signed TLS certificate in $dir/tls"
+}
+
+# Root only: the group GROUP and a system account for each further argument, in that
+# group, created when missing (exit status 9: created meanwhile by another run).
+prov_accounts() {
+	local group=$1 account
+	shift
+	getent group "$group" >/dev/null || groupadd --system "$group" || [ $? = 9 ]
+	for account in "$@"; do
+		if ! id -u "$account" >/dev/null 2>&1; then
+			useradd --system --no-create-home --home-dir /nonexistent \
+				--shell /usr/sbin/nologin --groups "$group" "$account" || [ $? = 9 ]
+			echo "init: created the system account $account"
+		elif ! id -nG "$account" | tr ' ' '\n' | grep -qx "$group"; then
+			usermod -a -G "$group" "$account"
+		fi
+	done
+}
+
+# The value of KEY in the configuration file FILE (the last one), or nothing.
+prov_conf_value() { sed -n "s/^$2 = *//p" "$1" | tail -n 1; }
+
+# Sets KEY = VALUE in the configuration file FILE: replaces the line when there is one,
+# appends it otherwise (a repeated key would stop the appliance).
+prov_conf_set() {
+	local file=$1 key=$2 value=$3 tmp
+	if grep -q "^$key =" "$file"; then
+		[ "$(prov_conf_value "$file" "$key")" != "$value" ] || return 0
+		tmp=$(mktemp "$file.XXXXXX")
+		awk -v k="$key" -v v="$value" \
+			'index($0, k " =") == 1 { print k " = " v; next } { print }' "$file" >"$tmp"
+		chmod --reference="$file" "$tmp"
+		mv -f "$tmp" "$file"
+	else
+		printf '%s = %s\n' "$key" "$value" >>"$file"
+	fi
+}
