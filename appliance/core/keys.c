@@ -66,7 +66,8 @@ static ck_status ck_make(const ck_env *e, unsigned bits, const char *label, int6
             continue;
         if (ps != REG_OK) {
             reg_unreserve(e->reg);
-            return CK_ERR_KID;
+            /* The cluster-wide count (registry.h): other nodes' keys fill the slots. */
+            return ps == REG_ERR_LIMIT ? CK_ERR_NO_SLOT : CK_ERR_KID;
         }
         st = kp_generate(e->kp, &k->kid, bits, pub);
         if (st != SK_OK)

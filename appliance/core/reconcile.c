@@ -10,6 +10,13 @@
 
 #define REC_LIST_MAX 8192
 
+static int64_t rec_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static int rec_kid_cmp(const void *a, const void *b)
 {
     return memcmp(((const sk_key_entry *)a)->kid.b, ((const sk_key_entry *)b)->kid.b, SK_KID_LEN);
@@ -18,6 +25,13 @@ static int rec_kid_cmp(const void *a, const void *b)
 int rec_run(kp *k, reg *r, FILE *log, rec_report *out)
 {
     memset(out, 0, sizeof(*out));
+    /* The mirror as the database holds it now, before the token is listed: every live row
+     * then had its object made before the listing (a key is generated before its row is
+     * written), so a live row missing from the list is truly broken. Other nodes may write
+     * the registry (cluster mode). A failure leaves the mirror as it was: reconcile goes on
+     * with it and asks the database about each unknown kid anyway. */
+    if (reg_refresh(r) != REG_OK)
+        fprintf(log, "signd: reconcile: cannot reload the registry: %s\n", reg_last_error());
     sk_key_entry *objs = calloc(REC_LIST_MAX, sizeof(*objs));
     if (objs == NULL)
         return -1;
@@ -42,6 +56,20 @@ int rec_run(kp *k, reg *r, FILE *log, rec_report *out)
         if (known && row.state != REG_REVOKED)
             continue;
         sk_kid_hex(&objs[i].kid, hex);
+        /* Unknown to the mirror: an orphan only if the database agrees, with no row (one
+         * written since the refresh) and no live pending record (a create under way, on
+         * this node or another: registry.h, reg_kid_orphan). */
+        if (!known) {
+            reg_status os = reg_kid_orphan(r, &objs[i].kid, rec_wall_ms());
+            if (os == REG_ERR_EXISTS)
+                continue;
+            if (os != REG_OK) {
+                fprintf(log, "signd: reconcile: cannot tell whether kid %s is an orphan: %s\n", hex,
+                        reg_last_error());
+                rc = -1;
+                continue;
+            }
+        }
         st = kp_destroy(k, &objs[i].kid);
         if (st != SK_OK && st != SK_ERR_KEY_NOT_FOUND) {
             fprintf(log, "signd: reconcile: cannot destroy kid %s: %s\n", hex, sk_strerror(st));
@@ -55,6 +83,7 @@ int rec_run(kp *k, reg *r, FILE *log, rec_report *out)
             reg_audit(r, (int64_t)time(NULL), CHN_KEY_DESTROYED, &objs[i].kid,
                       json_pack("{s:s}", "why", "revoked, its object survived a crash"));
         } else {
+            reg_pending_drop(r, &objs[i].kid); /* its orphan record, if it had one */
             out->orphans_destroyed++;
             fprintf(log, "signd: reconcile: destroyed kid %s: on the token, not in the registry\n",
                     hex);

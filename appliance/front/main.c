@@ -73,6 +73,12 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
     reg *rg = NULL;
     if (reg_open(c->database, c->max_active_keys, &rg) != REG_OK)
         return die(c->database, reg_last_error());
+    /* Its pending records name it too: reconcile tells this node's own dead creates from
+     * another node's live ones by it (nodes on one host must differ). */
+    if (reg_set_node(rg, node) != REG_OK) {
+        reg_close(rg);
+        return die("node_name", "not a name the registry takes");
+    }
 
     /* One way out: whatever was started is stopped and closed in the order the normal stop
      * uses (each of these takes NULL), then the failure, if any, is reported. */

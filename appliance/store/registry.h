@@ -1,19 +1,35 @@
 /*
  * reg: the key registry. The appliance's record of every key (kid), its state, and every
- * revocation, kept in one SQLite file and mirrored in memory so that the request path
- * never touches SQLite.
+ * revocation, kept in a store (sdb.h: one SQLite file per node, or one PostgreSQL database
+ * for a cluster of nodes) and mirrored in memory so that the request path never touches
+ * the database.
  *
  * What it owns:
- *  - one SQLite connection to the file (WAL, synchronous=FULL so a COMMIT is fsynced
- *    before it returns, foreign_keys=ON, a busy_timeout for other connections to the same
- *    file), used only by writers and only under the writer mutex. Two tables: `keys` (one
+ *  - one store connection (SQLite: WAL, synchronous=FULL so a COMMIT is fsynced before it
+ *    returns, foreign_keys=ON, a busy_timeout for other connections to the same file),
+ *    used only under the writer mutex. Every write transaction takes SDB_LOCK_REGISTRY,
+ *    so the registry's writers are serial across every node of a cluster. Two tables: `keys` (one
  *    row per kid, state as TEXT) and `revocations` (one row per revoked kid, `seq` an
  *    AUTOINCREMENT key, so it rises strictly and is never reused, even after deletes).
  *    The schema version is PRAGMA user_version (REG_SCHEMA_VERSION); a newer file is
  *    refused, missing tables are created, and an older one is migrated in place inside
  *    the open's one schema transaction (version 1 -> 2: the rotation columns retire_at,
  *    successor and predecessor, added with ALTER TABLE: the state column has no CHECK, so
- *    no table rebuild is needed and every row keeps its id).
+ *    no table rebuild is needed and every row keeps its id). pending_keys' columns node
+ *    and started_ms (issue 20) are added when missing, with defaults, without a version
+ *    bump (an older build's INSERT still works). PostgreSQL: the same tables in its
+ *    dialect, created under SDB_LOCK_SCHEMA, the version in schema_versions('registry'),
+ *    and the revocations' seq from the counter row counters('revocations'), bumped inside
+ *    the registry's write transaction: one sequence for the cluster, no gap, no
+ *    duplicate.
+ *  - cluster semantics (PostgreSQL; they hold on SQLite too, where a second handle on
+ *    the same file plays the second node): the key limit is counted in the database
+ *    inside the locked transaction (active + retiring rows + every node's live pending
+ *    records), each committed change of a key or revocation sends the note
+ *    `signd_keys` (payload the kid in hex, "" for a subject revocation), reg_refresh
+ *    reloads the mirror when another node's note arrives, and a write that finds the
+ *    database ahead of the mirror (another node revoked or rotated the key first)
+ *    refreshes and decides again.
  *  - an in-memory mirror of every row: keys in an array ordered by (created_at, kid) with
  *    a hash index kid -> row, the revocations in an array ordered by seq, per-state counts
  *    and the newest active key. Readers take a pthread rwlock for reading only.
@@ -32,8 +48,9 @@
  * exactly when b.predecessor = a (both written in one transaction, never cleared); the
  * newest active key is never a retiring one (retiring is a state of its own: REG_ACTIVE
  * counts, lists and checks never include it); reg_generation() changes after, never
- * before, the mirror changed. The registry assumes it is the only writer of its two
- * tables while open (other modules may keep their own tables in the same file).
+ * before, the mirror changed. Other registry handles (other processes, other nodes) may
+ * write the same tables: the database decides, and this handle's mirror follows at its
+ * next write or reg_refresh.
  *
  * Thread safety: every function but reg_open and reg_close may be called from any number
  * of threads at once. reg_close must run after every other caller has stopped.
@@ -76,6 +93,10 @@
 #define REG_N_B64_MAX 700    /* base64url modulus of RSA-4096 is 683 characters, with NUL */
 #define REG_E_B64_MAX 16
 #define REG_BUSY_TIMEOUT_MS 5000
+#define REG_NODE_MAX 63 /* bytes of a node name (reg_set_node), without the NUL */
+/* A pending record older than this is an orphan (its create died): it holds no slot and
+ * protects no object from reconcile. Far above any key generation. */
+#define REG_PENDING_ORPHAN_MS (10 * 60 * 1000)
 
 typedef enum {
     REG_OK = 0,
@@ -169,6 +190,28 @@ const char *reg_last_error(void);
  *   if (reg_open(path, 1000, &r) != REG_OK) ... reg_last_error() ...
  */
 reg_status reg_open(const char *path, unsigned max_active, reg **out);
+/* path may be a PostgreSQL URI (sdb.h): then no file is checked or created, the tables
+ * are created under SDB_LOCK_SCHEMA if missing, and pending records are kept (other nodes
+ * may be creating). */
+
+/* Names this node in its pending records (reconcile tells its own records from other
+ * nodes'): at most REG_NODE_MAX printable bytes; "" is the default, gethostname().
+ * REG_ERR_INVALID otherwise. Nodes on one host must be given distinct names. */
+reg_status reg_set_node(reg *r, const char *name);
+
+/* Reloads the mirror from the tables in one read transaction (O(n): about a millisecond
+ * for 1,000 keys) and, when anything differs, swaps it in under the write lock, moves
+ * reg_generation() and wakes reg_wait_change. This node's reservations are kept. What a
+ * node calls when another node's note arrives. Safe against readers and writers of this
+ * handle (takes the writer mutex first, as they do). REG_OK or REG_ERR_IO (the mirror is
+ * then unchanged). */
+reg_status reg_refresh(reg *r);
+
+/* reg_refresh only if the database changed since the last call: PostgreSQL: a note on
+ * `signd_keys` arrived on the handle's connection (its first call LISTENs and refreshes
+ * once); SQLite: another connection committed to the file (data_version). Never blocks on
+ * the network when nothing arrived. For a watcher that polls. */
+reg_status reg_refresh_if_changed(reg *r);
 
 /* Closes the connection and frees the mirror. NULL is a no-op. */
 void reg_close(reg *r);
@@ -218,14 +261,27 @@ reg_status reg_rotate(reg *r, const sk_kid *old_kid, const reg_key *successor, i
 
 /* ---- pending kids: what the keeper may generate under ---------------------------------- */
 
-/* Records kid as pending (table pending_keys), durably, before a create or rotation asks
- * the keeper to generate under it: the keeper generates only for a pending kid that has
- * no row (keeperd.h). reg_insert and reg_rotate remove it in their own transaction;
- * reg_open empties the table. REG_ERR_EXISTS when kid has a row or is pending already,
- * REG_ERR_IO when SQLite fails. Takes no slot: reg_reserve does. */
+/* Records kid as pending (table pending_keys: kid, now, this node's name, the wall clock
+ * in ms), durably, before a create or rotation asks the keeper to generate under it: the
+ * keeper generates only for a pending kid that has no row (keeperd.h). reg_insert and
+ * reg_rotate remove it in their own transaction; reg_open empties the table on SQLite.
+ * The record is the create's slot for the whole cluster: inside the locked transaction
+ * the active and retiring rows plus the live pending records (every node's) are counted,
+ * REG_ERR_LIMIT when they reach max_active (reg_reserve is this node's fast pre-check).
+ * REG_ERR_EXISTS when kid has a row or is pending already, REG_ERR_IO when the store
+ * fails. */
 reg_status reg_pending_add(reg *r, const sk_kid *kid, int64_t now);
-/* Removes kid from the pending ones (a create that failed before its row). */
+/* Removes kid from the pending ones (a create that failed before its row, or an orphan
+ * record reconcile destroyed the object of). */
 void reg_pending_drop(reg *r, const sk_kid *kid);
+
+/* Reconcile's question for an object under kid found in the token with no row in the
+ * mirror, asked of the database (one statement: the row and the record of one moment):
+ * REG_OK when it is an orphan (no row, and no pending record, or only an orphan one:
+ * started before now_ms - REG_PENDING_ORPHAN_MS, or this node's own from before this
+ * handle opened), REG_ERR_EXISTS when a row or a live pending record (a create under way
+ * here or on another node) claims it, REG_ERR_IO. now_ms: the wall clock in ms. */
+reg_status reg_kid_orphan(reg *r, const sk_kid *kid, int64_t now_ms);
 
 /* ---- changes --------------------------------------------------------------------------- */
 
@@ -350,10 +406,10 @@ void reg_poke(reg *r);
 
 /* ---- a read-only view for another process ---------------------------------------------- */
 
-/* The keeper's view of the registry file: no mirror, its own read-only connection. It sees
- * what writers have committed (WAL: each call is a read transaction of its own), never an
+/* The keeper's view of the registry: no mirror, its own read-only connection. It sees
+ * what writers have committed (each call is a read transaction of its own), never an
  * uncommitted change. The keeper lists the active kids once and lists them again when
- * data_version says the file changed.
+ * reg_reader_data_version says the database changed.
  *
  *   reg_reader *rr;
  *   if (reg_reader_open(c.database, &rr) != REG_OK) ... reg_last_error() ...
@@ -364,16 +420,19 @@ void reg_poke(reg *r);
  */
 typedef struct reg_reader reg_reader;
 
-/* Opens the registry file at path read-only (SQLITE_OPEN_READONLY; a symlink, a missing
- * file, a non-regular file, a newer schema or a file without the keys table is refused),
- * busy_timeout REG_BUSY_TIMEOUT_MS. Creates nothing but SQLite's own -shm/-wal files.
+/* Opens the registry at path read-only (SQLite: SQLITE_OPEN_READONLY; a symlink, a missing
+ * file, a non-regular file, a newer schema or a file without the keys table is refused;
+ * PostgreSQL: read-only transactions, and LISTEN signd_keys), busy_timeout
+ * REG_BUSY_TIMEOUT_MS. Creates nothing but SQLite's own -shm/-wal files.
  * REG_OK, REG_ERR_INVALID (NULL or over-long path, NULL out) or REG_ERR_IO
  * (reg_last_error()). *out is NULL on failure. */
 reg_status reg_reader_open(const char *path, reg_reader **out);
 
-/* SQLite's data_version on this reader's connection: it differs from the last value
- * whenever another connection committed to the file in between. Reads no table, so it is
- * cheap to ask often. 0 on failure (see reg_last_error()). */
+/* A version that differs from the last value whenever a writer committed a change in
+ * between: SQLite: another connection committed to the file (PRAGMA data_version);
+ * PostgreSQL: a `signd_keys` note arrived (read from what the socket already holds: no
+ * round trip per call), or the connection was reset (notes may be lost). Cheap to ask
+ * often. 0 on failure (see reg_last_error()). */
 uint64_t reg_reader_data_version(reg_reader *rr);
 
 /* Every kid in state active, sorted by sk_kid_cmp (for bsearch), in a malloc'd
