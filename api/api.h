@@ -31,6 +31,7 @@
  * handlers that call them include their headers (core/audit.h, core/probe.h). */
 typedef struct audit audit;
 typedef struct prb prb;
+typedef struct wch wch;
 
 #define API_BODY_MAX (64 * 1024)
 /* Deepest nesting of [ and { a JSON body may have; deeper is invalid_json before jansson
@@ -144,6 +145,7 @@ typedef struct {
     tks *tks;     /* status lists and redeemed jtis (tokstate.h) */
     prb *probe;   /* readiness (probe.h); NULL: /readyz answers 503 */
     pub *pub;     /* the published documents (publish.h); NULL only where no route serves them */
+    wch *watch;   /* a cluster node's listener (watch.h); NULL: one node, always in step */
 } api_env;
 
 typedef struct {

@@ -2,6 +2,7 @@
 #include "api/api.h"
 
 #include "appliance/core/probe.h"
+#include "appliance/core/watch.h"
 
 api_err api_healthz(const api_req *q, api_resp *r)
 {
@@ -17,6 +18,13 @@ api_err api_readyz(const api_req *q, api_resp *r)
 {
     if (q->env->probe == NULL)
         return api_fail(r, API_ERR_HSM_UNAVAILABLE, "token not ready: no readiness probe");
+    /* A cluster node that cannot reach the shared database, or has not reloaded what the
+     * others changed while it was away, is not ready: the load balancer routes around it. */
+    if (!wch_healthy(q->env->watch)) {
+        api_header(r, "Retry-After: %u", API_HSM_RETRY_AFTER);
+        return api_fail(r, API_ERR_STORAGE_UNAVAILABLE,
+                        "store not ready: the shared database cannot be reached");
+    }
     prb_state ps;
     prb_read(q->env->probe, &ps);
     if (!ps.ready) {

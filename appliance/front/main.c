@@ -21,6 +21,7 @@
 #include "appliance/common/spawn.h"
 #include "appliance/core/audit.h"
 #include "appliance/core/probe.h"
+#include "appliance/core/watch.h"
 #include "appliance/core/publish.h"
 #include "appliance/core/reconcile.h"
 #include "appliance/core/rotation.h"
@@ -86,6 +87,7 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
     cred_store *cs = NULL;
     audit *au = NULL;
     tks *ts = NULL;
+    wch *wt = NULL;
     rec_worker *destroyer = NULL;
     prb *probe = NULL;
     pub *pb = NULL;
@@ -134,6 +136,13 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
         front_fail_set(&f, c->database, tks_last_error());
         goto out;
     }
+    /* A cluster node (PostgreSQL): the other nodes' changes reach this node's mirrors from
+     * here on; nothing on SQLite. */
+    wch_options wo = {.database = c->database, .reg = rg, .creds = cs, .tks = ts};
+    if (wch_start(&wo, &wt, err, sizeof(err)) != 0) {
+        front_fail_set(&f, "watch", err);
+        goto out;
+    }
     /* Which configuration this run started with: its hash, for auditors to compare. */
     json_t *started =
         json_pack("{s:s, s:s, s:I}", "config_sha256", conf_hash, "process_model", c->process_model,
@@ -163,7 +172,8 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
                    .audit = au,
                    .tks = ts,
                    .probe = probe,
-                   .pub = pb};
+                   .pub = pb,
+                   .watch = wt};
     pub_refresh(pb);
     /* Before serving: a key whose grace ended while the appliance was down is revoked by
      * rot_start's first pass, so it is never served as retiring again. */
@@ -191,6 +201,7 @@ out:
     srv_stop(s);
     prb_stop(probe);
     rec_worker_stop(destroyer); /* what it could not destroy yet is the next start's */
+    wch_stop(wt);               /* before the mirrors it reloads are closed */
     if (s != NULL)
         audit_record(au, CHN_STOPPED, NULL, NULL);
     tks_close(ts);   /* after the server: no handler runs any more */
