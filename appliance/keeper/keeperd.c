@@ -7,6 +7,7 @@
 #include "appliance/kproto/kproto.h"
 #include "appliance/keeper/kstate.h"
 #include "appliance/store/registry.h"
+#include "appliance/store/sdb.h"
 #include "hsm/hsm.h"
 #include "jose/jose.h"
 #include "base/hex.h"
@@ -116,6 +117,8 @@ struct kpd {
     uint64_t data_version;
     int loaded;
     atomic_llong checked_ms; /* CLOCK_MONOTONIC ms of the last data_version check */
+    long long read_ms;       /* CLOCK_MONOTONIC ms the set was last read whole, 0: never */
+    int shared_db;           /* the registry is on PostgreSQL: KPD_OUTAGE_GRACE_MS applies */
 
     /* The keeper's own memory (kstate.h), and the newest point of the audit chain it
      * verified and signed: the next checkpoint is checked from there (audit_chain_walk),
@@ -130,10 +133,12 @@ struct kpd {
 
 /* Re-reads the active set when the file changed since the last look (or was never read).
  * Caller holds refresh_mu. 0, or -1 when the registry cannot be read: the set is then
- * emptied, so that the keeper fails closed. */
+ * emptied, so that the keeper fails closed; on a cluster node only once the set is
+ * KPD_OUTAGE_GRACE_MS old (keeperd.h), so a database restart does not stop minting. */
 static int kpd_active_refresh_locked(kpd *d)
 {
-    atomic_store(&d->checked_ms, clk_now_ms());
+    long long now = clk_now_ms();
+    atomic_store(&d->checked_ms, now);
     if (d->reader == NULL && reg_reader_open(d->db_path, &d->reader) != REG_OK)
         goto fail;
     /* The version first: a commit between it and the listing is seen by the listing and
@@ -141,8 +146,10 @@ static int kpd_active_refresh_locked(kpd *d)
     uint64_t v = reg_reader_data_version(d->reader);
     if (v == 0)
         goto fail;
-    if (d->loaded && v == d->data_version)
+    if (d->loaded && v == d->data_version) {
+        d->read_ms = now;
         return 0;
+    }
     sk_kid *kids = NULL;
     size_t n = 0;
     if (reg_reader_active_kids(d->reader, &kids, &n) != REG_OK)
@@ -155,12 +162,16 @@ static int kpd_active_refresh_locked(kpd *d)
     free(old);
     d->data_version = v;
     d->loaded = 1;
+    d->read_ms = now;
     return 0;
 fail:
-    /* A reader that failed once is reopened next time (the file may have been replaced). */
+    /* A reader that failed once is reopened next time (the file may have been replaced,
+     * the server restarted). */
     reg_reader_close(d->reader);
     d->reader = NULL;
-    d->loaded = 0;
+    d->loaded = 0; /* the next read that succeeds lists the kids again */
+    if (d->shared_db && d->read_ms != 0 && now - d->read_ms < KPD_OUTAGE_GRACE_MS)
+        return -1; /* the set read before the outage stands, within the grace */
     pthread_rwlock_wrlock(&d->active_rw);
     free(d->active);
     d->active = NULL;
@@ -349,8 +360,18 @@ static sk_status kpd_generate_allowed(kpd *d, const sk_kid *kid, char *why, size
     }
     pthread_mutex_lock(&d->refresh_mu);
     reg_status rs = REG_ERR_IO;
-    if (d->reader != NULL || reg_reader_open(d->db_path, &d->reader) == REG_OK)
-        rs = reg_reader_pending(d->reader, kid);
+    /* A reader that fails is closed and, once, opened again at once: on a cluster node
+     * its connection dies with every restart of the database server, and the first create
+     * after the server's return must not fail for that. */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (d->reader != NULL || reg_reader_open(d->db_path, &d->reader) == REG_OK)
+            rs = reg_reader_pending(d->reader, kid);
+        if (rs == REG_OK || rs == REG_ERR_EXISTS || rs == REG_ERR_NOT_FOUND)
+            break;
+        reg_reader_close(d->reader);
+        d->reader = NULL;
+        d->loaded = 0; /* the active set's next look lists it again from the new reader */
+    }
     pthread_mutex_unlock(&d->refresh_mu);
     if (rs == REG_ERR_EXISTS) {
         cfg_errorf(why, whylen, "the registry has a row for it");
@@ -1039,6 +1060,7 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         return -1;
     }
     snprintf(d->db_path, sizeof(d->db_path), "%s", c->database);
+    d->shared_db = sdb_is_postgres(d->db_path);
     /* The registry must be readable now, not at the first signature. */
     if (kpd_active_refresh_locked(d) != 0) {
         cfg_errorf(err, errlen, "%s", reg_last_error());

@@ -73,6 +73,15 @@
  * active signs at once, and DESTROY always asks the file first. */
 #define KPD_ACTIVE_CHECK_MS 100
 
+/* How long the keeper of a cluster node (a PostgreSQL registry) keeps signing with the
+ * active kids it last read while the shared database is out of reach. No revocation can
+ * commit anywhere while the server is down, so the set is as current as it was when the
+ * outage began (at most KPD_ACTIVE_CHECK_MS behind), and minting, which needs nothing
+ * stored, goes on through a database restart or failover. Past this bound (a long outage,
+ * or this node cut off while the others still revoke) the keeper fails closed as on a
+ * SQLite registry that cannot be read, which it does at once. */
+#define KPD_OUTAGE_GRACE_MS 120000
+
 /* Pool threads per online CPU (never more than the session bound). One thread per
  * connection, as before, cost the split up to a tenth of its throughput under load: every
  * signature woke a sleeping thread, and 64 threads signing at once contend on the
