@@ -92,7 +92,7 @@ PROGS := $(BUILD)/bin/signd-provision $(BUILD)/bin/hello-https $(BUILD)/bin/benc
 APPLIANCE := signd signd-keeper signd-front
 PROGS += $(APPLIANCE:%=$(BUILD)/bin/%) $(APPLIANCE:%=$(BUILD)/testbin/%)
 
-.PHONY: all deps run cluster test test-unit test-blackbox test-asan bench bench-hsm clean format docs fuzz hostile valgrind soak layers
+.PHONY: all deps run cluster test test-unit test-blackbox test-asan bench bench-hsm clean format docs fuzz hostile valgrind soak soak-cluster layers
 .DEFAULT_GOAL := all
 # Keep every object file: tests and programs share them.
 .SECONDARY:
@@ -277,10 +277,24 @@ valgrind: deps
 # Crash consistency: SOAK_ROUNDS rounds of concurrent clients, a SIGKILL of the front, the
 # keeper, the supervisor or all three at a random moment, and the invariants checked after
 # every restart (tests/soak/soak.py; docs/reliability.md). SOAK_SEED=N replays a run.
+# SOAK_CLUSTER=1: the cluster variant (soak-cluster below) instead.
 SOAK_ROUNDS ?= 200
 soak: deps
 	@$(MAKE) --no-print-directory all
+ifeq ($(SOAK_CLUSTER),1)
+	@SIGND_BUILD=$(BUILD) SOAK_ROUNDS=$(SOAK_ROUNDS) /usr/bin/python3 tests/soak/soak_cluster.py
+else
 	@SIGND_BUILD=$(BUILD) SOAK_ROUNDS=$(SOAK_ROUNDS) /usr/bin/python3 tests/soak/soak.py
+endif
+
+# Crash consistency of cluster mode (issue 20): three nodes on one PostgreSQL server and
+# one token behind HAProxy, SOAK_ROUNDS rounds (default 50 here) of concurrent clients
+# through the load balancer and a SIGKILL of a random node or of PostgreSQL's postmaster
+# (started again), the invariants checked after every recovery (tests/soak/soak_cluster.py).
+soak-cluster: deps
+	@$(MAKE) --no-print-directory all
+	@SIGND_BUILD=$(BUILD) SOAK_ROUNDS=$(if $(filter command line,$(origin SOAK_ROUNDS)),$(SOAK_ROUNDS),50) \
+	  /usr/bin/python3 tests/soak/soak_cluster.py
 
 # docs/configuration.md is the configuration the provisioning tool writes, verbatim.
 docs: all
