@@ -47,7 +47,7 @@ def cluster():
 
 class Load:
     """Client threads sending mints, redeems, token and key revocations, and key creates
-    through one endpoint (an Appliance: the balancer). Records what was acknowledged and
+    through one endpoint (an Appliance: the balancer), a session per thread. Records what was acknowledged and
     every failure with its time."""
 
     def __init__(self, target, redeemer, kids):
@@ -76,7 +76,8 @@ class Load:
             # verify per request: REQUESTS_CA_BUNDLE would override a session's.
             r = self.local.s.request(method, self.t.url + path, json=body,
                                      timeout=LOAD_TIMEOUT, verify=self.t.cacert,
-                                     headers={"Authorization": "Bearer " + auth})
+                                     headers={"Authorization": "Bearer " + auth,
+                                              "Connection": "close"})
         except requests.exceptions.RequestException as e:
             with self.lock:
                 self.failures.append((time.monotonic(), op, type(e).__name__, str(e)[-160:]))
@@ -176,26 +177,12 @@ class Load:
                 else:
                     self.fail("key-revoke", r)
 
-    def warm(self):
-        """Opens the thread's keep-alive connection before the load: a new TLS connection
-        is sometimes closed by a node before its answer with no fault at all (about 1 in
-        100 under a few concurrent clients, on a single appliance too; reported, not this
-        file's), so the faults' windows are judged on connections made before them."""
-        for _ in range(20):
-            r = self.call("warm", "GET", "/healthz", "none", None)
-            if r is not None and r.status_code == 200:
-                return
-        raise AssertionError("no connection through the balancer")
-
     def start(self):
-        # Keep-alive connections, each thread its own: HAProxy (leastconn) spreads the
-        # threads' connections over the nodes, and a dead node's clients reconnect to the
-        # others. (Each request on a new connection, Connection: close, about 2% of them are
-        # closed without an answer by a node with no fault at all: reported, not this
-        # file's.)
+        # Each request on a connection of its own (Connection: close): HAProxy balances
+        # every request, so every kind of request reaches every node, the killed one too.
         plan = [self.minter] * 3 + [self.redeemer_loop] * 3 + [self.revoker] * 2 + [self.keyer]
         for f in plan:
-            t = threading.Thread(target=lambda f=f: (self.warm(), f()), daemon=True)
+            t = threading.Thread(target=f, daemon=True)
             t.start()
             self.threads.append(t)
         return self
@@ -207,9 +194,8 @@ class Load:
             assert not t.is_alive(), "a client thread is stuck"
 
     def judged_failures(self):
-        """The failures of the load proper (a warm-up's retried connections are not)."""
         with self.lock:
-            return [f for f in self.failures if f[1] != "warm"]
+            return list(self.failures)
 
     def successes_after(self, t0):
         with self.lock:
