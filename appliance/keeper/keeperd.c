@@ -37,6 +37,9 @@
 #define KPD_LIST_CAP 8192
 #define KPD_BACKLOG 64
 #define KPD_PROBE "readyz"
+/* A cluster node's keeper asks again for a shared token it did not find: 25 x 200 ms. */
+#define KPD_SHARED_TOKEN_TRIES 25
+#define KPD_SHARED_TOKEN_PAUSE_NS (200 * 1000 * 1000L)
 /* How long accept waits after running out of file descriptors or memory. */
 #define KPD_ACCEPT_PAUSE_NS (100 * 1000 * 1000L)
 
@@ -1085,6 +1088,18 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
     };
     unsigned long ckr = 0;
     sk_status st = hsm_open(&hc, &d->h, &ckr);
+    /* A cluster's token is shared: while another node's keeper writes to it (its service
+     * keys at start), SoftHSM2 here may read the token's file half written and list no
+     * initialised token. Such a miss is asked again for a while before it is final. */
+    for (int tries = 0; st == SK_ERR_TOKEN_NOT_FOUND && sdb_is_postgres(c->database) &&
+                        tries < KPD_SHARED_TOKEN_TRIES;
+         tries++) {
+        struct timespec pause = {0, KPD_SHARED_TOKEN_PAUSE_NS};
+        nanosleep(&pause, NULL);
+        st = hsm_open(&hc, &d->h, &ckr);
+        if (st == SK_OK)
+            KPD_LOG("the shared token was found at try %d\n", tries + 2);
+    }
     if (st != SK_OK) {
         cfg_errorf(err, errlen, "%s: %s (token %s, module %s, PKCS#11 rv 0x%lx)",
                    sk_status_name(st), sk_strerror(st), hc.token,
