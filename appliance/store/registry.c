@@ -1417,8 +1417,11 @@ reg_status reg_rotate(reg *r, const sk_kid *old_kid, const reg_key *successor, i
             st = reg_sql_rotate(r, old_kid, successor, retire_at, &row.id);
         if (attempt > 0 || (st != REG_STALE_ && st != REG_ERR_NOT_FOUND && st != REG_ERR_STATE))
             break;
-        if (reg_refresh_locked(r) != REG_OK)
+        reg_status rf = reg_refresh_locked(r);
+        if (rf != REG_OK) {
+            st = rf; /* unread, not absent: a kid missing from the mirror is no 404 then */
             break;
+        }
         st = REG_OK;
     }
     if (st == REG_STALE_)
@@ -1541,8 +1544,11 @@ reg_status reg_revoke(reg *r, const sk_kid *kid, const char *reason, int64_t now
          * has not seen yet. Refreshed once, decided again. */
         if (attempt > 0 || (st != REG_STALE_ && st != REG_ERR_NOT_FOUND))
             break;
-        if (reg_refresh_locked(r) != REG_OK)
+        reg_status rf = reg_refresh_locked(r);
+        if (rf != REG_OK) {
+            st = rf; /* unread, not absent: a kid missing from the mirror is no 404 then */
             break;
+        }
     }
     if (st == REG_STALE_)
         st = REG_ERR_STATE;
@@ -1755,8 +1761,11 @@ reg_status reg_mark_broken(reg *r, const sk_kid *kid)
         }
         if (attempt > 0 || (st != REG_STALE_ && st != REG_ERR_NOT_FOUND))
             break;
-        if (reg_refresh_locked(r) != REG_OK)
+        reg_status rf = reg_refresh_locked(r);
+        if (rf != REG_OK) {
+            st = rf; /* unread, not absent: a kid missing from the mirror is no 404 then */
             break;
+        }
     }
     if (st == REG_STALE_)
         st = REG_ERR_STATE;
@@ -1794,8 +1803,11 @@ reg_status reg_delete(reg *r, const sk_kid *kid)
         }
         if (attempt > 0 || (st != REG_STALE_ && st != REG_ERR_NOT_FOUND))
             break;
-        if (reg_refresh_locked(r) != REG_OK)
+        reg_status rf = reg_refresh_locked(r);
+        if (rf != REG_OK) {
+            st = rf; /* unread, not absent: a kid missing from the mirror is no 404 then */
             break;
+        }
     }
     if (st == REG_STALE_)
         st = REG_ERR_STATE;
