@@ -373,12 +373,30 @@ static sdb_status pg_xact_lock(sdb *db, int lock)
     return st;
 }
 
-sdb_status sdbpg_begin_write(sdb *db, int lock)
+/* sql (a BEGIN), and once more on a new connection when the server had closed this one:
+ * the first statement after a server restart is answered with the old server's parting
+ * FATAL (its shutdown), which pg_ready cannot see before something is asked. Nothing was
+ * begun, so asking again is safe; without it the first write of every store after the
+ * database's return failed (a create answered 503, a revoke of a kid another node made
+ * 404). */
+static sdb_status pg_begin(sdb *db, const char *sql)
 {
     sdb_status st = pg_ready(db);
     if (st != SDB_OK)
         return st;
-    if ((st = pg_run(db, "BEGIN")) != SDB_OK)
+    st = pg_run(db, sql);
+    if (st != SDB_OK && pg_bad(db)) {
+        st = pg_ready(db);
+        if (st == SDB_OK)
+            st = pg_run(db, sql);
+    }
+    return st;
+}
+
+sdb_status sdbpg_begin_write(sdb *db, int lock)
+{
+    sdb_status st = pg_begin(db, "BEGIN");
+    if (st != SDB_OK)
         return st;
     if ((st = pg_xact_lock(db, lock)) != SDB_OK) {
         char keep[SDB_ERRMSG_MAX];
@@ -399,8 +417,7 @@ sdb_status sdbpg_lock(sdb *db, int lock)
 
 sdb_status sdbpg_begin_read(sdb *db)
 {
-    sdb_status st = pg_ready(db);
-    return st != SDB_OK ? st : pg_run(db, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    return pg_begin(db, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
 }
 
 sdb_status sdbpg_commit(sdb *db)
