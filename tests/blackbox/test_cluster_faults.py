@@ -62,6 +62,10 @@ class Load:
         self.token_revoked = {}   # jti -> (token, seq) answered 200
         self.keys = []            # kids answered 201
         self.key_revoked = []     # kids answered 200 to DELETE
+        self.key_revoked_at = {}  # kid -> when (for a failure's report)
+        self.marks = {}           # what happened when, for a failure's report
+        self.t0 = time.monotonic()
+        self.cluster = None
         self.ok = {}              # op -> [time of each success]
         self.failures = []        # (time, op, status or exception name, body)
         self.threads = []
@@ -173,6 +177,7 @@ class Load:
                 if r.status_code == 200:
                     with self.lock:
                         self.key_revoked.append(kid)
+                        self.key_revoked_at[kid] = time.monotonic()
                     self.success("key-revoke")
                 else:
                     self.fail("key-revoke", r)
@@ -219,7 +224,9 @@ def setup_load(c):
         for kid in kids:
             r = c.node(i).post("/v1/tokens", {"kid": kid, "sub": "warm", "ttl": 600})
             assert r.status_code == 200, (i, r.text)
-    return Load(c.balancer, redeemer, kids)
+    load = Load(c.balancer, redeemer, kids)
+    load.cluster = c
+    return load
 
 
 def served(node):
@@ -232,14 +239,34 @@ def served(node):
 
 def check_acknowledged(node, load, what):
     """Every write the load was acknowledged is there, as node sees it."""
-    r = node.get("/v1/keys")
-    assert r.status_code == 200, (what, r.text)
-    states = {k["kid"]: k["state"] for k in r.json()["keys"]}
-    lost = [k for k in load.keys if k not in states]
+    # Another node's last change reaches this one's mirror by its note (the issue's bound
+    # is 100 ms): read again for up to a second before judging.
+    deadline = time.monotonic() + 1
+    while True:
+        r = node.get("/v1/keys")
+        assert r.status_code == 200, (what, r.text)
+        states = {k["kid"]: k["state"] for k in r.json()["keys"]}
+        lost = [k for k in load.keys if k not in states]
+        unrevoked = [k for k in load.key_revoked if states.get(k) != "revoked"]
+        if not (lost or unrevoked) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert not lost, "%s: keys answered 201 but missing: %s" % (what, lost)
-    unrevoked = [k for k in load.key_revoked if states[k] != "revoked"]
-    assert not unrevoked, "%s: key revocations answered 200 but not revoked: %s" % (
-        what, unrevoked)
+    if unrevoked:
+        # What every node says of them, now and a moment later: a mirror behind, or lost?
+        time.sleep(2)
+        seen = {}
+        for n in load.cluster.nodes:
+            if n.proc is not None:
+                for k in unrevoked:
+                    r = n.get("/v1/keys/" + k)
+                    seen.setdefault(k, {})["node%d" % n.n] = r.json().get("state", r.text)
+        with load.lock:
+            when = {k: round(load.key_revoked_at[k] - load.t0, 2) for k in unrevoked}
+    assert not unrevoked, ("%s: key revocations answered 200 but not revoked: %s; 2 s "
+                           "later: %s; answered at (s from the load's start) %s; %s" % (
+                               what, {k: states[k] for k in unrevoked}, seen, when,
+                               load.marks))
     for token in load.redeemed:
         r = node.post("/v1/tokens/redeem", {"token": token}, auth=load.redeemer)
         assert r.status_code == 409 and r.json()["error"]["code"] == "token_already_used", (
@@ -270,6 +297,7 @@ def test_kill9_of_a_node_under_load_loses_nothing_acknowledged(cluster):
         share = {i: served(c.node(i)) - base[i] for i in (1, 2, 3)}
         t_kill = time.monotonic()
         c.kill9(2)
+        load.marks["kill"] = round(t_kill - load.t0, 2)
         mid = {i: served(c.node(i)) for i in (1, 3)}
         time.sleep(8)
         after_kill = load.successes_after(t_kill + KILL_WINDOW / 2)
@@ -339,6 +367,8 @@ def test_postgres_down_10s_under_load_503_then_recovery(cluster):
         t_stop = time.monotonic()
         c.pg.stop()
         stopped = time.monotonic()
+        load.marks["stop"] = round(t_stop - load.t0, 2)
+        load.marks["stopped"] = round(stopped - load.t0, 2)
         # /readyz fails on every node (a ping at least every second: within a few).
         seen = {}
         for i in (1, 2, 3):
@@ -364,9 +394,13 @@ def test_postgres_down_10s_under_load_503_then_recovery(cluster):
                                       auth=load.redeemer), "node%d redeem" % i)
             took = time.monotonic() - t0
             assert took < 20, "node%d: three refusals took %.1f s" % (i, took)
-            # Nothing per minted token touches the database.
+            # Nothing per minted token touches the database: plain tokens, and revocable
+            # ones from the block of status indexes the node reserved before the outage.
             r = n.post("/v1/tokens", {"kid": kid, "sub": "down", "ttl": 600})
             assert r.status_code == 200, "node%d: a plain mint with the database down: %s" % (
+                i, r.text)
+            r = n.post("/v1/tokens", {"kid": kid, "sub": "down", "ttl": 600, "revocable": True})
+            assert r.status_code == 200, "node%d: a revocable mint with the database down: %s" % (
                 i, r.text)
         remaining = 10 - (time.monotonic() - stopped)
         if remaining > 0:
@@ -377,8 +411,10 @@ def test_postgres_down_10s_under_load_503_then_recovery(cluster):
             assert c.node(i).pids() == pids[i], "node%d's processes changed: %s -> %s" % (
                 i, pids[i], c.node(i).pids())
         down_for = time.monotonic() - stopped
+        load.marks["start"] = round(time.monotonic() - load.t0, 2)
         c.pg.start()
         back = time.monotonic()
+        load.marks["back"] = round(back - load.t0, 2)
         recovered = {}
         while len(recovered) < 3 and time.monotonic() - back < 60:
             for i in (1, 2, 3):
