@@ -653,6 +653,15 @@ void sdbpg_bind(sdb_stmt *s, int idx, const void *v, size_t len, int is_blob, in
     }
 }
 
+/* 1 when a failed sql may be sent again on a new connection: outside a transaction, the
+ * connection now closed, and sql a SELECT (it changed nothing, whatever happened). */
+static int pg_read_again(sdb *db, const char *sql)
+{
+    while (*sql == ' ' || *sql == '\n' || *sql == '\t')
+        sql++;
+    return !db->in_tx && pg_bad(db) && strncasecmp(sql, "SELECT", 6) == 0;
+}
+
 sdb_status sdbpg_step(sdb_stmt *s)
 {
     sdb *db = s->db;
@@ -665,6 +674,18 @@ sdb_status sdbpg_step(sdb_stmt *s)
         q->res = pg_exec(db, q->sql, q->nparams, q->types, (const char *const *)q->vals, q->lens,
                          q->fmts);
         ExecStatusType t = PQresultStatus(q->res);
+        if (t != PGRES_TUPLES_OK && t != PGRES_COMMAND_OK && pg_read_again(db, q->sql)) {
+            /* As pg_begin: a read outside a transaction that met the old server's parting
+             * FATAL after a restart is asked again once on a new connection. Reads only: a
+             * write's outcome is not known when its connection breaks. */
+            PQclear(q->res);
+            q->res = NULL;
+            if ((st = pg_ready(db)) != SDB_OK)
+                return st;
+            q->res = pg_exec(db, q->sql, q->nparams, q->types, (const char *const *)q->vals,
+                             q->lens, q->fmts);
+            t = PQresultStatus(q->res);
+        }
         if (t != PGRES_TUPLES_OK && t != PGRES_COMMAND_OK) {
             st = pg_fail(db, q->res);
             PQclear(q->res);
