@@ -592,6 +592,37 @@ static void test_pg_server_restart(void **state)
     sdb_close(a);
 }
 
+/* PostgreSQL: connections left idle while the server restarts (fast shutdown, start) were
+ * told "terminating connection due to administrator command", which they read only with
+ * their next call: that first BEGIN, and the first SELECT outside a transaction, are asked
+ * again on a new connection instead of failing (a node's first write and credential lookup
+ * after the database's return failed, test_cluster_faults.py). */
+static void test_pg_idle_connections_outlive_a_server_restart(void **state)
+{
+    fx *f = *state;
+    sdb *a = open_db(f, 2000);
+    make_table(f, a);
+    sdb *b = open_db(f, 2000);
+    sdb *c = open_db(f, 2000);
+    exec_ok(b, "SELECT 1");
+    exec_ok(c, "SELECT 1");
+    assert_int_equal(testdb_pg_stop(), 0);
+    assert_int_equal(testdb_pg_start(), 0);
+    char err[256] = "";
+    assert_int_equal(sdb_begin_write(a, SDB_LOCK_REGISTRY, err, sizeof(err)), SDB_OK);
+    exec_ok(a, "INSERT INTO u (x) VALUES (7)");
+    assert_int_equal(sdb_commit(a, err, sizeof(err)), SDB_OK);
+    sdb_stmt *q = prep(b, "SELECT COUNT(*) FROM u");
+    assert_int_equal(sdb_step(q), SDB_ROW);
+    assert_int_equal(sdb_column_int64(q, 0), 1);
+    sdb_finalize(q);
+    assert_int_equal(sdb_begin_read(c, err, sizeof(err)), SDB_OK);
+    sdb_rollback(c);
+    sdb_close(c);
+    sdb_close(b);
+    sdb_close(a);
+}
+
 /* Each test twice, named by its backend. */
 #define BOTH(fn)                                                                                   \
     {#fn " (sqlite)", fn, setup_lite, teardown, NULL},                                             \
@@ -612,7 +643,9 @@ int main(void)
         BOTH(test_exec_many_and_version),
         cmocka_unit_test(test_pg_uri_secret_not_echoed),
         cmocka_unit_test_setup_teardown(test_pg_bounds, setup_pg, teardown),
-        /* last: it stops and starts this process's server */
+        /* last: they stop and start this process's server */
+        cmocka_unit_test_setup_teardown(test_pg_idle_connections_outlive_a_server_restart, setup_pg,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_pg_server_restart, setup_pg, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
