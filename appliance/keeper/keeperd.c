@@ -241,6 +241,12 @@ static int kpd_is_active(kpd *d, const sk_kid *kid, int fresh)
     if (!fresh && kpd_active_has(d, kid))
         return 1;
     pthread_mutex_lock(&d->refresh_mu);
+    /* On PostgreSQL the version moves when the change's note reaches this connection, a
+     * moment after the commit: a kid the front has just made would be refused until then
+     * (409 key_revoked for a mint right after the create's 201). So a kid not in the set
+     * is looked up in the tables themselves. */
+    if (d->shared_db)
+        d->loaded = 0;
     kpd_active_refresh_locked(d);
     pthread_mutex_unlock(&d->refresh_mu);
     return kpd_active_has(d, kid);
