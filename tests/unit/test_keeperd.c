@@ -22,6 +22,7 @@
 #include "appliance/core/reconcile.h"
 #include "appliance/store/registry.h"
 #include "jose/jose.h"
+#include "tests/unit/testdb.h"
 #include "tests/unit/testenv.h"
 
 #include <errno.h>
@@ -108,7 +109,21 @@ static void path_in(char *dst, size_t cap, const char *dir, const char *name)
     assert_true(n > 0 && (size_t)n < cap);
 }
 
+static int setup_with_db(void **state, unsigned sessions, int postgres);
+
 static int setup_with(void **state, unsigned sessions)
+{
+    return setup_with_db(state, sessions, 0);
+}
+
+/* The registry in a fresh database of a PostgreSQL server this process starts (a cluster
+ * node's keeper), whatever SIGND_TEST_BACKEND says. */
+static int setup_pg(void **state)
+{
+    return setup_with_db(state, SESSIONS, 1);
+}
+
+static int setup_with_db(void **state, unsigned sessions, int postgres)
 {
     fixture *fx = calloc(1, sizeof(*fx));
     if (fx == NULL || testenv_token(fx->dir) != 0) {
@@ -119,7 +134,14 @@ static int setup_with(void **state, unsigned sessions)
     snprintf(fx->c.pkcs11_module, sizeof(fx->c.pkcs11_module), "%s", HSM_DEFAULT_MODULE);
     snprintf(fx->c.token, sizeof(fx->c.token), "%s", TESTENV_LABEL);
     path_in(fx->c.pin_file, sizeof(fx->c.pin_file), fx->dir, "pin");
-    path_in(fx->c.database, sizeof(fx->c.database), fx->dir, "appliance.db");
+    if (!postgres)
+        path_in(fx->c.database, sizeof(fx->c.database), fx->dir, "appliance.db");
+    else if (testdb_pg_locator(fx->c.database, sizeof(fx->c.database)) != 0) {
+        testenv_cleanup(fx->dir);
+        free(fx);
+        return -1;
+    } else
+        snprintf(fx->c.state_directory, sizeof(fx->c.state_directory), "%s", fx->dir);
     path_in(fx->c.keeper_socket, sizeof(fx->c.keeper_socket), fx->dir, "keeper.sock");
     fx->c.max_pkcs11_sessions = sessions;
     if (reg_open(fx->c.database, 100, &fx->r) != REG_OK) {
@@ -421,6 +443,39 @@ static void test_a_kid_not_active_in_the_registry_is_refused_though_the_token_ha
     assert_int_equal(call(fd, b->req, len, KPP_OP_SIGN, b->rep, &r), SK_ERR_KEY_NOT_FOUND);
     assert_int_equal(r.body_len, 4);
     assert_int_equal(r.ckr, 0);
+    close(fd);
+    free(b);
+}
+
+/* PostgreSQL (a cluster node): with the shared database out of reach the keeper signs on
+ * with the active kids it last read (KPD_OUTAGE_GRACE_MS), so minting outlives a database
+ * restart; a kid it did not know stays refused; once the server is back, a revocation is
+ * seen as before and a create's pending check works at the first try. */
+static void test_a_cluster_keeper_signs_known_kids_through_a_database_restart(void **state)
+{
+    fixture *fx = *state;
+    start_keeper(fx);
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    uint8_t sig[SK_SIG_MAX];
+    size_t sig_len;
+    sk_kid known, unknown, later;
+    sk_pubkey pub;
+    create_key(fx, fd, b, &known, &pub);
+    assert_int_equal(do_sign(fd, b, &known, "m", 1, sig, &sig_len), SK_OK);
+    testenv_kid(&unknown);
+
+    assert_int_equal(testdb_pg_stop(), 0);
+    sleep_ms(KPD_ACTIVE_CHECK_MS + 20); /* the next sign looks at the registry: it fails */
+    assert_int_equal(do_sign(fd, b, &known, "m", 1, sig, &sig_len), SK_OK);
+    assert_int_equal(do_sign(fd, b, &unknown, "m", 1, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(testdb_pg_start(), 0);
+
+    create_key(fx, fd, b, &later, &pub); /* the pending check after the restart */
+    assert_int_equal(do_sign(fd, b, &later, "m", 1, sig, &sig_len), SK_OK);
+    assert_int_equal(reg_revoke(fx->r, &known, "", T0 + 1, NULL), REG_OK);
+    sleep_ms(KPD_ACTIVE_CHECK_MS + 20);
+    assert_int_equal(do_sign(fd, b, &known, "m", 1, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
     close(fd);
     free(b);
 }
@@ -2118,6 +2173,9 @@ int main(void)
         T(test_a_new_keeper_state_learns_every_kid_the_registry_holds),
         T(test_checkpoints_are_checked_from_the_last_one_signed_not_from_seq_1),
         T(test_a_keeper_signs_after_another_nodes_keeper_signed_later_checkpoints),
+        /* last: it stops and starts the PostgreSQL server */
+        cmocka_unit_test_setup_teardown(
+            test_a_cluster_keeper_signs_known_kids_through_a_database_restart, setup_pg, teardown),
 #undef T
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
