@@ -413,6 +413,15 @@ PY
 	cl_mint_ratio=$(awk -v a="$cl_mint_pg" -v b="$cl_mint_sq" 'BEGIN {printf "%.3f", a / b}')
 	cl_mint_verdict=$(awk -v r="$cl_mint_ratio" 'BEGIN {print (r >= 0.95) ? "pass" : "FAIL"}')
 	cl_red_ratio=$(awk -v a="$cl_red_pg" -v b="$cl_red_sq" 'BEGIN {printf "%.3f", a / b}')
+	# Each round's own ratio (its two runs one right after the other), and their median: on
+	# a machine whose load drifts between rounds, the pairs are closer than the medians.
+	local i
+	cl_mint_ratio_round_runs=() cl_red_ratio_round_runs=()
+	for ((i = 0; i < rounds; i++)); do
+		cl_mint_ratio_round_runs+=("$(awk -v a="${cl_mint_pg_runs[i]}" -v b="${cl_mint_sq_runs[i]}" 'BEGIN {printf "%.3f", a / b}')")
+		cl_red_ratio_round_runs+=("$(awk -v a="${cl_red_pg_runs[i]}" -v b="${cl_red_sq_runs[i]}" 'BEGIN {printf "%.3f", a / b}')")
+	done
+	medians cl_mint_ratio_round cl_red_ratio_round
 }
 
 # Until HAProxy's /readyz answers 200 (its health checks found the nodes).
@@ -441,6 +450,7 @@ cluster_rows() {
 	echo "| cluster: redeem latency p50 / p99, one node on SQLite (ms) | $cl_red_sq_p50 / $cl_red_sq_p99 |"
 	echo "| cluster: ratio redeems/s 3 nodes PostgreSQL / 1 node SQLite | $cl_red_ratio |"
 	echo "| cluster: revocation propagation, DELETE 200 on node1 -> verifier subscribed to node3 rejects, 100 revocations: p50 / p99 (max) (ms; bar p99 <= 100) | $cl_prop_p50 / $cl_prop_p99 ($cl_prop_max) $cl_prop_verdict |"
+	echo "| cluster: per-round ratios PostgreSQL / SQLite, mint; redeems (their median) | ${cl_mint_ratio_round_runs[*]} ($cl_mint_ratio_round); ${cl_red_ratio_round_runs[*]} ($cl_red_ratio_round) |"
 	echo "| cluster: runs mint PostgreSQL / SQLite; redeems PostgreSQL / SQLite | ${cl_mint_pg_runs[*]} / ${cl_mint_sq_runs[*]}; ${cl_red_pg_runs[*]} / ${cl_red_sq_runs[*]} |"
 	echo "| cluster: propagation from the DELETE request's start (not its 200) | $cl_from_req |"
 	echo "| cluster: mints on node1 of a key just made there that answered 409 key_revoked and were asked again (the keeper learns the row from the database's note) | ${cl_fresh:-0} |"
