@@ -754,6 +754,10 @@ pdir="$top/$build/bench/propagation"
 rm -rf "$pdir"
 pport=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 provisioning/init-data-dir.sh "$pdir" "$pport" >&2
+# The publication signing budget at its highest, as the cluster nodes' (cl_conf): with the
+# default 20 a second, revocations one right after the other spend it, the verifier's feed
+# fetch gets a 503 and retries 500 ms later (p99 510 ms, against 7 ms with it raised).
+prov_conf_set "$pdir/appliance.conf" publication_signs_per_second 10000
 "$build/bin/signd" "$pdir/appliance.conf" >"$pdir/stdout.log" 2>>"$pdir/signd.log" &
 ppid=$!
 for _ in $(seq 100); do
