@@ -703,8 +703,8 @@ static void hsm_found_private(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, v
     hsm_found_pair *p = arg;
     sk_kid kid;
     CK_ULONG mod_len = 0;
-    if (p->priv == CK_INVALID_HANDLE && hsm_read_id(h, s, o, &kid, &mod_len) == 0 &&
-        mod_len > 0 && mod_len <= SK_SIG_MAX) {
+    if (p->priv == CK_INVALID_HANDLE && hsm_read_id(h, s, o, &kid, &mod_len) == 0 && mod_len > 0 &&
+        mod_len <= SK_SIG_MAX) {
         p->priv = o;
         p->mod_len = mod_len;
     }
