@@ -36,6 +36,7 @@
 #define KPD_LIST_CAP 8192
 #define KPD_BACKLOG 64
 #define KPD_PROBE "readyz"
+#define KPD_OPEN_TRIES 10 /* token_not_found: 200 ms apart, 2 s in all (kpd_open) */
 /* How long accept waits after running out of file descriptors or memory. */
 #define KPD_ACCEPT_PAUSE_NS (100 * 1000 * 1000L)
 
@@ -1031,6 +1032,16 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
     };
     unsigned long ckr = 0;
     sk_status st = hsm_open(&hc, &d->h, &ckr);
+    /* A token shared by several nodes (cluster mode; SoftHSM2's token directory standing
+     * in for a network HSM partition) may read as uninitialised for a moment while
+     * another node's keeper rewrites its files: look again before giving up. */
+    for (int tries = 0; st == SK_ERR_TOKEN_NOT_FOUND && tries < KPD_OPEN_TRIES; tries++) {
+        struct timespec pause = {0, 200 * 1000 * 1000};
+        if (tries == 0)
+            KPD_LOG("no initialised token matches yet: looking again for 2 s\n");
+        nanosleep(&pause, NULL);
+        st = hsm_open(&hc, &d->h, &ckr);
+    }
     if (st != SK_OK) {
         cfg_errorf(err, errlen, "%s: %s (token %s, module %s, PKCS#11 rv 0x%lx)",
                    sk_status_name(st), sk_strerror(st), hc.token,
