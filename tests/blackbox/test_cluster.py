@@ -24,6 +24,7 @@ import requests
 
 from cluster import BackendNotBuilt, Cluster
 from test_audit import PROVISION
+from test_privsep import KEY_NOT_FOUND, NO_CKR, OP_SIGN, Keeper
 from test_revocation_feed import Stream
 from test_token_control import payload_of, set_bits, status_list
 
@@ -202,8 +203,13 @@ def test_a_key_revoked_on_any_node_is_refused_by_every_node_and_streamed_to_all(
     for i in (1, 2, 3):  # usable everywhere first: the refusal below is the revocation's
         r = cluster.node(i).post("/v1/tokens", {"kid": kid, "sub": "before"})
         assert r.status_code == 200, (i, r.text)
+    # Each node's keeper, spoken to raw as its front does: its own refusal, not the front's.
+    keepers = {i: Keeper(cluster.node(i)) for i in (1, 3)}
+    message = b"keeper of another node"
     streams = [Stream(cluster.node(i)) for i in (1, 2, 3)]
     try:
+        for i, k in keepers.items():
+            assert k.request(OP_SIGN, bytes.fromhex(kid) + message)[:2] == (OP_SIGN, 0), i
         for s in streams:
             assert s.status == 200
             s.wait(lambda st: len(st.events) >= 1)
@@ -211,6 +217,13 @@ def test_a_key_revoked_on_any_node_is_refused_by_every_node_and_streamed_to_all(
         assert r.status_code == 200, r.text
         t0 = time.monotonic()
         seq = r.json()["revocation_seq"] if "revocation_seq" in r.json() else None
+        for i, k in keepers.items():
+            def keeper_refuses(k=k):
+                got = k.request(OP_SIGN, bytes.fromhex(kid) + message)
+                return got == (OP_SIGN, KEY_NOT_FOUND, NO_CKR) or None
+            ok, took = poll(keeper_refuses)
+            assert ok, "node %d's keeper still signs with the revoked kid after %.3f s" % (i, took)
+            print("revocation refused by node %d's keeper: %.3f s" % (i, time.monotonic() - t0))
         for i in (1, 3):
             def refused(i=i):
                 m = cluster.node(i).post("/v1/tokens", {"kid": kid, "sub": "after"})
@@ -230,6 +243,8 @@ def test_a_key_revoked_on_any_node_is_refused_by_every_node_and_streamed_to_all(
     finally:
         for s in streams:
             s.close()
+        for k in keepers.values():
+            k.close()
 
 
 def test_revocations_from_all_nodes_take_one_global_sequence_without_gap_or_duplicate(cluster):
