@@ -24,7 +24,7 @@ import requests
 
 from cluster import BackendNotBuilt, Cluster
 from test_audit import PROVISION
-from test_privsep import KEY_NOT_FOUND, NO_CKR, OP_SIGN, Keeper
+from test_privsep import KEY_NOT_FOUND, NO_CKR, OP_SIGN, Keeper, verify_rs256
 from test_revocation_feed import Stream
 from test_token_control import payload_of, set_bits, status_list
 
@@ -180,11 +180,14 @@ def test_three_nodes_are_ready_and_a_key_made_on_one_is_listed_by_another(cluste
 
 
 def test_a_key_made_on_a_signs_and_mints_on_b_at_once_and_is_in_every_jwks(cluster):
-    kid = cluster.node(1).create_key(label="a-to-b")["kid"]
+    key = cluster.node(1).create_key(label="a-to-b")
+    kid = key["kid"]
     t0 = time.monotonic()
     # At once: no wait between the create's answer and these.
     r = cluster.node(2).post("/v1/keys/%s/sign" % kid, {"payload": b64u(b"cluster")})
     assert r.status_code == 200, r.text
+    sig = r.json()["signature"]
+    verify_rs256(key["jwk"], base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)), b"cluster")
     r = cluster.node(3).post("/v1/tokens", {"kid": kid, "sub": "b"})
     assert r.status_code == 200, r.text
     assert payload_of(r.json()["token"])["sub"] == "b"
