@@ -434,7 +434,8 @@ static int hsm_session_lost(CK_RV rv)
            rv == CKR_USER_NOT_LOGGED_IN;
 }
 
-/* ---- finding objects (never on the signing path) --------------------------------------- */
+/* ---- finding objects (on the signing path only for a kid not cached yet)
+ * -------------------------------- */
 
 typedef void (*hsm_found_fn)(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg);
 
@@ -691,65 +692,31 @@ sk_status hsm_generate(hsm *h, const sk_kid *kid, unsigned bits)
     return SK_OK;
 }
 
-/* Copies the cached handles of kid; SK_ERR_KEY_NOT_FOUND when absent. */
-/* What a search for one kid's halves found (hsm_lookup's miss path). */
-typedef struct {
-    CK_OBJECT_HANDLE priv, pub;
-    CK_ULONG mod_len;
-} hsm_found_pair;
-
-static void hsm_found_private(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg)
-{
-    hsm_found_pair *p = arg;
-    sk_kid kid;
-    CK_ULONG mod_len = 0;
-    if (p->priv == CK_INVALID_HANDLE && hsm_read_id(h, s, o, &kid, &mod_len) == 0 && mod_len > 0 &&
-        mod_len <= SK_SIG_MAX) {
-        p->priv = o;
-        p->mod_len = mod_len;
-    }
-}
-
-static void hsm_found_public(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg)
-{
-    (void)h, (void)s;
-    hsm_found_pair *p = arg;
-    if (p->pub == CK_INVALID_HANDLE)
-        p->pub = o;
-}
-
-/* A kid missing from the cache is looked up in the token once: on a token shared by
- * several nodes (cluster mode, a network HSM partition) another node's keeper made it
- * after this one loaded its cache. Only asked for kids the registry holds as active (the
- * keeper checks before it signs), so an unknown kid costs no search. */
-static sk_status hsm_lookup_token(hsm *h, const sk_kid *kid)
+/* Looks kid up in the token by CKA_ID and caches what it finds: a key another process
+ * generated after this one filled its cache at hsm_open (a cluster's nodes share one
+ * token, or one HA partition, and each keeper learns the others' keys on first use). The
+ * caller (hsm_lookup) saw no slot; another thread may have loaded it meanwhile. */
+static sk_status hsm_load(hsm *h, const sk_kid *kid)
 {
     CK_SESSION_HANDLE s;
     sk_status st = hsm_session(h, &s);
     if (st != SK_OK)
         return st;
-    hsm_found_pair p = {CK_INVALID_HANDLE, CK_INVALID_HANDLE, 0};
-    st = hsm_find_each(h, s, CKO_PRIVATE_KEY, kid, hsm_found_private, &p);
-    if (st == SK_OK)
-        st = hsm_find_each(h, s, CKO_PUBLIC_KEY, kid, hsm_found_public, &p);
-    if (st != SK_OK)
-        return st;
-    if (p.priv == CK_INVALID_HANDLE)
-        return hsm_tl_ckr = 0, SK_ERR_KEY_NOT_FOUND;
     pthread_rwlock_wrlock(&h->cache_mu);
-    hsm_slot *slot = hsm_cache_find(h, kid);
-    if (slot == NULL && (slot = hsm_cache_put(h, kid)) != NULL) {
-        slot->priv = p.priv;
-        slot->pub = p.pub;
-        slot->sig_len = (unsigned)p.mod_len;
+    if (hsm_cache_find(h, kid) == NULL) {
+        st = hsm_find_each(h, s, CKO_PRIVATE_KEY, kid, hsm_cache_private, NULL);
+        if (st == SK_OK)
+            st = hsm_find_each(h, s, CKO_PUBLIC_KEY, kid, hsm_cache_public, NULL);
     }
     pthread_rwlock_unlock(&h->cache_mu);
-    return SK_OK;
+    return st;
 }
 
+/* Copies the cached handles of kid, looking it up in the token once on a miss;
+ * SK_ERR_KEY_NOT_FOUND when the token has no such key. */
 static sk_status hsm_lookup(hsm *h, const sk_kid *kid, hsm_slot *copy)
 {
-    for (int tries = 0; tries < 2; tries++) {
+    for (int pass = 0; pass < 2; pass++) {
         pthread_rwlock_rdlock(&h->cache_mu);
         hsm_slot *s = hsm_cache_find(h, kid);
         if (s != NULL)
@@ -757,8 +724,8 @@ static sk_status hsm_lookup(hsm *h, const sk_kid *kid, hsm_slot *copy)
         pthread_rwlock_unlock(&h->cache_mu);
         if (s != NULL)
             return SK_OK;
-        if (tries == 0) {
-            sk_status st = hsm_lookup_token(h, kid);
+        if (pass == 0) {
+            sk_status st = hsm_load(h, kid);
             if (st != SK_OK)
                 return st;
         }

@@ -29,7 +29,6 @@
 #include "appliance/kproto/keeper.h"
 #include "appliance/store/credentials.h"
 #include "appliance/store/registry.h"
-#include "appliance/store/sdb.h"
 #include "appliance/store/tokstate.h"
 
 #include <signal.h>
@@ -60,40 +59,6 @@ static void front_fail_set(front_fail *f, const char *what, const char *msg)
 /* Serves HTTPS with the token reached through k. announce: print the "listening" line on
  * stdout (the first start only: nobody reads stdout after that). ready_fd: where to write
  * one byte once serving. Returns the exit status. */
-/* Makes sure the service keys exist. A cluster's nodes share one token and may all start
- * at once: each keeper would find no key and generate its own under the same reserved id
- * (three publication keys, feeds that verify under one of them only). So on PostgreSQL the
- * nodes take turns under a cluster-wide lock, and a keeper that finds no key in its cache
- * looks in the token (hsm_lookup) before it generates: the first node makes each key, the
- * others find it. One node on SQLite: nobody to wait for. */
-static void front_service_keys(const cfg *c, kp *k)
-{
-    char err[512];
-    sdb *db = NULL;
-    if (sdb_is_postgres(c->database)) {
-        /* Long enough for another node's two RSA-3072 generations on a slow token. */
-        if (sdb_open(c->database, 0, 120000, &db, err, sizeof(err)) != SDB_OK ||
-            sdb_begin_write(db, SDB_LOCK_SERVICE_KEYS, err, sizeof(err)) != SDB_OK) {
-            fprintf(stderr, "signd: warning: service keys made without the cluster's lock: %s\n",
-                    err);
-            sdb_close(db);
-            db = NULL;
-        }
-    }
-    for (kp_svc svc = 0; svc < KP_SVC_COUNT_; svc++) {
-        sk_pubkey pub;
-        sk_status st = kp_svc_public_key(k, svc, &pub);
-        if (st != SK_OK)
-            fprintf(stderr, "signd: warning: service key %d not ready: %s\n", (int)svc,
-                    sk_strerror(st));
-    }
-    if (db != NULL) {
-        if (sdb_commit(db, err, sizeof(err)) != SDB_OK)
-            sdb_rollback(db);
-        sdb_close(db);
-    }
-}
-
 static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *a,
                      const char *conf_hash)
 {
@@ -142,7 +107,13 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
     /* The service keys exist before anything is served (made now on a new token, under the
      * generation's deadline): a checkpoint or a feed then waits for a signature only, which
      * keeper_timeout_ms bounds. */
-    front_service_keys(c, k);
+    for (kp_svc svc = 0; svc < KP_SVC_COUNT_; svc++) {
+        sk_pubkey pub;
+        sk_status st = kp_svc_public_key(k, svc, &pub);
+        if (st != SK_OK)
+            fprintf(stderr, "signd: warning: service key %d not ready: %s\n", (int)svc,
+                    sk_strerror(st));
+    }
 
     if (cred_open(c->database, &cs) != CRED_OK) {
         front_fail_set(&f, c->database, cred_last_error());

@@ -7,6 +7,7 @@
 #include "appliance/kproto/kproto.h"
 #include "appliance/keeper/kstate.h"
 #include "appliance/store/registry.h"
+#include "appliance/store/sdb.h"
 #include "hsm/hsm.h"
 #include "jose/jose.h"
 #include "base/hex.h"
@@ -128,6 +129,39 @@ struct kpd {
 };
 
 /* ---- one request ------------------------------------------------------------------------- */
+
+/* A service key's public half, the key made on first use (kp_svc_hsm_public_key). The
+ * nodes of a cluster share one token and may all start at the same moment: there the
+ * first use runs under a cluster-wide lock (SDB_LOCK_SERVICE_KEYS, a transaction on the
+ * shared database that writes nothing), so one keeper generates the key and every other
+ * finds it in the token (hsm_lookup looks there on a miss), never two keys under the one
+ * kid. One node (SQLite) has one keeper, whose threads the in-process mutex orders. */
+/* How long a keeper waits for another node's keeper generating a service key (RSA-3072
+ * in a busy token takes seconds). */
+#define KPD_SVC_LOCK_MS 30000
+
+static sk_status kpd_svc_public_key(kpd *d, kp_svc svc, sk_pubkey *pub)
+{
+    sk_kid kid;
+    unsigned bits;
+    if (kp_svc_params(svc, &kid, &bits) != SK_OK)
+        return SK_ERR_BAD_ARGUMENT;
+    sk_status st = hsm_public_key(d->h, &kid, pub);
+    if (st != SK_ERR_KEY_NOT_FOUND || !sdb_is_postgres(d->db_path))
+        return st == SK_ERR_KEY_NOT_FOUND ? kp_svc_hsm_public_key(d->h, svc, pub) : st;
+    sdb *db = NULL;
+    char err[256];
+    if (sdb_open(d->db_path, 0, KPD_SVC_LOCK_MS, &db, err, sizeof(err)) != SDB_OK ||
+        sdb_begin_write(db, SDB_LOCK_SERVICE_KEYS, err, sizeof(err)) != SDB_OK) {
+        fprintf(stderr, "signd-keeper: service key: cannot take the cluster's lock: %s\n", err);
+        sdb_close(db);
+        return SK_ERR_DEVICE; /* the caller asks again later: nothing was generated */
+    }
+    st = kp_svc_hsm_public_key(d->h, svc, pub);
+    sdb_rollback(db); /* wrote nothing: ending the transaction releases the lock */
+    sdb_close(db);
+    return st;
+}
 
 /* Re-reads the active set when the file changed since the last look (or was never read).
  * Caller holds refresh_mu. 0, or -1 when the registry cannot be read: the set is then
@@ -457,8 +491,8 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
     case KPP_OP_AUDIT_PUBKEY:
     case KPP_OP_PUBLISH_PUBKEY: {
         sk_pubkey pub; /* created on first use */
-        st = kp_svc_hsm_public_key(
-            d->h, q->op == KPP_OP_AUDIT_PUBKEY ? KP_SVC_AUDIT : KP_SVC_PUBLISH, &pub);
+        st = kpd_svc_public_key(d, q->op == KPP_OP_AUDIT_PUBKEY ? KP_SVC_AUDIT : KP_SVC_PUBLISH,
+                                &pub);
         ckr = kpd_ckr(st); /* a valid kp_svc: every failure is a token call's */
         if (st == SK_OK)
             len = kpp_encode_pubkey_reply(rep, cap, q->op, &pub);

@@ -4,11 +4,6 @@
 
 #include "appliance/store/chain.h"
 #include "appliance/store/sdb.h"
-#ifndef chn_append_tx
-/* The audit chain's storage (chain.h) still takes SQLite's own handle: reg_chain_db hands
- * it the connection's until chain.h takes an sdb (its transition macro is defined then). */
-#include "appliance/store/sdb_impl.h"
-#endif
 #include "base/clock.h"
 #include "base/errbuf.h"
 #include "base/names.h"
@@ -523,22 +518,12 @@ static reg_status reg_notify(reg *r, const sk_kid *kid)
     return REG_OK;
 }
 
-/* The audit chain's handle: the registry's connection, in the registry's transaction.
- * Built against a chain.h that still takes SQLite's handle, there is none on PostgreSQL:
- * the events are then not written (reg_chain_db NULL). */
-#ifdef chn_append_tx
+/* The audit chain's handle: the registry's connection, in the registry's transaction. */
 typedef sdb reg_chain_handle;
 static reg_chain_handle *reg_chain_db(reg *r)
 {
     return r->db;
 }
-#else
-typedef sqlite3 reg_chain_handle;
-static reg_chain_handle *reg_chain_db(reg *r)
-{
-    return sdb_kind_of(r->db) == SDB_SQLITE ? r->db->lite : NULL;
-}
-#endif
 
 /* A text column into dst, as db_col_text was: 0, or -1 when NULL or too long. */
 static int reg_col_text(sdb_stmt *s, int col, char *dst, size_t cap)
