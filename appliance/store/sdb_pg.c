@@ -842,12 +842,8 @@ sdb_status sdbpg_wait(sdb *db, int timeout_ms)
     }
     if (pg_drain(p))
         return SDB_ROW;
-    /* Also with no timeout: a note the server sent sits in the socket until libpq reads
-     * it, and PQnotifies sees only what was read. A connection that runs no query between
-     * two looks (the keeper's registry reader) would otherwise never see one. poll() with
-     * 0 does not block. */
-    if (timeout_ms < 0)
-        timeout_ms = 0;
+    if (timeout_ms <= 0)
+        return SDB_OK;
     struct pollfd pfd = {.fd = PQsocket(p->c), .events = POLLIN};
     int rc;
     do
