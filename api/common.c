@@ -1,7 +1,6 @@
 /* api: the error table, strict JSON parsing and response helpers. See api.h. */
 #include "api/api.h"
 
-#include "appliance/store/db.h"
 #include "appliance/store/sdb.h"
 
 #include "jose/jose.h"
@@ -115,13 +114,10 @@ api_err api_fail(api_resp *r, api_err e, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(r->errmsg, sizeof(r->errmsg), fmt, ap);
     va_end(ap);
-    /* A store failed because another connection held the database past the busy timeout
-     * (db.h), or the store could not reach its database (sdb.h): worth a retry, so 503
-     * with Retry-After rather than 500. Both notes are read (and cleared): stores on the
-     * two interfaces live side by side until every one is on sdb. */
-    int gave_up = db_busy_gave_up();
-    gave_up |= sdb_gave_up();
-    if (e == API_ERR_STORAGE && gave_up) {
+    /* A store failed because another connection held the database past the busy timeout,
+     * or the store could not reach its database (sdb.h): worth a retry, so 503 with
+     * Retry-After rather than 500. */
+    if (e == API_ERR_STORAGE && sdb_gave_up()) {
         api_header(r, "Retry-After: %u", API_HSM_RETRY_AFTER);
         snprintf(r->errmsg, sizeof(r->errmsg), "the database stayed locked: retry later");
         return API_ERR_STORAGE_UNAVAILABLE;

@@ -269,8 +269,11 @@ api_err api_credentials_revoke(const api_req *q, api_resp *r)
                         "this is the last active admin credential: create another first");
     }
     if (st == CRED_OK)
-        st = cred_revoke(q->env->creds, q->id, q->now, &rec);
+        st = cred_revoke_keeping_an_admin(q->env->creds, q->id, q->now, &rec);
     pthread_mutex_unlock(&api_admin_mu);
+    if (st == CRED_ERR_LAST_ADMIN) /* the last one cluster-wide, counted in the database */
+        return api_fail(r, API_ERR_LAST_ADMIN,
+                        "this is the last active admin credential: create another first");
     if (st == CRED_ERR_NOT_FOUND)
         return api_fail(r, API_ERR_CREDENTIAL_NOT_FOUND, "no credential with this id");
     if (st != CRED_OK)

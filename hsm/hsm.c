@@ -434,7 +434,8 @@ static int hsm_session_lost(CK_RV rv)
            rv == CKR_USER_NOT_LOGGED_IN;
 }
 
-/* ---- finding objects (never on the signing path) --------------------------------------- */
+/* ---- finding objects (on the signing path only for a kid not cached yet)
+ * -------------------------------- */
 
 typedef void (*hsm_found_fn)(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void *arg);
 
@@ -691,19 +692,46 @@ sk_status hsm_generate(hsm *h, const sk_kid *kid, unsigned bits)
     return SK_OK;
 }
 
-/* Copies the cached handles of kid; SK_ERR_KEY_NOT_FOUND when absent. */
+/* Looks kid up in the token by CKA_ID and caches what it finds: a key another process
+ * generated after this one filled its cache at hsm_open (a cluster's nodes share one
+ * token, or one HA partition, and each keeper learns the others' keys on first use). The
+ * caller (hsm_lookup) saw no slot; another thread may have loaded it meanwhile. */
+static sk_status hsm_load(hsm *h, const sk_kid *kid)
+{
+    CK_SESSION_HANDLE s;
+    sk_status st = hsm_session(h, &s);
+    if (st != SK_OK)
+        return st;
+    pthread_rwlock_wrlock(&h->cache_mu);
+    if (hsm_cache_find(h, kid) == NULL) {
+        st = hsm_find_each(h, s, CKO_PRIVATE_KEY, kid, hsm_cache_private, NULL);
+        if (st == SK_OK)
+            st = hsm_find_each(h, s, CKO_PUBLIC_KEY, kid, hsm_cache_public, NULL);
+    }
+    pthread_rwlock_unlock(&h->cache_mu);
+    return st;
+}
+
+/* Copies the cached handles of kid, looking it up in the token once on a miss;
+ * SK_ERR_KEY_NOT_FOUND when the token has no such key. */
 static sk_status hsm_lookup(hsm *h, const sk_kid *kid, hsm_slot *copy)
 {
-    pthread_rwlock_rdlock(&h->cache_mu);
-    hsm_slot *s = hsm_cache_find(h, kid);
-    if (s != NULL)
-        *copy = *s;
-    pthread_rwlock_unlock(&h->cache_mu);
-    if (s == NULL) {
-        hsm_tl_ckr = 0;
-        return SK_ERR_KEY_NOT_FOUND;
+    for (int pass = 0; pass < 2; pass++) {
+        pthread_rwlock_rdlock(&h->cache_mu);
+        hsm_slot *s = hsm_cache_find(h, kid);
+        if (s != NULL)
+            *copy = *s;
+        pthread_rwlock_unlock(&h->cache_mu);
+        if (s != NULL)
+            return SK_OK;
+        if (pass == 0) {
+            sk_status st = hsm_load(h, kid);
+            if (st != SK_OK)
+                return st;
+        }
     }
-    return SK_OK;
+    hsm_tl_ckr = 0;
+    return SK_ERR_KEY_NOT_FOUND;
 }
 
 sk_status hsm_sign_rs256(hsm *h, const sk_kid *kid, const void *msg, size_t msg_len,

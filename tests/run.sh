@@ -23,8 +23,7 @@ STORE_SUITES="test_registry test_credentials test_tokstate test_chain test_core_
 	test_core_mint test_core_publish test_reconcile test_keeperd"
 # Those whose store is not ported to sdb yet (issue 20): skipped on PostgreSQL, named in
 # the output; SIGND_TEST_PENDING=1 runs them anyway (their failures then count).
-PENDING_ON_POSTGRES="test_core_keys
-	test_core_mint test_core_publish"
+PENDING_ON_POSTGRES=""
 
 if [ "$what" = all ] || [ "$what" = unit ]; then
 	for t in "${SIGND_BUILD:-build}"/tests/test_*; do

@@ -1,7 +1,6 @@
 /* srv: CivetWeb, routing, authentication, responses. See server.h. */
 #include "appliance/front/server.h"
 
-#include "appliance/store/db.h"
 #include "appliance/store/sdb.h"
 #include "appliance/common/jlog.h"
 #include "appliance/common/metrics.h"
@@ -798,7 +797,6 @@ static int srv_route_request(struct mg_connection *c, srv *s, srv_outcome *o)
     /* What the handler changes is recorded with the caller as actor (audit.h). */
     chn_set_actor(q.caller ? q.caller->id : NULL);
     /* An earlier request's lock wait on this thread is not ours. */
-    (void)db_busy_gave_up();
     (void)sdb_gave_up();
     api_err e = route->handler(&q, &r);
     chn_set_actor(NULL);

@@ -7,6 +7,7 @@
 #include "appliance/kproto/kproto.h"
 #include "appliance/keeper/kstate.h"
 #include "appliance/store/registry.h"
+#include "appliance/store/sdb.h"
 #include "hsm/hsm.h"
 #include "jose/jose.h"
 #include "base/hex.h"
@@ -36,6 +37,7 @@
 #define KPD_LIST_CAP 8192
 #define KPD_BACKLOG 64
 #define KPD_PROBE "readyz"
+#define KPD_OPEN_TRIES 10 /* token_not_found: 200 ms apart, 2 s in all (kpd_open) */
 /* How long accept waits after running out of file descriptors or memory. */
 #define KPD_ACCEPT_PAUSE_NS (100 * 1000 * 1000L)
 
@@ -127,6 +129,39 @@ struct kpd {
 };
 
 /* ---- one request ------------------------------------------------------------------------- */
+
+/* A service key's public half, the key made on first use (kp_svc_hsm_public_key). The
+ * nodes of a cluster share one token and may all start at the same moment: there the
+ * first use runs under a cluster-wide lock (SDB_LOCK_SERVICE_KEYS, a transaction on the
+ * shared database that writes nothing), so one keeper generates the key and every other
+ * finds it in the token (hsm_lookup looks there on a miss), never two keys under the one
+ * kid. One node (SQLite) has one keeper, whose threads the in-process mutex orders. */
+/* How long a keeper waits for another node's keeper generating a service key (RSA-3072
+ * in a busy token takes seconds). */
+#define KPD_SVC_LOCK_MS 30000
+
+static sk_status kpd_svc_public_key(kpd *d, kp_svc svc, sk_pubkey *pub)
+{
+    sk_kid kid;
+    unsigned bits;
+    if (kp_svc_params(svc, &kid, &bits) != SK_OK)
+        return SK_ERR_BAD_ARGUMENT;
+    sk_status st = hsm_public_key(d->h, &kid, pub);
+    if (st != SK_ERR_KEY_NOT_FOUND || !sdb_is_postgres(d->db_path))
+        return st == SK_ERR_KEY_NOT_FOUND ? kp_svc_hsm_public_key(d->h, svc, pub) : st;
+    sdb *db = NULL;
+    char err[256];
+    if (sdb_open(d->db_path, 0, KPD_SVC_LOCK_MS, &db, err, sizeof(err)) != SDB_OK ||
+        sdb_begin_write(db, SDB_LOCK_SERVICE_KEYS, err, sizeof(err)) != SDB_OK) {
+        fprintf(stderr, "signd-keeper: service key: cannot take the cluster's lock: %s\n", err);
+        sdb_close(db);
+        return SK_ERR_DEVICE; /* the caller asks again later: nothing was generated */
+    }
+    st = kp_svc_hsm_public_key(d->h, svc, pub);
+    sdb_rollback(db); /* wrote nothing: ending the transaction releases the lock */
+    sdb_close(db);
+    return st;
+}
 
 /* Re-reads the active set when the file changed since the last look (or was never read).
  * Caller holds refresh_mu. 0, or -1 when the registry cannot be read: the set is then
@@ -456,8 +491,8 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
     case KPP_OP_AUDIT_PUBKEY:
     case KPP_OP_PUBLISH_PUBKEY: {
         sk_pubkey pub; /* created on first use */
-        st = kp_svc_hsm_public_key(
-            d->h, q->op == KPP_OP_AUDIT_PUBKEY ? KP_SVC_AUDIT : KP_SVC_PUBLISH, &pub);
+        st = kpd_svc_public_key(d, q->op == KPP_OP_AUDIT_PUBKEY ? KP_SVC_AUDIT : KP_SVC_PUBLISH,
+                                &pub);
         ckr = kpd_ckr(st); /* a valid kp_svc: every failure is a token call's */
         if (st == SK_OK)
             len = kpp_encode_pubkey_reply(rep, cap, q->op, &pub);
@@ -1031,6 +1066,16 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
     };
     unsigned long ckr = 0;
     sk_status st = hsm_open(&hc, &d->h, &ckr);
+    /* A token shared by several nodes (cluster mode; SoftHSM2's token directory standing
+     * in for a network HSM partition) may read as uninitialised for a moment while
+     * another node's keeper rewrites its files: look again before giving up. */
+    for (int tries = 0; st == SK_ERR_TOKEN_NOT_FOUND && tries < KPD_OPEN_TRIES; tries++) {
+        struct timespec pause = {0, 200 * 1000 * 1000};
+        if (tries == 0)
+            KPD_LOG("no initialised token matches yet: looking again for 2 s\n");
+        nanosleep(&pause, NULL);
+        st = hsm_open(&hc, &d->h, &ckr);
+    }
     if (st != SK_OK) {
         cfg_errorf(err, errlen, "%s: %s (token %s, module %s, PKCS#11 rv 0x%lx)",
                    sk_status_name(st), sk_strerror(st), hc.token,

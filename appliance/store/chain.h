@@ -108,18 +108,4 @@ int chn_head(sdb *db, uint64_t *seq, char hash[CHN_HASH_HEX + 1]);
 int chn_append_tx(sdb *db, int64_t time, const char *action, const char *kid_hex, json_t *details,
                   char *err, size_t errlen);
 
-/* TRANSITION, until every store is on sdb.h: a store still on its own sqlite3 connection
- * calls chn_schema and chn_append_tx with it, and gets these (the same, on that
- * connection). Remove with the last sqlite3 store. */
-struct sqlite3;
-int chn_schema_lite(struct sqlite3 *db, char *err, size_t errlen);
-int chn_append_tx_lite(struct sqlite3 *db, int64_t time, const char *action, const char *kid_hex,
-                       json_t *details, char *err, size_t errlen);
-#define chn_schema(db, ...)                                                                        \
-    _Generic((db), struct sqlite3 * : chn_schema_lite, default : (chn_schema))(db, __VA_ARGS__)
-#define chn_append_tx(db, ...)                                                                     \
-    _Generic((db), struct sqlite3 *                                                                \
-             : chn_append_tx_lite, default                                                         \
-             : (chn_append_tx))(db, __VA_ARGS__)
-
 #endif

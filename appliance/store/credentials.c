@@ -72,6 +72,7 @@ static const char *const cred_status_names[CRED_ERR_COUNT_] = {
     [CRED_ERR_REVOKED] = "the credential is revoked",
     [CRED_ERR_INVALID] = "invalid argument",
     [CRED_ERR_IO] = "the credentials could not be read or written",
+    [CRED_ERR_LAST_ADMIN] = "the last active admin credential",
 };
 
 static const char cred_schema_lite[] =
@@ -803,7 +804,27 @@ static cred_status cred_sql_revoked_at(cred_store *cs, const char *id, int64_t *
     return st;
 }
 
-cred_status cred_revoke(cred_store *cs, const char *id, int64_t now, cred_record *out)
+/* In cred_revoke's transaction, after its UPDATE: CRED_OK when an admin is still active
+ * in the database, else CRED_ERR_LAST_ADMIN (the caller rolls back). */
+static cred_status cred_other_admin_tx(cred_store *cs)
+{
+    sdb_stmt *q;
+    cred_status st =
+        cred_prepare(cs, "SELECT count(*) FROM credentials WHERE role = ?1 AND revoked_at = 0", &q,
+                     "count admins");
+    if (st != CRED_OK)
+        return st;
+    sdb_bind_text(q, 1, cred_role_name(CRED_ROLE_ADMIN), -1);
+    sdb_status rc = sdb_step(q);
+    int64_t n = rc == SDB_ROW ? sdb_column_int64(q, 0) : -1;
+    if (rc != SDB_ROW)
+        st = cred_fail(cs->path, CRED_ERR_IO, "count admins: %s", sdb_stmt_error(q));
+    sdb_finalize(q);
+    return st != CRED_OK ? st : n > 0 ? CRED_OK : CRED_ERR_LAST_ADMIN;
+}
+
+static cred_status cred_revoke_as(cred_store *cs, const char *id, int64_t now, int keep_admin,
+                                  cred_record *out)
 {
     if (cs == NULL || id == NULL || now < 0)
         return CRED_ERR_INVALID;
@@ -831,6 +852,8 @@ cred_status cred_revoke(cred_store *cs, const char *id, int64_t now, cred_record
             st = cred_step_done(cs, q, "revoke credential");
         }
         int first = st == CRED_OK && sdb_changes(cs->db) == 1;
+        if (first && keep_admin && cs->rows[s].rec.role == CRED_ROLE_ADMIN)
+            st = cred_other_admin_tx(cs);
         if (st == CRED_OK && !first)
             st = cred_sql_revoked_at(cs, cs->rows[s].rec.id, &at);
         if (st == CRED_OK && at <= 0)
@@ -855,6 +878,17 @@ cred_status cred_revoke(cred_store *cs, const char *id, int64_t now, cred_record
     }
     pthread_mutex_unlock(&cs->write_mu);
     return st;
+}
+
+cred_status cred_revoke(cred_store *cs, const char *id, int64_t now, cred_record *out)
+{
+    return cred_revoke_as(cs, id, now, 0, out);
+}
+
+cred_status cred_revoke_keeping_an_admin(cred_store *cs, const char *id, int64_t now,
+                                         cred_record *out)
+{
+    return cred_revoke_as(cs, id, now, 1, out);
 }
 
 /* ---- reads: from memory only, under the read lock ------------------------------------- */

@@ -67,11 +67,12 @@
 
 typedef enum {
     CRED_OK = 0,
-    CRED_ERR_NOT_FOUND, /* no credential with this id */
-    CRED_ERR_UNKNOWN,   /* authentication failed: malformed, unknown id or wrong secret */
-    CRED_ERR_REVOKED,   /* authentication with the right secret of a revoked credential */
-    CRED_ERR_INVALID,   /* a caller error: bad role, label, kid list, max_ttl, argument */
-    CRED_ERR_IO,        /* the database or randomness failed, or a bad row: cred_last_error() */
+    CRED_ERR_NOT_FOUND,  /* no credential with this id */
+    CRED_ERR_UNKNOWN,    /* authentication failed: malformed, unknown id or wrong secret */
+    CRED_ERR_REVOKED,    /* authentication with the right secret of a revoked credential */
+    CRED_ERR_INVALID,    /* a caller error: bad role, label, kid list, max_ttl, argument */
+    CRED_ERR_IO,         /* the database or randomness failed, or a bad row: cred_last_error() */
+    CRED_ERR_LAST_ADMIN, /* cred_revoke: the last active admin credential, on every node */
     CRED_ERR_COUNT_
 } cred_status;
 
@@ -174,6 +175,13 @@ cred_status cred_create(cred_store *cs, const cred_spec *spec, int64_t now,
  * revoked_at). *out (may be NULL) receives the record as it stands afterwards.
  * CRED_ERR_NOT_FOUND for an unknown id, CRED_ERR_INVALID for NULL. */
 cred_status cred_revoke(cred_store *cs, const char *id, int64_t now, cred_record *out);
+
+/* cred_revoke, but CRED_ERR_LAST_ADMIN (nothing changed) when id is an active admin and no
+ * other admin is active in the database: counted inside the locked transaction, so two
+ * nodes revoking two admins at once cannot leave none (either node's mirror may not have
+ * seen the other's revocation yet). The API's DELETE /v1/credentials/{id}. */
+cred_status cred_revoke_keeping_an_admin(cred_store *cs, const char *id, int64_t now,
+                                         cred_record *out);
 
 /* Copies id's record to *out (may be NULL: an existence check). CRED_ERR_NOT_FOUND. */
 cred_status cred_get(cred_store *cs, const char *id, cred_record *out);

@@ -4,11 +4,6 @@
 
 #include "appliance/store/chain.h"
 #include "appliance/store/sdb.h"
-#ifndef chn_append_tx
-/* The audit chain's storage (chain.h) still takes SQLite's own handle: reg_chain_db hands
- * it the connection's until chain.h takes an sdb (its transition macro is defined then). */
-#include "appliance/store/sdb_impl.h"
-#endif
 #include "base/clock.h"
 #include "base/errbuf.h"
 #include "base/names.h"
@@ -523,22 +518,12 @@ static reg_status reg_notify(reg *r, const sk_kid *kid)
     return REG_OK;
 }
 
-/* The audit chain's handle: the registry's connection, in the registry's transaction.
- * Built against a chain.h that still takes SQLite's handle, there is none on PostgreSQL:
- * the events are then not written (reg_chain_db NULL). */
-#ifdef chn_append_tx
+/* The audit chain's handle: the registry's connection, in the registry's transaction. */
 typedef sdb reg_chain_handle;
 static reg_chain_handle *reg_chain_db(reg *r)
 {
     return r->db;
 }
-#else
-typedef sqlite3 reg_chain_handle;
-static reg_chain_handle *reg_chain_db(reg *r)
-{
-    return sdb_kind_of(r->db) == SDB_SQLITE ? r->db->lite : NULL;
-}
-#endif
 
 /* A text column into dst, as db_col_text was: 0, or -1 when NULL or too long. */
 static int reg_col_text(sdb_stmt *s, int col, char *dst, size_t cap)
@@ -1104,6 +1089,16 @@ static reg_status reg_refresh_locked(reg *r)
     return st;
 }
 
+/* After one try of a write decided on the mirror: 1 when the mirror may have lagged
+ * another node's change (the database's WHERE found nothing to change, REG_STALE_, or
+ * the kid was missing) on the first try, and the mirror was reloaded, so the caller
+ * decides once more; 0 to stop there. Caller holds write_mu. */
+static int reg_try_again(reg *r, reg_status st, int attempt)
+{
+    return attempt == 0 && (st == REG_STALE_ || st == REG_ERR_NOT_FOUND) &&
+           reg_refresh_locked(r) == REG_OK;
+}
+
 reg_status reg_refresh(reg *r)
 {
     if (r == NULL)
@@ -1430,9 +1425,9 @@ reg_status reg_rotate(reg *r, const sk_kid *old_kid, const reg_key *successor, i
             st = reg_mirror_room(r, 1, 0);
         if (st == REG_OK)
             st = reg_sql_rotate(r, old_kid, successor, retire_at, &row.id);
-        if (attempt > 0 || (st != REG_STALE_ && st != REG_ERR_NOT_FOUND && st != REG_ERR_STATE))
-            break;
-        if (reg_refresh_locked(r) != REG_OK)
+        if (st == REG_ERR_STATE) /* a rotation's check reads the state the mirror holds */
+            st = REG_STALE_;
+        if (!reg_try_again(r, st, attempt))
             break;
         st = REG_OK;
     }
@@ -1554,9 +1549,7 @@ reg_status reg_revoke(reg *r, const sk_kid *kid, const char *reason, int64_t now
             st = reg_sql_revoke(r, kid, reason, now, &seq);
         /* Not in the mirror, or the database disagrees: another node's change the mirror
          * has not seen yet. Refreshed once, decided again. */
-        if (attempt > 0 || (st != REG_STALE_ && st != REG_ERR_NOT_FOUND))
-            break;
-        if (reg_refresh_locked(r) != REG_OK)
+        if (!reg_try_again(r, st, attempt))
             break;
     }
     if (st == REG_STALE_)
@@ -1768,9 +1761,7 @@ reg_status reg_mark_broken(reg *r, const sk_kid *kid)
             pthread_rwlock_unlock(&r->mirror_rw);
             reg_slot_active_gone(r);
         }
-        if (attempt > 0 || (st != REG_STALE_ && st != REG_ERR_NOT_FOUND))
-            break;
-        if (reg_refresh_locked(r) != REG_OK)
+        if (!reg_try_again(r, st, attempt))
             break;
     }
     if (st == REG_STALE_)
@@ -1807,9 +1798,7 @@ reg_status reg_delete(reg *r, const sk_kid *kid)
             if (was == REG_ACTIVE)
                 reg_slot_active_gone(r);
         }
-        if (attempt > 0 || (st != REG_STALE_ && st != REG_ERR_NOT_FOUND))
-            break;
-        if (reg_refresh_locked(r) != REG_OK)
+        if (!reg_try_again(r, st, attempt))
             break;
     }
     if (st == REG_STALE_)

@@ -89,7 +89,8 @@ typedef enum {
 #define SDB_LOCK_CREDENTIALS 2
 #define SDB_LOCK_TOKENS 3
 #define SDB_LOCK_AUDIT 4
-#define SDB_LOCK_SCHEMA 5 /* creating or migrating a schema */
+#define SDB_LOCK_SCHEMA 5       /* creating or migrating a schema */
+#define SDB_LOCK_SERVICE_KEYS 6 /* a keeper generating a service key in a shared token */
 
 #define SDB_LOCATOR_MAX 1024
 

@@ -585,6 +585,30 @@ test_a_credential_revoked_on_one_node_stops_authenticating_on_another_after_refr
     cred_close(b);
 }
 
+/* Two admins, each revoked on a node that has not seen the other's revocation: both
+ * mirrors count two active admins, the database counts one, and it decides. */
+static void
+test_the_last_admin_cannot_be_revoked_even_from_a_node_that_has_not_seen_the_other(void **state)
+{
+    testenv_db *t = *state;
+    cred_store *a = open_ok(t), *b = open_ok(t);
+    char s1[CRED_SECRET_MAX], s2[CRED_SECRET_MAX];
+    cred_record r1, r2, got;
+    create_ok(a, CRED_ROLE_ADMIN, NULL, 0, 0, 0, T0, s1, &r1);
+    create_ok(a, CRED_ROLE_ADMIN, NULL, 0, 0, 0, T0, s2, &r2);
+    assert_int_equal(cred_refresh(b), CRED_OK);
+    assert_int_equal(cred_revoke_keeping_an_admin(a, r1.id, T0 + 1, NULL), CRED_OK);
+    assert_int_equal(cred_count_active(b, CRED_ROLE_ADMIN), 2); /* b is stale */
+    assert_int_equal(cred_revoke_keeping_an_admin(b, r2.id, T0 + 2, NULL), CRED_ERR_LAST_ADMIN);
+    /* Nothing changed: the second admin still authenticates, on both. */
+    assert_int_equal(cred_authenticate(b, s2, CRED_SECRET_LEN, &got), CRED_OK);
+    assert_int_equal(cred_refresh(a), CRED_OK);
+    assert_int_equal(cred_authenticate(a, s2, CRED_SECRET_LEN, &got), CRED_OK);
+    assert_int_equal(got.revoked_at, 0);
+    cred_close(a);
+    cred_close(b);
+}
+
 typedef struct {
     cred_store *cs;
     const char *secret;
@@ -658,6 +682,7 @@ int main(void)
         T(test_open_refuses_a_bad_path_and_a_file_that_is_not_sqlite),
         T(test_concurrent_authentication_during_creates_and_revokes),
         T(test_a_credential_revoked_on_one_node_stops_authenticating_on_another_after_refresh),
+        T(test_the_last_admin_cannot_be_revoked_even_from_a_node_that_has_not_seen_the_other),
         T(test_refresh_is_safe_beside_readers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

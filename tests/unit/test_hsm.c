@@ -421,6 +421,30 @@ static void test_reopen_caches_exactly_the_surviving_keys(void **state)
                      SK_ERR_KEY_NOT_FOUND);
 }
 
+/* A cluster's keepers share one token: a key generated through one handle after another
+ * handle filled its cache is looked up in the token on that handle's first use. */
+static void test_a_key_generated_after_open_is_found_in_the_token_on_first_use(void **state)
+{
+    group *g = *state;
+    hsm *other = NULL;
+    assert_int_equal(hsm_open(&g->cfg, &other, NULL), SK_OK);
+    size_t before = hsm_cached_keys(other);
+    sk_kid kid;
+    testenv_kid(&kid);
+    assert_int_equal(hsm_generate(g->h, &kid, 2048), SK_OK);
+    assert_int_equal(hsm_cached_keys(other), before);
+    assert_signs_and_verifies(other, &kid, "made by the other handle");
+    assert_int_equal(hsm_cached_keys(other), before + 1);
+    /* A kid the token does not hold is still not found, and caches nothing. */
+    sk_kid absent;
+    testenv_kid(&absent);
+    uint8_t sig[SK_SIG_MAX];
+    size_t sig_len;
+    assert_int_equal(hsm_sign_rs256(other, &absent, "x", 1, sig, &sig_len), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(hsm_cached_keys(other), before + 1);
+    hsm_close(other);
+}
+
 static void test_list_reports_private_and_public_halves(void **state)
 {
     group *g = *state;
@@ -924,11 +948,15 @@ int main(void)
         cmocka_unit_test(test_eight_threads_sign_at_once_and_every_signature_verifies),
         cmocka_unit_test(test_thread_past_max_sessions_gets_session_count),
     };
+    const struct CMUnitTest shared[] = {
+        cmocka_unit_test(test_a_key_generated_after_open_is_found_in_the_token_on_first_use),
+    };
     int failed = 0;
     failed += cmocka_run_group_tests_name("hsm keys", keys, keys_setup, group_teardown);
     failed +=
         cmocka_run_group_tests_name("hsm lifecycle", lifecycle, lifecycle_setup, group_teardown);
     failed += cmocka_run_group_tests_name("hsm errors", errors, errors_setup, group_teardown);
+    failed += cmocka_run_group_tests_name("hsm shared token", shared, errors_setup, group_teardown);
     failed += cmocka_run_group_tests_name("hsm concurrency", concurrency, concurrency_setup,
                                           group_teardown);
     return failed == 0 ? 0 : 1;
