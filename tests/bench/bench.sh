@@ -288,8 +288,8 @@ cl_setup() {
 		cl_conf "$cl_dir/node$n/appliance.conf"
 	done
 	# node1 first, which makes the mint key; nodes 2 and 3 then find it in the token as they
-	# start (a keeper that started before another node made a key answered key_revoked for
-	# it until the lookup of an unknown kid in the token, branch ctests, is merged).
+	# start (before the keeper looked up a kid missing from its handle cache in the token, a
+	# keeper started before another node made a key answered key_revoked for it).
 	cl_start node1 "$cl_dir/node1/appliance.conf" "${cl_ports[1]}" "$cl_dir/tls/cert.pem"
 	cl_provision "https://127.0.0.1:${cl_ports[1]}" "$cl_dir"
 	for n in 2 3; do
