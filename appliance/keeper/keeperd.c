@@ -166,7 +166,7 @@ static sk_status kpd_svc_public_key(kpd *d, kp_svc svc, sk_pubkey *pub)
 /* Re-reads the active set when the file changed since the last look (or was never read).
  * Caller holds refresh_mu. 0, or -1 when the registry cannot be read: the set is then
  * emptied, so that the keeper fails closed. */
-static int kpd_active_refresh_locked(kpd *d)
+static int kpd_active_refresh_locked(kpd *d, int force)
 {
     atomic_store(&d->checked_ms, clk_now_ms());
     if (d->reader == NULL && reg_reader_open(d->db_path, &d->reader) != REG_OK)
@@ -176,7 +176,7 @@ static int kpd_active_refresh_locked(kpd *d)
     uint64_t v = reg_reader_data_version(d->reader);
     if (v == 0)
         goto fail;
-    if (d->loaded && v == d->data_version)
+    if (d->loaded && v == d->data_version && !force)
         return 0;
     sk_kid *kids = NULL;
     size_t n = 0;
@@ -223,13 +223,17 @@ static int kpd_is_active(kpd *d, const sk_kid *kid, int fresh)
 {
     if (!fresh && clk_now_ms() - atomic_load(&d->checked_ms) >= KPD_ACTIVE_CHECK_MS &&
         pthread_mutex_trylock(&d->refresh_mu) == 0) {
-        kpd_active_refresh_locked(d); /* one thread looks; the others keep signing */
+        kpd_active_refresh_locked(d, 0); /* one thread looks; the others keep signing */
         pthread_mutex_unlock(&d->refresh_mu);
     }
     if (!fresh && kpd_active_has(d, kid))
         return 1;
+    /* On PostgreSQL the version moves when another connection's note has reached this
+     * one, which may be a moment after the commit that made the kid active (the front
+     * answers 201 at its commit): a kid not in the set, or a DESTROY, reads the set
+     * itself. SQLite's data_version moves at the commit. */
     pthread_mutex_lock(&d->refresh_mu);
-    kpd_active_refresh_locked(d);
+    kpd_active_refresh_locked(d, sdb_is_postgres(d->db_path));
     pthread_mutex_unlock(&d->refresh_mu);
     return kpd_active_has(d, kid);
 }
@@ -1085,7 +1089,7 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
     }
     snprintf(d->db_path, sizeof(d->db_path), "%s", c->database);
     /* The registry must be readable now, not at the first signature. */
-    if (kpd_active_refresh_locked(d) != 0) {
+    if (kpd_active_refresh_locked(d, 1) != 0) {
         cfg_errorf(err, errlen, "%s", reg_last_error());
         kpd_free(d);
         return -1;

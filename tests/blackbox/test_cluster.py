@@ -201,6 +201,21 @@ def test_a_key_made_on_a_signs_and_mints_on_b_at_once_and_is_in_every_jwks(clust
         print("jwks on node %d: %.3f s after the create" % (i, took))
 
 
+def test_a_key_made_on_a_node_mints_there_at_once_every_time(cluster):
+    """The node's own keeper knows the key as soon as the create's 201 is out: on
+    PostgreSQL its change note may reach the keeper's connection a moment after the commit,
+    so a kid the keeper's set lacks is read from the database itself (keeperd.c). The
+    bench saw 6 to 23 refusals per 100 fresh keys before."""
+    a = cluster.node(1)
+    refused = []
+    for i in range(20):
+        kid = a.create_key(label="own-%d" % i)["kid"]
+        r = a.post("/v1/tokens", {"kid": kid, "sub": "own"})
+        if r.status_code != 200:
+            refused.append((kid, r.status_code, r.text))
+    assert refused == [], refused
+
+
 def test_a_key_revoked_on_any_node_is_refused_by_every_node_and_streamed_to_all(cluster):
     kid = cluster.node(1).create_key(label="to-revoke")["kid"]
     for i in (1, 2, 3):  # usable everywhere first: the refusal below is the revocation's
