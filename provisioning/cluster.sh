@@ -18,6 +18,9 @@
 #            a PostgreSQL cluster in PGDIR/data owned by the server's account (signd-pg, or
 #            the caller when not root), its socket in PGDIR, peer authentication with every
 #            ACCOUNT mapped to the role signd; the files are rewritten every time
+#        cluster.sh pg-server PGDIR
+#            the server of PGDIR in the foreground, as its account, in a session of its own
+#            (exec: the caller's "$!" is the server's PID; SIGINT stops it)
 #        cluster.sh pg-db PGDIR [PID]
 #            waits for the server on PGDIR's socket (fails at once if PID has exited), then
 #            creates the role and the database signd when missing
@@ -26,8 +29,9 @@
 #            configuration, and the admin credential when missing (the server must run)
 #        cluster.sh haproxy-cfg DATA_DIR PORT NODE_PORT...
 #            HAProxy's configuration (on stdout): 127.0.0.1:PORT to the nodes
-# tests/blackbox/cluster.py runs these four, so that its nodes are the ones `make
-# cluster` makes; the server itself it starts and stops on its own, for its fault tests.
+# tests/blackbox/cluster.py runs pg-init, pg-db, node and haproxy-cfg, so that its nodes
+# are the ones `make cluster` makes; the server itself it starts and stops on its own, for
+# its fault tests. tests/bench/bench.sh (BENCH_ONLY=cluster) runs all five.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/provisioning/lib.sh"
@@ -432,12 +436,17 @@ EOT
 
 case "${1:-}" in
 pg-init) shift && cmd_pg_init "$@" ;;
+pg-server)
+	[ $# = 2 ] || { echo "usage: cluster.sh pg-server PGDIR" >&2 && exit 2; }
+	pgdir=$(cd "$2" && pwd)
+	as_pg "$pgdir" "$pgbin/postgres" -D "$pgdir/data"
+	;;
 pg-db) shift && cmd_pg_db "$@" ;;
 haproxy-cfg) shift && cmd_haproxy_cfg "$@" ;;
 node) shift && cmd_node "$@" ;;
 '') cmd_run ;;
 *)
-	echo "usage: cluster.sh [pg-init PGDIR ACCOUNT... | pg-db PGDIR [PID] | node DATA_DIR N PORT PGDIR [PUBLIC_URL] | haproxy-cfg DATA_DIR PORT NODE_PORT...]" >&2
+	echo "usage: cluster.sh [pg-init PGDIR ACCOUNT... | pg-server PGDIR | pg-db PGDIR [PID] | node DATA_DIR N PORT PGDIR [PUBLIC_URL] | haproxy-cfg DATA_DIR PORT NODE_PORT...]" >&2
 	exit 2
 	;;
 esac

@@ -222,7 +222,11 @@ ck_status ck_signing_state(reg *rg, const sk_kid *kid, reg_state *state)
     reg_key k;
     if (reg_is_active(rg, kid))
         return CK_OK;
-    if (reg_get(rg, kid, &k) != REG_OK)
+    /* A kid the mirror does not hold may have been made on another node a moment ago
+     * (cluster mode): its note is on this handle's connection before the watcher has
+     * reloaded. Looked at once, with no round trip when nothing arrived. */
+    if (reg_get(rg, kid, &k) != REG_OK &&
+        (reg_refresh_if_changed(rg) != REG_OK || reg_get(rg, kid, &k) != REG_OK))
         return CK_ERR_NOT_FOUND;
     if (k.state == REG_ACTIVE) /* inserted between the two reads */
         return CK_OK;

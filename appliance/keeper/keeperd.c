@@ -37,9 +37,7 @@
 #define KPD_LIST_CAP 8192
 #define KPD_BACKLOG 64
 #define KPD_PROBE "readyz"
-/* A cluster node's keeper asks again for a shared token it did not find: 25 x 200 ms. */
-#define KPD_SHARED_TOKEN_TRIES 25
-#define KPD_SHARED_TOKEN_PAUSE_NS (200 * 1000 * 1000L)
+#define KPD_OPEN_TRIES 10 /* token_not_found: 200 ms apart, 2 s in all (kpd_open) */
 /* How long accept waits after running out of file descriptors or memory. */
 #define KPD_ACCEPT_PAUSE_NS (100 * 1000 * 1000L)
 
@@ -170,8 +168,9 @@ static sk_status kpd_svc_public_key(kpd *d, kp_svc svc, sk_pubkey *pub)
 /* Re-reads the active set when the file changed since the last look (or was never read).
  * Caller holds refresh_mu. 0, or -1 when the registry cannot be read: the set is then
  * emptied, so that the keeper fails closed; on a cluster node only once the set is
- * KPD_OUTAGE_GRACE_MS old (keeperd.h), so a database restart does not stop minting. */
-static int kpd_active_refresh_locked(kpd *d)
+ * KPD_OUTAGE_GRACE_MS old (keeperd.h), so a database restart does not stop minting.
+ * force: list the kids even when the version did not move. */
+static int kpd_active_refresh_locked(kpd *d, int force)
 {
     long long now = clk_now_ms();
     atomic_store(&d->checked_ms, now);
@@ -182,7 +181,7 @@ static int kpd_active_refresh_locked(kpd *d)
     uint64_t v = reg_reader_data_version(d->reader);
     if (v == 0)
         goto fail;
-    if (d->loaded && v == d->data_version) {
+    if (d->loaded && v == d->data_version && !force) {
         d->read_ms = now;
         return 0;
     }
@@ -235,19 +234,17 @@ static int kpd_is_active(kpd *d, const sk_kid *kid, int fresh)
 {
     if (!fresh && clk_now_ms() - atomic_load(&d->checked_ms) >= KPD_ACTIVE_CHECK_MS &&
         pthread_mutex_trylock(&d->refresh_mu) == 0) {
-        kpd_active_refresh_locked(d); /* one thread looks; the others keep signing */
+        kpd_active_refresh_locked(d, 0); /* one thread looks; the others keep signing */
         pthread_mutex_unlock(&d->refresh_mu);
     }
     if (!fresh && kpd_active_has(d, kid))
         return 1;
+    /* On PostgreSQL the version moves when another connection's note has reached this
+     * one, which may be a moment after the commit that made the kid active (the front
+     * answers 201 at its commit): a kid not in the set, or a DESTROY, reads the set
+     * itself. SQLite's data_version moves at the commit. */
     pthread_mutex_lock(&d->refresh_mu);
-    /* On PostgreSQL the version moves when the change's note reaches this connection, a
-     * moment after the commit: a kid the front has just made would be refused until then
-     * (409 key_revoked for a mint right after the create's 201). So a kid not in the set
-     * is looked up in the tables themselves. */
-    if (d->shared_db)
-        d->loaded = 0;
-    kpd_active_refresh_locked(d);
+    kpd_active_refresh_locked(d, sdb_is_postgres(d->db_path));
     pthread_mutex_unlock(&d->refresh_mu);
     return kpd_active_has(d, kid);
 }
@@ -1094,17 +1091,15 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
     };
     unsigned long ckr = 0;
     sk_status st = hsm_open(&hc, &d->h, &ckr);
-    /* A cluster's token is shared: while another node's keeper writes to it (its service
-     * keys at start), SoftHSM2 here may read the token's file half written and list no
-     * initialised token. Such a miss is asked again for a while before it is final. */
-    for (int tries = 0; st == SK_ERR_TOKEN_NOT_FOUND && sdb_is_postgres(c->database) &&
-                        tries < KPD_SHARED_TOKEN_TRIES;
-         tries++) {
-        struct timespec pause = {0, KPD_SHARED_TOKEN_PAUSE_NS};
+    /* A token shared by several nodes (cluster mode; SoftHSM2's token directory standing
+     * in for a network HSM partition) may read as uninitialised for a moment while
+     * another node's keeper rewrites its files: look again before giving up. */
+    for (int tries = 0; st == SK_ERR_TOKEN_NOT_FOUND && tries < KPD_OPEN_TRIES; tries++) {
+        struct timespec pause = {0, 200 * 1000 * 1000};
+        if (tries == 0)
+            KPD_LOG("no initialised token matches yet: looking again for 2 s\n");
         nanosleep(&pause, NULL);
         st = hsm_open(&hc, &d->h, &ckr);
-        if (st == SK_OK)
-            KPD_LOG("the shared token was found at try %d\n", tries + 2);
     }
     if (st != SK_OK) {
         cfg_errorf(err, errlen, "%s: %s (token %s, module %s, PKCS#11 rv 0x%lx)",
@@ -1116,7 +1111,7 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
     snprintf(d->db_path, sizeof(d->db_path), "%s", c->database);
     d->shared_db = sdb_is_postgres(d->db_path);
     /* The registry must be readable now, not at the first signature. */
-    if (kpd_active_refresh_locked(d) != 0) {
+    if (kpd_active_refresh_locked(d, 1) != 0) {
         cfg_errorf(err, errlen, "%s", reg_last_error());
         kpd_free(d);
         return -1;

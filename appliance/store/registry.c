@@ -1089,6 +1089,23 @@ static reg_status reg_refresh_locked(reg *r)
     return st;
 }
 
+/* After one try of a write decided on the mirror: 1 when the mirror may have lagged
+ * another node's change (the database's WHERE found nothing to change, REG_STALE_, or
+ * the kid was missing) on the first try, and the mirror was reloaded, so the caller
+ * decides once more; 0 to stop there. A reload that fails replaces *st with its failure:
+ * unread is not absent, so a kid missing from the mirror is then no REG_ERR_NOT_FOUND (a
+ * revoke of a key another node had just made answered 404 after the database's restart,
+ * where it is 503). Caller holds write_mu. */
+static int reg_try_again(reg *r, reg_status *st, int attempt)
+{
+    if (attempt != 0 || (*st != REG_STALE_ && *st != REG_ERR_NOT_FOUND))
+        return 0;
+    reg_status rf = reg_refresh_locked(r);
+    if (rf != REG_OK)
+        *st = rf;
+    return rf == REG_OK;
+}
+
 reg_status reg_refresh(reg *r)
 {
     if (r == NULL)
@@ -1415,13 +1432,10 @@ reg_status reg_rotate(reg *r, const sk_kid *old_kid, const reg_key *successor, i
             st = reg_mirror_room(r, 1, 0);
         if (st == REG_OK)
             st = reg_sql_rotate(r, old_kid, successor, retire_at, &row.id);
-        if (attempt > 0 || (st != REG_STALE_ && st != REG_ERR_NOT_FOUND && st != REG_ERR_STATE))
+        if (st == REG_ERR_STATE) /* a rotation's check reads the state the mirror holds */
+            st = REG_STALE_;
+        if (!reg_try_again(r, &st, attempt))
             break;
-        reg_status rf = reg_refresh_locked(r);
-        if (rf != REG_OK) {
-            st = rf; /* unread, not absent: a kid missing from the mirror is no 404 then */
-            break;
-        }
         st = REG_OK;
     }
     if (st == REG_STALE_)
@@ -1542,13 +1556,8 @@ reg_status reg_revoke(reg *r, const sk_kid *kid, const char *reason, int64_t now
             st = reg_sql_revoke(r, kid, reason, now, &seq);
         /* Not in the mirror, or the database disagrees: another node's change the mirror
          * has not seen yet. Refreshed once, decided again. */
-        if (attempt > 0 || (st != REG_STALE_ && st != REG_ERR_NOT_FOUND))
+        if (!reg_try_again(r, &st, attempt))
             break;
-        reg_status rf = reg_refresh_locked(r);
-        if (rf != REG_OK) {
-            st = rf; /* unread, not absent: a kid missing from the mirror is no 404 then */
-            break;
-        }
     }
     if (st == REG_STALE_)
         st = REG_ERR_STATE;
@@ -1759,13 +1768,8 @@ reg_status reg_mark_broken(reg *r, const sk_kid *kid)
             pthread_rwlock_unlock(&r->mirror_rw);
             reg_slot_active_gone(r);
         }
-        if (attempt > 0 || (st != REG_STALE_ && st != REG_ERR_NOT_FOUND))
+        if (!reg_try_again(r, &st, attempt))
             break;
-        reg_status rf = reg_refresh_locked(r);
-        if (rf != REG_OK) {
-            st = rf; /* unread, not absent: a kid missing from the mirror is no 404 then */
-            break;
-        }
     }
     if (st == REG_STALE_)
         st = REG_ERR_STATE;
@@ -1801,13 +1805,8 @@ reg_status reg_delete(reg *r, const sk_kid *kid)
             if (was == REG_ACTIVE)
                 reg_slot_active_gone(r);
         }
-        if (attempt > 0 || (st != REG_STALE_ && st != REG_ERR_NOT_FOUND))
+        if (!reg_try_again(r, &st, attempt))
             break;
-        reg_status rf = reg_refresh_locked(r);
-        if (rf != REG_OK) {
-            st = rf; /* unread, not absent: a kid missing from the mirror is no 404 then */
-            break;
-        }
     }
     if (st == REG_STALE_)
         st = REG_ERR_STATE;

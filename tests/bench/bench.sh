@@ -20,7 +20,11 @@
 #     16 and 64 connections (rounds of their own, last; see tokens_bench below);
 #   - the edge: an HLS segment through nginx auth_request and signd-verify --serve, one
 #     cached token, against nginx serving it with no check, the ratio (goal >= 0.5) and
-#     p50/p99 (tests/bench/edge.py, an appliance, sidecar and nginx of its own).
+#     p50/p99 (tests/bench/edge.py, an appliance, sidecar and nginx of its own);
+#   - cluster mode (issue 20): minting on a node on PostgreSQL against a node on SQLite, the
+#     ratio (bar >= 0.95); durable redeems/s through HAProxy to 3 nodes on PostgreSQL
+#     against one node on SQLite, p50/p99; revocation propagation from node1 to a verifier
+#     subscribed to node3 (bar p99 <= 100 ms) (cluster_bench below).
 # Raw, split, split with subscribers, and split with every signature audited runs
 # alternate (their order reversed every other round), 3 rounds,
 # medians reported: the machine is shared and noisy. The configuration is put back to split
@@ -31,6 +35,9 @@
 #                     plain, redeem/s); with BENCH_SECONDS=3 BENCH_ROUNDS=1, a quick try
 #   BENCH_ONLY=jwt    only the raw loop and split (issues 3 and 5), a few minutes
 #   BENCH_ONLY=edge   only the edge rows (issue 24), about a minute
+#   BENCH_ONLY=cluster  only the cluster rows (issue 20): PostgreSQL, 3 nodes, HAProxy and a
+#                     SQLite node of their own, fresh; with BENCH_SECONDS=5 BENCH_ROUNDS=3,
+#                     about 5 minutes
 #   SIGND_BUILD=build the build directory (`make bench` passes $(BUILD)): its bin/ is run,
 #                     its bench/ holds the data directories and the table
 # The data directory build/bench/appliance (1,000 keys, a few minutes to create the first
@@ -38,15 +45,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 top=$(pwd)
+. provisioning/lib.sh
 secs=${BENCH_SECONDS:-10}
 rounds=${BENCH_ROUNDS:-3}
 build=${SIGND_BUILD:-build}
 export SIGND_BUILD=$build
 only=${BENCH_ONLY:-}
 case $only in
-"" | tokens | jwt | edge) ;;
+"" | tokens | jwt | edge | cluster) ;;
 *)
-	echo "bench: BENCH_ONLY must be empty, tokens, jwt or edge" >&2
+	echo "bench: BENCH_ONLY must be empty, tokens, jwt, edge or cluster" >&2
 	exit 2
 	;;
 esac
@@ -58,6 +66,406 @@ if [ "$only" = edge ]; then
 		/usr/bin/python3 tests/bench/edge.py "$secs" "$rounds"
 	} | tee "$build/bench/edge.txt"
 	exit "${PIPESTATUS[0]}"
+fi
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# The median of the array named $1.
+med() {
+	local -n runs=$1
+	printf '%s\n' "${runs[@]}" | median
+}
+# For each name given, sets the variable of that name to the median of NAME_runs.
+medians() {
+	local v
+	for v; do
+		printf -v "$v" '%s' "$(med "${v}_runs")"
+	done
+}
+# Issue 11: revocable single-use tokens against plain ones, and redeems/s. One appliance
+# per round: POST /v1/tokens with {} (plain) and with {"revocable":true,"single_use":true},
+# wrk -t2 -c64, one right after the other (order reversed every other round); both runs
+# write the tokens they minted (tests/bench/mint_tokens.lua), the same work for both. The
+# single-use ones, topped up by unmeasured minting to redeem_tokens per redeem run, are then
+# redeemed, each once (a second redeem is a 409), by wrk -t2 at 16 and at 64 connections
+# (tests/bench/redeem.lua, each thread its own slice of them): a run ends when its tokens
+# are spent or after BENCH_SECONDS. Only a 200 saying "redeemed":true counts; any other
+# answer fails the bench. Durable: the appliance answers 200 only once the consumption is
+# fsynced (a group commit shared by concurrent redeems).
+redeem_tokens=${BENCH_REDEEM_TOKENS:-$((secs * 2000))}
+plain_body='{}' su_body='{"revocable":true,"single_use":true}'
+plain_runs=() su_runs=() r16_runs=() r16_p50_runs=() r16_p99_runs=()
+r64_runs=() r64_p50_runs=() r64_p99_runs=()
+# One wrk mint run (body, token file prefix, seconds) against the running appliance: wrk's
+# output, or a message and failure on any answer that is not a token. With a fourth
+# argument, busy, answers 503 are tolerated (counted in wrk's output, "bench: bad_503 N"):
+# for the unmeasured minting of the cluster's redeem tokens (cluster_bench).
+tok_mint() {
+	local body=$1 prefix=$2 t=$3 busy=${4:-} out minted lines bad b503
+	out=$(SIGND_CREDENTIAL_FILE="$dir/bench-signer.credential" SIGND_MINT_BODY="$body" \
+		SIGND_TOKENS_OUT="$prefix" wrk -t2 -c64 -d"${t}s" --latency -s tests/bench/mint_tokens.lua \
+		"$url") || return 1
+	bad=$(echo "$out" | awk '/^bench: minted/ {print $5}')
+	b503=$(echo "$out" | awk '/^bench: bad_503/ {print $3}')
+	if [ -n "$busy" ] && [ -n "$bad" ] && [ "$bad" != 0 ] && [ "$bad" = "$b503" ]; then
+		echo "bench: warning: $bad answers 503 while minting on $url: $(echo "$out" | grep '^bench: first bad')" >&2
+	elif ! echo "$out" | grep -qE '^bench: minted [0-9]+ bad 0$' || echo "$out" | grep -q "Non-2xx"; then
+		echo "bench: POST /v1/tokens $body answered something other than a token:" >&2
+		echo "$out" >&2
+		return 1
+	fi
+	minted=$(echo "$out" | awk '/^bench: minted/ {print $3}')
+	lines=$(cat "$prefix".* | wc -l)
+	if [ "$lines" -ne "$minted" ]; then
+		echo "bench: $minted tokens minted but $lines written to $prefix.*" >&2
+		return 1
+	fi
+	echo "$out"
+}
+# One wrk redeem run (URL, redeemer credential file, connections, token slices prefix): the
+# slices PREFIX.0 and PREFIX.1 spent by wrk -t2 -cC; prints "rate p50 p99" (redeems/s and
+# ms), or a message and failure on any answer that is not a 200 redeem.
+redeem_wrk() {
+	local u=$1 cred=$2 c=$3 slices=$4 out line n bad left span rate p50 p99
+	out=$(SIGND_CREDENTIAL_FILE="$cred" SIGND_TOKENS_IN="$slices" \
+		wrk -t2 -c"$c" -d"${secs}s" --latency -s tests/bench/redeem.lua "$u") || return 1
+	line=$(echo "$out" | grep '^bench: redeemed ') || true
+	read -r _ _ n _ bad _ left _ span _ rate <<<"$line"
+	if [ -z "$line" ] || [ "$bad" != 0 ] || [ "$n" = 0 ] || echo "$out" | grep -q "Non-2xx"; then
+		echo "bench: FAILED: POST /v1/tokens/redeem on $u answered something other than a 200 redeem:" >&2
+		echo "$out" >&2
+		return 1
+	fi
+	if echo "$out" | grep -q "Socket errors"; then
+		echo "bench: warning: redeem run at -c$c on $u: $(echo "$out" | grep "Socket errors")" >&2
+	fi
+	# A thread that spent its slice stops at once: the redeems it still had in flight (and
+	# the token wrk's request check takes) are not counted, nor is their time.
+	echo "bench: $n redeems counted in ${span}s ($left tokens not sent): $rate/s" >&2
+	p50=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')
+	p99=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')
+	echo "$rate $p50 $p99"
+}
+# One wrk redeem run at $1 connections against the bench appliance, spending the token
+# slices $2.0 and $2.1: appends its redeems/s and p50/p99 to that connection count's
+# arrays, or fails on any non-200.
+tok_redeem() {
+	local c=$1 slices=$2 res rate p50 p99
+	echo "bench: round $r/$rounds: POST /v1/tokens/redeem, a fresh single-use token each, wrk -t2 -c$c, $(cat "$slices".* | wc -l) tokens or ${secs}s" >&2
+	res=$(redeem_wrk "$url" "$dir/bench-redeemer.credential" "$c" "$slices") || exit 1
+	read -r rate p50 p99 <<<"$res"
+	case $c in
+	16) r16_runs+=("$rate"); r16_p50_runs+=("$p50"); r16_p99_runs+=("$p99") ;;
+	64) r64_runs+=("$rate"); r64_p50_runs+=("$p50"); r64_p99_runs+=("$p99") ;;
+	esac
+}
+# Cluster mode (issue 20), on data directories of its own made fresh each run: PostgreSQL,
+# one shared SoftHSM2 token and three nodes, provisioned and started by the steps of
+# provisioning/cluster.sh (pg-init, pg-server, pg-db, node, haproxy-cfg: the nodes are
+# configured as `make cluster` configures them), HAProxy in TCP mode in front of them; and
+# beside them one node on SQLite (init-data-dir.sh). The SQLite node has a token of its own:
+# on the cluster's token, its start would destroy the cluster's keys as orphans (they have
+# no row in its registry), and the cluster's nodes its keys, so the two cannot share keys.
+# Each token holds one 2,048-bit key that the mint runs sign with. Measured, in one run:
+#  - signed JWTs/s over HTTPS (mint.lua, wrk -t2 -c64, as the JWT row) on node1 (PostgreSQL)
+#    and on the SQLite node, each started fresh for its run, one right after the other,
+#    their order reversed every other round; the ratio PostgreSQL / SQLite (bar >= 0.95:
+#    nothing per token touches the database at mint);
+#  - durable redeems/s of fresh single-use tokens with p50/p99, wrk -t2 -c64 (redeem.lua):
+#    through HAProxy to the three PostgreSQL nodes, and on the SQLite node, alternated the
+#    same way; each side's tokens minted on it just before, not measured;
+#  - revocation propagation across nodes, once per run: bench-propagation creates 100 keys
+#    on node1, then revokes them one at a time on node1 while its verifier fetches from and
+#    is subscribed to node3's event stream: p50/p99 from the DELETE's 200 to the verifier
+#    rejecting the kid (bar p99 <= 100 ms).
+# Everything (wrk, the nodes, PostgreSQL, HAProxy) shares this machine's cores.
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cl_dir="$top/$build/bench/cluster"
+cl_sdir="$cl_dir/sqlite"
+declare -A cl_pid=()
+cl_busy=0 cl_minted=0
+cl_mint_pg_runs=() cl_mint_pg_p50_runs=() cl_mint_pg_p99_runs=()
+cl_mint_sq_runs=() cl_mint_sq_p50_runs=() cl_mint_sq_p99_runs=()
+cl_red_pg_runs=() cl_red_pg_p50_runs=() cl_red_pg_p99_runs=()
+cl_red_sq_runs=() cl_red_sq_p50_runs=() cl_red_sq_p99_runs=()
+
+# The bench's settings in a node's configuration: as the bench appliance's (above), and
+# the publication signing budget at its highest (10,000) too: bench-propagation revokes faster than
+# the default 20 feed signatures a second, and a node whose budget is spent answers the
+# verifier's feed fetch 503 (or an older copy), which retries 500 ms later: that retry, not
+# the propagation, would be the p99 (measured: p99 510 ms with the default, 10 ms without).
+cl_conf() {
+	prov_conf_set "$1" worker_threads 72
+	prov_conf_set "$1" rate_limit_per_second 1000000
+	prov_conf_set "$1" publication_signs_per_second 10000
+}
+
+# Starts signd (NAME, its configuration, port, CA certificate) in a session of its own and
+# waits until its /readyz answers 200; exits on failure.
+cl_start() {
+	local name=$1 conf=$2 p=$3 ca=$4 log i
+	log="$(dirname "$conf")/signd.log"
+	setsid "$build/bin/signd" "$conf" >/dev/null 2>>"$log" &
+	cl_pid[$name]=$!
+	for ((i = 0; i < 600; i++)); do
+		if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$ca" \
+			"https://127.0.0.1:$p/readyz" 2>/dev/null)" = 200 ]; then
+			return 0
+		fi
+		if ! kill -0 "${cl_pid[$name]}" 2>/dev/null; then
+			echo "bench: $name exited; the end of $log:" >&2
+			tail -n 20 "$log" >&2
+			exit 1
+		fi
+		sleep 0.1
+	done
+	echo "bench: $name is not ready after 60 s (see $log)" >&2
+	exit 1
+}
+
+# Stops NAME (SIGTERM; PostgreSQL SIGINT, its fast shutdown) and waits, at most 30 s before
+# SIGKILL.
+cl_stop() {
+	local name=$1 p=${cl_pid[$1]:-} t sig=TERM
+	[ -n "$p" ] || return 0
+	[ "$name" != pg ] || sig=INT
+	kill -"$sig" "$p" 2>/dev/null || true
+	for ((t = 0; t < 300; t++)); do
+		kill -0 "$p" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$p" 2>/dev/null || true
+	wait "$p" 2>/dev/null || true
+	unset "cl_pid[$name]"
+}
+
+# The load balancer first, the database last (the nodes write to it as they stop).
+cl_stop_all() {
+	local name
+	for name in haproxy sqlite node1 node2 node3 pg; do
+		cl_stop "$name"
+	done
+}
+
+# One key and the bench's signer and redeemer credentials (files in DIR) on the appliance
+# at URL, with DIR/tls/cert.pem and DIR/admin.credential.
+cl_provision() {
+	SIGND_URL=$1 SIGND_DIR=$2 /usr/bin/python3 - <<'PY' >&2
+import os, requests
+url, d = os.environ["SIGND_URL"], os.environ["SIGND_DIR"]
+s = requests.Session(); s.verify = d + "/tls/cert.pem"; s.trust_env = False
+s.headers["Authorization"] = "Bearer " + open(d + "/admin.credential").read().strip()
+if s.get(url + "/v1/keys?state=active").json()["count"] == 0:
+    r = s.post(url + "/v1/keys", json={"bits": 2048, "label": "bench"})
+    assert r.status_code == 201, r.text
+for role, extra in (("signer", {"kids": "all"}), ("redeemer", {})):
+    r = s.post(url + "/v1/credentials", json=dict(role=role, label="bench", **extra))
+    assert r.status_code == 201, r.text
+    fd = os.open("%s/bench-%s.credential" % (d, role), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, (r.json()["secret"] + "\n").encode())
+    os.close(fd)
+PY
+}
+
+# PostgreSQL, the three nodes (started, ready) and the SQLite node's data directory (not
+# started), all fresh.
+cl_setup() {
+	local n pgdir="$cl_dir/pg"
+	rm -rf "$cl_dir"
+	mkdir -p "$cl_dir"
+	cl_lb=$(free_port)
+	cl_ports=("$cl_lb")
+	for n in 1 2 3; do cl_ports+=("$(free_port)"); done
+	cl_sport=$(free_port)
+	echo "bench: cluster: PostgreSQL in $pgdir, nodes on ${cl_ports[*]:1}, HAProxy on $cl_lb, the SQLite node on $cl_sport" >&2
+	# The accounts that log in to the database: root (the supervisor, signd-provision) and
+	# each node's keeper and front, as tests/blackbox/cluster.py maps them.
+	provisioning/cluster.sh pg-init "$pgdir" root signd-keeper signd-front >&2
+	provisioning/cluster.sh pg-server "$pgdir" >>"$pgdir/postgres.log" 2>&1 &
+	cl_pid[pg]=$!
+	provisioning/cluster.sh pg-db "$pgdir" "${cl_pid[pg]}" >&2
+	for n in 1 2 3; do
+		provisioning/cluster.sh node "$cl_dir" "$n" "${cl_ports[n]}" "$pgdir" \
+			"https://127.0.0.1:$cl_lb" >&2
+		cl_conf "$cl_dir/node$n/appliance.conf"
+	done
+	# node1 first, which makes the mint key; nodes 2 and 3 then find it in the token as they
+	# start (before the keeper looked up a kid missing from its handle cache in the token, a
+	# keeper started before another node made a key answered key_revoked for it).
+	cl_start node1 "$cl_dir/node1/appliance.conf" "${cl_ports[1]}" "$cl_dir/tls/cert.pem"
+	cl_provision "https://127.0.0.1:${cl_ports[1]}" "$cl_dir"
+	for n in 2 3; do
+		cl_start "node$n" "$cl_dir/node$n/appliance.conf" "${cl_ports[n]}" "$cl_dir/tls/cert.pem"
+	done
+	provisioning/init-data-dir.sh "$cl_sdir" "$cl_sport" >&2
+	cl_conf "$cl_sdir/appliance.conf"
+	cl_start sqlite "$cl_sdir/appliance.conf" "$cl_sport" "$cl_sdir/tls/cert.pem"
+	cl_provision "https://127.0.0.1:$cl_sport" "$cl_sdir"
+	cl_stop sqlite
+}
+
+# One mint run (pg: node1, sqlite: the SQLite node), the node started fresh for it.
+cl_mint() {
+	local side=$1 name conf p d out rps p50 p99
+	if [ "$side" = pg ]; then
+		name=node1 conf="$cl_dir/node1/appliance.conf" p=${cl_ports[1]} d=$cl_dir
+	else
+		name=sqlite conf="$cl_sdir/appliance.conf" p=$cl_sport d=$cl_sdir
+	fi
+	cl_stop "$name"
+	cl_start "$name" "$conf" "$p" "$d/tls/cert.pem"
+	echo "bench: round $r/$rounds: cluster: POST /v1/tokens on $name ($side), wrk -t2 -c64, ${secs}s" >&2
+	out=$(SIGND_CREDENTIAL_FILE="$d/bench-signer.credential" wrk -t2 -c64 -d"${secs}s" --latency \
+		-s tests/bench/mint.lua "https://127.0.0.1:$p") || exit 1
+	if echo "$out" | grep -q "Non-2xx"; then
+		echo "bench: non-2xx responses from $name:" >&2
+		echo "$out" >&2
+		exit 1
+	fi
+	rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
+	p50=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')
+	p99=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')
+	if [ "$side" = pg ]; then
+		cl_mint_pg_runs+=("$rps"); cl_mint_pg_p50_runs+=("$p50"); cl_mint_pg_p99_runs+=("$p99")
+	else
+		cl_mint_sq_runs+=("$rps"); cl_mint_sq_p50_runs+=("$p50"); cl_mint_sq_p99_runs+=("$p99")
+	fi
+}
+
+# One redeem run (pg: through HAProxy to the three nodes, sqlite: the SQLite node, running):
+# redeem_tokens single-use tokens minted there first (not measured), then spent by wrk.
+cl_redeem() {
+	local side=$1 u d tmp="$cl_dir/tokens" have t res rate p50 p99 out
+	if [ "$side" = pg ]; then
+		u="https://127.0.0.1:$cl_lb" d=$cl_dir
+	else
+		u="https://127.0.0.1:$cl_sport" d=$cl_sdir
+	fi
+	rm -rf "$tmp"
+	mkdir -p "$tmp"
+	have=0
+	while [ "$have" -lt "$redeem_tokens" ]; do
+		t=$(awk -v n=$((redeem_tokens - have)) 'BEGIN {t = int(n / 1000) + 1; print (t > 60 ? 60 : t)}')
+		echo "bench: round $r/$rounds: cluster: minting $((redeem_tokens - have)) single-use tokens on $u ($side, ${t}s, not measured)" >&2
+		out=$(dir=$d url=$u tok_mint "$su_body" "$tmp/more" "$t" busy) || exit 1
+		cl_busy=$((cl_busy + $(echo "$out" | awk '/^bench: bad_503/ {print $3}')))
+		cl_minted=$((cl_minted + $(echo "$out" | awk '/^bench: minted/ {print $3}')))
+		cat "$tmp"/more.* >>"$tmp/pool"
+		rm -f "$tmp"/more.*
+		have=$(wc -l <"$tmp/pool")
+	done
+	awk -v n="$redeem_tokens" -v a="$tmp/r" 'NR <= n { print > (a "." (NR % 2)) }' "$tmp/pool"
+	echo "bench: round $r/$rounds: cluster: POST /v1/tokens/redeem on $u ($side), wrk -t2 -c64, $redeem_tokens tokens or ${secs}s" >&2
+	res=$(redeem_wrk "$u" "$d/bench-redeemer.credential" 64 "$tmp/r") || exit 1
+	read -r rate p50 p99 <<<"$res"
+	if [ "$side" = pg ]; then
+		cl_red_pg_runs+=("$rate"); cl_red_pg_p50_runs+=("$p50"); cl_red_pg_p99_runs+=("$p99")
+	else
+		cl_red_sq_runs+=("$rate"); cl_red_sq_p50_runs+=("$p50"); cl_red_sq_p99_runs+=("$p99")
+	fi
+	rm -rf "$tmp"
+}
+
+cluster_bench() {
+	local side order n1 n3 out
+	cl_load0=$(cut -d' ' -f1-3 /proc/loadavg)
+	cl_setup
+	for r in $(seq "$rounds"); do
+		if [ $((r % 2)) -eq 1 ]; then order="pg sqlite"; else order="sqlite pg"; fi
+		for side in $order; do cl_mint "$side"; done
+	done
+	# The redeems: HAProxy in front of the three nodes (all ready: node1 was restarted and
+	# waited for); the SQLite node runs since its last mint run.
+	provisioning/cluster.sh haproxy-cfg "$cl_dir" "$cl_lb" "${cl_ports[@]:1}" >"$cl_dir/haproxy.cfg"
+	haproxy -c -q -f "$cl_dir/haproxy.cfg"
+	setsid haproxy -db -f "$cl_dir/haproxy.cfg" >>"$cl_dir/haproxy.log" 2>&1 &
+	cl_pid[haproxy]=$!
+	cl_start_wait_lb
+	for r in $(seq "$rounds"); do
+		if [ $((r % 2)) -eq 1 ]; then order="pg sqlite"; else order="sqlite pg"; fi
+		for side in $order; do cl_redeem "$side"; done
+	done
+	cl_stop sqlite
+	cl_stop haproxy
+	# Propagation: revoked on node1, seen by a verifier on node3.
+	n1="https://127.0.0.1:${cl_ports[1]}" n3="https://127.0.0.1:${cl_ports[3]}"
+	echo "bench: cluster: revocation propagation, 100 keys revoked on node1, the verifier on node3" >&2
+	SIGND_URL=$n3 SIGND_DIR=$cl_dir /usr/bin/python3 - <<'PY'
+import os, requests
+url, d = os.environ["SIGND_URL"], os.environ["SIGND_DIR"]
+s = requests.Session(); s.verify = d + "/tls/cert.pem"; s.trust_env = False
+s.headers["Authorization"] = "Bearer " + open(d + "/admin.credential").read().strip()
+with open(d + "/publication.pem", "w") as f:
+    f.write(s.get(url + "/v1/revocations/key").json()["pem"])
+PY
+	out=$("$build/bin/bench-propagation" "$n1" "$cl_dir/tls/cert.pem" "$cl_dir/publication.pem" \
+		"$cl_dir/admin.credential" "$cl_dir/bench-signer.credential" 100 "$n3" \
+		2>"$cl_dir/propagation.log") || { cat "$cl_dir/propagation.log" >&2; exit 1; }
+	cat "$cl_dir/propagation.log" >&2
+	cl_fresh=$(sed -nE 's/^bench-propagation: ([0-9]+) mints of a key just made.*/\1/p' "$cl_dir/propagation.log")
+	cl_from_req=$(sed -nE 's/.*from the DELETE request.s start: (.*)$/\1/p' "$cl_dir/propagation.log")
+	cl_prop_p50=$(echo "$out" | sed -nE 's/.*p50 ([0-9.]+) ms.*/\1/p')
+	cl_prop_p99=$(echo "$out" | sed -nE 's/.*p99 ([0-9.]+) ms.*/\1/p')
+	cl_prop_max=$(echo "$out" | sed -nE 's/.*max ([0-9.]+) ms.*/\1/p')
+	cl_prop_verdict=$(awk -v p="$cl_prop_p99" 'BEGIN {print (p != "" && p <= 100) ? "pass" : "FAIL"}')
+	cl_stop_all
+	cl_load1=$(cut -d' ' -f1-3 /proc/loadavg)
+	medians cl_mint_pg cl_mint_pg_p50 cl_mint_pg_p99 cl_mint_sq cl_mint_sq_p50 cl_mint_sq_p99 \
+		cl_red_pg cl_red_pg_p50 cl_red_pg_p99 cl_red_sq cl_red_sq_p50 cl_red_sq_p99
+	cl_mint_ratio=$(awk -v a="$cl_mint_pg" -v b="$cl_mint_sq" 'BEGIN {printf "%.3f", a / b}')
+	cl_mint_verdict=$(awk -v r="$cl_mint_ratio" 'BEGIN {print (r >= 0.95) ? "pass" : "FAIL"}')
+	cl_red_ratio=$(awk -v a="$cl_red_pg" -v b="$cl_red_sq" 'BEGIN {printf "%.3f", a / b}')
+	# Each round's own ratio (its two runs one right after the other), and their median: on
+	# a machine whose load drifts between rounds, the pairs are closer than the medians.
+	local i
+	cl_mint_ratio_round_runs=() cl_red_ratio_round_runs=()
+	for ((i = 0; i < rounds; i++)); do
+		cl_mint_ratio_round_runs+=("$(awk -v a="${cl_mint_pg_runs[i]}" -v b="${cl_mint_sq_runs[i]}" 'BEGIN {printf "%.3f", a / b}')")
+		cl_red_ratio_round_runs+=("$(awk -v a="${cl_red_pg_runs[i]}" -v b="${cl_red_sq_runs[i]}" 'BEGIN {printf "%.3f", a / b}')")
+	done
+	medians cl_mint_ratio_round cl_red_ratio_round
+}
+
+# Until HAProxy's /readyz answers 200 (its health checks found the nodes).
+cl_start_wait_lb() {
+	local i
+	for ((i = 0; i < 300; i++)); do
+		if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$cl_dir/tls/cert.pem" \
+			"https://127.0.0.1:$cl_lb/readyz" 2>/dev/null)" = 200 ]; then
+			return 0
+		fi
+		kill -0 "${cl_pid[haproxy]}" 2>/dev/null || { echo "bench: haproxy exited (see $cl_dir/haproxy.log)" >&2; exit 1; }
+		sleep 0.1
+	done
+	echo "bench: haproxy is not ready after 30 s (see $cl_dir/haproxy.log)" >&2
+	exit 1
+}
+
+cluster_rows() {
+	echo "| cluster: signed JWTs, wrk -t2 -c64, node1 on PostgreSQL (3 nodes up) (req/s) | $cl_mint_pg |"
+	echo "| cluster: same wrk, the same node on SQLite (a token of its own, one key each) (req/s) | $cl_mint_sq |"
+	echo "| cluster: JWT latency p50 / p99, PostgreSQL / SQLite (ms) | $cl_mint_pg_p50 / $cl_mint_pg_p99; $cl_mint_sq_p50 / $cl_mint_sq_p99 |"
+	echo "| cluster: ratio mint PostgreSQL / SQLite (bar >= 0.95) | $cl_mint_ratio $cl_mint_verdict |"
+	echo "| cluster: durable redeems/s, a fresh single-use token each, wrk -t2 -c64 through HAProxy to 3 nodes on PostgreSQL, up to $redeem_tokens tokens | $cl_red_pg |"
+	echo "| cluster: redeem latency p50 / p99, 3 nodes on PostgreSQL (ms) | $cl_red_pg_p50 / $cl_red_pg_p99 |"
+	echo "| cluster: durable redeems/s, same wrk, one node on SQLite | $cl_red_sq |"
+	echo "| cluster: redeem latency p50 / p99, one node on SQLite (ms) | $cl_red_sq_p50 / $cl_red_sq_p99 |"
+	echo "| cluster: ratio redeems/s 3 nodes PostgreSQL / 1 node SQLite | $cl_red_ratio |"
+	echo "| cluster: revocation propagation, DELETE 200 on node1 -> verifier subscribed to node3 rejects, 100 revocations: p50 / p99 (max) (ms; bar p99 <= 100) | $cl_prop_p50 / $cl_prop_p99 ($cl_prop_max) $cl_prop_verdict |"
+	echo "| cluster: per-round ratios PostgreSQL / SQLite, mint; redeems (their median) | ${cl_mint_ratio_round_runs[*]} ($cl_mint_ratio_round); ${cl_red_ratio_round_runs[*]} ($cl_red_ratio_round) |"
+	echo "| cluster: runs mint PostgreSQL / SQLite; redeems PostgreSQL / SQLite | ${cl_mint_pg_runs[*]} / ${cl_mint_sq_runs[*]}; ${cl_red_pg_runs[*]} / ${cl_red_sq_runs[*]} |"
+	echo "| cluster: propagation from the DELETE request's start (not its 200) | $cl_from_req |"
+	echo "| cluster: mints on node1 of a key just made there that answered 409 key_revoked and were asked again (the keeper learns the row from the database's note) | ${cl_fresh:-0} |"
+	echo "| cluster: answers 503 while minting the redeem runs' single-use tokens (not measured; tolerated), of tokens minted | $cl_busy of $cl_minted |"
+	echo "| cluster: load average (1/5/15 min) before / after; cores (shared by wrk, nodes, PostgreSQL, HAProxy) | $cl_load0 / $cl_load1; $(nproc) |"
+}
+if [ "$only" = cluster ]; then
+	trap cl_stop_all EXIT
+	cluster_bench
+	{
+		echo "| measure (median of $rounds, ${secs}s each) | value |"
+		echo "| --- | --- |"
+		cluster_rows
+	} | tee "$build/bench/cluster.txt"
+	exit 0
 fi
 dir="$top/$build/bench/appliance"
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -96,7 +504,7 @@ set_audit_every() {
 	sed -i -E '/^audit_every_signature = /d' "$conf"
 	echo "audit_every_signature = $1" >>"$conf"
 }
-trap 'stop; set_model split; set_audit_every false' EXIT
+trap 'stop; cl_stop_all; set_model split; set_audit_every false' EXIT
 set_model split
 set_audit_every false
 
@@ -141,80 +549,6 @@ r = s.post(os.environ["SIGND_URL"] + "/v1/tokens", json={"sub": "probe"}, verify
 print(r.json()["kid"])')
 stop
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-# The median of the array named $1.
-med() {
-	local -n runs=$1
-	printf '%s\n' "${runs[@]}" | median
-}
-# For each name given, sets the variable of that name to the median of NAME_runs.
-medians() {
-	local v
-	for v; do
-		printf -v "$v" '%s' "$(med "${v}_runs")"
-	done
-}
-# Issue 11: revocable single-use tokens against plain ones, and redeems/s. One appliance
-# per round: POST /v1/tokens with {} (plain) and with {"revocable":true,"single_use":true},
-# wrk -t2 -c64, one right after the other (order reversed every other round); both runs
-# write the tokens they minted (tests/bench/mint_tokens.lua), the same work for both. The
-# single-use ones, topped up by unmeasured minting to redeem_tokens per redeem run, are then
-# redeemed, each once (a second redeem is a 409), by wrk -t2 at 16 and at 64 connections
-# (tests/bench/redeem.lua, each thread its own slice of them): a run ends when its tokens
-# are spent or after BENCH_SECONDS. Only a 200 saying "redeemed":true counts; any other
-# answer fails the bench. Durable: the appliance answers 200 only once the consumption is
-# fsynced (a group commit shared by concurrent redeems).
-redeem_tokens=${BENCH_REDEEM_TOKENS:-$((secs * 2000))}
-plain_body='{}' su_body='{"revocable":true,"single_use":true}'
-plain_runs=() su_runs=() r16_runs=() r16_p50_runs=() r16_p99_runs=()
-r64_runs=() r64_p50_runs=() r64_p99_runs=()
-# One wrk mint run (body, token file prefix, seconds) against the running appliance: wrk's
-# output, or a message and failure on any answer that is not a token.
-tok_mint() {
-	local body=$1 prefix=$2 t=$3 out minted lines
-	out=$(SIGND_CREDENTIAL_FILE="$dir/bench-signer.credential" SIGND_MINT_BODY="$body" \
-		SIGND_TOKENS_OUT="$prefix" wrk -t2 -c64 -d"${t}s" --latency -s tests/bench/mint_tokens.lua \
-		"$url") || return 1
-	if ! echo "$out" | grep -qE '^bench: minted [0-9]+ bad 0$' || echo "$out" | grep -q "Non-2xx"; then
-		echo "bench: POST /v1/tokens $body answered something other than a token:" >&2
-		echo "$out" >&2
-		return 1
-	fi
-	minted=$(echo "$out" | awk '/^bench: minted/ {print $3}')
-	lines=$(cat "$prefix".* | wc -l)
-	if [ "$lines" -ne "$minted" ]; then
-		echo "bench: $minted tokens minted but $lines written to $prefix.*" >&2
-		return 1
-	fi
-	echo "$out"
-}
-# One wrk redeem run at $1 connections, spending the token slices $2.0 and $2.1: appends its
-# redeems/s and p50/p99 to that connection count's arrays, or fails on any non-200.
-tok_redeem() {
-	local c=$1 slices=$2 out line n bad left span rate p50 p99
-	echo "bench: round $r/$rounds: POST /v1/tokens/redeem, a fresh single-use token each, wrk -t2 -c$c, $(cat "$slices".* | wc -l) tokens or ${secs}s" >&2
-	out=$(SIGND_CREDENTIAL_FILE="$dir/bench-redeemer.credential" SIGND_TOKENS_IN="$slices" \
-		wrk -t2 -c"$c" -d"${secs}s" --latency -s tests/bench/redeem.lua "$url") || exit 1
-	line=$(echo "$out" | grep '^bench: redeemed ') || true
-	read -r _ _ n _ bad _ left _ span _ rate <<<"$line"
-	if [ -z "$line" ] || [ "$bad" != 0 ] || [ "$n" = 0 ] || echo "$out" | grep -q "Non-2xx"; then
-		echo "bench: FAILED: POST /v1/tokens/redeem answered something other than a 200 redeem:" >&2
-		echo "$out" >&2
-		exit 1
-	fi
-	if echo "$out" | grep -q "Socket errors"; then
-		echo "bench: warning: redeem run at -c$c: $(echo "$out" | grep "Socket errors")" >&2
-	fi
-	# A thread that spent its slice stops at once: the redeems it still had in flight (and
-	# the token wrk's request check takes) are not counted, nor is their time.
-	echo "bench: $n redeems counted in ${span}s ($left tokens not sent): $rate/s" >&2
-	p50=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $3}')
-	p99=$(echo "$out" | awk '/^bench: latency_p50_ms/ {print $5}')
-	case $c in
-	16) r16_runs+=("$rate"); r16_p50_runs+=("$p50"); r16_p99_runs+=("$p99") ;;
-	64) r64_runs+=("$rate"); r64_p50_runs+=("$p50"); r64_p99_runs+=("$p99") ;;
-	esac
-}
 tokens_bench() {
 	local tmp="$top/$build/bench/tokens" order m body out rps have need t c
 	for r in $(seq "$rounds"); do
@@ -420,6 +754,10 @@ pdir="$top/$build/bench/propagation"
 rm -rf "$pdir"
 pport=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 provisioning/init-data-dir.sh "$pdir" "$pport" >&2
+# The publication signing budget at its highest, as the cluster nodes' (cl_conf): with the
+# default 20 a second, revocations one right after the other spend it, the verifier's feed
+# fetch gets a 503 and retries 500 ms later (p99 510 ms, against 7 ms with it raised).
+prov_conf_set "$pdir/appliance.conf" publication_signs_per_second 10000
 "$build/bin/signd" "$pdir/appliance.conf" >"$pdir/stdout.log" 2>>"$pdir/signd.log" &
 ppid=$!
 for _ in $(seq 100); do
@@ -450,6 +788,9 @@ prop_verdict=$(awk -v p="$prop_p99" 'BEGIN {print (p != "" && p <= 100) ? "pass"
 # The edge (issue 24): nginx auth_request through signd-verify --serve, its own appliance.
 edge_rows=$(/usr/bin/python3 tests/bench/edge.py "$secs" "$rounds")
 
+# Cluster mode (above): data directories, PostgreSQL and nodes of its own.
+cluster_bench
+
 # Mint revocable single-use vs plain, and redeems/s (above), last: their tokens grow the
 # database.
 tokens_bench
@@ -472,4 +813,5 @@ tokens_bench
 	echo "| runs raw / split / split with 200 subscribers | ${raw_runs[*]} / ${jwt_runs[*]} / ${sse_runs[*]} |"
 	token_rows
 	echo "$edge_rows"
+	cluster_rows
 } | tee "$build/bench/appliance.txt"

@@ -25,6 +25,8 @@ end
 
 -- Thread state.
 ok, bad, bad_status, bad_body = 0, 0, 0, ""
+-- The bad answers that were 503 (busy, try again): tolerated where bench.sh says so.
+busy = 0
 local out
 function init(args)
    out = assert(io.open(assert(os.getenv("SIGND_TOKENS_OUT")) .. "." .. id, "w"))
@@ -39,20 +41,23 @@ function response(status, headers, body)
       out:write(token, "\n")
    else
       bad = bad + 1
+      if status == 503 then busy = busy + 1 end
       if bad == 1 then bad_status, bad_body = status, body:sub(1, 300) end
    end
 end
 
 function done(summary, latency, requests)
-   local n_ok, n_bad, first = 0, 0, nil
+   local n_ok, n_bad, n_busy, first = 0, 0, 0, nil
    for _, t in ipairs(threads) do
       n_ok = n_ok + t:get("ok")
       n_bad = n_bad + t:get("bad")
+      n_busy = n_busy + t:get("busy")
       if first == nil and t:get("bad") > 0 then
          first = t:get("bad_status") .. " " .. t:get("bad_body")
       end
    end
    io.write(string.format("bench: minted %d bad %d\n", n_ok, n_bad))
+   io.write(string.format("bench: bad_503 %d\n", n_busy))
    if first then io.write("bench: first bad response: " .. first .. "\n") end
    io.write(string.format("bench: latency_p50_ms %.2f p99_ms %.2f\n",
       latency:percentile(50) / 1000, latency:percentile(99) / 1000))
