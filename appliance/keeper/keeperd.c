@@ -38,6 +38,8 @@
 #define KPD_BACKLOG 64
 #define KPD_PROBE "readyz"
 #define KPD_OPEN_TRIES 10 /* token_not_found: 200 ms apart, 2 s in all (kpd_open) */
+/* A token shared by a cluster's nodes: token_not_found or device_error, 10 s in all. */
+#define KPD_OPEN_TRIES_SHARED 50
 /* How long accept waits after running out of file descriptors or memory. */
 #define KPD_ACCEPT_PAUSE_NS (100 * 1000 * 1000L)
 
@@ -1092,12 +1094,18 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
     unsigned long ckr = 0;
     sk_status st = hsm_open(&hc, &d->h, &ckr);
     /* A token shared by several nodes (cluster mode; SoftHSM2's token directory standing
-     * in for a network HSM partition) may read as uninitialised for a moment while
-     * another node's keeper rewrites its files: look again before giving up. */
-    for (int tries = 0; st == SK_ERR_TOKEN_NOT_FOUND && tries < KPD_OPEN_TRIES; tries++) {
+     * in for a network HSM partition) may read as uninitialised, or fail a read with
+     * CKR_GENERAL_ERROR, for a moment while another node's keeper rewrites its files
+     * (seen under AddressSanitizer, where starts are slower: three nodes starting at once):
+     * look again before giving up (a device error of one node's own token is final).
+     */
+    int shared = sdb_is_postgres(c->database);
+    for (int tries = 0; (st == SK_ERR_TOKEN_NOT_FOUND || (shared && st == SK_ERR_DEVICE)) &&
+                        tries < (shared ? KPD_OPEN_TRIES_SHARED : KPD_OPEN_TRIES);
+         tries++) {
         struct timespec pause = {0, 200 * 1000 * 1000};
         if (tries == 0)
-            KPD_LOG("no initialised token matches yet: looking again for 2 s\n");
+            KPD_LOG("the token is not there yet (%s): looking again\n", sk_status_name(st));
         nanosleep(&pause, NULL);
         st = hsm_open(&hc, &d->h, &ckr);
     }
