@@ -323,6 +323,24 @@ int cfg_database_is_uri(const char *database)
     return strncmp(database, "postgresql://", 13) == 0 || strncmp(database, "postgres://", 11) == 0;
 }
 
+/* 1 when a PostgreSQL URI carries a password: in its user info (user:secret@host) or as a
+ * password= parameter. The URI is printed in start-up errors and the stores' messages
+ * name it, so a password in it would reach the log: it goes in a passfile= instead, or
+ * the server trusts the socket's peer. */
+static int cfg_uri_has_password(const char *uri)
+{
+    const char *p = strstr(uri, "://") + 3;
+    size_t authority = strcspn(p, "/?#");
+    const char *at = memchr(p, '@', authority);
+    if (at != NULL && memchr(p, ':', (size_t)(at - p)) != NULL)
+        return 1;
+    const char *q = strchr(p, '?');
+    for (; q != NULL; q = strchr(q + 1, '&'))
+        if (strncmp(q + 1, "password=", 9) == 0)
+            return 1;
+    return 0;
+}
+
 static const char *cfg_check_user(const char *text, unsigned num)
 {
     (void)num;
@@ -755,6 +773,13 @@ int cfg_parse(const char *text, size_t len, const char *name, const char *base_d
         rc = cfg_check_order(name, c, lines, "token_ttl_min", "token_ttl_default", err, errlen);
     if (rc == 0)
         rc = cfg_check_order(name, c, lines, "token_ttl_default", "token_ttl_max", err, errlen);
+    if (rc == 0 && cfg_database_is_uri(c->database) && cfg_uri_has_password(c->database)) {
+        cfg_errorf(err, errlen,
+                   "%s: database: a password must not be in the URI (it would reach the log): "
+                   "name a passfile= (mode 0600) or use peer authentication on a Unix socket",
+                   name);
+        rc = -1;
+    }
     if (rc == 0 && cfg_database_is_uri(c->database) && c->state_directory[0] == '\0') {
         cfg_errorf(err, errlen,
                    "%s: state_directory must be set when database is a PostgreSQL URI (this "

@@ -365,6 +365,18 @@ static void test_a_postgresql_database_is_a_uri_and_needs_a_state_directory(void
         assert_string_equal(got, want);
         assert_true(cfg_database_is_uri(fx->c.database));
     }
+    /* A password in the URI would reach the log: refused, naming the way instead. */
+    const char *secret[] = {"postgresql://signd:hunter2@db.example/signd",
+                            "postgres://signd:@/signd?host=/run/postgresql",
+                            "postgresql:///signd?host=/run/postgresql&password=hunter2",
+                            "postgresql:///signd?password=hunter2"};
+    for (size_t i = 0; i < 4; i++) {
+        char text[512];
+        snprintf(text, sizeof(text), "database = %s\nstate_directory = node\n", secret[i]);
+        assert_int_equal(load_text(fx, text), -1);
+        assert_non_null(strstr(fx->err, "a password must not be in the URI"));
+        assert_null(strstr(fx->err, "hunter2"));
+    }
     /* Without state_directory: the node's own files would have nowhere to go. */
     assert_int_equal(load_text(fx, "database = postgresql://signd@/signd\n"), -1);
     assert_non_null(strstr(fx->err, "state_directory must be set"));
