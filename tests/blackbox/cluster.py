@@ -15,7 +15,7 @@ stopped by PID: Postgres.stop()/start() and Cluster.kill9(i)/restart(i) are the 
 
     c = Cluster(nodes=3, haproxy=True)
     try:
-        c.start()                  # BackendNotBuilt: the PostgreSQL store is the stub
+        c.start()                  # on a failure, stops what it had started
         c.node(1).create_key()     # a conftest.Appliance, one per node
         c.balancer.get("/readyz", auth=False)
     finally:
@@ -37,15 +37,9 @@ CLUSTER_SH = os.path.join(TOP, "provisioning", "cluster.sh")
 PG_BIN = "/usr/lib/postgresql/15/bin"
 # The server's account as root (PostgreSQL refuses root): the one cluster.sh creates.
 PG_ACCOUNT = "signd-pg"
-# What the PostgreSQL backend's stub (appliance/store/sdb_pg.c) answers every open with.
-STUB_ERROR = "PostgreSQL backend is not built"
 # The accounts that log in to the database (cluster.sh maps each to the role signd): root
 # (the supervisor, signd-provision) and each node's keeper and front.
 DB_ACCOUNTS = ("root", "signd-keeper", "signd-front")
-
-
-class BackendNotBuilt(Exception):
-    """The PostgreSQL store backend is still the stub: cluster tests cannot run yet."""
 
 
 def _as_root_locked():
@@ -54,15 +48,12 @@ def _as_root_locked():
 
 
 def _run_script(*args):
-    """Runs a cluster.sh step; its output is in the exception when it fails (and a stub
-    backend's refusal is BackendNotBuilt)."""
+    """Runs a cluster.sh step; its output is in the exception when it fails."""
     with _as_root_locked():
         r = subprocess.run([CLUSTER_SH, *args], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT)
     out = r.stdout.decode(errors="replace")
     if r.returncode != 0:
-        if STUB_ERROR in out:
-            raise BackendNotBuilt(out.strip().splitlines()[-1])
         raise RuntimeError("cluster.sh %s failed (%d):\n%s" % (" ".join(args), r.returncode, out))
     return out
 
@@ -189,7 +180,14 @@ class Cluster:
     def start(self):
         """Starts the server, provisions the nodes (the first makes the token, the
         certificate and the admin credential), starts them all at once and waits for each,
-        then HAProxy. BackendNotBuilt when the store's PostgreSQL backend is the stub."""
+        then HAProxy. On any failure it stops what it had started, then raises."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self):
         self.pg = Postgres(os.path.join(self.dir, "pg"))
         self.pg.start()
         lb_port = free_port() if self.want_haproxy else None
@@ -199,12 +197,7 @@ class Cluster:
         for node in self.nodes:
             node.start(wait=False)
         for node in self.nodes:
-            try:
-                node.wait_started()
-            except RuntimeError as e:
-                if STUB_ERROR in str(e):
-                    raise BackendNotBuilt(str(e).splitlines()[0]) from None
-                raise
+            node.wait_started()
         if lb_port:
             self.balancer = Balancer(self, lb_port)
             self.balancer.start()

@@ -22,7 +22,7 @@ import time
 import pytest
 import requests
 
-from cluster import BackendNotBuilt, Cluster
+from cluster import Cluster
 from test_audit import PROVISION
 from test_privsep import KEY_NOT_FOUND, NO_CKR, OP_SIGN, Keeper, verify_rs256
 from test_revocation_feed import Stream
@@ -34,16 +34,7 @@ BOUND = 5.0
 
 
 def start_cluster(**kw):
-    c = Cluster(nodes=3, **kw)
-    try:
-        c.start()
-    except BackendNotBuilt as e:
-        c.stop()
-        pytest.skip("cluster mode needs the PostgreSQL store backend, still the stub here: %s" % e)
-    except BaseException:
-        c.stop()
-        raise
-    return c
+    return Cluster(nodes=3, **kw).start()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import time
 import pytest
 import requests
 
-from cluster import BackendNotBuilt, Cluster
+from cluster import Cluster
 
 LOAD_TIMEOUT = 30
 # Failures are allowed only this long after a fault's start or end (what was in flight,
@@ -32,15 +32,7 @@ RECOVERY_BOUND = 15  # the issue's 5 s, generously
 
 @pytest.fixture
 def cluster():
-    c = Cluster(nodes=3, haproxy=True)
-    try:
-        c.start()
-    except BackendNotBuilt as e:
-        c.stop()
-        pytest.skip("cluster mode needs the PostgreSQL store backend, still the stub here: %s" % e)
-    except BaseException:
-        c.stop()
-        raise
+    c = Cluster(nodes=3, haproxy=True).start()
     yield c
     c.stop()
 
