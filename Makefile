@@ -269,11 +269,11 @@ layers: all
 
 bench-hsm: deps
 	@$(MAKE) --no-print-directory all
-	@tests/bench/bench-hsm.sh
+	@HSM="$(HSM)" SIGND_BUILD=$(BUILD) tests/bench/bench-hsm.sh
 
 bench: deps
 	@$(MAKE) --no-print-directory all
-	@SIGND_BUILD=$(BUILD) tests/bench/bench.sh
+	@HSM="$(HSM)" SIGND_BUILD=$(BUILD) tests/bench/bench.sh
 
 # Hostile clients at full scale (1,000 keep-alive connections, 200 slowloris, floods) while
 # well-behaved clients measure their latency; the table in docs/reliability.md.
