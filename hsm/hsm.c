@@ -651,11 +651,19 @@ sk_status hsm_generate(hsm *h, const sk_kid *kid, unsigned bits)
         {CKA_LABEL, label, 2 * SK_KID_LEN},
     };
     CK_ATTRIBUTE priv[] = {
-        {CKA_TOKEN, &yes, sizeof(yes)},     {CKA_PRIVATE, &yes, sizeof(yes)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
-        {CKA_SIGN, &yes, sizeof(yes)},      {CKA_DECRYPT, &no, sizeof(no)},
-        {CKA_UNWRAP, &no, sizeof(no)},      {CKA_ID, (void *)kid->b, SK_KID_LEN},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_SIGN, &yes, sizeof(yes)},
+        {CKA_DECRYPT, &no, sizeof(no)},
+        {CKA_UNWRAP, &no, sizeof(no)},
+        {CKA_ID, (void *)kid->b, SK_KID_LEN},
         {CKA_LABEL, label, 2 * SK_KID_LEN},
+        /* Left out, SoftHSM2 2.6 and opencryptoki 3.8 make an RSA key that also signs with
+         * recovery (raw RSA on the token's side): sign-only means CKA_SIGN alone. */
+        {CKA_SIGN_RECOVER, &no, sizeof(no)},
+        {CKA_DERIVE, &no, sizeof(no)},
     };
     CK_MECHANISM mech = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
     CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
