@@ -59,6 +59,7 @@ typedef struct cfg {
     unsigned port;
     char pkcs11_module[CFG_PATH_MAX];
     char softhsm2_conf[CFG_PATH_MAX]; /* "": leave SOFTHSM2_CONF alone (a hardware module) */
+    char pkcs11_sign_mechanism[16];   /* auto, sha256_rsa_pkcs or rsa_pkcs (hsm_mech_parse) */
     char token[CFG_TOKEN_MAX];        /* a token label or an RFC 7512 pkcs11: URI */
     char pin_file[CFG_PATH_MAX];
     char pin_credential[CFG_CREDENTIAL_MAX]; /* "": the PIN is in pin_file */

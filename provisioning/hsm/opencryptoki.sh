@@ -10,7 +10,8 @@
 #   conf DATA_DIR    prints the appliance.conf lines for it
 #   stop DATA_DIR    stops pkcsslotd if start started it (by its PID)
 #   release DATA_DIR wipes the soft token, only when DATA_DIR is the one that initialised
-#                    it (its keys are gone for good: the tests' teardown)
+#                    it (its keys are gone for good: the tests' teardown); before stop, as
+#                    it reads the token's label through pkcsslotd
 #
 # One machine, one soft token: pkcsslotd is one daemon per machine and 3.8 keeps the token in
 # /var/lib/opencryptoki/swtok (its PKCS_APP_STORE variable moves only the shared-memory
@@ -147,6 +148,7 @@ release() {
 	[ -e "$dir/hsm/token-label" ] || die "$dir initialised no opencryptoki token"
 	dir=$(cd "$dir" && pwd)
 	local info label
+	[ -n "$(slotd_pid)" ] || die "pkcsslotd is not running: release before stop"
 	info=$(token_info)
 	label=${info%%|*}
 	[ "$label" = "$(cat "$dir/hsm/token-label")" ] ||
