@@ -136,6 +136,7 @@ typedef struct {
     char pin_file[PATH_MAX];
     char softhsm2_conf[PATH_MAX]; /* "": not SoftHSM2, SOFTHSM2_CONF left alone */
     char env[2048];               /* pkcs11_env: NAME=value,NAME=value */
+    hsm_mech mech;                /* pkcs11_sign_mechanism: the hsm layer's path */
 } bench_module;
 
 static void copy_value(char *out, size_t cap, const char *v)
@@ -189,6 +190,8 @@ static void module_read(bench_module *m, const char *dir, const char *conf_path,
             copy_path(m->softhsm2_conf, dir, v);
         else if (strcmp(k, "pkcs11_env") == 0)
             copy_value(m->env, sizeof(m->env), v);
+        else if (strcmp(k, "pkcs11_sign_mechanism") == 0 && hsm_mech_parse(v, &m->mech) != 0)
+            die("pkcs11_sign_mechanism must be auto, sha256_rsa_pkcs or rsa_pkcs");
     }
     fclose(f);
 }
@@ -220,13 +223,14 @@ static hsm *open_module(const bench_module *m, unsigned max_sessions)
     hsm_config cfg = {.module_path = m->module,
                       .token = m->token,
                       .pin_file = m->pin_file,
-                      .max_sessions = max_sessions};
+                      .max_sessions = max_sessions,
+                      .sign_mechanism = m->mech};
     hsm *h = NULL;
     unsigned long ckr = 0;
     sk_status st = hsm_open(&cfg, &h, &ckr);
     if (st != SK_OK) {
-        fprintf(stderr, "bench-hsm: cannot open token %s of %s: %s (CKR 0x%lx)\n", m->token,
-                m->module, sk_strerror(st), ckr);
+        fprintf(stderr, "bench-hsm: cannot open token %s of %s: %s (CKR 0x%lx) %s\n", m->token,
+                m->module, sk_strerror(st), ckr, hsm_open_detail());
         exit(1);
     }
     return h;
@@ -606,6 +610,7 @@ typedef struct {
     double big_create_s;
     char name[32];
     char library[64];
+    char probe[256]; /* what the hsm layer probed: its sign path, RSA range, sessions */
     const char *raw_mech;
     unsigned seconds;
 } results;
@@ -644,11 +649,22 @@ static unsigned gen_keys_default(void)
 static void bench_keygen(results *res, hsm *h)
 {
     unsigned base = gen_keys_default();
+    hsm_caps caps;
+    hsm_info(h, &caps);
     for (unsigned i = 0; i < BENCH_SIZES; i++) {
         unsigned bits = bench_bits[i], count = base >> i;
         if (count < 2)
             count = 2;
         res->gen_count[i] = count;
+        /* A size outside the range the token states is the appliance's 400
+         * key_size_unsupported: nothing to time. */
+        if ((caps.rsa_min_bits && bits < caps.rsa_min_bits) ||
+            (caps.rsa_max_bits && bits > caps.rsa_max_bits)) {
+            snprintf(res->gen_refused[i], sizeof(res->gen_refused[i]),
+                     "outside the token's RSA range %u-%u bits", caps.rsa_min_bits,
+                     caps.rsa_max_bits);
+            continue;
+        }
         sk_kid *kids = calloc(count, sizeof(*kids));
         if (kids == NULL)
             die("out of memory");
@@ -691,6 +707,13 @@ static void bench_signing(results *res, const bench_module *m)
         die_hsm("hsm_generate", st);
     hsm_thread_done(h);
 
+    hsm_caps caps;
+    hsm_info(h, &caps);
+    snprintf(res->probe, sizeof(res->probe),
+             "hsm layer: %s, RSA %u-%u bits, PIN %u-%u, sessions %u (token %lu); token %s %s",
+             hsm_mech_name(caps.sign_mechanism), caps.rsa_min_bits, caps.rsa_max_bits, caps.pin_min,
+             caps.pin_max, caps.max_sessions, caps.token_max_sessions, caps.manufacturer,
+             caps.model);
     raw_module raw;
     raw_attach(&raw, m->module, &kid);
     library_version(&raw, res->library);
@@ -761,8 +784,9 @@ static void print_table(FILE *o, const results *res)
     double q1 = hsm1 / raw1, q2 = hsm2 / raw2;
     fprintf(o,
             "bench-hsm: HSM=%s, %s, RSA-2048, %ld CPUs, %u s per measurement, medians of %d "
-            "interleaved rounds\n\n",
+            "interleaved rounds\n",
             res->name, res->library, sysconf(_SC_NPROCESSORS_ONLN), res->seconds, BENCH_ROUNDS);
+    fprintf(o, "%s\n\n", res->probe);
     fprintf(o, "%-48s %12s %12s\n", "signatures per second", "1 thread", "2 threads");
     fprintf(o, "%-48s %12.0f %12.0f\n", "openssl speed -seconds 3 rsa2048 (1 / -multi 2)",
             res->speed[0], res->speed[1]);
