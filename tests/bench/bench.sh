@@ -42,7 +42,8 @@
 #                     another module (opencryptoki, tpm2), only the BENCH_ONLY=jwt rows (the
 #                     raw loop and signed JWTs over HTTPS on that module's token), on the
 #                     data directory build/bench/appliance-HSM with BENCH_KEYS keys (default
-#                     100; SoftHSM2: 1,000): the other rows do not depend on the module
+#                     20, at most the module's max_active_keys; SoftHSM2: 1,000): the other
+#                     rows do not depend on the module
 #   SIGND_BUILD=build the build directory (`make bench` passes $(BUILD)): its bin/ is run,
 #                     its bench/ holds the data directories and the table
 # The data directory build/bench/appliance (1,000 keys, a few minutes to create the first
@@ -499,7 +500,7 @@ if [ "$hsm" = softhsm2 ]; then
 	jwt_out=$build/bench/jwt.txt
 else
 	dir="$top/$build/bench/appliance-$hsm"
-	bench_keys=${BENCH_KEYS:-100}
+	bench_keys=${BENCH_KEYS:-20}
 	jwt_out=$build/bench/jwt-$hsm.txt
 	mkdir -p "$dir"
 	"$module_sh" start "$dir" >&2
@@ -514,6 +515,12 @@ if [ "$hsm" != softhsm2 ]; then
 		value=${line#*=}
 		prov_conf_set "$conf" "${key% }" "${value# }"
 	done
+	# The module's key bound (opencryptoki's object limit, the TPM's store) caps the keys.
+	max_keys=$(prov_conf_value "$conf" max_active_keys)
+	if [ -n "$max_keys" ] && [ "$bench_keys" -gt "$max_keys" ]; then
+		echo "bench: $hsm allows $max_keys active keys: BENCH_KEYS $bench_keys lowered to it" >&2
+		bench_keys=$max_keys
+	fi
 fi
 # The per-credential rate limit at its highest: the buckets are still taken on every
 # request, as in production, but never refuse (a fast machine redeems over the default
