@@ -38,9 +38,21 @@ if [ "$hsm" = softhsm2 ]; then
 else
 	data=$top/$build/bench/appliance-$hsm
 fi
+# opencryptoki has one soft token per machine, which make test-modules uses too: the bench
+# makes its own (a fresh data directory) and wipes it when done (the script's release), so
+# that the next user finds the token free.
+release=
+if [ "$hsm" = opencryptoki ]; then
+	release=1
+	rm -rf "$data"
+fi
 mkdir -p "$data"
 # The module's daemons (none for SoftHSM2) are stopped however this ends.
-trap '"$script" stop "$data" >&2' EXIT
+module_stop() {
+	[ -z "$release" ] || [ ! -e "$data/hsm/token-label" ] || "$script" release "$data" >&2 || true
+	"$script" stop "$data" >&2
+}
+trap module_stop EXIT
 "$script" start "$data" >&2
 "$script" conf "$data" >"$data/module.conf"
 "$bin" run "$build/bench/hsm-$hsm.txt" "$data/module.conf" "$hsm"

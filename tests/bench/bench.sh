@@ -47,7 +47,8 @@
 #   SIGND_BUILD=build the build directory (`make bench` passes $(BUILD)): its bin/ is run,
 #                     its bench/ holds the data directories and the table
 # The data directory build/bench/appliance (1,000 keys, a few minutes to create the first
-# time) is kept and reused by later runs.
+# time) is kept and reused by later runs; another module's (HSM=...) too, but opencryptoki's,
+# made fresh each run (its token is the machine's).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 top=$(pwd)
@@ -502,10 +503,21 @@ else
 	dir="$top/$build/bench/appliance-$hsm"
 	bench_keys=${BENCH_KEYS:-20}
 	jwt_out=$build/bench/jwt-$hsm.txt
+	# opencryptoki has one soft token per machine, which make test-modules uses too: the
+	# bench makes its own (a fresh data directory) and wipes it when done (the script's
+	# release), so that the next user finds the token free.
+	if [ "$hsm" = opencryptoki ]; then
+		release=1
+		rm -rf "$dir"
+	fi
 	mkdir -p "$dir"
 	"$module_sh" start "$dir" >&2
 fi
-module_stop() { [ "$hsm" = softhsm2 ] || "$module_sh" stop "$dir" >&2 || true; }
+module_stop() {
+	[ "$hsm" != softhsm2 ] || return 0
+	[ -z "${release:-}" ] || [ ! -e "$dir/hsm/token-label" ] || "$module_sh" release "$dir" >&2 || true
+	"$module_sh" stop "$dir" >&2 || true
+}
 trap module_stop EXIT
 SIGND_HSM=$hsm provisioning/init-data-dir.sh "$dir" "$port" >&2
 conf="$dir/appliance.conf"
