@@ -615,6 +615,10 @@ typedef struct {
     unsigned rounds;
     double raw[2][BENCH_ROUNDS_MAX]; /* [threads - 1][round] */
     double layer[2][BENCH_ROUNDS_MAX];
+    /* CPU time of this process per signature (us): what a busy machine does not move, as it
+     * moves the rates (a run's share of the CPUs depends on everyone else's threads). */
+    double raw_cpu[2][BENCH_ROUNDS_MAX];
+    double layer_cpu[2][BENCH_ROUNDS_MAX];
     /* Per size: keys made per measurement, seconds per key on 1 and 2 threads; a size the
      * token refused says why. */
     unsigned gen_count[BENCH_SIZES];
@@ -744,8 +748,10 @@ static void bench_signing(results *res, const bench_module *m)
         for (unsigned threads = 1; threads <= 2; threads++) {
             run.use_hsm = 0;
             res->raw[threads - 1][r] = sign_rate(&run, threads, res->seconds);
+            res->raw_cpu[threads - 1][r] = run.cpu_us_per_op;
             run.use_hsm = 1;
             res->layer[threads - 1][r] = sign_rate(&run, threads, res->seconds);
+            res->layer_cpu[threads - 1][r] = run.cpu_us_per_op;
             fprintf(stderr, "bench-hsm: round %u, %u thread%s: raw %.0f/s, hsm %.0f/s (%.3f)\n",
                     r + 1, threads, threads > 1 ? "s" : "", res->raw[threads - 1][r],
                     res->layer[threads - 1][r],
@@ -823,6 +829,12 @@ static void print_table(FILE *o, const results *res)
     fprintf(o, "%-48s %7.3f %4s %7.3f %4s\n", "hsm / raw, median of rounds' (bar >= 0.95)", q1,
             q1 >= BENCH_BAR ? "pass" : "FAIL", q2, q2 >= BENCH_BAR ? "pass" : "FAIL");
     fprintf(o, "%-48s %12.3f %12.3f\n", "hsm / raw, of the medians", hsm1 / raw1, hsm2 / raw2);
+    double rc1 = median(res->raw_cpu[0], n), rc2 = median(res->raw_cpu[1], n);
+    double hc1 = median(res->layer_cpu[0], n), hc2 = median(res->layer_cpu[1], n);
+    fprintf(o, "%-48s %5.0f / %-6.0f %5.0f / %-6.0f\n", "CPU us per signature, raw / hsm", rc1, hc1,
+            rc2, hc2);
+    fprintf(o, "%-48s %12.3f %12.3f\n", "hsm / raw from CPU per signature (raw / hsm)", rc1 / hc1,
+            rc2 / hc2);
     fprintf(o, "%-48s %12.3f %12.3f\n", "raw / openssl speed", raw1 / res->speed[0],
             raw2 / res->speed[1]);
     fprintf(o, "%-48s %12.3f %12.3f\n", "hsm / openssl speed", hsm1 / res->speed[0],
