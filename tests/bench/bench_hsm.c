@@ -833,8 +833,11 @@ static void print_table(FILE *o, const results *res)
     double hc1 = median(res->layer_cpu[0], n), hc2 = median(res->layer_cpu[1], n);
     fprintf(o, "%-48s %5.0f / %-6.0f %5.0f / %-6.0f\n", "CPU us per signature, raw / hsm", rc1, hc1,
             rc2, hc2);
-    fprintf(o, "%-48s %12.3f %12.3f\n", "hsm / raw from CPU per signature (raw / hsm)", rc1 / hc1,
-            rc2 / hc2);
+    /* The same bar on CPU per signature: on a machine others load, the rates' ratio swings
+     * by more than the layer costs, this one does not. */
+    double c1 = rc1 / hc1, c2 = rc2 / hc2;
+    fprintf(o, "%-48s %7.3f %4s %7.3f %4s\n", "hsm / raw from CPU per signature (bar >= 0.95)", c1,
+            c1 >= BENCH_BAR ? "pass" : "FAIL", c2, c2 >= BENCH_BAR ? "pass" : "FAIL");
     /* openssl speed divides by its CPU (user) time unless -elapsed: 1e6 / its rate is the
      * CPU's own cost of one RSA-2048 signature, which a busy machine does not move either. */
     fprintf(o, "%-48s %12.3f %12.3f\n", "openssl CPU per signature / hsm's (1 process)",
