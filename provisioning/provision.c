@@ -192,6 +192,15 @@ static int cmd_token_list(int argc, char **argv)
         fprintf(stderr, "cannot set SOFTHSM2_CONF\n");
         return 1;
     }
+    /* The module's own variables, as the keeper gets them (pkcs11_env). */
+    static char env[CFG_ENV_VARS][CFG_ENV_MAX];
+    int nenv = cfg_env_entries(c.pkcs11_env, env);
+    for (int i = 0; i < nenv; i++) {
+        if (putenv(env[i]) != 0) {
+            fprintf(stderr, "cannot set the module's environment\n");
+            return 1;
+        }
+    }
     hsm_config hc = {.module_path = c.pkcs11_module, .token = c.token, .pin_file = c.pin_file};
     hsm *h = NULL;
     unsigned long ckr = 0;
