@@ -120,6 +120,8 @@ typedef enum {
     API_ERR_ORIGIN_REQUIRED,    /* redeem: the token is origin-bound and no origin was given */
     API_ERR_WRONG_AUDIENCE,     /* redeem: aud given and the token is for another (or none) */
     API_ERR_SUBJECT_REVOKED,    /* redeem: a subject revocation covers the token's sub and iat */
+    /* The token cannot make a key of the size asked for (its mechanism's range). */
+    API_ERR_KEY_SIZE_UNSUPPORTED,
     API_ERR_COUNT_
 } api_err;
 

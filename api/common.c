@@ -82,6 +82,7 @@ static const api_err_info api_errors[API_ERR_COUNT_] = {
     [API_ERR_ORIGIN_REQUIRED] = {409, "origin_required"},
     [API_ERR_WRONG_AUDIENCE] = {409, "wrong_audience"},
     [API_ERR_SUBJECT_REVOKED] = {409, "subject_revoked"},
+    [API_ERR_KEY_SIZE_UNSUPPORTED] = {400, "key_size_unsupported"},
     [API_ERR_TOKEN_TOO_LARGE] = {400, "token_too_large"},
 };
 
@@ -284,6 +285,16 @@ json_t *api_key_json(const reg_key *k)
         sk_kid_hex(&k->predecessor, link);
         json_object_set_new(j, "predecessor", json_string(link));
     }
+    /* What the token holds, read back, not what was asked for: a module that cannot make
+     * a sign-only key (tpm2-pkcs11) says so here (SECURITY.md). Absent when never read. */
+    if (j != NULL && (k->token_attrs & SK_ATTR_READ))
+        json_object_set_new(j, "token_attributes",
+                            json_pack("{s:b, s:b, s:b, s:b}", "sensitive",
+                                      (k->token_attrs & SK_ATTR_SENSITIVE) != 0, "extractable",
+                                      (k->token_attrs & SK_ATTR_EXTRACTABLE) != 0,
+                                      "never_extractable",
+                                      (k->token_attrs & SK_ATTR_NEVER_EXTRACTABLE) != 0,
+                                      "sign_only", (k->token_attrs & SK_ATTR_SIGN_ONLY) != 0));
     return j;
 }
 

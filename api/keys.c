@@ -34,6 +34,11 @@ api_err api_hsm_error(api_resp *r, sk_status st)
     case SK_ERR_TIMEOUT:
         e = API_ERR_HSM_TIMEOUT;
         break;
+    case SK_ERR_KEY_SIZE:
+        /* The token's own range (tpm2-pkcs11 makes RSA 1024 to 3072): the caller asks for
+         * another size, nothing is wrong with the token. */
+        e = API_ERR_KEY_SIZE_UNSUPPORTED;
+        break;
     default:
         e = API_ERR_HSM_UNAVAILABLE;
     }

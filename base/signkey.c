@@ -29,6 +29,14 @@ static const struct {
     [SK_ERR_BAD_ARGUMENT] = {"bad_argument", "invalid argument to the PKCS#11 layer"},
     [SK_ERR_DEVICE] = {"device_error", "the PKCS#11 module or device failed"},
     [SK_ERR_TIMEOUT] = {"timeout", "the token did not answer within keeper_timeout_ms"},
+    [SK_ERR_KEY_SIZE] = {"key_size_unsupported",
+                         "the token cannot make an RSA key of this size (its "
+                         "CKM_RSA_PKCS_KEY_PAIR_GEN range)"},
+    [SK_ERR_MECHANISM] = {"mechanism_unsupported",
+                          "the token lacks the signing mechanism pkcs11_sign_mechanism names"},
+    [SK_ERR_KEY_WEAK] = {"key_attributes_refused",
+                         "the token made a key that is not sensitive or is extractable: it was "
+                         "destroyed"},
 };
 
 const char *sk_status_name(sk_status s)

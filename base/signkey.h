@@ -29,7 +29,11 @@ typedef enum {
     SK_ERR_SESSION_COUNT,   /* the token or our bound refused another session */
     SK_ERR_BAD_ARGUMENT,    /* a caller error: size, length or URI out of range */
     SK_ERR_DEVICE,          /* any other failure of the module or the device */
-    SK_ERR_TIMEOUT, /* the keeper did not answer within its deadline (appliance/kproto/keeper.h) */
+    SK_ERR_TIMEOUT,  /* the keeper did not answer within its deadline (appliance/kproto/keeper.h) */
+    SK_ERR_KEY_SIZE, /* the token cannot make a key of this size (its mechanism's range) */
+    SK_ERR_MECHANISM, /* the token lacks the signing mechanism the configuration forces */
+    SK_ERR_KEY_WEAK,  /* the token made a key that is not sensitive, or is extractable:
+                       * destroyed at once, never used */
     SK_ERR_COUNT_
 } sk_status;
 
@@ -51,6 +55,20 @@ typedef struct {
     int has_private;
     int has_public;
 } sk_key_entry;
+
+/* What the token says it holds for a key's private half, read back with
+ * C_GetAttributeValue after it was made (hsm_key_attrs): a bit set of SK_ATTR_*, 0 when
+ * nothing was read (a key made before the appliance read them). SK_ATTR_READ marks a
+ * value that was read. sign_only: CKA_SIGN true and none of CKA_DECRYPT, CKA_UNWRAP,
+ * CKA_DERIVE, CKA_SIGN_RECOVER true. Carried by the keeper protocol and the registry as
+ * this byte, so the bits never move. */
+typedef uint8_t sk_attrs;
+#define SK_ATTR_READ 0x01u
+#define SK_ATTR_SENSITIVE 0x02u
+#define SK_ATTR_EXTRACTABLE 0x04u
+#define SK_ATTR_NEVER_EXTRACTABLE 0x08u
+#define SK_ATTR_SIGN_ONLY 0x10u
+#define SK_ATTR_ALL 0x1fu
 
 /* A stable snake_case name ("pin_incorrect") and a sentence an operator can act on. */
 const char *sk_status_name(sk_status s);

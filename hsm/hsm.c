@@ -4,6 +4,7 @@
 #include "base/lock.h"
 
 #include <dlfcn.h>
+#include <stdatomic.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -16,11 +17,21 @@
 #include <p11-kit/pkcs11.h>
 #include <p11-kit/uri.h>
 
+#include <openssl/sha.h>
+
 #define HSM_CACHE_SLOTS 8192 /* power of two; holds HSM_CACHE_MAX keys at < 50 % load */
 #define HSM_CACHE_MAX 4096
 #define HSM_FIND_BATCH 128
 #define HSM_GENERATE_TRIES 3
 #define HSM_URI_MAX 1024
+#define HSM_MECH_LIST_MAX 4096 /* mechanisms read from the token, far above any module's */
+
+/* DER of DigestInfo { AlgorithmIdentifier { id-sha256, NULL }, OCTET STRING (32) }: what
+ * RFC 8017 9.2 puts before the SHA-256 hash for RSASSA-PKCS1-v1_5, and what
+ * CKM_SHA256_RSA_PKCS builds inside the token. */
+static const uint8_t hsm_sha256_prefix[19] = {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60,
+                                              0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                                              0x01, 0x05, 0x00, 0x04, 0x20};
 
 /* One cached key: handles of both halves and the signature size. */
 typedef struct {
@@ -53,6 +64,12 @@ struct hsm {
     hsm_tsess *sessions;
     unsigned n_sessions;
     unsigned max_sessions;
+    /* Probed at open, read-only after it (the signing path reads sign_mech without a lock). */
+    hsm_caps caps;
+    CK_MECHANISM_TYPE sign_mech; /* CKM_SHA256_RSA_PKCS, or CKM_RSA_PKCS over a DigestInfo */
+    atomic_int no_sign_only;     /* the token refused a sign-only template: skip it from now on */
+    unsigned test_flags;         /* hsm_test_force */
+    unsigned test_max_bits;
     pthread_rwlock_t cache_mu; /* readers: sign, public key; writers: generate, destroy */
     size_t n_cached;
     size_t n_dead; /* tombstones: rehashed away past a quarter of the table */
@@ -60,6 +77,35 @@ struct hsm {
 };
 
 static _Thread_local unsigned long hsm_tl_ckr;
+static _Thread_local char hsm_tl_detail[64];
+
+const char *hsm_open_detail(void)
+{
+    return hsm_tl_detail;
+}
+
+const char *hsm_mech_name(hsm_mech m)
+{
+    switch (m) {
+    case HSM_MECH_SHA256_RSA_PKCS:
+        return "sha256_rsa_pkcs";
+    case HSM_MECH_RSA_PKCS:
+        return "rsa_pkcs";
+    default:
+        return "auto";
+    }
+}
+
+int hsm_mech_parse(const char *text, hsm_mech *out)
+{
+    for (int m = HSM_MECH_AUTO; m <= HSM_MECH_RSA_PKCS; m++) {
+        if (text != NULL && strcmp(text, hsm_mech_name((hsm_mech)m)) == 0) {
+            *out = (hsm_mech)m;
+            return 0;
+        }
+    }
+    return -1;
+}
 
 unsigned long hsm_last_ckr(void)
 {
@@ -94,6 +140,10 @@ static sk_status hsm_from_ckr(CK_RV rv)
     case CKR_ARGUMENTS_BAD:
     case CKR_DATA_LEN_RANGE:
         return SK_ERR_BAD_ARGUMENT;
+    case CKR_KEY_SIZE_RANGE:
+        return SK_ERR_KEY_SIZE;
+    case CKR_MECHANISM_INVALID:
+        return SK_ERR_MECHANISM;
     default:
         return SK_ERR_DEVICE;
     }
@@ -503,12 +553,111 @@ static void hsm_cache_public(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, vo
         slot->pub = o;
 }
 
+/* ---- probing ------------------------------------------------------------------------ */
+
+/* A blank-padded PKCS#11 text field as a C string (out holds len + 1 bytes). */
+static void hsm_field_copy(char *out, const unsigned char *field, size_t len)
+{
+    while (len > 0 && (field[len - 1] == ' ' || field[len - 1] == '\0'))
+        len--;
+    for (size_t i = 0; i < len; i++)
+        out[i] = field[i] >= 0x20 && field[i] < 0x7f ? (char)field[i] : '?';
+    out[len] = '\0';
+}
+
+/* A CK_ULONG the token may leave unknown, as a bound: 0 for unknown. */
+static unsigned long hsm_known(CK_ULONG v)
+{
+    return v == CK_UNAVAILABLE_INFORMATION ? 0 : (unsigned long)v;
+}
+
+/* Reads what the module and the token say they can do, and picks the signing path: what
+ * a module can do is asked, never assumed from SoftHSM2 (issue 21: opencryptoki has no
+ * CKM_SHA256_RSA_PKCS, tpm2-pkcs11 makes RSA 1024 to 3072 only). */
+static sk_status hsm_probe(hsm *h, hsm_mech want)
+{
+    hsm_caps *c = &h->caps;
+    CK_INFO li;
+    if (h->f->C_GetInfo(&li) == CKR_OK) {
+        hsm_field_copy(c->library_manufacturer, li.manufacturerID, sizeof(li.manufacturerID));
+        hsm_field_copy(c->library_description, li.libraryDescription,
+                       sizeof(li.libraryDescription));
+        c->library_version_major = li.libraryVersion.major;
+        c->library_version_minor = li.libraryVersion.minor;
+    }
+    CK_TOKEN_INFO ti;
+    CK_RV rv = h->f->C_GetTokenInfo(h->slot, &ti);
+    if (rv != CKR_OK)
+        return hsm_from_ckr(rv);
+    hsm_field_copy(c->manufacturer, ti.manufacturerID, sizeof(ti.manufacturerID));
+    hsm_field_copy(c->model, ti.model, sizeof(ti.model));
+    hsm_field_copy(c->label, ti.label, sizeof(ti.label));
+    c->pin_min = (unsigned)hsm_known(ti.ulMinPinLen);
+    c->pin_max = (unsigned)hsm_known(ti.ulMaxPinLen);
+    c->token_max_sessions = hsm_known(ti.ulMaxSessionCount);
+    c->token_max_rw_sessions = hsm_known(ti.ulMaxRwSessionCount);
+    /* Every session we open is read-write, and the login session is one of them. */
+    unsigned long limit = c->token_max_rw_sessions;
+    if (c->token_max_sessions != 0 && (limit == 0 || c->token_max_sessions < limit))
+        limit = c->token_max_sessions;
+    if (limit > 1 && limit - 1 < h->max_sessions)
+        h->max_sessions = (unsigned)(limit - 1);
+    c->max_sessions = h->max_sessions;
+
+    CK_ULONG n = 0;
+    rv = h->f->C_GetMechanismList(h->slot, NULL, &n);
+    CK_MECHANISM_TYPE *mechs = NULL;
+    if (rv == CKR_OK && n > 0 && n <= HSM_MECH_LIST_MAX &&
+        (mechs = calloc(n, sizeof(*mechs))) != NULL)
+        rv = h->f->C_GetMechanismList(h->slot, mechs, &n);
+    for (CK_ULONG i = 0; rv == CKR_OK && mechs != NULL && i < n; i++) {
+        c->has_sha256_rsa_pkcs |= mechs[i] == CKM_SHA256_RSA_PKCS;
+        c->has_rsa_pkcs |= mechs[i] == CKM_RSA_PKCS;
+    }
+    free(mechs);
+    if (rv != CKR_OK)
+        return hsm_from_ckr(rv);
+    CK_MECHANISM_INFO mi;
+    if (h->f->C_GetMechanismInfo(h->slot, CKM_RSA_PKCS_KEY_PAIR_GEN, &mi) == CKR_OK) {
+        c->rsa_min_bits = (unsigned)mi.ulMinKeySize;
+        c->rsa_max_bits = (unsigned)mi.ulMaxKeySize;
+    }
+
+    if (want == HSM_MECH_AUTO)
+        want = c->has_sha256_rsa_pkcs ? HSM_MECH_SHA256_RSA_PKCS : HSM_MECH_RSA_PKCS;
+    int have = want == HSM_MECH_SHA256_RSA_PKCS ? c->has_sha256_rsa_pkcs : c->has_rsa_pkcs;
+    if (!have) {
+        snprintf(hsm_tl_detail, sizeof(hsm_tl_detail), "%s",
+                 want == HSM_MECH_SHA256_RSA_PKCS ? "CKM_SHA256_RSA_PKCS" : "CKM_RSA_PKCS");
+        hsm_tl_ckr = CKR_MECHANISM_INVALID;
+        return SK_ERR_MECHANISM;
+    }
+    c->sign_mechanism = want;
+    h->sign_mech = want == HSM_MECH_SHA256_RSA_PKCS ? CKM_SHA256_RSA_PKCS : CKM_RSA_PKCS;
+    return SK_OK;
+}
+
+void hsm_info(hsm *h, hsm_caps *out)
+{
+    *out = h->caps;
+    out->sign_only_refused = atomic_load(&h->no_sign_only);
+}
+
+void hsm_test_force(hsm *h, unsigned flags, unsigned rsa_max_bits)
+{
+    h->test_flags = flags;
+    h->test_max_bits = rsa_max_bits;
+    if (rsa_max_bits != 0)
+        h->caps.rsa_max_bits = rsa_max_bits;
+}
+
 /* ---- open and close ------------------------------------------------------------------ */
 
 sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
 {
     *out = NULL;
     hsm_tl_ckr = 0;
+    hsm_tl_detail[0] = '\0';
     hsm_match m;
     sk_status st = hsm_parse_match(cfg->token, &m);
     if (st != SK_OK)
@@ -540,6 +689,8 @@ sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
     hsm_match_free(m);
     m = NULL;
     if (st != SK_OK)
+        goto fail;
+    if ((st = hsm_probe(h, cfg->sign_mechanism)) != SK_OK)
         goto fail;
     rv = h->f->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h->login);
     if (rv != CKR_OK) {
@@ -619,10 +770,70 @@ static int hsm_destroy_by_scan(hsm *h, CK_SESSION_HANDLE s, const sk_kid *kid, s
     return n;
 }
 
+static sk_status hsm_lookup(hsm *h, const sk_kid *kid, hsm_slot *copy);
+
+/* Reads the private half's attributes at o. A module that does not know an attribute
+ * leaves it unread (ulValueLen -1): it counts as false, which for CKA_SENSITIVE refuses the
+ * key and for CKA_DECRYPT and the like keeps it sign-only. */
+static sk_status hsm_read_attrs(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, hsm_attrs *out)
+{
+    memset(out, 0, sizeof(*out));
+    enum { SENS, EXTR, NEVER, SIGN, DEC, UNWRAP, DERIVE, RECOVER, N };
+    static const CK_ATTRIBUTE_TYPE types[N] = {
+        CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_NEVER_EXTRACTABLE, CKA_SIGN, CKA_DECRYPT,
+        CKA_UNWRAP,    CKA_DERIVE,      CKA_SIGN_RECOVER,
+    };
+    CK_BBOOL v[N];
+    CK_ATTRIBUTE a[N];
+    for (int i = 0; i < N; i++)
+        a[i] = (CK_ATTRIBUTE){types[i], &v[i], sizeof(v[i])};
+    CK_RV rv = h->f->C_GetAttributeValue(s, o, a, N);
+    /* Per PKCS#11 these two still fill every attribute they can. */
+    if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE)
+        return hsm_from_ckr(rv);
+    int t[N];
+    for (int i = 0; i < N; i++)
+        t[i] = a[i].ulValueLen == sizeof(CK_BBOOL) && v[i] == CK_TRUE;
+    out->sensitive = t[SENS];
+    out->extractable = t[EXTR];
+    out->never_extractable = t[NEVER];
+    out->sign_only = t[SIGN] && !t[DEC] && !t[UNWRAP] && !t[DERIVE] && !t[RECOVER];
+    hsm_tl_ckr = 0;
+    return SK_OK;
+}
+
+sk_attrs hsm_attrs_bits(const hsm_attrs *a)
+{
+    return (sk_attrs)(SK_ATTR_READ | (a->sensitive ? SK_ATTR_SENSITIVE : 0) |
+                      (a->extractable ? SK_ATTR_EXTRACTABLE : 0) |
+                      (a->never_extractable ? SK_ATTR_NEVER_EXTRACTABLE : 0) |
+                      (a->sign_only ? SK_ATTR_SIGN_ONLY : 0));
+}
+
+/* Whether rv is a token's refusal of an attribute of the template (tpm2-pkcs11 says
+ * CKR_GENERAL_ERROR, "attr mismatch", for CKA_DECRYPT = FALSE). */
+static int hsm_template_refused(CK_RV rv)
+{
+    return rv == CKR_GENERAL_ERROR || rv == CKR_TEMPLATE_INCONSISTENT ||
+           rv == CKR_ATTRIBUTE_VALUE_INVALID || rv == CKR_ATTRIBUTE_TYPE_INVALID;
+}
+
 sk_status hsm_generate(hsm *h, const sk_kid *kid, unsigned bits)
 {
+    return hsm_generate_attrs(h, kid, bits, NULL);
+}
+
+sk_status hsm_generate_attrs(hsm *h, const sk_kid *kid, unsigned bits, hsm_attrs *attrs)
+{
+    if (attrs != NULL)
+        memset(attrs, 0, sizeof(*attrs));
     if (bits != 2048 && bits != 3072 && bits != 4096)
         return hsm_tl_ckr = 0, SK_ERR_BAD_ARGUMENT;
+    /* Asked of the token at open: a size it cannot make is the caller's to change, not a
+     * device failure (tpm2-pkcs11 stops at 3072). */
+    if ((h->caps.rsa_min_bits != 0 && bits < h->caps.rsa_min_bits) ||
+        (h->caps.rsa_max_bits != 0 && bits > h->caps.rsa_max_bits))
+        return hsm_tl_ckr = 0, SK_ERR_KEY_SIZE;
     CK_SESSION_HANDLE s;
     sk_status st = hsm_session(h, &s);
     if (st != SK_OK)
@@ -637,43 +848,85 @@ sk_status hsm_generate(hsm *h, const sk_kid *kid, unsigned bits)
     char label[2 * SK_KID_LEN + 1];
     sk_kid_hex(kid, label);
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_BBOOL sensitive = (h->test_flags & HSM_TEST_NOT_SENSITIVE) ? CK_FALSE : CK_TRUE;
     CK_ULONG mod_bits = bits;
     CK_BYTE exponent[] = {0x01, 0x00, 0x01};
+    /* The restrictions a module may refuse come last, so the fallback template is the same
+     * array cut short (n_pub_open, n_priv_open entries). */
     CK_ATTRIBUTE pub[] = {
         {CKA_TOKEN, &yes, sizeof(yes)},
         {CKA_PRIVATE, &no, sizeof(no)},
         {CKA_VERIFY, &yes, sizeof(yes)},
-        {CKA_ENCRYPT, &no, sizeof(no)},
-        {CKA_WRAP, &no, sizeof(no)},
         {CKA_MODULUS_BITS, &mod_bits, sizeof(mod_bits)},
         {CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent)},
         {CKA_ID, (void *)kid->b, SK_KID_LEN},
         {CKA_LABEL, label, 2 * SK_KID_LEN},
+        {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_WRAP, &no, sizeof(no)},
     };
     CK_ATTRIBUTE priv[] = {
-        {CKA_TOKEN, &yes, sizeof(yes)},     {CKA_PRIVATE, &yes, sizeof(yes)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
-        {CKA_SIGN, &yes, sizeof(yes)},      {CKA_DECRYPT, &no, sizeof(no)},
-        {CKA_UNWRAP, &no, sizeof(no)},      {CKA_ID, (void *)kid->b, SK_KID_LEN},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &sensitive, sizeof(sensitive)},
+        {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_SIGN, &yes, sizeof(yes)},
+        {CKA_ID, (void *)kid->b, SK_KID_LEN},
         {CKA_LABEL, label, 2 * SK_KID_LEN},
+        {CKA_DECRYPT, &no, sizeof(no)},
+        {CKA_UNWRAP, &no, sizeof(no)},
+        /* SoftHSM2 makes RSA private keys CKA_SIGN_RECOVER by default: with CKM_RSA_X_509
+         * that is the raw private-key operation, a decryption by another name. */
+        {CKA_SIGN_RECOVER, &no, sizeof(no)},
+        {CKA_DERIVE, &no, sizeof(no)},
     };
+    const CK_ULONG n_pub = sizeof(pub) / sizeof(pub[0]), n_priv = sizeof(priv) / sizeof(priv[0]);
+    const CK_ULONG n_pub_open = n_pub - 2, n_priv_open = n_priv - 4;
     CK_MECHANISM mech = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
     CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
     CK_RV rv = CKR_GENERAL_ERROR;
-    /* SoftHSM2 sometimes fails concurrent generation with CKR_GENERAL_ERROR (its #573):
-     * clear whatever a failed attempt left behind and try again. */
-    for (int attempt = 0; attempt < HSM_GENERATE_TRIES; attempt++) {
-        rv = h->f->C_GenerateKeyPair(s, &mech, pub, sizeof(pub) / sizeof(pub[0]), priv,
-                                     sizeof(priv) / sizeof(priv[0]), &hpub, &hpriv);
-        if (rv != CKR_GENERAL_ERROR)
-            break;
-        sk_status ignored;
-        hsm_destroy_by_scan(h, s, kid, &ignored);
+    int open_template = atomic_load(&h->no_sign_only);
+    if (!open_template) {
+        /* SoftHSM2 sometimes fails concurrent generation with CKR_GENERAL_ERROR (its
+         * #573): clear whatever a failed attempt left behind and try again. */
+        for (int attempt = 0; attempt < HSM_GENERATE_TRIES; attempt++) {
+            if (h->test_flags & HSM_TEST_REFUSE_SIGN_ONLY)
+                rv = CKR_TEMPLATE_INCONSISTENT;
+            else
+                rv = h->f->C_GenerateKeyPair(s, &mech, pub, n_pub, priv, n_priv, &hpub, &hpriv);
+            if (rv != CKR_GENERAL_ERROR)
+                break;
+            sk_status ignored;
+            hsm_destroy_by_scan(h, s, kid, &ignored);
+        }
+        /* A module that cannot make a sign-only key is still used, once more without the
+         * restriction, and the key's attributes below say what it holds (SECURITY.md). */
+        open_template = hsm_template_refused(rv);
+    }
+    if (open_template) {
+        rv = h->f->C_GenerateKeyPair(s, &mech, pub, n_pub_open, priv, n_priv_open, &hpub, &hpriv);
+        if (rv == CKR_OK)
+            atomic_store(&h->no_sign_only, 1);
     }
     if (rv != CKR_OK) {
         if (hsm_session_lost(rv))
             hsm_session_drop(h);
+        if (hsm_template_refused(rv)) {
+            sk_status ignored;
+            hsm_destroy_by_scan(h, s, kid, &ignored);
+        }
         return hsm_from_ckr(rv);
+    }
+    /* What the token holds, not what we asked: "never leaves the token" rests on it. */
+    hsm_attrs got;
+    st = hsm_read_attrs(h, s, hpriv, &got);
+    if (st == SK_OK && (!got.sensitive || got.extractable))
+        st = (hsm_tl_ckr = 0, SK_ERR_KEY_WEAK);
+    if (st != SK_OK) {
+        unsigned long ckr = hsm_tl_ckr;
+        h->f->C_DestroyObject(s, hpriv);
+        h->f->C_DestroyObject(s, hpub);
+        hsm_tl_ckr = ckr;
+        return st;
     }
     pthread_rwlock_wrlock(&h->cache_mu);
     hsm_slot *slot = hsm_cache_put(h, kid);
@@ -689,7 +942,25 @@ sk_status hsm_generate(hsm *h, const sk_kid *kid, unsigned bits)
         h->f->C_DestroyObject(s, hpub);
         return hsm_tl_ckr = 0, SK_ERR_TOKEN_FULL;
     }
+    if (attrs != NULL)
+        *attrs = got;
+    hsm_tl_ckr = 0;
     return SK_OK;
+}
+
+sk_status hsm_key_attrs(hsm *h, const sk_kid *kid, hsm_attrs *out)
+{
+    memset(out, 0, sizeof(*out));
+    hsm_slot k;
+    sk_status st = hsm_lookup(h, kid, &k);
+    if (st != SK_OK)
+        return st;
+    if (k.priv == CK_INVALID_HANDLE)
+        return hsm_tl_ckr = 0, SK_ERR_KEY_NOT_FOUND;
+    CK_SESSION_HANDLE s;
+    if ((st = hsm_session(h, &s)) != SK_OK)
+        return st;
+    return hsm_read_attrs(h, s, k.priv, out);
 }
 
 /* Looks kid up in the token by CKA_ID and caches what it finds: a key another process
@@ -744,7 +1015,16 @@ sk_status hsm_sign_rs256(hsm *h, const sk_kid *kid, const void *msg, size_t msg_
         return st;
     if (k.priv == CK_INVALID_HANDLE)
         return hsm_tl_ckr = 0, SK_ERR_KEY_NOT_FOUND;
-    CK_MECHANISM mech = {CKM_SHA256_RSA_PKCS, NULL, 0};
+    CK_MECHANISM mech = {h->sign_mech, NULL, 0};
+    /* CKM_RSA_PKCS signs what it is given, padded: give it the DigestInfo that
+     * CKM_SHA256_RSA_PKCS would have built, and the signature is the same bytes. */
+    uint8_t info[sizeof(hsm_sha256_prefix) + SHA256_DIGEST_LENGTH];
+    if (h->sign_mech == CKM_RSA_PKCS) {
+        memcpy(info, hsm_sha256_prefix, sizeof(hsm_sha256_prefix));
+        SHA256(msg, msg_len, info + sizeof(hsm_sha256_prefix));
+        msg = info;
+        msg_len = sizeof(info);
+    }
     for (int attempt = 0; attempt < 2; attempt++) {
         CK_SESSION_HANDLE s;
         st = hsm_session(h, &s);
@@ -896,11 +1176,22 @@ sk_status hsm_list(hsm *h, sk_key_entry *out, size_t cap, size_t *count)
 sk_status hsm_init_token(const char *module_path, const char *label, const char *so_pin_file,
                          const char *user_pin_file, char serial[17])
 {
+    hsm_init_spec sp = {.module_path = module_path,
+                        .label = label,
+                        .so_pin_file = so_pin_file,
+                        .user_pin_file = user_pin_file,
+                        .slot = -1};
+    return hsm_init_token_spec(&sp, serial);
+}
+
+sk_status hsm_init_token_spec(const hsm_init_spec *sp, char serial[17])
+{
+    const char *label = sp->label;
     serial[0] = '\0';
     if (label == NULL || *label == '\0' || strlen(label) > 32)
         return hsm_tl_ckr = 0, SK_ERR_BAD_ARGUMENT;
-    char so[HSM_PIN_MAX], user[HSM_PIN_MAX];
-    size_t so_len = 0, user_len = 0;
+    char so[HSM_PIN_MAX], user[HSM_PIN_MAX], factory[HSM_PIN_MAX];
+    size_t so_len = 0, user_len = 0, factory_len = 0;
     void *dl = NULL;
     CK_FUNCTION_LIST_PTR f = NULL;
     CK_SLOT_ID *ids = NULL;
@@ -908,14 +1199,17 @@ sk_status hsm_init_token(const char *module_path, const char *label, const char 
     int initialized = 0;
     hsm_match m = NULL;
     CK_SLOT_ID slot;
+    CK_RV rv;
     sk_status st = hsm_match_label(label, &m);
     if (st == SK_OK)
-        st = hsm_read_pin_file(so_pin_file, so, &so_len);
+        st = hsm_read_pin_file(sp->so_pin_file, so, &so_len);
     if (st == SK_OK)
-        st = hsm_read_pin_file(user_pin_file, user, &user_len);
+        st = hsm_read_pin_file(sp->user_pin_file, user, &user_len);
+    if (st == SK_OK && sp->factory_so_pin_file != NULL)
+        st = hsm_read_pin_file(sp->factory_so_pin_file, factory, &factory_len);
     if (st != SK_OK)
         goto out;
-    if ((st = hsm_load_module(module_path, &dl, &f, &initialized)) != SK_OK)
+    if ((st = hsm_load_module(sp->module_path, &dl, &f, &initialized)) != SK_OK)
         goto out;
     /* Initialising a token means re-initialising the library below (SoftHSM2 shows a new
      * token only then): never do that under a handle this process still has open. */
@@ -927,13 +1221,16 @@ sk_status hsm_init_token(const char *module_path, const char *label, const char 
         st = SK_ERR_KEY_EXISTS;
         goto out;
     }
-    /* The first slot whose token is present but not initialised. */
+    /* The slot asked for, or the first whose token is present but not initialised; either
+     * way a token already initialised is never touched (C_InitToken would wipe it). */
     CK_ULONG n = 0;
-    CK_RV rv = f->C_GetSlotList(CK_TRUE, NULL, &n);
+    rv = f->C_GetSlotList(CK_TRUE, NULL, &n);
     if (rv == CKR_OK && n > 0 && (ids = calloc(n, sizeof(*ids))) != NULL)
         rv = f->C_GetSlotList(CK_TRUE, ids, &n);
     st = rv != CKR_OK ? hsm_from_ckr(rv) : SK_ERR_TOKEN_NOT_FOUND;
     for (CK_ULONG i = 0; ids != NULL && rv == CKR_OK && i < n; i++) {
+        if (sp->slot >= 0 && ids[i] != (CK_SLOT_ID)sp->slot)
+            continue;
         CK_TOKEN_INFO ti;
         if (f->C_GetTokenInfo(ids[i], &ti) == CKR_OK && !(ti.flags & CKF_TOKEN_INITIALIZED)) {
             slot = ids[i];
@@ -946,7 +1243,13 @@ sk_status hsm_init_token(const char *module_path, const char *label, const char 
     CK_UTF8CHAR padded[32];
     memset(padded, ' ', sizeof(padded));
     memcpy(padded, label, strlen(label));
-    if ((rv = f->C_InitToken(slot, (CK_UTF8CHAR_PTR)so, so_len, padded)) != CKR_OK) {
+    /* A token that ships with a published SO PIN (opencryptoki's 87654321) is initialised
+     * with that one, which it checks, and the SO PIN is changed to ours right after. */
+    if (factory_len > 0)
+        rv = f->C_InitToken(slot, (CK_UTF8CHAR_PTR)factory, factory_len, padded);
+    else
+        rv = f->C_InitToken(slot, (CK_UTF8CHAR_PTR)so, so_len, padded);
+    if (rv != CKR_OK) {
         st = hsm_from_ckr(rv);
         goto out;
     }
@@ -962,6 +1265,13 @@ sk_status hsm_init_token(const char *module_path, const char *label, const char 
     if ((st = hsm_find_slot(f, m, &slot)) != SK_OK)
         goto out;
     rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+    if (rv == CKR_OK && factory_len > 0) {
+        rv = f->C_Login(s, CKU_SO, (CK_UTF8CHAR_PTR)factory, factory_len);
+        if (rv == CKR_OK)
+            rv = f->C_SetPIN(s, (CK_UTF8CHAR_PTR)factory, factory_len, (CK_UTF8CHAR_PTR)so, so_len);
+        if (rv == CKR_OK)
+            rv = f->C_Logout(s);
+    }
     if (rv == CKR_OK)
         rv = f->C_Login(s, CKU_SO, (CK_UTF8CHAR_PTR)so, so_len);
     if (rv == CKR_OK)
@@ -984,6 +1294,7 @@ out:
     hsm_match_free(m);
     explicit_bzero(so, sizeof(so));
     explicit_bzero(user, sizeof(user));
+    explicit_bzero(factory, sizeof(factory));
     free(ids);
     if (f != NULL) {
         if (s != CK_INVALID_HANDLE)

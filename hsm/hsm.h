@@ -43,6 +43,20 @@
 #define HSM_PIN_MAX 256
 #define HSM_DEFAULT_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 
+/* How RS256 is computed in the token. AUTO (the default) takes CKM_SHA256_RSA_PKCS when
+ * the token lists it, else CKM_RSA_PKCS over a SHA-256 DigestInfo this layer builds
+ * (hashed with OpenSSL in the calling thread): both give byte-identical signatures
+ * (RSASSA-PKCS1-v1_5 is deterministic). opencryptoki's soft token has only the second. */
+typedef enum {
+    HSM_MECH_AUTO = 0,
+    HSM_MECH_SHA256_RSA_PKCS,
+    HSM_MECH_RSA_PKCS,
+} hsm_mech;
+
+/* "auto", "sha256_rsa_pkcs", "rsa_pkcs"; and back (0, or -1 for any other text). */
+const char *hsm_mech_name(hsm_mech m);
+int hsm_mech_parse(const char *text, hsm_mech *out);
+
 typedef struct {
     const char *module_path; /* NULL: HSM_DEFAULT_MODULE */
     /* Either a token label or an RFC 7512 URI ("pkcs11:token=...;serial=..."), parsed by
@@ -52,24 +66,96 @@ typedef struct {
      * a bad argument. */
     const char *token;
     const char *pin_file;
-    unsigned max_sessions; /* per-thread sessions; 0: 256 */
+    unsigned max_sessions; /* per-thread sessions; 0: 256 (and never above the token's) */
+    /* AUTO, or the one path to use: a token without it fails hsm_open with
+     * SK_ERR_MECHANISM (the mechanism's name in hsm_open_detail). */
+    hsm_mech sign_mechanism;
 } hsm_config;
 
 typedef struct hsm hsm;
+
+/* What hsm_open found out about the module and the token, never assumed (hsm_info).
+ * Numbers the token does not give (CK_UNAVAILABLE_INFORMATION, or a call it refused) are
+ * 0; a session limit of 0 means none (CK_EFFECTIVELY_INFINITE). Strings are the
+ * blank-padded PKCS#11 fields with the blanks cut off. */
+typedef struct {
+    hsm_mech sign_mechanism; /* the path hsm_sign_rs256 takes: never AUTO */
+    int has_sha256_rsa_pkcs; /* the token lists CKM_SHA256_RSA_PKCS (for signing) */
+    int has_rsa_pkcs;        /* ... and CKM_RSA_PKCS */
+    unsigned rsa_min_bits;   /* CKM_RSA_PKCS_KEY_PAIR_GEN's ulMinKeySize / ulMaxKeySize */
+    unsigned rsa_max_bits;
+    unsigned pin_min, pin_max;           /* CK_TOKEN_INFO ulMinPinLen / ulMaxPinLen */
+    unsigned long token_max_sessions;    /* ulMaxSessionCount */
+    unsigned long token_max_rw_sessions; /* ulMaxRwSessionCount */
+    unsigned max_sessions;               /* our bound, after the token's */
+    char manufacturer[33];               /* the token's manufacturerID */
+    char model[17];
+    char label[33];
+    char library_manufacturer[33]; /* CK_INFO: the module's */
+    char library_description[33];
+    unsigned library_version_major, library_version_minor;
+    /* The token refused a sign-only private key (CKA_DECRYPT/CKA_UNWRAP FALSE) at least
+     * once since the handle opened: keys are made without that restriction since. */
+    int sign_only_refused;
+} hsm_caps;
+
+/* A key's private half as the token holds it (hsm_key_attrs): each field 1 or 0. */
+typedef struct {
+    int sensitive;         /* CKA_SENSITIVE true */
+    int extractable;       /* CKA_EXTRACTABLE true */
+    int never_extractable; /* CKA_NEVER_EXTRACTABLE true */
+    int sign_only; /* CKA_SIGN true, CKA_DECRYPT, CKA_UNWRAP, CKA_DERIVE, CKA_SIGN_RECOVER not */
+} hsm_attrs;
 
 /* Loads the module, finds the token, logs in, caches every key handle.
  * On failure *out is NULL; *ckr (if non-NULL) receives the PKCS#11 return value that
  * caused it (0 when the failure was ours). */
 sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr);
 
+/* The probed facts (above). Any thread. */
+void hsm_info(hsm *h, hsm_caps *out);
+
+/* A failed hsm_open's detail, for its message: the forced mechanism the token lacks
+ * ("CKM_SHA256_RSA_PKCS"), or "" (the calling thread's last hsm_open). */
+const char *hsm_open_detail(void);
+
 /* Closes every session, C_Finalize, dlclose. NULL is fine. */
 void hsm_close(hsm *h);
 
 /* Generates an RSA key pair of 2048, 3072 or 4096 bits named by kid (CKA_ID = kid,
  * CKA_LABEL = kid in lowercase hex). Private half: token, private, sensitive, never
- * extractable, sign only. Concurrent calls are allowed; SoftHSM2's sporadic
- * CKR_GENERAL_ERROR under concurrency is retried. */
+ * extractable, sign only (CKA_DECRYPT, CKA_UNWRAP, CKA_SIGN_RECOVER, CKA_DERIVE false).
+ * Concurrent calls are allowed; SoftHSM2's sporadic
+ * CKR_GENERAL_ERROR under concurrency is retried.
+ * Another size: SK_ERR_BAD_ARGUMENT; a size outside the token's range (hsm_caps, or the
+ * token's CKR_KEY_SIZE_RANGE): SK_ERR_KEY_SIZE.
+ * A token that refuses the sign-only restriction (tpm2-pkcs11: CKR_GENERAL_ERROR "attr
+ * mismatch" for CKA_DECRYPT = FALSE; others CKR_TEMPLATE_INCONSISTENT or
+ * CKR_ATTRIBUTE_VALUE_INVALID) gets the template again once without CKA_DECRYPT,
+ * CKA_UNWRAP, CKA_SIGN_RECOVER and CKA_DERIVE (and CKA_ENCRYPT/CKA_WRAP on the public half),
+ * and the handle remembers it: later keys
+ * go straight to that template. Every new key is read back (hsm_key_attrs): one that is
+ * not sensitive or is extractable is destroyed and the call fails with SK_ERR_KEY_WEAK;
+ * one that is not sign-only is kept, and *attrs (may be NULL) says so. */
 sk_status hsm_generate(hsm *h, const sk_kid *kid, unsigned bits);
+sk_status hsm_generate_attrs(hsm *h, const sk_kid *kid, unsigned bits, hsm_attrs *attrs);
+
+/* Reads back what the token holds for kid's private half (C_GetAttributeValue): an
+ * attribute the module does not know counts as false. Off the signing path. */
+sk_status hsm_key_attrs(hsm *h, const sk_kid *kid, hsm_attrs *out);
+
+/* The byte the keeper protocol and the registry carry (base/signkey.h). */
+sk_attrs hsm_attrs_bits(const hsm_attrs *a);
+
+/* Test-only: makes the handle behave as a module that differs from SoftHSM2 in what
+ * flags names, so that the unit tests reach the fallback paths on the real token. Nothing
+ * but tests calls it. HSM_TEST_REFUSE_SIGN_ONLY: the sign-only template is answered
+ * CKR_TEMPLATE_INCONSISTENT without reaching the token (tpm2-pkcs11's refusal);
+ * HSM_TEST_NOT_SENSITIVE: the template asks for CKA_SENSITIVE FALSE (a module that
+ * ignores the attribute). rsa_max_bits, when nonzero, replaces the probed upper bound. */
+#define HSM_TEST_REFUSE_SIGN_ONLY 1u
+#define HSM_TEST_NOT_SENSITIVE 2u
+void hsm_test_force(hsm *h, unsigned flags, unsigned rsa_max_bits);
 
 /* RS256: RSASSA-PKCS1-v1_5 with SHA-256 over msg. sig must hold SK_SIG_MAX bytes;
  * *sig_len receives the signature length (the modulus size). */
@@ -115,5 +201,19 @@ sk_status hsm_read_pin_file(const char *path, char buf[HSM_PIN_MAX], size_t *len
  * provisioning mistake ever wipes keys. The PINs are wiped before return. */
 sk_status hsm_init_token(const char *module_path, const char *label, const char *so_pin_file,
                          const char *user_pin_file, char serial[17]);
+
+/* hsm_init_token with the module's particulars: slot >= 0 initialises that slot only (its
+ * token must not be initialised yet), -1 the first uninitialised one; factory_so_pin_file,
+ * when not NULL, holds the SO PIN the token ships with (opencryptoki: 87654321), which
+ * C_InitToken is given and C_SetPIN then replaces with the one in so_pin_file. */
+typedef struct {
+    const char *module_path;
+    const char *label;
+    const char *so_pin_file;
+    const char *user_pin_file;
+    const char *factory_so_pin_file;
+    long slot;
+} hsm_init_spec;
+sk_status hsm_init_token_spec(const hsm_init_spec *spec, char serial[17]);
 
 #endif

@@ -54,6 +54,7 @@ static const char *cfg_check_printable(const char *text, unsigned num);
 static const char *cfg_check_user(const char *text, unsigned num);
 static const char *cfg_check_tls_version(const char *text, unsigned num);
 static const char *cfg_check_process_model(const char *text, unsigned num);
+static const char *cfg_check_sign_mechanism(const char *text, unsigned num);
 static const char *cfg_check_credential(const char *text, unsigned num);
 static const char *cfg_check_public_url(const char *text, unsigned num);
 static const char *cfg_check_node_name(const char *text, unsigned num);
@@ -71,6 +72,11 @@ static const cfg_setting cfg_settings[] = {
      0, false, NULL, "PKCS#11 module (shared library) that holds the keys"},
     {"softhsm2_conf", CFG_T_PATH, CFG_FIELD(softhsm2_conf), "softhsm2.conf", 0, 0, true, NULL,
      "SoftHSM2 configuration file, set as SOFTHSM2_CONF; empty for a hardware module"},
+    {"pkcs11_sign_mechanism", CFG_T_STRING, CFG_FIELD(pkcs11_sign_mechanism), "auto", 0, 0, false,
+     cfg_check_sign_mechanism,
+     "How RS256 is computed in the token: auto (CKM_SHA256_RSA_PKCS when the token has it, "
+     "else CKM_RSA_PKCS over a DigestInfo built outside), sha256_rsa_pkcs or rsa_pkcs (the "
+     "keeper refuses to start when the token lacks the one named)"},
     {"token", CFG_T_STRING, CFG_FIELD(token), "signd", 0, 0, false, cfg_check_token,
      "The token: its label, or an RFC 7512 pkcs11: URI"},
     {"pkcs11_env", CFG_T_STRING, CFG_FIELD(pkcs11_env), "", 0, 0, true, cfg_check_env,
@@ -372,6 +378,16 @@ static const char *cfg_check_process_model(const char *text, unsigned num)
                ? NULL
                : "must be split: only split exists (the keeper and the front are programs of "
                  "their own; single was removed)";
+}
+
+/* The names hsm_mech_parse (hsm/hsm.h) takes; common/ may not include hsm/. */
+static const char *cfg_check_sign_mechanism(const char *text, unsigned num)
+{
+    (void)num;
+    return strcmp(text, "auto") == 0 || strcmp(text, "sha256_rsa_pkcs") == 0 ||
+                   strcmp(text, "rsa_pkcs") == 0
+               ? NULL
+               : "must be auto, sha256_rsa_pkcs or rsa_pkcs";
 }
 
 /* A systemd credential name is a file name inside $CREDENTIALS_DIRECTORY: a '/' or a

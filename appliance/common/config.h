@@ -61,6 +61,7 @@ typedef struct cfg {
     unsigned port;
     char pkcs11_module[CFG_PATH_MAX];
     char softhsm2_conf[CFG_PATH_MAX]; /* "": leave SOFTHSM2_CONF alone (a hardware module) */
+    char pkcs11_sign_mechanism[16];   /* auto, sha256_rsa_pkcs or rsa_pkcs (hsm_mech_parse) */
     char token[CFG_TOKEN_MAX];        /* a token label or an RFC 7512 pkcs11: URI */
     /* "NAME=value,...": the module's own variables, set in the keeper's environment and
      * signd-provision's only (cfg_env_entries); "": none. */

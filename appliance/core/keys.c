@@ -69,7 +69,7 @@ static ck_status ck_make(const ck_env *e, unsigned bits, const char *label, int6
             /* The cluster-wide count (registry.h): other nodes' keys fill the slots. */
             return ps == REG_ERR_LIMIT ? CK_ERR_NO_SLOT : CK_ERR_KID;
         }
-        st = kp_generate(e->kp, &k->kid, bits, pub);
+        st = kp_generate_attrs(e->kp, &k->kid, bits, pub, &k->token_attrs);
         if (st != SK_OK)
             reg_pending_drop(e->reg, &k->kid);
     }

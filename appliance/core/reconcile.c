@@ -22,6 +22,30 @@ static int rec_kid_cmp(const void *a, const void *b)
     return memcmp(((const sk_key_entry *)a)->kid.b, ((const sk_key_entry *)b)->kid.b, SK_KID_LEN);
 }
 
+/* A key made before the appliance recorded what the token holds: read it back once, now
+ * (GET /v1/keys/{kid} shows it from then on). Not fatal: the key signs as before, and the
+ * next start tries again. */
+static void rec_read_attrs(kp *k, reg *r, const reg_key *row, FILE *log, rec_report *out)
+{
+    if (row->token_attrs & SK_ATTR_READ)
+        return;
+    char hex[2 * SK_KID_LEN + 1];
+    sk_kid_hex(&row->kid, hex);
+    sk_attrs a = 0;
+    sk_status st = kp_key_attrs(k, &row->kid, &a);
+    if (st != SK_OK) {
+        fprintf(log, "signd: reconcile: cannot read the token attributes of kid %s: %s\n", hex,
+                sk_strerror(st));
+        return;
+    }
+    if (reg_set_token_attrs(r, &row->kid, a) != REG_OK) {
+        fprintf(log, "signd: reconcile: cannot record the token attributes of kid %s: %s\n", hex,
+                reg_last_error());
+        return;
+    }
+    out->attrs_read++;
+}
+
 int rec_run(kp *k, reg *r, FILE *log, rec_report *out)
 {
     memset(out, 0, sizeof(*out));
@@ -105,8 +129,10 @@ int rec_run(kp *k, reg *r, FILE *log, rec_report *out)
     for (size_t i = 0; i < m && i <= cap; i++) {
         sk_key_entry probe = {.kid = rows[i].kid};
         sk_key_entry *hit = bsearch(&probe, objs, n, sizeof(*objs), rec_kid_cmp);
-        if (hit != NULL && hit->has_private)
+        if (hit != NULL && hit->has_private) {
+            rec_read_attrs(k, r, &rows[i], log, out);
             continue;
+        }
         sk_kid_hex(&rows[i].kid, hex);
         if (reg_mark_broken(r, &rows[i].kid) != REG_OK) {
             rc = -1;

@@ -4,7 +4,10 @@
  *  - a revoked row whose object still exists has the object destroyed;
  *  - an active or retiring row whose private object is missing is marked broken and
  *    reported (a retiring key holds its object until the rotation scheduler revokes it).
- *    A retiring row whose object is there is left alone: the scheduler owns it.
+ *    A retiring row whose object is there is left alone: the scheduler owns it;
+ *  - a live row whose token attributes were never recorded (a key made before the
+ *    appliance read them back, issue 21) has them read (kp_key_attrs) and recorded
+ *    (reg_set_token_attrs), once: keys found in the token get theirs at the front's start.
  *
  * While the appliance serves, the same repair for one kid at a time: a key object that
  * must go is handed to the destroyer (rec_defer_destroy): a revoked key's (a revocation
@@ -28,6 +31,7 @@ typedef struct {
     unsigned orphans_destroyed;
     unsigned revoked_destroyed;
     unsigned marked_broken;
+    unsigned attrs_read; /* live keys whose token attributes were read back for the first time */
 } rec_report;
 
 /* Runs the three repairs, logging one line per action to log. 0, or -1 when the token or

@@ -21,14 +21,27 @@ static sk_status inproc_sign(void *ctx, const sk_kid *kid, const void *msg, size
     return inproc_counted(hsm_sign_rs256(ctx, kid, msg, len, sig, sig_len));
 }
 
-static sk_status inproc_generate(void *ctx, const sk_kid *kid, unsigned bits, sk_pubkey *pub)
+static sk_status inproc_generate(void *ctx, const sk_kid *kid, unsigned bits, sk_pubkey *pub,
+                                 sk_attrs *attrs)
 {
-    sk_status st = inproc_counted(hsm_generate(ctx, kid, bits));
+    hsm_attrs a;
+    sk_status st = inproc_counted(hsm_generate_attrs(ctx, kid, bits, &a));
     if (st != SK_OK)
         return st;
     st = hsm_public_key(ctx, kid, pub);
     if (st != SK_OK)
         hsm_destroy(ctx, kid); /* a key we cannot publish must not stay behind */
+    else
+        *attrs = hsm_attrs_bits(&a);
+    return st;
+}
+
+static sk_status inproc_key_attrs(void *ctx, const sk_kid *kid, sk_attrs *attrs)
+{
+    hsm_attrs a;
+    sk_status st = inproc_counted(hsm_key_attrs(ctx, kid, &a));
+    if (st == SK_OK)
+        *attrs = hsm_attrs_bits(&a);
     return st;
 }
 
@@ -81,6 +94,7 @@ static void inproc_close(void *ctx)
 static const kp_local_ops inproc_ops = {
     .sign = inproc_sign,
     .generate = inproc_generate,
+    .key_attrs = inproc_key_attrs,
     .destroy = inproc_destroy,
     .list = inproc_list,
     .ping = inproc_ping,
@@ -98,9 +112,10 @@ sk_status kp_open(const hsm_config *hc, kp **out, char *err, size_t errlen)
     unsigned long ckr = 0;
     sk_status st = hsm_open(hc, &h, &ckr);
     if (st != SK_OK) {
-        snprintf(err, errlen, "%s: %s (token %s, module %s, PKCS#11 rv 0x%lx)", sk_status_name(st),
-                 sk_strerror(st), hc->token, hc->module_path ? hc->module_path : HSM_DEFAULT_MODULE,
-                 ckr);
+        const char *detail = hsm_open_detail();
+        snprintf(err, errlen, "%s: %s%s%s (token %s, module %s, PKCS#11 rv 0x%lx)",
+                 sk_status_name(st), sk_strerror(st), *detail ? ": " : "", detail, hc->token,
+                 hc->module_path ? hc->module_path : HSM_DEFAULT_MODULE, ckr);
         return st;
     }
     if (kp_wrap_local(&inproc_ops, h, out) != SK_OK) {

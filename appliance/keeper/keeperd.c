@@ -130,7 +130,40 @@ struct kpd {
     pthread_mutex_t cp_mu;
     uint64_t cp_seq;
     char cp_hash[CHN_HASH_HEX + 1];
+
+    atomic_int weak_warned; /* a key that is not sign-only was logged (once per process) */
 };
+
+/* A key the token would not make sign-only (tpm2-pkcs11 refuses CKA_DECRYPT = FALSE): it
+ * is used, its record says so (token_attributes), and the log says it once. */
+static void kpd_warn_weak(kpd *d, const sk_kid *kid)
+{
+    if (atomic_exchange(&d->weak_warned, 1))
+        return;
+    char hex[2 * SK_KID_LEN + 1];
+    sk_kid_hex(kid, hex);
+    KPD_LOG("warning: the token holds kid %s as a key that is not sign-only (it could also "
+            "decrypt or unwrap; the appliance never asks it to): this module cannot enforce the "
+            "restriction, see SECURITY.md; each key's token_attributes says what it holds "
+            "(logged once)\n",
+            hex);
+}
+
+/* One line of what hsm_open found out about the module and the token (hsm_caps), once at
+ * start: what an operator needs to know differs from SoftHSM2. */
+static void kpd_log_caps(hsm *h)
+{
+    hsm_caps c;
+    hsm_info(h, &c);
+    KPD_LOG("token \"%s\" (%s %s; module %s %u.%u, %s): signs with %s; RSA key sizes %u-%u; "
+            "PIN length %u-%u; sessions at most %u (token: %lu, read-write %lu, 0: no limit)\n",
+            c.label, c.manufacturer, c.model, c.library_manufacturer, c.library_version_major,
+            c.library_version_minor, c.library_description,
+            c.sign_mechanism == HSM_MECH_SHA256_RSA_PKCS ? "CKM_SHA256_RSA_PKCS"
+                                                         : "CKM_RSA_PKCS over a SHA-256 DigestInfo",
+            c.rsa_min_bits, c.rsa_max_bits, c.pin_min, c.pin_max, c.max_sessions,
+            c.token_max_sessions, c.token_max_rw_sessions);
+}
 
 /* ---- one request ------------------------------------------------------------------------- */
 
@@ -473,8 +506,18 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
             break;
         }
         sk_pubkey pub;
-        st = hsm_generate(d->h, &q->kid, q->bits);
+        hsm_attrs attrs;
+        st = hsm_generate_attrs(d->h, &q->kid, q->bits, &attrs);
         ckr = kpd_ckr(st);
+        if (st == SK_OK && !attrs.sign_only)
+            kpd_warn_weak(d, &q->kid);
+        if (st == SK_ERR_KEY_WEAK) {
+            char hex[2 * SK_KID_LEN + 1];
+            sk_kid_hex(&q->kid, hex);
+            KPD_LOG("security: the token made kid %s not sensitive or extractable: destroyed, "
+                    "the key is refused\n",
+                    hex);
+        }
         if (st == SK_OK) {
             st = hsm_public_key(d->h, &q->kid, &pub);
             ckr = kpd_ckr(st); /* the failed call's, not the clean-up's below */
@@ -482,7 +525,24 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
                 hsm_destroy(d->h, &q->kid); /* a key we cannot publish must not stay behind */
         }
         if (st == SK_OK)
-            len = kpp_encode_pubkey_reply(rep, cap, KPP_OP_GENERATE, &pub);
+            len = kpp_encode_generate_reply(rep, cap, &pub, hsm_attrs_bits(&attrs));
+        break;
+    }
+    case KPP_OP_KEY_ATTRS: {
+        /* Read-only and about the token's own flags: no registry check needed, but the
+         * service keys are not the front's to ask about. */
+        if (kp_is_reserved(&q->kid)) {
+            st = SK_ERR_KEY_NOT_FOUND;
+            break;
+        }
+        hsm_attrs attrs;
+        st = hsm_key_attrs(d->h, &q->kid, &attrs);
+        ckr = kpd_ckr(st);
+        if (st == SK_OK) {
+            if (!attrs.sign_only)
+                kpd_warn_weak(d, &q->kid);
+            len = kpp_encode_attrs_reply(rep, cap, hsm_attrs_bits(&attrs));
+        }
         break;
     }
     case KPP_OP_DESTROY:
@@ -1091,6 +1151,11 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         /* The pool's threads and the GENERATE threads together (kpd_gen_start). */
         .max_sessions = d->max_conns,
     };
+    if (hsm_mech_parse(c->pkcs11_sign_mechanism, &hc.sign_mechanism) != 0) {
+        kpd_free(d);
+        return cfg_errorf(err, errlen, "pkcs11_sign_mechanism %s: not a mechanism",
+                          c->pkcs11_sign_mechanism);
+    }
     unsigned long ckr = 0;
     sk_status st = hsm_open(&hc, &d->h, &ckr);
     /* A token shared by several nodes (cluster mode; SoftHSM2's token directory standing
@@ -1110,12 +1175,14 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         st = hsm_open(&hc, &d->h, &ckr);
     }
     if (st != SK_OK) {
-        cfg_errorf(err, errlen, "%s: %s (token %s, module %s, PKCS#11 rv 0x%lx)",
-                   sk_status_name(st), sk_strerror(st), hc.token,
+        const char *detail = hsm_open_detail();
+        cfg_errorf(err, errlen, "%s: %s%s%s (token %s, module %s, PKCS#11 rv 0x%lx)",
+                   sk_status_name(st), sk_strerror(st), *detail ? ": " : "", detail, hc.token,
                    hc.module_path ? hc.module_path : HSM_DEFAULT_MODULE, ckr);
         kpd_free(d);
         return -1;
     }
+    kpd_log_caps(d->h);
     snprintf(d->db_path, sizeof(d->db_path), "%s", c->database);
     d->shared_db = sdb_is_postgres(d->db_path);
     /* The registry must be readable now, not at the first signature. */

@@ -362,12 +362,34 @@ sk_status kp_sign(kp *k, const sk_kid *kid, const void *msg, size_t len, uint8_t
 
 sk_status kp_generate(kp *k, const sk_kid *kid, unsigned bits, sk_pubkey *pub)
 {
+    return kp_generate_attrs(k, kid, bits, pub, NULL);
+}
+
+sk_status kp_generate_attrs(kp *k, const sk_kid *kid, unsigned bits, sk_pubkey *pub,
+                            sk_attrs *attrs)
+{
+    sk_attrs ignored;
+    if (attrs == NULL)
+        attrs = &ignored;
+    *attrs = 0;
     if (kp_is_reserved(kid))
         return SK_ERR_BAD_ARGUMENT;
     if (k->local != NULL)
-        return k->local->generate(k->ctx, kid, bits, pub);
+        return k->local->generate(k->ctx, kid, bits, pub, attrs);
     KP_REMOTE(k, KPP_OP_GENERATE, kpp_encode_generate(c->req, sizeof(c->req), kid, bits), r);
-    return kpp_reply_pubkey(&r, pub) == 0 ? SK_OK : SK_ERR_DEVICE;
+    return kpp_reply_generate(&r, pub, attrs) == 0 ? SK_OK : SK_ERR_DEVICE;
+}
+
+sk_status kp_key_attrs(kp *k, const sk_kid *kid, sk_attrs *attrs)
+{
+    *attrs = 0;
+    if (kp_is_reserved(kid))
+        return SK_ERR_BAD_ARGUMENT;
+    if (k->local != NULL)
+        return k->local->key_attrs(k->ctx, kid, attrs);
+    KP_REMOTE(k, KPP_OP_KEY_ATTRS, kpp_encode_kid_op(c->req, sizeof(c->req), KPP_OP_KEY_ATTRS, kid),
+              r);
+    return kpp_reply_attrs(&r, attrs) == 0 ? SK_OK : SK_ERR_DEVICE;
 }
 
 sk_status kp_destroy(kp *k, const sk_kid *kid)

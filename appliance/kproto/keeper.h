@@ -55,6 +55,13 @@ sk_status kp_sign(kp *k, const sk_kid *kid, const void *msg, size_t len, uint8_t
                   size_t *sig_len);
 /* Generates a key pair and returns its public half. */
 sk_status kp_generate(kp *k, const sk_kid *kid, unsigned bits, sk_pubkey *pub);
+/* The same, and *attrs (may be NULL): what the token holds for the new private half, read
+ * back (base/signkey.h SK_ATTR_*). */
+sk_status kp_generate_attrs(kp *k, const sk_kid *kid, unsigned bits, sk_pubkey *pub,
+                            sk_attrs *attrs);
+/* What the token holds for kid's private half, read back now (a key made before the
+ * appliance recorded it). */
+sk_status kp_key_attrs(kp *k, const sk_kid *kid, sk_attrs *attrs);
 sk_status kp_destroy(kp *k, const sk_kid *kid);
 sk_status kp_list(kp *k, sk_key_entry *out, size_t cap, size_t *count);
 /* The token answers: a key it holds signs a probe, or, with no key, the token answers a
@@ -128,7 +135,9 @@ sk_status kp_svc_params(kp_svc s, sk_kid *kid, unsigned *bits);
 typedef struct {
     sk_status (*sign)(void *ctx, const sk_kid *kid, const void *msg, size_t len,
                       uint8_t sig[SK_SIG_MAX], size_t *sig_len);
-    sk_status (*generate)(void *ctx, const sk_kid *kid, unsigned bits, sk_pubkey *pub);
+    sk_status (*generate)(void *ctx, const sk_kid *kid, unsigned bits, sk_pubkey *pub,
+                          sk_attrs *attrs);
+    sk_status (*key_attrs)(void *ctx, const sk_kid *kid, sk_attrs *attrs);
     sk_status (*destroy)(void *ctx, const sk_kid *kid);
     sk_status (*list)(void *ctx, sk_key_entry *out, size_t cap, size_t *count);
     sk_status (*ping)(void *ctx, const sk_kid *probe_kid);

@@ -163,6 +163,7 @@ static uint32_t decode_request_body(const kpp_header *h, kpp_request *r)
         return 0;
     }
     case KPP_OP_DESTROY:
+    case KPP_OP_KEY_ATTRS:
         if (h->body_len != KPP_KID_BODY)
             return KPP_ERR_BAD_BODY;
         memcpy(r->kid.b, b, SK_KID_LEN);
@@ -261,7 +262,7 @@ size_t kpp_encode_generate(uint8_t *buf, size_t cap, const sk_kid *kid, unsigned
 
 size_t kpp_encode_kid_op(uint8_t *buf, size_t cap, kpp_op op, const sk_kid *kid)
 {
-    if (kid == NULL || op != KPP_OP_DESTROY)
+    if (kid == NULL || (op != KPP_OP_DESTROY && op != KPP_OP_KEY_ATTRS))
         return 0;
     size_t n = put_header(buf, cap, (uint16_t)op, 0, KPP_KID_BODY);
     if (n == 0)
@@ -456,6 +457,29 @@ size_t kpp_encode_u32_reply(uint8_t *buf, size_t cap, kpp_op op, uint32_t value)
     return n;
 }
 
+size_t kpp_encode_generate_reply(uint8_t *buf, size_t cap, const sk_pubkey *pub, sk_attrs attrs)
+{
+    if ((attrs & ~SK_ATTR_ALL) != 0 || !(attrs & SK_ATTR_READ))
+        return 0;
+    size_t n = kpp_encode_pubkey_reply(buf, cap, KPP_OP_GENERATE, pub);
+    if (n == 0 || n >= cap)
+        return 0;
+    put_u32(buf + 8, get_u32(buf + 8) + 1); /* the body length, one byte longer */
+    buf[n] = attrs;
+    return n + 1;
+}
+
+size_t kpp_encode_attrs_reply(uint8_t *buf, size_t cap, sk_attrs attrs)
+{
+    if ((attrs & ~SK_ATTR_ALL) != 0 || !(attrs & SK_ATTR_READ))
+        return 0;
+    size_t n = put_header(buf, cap, KPP_OP_KEY_ATTRS, 0, 1);
+    if (n == 0)
+        return 0;
+    buf[KPP_HDR_LEN] = attrs;
+    return n;
+}
+
 /* A reply a body decoder may read: status 0 and a body that is there when it has a length. */
 static int reply_ok(const kpp_reply *r, kpp_op op)
 {
@@ -548,5 +572,32 @@ uint32_t kpp_reply_u32(const kpp_reply *r, uint32_t *value)
         return KPP_ERR_BAD_BODY;
     if (value != NULL)
         *value = get_u32(r->body);
+    return 0;
+}
+
+/* The attributes byte: the known bits only, and read. */
+static int attrs_ok(uint8_t a)
+{
+    return (a & ~SK_ATTR_ALL) == 0 && (a & SK_ATTR_READ) != 0;
+}
+
+uint32_t kpp_reply_generate(const kpp_reply *r, sk_pubkey *pub, sk_attrs *attrs)
+{
+    if (!reply_ok(r, KPP_OP_GENERATE) || r->body_len < 2 || !attrs_ok(r->body[r->body_len - 1]))
+        return KPP_ERR_BAD_BODY;
+    kpp_reply key = *r;
+    key.body_len--;
+    uint32_t st = kpp_reply_pubkey(&key, pub);
+    if (st == 0 && attrs != NULL)
+        *attrs = r->body[r->body_len - 1];
+    return st;
+}
+
+uint32_t kpp_reply_attrs(const kpp_reply *r, sk_attrs *attrs)
+{
+    if (!reply_ok(r, KPP_OP_KEY_ATTRS) || r->body_len != 1 || !attrs_ok(r->body[0]))
+        return KPP_ERR_BAD_BODY;
+    if (attrs != NULL)
+        *attrs = r->body[0];
     return 0;
 }

@@ -21,7 +21,7 @@
  *
  *   op             request body                      reply body (status 0 only)
  *   SIGN           kid[16] msg[0..KPP_SIGN_MAX]       sig[1..SK_SIG_MAX]
- *   GENERATE       kid[16] bits u32 (2048|3072|4096)  pubkey
+ *   GENERATE       kid[16] bits u32 (2048|3072|4096)  pubkey, attrs u8
  *   DESTROY        kid[16]                            (empty)
  *   LIST           offset u32                         total u32, n u32, n x (kid[16], flags u8)
  *   PING           has_kid u8 (0|1), kid[16]          (empty)
@@ -31,11 +31,15 @@
  *   PUBLISH_PUBKEY (empty)                            pubkey
  *   PUBLISH_PART   part[1..KPP_BODY_MAX]              (empty)
  *   PUBLISH_SIGN   total u32, part[0..KPP_PART_LAST]  sig[1..SK_SIG_MAX]
+ *   KEY_ATTRS      kid[16]                            attrs u8
  *
  *   Op 3 was PUBLIC_KEY (a kid's public key), which nothing called: it is retired
  *   (KPP_OP_RETIRED), never reused, and refused as KPP_ERR_UNKNOWN_OP both ways.
  *
  *   pubkey = bits u32, n_len u16, n[1..SK_MODULUS_MAX], e_len u16, e[1..SK_EXPONENT_MAX]
+ *   attrs: the private half's attributes as the token holds them, read back
+ *   (base/signkey.h SK_ATTR_*; SK_ATTR_READ always set, no other bit): what the front
+ *   records with the key. KEY_ATTRS reads them for a key made before they were recorded.
  *   LIST flags: bit 0 private half present, bit 1 public half present; n <= KPP_LIST_MAX
  *   AUDIT_*: the audit key (keeper.h), which has no kid on the wire. AUDIT_PUBKEY creates
  *   it on first use; AUDIT_SIGN's input is a checkpoint's JWS signing input, and the keeper
@@ -93,11 +97,12 @@ typedef enum {
     KPP_OP_PUBLISH_PUBKEY = 10,
     KPP_OP_PUBLISH_PART = 11,
     KPP_OP_PUBLISH_SIGN = 12,
+    KPP_OP_KEY_ATTRS = 13,
 } kpp_op;
 /* The ops are numbered from the first to the last without a gap but KPP_OP_RETIRED: the
  * number of PUBLIC_KEY, removed, kept so that no op's number moved. */
 #define KPP_OP_FIRST KPP_OP_SIGN
-#define KPP_OP_LAST KPP_OP_PUBLISH_SIGN
+#define KPP_OP_LAST KPP_OP_KEY_ATTRS
 #define KPP_OP_RETIRED 3
 
 /* Reply statuses of the protocol itself, above every sk_status value. */
@@ -149,7 +154,8 @@ uint32_t kpp_decode_reply(const uint8_t *buf, size_t len, kpp_op op, kpp_reply *
 size_t kpp_encode_sign(uint8_t *buf, size_t cap, const sk_kid *kid, const void *msg,
                        size_t msg_len);
 size_t kpp_encode_generate(uint8_t *buf, size_t cap, const sk_kid *kid, unsigned bits);
-size_t kpp_encode_kid_op(uint8_t *buf, size_t cap, kpp_op op, const sk_kid *kid); /* DESTROY */
+size_t kpp_encode_kid_op(uint8_t *buf, size_t cap, kpp_op op,
+                         const sk_kid *kid); /* DESTROY, KEY_ATTRS */
 size_t kpp_encode_list(uint8_t *buf, size_t cap, uint32_t offset);
 size_t kpp_encode_ping(uint8_t *buf, size_t cap, const sk_kid *kid); /* kid may be NULL */
 size_t kpp_encode_sessions(uint8_t *buf, size_t cap);
@@ -173,6 +179,9 @@ size_t kpp_encode_sig_reply(uint8_t *buf, size_t cap, kpp_op op, const uint8_t *
                             size_t sig_len); /* SIGN, AUDIT_SIGN, PUBLISH_SIGN */
 size_t kpp_encode_pubkey_reply(uint8_t *buf, size_t cap, kpp_op op,
                                const sk_pubkey *pub); /* GENERATE, *_PUBKEY */
+/* GENERATE's reply: the pubkey and the attributes byte (SK_ATTR_READ set). */
+size_t kpp_encode_generate_reply(uint8_t *buf, size_t cap, const sk_pubkey *pub, sk_attrs attrs);
+size_t kpp_encode_attrs_reply(uint8_t *buf, size_t cap, sk_attrs attrs); /* KEY_ATTRS */
 size_t kpp_encode_list_reply(uint8_t *buf, size_t cap, uint32_t total, const sk_key_entry *e,
                              size_t n);
 size_t kpp_encode_u32_reply(uint8_t *buf, size_t cap, kpp_op op, uint32_t value);
@@ -185,5 +194,7 @@ uint32_t kpp_reply_pubkey(const kpp_reply *r, sk_pubkey *pub); /* GENERATE, *_PU
 uint32_t kpp_reply_list(const kpp_reply *r, sk_key_entry *out, size_t cap, uint32_t *total,
                         size_t *n);
 uint32_t kpp_reply_u32(const kpp_reply *r, uint32_t *value);
+uint32_t kpp_reply_generate(const kpp_reply *r, sk_pubkey *pub, sk_attrs *attrs); /* GENERATE */
+uint32_t kpp_reply_attrs(const kpp_reply *r, sk_attrs *attrs);                    /* KEY_ATTRS */
 
 #endif

@@ -99,9 +99,10 @@ static const char reg_schema_sql[] =
     " created_at INTEGER NOT NULL,"
     " n TEXT NOT NULL,"
     " e TEXT NOT NULL,"
-    " retire_at INTEGER," /* schema 2, rotation: NULL for a key never rotated */
-    " successor TEXT,"    /* kid hex of the key that replaced this one, or NULL */
-    " predecessor TEXT);" /* kid hex of the key this one replaced, or NULL */
+    " retire_at INTEGER,"    /* schema 2, rotation: NULL for a key never rotated */
+    " successor TEXT,"       /* kid hex of the key that replaced this one, or NULL */
+    " predecessor TEXT,"     /* kid hex of the key this one replaced, or NULL */
+    " token_attrs INTEGER);" /* base/signkey.h SK_ATTR_*, read back; NULL: never read */
     "CREATE TABLE IF NOT EXISTS revocations ("
     " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
     " kid TEXT NOT NULL UNIQUE REFERENCES keys(kid),"
@@ -125,6 +126,13 @@ static const char reg_schema_sql[] =
 /* SQLite: pending_keys' columns of issue 20 (whose record, since when), added when missing
  * with defaults: no schema version bump, an older build's INSERT (kid, created_at) still
  * works and the table is emptied at every open anyway. */
+/* keys' token_attrs (issue 21): what the token holds for the private half, read back when
+ * the key was made; added when missing, NULL for every older key, no version bump (an
+ * older build ignores it, and its INSERTs leave it NULL). */
+static const char *const reg_keys_cols[][2] = {
+    {"token_attrs", "ALTER TABLE keys ADD COLUMN token_attrs INTEGER"},
+};
+
 static const char *const reg_pending_cols[][2] = {
     {"node", "ALTER TABLE pending_keys ADD COLUMN node TEXT NOT NULL DEFAULT ''"},
     {"started_ms", "ALTER TABLE pending_keys ADD COLUMN started_ms INTEGER NOT NULL DEFAULT 0"},
@@ -145,7 +153,10 @@ static const char reg_schema_pg[] =
     " e TEXT NOT NULL,"
     " retire_at BIGINT,"
     " successor TEXT,"
-    " predecessor TEXT);"
+    " predecessor TEXT,"
+    " token_attrs BIGINT);"
+    /* A database an older build made: the column of issue 21 (reg_keys_cols). */
+    "ALTER TABLE keys ADD COLUMN IF NOT EXISTS token_attrs BIGINT;"
     "CREATE TABLE IF NOT EXISTS revocations ("
     " seq BIGINT PRIMARY KEY,"
     " kid TEXT NOT NULL UNIQUE REFERENCES keys(kid),"
@@ -618,6 +629,10 @@ static reg_status reg_schema_lite(reg *r)
     if (st == REG_OK && version == 1)
         st = reg_migrate_v2(r);
     if (st == REG_OK)
+        st = reg_add_columns(r, "keys", reg_keys_cols,
+                             sizeof(reg_keys_cols) / sizeof(reg_keys_cols[0]),
+                             "add keys' token_attrs");
+    if (st == REG_OK)
         st = reg_add_columns(r, "pending_keys", reg_pending_cols,
                              sizeof(reg_pending_cols) / sizeof(reg_pending_cols[0]),
                              "add pending_keys' node and start");
@@ -730,6 +745,13 @@ static reg_status reg_load_key(reg *r, sdb_stmt *s, reg_row *row)
     if (row->k.state == REG_RETIRING && (sdb_column_is_null(s, 11) || !row->k.has_successor))
         return reg_fail(r->path, REG_ERR_IO, "kid %s: retiring without retire_at or successor",
                         kid);
+    if (!sdb_column_is_null(s, 14)) {
+        int64_t a = sdb_column_int64(s, 14);
+        if (a < 0 || (a & ~(int64_t)SK_ATTR_ALL) != 0 || !(a & SK_ATTR_READ))
+            return reg_fail(r->path, REG_ERR_IO, "kid %s: token_attrs %lld is not an attribute set",
+                            kid, (long long)a);
+        row->k.token_attrs = (sk_attrs)a;
+    }
     return REG_OK;
 }
 
@@ -739,7 +761,7 @@ static reg_status reg_load_keys(reg *r)
     reg_status st = reg_prepare(r,
                                 "SELECT k.id, k.kid, k.state, k.bits, k.label, k.created_at, k.n,"
                                 " k.e, v.seq, v.revoked_at, v.reason, k.retire_at, k.successor,"
-                                " k.predecessor"
+                                " k.predecessor, k.token_attrs"
                                 " FROM keys k LEFT JOIN revocations v ON v.kid = k.kid",
                                 &s, "read keys");
     if (st != REG_OK)
@@ -1014,7 +1036,8 @@ static int reg_key_same(const reg_row *a, const reg_row *b)
            (!x->has_successor || memcmp(x->successor.b, y->successor.b, SK_KID_LEN) == 0) &&
            x->has_predecessor == y->has_predecessor &&
            (!x->has_predecessor || memcmp(x->predecessor.b, y->predecessor.b, SK_KID_LEN) == 0) &&
-           strcmp(x->n_b64, y->n_b64) == 0 && strcmp(x->e_b64, y->e_b64) == 0;
+           strcmp(x->n_b64, y->n_b64) == 0 && strcmp(x->e_b64, y->e_b64) == 0 &&
+           x->token_attrs == y->token_attrs;
 }
 
 /* Whether two mirrors hold the same rows, revocations and subjects. Caller holds write_mu
@@ -1277,8 +1300,9 @@ static reg_status reg_sql_insert(reg *r, const reg_key *k, const sk_kid *predece
     sdb_stmt *s;
     if (st == REG_OK)
         st = reg_prepare(r,
-                         "INSERT INTO keys (kid, state, bits, label, created_at, n, e, predecessor)"
-                         " VALUES (?1, 'active', ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                         "INSERT INTO keys (kid, state, bits, label, created_at, n, e, predecessor,"
+                         " token_attrs) VALUES (?1, 'active', ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                         " RETURNING id",
                          &s, "insert key");
     if (st != REG_OK)
         return st;
@@ -1292,6 +1316,10 @@ static reg_status reg_sql_insert(reg *r, const reg_key *k, const sk_kid *predece
         sdb_bind_text(s, 7, pred, -1);
     else
         sdb_bind_null(s, 7);
+    if (k->token_attrs & SK_ATTR_READ)
+        sdb_bind_int64(s, 8, k->token_attrs & SK_ATTR_ALL);
+    else
+        sdb_bind_null(s, 8);
     sdb_status rc = sdb_step(s);
     if (rc == SDB_ROW) {
         *id = sdb_column_int64(s, 0);
@@ -1323,7 +1351,10 @@ static void reg_row_fresh(reg_row *row, const reg_key *k, const sk_kid *predeces
     if (predecessor != NULL)
         row->k.predecessor = *predecessor;
     else
-        memset(&row->k.predecessor, 0, sizeof(row->k.predecessor));
+        memset(&row->k.predecessor, 0,
+               sizeof(row->k.predecessor)); /* As reg_sql_insert stored it: the known bits of a read
+                                               value, or nothing. */
+    row->k.token_attrs = (row->k.token_attrs & SK_ATTR_READ) ? row->k.token_attrs & SK_ATTR_ALL : 0;
 }
 
 reg_status reg_insert(reg *r, const reg_key *k)
@@ -1773,6 +1804,44 @@ reg_status reg_mark_broken(reg *r, const sk_kid *kid)
     }
     if (st == REG_STALE_)
         st = REG_ERR_STATE;
+    pthread_mutex_unlock(&r->write_mu);
+    return st;
+}
+
+reg_status reg_set_token_attrs(reg *r, const sk_kid *kid, sk_attrs attrs)
+{
+    if (kid == NULL || !(attrs & SK_ATTR_READ) || (attrs & ~SK_ATTR_ALL) != 0)
+        return REG_ERR_INVALID;
+    char hex[REG_KID_HEX + 1];
+    sk_kid_hex(kid, hex);
+    pthread_mutex_lock(&r->write_mu);
+    reg_status st = reg_find(r, kid) >= 0 ? REG_OK : REG_ERR_NOT_FOUND;
+    if (st == REG_OK)
+        st = reg_begin(r, "record token attributes");
+    if (st == REG_OK) {
+        sdb_stmt *q;
+        /* Only where none is recorded: the read at generation is the one that counts. */
+        st = reg_prepare(r,
+                         "UPDATE keys SET token_attrs = ?2 WHERE kid = ?1 AND token_attrs IS NULL",
+                         &q, "record token attributes");
+        if (st == REG_OK) {
+            sdb_bind_text(q, 1, hex, -1);
+            sdb_bind_int64(q, 2, attrs);
+            st = reg_step_done(r, q, "record token attributes");
+        }
+        int changed = st == REG_OK && sdb_changes(r->db) == 1;
+        if (changed)
+            st = reg_notify(r, kid);
+        st = reg_tx_end(r, st);
+        if (st == REG_OK && changed) {
+            pthread_rwlock_wrlock(&r->mirror_rw);
+            long i = reg_find(r, kid);
+            if (i >= 0)
+                r->rows[i].k.token_attrs = attrs;
+            reg_bump(r);
+            pthread_rwlock_unlock(&r->mirror_rw);
+        }
+    }
     pthread_mutex_unlock(&r->write_mu);
     return st;
 }

@@ -141,6 +141,10 @@ typedef struct {
     /* The public key, base64url without padding, so JWKS needs no token. */
     char n_b64[REG_N_B64_MAX];
     char e_b64[REG_E_B64_MAX];
+    /* What the token holds for the private half, read back (base/signkey.h SK_ATTR_*); 0
+     * when never read (a key made before the appliance recorded it: reconcile fills it in
+     * through reg_set_token_attrs). reg_insert stores the caller's value. */
+    sk_attrs token_attrs;
 } reg_key;
 
 typedef struct {
@@ -331,6 +335,12 @@ size_t reg_subjects_after(reg *r, uint64_t after, reg_subject *out, size_t cap);
  * Already broken: REG_OK, nothing changes. Revoked: REG_ERR_STATE. Unknown:
  * REG_ERR_NOT_FOUND. */
 reg_status reg_mark_broken(reg *r, const sk_kid *kid);
+
+/* Records the token's attributes of kid's private half (SK_ATTR_READ set) where none is
+ * recorded yet; a row that has some keeps them (REG_OK). REG_ERR_NOT_FOUND for a kid
+ * without a row, REG_ERR_INVALID for a value that is not an attribute set. No audit
+ * event: it records what the token says, the key does not change. */
+reg_status reg_set_token_attrs(reg *r, const sk_kid *kid, sk_attrs attrs);
 
 /* Deletes the row of an active or broken kid (undoing a create that failed after
  * reg_insert); frees its slot if it was active. A revoked row is kept, and so is either

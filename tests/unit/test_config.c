@@ -190,6 +190,7 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "port",
                            "pkcs11_module",
                            "softhsm2_conf",
+                           "pkcs11_sign_mechanism",
                            "token",
                            "pkcs11_env",
                            "pin_file",

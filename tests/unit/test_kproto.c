@@ -1501,6 +1501,7 @@ static int request_reencodes(const uint8_t *msg, size_t len)
         n = kpp_encode_generate(reenc, sizeof(reenc), &r.kid, r.bits);
         break;
     case KPP_OP_DESTROY:
+    case KPP_OP_KEY_ATTRS:
         n = kpp_encode_kid_op(reenc, sizeof(reenc), r.op, &r.kid);
         break;
     case KPP_OP_LIST:
