@@ -206,14 +206,6 @@ static void prov_uri_value(FILE *out, const char *v)
     }
 }
 
-/* 1 when module is SoftHSM2's (its token lives in files this data directory holds). */
-static int prov_is_softhsm2(const char *module)
-{
-    const char *base = strrchr(module, '/');
-    base = base != NULL ? base + 1 : module;
-    return strncmp(base, "libsofthsm2", 11) == 0;
-}
-
 int prov_token_init(const char *dir, const char *label, const char *module, FILE *out)
 {
     char abs[PATH_MAX], conf[PATH_MAX], tokdir[PATH_MAX], pin[PATH_MAX], so_pin[PATH_MAX];
@@ -232,11 +224,8 @@ int prov_token_init(const char *dir, const char *label, const char *module, FILE
     if (prov_path(conf, abs, "softhsm2.conf") || prov_path(tokdir, abs, "token") ||
         prov_path(pin, abs, "pin") || prov_path(so_pin, abs, "so-pin"))
         return -1;
-    /* Another module keeps its token where its own configuration (its environment, set by
-     * the module's provisioning script) says: only the PIN files are this directory's. */
-    const int softhsm2 = prov_is_softhsm2(module);
-    const char *existing[] = {pin, so_pin, tokdir, conf};
-    for (size_t i = 0; i < (softhsm2 ? 4u : 2u); i++) {
+    const char *existing[] = {tokdir, conf, pin, so_pin};
+    for (size_t i = 0; i < sizeof(existing) / sizeof(existing[0]); i++) {
         struct stat st;
         if (lstat(existing[i], &st) == 0) {
             fprintf(stderr,
@@ -246,43 +235,39 @@ int prov_token_init(const char *dir, const char *label, const char *module, FILE
             return -1;
         }
     }
-    if (softhsm2) {
-        if (mkdir(tokdir, 0700) != 0) {
-            fprintf(stderr, "cannot create %s: %s\n", tokdir, strerror(errno));
-            return -1;
-        }
-        char text[PATH_MAX + 256];
-        int n = snprintf(text, sizeof(text),
-                         "# SoftHSM2 configuration of this data directory only.\n"
-                         "directories.tokendir = %s\n"
-                         "objectstore.backend = file\n"
-                         "log.level = ERROR\n"
-                         "slots.removable = false\n",
-                         tokdir);
-        if (n < 0 || (size_t)n >= sizeof(text) || prov_write_new(conf, text, (size_t)n) != 0)
-            return -1;
+    if (mkdir(tokdir, 0700) != 0) {
+        fprintf(stderr, "cannot create %s: %s\n", tokdir, strerror(errno));
+        return -1;
     }
+    char text[PATH_MAX + 256];
+    int n = snprintf(text, sizeof(text),
+                     "# SoftHSM2 configuration of this data directory only.\n"
+                     "directories.tokendir = %s\n"
+                     "objectstore.backend = file\n"
+                     "log.level = ERROR\n"
+                     "slots.removable = false\n",
+                     tokdir);
+    if (n < 0 || (size_t)n >= sizeof(text) || prov_write_new(conf, text, (size_t)n) != 0)
+        return -1;
     if (prov_write_pin(so_pin) != 0 || prov_write_pin(pin) != 0)
         return -1;
     /* Our own process only: SoftHSM2 finds its configuration through the environment. */
-    if (softhsm2 && setenv("SOFTHSM2_CONF", conf, 1) != 0) {
+    if (setenv("SOFTHSM2_CONF", conf, 1) != 0) {
         fprintf(stderr, "cannot set SOFTHSM2_CONF\n");
         return -1;
     }
     char serial[17];
     sk_status st = hsm_init_token(module, label, so_pin, pin, serial);
     if (st != SK_OK) {
-        fprintf(stderr, "cannot initialise the token in %s: %s (CKR 0x%lx)\n",
-                softhsm2 ? tokdir : module, sk_strerror(st), hsm_last_ckr());
+        fprintf(stderr, "cannot initialise the token in %s: %s (CKR 0x%lx)\n", tokdir,
+                sk_strerror(st), hsm_last_ckr());
         return -1;
     }
     fprintf(out, "label: %s\nserial: %s\nuri: pkcs11:token=", label, serial);
     prov_uri_value(out, label);
     fprintf(out, ";serial=");
     prov_uri_value(out, serial);
-    if (softhsm2)
-        fprintf(out, "\nsofthsm2_conf: %s", conf);
-    fputc('\n', out);
+    fprintf(out, "\nsofthsm2_conf: %s\n", conf);
     return 0;
 }
 

@@ -11,10 +11,7 @@
 
 /* Creates DIR/softhsm2.conf, DIR/token/, DIR/pin, DIR/so-pin and initialises a token
  * labelled label in it. Prints "label:", "serial:" and "uri:" lines to out. Returns 0,
- * or -1 after printing one line naming the problem to stderr. With a module other than
- * SoftHSM2 (module's file name not libsofthsm2*), only DIR/pin and DIR/so-pin are made:
- * the module finds its store through its own environment (provisioning/hsm/<name>.sh),
- * and the token is its first slot whose token is not initialised yet. */
+ * or -1 after printing one line naming the problem to stderr. */
 int prov_token_init(const char *dir, const char *label, const char *module, FILE *out);
 
 /* The longest PIN prov_module_token_init writes. */

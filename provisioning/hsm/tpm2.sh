@@ -207,7 +207,8 @@ EOF
 	if [ ! -e "$dir/pin" ]; then
 		# C_InitToken and C_InitPIN through the module: it makes the persistent primary key
 		# and the token in the store; the PINs go to files, never to argv.
-		"$bin/signd-provision" token "$dir" --label "$label" --module "$module" >/dev/null ||
+		"$bin/signd-provision" module-token "$dir" --module "$module" --label "$label" \
+			--pin-length 30 >/dev/null ||
 			die "cannot initialise the token in $hsm/tpm2"
 		echo "tpm2: created the token '$label' in $hsm/tpm2"
 	fi
