@@ -426,8 +426,8 @@ static const char *cfg_env_name_problem(const char *name, size_t n)
         upper[i] = (char)(name[i] >= 'a' && name[i] <= 'z' ? name[i] - 32 : name[i]);
     upper[n < sizeof(upper) ? n : sizeof(upper) - 1] = '\0';
     if (strstr(upper, "PIN") != NULL || strstr(upper, "PASS") != NULL ||
-        strstr(upper, "SECRET") != NULL)
-        return "names a secret: a PIN or password never goes into the environment";
+        strstr(upper, "SECRET") != NULL || strstr(upper, "AUTH") != NULL)
+        return "names a secret (PIN, PASS, SECRET, AUTH): a secret never goes into the environment";
     for (size_t i = 0; i < sizeof(cfg_env_allowed) / sizeof(cfg_env_allowed[0]); i++) {
         const char *a = cfg_env_allowed[i];
         size_t al = strlen(a);

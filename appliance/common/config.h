@@ -195,7 +195,8 @@ unsigned cfg_pkcs11_sessions(const cfg *c);
  * a loaded configuration's pkcs11_env always splits). Entries are separated by commas, so a
  * value holds none; a NAME is a module's variable from one allowlist (TPM2_PKCS11_*,
  * TSS2_*, OCK_*, YUBIHSM_PKCS11_CONF, ChrystokiConfigurationPath,
- * DBUS_SESSION_BUS_ADDRESS), never one whose name says PIN, PASS or SECRET: the setting
+ * DBUS_SESSION_BUS_ADDRESS), never one whose name says PIN, PASS, SECRET or AUTH
+ * (TPM2_PKCS11_OWNER_AUTH is the TPM owner's password): the setting
  * points the module at its files and daemons, it never carries a secret. At most
  * CFG_ENV_VARS entries.
  *

@@ -476,8 +476,11 @@ static void test_pkcs11_env_refuses_other_variables_secrets_and_bad_lists(void *
                     "1: 'pkcs11_env' sets a variable");
     assert_rejected(fx, "pkcs11_env = TPM2_PKCS11_PIN=1234\n", "1: 'pkcs11_env' names a secret");
     assert_rejected(fx, "pkcs11_env = OCK_Passphrase=x\n", "1: 'pkcs11_env' names a secret");
+    assert_rejected(fx, "pkcs11_env = TPM2_PKCS11_OWNER_AUTH=x\n",
+                    "1: 'pkcs11_env' names a secret");
     assert_rejected(fx, "pkcs11_env = TPM2_PKCS11_STORE\n", "1: 'pkcs11_env' must be NAME=value");
-    assert_rejected(fx, "pkcs11_env = TPM2_PKCS11_STORE=/a,\n", "1: 'pkcs11_env' must be NAME=value");
+    assert_rejected(fx, "pkcs11_env = TPM2_PKCS11_STORE=/a,\n",
+                    "1: 'pkcs11_env' must be NAME=value");
     assert_rejected(fx, "pkcs11_env = =x\n", "1: 'pkcs11_env' must be NAME=value");
     assert_rejected(fx, "pkcs11_env = TPM2_PKCS11_=x\n", "1: 'pkcs11_env' sets a variable");
     assert_rejected(fx,
