@@ -103,12 +103,16 @@ async function verify() {
   const broken = $("#verify-broken");
   const list = $("#verify-checkpoints");
   const button = $("#audit-verify");
+  const progressEl = $("#verify-progress");
   clear(list);
   broken.hidden = true;
   broken.dataset.seq = "";
-  result.hidden = false;
-  result.dataset.status = "running";
-  const progress = (t) => (result.textContent = t);
+  // data-status is only ever the verdict (ok or broken): none while it runs.
+  result.hidden = true;
+  result.removeAttribute("data-status");
+  result.textContent = "";
+  progressEl.hidden = false;
+  const progress = (t) => (progressEl.textContent = t);
   button.disabled = true;
   try {
     const text = await fetchExport(progress);
@@ -124,6 +128,8 @@ async function verify() {
         ),
       );
     }
+    progressEl.hidden = true;
+    result.hidden = false;
     result.dataset.status = v.ok ? "ok" : "broken";
     result.textContent = v.ok
       ? "Verified: " + v.events + " events up to seq " + v.lastSeq + ", " + v.checkpoints.length +
@@ -136,8 +142,7 @@ async function verify() {
       broken.hidden = false;
     }
   } catch (e) {
-    result.dataset.status = "error";
-    result.textContent = "The verification could not run.";
+    progress("The verification could not run (the error is shown above).");
     throw e;
   } finally {
     button.disabled = false;
