@@ -65,8 +65,12 @@ class ModuleAppliance(bb.Appliance):
         super().__init__(data_dir, extra_conf)
 
     def script(self, command):
-        return subprocess.run([self.module.script, command, self.dir], check=True,
-                              capture_output=True, text=True, timeout=120)
+        p = subprocess.run([self.module.script, command, self.dir], capture_output=True,
+                           text=True, timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError("%s %s %s: exit %d\n%s" % (self.module.script, command, self.dir,
+                                                          p.returncode, p.stderr))
+        return p
 
     def provision(self, data_dir):
         with bb.machine_lock() if os.geteuid() == 0 else bb.contextlib.nullcontext():

@@ -11,9 +11,12 @@ import base64
 import concurrent.futures
 import json
 import os
+import pty
 import random
 import re
+import select
 import subprocess
+import termios
 import threading
 import time
 
@@ -191,17 +194,62 @@ def test_the_private_key_on_the_token_is_sensitive_and_never_extractable(mod):
         ta = rec["token_attributes"]
         assert ta["sensitive"] and not ta["extractable"] and ta["never_extractable"], ta
         assert ta["sign_only"] == module.sign_only, ta
-    # pkcs11-tool (OpenSC), with no login: the public key is there under the kid; the
-    # private one is not shown to a session without the PIN.
-    p = subprocess.run(["pkcs11-tool", "--module", a.module_conf["pkcs11_module"],
-                        "--token-label", a.module_conf["token"], "--list-objects"],
-                       capture_output=True, text=True, env=a.module_env(), timeout=60)
-    assert p.returncode == 0, p.stderr
-    blocks = p.stdout.split("\n\n") if "\n\n" in p.stdout else re.split(r"\n(?=\S)", p.stdout)
-    mine = [b for b in re.split(r"\n(?=[A-Z][a-z]+ Key Object)", p.stdout)
-            if re.search(r"ID:\s+%s\b" % kid, b)]
-    assert mine and all(b.startswith("Public Key Object") for b in mine), p.stdout
-    assert blocks
+    # OpenSC's pkcs11-tool, logged in, says the same of the private key.
+    out = pkcs11_tool_logged_in(a, ["--list-objects", "--type", "privkey"])
+    blocks = [b for b in re.split(r"\n(?=\S)", out) if re.search(r"ID:\s+%s\b" % kid, b)]
+    assert len(blocks) == 1 and blocks[0].startswith("Private Key Object; RSA"), out
+    usage = re.search(r"Usage:\s+(.*)", blocks[0]).group(1).strip().split(", ")
+    access = re.search(r"Access:\s+(.*)", blocks[0]).group(1).strip().split(", ")
+    assert "sign" in usage, usage
+    if module.sign_only:
+        assert set(usage) == {"sign"}, usage
+    assert {"sensitive", "always sensitive", "never extractable", "local"} <= set(access), access
+    assert "extractable" not in access, access
+
+
+def pkcs11_tool_logged_in(a, args):
+    """pkcs11-tool --login on a's token, the PIN typed into a pseudo-terminal: pkcs11-tool
+    takes it from a terminal only (or from --pin, its argv, which is refused here), and a
+    pty carries it from the 0600 file to the program without an argv, an environment or a
+    file. Returns what pkcs11-tool printed (the PIN is not echoed)."""
+    master, slave = pty.openpty()
+    p = subprocess.Popen(["pkcs11-tool", "--module", a.module_conf["pkcs11_module"],
+                          "--token-label", a.module_conf["token"], "--login"] + args,
+                         stdin=slave, stdout=slave, stderr=slave, env=a.module_env(),
+                         start_new_session=True)
+    os.close(slave)
+    out, sent = b"", False
+    pin_path = os.path.join(a.dir, a.module_conf["pin_file"])
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 60)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the program exited and closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+            if not sent and b"PIN:" in out:
+                # pkcs11-tool turns echo off with TCSAFLUSH, which drops what was typed
+                # before: wait until the terminal is in no-echo mode.
+                deadline = time.monotonic() + 10
+                while termios.tcgetattr(master)[3] & termios.ECHO:
+                    assert time.monotonic() < deadline, "pkcs11-tool never turned echo off"
+                    time.sleep(0.01)
+                with open(pin_path, "rb") as f:
+                    os.write(master, f.read().rstrip(b"\n") + b"\n")
+                sent = True
+    finally:
+        os.close(master)
+        rc = p.wait(timeout=60)
+    text = out.decode(errors="replace")
+    assert sent and rc == 0, text
+    with open(pin_path) as f:
+        assert f.read().strip() not in text
+    return text
 
 
 # ---- lifecycle ----------------------------------------------------------------------------
