@@ -3,11 +3,11 @@
 # loop on the same token of module HSM (default softhsm2), next to openssl speed; key
 # generation per size; on SoftHSM2, opening a token with 1,000 key pairs.
 # The module's token is set up, and its daemons started and stopped, by
-# provisioning/hsm/$HSM.sh (start / conf / stop), reused by later runs: in
-# build/bench/hsm-softhsm2/ for SoftHSM2 (a token of its own), and for another module in
-# build/bench/appliance-$HSM/, the data directory `make bench HSM=...` uses too (one
-# opencryptoki soft token per machine: its script refuses a second data directory). The
-# bench's keys are destroyed after each measurement. The table goes to stdout and to
+# provisioning/hsm/$HSM.sh (start / conf / stop): in build/bench/hsm-softhsm2/ for SoftHSM2
+# (a token of its own), and for another module in build/bench/appliance-$HSM/, the data
+# directory `make bench HSM=...` uses too; both reused by later runs, but opencryptoki's,
+# made afresh and its token released at the end (below). The bench's keys are destroyed
+# after each measurement. The table goes to stdout and to
 # build/bench/hsm-$HSM.txt; progress goes to stderr.
 #   BENCH_SECONDS=5   length of each signing measurement (4 per round)
 #   BENCH_ROUNDS=3    rounds (1 to 15): more on a busy machine; the bar is read on the
