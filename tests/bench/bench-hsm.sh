@@ -12,6 +12,8 @@
 #   BENCH_SECONDS=5   length of each signing measurement (4 per round)
 #   BENCH_ROUNDS=3    rounds (1 to 15): more on a busy machine; the bar is read on the
 #                     median of each round's hsm / raw
+#   BENCH_RAW_SESSION=rw  the raw loop's sessions read-write, as the hsm layer's are
+#                     (default read-only, the least a signature needs)
 #   BENCH_GEN_KEYS=20 RSA-2048 keys per key-generation measurement (half for 3072, a
 #                     quarter for 4096; each size on 1 and on 2 threads; destroyed after)
 # On SoftHSM2 the first run also creates build/bench/token-1000/ (1,000 RSA-2048 keys, a few

@@ -18,6 +18,8 @@
  *                                 SOFTHSM2_CONF=DIR/softhsm2.conf); writes the public key
  *                                 to DIR/KIDHEX.pub.pem and prints that path
  *
+ * BENCH_RAW_SESSION=rw opens the raw loop's sessions read-write, as the hsm layer's are
+ * (default read-only): to tell a module's cost of a read-write session from the layer's.
  * BENCH_SECONDS (default 5) is the length of each signing measurement; BENCH_GEN_KEYS
  * (default 20) the RSA-2048 keys generated per key-generation measurement (half as many
  * for 3072, a quarter for 4096); BENCH_ROUNDS (default 3, at most 15) the rounds. The raw
@@ -342,6 +344,9 @@ typedef struct {
     /* CKM_SHA256_RSA_PKCS when the slot lists it; else CKM_RSA_PKCS over a DigestInfo
      * built here, as the hsm layer does on such a module (opencryptoki's soft token). */
     CK_MECHANISM_TYPE mech;
+    /* BENCH_RAW_SESSION=rw: CKF_RW_SESSION, as the hsm layer opens its sessions; default
+     * read-only, the least a signature needs. */
+    CK_FLAGS session_flags;
 } raw_module;
 
 /* The DER prefix of a SHA-256 DigestInfo (RFC 8017, section 9.2, note 1). */
@@ -407,6 +412,8 @@ static void raw_attach(raw_module *r, const char *module_path, const sk_kid *kid
     if (!found)
         die("the raw loop cannot find the key on any slot");
     r->mech = slot_has_mechanism(r, CKM_SHA256_RSA_PKCS) ? CKM_SHA256_RSA_PKCS : CKM_RSA_PKCS;
+    const char *rw = getenv("BENCH_RAW_SESSION");
+    r->session_flags = rw != NULL && strcmp(rw, "rw") == 0 ? CKF_RW_SESSION : 0;
 }
 
 static const char *raw_mech_name(const raw_module *r)
@@ -464,7 +471,8 @@ static void *sign_thread(void *arg)
     sign_run *run = w->run;
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     if (!run->use_hsm &&
-        run->raw->f->C_OpenSession(run->raw->slot, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK)
+        run->raw->f->C_OpenSession(run->raw->slot, CKF_SERIAL_SESSION | run->raw->session_flags,
+                                   NULL, NULL, &s) != CKR_OK)
         w->failed = 1;
     /* One signature before the clock starts: the hsm side opens its session here. */
     if (!w->failed && !sign_once(run, s))
