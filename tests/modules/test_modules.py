@@ -15,6 +15,7 @@ import pty
 import random
 import re
 import select
+import signal
 import subprocess
 import termios
 import threading
@@ -419,3 +420,50 @@ def test_thousand_active_keys(mod):
         verify_jwcrypto(mint(a, kid), published[kid])
     objects = token_objects(a)
     assert set(kids) <= set(objects)
+
+
+# ---- make run HSM=... ---------------------------------------------------------------------
+
+
+def test_make_run_with_the_module_serves_tokens_that_verify_and_stops_what_it_started(
+        mod, tmp_path):
+    """provisioning/run.sh (make run HSM=NAME) on the module's data directory: start,
+    conf, signd, and on SIGTERM signd stopped, then the module's daemons (last in the
+    file: it takes the appliance down and brings the daemons back for the teardown)."""
+    module, a = mod
+    kid = a.create_key(label="make run")["kid"]
+    a.stop()
+    env = dict(os.environ, HSM=module.name, DATA_DIR=a.dir, PORT=str(a.port))
+    with open(tmp_path / "run.log", "wb") as log:
+        p = subprocess.Popen([os.path.join(bb.TOP, "provisioning", "run.sh")], env=env,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert p.poll() is None, (tmp_path / "run.log").read_text()
+            try:
+                if a.get("/readyz", auth=False).status_code == 200:
+                    break
+            except requests.exceptions.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()
+            time.sleep(0.2)
+        verify_jwcrypto(mint(a, kid), jwks(a)[kid])
+        hsm_dir = os.path.join(a.dir, "hsm")
+        daemons = []
+        for name in os.listdir(hsm_dir) if os.path.isdir(hsm_dir) else []:
+            if name.endswith(".pid"):
+                with open(os.path.join(hsm_dir, name)) as f:
+                    daemons.append(int(f.read().split()[0]))
+        os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=60) == 0, (tmp_path / "run.log").read_text()
+        for pid in daemons:
+            deadline = time.monotonic() + 10
+            while bb.alive_pid(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not bb.alive_pid(pid), "daemon %d outlived make run" % pid
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        a.script("start")
