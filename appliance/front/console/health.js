@@ -1,0 +1,3 @@
+export function init(ctx) {}
+export function show(ctx) {}
+export function hide(ctx) {}
