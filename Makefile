@@ -332,7 +332,7 @@ format:
 
 clean:
 	rm -rf $(BUILD)/obj $(BUILD)/obj-test $(BUILD)/bin $(BUILD)/testbin $(BUILD)/tests \
-	       $(BUILD)/lib $(BUILD)/lib-test
+	       $(BUILD)/lib $(BUILD)/lib-test $(BUILD)/gen
 
 -include $(LIB_OBJ:.o=.d) $(wildcard $(BUILD)/obj/*/*.d $(BUILD)/obj/*/*/*.d $(BUILD)/obj/*/*/*/*.d)
 -include $(wildcard $(BUILD)/obj-test/*/*.d $(BUILD)/obj-test/*/*/*.d)

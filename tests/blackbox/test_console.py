@@ -185,3 +185,28 @@ def test_a_revoked_credential_is_not_anyone(appliance):
     assert appliance.get("/v1/whoami", auth=cred["secret"]).status_code == 200
     assert appliance.delete("/v1/credentials/" + cred["id"]).status_code == 200
     assert appliance.get("/v1/whoami", auth=cred["secret"]).status_code == 401
+
+
+def test_head_never_has_a_body_even_for_an_error(appliance):
+    """The front writes no body after a HEAD's head, whatever the answer (RFC 9110 9.3.2):
+    read on the raw connection, so that a body sent anyway would show."""
+    import socket
+    import ssl
+    ctx = ssl.create_default_context(cafile=appliance.cacert)
+    ctx.check_hostname = False
+    for path, status in (("/console/nothing.js", 404), ("/v1/keys", 405),
+                         ("/console/app.js", 200)):
+        with socket.create_connection(("127.0.0.1", appliance.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as s:
+                s.sendall(("HEAD %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                           % path).encode())
+                data = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 %d " % status), head
+        assert b"Content-Length: " in head
+        assert rest == b"", (path, rest[:80])
