@@ -194,8 +194,20 @@ class Browser:
         """The browser console's SEVERE lines (CSP violations land here)."""
         return [e["message"] for e in self.driver.get_log("browser") if e["level"] == "SEVERE"]
 
-    def screenshot(self, *paths):
-        png = self.driver.get_screenshot_as_png()
+    def cdp(self, cmd, params=None):
+        """A DevTools command through chromedriver (goog/cdp/execute), for the Remote
+        driver, which has no execute_cdp_cmd of its own."""
+        self.driver.command_executor._commands.setdefault(
+            "signdCdp", ("POST", "/session/$sessionId/goog/cdp/execute"))
+        return self.driver.execute("signdCdp", {"cmd": cmd, "params": params or {}})["value"]
+
+    def screenshot(self, *paths, max_height=6000):
+        """A PNG of the whole page (not only the window), written to each of paths."""
+        size = self.cdp("Page.getLayoutMetrics")["cssContentSize"]
+        clip = {"x": 0, "y": 0, "scale": 1, "width": min(int(size["width"]), self.size[0]),
+                "height": min(int(size["height"]), max_height)}
+        png = base64.b64decode(self.cdp("Page.captureScreenshot", {
+            "format": "png", "captureBeyondViewport": True, "clip": clip})["data"])
         for p in paths:
             os.makedirs(os.path.dirname(p), exist_ok=True)
             with open(p, "wb") as f:

@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 import browser
 from conftest import Appliance, free_port
@@ -114,8 +114,12 @@ def choose(web, selector, value):
     """Sets a select (or an input standing in for one) to value, as a person picking it."""
     e = one(web, selector)
     if e.tag_name == "select":
-        from selenium.webdriver.support.ui import Select
-        Select(e).select_by_value(str(value))
+        # An option's value is its text when it has no value attribute.
+        sel = Select(e)
+        try:
+            sel.select_by_value(str(value))
+        except NoSuchElementException:
+            sel.select_by_visible_text(str(value))
     else:
         e.clear()
         e.send_keys(str(value))
@@ -587,6 +591,13 @@ def test_verify_shows_the_seq_of_a_row_edited_behind_the_appliance(web, app, sho
     broken = visible(web, "#verify-broken")
     assert broken.get_attribute("data-seq") == str(target), (broken.text, result.text)
     assert str(target) in broken.text
+    # Checkpoints below the edit still verify; every one from it on covers the broken link.
+    items = {int(li.get_attribute("data-seq")): li.get_attribute("data-status")
+             for li in css(web, "ol#verify-checkpoints li[data-seq]")}
+    assert {s: v for s, v in items.items() if s < target} == \
+        {s: "ok" for s in items if s < target}, items
+    assert [s for s in items if s >= target] and \
+        {v for s, v in items.items() if s >= target} == {"bad"}, items
     print("\nverify: broken at seq %d, as edited" % target)
     shots(web, "audit-verify-broken")
 
