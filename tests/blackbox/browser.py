@@ -201,11 +201,19 @@ class Browser:
             "signdCdp", ("POST", "/session/$sessionId/goog/cdp/execute"))
         return self.driver.execute("signdCdp", {"cmd": cmd, "params": params or {}})["value"]
 
-    def screenshot(self, *paths, max_height=6000):
-        """A PNG of the whole page (not only the window), written to each of paths."""
+    def screenshot(self, *paths, start=None, max_height=1600):
+        """A PNG of the page beyond the window, written to each of paths: from the top, or
+        from a little above the element start (a CSS selector) names, at most max_height
+        CSS pixels tall."""
         size = self.cdp("Page.getLayoutMetrics")["cssContentSize"]
-        clip = {"x": 0, "y": 0, "scale": 1, "width": min(int(size["width"]), self.size[0]),
-                "height": min(int(size["height"]), max_height)}
+        top = 0
+        if start:
+            top = max(0, int(self.driver.execute_script(
+                "return arguments[0].getBoundingClientRect().top + window.scrollY",
+                self.driver.find_element("css selector", start))) - 24)
+        clip = {"x": 0, "y": top, "scale": 1,
+                "width": min(int(size["width"]), self.size[0]),
+                "height": max(1, min(int(size["height"]) - top, max_height))}
         png = base64.b64decode(self.cdp("Page.captureScreenshot", {
             "format": "png", "captureBeyondViewport": True, "clip": clip})["data"])
         for p in paths:

@@ -67,8 +67,8 @@ def shots(tmp_path_factory):
         out.append(os.path.abspath(os.environ["SIGND_SCREENSHOT_DIR"]))
     names = []
 
-    def shot(web, name):
-        web.screenshot(*[os.path.join(d, name + ".png") for d in out])
+    def shot(web, name, start=None):
+        web.screenshot(*[os.path.join(d, name + ".png") for d in out], start=start)
         names.append(name + ".png")
 
     shot.names = names
@@ -562,7 +562,7 @@ def test_verify_on_the_intact_trail_checks_every_checkpoint(web, app, shots):
     assert set(shown.values()) == {"ok"}, shown
     assert not [e for e in css(web, "#verify-broken") if e.is_displayed()]
     print("\nverify: %d checkpoints ok" % len(shown))
-    shots(web, "audit-verify-ok")
+    shots(web, "audit-verify-ok", start="#audit-verify")
 
 
 def test_verify_shows_the_seq_of_a_row_edited_behind_the_appliance(web, app, shots):
@@ -599,7 +599,7 @@ def test_verify_shows_the_seq_of_a_row_edited_behind_the_appliance(web, app, sho
     assert [s for s in items if s >= target] and \
         {v for s, v in items.items() if s >= target} == {"bad"}, items
     print("\nverify: broken at seq %d, as edited" % target)
-    shots(web, "audit-verify-broken")
+    shots(web, "audit-verify-broken", start="#audit-verify")
 
 
 # ---- what the page asked for, all session long ----------------------------------------------
