@@ -509,14 +509,30 @@ def test_sign_out_clears_the_tab(web, app):
     assert not [e for e in css(web, "#whoami") if e.is_displayed()]
 
 
+def test_a_signer_and_a_redeemer_see_only_their_views(web, app):
+    """The navigation follows GET /v1/whoami: a signer revokes tokens and reads the public
+    revocations; a redeemer reads the revocations alone."""
+    redeemer = app.create_credential("redeemer", label="console-redeemer-view")["secret"]
+    for secret, role, want in ((STATE["signer"][1], "signer", {"tokens", "revocations"}),
+                               (redeemer, "redeemer", {"revocations"})):
+        who = sign_in(web, app, secret, role)
+        assert role in who.text
+        views = {a.get_attribute("data-view") for a in css(web, "nav#nav a[data-view]")}
+        assert views == want, (role, views)
+        for absent in ("#key-create", "#cred-create", "#audit-verify", "button.revoke"):
+            assert not css(web, absent), "%s is in the %s's DOM" % (absent, role)
+        one(web, "button#signout").click()
+        visible(web, "form#signin")
+
+
 def test_an_auditor_sees_no_create_or_revoke_control(web, app, shots):
     auditor = app.create_credential("auditor", label="console-auditor")["secret"]
     STATE["auditor"] = auditor
     who = sign_in(web, app, auditor, "auditor")
     assert "auditor" in who.text
     views = {a.get_attribute("data-view") for a in css(web, "nav#nav a[data-view]")}
-    assert "audit" in views and "keys" in views and "health" in views
-    assert "credentials" not in views, "GET /v1/credentials is the admin's alone"
+    # GET /v1/credentials is the admin's alone; revoking tokens the admin's and signers'.
+    assert views == {"keys", "revocations", "audit", "health"}, views
 
     open_view(web, "keys")
     until(web, lambda d: STATE["successor"] in kids_in_table(web), "the keys")
