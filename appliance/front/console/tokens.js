@@ -30,6 +30,11 @@ async function revokeSubject(ev) {
 
 export function init(c) {
   ctx = c;
+  // A signer scoped to some kids may not revoke a subject (the handler's 403): not offered.
+  if (ctx.me.role === "signer" && ctx.me.kids !== "all") {
+    const f = $("#subject-revoke");
+    if (f) f.remove();
+  }
   const t = $("#token-revoke");
   if (t) t.addEventListener("submit", (ev) => ctx.guard(() => revokeToken(ev)));
   const s = $("#subject-revoke");
