@@ -67,8 +67,8 @@ def shots(tmp_path_factory):
         out.append(os.path.abspath(os.environ["SIGND_SCREENSHOT_DIR"]))
     names = []
 
-    def shot(web, name, start=None):
-        web.screenshot(*[os.path.join(d, name + ".png") for d in out], start=start)
+    def shot(web, name, **kw):
+        web.screenshot(*[os.path.join(d, name + ".png") for d in out], **kw)
         names.append(name + ".png")
 
     shot.names = names
@@ -523,6 +523,15 @@ def test_a_signer_and_a_redeemer_see_only_their_views(web, app):
             assert not css(web, absent), "%s is in the %s's DOM" % (absent, role)
         one(web, "button#signout").click()
         visible(web, "form#signin")
+    # A signer scoped to some kids may not revoke a subject (403 from the API): not offered.
+    scoped = app.create_credential("signer", label="console-scoped",
+                                   kids=[STATE["successor"]])["secret"]
+    sign_in(web, app, scoped, "signer")
+    open_view(web, "tokens")
+    assert css(web, "#token-revoke-button")
+    assert not css(web, "#subject-revoke-button"), "offered a subject revocation it may not make"
+    one(web, "button#signout").click()
+    visible(web, "form#signin")
 
 
 def test_an_auditor_sees_no_create_or_revoke_control(web, app, shots):
@@ -578,7 +587,7 @@ def test_verify_on_the_intact_trail_checks_every_checkpoint(web, app, shots):
     assert set(shown.values()) == {"ok"}, shown
     assert not [e for e in css(web, "#verify-broken") if e.is_displayed()]
     print("\nverify: %d checkpoints ok" % len(shown))
-    shots(web, "audit-verify-ok", start="#audit-verify")
+    shots(web, "audit-verify-ok", start="#view-audit", max_height=800)
 
 
 def test_verify_shows_the_seq_of_a_row_edited_behind_the_appliance(web, app, shots):
@@ -615,7 +624,7 @@ def test_verify_shows_the_seq_of_a_row_edited_behind_the_appliance(web, app, sho
     assert [s for s in items if s >= target] and \
         {v for s, v in items.items() if s >= target} == {"bad"}, items
     print("\nverify: broken at seq %d, as edited" % target)
-    shots(web, "audit-verify-broken", start="#audit-verify")
+    shots(web, "audit-verify-broken", start="#view-audit", max_height=800)
 
 
 # ---- what the page asked for, all session long ----------------------------------------------
