@@ -15,7 +15,6 @@ console-screenshots: docs/console/*.png).
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import ssl
 import subprocess
