@@ -137,6 +137,11 @@ start() {
 	command -v swtpm >/dev/null && command -v tpm2-abrmd >/dev/null &&
 		command -v dbus-daemon >/dev/null && command -v tpm2_dictionarylockout >/dev/null ||
 		die "swtpm, tpm2-abrmd, dbus-daemon or tpm2-tools missing: run 'make deps HSM=tpm2'"
+	# A PIN without a store is another module's token (a SoftHSM2 data directory): its keys
+	# are not in this TPM, and a new token would need the PIN file that holds the old PIN.
+	if [ -e "$dir/pin" ] && [ ! -s "$hsm/tpm2/tpm2_pkcs11.sqlite3" ]; then
+		die "$dir has a token's PIN but no tpm2-pkcs11 store: it belongs to another module; use a new data directory for HSM=tpm2"
+	fi
 	# sun_path is 108 bytes: swtpm's control socket is the longest path.
 	[ ${#sock} -le 100 ] || die "$dir is too long a path for the TPM's Unix sockets (at most $((100 - ${#sock} + ${#dir})) bytes)"
 	if [ -n "$keeper" ] && [ "$keeper" != root ]; then
