@@ -32,7 +32,13 @@ dir=${2:-}
 	echo "usage: tpm2.sh start|conf|stop DATA_DIR" >&2
 	exit 2
 }
-mkdir -p "$dir"
+[ "$cmd" != start ] || mkdir -p "$dir"
+# No data directory: nothing runs for it.
+[ -d "$dir" ] || [ "$cmd" != stop ] || exit 0
+[ -d "$dir" ] || {
+	echo "tpm2: no data directory $dir" >&2
+	exit 1
+}
 dir=$(cd "$dir" && pwd)
 hsm="$dir/hsm"
 sock="$hsm/sock/swtpm"
@@ -109,8 +115,7 @@ spawn() {
 
 # Waits up to 10 s for the command "$@" to succeed.
 wait_for() {
-	local what=$1 i
-	shift
+	local i
 	for i in $(seq 100); do
 		"$@" >/dev/null 2>&1 && return 0
 		sleep 0.1
@@ -159,7 +164,7 @@ start() {
 			--tpmstate dir="$hsm/swtpm" \
 			--server type=unixio,path="$sock" --ctrl type=unixio,path="$sock.ctrl" \
 			--flags not-need-init,startup-clear
-		wait_for swtpm test -S "$sock.ctrl" || die "swtpm did not start (see $hsm/swtpm.log)"
+		wait_for test -S "$sock.ctrl" || die "swtpm did not start (see $hsm/swtpm.log)"
 		echo "tpm2: swtpm $(cat "$hsm/swtpm.pid") serves $sock"
 	fi
 
@@ -187,7 +192,7 @@ EOF
 		[ -z "$owner" ] || [ "$owner" = root ] || chown "$owner" "$hsm/bus/dbus.conf"
 		spawn "$hsm/dbus.pid" "$hsm/dbus.log" dbus-daemon --config-file="$hsm/bus/dbus.conf" \
 			--nofork --nopidfile --nosyslog
-		wait_for dbus dbus-send --bus="unix:path=$bus" --reply-timeout=2000 --print-reply \
+		wait_for dbus-send --bus="unix:path=$bus" --reply-timeout=2000 --print-reply \
 			--dest=org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus.GetId ||
 			die "dbus-daemon did not start (see $hsm/dbus.log)"
 		echo "tpm2: dbus-daemon $(cat "$hsm/dbus.pid") serves $bus"
@@ -202,7 +207,7 @@ EOF
 		DBUS_SESSION_BUS_ADDRESS="unix:path=$bus" spawn "$hsm/abrmd.pid" "$hsm/abrmd.log" \
 			tpm2-abrmd --session --tcti="swtpm:path=$sock" --flush-all \
 			--max-transients="$max_transients" "${root_flag[@]}"
-		wait_for abrmd bus_has_abrmd || die "tpm2-abrmd did not start (see $hsm/abrmd.log)"
+		wait_for bus_has_abrmd || die "tpm2-abrmd did not start (see $hsm/abrmd.log)"
 		echo "tpm2: tpm2-abrmd $(cat "$hsm/abrmd.pid") on $bus"
 	fi
 
