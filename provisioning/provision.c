@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static int usage(void)
@@ -228,10 +229,27 @@ static int cmd_token_list(int argc, char **argv)
         fprintf(stderr, "cannot set SOFTHSM2_CONF\n");
         return 1;
     }
+    /* The module's own variables, as the keeper gets them (pkcs11_env). */
+    static char env[CFG_ENV_VARS][CFG_ENV_MAX];
+    int nenv = cfg_env_entries(c.pkcs11_env, env);
+    for (int i = 0; i < nenv; i++) {
+        if (putenv(env[i]) != 0) {
+            fprintf(stderr, "cannot set the module's environment\n");
+            return 1;
+        }
+    }
     hsm_config hc = {.module_path = c.pkcs11_module, .token = c.token, .pin_file = c.pin_file};
     hsm *h = NULL;
     unsigned long ckr = 0;
     sk_status st = hsm_open(&hc, &h, &ckr);
+    /* tpm2-pkcs11 keeps its objects in SQLite without a busy timeout: its C_Initialize
+     * fails with CKR_GENERAL_ERROR ("database is locked") while the running keeper writes
+     * the store (a key made or destroyed). That is a moment, not a fault: try again for up
+     * to 10 s. */
+    for (int i = 0; i < 100 && st == SK_ERR_MODULE_LOAD && ckr == 0x5; i++) {
+        nanosleep(&(struct timespec){.tv_nsec = 100 * 1000 * 1000}, NULL);
+        st = hsm_open(&hc, &h, &ckr);
+    }
     if (st != SK_OK) {
         fprintf(stderr, "token %s: %s (PKCS#11 rv 0x%lx)\n", c.token, sk_strerror(st), ckr);
         return 1;

@@ -422,6 +422,38 @@ def test_thousand_active_keys(mod):
     assert set(kids) <= set(objects)
 
 
+def test_keys_up_to_max_active_keys_each_sign_after_a_restart(mod):
+    """A module whose conf lowers max_active_keys (the TPM: its resource manager keeps at
+    most 100 objects loaded per keeper process) makes that many active keys, refuses one
+    more with 409 key_limit_reached, and after a restart every one of them signs a token
+    jwcrypto verifies."""
+    module, a = mod
+    if not module.to_key_limit:
+        pytest.skip("%s: no max_active_keys of its own" % module.name)
+    limit = int(a.module_conf["max_active_keys"])
+    assert limit < 1000
+    # A fresh keeper: what earlier tests made in this one counts against the same bound.
+    a.restart()
+    for k in registry(a, "retiring"):
+        assert a.delete("/v1/keys/" + k["kid"]).status_code == 200
+    active = a.get("/readyz", auth=False).json()["active_keys"]
+    t0 = time.monotonic()
+    for i in range(limit - active):
+        r = a.post("/v1/keys", {"label": "limit-%d" % i})
+        assert r.status_code == 201, (i, r.text)
+    figure(module.name, "keys_created_to_max_active_keys", limit - active)
+    figure(module.name, "create_to_max_active_keys_s", round(time.monotonic() - t0, 1))
+    r = a.post("/v1/keys", {"label": "one too many"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "key_limit_reached"
+    published = jwks(a)
+    assert len(published) == limit
+    a.restart()
+    t0 = time.monotonic()
+    for kid, key in published.items():
+        verify_jwcrypto(mint(a, kid), key)
+    figure(module.name, "first_token_of_each_key_after_restart_s", round(time.monotonic() - t0, 1))
+
+
 # ---- make run HSM=... ---------------------------------------------------------------------
 
 

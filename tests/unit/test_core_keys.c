@@ -101,6 +101,11 @@ static void test_a_created_key_is_an_active_row_with_its_object_in_the_token(voi
     sk_pubkey pub;
     reg_key k = create_ok(fx, "billing", T0, &pub);
     assert_int_equal(k.state, REG_ACTIVE);
+    /* What the token holds, read back through the keeper, is in the row (issue 21). */
+    reg_key stored;
+    assert_int_equal(reg_get(fx->e.reg, &k.kid, &stored), REG_OK);
+    assert_int_equal(stored.token_attrs, SK_ATTR_READ | SK_ATTR_SENSITIVE |
+                                             SK_ATTR_NEVER_EXTRACTABLE | SK_ATTR_SIGN_ONLY);
     assert_int_equal(k.bits, 2048);
     assert_int_equal(pub.bits, 2048);
     assert_string_equal(k.label, "billing");

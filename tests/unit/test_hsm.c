@@ -344,6 +344,8 @@ static void test_private_key_is_sensitive_and_never_extractable(void **state)
     assert_int_equal(raw_bool(&r, priv, CKA_EXTRACTABLE), CK_FALSE);
     assert_int_equal(raw_bool(&r, priv, CKA_DECRYPT), CK_FALSE);
     assert_int_equal(raw_bool(&r, priv, CKA_UNWRAP), CK_FALSE);
+    assert_int_equal(raw_bool(&r, priv, CKA_SIGN_RECOVER), CK_FALSE);
+    assert_int_equal(raw_bool(&r, priv, CKA_DERIVE), CK_FALSE);
     assert_int_equal(raw_bool(&r, priv, CKA_SIGN), CK_TRUE);
     assert_int_equal(raw_bool(&r, priv, CKA_TOKEN), CK_TRUE);
     assert_int_equal(raw_bool(&r, priv, CKA_PRIVATE), CK_TRUE);
@@ -914,6 +916,213 @@ static void test_thread_past_max_sessions_gets_session_count(void **state)
     assert_int_equal(hsm_sessions_open(g->h), 0);
 }
 
+/* ---- group: probing the token (issue 21) ----------------------------------------------- */
+
+static int probe_setup(void **state)
+{
+    group *g = group_new();
+    if (g == NULL)
+        return -1;
+    *state = g;
+    return group_generate(g, 2048);
+}
+
+static void test_info_reports_what_the_token_says(void **state)
+{
+    group *g = *state;
+    hsm_caps c;
+    hsm_info(g->h, &c);
+    /* SoftHSM2 has both paths: auto takes the one that hashes in the token. */
+    assert_int_equal(c.sign_mechanism, HSM_MECH_SHA256_RSA_PKCS);
+    assert_true(c.has_sha256_rsa_pkcs);
+    assert_true(c.has_rsa_pkcs);
+    /* Its CKM_RSA_PKCS_KEY_PAIR_GEN range (512 to 16384 in 2.6) covers ours. */
+    assert_true(c.rsa_min_bits > 0 && c.rsa_min_bits <= 2048);
+    assert_true(c.rsa_max_bits >= 4096);
+    assert_true(c.pin_min > 0 && c.pin_min <= c.pin_max);
+    assert_string_equal(c.label, TESTENV_LABEL);
+    assert_string_equal(c.manufacturer, "SoftHSM project");
+    assert_non_null(strstr(c.model, "SoftHSM"));
+    assert_true(c.library_description[0] != '\0');
+    /* No session limit of the token's: ours stands. */
+    assert_int_equal(c.max_sessions, g->cfg.max_sessions ? g->cfg.max_sessions : 256);
+    assert_false(c.sign_only_refused);
+}
+
+static void test_mechanism_names_round_trip_and_others_are_refused(void **state)
+{
+    (void)state;
+    for (int m = HSM_MECH_AUTO; m <= HSM_MECH_RSA_PKCS; m++) {
+        hsm_mech back;
+        assert_int_equal(hsm_mech_parse(hsm_mech_name((hsm_mech)m), &back), 0);
+        assert_int_equal(back, m);
+    }
+    hsm_mech x;
+    assert_int_equal(hsm_mech_parse("RSA_PKCS", &x), -1);
+    assert_int_equal(hsm_mech_parse("", &x), -1);
+    assert_int_equal(hsm_mech_parse(NULL, &x), -1);
+}
+
+/* The two paths over the same key and messages: CKM_RSA_PKCS over the DigestInfo built
+ * in hsm.c must give the very bytes CKM_SHA256_RSA_PKCS gives (PKCS#1 v1.5 is
+ * deterministic), and both verify as RS256 with OpenSSL. */
+static void test_both_sign_paths_give_identical_signatures(void **state)
+{
+    group *g = *state;
+    static const char *const msgs[] = {"", "a", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0",
+                                       "a longer message that spans more than one SHA-256 block "
+                                       "of sixty-four bytes, to hash it in two rounds"};
+    enum { N = sizeof(msgs) / sizeof(msgs[0]) };
+    uint8_t want[N][SK_SIG_MAX];
+    size_t want_len[N];
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(
+            hsm_sign_rs256(g->h, &g->kids[0], msgs[i], strlen(msgs[i]), want[i], &want_len[i]),
+            SK_OK);
+
+    hsm_close(g->h);
+    g->h = NULL;
+    hsm_config forced = g->cfg;
+    forced.sign_mechanism = HSM_MECH_RSA_PKCS;
+    assert_int_equal(hsm_open(&forced, &g->h, NULL), SK_OK);
+    hsm_caps c;
+    hsm_info(g->h, &c);
+    assert_int_equal(c.sign_mechanism, HSM_MECH_RSA_PKCS);
+    EVP_PKEY *key = evp_for_kid(g->h, &g->kids[0]);
+    for (size_t i = 0; i < N; i++) {
+        uint8_t sig[SK_SIG_MAX];
+        size_t sig_len = 0;
+        assert_int_equal(hsm_sign_rs256(g->h, &g->kids[0], msgs[i], strlen(msgs[i]), sig, &sig_len),
+                         SK_OK);
+        assert_int_equal(sig_len, want_len[i]);
+        assert_memory_equal(sig, want[i], sig_len);
+        assert_true(rs256_verifies(key, msgs[i], strlen(msgs[i]), sig, sig_len));
+    }
+    EVP_PKEY_free(key);
+
+    hsm_close(g->h);
+    g->h = NULL;
+    forced.sign_mechanism = HSM_MECH_SHA256_RSA_PKCS;
+    assert_int_equal(hsm_open(&forced, &g->h, NULL), SK_OK);
+    hsm_info(g->h, &c);
+    assert_int_equal(c.sign_mechanism, HSM_MECH_SHA256_RSA_PKCS);
+    group_reopen(g);
+}
+
+static void test_a_size_outside_the_tokens_range_is_key_size_unsupported(void **state)
+{
+    group *g = *state;
+    /* SoftHSM2 makes every size of ours: stand in for tpm2-pkcs11, which stops at 3072. */
+    hsm_test_force(g->h, 0, 3072);
+    hsm_caps c;
+    hsm_info(g->h, &c);
+    assert_int_equal(c.rsa_max_bits, 3072);
+    sk_kid kid;
+    testenv_kid(&kid);
+    size_t before = hsm_cached_keys(g->h);
+    assert_int_equal(hsm_generate(g->h, &kid, 4096), SK_ERR_KEY_SIZE);
+    assert_int_equal(hsm_cached_keys(g->h), before);
+    sk_pubkey pk;
+    assert_int_equal(hsm_public_key(g->h, &kid, &pk), SK_ERR_KEY_NOT_FOUND);
+    /* A size not ours at all stays the caller's error of another kind. */
+    assert_int_equal(hsm_generate(g->h, &kid, 1024), SK_ERR_BAD_ARGUMENT);
+    assert_string_equal(sk_status_name(SK_ERR_KEY_SIZE), "key_size_unsupported");
+    group_reopen(g);
+}
+
+static void test_a_new_keys_attributes_are_read_back_from_the_token(void **state)
+{
+    group *g = *state;
+    sk_kid kid;
+    testenv_kid(&kid);
+    hsm_attrs made;
+    assert_int_equal(hsm_generate_attrs(g->h, &kid, 2048, &made), SK_OK);
+    assert_true(made.sensitive);
+    assert_false(made.extractable);
+    assert_true(made.never_extractable);
+    assert_true(made.sign_only);
+    hsm_attrs read;
+    assert_int_equal(hsm_key_attrs(g->h, &kid, &read), SK_OK);
+    assert_memory_equal(&read, &made, sizeof(read));
+    assert_int_equal(hsm_attrs_bits(&read), SK_ATTR_READ | SK_ATTR_SENSITIVE |
+                                                SK_ATTR_NEVER_EXTRACTABLE | SK_ATTR_SIGN_ONLY);
+    /* A key found in the token at open reads the same. */
+    group_reopen(g);
+    assert_int_equal(hsm_key_attrs(g->h, &kid, &read), SK_OK);
+    assert_memory_equal(&read, &made, sizeof(read));
+    sk_kid unknown;
+    testenv_kid(&unknown);
+    assert_int_equal(hsm_key_attrs(g->h, &unknown, &read), SK_ERR_KEY_NOT_FOUND);
+    assert_int_equal(hsm_destroy(g->h, &kid), SK_OK);
+}
+
+/* tpm2-pkcs11 refuses CKA_DECRYPT = FALSE: the test hook answers the sign-only template as
+ * such a module does, and the real token then makes the key from the fallback template. */
+static void test_a_refused_sign_only_template_falls_back_once_and_says_so(void **state)
+{
+    group *g = *state;
+    hsm_test_force(g->h, HSM_TEST_REFUSE_SIGN_ONLY, 0);
+    sk_kid kid;
+    testenv_kid(&kid);
+    hsm_attrs a;
+    assert_int_equal(hsm_generate_attrs(g->h, &kid, 2048, &a), SK_OK);
+    /* Still inside the token for good, but no longer sign-only: said, not hidden. */
+    assert_true(a.sensitive);
+    assert_false(a.extractable);
+    assert_true(a.never_extractable);
+    assert_false(a.sign_only);
+    hsm_caps c;
+    hsm_info(g->h, &c);
+    assert_true(c.sign_only_refused);
+    assert_signs_and_verifies(g->h, &kid, "a key of the fallback template signs");
+    hsm_attrs read;
+    assert_int_equal(hsm_key_attrs(g->h, &kid, &read), SK_OK);
+    assert_memory_equal(&read, &a, sizeof(read));
+
+    /* Remembered: with the hook off, the next key goes straight to the fallback template
+     * (a real refusing module is not asked the refused template again). */
+    hsm_test_force(g->h, 0, 0);
+    sk_kid next;
+    testenv_kid(&next);
+    assert_int_equal(hsm_generate_attrs(g->h, &next, 2048, &a), SK_OK);
+    assert_false(a.sign_only);
+    assert_true(a.sensitive);
+
+    /* A new handle asks again, and SoftHSM2 makes sign-only keys. */
+    group_reopen(g);
+    hsm_info(g->h, &c);
+    assert_false(c.sign_only_refused);
+    sk_kid again;
+    testenv_kid(&again);
+    assert_int_equal(hsm_generate_attrs(g->h, &again, 2048, &a), SK_OK);
+    assert_true(a.sign_only);
+    assert_int_equal(hsm_destroy(g->h, &kid), SK_OK);
+    assert_int_equal(hsm_destroy(g->h, &next), SK_OK);
+    assert_int_equal(hsm_destroy(g->h, &again), SK_OK);
+}
+
+/* A module that ignores CKA_SENSITIVE would give out the private key: the key is read back,
+ * destroyed, and the call fails; nothing with its kid stays in the token. */
+static void test_a_key_the_token_made_not_sensitive_is_destroyed_and_refused(void **state)
+{
+    group *g = *state;
+    hsm_test_force(g->h, HSM_TEST_NOT_SENSITIVE, 0);
+    sk_kid kid;
+    testenv_kid(&kid);
+    size_t before = hsm_cached_keys(g->h);
+    hsm_attrs a;
+    assert_int_equal(hsm_generate_attrs(g->h, &kid, 2048, &a), SK_ERR_KEY_WEAK);
+    assert_int_equal(hsm_cached_keys(g->h), before);
+    hsm_test_force(g->h, 0, 0);
+    sk_key_entry list[LIST_CAP];
+    size_t n = 0;
+    assert_int_equal(hsm_list(g->h, list, LIST_CAP, &n), SK_OK);
+    for (size_t i = 0; i < n && i < LIST_CAP; i++)
+        assert_memory_not_equal(list[i].kid.b, kid.b, SK_KID_LEN);
+    assert_int_equal(hsm_key_attrs(g->h, &kid, &a), SK_ERR_KEY_NOT_FOUND);
+    group_reopen(g);
+}
+
 int main(void)
 {
     const struct CMUnitTest keys[] = {
@@ -948,6 +1157,15 @@ int main(void)
         cmocka_unit_test(test_eight_threads_sign_at_once_and_every_signature_verifies),
         cmocka_unit_test(test_thread_past_max_sessions_gets_session_count),
     };
+    const struct CMUnitTest probing[] = {
+        cmocka_unit_test(test_info_reports_what_the_token_says),
+        cmocka_unit_test(test_mechanism_names_round_trip_and_others_are_refused),
+        cmocka_unit_test(test_both_sign_paths_give_identical_signatures),
+        cmocka_unit_test(test_a_size_outside_the_tokens_range_is_key_size_unsupported),
+        cmocka_unit_test(test_a_new_keys_attributes_are_read_back_from_the_token),
+        cmocka_unit_test(test_a_refused_sign_only_template_falls_back_once_and_says_so),
+        cmocka_unit_test(test_a_key_the_token_made_not_sensitive_is_destroyed_and_refused),
+    };
     const struct CMUnitTest shared[] = {
         cmocka_unit_test(test_a_key_generated_after_open_is_found_in_the_token_on_first_use),
     };
@@ -956,6 +1174,7 @@ int main(void)
     failed +=
         cmocka_run_group_tests_name("hsm lifecycle", lifecycle, lifecycle_setup, group_teardown);
     failed += cmocka_run_group_tests_name("hsm errors", errors, errors_setup, group_teardown);
+    failed += cmocka_run_group_tests_name("hsm probing", probing, probe_setup, group_teardown);
     failed += cmocka_run_group_tests_name("hsm shared token", shared, errors_setup, group_teardown);
     failed += cmocka_run_group_tests_name("hsm concurrency", concurrency, concurrency_setup,
                                           group_teardown);

@@ -452,6 +452,35 @@ static void test_a_kid_not_active_in_the_registry_is_refused_though_the_token_ha
     free(b);
 }
 
+/* KEY_ATTRS reads a key's attributes back from the token (reconcile asks it for keys made
+ * before they were recorded): the generated key's, whatever its registry state; the
+ * service keys are not the front's to ask about. */
+static void test_key_attrs_reads_back_what_the_token_holds(void **state)
+{
+    fixture *fx = *state;
+    start_keeper(fx);
+    int fd = connect_keeper(fx);
+    bufs *b = bufs_new();
+    sk_kid kid;
+    sk_pubkey pub;
+    create_key(fx, fd, b, &kid, &pub);
+    kpp_reply r;
+    size_t len = kpp_encode_kid_op(b->req, sizeof(b->req), KPP_OP_KEY_ATTRS, &kid);
+    assert_int_equal(call(fd, b->req, len, KPP_OP_KEY_ATTRS, b->rep, &r), SK_OK);
+    sk_attrs a = 0;
+    assert_int_equal(kpp_reply_attrs(&r, &a), 0);
+    assert_int_equal(a, SK_ATTR_READ | SK_ATTR_SENSITIVE | SK_ATTR_NEVER_EXTRACTABLE |
+                            SK_ATTR_SIGN_ONLY);
+    sk_kid unknown;
+    testenv_kid(&unknown);
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_KEY_ATTRS, &unknown, NULL), SK_ERR_KEY_NOT_FOUND);
+    sk_kid audit;
+    memcpy(audit.b, KP_AUDIT_ID, SK_KID_LEN);
+    assert_int_equal(do_kid_op(fd, b, KPP_OP_KEY_ATTRS, &audit, NULL), SK_ERR_KEY_NOT_FOUND);
+    close(fd);
+    free(b);
+}
+
 /* PostgreSQL (a cluster node): with the shared database out of reach the keeper signs on
  * with the active kids it last read (KPD_OUTAGE_GRACE_MS), so minting outlives a database
  * restart; a kid it did not know stays refused; once the server is back, a revocation is
@@ -2152,6 +2181,7 @@ int main(void)
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
         T(test_a_generated_key_signs_through_the_socket_and_verifies_with_its_public_key),
         T(test_a_kid_not_active_in_the_registry_is_refused_though_the_token_has_it),
+        T(test_key_attrs_reads_back_what_the_token_holds),
         T(test_malformed_requests_get_an_error_reply_and_the_connection_keeps_serving),
         cmocka_unit_test_setup_teardown(
             test_a_connection_beyond_the_limit_is_closed_and_a_freed_slot_is_reused, setup_limited,

@@ -639,6 +639,7 @@ static void test_each_op_refuses_a_body_of_the_wrong_length(void **state)
         {KPP_OP_SIGN, 16, {0, 1, 15}, 3},
         {KPP_OP_GENERATE, 20, {0, 16, 19, 21, 24, 100}, 6},
         {KPP_OP_DESTROY, 16, {0, 1, 15, 17, 32}, 5},
+        {KPP_OP_KEY_ATTRS, 16, {0, 1, 15, 17, 32}, 5},
         {KPP_OP_LIST, 4, {0, 1, 3, 5, 8}, 5},
         {KPP_OP_PING, 17, {0, 1, 16, 18, 33}, 5},
         {KPP_OP_SESSIONS, 0, {1, 4, 16}, 3},
@@ -793,6 +794,74 @@ static void test_pubkey_reply_round_trips_for_generate_and_the_service_keys(void
     assert_int_equal(got.n_len, 1);
     assert_int_equal(got.e_len, SK_EXPONENT_MAX);
     assert_memory_equal(got.e, pub.e, SK_EXPONENT_MAX);
+}
+
+static void test_generate_reply_carries_the_attributes_byte_and_refuses_a_bad_one(void **state)
+{
+    (void)state;
+    sk_pubkey pub = sample_pubkey(2048);
+    const sk_attrs full =
+        SK_ATTR_READ | SK_ATTR_SENSITIVE | SK_ATTR_NEVER_EXTRACTABLE | SK_ATTR_SIGN_ONLY;
+    size_t n = kpp_encode_generate_reply(scratch, sizeof(scratch), &pub, full);
+    assert_int_equal(n, KPP_HDR_LEN + 4 + 2 + pub.n_len + 2 + pub.e_len + 1);
+    kpp_reply r;
+    assert_int_equal(decode_rep(scratch, n, KPP_OP_GENERATE, &r), 0);
+    sk_pubkey got;
+    sk_attrs a = 0;
+    assert_int_equal(kpp_reply_generate(&r, &got, &a), 0);
+    assert_int_equal(a, full);
+    assert_int_equal(got.n_len, pub.n_len);
+    assert_memory_equal(got.n, pub.n, pub.n_len);
+    /* A bare pubkey (no attributes byte) is not a GENERATE reply any more. */
+    n = kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_GENERATE, &pub);
+    assert_int_equal(decode_rep(scratch, n, KPP_OP_GENERATE, &r), 0);
+    assert_int_equal(kpp_reply_generate(&r, &got, &a), KPP_ERR_BAD_BODY);
+    /* The encoder and the decoder take attribute sets only: read, known bits. */
+    assert_int_equal(kpp_encode_generate_reply(scratch, sizeof(scratch), &pub, 0), 0);
+    assert_int_equal(kpp_encode_generate_reply(scratch, sizeof(scratch), &pub, full | 0x40), 0);
+    assert_int_equal(
+        kpp_encode_generate_reply(scratch, KPP_HDR_LEN + 4 + 2 + pub.n_len + 2 + 3, &pub, full),
+        0); /* no room for the byte */
+    static uint8_t body[KPP_BODY_MAX];
+    size_t blen = 4 + 2 + pub.n_len + 2 + pub.e_len;
+    const uint8_t bad[] = {0x00, SK_ATTR_SENSITIVE, 0x20, 0xff};
+    for (size_t i = 0; i < sizeof(bad); i++) {
+        kpp_encode_pubkey_reply(scratch, sizeof(scratch), KPP_OP_GENERATE, &pub);
+        memcpy(body, scratch + KPP_HDR_LEN, blen);
+        body[blen] = bad[i];
+        kpp_reply hand = reply_of(KPP_OP_GENERATE, 0, body, blen + 1);
+        assert_int_equal(kpp_reply_generate(&hand, &got, &a), KPP_ERR_BAD_BODY);
+    }
+}
+
+static void test_key_attrs_request_and_reply_round_trip(void **state)
+{
+    (void)state;
+    sk_kid kid;
+    memset(kid.b, 0x5a, sizeof(kid.b));
+    size_t n = kpp_encode_kid_op(scratch, sizeof(scratch), KPP_OP_KEY_ATTRS, &kid);
+    assert_int_equal(n, KPP_HDR_LEN + SK_KID_LEN);
+    kpp_request q;
+    assert_int_equal(decode_req(scratch, n, &q, NULL), 0);
+    assert_int_equal(q.op, KPP_OP_KEY_ATTRS);
+    assert_memory_equal(q.kid.b, kid.b, SK_KID_LEN);
+
+    const sk_attrs weak = SK_ATTR_READ | SK_ATTR_SENSITIVE;
+    n = kpp_encode_attrs_reply(scratch, sizeof(scratch), weak);
+    assert_int_equal(n, KPP_HDR_LEN + 1);
+    kpp_reply r;
+    assert_int_equal(decode_rep(scratch, n, KPP_OP_KEY_ATTRS, &r), 0);
+    sk_attrs a = 0;
+    assert_int_equal(kpp_reply_attrs(&r, &a), 0);
+    assert_int_equal(a, weak);
+    assert_int_equal(kpp_encode_attrs_reply(scratch, sizeof(scratch), SK_ATTR_SENSITIVE), 0);
+    const uint8_t two[2] = {SK_ATTR_READ, 0};
+    kpp_reply hand = reply_of(KPP_OP_KEY_ATTRS, 0, two, 2);
+    assert_int_equal(kpp_reply_attrs(&hand, &a), KPP_ERR_BAD_BODY);
+    hand = reply_of(KPP_OP_KEY_ATTRS, 0, two, 0);
+    assert_int_equal(kpp_reply_attrs(&hand, &a), KPP_ERR_BAD_BODY);
+    hand = reply_of(KPP_OP_DESTROY, 0, two, 1);
+    assert_int_equal(kpp_reply_attrs(&hand, &a), KPP_ERR_BAD_BODY);
 }
 
 static void test_list_reply_round_trips_entries_flags_and_total(void **state)
@@ -1825,6 +1894,8 @@ int main(void)
         cmocka_unit_test(test_status_reply_round_trips_any_op_and_status),
         cmocka_unit_test(test_sig_reply_round_trips_from_1_to_HSM_SIG_MAX_bytes),
         cmocka_unit_test(test_pubkey_reply_round_trips_for_generate_and_the_service_keys),
+        cmocka_unit_test(test_generate_reply_carries_the_attributes_byte_and_refuses_a_bad_one),
+        cmocka_unit_test(test_key_attrs_request_and_reply_round_trip),
         cmocka_unit_test(test_list_reply_round_trips_entries_flags_and_total),
         cmocka_unit_test(test_list_reply_copies_at_most_cap_entries_and_reports_the_count),
         cmocka_unit_test(test_u32_reply_round_trips_the_sessions_count),

@@ -95,6 +95,42 @@ static void test_the_set_is_bounded_and_keeps_what_it_holds(void **state)
     assert_int_equal(rec_retry_deferred(fx->k, stderr), 0);
 }
 
+/* A key made before the appliance recorded token attributes (a row without them, its key in
+ * the token): rec_run reads them back once and records them; a later run changes nothing. */
+static void test_reconcile_records_the_token_attributes_of_a_key_made_before(void **state)
+{
+    testenv_world *w = testenv_world_new(TESTENV_REG, NULL);
+    assert_non_null(w);
+    (void)state;
+    reg_key k;
+    memset(&k, 0, sizeof(k));
+    sk_pubkey pub;
+    testenv_kid(&k.kid);
+    assert_int_equal(reg_pending_add(w->rg, &k.kid, 1700000000), REG_OK);
+    assert_int_equal(kp_generate(w->k, &k.kid, 2048, &pub), SK_OK); /* no attributes kept */
+    k.state = REG_ACTIVE;
+    k.bits = 2048;
+    k.created_at = 1700000000;
+    snprintf(k.n_b64, sizeof(k.n_b64), "n");
+    snprintf(k.e_b64, sizeof(k.e_b64), "AQAB");
+    assert_int_equal(reg_reserve(w->rg), REG_OK);
+    assert_int_equal(reg_insert(w->rg, &k), REG_OK);
+    reg_key got;
+    assert_int_equal(reg_get(w->rg, &k.kid, &got), REG_OK);
+    assert_int_equal(got.token_attrs, 0);
+
+    rec_report rep;
+    assert_int_equal(rec_run(w->k, w->rg, stderr, &rep), 0);
+    assert_int_equal(rep.attrs_read, 1);
+    assert_int_equal(rep.marked_broken, 0);
+    assert_int_equal(reg_get(w->rg, &k.kid, &got), REG_OK);
+    assert_int_equal(got.token_attrs, SK_ATTR_READ | SK_ATTR_SENSITIVE | SK_ATTR_NEVER_EXTRACTABLE |
+                                          SK_ATTR_SIGN_ONLY);
+    assert_int_equal(rec_run(w->k, w->rg, stderr, &rep), 0);
+    assert_int_equal(rep.attrs_read, 0);
+    testenv_world_free(w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -105,6 +141,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(
             test_deferred_kids_stay_while_the_keeper_is_away_and_go_once_it_answers, setup,
             teardown),
+        cmocka_unit_test(test_reconcile_records_the_token_attributes_of_a_key_made_before),
         cmocka_unit_test_setup_teardown(test_the_set_is_bounded_and_keeps_what_it_holds, setup,
                                         teardown),
     };

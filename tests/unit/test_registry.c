@@ -1815,11 +1815,91 @@ static void test_the_keepers_reader_sees_another_nodes_changes(void **state)
     reg_close(b);
 }
 
+/* ---- token attributes (issue 21) ----------------------------------------------------------- */
+
+static void test_token_attributes_are_stored_with_the_key_and_recorded_once(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    const sk_attrs weak = SK_ATTR_READ | SK_ATTR_SENSITIVE | SK_ATTR_NEVER_EXTRACTABLE;
+    const sk_attrs full = weak | SK_ATTR_SIGN_ONLY;
+    reg_key k = key_of(1, T0);
+    k.token_attrs = weak;
+    assert_int_equal(reg_reserve(r), REG_OK);
+    assert_int_equal(reg_insert(r, &k), REG_OK);
+    add(r, 2, T0 + 1); /* made before the attributes were read: none */
+    reg_key got;
+    assert_int_equal(reg_get(r, &k.kid, &got), REG_OK);
+    assert_int_equal(got.token_attrs, weak);
+    sk_kid two = kid_of(2);
+    assert_int_equal(reg_get(r, &two, &got), REG_OK);
+    assert_int_equal(got.token_attrs, 0);
+
+    /* Recorded later (reconcile), once: the first read stands. */
+    uint64_t gen = reg_generation(r);
+    assert_int_equal(reg_set_token_attrs(r, &two, full), REG_OK);
+    assert_int_not_equal(reg_generation(r), gen);
+    assert_int_equal(reg_set_token_attrs(r, &two, weak), REG_OK);
+    assert_int_equal(reg_get(r, &two, &got), REG_OK);
+    assert_int_equal(got.token_attrs, full);
+    assert_int_equal(reg_set_token_attrs(r, &k.kid, full), REG_OK);
+    assert_int_equal(reg_get(r, &k.kid, &got), REG_OK);
+    assert_int_equal(got.token_attrs, weak);
+
+    /* Not an attribute set, or no such kid. */
+    sk_kid none = kid_of(99);
+    assert_int_equal(reg_set_token_attrs(r, &two, 0), REG_ERR_INVALID);
+    assert_int_equal(reg_set_token_attrs(r, &two, SK_ATTR_SENSITIVE), REG_ERR_INVALID);
+    assert_int_equal(reg_set_token_attrs(r, &two, full | 0x80), REG_ERR_INVALID);
+    assert_int_equal(reg_set_token_attrs(r, &none, full), REG_ERR_NOT_FOUND);
+    reg_close(r);
+
+    r = open_ok(t, 10);
+    assert_int_equal(reg_get(r, &k.kid, &got), REG_OK);
+    assert_int_equal(got.token_attrs, weak);
+    assert_int_equal(reg_get(r, &two, &got), REG_OK);
+    assert_int_equal(got.token_attrs, full);
+    assert_int_equal(raw_int(t, "SELECT count(*) FROM keys WHERE token_attrs IS NULL"), 0);
+    reg_close(r);
+}
+
+/* A database an older build made has no token_attrs column: opening adds it, NULL for
+ * every key (read as none), and a stored value other than an attribute set is refused. */
+static void test_a_database_without_token_attrs_gets_the_column_and_none_for_old_keys(void **state)
+{
+    testenv_db *t = *state;
+    reg *r = open_ok(t, 10);
+    add(r, 1, T0);
+    reg_close(r);
+    raw_exec(t, "ALTER TABLE keys DROP COLUMN token_attrs");
+    assert_int_equal(raw_int(t, testenv_backend_is_postgres()
+                                    ? "SELECT count(*) FROM information_schema.columns"
+                                      " WHERE table_name = 'keys' AND column_name = 'token_attrs'"
+                                    : "SELECT count(*) FROM pragma_table_info('keys')"
+                                      " WHERE name = 'token_attrs'"),
+                     0);
+    r = open_ok(t, 10);
+    sk_kid one = kid_of(1);
+    reg_key got;
+    assert_int_equal(reg_get(r, &one, &got), REG_OK);
+    assert_int_equal(got.token_attrs, 0);
+    assert_int_equal(reg_set_token_attrs(r, &one, SK_ATTR_READ | SK_ATTR_SENSITIVE), REG_OK);
+    reg_close(r);
+
+    raw_exec(t, "UPDATE keys SET token_attrs = 64");
+    reg *bad = NULL;
+    assert_int_equal(reg_open(t->db, 10, &bad), REG_ERR_IO);
+    assert_null(bad);
+    assert_non_null(strstr(reg_last_error(), "token_attrs"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
 #define T(name) cmocka_unit_test_setup_teardown(name, testenv_db_setup, testenv_db_teardown)
         T(test_inserted_keys_are_active_and_listed_by_created_at_then_kid),
+        T(test_token_attributes_are_stored_with_the_key_and_recorded_once),
+        T(test_a_database_without_token_attrs_gets_the_column_and_none_for_old_keys),
         T(test_reserve_refuses_past_max_active_and_unreserve_frees_a_slot),
         T(test_duplicate_insert_is_refused_and_gives_its_slot_back),
         T(test_insert_without_a_reservation_still_honours_the_limit),
