@@ -330,6 +330,16 @@ docs: all
 	    >docs/configuration.md.new && mv docs/configuration.md.new docs/configuration.md && \
 	  rm -rf $$tmp
 
+# The web console's screenshots in docs/console.md: its browser tests (headless Chromium,
+# tests/blackbox/test_console_browser.py) write each view they drive to docs/console/*.png.
+.PHONY: console-screenshots
+console-screenshots: deps
+	@$(MAKE) --no-print-directory all
+	@mkdir -p docs/console && tmp=$$(mktemp -d) && \
+	  SIGND_BUILD=$(BUILD) SIGND_SCREENSHOT_DIR=$(CURDIR)/docs/console /usr/bin/python3 -m pytest -q -s \
+	    -p no:cacheprovider --basetemp=$$tmp tests/blackbox/test_console_browser.py; \
+	  rc=$$?; rm -rf $$tmp; exit $$rc
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 

@@ -96,6 +96,9 @@ trap stopping INT TERM
 rc=0
 wait "$signd_pid" || rc=$?
 # wait returns early when a trapped signal arrives: wait again for signd to finish.
-while kill -0 "$signd_pid" 2>/dev/null; do wait "$signd_pid" || rc=$?; done
+while kill -0 "$signd_pid" 2>/dev/null; do
+	rc=0
+	wait "$signd_pid" || rc=$?
+done
 "$module_sh" stop "$dir"
 exit "$rc"

@@ -90,28 +90,45 @@ start() {
 		echo "init: started pkcsslotd (pid $(cat "$dir/hsm/pkcsslotd.pid"))"
 	fi
 	local info label flags mine=
+	# One claim at a time (make bench and make test-modules may start together).
+	exec 9>"$state/signd.lock"
+	flock 9
 	info=$(token_info)
 	label=${info%%|*}
 	flags=${info#*|}
 	[ -n "$flags" ] || die "no token in slot $slot (pkcsconf -t -c $slot)"
 	[ ! -e "$dir/hsm/token-label" ] || mine=$(cat "$dir/hsm/token-label")
 	if initialised "$flags"; then
-		[ -n "$mine" ] && [ "$label" = "$mine" ] && [ -e "$dir/pin" ] && return 0
+		if [ -n "$mine" ] && [ "$label" = "$mine" ]; then
+			[ -e "$dir/pin" ] ||
+				die "the soft token '$label' was initialised but not set up (no $dir/pin): $0 release $dir, then start again"
+			return 0
+		fi
 		die "the machine's soft token (slot $slot, label '$label') was initialised by $(
 			cat "$owner_file" 2>/dev/null || echo 'something else')$([ -n "$mine" ] &&
 			echo ", not by $dir (which made '$mine')"): refusing to touch it, so that no key is lost. Use that data directory, or release it first ($0 release THAT_DATA_DIR)"
 	fi
 	[ -z "$mine" ] || die "$dir made the soft token '$mine', which is gone (slot $slot is not initialised): its keys are lost; use a new data directory"
 	label=signd-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')
-	rm -f "$dir/hsm/factory-so-pin"
-	printf '%s' "$factory_so_pin" >"$dir/hsm/factory-so-pin"
-	"$bin/signd-provision" module-token "$dir" --module "$module" --slot "$slot" \
-		--label "$label" --pin-length "$pin_length" \
-		--factory-so-pin-file "$dir/hsm/factory-so-pin" >/dev/null
-	rm -f "$dir/hsm/factory-so-pin"
+	# Claimed before it is made: a set-up that fails half-way (initialised, PINs not set)
+	# leaves a token this directory may still release.
 	printf '%s\n' "$label" >"$dir/hsm/token-label"
 	printf '%s %s\n' "$dir" "$label" >"$owner_file"
 	chmod 0644 "$owner_file"
+	rm -f "$dir/hsm/factory-so-pin"
+	printf '%s' "$factory_so_pin" >"$dir/hsm/factory-so-pin"
+	if ! "$bin/signd-provision" module-token "$dir" --module "$module" --slot "$slot" \
+		--label "$label" --pin-length "$pin_length" \
+		--factory-so-pin-file "$dir/hsm/factory-so-pin" >/dev/null; then
+		rm -f "$dir/hsm/factory-so-pin"
+		info=$(token_info)
+		if [ "${info%%|*}" = "$label" ]; then
+			die "the soft token '$label' was initialised but not set up: $0 release $dir, then start again"
+		fi
+		rm -f "$dir/hsm/token-label" "$owner_file"
+		die "could not initialise the soft token (slot $slot)"
+	fi
+	rm -f "$dir/hsm/factory-so-pin"
 	# The keeper's account opens pkcsslotd's socket and the token's files: group pkcs11
 	# (provisioning/init-data-dir.sh adds it).
 	echo pkcs11 >"$dir/hsm/keeper-groups"

@@ -32,7 +32,13 @@ dir=${2:-}
 	echo "usage: tpm2.sh start|conf|stop DATA_DIR" >&2
 	exit 2
 }
-mkdir -p "$dir"
+[ "$cmd" != start ] || mkdir -p "$dir"
+# No data directory: nothing runs for it.
+[ -d "$dir" ] || [ "$cmd" != stop ] || exit 0
+[ -d "$dir" ] || {
+	echo "tpm2: no data directory $dir" >&2
+	exit 1
+}
 dir=$(cd "$dir" && pwd)
 hsm="$dir/hsm"
 sock="$hsm/sock/swtpm"
@@ -46,9 +52,14 @@ label=signd
 da_max_tries=32
 da_recovery_s=10
 da_lockout_recovery_s=60
-# tpm2-abrmd's bound on transient objects per connection (its largest accepted value): the
-# keeper is one connection and tpm2-pkcs11 keeps every key it has used loaded.
+# tpm2-abrmd's bound on transient objects per connection (its largest accepted value). The
+# keeper is one connection, and tpm2-pkcs11 keeps loaded every key it has used (one object)
+# or made (two), destroyed ones included, until the process ends: measured, one keeper
+# makes about 45 keys, or signs with about 95, then gets CKR_GENERAL_ERROR (503
+# hsm_unavailable) until it restarts. 40 active keys leave a fresh keeper room to sign with
+# all of them and to make about 25 more (docs/modules.md, "TPM 2.0").
 max_transients=100
+max_active_keys=40
 
 die() {
 	echo "tpm2: $*" >&2
@@ -104,8 +115,7 @@ spawn() {
 
 # Waits up to 10 s for the command "$@" to succeed.
 wait_for() {
-	local what=$1 i
-	shift
+	local i
 	for i in $(seq 100); do
 		"$@" >/dev/null 2>&1 && return 0
 		sleep 0.1
@@ -132,6 +142,11 @@ start() {
 	command -v swtpm >/dev/null && command -v tpm2-abrmd >/dev/null &&
 		command -v dbus-daemon >/dev/null && command -v tpm2_dictionarylockout >/dev/null ||
 		die "swtpm, tpm2-abrmd, dbus-daemon or tpm2-tools missing: run 'make deps HSM=tpm2'"
+	# A PIN without a store is another module's token (a SoftHSM2 data directory): its keys
+	# are not in this TPM, and a new token would need the PIN file that holds the old PIN.
+	if [ -e "$dir/pin" ] && [ ! -s "$hsm/tpm2/tpm2_pkcs11.sqlite3" ]; then
+		die "$dir has a token's PIN but no tpm2-pkcs11 store: it belongs to another module; use a new data directory for HSM=tpm2"
+	fi
 	# sun_path is 108 bytes: swtpm's control socket is the longest path.
 	[ ${#sock} -le 100 ] || die "$dir is too long a path for the TPM's Unix sockets (at most $((100 - ${#sock} + ${#dir})) bytes)"
 	if [ -n "$keeper" ] && [ "$keeper" != root ]; then
@@ -149,7 +164,7 @@ start() {
 			--tpmstate dir="$hsm/swtpm" \
 			--server type=unixio,path="$sock" --ctrl type=unixio,path="$sock.ctrl" \
 			--flags not-need-init,startup-clear
-		wait_for swtpm test -S "$sock.ctrl" || die "swtpm did not start (see $hsm/swtpm.log)"
+		wait_for test -S "$sock.ctrl" || die "swtpm did not start (see $hsm/swtpm.log)"
 		echo "tpm2: swtpm $(cat "$hsm/swtpm.pid") serves $sock"
 	fi
 
@@ -177,7 +192,7 @@ EOF
 		[ -z "$owner" ] || [ "$owner" = root ] || chown "$owner" "$hsm/bus/dbus.conf"
 		spawn "$hsm/dbus.pid" "$hsm/dbus.log" dbus-daemon --config-file="$hsm/bus/dbus.conf" \
 			--nofork --nopidfile --nosyslog
-		wait_for dbus dbus-send --bus="unix:path=$bus" --reply-timeout=2000 --print-reply \
+		wait_for dbus-send --bus="unix:path=$bus" --reply-timeout=2000 --print-reply \
 			--dest=org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus.GetId ||
 			die "dbus-daemon did not start (see $hsm/dbus.log)"
 		echo "tpm2: dbus-daemon $(cat "$hsm/dbus.pid") serves $bus"
@@ -192,7 +207,7 @@ EOF
 		DBUS_SESSION_BUS_ADDRESS="unix:path=$bus" spawn "$hsm/abrmd.pid" "$hsm/abrmd.log" \
 			tpm2-abrmd --session --tcti="swtpm:path=$sock" --flush-all \
 			--max-transients="$max_transients" "${root_flag[@]}"
-		wait_for abrmd bus_has_abrmd || die "tpm2-abrmd did not start (see $hsm/abrmd.log)"
+		wait_for bus_has_abrmd || die "tpm2-abrmd did not start (see $hsm/abrmd.log)"
 		echo "tpm2: tpm2-abrmd $(cat "$hsm/abrmd.pid") on $bus"
 	fi
 
@@ -227,7 +242,7 @@ token = $label
 pin_file = pin
 softhsm2_conf =
 pkcs11_env = TPM2_PKCS11_STORE=$hsm/tpm2,TPM2_PKCS11_TCTI=$tcti,DBUS_SESSION_BUS_ADDRESS=unix:path=$bus
-max_active_keys = 90
+max_active_keys = $max_active_keys
 EOF
 }
 

@@ -15,6 +15,7 @@ import pty
 import random
 import re
 import select
+import signal
 import subprocess
 import termios
 import threading
@@ -419,3 +420,82 @@ def test_thousand_active_keys(mod):
         verify_jwcrypto(mint(a, kid), published[kid])
     objects = token_objects(a)
     assert set(kids) <= set(objects)
+
+
+def test_keys_up_to_max_active_keys_each_sign_after_a_restart(mod):
+    """A module whose conf lowers max_active_keys (the TPM: its resource manager keeps at
+    most 100 objects loaded per keeper process) makes that many active keys, refuses one
+    more with 409 key_limit_reached, and after a restart every one of them signs a token
+    jwcrypto verifies."""
+    module, a = mod
+    if not module.to_key_limit:
+        pytest.skip("%s: no max_active_keys of its own" % module.name)
+    limit = int(a.module_conf["max_active_keys"])
+    assert limit < 1000
+    # A fresh keeper: what earlier tests made in this one counts against the same bound.
+    a.restart()
+    for k in registry(a, "retiring"):
+        assert a.delete("/v1/keys/" + k["kid"]).status_code == 200
+    active = a.get("/readyz", auth=False).json()["active_keys"]
+    t0 = time.monotonic()
+    for i in range(limit - active):
+        r = a.post("/v1/keys", {"label": "limit-%d" % i})
+        assert r.status_code == 201, (i, r.text)
+    figure(module.name, "keys_created_to_max_active_keys", limit - active)
+    figure(module.name, "create_to_max_active_keys_s", round(time.monotonic() - t0, 1))
+    r = a.post("/v1/keys", {"label": "one too many"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "key_limit_reached"
+    published = jwks(a)
+    assert len(published) == limit
+    a.restart()
+    t0 = time.monotonic()
+    for kid, key in published.items():
+        verify_jwcrypto(mint(a, kid), key)
+    figure(module.name, "first_token_of_each_key_after_restart_s", round(time.monotonic() - t0, 1))
+
+
+# ---- make run HSM=... ---------------------------------------------------------------------
+
+
+def test_make_run_with_the_module_serves_tokens_that_verify_and_stops_what_it_started(
+        mod, tmp_path):
+    """provisioning/run.sh (make run HSM=NAME) on the module's data directory: start,
+    conf, signd, and on SIGTERM signd stopped, then the module's daemons (last in the
+    file: it takes the appliance down and brings the daemons back for the teardown)."""
+    module, a = mod
+    kid = a.create_key(label="make run")["kid"]
+    a.stop()
+    env = dict(os.environ, HSM=module.name, DATA_DIR=a.dir, PORT=str(a.port))
+    with open(tmp_path / "run.log", "wb") as log:
+        p = subprocess.Popen([os.path.join(bb.TOP, "provisioning", "run.sh")], env=env,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert p.poll() is None, (tmp_path / "run.log").read_text()
+            try:
+                if a.get("/readyz", auth=False).status_code == 200:
+                    break
+            except requests.exceptions.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()
+            time.sleep(0.2)
+        verify_jwcrypto(mint(a, kid), jwks(a)[kid])
+        hsm_dir = os.path.join(a.dir, "hsm")
+        daemons = []
+        for name in os.listdir(hsm_dir) if os.path.isdir(hsm_dir) else []:
+            if name.endswith(".pid"):
+                with open(os.path.join(hsm_dir, name)) as f:
+                    daemons.append(int(f.read().split()[0]))
+        os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=60) == 0, (tmp_path / "run.log").read_text()
+        for pid in daemons:
+            deadline = time.monotonic() + 10
+            while bb.alive_pid(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not bb.alive_pid(pid), "daemon %d outlived make run" % pid
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        a.script("start")
