@@ -182,8 +182,12 @@ void spn_begin(const char *name, sigset_t *sigs)
     prctl(PR_SET_NAME, name, 0, 0, 0);
     sigemptyset(sigs);
     sigaddset(sigs, SIGTERM);
-    sigaddset(sigs, SIGINT);
     /* Exactly these: the supervisor's mask (SIGCHLD too) came through fork and execve. */
     pthread_sigmask(SIG_SETMASK, sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* A terminal's Ctrl-C reaches the whole foreground process group at once. Only the
+     * supervisor acts on it, stopping the front first and the keeper last, so that the
+     * front's last audit checkpoint is still signed by a running keeper (the keeper
+     * stopping on the same SIGINT made it fail with device_error). */
+    signal(SIGINT, SIG_IGN);
 }

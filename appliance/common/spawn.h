@@ -61,8 +61,9 @@ size_t spn_argv(const char *title, const spn_args *a, spn_argv_store *store, cha
 int spn_parse(int argc, char **argv, spn_args *a, char *err, size_t errlen);
 
 /* First thing in signd-keeper and signd-front: hd_early (an execve made the process
- * dumpable again), comm set to name ("keeper", "front"), SIGTERM and SIGINT blocked for
- * sigwait and returned in *sigs (nothing else blocked), SIGPIPE ignored. */
+ * dumpable again), comm set to name ("keeper", "front"), SIGTERM blocked for sigwait and
+ * returned in *sigs (nothing else blocked), SIGPIPE and SIGINT ignored (a terminal's
+ * Ctrl-C is the supervisor's to act on). */
 void spn_begin(const char *name, sigset_t *sigs);
 
 #endif

@@ -11,8 +11,9 @@
  * (kproto/keeper.h). Its first act, while it has one thread, is its seccomp filter
  * (hd_front_filter: no exec, no ptrace or other process's memory, no namespace), which
  * every thread CivetWeb starts inherits. It writes "R" on its ready descriptor once it
- * serves, and prints the "listening" line on the first start (--announce). SIGTERM or
- * SIGINT: in-flight requests finish, then exit 0.
+ * serves, and prints the "listening" line on the first start (--announce). SIGTERM:
+ * in-flight requests finish, then exit 0 (SIGINT is ignored: the supervisor orders the
+ * shutdown, see spn_begin).
  */
 #include "api/api.h"
 #include "appliance/common/config.h"

@@ -8,8 +8,8 @@
  * environment. Its seccomp filter (hd_keeper_filter) is in place before the module is
  * loaded, so nothing the module runs escapes it; then it logs in and serves the keeper
  * protocol on keeper_socket (keeperd.h), letting the front's account (--peer-uid) connect.
- * It writes "R" on its ready descriptor once it serves. SIGTERM or SIGINT: stop serving,
- * close the token, exit 0.
+ * It writes "R" on its ready descriptor once it serves. SIGTERM: stop serving, close the
+ * token, exit 0 (SIGINT is ignored: the supervisor orders the shutdown, see spn_begin).
  */
 #include "appliance/common/config.h"
 #include "appliance/common/harden.h"

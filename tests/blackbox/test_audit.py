@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwcrypto import jwk, jws
 
-from conftest import BUILD, TOP
+from conftest import BUILD, TOP, alive_pid
 from procs import restore_tree, wait_for
 
 PROVISION = os.path.join(TOP, BUILD, "bin", "signd-provision")
@@ -1022,3 +1023,25 @@ def test_the_keeper_refuses_to_sign_a_checkpoint_over_a_rewritten_history(make_a
     # The refusal is a security event in the keeper's log, naming the peer: this process.
     wait_for(lambda: "security: refused an audit checkpoint from pid %d" % os.getpid()
              in a.read_log(), message="the keeper's log line")
+
+
+def test_ctrl_c_to_the_whole_process_group_still_signs_the_last_checkpoint(make_appliance):
+    """A terminal's Ctrl-C (make run) sends SIGINT to the supervisor, the keeper and the
+    front at once. Only the supervisor acts on it: the front stops first and its last
+    checkpoint is signed by the keeper, still running; nothing restarts, all exit 0."""
+    a = make_appliance(FAST)
+    a.create_key()
+    kids = a.children()
+    os.killpg(a.proc.pid, signal.SIGINT)
+    assert a.proc.wait(timeout=30) == 0, a.read_log()[-3000:]
+    for role, pid in kids.items():
+        deadline = time.monotonic() + 10
+        while alive_pid(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive_pid(pid), role
+    log = a.read_log()
+    assert "checkpoint failed" not in log and "restarting" not in log, log[-3000:]
+    a.start()
+    stopped = [e for e in events(a) if e["action"] == "appliance.stopped"]
+    assert len(stopped) == 1
+    assert stopped[0]["seq"] in [c["seq"] for c in checkpoints_of(export(a))]
