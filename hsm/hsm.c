@@ -643,6 +643,23 @@ void hsm_info(hsm *h, hsm_caps *out)
     out->sign_only_refused = atomic_load(&h->no_sign_only);
 }
 
+void hsm_token_info(hsm *h, sk_token_info *out)
+{
+    hsm_caps c;
+    hsm_info(h, &c);
+    memset(out, 0, sizeof(*out));
+    snprintf(out->sign_mechanism, sizeof(out->sign_mechanism), "%s",
+             hsm_mech_name(c.sign_mechanism));
+    snprintf(out->manufacturer, sizeof(out->manufacturer), "%s", c.manufacturer);
+    snprintf(out->model, sizeof(out->model), "%s", c.model);
+    out->rsa_min_bits = c.rsa_min_bits;
+    out->rsa_max_bits = c.rsa_max_bits;
+    out->pin_min = c.pin_min;
+    out->pin_max = c.pin_max;
+    out->max_sessions = c.max_sessions;
+    out->sign_only_refused = c.sign_only_refused;
+}
+
 void hsm_test_force(hsm *h, unsigned flags, unsigned rsa_max_bits)
 {
     h->test_flags = flags;

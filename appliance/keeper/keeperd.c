@@ -528,6 +528,13 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
             len = kpp_encode_generate_reply(rep, cap, &pub, hsm_attrs_bits(&attrs));
         break;
     }
+    case KPP_OP_TOKEN_INFO: {
+        sk_token_info ti;
+        hsm_token_info(d->h, &ti);
+        len = kpp_encode_token_info_reply(rep, cap, &ti);
+        st = SK_OK;
+        break;
+    }
     case KPP_OP_KEY_ATTRS: {
         /* Read-only and about the token's own flags: no registry check needed, but the
          * service keys are not the front's to ask about. */
