@@ -718,6 +718,18 @@ sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
     st = hsm_read_pin_file(cfg->pin_file, pin, &pin_len);
     if (st != SK_OK)
         goto fail;
+    /* A PIN the token would refuse for its length is refused here, before C_Login: a failed
+     * login counts towards the token's lockout (swtpm locks the whole TPM after 3). */
+    if ((h->caps.pin_min != 0 && pin_len < h->caps.pin_min) ||
+        (h->caps.pin_max != 0 && pin_len > h->caps.pin_max)) {
+        explicit_bzero(pin, sizeof(pin));
+        snprintf(hsm_tl_detail, sizeof(hsm_tl_detail),
+                 "the PIN file holds %zu characters, the token takes %u to %u", pin_len,
+                 h->caps.pin_min, h->caps.pin_max);
+        hsm_tl_ckr = CKR_PIN_LEN_RANGE;
+        st = SK_ERR_PIN_INCORRECT;
+        goto fail;
+    }
     rv = h->f->C_Login(h->login, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
     explicit_bzero(pin, sizeof(pin));
     if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {

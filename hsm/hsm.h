@@ -119,7 +119,9 @@ void hsm_info(hsm *h, hsm_caps *out);
 void hsm_token_info(hsm *h, sk_token_info *out);
 
 /* A failed hsm_open's detail, for its message: the forced mechanism the token lacks
- * ("CKM_SHA256_RSA_PKCS"), or "" (the calling thread's last hsm_open). */
+ * ("CKM_SHA256_RSA_PKCS"), a PIN whose length is outside the token's bounds (refused
+ * before C_Login, so no lockout try is spent), or "" (the calling thread's last
+ * hsm_open). */
 const char *hsm_open_detail(void);
 
 /* Closes every session, C_Finalize, dlclose. NULL is fine. */

@@ -1190,6 +1190,12 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         return -1;
     }
     kpd_log_caps(d->h);
+    /* A token with a session limit below ours (a YubiHSM 2 has 16): connections, pool and
+     * GENERATE threads each hold a session, so all of them stay within the token's. */
+    hsm_caps caps;
+    hsm_info(d->h, &caps);
+    if (caps.max_sessions < d->max_conns)
+        d->max_conns = caps.max_sessions;
     snprintf(d->db_path, sizeof(d->db_path), "%s", c->database);
     d->shared_db = sdb_is_postgres(d->db_path);
     /* The registry must be readable now, not at the first signature. */
