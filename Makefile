@@ -122,6 +122,16 @@ $(call layer_lib,$(1)): $(call layer_obj,$(1))
 endef
 $(foreach d,$(LAYER_DIRS),$(eval $(call layer_rule,$(d))))
 
+# The web console (appliance/front/console/, docs/console.md): its files become one C
+# source of byte arrays (mk/console.sh), compiled into the front's archive; the front
+# serves /console/ from that table alone (appliance/front/console.h).
+CONSOLE_FILES := $(wildcard appliance/front/console/*)
+CONSOLE_GEN   := $(BUILD)/gen/console_assets.c
+$(CONSOLE_GEN): appliance/front/console $(CONSOLE_FILES) mk/console.sh
+	@mkdir -p $(dir $@)
+	mk/console.sh appliance/front/console $@
+$(call layer_lib,appliance/front): $(CONSOLE_GEN:%.c=$(BUILD)/obj/%.o)
+
 # The test build: the same objects but these two, compiled with the crash points.
 TEST_HOOK_SRC := appliance/core/keys.c appliance/supervisor/main.c
 $(BUILD)/obj-test/%.o: %.c $(CIVET)/civetweb.h
@@ -235,9 +245,13 @@ $(FUZZ_BUILD)/obj/%.o: %.c $(CIVET)/civetweb.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
 
-$(FUZZ_BUILD)/libsignd.a: $(LIB_SRC:%.c=$(FUZZ_BUILD)/obj/%.o)
+$(FUZZ_BUILD)/libsignd.a: $(LIB_SRC:%.c=$(FUZZ_BUILD)/obj/%.o) $(FUZZ_BUILD)/obj/console_assets.o
 	@rm -f $@
 	ar rcs $@ $^
+
+$(FUZZ_BUILD)/obj/console_assets.o: $(CONSOLE_GEN) $(CIVET)/civetweb.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c $< -o $@
 
 $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_BUILD)/libsignd.a $(CIVETLIB)
 	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) $< $(call group,$(FUZZ_BUILD)/libsignd.a $(CIVETLIB)) \
@@ -303,12 +317,22 @@ docs: all
 	    >docs/configuration.md.new && mv docs/configuration.md.new docs/configuration.md && \
 	  rm -rf $$tmp
 
+# The web console's screenshots in docs/console.md: its browser tests (headless Chromium,
+# tests/blackbox/test_console_browser.py) write each view they drive to docs/console/*.png.
+.PHONY: console-screenshots
+console-screenshots: deps
+	@$(MAKE) --no-print-directory all
+	@mkdir -p docs/console && tmp=$$(mktemp -d) && \
+	  SIGND_BUILD=$(BUILD) SIGND_SCREENSHOT_DIR=$(CURDIR)/docs/console /usr/bin/python3 -m pytest -q -s \
+	    -p no:cacheprovider --basetemp=$$tmp tests/blackbox/test_console_browser.py; \
+	  rc=$$?; rm -rf $$tmp; exit $$rc
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
 	rm -rf $(BUILD)/obj $(BUILD)/obj-test $(BUILD)/bin $(BUILD)/testbin $(BUILD)/tests \
-	       $(BUILD)/lib $(BUILD)/lib-test
+	       $(BUILD)/lib $(BUILD)/lib-test $(BUILD)/gen
 
 -include $(LIB_OBJ:.o=.d) $(wildcard $(BUILD)/obj/*/*.d $(BUILD)/obj/*/*/*.d $(BUILD)/obj/*/*/*/*.d)
 -include $(wildcard $(BUILD)/obj-test/*/*.d $(BUILD)/obj-test/*/*/*.d)

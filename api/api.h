@@ -39,7 +39,7 @@ typedef struct wch wch;
  * the claims' own bound (tokens.c) plus the body object around them. */
 #define API_JSON_DEPTH_MAX 32
 #define API_ERRMSG_MAX 256
-#define API_HEADERS_MAX 512
+#define API_HEADERS_MAX 768 /* the console's answers carry a CSP (front/console.h) */
 /* Seconds a 503 of the token's (hsm_busy, hsm_unavailable, hsm_timeout) or of the
  * database's (storage_unavailable) tells the client to wait before retrying. */
 #define API_HSM_RETRY_AFTER 1
@@ -172,6 +172,7 @@ typedef struct {
     size_t len;
     void *doc;                     /* a shared cached document body points into, or NULL */
     int wipe;                      /* the body holds a secret: wiped before it is freed */
+    int borrowed;                  /* body points into constant data: never freed */
     char headers[API_HEADERS_MAX]; /* extra header lines, each ending in \r\n */
     char errmsg[API_ERRMSG_MAX];
 } api_resp;
@@ -398,6 +399,10 @@ api_err api_healthz(const api_req *q, api_resp *r);
  * sampled now (sessions, keys by state, revocation sequence, audit lag). */
 api_err api_metrics(const api_req *q, api_resp *r);
 api_err api_readyz(const api_req *q, api_resp *r);
+/* A credential as GET /v1/credentials/{id} shows it: {"id", "role", "label", "state",
+ * "created_at"}, a signer's "kids" ("all" or a list) and "max_ttl", "client_subject" and
+ * "revoked_at" when set; never its secret or hash. A new reference, NULL when out of memory. */
+json_t *api_credential_json(const cred_record *c);
 api_err api_credentials_create(const api_req *q, api_resp *r);
 api_err api_credentials_list(const api_req *q, api_resp *r);
 api_err api_credentials_get(const api_req *q, api_resp *r);
@@ -406,7 +411,11 @@ api_err api_audit_list(const api_req *q, api_resp *r);
 api_err api_audit_export(const api_req *q, api_resp *r);
 api_err api_audit_key(const api_req *q, api_resp *r);
 
-/* Releases r's body (frees it, or drops its reference on a cached document). */
+/* Does an If-None-Match header value name etag (quotes included), weakly or not, or "*"? */
+int api_etag_matches(const char *inm, const char *etag);
+
+/* Releases r's body (frees it, drops its reference on a cached document, or leaves it when
+ * borrowed). */
 void api_resp_free(api_resp *r);
 
 #endif

@@ -16,7 +16,7 @@
  * revoking each other at once cannot leave none. */
 static pthread_mutex_t api_admin_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static json_t *api_credential_json(const cred_record *c)
+json_t *api_credential_json(const cred_record *c)
 {
     json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:I}", "id", c->id, "role", cred_role_name(c->role),
                           "label", c->label, "state", c->revoked_at ? "revoked" : "active",

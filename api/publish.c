@@ -14,17 +14,17 @@ void api_resp_free(api_resp *r)
 {
     if (r->doc != NULL) {
         pub_doc_put(r->doc);
-    } else {
+    } else if (!r->borrowed) {
         if (r->wipe && r->body != NULL)
             OPENSSL_cleanse(r->body, r->len);
         free(r->body);
     }
     r->doc = NULL;
     r->body = NULL;
+    r->borrowed = 0;
 }
 
-/* Does an If-None-Match header name this ETag (or "*")? */
-static int api_etag_matches(const char *inm, const char *etag)
+int api_etag_matches(const char *inm, const char *etag)
 {
     if (inm == NULL)
         return 0;

@@ -41,7 +41,12 @@ auth="-H @<(printf 'Authorization: Bearer %s\\n' \"\$(cat $dir/admin.credential)
 signer="-H @<(printf 'Authorization: Bearer %s\\n' \"\$(sed -n 's/.*\"secret\":\"\\([^\"]*\\)\".*/\\1/p' $dir/demo-signer.json)\")"
 cat <<EOT
 
-The appliance is starting on $url (data in $dir). Try, from another shell (bash):
+The appliance is starting on $url (data in $dir).
+
+Web console: $url/console/ (the certificate is $dir/tls/cert.pem; sign in with the
+admin secret in $dir/admin.credential, or an auditor's; docs/console.md)
+
+Or try, from another shell (bash):
 
   # create a key
   curl --cacert $dir/tls/cert.pem $auth \\

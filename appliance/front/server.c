@@ -7,6 +7,7 @@
 #include "appliance/common/ratelimit.h"
 #include "appliance/core/audit.h"
 #include "appliance/core/publish.h"
+#include "appliance/front/console.h"
 #include "appliance/front/tls.h"
 
 #include "civetweb.h"
@@ -95,6 +96,10 @@ typedef enum {
     SRV_P_SUBJECT_REVOKE,
     SRV_P_TOKEN,
     SRV_P_STATUS_LIST,
+    SRV_P_WHOAMI,
+    SRV_P_CONSOLE_ROOT,
+    SRV_P_CONSOLE_INDEX,
+    SRV_P_CONSOLE_FILE,
     SRV_P_NONE
 } srv_path;
 
@@ -116,6 +121,9 @@ typedef struct {
 } srv_route;
 
 static int srv_events(struct mg_connection *c, srv *s, const api_req *q);
+static api_err srv_whoami(const api_req *q, api_resp *r);
+
+#define SRV_ANY_ROLE (SRV_ADMIN | SRV_SIGNER | SRV_AUDITOR | SRV_REDEEMER)
 
 /* The authorization matrix: every route, its method and the roles that may call it. This
  * is the only place a role is checked; handlers add only what depends on the request (a
@@ -152,6 +160,18 @@ static const srv_route srv_routes[] = {
     /* Not public: per-kid signature counts and key states are operational data. Prometheus
      * scrapes with an auditor credential (bearer_token_file). */
     {SRV_P_METRICS, "GET", api_metrics, SRV_ADMIN | SRV_AUDITOR, NULL},
+    /* The caller's own credential and the routes of this table its role may call: what the
+     * console shows follows from it, so the console hides only what would be 403. */
+    {SRV_P_WHOAMI, "GET", srv_whoami, SRV_ANY_ROLE, NULL},
+    /* The web console's files (console.h): public, since the page has no credential until
+     * one is pasted into it; the API calls it then makes are checked as any other. HEAD is
+     * routed here only: these are the files a browser or a proxy may probe. */
+    {SRV_P_CONSOLE_ROOT, "GET", con_redirect, SRV_PUBLIC, NULL},
+    {SRV_P_CONSOLE_ROOT, "HEAD", con_redirect, SRV_PUBLIC, NULL},
+    {SRV_P_CONSOLE_INDEX, "GET", con_get, SRV_PUBLIC, NULL},
+    {SRV_P_CONSOLE_INDEX, "HEAD", con_get, SRV_PUBLIC, NULL},
+    {SRV_P_CONSOLE_FILE, "GET", con_get, SRV_PUBLIC, NULL},
+    {SRV_P_CONSOLE_FILE, "HEAD", con_get, SRV_PUBLIC, NULL},
 };
 
 #define SRV_N_ROUTES (sizeof(srv_routes) / sizeof(srv_routes[0]))
@@ -274,7 +294,11 @@ static void srv_send(struct mg_connection *c, int status, const char *extra, con
                         close ? "Connection: close\r\n" : "", extra);
     if (hlen < 0 || hlen >= (int)sizeof(head))
         return;
-    if (status == 304 || len == 0) {
+    /* HEAD: the same head, Content-Length included, and never a body (RFC 9110 9.3.2). */
+    const struct mg_request_info *ri = mg_get_request_info(c);
+    int head_only =
+        ri != NULL && ri->request_method != NULL && strcmp(ri->request_method, "HEAD") == 0;
+    if (status == 304 || len == 0 || head_only) {
         mg_write(c, head, (size_t)hlen);
     } else if ((size_t)hlen + len <= SRV_ONE_WRITE_MAX) {
         char buf[SRV_ONE_WRITE_MAX];
@@ -338,6 +362,9 @@ static const struct {
     {"/healthz", SRV_P_HEALTHZ},
     {"/readyz", SRV_P_READYZ},
     {"/metrics", SRV_P_METRICS},
+    {"/v1/whoami", SRV_P_WHOAMI},
+    {"/console", SRV_P_CONSOLE_ROOT},
+    {"/console/", SRV_P_CONSOLE_INDEX},
 };
 
 /* The paths with a parameter, as srv_print_routes names them; srv_match parses these. */
@@ -351,6 +378,7 @@ static const struct {
     {"/v1/credentials/{id}", SRV_P_CREDENTIAL},
     {"/v1/tokens/{jti}", SRV_P_TOKEN},
     {"/v1/status-lists/{n}", SRV_P_STATUS_LIST},
+    {"/console/{file}", SRV_P_CONSOLE_FILE},
 };
 
 /* Splits the path into a route and, for /v1/keys/{kid}..., /v1/credentials/{id},
@@ -364,7 +392,8 @@ static srv_path srv_match(const char *uri, char seg_out[SRV_SEG_MAX])
     } params[] = {{"/v1/keys/", SRV_P_KEY},
                   {"/v1/credentials/", SRV_P_CREDENTIAL},
                   {"/v1/tokens/", SRV_P_TOKEN},
-                  {"/v1/status-lists/", SRV_P_STATUS_LIST}};
+                  {"/v1/status-lists/", SRV_P_STATUS_LIST},
+                  {"/console/", SRV_P_CONSOLE_FILE}};
     seg_out[0] = '\0';
     for (size_t i = 0; i < sizeof(srv_fixed) / sizeof(srv_fixed[0]); i++)
         if (strcmp(uri, srv_fixed[i].path) == 0)
@@ -436,6 +465,32 @@ api_err srv_lookup(const char *method, const char *uri, srv_lookup_result *out)
 int srv_roles_allow(unsigned roles, cred_role role)
 {
     return (unsigned)role < CRED_ROLE_COUNT_ && (roles & (1u << role)) != 0;
+}
+
+/* GET /v1/whoami: the caller's credential (api_credential_json) and "operations", every
+ * route of srv_routes its role may call as {"method", "path"} (the template), in the
+ * table's order; public routes, open to anyone, are not listed. */
+static api_err srv_whoami(const api_req *q, api_resp *r)
+{
+    if (q->query != NULL && q->query[0] != '\0')
+        return api_fail(r, API_ERR_INVALID_QUERY, "whoami takes no query");
+    json_t *j = api_credential_json(q->caller);
+    json_t *ops = json_array();
+    if (j == NULL || ops == NULL || json_object_set_new(j, "operations", ops) != 0) {
+        json_decref(j);
+        return api_fail(r, API_ERR_INTERNAL, "out of memory");
+    }
+    for (size_t i = 0; i < SRV_N_ROUTES; i++) {
+        const srv_route *rt = &srv_routes[i];
+        if (rt->roles == SRV_PUBLIC || !srv_roles_allow(rt->roles, q->caller->role))
+            continue;
+        if (json_array_append_new(ops, json_pack("{s:s, s:s}", "method", rt->method, "path",
+                                                 srv_template(rt->path))) != 0) {
+            json_decref(j);
+            return api_fail(r, API_ERR_INTERNAL, "out of memory");
+        }
+    }
+    return api_json(r, 200, j);
 }
 
 int srv_print_routes(FILE *f)
@@ -809,7 +864,8 @@ static int srv_route_request(struct mg_connection *c, srv *s, srv_outcome *o)
         o->kid = q.kid;
         o->has_kid = 1;
     }
-    if (path == SRV_P_CREDENTIAL || path == SRV_P_TOKEN || path == SRV_P_STATUS_LIST)
+    if (path == SRV_P_CREDENTIAL || path == SRV_P_TOKEN || path == SRV_P_STATUS_LIST ||
+        path == SRV_P_CONSOLE_FILE)
         q.id = seg;
 
     static _Thread_local char body[API_BODY_MAX + 1];

@@ -86,6 +86,10 @@ MATRIX = [
     ("GET", "/healthz", "public"),
     ("GET", "/readyz", "public"),
     ("GET", "/metrics", {"admin", "auditor"}),
+    ("GET", "/v1/whoami", {"admin", "signer", "auditor", "redeemer"}),
+    ("GET", "/console/", "public"),
+    ("GET", "/console/app.js", "public"),
+    ("HEAD", "/console/app.js", "public"),
 ]
 
 

@@ -74,7 +74,7 @@ def test_routes_print_one_line_per_route_and_exit_zero():
     p = subprocess.run([SIGND, "--routes"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and p.stderr == ""
     for line in p.stdout.splitlines():
-        assert re.fullmatch(r"(GET|POST|DELETE) /[^ ]* (public|[a-z]+(,[a-z]+)*)", line), line
+        assert re.fullmatch(r"(GET|HEAD|POST|DELETE) /[^ ]* (public|[a-z]+(,[a-z]+)*)", line), line
 
 
 def error_table():
@@ -170,7 +170,15 @@ def test_every_operation_answers_as_the_spec_says(make_appliance):
         ("GET", "/v1/revocations/key", {"auth": False}),
         ("GET", "/healthz", {"auth": False}),
         ("GET", "/readyz", {"auth": False}),
+        ("GET", "/v1/whoami", {"auth": auditor}),
+        ("GET", "/console", {"auth": False, "allow_redirects": False}),
+        ("HEAD", "/console", {"auth": False, "allow_redirects": False}),
     ]
+    for path in ("/console/", "/console/app.js"):
+        etag = a.get(path, auth=False).headers["ETag"]
+        for method in ("GET", "HEAD"):
+            calls.append((method, path, {"auth": False}))
+            calls.append((method, path, {"auth": False, "headers": {"If-None-Match": etag}}))
     if ("GET", "/metrics") in router_routes():
         calls.append(("GET", "/metrics", {"auth": auditor}))
     seen = seen_statuses(a, calls)
