@@ -69,8 +69,7 @@ struct hsm {
     CK_MECHANISM_TYPE sign_mech; /* CKM_SHA256_RSA_PKCS, or CKM_RSA_PKCS over a DigestInfo */
     atomic_int no_sign_only;     /* the token refused a sign-only template: skip it from now on */
     unsigned test_flags;         /* hsm_test_force */
-    unsigned test_max_bits;
-    pthread_rwlock_t cache_mu; /* readers: sign, public key; writers: generate, destroy */
+    pthread_rwlock_t cache_mu;   /* readers: sign, public key; writers: generate, destroy */
     size_t n_cached;
     size_t n_dead; /* tombstones: rehashed away past a quarter of the table */
     hsm_slot cache[HSM_CACHE_SLOTS];
@@ -663,7 +662,6 @@ void hsm_token_info(hsm *h, sk_token_info *out)
 void hsm_test_force(hsm *h, unsigned flags, unsigned rsa_max_bits)
 {
     h->test_flags = flags;
-    h->test_max_bits = rsa_max_bits;
     if (rsa_max_bits != 0)
         h->caps.rsa_max_bits = rsa_max_bits;
 }
