@@ -69,8 +69,7 @@ struct hsm {
     CK_MECHANISM_TYPE sign_mech; /* CKM_SHA256_RSA_PKCS, or CKM_RSA_PKCS over a DigestInfo */
     atomic_int no_sign_only;     /* the token refused a sign-only template: skip it from now on */
     unsigned test_flags;         /* hsm_test_force */
-    unsigned test_max_bits;
-    pthread_rwlock_t cache_mu; /* readers: sign, public key; writers: generate, destroy */
+    pthread_rwlock_t cache_mu;   /* readers: sign, public key; writers: generate, destroy */
     size_t n_cached;
     size_t n_dead; /* tombstones: rehashed away past a quarter of the table */
     hsm_slot cache[HSM_CACHE_SLOTS];
@@ -643,10 +642,26 @@ void hsm_info(hsm *h, hsm_caps *out)
     out->sign_only_refused = atomic_load(&h->no_sign_only);
 }
 
+void hsm_token_info(hsm *h, sk_token_info *out)
+{
+    hsm_caps c;
+    hsm_info(h, &c);
+    memset(out, 0, sizeof(*out));
+    snprintf(out->sign_mechanism, sizeof(out->sign_mechanism), "%s",
+             hsm_mech_name(c.sign_mechanism));
+    snprintf(out->manufacturer, sizeof(out->manufacturer), "%s", c.manufacturer);
+    snprintf(out->model, sizeof(out->model), "%s", c.model);
+    out->rsa_min_bits = c.rsa_min_bits;
+    out->rsa_max_bits = c.rsa_max_bits;
+    out->pin_min = c.pin_min;
+    out->pin_max = c.pin_max;
+    out->max_sessions = c.max_sessions;
+    out->sign_only_refused = c.sign_only_refused;
+}
+
 void hsm_test_force(hsm *h, unsigned flags, unsigned rsa_max_bits)
 {
     h->test_flags = flags;
-    h->test_max_bits = rsa_max_bits;
     if (rsa_max_bits != 0)
         h->caps.rsa_max_bits = rsa_max_bits;
 }
@@ -701,6 +716,18 @@ sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
     st = hsm_read_pin_file(cfg->pin_file, pin, &pin_len);
     if (st != SK_OK)
         goto fail;
+    /* A PIN the token would refuse for its length is refused here, before C_Login: a failed
+     * login counts towards the token's lockout (swtpm locks the whole TPM after 3). */
+    if ((h->caps.pin_min != 0 && pin_len < h->caps.pin_min) ||
+        (h->caps.pin_max != 0 && pin_len > h->caps.pin_max)) {
+        explicit_bzero(pin, sizeof(pin));
+        snprintf(hsm_tl_detail, sizeof(hsm_tl_detail),
+                 "the PIN file holds %zu characters, the token takes %u to %u", pin_len,
+                 h->caps.pin_min, h->caps.pin_max);
+        hsm_tl_ckr = CKR_PIN_LEN_RANGE;
+        st = SK_ERR_PIN_INCORRECT;
+        goto fail;
+    }
     rv = h->f->C_Login(h->login, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
     explicit_bzero(pin, sizeof(pin));
     if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {

@@ -115,8 +115,13 @@ sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr);
 /* The probed facts (above). Any thread. */
 void hsm_info(hsm *h, hsm_caps *out);
 
+/* The facts of hsm_info as the keeper protocol carries them (base/signkey.h). */
+void hsm_token_info(hsm *h, sk_token_info *out);
+
 /* A failed hsm_open's detail, for its message: the forced mechanism the token lacks
- * ("CKM_SHA256_RSA_PKCS"), or "" (the calling thread's last hsm_open). */
+ * ("CKM_SHA256_RSA_PKCS"), a PIN whose length is outside the token's bounds (refused
+ * before C_Login, so no lockout try is spent), or "" (the calling thread's last
+ * hsm_open). */
 const char *hsm_open_detail(void);
 
 /* Closes every session, C_Finalize, dlclose. NULL is fine. */

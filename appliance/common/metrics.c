@@ -1,6 +1,7 @@
 /* met: lock-free counters and the Prometheus text exposition. See metrics.h. */
 #include "appliance/common/metrics.h"
 
+#include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -434,6 +435,45 @@ static void met_render_restarts(met_buf *b)
                     atomic_load_explicit(&met_restarts[k][i], memory_order_relaxed));
 }
 
+static pthread_mutex_t met_token_mu = PTHREAD_MUTEX_INITIALIZER;
+static sk_token_info met_token;
+static int met_token_known;
+
+void met_token_info(const sk_token_info *ti)
+{
+    pthread_mutex_lock(&met_token_mu);
+    met_token = *ti;
+    met_token_known = 1;
+    pthread_mutex_unlock(&met_token_mu);
+}
+
+/* signd_token_info: what the keeper found out about the token at its start (issue 21):
+ * an operator sees which signing path a module got, its key sizes and whether it refused
+ * sign-only keys, without reading the keeper's log. */
+static void met_render_token(met_buf *b)
+{
+    pthread_mutex_lock(&met_token_mu);
+    sk_token_info t = met_token;
+    int known = met_token_known;
+    pthread_mutex_unlock(&met_token_mu);
+    if (!known)
+        return;
+    char v[3][128];
+    met_family(b, "signd_token_info", "gauge",
+               "What the keeper probed of the token at its start: the signing mechanism "
+               "(sha256_rsa_pkcs, or rsa_pkcs over a DigestInfo), the token's manufacturer and "
+               "model, its RSA key sizes and PIN lengths (0: not given), the session bound, and "
+               "whether it refused a sign-only key since (sign_only_refused).");
+    met_put(b,
+            "signd_token_info{sign_mechanism=\"%s\",manufacturer=\"%s\",model=\"%s\","
+            "rsa_min_bits=\"%u\",rsa_max_bits=\"%u\",pin_min=\"%u\",pin_max=\"%u\","
+            "max_sessions=\"%u\",sign_only_refused=\"%s\"} 1\n",
+            met_escape(t.sign_mechanism, v[0], sizeof(v[0])),
+            met_escape(t.manufacturer, v[1], sizeof(v[1])), met_escape(t.model, v[2], sizeof(v[2])),
+            t.rsa_min_bits, t.rsa_max_bits, t.pin_min, t.pin_max, t.max_sessions,
+            t.sign_only_refused ? "true" : "false");
+}
+
 static void met_render_state(met_buf *b, const met_gauges *g)
 {
     char v[4][128];
@@ -479,6 +519,7 @@ char *met_render(const met_gauges *g, const char *(*result_name)(unsigned), size
         return NULL;
     b.p[0] = '\0';
     met_render_state(&b, g);
+    met_render_token(&b);
     met_render_requests(&b);
     met_render_signatures(&b, result_name);
     met_render_pkcs11(&b, g);

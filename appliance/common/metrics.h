@@ -79,6 +79,10 @@ const char *met_ckr_name(unsigned long ckr);
 void met_note_kid(const sk_kid *kid);
 int met_take_kid(sk_kid *out);
 
+/* What the keeper probed about the token (kp_token_info), recorded once the front has it:
+ * signd_token_info from then on (absent before). Any thread. */
+void met_token_info(const sk_token_info *ti);
+
 /* What is sampled at scrape time and passed to met_render. */
 #define MET_STATES_MAX 8
 typedef struct {

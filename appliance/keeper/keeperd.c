@@ -528,6 +528,13 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
             len = kpp_encode_generate_reply(rep, cap, &pub, hsm_attrs_bits(&attrs));
         break;
     }
+    case KPP_OP_TOKEN_INFO: {
+        sk_token_info ti;
+        hsm_token_info(d->h, &ti);
+        len = kpp_encode_token_info_reply(rep, cap, &ti);
+        st = SK_OK;
+        break;
+    }
     case KPP_OP_KEY_ATTRS: {
         /* Read-only and about the token's own flags: no registry check needed, but the
          * service keys are not the front's to ask about. */
@@ -1183,6 +1190,12 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         return -1;
     }
     kpd_log_caps(d->h);
+    /* A token with a session limit below ours (a YubiHSM 2 has 16): connections, pool and
+     * GENERATE threads each hold a session, so all of them stay within the token's. */
+    hsm_caps caps;
+    hsm_info(d->h, &caps);
+    if (caps.max_sessions < d->max_conns)
+        d->max_conns = caps.max_sessions;
     snprintf(d->db_path, sizeof(d->db_path), "%s", c->database);
     d->shared_db = sdb_is_postgres(d->db_path);
     /* The registry must be readable now, not at the first signature. */

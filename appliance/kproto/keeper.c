@@ -380,6 +380,15 @@ sk_status kp_generate_attrs(kp *k, const sk_kid *kid, unsigned bits, sk_pubkey *
     return kpp_reply_generate(&r, pub, attrs) == 0 ? SK_OK : SK_ERR_DEVICE;
 }
 
+sk_status kp_token_info(kp *k, sk_token_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (k->local != NULL)
+        return k->local->token_info(k->ctx, out);
+    KP_REMOTE(k, KPP_OP_TOKEN_INFO, kpp_encode_token_info(c->req, sizeof(c->req)), r);
+    return kpp_reply_token_info(&r, out) == 0 ? SK_OK : SK_ERR_DEVICE;
+}
+
 sk_status kp_key_attrs(kp *k, const sk_kid *kid, sk_attrs *attrs)
 {
     *attrs = 0;

@@ -62,6 +62,8 @@ sk_status kp_generate_attrs(kp *k, const sk_kid *kid, unsigned bits, sk_pubkey *
 /* What the token holds for kid's private half, read back now (a key made before the
  * appliance recorded it). */
 sk_status kp_key_attrs(kp *k, const sk_kid *kid, sk_attrs *attrs);
+/* What the keeper found out about the token at its start (no token call). */
+sk_status kp_token_info(kp *k, sk_token_info *out);
 sk_status kp_destroy(kp *k, const sk_kid *kid);
 sk_status kp_list(kp *k, sk_key_entry *out, size_t cap, size_t *count);
 /* The token answers: a key it holds signs a probe, or, with no key, the token answers a
@@ -138,6 +140,7 @@ typedef struct {
     sk_status (*generate)(void *ctx, const sk_kid *kid, unsigned bits, sk_pubkey *pub,
                           sk_attrs *attrs);
     sk_status (*key_attrs)(void *ctx, const sk_kid *kid, sk_attrs *attrs);
+    sk_status (*token_info)(void *ctx, sk_token_info *out);
     sk_status (*destroy)(void *ctx, const sk_kid *kid);
     sk_status (*list)(void *ctx, sk_key_entry *out, size_t cap, size_t *count);
     sk_status (*ping)(void *ctx, const sk_kid *probe_kid);

@@ -552,6 +552,29 @@ static void test_wrong_pin_is_pin_incorrect(void **state)
     assert_signs_and_verifies(g->h, &g->kids[0], "the right PIN still opens");
 }
 
+/* A PIN shorter than the token's ulMinPinLen (4 on SoftHSM2) is refused before C_Login, so
+ * it spends none of a token's lockout tries (swtpm locks the whole TPM after 3). */
+static void test_a_pin_outside_the_tokens_length_bounds_is_refused_before_login(void **state)
+{
+    group *g = *state;
+    char path[PATH_MAX];
+    group_path(g, "short-pin", path);
+    write_file(path, "123\n", 0600);
+    hsm_config cfg = g->cfg;
+    cfg.pin_file = path;
+    hsm_close(g->h);
+    g->h = NULL;
+    unsigned long ckr = 0;
+    hsm *h = NULL;
+    assert_int_equal(hsm_open(&cfg, &h, &ckr), SK_ERR_PIN_INCORRECT);
+    assert_null(h);
+    assert_int_equal(ckr, CKR_PIN_LEN_RANGE);
+    assert_non_null(strstr(hsm_open_detail(), "holds 3 characters, the token takes 4 to"));
+    group_reopen(g);
+    assert_string_equal(hsm_open_detail(), "");
+    assert_signs_and_verifies(g->h, &g->kids[0], "the right PIN still opens");
+}
+
 static void test_missing_token_label_is_token_not_found(void **state)
 {
     group *g = *state;
@@ -1139,6 +1162,7 @@ int main(void)
     };
     const struct CMUnitTest errors[] = {
         cmocka_unit_test(test_wrong_pin_is_pin_incorrect),
+        cmocka_unit_test(test_a_pin_outside_the_tokens_length_bounds_is_refused_before_login),
         cmocka_unit_test(test_missing_token_label_is_token_not_found),
         cmocka_unit_test(test_non_matching_uri_is_token_not_found),
         cmocka_unit_test(test_matching_uri_opens),
