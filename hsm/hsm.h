@@ -29,6 +29,23 @@
  * of threads at once. hsm_close must run after every other thread has stopped calling in
  * (C_Finalize while another thread is inside SoftHSM2 crashes it).
  *
+ * Re-opening: tpm2-pkcs11 keeps every key a process made (2 objects) or used (1) loaded in
+ * the TPM until the process ends, destroyed keys included, and tpm2-abrmd allows one
+ * connection 100 (--max-transients): past it every generation, and a signature with a key
+ * not loaded yet, fails with CKR_GENERAL_ERROR (the TPM's "out of memory for object
+ * contexts", 0x902) for the life of the process. Finalising and initialising the module
+ * again closes its connection, and the resource manager flushes what it held. So a call
+ * that fails that way (CKR_GENERAL_ERROR on a module the probe found to be tpm2-pkcs11, or
+ * CKR_CRYPTOKI_NOT_INITIALIZED on any) re-opens the handle: every session closed,
+ * C_Finalize, C_Initialize, the token found again, login (the PIN file read again, wiped),
+ * the handle cache rebuilt from a scan; then the call runs once more. Every public call
+ * holds a writer-preferring read-write lock's read side while it is inside the module
+ * (one uncontended read lock per signature); the re-open holds the write side, so it waits
+ * for the calls in flight, and C_Finalize never runs under another thread. Per-thread
+ * sessions are opened again lazily, by a generation number. At most one re-open runs at a
+ * time (a call that failed in a generation already re-opened just runs again) and at most
+ * HSM_REOPEN_PER_MIN in any minute: past that the call's error stands.
+ *
  * The interface is shaped for a process boundary: fixed-size values in and out, a status
  * on every call, no pointer into the token's memory.
  */
@@ -57,6 +74,10 @@ typedef enum {
 const char *hsm_mech_name(hsm_mech m);
 int hsm_mech_parse(const char *text, hsm_mech *out);
 
+/* See "Re-opening" above. */
+#define HSM_REOPEN_PER_MIN 6
+typedef void (*hsm_reopen_fn)(void *arg, unsigned long ckr, sk_status st, unsigned long reopens);
+
 typedef struct {
     const char *module_path; /* NULL: HSM_DEFAULT_MODULE */
     /* Either a token label or an RFC 7512 URI ("pkcs11:token=...;serial=..."), parsed by
@@ -70,6 +91,12 @@ typedef struct {
     /* AUTO, or the one path to use: a token without it fails hsm_open with
      * SK_ERR_MECHANISM (the mechanism's name in hsm_open_detail). */
     hsm_mech sign_mechanism;
+    /* Called (may be NULL) after each re-open, from the thread that did it, outside every
+     * lock: ckr is the failure that caused it, st the re-open's result (SK_OK, or the
+     * failure; SK_ERR_SESSION_COUNT: not attempted, past HSM_REOPEN_PER_MIN, reported once
+     * for the handle's life), reopens the successful ones so far. For the keeper's log. */
+    hsm_reopen_fn on_reopen;
+    void *on_reopen_arg;
 } hsm_config;
 
 typedef struct hsm hsm;
@@ -161,6 +188,16 @@ sk_attrs hsm_attrs_bits(const hsm_attrs *a);
 #define HSM_TEST_REFUSE_SIGN_ONLY 1u
 #define HSM_TEST_NOT_SENSITIVE 2u
 void hsm_test_force(hsm *h, unsigned flags, unsigned rsa_max_bits);
+
+/* Re-opens since hsm_open (successful ones). Any thread. */
+unsigned long hsm_reopens(hsm *h);
+
+/* Test-only, as hsm_test_force: hsm_test_reopen re-opens now, through the same path as
+ * an exhausted token (the rate bound included); hsm_test_exhaust makes the next n calls of
+ * hsm_sign_rs256 and hsm_generate fail, without reaching the token, as tpm2-pkcs11 at its
+ * bound (CKR_GENERAL_ERROR), and that error a re-open's cause on this handle. */
+sk_status hsm_test_reopen(hsm *h);
+void hsm_test_exhaust(hsm *h, unsigned n);
 
 /* RS256: RSASSA-PKCS1-v1_5 with SHA-256 over msg. sig must hold SK_SIG_MAX bytes;
  * *sig_len receives the signature length (the modulus size). */

@@ -165,6 +165,25 @@ static void kpd_log_caps(hsm *h)
             c.token_max_sessions, c.token_max_rw_sessions);
 }
 
+/* One line per re-open of the module (hsm.h, "Re-opening"): rare (tpm2-pkcs11 at its bound
+ * on loaded keys, every few dozen keys made), so each is worth a line; a refused one (past
+ * HSM_REOPEN_PER_MIN) is logged once for the keeper's life. */
+static void kpd_log_reopen(void *arg, unsigned long ckr, sk_status st, unsigned long reopens)
+{
+    (void)arg;
+    if (st == SK_OK)
+        KPD_LOG("the token failed with PKCS#11 rv 0x%lx (out of loaded objects): re-opened the "
+                "module (%lu re-opens so far)\n",
+                ckr, reopens);
+    else if (st == SK_ERR_SESSION_COUNT)
+        KPD_LOG("the token failed with PKCS#11 rv 0x%lx again: more than %d re-opens in a minute, "
+                "the error stands (logged once)\n",
+                ckr, HSM_REOPEN_PER_MIN);
+    else
+        KPD_LOG("re-opening the module after PKCS#11 rv 0x%lx failed: %s (rv 0x%lx)\n", ckr,
+                sk_status_name(st), hsm_last_ckr());
+}
+
 /* ---- one request ------------------------------------------------------------------------- */
 
 /* A service key's public half, the key made on first use (kp_svc_hsm_public_key). The
@@ -1157,6 +1176,7 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         .pin_file = c->pin_file,
         /* The pool's threads and the GENERATE threads together (kpd_gen_start). */
         .max_sessions = d->max_conns,
+        .on_reopen = kpd_log_reopen,
     };
     if (hsm_mech_parse(c->pkcs11_sign_mechanism, &hc.sign_mechanism) != 0) {
         kpd_free(d);
