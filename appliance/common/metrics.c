@@ -422,8 +422,29 @@ static void met_render_pkcs11(met_buf *b, const met_gauges *g)
     met_put(b, "signd_pkcs11_sessions_max %u\n", g->sessions_max);
 }
 
+static pthread_mutex_t met_reopen_mu = PTHREAD_MUTEX_INITIALIZER;
+static unsigned long long met_reopen_total;
+static unsigned long met_reopen_last;
+
+void met_hsm_reopens(unsigned long keeper_count)
+{
+    pthread_mutex_lock(&met_reopen_mu);
+    met_reopen_total +=
+        keeper_count >= met_reopen_last ? keeper_count - met_reopen_last : keeper_count;
+    met_reopen_last = keeper_count;
+    pthread_mutex_unlock(&met_reopen_mu);
+}
+
 static void met_render_restarts(met_buf *b)
 {
+    pthread_mutex_lock(&met_reopen_mu);
+    unsigned long long reopens = met_reopen_total;
+    pthread_mutex_unlock(&met_reopen_mu);
+    met_family(b, "signd_hsm_reopens_total", "counter",
+               "Times the keeper finalised and initialised the PKCS#11 module again after the "
+               "token ran out of loaded objects (tpm2-pkcs11 at tpm2-abrmd's bound; "
+               "docs/modules.md), as the readiness probe last read them.");
+    met_put(b, "signd_hsm_reopens_total %llu\n", reopens);
     met_family(b, "signd_restarts_total", "counter",
                "Processes the supervisor started again, by process (keeper, front) and cause: "
                "exited, signal (a crash, or a kill from outside), watchdog (a keeper that "

@@ -92,6 +92,11 @@ static unsigned inproc_sessions_open(void *ctx)
     return hsm_sessions_open(ctx);
 }
 
+static unsigned long inproc_reopens(void *ctx)
+{
+    return hsm_reopens(ctx);
+}
+
 static void inproc_close(void *ctx)
 {
     hsm_close(ctx);
@@ -109,6 +114,7 @@ static const kp_local_ops inproc_ops = {
     .svc_sign = inproc_svc_sign,
     .thread_done = inproc_thread_done,
     .sessions_open = inproc_sessions_open,
+    .reopens = inproc_reopens,
     .close = inproc_close,
 };
 

@@ -601,6 +601,8 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         break;
     case KPP_OP_SESSIONS:
         return kpp_encode_u32_reply(rep, cap, KPP_OP_SESSIONS, hsm_sessions_open(d->h));
+    case KPP_OP_REOPENS:
+        return kpp_encode_u32_reply(rep, cap, KPP_OP_REOPENS, (uint32_t)hsm_reopens(d->h));
     case KPP_OP_AUDIT_PUBKEY:
     case KPP_OP_PUBLISH_PUBKEY: {
         sk_pubkey pub; /* created on first use */

@@ -524,6 +524,21 @@ void kp_thread_done(kp *k)
     pthread_setspecific(k->conn_key, NULL);
 }
 
+unsigned long kp_reopens(kp *k)
+{
+    if (k->local != NULL)
+        return k->local->reopens != NULL ? k->local->reopens(k->ctx) : 0;
+    kp_conn *c = kp_conn_get(k);
+    if (c == NULL)
+        return 0;
+    size_t len = kpp_encode_reopens(c->req, sizeof(c->req));
+    kpp_reply r;
+    uint32_t v = 0;
+    if (len == 0 || kp_call(k, c, len, KPP_OP_REOPENS, &r) != SK_OK || kpp_reply_u32(&r, &v) != 0)
+        return 0;
+    return v;
+}
+
 unsigned kp_sessions_open(kp *k)
 {
     if (k->local != NULL)

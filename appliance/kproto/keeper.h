@@ -149,6 +149,7 @@ typedef struct {
                           size_t *sig_len);
     void (*thread_done)(void *ctx);
     unsigned (*sessions_open)(void *ctx);
+    unsigned long (*reopens)(void *ctx);
     void (*close)(void *ctx);
 } kp_local_ops;
 /* A handle over ops and ctx. SK_ERR_DEVICE (out of memory; ctx left to the caller). */
@@ -156,5 +157,8 @@ sk_status kp_wrap_local(const kp_local_ops *ops, void *ctx, kp **out);
 /* Releases the calling thread's session (CivetWeb's exit_thread). */
 void kp_thread_done(kp *k);
 unsigned kp_sessions_open(kp *k);
+/* How many times the keeper re-opened the module since it started (hsm_reopens); 0 when
+ * it does not answer. The readiness probe reads it for signd_hsm_reopens_total. */
+unsigned long kp_reopens(kp *k);
 
 #endif

@@ -186,6 +186,7 @@ static uint32_t decode_request_body(const kpp_header *h, kpp_request *r)
     case KPP_OP_AUDIT_PUBKEY:
     case KPP_OP_PUBLISH_PUBKEY:
     case KPP_OP_TOKEN_INFO:
+    case KPP_OP_REOPENS:
         return h->body_len == 0 ? 0 : KPP_ERR_BAD_BODY;
     case KPP_OP_PUBLISH_PART:
         if (h->body_len == 0)
@@ -298,6 +299,11 @@ size_t kpp_encode_ping(uint8_t *buf, size_t cap, const sk_kid *kid)
 size_t kpp_encode_sessions(uint8_t *buf, size_t cap)
 {
     return put_header(buf, cap, KPP_OP_SESSIONS, 0, 0);
+}
+
+size_t kpp_encode_reopens(uint8_t *buf, size_t cap)
+{
+    return put_header(buf, cap, KPP_OP_REOPENS, 0, 0);
 }
 
 size_t kpp_encode_audit_pubkey(uint8_t *buf, size_t cap)
@@ -455,7 +461,7 @@ size_t kpp_encode_list_reply(uint8_t *buf, size_t cap, uint32_t total, const sk_
 
 size_t kpp_encode_u32_reply(uint8_t *buf, size_t cap, kpp_op op, uint32_t value)
 {
-    if (op != KPP_OP_SESSIONS) /* the only op whose reply body is a u32 */
+    if (op != KPP_OP_SESSIONS && op != KPP_OP_REOPENS) /* the ops whose reply body is a u32 */
         return 0;
     size_t n = put_header(buf, cap, (uint16_t)op, 0, 4);
     if (n == 0)
@@ -575,7 +581,7 @@ uint32_t kpp_reply_list(const kpp_reply *r, sk_key_entry *out, size_t cap, uint3
 
 uint32_t kpp_reply_u32(const kpp_reply *r, uint32_t *value)
 {
-    if (!reply_ok(r, KPP_OP_SESSIONS) || r->body_len != 4)
+    if ((!reply_ok(r, KPP_OP_SESSIONS) && !reply_ok(r, KPP_OP_REOPENS)) || r->body_len != 4)
         return KPP_ERR_BAD_BODY;
     if (value != NULL)
         *value = get_u32(r->body);

@@ -36,6 +36,8 @@
  *                                                     rsa_pkcs), refused u8 (0|1), rsa_min,
  *                                                     rsa_max, pin_min, pin_max, sessions
  *                                                     (u32 each), manufacturer[32], model[16]
+ *   REOPENS        (empty)                            re-opens u32 (the module re-opened since
+ *                                                     the keeper started, hsm_reopens)
  *
  *   Op 3 was PUBLIC_KEY (a kid's public key), which nothing called: it is retired
  *   (KPP_OP_RETIRED), never reused, and refused as KPP_ERR_UNKNOWN_OP both ways.
@@ -105,11 +107,12 @@ typedef enum {
     KPP_OP_PUBLISH_SIGN = 12,
     KPP_OP_KEY_ATTRS = 13,
     KPP_OP_TOKEN_INFO = 14,
+    KPP_OP_REOPENS = 15,
 } kpp_op;
 /* The ops are numbered from the first to the last without a gap but KPP_OP_RETIRED: the
  * number of PUBLIC_KEY, removed, kept so that no op's number moved. */
 #define KPP_OP_FIRST KPP_OP_SIGN
-#define KPP_OP_LAST KPP_OP_TOKEN_INFO
+#define KPP_OP_LAST KPP_OP_REOPENS
 #define KPP_OP_RETIRED 3
 
 /* Reply statuses of the protocol itself, above every sk_status value. */
@@ -166,6 +169,7 @@ size_t kpp_encode_kid_op(uint8_t *buf, size_t cap, kpp_op op,
 size_t kpp_encode_list(uint8_t *buf, size_t cap, uint32_t offset);
 size_t kpp_encode_ping(uint8_t *buf, size_t cap, const sk_kid *kid); /* kid may be NULL */
 size_t kpp_encode_sessions(uint8_t *buf, size_t cap);
+size_t kpp_encode_reopens(uint8_t *buf, size_t cap);
 size_t kpp_encode_audit_pubkey(uint8_t *buf, size_t cap);
 /* msg: 1..KPP_AUDIT_SIGN_MAX bytes. */
 size_t kpp_encode_audit_sign(uint8_t *buf, size_t cap, const void *msg, size_t msg_len);

@@ -483,6 +483,16 @@ def test_more_keys_than_one_keeper_could_load_are_made_and_sign_as_old_ones_are_
     figure(module.name, "churn_60_keys_s", round(time.monotonic() - t0, 1))
     assert reopens >= 1, a.read_log()[-3000:]
     verify_jwcrypto(mint(a, previous), jwks(a)[previous])
+    # The readiness probe reads the keeper's count every half second into /metrics.
+    deadline = time.monotonic() + 10
+    while True:
+        text = a.get("/metrics").text
+        m = re.search(r"^signd_hsm_reopens_total (\d+)$", text, re.M)
+        assert m, text[-2000:]
+        if int(m.group(1)) >= reopens or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert int(m.group(1)) >= reopens
 
 
 # ---- make run HSM=... ---------------------------------------------------------------------
