@@ -64,6 +64,9 @@ static void fuzz_request(const uint8_t *data, size_t size)
     case KPP_OP_SESSIONS:
         n = kpp_encode_sessions(out, sizeof(out));
         break;
+    case KPP_OP_REOPENS:
+        n = kpp_encode_reopens(out, sizeof(out));
+        break;
     case KPP_OP_AUDIT_PUBKEY:
         n = kpp_encode_audit_pubkey(out, sizeof(out));
         break;

@@ -644,6 +644,7 @@ static void test_each_op_refuses_a_body_of_the_wrong_length(void **state)
         {KPP_OP_LIST, 4, {0, 1, 3, 5, 8}, 5},
         {KPP_OP_PING, 17, {0, 1, 16, 18, 33}, 5},
         {KPP_OP_SESSIONS, 0, {1, 4, 16}, 3},
+        {KPP_OP_REOPENS, 0, {1, 4, 16}, 3},
         {KPP_OP_AUDIT_PUBKEY, 0, {1, 4, 16, 17}, 4},
         {KPP_OP_AUDIT_SIGN, 16, {0, KPP_AUDIT_SIGN_MAX + 1, KPP_AUDIT_SIGN_MAX + 17}, 3},
     };
@@ -991,15 +992,24 @@ static void test_u32_reply_round_trips_the_sessions_count(void **state)
 {
     (void)state;
     const uint32_t values[] = {0, 1, 256, 0xdeadbeefu, UINT32_MAX};
-    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
-        size_t n = kpp_encode_u32_reply(scratch, sizeof(scratch), KPP_OP_SESSIONS, values[i]);
-        assert_int_equal(n, KPP_HDR_LEN + 4);
-        kpp_reply r;
-        assert_int_equal(decode_rep(scratch, n, KPP_OP_SESSIONS, &r), 0);
-        uint32_t v = 7;
-        assert_int_equal(kpp_reply_u32(&r, &v), 0);
-        assert_int_equal(v, values[i]);
+    const kpp_op ops[] = {KPP_OP_SESSIONS, KPP_OP_REOPENS}; /* the re-open count too */
+    for (size_t o = 0; o < 2; o++) {
+        for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+            size_t n = kpp_encode_u32_reply(scratch, sizeof(scratch), ops[o], values[i]);
+            assert_int_equal(n, KPP_HDR_LEN + 4);
+            kpp_reply r;
+            assert_int_equal(decode_rep(scratch, n, ops[o], &r), 0);
+            uint32_t v = 7;
+            assert_int_equal(kpp_reply_u32(&r, &v), 0);
+            assert_int_equal(v, values[i]);
+        }
     }
+    /* A REOPENS request has an empty body, like SESSIONS. */
+    size_t n = kpp_encode_reopens(scratch, sizeof(scratch));
+    assert_int_equal(n, KPP_HDR_LEN);
+    kpp_request q;
+    assert_int_equal(kpp_decode_request(scratch, n, &q, NULL), 0);
+    assert_int_equal(q.op, KPP_OP_REOPENS);
 }
 
 /* ---- reply errors ----------------------------------------------------------------------- */
@@ -1454,7 +1464,7 @@ static void test_reply_encoders_refuse_out_of_bound_arguments(void **state)
     assert_int_equal(kpp_encode_list_reply(b, cap, 0, NULL, 0), KPP_HDR_LEN + 8);
 
     for (int op = 0; op <= ALL_OPS_LAST + 1; op++) {
-        size_t want = op == KPP_OP_SESSIONS ? KPP_HDR_LEN + 4 : 0;
+        size_t want = op == KPP_OP_SESSIONS || op == KPP_OP_REOPENS ? KPP_HDR_LEN + 4 : 0;
         assert_int_equal(kpp_encode_u32_reply(b, cap, (kpp_op)op, 1), want);
     }
     assert_int_equal(kpp_encode_status(NULL, cap, KPP_OP_SIGN, 0), 0);
@@ -1642,6 +1652,9 @@ static int request_reencodes(const uint8_t *msg, size_t len)
     case KPP_OP_SESSIONS:
         n = kpp_encode_sessions(reenc, sizeof(reenc));
         break;
+    case KPP_OP_REOPENS:
+        n = kpp_encode_reopens(reenc, sizeof(reenc));
+        break;
     case KPP_OP_TOKEN_INFO:
         n = kpp_encode_token_info(reenc, sizeof(reenc));
         break;
@@ -1727,7 +1740,7 @@ static int reply_reencodes(const uint8_t *msg, size_t len)
             assert_int_equal(op, KPP_OP_LIST);
             n = kpp_encode_list_reply(reenc, sizeof(reenc), total, entries, count);
         } else if (ok_u32) {
-            assert_int_equal(op, KPP_OP_SESSIONS);
+            assert_true(op == KPP_OP_SESSIONS || op == KPP_OP_REOPENS);
             n = kpp_encode_u32_reply(reenc, sizeof(reenc), (kpp_op)op, v);
         } else {
             continue;
