@@ -89,6 +89,7 @@ struct hsm {
     atomic_ulong reopens;         /* successful re-opens (hsm_reopens) */
     atomic_ulong reopens_refused; /* re-opens not attempted: past HSM_REOPEN_PER_MIN */
     int reopen_on_general;        /* CKR_GENERAL_ERROR means "out of loaded objects" */
+    atomic_int broken;            /* the last re-open failed: the next failure tries again */
     atomic_uint test_exhaust;     /* hsm_test_exhaust */
     hsm_reopen_fn on_reopen;
     void *on_reopen_arg;
@@ -924,6 +925,7 @@ static sk_status hsm_reopen(hsm *h, unsigned gen, unsigned long rv)
     pthread_rwlock_wrlock(&h->gate);
     sk_status st = hsm_restart(h);
     h->gen++;
+    atomic_store(&h->broken, st != SK_OK);
     pthread_rwlock_unlock(&h->gate);
     unsigned long n = atomic_load(&h->reopens);
     if (st == SK_OK)
@@ -935,12 +937,12 @@ static sk_status hsm_reopen(hsm *h, unsigned gen, unsigned long rv)
 }
 
 /* Whether a call's failure (st, rv) is the kind a re-open clears: tpm2-pkcs11's
- * CKR_GENERAL_ERROR at its bound on loaded objects, or the module not initialised (a
- * re-open that failed half-way). */
+ * CKR_GENERAL_ERROR at its bound on loaded objects, the module not initialised, or any
+ * failure after a re-open that failed half-way (not logged in, say). */
 static int hsm_exhausted(hsm *h, sk_status st, unsigned long rv)
 {
     return st != SK_OK && ((rv == CKR_GENERAL_ERROR && h->reopen_on_general) ||
-                           rv == CKR_CRYPTOKI_NOT_INITIALIZED);
+                           rv == CKR_CRYPTOKI_NOT_INITIALIZED || atomic_load(&h->broken));
 }
 
 /* Entering the module for one public call: the generation it runs in. */

@@ -35,8 +35,9 @@
  * not loaded yet, fails with CKR_GENERAL_ERROR (the TPM's "out of memory for object
  * contexts", 0x902) for the life of the process. Finalising and initialising the module
  * again closes its connection, and the resource manager flushes what it held. So a call
- * that fails that way (CKR_GENERAL_ERROR on a module the probe found to be tpm2-pkcs11, or
- * CKR_CRYPTOKI_NOT_INITIALIZED on any) re-opens the handle: every session closed,
+ * that fails that way (CKR_GENERAL_ERROR on a module the probe found to be tpm2-pkcs11,
+ * CKR_CRYPTOKI_NOT_INITIALIZED on any, or any failure after a re-open that did not complete)
+ * re-opens the handle: every session closed,
  * C_Finalize, C_Initialize, the token found again, login (the PIN file read again, wiped),
  * the handle cache rebuilt from a scan; then the call runs once more. Every public call
  * holds a writer-preferring read-write lock's read side while it is inside the module

@@ -524,19 +524,27 @@ void kp_thread_done(kp *k)
     pthread_setspecific(k->conn_key, NULL);
 }
 
-unsigned long kp_reopens(kp *k)
+sk_status kp_reopens(kp *k, unsigned long *out)
 {
-    if (k->local != NULL)
-        return k->local->reopens != NULL ? k->local->reopens(k->ctx) : 0;
+    if (k->local != NULL) {
+        *out = k->local->reopens != NULL ? k->local->reopens(k->ctx) : 0;
+        return SK_OK;
+    }
     kp_conn *c = kp_conn_get(k);
     if (c == NULL)
-        return 0;
+        return SK_ERR_DEVICE;
     size_t len = kpp_encode_reopens(c->req, sizeof(c->req));
     kpp_reply r;
     uint32_t v = 0;
-    if (len == 0 || kp_call(k, c, len, KPP_OP_REOPENS, &r) != SK_OK || kpp_reply_u32(&r, &v) != 0)
-        return 0;
-    return v;
+    if (len == 0)
+        return SK_ERR_DEVICE;
+    sk_status st = kp_call(k, c, len, KPP_OP_REOPENS, &r);
+    if (st != SK_OK)
+        return st;
+    if (kpp_reply_u32(&r, &v) != 0)
+        return SK_ERR_DEVICE;
+    *out = v;
+    return SK_OK;
 }
 
 unsigned kp_sessions_open(kp *k)

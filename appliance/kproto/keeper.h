@@ -157,8 +157,9 @@ sk_status kp_wrap_local(const kp_local_ops *ops, void *ctx, kp **out);
 /* Releases the calling thread's session (CivetWeb's exit_thread). */
 void kp_thread_done(kp *k);
 unsigned kp_sessions_open(kp *k);
-/* How many times the keeper re-opened the module since it started (hsm_reopens); 0 when
- * it does not answer. The readiness probe reads it for signd_hsm_reopens_total. */
-unsigned long kp_reopens(kp *k);
+/* How many times the keeper re-opened the module since it started (hsm_reopens), into
+ * *out; SK_OK, or the failure (*out untouched). The readiness probe reads it for
+ * signd_hsm_reopens_total. */
+sk_status kp_reopens(kp *k, unsigned long *out);
 
 #endif
