@@ -5,7 +5,8 @@
  * Why the module's own function list and not libp11: libp11 serialises C_SignInit/C_Sign
  * behind a per-slot lock, documents that much of its API is not thread-safe, and hides
  * session handling, so N threads cannot sign in parallel through it. Calling the function
- * list ourselves gives one session per thread, no lock on the signing path, and exact
+ * list ourselves gives one session per thread, no exclusive lock on the signing path (two
+ * read locks: the handle cache's and the re-open gate's, below), and exact
  * control over every key attribute (CKA_ID, CKA_SENSITIVE, CKA_EXTRACTABLE, ...). The
  * bench (make bench-hsm) shows the layer at >= 0.95 of a raw C_Sign loop.
  *
