@@ -21,6 +21,11 @@ CIVET   := build/civetweb
 # in a directory the appliance's accounts cannot enter (README.md).
 DATA_DIR ?=
 PORT    ?= 8443
+# The PKCS#11 module of make run, make deps (its extra packages: mk/packages-HSM.txt) and the
+# benches: softhsm2 (embedded, the default), opencryptoki or tpm2 (provisioning/hsm/HSM.sh).
+HSM     ?= softhsm2
+# make test-modules: the modules the core black-box set runs on, one after another.
+TEST_MODULES ?= softhsm2 opencryptoki tpm2
 
 HARDEN  := -O2 -D_FORTIFY_SOURCE=2 -fstack-protector-strong -fPIE
 # SANITIZE=1 builds into build/asan with AddressSanitizer and UBSan (make test-asan).
@@ -92,7 +97,7 @@ PROGS := $(BUILD)/bin/signd-provision $(BUILD)/bin/hello-https $(BUILD)/bin/benc
 APPLIANCE := signd signd-keeper signd-front
 PROGS += $(APPLIANCE:%=$(BUILD)/bin/%) $(APPLIANCE:%=$(BUILD)/testbin/%)
 
-.PHONY: all deps run cluster test test-unit test-blackbox test-asan bench bench-hsm clean format docs fuzz hostile valgrind soak soak-cluster layers
+.PHONY: all deps run cluster test test-modules test-unit test-blackbox test-asan bench bench-hsm clean format docs fuzz hostile valgrind soak soak-cluster layers
 .DEFAULT_GOAL := all
 # Keep every object file: tests and programs share them.
 .SECONDARY:
@@ -100,7 +105,7 @@ PROGS += $(APPLIANCE:%=$(BUILD)/bin/%) $(APPLIANCE:%=$(BUILD)/testbin/%)
 all: $(CIVETLIB) $(PROGS) $(UNIT_BIN) $(FUZZ_REPLAY)
 
 deps:
-	@mk/deps.sh
+	@HSM="$(HSM)" mk/deps.sh
 
 # CivetWeb is built by mk/civetweb.sh (called by deps); building without it fails with a hint.
 # Its patches are prerequisites, so that changing one rebuilds it (the script checks its stamp);
@@ -211,7 +216,7 @@ $(BUILD)/tests/test_cli: $(BUILD)/obj/tests/unit/test_cli.o $(UNIT_HELP:%.c=$(BU
 
 run: deps
 	@$(MAKE) --no-print-directory all
-	@DATA_DIR="$(DATA_DIR)" PORT="$(PORT)" provisioning/run.sh
+	@DATA_DIR="$(DATA_DIR)" PORT="$(PORT)" HSM="$(HSM)" provisioning/run.sh
 
 # NODES nodes on one PostgreSQL and one token behind HAProxy on PORT, the nodes on
 # PORT+1...PORT+NODES, all kept in DATA_DIR (default ./cluster; provisioning/cluster.sh,
@@ -257,6 +262,14 @@ $(FUZZ_BUILD)/fuzz_%: $(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_BUILD)/libsig
 	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) $< $(call group,$(FUZZ_BUILD)/libsignd.a $(CIVETLIB)) \
 	    $(LDLIBS) -o $@
 
+# The core black-box set on each of TEST_MODULES (tests/modules/, docs/modules.md): each
+# module's daemons and token are started by the tests and stopped after; one file after
+# another, as a module's daemon is one per machine.
+test-modules:
+	@HSM="$(TEST_MODULES)" mk/deps.sh
+	@$(MAKE) --no-print-directory all
+	@TEST_MODULES="$(TEST_MODULES)" tests/modules/run.sh
+
 test-unit: all
 	@tests/run.sh unit
 
@@ -270,11 +283,11 @@ layers: all
 
 bench-hsm: deps
 	@$(MAKE) --no-print-directory all
-	@tests/bench/bench-hsm.sh
+	@HSM="$(HSM)" SIGND_BUILD=$(BUILD) tests/bench/bench-hsm.sh
 
 bench: deps
 	@$(MAKE) --no-print-directory all
-	@SIGND_BUILD=$(BUILD) tests/bench/bench.sh
+	@HSM="$(HSM)" SIGND_BUILD=$(BUILD) tests/bench/bench.sh
 
 # Hostile clients at full scale (1,000 keep-alive connections, 200 slowloris, floods) while
 # well-behaved clients measure their latency; the table in docs/reliability.md.

@@ -1203,11 +1203,22 @@ sk_status hsm_list(hsm *h, sk_key_entry *out, size_t cap, size_t *count)
 sk_status hsm_init_token(const char *module_path, const char *label, const char *so_pin_file,
                          const char *user_pin_file, char serial[17])
 {
+    hsm_init_spec sp = {.module_path = module_path,
+                        .label = label,
+                        .so_pin_file = so_pin_file,
+                        .user_pin_file = user_pin_file,
+                        .slot = -1};
+    return hsm_init_token_spec(&sp, serial);
+}
+
+sk_status hsm_init_token_spec(const hsm_init_spec *sp, char serial[17])
+{
+    const char *label = sp->label;
     serial[0] = '\0';
     if (label == NULL || *label == '\0' || strlen(label) > 32)
         return hsm_tl_ckr = 0, SK_ERR_BAD_ARGUMENT;
-    char so[HSM_PIN_MAX], user[HSM_PIN_MAX];
-    size_t so_len = 0, user_len = 0;
+    char so[HSM_PIN_MAX], user[HSM_PIN_MAX], factory[HSM_PIN_MAX];
+    size_t so_len = 0, user_len = 0, factory_len = 0;
     void *dl = NULL;
     CK_FUNCTION_LIST_PTR f = NULL;
     CK_SLOT_ID *ids = NULL;
@@ -1215,14 +1226,17 @@ sk_status hsm_init_token(const char *module_path, const char *label, const char 
     int initialized = 0;
     hsm_match m = NULL;
     CK_SLOT_ID slot;
+    CK_RV rv;
     sk_status st = hsm_match_label(label, &m);
     if (st == SK_OK)
-        st = hsm_read_pin_file(so_pin_file, so, &so_len);
+        st = hsm_read_pin_file(sp->so_pin_file, so, &so_len);
     if (st == SK_OK)
-        st = hsm_read_pin_file(user_pin_file, user, &user_len);
+        st = hsm_read_pin_file(sp->user_pin_file, user, &user_len);
+    if (st == SK_OK && sp->factory_so_pin_file != NULL)
+        st = hsm_read_pin_file(sp->factory_so_pin_file, factory, &factory_len);
     if (st != SK_OK)
         goto out;
-    if ((st = hsm_load_module(module_path, &dl, &f, &initialized)) != SK_OK)
+    if ((st = hsm_load_module(sp->module_path, &dl, &f, &initialized)) != SK_OK)
         goto out;
     /* Initialising a token means re-initialising the library below (SoftHSM2 shows a new
      * token only then): never do that under a handle this process still has open. */
@@ -1234,13 +1248,16 @@ sk_status hsm_init_token(const char *module_path, const char *label, const char 
         st = SK_ERR_KEY_EXISTS;
         goto out;
     }
-    /* The first slot whose token is present but not initialised. */
+    /* The slot asked for, or the first whose token is present but not initialised; either
+     * way a token already initialised is never touched (C_InitToken would wipe it). */
     CK_ULONG n = 0;
-    CK_RV rv = f->C_GetSlotList(CK_TRUE, NULL, &n);
+    rv = f->C_GetSlotList(CK_TRUE, NULL, &n);
     if (rv == CKR_OK && n > 0 && (ids = calloc(n, sizeof(*ids))) != NULL)
         rv = f->C_GetSlotList(CK_TRUE, ids, &n);
     st = rv != CKR_OK ? hsm_from_ckr(rv) : SK_ERR_TOKEN_NOT_FOUND;
     for (CK_ULONG i = 0; ids != NULL && rv == CKR_OK && i < n; i++) {
+        if (sp->slot >= 0 && ids[i] != (CK_SLOT_ID)sp->slot)
+            continue;
         CK_TOKEN_INFO ti;
         if (f->C_GetTokenInfo(ids[i], &ti) == CKR_OK && !(ti.flags & CKF_TOKEN_INITIALIZED)) {
             slot = ids[i];
@@ -1253,7 +1270,13 @@ sk_status hsm_init_token(const char *module_path, const char *label, const char 
     CK_UTF8CHAR padded[32];
     memset(padded, ' ', sizeof(padded));
     memcpy(padded, label, strlen(label));
-    if ((rv = f->C_InitToken(slot, (CK_UTF8CHAR_PTR)so, so_len, padded)) != CKR_OK) {
+    /* A token that ships with a published SO PIN (opencryptoki's 87654321) is initialised
+     * with that one, which it checks, and the SO PIN is changed to ours right after. */
+    if (factory_len > 0)
+        rv = f->C_InitToken(slot, (CK_UTF8CHAR_PTR)factory, factory_len, padded);
+    else
+        rv = f->C_InitToken(slot, (CK_UTF8CHAR_PTR)so, so_len, padded);
+    if (rv != CKR_OK) {
         st = hsm_from_ckr(rv);
         goto out;
     }
@@ -1269,6 +1292,13 @@ sk_status hsm_init_token(const char *module_path, const char *label, const char 
     if ((st = hsm_find_slot(f, m, &slot)) != SK_OK)
         goto out;
     rv = f->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+    if (rv == CKR_OK && factory_len > 0) {
+        rv = f->C_Login(s, CKU_SO, (CK_UTF8CHAR_PTR)factory, factory_len);
+        if (rv == CKR_OK)
+            rv = f->C_SetPIN(s, (CK_UTF8CHAR_PTR)factory, factory_len, (CK_UTF8CHAR_PTR)so, so_len);
+        if (rv == CKR_OK)
+            rv = f->C_Logout(s);
+    }
     if (rv == CKR_OK)
         rv = f->C_Login(s, CKU_SO, (CK_UTF8CHAR_PTR)so, so_len);
     if (rv == CKR_OK)
@@ -1291,6 +1321,7 @@ out:
     hsm_match_free(m);
     explicit_bzero(so, sizeof(so));
     explicit_bzero(user, sizeof(user));
+    explicit_bzero(factory, sizeof(factory));
     free(ids);
     if (f != NULL) {
         if (s != CK_INVALID_HANDLE)

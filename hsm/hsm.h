@@ -211,4 +211,18 @@ sk_status hsm_read_pin_file(const char *path, char buf[HSM_PIN_MAX], size_t *len
 sk_status hsm_init_token(const char *module_path, const char *label, const char *so_pin_file,
                          const char *user_pin_file, char serial[17]);
 
+/* hsm_init_token with the module's particulars: slot >= 0 initialises that slot only (its
+ * token must not be initialised yet), -1 the first uninitialised one; factory_so_pin_file,
+ * when not NULL, holds the SO PIN the token ships with (opencryptoki: 87654321), which
+ * C_InitToken is given and C_SetPIN then replaces with the one in so_pin_file. */
+typedef struct {
+    const char *module_path;
+    const char *label;
+    const char *so_pin_file;
+    const char *user_pin_file;
+    const char *factory_so_pin_file;
+    long slot;
+} hsm_init_spec;
+sk_status hsm_init_token_spec(const hsm_init_spec *spec, char serial[17]);
+
 #endif

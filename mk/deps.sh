@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Installs the Debian packages listed in mk/packages.txt that are missing, then builds
 # CivetWeb 1.15 from Debian's source package into build/civetweb. Safe to run twice:
-# the second run installs nothing and compiles nothing.
+# the second run installs nothing and compiles nothing. HSM (space-separated module names)
+# adds each module's mk/packages-NAME.txt when there is one (make deps HSM=opencryptoki).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
 build="$top/build"
 export DEBIAN_FRONTEND=noninteractive
 
+lists=("$here/packages.txt")
+for hsm in ${HSM:-}; do
+	[ ! -e "$here/packages-$hsm.txt" ] || lists+=("$here/packages-$hsm.txt")
+done
 missing=()
 while read -r pkg; do
 	case "$pkg" in '' | '#'*) continue ;; esac
 	status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
 	[ "$status" = "install ok installed" ] || missing+=("$pkg")
-done <"$here/packages.txt"
+done < <(cat "${lists[@]}")
 
 if [ ${#missing[@]} -gt 0 ]; then
 	echo "deps: installing ${missing[*]}"

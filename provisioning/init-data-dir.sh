@@ -16,6 +16,9 @@
 #   -shm, -journal               registry (SQLite copies the mode to the -wal and -shm)
 #   so-pin, admin.credential,    root's (0600): no process of the appliance needs them
 #   appliance.conf
+# With SIGND_HSM set to another module than softhsm2, the SoftHSM2 token is not made: that
+# module's provisioning/hsm/NAME.sh made its token and PINs, and DATA_DIR/hsm/keeper-groups
+# lists the groups the keeper's account needs to reach it (opencryptoki: pkcs11).
 # Usage: init-data-dir.sh DATA_DIR [PORT]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,7 +30,7 @@ umask 077
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
-if [ ! -e "$dir/token" ]; then
+if [ "${SIGND_HSM:-softhsm2}" = softhsm2 ] && [ ! -e "$dir/token" ]; then
 	"$bin/signd-provision" token "$dir" >/dev/null
 	echo "init: created the SoftHSM2 token in $dir/token"
 fi
@@ -58,8 +61,13 @@ if [ "$(id -u)" = 0 ] && [ -z "$(conf_value user)" ]; then
 	chown root:"$group" "$dir"
 	chmod 3770 "$dir"
 	if [ -n "$keeper" ]; then
-		chown -R "$keeper:$(id -gn "$keeper")" "$dir/token"
-		chown "$keeper:$(id -gn "$keeper")" "$dir/softhsm2.conf"
+		[ ! -e "$dir/token" ] || chown -R "$keeper:$(id -gn "$keeper")" "$dir/token"
+		[ ! -e "$dir/softhsm2.conf" ] || chown "$keeper:$(id -gn "$keeper")" "$dir/softhsm2.conf"
+		if [ -e "$dir/hsm/keeper-groups" ]; then
+			for g in $(cat "$dir/hsm/keeper-groups"); do
+				id -nG "$keeper" | tr ' ' '\n' | grep -qx "$g" || usermod -a -G "$g" "$keeper"
+			done
+		fi
 		[ ! -e "$dir/pin" ] || chown "$keeper:$(id -gn "$keeper")" "$dir/pin"
 	fi
 	if [ -n "$front" ]; then

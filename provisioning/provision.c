@@ -2,6 +2,8 @@
  * signd-provision: prepares a data directory before the appliance first starts.
  *
  *   signd-provision token DIR [--label LABEL] [--module PATH]
+ *   signd-provision module-token DIR --module PATH --label LABEL [--slot N]
+ *                   [--pin-length N] [--factory-so-pin-file FILE]
  *   signd-provision config DIR [--port PORT]
  *   signd-provision admin-credential DIR [--label LABEL] [--out FILE]
  *   signd-provision audit-verify EXPORT PUBKEY_PEM [--anchor SEQ:HASH]
@@ -24,11 +26,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static int usage(void)
 {
     fprintf(stderr, "usage: signd-provision token DIR [--label LABEL] [--module PATH]\n"
+                    "       signd-provision module-token DIR --module PATH --label LABEL "
+                    "[--slot N] [--pin-length N] [--factory-so-pin-file FILE]\n"
                     "       signd-provision config DIR [--port PORT]\n"
                     "       signd-provision admin-credential DIR [--label LABEL] [--out FILE]\n"
                     "       signd-provision audit-verify EXPORT PUBKEY_PEM [--anchor SEQ:HASH]\n"
@@ -48,6 +53,38 @@ static int cmd_token(int argc, char **argv)
             return usage();
     }
     return prov_token_init(argv[0], label, module, stdout) == 0 ? 0 : 1;
+}
+
+/* A token of a module with daemons of its own (provisioning/hsm/NAME.sh calls this). */
+static int cmd_module_token(int argc, char **argv)
+{
+    prov_module_token t = {.dir = argv[0], .slot = -1, .pin_len = 8};
+    for (int i = 1; i < argc; i++) {
+        char *end;
+        if (strcmp(argv[i], "--label") == 0 && i + 1 < argc) {
+            t.label = argv[++i];
+        } else if (strcmp(argv[i], "--module") == 0 && i + 1 < argc) {
+            t.module = argv[++i];
+        } else if (strcmp(argv[i], "--factory-so-pin-file") == 0 && i + 1 < argc) {
+            t.factory_so_pin_file = argv[++i];
+        } else if (strcmp(argv[i], "--slot") == 0 && i + 1 < argc) {
+            errno = 0;
+            t.slot = strtol(argv[++i], &end, 10);
+            if (errno || *end || t.slot < 0)
+                return usage();
+        } else if (strcmp(argv[i], "--pin-length") == 0 && i + 1 < argc) {
+            errno = 0;
+            unsigned long n = strtoul(argv[++i], &end, 10);
+            if (errno || *end || n > PROV_PIN_LEN_MAX)
+                return usage();
+            t.pin_len = n;
+        } else {
+            return usage();
+        }
+    }
+    if (t.module == NULL || t.label == NULL)
+        return usage();
+    return prov_module_token_init(&t, stdout) == 0 ? 0 : 1;
 }
 
 static int cmd_config(int argc, char **argv)
@@ -192,10 +229,27 @@ static int cmd_token_list(int argc, char **argv)
         fprintf(stderr, "cannot set SOFTHSM2_CONF\n");
         return 1;
     }
+    /* The module's own variables, as the keeper gets them (pkcs11_env). */
+    static char env[CFG_ENV_VARS][CFG_ENV_MAX];
+    int nenv = cfg_env_entries(c.pkcs11_env, env);
+    for (int i = 0; i < nenv; i++) {
+        if (putenv(env[i]) != 0) {
+            fprintf(stderr, "cannot set the module's environment\n");
+            return 1;
+        }
+    }
     hsm_config hc = {.module_path = c.pkcs11_module, .token = c.token, .pin_file = c.pin_file};
     hsm *h = NULL;
     unsigned long ckr = 0;
     sk_status st = hsm_open(&hc, &h, &ckr);
+    /* tpm2-pkcs11 keeps its objects in SQLite without a busy timeout: its C_Initialize
+     * fails with CKR_GENERAL_ERROR ("database is locked") while the running keeper writes
+     * the store (a key made or destroyed). That is a moment, not a fault: try again for up
+     * to 10 s. */
+    for (int i = 0; i < 100 && st == SK_ERR_MODULE_LOAD && ckr == 0x5; i++) {
+        nanosleep(&(struct timespec){.tv_nsec = 100 * 1000 * 1000}, NULL);
+        st = hsm_open(&hc, &h, &ckr);
+    }
     if (st != SK_OK) {
         fprintf(stderr, "token %s: %s (PKCS#11 rv 0x%lx)\n", c.token, sk_strerror(st), ckr);
         return 1;
@@ -228,6 +282,8 @@ int main(int argc, char **argv)
         return usage();
     if (strcmp(argv[1], "token") == 0)
         return cmd_token(argc - 2, argv + 2);
+    if (strcmp(argv[1], "module-token") == 0)
+        return cmd_module_token(argc - 2, argv + 2);
     if (strcmp(argv[1], "config") == 0)
         return cmd_config(argc - 2, argv + 2);
     if (strcmp(argv[1], "admin-credential") == 0)

@@ -3,6 +3,9 @@
 # ./data, or, run as root when ./data sits below a directory others may not enter (a clone
 # in /root, 0700), to /var/lib/signd: the keeper and the front run as accounts of their own
 # (signd-keeper, signd-front), which must reach their data directory.
+# HSM (softhsm2 by default; opencryptoki, tpm2) picks the PKCS#11 module: its
+# provisioning/hsm/HSM.sh starts the module's daemons and makes the token (start), gives the
+# appliance.conf lines (conf), and stops what it started (stop) when signd exits.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/provisioning/lib.sh"
@@ -26,9 +29,27 @@ if [ "$(id -u)" = 0 ]; then
 	fi
 fi
 dir=${dir:-./data}
-"$top/provisioning/init-data-dir.sh" "$dir" "$port"
+hsm=${HSM:-softhsm2}
+module_sh="$top/provisioning/hsm/$hsm.sh"
+if ! [[ $hsm =~ ^[a-z0-9]+$ ]] || [ ! -x "$module_sh" ]; then
+	echo "run: HSM=$hsm: no such module; pick one of: $(cd "$top/provisioning/hsm" && ls ./*.sh | sed 's|./||; s|\.sh$||' | tr '\n' ' ')" >&2
+	exit 2
+fi
+if [ "$hsm" != softhsm2 ]; then
+	mkdir -p "$dir"
+	"$module_sh" start "$dir"
+fi
+SIGND_HSM=$hsm "$top/provisioning/init-data-dir.sh" "$dir" "$port"
 dir=$(cd "$dir" && pwd)
 conf="$dir/appliance.conf"
+# The module's lines (pkcs11_module, token, pin_file, ...) into the configuration file.
+if [ "$hsm" != softhsm2 ]; then
+	"$module_sh" conf "$dir" | while IFS= read -r line; do
+		key=${line%%=*}
+		value=${line#*=}
+		prov_conf_set "$conf" "${key% }" "${value# }"
+	done
+fi
 # The configuration file is the one source of settings; PORT given to make run updates it.
 if ! grep -qE "^port = $port\$" "$conf"; then
 	sed -i -E "s/^port = [0-9]+\$/port = $port/" "$conf"
@@ -64,4 +85,20 @@ Or try, from another shell (bash):
 
 Stop it with Ctrl-C.
 EOT
-exec "$top/build/bin/signd" "$conf"
+if [ "$hsm" = softhsm2 ]; then
+	exec "$top/build/bin/signd" "$conf"
+fi
+# Another module's daemons are stopped after signd: no exec, a trap instead.
+"$top/build/bin/signd" "$conf" &
+signd_pid=$!
+stopping() { kill -TERM "$signd_pid" 2>/dev/null || true; }
+trap stopping INT TERM
+rc=0
+wait "$signd_pid" || rc=$?
+# wait returns early when a trapped signal arrives: wait again for signd to finish.
+while kill -0 "$signd_pid" 2>/dev/null; do
+	rc=0
+	wait "$signd_pid" || rc=$?
+done
+"$module_sh" stop "$dir"
+exit "$rc"

@@ -83,6 +83,32 @@ static int prov_write_pin(const char *path)
     return rc;
 }
 
+/* An alphanumeric PIN of len characters (62 symbols, about 5.95 bits each), for modules
+ * whose PINs are short (opencryptoki: 4 to 8): into a new 0600 file, wiped before return.
+ * Rejection sampling keeps every symbol equally likely. */
+static int prov_write_short_pin(const char *path, size_t len)
+{
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    char text[PROV_PIN_LEN_MAX];
+    size_t n = 0;
+    int rc = 0;
+    while (n < len && rc == 0) {
+        uint8_t raw[32];
+        if (prov_random(raw, sizeof(raw)) != 0) {
+            fprintf(stderr, "cannot read random bytes for %s\n", path);
+            rc = -1;
+        }
+        for (size_t i = 0; rc == 0 && i < sizeof(raw) && n < len; i++)
+            if (raw[i] < 248) /* 248 = 4 * 62 */
+                text[n++] = alphabet[raw[i] % 62];
+        explicit_bzero(raw, sizeof(raw));
+    }
+    if (rc == 0)
+        rc = prov_write_new(path, text, len);
+    explicit_bzero(text, sizeof(text));
+    return rc;
+}
+
 int prov_admin_credential(const char *dir, const char *label, const char *out_path, FILE *out)
 {
     char conf[PATH_MAX], path[PATH_MAX], err[CFG_ERR_MAX];
@@ -242,5 +268,58 @@ int prov_token_init(const char *dir, const char *label, const char *module, FILE
     fprintf(out, ";serial=");
     prov_uri_value(out, serial);
     fprintf(out, "\nsofthsm2_conf: %s\n", conf);
+    return 0;
+}
+
+int prov_module_token_init(const prov_module_token *t, FILE *out)
+{
+    char abs[PATH_MAX], pin[PATH_MAX], so_pin[PATH_MAX];
+    if (strlen(t->label) == 0 || strlen(t->label) > 32) {
+        fprintf(stderr, "token label must be 1 to 32 bytes\n");
+        return -1;
+    }
+    if (t->pin_len < 4 || t->pin_len > PROV_PIN_LEN_MAX) {
+        fprintf(stderr, "--pin-length must be 4 to %d\n", PROV_PIN_LEN_MAX);
+        return -1;
+    }
+    if (realpath(t->dir, abs) == NULL) {
+        fprintf(stderr, "cannot resolve %s: %s\n", t->dir, strerror(errno));
+        return -1;
+    }
+    if (prov_path(pin, abs, "pin") || prov_path(so_pin, abs, "so-pin"))
+        return -1;
+    const char *existing[] = {pin, so_pin};
+    for (size_t i = 0; i < sizeof(existing) / sizeof(existing[0]); i++) {
+        struct stat st;
+        if (lstat(existing[i], &st) == 0) {
+            fprintf(stderr,
+                    "%s already has a token's PIN (%s exists): refusing to touch it, so that "
+                    "no key is lost; use another directory\n",
+                    abs, existing[i]);
+            return -1;
+        }
+    }
+    if (prov_write_short_pin(so_pin, t->pin_len) != 0 || prov_write_short_pin(pin, t->pin_len) != 0)
+        return -1;
+    hsm_init_spec sp = {.module_path = t->module,
+                        .label = t->label,
+                        .so_pin_file = so_pin,
+                        .user_pin_file = pin,
+                        .factory_so_pin_file = t->factory_so_pin_file,
+                        .slot = t->slot};
+    char serial[17];
+    sk_status st = hsm_init_token_spec(&sp, serial);
+    if (st != SK_OK) {
+        fprintf(stderr, "cannot initialise the token of %s%s: %s (CKR 0x%lx)\n", t->module,
+                st == SK_ERR_TOKEN_NOT_FOUND ? " (no uninitialised token in that slot)" : "",
+                sk_strerror(st), hsm_last_ckr());
+        /* The PINs of a token that was not made are worth nothing: a later run starts over. */
+        unlink(pin);
+        unlink(so_pin);
+        return -1;
+    }
+    fprintf(out, "label: %s\nserial: %s\nuri: pkcs11:token=", t->label, serial);
+    prov_uri_value(out, t->label);
+    fprintf(out, "\n");
     return 0;
 }

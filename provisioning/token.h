@@ -14,6 +14,26 @@
  * or -1 after printing one line naming the problem to stderr. */
 int prov_token_init(const char *dir, const char *label, const char *module, FILE *out);
 
+/* The longest PIN prov_module_token_init writes. */
+#define PROV_PIN_LEN_MAX 64
+
+/* A token of another module than the embedded SoftHSM2 (opencryptoki, tpm2-pkcs11, ...),
+ * whose own daemons and configuration the module's provisioning/hsm/NAME.sh set up. */
+typedef struct {
+    const char *dir;                 /* the data directory: DIR/pin and DIR/so-pin */
+    const char *module;              /* the PKCS#11 module's path */
+    const char *label;               /* 1 to 32 bytes */
+    long slot;                       /* the slot to initialise, or -1: the first free one */
+    size_t pin_len;                  /* 4 to PROV_PIN_LEN_MAX, within the token's bounds */
+    const char *factory_so_pin_file; /* the SO PIN the token ships with, or NULL */
+} prov_module_token;
+
+/* Writes random alphanumeric PINs of pin_len characters to the new 0600 files DIR/pin and
+ * DIR/so-pin and initialises the token through PKCS#11 (never a tool with a PIN in argv).
+ * Refuses when either file exists or the slot's token is initialised already. Prints
+ * "label:", "serial:" and "uri:" lines. Returns 0, or -1 after one line on stderr. */
+int prov_module_token_init(const prov_module_token *t, FILE *out);
+
 /* Creates an admin credential (label may be NULL) in the database named by
  * DIR/appliance.conf and writes its secret and a newline to out_path, or to
  * DIR/admin.credential when out_path is NULL: a new file (O_EXCL, O_NOFOLLOW, mode 0600),

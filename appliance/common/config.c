@@ -58,6 +58,7 @@ static const char *cfg_check_sign_mechanism(const char *text, unsigned num);
 static const char *cfg_check_credential(const char *text, unsigned num);
 static const char *cfg_check_public_url(const char *text, unsigned num);
 static const char *cfg_check_node_name(const char *text, unsigned num);
+static const char *cfg_check_env(const char *text, unsigned num);
 
 #define CFG_FIELD(f) offsetof(cfg, f), sizeof(((cfg *)0)->f)
 #define CFG_SECONDS_PER_YEAR 31536000u
@@ -78,6 +79,10 @@ static const cfg_setting cfg_settings[] = {
      "keeper refuses to start when the token lacks the one named)"},
     {"token", CFG_T_STRING, CFG_FIELD(token), "signd", 0, 0, false, cfg_check_token,
      "The token: its label, or an RFC 7512 pkcs11: URI"},
+    {"pkcs11_env", CFG_T_STRING, CFG_FIELD(pkcs11_env), "", 0, 0, true, cfg_check_env,
+     "NAME=value,... set in the keeper's environment for the module (TPM2_PKCS11_*, TSS2_*, "
+     "OCK_*, YUBIHSM_PKCS11_CONF, ChrystokiConfigurationPath, DBUS_SESSION_BUS_ADDRESS; no "
+     "comma in a value, never a secret); empty: none"},
     {"pin_file", CFG_T_PATH, CFG_FIELD(pin_file), "pin", 0, 0, false, NULL,
      "File holding the token's user PIN (mode 0600)"},
     {"pin_credential", CFG_T_STRING, CFG_FIELD(pin_credential), "", 0, 0, true,
@@ -395,6 +400,90 @@ static const char *cfg_check_credential(const char *text, unsigned num)
     if (strchr(text, '/') != NULL || strcmp(text, ".") == 0 || strcmp(text, "..") == 0)
         return "must be a credential name (a file name without '/'), such as pin";
     return cfg_check_printable(text, num);
+}
+
+/* The module variables pkcs11_env may set: a name ending in '_' is a prefix. SOFTHSM2_CONF
+ * is not there: softhsm2_conf sets it. */
+static const char *const cfg_env_allowed[] = {
+    "TPM2_PKCS11_",
+    "TSS2_",
+    "OCK_",
+    "YUBIHSM_PKCS11_CONF",
+    "ChrystokiConfigurationPath",
+    "DBUS_SESSION_BUS_ADDRESS",
+};
+
+/* NULL when the n bytes at name are an allowed variable name, else the problem. */
+static const char *cfg_env_name_problem(const char *name, size_t n)
+{
+    if (n == 0 ||
+        strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                     "0123456789_") < n ||
+        (name[0] >= '0' && name[0] <= '9'))
+        return "must be NAME=value entries separated by commas";
+    char upper[CFG_ENV_MAX];
+    for (size_t i = 0; i < n && i + 1 < sizeof(upper); i++)
+        upper[i] = (char)(name[i] >= 'a' && name[i] <= 'z' ? name[i] - 32 : name[i]);
+    upper[n < sizeof(upper) ? n : sizeof(upper) - 1] = '\0';
+    if (strstr(upper, "PIN") != NULL || strstr(upper, "PASS") != NULL ||
+        strstr(upper, "SECRET") != NULL || strstr(upper, "AUTH") != NULL)
+        return "names a secret (PIN, PASS, SECRET, AUTH): a secret never goes into the environment";
+    for (size_t i = 0; i < sizeof(cfg_env_allowed) / sizeof(cfg_env_allowed[0]); i++) {
+        const char *a = cfg_env_allowed[i];
+        size_t al = strlen(a);
+        if (a[al - 1] == '_' ? n > al && strncmp(name, a, al) == 0
+                             : n == al && strncmp(name, a, al) == 0)
+            return NULL;
+    }
+    return "sets a variable that is no module's (allowed: TPM2_PKCS11_*, TSS2_*, OCK_*, "
+           "YUBIHSM_PKCS11_CONF, ChrystokiConfigurationPath, DBUS_SESSION_BUS_ADDRESS)";
+}
+
+/* Splits text into out (when not NULL); n entries, or -1 with the problem in *why. */
+static int cfg_env_split(const char *text, char (*out)[CFG_ENV_MAX], const char **why)
+{
+    int n = 0;
+    const char *p = text;
+    *why = NULL;
+    if (*p == '\0')
+        return 0;
+    for (;;) {
+        size_t len = strcspn(p, ",");
+        const char *eq = memchr(p, '=', len);
+        if (eq == NULL) {
+            *why = "must be NAME=value entries separated by commas";
+            return -1;
+        }
+        if ((*why = cfg_env_name_problem(p, (size_t)(eq - p))) != NULL)
+            return -1;
+        if (n == CFG_ENV_VARS) {
+            *why = "has more than 8 entries";
+            return -1;
+        }
+        if (out != NULL) {
+            memcpy(out[n], p, len);
+            out[n][len] = '\0';
+        }
+        n++;
+        if (p[len] == '\0')
+            return n;
+        p += len + 1;
+    }
+}
+
+int cfg_env_entries(const char *text, char out[CFG_ENV_VARS][CFG_ENV_MAX])
+{
+    const char *why;
+    if (strlen(text) >= CFG_ENV_MAX)
+        return -1;
+    return cfg_env_split(text, out, &why);
+}
+
+static const char *cfg_check_env(const char *text, unsigned num)
+{
+    (void)num;
+    const char *why;
+    return cfg_env_split(text, NULL, &why) < 0 ? why : NULL;
 }
 
 /* ---- helpers --------------------------------------------------------------------------- */

@@ -50,6 +50,8 @@
 #define CFG_FILE_MAX (1024 * 1024)       /* bytes per file */
 #define CFG_ORIGIN_MAX 255               /* bytes of an origin (public_url), without the NUL */
 #define CFG_NODE_MAX 64                  /* a node name, with the NUL */
+#define CFG_ENV_MAX 2048                 /* pkcs11_env, with the NUL */
+#define CFG_ENV_VARS 8                   /* NAME=value entries in pkcs11_env */
 #define CFG_ERR_MAX (CFG_PATH_MAX + 256) /* enough for every message of cfg_load */
 
 /* One field per setting, named as the setting. Paths are absolute after cfg_load (or after
@@ -61,6 +63,9 @@ typedef struct cfg {
     char softhsm2_conf[CFG_PATH_MAX]; /* "": leave SOFTHSM2_CONF alone (a hardware module) */
     char pkcs11_sign_mechanism[16];   /* auto, sha256_rsa_pkcs or rsa_pkcs (hsm_mech_parse) */
     char token[CFG_TOKEN_MAX];        /* a token label or an RFC 7512 pkcs11: URI */
+    /* "NAME=value,...": the module's own variables, set in the keeper's environment and
+     * signd-provision's only (cfg_env_entries); "": none. */
+    char pkcs11_env[CFG_ENV_MAX];
     char pin_file[CFG_PATH_MAX];
     char pin_credential[CFG_CREDENTIAL_MAX]; /* "": the PIN is in pin_file */
     char tls_certificate[CFG_PATH_MAX];
@@ -184,6 +189,21 @@ int cfg_pin_path(const cfg *c, char *out, size_t outlen, char *err, size_t errle
 /* The number of PKCS#11 sessions to allow: max_pkcs11_sessions, or worker_threads +
  * events_max_subscribers + 4 when that is 0. */
 unsigned cfg_pkcs11_sessions(const cfg *c);
+
+/* The entries of a pkcs11_env value, each "NAME=value" with its NUL, into out[0..n-1];
+ * returns n (0 for ""), or -1 when text is no valid list (cfg_load refuses such a file, so
+ * a loaded configuration's pkcs11_env always splits). Entries are separated by commas, so a
+ * value holds none; a NAME is a module's variable from one allowlist (TPM2_PKCS11_*,
+ * TSS2_*, OCK_*, YUBIHSM_PKCS11_CONF, ChrystokiConfigurationPath,
+ * DBUS_SESSION_BUS_ADDRESS), never one whose name says PIN, PASS, SECRET or AUTH
+ * (TPM2_PKCS11_OWNER_AUTH is the TPM owner's password): the setting
+ * points the module at its files and daemons, it never carries a secret. At most
+ * CFG_ENV_VARS entries.
+ *
+ *   char env[CFG_ENV_VARS][CFG_ENV_MAX];
+ *   int n = cfg_env_entries(c.pkcs11_env, env);
+ *   for (int i = 0; i < n; i++) putenv(env[i]);  // env must outlive the process's use */
+int cfg_env_entries(const char *text, char out[CFG_ENV_VARS][CFG_ENV_MAX]);
 
 /* 1 when database names a PostgreSQL server (postgresql:// or postgres://), else 0. */
 int cfg_database_is_uri(const char *database);

@@ -227,13 +227,19 @@ static pid_t main_spawn(main_role role, const cfg *c, int announce, main_child *
         /* A fixed environment: nothing of the supervisor's own but what the program needs
          * (paths, never a secret). */
         static char env_store[4][CFG_PATH_MAX + 32];
-        char *envp[8];
+        static char env_module[CFG_ENV_VARS][CFG_ENV_MAX];
+        char *envp[8 + CFG_ENV_VARS];
         size_t ne = 0;
         const char *creds = getenv("CREDENTIALS_DIRECTORY");
         if (role == MAIN_KEEPER && c->softhsm2_conf[0] != '\0') {
             snprintf(env_store[ne], sizeof(env_store[ne]), "SOFTHSM2_CONF=%s", c->softhsm2_conf);
             envp[ne] = env_store[ne], ne++;
         }
+        /* The module's own variables (pkcs11_env: where its store and daemons are), the
+         * keeper's alone: the front has no module. cfg_load checked the list. */
+        int nmod = role == MAIN_KEEPER ? cfg_env_entries(c->pkcs11_env, env_module) : 0;
+        for (int i = 0; i < nmod; i++)
+            envp[ne++] = env_module[i];
         if (role == MAIN_KEEPER && creds != NULL && strlen(creds) < sizeof(env_store[0]) - 32) {
             snprintf(env_store[ne], sizeof(env_store[ne]), "CREDENTIALS_DIRECTORY=%s", creds);
             envp[ne] = env_store[ne], ne++;
@@ -249,7 +255,8 @@ static pid_t main_spawn(main_role role, const cfg *c, int announce, main_child *
 #if HD_FILTER_ALLOWS_PTRACE
         /* Sanitizer builds (make test-asan): their options reach every process. */
         static const char *const san[] = {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"};
-        for (size_t i = 0; i < sizeof(san) / sizeof(san[0]) && ne < 7; i++) {
+        for (size_t i = 0;
+             i < sizeof(san) / sizeof(san[0]) && ne < sizeof(envp) / sizeof(envp[0]) - 1; i++) {
             const char *v = getenv(san[i]);
             if (v != NULL && strlen(v) < CFG_PATH_MAX) {
                 static char san_store[3][CFG_PATH_MAX + 32];

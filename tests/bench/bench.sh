@@ -38,6 +38,12 @@
 #   BENCH_ONLY=cluster  only the cluster rows (issue 20): PostgreSQL, 3 nodes, HAProxy and a
 #                     SQLite node of their own, fresh; with BENCH_SECONDS=5 BENCH_ROUNDS=3,
 #                     about 5 minutes
+#   HSM=softhsm2      the PKCS#11 module (provisioning/hsm/HSM.sh: start, conf, stop). With
+#                     another module (opencryptoki, tpm2), only the BENCH_ONLY=jwt rows (the
+#                     raw loop and signed JWTs over HTTPS on that module's token), on the
+#                     data directory build/bench/appliance-HSM with BENCH_KEYS keys (default
+#                     20, at most the module's max_active_keys; SoftHSM2: 1,000): the other
+#                     rows do not depend on the module
 #   SIGND_BUILD=build the build directory (`make bench` passes $(BUILD)): its bin/ is run,
 #                     its bench/ holds the data directories and the table
 # The data directory build/bench/appliance (1,000 keys, a few minutes to create the first
@@ -58,6 +64,21 @@ case $only in
 	exit 2
 	;;
 esac
+hsm=${HSM:-softhsm2}
+module_sh=$top/provisioning/hsm/$hsm.sh
+if ! [[ $hsm =~ ^[a-z0-9]+$ ]] || [ ! -x "$module_sh" ]; then
+	echo "bench: HSM=$hsm: no such module; pick one of: $(cd provisioning/hsm && ls ./*.sh | sed 's|./||; s|\.sh$||' | tr '\n' ' ')" >&2
+	exit 2
+fi
+if [ "$hsm" != softhsm2 ]; then
+	case $only in
+	"" | jwt) only=jwt ;;
+	*)
+		echo "bench: HSM=$hsm measures the raw loop and the JWT rows only (BENCH_ONLY empty or jwt)" >&2
+		exit 2
+		;;
+	esac
+fi
 mkdir -p "$build/bench"
 if [ "$only" = edge ]; then
 	{
@@ -467,11 +488,40 @@ if [ "$only" = cluster ]; then
 	} | tee "$build/bench/cluster.txt"
 	exit 0
 fi
-dir="$top/$build/bench/appliance"
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir -p "$build/bench"
-provisioning/init-data-dir.sh "$dir" "$port" >&2
+# The module's data directory: as make run HSM=... prepares one (provisioning/run.sh): the
+# module script's start (daemons, token, PINs), then init-data-dir.sh, then the script's conf
+# lines into appliance.conf. make bench-hsm HSM=... (not SoftHSM2) uses the same directory:
+# opencryptoki has one soft token per machine, owned by the data directory that made it.
+if [ "$hsm" = softhsm2 ]; then
+	dir="$top/$build/bench/appliance"
+	bench_keys=${BENCH_KEYS:-1000}
+	jwt_out=$build/bench/jwt.txt
+else
+	dir="$top/$build/bench/appliance-$hsm"
+	bench_keys=${BENCH_KEYS:-20}
+	jwt_out=$build/bench/jwt-$hsm.txt
+	mkdir -p "$dir"
+	"$module_sh" start "$dir" >&2
+fi
+module_stop() { [ "$hsm" = softhsm2 ] || "$module_sh" stop "$dir" >&2 || true; }
+trap module_stop EXIT
+SIGND_HSM=$hsm provisioning/init-data-dir.sh "$dir" "$port" >&2
 conf="$dir/appliance.conf"
+if [ "$hsm" != softhsm2 ]; then
+	"$module_sh" conf "$dir" | while IFS= read -r line; do
+		key=${line%%=*}
+		value=${line#*=}
+		prov_conf_set "$conf" "${key% }" "${value# }"
+	done
+	# The module's key bound (opencryptoki's object limit, the TPM's store) caps the keys.
+	max_keys=$(prov_conf_value "$conf" max_active_keys)
+	if [ -n "$max_keys" ] && [ "$bench_keys" -gt "$max_keys" ]; then
+		echo "bench: $hsm allows $max_keys active keys: BENCH_KEYS $bench_keys lowered to it" >&2
+		bench_keys=$max_keys
+	fi
+fi
 # The per-credential rate limit at its highest: the buckets are still taken on every
 # request, as in production, but never refuse (a fast machine redeems over the default
 # 5,000/s, and a 429 fails the bench).
@@ -504,20 +554,20 @@ set_audit_every() {
 	sed -i -E '/^audit_every_signature = /d' "$conf"
 	echo "audit_every_signature = $1" >>"$conf"
 }
-trap 'stop; cl_stop_all; set_model split; set_audit_every false' EXIT
+trap 'stop; cl_stop_all; set_model split; set_audit_every false; module_stop' EXIT
 set_model split
 set_audit_every false
 
 start
-# 1,000 active keys (created once, in parallel).
-SIGND_URL=$url SIGND_DIR=$dir /usr/bin/python3 - <<'PY' >&2
+# BENCH_KEYS active keys, 1,000 on SoftHSM2 (created once, in parallel).
+SIGND_URL=$url SIGND_DIR=$dir SIGND_BENCH_KEYS=$bench_keys /usr/bin/python3 - <<'PY' >&2
 import concurrent.futures, os, requests
 url, d = os.environ["SIGND_URL"], os.environ["SIGND_DIR"]
 s = requests.Session(); s.verify = d + "/tls/cert.pem"
 s.trust_env = False  # REQUESTS_CA_BUNDLE would override the session's verify
 s.headers["Authorization"] = "Bearer " + open(d + "/admin.credential").read().strip()
 have = s.get(url + "/v1/keys?state=active").json()["count"]
-need = 1000 - have
+need = int(os.environ["SIGND_BENCH_KEYS"]) - have
 if need > 0:
     print("bench: creating %d keys (once)" % need, flush=True)
     with concurrent.futures.ThreadPoolExecutor(8) as p:
@@ -609,7 +659,7 @@ if [ "$only" = tokens ]; then
 	exit 0
 fi
 
-raw_runs=() jwt_runs=() p50_runs=() p99_runs=()
+raw_runs=() jwt_runs=() p50_runs=() p99_runs=() raw_mech=
 raw_cpu_runs=() cpu_wrk_runs=() cpu_front_runs=() cpu_keeper_runs=()
 every_runs=() every_p50_runs=() every_p99_runs=() sse_runs=()
 # CPU seconds (user + system, every thread) the appliance's process named $1 (keeper,
@@ -703,6 +753,7 @@ for r in $(seq "$rounds"); do
 	raw_out=$("$build/bin/bench-hsm" raw "$dir" 2 "$secs" "$kid")
 	raw_runs+=("$(echo "$raw_out" | awk '/^raw_sign_per_s:/ {print $2}')")
 	raw_cpu_runs+=("$(echo "$raw_out" | awk '/^raw_cpu_us_per_sig:/ {print $2}')")
+	raw_mech=$(echo "$raw_out" | awk '/^raw_mechanism:/ {print $2}')
 	if [ $((r % 2)) -eq 1 ]; then order="split sse every"; else order="every sse split"; fi
 	if [ "$only" = jwt ]; then
 		order="split"
@@ -725,13 +776,14 @@ if [ "$only" = jwt ]; then
 	{
 		echo "| measure (median of $rounds, ${secs}s each) | value |"
 		echo "| --- | --- |"
+		echo "| module (HSM), keys on the token, raw loop's mechanism; load average (1/5/15 min) at the end, cores | $hsm, $bench_keys, $raw_mech; $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) |"
 		echo "| raw C_SignInit+C_Sign loop, 2 threads, same token (sig/s) | $raw |"
 		echo "| signed JWTs, wrk -t2 -c64, process_model = split (req/s) | $jwt |"
 		echo "| JWT latency p50 / p99, split (ms) | $p50 / $p99 |"
 		awk -v a="$jwt" -v b="$raw" 'BEGIN {printf "| ratio JWT / raw (bar >= 0.90) | %.3f %s |\n", a / b, (a / b >= 0.90) ? "pass" : "FAIL"}'
 		cpu_rows
 		echo "| runs raw / split | ${raw_runs[*]} / ${jwt_runs[*]} |"
-	} | tee "$build/bench/jwt.txt"
+	} | tee "$jwt_out"
 	exit 0
 fi
 

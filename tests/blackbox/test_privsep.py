@@ -259,6 +259,22 @@ def test_front_holds_no_module_no_token_and_no_pin_while_keeper_holds_the_module
     assert b"SOFTHSM2_CONF" not in environ(kids["front"])
 
 
+def test_pkcs11_env_reaches_the_keeper_alone(make_appliance):
+    # The module's variables (pkcs11_env: where tpm2-pkcs11's store and bus are) go into the
+    # keeper's environment as of its exec, and nowhere else: not the front's, not the
+    # supervisor's own. Harmless on SoftHSM2, which reads neither.
+    a = make_appliance({"pkcs11_env": "TSS2_LOG=all+none,OCK_CONFIG=/nonexistent/opencryptoki.conf"})
+    key = a.create_key(label="pkcs11-env")
+    assert mint(a, kid=key["kid"]).status_code == 200
+    kids = a.children()
+    keeper = environ(kids["keeper"])
+    assert keeper.get(b"TSS2_LOG") == b"all+none", keeper
+    assert keeper.get(b"OCK_CONFIG") == b"/nonexistent/opencryptoki.conf", keeper
+    for who, pid in (("front", kids["front"]), ("supervisor", a.proc.pid)):
+        env = environ(pid)
+        assert b"TSS2_LOG" not in env and b"OCK_CONFIG" not in env, (who, env)
+
+
 def test_front_and_keeper_run_under_seccomp_filters_and_still_serve(appliance):
     # Mode 2 is a filter; which calls each refuses is tests/unit/test_harden.c's subject.
     # The supervisor stays unfiltered (mode 0), which shows the check can tell them apart.

@@ -192,6 +192,7 @@ static void test_written_defaults_comment_every_setting(void **state)
                            "softhsm2_conf",
                            "pkcs11_sign_mechanism",
                            "token",
+                           "pkcs11_env",
                            "pin_file",
                            "pin_credential",
                            "tls_certificate",
@@ -439,6 +440,55 @@ static void test_empty_softhsm2_conf_stays_empty_for_a_hardware_module(void **st
     fixture *fx = *state;
     assert_int_equal(load_text(fx, "softhsm2_conf =\n"), 0);
     assert_string_equal(fx->c.softhsm2_conf, "");
+}
+
+static void test_pkcs11_env_splits_into_allowed_module_variables(void **state)
+{
+    fixture *fx = *state;
+    char env[CFG_ENV_VARS][CFG_ENV_MAX];
+    assert_int_equal(load_text(fx, "softhsm2_conf =\n"), 0);
+    assert_string_equal(fx->c.pkcs11_env, "");
+    assert_int_equal(cfg_env_entries(fx->c.pkcs11_env, env), 0);
+    assert_int_equal(load_text(fx, "pkcs11_env = TPM2_PKCS11_STORE=/d/hsm/tpm2,TPM2_PKCS11_TCTI="
+                                   "tabrmd:bus_type=session,DBUS_SESSION_BUS_ADDRESS=unix:path="
+                                   "/d/hsm/bus/socket\n"),
+                     0);
+    assert_int_equal(cfg_env_entries(fx->c.pkcs11_env, env), 3);
+    assert_string_equal(env[0], "TPM2_PKCS11_STORE=/d/hsm/tpm2");
+    assert_string_equal(env[1], "TPM2_PKCS11_TCTI=tabrmd:bus_type=session");
+    assert_string_equal(env[2], "DBUS_SESSION_BUS_ADDRESS=unix:path=/d/hsm/bus/socket");
+    assert_int_equal(load_text(fx, "pkcs11_env = YUBIHSM_PKCS11_CONF=/etc/yubihsm_pkcs11.conf\n"),
+                     0);
+    assert_int_equal(cfg_env_entries(fx->c.pkcs11_env, env), 1);
+    /* A value may be empty; the split keeps every '=' after the first in the value. */
+    assert_int_equal(load_text(fx, "pkcs11_env = OCK_CONFIG=,TSS2_LOG=all+none=x\n"), 0);
+    assert_int_equal(cfg_env_entries(fx->c.pkcs11_env, env), 2);
+    assert_string_equal(env[1], "TSS2_LOG=all+none=x");
+}
+
+static void test_pkcs11_env_refuses_other_variables_secrets_and_bad_lists(void **state)
+{
+    fixture *fx = *state;
+    assert_rejected(fx, "pkcs11_env = LD_PRELOAD=/tmp/x.so\n", "1: 'pkcs11_env' sets a variable");
+    assert_rejected(fx, "pkcs11_env = TPM2_PKCS11_STORE=/a,PATH=/tmp\n",
+                    "1: 'pkcs11_env' sets a variable");
+    assert_rejected(fx, "pkcs11_env = SOFTHSM2_CONF=/a/softhsm2.conf\n",
+                    "1: 'pkcs11_env' sets a variable");
+    assert_rejected(fx, "pkcs11_env = TPM2_PKCS11_PIN=1234\n", "1: 'pkcs11_env' names a secret");
+    assert_rejected(fx, "pkcs11_env = OCK_Passphrase=x\n", "1: 'pkcs11_env' names a secret");
+    assert_rejected(fx, "pkcs11_env = TPM2_PKCS11_OWNER_AUTH=x\n",
+                    "1: 'pkcs11_env' names a secret");
+    assert_rejected(fx, "pkcs11_env = TPM2_PKCS11_STORE\n", "1: 'pkcs11_env' must be NAME=value");
+    assert_rejected(fx, "pkcs11_env = TPM2_PKCS11_STORE=/a,\n",
+                    "1: 'pkcs11_env' must be NAME=value");
+    assert_rejected(fx, "pkcs11_env = =x\n", "1: 'pkcs11_env' must be NAME=value");
+    assert_rejected(fx, "pkcs11_env = TPM2_PKCS11_=x\n", "1: 'pkcs11_env' sets a variable");
+    assert_rejected(fx,
+                    "pkcs11_env = TSS2_A=1,TSS2_B=1,TSS2_C=1,TSS2_D=1,TSS2_E=1,TSS2_F=1,"
+                    "TSS2_G=1,TSS2_H=1,TSS2_I=1\n",
+                    "1: 'pkcs11_env' has more than 8 entries");
+    char env[CFG_ENV_VARS][CFG_ENV_MAX];
+    assert_int_equal(cfg_env_entries("PATH=/tmp", env), -1);
 }
 
 static void test_path_too_long_once_resolved_is_rejected(void **state)
@@ -786,6 +836,8 @@ int main(void)
         T(test_node_name_is_checked_and_defaults_to_the_host_name),
         T(test_module_bare_name_is_left_to_the_loader),
         T(test_empty_softhsm2_conf_stays_empty_for_a_hardware_module),
+        T(test_pkcs11_env_splits_into_allowed_module_variables),
+        T(test_pkcs11_env_refuses_other_variables_secrets_and_bad_lists),
         T(test_path_too_long_once_resolved_is_rejected),
         T(test_unknown_setting_is_rejected_with_file_line_and_a_suggestion),
         T(test_duplicate_setting_is_rejected_naming_the_first_line),
