@@ -18,6 +18,10 @@
  *  - a kid -> object-handle cache, filled at open and on generate, emptied on destroy,
  *    guarded by a read-write lock that the signing path only ever takes for reading:
  *    no C_FindObjects ever runs on the signing path.
+ *  - what the token can do, asked at open and never assumed from SoftHSM2 (hsm_caps): the
+ *    signing path (CKM_SHA256_RSA_PKCS, or CKM_RSA_PKCS over a DigestInfo built here), the
+ *    RSA key sizes, the PIN lengths, the session limits, the names; and whether it refused
+ *    a sign-only key. What each new key really is, is read back from the token.
  * The PIN is read from a file (refused if group or others may read it), held in a bounded
  * buffer and wiped right after C_Login, on every path.
  *

@@ -2,7 +2,9 @@
  * kp: the one narrow interface through which the HTTP side reaches the token.
  *
  * api/ never calls hsm/ directly: it asks the keeper to sign bytes with a kid, create a
- * key, destroy a kid, export a public key, list keys, or check the token answers. Every
+ * key (and learn what the token holds for it), destroy a kid, export a public key, list
+ * keys, read a key's token attributes, ask what the keeper probed of the token, or check
+ * the token answers. Every
  * request is fixed-size, every reply is an sk_status, and nothing points into the token's
  * memory. Two implementations behind the same functions:
  *  - kp_open (appliance/keeper/inproc.h): in-process, forwarding to hsm/; only the keeper

@@ -130,6 +130,25 @@ def test_an_unknown_mechanism_name_stops_the_start_with_one_line(make_appliance)
     assert "pkcs11_sign_mechanism" in err and "auto, sha256_rsa_pkcs or rsa_pkcs" in err, err
 
 
+def test_a_key_recorded_as_not_sign_only_is_shown_and_warned_about_at_start(make_appliance):
+    a = make_appliance()
+    key = a.create_key(label="weak")
+    a.stop()
+    # As tpm2-pkcs11 would have made it: read back, sensitive, never extractable, but not
+    # sign-only (SK_ATTR_READ | SENSITIVE | NEVER_EXTRACTABLE).
+    conn = sqlite3.connect(os.path.join(a.dir, "appliance.db"))
+    with conn:
+        conn.execute("UPDATE keys SET token_attrs = 11 WHERE kid = ?", (key["kid"],))
+    conn.close()
+    a.start()
+    got = a.get("/v1/keys/" + key["kid"]).json()["token_attributes"]
+    assert got == dict(SIGN_ONLY, sign_only=False)
+    log = a.read_log()
+    assert log.count("1 live keys are not sign-only in the token") == 1, log
+    # It still signs: the key is kept, only said to be weaker.
+    verify(key["jwk"], sign(a, key["kid"], b"still signs"), b"still signs")
+
+
 def test_a_key_made_before_gets_its_attributes_at_the_next_start(make_appliance):
     a = make_appliance()
     key = a.create_key(label="older")
