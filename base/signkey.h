@@ -70,6 +70,19 @@ typedef uint8_t sk_attrs;
 #define SK_ATTR_SIGN_ONLY 0x10u
 #define SK_ATTR_ALL 0x1fu
 
+/* What the keeper's hsm_open found out about the token, as the front shows it (GET
+ * /metrics signd_token_info): the keeper protocol's TOKEN_INFO. Strings are NUL-terminated
+ * and hold only [A-Za-z0-9 ._:/()+?-] (other bytes become '?'), so they are label-safe. */
+typedef struct {
+    char sign_mechanism[16]; /* "sha256_rsa_pkcs" or "rsa_pkcs" */
+    char manufacturer[33];
+    char model[17];
+    unsigned rsa_min_bits, rsa_max_bits; /* 0: the token did not say */
+    unsigned pin_min, pin_max;
+    unsigned max_sessions; /* the keeper's bound after the token's */
+    int sign_only_refused; /* the token refused a sign-only key since the keeper started */
+} sk_token_info;
+
 /* A stable snake_case name ("pin_incorrect") and a sentence an operator can act on. */
 const char *sk_status_name(sk_status s);
 const char *sk_strerror(sk_status s);

@@ -1,5 +1,6 @@
 /* hsm: the PKCS#11 layer. See hsm.h for what it owns and why it calls the function list. */
 #include "hsm/hsm.h"
+#include "base/clock.h"
 #include "base/file.h"
 #include "base/lock.h"
 
@@ -24,7 +25,8 @@
 #define HSM_FIND_BATCH 128
 #define HSM_GENERATE_TRIES 3
 #define HSM_URI_MAX 1024
-#define HSM_MECH_LIST_MAX 4096 /* mechanisms read from the token, far above any module's */
+#define HSM_MECH_LIST_MAX 4096     /* mechanisms read from the token, far above any module's */
+#define HSM_REOPEN_WINDOW_MS 60000 /* HSM_REOPEN_PER_MIN re-opens at most in this window */
 
 /* DER of DigestInfo { AlgorithmIdentifier { id-sha256, NULL }, OCTET STRING (32) }: what
  * RFC 8017 9.2 puts before the SHA-256 hash for RSASSA-PKCS1-v1_5, and what
@@ -45,7 +47,8 @@ typedef struct {
 /* A calling thread's session; linked into the handle's list so hsm_close can find it. */
 typedef struct hsm_tsess {
     hsm *h;
-    CK_SESSION_HANDLE s;
+    CK_SESSION_HANDLE s; /* CK_INVALID_HANDLE once a re-open closed it */
+    unsigned gen;        /* the handle's generation the session was opened in */
     struct hsm_tsess *prev, *next;
 } hsm_tsess;
 
@@ -69,10 +72,30 @@ struct hsm {
     CK_MECHANISM_TYPE sign_mech; /* CKM_SHA256_RSA_PKCS, or CKM_RSA_PKCS over a DigestInfo */
     atomic_int no_sign_only;     /* the token refused a sign-only template: skip it from now on */
     unsigned test_flags;         /* hsm_test_force */
-    unsigned test_max_bits;
-    pthread_rwlock_t cache_mu; /* readers: sign, public key; writers: generate, destroy */
+    pthread_rwlock_t cache_mu;   /* readers: sign, public key; writers: generate, destroy */
     size_t n_cached;
     size_t n_dead; /* tombstones: rehashed away past a quarter of the table */
+    /* Re-opening the module (hsm_reopen). Every call into the module runs with gate held
+     * for reading, once per public call (the lock is not recursive: a waiting writer would
+     * block a second read lock); a re-open holds it for writing, so C_Finalize never runs
+     * while another thread is inside the module. gen changes only under the write side: a
+     * per-thread session of an older generation was closed by a re-open and is opened
+     * again on its thread's next call. */
+    pthread_rwlock_t gate;
+    unsigned gen;
+    pthread_mutex_t reopen_mu;             /* one re-open at a time; guards reopen_at */
+    int64_t reopen_at[HSM_REOPEN_PER_MIN]; /* monotonic ms of the last re-opens, a ring */
+    unsigned reopen_next;
+    atomic_ulong reopens;         /* successful re-opens (hsm_reopens) */
+    atomic_ulong reopens_refused; /* re-opens not attempted: past HSM_REOPEN_PER_MIN */
+    int reopen_on_general;        /* CKR_GENERAL_ERROR means "out of loaded objects" */
+    atomic_int broken;            /* the last re-open failed: the next failure tries again */
+    atomic_uint test_exhaust;     /* hsm_test_exhaust */
+    hsm_reopen_fn on_reopen;
+    void *on_reopen_arg;
+    /* What a re-open needs again: the configuration's texts, copied at open. */
+    char *cfg_token;
+    char *cfg_pin_file;
     hsm_slot cache[HSM_CACHE_SLOTS];
 };
 
@@ -404,21 +427,42 @@ static void hsm_tsess_release(hsm_tsess *t)
         t->next->prev = t->prev;
     h->n_sessions--;
     pthread_mutex_unlock(&h->sess_mu);
-    h->f->C_CloseSession(t->s);
+    if (t->s != CK_INVALID_HANDLE)
+        h->f->C_CloseSession(t->s);
     free(t);
 }
 
 static void hsm_tsess_destructor(void *p)
 {
-    if (p != NULL)
+    if (p != NULL) {
+        hsm *h = ((hsm_tsess *)p)->h;
+        /* A thread may end while another re-opens the module. */
+        pthread_rwlock_rdlock(&h->gate);
         hsm_tsess_release(p);
+        pthread_rwlock_unlock(&h->gate);
+    }
 }
 
 /* The calling thread's session, opened on first use. */
 static sk_status hsm_session(hsm *h, CK_SESSION_HANDLE *s)
 {
     hsm_tsess *t = pthread_getspecific(h->tkey);
+    if (t != NULL && t->gen == h->gen) {
+        *s = t->s;
+        return SK_OK;
+    }
     if (t != NULL) {
+        /* A re-open closed it: open this thread's session again in the new instance. The
+         * entry keeps its place in the list and in the count. */
+        CK_RV rv =
+            h->f->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &t->s);
+        if (rv != CKR_OK) {
+            t->s = CK_INVALID_HANDLE;
+            pthread_setspecific(h->tkey, NULL);
+            hsm_tsess_release(t);
+            return hsm_from_ckr(rv);
+        }
+        t->gen = h->gen;
         *s = t->s;
         return SK_OK;
     }
@@ -443,6 +487,7 @@ static sk_status hsm_session(hsm *h, CK_SESSION_HANDLE *s)
         return hsm_from_ckr(rv);
     }
     t->h = h;
+    t->gen = h->gen;
     pthread_mutex_lock(&h->sess_mu);
     t->next = h->sessions;
     if (h->sessions)
@@ -466,8 +511,11 @@ static void hsm_session_drop(hsm *h)
 
 void hsm_thread_done(hsm *h)
 {
-    if (h != NULL)
+    if (h != NULL) {
+        pthread_rwlock_rdlock(&h->gate);
         hsm_session_drop(h);
+        pthread_rwlock_unlock(&h->gate);
+    }
 }
 
 unsigned hsm_sessions_open(hsm *h)
@@ -643,15 +691,82 @@ void hsm_info(hsm *h, hsm_caps *out)
     out->sign_only_refused = atomic_load(&h->no_sign_only);
 }
 
+void hsm_token_info(hsm *h, sk_token_info *out)
+{
+    hsm_caps c;
+    hsm_info(h, &c);
+    memset(out, 0, sizeof(*out));
+    snprintf(out->sign_mechanism, sizeof(out->sign_mechanism), "%s",
+             hsm_mech_name(c.sign_mechanism));
+    snprintf(out->manufacturer, sizeof(out->manufacturer), "%s", c.manufacturer);
+    snprintf(out->model, sizeof(out->model), "%s", c.model);
+    out->rsa_min_bits = c.rsa_min_bits;
+    out->rsa_max_bits = c.rsa_max_bits;
+    out->pin_min = c.pin_min;
+    out->pin_max = c.pin_max;
+    out->max_sessions = c.max_sessions;
+    out->sign_only_refused = c.sign_only_refused;
+}
+
 void hsm_test_force(hsm *h, unsigned flags, unsigned rsa_max_bits)
 {
     h->test_flags = flags;
-    h->test_max_bits = rsa_max_bits;
     if (rsa_max_bits != 0)
         h->caps.rsa_max_bits = rsa_max_bits;
 }
 
 /* ---- open and close ------------------------------------------------------------------ */
+
+/* Opens the login session, logs in with the PIN file and fills the cache from a scan:
+ * hsm_open's last steps, and a re-open's. The PIN is read again each time, and wiped. */
+static sk_status hsm_login_fill(hsm *h)
+{
+    char pin[HSM_PIN_MAX];
+    size_t pin_len = 0;
+    CK_RV rv =
+        h->f->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h->login);
+    if (rv != CKR_OK) {
+        h->login = CK_INVALID_HANDLE;
+        return hsm_from_ckr(rv);
+    }
+    sk_status st = hsm_read_pin_file(h->cfg_pin_file, pin, &pin_len);
+    if (st != SK_OK)
+        return st;
+    /* A PIN the token would refuse for its length is refused here, before C_Login: a failed
+     * login counts towards the token's lockout (swtpm locks the whole TPM after 3). */
+    if ((h->caps.pin_min != 0 && pin_len < h->caps.pin_min) ||
+        (h->caps.pin_max != 0 && pin_len > h->caps.pin_max)) {
+        explicit_bzero(pin, sizeof(pin));
+        snprintf(hsm_tl_detail, sizeof(hsm_tl_detail),
+                 "the PIN file holds %zu characters, the token takes %u to %u", pin_len,
+                 h->caps.pin_min, h->caps.pin_max);
+        hsm_tl_ckr = CKR_PIN_LEN_RANGE;
+        return SK_ERR_PIN_INCORRECT;
+    }
+    rv = h->f->C_Login(h->login, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
+    explicit_bzero(pin, sizeof(pin));
+    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN)
+        return hsm_from_ckr(rv);
+    h->logged_in = rv == CKR_OK;
+    /* Fill the cache: private halves first (they carry the handle we sign with). Handles
+     * belong to the module instance: a re-open starts from an empty table. */
+    pthread_rwlock_wrlock(&h->cache_mu);
+    memset(h->cache, 0, sizeof(h->cache));
+    h->n_cached = h->n_dead = 0;
+    st = hsm_find_each(h, h->login, CKO_PRIVATE_KEY, NULL, hsm_cache_private, NULL);
+    if (st == SK_OK)
+        st = hsm_find_each(h, h->login, CKO_PUBLIC_KEY, NULL, hsm_cache_public, NULL);
+    pthread_rwlock_unlock(&h->cache_mu);
+    return st;
+}
+
+/* Whether the module is tpm2-pkcs11, whose CKR_GENERAL_ERROR at its bound on loaded objects
+ * a re-open clears (hsm.h, "Re-opening"). */
+static int hsm_is_tpm2_pkcs11(const hsm_caps *c)
+{
+    return strstr(c->library_manufacturer, "tpm2-software") != NULL ||
+           strncmp(c->library_description, "TPM2.0 Cryptoki", 15) == 0;
+}
 
 sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
 {
@@ -669,19 +784,26 @@ sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
     }
     h->max_sessions = cfg->max_sessions ? cfg->max_sessions : 256;
     h->login = CK_INVALID_HANDLE;
+    h->on_reopen = cfg->on_reopen;
+    h->on_reopen_arg = cfg->on_reopen_arg;
     pthread_mutex_init(&h->sess_mu, NULL);
+    pthread_mutex_init(&h->reopen_mu, NULL);
     /* Writer-preferring: signers hold the read side all the time under load, and a
      * destroy must not wait for a lull that never comes. */
     lk_rwlock_init(&h->cache_mu);
-    if (pthread_key_create(&h->tkey, hsm_tsess_destructor) != 0) {
+    /* The same for a re-open: it must get in between signatures that never pause. */
+    lk_rwlock_init(&h->gate);
+    h->cfg_token = strdup(cfg->token);
+    h->cfg_pin_file = strdup(cfg->pin_file != NULL ? cfg->pin_file : "");
+    if (h->cfg_token == NULL || h->cfg_pin_file == NULL ||
+        pthread_key_create(&h->tkey, hsm_tsess_destructor) != 0) {
         hsm_match_free(m);
+        free(h->cfg_token);
+        free(h->cfg_pin_file);
         free(h);
         return SK_ERR_DEVICE;
     }
 
-    char pin[HSM_PIN_MAX];
-    size_t pin_len = 0;
-    CK_RV rv;
     st = hsm_load_module(cfg->module_path, &h->dl, &h->f, &h->initialized);
     if (st != SK_OK)
         goto fail;
@@ -692,40 +814,43 @@ sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr)
         goto fail;
     if ((st = hsm_probe(h, cfg->sign_mechanism)) != SK_OK)
         goto fail;
-    rv = h->f->C_OpenSession(h->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &h->login);
-    if (rv != CKR_OK) {
-        h->login = CK_INVALID_HANDLE;
-        st = hsm_from_ckr(rv);
-        goto fail;
-    }
-    st = hsm_read_pin_file(cfg->pin_file, pin, &pin_len);
-    if (st != SK_OK)
-        goto fail;
-    rv = h->f->C_Login(h->login, CKU_USER, (CK_UTF8CHAR_PTR)pin, pin_len);
-    explicit_bzero(pin, sizeof(pin));
-    if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
-        st = hsm_from_ckr(rv);
-        goto fail;
-    }
-    h->logged_in = rv == CKR_OK;
-    /* Fill the cache: private halves first (they carry the handle we sign with). */
-    pthread_rwlock_wrlock(&h->cache_mu);
-    st = hsm_find_each(h, h->login, CKO_PRIVATE_KEY, NULL, hsm_cache_private, NULL);
-    if (st == SK_OK)
-        st = hsm_find_each(h, h->login, CKO_PUBLIC_KEY, NULL, hsm_cache_public, NULL);
-    pthread_rwlock_unlock(&h->cache_mu);
-    if (st != SK_OK)
+    h->reopen_on_general = hsm_is_tpm2_pkcs11(&h->caps);
+    if ((st = hsm_login_fill(h)) != SK_OK)
         goto fail;
     *out = h;
     return SK_OK;
 
 fail:
     hsm_match_free(m);
-    explicit_bzero(pin, sizeof(pin));
     if (ckr != NULL)
         *ckr = hsm_tl_ckr;
     hsm_close(h);
     return st;
+}
+
+/* Closes every session and, when this handle initialised the module, finalises it: what
+ * hsm_close and a re-open both do. The per-thread entries stay (a re-open keeps them,
+ * closed, for their threads to open again); the caller holds gate for writing, or is the
+ * only thread left. */
+static void hsm_shut(hsm *h)
+{
+    pthread_mutex_lock(&h->sess_mu);
+    for (hsm_tsess *t = h->sessions; t != NULL; t = t->next) {
+        if (t->s != CK_INVALID_HANDLE)
+            h->f->C_CloseSession(t->s);
+        t->s = CK_INVALID_HANDLE;
+    }
+    pthread_mutex_unlock(&h->sess_mu);
+    if (h->login != CK_INVALID_HANDLE) {
+        if (h->logged_in)
+            h->f->C_Logout(h->login);
+        h->f->C_CloseSession(h->login);
+        h->login = CK_INVALID_HANDLE;
+    }
+    h->logged_in = 0;
+    if (h->initialized)
+        h->f->C_Finalize(NULL);
+    h->initialized = 0;
 }
 
 void hsm_close(hsm *h)
@@ -735,21 +860,146 @@ void hsm_close(hsm *h)
     /* No destructor may run against a freed handle: delete the key before freeing. */
     pthread_key_delete(h->tkey);
     if (h->f != NULL) {
+        hsm_shut(h);
         while (h->sessions != NULL)
             hsm_tsess_release(h->sessions);
-        if (h->login != CK_INVALID_HANDLE) {
-            if (h->logged_in)
-                h->f->C_Logout(h->login);
-            h->f->C_CloseSession(h->login);
-        }
-        if (h->initialized)
-            h->f->C_Finalize(NULL);
     }
     if (h->dl != NULL)
         dlclose(h->dl);
     pthread_rwlock_destroy(&h->cache_mu);
+    pthread_rwlock_destroy(&h->gate);
     pthread_mutex_destroy(&h->sess_mu);
+    pthread_mutex_destroy(&h->reopen_mu);
+    free(h->cfg_token);
+    free(h->cfg_pin_file);
     free(h);
+}
+
+/* ---- re-opening ---------------------------------------------------------------------- */
+
+/* The module again, from C_Initialize: the caller holds gate for writing. */
+static sk_status hsm_restart(hsm *h)
+{
+    hsm_shut(h);
+    CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK};
+    CK_RV rv = h->f->C_Initialize(&args);
+    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
+        return hsm_from_ckr(rv);
+    h->initialized = rv == CKR_OK;
+    hsm_match m;
+    sk_status st = hsm_parse_match(h->cfg_token, &m);
+    if (st == SK_OK)
+        st = hsm_find_slot(h->f, m, &h->slot);
+    hsm_match_free(m);
+    if (st == SK_OK)
+        st = hsm_login_fill(h);
+    return st;
+}
+
+/* Re-opens the module after a call of generation gen failed with st (rv): every session
+ * closed, C_Finalize, C_Initialize, login, the cache rebuilt, while no other thread is
+ * inside the module (gate). Returns SK_OK when the caller may try its call once more:
+ * this thread re-opened, or another one did since gen. At most one re-open at a time and
+ * HSM_REOPEN_PER_MIN a minute; past that the caller's error stands. */
+static sk_status hsm_reopen(hsm *h, unsigned gen, unsigned long rv)
+{
+    pthread_mutex_lock(&h->reopen_mu);
+    pthread_rwlock_rdlock(&h->gate);
+    unsigned now_gen = h->gen;
+    pthread_rwlock_unlock(&h->gate);
+    if (now_gen != gen) {
+        pthread_mutex_unlock(&h->reopen_mu);
+        return SK_OK; /* another thread re-opened after our call failed: try again */
+    }
+    int64_t now = clk_now_ms();
+    int64_t oldest = h->reopen_at[h->reopen_next];
+    if (oldest != 0 && now - oldest < HSM_REOPEN_WINDOW_MS) {
+        unsigned long refused = atomic_fetch_add(&h->reopens_refused, 1) + 1;
+        pthread_mutex_unlock(&h->reopen_mu);
+        if (h->on_reopen != NULL && refused == 1)
+            h->on_reopen(h->on_reopen_arg, rv, SK_ERR_SESSION_COUNT, atomic_load(&h->reopens));
+        return SK_ERR_DEVICE;
+    }
+    h->reopen_at[h->reopen_next] = now == 0 ? 1 : now;
+    h->reopen_next = (h->reopen_next + 1) % HSM_REOPEN_PER_MIN;
+    pthread_rwlock_wrlock(&h->gate);
+    sk_status st = hsm_restart(h);
+    h->gen++;
+    atomic_store(&h->broken, st != SK_OK);
+    pthread_rwlock_unlock(&h->gate);
+    unsigned long n = atomic_load(&h->reopens);
+    if (st == SK_OK)
+        n = atomic_fetch_add(&h->reopens, 1) + 1;
+    pthread_mutex_unlock(&h->reopen_mu);
+    if (h->on_reopen != NULL)
+        h->on_reopen(h->on_reopen_arg, rv, st, n);
+    return st;
+}
+
+/* Whether a call's failure (st, rv) is the kind a re-open clears: tpm2-pkcs11's
+ * CKR_GENERAL_ERROR at its bound on loaded objects, the module not initialised, or any
+ * failure after a re-open that failed half-way (not logged in, say). */
+static int hsm_exhausted(hsm *h, sk_status st, unsigned long rv)
+{
+    return st != SK_OK && ((rv == CKR_GENERAL_ERROR && h->reopen_on_general) ||
+                           rv == CKR_CRYPTOKI_NOT_INITIALIZED || atomic_load(&h->broken));
+}
+
+/* Entering the module for one public call: the generation it runs in. */
+static unsigned hsm_enter(hsm *h)
+{
+    pthread_rwlock_rdlock(&h->gate);
+    return h->gen;
+}
+
+static void hsm_leave(hsm *h)
+{
+    pthread_rwlock_unlock(&h->gate);
+}
+
+/* After a call of generation gen failed with st: 1 when the caller tries once more (a
+ * re-open cleared the exhaustion), else 0 with the call's own error kept for
+ * hsm_last_ckr. */
+static int hsm_retry(hsm *h, unsigned gen, sk_status st)
+{
+    unsigned long rv = hsm_tl_ckr;
+    if (!hsm_exhausted(h, st, rv))
+        return 0;
+    if (hsm_reopen(h, gen, rv) == SK_OK)
+        return 1;
+    hsm_tl_ckr = rv;
+    return 0;
+}
+
+/* hsm_test_exhaust: this call fails as tpm2-pkcs11 at its bound, the token untouched. */
+static int hsm_test_fail(hsm *h)
+{
+    unsigned n = atomic_load(&h->test_exhaust);
+    while (n > 0 && !atomic_compare_exchange_weak(&h->test_exhaust, &n, n - 1))
+        ;
+    if (n == 0)
+        return 0;
+    hsm_tl_ckr = CKR_GENERAL_ERROR;
+    return 1;
+}
+
+unsigned long hsm_reopens(hsm *h)
+{
+    return atomic_load(&h->reopens);
+}
+
+sk_status hsm_test_reopen(hsm *h)
+{
+    pthread_rwlock_rdlock(&h->gate);
+    unsigned gen = h->gen;
+    pthread_rwlock_unlock(&h->gate);
+    return hsm_reopen(h, gen, CKR_GENERAL_ERROR);
+}
+
+void hsm_test_exhaust(hsm *h, unsigned n)
+{
+    h->reopen_on_general = 1;
+    atomic_store(&h->test_exhaust, n);
 }
 
 /* ---- key operations ------------------------------------------------------------------ */
@@ -823,7 +1073,7 @@ sk_status hsm_generate(hsm *h, const sk_kid *kid, unsigned bits)
     return hsm_generate_attrs(h, kid, bits, NULL);
 }
 
-sk_status hsm_generate_attrs(hsm *h, const sk_kid *kid, unsigned bits, hsm_attrs *attrs)
+static sk_status hsm_generate_in(hsm *h, const sk_kid *kid, unsigned bits, hsm_attrs *attrs)
 {
     if (attrs != NULL)
         memset(attrs, 0, sizeof(*attrs));
@@ -948,7 +1198,7 @@ sk_status hsm_generate_attrs(hsm *h, const sk_kid *kid, unsigned bits, hsm_attrs
     return SK_OK;
 }
 
-sk_status hsm_key_attrs(hsm *h, const sk_kid *kid, hsm_attrs *out)
+static sk_status hsm_key_attrs_in(hsm *h, const sk_kid *kid, hsm_attrs *out)
 {
     memset(out, 0, sizeof(*out));
     hsm_slot k;
@@ -1005,8 +1255,8 @@ static sk_status hsm_lookup(hsm *h, const sk_kid *kid, hsm_slot *copy)
     return SK_ERR_KEY_NOT_FOUND;
 }
 
-sk_status hsm_sign_rs256(hsm *h, const sk_kid *kid, const void *msg, size_t msg_len,
-                         uint8_t sig[SK_SIG_MAX], size_t *sig_len)
+static sk_status hsm_sign_in(hsm *h, const sk_kid *kid, const void *msg, size_t msg_len,
+                             uint8_t sig[SK_SIG_MAX], size_t *sig_len)
 {
     *sig_len = 0;
     hsm_slot k;
@@ -1046,7 +1296,7 @@ sk_status hsm_sign_rs256(hsm *h, const sk_kid *kid, const void *msg, size_t msg_
     return hsm_from_ckr(CKR_SESSION_HANDLE_INVALID);
 }
 
-sk_status hsm_public_key(hsm *h, const sk_kid *kid, sk_pubkey *out)
+static sk_status hsm_public_key_in(hsm *h, const sk_kid *kid, sk_pubkey *out)
 {
     memset(out, 0, sizeof(*out));
     hsm_slot k;
@@ -1075,7 +1325,7 @@ sk_status hsm_public_key(hsm *h, const sk_kid *kid, sk_pubkey *out)
     return SK_OK;
 }
 
-sk_status hsm_destroy(hsm *h, const sk_kid *kid)
+static sk_status hsm_destroy_in(hsm *h, const sk_kid *kid)
 {
     CK_SESSION_HANDLE s;
     sk_status st = hsm_session(h, &s);
@@ -1132,7 +1382,7 @@ static void hsm_list_found(hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, void
     c->count++;
 }
 
-sk_status hsm_ping(hsm *h)
+static sk_status hsm_ping_in(hsm *h)
 {
     CK_SESSION_HANDLE s;
     sk_status st = hsm_session(h, &s);
@@ -1148,7 +1398,7 @@ sk_status hsm_ping(hsm *h)
     return SK_OK;
 }
 
-sk_status hsm_list(hsm *h, sk_key_entry *out, size_t cap, size_t *count)
+static sk_status hsm_list_in(hsm *h, sk_key_entry *out, size_t cap, size_t *count)
 {
     *count = 0;
     CK_SESSION_HANDLE s;
@@ -1168,6 +1418,75 @@ sk_status hsm_list(hsm *h, sk_key_entry *out, size_t cap, size_t *count)
         *count = c.count;
     }
     free(c.all);
+    return st;
+}
+
+/* ---- the public calls: each enters the module once, and tries once more after a re-open */
+
+/* One public call: body runs inside the gate; a failure a re-open clears (hsm_exhausted)
+ * re-opens the module and runs body once more. A test's hsm_test_exhaust fails the
+ * first run as tpm2-pkcs11 does at its bound. */
+#define HSM_CALL(h, testable, body)                                                                \
+    do {                                                                                           \
+        for (int pass_ = 0;; pass_++) {                                                            \
+            unsigned gen_ = hsm_enter(h);                                                          \
+            if ((testable) && hsm_test_fail(h))                                                    \
+                st = SK_ERR_DEVICE;                                                                \
+            else                                                                                   \
+                st = (body);                                                                       \
+            hsm_leave(h);                                                                          \
+            if (pass_ > 0 || !hsm_retry(h, gen_, st))                                              \
+                break;                                                                             \
+        }                                                                                          \
+    } while (0)
+
+sk_status hsm_generate_attrs(hsm *h, const sk_kid *kid, unsigned bits, hsm_attrs *attrs)
+{
+    sk_status st;
+    HSM_CALL(h, 1, hsm_generate_in(h, kid, bits, attrs));
+    return st;
+}
+
+sk_status hsm_key_attrs(hsm *h, const sk_kid *kid, hsm_attrs *out)
+{
+    sk_status st;
+    HSM_CALL(h, 0, hsm_key_attrs_in(h, kid, out));
+    return st;
+}
+
+sk_status hsm_sign_rs256(hsm *h, const sk_kid *kid, const void *msg, size_t msg_len,
+                         uint8_t sig[SK_SIG_MAX], size_t *sig_len)
+{
+    sk_status st;
+    HSM_CALL(h, 1, hsm_sign_in(h, kid, msg, msg_len, sig, sig_len));
+    return st;
+}
+
+sk_status hsm_public_key(hsm *h, const sk_kid *kid, sk_pubkey *out)
+{
+    sk_status st;
+    HSM_CALL(h, 0, hsm_public_key_in(h, kid, out));
+    return st;
+}
+
+sk_status hsm_destroy(hsm *h, const sk_kid *kid)
+{
+    sk_status st;
+    HSM_CALL(h, 0, hsm_destroy_in(h, kid));
+    return st;
+}
+
+sk_status hsm_ping(hsm *h)
+{
+    sk_status st;
+    HSM_CALL(h, 0, hsm_ping_in(h));
+    return st;
+}
+
+sk_status hsm_list(hsm *h, sk_key_entry *out, size_t cap, size_t *count)
+{
+    sk_status st;
+    HSM_CALL(h, 0, hsm_list_in(h, out, cap, count));
     return st;
 }
 

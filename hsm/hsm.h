@@ -5,7 +5,8 @@
  * Why the module's own function list and not libp11: libp11 serialises C_SignInit/C_Sign
  * behind a per-slot lock, documents that much of its API is not thread-safe, and hides
  * session handling, so N threads cannot sign in parallel through it. Calling the function
- * list ourselves gives one session per thread, no lock on the signing path, and exact
+ * list ourselves gives one session per thread, no exclusive lock on the signing path (two
+ * read locks: the handle cache's and the re-open gate's, below), and exact
  * control over every key attribute (CKA_ID, CKA_SENSITIVE, CKA_EXTRACTABLE, ...). The
  * bench (make bench-hsm) shows the layer at >= 0.95 of a raw C_Sign loop.
  *
@@ -17,6 +18,10 @@
  *  - a kid -> object-handle cache, filled at open and on generate, emptied on destroy,
  *    guarded by a read-write lock that the signing path only ever takes for reading:
  *    no C_FindObjects ever runs on the signing path.
+ *  - what the token can do, asked at open and never assumed from SoftHSM2 (hsm_caps): the
+ *    signing path (CKM_SHA256_RSA_PKCS, or CKM_RSA_PKCS over a DigestInfo built here), the
+ *    RSA key sizes, the PIN lengths, the session limits, the names; and whether it refused
+ *    a sign-only key. What each new key really is, is read back from the token.
  * The PIN is read from a file (refused if group or others may read it), held in a bounded
  * buffer and wiped right after C_Login, on every path.
  *
@@ -28,6 +33,24 @@
  * Thread safety: every function but hsm_open and hsm_close may be called from any number
  * of threads at once. hsm_close must run after every other thread has stopped calling in
  * (C_Finalize while another thread is inside SoftHSM2 crashes it).
+ *
+ * Re-opening: tpm2-pkcs11 keeps every key a process made (2 objects) or used (1) loaded in
+ * the TPM until the process ends, destroyed keys included, and tpm2-abrmd allows one
+ * connection 100 (--max-transients): past it every generation, and a signature with a key
+ * not loaded yet, fails with CKR_GENERAL_ERROR (the TPM's "out of memory for object
+ * contexts", 0x902) for the life of the process. Finalising and initialising the module
+ * again closes its connection, and the resource manager flushes what it held. So a call
+ * that fails that way (CKR_GENERAL_ERROR on a module the probe found to be tpm2-pkcs11,
+ * CKR_CRYPTOKI_NOT_INITIALIZED on any, or any failure after a re-open that did not complete)
+ * re-opens the handle: every session closed,
+ * C_Finalize, C_Initialize, the token found again, login (the PIN file read again, wiped),
+ * the handle cache rebuilt from a scan; then the call runs once more. Every public call
+ * holds a writer-preferring read-write lock's read side while it is inside the module
+ * (one uncontended read lock per signature); the re-open holds the write side, so it waits
+ * for the calls in flight, and C_Finalize never runs under another thread. Per-thread
+ * sessions are opened again lazily, by a generation number. At most one re-open runs at a
+ * time (a call that failed in a generation already re-opened just runs again) and at most
+ * HSM_REOPEN_PER_MIN in any minute: past that the call's error stands.
  *
  * The interface is shaped for a process boundary: fixed-size values in and out, a status
  * on every call, no pointer into the token's memory.
@@ -57,6 +80,10 @@ typedef enum {
 const char *hsm_mech_name(hsm_mech m);
 int hsm_mech_parse(const char *text, hsm_mech *out);
 
+/* See "Re-opening" above. */
+#define HSM_REOPEN_PER_MIN 6
+typedef void (*hsm_reopen_fn)(void *arg, unsigned long ckr, sk_status st, unsigned long reopens);
+
 typedef struct {
     const char *module_path; /* NULL: HSM_DEFAULT_MODULE */
     /* Either a token label or an RFC 7512 URI ("pkcs11:token=...;serial=..."), parsed by
@@ -70,6 +97,12 @@ typedef struct {
     /* AUTO, or the one path to use: a token without it fails hsm_open with
      * SK_ERR_MECHANISM (the mechanism's name in hsm_open_detail). */
     hsm_mech sign_mechanism;
+    /* Called (may be NULL) after each re-open, from the thread that did it, outside every
+     * lock: ckr is the failure that caused it, st the re-open's result (SK_OK, or the
+     * failure; SK_ERR_SESSION_COUNT: not attempted, past HSM_REOPEN_PER_MIN, reported once
+     * for the handle's life), reopens the successful ones so far. For the keeper's log. */
+    hsm_reopen_fn on_reopen;
+    void *on_reopen_arg;
 } hsm_config;
 
 typedef struct hsm hsm;
@@ -115,8 +148,13 @@ sk_status hsm_open(const hsm_config *cfg, hsm **out, unsigned long *ckr);
 /* The probed facts (above). Any thread. */
 void hsm_info(hsm *h, hsm_caps *out);
 
+/* The facts of hsm_info as the keeper protocol carries them (base/signkey.h). */
+void hsm_token_info(hsm *h, sk_token_info *out);
+
 /* A failed hsm_open's detail, for its message: the forced mechanism the token lacks
- * ("CKM_SHA256_RSA_PKCS"), or "" (the calling thread's last hsm_open). */
+ * ("CKM_SHA256_RSA_PKCS"), a PIN whose length is outside the token's bounds (refused
+ * before C_Login, so no lockout try is spent), or "" (the calling thread's last
+ * hsm_open). */
 const char *hsm_open_detail(void);
 
 /* Closes every session, C_Finalize, dlclose. NULL is fine. */
@@ -156,6 +194,16 @@ sk_attrs hsm_attrs_bits(const hsm_attrs *a);
 #define HSM_TEST_REFUSE_SIGN_ONLY 1u
 #define HSM_TEST_NOT_SENSITIVE 2u
 void hsm_test_force(hsm *h, unsigned flags, unsigned rsa_max_bits);
+
+/* Re-opens since hsm_open (successful ones). Any thread. */
+unsigned long hsm_reopens(hsm *h);
+
+/* Test-only, as hsm_test_force: hsm_test_reopen re-opens now, through the same path as
+ * an exhausted token (the rate bound included); hsm_test_exhaust makes the next n calls of
+ * hsm_sign_rs256 and hsm_generate fail, without reaching the token, as tpm2-pkcs11 at its
+ * bound (CKR_GENERAL_ERROR), and that error a re-open's cause on this handle. */
+sk_status hsm_test_reopen(hsm *h);
+void hsm_test_exhaust(hsm *h, unsigned n);
 
 /* RS256: RSASSA-PKCS1-v1_5 with SHA-256 over msg. sig must hold SK_SIG_MAX bytes;
  * *sig_len receives the signature length (the modulus size). */

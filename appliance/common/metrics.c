@@ -1,6 +1,7 @@
 /* met: lock-free counters and the Prometheus text exposition. See metrics.h. */
 #include "appliance/common/metrics.h"
 
+#include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -421,8 +422,29 @@ static void met_render_pkcs11(met_buf *b, const met_gauges *g)
     met_put(b, "signd_pkcs11_sessions_max %u\n", g->sessions_max);
 }
 
+static pthread_mutex_t met_reopen_mu = PTHREAD_MUTEX_INITIALIZER;
+static unsigned long long met_reopen_total;
+static unsigned long met_reopen_last;
+
+void met_hsm_reopens(unsigned long keeper_count)
+{
+    pthread_mutex_lock(&met_reopen_mu);
+    met_reopen_total +=
+        keeper_count >= met_reopen_last ? keeper_count - met_reopen_last : keeper_count;
+    met_reopen_last = keeper_count;
+    pthread_mutex_unlock(&met_reopen_mu);
+}
+
 static void met_render_restarts(met_buf *b)
 {
+    pthread_mutex_lock(&met_reopen_mu);
+    unsigned long long reopens = met_reopen_total;
+    pthread_mutex_unlock(&met_reopen_mu);
+    met_family(b, "signd_hsm_reopens_total", "counter",
+               "Times the keeper finalised and initialised the PKCS#11 module again after the "
+               "token ran out of loaded objects (tpm2-pkcs11 at tpm2-abrmd's bound; "
+               "docs/modules.md), as the readiness probe last read them.");
+    met_put(b, "signd_hsm_reopens_total %llu\n", reopens);
     met_family(b, "signd_restarts_total", "counter",
                "Processes the supervisor started again, by process (keeper, front) and cause: "
                "exited, signal (a crash, or a kill from outside), watchdog (a keeper that "
@@ -432,6 +454,45 @@ static void met_render_restarts(met_buf *b)
             met_put(b, "signd_restarts_total{process=\"%s\",cause=\"%s\"} %llu\n",
                     k ? "keeper" : "front", met_restart_causes[i],
                     atomic_load_explicit(&met_restarts[k][i], memory_order_relaxed));
+}
+
+static pthread_mutex_t met_token_mu = PTHREAD_MUTEX_INITIALIZER;
+static sk_token_info met_token;
+static int met_token_known;
+
+void met_token_info(const sk_token_info *ti)
+{
+    pthread_mutex_lock(&met_token_mu);
+    met_token = *ti;
+    met_token_known = 1;
+    pthread_mutex_unlock(&met_token_mu);
+}
+
+/* signd_token_info: what the keeper found out about the token at its start (issue 21):
+ * an operator sees which signing path a module got, its key sizes and whether it refused
+ * sign-only keys, without reading the keeper's log. */
+static void met_render_token(met_buf *b)
+{
+    pthread_mutex_lock(&met_token_mu);
+    sk_token_info t = met_token;
+    int known = met_token_known;
+    pthread_mutex_unlock(&met_token_mu);
+    if (!known)
+        return;
+    char v[3][128];
+    met_family(b, "signd_token_info", "gauge",
+               "What the keeper probed of the token at its start: the signing mechanism "
+               "(sha256_rsa_pkcs, or rsa_pkcs over a DigestInfo), the token's manufacturer and "
+               "model, its RSA key sizes and PIN lengths (0: not given), the session bound, and "
+               "whether it refused a sign-only key since (sign_only_refused).");
+    met_put(b,
+            "signd_token_info{sign_mechanism=\"%s\",manufacturer=\"%s\",model=\"%s\","
+            "rsa_min_bits=\"%u\",rsa_max_bits=\"%u\",pin_min=\"%u\",pin_max=\"%u\","
+            "max_sessions=\"%u\",sign_only_refused=\"%s\"} 1\n",
+            met_escape(t.sign_mechanism, v[0], sizeof(v[0])),
+            met_escape(t.manufacturer, v[1], sizeof(v[1])), met_escape(t.model, v[2], sizeof(v[2])),
+            t.rsa_min_bits, t.rsa_max_bits, t.pin_min, t.pin_max, t.max_sessions,
+            t.sign_only_refused ? "true" : "false");
 }
 
 static void met_render_state(met_buf *b, const met_gauges *g)
@@ -479,6 +540,7 @@ char *met_render(const met_gauges *g, const char *(*result_name)(unsigned), size
         return NULL;
     b.p[0] = '\0';
     met_render_state(&b, g);
+    met_render_token(&b);
     met_render_requests(&b);
     met_render_signatures(&b, result_name);
     met_render_pkcs11(&b, g);

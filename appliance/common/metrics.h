@@ -68,6 +68,12 @@ void met_pkcs11_error(unsigned code, unsigned long ckr);
  * signd_restarts_total{process,cause}. Told by the supervisor (probe.h). */
 void met_restart(int keeper, const char *cause);
 
+/* The keeper's count of module re-opens (hsm_reopens, read by the readiness probe through
+ * kp_reopens), as it reads now: signd_hsm_reopens_total adds what it grew by since the
+ * last reading, and the whole of it after a keeper restart (a count lower than the last
+ * one is a new keeper's), so the total keeps counting across keeper restarts. */
+void met_hsm_reopens(unsigned long keeper_count);
+
 /* The label met_pkcs11_error renders for a CKR value (its ckr_name in the table, or NULL
  * when the table has none: then the hex form). For tests and the docs' table. */
 const char *met_ckr_name(unsigned long ckr);
@@ -78,6 +84,10 @@ const char *met_ckr_name(unsigned long ckr);
  * returns 1 and fills *out when a kid was noted since the last take. */
 void met_note_kid(const sk_kid *kid);
 int met_take_kid(sk_kid *out);
+
+/* What the keeper probed about the token (kp_token_info), recorded once the front has it:
+ * signd_token_info from then on (absent before). Any thread. */
+void met_token_info(const sk_token_info *ti);
 
 /* What is sampled at scrape time and passed to met_render. */
 #define MET_STATES_MAX 8

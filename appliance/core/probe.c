@@ -65,6 +65,10 @@ static sk_status prb_probe(prb *p)
     int have = reg_newest_active(p->o.reg, &newest) == REG_OK;
     sk_status st = kp_ping(p->o.kp, have ? &newest.kid : NULL);
     unsigned sessions = st == SK_OK ? kp_sessions_open(p->o.kp) : 0;
+    unsigned long reopens = 0;
+    /* Only a count the keeper gave: a 0 for "no answer" would read as a keeper restart. */
+    if (st == SK_OK && kp_reopens(p->o.kp, &reopens) == SK_OK)
+        met_hsm_reopens(reopens);
 
     pthread_mutex_lock(&p->mu);
     p->status = st;

@@ -27,8 +27,10 @@ static int rec_kid_cmp(const void *a, const void *b)
  * next start tries again. */
 static void rec_read_attrs(kp *k, reg *r, const reg_key *row, FILE *log, rec_report *out)
 {
-    if (row->token_attrs & SK_ATTR_READ)
+    if (row->token_attrs & SK_ATTR_READ) {
+        out->not_sign_only += !(row->token_attrs & SK_ATTR_SIGN_ONLY);
         return;
+    }
     char hex[2 * SK_KID_LEN + 1];
     sk_kid_hex(&row->kid, hex);
     sk_attrs a = 0;
@@ -44,6 +46,7 @@ static void rec_read_attrs(kp *k, reg *r, const reg_key *row, FILE *log, rec_rep
         return;
     }
     out->attrs_read++;
+    out->not_sign_only += !(a & SK_ATTR_SIGN_ONLY);
 }
 
 int rec_run(kp *k, reg *r, FILE *log, rec_report *out)

@@ -31,7 +31,8 @@ typedef struct {
     unsigned orphans_destroyed;
     unsigned revoked_destroyed;
     unsigned marked_broken;
-    unsigned attrs_read; /* live keys whose token attributes were read back for the first time */
+    unsigned attrs_read;    /* live keys whose token attributes were read back for the first time */
+    unsigned not_sign_only; /* live keys in the token whose attributes say not sign-only */
 } rec_report;
 
 /* Runs the three repairs, logging one line per action to log. 0, or -1 when the token or

@@ -19,6 +19,7 @@
 #include "appliance/common/config.h"
 #include "appliance/common/harden.h"
 #include "appliance/common/jlog.h"
+#include "appliance/common/metrics.h"
 #include "appliance/common/spawn.h"
 #include "appliance/core/audit.h"
 #include "appliance/core/probe.h"
@@ -102,8 +103,23 @@ static int front_run(const cfg *c, kp *k, const sigset_t *sigs, const spn_args *
     }
     fprintf(stderr,
             "signd: reconcile: %u orphan objects destroyed, %u revoked objects destroyed, "
-            "%u keys marked broken\n",
-            rep.orphans_destroyed, rep.revoked_destroyed, rep.marked_broken);
+            "%u keys marked broken, %u keys' token attributes read\n",
+            rep.orphans_destroyed, rep.revoked_destroyed, rep.marked_broken, rep.attrs_read);
+    /* Said at every start, once: a key that can also decrypt is a weaker key (SECURITY.md). */
+    if (rep.not_sign_only > 0)
+        fprintf(stderr,
+                "signd: warning: %u live keys are not sign-only in the token (their "
+                "token_attributes.sign_only is false: the module would also decrypt, unwrap, "
+                "derive or sign-recover with them; the appliance never asks it to): see "
+                "SECURITY.md\n",
+                rep.not_sign_only);
+    /* What the keeper probed, for GET /metrics: read once (no token call), not per scrape. */
+    sk_token_info ti;
+    if (kp_token_info(k, &ti) == SK_OK)
+        met_token_info(&ti);
+    else
+        fprintf(stderr, "signd: the keeper did not say what it found out about the token: "
+                        "signd_token_info is left out of /metrics\n");
 
     /* The service keys exist before anything is served (made now on a new token, under the
      * generation's deadline): a checkpoint or a feed then waits for a signature only, which

@@ -36,6 +36,12 @@ static sk_status inproc_generate(void *ctx, const sk_kid *kid, unsigned bits, sk
     return st;
 }
 
+static sk_status inproc_token_info(void *ctx, sk_token_info *out)
+{
+    hsm_token_info(ctx, out);
+    return SK_OK;
+}
+
 static sk_status inproc_key_attrs(void *ctx, const sk_kid *kid, sk_attrs *attrs)
 {
     hsm_attrs a;
@@ -86,6 +92,11 @@ static unsigned inproc_sessions_open(void *ctx)
     return hsm_sessions_open(ctx);
 }
 
+static unsigned long inproc_reopens(void *ctx)
+{
+    return hsm_reopens(ctx);
+}
+
 static void inproc_close(void *ctx)
 {
     hsm_close(ctx);
@@ -95,6 +106,7 @@ static const kp_local_ops inproc_ops = {
     .sign = inproc_sign,
     .generate = inproc_generate,
     .key_attrs = inproc_key_attrs,
+    .token_info = inproc_token_info,
     .destroy = inproc_destroy,
     .list = inproc_list,
     .ping = inproc_ping,
@@ -102,6 +114,7 @@ static const kp_local_ops inproc_ops = {
     .svc_sign = inproc_svc_sign,
     .thread_done = inproc_thread_done,
     .sessions_open = inproc_sessions_open,
+    .reopens = inproc_reopens,
     .close = inproc_close,
 };
 

@@ -165,6 +165,25 @@ static void kpd_log_caps(hsm *h)
             c.token_max_sessions, c.token_max_rw_sessions);
 }
 
+/* One line per re-open of the module (hsm.h, "Re-opening"): rare (tpm2-pkcs11 at its bound
+ * on loaded keys, every few dozen keys made), so each is worth a line; a refused one (past
+ * HSM_REOPEN_PER_MIN) is logged once for the keeper's life. */
+static void kpd_log_reopen(void *arg, unsigned long ckr, sk_status st, unsigned long reopens)
+{
+    (void)arg;
+    if (st == SK_OK)
+        KPD_LOG("the token failed with PKCS#11 rv 0x%lx (out of loaded objects): re-opened the "
+                "module (%lu re-opens so far)\n",
+                ckr, reopens);
+    else if (st == SK_ERR_SESSION_COUNT)
+        KPD_LOG("the token failed with PKCS#11 rv 0x%lx again: more than %d re-opens in a minute, "
+                "the error stands (logged once)\n",
+                ckr, HSM_REOPEN_PER_MIN);
+    else
+        KPD_LOG("re-opening the module after PKCS#11 rv 0x%lx failed: %s (rv 0x%lx)\n", ckr,
+                sk_status_name(st), hsm_last_ckr());
+}
+
 /* ---- one request ------------------------------------------------------------------------- */
 
 /* A service key's public half, the key made on first use (kp_svc_hsm_public_key). The
@@ -528,6 +547,13 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
             len = kpp_encode_generate_reply(rep, cap, &pub, hsm_attrs_bits(&attrs));
         break;
     }
+    case KPP_OP_TOKEN_INFO: {
+        sk_token_info ti;
+        hsm_token_info(d->h, &ti);
+        len = kpp_encode_token_info_reply(rep, cap, &ti);
+        st = SK_OK;
+        break;
+    }
     case KPP_OP_KEY_ATTRS: {
         /* Read-only and about the token's own flags: no registry check needed, but the
          * service keys are not the front's to ask about. */
@@ -575,6 +601,8 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         break;
     case KPP_OP_SESSIONS:
         return kpp_encode_u32_reply(rep, cap, KPP_OP_SESSIONS, hsm_sessions_open(d->h));
+    case KPP_OP_REOPENS:
+        return kpp_encode_u32_reply(rep, cap, KPP_OP_REOPENS, (uint32_t)hsm_reopens(d->h));
     case KPP_OP_AUDIT_PUBKEY:
     case KPP_OP_PUBLISH_PUBKEY: {
         sk_pubkey pub; /* created on first use */
@@ -1150,6 +1178,7 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         .pin_file = c->pin_file,
         /* The pool's threads and the GENERATE threads together (kpd_gen_start). */
         .max_sessions = d->max_conns,
+        .on_reopen = kpd_log_reopen,
     };
     if (hsm_mech_parse(c->pkcs11_sign_mechanism, &hc.sign_mechanism) != 0) {
         kpd_free(d);
@@ -1183,6 +1212,12 @@ int kpd_open(const cfg *c, kpd **out, char *err, size_t errlen)
         return -1;
     }
     kpd_log_caps(d->h);
+    /* A token with a session limit below ours (a YubiHSM 2 has 16): connections, pool and
+     * GENERATE threads each hold a session, so all of them stay within the token's. */
+    hsm_caps caps;
+    hsm_info(d->h, &caps);
+    if (caps.max_sessions < d->max_conns)
+        d->max_conns = caps.max_sessions;
     snprintf(d->db_path, sizeof(d->db_path), "%s", c->database);
     d->shared_db = sdb_is_postgres(d->db_path);
     /* The registry must be readable now, not at the first signature. */

@@ -380,6 +380,15 @@ sk_status kp_generate_attrs(kp *k, const sk_kid *kid, unsigned bits, sk_pubkey *
     return kpp_reply_generate(&r, pub, attrs) == 0 ? SK_OK : SK_ERR_DEVICE;
 }
 
+sk_status kp_token_info(kp *k, sk_token_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (k->local != NULL)
+        return k->local->token_info(k->ctx, out);
+    KP_REMOTE(k, KPP_OP_TOKEN_INFO, kpp_encode_token_info(c->req, sizeof(c->req)), r);
+    return kpp_reply_token_info(&r, out) == 0 ? SK_OK : SK_ERR_DEVICE;
+}
+
 sk_status kp_key_attrs(kp *k, const sk_kid *kid, sk_attrs *attrs)
 {
     *attrs = 0;
@@ -513,6 +522,29 @@ void kp_thread_done(kp *k)
     }
     kp_conn_free(pthread_getspecific(k->conn_key));
     pthread_setspecific(k->conn_key, NULL);
+}
+
+sk_status kp_reopens(kp *k, unsigned long *out)
+{
+    if (k->local != NULL) {
+        *out = k->local->reopens != NULL ? k->local->reopens(k->ctx) : 0;
+        return SK_OK;
+    }
+    kp_conn *c = kp_conn_get(k);
+    if (c == NULL)
+        return SK_ERR_DEVICE;
+    size_t len = kpp_encode_reopens(c->req, sizeof(c->req));
+    kpp_reply r;
+    uint32_t v = 0;
+    if (len == 0)
+        return SK_ERR_DEVICE;
+    sk_status st = kp_call(k, c, len, KPP_OP_REOPENS, &r);
+    if (st != SK_OK)
+        return st;
+    if (kpp_reply_u32(&r, &v) != 0)
+        return SK_ERR_DEVICE;
+    *out = v;
+    return SK_OK;
 }
 
 unsigned kp_sessions_open(kp *k)

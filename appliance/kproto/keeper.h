@@ -2,7 +2,9 @@
  * kp: the one narrow interface through which the HTTP side reaches the token.
  *
  * api/ never calls hsm/ directly: it asks the keeper to sign bytes with a kid, create a
- * key, destroy a kid, export a public key, list keys, or check the token answers. Every
+ * key (and learn what the token holds for it), destroy a kid, export a public key, list
+ * keys, read a key's token attributes, ask what the keeper probed of the token, or check
+ * the token answers. Every
  * request is fixed-size, every reply is an sk_status, and nothing points into the token's
  * memory. Two implementations behind the same functions:
  *  - kp_open (appliance/keeper/inproc.h): in-process, forwarding to hsm/; only the keeper
@@ -62,6 +64,8 @@ sk_status kp_generate_attrs(kp *k, const sk_kid *kid, unsigned bits, sk_pubkey *
 /* What the token holds for kid's private half, read back now (a key made before the
  * appliance recorded it). */
 sk_status kp_key_attrs(kp *k, const sk_kid *kid, sk_attrs *attrs);
+/* What the keeper found out about the token at its start (no token call). */
+sk_status kp_token_info(kp *k, sk_token_info *out);
 sk_status kp_destroy(kp *k, const sk_kid *kid);
 sk_status kp_list(kp *k, sk_key_entry *out, size_t cap, size_t *count);
 /* The token answers: a key it holds signs a probe, or, with no key, the token answers a
@@ -138,6 +142,7 @@ typedef struct {
     sk_status (*generate)(void *ctx, const sk_kid *kid, unsigned bits, sk_pubkey *pub,
                           sk_attrs *attrs);
     sk_status (*key_attrs)(void *ctx, const sk_kid *kid, sk_attrs *attrs);
+    sk_status (*token_info)(void *ctx, sk_token_info *out);
     sk_status (*destroy)(void *ctx, const sk_kid *kid);
     sk_status (*list)(void *ctx, sk_key_entry *out, size_t cap, size_t *count);
     sk_status (*ping)(void *ctx, const sk_kid *probe_kid);
@@ -146,6 +151,7 @@ typedef struct {
                           size_t *sig_len);
     void (*thread_done)(void *ctx);
     unsigned (*sessions_open)(void *ctx);
+    unsigned long (*reopens)(void *ctx);
     void (*close)(void *ctx);
 } kp_local_ops;
 /* A handle over ops and ctx. SK_ERR_DEVICE (out of memory; ctx left to the caller). */
@@ -153,5 +159,9 @@ sk_status kp_wrap_local(const kp_local_ops *ops, void *ctx, kp **out);
 /* Releases the calling thread's session (CivetWeb's exit_thread). */
 void kp_thread_done(kp *k);
 unsigned kp_sessions_open(kp *k);
+/* How many times the keeper re-opened the module since it started (hsm_reopens), into
+ * *out; SK_OK, or the failure (*out untouched). The readiness probe reads it for
+ * signd_hsm_reopens_total. */
+sk_status kp_reopens(kp *k, unsigned long *out);
 
 #endif

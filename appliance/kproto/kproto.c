@@ -2,6 +2,7 @@
 #include "appliance/kproto/kproto.h"
 
 #include <string.h>
+#include <stdio.h>
 
 /* Body sizes of the fixed-shape bodies. */
 #define KPP_KID_BODY SK_KID_LEN            /* DESTROY */
@@ -184,6 +185,8 @@ static uint32_t decode_request_body(const kpp_header *h, kpp_request *r)
     case KPP_OP_SESSIONS:
     case KPP_OP_AUDIT_PUBKEY:
     case KPP_OP_PUBLISH_PUBKEY:
+    case KPP_OP_TOKEN_INFO:
+    case KPP_OP_REOPENS:
         return h->body_len == 0 ? 0 : KPP_ERR_BAD_BODY;
     case KPP_OP_PUBLISH_PART:
         if (h->body_len == 0)
@@ -298,6 +301,11 @@ size_t kpp_encode_sessions(uint8_t *buf, size_t cap)
     return put_header(buf, cap, KPP_OP_SESSIONS, 0, 0);
 }
 
+size_t kpp_encode_reopens(uint8_t *buf, size_t cap)
+{
+    return put_header(buf, cap, KPP_OP_REOPENS, 0, 0);
+}
+
 size_t kpp_encode_audit_pubkey(uint8_t *buf, size_t cap)
 {
     return put_header(buf, cap, KPP_OP_AUDIT_PUBKEY, 0, 0);
@@ -306,6 +314,11 @@ size_t kpp_encode_audit_pubkey(uint8_t *buf, size_t cap)
 size_t kpp_encode_publish_pubkey(uint8_t *buf, size_t cap)
 {
     return put_header(buf, cap, KPP_OP_PUBLISH_PUBKEY, 0, 0);
+}
+
+size_t kpp_encode_token_info(uint8_t *buf, size_t cap)
+{
+    return put_header(buf, cap, KPP_OP_TOKEN_INFO, 0, 0);
 }
 
 size_t kpp_encode_publish_part(uint8_t *buf, size_t cap, const void *part, size_t part_len)
@@ -448,7 +461,7 @@ size_t kpp_encode_list_reply(uint8_t *buf, size_t cap, uint32_t total, const sk_
 
 size_t kpp_encode_u32_reply(uint8_t *buf, size_t cap, kpp_op op, uint32_t value)
 {
-    if (op != KPP_OP_SESSIONS) /* the only op whose reply body is a u32 */
+    if (op != KPP_OP_SESSIONS && op != KPP_OP_REOPENS) /* the ops whose reply body is a u32 */
         return 0;
     size_t n = put_header(buf, cap, (uint16_t)op, 0, 4);
     if (n == 0)
@@ -568,7 +581,7 @@ uint32_t kpp_reply_list(const kpp_reply *r, sk_key_entry *out, size_t cap, uint3
 
 uint32_t kpp_reply_u32(const kpp_reply *r, uint32_t *value)
 {
-    if (!reply_ok(r, KPP_OP_SESSIONS) || r->body_len != 4)
+    if ((!reply_ok(r, KPP_OP_SESSIONS) && !reply_ok(r, KPP_OP_REOPENS)) || r->body_len != 4)
         return KPP_ERR_BAD_BODY;
     if (value != NULL)
         *value = get_u32(r->body);
@@ -599,5 +612,91 @@ uint32_t kpp_reply_attrs(const kpp_reply *r, sk_attrs *attrs)
         return KPP_ERR_BAD_BODY;
     if (attrs != NULL)
         *attrs = r->body[0];
+    return 0;
+}
+
+/* ---- TOKEN_INFO -------------------------------------------------------------------------- */
+
+#define KPP_TI_MANUF 32
+#define KPP_TI_MODEL 16
+#define KPP_TI_BODY (2 + 5 * 4 + KPP_TI_MANUF + KPP_TI_MODEL)
+
+/* The label-safe set of sk_token_info's texts. */
+static int ti_char_ok(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr(" ._:/()+?-", c) != NULL);
+}
+
+/* Writes text into a NUL-padded field of len bytes, other bytes as '?'. */
+static void ti_put_text(uint8_t *p, size_t len, const char *text)
+{
+    memset(p, 0, len);
+    for (size_t i = 0; i < len && text[i] != '\0'; i++)
+        p[i] = ti_char_ok((unsigned char)text[i]) ? (uint8_t)text[i] : '?';
+}
+
+/* Reads a NUL-padded field into out (len + 1 bytes): -1 unless every byte before the first
+ * NUL is label-safe and only NULs follow it. */
+static int ti_get_text(const uint8_t *p, size_t len, char *out)
+{
+    size_t n = 0;
+    while (n < len && p[n] != 0) {
+        if (!ti_char_ok(p[n]))
+            return -1;
+        out[n] = (char)p[n];
+        n++;
+    }
+    for (size_t i = n; i < len; i++)
+        if (p[i] != 0)
+            return -1;
+    out[n] = '\0';
+    return 0;
+}
+
+size_t kpp_encode_token_info_reply(uint8_t *buf, size_t cap, const sk_token_info *ti)
+{
+    uint8_t mech = strcmp(ti->sign_mechanism, "sha256_rsa_pkcs") == 0 ? 1
+                   : strcmp(ti->sign_mechanism, "rsa_pkcs") == 0      ? 2
+                                                                      : 0;
+    if (mech == 0)
+        return 0;
+    size_t n = put_header(buf, cap, KPP_OP_TOKEN_INFO, 0, KPP_TI_BODY);
+    if (n == 0)
+        return 0;
+    uint8_t *p = buf + KPP_HDR_LEN;
+    p[0] = mech;
+    p[1] = ti->sign_only_refused ? 1 : 0;
+    put_u32(p + 2, ti->rsa_min_bits);
+    put_u32(p + 6, ti->rsa_max_bits);
+    put_u32(p + 10, ti->pin_min);
+    put_u32(p + 14, ti->pin_max);
+    put_u32(p + 18, ti->max_sessions);
+    ti_put_text(p + 22, KPP_TI_MANUF, ti->manufacturer);
+    ti_put_text(p + 22 + KPP_TI_MANUF, KPP_TI_MODEL, ti->model);
+    return n;
+}
+
+uint32_t kpp_reply_token_info(const kpp_reply *r, sk_token_info *ti)
+{
+    if (!reply_ok(r, KPP_OP_TOKEN_INFO) || r->body_len != KPP_TI_BODY)
+        return KPP_ERR_BAD_BODY;
+    const uint8_t *p = r->body;
+    sk_token_info t;
+    memset(&t, 0, sizeof(t));
+    if ((p[0] != 1 && p[0] != 2) || p[1] > 1 ||
+        ti_get_text(p + 22, KPP_TI_MANUF, t.manufacturer) != 0 ||
+        ti_get_text(p + 22 + KPP_TI_MANUF, KPP_TI_MODEL, t.model) != 0)
+        return KPP_ERR_BAD_BODY;
+    snprintf(t.sign_mechanism, sizeof(t.sign_mechanism), "%s",
+             p[0] == 1 ? "sha256_rsa_pkcs" : "rsa_pkcs");
+    t.sign_only_refused = p[1];
+    t.rsa_min_bits = get_u32(p + 2);
+    t.rsa_max_bits = get_u32(p + 6);
+    t.pin_min = get_u32(p + 10);
+    t.pin_max = get_u32(p + 14);
+    t.max_sessions = get_u32(p + 18);
+    if (ti != NULL)
+        *ti = t;
     return 0;
 }

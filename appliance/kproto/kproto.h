@@ -32,6 +32,12 @@
  *   PUBLISH_PART   part[1..KPP_BODY_MAX]              (empty)
  *   PUBLISH_SIGN   total u32, part[0..KPP_PART_LAST]  sig[1..SK_SIG_MAX]
  *   KEY_ATTRS      kid[16]                            attrs u8
+ *   TOKEN_INFO     (empty)                            mech u8 (1 sha256_rsa_pkcs, 2
+ *                                                     rsa_pkcs), refused u8 (0|1), rsa_min,
+ *                                                     rsa_max, pin_min, pin_max, sessions
+ *                                                     (u32 each), manufacturer[32], model[16]
+ *   REOPENS        (empty)                            re-opens u32 (the module re-opened since
+ *                                                     the keeper started, hsm_reopens)
  *
  *   Op 3 was PUBLIC_KEY (a kid's public key), which nothing called: it is retired
  *   (KPP_OP_RETIRED), never reused, and refused as KPP_ERR_UNKNOWN_OP both ways.
@@ -40,6 +46,8 @@
  *   attrs: the private half's attributes as the token holds them, read back
  *   (base/signkey.h SK_ATTR_*; SK_ATTR_READ always set, no other bit): what the front
  *   records with the key. KEY_ATTRS reads them for a key made before they were recorded.
+ *   TOKEN_INFO: what hsm_open probed (hsm_caps), from the keeper's memory (no token call);
+ *   the texts NUL-padded, in the label-safe set of sk_token_info.
  *   LIST flags: bit 0 private half present, bit 1 public half present; n <= KPP_LIST_MAX
  *   AUDIT_*: the audit key (keeper.h), which has no kid on the wire. AUDIT_PUBKEY creates
  *   it on first use; AUDIT_SIGN's input is a checkpoint's JWS signing input, and the keeper
@@ -98,11 +106,13 @@ typedef enum {
     KPP_OP_PUBLISH_PART = 11,
     KPP_OP_PUBLISH_SIGN = 12,
     KPP_OP_KEY_ATTRS = 13,
+    KPP_OP_TOKEN_INFO = 14,
+    KPP_OP_REOPENS = 15,
 } kpp_op;
 /* The ops are numbered from the first to the last without a gap but KPP_OP_RETIRED: the
  * number of PUBLIC_KEY, removed, kept so that no op's number moved. */
 #define KPP_OP_FIRST KPP_OP_SIGN
-#define KPP_OP_LAST KPP_OP_KEY_ATTRS
+#define KPP_OP_LAST KPP_OP_REOPENS
 #define KPP_OP_RETIRED 3
 
 /* Reply statuses of the protocol itself, above every sk_status value. */
@@ -159,10 +169,12 @@ size_t kpp_encode_kid_op(uint8_t *buf, size_t cap, kpp_op op,
 size_t kpp_encode_list(uint8_t *buf, size_t cap, uint32_t offset);
 size_t kpp_encode_ping(uint8_t *buf, size_t cap, const sk_kid *kid); /* kid may be NULL */
 size_t kpp_encode_sessions(uint8_t *buf, size_t cap);
+size_t kpp_encode_reopens(uint8_t *buf, size_t cap);
 size_t kpp_encode_audit_pubkey(uint8_t *buf, size_t cap);
 /* msg: 1..KPP_AUDIT_SIGN_MAX bytes. */
 size_t kpp_encode_audit_sign(uint8_t *buf, size_t cap, const void *msg, size_t msg_len);
 size_t kpp_encode_publish_pubkey(uint8_t *buf, size_t cap);
+size_t kpp_encode_token_info(uint8_t *buf, size_t cap);
 /* part: 1..KPP_BODY_MAX bytes. */
 size_t kpp_encode_publish_part(uint8_t *buf, size_t cap, const void *part, size_t part_len);
 /* part: 0..KPP_PART_LAST bytes; total: the whole input's length, this part included. */
@@ -182,6 +194,7 @@ size_t kpp_encode_pubkey_reply(uint8_t *buf, size_t cap, kpp_op op,
 /* GENERATE's reply: the pubkey and the attributes byte (SK_ATTR_READ set). */
 size_t kpp_encode_generate_reply(uint8_t *buf, size_t cap, const sk_pubkey *pub, sk_attrs attrs);
 size_t kpp_encode_attrs_reply(uint8_t *buf, size_t cap, sk_attrs attrs); /* KEY_ATTRS */
+size_t kpp_encode_token_info_reply(uint8_t *buf, size_t cap, const sk_token_info *ti);
 size_t kpp_encode_list_reply(uint8_t *buf, size_t cap, uint32_t total, const sk_key_entry *e,
                              size_t n);
 size_t kpp_encode_u32_reply(uint8_t *buf, size_t cap, kpp_op op, uint32_t value);
@@ -196,5 +209,6 @@ uint32_t kpp_reply_list(const kpp_reply *r, sk_key_entry *out, size_t cap, uint3
 uint32_t kpp_reply_u32(const kpp_reply *r, uint32_t *value);
 uint32_t kpp_reply_generate(const kpp_reply *r, sk_pubkey *pub, sk_attrs *attrs); /* GENERATE */
 uint32_t kpp_reply_attrs(const kpp_reply *r, sk_attrs *attrs);                    /* KEY_ATTRS */
+uint32_t kpp_reply_token_info(const kpp_reply *r, sk_token_info *ti);
 
 #endif

@@ -54,10 +54,11 @@ da_recovery_s=10
 da_lockout_recovery_s=60
 # tpm2-abrmd's bound on transient objects per connection (its largest accepted value). The
 # keeper is one connection, and tpm2-pkcs11 keeps loaded every key it has used (one object)
-# or made (two), destroyed ones included, until the process ends: measured, one keeper
-# makes about 45 keys, or signs with about 95, then gets CKR_GENERAL_ERROR (503
-# hsm_unavailable) until it restarts. 40 active keys leave a fresh keeper room to sign with
-# all of them and to make about 25 more (docs/modules.md, "TPM 2.0").
+# or made (two), destroyed ones included, until the module is finalised: measured, one
+# keeper makes about 45 keys, or signs with about 95, then gets CKR_GENERAL_ERROR, which the
+# keeper clears by re-opening the module (hsm/hsm.h, "Re-opening"). 40 active keys leave
+# one module instance room to sign with all of them and to make about 25 more
+# (docs/modules.md, "TPM 2.0").
 max_transients=100
 max_active_keys=40
 

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 
+from prometheus_client.parser import text_string_to_metric_families
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -78,6 +79,25 @@ def test_the_keeper_logs_what_it_probed_once_at_start(make_appliance):
     assert "not sign-only" not in log
 
 
+def token_info(a):
+    r = a.get("/metrics")
+    assert r.status_code == 200, r.text
+    fams = {f.name: f for f in text_string_to_metric_families(r.text)}
+    found = [s.labels for s in fams["signd_token_info"].samples if s.value == 1]
+    assert len(found) == 1, r.text
+    return found[0]
+
+
+def test_metrics_show_what_the_keeper_probed(appliance):
+    info = token_info(appliance)
+    assert info["sign_mechanism"] == "sha256_rsa_pkcs"
+    assert info["manufacturer"] == "SoftHSM project"
+    assert "SoftHSM" in info["model"]
+    assert int(info["rsa_min_bits"]) <= 2048 and int(info["rsa_max_bits"]) >= 4096
+    assert int(info["pin_min"]) >= 1 and int(info["max_sessions"]) >= 1
+    assert info["sign_only_refused"] == "false"
+
+
 def test_the_forced_rsa_pkcs_path_gives_the_same_signatures(make_appliance):
     a = make_appliance({"pkcs11_sign_mechanism": "rsa_pkcs"})
     key = a.create_key(label="both paths")
@@ -87,6 +107,7 @@ def test_the_forced_rsa_pkcs_path_gives_the_same_signatures(make_appliance):
     for p, s in zip(payloads, by_rsa_pkcs):
         verify(key["jwk"], s, p)
     assert "signs with CKM_RSA_PKCS over a SHA-256 DigestInfo" in a.read_log()
+    assert token_info(a)["sign_mechanism"] == "rsa_pkcs"
     # The same key through CKM_SHA256_RSA_PKCS: PKCS#1 v1.5 is deterministic, so the two
     # paths must agree to the byte.
     a.stop()
@@ -107,6 +128,25 @@ def test_an_unknown_mechanism_name_stops_the_start_with_one_line(make_appliance)
     assert p.returncode != 0
     err = p.stderr.decode()
     assert "pkcs11_sign_mechanism" in err and "auto, sha256_rsa_pkcs or rsa_pkcs" in err, err
+
+
+def test_a_key_recorded_as_not_sign_only_is_shown_and_warned_about_at_start(make_appliance):
+    a = make_appliance()
+    key = a.create_key(label="weak")
+    a.stop()
+    # As tpm2-pkcs11 would have made it: read back, sensitive, never extractable, but not
+    # sign-only (SK_ATTR_READ | SENSITIVE | NEVER_EXTRACTABLE).
+    conn = sqlite3.connect(os.path.join(a.dir, "appliance.db"))
+    with conn:
+        conn.execute("UPDATE keys SET token_attrs = 11 WHERE kid = ?", (key["kid"],))
+    conn.close()
+    a.start()
+    got = a.get("/v1/keys/" + key["kid"]).json()["token_attributes"]
+    assert got == dict(SIGN_ONLY, sign_only=False)
+    log = a.read_log()
+    assert log.count("1 live keys are not sign-only in the token") == 1, log
+    # It still signs: the key is kept, only said to be weaker.
+    verify(key["jwk"], sign(a, key["kid"], b"still signs"), b"still signs")
 
 
 def test_a_key_made_before_gets_its_attributes_at_the_next_start(make_appliance):

@@ -53,7 +53,11 @@ static void fuzz_request(const uint8_t *data, size_t size)
         n = kpp_encode_generate(out, sizeof(out), &r.kid, r.bits);
         break;
     case KPP_OP_DESTROY:
+    case KPP_OP_KEY_ATTRS:
         n = kpp_encode_kid_op(out, sizeof(out), r.op, &r.kid);
+        break;
+    case KPP_OP_TOKEN_INFO:
+        n = kpp_encode_token_info(out, sizeof(out));
         break;
     case KPP_OP_LIST:
         n = kpp_encode_list(out, sizeof(out), r.offset);
@@ -63,6 +67,9 @@ static void fuzz_request(const uint8_t *data, size_t size)
         break;
     case KPP_OP_SESSIONS:
         n = kpp_encode_sessions(out, sizeof(out));
+        break;
+    case KPP_OP_REOPENS:
+        n = kpp_encode_reopens(out, sizeof(out));
         break;
     case KPP_OP_AUDIT_PUBKEY:
         n = kpp_encode_audit_pubkey(out, sizeof(out));
@@ -129,7 +136,18 @@ static void fuzz_reply(const uint8_t *data, size_t size, kpp_op op)
     int ok_pub = kpp_reply_pubkey(&r, &pub) == 0;
     int ok_list = kpp_reply_list(&r, entries, KPP_LIST_MAX, &total, &count) == 0;
     int ok_u32 = kpp_reply_u32(&r, &v) == 0;
-    check(ok_sig + ok_pub + ok_list + ok_u32 <= 1, "two body decoders accepted one body");
+    sk_pubkey gpub;
+    sk_attrs gattrs = 0, attrs = 0;
+    sk_token_info ti;
+    int ok_gen = kpp_reply_generate(&r, &gpub, &gattrs) == 0;
+    int ok_attrs = kpp_reply_attrs(&r, &attrs) == 0;
+    int ok_ti = kpp_reply_token_info(&r, &ti) == 0;
+    check(ok_sig + ok_pub + ok_list + ok_u32 + ok_gen + ok_attrs + ok_ti <= 1,
+          "two body decoders accepted one body");
+    if (ok_gen || ok_attrs)
+        check(((ok_gen ? gattrs : attrs) & SK_ATTR_READ) &&
+                  !((ok_gen ? gattrs : attrs) & ~SK_ATTR_ALL),
+              "an attribute byte that is not an attribute set");
 
     /* A small cap must copy no more than it allows. */
     sk_key_entry two[2];
@@ -152,6 +170,12 @@ static void fuzz_reply(const uint8_t *data, size_t size, kpp_op op)
         n = kpp_encode_list_reply(out, sizeof(out), total, entries, count);
     else if (ok_u32)
         n = kpp_encode_u32_reply(out, sizeof(out), op, v);
+    else if (ok_gen)
+        n = kpp_encode_generate_reply(out, sizeof(out), &gpub, gattrs);
+    else if (ok_attrs)
+        n = kpp_encode_attrs_reply(out, sizeof(out), attrs);
+    else if (ok_ti)
+        n = kpp_encode_token_info_reply(out, sizeof(out), &ti);
     else
         return;
     check(n == size && memcmp(out, data, size) == 0, "reply re-encodes differently");

@@ -454,6 +454,47 @@ def test_keys_up_to_max_active_keys_each_sign_after_a_restart(mod):
     figure(module.name, "first_token_of_each_key_after_restart_s", round(time.monotonic() - t0, 1))
 
 
+def test_more_keys_than_one_keeper_could_load_are_made_and_sign_as_old_ones_are_revoked(mod):
+    """The TPM's bound on loaded keys is per keeper process (tpm2-pkcs11 keeps every key it
+    made loaded, destroyed ones included): one keeper used to make about 45 keys, then
+    answer 503 until it was restarted. The keeper now re-opens the module at that error and
+    tries once more (hsm.h, "Re-opening"): 60 keys made in one keeper's life, each revoked
+    once the next exists, are all 201 and each signs a token jwcrypto verifies."""
+    module, a = mod
+    if not module.to_key_limit:
+        pytest.skip("%s: no max_active_keys of its own" % module.name)
+    a.restart()
+    for k in registry(a, "active") + registry(a, "retiring"):
+        assert a.delete("/v1/keys/" + k["kid"]).status_code == 200
+    log_before = a.read_log().count("re-opened the module")
+    t0 = time.monotonic()
+    previous = None
+    for i in range(60):
+        r = a.post("/v1/keys", {"label": "churn-%d" % i})
+        assert r.status_code == 201, (i, r.text)
+        kid = r.json()["kid"]
+        verify_jwcrypto(mint(a, kid), jwks(a)[kid])
+        if previous is not None:
+            assert a.delete("/v1/keys/" + previous).status_code == 200
+        previous = kid
+    reopens = a.read_log().count("re-opened the module") - log_before
+    figure(module.name, "keys_made_and_revoked_in_one_keeper", 60)
+    figure(module.name, "module_reopens_for_60_keys", reopens)
+    figure(module.name, "churn_60_keys_s", round(time.monotonic() - t0, 1))
+    assert reopens >= 1, a.read_log()[-3000:]
+    verify_jwcrypto(mint(a, previous), jwks(a)[previous])
+    # The readiness probe reads the keeper's count every half second into /metrics.
+    deadline = time.monotonic() + 10
+    while True:
+        text = a.get("/metrics").text
+        m = re.search(r"^signd_hsm_reopens_total (\d+)$", text, re.M)
+        assert m, text[-2000:]
+        if int(m.group(1)) >= reopens or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert int(m.group(1)) >= reopens
+
+
 # ---- make run HSM=... ---------------------------------------------------------------------
 
 

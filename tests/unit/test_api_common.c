@@ -324,13 +324,39 @@ static void test_a_key_row_is_its_json_with_the_fields_of_its_state(void **state
                         "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd");
     assert_null(json_object_get(j, "revoked_at"));
     assert_null(json_object_get(j, "reason"));
+    assert_null(json_object_get(j, "token_attributes")); /* never read: absent */
     json_decref(j);
+
+    /* What the token holds, as read back: each bit its boolean. */
+    k = sample_key(REG_ACTIVE);
+    k.token_attrs = SK_ATTR_READ | SK_ATTR_SENSITIVE | SK_ATTR_NEVER_EXTRACTABLE;
+    j = api_key_json(&k);
+    text = json_dumps(json_object_get(j, "token_attributes"), JSON_COMPACT | JSON_SORT_KEYS);
+    assert_string_equal(text, "{\"extractable\":false,\"never_extractable\":true,"
+                              "\"sensitive\":true,\"sign_only\":false}");
+    free(text);
+    json_decref(j);
+}
+
+/* The token's refusal of a size is the caller's 400, not a 503 of the token's. */
+static void test_a_size_the_token_cannot_make_is_a_400_key_size_unsupported(void **state)
+{
+    (void)state;
+    api_resp r;
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(api_hsm_error(&r, SK_ERR_KEY_SIZE), API_ERR_KEY_SIZE_UNSUPPORTED);
+    assert_int_equal(api_err_table(API_ERR_KEY_SIZE_UNSUPPORTED)->http_status, 400);
+    assert_string_equal(api_err_table(API_ERR_KEY_SIZE_UNSUPPORTED)->code, "key_size_unsupported");
+    assert_string_equal(r.headers, ""); /* no Retry-After: retrying cannot help */
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(api_hsm_error(&r, SK_ERR_KEY_WEAK), API_ERR_HSM_UNAVAILABLE);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_an_object_of_known_fields_is_parsed),
+        cmocka_unit_test(test_a_size_the_token_cannot_make_is_a_400_key_size_unsupported),
         cmocka_unit_test(test_an_empty_body_is_an_empty_object_only_when_allowed),
         cmocka_unit_test(test_each_malformed_body_gets_its_own_code),
         cmocka_unit_test(test_an_unknown_field_is_named_and_bounded),

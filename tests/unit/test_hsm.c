@@ -17,10 +17,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/bn.h>
@@ -549,6 +551,29 @@ static void test_wrong_pin_is_pin_incorrect(void **state)
     assert_int_equal(ckr, CKR_PIN_INCORRECT);
     assert_int_equal(hsm_last_ckr(), CKR_PIN_INCORRECT);
     group_reopen(g);
+    assert_signs_and_verifies(g->h, &g->kids[0], "the right PIN still opens");
+}
+
+/* A PIN shorter than the token's ulMinPinLen (4 on SoftHSM2) is refused before C_Login, so
+ * it spends none of a token's lockout tries (swtpm locks the whole TPM after 3). */
+static void test_a_pin_outside_the_tokens_length_bounds_is_refused_before_login(void **state)
+{
+    group *g = *state;
+    char path[PATH_MAX];
+    group_path(g, "short-pin", path);
+    write_file(path, "123\n", 0600);
+    hsm_config cfg = g->cfg;
+    cfg.pin_file = path;
+    hsm_close(g->h);
+    g->h = NULL;
+    unsigned long ckr = 0;
+    hsm *h = NULL;
+    assert_int_equal(hsm_open(&cfg, &h, &ckr), SK_ERR_PIN_INCORRECT);
+    assert_null(h);
+    assert_int_equal(ckr, CKR_PIN_LEN_RANGE);
+    assert_non_null(strstr(hsm_open_detail(), "holds 3 characters, the token takes 4 to"));
+    group_reopen(g);
+    assert_string_equal(hsm_open_detail(), "");
     assert_signs_and_verifies(g->h, &g->kids[0], "the right PIN still opens");
 }
 
@@ -1123,6 +1148,181 @@ static void test_a_key_the_token_made_not_sensitive_is_destroyed_and_refused(voi
     group_reopen(g);
 }
 
+/* ---- group: re-opening the module (hsm.h, "Re-opening") ----------------------------------- */
+
+#define REOPEN_SIGNERS 4
+#define REOPENS 5
+
+typedef struct {
+    unsigned ok, refused, failed;
+    unsigned long last_reopens;
+} reopen_log;
+
+static void reopen_logged(void *arg, unsigned long ckr, sk_status st, unsigned long reopens)
+{
+    reopen_log *l = arg;
+    assert_int_equal(ckr, CKR_GENERAL_ERROR);
+    if (st == SK_OK)
+        l->ok++;
+    else if (st == SK_ERR_SESSION_COUNT)
+        l->refused++;
+    else
+        l->failed++;
+    l->last_reopens = reopens;
+}
+
+static reopen_log reopen_calls;
+
+/* A group of its own per test (the per-minute bound counts per handle), with two keys and
+ * the handle opened again with the re-open callback. */
+static int reopen_setup(void **state)
+{
+    if (concurrency_setup(state) != 0)
+        return -1;
+    group *g = *state;
+    memset(&reopen_calls, 0, sizeof(reopen_calls));
+    g->cfg.on_reopen = reopen_logged;
+    g->cfg.on_reopen_arg = &reopen_calls;
+    hsm_close(g->h);
+    g->h = NULL;
+    return hsm_open(&g->cfg, &g->h, NULL) == SK_OK ? 0 : -1;
+}
+
+typedef struct {
+    group *g;
+    int index;
+    atomic_int *stop;
+    unsigned signed_ok, verified_ok, failed;
+    sk_status first_error;
+} busy_signer;
+
+/* Signs until told to stop, each signature checked. */
+static void *busy_signer_run(void *arg)
+{
+    busy_signer *s = arg;
+    EVP_PKEY *keys[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++) {
+        sk_pubkey pk;
+        if (hsm_public_key(s->g->h, &s->g->kids[k], &pk) == SK_OK)
+            keys[k] = testenv_evp_from_pubkey(&pk);
+    }
+    for (int i = 0; !atomic_load(s->stop); i++) {
+        char msg[96];
+        int len = snprintf(msg, sizeof(msg), "busy signer %d, message %d", s->index, i);
+        int k = (i + s->index) % 2;
+        uint8_t sig[SK_SIG_MAX];
+        size_t sig_len = 0;
+        sk_status st = hsm_sign_rs256(s->g->h, &s->g->kids[k], msg, (size_t)len, sig, &sig_len);
+        if (st != SK_OK) {
+            if (s->failed++ == 0)
+                s->first_error = st;
+            continue;
+        }
+        s->signed_ok++;
+        if (keys[k] != NULL && rs256_verifies(keys[k], msg, (size_t)len, sig, sig_len))
+            s->verified_ok++;
+    }
+    EVP_PKEY_free(keys[0]);
+    EVP_PKEY_free(keys[1]);
+    return NULL;
+}
+
+static void sleep_ms(long ms)
+{
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&t, NULL);
+}
+
+/* The module is finalised and initialised again REOPENS times while four threads sign
+ * without a pause: no crash (C_Finalize never runs under a signer), no signature fails or
+ * fails to verify, the keys' handles are found again, and each signer keeps one session. */
+static void test_reopen_while_threads_sign_fails_no_signature(void **state)
+{
+    group *g = *state;
+    hsm_thread_done(g->h);
+    atomic_int stop = 0;
+    busy_signer s[REOPEN_SIGNERS];
+    pthread_t t[REOPEN_SIGNERS];
+    for (int i = 0; i < REOPEN_SIGNERS; i++) {
+        s[i] = (busy_signer){.g = g, .index = i, .stop = &stop};
+        assert_int_equal(pthread_create(&t[i], NULL, busy_signer_run, &s[i]), 0);
+    }
+    for (int r = 0; r < REOPENS; r++) {
+        sleep_ms(60);
+        assert_int_equal(hsm_test_reopen(g->h), SK_OK);
+    }
+    sleep_ms(100);
+    unsigned sessions = hsm_sessions_open(g->h);
+    atomic_store(&stop, 1);
+    for (int i = 0; i < REOPEN_SIGNERS; i++)
+        pthread_join(t[i], NULL);
+    unsigned total = 0;
+    for (int i = 0; i < REOPEN_SIGNERS; i++) {
+        assert_int_equal(s[i].failed, 0);
+        assert_int_equal(s[i].first_error, SK_OK);
+        assert_int_equal(s[i].verified_ok, s[i].signed_ok);
+        assert_true(s[i].signed_ok > 0);
+        total += s[i].signed_ok;
+    }
+    fprintf(stderr, "# %u signatures across %d re-opens\n", total, REOPENS);
+    assert_int_equal(hsm_reopens(g->h), REOPENS);
+    assert_int_equal(reopen_calls.ok, REOPENS);
+    assert_int_equal(reopen_calls.last_reopens, REOPENS);
+    assert_int_equal(hsm_cached_keys(g->h), 2);
+    assert_int_equal(sessions, REOPEN_SIGNERS); /* reopened in place, not leaked */
+    assert_int_equal(hsm_sessions_open(g->h), 0);
+    /* Signers that started after the last re-open see the new generation. */
+    assert_signs_and_verifies(g->h, &g->kids[0], "after the re-opens");
+}
+
+/* A call that fails as tpm2-pkcs11 at its bound re-opens the module and succeeds the
+ * second time; a call that fails again after the re-open gives its error (one retry, one
+ * re-open: no loop); generation goes through the same path. */
+static void test_an_exhausted_call_reopens_the_module_and_is_tried_once_more(void **state)
+{
+    group *g = *state;
+    hsm_test_exhaust(g->h, 1);
+    assert_signs_and_verifies(g->h, &g->kids[0], "exhausted once");
+    assert_int_equal(hsm_reopens(g->h), 1);
+
+    hsm_test_exhaust(g->h, 2);
+    uint8_t sig[SK_SIG_MAX];
+    size_t sig_len = 0;
+    assert_int_equal(hsm_sign_rs256(g->h, &g->kids[1], "twice", 5, sig, &sig_len), SK_ERR_DEVICE);
+    assert_int_equal(hsm_last_ckr(), CKR_GENERAL_ERROR);
+    assert_int_equal(hsm_reopens(g->h), 2);
+    assert_signs_and_verifies(g->h, &g->kids[1], "and then fine");
+
+    hsm_test_exhaust(g->h, 1);
+    sk_kid kid;
+    testenv_kid(&kid);
+    assert_int_equal(hsm_generate(g->h, &kid, 2048), SK_OK);
+    assert_int_equal(hsm_reopens(g->h), 3);
+    assert_signs_and_verifies(g->h, &kid, "made after a re-open");
+    assert_int_equal(hsm_cached_keys(g->h), 3);
+    assert_int_equal(reopen_calls.ok, 3);
+}
+
+/* At most HSM_REOPEN_PER_MIN re-opens a minute: the next is refused (the caller's error
+ * stands, the callback says so once), and the handle keeps working. */
+static void test_reopens_past_the_bound_per_minute_are_refused(void **state)
+{
+    group *g = *state;
+    for (int i = 0; i < HSM_REOPEN_PER_MIN; i++)
+        assert_int_equal(hsm_test_reopen(g->h), SK_OK);
+    assert_int_equal(hsm_test_reopen(g->h), SK_ERR_DEVICE);
+    hsm_test_exhaust(g->h, 1);
+    uint8_t sig[SK_SIG_MAX];
+    size_t sig_len = 0;
+    assert_int_equal(hsm_sign_rs256(g->h, &g->kids[0], "bounded", 7, sig, &sig_len), SK_ERR_DEVICE);
+    assert_int_equal(hsm_last_ckr(), CKR_GENERAL_ERROR);
+    assert_int_equal(hsm_reopens(g->h), HSM_REOPEN_PER_MIN);
+    assert_int_equal(reopen_calls.ok, HSM_REOPEN_PER_MIN);
+    assert_int_equal(reopen_calls.refused, 1); /* logged once, not per refusal */
+    assert_int_equal(reopen_calls.failed, 0);
+    assert_signs_and_verifies(g->h, &g->kids[0], "still signs");
+}
+
 int main(void)
 {
     const struct CMUnitTest keys[] = {
@@ -1139,6 +1339,7 @@ int main(void)
     };
     const struct CMUnitTest errors[] = {
         cmocka_unit_test(test_wrong_pin_is_pin_incorrect),
+        cmocka_unit_test(test_a_pin_outside_the_tokens_length_bounds_is_refused_before_login),
         cmocka_unit_test(test_missing_token_label_is_token_not_found),
         cmocka_unit_test(test_non_matching_uri_is_token_not_found),
         cmocka_unit_test(test_matching_uri_opens),
@@ -1169,7 +1370,17 @@ int main(void)
     const struct CMUnitTest shared[] = {
         cmocka_unit_test(test_a_key_generated_after_open_is_found_in_the_token_on_first_use),
     };
+    const struct CMUnitTest reopening[] = {
+        cmocka_unit_test_setup_teardown(test_reopen_while_threads_sign_fails_no_signature,
+                                        reopen_setup, group_teardown),
+        cmocka_unit_test_setup_teardown(
+            test_an_exhausted_call_reopens_the_module_and_is_tried_once_more, reopen_setup,
+            group_teardown),
+        cmocka_unit_test_setup_teardown(test_reopens_past_the_bound_per_minute_are_refused,
+                                        reopen_setup, group_teardown),
+    };
     int failed = 0;
+    failed += cmocka_run_group_tests_name("hsm re-open", reopening, NULL, NULL);
     failed += cmocka_run_group_tests_name("hsm keys", keys, keys_setup, group_teardown);
     failed +=
         cmocka_run_group_tests_name("hsm lifecycle", lifecycle, lifecycle_setup, group_teardown);

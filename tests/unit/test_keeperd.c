@@ -477,6 +477,16 @@ static void test_key_attrs_reads_back_what_the_token_holds(void **state)
     sk_kid audit;
     memcpy(audit.b, KP_AUDIT_ID, SK_KID_LEN);
     assert_int_equal(do_kid_op(fd, b, KPP_OP_KEY_ATTRS, &audit, NULL), SK_ERR_KEY_NOT_FOUND);
+
+    /* And what it probed at start, from memory. */
+    len = kpp_encode_token_info(b->req, sizeof(b->req));
+    assert_int_equal(call(fd, b->req, len, KPP_OP_TOKEN_INFO, b->rep, &r), SK_OK);
+    sk_token_info ti;
+    assert_int_equal(kpp_reply_token_info(&r, &ti), 0);
+    assert_string_equal(ti.sign_mechanism, "sha256_rsa_pkcs");
+    assert_string_equal(ti.manufacturer, "SoftHSM project");
+    assert_true(ti.rsa_min_bits <= 2048 && ti.rsa_max_bits >= 4096);
+    assert_int_equal(ti.sign_only_refused, 0);
     close(fd);
     free(b);
 }

@@ -640,9 +640,11 @@ static void test_each_op_refuses_a_body_of_the_wrong_length(void **state)
         {KPP_OP_GENERATE, 20, {0, 16, 19, 21, 24, 100}, 6},
         {KPP_OP_DESTROY, 16, {0, 1, 15, 17, 32}, 5},
         {KPP_OP_KEY_ATTRS, 16, {0, 1, 15, 17, 32}, 5},
+        {KPP_OP_TOKEN_INFO, 0, {1, 4, 16}, 3},
         {KPP_OP_LIST, 4, {0, 1, 3, 5, 8}, 5},
         {KPP_OP_PING, 17, {0, 1, 16, 18, 33}, 5},
         {KPP_OP_SESSIONS, 0, {1, 4, 16}, 3},
+        {KPP_OP_REOPENS, 0, {1, 4, 16}, 3},
         {KPP_OP_AUDIT_PUBKEY, 0, {1, 4, 16, 17}, 4},
         {KPP_OP_AUDIT_SIGN, 16, {0, KPP_AUDIT_SIGN_MAX + 1, KPP_AUDIT_SIGN_MAX + 17}, 3},
     };
@@ -834,6 +836,65 @@ static void test_generate_reply_carries_the_attributes_byte_and_refuses_a_bad_on
     }
 }
 
+static void test_token_info_round_trips_and_its_texts_stay_label_safe(void **state)
+{
+    (void)state;
+    sk_token_info ti = {.rsa_min_bits = 1024,
+                        .rsa_max_bits = 3072,
+                        .pin_min = 4,
+                        .pin_max = 8,
+                        .max_sessions = 12,
+                        .sign_only_refused = 1};
+    snprintf(ti.sign_mechanism, sizeof(ti.sign_mechanism), "rsa_pkcs");
+    snprintf(ti.manufacturer, sizeof(ti.manufacturer), "IBM \"quoted\"\\x");
+    snprintf(ti.model, sizeof(ti.model), "Soft v3.8");
+    size_t n = kpp_encode_token_info(scratch, sizeof(scratch));
+    assert_int_equal(n, KPP_HDR_LEN);
+    kpp_request q;
+    assert_int_equal(decode_req(scratch, n, &q, NULL), 0);
+    assert_int_equal(q.op, KPP_OP_TOKEN_INFO);
+
+    n = kpp_encode_token_info_reply(scratch, sizeof(scratch), &ti);
+    assert_int_not_equal(n, 0);
+    kpp_reply r;
+    assert_int_equal(decode_rep(scratch, n, KPP_OP_TOKEN_INFO, &r), 0);
+    sk_token_info got;
+    assert_int_equal(kpp_reply_token_info(&r, &got), 0);
+    assert_string_equal(got.sign_mechanism, "rsa_pkcs");
+    /* A quote or a backslash never reaches a metric label. */
+    assert_string_equal(got.manufacturer, "IBM ?quoted??x");
+    assert_string_equal(got.model, "Soft v3.8");
+    assert_int_equal(got.rsa_min_bits, 1024);
+    assert_int_equal(got.rsa_max_bits, 3072);
+    assert_int_equal(got.pin_min, 4);
+    assert_int_equal(got.pin_max, 8);
+    assert_int_equal(got.max_sessions, 12);
+    assert_int_equal(got.sign_only_refused, 1);
+
+    /* The decoder refuses what the encoder never writes. */
+    static uint8_t body[KPP_BODY_MAX];
+    memcpy(body, r.body, r.body_len);
+    size_t blen = r.body_len;
+    body[0] = 3; /* no such mechanism */
+    kpp_reply hand = reply_of(KPP_OP_TOKEN_INFO, 0, body, blen);
+    assert_int_equal(kpp_reply_token_info(&hand, &got), KPP_ERR_BAD_BODY);
+    body[0] = 1;
+    body[1] = 2; /* refused is 0 or 1 */
+    assert_int_equal(kpp_reply_token_info(&hand, &got), KPP_ERR_BAD_BODY);
+    body[1] = 0;
+    body[22] = '"'; /* a text byte outside the label-safe set */
+    assert_int_equal(kpp_reply_token_info(&hand, &got), KPP_ERR_BAD_BODY);
+    body[22] = 'I';
+    body[22 + 31] = 'x'; /* a byte after the NUL padding began */
+    assert_int_equal(kpp_reply_token_info(&hand, &got), KPP_ERR_BAD_BODY);
+    body[22 + 31] = 0;
+    assert_int_equal(kpp_reply_token_info(&hand, &got), 0);
+    hand = reply_of(KPP_OP_TOKEN_INFO, 0, body, blen - 1);
+    assert_int_equal(kpp_reply_token_info(&hand, &got), KPP_ERR_BAD_BODY);
+    snprintf(ti.sign_mechanism, sizeof(ti.sign_mechanism), "auto");
+    assert_int_equal(kpp_encode_token_info_reply(scratch, sizeof(scratch), &ti), 0);
+}
+
 static void test_key_attrs_request_and_reply_round_trip(void **state)
 {
     (void)state;
@@ -931,15 +992,24 @@ static void test_u32_reply_round_trips_the_sessions_count(void **state)
 {
     (void)state;
     const uint32_t values[] = {0, 1, 256, 0xdeadbeefu, UINT32_MAX};
-    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
-        size_t n = kpp_encode_u32_reply(scratch, sizeof(scratch), KPP_OP_SESSIONS, values[i]);
-        assert_int_equal(n, KPP_HDR_LEN + 4);
-        kpp_reply r;
-        assert_int_equal(decode_rep(scratch, n, KPP_OP_SESSIONS, &r), 0);
-        uint32_t v = 7;
-        assert_int_equal(kpp_reply_u32(&r, &v), 0);
-        assert_int_equal(v, values[i]);
+    const kpp_op ops[] = {KPP_OP_SESSIONS, KPP_OP_REOPENS}; /* the re-open count too */
+    for (size_t o = 0; o < 2; o++) {
+        for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+            size_t n = kpp_encode_u32_reply(scratch, sizeof(scratch), ops[o], values[i]);
+            assert_int_equal(n, KPP_HDR_LEN + 4);
+            kpp_reply r;
+            assert_int_equal(decode_rep(scratch, n, ops[o], &r), 0);
+            uint32_t v = 7;
+            assert_int_equal(kpp_reply_u32(&r, &v), 0);
+            assert_int_equal(v, values[i]);
+        }
     }
+    /* A REOPENS request has an empty body, like SESSIONS. */
+    size_t n = kpp_encode_reopens(scratch, sizeof(scratch));
+    assert_int_equal(n, KPP_HDR_LEN);
+    kpp_request q;
+    assert_int_equal(kpp_decode_request(scratch, n, &q, NULL), 0);
+    assert_int_equal(q.op, KPP_OP_REOPENS);
 }
 
 /* ---- reply errors ----------------------------------------------------------------------- */
@@ -1394,7 +1464,7 @@ static void test_reply_encoders_refuse_out_of_bound_arguments(void **state)
     assert_int_equal(kpp_encode_list_reply(b, cap, 0, NULL, 0), KPP_HDR_LEN + 8);
 
     for (int op = 0; op <= ALL_OPS_LAST + 1; op++) {
-        size_t want = op == KPP_OP_SESSIONS ? KPP_HDR_LEN + 4 : 0;
+        size_t want = op == KPP_OP_SESSIONS || op == KPP_OP_REOPENS ? KPP_HDR_LEN + 4 : 0;
         assert_int_equal(kpp_encode_u32_reply(b, cap, (kpp_op)op, 1), want);
     }
     assert_int_equal(kpp_encode_status(NULL, cap, KPP_OP_SIGN, 0), 0);
@@ -1582,6 +1652,12 @@ static int request_reencodes(const uint8_t *msg, size_t len)
     case KPP_OP_SESSIONS:
         n = kpp_encode_sessions(reenc, sizeof(reenc));
         break;
+    case KPP_OP_REOPENS:
+        n = kpp_encode_reopens(reenc, sizeof(reenc));
+        break;
+    case KPP_OP_TOKEN_INFO:
+        n = kpp_encode_token_info(reenc, sizeof(reenc));
+        break;
     case KPP_OP_AUDIT_PUBKEY:
         n = kpp_encode_audit_pubkey(reenc, sizeof(reenc));
         break;
@@ -1664,7 +1740,7 @@ static int reply_reencodes(const uint8_t *msg, size_t len)
             assert_int_equal(op, KPP_OP_LIST);
             n = kpp_encode_list_reply(reenc, sizeof(reenc), total, entries, count);
         } else if (ok_u32) {
-            assert_int_equal(op, KPP_OP_SESSIONS);
+            assert_true(op == KPP_OP_SESSIONS || op == KPP_OP_REOPENS);
             n = kpp_encode_u32_reply(reenc, sizeof(reenc), (kpp_op)op, v);
         } else {
             continue;
@@ -1896,6 +1972,7 @@ int main(void)
         cmocka_unit_test(test_pubkey_reply_round_trips_for_generate_and_the_service_keys),
         cmocka_unit_test(test_generate_reply_carries_the_attributes_byte_and_refuses_a_bad_one),
         cmocka_unit_test(test_key_attrs_request_and_reply_round_trip),
+        cmocka_unit_test(test_token_info_round_trips_and_its_texts_stay_label_safe),
         cmocka_unit_test(test_list_reply_round_trips_entries_flags_and_total),
         cmocka_unit_test(test_list_reply_copies_at_most_cap_entries_and_reports_the_count),
         cmocka_unit_test(test_u32_reply_round_trips_the_sessions_count),

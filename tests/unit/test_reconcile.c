@@ -122,6 +122,7 @@ static void test_reconcile_records_the_token_attributes_of_a_key_made_before(voi
     rec_report rep;
     assert_int_equal(rec_run(w->k, w->rg, stderr, &rep), 0);
     assert_int_equal(rep.attrs_read, 1);
+    assert_int_equal(rep.not_sign_only, 0);
     assert_int_equal(rep.marked_broken, 0);
     assert_int_equal(reg_get(w->rg, &k.kid, &got), REG_OK);
     assert_int_equal(got.token_attrs, SK_ATTR_READ | SK_ATTR_SENSITIVE | SK_ATTR_NEVER_EXTRACTABLE |
