@@ -614,9 +614,9 @@ static void hsm_field_copy(char *out, const unsigned char *field, size_t len)
 }
 
 /* A CK_ULONG the token may leave unknown, as a bound: 0 for unknown. Past UINT32_MAX is
- * no bound either:
- * opencryptoki 3.8's soft token states 2^64 - 2 sessions, a sentinel of its own for "no
- * limit" that neither CK_UNAVAILABLE_INFORMATION nor CK_EFFECTIVELY_INFINITE matches. */
+ * no bound either: opencryptoki 3.8's soft token states 2^64 - 2 sessions, a sentinel of
+ * its own for "no limit" that neither CK_UNAVAILABLE_INFORMATION nor
+ * CK_EFFECTIVELY_INFINITE matches. */
 static unsigned long hsm_known(CK_ULONG v)
 {
     return v == CK_UNAVAILABLE_INFORMATION || v > UINT32_MAX ? 0 : (unsigned long)v;
