@@ -64,3 +64,16 @@ prov_conf_set() {
 		printf '%s = %s\n' "$key" "$value" >>"$file"
 	fi
 }
+
+# Writes what `provisioning/hsm/NAME.sh conf DIR` prints (pkcs11_module, token, pin_file,
+# ...) into the configuration file, one setting at a time: make run and the bench both
+# point DIR's appliance at the module this way.
+# Usage: prov_module_conf MODULE_SCRIPT DIR CONF
+prov_module_conf() {
+	local line key value
+	"$1" conf "$2" | while IFS= read -r line; do
+		key=${line%%=*}
+		value=${line#*=}
+		prov_conf_set "$3" "${key% }" "${value# }"
+	done
+}

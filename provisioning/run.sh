@@ -44,11 +44,7 @@ dir=$(cd "$dir" && pwd)
 conf="$dir/appliance.conf"
 # The module's lines (pkcs11_module, token, pin_file, ...) into the configuration file.
 if [ "$hsm" != softhsm2 ]; then
-	"$module_sh" conf "$dir" | while IFS= read -r line; do
-		key=${line%%=*}
-		value=${line#*=}
-		prov_conf_set "$conf" "${key% }" "${value# }"
-	done
+	prov_module_conf "$module_sh" "$dir" "$conf"
 fi
 # The configuration file is the one source of settings; PORT given to make run updates it.
 if ! grep -qE "^port = $port\$" "$conf"; then

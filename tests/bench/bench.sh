@@ -522,11 +522,7 @@ trap module_stop EXIT
 SIGND_HSM=$hsm provisioning/init-data-dir.sh "$dir" "$port" >&2
 conf="$dir/appliance.conf"
 if [ "$hsm" != softhsm2 ]; then
-	"$module_sh" conf "$dir" | while IFS= read -r line; do
-		key=${line%%=*}
-		value=${line#*=}
-		prov_conf_set "$conf" "${key% }" "${value# }"
-	done
+	prov_module_conf "$module_sh" "$dir" "$conf"
 	# The module's key bound (opencryptoki's object limit, the TPM's store) caps the keys.
 	max_keys=$(prov_conf_value "$conf" max_active_keys)
 	if [ -n "$max_keys" ] && [ "$bench_keys" -gt "$max_keys" ]; then
