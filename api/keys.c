@@ -93,7 +93,10 @@ static api_err api_ck_error(const api_req *q, api_resp *r, ck_status cs, const c
     case CK_ERR_KID:
         return api_fail(r, API_ERR_STORAGE, "the key registry refused the new kid");
     case CK_ERR_TOKEN:
-        return api_hsm_error(r, why->st);
+        /* A key being made is no key the caller named: a handle the token lost right after
+         * making it (opencryptoki, once in a thousand concurrent creates) is the token's
+         * failure, 503, never 404 key_not_found. */
+        return api_hsm_error(r, why->st == SK_ERR_KEY_NOT_FOUND ? SK_ERR_DEVICE : why->st);
     case CK_ERR_INTERNAL:
         return api_fail(r, API_ERR_INTERNAL, "public key does not fit");
     default:

@@ -527,6 +527,13 @@ static size_t kpd_execute(kpd_conn *cn, const kpp_request *q, uint8_t *rep, size
         sk_pubkey pub;
         hsm_attrs attrs;
         st = hsm_generate_attrs(d->h, &q->kid, q->bits, &attrs);
+        if (st == SK_ERR_KEY_NOT_FOUND) {
+            /* The token lost a handle it had just given (seen once in a thousand concurrent
+             * creates on opencryptoki's soft token): whatever it kept under the kid goes,
+             * and the kid, still pending, is made once more. */
+            hsm_destroy(d->h, &q->kid);
+            st = hsm_generate_attrs(d->h, &q->kid, q->bits, &attrs);
+        }
         ckr = kpd_ckr(st);
         if (st == SK_OK && !attrs.sign_only)
             kpd_warn_weak(d, &q->kid);

@@ -6,9 +6,10 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
 base=$(mktemp -d /tmp/signd-modules.XXXXXX)
-trap 'rm -rf "$base"' EXIT
-start=$(date +%s)
 rc=0
+# A failed run keeps its data directories (the appliance's and the modules' logs).
+trap 'if [ "$rc" = 0 ]; then rm -rf "$base"; else echo "test-modules: logs kept in $base" >&2; fi' EXIT
+start=$(date +%s)
 TEST_MODULES="${TEST_MODULES:-}" SIGND_MODULES_FIGURES="$top/build/test-modules-figures.json" \
 	/usr/bin/python3 -m pytest -q -p no:cacheprovider -p no:xdist --basetemp="$base/pytest" \
 	-rs tests/modules "$@" || rc=$?
