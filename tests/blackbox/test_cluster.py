@@ -359,8 +359,18 @@ def test_no_status_index_is_handed_out_twice_and_a_revocation_on_a_is_served_by_
     ok, took = poll(set_on_c, interval=0.1)
     assert ok, "node 3's status list lacks the bit after %.3f s" % took
     print("status bit on node 3: %.3f s" % (time.monotonic() - t0))
-    r = nodes[1].post("/v1/tokens/redeem", {"token": victim["token"]}, auth=cluster.redeemer)
-    assert (r.status_code, code_of(r)) == (409, "token_revoked"), r.text
+    # Node 2 hears the note on its own connection: node 3's having it says nothing of
+    # node 2's (seen in CI: node 3 at 12 ms, node 2 still redeeming). Each node within the
+    # bound, measured.
+    t0 = time.monotonic()
+
+    def refused_on_b():
+        r = nodes[1].post("/v1/tokens/redeem", {"token": victim["token"]}, auth=cluster.redeemer)
+        # (a Response is falsy when not ok: the answer itself is what poll sees)
+        return (r.status_code, code_of(r)) == (409, "token_revoked")
+    refused, took = poll(refused_on_b, interval=0.02)
+    assert refused, "node 2 still redeems the revoked token after %.3f s" % took
+    print("redeem refused on node 2: %.3f s" % took)
 
 
 # ---- audit --------------------------------------------------------------------------------
