@@ -402,6 +402,19 @@ class Appliance:
         return self.session.request(method, self.url + path, headers=headers,
                                     verify=self.cacert, **kw)
 
+    def audit_events(self, **query):
+        """Every audit event matching query (the admin's credential), paged through."""
+        events, after = [], 0
+        while True:
+            q = "&".join("%s=%s" % kv for kv in dict(query, after=after, limit=1000).items())
+            r = self.get("/v1/audit?" + q)
+            assert r.status_code == 200, r.text
+            page = r.json()
+            events += page["events"]
+            if "next_after" not in page:
+                return events
+            after = page["next_after"]
+
     def get(self, path, **kw):
         return self.request("GET", path, **kw)
 

@@ -115,19 +115,6 @@ def psql(c, sql):
     return [line.split("|") for line in out.splitlines() if line]
 
 
-def audit_events(node, **query):
-    events, after = [], 0
-    while True:
-        q = "&".join("%s=%s" % kv for kv in dict(query, after=after, limit=1000).items())
-        r = node.get("/v1/audit?" + q)
-        assert r.status_code == 200, r.text
-        doc = r.json()
-        events += doc["events"]
-        if "next_after" not in doc:
-            return events
-        after = doc["next_after"]
-
-
 # ---- created once -------------------------------------------------------------------------
 
 def test_publication_audit_and_jti_keys_are_created_once_when_all_nodes_start_together(cluster):
@@ -380,7 +367,7 @@ def test_one_audit_chain_for_the_cluster_names_each_node_and_verifies_from_any(c
     from test_audit import assert_verifies
     names = {node_name(cluster.node(i)) for i in (1, 2, 3)}
     assert len(names) == 3, names
-    events = audit_events(cluster.node(2))
+    events = cluster.node(2).audit_events()
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
     said = {e["details"].get("node") for e in events}
     assert names <= said, said
@@ -427,7 +414,7 @@ def test_reconcile_on_b_leaves_a_key_node_a_is_still_creating(cluster):
     cluster.wait_ready(1)
 
     def destroyed():
-        return [e for e in audit_events(b, kid=kid) if e["action"] == "key.orphan_destroyed"]
+        return [e for e in b.audit_events(kid=kid) if e["action"] == "key.orphan_destroyed"]
     evs, took = poll(destroyed, bound=30, interval=0.2)
     assert len(evs) == 1 and evs[0]["details"]["node"] == node_name(a), evs
     assert psql(cluster, "SELECT kid FROM pending_keys WHERE kid = '%s'" % kid) == []

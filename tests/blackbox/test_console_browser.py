@@ -175,20 +175,6 @@ def api_key(app, kid):
     return r.json()
 
 
-def audit_events(app, **query):
-    """Every audit event (admin), paged through."""
-    out, after = [], 0
-    while True:
-        q = "&".join("%s=%s" % kv for kv in dict(query, after=after, limit=1000).items())
-        r = app.get("/v1/audit?" + q)
-        assert r.status_code == 200, r.text
-        page = r.json()
-        out += page["events"]
-        if not page.get("next_after"):
-            return out
-        after = page["next_after"]
-
-
 def export_lines(app):
     r = app.get("/v1/audit/export")
     assert r.status_code == 200, r.text
@@ -557,7 +543,7 @@ def test_the_auditor_filters_the_trail(web, app, shots):
     until(web, lambda d: css(web, "table#audit-table tr[data-seq]"), "the trail")
     typed(web, "#audit-action", "key.revoked")
     one(web, "#audit-apply").click()
-    want = [e["seq"] for e in audit_events(app, action="key.revoked")]
+    want = [e["seq"] for e in app.audit_events(action="key.revoked")]
     assert want
     until(web, lambda d: [int(r.get_attribute("data-seq"))
                           for r in css(web, "table#audit-table tr[data-seq]")] == want,
@@ -565,7 +551,7 @@ def test_the_auditor_filters_the_trail(web, app, shots):
     typed(web, "#audit-action", "")
     typed(web, "#audit-kid", STATE["first"])
     one(web, "#audit-apply").click()
-    want = [e["seq"] for e in audit_events(app, kid=STATE["first"])]
+    want = [e["seq"] for e in app.audit_events(kid=STATE["first"])]
     until(web, lambda d: [int(r.get_attribute("data-seq"))
                           for r in css(web, "table#audit-table tr[data-seq]")] == want,
           "the first key's events (%s)" % want)
@@ -593,7 +579,7 @@ def test_verify_shows_the_seq_of_a_row_edited_behind_the_appliance(web, app, sho
     """One audit row's details changed with sqlite3 in appliance.db while the appliance
     runs (WAL: its next read sees it): the chain breaks at exactly that seq."""
     kid = STATE["first"]
-    created = [e for e in audit_events(app, kid=kid) if e["action"] == "key.created"]
+    created = [e for e in app.audit_events(kid=kid) if e["action"] == "key.created"]
     target = created[0]["seq"]
     conn = sqlite3.connect(os.path.join(app.dir, "appliance.db"), timeout=10)
     try:
@@ -604,7 +590,7 @@ def test_verify_shows_the_seq_of_a_row_edited_behind_the_appliance(web, app, sho
     finally:
         conn.close()
     # The premise: the API serves the edited row as it now is.
-    edited = [e for e in audit_events(app, kid=kid) if e["seq"] == target][0]
+    edited = [e for e in app.audit_events(kid=kid) if e["seq"] == target][0]
     assert edited["details"].get("label") == "innocent"
 
     open_view(web, "health")
