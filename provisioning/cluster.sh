@@ -308,24 +308,6 @@ stop_all() {
 	rm -f "$dir/haproxy.pid"
 }
 
-# Waits until https://127.0.0.1:PORT/readyz answers 200, or the process PID ends.
-wait_ready() {
-	local port=$1 pid=$2 what=$3 log=$4 i
-	for ((i = 0; i < 600; i++)); do
-		if curl -s -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$dir/tls/cert.pem" \
-			"https://127.0.0.1:$port/readyz" 2>/dev/null | grep -qx 200; then
-			return 0
-		fi
-		if ! kill -0 "$pid" 2>/dev/null; then
-			echo "cluster: $what exited; the end of $log:" >&2
-			tail -n 20 "$log" >&2
-			return 1
-		fi
-		sleep 0.1
-	done
-	echo "cluster: $what is not ready after 60 s (see $log)" >&2
-	return 1
-}
 
 cmd_run() {
 	port=${PORT:-8443}
@@ -384,7 +366,7 @@ cmd_run() {
 		names+=("node$n")
 	done
 	for ((n = 1; n <= nodes; n++)); do
-		wait_ready $((port + n)) "${pids[n]}" "node$n" "$dir/node$n/signd.log" || exit 1
+		prov_wait_ready cluster $((port + n)) "$dir/tls/cert.pem" "${pids[n]}" "node$n" "$dir/node$n/signd.log" || exit 1
 		echo "cluster: node$n (pid ${pids[n]}) ready on https://127.0.0.1:$((port + n)), log $dir/node$n/signd.log"
 	done
 
@@ -394,7 +376,7 @@ cmd_run() {
 	pids+=($!)
 	names+=(haproxy)
 	echo "${pids[-1]}" >"$dir/haproxy.pid"
-	wait_ready "$port" "${pids[-1]}" haproxy "$dir/haproxy.log" || exit 1
+	prov_wait_ready cluster "$port" "$dir/tls/cert.pem" "${pids[-1]}" haproxy "$dir/haproxy.log" || exit 1
 	echo "cluster: haproxy (pid ${pids[-1]}) on https://127.0.0.1:$port, log $dir/haproxy.log"
 
 	url="https://127.0.0.1:$port"

@@ -77,3 +77,25 @@ prov_module_conf() {
 		prov_conf_set "$3" "${key% }" "${value# }"
 	done
 }
+
+# Waits until https://127.0.0.1:PORT/readyz answers 200 (trusting CAFILE), for at most
+# 60 s; 1 with a line on stderr (WHO: WHAT ..., and the end of LOG) when the process PID
+# ends first or the time runs out. make cluster and the cluster bench start nodes alike.
+# Usage: prov_wait_ready WHO PORT CAFILE PID WHAT LOG
+prov_wait_ready() {
+	local who=$1 port=$2 ca=$3 pid=$4 what=$5 log=$6 i
+	for ((i = 0; i < 600; i++)); do
+		if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$ca" \
+			"https://127.0.0.1:$port/readyz" 2>/dev/null)" = 200 ]; then
+			return 0
+		fi
+		if ! kill -0 "$pid" 2>/dev/null; then
+			echo "$who: $what exited; the end of $log:" >&2
+			tail -n 20 "$log" >&2
+			return 1
+		fi
+		sleep 0.1
+	done
+	echo "$who: $what is not ready after 60 s (see $log)" >&2
+	return 1
+}

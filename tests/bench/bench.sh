@@ -223,24 +223,11 @@ cl_conf() {
 # Starts signd (NAME, its configuration, port, CA certificate) in a session of its own and
 # waits until its /readyz answers 200; exits on failure.
 cl_start() {
-	local name=$1 conf=$2 p=$3 ca=$4 log i
+	local name=$1 conf=$2 p=$3 ca=$4 log
 	log="$(dirname "$conf")/signd.log"
 	setsid "$build/bin/signd" "$conf" >/dev/null 2>>"$log" &
 	cl_pid[$name]=$!
-	for ((i = 0; i < 600; i++)); do
-		if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$ca" \
-			"https://127.0.0.1:$p/readyz" 2>/dev/null)" = 200 ]; then
-			return 0
-		fi
-		if ! kill -0 "${cl_pid[$name]}" 2>/dev/null; then
-			echo "bench: $name exited; the end of $log:" >&2
-			tail -n 20 "$log" >&2
-			exit 1
-		fi
-		sleep 0.1
-	done
-	echo "bench: $name is not ready after 60 s (see $log)" >&2
-	exit 1
+	prov_wait_ready bench "$p" "$ca" "${cl_pid[$name]}" "$name" "$log" || exit 1
 }
 
 # Stops NAME (SIGTERM; PostgreSQL SIGINT, its fast shutdown) and waits, at most 30 s before
